@@ -1,0 +1,47 @@
+//! Plain data shared by every Keel crate: the validated pipeline spec, the task DAG, ids, run
+//! states, attempt outcomes, durations and the retry policy.
+//!
+//! This crate does no I/O and has no async code. Everything here is a value that can be built in a
+//! test by hand; parsing `keel.toml` lives in `keel-config`, persistence in `keel-store`.
+
+mod dag;
+mod duration;
+mod outcome;
+mod spec;
+
+pub use dag::{Dag, TaskIndex};
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use outcome::{Outcome, RunState, TaskState, UnknownName};
+pub use spec::{
+    DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Jitter, PartitionKind, PhaseSpec,
+    PipelineSpec, RetryPolicy, TaskSpec,
+};
+
+/// Milliseconds since the Unix epoch, as every Keel clock reports time.
+pub type Millis = i64;
+
+/// The id of a run in the state store.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct RunId(pub i64);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The id of one attempt in the state store.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct AttemptId(pub i64);
+
+impl std::fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,169 @@
+use std::time::Duration;
+
+/// The wall-clock timeout of a task that sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a task may keep answering *not ready* (exit 75) before it ends as `not_ready`.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// The global cap on attempts running at once when `defaults.concurrency` is not set.
+pub const DEFAULT_CONCURRENCY: u32 = 8;
+
+/// A validated pipeline: every default applied, every name resolved, no cycles.
+///
+/// Only `keel-config` builds one from a file; tests build them by hand.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    /// An IANA time zone name, already checked to exist.
+    pub timezone: String,
+    pub partition: PartitionKind,
+    /// The `state` URL from the file, if any; the CLI resolves it relative to the file.
+    pub state: Option<String>,
+    /// The global cap on attempts running at once.
+    pub concurrency: u32,
+    /// Phases in file order.
+    pub phases: Vec<PhaseSpec>,
+    /// Tasks in file order.
+    pub tasks: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKind {
+    /// One partition per local date, `YYYY-MM-DD`.
+    Date,
+    /// A single partition named `none`.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseSpec {
+    pub name: String,
+    /// Phases that must be complete before this one starts.
+    pub after: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub phase: String,
+    /// Program and arguments, with `{date}`-style templates not yet expanded.
+    pub command: Vec<String>,
+    /// Extra dependencies on tasks in this phase or earlier ones.
+    pub after: Vec<String>,
+    pub timeout: Duration,
+    pub retries: RetryPolicy,
+    /// Stall timeout: no output and no touch of `KEEL_HEARTBEAT` for this long ends the attempt.
+    pub heartbeat: Option<Duration>,
+    /// How long the task may keep reporting *not ready* before it ends as `not_ready`.
+    pub deadline: Duration,
+}
+
+/// Exponential backoff between attempts, capped, with jitter (DESIGN §3 `retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RetryPolicy {
+    /// The total number of attempts, the first one included. `1` means never retry.
+    pub attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+    pub jitter: Jitter,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff ceiling before retry number `retry` (1 for the first retry):
+    /// `min(max, initial × 2^(retry-1))`.
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(40);
+        let grown = self.initial.saturating_mul(1u32 << exponent.min(31));
+        let grown = if exponent > 31 { self.max } else { grown };
+        grown.min(self.max)
+    }
+
+    /// The delay before retry number `retry`, given a uniform random sample in `[0, 1)`.
+    ///
+    /// Full jitter draws from `[0, ceiling]`, which spreads a herd of failures over the whole
+    /// window; equal jitter keeps at least half the ceiling; none always waits the ceiling.
+    pub fn delay(&self, retry: u32, unit_sample: f64) -> Duration {
+        let ceiling = self.ceiling(retry);
+        let sample = unit_sample.clamp(0.0, 1.0);
+        match self.jitter {
+            Jitter::None => ceiling,
+            Jitter::Full => ceiling.mul_f64(sample),
+            Jitter::Equal => ceiling / 2 + (ceiling / 2).mul_f64(sample),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    Full,
+    Equal,
+    None,
+}
+
+impl PipelineSpec {
+    pub fn task(&self, name: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|task| task.name == name)
+    }
+
+    /// A stable fingerprint of the normalised spec: the pipeline version recorded on every run.
+    /// It is FNV-1a over the canonical JSON form, so formatting and comments do not change it.
+    pub fn version(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a spec always serialises");
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in canonical {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn full_jitter_stays_within_the_ceiling(
+            initial_ms in 1u64..10_000,
+            max_ms in 1u64..600_000,
+            retry in 1u32..64,
+            sample in 0.0f64..1.0,
+        ) {
+            let policy = RetryPolicy {
+                attempts: 10,
+                initial: Duration::from_millis(initial_ms),
+                max: Duration::from_millis(max_ms),
+                jitter: Jitter::Full,
+            };
+            let ceiling = policy.ceiling(retry);
+            let expected = Duration::from_millis(initial_ms)
+                .saturating_mul(2u32.saturating_pow(retry - 1))
+                .min(Duration::from_millis(max_ms));
+            prop_assert_eq!(ceiling, expected);
+            let delay = policy.delay(retry, sample);
+            prop_assert!(delay <= ceiling);
+        }
+
+        #[test]
+        fn equal_jitter_keeps_half(retry in 1u32..20, sample in 0.0f64..1.0) {
+            let policy = RetryPolicy { jitter: Jitter::Equal, ..RetryPolicy::default() };
+            let delay = policy.delay(retry, sample);
+            prop_assert!(delay >= policy.ceiling(retry) / 2);
+            prop_assert!(delay <= policy.ceiling(retry));
+        }
+    }
+}
