@@ -1,1 +1,124 @@
-//! placeholder
+//! Keel's durable state: runs, task runs, attempts and the append-only event log.
+//!
+//! [`Store`] is the only way the engine and the CLI read or change state, and every method is one
+//! transaction, so a crash leaves either the old state or the new one. Backends implement the
+//! trait; [`conformance::run_all`] is the one behaviour suite every backend must pass.
+//! [`SqliteStore`] is the embedded default. Only this crate speaks SQL, and it makes no scheduling
+//! decisions: which task runs next, and when, is the engine's business.
+
+pub mod conformance;
+mod lock;
+mod records;
+mod sqlite;
+
+pub use lock::{LockError, StateLock};
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+use std::future::Future;
+
+use keel_model::{AttemptId, RunId, RunState};
+
+/// Everything that can go wrong talking to the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path:?} is not a Keel state database ({detail}); point --state at another file or move this one away")]
+    Foreign { path: String, detail: String },
+    #[error("state store {path:?} is corrupt ({detail}); restore it from a backup or move it away to start afresh")]
+    Corrupt { path: String, detail: String },
+    #[error("state store {path:?} was written by a newer Keel (schema {found}, this Keel knows up to {known}); upgrade keel")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("cannot open state store {path:?}: {detail}; check that the directory exists and is writable")]
+    Open { path: String, detail: String },
+    #[error("task {task:?} of run {run} already has a live attempt (id {attempt}); at most one may run per task and partition")]
+    AlreadyLive { run: RunId, task: String, attempt: AttemptId },
+    #[error("task {task:?} of run {run} cannot be claimed: it is {state}")]
+    NotClaimable { run: RunId, task: String, state: String },
+    #[error("attempt {attempt} holds a stale lease (epoch {epoch}); its result is discarded")]
+    StaleLease { attempt: AttemptId, epoch: i64 },
+    #[error("no run {0} in the state store")]
+    NoSuchRun(RunId),
+    #[error("state store error: {0}")]
+    Database(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Database(error.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The durable state behind the engine. Each method is atomic; each transition appends to the
+/// event log in the same transaction.
+///
+/// Methods return `Send` futures so that a networked backend can be dropped in without any change
+/// to the engine.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Inserts a run and one task run per task, all in one transaction.
+    fn create_run(&self, new_run: NewRun) -> impl Future<Output = StoreResult<RunRecord>> + Send;
+    fn run(&self, run: RunId) -> impl Future<Output = StoreResult<RunRecord>> + Send;
+    /// The newest run of a partition, if any.
+    fn latest_run(
+        &self,
+        pipeline: &str,
+        partition: &str,
+    ) -> impl Future<Output = StoreResult<Option<RunRecord>>> + Send;
+    /// The newest run of each partition (or of one partition), newest first, at most `limit`.
+    fn list_runs(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
+    fn unfinished_runs(&self, pipeline: &str) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
+    fn task_runs(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<TaskRunRecord>>> + Send;
+    fn attempts(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
+    /// Attempts of this pipeline that have not finished, whoever holds their lease.
+    fn live_attempts(&self, pipeline: &str) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
+    fn events(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
+
+    /// Moves a pending or waiting task run to running under a new lease epoch and inserts its
+    /// attempt. Fails with [`StoreError::AlreadyLive`] if any live attempt exists for the same
+    /// (pipeline, partition, task), in this run or another.
+    fn claim_attempt(&self, claim: ClaimAttempt) -> impl Future<Output = StoreResult<AttemptRecord>> + Send;
+    /// Records that the attempt's process started. Fenced by the lease epoch.
+    fn mark_attempt_started(
+        &self,
+        attempt: AttemptId,
+        epoch: i64,
+        pid: u32,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Takes over the lease of a live attempt whose owner died (adoption after a crash), bumping
+    /// the epoch so that the old owner can never record a result. Returns the new epoch.
+    fn take_over_attempt(
+        &self,
+        attempt: AttemptId,
+        new_owner: &str,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// Records how an attempt ended and where its task run goes next. Fenced: a holder of a
+    /// stale epoch gets [`StoreError::StaleLease`] and nothing changes.
+    fn finish_attempt(&self, finish: FinishAttempt) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Changes task runs that are not running (upstream failures, skips, resets for a retry).
+    /// Running task runs are left alone and not counted. Returns how many changed.
+    fn update_tasks(
+        &self,
+        run: RunId,
+        changes: Vec<TaskChange>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
+    fn set_run_state(
+        &self,
+        run: RunId,
+        state: RunState,
+        message: Option<String>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Asks whoever executes the run to cancel it.
+    fn request_cancel(&self, run: RunId, at: keel_model::Millis) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Appends a free-form event (for example why a task ran again).
+    fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
+}

@@ -1,0 +1,146 @@
+use keel_model::{AttemptId, Millis, Outcome, RunId, RunState, TaskState};
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub pipeline: String,
+    pub partition: String,
+    pub version: String,
+    pub state: RunState,
+    /// The W3C trace id every attempt of the run shares.
+    pub trace_id: String,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub cancel_requested: bool,
+    pub message: Option<String>,
+}
+
+/// One task of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRunRecord {
+    pub run: RunId,
+    pub task: String,
+    pub phase: String,
+    pub state: TaskState,
+    /// Set once the task is done, or for the last attempt while it waits for a retry.
+    pub outcome: Option<Outcome>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Attempts charged against the retry policy (lost attempts are not charged).
+    pub charged: u32,
+    pub lease_epoch: i64,
+    pub not_before: Option<Millis>,
+    pub first_started_at: Option<Millis>,
+    pub message: Option<String>,
+}
+
+/// One execution of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub run: RunId,
+    pub pipeline: String,
+    pub partition: String,
+    pub task: String,
+    /// 1 for the first attempt of the task in this run.
+    pub number: u32,
+    pub lease_owner: String,
+    pub lease_epoch: i64,
+    pub not_before: Option<Millis>,
+    pub claimed_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub rows: Option<i64>,
+    /// The `metrics` object of the result file, as JSON text.
+    pub metrics: Option<String>,
+    pub message: Option<String>,
+    pub pid: Option<u32>,
+    /// The attempt directory: captured output, result file, heartbeat and exit record.
+    pub dir: String,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at: Millis,
+    pub run: RunId,
+    pub task: Option<String>,
+    pub attempt: Option<AttemptId>,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub pipeline: String,
+    pub partition: String,
+    pub version: String,
+    pub trace_id: String,
+    /// (task, phase, outcome if the task is settled at creation, e.g. `skipped` outside `--only`)
+    pub tasks: Vec<(String, String, Option<Outcome>)>,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimAttempt {
+    pub run: RunId,
+    pub task: String,
+    pub owner: String,
+    /// Computes the attempt directory from the attempt number.
+    pub dir: String,
+    pub lease_expires_at: Millis,
+    pub at: Millis,
+}
+
+/// Where a task run goes after an attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskNext {
+    /// The task is done with this outcome.
+    Done(Outcome),
+    /// Another attempt may start at `not_before`. `charge` says whether the attempt that just
+    /// ended counts against the retry policy.
+    Retry { not_before: Millis, charge: bool },
+    /// The attempt was interrupted by a shutdown; the task waits to be resumed, uncharged.
+    Resume,
+}
+
+#[derive(Debug, Clone)]
+pub struct FinishAttempt {
+    pub attempt: AttemptId,
+    pub epoch: i64,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub rows: Option<i64>,
+    pub metrics: Option<String>,
+    pub message: Option<String>,
+    pub next: TaskNext,
+    pub at: Millis,
+}
+
+/// A change to a task run that is not running.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    pub task: String,
+    pub state: TaskState,
+    pub outcome: Option<Outcome>,
+    pub not_before: Option<Millis>,
+    pub message: Option<String>,
+    /// Resets the attempt counters, as a manual retry does.
+    pub reset_attempts: bool,
+    /// Why, for the event log.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub run: RunId,
+    pub task: Option<String>,
+    pub attempt: Option<AttemptId>,
+    pub kind: String,
+    pub detail: String,
+    pub at: Millis,
+}

@@ -1,0 +1,643 @@
+//! The embedded backend: one SQLite file in WAL mode behind one connection, so there is exactly
+//! one writer. Every call runs on tokio's blocking pool so the engine's runtime never waits on
+//! the disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use keel_model::{AttemptId, Millis, Outcome, RunId, RunState, TaskState};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use crate::*;
+
+/// `PRAGMA application_id` of a Keel state file ("KEEL" in ASCII), so a foreign SQLite file is
+/// refused instead of being migrated into.
+const APPLICATION_ID: i64 = 0x4B45_454C;
+
+/// Schema migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline         TEXT    NOT NULL,
+    partition        TEXT    NOT NULL,
+    version          TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    trace_id         TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    message          TEXT
+);
+CREATE INDEX runs_by_partition ON runs (pipeline, partition, id);
+CREATE INDEX runs_unfinished ON runs (pipeline) WHERE finished_at IS NULL;
+
+CREATE TABLE task_runs (
+    run_id           INTEGER NOT NULL REFERENCES runs (id),
+    task             TEXT    NOT NULL,
+    phase            TEXT    NOT NULL,
+    position         INTEGER NOT NULL,
+    state            TEXT    NOT NULL,
+    outcome          TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    charged          INTEGER NOT NULL DEFAULT 0,
+    lease_epoch      INTEGER NOT NULL DEFAULT 0,
+    not_before       INTEGER,
+    first_started_at INTEGER,
+    message          TEXT,
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (run_id, task)
+);
+
+CREATE TABLE attempts (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id           INTEGER NOT NULL REFERENCES runs (id),
+    pipeline         TEXT    NOT NULL,
+    partition        TEXT    NOT NULL,
+    task             TEXT    NOT NULL,
+    number           INTEGER NOT NULL,
+    lease_owner      TEXT    NOT NULL,
+    lease_epoch      INTEGER NOT NULL,
+    lease_expires_at INTEGER NOT NULL,
+    not_before       INTEGER,
+    claimed_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    outcome          TEXT,
+    exit_code        INTEGER,
+    rows             INTEGER,
+    metrics          TEXT,
+    message          TEXT,
+    pid              INTEGER,
+    dir              TEXT    NOT NULL
+);
+CREATE INDEX attempts_by_run ON attempts (run_id, task, number);
+-- At most one live attempt per (task, partition), across every run of the pipeline.
+CREATE UNIQUE INDEX attempts_one_live ON attempts (pipeline, partition, task) WHERE finished_at IS NULL;
+
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    run_id     INTEGER NOT NULL,
+    task       TEXT,
+    attempt_id INTEGER,
+    kind       TEXT    NOT NULL,
+    detail     TEXT    NOT NULL
+);
+CREATE INDEX events_by_run ON events (run_id, seq);
+"#];
+
+/// The SQLite state store. Cloning shares the one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the state file. A file that is not SQLite, or is
+    /// SQLite but not Keel's, is refused with a clear error and left untouched.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let display = path.display().to_string();
+        let open_error = |detail: String| StoreError::Open { path: display.clone(), detail };
+        let connection = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
+        let classify = |error: rusqlite::Error| -> StoreError {
+            let text = error.to_string();
+            match error.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase) => StoreError::Foreign {
+                    path: display.clone(),
+                    detail: "the file is not an SQLite database".into(),
+                },
+                Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+                    StoreError::Corrupt { path: display.clone(), detail: text }
+                }
+                Some(rusqlite::ErrorCode::CannotOpen)
+                | Some(rusqlite::ErrorCode::ReadOnly)
+                | Some(rusqlite::ErrorCode::PermissionDenied)
+                | Some(rusqlite::ErrorCode::SystemIoFailure) => open_error(text),
+                _ => StoreError::Database(text),
+            }
+        };
+        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(classify)?;
+        let application_id: i64 =
+            connection.query_row("PRAGMA application_id", [], |row| row.get(0)).map_err(classify)?;
+        let user_version: i64 =
+            connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(classify)?;
+        let table_count: i64 = connection
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(classify)?;
+        if application_id != APPLICATION_ID && (application_id != 0 || table_count > 0) {
+            return Err(StoreError::Foreign {
+                path: display,
+                detail: format!(
+                    "it holds {table_count} tables and application id {application_id:#x}, not Keel's"
+                ),
+            });
+        }
+        let known = MIGRATIONS.len() as i64;
+        if user_version > known {
+            return Err(StoreError::TooNew { path: display, found: user_version, known });
+        }
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(classify)?;
+        let integrity: String =
+            connection.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(classify)?;
+        if integrity != "ok" {
+            return Err(StoreError::Corrupt { path: display, detail: integrity });
+        }
+        for (number, migration) in MIGRATIONS.iter().enumerate().skip(user_version as usize) {
+            let version = number as i64 + 1;
+            let batch = format!(
+                "BEGIN IMMEDIATE; {migration}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version}; COMMIT;"
+            );
+            connection.execute_batch(&batch).map_err(classify)?;
+        }
+        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)), path: Arc::new(path.to_path_buf()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` in one immediate transaction on the blocking pool.
+    async fn transact<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = work(&transaction)?;
+            transaction.commit()?;
+            Ok(value)
+        })
+        .await
+        .map_err(|error| StoreError::Database(format!("store worker failed: {error}")))?
+    }
+}
+
+fn event(
+    transaction: &Transaction<'_>,
+    at: Millis,
+    run: RunId,
+    task: Option<&str>,
+    attempt: Option<AttemptId>,
+    kind: &str,
+    detail: &str,
+) -> StoreResult<()> {
+    transaction.execute(
+        "INSERT INTO events (at, run_id, task, attempt_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![at, run.0, task, attempt.map(|id| id.0), kind, detail],
+    )?;
+    Ok(())
+}
+
+fn parse_column<T: std::str::FromStr>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    text.parse::<T>().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+    })
+}
+
+fn parse_optional<T: std::str::FromStr>(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: Option<String> = row.get(index)?;
+    text.map(|text| {
+        text.parse::<T>().map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+        })
+    })
+    .transpose()
+}
+
+const RUN_COLUMNS: &str =
+    "id, pipeline, partition, version, state, trace_id, created_at, finished_at, cancel_requested, message";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: RunId(row.get(0)?),
+        pipeline: row.get(1)?,
+        partition: row.get(2)?,
+        version: row.get(3)?,
+        state: parse_column(row, 4)?,
+        trace_id: row.get(5)?,
+        created_at: row.get(6)?,
+        finished_at: row.get(7)?,
+        cancel_requested: row.get::<_, i64>(8)? != 0,
+        message: row.get(9)?,
+    })
+}
+
+const TASK_COLUMNS: &str = "run_id, task, phase, state, outcome, attempts, charged, lease_epoch, not_before, first_started_at, message";
+
+fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
+    Ok(TaskRunRecord {
+        run: RunId(row.get(0)?),
+        task: row.get(1)?,
+        phase: row.get(2)?,
+        state: parse_column(row, 3)?,
+        outcome: parse_optional(row, 4)?,
+        attempts: row.get(5)?,
+        charged: row.get(6)?,
+        lease_epoch: row.get(7)?,
+        not_before: row.get(8)?,
+        first_started_at: row.get(9)?,
+        message: row.get(10)?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir";
+
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        id: AttemptId(row.get(0)?),
+        run: RunId(row.get(1)?),
+        pipeline: row.get(2)?,
+        partition: row.get(3)?,
+        task: row.get(4)?,
+        number: row.get(5)?,
+        lease_owner: row.get(6)?,
+        lease_epoch: row.get(7)?,
+        not_before: row.get(8)?,
+        claimed_at: row.get(9)?,
+        started_at: row.get(10)?,
+        finished_at: row.get(11)?,
+        outcome: parse_optional(row, 12)?,
+        exit_code: row.get(13)?,
+        rows: row.get(14)?,
+        metrics: row.get(15)?,
+        message: row.get(16)?,
+        pid: row.get(17)?,
+        dir: row.get(18)?,
+    })
+}
+
+fn load_run(transaction: &Transaction<'_>, run: RunId) -> StoreResult<RunRecord> {
+    transaction
+        .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [run.0], run_from_row)
+        .optional()?
+        .ok_or(StoreError::NoSuchRun(run))
+}
+
+fn load_attempt(transaction: &Transaction<'_>, attempt: AttemptId) -> StoreResult<AttemptRecord> {
+    Ok(transaction.query_row(
+        &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ?1"),
+        [attempt.0],
+        attempt_from_row,
+    )?)
+}
+
+impl Store for SqliteStore {
+    async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
+        self.transact(move |transaction| {
+            transaction.execute(
+                "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![new_run.pipeline, new_run.partition, new_run.version, RunState::Running.as_str(), new_run.trace_id, new_run.at],
+            )?;
+            let run = RunId(transaction.last_insert_rowid());
+            {
+                let mut insert = transaction.prepare(
+                    "INSERT INTO task_runs (run_id, task, phase, position, state, outcome, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for (position, (task, phase, settled)) in new_run.tasks.iter().enumerate() {
+                    let state = if settled.is_some() { TaskState::Done } else { TaskState::Pending };
+                    insert.execute(params![
+                        run.0,
+                        task,
+                        phase,
+                        position as i64,
+                        state.as_str(),
+                        settled.map(Outcome::as_str),
+                        new_run.at
+                    ])?;
+                }
+            }
+            let detail = format!("partition {} version {}", new_run.partition, new_run.version);
+            event(transaction, new_run.at, run, None, None, "run_created", &detail)?;
+            load_run(transaction, run)
+        })
+        .await
+    }
+
+    async fn run(&self, run: RunId) -> StoreResult<RunRecord> {
+        self.transact(move |transaction| load_run(transaction, run)).await
+    }
+
+    async fn latest_run(&self, pipeline: &str, partition: &str) -> StoreResult<Option<RunRecord>> {
+        let (pipeline, partition) = (pipeline.to_string(), partition.to_string());
+        self.transact(move |transaction| {
+            Ok(transaction
+                .query_row(
+                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 AND partition = ?2 ORDER BY id DESC LIMIT 1"),
+                    params![pipeline, partition],
+                    run_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_runs(&self, pipeline: &str, partition: Option<&str>, limit: u32) -> StoreResult<Vec<RunRecord>> {
+        let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
+                     SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
+                 ) ORDER BY partition DESC, id DESC LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(params![pipeline, partition, limit], run_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn unfinished_runs(&self, pipeline: &str) -> StoreResult<Vec<RunRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 AND finished_at IS NULL ORDER BY id"
+            ))?;
+            let rows = statement.query_map([pipeline], run_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn task_runs(&self, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 ORDER BY position"
+            ))?;
+            let rows = statement.query_map([run.0], task_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRecord>> {
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ?1 ORDER BY id"
+            ))?;
+            let rows = statement.query_map([run.0], attempt_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn live_attempts(&self, pipeline: &str) -> StoreResult<Vec<AttemptRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE pipeline = ?1 AND finished_at IS NULL ORDER BY id"
+            ))?;
+            let rows = statement.query_map([pipeline], attempt_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn events(&self, run: RunId) -> StoreResult<Vec<EventRecord>> {
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare(
+                "SELECT seq, at, run_id, task, attempt_id, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq",
+            )?;
+            let rows = statement.query_map([run.0], |row| {
+                Ok(EventRecord {
+                    seq: row.get(0)?,
+                    at: row.get(1)?,
+                    run: RunId(row.get(2)?),
+                    task: row.get(3)?,
+                    attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
+                    kind: row.get(5)?,
+                    detail: row.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn claim_attempt(&self, claim: ClaimAttempt) -> StoreResult<AttemptRecord> {
+        self.transact(move |transaction| {
+            let run = load_run(transaction, claim.run)?;
+            let task: TaskRunRecord = transaction
+                .query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 AND task = ?2"),
+                    params![claim.run.0, claim.task],
+                    task_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotClaimable {
+                    run: claim.run,
+                    task: claim.task.clone(),
+                    state: "not part of the run".into(),
+                })?;
+            if !matches!(task.state, TaskState::Pending | TaskState::Waiting) {
+                return Err(StoreError::NotClaimable {
+                    run: claim.run,
+                    task: claim.task,
+                    state: task.state.as_str().into(),
+                });
+            }
+            let live: Option<i64> = transaction
+                .query_row(
+                    "SELECT id FROM attempts WHERE pipeline = ?1 AND partition = ?2 AND task = ?3 AND finished_at IS NULL",
+                    params![run.pipeline, run.partition, claim.task],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(live) = live {
+                return Err(StoreError::AlreadyLive { run: claim.run, task: claim.task, attempt: AttemptId(live) });
+            }
+            let epoch = task.lease_epoch + 1;
+            let number = task.attempts + 1;
+            transaction.execute(
+                "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
+            )?;
+            let attempt = AttemptId(transaction.last_insert_rowid());
+            transaction.execute(
+                "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4
+                 WHERE run_id = ?5 AND task = ?6",
+                params![TaskState::Running.as_str(), number, epoch, claim.at, claim.run.0, claim.task],
+            )?;
+            let detail = format!("attempt {number} epoch {epoch} owner {}", claim.owner);
+            event(transaction, claim.at, claim.run, Some(&claim.task), Some(attempt), "attempt_claimed", &detail)?;
+            load_attempt(transaction, attempt)
+        })
+        .await
+    }
+
+    async fn mark_attempt_started(&self, attempt: AttemptId, epoch: i64, pid: u32, at: Millis) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            let changed = transaction.execute(
+                "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+                params![pid, at, attempt.0, epoch],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::StaleLease { attempt, epoch });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_over_attempt(&self, attempt: AttemptId, new_owner: &str, at: Millis) -> StoreResult<i64> {
+        let new_owner = new_owner.to_string();
+        self.transact(move |transaction| {
+            let record = load_attempt(transaction, attempt)?;
+            if record.finished_at.is_some() {
+                return Err(StoreError::StaleLease { attempt, epoch: record.lease_epoch });
+            }
+            transaction.execute(
+                "UPDATE task_runs SET lease_epoch = lease_epoch + 1, updated_at = ?1 WHERE run_id = ?2 AND task = ?3",
+                params![at, record.run.0, record.task],
+            )?;
+            let epoch: i64 = transaction.query_row(
+                "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
+                params![record.run.0, record.task],
+                |row| row.get(0),
+            )?;
+            transaction.execute(
+                "UPDATE attempts SET lease_owner = ?1, lease_epoch = ?2 WHERE id = ?3",
+                params![new_owner, epoch, attempt.0],
+            )?;
+            let detail = format!("epoch {} → {epoch}, owner {} → {new_owner}", record.lease_epoch, record.lease_owner);
+            event(transaction, at, record.run, Some(&record.task), Some(attempt), "lease_taken_over", &detail)?;
+            Ok(epoch)
+        })
+        .await
+    }
+
+    async fn finish_attempt(&self, finish: FinishAttempt) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            let record = load_attempt(transaction, finish.attempt)?;
+            let current_epoch: i64 = transaction.query_row(
+                "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
+                params![record.run.0, record.task],
+                |row| row.get(0),
+            )?;
+            if record.finished_at.is_some() || record.lease_epoch != finish.epoch || current_epoch != finish.epoch {
+                return Err(StoreError::StaleLease { attempt: finish.attempt, epoch: finish.epoch });
+            }
+            transaction.execute(
+                "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6 WHERE id = ?7",
+                params![finish.at, finish.outcome.as_str(), finish.exit_code, finish.rows, finish.metrics, finish.message, finish.attempt.0],
+            )?;
+            let (state, outcome, not_before, charge, kind) = match &finish.next {
+                TaskNext::Done(outcome) => (TaskState::Done, Some(*outcome), None, 1, "task_done"),
+                TaskNext::Retry { not_before, charge } => {
+                    (TaskState::Waiting, Some(finish.outcome), Some(*not_before), i64::from(*charge), "retry_scheduled")
+                }
+                TaskNext::Resume => (TaskState::Pending, Some(finish.outcome), None, 0, "task_interrupted"),
+            };
+            transaction.execute(
+                "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, charged = charged + ?4, message = ?5, updated_at = ?6
+                 WHERE run_id = ?7 AND task = ?8",
+                params![state.as_str(), outcome.map(Outcome::as_str), not_before, charge, finish.message, finish.at, record.run.0, record.task],
+            )?;
+            let mut detail = format!("attempt {} {}", record.number, finish.outcome);
+            if let Some(code) = finish.exit_code {
+                detail.push_str(&format!(" exit {code}"));
+            }
+            event(transaction, finish.at, record.run, Some(&record.task), Some(finish.attempt), "attempt_finished", &detail)?;
+            let next_detail = match &finish.next {
+                TaskNext::Done(outcome) => outcome.to_string(),
+                TaskNext::Retry { not_before, charge } => {
+                    format!("not before {not_before}{}", if *charge { "" } else { ", uncharged" })
+                }
+                TaskNext::Resume => "waits to be resumed".to_string(),
+            };
+            event(transaction, finish.at, record.run, Some(&record.task), Some(finish.attempt), kind, &next_detail)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_tasks(&self, run: RunId, changes: Vec<TaskChange>, at: Millis) -> StoreResult<usize> {
+        self.transact(move |transaction| {
+            load_run(transaction, run)?;
+            let mut changed = 0;
+            for change in changes {
+                let reset = i64::from(change.reset_attempts);
+                let count = transaction.execute(
+                    "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
+                         attempts = CASE WHEN ?6 = 1 THEN 0 ELSE attempts END,
+                         charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
+                         first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END
+                     WHERE run_id = ?7 AND task = ?8 AND state <> 'running'",
+                    params![change.state.as_str(), change.outcome.map(Outcome::as_str), change.not_before, change.message, at, reset, run.0, change.task],
+                )?;
+                if count > 0 {
+                    changed += count;
+                    let detail = match change.outcome {
+                        Some(outcome) => format!("{} ({outcome}): {}", change.state, change.reason),
+                        None => format!("{}: {}", change.state, change.reason),
+                    };
+                    event(transaction, at, run, Some(&change.task), None, "task_changed", &detail)?;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn set_run_state(&self, run: RunId, state: RunState, message: Option<String>, at: Millis) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            let finished_at = state.is_finished().then_some(at);
+            let changed = transaction.execute(
+                "UPDATE runs SET state = ?1, finished_at = ?2, message = ?3,
+                     cancel_requested = CASE WHEN ?1 = 'running' THEN 0 ELSE cancel_requested END
+                 WHERE id = ?4",
+                params![state.as_str(), finished_at, message, run.0],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NoSuchRun(run));
+            }
+            let detail = match &message {
+                Some(message) => format!("{state}: {message}"),
+                None => state.to_string(),
+            };
+            event(transaction, at, run, None, None, "run_state", &detail)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, run: RunId, at: Millis) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            let changed = transaction.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1", [run.0])?;
+            if changed == 0 {
+                return Err(StoreError::NoSuchRun(run));
+            }
+            event(transaction, at, run, None, None, "cancel_requested", "")
+        })
+        .await
+    }
+
+    async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            event(
+                transaction,
+                new_event.at,
+                new_event.run,
+                new_event.task.as_deref(),
+                new_event.attempt,
+                &new_event.kind,
+                &new_event.detail,
+            )
+        })
+        .await
+    }
+}

@@ -1,0 +1,102 @@
+use keel_store::{LockError, SqliteStore, StateLock, Store, StoreError};
+
+#[tokio::test]
+async fn sqlite_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    keel_store::conformance::run_all(|| {
+        let number = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = dir.path().join(format!("state-{number}.db"));
+        async move { SqliteStore::open(&path).unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let run = {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_run(keel_store::NewRun {
+                pipeline: "p".into(),
+                partition: "none".into(),
+                version: "v".into(),
+                trace_id: "t".into(),
+                tasks: vec![("a".into(), "main".into(), None)],
+                at: 1,
+            })
+            .await
+            .unwrap()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.run(run.id).await.unwrap(), run);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let garbage = b"this is not a database at all, just some bytes that happen to be here....".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let error = SqliteStore::open(&path).err().expect("garbage is refused");
+    assert!(matches!(error, StoreError::Foreign { .. }), "{error:?}");
+    assert!(error.to_string().contains("is not a Keel state database"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file is untouched");
+}
+
+#[test]
+fn a_foreign_sqlite_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);").unwrap();
+    drop(other);
+    let error = SqliteStore::open(&path).err().expect("foreign database is refused");
+    assert!(matches!(error, StoreError::Foreign { .. }), "{error:?}");
+    assert!(error.to_string().contains("not Keel's"), "{error}");
+    let other = rusqlite::Connection::open(&path).unwrap();
+    let count: i64 = other.query_row("SELECT count(*) FROM invoices", [], |row| row.get(0)).unwrap();
+    assert_eq!(count, 1, "the foreign database is untouched");
+}
+
+#[test]
+fn a_truncated_state_file_is_reported_not_panicked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    // Keep the header, damage the pages behind it.
+    let mut damaged = bytes[..100].to_vec();
+    damaged.extend(std::iter::repeat_n(0xA5u8, bytes.len().max(8192) - 100));
+    std::fs::write(&path, &damaged).unwrap();
+    let _ = std::fs::remove_file(path.with_extension("db-wal"));
+    match SqliteStore::open(&path) {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(text.contains("state.db"), "the error names the file: {text}");
+        }
+        Ok(_) => panic!("a damaged state file was opened as if healthy"),
+    }
+}
+
+#[test]
+fn an_unwritable_state_directory_is_a_clear_error() {
+    let error = SqliteStore::open(std::path::Path::new("/proc/keel-cannot-exist/state.db")).err().unwrap();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(error.to_string().contains("writable"), "{error}");
+}
+
+#[test]
+fn the_state_lock_is_exclusive_and_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = StateLock::acquire(dir.path()).unwrap();
+    // flock locks belong to the open file, so a second open in the same process conflicts too.
+    match StateLock::acquire(dir.path()) {
+        Err(LockError::Held { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+        other => panic!("expected the lock to be held, got {other:?}"),
+    }
+    drop(held);
+    StateLock::acquire(dir.path()).unwrap();
+}
