@@ -1,1 +1,68 @@
-//! placeholder
+//! Executors: what turns a claimed attempt into a finished one.
+//!
+//! [`Executor`] is the seam the engine is generic over. [`ProcessExecutor`] runs commands through
+//! the attempt [`supervisor`], which enforces the wall-clock timeout and the stall limit on the
+//! whole process group and leaves a durable exit record. [`interpret`] turns an exit record and
+//! the task's result file into a typed [`Report`] following DESIGN §4.
+//!
+//! This crate never touches the state store and never decides about retries.
+
+pub mod process;
+mod report;
+pub mod supervisor;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use process::ProcessExecutor;
+pub use report::{interpret, ExitKind, ExitRecord, Report};
+
+/// Everything needed to start one attempt. Templates are already expanded.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The attempt directory; the executor creates it.
+    pub dir: PathBuf,
+    pub command: Vec<String>,
+    /// Extra environment for the task (the `KEEL_*` contract and, later, secrets).
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub heartbeat: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when an attempt is stopped.
+    pub kill_grace: Duration,
+    /// Bytes of output kept per attempt.
+    pub log_cap: u64,
+}
+
+pub type Completion = Pin<Box<dyn Future<Output = Report> + Send>>;
+
+/// A started attempt.
+pub struct Running {
+    /// The supervising process, when there is one.
+    pub pid: Option<u32>,
+    /// Resolves once the attempt has ended, however it ended.
+    pub completion: Completion,
+    /// Asks the attempt to stop; it then ends as `cancelled`.
+    pub stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// What a new Keel finds for an attempt that a previous Keel left live.
+pub enum Adopted {
+    /// Still running: wait on it like any other.
+    Running(Running),
+    /// It ended while no Keel was watching; this is how.
+    Finished(Report),
+    /// It never started, or died without a record: the attempt is lost.
+    Gone,
+}
+
+/// Starts attempts. Implementations must not block the async runtime.
+pub trait Executor: Send + Sync + 'static {
+    /// Starts an attempt. An error here means nothing was started.
+    fn launch(&self, launch: Launch) -> std::io::Result<Running>;
+    /// Reconnects to an attempt that a previous process started in `dir`; `known_pid` is the
+    /// supervisor's pid if the store recorded it.
+    fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted;
+}

@@ -1,0 +1,160 @@
+//! Runs commands as child processes through the attempt supervisor.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_model::Outcome;
+
+use crate::supervisor::{SupervisorArgs, EXIT_FILE, LOCK_FILE, PID_FILE};
+use crate::{interpret, Adopted, ExitRecord, Executor, Launch, Report, Running};
+
+/// Starts each attempt as `<supervisor_program> <supervisor_args…> __attempt …`.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    supervisor_program: PathBuf,
+    supervisor_prefix: Vec<String>,
+}
+
+impl ProcessExecutor {
+    /// `program` and `prefix` start the supervisor: for the `keel` binary that is
+    /// `(current_exe, ["__attempt"])`.
+    pub fn new(program: PathBuf, prefix: Vec<String>) -> ProcessExecutor {
+        ProcessExecutor { supervisor_program: program, supervisor_prefix: prefix }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid we started; ESRCH when it is already gone is fine.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
+    let path = dir.join(EXIT_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    Some(serde_json::from_str(&text).map_err(|error| format!("unreadable exit record {}: {error}", path.display())))
+}
+
+/// What an ended supervisor left behind, as a report.
+fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatus>) -> Report {
+    match read_exit_record(dir) {
+        Some(Ok(record)) => interpret(&record, dir),
+        Some(Err(problem)) => Report::new(Outcome::Failed, problem),
+        None => Report::new(
+            Outcome::Lost,
+            match supervisor_status {
+                Some(status) => format!("the attempt supervisor ended ({status}) without an exit record"),
+                None => "the attempt supervisor ended without an exit record".to_string(),
+            },
+        ),
+    }
+}
+
+/// Takes the attempt's liveness lock, waiting if `block`. Returns whether it was taken.
+fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
+    let operation = if block { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(true);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !block => return Ok(false),
+            _ => return Err(error),
+        }
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn launch(&self, launch: Launch) -> std::io::Result<Running> {
+        std::fs::create_dir_all(&launch.dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(launch.dir.join(LOCK_FILE))?;
+        lock_attempt(&lock, false)?;
+        let lock_fd = lock.as_raw_fd();
+        let arguments = SupervisorArgs {
+            dir: launch.dir.clone(),
+            lock_fd: Some(lock_fd),
+            timeout: launch.timeout,
+            heartbeat: launch.heartbeat,
+            kill_grace: launch.kill_grace,
+            log_cap: launch.log_cap,
+            command: launch.command.clone(),
+        };
+        let mut command = tokio::process::Command::new(&self.supervisor_program);
+        command
+            .args(&self.supervisor_prefix)
+            .args(arguments.to_args())
+            .envs(launch.env.iter().map(|(key, value)| (key, value)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: between fork and exec this only calls fcntl, which is async-signal-safe. It
+        // lets the supervisor inherit the liveness lock, which every other child must not see.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        // The supervisor now holds the lock through its inherited descriptor.
+        drop(lock);
+        let pid = child.id();
+        let dir = launch.dir.clone();
+        let completion = Box::pin(async move {
+            let status = child.wait().await.ok();
+            report_from_dir(&dir, status)
+        });
+        let stop: Arc<dyn Fn() + Send + Sync> = match pid {
+            Some(pid) => Arc::new(move || signal(pid, libc::SIGTERM)),
+            None => Arc::new(|| {}),
+        };
+        Ok(Running { pid, completion, stop })
+    }
+
+    fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
+        let lock = match OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) {
+            Ok(lock) => lock,
+            // No lock file: the supervisor was never started.
+            Err(_) => return Adopted::Gone,
+        };
+        match lock_attempt(&lock, false) {
+            Ok(true) => match read_exit_record(&dir) {
+                Some(_) => Adopted::Finished(report_from_dir(&dir, None)),
+                None => Adopted::Gone,
+            },
+            Ok(false) => {
+                let pid_file = dir.join(PID_FILE);
+                let read_pid = move || -> Option<u32> {
+                    std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse().ok())
+                };
+                let pid = known_pid.or_else(&read_pid);
+                let wait_dir = dir.clone();
+                let completion = Box::pin(async move {
+                    // The lock is released exactly when the supervisor exits.
+                    let waited = tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
+                    match waited {
+                        Ok(Ok(_)) => report_from_dir(&wait_dir, None),
+                        _ => Report::new(Outcome::Lost, "lost track of an adopted attempt"),
+                    }
+                });
+                // The supervisor writes its pid file as it starts, so a stop that comes later can
+                // still find it when the store never learned the pid.
+                let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                    if let Some(pid) = pid.or_else(&read_pid) {
+                        signal(pid, libc::SIGTERM);
+                    }
+                });
+                Adopted::Running(Running { pid, completion, stop })
+            }
+            Err(_) => Adopted::Gone,
+        }
+    }
+}
