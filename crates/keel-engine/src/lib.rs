@@ -1,1 +1,30 @@
-//! placeholder
+//! The scheduler and state machine: it turns runs into attempts in DAG order, applies the retry
+//! policy, enforces the global concurrency cap, propagates failures downstream, and recovers the
+//! attempts a crashed Keel left behind.
+//!
+//! It is generic over [`Store`], [`Executor`], [`Clock`] and [`Random`], so every rule can be
+//! tested with a fake executor on a manual clock. It is event-driven: work happens when an
+//! attempt ends, a retry timer fires or a request arrives, and each event touches only the tasks
+//! it concerns. It must not hold state that is not also in the store: everything in memory can be
+//! rebuilt from the store after a crash.
+
+mod clock;
+mod engine;
+pub mod template;
+
+pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};
+pub use engine::{Engine, EngineConfig, Progress, RunRequest, RunSummary, Prepared};
+pub use template::expand;
+
+/// Errors the engine reports to its caller. Task failures are not errors: they are outcomes.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] keel_store::StoreError),
+    #[error("no run of partition {partition:?} in the state store; start one with `keel run --partition {partition}`")]
+    NoRun { partition: String },
+    #[error("unknown task {task:?}{}", suggestion.as_ref().map(|s| format!("; did you mean {s:?}?")).unwrap_or_default())]
+    UnknownTask { task: String, suggestion: Option<String> },
+    #[error("run {run} of partition {partition:?} is still {state}; wait for it to finish or cancel it first")]
+    RunActive { run: keel_model::RunId, partition: String, state: keel_model::RunState },
+}

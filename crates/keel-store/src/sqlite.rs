@@ -537,7 +537,9 @@ impl Store for SqliteStore {
                 params![finish.at, finish.outcome.as_str(), finish.exit_code, finish.rows, finish.metrics, finish.message, finish.attempt.0],
             )?;
             let (state, outcome, not_before, charge, kind) = match &finish.next {
-                TaskNext::Done(outcome) => (TaskState::Done, Some(*outcome), None, 1, "task_done"),
+                TaskNext::Done(outcome) => {
+                    (TaskState::Done, Some(*outcome), None, i64::from(finish.outcome.uses_retry_attempt()), "task_done")
+                }
                 TaskNext::Retry { not_before, charge } => {
                     (TaskState::Waiting, Some(finish.outcome), Some(*not_before), i64::from(*charge), "retry_scheduled")
                 }

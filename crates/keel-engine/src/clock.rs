@@ -1,0 +1,112 @@
+//! Injected time and randomness, so every timing rule can be tested on a manual clock.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use keel_model::Millis;
+
+/// Where the engine gets the time and how it waits.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Millis;
+    /// Resolves once `now() >= deadline`.
+    fn sleep_until(&self, deadline: Millis) -> impl Future<Output = ()> + Send;
+}
+
+/// Wall-clock time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as Millis)
+            .unwrap_or(0)
+    }
+
+    async fn sleep_until(&self, deadline: Millis) {
+        let wait = deadline.saturating_sub(self.now()).max(0) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
+}
+
+/// A clock that moves only when a test says so.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<Millis>>,
+    moved: Arc<tokio::sync::watch::Sender<Millis>>,
+}
+
+impl ManualClock {
+    pub fn new(start: Millis) -> ManualClock {
+        let (sender, _) = tokio::sync::watch::channel(start);
+        ManualClock { now: Arc::new(Mutex::new(start)), moved: Arc::new(sender) }
+    }
+
+    pub fn advance(&self, by: Millis) {
+        let mut now = self.now.lock().unwrap();
+        *now += by;
+        self.moved.send_replace(*now);
+    }
+
+    pub fn set(&self, to: Millis) {
+        let mut now = self.now.lock().unwrap();
+        *now = to;
+        self.moved.send_replace(*now);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        *self.now.lock().unwrap()
+    }
+
+    async fn sleep_until(&self, deadline: Millis) {
+        let mut moved = self.moved.subscribe();
+        while *moved.borrow_and_update() < deadline {
+            if moved.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A source of uniform samples in `[0, 1)`.
+pub trait Random: Send + 'static {
+    fn unit(&mut self) -> f64;
+
+    /// `bits` random bits as lowercase hex, for trace and span ids.
+    fn hex(&mut self, digits: usize) -> String {
+        (0..digits).map(|_| char::from_digit((self.unit() * 16.0) as u32 % 16, 16).unwrap()).collect()
+    }
+}
+
+/// SplitMix64: small, fast and good enough for jitter; not for secrets.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// Seeded from the time and the process id.
+    pub fn from_entropy() -> SplitMix64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64)
+            .unwrap_or(0);
+        SplitMix64(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+}
+
+impl Random for SplitMix64 {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

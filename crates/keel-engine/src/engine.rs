@@ -1,0 +1,906 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_exec::{Adopted, Executor, Launch, Report};
+use keel_model::{AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState};
+use keel_store::{
+    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, Store, StoreError, TaskChange, TaskNext,
+};
+use tokio::sync::mpsc;
+
+use crate::template::{expand, TemplateValues};
+use crate::{Clock, EngineError, Random};
+
+/// Settings of one engine that do not come from the pipeline file.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Who holds the leases this engine takes, e.g. `host:pid:nonce`.
+    pub owner: String,
+    /// Attempt directories go under `<attempts_dir>/<run>/<task>/<attempt>`.
+    pub attempts_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL when an attempt is stopped or times out.
+    pub kill_grace: Duration,
+    /// Bytes of output kept per attempt.
+    pub log_cap: u64,
+    pub lease_ttl: Duration,
+    /// How often the store is asked for cancel requests from other processes.
+    pub poll_interval: Duration,
+}
+
+/// What `keel run` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub partitions: Vec<String>,
+    /// Run only these tasks; the rest of a new run is `skipped`.
+    pub only: Vec<String>,
+    /// Start a new run even if the partition already finished.
+    pub rerun: bool,
+}
+
+/// What [`Engine::prepare`] decided for one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    Created(RunId),
+    /// An unfinished run of the partition (for example after a crash) is carried on.
+    Resumed(RunId),
+    /// The partition has a finished run and `rerun` was not asked for: nothing to do.
+    AlreadyFinished(RunRecord),
+}
+
+/// How one run ended, or where it stands if the engine stopped early.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run: RunId,
+    pub partition: String,
+    pub state: RunState,
+}
+
+/// Live progress for displays; the store's event log is the durable record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    RunLoaded { run: RunId, partition: String, tasks: usize, done: usize },
+    AttemptStarted { run: RunId, partition: String, task: String, attempt: u32 },
+    AttemptRecovered { run: RunId, partition: String, task: String, attempt: u32, how: &'static str },
+    AttemptFinished {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        outcome: Outcome,
+        message: Option<String>,
+        retry_at: Option<Millis>,
+    },
+    TasksSettled { run: RunId, partition: String, tasks: Vec<String>, outcome: Outcome },
+    RunFinished { run: RunId, partition: String, state: RunState },
+}
+
+/// The Keel engine for one pipeline version.
+pub struct Engine<S: Store, E: Executor, C: Clock> {
+    store: S,
+    executor: Arc<E>,
+    clock: Arc<C>,
+    random: Box<dyn Random>,
+    spec: Arc<PipelineSpec>,
+    dag: Dag,
+    config: EngineConfig,
+    observer: Box<dyn FnMut(Progress) + Send>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    state: TaskState,
+    outcome: Option<Outcome>,
+    attempts: u32,
+    charged: u32,
+    first_started_at: Option<Millis>,
+}
+
+struct ActiveRun {
+    record: RunRecord,
+    slots: Vec<Slot>,
+    /// Per task: dependencies not yet complete.
+    remaining: Vec<u32>,
+    done: usize,
+    cancelling: bool,
+    finished: bool,
+}
+
+struct Live {
+    run: usize,
+    task: TaskIndex,
+    number: u32,
+    epoch: i64,
+    stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+struct Book {
+    runs: Vec<ActiveRun>,
+    ready: VecDeque<(usize, TaskIndex)>,
+    timers: BinaryHeap<Reverse<(Millis, usize, TaskIndex)>>,
+    live: HashMap<AttemptId, Live>,
+    sender: mpsc::UnboundedSender<(AttemptId, Report)>,
+    shutting_down: bool,
+}
+
+fn lost_report(message: &str) -> Report {
+    Report::new(Outcome::Lost, message)
+}
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    pub fn new(
+        store: S,
+        executor: E,
+        clock: C,
+        random: Box<dyn Random>,
+        spec: PipelineSpec,
+        config: EngineConfig,
+    ) -> Engine<S, E, C> {
+        let dag = Dag::new(&spec);
+        Engine {
+            store,
+            executor: Arc::new(executor),
+            clock: Arc::new(clock),
+            random,
+            spec: Arc::new(spec),
+            dag,
+            config,
+            observer: Box::new(|_| {}),
+        }
+    }
+
+    /// Receives live progress events.
+    pub fn observe(&mut self, observer: impl FnMut(Progress) + Send + 'static) {
+        self.observer = Box::new(observer);
+    }
+
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn check_task_names(&self, names: &[String]) -> Result<Vec<TaskIndex>, EngineError> {
+        names
+            .iter()
+            .map(|name| {
+                self.dag.index_of(name).ok_or_else(|| EngineError::UnknownTask {
+                    task: name.clone(),
+                    suggestion: self
+                        .spec
+                        .tasks
+                        .iter()
+                        .map(|task| (strsim_like(name, &task.name), &task.name))
+                        .filter(|(distance, _)| *distance <= 3)
+                        .min_by_key(|(distance, _)| *distance)
+                        .map(|(_, candidate)| candidate.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// Decides, per partition, whether to create a run, carry on an unfinished one, or do
+    /// nothing because the partition already finished.
+    pub async fn prepare(&mut self, request: &RunRequest) -> Result<Vec<Prepared>, EngineError> {
+        let only = self.check_task_names(&request.only)?;
+        let mut prepared = Vec::new();
+        for partition in &request.partitions {
+            let latest = self.store.latest_run(&self.spec.name, partition).await?;
+            match latest {
+                Some(run) if !run.state.is_finished() => prepared.push(Prepared::Resumed(run.id)),
+                Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
+                _ => {
+                    let tasks = self
+                        .spec
+                        .tasks
+                        .iter()
+                        .enumerate()
+                        .map(|(index, task)| {
+                            let settled = (!only.is_empty() && !only.contains(&index)).then_some(Outcome::Skipped);
+                            (task.name.clone(), task.phase.clone(), settled)
+                        })
+                        .collect();
+                    let trace_id = self.random.hex(32);
+                    let run = self
+                        .store
+                        .create_run(NewRun {
+                            pipeline: self.spec.name.clone(),
+                            partition: partition.clone(),
+                            version: self.spec.version(),
+                            trace_id,
+                            tasks,
+                            at: self.clock.now(),
+                        })
+                        .await?;
+                    prepared.push(Prepared::Created(run.id));
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Resets `tasks` of the partition's newest run, and everything downstream of them, so that
+    /// the next [`Engine::execute`] runs them again with fresh retry budgets.
+    pub async fn retry(&mut self, partition: &str, tasks: &[String]) -> Result<RunId, EngineError> {
+        let roots = self.check_task_names(tasks)?;
+        let run = self
+            .store
+            .latest_run(&self.spec.name, partition)
+            .await?
+            .ok_or_else(|| EngineError::NoRun { partition: partition.to_string() })?;
+        let mut changes = Vec::new();
+        for root in &roots {
+            changes.push(TaskChange {
+                task: self.dag.name(*root).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_attempts: true,
+                reason: "manual retry".into(),
+            });
+        }
+        for downstream in self.dag.downstream_of(&roots) {
+            let because = roots.iter().map(|root| self.dag.name(*root)).collect::<Vec<_>>().join(", ");
+            changes.push(TaskChange {
+                task: self.dag.name(downstream).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_attempts: true,
+                reason: format!("downstream of retried {because}"),
+            });
+        }
+        let now = self.clock.now();
+        self.store.update_tasks(run.id, changes, now).await?;
+        if run.state != RunState::Running {
+            self.store.set_run_state(run.id, RunState::Running, Some("retry".into()), now).await?;
+        }
+        Ok(run.id)
+    }
+
+    /// Executes `runs` until every one has finished or `shutdown` resolves. Attempts that a
+    /// previous Keel left live are recovered first: adopted if still running, recorded if they
+    /// ended meanwhile, and otherwise marked `lost` and retried.
+    pub async fn execute(
+        &mut self,
+        runs: &[RunId],
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Vec<RunSummary>, EngineError> {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let mut book = Book {
+            runs: Vec::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            live: HashMap::new(),
+            sender,
+            shutting_down: false,
+        };
+        let live = self.store.live_attempts(&self.spec.name).await?;
+        let mut to_load: Vec<RunId> = runs.to_vec();
+        for attempt in &live {
+            if !to_load.contains(&attempt.run) {
+                to_load.push(attempt.run);
+            }
+        }
+        for run in to_load {
+            self.load_run(&mut book, run, &live).await?;
+        }
+        tokio::pin!(shutdown);
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.start_ready(&mut book).await?;
+            if book.live.is_empty() && (book.shutting_down || book.runs.iter().all(|run| run.finished)) {
+                break;
+            }
+            if book.live.is_empty() && book.ready.is_empty() && book.timers.is_empty() {
+                self.settle_stuck_runs(&mut book).await?;
+                continue;
+            }
+            let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
+            let clock = self.clock.clone();
+            tokio::select! {
+                message = receiver.recv() => {
+                    if let Some((attempt, report)) = message {
+                        self.on_report(&mut book, attempt, report).await?;
+                        while let Ok((attempt, report)) = receiver.try_recv() {
+                            self.on_report(&mut book, attempt, report).await?;
+                        }
+                    }
+                }
+                _ = async move {
+                    match next_timer {
+                        Some(at) => clock.sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.fire_timers(&mut book),
+                _ = poll.tick() => self.poll_requests(&mut book).await?,
+                _ = &mut shutdown, if !book.shutting_down => {
+                    book.shutting_down = true;
+                    for live in book.live.values() {
+                        (live.stop)();
+                    }
+                }
+            }
+        }
+        let mut summaries = Vec::new();
+        for run in &book.runs {
+            if runs.contains(&run.record.id) {
+                summaries.push(RunSummary {
+                    run: run.record.id,
+                    partition: run.record.partition.clone(),
+                    state: run.record.state,
+                });
+            }
+        }
+        Ok(summaries)
+    }
+
+    async fn load_run(&mut self, book: &mut Book, run: RunId, live: &[AttemptRecord]) -> Result<(), EngineError> {
+        let record = self.store.run(run).await?;
+        let stored = self.store.task_runs(run).await?;
+        let by_name: HashMap<&str, &keel_store::TaskRunRecord> =
+            stored.iter().map(|task| (task.task.as_str(), task)).collect();
+        let slots: Vec<Slot> = (0..self.dag.len())
+            .map(|index| match by_name.get(self.dag.name(index)) {
+                Some(task) => Slot {
+                    state: task.state,
+                    outcome: task.outcome,
+                    attempts: task.attempts,
+                    charged: task.charged,
+                    first_started_at: task.first_started_at,
+                },
+                // A task added to the pipeline after this run was created is not part of it.
+                None => Slot {
+                    state: TaskState::Done,
+                    outcome: Some(Outcome::Skipped),
+                    attempts: 0,
+                    charged: 0,
+                    first_started_at: None,
+                },
+            })
+            .collect();
+        let run_index = book.runs.len();
+        book.runs.push(ActiveRun {
+            record: record.clone(),
+            remaining: vec![0; slots.len()],
+            done: 0,
+            slots,
+            cancelling: false,
+            finished: record.state.is_finished(),
+        });
+        if record.state.is_finished() {
+            return Ok(());
+        }
+        // Count unfinished dependencies and find what can start.
+        let active = &mut book.runs[run_index];
+        let mut failed_roots = Vec::new();
+        for task in 0..self.dag.len() {
+            let slot = &active.slots[task];
+            if slot.state == TaskState::Done {
+                active.done += 1;
+                if !slot.outcome.is_some_and(Outcome::is_complete) {
+                    failed_roots.push(task);
+                }
+            }
+            active.remaining[task] = self
+                .dag
+                .dependencies(task)
+                .iter()
+                .filter(|dependency| {
+                    let dependency = &active.slots[**dependency];
+                    !(dependency.state == TaskState::Done && dependency.outcome.is_some_and(Outcome::is_complete))
+                })
+                .count() as u32;
+        }
+        let now = self.clock.now();
+        for task in 0..self.dag.len() {
+            let slot = &active.slots[task];
+            match slot.state {
+                TaskState::Pending if active.remaining[task] == 0 => book.ready.push_back((run_index, task)),
+                TaskState::Waiting => {
+                    let stored = by_name.get(self.dag.name(task)).and_then(|task| task.not_before).unwrap_or(now);
+                    book.timers.push(Reverse((stored, run_index, task)));
+                }
+                _ => {}
+            }
+        }
+        // Recover the attempts a previous Keel left live.
+        for attempt in live.iter().filter(|attempt| attempt.run == run) {
+            let Some(task) = self.dag.index_of(&attempt.task) else { continue };
+            let epoch = match self.store.take_over_attempt(attempt.id, &self.config.owner, self.clock.now()).await {
+                Ok(epoch) => epoch,
+                Err(StoreError::StaleLease { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            book.runs[run_index].slots[task].state = TaskState::Running;
+            let adopted = self.executor.adopt(PathBuf::from(&attempt.dir), attempt.pid);
+            let how = match &adopted {
+                Adopted::Running(_) => "adopted while still running",
+                Adopted::Finished(_) => "finished while keel was down",
+                Adopted::Gone => "lost",
+            };
+            (self.observer)(Progress::AttemptRecovered {
+                run,
+                partition: record.partition.clone(),
+                task: attempt.task.clone(),
+                attempt: attempt.number,
+                how,
+            });
+            let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+            book.live.insert(
+                attempt.id,
+                Live { run: run_index, task, number: attempt.number, epoch, stop: placeholder },
+            );
+            match adopted {
+                Adopted::Running(running) => {
+                    if let Some(live) = book.live.get_mut(&attempt.id) {
+                        live.stop = running.stop.clone();
+                    }
+                    let sender = book.sender.clone();
+                    let id = attempt.id;
+                    tokio::spawn(async move {
+                        let report = running.completion.await;
+                        let _ = sender.send((id, report));
+                    });
+                }
+                Adopted::Finished(report) => self.on_report(book, attempt.id, report).await?,
+                Adopted::Gone => {
+                    let report = lost_report("keel stopped before the attempt could finish");
+                    self.on_report(book, attempt.id, report).await?;
+                }
+            }
+        }
+        (self.observer)(Progress::RunLoaded {
+            run,
+            partition: record.partition.clone(),
+            tasks: self.dag.len(),
+            done: book.runs[run_index].done,
+        });
+        if record.cancel_requested {
+            self.begin_cancel(book, run_index).await?;
+        }
+        for root in failed_roots {
+            self.propagate_failure(book, run_index, root).await?;
+        }
+        self.finish_run_if_done(book, run_index).await
+    }
+
+    async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        let cap = self.spec.concurrency.max(1) as usize;
+        while book.live.len() < cap && !book.shutting_down {
+            let Some((run_index, task)) = book.ready.pop_front() else { break };
+            let active = &book.runs[run_index];
+            if active.cancelling
+                || active.finished
+                || !matches!(active.slots[task].state, TaskState::Pending | TaskState::Waiting)
+            {
+                continue;
+            }
+            self.start_attempt(book, run_index, task).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_attempt(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let record = book.runs[run_index].record.clone();
+        let task_spec = self.spec.tasks[task].clone();
+        let number = book.runs[run_index].slots[task].attempts + 1;
+        let dir = self
+            .config
+            .attempts_dir
+            .join(record.id.0.to_string())
+            .join(&task_spec.name)
+            .join(number.to_string());
+        let claim = ClaimAttempt {
+            run: record.id,
+            task: task_spec.name.clone(),
+            owner: self.config.owner.clone(),
+            dir: dir.display().to_string(),
+            lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
+            at: now,
+        };
+        let attempt = match self.store.claim_attempt(claim).await {
+            Ok(attempt) => attempt,
+            Err(StoreError::AlreadyLive { .. }) => {
+                // Another run of this partition is running the task; try again shortly.
+                book.timers.push(Reverse((now + 1_000, run_index, task)));
+                return Ok(());
+            }
+            Err(StoreError::NotClaimable { .. }) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let slot = &mut book.runs[run_index].slots[task];
+        slot.state = TaskState::Running;
+        slot.attempts = attempt.number;
+        slot.first_started_at.get_or_insert(now);
+        let run_id = record.id.0.to_string();
+        let attempt_text = attempt.number.to_string();
+        let values = TemplateValues {
+            date: &record.partition,
+            partition: &record.partition,
+            run_id: &run_id,
+            task: &task_spec.name,
+            attempt: &attempt_text,
+        };
+        let command: Vec<String> = task_spec.command.iter().map(|part| expand(part, &values)).collect();
+        let span_id = self.random.hex(16);
+        let env = vec![
+            ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
+            ("KEEL_RUN_ID".to_string(), run_id.clone()),
+            ("KEEL_TASK".to_string(), task_spec.name.clone()),
+            ("KEEL_PARTITION".to_string(), record.partition.clone()),
+            ("KEEL_ATTEMPT".to_string(), attempt_text.clone()),
+            (
+                "KEEL_IDEMPOTENCY_KEY".to_string(),
+                format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
+            ),
+            ("KEEL_RESULT".to_string(), dir.join(keel_exec::supervisor::RESULT_FILE).display().to_string()),
+            ("KEEL_HEARTBEAT".to_string(), dir.join(keel_exec::supervisor::HEARTBEAT_FILE).display().to_string()),
+            ("TRACEPARENT".to_string(), format!("00-{}-{span_id}-01", record.trace_id)),
+        ];
+        let launch = Launch {
+            dir,
+            command,
+            env,
+            timeout: task_spec.timeout,
+            heartbeat: task_spec.heartbeat,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
+        };
+        let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+        book.live.insert(
+            attempt.id,
+            Live { run: run_index, task, number: attempt.number, epoch: attempt.lease_epoch, stop: placeholder },
+        );
+        (self.observer)(Progress::AttemptStarted {
+            run: record.id,
+            partition: record.partition.clone(),
+            task: task_spec.name.clone(),
+            attempt: attempt.number,
+        });
+        match self.executor.launch(launch) {
+            Ok(running) => {
+                if let Some(pid) = running.pid {
+                    match self.store.mark_attempt_started(attempt.id, attempt.lease_epoch, pid, self.clock.now()).await {
+                        Ok(()) | Err(StoreError::StaleLease { .. }) => {}
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                if let Some(live) = book.live.get_mut(&attempt.id) {
+                    live.stop = running.stop.clone();
+                }
+                let sender = book.sender.clone();
+                let id = attempt.id;
+                tokio::spawn(async move {
+                    let report = running.completion.await;
+                    let _ = sender.send((id, report));
+                });
+            }
+            Err(error) => {
+                let report = Report::new(Outcome::Failed, format!("cannot start the attempt: {error}"));
+                self.on_report(book, attempt.id, report).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a task goes after an attempt ended with `report`.
+    fn decide(&mut self, active: &ActiveRun, task: TaskIndex, outcome: Outcome, shutting_down: bool) -> (TaskNext, Option<String>) {
+        let now = self.clock.now();
+        let task_spec = &self.spec.tasks[task];
+        let slot = &active.slots[task];
+        if outcome.is_complete() {
+            return (TaskNext::Done(outcome), None);
+        }
+        if active.cancelling {
+            return (TaskNext::Done(if outcome == Outcome::Lost { Outcome::Cancelled } else { outcome }), None);
+        }
+        match outcome {
+            Outcome::Cancelled if shutting_down => (TaskNext::Resume, None),
+            Outcome::NotReady => {
+                let waited = now - slot.first_started_at.unwrap_or(now);
+                if waited >= task_spec.deadline.as_millis() as Millis {
+                    let note = format!(
+                        "still not ready after {}; the deadline passed",
+                        keel_model::format_duration(task_spec.deadline)
+                    );
+                    (TaskNext::Done(Outcome::NotReady), Some(note))
+                } else {
+                    let checks = slot.attempts.saturating_sub(slot.charged).max(1);
+                    let delay = task_spec.retries.delay(checks, self.random.unit());
+                    (TaskNext::Retry { not_before: now + delay.as_millis() as Millis, charge: false }, None)
+                }
+            }
+            outcome if outcome.is_retryable() => {
+                let charge = outcome.uses_retry_attempt();
+                let charged = slot.charged + u32::from(charge);
+                if charged >= task_spec.retries.attempts {
+                    return (TaskNext::Done(outcome), None);
+                }
+                let delay = if charge {
+                    task_spec.retries.delay(charged, self.random.unit()).as_millis() as Millis
+                } else {
+                    0
+                };
+                (TaskNext::Retry { not_before: now + delay, charge }, None)
+            }
+            outcome => (TaskNext::Done(outcome), None),
+        }
+    }
+
+    async fn on_report(&mut self, book: &mut Book, attempt: AttemptId, report: Report) -> Result<(), EngineError> {
+        let Some(live) = book.live.remove(&attempt) else { return Ok(()) };
+        let (next, note) = self.decide(&book.runs[live.run], live.task, report.outcome, book.shutting_down);
+        let message = match (report.message.clone(), note) {
+            (Some(message), Some(note)) => Some(format!("{message}; {note}")),
+            (message, note) => message.or(note),
+        };
+        let now = self.clock.now();
+        let finish = FinishAttempt {
+            attempt,
+            epoch: live.epoch,
+            outcome: report.outcome,
+            exit_code: report.exit_code,
+            rows: report.rows,
+            metrics: report.metrics.clone(),
+            message: message.clone(),
+            next: next.clone(),
+            at: now,
+        };
+        match self.store.finish_attempt(finish).await {
+            Ok(()) => {}
+            Err(StoreError::StaleLease { .. }) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
+        let active = &mut book.runs[live.run];
+        let slot = &mut active.slots[live.task];
+        slot.outcome = Some(report.outcome);
+        let retry_at = match &next {
+            TaskNext::Done(outcome) => {
+                slot.state = TaskState::Done;
+                slot.outcome = Some(*outcome);
+                None
+            }
+            TaskNext::Retry { not_before, charge } => {
+                slot.state = TaskState::Waiting;
+                slot.charged += u32::from(*charge);
+                book.timers.push(Reverse((*not_before, live.run, live.task)));
+                Some(*not_before)
+            }
+            TaskNext::Resume => {
+                slot.state = TaskState::Pending;
+                None
+            }
+        };
+        (self.observer)(Progress::AttemptFinished {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            task: self.dag.name(live.task).to_string(),
+            attempt: live.number,
+            outcome: report.outcome,
+            message,
+            retry_at,
+        });
+        if let TaskNext::Done(outcome) = next {
+            self.on_task_done(book, live.run, live.task, outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_task_done(&mut self, book: &mut Book, run_index: usize, task: TaskIndex, outcome: Outcome) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        active.done += 1;
+        if outcome.is_complete() {
+            for dependent in self.dag.dependents(task) {
+                let remaining = &mut active.remaining[*dependent];
+                *remaining = remaining.saturating_sub(1);
+                if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending && !active.cancelling {
+                    book.ready.push_back((run_index, *dependent));
+                }
+            }
+        } else {
+            self.propagate_failure(book, run_index, task).await?;
+        }
+        self.finish_run_if_done(book, run_index).await
+    }
+
+    /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
+    async fn propagate_failure(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        let blocked: Vec<TaskIndex> = self
+            .dag
+            .downstream_of(&[task])
+            .into_iter()
+            .filter(|downstream| matches!(active.slots[*downstream].state, TaskState::Pending | TaskState::Waiting))
+            .collect();
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        let upstream = self.dag.name(task);
+        let reason = format!("upstream task {upstream:?} ended {}", active.slots[task].outcome.map(Outcome::as_str).unwrap_or("unfinished"));
+        let changes = blocked
+            .iter()
+            .map(|downstream| TaskChange {
+                task: self.dag.name(*downstream).to_string(),
+                state: TaskState::Done,
+                outcome: Some(Outcome::UpstreamFailed),
+                not_before: None,
+                message: Some(reason.clone()),
+                reset_attempts: false,
+                reason: reason.clone(),
+            })
+            .collect();
+        self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+        for downstream in &blocked {
+            let slot = &mut active.slots[*downstream];
+            slot.state = TaskState::Done;
+            slot.outcome = Some(Outcome::UpstreamFailed);
+            active.done += 1;
+        }
+        (self.observer)(Progress::TasksSettled {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            tasks: blocked.iter().map(|task| self.dag.name(*task).to_string()).collect(),
+            outcome: Outcome::UpstreamFailed,
+        });
+        Ok(())
+    }
+
+    async fn finish_run_if_done(&mut self, book: &mut Book, run_index: usize) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        if active.finished || active.done < active.slots.len() {
+            return Ok(());
+        }
+        let not_complete: Vec<&str> = (0..active.slots.len())
+            .filter(|task| !active.slots[*task].outcome.is_some_and(Outcome::is_complete))
+            .map(|task| self.dag.name(task))
+            .collect();
+        let (state, message) = if active.cancelling {
+            (RunState::Cancelled, Some("cancelled on request".to_string()))
+        } else if not_complete.is_empty() {
+            (RunState::Succeeded, None)
+        } else {
+            let shown: Vec<&str> = not_complete.iter().take(5).copied().collect();
+            let more = not_complete.len().saturating_sub(shown.len());
+            let mut message = format!("{} of {} tasks did not complete: {}", not_complete.len(), active.slots.len(), shown.join(", "));
+            if more > 0 {
+                message.push_str(&format!(" and {more} more"));
+            }
+            (RunState::Failed, Some(message))
+        };
+        self.store.set_run_state(active.record.id, state, message, self.clock.now()).await?;
+        active.finished = true;
+        active.record.state = state;
+        (self.observer)(Progress::RunFinished { run: active.record.id, partition: active.record.partition.clone(), state });
+        Ok(())
+    }
+
+    fn fire_timers(&mut self, book: &mut Book) {
+        let now = self.clock.now();
+        while let Some(Reverse((at, run_index, task))) = book.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            book.timers.pop();
+            if matches!(book.runs[run_index].slots[task].state, TaskState::Waiting | TaskState::Pending) {
+                book.ready.push_back((run_index, task));
+            }
+        }
+    }
+
+    async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for run_index in 0..book.runs.len() {
+            let active = &book.runs[run_index];
+            if active.finished || active.cancelling {
+                continue;
+            }
+            let record = self.store.run(active.record.id).await?;
+            if record.cancel_requested {
+                self.begin_cancel(book, run_index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin_cancel(&mut self, book: &mut Book, run_index: usize) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        if active.cancelling || active.finished {
+            return Ok(());
+        }
+        active.cancelling = true;
+        for live in book.live.values().filter(|live| live.run == run_index) {
+            (live.stop)();
+        }
+        let waiting: Vec<TaskIndex> = (0..active.slots.len())
+            .filter(|task| matches!(active.slots[*task].state, TaskState::Pending | TaskState::Waiting))
+            .collect();
+        if !waiting.is_empty() {
+            let changes = waiting
+                .iter()
+                .map(|task| TaskChange {
+                    task: self.dag.name(*task).to_string(),
+                    state: TaskState::Done,
+                    outcome: Some(Outcome::Cancelled),
+                    not_before: None,
+                    message: Some("the run was cancelled".into()),
+                    reset_attempts: false,
+                    reason: "the run was cancelled".into(),
+                })
+                .collect();
+            self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+            for task in &waiting {
+                active.slots[*task].state = TaskState::Done;
+                active.slots[*task].outcome = Some(Outcome::Cancelled);
+                active.done += 1;
+            }
+        }
+        self.store
+            .append_event(NewEvent {
+                run: active.record.id,
+                task: None,
+                attempt: None,
+                kind: "cancelling".into(),
+                detail: format!("{} waiting tasks cancelled, running attempts stopped", waiting.len()),
+                at: self.clock.now(),
+            })
+            .await?;
+        self.finish_run_if_done(book, run_index).await
+    }
+
+    /// Nothing is running, ready or scheduled, yet a run has unfinished tasks. With a valid DAG
+    /// this cannot happen; if it does, the run fails loudly rather than hanging.
+    async fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for run_index in 0..book.runs.len() {
+            if book.runs[run_index].finished {
+                continue;
+            }
+            let active = &mut book.runs[run_index];
+            let stuck: Vec<TaskIndex> =
+                (0..active.slots.len()).filter(|task| active.slots[*task].state != TaskState::Done).collect();
+            let changes = stuck
+                .iter()
+                .map(|task| TaskChange {
+                    task: self.dag.name(*task).to_string(),
+                    state: TaskState::Done,
+                    outcome: Some(Outcome::UpstreamFailed),
+                    not_before: None,
+                    message: Some("no path to start this task; its dependencies can never complete".into()),
+                    reset_attempts: false,
+                    reason: "stuck".into(),
+                })
+                .collect();
+            self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+            for task in stuck {
+                active.slots[task].state = TaskState::Done;
+                active.slots[task].outcome = Some(Outcome::UpstreamFailed);
+                active.done += 1;
+            }
+            self.finish_run_if_done(book, run_index).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Edit distance for "did you mean" on task names given on the command line.
+fn strsim_like(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
