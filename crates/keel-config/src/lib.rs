@@ -1,1 +1,72 @@
-//! placeholder
+//! Reads `keel.toml` (DESIGN §3) and turns it into a validated [`keel_model::PipelineSpec`].
+//!
+//! Every error in a file is reported at once, each with `file:line:column`, the offending value
+//! and a hint. This crate reads the one file it is given and does nothing else: it runs no
+//! commands, opens no state store, resolves no secrets and prints nothing.
+//!
+//! ```
+//! let spec = keel_config::parse(
+//!     r#"
+//! [pipeline]
+//! name = "hello"
+//!
+//! [phases.main]
+//!
+//! [tasks.greet]
+//! phase = "main"
+//! command = ["sh", "-c", "echo hello for {date}"]
+//! "#,
+//!     "keel.toml",
+//! )
+//! .unwrap();
+//! assert_eq!(spec.tasks[0].retries.attempts, 3);
+//!
+//! let errors = keel_config::parse("[pipeline]\nnmae = \"x\"\n", "keel.toml").unwrap_err();
+//! assert!(errors.to_string().contains(r#"unknown field "nmae" in [pipeline] (keel.toml:2:1); did you mean "name"?"#));
+//! ```
+
+mod error;
+mod graph;
+mod secrets;
+mod suggest;
+mod template;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors, Location, NameKind};
+use keel_model::PipelineSpec;
+
+/// A commented starter pipeline, written by `keel init`. It validates as it is.
+pub const STARTER_PIPELINE: &str = include_str!("starter.toml");
+
+/// Reads and validates the pipeline file at `path`.
+///
+/// Locations in errors name the file as `path` is written. A missing or unreadable file is a
+/// single error that says what to do.
+pub fn load(path: &Path) -> Result<PipelineSpec, ConfigErrors> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::FileNotFound {
+                path: shown.clone(),
+            }
+        } else {
+            ConfigError::FileUnreadable {
+                path: shown.clone(),
+                reason: error.kind().to_string(),
+            }
+        }
+    })?;
+    let source = String::from_utf8(bytes).map_err(|_| ConfigError::FileUnreadable {
+        path: shown.clone(),
+        reason: "it is not valid UTF-8".to_string(),
+    })?;
+    parse(&source, &shown)
+}
+
+/// Validates the text of a pipeline file. `file_label` names the file in error locations, for
+/// example `keel.toml` in `keel.toml:12:5`.
+pub fn parse(source: &str, file_label: &str) -> Result<PipelineSpec, ConfigErrors> {
+    validate::parse_spec(source, file_label)
+}

@@ -39,11 +39,10 @@ impl Dag {
         let mut dependencies = vec![Vec::new(); names.len()];
         for (position, task) in spec.tasks.iter().enumerate() {
             let deps: &mut Vec<TaskIndex> = &mut dependencies[position];
-            if let Some(phase) = spec.phases.iter().find(|phase| phase.name == task.phase) {
-                for upstream_phase in &phase.after {
-                    if let Some(upstream) = tasks_by_phase.get(upstream_phase.as_str()) {
-                        deps.extend(upstream.iter().copied());
-                    }
+            // Every phase upstream, transitively: a phase with no tasks must not break the chain.
+            for upstream_phase in upstream_phases(spec, &task.phase) {
+                if let Some(upstream) = tasks_by_phase.get(upstream_phase) {
+                    deps.extend(upstream.iter().copied());
                 }
             }
             deps.extend(
@@ -112,6 +111,22 @@ impl Dag {
     }
 }
 
+/// The phases `phase` runs after, directly or through other phases.
+fn upstream_phases<'a>(spec: &'a PipelineSpec, phase: &str) -> Vec<&'a str> {
+    let mut found: Vec<&'a str> = Vec::new();
+    let mut stack: Vec<&str> = vec![phase];
+    while let Some(current) = stack.pop() {
+        let Some(spec_phase) = spec.phases.iter().find(|candidate| candidate.name == current) else { continue };
+        for upstream in &spec_phase.after {
+            if !found.contains(&upstream.as_str()) && upstream != phase {
+                found.push(upstream);
+                stack.push(upstream);
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +177,24 @@ mod tests {
         assert_eq!(dag.dependencies(3), &[0, 1, 2]);
         assert_eq!(dag.downstream_of(&[1]), vec![2, 3]);
         assert_eq!(dag.downstream_of(&[3]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn an_empty_phase_does_not_break_the_chain() {
+        // Regression: c's tasks did not wait for a's when the phase b between them had no tasks.
+        let spec = PipelineSpec {
+            name: "p".into(),
+            timezone: "UTC".into(),
+            partition: PartitionKind::None,
+            state: None,
+            concurrency: 4,
+            phases: vec![
+                PhaseSpec { name: "a".into(), after: vec![] },
+                PhaseSpec { name: "b".into(), after: vec!["a".into()] },
+                PhaseSpec { name: "c".into(), after: vec!["b".into()] },
+            ],
+            tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
+        };
+        assert_eq!(Dag::new(&spec).dependencies(1), &[0]);
     }
 }

@@ -1,0 +1,400 @@
+use std::fmt;
+
+/// Where in a pipeline file something was found: `keel.toml:48:9`.
+///
+/// `line` and `column` are 1-based; the column counts characters, not bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// What a name in the file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKind {
+    Pipeline,
+    Phase,
+    Task,
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameKind::Pipeline => "pipeline",
+            NameKind::Phase => "phase",
+            NameKind::Task => "task",
+        })
+    }
+}
+
+/// One thing wrong with a pipeline file.
+///
+/// Each variant carries the offending value and, when it comes from the file, its [`Location`].
+/// The `Display` form is the message shown to users: lowercase, the value quoted, the location in
+/// parentheses, and a hint after a semicolon.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("pipeline file {path:?} not found; create one with `keel init`")]
+    FileNotFound { path: String },
+
+    #[error("cannot read pipeline file {path:?}: {reason}")]
+    FileUnreadable { path: String, reason: String },
+
+    #[error("invalid TOML: {message} ({location})")]
+    Syntax { message: String, location: Location },
+
+    #[error("duplicate key {key:?} ({location}); a key or table may be defined only once")]
+    DuplicateKey { key: String, location: Location },
+
+    #[error(
+        "unknown field {field:?}{} ({location}); {}",
+        in_table(.table),
+        suggest_or_list(.suggestion, .expected)
+    )]
+    UnknownField {
+        field: String,
+        /// The dotted path of the table, empty for the top level.
+        table: String,
+        location: Location,
+        suggestion: Option<String>,
+        /// The supported fields of that table.
+        expected: &'static [&'static str],
+    },
+
+    #[error("{field:?} is not supported yet{} ({location}); remove it for now", in_table(.table))]
+    NotSupportedYet {
+        field: String,
+        table: String,
+        location: Location,
+    },
+
+    #[error("missing table [{table}] ({location}); add it with at least name = \"my_pipeline\"")]
+    MissingTable { table: String, location: Location },
+
+    #[error("missing field {field:?}{} ({location}); {}", in_table(.table), missing_hint(.field))]
+    MissingField {
+        field: String,
+        table: String,
+        location: Location,
+    },
+
+    #[error("no tasks defined ({location}); add a [tasks.NAME] table with a phase and a command")]
+    NoTasks { location: Location },
+
+    #[error("{field:?}{} must be {expected}, found {found} ({location})", in_table(.table))]
+    WrongType {
+        field: String,
+        table: String,
+        expected: &'static str,
+        found: &'static str,
+        location: Location,
+    },
+
+    #[error(
+        "invalid {kind} name {name:?} ({location}); a name is one or more letters, digits, \"_\" or \"-\""
+    )]
+    InvalidName {
+        kind: NameKind,
+        name: String,
+        location: Location,
+    },
+
+    #[error("empty command in task {task:?} ({location}); {EXAMPLE_COMMAND}")]
+    EmptyCommand { task: String, location: Location },
+
+    #[error(
+        "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
+        in_table(.table)
+    )]
+    InvalidDuration {
+        field: String,
+        table: String,
+        value: String,
+        /// What is wrong and how to write it instead.
+        reason: String,
+        location: Location,
+    },
+
+    #[error("{field:?}{} must be {bound}, found {value} ({location})", in_table(.table))]
+    OutOfRange {
+        field: String,
+        table: String,
+        value: String,
+        /// For example `at least 1`.
+        bound: String,
+        location: Location,
+    },
+
+    #[error(
+        "invalid {field} {value:?}{} ({location}); {}",
+        in_table(.table),
+        suggest_or_list(.suggestion, .expected)
+    )]
+    InvalidChoice {
+        field: String,
+        table: String,
+        value: String,
+        expected: &'static [&'static str],
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error("unknown time zone {timezone:?} ({location}); {}", timezone_hint(.suggestion))]
+    UnknownTimezone {
+        timezone: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "unknown template {template:?} in the command of task {task:?} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace"
+    )]
+    UnknownTemplate {
+        task: String,
+        /// The whole placeholder, braces included: `{day}`.
+        template: String,
+        location: Location,
+    },
+
+    #[error(
+        "unclosed \"{{\" in the command of task {task:?} ({location}); close it as in \"{{date}}\", or write \"{{{{\" for a literal brace"
+    )]
+    UnclosedTemplate { task: String, location: Location },
+
+    #[error("unknown phase {phase:?} in task {task:?} ({location}); {}", phase_hint(.suggestion, .phase))]
+    UnknownPhase {
+        task: String,
+        phase: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "unknown phase {dependency:?} in the after list of phase {phase:?} ({location}); {}",
+        phase_hint(.suggestion, .dependency)
+    )]
+    UnknownPhaseDependency {
+        phase: String,
+        dependency: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "unknown dependency {dependency:?} in task {task:?} ({location}){}",
+        dependency_hint(.suggestion, .dependency, *.names_a_phase)
+    )]
+    UnknownDependency {
+        task: String,
+        dependency: String,
+        suggestion: Option<String>,
+        /// Whether the name is a phase's, a common mix-up: phases are ordered in `[phases]`.
+        names_a_phase: bool,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} in phase {phase:?} cannot run after task {dependency:?} in phase {dependency_phase:?} ({location}); a task may only run after tasks of its own phase or of a phase that {phase:?} runs after"
+    )]
+    DependencyNotUpstream {
+        task: String,
+        phase: String,
+        dependency: String,
+        dependency_phase: String,
+        location: Location,
+    },
+
+    #[error(
+        "{name:?} is listed twice in the after list of {kind} {owner:?} ({location}); remove the repeat"
+    )]
+    RepeatedName {
+        kind: NameKind,
+        owner: String,
+        name: String,
+        location: Location,
+    },
+
+    #[error("cycle in {kind}s: {} ({location}); {}", .path.join(" → "), cycle_hint(.path))]
+    Cycle {
+        kind: NameKind,
+        /// The names along the cycle, the first one repeated at the end: `a → b → a`.
+        path: Vec<String>,
+        /// The `after` entry of the first name that names the second.
+        location: Location,
+    },
+
+    #[error(
+        "{field:?} looks like a plaintext {what} ({redacted:?}) ({location}); keep secrets out of keel.toml: read it from an environment variable, or from secrets = [...] once that is supported"
+    )]
+    PlaintextSecret {
+        /// The dotted path of the value, for example `tasks.fetch.command[2]`.
+        field: String,
+        /// What kind of secret it looks like, for example `AWS access key`.
+        what: &'static str,
+        /// The recognisable start of the value with the secret part cut off: `AKIA…`.
+        redacted: String,
+        location: Location,
+    },
+}
+
+impl ConfigError {
+    /// Where in the file the error is, if it comes from the file's content.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::FileNotFound { .. } | ConfigError::FileUnreadable { .. } => None,
+            ConfigError::Syntax { location, .. }
+            | ConfigError::DuplicateKey { location, .. }
+            | ConfigError::UnknownField { location, .. }
+            | ConfigError::NotSupportedYet { location, .. }
+            | ConfigError::MissingTable { location, .. }
+            | ConfigError::MissingField { location, .. }
+            | ConfigError::NoTasks { location }
+            | ConfigError::WrongType { location, .. }
+            | ConfigError::InvalidName { location, .. }
+            | ConfigError::EmptyCommand { location, .. }
+            | ConfigError::InvalidDuration { location, .. }
+            | ConfigError::OutOfRange { location, .. }
+            | ConfigError::InvalidChoice { location, .. }
+            | ConfigError::UnknownTimezone { location, .. }
+            | ConfigError::UnknownTemplate { location, .. }
+            | ConfigError::UnclosedTemplate { location, .. }
+            | ConfigError::UnknownPhase { location, .. }
+            | ConfigError::UnknownPhaseDependency { location, .. }
+            | ConfigError::UnknownDependency { location, .. }
+            | ConfigError::DependencyNotUpstream { location, .. }
+            | ConfigError::RepeatedName { location, .. }
+            | ConfigError::Cycle { location, .. }
+            | ConfigError::PlaintextSecret { location, .. } => Some(location),
+        }
+    }
+}
+
+/// Every error found in a pipeline file, sorted by position.
+///
+/// `Display` writes one error per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The errors in order of position.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// How many errors there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none; a returned `ConfigErrors` always has at least one.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, error) in self.0.iter().enumerate() {
+            if position > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+const EXAMPLE_COMMAND: &str =
+    "give the program and its arguments, for example [\"sh\", \"-c\", \"echo {date}\"]";
+
+/// ` in [tasks.fetch]` for a table's dotted path, nothing for the top level.
+fn in_table(table: &str) -> String {
+    if table.is_empty() {
+        " at the top level".to_string()
+    } else {
+        format!(" in [{table}]")
+    }
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(name) => format!("; did you mean {name:?}?"),
+        None => String::new(),
+    }
+}
+
+fn suggest_or_list(suggestion: &Option<String>, expected: &[&str]) -> String {
+    if let Some(name) = suggestion {
+        return format!("did you mean {name:?}?");
+    }
+    let quoted: Vec<String> = expected.iter().map(|name| format!("{name:?}")).collect();
+    match quoted.as_slice() {
+        [] => "remove it".to_string(),
+        [only] => format!("expected {only}"),
+        [rest @ .., last] => format!("expected {} or {last}", rest.join(", ")),
+    }
+}
+
+fn missing_hint(field: &str) -> String {
+    match field {
+        "name" => "add name = \"my_pipeline\"".to_string(),
+        "phase" => "add phase = \"...\" naming one of the [phases.NAME] tables".to_string(),
+        "command" => EXAMPLE_COMMAND.to_string(),
+        other => format!("add {other} = ..."),
+    }
+}
+
+fn dependency_hint(suggestion: &Option<String>, dependency: &str, names_a_phase: bool) -> String {
+    match suggestion {
+        Some(_) => did_you_mean(suggestion),
+        None if names_a_phase => format!(
+            "; {dependency:?} is a phase, not a task: to wait for a whole phase, add it to the after list of this task's phase"
+        ),
+        None => String::new(),
+    }
+}
+
+fn cycle_hint(path: &[String]) -> String {
+    match path {
+        [only, _] => format!("remove {only:?} from its own after list"),
+        _ => "remove one of these \"after\" entries".to_string(),
+    }
+}
+
+fn timezone_hint(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(name) => format!("did you mean {name:?}?"),
+        None => "use an IANA name such as \"UTC\" or \"America/New_York\"".to_string(),
+    }
+}
+
+fn phase_hint(suggestion: &Option<String>, phase: &str) -> String {
+    match suggestion {
+        Some(name) => format!("did you mean {name:?}?"),
+        None => format!("define it with a [phases.{phase}] table"),
+    }
+}

@@ -1,0 +1,990 @@
+//! Walks the span-aware TOML tree, collects every error, and builds the spec when there are none.
+//!
+//! Validation runs in two passes. The first reads each table on its own (types, fields, names,
+//! durations, templates, secrets) into raw structs that remember where each name was written. The
+//! second resolves names across tables (phases, dependencies, cycles). Whatever is wrong with one
+//! value never stops the walk, so a single run reports everything.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Duration;
+
+use keel_model::{
+    DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, DurationError, Jitter, PartitionKind,
+    PhaseSpec, PipelineSpec, RetryPolicy, TaskSpec,
+};
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+use crate::error::{ConfigError, ConfigErrors, Location, NameKind};
+use crate::graph::find_cycles;
+use crate::secrets::find_secret;
+use crate::suggest::{closest, closest_timezone};
+use crate::template::{TemplateProblem, check_templates};
+
+const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "phases", "tasks"];
+const TOP_LEVEL_LATER: &[&str] = &["resources", "secrets"];
+const PIPELINE_FIELDS: &[&str] = &["name", "timezone", "partition", "state"];
+const PIPELINE_LATER: &[&str] = &["schedule", "schedule_partition"];
+const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "heartbeat", "deadline", "concurrency"];
+const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
+const PHASE_FIELDS: &[&str] = &["after"];
+const PHASE_LATER: &[&str] = &["gate"];
+const TASK_FIELDS: &[&str] = &[
+    "phase",
+    "command",
+    "after",
+    "timeout",
+    "retries",
+    "heartbeat",
+    "deadline",
+];
+const TASK_LATER: &[&str] = &["uses", "secrets", "wait_for", "smoke"];
+const PARTITION_KINDS: &[&str] = &["date", "none"];
+const JITTER_KINDS: &[&str] = &["full", "equal", "none"];
+
+const EXPECT_TABLE: &str = "a table";
+const EXPECT_STRING: &str = "a string";
+const EXPECT_DURATION: &str = "a duration string such as \"10m\"";
+const EXPECT_INTEGER: &str = "an integer";
+const EXPECT_NAMES: &str = "a list of names such as [\"a\", \"b\"]";
+const EXPECT_COMMAND: &str = "a list of strings such as [\"sh\", \"-c\", \"echo {date}\"]";
+
+/// Parses and validates `source`; `file` is the label used in locations.
+pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, ConfigErrors> {
+    let mut checker = Checker {
+        map: SourceMap::new(source, file),
+        errors: Vec::new(),
+    };
+    let (document, parse_errors) = DeTable::parse_recoverable(source);
+    let only_duplicates = checker.record_parse_errors(&parse_errors);
+    // After a real syntax error the recovered tree can be missing whole tables, and validating
+    // it would report errors that are not there. Duplicate keys leave a sound tree behind.
+    let spec = if only_duplicates {
+        checker.scan_for_secrets(document.get_ref(), "");
+        checker.check_document(document.get_ref())
+    } else {
+        None
+    };
+    let mut errors = checker.errors;
+    match spec {
+        Some(spec) if errors.is_empty() => Ok(spec),
+        _ => {
+            // A stable sort keeps errors found at the same position in the order they were found.
+            errors.sort_by_key(|error| {
+                error
+                    .location()
+                    .map(|location| (location.line, location.column))
+            });
+            errors.dedup();
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Turns byte offsets into `file:line:column` locations.
+struct SourceMap<'s> {
+    source: &'s str,
+    file: String,
+    line_starts: Vec<usize>,
+}
+
+impl<'s> SourceMap<'s> {
+    fn new(source: &'s str, file: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(offset, _)| offset + 1))
+            .collect();
+        SourceMap {
+            source,
+            file: file.to_string(),
+            line_starts,
+        }
+    }
+
+    fn location(&self, offset: usize) -> Location {
+        let mut offset = offset.min(self.source.len());
+        while !self.source.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(line) => line,
+            Err(next_line) => next_line - 1,
+        };
+        let column = self.source[self.line_starts[line]..offset].chars().count() + 1;
+        Location {
+            file: self.file.clone(),
+            line: line + 1,
+            column,
+        }
+    }
+
+    /// The byte offset of `inner` bytes into a string value written at `span`. Escapes make the
+    /// written form differ from the value; then the start of the string is the best we can do.
+    fn offset_in_string(&self, span: &Range<usize>, value: &str, inner: usize) -> usize {
+        let written = self.source.get(span.clone()).unwrap_or("");
+        let single_line_quoted = written.len() >= 2
+            && ((written.starts_with('"') && !written.starts_with("\"\"\""))
+                || (written.starts_with('\'') && !written.starts_with("'''")));
+        if single_line_quoted && &written[1..written.len() - 1] == value {
+            span.start + 1 + inner
+        } else {
+            span.start
+        }
+    }
+
+    /// The text of a key as written, without quotes.
+    fn key_text(&self, span: &Range<usize>) -> String {
+        let written = self.source.get(span.clone()).unwrap_or("");
+        written.trim_matches(|c| c == '"' || c == '\'').to_string()
+    }
+
+    /// Whether `offset` is on a `[table]` or `[[array]]` header line.
+    fn on_header_line(&self, offset: usize) -> bool {
+        let location = self.location(offset);
+        let start = self.line_starts[location.line - 1];
+        self.source[start..].trim_start().starts_with('[')
+    }
+
+    /// The offset of the next header line after `offset`, or the end of the file.
+    fn next_header_after(&self, offset: usize) -> usize {
+        self.line_starts
+            .iter()
+            .copied()
+            .filter(|start| *start > offset)
+            .find(|start| self.source[*start..].trim_start().starts_with('['))
+            .unwrap_or(self.source.len())
+    }
+}
+
+/// A name as written somewhere in the file.
+#[derive(Debug, Clone)]
+struct NameRef {
+    name: String,
+    span: Range<usize>,
+}
+
+/// Retry settings that may each be left out and filled from the level above.
+#[derive(Debug, Default, Clone, Copy)]
+struct RetriesOverride {
+    attempts: Option<u32>,
+    initial: Option<Duration>,
+    max: Option<Duration>,
+    jitter: Option<Jitter>,
+}
+
+impl RetriesOverride {
+    fn over(self, base: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.attempts.unwrap_or(base.attempts),
+            initial: self.initial.unwrap_or(base.initial),
+            max: self.max.unwrap_or(base.max),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RawPipeline {
+    name: Option<String>,
+    timezone: Option<String>,
+    partition: Option<PartitionKind>,
+    state: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct RawDefaults {
+    timeout: Option<Duration>,
+    retries: RetriesOverride,
+    heartbeat: Option<Duration>,
+    deadline: Option<Duration>,
+    concurrency: Option<u32>,
+}
+
+#[derive(Debug)]
+struct RawPhase {
+    name: NameRef,
+    after: Vec<NameRef>,
+}
+
+#[derive(Debug)]
+struct RawTask {
+    name: NameRef,
+    phase: Option<NameRef>,
+    command: Option<Vec<String>>,
+    after: Vec<NameRef>,
+    timeout: Option<Duration>,
+    retries: RetriesOverride,
+    heartbeat: Option<Duration>,
+    deadline: Option<Duration>,
+}
+
+struct Checker<'s> {
+    map: SourceMap<'s>,
+    errors: Vec<ConfigError>,
+}
+
+/// A table's entries in file order; `DeTable` itself keeps them sorted by key.
+fn entries<'a, 'i>(
+    table: &'a DeTable<'i>,
+) -> Vec<(&'a Spanned<DeString<'i>>, &'a Spanned<DeValue<'i>>)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
+}
+
+/// `parent.name`, quoting the name when it is not a bare TOML key.
+fn join_path(parent: &str, name: &str) -> String {
+    let bare = is_valid_name(name);
+    match (parent.is_empty(), bare) {
+        (true, true) => name.to_string(),
+        (true, false) => format!("{name:?}"),
+        (false, true) => format!("{parent}.{name}"),
+        (false, false) => format!("{parent}.{name:?}"),
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
+fn duration_reason(error: &DurationError) -> String {
+    match error {
+        DurationError::MissingUnit(_) => {
+            "add a unit (ms, s, m, h or d), for example \"30s\" or \"10m\"".to_string()
+        }
+        DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?}; units are ms, s, m, h and d")
+        }
+        DurationError::Empty | DurationError::Malformed(_) => {
+            "write for example \"30s\", \"5m\", \"1h30m\" or \"250ms\"".to_string()
+        }
+        DurationError::Overflow(_) => "it is too large".to_string(),
+    }
+}
+
+impl Checker<'_> {
+    fn location(&self, span: &Range<usize>) -> Location {
+        self.map.location(span.start)
+    }
+
+    /// Records toml's own errors. Returns whether they were all duplicate keys (or none).
+    fn record_parse_errors(&mut self, errors: &[toml::de::Error]) -> bool {
+        let mut only_duplicates = true;
+        // A repeated `[table]` header also makes each of its keys a duplicate; reporting the
+        // header alone is enough, so keys up to the next header are skipped.
+        let mut skip_until: Option<(usize, usize)> = None;
+        let mut sorted: Vec<&toml::de::Error> = errors.iter().collect();
+        sorted.sort_by_key(|error| error.span().map_or(0, |span| span.start));
+        for error in sorted {
+            let span = error.span().unwrap_or(0..0);
+            if error.message() == "duplicate key" {
+                if skip_until.is_some_and(|(from, to)| span.start > from && span.start < to) {
+                    continue;
+                }
+                if self.map.on_header_line(span.start) {
+                    skip_until = Some((span.start, self.map.next_header_after(span.start)));
+                }
+                self.errors.push(ConfigError::DuplicateKey {
+                    key: self.map.key_text(&span),
+                    location: self.location(&span),
+                });
+            } else {
+                only_duplicates = false;
+                self.errors.push(ConfigError::Syntax {
+                    message: error.message().to_string(),
+                    location: self.location(&span),
+                });
+            }
+        }
+        only_duplicates
+    }
+
+    /// Refuses every string in the file that looks like a plaintext secret, wherever it is.
+    fn scan_for_secrets(&mut self, table: &DeTable<'_>, path: &str) {
+        for (key, value) in entries(table) {
+            self.scan_value(value, &join_path(path, key.get_ref()));
+        }
+    }
+
+    fn scan_value(&mut self, value: &Spanned<DeValue<'_>>, path: &str) {
+        match value.get_ref() {
+            DeValue::String(text) => {
+                if let Some(finding) = find_secret(text) {
+                    let offset = self
+                        .map
+                        .offset_in_string(&value.span(), text, finding.offset);
+                    self.errors.push(ConfigError::PlaintextSecret {
+                        field: path.to_string(),
+                        what: finding.what,
+                        redacted: finding.redacted,
+                        location: self.map.location(offset),
+                    });
+                }
+            }
+            DeValue::Array(items) => {
+                for (position, item) in items.iter().enumerate() {
+                    self.scan_value(item, &format!("{path}[{position}]"));
+                }
+            }
+            DeValue::Table(table) => self.scan_for_secrets(table, path),
+            DeValue::Integer(_)
+            | DeValue::Float(_)
+            | DeValue::Boolean(_)
+            | DeValue::Datetime(_) => {}
+        }
+    }
+
+    fn unknown_field(
+        &mut self,
+        key: &Spanned<DeString<'_>>,
+        table: &str,
+        supported: &'static [&'static str],
+        later: &[&str],
+    ) {
+        let field = key.get_ref().to_string();
+        let suggestion = closest(&field, supported.iter().chain(later).copied());
+        self.errors.push(ConfigError::UnknownField {
+            field,
+            table: table.to_string(),
+            location: self.location(&key.span()),
+            suggestion,
+            expected: supported,
+        });
+    }
+
+    fn not_supported_yet(&mut self, key: &Spanned<DeString<'_>>, table: &str) {
+        self.errors.push(ConfigError::NotSupportedYet {
+            field: key.get_ref().to_string(),
+            table: table.to_string(),
+            location: self.location(&key.span()),
+        });
+    }
+
+    fn wrong_type(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+        expected: &'static str,
+    ) {
+        self.errors.push(ConfigError::WrongType {
+            field: field.to_string(),
+            table: table.to_string(),
+            expected,
+            found: value.get_ref().type_str(),
+            location: self.location(&value.span()),
+        });
+    }
+
+    fn table<'a, 'i>(
+        &mut self,
+        value: &'a Spanned<DeValue<'i>>,
+        field: &str,
+        table: &str,
+    ) -> Option<&'a DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(inner) => Some(inner),
+            _ => {
+                self.wrong_type(value, field, table, EXPECT_TABLE);
+                None
+            }
+        }
+    }
+
+    fn string(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+        expected: &'static str,
+    ) -> Option<String> {
+        match value.get_ref() {
+            DeValue::String(text) => Some(text.to_string()),
+            _ => {
+                self.wrong_type(value, field, table, expected);
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+        allow_zero: bool,
+    ) -> Option<Duration> {
+        let text = self.string(value, field, table, EXPECT_DURATION)?;
+        let reason = match keel_model::parse_duration(&text) {
+            Ok(duration) if allow_zero || !duration.is_zero() => return Some(duration),
+            Ok(_) => "it must be longer than zero".to_string(),
+            Err(error) => duration_reason(&error),
+        };
+        self.errors.push(ConfigError::InvalidDuration {
+            field: field.to_string(),
+            table: table.to_string(),
+            value: text,
+            reason,
+            location: self.location(&value.span()),
+        });
+        None
+    }
+
+    fn positive_integer(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+    ) -> Option<u32> {
+        let DeValue::Integer(integer) = value.get_ref() else {
+            self.wrong_type(value, field, table, EXPECT_INTEGER);
+            return None;
+        };
+        let parsed = i128::from_str_radix(integer.as_str(), integer.radix()).ok();
+        let bound = match parsed {
+            Some(number) if number < 1 => "at least 1".to_string(),
+            Some(number) => match u32::try_from(number) {
+                Ok(number) => return Some(number),
+                Err(_) => format!("at most {}", u32::MAX),
+            },
+            None => format!("at most {}", u32::MAX),
+        };
+        self.errors.push(ConfigError::OutOfRange {
+            field: field.to_string(),
+            table: table.to_string(),
+            value: integer.to_string(),
+            bound,
+            location: self.location(&value.span()),
+        });
+        None
+    }
+
+    fn choice(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+        expected: &'static [&'static str],
+    ) -> Option<&'static str> {
+        let text = self.string(value, field, table, EXPECT_STRING)?;
+        if let Some(found) = expected.iter().find(|choice| **choice == text) {
+            return Some(found);
+        }
+        self.errors.push(ConfigError::InvalidChoice {
+            field: field.to_string(),
+            table: table.to_string(),
+            suggestion: closest(&text, expected.iter().copied()),
+            value: text,
+            expected,
+            location: self.location(&value.span()),
+        });
+        None
+    }
+
+    /// A list of phase or task names, each checked for shape and repeats.
+    fn name_list(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        table: &str,
+        owner_kind: NameKind,
+        owner: &str,
+    ) -> Vec<NameRef> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(value, "after", table, EXPECT_NAMES);
+            return Vec::new();
+        };
+        let mut names: Vec<NameRef> = Vec::new();
+        for (position, item) in items.iter().enumerate() {
+            let field = format!("after[{position}]");
+            let Some(name) = self.string(item, &field, table, EXPECT_STRING) else {
+                continue;
+            };
+            let span = item.span();
+            if names.iter().any(|seen| seen.name == name) {
+                self.errors.push(ConfigError::RepeatedName {
+                    kind: owner_kind,
+                    owner: owner.to_string(),
+                    name,
+                    location: self.location(&span),
+                });
+                continue;
+            }
+            names.push(NameRef { name, span });
+        }
+        names
+    }
+
+    fn check_name(&mut self, kind: NameKind, name: &str, span: &Range<usize>) {
+        if !is_valid_name(name) {
+            self.errors.push(ConfigError::InvalidName {
+                kind,
+                name: name.to_string(),
+                location: self.location(span),
+            });
+        }
+    }
+
+    fn check_document(&mut self, root: &DeTable<'_>) -> Option<PipelineSpec> {
+        let mut pipeline: Option<RawPipeline> = None;
+        let mut pipeline_span: Option<Range<usize>> = None;
+        let mut defaults = RawDefaults::default();
+        let mut phases: Vec<RawPhase> = Vec::new();
+        let mut tasks: Vec<RawTask> = Vec::new();
+        // Whether any task was written at all, well-formed or not.
+        let mut tasks_written = false;
+        for (key, value) in entries(root) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "pipeline" => {
+                    // The start of the `[pipeline]` header (or of an inline table).
+                    pipeline_span = Some(value.span().start.min(key.span().start)..key.span().end);
+                    if let Some(table) = self.table(value, field, "") {
+                        pipeline = Some(self.pipeline(table, &key.span()));
+                    }
+                }
+                "defaults" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        defaults = self.defaults(table);
+                    }
+                }
+                "phases" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, phase) in entries(table) {
+                            phases.extend(self.phase(name, phase));
+                        }
+                    }
+                }
+                "tasks" => {
+                    tasks_written =
+                        !matches!(value.get_ref(), DeValue::Table(table) if table.is_empty());
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, task) in entries(table) {
+                            tasks.extend(self.task(name, task));
+                        }
+                    }
+                }
+                _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
+                _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
+            }
+        }
+        if pipeline_span.is_none() {
+            self.errors.push(ConfigError::MissingTable {
+                table: "pipeline".to_string(),
+                location: self.map.location(0),
+            });
+        }
+        if !tasks_written {
+            self.errors.push(ConfigError::NoTasks {
+                location: self.location(&pipeline_span.unwrap_or(0..0)),
+            });
+        }
+        self.check_phase_graph(&phases);
+        self.check_task_graph(&phases, &tasks);
+        let pipeline = pipeline?;
+        Some(build_spec(pipeline, &defaults, phases, tasks)).filter(|_| self.errors.is_empty())
+    }
+
+    fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {
+        const PATH: &str = "pipeline";
+        let mut raw = RawPipeline::default();
+        for (key, value) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "name" => {
+                    if let Some(name) = self.string(value, field, PATH, EXPECT_STRING) {
+                        self.check_name(NameKind::Pipeline, &name, &value.span());
+                        raw.name = Some(name);
+                    }
+                }
+                "timezone" => {
+                    if let Some(timezone) = self.string(value, field, PATH, EXPECT_STRING) {
+                        if chrono_tz::Tz::from_str(&timezone).is_ok() {
+                            raw.timezone = Some(timezone);
+                        } else {
+                            self.errors.push(ConfigError::UnknownTimezone {
+                                suggestion: closest_timezone(&timezone),
+                                timezone,
+                                location: self.location(&value.span()),
+                            });
+                        }
+                    }
+                }
+                "partition" => {
+                    raw.partition = match self.choice(value, field, PATH, PARTITION_KINDS) {
+                        Some("date") => Some(PartitionKind::Date),
+                        Some(_) => Some(PartitionKind::None),
+                        None => None,
+                    };
+                }
+                "state" => raw.state = self.string(value, field, PATH, EXPECT_STRING),
+                _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
+                _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
+            }
+        }
+        if raw.name.is_none() && !table.contains_key("name") {
+            self.errors.push(ConfigError::MissingField {
+                field: "name".to_string(),
+                table: PATH.to_string(),
+                location: self.location(table_span),
+            });
+        }
+        raw
+    }
+
+    fn defaults(&mut self, table: &DeTable<'_>) -> RawDefaults {
+        const PATH: &str = "defaults";
+        let mut raw = RawDefaults::default();
+        for (key, value) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "timeout" => raw.timeout = self.duration(value, field, PATH, false),
+                "retries" => raw.retries = self.retries(value, "defaults.retries", PATH),
+                "heartbeat" => raw.heartbeat = self.duration(value, field, PATH, false),
+                "deadline" => raw.deadline = self.duration(value, field, PATH, true),
+                "concurrency" => raw.concurrency = self.positive_integer(value, field, PATH),
+                _ => self.unknown_field(key, PATH, DEFAULTS_FIELDS, &[]),
+            }
+        }
+        raw
+    }
+
+    fn retries(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        path: &str,
+        parent: &str,
+    ) -> RetriesOverride {
+        let mut raw = RetriesOverride::default();
+        let Some(table) = self.table(value, "retries", parent) else {
+            return raw;
+        };
+        for (key, value) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "attempts" => raw.attempts = self.positive_integer(value, field, path),
+                "initial" => raw.initial = self.duration(value, field, path, true),
+                "max" => raw.max = self.duration(value, field, path, true),
+                "jitter" => {
+                    raw.jitter = match self.choice(value, field, path, JITTER_KINDS) {
+                        Some("full") => Some(Jitter::Full),
+                        Some("equal") => Some(Jitter::Equal),
+                        Some(_) => Some(Jitter::None),
+                        None => None,
+                    };
+                }
+                _ => self.unknown_field(key, path, RETRIES_FIELDS, &[]),
+            }
+        }
+        raw
+    }
+
+    fn phase(
+        &mut self,
+        name: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<RawPhase> {
+        let phase_name = NameRef {
+            name: name.get_ref().to_string(),
+            span: name.span(),
+        };
+        self.check_name(NameKind::Phase, &phase_name.name, &phase_name.span);
+        let path = join_path("phases", &phase_name.name);
+        let table = self.table(value, &phase_name.name, "phases")?;
+        let mut after = Vec::new();
+        for (key, value) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "after" => after = self.name_list(value, &path, NameKind::Phase, &phase_name.name),
+                _ if PHASE_LATER.contains(&field) => self.not_supported_yet(key, &path),
+                _ => self.unknown_field(key, &path, PHASE_FIELDS, PHASE_LATER),
+            }
+        }
+        Some(RawPhase {
+            name: phase_name,
+            after,
+        })
+    }
+
+    fn task(
+        &mut self,
+        name: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<RawTask> {
+        let task_name = NameRef {
+            name: name.get_ref().to_string(),
+            span: name.span(),
+        };
+        self.check_name(NameKind::Task, &task_name.name, &task_name.span);
+        let path = join_path("tasks", &task_name.name);
+        let table = self.table(value, &task_name.name, "tasks")?;
+        let mut task = RawTask {
+            name: task_name,
+            phase: None,
+            command: None,
+            after: Vec::new(),
+            timeout: None,
+            retries: RetriesOverride::default(),
+            heartbeat: None,
+            deadline: None,
+        };
+        for (key, value) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "phase" => {
+                    task.phase = self
+                        .string(value, field, &path, EXPECT_STRING)
+                        .map(|phase| NameRef {
+                            name: phase,
+                            span: value.span(),
+                        });
+                }
+                "command" => task.command = self.command(value, &path, &task.name.name),
+                "after" => {
+                    task.after = self.name_list(value, &path, NameKind::Task, &task.name.name);
+                }
+                "timeout" => task.timeout = self.duration(value, field, &path, false),
+                "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
+                "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
+                "deadline" => task.deadline = self.duration(value, field, &path, true),
+                _ if TASK_LATER.contains(&field) => self.not_supported_yet(key, &path),
+                _ => self.unknown_field(key, &path, TASK_FIELDS, TASK_LATER),
+            }
+        }
+        for required in ["phase", "command"] {
+            if !table.contains_key(required) {
+                self.errors.push(ConfigError::MissingField {
+                    field: required.to_string(),
+                    table: path.clone(),
+                    location: self.location(&task.name.span),
+                });
+            }
+        }
+        Some(task)
+    }
+
+    fn command(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        path: &str,
+        task: &str,
+    ) -> Option<Vec<String>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(value, "command", path, EXPECT_COMMAND);
+            return None;
+        };
+        if items.is_empty() {
+            self.errors.push(ConfigError::EmptyCommand {
+                task: task.to_string(),
+                location: self.location(&value.span()),
+            });
+            return None;
+        }
+        let mut command = Vec::with_capacity(items.len());
+        for (position, item) in items.iter().enumerate() {
+            let field = format!("command[{position}]");
+            let Some(argument) = self.string(item, &field, path, EXPECT_STRING) else {
+                continue;
+            };
+            for problem in check_templates(&argument) {
+                let (TemplateProblem::Unknown { offset, .. }
+                | TemplateProblem::Unclosed { offset }) = problem;
+                let location =
+                    self.map
+                        .location(self.map.offset_in_string(&item.span(), &argument, offset));
+                let task = task.to_string();
+                self.errors.push(match problem {
+                    TemplateProblem::Unknown { template, .. } => ConfigError::UnknownTemplate {
+                        task,
+                        template,
+                        location,
+                    },
+                    TemplateProblem::Unclosed { .. } => {
+                        ConfigError::UnclosedTemplate { task, location }
+                    }
+                });
+            }
+            command.push(argument);
+        }
+        (command.len() == items.len()).then_some(command)
+    }
+
+    fn check_phase_graph(&mut self, phases: &[RawPhase]) {
+        let index: HashMap<&str, usize> = phases
+            .iter()
+            .enumerate()
+            .map(|(position, phase)| (phase.name.name.as_str(), position))
+            .collect();
+        let mut edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); phases.len()];
+        for (position, phase) in phases.iter().enumerate() {
+            for dependency in &phase.after {
+                match index.get(dependency.name.as_str()) {
+                    Some(target) => edges[position].push((*target, dependency.span.clone())),
+                    None => self.errors.push(ConfigError::UnknownPhaseDependency {
+                        phase: phase.name.name.clone(),
+                        dependency: dependency.name.clone(),
+                        suggestion: closest(
+                            &dependency.name,
+                            phases.iter().map(|phase| phase.name.name.as_str()),
+                        ),
+                        location: self.location(&dependency.span),
+                    }),
+                }
+            }
+        }
+        for cycle in find_cycles(&edges) {
+            self.errors.push(ConfigError::Cycle {
+                kind: NameKind::Phase,
+                path: cycle
+                    .path
+                    .iter()
+                    .map(|node| phases[*node].name.name.clone())
+                    .collect(),
+                location: self.location(&cycle.first_edge),
+            });
+        }
+    }
+
+    fn check_task_graph(&mut self, phases: &[RawPhase], tasks: &[RawTask]) {
+        let phase_index: HashMap<&str, usize> = phases
+            .iter()
+            .enumerate()
+            .map(|(position, phase)| (phase.name.name.as_str(), position))
+            .collect();
+        let upstream = upstream_phases(phases, &phase_index);
+        let task_index: HashMap<&str, usize> = tasks
+            .iter()
+            .enumerate()
+            .map(|(position, task)| (task.name.name.as_str(), position))
+            .collect();
+        let phase_of = |task: &RawTask| {
+            task.phase
+                .as_ref()
+                .and_then(|phase| phase_index.get(phase.name.as_str()).copied())
+        };
+        // Phase edges and cross-phase `after` entries always point to an earlier phase, so once
+        // the phase graph is acyclic a task cycle can only run through `after` entries. Checking
+        // those alone finds the same cycles as the full graph without repeating phase cycles.
+        let mut edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); tasks.len()];
+        for (position, task) in tasks.iter().enumerate() {
+            if let Some(phase) = &task.phase
+                && !phase_index.contains_key(phase.name.as_str())
+            {
+                self.errors.push(ConfigError::UnknownPhase {
+                    task: task.name.name.clone(),
+                    phase: phase.name.clone(),
+                    suggestion: closest(
+                        &phase.name,
+                        phases.iter().map(|phase| phase.name.name.as_str()),
+                    ),
+                    location: self.location(&phase.span),
+                });
+            }
+            for dependency in &task.after {
+                let Some(target) = task_index.get(dependency.name.as_str()).copied() else {
+                    self.errors.push(ConfigError::UnknownDependency {
+                        task: task.name.name.clone(),
+                        dependency: dependency.name.clone(),
+                        suggestion: closest(
+                            &dependency.name,
+                            tasks.iter().map(|task| task.name.name.as_str()),
+                        ),
+                        names_a_phase: phase_index.contains_key(dependency.name.as_str()),
+                        location: self.location(&dependency.span),
+                    });
+                    continue;
+                };
+                let (Some(own_phase), Some(target_phase)) =
+                    (phase_of(task), phase_of(&tasks[target]))
+                else {
+                    continue;
+                };
+                if own_phase == target_phase || upstream[own_phase].contains(&target_phase) {
+                    edges[position].push((target, dependency.span.clone()));
+                } else {
+                    self.errors.push(ConfigError::DependencyNotUpstream {
+                        task: task.name.name.clone(),
+                        phase: phases[own_phase].name.name.clone(),
+                        dependency: dependency.name.clone(),
+                        dependency_phase: phases[target_phase].name.name.clone(),
+                        location: self.location(&dependency.span),
+                    });
+                }
+            }
+        }
+        for cycle in find_cycles(&edges) {
+            self.errors.push(ConfigError::Cycle {
+                kind: NameKind::Task,
+                path: cycle
+                    .path
+                    .iter()
+                    .map(|node| tasks[*node].name.name.clone())
+                    .collect(),
+                location: self.location(&cycle.first_edge),
+            });
+        }
+    }
+}
+
+/// For each phase, every phase it runs after, directly or through others.
+fn upstream_phases(phases: &[RawPhase], index: &HashMap<&str, usize>) -> Vec<HashSet<usize>> {
+    phases
+        .iter()
+        .map(|phase| {
+            let mut seen = HashSet::new();
+            let mut stack: Vec<&RawPhase> = vec![phase];
+            while let Some(current) = stack.pop() {
+                for dependency in &current.after {
+                    if let Some(target) = index.get(dependency.name.as_str())
+                        && seen.insert(*target)
+                    {
+                        stack.push(&phases[*target]);
+                    }
+                }
+            }
+            seen
+        })
+        .collect()
+}
+
+fn build_spec(
+    pipeline: RawPipeline,
+    defaults: &RawDefaults,
+    phases: Vec<RawPhase>,
+    tasks: Vec<RawTask>,
+) -> PipelineSpec {
+    let default_retries = defaults.retries.over(RetryPolicy::default());
+    PipelineSpec {
+        name: pipeline.name.unwrap_or_default(),
+        timezone: pipeline.timezone.unwrap_or_else(|| "UTC".to_string()),
+        partition: pipeline.partition.unwrap_or(PartitionKind::Date),
+        state: pipeline.state,
+        concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        phases: phases
+            .into_iter()
+            .map(|phase| PhaseSpec {
+                name: phase.name.name,
+                after: phase.after.into_iter().map(|after| after.name).collect(),
+            })
+            .collect(),
+        tasks: tasks
+            .into_iter()
+            .map(|task| TaskSpec {
+                name: task.name.name,
+                phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
+                command: task.command.unwrap_or_default(),
+                after: task.after.into_iter().map(|after| after.name).collect(),
+                timeout: task.timeout.or(defaults.timeout).unwrap_or(DEFAULT_TIMEOUT),
+                retries: task.retries.over(default_retries),
+                heartbeat: task.heartbeat.or(defaults.heartbeat),
+                deadline: task
+                    .deadline
+                    .or(defaults.deadline)
+                    .unwrap_or(DEFAULT_DEADLINE),
+            })
+            .collect(),
+    }
+}
