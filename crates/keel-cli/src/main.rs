@@ -1,1 +1,69 @@
-fn main() {}
+//! The `keel` binary: argument parsing, output and exit codes around the library crates.
+//!
+//! It holds no scheduling logic of its own. It must not speak SQL or start task processes
+//! directly; those belong to keel-store and keel-exec.
+
+mod args;
+mod bench;
+mod commands;
+mod display;
+mod state;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// An error that ends the command with a specific exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    /// A usage or configuration error: exit 2.
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Exit {
+            code: 2,
+            message: message.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    // The attempt supervisor starts for every attempt: dispatch before any other set-up.
+    if raw.get(1).map(String::as_str) == Some("__attempt") {
+        return ExitCode::from(keel_exec::supervisor::main(&raw[2..]) as u8);
+    }
+    let cli = args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            if let Some(exit) = error.downcast_ref::<Exit>() {
+                eprintln!("{}", exit.message);
+                return ExitCode::from(exit.code);
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

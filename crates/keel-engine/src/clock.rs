@@ -40,7 +40,10 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new(start: Millis) -> ManualClock {
         let (sender, _) = tokio::sync::watch::channel(start);
-        ManualClock { now: Arc::new(Mutex::new(start)), moved: Arc::new(sender) }
+        ManualClock {
+            now: Arc::new(Mutex::new(start)),
+            moved: Arc::new(sender),
+        }
     }
 
     pub fn advance(&self, by: Millis) {
@@ -77,7 +80,9 @@ pub trait Random: Send + 'static {
 
     /// `bits` random bits as lowercase hex, for trace and span ids.
     fn hex(&mut self, digits: usize) -> String {
-        (0..digits).map(|_| char::from_digit((self.unit() * 16.0) as u32 % 16, 16).unwrap()).collect()
+        (0..digits)
+            .map(|_| char::from_digit((self.unit() * 16.0) as u32 % 16, 16).unwrap())
+            .collect()
     }
 }
 

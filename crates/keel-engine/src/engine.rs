@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_exec::{Adopted, Executor, Launch, Report};
-use keel_model::{AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState};
+use keel_model::{
+    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+};
 use keel_store::{
-    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, Store, StoreError, TaskChange, TaskNext,
+    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, Store, StoreError,
+    TaskChange, TaskNext,
 };
 use tokio::sync::mpsc;
 
-use crate::template::{expand, TemplateValues};
+use crate::template::{TemplateValues, expand};
 use crate::{Clock, EngineError, Random};
 
 /// Settings of one engine that do not come from the pipeline file.
@@ -62,9 +65,25 @@ pub struct RunSummary {
 /// Live progress for displays; the store's event log is the durable record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    RunLoaded { run: RunId, partition: String, tasks: usize, done: usize },
-    AttemptStarted { run: RunId, partition: String, task: String, attempt: u32 },
-    AttemptRecovered { run: RunId, partition: String, task: String, attempt: u32, how: &'static str },
+    RunLoaded {
+        run: RunId,
+        partition: String,
+        tasks: usize,
+        done: usize,
+    },
+    AttemptStarted {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+    },
+    AttemptRecovered {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        how: &'static str,
+    },
     AttemptFinished {
         run: RunId,
         partition: String,
@@ -74,8 +93,17 @@ pub enum Progress {
         message: Option<String>,
         retry_at: Option<Millis>,
     },
-    TasksSettled { run: RunId, partition: String, tasks: Vec<String>, outcome: Outcome },
-    RunFinished { run: RunId, partition: String, state: RunState },
+    TasksSettled {
+        run: RunId,
+        partition: String,
+        tasks: Vec<String>,
+        outcome: Outcome,
+    },
+    RunFinished {
+        run: RunId,
+        partition: String,
+        state: RunState,
+    },
 }
 
 /// The Keel engine for one pipeline version.
@@ -169,17 +197,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         names
             .iter()
             .map(|name| {
-                self.dag.index_of(name).ok_or_else(|| EngineError::UnknownTask {
-                    task: name.clone(),
-                    suggestion: self
-                        .spec
-                        .tasks
-                        .iter()
-                        .map(|task| (strsim_like(name, &task.name), &task.name))
-                        .filter(|(distance, _)| *distance <= 3)
-                        .min_by_key(|(distance, _)| *distance)
-                        .map(|(_, candidate)| candidate.clone()),
-                })
+                self.dag
+                    .index_of(name)
+                    .ok_or_else(|| EngineError::UnknownTask {
+                        task: name.clone(),
+                        suggestion: self
+                            .spec
+                            .tasks
+                            .iter()
+                            .map(|task| (strsim_like(name, &task.name), &task.name))
+                            .filter(|(distance, _)| *distance <= 3)
+                            .min_by_key(|(distance, _)| *distance)
+                            .map(|(_, candidate)| candidate.clone()),
+                    })
             })
             .collect()
     }
@@ -201,7 +231,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         .iter()
                         .enumerate()
                         .map(|(index, task)| {
-                            let settled = (!only.is_empty() && !only.contains(&index)).then_some(Outcome::Skipped);
+                            let settled = (!only.is_empty() && !only.contains(&index))
+                                .then_some(Outcome::Skipped);
                             (task.name.clone(), task.phase.clone(), settled)
                         })
                         .collect();
@@ -232,7 +263,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .store
             .latest_run(&self.spec.name, partition)
             .await?
-            .ok_or_else(|| EngineError::NoRun { partition: partition.to_string() })?;
+            .ok_or_else(|| EngineError::NoRun {
+                partition: partition.to_string(),
+            })?;
         let mut changes = Vec::new();
         for root in &roots {
             changes.push(TaskChange {
@@ -246,7 +279,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             });
         }
         for downstream in self.dag.downstream_of(&roots) {
-            let because = roots.iter().map(|root| self.dag.name(*root)).collect::<Vec<_>>().join(", ");
+            let because = roots
+                .iter()
+                .map(|root| self.dag.name(*root))
+                .collect::<Vec<_>>()
+                .join(", ");
             changes.push(TaskChange {
                 task: self.dag.name(downstream).to_string(),
                 state: TaskState::Pending,
@@ -260,7 +297,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let now = self.clock.now();
         self.store.update_tasks(run.id, changes, now).await?;
         if run.state != RunState::Running {
-            self.store.set_run_state(run.id, RunState::Running, Some("retry".into()), now).await?;
+            self.store
+                .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
+                .await?;
         }
         Ok(run.id)
     }
@@ -297,7 +336,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.start_ready(&mut book).await?;
-            if book.live.is_empty() && (book.shutting_down || book.runs.iter().all(|run| run.finished)) {
+            if book.live.is_empty()
+                && (book.shutting_down || book.runs.iter().all(|run| run.finished))
+            {
                 break;
             }
             if book.live.is_empty() && book.ready.is_empty() && book.timers.is_empty() {
@@ -343,11 +384,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(summaries)
     }
 
-    async fn load_run(&mut self, book: &mut Book, run: RunId, live: &[AttemptRecord]) -> Result<(), EngineError> {
+    async fn load_run(
+        &mut self,
+        book: &mut Book,
+        run: RunId,
+        live: &[AttemptRecord],
+    ) -> Result<(), EngineError> {
         let record = self.store.run(run).await?;
         let stored = self.store.task_runs(run).await?;
-        let by_name: HashMap<&str, &keel_store::TaskRunRecord> =
-            stored.iter().map(|task| (task.task.as_str(), task)).collect();
+        let by_name: HashMap<&str, &keel_store::TaskRunRecord> = stored
+            .iter()
+            .map(|task| (task.task.as_str(), task))
+            .collect();
         let slots: Vec<Slot> = (0..self.dag.len())
             .map(|index| match by_name.get(self.dag.name(index)) {
                 Some(task) => Slot {
@@ -396,7 +444,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .iter()
                 .filter(|dependency| {
                     let dependency = &active.slots[**dependency];
-                    !(dependency.state == TaskState::Done && dependency.outcome.is_some_and(Outcome::is_complete))
+                    !(dependency.state == TaskState::Done
+                        && dependency.outcome.is_some_and(Outcome::is_complete))
                 })
                 .count() as u32;
         }
@@ -404,9 +453,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         for task in 0..self.dag.len() {
             let slot = &active.slots[task];
             match slot.state {
-                TaskState::Pending if active.remaining[task] == 0 => book.ready.push_back((run_index, task)),
+                TaskState::Pending if active.remaining[task] == 0 => {
+                    book.ready.push_back((run_index, task))
+                }
                 TaskState::Waiting => {
-                    let stored = by_name.get(self.dag.name(task)).and_then(|task| task.not_before).unwrap_or(now);
+                    let stored = by_name
+                        .get(self.dag.name(task))
+                        .and_then(|task| task.not_before)
+                        .unwrap_or(now);
                     book.timers.push(Reverse((stored, run_index, task)));
                 }
                 _ => {}
@@ -414,14 +468,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         // Recover the attempts a previous Keel left live.
         for attempt in live.iter().filter(|attempt| attempt.run == run) {
-            let Some(task) = self.dag.index_of(&attempt.task) else { continue };
-            let epoch = match self.store.take_over_attempt(attempt.id, &self.config.owner, self.clock.now()).await {
+            let Some(task) = self.dag.index_of(&attempt.task) else {
+                continue;
+            };
+            let epoch = match self
+                .store
+                .take_over_attempt(attempt.id, &self.config.owner, self.clock.now())
+                .await
+            {
                 Ok(epoch) => epoch,
                 Err(StoreError::StaleLease { .. }) => continue,
                 Err(error) => return Err(error.into()),
             };
             book.runs[run_index].slots[task].state = TaskState::Running;
-            let adopted = self.executor.adopt(PathBuf::from(&attempt.dir), attempt.pid);
+            let adopted = self
+                .executor
+                .adopt(PathBuf::from(&attempt.dir), attempt.pid);
             let how = match &adopted {
                 Adopted::Running(_) => "adopted while still running",
                 Adopted::Finished(_) => "finished while keel was down",
@@ -437,7 +499,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
             book.live.insert(
                 attempt.id,
-                Live { run: run_index, task, number: attempt.number, epoch, stop: placeholder },
+                Live {
+                    run: run_index,
+                    task,
+                    number: attempt.number,
+                    epoch,
+                    stop: placeholder,
+                },
             );
             match adopted {
                 Adopted::Running(running) => {
@@ -476,11 +544,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
         let cap = self.spec.concurrency.max(1) as usize;
         while book.live.len() < cap && !book.shutting_down {
-            let Some((run_index, task)) = book.ready.pop_front() else { break };
+            let Some((run_index, task)) = book.ready.pop_front() else {
+                break;
+            };
             let active = &book.runs[run_index];
             if active.cancelling
                 || active.finished
-                || !matches!(active.slots[task].state, TaskState::Pending | TaskState::Waiting)
+                || !matches!(
+                    active.slots[task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
             {
                 continue;
             }
@@ -489,7 +562,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    async fn start_attempt(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> Result<(), EngineError> {
+    async fn start_attempt(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+    ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let record = book.runs[run_index].record.clone();
         let task_spec = self.spec.tasks[task].clone();
@@ -531,7 +609,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             task: &task_spec.name,
             attempt: &attempt_text,
         };
-        let command: Vec<String> = task_spec.command.iter().map(|part| expand(part, &values)).collect();
+        let command: Vec<String> = task_spec
+            .command
+            .iter()
+            .map(|part| expand(part, &values))
+            .collect();
         let span_id = self.random.hex(16);
         let env = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
@@ -543,9 +625,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 "KEEL_IDEMPOTENCY_KEY".to_string(),
                 format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
             ),
-            ("KEEL_RESULT".to_string(), dir.join(keel_exec::supervisor::RESULT_FILE).display().to_string()),
-            ("KEEL_HEARTBEAT".to_string(), dir.join(keel_exec::supervisor::HEARTBEAT_FILE).display().to_string()),
-            ("TRACEPARENT".to_string(), format!("00-{}-{span_id}-01", record.trace_id)),
+            (
+                "KEEL_RESULT".to_string(),
+                dir.join(keel_exec::supervisor::RESULT_FILE)
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "KEEL_HEARTBEAT".to_string(),
+                dir.join(keel_exec::supervisor::HEARTBEAT_FILE)
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "TRACEPARENT".to_string(),
+                format!("00-{}-{span_id}-01", record.trace_id),
+            ),
         ];
         let launch = Launch {
             dir,
@@ -559,7 +654,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
         book.live.insert(
             attempt.id,
-            Live { run: run_index, task, number: attempt.number, epoch: attempt.lease_epoch, stop: placeholder },
+            Live {
+                run: run_index,
+                task,
+                number: attempt.number,
+                epoch: attempt.lease_epoch,
+                stop: placeholder,
+            },
         );
         (self.observer)(Progress::AttemptStarted {
             run: record.id,
@@ -570,7 +671,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         match self.executor.launch(launch) {
             Ok(running) => {
                 if let Some(pid) = running.pid {
-                    match self.store.mark_attempt_started(attempt.id, attempt.lease_epoch, pid, self.clock.now()).await {
+                    match self
+                        .store
+                        .mark_attempt_started(
+                            attempt.id,
+                            attempt.lease_epoch,
+                            pid,
+                            self.clock.now(),
+                        )
+                        .await
+                    {
                         Ok(()) | Err(StoreError::StaleLease { .. }) => {}
                         Err(error) => return Err(error.into()),
                     }
@@ -586,7 +696,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 });
             }
             Err(error) => {
-                let report = Report::new(Outcome::Failed, format!("cannot start the attempt: {error}"));
+                let report = Report::new(
+                    Outcome::Failed,
+                    format!("cannot start the attempt: {error}"),
+                );
                 self.on_report(book, attempt.id, report).await?;
             }
         }
@@ -594,7 +707,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Where a task goes after an attempt ended with `report`.
-    fn decide(&mut self, active: &ActiveRun, task: TaskIndex, outcome: Outcome, shutting_down: bool) -> (TaskNext, Option<String>) {
+    fn decide(
+        &mut self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        outcome: Outcome,
+        shutting_down: bool,
+    ) -> (TaskNext, Option<String>) {
         let now = self.clock.now();
         let task_spec = &self.spec.tasks[task];
         let slot = &active.slots[task];
@@ -602,7 +721,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             return (TaskNext::Done(outcome), None);
         }
         if active.cancelling {
-            return (TaskNext::Done(if outcome == Outcome::Lost { Outcome::Cancelled } else { outcome }), None);
+            return (
+                TaskNext::Done(if outcome == Outcome::Lost {
+                    Outcome::Cancelled
+                } else {
+                    outcome
+                }),
+                None,
+            );
         }
         match outcome {
             Outcome::Cancelled if shutting_down => (TaskNext::Resume, None),
@@ -617,7 +743,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 } else {
                     let checks = slot.attempts.saturating_sub(slot.charged).max(1);
                     let delay = task_spec.retries.delay(checks, self.random.unit());
-                    (TaskNext::Retry { not_before: now + delay.as_millis() as Millis, charge: false }, None)
+                    (
+                        TaskNext::Retry {
+                            not_before: now + delay.as_millis() as Millis,
+                            charge: false,
+                        },
+                        None,
+                    )
                 }
             }
             outcome if outcome.is_retryable() => {
@@ -627,19 +759,40 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     return (TaskNext::Done(outcome), None);
                 }
                 let delay = if charge {
-                    task_spec.retries.delay(charged, self.random.unit()).as_millis() as Millis
+                    task_spec
+                        .retries
+                        .delay(charged, self.random.unit())
+                        .as_millis() as Millis
                 } else {
                     0
                 };
-                (TaskNext::Retry { not_before: now + delay, charge }, None)
+                (
+                    TaskNext::Retry {
+                        not_before: now + delay,
+                        charge,
+                    },
+                    None,
+                )
             }
             outcome => (TaskNext::Done(outcome), None),
         }
     }
 
-    async fn on_report(&mut self, book: &mut Book, attempt: AttemptId, report: Report) -> Result<(), EngineError> {
-        let Some(live) = book.live.remove(&attempt) else { return Ok(()) };
-        let (next, note) = self.decide(&book.runs[live.run], live.task, report.outcome, book.shutting_down);
+    async fn on_report(
+        &mut self,
+        book: &mut Book,
+        attempt: AttemptId,
+        report: Report,
+    ) -> Result<(), EngineError> {
+        let Some(live) = book.live.remove(&attempt) else {
+            return Ok(());
+        };
+        let (next, note) = self.decide(
+            &book.runs[live.run],
+            live.task,
+            report.outcome,
+            book.shutting_down,
+        );
         let message = match (report.message.clone(), note) {
             (Some(message), Some(note)) => Some(format!("{message}; {note}")),
             (message, note) => message.or(note),
@@ -673,7 +826,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             TaskNext::Retry { not_before, charge } => {
                 slot.state = TaskState::Waiting;
                 slot.charged += u32::from(*charge);
-                book.timers.push(Reverse((*not_before, live.run, live.task)));
+                book.timers
+                    .push(Reverse((*not_before, live.run, live.task)));
                 Some(*not_before)
             }
             TaskNext::Resume => {
@@ -691,19 +845,29 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             retry_at,
         });
         if let TaskNext::Done(outcome) = next {
-            self.on_task_done(book, live.run, live.task, outcome).await?;
+            self.on_task_done(book, live.run, live.task, outcome)
+                .await?;
         }
         Ok(())
     }
 
-    async fn on_task_done(&mut self, book: &mut Book, run_index: usize, task: TaskIndex, outcome: Outcome) -> Result<(), EngineError> {
+    async fn on_task_done(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
         active.done += 1;
         if outcome.is_complete() {
             for dependent in self.dag.dependents(task) {
                 let remaining = &mut active.remaining[*dependent];
                 *remaining = remaining.saturating_sub(1);
-                if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending && !active.cancelling {
+                if *remaining == 0
+                    && active.slots[*dependent].state == TaskState::Pending
+                    && !active.cancelling
+                {
                     book.ready.push_back((run_index, *dependent));
                 }
             }
@@ -714,19 +878,35 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
-    async fn propagate_failure(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> Result<(), EngineError> {
+    async fn propagate_failure(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+    ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
         let blocked: Vec<TaskIndex> = self
             .dag
             .downstream_of(&[task])
             .into_iter()
-            .filter(|downstream| matches!(active.slots[*downstream].state, TaskState::Pending | TaskState::Waiting))
+            .filter(|downstream| {
+                matches!(
+                    active.slots[*downstream].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+            })
             .collect();
         if blocked.is_empty() {
             return Ok(());
         }
         let upstream = self.dag.name(task);
-        let reason = format!("upstream task {upstream:?} ended {}", active.slots[task].outcome.map(Outcome::as_str).unwrap_or("unfinished"));
+        let reason = format!(
+            "upstream task {upstream:?} ended {}",
+            active.slots[task]
+                .outcome
+                .map(Outcome::as_str)
+                .unwrap_or("unfinished")
+        );
         let changes = blocked
             .iter()
             .map(|downstream| TaskChange {
@@ -739,7 +919,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 reason: reason.clone(),
             })
             .collect();
-        self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+        self.store
+            .update_tasks(active.record.id, changes, self.clock.now())
+            .await?;
         for downstream in &blocked {
             let slot = &mut active.slots[*downstream];
             slot.state = TaskState::Done;
@@ -749,38 +931,63 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         (self.observer)(Progress::TasksSettled {
             run: active.record.id,
             partition: active.record.partition.clone(),
-            tasks: blocked.iter().map(|task| self.dag.name(*task).to_string()).collect(),
+            tasks: blocked
+                .iter()
+                .map(|task| self.dag.name(*task).to_string())
+                .collect(),
             outcome: Outcome::UpstreamFailed,
         });
         Ok(())
     }
 
-    async fn finish_run_if_done(&mut self, book: &mut Book, run_index: usize) -> Result<(), EngineError> {
+    async fn finish_run_if_done(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+    ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
         if active.finished || active.done < active.slots.len() {
             return Ok(());
         }
         let not_complete: Vec<&str> = (0..active.slots.len())
-            .filter(|task| !active.slots[*task].outcome.is_some_and(Outcome::is_complete))
+            .filter(|task| {
+                !active.slots[*task]
+                    .outcome
+                    .is_some_and(Outcome::is_complete)
+            })
             .map(|task| self.dag.name(task))
             .collect();
         let (state, message) = if active.cancelling {
-            (RunState::Cancelled, Some("cancelled on request".to_string()))
+            (
+                RunState::Cancelled,
+                Some("cancelled on request".to_string()),
+            )
         } else if not_complete.is_empty() {
             (RunState::Succeeded, None)
         } else {
             let shown: Vec<&str> = not_complete.iter().take(5).copied().collect();
             let more = not_complete.len().saturating_sub(shown.len());
-            let mut message = format!("{} of {} tasks did not complete: {}", not_complete.len(), active.slots.len(), shown.join(", "));
+            let mut message = format!(
+                "{} of {} tasks did not complete: {}",
+                not_complete.len(),
+                active.slots.len(),
+                shown.join(", ")
+            );
             if more > 0 {
                 message.push_str(&format!(" and {more} more"));
             }
             (RunState::Failed, Some(message))
         };
-        self.store.set_run_state(active.record.id, state, message, self.clock.now()).await?;
+        self.store
+            .set_run_state(active.record.id, state, message, self.clock.now())
+            .await?;
         active.finished = true;
         active.record.state = state;
-        (self.observer)(Progress::RunFinished { run: active.record.id, partition: active.record.partition.clone(), state });
+        (self.observer)(Progress::RunFinished {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            state,
+        });
         Ok(())
     }
 
@@ -791,7 +998,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 break;
             }
             book.timers.pop();
-            if matches!(book.runs[run_index].slots[task].state, TaskState::Waiting | TaskState::Pending) {
+            if matches!(
+                book.runs[run_index].slots[task].state,
+                TaskState::Waiting | TaskState::Pending
+            ) {
                 book.ready.push_back((run_index, task));
             }
         }
@@ -821,7 +1031,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             (live.stop)();
         }
         let waiting: Vec<TaskIndex> = (0..active.slots.len())
-            .filter(|task| matches!(active.slots[*task].state, TaskState::Pending | TaskState::Waiting))
+            .filter(|task| {
+                matches!(
+                    active.slots[*task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+            })
             .collect();
         if !waiting.is_empty() {
             let changes = waiting
@@ -836,7 +1051,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     reason: "the run was cancelled".into(),
                 })
                 .collect();
-            self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+            self.store
+                .update_tasks(active.record.id, changes, self.clock.now())
+                .await?;
             for task in &waiting {
                 active.slots[*task].state = TaskState::Done;
                 active.slots[*task].outcome = Some(Outcome::Cancelled);
@@ -849,7 +1066,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 task: None,
                 attempt: None,
                 kind: "cancelling".into(),
-                detail: format!("{} waiting tasks cancelled, running attempts stopped", waiting.len()),
+                detail: format!(
+                    "{} waiting tasks cancelled, running attempts stopped",
+                    waiting.len()
+                ),
                 at: self.clock.now(),
             })
             .await?;
@@ -864,8 +1084,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 continue;
             }
             let active = &mut book.runs[run_index];
-            let stuck: Vec<TaskIndex> =
-                (0..active.slots.len()).filter(|task| active.slots[*task].state != TaskState::Done).collect();
+            let stuck: Vec<TaskIndex> = (0..active.slots.len())
+                .filter(|task| active.slots[*task].state != TaskState::Done)
+                .collect();
             let changes = stuck
                 .iter()
                 .map(|task| TaskChange {
@@ -873,12 +1094,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     state: TaskState::Done,
                     outcome: Some(Outcome::UpstreamFailed),
                     not_before: None,
-                    message: Some("no path to start this task; its dependencies can never complete".into()),
+                    message: Some(
+                        "no path to start this task; its dependencies can never complete".into(),
+                    ),
                     reset_attempts: false,
                     reason: "stuck".into(),
                 })
                 .collect();
-            self.store.update_tasks(active.record.id, changes, self.clock.now()).await?;
+            self.store
+                .update_tasks(active.record.id, changes, self.clock.now())
+                .await?;
             for task in stuck {
                 active.slots[task].state = TaskState::Done;
                 active.slots[task].outcome = Some(Outcome::UpstreamFailed);
@@ -898,7 +1123,11 @@ fn strsim_like(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
         }
         previous = current;
     }

@@ -13,7 +13,7 @@ mod engine;
 pub mod template;
 
 pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};
-pub use engine::{Engine, EngineConfig, Progress, RunRequest, RunSummary, Prepared};
+pub use engine::{Engine, EngineConfig, Prepared, Progress, RunRequest, RunSummary};
 pub use template::expand;
 
 /// Errors the engine reports to its caller. Task failures are not errors: they are outcomes.
@@ -21,10 +21,21 @@ pub use template::expand;
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
-    #[error("no run of partition {partition:?} in the state store; start one with `keel run --partition {partition}`")]
+    #[error(
+        "no run of partition {partition:?} in the state store; start one with `keel run --partition {partition}`"
+    )]
     NoRun { partition: String },
     #[error("unknown task {task:?}{}", suggestion.as_ref().map(|s| format!("; did you mean {s:?}?")).unwrap_or_default())]
-    UnknownTask { task: String, suggestion: Option<String> },
-    #[error("run {run} of partition {partition:?} is still {state}; wait for it to finish or cancel it first")]
-    RunActive { run: keel_model::RunId, partition: String, state: keel_model::RunState },
+    UnknownTask {
+        task: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "run {run} of partition {partition:?} is still {state}; wait for it to finish or cancel it first"
+    )]
+    RunActive {
+        run: keel_model::RunId,
+        partition: String,
+        state: keel_model::RunState,
+    },
 }

@@ -28,21 +28,21 @@ pub fn expand(text: &str, values: &TemplateValues<'_>) -> String {
             rest = &tail[2..];
             continue;
         }
-        if tail.starts_with('{') {
-            if let Some(close) = tail.find('}') {
-                let value = match &tail[1..close] {
-                    "date" => Some(values.date),
-                    "partition" => Some(values.partition),
-                    "run_id" => Some(values.run_id),
-                    "task" => Some(values.task),
-                    "attempt" => Some(values.attempt),
-                    _ => None,
-                };
-                if let Some(value) = value {
-                    out.push_str(value);
-                    rest = &tail[close + 1..];
-                    continue;
-                }
+        if tail.starts_with('{')
+            && let Some(close) = tail.find('}')
+        {
+            let value = match &tail[1..close] {
+                "date" => Some(values.date),
+                "partition" => Some(values.partition),
+                "run_id" => Some(values.run_id),
+                "task" => Some(values.task),
+                "attempt" => Some(values.attempt),
+                _ => None,
+            };
+            if let Some(value) = value {
+                out.push_str(value);
+                rest = &tail[close + 1..];
+                continue;
             }
         }
         out.push_str(&tail[..1]);

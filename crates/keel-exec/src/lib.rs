@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use process::ProcessExecutor;
-pub use report::{interpret, ExitKind, ExitRecord, Report};
+pub use report::{ExitKind, ExitRecord, Report, interpret};
 
 /// Everything needed to start one attempt. Templates are already expanded.
 #[derive(Debug, Clone)]

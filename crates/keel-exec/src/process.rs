@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use keel_model::Outcome;
 
-use crate::supervisor::{SupervisorArgs, EXIT_FILE, LOCK_FILE, PID_FILE};
-use crate::{interpret, Adopted, ExitRecord, Executor, Launch, Report, Running};
+use crate::supervisor::{EXIT_FILE, LOCK_FILE, PID_FILE, SupervisorArgs};
+use crate::{Adopted, Executor, ExitRecord, Launch, Report, Running, interpret};
 
 /// Starts each attempt as `<supervisor_program> <supervisor_args…> __attempt …`.
 #[derive(Debug, Clone)]
@@ -21,7 +21,10 @@ impl ProcessExecutor {
     /// `program` and `prefix` start the supervisor: for the `keel` binary that is
     /// `(current_exe, ["__attempt"])`.
     pub fn new(program: PathBuf, prefix: Vec<String>) -> ProcessExecutor {
-        ProcessExecutor { supervisor_program: program, supervisor_prefix: prefix }
+        ProcessExecutor {
+            supervisor_program: program,
+            supervisor_prefix: prefix,
+        }
     }
 }
 
@@ -33,7 +36,10 @@ fn signal(pid: u32, signal: libc::c_int) {
 fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
     let path = dir.join(EXIT_FILE);
     let text = std::fs::read_to_string(&path).ok()?;
-    Some(serde_json::from_str(&text).map_err(|error| format!("unreadable exit record {}: {error}", path.display())))
+    Some(
+        serde_json::from_str(&text)
+            .map_err(|error| format!("unreadable exit record {}: {error}", path.display())),
+    )
 }
 
 /// What an ended supervisor left behind, as a report.
@@ -44,7 +50,9 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
         None => Report::new(
             Outcome::Lost,
             match supervisor_status {
-                Some(status) => format!("the attempt supervisor ended ({status}) without an exit record"),
+                Some(status) => {
+                    format!("the attempt supervisor ended ({status}) without an exit record")
+                }
                 None => "the attempt supervisor ended without an exit record".to_string(),
             },
         ),
@@ -53,7 +61,11 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
 
 /// Takes the attempt's liveness lock, waiting if `block`. Returns whether it was taken.
 fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
-    let operation = if block { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    let operation = if block {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
     loop {
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
@@ -71,7 +83,11 @@ fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
 impl Executor for ProcessExecutor {
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
         std::fs::create_dir_all(&launch.dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(launch.dir.join(LOCK_FILE))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(launch.dir.join(LOCK_FILE))?;
         lock_attempt(&lock, false)?;
         let lock_fd = lock.as_raw_fd();
         let arguments = SupervisorArgs {
@@ -116,7 +132,11 @@ impl Executor for ProcessExecutor {
             Some(pid) => Arc::new(move || signal(pid, libc::SIGTERM)),
             None => Arc::new(|| {}),
         };
-        Ok(Running { pid, completion, stop })
+        Ok(Running {
+            pid,
+            completion,
+            stop,
+        })
     }
 
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
@@ -133,13 +153,16 @@ impl Executor for ProcessExecutor {
             Ok(false) => {
                 let pid_file = dir.join(PID_FILE);
                 let read_pid = move || -> Option<u32> {
-                    std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse().ok())
+                    std::fs::read_to_string(&pid_file)
+                        .ok()
+                        .and_then(|text| text.trim().parse().ok())
                 };
                 let pid = known_pid.or_else(&read_pid);
                 let wait_dir = dir.clone();
                 let completion = Box::pin(async move {
                     // The lock is released exactly when the supervisor exits.
-                    let waited = tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
+                    let waited =
+                        tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
                     match waited {
                         Ok(Ok(_)) => report_from_dir(&wait_dir, None),
                         _ => Report::new(Outcome::Lost, "lost track of an adopted attempt"),
@@ -152,7 +175,11 @@ impl Executor for ProcessExecutor {
                         signal(pid, libc::SIGTERM);
                     }
                 });
-                Adopted::Running(Running { pid, completion, stop })
+                Adopted::Running(Running {
+                    pid,
+                    completion,
+                    stop,
+                })
             }
             Err(_) => Adopted::Gone,
         }

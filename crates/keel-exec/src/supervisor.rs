@@ -59,7 +59,10 @@ impl SupervisorArgs {
             args.extend(["--lock-fd".to_string(), fd.to_string()]);
         }
         if let Some(heartbeat) = self.heartbeat {
-            args.extend(["--heartbeat-ms".to_string(), heartbeat.as_millis().to_string()]);
+            args.extend([
+                "--heartbeat-ms".to_string(),
+                heartbeat.as_millis().to_string(),
+            ]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -82,8 +85,14 @@ impl SupervisorArgs {
                 parsed.command = iterator.cloned().collect();
                 break;
             }
-            let value = iterator.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let number = || value.parse::<u64>().map_err(|_| format!("{flag} takes a number, got {value:?}"));
+            let value = iterator
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?;
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{flag} takes a number, got {value:?}"))
+            };
             match flag.as_str() {
                 "--dir" => parsed.dir = PathBuf::from(value),
                 "--lock-fd" => parsed.lock_fd = Some(number()? as i32),
@@ -108,7 +117,10 @@ extern "C" fn on_terminate(_signal: libc::c_int) {
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The supervisor's entry point. Returns the process exit code: 0 when the exit record was
@@ -128,15 +140,24 @@ pub fn main(arguments: &[String]) -> i32 {
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, on_terminate as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_terminate as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            on_terminate as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_terminate as *const () as libc::sighandler_t,
+        );
     }
     let _ = std::fs::write(args.dir.join(PID_FILE), std::process::id().to_string());
     let record = supervise(&args);
     match write_exit_record(&args.dir, &record) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("keel attempt supervisor: cannot write {}: {error}", args.dir.join(EXIT_FILE).display());
+            eprintln!(
+                "keel attempt supervisor: cannot write {}: {error}",
+                args.dir.join(EXIT_FILE).display()
+            );
             1
         }
     }
@@ -145,7 +166,10 @@ pub fn main(arguments: &[String]) -> i32 {
 /// Writes the record under a temporary name and renames it, so a reader sees all of it or none.
 pub fn write_exit_record(dir: &Path, record: &ExitRecord) -> std::io::Result<()> {
     let temporary = dir.join("exit.json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &temporary,
+        serde_json::to_vec(record).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(temporary, dir.join(EXIT_FILE))
 }
 
@@ -158,7 +182,9 @@ struct Output {
 
 impl Output {
     fn write(&mut self, bytes: &[u8]) {
-        let Some(file) = self.file.as_mut() else { return };
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
         let room = self.cap.saturating_sub(self.written) as usize;
         let take = bytes.len().min(room);
         if take > 0 && file.write_all(&bytes[..take]).is_ok() {
@@ -173,7 +199,10 @@ impl Output {
 
 fn supervise(args: &SupervisorArgs) -> ExitRecord {
     let started_at = now_millis();
-    let record = |kind: ExitKind, code: Option<i32>, signal: Option<i32>, message: Option<String>| ExitRecord {
+    let record = |kind: ExitKind,
+                  code: Option<i32>,
+                  signal: Option<i32>,
+                  message: Option<String>| ExitRecord {
         kind,
         code,
         signal,
@@ -181,15 +210,28 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
         started_at,
         finished_at: now_millis(),
     };
-    let output_file = OpenOptions::new().create(true).append(true).open(args.dir.join(OUTPUT_FILE)).ok();
-    let output = Arc::new(Mutex::new(Output { file: output_file, written: 0, cap: args.log_cap, truncated: false }));
+    let output_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.dir.join(OUTPUT_FILE))
+        .ok();
+    let output = Arc::new(Mutex::new(Output {
+        file: output_file,
+        written: 0,
+        cap: args.log_cap,
+        truncated: false,
+    }));
     let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
     if args.heartbeat.is_some() {
         let _ = File::create(&heartbeat_path);
     }
 
     let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(&args.command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -199,14 +241,31 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
                 std::io::ErrorKind::PermissionDenied => ExitKind::NotExecutable,
                 _ => ExitKind::SpawnFailed,
             };
-            return record(kind, None, None, Some(format!("{}: {error}", args.command[0])));
+            return record(
+                kind,
+                None,
+                None,
+                Some(format!("{}: {error}", args.command[0])),
+            );
         }
     };
     let task_group = child.id() as i32;
     let clock = Instant::now();
     let last_sign_of_life = Arc::new(AtomicI64::new(0));
     let mut readers = Vec::new();
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)].into_iter().flatten() {
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let output = output.clone();
         let last_sign_of_life = last_sign_of_life.clone();
         readers.push(std::thread::spawn(move || {
@@ -216,8 +275,12 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
                 match stream.read(&mut buffer) {
                     Ok(0) | Err(_) => break,
                     Ok(read) => {
-                        last_sign_of_life.store(clock.elapsed().as_millis() as i64, Ordering::Relaxed);
-                        output.lock().unwrap_or_else(|p| p.into_inner()).write(&buffer[..read]);
+                        last_sign_of_life
+                            .store(clock.elapsed().as_millis() as i64, Ordering::Relaxed);
+                        output
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .write(&buffer[..read]);
                     }
                 }
             }
@@ -230,7 +293,9 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
     });
 
     let tick = match args.heartbeat {
-        Some(heartbeat) => (heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(500)),
+        Some(heartbeat) => {
+            (heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(500))
+        }
         None => Duration::from_millis(500),
     };
     let heartbeat_base = SystemTime::now();
@@ -244,7 +309,9 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
         match exited.recv_timeout(wait.max(Duration::from_millis(1))) {
             Ok(status) => break status,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(std::io::Error::other("the waiter thread ended without a status"));
+                break Err(std::io::Error::other(
+                    "the waiter thread ended without a status",
+                ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -260,19 +327,31 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
         } else if clock.elapsed() >= args.timeout {
             stop_reason = Some((
                 ExitKind::TimedOut,
-                format!("timed out after {}", keel_model::format_duration(args.timeout)),
+                format!(
+                    "timed out after {}",
+                    keel_model::format_duration(args.timeout)
+                ),
             ));
         } else if let Some(heartbeat) = args.heartbeat {
-            let output_quiet = clock.elapsed().saturating_sub(Duration::from_millis(last_sign_of_life.load(Ordering::Relaxed) as u64));
+            let output_quiet = clock.elapsed().saturating_sub(Duration::from_millis(
+                last_sign_of_life.load(Ordering::Relaxed) as u64,
+            ));
             let touched_quiet = std::fs::metadata(&heartbeat_path)
                 .and_then(|metadata| metadata.modified())
                 .ok()
-                .and_then(|modified| SystemTime::now().duration_since(modified.max(heartbeat_base)).ok())
+                .and_then(|modified| {
+                    SystemTime::now()
+                        .duration_since(modified.max(heartbeat_base))
+                        .ok()
+                })
                 .unwrap_or(output_quiet);
             if output_quiet.min(touched_quiet) >= heartbeat {
                 stop_reason = Some((
                     ExitKind::Stalled,
-                    format!("no sign of life for {}", keel_model::format_duration(heartbeat)),
+                    format!(
+                        "no sign of life for {}",
+                        keel_model::format_duration(heartbeat)
+                    ),
                 ));
             }
         }
@@ -294,10 +373,20 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
     match (stop_reason, status) {
         (Some((kind, message)), status) => {
             let status = status.ok();
-            record(kind, status.and_then(|s| s.code()), status.and_then(|s| s.signal()), Some(message))
+            record(
+                kind,
+                status.and_then(|s| s.code()),
+                status.and_then(|s| s.signal()),
+                Some(message),
+            )
         }
         (None, Ok(status)) => record(ExitKind::Exited, status.code(), status.signal(), None),
-        (None, Err(error)) => record(ExitKind::SpawnFailed, None, None, Some(format!("waiting for the task failed: {error}"))),
+        (None, Err(error)) => record(
+            ExitKind::SpawnFailed,
+            None,
+            None,
+            Some(format!("waiting for the task failed: {error}")),
+        ),
     }
 }
 
@@ -318,6 +407,14 @@ mod tests {
         };
         assert_eq!(SupervisorArgs::parse(&args.to_args()).unwrap(), args);
         assert!(SupervisorArgs::parse(&["--dir".into()]).is_err());
-        assert!(SupervisorArgs::parse(&["--timeout-ms".into(), "soon".into(), "--".into(), "x".into()]).is_err());
+        assert!(
+            SupervisorArgs::parse(&[
+                "--timeout-ms".into(),
+                "soon".into(),
+                "--".into(),
+                "x".into()
+            ])
+            .is_err()
+        );
     }
 }

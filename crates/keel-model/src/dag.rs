@@ -116,7 +116,13 @@ fn upstream_phases<'a>(spec: &'a PipelineSpec, phase: &str) -> Vec<&'a str> {
     let mut found: Vec<&'a str> = Vec::new();
     let mut stack: Vec<&str> = vec![phase];
     while let Some(current) = stack.pop() {
-        let Some(spec_phase) = spec.phases.iter().find(|candidate| candidate.name == current) else { continue };
+        let Some(spec_phase) = spec
+            .phases
+            .iter()
+            .find(|candidate| candidate.name == current)
+        else {
+            continue;
+        };
         for upstream in &spec_phase.after {
             if !found.contains(&upstream.as_str()) && upstream != phase {
                 found.push(upstream);
@@ -189,9 +195,18 @@ mod tests {
             state: None,
             concurrency: 4,
             phases: vec![
-                PhaseSpec { name: "a".into(), after: vec![] },
-                PhaseSpec { name: "b".into(), after: vec!["a".into()] },
-                PhaseSpec { name: "c".into(), after: vec!["b".into()] },
+                PhaseSpec {
+                    name: "a".into(),
+                    after: vec![],
+                },
+                PhaseSpec {
+                    name: "b".into(),
+                    after: vec!["a".into()],
+                },
+                PhaseSpec {
+                    name: "c".into(),
+                    after: vec!["b".into()],
+                },
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
         };

@@ -17,7 +17,10 @@ fn new_run(partition: &str, tasks: &[&str]) -> NewRun {
         partition: partition.into(),
         version: "v1".into(),
         trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-        tasks: tasks.iter().map(|task| (task.to_string(), "main".to_string(), None)).collect(),
+        tasks: tasks
+            .iter()
+            .map(|task| (task.to_string(), "main".to_string(), None))
+            .collect(),
         at: 1_000,
     }
 }
@@ -65,17 +68,35 @@ where
 }
 
 async fn run_lifecycle<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a", "b"])).await.unwrap();
-    assert_eq!(run.state, RunState::Running, "run_lifecycle: new runs are running");
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.state,
+        RunState::Running,
+        "run_lifecycle: new runs are running"
+    );
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(tasks.len(), 2);
     assert!(tasks.iter().all(|task| task.state == TaskState::Pending));
-    let attempt = store.claim_attempt(claim(run.id, "a", 2_000)).await.unwrap();
+    let attempt = store
+        .claim_attempt(claim(run.id, "a", 2_000))
+        .await
+        .unwrap();
     assert_eq!(attempt.number, 1);
     assert_eq!(attempt.lease_epoch, 1);
-    store.mark_attempt_started(attempt.id, attempt.lease_epoch, 4242, 2_001).await.unwrap();
     store
-        .finish_attempt(finish(&attempt, Outcome::Succeeded, TaskNext::Done(Outcome::Succeeded), 3_000))
+        .mark_attempt_started(attempt.id, attempt.lease_epoch, 4242, 2_001)
+        .await
+        .unwrap();
+    store
+        .finish_attempt(finish(
+            &attempt,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            3_000,
+        ))
         .await
         .unwrap();
     let attempts = store.attempts(run.id).await.unwrap();
@@ -86,68 +107,173 @@ async fn run_lifecycle<S: Store>(store: S) {
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(tasks[0].state, TaskState::Done);
     assert_eq!(tasks[0].outcome, Some(Outcome::Succeeded));
-    store.set_run_state(run.id, RunState::Succeeded, None, 4_000).await.unwrap();
+    store
+        .set_run_state(run.id, RunState::Succeeded, None, 4_000)
+        .await
+        .unwrap();
     let run = store.run(run.id).await.unwrap();
     assert_eq!(run.finished_at, Some(4_000));
     let events = store.events(run.id).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|event| event.kind.as_str()).collect();
-    assert_eq!(kinds, ["run_created", "attempt_claimed", "attempt_finished", "task_done", "run_state"]);
-    assert!(events.windows(2).all(|pair| pair[0].seq < pair[1].seq), "events are ordered");
-    assert!(store.unfinished_runs("conformance").await.unwrap().is_empty());
+    assert_eq!(
+        kinds,
+        [
+            "run_created",
+            "attempt_claimed",
+            "attempt_finished",
+            "task_done",
+            "run_state"
+        ]
+    );
+    assert!(
+        events.windows(2).all(|pair| pair[0].seq < pair[1].seq),
+        "events are ordered"
+    );
+    assert!(
+        store
+            .unfinished_runs("conformance")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn claim_is_exclusive<S: Store>(store: S) {
-    let first = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
+    let first = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
     store.claim_attempt(claim(first.id, "a", 1)).await.unwrap();
     let again = store.claim_attempt(claim(first.id, "a", 2)).await;
-    assert!(matches!(again, Err(StoreError::NotClaimable { .. })), "claim_is_exclusive: running task claimed twice: {again:?}");
+    assert!(
+        matches!(again, Err(StoreError::NotClaimable { .. })),
+        "claim_is_exclusive: running task claimed twice: {again:?}"
+    );
     // A second run of the same partition may not start the same task while the first runs it.
-    let second = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
+    let second = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
     let across = store.claim_attempt(claim(second.id, "a", 3)).await;
-    assert!(matches!(across, Err(StoreError::AlreadyLive { .. })), "claim_is_exclusive: two live attempts: {across:?}");
+    assert!(
+        matches!(across, Err(StoreError::AlreadyLive { .. })),
+        "claim_is_exclusive: two live attempts: {across:?}"
+    );
     // Another partition is independent.
-    let other = store.create_run(new_run("2026-01-02", &["a"])).await.unwrap();
+    let other = store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
     store.claim_attempt(claim(other.id, "a", 4)).await.unwrap();
     assert_eq!(store.live_attempts("conformance").await.unwrap().len(), 2);
 }
 
 async fn stale_epoch_is_fenced<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
     let attempt = store.claim_attempt(claim(run.id, "a", 1)).await.unwrap();
-    let new_epoch = store.take_over_attempt(attempt.id, "owner-b", 2).await.unwrap();
+    let new_epoch = store
+        .take_over_attempt(attempt.id, "owner-b", 2)
+        .await
+        .unwrap();
     assert!(new_epoch > attempt.lease_epoch);
     let stale = store
-        .finish_attempt(finish(&attempt, Outcome::Succeeded, TaskNext::Done(Outcome::Succeeded), 3))
+        .finish_attempt(finish(
+            &attempt,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            3,
+        ))
         .await;
-    assert!(matches!(stale, Err(StoreError::StaleLease { .. })), "stale_epoch_is_fenced: {stale:?}");
-    assert!(matches!(store.mark_attempt_started(attempt.id, attempt.lease_epoch, 1, 3).await, Err(StoreError::StaleLease { .. })));
+    assert!(
+        matches!(stale, Err(StoreError::StaleLease { .. })),
+        "stale_epoch_is_fenced: {stale:?}"
+    );
+    assert!(matches!(
+        store
+            .mark_attempt_started(attempt.id, attempt.lease_epoch, 1, 3)
+            .await,
+        Err(StoreError::StaleLease { .. })
+    ));
     let tasks = store.task_runs(run.id).await.unwrap();
-    assert_eq!(tasks[0].state, TaskState::Running, "a stale result changed nothing");
-    let mut current = finish(&attempt, Outcome::Failed, TaskNext::Done(Outcome::Failed), 4);
+    assert_eq!(
+        tasks[0].state,
+        TaskState::Running,
+        "a stale result changed nothing"
+    );
+    let mut current = finish(
+        &attempt,
+        Outcome::Failed,
+        TaskNext::Done(Outcome::Failed),
+        4,
+    );
     current.epoch = new_epoch;
     store.finish_attempt(current.clone()).await.unwrap();
-    assert!(matches!(store.finish_attempt(current).await, Err(StoreError::StaleLease { .. })), "a result is recorded once");
+    assert!(
+        matches!(
+            store.finish_attempt(current).await,
+            Err(StoreError::StaleLease { .. })
+        ),
+        "a result is recorded once"
+    );
 }
 
 async fn retries_are_durable_rows<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
     let attempt = store.claim_attempt(claim(run.id, "a", 1)).await.unwrap();
     store
-        .finish_attempt(finish(&attempt, Outcome::Failed, TaskNext::Retry { not_before: 5_000, charge: true }, 2))
+        .finish_attempt(finish(
+            &attempt,
+            Outcome::Failed,
+            TaskNext::Retry {
+                not_before: 5_000,
+                charge: true,
+            },
+            2,
+        ))
         .await
         .unwrap();
     let task = &store.task_runs(run.id).await.unwrap()[0];
-    assert_eq!((task.state, task.not_before, task.charged), (TaskState::Waiting, Some(5_000), 1));
-    let second = store.claim_attempt(claim(run.id, "a", 5_000)).await.unwrap();
+    assert_eq!(
+        (task.state, task.not_before, task.charged),
+        (TaskState::Waiting, Some(5_000), 1)
+    );
+    let second = store
+        .claim_attempt(claim(run.id, "a", 5_000))
+        .await
+        .unwrap();
     assert_eq!(second.number, 2);
     assert_eq!(second.not_before, Some(5_000));
-    store.finish_attempt(finish(&second, Outcome::Lost, TaskNext::Retry { not_before: 6_000, charge: false }, 5_500)).await.unwrap();
+    store
+        .finish_attempt(finish(
+            &second,
+            Outcome::Lost,
+            TaskNext::Retry {
+                not_before: 6_000,
+                charge: false,
+            },
+            5_500,
+        ))
+        .await
+        .unwrap();
     let task = &store.task_runs(run.id).await.unwrap()[0];
-    assert_eq!((task.attempts, task.charged), (2, 1), "lost attempts are not charged");
+    assert_eq!(
+        (task.attempts, task.charged),
+        (2, 1),
+        "lost attempts are not charged"
+    );
 }
 
 async fn update_tasks_leaves_running_alone<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a", "b"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
     store.claim_attempt(claim(run.id, "a", 1)).await.unwrap();
     let change = |task: &str| TaskChange {
         task: task.into(),
@@ -158,7 +284,10 @@ async fn update_tasks_leaves_running_alone<S: Store>(store: S) {
         reset_attempts: false,
         reason: "test".into(),
     };
-    let changed = store.update_tasks(run.id, vec![change("a"), change("b")], 2).await.unwrap();
+    let changed = store
+        .update_tasks(run.id, vec![change("a"), change("b")], 2)
+        .await
+        .unwrap();
     assert_eq!(changed, 1);
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(tasks[0].state, TaskState::Running);
@@ -166,21 +295,49 @@ async fn update_tasks_leaves_running_alone<S: Store>(store: S) {
 }
 
 async fn runs_are_listed_newest_first<S: Store>(store: S) {
-    store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
-    let rerun = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
-    store.create_run(new_run("2026-01-02", &["a"])).await.unwrap();
+    store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let rerun = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
     let runs = store.list_runs("conformance", None, 10).await.unwrap();
     let partitions: Vec<&str> = runs.iter().map(|run| run.partition.as_str()).collect();
     assert_eq!(partitions, ["2026-01-02", "2026-01-01"]);
-    assert_eq!(runs[1].id, rerun.id, "the newest run of a partition is listed");
-    let latest = store.latest_run("conformance", "2026-01-01").await.unwrap().unwrap();
+    assert_eq!(
+        runs[1].id, rerun.id,
+        "the newest run of a partition is listed"
+    );
+    let latest = store
+        .latest_run("conformance", "2026-01-01")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(latest.id, rerun.id);
-    assert!(store.latest_run("conformance", "1999-01-01").await.unwrap().is_none());
+    assert!(
+        store
+            .latest_run("conformance", "1999-01-01")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn cancel_is_recorded<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
     store.request_cancel(run.id, 5).await.unwrap();
     assert!(store.run(run.id).await.unwrap().cancel_requested);
-    assert!(matches!(store.request_cancel(keel_model::RunId(999), 5).await, Err(StoreError::NoSuchRun(_))));
+    assert!(matches!(
+        store.request_cancel(keel_model::RunId(999), 5).await,
+        Err(StoreError::NoSuchRun(_))
+    ));
 }

@@ -22,18 +22,40 @@ use keel_model::{AttemptId, RunId, RunState};
 /// Everything that can go wrong talking to the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state store {path:?} is not a Keel state database ({detail}); point --state at another file or move this one away")]
+    #[error(
+        "state store {path:?} is not a Keel state database ({detail}); point --state at another file or move this one away"
+    )]
     Foreign { path: String, detail: String },
-    #[error("state store {path:?} is corrupt ({detail}); restore it from a backup or move it away to start afresh")]
+    #[error(
+        "state store {path:?} is corrupt ({detail}); restore it from a backup or move it away to start afresh"
+    )]
     Corrupt { path: String, detail: String },
-    #[error("state store {path:?} was written by a newer Keel (schema {found}, this Keel knows up to {known}); upgrade keel")]
-    TooNew { path: String, found: i64, known: i64 },
-    #[error("cannot open state store {path:?}: {detail}; check that the directory exists and is writable")]
+    #[error(
+        "state store {path:?} was written by a newer Keel (schema {found}, this Keel knows up to {known}); upgrade keel"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "cannot open state store {path:?}: {detail}; check that the directory exists and is writable"
+    )]
     Open { path: String, detail: String },
-    #[error("task {task:?} of run {run} already has a live attempt (id {attempt}); at most one may run per task and partition")]
-    AlreadyLive { run: RunId, task: String, attempt: AttemptId },
+    #[error(
+        "task {task:?} of run {run} already has a live attempt (id {attempt}); at most one may run per task and partition"
+    )]
+    AlreadyLive {
+        run: RunId,
+        task: String,
+        attempt: AttemptId,
+    },
     #[error("task {task:?} of run {run} cannot be claimed: it is {state}")]
-    NotClaimable { run: RunId, task: String, state: String },
+    NotClaimable {
+        run: RunId,
+        task: String,
+        state: String,
+    },
     #[error("attempt {attempt} holds a stale lease (epoch {epoch}); its result is discarded")]
     StaleLease { attempt: AttemptId, epoch: i64 },
     #[error("no run {0} in the state store")]
@@ -72,17 +94,27 @@ pub trait Store: Clone + Send + Sync + 'static {
         partition: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
-    fn unfinished_runs(&self, pipeline: &str) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
-    fn task_runs(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<TaskRunRecord>>> + Send;
+    fn unfinished_runs(
+        &self,
+        pipeline: &str,
+    ) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
+    fn task_runs(&self, run: RunId)
+    -> impl Future<Output = StoreResult<Vec<TaskRunRecord>>> + Send;
     fn attempts(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
     /// Attempts of this pipeline that have not finished, whoever holds their lease.
-    fn live_attempts(&self, pipeline: &str) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
+    fn live_attempts(
+        &self,
+        pipeline: &str,
+    ) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
     fn events(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
 
     /// Moves a pending or waiting task run to running under a new lease epoch and inserts its
     /// attempt. Fails with [`StoreError::AlreadyLive`] if any live attempt exists for the same
     /// (pipeline, partition, task), in this run or another.
-    fn claim_attempt(&self, claim: ClaimAttempt) -> impl Future<Output = StoreResult<AttemptRecord>> + Send;
+    fn claim_attempt(
+        &self,
+        claim: ClaimAttempt,
+    ) -> impl Future<Output = StoreResult<AttemptRecord>> + Send;
     /// Records that the attempt's process started. Fenced by the lease epoch.
     fn mark_attempt_started(
         &self,
@@ -101,7 +133,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<i64>> + Send;
     /// Records how an attempt ended and where its task run goes next. Fenced: a holder of a
     /// stale epoch gets [`StoreError::StaleLease`] and nothing changes.
-    fn finish_attempt(&self, finish: FinishAttempt) -> impl Future<Output = StoreResult<()>> + Send;
+    fn finish_attempt(&self, finish: FinishAttempt)
+    -> impl Future<Output = StoreResult<()>> + Send;
     /// Changes task runs that are not running (upstream failures, skips, resets for a retry).
     /// Running task runs are left alone and not counted. Returns how many changed.
     fn update_tasks(
@@ -118,7 +151,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Asks whoever executes the run to cancel it.
-    fn request_cancel(&self, run: RunId, at: keel_model::Millis) -> impl Future<Output = StoreResult<()>> + Send;
+    fn request_cancel(
+        &self,
+        run: RunId,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends a free-form event (for example why a task ran again).
     fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
 }

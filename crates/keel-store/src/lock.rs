@@ -9,10 +9,17 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another keel is running this pipeline (pid {pid}); wait for it to finish or stop it first (lock {path:?})")]
+    #[error(
+        "another keel is running this pipeline (pid {pid}); wait for it to finish or stop it first (lock {path:?})"
+    )]
     Held { pid: String, path: PathBuf },
-    #[error("cannot create the lock file {path:?}: {source}; check that the state directory is writable")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot create the lock file {path:?}: {source}; check that the state directory is writable"
+    )]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Held for as long as this value lives.
@@ -26,7 +33,10 @@ impl StateLock {
     /// Takes the lock without waiting.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         let path = state_dir.join("keel.lock");
-        let io_error = |source| LockError::Io { path: path.clone(), source };
+        let io_error = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -45,7 +55,11 @@ impl StateLock {
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
             return Err(LockError::Held {
-                pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.to_string()
+                },
                 path,
             });
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use keel_model::{AttemptId, Millis, Outcome, RunId, RunState, TaskState};
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::*;
 
@@ -98,7 +98,10 @@ impl SqliteStore {
     /// SQLite but not Keel's, is refused with a clear error and left untouched.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         let display = path.display().to_string();
-        let open_error = |detail: String| StoreError::Open { path: display.clone(), detail };
+        let open_error = |detail: String| StoreError::Open {
+            path: display.clone(),
+            detail,
+        };
         let connection = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         let classify = |error: rusqlite::Error| -> StoreError {
             let text = error.to_string();
@@ -107,9 +110,10 @@ impl SqliteStore {
                     path: display.clone(),
                     detail: "the file is not an SQLite database".into(),
                 },
-                Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
-                    StoreError::Corrupt { path: display.clone(), detail: text }
-                }
+                Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+                    path: display.clone(),
+                    detail: text,
+                },
                 Some(rusqlite::ErrorCode::CannotOpen)
                 | Some(rusqlite::ErrorCode::ReadOnly)
                 | Some(rusqlite::ErrorCode::PermissionDenied)
@@ -117,11 +121,15 @@ impl SqliteStore {
                 _ => StoreError::Database(text),
             }
         };
-        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(classify)?;
-        let application_id: i64 =
-            connection.query_row("PRAGMA application_id", [], |row| row.get(0)).map_err(classify)?;
-        let user_version: i64 =
-            connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(classify)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(classify)?;
+        let application_id: i64 = connection
+            .query_row("PRAGMA application_id", [], |row| row.get(0))
+            .map_err(classify)?;
+        let user_version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(classify)?;
         let table_count: i64 = connection
             .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
             .map_err(classify)?;
@@ -135,17 +143,25 @@ impl SqliteStore {
         }
         let known = MIGRATIONS.len() as i64;
         if user_version > known {
-            return Err(StoreError::TooNew { path: display, found: user_version, known });
+            return Err(StoreError::TooNew {
+                path: display,
+                found: user_version,
+                known,
+            });
         }
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
             .map_err(classify)?;
-        let integrity: String =
-            connection.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(classify)?;
+        let integrity: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(classify)?;
         if integrity != "ok" {
-            return Err(StoreError::Corrupt { path: display, detail: integrity });
+            return Err(StoreError::Corrupt {
+                path: display,
+                detail: integrity,
+            });
         }
         for (number, migration) in MIGRATIONS.iter().enumerate().skip(user_version as usize) {
             let version = number as i64 + 1;
@@ -154,7 +170,10 @@ impl SqliteStore {
             );
             connection.execute_batch(&batch).map_err(classify)?;
         }
-        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)), path: Arc::new(path.to_path_buf()) })
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -169,7 +188,9 @@ impl SqliteStore {
     {
         let connection = self.connection.clone();
         tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let value = work(&transaction)?;
@@ -203,7 +224,11 @@ where
 {
     let text: String = row.get(index)?;
     text.parse::<T>().map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
     })
 }
 
@@ -214,14 +239,17 @@ where
     let text: Option<String> = row.get(index)?;
     text.map(|text| {
         text.parse::<T>().map_err(|error| {
-            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
         })
     })
     .transpose()
 }
 
-const RUN_COLUMNS: &str =
-    "id, pipeline, partition, version, state, trace_id, created_at, finished_at, cancel_requested, message";
+const RUN_COLUMNS: &str = "id, pipeline, partition, version, state, trace_id, created_at, finished_at, cancel_requested, message";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -284,7 +312,11 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
 
 fn load_run(transaction: &Transaction<'_>, run: RunId) -> StoreResult<RunRecord> {
     transaction
-        .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [run.0], run_from_row)
+        .query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            [run.0],
+            run_from_row,
+        )
         .optional()?
         .ok_or(StoreError::NoSuchRun(run))
 }
@@ -330,7 +362,8 @@ impl Store for SqliteStore {
     }
 
     async fn run(&self, run: RunId) -> StoreResult<RunRecord> {
-        self.transact(move |transaction| load_run(transaction, run)).await
+        self.transact(move |transaction| load_run(transaction, run))
+            .await
     }
 
     async fn latest_run(&self, pipeline: &str, partition: &str) -> StoreResult<Option<RunRecord>> {
@@ -347,7 +380,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_runs(&self, pipeline: &str, partition: Option<&str>, limit: u32) -> StoreResult<Vec<RunRecord>> {
+    async fn list_runs(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunRecord>> {
         let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
         self.transact(move |transaction| {
             let mut statement = transaction.prepare(&format!(
@@ -480,7 +518,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mark_attempt_started(&self, attempt: AttemptId, epoch: i64, pid: u32, at: Millis) -> StoreResult<()> {
+    async fn mark_attempt_started(
+        &self,
+        attempt: AttemptId,
+        epoch: i64,
+        pid: u32,
+        at: Millis,
+    ) -> StoreResult<()> {
         self.transact(move |transaction| {
             let changed = transaction.execute(
                 "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
@@ -494,7 +538,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn take_over_attempt(&self, attempt: AttemptId, new_owner: &str, at: Millis) -> StoreResult<i64> {
+    async fn take_over_attempt(
+        &self,
+        attempt: AttemptId,
+        new_owner: &str,
+        at: Millis,
+    ) -> StoreResult<i64> {
         let new_owner = new_owner.to_string();
         self.transact(move |transaction| {
             let record = load_attempt(transaction, attempt)?;
@@ -568,7 +617,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_tasks(&self, run: RunId, changes: Vec<TaskChange>, at: Millis) -> StoreResult<usize> {
+    async fn update_tasks(
+        &self,
+        run: RunId,
+        changes: Vec<TaskChange>,
+        at: Millis,
+    ) -> StoreResult<usize> {
         self.transact(move |transaction| {
             load_run(transaction, run)?;
             let mut changed = 0;
@@ -596,7 +650,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_run_state(&self, run: RunId, state: RunState, message: Option<String>, at: Millis) -> StoreResult<()> {
+    async fn set_run_state(
+        &self,
+        run: RunId,
+        state: RunState,
+        message: Option<String>,
+        at: Millis,
+    ) -> StoreResult<()> {
         self.transact(move |transaction| {
             let finished_at = state.is_finished().then_some(at);
             let changed = transaction.execute(
@@ -619,7 +679,10 @@ impl Store for SqliteStore {
 
     async fn request_cancel(&self, run: RunId, at: Millis) -> StoreResult<()> {
         self.transact(move |transaction| {
-            let changed = transaction.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1", [run.0])?;
+            let changed = transaction.execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
+                [run.0],
+            )?;
             if changed == 0 {
                 return Err(StoreError::NoSuchRun(run));
             }

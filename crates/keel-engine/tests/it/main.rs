@@ -7,17 +7,23 @@ use std::time::Duration;
 
 use keel_engine::{Engine, EngineConfig, ManualClock, Prepared, RunRequest, SplitMix64};
 use keel_exec::{Adopted, Executor, Launch, Report, Running};
-use keel_model::{Jitter, Outcome, PartitionKind, PhaseSpec, PipelineSpec, RetryPolicy, RunState, TaskSpec, TaskState};
+use keel_model::{
+    Jitter, Outcome, PartitionKind, PhaseSpec, PipelineSpec, RetryPolicy, RunState, TaskSpec,
+    TaskState,
+};
 use keel_store::{SqliteStore, Store};
 
 mod properties;
+
+/// (task, attempt, environment) of one launch.
+type LaunchRecord = (String, u32, Vec<(String, String)>);
 
 /// Scripted outcomes per task; a task with no script left succeeds. `hold` tasks run until
 /// stopped or released.
 #[derive(Clone, Default)]
 struct FakeExecutor {
     scripts: Arc<Mutex<HashMap<String, VecDeque<Outcome>>>>,
-    launches: Arc<Mutex<Vec<(String, u32, Vec<(String, String)>)>>>,
+    launches: Arc<Mutex<Vec<LaunchRecord>>>,
     hold: Arc<Mutex<Vec<String>>>,
     running_now: Arc<Mutex<usize>>,
     running_max: Arc<Mutex<usize>>,
@@ -27,19 +33,49 @@ struct FakeExecutor {
 
 impl FakeExecutor {
     fn script(&self, task: &str, outcomes: &[Outcome]) {
-        self.scripts.lock().unwrap().insert(task.into(), outcomes.iter().copied().collect());
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(task.into(), outcomes.iter().copied().collect());
     }
     fn launches(&self) -> Vec<(String, u32)> {
-        self.launches.lock().unwrap().iter().map(|(task, attempt, _)| (task.clone(), *attempt)).collect()
+        self.launches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(task, attempt, _)| (task.clone(), *attempt))
+            .collect()
     }
 }
 
 impl Executor for FakeExecutor {
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
-        let task = launch.env.iter().find(|(key, _)| key == "KEEL_TASK").unwrap().1.clone();
-        let attempt: u32 = launch.env.iter().find(|(key, _)| key == "KEEL_ATTEMPT").unwrap().1.parse().unwrap();
-        self.launches.lock().unwrap().push((task.clone(), attempt, launch.env.clone()));
-        let outcome = self.scripts.lock().unwrap().get_mut(&task).and_then(VecDeque::pop_front).unwrap_or(Outcome::Succeeded);
+        let task = launch
+            .env
+            .iter()
+            .find(|(key, _)| key == "KEEL_TASK")
+            .unwrap()
+            .1
+            .clone();
+        let attempt: u32 = launch
+            .env
+            .iter()
+            .find(|(key, _)| key == "KEEL_ATTEMPT")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        self.launches
+            .lock()
+            .unwrap()
+            .push((task.clone(), attempt, launch.env.clone()));
+        let outcome = self
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&task)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Outcome::Succeeded);
         let hold = self.hold.lock().unwrap().contains(&task);
         let stopped = Arc::new(tokio::sync::Notify::new());
         let release = self.release.clone();
@@ -62,14 +98,26 @@ impl Executor for FakeExecutor {
                 outcome
             };
             *now.lock().unwrap() -= 1;
-            Report { outcome, exit_code: Some(0), rows: Some(1), metrics: None, message: None }
+            Report {
+                outcome,
+                exit_code: Some(0),
+                rows: Some(1),
+                metrics: None,
+                message: None,
+            }
         });
-        Ok(Running { pid: None, completion, stop: Arc::new(move || stopped.notify_one()) })
+        Ok(Running {
+            pid: None,
+            completion,
+            stop: Arc::new(move || stopped.notify_one()),
+        })
     }
 
     fn adopt(&self, _dir: PathBuf, _pid: Option<u32>) -> Adopted {
         match *self.adoption.lock().unwrap() {
-            Some(outcome) => Adopted::Finished(Report::new(outcome, "finished while keel was down")),
+            Some(outcome) => {
+                Adopted::Finished(Report::new(outcome, "finished while keel was down"))
+            }
             None => Adopted::Gone,
         }
     }
@@ -107,7 +155,11 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
             .enumerate()
             .map(|(index, name)| PhaseSpec {
                 name: name.clone(),
-                after: if index == 0 { vec![] } else { vec![phases[index - 1].clone()] },
+                after: if index == 0 {
+                    vec![]
+                } else {
+                    vec![phases[index - 1].clone()]
+                },
             })
             .collect(),
         tasks,
@@ -151,16 +203,25 @@ impl Harness {
     }
 }
 
-async fn run_partition(engine: &mut Engine<SqliteStore, FakeExecutor, ManualClock>, partition: &str) -> RunState {
+async fn run_partition(
+    engine: &mut Engine<SqliteStore, FakeExecutor, ManualClock>,
+    partition: &str,
+) -> RunState {
     let prepared = engine
-        .prepare(&RunRequest { partitions: vec![partition.into()], ..RunRequest::default() })
+        .prepare(&RunRequest {
+            partitions: vec![partition.into()],
+            ..RunRequest::default()
+        })
         .await
         .unwrap();
     let run = match prepared[0] {
         Prepared::Created(run) | Prepared::Resumed(run) => run,
         Prepared::AlreadyFinished(ref record) => return record.state,
     };
-    let summaries = engine.execute(&[run], std::future::pending()).await.unwrap();
+    let summaries = engine
+        .execute(&[run], std::future::pending())
+        .await
+        .unwrap();
     summaries[0].state
 }
 
@@ -177,38 +238,82 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test]
 async fn tasks_run_in_dependency_order_with_the_contract_environment() {
     let harness = Harness::new();
-    let spec = pipeline(vec![task("scrape", "a", &[], 3), task("load", "b", &[], 3), task("report", "b", &["load"], 3)], 8);
+    let spec = pipeline(
+        vec![
+            task("scrape", "a", &[], 3),
+            task("load", "b", &[], 3),
+            task("report", "b", &["load"], 3),
+        ],
+        8,
+    );
     let mut engine = harness.engine(spec);
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
-    assert_eq!(harness.executor.launches(), vec![("scrape".into(), 1), ("load".into(), 1), ("report".into(), 1)]);
-    let env: HashMap<String, String> = harness.executor.launches.lock().unwrap()[0].2.iter().cloned().collect();
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        harness.executor.launches(),
+        vec![
+            ("scrape".into(), 1),
+            ("load".into(), 1),
+            ("report".into(), 1)
+        ]
+    );
+    let env: HashMap<String, String> = harness.executor.launches.lock().unwrap()[0]
+        .2
+        .iter()
+        .cloned()
+        .collect();
     assert_eq!(env["KEEL_PIPELINE"], "test");
     assert_eq!(env["KEEL_PARTITION"], "2026-01-18");
     assert_eq!(env["KEEL_IDEMPOTENCY_KEY"], "test:scrape:2026-01-18");
     assert!(env["KEEL_RESULT"].ends_with("scrape/1/result.json"));
     assert!(env["KEEL_HEARTBEAT"].ends_with("scrape/1/heartbeat"));
     let traceparent = &env["TRACEPARENT"];
-    assert!(traceparent.starts_with("00-") && traceparent.ends_with("-01") && traceparent.len() == 55, "{traceparent}");
+    assert!(
+        traceparent.starts_with("00-") && traceparent.ends_with("-01") && traceparent.len() == 55,
+        "{traceparent}"
+    );
     // Running again for a finished partition does nothing.
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
     assert_eq!(harness.executor.launches().len(), 3);
 }
 
 #[tokio::test]
 async fn a_failure_is_retried_only_after_its_backoff_on_the_manual_clock() {
     let harness = Harness::new();
-    harness.executor.script("flaky", &[Outcome::Failed, Outcome::TimedOut]);
+    harness
+        .executor
+        .script("flaky", &[Outcome::Failed, Outcome::TimedOut]);
     let mut engine = harness.engine(pipeline(vec![task("flaky", "a", &[], 4)], 8));
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
     let store = harness.store.clone();
-    let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], std::future::pending())
+            .await
+            .unwrap()
+    });
     let start = harness.clock.now_for_test();
     for (retry, charged) in [(1u32, 1u32), (2, 2)] {
         let launches = harness.executor.clone();
-        eventually("the failed attempt to be recorded", || launches.launches().len() == retry as usize).await;
+        eventually("the failed attempt to be recorded", || {
+            launches.launches().len() == retry as usize
+        })
+        .await;
         let mut waiting = None;
         for _ in 0..200 {
             let task = store.task_runs(run).await.unwrap().remove(0);
@@ -222,11 +327,19 @@ async fn a_failure_is_retried_only_after_its_backoff_on_the_manual_clock() {
         let not_before = task.not_before.unwrap();
         let now = harness.clock.now_for_test();
         let ceiling = 1000 * (1 << (retry - 1));
-        assert!(not_before >= now && not_before <= now + ceiling, "retry {retry}: {not_before} not in [{now}, {}]", now + ceiling);
+        assert!(
+            not_before >= now && not_before <= now + ceiling,
+            "retry {retry}: {not_before} not in [{now}, {}]",
+            now + ceiling
+        );
         // One millisecond early, nothing starts.
         harness.clock.set(not_before - 1);
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(harness.executor.launches().len(), retry as usize, "retry {retry} started before its backoff");
+        assert_eq!(
+            harness.executor.launches().len(),
+            retry as usize,
+            "retry {retry} started before its backoff"
+        );
         harness.clock.set(not_before);
     }
     let summaries = handle.await.unwrap();
@@ -234,9 +347,18 @@ async fn a_failure_is_retried_only_after_its_backoff_on_the_manual_clock() {
     assert_eq!(harness.executor.launches().len(), 3);
     assert!(harness.clock.now_for_test() >= start);
     let attempts = harness.store.attempts(run).await.unwrap();
-    let outcomes: Vec<Outcome> = attempts.iter().map(|attempt| attempt.outcome.unwrap()).collect();
-    assert_eq!(outcomes, [Outcome::Failed, Outcome::TimedOut, Outcome::Succeeded]);
-    assert!(attempts[1].not_before.is_some(), "an attempt records the not_before it waited for");
+    let outcomes: Vec<Outcome> = attempts
+        .iter()
+        .map(|attempt| attempt.outcome.unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Failed, Outcome::TimedOut, Outcome::Succeeded]
+    );
+    assert!(
+        attempts[1].not_before.is_some(),
+        "an attempt records the not_before it waited for"
+    );
 }
 
 trait NowForTest {
@@ -252,8 +374,12 @@ impl NowForTest for ManualClock {
 #[tokio::test]
 async fn retries_stop_at_the_policy_and_downstream_becomes_upstream_failed() {
     let harness = Harness::new();
-    harness.executor.script("flaky", &[Outcome::Failed, Outcome::Failed]);
-    harness.executor.script("broken", &[Outcome::FailedPermanent]);
+    harness
+        .executor
+        .script("flaky", &[Outcome::Failed, Outcome::Failed]);
+    harness
+        .executor
+        .script("broken", &[Outcome::FailedPermanent]);
     let spec = pipeline(
         vec![
             task("flaky", "a", &[], 2),
@@ -265,29 +391,59 @@ async fn retries_stop_at_the_policy_and_downstream_becomes_upstream_failed() {
         8,
     );
     let mut engine = harness.engine(spec);
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
     let clock = harness.clock.clone();
-    let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], std::future::pending())
+            .await
+            .unwrap()
+    });
     // Push the clock past any backoff until the run ends.
     while !handle.is_finished() {
         clock.advance(120_000);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
-    let tasks: HashMap<String, Option<Outcome>> =
-        harness.store.task_runs(run).await.unwrap().into_iter().map(|task| (task.task, task.outcome)).collect();
+    let tasks: HashMap<String, Option<Outcome>> = harness
+        .store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| (task.task, task.outcome))
+        .collect();
     assert_eq!(tasks["flaky"], Some(Outcome::Failed));
     assert_eq!(tasks["broken"], Some(Outcome::FailedPermanent));
     assert_eq!(tasks["fine"], Some(Outcome::Succeeded));
     assert_eq!(tasks["after_flaky"], Some(Outcome::UpstreamFailed));
     assert_eq!(tasks["last"], Some(Outcome::UpstreamFailed));
     let launches = harness.executor.launches();
-    assert_eq!(launches.iter().filter(|(task, _)| task == "flaky").count(), 2, "two attempts in all");
-    assert_eq!(launches.iter().filter(|(task, _)| task == "broken").count(), 1, "permanent failures are never retried");
-    assert!(!launches.iter().any(|(task, _)| task == "after_flaky" || task == "last"));
+    assert_eq!(
+        launches.iter().filter(|(task, _)| task == "flaky").count(),
+        2,
+        "two attempts in all"
+    );
+    assert_eq!(
+        launches.iter().filter(|(task, _)| task == "broken").count(),
+        1,
+        "permanent failures are never retried"
+    );
+    assert!(
+        !launches
+            .iter()
+            .any(|(task, _)| task == "after_flaky" || task == "last")
+    );
     let run_record = harness.store.run(run).await.unwrap();
     assert!(run_record.message.unwrap().contains("did not complete"));
 }
@@ -297,12 +453,24 @@ async fn not_ready_is_requeued_without_using_attempts_until_the_deadline() {
     let harness = Harness::new();
     harness.executor.script("sensor", &[Outcome::NotReady; 50]);
     let mut engine = harness.engine(pipeline(vec![task("sensor", "a", &[], 1)], 8));
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
     let clock = harness.clock.clone();
-    let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], std::future::pending())
+            .await
+            .unwrap()
+    });
     while !handle.is_finished() {
         clock.advance(2_000);
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -311,21 +479,39 @@ async fn not_ready_is_requeued_without_using_attempts_until_the_deadline() {
     let task = harness.store.task_runs(run).await.unwrap().remove(0);
     assert_eq!(task.outcome, Some(Outcome::NotReady));
     assert_eq!(task.charged, 0, "not ready never uses a retry attempt");
-    assert!(task.attempts > 1, "a task with attempts = 1 was still checked again: {}", task.attempts);
+    assert!(
+        task.attempts > 1,
+        "a task with attempts = 1 was still checked again: {}",
+        task.attempts
+    );
     assert!(task.message.unwrap().contains("deadline passed"));
 }
 
 #[tokio::test]
 async fn the_global_concurrency_cap_holds() {
     let harness = Harness::new();
-    let tasks: Vec<TaskSpec> = (0..12).map(|index| task(&format!("t{index}"), "a", &[], 1)).collect();
+    let tasks: Vec<TaskSpec> = (0..12)
+        .map(|index| task(&format!("t{index}"), "a", &[], 1))
+        .collect();
     *harness.executor.hold.lock().unwrap() = tasks.iter().map(|task| task.name.clone()).collect();
     let mut engine = harness.engine(pipeline(tasks, 3));
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
-    let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], std::future::pending())
+            .await
+            .unwrap()
+    });
     while !handle.is_finished() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         harness.executor.release.notify_waiters();
@@ -340,7 +526,14 @@ async fn an_attempt_left_live_by_a_dead_keel_is_lost_and_retried_uncharged() {
     let harness = Harness::new();
     let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "b", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
@@ -358,10 +551,23 @@ async fn an_attempt_left_live_by_a_dead_keel_is_lost_and_retried_uncharged() {
         .await
         .unwrap();
     let mut engine = harness.engine(spec);
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
     let attempts = harness.store.attempts(run).await.unwrap();
-    let history: Vec<(String, Outcome)> = attempts.iter().map(|a| (a.task.clone(), a.outcome.unwrap())).collect();
-    assert_eq!(history, [("a".into(), Outcome::Lost), ("a".into(), Outcome::Succeeded), ("b".into(), Outcome::Succeeded)]);
+    let history: Vec<(String, Outcome)> = attempts
+        .iter()
+        .map(|a| (a.task.clone(), a.outcome.unwrap()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("a".into(), Outcome::Lost),
+            ("a".into(), Outcome::Succeeded),
+            ("b".into(), Outcome::Succeeded)
+        ]
+    );
     assert!(attempts[1].lease_epoch > attempts[0].lease_epoch);
     let events = harness.store.events(run).await.unwrap();
     assert!(events.iter().any(|event| event.kind == "lease_taken_over"));
@@ -373,7 +579,14 @@ async fn an_attempt_that_finished_while_keel_was_down_is_recorded_not_rerun() {
     *harness.executor.adoption.lock().unwrap() = Some(Outcome::Succeeded);
     let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "b", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
@@ -390,26 +603,55 @@ async fn an_attempt_that_finished_while_keel_was_down_is_recorded_not_rerun() {
         .await
         .unwrap();
     let mut engine = harness.engine(spec);
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
-    assert_eq!(harness.executor.launches(), vec![("b".into(), 1)], "a was not run again");
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        harness.executor.launches(),
+        vec![("b".into(), 1)],
+        "a was not run again"
+    );
 }
 
 #[tokio::test]
 async fn cancel_stops_running_attempts_and_settles_the_rest() {
     let harness = Harness::new();
     *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
-    let spec = pipeline(vec![task("slow", "a", &[], 3), task("next", "b", &[], 3)], 8);
+    let spec = pipeline(
+        vec![task("slow", "a", &[], 3), task("next", "b", &[], 3)],
+        8,
+    );
     let mut engine = harness.engine(spec);
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
-    let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], std::future::pending())
+            .await
+            .unwrap()
+    });
     let executor = harness.executor.clone();
     eventually("slow to start", || executor.launches().len() == 1).await;
     harness.store.request_cancel(run, 5).await.unwrap();
     assert_eq!(handle.await.unwrap()[0].state, RunState::Cancelled);
-    let tasks: Vec<Option<Outcome>> = harness.store.task_runs(run).await.unwrap().into_iter().map(|task| task.outcome).collect();
+    let tasks: Vec<Option<Outcome>> = harness
+        .store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| task.outcome)
+        .collect();
     assert_eq!(tasks, [Some(Outcome::Cancelled), Some(Outcome::Cancelled)]);
 }
 
@@ -419,13 +661,25 @@ async fn a_shutdown_leaves_interrupted_tasks_to_be_resumed() {
     *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
     let spec = pipeline(vec![task("slow", "a", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
-    let run = match engine.prepare(&RunRequest { partitions: vec!["2026-01-18".into()], ..Default::default() }).await.unwrap()[0] {
+    let run = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        engine.execute(&[run], async move { let _ = stopped.await; }).await.unwrap()
+        engine
+            .execute(&[run], async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
     });
     let executor = harness.executor.clone();
     eventually("slow to start", || executor.launches().len() == 1).await;
@@ -435,21 +689,56 @@ async fn a_shutdown_leaves_interrupted_tasks_to_be_resumed() {
     assert_eq!((task.state, task.charged), (TaskState::Pending, 0));
     harness.executor.hold.lock().unwrap().clear();
     let mut engine = harness.engine(spec);
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
 }
 
 #[tokio::test]
 async fn retry_reruns_the_task_and_everything_downstream() {
     let harness = Harness::new();
     harness.executor.script("b", &[Outcome::FailedPermanent]);
-    let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "a", &[], 1), task("c", "b", &[], 1)], 8);
+    let spec = pipeline(
+        vec![
+            task("a", "a", &[], 1),
+            task("b", "a", &[], 1),
+            task("c", "b", &[], 1),
+        ],
+        8,
+    );
     let mut engine = harness.engine(spec);
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Failed);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Failed
+    );
     let run = engine.retry("2026-01-18", &["b".into()]).await.unwrap();
-    assert_eq!(run_partition(&mut engine, "2026-01-18").await, RunState::Succeeded);
-    let launched: Vec<String> = harness.executor.launches().into_iter().map(|(task, _)| task).collect();
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    let launched: Vec<String> = harness
+        .executor
+        .launches()
+        .into_iter()
+        .map(|(task, _)| task)
+        .collect();
     assert_eq!(launched, ["a", "b", "b", "c"]);
-    assert!(harness.store.events(run).await.unwrap().iter().any(|event| event.detail.contains("downstream of retried b")));
-    let unknown = engine.retry("2026-01-18", &["bb".into()]).await.unwrap_err();
-    assert_eq!(unknown.to_string(), "unknown task \"bb\"; did you mean \"b\"?");
+    assert!(
+        harness
+            .store
+            .events(run)
+            .await
+            .unwrap()
+            .iter()
+            .any(|event| event.detail.contains("downstream of retried b"))
+    );
+    let unknown = engine
+        .retry("2026-01-18", &["bb".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "unknown task \"bb\"; did you mean \"b\"?"
+    );
 }

@@ -14,7 +14,10 @@ fn launch(dir: &Path, script: &str) -> Launch {
     Launch {
         dir: dir.to_path_buf(),
         command: vec!["sh".into(), "-c".into(), script.into()],
-        env: vec![("KEEL_RESULT".into(), dir.join("result.json").display().to_string())],
+        env: vec![(
+            "KEEL_RESULT".into(),
+            dir.join("result.json").display().to_string(),
+        )],
         timeout: Duration::from_secs(20),
         heartbeat: None,
         kill_grace: Duration::from_millis(300),
@@ -23,7 +26,10 @@ fn launch(dir: &Path, script: &str) -> Launch {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -49,23 +55,40 @@ fn a_missing_command_is_a_permanent_failure_naming_it() {
     spec.command = vec!["keel-no-such-command-here".into()];
     let report = runtime().block_on(async { executor().launch(spec).unwrap().completion.await });
     assert_eq!(report.outcome, Outcome::FailedPermanent);
-    assert_eq!(report.message.as_deref(), Some("command not found: keel-no-such-command-here"));
+    assert_eq!(
+        report.message.as_deref(),
+        Some("command not found: keel-no-such-command-here")
+    );
 }
 
 #[test]
 fn a_timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("grandchild.pid");
-    let mut spec = launch(&dir.path().join("a1"), &format!("sleep 60 & echo $! > {}; wait", marker.display()));
+    let mut spec = launch(
+        &dir.path().join("a1"),
+        &format!("sleep 60 & echo $! > {}; wait", marker.display()),
+    );
     spec.timeout = Duration::from_millis(300);
     let report = runtime().block_on(async { executor().launch(spec).unwrap().completion.await });
     assert_eq!(report.outcome, Outcome::TimedOut);
     assert!(report.message.unwrap().contains("timed out after"));
-    let grandchild: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let grandchild: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // A killed process may linger as a zombie until its new parent reaps it; that is dead too.
     let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-    let running = state.rsplit(')').next().map(|rest| rest.trim_start().starts_with(['R', 'S', 'D'])).unwrap_or(false);
-    assert!(!running, "the background sleep in the task's group was killed: {state}");
+    let running = state
+        .rsplit(')')
+        .next()
+        .map(|rest| rest.trim_start().starts_with(['R', 'S', 'D']))
+        .unwrap_or(false);
+    assert!(
+        !running,
+        "the background sleep in the task's group was killed: {state}"
+    );
 }
 
 #[test]
@@ -73,17 +96,33 @@ fn a_silent_task_is_stalled_but_a_chatty_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let mut silent = launch(&dir.path().join("silent"), "sleep 30");
     silent.heartbeat = Some(Duration::from_millis(300));
-    let mut chatty = launch(&dir.path().join("chatty"), "for i in 1 2 3 4 5 6; do echo tick; sleep 0.1; done");
+    let mut chatty = launch(
+        &dir.path().join("chatty"),
+        "for i in 1 2 3 4 5 6; do echo tick; sleep 0.1; done",
+    );
     chatty.heartbeat = Some(Duration::from_millis(400));
-    let mut toucher = launch(&dir.path().join("toucher"), "for i in 1 2 3 4 5 6; do touch \"$0\"; sleep 0.1; done");
-    toucher.command = vec!["sh".into(), "-c".into(), "for i in 1 2 3 4 5 6; do touch \"$1\"; sleep 0.1; done".into(), "sh".into(), dir.path().join("toucher/heartbeat").display().to_string()];
+    let mut toucher = launch(
+        &dir.path().join("toucher"),
+        "for i in 1 2 3 4 5 6; do touch \"$0\"; sleep 0.1; done",
+    );
+    toucher.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "for i in 1 2 3 4 5 6; do touch \"$1\"; sleep 0.1; done".into(),
+        "sh".into(),
+        dir.path().join("toucher/heartbeat").display().to_string(),
+    ];
     toucher.heartbeat = Some(Duration::from_millis(400));
     let (silent, chatty, toucher) = runtime().block_on(async {
         let executor = executor();
         let silent = executor.launch(silent).unwrap();
         let chatty = executor.launch(chatty).unwrap();
         let toucher = executor.launch(toucher).unwrap();
-        (silent.completion.await, chatty.completion.await, toucher.completion.await)
+        (
+            silent.completion.await,
+            chatty.completion.await,
+            toucher.completion.await,
+        )
     });
     assert_eq!(silent.outcome, Outcome::Stalled);
     assert_eq!(chatty.outcome, Outcome::Succeeded);
@@ -121,7 +160,11 @@ fn an_attempt_outlives_its_launcher_and_is_adopted() {
     // Launch from one runtime and drop it without waiting, as a killed Keel would.
     let pid = {
         let runtime = runtime();
-        let running = runtime.block_on(async { executor().launch(launch(&attempt, "sleep 0.5; echo done")).unwrap() });
+        let running = runtime.block_on(async {
+            executor()
+                .launch(launch(&attempt, "sleep 0.5; echo done"))
+                .unwrap()
+        });
         let pid = running.pid.unwrap();
         drop(running);
         pid
@@ -143,5 +186,8 @@ fn an_attempt_outlives_its_launcher_and_is_adopted() {
         _ => panic!("expected the finished record"),
     }
     // A directory where nothing was started is gone.
-    assert!(matches!(executor().adopt(dir.path().join("never"), None), Adopted::Gone));
+    assert!(matches!(
+        executor().adopt(dir.path().join("never"), None),
+        Adopted::Gone
+    ));
 }

@@ -38,12 +38,20 @@ async fn state_survives_reopening() {
 fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let garbage = b"this is not a database at all, just some bytes that happen to be here....".repeat(100);
+    let garbage =
+        b"this is not a database at all, just some bytes that happen to be here....".repeat(100);
     std::fs::write(&path, &garbage).unwrap();
     let error = SqliteStore::open(&path).err().expect("garbage is refused");
     assert!(matches!(error, StoreError::Foreign { .. }), "{error:?}");
-    assert!(error.to_string().contains("is not a Keel state database"), "{error}");
-    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file is untouched");
+    assert!(
+        error.to_string().contains("is not a Keel state database"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
 }
 
 #[test]
@@ -51,13 +59,21 @@ fn a_foreign_sqlite_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
     let other = rusqlite::Connection::open(&path).unwrap();
-    other.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);").unwrap();
+    other
+        .execute_batch(
+            "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);",
+        )
+        .unwrap();
     drop(other);
-    let error = SqliteStore::open(&path).err().expect("foreign database is refused");
+    let error = SqliteStore::open(&path)
+        .err()
+        .expect("foreign database is refused");
     assert!(matches!(error, StoreError::Foreign { .. }), "{error:?}");
     assert!(error.to_string().contains("not Keel's"), "{error}");
     let other = rusqlite::Connection::open(&path).unwrap();
-    let count: i64 = other.query_row("SELECT count(*) FROM invoices", [], |row| row.get(0)).unwrap();
+    let count: i64 = other
+        .query_row("SELECT count(*) FROM invoices", [], |row| row.get(0))
+        .unwrap();
     assert_eq!(count, 1, "the foreign database is untouched");
 }
 
@@ -75,7 +91,10 @@ fn a_truncated_state_file_is_reported_not_panicked() {
     match SqliteStore::open(&path) {
         Err(error) => {
             let text = error.to_string();
-            assert!(text.contains("state.db"), "the error names the file: {text}");
+            assert!(
+                text.contains("state.db"),
+                "the error names the file: {text}"
+            );
         }
         Ok(_) => panic!("a damaged state file was opened as if healthy"),
     }
@@ -83,7 +102,9 @@ fn a_truncated_state_file_is_reported_not_panicked() {
 
 #[test]
 fn an_unwritable_state_directory_is_a_clear_error() {
-    let error = SqliteStore::open(std::path::Path::new("/proc/keel-cannot-exist/state.db")).err().unwrap();
+    let error = SqliteStore::open(std::path::Path::new("/proc/keel-cannot-exist/state.db"))
+        .err()
+        .unwrap();
     assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
     assert!(error.to_string().contains("writable"), "{error}");
 }

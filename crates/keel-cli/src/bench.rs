@@ -1,0 +1,308 @@
+//! `keel bench`: Keel's throughput and scheduling latency, next to the cost of a bare process
+//! spawn measured in the same run on the same machine.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use keel_engine::{Prepared, Progress, RunRequest};
+use keel_model::Dag;
+use keel_store::{ClaimAttempt, FinishAttempt, NewRun, SqliteStore, Store, TaskNext};
+
+use crate::args::BenchArgs;
+use crate::commands::build_engine;
+use crate::state::StatePaths;
+
+/// A pipeline of `levels` phases of `width` `true` tasks; each phase runs after the previous
+/// one, so every task depends on every task of the level before.
+fn layered_pipeline(name: &str, levels: usize, width: usize, concurrency: u32) -> String {
+    let mut text = format!(
+        "[pipeline]\nname = \"{name}\"\npartition = \"none\"\n\n[defaults]\nconcurrency = {concurrency}\nretries = {{ attempts = 1 }}\n\n"
+    );
+    for level in 0..levels {
+        text.push_str(&format!("[phases.level{level}]\n"));
+        if level > 0 {
+            text.push_str(&format!("after = [\"level{}\"]\n", level - 1));
+        }
+        text.push('\n');
+    }
+    for level in 0..levels {
+        for index in 0..width {
+            text.push_str(&format!(
+                "[tasks.t{level}_{index}]\nphase = \"level{level}\"\ncommand = [\"true\"]\n\n"
+            ));
+        }
+    }
+    text
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    sorted[index]
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.0} µs", duration.as_secs_f64() * 1e6)
+}
+
+/// Sequential spawn-and-wait of `true`, and the same number spread over `concurrency` threads.
+fn bare_spawn(count: usize, concurrency: usize) -> Result<(Duration, Duration)> {
+    let spawn_once = || -> Result<()> {
+        let status = std::process::Command::new("true")
+            .status()
+            .context("cannot spawn `true`")?;
+        anyhow::ensure!(status.success(), "`true` failed");
+        Ok(())
+    };
+    spawn_once()?;
+    let started = Instant::now();
+    for _ in 0..count {
+        spawn_once()?;
+    }
+    let sequential = started.elapsed() / count as u32;
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|worker| {
+                scope.spawn(move || -> Result<()> {
+                    for _ in (worker..count).step_by(concurrency) {
+                        spawn_once()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("spawn thread")?;
+        }
+        Ok(())
+    })?;
+    let parallel = started.elapsed() / count as u32;
+    Ok((sequential, parallel))
+}
+
+struct CaseResult {
+    wall: Duration,
+    tasks: usize,
+    latencies: Vec<Duration>,
+    events: usize,
+}
+
+async fn run_case(
+    dir: &Path,
+    name: &str,
+    levels: usize,
+    width: usize,
+    concurrency: u32,
+) -> Result<CaseResult> {
+    let case_dir = dir.join(name);
+    std::fs::create_dir_all(&case_dir)?;
+    let pipeline = case_dir.join("keel.toml");
+    std::fs::write(
+        &pipeline,
+        layered_pipeline(name, levels, width, concurrency),
+    )?;
+    let spec = crate::state::load_pipeline(&pipeline)?;
+    let dag = Dag::new(&spec);
+    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
+    let _lock = paths.lock()?;
+    let store = paths.open()?;
+    let mut engine = build_engine(spec, &paths, store.clone())?;
+    let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let finished_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (starts, finishes) = (started_at.clone(), finished_at.clone());
+    engine.observe(move |event| match event {
+        Progress::AttemptStarted { task, .. } => {
+            starts.lock().unwrap().insert(task, Instant::now());
+        }
+        Progress::AttemptFinished { task, .. } => {
+            finishes.lock().unwrap().insert(task, Instant::now());
+        }
+        _ => {}
+    });
+    let begin = Instant::now();
+    let prepared = engine
+        .prepare(&RunRequest {
+            partitions: vec!["none".into()],
+            ..RunRequest::default()
+        })
+        .await?;
+    let Prepared::Created(run) = prepared[0] else {
+        anyhow::bail!("the benchmark state was not empty")
+    };
+    let summaries = engine.execute(&[run], std::future::pending()).await?;
+    let wall = begin.elapsed();
+    anyhow::ensure!(
+        summaries[0].state == keel_model::RunState::Succeeded,
+        "benchmark run ended {}; see `keel status {}`",
+        summaries[0].state,
+        pipeline.display()
+    );
+    let latencies = {
+        let (starts, finishes) = (started_at.lock().unwrap(), finished_at.lock().unwrap());
+        let mut latencies = Vec::new();
+        for task in 0..dag.len() {
+            let ready = dag
+                .dependencies(task)
+                .iter()
+                .filter_map(|dependency| finishes.get(dag.name(*dependency)))
+                .max()
+                .copied()
+                .unwrap_or(begin);
+            if let Some(started) = starts.get(dag.name(task)) {
+                latencies.push(started.saturating_duration_since(ready));
+            }
+        }
+        latencies
+    };
+    let mut latencies = latencies;
+    latencies.sort();
+    let events = store.events(run).await?.len();
+    Ok(CaseResult {
+        wall,
+        tasks: dag.len(),
+        latencies,
+        events,
+    })
+}
+
+/// Durable transitions without processes: claim and finish, each its own transaction.
+async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)> {
+    let store = SqliteStore::open(&dir.join("transitions.db"))?;
+    let tasks: Vec<(String, String, Option<keel_model::Outcome>)> = (0..count)
+        .map(|index| (format!("t{index}"), "main".into(), None))
+        .collect();
+    let run = store
+        .create_run(NewRun {
+            pipeline: "bench".into(),
+            partition: "none".into(),
+            version: "v".into(),
+            trace_id: "t".into(),
+            tasks,
+            at: 0,
+        })
+        .await?;
+    let begin = Instant::now();
+    for index in 0..count {
+        let attempt = store
+            .claim_attempt(ClaimAttempt {
+                run: run.id,
+                task: format!("t{index}"),
+                owner: "bench".into(),
+                dir: String::new(),
+                lease_expires_at: 0,
+                at: 0,
+            })
+            .await?;
+        store
+            .finish_attempt(FinishAttempt {
+                attempt: attempt.id,
+                epoch: attempt.lease_epoch,
+                outcome: keel_model::Outcome::Succeeded,
+                exit_code: Some(0),
+                rows: None,
+                metrics: None,
+                message: None,
+                next: TaskNext::Done(keel_model::Outcome::Succeeded),
+                at: 0,
+            })
+            .await?;
+    }
+    Ok((count * 2, begin.elapsed()))
+}
+
+/// Wall time of a whole `keel run` process, start-up included.
+fn whole_process(dir: &Path, concurrency: u32) -> Result<Duration> {
+    let case_dir = dir.join("process");
+    std::fs::create_dir_all(&case_dir)?;
+    let pipeline = case_dir.join("keel.toml");
+    std::fs::write(
+        &pipeline,
+        layered_pipeline("bench_process", 10, 10, concurrency),
+    )?;
+    let program = std::env::current_exe()?;
+    let begin = Instant::now();
+    let output = std::process::Command::new(program)
+        .arg("run")
+        .arg(&pipeline)
+        .output()?;
+    let wall = begin.elapsed();
+    anyhow::ensure!(
+        output.status.success(),
+        "keel run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(wall)
+}
+
+pub async fn bench(args: BenchArgs) -> Result<u8> {
+    let temporary;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            temporary = std::env::temp_dir().join(format!("keel-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&temporary)?;
+            temporary.clone()
+        }
+    };
+    let concurrency = args.concurrency.max(1);
+    println!(
+        "keel bench · {} cores · concurrency {concurrency} · state in {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        dir.display()
+    );
+    let (sequential, parallel) =
+        tokio::task::spawn_blocking(move || bare_spawn(300, concurrency as usize)).await??;
+    println!(
+        "bare spawn of `true`: {} each one at a time, {} per task with {concurrency} at once",
+        micros(sequential),
+        micros(parallel)
+    );
+
+    let mut cases = vec![("dag_10x10", 10, 10)];
+    if !args.quick {
+        cases.push(("levels_10x100", 10, 100));
+    }
+    for (name, levels, width) in cases {
+        let result = run_case(&dir, name, levels, width, concurrency).await?;
+        let per_task = result.wall / result.tasks as u32;
+        println!(
+            "{name}: {} tasks in {:.3} s · {:.0} tasks/s · {} per task ({:.2}× a bare spawn at the same concurrency) · ready→started median {} p99 {} · {} events",
+            result.tasks,
+            result.wall.as_secs_f64(),
+            result.tasks as f64 / result.wall.as_secs_f64(),
+            micros(per_task),
+            per_task.as_secs_f64() / parallel.as_secs_f64(),
+            micros(percentile(&result.latencies, 0.5)),
+            micros(percentile(&result.latencies, 0.99)),
+            result.events,
+        );
+    }
+    let process_dir = dir.clone();
+    let process_wall =
+        tokio::task::spawn_blocking(move || whole_process(&process_dir, concurrency)).await??;
+    println!(
+        "dag_10x10 as a whole `keel run` process, start-up included: {:.3} s (target < 0.25 s)",
+        process_wall.as_secs_f64()
+    );
+    let (transitions, elapsed) = store_transitions(&dir, 2000).await?;
+    println!(
+        "durable state transitions on SQLite: {transitions} in {:.3} s · {:.0}/s (target ≥ 5,000/s)",
+        elapsed.as_secs_f64(),
+        transitions as f64 / elapsed.as_secs_f64()
+    );
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(0)
+}

@@ -1,0 +1,185 @@
+//! Loading the pipeline and finding, locking and opening its state.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::TimeZone;
+use keel_model::{PartitionKind, PipelineSpec};
+use keel_store::{SqliteStore, StateLock};
+
+use crate::Exit;
+
+/// Reads and validates the pipeline file; errors exit 2 with every problem listed.
+pub fn load_pipeline(path: &Path) -> Result<PipelineSpec> {
+    keel_config::load(path).map_err(|errors| {
+        let count = errors.0.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        Exit::usage(format!("{errors}\n{count} {noun} in {}", path.display()))
+    })
+}
+
+/// Where a pipeline's state lives.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    pub database: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl StatePaths {
+    /// `--state` wins over the pipeline's `state` field, which wins over `.keel/state.db`
+    /// beside the pipeline file. Relative paths in the file are relative to the file.
+    pub fn resolve(
+        cli_state: Option<&str>,
+        spec: &PipelineSpec,
+        pipeline_path: &Path,
+    ) -> Result<StatePaths> {
+        let base = pipeline_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let (url, relative_to) = match (cli_state, spec.state.as_deref()) {
+            (Some(url), _) => (url.to_string(), PathBuf::new()),
+            (None, Some(url)) => (url.to_string(), base.clone()),
+            (None, None) => return Ok(StatePaths::in_dir(base.join(".keel"))),
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(Exit::usage(format!(
+                "state {:?}: PostgreSQL state is not supported yet; use an SQLite path such as sqlite:.keel/state.db",
+                redact_url(&url)
+            )));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(&url);
+        if path.is_empty() || path.contains("://") {
+            return Err(Exit::usage(format!(
+                "state {:?} is not a state location; use a path to an SQLite file or sqlite:PATH",
+                redact_url(&url)
+            )));
+        }
+        let database = relative_to.join(path);
+        let dir = database
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(StatePaths { database, dir })
+    }
+
+    fn in_dir(dir: PathBuf) -> StatePaths {
+        StatePaths {
+            database: dir.join("state.db"),
+            dir,
+        }
+    }
+
+    pub fn attempts_dir(&self) -> PathBuf {
+        self.dir.join("attempts")
+    }
+
+    /// Creates the state directory if needed, then takes the one-executor lock.
+    pub fn lock(&self) -> Result<StateLock> {
+        std::fs::create_dir_all(&self.dir).with_context(|| {
+            format!(
+                "cannot create the state directory {:?}; check its permissions or pass --state",
+                self.dir
+            )
+        })?;
+        Ok(StateLock::acquire(&self.dir)?)
+    }
+
+    pub fn open(&self) -> Result<SqliteStore> {
+        Ok(SqliteStore::open(&self.database)?)
+    }
+
+    /// Opens the store for reading; `None` if no state exists yet.
+    pub fn open_existing(&self) -> Result<Option<SqliteStore>> {
+        if !self.database.exists() {
+            return Ok(None);
+        }
+        Ok(Some(self.open()?))
+    }
+}
+
+/// Hides a password in a URL so it never reaches a message.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Checks a partition named on the command line against the pipeline's partition kind.
+pub fn check_partition(spec: &PipelineSpec, partition: &str) -> Result<String> {
+    match spec.partition {
+        PartitionKind::None if partition == "none" => Ok(partition.to_string()),
+        PartitionKind::None => Err(Exit::usage(format!(
+            "partition {partition:?} does not fit pipeline {:?}, which is not partitioned; use --partition none or leave it out",
+            spec.name
+        ))),
+        PartitionKind::Date => chrono::NaiveDate::parse_from_str(partition, "%Y-%m-%d")
+            .map(|date| date.format("%Y-%m-%d").to_string())
+            .map_err(|_| {
+                Exit::usage(format!(
+                    "partition {partition:?} is not a date; write it as YYYY-MM-DD, e.g. 2026-01-18"
+                ))
+            }),
+    }
+}
+
+/// Today's partition in the pipeline's time zone.
+pub fn default_partition(spec: &PipelineSpec) -> Result<String> {
+    match spec.partition {
+        PartitionKind::None => Ok("none".into()),
+        PartitionKind::Date => {
+            let zone: chrono_tz::Tz = spec
+                .timezone
+                .parse()
+                .map_err(|_| Exit::usage(format!("unknown time zone {:?}", spec.timezone)))?;
+            let now = chrono::Utc::now();
+            Ok(zone
+                .from_utc_datetime(&now.naive_utc())
+                .format("%Y-%m-%d")
+                .to_string())
+        }
+    }
+}
+
+/// The partitions of `--partition`, `--from/--to`, or the default.
+pub fn partitions(spec: &PipelineSpec, args: &crate::args::PartitionArgs) -> Result<Vec<String>> {
+    match (&args.partition, &args.from, &args.to) {
+        (Some(partition), _, _) => Ok(vec![check_partition(spec, partition)?]),
+        (None, Some(from), Some(to)) => {
+            if spec.partition == PartitionKind::None {
+                return Err(Exit::usage(format!(
+                    "--from/--to need a date-partitioned pipeline; {:?} is not partitioned",
+                    spec.name
+                )));
+            }
+            let parse = |text: &str| {
+                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+                    Exit::usage(format!("{text:?} is not a date; write it as YYYY-MM-DD"))
+                })
+            };
+            let (first, last) = (parse(from)?, parse(to)?);
+            if last < first {
+                return Err(Exit::usage(format!("--to {to} is before --from {from}")));
+            }
+            let days = (last - first).num_days() + 1;
+            if days > 3660 {
+                return Err(Exit::usage(format!(
+                    "--from {from} --to {to} spans {days} partitions; the limit is 3660"
+                )));
+            }
+            Ok(first
+                .iter_days()
+                .take(days as usize)
+                .map(|date| date.format("%Y-%m-%d").to_string())
+                .collect())
+        }
+        _ => Ok(vec![default_partition(spec)?]),
+    }
+}

@@ -1,0 +1,3 @@
+//! The keel binary end to end.
+
+mod support;
