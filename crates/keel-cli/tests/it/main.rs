@@ -1,3 +1,4 @@
 //! The keel binary end to end.
 
+mod crash;
 mod support;
