@@ -1,0 +1,20 @@
+//! `hoops`: the processors of Keel's reference pipeline (DESIGN §7).
+//!
+//! - [`season`]: a synthetic basketball season, deterministic from a seed.
+//! - [`feed`]: that season served as JSON over HTTP on loopback, with switchable [`faults`].
+//! - [`tasks`]: `hoops <task> <date>`, the pipeline's processors on one SQLite [`warehouse`],
+//!   ending with DESIGN §4's exit codes and `KEEL_RESULT` file ([`outcome`]).
+//!
+//! It must not talk to anything but loopback, and it never needs Keel to run: every task is a
+//! plain command.
+
+pub mod date;
+pub mod faults;
+pub mod feed;
+pub mod http;
+pub mod outcome;
+pub mod rng;
+pub mod season;
+pub mod selftest;
+pub mod tasks;
+pub mod warehouse;

@@ -1,0 +1,67 @@
+//! examples/hoops/keel.toml validates with Keel's own parser and runs exactly the tasks that
+//! `hoops` implements, in their phases, as `hoops <task> {date}`.
+
+use std::path::Path;
+
+use hoops::tasks::PIPELINE;
+
+#[test]
+fn keel_toml_validates_and_matches_the_tasks() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("keel.toml");
+    let spec = keel_config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(spec.name, "hoops");
+    assert_eq!(spec.timezone, "America/New_York");
+    let phases: Vec<&str> = spec.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "scrape",
+            "raw",
+            "analytics",
+            "precompute",
+            "predictions",
+            "export",
+            "grading"
+        ]
+    );
+    let tasks: Vec<(&str, &str)> = spec
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.phase.as_str()))
+        .collect();
+    assert_eq!(tasks, PIPELINE.to_vec());
+    for task in &spec.tasks {
+        assert_eq!(
+            task.command,
+            ["hoops", task.name.as_str(), "{date}"],
+            "{}",
+            task.name
+        );
+        assert_eq!(
+            task.retries.jitter,
+            keel_model::Jitter::Full,
+            "{}",
+            task.name
+        );
+        assert!(task.retries.attempts > 1, "{}", task.name);
+    }
+    let after = |name: &str| spec.task(name).unwrap().after.clone();
+    assert_eq!(after("player_game_summary"), ["team_offense"]);
+    assert_eq!(after("player_form"), ["rolling_averages", "rest_days"]);
+    assert_eq!(after("feature_store"), ["player_form", "opponent_defense"]);
+}
+
+#[test]
+fn the_features_keel_lacks_are_written_down_as_comments() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("keel.toml")).unwrap();
+    for wanted in [
+        r#"# gate = { required = ["player_game_summary", "upcoming_player_context"], min = "60%""#,
+        r#"# wait_for = { command = ["hoops", "ready", "props", "{date}"]"#,
+        "# [resources.feed]",
+        "# breaker = ",
+    ] {
+        assert!(text.contains(wanted), "keel.toml lacks {wanted:?}");
+    }
+    assert!(text.contains("Enabled once Keel supports it"));
+}
