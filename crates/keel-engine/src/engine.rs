@@ -23,7 +23,7 @@ use crate::{Clock, EngineError, Random};
 pub struct EngineConfig {
     /// Who holds the leases this engine takes, e.g. `host:pid:nonce`.
     pub owner: String,
-    /// Attempt directories go under `<attempts_dir>/<run>/<task>/<attempt>`.
+    /// Attempt directories go under `<attempts_dir>/<run>/<task>.<attempt>`.
     pub attempts_dir: PathBuf,
     /// Between SIGTERM and SIGKILL when an attempt is stopped or times out.
     pub kill_grace: Duration,
@@ -349,11 +349,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let clock = self.clock.clone();
             tokio::select! {
                 message = receiver.recv() => {
-                    if let Some((attempt, report)) = message {
-                        self.on_report(&mut book, attempt, report).await?;
-                        while let Ok((attempt, report)) = receiver.try_recv() {
-                            self.on_report(&mut book, attempt, report).await?;
+                    if let Some(first) = message {
+                        let mut batch = vec![first];
+                        while let Ok(next) = receiver.try_recv() {
+                            batch.push(next);
                         }
+                        self.on_reports(&mut book, batch).await?;
                     }
                 }
                 _ = async move {
@@ -519,10 +520,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         let _ = sender.send((id, report));
                     });
                 }
-                Adopted::Finished(report) => self.on_report(book, attempt.id, report).await?,
+                Adopted::Finished(report) => {
+                    self.on_reports(book, vec![(attempt.id, report)]).await?
+                }
                 Adopted::Gone => {
                     let report = lost_report("keel stopped before the attempt could finish");
-                    self.on_report(book, attempt.id, report).await?;
+                    self.on_reports(book, vec![(attempt.id, report)]).await?;
                 }
             }
         }
@@ -541,61 +544,104 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.finish_run_if_done(book, run_index).await
     }
 
+    /// Claims as many ready tasks as the concurrency cap allows, in one transaction, and starts
+    /// them.
     async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
         let cap = self.spec.concurrency.max(1) as usize;
-        while book.live.len() < cap && !book.shutting_down {
-            let Some((run_index, task)) = book.ready.pop_front() else {
-                break;
-            };
-            let active = &book.runs[run_index];
-            if active.cancelling
-                || active.finished
-                || !matches!(
-                    active.slots[task].state,
-                    TaskState::Pending | TaskState::Waiting
-                )
-            {
-                continue;
+        loop {
+            let room = cap.saturating_sub(book.live.len());
+            if room == 0 || book.shutting_down {
+                return Ok(());
             }
-            self.start_attempt(book, run_index, task).await?;
+            let mut picked: Vec<(usize, TaskIndex)> = Vec::new();
+            while picked.len() < room {
+                let Some((run_index, task)) = book.ready.pop_front() else {
+                    break;
+                };
+                let active = &book.runs[run_index];
+                if active.cancelling
+                    || active.finished
+                    || !matches!(
+                        active.slots[task].state,
+                        TaskState::Pending | TaskState::Waiting
+                    )
+                    || picked.contains(&(run_index, task))
+                {
+                    continue;
+                }
+                picked.push((run_index, task));
+            }
+            if picked.is_empty() {
+                return Ok(());
+            }
+            let now = self.clock.now();
+            let claims = picked
+                .iter()
+                .map(|(run_index, task)| {
+                    let record = &book.runs[*run_index].record;
+                    let number = book.runs[*run_index].slots[*task].attempts + 1;
+                    ClaimAttempt {
+                        run: record.id,
+                        task: self.dag.name(*task).to_string(),
+                        owner: self.config.owner.clone(),
+                        dir: self
+                            .attempt_dir(record.id, *task, number)
+                            .display()
+                            .to_string(),
+                        lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
+                        at: now,
+                    }
+                })
+                .collect();
+            let results = self.store.claim_attempts(claims).await?;
+            let mut started = Vec::new();
+            for ((run_index, task), result) in picked.into_iter().zip(results) {
+                match result {
+                    Ok(attempt) => {
+                        if let Some(pid) =
+                            self.start_attempt(book, run_index, task, &attempt).await?
+                        {
+                            started.push((attempt.id, attempt.lease_epoch, pid));
+                        }
+                    }
+                    Err(StoreError::AlreadyLive { .. }) => {
+                        // Another run of this partition is running the task; try again shortly.
+                        book.timers.push(Reverse((now + 1_000, run_index, task)));
+                    }
+                    Err(StoreError::NotClaimable { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            if !started.is_empty() {
+                // A stale result only means the attempt already ended; nothing to undo.
+                self.store
+                    .mark_attempts_started(started, self.clock.now())
+                    .await?;
+            }
         }
-        Ok(())
     }
 
+    fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
+        // One directory per attempt, flat under the run: every inode created costs, and an
+        // attempt already creates its directory and its record file.
+        self.config
+            .attempts_dir
+            .join(run.0.to_string())
+            .join(format!("{}.{number}", self.dag.name(task)))
+    }
+
+    /// Launches a claimed attempt. Returns the supervisor's pid when one started.
     async fn start_attempt(
         &mut self,
         book: &mut Book,
         run_index: usize,
         task: TaskIndex,
-    ) -> Result<(), EngineError> {
+        attempt: &AttemptRecord,
+    ) -> Result<Option<u32>, EngineError> {
         let now = self.clock.now();
         let record = book.runs[run_index].record.clone();
         let task_spec = self.spec.tasks[task].clone();
-        let number = book.runs[run_index].slots[task].attempts + 1;
-        let dir = self
-            .config
-            .attempts_dir
-            .join(record.id.0.to_string())
-            .join(&task_spec.name)
-            .join(number.to_string());
-        let claim = ClaimAttempt {
-            run: record.id,
-            task: task_spec.name.clone(),
-            owner: self.config.owner.clone(),
-            dir: dir.display().to_string(),
-            lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
-            at: now,
-        };
-        let attempt = match self.store.claim_attempt(claim).await {
-            Ok(attempt) => attempt,
-            Err(StoreError::AlreadyLive { .. }) => {
-                // Another run of this partition is running the task; try again shortly.
-                book.timers.push(Reverse((now + 1_000, run_index, task)));
-                return Ok(());
-            }
-            Err(StoreError::NotClaimable { .. }) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
+        let dir = PathBuf::from(&attempt.dir);
         let slot = &mut book.runs[run_index].slots[task];
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
@@ -670,40 +716,27 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         });
         match self.executor.launch(launch) {
             Ok(running) => {
-                if let Some(pid) = running.pid {
-                    match self
-                        .store
-                        .mark_attempt_started(
-                            attempt.id,
-                            attempt.lease_epoch,
-                            pid,
-                            self.clock.now(),
-                        )
-                        .await
-                    {
-                        Ok(()) | Err(StoreError::StaleLease { .. }) => {}
-                        Err(error) => return Err(error.into()),
-                    }
-                }
                 if let Some(live) = book.live.get_mut(&attempt.id) {
                     live.stop = running.stop.clone();
                 }
                 let sender = book.sender.clone();
                 let id = attempt.id;
+                let pid = running.pid;
                 tokio::spawn(async move {
                     let report = running.completion.await;
                     let _ = sender.send((id, report));
                 });
+                Ok(pid)
             }
             Err(error) => {
                 let report = Report::new(
                     Outcome::Failed,
                     format!("cannot start the attempt: {error}"),
                 );
-                self.on_report(book, attempt.id, report).await?;
+                self.on_reports(book, vec![(attempt.id, report)]).await?;
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     /// Where a task goes after an attempt ended with `report`.
@@ -778,75 +811,87 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
     }
 
-    async fn on_report(
+    /// Records a batch of ended attempts in one transaction, then moves their tasks on.
+    async fn on_reports(
         &mut self,
         book: &mut Book,
-        attempt: AttemptId,
-        report: Report,
+        reports: Vec<(AttemptId, Report)>,
     ) -> Result<(), EngineError> {
-        let Some(live) = book.live.remove(&attempt) else {
-            return Ok(());
-        };
-        let (next, note) = self.decide(
-            &book.runs[live.run],
-            live.task,
-            report.outcome,
-            book.shutting_down,
-        );
-        let message = match (report.message.clone(), note) {
-            (Some(message), Some(note)) => Some(format!("{message}; {note}")),
-            (message, note) => message.or(note),
-        };
         let now = self.clock.now();
-        let finish = FinishAttempt {
-            attempt,
-            epoch: live.epoch,
-            outcome: report.outcome,
-            exit_code: report.exit_code,
-            rows: report.rows,
-            metrics: report.metrics.clone(),
-            message: message.clone(),
-            next: next.clone(),
-            at: now,
-        };
-        match self.store.finish_attempt(finish).await {
-            Ok(()) => {}
-            Err(StoreError::StaleLease { .. }) => return Ok(()),
-            Err(error) => return Err(error.into()),
+        let mut pending = Vec::with_capacity(reports.len());
+        let mut finishes = Vec::with_capacity(reports.len());
+        for (attempt, report) in reports {
+            let Some(live) = book.live.remove(&attempt) else {
+                continue;
+            };
+            let (next, note) = self.decide(
+                &book.runs[live.run],
+                live.task,
+                report.outcome,
+                book.shutting_down,
+            );
+            let message = match (report.message.clone(), note) {
+                (Some(message), Some(note)) => Some(format!("{message}; {note}")),
+                (message, note) => message.or(note),
+            };
+            finishes.push(FinishAttempt {
+                attempt,
+                epoch: live.epoch,
+                outcome: report.outcome,
+                exit_code: report.exit_code,
+                rows: report.rows,
+                metrics: report.metrics.clone(),
+                message: message.clone(),
+                next: next.clone(),
+                at: now,
+            });
+            pending.push((live, report.outcome, next, message));
         }
-        let active = &mut book.runs[live.run];
-        let slot = &mut active.slots[live.task];
-        slot.outcome = Some(report.outcome);
-        let retry_at = match &next {
-            TaskNext::Done(outcome) => {
-                slot.state = TaskState::Done;
-                slot.outcome = Some(*outcome);
-                None
+        if finishes.is_empty() {
+            return Ok(());
+        }
+        let results = self.store.finish_attempts(finishes).await?;
+        let mut done = Vec::new();
+        for ((live, outcome, next, message), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(StoreError::StaleLease { .. }) => continue,
+                Err(error) => return Err(error.into()),
             }
-            TaskNext::Retry { not_before, charge } => {
-                slot.state = TaskState::Waiting;
-                slot.charged += u32::from(*charge);
-                book.timers
-                    .push(Reverse((*not_before, live.run, live.task)));
-                Some(*not_before)
-            }
-            TaskNext::Resume => {
-                slot.state = TaskState::Pending;
-                None
-            }
-        };
-        (self.observer)(Progress::AttemptFinished {
-            run: active.record.id,
-            partition: active.record.partition.clone(),
-            task: self.dag.name(live.task).to_string(),
-            attempt: live.number,
-            outcome: report.outcome,
-            message,
-            retry_at,
-        });
-        if let TaskNext::Done(outcome) = next {
-            self.on_task_done(book, live.run, live.task, outcome)
-                .await?;
+            let active = &mut book.runs[live.run];
+            let slot = &mut active.slots[live.task];
+            slot.outcome = Some(outcome);
+            let retry_at = match &next {
+                TaskNext::Done(final_outcome) => {
+                    slot.state = TaskState::Done;
+                    slot.outcome = Some(*final_outcome);
+                    done.push((live.run, live.task, *final_outcome));
+                    None
+                }
+                TaskNext::Retry { not_before, charge } => {
+                    slot.state = TaskState::Waiting;
+                    slot.charged += u32::from(*charge);
+                    book.timers
+                        .push(Reverse((*not_before, live.run, live.task)));
+                    Some(*not_before)
+                }
+                TaskNext::Resume => {
+                    slot.state = TaskState::Pending;
+                    None
+                }
+            };
+            (self.observer)(Progress::AttemptFinished {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                task: self.dag.name(live.task).to_string(),
+                attempt: live.number,
+                outcome,
+                message,
+                retry_at,
+            });
+        }
+        for (run_index, task, outcome) in done {
+            self.on_task_done(book, run_index, task, outcome).await?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keel_model::Outcome;
 
-use crate::supervisor::{EXIT_FILE, LOCK_FILE, PID_FILE, SupervisorArgs};
+use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
 use crate::{Adopted, Executor, ExitRecord, Launch, Report, Running, interpret};
 
 /// Starts each attempt as `<supervisor_program> <supervisor_args…> __attempt …`.
@@ -34,12 +34,18 @@ fn signal(pid: u32, signal: libc::c_int) {
 }
 
 fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
-    let path = dir.join(EXIT_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    Some(
-        serde_json::from_str(&text)
-            .map_err(|error| format!("unreadable exit record {}: {error}", path.display())),
-    )
+    match read_record(dir)? {
+        Ok(AttemptRecordFile::Ended(record)) => Some(Ok(record)),
+        Ok(AttemptRecordFile::Running { .. }) => None,
+        Err(problem) => Some(Err(problem)),
+    }
+}
+
+fn read_supervisor_pid(dir: &Path) -> Option<u32> {
+    match read_record(dir)? {
+        Ok(AttemptRecordFile::Running { pid }) => Some(pid),
+        _ => None,
+    }
 }
 
 /// What an ended supervisor left behind, as a report.
@@ -109,15 +115,13 @@ impl Executor for ProcessExecutor {
             .stderr(std::process::Stdio::inherit())
             .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: between fork and exec this only calls fcntl, which is async-signal-safe. It
-        // lets the supervisor inherit the liveness lock, which every other child must not see.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        // The supervisor must inherit the liveness lock. Clearing close-on-exec on our copy (rather
+        // than in a pre_exec hook) keeps the spawn on the fast posix_spawn path. No other child
+        // can inherit it by accident: only the engine's thread starts processes, one at a time,
+        // and our copy is closed right after this spawn.
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(lock_fd, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
         }
         let mut child = command.spawn()?;
         // The supervisor now holds the lock through its inherited descriptor.
@@ -151,12 +155,8 @@ impl Executor for ProcessExecutor {
                 None => Adopted::Gone,
             },
             Ok(false) => {
-                let pid_file = dir.join(PID_FILE);
-                let read_pid = move || -> Option<u32> {
-                    std::fs::read_to_string(&pid_file)
-                        .ok()
-                        .and_then(|text| text.trim().parse().ok())
-                };
+                let record_dir = dir.clone();
+                let read_pid = move || read_supervisor_pid(&record_dir);
                 let pid = known_pid.or_else(&read_pid);
                 let wait_dir = dir.clone();
                 let completion = Box::pin(async move {

@@ -15,7 +15,7 @@ pub enum ExitKind {
     Terminated,
 }
 
-/// `exit.json`, written by the supervisor when the task is over.
+/// How the task ended, written by the supervisor into the attempt's record file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExitRecord {
     pub kind: ExitKind,

@@ -3,7 +3,7 @@
 //!
 //! Why a separate process: it makes the attempt outlive Keel. If Keel is killed, the supervisor
 //! keeps enforcing the timeout and the stall limit, keeps capturing output, and writes the
-//! task's exit status to `exit.json`. The next Keel then either adopts the still-running attempt
+//! task's exit status into its record file. The next Keel then either adopts the still-running attempt
 //! or reads the exit record, so a task that finished while Keel was down is never run twice.
 //!
 //! Liveness is a `flock` on `attempt.lock`, taken by Keel before the supervisor is started and
@@ -16,20 +16,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
-pub const EXIT_FILE: &str = "exit.json";
 pub const LOCK_FILE: &str = "attempt.lock";
 pub const OUTPUT_FILE: &str = "output.log";
 pub const RESULT_FILE: &str = "result.json";
 pub const HEARTBEAT_FILE: &str = "heartbeat";
-pub const PID_FILE: &str = "supervisor.pid";
 
 /// How the supervisor is told what to do, as command-line arguments after `__attempt`.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,31 +145,80 @@ pub fn main(arguments: &[String]) -> i32 {
             on_terminate as *const () as libc::sighandler_t,
         );
     }
-    let _ = std::fs::write(args.dir.join(PID_FILE), std::process::id().to_string());
+    let record_file = match open_record_file(&args) {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!(
+                "keel attempt supervisor: cannot open {}: {error}",
+                args.dir.join(LOCK_FILE).display()
+            );
+            return 1;
+        }
+    };
+    let _ = write_record(
+        &record_file,
+        &AttemptRecordFile::Running {
+            pid: std::process::id(),
+        },
+    );
     let record = supervise(&args);
-    match write_exit_record(&args.dir, &record) {
+    match write_record(&record_file, &AttemptRecordFile::Ended(record)) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!(
                 "keel attempt supervisor: cannot write {}: {error}",
-                args.dir.join(EXIT_FILE).display()
+                args.dir.join(LOCK_FILE).display()
             );
             1
         }
     }
 }
 
-/// Writes the record under a temporary name and renames it, so a reader sees all of it or none.
-pub fn write_exit_record(dir: &Path, record: &ExitRecord) -> std::io::Result<()> {
-    let temporary = dir.join("exit.json.tmp");
-    std::fs::write(
-        &temporary,
-        serde_json::to_vec(record).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(temporary, dir.join(EXIT_FILE))
+/// The attempt's lock file doubles as its record, to keep file creations per attempt low: while
+/// the supervisor runs it holds `{"pid": N}`, and once the task is over, the [`ExitRecord`].
+/// Readers only trust the exit record after taking the lock, which the supervisor holds until
+/// it has finished writing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum AttemptRecordFile {
+    Ended(ExitRecord),
+    Running { pid: u32 },
+}
+
+fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
+    match args.lock_fd {
+        // SAFETY: Keel passed us this descriptor, and nothing else in this process uses it.
+        Some(fd) => Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        None => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(args.dir.join(LOCK_FILE)),
+    }
+}
+
+fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    file.write_all_at(&bytes, 0)?;
+    file.set_len(bytes.len() as u64)
+}
+
+/// Reads an attempt's record file; `None` when it is missing or empty.
+pub fn read_record(dir: &Path) -> Option<Result<AttemptRecordFile, String>> {
+    let path = dir.join(LOCK_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    if text.trim().is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::from_str(&text)
+            .map_err(|error| format!("unreadable attempt record {}: {error}", path.display())),
+    )
 }
 
 struct Output {
+    path: PathBuf,
     file: Option<File>,
     written: u64,
     cap: u64,
@@ -182,6 +227,14 @@ struct Output {
 
 impl Output {
     fn write(&mut self, bytes: &[u8]) {
+        // Created on the first output, so a silent task costs no file.
+        if self.file.is_none() {
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
+        }
         let Some(file) = self.file.as_mut() else {
             return;
         };
@@ -197,7 +250,23 @@ impl Output {
     }
 }
 
+/// Opens a pidfd for `pid`: a descriptor that becomes readable when the process exits, so one
+/// `poll` can wait for the exit, the output and the next deadline at once, without threads.
+fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; on success it returns a new descriptor we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn supervise(args: &SupervisorArgs) -> ExitRecord {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::ExitStatusExt;
+
     let started_at = now_millis();
     let record = |kind: ExitKind,
                   code: Option<i32>,
@@ -210,17 +279,13 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
         started_at,
         finished_at: now_millis(),
     };
-    let output_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(args.dir.join(OUTPUT_FILE))
-        .ok();
-    let output = Arc::new(Mutex::new(Output {
-        file: output_file,
+    let mut output = Output {
+        path: args.dir.join(OUTPUT_FILE),
+        file: None,
         written: 0,
         cap: args.log_cap,
         truncated: false,
-    }));
+    };
     let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
     if args.heartbeat.is_some() {
         let _ = File::create(&heartbeat_path);
@@ -251,46 +316,19 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
     };
     let task_group = child.id() as i32;
     let clock = Instant::now();
-    let last_sign_of_life = Arc::new(AtomicI64::new(0));
-    let mut readers = Vec::new();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let output = output.clone();
-        let last_sign_of_life = last_sign_of_life.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut stream = stream;
-            let mut buffer = [0u8; 8192];
-            loop {
-                match stream.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => {
-                        last_sign_of_life
-                            .store(clock.elapsed().as_millis() as i64, Ordering::Relaxed);
-                        output
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .write(&buffer[..read]);
-                    }
-                }
-            }
-        }));
+    let mut last_sign_of_life = Duration::ZERO;
+    let mut streams: Vec<Box<dyn Read>> = Vec::new();
+    let mut stream_fds: Vec<i32> = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stream_fds.push(stdout.as_raw_fd());
+        streams.push(Box::new(stdout));
     }
-    let (exited_sender, exited) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = exited_sender.send(status);
-    });
+    if let Some(stderr) = child.stderr.take() {
+        stream_fds.push(stderr.as_raw_fd());
+        streams.push(Box::new(stderr));
+    }
+    let mut open_streams = vec![true; streams.len()];
+    let pidfd = pidfd_open(task_group).ok();
 
     let tick = match args.heartbeat {
         Some(heartbeat) => {
@@ -301,19 +339,107 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
     let heartbeat_base = SystemTime::now();
     let mut stop_reason: Option<(ExitKind, String)> = None;
     let mut kill_sent_at: Option<Instant> = None;
-    let status = loop {
-        let wait = match (stop_reason.is_some(), kill_sent_at) {
-            (true, Some(sent)) => args.kill_grace.saturating_sub(sent.elapsed()).min(tick),
-            _ => args.timeout.saturating_sub(clock.elapsed()).min(tick),
-        };
-        match exited.recv_timeout(wait.max(Duration::from_millis(1))) {
-            Ok(status) => break status,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(std::io::Error::other(
-                    "the waiter thread ended without a status",
-                ));
+    let mut exited: Option<std::process::ExitStatus> = None;
+    let mut buffer = vec![0u8; 16 * 1024];
+    // Wait for the exit while draining output; then drain what is left, briefly.
+    let mut drain_deadline: Option<Instant> = None;
+    let mut pidfd_ready = false;
+    loop {
+        if exited.is_none() && (pidfd.is_none() || pidfd_ready) {
+            // Anything the task left running in its group would outlive the attempt and could
+            // overlap with the next one, so it goes too. The leader is a zombie until reaped,
+            // which keeps its pid, and so the group id, from being reused before this kill.
+            // SAFETY: signalling the task's own process group; ESRCH is fine.
+            if pidfd_ready {
+                unsafe { libc::killpg(task_group, libc::SIGKILL) };
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !pidfd_ready {
+                        // SAFETY: as above, on kernels without pidfds.
+                        unsafe { libc::killpg(task_group, libc::SIGKILL) };
+                    }
+                    exited = Some(status);
+                    drain_deadline = Some(Instant::now() + Duration::from_millis(200));
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        if exited.is_some()
+            && (!open_streams.contains(&true)
+                || drain_deadline.is_some_and(|deadline| Instant::now() >= deadline))
+        {
+            break;
+        }
+        let wait = if exited.is_some() {
+            Duration::from_millis(20)
+        } else {
+            match kill_sent_at {
+                Some(sent) => args.kill_grace.saturating_sub(sent.elapsed()).min(tick),
+                None => args.timeout.saturating_sub(clock.elapsed()).min(tick),
+            }
+        };
+        let mut poll_fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        for (index, fd) in stream_fds.iter().enumerate() {
+            if open_streams[index] {
+                poll_fds.push(libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        if exited.is_none() {
+            match &pidfd {
+                Some(pidfd) => poll_fds.push(libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+                // Without pidfds (old kernels) fall back to short polling for the exit.
+                None => {}
+            }
+        }
+        let timeout_ms = if pidfd.is_none() && exited.is_none() {
+            5
+        } else {
+            wait.as_millis().max(1) as i32
+        };
+        // SAFETY: poll over descriptors we own, with a correctly sized array.
+        unsafe {
+            libc::poll(
+                poll_fds.as_mut_ptr(),
+                poll_fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        pidfd_ready = match &pidfd {
+            Some(pidfd) => poll_fds
+                .iter()
+                .any(|poll_fd| poll_fd.fd == pidfd.as_raw_fd() && poll_fd.revents != 0),
+            None => false,
+        };
+        for (index, stream) in streams.iter_mut().enumerate() {
+            if !open_streams[index] {
+                continue;
+            }
+            let ready = poll_fds
+                .iter()
+                .any(|poll_fd| poll_fd.fd == stream_fds[index] && poll_fd.revents != 0);
+            if !ready {
+                continue;
+            }
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => open_streams[index] = false,
+                Ok(read) => {
+                    last_sign_of_life = clock.elapsed();
+                    output.write(&buffer[..read]);
+                }
+            }
+        }
+        if exited.is_some() {
+            continue;
         }
         if let Some(sent) = kill_sent_at {
             if sent.elapsed() >= args.kill_grace {
@@ -333,9 +459,7 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
                 ),
             ));
         } else if let Some(heartbeat) = args.heartbeat {
-            let output_quiet = clock.elapsed().saturating_sub(Duration::from_millis(
-                last_sign_of_life.load(Ordering::Relaxed) as u64,
-            ));
+            let output_quiet = clock.elapsed().saturating_sub(last_sign_of_life);
             let touched_quiet = std::fs::metadata(&heartbeat_path)
                 .and_then(|metadata| metadata.modified())
                 .ok()
@@ -360,16 +484,11 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
             unsafe { libc::killpg(task_group, libc::SIGTERM) };
             kill_sent_at = Some(Instant::now());
         }
-    };
-    let _ = waiter.join();
-    // Anything the task left running in its group would outlive the attempt and could overlap
-    // with the next one, so it goes too.
-    // SAFETY: signalling the task's own process group; ESRCH when it is empty is fine.
-    unsafe { libc::killpg(task_group, libc::SIGKILL) };
-    for reader in readers {
-        let _ = reader.join();
     }
-    use std::os::unix::process::ExitStatusExt;
+    let status = match exited {
+        Some(status) => Ok(status),
+        None => child.wait(),
+    };
     match (stop_reason, status) {
         (Some((kind, message)), status) => {
             let status = status.ok();

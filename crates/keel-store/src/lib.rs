@@ -108,21 +108,47 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
     fn events(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
 
-    /// Moves a pending or waiting task run to running under a new lease epoch and inserts its
-    /// attempt. Fails with [`StoreError::AlreadyLive`] if any live attempt exists for the same
-    /// (pipeline, partition, task), in this run or another.
+    /// Moves pending or waiting task runs to running under new lease epochs and inserts their
+    /// attempts, all in one transaction. Each claim fails on its own with
+    /// [`StoreError::AlreadyLive`] if a live attempt exists for the same (pipeline, partition,
+    /// task), in this run or another, or [`StoreError::NotClaimable`].
+    fn claim_attempts(
+        &self,
+        claims: Vec<ClaimAttempt>,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<AttemptRecord>>>> + Send;
+    /// Claims one attempt; see [`Store::claim_attempts`].
     fn claim_attempt(
         &self,
         claim: ClaimAttempt,
-    ) -> impl Future<Output = StoreResult<AttemptRecord>> + Send;
-    /// Records that the attempt's process started. Fenced by the lease epoch.
+    ) -> impl Future<Output = StoreResult<AttemptRecord>> + Send {
+        async move {
+            self.claim_attempts(vec![claim])
+                .await?
+                .pop()
+                .expect("one result per claim")
+        }
+    }
+    /// Records that attempts' processes started: (attempt, epoch, pid). Fenced by the epoch.
+    fn mark_attempts_started(
+        &self,
+        started: Vec<(AttemptId, i64, u32)>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send;
+    /// Records that one attempt's process started; see [`Store::mark_attempts_started`].
     fn mark_attempt_started(
         &self,
         attempt: AttemptId,
         epoch: i64,
         pid: u32,
         at: keel_model::Millis,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        async move {
+            self.mark_attempts_started(vec![(attempt, epoch, pid)], at)
+                .await?
+                .pop()
+                .expect("one result")
+        }
+    }
     /// Takes over the lease of a live attempt whose owner died (adoption after a crash), bumping
     /// the epoch so that the old owner can never record a result. Returns the new epoch.
     fn take_over_attempt(
@@ -131,10 +157,25 @@ pub trait Store: Clone + Send + Sync + 'static {
         new_owner: &str,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<i64>> + Send;
-    /// Records how an attempt ended and where its task run goes next. Fenced: a holder of a
-    /// stale epoch gets [`StoreError::StaleLease`] and nothing changes.
-    fn finish_attempt(&self, finish: FinishAttempt)
-    -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records how attempts ended and where their task runs go next, in one transaction. Fenced:
+    /// a holder of a stale epoch gets [`StoreError::StaleLease`] for that attempt and nothing of
+    /// it changes.
+    fn finish_attempts(
+        &self,
+        finishes: Vec<FinishAttempt>,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send;
+    /// Records how one attempt ended; see [`Store::finish_attempts`].
+    fn finish_attempt(
+        &self,
+        finish: FinishAttempt,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        async move {
+            self.finish_attempts(vec![finish])
+                .await?
+                .pop()
+                .expect("one result per finish")
+        }
+    }
     /// Changes task runs that are not running (upstream failures, skips, resets for a retry).
     /// Running task runs are left alone and not counted. Returns how many changed.
     fn update_tasks(

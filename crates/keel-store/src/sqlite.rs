@@ -202,6 +202,23 @@ impl SqliteStore {
     }
 }
 
+fn cached_execute(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    transaction.prepare_cached(sql)?.execute(params)
+}
+
+fn cached_query_row<T>(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    transaction.prepare_cached(sql)?.query_row(params, read)
+}
+
 fn event(
     transaction: &Transaction<'_>,
     at: Millis,
@@ -211,7 +228,8 @@ fn event(
     kind: &str,
     detail: &str,
 ) -> StoreResult<()> {
-    transaction.execute(
+    cached_execute(
+        transaction,
         "INSERT INTO events (at, run_id, task, attempt_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![at, run.0, task, attempt.map(|id| id.0), kind, detail],
     )?;
@@ -322,17 +340,172 @@ fn load_run(transaction: &Transaction<'_>, run: RunId) -> StoreResult<RunRecord>
 }
 
 fn load_attempt(transaction: &Transaction<'_>, attempt: AttemptId) -> StoreResult<AttemptRecord> {
-    Ok(transaction.query_row(
+    Ok(cached_query_row(
+        transaction,
         &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ?1"),
         [attempt.0],
         attempt_from_row,
     )?)
 }
 
+fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<AttemptRecord> {
+    let run = load_run(transaction, claim.run)?;
+    let task: TaskRunRecord = transaction
+        .query_row(
+            &format!("SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 AND task = ?2"),
+            params![claim.run.0, claim.task],
+            task_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotClaimable {
+            run: claim.run,
+            task: claim.task.clone(),
+            state: "not part of the run".into(),
+        })?;
+    if !matches!(task.state, TaskState::Pending | TaskState::Waiting) {
+        return Err(StoreError::NotClaimable {
+            run: claim.run,
+            task: claim.task,
+            state: task.state.as_str().into(),
+        });
+    }
+    let live: Option<i64> = transaction
+        .query_row(
+            "SELECT id FROM attempts WHERE pipeline = ?1 AND partition = ?2 AND task = ?3 AND finished_at IS NULL",
+            params![run.pipeline, run.partition, claim.task],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(live) = live {
+        return Err(StoreError::AlreadyLive {
+            run: claim.run,
+            task: claim.task,
+            attempt: AttemptId(live),
+        });
+    }
+    let epoch = task.lease_epoch + 1;
+    let number = task.attempts + 1;
+    cached_execute(transaction, 
+        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
+    )?;
+    let attempt = AttemptId(transaction.last_insert_rowid());
+    cached_execute(transaction, 
+        "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4
+         WHERE run_id = ?5 AND task = ?6",
+        params![TaskState::Running.as_str(), number, epoch, claim.at, claim.run.0, claim.task],
+    )?;
+    let detail = format!("attempt {number} epoch {epoch} owner {}", claim.owner);
+    event(
+        transaction,
+        claim.at,
+        claim.run,
+        Some(&claim.task),
+        Some(attempt),
+        "attempt_claimed",
+        &detail,
+    )?;
+    load_attempt(transaction, attempt)
+}
+
+fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResult<()> {
+    let record = load_attempt(transaction, finish.attempt)?;
+    let current_epoch: i64 = cached_query_row(
+        transaction,
+        "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
+        params![record.run.0, record.task],
+        |row| row.get(0),
+    )?;
+    if record.finished_at.is_some()
+        || record.lease_epoch != finish.epoch
+        || current_epoch != finish.epoch
+    {
+        return Err(StoreError::StaleLease {
+            attempt: finish.attempt,
+            epoch: finish.epoch,
+        });
+    }
+    cached_execute(
+        transaction,
+        "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6 WHERE id = ?7",
+        params![
+            finish.at,
+            finish.outcome.as_str(),
+            finish.exit_code,
+            finish.rows,
+            finish.metrics,
+            finish.message,
+            finish.attempt.0
+        ],
+    )?;
+    let (state, outcome, not_before, charge, kind) = match &finish.next {
+        TaskNext::Done(outcome) => (
+            TaskState::Done,
+            Some(*outcome),
+            None,
+            i64::from(finish.outcome.uses_retry_attempt()),
+            "task_done",
+        ),
+        TaskNext::Retry { not_before, charge } => (
+            TaskState::Waiting,
+            Some(finish.outcome),
+            Some(*not_before),
+            i64::from(*charge),
+            "retry_scheduled",
+        ),
+        TaskNext::Resume => (
+            TaskState::Pending,
+            Some(finish.outcome),
+            None,
+            0,
+            "task_interrupted",
+        ),
+    };
+    cached_execute(transaction, 
+        "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, charged = charged + ?4, message = ?5, updated_at = ?6
+         WHERE run_id = ?7 AND task = ?8",
+        params![state.as_str(), outcome.map(Outcome::as_str), not_before, charge, finish.message, finish.at, record.run.0, record.task],
+    )?;
+    let mut detail = format!("attempt {} {}", record.number, finish.outcome);
+    if let Some(code) = finish.exit_code {
+        detail.push_str(&format!(" exit {code}"));
+    }
+    event(
+        transaction,
+        finish.at,
+        record.run,
+        Some(&record.task),
+        Some(finish.attempt),
+        "attempt_finished",
+        &detail,
+    )?;
+    let next_detail = match &finish.next {
+        TaskNext::Done(outcome) => outcome.to_string(),
+        TaskNext::Retry { not_before, charge } => {
+            format!(
+                "not before {not_before}{}",
+                if *charge { "" } else { ", uncharged" }
+            )
+        }
+        TaskNext::Resume => "waits to be resumed".to_string(),
+    };
+    event(
+        transaction,
+        finish.at,
+        record.run,
+        Some(&record.task),
+        Some(finish.attempt),
+        kind,
+        &next_detail,
+    )?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
         self.transact(move |transaction| {
-            transaction.execute(
+            cached_execute(transaction, 
                 "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![new_run.pipeline, new_run.partition, new_run.version, RunState::Running.as_str(), new_run.trace_id, new_run.at],
             )?;
@@ -466,74 +639,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_attempt(&self, claim: ClaimAttempt) -> StoreResult<AttemptRecord> {
+    async fn claim_attempts(
+        &self,
+        claims: Vec<ClaimAttempt>,
+    ) -> StoreResult<Vec<StoreResult<AttemptRecord>>> {
         self.transact(move |transaction| {
-            let run = load_run(transaction, claim.run)?;
-            let task: TaskRunRecord = transaction
-                .query_row(
-                    &format!("SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 AND task = ?2"),
-                    params![claim.run.0, claim.task],
-                    task_from_row,
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::NotClaimable {
-                    run: claim.run,
-                    task: claim.task.clone(),
-                    state: "not part of the run".into(),
-                })?;
-            if !matches!(task.state, TaskState::Pending | TaskState::Waiting) {
-                return Err(StoreError::NotClaimable {
-                    run: claim.run,
-                    task: claim.task,
-                    state: task.state.as_str().into(),
-                });
+            let mut results = Vec::with_capacity(claims.len());
+            for claim in claims {
+                match claim_one(transaction, claim) {
+                    Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
+                    result => results.push(result),
+                }
             }
-            let live: Option<i64> = transaction
-                .query_row(
-                    "SELECT id FROM attempts WHERE pipeline = ?1 AND partition = ?2 AND task = ?3 AND finished_at IS NULL",
-                    params![run.pipeline, run.partition, claim.task],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(live) = live {
-                return Err(StoreError::AlreadyLive { run: claim.run, task: claim.task, attempt: AttemptId(live) });
-            }
-            let epoch = task.lease_epoch + 1;
-            let number = task.attempts + 1;
-            transaction.execute(
-                "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
-            )?;
-            let attempt = AttemptId(transaction.last_insert_rowid());
-            transaction.execute(
-                "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4
-                 WHERE run_id = ?5 AND task = ?6",
-                params![TaskState::Running.as_str(), number, epoch, claim.at, claim.run.0, claim.task],
-            )?;
-            let detail = format!("attempt {number} epoch {epoch} owner {}", claim.owner);
-            event(transaction, claim.at, claim.run, Some(&claim.task), Some(attempt), "attempt_claimed", &detail)?;
-            load_attempt(transaction, attempt)
+            Ok(results)
         })
         .await
     }
 
-    async fn mark_attempt_started(
+    async fn mark_attempts_started(
         &self,
-        attempt: AttemptId,
-        epoch: i64,
-        pid: u32,
+        started: Vec<(AttemptId, i64, u32)>,
         at: Millis,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<StoreResult<()>>> {
         self.transact(move |transaction| {
-            let changed = transaction.execute(
-                "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
-                params![pid, at, attempt.0, epoch],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::StaleLease { attempt, epoch });
+            let mut results = Vec::with_capacity(started.len());
+            for (attempt, epoch, pid) in started {
+                let changed = cached_execute(
+                    transaction,
+                    "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+                    params![pid, at, attempt.0, epoch],
+                )?;
+                results.push(if changed == 0 { Err(StoreError::StaleLease { attempt, epoch }) } else { Ok(()) });
             }
-            Ok(())
+            Ok(results)
         })
         .await
     }
@@ -550,16 +688,16 @@ impl Store for SqliteStore {
             if record.finished_at.is_some() {
                 return Err(StoreError::StaleLease { attempt, epoch: record.lease_epoch });
             }
-            transaction.execute(
+            cached_execute(transaction, 
                 "UPDATE task_runs SET lease_epoch = lease_epoch + 1, updated_at = ?1 WHERE run_id = ?2 AND task = ?3",
                 params![at, record.run.0, record.task],
             )?;
-            let epoch: i64 = transaction.query_row(
+            let epoch: i64 = cached_query_row(transaction, 
                 "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
                 params![record.run.0, record.task],
                 |row| row.get(0),
             )?;
-            transaction.execute(
+            cached_execute(transaction, 
                 "UPDATE attempts SET lease_owner = ?1, lease_epoch = ?2 WHERE id = ?3",
                 params![new_owner, epoch, attempt.0],
             )?;
@@ -570,49 +708,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish_attempt(&self, finish: FinishAttempt) -> StoreResult<()> {
+    async fn finish_attempts(
+        &self,
+        finishes: Vec<FinishAttempt>,
+    ) -> StoreResult<Vec<StoreResult<()>>> {
         self.transact(move |transaction| {
-            let record = load_attempt(transaction, finish.attempt)?;
-            let current_epoch: i64 = transaction.query_row(
-                "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
-                params![record.run.0, record.task],
-                |row| row.get(0),
-            )?;
-            if record.finished_at.is_some() || record.lease_epoch != finish.epoch || current_epoch != finish.epoch {
-                return Err(StoreError::StaleLease { attempt: finish.attempt, epoch: finish.epoch });
+            let mut results = Vec::with_capacity(finishes.len());
+            for finish in finishes {
+                match finish_one(transaction, finish) {
+                    Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
+                    result => results.push(result),
+                }
             }
-            transaction.execute(
-                "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6 WHERE id = ?7",
-                params![finish.at, finish.outcome.as_str(), finish.exit_code, finish.rows, finish.metrics, finish.message, finish.attempt.0],
-            )?;
-            let (state, outcome, not_before, charge, kind) = match &finish.next {
-                TaskNext::Done(outcome) => {
-                    (TaskState::Done, Some(*outcome), None, i64::from(finish.outcome.uses_retry_attempt()), "task_done")
-                }
-                TaskNext::Retry { not_before, charge } => {
-                    (TaskState::Waiting, Some(finish.outcome), Some(*not_before), i64::from(*charge), "retry_scheduled")
-                }
-                TaskNext::Resume => (TaskState::Pending, Some(finish.outcome), None, 0, "task_interrupted"),
-            };
-            transaction.execute(
-                "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, charged = charged + ?4, message = ?5, updated_at = ?6
-                 WHERE run_id = ?7 AND task = ?8",
-                params![state.as_str(), outcome.map(Outcome::as_str), not_before, charge, finish.message, finish.at, record.run.0, record.task],
-            )?;
-            let mut detail = format!("attempt {} {}", record.number, finish.outcome);
-            if let Some(code) = finish.exit_code {
-                detail.push_str(&format!(" exit {code}"));
-            }
-            event(transaction, finish.at, record.run, Some(&record.task), Some(finish.attempt), "attempt_finished", &detail)?;
-            let next_detail = match &finish.next {
-                TaskNext::Done(outcome) => outcome.to_string(),
-                TaskNext::Retry { not_before, charge } => {
-                    format!("not before {not_before}{}", if *charge { "" } else { ", uncharged" })
-                }
-                TaskNext::Resume => "waits to be resumed".to_string(),
-            };
-            event(transaction, finish.at, record.run, Some(&record.task), Some(finish.attempt), kind, &next_detail)?;
-            Ok(())
+            Ok(results)
         })
         .await
     }
@@ -628,7 +736,7 @@ impl Store for SqliteStore {
             let mut changed = 0;
             for change in changes {
                 let reset = i64::from(change.reset_attempts);
-                let count = transaction.execute(
+                let count = cached_execute(transaction, 
                     "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
                          attempts = CASE WHEN ?6 = 1 THEN 0 ELSE attempts END,
                          charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
@@ -659,7 +767,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         self.transact(move |transaction| {
             let finished_at = state.is_finished().then_some(at);
-            let changed = transaction.execute(
+            let changed = cached_execute(
+                transaction,
                 "UPDATE runs SET state = ?1, finished_at = ?2, message = ?3,
                      cancel_requested = CASE WHEN ?1 = 'running' THEN 0 ELSE cancel_requested END
                  WHERE id = ?4",
@@ -679,7 +788,8 @@ impl Store for SqliteStore {
 
     async fn request_cancel(&self, run: RunId, at: Millis) -> StoreResult<()> {
         self.transact(move |transaction| {
-            let changed = transaction.execute(
+            let changed = cached_execute(
+                transaction,
                 "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
                 [run.0],
             )?;

@@ -20,7 +20,11 @@ fn ledger_pipeline(ledger: &Path) -> String {
     for task in 0..30 {
         let phase = phases[task / 10];
         let sleep_ms = 40 + (task * 37) % 120;
-        let after = if task % 10 >= 5 { format!("after = [\"t{:02}\"]\n", task - 1) } else { String::new() };
+        let after = if task % 10 >= 5 {
+            format!("after = [\"t{:02}\"]\n", task - 1)
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
             "[tasks.t{task:02}]\nphase = \"{phase}\"\n{after}command = [\"sh\", \"-c\", \"echo start $KEEL_TASK $KEEL_PARTITION $KEEL_ATTEMPT $(date +%s%N) >> {ledger}; sleep 0.{sleep_ms:03}; echo end $KEEL_TASK $KEEL_PARTITION $KEEL_ATTEMPT $(date +%s%N) >> {ledger}\"]\n\n",
             ledger = ledger.display()
@@ -47,9 +51,15 @@ fn run_state(pipeline: &Path, partition: &str) -> Option<serde_json::Value> {
         .arg(pipeline)
         .output()
         .unwrap();
-    assert!(output.status.success(), "status failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    json["runs"].as_array().and_then(|runs| runs.first().cloned())
+    json["runs"]
+        .as_array()
+        .and_then(|runs| runs.first().cloned())
 }
 
 #[test]
@@ -74,7 +84,10 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_runs_nothing_twice() {
                 .unwrap();
             if kills >= 24 {
                 let status = child.wait().unwrap();
-                assert!(status.success(), "the final run of {partition} failed: {status}");
+                assert!(
+                    status.success(),
+                    "the final run of {partition} failed: {status}"
+                );
                 break;
             }
             let delay = Duration::from_millis(30 + random.below(350));
@@ -98,7 +111,10 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_runs_nothing_twice() {
                     kills += 1;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "the crash test is taking too long");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the crash test is taking too long"
+            );
         }
         if kills >= 24 {
             // Complete every partition touched so far, then stop.
@@ -107,8 +123,16 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_runs_nothing_twice() {
     }
     // Finish any partition whose last run was interrupted.
     for partition in &used {
-        let status = Command::new(keel_path()).args(["run", "--partition", partition]).arg(&pipeline).output().unwrap();
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let status = Command::new(keel_path())
+            .args(["run", "--partition", partition])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
     assert!(kills >= 20, "only {kills} kills happened");
 
@@ -133,14 +157,31 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_runs_nothing_twice() {
             let key = (format!("t{task:02}"), partition.to_string());
             let task_starts = starts.get(&key).cloned().unwrap_or_default();
             let task_ends = ends.get(&key).cloned().unwrap_or_default();
-            assert_eq!(task_starts.len(), 1, "{key:?} started {} times", task_starts.len());
-            assert_eq!(task_ends.len(), 1, "{key:?} finished {} times", task_ends.len());
+            assert_eq!(
+                task_starts.len(),
+                1,
+                "{key:?} started {} times",
+                task_starts.len()
+            );
+            assert_eq!(
+                task_ends.len(),
+                1,
+                "{key:?} finished {} times",
+                task_ends.len()
+            );
             assert!(task_starts[0] <= task_ends[0]);
         }
         let tasks = run["tasks"].as_array().unwrap();
-        assert!(tasks.iter().all(|task| task["outcome"] == "succeeded"), "{run}");
+        assert!(
+            tasks.iter().all(|task| task["outcome"] == "succeeded"),
+            "{run}"
+        );
     }
     // No task ever overlapped itself: with one start and one end each this is implied, and the
     // order of the ledger confirms it.
-    eprintln!("{kills} kills over {} partitions in {:.1}s", used.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{kills} kills over {} partitions in {:.1}s",
+        used.len(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -1,4 +1,5 @@
 //! The keel binary end to end.
 
+mod cli;
 mod crash;
 mod support;

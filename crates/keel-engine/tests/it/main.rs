@@ -267,8 +267,8 @@ async fn tasks_run_in_dependency_order_with_the_contract_environment() {
     assert_eq!(env["KEEL_PIPELINE"], "test");
     assert_eq!(env["KEEL_PARTITION"], "2026-01-18");
     assert_eq!(env["KEEL_IDEMPOTENCY_KEY"], "test:scrape:2026-01-18");
-    assert!(env["KEEL_RESULT"].ends_with("scrape/1/result.json"));
-    assert!(env["KEEL_HEARTBEAT"].ends_with("scrape/1/heartbeat"));
+    assert!(env["KEEL_RESULT"].ends_with("scrape.1/result.json"));
+    assert!(env["KEEL_HEARTBEAT"].ends_with("scrape.1/heartbeat"));
     let traceparent = &env["TRACEPARENT"];
     assert!(
         traceparent.starts_with("00-") && traceparent.ends_with("-01") && traceparent.len() == 55,
