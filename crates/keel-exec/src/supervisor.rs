@@ -390,16 +390,15 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
                 });
             }
         }
-        if exited.is_none() {
-            match &pidfd {
-                Some(pidfd) => poll_fds.push(libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }),
-                // Without pidfds (old kernels) fall back to short polling for the exit.
-                None => {}
-            }
+        // Without pidfds (old kernels) the exit is found by short polling instead.
+        if exited.is_none()
+            && let Some(pidfd) = &pidfd
+        {
+            poll_fds.push(libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         let timeout_ms = if pidfd.is_none() && exited.is_none() {
             5

@@ -385,13 +385,15 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
     }
     let epoch = task.lease_epoch + 1;
     let number = task.attempts + 1;
-    cached_execute(transaction, 
+    cached_execute(
+        transaction,
         "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
     )?;
     let attempt = AttemptId(transaction.last_insert_rowid());
-    cached_execute(transaction, 
+    cached_execute(
+        transaction,
         "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4
          WHERE run_id = ?5 AND task = ?6",
         params![TaskState::Running.as_str(), number, epoch, claim.at, claim.run.0, claim.task],
@@ -462,7 +464,8 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             "task_interrupted",
         ),
     };
-    cached_execute(transaction, 
+    cached_execute(
+        transaction,
         "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, charged = charged + ?4, message = ?5, updated_at = ?6
          WHERE run_id = ?7 AND task = ?8",
         params![state.as_str(), outcome.map(Outcome::as_str), not_before, charge, finish.message, finish.at, record.run.0, record.task],
@@ -505,7 +508,8 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
 impl Store for SqliteStore {
     async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
         self.transact(move |transaction| {
-            cached_execute(transaction, 
+            cached_execute(
+        transaction,
                 "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![new_run.pipeline, new_run.partition, new_run.version, RunState::Running.as_str(), new_run.trace_id, new_run.at],
             )?;
@@ -688,16 +692,18 @@ impl Store for SqliteStore {
             if record.finished_at.is_some() {
                 return Err(StoreError::StaleLease { attempt, epoch: record.lease_epoch });
             }
-            cached_execute(transaction, 
+            cached_execute(
+        transaction,
                 "UPDATE task_runs SET lease_epoch = lease_epoch + 1, updated_at = ?1 WHERE run_id = ?2 AND task = ?3",
                 params![at, record.run.0, record.task],
             )?;
-            let epoch: i64 = cached_query_row(transaction, 
+            let epoch: i64 = cached_query_row(transaction,
                 "SELECT lease_epoch FROM task_runs WHERE run_id = ?1 AND task = ?2",
                 params![record.run.0, record.task],
                 |row| row.get(0),
             )?;
-            cached_execute(transaction, 
+            cached_execute(
+        transaction,
                 "UPDATE attempts SET lease_owner = ?1, lease_epoch = ?2 WHERE id = ?3",
                 params![new_owner, epoch, attempt.0],
             )?;
@@ -736,7 +742,7 @@ impl Store for SqliteStore {
             let mut changed = 0;
             for change in changes {
                 let reset = i64::from(change.reset_attempts);
-                let count = cached_execute(transaction, 
+                let count = cached_execute(transaction,
                     "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
                          attempts = CASE WHEN ?6 = 1 THEN 0 ELSE attempts END,
                          charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
