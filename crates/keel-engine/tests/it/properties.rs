@@ -66,6 +66,25 @@ proptest! {
                     assert!(deps_complete, "{} ran before its dependencies completed", record.task);
                 }
             }
+            // Every retry waited within its backoff bounds: not before the failure, and no later
+            // than the policy's ceiling for the attempts charged so far.
+            let attempts = harness.store.attempts(run).await.unwrap();
+            for task in &spec.tasks {
+                let mine: Vec<_> = attempts.iter().filter(|attempt| attempt.task == task.name).collect();
+                let mut charged = 0u32;
+                for pair in mine.windows(2) {
+                    let (previous, next) = (pair[0], pair[1]);
+                    if previous.outcome.is_some_and(Outcome::uses_retry_attempt) {
+                        charged += 1;
+                    }
+                    let failed_at = previous.finished_at.unwrap();
+                    let not_before = next.not_before.expect("a retry records its not_before");
+                    let ceiling = task.retries.ceiling(charged).as_millis() as i64;
+                    assert!(not_before >= failed_at && not_before - failed_at <= ceiling,
+                        "{}: retry {} waited {} ms, ceiling {ceiling} ms", task.name, next.number, not_before - failed_at);
+                    assert!(next.claimed_at >= not_before, "{} started before its not_before", task.name);
+                }
+            }
             // No live attempt is left behind.
             assert!(harness.store.live_attempts("test").await.unwrap().is_empty());
         });
