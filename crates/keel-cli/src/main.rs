@@ -41,6 +41,8 @@ impl std::error::Error for Exit {}
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
     // The attempt supervisor starts for every attempt: dispatch before any other set-up.
+    // The attempt supervisor and the attempt host (`__attempt __host`) start for every attempt
+    // and once per run: dispatch before any other set-up.
     if raw.get(1).map(String::as_str) == Some("__attempt") {
         return ExitCode::from(keel_exec::supervisor::main(&raw[2..]) as u8);
     }

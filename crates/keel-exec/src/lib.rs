@@ -7,6 +7,7 @@
 //!
 //! This crate never touches the state store and never decides about retries.
 
+pub mod host;
 pub mod process;
 mod report;
 pub mod supervisor;

@@ -3,18 +3,27 @@
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use keel_model::Outcome;
 
+use crate::host::HostClient;
 use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
 use crate::{Adopted, Executor, ExitRecord, Launch, Report, Running, interpret};
 
 /// Starts each attempt as `<supervisor_program> <supervisor_args…> __attempt …`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessExecutor {
     supervisor_program: PathBuf,
     supervisor_prefix: Vec<String>,
+    host: Arc<Mutex<HostState>>,
+}
+
+enum HostState {
+    NotStarted,
+    Running(Arc<HostClient>),
+    /// The host could not be started or went away: supervisors are started directly.
+    Unavailable,
 }
 
 impl ProcessExecutor {
@@ -24,7 +33,41 @@ impl ProcessExecutor {
         ProcessExecutor {
             supervisor_program: program,
             supervisor_prefix: prefix,
+            host: Arc::new(Mutex::new(HostState::NotStarted)),
         }
+    }
+
+    /// Starts every supervisor as its own process instead of forking it from the attempt host.
+    /// Slower; the fallback whenever the host is unavailable.
+    pub fn without_host(self) -> ProcessExecutor {
+        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = HostState::Unavailable;
+        self
+    }
+
+    fn host(&self) -> Option<Arc<HostClient>> {
+        let mut state = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        if let HostState::NotStarted = *state {
+            *state = match HostClient::start(&self.supervisor_program, &self.supervisor_prefix) {
+                Ok(client) => HostState::Running(Arc::new(client)),
+                Err(_) => HostState::Unavailable,
+            };
+        }
+        match &*state {
+            HostState::Running(client) => Some(client.clone()),
+            _ => None,
+        }
+    }
+
+    /// The attempt host's pid, once it has started.
+    pub fn host_pid(&self) -> Option<u32> {
+        match &*self.host.lock().unwrap_or_else(|p| p.into_inner()) {
+            HostState::Running(client) => Some(client.pid()),
+            _ => None,
+        }
+    }
+
+    fn host_failed(&self) {
+        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = HostState::Unavailable;
     }
 }
 
@@ -65,6 +108,17 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
     }
 }
 
+/// Waits until the supervisor holding the attempt's lock has exited. Returns false if the lock
+/// could not be waited on.
+async fn wait_for_lock(dir: PathBuf) -> bool {
+    let waited = tokio::task::spawn_blocking(move || {
+        let lock = OpenOptions::new().write(true).open(dir.join(LOCK_FILE))?;
+        lock_attempt(&lock, true)
+    })
+    .await;
+    matches!(waited, Ok(Ok(true)))
+}
+
 /// Takes the attempt's liveness lock, waiting if `block`. Returns whether it was taken.
 fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
     let operation = if block {
@@ -95,6 +149,46 @@ impl Executor for ProcessExecutor {
             .write(true)
             .open(launch.dir.join(LOCK_FILE))?;
         lock_attempt(&lock, false)?;
+        if let Some(host) = self.host() {
+            let arguments = SupervisorArgs {
+                dir: launch.dir.clone(),
+                lock_fd: None,
+                timeout: launch.timeout,
+                heartbeat: launch.heartbeat,
+                kill_grace: launch.kill_grace,
+                log_cap: launch.log_cap,
+                command: launch.command.clone(),
+            };
+            match host.launch(&lock, &arguments, &launch.env) {
+                Ok((id, exited)) => {
+                    // The lock now travels to the forked supervisor.
+                    drop(lock);
+                    let dir = launch.dir.clone();
+                    let completion = Box::pin(async move {
+                        if exited.await.is_err() {
+                            // The host went away; the supervisor lives on, and its lock says
+                            // when it ends.
+                            wait_for_lock(dir.clone()).await;
+                        }
+                        report_from_dir(&dir, None)
+                    });
+                    let stop_dir = launch.dir.clone();
+                    let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                        if !host.stop(id)
+                            && let Some(pid) = read_supervisor_pid(&stop_dir)
+                        {
+                            signal(pid, libc::SIGTERM);
+                        }
+                    });
+                    return Ok(Running {
+                        pid: None,
+                        completion,
+                        stop,
+                    });
+                }
+                Err(_) => self.host_failed(),
+            }
+        }
         let lock_fd = lock.as_raw_fd();
         let arguments = SupervisorArgs {
             dir: launch.dir.clone(),

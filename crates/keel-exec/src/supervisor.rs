@@ -122,6 +122,10 @@ fn now_millis() -> i64 {
 /// The supervisor's entry point. Returns the process exit code: 0 when the exit record was
 /// written (whatever the task did), 2 on bad arguments, 1 when the record could not be written.
 pub fn main(arguments: &[String]) -> i32 {
+    // The attempt host is started through the same entry point, as `__attempt __host …`.
+    if arguments.first().map(String::as_str) == Some("__host") {
+        return crate::host::host_main(&arguments[1..]);
+    }
     let args = match SupervisorArgs::parse(arguments) {
         Ok(args) => args,
         Err(message) => {
@@ -129,6 +133,12 @@ pub fn main(arguments: &[String]) -> i32 {
             return 2;
         }
     };
+    run(&args, &[])
+}
+
+/// Supervises one attempt in this process: the body of [`main`], also entered directly by the
+/// attempt host in a freshly forked child. `env` is added to the task's environment.
+pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
     if let Some(fd) = args.lock_fd {
         // The task must not inherit the liveness lock, or the lock would outlive the supervisor.
         // SAFETY: fcntl on an inherited descriptor; it touches no memory.
@@ -145,7 +155,7 @@ pub fn main(arguments: &[String]) -> i32 {
             on_terminate as *const () as libc::sighandler_t,
         );
     }
-    let record_file = match open_record_file(&args) {
+    let record_file = match open_record_file(args) {
         Ok(file) => file,
         Err(error) => {
             eprintln!(
@@ -161,7 +171,7 @@ pub fn main(arguments: &[String]) -> i32 {
             pid: std::process::id(),
         },
     );
-    let record = supervise(&args);
+    let record = supervise(args, env);
     match write_record(&record_file, &AttemptRecordFile::Ended(record)) {
         Ok(()) => 0,
         Err(error) => {
@@ -263,7 +273,7 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn supervise(args: &SupervisorArgs) -> ExitRecord {
+fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::ExitStatusExt;
 
@@ -294,6 +304,7 @@ fn supervise(args: &SupervisorArgs) -> ExitRecord {
     let mut command = Command::new(&args.command[0]);
     command
         .args(&args.command[1..])
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -69,23 +69,46 @@ where
 }
 
 async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {
-    let run = store.create_run(new_run("2026-01-01", &["a", "b", "c"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b", "c"]))
+        .await
+        .unwrap();
     let first = store.claim_attempt(claim(run.id, "a", 1)).await.unwrap();
     // One batch: a claim that conflicts, and two that succeed.
     let results = store
-        .claim_attempts(vec![claim(run.id, "a", 2), claim(run.id, "b", 2), claim(run.id, "c", 2)])
+        .claim_attempts(vec![
+            claim(run.id, "a", 2),
+            claim(run.id, "b", 2),
+            claim(run.id, "c", 2),
+        ])
         .await
         .unwrap();
     let mut results = results.into_iter();
     let conflict = results.next().unwrap();
-    assert!(matches!(conflict, Err(StoreError::NotClaimable { .. })), "batch: {conflict:?}");
-    let (b, c) = (results.next().unwrap().unwrap(), results.next().unwrap().unwrap());
+    assert!(
+        matches!(conflict, Err(StoreError::NotClaimable { .. })),
+        "batch: {conflict:?}"
+    );
+    let (b, c) = (
+        results.next().unwrap().unwrap(),
+        results.next().unwrap().unwrap(),
+    );
     // One batch of finishes with a stale epoch in the middle: only that one is refused.
-    let mut stale = finish(&b, Outcome::Succeeded, TaskNext::Done(Outcome::Succeeded), 3);
+    let mut stale = finish(
+        &b,
+        Outcome::Succeeded,
+        TaskNext::Done(Outcome::Succeeded),
+        3,
+    );
     stale.epoch += 7;
     let results = store
         .finish_attempts(vec![
-            finish(&first, Outcome::Succeeded, TaskNext::Done(Outcome::Succeeded), 3),
+            finish(
+                &first,
+                Outcome::Succeeded,
+                TaskNext::Done(Outcome::Succeeded),
+                3,
+            ),
             stale,
             finish(&c, Outcome::Failed, TaskNext::Done(Outcome::Failed), 3),
         ])
@@ -95,10 +118,22 @@ async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {
     assert!(matches!(results[1], Err(StoreError::StaleLease { .. })));
     let tasks = store.task_runs(run.id).await.unwrap();
     let states: Vec<TaskState> = tasks.iter().map(|task| task.state).collect();
-    assert_eq!(states, [TaskState::Done, TaskState::Running, TaskState::Done]);
-    let started = store.mark_attempts_started(vec![(b.id, b.lease_epoch, 9), (first.id, first.lease_epoch, 9)], 4).await.unwrap();
+    assert_eq!(
+        states,
+        [TaskState::Done, TaskState::Running, TaskState::Done]
+    );
+    let started = store
+        .mark_attempts_started(
+            vec![(b.id, b.lease_epoch, 9), (first.id, first.lease_epoch, 9)],
+            4,
+        )
+        .await
+        .unwrap();
     assert!(started[0].is_ok());
-    assert!(matches!(started[1], Err(StoreError::StaleLease { .. })), "a finished attempt cannot be marked started");
+    assert!(
+        matches!(started[1], Err(StoreError::StaleLease { .. })),
+        "a finished attempt cannot be marked started"
+    );
 }
 
 async fn run_lifecycle<S: Store>(store: S) {

@@ -153,35 +153,32 @@ fn output_is_capped() {
     assert!(output.contains("[keel: output truncated at 1000 bytes]"));
 }
 
-#[test]
-fn an_attempt_outlives_its_launcher_and_is_adopted() {
+fn outlives_its_launcher_and_is_adopted(executor: fn() -> ProcessExecutor) {
     let dir = tempfile::tempdir().unwrap();
     let attempt = dir.path().join("a1");
-    // Launch from one runtime and drop it without waiting, as a killed Keel would.
-    let pid = {
+    // Launch from one runtime and executor, then drop both without waiting, as a killed Keel
+    // would.
+    {
         let runtime = runtime();
+        let launcher = executor();
         let running = runtime.block_on(async {
-            executor()
+            launcher
                 .launch(launch(&attempt, "sleep 0.5; echo done"))
                 .unwrap()
         });
-        let pid = running.pid.unwrap();
         drop(running);
-        pid
-    };
+        drop(launcher);
+    }
     let report = runtime().block_on(async {
-        match executor().adopt(attempt.clone(), Some(pid)) {
-            Adopted::Running(running) => {
-                assert_eq!(running.pid, Some(pid));
-                running.completion.await
-            }
+        match executor().adopt(attempt.clone(), None) {
+            Adopted::Running(running) => running.completion.await,
             Adopted::Finished(_) => panic!("finished too early"),
             Adopted::Gone => panic!("the supervisor should still be alive"),
         }
     });
     assert_eq!(report.outcome, Outcome::Succeeded);
     // Once over, adopting again finds the exit record.
-    match executor().adopt(attempt.clone(), Some(pid)) {
+    match executor().adopt(attempt.clone(), None) {
         Adopted::Finished(report) => assert_eq!(report.outcome, Outcome::Succeeded),
         _ => panic!("expected the finished record"),
     }
@@ -190,4 +187,90 @@ fn an_attempt_outlives_its_launcher_and_is_adopted() {
         executor().adopt(dir.path().join("never"), None),
         Adopted::Gone
     ));
+}
+
+#[test]
+fn an_attempt_forked_by_the_host_outlives_its_launcher_and_is_adopted() {
+    outlives_its_launcher_and_is_adopted(executor);
+}
+
+#[test]
+fn an_attempt_with_its_own_supervisor_process_outlives_its_launcher_and_is_adopted() {
+    outlives_its_launcher_and_is_adopted(|| executor().without_host());
+}
+
+#[test]
+fn an_attempt_survives_the_death_of_the_host_and_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = runtime().block_on(async {
+        let executor = executor();
+        let running = executor
+            .launch(launch(dir.path(), "sleep 0.4; echo finished"))
+            .unwrap();
+        let host = executor.host_pid().expect("the host started");
+        // Wait until the forked supervisor has started: its record file then holds its pid.
+        // (Killed before that, the attempt never starts and is reported lost, which the next
+        // test covers.)
+        for _ in 0..200 {
+            if std::fs::read_to_string(dir.path().join("attempt.lock"))
+                .unwrap_or_default()
+                .contains("pid")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // SAFETY: killing the host process this test started.
+        unsafe { libc::kill(host as i32, libc::SIGKILL) };
+        running.completion.await
+    });
+    assert_eq!(report.outcome, Outcome::Succeeded);
+    let output = std::fs::read_to_string(dir.path().join("output.log")).unwrap();
+    assert!(output.contains("finished"));
+}
+
+#[test]
+fn without_the_host_the_basics_still_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = executor().without_host();
+    let (ok, missing) = runtime().block_on(async {
+        let ok = executor
+            .launch(launch(&dir.path().join("ok"), "echo hi"))
+            .unwrap()
+            .completion
+            .await;
+        let mut spec = launch(&dir.path().join("missing"), "");
+        spec.command = vec!["keel-no-such-command-here".into()];
+        let missing = executor.launch(spec).unwrap().completion.await;
+        (ok, missing)
+    });
+    assert_eq!(ok.outcome, Outcome::Succeeded);
+    assert_eq!(missing.outcome, Outcome::FailedPermanent);
+    assert_eq!(executor.host_pid(), None);
+}
+
+#[test]
+fn a_launch_after_the_host_died_fails_over_to_its_own_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = runtime().block_on(async {
+        let executor = executor();
+        // Start the host, then kill it, then launch: the launch fails over to a supervisor
+        // process of its own.
+        drop(
+            executor
+                .launch(launch(&dir.path().join("warm"), "true"))
+                .unwrap()
+                .completion
+                .await,
+        );
+        let host = executor.host_pid().expect("the host started");
+        // SAFETY: killing the host process this test started.
+        unsafe { libc::kill(host as i32, libc::SIGKILL) };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let running = executor
+            .launch(launch(&dir.path().join("a1"), "echo after the host"))
+            .unwrap();
+        running.completion.await
+    });
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
 }
