@@ -1,0 +1,2011 @@
+//! The `keel` command line end to end: every bad input of issue 2 gets a clear error and the
+//! right exit code, and the behaviours of DESIGN §4–§5 hold when driven through the binary.
+//!
+//! Each test works in its own temporary project directory, which is also the working directory of
+//! every `keel` it starts, so whatever the tasks write lands there. Store state is checked through
+//! `keel status --json`, the way users and scripts see it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use insta::assert_snapshot;
+use serde_json::Value;
+
+use crate::support::{keel, keel_path, write_pipeline};
+
+const DAY: &str = "2026-01-18";
+
+/// The start of most test pipelines: one phase, no retries, timeouts far beyond any test.
+const HEADER: &str = r#"[pipeline]
+name = "t"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+retries = { attempts = 1, initial = "10ms", max = "50ms" }
+
+[phases.main]
+
+"#;
+
+fn pipeline(tasks: &str) -> String {
+    format!("{HEADER}{tasks}")
+}
+
+/// What one `keel` invocation did.
+#[derive(Debug)]
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// The exit code and output, for snapshots.
+    fn transcript(&self) -> String {
+        let mut text = format!(
+            "exit {}\n",
+            self.code.map_or("signal".into(), |code| code.to_string())
+        );
+        if !self.stderr.is_empty() {
+            text.push_str(&format!("--- stderr\n{}", self.stderr));
+        }
+        if !self.stdout.is_empty() {
+            text.push_str(&format!("--- stdout\n{}", self.stdout));
+        }
+        text
+    }
+}
+
+/// A temporary project directory holding `keel.toml` (or not), its state and the tasks' files.
+struct Project {
+    dir: tempfile::TempDir,
+    pipeline: PathBuf,
+}
+
+impl Project {
+    fn new(text: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = write_pipeline(dir.path(), text);
+        Project { dir, pipeline }
+    }
+
+    /// A directory without a pipeline file.
+    fn empty() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = dir.path().join("keel.toml");
+        Project { dir, pipeline }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.file(name)).unwrap_or_default()
+    }
+
+    /// `keel` started in the project directory, bounded in time.
+    fn command(&self) -> assert_cmd::Command {
+        let mut command = keel();
+        command
+            .current_dir(self.path())
+            .timeout(Duration::from_secs(20));
+        command
+    }
+
+    /// `keel ARGS…` exactly as given, with the project's path in its output redacted.
+    fn raw(&self, args: &[&str]) -> Ran {
+        let ran = self.unredacted(args);
+        Ran {
+            code: ran.code,
+            stdout: self.redact(&ran.stdout),
+            stderr: self.redact(&ran.stderr),
+        }
+    }
+
+    /// `keel ARGS…` with its output exactly as printed.
+    fn unredacted(&self, args: &[&str]) -> Ran {
+        let output = self.command().args(args).output().unwrap();
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `keel SUBCOMMAND <absolute pipeline path> ARGS…`.
+    fn keel(&self, subcommand: &str, args: &[&str]) -> Ran {
+        let pipeline = self.pipeline.to_str().unwrap();
+        let mut all = vec![subcommand, pipeline];
+        all.extend_from_slice(args);
+        self.raw(&all)
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        self.keel("run", args)
+    }
+
+    /// Replaces the project's path with `[DIR]`, so messages can be snapshotted.
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        let raw = self.path().display().to_string();
+        if let Ok(canonical) = self.path().canonicalize() {
+            text = text.replace(&canonical.display().to_string(), "[DIR]");
+        }
+        text.replace(&raw, "[DIR]")
+    }
+
+    /// `keel status --json`, parsed.
+    fn status(&self) -> Value {
+        let ran = self.keel("status", &["--json"]);
+        assert_eq!(ran.code, Some(0), "status --json failed: {}", ran.stderr);
+        serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|error| panic!("status --json is not JSON ({error}): {}", ran.stdout))
+    }
+
+    /// The newest run of `partition`, as `keel status --json` shows it.
+    fn run_json(&self, partition: &str) -> Value {
+        let status = self.status();
+        status["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|run| run["partition"] == partition)
+            .cloned()
+            .unwrap_or_else(|| panic!("no run of {partition} in {status:#}"))
+    }
+
+    /// One task of the newest run of `partition`.
+    fn task(&self, partition: &str, name: &str) -> Value {
+        let run = self.run_json(partition);
+        run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|task| task["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no task {name} in {run:#}"))
+    }
+
+    /// `keel status --partition D`: the table, with each task's message.
+    fn table(&self, partition: &str) -> String {
+        let ran = self.keel("status", &["--partition", partition]);
+        assert_eq!(
+            ran.code,
+            Some(0),
+            "status --partition failed: {}",
+            ran.stderr
+        );
+        ran.stdout
+    }
+
+    /// `keel logs` of a task; `attempt` None means the latest. The task's output is returned as
+    /// printed, its error messages with the project's path redacted.
+    fn logs(&self, partition: &str, task: &str, attempt: Option<u32>) -> Ran {
+        let attempt = attempt.map(|number| number.to_string());
+        let pipeline = self.pipeline.to_str().unwrap();
+        let mut args = vec!["logs", pipeline, task, "--partition", partition];
+        if let Some(number) = &attempt {
+            args.extend(["--attempt", number.as_str()]);
+        }
+        let ran = self.unredacted(&args);
+        Ran {
+            code: ran.code,
+            stdout: ran.stdout,
+            stderr: self.redact(&ran.stderr),
+        }
+    }
+
+    /// Starts `keel SUBCOMMAND <pipeline> ARGS…` in the background; its output goes to files.
+    fn spawn(&self, subcommand: &str, args: &[&str]) -> Background {
+        let stdout = std::fs::File::create(self.file(&format!("{subcommand}.stdout"))).unwrap();
+        let stderr = std::fs::File::create(self.file(&format!("{subcommand}.stderr"))).unwrap();
+        let child = Command::new(keel_path())
+            .arg(subcommand)
+            .arg(&self.pipeline)
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Background { child }
+    }
+
+    /// The pid a task wrote to `name`, once it is there.
+    fn pid_in(&self, name: &str) -> u32 {
+        let path = self.file(name);
+        wait_until(
+            &format!("{name} to be written"),
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&path).is_ok_and(|text| text.trim().parse::<u32>().is_ok()),
+        );
+        self.read(name).trim().parse().unwrap()
+    }
+
+    /// Every `output.log` under the state directory, with its size.
+    fn output_logs(&self) -> Vec<(PathBuf, u64)> {
+        fn walk(dir: &Path, found: &mut Vec<(PathBuf, u64)>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.file_name().is_some_and(|name| name == "output.log") {
+                    found.push((path.clone(), entry.metadata().unwrap().len()));
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&self.file(".keel"), &mut found);
+        found
+    }
+}
+
+/// A `keel` running in the background. Dropping it stops it (SIGTERM, then SIGKILL), so a failing
+/// test leaves no keel behind.
+struct Background {
+    child: Child,
+}
+
+impl Background {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keel (pid {}) did not finish within {timeout:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_dash_nine(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.pid(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kills, on drop, the `sleep` processes whose pids the tasks wrote to these files, in case Keel
+/// failed to. Only a process that is still a `sleep` is killed, so a reused pid is left alone.
+struct Reap(Vec<PathBuf>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if alive(pid) && String::from_utf8_lossy(&command).contains("sleep") {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a pid this test started or read from its own task's pid file.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `KEY=value` lines of a task's output, as a map.
+fn env_lines(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+fn is_lower_hex(text: &str, length: usize) -> bool {
+    text.len() == length
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+fn no_panic(ran: &Ran) {
+    assert!(
+        !ran.stderr.contains("panicked"),
+        "keel panicked: {}",
+        ran.stderr
+    );
+    assert!(
+        ran.code != Some(101),
+        "keel exited 101 (a panic): {}",
+        ran.stderr
+    );
+}
+
+/// A run id, as `status --json` reports it, in the text form messages use.
+fn run_id(run: &Value) -> String {
+    run["id"].to_string().trim_matches('"').to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: a pipeline file that is missing or wrong.
+
+#[test]
+fn missing_pipeline_file_names_the_path_and_suggests_keel_init() {
+    let project = Project::empty();
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(2));
+    assert!(ran.stderr.contains("[DIR]/keel.toml"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("keel init"), "{}", ran.stderr);
+    assert_snapshot!("missing_pipeline_file", ran.transcript());
+
+    // The default PIPELINE is ./keel.toml, and every command that reads it says the same.
+    let ran = project.raw(&["validate"]);
+    assert_eq!(ran.code, Some(2));
+    assert!(
+        ran.stderr
+            .contains("\"keel.toml\" not found; create one with `keel init`"),
+        "{}",
+        ran.stderr
+    );
+    let ran = project.raw(&["status", "--json"]);
+    assert_eq!(ran.code, Some(2));
+    assert!(ran.stderr.contains("keel init"), "{}", ran.stderr);
+    assert!(
+        !project.file(".keel").exists(),
+        "no state is created for a missing pipeline"
+    );
+}
+
+#[test]
+fn toml_syntax_error_reports_file_line_and_column() {
+    let project = Project::new("[pipeline]\nname = \"t\"\ntimezone = \"UTC\n\n[phases.main]\n");
+    let ran = project.keel("validate", &[]);
+    assert_eq!(ran.code, Some(2));
+    assert!(ran.stderr.contains("keel.toml:3:"), "{}", ran.stderr);
+    assert_snapshot!("toml_syntax_error", ran.transcript());
+    // `run` refuses the same file the same way, before touching any state.
+    let run = project.run(&["--partition", DAY]);
+    assert_eq!(run.code, Some(2));
+    assert_eq!(run.stderr, ran.stderr);
+    assert!(!project.file(".keel").exists());
+}
+
+#[test]
+fn unknown_field_gets_a_did_you_mean() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["true"]
+timout = "5m"
+"#,
+    ));
+    let ran = project.keel("validate", &[]);
+    assert_eq!(ran.code, Some(2));
+    assert!(
+        ran.stderr.contains(r#"did you mean "timeout"?"#),
+        "{}",
+        ran.stderr
+    );
+    assert_snapshot!("unknown_field", ran.transcript());
+}
+
+#[test]
+fn cycle_is_printed_as_a_path() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["true"]
+after = ["b"]
+
+[tasks.b]
+phase = "main"
+command = ["true"]
+after = ["a"]
+"#,
+    ));
+    let ran = project.keel("validate", &[]);
+    assert_eq!(ran.code, Some(2));
+    assert!(ran.stderr.contains("a → b → a"), "{}", ran.stderr);
+    assert_snapshot!("cycle", ran.transcript());
+}
+
+#[test]
+fn unknown_dependency_gets_a_did_you_mean() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.player_summary]
+phase = "main"
+command = ["true"]
+
+[tasks.ml_features]
+phase = "main"
+command = ["true"]
+after = ["player_summry"]
+"#,
+    ));
+    let ran = project.keel("validate", &[]);
+    assert_eq!(ran.code, Some(2));
+    assert!(
+        ran.stderr
+            .contains(r#"unknown dependency "player_summry" in task "ml_features""#),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains(r#"did you mean "player_summary"?"#),
+        "{}",
+        ran.stderr
+    );
+    assert_snapshot!("unknown_dependency", ran.transcript());
+}
+
+#[test]
+fn several_errors_in_one_file_are_all_reported_in_one_run() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "Mars/Olympus_Mons"
+partition = "date"
+
+[defaults]
+timeout = "10 parsecs"
+
+[phases.main]
+
+[tasks.summary]
+phase = "mian"
+command = ["true"]
+retries = { atempts = 3 }
+
+[tasks.report]
+phase = "main"
+command = ["true"]
+after = ["sumary"]
+"#,
+    );
+    let ran = project.keel("validate", &[]);
+    assert_eq!(ran.code, Some(2));
+    for needle in [
+        "Mars/Olympus_Mons",
+        "10 parsecs",
+        r#""mian""#,
+        r#""atempts""#,
+        r#""sumary""#,
+        "5 errors in",
+    ] {
+        assert!(
+            ran.stderr.contains(needle),
+            "{needle:?} missing from:\n{}",
+            ran.stderr
+        );
+    }
+    assert_snapshot!("several_errors", ran.transcript());
+}
+
+#[test]
+fn validate_accepts_the_keel_init_starter_and_it_runs() {
+    let project = Project::empty();
+    let ran = project.raw(&["init"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(project.pipeline.exists());
+
+    let ran = project.raw(&["validate"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("keel.toml is valid"), "{}", ran.stdout);
+    assert!(ran.stderr.is_empty(), "{}", ran.stderr);
+
+    // init refuses to overwrite a pipeline without --force.
+    let again = project.raw(&["init"]);
+    assert_ne!(again.code, Some(0));
+    assert!(
+        again.stderr.contains("already exists; pass --force"),
+        "{}",
+        again.stderr
+    );
+
+    let ran = project.raw(&["run", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let run = project.run_json(DAY);
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(run["tasks"].as_array().unwrap().len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input at run time.
+
+#[test]
+fn command_not_found_is_failed_permanent_and_never_retried() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["no-such-program-keel-test", "--flag"]
+retries = { attempts = 3, initial = "10ms" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    let task = project.task(DAY, "fetch");
+    assert_eq!(task["outcome"], "failed_permanent", "{task}");
+    assert_eq!(task["attempts"], 1, "{task}");
+    assert_eq!(project.run_json(DAY)["state"], "failed");
+    let table = project.table(DAY);
+    assert!(
+        table.contains("command not found: no-such-program-keel-test"),
+        "{table}"
+    );
+}
+
+#[test]
+fn state_directory_under_a_regular_file_is_a_clear_error() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    std::fs::write(project.file("plain-file"), "not a directory").unwrap();
+    let state = project.file("plain-file/sub/state.db");
+    let ran = project.run(&["--partition", DAY, "--state", state.to_str().unwrap()]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr.contains("[DIR]/plain-file/sub"),
+        "{}",
+        ran.stderr
+    );
+    assert_snapshot!("state_directory_under_a_file", ran.transcript());
+    assert_eq!(project.read("plain-file"), "not a directory");
+}
+
+/// Regression: the lock-file error printed its OS error twice ("…: No such file or directory
+/// (os error 2); check that the state directory is writable: No such file or directory (os error
+/// 2)"), because `LockError::Io` formats its source and anyhow prints the source chain again.
+#[test]
+fn state_directory_that_cannot_be_written_names_the_path_once_with_its_cause() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    let ran = project.run(&["--partition", DAY, "--state", "/proc/self/state.db"]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(ran.stderr.contains("/proc/self"), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.lines().count(),
+        1,
+        "one line of error: {}",
+        ran.stderr
+    );
+    assert_eq!(
+        ran.stderr.matches("(os error").count(),
+        1,
+        "the cause is given once: {}",
+        ran.stderr
+    );
+}
+
+/// 8 KiB of bytes from a fixed generator: never a valid SQLite header.
+fn garbage(length: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn corrupt_state_file_is_refused_and_left_untouched() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    let bytes = garbage(8192);
+    let database = project.file("state.db");
+    std::fs::write(&database, &bytes).unwrap();
+    let state = database.to_str().unwrap();
+
+    let ran = project.run(&["--partition", DAY, "--state", state]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1));
+    assert!(ran.stderr.contains("[DIR]/state.db"), "{}", ran.stderr);
+    assert_snapshot!("corrupt_state_file", ran.transcript());
+
+    let status = project.keel("status", &["--json", "--state", state]);
+    no_panic(&status);
+    assert_eq!(status.code, Some(1));
+    assert_eq!(status.stderr, ran.stderr);
+
+    assert_eq!(
+        std::fs::read(&database).unwrap(),
+        bytes,
+        "the file is left untouched"
+    );
+    assert!(!project.file("state.db-wal").exists());
+    assert!(!project.file("a.ran").exists());
+}
+
+#[test]
+fn damaged_keel_database_is_reported_corrupt_and_left_untouched() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    // Keep the header page, wreck the rest.
+    let database = project.file(".keel/state.db");
+    let mut bytes = std::fs::read(&database).unwrap();
+    assert!(bytes.len() > 4096);
+    let length = bytes.len();
+    bytes[4096..].copy_from_slice(&garbage(length - 4096));
+    std::fs::write(&database, &bytes).unwrap();
+
+    for args in [&["--json"][..], &["--partition", DAY][..]] {
+        let ran = project.keel("status", args);
+        no_panic(&ran);
+        assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+        assert!(
+            ran.stderr
+                .contains(r#"state store "[DIR]/.keel/state.db" is corrupt"#),
+            "{}",
+            ran.stderr
+        );
+        assert!(
+            ran.stderr.contains("restore it from a backup"),
+            "{}",
+            ran.stderr
+        );
+    }
+    let ran = project.run(&["--partition", "2026-01-19"]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    assert!(ran.stderr.contains("is corrupt"), "{}", ran.stderr);
+    assert_eq!(
+        std::fs::read(&database).unwrap(),
+        bytes,
+        "the file is left untouched"
+    );
+}
+
+/// Creates an SQLite database of another application with `tables` tables.
+fn foreign_database(path: &Path, tables: usize) {
+    let script = format!(
+        "import sqlite3, sys\nconnection = sqlite3.connect(sys.argv[1])\nfor n in range({tables}):\n    connection.execute(f'create table t{{n}} (id integer primary key, name text)')\n    connection.execute(f\"insert into t{{n}} (name) values ('ann')\")\nconnection.commit()\nconnection.close()\n"
+    );
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+}
+
+#[test]
+fn foreign_sqlite_database_is_refused_and_left_untouched() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let database = project.file("other-app.db");
+    foreign_database(&database, 2);
+    let before = std::fs::read(&database).unwrap();
+    let state = database.to_str().unwrap();
+
+    let ran = project.run(&["--partition", DAY, "--state", state]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1));
+    assert_snapshot!("foreign_sqlite_database", ran.transcript());
+    let status = project.keel("status", &["--json", "--state", state]);
+    assert_eq!(status.code, Some(1));
+    assert_eq!(status.stderr, ran.stderr);
+
+    assert_eq!(
+        std::fs::read(&database).unwrap(),
+        before,
+        "the file is left untouched"
+    );
+    assert!(!project.file("other-app.db-wal").exists());
+    assert!(!project.file("a.ran").exists(), "no task ran");
+}
+
+/// Regression: the foreign-database error said "it holds 1 tables".
+#[test]
+fn foreign_database_with_one_table_says_table_not_tables() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    let database = project.file("other-app.db");
+    foreign_database(&database, 1);
+    let ran = project.run(&["--partition", DAY, "--state", database.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr.contains("it holds 1 table and"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn second_run_on_the_same_state_is_refused_while_one_is_running() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.slow]
+phase = "main"
+command = ["sh", "-c", "echo started >> slow.ledger; sleep 3; echo finished >> slow.ledger"]
+
+[tasks.after_slow]
+phase = "main"
+command = ["sh", "-c", "echo ran >> after_slow.ledger"]
+after = ["slow"]
+"#,
+    ));
+    let mut first = project.spawn("run", &["--partition", DAY]);
+    // Wait for the task itself before asking for status: see
+    // status_while_the_first_run_creates_the_state_never_fails.
+    wait_until("the slow task to start", Duration::from_secs(10), || {
+        project.read("slow.ledger") == "started\n"
+    });
+    let status = project.status();
+    assert_eq!(status["runs"][0]["state"], "running", "{status:#}");
+    assert_eq!(
+        status["runs"][0]["tasks"][0]["state"], "running",
+        "{status:#}"
+    );
+
+    let expected = format!(
+        "another keel is running this pipeline (pid {})",
+        first.pid()
+    );
+    for (what, ran) in [
+        (
+            "run of the same partition",
+            project.run(&["--partition", DAY]),
+        ),
+        (
+            "run of another partition",
+            project.run(&["--partition", "2026-01-19"]),
+        ),
+        (
+            "run with --rerun",
+            project.run(&["--partition", DAY, "--rerun"]),
+        ),
+        (
+            "retry",
+            project.keel("retry", &["slow", "--partition", DAY]),
+        ),
+    ] {
+        no_panic(&ran);
+        assert_ne!(ran.code, Some(0), "{what}: {}", ran.transcript());
+        assert!(ran.stderr.contains(&expected), "{what}: {}", ran.stderr);
+    }
+    let ran = project.run(&["--partition", DAY]);
+    assert_snapshot!(
+        "second_run_refused",
+        ran.transcript().replace(&first.pid().to_string(), "[PID]")
+    );
+
+    // The first run is unharmed: it completes, and the store shows exactly one run.
+    let status = first.wait(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "first run: {status}\n{}",
+        project.read("run.stderr")
+    );
+    let runs = project.status()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["state"], "succeeded");
+    for task in runs[0]["tasks"].as_array().unwrap() {
+        assert_eq!(task["outcome"], "succeeded", "{task}");
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    assert_eq!(project.read("slow.ledger"), "started\nfinished\n");
+    assert_eq!(project.read("after_slow.ledger"), "ran\n");
+}
+
+/// Regression: `keel status` while the very first `keel run` was creating the state failed with
+/// "state store error: table runs already exists": both processes read `user_version` 0 before
+/// taking the write lock, and both ran the migrations.
+#[test]
+fn status_while_the_first_run_creates_the_state_never_fails() {
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        let project = Project::new(&pipeline(
+            "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+        ));
+        let mut run = project.spawn("run", &["--partition", DAY]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let finished = run.child.try_wait().unwrap().is_some();
+            let ran = project.keel("status", &["--json"]);
+            if ran.code != Some(0) {
+                failures.push(ran.stderr);
+            }
+            if finished || Instant::now() > deadline {
+                break;
+            }
+        }
+        let status = run.wait(Duration::from_secs(10));
+        assert!(status.success(), "{}", project.read("run.stderr"));
+        assert_eq!(project.run_json(DAY)["state"], "succeeded");
+    }
+    assert!(
+        failures.is_empty(),
+        "status failed {} times: {failures:#?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn bad_partition_value_exits_2() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    for partition in ["yesterday", "2026-02-30", "2026-13-01", "18/01/2026", ""] {
+        let ran = project.run(&["--partition", partition]);
+        assert_eq!(
+            ran.code,
+            Some(2),
+            "--partition {partition:?}: {}",
+            ran.transcript()
+        );
+        assert!(ran.stderr.contains("YYYY-MM-DD"), "{}", ran.stderr);
+    }
+    assert_snapshot!(
+        "bad_partition",
+        project.run(&["--partition", "yesterday"]).transcript()
+    );
+    let ran = project.keel("status", &["--partition", "yesterday"]);
+    assert_eq!(ran.code, Some(2), "{}", ran.transcript());
+    assert!(!project.file("a.ran").exists());
+    assert_eq!(project.status()["runs"], serde_json::json!([]));
+}
+
+#[test]
+fn from_after_to_exits_2() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let ran = project.run(&["--from", "2026-01-20", "--to", "2026-01-18"]);
+    assert_eq!(ran.code, Some(2));
+    assert_snapshot!("from_after_to", ran.transcript());
+    // A bad date in the range is a usage error too, and --from without --to is refused by clap.
+    assert_eq!(
+        project
+            .run(&["--from", "2026-01-18", "--to", "2026-01-1x"])
+            .code,
+        Some(2)
+    );
+    assert_eq!(project.run(&["--from", "2026-01-18"]).code, Some(2));
+    assert!(!project.file("a.ran").exists());
+    assert_eq!(project.status()["runs"], serde_json::json!([]));
+}
+
+#[test]
+fn only_with_an_unknown_task_exits_2_with_did_you_mean() {
+    let project = Project::new(&pipeline(
+        "[tasks.fetch_orders]\nphase = \"main\"\ncommand = [\"touch\", \"fetched\"]\n",
+    ));
+    let ran = project.run(&["--partition", DAY, "--only", "fetch_order"]);
+    assert_eq!(ran.code, Some(2));
+    assert!(
+        ran.stderr.contains(r#"did you mean "fetch_orders"?"#),
+        "{}",
+        ran.stderr
+    );
+    assert_snapshot!("only_unknown_task", ran.transcript());
+    assert!(!project.file("fetched").exists());
+    assert_eq!(
+        project.status()["runs"],
+        serde_json::json!([]),
+        "no run was created"
+    );
+}
+
+#[test]
+fn retry_of_an_unknown_task_exits_2_with_did_you_mean() {
+    let project = Project::new(&pipeline(
+        "[tasks.fetch_orders]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let ran = project.keel("retry", &["fetch_order", "--partition", DAY]);
+    assert_eq!(ran.code, Some(2));
+    assert_snapshot!("retry_unknown_task", ran.transcript());
+    assert_eq!(
+        project.task(DAY, "fetch_orders")["attempts"],
+        1,
+        "nothing was re-run"
+    );
+}
+
+#[test]
+fn retry_of_a_partition_without_a_run_exits_2() {
+    let project = Project::new(&pipeline(
+        "[tasks.fetch_orders]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let ran = project.keel("retry", &["fetch_orders", "--partition", "2026-01-20"]);
+    assert_eq!(ran.code, Some(2));
+    assert_snapshot!("retry_without_a_run", ran.transcript());
+}
+
+#[test]
+fn logs_of_a_missing_attempt_is_a_clear_error() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "echo try {attempt}; exit 1"]
+retries = { attempts = 2, initial = "10ms" }
+
+[tasks.downstream]
+phase = "main"
+command = ["true"]
+after = ["flaky"]
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(1));
+    let run = run_id(&project.run_json(DAY));
+
+    let ran = project.logs(DAY, "flaky", Some(5));
+    no_panic(&ran);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains("it has attempts 1, 2"),
+        "{}",
+        ran.stderr
+    );
+    let no_attempts = project.logs(DAY, "downstream", None);
+    assert_ne!(no_attempts.code, Some(0));
+    let no_run = project.logs("2026-01-19", "flaky", None);
+    assert_ne!(no_run.code, Some(0));
+    assert!(
+        no_run.stderr.contains("keel run --partition 2026-01-19"),
+        "{}",
+        no_run.stderr
+    );
+
+    let text = [ran, no_attempts, no_run]
+        .iter()
+        .map(Ran::transcript)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(&format!("run {run}"), "run [RUN]");
+    assert_snapshot!("logs_missing_attempt", text);
+}
+
+/// Regression: `keel logs` with a misspelt task said only `unknown task "flakey" in pipeline "t"`,
+/// while `run --only` and `retry` suggest the closest name.
+#[test]
+fn logs_of_an_unknown_task_exits_2_with_did_you_mean() {
+    let project = Project::new(&pipeline(
+        "[tasks.flaky]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let ran = project.logs(DAY, "flakey", None);
+    assert_eq!(ran.code, Some(2), "{}", ran.transcript());
+    assert!(
+        ran.stderr.contains(r#"unknown task "flakey""#),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains(r#"did you mean "flaky"?"#),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn malformed_result_file_fails_the_attempt_naming_the_file_and_the_parse_error() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.report]
+phase = "main"
+command = ["sh", "-c", "echo 'rows: many' > \"$KEEL_RESULT\""]
+"#,
+    ));
+    // Run from the project directory with the default pipeline, so paths in messages are short
+    // enough for the table's message column.
+    let ran = project.raw(&["run", "--partition", DAY]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    let task = project.task(DAY, "report");
+    assert_eq!(task["outcome"], "failed", "{task}");
+    let table = project.table(DAY);
+    assert!(
+        table.contains("result.json"),
+        "the message names the file:\n{table}"
+    );
+    assert!(
+        table.contains("line 1 column"),
+        "the message gives the parse error:\n{table}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour: exit codes and typed outcomes.
+
+#[test]
+fn run_exits_0_when_every_task_succeeds() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["true"]
+
+[tasks.b]
+phase = "main"
+command = ["sh", "-c", "exit 0"]
+after = ["a"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(
+        ran.stdout.contains("succeeded"),
+        "the summary table is printed: {}",
+        ran.stdout
+    );
+    assert_eq!(project.run_json(DAY)["state"], "succeeded");
+}
+
+#[test]
+fn run_exits_1_when_a_task_fails() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["true"]
+
+[tasks.b]
+phase = "main"
+command = ["sh", "-c", "exit 3"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    let run = project.run_json(DAY);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(project.task(DAY, "a")["outcome"], "succeeded");
+    assert_eq!(project.task(DAY, "b")["outcome"], "failed");
+}
+
+#[test]
+fn exit_65_is_failed_permanent_after_one_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.bad_data]
+phase = "main"
+command = ["sh", "-c", "echo attempt >> bad_data.ledger; exit 65"]
+retries = { attempts = 3, initial = "10ms" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1));
+    let task = project.task(DAY, "bad_data");
+    assert_eq!(task["outcome"], "failed_permanent", "{task}");
+    assert_eq!(task["attempts"], 1, "{task}");
+    assert_eq!(project.read("bad_data.ledger"), "attempt\n");
+}
+
+#[test]
+fn other_exit_codes_are_retried_up_to_the_attempts_then_failed() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "echo {attempt} >> flaky.ledger; exit 1"]
+retries = { attempts = 3, initial = "10ms", max = "50ms" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1));
+    let task = project.task(DAY, "flaky");
+    assert_eq!(task["outcome"], "failed", "{task}");
+    assert_eq!(task["attempts"], 3, "{task}");
+    assert_eq!(project.read("flaky.ledger"), "1\n2\n3\n");
+}
+
+#[test]
+fn a_transient_failure_that_recovers_succeeds_on_a_later_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "test {attempt} -ge 2"]
+retries = { attempts = 3, initial = "10ms", max = "50ms" }
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let task = project.task(DAY, "flaky");
+    assert_eq!(task["outcome"], "succeeded", "{task}");
+    assert_eq!(task["attempts"], 2, "{task}");
+}
+
+#[test]
+fn no_data_result_is_recorded_and_downstream_still_runs() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.scrape]
+phase = "main"
+command = ["sh", "-c", '''echo '{{"outcome":"no_data","message":"no games today","rows":0}}' > "$KEEL_RESULT"''']
+
+[tasks.load]
+phase = "main"
+command = ["touch", "load.ran"]
+after = ["scrape"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "no_data is not a failure: {}",
+        ran.transcript()
+    );
+    let scrape = project.task(DAY, "scrape");
+    assert_eq!(scrape["outcome"], "no_data", "{scrape}");
+    assert_eq!(scrape["attempts"], 1);
+    assert_eq!(project.task(DAY, "load")["outcome"], "succeeded");
+    assert!(project.file("load.ran").exists());
+    assert_eq!(project.run_json(DAY)["state"], "succeeded");
+}
+
+#[test]
+fn exit_75_is_not_ready_and_retried_uncharged_until_the_deadline() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.never_ready]
+phase = "main"
+command = ["sh", "-c", "echo check >> never_ready.ledger; exit 75"]
+deadline = "300ms"
+retries = { attempts = 2, initial = "20ms", max = "100ms" }
+
+[tasks.ready_on_third_check]
+phase = "main"
+command = ["sh", "-c", "test {attempt} -ge 3 || exit 75"]
+deadline = "10s"
+retries = { attempts = 1, initial = "20ms", max = "100ms" }
+"#,
+    ));
+    let started = Instant::now();
+    let ran = project.run(&["--partition", DAY]);
+    let elapsed = started.elapsed();
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "the deadline was not waited for: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the deadline did not end it: {elapsed:?}"
+    );
+
+    let never = project.task(DAY, "never_ready");
+    assert_eq!(never["outcome"], "not_ready", "{never}");
+    let checks = never["attempts"].as_u64().unwrap();
+    assert!(
+        checks > 2,
+        "not_ready must not use up the 2 attempts: {never}"
+    );
+    assert_eq!(
+        project.read("never_ready.ledger").lines().count() as u64,
+        checks
+    );
+    let table = project.table(DAY);
+    assert!(
+        table.contains("deadline"),
+        "the message says the deadline passed:\n{table}"
+    );
+
+    // Checks are not charged: with attempts = 1 the third check can still succeed.
+    let ready = project.task(DAY, "ready_on_third_check");
+    assert_eq!(ready["outcome"], "succeeded", "{ready}");
+    assert_eq!(ready["attempts"], 3, "{ready}");
+}
+
+#[test]
+fn downstream_of_a_failure_is_upstream_failed() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+
+[defaults]
+retries = { attempts = 1 }
+
+[phases.scrape]
+[phases.load]
+after = ["scrape"]
+
+[tasks.fetch]
+phase = "scrape"
+command = ["sh", "-c", "exit 65"]
+
+[tasks.sibling]
+phase = "scrape"
+command = ["true"]
+
+[tasks.parse]
+phase = "scrape"
+command = ["touch", "parse.ran"]
+after = ["fetch"]
+
+[tasks.load]
+phase = "load"
+command = ["touch", "load.ran"]
+"#,
+    );
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1));
+    for name in ["parse", "load"] {
+        let task = project.task(DAY, name);
+        assert_eq!(task["outcome"], "upstream_failed", "{task}");
+        assert_eq!(task["attempts"], 0, "{task}");
+        assert!(!project.file(&format!("{name}.ran")).exists());
+    }
+    assert_eq!(project.task(DAY, "sibling")["outcome"], "succeeded");
+    let table = project.table(DAY);
+    assert!(
+        table.contains(r#"upstream task "fetch" ended failed_permanent"#),
+        "{table}"
+    );
+}
+
+#[test]
+fn timeout_kills_the_task_and_the_processes_it_spawned() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.hangs]
+phase = "main"
+command = ["sh", "-c", "sleep 30 & echo $! > grandchild.pid; echo $$ > child.pid; sleep 30"]
+timeout = "300ms"
+"#,
+    ));
+    let _reap = Reap(vec![
+        project.file("grandchild.pid"),
+        project.file("child.pid"),
+    ]);
+    let started = Instant::now();
+    let ran = project.run(&["--partition", DAY]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    let task = project.task(DAY, "hangs");
+    assert_eq!(task["outcome"], "timed_out", "{task}");
+    assert_eq!(task["attempts"], 1);
+    assert!(project.table(DAY).contains("timed out after 300ms"));
+
+    let (child, grandchild) = (
+        project.pid_in("child.pid"),
+        project.pid_in("grandchild.pid"),
+    );
+    wait_until(
+        "the timed-out task and its child to be gone",
+        Duration::from_secs(5),
+        || !alive(child) && !alive(grandchild),
+    );
+}
+
+#[test]
+fn a_silent_task_is_stalled_but_output_or_heartbeat_keeps_a_task_alive() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.silent]
+phase = "main"
+command = ["sh", "-c", "echo $$ > silent.pid; exec sleep 30"]
+heartbeat = "300ms"
+
+[tasks.chatty]
+phase = "main"
+command = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo tick $i; sleep 0.1; done"]
+heartbeat = "600ms"
+
+[tasks.touches]
+phase = "main"
+command = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do touch \"$KEEL_HEARTBEAT\"; sleep 0.1; done"]
+heartbeat = "600ms"
+"#,
+    ));
+    let _reap = Reap(vec![project.file("silent.pid")]);
+    let started = Instant::now();
+    let ran = project.run(&["--partition", DAY]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    let silent = project.task(DAY, "silent");
+    assert_eq!(silent["outcome"], "stalled", "{silent}");
+    assert_eq!(silent["attempts"], 1);
+    assert!(project.table(DAY).contains("no sign of life for 300ms"));
+    let pid = project.pid_in("silent.pid");
+    wait_until(
+        "the stalled task to be killed",
+        Duration::from_secs(5),
+        || !alive(pid),
+    );
+    for name in ["chatty", "touches"] {
+        let task = project.task(DAY, name);
+        assert_eq!(task["outcome"], "succeeded", "{task}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour: the task contract.
+
+#[test]
+fn tasks_get_the_keel_environment() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "env_test"
+timezone = "UTC"
+
+[defaults]
+retries = { attempts = 2, initial = "10ms", max = "50ms" }
+
+[phases.main]
+
+[tasks.dump]
+phase = "main"
+command = ["sh", "-c", "env | grep -E '^(KEEL_|TRACEPARENT=)' | sort; touch \"$KEEL_HEARTBEAT\" && echo heartbeat=touched; test $KEEL_ATTEMPT -ge 2"]
+"#,
+    );
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    assert_eq!(project.run(&["--partition", "2026-01-19"]).code, Some(0));
+    let run = run_id(&project.run_json(DAY));
+
+    let first = project.logs(DAY, "dump", Some(1));
+    let second = project.logs(DAY, "dump", Some(2));
+    let other_day = project.logs("2026-01-19", "dump", None);
+    for ran in [&first, &second, &other_day] {
+        assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    }
+    let (first, second, other_day) = (
+        env_lines(&first.stdout),
+        env_lines(&second.stdout),
+        env_lines(&other_day.stdout),
+    );
+
+    for (attempt, env) in [("1", &first), ("2", &second)] {
+        assert_eq!(env["KEEL_PIPELINE"], "env_test");
+        assert_eq!(env["KEEL_RUN_ID"], run);
+        assert_eq!(env["KEEL_TASK"], "dump");
+        assert_eq!(env["KEEL_PARTITION"], DAY);
+        assert_eq!(env["KEEL_ATTEMPT"], attempt);
+        assert_eq!(env["heartbeat"], "touched", "KEEL_HEARTBEAT can be touched");
+        for key in ["KEEL_RESULT", "KEEL_HEARTBEAT"] {
+            let path = Path::new(&env[key]);
+            assert!(path.is_absolute(), "{key} = {path:?}");
+            assert!(
+                path.parent().unwrap().is_dir(),
+                "{key} is in an existing directory: {path:?}"
+            );
+        }
+        assert!(
+            env["KEEL_RESULT"].ends_with("result.json"),
+            "{}",
+            env["KEEL_RESULT"]
+        );
+        assert_ne!(env["KEEL_RESULT"], env["KEEL_HEARTBEAT"]);
+
+        let traceparent: Vec<&str> = env["TRACEPARENT"].split('-').collect();
+        assert_eq!(traceparent.len(), 4, "{}", env["TRACEPARENT"]);
+        assert_eq!(traceparent[0], "00");
+        assert!(
+            is_lower_hex(traceparent[1], 32) && traceparent[1] != "0".repeat(32),
+            "trace id {}",
+            traceparent[1]
+        );
+        assert!(
+            is_lower_hex(traceparent[2], 16) && traceparent[2] != "0".repeat(16),
+            "parent id {}",
+            traceparent[2]
+        );
+        assert!(is_lower_hex(traceparent[3], 2), "flags {}", traceparent[3]);
+    }
+    // Each attempt writes its own result file.
+    assert_ne!(first["KEEL_RESULT"], second["KEEL_RESULT"]);
+    // The idempotency key is stable for (pipeline, task, partition) and differs across partitions.
+    assert!(!first["KEEL_IDEMPOTENCY_KEY"].is_empty());
+    assert_eq!(
+        first["KEEL_IDEMPOTENCY_KEY"],
+        second["KEEL_IDEMPOTENCY_KEY"]
+    );
+    assert_ne!(
+        first["KEEL_IDEMPOTENCY_KEY"],
+        other_day["KEEL_IDEMPOTENCY_KEY"]
+    );
+    assert_eq!(other_day["KEEL_PARTITION"], "2026-01-19");
+}
+
+/// Regression: KEEL_RESULT and KEEL_HEARTBEAT were relative to keel's working directory when the
+/// pipeline was given as a relative path (the default `keel.toml`), so a task that changed
+/// directory wrote its result nowhere and its outcome was lost.
+#[test]
+fn result_file_works_after_the_task_changes_directory() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.scrape]
+phase = "main"
+command = ["sh", "-c", '''cd / && echo '{{"outcome":"no_data","rows":0}}' > "$KEEL_RESULT" && touch "$KEEL_HEARTBEAT"''']
+"#,
+    ));
+    let ran = project.raw(&["run", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let task = project.task(DAY, "scrape");
+    assert_eq!(
+        task["outcome"],
+        "no_data",
+        "{task}\n{}",
+        project.logs(DAY, "scrape", None).transcript()
+    );
+}
+
+#[test]
+fn templates_are_expanded_in_commands() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.tmpl]
+phase = "main"
+command = ["echo", "date={date}", "partition={partition}", "task={task}", "attempt={attempt}", "run={run_id}", "literal={{braces}}"]
+
+[tasks.per_attempt]
+phase = "main"
+command = ["sh", "-c", "echo attempt={attempt} env=$KEEL_ATTEMPT; test {attempt} -ge 2"]
+retries = { attempts = 2, initial = "10ms" }
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let run = run_id(&project.run_json(DAY));
+    let logs = project.logs(DAY, "tmpl", None);
+    assert_eq!(
+        logs.stdout,
+        format!("date={DAY} partition={DAY} task=tmpl attempt=1 run={run} literal={{braces}}\n")
+    );
+    assert_eq!(
+        project.logs(DAY, "per_attempt", Some(1)).stdout,
+        "attempt=1 env=1\n"
+    );
+    assert_eq!(
+        project.logs(DAY, "per_attempt", Some(2)).stdout,
+        "attempt=2 env=2\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour: the command line.
+
+#[test]
+fn a_finished_partition_is_not_run_again_unless_rerun() {
+    let project = Project::new(&pipeline(
+        "[tasks.count]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo {run_id} >> count.ledger\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let first = run_id(&project.run_json(DAY));
+
+    let again = project.run(&["--partition", DAY]);
+    assert_eq!(again.code, Some(0), "{}", again.transcript());
+    assert!(
+        again.stdout.contains("already finished as succeeded"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("--rerun"), "{}", again.stdout);
+    assert_eq!(
+        project.read("count.ledger"),
+        format!("{first}\n"),
+        "no work was done"
+    );
+
+    let rerun = project.run(&["--partition", DAY, "--rerun"]);
+    assert_eq!(rerun.code, Some(0), "{}", rerun.transcript());
+    let second = run_id(&project.run_json(DAY));
+    assert_ne!(first, second, "--rerun makes a new run");
+    assert_eq!(project.read("count.ledger"), format!("{first}\n{second}\n"));
+    // status shows the newest run of each partition.
+    let run = project.run_json(DAY);
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(project.status()["runs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn only_runs_the_named_tasks_and_skips_the_others() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+
+[phases.one]
+[phases.two]
+after = ["one"]
+
+[tasks.a]
+phase = "one"
+command = ["sh", "-c", "echo a >> ran.ledger"]
+
+[tasks.b]
+phase = "two"
+command = ["sh", "-c", "echo b >> ran.ledger"]
+
+[tasks.c]
+phase = "one"
+command = ["sh", "-c", "echo c >> ran.ledger"]
+
+[tasks.d]
+phase = "two"
+command = ["sh", "-c", "echo d >> ran.ledger"]
+"#,
+    );
+    let ran = project.run(&["--partition", DAY, "--only", "b", "c"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let mut ran_tasks: Vec<String> = project
+        .read("ran.ledger")
+        .lines()
+        .map(String::from)
+        .collect();
+    ran_tasks.sort();
+    assert_eq!(ran_tasks, ["b", "c"]);
+    for (name, outcome, attempts) in [
+        ("a", "skipped", 0),
+        ("b", "succeeded", 1),
+        ("c", "succeeded", 1),
+        ("d", "skipped", 0),
+    ] {
+        let task = project.task(DAY, name);
+        assert_eq!(task["outcome"], outcome, "{task}");
+        assert_eq!(task["attempts"], attempts, "{task}");
+    }
+}
+
+#[test]
+fn from_to_runs_every_partition_of_the_range() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo {partition} >> ran.ledger\"]\n",
+    ));
+    let ran = project.run(&["--from", "2026-01-31", "--to", "2026-02-02"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let mut partitions: Vec<String> = project
+        .read("ran.ledger")
+        .lines()
+        .map(String::from)
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, ["2026-01-31", "2026-02-01", "2026-02-02"]);
+    let status = project.status();
+    let mut stored: Vec<(String, String)> = status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            (
+                run["partition"].as_str().unwrap().to_string(),
+                run["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            ("2026-01-31".to_string(), "succeeded".to_string()),
+            ("2026-02-01".to_string(), "succeeded".to_string()),
+            ("2026-02-02".to_string(), "succeeded".to_string())
+        ]
+    );
+}
+
+#[test]
+fn status_json_has_the_contract_shape() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+
+[defaults]
+retries = { attempts = 1 }
+
+[phases.extract]
+[phases.load]
+after = ["extract"]
+
+[tasks.orders]
+phase = "extract"
+command = ["true"]
+
+[tasks.games]
+phase = "extract"
+command = ["sh", "-c", '''echo '{{"outcome":"no_data","rows":0}}' > "$KEEL_RESULT"''']
+
+[tasks.broken]
+phase = "extract"
+command = ["sh", "-c", "exit 65"]
+
+[tasks.warehouse]
+phase = "load"
+command = ["true"]
+"#,
+    );
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(1));
+    let mut status = project.status();
+
+    let runs = status["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    for key in ["id", "partition", "state", "tasks"] {
+        assert!(runs[0].get(key).is_some(), "run has {key}: {}", runs[0]);
+    }
+    for task in runs[0]["tasks"].as_array().unwrap() {
+        for key in ["name", "phase", "outcome", "attempts"] {
+            assert!(task.get(key).is_some(), "task has {key}: {task}");
+        }
+    }
+    for run in status["runs"].as_array_mut().unwrap() {
+        run["id"] = "[ID]".into();
+        if run.get("version").is_some() {
+            run["version"] = "[VERSION]".into();
+        }
+    }
+    assert_snapshot!(
+        "status_json",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+
+    // Before any run, the shape is the same with no runs.
+    let empty = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    assert_eq!(empty.status(), serde_json::json!({ "runs": [] }));
+}
+
+#[test]
+fn logs_prints_stdout_and_stderr_and_attempt_selects_one() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.noisy]
+phase = "main"
+command = ["sh", "-c", "echo out {attempt}; echo err {attempt} >&2; test {attempt} -ge 2"]
+retries = { attempts = 2, initial = "10ms" }
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let latest = project.logs(DAY, "noisy", None);
+    assert_eq!(latest.code, Some(0), "{}", latest.transcript());
+    assert!(
+        latest.stdout.contains("out 2") && latest.stdout.contains("err 2"),
+        "{}",
+        latest.stdout
+    );
+    assert!(!latest.stdout.contains("out 1"), "{}", latest.stdout);
+    let first = project.logs(DAY, "noisy", Some(1));
+    assert_eq!(first.code, Some(0), "{}", first.transcript());
+    assert!(
+        first.stdout.contains("out 1") && first.stdout.contains("err 1"),
+        "{}",
+        first.stdout
+    );
+    assert!(!first.stdout.contains("out 2"), "{}", first.stdout);
+}
+
+#[test]
+fn captured_output_is_capped() {
+    // 11 MB of output against the 10 MiB cap.
+    let project = Project::new(&pipeline(
+        r#"[tasks.loud]
+phase = "main"
+command = ["sh", "-c", "head -c 11000000 /dev/zero | tr '\\0' x; echo; echo the-end"]
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    assert_eq!(project.task(DAY, "loud")["outcome"], "succeeded");
+    let logs = project.output_logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let cap = 10 * 1024 * 1024;
+    assert!(
+        logs[0].1 <= cap + 200,
+        "the log file is bounded: {} bytes",
+        logs[0].1
+    );
+    assert!(
+        logs[0].1 >= cap,
+        "the log keeps output up to the cap: {} bytes",
+        logs[0].1
+    );
+    let printed = project.logs(DAY, "loud", None);
+    assert_eq!(printed.code, Some(0));
+    assert!(!printed.stdout.contains("the-end"));
+    assert!(
+        printed
+            .stdout
+            .trim_end()
+            .ends_with("[keel: output truncated at 10485760 bytes]")
+    );
+}
+
+#[test]
+fn retry_reruns_the_task_and_its_downstream_once_the_cause_is_fixed() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+
+[defaults]
+retries = { attempts = 1 }
+
+[phases.one]
+[phases.two]
+after = ["one"]
+
+[tasks.fetch]
+phase = "one"
+command = ["sh", "-c", "echo fetch >> ran.ledger; test -e fixed || exit 65"]
+
+[tasks.other]
+phase = "one"
+command = ["sh", "-c", "echo other >> ran.ledger"]
+
+[tasks.load]
+phase = "two"
+command = ["sh", "-c", "echo load >> ran.ledger"]
+"#,
+    );
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(1));
+    let failed = project.run_json(DAY);
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(project.task(DAY, "load")["outcome"], "upstream_failed");
+
+    // Retrying before the fix fails again.
+    let ran = project.keel("retry", &["fetch", "--partition", DAY]);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+
+    std::fs::write(project.file("fixed"), "").unwrap();
+    let ran = project.keel("retry", &["fetch", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(ran.stderr.contains("retrying fetch"), "{}", ran.stderr);
+    let run = project.run_json(DAY);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(
+        run["id"], failed["id"],
+        "the failed run itself is completed"
+    );
+    for name in ["fetch", "other", "load"] {
+        assert_eq!(project.task(DAY, name)["outcome"], "succeeded");
+    }
+    let ledger = project.read("ran.ledger");
+    let count = |name: &str| ledger.lines().filter(|line| *line == name).count();
+    assert_eq!(
+        (count("fetch"), count("other"), count("load")),
+        (3, 1, 1),
+        "{ledger}"
+    );
+}
+
+/// Regression: `keel retry` started the new attempt with the same number, in the same directory,
+/// as the failed one: its output was appended to the failed attempt's `output.log`, its exit
+/// record replaced the failed one's, and `keel logs --attempt 2` said "it has attempts 1, 1".
+#[test]
+fn retry_keeps_the_failed_attempts_output_and_numbers_the_new_attempt_after_it() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["sh", "-c", "if test -e fixed; then echo fetch-fixed; else echo fetch-broken; exit 65; fi"]
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(1));
+    std::fs::write(project.file("fixed"), "").unwrap();
+    let retry = project.keel("retry", &["fetch", "--partition", DAY]);
+    assert_eq!(retry.code, Some(0), "{}", retry.transcript());
+
+    let latest = project.logs(DAY, "fetch", None);
+    assert_eq!(
+        latest.stdout, "fetch-fixed\n",
+        "the latest attempt is the retry alone"
+    );
+    let second = project.logs(DAY, "fetch", Some(2));
+    assert_eq!(
+        second.stdout,
+        "fetch-fixed\n",
+        "the retry is attempt 2: {}",
+        second.transcript()
+    );
+    let first = project.logs(DAY, "fetch", Some(1));
+    assert_eq!(
+        first.stdout,
+        "fetch-broken\n",
+        "attempt 1 keeps its own output: {}",
+        first.transcript()
+    );
+    assert_eq!(
+        project.output_logs().len(),
+        2,
+        "{:?}",
+        project.output_logs()
+    );
+}
+
+#[test]
+fn cancel_from_another_process_stops_the_running_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.long]
+phase = "main"
+command = ["sh", "-c", "echo $$ > long.pid; exec sleep 30"]
+
+[tasks.later]
+phase = "main"
+command = ["touch", "later.ran"]
+after = ["long"]
+"#,
+    ));
+    let _reap = Reap(vec![project.file("long.pid")]);
+    let mut run = project.spawn("run", &["--partition", DAY]);
+    let pid = project.pid_in("long.pid");
+    wait_until("the run to be running", Duration::from_secs(10), || {
+        project.run_json(DAY)["state"] == "running"
+    });
+
+    let started = Instant::now();
+    let ran = project.keel("cancel", &["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(ran.stdout.contains("is cancelled"), "{}", ran.stdout);
+    let status = run.wait(Duration::from_secs(15));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "a cancelled run is not a success");
+
+    let state = project.run_json(DAY);
+    assert_eq!(state["state"], "cancelled", "{state:#}");
+    let long = project.task(DAY, "long");
+    assert_eq!(long["outcome"], "cancelled", "{long}");
+    assert_eq!(long["attempts"], 1);
+    assert_eq!(project.task(DAY, "later")["outcome"], "cancelled");
+    assert!(!project.file("later.ran").exists());
+    wait_until(
+        "the cancelled attempt to be stopped",
+        Duration::from_secs(5),
+        || !alive(pid),
+    );
+}
+
+#[test]
+fn cancel_with_no_keel_running_settles_the_run_and_stops_its_orphaned_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.long]
+phase = "main"
+command = ["sh", "-c", "echo $$ > long.pid; exec sleep 30"]
+
+[tasks.later]
+phase = "main"
+command = ["touch", "later.ran"]
+after = ["long"]
+"#,
+    ));
+    let _reap = Reap(vec![project.file("long.pid")]);
+    let mut run = project.spawn("run", &["--partition", DAY]);
+    let pid = project.pid_in("long.pid");
+    run.kill_dash_nine();
+    assert!(alive(pid), "the attempt outlives a killed keel");
+    assert_eq!(project.run_json(DAY)["state"], "running");
+
+    let ran = project.keel("cancel", &["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(ran.stdout.contains("is cancelled"), "{}", ran.stdout);
+    assert_eq!(project.run_json(DAY)["state"], "cancelled");
+    assert_eq!(project.task(DAY, "long")["outcome"], "cancelled");
+    assert_eq!(project.task(DAY, "later")["outcome"], "cancelled");
+    wait_until(
+        "the orphaned attempt to be stopped",
+        Duration::from_secs(5),
+        || !alive(pid),
+    );
+
+    // Cancelling it again, or a finished run, does nothing and says so.
+    let again = project.keel("cancel", &["--partition", DAY]);
+    assert_eq!(again.code, Some(0), "{}", again.transcript());
+    assert!(
+        again
+            .stdout
+            .contains("already finished as cancelled; nothing to cancel"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn cancel_without_a_run_is_a_clear_error() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    let no_state = project.keel("cancel", &["--partition", DAY]);
+    assert_ne!(no_state.code, Some(0));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let no_run = project.keel("cancel", &["--partition", "2026-01-19"]);
+    assert_ne!(no_run.code, Some(0));
+    let finished = project.keel("cancel", &["--partition", DAY]);
+    assert_eq!(finished.code, Some(0));
+    let run = run_id(&project.run_json(DAY));
+    let text = [no_state, no_run, finished]
+        .iter()
+        .map(Ran::transcript)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(&format!("run {run}"), "run [RUN]");
+    assert_snapshot!("cancel_without_a_run", text);
+}
+
+#[test]
+fn output_that_is_not_a_terminal_has_no_escape_codes() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.ok]
+phase = "main"
+command = ["sh", "-c", "echo fine"]
+
+[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "exit 1"]
+retries = { attempts = 2, initial = "10ms" }
+
+[tasks.slow]
+phase = "main"
+command = ["sleep", "0.4"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        !ran.stderr.contains('\x1b'),
+        "stderr has escape codes: {:?}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stdout.contains('\x1b'),
+        "stdout has escape codes: {:?}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("flaky"),
+        "the summary table is still printed: {}",
+        ran.stdout
+    );
+}
