@@ -240,6 +240,7 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
                     "outcome": task.outcome.filter(|_| task.state == keel_model::TaskState::Done).map(|outcome| outcome.as_str()),
                     "state": task.state.as_str(),
                     "attempts": task.attempts,
+                    "message": task.message,
                 })).collect::<Vec<_>>(),
             }));
         }
@@ -285,10 +286,9 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
     let spec = state::load_pipeline(&pipeline)?;
     let partition = state::check_partition(&spec, &args.partition)?;
     if spec.task(task).is_none() {
-        return Err(Exit::usage(format!(
-            "unknown task {task:?} in pipeline {:?}",
-            spec.name
-        )));
+        return Err(Exit::usage(
+            keel_engine::EngineError::unknown_task(&spec, task).to_string(),
+        ));
     }
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let store = paths

@@ -40,7 +40,7 @@ impl StatePaths {
         let (url, relative_to) = match (cli_state, spec.state.as_deref()) {
             (Some(url), _) => (url.to_string(), PathBuf::new()),
             (None, Some(url)) => (url.to_string(), base.clone()),
-            (None, None) => return Ok(StatePaths::in_dir(base.join(".keel"))),
+            (None, None) => return Ok(StatePaths::in_dir(absolute(&base.join(".keel"))?)),
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Err(Exit::usage(format!(
@@ -58,7 +58,7 @@ impl StatePaths {
                 redact_url(&url)
             )));
         }
-        let database = relative_to.join(path);
+        let database = absolute(&relative_to.join(path))?;
         let dir = database
             .parent()
             .map(Path::to_path_buf)
@@ -100,6 +100,18 @@ impl StatePaths {
         }
         Ok(Some(self.open()?))
     }
+}
+
+/// Tasks get paths under the state directory (`KEEL_RESULT`, `KEEL_HEARTBEAT`), and a task may
+/// change directory, so every state path is made absolute.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    std::path::absolute(path)
+        .with_context(|| format!("cannot resolve the state path {}", path.display()))
 }
 
 /// Hides a password in a URL so it never reaches a message.

@@ -199,17 +199,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .map(|name| {
                 self.dag
                     .index_of(name)
-                    .ok_or_else(|| EngineError::UnknownTask {
-                        task: name.clone(),
-                        suggestion: self
-                            .spec
-                            .tasks
-                            .iter()
-                            .map(|task| (strsim_like(name, &task.name), &task.name))
-                            .filter(|(distance, _)| *distance <= 3)
-                            .min_by_key(|(distance, _)| *distance)
-                            .map(|(_, candidate)| candidate.clone()),
-                    })
+                    .ok_or_else(|| EngineError::unknown_task(&self.spec, name))
             })
             .collect()
     }
@@ -274,7 +264,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 outcome: None,
                 not_before: None,
                 message: None,
-                reset_attempts: true,
+                reset_retry_budget: true,
                 reason: "manual retry".into(),
             });
         }
@@ -290,7 +280,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 outcome: None,
                 not_before: None,
                 message: None,
-                reset_attempts: true,
+                reset_retry_budget: true,
                 reason: format!("downstream of retried {because}"),
             });
         }
@@ -960,7 +950,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 outcome: Some(Outcome::UpstreamFailed),
                 not_before: None,
                 message: Some(reason.clone()),
-                reset_attempts: false,
+                reset_retry_budget: false,
                 reason: reason.clone(),
             })
             .collect();
@@ -1092,7 +1082,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     outcome: Some(Outcome::Cancelled),
                     not_before: None,
                     message: Some("the run was cancelled".into()),
-                    reset_attempts: false,
+                    reset_retry_budget: false,
                     reason: "the run was cancelled".into(),
                 })
                 .collect();
@@ -1142,7 +1132,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     message: Some(
                         "no path to start this task; its dependencies can never complete".into(),
                     ),
-                    reset_attempts: false,
+                    reset_retry_budget: false,
                     reason: "stuck".into(),
                 })
                 .collect();
@@ -1161,7 +1151,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 }
 
 /// Edit distance for "did you mean" on task names given on the command line.
-fn strsim_like(a: &str, b: &str) -> usize {
+pub(crate) fn strsim_like(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -39,3 +39,19 @@ pub enum EngineError {
         state: keel_model::RunState,
     },
 }
+
+impl EngineError {
+    /// An unknown task name, with the closest task of the pipeline as a suggestion.
+    pub fn unknown_task(spec: &keel_model::PipelineSpec, name: &str) -> EngineError {
+        EngineError::UnknownTask {
+            task: name.to_string(),
+            suggestion: spec
+                .tasks
+                .iter()
+                .map(|task| (engine::strsim_like(name, &task.name), &task.name))
+                .filter(|(distance, _)| *distance <= 3)
+                .min_by_key(|(distance, _)| *distance)
+                .map(|(_, candidate)| candidate.clone()),
+        }
+    }
+}

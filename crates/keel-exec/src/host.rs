@@ -303,11 +303,6 @@ impl HostClient {
         // SAFETY: both descriptors are new and ours.
         let (ours, theirs) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // The host inherits its end: see the process executor for why only this thread spawns.
-        // SAFETY: fcntl on our own descriptor.
-        if unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
         let mut command = std::process::Command::new(program);
         command
             .args(prefix)
@@ -315,6 +310,18 @@ impl HostClient {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let inherited = theirs.as_raw_fd();
+        // The host inherits its end of the socket, and no other child may: close-on-exec is
+        // cleared only in the forked child, between fork and exec.
+        // SAFETY: fcntl is async-signal-safe and touches only the child's descriptor table.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::fcntl(inherited, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command.spawn()?;
         drop(theirs);
         let socket = Arc::new(ours);

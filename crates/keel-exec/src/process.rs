@@ -209,13 +209,17 @@ impl Executor for ProcessExecutor {
             .stderr(std::process::Stdio::inherit())
             .process_group(0)
             .kill_on_drop(false);
-        // The supervisor must inherit the liveness lock. Clearing close-on-exec on our copy (rather
-        // than in a pre_exec hook) keeps the spawn on the fast posix_spawn path. No other child
-        // can inherit it by accident: only the engine's thread starts processes, one at a time,
-        // and our copy is closed right after this spawn.
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(lock_fd, libc::F_SETFD, 0) } == -1 {
-            return Err(std::io::Error::last_os_error());
+        // The supervisor inherits the liveness lock, and no other child may: close-on-exec is
+        // cleared only in the forked child, between fork and exec. (This path is the fallback;
+        // the attempt host receives the descriptor over its socket instead.)
+        // SAFETY: fcntl is async-signal-safe and touches only the child's descriptor table.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn()?;
         // The supervisor now holds the lock through its inherited descriptor.

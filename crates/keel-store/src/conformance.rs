@@ -350,7 +350,7 @@ async fn update_tasks_leaves_running_alone<S: Store>(store: S) {
         outcome: Some(Outcome::UpstreamFailed),
         not_before: None,
         message: None,
-        reset_attempts: false,
+        reset_retry_budget: false,
         reason: "test".into(),
     };
     let changed = store

@@ -13,9 +13,7 @@ pub enum LockError {
         "another keel is running this pipeline (pid {pid}); wait for it to finish or stop it first (lock {path:?})"
     )]
     Held { pid: String, path: PathBuf },
-    #[error(
-        "cannot create the lock file {path:?}: {source}; check that the state directory is writable"
-    )]
+    #[error("cannot create the lock file {path:?}; check that the state directory is writable")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -129,8 +129,9 @@ pub struct TaskChange {
     pub outcome: Option<Outcome>,
     pub not_before: Option<Millis>,
     pub message: Option<String>,
-    /// Resets the attempt counters, as a manual retry does.
-    pub reset_attempts: bool,
+    /// Gives the task a fresh retry budget, as a manual retry does. Attempt numbers keep
+    /// counting, so every attempt keeps its own number and output.
+    pub reset_retry_budget: bool,
     /// Why, for the event log.
     pub reason: String,
 }

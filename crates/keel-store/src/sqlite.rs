@@ -124,20 +124,22 @@ impl SqliteStore {
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(classify)?;
-        let application_id: i64 = connection
-            .query_row("PRAGMA application_id", [], |row| row.get(0))
-            .map_err(classify)?;
-        let user_version: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(classify)?;
-        let table_count: i64 = connection
-            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        // One statement, so one consistent snapshot even while another process migrates.
+        let (application_id, user_version, table_count): (i64, i64, i64) = connection
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id()),
+                        (SELECT user_version FROM pragma_user_version()),
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
             .map_err(classify)?;
         if application_id != APPLICATION_ID && (application_id != 0 || table_count > 0) {
             return Err(StoreError::Foreign {
                 path: display,
                 detail: format!(
-                    "it holds {table_count} tables and application id {application_id:#x}, not Keel's"
+                    "it holds {table_count} {} and application id {application_id:#x}, not Keel's",
+                    if table_count == 1 { "table" } else { "tables" }
                 ),
             });
         }
@@ -163,12 +165,29 @@ impl SqliteStore {
                 detail: integrity,
             });
         }
-        for (number, migration) in MIGRATIONS.iter().enumerate().skip(user_version as usize) {
-            let version = number as i64 + 1;
-            let batch = format!(
-                "BEGIN IMMEDIATE; {migration}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version}; COMMIT;"
-            );
-            connection.execute_batch(&batch).map_err(classify)?;
+        if user_version < known {
+            // Another process may be migrating the same file right now: decide what to apply
+            // only once holding the write lock.
+            connection
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(classify)?;
+            let migrated = (|| -> rusqlite::Result<()> {
+                let current: i64 =
+                    connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+                for (number, migration) in
+                    MIGRATIONS.iter().enumerate().skip(current.max(0) as usize)
+                {
+                    let version = number as i64 + 1;
+                    connection.execute_batch(&format!(
+                        "{migration}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version};"
+                    ))?;
+                }
+                connection.execute_batch("COMMIT")
+            })();
+            if let Err(error) = migrated {
+                let _ = connection.execute_batch("ROLLBACK");
+                return Err(classify(error));
+            }
         }
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
@@ -741,10 +760,9 @@ impl Store for SqliteStore {
             load_run(transaction, run)?;
             let mut changed = 0;
             for change in changes {
-                let reset = i64::from(change.reset_attempts);
+                let reset = i64::from(change.reset_retry_budget);
                 let count = cached_execute(transaction,
                     "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
-                         attempts = CASE WHEN ?6 = 1 THEN 0 ELSE attempts END,
                          charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
                          first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END
                      WHERE run_id = ?7 AND task = ?8 AND state <> 'running'",

@@ -162,7 +162,8 @@ after = ["player_game_summary", "scrape_injuries"]
 
     let dag = Dag::new(&spec);
     let ml_features = dag.index_of("ml_features").unwrap();
-    assert_eq!(dag.dependencies(ml_features), &[1, 2]);
+    // Phases are followed transitively: analytics runs after raw, which runs after scrape.
+    assert_eq!(dag.dependencies(ml_features), &[0, 1, 2]);
 }
 
 #[test]
