@@ -39,6 +39,9 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel a partition's run; running attempts are stopped and recorded as cancelled.
     Cancel(CancelArgs),
+    /// Run the bundled reference pipeline (hoops) over a week of dates with faults switched on,
+    /// and show how Keel heals them.
+    Demo(DemoArgs),
     /// Measure Keel's throughput and scheduling latency against a bare process spawn.
     Bench(BenchArgs),
     /// The attempt supervisor (internal).
@@ -143,4 +146,26 @@ pub struct BenchArgs {
     /// Keep the benchmark's state directory here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's state, warehouse and exports here (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many consecutive dates to run.
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// The first date.
+    #[arg(long, default_value = "2026-11-08")]
+    pub start: String,
+    /// The season's seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// The feed's faults (see examples/hoops/README.md); "none" for a clean feed.
+    #[arg(
+        long,
+        default_value = "latency=2ms..15ms,429=0.05,500=0.02,late_props=2,no_games=2026-11-11"
+    )]
+    pub faults: String,
 }

@@ -28,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Retry(args) => retry(state, args).await,
         Command::Cancel(args) => cancel(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
+        Command::Demo(args) => crate::demo::demo(args).await,
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),
     }
 }
@@ -80,6 +81,16 @@ pub fn build_engine(
     paths: &StatePaths,
     store: SqliteStore,
 ) -> Result<ProcessEngine> {
+    build_engine_with_env(spec, paths, store, Vec::new())
+}
+
+/// Like [`build_engine`], adding `extra_env` to every task's environment.
+pub fn build_engine_with_env(
+    spec: PipelineSpec,
+    paths: &StatePaths,
+    store: SqliteStore,
+    extra_env: Vec<(String, String)>,
+) -> Result<ProcessEngine> {
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
@@ -90,6 +101,7 @@ pub fn build_engine(
         log_cap: 10 << 20,
         lease_ttl: Duration::from_secs(600),
         poll_interval: Duration::from_millis(250),
+        extra_env,
     };
     Ok(Engine::new(
         store,

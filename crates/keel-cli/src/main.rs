@@ -6,6 +6,7 @@
 mod args;
 mod bench;
 mod commands;
+mod demo;
 mod display;
 mod state;
 
@@ -40,6 +41,18 @@ impl std::error::Error for Exit {}
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
+    // `keel demo` runs the reference pipeline's processors as this same binary, under the name
+    // `hoops`, so the demo needs nothing but `keel`.
+    let invoked_as = raw.first().map(|program| {
+        std::path::Path::new(program)
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    if invoked_as.as_deref() == Some("hoops") {
+        return ExitCode::from(hoops::cli::main(&raw[1..]) as u8);
+    }
     // The attempt supervisor starts for every attempt: dispatch before any other set-up.
     // The attempt supervisor and the attempt host (`__attempt __host`) start for every attempt
     // and once per run: dispatch before any other set-up.

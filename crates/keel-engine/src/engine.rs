@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often the store is asked for cancel requests from other processes.
     pub poll_interval: Duration,
+    /// Added to every task's environment (after the `KEEL_*` contract variables).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// What `keel run` asks for.
@@ -651,7 +653,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .map(|part| expand(part, &values))
             .collect();
         let span_id = self.random.hex(16);
-        let env = vec![
+        let mut env = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
             ("KEEL_RUN_ID".to_string(), run_id.clone()),
             ("KEEL_TASK".to_string(), task_spec.name.clone()),
@@ -678,6 +680,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 format!("00-{}-{span_id}-01", record.trace_id),
             ),
         ];
+        env.extend(self.config.extra_env.iter().cloned());
         let launch = Launch {
             dir,
             command,

@@ -8,6 +8,7 @@
 //! It must not talk to anything but loopback, and it never needs Keel to run: every task is a
 //! plain command.
 
+pub mod cli;
 pub mod date;
 pub mod faults;
 pub mod feed;

@@ -198,6 +198,7 @@ impl Harness {
                 log_cap: 1024,
                 lease_ttl: Duration::from_secs(60),
                 poll_interval: Duration::from_millis(20),
+                extra_env: vec![],
             },
         )
     }

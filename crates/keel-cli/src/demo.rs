@@ -1,0 +1,269 @@
+//! `keel demo`: the reference pipeline (`examples/hoops`) over a week of dates, against a feed
+//! with faults switched on, run by the real engine. It needs nothing but the `keel` binary: the
+//! processors are this binary under the name `hoops`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use keel_engine::{Prepared, RunRequest};
+use keel_model::{Outcome, RunState};
+use keel_store::Store;
+
+use crate::args::DemoArgs;
+use crate::commands::build_engine_with_env;
+use crate::state::StatePaths;
+
+const PIPELINE: &str = include_str!("../../../examples/hoops/keel.toml");
+
+/// The feed process; killed when dropped, so the demo never leaves it behind.
+struct Feed {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_feed(hoops: &Path, seed: u64, faults: &str, log: &Path) -> Result<Feed> {
+    let log =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut child = Command::new(hoops)
+        .args([
+            "feed",
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            &seed.to_string(),
+            "--faults",
+            faults,
+            "--exit-on-eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the demo feed")?;
+    let stdout = child.stdout.take().context("the feed has no stdout")?;
+    let mut first_line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first_line)
+        .context("cannot read the feed's address")?;
+    let Some(address) = first_line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        bail!("the demo feed did not start: {first_line:?}");
+    };
+    Ok(Feed {
+        address: address.to_string(),
+        child,
+    })
+}
+
+/// Puts a `hoops` that is this binary on a private PATH directory.
+fn install_hoops(dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let hoops = bin.join("hoops");
+    let _ = std::fs::remove_file(&hoops);
+    let keel = std::env::current_exe().context("cannot find the keel executable")?;
+    std::os::unix::fs::symlink(&keel, &hoops)
+        .with_context(|| format!("cannot create {}", hoops.display()))?;
+    Ok(hoops)
+}
+
+pub async fn demo(args: DemoArgs) -> Result<u8> {
+    let started = Instant::now();
+    let first = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d").map_err(|_| {
+        crate::Exit::usage(format!(
+            "--start {:?} is not a date; write it as YYYY-MM-DD",
+            args.start
+        ))
+    })?;
+    if args.days == 0 || args.days > 60 {
+        return Err(crate::Exit::usage(format!(
+            "--days {} is out of range; use 1 to 60",
+            args.days
+        )));
+    }
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("keel-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::path::absolute(&dir)?;
+    let pipeline = dir.join("keel.toml");
+    std::fs::write(&pipeline, PIPELINE)?;
+    let hoops = install_hoops(&dir)?;
+    let feed = start_feed(&hoops, args.seed, &args.faults, &dir.join("feed.log"))?;
+    println!(
+        "keel demo · the hoops reference pipeline · {} dates from {first}",
+        args.days
+    );
+    println!("feed on {} with faults: {}", feed.address, args.faults);
+    println!("state in {}", dir.display());
+    println!();
+
+    let spec = crate::state::load_pipeline(&pipeline)?;
+    let tasks = spec.tasks.len();
+    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
+    let _lock = paths.lock()?;
+    let store = paths.open()?;
+    let path_variable = format!(
+        "{}:{}",
+        hoops.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = vec![
+        ("PATH".to_string(), path_variable),
+        ("HOOPS_FEED".to_string(), format!("http://{}", feed.address)),
+        (
+            "HOOPS_WAREHOUSE".to_string(),
+            dir.join("warehouse.db").display().to_string(),
+        ),
+        (
+            "HOOPS_EXPORT_DIR".to_string(),
+            dir.join("exports").display().to_string(),
+        ),
+        // A 429 becomes "not ready" at once, so Keel's backoff handles it.
+        ("HOOPS_RETRY_AFTER_CAP".to_string(), "0".to_string()),
+    ];
+    let mut engine = build_engine_with_env(spec, &paths, store.clone(), env)?;
+
+    let mut all_good = true;
+    let mut accuracy_trend = Vec::new();
+    for offset in 0..args.days {
+        let date = (first + chrono::Duration::days(i64::from(offset)))
+            .format("%Y-%m-%d")
+            .to_string();
+        let date_started = Instant::now();
+        let prepared = engine
+            .prepare(&RunRequest {
+                partitions: vec![date.clone()],
+                only: vec![],
+                rerun: false,
+            })
+            .await?;
+        let run = match &prepared[0] {
+            Prepared::Created(run) | Prepared::Resumed(run) => {
+                engine.execute(&[*run], std::future::pending()).await?;
+                *run
+            }
+            Prepared::AlreadyFinished(record) => record.id,
+        };
+        let record = store.run(run).await?;
+        let attempts = store.attempts(run).await?;
+        let task_runs = store.task_runs(run).await?;
+        let no_data = task_runs
+            .iter()
+            .filter(|task| task.outcome == Some(Outcome::NoData))
+            .count();
+        // Failures that healed: tasks whose earlier attempts failed but which completed.
+        let mut healed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for task in task_runs
+            .iter()
+            .filter(|task| task.outcome.is_some_and(Outcome::is_complete))
+        {
+            for attempt in attempts.iter().filter(|attempt| attempt.task == task.task) {
+                if let Some(outcome) = attempt.outcome.filter(|outcome| !outcome.is_complete()) {
+                    healed
+                        .entry(task.task.clone())
+                        .or_default()
+                        .push(outcome.to_string());
+                }
+            }
+        }
+        let accuracy = attempts
+            .iter()
+            .filter(|attempt| {
+                attempt.task == "grading" && attempt.outcome == Some(Outcome::Succeeded)
+            })
+            .filter_map(|attempt| attempt.metrics.as_deref())
+            .filter_map(|metrics| serde_json::from_str::<serde_json::Value>(metrics).ok())
+            .filter_map(|metrics| {
+                Some((
+                    metrics.get("accuracy")?.as_f64()?,
+                    metrics.get("graded")?.as_f64()?,
+                ))
+            })
+            .next_back();
+        let mut line = format!(
+            "{date}  {:<9} {tasks} tasks, {} attempts in {:.1}s",
+            record.state.as_str(),
+            attempts.len(),
+            date_started.elapsed().as_secs_f64()
+        );
+        if no_data == tasks {
+            line.push_str(" · no games: every task reported no_data");
+        }
+        if let Some((accuracy, graded)) = accuracy {
+            line.push_str(&format!(
+                " · grading accuracy {:.1}% of {graded:.0} picks",
+                accuracy * 100.0
+            ));
+            accuracy_trend.push((date.clone(), accuracy));
+        }
+        println!("{line}");
+        for (task, failures) in &healed {
+            println!(
+                "            healed {task}: {} → succeeded",
+                failures.join(" → ")
+            );
+        }
+        if !matches!(record.state, RunState::Succeeded) {
+            all_good = false;
+            for task in task_runs
+                .iter()
+                .filter(|task| !task.outcome.is_some_and(Outcome::is_complete))
+            {
+                println!(
+                    "            {} {}: {}",
+                    task.task,
+                    task.outcome.map(Outcome::as_str).unwrap_or("unfinished"),
+                    task.message.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    drop(feed);
+    println!();
+    if !accuracy_trend.is_empty() {
+        let trend: Vec<String> = accuracy_trend
+            .iter()
+            .map(|(date, accuracy)| format!("{} {:.0}%", &date[5..], accuracy * 100.0))
+            .collect();
+        println!("grading accuracy trend: {}", trend.join(" · "));
+    }
+    let events: usize = {
+        let mut count = 0;
+        for run in store.list_runs("hoops", None, 1000).await? {
+            count += store.events(run.id).await?.len();
+        }
+        count
+    };
+    println!(
+        "{} dates in {:.1}s, {events} events in the log",
+        args.days,
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("inspect it with:");
+    println!("  keel status {}", pipeline.display());
+    println!("  keel status {} --partition {first}", pipeline.display());
+    println!(
+        "  keel logs {} --partition {first} scrape_props",
+        pipeline.display()
+    );
+    if all_good {
+        Ok(0)
+    } else {
+        println!("some dates did not succeed; see above");
+        Ok(1)
+    }
+}
