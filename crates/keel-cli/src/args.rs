@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// Start a new run even if the partition already finished.
     #[arg(long)]
     pub rerun: bool,
+    /// On a first SIGINT or SIGTERM, how long running attempts may finish before they are
+    /// stopped (to resume on the next run). A second signal stops them at once.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub grace: String,
     /// Only queue the run in the state store (executed by `keel serve`, not available yet).
     #[arg(long)]
     pub detach: bool,
@@ -125,6 +129,9 @@ pub struct RetryArgs {
     /// existing file, is taken as the pipeline file (default keel.toml).
     #[arg(required = true, num_args = 1.., value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
+    /// As for `keel run`.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub grace: String,
 }
 
 #[derive(Debug, Args)]

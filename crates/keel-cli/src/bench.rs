@@ -135,7 +135,9 @@ async fn run_case(
     let Prepared::Created(run) = prepared[0] else {
         anyhow::bail!("the benchmark state was not empty")
     };
-    let summaries = engine.execute(&[run], std::future::pending()).await?;
+    let summaries = engine
+        .execute(&[run], keel_engine::Shutdown::never())
+        .await?;
     let wall = begin.elapsed();
     anyhow::ensure!(
         summaries[0].state == keel_model::RunState::Succeeded,

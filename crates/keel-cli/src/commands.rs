@@ -62,6 +62,9 @@ fn validate(path: &Path) -> Result<u8> {
     Ok(0)
 }
 
+/// How long running attempts may finish after a first SIGINT or SIGTERM, unless `--grace` says.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 /// A process-unique lease owner: host, pid and a nonce.
 fn owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -102,6 +105,7 @@ pub fn build_engine_with_env(
         lease_ttl: Duration::from_secs(600),
         poll_interval: Duration::from_millis(250),
         extra_env,
+        shutdown_grace: DEFAULT_GRACE,
     };
     Ok(Engine::new(
         store,
@@ -113,22 +117,44 @@ pub fn build_engine_with_env(
     ))
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// The first SIGINT or SIGTERM drains (no new attempts; running ones may finish within the
+/// grace period); a second one stops everything at once.
+fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
     use tokio::signal::unix::{SignalKind, signal};
+    let (trigger, shutdown) = keel_engine::Shutdown::channel();
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        return std::future::pending().await;
+        return shutdown;
     };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
-    eprintln!(
-        "\nkeel: stopping; running attempts are stopped and will resume on the next `keel run`"
-    );
+    tokio::spawn(async move {
+        for round in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                eprintln!(
+                    "\nkeel: stopping; running attempts may finish for up to {}, then they are stopped and resume on the next `keel run`. Interrupt again to stop them now.",
+                    keel_model::format_duration(grace)
+                );
+                trigger.drain();
+            } else {
+                eprintln!(
+                    "\nkeel: stopping running attempts now; they resume on the next `keel run`"
+                );
+                trigger.now();
+            }
+        }
+    });
+    shutdown
+}
+
+/// Reads `--grace`.
+pub fn parse_grace(text: &str) -> Result<Duration> {
+    keel_model::parse_duration(text)
+        .map_err(|error| Exit::usage(format!("--grace {text:?}: {error}")))
 }
 
 /// The exit code for a set of runs: the worst of them.
@@ -149,9 +175,10 @@ async fn execute_and_report(
     engine: &mut ProcessEngine,
     runs: &[keel_model::RunId],
     mut finished_states: Vec<RunState>,
+    grace: Duration,
 ) -> Result<u8> {
     let progress = ProgressDisplay::start(engine);
-    let summaries: Vec<RunSummary> = engine.execute(runs, shutdown_signal()).await?;
+    let summaries: Vec<RunSummary> = engine.execute(runs, shutdown_on_signals(grace)).await?;
     progress.finish();
     let interrupted = summaries.iter().any(|summary| !summary.state.is_finished());
     for summary in &summaries {
@@ -167,6 +194,7 @@ async fn execute_and_report(
 
 async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    let grace = parse_grace(&args.grace)?;
     if args.detach {
         return Err(Exit::usage(
             "--detach needs `keel serve`, which is not available yet; run in the foreground without --detach",
@@ -210,7 +238,8 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     if runs.is_empty() {
         return Ok(exit_code(&finished_states));
     }
-    execute_and_report(&mut engine, &runs, finished_states).await
+    engine.set_shutdown_grace(grace);
+    execute_and_report(&mut engine, &runs, finished_states, grace).await
 }
 
 async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
@@ -360,6 +389,7 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
 async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     let (pipeline, tasks) = split_pipeline(&args.args);
     let spec = state::load_pipeline(&pipeline)?;
+    let grace = parse_grace(&args.grace)?;
     let partition = state::check_partition(&spec, &args.partition)?;
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let _lock = paths.lock()?;
@@ -377,7 +407,8 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
         "retrying {} in run {run} of partition {partition}, and everything downstream",
         tasks.join(", ")
     );
-    execute_and_report(&mut engine, &[run], Vec::new()).await
+    engine.set_shutdown_grace(grace);
+    execute_and_report(&mut engine, &[run], Vec::new(), grace).await
 }
 
 async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
@@ -405,7 +436,9 @@ async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
         Ok(_lock) => {
             // Nobody is executing the run: settle it here, stopping any attempt left running.
             let mut engine = build_engine(spec, &paths, store.clone())?;
-            engine.execute(&[run.id], std::future::pending()).await?;
+            engine
+                .execute(&[run.id], keel_engine::Shutdown::never())
+                .await?;
         }
         Err(_) => {
             // The keel that runs it sees the request within a second; wait for it to finish.

@@ -152,7 +152,9 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             .await?;
         let run = match &prepared[0] {
             Prepared::Created(run) | Prepared::Resumed(run) => {
-                engine.execute(&[*run], std::future::pending()).await?;
+                engine
+                    .execute(&[*run], keel_engine::Shutdown::never())
+                    .await?;
                 *run
             }
             Prepared::AlreadyFinished(record) => record.id,

@@ -1,6 +1,5 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often the store is asked for cancel requests from other processes.
     pub poll_interval: Duration,
+    /// How long running attempts may finish after a shutdown is asked for.
+    pub shutdown_grace: Duration,
     /// Added to every task's environment (after the `KEEL_*` contract variables).
     pub extra_env: Vec<(String, String)>,
 }
@@ -62,6 +63,55 @@ pub struct RunSummary {
     pub run: RunId,
     pub partition: String,
     pub state: RunState,
+}
+
+/// How far a shutdown has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownLevel {
+    Running,
+    /// Start nothing new; let running attempts finish within the grace period.
+    Drain,
+    /// Stop running attempts now.
+    Now,
+}
+
+/// The engine's side of a shutdown request; see [`Engine::execute`].
+#[derive(Debug, Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<ShutdownLevel>);
+
+/// Asks an engine to shut down.
+#[derive(Debug)]
+pub struct ShutdownTrigger(tokio::sync::watch::Sender<ShutdownLevel>);
+
+impl Shutdown {
+    /// A pair: the trigger to keep, the signal to pass to [`Engine::execute`].
+    pub fn channel() -> (ShutdownTrigger, Shutdown) {
+        let (sender, receiver) = tokio::sync::watch::channel(ShutdownLevel::Running);
+        (ShutdownTrigger(sender), Shutdown(receiver))
+    }
+
+    /// A shutdown that never comes.
+    pub fn never() -> Shutdown {
+        Shutdown::channel().1
+    }
+}
+
+impl ShutdownTrigger {
+    /// Start nothing new and let running attempts finish within the grace period.
+    pub fn drain(&self) {
+        self.0.send_if_modified(|level| {
+            let changed = *level == ShutdownLevel::Running;
+            if changed {
+                *level = ShutdownLevel::Drain;
+            }
+            changed
+        });
+    }
+
+    /// Stop running attempts now.
+    pub fn now(&self) {
+        self.0.send_replace(ShutdownLevel::Now);
+    }
 }
 
 /// Live progress for displays; the store's event log is the durable record.
@@ -187,6 +237,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.observer = Box::new(observer);
     }
 
+    /// How long running attempts may finish after a drain is asked for.
+    pub fn set_shutdown_grace(&mut self, grace: Duration) {
+        self.config.shutdown_grace = grace;
+    }
+
     pub fn spec(&self) -> &PipelineSpec {
         &self.spec
     }
@@ -296,13 +351,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(run.id)
     }
 
-    /// Executes `runs` until every one has finished or `shutdown` resolves. Attempts that a
-    /// previous Keel left live are recovered first: adopted if still running, recorded if they
-    /// ended meanwhile, and otherwise marked `lost` and retried.
+    /// Executes `runs` until every one has finished, or until a shutdown: on [`Shutdown`]'s
+    /// drain no attempt starts any more and running ones may finish for up to
+    /// `EngineConfig::shutdown_grace`, after which they are stopped and left to be resumed; on
+    /// its "now" they are stopped at once. Attempts that a previous Keel left live are recovered
+    /// first: adopted if still running, recorded if they ended meanwhile, and otherwise marked
+    /// `lost` and retried.
     pub async fn execute(
         &mut self,
         runs: &[RunId],
-        shutdown: impl Future<Output = ()>,
+        mut shutdown: Shutdown,
     ) -> Result<Vec<RunSummary>, EngineError> {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let mut book = Book {
@@ -323,7 +381,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         for run in to_load {
             self.load_run(&mut book, run, &live).await?;
         }
-        tokio::pin!(shutdown);
+        let mut shutdown_open = true;
+        let mut drain_deadline: Option<Millis> = None;
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -356,8 +415,37 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     }
                 } => self.fire_timers(&mut book),
                 _ = poll.tick() => self.poll_requests(&mut book).await?,
-                _ = &mut shutdown, if !book.shutting_down => {
-                    book.shutting_down = true;
+                changed = shutdown.0.changed(), if shutdown_open => {
+                    let level = if changed.is_ok() { *shutdown.0.borrow_and_update() } else { ShutdownLevel::Running };
+                    if changed.is_err() {
+                        shutdown_open = false;
+                    }
+                    match level {
+                        ShutdownLevel::Drain if !book.shutting_down => {
+                            book.shutting_down = true;
+                            drain_deadline = Some(self.clock.now() + self.config.shutdown_grace.as_millis() as Millis);
+                        }
+                        ShutdownLevel::Now => {
+                            book.shutting_down = true;
+                            drain_deadline = None;
+                            for live in book.live.values() {
+                                (live.stop)();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = {
+                    let clock = self.clock.clone();
+                    async move {
+                        match drain_deadline {
+                            Some(at) => clock.sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    }
+                } => {
+                    // The grace period is over: stop what still runs; it resumes next time.
+                    drain_deadline = None;
                     for live in book.live.values() {
                         (live.stop)();
                     }

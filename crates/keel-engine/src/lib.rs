@@ -13,7 +13,10 @@ mod engine;
 pub mod template;
 
 pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};
-pub use engine::{Engine, EngineConfig, Prepared, Progress, RunRequest, RunSummary};
+pub use engine::{
+    Engine, EngineConfig, Prepared, Progress, RunRequest, RunSummary, Shutdown, ShutdownLevel,
+    ShutdownTrigger,
+};
 pub use template::expand;
 
 /// Errors the engine reports to its caller. Task failures are not errors: they are outcomes.

@@ -199,6 +199,7 @@ impl Harness {
                 lease_ttl: Duration::from_secs(60),
                 poll_interval: Duration::from_millis(20),
                 extra_env: vec![],
+                shutdown_grace: Duration::from_secs(30),
             },
         )
     }
@@ -220,7 +221,7 @@ async fn run_partition(
         Prepared::AlreadyFinished(ref record) => return record.state,
     };
     let summaries = engine
-        .execute(&[run], std::future::pending())
+        .execute(&[run], keel_engine::Shutdown::never())
         .await
         .unwrap();
     summaries[0].state
@@ -304,7 +305,7 @@ async fn a_failure_is_retried_only_after_its_backoff_on_the_manual_clock() {
     let store = harness.store.clone();
     let handle = tokio::spawn(async move {
         engine
-            .execute(&[run], std::future::pending())
+            .execute(&[run], keel_engine::Shutdown::never())
             .await
             .unwrap()
     });
@@ -406,7 +407,7 @@ async fn retries_stop_at_the_policy_and_downstream_becomes_upstream_failed() {
     let clock = harness.clock.clone();
     let handle = tokio::spawn(async move {
         engine
-            .execute(&[run], std::future::pending())
+            .execute(&[run], keel_engine::Shutdown::never())
             .await
             .unwrap()
     });
@@ -468,7 +469,7 @@ async fn not_ready_is_requeued_without_using_attempts_until_the_deadline() {
     let clock = harness.clock.clone();
     let handle = tokio::spawn(async move {
         engine
-            .execute(&[run], std::future::pending())
+            .execute(&[run], keel_engine::Shutdown::never())
             .await
             .unwrap()
     });
@@ -509,7 +510,7 @@ async fn the_global_concurrency_cap_holds() {
     };
     let handle = tokio::spawn(async move {
         engine
-            .execute(&[run], std::future::pending())
+            .execute(&[run], keel_engine::Shutdown::never())
             .await
             .unwrap()
     });
@@ -637,7 +638,7 @@ async fn cancel_stops_running_attempts_and_settles_the_rest() {
     };
     let handle = tokio::spawn(async move {
         engine
-            .execute(&[run], std::future::pending())
+            .execute(&[run], keel_engine::Shutdown::never())
             .await
             .unwrap()
     });
@@ -656,12 +657,16 @@ async fn cancel_stops_running_attempts_and_settles_the_rest() {
     assert_eq!(tasks, [Some(Outcome::Cancelled), Some(Outcome::Cancelled)]);
 }
 
-#[tokio::test]
-async fn a_shutdown_leaves_interrupted_tasks_to_be_resumed() {
-    let harness = Harness::new();
-    *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
-    let spec = pipeline(vec![task("slow", "a", &[], 1)], 8);
-    let mut engine = harness.engine(spec.clone());
+/// Starts `spec` for one partition in the background with a shutdown trigger.
+async fn start_in_background(
+    harness: &Harness,
+    spec: PipelineSpec,
+) -> (
+    keel_model::RunId,
+    keel_engine::ShutdownTrigger,
+    tokio::task::JoinHandle<Vec<keel_engine::RunSummary>>,
+) {
+    let mut engine = harness.engine(spec);
     let run = match engine
         .prepare(&RunRequest {
             partitions: vec!["2026-01-18".into()],
@@ -673,18 +678,20 @@ async fn a_shutdown_leaves_interrupted_tasks_to_be_resumed() {
         Prepared::Created(run) => run,
         ref other => panic!("{other:?}"),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        engine
-            .execute(&[run], async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
+    let (trigger, shutdown) = keel_engine::Shutdown::channel();
+    let handle = tokio::spawn(async move { engine.execute(&[run], shutdown).await.unwrap() });
+    (run, trigger, handle)
+}
+
+#[tokio::test]
+async fn a_shutdown_now_leaves_interrupted_tasks_to_be_resumed() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
+    let spec = pipeline(vec![task("slow", "a", &[], 1)], 8);
+    let (run, trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let executor = harness.executor.clone();
     eventually("slow to start", || executor.launches().len() == 1).await;
-    stop.send(()).unwrap();
+    trigger.now();
     assert_eq!(handle.await.unwrap()[0].state, RunState::Running);
     let task = harness.store.task_runs(run).await.unwrap().remove(0);
     assert_eq!((task.state, task.charged), (TaskState::Pending, 0));
@@ -693,6 +700,61 @@ async fn a_shutdown_leaves_interrupted_tasks_to_be_resumed() {
     assert_eq!(
         run_partition(&mut engine, "2026-01-18").await,
         RunState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_drain_lets_running_attempts_finish_within_the_grace_and_starts_nothing_new() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
+    let spec = pipeline(
+        vec![task("slow", "a", &[], 1), task("next", "b", &[], 1)],
+        8,
+    );
+    let (run, trigger, handle) = start_in_background(&harness, spec.clone()).await;
+    let executor = harness.executor.clone();
+    eventually("slow to start", || executor.launches().len() == 1).await;
+    trigger.drain();
+    // Well inside the 30 s grace the attempt is left alone, and it finishes normally.
+    harness.clock.advance(29_000);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(
+        !handle.is_finished(),
+        "the drain stopped a running attempt before its grace ran out"
+    );
+    harness.executor.release.notify_waiters();
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Running);
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    assert_eq!(
+        tasks[0].outcome,
+        Some(Outcome::Succeeded),
+        "the running attempt finished"
+    );
+    assert_eq!(
+        tasks[1].state,
+        TaskState::Pending,
+        "nothing new started during the drain"
+    );
+    assert_eq!(harness.executor.launches().len(), 1);
+}
+
+#[tokio::test]
+async fn a_drain_stops_what_still_runs_when_the_grace_runs_out() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
+    let spec = pipeline(vec![task("slow", "a", &[], 1)], 8);
+    let (run, trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    eventually("slow to start", || executor.launches().len() == 1).await;
+    trigger.drain();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    harness.clock.advance(30_000);
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Running);
+    let task = harness.store.task_runs(run).await.unwrap().remove(0);
+    assert_eq!(
+        (task.state, task.charged),
+        (TaskState::Pending, 0),
+        "stopped at the end of the grace, to be resumed"
     );
 }
 

@@ -45,7 +45,7 @@ proptest! {
                 ref other => panic!("{other:?}"),
             };
             let clock = harness.clock.clone();
-            let handle = tokio::spawn(async move { engine.execute(&[run], std::future::pending()).await.unwrap() });
+            let handle = tokio::spawn(async move { engine.execute(&[run], keel_engine::Shutdown::never()).await.unwrap() });
             while !handle.is_finished() {
                 clock.advance(120_000);
                 tokio::time::sleep(Duration::from_millis(1)).await;
