@@ -968,6 +968,7 @@ fn build_spec(
             .map(|phase| PhaseSpec {
                 name: phase.name.name,
                 after: phase.after.into_iter().map(|after| after.name).collect(),
+                gate: None,
             })
             .collect(),
         tasks: tasks
@@ -984,7 +985,10 @@ fn build_spec(
                     .deadline
                     .or(defaults.deadline)
                     .unwrap_or(DEFAULT_DEADLINE),
+                uses: Vec::new(),
+                wait_for: None,
             })
             .collect(),
+        resources: Vec::new(),
     }
 }

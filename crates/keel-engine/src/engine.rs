@@ -14,6 +14,7 @@ use keel_store::{
 };
 use tokio::sync::mpsc;
 
+use crate::gate::{GateStatus, Topology, Verdict, judge};
 use crate::template::{TemplateValues, expand};
 use crate::{Clock, EngineError, Random};
 
@@ -145,6 +146,13 @@ pub enum Progress {
         message: Option<String>,
         retry_at: Option<Millis>,
     },
+    /// A gate let downstream proceed without these tasks of its phase.
+    GateOpened {
+        run: RunId,
+        partition: String,
+        phase: String,
+        missing: Vec<String>,
+    },
     TasksSettled {
         run: RunId,
         partition: String,
@@ -166,6 +174,7 @@ pub struct Engine<S: Store, E: Executor, C: Clock> {
     random: Box<dyn Random>,
     spec: Arc<PipelineSpec>,
     dag: Dag,
+    topology: Topology,
     config: EngineConfig,
     observer: Box<dyn FnMut(Progress) + Send>,
 }
@@ -182,8 +191,14 @@ struct Slot {
 struct ActiveRun {
     record: RunRecord,
     slots: Vec<Slot>,
-    /// Per task: dependencies not yet complete.
+    /// Per task: dependencies not yet complete (and not waived by an open gate).
     remaining: Vec<u32>,
+    /// Per gate of the topology.
+    gates: Vec<GateStatus>,
+    /// Per task: missing when its phase's gate opened; downstream went on without it.
+    waived: Vec<bool>,
+    /// Per task: an upstream task landed late while this one ran; run it again when it ends.
+    needs_rerun: Vec<bool>,
     done: usize,
     cancelling: bool,
     finished: bool,
@@ -197,13 +212,24 @@ struct Live {
     stop: Arc<dyn Fn() + Send + Sync>,
 }
 
+/// What a timer wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    Task(TaskIndex),
+    Gate(usize),
+}
+
 struct Book {
     runs: Vec<ActiveRun>,
     ready: VecDeque<(usize, TaskIndex)>,
-    timers: BinaryHeap<Reverse<(Millis, usize, TaskIndex)>>,
+    timers: BinaryHeap<Reverse<(Millis, usize, Wake)>>,
     live: HashMap<AttemptId, Live>,
     sender: mpsc::UnboundedSender<(AttemptId, Report)>,
     shutting_down: bool,
+}
+
+fn is_complete(slot: &Slot) -> bool {
+    slot.state == TaskState::Done && slot.outcome.is_some_and(Outcome::is_complete)
 }
 
 fn lost_report(message: &str) -> Report {
@@ -220,6 +246,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         config: EngineConfig,
     ) -> Engine<S, E, C> {
         let dag = Dag::new(&spec);
+        let topology = Topology::new(&spec, &dag);
         Engine {
             store,
             executor: Arc::new(executor),
@@ -227,6 +254,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             random,
             spec: Arc::new(spec),
             dag,
+            topology,
             config,
             observer: Box::new(|_| {}),
         }
@@ -413,7 +441,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         Some(at) => clock.sleep_until(at).await,
                         None => std::future::pending().await,
                     }
-                } => self.fire_timers(&mut book),
+                } => {
+                    for (run_index, gate) in self.fire_timers(&mut book) {
+                        self.evaluate_gate(&mut book, run_index, gate).await?;
+                        self.finish_run_if_done(&mut book, run_index).await?;
+                    }
+                }
                 _ = poll.tick() => self.poll_requests(&mut book).await?,
                 changed = shutdown.0.changed(), if shutdown_open => {
                     let level = if changed.is_ok() { *shutdown.0.borrow_and_update() } else { ShutdownLevel::Running };
@@ -500,6 +533,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         book.runs.push(ActiveRun {
             record: record.clone(),
             remaining: vec![0; slots.len()],
+            gates: vec![GateStatus::Waiting; self.topology.gates.len()],
+            waived: vec![false; slots.len()],
+            needs_rerun: vec![false; slots.len()],
             done: 0,
             slots,
             cancelling: false,
@@ -508,7 +544,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if record.state.is_finished() {
             return Ok(());
         }
-        // Count unfinished dependencies and find what can start.
+        // Count what is done, settle the gates as the stored states imply, and find what can
+        // start.
         let active = &mut book.runs[run_index];
         let mut failed_roots = Vec::new();
         for task in 0..self.dag.len() {
@@ -519,18 +556,40 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     failed_roots.push(task);
                 }
             }
-            active.remaining[task] = self
-                .dag
-                .dependencies(task)
-                .iter()
-                .filter(|dependency| {
-                    let dependency = &active.slots[**dependency];
-                    !(dependency.state == TaskState::Done
-                        && dependency.outcome.is_some_and(Outcome::is_complete))
-                })
-                .count() as u32;
         }
         let now = self.clock.now();
+        for (gate, definition) in self.topology.gates.iter().enumerate() {
+            let complete = |task: TaskIndex| is_complete(&active.slots[task]);
+            let done = |task: TaskIndex| active.slots[task].state == TaskState::Done;
+            // Downstream work that already started means the gate had opened.
+            let opened = definition.tasks.iter().any(|task| {
+                self.dag.dependents(*task).iter().any(|dependent| {
+                    !self.topology.same_phase(*task, *dependent)
+                        && active.slots[*dependent].state != TaskState::Pending
+                })
+            });
+            active.gates[gate] = match judge(definition, complete, done) {
+                Verdict::Sufficient { all_done } if all_done || opened => GateStatus::Open,
+                Verdict::Sufficient { .. } => {
+                    book.timers.push(Reverse((
+                        now + definition.grace,
+                        run_index,
+                        Wake::Gate(gate),
+                    )));
+                    GateStatus::Sufficient {
+                        open_at: now + definition.grace,
+                    }
+                }
+                Verdict::Insufficient => GateStatus::Failed,
+                Verdict::Undecided => GateStatus::Waiting,
+            };
+            if active.gates[gate] == GateStatus::Open {
+                for task in &definition.tasks {
+                    active.waived[*task] = !is_complete(&active.slots[*task]);
+                }
+            }
+        }
+        self.recompute_remaining(active);
         for task in 0..self.dag.len() {
             let slot = &active.slots[task];
             match slot.state {
@@ -542,7 +601,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         .get(self.dag.name(task))
                         .and_then(|task| task.not_before)
                         .unwrap_or(now);
-                    book.timers.push(Reverse((stored, run_index, task)));
+                    book.timers
+                        .push(Reverse((stored, run_index, Wake::Task(task))));
                 }
                 _ => {}
             }
@@ -686,7 +746,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     }
                     Err(StoreError::AlreadyLive { .. }) => {
                         // Another run of this partition is running the task; try again shortly.
-                        book.timers.push(Reverse((now + 1_000, run_index, task)));
+                        book.timers
+                            .push(Reverse((now + 1_000, run_index, Wake::Task(task))));
                     }
                     Err(StoreError::NotClaimable { .. }) => {}
                     Err(error) => return Err(error.into()),
@@ -953,7 +1014,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     slot.state = TaskState::Waiting;
                     slot.charged += u32::from(*charge);
                     book.timers
-                        .push(Reverse((*not_before, live.run, live.task)));
+                        .push(Reverse((*not_before, live.run, Wake::Task(live.task))));
                     Some(*not_before)
                 }
                 TaskNext::Resume => {
@@ -985,9 +1046,40 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         outcome: Outcome,
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
+        if std::mem::take(&mut active.needs_rerun[task])
+            && outcome.is_complete()
+            && !active.cancelling
+        {
+            // It ran without an upstream task that landed late: once more, with it.
+            let slot = &mut active.slots[task];
+            slot.state = TaskState::Pending;
+            slot.outcome = None;
+            let change = TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason: "an upstream task landed late while it ran; running again with it".into(),
+            };
+            self.store
+                .update_tasks(active.record.id, vec![change], self.clock.now())
+                .await?;
+            self.recompute_remaining(active);
+            if active.remaining[task] == 0 {
+                book.ready.push_back((run_index, task));
+            }
+            return Ok(());
+        }
         active.done += 1;
         if outcome.is_complete() {
+            let landed_late = std::mem::take(&mut active.waived[task]);
             for dependent in self.dag.dependents(task) {
+                // An open gate already let this task's dependents outside its phase go on.
+                if landed_late && !self.topology.same_phase(task, *dependent) {
+                    continue;
+                }
                 let remaining = &mut active.remaining[*dependent];
                 *remaining = remaining.saturating_sub(1);
                 if *remaining == 0
@@ -997,8 +1089,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     book.ready.push_back((run_index, *dependent));
                 }
             }
+            if landed_late {
+                self.reconcile(book, run_index, task).await?;
+            }
         } else {
             self.propagate_failure(book, run_index, task).await?;
+        }
+        if let Some(gate) = self.topology.gate_of_task(task) {
+            self.evaluate_gate(book, run_index, gate).await?;
         }
         self.finish_run_if_done(book, run_index).await
     }
@@ -1011,17 +1109,32 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         task: TaskIndex,
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
-        let blocked: Vec<TaskIndex> = self
-            .dag
-            .downstream_of(&[task])
-            .into_iter()
-            .filter(|downstream| {
-                matches!(
-                    active.slots[*downstream].state,
+        // Walk downstream, but not out of a gated phase whose gate may still open (or has
+        // opened without this task): there the gate decides, not this failure.
+        let mut seen = vec![false; self.dag.len()];
+        let mut stack = vec![task];
+        let mut blocked: Vec<TaskIndex> = Vec::new();
+        while let Some(current) = stack.pop() {
+            for dependent in self.dag.dependents(current) {
+                if seen[*dependent] {
+                    continue;
+                }
+                if let Some(gate) = self.topology.crosses_gate(current, *dependent)
+                    && active.gates[gate] != GateStatus::Failed
+                {
+                    continue;
+                }
+                seen[*dependent] = true;
+                stack.push(*dependent);
+                if matches!(
+                    active.slots[*dependent].state,
                     TaskState::Pending | TaskState::Waiting
-                )
-            })
-            .collect();
+                ) {
+                    blocked.push(*dependent);
+                }
+            }
+        }
+        blocked.sort_unstable();
         if blocked.is_empty() {
             return Ok(());
         }
@@ -1083,6 +1196,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .map(|task| self.dag.name(task))
             .collect();
+        // Tasks an open gate let the run go on without: missing, not failed.
+        let missing: Vec<&str> = (0..active.slots.len())
+            .filter(|task| {
+                !is_complete(&active.slots[*task])
+                    && self
+                        .topology
+                        .gate_of_task(*task)
+                        .is_some_and(|gate| active.gates[gate] == GateStatus::Open)
+            })
+            .map(|task| self.dag.name(task))
+            .collect();
         let (state, message) = if active.cancelling {
             (
                 RunState::Cancelled,
@@ -1090,6 +1214,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             )
         } else if not_complete.is_empty() {
             (RunState::Succeeded, None)
+        } else if missing.len() == not_complete.len() {
+            (
+                RunState::Degraded,
+                Some(format!(
+                    "{} missing: {}; retry them to complete the run",
+                    missing.len(),
+                    missing.join(", ")
+                )),
+            )
         } else {
             let shown: Vec<&str> = not_complete.iter().take(5).copied().collect();
             let more = not_complete.len().saturating_sub(shown.len());
@@ -1117,20 +1250,235 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    fn fire_timers(&mut self, book: &mut Book) {
+    /// Counts, for every task of a run, the dependencies it still waits for: those not complete,
+    /// except those an open gate waived.
+    fn recompute_remaining(&self, active: &mut ActiveRun) {
+        for task in 0..self.dag.len() {
+            active.remaining[task] = self
+                .dag
+                .dependencies(task)
+                .iter()
+                .filter(|dependency| {
+                    let waived = active.waived[**dependency]
+                        && self.topology.crosses_gate(**dependency, task).is_some();
+                    !is_complete(&active.slots[**dependency]) && !waived
+                })
+                .count() as u32;
+        }
+    }
+
+    fn fire_timers(&mut self, book: &mut Book) -> Vec<(usize, usize)> {
         let now = self.clock.now();
-        while let Some(Reverse((at, run_index, task))) = book.timers.peek().copied() {
+        let mut gates_due = Vec::new();
+        while let Some(Reverse((at, run_index, wake))) = book.timers.peek().copied() {
             if at > now {
                 break;
             }
             book.timers.pop();
-            if matches!(
-                book.runs[run_index].slots[task].state,
-                TaskState::Waiting | TaskState::Pending
-            ) {
+            match wake {
+                Wake::Task(task) => {
+                    if matches!(
+                        book.runs[run_index].slots[task].state,
+                        TaskState::Waiting | TaskState::Pending
+                    ) {
+                        book.ready.push_back((run_index, task));
+                    }
+                }
+                Wake::Gate(gate) => gates_due.push((run_index, gate)),
+            }
+        }
+        gates_due
+    }
+
+    /// Re-judges a gate after one of its tasks finished, or when its grace period ran out.
+    async fn evaluate_gate(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let active = &mut book.runs[run_index];
+        let status = active.gates[gate];
+        if matches!(status, GateStatus::Open | GateStatus::Failed) || active.cancelling {
+            return Ok(());
+        }
+        let definition = &self.topology.gates[gate];
+        let verdict = judge(
+            definition,
+            |task| is_complete(&active.slots[task]),
+            |task| active.slots[task].state == TaskState::Done,
+        );
+        match (verdict, status) {
+            (Verdict::Sufficient { all_done: true }, _) => {
+                self.open_gate(book, run_index, gate).await?
+            }
+            (Verdict::Sufficient { .. }, GateStatus::Sufficient { open_at }) if now >= open_at => {
+                self.open_gate(book, run_index, gate).await?
+            }
+            (Verdict::Sufficient { .. }, GateStatus::Waiting) => {
+                let open_at = now + definition.grace;
+                active.gates[gate] = GateStatus::Sufficient { open_at };
+                book.timers
+                    .push(Reverse((open_at, run_index, Wake::Gate(gate))));
+                self.store
+                    .append_event(NewEvent {
+                        run: active.record.id,
+                        task: None,
+                        attempt: None,
+                        kind: "gate_sufficient".into(),
+                        detail: format!(
+                            "phase {}: waiting up to {} ms for the rest",
+                            definition.phase, definition.grace
+                        ),
+                        at: now,
+                    })
+                    .await?;
+            }
+            (Verdict::Insufficient, _) => {
+                active.gates[gate] = GateStatus::Failed;
+                let failed: Vec<TaskIndex> = definition
+                    .tasks
+                    .iter()
+                    .copied()
+                    .filter(|task| !is_complete(&active.slots[*task]))
+                    .collect();
+                self.store
+                    .append_event(NewEvent {
+                        run: active.record.id,
+                        task: None,
+                        attempt: None,
+                        kind: "gate_failed".into(),
+                        detail: format!(
+                            "phase {}: the gate can no longer be met",
+                            definition.phase
+                        ),
+                        at: now,
+                    })
+                    .await?;
+                for task in failed {
+                    self.propagate_failure(book, run_index, task).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Opens a sufficient gate: downstream proceeds without the tasks still missing.
+    async fn open_gate(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+    ) -> Result<(), EngineError> {
+        let definition = self.topology.gates[gate].clone();
+        let active = &mut book.runs[run_index];
+        active.gates[gate] = GateStatus::Open;
+        let missing: Vec<TaskIndex> = definition
+            .tasks
+            .iter()
+            .copied()
+            .filter(|task| !is_complete(&active.slots[*task]))
+            .collect();
+        for task in &missing {
+            active.waived[*task] = true;
+            for dependent in self.dag.dependents(*task) {
+                if !self.topology.same_phase(*task, *dependent) {
+                    let remaining = &mut active.remaining[*dependent];
+                    *remaining = remaining.saturating_sub(1);
+                    if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending {
+                        book.ready.push_back((run_index, *dependent));
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = missing
+            .iter()
+            .map(|task| self.dag.name(*task).to_string())
+            .collect();
+        let detail = if names.is_empty() {
+            format!("phase {}: complete", definition.phase)
+        } else {
+            format!(
+                "phase {}: downstream proceeds without {}",
+                definition.phase,
+                names.join(", ")
+            )
+        };
+        self.store
+            .append_event(NewEvent {
+                run: active.record.id,
+                task: None,
+                attempt: None,
+                kind: "gate_opened".into(),
+                detail,
+                at: self.clock.now(),
+            })
+            .await?;
+        if !names.is_empty() {
+            (self.observer)(Progress::GateOpened {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                phase: definition.phase.clone(),
+                missing: names,
+            });
+        }
+        Ok(())
+    }
+
+    /// A waived task completed after all: everything downstream of it that ran without it runs
+    /// again, so the run can end `succeeded`.
+    async fn reconcile(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        landed: TaskIndex,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        let name = self.dag.name(landed).to_string();
+        let downstream: Vec<TaskIndex> = self
+            .dag
+            .downstream_of(&[landed])
+            .into_iter()
+            .filter(|task| !self.topology.same_phase(landed, *task))
+            .collect();
+        let mut changes = Vec::new();
+        for task in downstream {
+            match active.slots[task].state {
+                TaskState::Done => {
+                    let slot = &mut active.slots[task];
+                    slot.state = TaskState::Pending;
+                    slot.outcome = None;
+                    active.done -= 1;
+                    changes.push(TaskChange {
+                        task: self.dag.name(task).to_string(),
+                        state: TaskState::Pending,
+                        outcome: None,
+                        not_before: None,
+                        message: None,
+                        reset_retry_budget: true,
+                        reason: format!(
+                            "upstream task {name:?} landed late; running again with it"
+                        ),
+                    });
+                }
+                TaskState::Running => active.needs_rerun[task] = true,
+                TaskState::Pending | TaskState::Waiting => {}
+            }
+        }
+        if !changes.is_empty() {
+            self.store
+                .update_tasks(active.record.id, changes, self.clock.now())
+                .await?;
+        }
+        self.recompute_remaining(active);
+        for task in 0..self.dag.len() {
+            if active.slots[task].state == TaskState::Pending && active.remaining[task] == 0 {
                 book.ready.push_back((run_index, task));
             }
         }
+        Ok(())
     }
 
     async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {

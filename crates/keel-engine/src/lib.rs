@@ -10,6 +10,7 @@
 
 mod clock;
 mod engine;
+mod gate;
 pub mod template;
 
 pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};

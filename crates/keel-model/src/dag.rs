@@ -149,6 +149,8 @@ mod tests {
             retries: RetryPolicy::default(),
             heartbeat: None,
             deadline: Duration::from_secs(1),
+            uses: vec![],
+            wait_for: None,
         }
     }
 
@@ -164,10 +166,12 @@ mod tests {
                 PhaseSpec {
                     name: "a".into(),
                     after: vec![],
+                    gate: None,
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
+                    gate: None,
                 },
             ],
             tasks: vec![
@@ -176,6 +180,7 @@ mod tests {
                 task("b1", "b", &[]),
                 task("b2", "b", &["b1"]),
             ],
+            resources: vec![],
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.dependencies(1), &[0]);
@@ -198,17 +203,21 @@ mod tests {
                 PhaseSpec {
                     name: "a".into(),
                     after: vec![],
+                    gate: None,
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
+                    gate: None,
                 },
                 PhaseSpec {
                     name: "c".into(),
                     after: vec!["b".into()],
+                    gate: None,
                 },
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
+            resources: vec![],
         };
         assert_eq!(Dag::new(&spec).dependencies(1), &[0]);
     }

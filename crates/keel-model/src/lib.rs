@@ -13,8 +13,9 @@ pub use dag::{Dag, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use outcome::{Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
-    DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Jitter, PartitionKind, PhaseSpec,
-    PipelineSpec, RetryPolicy, TaskSpec,
+    BreakerSpec, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, GateSpec, Jitter,
+    PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
+    SensorSpec, TaskSpec,
 };
 
 /// Milliseconds since the Unix epoch, as every Keel clock reports time.

@@ -24,6 +24,8 @@ pub struct PipelineSpec {
     pub phases: Vec<PhaseSpec>,
     /// Tasks in file order.
     pub tasks: Vec<TaskSpec>,
+    /// Shared external dependencies, in file order.
+    pub resources: Vec<ResourceSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -35,11 +37,72 @@ pub enum PartitionKind {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PhaseSpec {
     pub name: String,
     /// Phases that must be complete before this one starts.
     pub after: Vec<String>,
+    /// Lets downstream phases start before this one is complete (DESIGN §3).
+    pub gate: Option<GateSpec>,
+}
+
+/// A quorum gate: the phase is *sufficient* once every `required` task has succeeded and at
+/// least `min_share` of its tasks have; Keel then waits up to `grace` for the rest before letting
+/// downstream proceed and marking the run degraded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GateSpec {
+    pub required: Vec<String>,
+    /// In `[0, 1]`: `min = "60%"` is 0.6.
+    pub min_share: f64,
+    pub grace: Duration,
+}
+
+/// A data-availability sensor (`wait_for`): a command polled until it exits 0, with jittered
+/// backoff from `every` up to `max`, for at most `deadline`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SensorSpec {
+    pub command: Vec<String>,
+    pub every: Duration,
+    pub max: Duration,
+    pub deadline: Duration,
+}
+
+/// A named external dependency shared by the tasks that `use` it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ResourceSpec {
+    pub name: String,
+    /// Token bucket: at most `tokens` attempt starts per `per`, bursting up to `tokens`.
+    pub rate: Option<Rate>,
+    /// Bulkhead: at most this many attempts using the resource at once.
+    pub concurrency: Option<u32>,
+    pub breaker: Option<BreakerSpec>,
+    pub retry_budget: Option<RetryBudgetSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Rate {
+    pub tokens: u32,
+    pub per: Duration,
+}
+
+/// A circuit breaker: opens after `failures` consecutive failures, or when the failure share of
+/// the last `window` attempts reaches `ratio`; after `cooldown` one probe attempt may run, and
+/// its success closes the breaker.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BreakerSpec {
+    pub failures: u32,
+    pub ratio: Option<f64>,
+    pub window: u32,
+    pub cooldown: Duration,
+}
+
+/// Retries of attempts on a resource may be at most `ratio` of its attempts over `window`, plus
+/// `min` retries that are always allowed, so one bad input cannot start a retry storm.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RetryBudgetSpec {
+    pub ratio: f64,
+    pub window: Duration,
+    pub min: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -56,6 +119,10 @@ pub struct TaskSpec {
     pub heartbeat: Option<Duration>,
     /// How long the task may keep reporting *not ready* before it ends as `not_ready`.
     pub deadline: Duration,
+    /// Resources this task uses (names of `[resources.NAME]`).
+    pub uses: Vec<String>,
+    /// Polled until ready before the task's first attempt.
+    pub wait_for: Option<SensorSpec>,
 }
 
 /// Exponential backoff between attempts, capped, with jitter (DESIGN §3 `retries`).
@@ -113,6 +180,10 @@ pub enum Jitter {
 }
 
 impl PipelineSpec {
+    pub fn resource(&self, name: &str) -> Option<&ResourceSpec> {
+        self.resources.iter().find(|resource| resource.name == name)
+    }
+
     pub fn task(&self, name: &str) -> Option<&TaskSpec> {
         self.tasks.iter().find(|task| task.name == name)
     }

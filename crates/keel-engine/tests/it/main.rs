@@ -138,6 +138,8 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         },
         heartbeat: None,
         deadline: Duration::from_secs(30),
+        uses: vec![],
+        wait_for: None,
     }
 }
 
@@ -160,9 +162,11 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
                 } else {
                     vec![phases[index - 1].clone()]
                 },
+                gate: None,
             })
             .collect(),
         tasks,
+        resources: vec![],
     }
 }
 
@@ -804,4 +808,180 @@ async fn retry_reruns_the_task_and_everything_downstream() {
         unknown.to_string(),
         "unknown task \"bb\"; did you mean \"b\"?"
     );
+}
+
+fn gated_pipeline(grace_ms: u64) -> PipelineSpec {
+    let mut spec = pipeline(
+        vec![
+            task("load", "raw", &[], 1),
+            task("a1", "analytics", &[], 1),
+            task("a2", "analytics", &[], 1),
+            task("a3", "analytics", &[], 1),
+            task("a4", "analytics", &[], 1),
+            task("a5", "analytics", &[], 1),
+            task("features", "precompute", &[], 1),
+            task("predict", "predictions", &[], 1),
+        ],
+        8,
+    );
+    spec.phases[1].gate = Some(keel_model::GateSpec {
+        required: vec!["a1".into(), "a2".into()],
+        min_share: 0.6,
+        grace: Duration::from_millis(grace_ms),
+    });
+    spec
+}
+
+async fn outcomes(harness: &Harness, run: keel_model::RunId) -> HashMap<String, Option<Outcome>> {
+    harness
+        .store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| (task.task, task.outcome))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gate_lets_downstream_proceed_without_failed_tasks_and_a_retry_completes_the_run() {
+    let harness = Harness::new();
+    harness.executor.script("a4", &[Outcome::FailedPermanent]);
+    harness.executor.script("a5", &[Outcome::FailedPermanent]);
+    let mut engine = harness.engine(gated_pipeline(30 * 60_000));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Degraded
+    );
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("2 missing: a4, a5"),
+        "{:?}",
+        run.message
+    );
+    let before = outcomes(&harness, run.id).await;
+    assert_eq!(before["features"], Some(Outcome::Succeeded));
+    assert_eq!(before["predict"], Some(Outcome::Succeeded));
+    assert_eq!(before["a4"], Some(Outcome::FailedPermanent));
+    let events = harness.store.events(run.id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.kind == "gate_opened" && event.detail.contains("without a4, a5")),
+        "the event log records which tasks were missing"
+    );
+    // The cause is fixed (the scripts are used up, so they succeed now): retry the missing ones.
+    engine
+        .retry("2026-01-18", &["a4".into(), "a5".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    let launched: Vec<String> = harness
+        .executor
+        .launches()
+        .into_iter()
+        .map(|(task, _)| task)
+        .collect();
+    assert_eq!(
+        launched.iter().filter(|task| *task == "features").count(),
+        2,
+        "downstream ran again: {launched:?}"
+    );
+    assert_eq!(launched.iter().filter(|task| *task == "predict").count(), 2);
+    assert_eq!(
+        launched.iter().filter(|task| *task == "a1").count(),
+        1,
+        "complete tasks did not run again"
+    );
+}
+
+#[tokio::test]
+async fn a_gate_waits_for_the_grace_then_reconciles_when_the_late_task_lands() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["a5".into()];
+    let (run, _trigger, handle) = start_in_background(&harness, gated_pipeline(60_000)).await;
+    let executor = harness.executor.clone();
+    eventually("the analytics tasks to run", || {
+        executor.launches().len() == 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Sufficient, but inside the grace period downstream waits for the late task.
+    harness.clock.advance(59_000);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(
+        !harness
+            .executor
+            .launches()
+            .iter()
+            .any(|(task, _)| task == "features"),
+        "started before the grace ran out"
+    );
+    harness.clock.advance(1_000);
+    eventually("features to start without a5", || {
+        executor
+            .launches()
+            .iter()
+            .any(|(task, _)| task == "predict")
+    })
+    .await;
+    // The late task lands: everything downstream of it runs again, and the run succeeds.
+    harness.executor.hold.lock().unwrap().clear();
+    harness.executor.release.notify_waiters();
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    let launched: Vec<String> = harness
+        .executor
+        .launches()
+        .into_iter()
+        .map(|(task, _)| task)
+        .collect();
+    assert_eq!(
+        launched.iter().filter(|task| *task == "features").count(),
+        2,
+        "{launched:?}"
+    );
+    assert_eq!(
+        launched.iter().filter(|task| *task == "predict").count(),
+        2,
+        "{launched:?}"
+    );
+    let events = harness.store.events(run).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.detail.contains("landed late")),
+        "why it ran again is logged"
+    );
+}
+
+#[tokio::test]
+async fn a_gate_whose_required_task_fails_fails_downstream() {
+    let harness = Harness::new();
+    harness.executor.script("a1", &[Outcome::FailedPermanent]);
+    let mut engine = harness.engine(gated_pipeline(1_000));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Failed
+    );
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    let after = outcomes(&harness, run.id).await;
+    assert_eq!(after["features"], Some(Outcome::UpstreamFailed));
+    assert_eq!(after["predict"], Some(Outcome::UpstreamFailed));
+    assert_eq!(after["a2"], Some(Outcome::Succeeded));
 }
