@@ -9,8 +9,8 @@ use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
-    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, Store, StoreError,
-    TaskChange, TaskNext,
+    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, SensorPoll, Store,
+    StoreError, TaskChange, TaskNext,
 };
 use tokio::sync::mpsc;
 
@@ -199,6 +199,10 @@ struct ActiveRun {
     waived: Vec<bool>,
     /// Per task: an upstream task landed late while this one ran; run it again when it ends.
     needs_rerun: Vec<bool>,
+    /// Per task: its sensor reported ready (a task that has had an attempt needs none).
+    sensor_ready: Vec<bool>,
+    /// Per task: sensor polls so far in this process, for the backoff.
+    sensor_polls: Vec<u32>,
     done: usize,
     cancelling: bool,
     finished: bool,
@@ -225,6 +229,10 @@ struct Book {
     timers: BinaryHeap<Reverse<(Millis, usize, Wake)>>,
     live: HashMap<AttemptId, Live>,
     sender: mpsc::UnboundedSender<(AttemptId, Report)>,
+    /// Sensor polls report here: (run, task, report).
+    sensor_sender: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
+    /// Sensor polls running now; they count against the concurrency cap.
+    sensing: usize,
     shutting_down: bool,
 }
 
@@ -391,12 +399,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         mut shutdown: Shutdown,
     ) -> Result<Vec<RunSummary>, EngineError> {
         let (sender, mut receiver) = mpsc::unbounded_channel();
+        let (sensor_sender, mut sensor_receiver) = mpsc::unbounded_channel();
         let mut book = Book {
             runs: Vec::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             live: HashMap::new(),
             sender,
+            sensor_sender,
+            sensing: 0,
             shutting_down: false,
         };
         let live = self.store.live_attempts(&self.spec.name).await?;
@@ -420,13 +431,21 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             {
                 break;
             }
-            if book.live.is_empty() && book.ready.is_empty() && book.timers.is_empty() {
+            if book.live.is_empty()
+                && book.sensing == 0
+                && book.ready.is_empty()
+                && book.timers.is_empty()
+            {
                 self.settle_stuck_runs(&mut book).await?;
                 continue;
             }
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
             let clock = self.clock.clone();
             tokio::select! {
+                Some((run_index, task, report)) = sensor_receiver.recv() => {
+                    book.sensing = book.sensing.saturating_sub(1);
+                    self.on_sensor(&mut book, run_index, task, report).await?;
+                }
                 message = receiver.recv() => {
                     if let Some(first) = message {
                         let mut batch = vec![first];
@@ -536,6 +555,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             gates: vec![GateStatus::Waiting; self.topology.gates.len()],
             waived: vec![false; slots.len()],
             needs_rerun: vec![false; slots.len()],
+            sensor_ready: vec![false; slots.len()],
+            sensor_polls: vec![0; slots.len()],
             done: 0,
             slots,
             cancelling: false,
@@ -689,7 +710,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
         let cap = self.spec.concurrency.max(1) as usize;
         loop {
-            let room = cap.saturating_sub(book.live.len());
+            let room = cap.saturating_sub(book.live.len() + book.sensing);
             if room == 0 || book.shutting_down {
                 return Ok(());
             }
@@ -707,6 +728,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     )
                     || picked.contains(&(run_index, task))
                 {
+                    continue;
+                }
+                if self.spec.tasks[task].wait_for.is_some()
+                    && !active.sensor_ready[task]
+                    && active.slots[task].attempts == 0
+                {
+                    self.start_sensor(book, run_index, task);
                     continue;
                 }
                 picked.push((run_index, task));
@@ -771,24 +799,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .join(format!("{}.{number}", self.dag.name(task)))
     }
 
-    /// Launches a claimed attempt. Returns the supervisor's pid when one started.
-    async fn start_attempt(
+    /// A command of a task with its templates expanded, and the task environment of DESIGN §4.
+    fn task_command_and_env(
         &mut self,
-        book: &mut Book,
-        run_index: usize,
+        record: &RunRecord,
         task: TaskIndex,
-        attempt: &AttemptRecord,
-    ) -> Result<Option<u32>, EngineError> {
-        let now = self.clock.now();
-        let record = book.runs[run_index].record.clone();
-        let task_spec = self.spec.tasks[task].clone();
-        let dir = PathBuf::from(&attempt.dir);
-        let slot = &mut book.runs[run_index].slots[task];
-        slot.state = TaskState::Running;
-        slot.attempts = attempt.number;
-        slot.first_started_at.get_or_insert(now);
+        template: &[String],
+        attempt: u32,
+        dir: &std::path::Path,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let task_spec = &self.spec.tasks[task];
         let run_id = record.id.0.to_string();
-        let attempt_text = attempt.number.to_string();
+        let attempt_text = attempt.to_string();
         let values = TemplateValues {
             date: &record.partition,
             partition: &record.partition,
@@ -796,11 +818,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             task: &task_spec.name,
             attempt: &attempt_text,
         };
-        let command: Vec<String> = task_spec
-            .command
-            .iter()
-            .map(|part| expand(part, &values))
-            .collect();
+        let command: Vec<String> = template.iter().map(|part| expand(part, &values)).collect();
         let span_id = self.random.hex(16);
         let mut env = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
@@ -830,6 +848,189 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             ),
         ];
         env.extend(self.config.extra_env.iter().cloned());
+        (command, env)
+    }
+
+    /// Polls a task's sensor once, as a process like any attempt, but without an attempt row:
+    /// a poll is not an attempt and uses up none.
+    fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
+        let now = self.clock.now();
+        let record = book.runs[run_index].record.clone();
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .clone()
+            .expect("called for tasks with a sensor");
+        let active = &mut book.runs[run_index];
+        active.slots[task].first_started_at.get_or_insert(now);
+        active.slots[task].state = TaskState::Waiting;
+        active.sensor_polls[task] += 1;
+        let dir = self
+            .config
+            .attempts_dir
+            .join(record.id.0.to_string())
+            .join(format!("{}.sensor.{now}", self.dag.name(task)));
+        let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);
+        let launch = Launch {
+            dir,
+            command,
+            env,
+            timeout: sensor
+                .every
+                .max(std::time::Duration::from_secs(1))
+                .min(self.spec.tasks[task].timeout),
+            heartbeat: None,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
+        };
+        let sender = book.sensor_sender.clone();
+        book.sensing += 1;
+        match self.executor.launch(launch) {
+            Ok(running) => {
+                tokio::spawn(async move {
+                    let report = running.completion.await;
+                    let _ = sender.send((run_index, task, report));
+                });
+            }
+            Err(error) => {
+                let _ = sender.send((
+                    run_index,
+                    task,
+                    Report::new(Outcome::Failed, format!("cannot start the sensor: {error}")),
+                ));
+            }
+        }
+    }
+
+    /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
+    async fn on_sensor(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        report: Report,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .clone()
+            .expect("a sensor report for a task with a sensor");
+        let active = &mut book.runs[run_index];
+        if active.cancelling
+            || active.finished
+            || !matches!(
+                active.slots[task].state,
+                TaskState::Waiting | TaskState::Pending
+            )
+        {
+            return Ok(());
+        }
+        let run = active.record.id;
+        let name = self.dag.name(task).to_string();
+        let started = active.slots[task].first_started_at.unwrap_or(now);
+        let (ready, final_outcome, message) = match report.outcome {
+            Outcome::Succeeded | Outcome::NoData | Outcome::Skipped => (true, None, None),
+            Outcome::FailedPermanent => (
+                false,
+                Some(Outcome::FailedPermanent),
+                Some(format!(
+                    "sensor failed permanently: {}",
+                    report.message.unwrap_or_default()
+                )),
+            ),
+            _ if now - started >= sensor.deadline.as_millis() as Millis => (
+                false,
+                Some(Outcome::NotReady),
+                Some(format!(
+                    "still not ready after {}: the sensor {:?} never reported ready",
+                    keel_model::format_duration(sensor.deadline),
+                    sensor.command.join(" ")
+                )),
+            ),
+            _ => (false, None, report.message),
+        };
+        if let Some(outcome) = final_outcome {
+            let change = TaskChange {
+                task: name.clone(),
+                state: TaskState::Done,
+                outcome: Some(outcome),
+                not_before: None,
+                message: message.clone(),
+                reset_retry_budget: false,
+                reason: message.clone().unwrap_or_default(),
+            };
+            self.store.update_tasks(run, vec![change], now).await?;
+            let slot = &mut active.slots[task];
+            slot.state = TaskState::Done;
+            slot.outcome = Some(outcome);
+            (self.observer)(Progress::TasksSettled {
+                run,
+                partition: active.record.partition.clone(),
+                tasks: vec![name],
+                outcome,
+            });
+            return self.on_task_done(book, run_index, task, outcome).await;
+        }
+        let not_before = if ready {
+            None
+        } else {
+            // Jittered backoff from `every` up to `max`: the upper half of the ceiling, so polls
+            // spread out but never come in a burst.
+            let polls = active.sensor_polls[task].max(1);
+            let policy = keel_model::RetryPolicy {
+                attempts: u32::MAX,
+                initial: sensor.every,
+                max: sensor.max,
+                jitter: keel_model::Jitter::Equal,
+            };
+            let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
+            Some(
+                next.min(started + sensor.deadline.as_millis() as Millis)
+                    .max(now),
+            )
+        };
+        self.store
+            .record_sensor_poll(SensorPoll {
+                run,
+                task: name,
+                ready,
+                not_before,
+                message,
+                at: now,
+            })
+            .await?;
+        let active = &mut book.runs[run_index];
+        match not_before {
+            None => {
+                active.sensor_ready[task] = true;
+                active.slots[task].state = TaskState::Pending;
+                book.ready.push_back((run_index, task));
+            }
+            Some(at) => {
+                active.slots[task].state = TaskState::Waiting;
+                book.timers.push(Reverse((at, run_index, Wake::Task(task))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Launches a claimed attempt. Returns the supervisor's pid when one started.
+    async fn start_attempt(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        attempt: &AttemptRecord,
+    ) -> Result<Option<u32>, EngineError> {
+        let now = self.clock.now();
+        let record = book.runs[run_index].record.clone();
+        let task_spec = self.spec.tasks[task].clone();
+        let dir = PathBuf::from(&attempt.dir);
+        let slot = &mut book.runs[run_index].slots[task];
+        slot.state = TaskState::Running;
+        slot.attempts = attempt.number;
+        slot.first_started_at.get_or_insert(now);
+        let (command, env) =
+            self.task_command_and_env(&record, task, &task_spec.command, attempt.number, &dir);
         let launch = Launch {
             dir,
             command,

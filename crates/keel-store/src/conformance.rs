@@ -66,6 +66,41 @@ where
     runs_are_listed_newest_first(make().await).await;
     cancel_is_recorded(make().await).await;
     batches_settle_each_item_on_its_own(make().await).await;
+    sensor_polls_are_recorded(make().await).await;
+}
+
+async fn sensor_polls_are_recorded<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let poll = |ready: bool, at: i64| SensorPoll {
+        run: run.id,
+        task: "a".into(),
+        ready,
+        not_before: (!ready).then_some(at + 1_000),
+        message: None,
+        at,
+    };
+    store.record_sensor_poll(poll(false, 10)).await.unwrap();
+    store.record_sensor_poll(poll(false, 20)).await.unwrap();
+    let task = &store.task_runs(run.id).await.unwrap()[0];
+    assert_eq!(
+        (task.state, task.not_before, task.first_started_at),
+        (TaskState::Waiting, Some(1_020), Some(10))
+    );
+    assert_eq!(task.attempts, 0, "a poll is not an attempt");
+    store.record_sensor_poll(poll(true, 30)).await.unwrap();
+    let task = &store.task_runs(run.id).await.unwrap()[0];
+    assert_eq!((task.state, task.not_before), (TaskState::Pending, None));
+    let polls = store
+        .events(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "sensor_polled")
+        .count();
+    assert_eq!(polls, 3);
 }
 
 async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {

@@ -197,6 +197,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         run: RunId,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records one poll of a task's sensor (`wait_for`): the task becomes pending when the sensor
+    /// is ready, and otherwise waits until `not_before`. The first poll marks when the task's
+    /// deadline started. Running task runs are left alone.
+    fn record_sensor_poll(&self, poll: SensorPoll) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends a free-form event (for example why a task ran again).
     fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
 }

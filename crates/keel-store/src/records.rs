@@ -145,3 +145,15 @@ pub struct NewEvent {
     pub detail: String,
     pub at: Millis,
 }
+
+/// One poll of a sensor, see [`crate::Store::record_sensor_poll`].
+#[derive(Debug, Clone)]
+pub struct SensorPoll {
+    pub run: RunId,
+    pub task: String,
+    pub ready: bool,
+    /// When to poll again, if not ready.
+    pub not_before: Option<Millis>,
+    pub message: Option<String>,
+    pub at: Millis,
+}

@@ -825,6 +825,48 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_sensor_poll(&self, poll: SensorPoll) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            let state = if poll.ready {
+                TaskState::Pending
+            } else {
+                TaskState::Waiting
+            };
+            let changed = cached_execute(
+                transaction,
+                "UPDATE task_runs SET state = ?1, not_before = ?2, message = ?3, updated_at = ?4,
+                     first_started_at = coalesce(first_started_at, ?4)
+                 WHERE run_id = ?5 AND task = ?6 AND state <> 'running'",
+                params![
+                    state.as_str(),
+                    poll.not_before,
+                    poll.message,
+                    poll.at,
+                    poll.run.0,
+                    poll.task
+                ],
+            )?;
+            if changed > 0 {
+                let detail = match (poll.ready, poll.not_before) {
+                    (true, _) => "ready".to_string(),
+                    (false, Some(next)) => format!("not ready; next poll at {next}"),
+                    (false, None) => "not ready".to_string(),
+                };
+                event(
+                    transaction,
+                    poll.at,
+                    poll.run,
+                    Some(&poll.task),
+                    None,
+                    "sensor_polled",
+                    &detail,
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {
         self.transact(move |transaction| {
             event(

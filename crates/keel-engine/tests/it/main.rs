@@ -29,6 +29,9 @@ struct FakeExecutor {
     running_max: Arc<Mutex<usize>>,
     release: Arc<tokio::sync::Notify>,
     adoption: Arc<Mutex<Option<Outcome>>>,
+    /// Scripted sensor answers per task (a launch with KEEL_ATTEMPT=0 is a sensor poll).
+    sensor_scripts: Arc<Mutex<HashMap<String, VecDeque<Outcome>>>>,
+    sensor_polls: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeExecutor {
@@ -57,7 +60,7 @@ impl Executor for FakeExecutor {
             .unwrap()
             .1
             .clone();
-        let attempt: u32 = launch
+        let attempt_number: u32 = launch
             .env
             .iter()
             .find(|(key, _)| key == "KEEL_ATTEMPT")
@@ -65,6 +68,24 @@ impl Executor for FakeExecutor {
             .1
             .parse()
             .unwrap();
+        if attempt_number == 0 {
+            // A sensor poll.
+            self.sensor_polls.lock().unwrap().push(task.clone());
+            let outcome = self
+                .sensor_scripts
+                .lock()
+                .unwrap()
+                .get_mut(&task)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Outcome::Succeeded);
+            let completion = Box::pin(async move { Report::new(outcome, "sensor") });
+            return Ok(Running {
+                pid: None,
+                completion,
+                stop: Arc::new(|| {}),
+            });
+        }
+        let attempt = attempt_number;
         self.launches
             .lock()
             .unwrap()
@@ -984,4 +1005,102 @@ async fn a_gate_whose_required_task_fails_fails_downstream() {
     assert_eq!(after["features"], Some(Outcome::UpstreamFailed));
     assert_eq!(after["predict"], Some(Outcome::UpstreamFailed));
     assert_eq!(after["a2"], Some(Outcome::Succeeded));
+}
+
+fn sensed(mut spec: TaskSpec, every_ms: u64, max_ms: u64, deadline_ms: u64) -> TaskSpec {
+    spec.wait_for = Some(keel_model::SensorSpec {
+        command: vec!["ready".into(), "{date}".into()],
+        every: Duration::from_millis(every_ms),
+        max: Duration::from_millis(max_ms),
+        deadline: Duration::from_millis(deadline_ms),
+    });
+    spec
+}
+
+#[tokio::test]
+async fn a_sensor_holds_the_task_until_ready_with_growing_jittered_polls_and_no_failure_counted() {
+    let harness = Harness::new();
+    harness
+        .executor
+        .sensor_scripts
+        .lock()
+        .unwrap()
+        .insert("props".into(), [Outcome::NotReady; 4].into_iter().collect());
+    let spec = pipeline(
+        vec![
+            sensed(task("props", "a", &[], 1), 1_000, 4_000, 3_600_000),
+            task("after", "b", &[], 1),
+        ],
+        8,
+    );
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    while !handle.is_finished() {
+        harness.clock.advance(500);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    assert_eq!(
+        harness.executor.sensor_polls.lock().unwrap().len(),
+        5,
+        "4 not ready, then ready"
+    );
+    let task = harness.store.task_runs(run).await.unwrap().remove(0);
+    assert_eq!(
+        (task.attempts, task.charged),
+        (1, 1),
+        "one attempt, started only once the sensor was ready"
+    );
+    // Each wait was in the upper half of min(max, every × 2^(n-1)).
+    let events = harness.store.events(run).await.unwrap();
+    let polls: Vec<_> = events
+        .iter()
+        .filter(|event| event.kind == "sensor_polled")
+        .collect();
+    assert_eq!(polls.len(), 5);
+    for (index, poll) in polls.iter().take(4).enumerate() {
+        let next: i64 = poll.detail.rsplit(' ').next().unwrap().parse().unwrap();
+        let ceiling = (1_000i64 << index).min(4_000);
+        let waited = next - poll.at;
+        assert!(
+            waited >= ceiling / 2 && waited <= ceiling,
+            "poll {index}: waited {waited} ms, ceiling {ceiling}"
+        );
+    }
+    assert_eq!(polls[4].detail, "ready");
+}
+
+#[tokio::test]
+async fn a_sensor_that_never_reports_ready_ends_not_ready_at_its_deadline() {
+    let harness = Harness::new();
+    harness.executor.sensor_scripts.lock().unwrap().insert(
+        "props".into(),
+        [Outcome::NotReady; 1000].into_iter().collect(),
+    );
+    let spec = pipeline(
+        vec![
+            sensed(task("props", "a", &[], 3), 1_000, 2_000, 20_000),
+            task("after", "b", &[], 1),
+        ],
+        8,
+    );
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    while !handle.is_finished() {
+        harness.clock.advance(1_000);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    assert_eq!(tasks[0].outcome, Some(Outcome::NotReady));
+    assert_eq!(tasks[0].attempts, 0, "the task never started");
+    assert!(
+        tasks[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("never reported ready"),
+        "{:?}",
+        tasks[0].message
+    );
+    assert_eq!(tasks[1].outcome, Some(Outcome::UpstreamFailed));
+    assert!(harness.executor.launches().is_empty());
 }
