@@ -67,6 +67,24 @@ where
     cancel_is_recorded(make().await).await;
     batches_settle_each_item_on_its_own(make().await).await;
     sensor_polls_are_recorded(make().await).await;
+    resource_states_are_upserted(make().await).await;
+}
+
+async fn resource_states_are_upserted<S: Store>(store: S) {
+    let record = |state: &str, at: i64| ResourceStateRecord {
+        pipeline: "conformance".into(),
+        name: "feed".into(),
+        state: state.into(),
+        detail: format!("{state} at {at}"),
+        updated_at: at,
+    };
+    store.set_resource_state(record("open", 1)).await.unwrap();
+    store.set_resource_state(record("closed", 2)).await.unwrap();
+    assert_eq!(
+        store.resource_states("conformance").await.unwrap(),
+        vec![record("closed", 2)]
+    );
+    assert!(store.resource_states("other").await.unwrap().is_empty());
 }
 
 async fn sensor_polls_are_recorded<S: Store>(store: S) {

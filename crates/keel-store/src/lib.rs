@@ -201,6 +201,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// is ready, and otherwise waits until `not_before`. The first poll marks when the task's
     /// deadline started. Running task runs are left alone.
     fn record_sensor_poll(&self, poll: SensorPoll) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records the state of a resource's circuit breaker (`closed`, `open`, `half_open`).
+    fn set_resource_state(
+        &self,
+        resource: ResourceStateRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The last recorded state of each resource of a pipeline.
+    fn resource_states(
+        &self,
+        pipeline: &str,
+    ) -> impl Future<Output = StoreResult<Vec<ResourceStateRecord>>> + Send;
     /// Appends a free-form event (for example why a task ran again).
     fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
 }

@@ -157,3 +157,15 @@ pub struct SensorPoll {
     pub message: Option<String>,
     pub at: Millis,
 }
+
+/// The last known state of a resource's circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceStateRecord {
+    pub pipeline: String,
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// For example "opened after 5 consecutive failures; probing at 12:00:30".
+    pub detail: String,
+    pub updated_at: Millis,
+}

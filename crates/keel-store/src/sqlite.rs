@@ -15,7 +15,8 @@ use crate::*;
 const APPLICATION_ID: i64 = 0x4B45_454C;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     pipeline         TEXT    NOT NULL,
@@ -84,7 +85,19 @@ CREATE TABLE events (
     detail     TEXT    NOT NULL
 );
 CREATE INDEX events_by_run ON events (run_id, seq);
-"#];
+"#,
+    r#"
+-- The last known state of each resource's circuit breaker, for `keel status`.
+CREATE TABLE resources (
+    pipeline   TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    state      TEXT    NOT NULL,
+    detail     TEXT    NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, name)
+);
+"#,
+];
 
 /// The SQLite state store. Cloning shares the one connection.
 #[derive(Clone)]
@@ -863,6 +876,39 @@ impl Store for SqliteStore {
                 )?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_resource_state(&self, resource: ResourceStateRecord) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            cached_execute(
+                transaction,
+                "INSERT INTO resources (pipeline, name, state, detail, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pipeline, name) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
+                params![resource.pipeline, resource.name, resource.state, resource.detail, resource.updated_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resource_states(&self, pipeline: &str) -> StoreResult<Vec<ResourceStateRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            let mut statement = transaction.prepare_cached(
+                "SELECT pipeline, name, state, detail, updated_at FROM resources WHERE pipeline = ?1 ORDER BY name",
+            )?;
+            let rows = statement.query_map([pipeline], |row| {
+                Ok(ResourceStateRecord {
+                    pipeline: row.get(0)?,
+                    name: row.get(1)?,
+                    state: row.get(2)?,
+                    detail: row.get(3)?,
+                    updated_at: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
