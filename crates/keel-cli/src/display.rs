@@ -88,6 +88,12 @@ impl ProgressDisplay {
                     counts.done += tasks.len();
                     counts.failed += tasks.len();
                 }
+                Progress::GateOpened { partition, phase, missing, .. } => {
+                    note = Some(format!(
+                        "{partition} gate of phase {phase} opened without {}; the run will be degraded unless they land",
+                        missing.join(", ")
+                    ));
+                }
                 Progress::RunFinished { partition, state, .. } => {
                     note = Some(format!("{partition} finished: {state}"));
                 }

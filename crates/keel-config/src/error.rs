@@ -22,6 +22,7 @@ pub enum NameKind {
     Pipeline,
     Phase,
     Task,
+    Resource,
 }
 
 impl fmt::Display for NameKind {
@@ -30,6 +31,7 @@ impl fmt::Display for NameKind {
             NameKind::Pipeline => "pipeline",
             NameKind::Phase => "phase",
             NameKind::Task => "task",
+            NameKind::Resource => "resource",
         })
     }
 }
@@ -78,7 +80,7 @@ pub enum ConfigError {
     #[error("missing table [{table}] ({location}); add it with at least name = \"my_pipeline\"")]
     MissingTable { table: String, location: Location },
 
-    #[error("missing field {field:?}{} ({location}); {}", in_table(.table), missing_hint(.field))]
+    #[error("missing field {field:?}{} ({location}); {}", in_table(.table), missing_hint(.table, .field))]
     MissingField {
         field: String,
         table: String,
@@ -108,6 +110,9 @@ pub enum ConfigError {
 
     #[error("empty command in task {task:?} ({location}); {EXAMPLE_COMMAND}")]
     EmptyCommand { task: String, location: Location },
+
+    #[error("empty wait_for command in task {task:?} ({location}); {EXAMPLE_SENSOR_COMMAND}")]
+    EmptySensorCommand { task: String, location: Location },
 
     #[error(
         "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
@@ -154,19 +159,26 @@ pub enum ConfigError {
     },
 
     #[error(
-        "unknown template {template:?} in the command of task {task:?} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace"
+        "unknown template {template:?} in the {field} of task {task:?} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace"
     )]
     UnknownTemplate {
         task: String,
+        /// Which command: `command` or `wait_for command`.
+        field: &'static str,
         /// The whole placeholder, braces included: `{day}`.
         template: String,
         location: Location,
     },
 
     #[error(
-        "unclosed \"{{\" in the command of task {task:?} ({location}); close it as in \"{{date}}\", or write \"{{{{\" for a literal brace"
+        "unclosed \"{{\" in the {field} of task {task:?} ({location}); close it as in \"{{date}}\", or write \"{{{{\" for a literal brace"
     )]
-    UnclosedTemplate { task: String, location: Location },
+    UnclosedTemplate {
+        task: String,
+        /// Which command: `command` or `wait_for command`.
+        field: &'static str,
+        location: Location,
+    },
 
     #[error("unknown phase {phase:?} in task {task:?} ({location}); {}", phase_hint(.suggestion, .phase))]
     UnknownPhase {
@@ -212,12 +224,119 @@ pub enum ConfigError {
     },
 
     #[error(
-        "{name:?} is listed twice in the after list of {kind} {owner:?} ({location}); remove the repeat"
+        "{name:?} is listed twice in the {list} of {kind} {owner:?} ({location}); remove the repeat"
     )]
     RepeatedName {
+        /// Which list: `after list`, `uses list` or `gate's required list`.
+        list: &'static str,
         kind: NameKind,
         owner: String,
         name: String,
+        location: Location,
+    },
+
+    #[error("invalid rate {value:?} for \"rate\" in [{table}] ({location}); {reason}")]
+    InvalidRate {
+        table: String,
+        value: String,
+        /// What is wrong and how to write it instead.
+        reason: String,
+        location: Location,
+    },
+
+    #[error(
+        "invalid percentage {value:?} for {field:?}{} ({location}); write a percentage such as \"60%\" or a share such as 0.6",
+        in_table(.table)
+    )]
+    InvalidPercentage {
+        field: String,
+        table: String,
+        value: String,
+        location: Location,
+    },
+
+    #[error(
+        "{field:?}{} must be {bound}, found {value} ({location}){}",
+        in_table(.table),
+        did_you_mean(.suggestion)
+    )]
+    ShareOutOfRange {
+        field: String,
+        table: String,
+        /// As written: `"150%"` with its quotes, or a bare number such as `60`.
+        value: String,
+        /// For example `between 0% and 100%`.
+        bound: &'static str,
+        /// A percentage for a bare number that reads like one: `60` → `"60%"`.
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "{field:?}{} has no effect without {needs:?} ({location}); add {example}, or remove {field:?}",
+        in_table(.table)
+    )]
+    Ineffective {
+        field: String,
+        table: String,
+        /// The field that gives `field` its meaning.
+        needs: &'static str,
+        /// How to set `needs`: `ratio = "50%"`.
+        example: &'static str,
+        location: Location,
+    },
+
+    #[error(
+        "the gate of phase {phase:?} has neither required tasks nor a min share ({location}); set one or both, for example gate = {{ required = [\"TASK\"], min = \"60%\", grace = \"30m\" }}, or remove the gate"
+    )]
+    GateWithoutCondition { phase: String, location: Location },
+
+    #[error(
+        "unknown task {task:?} in the gate of phase {phase:?} ({location}); {}",
+        gate_task_hint(.suggestion, .phase)
+    )]
+    UnknownGateTask {
+        phase: String,
+        task: String,
+        /// The closest task of the same phase.
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} in the gate of phase {phase:?} belongs to phase {task_phase:?} ({location}); a gate may only require tasks of its own phase"
+    )]
+    GateTaskInOtherPhase {
+        phase: String,
+        task: String,
+        task_phase: String,
+        location: Location,
+    },
+
+    #[error(
+        "unknown resource {resource:?} in task {task:?} ({location}); {}",
+        resource_hint(.suggestion, .resource)
+    )]
+    UnknownResource {
+        task: String,
+        resource: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "\"max\" ({max:?}) is shorter than {}\"every\" ({every:?}){} ({location}); the sensor polls every {every:?} at first and backs off up to max: make max at least {every:?}",
+        if *.every_is_default { "the default " } else { "" },
+        in_table(.table)
+    )]
+    SensorMaxBelowEvery {
+        /// The dotted path of the `wait_for` table.
+        table: String,
+        /// As written.
+        max: String,
+        /// As written, or the default.
+        every: String,
+        every_is_default: bool,
         location: Location,
     },
 
@@ -259,6 +378,7 @@ impl ConfigError {
             | ConfigError::WrongType { location, .. }
             | ConfigError::InvalidName { location, .. }
             | ConfigError::EmptyCommand { location, .. }
+            | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
             | ConfigError::OutOfRange { location, .. }
             | ConfigError::InvalidChoice { location, .. }
@@ -270,6 +390,15 @@ impl ConfigError {
             | ConfigError::UnknownDependency { location, .. }
             | ConfigError::DependencyNotUpstream { location, .. }
             | ConfigError::RepeatedName { location, .. }
+            | ConfigError::InvalidRate { location, .. }
+            | ConfigError::InvalidPercentage { location, .. }
+            | ConfigError::ShareOutOfRange { location, .. }
+            | ConfigError::Ineffective { location, .. }
+            | ConfigError::GateWithoutCondition { location, .. }
+            | ConfigError::UnknownGateTask { location, .. }
+            | ConfigError::GateTaskInOtherPhase { location, .. }
+            | ConfigError::UnknownResource { location, .. }
+            | ConfigError::SensorMaxBelowEvery { location, .. }
             | ConfigError::Cycle { location, .. }
             | ConfigError::PlaintextSecret { location, .. } => Some(location),
         }
@@ -331,6 +460,8 @@ impl<'a> IntoIterator for &'a ConfigErrors {
 const EXAMPLE_COMMAND: &str =
     "give the program and its arguments, for example [\"sh\", \"-c\", \"echo {date}\"]";
 
+const EXAMPLE_SENSOR_COMMAND: &str = "give a program that exits 0 once the data is ready, for example [\"test\", \"-s\", \"/data/{date}.csv\"]";
+
 /// ` in [tasks.fetch]` for a table's dotted path, nothing for the top level.
 fn in_table(table: &str) -> String {
     if table.is_empty() {
@@ -359,11 +490,13 @@ fn suggest_or_list(suggestion: &Option<String>, expected: &[&str]) -> String {
     }
 }
 
-fn missing_hint(field: &str) -> String {
+fn missing_hint(table: &str, field: &str) -> String {
     match field {
         "name" => "add name = \"my_pipeline\"".to_string(),
         "phase" => "add phase = \"...\" naming one of the [phases.NAME] tables".to_string(),
+        "command" if table.ends_with(".wait_for") => EXAMPLE_SENSOR_COMMAND.to_string(),
         "command" => EXAMPLE_COMMAND.to_string(),
+        "ratio" => "add ratio = \"20%\"".to_string(),
         other => format!("add {other} = ..."),
     }
 }
@@ -396,5 +529,19 @@ fn phase_hint(suggestion: &Option<String>, phase: &str) -> String {
     match suggestion {
         Some(name) => format!("did you mean {name:?}?"),
         None => format!("define it with a [phases.{phase}] table"),
+    }
+}
+
+fn gate_task_hint(suggestion: &Option<String>, phase: &str) -> String {
+    match suggestion {
+        Some(name) => format!("did you mean {name:?}?"),
+        None => format!("a gate may only require tasks of its own phase, {phase:?}"),
+    }
+}
+
+fn resource_hint(suggestion: &Option<String>, resource: &str) -> String {
+    match suggestion {
+        Some(name) => format!("did you mean {name:?}?"),
+        None => format!("define it with a [resources.{resource}] table"),
     }
 }

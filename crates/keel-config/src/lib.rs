@@ -27,6 +27,7 @@
 
 mod error;
 mod graph;
+mod quantity;
 mod secrets;
 mod suggest;
 mod template;

@@ -2,8 +2,13 @@
 //!
 //! Validation runs in two passes. The first reads each table on its own (types, fields, names,
 //! durations, templates, secrets) into raw structs that remember where each name was written. The
-//! second resolves names across tables (phases, dependencies, cycles). Whatever is wrong with one
-//! value never stops the walk, so a single run reports everything.
+//! second resolves names across tables (phases, dependencies, cycles, gates, resources). Whatever
+//! is wrong with one value never stops the walk, so a single run reports everything.
+//!
+//! The resilience fields (`[resources.NAME]`, `gate`, `uses`, `wait_for`) are read in the
+//! `resilience` submodule.
+
+mod resilience;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -22,15 +27,15 @@ use crate::graph::find_cycles;
 use crate::secrets::find_secret;
 use crate::suggest::{closest, closest_timezone};
 use crate::template::{TemplateProblem, check_templates};
+use resilience::{RawGate, RawResource, RawSensor};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "phases", "tasks"];
-const TOP_LEVEL_LATER: &[&str] = &["resources", "secrets"];
+const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];
+const TOP_LEVEL_LATER: &[&str] = &["secrets"];
 const PIPELINE_FIELDS: &[&str] = &["name", "timezone", "partition", "state"];
 const PIPELINE_LATER: &[&str] = &["schedule", "schedule_partition"];
 const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "heartbeat", "deadline", "concurrency"];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
-const PHASE_FIELDS: &[&str] = &["after"];
-const PHASE_LATER: &[&str] = &["gate"];
+const PHASE_FIELDS: &[&str] = &["after", "gate"];
 const TASK_FIELDS: &[&str] = &[
     "phase",
     "command",
@@ -39,8 +44,10 @@ const TASK_FIELDS: &[&str] = &[
     "retries",
     "heartbeat",
     "deadline",
+    "uses",
+    "wait_for",
 ];
-const TASK_LATER: &[&str] = &["uses", "secrets", "wait_for", "smoke"];
+const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
 const JITTER_KINDS: &[&str] = &["full", "equal", "none"];
 
@@ -205,6 +212,7 @@ struct RawDefaults {
 struct RawPhase {
     name: NameRef,
     after: Vec<NameRef>,
+    gate: Option<RawGate>,
 }
 
 #[derive(Debug)]
@@ -217,6 +225,27 @@ struct RawTask {
     retries: RetriesOverride,
     heartbeat: Option<Duration>,
     deadline: Option<Duration>,
+    uses: Vec<NameRef>,
+    wait_for: Option<RawSensor>,
+}
+
+/// Which command of a task is being read; errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommandKind {
+    Task,
+    Sensor,
+}
+
+/// Where a list of names sits, for its errors.
+struct NameListContext<'a> {
+    /// The field holding the list: `after`, `uses` or `required`.
+    field: &'a str,
+    /// The dotted path of the table holding the field.
+    table: &'a str,
+    /// How a repeat names the list: `after list`.
+    list: &'static str,
+    owner_kind: NameKind,
+    owner: &'a str,
 }
 
 struct Checker<'s> {
@@ -440,13 +469,23 @@ impl Checker<'_> {
         field: &str,
         table: &str,
     ) -> Option<u32> {
+        self.integer_at_least(value, field, table, 1)
+    }
+
+    fn integer_at_least(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+        minimum: u32,
+    ) -> Option<u32> {
         let DeValue::Integer(integer) = value.get_ref() else {
             self.wrong_type(value, field, table, EXPECT_INTEGER);
             return None;
         };
         let parsed = i128::from_str_radix(integer.as_str(), integer.radix()).ok();
         let bound = match parsed {
-            Some(number) if number < 1 => "at least 1".to_string(),
+            Some(number) if number < i128::from(minimum) => format!("at least {minimum}"),
             Some(number) => match u32::try_from(number) {
                 Ok(number) => return Some(number),
                 Err(_) => format!("at most {}", u32::MAX),
@@ -485,29 +524,29 @@ impl Checker<'_> {
         None
     }
 
-    /// A list of phase or task names, each checked for shape and repeats.
+    /// A list of phase, task or resource names, each checked for type and repeats; whether
+    /// they name something is checked once every table has been read.
     fn name_list(
         &mut self,
         value: &Spanned<DeValue<'_>>,
-        table: &str,
-        owner_kind: NameKind,
-        owner: &str,
+        context: &NameListContext<'_>,
     ) -> Vec<NameRef> {
         let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(value, "after", table, EXPECT_NAMES);
+            self.wrong_type(value, context.field, context.table, EXPECT_NAMES);
             return Vec::new();
         };
         let mut names: Vec<NameRef> = Vec::new();
         for (position, item) in items.iter().enumerate() {
-            let field = format!("after[{position}]");
-            let Some(name) = self.string(item, &field, table, EXPECT_STRING) else {
+            let field = format!("{}[{position}]", context.field);
+            let Some(name) = self.string(item, &field, context.table, EXPECT_STRING) else {
                 continue;
             };
             let span = item.span();
             if names.iter().any(|seen| seen.name == name) {
                 self.errors.push(ConfigError::RepeatedName {
-                    kind: owner_kind,
-                    owner: owner.to_string(),
+                    list: context.list,
+                    kind: context.owner_kind,
+                    owner: context.owner.to_string(),
                     name,
                     location: self.location(&span),
                 });
@@ -532,6 +571,7 @@ impl Checker<'_> {
         let mut pipeline: Option<RawPipeline> = None;
         let mut pipeline_span: Option<Range<usize>> = None;
         let mut defaults = RawDefaults::default();
+        let mut resources: Vec<RawResource> = Vec::new();
         let mut phases: Vec<RawPhase> = Vec::new();
         let mut tasks: Vec<RawTask> = Vec::new();
         // Whether any task was written at all, well-formed or not.
@@ -549,6 +589,13 @@ impl Checker<'_> {
                 "defaults" => {
                     if let Some(table) = self.table(value, field, "") {
                         defaults = self.defaults(table);
+                    }
+                }
+                "resources" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, resource) in entries(table) {
+                            resources.extend(self.resource(name, resource));
+                        }
                     }
                 }
                 "phases" => {
@@ -584,8 +631,11 @@ impl Checker<'_> {
         }
         self.check_phase_graph(&phases);
         self.check_task_graph(&phases, &tasks);
+        self.check_gates(&phases, &tasks);
+        self.check_uses(&resources, &tasks);
         let pipeline = pipeline?;
-        Some(build_spec(pipeline, &defaults, phases, tasks)).filter(|_| self.errors.is_empty())
+        Some(build_spec(pipeline, &defaults, resources, phases, tasks))
+            .filter(|_| self.errors.is_empty())
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {
@@ -695,17 +745,28 @@ impl Checker<'_> {
         let path = join_path("phases", &phase_name.name);
         let table = self.table(value, &phase_name.name, "phases")?;
         let mut after = Vec::new();
+        let mut gate = None;
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
-                "after" => after = self.name_list(value, &path, NameKind::Phase, &phase_name.name),
-                _ if PHASE_LATER.contains(&field) => self.not_supported_yet(key, &path),
-                _ => self.unknown_field(key, &path, PHASE_FIELDS, PHASE_LATER),
+                "after" => {
+                    let context = NameListContext {
+                        field,
+                        table: &path,
+                        list: "after list",
+                        owner_kind: NameKind::Phase,
+                        owner: &phase_name.name,
+                    };
+                    after = self.name_list(value, &context);
+                }
+                "gate" => gate = self.gate(key, value, &path, &phase_name.name),
+                _ => self.unknown_field(key, &path, PHASE_FIELDS, &[]),
             }
         }
         Some(RawPhase {
             name: phase_name,
             after,
+            gate,
         })
     }
 
@@ -730,6 +791,8 @@ impl Checker<'_> {
             retries: RetriesOverride::default(),
             heartbeat: None,
             deadline: None,
+            uses: Vec::new(),
+            wait_for: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -742,10 +805,29 @@ impl Checker<'_> {
                             span: value.span(),
                         });
                 }
-                "command" => task.command = self.command(value, &path, &task.name.name),
-                "after" => {
-                    task.after = self.name_list(value, &path, NameKind::Task, &task.name.name);
+                "command" => {
+                    task.command = self.command(value, &path, &task.name.name, CommandKind::Task);
                 }
+                "after" | "uses" => {
+                    let context = NameListContext {
+                        field,
+                        table: &path,
+                        list: if field == "after" {
+                            "after list"
+                        } else {
+                            "uses list"
+                        },
+                        owner_kind: NameKind::Task,
+                        owner: &task.name.name,
+                    };
+                    let names = self.name_list(value, &context);
+                    if field == "after" {
+                        task.after = names;
+                    } else {
+                        task.uses = names;
+                    }
+                }
+                "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
@@ -766,23 +848,31 @@ impl Checker<'_> {
         Some(task)
     }
 
+    /// A task's `command`, or the `command` of its `wait_for`; `path` is the table holding it.
     fn command(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         path: &str,
         task: &str,
+        kind: CommandKind,
     ) -> Option<Vec<String>> {
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(value, "command", path, EXPECT_COMMAND);
             return None;
         };
         if items.is_empty() {
-            self.errors.push(ConfigError::EmptyCommand {
-                task: task.to_string(),
-                location: self.location(&value.span()),
+            let task = task.to_string();
+            let location = self.location(&value.span());
+            self.errors.push(match kind {
+                CommandKind::Task => ConfigError::EmptyCommand { task, location },
+                CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
             });
             return None;
         }
+        let template_field = match kind {
+            CommandKind::Task => "command",
+            CommandKind::Sensor => "wait_for command",
+        };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
             let field = format!("command[{position}]");
@@ -799,12 +889,15 @@ impl Checker<'_> {
                 self.errors.push(match problem {
                     TemplateProblem::Unknown { template, .. } => ConfigError::UnknownTemplate {
                         task,
+                        field: template_field,
                         template,
                         location,
                     },
-                    TemplateProblem::Unclosed { .. } => {
-                        ConfigError::UnclosedTemplate { task, location }
-                    }
+                    TemplateProblem::Unclosed { .. } => ConfigError::UnclosedTemplate {
+                        task,
+                        field: template_field,
+                        location,
+                    },
                 });
             }
             command.push(argument);
@@ -953,6 +1046,7 @@ fn upstream_phases(phases: &[RawPhase], index: &HashMap<&str, usize>) -> Vec<Has
 fn build_spec(
     pipeline: RawPipeline,
     defaults: &RawDefaults,
+    resources: Vec<RawResource>,
     phases: Vec<RawPhase>,
     tasks: Vec<RawTask>,
 ) -> PipelineSpec {
@@ -968,27 +1062,30 @@ fn build_spec(
             .map(|phase| PhaseSpec {
                 name: phase.name.name,
                 after: phase.after.into_iter().map(|after| after.name).collect(),
-                gate: None,
+                gate: phase.gate.map(RawGate::build),
             })
             .collect(),
         tasks: tasks
             .into_iter()
-            .map(|task| TaskSpec {
-                name: task.name.name,
-                phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
-                command: task.command.unwrap_or_default(),
-                after: task.after.into_iter().map(|after| after.name).collect(),
-                timeout: task.timeout.or(defaults.timeout).unwrap_or(DEFAULT_TIMEOUT),
-                retries: task.retries.over(default_retries),
-                heartbeat: task.heartbeat.or(defaults.heartbeat),
-                deadline: task
+            .map(|task| {
+                let deadline = task
                     .deadline
                     .or(defaults.deadline)
-                    .unwrap_or(DEFAULT_DEADLINE),
-                uses: Vec::new(),
-                wait_for: None,
+                    .unwrap_or(DEFAULT_DEADLINE);
+                TaskSpec {
+                    name: task.name.name,
+                    phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
+                    command: task.command.unwrap_or_default(),
+                    after: task.after.into_iter().map(|after| after.name).collect(),
+                    timeout: task.timeout.or(defaults.timeout).unwrap_or(DEFAULT_TIMEOUT),
+                    retries: task.retries.over(default_retries),
+                    heartbeat: task.heartbeat.or(defaults.heartbeat),
+                    deadline,
+                    uses: task.uses.into_iter().map(|name| name.name).collect(),
+                    wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                }
             })
             .collect(),
-        resources: Vec::new(),
+        resources: resources.into_iter().map(RawResource::build).collect(),
     }
 }

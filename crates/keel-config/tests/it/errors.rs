@@ -234,20 +234,18 @@ fn not_supported_yet() {
         r#"[pipeline]
 name = "hoops"
 schedule = "0 6 * * *"
+schedule_partition = "-1d"
 
-[resources.stats_feed]
-rate = "20/s"
+[secrets]
+provider = "env"
 
 [phases.scrape]
-[phases.analytics]
-after = ["scrape"]
-gate = { required = ["fetch"], min = "60%", grace = "30m" }
 
 [tasks.fetch]
 phase = "scrape"
 command = ["hoops", "scrape", "{date}"]
-uses = ["stats_feed"]
-wait_for = { command = ["hoops", "ready"], every = "5m" }
+secrets = ["STATS_API_KEY"]
+smoke = ["hoops", "self-test"]
 "#
     ));
 }
@@ -370,4 +368,290 @@ after = ["scrape_boxscore"]
 smoke = ["hoops", "self-test"]
 "#
     ));
+}
+
+#[test]
+fn bad_rates() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[resources.words]
+rate = "20 per second"
+[resources.zero]
+rate = "0/s"
+[resources.unit]
+rate = "20/x"
+[resources.spelt_out]
+rate = "20/sec"
+[resources.count]
+rate = "many/s"
+[resources.period]
+rate = "20/5 minutes"
+[resources.empty_period]
+rate = "5/0s"
+[resources.huge]
+rate = "9999999999/s"
+[resources.number]
+rate = 20
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    )));
+}
+
+#[test]
+fn unknown_fields_in_resilience_tables() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[resources.feed]
+concurency = 4
+breaker = { failure = 5, cooldwn = "30s", threshold = 3 }
+retry_budget = { ratio = "20%", windw = "1m" }
+
+[phases.scrape]
+gate = { requierd = ["fetch"], minimum = "60%" }
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+wait_for = { command = ["true"], evry = "5m", timeout = "1h" }
+"#
+    ));
+}
+
+#[test]
+fn wrong_types_in_resilience_fields() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[resources]
+broken = 3
+
+[resources.feed]
+concurrency = "4"
+breaker = "on"
+retry_budget = 5
+
+[resources.db]
+breaker = { failures = "5", cooldown = 30 }
+retry_budget = { ratio = true, min = "3" }
+
+[phases.scrape]
+gate = "60%"
+
+[phases.raw]
+after = ["scrape"]
+gate = { required = "load", min = ["60%"], grace = 30 }
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+uses = "feed"
+wait_for = ["test", "-s", "file"]
+
+[tasks.load]
+phase = "raw"
+command = ["true"]
+uses = [1, "db"]
+wait_for = { command = "test -s file", every = 5 }
+"#
+    ));
+}
+
+#[test]
+fn bad_percentages() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[resources.feed]
+breaker = { ratio = "0%", window = 10 }
+retry_budget = { ratio = 0 }
+
+[resources.db]
+breaker = { ratio = "fifty%", window = 10 }
+retry_budget = { ratio = "-5%" }
+
+[phases.scrape]
+gate = { min = "150%" }
+[phases.raw]
+gate = { min = 60 }
+[phases.analytics]
+gate = { min = 1.5 }
+[phases.export]
+gate = { min = "60" }
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+}
+
+#[test]
+fn out_of_range_counts_and_bad_names_in_resources() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[resources."stats feed"]
+concurrency = 0
+breaker = {{ failures = 0, ratio = "50%", window = 0, cooldown = "0s" }}
+retry_budget = {{ ratio = "20%", window = "0s", min = -1 }}
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    )));
+}
+
+#[test]
+fn breaker_window_without_ratio_and_retry_budget_without_ratio() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[resources.feed]
+breaker = {{ failures = 5, window = 20 }}
+retry_budget = {{ window = "1m", min = 3 }}
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    )));
+}
+
+#[test]
+fn gate_requires_tasks_of_its_own_phase() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.raw]
+[phases.analytics]
+after = ["raw"]
+gate = { required = [
+    "player_game_sumary",
+    "load_games",
+    "nothing_like_it",
+    "team_offense",
+    "team_offense",
+    "upcoming_player_context",
+], min = "60%" }
+
+[tasks.load_games]
+phase = "raw"
+command = ["true"]
+
+[tasks.player_game_summary]
+phase = "analytics"
+command = ["true"]
+
+[tasks.team_offense]
+phase = "analytics"
+command = ["true"]
+
+# Its misspelt phase is reported once, not again by the gate.
+[tasks.upcoming_player_context]
+phase = "analytcs"
+command = ["true"]
+"#
+    ));
+}
+
+#[test]
+fn gate_without_required_tasks_or_min() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+gate = { grace = "5m" }
+
+[phases.raw]
+after = ["scrape"]
+gate = { required = [] }
+
+[phases.analytics]
+after = ["raw"]
+
+[phases.analytics.gate]
+grace = "1m"
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+}
+
+#[test]
+fn unknown_and_repeated_resources_in_uses() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[resources.stats_feed]
+rate = "20/s"
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+uses = ["stats_fed", "warehouse", "stats_feed", "stats_feed"]
+"#
+    )));
+}
+
+#[test]
+fn bad_sensors() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.empty]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = [], every = "0s" }}
+
+[tasks.missing_command]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ every = "5m", deadline = "0s" }}
+
+[tasks.templates]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["hoops", "ready", "{{day}}", "{{date"], max = "5 minutes" }}
+
+[tasks.max_below_every]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["true"], every = "5m", max = "1m" }}
+
+[tasks.max_below_default_every]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["true"], max = "30s" }}
+
+[tasks.bad_every_is_not_compared]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["true"], every = "often", max = "1s" }}
+"#
+    )));
+}
+
+#[test]
+fn plaintext_secrets_in_wait_for_are_refused() {
+    let message = errors_of(&format!(
+        r#"{HEADER}
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["curl", "-H", "Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123", "https://feed.example/ready"] }}
+"#
+    ));
+    assert!(
+        !message.contains("abcdefghijklmnopqrstuvwxyz0123"),
+        "the token leaked: {message}"
+    );
+    assert_snapshot!(message);
 }

@@ -3,7 +3,10 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use keel_model::{Jitter, PartitionKind, PhaseSpec, PipelineSpec, RetryPolicy, TaskSpec};
+use keel_model::{
+    BreakerSpec, GateSpec, Jitter, PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec,
+    RetryBudgetSpec, RetryPolicy, SensorSpec, TaskSpec,
+};
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -27,6 +30,78 @@ fn retries() -> impl Strategy<Value = RetryPolicy> {
             jitter,
         }
     })
+}
+
+/// A share written as a whole percentage: `p / 100`, the value `"p%"` and `p / 100.0` both read as.
+fn share(low: u32) -> impl Strategy<Value = f64> {
+    (low..=100u32).prop_map(|percent| f64::from(percent) / 100.0)
+}
+
+fn resource(name: String) -> impl Strategy<Value = ResourceSpec> {
+    let rate = (1u32..1000, duration()).prop_map(|(tokens, per)| Rate { tokens, per });
+    // Without a ratio the window is the default, 20: writing one alone is an error.
+    let breaker = (
+        1u32..10,
+        prop::option::of((share(1), 1u32..100)),
+        duration(),
+    )
+        .prop_map(|(failures, ratio, cooldown)| BreakerSpec {
+            failures,
+            ratio: ratio.map(|(ratio, _)| ratio),
+            window: ratio.map_or(20, |(_, window)| window),
+            cooldown,
+        });
+    let retry_budget = (share(1), duration(), 0u32..10)
+        .prop_map(|(ratio, window, min)| RetryBudgetSpec { ratio, window, min });
+    (
+        prop::option::of(rate),
+        prop::option::of(1u32..64),
+        prop::option::of(breaker),
+        prop::option::of(retry_budget),
+    )
+        .prop_map(
+            move |(rate, concurrency, breaker, retry_budget)| ResourceSpec {
+                name: name.clone(),
+                rate,
+                concurrency,
+                breaker,
+                retry_budget,
+            },
+        )
+}
+
+fn resources() -> impl Strategy<Value = Vec<ResourceSpec>> {
+    prop::collection::btree_set(name(), 0..4)
+        .prop_flat_map(|names| names.into_iter().map(resource).collect::<Vec<_>>())
+}
+
+/// The random choices behind one phase's gate: which of its tasks it requires, its min share and
+/// its grace in milliseconds.
+type GateChoice = Option<(Vec<prop::sample::Index>, Option<f64>, u64)>;
+
+fn gate_choice() -> impl Strategy<Value = GateChoice> {
+    prop::option::of((
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        prop::option::of(share(0)),
+        0u64..100_000,
+    ))
+}
+
+/// The random choices behind one task's `uses` and `wait_for`.
+type TaskResilienceChoice = (
+    Vec<prop::sample::Index>,
+    Option<(Duration, Option<u32>, Option<Duration>)>,
+);
+
+fn task_resilience_choice() -> impl Strategy<Value = TaskResilienceChoice> {
+    (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        prop::option::of((
+            duration(),
+            prop::option::of(1u32..20),
+            prop::option::of(duration()),
+        )),
+    )
 }
 
 /// A pipeline whose phases form a chain-like DAG (each phase may run after any earlier one) and
@@ -53,9 +128,22 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
             ),
             8,
         ),
+        resources(),
+        prop::collection::vec(gate_choice(), 5),
+        prop::collection::vec(task_resilience_choice(), 8),
     )
         .prop_map(
-            |(pipeline_name, partition, concurrency, phase_names, task_names, choices)| {
+            |(
+                pipeline_name,
+                partition,
+                concurrency,
+                phase_names,
+                task_names,
+                choices,
+                resources,
+                gate_choices,
+                resilience_choices,
+            )| {
                 let phase_names: Vec<String> = phase_names.into_iter().collect();
                 let mut phases: Vec<PhaseSpec> = Vec::new();
                 for (position, phase) in phase_names.iter().enumerate() {
@@ -71,6 +159,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     phases.push(PhaseSpec {
                         name: phase.clone(),
                         after,
+                        gate: None,
                     });
                 }
                 let mut tasks: Vec<TaskSpec> = Vec::new();
@@ -102,6 +191,22 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     after.sort();
                     after.dedup();
                     let argument = text.replace(['{', '}'], "");
+                    let (use_picks, sensor) = &resilience_choices[position];
+                    let mut uses: Vec<String> = Vec::new();
+                    if !resources.is_empty() {
+                        for pick in use_picks {
+                            let resource = &resources[pick.index(resources.len())].name;
+                            if !uses.contains(resource) {
+                                uses.push(resource.clone());
+                            }
+                        }
+                    }
+                    let wait_for = sensor.map(|(every, max_factor, sensor_deadline)| SensorSpec {
+                        command: vec!["ready".into(), "{partition}".into()],
+                        every,
+                        max: max_factor.map_or(every * 8, |factor| every * factor),
+                        deadline: sensor_deadline.unwrap_or(deadline),
+                    });
                     tasks.push(TaskSpec {
                         name: task_name,
                         phase: phase_names[phase].clone(),
@@ -111,6 +216,37 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         retries,
                         heartbeat,
                         deadline,
+                        uses,
+                        wait_for,
+                    });
+                }
+                for (phase, choice) in phases.iter_mut().zip(&gate_choices) {
+                    let Some((required_picks, min_share, grace_ms)) = choice else {
+                        continue;
+                    };
+                    let own_tasks: Vec<&String> = tasks
+                        .iter()
+                        .filter(|task| task.phase == phase.name)
+                        .map(|task| &task.name)
+                        .collect();
+                    let mut required: Vec<String> = Vec::new();
+                    if !own_tasks.is_empty() {
+                        for pick in required_picks {
+                            let task = own_tasks[pick.index(own_tasks.len())];
+                            if !required.contains(task) {
+                                required.push(task.clone());
+                            }
+                        }
+                    }
+                    // A gate needs required tasks or a min share.
+                    let min_share = match min_share {
+                        None if required.is_empty() => 0.5,
+                        other => other.unwrap_or(0.0),
+                    };
+                    phase.gate = Some(GateSpec {
+                        required,
+                        min_share,
+                        grace: Duration::from_millis(*grace_ms),
                     });
                 }
                 PipelineSpec {
@@ -121,6 +257,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     concurrency,
                     phases,
                     tasks,
+                    resources,
                 }
             },
         )
@@ -135,6 +272,17 @@ fn quoted_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// Alternates between the two ways of writing a share, so both are exercised.
+fn share_text(share: f64) -> String {
+    let percent = (share * 100.0).round();
+    if (percent as u32).is_multiple_of(2) {
+        format!("\"{percent}%\"")
+    } else {
+        format!("{share:?}")
+    }
+}
+
+/// Writes what the spec holds, leaving out whatever equals its default so defaults are read too.
 fn to_toml(spec: &PipelineSpec) -> String {
     let mut out = String::new();
     let partition = match spec.partition {
@@ -148,14 +296,69 @@ fn to_toml(spec: &PipelineSpec) -> String {
     )
     .unwrap();
     writeln!(out, "[defaults]\nconcurrency = {}\n", spec.concurrency).unwrap();
+    for resource in &spec.resources {
+        writeln!(out, "[resources.{}]", resource.name).unwrap();
+        if let Some(rate) = resource.rate {
+            writeln!(out, "rate = \"{}/{}ms\"", rate.tokens, rate.per.as_millis()).unwrap();
+        }
+        if let Some(concurrency) = resource.concurrency {
+            writeln!(out, "concurrency = {concurrency}").unwrap();
+        }
+        if let Some(breaker) = &resource.breaker {
+            write!(
+                out,
+                "breaker = {{ failures = {}, cooldown = {}",
+                breaker.failures,
+                millis(breaker.cooldown)
+            )
+            .unwrap();
+            if let Some(ratio) = breaker.ratio {
+                write!(
+                    out,
+                    ", ratio = {}, window = {}",
+                    share_text(ratio),
+                    breaker.window
+                )
+                .unwrap();
+            }
+            writeln!(out, " }}").unwrap();
+        }
+        if let Some(budget) = &resource.retry_budget {
+            write!(
+                out,
+                "retry_budget = {{ ratio = {}",
+                share_text(budget.ratio)
+            )
+            .unwrap();
+            if budget.window != Duration::from_secs(60) {
+                write!(out, ", window = {}", millis(budget.window)).unwrap();
+            }
+            if budget.min != 3 {
+                write!(out, ", min = {}", budget.min).unwrap();
+            }
+            writeln!(out, " }}").unwrap();
+        }
+        out.push('\n');
+    }
     for phase in &spec.phases {
         writeln!(
             out,
-            "[phases.{}]\nafter = {}\n",
+            "[phases.{}]\nafter = {}",
             phase.name,
             quoted_list(&phase.after)
         )
         .unwrap();
+        if let Some(gate) = &phase.gate {
+            write!(out, "gate = {{ required = {}", quoted_list(&gate.required)).unwrap();
+            if gate.min_share != 0.0 || gate.required.is_empty() {
+                write!(out, ", min = {}", share_text(gate.min_share)).unwrap();
+            }
+            if !gate.grace.is_zero() {
+                write!(out, ", grace = {}", millis(gate.grace)).unwrap();
+            }
+            writeln!(out, " }}").unwrap();
+        }
+        out.push('\n');
     }
     for task in &spec.tasks {
         let jitter = match task.retries.jitter {
@@ -180,6 +383,25 @@ fn to_toml(spec: &PipelineSpec) -> String {
         .unwrap();
         if let Some(heartbeat) = task.heartbeat {
             writeln!(out, "heartbeat = {}", millis(heartbeat)).unwrap();
+        }
+        if !task.uses.is_empty() {
+            writeln!(out, "uses = {}", quoted_list(&task.uses)).unwrap();
+        }
+        if let Some(sensor) = &task.wait_for {
+            write!(
+                out,
+                "wait_for = {{ command = {}, every = {}",
+                quoted_list(&sensor.command),
+                millis(sensor.every)
+            )
+            .unwrap();
+            if sensor.max != sensor.every * 8 {
+                write!(out, ", max = {}", millis(sensor.max)).unwrap();
+            }
+            if sensor.deadline != task.deadline {
+                write!(out, ", deadline = {}", millis(sensor.deadline)).unwrap();
+            }
+            writeln!(out, " }}").unwrap();
         }
         out.push('\n');
     }

@@ -3,12 +3,21 @@
 use std::time::Duration;
 
 use keel_model::{
-    DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Dag, Jitter, PartitionKind, PhaseSpec,
-    PipelineSpec, RetryPolicy, TaskSpec,
+    BreakerSpec, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Dag, GateSpec, Jitter,
+    PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
+    SensorSpec, TaskSpec,
 };
 
 fn seconds(count: u64) -> Duration {
     Duration::from_secs(count)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
+fn parse(source: &str) -> PipelineSpec {
+    keel_config::parse(source, "keel.toml").unwrap_or_else(|errors| panic!("{errors}"))
 }
 
 #[test]
@@ -74,12 +83,6 @@ after = ["player_game_summary", "scrape_injuries"]
         max: seconds(60),
         jitter: Jitter::Equal,
     };
-    let strings = |items: &[&str]| {
-        items
-            .iter()
-            .map(|item| item.to_string())
-            .collect::<Vec<_>>()
-    };
     let expected = PipelineSpec {
         name: "hoops".into(),
         timezone: "America/New_York".into(),
@@ -90,14 +93,17 @@ after = ["player_game_summary", "scrape_injuries"]
             PhaseSpec {
                 name: "scrape".into(),
                 after: vec![],
+                gate: None,
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
+                gate: None,
             },
             PhaseSpec {
                 name: "analytics".into(),
                 after: strings(&["raw"]),
+                gate: None,
             },
         ],
         tasks: vec![
@@ -114,6 +120,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 },
                 heartbeat: Some(seconds(300)),
                 deadline: seconds(3 * 3600),
+                uses: vec![],
+                wait_for: None,
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -124,6 +132,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 retries: default_retries,
                 heartbeat: Some(seconds(300)),
                 deadline: seconds(30 * 60),
+                uses: vec![],
+                wait_for: None,
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -145,6 +155,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 },
                 heartbeat: Some(seconds(60)),
                 deadline: seconds(3 * 3600),
+                uses: vec![],
+                wait_for: None,
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -155,8 +167,11 @@ after = ["player_game_summary", "scrape_injuries"]
                 retries: default_retries,
                 heartbeat: Some(seconds(300)),
                 deadline: seconds(3 * 3600),
+                uses: vec![],
+                wait_for: None,
             },
         ],
+        resources: vec![],
     };
     assert_eq!(spec, expected);
 
@@ -235,4 +250,395 @@ fn a_directory_is_unreadable_not_missing() {
         ),
         "{errors:?}"
     );
+}
+
+#[test]
+fn a_full_example_with_gates_sensors_and_resources_becomes_the_expected_spec() {
+    let source = r#"
+[pipeline]
+name = "hoops"
+timezone = "America/New_York"
+
+[defaults]
+deadline = "3h"
+
+[resources.stats_feed]
+rate = "20/s"
+concurrency = 4
+breaker = { failures = 5, cooldown = "30s" }
+retry_budget = { ratio = "20%", window = "1m", min = 3 }
+
+[resources.odds_api]
+rate = "5/10s"
+breaker = { failures = 3, ratio = 0.5, window = 40, cooldown = "2m" }
+retry_budget = { ratio = 0.1, window = "10m", min = 0 }
+
+# A resource may only name a dependency, with no limit yet.
+[resources.warehouse]
+
+[phases.scrape]
+[phases.raw]
+after = ["scrape"]
+[phases.analytics]
+after = ["raw"]
+gate = { required = ["player_game_summary", "upcoming_player_context"], min = "60%", grace = "30m" }
+
+[tasks.scrape_boxscores]
+phase = "scrape"
+command = ["hoops", "scrape", "boxscores", "{date}"]
+uses = ["stats_feed"]
+wait_for = { command = ["hoops", "ready", "boxscores", "{date}"], every = "5m", deadline = "6h", max = "30m" }
+timeout = "5m"
+
+[tasks.scrape_props]
+phase = "scrape"
+command = ["hoops", "scrape", "props", "{date}"]
+uses = ["odds_api", "stats_feed"]
+deadline = "45m"
+wait_for = { command = ["hoops", "ready", "props", "{partition}"] }
+
+[tasks.load]
+phase = "raw"
+command = ["hoops", "load", "{date}"]
+uses = ["warehouse"]
+
+[tasks.player_game_summary]
+phase = "analytics"
+command = ["hoops", "analytics", "player_game_summary", "{date}"]
+
+[tasks.upcoming_player_context]
+phase = "analytics"
+command = ["hoops", "analytics", "upcoming_player_context", "{date}"]
+wait_for = { command = ["hoops", "ready", "context"], every = "30s" }
+
+[tasks.team_offense]
+phase = "analytics"
+command = ["hoops", "analytics", "team_offense", "{date}"]
+"#;
+    let spec = parse(source);
+    let retries = RetryPolicy::default();
+    let task = |name: &str, phase: &str, command: &[&str]| TaskSpec {
+        name: name.into(),
+        phase: phase.into(),
+        command: strings(command),
+        after: vec![],
+        timeout: DEFAULT_TIMEOUT,
+        retries,
+        heartbeat: None,
+        deadline: seconds(3 * 3600),
+        uses: vec![],
+        wait_for: None,
+    };
+    let expected = PipelineSpec {
+        name: "hoops".into(),
+        timezone: "America/New_York".into(),
+        partition: PartitionKind::Date,
+        state: None,
+        concurrency: DEFAULT_CONCURRENCY,
+        phases: vec![
+            PhaseSpec {
+                name: "scrape".into(),
+                after: vec![],
+                gate: None,
+            },
+            PhaseSpec {
+                name: "raw".into(),
+                after: strings(&["scrape"]),
+                gate: None,
+            },
+            PhaseSpec {
+                name: "analytics".into(),
+                after: strings(&["raw"]),
+                gate: Some(GateSpec {
+                    required: strings(&["player_game_summary", "upcoming_player_context"]),
+                    min_share: 0.6,
+                    grace: seconds(30 * 60),
+                }),
+            },
+        ],
+        tasks: vec![
+            TaskSpec {
+                uses: strings(&["stats_feed"]),
+                wait_for: Some(SensorSpec {
+                    command: strings(&["hoops", "ready", "boxscores", "{date}"]),
+                    every: seconds(5 * 60),
+                    max: seconds(30 * 60),
+                    deadline: seconds(6 * 3600),
+                }),
+                timeout: seconds(5 * 60),
+                ..task(
+                    "scrape_boxscores",
+                    "scrape",
+                    &["hoops", "scrape", "boxscores", "{date}"],
+                )
+            },
+            TaskSpec {
+                uses: strings(&["odds_api", "stats_feed"]),
+                deadline: seconds(45 * 60),
+                // Defaults: every 1m, max 8 × every, the deadline of the task itself.
+                wait_for: Some(SensorSpec {
+                    command: strings(&["hoops", "ready", "props", "{partition}"]),
+                    every: seconds(60),
+                    max: seconds(8 * 60),
+                    deadline: seconds(45 * 60),
+                }),
+                ..task(
+                    "scrape_props",
+                    "scrape",
+                    &["hoops", "scrape", "props", "{date}"],
+                )
+            },
+            TaskSpec {
+                uses: strings(&["warehouse"]),
+                ..task("load", "raw", &["hoops", "load", "{date}"])
+            },
+            task(
+                "player_game_summary",
+                "analytics",
+                &["hoops", "analytics", "player_game_summary", "{date}"],
+            ),
+            TaskSpec {
+                // The deadline comes from [defaults] through the task.
+                wait_for: Some(SensorSpec {
+                    command: strings(&["hoops", "ready", "context"]),
+                    every: seconds(30),
+                    max: seconds(4 * 60),
+                    deadline: seconds(3 * 3600),
+                }),
+                ..task(
+                    "upcoming_player_context",
+                    "analytics",
+                    &["hoops", "analytics", "upcoming_player_context", "{date}"],
+                )
+            },
+            task(
+                "team_offense",
+                "analytics",
+                &["hoops", "analytics", "team_offense", "{date}"],
+            ),
+        ],
+        resources: vec![
+            ResourceSpec {
+                name: "stats_feed".into(),
+                rate: Some(Rate {
+                    tokens: 20,
+                    per: seconds(1),
+                }),
+                concurrency: Some(4),
+                breaker: Some(BreakerSpec {
+                    failures: 5,
+                    ratio: None,
+                    window: 20,
+                    cooldown: seconds(30),
+                }),
+                retry_budget: Some(RetryBudgetSpec {
+                    ratio: 0.2,
+                    window: seconds(60),
+                    min: 3,
+                }),
+            },
+            ResourceSpec {
+                name: "odds_api".into(),
+                rate: Some(Rate {
+                    tokens: 5,
+                    per: seconds(10),
+                }),
+                concurrency: None,
+                breaker: Some(BreakerSpec {
+                    failures: 3,
+                    ratio: Some(0.5),
+                    window: 40,
+                    cooldown: seconds(120),
+                }),
+                retry_budget: Some(RetryBudgetSpec {
+                    ratio: 0.1,
+                    window: seconds(600),
+                    min: 0,
+                }),
+            },
+            ResourceSpec {
+                name: "warehouse".into(),
+                rate: None,
+                concurrency: None,
+                breaker: None,
+                retry_budget: None,
+            },
+        ],
+    };
+    assert_eq!(spec, expected);
+    assert_eq!(spec.resource("odds_api"), Some(&expected.resources[1]));
+}
+
+#[test]
+fn rates_percentages_and_resilience_defaults() {
+    let spec = parse(
+        r#"
+[pipeline]
+name = "defaults"
+
+[resources.per_second]
+rate = "20/s"
+breaker = {}
+retry_budget = { ratio = "12.5%" }
+[resources.per_minute]
+rate = "100/m"
+breaker = { ratio = "50%", window = 10 }
+retry_budget = { ratio = 1 }
+[resources.per_hour]
+rate = "3/h"
+[resources.per_duration]
+rate = "1/1m30s"
+
+[phases.only]
+gate = { required = ["one"] }
+[phases.second]
+after = ["only"]
+gate = { min = 0 }
+[phases.third]
+after = ["second"]
+gate = { min = "100%", grace = "0s" }
+
+[tasks.one]
+phase = "only"
+command = ["true"]
+wait_for = { command = ["true"], every = "1h" }
+"#,
+    );
+    let rates: Vec<Option<Rate>> = spec
+        .resources
+        .iter()
+        .map(|resource| resource.rate)
+        .collect();
+    assert_eq!(
+        rates,
+        [
+            (20, seconds(1)),
+            (100, seconds(60)),
+            (3, seconds(3600)),
+            (1, seconds(90))
+        ]
+        .map(|(tokens, per)| Some(Rate { tokens, per }))
+    );
+    // An empty breaker table turns a breaker on with every default.
+    assert_eq!(
+        spec.resources[0].breaker,
+        Some(BreakerSpec {
+            failures: 5,
+            ratio: None,
+            window: 20,
+            cooldown: seconds(30),
+        })
+    );
+    assert_eq!(
+        spec.resources[1].breaker,
+        Some(BreakerSpec {
+            failures: 5,
+            ratio: Some(0.5),
+            window: 10,
+            cooldown: seconds(30),
+        })
+    );
+    assert_eq!(
+        spec.resources[0].retry_budget,
+        Some(RetryBudgetSpec {
+            ratio: 0.125,
+            window: seconds(60),
+            min: 3,
+        })
+    );
+    assert_eq!(spec.resources[1].retry_budget.as_ref().unwrap().ratio, 1.0);
+    assert_eq!(spec.resources[2].breaker, None);
+    assert_eq!(spec.resources[2].retry_budget, None);
+    assert_eq!(spec.resources[2].concurrency, None);
+
+    let gates: Vec<GateSpec> = spec
+        .phases
+        .iter()
+        .map(|phase| phase.gate.clone().unwrap())
+        .collect();
+    assert_eq!(
+        gates,
+        [
+            GateSpec {
+                required: strings(&["one"]),
+                min_share: 0.0,
+                grace: Duration::ZERO,
+            },
+            GateSpec {
+                required: vec![],
+                min_share: 0.0,
+                grace: Duration::ZERO,
+            },
+            GateSpec {
+                required: vec![],
+                min_share: 1.0,
+                grace: Duration::ZERO,
+            },
+        ]
+    );
+    assert_eq!(
+        spec.tasks[0].wait_for,
+        Some(SensorSpec {
+            command: strings(&["true"]),
+            every: seconds(3600),
+            max: seconds(8 * 3600),
+            deadline: DEFAULT_DEADLINE,
+        })
+    );
+    assert!(spec.tasks[0].uses.is_empty());
+}
+
+#[test]
+fn a_percentage_and_the_same_share_give_the_same_spec() {
+    for (percentage, share) in [("60%", "0.6"), ("33.3%", "0.333"), ("7%", "0.07")] {
+        let pipeline = |min: &str| {
+            parse(&format!(
+                "[pipeline]\nname = \"p\"\n[phases.a]\ngate = {{ min = {min} }}\n\
+                 [tasks.t]\nphase = \"a\"\ncommand = [\"true\"]\n"
+            ))
+        };
+        let from_percentage = pipeline(&format!("{percentage:?}"));
+        assert_eq!(from_percentage, pipeline(share), "{percentage} vs {share}");
+        assert_eq!(
+            from_percentage.phases[0].gate.as_ref().unwrap().min_share,
+            share.parse::<f64>().unwrap()
+        );
+    }
+}
+
+#[test]
+fn resource_tables_may_be_written_as_headers() {
+    let inline = parse(
+        r#"
+[pipeline]
+name = "p"
+[resources.feed]
+breaker = { failures = 2, cooldown = "5s" }
+[phases.a]
+gate = { required = ["t"], grace = "1m" }
+[tasks.t]
+phase = "a"
+command = ["true"]
+wait_for = { command = ["true"], every = "2s" }
+"#,
+    );
+    let headers = parse(
+        r#"
+[pipeline]
+name = "p"
+[resources.feed.breaker]
+failures = 2
+cooldown = "5s"
+[phases.a.gate]
+required = ["t"]
+grace = "1m"
+[tasks.t]
+phase = "a"
+command = ["true"]
+[tasks.t.wait_for]
+command = ["true"]
+every = "2s"
+"#,
+    );
+    assert_eq!(inline, headers);
 }
