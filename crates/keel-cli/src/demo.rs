@@ -181,6 +181,16 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
                 }
             }
         }
+        // Sensor polls before a task could start: late data that was waited for, not failed on.
+        let mut waited: BTreeMap<String, usize> = BTreeMap::new();
+        for event in store.events(run).await? {
+            if event.kind == "sensor_polled"
+                && event.detail != "ready"
+                && let Some(task) = event.task
+            {
+                *waited.entry(task).or_default() += 1;
+            }
+        }
         let accuracy = attempts
             .iter()
             .filter(|attempt| {
@@ -212,6 +222,11 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             accuracy_trend.push((date.clone(), accuracy));
         }
         println!("{line}");
+        for (task, polls) in &waited {
+            println!(
+                "            waited for {task}: its sensor said not ready {polls} times, then ready"
+            );
+        }
         for (task, failures) in &healed {
             println!(
                 "            healed {task}: {} → succeeded",

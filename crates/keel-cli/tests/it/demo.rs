@@ -28,9 +28,10 @@ fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
         stdout.contains("2026-11-11  succeeded 21 tasks") && stdout.contains("no games"),
         "{stdout}"
     );
-    // Late props are not ready on the first checks, and Keel waited for them.
+    // Late props are not ready on the first checks: the sensor waited for them, and
+    // scrape_props started only then.
     assert!(
-        stdout.contains("healed scrape_props: not_ready"),
+        stdout.contains("waited for scrape_props: its sensor said not ready"),
         "{stdout}"
     );
     assert!(
