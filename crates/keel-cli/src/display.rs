@@ -88,6 +88,9 @@ impl ProgressDisplay {
                     counts.done += tasks.len();
                     counts.failed += tasks.len();
                 }
+                Progress::BreakerChanged { resource, detail, .. } => {
+                    note = Some(format!("resource {resource}: breaker {detail}"));
+                }
                 Progress::GateOpened { partition, phase, missing, .. } => {
                     note = Some(format!(
                         "{partition} gate of phase {phase} opened without {}; the run will be degraded unless they land",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_exec::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
 use keel_exec::{Adopted, Executor, Launch, Report};
 use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
@@ -146,6 +147,12 @@ pub enum Progress {
         message: Option<String>,
         retry_at: Option<Millis>,
     },
+    /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
+    BreakerChanged {
+        resource: String,
+        state: &'static str,
+        detail: String,
+    },
     /// A gate let downstream proceed without these tasks of its phase.
     GateOpened {
         run: RunId,
@@ -175,6 +182,8 @@ pub struct Engine<S: Store, E: Executor, C: Clock> {
     spec: Arc<PipelineSpec>,
     dag: Dag,
     topology: Topology,
+    /// Per task: indexes into `spec.resources` of the resources it uses.
+    task_uses: Vec<Vec<usize>>,
     config: EngineConfig,
     observer: Box<dyn FnMut(Progress) + Send>,
 }
@@ -233,6 +242,14 @@ struct Book {
     sensor_sender: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
     /// Sensor polls running now; they count against the concurrency cap.
     sensing: usize,
+    /// Per resource of the spec: its rate limit, bulkhead, breaker and retry budget.
+    resources: Vec<ResourcePolicy>,
+    /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
+    resource_waiters: Vec<Vec<(usize, TaskIndex)>>,
+    /// Permits taken for tasks picked to start, until their claim is known.
+    picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
+    /// Permits held by running attempts.
+    permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
     shutting_down: bool,
 }
 
@@ -255,6 +272,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     ) -> Engine<S, E, C> {
         let dag = Dag::new(&spec);
         let topology = Topology::new(&spec, &dag);
+        let task_uses = spec
+            .tasks
+            .iter()
+            .map(|task| {
+                task.uses
+                    .iter()
+                    .filter_map(|name| {
+                        spec.resources
+                            .iter()
+                            .position(|resource| resource.name == *name)
+                    })
+                    .collect()
+            })
+            .collect();
         Engine {
             store,
             executor: Arc::new(executor),
@@ -263,6 +294,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             spec: Arc::new(spec),
             dag,
             topology,
+            task_uses,
             config,
             observer: Box::new(|_| {}),
         }
@@ -408,6 +440,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             sender,
             sensor_sender,
             sensing: 0,
+            resources: self
+                .spec
+                .resources
+                .iter()
+                .map(|resource| ResourcePolicy::new(resource, self.clock.now()))
+                .collect(),
+            resource_waiters: vec![Vec::new(); self.spec.resources.len()],
+            picked_permits: HashMap::new(),
+            permits: HashMap::new(),
             shutting_down: false,
         };
         let live = self.store.live_attempts(&self.spec.name).await?;
@@ -737,6 +778,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     self.start_sensor(book, run_index, task);
                     continue;
                 }
+                if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
+                    continue;
+                }
                 picked.push((run_index, task));
             }
             if picked.is_empty() {
@@ -764,8 +808,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let results = self.store.claim_attempts(claims).await?;
             let mut started = Vec::new();
             for ((run_index, task), result) in picked.into_iter().zip(results) {
+                let mut permits = book.picked_permits.remove(&(run_index, task));
+                if result.is_err()
+                    && let Some(unused) = permits.take()
+                {
+                    self.release_permits(book, unused, ResourceVerdict::Neutral)
+                        .await?;
+                }
                 match result {
                     Ok(attempt) => {
+                        if let Some(permits) = permits {
+                            book.permits.insert(attempt.id, permits);
+                        }
                         if let Some(pid) =
                             self.start_attempt(book, run_index, task, &attempt).await?
                         {
@@ -1167,12 +1221,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let Some(live) = book.live.remove(&attempt) else {
                 continue;
             };
+            if let Some(permits) = book.permits.remove(&attempt) {
+                self.release_permits(book, permits, ResourceVerdict::of(report.outcome))
+                    .await?;
+            }
             let (next, note) = self.decide(
                 &book.runs[live.run],
                 live.task,
                 report.outcome,
                 book.shutting_down,
             );
+            let (next, note) = match self.retry_budget_spent(book, live.task, &next) {
+                Some(spent) => (TaskNext::Done(report.outcome), Some(spent)),
+                None => (next, note),
+            };
             let message = match (report.message.clone(), note) {
                 (Some(message), Some(note)) => Some(format!("{message}; {note}")),
                 (message, note) => message.or(note),
@@ -1449,6 +1511,133 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             state,
         });
         Ok(())
+    }
+
+    /// Asks every resource a task uses whether an attempt may start now. If so, takes the
+    /// permits (kept until the claim is known); if not, parks the task until a time or until
+    /// an attempt on the resource ends. Waiting uses up no attempt.
+    fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
+        let now = self.clock.now();
+        let mut until: Option<Millis> = None;
+        let mut release_of: Option<usize> = None;
+        for resource in &self.task_uses[task] {
+            match book.resources[*resource].check(now) {
+                Ok(_) => {}
+                Err(Wait::Until(at)) => until = Some(until.map_or(at, |current| current.max(at))),
+                Err(Wait::ForRelease) => {
+                    release_of.get_or_insert(*resource);
+                }
+            }
+        }
+        if let Some(at) = until {
+            book.timers
+                .push(Reverse((at.max(now + 1), run_index, Wake::Task(task))));
+            return false;
+        }
+        if let Some(resource) = release_of {
+            book.resource_waiters[resource].push((run_index, task));
+            return false;
+        }
+        let is_retry = book.runs[run_index].slots[task].attempts > 0;
+        let permits = self.task_uses[task]
+            .iter()
+            .map(|resource| {
+                let policy = &mut book.resources[*resource];
+                if !is_retry {
+                    policy.record_attempt(false, now);
+                }
+                (*resource, policy.acquire(now))
+            })
+            .collect();
+        book.picked_permits.insert((run_index, task), permits);
+        true
+    }
+
+    /// Returns permits to their resources, records breaker transitions, and wakes the tasks
+    /// that waited for an attempt on those resources to end.
+    async fn release_permits(
+        &mut self,
+        book: &mut Book,
+        permits: Vec<(usize, Permit)>,
+        verdict: ResourceVerdict,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for (resource, permit) in permits {
+            let transition = book.resources[resource].release(permit, verdict, now);
+            book.ready
+                .extend(std::mem::take(&mut book.resource_waiters[resource]));
+            if let Some(state) = transition {
+                let name = self.spec.resources[resource].name.clone();
+                let (label, detail) = match state {
+                    BreakerState::Closed => {
+                        ("closed", "closed: the dependency answers again".to_string())
+                    }
+                    BreakerState::Open { until } => (
+                        "open",
+                        format!(
+                            "open until {until}: tasks using it wait, using up no attempts, until one probe may run"
+                        ),
+                    ),
+                    BreakerState::HalfOpen { .. } => (
+                        "half_open",
+                        "half open: the next attempt is a probe".to_string(),
+                    ),
+                };
+                self.store
+                    .set_resource_state(keel_store::ResourceStateRecord {
+                        pipeline: self.spec.name.clone(),
+                        name: name.clone(),
+                        state: label.to_string(),
+                        detail: detail.clone(),
+                        updated_at: now,
+                    })
+                    .await?;
+                for run in book.runs.iter().filter(|run| !run.finished) {
+                    self.store
+                        .append_event(NewEvent {
+                            run: run.record.id,
+                            task: None,
+                            attempt: None,
+                            kind: "breaker".into(),
+                            detail: format!("resource {name}: {detail}"),
+                            at: now,
+                        })
+                        .await?;
+                }
+                (self.observer)(Progress::BreakerChanged {
+                    resource: name,
+                    state: label,
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// If a retry is about to be scheduled but a resource the task uses has spent its retry
+    /// budget, says why the task ends here instead. Otherwise records the retry in the budgets.
+    fn retry_budget_spent(
+        &mut self,
+        book: &mut Book,
+        task: TaskIndex,
+        next: &TaskNext,
+    ) -> Option<String> {
+        if !matches!(next, TaskNext::Retry { charge: true, .. }) {
+            return None;
+        }
+        let now = self.clock.now();
+        for resource in &self.task_uses[task] {
+            if !book.resources[*resource].can_retry(now) {
+                return Some(format!(
+                    "not retried: resource {:?} has spent its retry budget, so a storm of retries cannot build up",
+                    self.spec.resources[*resource].name
+                ));
+            }
+        }
+        for resource in &self.task_uses[task] {
+            book.resources[*resource].record_attempt(true, now);
+        }
+        None
     }
 
     /// Counts, for every task of a run, the dependencies it still waits for: those not complete,

@@ -1104,3 +1104,177 @@ async fn a_sensor_that_never_reports_ready_ends_not_ready_at_its_deadline() {
     assert_eq!(tasks[1].outcome, Some(Outcome::UpstreamFailed));
     assert!(harness.executor.launches().is_empty());
 }
+
+fn with_resource(mut spec: PipelineSpec, resource: keel_model::ResourceSpec) -> PipelineSpec {
+    for task in &mut spec.tasks {
+        task.uses = vec![resource.name.clone()];
+    }
+    spec.resources = vec![resource];
+    spec
+}
+
+fn resource(name: &str) -> keel_model::ResourceSpec {
+    keel_model::ResourceSpec {
+        name: name.into(),
+        rate: None,
+        concurrency: None,
+        breaker: None,
+        retry_budget: None,
+    }
+}
+
+fn independent(count: usize, attempts: u32) -> Vec<TaskSpec> {
+    (0..count)
+        .map(|index| task(&format!("t{index:02}"), "a", &[], attempts))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rate_limited_resource_never_starts_more_than_its_rate_in_any_window() {
+    let harness = Harness::new();
+    let mut feed = resource("feed");
+    feed.rate = Some(keel_model::Rate {
+        tokens: 2,
+        per: Duration::from_secs(1),
+    });
+    let spec = with_resource(pipeline(independent(10, 1), 8), feed);
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    while !handle.is_finished() {
+        harness.clock.advance(100);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    let starts: Vec<i64> = harness
+        .store
+        .attempts(run)
+        .await
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt.claimed_at)
+        .collect();
+    assert_eq!(starts.len(), 10);
+    for start in &starts {
+        let in_window = starts
+            .iter()
+            .filter(|other| **other >= *start && **other < start + 1_000)
+            .count();
+        assert!(
+            in_window <= 2,
+            "{in_window} starts within 1 s of {start}: {starts:?}"
+        );
+    }
+    let span = starts.iter().max().unwrap() - starts.iter().min().unwrap();
+    assert!(
+        span >= 4_000,
+        "10 starts at 2/s span at least 4 s, got {span} ms"
+    );
+}
+
+#[tokio::test]
+async fn a_bulkhead_caps_attempts_on_its_resource_below_the_global_cap() {
+    let harness = Harness::new();
+    let tasks = independent(6, 1);
+    *harness.executor.hold.lock().unwrap() = tasks.iter().map(|task| task.name.clone()).collect();
+    let mut database = resource("database");
+    database.concurrency = Some(2);
+    let spec = with_resource(pipeline(tasks, 8), database);
+    let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
+    while !handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        harness.executor.release.notify_waiters();
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    assert_eq!(*harness.executor.running_max.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn an_open_breaker_holds_tasks_without_using_attempts_then_a_probe_closes_it() {
+    let harness = Harness::new();
+    let tasks = independent(8, 3);
+    for task in &tasks {
+        harness.executor.script(&task.name, &[Outcome::Failed]);
+    }
+    let mut feed = resource("feed");
+    feed.concurrency = Some(1);
+    feed.breaker = Some(keel_model::BreakerSpec {
+        failures: 3,
+        ratio: None,
+        window: 20,
+        cooldown: Duration::from_secs(10),
+    });
+    let spec = with_resource(pipeline(tasks, 8), feed);
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    eventually("three failures to open the breaker", || {
+        executor.launches().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Open: nothing starts during the cooldown, however long the retries' backoff is.
+    harness.clock.advance(9_000);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        harness.executor.launches().len(),
+        3,
+        "an attempt started while the breaker was open"
+    );
+    let states = harness.store.resource_states("test").await.unwrap();
+    assert_eq!(states[0].state, "open");
+    while !handle.is_finished() {
+        harness.clock.advance(1_000);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(
+        handle.await.unwrap()[0].state,
+        RunState::Succeeded,
+        "after the probe closed it, every task succeeded"
+    );
+    assert_eq!(
+        harness.store.resource_states("test").await.unwrap()[0].state,
+        "closed"
+    );
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|task| task.outcome == Some(Outcome::Succeeded))
+    );
+    assert!(
+        tasks.iter().all(|task| task.charged <= 2),
+        "waiting for the breaker used up no attempts"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_budget_stops_a_retry_storm() {
+    let harness = Harness::new();
+    let tasks = independent(10, 5);
+    for task in &tasks {
+        harness.executor.script(&task.name, &[Outcome::Failed; 5]);
+    }
+    let mut feed = resource("feed");
+    feed.retry_budget = Some(keel_model::RetryBudgetSpec {
+        ratio: 0.2,
+        window: Duration::from_secs(600),
+        min: 1,
+    });
+    let spec = with_resource(pipeline(tasks, 8), feed);
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    while !handle.is_finished() {
+        harness.clock.advance(5_000);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
+    let attempts = harness.store.attempts(run).await.unwrap().len();
+    // 10 first attempts, and at most 1 + 20% of 10 retries.
+    assert!(
+        attempts <= 13,
+        "{attempts} attempts: the budget allowed a retry storm"
+    );
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    assert!(tasks.iter().any(|task| {
+        task.message
+            .as_deref()
+            .is_some_and(|message| message.contains("retry budget"))
+    }));
+}
