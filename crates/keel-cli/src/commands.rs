@@ -285,10 +285,22 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
                 })).collect::<Vec<_>>(),
             }));
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "runs": json_runs }))?
-        );
+        let mut document = serde_json::json!({ "runs": json_runs });
+        let resources = store.resource_states(&spec.name).await?;
+        if !resources.is_empty() {
+            document["resources"] = resources
+                .iter()
+                .map(|resource| {
+                    serde_json::json!({
+                        "name": resource.name,
+                        "breaker": resource.state,
+                        "detail": resource.detail,
+                        "updated_at": resource.updated_at,
+                    })
+                })
+                .collect();
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(0);
     }
     if runs.is_empty() {
@@ -302,6 +314,7 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
     } else {
         display::print_run_list(&store, &runs).await?;
     }
+    display::print_resources(&store, &spec.name).await?;
     Ok(0)
 }
 

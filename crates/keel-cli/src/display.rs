@@ -255,3 +255,18 @@ pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()
     println!("{table}");
     Ok(())
 }
+
+/// The circuit breakers of the pipeline's resources, as last recorded.
+pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
+    let resources = store.resource_states(pipeline).await?;
+    if resources.is_empty() {
+        return Ok(());
+    }
+    let mut table = table();
+    table.set_header(["resource", "breaker", "detail"]);
+    for resource in resources {
+        table.add_row([resource.name, resource.state, resource.detail]);
+    }
+    println!("{table}");
+    Ok(())
+}

@@ -1575,7 +1575,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     BreakerState::Open { until } => (
                         "open",
                         format!(
-                            "open until {until}: tasks using it wait, using up no attempts, until one probe may run"
+                            "open: tasks using it wait, using up no attempts; one probe may run in {}",
+                            keel_model::format_duration(std::time::Duration::from_millis(
+                                (until - now).max(0) as u64
+                            ))
                         ),
                     ),
                     BreakerState::HalfOpen { .. } => (
