@@ -253,6 +253,18 @@ struct Book {
     shutting_down: bool,
 }
 
+/// Follows a started attempt: keeps its stop handle and reports its end to the engine's loop.
+fn watch(book: &mut Book, attempt: AttemptId, running: keel_exec::Running) {
+    if let Some(live) = book.live.get_mut(&attempt) {
+        live.stop = running.stop.clone();
+    }
+    let sender = book.sender.clone();
+    tokio::spawn(async move {
+        let report = running.completion.await;
+        let _ = sender.send((attempt, report));
+    });
+}
+
 fn is_complete(slot: &Slot) -> bool {
     slot.state == TaskState::Done && slot.outcome.is_some_and(Outcome::is_complete)
 }
@@ -712,15 +724,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             );
             match adopted {
                 Adopted::Running(running) => {
-                    if let Some(live) = book.live.get_mut(&attempt.id) {
-                        live.stop = running.stop.clone();
-                    }
-                    let sender = book.sender.clone();
-                    let id = attempt.id;
-                    tokio::spawn(async move {
-                        let report = running.completion.await;
-                        let _ = sender.send((id, report));
-                    });
+                    watch(book, attempt.id, running);
                 }
                 Adopted::Finished(report) => {
                     self.on_reports(book, vec![(attempt.id, report)]).await?
@@ -1113,16 +1117,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         });
         match self.executor.launch(launch) {
             Ok(running) => {
-                if let Some(live) = book.live.get_mut(&attempt.id) {
-                    live.stop = running.stop.clone();
-                }
-                let sender = book.sender.clone();
-                let id = attempt.id;
                 let pid = running.pid;
-                tokio::spawn(async move {
-                    let report = running.completion.await;
-                    let _ = sender.send((id, report));
-                });
+                watch(book, attempt.id, running);
                 Ok(pid)
             }
             Err(error) => {

@@ -234,6 +234,18 @@ impl SqliteStore {
     }
 }
 
+/// Every row of a query, mapped.
+fn select_all<T>(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut statement = transaction.prepare_cached(sql)?;
+    let rows = statement.query_map(params, read)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 fn cached_execute(
     transaction: &Transaction<'_>,
     sql: &str,
@@ -611,33 +623,35 @@ impl Store for SqliteStore {
     async fn unfinished_runs(&self, pipeline: &str) -> StoreResult<Vec<RunRecord>> {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(&format!(
+            select_all(transaction, &format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 AND finished_at IS NULL ORDER BY id"
-            ))?;
-            let rows = statement.query_map([pipeline], run_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            ), [pipeline], run_from_row)
         })
         .await
     }
 
     async fn task_runs(&self, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 ORDER BY position"
-            ))?;
-            let rows = statement.query_map([run.0], task_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            select_all(
+                transaction,
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 ORDER BY position"
+                ),
+                [run.0],
+                task_from_row,
+            )
         })
         .await
     }
 
     async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRecord>> {
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ?1 ORDER BY id"
-            ))?;
-            let rows = statement.query_map([run.0], attempt_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            select_all(
+                transaction,
+                &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ?1 ORDER BY id"),
+                [run.0],
+                attempt_from_row,
+            )
         })
         .await
     }
@@ -645,11 +659,9 @@ impl Store for SqliteStore {
     async fn live_attempts(&self, pipeline: &str) -> StoreResult<Vec<AttemptRecord>> {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(&format!(
+            select_all(transaction, &format!(
                 "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE pipeline = ?1 AND finished_at IS NULL ORDER BY id"
-            ))?;
-            let rows = statement.query_map([pipeline], attempt_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            ), [pipeline], attempt_from_row)
         })
         .await
     }

@@ -252,6 +252,23 @@ async fn run_partition(
     summaries[0].state
 }
 
+/// Creates today's test run and returns its id.
+async fn created_run(
+    engine: &mut Engine<SqliteStore, FakeExecutor, ManualClock>,
+) -> keel_model::RunId {
+    match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
+        Prepared::Created(run) => run,
+        ref other => panic!("{other:?}"),
+    }
+}
+
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     for _ in 0..500 {
         if condition() {
@@ -316,17 +333,7 @@ async fn a_failure_is_retried_only_after_its_backoff_on_the_manual_clock() {
         .executor
         .script("flaky", &[Outcome::Failed, Outcome::TimedOut]);
     let mut engine = harness.engine(pipeline(vec![task("flaky", "a", &[], 4)], 8));
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let store = harness.store.clone();
     let handle = tokio::spawn(async move {
         engine
@@ -418,17 +425,7 @@ async fn retries_stop_at_the_policy_and_downstream_becomes_upstream_failed() {
         8,
     );
     let mut engine = harness.engine(spec);
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let clock = harness.clock.clone();
     let handle = tokio::spawn(async move {
         engine
@@ -480,17 +477,7 @@ async fn not_ready_is_requeued_without_using_attempts_until_the_deadline() {
     let harness = Harness::new();
     harness.executor.script("sensor", &[Outcome::NotReady; 50]);
     let mut engine = harness.engine(pipeline(vec![task("sensor", "a", &[], 1)], 8));
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let clock = harness.clock.clone();
     let handle = tokio::spawn(async move {
         engine
@@ -522,17 +509,7 @@ async fn the_global_concurrency_cap_holds() {
         .collect();
     *harness.executor.hold.lock().unwrap() = tasks.iter().map(|task| task.name.clone()).collect();
     let mut engine = harness.engine(pipeline(tasks, 3));
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let handle = tokio::spawn(async move {
         engine
             .execute(&[run], keel_engine::Shutdown::never())
@@ -553,17 +530,7 @@ async fn an_attempt_left_live_by_a_dead_keel_is_lost_and_retried_uncharged() {
     let harness = Harness::new();
     let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "b", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     // A previous Keel claimed "a" and died.
     harness
         .store
@@ -606,17 +573,7 @@ async fn an_attempt_that_finished_while_keel_was_down_is_recorded_not_rerun() {
     *harness.executor.adoption.lock().unwrap() = Some(Outcome::Succeeded);
     let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "b", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     harness
         .store
         .claim_attempt(keel_store::ClaimAttempt {
@@ -650,17 +607,7 @@ async fn cancel_stops_running_attempts_and_settles_the_rest() {
         8,
     );
     let mut engine = harness.engine(spec);
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let handle = tokio::spawn(async move {
         engine
             .execute(&[run], keel_engine::Shutdown::never())
@@ -692,17 +639,7 @@ async fn start_in_background(
     tokio::task::JoinHandle<Vec<keel_engine::RunSummary>>,
 ) {
     let mut engine = harness.engine(spec);
-    let run = match engine
-        .prepare(&RunRequest {
-            partitions: vec!["2026-01-18".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0]
-    {
-        Prepared::Created(run) => run,
-        ref other => panic!("{other:?}"),
-    };
+    let run = created_run(&mut engine).await;
     let (trigger, shutdown) = keel_engine::Shutdown::channel();
     let handle = tokio::spawn(async move { engine.execute(&[run], shutdown).await.unwrap() });
     (run, trigger, handle)
