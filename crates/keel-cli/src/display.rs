@@ -148,7 +148,10 @@ fn table() -> Table {
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
-    if !std::io::stdout().is_terminal() {
+    // Off a terminal, or on one that reports no useful width (a pseudo-terminal under `script`,
+    // say), lay the table out for a wide page instead of squeezing it.
+    let narrow = table.width().is_none_or(|width| width < 60);
+    if !std::io::stdout().is_terminal() || narrow {
         table.set_width(160);
     }
     table
