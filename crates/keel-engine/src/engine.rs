@@ -1435,6 +1435,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .collect(),
             outcome: Outcome::UpstreamFailed,
         });
+        // A gated phase whose tasks were just settled may now be decided: a gate that can no
+        // longer be met passes the failure on downstream.
+        let mut gates: Vec<usize> = blocked
+            .iter()
+            .filter_map(|task| self.topology.gate_of_task(*task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        for gate in gates {
+            Box::pin(self.evaluate_gate(book, run_index, gate)).await?;
+        }
         Ok(())
     }
 

@@ -1215,3 +1215,32 @@ async fn a_retry_budget_stops_a_retry_storm() {
             .is_some_and(|message| message.contains("retry budget"))
     }));
 }
+
+#[tokio::test]
+async fn a_failure_upstream_of_a_gated_phase_fails_the_gate_and_everything_after_it() {
+    // Regression: upstream_failed tasks inside a gated phase did not re-judge the gate, so the
+    // phases after it were only settled by the stuck-run fallback.
+    let harness = Harness::new();
+    harness.executor.script("load", &[Outcome::FailedPermanent]);
+    let mut engine = harness.engine(gated_pipeline(60_000));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Failed
+    );
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    let tasks = harness.store.task_runs(run.id).await.unwrap();
+    for task in tasks.iter().filter(|task| task.task != "load") {
+        assert_eq!(task.outcome, Some(Outcome::UpstreamFailed), "{task:?}");
+        assert!(
+            !task.message.as_deref().unwrap_or("").contains("no path"),
+            "settled by the fallback: {task:?}"
+        );
+    }
+    let events = harness.store.events(run.id).await.unwrap();
+    assert!(events.iter().any(|event| event.kind == "gate_failed"));
+}
