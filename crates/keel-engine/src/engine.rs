@@ -452,12 +452,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             sender,
             sensor_sender,
             sensing: 0,
-            resources: self
-                .spec
-                .resources
-                .iter()
-                .map(|resource| ResourcePolicy::new(resource, self.clock.now()))
-                .collect(),
+            resources: self.resource_policies().await?,
             resource_waiters: vec![Vec::new(); self.spec.resources.len()],
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
@@ -1217,7 +1212,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let Some(live) = book.live.remove(&attempt) else {
                 continue;
             };
+            let mut probe = false;
             if let Some(permits) = book.permits.remove(&attempt) {
+                probe = permits.iter().any(|(_, permit)| permit.probe);
                 self.release_permits(book, permits, ResourceVerdict::of(report.outcome))
                     .await?;
             }
@@ -1226,6 +1223,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 live.task,
                 report.outcome,
                 book.shutting_down,
+            );
+            let (next, note) = self.probe_failure_is_free(
+                &book.runs[live.run],
+                live.task,
+                probe,
+                report.outcome,
+                next,
+                note,
             );
             let (next, note) = match self.retry_budget_spent(book, live.task, &next) {
                 Some(spent) => (TaskNext::Done(report.outcome), Some(spent)),
@@ -1520,6 +1525,47 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
+    /// Fresh resource policies, with the rate limits remembering the attempt starts of the last
+    /// window from the store, so a restarted Keel does not grant itself a second burst.
+    async fn resource_policies(&mut self) -> Result<Vec<ResourcePolicy>, EngineError> {
+        let now = self.clock.now();
+        let longest = self
+            .spec
+            .resources
+            .iter()
+            .filter_map(|resource| resource.rate.map(|rate| rate.per.as_millis() as Millis))
+            .max();
+        let starts = match longest {
+            Some(window) => {
+                self.store
+                    .attempt_starts_since(&self.spec.name, now - window)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(self
+            .spec
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(index, resource)| {
+                let mine: Vec<Millis> = starts
+                    .iter()
+                    .filter(|(task, _)| {
+                        self.dag
+                            .index_of(task)
+                            .is_some_and(|task| self.task_uses[task].contains(&index))
+                    })
+                    .map(|(_, at)| *at)
+                    .collect();
+                let mut policy =
+                    ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));
+                policy.replay_starts(&mine);
+                policy
+            })
+            .collect())
+    }
+
     /// Asks every resource a task uses whether an attempt may start now. If so, takes the
     /// permits (kept until the claim is known); if not, parks the task until a time or until
     /// an attempt on the resource ends. Waiting uses up no attempt.
@@ -1622,6 +1668,34 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
         }
         Ok(())
+    }
+
+    /// A failed breaker probe says the dependency is still down, not that the task is bad: like
+    /// waiting on an open breaker, it uses up no attempt. The task waits for the breaker again,
+    /// bounded by its deadline.
+    fn probe_failure_is_free(
+        &self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        probe: bool,
+        outcome: Outcome,
+        next: TaskNext,
+        note: Option<String>,
+    ) -> (TaskNext, Option<String>) {
+        let now = self.clock.now();
+        let started = active.slots[task].first_started_at.unwrap_or(now);
+        let within_deadline = now - started < self.spec.tasks[task].deadline.as_millis() as Millis;
+        if probe && outcome.is_retryable() && within_deadline && !active.cancelling {
+            let note = Some("the breaker's probe failed; that uses up no attempt".to_string());
+            return (
+                TaskNext::Retry {
+                    not_before: now,
+                    charge: false,
+                },
+                note,
+            );
+        }
+        (next, note)
     }
 
     /// If a retry is about to be scheduled but a resource the task uses has spent its retry

@@ -68,6 +68,22 @@ where
     batches_settle_each_item_on_its_own(make().await).await;
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
+    attempt_starts_are_listed_since_a_time(make().await).await;
+}
+
+async fn attempt_starts_are_listed_since_a_time<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b", "c"]))
+        .await
+        .unwrap();
+    for (task, at) in [("a", 100), ("b", 200), ("c", 300)] {
+        store.claim_attempt(claim(run.id, task, at)).await.unwrap();
+    }
+    let starts = store
+        .attempt_starts_since("conformance", 200)
+        .await
+        .unwrap();
+    assert_eq!(starts, vec![("b".to_string(), 200), ("c".to_string(), 300)]);
 }
 
 async fn resource_states_are_upserted<S: Store>(store: S) {

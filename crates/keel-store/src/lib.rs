@@ -201,6 +201,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// is ready, and otherwise waits until `not_before`. The first poll marks when the task's
     /// deadline started. Running task runs are left alone.
     fn record_sensor_poll(&self, poll: SensorPoll) -> impl Future<Output = StoreResult<()>> + Send;
+    /// (task, claimed_at) of every attempt of the pipeline claimed at or after `since`, oldest
+    /// first: what rate limits must remember across a restart.
+    fn attempt_starts_since(
+        &self,
+        pipeline: &str,
+        since: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<Vec<(String, keel_model::Millis)>>> + Send;
     /// Records the state of a resource's circuit breaker (`closed`, `open`, `half_open`).
     fn set_resource_state(
         &self,

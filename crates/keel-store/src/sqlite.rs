@@ -905,6 +905,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn attempt_starts_since(
+        &self,
+        pipeline: &str,
+        since: Millis,
+    ) -> StoreResult<Vec<(String, Millis)>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                "SELECT task, claimed_at FROM attempts WHERE pipeline = ?1 AND claimed_at >= ?2 ORDER BY claimed_at, id",
+                params![pipeline, since],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+        })
+        .await
+    }
+
     async fn resource_states(&self, pipeline: &str) -> StoreResult<Vec<ResourceStateRecord>> {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| {

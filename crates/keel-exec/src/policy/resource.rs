@@ -80,6 +80,17 @@ impl ResourcePolicy {
         }
     }
 
+    /// Replays attempt starts that happened before this policy existed (a previous Keel's,
+    /// read from the store), oldest first, so a restart does not grant a fresh burst on top of
+    /// what was just used. Starts the rate would not have allowed are ignored.
+    pub fn replay_starts(&mut self, starts: &[Millis]) {
+        if let Some(bucket) = self.rate.as_mut() {
+            for start in starts {
+                let _ = bucket.try_take(*start);
+            }
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -173,6 +184,35 @@ impl ResourcePolicy {
         if let Some(budget) = &mut self.retry_budget {
             budget.record_attempt(is_retry, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use keel_model::Rate;
+    use std::time::Duration;
+
+    #[test]
+    fn replayed_starts_use_up_the_burst() {
+        let spec = ResourceSpec {
+            name: "api".into(),
+            rate: Some(Rate {
+                tokens: 2,
+                per: Duration::from_secs(1),
+            }),
+            concurrency: None,
+            breaker: None,
+            retry_budget: None,
+        };
+        let mut policy = ResourcePolicy::new(&spec, 0);
+        policy.replay_starts(&[900, 950]);
+        assert_eq!(
+            policy.check(1_000),
+            Err(Wait::Until(1_900)),
+            "two starts just before the restart count"
+        );
+        assert!(policy.check(1_900).is_ok());
     }
 }
 
