@@ -719,6 +719,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             );
             match adopted {
                 Adopted::Running(running) => {
+                    // It still holds its place in the bulkheads of the resources it uses.
+                    let permits: Vec<(usize, Permit)> = self.task_uses[task]
+                        .iter()
+                        .map(|resource| (*resource, book.resources[*resource].adopt()))
+                        .collect();
+                    if !permits.is_empty() {
+                        book.permits.insert(attempt.id, permits);
+                    }
                     watch(book, attempt.id, running);
                 }
                 Adopted::Finished(report) => {

@@ -45,6 +45,12 @@ impl Bulkhead {
     }
 
     /// Gives back a slot taken by [`enter`](Self::enter).
+    /// Counts an attempt that is already running (one a restarted Keel adopted), even past the
+    /// limit: it holds its place until it ends, and newcomers wait for it.
+    pub fn occupy(&mut self) {
+        self.in_use = self.in_use.saturating_add(1);
+    }
+
     pub fn leave(&mut self) {
         self.in_use = self.in_use.saturating_sub(1);
     }

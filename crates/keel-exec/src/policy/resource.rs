@@ -146,6 +146,15 @@ impl ResourcePolicy {
         Permit { probe }
     }
 
+    /// A permit for an attempt that was already running when this policy was made (adopted
+    /// after a restart): it takes its bulkhead place unconditionally and is not a probe.
+    pub fn adopt(&mut self) -> Permit {
+        if let Some(bulkhead) = &mut self.bulkhead {
+            bulkhead.occupy();
+        }
+        Permit { probe: false }
+    }
+
     /// Gives back what [`acquire`](Self::acquire) took and tells the breaker how the attempt
     /// ended. Returns the breaker's new state when this changed it.
     pub fn release(
