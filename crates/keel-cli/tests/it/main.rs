@@ -3,5 +3,6 @@
 mod cli;
 mod crash;
 mod demo;
+mod faults;
 mod shutdown;
 mod support;
