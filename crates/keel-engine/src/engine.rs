@@ -225,6 +225,19 @@ struct Live {
     stop: Arc<dyn Fn() + Send + Sync>,
 }
 
+impl Live {
+    /// A live attempt whose stop handle arrives once it has started (see [`watch`]).
+    fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
+        Live {
+            run,
+            task,
+            number,
+            epoch,
+            stop: Arc::new(|| {}),
+        }
+    }
+}
+
 /// What a timer wakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Wake {
@@ -706,16 +719,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 attempt: attempt.number,
                 how,
             });
-            let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
             book.live.insert(
                 attempt.id,
-                Live {
-                    run: run_index,
-                    task,
-                    number: attempt.number,
-                    epoch,
-                    stop: placeholder,
-                },
+                Live::new(run_index, task, attempt.number, epoch),
             );
             match adopted {
                 Adopted::Running(running) => {
@@ -1101,16 +1107,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             kill_grace: self.config.kill_grace,
             log_cap: self.config.log_cap,
         };
-        let placeholder: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
         book.live.insert(
             attempt.id,
-            Live {
-                run: run_index,
-                task,
-                number: attempt.number,
-                epoch: attempt.lease_epoch,
-                stop: placeholder,
-            },
+            Live::new(run_index, task, attempt.number, attempt.lease_epoch),
         );
         (self.observer)(Progress::AttemptStarted {
             run: record.id,
