@@ -164,11 +164,12 @@ impl SqliteStore {
                 known,
             });
         }
-        connection
-            .execute_batch(
+        retry_while_busy(|| {
+            connection.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
-            .map_err(classify)?;
+        })
+        .map_err(classify)?;
         let integrity: String = connection
             .query_row("PRAGMA quick_check", [], |row| row.get(0))
             .map_err(classify)?;
@@ -181,9 +182,7 @@ impl SqliteStore {
         if user_version < known {
             // Another process may be migrating the same file right now: decide what to apply
             // only once holding the write lock.
-            connection
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(classify)?;
+            retry_while_busy(|| connection.execute_batch("BEGIN IMMEDIATE")).map_err(classify)?;
             let migrated = (|| -> rusqlite::Result<()> {
                 let current: i64 =
                     connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -231,6 +230,24 @@ impl SqliteStore {
         })
         .await
         .map_err(|error| StoreError::Database(format!("store worker failed: {error}")))?
+    }
+}
+
+/// Switching a new file to WAL, or starting its first migration, while another process opens
+/// it too can fail with SQLITE_BUSY at once, without the busy handler (SQLite will not wait
+/// where waiting could deadlock). Those races are brief; this tries again for up to 5 s.
+fn retry_while_busy<T>(mut work: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match work() {
+            Err(error)
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -122,7 +122,21 @@ pub fn open(path: &Path) -> Result<Connection, TaskError> {
     })?;
     // The busy timeout first, so even switching to WAL waits for other writers.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    // Switching a new file to WAL while other tasks open it too can fail with SQLITE_BUSY
+    // at once, without the busy handler (SQLite will not wait where waiting could deadlock).
+    // Those first-run races are brief: try again for as long as the busy timeout.
+    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(error)
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         return Err(TaskError::Transient(format!(
             "warehouse {} refused WAL mode (journal_mode = {mode})",
@@ -145,7 +159,18 @@ fn migrate(conn: &mut Connection) -> Result<(), TaskError> {
         )));
     }
     // IMMEDIATE: concurrent first runs queue here instead of racing to create the tables.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
+    let tx = loop {
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Err(error)
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other?,
+        }
+    };
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         tx.execute_batch(SCHEMA)?;
@@ -312,6 +337,26 @@ pub fn check_duplicates(conn: &Connection, t: &Table, date: Date) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn many_tasks_opening_a_new_warehouse_at_once_all_succeed() {
+        // Regression: a first run's scrapes, opening the new warehouse together, failed with
+        // "database is locked" from the switch to WAL mode (CI, examples/hoops/tests/pipeline.rs).
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("warehouse-{round}.db"));
+            let handles: Vec<_> = (0..12)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || open(&path).map(|_| ()))
+                })
+                .collect();
+            for handle in handles {
+                handle.join().unwrap().unwrap();
+            }
+        }
+    }
+
     use super::*;
 
     fn temp_db() -> (tempfile::TempDir, Connection) {

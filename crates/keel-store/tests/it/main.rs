@@ -121,3 +121,22 @@ fn the_state_lock_is_exclusive_and_names_the_holder() {
     drop(held);
     StateLock::acquire(dir.path()).unwrap();
 }
+
+#[test]
+fn many_processes_opening_a_new_state_file_at_once_all_succeed() {
+    // Regression (found in hoops' warehouse, same SQLite behaviour): opening a new file
+    // together failed with "database is locked" from the switch to WAL mode.
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("state-{round}.db"));
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+    }
+}
