@@ -279,12 +279,14 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         let result = run_case(&dir, name, levels, width, concurrency).await?;
         let per_task = result.wall / result.tasks as u32;
         println!(
-            "{name}: {} tasks in {:.3} s · {:.0} tasks/s · {} per task ({:.2}× a bare spawn at the same concurrency) · ready→started median {} p99 {} · {} events",
+            "{name}: {} tasks in {:.3} s · {:.0} tasks/s · {} per task ({:.2}× a bare spawn at the same concurrency; Keel's own overhead {} per task, {:.2}× a bare spawn) · ready→started median {} p99 {} · {} events",
             result.tasks,
             result.wall.as_secs_f64(),
             result.tasks as f64 / result.wall.as_secs_f64(),
             micros(per_task),
             per_task.as_secs_f64() / parallel.as_secs_f64(),
+            micros(per_task.saturating_sub(parallel)),
+            per_task.saturating_sub(parallel).as_secs_f64() / parallel.as_secs_f64(),
             micros(percentile(&result.latencies, 0.5)),
             micros(percentile(&result.latencies, 0.99)),
             result.events,
