@@ -626,13 +626,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<RunRecord>> {
         let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
-                     SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
-                 ) ORDER BY partition DESC, id DESC LIMIT ?3"
-            ))?;
-            let rows = statement.query_map(params![pipeline, partition, limit], run_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            select_all(
+                transaction,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
+                         SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
+                     ) ORDER BY partition DESC, id DESC LIMIT ?3"
+                ),
+                params![pipeline, partition, limit],
+                run_from_row,
+            )
         })
         .await
     }
@@ -685,21 +688,22 @@ impl Store for SqliteStore {
 
     async fn events(&self, run: RunId) -> StoreResult<Vec<EventRecord>> {
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare(
+            select_all(
+                transaction,
                 "SELECT seq, at, run_id, task, attempt_id, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq",
-            )?;
-            let rows = statement.query_map([run.0], |row| {
-                Ok(EventRecord {
-                    seq: row.get(0)?,
-                    at: row.get(1)?,
-                    run: RunId(row.get(2)?),
-                    task: row.get(3)?,
-                    attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
-                    kind: row.get(5)?,
-                    detail: row.get(6)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                [run.0],
+                |row| {
+                    Ok(EventRecord {
+                        seq: row.get(0)?,
+                        at: row.get(1)?,
+                        run: RunId(row.get(2)?),
+                        task: row.get(3)?,
+                        attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
+                        kind: row.get(5)?,
+                        detail: row.get(6)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -942,19 +946,20 @@ impl Store for SqliteStore {
     async fn resource_states(&self, pipeline: &str) -> StoreResult<Vec<ResourceStateRecord>> {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| {
-            let mut statement = transaction.prepare_cached(
+            select_all(
+                transaction,
                 "SELECT pipeline, name, state, detail, updated_at FROM resources WHERE pipeline = ?1 ORDER BY name",
-            )?;
-            let rows = statement.query_map([pipeline], |row| {
-                Ok(ResourceStateRecord {
-                    pipeline: row.get(0)?,
-                    name: row.get(1)?,
-                    state: row.get(2)?,
-                    detail: row.get(3)?,
-                    updated_at: row.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                [pipeline],
+                |row| {
+                    Ok(ResourceStateRecord {
+                        pipeline: row.get(0)?,
+                        name: row.get(1)?,
+                        state: row.get(2)?,
+                        detail: row.get(3)?,
+                        updated_at: row.get(4)?,
+                    })
+                },
+            )
         })
         .await
     }

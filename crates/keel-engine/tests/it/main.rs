@@ -252,6 +252,22 @@ async fn run_partition(
     summaries[0].state
 }
 
+/// Leaves a live attempt of `task` behind, as a Keel that claimed it and then died would.
+async fn claim_as_a_dead_keel(harness: &Harness, run: keel_model::RunId, task: &str) {
+    harness
+        .store
+        .claim_attempt(keel_store::ClaimAttempt {
+            run,
+            task: task.into(),
+            owner: "dead-keel".into(),
+            dir: "/nonexistent".into(),
+            lease_expires_at: 0,
+            at: 1,
+        })
+        .await
+        .unwrap();
+}
+
 /// Creates today's test run and returns its id.
 async fn created_run(
     engine: &mut Engine<SqliteStore, FakeExecutor, ManualClock>,
@@ -532,18 +548,7 @@ async fn an_attempt_left_live_by_a_dead_keel_is_lost_and_retried_uncharged() {
     let mut engine = harness.engine(spec.clone());
     let run = created_run(&mut engine).await;
     // A previous Keel claimed "a" and died.
-    harness
-        .store
-        .claim_attempt(keel_store::ClaimAttempt {
-            run,
-            task: "a".into(),
-            owner: "dead-keel".into(),
-            dir: "/nonexistent".into(),
-            lease_expires_at: 0,
-            at: 1,
-        })
-        .await
-        .unwrap();
+    claim_as_a_dead_keel(&harness, run, "a").await;
     let mut engine = harness.engine(spec);
     assert_eq!(
         run_partition(&mut engine, "2026-01-18").await,
@@ -574,18 +579,7 @@ async fn an_attempt_that_finished_while_keel_was_down_is_recorded_not_rerun() {
     let spec = pipeline(vec![task("a", "a", &[], 1), task("b", "b", &[], 1)], 8);
     let mut engine = harness.engine(spec.clone());
     let run = created_run(&mut engine).await;
-    harness
-        .store
-        .claim_attempt(keel_store::ClaimAttempt {
-            run,
-            task: "a".into(),
-            owner: "dead-keel".into(),
-            dir: "/nonexistent".into(),
-            lease_expires_at: 0,
-            at: 1,
-        })
-        .await
-        .unwrap();
+    claim_as_a_dead_keel(&harness, run, "a").await;
     let mut engine = harness.engine(spec);
     assert_eq!(
         run_partition(&mut engine, "2026-01-18").await,
