@@ -10,8 +10,8 @@ use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
-    AttemptRecord, ClaimAttempt, FinishAttempt, NewEvent, NewRun, RunRecord, SensorPoll, Store,
-    StoreError, TaskChange, TaskNext,
+    AttemptRecord, Change, ClaimAttempt, FinishAttempt, GateRecord, GateState, NewEvent, NewRun,
+    RunRecord, SensorPoll, Store, StoreError, TaskChange, TaskNext,
 };
 use tokio::sync::mpsc;
 
@@ -436,12 +436,43 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let now = self.clock.now();
         self.store.update_tasks(run.id, changes, now).await?;
+        self.reopen_gates(run.id, &roots, now).await?;
         if run.state != RunState::Running {
             self.store
                 .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
                 .await?;
         }
         Ok(run.id)
+    }
+
+    /// A retried task is expected to land, so the gates of the phases it and its downstream
+    /// tasks sit in are judged again from the start: downstream waits for the retried tasks (or
+    /// for a new grace period) instead of going on without them at once.
+    async fn reopen_gates(
+        &self,
+        run: RunId,
+        roots: &[TaskIndex],
+        now: Millis,
+    ) -> Result<(), EngineError> {
+        let mut gates: Vec<usize> = roots
+            .iter()
+            .copied()
+            .chain(self.dag.downstream_of(roots))
+            .filter_map(|task| self.topology.gate_of_task(task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        let changes = gates
+            .into_iter()
+            .map(|gate| {
+                Change::Gate(GateRecord {
+                    phase: self.topology.gates[gate].phase.clone(),
+                    status: GateState::Waiting,
+                    waived: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(self.store.apply(run, changes, now).await?)
     }
 
     /// Executes `runs` until every one has finished, or until a shutdown: on [`Shutdown`]'s
@@ -626,9 +657,51 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if record.state.is_finished() {
             return Ok(());
         }
-        // Count what is done, settle the gates as the stored states imply, and find what can
+        // Count what is done, restore what the store remembers of each task, settle the gates as
+        // stored (or, for a gate never recorded, as the task states imply), and find what can
         // start.
+        let stored_gates = self.store.gates(run).await?;
         let active = &mut book.runs[run_index];
+        let mut owed_reruns = Vec::new();
+        for task in 0..self.dag.len() {
+            let Some(stored) = by_name.get(self.dag.name(task)) else {
+                continue;
+            };
+            active.sensor_polls[task] = stored.sensor_polls;
+            if stored.rerun_pending {
+                match stored.state {
+                    TaskState::Running => active.needs_rerun[task] = true,
+                    // It ended, but Keel died before running it again.
+                    TaskState::Done if stored.outcome.is_some_and(Outcome::is_complete) => {
+                        owed_reruns.push(task)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !owed_reruns.is_empty() {
+            let changes = owed_reruns
+                .iter()
+                .map(|task| TaskChange {
+                    task: self.dag.name(*task).to_string(),
+                    state: TaskState::Pending,
+                    outcome: None,
+                    not_before: None,
+                    message: None,
+                    reset_retry_budget: true,
+                    reason: "an upstream task landed late while it ran; running again with it"
+                        .into(),
+                })
+                .collect();
+            self.store
+                .update_tasks(run, changes, self.clock.now())
+                .await?;
+            for task in owed_reruns {
+                active.slots[task].state = TaskState::Pending;
+                active.slots[task].outcome = None;
+            }
+        }
+        let mut landed_late = Vec::new();
         let mut failed_roots = Vec::new();
         for task in 0..self.dag.len() {
             let slot = &active.slots[task];
@@ -641,34 +714,40 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let now = self.clock.now();
         for (gate, definition) in self.topology.gates.iter().enumerate() {
-            let complete = |task: TaskIndex| is_complete(&active.slots[task]);
-            let done = |task: TaskIndex| active.slots[task].state == TaskState::Done;
-            // Downstream work that already started means the gate had opened.
-            let opened = definition.tasks.iter().any(|task| {
-                self.dag.dependents(*task).iter().any(|dependent| {
-                    !self.topology.same_phase(*task, *dependent)
-                        && active.slots[*dependent].state != TaskState::Pending
-                })
-            });
-            active.gates[gate] = match judge(definition, complete, done) {
-                Verdict::Sufficient { all_done } if all_done || opened => GateStatus::Open,
-                Verdict::Sufficient { .. } => {
-                    book.timers.push(Reverse((
-                        now + definition.grace,
-                        run_index,
-                        Wake::Gate(gate),
-                    )));
-                    GateStatus::Sufficient {
-                        open_at: now + definition.grace,
+            let stored = stored_gates
+                .iter()
+                .find(|stored| stored.phase == definition.phase);
+            active.gates[gate] = match stored.map(|stored| stored.status) {
+                Some(GateState::Open) => GateStatus::Open,
+                Some(GateState::Failed) => GateStatus::Failed,
+                Some(GateState::Sufficient { open_at }) => GateStatus::Sufficient { open_at },
+                Some(GateState::Waiting) => GateStatus::Waiting,
+                // A run from before gates were recorded: downstream work that already started
+                // means the gate had opened.
+                None if self.gate_had_opened(active, gate) => GateStatus::Open,
+                None => GateStatus::Waiting,
+            };
+            match active.gates[gate] {
+                GateStatus::Sufficient { open_at } => {
+                    book.timers
+                        .push(Reverse((open_at, run_index, Wake::Gate(gate))));
+                }
+                GateStatus::Open => {
+                    for task in &definition.tasks {
+                        let listed = stored.is_none_or(|stored| {
+                            stored
+                                .waived
+                                .iter()
+                                .any(|name| name == self.dag.name(*task))
+                        });
+                        active.waived[*task] = listed && !is_complete(&active.slots[*task]);
+                        // Waived, then completed, but Keel died before reconciling.
+                        if listed && is_complete(&active.slots[*task]) && stored.is_some() {
+                            landed_late.push(*task);
+                        }
                     }
                 }
-                Verdict::Insufficient => GateStatus::Failed,
-                Verdict::Undecided => GateStatus::Waiting,
-            };
-            if active.gates[gate] == GateStatus::Open {
-                for task in &definition.tasks {
-                    active.waived[*task] = !is_complete(&active.slots[*task]);
-                }
+                _ => {}
             }
         }
         self.recompute_remaining(active);
@@ -755,6 +834,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         for root in failed_roots {
             self.propagate_failure(book, run_index, root).await?;
+        }
+        // Tasks may have finished after a gate was last judged: judge again (a stored grace
+        // period keeps its end).
+        for gate in 0..self.topology.gates.len() {
+            self.evaluate_gate(book, run_index, gate).await?;
+        }
+        for task in landed_late {
+            self.reconcile(book, run_index, task).await?;
         }
         self.finish_run_if_done(book, run_index).await
     }
@@ -1092,6 +1179,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let record = book.runs[run_index].record.clone();
         let task_spec = self.spec.tasks[task].clone();
         let dir = PathBuf::from(&attempt.dir);
+        // A new attempt runs with whatever landed upstream: no rerun is owed any more (the claim
+        // cleared the stored mark too).
+        book.runs[run_index].needs_rerun[task] = false;
         let slot = &mut book.runs[run_index].slots[task];
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
@@ -1347,8 +1437,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if outcome.is_complete() {
             let landed_late = std::mem::take(&mut active.waived[task]);
             for dependent in self.dag.dependents(task) {
-                // An open gate already let this task's dependents outside its phase go on.
-                if landed_late && !self.topology.same_phase(task, *dependent) {
+                // An open gate already let this task's dependents outside its phase go on,
+                // except those that name it in their own `after`: they waited for it.
+                if landed_late && self.waivable(task, *dependent).is_some() {
                     continue;
                 }
                 let remaining = &mut active.remaining[*dependent];
@@ -1390,7 +1481,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 if seen[*dependent] {
                     continue;
                 }
-                if let Some(gate) = self.topology.crosses_gate(current, *dependent)
+                if let Some(gate) = self.waivable(current, *dependent)
                     && active.gates[gate] != GateStatus::Failed
                 {
                     continue;
@@ -1653,6 +1744,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         state: label.to_string(),
                         detail: detail.clone(),
                         updated_at: now,
+                        open_since: None,
+                        open_until: None,
                     })
                     .await?;
                 for run in book.runs.iter().filter(|run| !run.finished) {
@@ -1731,6 +1824,46 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         None
     }
 
+    /// The gate that may waive the edge `dependency → task`: the gate of the dependency's phase
+    /// when the edge leaves that phase, unless `task` names the dependency in its own `after`,
+    /// which makes it a hard input that no gate waives.
+    fn waivable(&self, dependency: TaskIndex, task: TaskIndex) -> Option<usize> {
+        self.topology
+            .crosses_gate(dependency, task)
+            .filter(|_| !self.dag.is_explicit(task, dependency))
+    }
+
+    /// Whether downstream work outside a gated phase already started, which means its gate had
+    /// opened; for runs whose gates were never recorded.
+    fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
+        self.topology.gates[gate].tasks.iter().any(|task| {
+            self.dag.dependents(*task).iter().any(|dependent| {
+                self.waivable(*task, *dependent).is_some()
+                    && active.slots[*dependent].state != TaskState::Pending
+            })
+        })
+    }
+
+    /// The gate's state as the store keeps it, waived tasks by name.
+    fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
+        let definition = &self.topology.gates[gate];
+        GateRecord {
+            phase: definition.phase.clone(),
+            status: match active.gates[gate] {
+                GateStatus::Waiting => GateState::Waiting,
+                GateStatus::Sufficient { open_at } => GateState::Sufficient { open_at },
+                GateStatus::Open => GateState::Open,
+                GateStatus::Failed => GateState::Failed,
+            },
+            waived: definition
+                .tasks
+                .iter()
+                .filter(|task| active.waived[**task])
+                .map(|task| self.dag.name(*task).to_string())
+                .collect(),
+        }
+    }
+
     /// Counts, for every task of a run, the dependencies it still waits for: those not complete,
     /// except those an open gate waived.
     fn recompute_remaining(&self, active: &mut ActiveRun) {
@@ -1740,8 +1873,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .dependencies(task)
                 .iter()
                 .filter(|dependency| {
-                    let waived = active.waived[**dependency]
-                        && self.topology.crosses_gate(**dependency, task).is_some();
+                    let waived =
+                        active.waived[**dependency] && self.waivable(**dependency, task).is_some();
                     !is_complete(&active.slots[**dependency]) && !waived
                 })
                 .count() as u32;
@@ -1802,18 +1935,24 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 active.gates[gate] = GateStatus::Sufficient { open_at };
                 book.timers
                     .push(Reverse((open_at, run_index, Wake::Gate(gate))));
+                // The grace period's end is stored, so a restart does not start it again.
+                let record = self.gate_record(active, gate);
                 self.store
-                    .append_event(NewEvent {
-                        run: active.record.id,
-                        task: None,
-                        attempt: None,
-                        kind: "gate_sufficient".into(),
-                        detail: format!(
-                            "phase {}: waiting up to {} ms for the rest",
-                            definition.phase, definition.grace
-                        ),
-                        at: now,
-                    })
+                    .apply(
+                        active.record.id,
+                        vec![
+                            Change::Gate(record),
+                            Change::Event {
+                                task: None,
+                                kind: "gate_sufficient".into(),
+                                detail: format!(
+                                    "phase {}: waiting up to {} ms for the rest",
+                                    definition.phase, definition.grace
+                                ),
+                            },
+                        ],
+                        now,
+                    )
                     .await?;
             }
             (Verdict::Insufficient, _) => {
@@ -1824,18 +1963,23 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     .copied()
                     .filter(|task| !is_complete(&active.slots[*task]))
                     .collect();
+                let record = self.gate_record(active, gate);
                 self.store
-                    .append_event(NewEvent {
-                        run: active.record.id,
-                        task: None,
-                        attempt: None,
-                        kind: "gate_failed".into(),
-                        detail: format!(
-                            "phase {}: the gate can no longer be met",
-                            definition.phase
-                        ),
-                        at: now,
-                    })
+                    .apply(
+                        active.record.id,
+                        vec![
+                            Change::Gate(record),
+                            Change::Event {
+                                task: None,
+                                kind: "gate_failed".into(),
+                                detail: format!(
+                                    "phase {}: the gate can no longer be met",
+                                    definition.phase
+                                ),
+                            },
+                        ],
+                        now,
+                    )
                     .await?;
                 for task in failed {
                     self.propagate_failure(book, run_index, task).await?;
@@ -1865,7 +2009,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         for task in &missing {
             active.waived[*task] = true;
             for dependent in self.dag.dependents(*task) {
-                if !self.topology.same_phase(*task, *dependent) {
+                if self.waivable(*task, *dependent).is_some() {
                     let remaining = &mut active.remaining[*dependent];
                     *remaining = remaining.saturating_sub(1);
                     if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending {
@@ -1887,15 +2031,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 names.join(", ")
             )
         };
+        let record = self.gate_record(active, gate);
         self.store
-            .append_event(NewEvent {
-                run: active.record.id,
-                task: None,
-                attempt: None,
-                kind: "gate_opened".into(),
-                detail,
-                at: self.clock.now(),
-            })
+            .apply(
+                active.record.id,
+                vec![
+                    Change::Gate(record),
+                    Change::Event {
+                        task: None,
+                        kind: "gate_opened".into(),
+                        detail,
+                    },
+                ],
+                self.clock.now(),
+            )
             .await?;
         if !names.is_empty() {
             (self.observer)(Progress::GateOpened {
@@ -1909,7 +2058,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// A waived task completed after all: everything downstream of it that ran without it runs
-    /// again, so the run can end `succeeded`.
+    /// again, so the run can end `succeeded`. What finished is reset, what is running owes a
+    /// rerun, and the task leaves the gate's waived list, all in one transaction: a Keel killed
+    /// at any point either reconciles again on restart (the task is still listed as waived) or
+    /// finds every rerun recorded.
     async fn reconcile(
         &mut self,
         book: &mut Book,
@@ -1917,7 +2069,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         landed: TaskIndex,
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
+        active.waived[landed] = false;
         let name = self.dag.name(landed).to_string();
+        let reason = format!("upstream task {name:?} landed late; running again with it");
         let downstream: Vec<TaskIndex> = self
             .dag
             .downstream_of(&[landed])
@@ -1932,27 +2086,32 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     slot.state = TaskState::Pending;
                     slot.outcome = None;
                     active.done -= 1;
-                    changes.push(TaskChange {
+                    changes.push(Change::Task(TaskChange {
                         task: self.dag.name(task).to_string(),
                         state: TaskState::Pending,
                         outcome: None,
                         not_before: None,
                         message: None,
                         reset_retry_budget: true,
-                        reason: format!(
-                            "upstream task {name:?} landed late; running again with it"
-                        ),
+                        reason: reason.clone(),
+                    }));
+                }
+                TaskState::Running => {
+                    active.needs_rerun[task] = true;
+                    changes.push(Change::MarkRerun {
+                        task: self.dag.name(task).to_string(),
+                        reason: reason.clone(),
                     });
                 }
-                TaskState::Running => active.needs_rerun[task] = true,
                 TaskState::Pending | TaskState::Waiting => {}
             }
         }
-        if !changes.is_empty() {
-            self.store
-                .update_tasks(active.record.id, changes, self.clock.now())
-                .await?;
+        if let Some(gate) = self.topology.gate_of_task(landed) {
+            changes.push(Change::Gate(self.gate_record(active, gate)));
         }
+        self.store
+            .apply(active.record.id, changes, self.clock.now())
+            .await?;
         self.recompute_remaining(active);
         for task in 0..self.dag.len() {
             if active.slots[task].state == TaskState::Pending && active.remaining[task] == 0 {

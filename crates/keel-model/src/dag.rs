@@ -17,6 +17,9 @@ pub struct Dag {
     index: HashMap<String, TaskIndex>,
     dependencies: Vec<Vec<TaskIndex>>,
     dependents: Vec<Vec<TaskIndex>>,
+    /// Per task, sorted: the tasks named in its own `after`. These edges are hard inputs, which
+    /// a phase's quorum gate never waives.
+    explicit: Vec<Vec<TaskIndex>>,
 }
 
 impl Dag {
@@ -37,7 +40,17 @@ impl Dag {
                 .push(position);
         }
         let mut dependencies = vec![Vec::new(); names.len()];
+        let mut explicit = vec![Vec::new(); names.len()];
         for (position, task) in spec.tasks.iter().enumerate() {
+            let named: &mut Vec<TaskIndex> = &mut explicit[position];
+            named.extend(
+                task.after
+                    .iter()
+                    .filter_map(|name| index.get(name).copied())
+                    .filter(|dependency| *dependency != position),
+            );
+            named.sort_unstable();
+            named.dedup();
             let deps: &mut Vec<TaskIndex> = &mut dependencies[position];
             // Every phase upstream, transitively: a phase with no tasks must not break the chain.
             for upstream_phase in upstream_phases(spec, &task.phase) {
@@ -65,7 +78,13 @@ impl Dag {
             index,
             dependencies,
             dependents,
+            explicit,
         }
+    }
+
+    /// Whether `task` names `dependency` in its own `after` (not only through its phase).
+    pub fn is_explicit(&self, task: TaskIndex, dependency: TaskIndex) -> bool {
+        self.explicit[task].binary_search(&dependency).is_ok()
     }
 
     pub fn len(&self) -> usize {
@@ -188,6 +207,13 @@ mod tests {
         assert_eq!(dag.dependencies(3), &[0, 1, 2]);
         assert_eq!(dag.downstream_of(&[1]), vec![2, 3]);
         assert_eq!(dag.downstream_of(&[3]), Vec::<usize>::new());
+        assert!(dag.is_explicit(1, 0), "a2 names a1");
+        assert!(dag.is_explicit(3, 2), "b2 names b1");
+        assert!(
+            !dag.is_explicit(2, 0),
+            "b1 waits for a1 only through its phase"
+        );
+        assert!(!dag.is_explicit(3, 0));
     }
 
     #[test]

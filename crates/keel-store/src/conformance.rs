@@ -69,6 +69,132 @@ where
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
+    applied_changes_commit_together(make().await).await;
+    a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
+    sensor_polls_are_counted_until_a_reset(make().await).await;
+}
+
+async fn applied_changes_commit_together<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    let gate = GateRecord {
+        phase: "main".into(),
+        status: GateState::Sufficient { open_at: 5_000 },
+        waived: vec![],
+    };
+    store
+        .apply(
+            run.id,
+            vec![
+                Change::Gate(gate.clone()),
+                Change::Event {
+                    task: None,
+                    kind: "gate_sufficient".into(),
+                    detail: "phase main".into(),
+                },
+            ],
+            2_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.gates(run.id).await.unwrap(), vec![gate]);
+    let opened = GateRecord {
+        phase: "main".into(),
+        status: GateState::Open,
+        waived: vec!["a".into(), "b".into()],
+    };
+    store
+        .apply(run.id, vec![Change::Gate(opened.clone())], 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.gates(run.id).await.unwrap(),
+        vec![opened],
+        "a gate is upserted, waived tasks and all"
+    );
+    let events = store.events(run.id).await.unwrap();
+    assert!(events.iter().any(|event| event.kind == "gate_sufficient"));
+    // A change to a run that does not exist fails as a whole.
+    let missing = store
+        .apply(keel_model::RunId(run.id.0 + 100), vec![], 4_000)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NoSuchRun(_))),
+        "{missing:?}"
+    );
+}
+
+async fn a_rerun_owed_survives_until_the_task_is_reset<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let attempt = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    store
+        .apply(
+            run.id,
+            vec![Change::MarkRerun {
+                task: "a".into(),
+                reason: "upstream landed late".into(),
+            }],
+            20,
+        )
+        .await
+        .unwrap();
+    assert!(store.task_runs(run.id).await.unwrap()[0].rerun_pending);
+    store
+        .finish_attempt(finish(
+            &attempt,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            30,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        store.task_runs(run.id).await.unwrap()[0].rerun_pending,
+        "finishing the attempt does not pay the rerun"
+    );
+    store
+        .update_tasks(
+            run.id,
+            vec![TaskChange {
+                task: "a".into(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason: "running again".into(),
+            }],
+            40,
+        )
+        .await
+        .unwrap();
+    assert!(!store.task_runs(run.id).await.unwrap()[0].rerun_pending);
+}
+
+async fn sensor_polls_are_counted_until_a_reset<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    for at in [10, 20, 30] {
+        store
+            .record_sensor_poll(SensorPoll {
+                run: run.id,
+                task: "a".into(),
+                ready: false,
+                not_before: Some(at + 100),
+                message: None,
+                at,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.task_runs(run.id).await.unwrap()[0].sensor_polls, 3);
 }
 
 async fn attempt_starts_are_listed_since_a_time<S: Store>(store: S) {
@@ -93,8 +219,15 @@ async fn resource_states_are_upserted<S: Store>(store: S) {
         state: state.into(),
         detail: format!("{state} at {at}"),
         updated_at: at,
+        open_since: (state == "open").then_some(at),
+        open_until: (state == "open").then_some(at + 30_000),
     };
     store.set_resource_state(record("open", 1)).await.unwrap();
+    assert_eq!(
+        store.resource_states("conformance").await.unwrap(),
+        vec![record("open", 1)],
+        "an open breaker keeps when it opened and when it may probe"
+    );
     store.set_resource_state(record("closed", 2)).await.unwrap();
     assert_eq!(
         store.resource_states("conformance").await.unwrap(),

@@ -218,6 +218,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         pipeline: &str,
     ) -> impl Future<Output = StoreResult<Vec<ResourceStateRecord>>> + Send;
+    /// Applies `changes` to one run in one transaction: all of them or none.
+    fn apply(
+        &self,
+        run: RunId,
+        changes: Vec<Change>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The gates of a run, as last recorded with [`Change::Gate`].
+    fn gates(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<GateRecord>>> + Send;
     /// Appends a free-form event (for example why a task ran again).
     fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
 }

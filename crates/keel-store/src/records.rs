@@ -33,6 +33,50 @@ pub struct TaskRunRecord {
     pub not_before: Option<Millis>,
     pub first_started_at: Option<Millis>,
     pub message: Option<String>,
+    /// An upstream task landed late while this one ran: when it ends it must run again. Stored,
+    /// so that a Keel that dies before the task ends still runs it again.
+    pub rerun_pending: bool,
+    /// Sensor polls so far, so that a restarted Keel keeps the sensor's backoff.
+    pub sensor_polls: u32,
+}
+
+/// A quorum gate of one run, as last decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateRecord {
+    pub phase: String,
+    pub status: GateState,
+    /// Tasks of the phase that were missing when the gate opened and have not landed since.
+    pub waived: Vec<String>,
+}
+
+/// Where a gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateState {
+    /// Not yet sufficient.
+    Waiting,
+    /// Sufficient; downstream proceeds at `open_at` unless the rest finish first.
+    Sufficient {
+        open_at: Millis,
+    },
+    Open,
+    Failed,
+}
+
+/// One change of [`crate::Store::apply`]; every change of one call commits together.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A change to a task run that is not running (running ones are left alone).
+    Task(TaskChange),
+    /// The task, whatever its state, must run again once it ends.
+    MarkRerun { task: String, reason: String },
+    /// Records a gate's state.
+    Gate(GateRecord),
+    /// Appends to the event log.
+    Event {
+        task: Option<String>,
+        kind: String,
+        detail: String,
+    },
 }
 
 /// One execution of a task.
@@ -168,4 +212,8 @@ pub struct ResourceStateRecord {
     /// For example "opened after 5 consecutive failures; probing at 12:00:30".
     pub detail: String,
     pub updated_at: Millis,
+    /// Since when the breaker has been open without closing in between, if it is not closed.
+    pub open_since: Option<Millis>,
+    /// When an open breaker lets its next probe through.
+    pub open_until: Option<Millis>,
 }

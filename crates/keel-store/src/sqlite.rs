@@ -97,6 +97,23 @@ CREATE TABLE resources (
     PRIMARY KEY (pipeline, name)
 );
 "#,
+    r#"
+-- What the engine decided and must not forget in a crash: reruns owed to a task that ran while
+-- an upstream task landed late, sensor backoff, gate grace periods and waivers, and breakers.
+ALTER TABLE task_runs ADD COLUMN rerun_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE task_runs ADD COLUMN sensor_polls INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE gates (
+    run_id     INTEGER NOT NULL REFERENCES runs (id),
+    phase      TEXT    NOT NULL,
+    status     TEXT    NOT NULL,
+    open_at    INTEGER,
+    waived     TEXT    NOT NULL DEFAULT '',
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, phase)
+);
+ALTER TABLE resources ADD COLUMN open_since INTEGER;
+ALTER TABLE resources ADD COLUMN open_until INTEGER;
+"#,
 ];
 
 /// The SQLite state store. Cloning shares the one connection.
@@ -345,7 +362,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-const TASK_COLUMNS: &str = "run_id, task, phase, state, outcome, attempts, charged, lease_epoch, not_before, first_started_at, message";
+const TASK_COLUMNS: &str = "run_id, task, phase, state, outcome, attempts, charged, lease_epoch, not_before, first_started_at, message, rerun_pending, sensor_polls";
 
 fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
     Ok(TaskRunRecord {
@@ -360,6 +377,8 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
         not_before: row.get(8)?,
         first_started_at: row.get(9)?,
         message: row.get(10)?,
+        rerun_pending: row.get::<_, i64>(11)? != 0,
+        sensor_polls: row.get(12)?,
     })
 }
 
@@ -455,7 +474,8 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
     let attempt = AttemptId(transaction.last_insert_rowid());
     cached_execute(
         transaction,
-        "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4
+        "UPDATE task_runs SET state = ?1, attempts = ?2, lease_epoch = ?3, first_started_at = coalesce(first_started_at, ?4), updated_at = ?4,
+             rerun_pending = 0
          WHERE run_id = ?5 AND task = ?6",
         params![TaskState::Running.as_str(), number, epoch, claim.at, claim.run.0, claim.task],
     )?;
@@ -563,6 +583,92 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
         kind,
         &next_detail,
     )?;
+    Ok(())
+}
+
+/// Changes one task run that is not running; returns how many rows changed (0 or 1).
+fn change_task(
+    transaction: &Transaction<'_>,
+    run: RunId,
+    change: &TaskChange,
+    at: Millis,
+) -> StoreResult<usize> {
+    let reset = i64::from(change.reset_retry_budget);
+    let count = cached_execute(
+        transaction,
+        "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
+             charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
+             first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END,
+             sensor_polls = CASE WHEN ?6 = 1 THEN 0 ELSE sensor_polls END,
+             rerun_pending = CASE WHEN ?1 = 'pending' THEN 0 ELSE rerun_pending END
+         WHERE run_id = ?7 AND task = ?8 AND state <> 'running'",
+        params![change.state.as_str(), change.outcome.map(Outcome::as_str), change.not_before, change.message, at, reset, run.0, change.task],
+    )?;
+    if count > 0 {
+        let detail = match change.outcome {
+            Some(outcome) => format!("{} ({outcome}): {}", change.state, change.reason),
+            None => format!("{}: {}", change.state, change.reason),
+        };
+        event(
+            transaction,
+            at,
+            run,
+            Some(&change.task),
+            None,
+            "task_changed",
+            &detail,
+        )?;
+    }
+    Ok(count)
+}
+
+fn apply_one(
+    transaction: &Transaction<'_>,
+    run: RunId,
+    change: Change,
+    at: Millis,
+) -> StoreResult<()> {
+    match change {
+        Change::Task(change) => {
+            change_task(transaction, run, &change, at)?;
+        }
+        Change::MarkRerun { task, reason } => {
+            let count = cached_execute(
+                transaction,
+                "UPDATE task_runs SET rerun_pending = 1, updated_at = ?1 WHERE run_id = ?2 AND task = ?3",
+                params![at, run.0, task],
+            )?;
+            if count > 0 {
+                event(
+                    transaction,
+                    at,
+                    run,
+                    Some(&task),
+                    None,
+                    "rerun_owed",
+                    &reason,
+                )?;
+            }
+        }
+        Change::Gate(gate) => {
+            let (status, open_at) = match gate.status {
+                GateState::Waiting => ("waiting", None),
+                GateState::Sufficient { open_at } => ("sufficient", Some(open_at)),
+                GateState::Open => ("open", None),
+                GateState::Failed => ("failed", None),
+            };
+            cached_execute(
+                transaction,
+                "INSERT INTO gates (run_id, phase, status, open_at, waived, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (run_id, phase) DO UPDATE SET status = excluded.status, open_at = excluded.open_at,
+                     waived = excluded.waived, updated_at = excluded.updated_at",
+                params![run.0, gate.phase, status, open_at, gate.waived.join("\n"), at],
+            )?;
+        }
+        Change::Event { task, kind, detail } => {
+            event(transaction, at, run, task.as_deref(), None, &kind, &detail)?;
+        }
+    }
     Ok(())
 }
 
@@ -806,24 +912,50 @@ impl Store for SqliteStore {
             load_run(transaction, run)?;
             let mut changed = 0;
             for change in changes {
-                let reset = i64::from(change.reset_retry_budget);
-                let count = cached_execute(transaction,
-                    "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
-                         charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
-                         first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END
-                     WHERE run_id = ?7 AND task = ?8 AND state <> 'running'",
-                    params![change.state.as_str(), change.outcome.map(Outcome::as_str), change.not_before, change.message, at, reset, run.0, change.task],
-                )?;
-                if count > 0 {
-                    changed += count;
-                    let detail = match change.outcome {
-                        Some(outcome) => format!("{} ({outcome}): {}", change.state, change.reason),
-                        None => format!("{}: {}", change.state, change.reason),
-                    };
-                    event(transaction, at, run, Some(&change.task), None, "task_changed", &detail)?;
-                }
+                changed += change_task(transaction, run, &change, at)?;
             }
             Ok(changed)
+        })
+        .await
+    }
+
+    async fn apply(&self, run: RunId, changes: Vec<Change>, at: Millis) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            load_run(transaction, run)?;
+            for change in changes {
+                apply_one(transaction, run, change, at)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn gates(&self, run: RunId) -> StoreResult<Vec<GateRecord>> {
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                "SELECT phase, status, open_at, waived FROM gates WHERE run_id = ?1 ORDER BY phase",
+                [run.0],
+                |row| {
+                    let status: String = row.get(1)?;
+                    let open_at: Option<Millis> = row.get(2)?;
+                    let waived: String = row.get(3)?;
+                    Ok(GateRecord {
+                        phase: row.get(0)?,
+                        status: match (status.as_str(), open_at) {
+                            ("sufficient", Some(open_at)) => GateState::Sufficient { open_at },
+                            ("open", _) => GateState::Open,
+                            ("failed", _) => GateState::Failed,
+                            _ => GateState::Waiting,
+                        },
+                        waived: waived
+                            .split('\n')
+                            .filter(|name| !name.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                    })
+                },
+            )
         })
         .await
     }
@@ -881,7 +1013,7 @@ impl Store for SqliteStore {
             let changed = cached_execute(
                 transaction,
                 "UPDATE task_runs SET state = ?1, not_before = ?2, message = ?3, updated_at = ?4,
-                     first_started_at = coalesce(first_started_at, ?4)
+                     first_started_at = coalesce(first_started_at, ?4), sensor_polls = sensor_polls + 1
                  WHERE run_id = ?5 AND task = ?6 AND state <> 'running'",
                 params![
                     state.as_str(),
@@ -917,9 +1049,10 @@ impl Store for SqliteStore {
         self.transact(move |transaction| {
             cached_execute(
                 transaction,
-                "INSERT INTO resources (pipeline, name, state, detail, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pipeline, name) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
-                params![resource.pipeline, resource.name, resource.state, resource.detail, resource.updated_at],
+                "INSERT INTO resources (pipeline, name, state, detail, updated_at, open_since, open_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (pipeline, name) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at,
+                     open_since = excluded.open_since, open_until = excluded.open_until",
+                params![resource.pipeline, resource.name, resource.state, resource.detail, resource.updated_at, resource.open_since, resource.open_until],
             )?;
             Ok(())
         })
@@ -948,7 +1081,7 @@ impl Store for SqliteStore {
         self.transact(move |transaction| {
             select_all(
                 transaction,
-                "SELECT pipeline, name, state, detail, updated_at FROM resources WHERE pipeline = ?1 ORDER BY name",
+                "SELECT pipeline, name, state, detail, updated_at, open_since, open_until FROM resources WHERE pipeline = ?1 ORDER BY name",
                 [pipeline],
                 |row| {
                     Ok(ResourceStateRecord {
@@ -957,6 +1090,8 @@ impl Store for SqliteStore {
                         state: row.get(2)?,
                         detail: row.get(3)?,
                         updated_at: row.get(4)?,
+                        open_since: row.get(5)?,
+                        open_until: row.get(6)?,
                     })
                 },
             )

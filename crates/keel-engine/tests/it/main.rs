@@ -14,6 +14,7 @@ use keel_model::{
 use keel_store::{SqliteStore, Store};
 
 mod properties;
+mod remembered;
 
 /// (task, attempt, environment) of one launch.
 type LaunchRecord = (String, u32, Vec<(String, String)>);
@@ -25,6 +26,8 @@ struct FakeExecutor {
     scripts: Arc<Mutex<HashMap<String, VecDeque<Outcome>>>>,
     launches: Arc<Mutex<Vec<LaunchRecord>>>,
     hold: Arc<Mutex<Vec<String>>>,
+    /// Held tasks that a `release` does not let go.
+    pinned: Arc<Mutex<Vec<String>>>,
     running_now: Arc<Mutex<usize>>,
     running_max: Arc<Mutex<usize>>,
     release: Arc<tokio::sync::Notify>,
@@ -98,6 +101,8 @@ impl Executor for FakeExecutor {
             .and_then(VecDeque::pop_front)
             .unwrap_or(Outcome::Succeeded);
         let hold = self.hold.lock().unwrap().contains(&task);
+        let pinned = self.pinned.clone();
+        let held_task = task.clone();
         let stopped = Arc::new(tokio::sync::Notify::new());
         let release = self.release.clone();
         let (now, max) = (self.running_now.clone(), self.running_max.clone());
@@ -110,9 +115,17 @@ impl Executor for FakeExecutor {
         let stop_signal = stopped.clone();
         let completion = Box::pin(async move {
             let outcome = if hold {
-                tokio::select! {
-                    _ = stop_signal.notified() => Outcome::Cancelled,
-                    _ = release.notified() => outcome,
+                // `release` lets every held task go but the pinned ones, so a test can let one
+                // held task go and keep the others.
+                loop {
+                    tokio::select! {
+                        _ = stop_signal.notified() => break Outcome::Cancelled,
+                        _ = release.notified() => {
+                            if !pinned.lock().unwrap().contains(&held_task) {
+                                break outcome;
+                            }
+                        }
+                    }
                 }
             } else {
                 tokio::task::yield_now().await;
