@@ -24,7 +24,7 @@ use crate::{Clock, EngineError, Random};
 pub struct EngineConfig {
     /// Who holds the leases this engine takes, e.g. `host:pid:nonce`.
     pub owner: String,
-    /// Attempt directories go under `<attempts_dir>/<run>/<task>.<attempt>`.
+    /// Attempt directories go under `<attempts_dir>/<store id>/<run>/<task>.<attempt>`.
     pub attempts_dir: PathBuf,
     /// Between SIGTERM and SIGKILL when an attempt is stopped or times out.
     pub kill_grace: Duration,
@@ -859,9 +859,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
         // One directory per attempt, flat under the run: every inode created costs, and an
-        // attempt already creates its directory and its record file.
+        // attempt already creates its directory and its record file. Runs are numbered per
+        // store, from 1, so the store's identity keeps two stores' attempts apart.
         self.config
             .attempts_dir
+            .join(self.store.store_id())
             .join(run.0.to_string())
             .join(format!("{}.{number}", self.dag.name(task)))
     }
@@ -934,6 +936,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let dir = self
             .config
             .attempts_dir
+            .join(self.store.store_id())
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
         let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);

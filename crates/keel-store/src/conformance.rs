@@ -1,8 +1,12 @@
 //! The behaviour every [`Store`] backend must show. A backend's test calls [`run_all`] with a
-//! factory that makes an empty store; each check gets a fresh one.
+//! factory that makes an empty store, each check getting a fresh one, and a function that opens
+//! a store again the way a new Keel process would.
 //!
 //! ```text
-//! keel_store::conformance::run_all(|| async { MyStore::connect(...).await.unwrap() }).await;
+//! keel_store::conformance::run_all(
+//!     || async { MyStore::connect(new_url()).await.unwrap() },
+//!     |store: &MyStore| { let url = store.url(); async move { MyStore::connect(url).await.unwrap() } },
+//! ).await;
 //! ```
 
 use std::future::Future;
@@ -50,14 +54,17 @@ fn finish(attempt: &AttemptRecord, outcome: Outcome, next: TaskNext, at: i64) ->
     }
 }
 
-/// Runs every conformance check against fresh stores from `make`. Panics on the first failure,
-/// naming the check.
-pub async fn run_all<S, F, Fut>(make: F)
+/// Runs every conformance check against fresh stores from `make`; `reopen` opens the state of a
+/// store anew, as the next Keel process would. Panics on the first failure, naming the check.
+pub async fn run_all<S, F, Fut, R, ReopenFut>(make: F, reopen: R)
 where
     S: Store,
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
+    R: Fn(&S) -> ReopenFut,
+    ReopenFut: Future<Output = S>,
 {
+    store_ids_are_unique_and_stable(make().await, make().await, reopen).await;
     run_lifecycle(make().await).await;
     claim_is_exclusive(make().await).await;
     stale_epoch_is_fenced(make().await).await;
@@ -69,6 +76,46 @@ where
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
+}
+
+async fn store_ids_are_unique_and_stable<S, R, ReopenFut>(first: S, second: S, reopen: R)
+where
+    S: Store,
+    R: Fn(&S) -> ReopenFut,
+    ReopenFut: Future<Output = S>,
+{
+    let id = first.store_id().to_string();
+    for store_id in [first.store_id(), second.store_id()] {
+        assert!(
+            !store_id.is_empty()
+                && store_id.len() <= 64
+                && store_id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "store_ids_are_unique_and_stable: {store_id:?} is not one safe path component"
+        );
+    }
+    assert_ne!(
+        id,
+        second.store_id(),
+        "store_ids_are_unique_and_stable: two stores share an identity"
+    );
+    assert_eq!(first.clone().store_id(), id, "a clone is the same store");
+    let run = first
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let reopened = reopen(&first).await;
+    assert_eq!(
+        reopened.store_id(),
+        id,
+        "store_ids_are_unique_and_stable: reopening changed the identity"
+    );
+    assert_eq!(
+        reopened.run(run.id).await.unwrap().id,
+        run.id,
+        "the reopened store is the same state"
+    );
 }
 
 async fn attempt_starts_are_listed_since_a_time<S: Store>(store: S) {

@@ -78,6 +78,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Methods return `Send` futures so that a networked backend can be dropped in without any change
 /// to the engine.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The store's identity: made once when the store is created, never changed, and different
+    /// for every store, even two created in the same directory at the same moment. It is one
+    /// path component (lowercase letters, digits and `-`), so attempt directories can live under
+    /// it and never collide with another store's, whose run ids start at 1 just the same.
+    fn store_id(&self) -> &str;
     /// Inserts a run and one task run per task, all in one transaction.
     fn create_run(&self, new_run: NewRun) -> impl Future<Output = StoreResult<RunRecord>> + Send;
     fn run(&self, run: RunId) -> impl Future<Output = StoreResult<RunRecord>> + Send;

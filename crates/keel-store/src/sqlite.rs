@@ -97,13 +97,36 @@ CREATE TABLE resources (
     PRIMARY KEY (pipeline, name)
 );
 "#,
+    r#"
+-- Facts about the store itself. `store_id` is inserted with the migration (see STORE_ID_KEY):
+-- attempt directories live under it, so two state files in one directory, or a state file
+-- deleted and created again, never share an attempt's files.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
 ];
+
+/// The `meta` key of the store's identity.
+const STORE_ID_KEY: &str = "store_id";
+
+/// A new store identity: 16 bytes from the kernel's random source, hex-encoded. Run ids start
+/// again at 1 in every new database, so the identity must not be derivable from anything a
+/// second database could share (its path, the time, the pid).
+fn new_store_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
 
 /// The SQLite state store. Cloning shares the one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    store_id: Arc<str>,
 }
 
 impl SqliteStore {
@@ -180,6 +203,13 @@ impl SqliteStore {
             });
         }
         if user_version < known {
+            // Made before the transaction so that a missing random source is an open error;
+            // used only if no other process gave the store its identity first.
+            let store_id = new_store_id().map_err(|error| {
+                open_error(format!(
+                    "cannot read /dev/urandom for the store's identity: {error}"
+                ))
+            })?;
             // Another process may be migrating the same file right now: decide what to apply
             // only once holding the write lock.
             retry_while_busy(|| connection.execute_batch("BEGIN IMMEDIATE")).map_err(classify)?;
@@ -194,6 +224,10 @@ impl SqliteStore {
                         "{migration}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version};"
                     ))?;
                 }
+                connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![STORE_ID_KEY, store_id],
+                )?;
                 connection.execute_batch("COMMIT")
             })();
             if let Err(error) = migrated {
@@ -201,9 +235,24 @@ impl SqliteStore {
                 return Err(classify(error));
             }
         }
+        let store_id: Option<String> = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [STORE_ID_KEY],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(classify)?;
+        let Some(store_id) = store_id else {
+            return Err(StoreError::Corrupt {
+                path: display,
+                detail: format!("its meta table has no {STORE_ID_KEY:?}"),
+            });
+        };
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path.to_path_buf()),
+            store_id: store_id.into(),
         })
     }
 
@@ -567,6 +616,10 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
 }
 
 impl Store for SqliteStore {
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
     async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
         self.transact(move |transaction| {
             cached_execute(

@@ -234,6 +234,11 @@ impl Project {
 
     /// Every `output.log` under the state directory, with its size.
     fn output_logs(&self) -> Vec<(PathBuf, u64)> {
+        self.output_logs_under(&self.file(".keel"))
+    }
+
+    /// Every `output.log` under `dir`, with its size.
+    fn output_logs_under(&self, dir: &Path) -> Vec<(PathBuf, u64)> {
         fn walk(dir: &Path, found: &mut Vec<(PathBuf, u64)>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let path = entry.path();
@@ -245,7 +250,7 @@ impl Project {
             }
         }
         let mut found = Vec::new();
-        walk(&self.file(".keel"), &mut found);
+        walk(dir, &mut found);
         found
     }
 }
@@ -1724,6 +1729,102 @@ retries = { attempts = 2, initial = "10ms" }
         first.stdout
     );
     assert!(!first.stdout.contains("out 2"), "{}", first.stdout);
+}
+
+/// Regression: attempt directories were `attempts/<run>/<task>.<n>` beside the state file, and
+/// run ids start at 1 in every state file, so two `--state` files in one directory shared
+/// `attempts/1/greet.1`: the second run's output was appended to the first one's, and `keel
+/// logs` of either state printed both.
+#[test]
+fn two_state_files_in_one_directory_keep_their_attempts_apart() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.greet]
+phase = "main"
+command = ["sh", "-c", "echo hello from $WHICH"]
+"#,
+    ));
+    let pipeline = project.pipeline.to_str().unwrap();
+    for which in ["a", "b"] {
+        let state = format!("{which}.db");
+        let output = project
+            .command()
+            .env("WHICH", which)
+            .args(["run", pipeline, "--partition", DAY, "--state", &state])
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "run with {state}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for which in ["a", "b"] {
+        let state = format!("{which}.db");
+        let logs = project.unredacted(&[
+            "logs",
+            pipeline,
+            "greet",
+            "--partition",
+            DAY,
+            "--state",
+            &state,
+        ]);
+        assert_eq!(logs.code, Some(0), "{}", logs.transcript());
+        assert_eq!(
+            logs.stdout,
+            format!("hello from {which}\n"),
+            "keel logs of {state} prints its own attempt's output only"
+        );
+    }
+    let logs = project
+        .output_logs_under(&project.file("attempts"))
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect::<Vec<_>>();
+    assert_eq!(logs.len(), 2, "one attempt directory per state: {logs:?}");
+}
+
+/// Regression: deleting the state file and running again started run 1 afresh in the old run
+/// 1's attempt directory, so the new attempt read the old attempt's result file as its own and
+/// ended `no_data` though it wrote none.
+#[test]
+fn a_state_file_made_again_starts_in_fresh_attempt_directories() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.load]
+phase = "main"
+command = ["sh", "-c", '''if test -e second; then echo second; else echo first; echo '{{"outcome":"no_data"}}' > "$KEEL_RESULT"; fi''']
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    assert_eq!(project.task(DAY, "load")["outcome"], "no_data");
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(project.file(&format!(".keel/state.db{suffix}")));
+    }
+    std::fs::write(project.file("second"), "").unwrap();
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let load = project.task(DAY, "load");
+    assert_eq!(
+        load["outcome"], "succeeded",
+        "the new attempt wrote no result file and must not see the old one: {load}"
+    );
+    assert_eq!(run_id(&project.run_json(DAY)), "1", "run ids started again");
+    let logs = project.logs(DAY, "load", None);
+    assert_eq!(logs.stdout, "second\n", "{}", logs.transcript());
+
+    let mut outputs: Vec<String> = project
+        .output_logs()
+        .iter()
+        .map(|(path, _)| std::fs::read_to_string(path).unwrap())
+        .collect();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        ["first\n", "second\n"],
+        "the old attempt's directory is left as it was, beside the new one"
+    );
 }
 
 #[test]
