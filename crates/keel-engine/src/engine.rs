@@ -833,6 +833,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         if let Some(permits) = permits {
                             book.permits.insert(attempt.id, permits);
                         }
+                        // Every attempt that started gets its start time, even when the
+                        // executor cannot say which process supervises it.
                         if let Some(pid) =
                             self.start_attempt(book, run_index, task, &attempt).await?
                         {
@@ -1083,14 +1085,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    /// Launches a claimed attempt. Returns the supervisor's pid when one started.
+    /// Launches a claimed attempt. Returns `None` if it could not be started (it is then
+    /// already recorded as failed), and otherwise the supervisor's pid if the executor knows it.
     async fn start_attempt(
         &mut self,
         book: &mut Book,
         run_index: usize,
         task: TaskIndex,
         attempt: &AttemptRecord,
-    ) -> Result<Option<u32>, EngineError> {
+    ) -> Result<Option<Option<u32>>, EngineError> {
         let now = self.clock.now();
         let record = book.runs[run_index].record.clone();
         let task_spec = self.spec.tasks[task].clone();
@@ -1124,7 +1127,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             Ok(running) => {
                 let pid = running.pid;
                 watch(book, attempt.id, running);
-                Ok(pid)
+                Ok(Some(pid))
             }
             Err(error) => {
                 let report = Report::new(

@@ -186,7 +186,7 @@ impl Executor for ProcessExecutor {
                 command: launch.command.clone(),
             };
             match host.launch(&lock, &arguments, &launch.env) {
-                Ok((id, exited)) => {
+                Ok(crate::host::HostedAttempt { id, pid, exited }) => {
                     // The lock now travels to the forked supervisor.
                     drop(lock);
                     let dir = launch.dir.clone();
@@ -207,7 +207,7 @@ impl Executor for ProcessExecutor {
                         }
                     });
                     return Ok(Running {
-                        pid: None,
+                        pid,
                         completion,
                         stop,
                     });

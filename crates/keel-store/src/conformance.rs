@@ -76,6 +76,42 @@ where
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
+    a_start_without_a_pid_is_recorded(make().await).await;
+}
+
+/// An executor may start an attempt without knowing its process's pid: the start time must be
+/// recorded all the same, and an unknown pid must not erase a known one.
+async fn a_start_without_a_pid_is_recorded<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    let b = store.claim_attempt(claim(run.id, "b", 10)).await.unwrap();
+    store
+        .mark_attempts_started(
+            vec![(a.id, a.lease_epoch, None), (b.id, b.lease_epoch, Some(77))],
+            11,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|result| result.unwrap());
+    store
+        .mark_attempt_started(b.id, b.lease_epoch, None, 12)
+        .await
+        .unwrap();
+    let attempts = store.attempts(run.id).await.unwrap();
+    assert_eq!(
+        (attempts[0].started_at, attempts[0].pid),
+        (Some(11), None),
+        "a_start_without_a_pid_is_recorded: started, pid unknown"
+    );
+    assert_eq!(
+        (attempts[1].started_at, attempts[1].pid),
+        (Some(12), Some(77)),
+        "a_start_without_a_pid_is_recorded: an unknown pid keeps the known one"
+    );
 }
 
 async fn store_ids_are_unique_and_stable<S, R, ReopenFut>(first: S, second: S, reopen: R)
@@ -240,7 +276,10 @@ async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {
     );
     let started = store
         .mark_attempts_started(
-            vec![(b.id, b.lease_epoch, 9), (first.id, first.lease_epoch, 9)],
+            vec![
+                (b.id, b.lease_epoch, Some(9)),
+                (first.id, first.lease_epoch, Some(9)),
+            ],
             4,
         )
         .await
@@ -272,7 +311,7 @@ async fn run_lifecycle<S: Store>(store: S) {
     assert_eq!(attempt.number, 1);
     assert_eq!(attempt.lease_epoch, 1);
     store
-        .mark_attempt_started(attempt.id, attempt.lease_epoch, 4242, 2_001)
+        .mark_attempt_started(attempt.id, attempt.lease_epoch, Some(4242), 2_001)
         .await
         .unwrap();
     store
@@ -378,7 +417,7 @@ async fn stale_epoch_is_fenced<S: Store>(store: S) {
     );
     assert!(matches!(
         store
-            .mark_attempt_started(attempt.id, attempt.lease_epoch, 1, 3)
+            .mark_attempt_started(attempt.id, attempt.lease_epoch, Some(1), 3)
             .await,
         Err(StoreError::StaleLease { .. })
     ));

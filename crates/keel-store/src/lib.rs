@@ -133,10 +133,12 @@ pub trait Store: Clone + Send + Sync + 'static {
                 .expect("one result per claim")
         }
     }
-    /// Records that attempts' processes started: (attempt, epoch, pid). Fenced by the epoch.
+    /// Records that attempts' processes started: (attempt, epoch, supervisor pid if known).
+    /// `started_at` is set either way; an unknown pid leaves a recorded one alone. Fenced by the
+    /// epoch.
     fn mark_attempts_started(
         &self,
-        started: Vec<(AttemptId, i64, u32)>,
+        started: Vec<(AttemptId, i64, Option<u32>)>,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send;
     /// Records that one attempt's process started; see [`Store::mark_attempts_started`].
@@ -144,7 +146,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         attempt: AttemptId,
         epoch: i64,
-        pid: u32,
+        pid: Option<u32>,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<()>> + Send {
         async move {

@@ -780,7 +780,7 @@ impl Store for SqliteStore {
 
     async fn mark_attempts_started(
         &self,
-        started: Vec<(AttemptId, i64, u32)>,
+        started: Vec<(AttemptId, i64, Option<u32>)>,
         at: Millis,
     ) -> StoreResult<Vec<StoreResult<()>>> {
         self.transact(move |transaction| {
@@ -788,7 +788,7 @@ impl Store for SqliteStore {
             for (attempt, epoch, pid) in started {
                 let changed = cached_execute(
                     transaction,
-                    "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+                    "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
                     params![pid, at, attempt.0, epoch],
                 )?;
                 results.push(if changed == 0 { Err(StoreError::StaleLease { attempt, epoch }) } else { Ok(()) });

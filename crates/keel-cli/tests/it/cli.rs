@@ -3,7 +3,8 @@
 //!
 //! Each test works in its own temporary project directory, which is also the working directory of
 //! every `keel` it starts, so whatever the tasks write lands there. Store state is checked through
-//! `keel status --json`, the way users and scripts see it.
+//! `keel status --json`, the way users and scripts see it; what that does not show (an attempt's
+//! pid and start time) is read from the state file through the store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -173,6 +174,19 @@ impl Project {
             .find(|task| task["name"] == name)
             .cloned()
             .unwrap_or_else(|| panic!("no task {name} in {run:#}"))
+    }
+
+    /// The attempts of the newest run of `partition`, read from the state file.
+    fn attempts(&self, partition: &str) -> Vec<keel_store::AttemptRecord> {
+        use keel_store::Store as _;
+        let run = keel_model::RunId(self.run_json(partition)["id"].as_i64().unwrap());
+        let store = keel_store::SqliteStore::open(&self.file(".keel/state.db")).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store.attempts(run))
+            .unwrap()
     }
 
     /// `keel status --partition D`: the table, with each task's message.
@@ -1517,6 +1531,54 @@ retries = { attempts = 2, initial = "10ms" }
         project.logs(DAY, "per_attempt", Some(2)).stdout,
         "attempt=2 env=2\n"
     );
+}
+
+/// Regression: launched through the attempt host, no attempt got a `started_at` or a `pid`: the
+/// host did not say which supervisor it forked, and the engine recorded a start only with a pid.
+/// Each task writes its parent's pid, which is its supervisor's.
+#[test]
+fn every_attempt_records_its_start_and_its_supervisors_pid() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.first]
+phase = "main"
+command = ["sh", "-c", "echo $PPID >> first.parent"]
+
+[tasks.second]
+phase = "main"
+after = ["first"]
+command = ["sh", "-c", "echo $PPID >> second.parent"]
+
+[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "echo $PPID >> flaky.parent; test {attempt} -ge 2"]
+retries = { attempts = 2, initial = "10ms" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let attempts = project.attempts(DAY);
+    assert_eq!(attempts.len(), 4, "{attempts:#?}");
+    for attempt in &attempts {
+        let parents: Vec<u32> = project
+            .read(&format!("{}.parent", attempt.task))
+            .lines()
+            .map(|line| line.parse().unwrap())
+            .collect();
+        let started_at = attempt.started_at.unwrap_or_else(|| {
+            panic!(
+                "{} attempt {} has no start time",
+                attempt.task, attempt.number
+            )
+        });
+        assert!(started_at >= attempt.claimed_at, "{attempt:#?}");
+        assert_eq!(
+            attempt.pid,
+            Some(parents[attempt.number as usize - 1]),
+            "{} attempt {}: the recorded pid is its supervisor's",
+            attempt.task,
+            attempt.number
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

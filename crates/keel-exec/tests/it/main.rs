@@ -275,6 +275,41 @@ fn a_launch_after_the_host_died_fails_over_to_its_own_supervisor() {
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
 }
 
+/// Regression: with the attempt host, `Running.pid` was always `None`, so the store never
+/// learned the supervisor's pid. The task's parent is the supervisor, so its `$PPID` must be
+/// the pid the launch reports, on both paths.
+#[test]
+fn the_launch_reports_the_supervisors_pid_with_and_without_the_host() {
+    for (name, executor) in [
+        ("host", executor()),
+        ("own process", executor().without_host()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let parent_file = dir.path().join("parent.pid");
+        let (pid, report) = runtime().block_on(async {
+            let running = executor
+                .launch(launch(
+                    &dir.path().join("a1"),
+                    &format!("echo $PPID > {}", parent_file.display()),
+                ))
+                .unwrap();
+            (running.pid, running.completion.await)
+        });
+        assert_eq!(report.outcome, Outcome::Succeeded, "{name}: {report:?}");
+        let parent: u32 = std::fs::read_to_string(&parent_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, Some(parent), "{name}: the pid is the task's parent");
+        assert_ne!(
+            executor.host_pid(),
+            Some(parent),
+            "{name}: the supervisor, not the host"
+        );
+    }
+}
+
 /// A launch must never find another attempt's files in its directory: it could read that
 /// attempt's result file or exit record as its own. An empty directory is fine.
 #[test]
