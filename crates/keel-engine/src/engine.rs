@@ -180,6 +180,8 @@ pub struct Engine<S: Store, E: Executor, C: Clock> {
     clock: Arc<C>,
     random: Box<dyn Random>,
     spec: Arc<PipelineSpec>,
+    /// `spec.version()`, computed once: every claim records it.
+    version: String,
     dag: Dag,
     topology: Topology,
     /// Per task: indexes into `spec.resources` of the resources it uses.
@@ -316,6 +318,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             executor: Arc::new(executor),
             clock: Arc::new(clock),
             random,
+            version: spec.version(),
             spec: Arc::new(spec),
             dag,
             topology,
@@ -396,7 +399,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Resets `tasks` of the partition's newest run, and everything downstream of them, so that
-    /// the next [`Engine::execute`] runs them again with fresh retry budgets.
+    /// the next [`Engine::execute`] runs them again with fresh retry budgets. Those the pipeline
+    /// file gained after the run was created are added to the run; if the file changed at all
+    /// since, the run's event log says which version the retry runs.
     pub async fn retry(&mut self, partition: &str, tasks: &[String]) -> Result<RunId, EngineError> {
         let roots = self.check_task_names(tasks)?;
         let run = self
@@ -406,6 +411,24 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .ok_or_else(|| EngineError::NoRun {
                 partition: partition.to_string(),
             })?;
+        let in_run: std::collections::HashSet<String> = self
+            .store
+            .task_runs(run.id)
+            .await?
+            .into_iter()
+            .map(|task| task.task)
+            .collect();
+        // Without a row of its own a task would be read back as skipped and never run.
+        let added: Vec<(String, String)> = roots
+            .iter()
+            .copied()
+            .chain(self.dag.downstream_of(&roots))
+            .filter(|task| !in_run.contains(self.dag.name(*task)))
+            .map(|task| {
+                let task_spec = &self.spec.tasks[task];
+                (task_spec.name.clone(), task_spec.phase.clone())
+            })
+            .collect();
         let mut changes = Vec::new();
         for root in &roots {
             changes.push(TaskChange {
@@ -435,7 +458,25 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             });
         }
         let now = self.clock.now();
+        if !added.is_empty() {
+            self.store.add_tasks(run.id, added, now).await?;
+        }
         self.store.update_tasks(run.id, changes, now).await?;
+        if self.version != run.version {
+            self.store
+                .append_event(NewEvent {
+                    run: run.id,
+                    task: None,
+                    attempt: None,
+                    kind: "pipeline_changed".into(),
+                    detail: format!(
+                        "the retry uses pipeline version {} (was {})",
+                        self.version, run.version
+                    ),
+                    at: now,
+                })
+                .await?;
+        }
         if run.state != RunState::Running {
             self.store
                 .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
@@ -813,6 +854,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             .attempt_dir(record.id, *task, number)
                             .display()
                             .to_string(),
+                        // A retry may run a newer pipeline file than its run was created with.
+                        version: self.version.clone(),
                         lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
                         at: now,
                     }

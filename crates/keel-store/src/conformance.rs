@@ -35,6 +35,7 @@ fn claim(run: keel_model::RunId, task: &str, at: i64) -> ClaimAttempt {
         task: task.into(),
         owner: "owner-a".into(),
         dir: format!("/tmp/{task}"),
+        version: "v1".into(),
         lease_expires_at: at + 60_000,
         at,
     }
@@ -77,6 +78,87 @@ where
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
     a_start_without_a_pid_is_recorded(make().await).await;
+    tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
+}
+
+/// A retry may name a task the pipeline file gained after the run was created: it joins the
+/// run as pending, after the tasks the run had, and its attempt records the version it runs.
+async fn tasks_added_to_a_finished_run_are_pending_and_run_the_new_version<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    store
+        .finish_attempt(finish(
+            &a,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            11,
+        ))
+        .await
+        .unwrap();
+    store
+        .set_run_state(run.id, RunState::Succeeded, None, 12)
+        .await
+        .unwrap();
+    let added = store
+        .add_tasks(
+            run.id,
+            vec![
+                ("b".into(), "late".into()),
+                ("a".into(), "main".into()),
+                ("c".into(), "late".into()),
+            ],
+            13,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 2, "a task the run already has is not added again");
+    let tasks = store.task_runs(run.id).await.unwrap();
+    let summary: Vec<(&str, &str, TaskState, Option<Outcome>)> = tasks
+        .iter()
+        .map(|task| {
+            (
+                task.task.as_str(),
+                task.phase.as_str(),
+                task.state,
+                task.outcome,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a", "main", TaskState::Done, Some(Outcome::Succeeded)),
+            ("b", "late", TaskState::Pending, None),
+            ("c", "late", TaskState::Pending, None),
+        ],
+        "tasks_added_to_a_finished_run_are_pending_and_run_the_new_version"
+    );
+    let mut newer = claim(run.id, "b", 14);
+    newer.version = "v2".into();
+    let b = store.claim_attempt(newer).await.unwrap();
+    assert_eq!((b.number, b.version.as_deref()), (1, Some("v2")));
+    let added_events: Vec<Option<String>> = store
+        .events(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "task_added")
+        .map(|event| event.task)
+        .collect();
+    assert_eq!(added_events, [Some("b".into()), Some("c".into())]);
+    assert!(matches!(
+        store
+            .add_tasks(
+                keel_model::RunId(999),
+                vec![("x".into(), "main".into())],
+                15
+            )
+            .await,
+        Err(StoreError::NoSuchRun(_))
+    ));
 }
 
 /// An executor may start an attempt without knowing its process's pid: the start time must be
@@ -327,6 +409,7 @@ async fn run_lifecycle<S: Store>(store: S) {
     assert_eq!(attempts[0].outcome, Some(Outcome::Succeeded));
     assert_eq!(attempts[0].rows, Some(7));
     assert_eq!(attempts[0].pid, Some(4242));
+    assert_eq!(attempts[0].version.as_deref(), Some("v1"));
     assert_eq!(attempts[0].metrics.as_deref(), Some(r#"{"accuracy":0.5}"#));
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(tasks[0].state, TaskState::Done);

@@ -183,6 +183,15 @@ pub trait Store: Clone + Send + Sync + 'static {
                 .expect("one result per finish")
         }
     }
+    /// Adds pending task runs to an existing run, for tasks the pipeline file gained after the
+    /// run was created: (task, phase). Tasks the run already has are left alone and not
+    /// counted. Returns how many were added.
+    fn add_tasks(
+        &self,
+        run: RunId,
+        tasks: Vec<(String, String)>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
     /// Changes task runs that are not running (upstream failures, skips, resets for a retry).
     /// Running task runs are left alone and not counted. Returns how many changed.
     fn update_tasks(

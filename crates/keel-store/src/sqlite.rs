@@ -106,6 +106,11 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 "#,
+    r#"
+-- The pipeline version whose command each attempt ran: a retry runs the pipeline file as it is
+-- now, which may differ from the version its run was created with. NULL for older attempts.
+ALTER TABLE attempts ADD COLUMN version TEXT;
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -412,7 +417,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir";
+const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version";
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
     Ok(AttemptRecord {
@@ -435,6 +440,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
         message: row.get(16)?,
         pid: row.get(17)?,
         dir: row.get(18)?,
+        version: row.get(19)?,
     })
 }
 
@@ -497,9 +503,9 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
     let number = task.attempts + 1;
     cached_execute(
         transaction,
-        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
+        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir, claim.version],
     )?;
     let attempt = AttemptId(transaction.last_insert_rowid());
     cached_execute(
@@ -845,6 +851,36 @@ impl Store for SqliteStore {
                 }
             }
             Ok(results)
+        })
+        .await
+    }
+
+    async fn add_tasks(
+        &self,
+        run: RunId,
+        tasks: Vec<(String, String)>,
+        at: Millis,
+    ) -> StoreResult<usize> {
+        self.transact(move |transaction| {
+            load_run(transaction, run)?;
+            let mut added = 0;
+            for (task, phase) in tasks {
+                // After the tasks the run already has, in the order given.
+                let count = cached_execute(
+                    transaction,
+                    "INSERT OR IGNORE INTO task_runs (run_id, task, phase, position, state, updated_at)
+                     SELECT ?1, ?2, ?3, coalesce(max(position) + 1, 0), ?4, ?5 FROM task_runs WHERE run_id = ?1",
+                    params![run.0, task, phase, TaskState::Pending.as_str(), at],
+                )?;
+                if count > 0 {
+                    added += count;
+                    let detail = format!(
+                        "phase {phase}: added to the run; the pipeline file gained it after the run was created"
+                    );
+                    event(transaction, at, run, Some(&task), None, "task_added", &detail)?;
+                }
+            }
+            Ok(added)
         })
         .await
     }

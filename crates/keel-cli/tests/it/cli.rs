@@ -4,7 +4,8 @@
 //! Each test works in its own temporary project directory, which is also the working directory of
 //! every `keel` it starts, so whatever the tasks write lands there. Store state is checked through
 //! `keel status --json`, the way users and scripts see it; what that does not show (an attempt's
-//! pid and start time) is read from the state file through the store.
+//! pid, start time and pipeline version, the event log) is read from the state file through the
+//! store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use insta::assert_snapshot;
+use keel_store::Store as _;
 use serde_json::Value;
 
 use crate::support::{keel, keel_path, write_pipeline};
@@ -178,15 +180,33 @@ impl Project {
 
     /// The attempts of the newest run of `partition`, read from the state file.
     fn attempts(&self, partition: &str) -> Vec<keel_store::AttemptRecord> {
-        use keel_store::Store as _;
+        self.read_state(partition, |store, run| async move {
+            store.attempts(run).await.unwrap()
+        })
+    }
+
+    /// The event log of the newest run of `partition`, read from the state file.
+    fn events(&self, partition: &str) -> Vec<keel_store::EventRecord> {
+        self.read_state(partition, |store, run| async move {
+            store.events(run).await.unwrap()
+        })
+    }
+
+    fn read_state<T, F>(
+        &self,
+        partition: &str,
+        read: impl FnOnce(keel_store::SqliteStore, keel_model::RunId) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
         let run = keel_model::RunId(self.run_json(partition)["id"].as_i64().unwrap());
         let store = keel_store::SqliteStore::open(&self.file(".keel/state.db")).unwrap();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(store.attempts(run))
-            .unwrap()
+            .block_on(read(store, run))
     }
 
     /// `keel status --partition D`: the table, with each task's message.
@@ -1979,6 +1999,106 @@ command = ["sh", "-c", "echo load >> ran.ledger"]
         (count("fetch"), count("other"), count("load")),
         (3, 1, 1),
         "{ledger}"
+    );
+}
+
+/// Regression: a task added to the pipeline file after its run was created had no row in the
+/// run, so `keel retry` of it printed "retrying", exited 0 and ran nothing (the run read it back
+/// as skipped). Now it joins the run and runs, with what is downstream of it, and the attempts
+/// and the event log record that they ran a newer pipeline than the run was created with.
+#[test]
+fn retry_of_a_task_added_after_the_run_was_created_adds_it_and_runs_it() {
+    let original = pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["sh", "-c", "echo fetch >> ran.ledger"]
+"#,
+    );
+    let project = Project::new(&original);
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let created = project.run_json(DAY);
+    let old_version = created["version"].as_str().unwrap().to_string();
+
+    write_pipeline(
+        project.path(),
+        &format!(
+            r#"{original}
+[tasks.enrich]
+phase = "main"
+after = ["fetch"]
+command = ["sh", "-c", "echo enrich >> ran.ledger; touch enriched.marker"]
+
+[tasks.publish]
+phase = "main"
+after = ["enrich"]
+command = ["sh", "-c", "echo publish >> ran.ledger"]
+"#
+        ),
+    );
+    let validated = project.keel("validate", &[]);
+    let new_version = validated
+        .stdout
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_version, old_version, "{}", validated.stdout);
+
+    let ran = project.keel("retry", &["enrich", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(
+        ran.stderr
+            .contains(&format!("the retried tasks run version {new_version}")),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        project.file("enriched.marker").exists(),
+        "the added task's command really ran"
+    );
+    let run = project.run_json(DAY);
+    assert_eq!(run["id"], created["id"], "the existing run is completed");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    for name in ["enrich", "publish"] {
+        let task = project.task(DAY, name);
+        assert_eq!(
+            (task["state"].as_str(), task["outcome"].as_str()),
+            (Some("done"), Some("succeeded")),
+            "{task}"
+        );
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    assert_eq!(
+        project.read("ran.ledger"),
+        "fetch\nenrich\npublish\n",
+        "fetch is not downstream of enrich and does not run again"
+    );
+
+    let versions: Vec<(String, Option<String>)> = project
+        .attempts(DAY)
+        .into_iter()
+        .map(|attempt| (attempt.task, attempt.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("fetch".to_string(), Some(old_version.clone())),
+            ("enrich".to_string(), Some(new_version.clone())),
+            ("publish".to_string(), Some(new_version.clone())),
+        ]
+    );
+    let events = project.events(DAY);
+    let added: Vec<&str> = events
+        .iter()
+        .filter(|event| event.kind == "task_added")
+        .filter_map(|event| event.task.as_deref())
+        .collect();
+    assert_eq!(added, ["enrich", "publish"]);
+    let expected = format!("the retry uses pipeline version {new_version} (was {old_version})");
+    assert!(
+        events.iter().any(|event| event.detail == expected),
+        "no event says {expected:?}: {events:#?}"
     );
 }
 

@@ -261,6 +261,7 @@ async fn claim_as_a_dead_keel(harness: &Harness, run: keel_model::RunId, task: &
             task: task.into(),
             owner: "dead-keel".into(),
             dir: "/nonexistent".into(),
+            version: "v".into(),
             lease_expires_at: 0,
             at: 1,
         })

@@ -45,7 +45,9 @@ fn a_state_file_of_an_older_schema_gets_an_identity_once() {
         // Take the file back to schema 2, as an older Keel left it.
         let connection = rusqlite::Connection::open(&path).unwrap();
         connection
-            .execute_batch("DROP TABLE meta; PRAGMA user_version = 2;")
+            .execute_batch(
+                "DROP TABLE meta; ALTER TABLE attempts DROP COLUMN version; PRAGMA user_version = 2;",
+            )
             .unwrap();
     }
     let id = SqliteStore::open(&path).unwrap().store_id().to_string();
