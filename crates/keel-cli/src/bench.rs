@@ -197,6 +197,7 @@ async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)
                 task: format!("t{index}"),
                 owner: "bench".into(),
                 dir: String::new(),
+                version: "v".into(),
                 lease_expires_at: 0,
                 at: 0,
             })

@@ -420,6 +420,13 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
         "retrying {} in run {run} of partition {partition}, and everything downstream",
         tasks.join(", ")
     );
+    let created_with = engine.store().run(run).await?.version;
+    let version = engine.spec().version();
+    if created_with != version {
+        eprintln!(
+            "the pipeline file changed since run {run} was created (version {created_with}); the retried tasks run version {version}"
+        );
+    }
     engine.set_shutdown_grace(grace);
     execute_and_report(&mut engine, &[run], Vec::new(), grace).await
 }

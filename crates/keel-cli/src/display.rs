@@ -203,12 +203,14 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
             (TaskState::Waiting, _) => "waiting to retry".to_string(),
             (state, _) => state.to_string(),
         };
+        // Long enough for a message that names a file in an attempt directory (under the
+        // store's 32-character identity) and still says what is wrong with it.
         let message: String = task
             .message
             .as_deref()
             .unwrap_or("")
             .chars()
-            .take(120)
+            .take(200)
             .collect();
         table.add_row([
             task.task.clone(),

@@ -24,7 +24,7 @@ use crate::{Clock, EngineError, Random};
 pub struct EngineConfig {
     /// Who holds the leases this engine takes, e.g. `host:pid:nonce`.
     pub owner: String,
-    /// Attempt directories go under `<attempts_dir>/<run>/<task>.<attempt>`.
+    /// Attempt directories go under `<attempts_dir>/<store id>/<run>/<task>.<attempt>`.
     pub attempts_dir: PathBuf,
     /// Between SIGTERM and SIGKILL when an attempt is stopped or times out.
     pub kill_grace: Duration,
@@ -180,6 +180,8 @@ pub struct Engine<S: Store, E: Executor, C: Clock> {
     clock: Arc<C>,
     random: Box<dyn Random>,
     spec: Arc<PipelineSpec>,
+    /// `spec.version()`, computed once: every claim records it.
+    version: String,
     dag: Dag,
     topology: Topology,
     /// Per task: indexes into `spec.resources` of the resources it uses.
@@ -316,6 +318,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             executor: Arc::new(executor),
             clock: Arc::new(clock),
             random,
+            version: spec.version(),
             spec: Arc::new(spec),
             dag,
             topology,
@@ -396,7 +399,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Resets `tasks` of the partition's newest run, and everything downstream of them, so that
-    /// the next [`Engine::execute`] runs them again with fresh retry budgets.
+    /// the next [`Engine::execute`] runs them again with fresh retry budgets. Those the pipeline
+    /// file gained after the run was created are added to the run; if the file changed at all
+    /// since, the run's event log says which version the retry runs.
     pub async fn retry(&mut self, partition: &str, tasks: &[String]) -> Result<RunId, EngineError> {
         let roots = self.check_task_names(tasks)?;
         let run = self
@@ -406,6 +411,24 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .ok_or_else(|| EngineError::NoRun {
                 partition: partition.to_string(),
             })?;
+        let in_run: std::collections::HashSet<String> = self
+            .store
+            .task_runs(run.id)
+            .await?
+            .into_iter()
+            .map(|task| task.task)
+            .collect();
+        // Without a row of its own a task would be read back as skipped and never run.
+        let added: Vec<(String, String)> = roots
+            .iter()
+            .copied()
+            .chain(self.dag.downstream_of(&roots))
+            .filter(|task| !in_run.contains(self.dag.name(*task)))
+            .map(|task| {
+                let task_spec = &self.spec.tasks[task];
+                (task_spec.name.clone(), task_spec.phase.clone())
+            })
+            .collect();
         let mut changes = Vec::new();
         for root in &roots {
             changes.push(TaskChange {
@@ -435,8 +458,26 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             });
         }
         let now = self.clock.now();
+        if !added.is_empty() {
+            self.store.add_tasks(run.id, added, now).await?;
+        }
         self.store.update_tasks(run.id, changes, now).await?;
         self.reopen_gates(run.id, &roots, now).await?;
+        if self.version != run.version {
+            self.store
+                .append_event(NewEvent {
+                    run: run.id,
+                    task: None,
+                    attempt: None,
+                    kind: "pipeline_changed".into(),
+                    detail: format!(
+                        "the retry uses pipeline version {} (was {})",
+                        self.version, run.version
+                    ),
+                    at: now,
+                })
+                .await?;
+        }
         if run.state != RunState::Running {
             self.store
                 .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
@@ -900,6 +941,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             .attempt_dir(record.id, *task, number)
                             .display()
                             .to_string(),
+                        // A retry may run a newer pipeline file than its run was created with.
+                        version: self.version.clone(),
                         lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
                         at: now,
                     }
@@ -920,6 +963,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         if let Some(permits) = permits {
                             book.permits.insert(attempt.id, permits);
                         }
+                        // Every attempt that started gets its start time, even when the
+                        // executor cannot say which process supervises it.
                         if let Some(pid) =
                             self.start_attempt(book, run_index, task, &attempt).await?
                         {
@@ -946,9 +991,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
         // One directory per attempt, flat under the run: every inode created costs, and an
-        // attempt already creates its directory and its record file.
+        // attempt already creates its directory and its record file. Runs are numbered per
+        // store, from 1, so the store's identity keeps two stores' attempts apart.
         self.config
             .attempts_dir
+            .join(self.store.store_id())
             .join(run.0.to_string())
             .join(format!("{}.{number}", self.dag.name(task)))
     }
@@ -1021,6 +1068,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let dir = self
             .config
             .attempts_dir
+            .join(self.store.store_id())
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
         let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);
@@ -1167,14 +1215,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    /// Launches a claimed attempt. Returns the supervisor's pid when one started.
+    /// Launches a claimed attempt. Returns `None` if it could not be started (it is then
+    /// already recorded as failed), and otherwise the supervisor's pid if the executor knows it.
     async fn start_attempt(
         &mut self,
         book: &mut Book,
         run_index: usize,
         task: TaskIndex,
         attempt: &AttemptRecord,
-    ) -> Result<Option<u32>, EngineError> {
+    ) -> Result<Option<Option<u32>>, EngineError> {
         let now = self.clock.now();
         let record = book.runs[run_index].record.clone();
         let task_spec = self.spec.tasks[task].clone();
@@ -1211,7 +1260,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             Ok(running) => {
                 let pid = running.pid;
                 watch(book, attempt.id, running);
-                Ok(pid)
+                Ok(Some(pid))
             }
             Err(error) => {
                 let report = Report::new(

@@ -43,8 +43,20 @@ enum ToHost {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FromHost {
-    Exited { id: u64 },
+    /// The supervisor was forked: Keel records its pid, to find and stop it after a restart.
+    Started {
+        id: u64,
+        pid: u32,
+    },
+    Exited {
+        id: u64,
+    },
 }
+
+/// How long a launch waits for the host to say which pid it forked. The fork takes well under a
+/// millisecond; past this the attempt runs on with its pid unknown, which costs nothing but the
+/// pid in the store (the supervisor also writes it into its record file).
+const STARTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const MAX_MESSAGE: usize = 1 << 20;
 
@@ -211,6 +223,12 @@ pub fn host_main(arguments: &[String]) -> i32 {
                             if let Some(child) =
                                 fork_supervisor(&socket, &children, args, env, passed)
                             {
+                                let message = serde_json::to_vec(&FromHost::Started {
+                                    id,
+                                    pid: child.0 as u32,
+                                })
+                                .unwrap_or_default();
+                                let _ = send_message(socket.as_raw_fd(), &message, None);
                                 children.insert(id, child);
                             } else if socket_open {
                                 let message = serde_json::to_vec(&FromHost::Exited { id })
@@ -276,12 +294,29 @@ fn fork_supervisor(
     }
 }
 
-/// Keel's side of the host: a socket, and a thread that turns `exited` messages into wake-ups.
+/// Keel's side of the host: a socket, and a thread that hands each `started` message to the
+/// launch waiting for it and turns `exited` messages into wake-ups.
 pub struct HostClient {
     socket: Arc<OwnedFd>,
-    waiters: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>>,
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
     _child: std::process::Child,
+}
+
+/// What one launch waits to hear from the host: the supervisor's pid, then its end.
+struct Waiter {
+    started: Option<std::sync::mpsc::SyncSender<u32>>,
+    exited: tokio::sync::oneshot::Sender<()>,
+}
+
+/// An attempt the host forked a supervisor for.
+pub struct HostedAttempt {
+    /// Names the attempt to [`HostClient::stop`].
+    pub id: u64,
+    /// The forked supervisor's pid; `None` if the host did not say in time.
+    pub pid: Option<u32>,
+    /// Resolves when the supervisor has exited; fails if the host went away first.
+    pub exited: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl HostClient {
@@ -325,7 +360,7 @@ impl HostClient {
         let child = command.spawn()?;
         drop(theirs);
         let socket = Arc::new(ours);
-        let waiters: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
+        let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
         let (reader_socket, reader_waiters) = (socket.clone(), waiters.clone());
         std::thread::Builder::new()
             .name("keel-host-reader".into())
@@ -334,13 +369,23 @@ impl HostClient {
                 while let Ok(Some((length, _))) =
                     receive_message(reader_socket.as_raw_fd(), &mut buffer)
                 {
-                    if let Ok(FromHost::Exited { id }) = serde_json::from_slice(&buffer[..length])
-                        && let Some(waiter) = reader_waiters
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&id)
-                    {
-                        let _ = waiter.send(());
+                    let mut waiters = reader_waiters.lock().unwrap_or_else(|p| p.into_inner());
+                    match serde_json::from_slice(&buffer[..length]) {
+                        Ok(FromHost::Started { id, pid }) => {
+                            if let Some(started) = waiters
+                                .get_mut(&id)
+                                .and_then(|waiter| waiter.started.take())
+                            {
+                                let _ = started.send(pid);
+                            }
+                        }
+                        Ok(FromHost::Exited { id }) => {
+                            // A launch still waiting for the pid learns that there is none.
+                            if let Some(waiter) = waiters.remove(&id) {
+                                let _ = waiter.exited.send(());
+                            }
+                        }
+                        Err(_) => {}
                     }
                 }
                 // The host is gone: dropping the senders tells every waiter to watch the lock instead.
@@ -362,19 +407,27 @@ impl HostClient {
         self._child.id()
     }
 
-    /// Asks the host to supervise an attempt. `lock` is the attempt's locked record file.
+    /// Asks the host to supervise an attempt, and waits until it says which pid it forked.
+    /// `lock` is the attempt's locked record file.
     pub fn launch(
         &self,
         lock: &File,
         args: &SupervisorArgs,
         env: &[(String, String)],
-    ) -> io::Result<(u64, tokio::sync::oneshot::Receiver<()>)> {
+    ) -> io::Result<HostedAttempt> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (exited_sender, exited) = tokio::sync::oneshot::channel();
+        let (started_sender, started) = std::sync::mpsc::sync_channel(1);
         self.waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, sender);
+            .insert(
+                id,
+                Waiter {
+                    started: Some(started_sender),
+                    exited: exited_sender,
+                },
+            );
         let message = serde_json::to_vec(&ToHost::Launch {
             id,
             args: args.to_args(),
@@ -398,7 +451,10 @@ impl HostClient {
                 .remove(&id);
             return Err(error);
         }
-        Ok((id, receiver))
+        // The lock is on its way whatever the answer: without one (the fork failed, the host
+        // died) the attempt still ends through `exited` or its lock, only its pid is unknown.
+        let pid = started.recv_timeout(STARTED_TIMEOUT).ok();
+        Ok(HostedAttempt { id, pid, exited })
     }
 
     /// Asks the host to stop an attempt. Returns false if the host could not be told.

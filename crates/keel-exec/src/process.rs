@@ -140,9 +140,35 @@ fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
     }
 }
 
+/// Creates an attempt directory that holds nothing yet. A directory that already has files in
+/// it belongs to some other attempt (another state store, or a state file made again): reusing
+/// it would mix the outputs and could read that attempt's result file or exit record as this
+/// one's, so it is refused.
+fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_dir(dir)?.next().is_none() {
+                return Ok(());
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "attempt directory {:?} already holds another attempt's files; refusing to reuse it so that no stale output, result file or exit record is mixed into this attempt; move it away if it is left over",
+                    dir.display().to_string()
+                ),
+            ))
+        }
+        Err(error) => Err(error),
+    }
+}
+
 impl Executor for ProcessExecutor {
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
-        std::fs::create_dir_all(&launch.dir)?;
+        create_fresh_attempt_dir(&launch.dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -160,7 +186,7 @@ impl Executor for ProcessExecutor {
                 command: launch.command.clone(),
             };
             match host.launch(&lock, &arguments, &launch.env) {
-                Ok((id, exited)) => {
+                Ok(crate::host::HostedAttempt { id, pid, exited }) => {
                     // The lock now travels to the forked supervisor.
                     drop(lock);
                     let dir = launch.dir.clone();
@@ -181,7 +207,7 @@ impl Executor for ProcessExecutor {
                         }
                     });
                     return Ok(Running {
-                        pid: None,
+                        pid,
                         completion,
                         stop,
                     });

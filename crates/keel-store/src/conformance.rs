@@ -1,8 +1,12 @@
 //! The behaviour every [`Store`] backend must show. A backend's test calls [`run_all`] with a
-//! factory that makes an empty store; each check gets a fresh one.
+//! factory that makes an empty store, each check getting a fresh one, and a function that opens
+//! a store again the way a new Keel process would.
 //!
 //! ```text
-//! keel_store::conformance::run_all(|| async { MyStore::connect(...).await.unwrap() }).await;
+//! keel_store::conformance::run_all(
+//!     || async { MyStore::connect(new_url()).await.unwrap() },
+//!     |store: &MyStore| { let url = store.url(); async move { MyStore::connect(url).await.unwrap() } },
+//! ).await;
 //! ```
 
 use std::future::Future;
@@ -31,6 +35,7 @@ fn claim(run: keel_model::RunId, task: &str, at: i64) -> ClaimAttempt {
         task: task.into(),
         owner: "owner-a".into(),
         dir: format!("/tmp/{task}"),
+        version: "v1".into(),
         lease_expires_at: at + 60_000,
         at,
     }
@@ -50,14 +55,17 @@ fn finish(attempt: &AttemptRecord, outcome: Outcome, next: TaskNext, at: i64) ->
     }
 }
 
-/// Runs every conformance check against fresh stores from `make`. Panics on the first failure,
-/// naming the check.
-pub async fn run_all<S, F, Fut>(make: F)
+/// Runs every conformance check against fresh stores from `make`; `reopen` opens the state of a
+/// store anew, as the next Keel process would. Panics on the first failure, naming the check.
+pub async fn run_all<S, F, Fut, R, ReopenFut>(make: F, reopen: R)
 where
     S: Store,
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
+    R: Fn(&S) -> ReopenFut,
+    ReopenFut: Future<Output = S>,
 {
+    store_ids_are_unique_and_stable(make().await, make().await, reopen).await;
     run_lifecycle(make().await).await;
     claim_is_exclusive(make().await).await;
     stale_epoch_is_fenced(make().await).await;
@@ -69,9 +77,166 @@ where
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
+    a_start_without_a_pid_is_recorded(make().await).await;
     applied_changes_commit_together(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
     sensor_polls_are_counted_until_a_reset(make().await).await;
+    tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
+}
+
+/// A retry may name a task the pipeline file gained after the run was created: it joins the
+/// run as pending, after the tasks the run had, and its attempt records the version it runs.
+async fn tasks_added_to_a_finished_run_are_pending_and_run_the_new_version<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    store
+        .finish_attempt(finish(
+            &a,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            11,
+        ))
+        .await
+        .unwrap();
+    store
+        .set_run_state(run.id, RunState::Succeeded, None, 12)
+        .await
+        .unwrap();
+    let added = store
+        .add_tasks(
+            run.id,
+            vec![
+                ("b".into(), "late".into()),
+                ("a".into(), "main".into()),
+                ("c".into(), "late".into()),
+            ],
+            13,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 2, "a task the run already has is not added again");
+    let tasks = store.task_runs(run.id).await.unwrap();
+    let summary: Vec<(&str, &str, TaskState, Option<Outcome>)> = tasks
+        .iter()
+        .map(|task| {
+            (
+                task.task.as_str(),
+                task.phase.as_str(),
+                task.state,
+                task.outcome,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a", "main", TaskState::Done, Some(Outcome::Succeeded)),
+            ("b", "late", TaskState::Pending, None),
+            ("c", "late", TaskState::Pending, None),
+        ],
+        "tasks_added_to_a_finished_run_are_pending_and_run_the_new_version"
+    );
+    let mut newer = claim(run.id, "b", 14);
+    newer.version = "v2".into();
+    let b = store.claim_attempt(newer).await.unwrap();
+    assert_eq!((b.number, b.version.as_deref()), (1, Some("v2")));
+    let added_events: Vec<Option<String>> = store
+        .events(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "task_added")
+        .map(|event| event.task)
+        .collect();
+    assert_eq!(added_events, [Some("b".into()), Some("c".into())]);
+    assert!(matches!(
+        store
+            .add_tasks(
+                keel_model::RunId(999),
+                vec![("x".into(), "main".into())],
+                15
+            )
+            .await,
+        Err(StoreError::NoSuchRun(_))
+    ));
+}
+
+/// An executor may start an attempt without knowing its process's pid: the start time must be
+/// recorded all the same, and an unknown pid must not erase a known one.
+async fn a_start_without_a_pid_is_recorded<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    let b = store.claim_attempt(claim(run.id, "b", 10)).await.unwrap();
+    store
+        .mark_attempts_started(
+            vec![(a.id, a.lease_epoch, None), (b.id, b.lease_epoch, Some(77))],
+            11,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|result| result.unwrap());
+    store
+        .mark_attempt_started(b.id, b.lease_epoch, None, 12)
+        .await
+        .unwrap();
+    let attempts = store.attempts(run.id).await.unwrap();
+    assert_eq!(
+        (attempts[0].started_at, attempts[0].pid),
+        (Some(11), None),
+        "a_start_without_a_pid_is_recorded: started, pid unknown"
+    );
+    assert_eq!(
+        (attempts[1].started_at, attempts[1].pid),
+        (Some(12), Some(77)),
+        "a_start_without_a_pid_is_recorded: an unknown pid keeps the known one"
+    );
+}
+
+async fn store_ids_are_unique_and_stable<S, R, ReopenFut>(first: S, second: S, reopen: R)
+where
+    S: Store,
+    R: Fn(&S) -> ReopenFut,
+    ReopenFut: Future<Output = S>,
+{
+    let id = first.store_id().to_string();
+    for store_id in [first.store_id(), second.store_id()] {
+        assert!(
+            !store_id.is_empty()
+                && store_id.len() <= 64
+                && store_id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "store_ids_are_unique_and_stable: {store_id:?} is not one safe path component"
+        );
+    }
+    assert_ne!(
+        id,
+        second.store_id(),
+        "store_ids_are_unique_and_stable: two stores share an identity"
+    );
+    assert_eq!(first.clone().store_id(), id, "a clone is the same store");
+    let run = first
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let reopened = reopen(&first).await;
+    assert_eq!(
+        reopened.store_id(),
+        id,
+        "store_ids_are_unique_and_stable: reopening changed the identity"
+    );
+    assert_eq!(
+        reopened.run(run.id).await.unwrap().id,
+        run.id,
+        "the reopened store is the same state"
+    );
 }
 
 async fn applied_changes_commit_together<S: Store>(store: S) {
@@ -326,7 +491,10 @@ async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {
     );
     let started = store
         .mark_attempts_started(
-            vec![(b.id, b.lease_epoch, 9), (first.id, first.lease_epoch, 9)],
+            vec![
+                (b.id, b.lease_epoch, Some(9)),
+                (first.id, first.lease_epoch, Some(9)),
+            ],
             4,
         )
         .await
@@ -358,7 +526,7 @@ async fn run_lifecycle<S: Store>(store: S) {
     assert_eq!(attempt.number, 1);
     assert_eq!(attempt.lease_epoch, 1);
     store
-        .mark_attempt_started(attempt.id, attempt.lease_epoch, 4242, 2_001)
+        .mark_attempt_started(attempt.id, attempt.lease_epoch, Some(4242), 2_001)
         .await
         .unwrap();
     store
@@ -374,6 +542,7 @@ async fn run_lifecycle<S: Store>(store: S) {
     assert_eq!(attempts[0].outcome, Some(Outcome::Succeeded));
     assert_eq!(attempts[0].rows, Some(7));
     assert_eq!(attempts[0].pid, Some(4242));
+    assert_eq!(attempts[0].version.as_deref(), Some("v1"));
     assert_eq!(attempts[0].metrics.as_deref(), Some(r#"{"accuracy":0.5}"#));
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(tasks[0].state, TaskState::Done);
@@ -464,7 +633,7 @@ async fn stale_epoch_is_fenced<S: Store>(store: S) {
     );
     assert!(matches!(
         store
-            .mark_attempt_started(attempt.id, attempt.lease_epoch, 1, 3)
+            .mark_attempt_started(attempt.id, attempt.lease_epoch, Some(1), 3)
             .await,
         Err(StoreError::StaleLease { .. })
     ));

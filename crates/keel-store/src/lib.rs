@@ -78,6 +78,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Methods return `Send` futures so that a networked backend can be dropped in without any change
 /// to the engine.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The store's identity: made once when the store is created, never changed, and different
+    /// for every store, even two created in the same directory at the same moment. It is one
+    /// path component (lowercase letters, digits and `-`), so attempt directories can live under
+    /// it and never collide with another store's, whose run ids start at 1 just the same.
+    fn store_id(&self) -> &str;
     /// Inserts a run and one task run per task, all in one transaction.
     fn create_run(&self, new_run: NewRun) -> impl Future<Output = StoreResult<RunRecord>> + Send;
     fn run(&self, run: RunId) -> impl Future<Output = StoreResult<RunRecord>> + Send;
@@ -128,10 +133,12 @@ pub trait Store: Clone + Send + Sync + 'static {
                 .expect("one result per claim")
         }
     }
-    /// Records that attempts' processes started: (attempt, epoch, pid). Fenced by the epoch.
+    /// Records that attempts' processes started: (attempt, epoch, supervisor pid if known).
+    /// `started_at` is set either way; an unknown pid leaves a recorded one alone. Fenced by the
+    /// epoch.
     fn mark_attempts_started(
         &self,
-        started: Vec<(AttemptId, i64, u32)>,
+        started: Vec<(AttemptId, i64, Option<u32>)>,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send;
     /// Records that one attempt's process started; see [`Store::mark_attempts_started`].
@@ -139,7 +146,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         attempt: AttemptId,
         epoch: i64,
-        pid: u32,
+        pid: Option<u32>,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<()>> + Send {
         async move {
@@ -176,6 +183,15 @@ pub trait Store: Clone + Send + Sync + 'static {
                 .expect("one result per finish")
         }
     }
+    /// Adds pending task runs to an existing run, for tasks the pipeline file gained after the
+    /// run was created: (task, phase). Tasks the run already has are left alone and not
+    /// counted. Returns how many were added.
+    fn add_tasks(
+        &self,
+        run: RunId,
+        tasks: Vec<(String, String)>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
     /// Changes task runs that are not running (upstream failures, skips, resets for a retry).
     /// Running task runs are left alone and not counted. Returns how many changed.
     fn update_tasks(

@@ -104,6 +104,9 @@ pub struct AttemptRecord {
     pub pid: Option<u32>,
     /// The attempt directory: captured output, result file, heartbeat and exit record.
     pub dir: String,
+    /// The version of the pipeline file whose command the attempt ran (a retry may run a newer
+    /// one than its run was created with); `None` for attempts recorded before Keel kept it.
+    pub version: Option<String>,
 }
 
 /// One entry of the append-only event log.
@@ -136,6 +139,8 @@ pub struct ClaimAttempt {
     pub owner: String,
     /// Computes the attempt directory from the attempt number.
     pub dir: String,
+    /// The version of the pipeline file whose command the attempt runs.
+    pub version: String,
     pub lease_expires_at: Millis,
     pub at: Millis,
 }

@@ -98,6 +98,20 @@ CREATE TABLE resources (
 );
 "#,
     r#"
+-- Facts about the store itself. `store_id` is inserted with the migration (see STORE_ID_KEY):
+-- attempt directories live under it, so two state files in one directory, or a state file
+-- deleted and created again, never share an attempt's files.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
+    r#"
+-- The pipeline version whose command each attempt ran: a retry runs the pipeline file as it is
+-- now, which may differ from the version its run was created with. NULL for older attempts.
+ALTER TABLE attempts ADD COLUMN version TEXT;
+"#,
+    r#"
 -- What the engine decided and must not forget in a crash: reruns owed to a task that ran while
 -- an upstream task landed late, sensor backoff, gate grace periods and waivers, and breakers.
 ALTER TABLE task_runs ADD COLUMN rerun_pending INTEGER NOT NULL DEFAULT 0;
@@ -116,11 +130,25 @@ ALTER TABLE resources ADD COLUMN open_until INTEGER;
 "#,
 ];
 
+/// The `meta` key of the store's identity.
+const STORE_ID_KEY: &str = "store_id";
+
+/// A new store identity: 16 bytes from the kernel's random source, hex-encoded. Run ids start
+/// again at 1 in every new database, so the identity must not be derivable from anything a
+/// second database could share (its path, the time, the pid).
+fn new_store_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 /// The SQLite state store. Cloning shares the one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    store_id: Arc<str>,
 }
 
 impl SqliteStore {
@@ -197,6 +225,13 @@ impl SqliteStore {
             });
         }
         if user_version < known {
+            // Made before the transaction so that a missing random source is an open error;
+            // used only if no other process gave the store its identity first.
+            let store_id = new_store_id().map_err(|error| {
+                open_error(format!(
+                    "cannot read /dev/urandom for the store's identity: {error}"
+                ))
+            })?;
             // Another process may be migrating the same file right now: decide what to apply
             // only once holding the write lock.
             retry_while_busy(|| connection.execute_batch("BEGIN IMMEDIATE")).map_err(classify)?;
@@ -211,6 +246,10 @@ impl SqliteStore {
                         "{migration}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version};"
                     ))?;
                 }
+                connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![STORE_ID_KEY, store_id],
+                )?;
                 connection.execute_batch("COMMIT")
             })();
             if let Err(error) = migrated {
@@ -218,9 +257,24 @@ impl SqliteStore {
                 return Err(classify(error));
             }
         }
+        let store_id: Option<String> = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [STORE_ID_KEY],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(classify)?;
+        let Some(store_id) = store_id else {
+            return Err(StoreError::Corrupt {
+                path: display,
+                detail: format!("its meta table has no {STORE_ID_KEY:?}"),
+            });
+        };
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path.to_path_buf()),
+            store_id: store_id.into(),
         })
     }
 
@@ -382,7 +436,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir";
+const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version";
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
     Ok(AttemptRecord {
@@ -405,6 +459,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
         message: row.get(16)?,
         pid: row.get(17)?,
         dir: row.get(18)?,
+        version: row.get(19)?,
     })
 }
 
@@ -467,9 +522,9 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
     let number = task.attempts + 1;
     cached_execute(
         transaction,
-        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir],
+        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir, claim.version],
     )?;
     let attempt = AttemptId(transaction.last_insert_rowid());
     cached_execute(
@@ -673,6 +728,10 @@ fn apply_one(
 }
 
 impl Store for SqliteStore {
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
     async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
         self.transact(move |transaction| {
             cached_execute(
@@ -833,7 +892,7 @@ impl Store for SqliteStore {
 
     async fn mark_attempts_started(
         &self,
-        started: Vec<(AttemptId, i64, u32)>,
+        started: Vec<(AttemptId, i64, Option<u32>)>,
         at: Millis,
     ) -> StoreResult<Vec<StoreResult<()>>> {
         self.transact(move |transaction| {
@@ -841,7 +900,7 @@ impl Store for SqliteStore {
             for (attempt, epoch, pid) in started {
                 let changed = cached_execute(
                     transaction,
-                    "UPDATE attempts SET pid = ?1, started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+                    "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
                     params![pid, at, attempt.0, epoch],
                 )?;
                 results.push(if changed == 0 { Err(StoreError::StaleLease { attempt, epoch }) } else { Ok(()) });
@@ -898,6 +957,36 @@ impl Store for SqliteStore {
                 }
             }
             Ok(results)
+        })
+        .await
+    }
+
+    async fn add_tasks(
+        &self,
+        run: RunId,
+        tasks: Vec<(String, String)>,
+        at: Millis,
+    ) -> StoreResult<usize> {
+        self.transact(move |transaction| {
+            load_run(transaction, run)?;
+            let mut added = 0;
+            for (task, phase) in tasks {
+                // After the tasks the run already has, in the order given.
+                let count = cached_execute(
+                    transaction,
+                    "INSERT OR IGNORE INTO task_runs (run_id, task, phase, position, state, updated_at)
+                     SELECT ?1, ?2, ?3, coalesce(max(position) + 1, 0), ?4, ?5 FROM task_runs WHERE run_id = ?1",
+                    params![run.0, task, phase, TaskState::Pending.as_str(), at],
+                )?;
+                if count > 0 {
+                    added += count;
+                    let detail = format!(
+                        "phase {phase}: added to the run; the pipeline file gained it after the run was created"
+                    );
+                    event(transaction, at, run, Some(&task), None, "task_added", &detail)?;
+                }
+            }
+            Ok(added)
         })
         .await
     }

@@ -3,7 +3,9 @@
 //!
 //! Each test works in its own temporary project directory, which is also the working directory of
 //! every `keel` it starts, so whatever the tasks write lands there. Store state is checked through
-//! `keel status --json`, the way users and scripts see it.
+//! `keel status --json`, the way users and scripts see it; what that does not show (an attempt's
+//! pid, start time and pipeline version, the event log) is read from the state file through the
+//! store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use insta::assert_snapshot;
+use keel_store::Store as _;
 use serde_json::Value;
 
 use crate::support::{keel, keel_path, write_pipeline};
@@ -175,6 +178,37 @@ impl Project {
             .unwrap_or_else(|| panic!("no task {name} in {run:#}"))
     }
 
+    /// The attempts of the newest run of `partition`, read from the state file.
+    fn attempts(&self, partition: &str) -> Vec<keel_store::AttemptRecord> {
+        self.read_state(partition, |store, run| async move {
+            store.attempts(run).await.unwrap()
+        })
+    }
+
+    /// The event log of the newest run of `partition`, read from the state file.
+    fn events(&self, partition: &str) -> Vec<keel_store::EventRecord> {
+        self.read_state(partition, |store, run| async move {
+            store.events(run).await.unwrap()
+        })
+    }
+
+    fn read_state<T, F>(
+        &self,
+        partition: &str,
+        read: impl FnOnce(keel_store::SqliteStore, keel_model::RunId) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let run = keel_model::RunId(self.run_json(partition)["id"].as_i64().unwrap());
+        let store = keel_store::SqliteStore::open(&self.file(".keel/state.db")).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(read(store, run))
+    }
+
     /// `keel status --partition D`: the table, with each task's message.
     fn table(&self, partition: &str) -> String {
         let ran = self.keel("status", &["--partition", partition]);
@@ -234,6 +268,11 @@ impl Project {
 
     /// Every `output.log` under the state directory, with its size.
     fn output_logs(&self) -> Vec<(PathBuf, u64)> {
+        self.output_logs_under(&self.file(".keel"))
+    }
+
+    /// Every `output.log` under `dir`, with its size.
+    fn output_logs_under(&self, dir: &Path) -> Vec<(PathBuf, u64)> {
         fn walk(dir: &Path, found: &mut Vec<(PathBuf, u64)>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let path = entry.path();
@@ -245,7 +284,7 @@ impl Project {
             }
         }
         let mut found = Vec::new();
-        walk(&self.file(".keel"), &mut found);
+        walk(dir, &mut found);
         found
     }
 }
@@ -1514,6 +1553,54 @@ retries = { attempts = 2, initial = "10ms" }
     );
 }
 
+/// Regression: launched through the attempt host, no attempt got a `started_at` or a `pid`: the
+/// host did not say which supervisor it forked, and the engine recorded a start only with a pid.
+/// Each task writes its parent's pid, which is its supervisor's.
+#[test]
+fn every_attempt_records_its_start_and_its_supervisors_pid() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.first]
+phase = "main"
+command = ["sh", "-c", "echo $PPID >> first.parent"]
+
+[tasks.second]
+phase = "main"
+after = ["first"]
+command = ["sh", "-c", "echo $PPID >> second.parent"]
+
+[tasks.flaky]
+phase = "main"
+command = ["sh", "-c", "echo $PPID >> flaky.parent; test {attempt} -ge 2"]
+retries = { attempts = 2, initial = "10ms" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let attempts = project.attempts(DAY);
+    assert_eq!(attempts.len(), 4, "{attempts:#?}");
+    for attempt in &attempts {
+        let parents: Vec<u32> = project
+            .read(&format!("{}.parent", attempt.task))
+            .lines()
+            .map(|line| line.parse().unwrap())
+            .collect();
+        let started_at = attempt.started_at.unwrap_or_else(|| {
+            panic!(
+                "{} attempt {} has no start time",
+                attempt.task, attempt.number
+            )
+        });
+        assert!(started_at >= attempt.claimed_at, "{attempt:#?}");
+        assert_eq!(
+            attempt.pid,
+            Some(parents[attempt.number as usize - 1]),
+            "{} attempt {}: the recorded pid is its supervisor's",
+            attempt.task,
+            attempt.number
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Behaviour: the command line.
 
@@ -1726,6 +1813,102 @@ retries = { attempts = 2, initial = "10ms" }
     assert!(!first.stdout.contains("out 2"), "{}", first.stdout);
 }
 
+/// Regression: attempt directories were `attempts/<run>/<task>.<n>` beside the state file, and
+/// run ids start at 1 in every state file, so two `--state` files in one directory shared
+/// `attempts/1/greet.1`: the second run's output was appended to the first one's, and `keel
+/// logs` of either state printed both.
+#[test]
+fn two_state_files_in_one_directory_keep_their_attempts_apart() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.greet]
+phase = "main"
+command = ["sh", "-c", "echo hello from $WHICH"]
+"#,
+    ));
+    let pipeline = project.pipeline.to_str().unwrap();
+    for which in ["a", "b"] {
+        let state = format!("{which}.db");
+        let output = project
+            .command()
+            .env("WHICH", which)
+            .args(["run", pipeline, "--partition", DAY, "--state", &state])
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "run with {state}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for which in ["a", "b"] {
+        let state = format!("{which}.db");
+        let logs = project.unredacted(&[
+            "logs",
+            pipeline,
+            "greet",
+            "--partition",
+            DAY,
+            "--state",
+            &state,
+        ]);
+        assert_eq!(logs.code, Some(0), "{}", logs.transcript());
+        assert_eq!(
+            logs.stdout,
+            format!("hello from {which}\n"),
+            "keel logs of {state} prints its own attempt's output only"
+        );
+    }
+    let logs = project
+        .output_logs_under(&project.file("attempts"))
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect::<Vec<_>>();
+    assert_eq!(logs.len(), 2, "one attempt directory per state: {logs:?}");
+}
+
+/// Regression: deleting the state file and running again started run 1 afresh in the old run
+/// 1's attempt directory, so the new attempt read the old attempt's result file as its own and
+/// ended `no_data` though it wrote none.
+#[test]
+fn a_state_file_made_again_starts_in_fresh_attempt_directories() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.load]
+phase = "main"
+command = ["sh", "-c", '''if test -e second; then echo second; else echo first; echo '{{"outcome":"no_data"}}' > "$KEEL_RESULT"; fi''']
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    assert_eq!(project.task(DAY, "load")["outcome"], "no_data");
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(project.file(&format!(".keel/state.db{suffix}")));
+    }
+    std::fs::write(project.file("second"), "").unwrap();
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let load = project.task(DAY, "load");
+    assert_eq!(
+        load["outcome"], "succeeded",
+        "the new attempt wrote no result file and must not see the old one: {load}"
+    );
+    assert_eq!(run_id(&project.run_json(DAY)), "1", "run ids started again");
+    let logs = project.logs(DAY, "load", None);
+    assert_eq!(logs.stdout, "second\n", "{}", logs.transcript());
+
+    let mut outputs: Vec<String> = project
+        .output_logs()
+        .iter()
+        .map(|(path, _)| std::fs::read_to_string(path).unwrap())
+        .collect();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        ["first\n", "second\n"],
+        "the old attempt's directory is left as it was, beside the new one"
+    );
+}
+
 #[test]
 fn captured_output_is_capped() {
     // 11 MB of output against the 10 MiB cap.
@@ -1816,6 +1999,106 @@ command = ["sh", "-c", "echo load >> ran.ledger"]
         (count("fetch"), count("other"), count("load")),
         (3, 1, 1),
         "{ledger}"
+    );
+}
+
+/// Regression: a task added to the pipeline file after its run was created had no row in the
+/// run, so `keel retry` of it printed "retrying", exited 0 and ran nothing (the run read it back
+/// as skipped). Now it joins the run and runs, with what is downstream of it, and the attempts
+/// and the event log record that they ran a newer pipeline than the run was created with.
+#[test]
+fn retry_of_a_task_added_after_the_run_was_created_adds_it_and_runs_it() {
+    let original = pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["sh", "-c", "echo fetch >> ran.ledger"]
+"#,
+    );
+    let project = Project::new(&original);
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let created = project.run_json(DAY);
+    let old_version = created["version"].as_str().unwrap().to_string();
+
+    write_pipeline(
+        project.path(),
+        &format!(
+            r#"{original}
+[tasks.enrich]
+phase = "main"
+after = ["fetch"]
+command = ["sh", "-c", "echo enrich >> ran.ledger; touch enriched.marker"]
+
+[tasks.publish]
+phase = "main"
+after = ["enrich"]
+command = ["sh", "-c", "echo publish >> ran.ledger"]
+"#
+        ),
+    );
+    let validated = project.keel("validate", &[]);
+    let new_version = validated
+        .stdout
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_version, old_version, "{}", validated.stdout);
+
+    let ran = project.keel("retry", &["enrich", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert!(
+        ran.stderr
+            .contains(&format!("the retried tasks run version {new_version}")),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        project.file("enriched.marker").exists(),
+        "the added task's command really ran"
+    );
+    let run = project.run_json(DAY);
+    assert_eq!(run["id"], created["id"], "the existing run is completed");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    for name in ["enrich", "publish"] {
+        let task = project.task(DAY, name);
+        assert_eq!(
+            (task["state"].as_str(), task["outcome"].as_str()),
+            (Some("done"), Some("succeeded")),
+            "{task}"
+        );
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    assert_eq!(
+        project.read("ran.ledger"),
+        "fetch\nenrich\npublish\n",
+        "fetch is not downstream of enrich and does not run again"
+    );
+
+    let versions: Vec<(String, Option<String>)> = project
+        .attempts(DAY)
+        .into_iter()
+        .map(|attempt| (attempt.task, attempt.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("fetch".to_string(), Some(old_version.clone())),
+            ("enrich".to_string(), Some(new_version.clone())),
+            ("publish".to_string(), Some(new_version.clone())),
+        ]
+    );
+    let events = project.events(DAY);
+    let added: Vec<&str> = events
+        .iter()
+        .filter(|event| event.kind == "task_added")
+        .filter_map(|event| event.task.as_deref())
+        .collect();
+    assert_eq!(added, ["enrich", "publish"]);
+    let expected = format!("the retry uses pipeline version {new_version} (was {old_version})");
+    assert!(
+        events.iter().any(|event| event.detail == expected),
+        "no event says {expected:?}: {events:#?}"
     );
 }
 

@@ -274,6 +274,7 @@ async fn claim_as_a_dead_keel(harness: &Harness, run: keel_model::RunId, task: &
             task: task.into(),
             owner: "dead-keel".into(),
             dir: "/nonexistent".into(),
+            version: "v".into(),
             lease_expires_at: 0,
             at: 1,
         })
@@ -353,6 +354,39 @@ async fn tasks_run_in_dependency_order_with_the_contract_environment() {
         RunState::Succeeded
     );
     assert_eq!(harness.executor.launches().len(), 3);
+}
+
+/// Regression: the engine recorded `started_at` only for attempts whose executor reported a
+/// pid, and launches through the attempt host reported none, so attempts had no start time.
+#[tokio::test]
+async fn every_started_attempt_gets_its_start_time_even_without_a_pid() {
+    let harness = Harness::new();
+    let spec = pipeline(
+        vec![task("scrape", "a", &[], 1), task("load", "b", &[], 1)],
+        8,
+    );
+    let mut engine = harness.engine(spec);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    let attempts = harness.store.attempts(run.id).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    for attempt in attempts {
+        assert_eq!(
+            attempt.started_at,
+            Some(attempt.claimed_at),
+            "{} started on the manual clock",
+            attempt.task
+        );
+        assert_eq!(attempt.pid, None, "the fake executor knows no pid");
+    }
 }
 
 #[tokio::test]

@@ -155,6 +155,7 @@ async fn a_task_waived_and_landed_before_the_reconcile_was_recorded_is_reconcile
             dir: "/nonexistent".into(),
             lease_expires_at: 0,
             at: 2_000_000,
+            version: "v".into(),
         })
         .await
         .unwrap();

@@ -274,3 +274,78 @@ fn a_launch_after_the_host_died_fails_over_to_its_own_supervisor() {
     });
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
 }
+
+/// Regression: with the attempt host, `Running.pid` was always `None`, so the store never
+/// learned the supervisor's pid. The task's parent is the supervisor, so its `$PPID` must be
+/// the pid the launch reports, on both paths.
+#[test]
+fn the_launch_reports_the_supervisors_pid_with_and_without_the_host() {
+    for (name, executor) in [
+        ("host", executor()),
+        ("own process", executor().without_host()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let parent_file = dir.path().join("parent.pid");
+        let (pid, report) = runtime().block_on(async {
+            let running = executor
+                .launch(launch(
+                    &dir.path().join("a1"),
+                    &format!("echo $PPID > {}", parent_file.display()),
+                ))
+                .unwrap();
+            (running.pid, running.completion.await)
+        });
+        assert_eq!(report.outcome, Outcome::Succeeded, "{name}: {report:?}");
+        let parent: u32 = std::fs::read_to_string(&parent_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, Some(parent), "{name}: the pid is the task's parent");
+        assert_ne!(
+            executor.host_pid(),
+            Some(parent),
+            "{name}: the supervisor, not the host"
+        );
+    }
+}
+
+/// A launch must never find another attempt's files in its directory: it could read that
+/// attempt's result file or exit record as its own. An empty directory is fine.
+#[test]
+fn a_launch_into_a_directory_holding_another_attempts_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let used = dir.path().join("t.1");
+    std::fs::create_dir(&used).unwrap();
+    std::fs::write(used.join("result.json"), r#"{"outcome": "no_data"}"#).unwrap();
+    let marker = dir.path().join("ran");
+    let error = runtime()
+        .block_on(async {
+            executor().launch(launch(&used, &format!("touch {}", marker.display())))
+        })
+        .err()
+        .expect("the launch is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("{:?}", used.display().to_string())),
+        "the error names the directory: {message}"
+    );
+    assert!(message.contains("already holds"), "{message}");
+    assert!(!marker.exists(), "nothing was started");
+    assert_eq!(
+        std::fs::read_dir(&used).unwrap().count(),
+        1,
+        "the other attempt's files are untouched"
+    );
+
+    let empty = dir.path().join("t.2");
+    std::fs::create_dir(&empty).unwrap();
+    let report = runtime().block_on(async {
+        executor()
+            .launch(launch(&empty, "true"))
+            .unwrap()
+            .completion
+            .await
+    });
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+}

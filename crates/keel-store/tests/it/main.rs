@@ -4,12 +4,58 @@ use keel_store::{LockError, SqliteStore, StateLock, Store, StoreError};
 async fn sqlite_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let counter = std::sync::atomic::AtomicUsize::new(0);
-    keel_store::conformance::run_all(|| {
-        let number = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let path = dir.path().join(format!("state-{number}.db"));
-        async move { SqliteStore::open(&path).unwrap() }
-    })
+    keel_store::conformance::run_all(
+        || {
+            let number = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = dir.path().join(format!("state-{number}.db"));
+            async move { SqliteStore::open(&path).unwrap() }
+        },
+        |store: &SqliteStore| {
+            let path = store.path().to_path_buf();
+            async move { SqliteStore::open(&path).unwrap() }
+        },
+    )
     .await;
+}
+
+/// Regression: run ids start at 1 in every new state file, so a state file deleted and created
+/// again at the same path shared attempt directories with its predecessor. The identity comes
+/// from the random source, not from the path.
+#[test]
+fn a_state_file_created_again_at_the_same_path_is_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let first = SqliteStore::open(&path).unwrap().store_id().to_string();
+    assert_eq!(SqliteStore::open(&path).unwrap().store_id(), first);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let second = SqliteStore::open(&path).unwrap().store_id().to_string();
+    assert_ne!(first, second);
+    assert_eq!(second.len(), 32, "16 random bytes in hex: {second}");
+}
+
+/// A state file from before stores had an identity gets one when it is migrated, and keeps it.
+#[test]
+fn a_state_file_of_an_older_schema_gets_an_identity_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        // Take the file back to schema 2, as an older Keel left it.
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "DROP TABLE meta; ALTER TABLE attempts DROP COLUMN version; DROP TABLE gates;
+                 ALTER TABLE task_runs DROP COLUMN rerun_pending; ALTER TABLE task_runs DROP COLUMN sensor_polls;
+                 ALTER TABLE resources DROP COLUMN open_since; ALTER TABLE resources DROP COLUMN open_until;
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+    }
+    let id = SqliteStore::open(&path).unwrap().store_id().to_string();
+    assert!(!id.is_empty());
+    assert_eq!(SqliteStore::open(&path).unwrap().store_id(), id);
 }
 
 #[tokio::test]
