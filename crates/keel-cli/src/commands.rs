@@ -288,14 +288,17 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         let mut document = serde_json::json!({ "runs": json_runs });
         let resources = store.resource_states(&spec.name).await?;
         if !resources.is_empty() {
+            let now = state::now_millis();
             document["resources"] = resources
                 .iter()
                 .map(|resource| {
+                    let (breaker, detail) = resource.state_at(now);
                     serde_json::json!({
                         "name": resource.name,
-                        "breaker": resource.state,
-                        "detail": resource.detail,
+                        "breaker": breaker,
+                        "detail": detail,
                         "updated_at": resource.updated_at,
+                        "open_since": resource.open_since,
                     })
                 })
                 .collect();

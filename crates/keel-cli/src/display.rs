@@ -261,7 +261,7 @@ pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()
     Ok(())
 }
 
-/// The circuit breakers of the pipeline's resources, as last recorded.
+/// The circuit breakers of the pipeline's resources, as a Keel starting now would take them up.
 pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
     let resources = store.resource_states(pipeline).await?;
     if resources.is_empty() {
@@ -269,8 +269,10 @@ pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
     }
     let mut table = table();
     table.set_header(["resource", "breaker", "detail"]);
+    let now = crate::state::now_millis();
     for resource in resources {
-        table.add_row([resource.name, resource.state, resource.detail]);
+        let (state, detail) = resource.state_at(now);
+        table.add_row([resource.name, state.to_string(), detail]);
     }
     println!("{table}");
     Ok(())

@@ -195,3 +195,9 @@ pub fn partitions(spec: &PipelineSpec, args: &crate::args::PartitionArgs) -> Res
         _ => Ok(vec![default_partition(spec)?]),
     }
 }
+
+/// The wall clock in milliseconds since the Unix epoch, as the engine's system clock reads it.
+pub fn now_millis() -> keel_model::Millis {
+    use keel_engine::Clock;
+    keel_engine::SystemClock.now()
+}

@@ -245,6 +245,8 @@ impl Live {
 enum Wake {
     Task(TaskIndex),
     Gate(usize),
+    /// A resource's open breaker lets a probe through: its waiters take their turn.
+    Resource(usize),
 }
 
 struct Book {
@@ -261,6 +263,13 @@ struct Book {
     resources: Vec<ResourcePolicy>,
     /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
     resource_waiters: Vec<Vec<(usize, TaskIndex)>>,
+    /// Per resource: tasks waiting for its breaker, in turn order. A task whose probe failed
+    /// goes to the back, so the probe goes to every waiting task in turn, across partitions.
+    breaker_waiters: Vec<VecDeque<(usize, TaskIndex)>>,
+    /// Per resource: when its breaker waiters are next woken, if a wake is scheduled.
+    breaker_wake: Vec<Option<Millis>>,
+    /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
+    given_up: Vec<(usize, TaskIndex, String)>,
     /// Permits taken for tasks picked to start, until their claim is known.
     picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
     /// Permits held by running attempts.
@@ -539,6 +548,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             sensing: 0,
             resources: self.resource_policies().await?,
             resource_waiters: vec![Vec::new(); self.spec.resources.len()],
+            breaker_waiters: vec![VecDeque::new(); self.spec.resources.len()],
+            breaker_wake: vec![None; self.spec.resources.len()],
+            given_up: Vec::new(),
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
             shutting_down: false,
@@ -559,6 +571,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.start_ready(&mut book).await?;
+            if !book.given_up.is_empty() {
+                self.settle_given_up(&mut book).await?;
+                continue;
+            }
             if book.live.is_empty()
                 && (book.shutting_down || book.runs.iter().all(|run| run.finished))
             {
@@ -1690,6 +1706,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             None => Vec::new(),
         };
+        let stored = self.store.resource_states(&self.spec.name).await?;
         Ok(self
             .spec
             .resources
@@ -1708,6 +1725,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 let mut policy =
                     ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));
                 policy.replay_starts(&mine);
+                // A breaker a previous Keel left open stays open: the state `keel status` shows
+                // is the state used.
+                if let Some(stored) = stored.iter().find(|stored| stored.name == resource.name)
+                    && stored.state != "closed"
+                {
+                    // A record from before Keel kept the times: open since it was written, and
+                    // the next attempt probes.
+                    policy.restore_breaker(
+                        stored.open_since.unwrap_or(stored.updated_at),
+                        stored.open_until.unwrap_or(stored.updated_at),
+                    );
+                }
                 policy
             })
             .collect())
@@ -1726,6 +1755,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 Err(Wait::Until(at)) => until = Some(until.map_or(at, |current| current.max(at))),
                 Err(Wait::ForRelease) => {
                     release_of.get_or_insert(*resource);
+                }
+                Err(Wait::Breaker(probe_at)) => {
+                    self.wait_for_breaker(book, *resource, run_index, task, probe_at);
+                    return false;
                 }
             }
         }
@@ -1753,6 +1786,86 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         true
     }
 
+    /// Queues a task behind a resource's breaker, or gives it up when the breaker has stayed
+    /// open past its `max_open`: a dependency that stays down ends the run instead of hanging it.
+    fn wait_for_breaker(
+        &self,
+        book: &mut Book,
+        resource: usize,
+        run_index: usize,
+        task: TaskIndex,
+        probe_at: Option<Millis>,
+    ) {
+        let now = self.clock.now();
+        let policy = &book.resources[resource];
+        if policy.breaker_open_too_long(now) {
+            let since = policy.breaker_open_since().unwrap_or(now);
+            let down_for = std::time::Duration::from_millis((now - since).max(0) as u64);
+            book.given_up.push((
+                run_index,
+                task,
+                format!(
+                    "gave up waiting for resource {:?}: its circuit breaker has stayed open for {} and every probe failed; check the dependency, then `keel retry` this task",
+                    policy.name(),
+                    keel_model::format_duration(down_for)
+                ),
+            ));
+            return;
+        }
+        let waiters = &mut book.breaker_waiters[resource];
+        if !waiters.contains(&(run_index, task)) {
+            waiters.push_back((run_index, task));
+        }
+        if let Some(at) = probe_at
+            && book.breaker_wake[resource] != Some(at)
+        {
+            book.breaker_wake[resource] = Some(at);
+            book.timers.push(Reverse((
+                at.max(now + 1),
+                run_index,
+                Wake::Resource(resource),
+            )));
+        }
+    }
+
+    /// Ends the tasks that gave up on a resource whose breaker stayed open too long.
+    async fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for (run_index, task, message) in std::mem::take(&mut book.given_up) {
+            let active = &mut book.runs[run_index];
+            if active.finished
+                || !matches!(
+                    active.slots[task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+            {
+                continue;
+            }
+            let change = TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Done,
+                outcome: Some(Outcome::Failed),
+                not_before: None,
+                message: Some(message.clone()),
+                reset_retry_budget: false,
+                reason: message,
+            };
+            self.store
+                .update_tasks(active.record.id, vec![change], self.clock.now())
+                .await?;
+            active.slots[task].state = TaskState::Done;
+            active.slots[task].outcome = Some(Outcome::Failed);
+            (self.observer)(Progress::TasksSettled {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                tasks: vec![self.dag.name(task).to_string()],
+                outcome: Outcome::Failed,
+            });
+            self.on_task_done(book, run_index, task, Outcome::Failed)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Returns permits to their resources, records breaker transitions, and wakes the tasks
     /// that waited for an attempt on those resources to end.
     async fn release_permits(
@@ -1766,6 +1879,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let transition = book.resources[resource].release(permit, verdict, now);
             book.ready
                 .extend(std::mem::take(&mut book.resource_waiters[resource]));
+            book.ready.extend(book.breaker_waiters[resource].drain(..));
             if let Some(state) = transition {
                 let name = self.spec.resources[resource].name.clone();
                 let (label, detail) = match state {
@@ -1793,8 +1907,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         state: label.to_string(),
                         detail: detail.clone(),
                         updated_at: now,
-                        open_since: None,
-                        open_until: None,
+                        open_since: book.resources[resource].breaker_open_since(),
+                        open_until: match state {
+                            BreakerState::Closed => None,
+                            BreakerState::Open { until } => Some(until),
+                            BreakerState::HalfOpen { .. } => Some(now),
+                        },
                     })
                     .await?;
                 for run in book.runs.iter().filter(|run| !run.finished) {
@@ -1948,6 +2066,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     }
                 }
                 Wake::Gate(gate) => gates_due.push((run_index, gate)),
+                Wake::Resource(resource) => {
+                    if book.breaker_wake[resource].is_some_and(|wake| wake <= now) {
+                        book.breaker_wake[resource] = None;
+                    }
+                    book.ready.extend(book.breaker_waiters[resource].drain(..));
+                }
             }
         }
         gates_due

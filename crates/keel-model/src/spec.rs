@@ -87,13 +87,16 @@ pub struct Rate {
 
 /// A circuit breaker: opens after `failures` consecutive failures, or when the failure share of
 /// the last `window` attempts reaches `ratio`; after `cooldown` one probe attempt may run, and
-/// its success closes the breaker.
+/// its success closes the breaker. A breaker that has stayed open for `max_open` (failed probes
+/// included) ends the tasks waiting on it as failed, so a dependency that stays down ends the run
+/// instead of hanging it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BreakerSpec {
     pub failures: u32,
     pub ratio: Option<f64>,
     pub window: u32,
     pub cooldown: Duration,
+    pub max_open: Duration,
 }
 
 /// Retries of attempts on a resource may be at most `ratio` of its attempts over `window`, plus

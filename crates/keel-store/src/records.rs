@@ -222,3 +222,38 @@ pub struct ResourceStateRecord {
     /// When an open breaker lets its next probe through.
     pub open_until: Option<Millis>,
 }
+
+impl ResourceStateRecord {
+    /// The breaker's state at `now` as a Keel starting now would use it, and a sentence saying
+    /// what it means: an open breaker whose cooldown has passed lets the next attempt probe.
+    pub fn state_at(&self, now: Millis) -> (&'static str, String) {
+        let open_for = self
+            .open_since
+            .map(|since| {
+                format!(
+                    "; down for {}",
+                    keel_model::format_duration(std::time::Duration::from_millis(
+                        (now - since).max(0) as u64
+                    ))
+                )
+            })
+            .unwrap_or_default();
+        match self.state.as_str() {
+            "closed" => ("closed", self.detail.clone()),
+            "open" if self.open_until.is_some_and(|until| until > now) => {
+                let wait = self.open_until.unwrap_or(now) - now;
+                (
+                    "open",
+                    format!(
+                        "open: tasks using it wait, using up no attempts; one probe may run in {}{open_for}",
+                        keel_model::format_duration(std::time::Duration::from_millis(wait as u64))
+                    ),
+                )
+            }
+            _ => (
+                "half_open",
+                format!("half open: the next attempt is a probe{open_for}"),
+            ),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::quantity::{RateProblem, parse_percentage, parse_rate};
 use crate::suggest::closest;
 
 const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget"];
-const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown"];
+const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown", "max_open"];
 const RETRY_BUDGET_FIELDS: &[&str] = &["ratio", "window", "min"];
 const GATE_FIELDS: &[&str] = &["required", "min", "grace"];
 const SENSOR_FIELDS: &[&str] = &["command", "every", "max", "deadline"];
@@ -33,6 +33,8 @@ const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// How many of the latest attempts a breaker's `ratio` is measured over.
 const DEFAULT_BREAKER_WINDOW: u32 = 20;
 const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long a breaker may stay open before the tasks waiting on it fail.
+const DEFAULT_BREAKER_MAX_OPEN: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// Retries always allowed on a resource, so a quiet resource can still retry its first failures.
 const DEFAULT_RETRY_BUDGET_MIN: u32 = 3;
@@ -263,6 +265,7 @@ impl Checker<'_> {
             ratio: None,
             window: DEFAULT_BREAKER_WINDOW,
             cooldown: DEFAULT_BREAKER_COOLDOWN,
+            max_open: DEFAULT_BREAKER_MAX_OPEN,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -293,6 +296,11 @@ impl Checker<'_> {
                 "cooldown" => {
                     if let Some(cooldown) = self.duration(value, field, &path, false) {
                         breaker.cooldown = cooldown;
+                    }
+                }
+                "max_open" => {
+                    if let Some(max_open) = self.duration(value, field, &path, false) {
+                        breaker.max_open = max_open;
                     }
                 }
                 _ => self.unknown_field(key, &path, BREAKER_FIELDS, &[]),

@@ -44,12 +44,14 @@ fn resource(name: String) -> impl Strategy<Value = ResourceSpec> {
         1u32..10,
         prop::option::of((share(1), 1u32..100)),
         duration(),
+        duration(),
     )
-        .prop_map(|(failures, ratio, cooldown)| BreakerSpec {
+        .prop_map(|(failures, ratio, cooldown, max_open)| BreakerSpec {
             failures,
             ratio: ratio.map(|(ratio, _)| ratio),
             window: ratio.map_or(20, |(_, window)| window),
             cooldown,
+            max_open,
         });
     let retry_budget = (share(1), duration(), 0u32..10)
         .prop_map(|(ratio, window, min)| RetryBudgetSpec { ratio, window, min });
@@ -307,9 +309,10 @@ fn to_toml(spec: &PipelineSpec) -> String {
         if let Some(breaker) = &resource.breaker {
             write!(
                 out,
-                "breaker = {{ failures = {}, cooldown = {}",
+                "breaker = {{ failures = {}, cooldown = {}, max_open = {}",
                 breaker.failures,
-                millis(breaker.cooldown)
+                millis(breaker.cooldown),
+                millis(breaker.max_open)
             )
             .unwrap();
             if let Some(ratio) = breaker.ratio {

@@ -270,7 +270,7 @@ retry_budget = { ratio = "20%", window = "1m", min = 3 }
 
 [resources.odds_api]
 rate = "5/10s"
-breaker = { failures = 3, ratio = 0.5, window = 40, cooldown = "2m" }
+breaker = { failures = 3, ratio = 0.5, window = 40, cooldown = "2m", max_open = "2h" }
 retry_budget = { ratio = 0.1, window = "10m", min = 0 }
 
 # A resource may only name a dependency, with no limit yet.
@@ -430,6 +430,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     ratio: None,
                     window: 20,
                     cooldown: seconds(30),
+                    max_open: seconds(1800),
                 }),
                 retry_budget: Some(RetryBudgetSpec {
                     ratio: 0.2,
@@ -449,6 +450,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     ratio: Some(0.5),
                     window: 40,
                     cooldown: seconds(120),
+                    max_open: seconds(7200),
                 }),
                 retry_budget: Some(RetryBudgetSpec {
                     ratio: 0.1,
@@ -527,6 +529,7 @@ wait_for = { command = ["true"], every = "1h" }
             ratio: None,
             window: 20,
             cooldown: seconds(30),
+            max_open: seconds(1800),
         })
     );
     assert_eq!(
@@ -536,6 +539,7 @@ wait_for = { command = ["true"], every = "1h" }
             ratio: Some(0.5),
             window: 10,
             cooldown: seconds(30),
+            max_open: seconds(1800),
         })
     );
     assert_eq!(

@@ -1179,6 +1179,7 @@ async fn an_open_breaker_holds_tasks_without_using_attempts_then_a_probe_closes_
         ratio: None,
         window: 20,
         cooldown: Duration::from_secs(10),
+        max_open: Duration::from_secs(1800),
     });
     let spec = with_resource(pipeline(tasks, 8), feed);
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
@@ -1220,6 +1221,54 @@ async fn an_open_breaker_holds_tasks_without_using_attempts_then_a_probe_closes_
     assert!(
         tasks.iter().all(|task| task.charged <= 2),
         "waiting for the breaker used up no attempts"
+    );
+}
+
+#[tokio::test]
+async fn a_dependency_that_stays_down_rotates_probes_and_ends_the_run_at_max_open() {
+    // Regression: a failed probe used no attempt and the same task got every probe (attempt 61
+    // of 4), the other tasks never got one, and the run hung until the tasks' deadline.
+    let harness = Harness::new();
+    let mut tasks = independent(4, 4);
+    for task in &mut tasks {
+        task.deadline = Duration::from_secs(6 * 3600);
+        harness.executor.script(&task.name, &[Outcome::Failed; 200]);
+    }
+    let mut feed = resource("feed");
+    feed.breaker = Some(keel_model::BreakerSpec {
+        failures: 1,
+        ratio: None,
+        window: 20,
+        cooldown: Duration::from_secs(10),
+        max_open: Duration::from_secs(120),
+    });
+    let spec = with_resource(pipeline(tasks, 8), feed);
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let mut steps = 0;
+    while !handle.is_finished() {
+        steps += 1;
+        assert!(steps < 5_000, "the run hung behind the open breaker");
+        harness.clock.advance(1_000);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    for task in &tasks {
+        assert_eq!(task.outcome, Some(Outcome::Failed), "{task:?}");
+        let message = task.message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("resource \"feed\"") && message.contains("stayed open"),
+            "the message names the resource: {message}"
+        );
+    }
+    let attempts: Vec<u32> = tasks.iter().map(|task| task.attempts).collect();
+    let (least, most) = (
+        *attempts.iter().min().unwrap(),
+        *attempts.iter().max().unwrap(),
+    );
+    assert!(
+        least >= 2 && most - least <= 1,
+        "every task got its turn at the probe: attempts {attempts:?}"
     );
 }
 

@@ -335,3 +335,50 @@ async fn a_sensor_keeps_its_backoff_across_a_restart() {
     let stored = harness.store.task_runs(run).await.unwrap();
     assert_eq!(task_record(&stored, "props").sensor_polls, 6);
 }
+
+#[tokio::test]
+async fn an_open_breaker_stays_open_across_a_restart() {
+    // Regression: a restarted Keel started every breaker closed, while `keel status` showed the
+    // one it had left open.
+    let harness = Harness::new();
+    harness.executor.script("a", &[Outcome::Failed]);
+    let mut feed = resource("feed");
+    feed.breaker = Some(keel_model::BreakerSpec {
+        failures: 1,
+        ratio: None,
+        window: 20,
+        cooldown: Duration::from_secs(60),
+        max_open: Duration::from_secs(1800),
+    });
+    let spec = with_resource(pipeline(vec![task("a", "main", &[], 3)], 8), feed);
+    let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
+    let executor = harness.executor.clone();
+    eventually("the first attempt", || executor.launches().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let opened_at = harness.clock.now_for_test();
+    crash(handle).await;
+    let stored = harness.store.resource_states("test").await.unwrap();
+    assert_eq!(
+        (stored[0].state.as_str(), stored[0].open_until),
+        ("open", Some(opened_at + 60_000))
+    );
+    assert_eq!(stored[0].state_at(opened_at + 1).0, "open");
+    assert_eq!(stored[0].state_at(opened_at + 60_000).0, "half_open");
+
+    let handle = resume_in_background(&harness, spec, run);
+    harness.clock.advance(30_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        executor.launches().len(),
+        1,
+        "an attempt started while the stored breaker was open"
+    );
+    harness.clock.advance(30_000);
+    eventually("the probe", || executor.launches().len() == 2).await;
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    let stored = harness.store.resource_states("test").await.unwrap();
+    assert_eq!(
+        (stored[0].state.as_str(), stored[0].open_since),
+        ("closed", None)
+    );
+}

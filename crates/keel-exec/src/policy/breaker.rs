@@ -95,7 +95,7 @@ impl Verdict {
 /// use keel_exec::policy::{Admission, Breaker, BreakerState, Verdict};
 /// use keel_model::BreakerSpec;
 ///
-/// let spec = BreakerSpec { failures: 2, ratio: None, window: 0, cooldown: Duration::from_secs(30) };
+/// let spec = BreakerSpec { failures: 2, ratio: None, window: 0, cooldown: Duration::from_secs(30), max_open: Duration::from_secs(1800) };
 /// let mut breaker = Breaker::new(spec);
 /// breaker.record(Verdict::Failure, false, 0);
 /// assert_eq!(breaker.record(Verdict::Failure, false, 10), Some(BreakerState::Open { until: 30_010 }));
@@ -110,6 +110,10 @@ pub struct Breaker {
     ratio: Option<f64>,
     window: u32,
     cooldown: Millis,
+    /// How long the breaker may stay open, failed probes included, before waiting tasks give up.
+    max_open: Millis,
+    /// When the breaker last opened from closed; cleared when it closes.
+    open_since: Option<Millis>,
     /// As stored: an `Open` whose cooldown has passed is half-open for callers.
     mode: BreakerState,
     consecutive_failures: u32,
@@ -126,6 +130,8 @@ impl Breaker {
             ratio: spec.ratio,
             window: spec.window,
             cooldown: millis_rounded_up(spec.cooldown),
+            max_open: millis_rounded_up(spec.max_open),
+            open_since: None,
             mode: BreakerState::Closed,
             consecutive_failures: 0,
             recent: VecDeque::new(),
@@ -235,11 +241,34 @@ impl Breaker {
         self.mode = BreakerState::Open {
             until: now.saturating_add(self.cooldown),
         };
+        self.open_since.get_or_insert(now);
         self.forget();
     }
 
     fn close(&mut self) {
         self.mode = BreakerState::Closed;
+        self.open_since = None;
+        self.forget();
+    }
+
+    /// Since when the breaker has been open (or half-open) without closing in between.
+    pub fn open_since(&self) -> Option<Millis> {
+        self.open_since
+    }
+
+    /// Whether the breaker has been open for `max_open` or longer at `now`: the dependency is
+    /// down for good as far as waiting tasks are concerned.
+    pub fn open_too_long(&self, now: Millis) -> bool {
+        self.open_since
+            .is_some_and(|since| now.saturating_sub(since) >= self.max_open)
+    }
+
+    /// Takes up the state a previous Keel recorded: open since `open_since`, letting a probe
+    /// through from `open_until` (a probe that was in flight when that Keel died is gone, so a
+    /// half-open breaker lets the next attempt probe).
+    pub fn restore(&mut self, open_since: Millis, open_until: Millis) {
+        self.mode = BreakerState::Open { until: open_until };
+        self.open_since = Some(open_since);
         self.forget();
     }
 
@@ -267,6 +296,7 @@ mod tests {
             ratio,
             window,
             cooldown: Duration::from_millis(COOLDOWN as u64),
+            max_open: Duration::from_secs(1800),
         }
     }
 
@@ -542,6 +572,7 @@ mod tests {
                 ratio,
                 window,
                 cooldown: Duration::from_millis(cooldown as u64),
+                max_open: Duration::from_secs(1800),
             });
             let mut now = 0;
             // Attempts in flight, each marked whether it is the probe.

@@ -5,11 +5,14 @@ use super::{Admission, Breaker, BreakerState, Bulkhead, RetryBudget, TokenBucket
 /// Why an attempt on a resource cannot start yet, and what to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// The rate limit or an open breaker: nothing can start before this instant.
+    /// The rate limit: nothing can start before this instant.
     Until(Millis),
-    /// The bulkhead is full or the half-open probe is in flight: check again when an attempt on
-    /// this resource ends.
+    /// The bulkhead is full: check again when an attempt on this resource ends.
     ForRelease,
+    /// The breaker is open (`Some(instant)`: a probe may run then) or its half-open probe is
+    /// in flight (`None`: check again when it ends). Waiters on a breaker are queued in order, so
+    /// the probe goes to each in turn.
+    Breaker(Option<Millis>),
 }
 
 /// Proof that an attempt holds a resource, returned by [`ResourcePolicy::acquire`] and handed
@@ -33,11 +36,14 @@ pub struct Permit {
 /// 2. [`acquire`](Self::acquire) right after a successful check, with the same `now`: it takes a
 ///    token, a bulkhead slot and, when half-open, the probe.
 /// 3. [`release`](Self::release) when the attempt ends, with its [`Verdict`]: the slot comes back
-///    and the breaker learns the result. Wake the [`Wait::ForRelease`] waiters then.
+///    and the breaker learns the result. Wake the [`Wait::ForRelease`] and
+///    [`Wait::Breaker`] waiters then.
 /// 4. [`can_retry`](Self::can_retry) and [`record_attempt`](Self::record_attempt) for the retry
 ///    budget, when deciding on and starting attempts.
 ///
-/// When several limits block at once, a time limit wins: `Wait::Until` the latest instant any of
+/// A breaker that is not closed answers first, with [`Wait::Breaker`]: while the dependency is
+/// down nothing else matters, and waiters on a breaker take turns at the probe. Otherwise, when
+/// several limits block at once, a time limit wins: `Wait::Until` the latest instant any of
 /// them gives. A release cannot lift a time limit, while the time passing may find that the
 /// release the other limit needed has already happened. Memory is the sum of the parts' bounds.
 ///
@@ -105,8 +111,8 @@ impl ResourcePolicy {
             match breaker.would_admit(now) {
                 Admission::Allow => {}
                 Admission::Probe => probe = true,
-                Admission::WaitUntil(open_until) => until = Some(open_until),
-                Admission::WaitForProbe => for_release = true,
+                Admission::WaitUntil(open_until) => return Err(Wait::Breaker(Some(open_until))),
+                Admission::WaitForProbe => return Err(Wait::Breaker(None)),
             }
         }
         if let Some(bulkhead) = &self.bulkhead {
@@ -169,6 +175,25 @@ impl ResourcePolicy {
         self.breaker
             .as_mut()
             .and_then(|breaker| breaker.record(verdict, permit.probe, now))
+    }
+
+    /// Whether the breaker has stayed open for its `max_open` or longer.
+    pub fn breaker_open_too_long(&self, now: Millis) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|breaker| breaker.open_too_long(now))
+    }
+
+    /// Since when the breaker has been open, if it is not closed.
+    pub fn breaker_open_since(&self) -> Option<Millis> {
+        self.breaker.as_ref().and_then(Breaker::open_since)
+    }
+
+    /// Takes up a breaker state a previous Keel recorded; see [`Breaker::restore`].
+    pub fn restore_breaker(&mut self, open_since: Millis, open_until: Millis) {
+        if let Some(breaker) = &mut self.breaker {
+            breaker.restore(open_since, open_until);
+        }
     }
 
     /// The breaker's state at `now`, if the resource has a breaker.
@@ -252,6 +277,7 @@ mod tests {
             ratio: None,
             window: 0,
             cooldown: Duration::from_millis(COOLDOWN as u64),
+            max_open: Duration::from_secs(1800),
         })
     }
 
@@ -323,21 +349,24 @@ mod tests {
     }
 
     #[test]
-    fn check_reports_an_open_breaker_as_a_time_and_a_probe_in_flight_as_a_release() {
+    fn check_reports_an_open_breaker_and_a_probe_in_flight_as_breaker_waits() {
         let spec = ResourceSpec {
             breaker: breaker(2),
             ..bare()
         };
         let mut policy = ResourcePolicy::new(&spec, 0);
         trip(&mut policy, 1_000);
-        assert_eq!(policy.check(1_001), Err(Wait::Until(1_000 + COOLDOWN)));
+        assert_eq!(
+            policy.check(1_001),
+            Err(Wait::Breaker(Some(1_000 + COOLDOWN)))
+        );
         let half_open = 1_000 + COOLDOWN;
         assert_eq!(policy.check(half_open), Ok(true));
         // Checking did not take the probe.
         assert_eq!(policy.check(half_open), Ok(true));
         let probe = policy.acquire(half_open);
         assert_eq!(probe, Permit { probe: true });
-        assert_eq!(policy.check(half_open + 1), Err(Wait::ForRelease));
+        assert_eq!(policy.check(half_open + 1), Err(Wait::Breaker(None)));
         assert_eq!(
             policy.release(probe, Verdict::Success, half_open + 2),
             Some(BreakerState::Closed)
@@ -362,7 +391,9 @@ mod tests {
             policy.release(held, Verdict::Failure, 10_000),
             Some(BreakerState::Open { until: 40_000 })
         );
-        assert_eq!(policy.check(10_000), Err(Wait::Until(60_000)));
+        // An open breaker answers first; once it lets a probe through, the rate still rules.
+        assert_eq!(policy.check(10_000), Err(Wait::Breaker(Some(40_000))));
+        assert_eq!(policy.check(40_000), Err(Wait::Until(60_000)));
         assert_eq!(policy.check(60_000), Ok(true));
     }
 
@@ -469,6 +500,10 @@ mod tests {
                         }
                         Err(Wait::Until(instant)) => prop_assert!(instant > now),
                         Err(Wait::ForRelease) => prop_assert!(!held.is_empty()),
+                        Err(Wait::Breaker(Some(instant))) => prop_assert!(instant > now),
+                        Err(Wait::Breaker(None)) => {
+                            prop_assert!(held.iter().any(|permit| permit.probe))
+                        }
                     },
                     Step::Finish(verdict) => {
                         if !held.is_empty() {
