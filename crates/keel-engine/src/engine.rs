@@ -1289,76 +1289,98 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
     }
 
-    /// Where a task goes after an attempt ended with `report`.
-    fn decide(
+    /// Where a task goes after an attempt ended with `outcome`: done, retried at a time (charged
+    /// to the retry policy or not), or left to resume. This is the one retry decision; the
+    /// deadline, the breaker probe and the resources' retry budgets are all consulted here, in
+    /// this order, and a retry it grants is recorded in those budgets.
+    fn next_step(
         &mut self,
-        active: &ActiveRun,
-        task: TaskIndex,
+        book: &mut Book,
+        live: &Live,
         outcome: Outcome,
-        shutting_down: bool,
+        probe: bool,
     ) -> (TaskNext, Option<String>) {
         let now = self.clock.now();
-        let task_spec = &self.spec.tasks[task];
-        let slot = &active.slots[task];
+        let active = &book.runs[live.run];
+        let task_spec = &self.spec.tasks[live.task];
+        let slot = &active.slots[live.task];
         if outcome.is_complete() {
             return (TaskNext::Done(outcome), None);
         }
         if active.cancelling {
-            return (
-                TaskNext::Done(if outcome == Outcome::Lost {
-                    Outcome::Cancelled
-                } else {
-                    outcome
-                }),
-                None,
+            let outcome = if outcome == Outcome::Lost {
+                Outcome::Cancelled
+            } else {
+                outcome
+            };
+            return (TaskNext::Done(outcome), None);
+        }
+        if outcome == Outcome::Cancelled && book.shutting_down {
+            return (TaskNext::Resume, None);
+        }
+        let deadline = task_spec.deadline.as_millis() as Millis;
+        let within_deadline = now - slot.first_started_at.unwrap_or(now) < deadline;
+        if outcome == Outcome::NotReady {
+            if !within_deadline {
+                let note = format!(
+                    "still not ready after {}; the deadline passed",
+                    keel_model::format_duration(task_spec.deadline)
+                );
+                return (TaskNext::Done(Outcome::NotReady), Some(note));
+            }
+            let checks = slot.attempts.saturating_sub(slot.charged).max(1);
+            let delay = task_spec.retries.delay(checks, self.random.unit());
+            let not_before = now + delay.as_millis() as Millis;
+            let charge = false;
+            return (TaskNext::Retry { not_before, charge }, None);
+        }
+        if !outcome.is_retryable() {
+            return (TaskNext::Done(outcome), None);
+        }
+        if probe && within_deadline {
+            // A failed breaker probe says the dependency is still down, not that the task is
+            // bad: like waiting on an open breaker, it uses up no attempt.
+            let note = "the breaker's probe failed; that uses up no attempt".to_string();
+            let next = TaskNext::Retry {
+                not_before: now,
+                charge: false,
+            };
+            return (next, Some(note));
+        }
+        if !outcome.uses_retry_attempt() {
+            let next = TaskNext::Retry {
+                not_before: now,
+                charge: false,
+            };
+            return (next, None);
+        }
+        let charged = slot.charged + 1;
+        if charged >= task_spec.retries.attempts {
+            return (TaskNext::Done(outcome), None);
+        }
+        let uses = &self.task_uses[live.task];
+        if let Some(spent) = uses
+            .iter()
+            .find(|resource| !book.resources[**resource].can_retry(now))
+        {
+            let note = format!(
+                "not retried: resource {:?} has spent its retry budget, so a storm of retries cannot build up",
+                self.spec.resources[*spent].name
             );
+            return (TaskNext::Done(outcome), Some(note));
         }
-        match outcome {
-            Outcome::Cancelled if shutting_down => (TaskNext::Resume, None),
-            Outcome::NotReady => {
-                let waited = now - slot.first_started_at.unwrap_or(now);
-                if waited >= task_spec.deadline.as_millis() as Millis {
-                    let note = format!(
-                        "still not ready after {}; the deadline passed",
-                        keel_model::format_duration(task_spec.deadline)
-                    );
-                    (TaskNext::Done(Outcome::NotReady), Some(note))
-                } else {
-                    let checks = slot.attempts.saturating_sub(slot.charged).max(1);
-                    let delay = task_spec.retries.delay(checks, self.random.unit());
-                    (
-                        TaskNext::Retry {
-                            not_before: now + delay.as_millis() as Millis,
-                            charge: false,
-                        },
-                        None,
-                    )
-                }
-            }
-            outcome if outcome.is_retryable() => {
-                let charge = outcome.uses_retry_attempt();
-                let charged = slot.charged + u32::from(charge);
-                if charged >= task_spec.retries.attempts {
-                    return (TaskNext::Done(outcome), None);
-                }
-                let delay = if charge {
-                    task_spec
-                        .retries
-                        .delay(charged, self.random.unit())
-                        .as_millis() as Millis
-                } else {
-                    0
-                };
-                (
-                    TaskNext::Retry {
-                        not_before: now + delay,
-                        charge,
-                    },
-                    None,
-                )
-            }
-            outcome => (TaskNext::Done(outcome), None),
+        for resource in uses {
+            book.resources[*resource].record_attempt(true, now);
         }
+        let delay = task_spec.retries.delay(charged, self.random.unit());
+        let not_before = now + delay.as_millis() as Millis;
+        (
+            TaskNext::Retry {
+                not_before,
+                charge: true,
+            },
+            None,
+        )
     }
 
     /// Records a batch of ended attempts in one transaction, then moves their tasks on.
@@ -1380,24 +1402,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 self.release_permits(book, permits, ResourceVerdict::of(report.outcome))
                     .await?;
             }
-            let (next, note) = self.decide(
-                &book.runs[live.run],
-                live.task,
-                report.outcome,
-                book.shutting_down,
-            );
-            let (next, note) = self.probe_failure_is_free(
-                &book.runs[live.run],
-                live.task,
-                probe,
-                report.outcome,
-                next,
-                note,
-            );
-            let (next, note) = match self.retry_budget_spent(book, live.task, &next) {
-                Some(spent) => (TaskNext::Done(report.outcome), Some(spent)),
-                None => (next, note),
-            };
+            let (next, note) = self.next_step(book, &live, report.outcome, probe);
             let message = match (report.message.clone(), note) {
                 (Some(message), Some(note)) => Some(format!("{message}; {note}")),
                 (message, note) => message.or(note),
@@ -1935,60 +1940,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
         }
         Ok(())
-    }
-
-    /// A failed breaker probe says the dependency is still down, not that the task is bad: like
-    /// waiting on an open breaker, it uses up no attempt. The task waits for the breaker again,
-    /// bounded by its deadline.
-    fn probe_failure_is_free(
-        &self,
-        active: &ActiveRun,
-        task: TaskIndex,
-        probe: bool,
-        outcome: Outcome,
-        next: TaskNext,
-        note: Option<String>,
-    ) -> (TaskNext, Option<String>) {
-        let now = self.clock.now();
-        let started = active.slots[task].first_started_at.unwrap_or(now);
-        let within_deadline = now - started < self.spec.tasks[task].deadline.as_millis() as Millis;
-        if probe && outcome.is_retryable() && within_deadline && !active.cancelling {
-            let note = Some("the breaker's probe failed; that uses up no attempt".to_string());
-            return (
-                TaskNext::Retry {
-                    not_before: now,
-                    charge: false,
-                },
-                note,
-            );
-        }
-        (next, note)
-    }
-
-    /// If a retry is about to be scheduled but a resource the task uses has spent its retry
-    /// budget, says why the task ends here instead. Otherwise records the retry in the budgets.
-    fn retry_budget_spent(
-        &mut self,
-        book: &mut Book,
-        task: TaskIndex,
-        next: &TaskNext,
-    ) -> Option<String> {
-        if !matches!(next, TaskNext::Retry { charge: true, .. }) {
-            return None;
-        }
-        let now = self.clock.now();
-        for resource in &self.task_uses[task] {
-            if !book.resources[*resource].can_retry(now) {
-                return Some(format!(
-                    "not retried: resource {:?} has spent its retry budget, so a storm of retries cannot build up",
-                    self.spec.resources[*resource].name
-                ));
-            }
-        }
-        for resource in &self.task_uses[task] {
-            book.resources[*resource].record_attempt(true, now);
-        }
-        None
     }
 
     /// The gate that may waive the edge `dependency → task`: the gate of the dependency's phase
