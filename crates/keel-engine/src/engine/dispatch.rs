@@ -1,0 +1,258 @@
+//! Dispatch: which ready task starts next, under the concurrency cap, and how its attempt is
+//! claimed (one transaction per batch) and launched with the task contract's environment.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Claims as many ready tasks as the concurrency cap allows, in one transaction, and starts
+    /// them.
+    pub(super) async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        let cap = self.spec.concurrency.max(1) as usize;
+        loop {
+            let room = cap.saturating_sub(book.live.len() + book.sensing);
+            if room == 0 || book.shutting_down {
+                return Ok(());
+            }
+            let mut picked: Vec<(usize, TaskIndex)> = Vec::new();
+            while picked.len() < room {
+                let Some((run_index, task)) = book.ready.pop_front() else {
+                    break;
+                };
+                let active = &book.runs[run_index];
+                if active.cancelling
+                    || active.finished
+                    || !matches!(
+                        active.slots[task].state,
+                        TaskState::Pending | TaskState::Waiting
+                    )
+                    || picked.contains(&(run_index, task))
+                {
+                    continue;
+                }
+                if self.spec.tasks[task].wait_for.is_some()
+                    && !active.sensor_ready[task]
+                    && active.slots[task].attempts == 0
+                {
+                    self.start_sensor(book, run_index, task);
+                    continue;
+                }
+                if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
+                    continue;
+                }
+                picked.push((run_index, task));
+            }
+            if picked.is_empty() {
+                return Ok(());
+            }
+            let now = self.clock.now();
+            let claims = picked
+                .iter()
+                .map(|(run_index, task)| {
+                    let record = &book.runs[*run_index].record;
+                    let number = book.runs[*run_index].slots[*task].attempts + 1;
+                    ClaimAttempt {
+                        run: record.id,
+                        task: self.dag.name(*task).to_string(),
+                        owner: self.config.owner.clone(),
+                        dir: self
+                            .attempt_dir(record.id, *task, number)
+                            .display()
+                            .to_string(),
+                        // A retry may run a newer pipeline file than its run was created with.
+                        version: self.version.clone(),
+                        lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
+                        at: now,
+                    }
+                })
+                .collect();
+            let results = self.store.claim_attempts(claims).await?;
+            let mut started = Vec::new();
+            for ((run_index, task), result) in picked.into_iter().zip(results) {
+                let mut permits = book.picked_permits.remove(&(run_index, task));
+                if result.is_err()
+                    && let Some(unused) = permits.take()
+                {
+                    self.release_permits(book, unused, ResourceVerdict::Neutral)
+                        .await?;
+                }
+                match result {
+                    Ok(attempt) => {
+                        if let Some(permits) = permits {
+                            book.permits.insert(attempt.id, permits);
+                        }
+                        // Every attempt that started gets its start time, even when the
+                        // executor cannot say which process supervises it.
+                        if let Some(pid) =
+                            self.start_attempt(book, run_index, task, &attempt).await?
+                        {
+                            started.push((attempt.id, attempt.lease_epoch, pid));
+                        }
+                    }
+                    Err(StoreError::AlreadyLive { .. }) => {
+                        // Another run of this partition is running the task; try again shortly.
+                        book.timers
+                            .push(Reverse((now + 1_000, run_index, Wake::Task(task))));
+                    }
+                    Err(StoreError::NotClaimable { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            if !started.is_empty() {
+                // A stale result only means the attempt already ended; nothing to undo.
+                self.store
+                    .mark_attempts_started(started, self.clock.now())
+                    .await?;
+            }
+        }
+    }
+
+    pub(super) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
+        // One directory per attempt, flat under the run: every inode created costs, and an
+        // attempt already creates its directory and its record file. Runs are numbered per
+        // store, from 1, so the store's identity keeps two stores' attempts apart.
+        self.config
+            .attempts_dir
+            .join(self.store.store_id())
+            .join(run.0.to_string())
+            .join(format!("{}.{number}", self.dag.name(task)))
+    }
+
+    /// A command of a task with its templates expanded, and the task environment of DESIGN §4.
+    pub(super) fn task_command_and_env(
+        &mut self,
+        record: &RunRecord,
+        task: TaskIndex,
+        template: &[String],
+        attempt: u32,
+        dir: &std::path::Path,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let task_spec = &self.spec.tasks[task];
+        let run_id = record.id.0.to_string();
+        let attempt_text = attempt.to_string();
+        let values = TemplateValues {
+            date: &record.partition,
+            partition: &record.partition,
+            run_id: &run_id,
+            task: &task_spec.name,
+            attempt: &attempt_text,
+        };
+        let command: Vec<String> = template.iter().map(|part| expand(part, &values)).collect();
+        let span_id = self.random.hex(16);
+        let mut env = vec![
+            ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
+            ("KEEL_RUN_ID".to_string(), run_id.clone()),
+            ("KEEL_TASK".to_string(), task_spec.name.clone()),
+            ("KEEL_PARTITION".to_string(), record.partition.clone()),
+            ("KEEL_ATTEMPT".to_string(), attempt_text.clone()),
+            (
+                "KEEL_IDEMPOTENCY_KEY".to_string(),
+                format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
+            ),
+            (
+                "KEEL_RESULT".to_string(),
+                dir.join(keel_exec::supervisor::RESULT_FILE)
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "KEEL_HEARTBEAT".to_string(),
+                dir.join(keel_exec::supervisor::HEARTBEAT_FILE)
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "TRACEPARENT".to_string(),
+                format!("00-{}-{span_id}-01", record.trace_id),
+            ),
+        ];
+        env.extend(self.config.extra_env.iter().cloned());
+        (command, env)
+    }
+
+    /// Launches a claimed attempt. Returns `None` if it could not be started (it is then
+    /// already recorded as failed), and otherwise the supervisor's pid if the executor knows it.
+    pub(super) async fn start_attempt(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        attempt: &AttemptRecord,
+    ) -> Result<Option<Option<u32>>, EngineError> {
+        let now = self.clock.now();
+        let record = book.runs[run_index].record.clone();
+        let task_spec = self.spec.tasks[task].clone();
+        let dir = PathBuf::from(&attempt.dir);
+        // A new attempt runs with whatever landed upstream: no rerun is owed any more (the claim
+        // cleared the stored mark too).
+        book.runs[run_index].needs_rerun[task] = false;
+        let slot = &mut book.runs[run_index].slots[task];
+        slot.state = TaskState::Running;
+        slot.attempts = attempt.number;
+        slot.first_started_at.get_or_insert(now);
+        let (command, env) =
+            self.task_command_and_env(&record, task, &task_spec.command, attempt.number, &dir);
+        let launch = Launch {
+            dir,
+            command,
+            env,
+            timeout: task_spec.timeout,
+            heartbeat: task_spec.heartbeat,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
+        };
+        book.live.insert(
+            attempt.id,
+            Live::new(run_index, task, attempt.number, attempt.lease_epoch),
+        );
+        (self.observer)(Progress::AttemptStarted {
+            run: record.id,
+            partition: record.partition.clone(),
+            task: task_spec.name.clone(),
+            attempt: attempt.number,
+        });
+        match self.executor.launch(launch) {
+            Ok(running) => {
+                let pid = running.pid;
+                watch(book, attempt.id, running);
+                Ok(Some(pid))
+            }
+            Err(error) => {
+                let report = Report::new(
+                    Outcome::Failed,
+                    format!("cannot start the attempt: {error}"),
+                );
+                self.on_reports(book, vec![(attempt.id, report)]).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn fire_timers(&mut self, book: &mut Book) -> Vec<(usize, usize)> {
+        let now = self.clock.now();
+        let mut gates_due = Vec::new();
+        while let Some(Reverse((at, run_index, wake))) = book.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            book.timers.pop();
+            match wake {
+                Wake::Task(task) => {
+                    if matches!(
+                        book.runs[run_index].slots[task].state,
+                        TaskState::Waiting | TaskState::Pending
+                    ) {
+                        book.ready.push_back((run_index, task));
+                    }
+                }
+                Wake::Gate(gate) => gates_due.push((run_index, gate)),
+                Wake::Resource(resource) => {
+                    if book.breaker_wake[resource].is_some_and(|wake| wake <= now) {
+                        book.breaker_wake[resource] = None;
+                    }
+                    book.ready.extend(book.breaker_waiters[resource].drain(..));
+                }
+            }
+        }
+        gates_due
+    }
+}

@@ -1,0 +1,311 @@
+//! Quorum gates and reconciliation: when a gated phase lets downstream go on without some of
+//! its tasks, and what runs again when a waived task lands late. The pure rules (topology and
+//! sufficiency) are in `crate::gate`; this is where they meet the store.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// A retried task is expected to land, so the gates of the phases it and its downstream
+    /// tasks sit in are judged again from the start: downstream waits for the retried tasks (or
+    /// for a new grace period) instead of going on without them at once.
+    pub(super) async fn reopen_gates(
+        &self,
+        run: RunId,
+        roots: &[TaskIndex],
+        now: Millis,
+    ) -> Result<(), EngineError> {
+        let mut gates: Vec<usize> = roots
+            .iter()
+            .copied()
+            .chain(self.dag.downstream_of(roots))
+            .filter_map(|task| self.topology.gate_of_task(task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        let changes = gates
+            .into_iter()
+            .map(|gate| {
+                Change::Gate(GateRecord {
+                    phase: self.topology.gates[gate].phase.clone(),
+                    status: GateState::Waiting,
+                    waived: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(self.store.apply(run, changes, now).await?)
+    }
+
+    /// The gate that may waive the edge `dependency → task`: the gate of the dependency's phase
+    /// when the edge leaves that phase, unless `task` names the dependency in its own `after`,
+    /// which makes it a hard input that no gate waives.
+    pub(super) fn waivable(&self, dependency: TaskIndex, task: TaskIndex) -> Option<usize> {
+        self.topology
+            .crosses_gate(dependency, task)
+            .filter(|_| !self.dag.is_explicit(task, dependency))
+    }
+
+    /// Whether downstream work outside a gated phase already started, which means its gate had
+    /// opened; for runs whose gates were never recorded.
+    pub(super) fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
+        self.topology.gates[gate].tasks.iter().any(|task| {
+            self.dag.dependents(*task).iter().any(|dependent| {
+                self.waivable(*task, *dependent).is_some()
+                    && active.slots[*dependent].state != TaskState::Pending
+            })
+        })
+    }
+
+    /// The gate's state as the store keeps it, waived tasks by name.
+    pub(super) fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
+        let definition = &self.topology.gates[gate];
+        GateRecord {
+            phase: definition.phase.clone(),
+            status: match active.gates[gate] {
+                GateStatus::Waiting => GateState::Waiting,
+                GateStatus::Sufficient { open_at } => GateState::Sufficient { open_at },
+                GateStatus::Open => GateState::Open,
+                GateStatus::Failed => GateState::Failed,
+            },
+            waived: definition
+                .tasks
+                .iter()
+                .filter(|task| active.waived[**task])
+                .map(|task| self.dag.name(*task).to_string())
+                .collect(),
+        }
+    }
+
+    /// Counts, for every task of a run, the dependencies it still waits for: those not complete,
+    /// except those an open gate waived.
+    pub(super) fn recompute_remaining(&self, active: &mut ActiveRun) {
+        for task in 0..self.dag.len() {
+            active.remaining[task] = self
+                .dag
+                .dependencies(task)
+                .iter()
+                .filter(|dependency| {
+                    let waived =
+                        active.waived[**dependency] && self.waivable(**dependency, task).is_some();
+                    !is_complete(&active.slots[**dependency]) && !waived
+                })
+                .count() as u32;
+        }
+    }
+
+    /// Re-judges a gate after one of its tasks finished, or when its grace period ran out.
+    pub(super) async fn evaluate_gate(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let active = &mut book.runs[run_index];
+        let status = active.gates[gate];
+        if matches!(status, GateStatus::Open | GateStatus::Failed) || active.cancelling {
+            return Ok(());
+        }
+        let definition = &self.topology.gates[gate];
+        let verdict = judge(
+            definition,
+            |task| is_complete(&active.slots[task]),
+            |task| active.slots[task].state == TaskState::Done,
+        );
+        match (verdict, status) {
+            (Verdict::Sufficient { all_done: true }, _) => {
+                self.open_gate(book, run_index, gate).await?
+            }
+            (Verdict::Sufficient { .. }, GateStatus::Sufficient { open_at }) if now >= open_at => {
+                self.open_gate(book, run_index, gate).await?
+            }
+            (Verdict::Sufficient { .. }, GateStatus::Waiting) => {
+                let open_at = now + definition.grace;
+                active.gates[gate] = GateStatus::Sufficient { open_at };
+                book.timers
+                    .push(Reverse((open_at, run_index, Wake::Gate(gate))));
+                // The grace period's end is stored, so a restart does not start it again.
+                let record = self.gate_record(active, gate);
+                self.store
+                    .apply(
+                        active.record.id,
+                        vec![
+                            Change::Gate(record),
+                            Change::Event {
+                                task: None,
+                                kind: "gate_sufficient".into(),
+                                detail: format!(
+                                    "phase {}: waiting up to {} ms for the rest",
+                                    definition.phase, definition.grace
+                                ),
+                            },
+                        ],
+                        now,
+                    )
+                    .await?;
+            }
+            (Verdict::Insufficient, _) => {
+                active.gates[gate] = GateStatus::Failed;
+                let failed: Vec<TaskIndex> = definition
+                    .tasks
+                    .iter()
+                    .copied()
+                    .filter(|task| !is_complete(&active.slots[*task]))
+                    .collect();
+                let record = self.gate_record(active, gate);
+                self.store
+                    .apply(
+                        active.record.id,
+                        vec![
+                            Change::Gate(record),
+                            Change::Event {
+                                task: None,
+                                kind: "gate_failed".into(),
+                                detail: format!(
+                                    "phase {}: the gate can no longer be met",
+                                    definition.phase
+                                ),
+                            },
+                        ],
+                        now,
+                    )
+                    .await?;
+                for task in failed {
+                    self.propagate_failure(book, run_index, task).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Opens a sufficient gate: downstream proceeds without the tasks still missing.
+    pub(super) async fn open_gate(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+    ) -> Result<(), EngineError> {
+        let definition = self.topology.gates[gate].clone();
+        let active = &mut book.runs[run_index];
+        active.gates[gate] = GateStatus::Open;
+        let missing: Vec<TaskIndex> = definition
+            .tasks
+            .iter()
+            .copied()
+            .filter(|task| !is_complete(&active.slots[*task]))
+            .collect();
+        for task in &missing {
+            active.waived[*task] = true;
+            for dependent in self.dag.dependents(*task) {
+                if self.waivable(*task, *dependent).is_some() {
+                    let remaining = &mut active.remaining[*dependent];
+                    *remaining = remaining.saturating_sub(1);
+                    if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending {
+                        book.ready.push_back((run_index, *dependent));
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = missing
+            .iter()
+            .map(|task| self.dag.name(*task).to_string())
+            .collect();
+        let detail = if names.is_empty() {
+            format!("phase {}: complete", definition.phase)
+        } else {
+            format!(
+                "phase {}: downstream proceeds without {}",
+                definition.phase,
+                names.join(", ")
+            )
+        };
+        let record = self.gate_record(active, gate);
+        self.store
+            .apply(
+                active.record.id,
+                vec![
+                    Change::Gate(record),
+                    Change::Event {
+                        task: None,
+                        kind: "gate_opened".into(),
+                        detail,
+                    },
+                ],
+                self.clock.now(),
+            )
+            .await?;
+        if !names.is_empty() {
+            (self.observer)(Progress::GateOpened {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                phase: definition.phase.clone(),
+                missing: names,
+            });
+        }
+        Ok(())
+    }
+
+    /// A waived task completed after all: everything downstream of it that ran without it runs
+    /// again, so the run can end `succeeded`. What finished is reset, what is running owes a
+    /// rerun, and the task leaves the gate's waived list, all in one transaction: a Keel killed
+    /// at any point either reconciles again on restart (the task is still listed as waived) or
+    /// finds every rerun recorded.
+    pub(super) async fn reconcile(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        landed: TaskIndex,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        active.waived[landed] = false;
+        let name = self.dag.name(landed).to_string();
+        let reason = format!("upstream task {name:?} landed late; running again with it");
+        let downstream: Vec<TaskIndex> = self
+            .dag
+            .downstream_of(&[landed])
+            .into_iter()
+            .filter(|task| !self.topology.same_phase(landed, *task))
+            .collect();
+        let mut changes = Vec::new();
+        for task in downstream {
+            match active.slots[task].state {
+                TaskState::Done => {
+                    let slot = &mut active.slots[task];
+                    slot.state = TaskState::Pending;
+                    slot.outcome = None;
+                    active.done -= 1;
+                    changes.push(Change::Task(TaskChange {
+                        task: self.dag.name(task).to_string(),
+                        state: TaskState::Pending,
+                        outcome: None,
+                        not_before: None,
+                        message: None,
+                        reset_retry_budget: true,
+                        reason: reason.clone(),
+                    }));
+                }
+                TaskState::Running => {
+                    active.needs_rerun[task] = true;
+                    changes.push(Change::MarkRerun {
+                        task: self.dag.name(task).to_string(),
+                        reason: reason.clone(),
+                    });
+                }
+                TaskState::Pending | TaskState::Waiting => {}
+            }
+        }
+        if let Some(gate) = self.topology.gate_of_task(landed) {
+            changes.push(Change::Gate(self.gate_record(active, gate)));
+        }
+        self.store
+            .apply(active.record.id, changes, self.clock.now())
+            .await?;
+        self.recompute_remaining(active);
+        for task in 0..self.dag.len() {
+            if active.slots[task].state == TaskState::Pending && active.remaining[task] == 0 {
+                book.ready.push_back((run_index, task));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,665 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_exec::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
+use keel_exec::{Adopted, Executor, Launch, Report};
+use keel_model::{
+    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+};
+use keel_store::{
+    AttemptRecord, Change, ClaimAttempt, FinishAttempt, GateRecord, GateState, NewEvent, NewRun,
+    RunRecord, SensorPoll, Store, StoreError, TaskChange, TaskNext,
+};
+use tokio::sync::mpsc;
+
+use crate::gate::{GateStatus, Topology, Verdict, judge};
+use crate::template::{TemplateValues, expand};
+use crate::{Clock, EngineError, Random};
+
+mod dispatch;
+mod gates;
+mod recovery;
+mod resources;
+mod retry;
+mod sensors;
+mod settle;
+
+/// Settings of one engine that do not come from the pipeline file.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Who holds the leases this engine takes, e.g. `host:pid:nonce`.
+    pub owner: String,
+    /// Attempt directories go under `<attempts_dir>/<store id>/<run>/<task>.<attempt>`.
+    pub attempts_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL when an attempt is stopped or times out.
+    pub kill_grace: Duration,
+    /// Bytes of output kept per attempt.
+    pub log_cap: u64,
+    pub lease_ttl: Duration,
+    /// How often the store is asked for cancel requests from other processes.
+    pub poll_interval: Duration,
+    /// How long running attempts may finish after a shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// Added to every task's environment (after the `KEEL_*` contract variables).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// What `keel run` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub partitions: Vec<String>,
+    /// Run only these tasks; the rest of a new run is `skipped`.
+    pub only: Vec<String>,
+    /// Start a new run even if the partition already finished.
+    pub rerun: bool,
+}
+
+/// What [`Engine::prepare`] decided for one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    Created(RunId),
+    /// An unfinished run of the partition (for example after a crash) is carried on.
+    Resumed(RunId),
+    /// The partition has a finished run and `rerun` was not asked for: nothing to do.
+    AlreadyFinished(RunRecord),
+}
+
+/// How one run ended, or where it stands if the engine stopped early.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run: RunId,
+    pub partition: String,
+    pub state: RunState,
+}
+
+/// How far a shutdown has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownLevel {
+    Running,
+    /// Start nothing new; let running attempts finish within the grace period.
+    Drain,
+    /// Stop running attempts now.
+    Now,
+}
+
+/// The engine's side of a shutdown request; see [`Engine::execute`].
+#[derive(Debug, Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<ShutdownLevel>);
+
+/// Asks an engine to shut down.
+#[derive(Debug)]
+pub struct ShutdownTrigger(tokio::sync::watch::Sender<ShutdownLevel>);
+
+impl Shutdown {
+    /// A pair: the trigger to keep, the signal to pass to [`Engine::execute`].
+    pub fn channel() -> (ShutdownTrigger, Shutdown) {
+        let (sender, receiver) = tokio::sync::watch::channel(ShutdownLevel::Running);
+        (ShutdownTrigger(sender), Shutdown(receiver))
+    }
+
+    /// A shutdown that never comes.
+    pub fn never() -> Shutdown {
+        Shutdown::channel().1
+    }
+}
+
+impl ShutdownTrigger {
+    /// Start nothing new and let running attempts finish within the grace period.
+    pub fn drain(&self) {
+        self.0.send_if_modified(|level| {
+            let changed = *level == ShutdownLevel::Running;
+            if changed {
+                *level = ShutdownLevel::Drain;
+            }
+            changed
+        });
+    }
+
+    /// Stop running attempts now.
+    pub fn now(&self) {
+        self.0.send_replace(ShutdownLevel::Now);
+    }
+}
+
+/// Live progress for displays; the store's event log is the durable record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    RunLoaded {
+        run: RunId,
+        partition: String,
+        tasks: usize,
+        done: usize,
+    },
+    AttemptStarted {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+    },
+    AttemptRecovered {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        how: &'static str,
+    },
+    AttemptFinished {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        outcome: Outcome,
+        message: Option<String>,
+        retry_at: Option<Millis>,
+    },
+    /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
+    BreakerChanged {
+        resource: String,
+        state: &'static str,
+        detail: String,
+    },
+    /// A gate let downstream proceed without these tasks of its phase.
+    GateOpened {
+        run: RunId,
+        partition: String,
+        phase: String,
+        missing: Vec<String>,
+    },
+    TasksSettled {
+        run: RunId,
+        partition: String,
+        tasks: Vec<String>,
+        outcome: Outcome,
+    },
+    RunFinished {
+        run: RunId,
+        partition: String,
+        state: RunState,
+    },
+}
+
+/// The Keel engine for one pipeline version.
+pub struct Engine<S: Store, E: Executor, C: Clock> {
+    store: S,
+    executor: Arc<E>,
+    clock: Arc<C>,
+    random: Box<dyn Random>,
+    spec: Arc<PipelineSpec>,
+    /// `spec.version()`, computed once: every claim records it.
+    version: String,
+    dag: Dag,
+    topology: Topology,
+    /// Per task: indexes into `spec.resources` of the resources it uses.
+    task_uses: Vec<Vec<usize>>,
+    config: EngineConfig,
+    observer: Box<dyn FnMut(Progress) + Send>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    state: TaskState,
+    outcome: Option<Outcome>,
+    attempts: u32,
+    charged: u32,
+    first_started_at: Option<Millis>,
+}
+
+struct ActiveRun {
+    record: RunRecord,
+    slots: Vec<Slot>,
+    /// Per task: dependencies not yet complete (and not waived by an open gate).
+    remaining: Vec<u32>,
+    /// Per gate of the topology.
+    gates: Vec<GateStatus>,
+    /// Per task: missing when its phase's gate opened; downstream went on without it.
+    waived: Vec<bool>,
+    /// Per task: an upstream task landed late while this one ran; run it again when it ends.
+    needs_rerun: Vec<bool>,
+    /// Per task: its sensor reported ready (a task that has had an attempt needs none).
+    sensor_ready: Vec<bool>,
+    /// Per task: sensor polls so far in this process, for the backoff.
+    sensor_polls: Vec<u32>,
+    done: usize,
+    cancelling: bool,
+    finished: bool,
+}
+
+struct Live {
+    run: usize,
+    task: TaskIndex,
+    number: u32,
+    epoch: i64,
+    stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Live {
+    /// A live attempt whose stop handle arrives once it has started (see [`watch`]).
+    fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
+        Live {
+            run,
+            task,
+            number,
+            epoch,
+            stop: Arc::new(|| {}),
+        }
+    }
+}
+
+/// What a timer wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    Task(TaskIndex),
+    Gate(usize),
+    /// A resource's open breaker lets a probe through: its waiters take their turn.
+    Resource(usize),
+}
+
+struct Book {
+    runs: Vec<ActiveRun>,
+    ready: VecDeque<(usize, TaskIndex)>,
+    timers: BinaryHeap<Reverse<(Millis, usize, Wake)>>,
+    live: HashMap<AttemptId, Live>,
+    sender: mpsc::UnboundedSender<(AttemptId, Report)>,
+    /// Sensor polls report here: (run, task, report).
+    sensor_sender: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
+    /// Sensor polls running now; they count against the concurrency cap.
+    sensing: usize,
+    /// Per resource of the spec: its rate limit, bulkhead, breaker and retry budget.
+    resources: Vec<ResourcePolicy>,
+    /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
+    resource_waiters: Vec<Vec<(usize, TaskIndex)>>,
+    /// Per resource: tasks waiting for its breaker, in turn order. A task whose probe failed
+    /// goes to the back, so the probe goes to every waiting task in turn, across partitions.
+    breaker_waiters: Vec<VecDeque<(usize, TaskIndex)>>,
+    /// Per resource: when its breaker waiters are next woken, if a wake is scheduled.
+    breaker_wake: Vec<Option<Millis>>,
+    /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
+    given_up: Vec<(usize, TaskIndex, String)>,
+    /// Permits taken for tasks picked to start, until their claim is known.
+    picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
+    /// Permits held by running attempts.
+    permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
+    shutting_down: bool,
+}
+
+/// Follows a started attempt: keeps its stop handle and reports its end to the engine's loop.
+fn watch(book: &mut Book, attempt: AttemptId, running: keel_exec::Running) {
+    if let Some(live) = book.live.get_mut(&attempt) {
+        live.stop = running.stop.clone();
+    }
+    let sender = book.sender.clone();
+    tokio::spawn(async move {
+        let report = running.completion.await;
+        let _ = sender.send((attempt, report));
+    });
+}
+
+fn is_complete(slot: &Slot) -> bool {
+    slot.state == TaskState::Done && slot.outcome.is_some_and(Outcome::is_complete)
+}
+
+fn lost_report(message: &str) -> Report {
+    Report::new(Outcome::Lost, message)
+}
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    pub fn new(
+        store: S,
+        executor: E,
+        clock: C,
+        random: Box<dyn Random>,
+        spec: PipelineSpec,
+        config: EngineConfig,
+    ) -> Engine<S, E, C> {
+        let dag = Dag::new(&spec);
+        let topology = Topology::new(&spec, &dag);
+        let task_uses = spec
+            .tasks
+            .iter()
+            .map(|task| {
+                task.uses
+                    .iter()
+                    .filter_map(|name| {
+                        spec.resources
+                            .iter()
+                            .position(|resource| resource.name == *name)
+                    })
+                    .collect()
+            })
+            .collect();
+        Engine {
+            store,
+            executor: Arc::new(executor),
+            clock: Arc::new(clock),
+            random,
+            version: spec.version(),
+            spec: Arc::new(spec),
+            dag,
+            topology,
+            task_uses,
+            config,
+            observer: Box::new(|_| {}),
+        }
+    }
+
+    /// Receives live progress events.
+    pub fn observe(&mut self, observer: impl FnMut(Progress) + Send + 'static) {
+        self.observer = Box::new(observer);
+    }
+
+    /// How long running attempts may finish after a drain is asked for.
+    pub fn set_shutdown_grace(&mut self, grace: Duration) {
+        self.config.shutdown_grace = grace;
+    }
+
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn check_task_names(&self, names: &[String]) -> Result<Vec<TaskIndex>, EngineError> {
+        names
+            .iter()
+            .map(|name| {
+                self.dag
+                    .index_of(name)
+                    .ok_or_else(|| EngineError::unknown_task(&self.spec, name))
+            })
+            .collect()
+    }
+
+    /// Decides, per partition, whether to create a run, carry on an unfinished one, or do
+    /// nothing because the partition already finished.
+    pub async fn prepare(&mut self, request: &RunRequest) -> Result<Vec<Prepared>, EngineError> {
+        let only = self.check_task_names(&request.only)?;
+        let mut prepared = Vec::new();
+        for partition in &request.partitions {
+            let latest = self.store.latest_run(&self.spec.name, partition).await?;
+            match latest {
+                Some(run) if !run.state.is_finished() => prepared.push(Prepared::Resumed(run.id)),
+                Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
+                _ => {
+                    let tasks = self
+                        .spec
+                        .tasks
+                        .iter()
+                        .enumerate()
+                        .map(|(index, task)| {
+                            let settled = (!only.is_empty() && !only.contains(&index))
+                                .then_some(Outcome::Skipped);
+                            (task.name.clone(), task.phase.clone(), settled)
+                        })
+                        .collect();
+                    let trace_id = self.random.hex(32);
+                    let run = self
+                        .store
+                        .create_run(NewRun {
+                            pipeline: self.spec.name.clone(),
+                            partition: partition.clone(),
+                            version: self.spec.version(),
+                            trace_id,
+                            tasks,
+                            at: self.clock.now(),
+                        })
+                        .await?;
+                    prepared.push(Prepared::Created(run.id));
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Resets `tasks` of the partition's newest run, and everything downstream of them, so that
+    /// the next [`Engine::execute`] runs them again with fresh retry budgets. Those the pipeline
+    /// file gained after the run was created are added to the run; if the file changed at all
+    /// since, the run's event log says which version the retry runs.
+    pub async fn retry(&mut self, partition: &str, tasks: &[String]) -> Result<RunId, EngineError> {
+        let roots = self.check_task_names(tasks)?;
+        let run = self
+            .store
+            .latest_run(&self.spec.name, partition)
+            .await?
+            .ok_or_else(|| EngineError::NoRun {
+                partition: partition.to_string(),
+            })?;
+        let in_run: std::collections::HashSet<String> = self
+            .store
+            .task_runs(run.id)
+            .await?
+            .into_iter()
+            .map(|task| task.task)
+            .collect();
+        // Without a row of its own a task would be read back as skipped and never run.
+        let added: Vec<(String, String)> = roots
+            .iter()
+            .copied()
+            .chain(self.dag.downstream_of(&roots))
+            .filter(|task| !in_run.contains(self.dag.name(*task)))
+            .map(|task| {
+                let task_spec = &self.spec.tasks[task];
+                (task_spec.name.clone(), task_spec.phase.clone())
+            })
+            .collect();
+        let mut changes = Vec::new();
+        for root in &roots {
+            changes.push(TaskChange {
+                task: self.dag.name(*root).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason: "manual retry".into(),
+            });
+        }
+        for downstream in self.dag.downstream_of(&roots) {
+            let because = roots
+                .iter()
+                .map(|root| self.dag.name(*root))
+                .collect::<Vec<_>>()
+                .join(", ");
+            changes.push(TaskChange {
+                task: self.dag.name(downstream).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason: format!("downstream of retried {because}"),
+            });
+        }
+        let now = self.clock.now();
+        if !added.is_empty() {
+            self.store.add_tasks(run.id, added, now).await?;
+        }
+        self.store.update_tasks(run.id, changes, now).await?;
+        self.reopen_gates(run.id, &roots, now).await?;
+        if self.version != run.version {
+            self.store
+                .append_event(NewEvent {
+                    run: run.id,
+                    task: None,
+                    attempt: None,
+                    kind: "pipeline_changed".into(),
+                    detail: format!(
+                        "the retry uses pipeline version {} (was {})",
+                        self.version, run.version
+                    ),
+                    at: now,
+                })
+                .await?;
+        }
+        if run.state != RunState::Running {
+            self.store
+                .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
+                .await?;
+        }
+        Ok(run.id)
+    }
+
+    /// Executes `runs` until every one has finished, or until a shutdown: on [`Shutdown`]'s
+    /// drain no attempt starts any more and running ones may finish for up to
+    /// `EngineConfig::shutdown_grace`, after which they are stopped and left to be resumed; on
+    /// its "now" they are stopped at once. Attempts that a previous Keel left live are recovered
+    /// first: adopted if still running, recorded if they ended meanwhile, and otherwise marked
+    /// `lost` and retried.
+    pub async fn execute(
+        &mut self,
+        runs: &[RunId],
+        mut shutdown: Shutdown,
+    ) -> Result<Vec<RunSummary>, EngineError> {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let (sensor_sender, mut sensor_receiver) = mpsc::unbounded_channel();
+        let mut book = Book {
+            runs: Vec::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            live: HashMap::new(),
+            sender,
+            sensor_sender,
+            sensing: 0,
+            resources: self.resource_policies().await?,
+            resource_waiters: vec![Vec::new(); self.spec.resources.len()],
+            breaker_waiters: vec![VecDeque::new(); self.spec.resources.len()],
+            breaker_wake: vec![None; self.spec.resources.len()],
+            given_up: Vec::new(),
+            picked_permits: HashMap::new(),
+            permits: HashMap::new(),
+            shutting_down: false,
+        };
+        let live = self.store.live_attempts(&self.spec.name).await?;
+        let mut to_load: Vec<RunId> = runs.to_vec();
+        for attempt in &live {
+            if !to_load.contains(&attempt.run) {
+                to_load.push(attempt.run);
+            }
+        }
+        for run in to_load {
+            self.load_run(&mut book, run, &live).await?;
+        }
+        let mut shutdown_open = true;
+        let mut drain_deadline: Option<Millis> = None;
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.start_ready(&mut book).await?;
+            if !book.given_up.is_empty() {
+                self.settle_given_up(&mut book).await?;
+                continue;
+            }
+            if book.live.is_empty()
+                && (book.shutting_down || book.runs.iter().all(|run| run.finished))
+            {
+                break;
+            }
+            if book.live.is_empty()
+                && book.sensing == 0
+                && book.ready.is_empty()
+                && book.timers.is_empty()
+            {
+                self.settle_stuck_runs(&mut book).await?;
+                continue;
+            }
+            let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
+            let clock = self.clock.clone();
+            tokio::select! {
+                Some((run_index, task, report)) = sensor_receiver.recv() => {
+                    book.sensing = book.sensing.saturating_sub(1);
+                    self.on_sensor(&mut book, run_index, task, report).await?;
+                }
+                message = receiver.recv() => {
+                    if let Some(first) = message {
+                        let mut batch = vec![first];
+                        while let Ok(next) = receiver.try_recv() {
+                            batch.push(next);
+                        }
+                        self.on_reports(&mut book, batch).await?;
+                    }
+                }
+                _ = async move {
+                    match next_timer {
+                        Some(at) => clock.sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    for (run_index, gate) in self.fire_timers(&mut book) {
+                        self.evaluate_gate(&mut book, run_index, gate).await?;
+                        self.finish_run_if_done(&mut book, run_index).await?;
+                    }
+                }
+                _ = poll.tick() => self.poll_requests(&mut book).await?,
+                changed = shutdown.0.changed(), if shutdown_open => {
+                    let level = if changed.is_ok() { *shutdown.0.borrow_and_update() } else { ShutdownLevel::Running };
+                    if changed.is_err() {
+                        shutdown_open = false;
+                    }
+                    match level {
+                        ShutdownLevel::Drain if !book.shutting_down => {
+                            book.shutting_down = true;
+                            drain_deadline = Some(self.clock.now() + self.config.shutdown_grace.as_millis() as Millis);
+                        }
+                        ShutdownLevel::Now => {
+                            book.shutting_down = true;
+                            drain_deadline = None;
+                            for live in book.live.values() {
+                                (live.stop)();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = {
+                    let clock = self.clock.clone();
+                    async move {
+                        match drain_deadline {
+                            Some(at) => clock.sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    }
+                } => {
+                    // The grace period is over: stop what still runs; it resumes next time.
+                    drain_deadline = None;
+                    for live in book.live.values() {
+                        (live.stop)();
+                    }
+                }
+            }
+        }
+        let mut summaries = Vec::new();
+        for run in &book.runs {
+            if runs.contains(&run.record.id) {
+                summaries.push(RunSummary {
+                    run: run.record.id,
+                    partition: run.record.partition.clone(),
+                    state: run.record.state,
+                });
+            }
+        }
+        Ok(summaries)
+    }
+}
+
+/// Edit distance for "did you mean" on task names given on the command line.
+pub(crate) fn strsim_like(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}

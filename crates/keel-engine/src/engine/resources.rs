@@ -1,0 +1,256 @@
+//! Resource admission: rate limits, bulkheads, circuit breakers and retry budgets gate attempt
+//! starts; waiting uses up no attempt, and an open breaker is stored and taken up again after a
+//! restart.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Fresh resource policies, with the rate limits remembering the attempt starts of the last
+    /// window from the store, so a restarted Keel does not grant itself a second burst.
+    pub(super) async fn resource_policies(&mut self) -> Result<Vec<ResourcePolicy>, EngineError> {
+        let now = self.clock.now();
+        let longest = self
+            .spec
+            .resources
+            .iter()
+            .filter_map(|resource| resource.rate.map(|rate| rate.per.as_millis() as Millis))
+            .max();
+        let starts = match longest {
+            Some(window) => {
+                self.store
+                    .attempt_starts_since(&self.spec.name, now - window)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let stored = self.store.resource_states(&self.spec.name).await?;
+        Ok(self
+            .spec
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(index, resource)| {
+                let mine: Vec<Millis> = starts
+                    .iter()
+                    .filter(|(task, _)| {
+                        self.dag
+                            .index_of(task)
+                            .is_some_and(|task| self.task_uses[task].contains(&index))
+                    })
+                    .map(|(_, at)| *at)
+                    .collect();
+                let mut policy =
+                    ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));
+                policy.replay_starts(&mine);
+                // A breaker a previous Keel left open stays open: the state `keel status` shows
+                // is the state used.
+                if let Some(stored) = stored.iter().find(|stored| stored.name == resource.name)
+                    && stored.state != "closed"
+                {
+                    // A record from before Keel kept the times: open since it was written, and
+                    // the next attempt probes.
+                    policy.restore_breaker(
+                        stored.open_since.unwrap_or(stored.updated_at),
+                        stored.open_until.unwrap_or(stored.updated_at),
+                    );
+                }
+                policy
+            })
+            .collect())
+    }
+
+    /// Asks every resource a task uses whether an attempt may start now. If so, takes the
+    /// permits (kept until the claim is known); if not, parks the task until a time or until
+    /// an attempt on the resource ends. Waiting uses up no attempt.
+    pub(super) fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
+        let now = self.clock.now();
+        let mut until: Option<Millis> = None;
+        let mut release_of: Option<usize> = None;
+        for resource in &self.task_uses[task] {
+            match book.resources[*resource].check(now) {
+                Ok(_) => {}
+                Err(Wait::Until(at)) => until = Some(until.map_or(at, |current| current.max(at))),
+                Err(Wait::ForRelease) => {
+                    release_of.get_or_insert(*resource);
+                }
+                Err(Wait::Breaker(probe_at)) => {
+                    self.wait_for_breaker(book, *resource, run_index, task, probe_at);
+                    return false;
+                }
+            }
+        }
+        if let Some(at) = until {
+            book.timers
+                .push(Reverse((at.max(now + 1), run_index, Wake::Task(task))));
+            return false;
+        }
+        if let Some(resource) = release_of {
+            book.resource_waiters[resource].push((run_index, task));
+            return false;
+        }
+        let is_retry = book.runs[run_index].slots[task].attempts > 0;
+        let permits = self.task_uses[task]
+            .iter()
+            .map(|resource| {
+                let policy = &mut book.resources[*resource];
+                if !is_retry {
+                    policy.record_attempt(false, now);
+                }
+                (*resource, policy.acquire(now))
+            })
+            .collect();
+        book.picked_permits.insert((run_index, task), permits);
+        true
+    }
+
+    /// Queues a task behind a resource's breaker, or gives it up when the breaker has stayed
+    /// open past its `max_open`: a dependency that stays down ends the run instead of hanging it.
+    pub(super) fn wait_for_breaker(
+        &self,
+        book: &mut Book,
+        resource: usize,
+        run_index: usize,
+        task: TaskIndex,
+        probe_at: Option<Millis>,
+    ) {
+        let now = self.clock.now();
+        let policy = &book.resources[resource];
+        if policy.breaker_open_too_long(now) {
+            let since = policy.breaker_open_since().unwrap_or(now);
+            let down_for = std::time::Duration::from_millis((now - since).max(0) as u64);
+            book.given_up.push((
+                run_index,
+                task,
+                format!(
+                    "gave up waiting for resource {:?}: its circuit breaker has stayed open for {} and every probe failed; check the dependency, then `keel retry` this task",
+                    policy.name(),
+                    keel_model::format_duration(down_for)
+                ),
+            ));
+            return;
+        }
+        let waiters = &mut book.breaker_waiters[resource];
+        if !waiters.contains(&(run_index, task)) {
+            waiters.push_back((run_index, task));
+        }
+        if let Some(at) = probe_at
+            && book.breaker_wake[resource] != Some(at)
+        {
+            book.breaker_wake[resource] = Some(at);
+            book.timers.push(Reverse((
+                at.max(now + 1),
+                run_index,
+                Wake::Resource(resource),
+            )));
+        }
+    }
+
+    /// Ends the tasks that gave up on a resource whose breaker stayed open too long.
+    pub(super) async fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for (run_index, task, message) in std::mem::take(&mut book.given_up) {
+            let active = &mut book.runs[run_index];
+            if active.finished
+                || !matches!(
+                    active.slots[task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+            {
+                continue;
+            }
+            let change = TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Done,
+                outcome: Some(Outcome::Failed),
+                not_before: None,
+                message: Some(message.clone()),
+                reset_retry_budget: false,
+                reason: message,
+            };
+            self.store
+                .update_tasks(active.record.id, vec![change], self.clock.now())
+                .await?;
+            active.slots[task].state = TaskState::Done;
+            active.slots[task].outcome = Some(Outcome::Failed);
+            (self.observer)(Progress::TasksSettled {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                tasks: vec![self.dag.name(task).to_string()],
+                outcome: Outcome::Failed,
+            });
+            self.on_task_done(book, run_index, task, Outcome::Failed)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Returns permits to their resources, records breaker transitions, and wakes the tasks
+    /// that waited for an attempt on those resources to end.
+    pub(super) async fn release_permits(
+        &mut self,
+        book: &mut Book,
+        permits: Vec<(usize, Permit)>,
+        verdict: ResourceVerdict,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for (resource, permit) in permits {
+            let transition = book.resources[resource].release(permit, verdict, now);
+            book.ready
+                .extend(std::mem::take(&mut book.resource_waiters[resource]));
+            book.ready.extend(book.breaker_waiters[resource].drain(..));
+            if let Some(state) = transition {
+                let name = self.spec.resources[resource].name.clone();
+                let (label, detail) = match state {
+                    BreakerState::Closed => {
+                        ("closed", "closed: the dependency answers again".to_string())
+                    }
+                    BreakerState::Open { until } => (
+                        "open",
+                        format!(
+                            "open: tasks using it wait, using up no attempts; one probe may run in {}",
+                            keel_model::format_duration(std::time::Duration::from_millis(
+                                (until - now).max(0) as u64
+                            ))
+                        ),
+                    ),
+                    BreakerState::HalfOpen { .. } => (
+                        "half_open",
+                        "half open: the next attempt is a probe".to_string(),
+                    ),
+                };
+                self.store
+                    .set_resource_state(keel_store::ResourceStateRecord {
+                        pipeline: self.spec.name.clone(),
+                        name: name.clone(),
+                        state: label.to_string(),
+                        detail: detail.clone(),
+                        updated_at: now,
+                        open_since: book.resources[resource].breaker_open_since(),
+                        open_until: match state {
+                            BreakerState::Closed => None,
+                            BreakerState::Open { until } => Some(until),
+                            BreakerState::HalfOpen { .. } => Some(now),
+                        },
+                    })
+                    .await?;
+                for run in book.runs.iter().filter(|run| !run.finished) {
+                    self.store
+                        .append_event(NewEvent {
+                            run: run.record.id,
+                            task: None,
+                            attempt: None,
+                            kind: "breaker".into(),
+                            detail: format!("resource {name}: {detail}"),
+                            at: now,
+                        })
+                        .await?;
+                }
+                (self.observer)(Progress::BreakerChanged {
+                    resource: name,
+                    state: label,
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+}

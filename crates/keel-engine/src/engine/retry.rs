@@ -1,0 +1,99 @@
+//! The retry decision: where a task goes after an attempt ended.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Where a task goes after an attempt ended with `outcome`: done, retried at a time (charged
+    /// to the retry policy or not), or left to resume. This is the one retry decision; the
+    /// deadline, the breaker probe and the resources' retry budgets are all consulted here, in
+    /// this order, and a retry it grants is recorded in those budgets.
+    pub(super) fn next_step(
+        &mut self,
+        book: &mut Book,
+        live: &Live,
+        outcome: Outcome,
+        probe: bool,
+    ) -> (TaskNext, Option<String>) {
+        let now = self.clock.now();
+        let active = &book.runs[live.run];
+        let task_spec = &self.spec.tasks[live.task];
+        let slot = &active.slots[live.task];
+        if outcome.is_complete() {
+            return (TaskNext::Done(outcome), None);
+        }
+        if active.cancelling {
+            let outcome = if outcome == Outcome::Lost {
+                Outcome::Cancelled
+            } else {
+                outcome
+            };
+            return (TaskNext::Done(outcome), None);
+        }
+        if outcome == Outcome::Cancelled && book.shutting_down {
+            return (TaskNext::Resume, None);
+        }
+        let deadline = task_spec.deadline.as_millis() as Millis;
+        let within_deadline = now - slot.first_started_at.unwrap_or(now) < deadline;
+        if outcome == Outcome::NotReady {
+            if !within_deadline {
+                let note = format!(
+                    "still not ready after {}; the deadline passed",
+                    keel_model::format_duration(task_spec.deadline)
+                );
+                return (TaskNext::Done(Outcome::NotReady), Some(note));
+            }
+            let checks = slot.attempts.saturating_sub(slot.charged).max(1);
+            let delay = task_spec.retries.delay(checks, self.random.unit());
+            let not_before = now + delay.as_millis() as Millis;
+            let charge = false;
+            return (TaskNext::Retry { not_before, charge }, None);
+        }
+        if !outcome.is_retryable() {
+            return (TaskNext::Done(outcome), None);
+        }
+        if probe && within_deadline {
+            // A failed breaker probe says the dependency is still down, not that the task is
+            // bad: like waiting on an open breaker, it uses up no attempt.
+            let note = "the breaker's probe failed; that uses up no attempt".to_string();
+            let next = TaskNext::Retry {
+                not_before: now,
+                charge: false,
+            };
+            return (next, Some(note));
+        }
+        if !outcome.uses_retry_attempt() {
+            let next = TaskNext::Retry {
+                not_before: now,
+                charge: false,
+            };
+            return (next, None);
+        }
+        let charged = slot.charged + 1;
+        if charged >= task_spec.retries.attempts {
+            return (TaskNext::Done(outcome), None);
+        }
+        let uses = &self.task_uses[live.task];
+        if let Some(spent) = uses
+            .iter()
+            .find(|resource| !book.resources[**resource].can_retry(now))
+        {
+            let note = format!(
+                "not retried: resource {:?} has spent its retry budget, so a storm of retries cannot build up",
+                self.spec.resources[*spent].name
+            );
+            return (TaskNext::Done(outcome), Some(note));
+        }
+        for resource in uses {
+            book.resources[*resource].record_attempt(true, now);
+        }
+        let delay = task_spec.retries.delay(charged, self.random.unit());
+        let not_before = now + delay.as_millis() as Millis;
+        (
+            TaskNext::Retry {
+                not_before,
+                charge: true,
+            },
+            None,
+        )
+    }
+}

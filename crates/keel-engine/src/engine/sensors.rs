@@ -1,0 +1,169 @@
+//! Sensors (`wait_for`): polls run as processes without attempt rows, back off with jitter and
+//! end the task `not_ready` at its deadline.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Polls a task's sensor once, as a process like any attempt, but without an attempt row:
+    /// a poll is not an attempt and uses up none.
+    pub(super) fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
+        let now = self.clock.now();
+        let record = book.runs[run_index].record.clone();
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .clone()
+            .expect("called for tasks with a sensor");
+        let active = &mut book.runs[run_index];
+        active.slots[task].first_started_at.get_or_insert(now);
+        active.slots[task].state = TaskState::Waiting;
+        active.sensor_polls[task] += 1;
+        let dir = self
+            .config
+            .attempts_dir
+            .join(self.store.store_id())
+            .join(record.id.0.to_string())
+            .join(format!("{}.sensor.{now}", self.dag.name(task)));
+        let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);
+        let launch = Launch {
+            dir,
+            command,
+            env,
+            timeout: sensor
+                .every
+                .max(std::time::Duration::from_secs(1))
+                .min(self.spec.tasks[task].timeout),
+            heartbeat: None,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
+        };
+        let sender = book.sensor_sender.clone();
+        book.sensing += 1;
+        match self.executor.launch(launch) {
+            Ok(running) => {
+                tokio::spawn(async move {
+                    let report = running.completion.await;
+                    let _ = sender.send((run_index, task, report));
+                });
+            }
+            Err(error) => {
+                let _ = sender.send((
+                    run_index,
+                    task,
+                    Report::new(Outcome::Failed, format!("cannot start the sensor: {error}")),
+                ));
+            }
+        }
+    }
+
+    /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
+    pub(super) async fn on_sensor(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        report: Report,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .clone()
+            .expect("a sensor report for a task with a sensor");
+        let active = &mut book.runs[run_index];
+        if active.cancelling
+            || active.finished
+            || !matches!(
+                active.slots[task].state,
+                TaskState::Waiting | TaskState::Pending
+            )
+        {
+            return Ok(());
+        }
+        let run = active.record.id;
+        let name = self.dag.name(task).to_string();
+        let started = active.slots[task].first_started_at.unwrap_or(now);
+        let (ready, final_outcome, message) = match report.outcome {
+            Outcome::Succeeded | Outcome::NoData | Outcome::Skipped => (true, None, None),
+            Outcome::FailedPermanent => (
+                false,
+                Some(Outcome::FailedPermanent),
+                Some(format!(
+                    "sensor failed permanently: {}",
+                    report.message.unwrap_or_default()
+                )),
+            ),
+            _ if now - started >= sensor.deadline.as_millis() as Millis => (
+                false,
+                Some(Outcome::NotReady),
+                Some(format!(
+                    "still not ready after {}: the sensor {:?} never reported ready",
+                    keel_model::format_duration(sensor.deadline),
+                    sensor.command.join(" ")
+                )),
+            ),
+            _ => (false, None, report.message),
+        };
+        if let Some(outcome) = final_outcome {
+            let change = TaskChange {
+                task: name.clone(),
+                state: TaskState::Done,
+                outcome: Some(outcome),
+                not_before: None,
+                message: message.clone(),
+                reset_retry_budget: false,
+                reason: message.clone().unwrap_or_default(),
+            };
+            self.store.update_tasks(run, vec![change], now).await?;
+            let slot = &mut active.slots[task];
+            slot.state = TaskState::Done;
+            slot.outcome = Some(outcome);
+            (self.observer)(Progress::TasksSettled {
+                run,
+                partition: active.record.partition.clone(),
+                tasks: vec![name],
+                outcome,
+            });
+            return self.on_task_done(book, run_index, task, outcome).await;
+        }
+        let not_before = if ready {
+            None
+        } else {
+            // Jittered backoff from `every` up to `max`: the upper half of the ceiling, so polls
+            // spread out but never come in a burst.
+            let polls = active.sensor_polls[task].max(1);
+            let policy = keel_model::RetryPolicy {
+                attempts: u32::MAX,
+                initial: sensor.every,
+                max: sensor.max,
+                jitter: keel_model::Jitter::Equal,
+            };
+            let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
+            Some(
+                next.min(started + sensor.deadline.as_millis() as Millis)
+                    .max(now),
+            )
+        };
+        self.store
+            .record_sensor_poll(SensorPoll {
+                run,
+                task: name,
+                ready,
+                not_before,
+                message,
+                at: now,
+            })
+            .await?;
+        let active = &mut book.runs[run_index];
+        match not_before {
+            None => {
+                active.sensor_ready[task] = true;
+                active.slots[task].state = TaskState::Pending;
+                book.ready.push_back((run_index, task));
+            }
+            Some(at) => {
+                active.slots[task].state = TaskState::Waiting;
+                book.timers.push(Reverse((at, run_index, Wake::Task(task))));
+            }
+        }
+        Ok(())
+    }
+}

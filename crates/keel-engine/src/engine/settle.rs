@@ -1,0 +1,427 @@
+//! Settling: recording ended attempts, moving dependents on, propagating failures, cancelling,
+//! and deciding how a run ends.
+
+use super::*;
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Records a batch of ended attempts in one transaction, then moves their tasks on.
+    pub(super) async fn on_reports(
+        &mut self,
+        book: &mut Book,
+        reports: Vec<(AttemptId, Report)>,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let mut pending = Vec::with_capacity(reports.len());
+        let mut finishes = Vec::with_capacity(reports.len());
+        for (attempt, report) in reports {
+            let Some(live) = book.live.remove(&attempt) else {
+                continue;
+            };
+            let mut probe = false;
+            if let Some(permits) = book.permits.remove(&attempt) {
+                probe = permits.iter().any(|(_, permit)| permit.probe);
+                self.release_permits(book, permits, ResourceVerdict::of(report.outcome))
+                    .await?;
+            }
+            let (next, note) = self.next_step(book, &live, report.outcome, probe);
+            let message = match (report.message.clone(), note) {
+                (Some(message), Some(note)) => Some(format!("{message}; {note}")),
+                (message, note) => message.or(note),
+            };
+            finishes.push(FinishAttempt {
+                attempt,
+                epoch: live.epoch,
+                outcome: report.outcome,
+                exit_code: report.exit_code,
+                rows: report.rows,
+                metrics: report.metrics.clone(),
+                message: message.clone(),
+                next: next.clone(),
+                at: now,
+            });
+            pending.push((live, report.outcome, next, message));
+        }
+        if finishes.is_empty() {
+            return Ok(());
+        }
+        let results = self.store.finish_attempts(finishes).await?;
+        let mut done = Vec::new();
+        for ((live, outcome, next, message), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(StoreError::StaleLease { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+            let active = &mut book.runs[live.run];
+            let slot = &mut active.slots[live.task];
+            slot.outcome = Some(outcome);
+            let retry_at = match &next {
+                TaskNext::Done(final_outcome) => {
+                    slot.state = TaskState::Done;
+                    slot.outcome = Some(*final_outcome);
+                    done.push((live.run, live.task, *final_outcome));
+                    None
+                }
+                TaskNext::Retry { not_before, charge } => {
+                    slot.state = TaskState::Waiting;
+                    slot.charged += u32::from(*charge);
+                    book.timers
+                        .push(Reverse((*not_before, live.run, Wake::Task(live.task))));
+                    Some(*not_before)
+                }
+                TaskNext::Resume => {
+                    slot.state = TaskState::Pending;
+                    None
+                }
+            };
+            (self.observer)(Progress::AttemptFinished {
+                run: active.record.id,
+                partition: active.record.partition.clone(),
+                task: self.dag.name(live.task).to_string(),
+                attempt: live.number,
+                outcome,
+                message,
+                retry_at,
+            });
+        }
+        for (run_index, task, outcome) in done {
+            self.on_task_done(book, run_index, task, outcome).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_task_done(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        if std::mem::take(&mut active.needs_rerun[task])
+            && outcome.is_complete()
+            && !active.cancelling
+        {
+            // It ran without an upstream task that landed late: once more, with it.
+            let slot = &mut active.slots[task];
+            slot.state = TaskState::Pending;
+            slot.outcome = None;
+            let change = TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason: "an upstream task landed late while it ran; running again with it".into(),
+            };
+            self.store
+                .update_tasks(active.record.id, vec![change], self.clock.now())
+                .await?;
+            self.recompute_remaining(active);
+            if active.remaining[task] == 0 {
+                book.ready.push_back((run_index, task));
+            }
+            return Ok(());
+        }
+        active.done += 1;
+        if outcome.is_complete() {
+            let landed_late = std::mem::take(&mut active.waived[task]);
+            for dependent in self.dag.dependents(task) {
+                // An open gate already let this task's dependents outside its phase go on,
+                // except those that name it in their own `after`: they waited for it.
+                if landed_late && self.waivable(task, *dependent).is_some() {
+                    continue;
+                }
+                let remaining = &mut active.remaining[*dependent];
+                *remaining = remaining.saturating_sub(1);
+                if *remaining == 0
+                    && active.slots[*dependent].state == TaskState::Pending
+                    && !active.cancelling
+                {
+                    book.ready.push_back((run_index, *dependent));
+                }
+            }
+            if landed_late {
+                self.reconcile(book, run_index, task).await?;
+            }
+        } else {
+            self.propagate_failure(book, run_index, task).await?;
+        }
+        if let Some(gate) = self.topology.gate_of_task(task) {
+            self.evaluate_gate(book, run_index, gate).await?;
+        }
+        self.finish_run_if_done(book, run_index).await
+    }
+
+    /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
+    pub(super) async fn propagate_failure(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        // Walk downstream, but not out of a gated phase whose gate may still open (or has
+        // opened without this task): there the gate decides, not this failure.
+        let mut seen = vec![false; self.dag.len()];
+        let mut stack = vec![task];
+        let mut blocked: Vec<TaskIndex> = Vec::new();
+        while let Some(current) = stack.pop() {
+            for dependent in self.dag.dependents(current) {
+                if seen[*dependent] {
+                    continue;
+                }
+                if let Some(gate) = self.waivable(current, *dependent)
+                    && active.gates[gate] != GateStatus::Failed
+                {
+                    continue;
+                }
+                seen[*dependent] = true;
+                stack.push(*dependent);
+                if matches!(
+                    active.slots[*dependent].state,
+                    TaskState::Pending | TaskState::Waiting
+                ) {
+                    blocked.push(*dependent);
+                }
+            }
+        }
+        blocked.sort_unstable();
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        let upstream = self.dag.name(task);
+        let reason = format!(
+            "upstream task {upstream:?} ended {}",
+            active.slots[task]
+                .outcome
+                .map(Outcome::as_str)
+                .unwrap_or("unfinished")
+        );
+        let changes = blocked
+            .iter()
+            .map(|downstream| TaskChange {
+                task: self.dag.name(*downstream).to_string(),
+                state: TaskState::Done,
+                outcome: Some(Outcome::UpstreamFailed),
+                not_before: None,
+                message: Some(reason.clone()),
+                reset_retry_budget: false,
+                reason: reason.clone(),
+            })
+            .collect();
+        self.store
+            .update_tasks(active.record.id, changes, self.clock.now())
+            .await?;
+        for downstream in &blocked {
+            let slot = &mut active.slots[*downstream];
+            slot.state = TaskState::Done;
+            slot.outcome = Some(Outcome::UpstreamFailed);
+            active.done += 1;
+        }
+        (self.observer)(Progress::TasksSettled {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            tasks: blocked
+                .iter()
+                .map(|task| self.dag.name(*task).to_string())
+                .collect(),
+            outcome: Outcome::UpstreamFailed,
+        });
+        // A gated phase whose tasks were just settled may now be decided: a gate that can no
+        // longer be met passes the failure on downstream.
+        let mut gates: Vec<usize> = blocked
+            .iter()
+            .filter_map(|task| self.topology.gate_of_task(*task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        for gate in gates {
+            Box::pin(self.evaluate_gate(book, run_index, gate)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finish_run_if_done(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        if active.finished || active.done < active.slots.len() {
+            return Ok(());
+        }
+        let not_complete: Vec<&str> = (0..active.slots.len())
+            .filter(|task| {
+                !active.slots[*task]
+                    .outcome
+                    .is_some_and(Outcome::is_complete)
+            })
+            .map(|task| self.dag.name(task))
+            .collect();
+        // Tasks an open gate let the run go on without: missing, not failed.
+        let missing: Vec<&str> = (0..active.slots.len())
+            .filter(|task| {
+                !is_complete(&active.slots[*task])
+                    && self
+                        .topology
+                        .gate_of_task(*task)
+                        .is_some_and(|gate| active.gates[gate] == GateStatus::Open)
+            })
+            .map(|task| self.dag.name(task))
+            .collect();
+        let (state, message) = if active.cancelling {
+            (
+                RunState::Cancelled,
+                Some("cancelled on request".to_string()),
+            )
+        } else if not_complete.is_empty() {
+            (RunState::Succeeded, None)
+        } else if missing.len() == not_complete.len() {
+            (
+                RunState::Degraded,
+                Some(format!(
+                    "{} missing: {}; retry them to complete the run",
+                    missing.len(),
+                    missing.join(", ")
+                )),
+            )
+        } else {
+            let shown: Vec<&str> = not_complete.iter().take(5).copied().collect();
+            let more = not_complete.len().saturating_sub(shown.len());
+            let mut message = format!(
+                "{} of {} tasks did not complete: {}",
+                not_complete.len(),
+                active.slots.len(),
+                shown.join(", ")
+            );
+            if more > 0 {
+                message.push_str(&format!(" and {more} more"));
+            }
+            (RunState::Failed, Some(message))
+        };
+        self.store
+            .set_run_state(active.record.id, state, message, self.clock.now())
+            .await?;
+        active.finished = true;
+        active.record.state = state;
+        (self.observer)(Progress::RunFinished {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            state,
+        });
+        Ok(())
+    }
+
+    pub(super) async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for run_index in 0..book.runs.len() {
+            let active = &book.runs[run_index];
+            if active.finished || active.cancelling {
+                continue;
+            }
+            let record = self.store.run(active.record.id).await?;
+            if record.cancel_requested {
+                self.begin_cancel(book, run_index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn begin_cancel(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        if active.cancelling || active.finished {
+            return Ok(());
+        }
+        active.cancelling = true;
+        for live in book.live.values().filter(|live| live.run == run_index) {
+            (live.stop)();
+        }
+        let waiting: Vec<TaskIndex> = (0..active.slots.len())
+            .filter(|task| {
+                matches!(
+                    active.slots[*task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+            })
+            .collect();
+        if !waiting.is_empty() {
+            let changes = waiting
+                .iter()
+                .map(|task| TaskChange {
+                    task: self.dag.name(*task).to_string(),
+                    state: TaskState::Done,
+                    outcome: Some(Outcome::Cancelled),
+                    not_before: None,
+                    message: Some("the run was cancelled".into()),
+                    reset_retry_budget: false,
+                    reason: "the run was cancelled".into(),
+                })
+                .collect();
+            self.store
+                .update_tasks(active.record.id, changes, self.clock.now())
+                .await?;
+            for task in &waiting {
+                active.slots[*task].state = TaskState::Done;
+                active.slots[*task].outcome = Some(Outcome::Cancelled);
+                active.done += 1;
+            }
+        }
+        self.store
+            .append_event(NewEvent {
+                run: active.record.id,
+                task: None,
+                attempt: None,
+                kind: "cancelling".into(),
+                detail: format!(
+                    "{} waiting tasks cancelled, running attempts stopped",
+                    waiting.len()
+                ),
+                at: self.clock.now(),
+            })
+            .await?;
+        self.finish_run_if_done(book, run_index).await
+    }
+
+    /// Nothing is running, ready or scheduled, yet a run has unfinished tasks. With a valid DAG
+    /// this cannot happen; if it does, the run fails loudly rather than hanging.
+    pub(super) async fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        for run_index in 0..book.runs.len() {
+            if book.runs[run_index].finished {
+                continue;
+            }
+            let active = &mut book.runs[run_index];
+            let stuck: Vec<TaskIndex> = (0..active.slots.len())
+                .filter(|task| active.slots[*task].state != TaskState::Done)
+                .collect();
+            let changes = stuck
+                .iter()
+                .map(|task| TaskChange {
+                    task: self.dag.name(*task).to_string(),
+                    state: TaskState::Done,
+                    outcome: Some(Outcome::UpstreamFailed),
+                    not_before: None,
+                    message: Some(
+                        "no path to start this task; its dependencies can never complete".into(),
+                    ),
+                    reset_retry_budget: false,
+                    reason: "stuck".into(),
+                })
+                .collect();
+            self.store
+                .update_tasks(active.record.id, changes, self.clock.now())
+                .await?;
+            for task in stuck {
+                active.slots[task].state = TaskState::Done;
+                active.slots[task].outcome = Some(Outcome::UpstreamFailed);
+                active.done += 1;
+            }
+            self.finish_run_if_done(book, run_index).await?;
+        }
+        Ok(())
+    }
+}
