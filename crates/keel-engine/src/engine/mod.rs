@@ -285,6 +285,75 @@ struct Book {
     shutting_down: bool,
 }
 
+/// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers.
+struct Inbox {
+    reports: mpsc::UnboundedReceiver<(AttemptId, Report)>,
+    sensors: mpsc::UnboundedReceiver<(usize, TaskIndex, Report)>,
+    shutdown: Shutdown,
+    /// False once the shutdown trigger was dropped: no shutdown can come any more.
+    shutdown_open: bool,
+    /// When to look in the store for cancel requests from other processes.
+    poll: tokio::time::Interval,
+    /// When a drain's grace period ends.
+    drain_deadline: Option<Millis>,
+}
+
+/// What woke the engine's loop.
+enum Wakeup {
+    Sensor(usize, TaskIndex, Report),
+    Reports(Vec<(AttemptId, Report)>),
+    Timer,
+    Poll,
+    Shutdown(ShutdownLevel),
+    DrainOver,
+}
+
+impl Book {
+    /// Stops every running attempt; each reports its end as usual.
+    fn stop_all(&self) {
+        for live in self.live.values() {
+            (live.stop)();
+        }
+    }
+}
+
+/// Sleeps until something needs the engine: an attempt or a sensor poll ended, a timer is due,
+/// the store is due a poll for requests, or a shutdown was asked for or ran out. A free function,
+/// so that the engine itself need not be shared across the await.
+async fn wait<C: Clock>(clock: Arc<C>, next_timer: Option<Millis>, inbox: &mut Inbox) -> Wakeup {
+    let sleep_until = |at: Option<Millis>| {
+        let clock = clock.clone();
+        async move {
+            match at {
+                Some(at) => clock.sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        Some((run_index, task, report)) = inbox.sensors.recv() => {
+            Wakeup::Sensor(run_index, task, report)
+        }
+        Some(first) = inbox.reports.recv() => {
+            let mut batch = vec![first];
+            while let Ok(next) = inbox.reports.try_recv() {
+                batch.push(next);
+            }
+            Wakeup::Reports(batch)
+        }
+        _ = sleep_until(next_timer) => Wakeup::Timer,
+        _ = inbox.poll.tick() => Wakeup::Poll,
+        changed = inbox.shutdown.0.changed(), if inbox.shutdown_open => match changed {
+            Ok(()) => Wakeup::Shutdown(*inbox.shutdown.0.borrow_and_update()),
+            Err(_) => {
+                inbox.shutdown_open = false;
+                Wakeup::Poll
+            }
+        },
+        _ = sleep_until(inbox.drain_deadline) => Wakeup::DrainOver,
+    }
+}
+
 /// Follows a started attempt: keeps its stop handle and reports its end to the engine's loop.
 fn watch(book: &mut Book, attempt: AttemptId, running: keel_exec::Running) {
     if let Some(live) = book.live.get_mut(&attempt) {
@@ -503,6 +572,80 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(run.id)
     }
 
+    /// An empty book, and the inbox its attempts and sensors report to.
+    async fn new_book(&mut self, shutdown: Shutdown) -> Result<(Book, Inbox), EngineError> {
+        let (sender, reports) = mpsc::unbounded_channel();
+        let (sensor_sender, sensors) = mpsc::unbounded_channel();
+        let resources = self.spec.resources.len();
+        let book = Book {
+            runs: Vec::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            live: HashMap::new(),
+            sender,
+            sensor_sender,
+            sensing: 0,
+            resources: self.resource_policies().await?,
+            resource_waiters: vec![Vec::new(); resources],
+            breaker_waiters: vec![VecDeque::new(); resources],
+            breaker_wake: vec![None; resources],
+            given_up: Vec::new(),
+            picked_permits: HashMap::new(),
+            permits: HashMap::new(),
+            shutting_down: false,
+        };
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let inbox = Inbox {
+            reports,
+            sensors,
+            shutdown,
+            shutdown_open: true,
+            poll,
+            drain_deadline: None,
+        };
+        Ok((book, inbox))
+    }
+
+    async fn on_wakeup(
+        &mut self,
+        book: &mut Book,
+        inbox: &mut Inbox,
+        wakeup: Wakeup,
+    ) -> Result<(), EngineError> {
+        match wakeup {
+            Wakeup::Sensor(run_index, task, report) => {
+                book.sensing = book.sensing.saturating_sub(1);
+                self.on_sensor(book, run_index, task, report).await?;
+            }
+            Wakeup::Reports(batch) => self.on_reports(book, batch).await?,
+            Wakeup::Timer => {
+                for (run_index, gate) in self.fire_timers(book) {
+                    self.evaluate_gate(book, run_index, gate).await?;
+                    self.finish_run_if_done(book, run_index).await?;
+                }
+            }
+            Wakeup::Poll => self.poll_requests(book).await?,
+            Wakeup::Shutdown(ShutdownLevel::Drain) if !book.shutting_down => {
+                book.shutting_down = true;
+                let grace = self.config.shutdown_grace.as_millis() as Millis;
+                inbox.drain_deadline = Some(self.clock.now() + grace);
+            }
+            Wakeup::Shutdown(ShutdownLevel::Now) => {
+                book.shutting_down = true;
+                inbox.drain_deadline = None;
+                book.stop_all();
+            }
+            Wakeup::Shutdown(_) => {}
+            Wakeup::DrainOver => {
+                // The grace period is over: stop what still runs; it resumes next time.
+                inbox.drain_deadline = None;
+                book.stop_all();
+            }
+        }
+        Ok(())
+    }
+
     /// Executes `runs` until every one has finished, or until a shutdown: on [`Shutdown`]'s
     /// drain no attempt starts any more and running ones may finish for up to
     /// `EngineConfig::shutdown_grace`, after which they are stopped and left to be resumed; on
@@ -512,27 +655,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     pub async fn execute(
         &mut self,
         runs: &[RunId],
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) -> Result<Vec<RunSummary>, EngineError> {
-        let (sender, mut receiver) = mpsc::unbounded_channel();
-        let (sensor_sender, mut sensor_receiver) = mpsc::unbounded_channel();
-        let mut book = Book {
-            runs: Vec::new(),
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            live: HashMap::new(),
-            sender,
-            sensor_sender,
-            sensing: 0,
-            resources: self.resource_policies().await?,
-            resource_waiters: vec![Vec::new(); self.spec.resources.len()],
-            breaker_waiters: vec![VecDeque::new(); self.spec.resources.len()],
-            breaker_wake: vec![None; self.spec.resources.len()],
-            given_up: Vec::new(),
-            picked_permits: HashMap::new(),
-            permits: HashMap::new(),
-            shutting_down: false,
-        };
+        let (mut book, mut inbox) = self.new_book(shutdown).await?;
         let live = self.store.live_attempts(&self.spec.name).await?;
         let mut to_load: Vec<RunId> = runs.to_vec();
         for attempt in &live {
@@ -543,10 +668,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         for run in to_load {
             self.load_run(&mut book, run, &live).await?;
         }
-        let mut shutdown_open = true;
-        let mut drain_deadline: Option<Millis> = None;
-        let mut poll = tokio::time::interval(self.config.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.start_ready(&mut book).await?;
             if !book.given_up.is_empty() {
@@ -567,69 +688,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 continue;
             }
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
-            let clock = self.clock.clone();
-            tokio::select! {
-                Some((run_index, task, report)) = sensor_receiver.recv() => {
-                    book.sensing = book.sensing.saturating_sub(1);
-                    self.on_sensor(&mut book, run_index, task, report).await?;
-                }
-                message = receiver.recv() => {
-                    if let Some(first) = message {
-                        let mut batch = vec![first];
-                        while let Ok(next) = receiver.try_recv() {
-                            batch.push(next);
-                        }
-                        self.on_reports(&mut book, batch).await?;
-                    }
-                }
-                _ = async move {
-                    match next_timer {
-                        Some(at) => clock.sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    for (run_index, gate) in self.fire_timers(&mut book) {
-                        self.evaluate_gate(&mut book, run_index, gate).await?;
-                        self.finish_run_if_done(&mut book, run_index).await?;
-                    }
-                }
-                _ = poll.tick() => self.poll_requests(&mut book).await?,
-                changed = shutdown.0.changed(), if shutdown_open => {
-                    let level = if changed.is_ok() { *shutdown.0.borrow_and_update() } else { ShutdownLevel::Running };
-                    if changed.is_err() {
-                        shutdown_open = false;
-                    }
-                    match level {
-                        ShutdownLevel::Drain if !book.shutting_down => {
-                            book.shutting_down = true;
-                            drain_deadline = Some(self.clock.now() + self.config.shutdown_grace.as_millis() as Millis);
-                        }
-                        ShutdownLevel::Now => {
-                            book.shutting_down = true;
-                            drain_deadline = None;
-                            for live in book.live.values() {
-                                (live.stop)();
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ = {
-                    let clock = self.clock.clone();
-                    async move {
-                        match drain_deadline {
-                            Some(at) => clock.sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    }
-                } => {
-                    // The grace period is over: stop what still runs; it resumes next time.
-                    drain_deadline = None;
-                    for live in book.live.values() {
-                        (live.stop)();
-                    }
-                }
-            }
+            let wakeup = wait(self.clock.clone(), next_timer, &mut inbox).await;
+            self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
         }
         let mut summaries = Vec::new();
         for run in &book.runs {
