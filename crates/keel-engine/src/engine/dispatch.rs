@@ -13,97 +13,114 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             if room == 0 || book.shutting_down {
                 return Ok(());
             }
-            let mut picked: Vec<(usize, TaskIndex)> = Vec::new();
-            while picked.len() < room {
-                let Some((run_index, task)) = book.ready.pop_front() else {
-                    break;
-                };
-                let active = &book.runs[run_index];
-                if active.cancelling
-                    || active.finished
-                    || !matches!(
-                        active.slots[task].state,
-                        TaskState::Pending | TaskState::Waiting
-                    )
-                    || picked.contains(&(run_index, task))
-                {
-                    continue;
-                }
-                if self.spec.tasks[task].wait_for.is_some()
-                    && !active.sensor_ready[task]
-                    && active.slots[task].attempts == 0
-                {
-                    self.start_sensor(book, run_index, task);
-                    continue;
-                }
-                if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
-                    continue;
-                }
-                picked.push((run_index, task));
-            }
+            let picked = self.pick_ready(book, room);
             if picked.is_empty() {
                 return Ok(());
             }
-            let now = self.clock.now();
-            let claims = picked
-                .iter()
-                .map(|(run_index, task)| {
-                    let record = &book.runs[*run_index].record;
-                    let number = book.runs[*run_index].slots[*task].attempts + 1;
-                    ClaimAttempt {
-                        run: record.id,
-                        task: self.dag.name(*task).to_string(),
-                        owner: self.config.owner.clone(),
-                        dir: self
-                            .attempt_dir(record.id, *task, number)
-                            .display()
-                            .to_string(),
-                        // A retry may run a newer pipeline file than its run was created with.
-                        version: self.version.clone(),
-                        lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
-                        at: now,
-                    }
-                })
-                .collect();
-            let results = self.store.claim_attempts(claims).await?;
-            let mut started = Vec::new();
-            for ((run_index, task), result) in picked.into_iter().zip(results) {
-                let mut permits = book.picked_permits.remove(&(run_index, task));
-                if result.is_err()
-                    && let Some(unused) = permits.take()
-                {
-                    self.release_permits(book, unused, ResourceVerdict::Neutral)
-                        .await?;
-                }
-                match result {
-                    Ok(attempt) => {
-                        if let Some(permits) = permits {
-                            book.permits.insert(attempt.id, permits);
-                        }
-                        // Every attempt that started gets its start time, even when the
-                        // executor cannot say which process supervises it.
-                        if let Some(pid) =
-                            self.start_attempt(book, run_index, task, &attempt).await?
-                        {
-                            started.push((attempt.id, attempt.lease_epoch, pid));
-                        }
-                    }
-                    Err(StoreError::AlreadyLive { .. }) => {
-                        // Another run of this partition is running the task; try again shortly.
-                        book.timers
-                            .push(Reverse((now + 1_000, run_index, Wake::Task(task))));
-                    }
-                    Err(StoreError::NotClaimable { .. }) => {}
-                    Err(error) => return Err(error.into()),
-                }
+            self.claim_and_launch(book, picked).await?;
+        }
+    }
+
+    /// Takes up to `room` tasks off the ready queue that may start an attempt now. Tasks that
+    /// must first poll their sensor start the poll instead; tasks a resource holds back are
+    /// parked until it lets them go.
+    fn pick_ready(&mut self, book: &mut Book, room: usize) -> Vec<(usize, TaskIndex)> {
+        let mut picked: Vec<(usize, TaskIndex)> = Vec::new();
+        while picked.len() < room {
+            let Some((run_index, task)) = book.ready.pop_front() else {
+                break;
+            };
+            let active = &book.runs[run_index];
+            if active.cancelling
+                || active.finished
+                || !matches!(
+                    active.slots[task].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+                || picked.contains(&(run_index, task))
+            {
+                continue;
             }
-            if !started.is_empty() {
-                // A stale result only means the attempt already ended; nothing to undo.
-                self.store
-                    .mark_attempts_started(started, self.clock.now())
-                    .await?;
+            if self.spec.tasks[task].wait_for.is_some()
+                && !active.sensor_ready[task]
+                && active.slots[task].attempts == 0
+            {
+                self.start_sensor(book, run_index, task);
+                continue;
+            }
+            if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
+                continue;
+            }
+            picked.push((run_index, task));
+        }
+        picked
+    }
+
+    /// Claims the picked tasks' attempts in one transaction, launches those claimed, and
+    /// records their start in a second one.
+    async fn claim_and_launch(
+        &mut self,
+        book: &mut Book,
+        picked: Vec<(usize, TaskIndex)>,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let claims = picked
+            .iter()
+            .map(|(run_index, task)| {
+                let record = &book.runs[*run_index].record;
+                let number = book.runs[*run_index].slots[*task].attempts + 1;
+                let dir = self.attempt_dir(record.id, *task, number);
+                ClaimAttempt {
+                    run: record.id,
+                    task: self.dag.name(*task).to_string(),
+                    owner: self.config.owner.clone(),
+                    dir: dir.display().to_string(),
+                    // A retry may run a newer pipeline file than its run was created with.
+                    version: self.version.clone(),
+                    lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
+                    at: now,
+                }
+            })
+            .collect();
+        let results = self.store.claim_attempts(claims).await?;
+        let mut started = Vec::new();
+        for ((run_index, task), result) in picked.into_iter().zip(results) {
+            let permits = book.picked_permits.remove(&(run_index, task));
+            let attempt = match result {
+                Ok(attempt) => attempt,
+                Err(error) => {
+                    if let Some(unused) = permits {
+                        let verdict = ResourceVerdict::Neutral;
+                        self.release_permits(book, unused, verdict).await?;
+                    }
+                    match error {
+                        // Another run of this partition is running the task; try again shortly.
+                        StoreError::AlreadyLive { .. } => {
+                            book.timers
+                                .push(Reverse((now + 1_000, run_index, Wake::Task(task))))
+                        }
+                        StoreError::NotClaimable { .. } => {}
+                        error => return Err(error.into()),
+                    }
+                    continue;
+                }
+            };
+            if let Some(permits) = permits {
+                book.permits.insert(attempt.id, permits);
+            }
+            // Every attempt that started gets its start time, even when the executor cannot
+            // say which process supervises it.
+            if let Some(pid) = self.start_attempt(book, run_index, task, &attempt).await? {
+                started.push((attempt.id, attempt.lease_epoch, pid));
             }
         }
+        if !started.is_empty() {
+            // A stale result only means the attempt already ended; nothing to undo.
+            self.store
+                .mark_attempts_started(started, self.clock.now())
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {

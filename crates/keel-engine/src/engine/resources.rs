@@ -157,27 +157,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             {
                 continue;
             }
-            let change = TaskChange {
-                task: self.dag.name(task).to_string(),
-                state: TaskState::Done,
-                outcome: Some(Outcome::Failed),
-                not_before: None,
-                message: Some(message.clone()),
-                reset_retry_budget: false,
-                reason: message,
-            };
-            self.store
-                .update_tasks(active.record.id, vec![change], self.clock.now())
-                .await?;
-            active.slots[task].state = TaskState::Done;
-            active.slots[task].outcome = Some(Outcome::Failed);
-            (self.observer)(Progress::TasksSettled {
-                run: active.record.id,
-                partition: active.record.partition.clone(),
-                tasks: vec![self.dag.name(task).to_string()],
-                outcome: Outcome::Failed,
-            });
-            self.on_task_done(book, run_index, task, Outcome::Failed)
+            self.settle_task(book, run_index, task, Outcome::Failed, message)
                 .await?;
         }
         Ok(())

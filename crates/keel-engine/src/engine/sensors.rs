@@ -63,12 +63,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         task: TaskIndex,
         report: Report,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let sensor = self.spec.tasks[task]
-            .wait_for
-            .clone()
-            .expect("a sensor report for a task with a sensor");
-        let active = &mut book.runs[run_index];
+        let active = &book.runs[run_index];
         if active.cancelling
             || active.finished
             || !matches!(
@@ -78,80 +73,25 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         {
             return Ok(());
         }
-        let run = active.record.id;
-        let name = self.dag.name(task).to_string();
-        let started = active.slots[task].first_started_at.unwrap_or(now);
-        let (ready, final_outcome, message) = match report.outcome {
-            Outcome::Succeeded | Outcome::NoData | Outcome::Skipped => (true, None, None),
-            Outcome::FailedPermanent => (
-                false,
-                Some(Outcome::FailedPermanent),
-                Some(format!(
-                    "sensor failed permanently: {}",
-                    report.message.unwrap_or_default()
-                )),
-            ),
-            _ if now - started >= sensor.deadline.as_millis() as Millis => (
-                false,
-                Some(Outcome::NotReady),
-                Some(format!(
-                    "still not ready after {}: the sensor {:?} never reported ready",
-                    keel_model::format_duration(sensor.deadline),
-                    sensor.command.join(" ")
-                )),
-            ),
-            _ => (false, None, report.message),
+        let now = self.clock.now();
+        let (ready, not_before, message) = match self.sensor_verdict(active, task, report, now) {
+            SensorVerdict::Ready => (true, None, None),
+            SensorVerdict::Again { at, message } => (false, Some(at), message),
+            SensorVerdict::Final { outcome, message } => {
+                return self
+                    .settle_task(book, run_index, task, outcome, message)
+                    .await;
+            }
         };
-        if let Some(outcome) = final_outcome {
-            let change = TaskChange {
-                task: name.clone(),
-                state: TaskState::Done,
-                outcome: Some(outcome),
-                not_before: None,
-                message: message.clone(),
-                reset_retry_budget: false,
-                reason: message.clone().unwrap_or_default(),
-            };
-            self.store.update_tasks(run, vec![change], now).await?;
-            let slot = &mut active.slots[task];
-            slot.state = TaskState::Done;
-            slot.outcome = Some(outcome);
-            (self.observer)(Progress::TasksSettled {
-                run,
-                partition: active.record.partition.clone(),
-                tasks: vec![name],
-                outcome,
-            });
-            return self.on_task_done(book, run_index, task, outcome).await;
-        }
-        let not_before = if ready {
-            None
-        } else {
-            // Jittered backoff from `every` up to `max`: the upper half of the ceiling, so polls
-            // spread out but never come in a burst.
-            let polls = active.sensor_polls[task].max(1);
-            let policy = keel_model::RetryPolicy {
-                attempts: u32::MAX,
-                initial: sensor.every,
-                max: sensor.max,
-                jitter: keel_model::Jitter::Equal,
-            };
-            let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
-            Some(
-                next.min(started + sensor.deadline.as_millis() as Millis)
-                    .max(now),
-            )
+        let poll = SensorPoll {
+            run: active.record.id,
+            task: self.dag.name(task).to_string(),
+            ready,
+            not_before,
+            message,
+            at: now,
         };
-        self.store
-            .record_sensor_poll(SensorPoll {
-                run,
-                task: name,
-                ready,
-                not_before,
-                message,
-                at: now,
-            })
-            .await?;
+        self.store.record_sensor_poll(poll).await?;
         let active = &mut book.runs[run_index];
         match not_before {
             None => {
@@ -166,4 +106,65 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         Ok(())
     }
+
+    /// What one poll's report means for the task.
+    fn sensor_verdict(
+        &mut self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        report: Report,
+        now: Millis,
+    ) -> SensorVerdict {
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .as_ref()
+            .expect("a sensor report for a task with a sensor");
+        let started = active.slots[task].first_started_at.unwrap_or(now);
+        let deadline = started + sensor.deadline.as_millis() as Millis;
+        match report.outcome {
+            Outcome::Succeeded | Outcome::NoData | Outcome::Skipped => SensorVerdict::Ready,
+            Outcome::FailedPermanent => SensorVerdict::Final {
+                outcome: Outcome::FailedPermanent,
+                message: format!(
+                    "sensor failed permanently: {}",
+                    report.message.unwrap_or_default()
+                ),
+            },
+            _ if now >= deadline => SensorVerdict::Final {
+                outcome: Outcome::NotReady,
+                message: format!(
+                    "still not ready after {}: the sensor {:?} never reported ready",
+                    keel_model::format_duration(sensor.deadline),
+                    sensor.command.join(" ")
+                ),
+            },
+            _ => {
+                // Jittered backoff from `every` up to `max`: the upper half of the ceiling, so
+                // polls spread out but never come in a burst. The poll count is stored, so a
+                // restart keeps the backoff where it was.
+                let polls = active.sensor_polls[task].max(1);
+                let policy = keel_model::RetryPolicy {
+                    attempts: u32::MAX,
+                    initial: sensor.every,
+                    max: sensor.max,
+                    jitter: keel_model::Jitter::Equal,
+                };
+                let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
+                SensorVerdict::Again {
+                    at: next.min(deadline).max(now),
+                    message: report.message,
+                }
+            }
+        }
+    }
+}
+
+/// What a sensor poll means for its task.
+enum SensorVerdict {
+    /// Ready: the task may start its first attempt.
+    Ready,
+    /// Not ready yet: poll again at `at`.
+    Again { at: Millis, message: Option<String> },
+    /// The task ends without an attempt.
+    Final { outcome: Outcome, message: String },
 }

@@ -4,6 +4,41 @@
 use super::*;
 
 impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Ends a task that is not running with `outcome` (no attempt: a sensor that gave up, a
+    /// resource that stayed down), then moves its dependents on.
+    pub(super) async fn settle_task(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        outcome: Outcome,
+        message: String,
+    ) -> Result<(), EngineError> {
+        let active = &mut book.runs[run_index];
+        let name = self.dag.name(task).to_string();
+        let change = TaskChange {
+            task: name.clone(),
+            state: TaskState::Done,
+            outcome: Some(outcome),
+            not_before: None,
+            message: Some(message.clone()),
+            reset_retry_budget: false,
+            reason: message,
+        };
+        self.store
+            .update_tasks(active.record.id, vec![change], self.clock.now())
+            .await?;
+        active.slots[task].state = TaskState::Done;
+        active.slots[task].outcome = Some(outcome);
+        (self.observer)(Progress::TasksSettled {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            tasks: vec![name],
+            outcome,
+        });
+        self.on_task_done(book, run_index, task, outcome).await
+    }
+
     /// Records a batch of ended attempts in one transaction, then moves their tasks on.
     pub(super) async fn on_reports(
         &mut self,
