@@ -11,6 +11,7 @@
 mod clock;
 mod engine;
 mod gate;
+pub mod policy;
 pub mod template;
 
 pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};

@@ -8,7 +8,6 @@
 //! This crate never touches the state store and never decides about retries.
 
 pub mod host;
-pub mod policy;
 pub mod process;
 mod report;
 pub mod supervisor;

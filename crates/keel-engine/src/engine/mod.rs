@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_exec::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
+use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
 use keel_exec::{Adopted, Executor, Launch, Report};
 use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,

@@ -15,8 +15,9 @@
 //! its records.
 //!
 //! Memory is bounded independently of traffic and of how long Keel runs; each type documents its
-//! bound. The state is in memory only: after a restart a resource starts closed, with a full
-//! bucket and an empty history, and learns again.
+//! bound. The engine, their only user, stores what must outlive it: an open breaker (since when,
+//! and when it may probe) is taken up again after a restart, and a rate limit replays the last
+//! window's attempt starts from the store.
 
 mod breaker;
 mod budget;

@@ -38,7 +38,7 @@ const MAX_ENTRIES: usize = 1024;
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_exec::policy::TokenBucket;
+/// use keel_engine::policy::TokenBucket;
 /// use keel_model::Rate;
 ///
 /// let mut bucket = TokenBucket::new(Rate { tokens: 2, per: Duration::from_secs(1) }, 0);

@@ -11,7 +11,7 @@
 /// `enter` is ignored rather than wrapping below zero.
 ///
 /// ```
-/// use keel_exec::policy::Bulkhead;
+/// use keel_engine::policy::Bulkhead;
 ///
 /// let mut pool = Bulkhead::new(1);
 /// assert!(pool.enter());

@@ -92,7 +92,7 @@ impl Verdict {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_exec::policy::{Admission, Breaker, BreakerState, Verdict};
+/// use keel_engine::policy::{Admission, Breaker, BreakerState, Verdict};
 /// use keel_model::BreakerSpec;
 ///
 /// let spec = BreakerSpec { failures: 2, ratio: None, window: 0, cooldown: Duration::from_secs(30), max_open: Duration::from_secs(1800) };

@@ -49,7 +49,7 @@ pub struct Permit {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_exec::policy::{ResourcePolicy, Verdict, Wait};
+/// use keel_engine::policy::{ResourcePolicy, Verdict, Wait};
 /// use keel_model::{Rate, ResourceSpec};
 ///
 /// let spec = ResourceSpec {

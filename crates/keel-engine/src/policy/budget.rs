@@ -34,7 +34,7 @@ const SLOTS: u64 = 100;
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_exec::policy::RetryBudget;
+/// use keel_engine::policy::RetryBudget;
 /// use keel_model::RetryBudgetSpec;
 ///
 /// let spec = RetryBudgetSpec { ratio: 0.5, window: Duration::from_secs(60), min: 0 };
