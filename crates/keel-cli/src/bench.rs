@@ -12,7 +12,7 @@ use keel_model::Dag;
 use keel_store::{ClaimAttempt, FinishAttempt, NewRun, SqliteStore, Store, TaskNext};
 
 use crate::args::BenchArgs;
-use crate::commands::build_engine;
+use crate::setup::build_engine;
 use crate::state::StatePaths;
 
 /// A pipeline of `levels` phases of `width` `true` tasks; each phase runs after the previous

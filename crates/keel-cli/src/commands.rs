@@ -5,16 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use keel_engine::{
-    Engine, EngineConfig, Prepared, RunRequest, RunSummary, SplitMix64, SystemClock,
-};
-use keel_exec::ProcessExecutor;
-use keel_model::{PipelineSpec, RunState};
-use keel_store::{SqliteStore, Store};
+use keel_engine::{Prepared, RunRequest, RunSummary};
+use keel_model::RunState;
+use keel_store::Store;
 
 use crate::Exit;
 use crate::args::{CancelArgs, Cli, Command, LogsArgs, RetryArgs, RunArgs, StatusArgs};
 use crate::display::{self, ProgressDisplay};
+use crate::setup::{ProcessEngine, build_engine};
 use crate::state::{self, StatePaths};
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
@@ -60,61 +58,6 @@ fn validate(path: &Path) -> Result<u8> {
         spec.version()
     );
     Ok(0)
-}
-
-/// How long running attempts may finish after a first SIGINT or SIGTERM, unless `--grace` says.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-
-/// A process-unique lease owner: host, pid and a nonce.
-fn owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.subsec_nanos())
-        .unwrap_or(0);
-    format!("{host}:{}:{nonce:08x}", std::process::id())
-}
-
-pub type ProcessEngine = Engine<SqliteStore, ProcessExecutor, SystemClock>;
-
-pub fn build_engine(
-    spec: PipelineSpec,
-    paths: &StatePaths,
-    store: SqliteStore,
-) -> Result<ProcessEngine> {
-    build_engine_with_env(spec, paths, store, Vec::new())
-}
-
-/// Like [`build_engine`], adding `extra_env` to every task's environment.
-pub fn build_engine_with_env(
-    spec: PipelineSpec,
-    paths: &StatePaths,
-    store: SqliteStore,
-    extra_env: Vec<(String, String)>,
-) -> Result<ProcessEngine> {
-    let program = std::env::current_exe()
-        .context("cannot find the keel executable to start attempt supervisors")?;
-    let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
-    let config = EngineConfig {
-        owner: owner(),
-        attempts_dir: paths.attempts_dir(),
-        kill_grace: Duration::from_secs(5),
-        log_cap: 10 << 20,
-        lease_ttl: Duration::from_secs(600),
-        poll_interval: Duration::from_millis(250),
-        extra_env,
-        shutdown_grace: DEFAULT_GRACE,
-    };
-    Ok(Engine::new(
-        store,
-        executor,
-        SystemClock,
-        Box::new(SplitMix64::from_entropy()),
-        spec,
-        config,
-    ))
 }
 
 /// The first SIGINT or SIGTERM drains (no new attempts; running ones may finish within the

@@ -14,7 +14,7 @@ use keel_model::{Outcome, RunState};
 use keel_store::Store;
 
 use crate::args::DemoArgs;
-use crate::commands::build_engine_with_env;
+use crate::setup::build_engine_with_env;
 use crate::state::StatePaths;
 
 const PIPELINE: &str = include_str!("../../../examples/hoops/keel.toml");

@@ -11,7 +11,7 @@ use keel_engine::Progress;
 use keel_model::{Outcome, RunId, TaskState, format_duration};
 use keel_store::{RunRecord, Store};
 
-use crate::commands::ProcessEngine;
+use crate::setup::ProcessEngine;
 
 #[derive(Default)]
 struct Counts {

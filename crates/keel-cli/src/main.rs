@@ -8,6 +8,7 @@ mod bench;
 mod commands;
 mod demo;
 mod display;
+mod setup;
 mod state;
 
 use std::process::ExitCode;

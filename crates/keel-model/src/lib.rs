@@ -11,7 +11,7 @@ mod spec;
 
 pub use dag::{Dag, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
-pub use outcome::{Outcome, RunState, TaskState, UnknownName};
+pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
     BreakerSpec, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, GateSpec, Jitter,
     PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,

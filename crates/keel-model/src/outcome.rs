@@ -142,3 +142,35 @@ mod tests {
         assert!("exploded".parse::<Outcome>().is_err());
     }
 }
+
+named_enum!(
+    /// What an entry of the event log records. The event log is append-only and every state
+    /// transition writes one entry, in the same transaction as the transition.
+    EventKind, "event kind" {
+        RunCreated => "run_created",
+        RunState => "run_state",
+        TaskAdded => "task_added",
+        TaskChanged => "task_changed",
+        AttemptClaimed => "attempt_claimed",
+        AttemptFinished => "attempt_finished",
+        TaskDone => "task_done",
+        RetryScheduled => "retry_scheduled",
+        TaskInterrupted => "task_interrupted",
+        LeaseTakenOver => "lease_taken_over",
+        RerunOwed => "rerun_owed",
+        SensorPolled => "sensor_polled",
+        CancelRequested => "cancel_requested",
+        Cancelling => "cancelling",
+        Breaker => "breaker",
+        GateSufficient => "gate_sufficient",
+        GateOpened => "gate_opened",
+        GateFailed => "gate_failed",
+        PipelineChanged => "pipeline_changed",
+    }
+);
+
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}

@@ -256,7 +256,7 @@ async fn applied_changes_commit_together<S: Store>(store: S) {
                 Change::Gate(gate.clone()),
                 Change::Event {
                     task: None,
-                    kind: "gate_sufficient".into(),
+                    kind: keel_model::EventKind::GateSufficient,
                     detail: "phase main".into(),
                 },
             ],

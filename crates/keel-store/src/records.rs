@@ -1,4 +1,4 @@
-use keel_model::{AttemptId, Millis, Outcome, RunId, RunState, TaskState};
+use keel_model::{AttemptId, EventKind, Millis, Outcome, RunId, RunState, TaskState};
 
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +74,7 @@ pub enum Change {
     /// Appends to the event log.
     Event {
         task: Option<String>,
-        kind: String,
+        kind: EventKind,
         detail: String,
     },
 }
@@ -117,7 +117,7 @@ pub struct EventRecord {
     pub run: RunId,
     pub task: Option<String>,
     pub attempt: Option<AttemptId>,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: String,
 }
 
@@ -190,7 +190,7 @@ pub struct NewEvent {
     pub run: RunId,
     pub task: Option<String>,
     pub attempt: Option<AttemptId>,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: String,
     pub at: Millis,
 }

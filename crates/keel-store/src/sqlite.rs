@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use keel_model::{AttemptId, Millis, Outcome, RunId, RunState, TaskState};
+use keel_model::{AttemptId, EventKind, Millis, Outcome, RunId, RunState, TaskState};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::*;
@@ -357,13 +357,20 @@ fn event(
     run: RunId,
     task: Option<&str>,
     attempt: Option<AttemptId>,
-    kind: &str,
+    kind: EventKind,
     detail: &str,
 ) -> StoreResult<()> {
     cached_execute(
         transaction,
         "INSERT INTO events (at, run_id, task, attempt_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![at, run.0, task, attempt.map(|id| id.0), kind, detail],
+        params![
+            at,
+            run.0,
+            task,
+            attempt.map(|id| id.0),
+            kind.as_str(),
+            detail
+        ],
     )?;
     Ok(())
 }
@@ -541,7 +548,7 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
         claim.run,
         Some(&claim.task),
         Some(attempt),
-        "attempt_claimed",
+        EventKind::AttemptClaimed,
         &detail,
     )?;
     load_attempt(transaction, attempt)
@@ -583,21 +590,21 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             Some(*outcome),
             None,
             i64::from(finish.outcome.uses_retry_attempt()),
-            "task_done",
+            EventKind::TaskDone,
         ),
         TaskNext::Retry { not_before, charge } => (
             TaskState::Waiting,
             Some(finish.outcome),
             Some(*not_before),
             i64::from(*charge),
-            "retry_scheduled",
+            EventKind::RetryScheduled,
         ),
         TaskNext::Resume => (
             TaskState::Pending,
             Some(finish.outcome),
             None,
             0,
-            "task_interrupted",
+            EventKind::TaskInterrupted,
         ),
     };
     cached_execute(
@@ -616,7 +623,7 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
         record.run,
         Some(&record.task),
         Some(finish.attempt),
-        "attempt_finished",
+        EventKind::AttemptFinished,
         &detail,
     )?;
     let next_detail = match &finish.next {
@@ -670,7 +677,7 @@ fn change_task(
             run,
             Some(&change.task),
             None,
-            "task_changed",
+            EventKind::TaskChanged,
             &detail,
         )?;
     }
@@ -700,7 +707,7 @@ fn apply_one(
                     run,
                     Some(&task),
                     None,
-                    "rerun_owed",
+                    EventKind::RerunOwed,
                     &reason,
                 )?;
             }
@@ -721,7 +728,7 @@ fn apply_one(
             )?;
         }
         Change::Event { task, kind, detail } => {
-            event(transaction, at, run, task.as_deref(), None, &kind, &detail)?;
+            event(transaction, at, run, task.as_deref(), None, kind, &detail)?;
         }
     }
     Ok(())
@@ -758,7 +765,7 @@ impl Store for SqliteStore {
                 }
             }
             let detail = format!("partition {} version {}", new_run.partition, new_run.version);
-            event(transaction, new_run.at, run, None, None, "run_created", &detail)?;
+            event(transaction, new_run.at, run, None, None, EventKind::RunCreated, &detail)?;
             load_run(transaction, run)
         })
         .await
@@ -864,7 +871,7 @@ impl Store for SqliteStore {
                         run: RunId(row.get(2)?),
                         task: row.get(3)?,
                         attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
-                        kind: row.get(5)?,
+                        kind: parse_column(row, 5)?,
                         detail: row.get(6)?,
                     })
                 },
@@ -938,7 +945,7 @@ impl Store for SqliteStore {
                 params![new_owner, epoch, attempt.0],
             )?;
             let detail = format!("epoch {} → {epoch}, owner {} → {new_owner}", record.lease_epoch, record.lease_owner);
-            event(transaction, at, record.run, Some(&record.task), Some(attempt), "lease_taken_over", &detail)?;
+            event(transaction, at, record.run, Some(&record.task), Some(attempt), EventKind::LeaseTakenOver, &detail)?;
             Ok(epoch)
         })
         .await
@@ -983,7 +990,7 @@ impl Store for SqliteStore {
                     let detail = format!(
                         "phase {phase}: added to the run; the pipeline file gained it after the run was created"
                     );
-                    event(transaction, at, run, Some(&task), None, "task_added", &detail)?;
+                    event(transaction, at, run, Some(&task), None, EventKind::TaskAdded, &detail)?;
                 }
             }
             Ok(added)
@@ -1072,7 +1079,15 @@ impl Store for SqliteStore {
                 Some(message) => format!("{state}: {message}"),
                 None => state.to_string(),
             };
-            event(transaction, at, run, None, None, "run_state", &detail)
+            event(
+                transaction,
+                at,
+                run,
+                None,
+                None,
+                EventKind::RunState,
+                &detail,
+            )
         })
         .await
     }
@@ -1087,7 +1102,15 @@ impl Store for SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NoSuchRun(run));
             }
-            event(transaction, at, run, None, None, "cancel_requested", "")
+            event(
+                transaction,
+                at,
+                run,
+                None,
+                None,
+                EventKind::CancelRequested,
+                "",
+            )
         })
         .await
     }
@@ -1125,7 +1148,7 @@ impl Store for SqliteStore {
                     poll.run,
                     Some(&poll.task),
                     None,
-                    "sensor_polled",
+                    EventKind::SensorPolled,
                     &detail,
                 )?;
             }
@@ -1196,7 +1219,7 @@ impl Store for SqliteStore {
                 new_event.run,
                 new_event.task.as_deref(),
                 new_event.attempt,
-                &new_event.kind,
+                new_event.kind,
                 &new_event.detail,
             )
         })

@@ -132,7 +132,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             Change::Gate(record),
                             Change::Event {
                                 task: None,
-                                kind: "gate_sufficient".into(),
+                                kind: keel_model::EventKind::GateSufficient,
                                 detail: format!(
                                     "phase {}: waiting up to {} ms for the rest",
                                     definition.phase, definition.grace
@@ -159,7 +159,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             Change::Gate(record),
                             Change::Event {
                                 task: None,
-                                kind: "gate_failed".into(),
+                                kind: keel_model::EventKind::GateFailed,
                                 detail: format!(
                                     "phase {}: the gate can no longer be met",
                                     definition.phase
@@ -227,7 +227,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     Change::Gate(record),
                     Change::Event {
                         task: None,
-                        kind: "gate_opened".into(),
+                        kind: keel_model::EventKind::GateOpened,
                         detail,
                     },
                 ],

@@ -555,7 +555,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     run: run.id,
                     task: None,
                     attempt: None,
-                    kind: "pipeline_changed".into(),
+                    kind: keel_model::EventKind::PipelineChanged,
                     detail: format!(
                         "the retry uses pipeline version {} (was {})",
                         self.version, run.version

@@ -218,7 +218,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             run: run.record.id,
                             task: None,
                             attempt: None,
-                            kind: "breaker".into(),
+                            kind: keel_model::EventKind::Breaker,
                             detail: format!("resource {name}: {detail}"),
                             at: now,
                         })

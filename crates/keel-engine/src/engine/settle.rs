@@ -411,7 +411,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 run: active.record.id,
                 task: None,
                 attempt: None,
-                kind: "cancelling".into(),
+                kind: keel_model::EventKind::Cancelling,
                 detail: format!(
                     "{} waiting tasks cancelled, running attempts stopped",
                     waiting.len()
