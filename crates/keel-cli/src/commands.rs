@@ -396,7 +396,7 @@ async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
         return Ok(0);
     }
     store
-        .request_cancel(run.id, keel_engine::Clock::now(&SystemClock))
+        .request_cancel(run.id, state::now_millis())
         .await?;
     match paths.lock() {
         Ok(_lock) => {
