@@ -395,9 +395,7 @@ async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
         );
         return Ok(0);
     }
-    store
-        .request_cancel(run.id, state::now_millis())
-        .await?;
+    store.request_cancel(run.id, state::now_millis()).await?;
     match paths.lock() {
         Ok(_lock) => {
             // Nobody is executing the run: settle it here, stopping any attempt left running.

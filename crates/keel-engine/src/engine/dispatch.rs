@@ -83,7 +83,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .collect();
         let results = self.store.claim_attempts(claims).await?;
-        let mut started = Vec::new();
+        let mut launches = Vec::new();
         for ((run_index, task), result) in picked.into_iter().zip(results) {
             let permits = book.picked_permits.remove(&(run_index, task));
             let attempt = match result {
@@ -108,10 +108,57 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             if let Some(permits) = permits {
                 book.permits.insert(attempt.id, permits);
             }
-            // Every attempt that started gets its start time, even when the executor cannot
-            // say which process supervises it.
-            if let Some(pid) = self.start_attempt(book, run_index, task, &attempt).await? {
-                started.push((attempt.id, attempt.lease_epoch, pid));
+            let launch = self.prepare_attempt(book, run_index, task, &attempt);
+            launches.push((attempt.id, attempt.lease_epoch, launch));
+        }
+        self.launch_all(book, launches).await
+    }
+
+    /// Launches claimed attempts off the runtime thread (creating directories, taking locks and
+    /// forking may block), follows those that started, records their start in one transaction,
+    /// and records those that could not start as failed.
+    async fn launch_all(
+        &mut self,
+        book: &mut Book,
+        launches: Vec<(AttemptId, i64, Launch)>,
+    ) -> Result<(), EngineError> {
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<AttemptId> = launches.iter().map(|(id, _, _)| *id).collect();
+        let executor = self.executor.clone();
+        let launched = tokio::task::spawn_blocking(move || {
+            launches
+                .into_iter()
+                .map(|(id, epoch, launch)| (id, epoch, executor.launch(launch)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut started = Vec::new();
+        let mut failed = Vec::new();
+        match launched {
+            Ok(results) => {
+                for (id, epoch, result) in results {
+                    match result {
+                        Ok(running) => {
+                            // Every attempt that started gets its start time, even when the
+                            // executor cannot say which process supervises it.
+                            started.push((id, epoch, running.pid));
+                            watch(book, id, running);
+                        }
+                        Err(error) => {
+                            let message = format!("cannot start the attempt: {error}");
+                            failed.push((id, Report::new(Outcome::Failed, message)));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                let message = format!("cannot start the attempt: the launcher failed: {error}");
+                failed.extend(
+                    ids.into_iter()
+                        .map(|id| (id, Report::new(Outcome::Failed, message.clone()))),
+                );
             }
         }
         if !started.is_empty() {
@@ -119,6 +166,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             self.store
                 .mark_attempts_started(started, self.clock.now())
                 .await?;
+        }
+        if !failed.is_empty() {
+            self.on_reports(book, failed).await?;
         }
         Ok(())
     }
@@ -186,18 +236,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         (command, env)
     }
 
-    /// Launches a claimed attempt. Returns `None` if it could not be started (it is then
-    /// already recorded as failed), and otherwise the supervisor's pid if the executor knows it.
-    pub(super) async fn start_attempt(
+    /// Marks a claimed attempt running and describes its launch: the command with its
+    /// templates expanded and the task contract's environment.
+    fn prepare_attempt(
         &mut self,
         book: &mut Book,
         run_index: usize,
         task: TaskIndex,
         attempt: &AttemptRecord,
-    ) -> Result<Option<Option<u32>>, EngineError> {
+    ) -> Launch {
         let now = self.clock.now();
         let record = book.runs[run_index].record.clone();
-        let task_spec = self.spec.tasks[task].clone();
+        let task_spec = &self.spec.tasks[task];
+        let (timeout, heartbeat) = (task_spec.timeout, task_spec.heartbeat);
+        let template = task_spec.command.clone();
         let dir = PathBuf::from(&attempt.dir);
         // A new attempt runs with whatever landed upstream: no rerun is owed any more (the claim
         // cleared the stored mark too).
@@ -207,40 +259,23 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         slot.attempts = attempt.number;
         slot.first_started_at.get_or_insert(now);
         let (command, env) =
-            self.task_command_and_env(&record, task, &task_spec.command, attempt.number, &dir);
-        let launch = Launch {
-            dir,
-            command,
-            env,
-            timeout: task_spec.timeout,
-            heartbeat: task_spec.heartbeat,
-            kill_grace: self.config.kill_grace,
-            log_cap: self.config.log_cap,
-        };
-        book.live.insert(
-            attempt.id,
-            Live::new(run_index, task, attempt.number, attempt.lease_epoch),
-        );
+            self.task_command_and_env(&record, task, &template, attempt.number, &dir);
+        let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch);
+        book.live.insert(attempt.id, live);
         (self.observer)(Progress::AttemptStarted {
             run: record.id,
             partition: record.partition.clone(),
-            task: task_spec.name.clone(),
+            task: self.dag.name(task).to_string(),
             attempt: attempt.number,
         });
-        match self.executor.launch(launch) {
-            Ok(running) => {
-                let pid = running.pid;
-                watch(book, attempt.id, running);
-                Ok(Some(pid))
-            }
-            Err(error) => {
-                let report = Report::new(
-                    Outcome::Failed,
-                    format!("cannot start the attempt: {error}"),
-                );
-                self.on_reports(book, vec![(attempt.id, report)]).await?;
-                Ok(None)
-            }
+        Launch {
+            dir,
+            command,
+            env,
+            timeout,
+            heartbeat,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
         }
     }
 

@@ -38,21 +38,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         };
         let sender = book.sensor_sender.clone();
         book.sensing += 1;
-        match self.executor.launch(launch) {
-            Ok(running) => {
-                tokio::spawn(async move {
-                    let report = running.completion.await;
-                    let _ = sender.send((run_index, task, report));
-                });
-            }
-            Err(error) => {
-                let _ = sender.send((
-                    run_index,
-                    task,
-                    Report::new(Outcome::Failed, format!("cannot start the sensor: {error}")),
-                ));
-            }
-        }
+        // Launching may block (directories, locks, a fork): it runs off the runtime thread.
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            let launched = tokio::task::spawn_blocking(move || executor.launch(launch)).await;
+            let report = match launched {
+                Ok(Ok(running)) => running.completion.await,
+                Ok(Err(error)) => {
+                    Report::new(Outcome::Failed, format!("cannot start the sensor: {error}"))
+                }
+                Err(error) => Report::new(
+                    Outcome::Failed,
+                    format!("cannot start the sensor: the launcher failed: {error}"),
+                ),
+            };
+            let _ = sender.send((run_index, task, report));
+        });
     }
 
     /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
