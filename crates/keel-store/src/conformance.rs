@@ -79,6 +79,8 @@ where
     attempt_starts_are_listed_since_a_time(make().await).await;
     a_start_without_a_pid_is_recorded(make().await).await;
     applied_changes_commit_together(make().await).await;
+    leases_are_renewed_fenced_and_expire(make().await).await;
+    events_stream_in_order_across_runs(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
     sensor_polls_are_counted_until_a_reset(make().await).await;
     tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
@@ -237,6 +239,79 @@ where
         run.id,
         "the reopened store is the same state"
     );
+}
+
+async fn leases_are_renewed_fenced_and_expire<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    // Claimed at 10 and 20: leases until 60 010 and 60 020.
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    let b = store.claim_attempt(claim(run.id, "b", 20)).await.unwrap();
+    let expired = |now| store.expired_leases("conformance", now);
+    assert!(expired(60_000).await.unwrap().is_empty());
+    let results = store
+        .renew_leases(
+            vec![(a.id, a.lease_epoch), (b.id, b.lease_epoch + 1)],
+            120_000,
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(
+        matches!(results[1], Err(StoreError::StaleLease { .. })),
+        "a renewal under a stale epoch is refused: {:?}",
+        results[1]
+    );
+    let late: Vec<_> = expired(100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|attempt| attempt.task)
+        .collect();
+    assert_eq!(late, ["b"], "only the lease that was not renewed expired");
+    store
+        .finish_attempt(finish(
+            &a,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            30,
+        ))
+        .await
+        .unwrap();
+    let late: Vec<_> = expired(200_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|attempt| attempt.task)
+        .collect();
+    assert_eq!(late, ["b"], "a finished attempt holds no lease");
+}
+
+async fn events_stream_in_order_across_runs<S: Store>(store: S) {
+    let first = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let second = store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
+    store.request_cancel(first.id, 5_000).await.unwrap();
+    let all = store.events_after(0, 100).await.unwrap();
+    assert!(all.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    let runs: Vec<_> = all.iter().map(|event| event.run).collect();
+    assert!(runs.contains(&first.id) && runs.contains(&second.id));
+    let last = all.last().unwrap();
+    assert_eq!(last.kind, "cancel_requested");
+    let page = store.events_after(all[0].seq, 1).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(
+        page[0].seq, all[1].seq,
+        "a follower resumes after the last seq it saw"
+    );
+    assert!(store.events_after(last.seq, 10).await.unwrap().is_empty());
 }
 
 async fn applied_changes_commit_together<S: Store>(store: S) {

@@ -113,6 +113,27 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
     fn events(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
 
+    /// The event log of every run, in order, after the entry numbered `after` (0 for the
+    /// beginning), at most `limit` entries: a follower keeps the last `seq` it saw and asks again.
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
+    /// Extends the leases of live attempts to at least `expires_at`, each fenced by its epoch:
+    /// a holder whose lease was taken over gets [`StoreError::StaleLease`] for that attempt.
+    fn renew_leases(
+        &self,
+        renewals: Vec<(AttemptId, i64)>,
+        expires_at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send;
+    /// Live attempts of the pipeline whose lease expired before `now`: their holder stopped
+    /// renewing, so another Keel may take them over.
+    fn expired_leases(
+        &self,
+        pipeline: &str,
+        now: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<Vec<AttemptRecord>>> + Send;
     /// Moves pending or waiting task runs to running under new lease epochs and inserts their
     /// attempts, all in one transaction. Each claim fails on its own with
     /// [`StoreError::AlreadyLive`] if a live attempt exists for the same (pipeline, partition,

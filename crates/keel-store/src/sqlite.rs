@@ -470,6 +470,18 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
     })
 }
 
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        seq: row.get(0)?,
+        at: row.get(1)?,
+        run: RunId(row.get(2)?),
+        task: row.get(3)?,
+        attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
+        kind: parse_column(row, 5)?,
+        detail: row.get(6)?,
+    })
+}
+
 fn load_run(transaction: &Transaction<'_>, run: RunId) -> StoreResult<RunRecord> {
     transaction
         .query_row(
@@ -864,17 +876,60 @@ impl Store for SqliteStore {
                 transaction,
                 "SELECT seq, at, run_id, task, attempt_id, kind, detail FROM events WHERE run_id = ?1 ORDER BY seq",
                 [run.0],
-                |row| {
-                    Ok(EventRecord {
-                        seq: row.get(0)?,
-                        at: row.get(1)?,
-                        run: RunId(row.get(2)?),
-                        task: row.get(3)?,
-                        attempt: row.get::<_, Option<i64>>(4)?.map(AttemptId),
-                        kind: parse_column(row, 5)?,
-                        detail: row.get(6)?,
-                    })
-                },
+                event_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                "SELECT seq, at, run_id, task, attempt_id, kind, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                params![after, limit],
+                event_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn renew_leases(
+        &self,
+        renewals: Vec<(AttemptId, i64)>,
+        expires_at: Millis,
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        self.transact(move |transaction| {
+            let mut results = Vec::with_capacity(renewals.len());
+            for (attempt, epoch) in renewals {
+                let changed = cached_execute(
+                    transaction,
+                    "UPDATE attempts SET lease_expires_at = max(lease_expires_at, ?1)
+                     WHERE id = ?2 AND lease_epoch = ?3 AND finished_at IS NULL",
+                    params![expires_at, attempt.0, epoch],
+                )?;
+                results.push(if changed == 0 {
+                    Err(StoreError::StaleLease { attempt, epoch })
+                } else {
+                    Ok(())
+                });
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn expired_leases(&self, pipeline: &str, now: Millis) -> StoreResult<Vec<AttemptRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                &format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts
+                     WHERE pipeline = ?1 AND finished_at IS NULL AND lease_expires_at < ?2 ORDER BY id"
+                ),
+                params![pipeline, now],
+                attempt_from_row,
             )
         })
         .await
