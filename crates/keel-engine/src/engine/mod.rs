@@ -283,6 +283,8 @@ struct Book {
     /// Permits held by running attempts.
     permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
     shutting_down: bool,
+    /// When the leases of running attempts were last renewed.
+    leases_renewed_at: Millis,
 }
 
 /// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers.
@@ -593,6 +595,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
             shutting_down: false,
+            leases_renewed_at: self.clock.now(),
         };
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

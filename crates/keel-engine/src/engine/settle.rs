@@ -360,6 +360,25 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 self.begin_cancel(book, run_index).await?;
             }
         }
+        self.renew_leases_if_due(book).await
+    }
+
+    /// Renews the leases of every running attempt once a third of their time has passed, so a
+    /// lease that expires means its holder is gone.
+    async fn renew_leases_if_due(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let ttl = self.config.lease_ttl.as_millis() as Millis;
+        if book.live.is_empty() || now < book.leases_renewed_at + ttl / 3 {
+            return Ok(());
+        }
+        book.leases_renewed_at = now;
+        let renewals = book
+            .live
+            .iter()
+            .map(|(attempt, live)| (*attempt, live.epoch))
+            .collect();
+        // A stale renewal only means the attempt ended or was taken over; its report says so.
+        self.store.renew_leases(renewals, now + ttl).await?;
         Ok(())
     }
 

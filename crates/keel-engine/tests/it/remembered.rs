@@ -382,3 +382,36 @@ async fn an_open_breaker_stays_open_across_a_restart() {
         ("closed", None)
     );
 }
+
+#[tokio::test]
+async fn a_running_attempt_renews_its_lease_so_only_a_dead_holder_lets_it_expire() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["slow".into()];
+    let spec = pipeline(vec![task("slow", "a", &[], 1)], 8);
+    let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    eventually("slow to start", || executor.launches().len() == 1).await;
+    // The lease lasts 60 s; 75 s pass in steps, with polls in between.
+    for _ in 0..3 {
+        harness.clock.advance(25_000);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let now = harness.clock.now_for_test();
+    assert!(
+        harness
+            .store
+            .expired_leases("test", now)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the live holder renewed its lease"
+    );
+    crash(handle).await;
+    harness.clock.advance(61_000);
+    let expired = harness
+        .store
+        .expired_leases("test", harness.clock.now_for_test())
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1, "a dead holder's lease expires");
+}
