@@ -79,6 +79,7 @@ where
     attempt_starts_are_listed_since_a_time(make().await).await;
     a_start_without_a_pid_is_recorded(make().await).await;
     applied_changes_commit_together(make().await).await;
+    a_commit_is_all_or_nothing(make().await).await;
     leases_are_renewed_fenced_and_expire(make().await).await;
     events_stream_in_order_across_runs(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
@@ -312,6 +313,94 @@ async fn events_stream_in_order_across_runs<S: Store>(store: S) {
         "a follower resumes after the last seq it saw"
     );
     assert!(store.events_after(last.seq, 10).await.unwrap().is_empty());
+}
+
+async fn a_commit_is_all_or_nothing<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    let a = store.claim_attempt(claim(run.id, "a", 10)).await.unwrap();
+    let b = store.claim_attempt(claim(run.id, "b", 10)).await.unwrap();
+    let done = |attempt: &AttemptRecord, epoch: i64| {
+        let mut finish = finish(
+            attempt,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            20,
+        );
+        finish.epoch = epoch;
+        Write::Finish(finish)
+    };
+    // b's lease is stale: nothing of the commit is written, a's finish included.
+    let stale = store
+        .commit(
+            vec![
+                Write::Started {
+                    attempt: a.id,
+                    epoch: a.lease_epoch,
+                    pid: Some(7),
+                },
+                done(&a, a.lease_epoch),
+                done(&b, b.lease_epoch + 1),
+                Write::RunState {
+                    run: run.id,
+                    state: RunState::Succeeded,
+                    message: None,
+                },
+            ],
+            20,
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleLease { .. })),
+        "{stale:?}"
+    );
+    let tasks = store.task_runs(run.id).await.unwrap();
+    assert!(tasks.iter().all(|task| task.state == TaskState::Running));
+    assert_eq!(store.run(run.id).await.unwrap().state, RunState::Running);
+    assert_eq!(store.attempts(run.id).await.unwrap()[0].pid, None);
+    store
+        .commit(
+            vec![
+                Write::Started {
+                    attempt: a.id,
+                    epoch: a.lease_epoch,
+                    pid: Some(7),
+                },
+                done(&a, a.lease_epoch),
+                done(&b, b.lease_epoch),
+                Write::RunState {
+                    run: run.id,
+                    state: RunState::Succeeded,
+                    message: None,
+                },
+            ],
+            30,
+        )
+        .await
+        .unwrap();
+    let tasks = store.task_runs(run.id).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|task| task.outcome == Some(Outcome::Succeeded))
+    );
+    assert_eq!(store.run(run.id).await.unwrap().state, RunState::Succeeded);
+    assert_eq!(store.attempts(run.id).await.unwrap()[0].pid, Some(7));
+    // A start reported after the attempt ended changes nothing and fails nothing.
+    store
+        .commit(
+            vec![Write::Started {
+                attempt: b.id,
+                epoch: b.lease_epoch,
+                pid: Some(8),
+            }],
+            40,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.attempts(run.id).await.unwrap()[1].pid, None);
 }
 
 async fn applied_changes_commit_together<S: Store>(store: S) {

@@ -255,6 +255,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         pipeline: &str,
     ) -> impl Future<Output = StoreResult<Vec<ResourceStateRecord>>> + Send;
+    /// Commits `writes` in one transaction, in order: all of them or none. A [`Write::Finish`]
+    /// under a stale lease epoch fails the whole commit with [`StoreError::StaleLease`] and
+    /// nothing is written; the caller's view of that attempt is out of date.
+    fn commit(
+        &self,
+        writes: Vec<Write>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Applies `changes` to one run in one transaction: all of them or none.
     fn apply(
         &self,

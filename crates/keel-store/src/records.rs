@@ -79,6 +79,33 @@ pub enum Change {
     },
 }
 
+/// One write of [`crate::Store::commit`]: everything one step of the engine decided, committed
+/// in one transaction before the engine acts on any of it.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A change to one run: a task, an owed rerun, a gate or an event.
+    Run { run: RunId, change: Change },
+    /// A run's state, and why.
+    RunState {
+        run: RunId,
+        state: RunState,
+        message: Option<String>,
+    },
+    /// One poll of a task's sensor.
+    SensorPoll(SensorPoll),
+    /// A resource's breaker state.
+    Resource(ResourceStateRecord),
+    /// How an attempt ended and where its task goes next; fenced by the lease epoch.
+    Finish(FinishAttempt),
+    /// That an attempt's process started (its supervisor's pid, if known); ignored when the
+    /// attempt already ended or its lease was taken over.
+    Started {
+        attempt: AttemptId,
+        epoch: i64,
+        pid: Option<u32>,
+    },
+}
+
 /// One execution of a task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {

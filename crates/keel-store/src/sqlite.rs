@@ -746,6 +746,118 @@ fn apply_one(
     Ok(())
 }
 
+fn set_run_state_in(
+    transaction: &Transaction<'_>,
+    run: RunId,
+    state: RunState,
+    message: Option<String>,
+    at: Millis,
+) -> StoreResult<()> {
+    let finished_at = state.is_finished().then_some(at);
+    let changed = cached_execute(
+        transaction,
+        "UPDATE runs SET state = ?1, finished_at = ?2, message = ?3,
+             cancel_requested = CASE WHEN ?1 = 'running' THEN 0 ELSE cancel_requested END
+         WHERE id = ?4",
+        params![state.as_str(), finished_at, message, run.0],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::NoSuchRun(run));
+    }
+    let detail = match &message {
+        Some(message) => format!("{state}: {message}"),
+        None => state.to_string(),
+    };
+    event(
+        transaction,
+        at,
+        run,
+        None,
+        None,
+        EventKind::RunState,
+        &detail,
+    )
+}
+
+fn record_sensor_poll_in(transaction: &Transaction<'_>, poll: SensorPoll) -> StoreResult<()> {
+    let state = if poll.ready {
+        TaskState::Pending
+    } else {
+        TaskState::Waiting
+    };
+    let changed = cached_execute(
+        transaction,
+        "UPDATE task_runs SET state = ?1, not_before = ?2, message = ?3, updated_at = ?4,
+             first_started_at = coalesce(first_started_at, ?4), sensor_polls = sensor_polls + 1
+         WHERE run_id = ?5 AND task = ?6 AND state <> 'running'",
+        params![
+            state.as_str(),
+            poll.not_before,
+            poll.message,
+            poll.at,
+            poll.run.0,
+            poll.task
+        ],
+    )?;
+    if changed > 0 {
+        let detail = match (poll.ready, poll.not_before) {
+            (true, _) => "ready".to_string(),
+            (false, Some(next)) => format!("not ready; next poll at {next}"),
+            (false, None) => "not ready".to_string(),
+        };
+        event(
+            transaction,
+            poll.at,
+            poll.run,
+            Some(&poll.task),
+            None,
+            EventKind::SensorPolled,
+            &detail,
+        )?;
+    }
+    Ok(())
+}
+
+fn set_resource_state_in(
+    transaction: &Transaction<'_>,
+    resource: ResourceStateRecord,
+) -> StoreResult<()> {
+    cached_execute(
+        transaction,
+        "INSERT INTO resources (pipeline, name, state, detail, updated_at, open_since, open_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (pipeline, name) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at,
+             open_since = excluded.open_since, open_until = excluded.open_until",
+        params![resource.pipeline, resource.name, resource.state, resource.detail, resource.updated_at, resource.open_since, resource.open_until],
+    )?;
+    Ok(())
+}
+
+fn commit_one(transaction: &Transaction<'_>, write: Write, at: Millis) -> StoreResult<()> {
+    match write {
+        Write::Run { run, change } => apply_one(transaction, run, change, at),
+        Write::RunState {
+            run,
+            state,
+            message,
+        } => set_run_state_in(transaction, run, state, message, at),
+        Write::SensorPoll(poll) => record_sensor_poll_in(transaction, poll),
+        Write::Resource(resource) => set_resource_state_in(transaction, resource),
+        Write::Finish(finish) => finish_one(transaction, finish),
+        Write::Started {
+            attempt,
+            epoch,
+            pid,
+        } => {
+            cached_execute(
+                transaction,
+                "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+                params![pid, at, attempt.0, epoch],
+            )?;
+            Ok(())
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn store_id(&self) -> &str {
         &self.store_id
@@ -1070,6 +1182,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn commit(&self, writes: Vec<Write>, at: Millis) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            for write in writes {
+                commit_one(transaction, write, at)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn apply(&self, run: RunId, changes: Vec<Change>, at: Millis) -> StoreResult<()> {
         self.transact(move |transaction| {
             load_run(transaction, run)?;
@@ -1118,33 +1240,8 @@ impl Store for SqliteStore {
         message: Option<String>,
         at: Millis,
     ) -> StoreResult<()> {
-        self.transact(move |transaction| {
-            let finished_at = state.is_finished().then_some(at);
-            let changed = cached_execute(
-                transaction,
-                "UPDATE runs SET state = ?1, finished_at = ?2, message = ?3,
-                     cancel_requested = CASE WHEN ?1 = 'running' THEN 0 ELSE cancel_requested END
-                 WHERE id = ?4",
-                params![state.as_str(), finished_at, message, run.0],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::NoSuchRun(run));
-            }
-            let detail = match &message {
-                Some(message) => format!("{state}: {message}"),
-                None => state.to_string(),
-            };
-            event(
-                transaction,
-                at,
-                run,
-                None,
-                None,
-                EventKind::RunState,
-                &detail,
-            )
-        })
-        .await
+        self.transact(move |transaction| set_run_state_in(transaction, run, state, message, at))
+            .await
     }
 
     async fn request_cancel(&self, run: RunId, at: Millis) -> StoreResult<()> {
@@ -1171,59 +1268,13 @@ impl Store for SqliteStore {
     }
 
     async fn record_sensor_poll(&self, poll: SensorPoll) -> StoreResult<()> {
-        self.transact(move |transaction| {
-            let state = if poll.ready {
-                TaskState::Pending
-            } else {
-                TaskState::Waiting
-            };
-            let changed = cached_execute(
-                transaction,
-                "UPDATE task_runs SET state = ?1, not_before = ?2, message = ?3, updated_at = ?4,
-                     first_started_at = coalesce(first_started_at, ?4), sensor_polls = sensor_polls + 1
-                 WHERE run_id = ?5 AND task = ?6 AND state <> 'running'",
-                params![
-                    state.as_str(),
-                    poll.not_before,
-                    poll.message,
-                    poll.at,
-                    poll.run.0,
-                    poll.task
-                ],
-            )?;
-            if changed > 0 {
-                let detail = match (poll.ready, poll.not_before) {
-                    (true, _) => "ready".to_string(),
-                    (false, Some(next)) => format!("not ready; next poll at {next}"),
-                    (false, None) => "not ready".to_string(),
-                };
-                event(
-                    transaction,
-                    poll.at,
-                    poll.run,
-                    Some(&poll.task),
-                    None,
-                    EventKind::SensorPolled,
-                    &detail,
-                )?;
-            }
-            Ok(())
-        })
-        .await
+        self.transact(move |transaction| record_sensor_poll_in(transaction, poll))
+            .await
     }
 
     async fn set_resource_state(&self, resource: ResourceStateRecord) -> StoreResult<()> {
-        self.transact(move |transaction| {
-            cached_execute(
-                transaction,
-                "INSERT INTO resources (pipeline, name, state, detail, updated_at, open_since, open_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (pipeline, name) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at,
-                     open_since = excluded.open_since, open_until = excluded.open_until",
-                params![resource.pipeline, resource.name, resource.state, resource.detail, resource.updated_at, resource.open_since, resource.open_until],
-            )?;
-            Ok(())
-        })
-        .await
+        self.transact(move |transaction| set_resource_state_in(transaction, resource))
+            .await
     }
 
     async fn attempt_starts_since(
