@@ -63,6 +63,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         book: &mut Book,
         picked: Vec<(usize, TaskIndex)>,
     ) -> Result<(), EngineError> {
+        // What earlier steps decided is committed before any claim acts on it.
+        self.flush(book).await?;
         let now = self.clock.now();
         let claims = picked
             .iter()
@@ -91,7 +93,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 Err(error) => {
                     if let Some(unused) = permits {
                         let verdict = ResourceVerdict::Neutral;
-                        self.release_permits(book, unused, verdict).await?;
+                        self.release_permits(book, unused, verdict);
                     }
                     match error {
                         // Another run of this partition is running the task; try again shortly.
@@ -161,14 +163,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 );
             }
         }
-        if !started.is_empty() {
-            // A stale result only means the attempt already ended; nothing to undo.
-            self.store
-                .mark_attempts_started(started, self.clock.now())
-                .await?;
-        }
+        // Committed with the next step: a start a crash loses is found again by adoption, which
+        // reads the attempt's own record.
+        book.writes.extend(
+            started
+                .into_iter()
+                .map(|(attempt, epoch, pid)| Write::Started {
+                    attempt,
+                    epoch,
+                    pid,
+                }),
+        );
         if !failed.is_empty() {
-            self.on_reports(book, failed).await?;
+            self.on_reports(book, failed)?;
         }
         Ok(())
     }

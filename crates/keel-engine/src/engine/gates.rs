@@ -93,7 +93,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Re-judges a gate after one of its tasks finished, or when its grace period ran out.
-    pub(super) async fn evaluate_gate(
+    pub(super) fn evaluate_gate(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -112,11 +112,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             |task| active.slots[task].state == TaskState::Done,
         );
         match (verdict, status) {
-            (Verdict::Sufficient { all_done: true }, _) => {
-                self.open_gate(book, run_index, gate).await?
-            }
+            (Verdict::Sufficient { all_done: true }, _) => self.open_gate(book, run_index, gate)?,
             (Verdict::Sufficient { .. }, GateStatus::Sufficient { open_at }) if now >= open_at => {
-                self.open_gate(book, run_index, gate).await?
+                self.open_gate(book, run_index, gate)?
             }
             (Verdict::Sufficient { .. }, GateStatus::Waiting) => {
                 let open_at = now + definition.grace;
@@ -125,23 +123,21 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     .push(Reverse((open_at, run_index, Wake::Gate(gate))));
                 // The grace period's end is stored, so a restart does not start it again.
                 let record = self.gate_record(active, gate);
-                self.store
-                    .apply(
-                        active.record.id,
-                        vec![
-                            Change::Gate(record),
-                            Change::Event {
-                                task: None,
-                                kind: keel_model::EventKind::GateSufficient,
-                                detail: format!(
-                                    "phase {}: waiting up to {} ms for the rest",
-                                    definition.phase, definition.grace
-                                ),
-                            },
-                        ],
-                        now,
-                    )
-                    .await?;
+                write_changes(
+                    &mut book.writes,
+                    active.record.id,
+                    [
+                        Change::Gate(record),
+                        Change::Event {
+                            task: None,
+                            kind: keel_model::EventKind::GateSufficient,
+                            detail: format!(
+                                "phase {}: waiting up to {} ms for the rest",
+                                definition.phase, definition.grace
+                            ),
+                        },
+                    ],
+                );
             }
             (Verdict::Insufficient, _) => {
                 active.gates[gate] = GateStatus::Failed;
@@ -152,25 +148,23 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     .filter(|task| !is_complete(&active.slots[*task]))
                     .collect();
                 let record = self.gate_record(active, gate);
-                self.store
-                    .apply(
-                        active.record.id,
-                        vec![
-                            Change::Gate(record),
-                            Change::Event {
-                                task: None,
-                                kind: keel_model::EventKind::GateFailed,
-                                detail: format!(
-                                    "phase {}: the gate can no longer be met",
-                                    definition.phase
-                                ),
-                            },
-                        ],
-                        now,
-                    )
-                    .await?;
+                write_changes(
+                    &mut book.writes,
+                    active.record.id,
+                    [
+                        Change::Gate(record),
+                        Change::Event {
+                            task: None,
+                            kind: keel_model::EventKind::GateFailed,
+                            detail: format!(
+                                "phase {}: the gate can no longer be met",
+                                definition.phase
+                            ),
+                        },
+                    ],
+                );
                 for task in failed {
-                    self.propagate_failure(book, run_index, task).await?;
+                    self.propagate_failure(book, run_index, task)?;
                 }
             }
             _ => {}
@@ -179,7 +173,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Opens a sufficient gate: downstream proceeds without the tasks still missing.
-    pub(super) async fn open_gate(
+    pub(super) fn open_gate(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -220,20 +214,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             )
         };
         let record = self.gate_record(active, gate);
-        self.store
-            .apply(
-                active.record.id,
-                vec![
-                    Change::Gate(record),
-                    Change::Event {
-                        task: None,
-                        kind: keel_model::EventKind::GateOpened,
-                        detail,
-                    },
-                ],
-                self.clock.now(),
-            )
-            .await?;
+        write_changes(
+            &mut book.writes,
+            active.record.id,
+            [
+                Change::Gate(record),
+                Change::Event {
+                    task: None,
+                    kind: keel_model::EventKind::GateOpened,
+                    detail,
+                },
+            ],
+        );
         if !names.is_empty() {
             (self.observer)(Progress::GateOpened {
                 run: active.record.id,
@@ -250,7 +242,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// rerun, and the task leaves the gate's waived list, all in one transaction: a Keel killed
     /// at any point either reconciles again on restart (the task is still listed as waived) or
     /// finds every rerun recorded.
-    pub(super) async fn reconcile(
+    pub(super) fn reconcile(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -297,9 +289,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if let Some(gate) = self.topology.gate_of_task(landed) {
             changes.push(Change::Gate(self.gate_record(active, gate)));
         }
-        self.store
-            .apply(active.record.id, changes, self.clock.now())
-            .await?;
+        write_changes(&mut book.writes, active.record.id, changes);
         self.recompute_remaining(active);
         for task in 0..self.dag.len() {
             if active.slots[task].state == TaskState::Pending && active.remaining[task] == 0 {

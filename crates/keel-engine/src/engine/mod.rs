@@ -11,7 +11,7 @@ use keel_model::{
 };
 use keel_store::{
     AttemptRecord, Change, ClaimAttempt, FinishAttempt, GateRecord, GateState, NewEvent, NewRun,
-    RunRecord, SensorPoll, Store, StoreError, TaskChange, TaskNext,
+    RunRecord, SensorPoll, Store, StoreError, TaskChange, TaskNext, Write,
 };
 use tokio::sync::mpsc;
 
@@ -285,6 +285,9 @@ struct Book {
     shutting_down: bool,
     /// When the leases of running attempts were last renewed.
     leases_renewed_at: Millis,
+    /// What this step decided, committed in one transaction (see [`Engine::flush`]) before
+    /// anything acts on it.
+    writes: Vec<Write>,
 }
 
 /// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers.
@@ -308,6 +311,19 @@ enum Wakeup {
     Poll,
     Shutdown(ShutdownLevel),
     DrainOver,
+}
+
+/// Adds task changes of one run to a step's writes.
+fn write_tasks(writes: &mut Vec<Write>, run: RunId, changes: impl IntoIterator<Item = TaskChange>) {
+    writes.extend(changes.into_iter().map(|change| Write::Run {
+        run,
+        change: Change::Task(change),
+    }));
+}
+
+/// Adds changes of one run to a step's writes.
+fn write_changes(writes: &mut Vec<Write>, run: RunId, changes: impl IntoIterator<Item = Change>) {
+    writes.extend(changes.into_iter().map(|change| Write::Run { run, change }));
 }
 
 impl Book {
@@ -574,6 +590,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(run.id)
     }
 
+    /// Commits what the steps since the last flush decided, in one transaction, before anything
+    /// acts on it: no claim, launch or new step starts from a decision that is not stored. A
+    /// finish under a lease another Keel took over fails the whole commit; this engine's view is
+    /// then out of date, so it stops with the error rather than act on it.
+    async fn flush(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        if book.writes.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut book.writes);
+        self.store.commit(writes, self.clock.now()).await?;
+        Ok(())
+    }
+
     /// An empty book, and the inbox its attempts and sensors report to.
     async fn new_book(&mut self, shutdown: Shutdown) -> Result<(Book, Inbox), EngineError> {
         let (sender, reports) = mpsc::unbounded_channel();
@@ -596,6 +625,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             permits: HashMap::new(),
             shutting_down: false,
             leases_renewed_at: self.clock.now(),
+            writes: Vec::new(),
         };
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -619,13 +649,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         match wakeup {
             Wakeup::Sensor(run_index, task, report) => {
                 book.sensing = book.sensing.saturating_sub(1);
-                self.on_sensor(book, run_index, task, report).await?;
+                self.on_sensor(book, run_index, task, report)?;
             }
-            Wakeup::Reports(batch) => self.on_reports(book, batch).await?,
+            Wakeup::Reports(batch) => self.on_reports(book, batch)?,
             Wakeup::Timer => {
                 for (run_index, gate) in self.fire_timers(book) {
-                    self.evaluate_gate(book, run_index, gate).await?;
-                    self.finish_run_if_done(book, run_index).await?;
+                    self.evaluate_gate(book, run_index, gate)?;
+                    self.finish_run_if_done(book, run_index)?;
                 }
             }
             Wakeup::Poll => self.poll_requests(book).await?,
@@ -672,9 +702,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             self.load_run(&mut book, run, &live).await?;
         }
         loop {
+            self.flush(&mut book).await?;
             self.start_ready(&mut book).await?;
             if !book.given_up.is_empty() {
-                self.settle_given_up(&mut book).await?;
+                self.settle_given_up(&mut book)?;
                 continue;
             }
             if book.live.is_empty()
@@ -687,13 +718,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 && book.ready.is_empty()
                 && book.timers.is_empty()
             {
-                self.settle_stuck_runs(&mut book).await?;
+                self.settle_stuck_runs(&mut book)?;
                 continue;
             }
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
             let wakeup = wait(self.clock.clone(), next_timer, &mut inbox).await;
             self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
         }
+        self.flush(&mut book).await?;
         let mut summaries = Vec::new();
         for run in &book.runs {
             if runs.contains(&run.record.id) {

@@ -29,7 +29,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if record.state.is_finished() {
             return Ok(());
         }
-        self.restore_tasks(book, run_index, &stored).await?;
+        self.restore_tasks(book, run_index, &stored)?;
         let landed_late = self.restore_gates(book, run_index).await?;
         self.queue_what_can_start(book, run_index, &stored);
         for attempt in live.iter().filter(|attempt| attempt.run == run) {
@@ -42,7 +42,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             done: book.runs[run_index].done,
         });
         if record.cancel_requested {
-            self.begin_cancel(book, run_index).await?;
+            self.begin_cancel(book, run_index)?;
         }
         let failed_roots: Vec<TaskIndex> = (0..self.dag.len())
             .filter(|task| {
@@ -51,17 +51,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .collect();
         for root in failed_roots {
-            self.propagate_failure(book, run_index, root).await?;
+            self.propagate_failure(book, run_index, root)?;
         }
         // Tasks may have finished after a gate was last judged: judge again (a stored grace
         // period keeps its end).
         for gate in 0..self.topology.gates.len() {
-            self.evaluate_gate(book, run_index, gate).await?;
+            self.evaluate_gate(book, run_index, gate)?;
         }
         for task in landed_late {
-            self.reconcile(book, run_index, task).await?;
+            self.reconcile(book, run_index, task)?;
         }
-        self.finish_run_if_done(book, run_index).await
+        self.finish_run_if_done(book, run_index)
     }
 
     /// The in-memory view of a stored run: a cache, nothing more.
@@ -100,7 +100,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Pays the reruns a previous Keel owed to tasks that ended while it was down (or before it
     /// could run them again), then counts what is done.
-    async fn restore_tasks(
+    fn restore_tasks(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -118,7 +118,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .collect();
         if !owed.is_empty() {
             let reason = "an upstream task landed late while it ran; running again with it";
-            let changes = owed
+            let changes: Vec<TaskChange> = owed
                 .iter()
                 .map(|task| TaskChange {
                     task: self.dag.name(*task).to_string(),
@@ -131,9 +131,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 })
                 .collect();
             let run = active.record.id;
-            self.store
-                .update_tasks(run, changes, self.clock.now())
-                .await?;
+            write_tasks(&mut book.writes, run, changes);
             for task in owed {
                 active.slots[task].state = TaskState::Pending;
                 active.slots[task].outcome = None;
@@ -273,10 +271,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 watch(book, attempt.id, running);
                 Ok(())
             }
-            Adopted::Finished(report) => self.on_reports(book, vec![(attempt.id, report)]).await,
+            Adopted::Finished(report) => self.on_reports(book, vec![(attempt.id, report)]),
             Adopted::Gone => {
                 let report = lost_report("keel stopped before the attempt could finish");
-                self.on_reports(book, vec![(attempt.id, report)]).await
+                self.on_reports(book, vec![(attempt.id, report)])
             }
         }
     }

@@ -146,7 +146,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Ends the tasks that gave up on a resource whose breaker stayed open too long.
-    pub(super) async fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
+    pub(super) fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
         for (run_index, task, message) in std::mem::take(&mut book.given_up) {
             let active = &mut book.runs[run_index];
             if active.finished
@@ -157,20 +157,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             {
                 continue;
             }
-            self.settle_task(book, run_index, task, Outcome::Failed, message)
-                .await?;
+            self.settle_task(book, run_index, task, Outcome::Failed, message)?;
         }
         Ok(())
     }
 
     /// Returns permits to their resources, records breaker transitions, and wakes the tasks
     /// that waited for an attempt on those resources to end.
-    pub(super) async fn release_permits(
+    pub(super) fn release_permits(
         &mut self,
         book: &mut Book,
         permits: Vec<(usize, Permit)>,
         verdict: ResourceVerdict,
-    ) -> Result<(), EngineError> {
+    ) {
         let now = self.clock.now();
         for (resource, permit) in permits {
             let transition = book.resources[resource].release(permit, verdict, now);
@@ -197,8 +196,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         "half open: the next attempt is a probe".to_string(),
                     ),
                 };
-                self.store
-                    .set_resource_state(keel_store::ResourceStateRecord {
+                book.writes
+                    .push(Write::Resource(keel_store::ResourceStateRecord {
                         pipeline: self.spec.name.clone(),
                         name: name.clone(),
                         state: label.to_string(),
@@ -210,19 +209,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             BreakerState::Open { until } => Some(until),
                             BreakerState::HalfOpen { .. } => Some(now),
                         },
-                    })
-                    .await?;
+                    }));
                 for run in book.runs.iter().filter(|run| !run.finished) {
-                    self.store
-                        .append_event(NewEvent {
-                            run: run.record.id,
-                            task: None,
-                            attempt: None,
-                            kind: keel_model::EventKind::Breaker,
-                            detail: format!("resource {name}: {detail}"),
-                            at: now,
-                        })
-                        .await?;
+                    let event = Change::Event {
+                        task: None,
+                        kind: keel_model::EventKind::Breaker,
+                        detail: format!("resource {name}: {detail}"),
+                    };
+                    write_changes(&mut book.writes, run.record.id, [event]);
                 }
                 (self.observer)(Progress::BreakerChanged {
                     resource: name,
@@ -231,6 +225,5 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 });
             }
         }
-        Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
-    pub(super) async fn on_sensor(
+    pub(super) fn on_sensor(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -79,9 +79,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             SensorVerdict::Ready => (true, None, None),
             SensorVerdict::Again { at, message } => (false, Some(at), message),
             SensorVerdict::Final { outcome, message } => {
-                return self
-                    .settle_task(book, run_index, task, outcome, message)
-                    .await;
+                return self.settle_task(book, run_index, task, outcome, message);
             }
         };
         let poll = SensorPoll {
@@ -92,7 +90,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             message,
             at: now,
         };
-        self.store.record_sensor_poll(poll).await?;
+        book.writes.push(Write::SensorPoll(poll));
         let active = &mut book.runs[run_index];
         match not_before {
             None => {

@@ -6,7 +6,7 @@ use super::*;
 impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// Ends a task that is not running with `outcome` (no attempt: a sensor that gave up, a
     /// resource that stayed down), then moves its dependents on.
-    pub(super) async fn settle_task(
+    pub(super) fn settle_task(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -25,9 +25,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             reset_retry_budget: false,
             reason: message,
         };
-        self.store
-            .update_tasks(active.record.id, vec![change], self.clock.now())
-            .await?;
+        write_tasks(&mut book.writes, active.record.id, [change]);
         active.slots[task].state = TaskState::Done;
         active.slots[task].outcome = Some(outcome);
         (self.observer)(Progress::TasksSettled {
@@ -36,18 +34,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             tasks: vec![name],
             outcome,
         });
-        self.on_task_done(book, run_index, task, outcome).await
+        self.on_task_done(book, run_index, task, outcome)
     }
 
-    /// Records a batch of ended attempts in one transaction, then moves their tasks on.
-    pub(super) async fn on_reports(
+    /// Records a batch of ended attempts, and everything they decide, in one step.
+    pub(super) fn on_reports(
         &mut self,
         book: &mut Book,
         reports: Vec<(AttemptId, Report)>,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let mut pending = Vec::with_capacity(reports.len());
-        let mut finishes = Vec::with_capacity(reports.len());
         for (attempt, report) in reports {
             let Some(live) = book.live.remove(&attempt) else {
                 continue;
@@ -55,15 +52,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let mut probe = false;
             if let Some(permits) = book.permits.remove(&attempt) {
                 probe = permits.iter().any(|(_, permit)| permit.probe);
-                self.release_permits(book, permits, ResourceVerdict::of(report.outcome))
-                    .await?;
+                self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
             }
             let (next, note) = self.next_step(book, &live, report.outcome, probe);
             let message = match (report.message.clone(), note) {
                 (Some(message), Some(note)) => Some(format!("{message}; {note}")),
                 (message, note) => message.or(note),
             };
-            finishes.push(FinishAttempt {
+            book.writes.push(Write::Finish(FinishAttempt {
                 attempt,
                 epoch: live.epoch,
                 outcome: report.outcome,
@@ -73,20 +69,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 message: message.clone(),
                 next: next.clone(),
                 at: now,
-            });
+            }));
             pending.push((live, report.outcome, next, message));
         }
-        if finishes.is_empty() {
-            return Ok(());
-        }
-        let results = self.store.finish_attempts(finishes).await?;
         let mut done = Vec::new();
-        for ((live, outcome, next, message), result) in pending.into_iter().zip(results) {
-            match result {
-                Ok(()) => {}
-                Err(StoreError::StaleLease { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
+        for (live, outcome, next, message) in pending {
             let active = &mut book.runs[live.run];
             let slot = &mut active.slots[live.task];
             slot.outcome = Some(outcome);
@@ -120,12 +107,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             });
         }
         for (run_index, task, outcome) in done {
-            self.on_task_done(book, run_index, task, outcome).await?;
+            self.on_task_done(book, run_index, task, outcome)?;
         }
         Ok(())
     }
 
-    pub(super) async fn on_task_done(
+    pub(super) fn on_task_done(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -150,9 +137,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 reset_retry_budget: true,
                 reason: "an upstream task landed late while it ran; running again with it".into(),
             };
-            self.store
-                .update_tasks(active.record.id, vec![change], self.clock.now())
-                .await?;
+            write_tasks(&mut book.writes, active.record.id, [change]);
             self.recompute_remaining(active);
             if active.remaining[task] == 0 {
                 book.ready.push_back((run_index, task));
@@ -178,19 +163,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
             }
             if landed_late {
-                self.reconcile(book, run_index, task).await?;
+                self.reconcile(book, run_index, task)?;
             }
         } else {
-            self.propagate_failure(book, run_index, task).await?;
+            self.propagate_failure(book, run_index, task)?;
         }
         if let Some(gate) = self.topology.gate_of_task(task) {
-            self.evaluate_gate(book, run_index, gate).await?;
+            self.evaluate_gate(book, run_index, gate)?;
         }
-        self.finish_run_if_done(book, run_index).await
+        self.finish_run_if_done(book, run_index)
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
-    pub(super) async fn propagate_failure(
+    pub(super) fn propagate_failure(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -234,7 +219,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .map(Outcome::as_str)
                 .unwrap_or("unfinished")
         );
-        let changes = blocked
+        let changes: Vec<TaskChange> = blocked
             .iter()
             .map(|downstream| TaskChange {
                 task: self.dag.name(*downstream).to_string(),
@@ -246,9 +231,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 reason: reason.clone(),
             })
             .collect();
-        self.store
-            .update_tasks(active.record.id, changes, self.clock.now())
-            .await?;
+        write_tasks(&mut book.writes, active.record.id, changes);
         for downstream in &blocked {
             let slot = &mut active.slots[*downstream];
             slot.state = TaskState::Done;
@@ -273,12 +256,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         gates.sort_unstable();
         gates.dedup();
         for gate in gates {
-            Box::pin(self.evaluate_gate(book, run_index, gate)).await?;
+            self.evaluate_gate(book, run_index, gate)?;
         }
         Ok(())
     }
 
-    pub(super) async fn finish_run_if_done(
+    pub(super) fn finish_run_if_done(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -336,9 +319,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             (RunState::Failed, Some(message))
         };
-        self.store
-            .set_run_state(active.record.id, state, message, self.clock.now())
-            .await?;
+        book.writes.push(Write::RunState {
+            run: active.record.id,
+            state,
+            message,
+        });
         active.finished = true;
         active.record.state = state;
         (self.observer)(Progress::RunFinished {
@@ -357,7 +342,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             let record = self.store.run(active.record.id).await?;
             if record.cancel_requested {
-                self.begin_cancel(book, run_index).await?;
+                self.begin_cancel(book, run_index)?;
             }
         }
         self.renew_leases_if_due(book).await
@@ -382,7 +367,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    pub(super) async fn begin_cancel(
+    pub(super) fn begin_cancel(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -404,7 +389,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .collect();
         if !waiting.is_empty() {
-            let changes = waiting
+            let changes: Vec<TaskChange> = waiting
                 .iter()
                 .map(|task| TaskChange {
                     task: self.dag.name(*task).to_string(),
@@ -416,34 +401,28 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     reason: "the run was cancelled".into(),
                 })
                 .collect();
-            self.store
-                .update_tasks(active.record.id, changes, self.clock.now())
-                .await?;
+            write_tasks(&mut book.writes, active.record.id, changes);
             for task in &waiting {
                 active.slots[*task].state = TaskState::Done;
                 active.slots[*task].outcome = Some(Outcome::Cancelled);
                 active.done += 1;
             }
         }
-        self.store
-            .append_event(NewEvent {
-                run: active.record.id,
-                task: None,
-                attempt: None,
-                kind: keel_model::EventKind::Cancelling,
-                detail: format!(
-                    "{} waiting tasks cancelled, running attempts stopped",
-                    waiting.len()
-                ),
-                at: self.clock.now(),
-            })
-            .await?;
-        self.finish_run_if_done(book, run_index).await
+        let event = Change::Event {
+            task: None,
+            kind: keel_model::EventKind::Cancelling,
+            detail: format!(
+                "{} waiting tasks cancelled, running attempts stopped",
+                waiting.len()
+            ),
+        };
+        write_changes(&mut book.writes, active.record.id, [event]);
+        self.finish_run_if_done(book, run_index)
     }
 
     /// Nothing is running, ready or scheduled, yet a run has unfinished tasks. With a valid DAG
     /// this cannot happen; if it does, the run fails loudly rather than hanging.
-    pub(super) async fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
+    pub(super) fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
         for run_index in 0..book.runs.len() {
             if book.runs[run_index].finished {
                 continue;
@@ -452,7 +431,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let stuck: Vec<TaskIndex> = (0..active.slots.len())
                 .filter(|task| active.slots[*task].state != TaskState::Done)
                 .collect();
-            let changes = stuck
+            let changes: Vec<TaskChange> = stuck
                 .iter()
                 .map(|task| TaskChange {
                     task: self.dag.name(*task).to_string(),
@@ -466,15 +445,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     reason: "stuck".into(),
                 })
                 .collect();
-            self.store
-                .update_tasks(active.record.id, changes, self.clock.now())
-                .await?;
+            write_tasks(&mut book.writes, active.record.id, changes);
             for task in stuck {
                 active.slots[task].state = TaskState::Done;
                 active.slots[task].outcome = Some(Outcome::UpstreamFailed);
                 active.done += 1;
             }
-            self.finish_run_if_done(book, run_index).await?;
+            self.finish_run_if_done(book, run_index)?;
         }
         Ok(())
     }
