@@ -149,6 +149,8 @@ pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     store_id: Arc<str>,
+    /// Transactions that changed something, for tests that check how many a step takes.
+    write_transactions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -275,7 +277,14 @@ impl SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path.to_path_buf()),
             store_id: store_id.into(),
+            write_transactions: Arc::default(),
         })
+    }
+
+    /// How many transactions of this store (and its clones) changed something so far.
+    pub fn write_transactions(&self) -> u64 {
+        self.write_transactions
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -289,14 +298,19 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         let connection = self.connection.clone();
+        let writes = self.write_transactions.clone();
         tokio::task::spawn_blocking(move || {
             let mut connection = connection
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let changes_before = connection.total_changes();
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let value = work(&transaction)?;
             transaction.commit()?;
+            if connection.total_changes() != changes_before {
+                writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Ok(value)
         })
         .await

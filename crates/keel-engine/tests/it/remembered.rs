@@ -415,3 +415,46 @@ async fn a_running_attempt_renews_its_lease_so_only_a_dead_holder_lets_it_expire
         .unwrap();
     assert_eq!(expired.len(), 1, "a dead holder's lease expires");
 }
+
+/// A chain of tasks, each in its own phase after the one before.
+fn chain(length: usize) -> PipelineSpec {
+    let tasks = (0..length)
+        .map(|index| task(&format!("t{index}"), &format!("p{index}"), &[], 1))
+        .collect();
+    pipeline(tasks, 8)
+}
+
+#[tokio::test]
+async fn each_step_is_one_transaction() {
+    // Creating the run is one; then each task takes two: its claim, and the step that records
+    // its end with everything that follows from it (its start, the next task becoming ready, the
+    // run's end).
+    let harness = Harness::new();
+    let before = harness.store.write_transactions();
+    let mut engine = harness.engine(chain(5));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    assert_eq!(harness.store.write_transactions() - before, 1 + 2 * 5);
+
+    // A permanent failure at the head: its finish, the upstream failures it causes downstream
+    // and the failed run are one step.
+    let harness = Harness::new();
+    harness.executor.script("t0", &[Outcome::FailedPermanent]);
+    let before = harness.store.write_transactions();
+    let mut engine = harness.engine(chain(4));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Failed
+    );
+    assert_eq!(harness.store.write_transactions() - before, 1 + 2);
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    let after = outcomes(&harness, run.id).await;
+    assert_eq!(after["t3"], Some(Outcome::UpstreamFailed));
+}
