@@ -1,4 +1,4 @@
-//! Reads `keel.toml` (DESIGN §3) and turns it into a validated [`keel_model::PipelineSpec`].
+//! Reads `keel.toml` (docs/pipeline.md) and turns it into a validated [`keel_model::PipelineSpec`].
 //!
 //! Every error in a file is reported at once, each with `file:line:column`, the offending value
 //! and a hint. This crate reads the one file it is given and does nothing else: it runs no

@@ -1,4 +1,4 @@
-//! The `{date}`-style placeholders allowed in commands (DESIGN §3).
+//! The `{date}`-style placeholders allowed in commands (docs/pipeline.md).
 //!
 //! The grammar is small on purpose: `{name}` is a placeholder, `{{` and `}}` are literal braces,
 //! and a `}` that closes nothing is literal too. Whoever expands commands must follow the same

@@ -1,4 +1,4 @@
-//! Quorum gates (DESIGN §3): which phases have one, and whether a gate may open.
+//! Quorum gates (`gate` in docs/pipeline.md): which phases have one, and whether a gate may open.
 //!
 //! A gated phase is *sufficient* once every required task has completed and at least the
 //! minimum share of its tasks have. From then on Keel waits up to the grace period for the rest,

@@ -1,4 +1,4 @@
-/// The values a command template may use (DESIGN §3).
+/// The values a command template may use (docs/pipeline.md).
 pub struct TemplateValues<'a> {
     pub date: &'a str,
     pub partition: &'a str,

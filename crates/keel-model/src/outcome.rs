@@ -45,7 +45,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(
-    /// How one attempt of a task ended (DESIGN §4), or why a task never got an attempt.
+    /// How one attempt of a task ended (docs/tasks.md), or why a task never got an attempt.
     Outcome, "outcome" {
         Succeeded => "succeeded",
         NoData => "no_data",
@@ -87,7 +87,7 @@ impl Outcome {
 }
 
 named_enum!(
-    /// The state of a run (DESIGN §2).
+    /// The state of a run .
     RunState, "run state" {
         Queued => "queued",
         Running => "running",
@@ -107,7 +107,7 @@ impl RunState {
         )
     }
 
-    /// The `keel run` exit code for a run that ended in this state (DESIGN §5).
+    /// The `keel run` exit code for a run that ended in this state (docs/cli.md).
     pub fn exit_code(self) -> i32 {
         match self {
             RunState::Succeeded => 0,

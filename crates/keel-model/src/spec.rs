@@ -42,7 +42,7 @@ pub struct PhaseSpec {
     pub name: String,
     /// Phases that must be complete before this one starts.
     pub after: Vec<String>,
-    /// Lets downstream phases start before this one is complete (DESIGN §3).
+    /// Lets downstream phases start before this one is complete (docs/pipeline.md).
     pub gate: Option<GateSpec>,
 }
 
@@ -128,7 +128,7 @@ pub struct TaskSpec {
     pub wait_for: Option<SensorSpec>,
 }
 
-/// Exponential backoff between attempts, capped, with jitter (DESIGN §3 `retries`).
+/// Exponential backoff between attempts, capped, with jitter (`retries` in docs/pipeline.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RetryPolicy {
     /// The total number of attempts, the first one included. `1` means never retry.

@@ -1,9 +1,9 @@
-//! `hoops`: the processors of Keel's reference pipeline (DESIGN §7).
+//! `hoops`: the processors of Keel's reference pipeline (examples/hoops/README.md).
 //!
 //! - [`season`]: a synthetic basketball season, deterministic from a seed.
 //! - [`feed`]: that season served as JSON over HTTP on loopback, with switchable [`faults`].
 //! - [`tasks`]: `hoops <task> <date>`, the pipeline's processors on one SQLite [`warehouse`],
-//!   ending with DESIGN §4's exit codes and `KEEL_RESULT` file ([`outcome`]).
+//!   ending with the task contract's exit codes (docs/tasks.md) and `KEEL_RESULT` file ([`outcome`]).
 //!
 //! It must not talk to anything but loopback, and it never needs Keel to run: every task is a
 //! plain command.

@@ -1,4 +1,4 @@
-//! How a task ends: DESIGN §4's exit codes and the `KEEL_RESULT` file.
+//! How a task ends: the task contract's exit codes (docs/tasks.md) and the `KEEL_RESULT` file.
 
 use std::fmt;
 use std::io::{self, Write};

@@ -1,4 +1,4 @@
-//! The feed's faults, and how the tasks answer them with DESIGN §4's outcomes.
+//! The feed's faults, and how the tasks answer them with the task contract's outcomes.
 
 mod common;
 

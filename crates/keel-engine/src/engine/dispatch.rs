@@ -191,7 +191,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .join(format!("{}.{number}", self.dag.name(task)))
     }
 
-    /// A command of a task with its templates expanded, and the task environment of DESIGN §4.
+    /// A command of a task with its templates expanded, and the task environment of docs/tasks.md.
     pub(super) fn task_command_and_env(
         &mut self,
         record: &RunRecord,

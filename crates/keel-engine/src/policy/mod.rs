@@ -1,4 +1,4 @@
-//! Resilience policies for shared resources (DESIGN §2 "Resource", §3 `[resources.*]`): a rate
+//! Resilience policies for shared resources (`[resources.*]` in docs/pipeline.md): a rate
 //! limit ([`TokenBucket`]), a concurrency cap ([`Bulkhead`]), a circuit [`Breaker`] and a
 //! [`RetryBudget`], and [`ResourcePolicy`], which composes whichever of them a resource
 //! configures.

@@ -21,7 +21,7 @@ const MAX_ENTRIES: usize = 1024;
 /// - The classic bucket that refills continuously (`tokens / per`, fractional tokens) was
 ///   rejected: after a full burst it keeps refilling during the same window, so it admits up to
 ///   `2 × tokens − 1` starts in one window of `per`. That breaks the promise that matters here
-///   (an API limited to "20/s" must never see 21 calls in a second: DESIGN §1, and the
+///   (an API limited to "20/s" must never see 21 calls in a second: the
 ///   rate-limit scenario of the fault suite). Returning each token after exactly `per` is the most permissive rule that
 ///   keeps that promise, and it still admits exactly the configured rate over the long run.
 /// - Starts are not smoothed: a burst in one window is echoed `per` later if the demand is there.
