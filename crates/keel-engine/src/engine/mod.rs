@@ -1,31 +1,27 @@
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
+use crate::policy::{Permit, ResourcePolicy, Verdict as ResourceVerdict};
 use keel_exec::{Adopted, Executor, Launch, Report};
 use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
-    AttemptRecord, Change, ClaimAttempt, FinishAttempt, GateRecord, GateState, NewEvent, NewRun,
-    RunRecord, SensorPoll, Store, StoreError, TaskChange, TaskNext, Write,
+    AttemptRecord, Change, ClaimAttempt, GateRecord, GateState, NewEvent, NewRun, RunRecord, Store,
+    StoreError, TaskChange, Write,
 };
 use tokio::sync::mpsc;
 
-use crate::gate::{GateStatus, Topology, Verdict, judge};
-use crate::template::{TemplateValues, expand};
+use crate::gate::Topology;
 use crate::{Clock, EngineError, Random};
 
-mod dispatch;
-mod gates;
-mod recovery;
-mod resources;
-mod retry;
-mod sensors;
-mod settle;
+mod core;
+mod driver;
+
+use self::core::{Book, Core, Effect, Live, Wake, lost_report};
 
 /// Settings of one engine that do not come from the pipeline file.
 #[derive(Debug, Clone)]
@@ -181,117 +177,24 @@ pub enum Progress {
     },
 }
 
-/// The Keel engine for one pipeline version.
+/// The Keel engine for one pipeline version: the core that decides, and what the driver needs to
+/// carry its decisions out.
 pub struct Engine<S: Store, E: Executor, C: Clock> {
+    core: Core,
     store: S,
     executor: Arc<E>,
     clock: Arc<C>,
-    random: Box<dyn Random>,
-    spec: Arc<PipelineSpec>,
-    /// `spec.version()`, computed once: every claim records it.
-    version: String,
-    dag: Dag,
-    topology: Topology,
-    /// Per task: indexes into `spec.resources` of the resources it uses.
-    task_uses: Vec<Vec<usize>>,
-    config: EngineConfig,
-    observer: Box<dyn FnMut(Progress) + Send>,
 }
 
-#[derive(Debug, Clone)]
-struct Slot {
-    state: TaskState,
-    outcome: Option<Outcome>,
-    attempts: u32,
-    charged: u32,
-    first_started_at: Option<Millis>,
-}
-
-struct ActiveRun {
-    record: RunRecord,
-    slots: Vec<Slot>,
-    /// Per task: dependencies not yet complete (and not waived by an open gate).
-    remaining: Vec<u32>,
-    /// Per gate of the topology.
-    gates: Vec<GateStatus>,
-    /// Per task: missing when its phase's gate opened; downstream went on without it.
-    waived: Vec<bool>,
-    /// Per task: an upstream task landed late while this one ran; run it again when it ends.
-    needs_rerun: Vec<bool>,
-    /// Per task: its sensor reported ready (a task that has had an attempt needs none).
-    sensor_ready: Vec<bool>,
-    /// Per task: sensor polls so far in this process, for the backoff.
-    sensor_polls: Vec<u32>,
-    done: usize,
-    cancelling: bool,
-    finished: bool,
-}
-
-struct Live {
-    run: usize,
-    task: TaskIndex,
-    number: u32,
-    epoch: i64,
-    stop: Arc<dyn Fn() + Send + Sync>,
-}
-
-impl Live {
-    /// A live attempt whose stop handle arrives once it has started (see [`watch`]).
-    fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
-        Live {
-            run,
-            task,
-            number,
-            epoch,
-            stop: Arc::new(|| {}),
-        }
-    }
-}
-
-/// What a timer wakes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Wake {
-    Task(TaskIndex),
-    Gate(usize),
-    /// A resource's open breaker lets a probe through: its waiters take their turn.
-    Resource(usize),
-}
-
-struct Book {
-    runs: Vec<ActiveRun>,
-    ready: VecDeque<(usize, TaskIndex)>,
-    timers: BinaryHeap<Reverse<(Millis, usize, Wake)>>,
-    live: HashMap<AttemptId, Live>,
-    sender: mpsc::UnboundedSender<(AttemptId, Report)>,
-    /// Sensor polls report here: (run, task, report).
-    sensor_sender: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
-    /// Sensor polls running now; they count against the concurrency cap.
-    sensing: usize,
-    /// Per resource of the spec: its rate limit, bulkhead, breaker and retry budget.
-    resources: Vec<ResourcePolicy>,
-    /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
-    resource_waiters: Vec<Vec<(usize, TaskIndex)>>,
-    /// Per resource: tasks waiting for its breaker, in turn order. A task whose probe failed
-    /// goes to the back, so the probe goes to every waiting task in turn, across partitions.
-    breaker_waiters: Vec<VecDeque<(usize, TaskIndex)>>,
-    /// Per resource: when its breaker waiters are next woken, if a wake is scheduled.
-    breaker_wake: Vec<Option<Millis>>,
-    /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
-    given_up: Vec<(usize, TaskIndex, String)>,
-    /// Permits taken for tasks picked to start, until their claim is known.
-    picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
-    /// Permits held by running attempts.
-    permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
-    shutting_down: bool,
-    /// When the leases of running attempts were last renewed.
-    leases_renewed_at: Millis,
-    /// What this step decided, committed in one transaction (see [`Engine::flush`]) before
-    /// anything acts on it.
-    writes: Vec<Write>,
-}
-
-/// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers.
+/// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers,
+/// and how it reaches the attempts it started.
 struct Inbox {
+    /// Attempts report their end here.
+    reporter: mpsc::UnboundedSender<(AttemptId, Report)>,
+    /// Sensor polls report here: (run, task, report).
+    sensor_reporter: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
+    /// How to stop each attempt this engine follows.
+    stops: HashMap<AttemptId, Arc<dyn Fn() + Send + Sync>>,
     reports: mpsc::UnboundedReceiver<(AttemptId, Report)>,
     sensors: mpsc::UnboundedReceiver<(usize, TaskIndex, Report)>,
     shutdown: Shutdown,
@@ -311,28 +214,6 @@ enum Wakeup {
     Poll,
     Shutdown(ShutdownLevel),
     DrainOver,
-}
-
-/// Adds task changes of one run to a step's writes.
-fn write_tasks(writes: &mut Vec<Write>, run: RunId, changes: impl IntoIterator<Item = TaskChange>) {
-    writes.extend(changes.into_iter().map(|change| Write::Run {
-        run,
-        change: Change::Task(change),
-    }));
-}
-
-/// Adds changes of one run to a step's writes.
-fn write_changes(writes: &mut Vec<Write>, run: RunId, changes: impl IntoIterator<Item = Change>) {
-    writes.extend(changes.into_iter().map(|change| Write::Run { run, change }));
-}
-
-impl Book {
-    /// Stops every running attempt; each reports its end as usual.
-    fn stop_all(&self) {
-        for live in self.live.values() {
-            (live.stop)();
-        }
-    }
 }
 
 /// Sleeps until something needs the engine: an attempt or a sensor poll ended, a timer is due,
@@ -373,23 +254,13 @@ async fn wait<C: Clock>(clock: Arc<C>, next_timer: Option<Millis>, inbox: &mut I
 }
 
 /// Follows a started attempt: keeps its stop handle and reports its end to the engine's loop.
-fn watch(book: &mut Book, attempt: AttemptId, running: keel_exec::Running) {
-    if let Some(live) = book.live.get_mut(&attempt) {
-        live.stop = running.stop.clone();
-    }
-    let sender = book.sender.clone();
+fn watch(inbox: &mut Inbox, attempt: AttemptId, running: keel_exec::Running) {
+    inbox.stops.insert(attempt, running.stop.clone());
+    let sender = inbox.reporter.clone();
     tokio::spawn(async move {
         let report = running.completion.await;
         let _ = sender.send((attempt, report));
     });
-}
-
-fn is_complete(slot: &Slot) -> bool {
-    slot.state == TaskState::Done && slot.outcome.is_some_and(Outcome::is_complete)
-}
-
-fn lost_report(message: &str) -> Report {
-    Report::new(Outcome::Lost, message)
 }
 
 impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
@@ -417,33 +288,37 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     .collect()
             })
             .collect();
+        let store_id: Arc<str> = store.store_id().into();
         Engine {
+            core: Core {
+                random,
+                version: spec.version(),
+                spec: Arc::new(spec),
+                dag,
+                topology,
+                task_uses,
+                config,
+                store_id,
+                observer: Box::new(|_| {}),
+            },
             store,
             executor: Arc::new(executor),
             clock: Arc::new(clock),
-            random,
-            version: spec.version(),
-            spec: Arc::new(spec),
-            dag,
-            topology,
-            task_uses,
-            config,
-            observer: Box::new(|_| {}),
         }
     }
 
     /// Receives live progress events.
     pub fn observe(&mut self, observer: impl FnMut(Progress) + Send + 'static) {
-        self.observer = Box::new(observer);
+        self.core.observer = Box::new(observer);
     }
 
     /// How long running attempts may finish after a drain is asked for.
     pub fn set_shutdown_grace(&mut self, grace: Duration) {
-        self.config.shutdown_grace = grace;
+        self.core.config.shutdown_grace = grace;
     }
 
     pub fn spec(&self) -> &PipelineSpec {
-        &self.spec
+        &self.core.spec
     }
 
     pub fn store(&self) -> &S {
@@ -454,9 +329,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         names
             .iter()
             .map(|name| {
-                self.dag
+                self.core
+                    .dag
                     .index_of(name)
-                    .ok_or_else(|| EngineError::unknown_task(&self.spec, name))
+                    .ok_or_else(|| EngineError::unknown_task(&self.core.spec, name))
             })
             .collect()
     }
@@ -467,12 +343,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let only = self.check_task_names(&request.only)?;
         let mut prepared = Vec::new();
         for partition in &request.partitions {
-            let latest = self.store.latest_run(&self.spec.name, partition).await?;
+            let latest = self
+                .store
+                .latest_run(&self.core.spec.name, partition)
+                .await?;
             match latest {
                 Some(run) if !run.state.is_finished() => prepared.push(Prepared::Resumed(run.id)),
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
                     let tasks = self
+                        .core
                         .spec
                         .tasks
                         .iter()
@@ -483,13 +363,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             (task.name.clone(), task.phase.clone(), settled)
                         })
                         .collect();
-                    let trace_id = self.random.hex(32);
+                    let trace_id = self.core.random.hex(32);
                     let run = self
                         .store
                         .create_run(NewRun {
-                            pipeline: self.spec.name.clone(),
+                            pipeline: self.core.spec.name.clone(),
                             partition: partition.clone(),
-                            version: self.spec.version(),
+                            version: self.core.spec.version(),
                             trace_id,
                             tasks,
                             at: self.clock.now(),
@@ -510,7 +390,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let roots = self.check_task_names(tasks)?;
         let run = self
             .store
-            .latest_run(&self.spec.name, partition)
+            .latest_run(&self.core.spec.name, partition)
             .await?
             .ok_or_else(|| EngineError::NoRun {
                 partition: partition.to_string(),
@@ -526,17 +406,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let added: Vec<(String, String)> = roots
             .iter()
             .copied()
-            .chain(self.dag.downstream_of(&roots))
-            .filter(|task| !in_run.contains(self.dag.name(*task)))
+            .chain(self.core.dag.downstream_of(&roots))
+            .filter(|task| !in_run.contains(self.core.dag.name(*task)))
             .map(|task| {
-                let task_spec = &self.spec.tasks[task];
+                let task_spec = &self.core.spec.tasks[task];
                 (task_spec.name.clone(), task_spec.phase.clone())
             })
             .collect();
         let mut changes = Vec::new();
         for root in &roots {
             changes.push(TaskChange {
-                task: self.dag.name(*root).to_string(),
+                task: self.core.dag.name(*root).to_string(),
                 state: TaskState::Pending,
                 outcome: None,
                 not_before: None,
@@ -545,14 +425,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 reason: "manual retry".into(),
             });
         }
-        for downstream in self.dag.downstream_of(&roots) {
+        for downstream in self.core.dag.downstream_of(&roots) {
             let because = roots
                 .iter()
-                .map(|root| self.dag.name(*root))
+                .map(|root| self.core.dag.name(*root))
                 .collect::<Vec<_>>()
                 .join(", ");
             changes.push(TaskChange {
-                task: self.dag.name(downstream).to_string(),
+                task: self.core.dag.name(downstream).to_string(),
                 state: TaskState::Pending,
                 outcome: None,
                 not_before: None,
@@ -567,7 +447,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         self.store.update_tasks(run.id, changes, now).await?;
         self.reopen_gates(run.id, &roots, now).await?;
-        if self.version != run.version {
+        if self.core.version != run.version {
             self.store
                 .append_event(NewEvent {
                     run: run.id,
@@ -576,7 +456,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     kind: keel_model::EventKind::PipelineChanged,
                     detail: format!(
                         "the retry uses pipeline version {} (was {})",
-                        self.version, run.version
+                        self.core.version, run.version
                     ),
                     at: now,
                 })
@@ -609,6 +489,44 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.flush_all(book).await
     }
 
+    /// Carries out what the core asked for once its writes are committed: stops, sensor polls.
+    fn run_effects(&mut self, book: &mut Book, inbox: &mut Inbox) {
+        for effect in std::mem::take(&mut book.effects) {
+            match effect {
+                Effect::Stop(attempt) => {
+                    if let Some(stop) = inbox.stops.get(&attempt) {
+                        stop();
+                    }
+                }
+                Effect::PollSensor {
+                    run_index,
+                    task,
+                    launch,
+                } => {
+                    let sender = inbox.sensor_reporter.clone();
+                    // Launching may block (directories, locks, a fork): off the runtime thread.
+                    let executor = self.executor.clone();
+                    tokio::spawn(async move {
+                        let launched =
+                            tokio::task::spawn_blocking(move || executor.launch(launch)).await;
+                        let report = match launched {
+                            Ok(Ok(running)) => running.completion.await,
+                            Ok(Err(error)) => Report::new(
+                                Outcome::Failed,
+                                format!("cannot start the sensor: {error}"),
+                            ),
+                            Err(error) => Report::new(
+                                Outcome::Failed,
+                                format!("cannot start the sensor: the launcher failed: {error}"),
+                            ),
+                        };
+                        let _ = sender.send((run_index, task, report));
+                    });
+                }
+            }
+        }
+    }
+
     /// Commits every pending write, starts included.
     async fn flush_all(&mut self, book: &mut Book) -> Result<(), EngineError> {
         if book.writes.is_empty() {
@@ -621,31 +539,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// An empty book, and the inbox its attempts and sensors report to.
     async fn new_book(&mut self, shutdown: Shutdown) -> Result<(Book, Inbox), EngineError> {
-        let (sender, reports) = mpsc::unbounded_channel();
-        let (sensor_sender, sensors) = mpsc::unbounded_channel();
-        let resources = self.spec.resources.len();
-        let book = Book {
-            runs: Vec::new(),
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            live: HashMap::new(),
-            sender,
-            sensor_sender,
-            sensing: 0,
-            resources: self.resource_policies().await?,
-            resource_waiters: vec![Vec::new(); resources],
-            breaker_waiters: vec![VecDeque::new(); resources],
-            breaker_wake: vec![None; resources],
-            given_up: Vec::new(),
-            picked_permits: HashMap::new(),
-            permits: HashMap::new(),
-            shutting_down: false,
-            leases_renewed_at: self.clock.now(),
-            writes: Vec::new(),
-        };
-        let mut poll = tokio::time::interval(self.config.poll_interval);
+        let (reporter, reports) = mpsc::unbounded_channel();
+        let (sensor_reporter, sensors) = mpsc::unbounded_channel();
+        let book = Book::new(self.resource_policies().await?, self.clock.now());
+        let mut poll = tokio::time::interval(self.core.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inbox = Inbox {
+            reporter,
+            sensor_reporter,
+            stops: HashMap::new(),
             reports,
             sensors,
             shutdown,
@@ -665,19 +567,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         match wakeup {
             Wakeup::Sensor(run_index, task, report) => {
                 book.sensing = book.sensing.saturating_sub(1);
-                self.on_sensor(book, run_index, task, report)?;
+                self.core.on_sensor(book, run_index, task, report)?;
             }
-            Wakeup::Reports(batch) => self.on_reports(book, batch)?,
+            Wakeup::Reports(batch) => self.core.on_reports(book, batch)?,
             Wakeup::Timer => {
-                for (run_index, gate) in self.fire_timers(book) {
-                    self.evaluate_gate(book, run_index, gate)?;
-                    self.finish_run_if_done(book, run_index)?;
+                for (run_index, gate) in self.core.fire_timers(book) {
+                    self.core.evaluate_gate(book, run_index, gate)?;
+                    self.core.finish_run_if_done(book, run_index)?;
                 }
             }
             Wakeup::Poll => self.poll_requests(book).await?,
             Wakeup::Shutdown(ShutdownLevel::Drain) if !book.shutting_down => {
                 book.shutting_down = true;
-                let grace = self.config.shutdown_grace.as_millis() as Millis;
+                let grace = self.core.config.shutdown_grace.as_millis() as Millis;
                 inbox.drain_deadline = Some(self.clock.now() + grace);
             }
             Wakeup::Shutdown(ShutdownLevel::Now) => {
@@ -707,7 +609,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         shutdown: Shutdown,
     ) -> Result<Vec<RunSummary>, EngineError> {
         let (mut book, mut inbox) = self.new_book(shutdown).await?;
-        let live = self.store.live_attempts(&self.spec.name).await?;
+        let live = self.store.live_attempts(&self.core.spec.name).await?;
         let mut to_load: Vec<RunId> = runs.to_vec();
         for attempt in &live {
             if !to_load.contains(&attempt.run) {
@@ -715,13 +617,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
         }
         for run in to_load {
-            self.load_run(&mut book, run, &live).await?;
+            self.load_run(&mut book, &mut inbox, run, &live).await?;
         }
         loop {
+            book.now = self.clock.now();
             self.flush(&mut book).await?;
-            self.start_ready(&mut book).await?;
+            self.run_effects(&mut book, &mut inbox);
+            self.start_ready(&mut book, &mut inbox).await?;
+            self.run_effects(&mut book, &mut inbox);
             if !book.given_up.is_empty() {
-                self.settle_given_up(&mut book)?;
+                self.core.settle_given_up(&mut book)?;
                 continue;
             }
             if book.live.is_empty()
@@ -734,11 +639,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 && book.ready.is_empty()
                 && book.timers.is_empty()
             {
-                self.settle_stuck_runs(&mut book)?;
+                self.core.settle_stuck_runs(&mut book)?;
                 continue;
             }
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
             let wakeup = wait(self.clock.clone(), next_timer, &mut inbox).await;
+            book.now = self.clock.now();
             self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
         }
         self.flush_all(&mut book).await?;

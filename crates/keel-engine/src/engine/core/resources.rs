@@ -4,66 +4,12 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
-    /// Fresh resource policies, with the rate limits remembering the attempt starts of the last
-    /// window from the store, so a restarted Keel does not grant itself a second burst.
-    pub(super) async fn resource_policies(&mut self) -> Result<Vec<ResourcePolicy>, EngineError> {
-        let now = self.clock.now();
-        let longest = self
-            .spec
-            .resources
-            .iter()
-            .filter_map(|resource| resource.rate.map(|rate| rate.per.as_millis() as Millis))
-            .max();
-        let starts = match longest {
-            Some(window) => {
-                self.store
-                    .attempt_starts_since(&self.spec.name, now - window)
-                    .await?
-            }
-            None => Vec::new(),
-        };
-        let stored = self.store.resource_states(&self.spec.name).await?;
-        Ok(self
-            .spec
-            .resources
-            .iter()
-            .enumerate()
-            .map(|(index, resource)| {
-                let mine: Vec<Millis> = starts
-                    .iter()
-                    .filter(|(task, _)| {
-                        self.dag
-                            .index_of(task)
-                            .is_some_and(|task| self.task_uses[task].contains(&index))
-                    })
-                    .map(|(_, at)| *at)
-                    .collect();
-                let mut policy =
-                    ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));
-                policy.replay_starts(&mine);
-                // A breaker a previous Keel left open stays open: the state `keel status` shows
-                // is the state used.
-                if let Some(stored) = stored.iter().find(|stored| stored.name == resource.name)
-                    && stored.state != "closed"
-                {
-                    // A record from before Keel kept the times: open since it was written, and
-                    // the next attempt probes.
-                    policy.restore_breaker(
-                        stored.open_since.unwrap_or(stored.updated_at),
-                        stored.open_until.unwrap_or(stored.updated_at),
-                    );
-                }
-                policy
-            })
-            .collect())
-    }
-
+impl Core {
     /// Asks every resource a task uses whether an attempt may start now. If so, takes the
     /// permits (kept until the claim is known); if not, parks the task until a time or until
     /// an attempt on the resource ends. Waiting uses up no attempt.
-    pub(super) fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
-        let now = self.clock.now();
+    pub(crate) fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
+        let now = book.now;
         let mut until: Option<Millis> = None;
         let mut release_of: Option<usize> = None;
         for resource in &self.task_uses[task] {
@@ -105,7 +51,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Queues a task behind a resource's breaker, or gives it up when the breaker has stayed
     /// open past its `max_open`: a dependency that stays down ends the run instead of hanging it.
-    pub(super) fn wait_for_breaker(
+    pub(crate) fn wait_for_breaker(
         &self,
         book: &mut Book,
         resource: usize,
@@ -113,7 +59,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         task: TaskIndex,
         probe_at: Option<Millis>,
     ) {
-        let now = self.clock.now();
+        let now = book.now;
         let policy = &book.resources[resource];
         if policy.breaker_open_too_long(now) {
             let since = policy.breaker_open_since().unwrap_or(now);
@@ -146,7 +92,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Ends the tasks that gave up on a resource whose breaker stayed open too long.
-    pub(super) fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
+    pub(crate) fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
         for (run_index, task, message) in std::mem::take(&mut book.given_up) {
             let active = &mut book.runs[run_index];
             if active.finished
@@ -164,13 +110,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Returns permits to their resources, records breaker transitions, and wakes the tasks
     /// that waited for an attempt on those resources to end.
-    pub(super) fn release_permits(
+    pub(crate) fn release_permits(
         &mut self,
         book: &mut Book,
         permits: Vec<(usize, Permit)>,
         verdict: ResourceVerdict,
     ) {
-        let now = self.clock.now();
+        let now = book.now;
         for (resource, permit) in permits {
             let transition = book.resources[resource].release(permit, verdict, now);
             book.ready

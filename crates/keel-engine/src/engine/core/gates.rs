@@ -4,41 +4,11 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
-    /// A retried task is expected to land, so the gates of the phases it and its downstream
-    /// tasks sit in are judged again from the start: downstream waits for the retried tasks (or
-    /// for a new grace period) instead of going on without them at once.
-    pub(super) async fn reopen_gates(
-        &self,
-        run: RunId,
-        roots: &[TaskIndex],
-        now: Millis,
-    ) -> Result<(), EngineError> {
-        let mut gates: Vec<usize> = roots
-            .iter()
-            .copied()
-            .chain(self.dag.downstream_of(roots))
-            .filter_map(|task| self.topology.gate_of_task(task))
-            .collect();
-        gates.sort_unstable();
-        gates.dedup();
-        let changes = gates
-            .into_iter()
-            .map(|gate| {
-                Change::Gate(GateRecord {
-                    phase: self.topology.gates[gate].phase.clone(),
-                    status: GateState::Waiting,
-                    waived: Vec::new(),
-                })
-            })
-            .collect();
-        Ok(self.store.apply(run, changes, now).await?)
-    }
-
+impl Core {
     /// The gate that may waive the edge `dependency → task`: the gate of the dependency's phase
     /// when the edge leaves that phase, unless `task` names the dependency in its own `after`,
     /// which makes it a hard input that no gate waives.
-    pub(super) fn waivable(&self, dependency: TaskIndex, task: TaskIndex) -> Option<usize> {
+    pub(crate) fn waivable(&self, dependency: TaskIndex, task: TaskIndex) -> Option<usize> {
         self.topology
             .crosses_gate(dependency, task)
             .filter(|_| !self.dag.is_explicit(task, dependency))
@@ -46,7 +16,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Whether downstream work outside a gated phase already started, which means its gate had
     /// opened; for runs whose gates were never recorded.
-    pub(super) fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
+    pub(crate) fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
         self.topology.gates[gate].tasks.iter().any(|task| {
             self.dag.dependents(*task).iter().any(|dependent| {
                 self.waivable(*task, *dependent).is_some()
@@ -56,7 +26,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// The gate's state as the store keeps it, waived tasks by name.
-    pub(super) fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
+    pub(crate) fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
         let definition = &self.topology.gates[gate];
         GateRecord {
             phase: definition.phase.clone(),
@@ -77,7 +47,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Counts, for every task of a run, the dependencies it still waits for: those not complete,
     /// except those an open gate waived.
-    pub(super) fn recompute_remaining(&self, active: &mut ActiveRun) {
+    pub(crate) fn recompute_remaining(&self, active: &mut ActiveRun) {
         for task in 0..self.dag.len() {
             active.remaining[task] = self
                 .dag
@@ -93,13 +63,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Re-judges a gate after one of its tasks finished, or when its grace period ran out.
-    pub(super) fn evaluate_gate(
+    pub(crate) fn evaluate_gate(
         &mut self,
         book: &mut Book,
         run_index: usize,
         gate: usize,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
+        let now = book.now;
         let active = &mut book.runs[run_index];
         let status = active.gates[gate];
         if matches!(status, GateStatus::Open | GateStatus::Failed) || active.cancelling {
@@ -173,7 +143,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Opens a sufficient gate: downstream proceeds without the tasks still missing.
-    pub(super) fn open_gate(
+    pub(crate) fn open_gate(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -242,7 +212,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// rerun, and the task leaves the gate's waived list, all in one transaction: a Keel killed
     /// at any point either reconciles again on restart (the task is still listed as waived) or
     /// finds every rerun recorded.
-    pub(super) fn reconcile(
+    pub(crate) fn reconcile(
         &mut self,
         book: &mut Book,
         run_index: usize,

@@ -3,11 +3,11 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+impl Core {
     /// Polls a task's sensor once, as a process like any attempt, but without an attempt row:
     /// a poll is not an attempt and uses up none.
-    pub(super) fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
-        let now = self.clock.now();
+    pub(crate) fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
+        let now = book.now;
         let record = book.runs[run_index].record.clone();
         let sensor = self.spec.tasks[task]
             .wait_for
@@ -20,7 +20,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let dir = self
             .config
             .attempts_dir
-            .join(self.store.store_id())
+            .join(&*self.store_id)
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
         let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);
@@ -36,28 +36,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             kill_grace: self.config.kill_grace,
             log_cap: self.config.log_cap,
         };
-        let sender = book.sensor_sender.clone();
         book.sensing += 1;
-        // Launching may block (directories, locks, a fork): it runs off the runtime thread.
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            let launched = tokio::task::spawn_blocking(move || executor.launch(launch)).await;
-            let report = match launched {
-                Ok(Ok(running)) => running.completion.await,
-                Ok(Err(error)) => {
-                    Report::new(Outcome::Failed, format!("cannot start the sensor: {error}"))
-                }
-                Err(error) => Report::new(
-                    Outcome::Failed,
-                    format!("cannot start the sensor: the launcher failed: {error}"),
-                ),
-            };
-            let _ = sender.send((run_index, task, report));
+        book.effects.push(Effect::PollSensor {
+            run_index,
+            task,
+            launch,
         });
     }
 
     /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
-    pub(super) fn on_sensor(
+    pub(crate) fn on_sensor(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -74,7 +62,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         {
             return Ok(());
         }
-        let now = self.clock.now();
+        let now = book.now;
         let (ready, not_before, message) = match self.sensor_verdict(active, task, report, now) {
             SensorVerdict::Ready => (true, None, None),
             SensorVerdict::Again { at, message } => (false, Some(at), message),

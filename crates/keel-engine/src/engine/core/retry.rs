@@ -2,19 +2,19 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+impl Core {
     /// Where a task goes after an attempt ended with `outcome`: done, retried at a time (charged
     /// to the retry policy or not), or left to resume. This is the one retry decision; the
     /// deadline, the breaker probe and the resources' retry budgets are all consulted here, in
     /// this order, and a retry it grants is recorded in those budgets.
-    pub(super) fn next_step(
+    pub(crate) fn next_step(
         &mut self,
         book: &mut Book,
         live: &Live,
         outcome: Outcome,
         probe: bool,
     ) -> (TaskNext, Option<String>) {
-        let now = self.clock.now();
+        let now = book.now;
         let active = &book.runs[live.run];
         let task_spec = &self.spec.tasks[live.task];
         let slot = &active.slots[live.task];

@@ -3,10 +3,10 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+impl Core {
     /// Ends a task that is not running with `outcome` (no attempt: a sensor that gave up, a
     /// resource that stayed down), then moves its dependents on.
-    pub(super) fn settle_task(
+    pub(crate) fn settle_task(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -38,12 +38,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Records a batch of ended attempts, and everything they decide, in one step.
-    pub(super) fn on_reports(
+    pub(crate) fn on_reports(
         &mut self,
         book: &mut Book,
         reports: Vec<(AttemptId, Report)>,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
+        let now = book.now;
         let mut pending = Vec::with_capacity(reports.len());
         for (attempt, report) in reports {
             let Some(live) = book.live.remove(&attempt) else {
@@ -112,7 +112,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    pub(super) fn on_task_done(
+    pub(crate) fn on_task_done(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -175,7 +175,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
-    pub(super) fn propagate_failure(
+    pub(crate) fn propagate_failure(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -261,7 +261,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    pub(super) fn finish_run_if_done(
+    pub(crate) fn finish_run_if_done(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -334,40 +334,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
-    pub(super) async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        for run_index in 0..book.runs.len() {
-            let active = &book.runs[run_index];
-            if active.finished || active.cancelling {
-                continue;
-            }
-            let record = self.store.run(active.record.id).await?;
-            if record.cancel_requested {
-                self.begin_cancel(book, run_index)?;
-            }
-        }
-        self.renew_leases_if_due(book).await
-    }
-
-    /// Renews the leases of every running attempt once a third of their time has passed, so a
-    /// lease that expires means its holder is gone.
-    async fn renew_leases_if_due(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let ttl = self.config.lease_ttl.as_millis() as Millis;
-        if book.live.is_empty() || now < book.leases_renewed_at + ttl / 3 {
-            return Ok(());
-        }
-        book.leases_renewed_at = now;
-        let renewals = book
-            .live
-            .iter()
-            .map(|(attempt, live)| (*attempt, live.epoch))
-            .collect();
-        // A stale renewal only means the attempt ended or was taken over; its report says so.
-        self.store.renew_leases(renewals, now + ttl).await?;
-        Ok(())
-    }
-
-    pub(super) fn begin_cancel(
+    pub(crate) fn begin_cancel(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -377,9 +344,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             return Ok(());
         }
         active.cancelling = true;
-        for live in book.live.values().filter(|live| live.run == run_index) {
-            (live.stop)();
-        }
+        book.effects.extend(
+            book.live
+                .iter()
+                .filter(|(_, live)| live.run == run_index)
+                .map(|(attempt, _)| Effect::Stop(*attempt)),
+        );
         let waiting: Vec<TaskIndex> = (0..active.slots.len())
             .filter(|task| {
                 matches!(
@@ -422,7 +392,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Nothing is running, ready or scheduled, yet a run has unfinished tasks. With a valid DAG
     /// this cannot happen; if it does, the run fails loudly rather than hanging.
-    pub(super) fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
+    pub(crate) fn settle_stuck_runs(&mut self, book: &mut Book) -> Result<(), EngineError> {
         for run_index in 0..book.runs.len() {
             if book.runs[run_index].finished {
                 continue;

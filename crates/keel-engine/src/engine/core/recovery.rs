@@ -14,58 +14,13 @@ const NOT_IN_THE_RUN: Slot = Slot {
     first_started_at: None,
 };
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
-    /// Loads a run into the book and carries it on from where the store says it stands.
-    pub(super) async fn load_run(
-        &mut self,
-        book: &mut Book,
-        run: RunId,
-        live: &[AttemptRecord],
-    ) -> Result<(), EngineError> {
-        let record = self.store.run(run).await?;
-        let stored = self.store.task_runs(run).await?;
-        let run_index = book.runs.len();
-        book.runs.push(self.active_run(record.clone(), &stored));
-        if record.state.is_finished() {
-            return Ok(());
-        }
-        self.restore_tasks(book, run_index, &stored)?;
-        let landed_late = self.restore_gates(book, run_index).await?;
-        self.queue_what_can_start(book, run_index, &stored);
-        for attempt in live.iter().filter(|attempt| attempt.run == run) {
-            self.recover_attempt(book, run_index, attempt).await?;
-        }
-        (self.observer)(Progress::RunLoaded {
-            run,
-            partition: record.partition.clone(),
-            tasks: self.dag.len(),
-            done: book.runs[run_index].done,
-        });
-        if record.cancel_requested {
-            self.begin_cancel(book, run_index)?;
-        }
-        let failed_roots: Vec<TaskIndex> = (0..self.dag.len())
-            .filter(|task| {
-                let slot = &book.runs[run_index].slots[*task];
-                slot.state == TaskState::Done && !slot.outcome.is_some_and(Outcome::is_complete)
-            })
-            .collect();
-        for root in failed_roots {
-            self.propagate_failure(book, run_index, root)?;
-        }
-        // Tasks may have finished after a gate was last judged: judge again (a stored grace
-        // period keeps its end).
-        for gate in 0..self.topology.gates.len() {
-            self.evaluate_gate(book, run_index, gate)?;
-        }
-        for task in landed_late {
-            self.reconcile(book, run_index, task)?;
-        }
-        self.finish_run_if_done(book, run_index)
-    }
-
+impl Core {
     /// The in-memory view of a stored run: a cache, nothing more.
-    fn active_run(&self, record: RunRecord, stored: &[keel_store::TaskRunRecord]) -> ActiveRun {
+    pub(crate) fn active_run(
+        &self,
+        record: RunRecord,
+        stored: &[keel_store::TaskRunRecord],
+    ) -> ActiveRun {
         let tasks = self.dag.len();
         let mut active = ActiveRun {
             finished: record.state.is_finished(),
@@ -100,7 +55,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Pays the reruns a previous Keel owed to tasks that ended while it was down (or before it
     /// could run them again), then counts what is done.
-    fn restore_tasks(
+    pub(crate) fn restore_tasks(
         &mut self,
         book: &mut Book,
         run_index: usize,
@@ -148,12 +103,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// Takes up each gate as stored (or, for a gate never recorded, as the task states imply).
     /// Returns the tasks that a gate waived and that completed since, whose reconcile a previous
     /// Keel did not get to record.
-    async fn restore_gates(
+    pub(crate) fn restore_gates(
         &mut self,
         book: &mut Book,
         run_index: usize,
+        stored_gates: &[GateRecord],
     ) -> Result<Vec<TaskIndex>, EngineError> {
-        let stored_gates = self.store.gates(book.runs[run_index].record.id).await?;
         let active = &mut book.runs[run_index];
         let mut landed_late = Vec::new();
         for (gate, definition) in self.topology.gates.iter().enumerate() {
@@ -191,13 +146,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     }
 
     /// Queues the tasks whose dependencies are complete, and the timers of waiting ones.
-    fn queue_what_can_start(
+    pub(crate) fn queue_what_can_start(
         &self,
         book: &mut Book,
         run_index: usize,
         stored: &[keel_store::TaskRunRecord],
     ) {
-        let now = self.clock.now();
+        let now = book.now;
         let active = &mut book.runs[run_index];
         self.recompute_remaining(active);
         for task in 0..self.dag.len() {
@@ -215,66 +170,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         .push(Reverse((not_before, run_index, Wake::Task(task))));
                 }
                 _ => {}
-            }
-        }
-    }
-
-    /// Takes over an attempt a previous Keel left live: adopted if still running, recorded if it
-    /// ended meanwhile, and otherwise `lost` and retried.
-    async fn recover_attempt(
-        &mut self,
-        book: &mut Book,
-        run_index: usize,
-        attempt: &AttemptRecord,
-    ) -> Result<(), EngineError> {
-        let Some(task) = self.dag.index_of(&attempt.task) else {
-            return Ok(());
-        };
-        let now = self.clock.now();
-        let epoch = match self
-            .store
-            .take_over_attempt(attempt.id, &self.config.owner, now)
-            .await
-        {
-            Ok(epoch) => epoch,
-            Err(StoreError::StaleLease { .. }) => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
-        book.runs[run_index].slots[task].state = TaskState::Running;
-        let adopted = self
-            .executor
-            .adopt(PathBuf::from(&attempt.dir), attempt.pid);
-        let how = match &adopted {
-            Adopted::Running(_) => "adopted while still running",
-            Adopted::Finished(_) => "finished while keel was down",
-            Adopted::Gone => "lost",
-        };
-        (self.observer)(Progress::AttemptRecovered {
-            run: attempt.run,
-            partition: book.runs[run_index].record.partition.clone(),
-            task: attempt.task.clone(),
-            attempt: attempt.number,
-            how,
-        });
-        let live = Live::new(run_index, task, attempt.number, epoch);
-        book.live.insert(attempt.id, live);
-        match adopted {
-            Adopted::Running(running) => {
-                // It still holds its place in the bulkheads of the resources it uses.
-                let permits: Vec<(usize, Permit)> = self.task_uses[task]
-                    .iter()
-                    .map(|resource| (*resource, book.resources[*resource].adopt()))
-                    .collect();
-                if !permits.is_empty() {
-                    book.permits.insert(attempt.id, permits);
-                }
-                watch(book, attempt.id, running);
-                Ok(())
-            }
-            Adopted::Finished(report) => self.on_reports(book, vec![(attempt.id, report)]),
-            Adopted::Gone => {
-                let report = lost_report("keel stopped before the attempt could finish");
-                self.on_reports(book, vec![(attempt.id, report)])
             }
         }
     }

@@ -3,28 +3,11 @@
 
 use super::*;
 
-impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
-    /// Claims as many ready tasks as the concurrency cap allows, in one transaction, and starts
-    /// them.
-    pub(super) async fn start_ready(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        let cap = self.spec.concurrency.max(1) as usize;
-        loop {
-            let room = cap.saturating_sub(book.live.len() + book.sensing);
-            if room == 0 || book.shutting_down {
-                return Ok(());
-            }
-            let picked = self.pick_ready(book, room);
-            if picked.is_empty() {
-                return Ok(());
-            }
-            self.claim_and_launch(book, picked).await?;
-        }
-    }
-
+impl Core {
     /// Takes up to `room` tasks off the ready queue that may start an attempt now. Tasks that
     /// must first poll their sensor start the poll instead; tasks a resource holds back are
     /// parked until it lets them go.
-    fn pick_ready(&mut self, book: &mut Book, room: usize) -> Vec<(usize, TaskIndex)> {
+    pub(crate) fn pick_ready(&mut self, book: &mut Book, room: usize) -> Vec<(usize, TaskIndex)> {
         let mut picked: Vec<(usize, TaskIndex)> = Vec::new();
         while picked.len() < room {
             let Some((run_index, task)) = book.ready.pop_front() else {
@@ -56,143 +39,19 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         picked
     }
 
-    /// Claims the picked tasks' attempts in one transaction, launches those claimed, and
-    /// records their start in a second one.
-    async fn claim_and_launch(
-        &mut self,
-        book: &mut Book,
-        picked: Vec<(usize, TaskIndex)>,
-    ) -> Result<(), EngineError> {
-        // What earlier steps decided is committed before any claim acts on it.
-        self.flush(book).await?;
-        let now = self.clock.now();
-        let claims = picked
-            .iter()
-            .map(|(run_index, task)| {
-                let record = &book.runs[*run_index].record;
-                let number = book.runs[*run_index].slots[*task].attempts + 1;
-                let dir = self.attempt_dir(record.id, *task, number);
-                ClaimAttempt {
-                    run: record.id,
-                    task: self.dag.name(*task).to_string(),
-                    owner: self.config.owner.clone(),
-                    dir: dir.display().to_string(),
-                    // A retry may run a newer pipeline file than its run was created with.
-                    version: self.version.clone(),
-                    lease_expires_at: now + self.config.lease_ttl.as_millis() as Millis,
-                    at: now,
-                }
-            })
-            .collect();
-        let results = self.store.claim_attempts(claims).await?;
-        let mut launches = Vec::new();
-        for ((run_index, task), result) in picked.into_iter().zip(results) {
-            let permits = book.picked_permits.remove(&(run_index, task));
-            let attempt = match result {
-                Ok(attempt) => attempt,
-                Err(error) => {
-                    if let Some(unused) = permits {
-                        let verdict = ResourceVerdict::Neutral;
-                        self.release_permits(book, unused, verdict);
-                    }
-                    match error {
-                        // Another run of this partition is running the task; try again shortly.
-                        StoreError::AlreadyLive { .. } => {
-                            book.timers
-                                .push(Reverse((now + 1_000, run_index, Wake::Task(task))))
-                        }
-                        StoreError::NotClaimable { .. } => {}
-                        error => return Err(error.into()),
-                    }
-                    continue;
-                }
-            };
-            if let Some(permits) = permits {
-                book.permits.insert(attempt.id, permits);
-            }
-            let launch = self.prepare_attempt(book, run_index, task, &attempt);
-            launches.push((attempt.id, attempt.lease_epoch, launch));
-        }
-        self.launch_all(book, launches).await
-    }
-
-    /// Launches claimed attempts off the runtime thread (creating directories, taking locks and
-    /// forking may block), follows those that started, records their start in one transaction,
-    /// and records those that could not start as failed.
-    async fn launch_all(
-        &mut self,
-        book: &mut Book,
-        launches: Vec<(AttemptId, i64, Launch)>,
-    ) -> Result<(), EngineError> {
-        if launches.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<AttemptId> = launches.iter().map(|(id, _, _)| *id).collect();
-        let executor = self.executor.clone();
-        let launched = tokio::task::spawn_blocking(move || {
-            launches
-                .into_iter()
-                .map(|(id, epoch, launch)| (id, epoch, executor.launch(launch)))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let mut started = Vec::new();
-        let mut failed = Vec::new();
-        match launched {
-            Ok(results) => {
-                for (id, epoch, result) in results {
-                    match result {
-                        Ok(running) => {
-                            // Every attempt that started gets its start time, even when the
-                            // executor cannot say which process supervises it.
-                            started.push((id, epoch, running.pid));
-                            watch(book, id, running);
-                        }
-                        Err(error) => {
-                            let message = format!("cannot start the attempt: {error}");
-                            failed.push((id, Report::new(Outcome::Failed, message)));
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                let message = format!("cannot start the attempt: the launcher failed: {error}");
-                failed.extend(
-                    ids.into_iter()
-                        .map(|id| (id, Report::new(Outcome::Failed, message.clone()))),
-                );
-            }
-        }
-        // Committed with the next step: a start a crash loses is found again by adoption, which
-        // reads the attempt's own record.
-        book.writes.extend(
-            started
-                .into_iter()
-                .map(|(attempt, epoch, pid)| Write::Started {
-                    attempt,
-                    epoch,
-                    pid,
-                }),
-        );
-        if !failed.is_empty() {
-            self.on_reports(book, failed)?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
+    pub(crate) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
         // One directory per attempt, flat under the run: every inode created costs, and an
         // attempt already creates its directory and its record file. Runs are numbered per
         // store, from 1, so the store's identity keeps two stores' attempts apart.
         self.config
             .attempts_dir
-            .join(self.store.store_id())
+            .join(&*self.store_id)
             .join(run.0.to_string())
             .join(format!("{}.{number}", self.dag.name(task)))
     }
 
     /// A command of a task with its templates expanded, and the task environment of docs/tasks.md.
-    pub(super) fn task_command_and_env(
+    pub(crate) fn task_command_and_env(
         &mut self,
         record: &RunRecord,
         task: TaskIndex,
@@ -245,14 +104,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
 
     /// Marks a claimed attempt running and describes its launch: the command with its
     /// templates expanded and the task contract's environment.
-    fn prepare_attempt(
+    pub(crate) fn prepare_attempt(
         &mut self,
         book: &mut Book,
         run_index: usize,
         task: TaskIndex,
         attempt: &AttemptRecord,
     ) -> Launch {
-        let now = self.clock.now();
+        let now = book.now;
         let record = book.runs[run_index].record.clone();
         let task_spec = &self.spec.tasks[task];
         let (timeout, heartbeat) = (task_spec.timeout, task_spec.heartbeat);
@@ -286,8 +145,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
     }
 
-    pub(super) fn fire_timers(&mut self, book: &mut Book) -> Vec<(usize, usize)> {
-        let now = self.clock.now();
+    pub(crate) fn fire_timers(&mut self, book: &mut Book) -> Vec<(usize, usize)> {
+        let now = book.now;
         let mut gates_due = Vec::new();
         while let Some(Reverse((at, run_index, wake))) = book.timers.peek().copied() {
             if at > now {

@@ -1,0 +1,217 @@
+//! The core: every decision of the engine, as synchronous functions over the [`Book`] (the
+//! in-memory cache of the store) and the time of the step. It awaits nothing, reads no clock,
+//! touches no store and starts no process: what it decides goes into `book.writes`, which the
+//! driver commits in one transaction per step, and what must happen then goes into
+//! `book.effects`, which the driver carries out after the commit.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keel_exec::{Launch, Report};
+use keel_model::{
+    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+};
+use keel_store::{
+    AttemptRecord, Change, FinishAttempt, GateRecord, GateState, RunRecord, SensorPoll, TaskChange,
+    TaskNext, Write,
+};
+
+use super::{EngineConfig, Progress};
+use crate::gate::{GateStatus, Topology, Verdict, judge};
+use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
+use crate::template::{TemplateValues, expand};
+use crate::{EngineError, Random};
+
+mod dispatch;
+mod gates;
+mod recovery;
+mod resources;
+mod retry;
+mod sensors;
+mod settle;
+
+/// Everything the engine knows that is not in the book: the pipeline, its graph and gates, the
+/// engine's settings, the random source and the progress observer.
+pub(super) struct Core {
+    pub random: Box<dyn Random>,
+    pub spec: Arc<PipelineSpec>,
+    /// `spec.version()`, computed once: every claim records it.
+    pub version: String,
+    pub dag: Dag,
+    pub topology: Topology,
+    /// Per task: indexes into `spec.resources` of the resources it uses.
+    pub task_uses: Vec<Vec<usize>>,
+    pub config: EngineConfig,
+    /// The store's identity: attempt directories live under it.
+    pub store_id: Arc<str>,
+    pub observer: Box<dyn FnMut(Progress) + Send>,
+}
+
+/// What the driver does once a step's writes are committed.
+pub(super) enum Effect {
+    /// Stop a running attempt; it reports its end as usual.
+    Stop(AttemptId),
+    /// Poll a task's sensor, as a process without an attempt row.
+    PollSensor {
+        run_index: usize,
+        task: TaskIndex,
+        launch: Launch,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub state: TaskState,
+    pub outcome: Option<Outcome>,
+    pub attempts: u32,
+    pub charged: u32,
+    pub first_started_at: Option<Millis>,
+}
+
+pub(super) struct ActiveRun {
+    pub record: RunRecord,
+    pub slots: Vec<Slot>,
+    /// Per task: dependencies not yet complete (and not waived by an open gate).
+    pub remaining: Vec<u32>,
+    /// Per gate of the topology.
+    pub gates: Vec<GateStatus>,
+    /// Per task: missing when its phase's gate opened; downstream went on without it.
+    pub waived: Vec<bool>,
+    /// Per task: an upstream task landed late while this one ran; run it again when it ends.
+    pub needs_rerun: Vec<bool>,
+    /// Per task: its sensor reported ready (a task that has had an attempt needs none).
+    pub sensor_ready: Vec<bool>,
+    /// Per task: sensor polls so far in this process, for the backoff.
+    pub sensor_polls: Vec<u32>,
+    pub done: usize,
+    pub cancelling: bool,
+    pub finished: bool,
+}
+
+/// An attempt that is running (or being launched): where it belongs and its lease epoch.
+pub(super) struct Live {
+    pub run: usize,
+    pub task: TaskIndex,
+    pub number: u32,
+    pub epoch: i64,
+}
+
+impl Live {
+    pub fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
+        Live {
+            run,
+            task,
+            number,
+            epoch,
+        }
+    }
+}
+
+/// What a timer wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Wake {
+    Task(TaskIndex),
+    Gate(usize),
+    /// A resource's open breaker lets a probe through: its waiters take their turn.
+    Resource(usize),
+}
+
+pub(super) struct Book {
+    pub runs: Vec<ActiveRun>,
+    pub ready: VecDeque<(usize, TaskIndex)>,
+    pub timers: BinaryHeap<Reverse<(Millis, usize, Wake)>>,
+    pub live: HashMap<AttemptId, Live>,
+    /// Sensor polls running now; they count against the concurrency cap.
+    pub sensing: usize,
+    /// Per resource of the spec: its rate limit, bulkhead, breaker and retry budget.
+    pub resources: Vec<ResourcePolicy>,
+    /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
+    pub resource_waiters: Vec<Vec<(usize, TaskIndex)>>,
+    /// Per resource: tasks waiting for its breaker, in turn order. A task whose probe failed
+    /// goes to the back, so the probe goes to every waiting task in turn, across partitions.
+    pub breaker_waiters: Vec<VecDeque<(usize, TaskIndex)>>,
+    /// Per resource: when its breaker waiters are next woken, if a wake is scheduled.
+    pub breaker_wake: Vec<Option<Millis>>,
+    /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
+    pub given_up: Vec<(usize, TaskIndex, String)>,
+    /// Permits taken for tasks picked to start, until their claim is known.
+    pub picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
+    /// Permits held by running attempts.
+    pub permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
+    pub shutting_down: bool,
+    /// When the leases of running attempts were last renewed.
+    pub leases_renewed_at: Millis,
+    /// What this step decided, committed in one transaction (the driver's `flush`) before
+    /// anything acts on it.
+    pub writes: Vec<Write>,
+    /// What the driver must do once the writes are committed.
+    pub effects: Vec<Effect>,
+    /// The time of the current step, set by the driver; the core reads no clock.
+    pub now: Millis,
+}
+
+/// Adds task changes of one run to a step's writes.
+pub(super) fn write_tasks(
+    writes: &mut Vec<Write>,
+    run: RunId,
+    changes: impl IntoIterator<Item = TaskChange>,
+) {
+    writes.extend(changes.into_iter().map(|change| Write::Run {
+        run,
+        change: Change::Task(change),
+    }));
+}
+
+/// Adds changes of one run to a step's writes.
+pub(super) fn write_changes(
+    writes: &mut Vec<Write>,
+    run: RunId,
+    changes: impl IntoIterator<Item = Change>,
+) {
+    writes.extend(changes.into_iter().map(|change| Write::Run { run, change }));
+}
+
+pub(super) fn is_complete(slot: &Slot) -> bool {
+    slot.state == TaskState::Done && slot.outcome.is_some_and(Outcome::is_complete)
+}
+
+pub(super) fn lost_report(message: &str) -> Report {
+    Report::new(Outcome::Lost, message)
+}
+
+impl Book {
+    /// An empty book at `now`, with the resources' policies.
+    pub fn new(resources: Vec<ResourcePolicy>, now: Millis) -> Book {
+        let count = resources.len();
+        Book {
+            runs: Vec::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            live: HashMap::new(),
+            sensing: 0,
+            resources,
+            resource_waiters: vec![Vec::new(); count],
+            breaker_waiters: vec![VecDeque::new(); count],
+            breaker_wake: vec![None; count],
+            given_up: Vec::new(),
+            picked_permits: HashMap::new(),
+            permits: HashMap::new(),
+            shutting_down: false,
+            leases_renewed_at: now,
+            writes: Vec::new(),
+            effects: Vec::new(),
+            now,
+        }
+    }
+
+    /// Stops every running attempt; each reports its end as usual.
+    pub fn stop_all(&mut self) {
+        let attempts: Vec<AttemptId> = self.live.keys().copied().collect();
+        self.effects.extend(attempts.into_iter().map(Effect::Stop));
+    }
+}
+
+#[cfg(test)]
+mod tests;
