@@ -222,17 +222,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .collect();
         for root in failed_roots {
-            self.core.propagate_failure(book, run_index, root)?;
+            book.followups.push_back(Followup::Propagate {
+                run_index,
+                task: root,
+            });
         }
         // Tasks may have finished after a gate was last judged: judge again (a stored grace
         // period keeps its end).
         for gate in 0..self.core.topology.gates.len() {
-            self.core.evaluate_gate(book, run_index, gate)?;
+            book.followups
+                .push_back(Followup::JudgeGate { run_index, gate });
         }
         for task in landed_late {
-            self.core.reconcile(book, run_index, task)?;
+            book.followups
+                .push_back(Followup::Reconcile { run_index, task });
         }
-        self.core.finish_run_if_done(book, run_index)
+        self.core.follow_up(book, Followup::FinishRun { run_index })
     }
 
     /// Takes over an attempt a previous Keel left live: adopted if still running, recorded if it

@@ -21,7 +21,7 @@ use crate::{Clock, EngineError, Random};
 mod core;
 mod driver;
 
-use self::core::{Book, Core, Effect, Live, Wake, lost_report};
+use self::core::{Book, Core, Effect, Followup, Live, Wake, lost_report};
 
 /// Settings of one engine that do not come from the pipeline file.
 #[derive(Debug, Clone)]
@@ -572,9 +572,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             Wakeup::Reports(batch) => self.core.on_reports(book, batch)?,
             Wakeup::Timer => {
                 for (run_index, gate) in self.core.fire_timers(book) {
-                    self.core.evaluate_gate(book, run_index, gate)?;
-                    self.core.finish_run_if_done(book, run_index)?;
+                    book.followups
+                        .push_back(Followup::JudgeGate { run_index, gate });
+                    book.followups.push_back(Followup::FinishRun { run_index });
                 }
+                self.core.drain(book)?;
             }
             Wakeup::Poll => self.poll_requests(book).await?,
             Wakeup::Shutdown(ShutdownLevel::Drain) if !book.shutting_down => {

@@ -134,7 +134,8 @@ impl Core {
                     ],
                 );
                 for task in failed {
-                    self.propagate_failure(book, run_index, task)?;
+                    book.followups
+                        .push_back(Followup::Propagate { run_index, task });
                 }
             }
             _ => {}

@@ -49,6 +49,26 @@ pub(super) struct Core {
     pub observer: Box<dyn FnMut(Progress) + Send>,
 }
 
+/// A step's follow-up work. Handlers push follow-ups instead of calling each other; the step's
+/// entry point drains the queue, so no handler recurses into another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Followup {
+    /// A task ended for good: move its dependents on.
+    TaskDone {
+        run_index: usize,
+        task: TaskIndex,
+        outcome: Outcome,
+    },
+    /// A task ended without completing: settle what can no longer run downstream.
+    Propagate { run_index: usize, task: TaskIndex },
+    /// Something a gate depends on changed, or its grace ended: judge it again.
+    JudgeGate { run_index: usize, gate: usize },
+    /// A waived task landed late: run again what ran without it.
+    Reconcile { run_index: usize, task: TaskIndex },
+    /// The run may have ended; judged once the rest of the queue is drained.
+    FinishRun { run_index: usize },
+}
+
 /// What the driver does once a step's writes are committed.
 pub(super) enum Effect {
     /// Stop a running attempt; it reports its end as usual.
@@ -148,6 +168,8 @@ pub(super) struct Book {
     pub writes: Vec<Write>,
     /// What the driver must do once the writes are committed.
     pub effects: Vec<Effect>,
+    /// Follow-up work of the current step; see [`Followup`].
+    pub followups: VecDeque<Followup>,
     /// The time of the current step, set by the driver; the core reads no clock.
     pub now: Millis,
 }
@@ -202,6 +224,7 @@ impl Book {
             leases_renewed_at: now,
             writes: Vec::new(),
             effects: Vec::new(),
+            followups: VecDeque::new(),
             now,
         }
     }
@@ -210,6 +233,49 @@ impl Book {
     pub fn stop_all(&mut self) {
         let attempts: Vec<AttemptId> = self.live.keys().copied().collect();
         self.effects.extend(attempts.into_iter().map(Effect::Stop));
+    }
+}
+
+impl Core {
+    /// Queues `followup` and drains the queue: the entry point of a step's follow-up work.
+    pub(crate) fn follow_up(
+        &mut self,
+        book: &mut Book,
+        followup: Followup,
+    ) -> Result<(), EngineError> {
+        book.followups.push_back(followup);
+        self.drain(book)
+    }
+
+    /// Works through the step's follow-ups in order. Whether a run ended is judged last, once
+    /// nothing else can change its tasks.
+    pub(crate) fn drain(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        let mut may_have_ended = Vec::new();
+        while let Some(followup) = book.followups.pop_front() {
+            match followup {
+                Followup::TaskDone {
+                    run_index,
+                    task,
+                    outcome,
+                } => self.on_task_done(book, run_index, task, outcome)?,
+                Followup::Propagate { run_index, task } => {
+                    self.propagate_failure(book, run_index, task)?
+                }
+                Followup::JudgeGate { run_index, gate } => {
+                    self.evaluate_gate(book, run_index, gate)?
+                }
+                Followup::Reconcile { run_index, task } => self.reconcile(book, run_index, task)?,
+                Followup::FinishRun { run_index } => {
+                    if !may_have_ended.contains(&run_index) {
+                        may_have_ended.push(run_index);
+                    }
+                }
+            }
+        }
+        for run_index in may_have_ended {
+            self.finish_run_if_done(book, run_index)?;
+        }
+        Ok(())
     }
 }
 

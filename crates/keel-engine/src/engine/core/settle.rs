@@ -34,7 +34,12 @@ impl Core {
             tasks: vec![name],
             outcome,
         });
-        self.on_task_done(book, run_index, task, outcome)
+        let done = Followup::TaskDone {
+            run_index,
+            task,
+            outcome,
+        };
+        self.follow_up(book, done)
     }
 
     /// Records a batch of ended attempts, and everything they decide, in one step.
@@ -106,10 +111,16 @@ impl Core {
                 retry_at,
             });
         }
-        for (run_index, task, outcome) in done {
-            self.on_task_done(book, run_index, task, outcome)?;
-        }
-        Ok(())
+        book.followups
+            .extend(
+                done.into_iter()
+                    .map(|(run_index, task, outcome)| Followup::TaskDone {
+                        run_index,
+                        task,
+                        outcome,
+                    }),
+            );
+        self.drain(book)
     }
 
     pub(crate) fn on_task_done(
@@ -163,15 +174,19 @@ impl Core {
                 }
             }
             if landed_late {
-                self.reconcile(book, run_index, task)?;
+                book.followups
+                    .push_back(Followup::Reconcile { run_index, task });
             }
         } else {
-            self.propagate_failure(book, run_index, task)?;
+            book.followups
+                .push_back(Followup::Propagate { run_index, task });
         }
         if let Some(gate) = self.topology.gate_of_task(task) {
-            self.evaluate_gate(book, run_index, gate)?;
+            book.followups
+                .push_back(Followup::JudgeGate { run_index, gate });
         }
-        self.finish_run_if_done(book, run_index)
+        book.followups.push_back(Followup::FinishRun { run_index });
+        Ok(())
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
@@ -256,7 +271,8 @@ impl Core {
         gates.sort_unstable();
         gates.dedup();
         for gate in gates {
-            self.evaluate_gate(book, run_index, gate)?;
+            book.followups
+                .push_back(Followup::JudgeGate { run_index, gate });
         }
         Ok(())
     }
@@ -387,7 +403,7 @@ impl Core {
             ),
         };
         write_changes(&mut book.writes, active.record.id, [event]);
-        self.finish_run_if_done(book, run_index)
+        self.follow_up(book, Followup::FinishRun { run_index })
     }
 
     /// Nothing is running, ready or scheduled, yet a run has unfinished tasks. With a valid DAG
@@ -421,8 +437,8 @@ impl Core {
                 active.slots[task].outcome = Some(Outcome::UpstreamFailed);
                 active.done += 1;
             }
-            self.finish_run_if_done(book, run_index)?;
+            book.followups.push_back(Followup::FinishRun { run_index });
         }
-        Ok(())
+        self.drain(book)
     }
 }
