@@ -80,12 +80,7 @@ fn install_hoops(dir: &Path) -> Result<PathBuf> {
 
 pub async fn demo(args: DemoArgs) -> Result<u8> {
     let started = Instant::now();
-    let first = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d").map_err(|_| {
-        crate::Exit::usage(format!(
-            "--start {:?} is not a date; write it as YYYY-MM-DD",
-            args.start
-        ))
-    })?;
+    let first = crate::state::parse_date("--start", &args.start)?;
     if args.days == 0 || args.days > 60 {
         return Err(crate::Exit::usage(format!(
             "--days {} is out of range; use 1 to 60",

@@ -132,14 +132,47 @@ pub fn check_partition(spec: &PipelineSpec, partition: &str) -> Result<String> {
             "partition {partition:?} does not fit pipeline {:?}, which is not partitioned; use --partition none or leave it out",
             spec.name
         ))),
-        PartitionKind::Date => chrono::NaiveDate::parse_from_str(partition, "%Y-%m-%d")
-            .map(|date| date.format("%Y-%m-%d").to_string())
-            .map_err(|_| {
-                Exit::usage(format!(
-                    "partition {partition:?} is not a date; write it as YYYY-MM-DD, e.g. 2026-01-18"
-                ))
-            }),
+        PartitionKind::Date => {
+            parse_date("partition", partition).map(|date| date.format("%Y-%m-%d").to_string())
+        }
     }
+}
+
+/// Reads a date given on the command line as exactly `YYYY-MM-DD`, a real calendar date in the
+/// years 1000 to 9999; `what` names the argument in the error (`partition`, `--from`).
+///
+/// chrono's `%Y-%m-%d` alone also takes `2026-2-3`, `+2026-01-01` and `0000-01-01` and rewrites
+/// them. A partition names a run and, through it, the attempt directories and the tasks'
+/// `{date}`, so a value is either the canonical form or refused, never silently changed.
+pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
+    const EXPECTED: &str = "write it as YYYY-MM-DD, e.g. 2026-01-18";
+    let bytes = text.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(position, byte)| match position {
+                4 | 7 => *byte == b'-',
+                _ => byte.is_ascii_digit(),
+            });
+    if !shaped {
+        return Err(Exit::usage(format!(
+            "{what} {text:?} is not a date; {EXPECTED}"
+        )));
+    }
+    // Only ASCII digits are left in these places, so the numbers parse.
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    if year < 1000 {
+        return Err(Exit::usage(format!(
+            "{what} {text:?} is out of range; write it as YYYY-MM-DD with a year from 1000 to 9999, e.g. 2026-01-18"
+        )));
+    }
+    chrono::NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
+        Exit::usage(format!(
+            "{what} {text:?} is not a calendar date; {EXPECTED}"
+        ))
+    })
 }
 
 /// Today's partition in the pipeline's time zone.
@@ -171,12 +204,7 @@ pub fn partitions(spec: &PipelineSpec, args: &crate::args::PartitionArgs) -> Res
                     spec.name
                 )));
             }
-            let parse = |text: &str| {
-                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-                    Exit::usage(format!("{text:?} is not a date; write it as YYYY-MM-DD"))
-                })
-            };
-            let (first, last) = (parse(from)?, parse(to)?);
+            let (first, last) = (parse_date("--from", from)?, parse_date("--to", to)?);
             if last < first {
                 return Err(Exit::usage(format!("--to {to} is before --from {from}")));
             }

@@ -969,6 +969,80 @@ fn from_after_to_exits_2() {
     assert_eq!(project.status()["runs"], serde_json::json!([]));
 }
 
+/// Regression: chrono's `%Y-%m-%d` took `2026-2-3`, `+2026-01-01` and `0000-01-01` and
+/// rewrote them, so a run could be made for a partition nobody typed. Exactly `YYYY-MM-DD`, a
+/// real date from year 1000 to 9999, is accepted wherever a date is given.
+#[test]
+fn partitions_must_be_written_exactly_as_yyyy_mm_dd() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let refused = [
+        "2026-2-3",
+        "2026-02-3",
+        "+2026-01-01",
+        "0000-01-01",
+        "0999-12-31",
+        "02026-01-18",
+        " 2026-01-18",
+        "2026-01-18 ",
+        "2026/01/18",
+        "2026-02-29",
+        "\u{ff12}026-01-18",
+    ];
+    for value in refused {
+        let commands: [(&str, Vec<&str>); 7] = [
+            ("run --partition", vec!["run", "--partition", value]),
+            ("run --from", vec!["run", "--from", value, "--to", DAY]),
+            ("run --to", vec!["run", "--from", DAY, "--to", value]),
+            ("status --partition", vec!["status", "--partition", value]),
+            ("logs --partition", vec!["logs", "a", "--partition", value]),
+            (
+                "retry --partition",
+                vec!["retry", "a", "--partition", value],
+            ),
+            ("cancel --partition", vec!["cancel", "--partition", value]),
+        ];
+        for (what, args) in commands {
+            let mut all = vec![args[0], project.pipeline.to_str().unwrap()];
+            all.extend_from_slice(&args[1..]);
+            let ran = project.raw(&all);
+            no_panic(&ran);
+            assert_eq!(ran.code, Some(2), "{what} {value:?}: {}", ran.transcript());
+            assert!(
+                ran.stderr.contains(&format!("{value:?}")) && ran.stderr.contains("YYYY-MM-DD"),
+                "{what} {value:?} names the value and the form: {}",
+                ran.stderr
+            );
+        }
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    assert_eq!(project.status()["runs"], serde_json::json!([]));
+
+    let messages = ["2026-2-3", "0000-01-01", "2026-02-29"]
+        .iter()
+        .map(|value| project.run(&["--partition", value]).transcript())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_snapshot!("partitions_not_written_as_yyyy_mm_dd", messages);
+
+    // The canonical form still works, at both ends of the year range.
+    for value in ["1000-01-01", "9999-12-31", "2028-02-29"] {
+        let ran = project.run(&["--partition", value]);
+        assert_eq!(ran.code, Some(0), "{value}: {}", ran.transcript());
+    }
+    let partitions: Vec<String> = project.status()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["partition"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(partitions.len(), 3, "{partitions:?}");
+    for value in ["1000-01-01", "9999-12-31", "2028-02-29"] {
+        assert!(partitions.contains(&value.to_string()), "{partitions:?}");
+    }
+}
+
 #[test]
 fn only_with_an_unknown_task_exits_2_with_did_you_mean() {
     let project = Project::new(&pipeline(
