@@ -151,10 +151,15 @@ fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
     shutdown
 }
 
-/// Reads `--grace`.
+/// Reads `--grace`, held to the same 365-day limit as every duration in the pipeline file.
 pub fn parse_grace(text: &str) -> Result<Duration> {
-    keel_model::parse_duration(text)
-        .map_err(|error| Exit::usage(format!("--grace {text:?}: {error}")))
+    match keel_model::parse_duration(text) {
+        Ok(grace) if grace <= keel_config::MAX_DURATION => Ok(grace),
+        Ok(_) | Err(keel_model::DurationError::Overflow(_)) => Err(Exit::usage(format!(
+            "--grace {text:?} is too long; it must be at most 365d"
+        ))),
+        Err(error) => Err(Exit::usage(format!("--grace {text:?}: {error}"))),
+    }
 }
 
 /// The exit code for a set of runs: the worst of them.

@@ -1043,6 +1043,35 @@ fn partitions_must_be_written_exactly_as_yyyy_mm_dd() {
     }
 }
 
+/// Regression: `--grace` took any duration that fit in 64 bits of milliseconds, while every
+/// duration in the pipeline file is at most 365 days.
+#[test]
+fn grace_longer_than_365_days_exits_2() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    for grace in ["366d", "99999999999999999999s"] {
+        let ran = project.run(&["--partition", DAY, "--grace", grace]);
+        assert_eq!(ran.code, Some(2), "--grace {grace}: {}", ran.transcript());
+        assert_eq!(
+            ran.stderr,
+            format!("--grace {grace:?} is too long; it must be at most 365d\n")
+        );
+        let ran = project.keel("retry", &["a", "--partition", DAY, "--grace", grace]);
+        assert_eq!(
+            ran.code,
+            Some(2),
+            "retry --grace {grace}: {}",
+            ran.transcript()
+        );
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    assert_eq!(
+        project.run(&["--partition", DAY, "--grace", "365d"]).code,
+        Some(0)
+    );
+}
+
 #[test]
 fn only_with_an_unknown_task_exits_2_with_did_you_mean() {
     let project = Project::new(&pipeline(
