@@ -80,6 +80,7 @@ impl StatePaths {
 
     /// Creates the state directory if needed, then takes the one-executor lock.
     pub fn lock(&self) -> Result<StateLock> {
+        self.refuse_shared_dir()?;
         std::fs::create_dir_all(&self.dir).with_context(|| {
             format!(
                 "cannot create the state directory {:?}; check its permissions or pass --state",
@@ -90,6 +91,7 @@ impl StatePaths {
     }
 
     pub fn open(&self) -> Result<SqliteStore> {
+        self.refuse_shared_dir()?;
         Ok(SqliteStore::open(&self.database)?)
     }
 
@@ -99,6 +101,38 @@ impl StatePaths {
             return Ok(None);
         }
         Ok(Some(self.open()?))
+    }
+
+    /// Refuses to write in a state directory that every user may write to, sticky or not
+    /// (`/tmp`, say): another user could put a link or a file of their own where Keel is about
+    /// to make one (the lock, the database's journal, an attempt directory), and Keel would then
+    /// write through it or read from it.
+    fn refuse_shared_dir(&self) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A directory that is missing is made by `lock`, private to this user; one that cannot
+        // be looked at cannot be used either, and making or opening it says why.
+        let Ok(metadata) = std::fs::metadata(&self.dir) else {
+            return Ok(());
+        };
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o002 == 0 {
+            return Ok(());
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let ours = metadata.uid() == unsafe { libc::geteuid() };
+        let hint = if ours && mode & 0o1000 == 0 {
+            format!(
+                "make it private with `chmod 700 {}`, or keep the state elsewhere with --state",
+                self.dir.display()
+            )
+        } else {
+            "keep the state in a directory of your own, with --state or the pipeline's state field"
+                .to_string()
+        };
+        anyhow::bail!(
+            "state directory {:?} is writable by every user (mode {mode:o}), who could replace keel's files in it; {hint}",
+            self.dir
+        )
     }
 }
 

@@ -673,6 +673,80 @@ fn state_directory_that_cannot_be_written_names_the_path_once_with_its_cause() {
     );
 }
 
+/// The names in `dir`, sorted; empty if it does not exist.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Regression: Keel opened `keel.lock` following links and truncated it for its pid, so a link
+/// planted in the state directory made it overwrite the file the link pointed to.
+#[test]
+fn a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    std::fs::create_dir(project.file(".keel")).unwrap();
+    std::fs::write(project.file("precious.txt"), "precious contents\n").unwrap();
+    std::os::unix::fs::symlink(
+        project.file("precious.txt"),
+        project.file(".keel/keel.lock"),
+    )
+    .unwrap();
+    let ran = project.run(&["--partition", DAY]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    assert_eq!(
+        ran.stderr,
+        "error: the lock file \"[DIR]/.keel/keel.lock\" is a symbolic link; keel follows no links in its state directory, so remove it and try again\n"
+    );
+    assert_eq!(project.read("precious.txt"), "precious contents\n");
+    assert!(!project.file("a.ran").exists(), "no task ran");
+}
+
+/// Regression: a state directory that every user may write to, such as /tmp, was used as it
+/// was: another user could plant links or files among Keel's before Keel made them.
+#[test]
+fn a_state_directory_writable_by_every_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let shared = project.file("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let state = shared.join("state.db");
+    let state = state.to_str().unwrap();
+    for (mode, hint) in [
+        (0o777, "make it private with `chmod 700 [DIR]/shared`"),
+        (0o1777, "keep the state in a directory of your own"),
+    ] {
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+        let ran = project.run(&["--partition", DAY, "--state", state]);
+        no_panic(&ran);
+        assert_eq!(ran.code, Some(1), "mode {mode:o}: {}", ran.transcript());
+        assert!(
+            ran.stderr.starts_with(&format!(
+                "error: state directory \"[DIR]/shared\" is writable by every user (mode {mode:o})"
+            )),
+            "{}",
+            ran.stderr
+        );
+        assert!(ran.stderr.contains(hint), "{}", ran.stderr);
+        assert_eq!(listing(&shared), Vec::<String>::new(), "nothing was made");
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    // Made private, it is used.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ran = project.run(&["--partition", DAY, "--state", state]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+}
+
 /// 8 KiB of bytes from a fixed generator: never a valid SQLite header.
 fn garbage(length: usize) -> Vec<u8> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;

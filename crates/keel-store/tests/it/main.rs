@@ -186,3 +186,56 @@ fn many_processes_opening_a_new_state_file_at_once_all_succeed() {
         }
     }
 }
+
+/// Regression: the lock file was opened following links, and then truncated for the pid, so a
+/// `keel.lock` linked to another file overwrote that file.
+#[test]
+fn a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious.txt");
+    std::fs::write(&target, "precious contents\n").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("keel.lock")).unwrap();
+    match StateLock::acquire(dir.path()) {
+        Err(error @ LockError::SymbolicLink { .. }) => {
+            assert!(error.to_string().contains("is a symbolic link"), "{error}");
+            assert!(error.to_string().contains("keel.lock"), "{error}");
+        }
+        other => panic!("expected the link to be refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "precious contents\n"
+    );
+
+    // A dangling link would have been created as its target.
+    let other = tempfile::tempdir().unwrap();
+    let missing = other.path().join("created-through-the-link");
+    std::fs::remove_file(dir.path().join("keel.lock")).unwrap();
+    std::os::unix::fs::symlink(&missing, dir.path().join("keel.lock")).unwrap();
+    assert!(matches!(
+        StateLock::acquire(dir.path()),
+        Err(LockError::SymbolicLink { .. })
+    ));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_lock_file_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::ffi::CString::new(dir.path().join("keel.lock").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    assert!(matches!(
+        StateLock::acquire(dir.path()),
+        Err(LockError::NotAFile { .. })
+    ));
+}
+
+#[test]
+fn a_new_lock_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = StateLock::acquire(dir.path()).unwrap();
+    let mode = std::fs::metadata(lock.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
