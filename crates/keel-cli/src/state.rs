@@ -80,13 +80,21 @@ impl StatePaths {
 
     /// Creates the state directory if needed, then takes the one-executor lock.
     pub fn lock(&self) -> Result<StateLock> {
+        use std::os::unix::fs::DirBuilderExt;
         self.refuse_shared_dir()?;
-        std::fs::create_dir_all(&self.dir).with_context(|| {
-            format!(
-                "cannot create the state directory {:?}; check its permissions or pass --state",
-                self.dir
-            )
-        })?;
+        // The state holds every task's output, results and messages: a directory Keel makes is
+        // private to its user (0700; the umask can only take bits away). One that exists is
+        // left as it is, since it may be the pipeline's own directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the state directory {:?}; check its permissions or pass --state",
+                    self.dir
+                )
+            })?;
         Ok(StateLock::acquire(&self.dir)?)
     }
 

@@ -143,6 +143,26 @@ fn new_store_id() -> std::io::Result<String> {
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
+/// Creates the state file empty, readable and writable by its owner only, unless it exists.
+///
+/// SQLite would create it with mode 0644 less the umask, and it gives the `-wal` and `-shm`
+/// files it makes beside a database the database's own mode: made here first, none of the three
+/// is readable by other users. An empty file is a new database to SQLite.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // Already there, or made by another process opening it at the same time.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// The SQLite state store. Cloning shares the one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -160,6 +180,7 @@ impl SqliteStore {
             path: display.clone(),
             detail,
         };
+        create_private_file(path).map_err(|error| open_error(error.to_string()))?;
         let connection = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         let classify = |error: rusqlite::Error| -> StoreError {
             let text = error.to_string();

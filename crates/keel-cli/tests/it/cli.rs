@@ -747,6 +747,56 @@ fn a_state_directory_writable_by_every_user_is_refused() {
     assert_eq!(ran.code, Some(0), "{}", ran.transcript());
 }
 
+/// Regression: the state directory was made 0755 and the database, its journal and the lock
+/// 0644, so every user of the machine could read the tasks' output, results and messages.
+#[test]
+fn a_new_state_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // The task reports the modes while Keel holds the database open, when its -wal and -shm
+    // files exist.
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["sh", "-c", "stat -c '%a %n' .keel .keel/state.db .keel/state.db-wal .keel/state.db-shm .keel/keel.lock > modes.txt"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        project.read("modes.txt"),
+        "700 .keel\n600 .keel/state.db\n600 .keel/state.db-wal\n600 .keel/state.db-shm\n600 .keel/keel.lock\n"
+    );
+    let mode = |name: &str| {
+        std::fs::metadata(project.file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".keel"), 0o700);
+    assert_eq!(mode(".keel/state.db"), 0o600);
+    assert_eq!(mode(".keel/keel.lock"), 0o600);
+
+    // A state in a directory that exists already: the directory is left as it was.
+    let other = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    std::fs::create_dir(other.file("mine")).unwrap();
+    std::fs::set_permissions(other.file("mine"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let state = other.file("mine/state.db");
+    let ran = other.run(&["--partition", DAY, "--state", state.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let mode_in_other = |name: &str| {
+        std::fs::metadata(other.file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode_in_other("mine"), 0o750);
+    assert_eq!(mode_in_other("mine/state.db"), 0o600);
+}
+
 /// 8 KiB of bytes from a fixed generator: never a valid SQLite header.
 fn garbage(length: usize) -> Vec<u8> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;

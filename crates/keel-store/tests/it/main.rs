@@ -239,3 +239,19 @@ fn a_new_lock_file_is_readable_by_its_owner_only() {
     let mode = std::fs::metadata(lock.path()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
 }
+
+/// Regression: SQLite made a new state file 0644, and its -wal and -shm files after it, so other
+/// users could read every task's messages and results.
+#[test]
+fn a_new_state_file_and_its_journal_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}: {mode:o}");
+    }
+    drop(store);
+}
