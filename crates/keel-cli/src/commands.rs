@@ -207,8 +207,7 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     }
     let partitions = state::partitions(&spec, &args.partitions)?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
     let request = RunRequest {
         partitions,
@@ -413,8 +412,7 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
     let partition = state::check_partition(&spec, &args.partition)?;
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
     let run = engine
         .retry(&partition, &tasks)

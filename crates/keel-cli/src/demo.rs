@@ -108,8 +108,7 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     let spec = crate::state::load_pipeline(&pipeline)?;
     let tasks = spec.tasks.len();
     let paths = StatePaths::resolve(None, &spec, &pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let path_variable = format!(
         "{}:{}",
         hoops.parent().expect("bin dir").display(),

@@ -98,6 +98,26 @@ impl StatePaths {
         Ok(StateLock::acquire(&self.dir)?)
     }
 
+    /// Takes the one-executor lock and opens the store, for a command that executes.
+    ///
+    /// A state file that exists is opened first, before anything is made beside it, so that a
+    /// file that is not a Keel state (`state = "/etc/passwd"`, say) is refused with its
+    /// directory left exactly as it was: no `keel.lock`, no state directory. Opening it before
+    /// taking the lock is safe, since a migration holds SQLite's own write lock.
+    pub fn lock_and_open(&self) -> Result<(StateLock, SqliteStore)> {
+        let existing = if self.database.exists() {
+            Some(self.open()?)
+        } else {
+            None
+        };
+        let lock = self.lock()?;
+        let store = match existing {
+            Some(store) => store,
+            None => self.open()?,
+        };
+        Ok((lock, store))
+    }
+
     pub fn open(&self) -> Result<SqliteStore> {
         self.refuse_shared_dir()?;
         Ok(SqliteStore::open(&self.database)?)

@@ -922,6 +922,46 @@ fn foreign_sqlite_database_is_refused_and_left_untouched() {
     assert!(!project.file("a.ran").exists(), "no task ran");
 }
 
+/// Regression: `state = "/etc/passwd"` was refused, but only after `keel.lock` had been made
+/// beside it. The state file is checked before anything is made in its directory.
+#[test]
+fn a_state_file_that_is_not_keels_is_refused_leaving_its_directory_as_it_was() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let etc = project.file("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n".repeat(40);
+    std::fs::write(etc.join("passwd"), &passwd).unwrap();
+    foreign_database(&etc.join("other-app.db"), 1);
+    let other_app = std::fs::read(etc.join("other-app.db")).unwrap();
+    let before = listing(&etc);
+
+    for name in ["passwd", "other-app.db"] {
+        let state = etc.join(name);
+        let state = state.to_str().unwrap();
+        for (what, ran) in [
+            ("run", project.run(&["--partition", DAY, "--state", state])),
+            (
+                "retry",
+                project.keel("retry", &["a", "--partition", DAY, "--state", state]),
+            ),
+        ] {
+            no_panic(&ran);
+            assert_eq!(ran.code, Some(1), "{what} {name}: {}", ran.transcript());
+            assert!(
+                ran.stderr.contains("is not a Keel state database"),
+                "{what} {name}: {}",
+                ran.stderr
+            );
+            assert_eq!(listing(&etc), before, "{what} {name} left files behind");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(etc.join("passwd")).unwrap(), passwd);
+    assert_eq!(std::fs::read(etc.join("other-app.db")).unwrap(), other_app);
+    assert!(!project.file("a.ran").exists(), "no task ran");
+}
+
 /// Regression: the foreign-database error said "it holds 1 tables".
 #[test]
 fn foreign_database_with_one_table_says_table_not_tables() {
