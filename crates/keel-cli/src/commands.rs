@@ -233,7 +233,9 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
             Prepared::AlreadyFinished(record) => {
                 println!(
                     "partition {} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
-                    record.partition, record.state, record.id
+                    display::printable(&record.partition),
+                    record.state,
+                    record.id
                 );
                 finished_states.push(record.state);
             }
@@ -398,11 +400,16 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
             eprintln!(
                 "attempt {} of {task:?} captured no output ({})",
                 attempt.number,
-                path.display()
+                display::printable(&path.display().to_string())
             );
             Ok(0)
         }
-        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+        Err(error) => Err(error).with_context(|| {
+            format!(
+                "cannot read {}",
+                display::printable(&path.display().to_string())
+            )
+        }),
     }
 }
 
@@ -426,7 +433,7 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
         "retrying {} in run {run} of partition {partition}, and everything downstream",
         tasks.join(", ")
     );
-    let created_with = engine.store().run(run).await?.version;
+    let created_with = display::printable(&engine.store().run(run).await?.version);
     let version = engine.spec().version();
     if created_with != version {
         eprintln!(

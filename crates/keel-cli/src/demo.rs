@@ -15,6 +15,7 @@ use keel_store::Store;
 
 use crate::args::DemoArgs;
 use crate::commands::build_engine_with_env;
+use crate::display::printable;
 use crate::state::StatePaths;
 
 const PIPELINE: &str = include_str!("../../../examples/hoops/keel.toml");
@@ -218,12 +219,14 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         println!("{line}");
         for (task, polls) in &waited {
             println!(
-                "            waited for {task}: its sensor said not ready {polls} times, then ready"
+                "            waited for {}: its sensor said not ready {polls} times, then ready",
+                printable(task)
             );
         }
         for (task, failures) in &healed {
             println!(
-                "            healed {task}: {} → succeeded",
+                "            healed {}: {} → succeeded",
+                printable(task),
                 failures.join(" → ")
             );
         }
@@ -235,9 +238,9 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             {
                 println!(
                     "            {} {}: {}",
-                    task.task,
+                    printable(&task.task),
                     task.outcome.map(Outcome::as_str).unwrap_or("unfinished"),
-                    task.message.as_deref().unwrap_or("")
+                    printable(task.message.as_deref().unwrap_or(""))
                 );
             }
         }

@@ -1990,6 +1990,39 @@ fn from_to_runs_every_partition_of_the_range() {
     );
 }
 
+/// Regression: `keel status` printed a task's message as it was, and a message can quote the
+/// task's output or result file: an escape sequence in it was acted on by the terminal (here it
+/// would set the window title, colour the rest red, clear the screen and reverse the text).
+#[test]
+fn status_tables_show_control_characters_escaped_while_json_keeps_them() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["sh", "-c", '''printf '%s' '{{"outcome":"no_data","message":"\u001b]0;pwned\u0007\u001b[31mred\u001b[0m \u009b2J \u202egnp.exe two\nlines\ttab"}}' > "$KEEL_RESULT"''']
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let message =
+        "\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{1b}[0m \u{9b}2J \u{202e}gnp.exe two\nlines\ttab";
+    assert_eq!(project.task(DAY, "a")["message"], message, "JSON is exact");
+
+    let table = project.table(DAY);
+    for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(
+            !table.contains(raw),
+            "{raw:?} reached the terminal: {table:?}"
+        );
+    }
+    assert!(
+        table.contains(r"\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{1b}[0m \u{9b}2J \u{202e}gnp.exe"),
+        "{table}"
+    );
+    assert!(
+        table.contains("two lines tab"),
+        "a line break does not split the cell: {table}"
+    );
+}
+
 #[test]
 fn status_json_has_the_contract_shape() {
     let project = Project::new(
