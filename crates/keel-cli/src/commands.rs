@@ -256,7 +256,7 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         .map(|partition| state::check_partition(&spec, partition))
         .transpose()?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let Some(store) = paths.open_existing()? else {
+    let Some(store) = paths.open_for_reading()? else {
         if args.json {
             println!("{}", serde_json::json!({ "runs": [] }));
         } else {
@@ -355,7 +355,7 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
     }
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let store = paths
-        .open_existing()?
+        .open_for_reading()?
         .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
     let run = store
         .latest_run(&spec.name, &partition)

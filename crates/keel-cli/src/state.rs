@@ -123,7 +123,22 @@ impl StatePaths {
         Ok(SqliteStore::open(&self.database)?)
     }
 
-    /// Opens the store for reading; `None` if no state exists yet.
+    /// Opens the store for a command that only reads it (`status`, `logs`), changing nothing and
+    /// leaving no file behind, in a directory this user may not write to as well; `None` if no
+    /// state exists yet.
+    pub fn open_for_reading(&self) -> Result<Option<SqliteStore>> {
+        if !self.database.exists() {
+            return Ok(None);
+        }
+        match SqliteStore::open_read_only(&self.database)? {
+            Some(store) => Ok(Some(store)),
+            // Being created by a Keel right now, or made by an older one: it becomes readable
+            // only by migrating it, which writes.
+            None => Ok(Some(SqliteStore::open(&self.database)?)),
+        }
+    }
+
+    /// Opens the store to change it, if it exists; `None` if no state exists yet.
     pub fn open_existing(&self) -> Result<Option<SqliteStore>> {
         if !self.database.exists() {
             return Ok(None);

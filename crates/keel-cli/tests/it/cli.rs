@@ -797,6 +797,132 @@ command = ["sh", "-c", "stat -c '%a %n' .keel .keel/state.db .keel/state.db-wal 
     assert_eq!(mode_in_other("mine/state.db"), 0o600);
 }
 
+/// Sets `dir` and everything under it to `dir_mode` and `file_mode`, owned by `owner` if given.
+/// Directories are changed after what they hold, so that taking their write bit away comes last.
+fn set_tree_modes(dir: &Path, owner: Option<u32>, dir_mode: u32, file_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            set_tree_modes(&path, owner, dir_mode, file_mode);
+        } else {
+            std::os::unix::fs::chown(&path, owner, owner).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode)).unwrap();
+        }
+    }
+    std::os::unix::fs::chown(dir, owner, owner).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+}
+
+/// Regression: `keel status` and `keel logs` opened the state as `keel run` does, to write it
+/// (the journal mode, migrations), so both failed on a state directory the user may only read,
+/// for example one kept by a service account. They now open it read-only.
+///
+/// Permissions do not bind root, so when the tests run as root the state is handed to `nobody`,
+/// made read-only, and `keel` runs as `nobody`.
+#[test]
+fn status_and_logs_read_a_state_directory_they_may_not_write_to() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo hello from a\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    const NOBODY: u32 = 65534;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let owner = as_root.then_some(NOBODY);
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&project.pipeline, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = project.file(".keel");
+    let before = (
+        listing(&state),
+        std::fs::read(state.join("state.db")).unwrap(),
+    );
+    set_tree_modes(&state, owner, 0o500, 0o400);
+    // Whatever happens below, give the state back so that the directory can be removed.
+    struct Restore(PathBuf);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_tree_modes(&self.0, Some(0), 0o700, 0o600);
+        }
+    }
+    let _restore = as_root.then(|| Restore(state.clone()));
+
+    let keel_as_reader = |args: &[&str]| {
+        let mut command = Command::new(keel_path());
+        command
+            .arg(args[0])
+            .arg(&project.pipeline)
+            .args(&args[1..])
+            .current_dir(project.path());
+        if as_root {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        let output = command.output().unwrap();
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: project.redact(&String::from_utf8_lossy(&output.stderr)),
+        }
+    };
+    let table = keel_as_reader(&["status", "--partition", DAY]);
+    assert_eq!(table.code, Some(0), "{}", table.transcript());
+    assert!(table.stdout.contains("succeeded"), "{}", table.stdout);
+    let list = keel_as_reader(&["status"]);
+    assert_eq!(list.code, Some(0), "{}", list.transcript());
+    let json = keel_as_reader(&["status", "--json"]);
+    assert_eq!(json.code, Some(0), "{}", json.transcript());
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["runs"][0]["state"], "succeeded", "{json:#}");
+    let logs = keel_as_reader(&["logs", "a", "--partition", DAY]);
+    assert_eq!(logs.code, Some(0), "{}", logs.transcript());
+    assert_eq!(logs.stdout, "hello from a\n");
+
+    let after = (
+        listing(&state),
+        std::fs::read(state.join("state.db")).unwrap(),
+    );
+    assert!(
+        after == before,
+        "the state changed: {:?} → {:?}",
+        before.0,
+        after.0
+    );
+}
+
+/// `keel status` and `keel logs` on a state they could write to leave it exactly as it was: no
+/// -wal, -shm or lock file is made, the database is not written.
+#[test]
+fn status_and_logs_leave_no_file_behind_in_a_state_directory() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo hello from a\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let state = project.file(".keel");
+    let snapshot = || {
+        let database = state.join("state.db");
+        (
+            listing(&state),
+            std::fs::read(&database).unwrap(),
+            std::fs::metadata(&database).unwrap().modified().unwrap(),
+        )
+    };
+    let before = snapshot();
+    assert_eq!(before.0, ["attempts", "keel.lock", "state.db"]);
+    for args in [&["--partition", DAY][..], &["--json"][..], &[][..]] {
+        let ran = project.keel("status", args);
+        assert_eq!(ran.code, Some(0), "status {args:?}: {}", ran.transcript());
+    }
+    assert_eq!(project.logs(DAY, "a", None).stdout, "hello from a\n");
+    assert!(
+        snapshot() == before,
+        "the state changed: {:?} → {:?}",
+        before.0,
+        snapshot().0
+    );
+}
+
 /// 8 KiB of bytes from a fixed generator: never a valid SQLite header.
 fn garbage(length: usize) -> Vec<u8> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
