@@ -110,8 +110,7 @@ async fn run_case(
     let spec = crate::state::load_pipeline(&pipeline)?;
     let dag = Dag::new(&spec);
     let paths = StatePaths::resolve(None, &spec, &pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store.clone())?;
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let finished_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

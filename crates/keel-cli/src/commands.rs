@@ -94,10 +94,15 @@ fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
     shutdown
 }
 
-/// Reads `--grace`.
+/// Reads `--grace`, held to the same 365-day limit as every duration in the pipeline file.
 pub fn parse_grace(text: &str) -> Result<Duration> {
-    keel_model::parse_duration(text)
-        .map_err(|error| Exit::usage(format!("--grace {text:?}: {error}")))
+    match keel_model::parse_duration(text) {
+        Ok(grace) if grace <= keel_config::MAX_DURATION => Ok(grace),
+        Ok(_) | Err(keel_model::DurationError::Overflow(_)) => Err(Exit::usage(format!(
+            "--grace {text:?} is too long; it must be at most 365d"
+        ))),
+        Err(error) => Err(Exit::usage(format!("--grace {text:?}: {error}"))),
+    }
 }
 
 /// The exit code for a set of runs: the worst of them.
@@ -145,8 +150,7 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     }
     let partitions = state::partitions(&spec, &args.partitions)?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
     let request = RunRequest {
         partitions,
@@ -172,7 +176,9 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
             Prepared::AlreadyFinished(record) => {
                 println!(
                     "partition {} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
-                    record.partition, record.state, record.id
+                    display::printable(&record.partition),
+                    record.state,
+                    record.id
                 );
                 finished_states.push(record.state);
             }
@@ -193,7 +199,7 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         .map(|partition| state::check_partition(&spec, partition))
         .transpose()?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let Some(store) = paths.open_existing()? else {
+    let Some(store) = paths.open_for_reading()? else {
         if args.json {
             println!("{}", serde_json::json!({ "runs": [] }));
         } else {
@@ -292,7 +298,7 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
     }
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let store = paths
-        .open_existing()?
+        .open_for_reading()?
         .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
     let run = store
         .latest_run(&spec.name, &partition)
@@ -337,11 +343,16 @@ async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
             eprintln!(
                 "attempt {} of {task:?} captured no output ({})",
                 attempt.number,
-                path.display()
+                display::printable(&path.display().to_string())
             );
             Ok(0)
         }
-        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+        Err(error) => Err(error).with_context(|| {
+            format!(
+                "cannot read {}",
+                display::printable(&path.display().to_string())
+            )
+        }),
     }
 }
 
@@ -351,8 +362,7 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
     let partition = state::check_partition(&spec, &args.partition)?;
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
     let run = engine
         .retry(&partition, &tasks)
@@ -366,7 +376,7 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
         "retrying {} in run {run} of partition {partition}, and everything downstream",
         tasks.join(", ")
     );
-    let created_with = engine.store().run(run).await?.version;
+    let created_with = display::printable(&engine.store().run(run).await?.version);
     let version = engine.spec().version();
     if created_with != version {
         eprintln!(

@@ -14,6 +14,7 @@ use keel_model::{Outcome, RunState};
 use keel_store::Store;
 
 use crate::args::DemoArgs;
+use crate::display::printable;
 use crate::setup::build_engine_with_env;
 use crate::state::StatePaths;
 
@@ -80,12 +81,7 @@ fn install_hoops(dir: &Path) -> Result<PathBuf> {
 
 pub async fn demo(args: DemoArgs) -> Result<u8> {
     let started = Instant::now();
-    let first = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d").map_err(|_| {
-        crate::Exit::usage(format!(
-            "--start {:?} is not a date; write it as YYYY-MM-DD",
-            args.start
-        ))
-    })?;
+    let first = crate::state::parse_date("--start", &args.start)?;
     if args.days == 0 || args.days > 60 {
         return Err(crate::Exit::usage(format!(
             "--days {} is out of range; use 1 to 60",
@@ -113,8 +109,7 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     let spec = crate::state::load_pipeline(&pipeline)?;
     let tasks = spec.tasks.len();
     let paths = StatePaths::resolve(None, &spec, &pipeline)?;
-    let _lock = paths.lock()?;
-    let store = paths.open()?;
+    let (_lock, store) = paths.lock_and_open()?;
     let path_variable = format!(
         "{}:{}",
         hoops.parent().expect("bin dir").display(),
@@ -224,12 +219,14 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         println!("{line}");
         for (task, polls) in &waited {
             println!(
-                "            waited for {task}: its sensor said not ready {polls} times, then ready"
+                "            waited for {}: its sensor said not ready {polls} times, then ready",
+                printable(task)
             );
         }
         for (task, failures) in &healed {
             println!(
-                "            healed {task}: {} → succeeded",
+                "            healed {}: {} → succeeded",
+                printable(task),
                 failures.join(" → ")
             );
         }
@@ -241,9 +238,9 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             {
                 println!(
                     "            {} {}: {}",
-                    task.task,
+                    printable(&task.task),
                     task.outcome.map(Outcome::as_str).unwrap_or("unfinished"),
-                    task.message.as_deref().unwrap_or("")
+                    printable(task.message.as_deref().unwrap_or(""))
                 );
             }
         }

@@ -106,7 +106,8 @@ impl ProgressDisplay {
                 counts.retrying = counts.retrying.min(counts.tasks.saturating_sub(counts.done));
             }
             let mut stderr = std::io::stderr().lock();
-            if let Some(note) = note {
+            // The note may quote a task's message: on a terminal, above all, keep it inert.
+            if let Some(note) = note.as_deref().map(printable) {
                 let _ = write!(stderr, "\r\x1b[2K{note}\n");
                 shared.line_shown = false;
                 shared.last_draw = None;
@@ -143,6 +144,33 @@ impl ProgressDisplay {
     }
 }
 
+/// Text from the state as it may be written to a terminal. A task's message can quote its
+/// output or its result file, and a terminal would act on an escape sequence in it: move the
+/// cursor, rewrite earlier lines, set the window title, hide or reorder text. Control characters
+/// and the invisible direction overrides are shown escaped (`\u{1b}`); a line break or a tab
+/// becomes a space, so a table cell stays on one line. `--json` prints the text exactly.
+pub fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '\n' | '\r' | '\t' => shown.push(' '),
+            _ if character.is_control() || is_direction_control(character) => {
+                shown.extend(character.escape_unicode());
+            }
+            _ => shown.push(character),
+        }
+    }
+    shown
+}
+
+/// The Unicode marks, embeddings, overrides and isolates that change the order text is shown in.
+fn is_direction_control(character: char) -> bool {
+    matches!(
+        character,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 fn table() -> Table {
     let mut table = Table::new();
     table
@@ -170,7 +198,7 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
     println!(
         "run {} · partition {} · {}{}{}",
         record.id,
-        record.partition,
+        printable(&record.partition),
         record.state,
         elapsed
             .map(|elapsed| format!(" · {elapsed}"))
@@ -178,7 +206,7 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
         record
             .message
             .as_deref()
-            .map(|message| format!(" · {message}"))
+            .map(|message| format!(" · {}", printable(message)))
             .unwrap_or_default()
     );
     let mut table = table();
@@ -213,12 +241,12 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
             .take(200)
             .collect();
         table.add_row([
-            task.task.clone(),
-            task.phase.clone(),
+            printable(&task.task),
+            printable(&task.phase),
             outcome,
             task.attempts.to_string(),
             time,
-            message,
+            printable(&message),
         ]);
     }
     println!("{table}");
@@ -250,11 +278,11 @@ pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()
             .count();
         table.add_row([
             run.id.to_string(),
-            run.partition.clone(),
+            printable(&run.partition),
             run.state.to_string(),
             format!("{done}/{}", tasks.len()),
             bad.to_string(),
-            run.message.clone().unwrap_or_default(),
+            printable(run.message.as_deref().unwrap_or_default()),
         ]);
     }
     println!("{table}");
@@ -272,8 +300,31 @@ pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
     let now = crate::state::now_millis();
     for resource in resources {
         let (state, detail) = resource.state_at(now);
-        table.add_row([resource.name, state.to_string(), detail]);
+        table.add_row([
+            printable(&resource.name),
+            state.to_string(),
+            printable(&detail),
+        ]);
     }
     println!("{table}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_line_breaks_become_spaces() {
+        assert_eq!(
+            printable("\u{1b}[2Jcleared\u{7}\u{9b}1m"),
+            r"\u{1b}[2Jcleared\u{7}\u{9b}1m"
+        );
+        assert_eq!(printable("one\ntwo\r\nthree\tfour"), "one two  three four");
+        assert_eq!(
+            printable("\u{202e}txt.exe\u{2066}x\u{2069}\u{200f}"),
+            r"\u{202e}txt.exe\u{2066}x\u{2069}\u{200f}"
+        );
+        assert_eq!(printable("déjà vu → 100% ✓"), "déjà vu → 100% ✓");
+    }
 }

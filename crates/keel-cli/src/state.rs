@@ -80,25 +80,102 @@ impl StatePaths {
 
     /// Creates the state directory if needed, then takes the one-executor lock.
     pub fn lock(&self) -> Result<StateLock> {
-        std::fs::create_dir_all(&self.dir).with_context(|| {
-            format!(
-                "cannot create the state directory {:?}; check its permissions or pass --state",
-                self.dir
-            )
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        self.refuse_shared_dir()?;
+        // The state holds every task's output, results and messages: a directory Keel makes is
+        // private to its user (0700; the umask can only take bits away). One that exists is
+        // left as it is, since it may be the pipeline's own directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the state directory {:?}; check its permissions or pass --state",
+                    self.dir
+                )
+            })?;
         Ok(StateLock::acquire(&self.dir)?)
     }
 
+    /// Takes the one-executor lock and opens the store, for a command that executes.
+    ///
+    /// A state file that exists is opened first, before anything is made beside it, so that a
+    /// file that is not a Keel state (`state = "/etc/passwd"`, say) is refused with its
+    /// directory left exactly as it was: no `keel.lock`, no state directory. Opening it before
+    /// taking the lock is safe, since a migration holds SQLite's own write lock.
+    pub fn lock_and_open(&self) -> Result<(StateLock, SqliteStore)> {
+        let existing = if self.database.exists() {
+            Some(self.open()?)
+        } else {
+            None
+        };
+        let lock = self.lock()?;
+        let store = match existing {
+            Some(store) => store,
+            None => self.open()?,
+        };
+        Ok((lock, store))
+    }
+
     pub fn open(&self) -> Result<SqliteStore> {
+        self.refuse_shared_dir()?;
         Ok(SqliteStore::open(&self.database)?)
     }
 
-    /// Opens the store for reading; `None` if no state exists yet.
+    /// Opens the store for a command that only reads it (`status`, `logs`), changing nothing and
+    /// leaving no file behind, in a directory this user may not write to as well; `None` if no
+    /// state exists yet.
+    pub fn open_for_reading(&self) -> Result<Option<SqliteStore>> {
+        if !self.database.exists() {
+            return Ok(None);
+        }
+        match SqliteStore::open_read_only(&self.database)? {
+            Some(store) => Ok(Some(store)),
+            // Being created by a Keel right now, or made by an older one: it becomes readable
+            // only by migrating it, which writes.
+            None => Ok(Some(SqliteStore::open(&self.database)?)),
+        }
+    }
+
+    /// Opens the store to change it, if it exists; `None` if no state exists yet.
     pub fn open_existing(&self) -> Result<Option<SqliteStore>> {
         if !self.database.exists() {
             return Ok(None);
         }
         Ok(Some(self.open()?))
+    }
+
+    /// Refuses to write in a state directory that every user may write to, sticky or not
+    /// (`/tmp`, say): another user could put a link or a file of their own where Keel is about
+    /// to make one (the lock, the database's journal, an attempt directory), and Keel would then
+    /// write through it or read from it.
+    fn refuse_shared_dir(&self) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A directory that is missing is made by `lock`, private to this user; one that cannot
+        // be looked at cannot be used either, and making or opening it says why.
+        let Ok(metadata) = std::fs::metadata(&self.dir) else {
+            return Ok(());
+        };
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o002 == 0 {
+            return Ok(());
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let ours = metadata.uid() == unsafe { libc::geteuid() };
+        let hint = if ours && mode & 0o1000 == 0 {
+            format!(
+                "make it private with `chmod 700 {}`, or keep the state elsewhere with --state",
+                self.dir.display()
+            )
+        } else {
+            "keep the state in a directory of your own, with --state or the pipeline's state field"
+                .to_string()
+        };
+        anyhow::bail!(
+            "state directory {:?} is writable by every user (mode {mode:o}), who could replace keel's files in it; {hint}",
+            self.dir
+        )
     }
 }
 
@@ -132,14 +209,47 @@ pub fn check_partition(spec: &PipelineSpec, partition: &str) -> Result<String> {
             "partition {partition:?} does not fit pipeline {:?}, which is not partitioned; use --partition none or leave it out",
             spec.name
         ))),
-        PartitionKind::Date => chrono::NaiveDate::parse_from_str(partition, "%Y-%m-%d")
-            .map(|date| date.format("%Y-%m-%d").to_string())
-            .map_err(|_| {
-                Exit::usage(format!(
-                    "partition {partition:?} is not a date; write it as YYYY-MM-DD, e.g. 2026-01-18"
-                ))
-            }),
+        PartitionKind::Date => {
+            parse_date("partition", partition).map(|date| date.format("%Y-%m-%d").to_string())
+        }
     }
+}
+
+/// Reads a date given on the command line as exactly `YYYY-MM-DD`, a real calendar date in the
+/// years 1000 to 9999; `what` names the argument in the error (`partition`, `--from`).
+///
+/// chrono's `%Y-%m-%d` alone also takes `2026-2-3`, `+2026-01-01` and `0000-01-01` and rewrites
+/// them. A partition names a run and, through it, the attempt directories and the tasks'
+/// `{date}`, so a value is either the canonical form or refused, never silently changed.
+pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
+    const EXPECTED: &str = "write it as YYYY-MM-DD, e.g. 2026-01-18";
+    let bytes = text.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(position, byte)| match position {
+                4 | 7 => *byte == b'-',
+                _ => byte.is_ascii_digit(),
+            });
+    if !shaped {
+        return Err(Exit::usage(format!(
+            "{what} {text:?} is not a date; {EXPECTED}"
+        )));
+    }
+    // Only ASCII digits are left in these places, so the numbers parse.
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    if year < 1000 {
+        return Err(Exit::usage(format!(
+            "{what} {text:?} is out of range; write it as YYYY-MM-DD with a year from 1000 to 9999, e.g. 2026-01-18"
+        )));
+    }
+    chrono::NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
+        Exit::usage(format!(
+            "{what} {text:?} is not a calendar date; {EXPECTED}"
+        ))
+    })
 }
 
 /// Today's partition in the pipeline's time zone.
@@ -171,12 +281,7 @@ pub fn partitions(spec: &PipelineSpec, args: &crate::args::PartitionArgs) -> Res
                     spec.name
                 )));
             }
-            let parse = |text: &str| {
-                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-                    Exit::usage(format!("{text:?} is not a date; write it as YYYY-MM-DD"))
-                })
-            };
-            let (first, last) = (parse(from)?, parse(to)?);
+            let (first, last) = (parse_date("--from", from)?, parse_date("--to", to)?);
             if last < first {
                 return Err(Exit::usage(format!("--to {to} is before --from {from}")));
             }

@@ -1,5 +1,7 @@
 use std::fmt;
 
+use crate::MAX_NAME_LENGTH;
+
 /// Where in a pipeline file something was found: `keel.toml:48:9`.
 ///
 /// `line` and `column` are 1-based; the column counts characters, not bytes.
@@ -105,6 +107,32 @@ pub enum ConfigError {
     InvalidName {
         kind: NameKind,
         name: String,
+        location: Location,
+    },
+
+    #[error(
+        "{kind} name {:?} is {length} characters long ({location}); shorten it to at most {MAX_NAME_LENGTH} characters",
+        shortened(.name)
+    )]
+    NameTooLong {
+        kind: NameKind,
+        name: String,
+        /// In characters; every character of a valid name is one byte.
+        length: usize,
+        location: Location,
+    },
+
+    #[error(
+        "{field:?}{} holds a NUL byte: {value:?} ({location}); remove it, the operating system cannot pass a NUL byte in {what}",
+        in_table(.table)
+    )]
+    NulByte {
+        /// `command[1]` or `state`.
+        field: String,
+        table: String,
+        value: String,
+        /// What the value becomes: `an argument` or `a path`.
+        what: &'static str,
         location: Location,
     },
 
@@ -340,6 +368,24 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error(
+        "\"initial\" ({initial:?}{}) is longer than \"max\" ({max:?}{}) in [{table}] ({location}); retry delays start at initial and double up to max, so make initial at most max",
+        origin(.initial_origin),
+        origin(.max_origin)
+    )]
+    RetryInitialAboveMax {
+        /// The dotted path of the `retries` table that sets a delay.
+        table: String,
+        /// As written, or the value inherited.
+        initial: String,
+        /// Where an inherited value comes from: `the default` or `from [defaults.retries]`;
+        /// `None` when the table itself sets it.
+        initial_origin: Option<&'static str>,
+        max: String,
+        max_origin: Option<&'static str>,
+        location: Location,
+    },
+
     #[error("cycle in {kind}s: {} ({location}); {}", .path.join(" → "), cycle_hint(.path))]
     Cycle {
         kind: NameKind,
@@ -377,6 +423,9 @@ impl ConfigError {
             | ConfigError::NoTasks { location }
             | ConfigError::WrongType { location, .. }
             | ConfigError::InvalidName { location, .. }
+            | ConfigError::NameTooLong { location, .. }
+            | ConfigError::NulByte { location, .. }
+            | ConfigError::RetryInitialAboveMax { location, .. }
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
@@ -462,6 +511,16 @@ const EXAMPLE_COMMAND: &str =
 
 const EXAMPLE_SENSOR_COMMAND: &str = "give a program that exits 0 once the data is ready, for example [\"test\", \"-s\", \"/data/{date}.csv\"]";
 
+/// The start of a long name, enough to recognise it; the location says where it is.
+fn shortened(name: &str) -> String {
+    const SHOWN: usize = 40;
+    if name.chars().count() <= SHOWN {
+        return name.to_string();
+    }
+    let start: String = name.chars().take(SHOWN).collect();
+    format!("{start}…")
+}
+
 /// ` in [tasks.fetch]` for a table's dotted path, nothing for the top level.
 fn in_table(table: &str) -> String {
     if table.is_empty() {
@@ -469,6 +528,13 @@ fn in_table(table: &str) -> String {
     } else {
         format!(" in [{table}]")
     }
+}
+
+/// `, the default` after an inherited value.
+fn origin(origin: &Option<&'static str>) -> String {
+    origin
+        .map(|origin| format!(", {origin}"))
+        .unwrap_or_default()
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {

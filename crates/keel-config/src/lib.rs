@@ -38,6 +38,16 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors, Location, NameKind};
 use keel_model::PipelineSpec;
 
+/// The longest name a pipeline, phase, task or resource may have, in characters. A task's name
+/// becomes part of the name of each of its attempt directories (`<task>.<attempt>`), and file
+/// systems refuse names past 255 bytes; 100 leaves room and still reads as a name.
+pub const MAX_NAME_LENGTH: usize = 100;
+
+/// The longest duration any field accepts: 365 days. Longer ones are typos or "forever", and
+/// timers and retry times computed from them (a start time plus a delay, in milliseconds) would
+/// overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+
 /// A commented starter pipeline, written by `keel init`. It validates as it is.
 pub const STARTER_PIPELINE: &str = include_str!("starter.toml");
 

@@ -27,6 +27,7 @@ use crate::graph::find_cycles;
 use crate::secrets::find_secret;
 use crate::suggest::{closest, closest_timezone};
 use crate::template::{TemplateProblem, check_templates};
+use crate::{MAX_DURATION, MAX_NAME_LENGTH};
 use resilience::{RawGate, RawResource, RawSensor};
 
 const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];
@@ -50,6 +51,9 @@ const TASK_FIELDS: &[&str] = &[
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
 const JITTER_KINDS: &[&str] = &["full", "equal", "none"];
+
+/// Why a duration above [`MAX_DURATION`] is refused.
+const MAX_DURATION_REASON: &str = "it must be at most 365d";
 
 const EXPECT_TABLE: &str = "a table";
 const EXPECT_STRING: &str = "a string";
@@ -172,16 +176,31 @@ struct NameRef {
 }
 
 /// Retry settings that may each be left out and filled from the level above.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct RetriesOverride {
     attempts: Option<u32>,
     initial: Option<Duration>,
     max: Option<Duration>,
     jitter: Option<Jitter>,
+    /// Where the table is, `defaults.retries` or `tasks.NAME.retries`, for errors.
+    path: String,
+    /// `initial` and `max` as written, for errors that compare them; set only when valid.
+    initial_written: Option<Written>,
+    max_written: Option<Written>,
+    /// Whether `initial` or `max` was written but invalid: comparing what is left would report
+    /// a second, misleading error about the same value.
+    delays_invalid: bool,
+}
+
+/// A value as written in the file, and where.
+#[derive(Debug, Clone)]
+struct Written {
+    text: String,
+    span: Range<usize>,
 }
 
 impl RetriesOverride {
-    fn over(self, base: RetryPolicy) -> RetryPolicy {
+    fn over(&self, base: RetryPolicy) -> RetryPolicy {
         RetryPolicy {
             attempts: self.attempts.unwrap_or(base.attempts),
             initial: self.initial.unwrap_or(base.initial),
@@ -280,6 +299,23 @@ fn is_valid_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
 }
 
+/// A whole duration in the largest unit that divides it: `1m`, `90s`, `250ms`.
+fn plain_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    for (size, unit) in units {
+        if ms > 0 && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 fn duration_reason(error: &DurationError) -> String {
     match error {
         DurationError::MissingUnit(_) => {
@@ -291,7 +327,7 @@ fn duration_reason(error: &DurationError) -> String {
         DurationError::Empty | DurationError::Malformed(_) => {
             "write for example \"30s\", \"5m\", \"1h30m\" or \"250ms\"".to_string()
         }
-        DurationError::Overflow(_) => "it is too large".to_string(),
+        DurationError::Overflow(_) => MAX_DURATION_REASON.to_string(),
     }
 }
 
@@ -449,6 +485,7 @@ impl Checker<'_> {
     ) -> Option<Duration> {
         let text = self.string(value, field, table, EXPECT_DURATION)?;
         let reason = match keel_model::parse_duration(&text) {
+            Ok(duration) if duration > MAX_DURATION => MAX_DURATION_REASON.to_string(),
             Ok(duration) if allow_zero || !duration.is_zero() => return Some(duration),
             Ok(_) => "it must be longer than zero".to_string(),
             Err(error) => duration_reason(&error),
@@ -461,6 +498,23 @@ impl Checker<'_> {
             location: self.location(&value.span()),
         });
         None
+    }
+
+    fn nul_byte(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: String,
+        table: &str,
+        text: String,
+        what: &'static str,
+    ) {
+        self.errors.push(ConfigError::NulByte {
+            field,
+            table: table.to_string(),
+            value: text,
+            what,
+            location: self.location(&value.span()),
+        });
     }
 
     fn positive_integer(
@@ -564,6 +618,14 @@ impl Checker<'_> {
                 name: name.to_string(),
                 location: self.location(span),
             });
+        } else if name.len() > MAX_NAME_LENGTH {
+            // A valid name is ASCII, so its length in bytes is its length in characters.
+            self.errors.push(ConfigError::NameTooLong {
+                kind,
+                name: name.to_string(),
+                length: name.len(),
+                location: self.location(span),
+            });
         }
     }
 
@@ -633,6 +695,7 @@ impl Checker<'_> {
         self.check_task_graph(&phases, &tasks);
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
+        self.check_retry_delays(&defaults, &tasks);
         let pipeline = pipeline?;
         Some(build_spec(pipeline, &defaults, resources, phases, tasks))
             .filter(|_| self.errors.is_empty())
@@ -670,7 +733,18 @@ impl Checker<'_> {
                         None => None,
                     };
                 }
-                "state" => raw.state = self.string(value, field, PATH, EXPECT_STRING),
+                "state" => {
+                    raw.state = self
+                        .string(value, field, PATH, EXPECT_STRING)
+                        .and_then(|state| {
+                            if state.contains('\0') {
+                                self.nul_byte(value, field.to_string(), PATH, state, "a path");
+                                None
+                            } else {
+                                Some(state)
+                            }
+                        });
+                }
                 _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
                 _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
             }
@@ -708,7 +782,10 @@ impl Checker<'_> {
         path: &str,
         parent: &str,
     ) -> RetriesOverride {
-        let mut raw = RetriesOverride::default();
+        let mut raw = RetriesOverride {
+            path: path.to_string(),
+            ..RetriesOverride::default()
+        };
         let Some(table) = self.table(value, "retries", parent) else {
             return raw;
         };
@@ -716,8 +793,19 @@ impl Checker<'_> {
             let field = key.get_ref().as_ref();
             match field {
                 "attempts" => raw.attempts = self.positive_integer(value, field, path),
-                "initial" => raw.initial = self.duration(value, field, path, true),
-                "max" => raw.max = self.duration(value, field, path, true),
+                "initial" | "max" => {
+                    let duration = self.duration(value, field, path, true);
+                    let written = duration.map(|_| Written {
+                        text: value.get_ref().as_str().unwrap_or_default().to_string(),
+                        span: value.span(),
+                    });
+                    raw.delays_invalid |= duration.is_none();
+                    if field == "initial" {
+                        (raw.initial, raw.initial_written) = (duration, written);
+                    } else {
+                        (raw.max, raw.max_written) = (duration, written);
+                    }
+                }
                 "jitter" => {
                     raw.jitter = match self.choice(value, field, path, JITTER_KINDS) {
                         Some("full") => Some(Jitter::Full),
@@ -879,6 +967,12 @@ impl Checker<'_> {
             let Some(argument) = self.string(item, &field, path, EXPECT_STRING) else {
                 continue;
             };
+            // TOML allows "\u0000", but an argument reaches the program as a C string, which
+            // ends at the first NUL: the attempt would fail to start on every try.
+            if argument.contains('\0') {
+                self.nul_byte(item, field, path, argument, "an argument");
+                continue;
+            }
             for problem in check_templates(&argument) {
                 let (TemplateProblem::Unknown { offset, .. }
                 | TemplateProblem::Unclosed { offset }) = problem;
@@ -903,6 +997,71 @@ impl Checker<'_> {
             command.push(argument);
         }
         (command.len() == items.len()).then_some(command)
+    }
+
+    /// Retry delays start at `initial` and double up to `max`. With `initial` above `max` every
+    /// delay would be `max`: the two are most likely swapped, or one was changed without the
+    /// other. Each table is checked where it sets a delay, against what it inherits.
+    fn check_retry_delays(&mut self, defaults: &RawDefaults, tasks: &[RawTask]) {
+        let builtin = RetryPolicy::default();
+        self.check_retry_delay(&defaults.retries, builtin, None);
+        let inherited = defaults.retries.over(builtin);
+        for task in tasks {
+            self.check_retry_delay(&task.retries, inherited, Some(&defaults.retries));
+        }
+    }
+
+    fn check_retry_delay(
+        &mut self,
+        own: &RetriesOverride,
+        base: RetryPolicy,
+        defaults: Option<&RetriesOverride>,
+    ) {
+        // A table that sets neither delay has nothing wrong of its own; an inherited pair that
+        // is wrong was reported where it was written.
+        let Some(location) = own.initial_written.as_ref().or(own.max_written.as_ref()) else {
+            return;
+        };
+        let inherits_invalid = defaults.is_some_and(|defaults| defaults.delays_invalid);
+        let writes_both = own.initial_written.is_some() && own.max_written.is_some();
+        if own.delays_invalid || (inherits_invalid && !writes_both) {
+            return;
+        }
+        let policy = own.over(base);
+        if policy.initial <= policy.max {
+            return;
+        }
+        let describe = |written: &Option<Written>,
+                        in_defaults: Option<&Option<Written>>,
+                        builtin: Duration|
+         -> (String, Option<&'static str>) {
+            match (written, in_defaults) {
+                (Some(written), _) => (written.text.clone(), None),
+                (None, Some(Some(inherited))) => {
+                    (inherited.text.clone(), Some("from [defaults.retries]"))
+                }
+                _ => (plain_duration(builtin), Some("the default")),
+            }
+        };
+        let builtin = RetryPolicy::default();
+        let (initial, initial_origin) = describe(
+            &own.initial_written,
+            defaults.map(|defaults| &defaults.initial_written),
+            builtin.initial,
+        );
+        let (max, max_origin) = describe(
+            &own.max_written,
+            defaults.map(|defaults| &defaults.max_written),
+            builtin.max,
+        );
+        self.errors.push(ConfigError::RetryInitialAboveMax {
+            table: own.path.clone(),
+            initial,
+            initial_origin,
+            max,
+            max_origin,
+            location: self.location(&location.span),
+        });
     }
 
     fn check_phase_graph(&mut self, phases: &[RawPhase]) {

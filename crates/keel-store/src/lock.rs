@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,12 @@ pub enum LockError {
         "another keel is running this pipeline (pid {pid}); wait for it to finish or stop it first (lock {path:?})"
     )]
     Held { pid: String, path: PathBuf },
+    #[error(
+        "the lock file {path:?} is a symbolic link; keel follows no links in its state directory, so remove it and try again"
+    )]
+    SymbolicLink { path: PathBuf },
+    #[error("the lock file {path:?} is not a regular file; remove it and try again")]
+    NotAFile { path: PathBuf },
     #[error("cannot create the lock file {path:?}; check that the state directory is writable")]
     Io {
         path: PathBuf,
@@ -35,13 +42,27 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        // The pid is written into this file, truncating it first: through a link planted in the
+        // state directory that would overwrite whatever the link points to. Only the owner may
+        // read the lock file, like everything else in the state.
+        let mut file = match OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(io_error)?;
+        {
+            Ok(file) => file,
+            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(LockError::SymbolicLink { path });
+            }
+            Err(error) => return Err(io_error(error)),
+        };
+        if !file.metadata().map_err(io_error)?.is_file() {
+            return Err(LockError::NotAFile { path });
+        }
         // SAFETY: flock on a descriptor we own; it only reads the descriptor.
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         if !locked {

@@ -143,6 +143,26 @@ fn new_store_id() -> std::io::Result<String> {
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
+/// Creates the state file empty, readable and writable by its owner only, unless it exists.
+///
+/// SQLite would create it with mode 0644 less the umask, and it gives the `-wal` and `-shm`
+/// files it makes beside a database the database's own mode: made here first, none of the three
+/// is readable by other users. An empty file is a new database to SQLite.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // Already there, or made by another process opening it at the same time.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// The SQLite state store. Cloning shares the one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -151,39 +171,52 @@ pub struct SqliteStore {
     store_id: Arc<str>,
     /// Transactions that changed something, for tests that check how many a step takes.
     write_transactions: Arc<std::sync::atomic::AtomicU64>,
+    /// Opened by [`SqliteStore::open_read_only`]: its transactions are deferred, because an
+    /// immediate one asks for the write lock, which a reader neither needs nor may take.
+    read_only: bool,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) and migrates the state file. A file that is not SQLite, or is
-    /// SQLite but not Keel's, is refused with a clear error and left untouched.
-    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let display = path.display().to_string();
-        let open_error = |detail: String| StoreError::Open {
-            path: display.clone(),
+/// Turns what goes wrong opening a state file into the store's errors, naming the file.
+struct OpenErrors {
+    display: String,
+}
+
+impl OpenErrors {
+    fn new(path: &Path) -> OpenErrors {
+        OpenErrors {
+            display: path.display().to_string(),
+        }
+    }
+
+    fn open(&self, detail: String) -> StoreError {
+        StoreError::Open {
+            path: self.display.clone(),
             detail,
-        };
-        let connection = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
-        let classify = |error: rusqlite::Error| -> StoreError {
-            let text = error.to_string();
-            match error.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::NotADatabase) => StoreError::Foreign {
-                    path: display.clone(),
-                    detail: "the file is not an SQLite database".into(),
-                },
-                Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
-                    path: display.clone(),
-                    detail: text,
-                },
-                Some(rusqlite::ErrorCode::CannotOpen)
-                | Some(rusqlite::ErrorCode::ReadOnly)
-                | Some(rusqlite::ErrorCode::PermissionDenied)
-                | Some(rusqlite::ErrorCode::SystemIoFailure) => open_error(text),
-                _ => StoreError::Database(text),
-            }
-        };
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(classify)?;
+        }
+    }
+
+    fn classify(&self, error: rusqlite::Error) -> StoreError {
+        let text = error.to_string();
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => StoreError::Foreign {
+                path: self.display.clone(),
+                detail: "the file is not an SQLite database".into(),
+            },
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+                path: self.display.clone(),
+                detail: text,
+            },
+            Some(rusqlite::ErrorCode::CannotOpen)
+            | Some(rusqlite::ErrorCode::ReadOnly)
+            | Some(rusqlite::ErrorCode::PermissionDenied)
+            | Some(rusqlite::ErrorCode::SystemIoFailure) => self.open(text),
+            _ => StoreError::Database(text),
+        }
+    }
+
+    /// Refuses a file that is not a Keel state, or one of a newer schema; returns the schema
+    /// version it is at.
+    fn check_header(&self, connection: &Connection) -> StoreResult<i64> {
         // One statement, so one consistent snapshot even while another process migrates.
         let (application_id, user_version, table_count): (i64, i64, i64) = connection
             .query_row(
@@ -193,10 +226,10 @@ impl SqliteStore {
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
-            .map_err(classify)?;
+            .map_err(|error| self.classify(error))?;
         if application_id != APPLICATION_ID && (application_id != 0 || table_count > 0) {
             return Err(StoreError::Foreign {
-                path: display,
+                path: self.display.clone(),
                 detail: format!(
                     "it holds {table_count} {} and application id {application_id:#x}, not Keel's",
                     if table_count == 1 { "table" } else { "tables" }
@@ -206,31 +239,152 @@ impl SqliteStore {
         let known = MIGRATIONS.len() as i64;
         if user_version > known {
             return Err(StoreError::TooNew {
-                path: display,
+                path: self.display.clone(),
                 found: user_version,
                 known,
             });
         }
+        Ok(user_version)
+    }
+
+    fn check_integrity(&self, connection: &Connection) -> StoreResult<()> {
+        let integrity: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(|error| self.classify(error))?;
+        if integrity != "ok" {
+            return Err(StoreError::Corrupt {
+                path: self.display.clone(),
+                detail: integrity,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_store_id(&self, connection: &Connection) -> StoreResult<String> {
+        let store_id: Option<String> = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [STORE_ID_KEY],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|error| self.classify(error))?;
+        store_id.ok_or_else(|| StoreError::Corrupt {
+            path: self.display.clone(),
+            detail: format!("its meta table has no {STORE_ID_KEY:?}"),
+        })
+    }
+}
+
+/// `file:` URI of `path` with a query, for the open flags only a URI can give.
+fn file_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // An absolute path gets the empty authority, `file:///…`, so that a path starting with
+    // `//` is not read as a host.
+    let mut uri = String::from(if path.is_absolute() {
+        "file://"
+    } else {
+        "file:"
+    });
+    for byte in path.as_os_str().as_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                uri.push(char::from(*byte));
+            }
+            _ => uri.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
+/// Whether this process may create files in `dir`.
+fn may_write_in(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) reads the NUL-terminated path and nothing else.
+    unsafe { libc::access(dir.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// A connection that reads an existing state file and writes nothing in it, nor leaves any file
+/// beside it.
+///
+/// SQLite reads a WAL database through a `-shm` index beside it, and makes one (and an empty
+/// `-wal`) if it can. A read-only connection cannot checkpoint, so it would leave both behind
+/// in a directory it may write in; there a read-write connection with `query_only` set is used
+/// instead, which refuses every write and, closing last, removes them as any Keel does.
+///
+/// Where no file can be made, a read-only connection works while a running Keel keeps its
+/// `-shm` and `-wal` there. Without them SQLite cannot build the index, and the database is read
+/// as immutable, from the database file alone: with no `-wal` file, every committed transaction
+/// is in it. A Keel that starts writing during such a read is not seen.
+fn connect_for_reading(path: &Path, errors: &OpenErrors) -> StoreResult<Connection> {
+    use rusqlite::OpenFlags;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let connect = |target: &str, flags: OpenFlags| {
+        Connection::open_with_flags(target, flags | OpenFlags::SQLITE_OPEN_URI)
+            .map_err(|error| errors.open(error.to_string()))
+    };
+    if may_write_in(dir) {
+        let connection = connect(
+            &file_uri(path, "mode=rw"),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection
+            .pragma_update(None, "query_only", true)
+            .map_err(|error| errors.classify(error))?;
+        return Ok(connection);
+    }
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = connect(&file_uri(path, "mode=ro"), read_only)?;
+    // SQLite opens lazily: the first read tells whether it could set up the index.
+    let error = match connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+        Ok(()) => return Ok(connection),
+        Err(error) => error,
+    };
+    let index_unavailable = matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen)
+    );
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if !index_unavailable || Path::new(&wal).exists() {
+        return Err(errors.classify(error));
+    }
+    drop(connection);
+    connect(&file_uri(path, "mode=ro&immutable=1"), read_only)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the state file. A file that is not SQLite, or is
+    /// SQLite but not Keel's, is refused with a clear error and left untouched.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let errors = OpenErrors::new(path);
+        create_private_file(path).map_err(|error| errors.open(error.to_string()))?;
+        let connection = Connection::open(path).map_err(|error| errors.open(error.to_string()))?;
+        let classify = |error: rusqlite::Error| errors.classify(error);
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(classify)?;
+        let user_version = errors.check_header(&connection)?;
         retry_while_busy(|| {
             connection.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
         })
         .map_err(classify)?;
-        let integrity: String = connection
-            .query_row("PRAGMA quick_check", [], |row| row.get(0))
-            .map_err(classify)?;
-        if integrity != "ok" {
-            return Err(StoreError::Corrupt {
-                path: display,
-                detail: integrity,
-            });
-        }
-        if user_version < known {
+        errors.check_integrity(&connection)?;
+        if user_version < MIGRATIONS.len() as i64 {
             // Made before the transaction so that a missing random source is an open error;
             // used only if no other process gave the store its identity first.
             let store_id = new_store_id().map_err(|error| {
-                open_error(format!(
+                errors.open(format!(
                     "cannot read /dev/urandom for the store's identity: {error}"
                 ))
             })?;
@@ -259,26 +413,43 @@ impl SqliteStore {
                 return Err(classify(error));
             }
         }
-        let store_id: Option<String> = connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [STORE_ID_KEY],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(classify)?;
-        let Some(store_id) = store_id else {
-            return Err(StoreError::Corrupt {
-                path: display,
-                detail: format!("its meta table has no {STORE_ID_KEY:?}"),
-            });
-        };
+        let store_id = errors.read_store_id(&connection)?;
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path.to_path_buf()),
             store_id: store_id.into(),
+            read_only: false,
             write_transactions: Arc::default(),
         })
+    }
+
+    /// Opens an existing state file only to read it, for `keel status` and `keel logs`: nothing
+    /// in the file changes (no migration, no journal mode), no file is left beside it, and it
+    /// works in a directory this process may not write to. A store opened so refuses every
+    /// write.
+    ///
+    /// `Ok(None)` when the file is not a whole state of this Keel's schema yet: one being created
+    /// by another Keel right now, or one an older Keel made. Only [`SqliteStore::open`] can take
+    /// those up, since it migrates them. A file that is not a Keel state is refused as by
+    /// `open`.
+    pub fn open_read_only(path: &Path) -> StoreResult<Option<SqliteStore>> {
+        let errors = OpenErrors::new(path);
+        let connection = connect_for_reading(path, &errors)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|error| errors.classify(error))?;
+        if errors.check_header(&connection)? < MIGRATIONS.len() as i64 {
+            return Ok(None);
+        }
+        errors.check_integrity(&connection)?;
+        let store_id = errors.read_store_id(&connection)?;
+        Ok(Some(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path.to_path_buf()),
+            store_id: store_id.into(),
+            read_only: true,
+            write_transactions: Arc::default(),
+        }))
     }
 
     /// How many transactions of this store (and its clones) changed something so far.
@@ -291,7 +462,8 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `work` in one immediate transaction on the blocking pool.
+    /// Runs `work` in one transaction on the blocking pool: an immediate one, which takes the
+    /// write lock at once, unless the store is only read.
     async fn transact<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -299,13 +471,17 @@ impl SqliteStore {
     {
         let connection = self.connection.clone();
         let writes = self.write_transactions.clone();
+        let behavior = if self.read_only {
+            rusqlite::TransactionBehavior::Deferred
+        } else {
+            rusqlite::TransactionBehavior::Immediate
+        };
         tokio::task::spawn_blocking(move || {
             let mut connection = connection
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let changes_before = connection.total_changes();
-            let transaction =
-                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let transaction = connection.transaction_with_behavior(behavior)?;
             let value = work(&transaction)?;
             transaction.commit()?;
             if connection.total_changes() != changes_before {

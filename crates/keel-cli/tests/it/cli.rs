@@ -673,6 +673,256 @@ fn state_directory_that_cannot_be_written_names_the_path_once_with_its_cause() {
     );
 }
 
+/// The names in `dir`, sorted; empty if it does not exist.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Regression: Keel opened `keel.lock` following links and truncated it for its pid, so a link
+/// planted in the state directory made it overwrite the file the link pointed to.
+#[test]
+fn a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    std::fs::create_dir(project.file(".keel")).unwrap();
+    std::fs::write(project.file("precious.txt"), "precious contents\n").unwrap();
+    std::os::unix::fs::symlink(
+        project.file("precious.txt"),
+        project.file(".keel/keel.lock"),
+    )
+    .unwrap();
+    let ran = project.run(&["--partition", DAY]);
+    no_panic(&ran);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+    assert_eq!(
+        ran.stderr,
+        "error: the lock file \"[DIR]/.keel/keel.lock\" is a symbolic link; keel follows no links in its state directory, so remove it and try again\n"
+    );
+    assert_eq!(project.read("precious.txt"), "precious contents\n");
+    assert!(!project.file("a.ran").exists(), "no task ran");
+}
+
+/// Regression: a state directory that every user may write to, such as /tmp, was used as it
+/// was: another user could plant links or files among Keel's before Keel made them.
+#[test]
+fn a_state_directory_writable_by_every_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let shared = project.file("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let state = shared.join("state.db");
+    let state = state.to_str().unwrap();
+    for (mode, hint) in [
+        (0o777, "make it private with `chmod 700 [DIR]/shared`"),
+        (0o1777, "keep the state in a directory of your own"),
+    ] {
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+        let ran = project.run(&["--partition", DAY, "--state", state]);
+        no_panic(&ran);
+        assert_eq!(ran.code, Some(1), "mode {mode:o}: {}", ran.transcript());
+        assert!(
+            ran.stderr.starts_with(&format!(
+                "error: state directory \"[DIR]/shared\" is writable by every user (mode {mode:o})"
+            )),
+            "{}",
+            ran.stderr
+        );
+        assert!(ran.stderr.contains(hint), "{}", ran.stderr);
+        assert_eq!(listing(&shared), Vec::<String>::new(), "nothing was made");
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    // Made private, it is used.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ran = project.run(&["--partition", DAY, "--state", state]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+}
+
+/// Regression: the state directory was made 0755 and the database, its journal and the lock
+/// 0644, so every user of the machine could read the tasks' output, results and messages.
+#[test]
+fn a_new_state_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // The task reports the modes while Keel holds the database open, when its -wal and -shm
+    // files exist.
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["sh", "-c", "stat -c '%a %n' .keel .keel/state.db .keel/state.db-wal .keel/state.db-shm .keel/keel.lock > modes.txt"]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        project.read("modes.txt"),
+        "700 .keel\n600 .keel/state.db\n600 .keel/state.db-wal\n600 .keel/state.db-shm\n600 .keel/keel.lock\n"
+    );
+    let mode = |name: &str| {
+        std::fs::metadata(project.file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".keel"), 0o700);
+    assert_eq!(mode(".keel/state.db"), 0o600);
+    assert_eq!(mode(".keel/keel.lock"), 0o600);
+
+    // A state in a directory that exists already: the directory is left as it was.
+    let other = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\n",
+    ));
+    std::fs::create_dir(other.file("mine")).unwrap();
+    std::fs::set_permissions(other.file("mine"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let state = other.file("mine/state.db");
+    let ran = other.run(&["--partition", DAY, "--state", state.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let mode_in_other = |name: &str| {
+        std::fs::metadata(other.file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode_in_other("mine"), 0o750);
+    assert_eq!(mode_in_other("mine/state.db"), 0o600);
+}
+
+/// Sets `dir` and everything under it to `dir_mode` and `file_mode`, owned by `owner` if given.
+/// Directories are changed after what they hold, so that taking their write bit away comes last.
+fn set_tree_modes(dir: &Path, owner: Option<u32>, dir_mode: u32, file_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            set_tree_modes(&path, owner, dir_mode, file_mode);
+        } else {
+            std::os::unix::fs::chown(&path, owner, owner).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode)).unwrap();
+        }
+    }
+    std::os::unix::fs::chown(dir, owner, owner).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+}
+
+/// Regression: `keel status` and `keel logs` opened the state as `keel run` does, to write it
+/// (the journal mode, migrations), so both failed on a state directory the user may only read,
+/// for example one kept by a service account. They now open it read-only.
+///
+/// Permissions do not bind root, so when the tests run as root the state is handed to `nobody`,
+/// made read-only, and `keel` runs as `nobody`.
+#[test]
+fn status_and_logs_read_a_state_directory_they_may_not_write_to() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo hello from a\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    const NOBODY: u32 = 65534;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let owner = as_root.then_some(NOBODY);
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&project.pipeline, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = project.file(".keel");
+    let before = (
+        listing(&state),
+        std::fs::read(state.join("state.db")).unwrap(),
+    );
+    set_tree_modes(&state, owner, 0o500, 0o400);
+    // Whatever happens below, give the state back so that the directory can be removed.
+    struct Restore(PathBuf);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_tree_modes(&self.0, Some(0), 0o700, 0o600);
+        }
+    }
+    let _restore = as_root.then(|| Restore(state.clone()));
+
+    let keel_as_reader = |args: &[&str]| {
+        let mut command = Command::new(keel_path());
+        command
+            .arg(args[0])
+            .arg(&project.pipeline)
+            .args(&args[1..])
+            .current_dir(project.path());
+        if as_root {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        let output = command.output().unwrap();
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: project.redact(&String::from_utf8_lossy(&output.stderr)),
+        }
+    };
+    let table = keel_as_reader(&["status", "--partition", DAY]);
+    assert_eq!(table.code, Some(0), "{}", table.transcript());
+    assert!(table.stdout.contains("succeeded"), "{}", table.stdout);
+    let list = keel_as_reader(&["status"]);
+    assert_eq!(list.code, Some(0), "{}", list.transcript());
+    let json = keel_as_reader(&["status", "--json"]);
+    assert_eq!(json.code, Some(0), "{}", json.transcript());
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["runs"][0]["state"], "succeeded", "{json:#}");
+    let logs = keel_as_reader(&["logs", "a", "--partition", DAY]);
+    assert_eq!(logs.code, Some(0), "{}", logs.transcript());
+    assert_eq!(logs.stdout, "hello from a\n");
+
+    let after = (
+        listing(&state),
+        std::fs::read(state.join("state.db")).unwrap(),
+    );
+    assert!(
+        after == before,
+        "the state changed: {:?} → {:?}",
+        before.0,
+        after.0
+    );
+}
+
+/// `keel status` and `keel logs` on a state they could write to leave it exactly as it was: no
+/// -wal, -shm or lock file is made, the database is not written.
+#[test]
+fn status_and_logs_leave_no_file_behind_in_a_state_directory() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"echo hello from a\"]\n",
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let state = project.file(".keel");
+    let snapshot = || {
+        let database = state.join("state.db");
+        (
+            listing(&state),
+            std::fs::read(&database).unwrap(),
+            std::fs::metadata(&database).unwrap().modified().unwrap(),
+        )
+    };
+    let before = snapshot();
+    assert_eq!(before.0, ["attempts", "keel.lock", "state.db"]);
+    for args in [&["--partition", DAY][..], &["--json"][..], &[][..]] {
+        let ran = project.keel("status", args);
+        assert_eq!(ran.code, Some(0), "status {args:?}: {}", ran.transcript());
+    }
+    assert_eq!(project.logs(DAY, "a", None).stdout, "hello from a\n");
+    assert!(
+        snapshot() == before,
+        "the state changed: {:?} → {:?}",
+        before.0,
+        snapshot().0
+    );
+}
+
 /// 8 KiB of bytes from a fixed generator: never a valid SQLite header.
 fn garbage(length: usize) -> Vec<u8> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -795,6 +1045,46 @@ fn foreign_sqlite_database_is_refused_and_left_untouched() {
         "the file is left untouched"
     );
     assert!(!project.file("other-app.db-wal").exists());
+    assert!(!project.file("a.ran").exists(), "no task ran");
+}
+
+/// Regression: `state = "/etc/passwd"` was refused, but only after `keel.lock` had been made
+/// beside it. The state file is checked before anything is made in its directory.
+#[test]
+fn a_state_file_that_is_not_keels_is_refused_leaving_its_directory_as_it_was() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let etc = project.file("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n".repeat(40);
+    std::fs::write(etc.join("passwd"), &passwd).unwrap();
+    foreign_database(&etc.join("other-app.db"), 1);
+    let other_app = std::fs::read(etc.join("other-app.db")).unwrap();
+    let before = listing(&etc);
+
+    for name in ["passwd", "other-app.db"] {
+        let state = etc.join(name);
+        let state = state.to_str().unwrap();
+        for (what, ran) in [
+            ("run", project.run(&["--partition", DAY, "--state", state])),
+            (
+                "retry",
+                project.keel("retry", &["a", "--partition", DAY, "--state", state]),
+            ),
+        ] {
+            no_panic(&ran);
+            assert_eq!(ran.code, Some(1), "{what} {name}: {}", ran.transcript());
+            assert!(
+                ran.stderr.contains("is not a Keel state database"),
+                "{what} {name}: {}",
+                ran.stderr
+            );
+            assert_eq!(listing(&etc), before, "{what} {name} left files behind");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(etc.join("passwd")).unwrap(), passwd);
+    assert_eq!(std::fs::read(etc.join("other-app.db")).unwrap(), other_app);
     assert!(!project.file("a.ran").exists(), "no task ran");
 }
 
@@ -967,6 +1257,109 @@ fn from_after_to_exits_2() {
     assert_eq!(project.run(&["--from", "2026-01-18"]).code, Some(2));
     assert!(!project.file("a.ran").exists());
     assert_eq!(project.status()["runs"], serde_json::json!([]));
+}
+
+/// Regression: chrono's `%Y-%m-%d` took `2026-2-3`, `+2026-01-01` and `0000-01-01` and
+/// rewrote them, so a run could be made for a partition nobody typed. Exactly `YYYY-MM-DD`, a
+/// real date from year 1000 to 9999, is accepted wherever a date is given.
+#[test]
+fn partitions_must_be_written_exactly_as_yyyy_mm_dd() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    let refused = [
+        "2026-2-3",
+        "2026-02-3",
+        "+2026-01-01",
+        "0000-01-01",
+        "0999-12-31",
+        "02026-01-18",
+        " 2026-01-18",
+        "2026-01-18 ",
+        "2026/01/18",
+        "2026-02-29",
+        "\u{ff12}026-01-18",
+    ];
+    for value in refused {
+        let commands: [(&str, Vec<&str>); 7] = [
+            ("run --partition", vec!["run", "--partition", value]),
+            ("run --from", vec!["run", "--from", value, "--to", DAY]),
+            ("run --to", vec!["run", "--from", DAY, "--to", value]),
+            ("status --partition", vec!["status", "--partition", value]),
+            ("logs --partition", vec!["logs", "a", "--partition", value]),
+            (
+                "retry --partition",
+                vec!["retry", "a", "--partition", value],
+            ),
+            ("cancel --partition", vec!["cancel", "--partition", value]),
+        ];
+        for (what, args) in commands {
+            let mut all = vec![args[0], project.pipeline.to_str().unwrap()];
+            all.extend_from_slice(&args[1..]);
+            let ran = project.raw(&all);
+            no_panic(&ran);
+            assert_eq!(ran.code, Some(2), "{what} {value:?}: {}", ran.transcript());
+            assert!(
+                ran.stderr.contains(&format!("{value:?}")) && ran.stderr.contains("YYYY-MM-DD"),
+                "{what} {value:?} names the value and the form: {}",
+                ran.stderr
+            );
+        }
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    assert_eq!(project.status()["runs"], serde_json::json!([]));
+
+    let messages = ["2026-2-3", "0000-01-01", "2026-02-29"]
+        .iter()
+        .map(|value| project.run(&["--partition", value]).transcript())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_snapshot!("partitions_not_written_as_yyyy_mm_dd", messages);
+
+    // The canonical form still works, at both ends of the year range.
+    for value in ["1000-01-01", "9999-12-31", "2028-02-29"] {
+        let ran = project.run(&["--partition", value]);
+        assert_eq!(ran.code, Some(0), "{value}: {}", ran.transcript());
+    }
+    let partitions: Vec<String> = project.status()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["partition"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(partitions.len(), 3, "{partitions:?}");
+    for value in ["1000-01-01", "9999-12-31", "2028-02-29"] {
+        assert!(partitions.contains(&value.to_string()), "{partitions:?}");
+    }
+}
+
+/// Regression: `--grace` took any duration that fit in 64 bits of milliseconds, while every
+/// duration in the pipeline file is at most 365 days.
+#[test]
+fn grace_longer_than_365_days_exits_2() {
+    let project = Project::new(&pipeline(
+        "[tasks.a]\nphase = \"main\"\ncommand = [\"touch\", \"a.ran\"]\n",
+    ));
+    for grace in ["366d", "99999999999999999999s"] {
+        let ran = project.run(&["--partition", DAY, "--grace", grace]);
+        assert_eq!(ran.code, Some(2), "--grace {grace}: {}", ran.transcript());
+        assert_eq!(
+            ran.stderr,
+            format!("--grace {grace:?} is too long; it must be at most 365d\n")
+        );
+        let ran = project.keel("retry", &["a", "--partition", DAY, "--grace", grace]);
+        assert_eq!(
+            ran.code,
+            Some(2),
+            "retry --grace {grace}: {}",
+            ran.transcript()
+        );
+    }
+    assert!(!project.file("a.ran").exists(), "no task ran");
+    assert_eq!(
+        project.run(&["--partition", DAY, "--grace", "365d"]).code,
+        Some(0)
+    );
 }
 
 #[test]
@@ -1720,6 +2113,39 @@ fn from_to_runs_every_partition_of_the_range() {
             ("2026-02-01".to_string(), "succeeded".to_string()),
             ("2026-02-02".to_string(), "succeeded".to_string())
         ]
+    );
+}
+
+/// Regression: `keel status` printed a task's message as it was, and a message can quote the
+/// task's output or result file: an escape sequence in it was acted on by the terminal (here it
+/// would set the window title, colour the rest red, clear the screen and reverse the text).
+#[test]
+fn status_tables_show_control_characters_escaped_while_json_keeps_them() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.a]
+phase = "main"
+command = ["sh", "-c", '''printf '%s' '{{"outcome":"no_data","message":"\u001b]0;pwned\u0007\u001b[31mred\u001b[0m \u009b2J \u202egnp.exe two\nlines\ttab"}}' > "$KEEL_RESULT"''']
+"#,
+    ));
+    assert_eq!(project.run(&["--partition", DAY]).code, Some(0));
+    let message =
+        "\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{1b}[0m \u{9b}2J \u{202e}gnp.exe two\nlines\ttab";
+    assert_eq!(project.task(DAY, "a")["message"], message, "JSON is exact");
+
+    let table = project.table(DAY);
+    for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(
+            !table.contains(raw),
+            "{raw:?} reached the terminal: {table:?}"
+        );
+    }
+    assert!(
+        table.contains(r"\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{1b}[0m \u{9b}2J \u{202e}gnp.exe"),
+        "{table}"
+    );
+    assert!(
+        table.contains("two lines tab"),
+        "a line break does not split the cell: {table}"
     );
 }
 

@@ -14,6 +14,7 @@ use toml::de::{DeString, DeValue};
 use super::{
     Checker, CommandKind, NameListContext, NameRef, RawPhase, RawTask, entries, join_path,
 };
+use crate::MAX_DURATION;
 use crate::error::{ConfigError, NameKind};
 use crate::quantity::{RateProblem, parse_percentage, parse_rate};
 use crate::suggest::closest;
@@ -107,9 +108,11 @@ impl RawSensor {
         SensorSpec {
             command: self.command.unwrap_or_default(),
             every,
+            // Capped like every written duration, so a long `every` does not derive a longer
+            // backoff than any field could set.
             max: self
                 .max
-                .unwrap_or_else(|| every.saturating_mul(SENSOR_MAX_PER_EVERY)),
+                .unwrap_or_else(|| every.saturating_mul(SENSOR_MAX_PER_EVERY).min(MAX_DURATION)),
             deadline: self.deadline.unwrap_or(task_deadline),
         }
     }
@@ -161,6 +164,7 @@ impl Checker<'_> {
     fn rate(&mut self, value: &Spanned<DeValue<'_>>, table: &str) -> Option<Rate> {
         let text = self.string(value, "rate", table, EXPECT_RATE)?;
         let reason = match parse_rate(&text) {
+            Ok(rate) if rate.per > MAX_DURATION => "the period must be at most 365d".to_string(),
             Ok(rate) => return Some(rate),
             Err(RateProblem::Shape) => RATE_SHAPE.to_string(),
             Err(RateProblem::Count) => {
@@ -178,7 +182,7 @@ impl Checker<'_> {
                 )
             }
             Err(RateProblem::Period(keel_model::DurationError::Overflow(_))) => {
-                "the period is too large".to_string()
+                "the period must be at most 365d".to_string()
             }
             Err(RateProblem::Period(_)) => {
                 format!("the period after \"/\" is not a duration; {RATE_SHAPE}")

@@ -655,3 +655,134 @@ wait_for = {{ command = ["curl", "-H", "Authorization: Bearer abcdefghijklmnopqr
     );
     assert_snapshot!(message);
 }
+
+/// Regression: names of any length passed validation, but a task's name becomes the name of its
+/// attempt directories, and a name past the file system's limit (255 bytes) failed every attempt.
+#[test]
+fn names_longer_than_100_characters() {
+    let at_the_limit = "a".repeat(100);
+    let phase = format!("phase_{}", "p".repeat(95));
+    let task = format!("task_{}", "t".repeat(255));
+    let resource = format!("feed_{}", "r".repeat(96));
+    assert_snapshot!(errors_of(&format!(
+        r#"[pipeline]
+name = "{at_the_limit}"
+
+[resources.{resource}]
+
+[phases.{at_the_limit}]
+[phases.{phase}]
+
+[tasks.{task}]
+phase = "{at_the_limit}"
+command = ["true"]
+
+[tasks.{at_the_limit}]
+phase = "{at_the_limit}"
+command = ["true"]
+"#
+    )));
+}
+
+/// Regression: a NUL byte, written "\u0000", passed validation, and then every attempt failed to
+/// start because a program's arguments cannot hold one.
+#[test]
+fn nul_bytes_in_commands_and_the_state_path() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+state = "state\u0000.db"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["sh", "-c", "echo a\u0000b"]
+wait_for = { command = ["test", "-s", "\u0000"] }
+"#
+    ));
+}
+
+/// Regression: `initial` above `max` passed validation, and every retry then silently waited
+/// `max`. The error is reported where a delay is written, against what that table inherits.
+#[test]
+fn retry_initial_longer_than_max() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[defaults]
+retries = {{ initial = "2m" }}
+
+[tasks.inherits_the_bad_pair]
+phase = "scrape"
+command = ["true"]
+retries = {{ attempts = 5 }}
+
+[tasks.lowers_max_below_inherited_initial]
+phase = "scrape"
+command = ["true"]
+retries = {{ max = "30s" }}
+
+[tasks.swapped]
+phase = "scrape"
+command = ["true"]
+retries = {{ initial = "10s", max = "5s" }}
+
+[tasks.fixes_it]
+phase = "scrape"
+command = ["true"]
+retries = {{ initial = "1m" }}
+
+[tasks.invalid_initial_is_not_compared]
+phase = "scrape"
+command = ["true"]
+retries = {{ initial = "soon", max = "1ms" }}
+"#
+    )));
+    assert_snapshot!(
+        "retry_max_below_the_default_initial",
+        errors_of(&format!(
+            r#"{HEADER}
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+retries = {{ max = "500ms" }}
+"#
+        ))
+    );
+}
+
+/// Regression: any duration that fit in 64 bits of milliseconds passed validation, and a retry
+/// delay or timer computed from it overflowed at run time. Every duration is at most 365 days.
+#[test]
+fn durations_longer_than_365_days() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[defaults]
+timeout = "366d"
+heartbeat = "8761h"
+deadline = "99999999999999999999s"
+retries = { initial = "1s", max = "106751991167d" }
+
+[resources.feed]
+rate = "1/366d"
+breaker = { cooldown = "1000d", max_open = "365d1ms" }
+retry_budget = { ratio = "20%", window = "400d" }
+
+[phases.scrape]
+gate = { min = "50%", grace = "9999d" }
+
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+wait_for = { command = ["true"], every = "365d", max = "366d" }
+
+[tasks.at_the_limit]
+phase = "scrape"
+command = ["true"]
+timeout = "365d"
+retries = { initial = "365d", max = "365d" }
+wait_for = { command = ["true"], every = "365d" }
+"#
+    ));
+}

@@ -22,11 +22,12 @@ fn jitter() -> impl Strategy<Value = Jitter> {
 }
 
 fn retries() -> impl Strategy<Value = RetryPolicy> {
-    (1u32..10, duration(), duration(), jitter()).prop_map(|(attempts, initial, max, jitter)| {
+    // `initial` may not exceed `max`: the shorter of the two durations is `initial`.
+    (1u32..10, duration(), duration(), jitter()).prop_map(|(attempts, one, other, jitter)| {
         RetryPolicy {
             attempts,
-            initial,
-            max,
+            initial: one.min(other),
+            max: one.max(other),
             jitter,
         }
     })

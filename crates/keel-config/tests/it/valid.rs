@@ -646,3 +646,28 @@ every = "2s"
     );
     assert_eq!(inline, headers);
 }
+
+#[test]
+fn names_of_100_characters_and_durations_of_365_days_are_accepted() {
+    let name = "n".repeat(keel_config::MAX_NAME_LENGTH);
+    let spec = parse(&format!(
+        r#"
+[pipeline]
+name = "{name}"
+[resources.{name}]
+rate = "1/365d"
+[phases.{name}]
+[tasks.{name}]
+phase = "{name}"
+command = ["true"]
+timeout = "365d"
+uses = ["{name}"]
+wait_for = {{ command = ["true"], every = "365d" }}
+"#
+    ));
+    assert_eq!(spec.tasks[0].name.len(), 100);
+    assert_eq!(spec.tasks[0].timeout, keel_config::MAX_DURATION);
+    // The derived backoff cap (8 × every) is held to the same limit as a written one.
+    let sensor = spec.tasks[0].wait_for.as_ref().unwrap();
+    assert_eq!(sensor.max, keel_config::MAX_DURATION);
+}

@@ -186,3 +186,157 @@ fn many_processes_opening_a_new_state_file_at_once_all_succeed() {
         }
     }
 }
+
+/// Regression: the lock file was opened following links, and then truncated for the pid, so a
+/// `keel.lock` linked to another file overwrote that file.
+#[test]
+fn a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious.txt");
+    std::fs::write(&target, "precious contents\n").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("keel.lock")).unwrap();
+    match StateLock::acquire(dir.path()) {
+        Err(error @ LockError::SymbolicLink { .. }) => {
+            assert!(error.to_string().contains("is a symbolic link"), "{error}");
+            assert!(error.to_string().contains("keel.lock"), "{error}");
+        }
+        other => panic!("expected the link to be refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "precious contents\n"
+    );
+
+    // A dangling link would have been created as its target.
+    let other = tempfile::tempdir().unwrap();
+    let missing = other.path().join("created-through-the-link");
+    std::fs::remove_file(dir.path().join("keel.lock")).unwrap();
+    std::os::unix::fs::symlink(&missing, dir.path().join("keel.lock")).unwrap();
+    assert!(matches!(
+        StateLock::acquire(dir.path()),
+        Err(LockError::SymbolicLink { .. })
+    ));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_lock_file_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::ffi::CString::new(dir.path().join("keel.lock").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    assert!(matches!(
+        StateLock::acquire(dir.path()),
+        Err(LockError::NotAFile { .. })
+    ));
+}
+
+#[test]
+fn a_new_lock_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = StateLock::acquire(dir.path()).unwrap();
+    let mode = std::fs::metadata(lock.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+/// Regression: SQLite made a new state file 0644, and its -wal and -shm files after it, so other
+/// users could read every task's messages and results.
+#[test]
+fn a_new_state_file_and_its_journal_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}: {mode:o}");
+    }
+    drop(store);
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn new_run(partition: &str) -> keel_store::NewRun {
+    keel_store::NewRun {
+        pipeline: "p".into(),
+        partition: partition.into(),
+        version: "v".into(),
+        trace_id: "t".into(),
+        tasks: vec![("a".into(), "main".into(), None)],
+        at: 1,
+    }
+}
+
+/// `keel status` and `keel logs` read the state through `open_read_only`: it sees what a
+/// writable store wrote, changes nothing in the file, leaves no -wal or -shm behind, and
+/// refuses to write.
+#[tokio::test]
+async fn a_state_opened_read_only_is_read_as_it_is_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let run = {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_run(new_run("2026-01-18")).await.unwrap()
+    };
+    let before = (listing(dir.path()), std::fs::read(&path).unwrap());
+    assert_eq!(before.0, ["state.db"]);
+    {
+        let store = SqliteStore::open_read_only(&path)
+            .unwrap()
+            .expect("a whole state");
+        assert_eq!(store.run(run.id).await.unwrap(), run);
+        assert_eq!(
+            store.list_runs("p", None, 10).await.unwrap(),
+            vec![run.clone()]
+        );
+        let refused = store.create_run(new_run("2026-01-19")).await;
+        assert!(refused.is_err(), "a read-only store wrote: {refused:?}");
+    }
+    assert_eq!((listing(dir.path()), std::fs::read(&path).unwrap()), before);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.list_runs("p", None, 10).await.unwrap(), vec![run]);
+}
+
+/// A state being created, or made by an older Keel, needs a migration to be read: the read-only
+/// open leaves it to `open` and changes nothing. Files that are not Keel states are refused.
+#[test]
+fn a_state_that_needs_a_migration_is_not_opened_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(SqliteStore::open_read_only(&empty).unwrap().is_none());
+    assert_eq!(std::fs::read(&empty).unwrap(), b"");
+
+    let older = dir.path().join("older.db");
+    drop(SqliteStore::open(&older).unwrap());
+    rusqlite::Connection::open(&older)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 2;")
+        .unwrap();
+    let bytes = std::fs::read(&older).unwrap();
+    assert!(SqliteStore::open_read_only(&older).unwrap().is_none());
+    assert_eq!(std::fs::read(&older).unwrap(), bytes);
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        b"not a database at all, not even close ".repeat(200),
+    )
+    .unwrap();
+    assert!(matches!(
+        SqliteStore::open_read_only(&garbage),
+        Err(StoreError::Foreign { .. })
+    ));
+    let names = listing(dir.path());
+    assert_eq!(names, ["empty.db", "garbage.db", "older.db"]);
+}
