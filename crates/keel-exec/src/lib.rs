@@ -7,6 +7,7 @@
 //!
 //! This crate never touches the state store and never decides about retries.
 
+mod files;
 pub mod host;
 pub mod policy;
 pub mod process;

@@ -214,19 +214,39 @@ fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> 
     file.set_len(bytes.len() as u64)
 }
 
+/// The most a record file may hold: an exit record is a few hundred bytes.
+const RECORD_CAP: u64 = 64 << 10;
+
 /// Reads an attempt's record file; `None` when it is missing or empty.
 pub fn read_record(dir: &Path) -> Option<Result<AttemptRecordFile, String>> {
     let path = dir.join(LOCK_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    if text.trim().is_empty() {
+    // The attempt directory is the task's to write in, so the record is read the careful way: a
+    // task that swapped it for a pipe or a link to an endless device must not wedge Keel.
+    let bytes = match crate::files::read_regular_file(&path, RECORD_CAP) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return None,
+        Err(problem) => {
+            return Some(Err(format!(
+                "unreadable attempt record {:?}: {problem}; the attempt directory may have been changed by its task",
+                path.display().to_string()
+            )));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(
-        serde_json::from_str(&text)
-            .map_err(|error| format!("unreadable attempt record {}: {error}", path.display())),
-    )
+    Some(serde_json::from_slice(&bytes).map_err(|error| {
+        format!(
+            "unreadable attempt record {:?}: {error}; the attempt directory may have been changed by its task",
+            path.display().to_string()
+        )
+    }))
 }
 
+/// The task's captured output, `output.log`, kept to `cap` bytes. However the log is cut, at
+/// the cap or by a failed write such as on a full disk, it ends with a marker line that says
+/// so, and nothing is written after the marker: a log never stops mid-line, or has a hole in
+/// it, without saying so.
 struct Output {
     path: PathBuf,
     file: Option<File>,
