@@ -8,6 +8,7 @@
 //! This crate never touches the state store and never decides about retries.
 
 mod files;
+mod group;
 pub mod host;
 pub mod policy;
 pub mod process;
@@ -20,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use group::{GroupEnd, TaskGroup};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};
 

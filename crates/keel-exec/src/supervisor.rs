@@ -14,11 +14,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::group::TaskGroup;
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -169,9 +171,10 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
         &record_file,
         &AttemptRecordFile::Running {
             pid: std::process::id(),
+            task: None,
         },
     );
-    let record = supervise(args, env);
+    let record = supervise(args, env, &record_file);
     match write_record(&record_file, &AttemptRecordFile::Ended(record)) {
         Ok(()) => 0,
         Err(error) => {
@@ -185,14 +188,20 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
 }
 
 /// The attempt's lock file doubles as its record, to keep file creations per attempt low: while
-/// the supervisor runs it holds `{"pid": N}`, and once the task is over, the [`ExitRecord`].
-/// Readers only trust the exit record after taking the lock, which the supervisor holds until
-/// it has finished writing.
+/// the supervisor runs it holds `{"pid": N}`, with the task's process group once the task has
+/// started, and once the task is over, the [`ExitRecord`]. Readers only trust the exit record
+/// after taking the lock, which the supervisor holds until it has finished writing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum AttemptRecordFile {
     Ended(ExitRecord),
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+        /// The task's process group, recorded as soon as the task has started: if the
+        /// supervisor dies without an exit record, whoever finds it dead ends the group first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<TaskGroup>,
+    },
 }
 
 fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
@@ -293,9 +302,60 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::ExitStatusExt;
+/// The record file's content naming the task's group, `{"pid":N,"task":{"id":`, the task's
+/// pid, and `}}`: the parts the task's child process puts together between fork and exec, where
+/// it must not allocate. It matches [`AttemptRecordFile::Running`].
+fn group_record_parts() -> (Vec<u8>, &'static [u8]) {
+    (
+        format!("{{\"pid\":{},\"task\":{{\"id\":", std::process::id()).into_bytes(),
+        b"}}",
+    )
+}
+
+/// Writes `{"pid":N,"task":{"id":PID}}` into the record file from the task's child process,
+/// before it runs the task's program: the group is then on record before the task can do
+/// anything, so a supervisor killed at any moment leaves no unrecorded group behind. Only
+/// async-signal-safe calls, on a buffer on the stack.
+fn record_own_group(record_fd: RawFd, prefix: &[u8], suffix: &[u8]) -> std::io::Result<()> {
+    let mut buffer = [0u8; 128];
+    // SAFETY: getpid is async-signal-safe.
+    let own = unsafe { libc::getpid() } as u64;
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    let mut rest = own;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let length = prefix.len() + count + suffix.len();
+    if length > buffer.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buffer[..prefix.len()].copy_from_slice(prefix);
+    for index in 0..count {
+        buffer[prefix.len() + index] = digits[count - 1 - index];
+    }
+    buffer[prefix.len() + count..length].copy_from_slice(suffix);
+    // SAFETY: pwrite and ftruncate on the record file's descriptor, from a stack buffer.
+    unsafe {
+        if libc::pwrite(record_fd, buffer.as_ptr().cast(), length, 0) != length as isize {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ftruncate(record_fd, length as libc::off_t) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the task to its end and says how it ended. The task's process group goes into
+/// `record_file` before the task runs.
+fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let started_at = now_millis();
     let record = |kind: ExitKind,
@@ -327,8 +387,30 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
         .envs(env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let supervisor = std::process::id() as libc::pid_t;
+    let record_fd = record_file.as_raw_fd();
+    let (prefix, suffix) = group_record_parts();
+    // SAFETY: between fork and exec the child only makes async-signal-safe calls (prctl,
+    // getppid, getpid, pwrite, ftruncate), reads memory made before the fork, and builds
+    // errors from plain numbers, which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            record_own_group(record_fd, &prefix, suffix)?;
+            // If the supervisor dies, by SIGKILL or the OOM killer, the task's leader dies with
+            // it instead of running on unwatched. Its descendants are ended by whoever finds the
+            // supervisor dead, through the process group recorded just above.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died before the line above, when nothing would be sent.
+            if libc::getppid() != supervisor {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -346,6 +428,15 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
         }
     };
     let task_group = child.id() as i32;
+    // The group is on record already (see `record_own_group`); this adds what tells it from a
+    // later group with the same id.
+    let _ = write_record(
+        record_file,
+        &AttemptRecordFile::Running {
+            pid: std::process::id(),
+            task: Some(TaskGroup::of_leader(task_group)),
+        },
+    );
     let clock = Instant::now();
     let mut last_sign_of_life = Duration::ZERO;
     let mut streams: Vec<Box<dyn Read>> = Vec::new();
@@ -565,5 +656,27 @@ mod tests {
             ])
             .is_err()
         );
+    }
+    /// The record the task's child process writes between fork and exec, overwriting a longer
+    /// one, reads back as a running attempt naming the group.
+    #[test]
+    fn the_group_record_written_before_exec_reads_as_a_running_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        std::fs::write(&path, "x".repeat(300)).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let (prefix, suffix) = group_record_parts();
+        record_own_group(file.as_raw_fd(), &prefix, suffix).unwrap();
+        match read_record(dir.path()) {
+            Some(Ok(AttemptRecordFile::Running {
+                pid,
+                task: Some(group),
+            })) => {
+                assert_eq!(pid, std::process::id());
+                assert_eq!(group.id, std::process::id() as i32);
+                assert_eq!(group.started, None);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,10 +1,161 @@
-//! Hardening of the supervisor and the process executor, with real processes: files in an
-//! attempt directory that a task swapped for something else do not block Keel.
+//! Hardening of the supervisor and the process executor, with real processes: a supervisor that
+//! dies takes its task with it before the attempt is reported, and files in an attempt directory
+//! that a task swapped for something else do not block Keel.
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keel_exec::supervisor::read_record;
+use keel_exec::supervisor::{AttemptRecordFile, read_record};
+use keel_exec::{Adopted, Executor};
+use keel_model::Outcome;
+
+use super::{executor, launch, runtime};
+
+/// The one-letter state of `pid` (`R`, `S`, `Z`…), or `None` when there is no such process.
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// Whether `pid` can still run. A zombie has ended; it only waits to be collected, which the
+/// first process of some containers never does.
+fn is_running(pid: i32) -> bool {
+    state_of(pid).is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+/// Waits until a task has written a pid into `path`, and returns it.
+fn wait_for_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never wrote {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills the processes it holds when dropped, so that a failing test leaves nothing running.
+struct Leftovers(Vec<i32>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if is_running(*pid) {
+                // SAFETY: killing a process this test's task started.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A task whose shell leads its group and waits on a long sleep in the background, writing both
+/// pids first.
+fn sleeping_task(dir: &Path) -> String {
+    format!(
+        "echo $$ > {leader}; sleep 60 & echo $! > {sleeper}; wait",
+        leader = dir.join("leader.pid").display(),
+        sleeper = dir.join("sleeper.pid").display()
+    )
+}
+
+/// Regression: a supervisor killed by SIGKILL (an operator, the OOM killer) left its task running
+/// unobserved, and the attempt was reported `lost` at once, so the next attempt ran beside it.
+/// Now the report comes only once the task's whole process group is gone.
+#[test]
+fn a_killed_supervisor_takes_its_task_with_it_before_the_attempt_is_reported() {
+    for (name, executor) in [
+        ("host", executor()),
+        ("own process", executor().without_host()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = dir.path().join("a1");
+        let mut leftovers = Leftovers(Vec::new());
+        let report = runtime().block_on(async {
+            let running = executor
+                .launch(launch(&attempt, &sleeping_task(dir.path())))
+                .unwrap();
+            let leader = wait_for_pid(&dir.path().join("leader.pid"));
+            let sleeper = wait_for_pid(&dir.path().join("sleeper.pid"));
+            leftovers.0.extend([leader, sleeper]);
+            let supervisor = running.pid.expect("the supervisor's pid is known") as i32;
+            // SAFETY: killing the supervisor this test started.
+            unsafe { libc::kill(supervisor, libc::SIGKILL) };
+            let report = running.completion.await;
+            // Checked the moment the attempt is reported: this is when the engine would start
+            // the next attempt.
+            for (what, pid) in [("leader", leader), ("background sleep", sleeper)] {
+                assert!(
+                    !is_running(pid),
+                    "{name}: the task's {what} (pid {pid}) still runs after the attempt was reported: {report:?}"
+                );
+            }
+            report
+        });
+        assert_eq!(report.outcome, Outcome::Lost, "{name}: {report:?}");
+        let message = report.message.unwrap_or_default();
+        assert!(
+            message.contains("without an exit record") && message.contains("has been killed"),
+            "{name}: the message says what happened: {message}"
+        );
+    }
+}
+
+/// The same when no Keel was watching: a supervisor killed while Keel was down leaves its task
+/// running, and the next Keel must end that task before it gives the attempt up as gone.
+#[test]
+fn adopting_an_attempt_whose_supervisor_was_killed_ends_its_task_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("a1");
+    let mut leftovers = Leftovers(Vec::new());
+    // Launch, then drop the launcher without waiting, as a killed Keel would.
+    let supervisor = {
+        let runtime = runtime();
+        let launcher = executor();
+        let running = runtime.block_on(async {
+            launcher
+                .launch(launch(&attempt, &sleeping_task(dir.path())))
+                .unwrap()
+        });
+        running.pid.expect("the supervisor's pid is known") as i32
+    };
+    let leader = wait_for_pid(&dir.path().join("leader.pid"));
+    let sleeper = wait_for_pid(&dir.path().join("sleeper.pid"));
+    leftovers.0.extend([leader, sleeper]);
+    // The supervisor records the task's group as the task starts; the task wrote its pids
+    // after that.
+    match read_record(&attempt) {
+        Some(Ok(AttemptRecordFile::Running {
+            task: Some(group), ..
+        })) => assert_eq!(group.id, leader, "the task leads its own group"),
+        other => panic!("the record names the task's group: {other:?}"),
+    }
+    // SAFETY: killing the supervisor this test started.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    // Wait until the supervisor is really gone (its lock is then free), as a new Keel finds it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_running(supervisor) {
+        assert!(Instant::now() < deadline, "the supervisor did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let adopted = executor().adopt(attempt.clone(), Some(supervisor as u32));
+    assert!(
+        matches!(adopted, Adopted::Gone),
+        "no supervisor and no exit record: the attempt is gone"
+    );
+    assert!(
+        !is_running(sleeper) && !is_running(leader),
+        "the orphaned task was ended before the attempt was given up"
+    );
+}
 
 /// Keel reads an attempt's record file itself; a task that swapped it for a named pipe must not
 /// block Keel.
