@@ -302,6 +302,26 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Whether the child `pid` has ended, without collecting its exit status: the task's leader
+/// stays a zombie until it is reaped, which keeps its pid, and so its group id, from being taken
+/// by another process before the group is killed.
+fn has_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain data, filled in by waitid below.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with WNOWAIT, which reaps nothing.
+    let result = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // With WNOHANG a child that is still running leaves si_pid at zero.
+    // SAFETY: si_pid reads the field waitid filled in for a WEXITED wait.
+    result == 0 && unsafe { info.si_pid() } != 0
+}
+
 /// The record file's content naming the task's group, `{"pid":N,"task":{"id":`, the task's
 /// pid, and `}}`: the parts the task's child process puts together between fork and exec, where
 /// it must not allocate. It matches [`AttemptRecordFile::Running`].
@@ -601,6 +621,14 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File
             }
         }
         if stop_reason.is_some() {
+            // A task that ended by itself just as a limit passed (while this process was
+            // reading output, or was not scheduled) is judged by how it really ended: only a
+            // task still running when the stop is sent is stopped by it.
+            if has_exited(task_group) {
+                stop_reason = None;
+                pidfd_ready = true;
+                continue;
+            }
             // SAFETY: signalling the task's own process group.
             unsafe { libc::killpg(task_group, libc::SIGTERM) };
             kill_sent_at = Some(Instant::now());

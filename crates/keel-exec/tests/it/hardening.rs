@@ -1,6 +1,7 @@
 //! Hardening of the supervisor and the process executor, with real processes: a supervisor that
-//! dies takes its task with it before the attempt is reported, and files in an attempt directory
-//! that a task swapped for something else do not block Keel.
+//! dies takes its task with it before the attempt is reported, a task that ends by itself just
+//! as its timeout passes is not recorded as timed out, and files in an attempt directory that a
+//! task swapped for something else do not block Keel.
 
 use std::path::Path;
 use std::process::Command;
@@ -155,6 +156,71 @@ fn adopting_an_attempt_whose_supervisor_was_killed_ends_its_task_first() {
         !is_running(sleeper) && !is_running(leader),
         "the orphaned task was ended before the attempt was given up"
     );
+}
+
+/// Regression: a task that exited 0 just before its timeout was recorded `timed_out` when the
+/// supervisor judged the timeout before looking at the exit. The supervisor is stopped with
+/// SIGSTOP while the task runs and resumed only once the task has exited and the timeout has
+/// passed, so it finds both at once, whatever the machine's speed.
+#[test]
+fn a_task_that_exited_just_before_its_timeout_is_judged_by_its_exit() {
+    let executor = executor();
+    // The supervisor must be stopped well before the timeout; on a machine too busy for that,
+    // the scenario is run again with a longer one.
+    for timeout_seconds in [2, 4, 8, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let task_pid_file = dir.path().join("task.pid");
+        let go = dir.path().join("go");
+        let mut spec = launch(
+            &dir.path().join("a1"),
+            &format!(
+                "echo $$ > {}; while [ ! -e {} ]; do sleep 0.01; done; exit 0",
+                task_pid_file.display(),
+                go.display()
+            ),
+        );
+        let timeout = Duration::from_secs(timeout_seconds);
+        spec.timeout = timeout;
+        let launched = Instant::now();
+        let (report, stopped_in_time) = runtime().block_on(async {
+            let running = executor.launch(spec).unwrap();
+            let supervisor = running.pid.expect("the supervisor's pid is known") as i32;
+            let task = wait_for_pid(&task_pid_file);
+            // SAFETY: pausing the supervisor this test started.
+            unsafe { libc::kill(supervisor, libc::SIGSTOP) };
+            let stopped_in_time = launched.elapsed() < timeout / 2;
+            std::fs::write(&go, "").unwrap();
+            if stopped_in_time {
+                // The task now exits by itself, and stays a zombie until the paused supervisor
+                // collects it.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while state_of(task) != Some('Z') {
+                    assert!(Instant::now() < deadline, "the task did not exit");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // And the timeout passes.
+                let past_timeout = timeout + Duration::from_millis(200);
+                if let Some(left) = past_timeout.checked_sub(launched.elapsed()) {
+                    std::thread::sleep(left);
+                }
+            }
+            // SAFETY: resuming the supervisor this test paused.
+            unsafe { libc::kill(supervisor, libc::SIGCONT) };
+            (running.completion.await, stopped_in_time)
+        });
+        if !stopped_in_time {
+            eprintln!("the machine is busy; trying again with a longer timeout");
+            continue;
+        }
+        assert_eq!(
+            report.outcome,
+            Outcome::Succeeded,
+            "the task exited 0 before the timeout was judged: {report:?}"
+        );
+        assert_eq!(report.exit_code, Some(0));
+        return;
+    }
+    panic!("the supervisor could never be paused before the timeout");
 }
 
 /// Keel reads an attempt's record file itself; a task that swapped it for a named pipe must not
