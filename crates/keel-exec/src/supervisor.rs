@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::group::TaskGroup;
+use crate::group::{ProcessStat, TaskGroup, all_processes};
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -141,6 +141,11 @@ pub fn main(arguments: &[String]) -> i32 {
 /// Supervises one attempt in this process: the body of [`main`], also entered directly by the
 /// attempt host in a freshly forked child. `env` is added to the task's environment.
 pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
+    // Descendants of the task that leave its process group (a daemon that calls `setsid`) are
+    // handed to this process instead of the system's first process when their parent ends, so
+    // the supervisor can still find them and end them with the attempt.
+    // SAFETY: a prctl on this process alone; it touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if let Some(fd) = args.lock_fd {
         // The task must not inherit the liveness lock, or the lock would outlive the supervisor.
         // SAFETY: fcntl on an inherited descriptor; it touches no memory.
@@ -252,10 +257,6 @@ pub fn read_record(dir: &Path) -> Option<Result<AttemptRecordFile, String>> {
     }))
 }
 
-/// The task's captured output, `output.log`, kept to `cap` bytes. However the log is cut, at
-/// the cap or by a failed write such as on a full disk, it ends with a marker line that says
-/// so, and nothing is written after the marker: a log never stops mid-line, or has a hole in
-/// it, without saying so.
 struct Output {
     path: PathBuf,
     file: Option<File>,
@@ -322,6 +323,90 @@ fn has_exited(pid: libc::pid_t) -> bool {
     result == 0 && unsafe { info.si_pid() } != 0
 }
 
+/// How long the end of an attempt waits for the task's leftover descendants to die once they
+/// have been sent SIGKILL. They never run code of their own again after it; the wait only lets
+/// them be collected.
+const DESCENDANTS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Kills every process still descending from this supervisor and collects them. The task's
+/// process group is already gone by now; what is left escaped it, such as a daemon that called
+/// `setsid`. As a child subreaper the supervisor inherits every descendant whose parent has
+/// ended, so killing its remaining children, round after round, reaches them all. Only direct
+/// children are signalled: a child that has not been collected keeps its pid, so no unrelated
+/// process can be hit.
+fn end_descendants(patience: Duration) {
+    let own = std::process::id() as libc::pid_t;
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        reap_children();
+        let children = living_children(own);
+        if children.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for child in children {
+            // SAFETY: signalling our own child, which is not collected yet and so keeps its pid.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Collects every child of this process that has ended.
+fn reap_children() {
+    loop {
+        let mut status = 0;
+        // SAFETY: collecting our own ended children; WNOHANG returns at once.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if reaped <= 0 {
+            return;
+        }
+    }
+}
+
+/// This process's children that can still run. The supervisor is single-threaded, so the
+/// kernel's list of its main thread's children is all of them; without that list (a kernel
+/// built without it) the process table is searched instead.
+fn living_children(own: libc::pid_t) -> Vec<libc::pid_t> {
+    let candidates: Vec<libc::pid_t> =
+        match std::fs::read_to_string(format!("/proc/{own}/task/{own}/children")) {
+            Ok(text) => text
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect(),
+            Err(_) => all_processes()
+                .into_iter()
+                .filter(|process| process.parent == own)
+                .map(|process| process.pid)
+                .collect(),
+        };
+    candidates
+        .into_iter()
+        .filter(|pid| ProcessStat::read(*pid).is_some_and(|stat| stat.is_alive()))
+        .collect()
+}
+
+/// Runs the task to its end and says how it ended. The task's process group goes into
+/// `record_file` before the task runs.
+fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
+    let started_at = now_millis();
+    let mut output = Output {
+        path: args.dir.join(OUTPUT_FILE),
+        file: None,
+        written: 0,
+        cap: args.log_cap,
+        truncated: false,
+    };
+    let mut ended = run_task(args, env, record_file, &mut output);
+    // Whatever escaped the task's process group goes with the attempt, so nothing of it runs on
+    // past its end or its timeout.
+    end_descendants(DESCENDANTS_PATIENCE);
+    ended.started_at = started_at;
+    ended.finished_at = now_millis();
+    ended
+}
+
 /// The record file's content naming the task's group, `{"pid":N,"task":{"id":`, the task's
 /// pid, and `}}`: the parts the task's child process puts together between fork and exec, where
 /// it must not allocate. It matches [`AttemptRecordFile::Running`].
@@ -372,12 +457,14 @@ fn record_own_group(record_fd: RawFd, prefix: &[u8], suffix: &[u8]) -> std::io::
     Ok(())
 }
 
-/// Runs the task to its end and says how it ended. The task's process group goes into
-/// `record_file` before the task runs.
-fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
+fn run_task(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+    record_file: &File,
+    output: &mut Output,
+) -> ExitRecord {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
 
-    let started_at = now_millis();
     let record = |kind: ExitKind,
                   code: Option<i32>,
                   signal: Option<i32>,
@@ -386,15 +473,8 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File
         code,
         signal,
         message,
-        started_at,
-        finished_at: now_millis(),
-    };
-    let mut output = Output {
-        path: args.dir.join(OUTPUT_FILE),
-        file: None,
-        written: 0,
-        cap: args.log_cap,
-        truncated: false,
+        started_at: 0,
+        finished_at: 0,
     };
     let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
     if args.heartbeat.is_some() {
@@ -685,6 +765,7 @@ mod tests {
             .is_err()
         );
     }
+
     /// The record the task's child process writes between fork and exec, overwriting a longer
     /// one, reads back as a running attempt naming the group.
     #[test]

@@ -1,6 +1,7 @@
 //! Hardening, end to end through the `keel` binary: an attempt whose supervisor is killed never
-//! runs beside its next attempt, and a result file that is a pipe, a link to an endless device or
-//! far too large fails its attempt at once instead of wedging Keel.
+//! runs beside its next attempt, a result file that is a pipe, a link to an endless device or
+//! far too large fails its attempt at once instead of wedging Keel, and a daemon that leaves the
+//! task's process group does not outlive its attempt.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -436,4 +437,58 @@ fn a_result_file_over_the_cap_fails_the_attempt_naming_the_cap() {
         "{{ printf '{{\"message\": \"'; head -c 2097152 /dev/zero | tr '\\000' x; printf '\"}}'; }} > \"$KEEL_RESULT\"",
     );
     assert_failed_naming_the_file(&task, "1 MiB");
+}
+
+/// Regression: a task's daemon that calls `setsid` leaves the task's process group, so the
+/// group kill missed it and it outlived its attempt and its timeout. Two tasks start such a
+/// daemon and write its pid: one then exits 0, the other runs into its timeout. After the run,
+/// neither daemon may be running.
+#[test]
+fn a_daemon_that_left_the_task_group_does_not_outlive_its_attempt() {
+    let pipeline = Pipeline::new();
+    let daemon = |name: &str, then: &str| {
+        format!(
+            "setsid sh -c 'echo $$ > {pid}; exec sleep 1000' & while [ ! -s {pid} ]; do sleep 0.01; done; {then}",
+            pid = pipeline.file(&format!("{name}.pid")).display()
+        )
+    };
+    pipeline.write(
+        "daemons",
+        "retries = { attempts = 1 }",
+        &[
+            ("exits", "timeout = \"60s\"\n", daemon("exits", "exit 0")),
+            (
+                "times_out",
+                "timeout = \"1s\"\n",
+                daemon("times_out", "sleep 60"),
+            ),
+        ],
+    );
+    let mut keel = pipeline.spawn_run();
+    let code = pipeline.wait(&mut keel, Duration::from_secs(120));
+    let mut leftovers = Leftovers(Vec::new());
+    let mut pids = Vec::new();
+    for name in ["exits", "times_out"] {
+        let pid: i32 = std::fs::read_to_string(pipeline.file(&format!("{name}.pid")))
+            .unwrap_or_else(|_| panic!("{name} started its daemon\n{}", pipeline.log()))
+            .trim()
+            .parse()
+            .unwrap();
+        leftovers.0.push(pid);
+        pids.push((name, pid));
+    }
+    assert_eq!(
+        code,
+        1,
+        "the timed-out task fails the run\n{}",
+        pipeline.log()
+    );
+    assert_eq!(pipeline.task_json("exits")["outcome"], "succeeded");
+    assert_eq!(pipeline.task_json("times_out")["outcome"], "timed_out");
+    for (name, pid) in pids {
+        assert!(
+            !is_running(pid),
+            "the daemon of {name} (pid {pid}) ended with its attempt"
+        );
+    }
 }

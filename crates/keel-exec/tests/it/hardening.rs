@@ -1,7 +1,8 @@
 //! Hardening of the supervisor and the process executor, with real processes: a supervisor that
 //! dies takes its task with it before the attempt is reported, a task that ends by itself just
-//! as its timeout passes is not recorded as timed out, and files in an attempt directory that a
-//! task swapped for something else do not block Keel.
+//! as its timeout passes is not recorded as timed out, descendants that leave the task's
+//! process group end with the attempt, and files in an attempt directory that a task swapped for
+//! something else do not block Keel.
 
 use std::path::Path;
 use std::process::Command;
@@ -221,6 +222,48 @@ fn a_task_that_exited_just_before_its_timeout_is_judged_by_its_exit() {
         return;
     }
     panic!("the supervisor could never be paused before the timeout");
+}
+
+/// A task's daemon that calls `setsid` leaves the task's process group, so the group kill missed
+/// it and it outlived the attempt. The supervisor, a child subreaper, now ends every descendant
+/// with the attempt: when the task exits, when it times out and when it is stopped.
+#[test]
+fn a_daemon_that_left_the_task_group_ends_with_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leftovers = Leftovers(Vec::new());
+    for (case, after, timeout, stop, expected) in [
+        ("exits", "exit 0", 20, false, Outcome::Succeeded),
+        ("times out", "sleep 60", 1, false, Outcome::TimedOut),
+        ("is stopped", "sleep 60", 20, true, Outcome::Cancelled),
+    ] {
+        let attempt = dir.path().join(case.replace(' ', "_"));
+        let daemon_file = dir
+            .path()
+            .join(format!("{}.daemon", case.replace(' ', "_")));
+        let mut spec = launch(
+            &attempt,
+            &format!(
+                "setsid sh -c 'echo $$ > {daemon}; exec sleep 1000' & while [ ! -s {daemon} ]; do sleep 0.01; done; {after}",
+                daemon = daemon_file.display()
+            ),
+        );
+        spec.timeout = Duration::from_secs(timeout);
+        let report = runtime().block_on(async {
+            let running = executor().launch(spec).unwrap();
+            let daemon = wait_for_pid(&daemon_file);
+            leftovers.0.push(daemon);
+            if stop {
+                (running.stop)();
+            }
+            running.completion.await
+        });
+        assert_eq!(report.outcome, expected, "{case}: {report:?}");
+        let daemon = *leftovers.0.last().unwrap();
+        assert!(
+            !is_running(daemon),
+            "when the task {case}, its setsid daemon (pid {daemon}) ends with the attempt"
+        );
+    }
 }
 
 /// Keel reads an attempt's record file itself; a task that swapped it for a named pipe must not
