@@ -24,6 +24,9 @@ pub struct ExitRecord {
     pub message: Option<String>,
     pub started_at: i64,
     pub finished_at: i64,
+    /// Why `output.log` was cut short, when writing it failed (a full disk, a file size limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_problem: Option<String>,
 }
 
 /// The typed result of one attempt.
@@ -271,6 +274,12 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             None => line,
         });
     }
+    if let Some(problem) = &exit.output_problem {
+        message = Some(match message {
+            Some(ours) => format!("{ours}; {problem}"),
+            None => problem.clone(),
+        });
+    }
     Report {
         outcome,
         exit_code: exit.code,
@@ -300,6 +309,7 @@ mod tests {
             message: None,
             started_at: 0,
             finished_at: 1,
+            output_problem: None,
         }
     }
 
@@ -399,5 +409,21 @@ mod tests {
                 message.len()
             );
         }
+    }
+
+    #[test]
+    fn a_cut_log_is_mentioned_in_the_message() {
+        let record = ExitRecord {
+            output_problem: Some("cannot write \"output.log\": No space left on device".into()),
+            ..exited(0)
+        };
+        let report = with_result(None, record);
+        assert_eq!(report.outcome, Outcome::Succeeded);
+        assert!(
+            report
+                .message
+                .unwrap_or_default()
+                .contains("No space left on device")
+        );
     }
 }

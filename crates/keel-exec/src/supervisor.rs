@@ -146,6 +146,11 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
     // the supervisor can still find them and end them with the attempt.
     // SAFETY: a prctl on this process alone; it touches no memory.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // Past a file size limit the kernel kills the writer with SIGXFSZ; ignored, the write of
+    // output.log fails with EFBIG instead, and the supervisor marks the cut and carries on.
+    // The task gets the default action back before it starts.
+    // SAFETY: setting a signal disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Some(fd) = args.lock_fd {
         // The task must not inherit the liveness lock, or the lock would outlive the supervisor.
         // SAFETY: fcntl on an inherited descriptor; it touches no memory.
@@ -257,37 +262,174 @@ pub fn read_record(dir: &Path) -> Option<Result<AttemptRecordFile, String>> {
     }))
 }
 
+/// The task's captured output, `output.log`, kept to `cap` bytes. However the log is cut, at
+/// the cap or by a failed write such as on a full disk, it ends with a marker line that says
+/// so, and nothing is written after the marker: a log never stops mid-line, or has a hole in
+/// it, without saying so.
 struct Output {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes of the task's output kept so far, counted against the cap.
     written: u64,
+    /// The file's length: where the next byte lands.
+    length: u64,
     cap: u64,
-    truncated: bool,
+    /// Whether the last byte in the file ended a line.
+    at_line_start: bool,
+    /// Set once the log has been cut: nothing more is written.
+    cut: bool,
+    /// What went wrong with the log, for the exit record; `None` when all is well or the log
+    /// only reached its cap.
+    problem: Option<String>,
 }
 
 impl Output {
-    fn write(&mut self, bytes: &[u8]) {
-        // Created on the first output, so a silent task costs no file.
-        if self.file.is_none() {
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .ok();
-        }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let room = self.cap.saturating_sub(self.written) as usize;
-        let take = bytes.len().min(room);
-        if take > 0 && file.write_all(&bytes[..take]).is_ok() {
-            self.written += take as u64;
-        }
-        if take < bytes.len() && !self.truncated {
-            self.truncated = true;
-            let _ = writeln!(file, "\n[keel: output truncated at {} bytes]", self.cap);
+    fn new(path: PathBuf, cap: u64) -> Output {
+        Output {
+            path,
+            file: None,
+            written: 0,
+            length: 0,
+            cap,
+            at_line_start: true,
+            cut: false,
+            problem: None,
         }
     }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.cut || bytes.is_empty() {
+            return;
+        }
+        // Created on the first output, so a silent task costs no file.
+        if self.file.is_none() {
+            match open_output(&self.path) {
+                Ok((file, length)) => {
+                    self.file = Some(file);
+                    self.length = length;
+                }
+                Err(error) => {
+                    self.cut = true;
+                    self.problem = Some(format!(
+                        "cannot open {:?}: {error}; the task's output was dropped",
+                        self.path.display().to_string()
+                    ));
+                    return;
+                }
+            }
+        }
+        let room = self.cap.saturating_sub(self.written) as usize;
+        let take = bytes.len().min(room);
+        if let Err(error) = self.append(&bytes[..take]) {
+            self.cut_after_error(error);
+            return;
+        }
+        self.written += take as u64;
+        if take < bytes.len() {
+            self.cut = true;
+            let marker = format!("[keel: output truncated at {} bytes]\n", self.cap);
+            let line = if self.at_line_start {
+                marker
+            } else {
+                format!("\n{marker}")
+            };
+            if let Err(error) = self.append(line.as_bytes()) {
+                self.cut_after_error(error);
+            }
+        }
+    }
+
+    /// Appends all of `bytes`, keeping `length` exact even when a write stops part way.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            match file.write(&bytes[done..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(wrote) => {
+                    done += wrote;
+                    self.length += wrote as u64;
+                    self.at_line_start = bytes[done - 1] == b'\n';
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the log after a failed write with a marker line naming the error. On a full disk
+    /// there is no room for the marker, so the log is first cut back to the end of an earlier
+    /// line far enough from its end: rewriting blocks the file already has needs no new space.
+    fn cut_after_error(&mut self, error: std::io::Error) {
+        self.cut = true;
+        let problem = format!(
+            "cannot write {:?}: {error}",
+            self.path.display().to_string()
+        );
+        let marker = |kept: u64| {
+            format!("[keel: output cut after {kept} bytes: {problem}; later output was dropped]\n")
+        };
+        let Some(file) = self.file.as_ref() else {
+            self.problem = Some(problem);
+            return;
+        };
+        // The marker for the current length is at least as long as the one written below.
+        let room_needed = marker(self.length).len() as u64 + 1;
+        let keep = line_end_before(file, self.length.saturating_sub(room_needed));
+        if file.set_len(keep).is_ok() {
+            self.length = keep;
+            self.at_line_start = keep == 0 || ends_with_newline(file, keep);
+        }
+        let kept = self.length;
+        let line = if self.at_line_start {
+            marker(kept)
+        } else {
+            format!("\n{}", marker(kept))
+        };
+        let _ = self.append(line.as_bytes());
+        self.problem = Some(format!("{problem}; output.log was cut after {kept} bytes"));
+    }
+}
+
+/// Opens `output.log` for appending, refusing anything but a regular file (a task could have
+/// put a pipe there, which would block the open), and returns it with its length.
+fn open_output(path: &Path) -> std::io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    Ok((file, metadata.len()))
+}
+
+/// Where the last complete line at or before `limit` ends in `file`: just after its newline.
+/// Looks back at most 64 KiB; a longer line is cut at `limit` itself.
+fn line_end_before(file: &File, limit: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let from = limit.saturating_sub(64 << 10);
+    let mut window = vec![0u8; (limit - from) as usize];
+    match file.read_exact_at(&mut window, from) {
+        Ok(()) => match window.iter().rposition(|byte| *byte == b'\n') {
+            Some(index) => from + index as u64 + 1,
+            None => limit,
+        },
+        Err(_) => limit,
+    }
+}
+
+fn ends_with_newline(file: &File, length: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, length - 1).is_ok() && last[0] == b'\n'
 }
 
 /// Opens a pidfd for `pid`: a descriptor that becomes readable when the process exits, so one
@@ -391,19 +533,14 @@ fn living_children(own: libc::pid_t) -> Vec<libc::pid_t> {
 /// `record_file` before the task runs.
 fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
     let started_at = now_millis();
-    let mut output = Output {
-        path: args.dir.join(OUTPUT_FILE),
-        file: None,
-        written: 0,
-        cap: args.log_cap,
-        truncated: false,
-    };
+    let mut output = Output::new(args.dir.join(OUTPUT_FILE), args.log_cap);
     let mut ended = run_task(args, env, record_file, &mut output);
     // Whatever escaped the task's process group goes with the attempt, so nothing of it runs on
     // past its end or its timeout.
     end_descendants(DESCENDANTS_PATIENCE);
     ended.started_at = started_at;
     ended.finished_at = now_millis();
+    ended.output_problem = output.problem.take();
     ended
 }
 
@@ -475,6 +612,7 @@ fn run_task(
         message,
         started_at: 0,
         finished_at: 0,
+        output_problem: None,
     };
     let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
     if args.heartbeat.is_some() {
@@ -493,8 +631,8 @@ fn run_task(
     let record_fd = record_file.as_raw_fd();
     let (prefix, suffix) = group_record_parts();
     // SAFETY: between fork and exec the child only makes async-signal-safe calls (prctl,
-    // getppid, getpid, pwrite, ftruncate), reads memory made before the fork, and builds
-    // errors from plain numbers, which does not allocate.
+    // getppid, getpid, pwrite, ftruncate, signal), reads memory made before the fork, and
+    // builds errors from plain numbers, which does not allocate.
     unsafe {
         command.pre_exec(move || {
             record_own_group(record_fd, &prefix, suffix)?;
@@ -508,6 +646,7 @@ fn run_task(
             if libc::getppid() != supervisor {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             Ok(())
         });
     }

@@ -1,9 +1,9 @@
 //! Hardening of the supervisor and the process executor, with real processes: a supervisor that
 //! dies takes its task with it before the attempt is reported, a task that ends by itself just
 //! as its timeout passes is not recorded as timed out, descendants that leave the task's
-//! process group end with the attempt, and files in an attempt directory that a task swapped for
-//! something else do not block Keel.
+//! process group end with the attempt, and a log that cannot be written is cut with a marker.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -262,6 +262,96 @@ fn a_daemon_that_left_the_task_group_ends_with_the_attempt() {
         assert!(
             !is_running(daemon),
             "when the task {case}, its setsid daemon (pid {daemon}) ends with the attempt"
+        );
+    }
+}
+
+/// Regression: a write error on `output.log` (a full disk; here a file size limit, which fails
+/// the write the same way) could cut the log mid-line without a word, and past a file size
+/// limit the kernel's SIGXFSZ killed the supervisor, so the attempt was lost. Now the supervisor
+/// carries on, the log ends in a marker line after the last complete line, and the exit record
+/// says what happened.
+#[test]
+fn a_log_that_cannot_be_written_is_cut_at_a_line_with_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("a1");
+    std::fs::create_dir(&attempt).unwrap();
+    let limit: u64 = 16 << 10;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel-attempt"));
+    command.args([
+        "--dir",
+        &attempt.display().to_string(),
+        "--log-cap",
+        "1048576",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 3000 ]; do echo \"line $i of the task's output\"; i=$((i+1)); done",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe and only changes the child's own limits.
+    unsafe {
+        command.pre_exec(move || {
+            let cap = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = command.status().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the supervisor survives the failed writes and records the end: {status}"
+    );
+    let record = match read_record(&attempt) {
+        Some(Ok(AttemptRecordFile::Ended(record))) => record,
+        other => panic!("an exit record: {other:?}"),
+    };
+    assert_eq!(record.code, Some(0), "{record:?}");
+    let problem = record.output_problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains("output.log") && problem.contains("File too large"),
+        "the record names the file and the error: {problem}"
+    );
+    let report = keel_exec::interpret(&record, &attempt);
+    assert_eq!(report.outcome, Outcome::Succeeded);
+    assert!(
+        report
+            .message
+            .unwrap_or_default()
+            .contains("File too large"),
+        "the attempt's message carries the problem"
+    );
+
+    let log = std::fs::read_to_string(attempt.join("output.log")).unwrap();
+    assert!(log.len() as u64 <= limit, "{} bytes", log.len());
+    assert!(
+        log.ends_with('\n'),
+        "the marker ends the log on its own line"
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    let marker = lines.last().unwrap();
+    assert!(
+        marker.starts_with("[keel: output cut after ")
+            && marker.contains("File too large")
+            && marker.ends_with("later output was dropped]"),
+        "{marker}"
+    );
+    let kept = &lines[..lines.len() - 1];
+    assert!(
+        kept.len() > 100,
+        "most of what fitted was kept: {}",
+        kept.len()
+    );
+    for (number, line) in kept.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("line {number} of the task's output"),
+            "every line before the marker is whole, and none is missing"
         );
     }
 }
