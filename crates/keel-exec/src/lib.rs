@@ -7,6 +7,8 @@
 //!
 //! This crate never touches the state store and never decides about retries.
 
+mod files;
+mod group;
 pub mod host;
 pub mod process;
 mod report;
@@ -18,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use group::{GroupEnd, TaskGroup};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};
 

@@ -4,12 +4,13 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use keel_model::Outcome;
 
 use crate::host::HostClient;
 use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
-use crate::{Adopted, Executor, ExitRecord, Launch, Report, Running, interpret};
+use crate::{Adopted, Executor, ExitRecord, GroupEnd, Launch, Report, Running, interpret};
 
 /// Starts each attempt as `<supervisor_program> <supervisor_args…> __attempt …`.
 #[derive(Clone)]
@@ -86,26 +87,70 @@ fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
 
 fn read_supervisor_pid(dir: &Path) -> Option<u32> {
     match read_record(dir)? {
-        Ok(AttemptRecordFile::Running { pid }) => Some(pid),
+        Ok(AttemptRecordFile::Running { pid, .. }) => Some(pid),
         _ => None,
     }
 }
 
-/// What an ended supervisor left behind, as a report.
+/// How long Keel waits, after SIGKILL, for the processes of a task whose supervisor died to
+/// exit. They never run code of their own again once the signal has landed, so the wait only
+/// covers the kernel finishing what they were doing; past it the attempt is reported anyway.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Ends what is left of the task of an attempt whose supervisor died without an exit record,
+/// and says what was done. Whoever concludes that an attempt ended without a record calls this
+/// before reporting it, so that its next attempt never runs beside it. Blocks for at most
+/// [`ORPHAN_PATIENCE`].
+fn end_orphaned_task(dir: &Path) -> Option<String> {
+    let group = match read_record(dir)? {
+        Ok(AttemptRecordFile::Running {
+            task: Some(group), ..
+        }) => group,
+        _ => return None,
+    };
+    match group.end(ORPHAN_PATIENCE) {
+        GroupEnd::AlreadyGone => None,
+        GroupEnd::Killed => Some(format!(
+            "its task (process group {}) was still running and has been killed",
+            group.id
+        )),
+        GroupEnd::StillExiting { processes } => Some(format!(
+            "its task (process group {}) was killed, and {processes} of its processes were still exiting after {}",
+            group.id,
+            keel_model::format_duration(ORPHAN_PATIENCE)
+        )),
+    }
+}
+
+/// What an ended supervisor left behind, as a report. Blocks while it ends an orphaned task.
 fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatus>) -> Report {
     match read_exit_record(dir) {
         Some(Ok(record)) => interpret(&record, dir),
         Some(Err(problem)) => Report::new(Outcome::Failed, problem),
-        None => Report::new(
-            Outcome::Lost,
-            match supervisor_status {
+        None => {
+            let mut message = match supervisor_status {
                 Some(status) => {
                     format!("the attempt supervisor ended ({status}) without an exit record")
                 }
                 None => "the attempt supervisor ended without an exit record".to_string(),
-            },
-        ),
+            };
+            if let Some(ended) = end_orphaned_task(dir) {
+                message = format!("{message}; {ended}");
+            }
+            Report::new(Outcome::Lost, message)
+        }
     }
+}
+
+/// [`report_from_dir`] off the async runtime: it reads files the task wrote and may wait for an
+/// orphaned task to die.
+async fn report_when_ended(
+    dir: PathBuf,
+    supervisor_status: Option<std::process::ExitStatus>,
+) -> Report {
+    tokio::task::spawn_blocking(move || report_from_dir(&dir, supervisor_status))
+        .await
+        .unwrap_or_else(|_| Report::new(Outcome::Lost, "reading the attempt's end failed"))
 }
 
 /// Waits until the supervisor holding the attempt's lock has exited. Returns false if the lock
@@ -196,7 +241,7 @@ impl Executor for ProcessExecutor {
                             // when it ends.
                             wait_for_lock(dir.clone()).await;
                         }
-                        report_from_dir(&dir, None)
+                        report_when_ended(dir, None).await
                     });
                     let stop_dir = launch.dir.clone();
                     let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -254,7 +299,7 @@ impl Executor for ProcessExecutor {
         let dir = launch.dir.clone();
         let completion = Box::pin(async move {
             let status = child.wait().await.ok();
-            report_from_dir(&dir, status)
+            report_when_ended(dir, status).await
         });
         let stop: Arc<dyn Fn() + Send + Sync> = match pid {
             Some(pid) => Arc::new(move || signal(pid, libc::SIGTERM)),
@@ -276,7 +321,13 @@ impl Executor for ProcessExecutor {
         match lock_attempt(&lock, false) {
             Ok(true) => match read_exit_record(&dir) {
                 Some(_) => Adopted::Finished(report_from_dir(&dir, None)),
-                None => Adopted::Gone,
+                None => {
+                    // No supervisor, and no record of the end: the supervisor died, or never
+                    // started. Whatever may be left of its task is ended before the attempt is
+                    // given up, so its next attempt cannot run beside it.
+                    end_orphaned_task(&dir);
+                    Adopted::Gone
+                }
             },
             Ok(false) => {
                 let record_dir = dir.clone();
@@ -288,7 +339,7 @@ impl Executor for ProcessExecutor {
                     let waited =
                         tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
                     match waited {
-                        Ok(Ok(_)) => report_from_dir(&wait_dir, None),
+                        Ok(Ok(_)) => report_when_ended(wait_dir, None).await,
                         _ => Report::new(Outcome::Lost, "lost track of an adopted attempt"),
                     }
                 });

@@ -24,6 +24,9 @@ pub struct ExitRecord {
     pub message: Option<String>,
     pub started_at: i64,
     pub finished_at: i64,
+    /// Why `output.log` was cut short, when writing it failed (a full disk, a file size limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_problem: Option<String>,
 }
 
 /// The typed result of one attempt.
@@ -58,33 +61,61 @@ struct ResultFile {
     metrics: Option<String>,
 }
 
+/// The most a result file may hold. Keel reads it whole, in its own process, so a task that
+/// writes gigabytes there (or links it to an endless device) must not make Keel read them.
+pub const RESULT_CAP: u64 = 1 << 20;
+/// The most metrics a result file may report, and the longest name one may have: they are
+/// stored with every attempt.
+pub const MAX_METRICS: usize = 100;
+pub const MAX_METRIC_NAME: usize = 200;
+
 fn read_result_file(path: &Path) -> Result<Option<ResultFile>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
+    let bytes = match crate::files::read_regular_file(path, RESULT_CAP) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(crate::files::FileProblem::TooLarge { cap }) => {
             return Err(format!(
-                "cannot read result file {}: {error}",
-                path.display()
+                "result file {:?} is too large: it holds more than {}, the most Keel reads; write only the outcome, message, rows and metrics there, and large data elsewhere",
+                path.display().to_string(),
+                crate::files::format_bytes(cap)
+            ));
+        }
+        Err(problem) => {
+            return Err(format!(
+                "cannot read result file {:?}: {problem}; write the result as a plain file at $KEEL_RESULT",
+                path.display().to_string()
             ));
         }
     };
+    let invalid = |detail: String| {
+        format!(
+            "invalid result file {:?}: {detail}",
+            path.display().to_string()
+        )
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        invalid(
+            "it is not UTF-8 text; write a JSON object such as {\"outcome\": \"no_data\"}".into(),
+        )
+    })?;
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let invalid = |detail: String| format!("invalid result file {}: {detail}", path.display());
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| invalid(error.to_string()))?;
+        serde_json::from_str(text).map_err(|error| invalid(error.to_string()))?;
     let object = value.as_object().ok_or_else(|| {
         invalid("expected a JSON object such as {\"outcome\": \"no_data\"}".into())
     })?;
     let mut result = ResultFile::default();
     if let Some(outcome) = object.get("outcome") {
-        let name = outcome
-            .as_str()
-            .ok_or_else(|| invalid(format!("\"outcome\" must be a string, got {outcome}")))?;
+        let name = outcome.as_str().ok_or_else(|| {
+            invalid(format!(
+                "\"outcome\" must be a string, got {}",
+                shown(outcome)
+            ))
+        })?;
         let parsed: Outcome = name.parse().map_err(|_| {
-            invalid(format!("unknown outcome {name:?}; use \"succeeded\", \"no_data\", \"skipped\", \"not_ready\", \"failed\" or \"failed_permanent\""))
+            invalid(format!("unknown outcome {:?}; use \"succeeded\", \"no_data\", \"skipped\", \"not_ready\", \"failed\" or \"failed_permanent\"", clipped(name)))
         })?;
         if !matches!(
             parsed,
@@ -102,27 +133,49 @@ fn read_result_file(path: &Path) -> Result<Option<ResultFile>, String> {
         result.outcome = Some(parsed);
     }
     if let Some(message) = object.get("message") {
-        let text = message
-            .as_str()
-            .ok_or_else(|| invalid(format!("\"message\" must be a string, got {message}")))?;
+        let text = message.as_str().ok_or_else(|| {
+            invalid(format!(
+                "\"message\" must be a string, got {}",
+                shown(message)
+            ))
+        })?;
         result.message = Some(text.chars().take(2000).collect());
     }
     if let Some(rows) = object.get("rows") {
         result.rows = Some(rows.as_i64().filter(|rows| *rows >= 0).ok_or_else(|| {
             invalid(format!(
-                "\"rows\" must be a non-negative integer, got {rows}"
+                "\"rows\" must be a non-negative integer, got {}",
+                shown(rows)
             ))
         })?);
     }
     if let Some(metrics) = object.get("metrics") {
         let map = metrics.as_object().ok_or_else(|| {
             invalid(format!(
-                "\"metrics\" must be an object of numbers, got {metrics}"
+                "\"metrics\" must be an object of numbers, got {}",
+                shown(metrics)
             ))
         })?;
+        if map.len() > MAX_METRICS {
+            return Err(invalid(format!(
+                "it reports {} metrics, more than the {MAX_METRICS} Keel keeps; report the ones worth watching",
+                map.len()
+            )));
+        }
+        if let Some(name) = map
+            .keys()
+            .find(|name| name.chars().count() > MAX_METRIC_NAME)
+        {
+            let start: String = name.chars().take(40).collect();
+            return Err(invalid(format!(
+                "metric name {start:?}… is {} characters long, more than the {MAX_METRIC_NAME} Keel keeps; use a shorter name",
+                name.chars().count()
+            )));
+        }
         if let Some((name, value)) = map.iter().find(|(_, value)| !value.is_number()) {
             return Err(invalid(format!(
-                "metric {name:?} must be a number, got {value}"
+                "metric {name:?} must be a number, got {}",
+                shown(value)
             )));
         }
         result.metrics = Some(metrics.to_string());
@@ -130,10 +183,28 @@ fn read_result_file(path: &Path) -> Result<Option<ResultFile>, String> {
     Ok(Some(result))
 }
 
+/// At most the first 100 characters of `text`, to quote a task's value in a message without
+/// quoting all of it.
+fn clipped(text: &str) -> String {
+    let mut clipped: String = text.chars().take(100).collect();
+    if clipped.len() < text.len() {
+        clipped.push('…');
+    }
+    clipped
+}
+
+/// A JSON value from a result file as a message shows it: clipped.
+fn shown(value: &serde_json::Value) -> String {
+    clipped(&value.to_string())
+}
+
 /// The last non-empty line of the captured output, to explain a failure at a glance.
 fn last_output_line(dir: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(dir.join(crate::supervisor::OUTPUT_FILE)).ok()?;
+    // The task may have put something else than a plain file there.
+    let mut file = crate::files::open_regular_file(&dir.join(crate::supervisor::OUTPUT_FILE))
+        .ok()
+        .flatten()?;
     let length = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(length.saturating_sub(2048)))
         .ok()?;
@@ -203,6 +274,12 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             None => line,
         });
     }
+    if let Some(problem) = &exit.output_problem {
+        message = Some(match message {
+            Some(ours) => format!("{ours}; {problem}"),
+            None => problem.clone(),
+        });
+    }
     Report {
         outcome,
         exit_code: exit.code,
@@ -232,6 +309,7 @@ mod tests {
             message: None,
             started_at: 0,
             finished_at: 1,
+            output_problem: None,
         }
     }
 
@@ -295,5 +373,57 @@ mod tests {
             assert!(message.contains(expected), "{text}: {message}");
             assert!(message.contains("result.json"), "names the file: {message}");
         }
+    }
+
+    #[test]
+    fn metrics_are_bounded_in_number_and_name_length() {
+        let numbered = |count: usize| {
+            let metrics: Vec<String> = (0..count).map(|n| format!("\"m{n}\": {n}")).collect();
+            format!("{{\"metrics\": {{{}}}}}", metrics.join(", "))
+        };
+        let report = with_result(Some(&numbered(MAX_METRICS)), exited(0));
+        assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+        let long_name = "n".repeat(MAX_METRIC_NAME + 1);
+        let long_value = "v".repeat(5000);
+        for (text, expected) in [
+            (
+                numbered(MAX_METRICS + 1),
+                "it reports 101 metrics, more than the 100",
+            ),
+            (
+                format!("{{\"metrics\": {{\"{long_name}\": 1}}}}"),
+                "is 201 characters long, more than the 200",
+            ),
+            (
+                format!("{{\"metrics\": {{\"m\": \"{long_value}\"}}}}"),
+                "metric \"m\" must be a number",
+            ),
+        ] {
+            let report = with_result(Some(&text), exited(0));
+            assert_eq!(report.outcome, Outcome::Failed);
+            let message = report.message.unwrap();
+            assert!(message.contains(expected), "{message}");
+            assert!(
+                message.len() < 600,
+                "a task's long value is clipped in the message: {} bytes",
+                message.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_log_is_mentioned_in_the_message() {
+        let record = ExitRecord {
+            output_problem: Some("cannot write \"output.log\": No space left on device".into()),
+            ..exited(0)
+        };
+        let report = with_result(None, record);
+        assert_eq!(report.outcome, Outcome::Succeeded);
+        assert!(
+            report
+                .message
+                .unwrap_or_default()
+                .contains("No space left on device")
+        );
     }
 }

@@ -14,11 +14,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::group::{ProcessStat, TaskGroup, all_processes};
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -139,6 +141,16 @@ pub fn main(arguments: &[String]) -> i32 {
 /// Supervises one attempt in this process: the body of [`main`], also entered directly by the
 /// attempt host in a freshly forked child. `env` is added to the task's environment.
 pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
+    // Descendants of the task that leave its process group (a daemon that calls `setsid`) are
+    // handed to this process instead of the system's first process when their parent ends, so
+    // the supervisor can still find them and end them with the attempt.
+    // SAFETY: a prctl on this process alone; it touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // Past a file size limit the kernel kills the writer with SIGXFSZ; ignored, the write of
+    // output.log fails with EFBIG instead, and the supervisor marks the cut and carries on.
+    // The task gets the default action back before it starts.
+    // SAFETY: setting a signal disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Some(fd) = args.lock_fd {
         // The task must not inherit the liveness lock, or the lock would outlive the supervisor.
         // SAFETY: fcntl on an inherited descriptor; it touches no memory.
@@ -169,9 +181,10 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
         &record_file,
         &AttemptRecordFile::Running {
             pid: std::process::id(),
+            task: None,
         },
     );
-    let record = supervise(args, env);
+    let record = supervise(args, env, &record_file);
     match write_record(&record_file, &AttemptRecordFile::Ended(record)) {
         Ok(()) => 0,
         Err(error) => {
@@ -185,14 +198,20 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
 }
 
 /// The attempt's lock file doubles as its record, to keep file creations per attempt low: while
-/// the supervisor runs it holds `{"pid": N}`, and once the task is over, the [`ExitRecord`].
-/// Readers only trust the exit record after taking the lock, which the supervisor holds until
-/// it has finished writing.
+/// the supervisor runs it holds `{"pid": N}`, with the task's process group once the task has
+/// started, and once the task is over, the [`ExitRecord`]. Readers only trust the exit record
+/// after taking the lock, which the supervisor holds until it has finished writing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum AttemptRecordFile {
     Ended(ExitRecord),
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+        /// The task's process group, recorded as soon as the task has started: if the
+        /// supervisor dies without an exit record, whoever finds it dead ends the group first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<TaskGroup>,
+    },
 }
 
 fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
@@ -214,50 +233,203 @@ fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> 
     file.set_len(bytes.len() as u64)
 }
 
+/// The most a record file may hold: an exit record is a few hundred bytes.
+const RECORD_CAP: u64 = 64 << 10;
+
 /// Reads an attempt's record file; `None` when it is missing or empty.
 pub fn read_record(dir: &Path) -> Option<Result<AttemptRecordFile, String>> {
     let path = dir.join(LOCK_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    if text.trim().is_empty() {
+    // The attempt directory is the task's to write in, so the record is read the careful way: a
+    // task that swapped it for a pipe or a link to an endless device must not wedge Keel.
+    let bytes = match crate::files::read_regular_file(&path, RECORD_CAP) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return None,
+        Err(problem) => {
+            return Some(Err(format!(
+                "unreadable attempt record {:?}: {problem}; the attempt directory may have been changed by its task",
+                path.display().to_string()
+            )));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(
-        serde_json::from_str(&text)
-            .map_err(|error| format!("unreadable attempt record {}: {error}", path.display())),
-    )
+    Some(serde_json::from_slice(&bytes).map_err(|error| {
+        format!(
+            "unreadable attempt record {:?}: {error}; the attempt directory may have been changed by its task",
+            path.display().to_string()
+        )
+    }))
 }
 
+/// The task's captured output, `output.log`, kept to `cap` bytes. However the log is cut, at
+/// the cap or by a failed write such as on a full disk, it ends with a marker line that says
+/// so, and nothing is written after the marker: a log never stops mid-line, or has a hole in
+/// it, without saying so.
 struct Output {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes of the task's output kept so far, counted against the cap.
     written: u64,
+    /// The file's length: where the next byte lands.
+    length: u64,
     cap: u64,
-    truncated: bool,
+    /// Whether the last byte in the file ended a line.
+    at_line_start: bool,
+    /// Set once the log has been cut: nothing more is written.
+    cut: bool,
+    /// What went wrong with the log, for the exit record; `None` when all is well or the log
+    /// only reached its cap.
+    problem: Option<String>,
 }
 
 impl Output {
-    fn write(&mut self, bytes: &[u8]) {
-        // Created on the first output, so a silent task costs no file.
-        if self.file.is_none() {
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .ok();
-        }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let room = self.cap.saturating_sub(self.written) as usize;
-        let take = bytes.len().min(room);
-        if take > 0 && file.write_all(&bytes[..take]).is_ok() {
-            self.written += take as u64;
-        }
-        if take < bytes.len() && !self.truncated {
-            self.truncated = true;
-            let _ = writeln!(file, "\n[keel: output truncated at {} bytes]", self.cap);
+    fn new(path: PathBuf, cap: u64) -> Output {
+        Output {
+            path,
+            file: None,
+            written: 0,
+            length: 0,
+            cap,
+            at_line_start: true,
+            cut: false,
+            problem: None,
         }
     }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.cut || bytes.is_empty() {
+            return;
+        }
+        // Created on the first output, so a silent task costs no file.
+        if self.file.is_none() {
+            match open_output(&self.path) {
+                Ok((file, length)) => {
+                    self.file = Some(file);
+                    self.length = length;
+                }
+                Err(error) => {
+                    self.cut = true;
+                    self.problem = Some(format!(
+                        "cannot open {:?}: {error}; the task's output was dropped",
+                        self.path.display().to_string()
+                    ));
+                    return;
+                }
+            }
+        }
+        let room = self.cap.saturating_sub(self.written) as usize;
+        let take = bytes.len().min(room);
+        if let Err(error) = self.append(&bytes[..take]) {
+            self.cut_after_error(error);
+            return;
+        }
+        self.written += take as u64;
+        if take < bytes.len() {
+            self.cut = true;
+            let marker = format!("[keel: output truncated at {} bytes]\n", self.cap);
+            let line = if self.at_line_start {
+                marker
+            } else {
+                format!("\n{marker}")
+            };
+            if let Err(error) = self.append(line.as_bytes()) {
+                self.cut_after_error(error);
+            }
+        }
+    }
+
+    /// Appends all of `bytes`, keeping `length` exact even when a write stops part way.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            match file.write(&bytes[done..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(wrote) => {
+                    done += wrote;
+                    self.length += wrote as u64;
+                    self.at_line_start = bytes[done - 1] == b'\n';
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the log after a failed write with a marker line naming the error. On a full disk
+    /// there is no room for the marker, so the log is first cut back to the end of an earlier
+    /// line far enough from its end: rewriting blocks the file already has needs no new space.
+    fn cut_after_error(&mut self, error: std::io::Error) {
+        self.cut = true;
+        let problem = format!(
+            "cannot write {:?}: {error}",
+            self.path.display().to_string()
+        );
+        let marker = |kept: u64| {
+            format!("[keel: output cut after {kept} bytes: {problem}; later output was dropped]\n")
+        };
+        let Some(file) = self.file.as_ref() else {
+            self.problem = Some(problem);
+            return;
+        };
+        // The marker for the current length is at least as long as the one written below.
+        let room_needed = marker(self.length).len() as u64 + 1;
+        let keep = line_end_before(file, self.length.saturating_sub(room_needed));
+        if file.set_len(keep).is_ok() {
+            self.length = keep;
+            self.at_line_start = keep == 0 || ends_with_newline(file, keep);
+        }
+        let kept = self.length;
+        let line = if self.at_line_start {
+            marker(kept)
+        } else {
+            format!("\n{}", marker(kept))
+        };
+        let _ = self.append(line.as_bytes());
+        self.problem = Some(format!("{problem}; output.log was cut after {kept} bytes"));
+    }
+}
+
+/// Opens `output.log` for appending, refusing anything but a regular file (a task could have
+/// put a pipe there, which would block the open), and returns it with its length.
+fn open_output(path: &Path) -> std::io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    Ok((file, metadata.len()))
+}
+
+/// Where the last complete line at or before `limit` ends in `file`: just after its newline.
+/// Looks back at most 64 KiB; a longer line is cut at `limit` itself.
+fn line_end_before(file: &File, limit: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let from = limit.saturating_sub(64 << 10);
+    let mut window = vec![0u8; (limit - from) as usize];
+    match file.read_exact_at(&mut window, from) {
+        Ok(()) => match window.iter().rposition(|byte| *byte == b'\n') {
+            Some(index) => from + index as u64 + 1,
+            None => limit,
+        },
+        Err(_) => limit,
+    }
+}
+
+fn ends_with_newline(file: &File, length: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, length - 1).is_ok() && last[0] == b'\n'
 }
 
 /// Opens a pidfd for `pid`: a descriptor that becomes readable when the process exits, so one
@@ -273,11 +445,163 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::ExitStatusExt;
+/// Whether the child `pid` has ended, without collecting its exit status: the task's leader
+/// stays a zombie until it is reaped, which keeps its pid, and so its group id, from being taken
+/// by another process before the group is killed.
+fn has_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: siginfo_t is plain data, filled in by waitid below.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with WNOWAIT, which reaps nothing.
+    let result = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // With WNOHANG a child that is still running leaves si_pid at zero.
+    // SAFETY: si_pid reads the field waitid filled in for a WEXITED wait.
+    result == 0 && unsafe { info.si_pid() } != 0
+}
 
+/// How long the end of an attempt waits for the task's leftover descendants to die once they
+/// have been sent SIGKILL. They never run code of their own again after it; the wait only lets
+/// them be collected.
+const DESCENDANTS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Kills every process still descending from this supervisor and collects them. The task's
+/// process group is already gone by now; what is left escaped it, such as a daemon that called
+/// `setsid`. As a child subreaper the supervisor inherits every descendant whose parent has
+/// ended, so killing its remaining children, round after round, reaches them all. Only direct
+/// children are signalled: a child that has not been collected keeps its pid, so no unrelated
+/// process can be hit.
+fn end_descendants(patience: Duration) {
+    let own = std::process::id() as libc::pid_t;
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        reap_children();
+        let children = living_children(own);
+        if children.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for child in children {
+            // SAFETY: signalling our own child, which is not collected yet and so keeps its pid.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Collects every child of this process that has ended.
+fn reap_children() {
+    loop {
+        let mut status = 0;
+        // SAFETY: collecting our own ended children; WNOHANG returns at once.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if reaped <= 0 {
+            return;
+        }
+    }
+}
+
+/// This process's children that can still run. The supervisor is single-threaded, so the
+/// kernel's list of its main thread's children is all of them; without that list (a kernel
+/// built without it) the process table is searched instead.
+fn living_children(own: libc::pid_t) -> Vec<libc::pid_t> {
+    let candidates: Vec<libc::pid_t> =
+        match std::fs::read_to_string(format!("/proc/{own}/task/{own}/children")) {
+            Ok(text) => text
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect(),
+            Err(_) => all_processes()
+                .into_iter()
+                .filter(|process| process.parent == own)
+                .map(|process| process.pid)
+                .collect(),
+        };
+    candidates
+        .into_iter()
+        .filter(|pid| ProcessStat::read(*pid).is_some_and(|stat| stat.is_alive()))
+        .collect()
+}
+
+/// Runs the task to its end and says how it ended. The task's process group goes into
+/// `record_file` before the task runs.
+fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
     let started_at = now_millis();
+    let mut output = Output::new(args.dir.join(OUTPUT_FILE), args.log_cap);
+    let mut ended = run_task(args, env, record_file, &mut output);
+    // Whatever escaped the task's process group goes with the attempt, so nothing of it runs on
+    // past its end or its timeout.
+    end_descendants(DESCENDANTS_PATIENCE);
+    ended.started_at = started_at;
+    ended.finished_at = now_millis();
+    ended.output_problem = output.problem.take();
+    ended
+}
+
+/// The record file's content naming the task's group, `{"pid":N,"task":{"id":`, the task's
+/// pid, and `}}`: the parts the task's child process puts together between fork and exec, where
+/// it must not allocate. It matches [`AttemptRecordFile::Running`].
+fn group_record_parts() -> (Vec<u8>, &'static [u8]) {
+    (
+        format!("{{\"pid\":{},\"task\":{{\"id\":", std::process::id()).into_bytes(),
+        b"}}",
+    )
+}
+
+/// Writes `{"pid":N,"task":{"id":PID}}` into the record file from the task's child process,
+/// before it runs the task's program: the group is then on record before the task can do
+/// anything, so a supervisor killed at any moment leaves no unrecorded group behind. Only
+/// async-signal-safe calls, on a buffer on the stack.
+fn record_own_group(record_fd: RawFd, prefix: &[u8], suffix: &[u8]) -> std::io::Result<()> {
+    let mut buffer = [0u8; 128];
+    // SAFETY: getpid is async-signal-safe.
+    let own = unsafe { libc::getpid() } as u64;
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    let mut rest = own;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let length = prefix.len() + count + suffix.len();
+    if length > buffer.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buffer[..prefix.len()].copy_from_slice(prefix);
+    for index in 0..count {
+        buffer[prefix.len() + index] = digits[count - 1 - index];
+    }
+    buffer[prefix.len() + count..length].copy_from_slice(suffix);
+    // SAFETY: pwrite and ftruncate on the record file's descriptor, from a stack buffer.
+    unsafe {
+        if libc::pwrite(record_fd, buffer.as_ptr().cast(), length, 0) != length as isize {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ftruncate(record_fd, length as libc::off_t) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn run_task(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+    record_file: &File,
+    output: &mut Output,
+) -> ExitRecord {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
     let record = |kind: ExitKind,
                   code: Option<i32>,
                   signal: Option<i32>,
@@ -286,15 +610,9 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
         code,
         signal,
         message,
-        started_at,
-        finished_at: now_millis(),
-    };
-    let mut output = Output {
-        path: args.dir.join(OUTPUT_FILE),
-        file: None,
-        written: 0,
-        cap: args.log_cap,
-        truncated: false,
+        started_at: 0,
+        finished_at: 0,
+        output_problem: None,
     };
     let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
     if args.heartbeat.is_some() {
@@ -307,8 +625,31 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
         .envs(env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let supervisor = std::process::id() as libc::pid_t;
+    let record_fd = record_file.as_raw_fd();
+    let (prefix, suffix) = group_record_parts();
+    // SAFETY: between fork and exec the child only makes async-signal-safe calls (prctl,
+    // getppid, getpid, pwrite, ftruncate, signal), reads memory made before the fork, and
+    // builds errors from plain numbers, which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            record_own_group(record_fd, &prefix, suffix)?;
+            // If the supervisor dies, by SIGKILL or the OOM killer, the task's leader dies with
+            // it instead of running on unwatched. Its descendants are ended by whoever finds the
+            // supervisor dead, through the process group recorded just above.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died before the line above, when nothing would be sent.
+            if libc::getppid() != supervisor {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -326,6 +667,15 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
         }
     };
     let task_group = child.id() as i32;
+    // The group is on record already (see `record_own_group`); this adds what tells it from a
+    // later group with the same id.
+    let _ = write_record(
+        record_file,
+        &AttemptRecordFile::Running {
+            pid: std::process::id(),
+            task: Some(TaskGroup::of_leader(task_group)),
+        },
+    );
     let clock = Instant::now();
     let mut last_sign_of_life = Duration::ZERO;
     let mut streams: Vec<Box<dyn Read>> = Vec::new();
@@ -490,6 +840,14 @@ fn supervise(args: &SupervisorArgs, env: &[(String, String)]) -> ExitRecord {
             }
         }
         if stop_reason.is_some() {
+            // A task that ended by itself just as a limit passed (while this process was
+            // reading output, or was not scheduled) is judged by how it really ended: only a
+            // task still running when the stop is sent is stopped by it.
+            if has_exited(task_group) {
+                stop_reason = None;
+                pidfd_ready = true;
+                continue;
+            }
             // SAFETY: signalling the task's own process group.
             unsafe { libc::killpg(task_group, libc::SIGTERM) };
             kill_sent_at = Some(Instant::now());
@@ -545,5 +903,28 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// The record the task's child process writes between fork and exec, overwriting a longer
+    /// one, reads back as a running attempt naming the group.
+    #[test]
+    fn the_group_record_written_before_exec_reads_as_a_running_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        std::fs::write(&path, "x".repeat(300)).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let (prefix, suffix) = group_record_parts();
+        record_own_group(file.as_raw_fd(), &prefix, suffix).unwrap();
+        match read_record(dir.path()) {
+            Some(Ok(AttemptRecordFile::Running {
+                pid,
+                task: Some(group),
+            })) => {
+                assert_eq!(pid, std::process::id());
+                assert_eq!(group.id, std::process::id() as i32);
+                assert_eq!(group.started, None);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
