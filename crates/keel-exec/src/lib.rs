@@ -58,8 +58,8 @@ pub enum Adopted {
     Running(Running),
     /// It ended while no Keel was watching; this is how.
     Finished(Report),
-    /// It never started, or died without a record: the attempt is lost.
-    Gone,
+    /// It never started, or died without a record: the attempt is lost, for this reason.
+    Gone(String),
 }
 
 /// Starts attempts. Implementations must not block the async runtime.

@@ -316,7 +316,9 @@ impl Executor for ProcessExecutor {
         let lock = match OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) {
             Ok(lock) => lock,
             // No lock file: the supervisor was never started.
-            Err(_) => return Adopted::Gone,
+            Err(_) => {
+                return Adopted::Gone("keel stopped before the attempt could start".into());
+            }
         };
         match lock_attempt(&lock, false) {
             Ok(true) => match read_exit_record(&dir) {
@@ -326,7 +328,10 @@ impl Executor for ProcessExecutor {
                     // started. Whatever may be left of its task is ended before the attempt is
                     // given up, so its next attempt cannot run beside it.
                     end_orphaned_task(&dir);
-                    Adopted::Gone
+                    Adopted::Gone(
+                        "its supervisor ended without recording how the attempt ended (killed, or keel stopped as it started); whatever was left of its task was ended"
+                            .into(),
+                    )
                 }
             },
             Ok(false) => {
@@ -356,7 +361,7 @@ impl Executor for ProcessExecutor {
                     stop,
                 })
             }
-            Err(_) => Adopted::Gone,
+            Err(error) => Adopted::Gone(format!("cannot check whether it still runs: {error}")),
         }
     }
 }

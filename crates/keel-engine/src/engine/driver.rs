@@ -263,13 +263,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             Err(error) => return Err(error.into()),
         };
         book.runs[run_index].slots[task].state = TaskState::Running;
-        let adopted = self
-            .executor
-            .adopt(PathBuf::from(&attempt.dir), attempt.pid);
+        // Adoption may block: it takes a lock and may end an orphaned task group.
+        let executor = self.executor.clone();
+        let (dir, pid) = (PathBuf::from(&attempt.dir), attempt.pid);
+        let adopted = tokio::task::spawn_blocking(move || executor.adopt(dir, pid))
+            .await
+            .unwrap_or_else(|error| Adopted::Gone(format!("adoption failed: {error}")));
         let how = match &adopted {
             Adopted::Running(_) => "adopted while still running",
             Adopted::Finished(_) => "finished while keel was down",
-            Adopted::Gone => "lost",
+            Adopted::Gone(_) => "lost",
         };
         (self.core.observer)(Progress::AttemptRecovered {
             run: attempt.run,
@@ -294,8 +297,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 Ok(())
             }
             Adopted::Finished(report) => self.core.on_reports(book, vec![(attempt.id, report)]),
-            Adopted::Gone => {
-                let report = lost_report("keel stopped before the attempt could finish");
+            Adopted::Gone(why) => {
+                let report = lost_report(&why);
                 self.core.on_reports(book, vec![(attempt.id, report)])
             }
         }

@@ -152,7 +152,7 @@ impl Executor for FakeExecutor {
             Some(outcome) => {
                 Adopted::Finished(Report::new(outcome, "finished while keel was down"))
             }
-            None => Adopted::Gone,
+            None => Adopted::Gone("keel stopped before the attempt could finish".into()),
         }
     }
 }

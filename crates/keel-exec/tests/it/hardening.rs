@@ -150,7 +150,7 @@ fn adopting_an_attempt_whose_supervisor_was_killed_ends_its_task_first() {
     }
     let adopted = executor().adopt(attempt.clone(), Some(supervisor as u32));
     assert!(
-        matches!(adopted, Adopted::Gone),
+        matches!(adopted, Adopted::Gone(_)),
         "no supervisor and no exit record: the attempt is gone"
     );
     assert!(

@@ -175,7 +175,7 @@ fn outlives_its_launcher_and_is_adopted(executor: fn() -> ProcessExecutor) {
         match executor().adopt(attempt.clone(), None) {
             Adopted::Running(running) => running.completion.await,
             Adopted::Finished(_) => panic!("finished too early"),
-            Adopted::Gone => panic!("the supervisor should still be alive"),
+            Adopted::Gone(_) => panic!("the supervisor should still be alive"),
         }
     });
     assert_eq!(report.outcome, Outcome::Succeeded);
@@ -187,7 +187,7 @@ fn outlives_its_launcher_and_is_adopted(executor: fn() -> ProcessExecutor) {
     // A directory where nothing was started is gone.
     assert!(matches!(
         executor().adopt(dir.path().join("never"), None),
-        Adopted::Gone
+        Adopted::Gone(_)
     ));
 }
 
