@@ -135,8 +135,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 );
             }
         }
-        // Committed with the next step: a start a crash loses is found again by adoption, which
-        // reads the attempt's own record.
         book.writes.extend(
             started
                 .into_iter()
@@ -149,7 +147,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if !failed.is_empty() {
             self.core.on_reports(book, failed)?;
         }
-        Ok(())
+        // The starts (pids an operator or a stop may need at once) and the ends of attempts
+        // that could not start, in one transaction.
+        self.flush(book).await
     }
 
     /// A retried task is expected to land, so the gates of the phases it and its downstream

@@ -474,19 +474,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// acts on it: no claim, launch or new step starts from a decision that is not stored. A
     /// finish under a lease another Keel took over fails the whole commit; this engine's view is
     /// then out of date, so it stops with the error rather than act on it.
-    ///
-    /// Starts alone are not a decision (adoption reads an attempt's own record, not its start
-    /// time), so they wait for the next decision's transaction instead of taking one of their
-    /// own; [`Engine::flush_all`] writes them at the end.
     async fn flush(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        let only_starts = book
-            .writes
-            .iter()
-            .all(|write| matches!(write, Write::Started { .. }));
-        if only_starts {
+        if book.writes.is_empty() {
             return Ok(());
         }
-        self.flush_all(book).await
+        let writes = std::mem::take(&mut book.writes);
+        self.store.commit(writes, self.clock.now()).await?;
+        Ok(())
     }
 
     /// Carries out what the core asked for once its writes are committed: stops, sensor polls.
@@ -525,16 +519,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
             }
         }
-    }
-
-    /// Commits every pending write, starts included.
-    async fn flush_all(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        if book.writes.is_empty() {
-            return Ok(());
-        }
-        let writes = std::mem::take(&mut book.writes);
-        self.store.commit(writes, self.clock.now()).await?;
-        Ok(())
     }
 
     /// An empty book, and the inbox its attempts and sensors report to.
@@ -649,7 +633,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             book.now = self.clock.now();
             self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
         }
-        self.flush_all(&mut book).await?;
+        self.flush(&mut book).await?;
         let mut summaries = Vec::new();
         for run in &book.runs {
             if runs.contains(&run.record.id) {

@@ -426,9 +426,9 @@ fn chain(length: usize) -> PipelineSpec {
 
 #[tokio::test]
 async fn each_step_is_one_transaction() {
-    // Creating the run is one; then each task takes two: its claim, and the step that records
-    // its end with everything that follows from it (its start, the next task becoming ready, the
-    // run's end).
+    // Creating the run is one; then each task takes three: its claim (before the launch), its
+    // start (the pid, after the launch), and the step that records its end with everything
+    // that follows from it (the next task becoming ready, the run's end).
     let harness = Harness::new();
     let before = harness.store.write_transactions();
     let mut engine = harness.engine(chain(5));
@@ -436,7 +436,7 @@ async fn each_step_is_one_transaction() {
         run_partition(&mut engine, "2026-01-18").await,
         RunState::Succeeded
     );
-    assert_eq!(harness.store.write_transactions() - before, 1 + 2 * 5);
+    assert_eq!(harness.store.write_transactions() - before, 1 + 3 * 5);
 
     // A permanent failure at the head: its finish, the upstream failures it causes downstream
     // and the failed run are one step.
@@ -448,7 +448,7 @@ async fn each_step_is_one_transaction() {
         run_partition(&mut engine, "2026-01-18").await,
         RunState::Failed
     );
-    assert_eq!(harness.store.write_transactions() - before, 1 + 2);
+    assert_eq!(harness.store.write_transactions() - before, 1 + 3);
     let run = harness
         .store
         .latest_run("test", "2026-01-18")
