@@ -310,11 +310,15 @@ struct Waiter {
 }
 
 /// An attempt the host forked a supervisor for.
+/// A pid that may not be known yet: calling it waits (boundedly) for it.
+pub type PendingPid = Box<dyn FnOnce() -> Option<u32> + Send>;
+
 pub struct HostedAttempt {
     /// Names the attempt to [`HostClient::stop`].
     pub id: u64,
-    /// The forked supervisor's pid; `None` if the host did not say in time.
-    pub pid: Option<u32>,
+    /// The forked supervisor's pid, once the host says: call it when the pid is needed, so that
+    /// a caller launching several attempts sends them all before waiting for any fork.
+    pub pid: PendingPid,
     /// Resolves when the supervisor has exited; fails if the host went away first.
     pub exited: tokio::sync::oneshot::Receiver<()>,
 }
@@ -453,7 +457,7 @@ impl HostClient {
         }
         // The lock is on its way whatever the answer: without one (the fork failed, the host
         // died) the attempt still ends through `exited` or its lock, only its pid is unknown.
-        let pid = started.recv_timeout(STARTED_TIMEOUT).ok();
+        let pid: PendingPid = Box::new(move || started.recv_timeout(STARTED_TIMEOUT).ok());
         Ok(HostedAttempt { id, pid, exited })
     }
 

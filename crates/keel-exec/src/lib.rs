@@ -44,12 +44,26 @@ pub type Completion = Pin<Box<dyn Future<Output = Report> + Send>>;
 
 /// A started attempt.
 pub struct Running {
-    /// The supervising process, when there is one.
+    /// The supervising process, when there is one and it is known.
     pub pid: Option<u32>,
+    /// Learns the pid when it was not known at launch; see [`Running::resolve_pid`].
+    pub pid_later: Option<host::PendingPid>,
     /// Resolves once the attempt has ended, however it ended.
     pub completion: Completion,
     /// Asks the attempt to stop; it then ends as `cancelled`.
     pub stop: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Running {
+    /// Waits (boundedly) for a pid the launch did not know yet. Launching several attempts and
+    /// then resolving their pids lets their forks overlap.
+    pub fn resolve_pid(&mut self) {
+        if self.pid.is_none()
+            && let Some(later) = self.pid_later.take()
+        {
+            self.pid = later();
+        }
+    }
 }
 
 /// What a new Keel finds for an attempt that a previous Keel left live.

@@ -252,7 +252,8 @@ impl Executor for ProcessExecutor {
                         }
                     });
                     return Ok(Running {
-                        pid,
+                        pid: None,
+                        pid_later: Some(pid),
                         completion,
                         stop,
                     });
@@ -307,6 +308,7 @@ impl Executor for ProcessExecutor {
         };
         Ok(Running {
             pid,
+            pid_later: None,
             completion,
             stop,
         })
@@ -357,6 +359,7 @@ impl Executor for ProcessExecutor {
                 });
                 Adopted::Running(Running {
                     pid,
+                    pid_later: None,
                     completion,
                     stop,
                 })

@@ -849,8 +849,21 @@ fn status_and_logs_read_a_state_directory_they_may_not_write_to() {
     }
     let _restore = as_root.then(|| Restore(state.clone()));
 
+    // The checkout (and its target directory) may sit where `nobody` cannot reach, such as
+    // under /root: `nobody` runs a copy of the binary from a directory it can enter.
+    let reader_binary = tempfile::tempdir().unwrap();
+    let keel_for_reader = if as_root {
+        std::fs::set_permissions(reader_binary.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let copy = reader_binary.path().join("keel");
+        std::fs::copy(keel_path(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        keel_path()
+    };
     let keel_as_reader = |args: &[&str]| {
-        let mut command = Command::new(keel_path());
+        let mut command = Command::new(&keel_for_reader);
         command
             .arg(args[0])
             .arg(&project.pipeline)

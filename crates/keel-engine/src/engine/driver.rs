@@ -102,10 +102,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let ids: Vec<AttemptId> = launches.iter().map(|(id, _, _)| *id).collect();
         let executor = self.executor.clone();
         let launched = tokio::task::spawn_blocking(move || {
-            launches
+            // Every launch is sent before any pid is waited for, so the forks overlap.
+            let mut results: Vec<_> = launches
                 .into_iter()
                 .map(|(id, epoch, launch)| (id, epoch, executor.launch(launch)))
-                .collect::<Vec<_>>()
+                .collect();
+            for (_, _, result) in &mut results {
+                if let Ok(running) = result {
+                    running.resolve_pid();
+                }
+            }
+            results
         })
         .await;
         let mut started = Vec::new();

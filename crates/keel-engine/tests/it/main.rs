@@ -83,6 +83,7 @@ impl Executor for FakeExecutor {
                 .unwrap_or(Outcome::Succeeded);
             let completion = Box::pin(async move { Report::new(outcome, "sensor") });
             return Ok(Running {
+                pid_later: None,
                 pid: None,
                 completion,
                 stop: Arc::new(|| {}),
@@ -141,6 +142,7 @@ impl Executor for FakeExecutor {
             }
         });
         Ok(Running {
+            pid_later: None,
             pid: None,
             completion,
             stop: Arc::new(move || stopped.notify_one()),

@@ -82,9 +82,10 @@ fn a_killed_supervisor_takes_its_task_with_it_before_the_attempt_is_reported() {
         let attempt = dir.path().join("a1");
         let mut leftovers = Leftovers(Vec::new());
         let report = runtime().block_on(async {
-            let running = executor
+            let mut running = executor
                 .launch(launch(&attempt, &sleeping_task(dir.path())))
                 .unwrap();
+            running.resolve_pid();
             let leader = wait_for_pid(&dir.path().join("leader.pid"));
             let sleeper = wait_for_pid(&dir.path().join("sleeper.pid"));
             leftovers.0.extend([leader, sleeper]);
@@ -122,11 +123,12 @@ fn adopting_an_attempt_whose_supervisor_was_killed_ends_its_task_first() {
     let supervisor = {
         let runtime = runtime();
         let launcher = executor();
-        let running = runtime.block_on(async {
+        let mut running = runtime.block_on(async {
             launcher
                 .launch(launch(&attempt, &sleeping_task(dir.path())))
                 .unwrap()
         });
+        running.resolve_pid();
         running.pid.expect("the supervisor's pid is known") as i32
     };
     let leader = wait_for_pid(&dir.path().join("leader.pid"));
@@ -184,7 +186,8 @@ fn a_task_that_exited_just_before_its_timeout_is_judged_by_its_exit() {
         spec.timeout = timeout;
         let launched = Instant::now();
         let (report, stopped_in_time) = runtime().block_on(async {
-            let running = executor.launch(spec).unwrap();
+            let mut running = executor.launch(spec).unwrap();
+            running.resolve_pid();
             let supervisor = running.pid.expect("the supervisor's pid is known") as i32;
             let task = wait_for_pid(&task_pid_file);
             // SAFETY: pausing the supervisor this test started.

@@ -289,12 +289,13 @@ fn the_launch_reports_the_supervisors_pid_with_and_without_the_host() {
         let dir = tempfile::tempdir().unwrap();
         let parent_file = dir.path().join("parent.pid");
         let (pid, report) = runtime().block_on(async {
-            let running = executor
+            let mut running = executor
                 .launch(launch(
                     &dir.path().join("a1"),
                     &format!("echo $PPID > {}", parent_file.display()),
                 ))
                 .unwrap();
+            running.resolve_pid();
             (running.pid, running.completion.await)
         });
         assert_eq!(report.outcome, Outcome::Succeeded, "{name}: {report:?}");
