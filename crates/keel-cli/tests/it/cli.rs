@@ -872,7 +872,19 @@ fn status_and_logs_read_a_state_directory_they_may_not_write_to() {
         if as_root {
             command.uid(NOBODY).gid(NOBODY);
         }
-        let output = command.output().unwrap();
+        // A test running beside this one may fork while the copy's write descriptor is open,
+        // and its child holds it until it execs: running the copy then fails with "text file
+        // busy" for a moment.
+        let mut tries = 0;
+        let output = loop {
+            match command.output() {
+                Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => break result.unwrap(),
+            }
+        };
         Ran {
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
