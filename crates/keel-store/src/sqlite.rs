@@ -1038,14 +1038,27 @@ fn commit_one(transaction: &Transaction<'_>, write: Write, at: Millis) -> StoreR
             epoch,
             pid,
         } => {
-            cached_execute(
-                transaction,
-                "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
-                params![pid, at, attempt.0, epoch],
-            )?;
+            mark_started_in(transaction, attempt, epoch, pid, at)?;
             Ok(())
         }
     }
+}
+
+/// Records an attempt's start under its epoch; returns whether it changed (not when the attempt
+/// already ended or its lease was taken over). An unknown pid keeps a known one.
+fn mark_started_in(
+    transaction: &Transaction<'_>,
+    attempt: AttemptId,
+    epoch: i64,
+    pid: Option<u32>,
+    at: Millis,
+) -> rusqlite::Result<bool> {
+    let changed = cached_execute(
+        transaction,
+        "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
+        params![pid, at, attempt.0, epoch],
+    )?;
+    Ok(changed > 0)
 }
 
 impl Store for SqliteStore {
@@ -1262,12 +1275,12 @@ impl Store for SqliteStore {
         self.transact(move |transaction| {
             let mut results = Vec::with_capacity(started.len());
             for (attempt, epoch, pid) in started {
-                let changed = cached_execute(
-                    transaction,
-                    "UPDATE attempts SET pid = coalesce(?1, pid), started_at = ?2 WHERE id = ?3 AND lease_epoch = ?4 AND finished_at IS NULL",
-                    params![pid, at, attempt.0, epoch],
-                )?;
-                results.push(if changed == 0 { Err(StoreError::StaleLease { attempt, epoch }) } else { Ok(()) });
+                let changed = mark_started_in(transaction, attempt, epoch, pid, at)?;
+                results.push(if changed {
+                    Ok(())
+                } else {
+                    Err(StoreError::StaleLease { attempt, epoch })
+                });
             }
             Ok(results)
         })

@@ -25,6 +25,24 @@ impl Core {
         })
     }
 
+    /// Records a gate's new state with the event that says why, in the step's writes.
+    fn record_gate(
+        &self,
+        writes: &mut Vec<Write>,
+        active: &ActiveRun,
+        gate: usize,
+        kind: keel_model::EventKind,
+        detail: String,
+    ) {
+        let record = self.gate_record(active, gate);
+        let event = Change::Event {
+            task: None,
+            kind,
+            detail,
+        };
+        write_changes(writes, active.record.id, [Change::Gate(record), event]);
+    }
+
     /// The gate's state as the store keeps it, waived tasks by name.
     pub(crate) fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
         let definition = &self.topology.gates[gate];
@@ -92,21 +110,15 @@ impl Core {
                 book.timers
                     .push(Reverse((open_at, run_index, Wake::Gate(gate))));
                 // The grace period's end is stored, so a restart does not start it again.
-                let record = self.gate_record(active, gate);
-                write_changes(
+                self.record_gate(
                     &mut book.writes,
-                    active.record.id,
-                    [
-                        Change::Gate(record),
-                        Change::Event {
-                            task: None,
-                            kind: keel_model::EventKind::GateSufficient,
-                            detail: format!(
-                                "phase {}: waiting up to {} ms for the rest",
-                                definition.phase, definition.grace
-                            ),
-                        },
-                    ],
+                    active,
+                    gate,
+                    keel_model::EventKind::GateSufficient,
+                    format!(
+                        "phase {}: waiting up to {} ms for the rest",
+                        definition.phase, definition.grace
+                    ),
                 );
             }
             (Verdict::Insufficient, _) => {
@@ -117,21 +129,12 @@ impl Core {
                     .copied()
                     .filter(|task| !is_complete(&active.slots[*task]))
                     .collect();
-                let record = self.gate_record(active, gate);
-                write_changes(
+                self.record_gate(
                     &mut book.writes,
-                    active.record.id,
-                    [
-                        Change::Gate(record),
-                        Change::Event {
-                            task: None,
-                            kind: keel_model::EventKind::GateFailed,
-                            detail: format!(
-                                "phase {}: the gate can no longer be met",
-                                definition.phase
-                            ),
-                        },
-                    ],
+                    active,
+                    gate,
+                    keel_model::EventKind::GateFailed,
+                    format!("phase {}: the gate can no longer be met", definition.phase),
                 );
                 for task in failed {
                     book.followups
@@ -184,18 +187,12 @@ impl Core {
                 names.join(", ")
             )
         };
-        let record = self.gate_record(active, gate);
-        write_changes(
+        self.record_gate(
             &mut book.writes,
-            active.record.id,
-            [
-                Change::Gate(record),
-                Change::Event {
-                    task: None,
-                    kind: keel_model::EventKind::GateOpened,
-                    detail,
-                },
-            ],
+            active,
+            gate,
+            keel_model::EventKind::GateOpened,
+            detail,
         );
         if !names.is_empty() {
             (self.observer)(Progress::GateOpened {
