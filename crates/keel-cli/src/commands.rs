@@ -161,7 +161,8 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
         .prepare(&request)
         .await
         .map_err(|error| match error {
-            keel_engine::EngineError::UnknownTask { .. } => Exit::usage(error.to_string()),
+            keel_engine::EngineError::UnknownTask { .. }
+            | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
             other => other.into(),
         })?;
     let mut runs = Vec::new();

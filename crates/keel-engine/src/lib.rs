@@ -36,6 +36,14 @@ pub enum EngineError {
         suggestion: Option<String>,
     },
     #[error(
+        "run {run} of partition {partition:?} has unfinished tasks that are no longer in the pipeline file: {tasks}; put them back to finish the run, or cancel it with `keel cancel --partition {partition}` and start afresh with `keel run --partition {partition} --rerun`"
+    )]
+    RemovedTasks {
+        run: keel_model::RunId,
+        partition: String,
+        tasks: String,
+    },
+    #[error(
         "run {run} of partition {partition:?} is still {state}; wait for it to finish or cancel it first"
     )]
     RunActive {

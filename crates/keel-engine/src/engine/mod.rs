@@ -348,7 +348,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .latest_run(&self.core.spec.name, partition)
                 .await?;
             match latest {
-                Some(run) if !run.state.is_finished() => prepared.push(Prepared::Resumed(run.id)),
+                Some(run) if !run.state.is_finished() => {
+                    self.take_up_pipeline_changes(&run).await?;
+                    prepared.push(Prepared::Resumed(run.id))
+                }
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
                     let tasks = self
@@ -380,6 +383,54 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
         }
         Ok(prepared)
+    }
+
+    /// Before an unfinished run is resumed with a pipeline file that changed since it started:
+    /// tasks the file gained join the run (they run like any other), and tasks it lost that the
+    /// run has not finished refuse the resume, with what to do, rather than let the run end
+    /// while they are left undone. A run asked to cancel may always be resumed, to settle.
+    async fn take_up_pipeline_changes(&mut self, run: &RunRecord) -> Result<(), EngineError> {
+        let stored = self.store.task_runs(run.id).await?;
+        let removed: Vec<&str> = stored
+            .iter()
+            .filter(|task| {
+                task.state != TaskState::Done && self.core.dag.index_of(&task.task).is_none()
+            })
+            .map(|task| task.task.as_str())
+            .collect();
+        if !removed.is_empty() && !run.cancel_requested {
+            return Err(EngineError::RemovedTasks {
+                run: run.id,
+                partition: run.partition.clone(),
+                tasks: removed.join(", "),
+            });
+        }
+        let added: Vec<(String, String)> = self
+            .core
+            .spec
+            .tasks
+            .iter()
+            .filter(|task| !stored.iter().any(|stored| stored.task == task.name))
+            .map(|task| (task.name.clone(), task.phase.clone()))
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let names: Vec<String> = added.iter().map(|(name, _)| name.clone()).collect();
+        self.store.add_tasks(run.id, added, now).await?;
+        let event = Change::Event {
+            task: None,
+            kind: keel_model::EventKind::PipelineChanged,
+            detail: format!(
+                "resumed with pipeline version {} (was {}): added {}",
+                self.core.version,
+                run.version,
+                names.join(", ")
+            ),
+        };
+        self.store.apply(run.id, vec![event], now).await?;
+        Ok(())
     }
 
     /// Resets `tasks` of the partition's newest run, and everything downstream of them, so that

@@ -458,3 +458,63 @@ async fn each_step_is_one_transaction() {
     let after = outcomes(&harness, run.id).await;
     assert_eq!(after["t3"], Some(Outcome::UpstreamFailed));
 }
+
+#[tokio::test]
+async fn a_pipeline_file_changed_between_a_crash_and_the_resume_is_taken_up_or_refused() {
+    // Regression: a resume with an edited file ended the run succeeded while a task the file
+    // lost was never done, and a task the file gained never ran.
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["a".into()];
+    let before = pipeline(vec![task("a", "p0", &[], 1), task("b", "p1", &[], 1)], 8);
+    let (run, _trigger, handle) = start_in_background(&harness, before).await;
+    let executor = harness.executor.clone();
+    eventually("a to start", || launched(&executor, "a") == 1).await;
+    crash(handle).await;
+
+    // The file lost b (not done yet) and gained c: the resume is refused, saying what to do.
+    let mut engine = harness.engine(pipeline(
+        vec![task("a", "p0", &[], 1), task("c", "p1", &[], 1)],
+        8,
+    ));
+    let refused = engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-18".into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("\"b\"") || refused.contains(": b;"),
+        "names the lost task: {refused}"
+    );
+    assert!(
+        refused.contains("keel cancel --partition 2026-01-18"),
+        "{refused}"
+    );
+
+    // With b back and c added, the resume takes c into the run and runs it.
+    harness.executor.hold.lock().unwrap().clear();
+    *harness.executor.adoption.lock().unwrap() = Some(Outcome::Succeeded);
+    let mut engine = harness.engine(pipeline(
+        vec![
+            task("a", "p0", &[], 1),
+            task("b", "p1", &[], 1),
+            task("c", "p1", &[], 1),
+        ],
+        8,
+    ));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    assert_eq!(launched(&executor, "b"), 1);
+    assert_eq!(launched(&executor, "c"), 1, "the task the file gained ran");
+    let events = harness.store.events(run).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.kind == "pipeline_changed" && event.detail.contains("added c")),
+        "the change is in the event log"
+    );
+}
