@@ -518,3 +518,47 @@ async fn a_pipeline_file_changed_between_a_crash_and_the_resume_is_taken_up_or_r
         "the change is in the event log"
     );
 }
+
+#[tokio::test]
+async fn attempts_lost_in_a_row_back_off_and_stop_with_a_message() {
+    // Regression: lost attempts were retried at once without end, so a host that could not
+    // start attempts wrote tens of thousands of lost rows in seconds.
+    let harness = Harness::new();
+    harness.executor.script("a", &[Outcome::Lost; 20]);
+    let spec = pipeline(vec![task("a", "p0", &[], 3)], 8);
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let mut steps = 0;
+    while !handle.is_finished() {
+        steps += 1;
+        assert!(steps < 2_000, "lost attempts kept being retried");
+        harness.clock.advance(100);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
+    let tasks = harness.store.task_runs(run).await.unwrap();
+    assert_eq!(tasks[0].outcome, Some(Outcome::Lost));
+    assert_eq!(tasks[0].attempts, 5);
+    assert_eq!(tasks[0].charged, 0, "a loss uses up no attempt");
+    let message = tasks[0].message.as_deref().unwrap_or_default();
+    assert!(message.contains("lost 5 attempts in a row"), "{message}");
+    let claimed: Vec<i64> = harness
+        .store
+        .attempts(run)
+        .await
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt.claimed_at)
+        .collect();
+    let waits: Vec<i64> = claimed.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    // The first loss is retried at once; then the upper half of 1 s × 2^(n-1), to a 100 ms step.
+    assert!(waits[0] <= 100, "{waits:?}");
+    for (index, wait) in waits.iter().enumerate().skip(1) {
+        let ceiling = 1_000i64 << (index - 1);
+        assert!(
+            *wait >= ceiling / 2 && *wait <= ceiling + 100,
+            "wait {index} of {waits:?} outside [{}, {}]",
+            ceiling / 2,
+            ceiling + 100
+        );
+    }
+}

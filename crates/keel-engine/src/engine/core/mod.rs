@@ -88,6 +88,9 @@ pub(super) struct Slot {
     pub attempts: u32,
     pub charged: u32,
     pub first_started_at: Option<Millis>,
+    /// Attempts lost in a row (none started, or none reported); a restart starts counting
+    /// again.
+    pub losses: u32,
 }
 
 pub(super) struct ActiveRun {

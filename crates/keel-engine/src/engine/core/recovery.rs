@@ -12,6 +12,7 @@ const NOT_IN_THE_RUN: Slot = Slot {
     attempts: 0,
     charged: 0,
     first_started_at: None,
+    losses: 0,
 };
 
 impl Core {
@@ -45,6 +46,7 @@ impl Core {
                 attempts: task.attempts,
                 charged: task.charged,
                 first_started_at: task.first_started_at,
+                losses: 0,
             };
             active.sensor_polls[index] = task.sensor_polls;
             // Running and owed a rerun: it runs again when it ends.

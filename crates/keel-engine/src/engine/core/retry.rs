@@ -2,7 +2,41 @@
 
 use super::*;
 
+/// Attempts lost in a row after which a task stops being retried: something keeps attempts from
+/// starting or from reporting (the attempt host out of file descriptors, a full disk), and
+/// retrying faster only writes more rows.
+const MAX_LOSSES_IN_A_ROW: u32 = 5;
+
 impl Core {
+    /// A lost attempt uses up no attempt: the first is retried at once (the normal case after a
+    /// crash), further ones in a row back off with jitter like a failure would, and after
+    /// [`MAX_LOSSES_IN_A_ROW`] the task ends `lost` with a message that says so.
+    fn after_a_loss(&mut self, book: &Book, live: &Live) -> (TaskNext, Option<String>) {
+        let losses = book.runs[live.run].slots[live.task].losses + 1;
+        if losses >= MAX_LOSSES_IN_A_ROW {
+            let note = format!(
+                "lost {losses} attempts in a row: attempts cannot start or report (check the attempt host's file descriptors, process limits and free disk), so the task is not retried again"
+            );
+            return (TaskNext::Done(Outcome::Lost), Some(note));
+        }
+        let retries = &self.spec.tasks[live.task].retries;
+        let backoff = keel_model::RetryPolicy {
+            attempts: u32::MAX,
+            initial: retries.initial,
+            max: retries.max,
+            jitter: keel_model::Jitter::Equal,
+        };
+        let delay = match losses {
+            1 => 0,
+            _ => backoff.delay(losses - 1, self.random.unit()).as_millis() as Millis,
+        };
+        let next = TaskNext::Retry {
+            not_before: book.now + delay,
+            charge: false,
+        };
+        (next, None)
+    }
+
     /// Where a task goes after an attempt ended with `outcome`: done, retried at a time (charged
     /// to the retry policy or not), or left to resume. This is the one retry decision; the
     /// deadline, the breaker probe and the resources' retry budgets are all consulted here, in
@@ -50,6 +84,9 @@ impl Core {
         }
         if !outcome.is_retryable() {
             return (TaskNext::Done(outcome), None);
+        }
+        if outcome == Outcome::Lost {
+            return self.after_a_loss(book, live);
         }
         if probe && within_deadline {
             // A failed breaker probe says the dependency is still down, not that the task is

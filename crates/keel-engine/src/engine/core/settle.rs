@@ -82,6 +82,11 @@ impl Core {
             let active = &mut book.runs[live.run];
             let slot = &mut active.slots[live.task];
             slot.outcome = Some(outcome);
+            slot.losses = if outcome == Outcome::Lost {
+                slot.losses + 1
+            } else {
+                0
+            };
             let retry_at = match &next {
                 TaskNext::Done(final_outcome) => {
                     slot.state = TaskState::Done;
