@@ -85,6 +85,43 @@ fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
     }
 }
 
+/// Whether `pid` is a live attempt supervisor (a `keel __attempt` process that has not ended).
+fn is_a_supervisor(pid: u32) -> bool {
+    let Ok(command_line) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let is_attempt = command_line
+        .split(|byte| *byte == 0)
+        .any(|argument| argument == b"__attempt");
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state letter follows the command name's closing parenthesis.
+    let zombie = state
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    is_attempt && !zombie
+}
+
+/// Follows a supervisor whose attempt directory is gone: its end can only be seen as the
+/// process going away, and how the attempt ended is unknown, so it is reported `lost`, but
+/// only once nothing of it runs.
+fn supervisor_without_directory(pid: u32) -> Running {
+    let completion = Box::pin(async move {
+        while is_a_supervisor(pid) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Report::new(
+            Outcome::Lost,
+            "its attempt directory was removed while it ran, so how it ended is unknown; it was retried once its supervisor had ended",
+        )
+    });
+    Running {
+        pid: Some(pid),
+        pid_later: None,
+        completion,
+        stop: Arc::new(move || signal(pid, libc::SIGTERM)),
+    }
+}
+
 fn read_supervisor_pid(dir: &Path) -> Option<u32> {
     match read_record(dir)? {
         Ok(AttemptRecordFile::Running { pid, .. }) => Some(pid),
@@ -317,8 +354,13 @@ impl Executor for ProcessExecutor {
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
         let lock = match OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) {
             Ok(lock) => lock,
-            // No lock file: the supervisor was never started.
+            // No lock file: the supervisor was never started, or its directory was removed
+            // (a cleanup job) while the store says it started. Then its supervisor may still
+            // run, and the next attempt must not start beside it: wait for it to end.
             Err(_) => {
+                if let Some(pid) = known_pid.filter(|pid| is_a_supervisor(*pid)) {
+                    return Adopted::Running(supervisor_without_directory(pid));
+                }
                 return Adopted::Gone("keel stopped before the attempt could start".into());
             }
         };

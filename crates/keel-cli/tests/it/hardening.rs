@@ -384,6 +384,52 @@ fn a_supervisor_killed_while_keel_was_down_has_its_task_ended_before_the_retry()
     assert_no_overlap(&pipeline, first_sleeper, code);
 }
 
+/// Regression: a cleanup job that removed a running attempt's directory while Keel was down made
+/// the next Keel take the attempt for never started and run attempt 2 beside attempt 1. The
+/// store's record that the attempt started (its supervisor's pid) wins over the missing files.
+#[test]
+fn an_attempt_whose_directory_was_removed_is_waited_for_before_the_retry() {
+    let pipeline = orphans_pipeline();
+    let mut leftovers = Leftovers(Vec::new());
+    let mut keel = pipeline.spawn_run();
+    let first_sleeper = pipeline.wait_for_pid(&pipeline.file("sleeper.1"), &mut keel);
+    leftovers.0.push(first_sleeper);
+    let supervisor = pipeline.supervisor_of(1);
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+    let attempt = pipeline
+        .attempts()
+        .into_iter()
+        .find(|attempt| attempt.number == 1)
+        .expect("attempt 1 is recorded");
+    std::fs::remove_dir_all(&attempt.dir).unwrap();
+    assert!(is_running(supervisor), "attempt 1 still runs");
+    let mut keel = pipeline.spawn_run();
+    let code = pipeline.wait(&mut keel, Duration::from_secs(120));
+    let log = pipeline.log();
+    assert_eq!(code, 0, "the run succeeds in the end\n{log}");
+    let text = std::fs::read_to_string(pipeline.file("ledger")).unwrap_or_default();
+    let ledger = Ledger::read(&pipeline);
+    // Attempt 1 was left to run its course; attempt 2 started only after it had ended.
+    let first_end = ledger.at("end", 1).expect("attempt 1 ran to its end");
+    let second_start = ledger
+        .at("start", 2)
+        .unwrap_or_else(|| panic!("attempt 2 started\n{text}\n{log}"));
+    assert!(
+        first_end < second_start,
+        "attempts 1 and 2 overlapped\n{text}"
+    );
+    let attempts = pipeline.attempts();
+    assert_eq!(attempts[0].outcome, Some(Outcome::Lost), "{attempts:?}");
+    let message = attempts[0].message.as_deref().unwrap_or_default();
+    assert!(message.contains("directory was removed"), "{message}");
+    let successes = attempts
+        .iter()
+        .filter(|attempt| attempt.outcome == Some(Outcome::Succeeded))
+        .count();
+    assert_eq!(successes, 1, "{attempts:?}");
+}
+
 /// Runs a one-task pipeline whose task exits 0 after making its result file with `script`, and
 /// returns the task's entry in `keel status --json`. Keel must finish on its own, well within
 /// the limit, however the result file was made.
