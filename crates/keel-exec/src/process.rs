@@ -226,11 +226,18 @@ fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
 /// it belongs to some other attempt (another state store, or a state file made again): reusing
 /// it would mix the outputs and could read that attempt's result file or exit record as this
 /// one's, so it is refused.
+///
+/// Directories are made 0700 and the record file 0600: an attempt's output, environment-derived
+/// files and result belong to the user that runs Keel alone.
 fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::read_dir(dir)?.next().is_none() {
@@ -251,11 +258,16 @@ fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
 impl Executor for ProcessExecutor {
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
         create_fresh_attempt_dir(&launch.dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(launch.dir.join(LOCK_FILE))?;
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(launch.dir.join(LOCK_FILE))?
+        };
         lock_attempt(&lock, false)?;
         if let Some(host) = self.host() {
             let arguments = SupervisorArgs {

@@ -402,6 +402,7 @@ fn open_output(path: &Path) -> std::io::Result<(File, u64)> {
         .create(true)
         .read(true)
         .append(true)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
     let metadata = file.metadata()?;

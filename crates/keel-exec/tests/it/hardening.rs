@@ -379,3 +379,22 @@ fn a_record_file_swapped_for_a_pipe_does_not_block_keel() {
         .expect("reading the record returned");
     assert!(read.contains("named pipe"), "{read}");
 }
+
+/// Regression: attempt directories were made 0755 and output.log 0644, readable by every user.
+#[test]
+fn attempt_files_are_private_to_their_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("run").join("a.1");
+    let report = runtime().block_on(async {
+        let running = executor().launch(launch(&attempt, "echo private")).unwrap();
+        running.completion.await
+    });
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("run")), 0o700);
+    assert_eq!(mode(&attempt), 0o700);
+    assert_eq!(mode(&attempt.join("output.log")), 0o600);
+    assert_eq!(mode(&attempt.join("attempt.lock")), 0o600);
+}
