@@ -4,5 +4,6 @@ mod cli;
 mod crash;
 mod demo;
 mod faults;
+mod reconcile_crash;
 mod shutdown;
 mod support;
