@@ -5,5 +5,6 @@ mod crash;
 mod demo;
 mod faults;
 mod hardening;
+mod reconcile_crash;
 mod shutdown;
 mod support;
