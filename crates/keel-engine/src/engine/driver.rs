@@ -209,6 +209,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let stored_gates = self.store.gates(run).await?;
         let landed_late = self.core.restore_gates(book, run_index, &stored_gates)?;
         self.core.queue_what_can_start(book, run_index, &stored);
+        // A reconcile a previous Keel did not get to record comes first: an attempt recovered
+        // below could otherwise end the run before the tasks that must run again are reset.
+        book.followups.extend(
+            landed_late
+                .into_iter()
+                .map(|task| Followup::Reconcile { run_index, task }),
+        );
+        self.core.drain(book)?;
         for attempt in live.iter().filter(|attempt| attempt.run == run) {
             self.recover_attempt(book, inbox, run_index, attempt)
                 .await?;
@@ -239,10 +247,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         for gate in 0..self.core.topology.gates.len() {
             book.followups
                 .push_back(Followup::JudgeGate { run_index, gate });
-        }
-        for task in landed_late {
-            book.followups
-                .push_back(Followup::Reconcile { run_index, task });
         }
         self.core.follow_up(book, Followup::FinishRun { run_index })
     }

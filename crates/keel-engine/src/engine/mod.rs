@@ -378,6 +378,24 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             at: self.clock.now(),
                         })
                         .await?;
+                    // Every gate is stored from the start, so a restarted Keel never has to
+                    // guess whether one had opened.
+                    let gates = self
+                        .core
+                        .topology
+                        .gates
+                        .iter()
+                        .map(|gate| {
+                            Change::Gate(GateRecord {
+                                phase: gate.phase.clone(),
+                                status: GateState::Waiting,
+                                waived: Vec::new(),
+                            })
+                        })
+                        .collect::<Vec<_>>();
+                    if !gates.is_empty() {
+                        self.store.apply(run.id, gates, self.clock.now()).await?;
+                    }
                     prepared.push(Prepared::Created(run.id));
                 }
             }

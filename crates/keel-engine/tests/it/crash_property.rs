@@ -327,6 +327,33 @@ impl Store for CrashStore {
     async fn gates(&self, run: RunId) -> StoreResult<Vec<GateRecord>> {
         self.probe.around("gates", self.inner.gates(run)).await
     }
+    async fn commit(&self, writes: Vec<keel_store::Write>, at: Millis) -> StoreResult<()> {
+        self.probe
+            .around("commit", self.inner.commit(writes, at))
+            .await
+    }
+    async fn events_after(&self, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        self.probe
+            .around("events_after", self.inner.events_after(after, limit))
+            .await
+    }
+    async fn renew_leases(
+        &self,
+        renewals: Vec<(AttemptId, i64)>,
+        expires_at: Millis,
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        self.probe
+            .around(
+                "renew_leases",
+                self.inner.renew_leases(renewals, expires_at),
+            )
+            .await
+    }
+    async fn expired_leases(&self, pipeline: &str, now: Millis) -> StoreResult<Vec<AttemptRecord>> {
+        self.probe
+            .around("expired_leases", self.inner.expired_leases(pipeline, now))
+            .await
+    }
     async fn append_event(&self, event: NewEvent) -> StoreResult<()> {
         self.probe
             .around("append_event", self.inner.append_event(event))
@@ -459,6 +486,10 @@ impl Shape {
 struct WorldExecutor {
     world: Arc<Mutex<World>>,
     shape: Arc<Shape>,
+    /// False once the Keel this handle belongs to was killed. The engine launches and adopts off
+    /// its runtime thread, and aborting its task does not stop that work the way killing the
+    /// process would: a dead Keel's handle refuses it, as a dead process could not do it.
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorldExecutor {
@@ -484,6 +515,7 @@ impl WorldExecutor {
         });
         let shared = self.world.clone();
         Running {
+            pid_later: None,
             pid: None,
             completion,
             stop: Arc::new(move || {
@@ -509,6 +541,9 @@ impl Executor for WorldExecutor {
         let task = value("KEEL_TASK");
         let number: u32 = value("KEEL_ATTEMPT").parse().unwrap();
         let mut world = self.world.lock().unwrap();
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("this keel was killed"));
+        }
         world.version += 1;
         if number == 0 {
             // A sensor poll: answered at once.
@@ -519,6 +554,7 @@ impl Executor for WorldExecutor {
                 .unwrap_or(Outcome::Succeeded);
             world.log.push(format!("sensor {task}: {outcome}"));
             return Ok(Running {
+                pid_later: None,
                 pid: None,
                 completion: Box::pin(async move { Report::new(outcome, "sensor") }),
                 stop: Arc::new(|| {}),
@@ -577,13 +613,16 @@ impl Executor for WorldExecutor {
 
     fn adopt(&self, dir: PathBuf, _known_pid: Option<u32>) -> Adopted {
         let mut world = self.world.lock().unwrap();
+        if !self.alive.load(Ordering::SeqCst) {
+            return Adopted::Gone("this keel was killed".into());
+        }
         world.version += 1;
         let Some(&index) = world.by_dir.get(&dir.display().to_string()) else {
             // Claimed, but Keel died before starting it.
             world
                 .log
                 .push(format!("adopt {}: never started", dir.display()));
-            return Adopted::Gone;
+            return Adopted::Gone("gone".into());
         };
         let name = format!("{}#{}", world.procs[index].task, world.procs[index].number);
         match world.procs[index].ended {
@@ -593,7 +632,7 @@ impl Executor for WorldExecutor {
             }
             Some((_, None)) => {
                 world.log.push(format!("adopt {name}: had died"));
-                return Adopted::Gone;
+                return Adopted::Gone("gone".into());
             }
             None => {}
         }
@@ -609,7 +648,7 @@ impl Executor for WorldExecutor {
             }
             AdoptChoice::Gone => {
                 world.end(index, None, "its supervisor died");
-                Adopted::Gone
+                Adopted::Gone("gone".into())
             }
         }
     }
@@ -916,6 +955,7 @@ impl Trial {
             executor: WorldExecutor {
                 world: world.clone(),
                 shape: Arc::new(Shape::new(&spec)),
+                alive: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             store: CrashStore {
                 inner: inner.clone(),
@@ -937,6 +977,7 @@ impl Trial {
     /// Starts a Keel on the store, as `keel run --partition` does: prepare, then execute.
     fn start_engine(&mut self) {
         self.engines += 1;
+        self.executor.alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let mut engine = Engine::new(
             self.store.clone(),
             self.executor.clone(),
@@ -981,6 +1022,7 @@ impl Trial {
     /// while, or frozen by the probe.
     async fn settle(&self) {
         let mut quiet = 0;
+        let mut verified = false;
         let mut last = (u64::MAX, u64::MAX);
         let start = self.probe.calls.load(Ordering::SeqCst);
         let since = std::time::Instant::now();
@@ -1011,6 +1053,7 @@ impl Trial {
                     let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
                 }
                 quiet = 0;
+                verified = false;
                 continue;
             }
             tokio::task::yield_now().await;
@@ -1021,13 +1064,38 @@ impl Trial {
             if now == last && self.probe.in_flight.load(Ordering::SeqCst) == 0 {
                 quiet += 1;
                 if quiet >= QUIET_YIELDS {
-                    return;
+                    // The engine launches off its runtime thread: it is idle only once every
+                    // attempt it claimed has reached the world (or its Keel is gone), and
+                    // nothing moved while that was checked.
+                    if verified {
+                        return;
+                    }
+                    if self.launches_pending().await {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    } else {
+                        verified = true;
+                    }
+                    quiet = 0;
                 }
             } else {
+                verified = false;
                 quiet = 0;
                 last = now;
             }
         }
+    }
+
+    /// Whether an attempt the live engine claimed has not reached the world yet.
+    async fn launches_pending(&self) -> bool {
+        if self.engine_finished() || !self.executor.alive.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Ok(live) = self.inner.live_attempts("test").await else {
+            return false;
+        };
+        let world = self.world.lock().unwrap();
+        live.iter()
+            .any(|attempt| !world.by_dir.contains_key(&attempt.dir))
     }
 
     /// Finishes one running attempt, or moves the clock a second if none runs.
@@ -1046,6 +1114,11 @@ impl Trial {
     /// Kills the engine: its task is aborted, so nothing of its memory survives, and a new one
     /// starts on the same store.
     async fn crash(&mut self) {
+        {
+            // Under the world's lock: a launch either happened before the kill or not at all.
+            let _world = self.world.lock().unwrap();
+            self.executor.alive.store(false, Ordering::SeqCst);
+        }
         if let Some(handle) = self.handle.take() {
             handle.abort();
             match handle.await {

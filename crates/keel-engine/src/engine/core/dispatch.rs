@@ -24,6 +24,14 @@ impl Core {
             {
                 continue;
             }
+            // Queued earlier, but an upstream task was reset for a rerun since, or a retry is not
+            // due yet: it is queued again when its inputs complete or its timer fires.
+            let slot = &active.slots[task];
+            let not_due =
+                slot.state == TaskState::Waiting && slot.not_before.is_some_and(|at| at > book.now);
+            if active.remaining[task] > 0 || not_due {
+                continue;
+            }
             if self.spec.tasks[task].wait_for.is_some()
                 && !active.sensor_ready[task]
                 && active.slots[task].attempts == 0

@@ -25,6 +25,116 @@ impl Core {
         })
     }
 
+    /// A task of a phase whose gate already opened failed for good after the gate opened (it had
+    /// completed, then ran again for a late upstream task). The gate is judged again with it
+    /// failed: still sufficient, downstream goes on without it like any task the gate waived;
+    /// no longer sufficient, the gate fails and its failures flow downstream.
+    pub(crate) fn failed_behind_an_open_gate(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+    ) {
+        let Some(gate) = self.topology.gate_of_task(task) else {
+            return;
+        };
+        let active = &mut book.runs[run_index];
+        if active.gates[gate] != GateStatus::Open || active.waived[task] {
+            return;
+        }
+        let definition = &self.topology.gates[gate];
+        let verdict = judge(
+            definition,
+            |task| is_complete(&active.slots[task]),
+            |task| active.slots[task].state == TaskState::Done,
+        );
+        let name = self.dag.name(task).to_string();
+        if matches!(verdict, Verdict::Sufficient { .. }) {
+            active.waived[task] = true;
+            for dependent in self.dag.dependents(task) {
+                if self.waivable(task, *dependent).is_none() {
+                    continue;
+                }
+                let remaining = &mut active.remaining[*dependent];
+                *remaining = remaining.saturating_sub(1);
+                if *remaining == 0
+                    && matches!(
+                        active.slots[*dependent].state,
+                        TaskState::Pending | TaskState::Waiting
+                    )
+                {
+                    book.ready.push_back((run_index, *dependent));
+                }
+            }
+            let detail = format!(
+                "phase {}: downstream proceeds without {name}, which failed after the gate opened",
+                definition.phase
+            );
+            let kind = keel_model::EventKind::GateOpened;
+            self.record_gate(&mut book.writes, active, gate, kind, detail);
+            return;
+        }
+        active.gates[gate] = GateStatus::Failed;
+        let detail = format!(
+            "phase {}: the gate can no longer be met once {name} failed",
+            definition.phase
+        );
+        let failed: Vec<TaskIndex> = definition
+            .tasks
+            .iter()
+            .copied()
+            .filter(|task| {
+                active.slots[*task].state == TaskState::Done && !is_complete(&active.slots[*task])
+            })
+            .collect();
+        let kind = keel_model::EventKind::GateFailed;
+        self.record_gate(&mut book.writes, active, gate, kind, detail);
+        book.followups.extend(
+            failed
+                .into_iter()
+                .map(|task| Followup::Propagate { run_index, task }),
+        );
+    }
+
+    /// Of the finished tasks downstream of a late task, those a reconcile must leave alone: they
+    /// ended `upstream_failed` because an input failed for good, and that input is not run again
+    /// by this reconcile, so running them again could only end the same way. Computed to a fixed
+    /// point, since leaving one alone can leave its own dependents without a rerun input too.
+    fn hopeless_after_reconcile(
+        &self,
+        active: &ActiveRun,
+        downstream: &[TaskIndex],
+    ) -> Vec<TaskIndex> {
+        let mut reset: Vec<TaskIndex> = downstream
+            .iter()
+            .copied()
+            .filter(|task| active.slots[*task].state == TaskState::Done)
+            .collect();
+        let mut hopeless = Vec::new();
+        loop {
+            let blocked = |task: TaskIndex| {
+                active.slots[task].outcome == Some(Outcome::UpstreamFailed)
+                    && self.dag.dependencies(task).iter().any(|dependency| {
+                        let slot = &active.slots[*dependency];
+                        let failed = slot.state == TaskState::Done && !is_complete(slot);
+                        let waived = active.waived[*dependency]
+                            && self.waivable(*dependency, task).is_some();
+                        failed && !waived && !reset.contains(dependency)
+                    })
+            };
+            let newly: Vec<TaskIndex> = reset
+                .iter()
+                .copied()
+                .filter(|task| blocked(*task))
+                .collect();
+            if newly.is_empty() {
+                return hopeless;
+            }
+            reset.retain(|task| !newly.contains(task));
+            hopeless.extend(newly);
+        }
+    }
+
     /// Records a gate's new state with the event that says why, in the step's writes.
     fn record_gate(
         &self,
@@ -168,7 +278,12 @@ impl Core {
                 if self.waivable(*task, *dependent).is_some() {
                     let remaining = &mut active.remaining[*dependent];
                     *remaining = remaining.saturating_sub(1);
-                    if *remaining == 0 && active.slots[*dependent].state == TaskState::Pending {
+                    if *remaining == 0
+                        && matches!(
+                            active.slots[*dependent].state,
+                            TaskState::Pending | TaskState::Waiting
+                        )
+                    {
                         book.ready.push_back((run_index, *dependent));
                     }
                 }
@@ -226,9 +341,11 @@ impl Core {
             .into_iter()
             .filter(|task| !self.topology.same_phase(landed, *task))
             .collect();
+        let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
         for task in downstream {
             match active.slots[task].state {
+                TaskState::Done if hopeless.contains(&task) => {}
                 TaskState::Done => {
                     let slot = &mut active.slots[task];
                     slot.state = TaskState::Pending;
@@ -260,7 +377,11 @@ impl Core {
         write_changes(&mut book.writes, active.record.id, changes);
         self.recompute_remaining(active);
         for task in 0..self.dag.len() {
-            if active.slots[task].state == TaskState::Pending && active.remaining[task] == 0 {
+            if matches!(
+                active.slots[task].state,
+                TaskState::Pending | TaskState::Waiting
+            ) && active.remaining[task] == 0
+            {
                 book.ready.push_back((run_index, task));
             }
         }

@@ -91,6 +91,8 @@ pub(super) struct Slot {
     /// Attempts lost in a row (none started, or none reported); a restart starts counting
     /// again.
     pub losses: u32,
+    /// For a waiting task: not before this time (its retry's or its next sensor poll's).
+    pub not_before: Option<Millis>,
 }
 
 pub(super) struct ActiveRun {

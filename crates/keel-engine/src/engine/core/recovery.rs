@@ -13,6 +13,7 @@ const NOT_IN_THE_RUN: Slot = Slot {
     charged: 0,
     first_started_at: None,
     losses: 0,
+    not_before: None,
 };
 
 impl Core {
@@ -47,6 +48,7 @@ impl Core {
                 charged: task.charged,
                 first_started_at: task.first_started_at,
                 losses: 0,
+                not_before: task.not_before,
             };
             active.sensor_polls[index] = task.sensor_polls;
             // Running and owed a rerun: it runs again when it ends.

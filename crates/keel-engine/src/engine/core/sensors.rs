@@ -88,6 +88,7 @@ impl Core {
             }
             Some(at) => {
                 active.slots[task].state = TaskState::Waiting;
+                active.slots[task].not_before = Some(at);
                 book.timers.push(Reverse((at, run_index, Wake::Task(task))));
             }
         }

@@ -89,13 +89,15 @@ impl Core {
             };
             let retry_at = match &next {
                 TaskNext::Done(final_outcome) => {
-                    slot.state = TaskState::Done;
-                    slot.outcome = Some(*final_outcome);
+                    // The task stays running in memory until its follow-up settles it: until
+                    // then, another task of the same batch that lands late must see it running
+                    // (and owe it a rerun), and no count may take its end in twice.
                     done.push((live.run, live.task, *final_outcome));
                     None
                 }
                 TaskNext::Retry { not_before, charge } => {
                     slot.state = TaskState::Waiting;
+                    slot.not_before = Some(*not_before);
                     slot.charged += u32::from(*charge);
                     book.timers
                         .push(Reverse((*not_before, live.run, Wake::Task(live.task))));
@@ -136,10 +138,38 @@ impl Core {
         outcome: Outcome,
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
-        if std::mem::take(&mut active.needs_rerun[task])
+        active.slots[task].state = TaskState::Done;
+        active.slots[task].outcome = Some(outcome);
+        let rerun_owed = std::mem::take(&mut active.needs_rerun[task]);
+        let mut outcome = outcome;
+        if rerun_owed
             && outcome.is_complete()
             && !active.cancelling
+            && let Some(failed) = self.failed_input(active, task)
         {
+            // The rerun it was owed can never run: an input failed for good meanwhile.
+            let reason = format!(
+                "upstream task {:?} ended {}",
+                self.dag.name(failed),
+                active.slots[failed]
+                    .outcome
+                    .map(Outcome::as_str)
+                    .unwrap_or("unfinished")
+            );
+            let change = TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Done,
+                outcome: Some(Outcome::UpstreamFailed),
+                not_before: None,
+                message: Some(reason.clone()),
+                reset_retry_budget: false,
+                reason,
+            };
+            write_tasks(&mut book.writes, active.record.id, [change]);
+            active.slots[task].outcome = Some(Outcome::UpstreamFailed);
+            outcome = Outcome::UpstreamFailed;
+        }
+        if rerun_owed && outcome.is_complete() && !active.cancelling {
             // It ran without an upstream task that landed late: once more, with it.
             let slot = &mut active.slots[task];
             slot.state = TaskState::Pending;
@@ -154,6 +184,12 @@ impl Core {
                 reason: "an upstream task landed late while it ran; running again with it".into(),
             };
             write_tasks(&mut book.writes, active.record.id, [change]);
+            // A task its gate let downstream go without has landed, if with stale inputs: it is
+            // no longer missing, and what ran downstream without it runs again after its rerun.
+            if active.waived[task] {
+                book.followups
+                    .push_back(Followup::Reconcile { run_index, task });
+            }
             self.recompute_remaining(active);
             if active.remaining[task] == 0 {
                 book.ready.push_back((run_index, task));
@@ -172,7 +208,10 @@ impl Core {
                 let remaining = &mut active.remaining[*dependent];
                 *remaining = remaining.saturating_sub(1);
                 if *remaining == 0
-                    && active.slots[*dependent].state == TaskState::Pending
+                    && matches!(
+                        active.slots[*dependent].state,
+                        TaskState::Pending | TaskState::Waiting
+                    )
                     && !active.cancelling
                 {
                     book.ready.push_back((run_index, *dependent));
@@ -183,6 +222,7 @@ impl Core {
                     .push_back(Followup::Reconcile { run_index, task });
             }
         } else {
+            self.failed_behind_an_open_gate(book, run_index, task);
             book.followups
                 .push_back(Followup::Propagate { run_index, task });
         }
@@ -192,6 +232,22 @@ impl Core {
         }
         book.followups.push_back(Followup::FinishRun { run_index });
         Ok(())
+    }
+
+    /// An input of `task` that ended for good without completing and that no open gate waived
+    /// for it: with such an input the task can never run again.
+    fn failed_input(&self, active: &ActiveRun, task: TaskIndex) -> Option<TaskIndex> {
+        self.dag
+            .dependencies(task)
+            .iter()
+            .copied()
+            .find(|dependency| {
+                let slot = &active.slots[*dependency];
+                let failed = slot.state == TaskState::Done && !is_complete(slot);
+                let waived =
+                    active.waived[*dependency] && self.waivable(*dependency, task).is_some();
+                failed && !waived
+            })
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
@@ -212,6 +268,8 @@ impl Core {
                 if seen[*dependent] {
                     continue;
                 }
+                // A gate still deciding decides, and an open one let downstream go on without the
+                // tasks it waived: only a failed gate passes the failure on.
                 if let Some(gate) = self.waivable(current, *dependent)
                     && active.gates[gate] != GateStatus::Failed
                 {
