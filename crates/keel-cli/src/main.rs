@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     // The attempt supervisor and the attempt host (`__attempt __host`) start for every attempt
     // and once per run: dispatch before any other set-up.
     if raw.get(1).map(String::as_str) == Some("__attempt") {
-        return ExitCode::from(keel_exec::supervisor::main(&raw[2..]) as u8);
+        return ExitCode::from(keel_exec::attempt_main(&raw[2..]) as u8);
     }
     let cli = args::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -54,6 +54,16 @@ pub struct Running {
     pub stop: Arc<dyn Fn() + Send + Sync>,
 }
 
+/// The entry point of `keel __attempt …`: the attempt host when the first argument is
+/// `__host`, an attempt supervisor otherwise. Returns the process exit code. Kept here, above
+/// both, so that the host (which forks supervisors) and the supervisor do not import each other.
+pub fn attempt_main(arguments: &[String]) -> i32 {
+    if arguments.first().map(String::as_str) == Some("__host") {
+        return host::host_main(&arguments[1..]);
+    }
+    supervisor::main(arguments)
+}
+
 impl Running {
     /// Waits (boundedly) for a pid the launch did not know yet. Launching several attempts and
     /// then resolving their pids lets their forks overlap.

@@ -124,10 +124,6 @@ fn now_millis() -> i64 {
 /// The supervisor's entry point. Returns the process exit code: 0 when the exit record was
 /// written (whatever the task did), 2 on bad arguments, 1 when the record could not be written.
 pub fn main(arguments: &[String]) -> i32 {
-    // The attempt host is started through the same entry point, as `__attempt __host …`.
-    if arguments.first().map(String::as_str) == Some("__host") {
-        return crate::host::host_main(&arguments[1..]);
-    }
     let args = match SupervisorArgs::parse(arguments) {
         Ok(args) => args,
         Err(message) => {

@@ -3,5 +3,5 @@
 
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(keel_exec::supervisor::main(&arguments));
+    std::process::exit(keel_exec::attempt_main(&arguments));
 }
