@@ -105,6 +105,21 @@ impl Core {
             };
             return (next, None);
         }
+        self.charged_retry(book, live, outcome)
+    }
+
+    /// A failure that uses up an attempt: retried after a jittered backoff while the policy has
+    /// attempts left and every resource the task uses has retry budget, and recorded in those
+    /// budgets; otherwise the task ends with this outcome.
+    fn charged_retry(
+        &mut self,
+        book: &mut Book,
+        live: &Live,
+        outcome: Outcome,
+    ) -> (TaskNext, Option<String>) {
+        let now = book.now;
+        let task_spec = &self.spec.tasks[live.task];
+        let slot = &book.runs[live.run].slots[live.task];
         let charged = slot.charged + 1;
         if charged >= task_spec.retries.attempts {
             return (TaskNext::Done(outcome), None);

@@ -48,35 +48,10 @@ impl Core {
         book: &mut Book,
         reports: Vec<(AttemptId, Report)>,
     ) -> Result<(), EngineError> {
-        let now = book.now;
-        let mut pending = Vec::with_capacity(reports.len());
-        for (attempt, report) in reports {
-            let Some(live) = book.live.remove(&attempt) else {
-                continue;
-            };
-            let mut probe = false;
-            if let Some(permits) = book.permits.remove(&attempt) {
-                probe = permits.iter().any(|(_, permit)| permit.probe);
-                self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
-            }
-            let (next, note) = self.next_step(book, &live, report.outcome, probe);
-            let message = match (report.message.clone(), note) {
-                (Some(message), Some(note)) => Some(format!("{message}; {note}")),
-                (message, note) => message.or(note),
-            };
-            book.writes.push(Write::Finish(FinishAttempt {
-                attempt,
-                epoch: live.epoch,
-                outcome: report.outcome,
-                exit_code: report.exit_code,
-                rows: report.rows,
-                metrics: report.metrics.clone(),
-                message: message.clone(),
-                next: next.clone(),
-                at: now,
-            }));
-            pending.push((live, report.outcome, next, message));
-        }
+        let pending: Vec<_> = reports
+            .into_iter()
+            .filter_map(|(attempt, report)| self.record_end(book, attempt, report))
+            .collect();
         let mut done = Vec::new();
         for (live, outcome, next, message) in pending {
             let active = &mut book.runs[live.run];
@@ -130,6 +105,42 @@ impl Core {
         self.drain(book)
     }
 
+    /// Records how one attempt ended and decides where its task goes next: its permits go back,
+    /// the retry decision is taken, and the finish joins the step's writes. `None` for an attempt
+    /// this engine does not follow (reported twice, say).
+    fn record_end(
+        &mut self,
+        book: &mut Book,
+        attempt: AttemptId,
+        report: Report,
+    ) -> Option<(Live, Outcome, TaskNext, Option<String>)> {
+        let live = book.live.remove(&attempt)?;
+        let mut probe = false;
+        if let Some(permits) = book.permits.remove(&attempt) {
+            probe = permits.iter().any(|(_, permit)| permit.probe);
+            self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
+        }
+        let (next, note) = self.next_step(book, &live, report.outcome, probe);
+        let message = match (report.message.clone(), note) {
+            (Some(message), Some(note)) => Some(format!("{message}; {note}")),
+            (message, note) => message.or(note),
+        };
+        book.writes.push(Write::Finish(FinishAttempt {
+            attempt,
+            epoch: live.epoch,
+            outcome: report.outcome,
+            exit_code: report.exit_code,
+            rows: report.rows,
+            metrics: report.metrics,
+            message: message.clone(),
+            next: next.clone(),
+            at: book.now,
+        }));
+        Some((live, report.outcome, next, message))
+    }
+
+    /// A task ended for good with `outcome`: it runs again if it owes a rerun (and still can),
+    /// and otherwise its dependents move on, or its failure flows downstream.
     pub(crate) fn on_task_done(
         &mut self,
         book: &mut Book,
@@ -141,61 +152,19 @@ impl Core {
         active.slots[task].state = TaskState::Done;
         active.slots[task].outcome = Some(outcome);
         let rerun_owed = std::mem::take(&mut active.needs_rerun[task]);
-        let mut outcome = outcome;
-        if rerun_owed
-            && outcome.is_complete()
-            && !active.cancelling
-            && let Some(failed) = self.failed_input(active, task)
-        {
-            // The rerun it was owed can never run: an input failed for good meanwhile.
-            let reason = format!(
-                "upstream task {:?} ended {}",
-                self.dag.name(failed),
-                active.slots[failed]
-                    .outcome
-                    .map(Outcome::as_str)
-                    .unwrap_or("unfinished")
-            );
-            let change = TaskChange {
-                task: self.dag.name(task).to_string(),
-                state: TaskState::Done,
-                outcome: Some(Outcome::UpstreamFailed),
-                not_before: None,
-                message: Some(reason.clone()),
-                reset_retry_budget: false,
-                reason,
-            };
-            write_tasks(&mut book.writes, active.record.id, [change]);
-            active.slots[task].outcome = Some(Outcome::UpstreamFailed);
-            outcome = Outcome::UpstreamFailed;
-        }
-        if rerun_owed && outcome.is_complete() && !active.cancelling {
-            // It ran without an upstream task that landed late: once more, with it.
-            let slot = &mut active.slots[task];
-            slot.state = TaskState::Pending;
-            slot.outcome = None;
-            let change = TaskChange {
-                task: self.dag.name(task).to_string(),
-                state: TaskState::Pending,
-                outcome: None,
-                not_before: None,
-                message: None,
-                reset_retry_budget: true,
-                reason: "an upstream task landed late while it ran; running again with it".into(),
-            };
-            write_tasks(&mut book.writes, active.record.id, [change]);
-            // A task its gate let downstream go without has landed, if with stale inputs: it is
-            // no longer missing, and what ran downstream without it runs again after its rerun.
-            if active.waived[task] {
-                book.followups
-                    .push_back(Followup::Reconcile { run_index, task });
+        let owed_and_possible = rerun_owed && outcome.is_complete() && !active.cancelling;
+        let outcome = if owed_and_possible {
+            match self.failed_input(active, task) {
+                Some(failed) => self.settle_upstream_failed(book, run_index, task, failed),
+                None => {
+                    self.run_again(book, run_index, task);
+                    return Ok(());
+                }
             }
-            self.recompute_remaining(active);
-            if active.remaining[task] == 0 {
-                book.ready.push_back((run_index, task));
-            }
-            return Ok(());
-        }
+        } else {
+            outcome
+        };
+        let active = &mut book.runs[run_index];
         active.done += 1;
         if outcome.is_complete() {
             let landed_late = std::mem::take(&mut active.waived[task]);
@@ -234,6 +203,66 @@ impl Core {
         Ok(())
     }
 
+    /// A task owed a rerun that can never run, because `failed` (an input) ended for good
+    /// meanwhile: it ends `upstream_failed` instead. Returns its new outcome.
+    fn settle_upstream_failed(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        failed: TaskIndex,
+    ) -> Outcome {
+        let active = &mut book.runs[run_index];
+        let reason = format!(
+            "upstream task {:?} ended {}",
+            self.dag.name(failed),
+            active.slots[failed]
+                .outcome
+                .map(Outcome::as_str)
+                .unwrap_or("unfinished")
+        );
+        let change = TaskChange {
+            task: self.dag.name(task).to_string(),
+            state: TaskState::Done,
+            outcome: Some(Outcome::UpstreamFailed),
+            not_before: None,
+            message: Some(reason.clone()),
+            reset_retry_budget: false,
+            reason,
+        };
+        write_tasks(&mut book.writes, active.record.id, [change]);
+        active.slots[task].outcome = Some(Outcome::UpstreamFailed);
+        Outcome::UpstreamFailed
+    }
+
+    /// The task ran without an upstream task that landed late: once more, with it.
+    fn run_again(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
+        let active = &mut book.runs[run_index];
+        let slot = &mut active.slots[task];
+        slot.state = TaskState::Pending;
+        slot.outcome = None;
+        let change = TaskChange {
+            task: self.dag.name(task).to_string(),
+            state: TaskState::Pending,
+            outcome: None,
+            not_before: None,
+            message: None,
+            reset_retry_budget: true,
+            reason: "an upstream task landed late while it ran; running again with it".into(),
+        };
+        write_tasks(&mut book.writes, active.record.id, [change]);
+        // A task its gate let downstream go without has landed, if with stale inputs: it is no
+        // longer missing, and what ran downstream without it runs again after its rerun.
+        if active.waived[task] {
+            book.followups
+                .push_back(Followup::Reconcile { run_index, task });
+        }
+        self.recompute_remaining(active);
+        if active.remaining[task] == 0 {
+            book.ready.push_back((run_index, task));
+        }
+    }
+
     /// An input of `task` that ended for good without completing and that no open gate waived
     /// for it: with such an input the task can never run again.
     fn failed_input(&self, active: &ActiveRun, task: TaskIndex) -> Option<TaskIndex> {
@@ -257,35 +286,8 @@ impl Core {
         run_index: usize,
         task: TaskIndex,
     ) -> Result<(), EngineError> {
+        let blocked = self.blocked_by_failure(&book.runs[run_index], task);
         let active = &mut book.runs[run_index];
-        // Walk downstream, but not out of a gated phase whose gate may still open (or has
-        // opened without this task): there the gate decides, not this failure.
-        let mut seen = vec![false; self.dag.len()];
-        let mut stack = vec![task];
-        let mut blocked: Vec<TaskIndex> = Vec::new();
-        while let Some(current) = stack.pop() {
-            for dependent in self.dag.dependents(current) {
-                if seen[*dependent] {
-                    continue;
-                }
-                // A gate still deciding decides, and an open one let downstream go on without the
-                // tasks it waived: only a failed gate passes the failure on.
-                if let Some(gate) = self.waivable(current, *dependent)
-                    && active.gates[gate] != GateStatus::Failed
-                {
-                    continue;
-                }
-                seen[*dependent] = true;
-                stack.push(*dependent);
-                if matches!(
-                    active.slots[*dependent].state,
-                    TaskState::Pending | TaskState::Waiting
-                ) {
-                    blocked.push(*dependent);
-                }
-            }
-        }
-        blocked.sort_unstable();
         if blocked.is_empty() {
             return Ok(());
         }
@@ -338,6 +340,37 @@ impl Core {
                 .push_back(Followup::JudgeGate { run_index, gate });
         }
         Ok(())
+    }
+
+    /// The tasks still to run downstream of a task that failed for good, in index order. The
+    /// walk does not leave a gated phase whose gate is deciding, or has opened without this
+    /// task: there the gate decides, not this failure. Only a failed gate passes it on.
+    fn blocked_by_failure(&self, active: &ActiveRun, task: TaskIndex) -> Vec<TaskIndex> {
+        let mut seen = vec![false; self.dag.len()];
+        let mut stack = vec![task];
+        let mut blocked: Vec<TaskIndex> = Vec::new();
+        while let Some(current) = stack.pop() {
+            for dependent in self.dag.dependents(current) {
+                if seen[*dependent] {
+                    continue;
+                }
+                if let Some(gate) = self.waivable(current, *dependent)
+                    && active.gates[gate] != GateStatus::Failed
+                {
+                    continue;
+                }
+                seen[*dependent] = true;
+                stack.push(*dependent);
+                if matches!(
+                    active.slots[*dependent].state,
+                    TaskState::Pending | TaskState::Waiting
+                ) {
+                    blocked.push(*dependent);
+                }
+            }
+        }
+        blocked.sort_unstable();
+        blocked
     }
 
     pub(crate) fn finish_run_if_done(
