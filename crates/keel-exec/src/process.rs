@@ -202,23 +202,23 @@ async fn wait_for_lock(dir: PathBuf) -> bool {
 }
 
 /// Takes the attempt's liveness lock, waiting if `block`. Returns whether it was taken.
+///
+/// The lock is an exclusive `flock` (what `File::lock` takes on Linux): the supervisor holds it
+/// exactly as long as it lives, whichever of its processes holds the descriptor.
 fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
-    let operation = if block {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-            return Ok(true);
+    if block {
+        loop {
+            match file.lock() {
+                Ok(()) => return Ok(true),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
         }
-        let error = std::io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if !block => return Ok(false),
-            _ => return Err(error),
-        }
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(error)) => Err(error),
     }
 }
 

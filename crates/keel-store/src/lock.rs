@@ -4,7 +4,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -63,11 +62,10 @@ impl StateLock {
         if !file.metadata().map_err(io_error)?.is_file() {
             return Err(LockError::NotAFile { path });
         }
-        // SAFETY: flock on a descriptor we own; it only reads the descriptor.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        // An exclusive `flock` (what `File::try_lock` takes on Linux), dropped by the kernel when
+        // its holder dies.
+        if let Err(error) = file.try_lock() {
+            if let std::fs::TryLockError::Error(error) = error {
                 return Err(io_error(error));
             }
             let mut pid = String::new();
