@@ -51,21 +51,7 @@ impl Core {
         let name = self.dag.name(task).to_string();
         if matches!(verdict, Verdict::Sufficient { .. }) {
             active.waived[task] = true;
-            for dependent in self.dag.dependents(task) {
-                if self.waivable(task, *dependent).is_none() {
-                    continue;
-                }
-                let remaining = &mut active.remaining[*dependent];
-                *remaining = remaining.saturating_sub(1);
-                if *remaining == 0
-                    && matches!(
-                        active.slots[*dependent].state,
-                        TaskState::Pending | TaskState::Waiting
-                    )
-                {
-                    book.ready.push_back((run_index, *dependent));
-                }
-            }
+            self.release_dependents(&mut book.ready, active, run_index, task, Edges::Waivable);
             let detail = format!(
                 "phase {}: downstream proceeds without {name}, which failed after the gate opened",
                 definition.phase
@@ -94,6 +80,40 @@ impl Core {
                 .into_iter()
                 .map(|task| Followup::Propagate { run_index, task }),
         );
+    }
+
+    /// Counts `task` as no longer holding back its dependents over `edges`, and queues those it
+    /// was the last to hold back.
+    pub(crate) fn release_dependents(
+        &self,
+        ready: &mut VecDeque<(usize, TaskIndex)>,
+        active: &mut ActiveRun,
+        run_index: usize,
+        task: TaskIndex,
+        edges: Edges,
+    ) {
+        for dependent in self.dag.dependents(task) {
+            let waivable = self.waivable(task, *dependent).is_some();
+            let counted = match edges {
+                Edges::All => true,
+                Edges::Waivable => waivable,
+                Edges::NotWaivable => !waivable,
+            };
+            if !counted {
+                continue;
+            }
+            let remaining = &mut active.remaining[*dependent];
+            *remaining = remaining.saturating_sub(1);
+            if *remaining == 0
+                && matches!(
+                    active.slots[*dependent].state,
+                    TaskState::Pending | TaskState::Waiting
+                )
+                && !active.cancelling
+            {
+                ready.push_back((run_index, *dependent));
+            }
+        }
     }
 
     /// Of the finished tasks downstream of a late task, those a reconcile must leave alone: they
@@ -274,20 +294,7 @@ impl Core {
             .collect();
         for task in &missing {
             active.waived[*task] = true;
-            for dependent in self.dag.dependents(*task) {
-                if self.waivable(*task, *dependent).is_some() {
-                    let remaining = &mut active.remaining[*dependent];
-                    *remaining = remaining.saturating_sub(1);
-                    if *remaining == 0
-                        && matches!(
-                            active.slots[*dependent].state,
-                            TaskState::Pending | TaskState::Waiting
-                        )
-                    {
-                        book.ready.push_back((run_index, *dependent));
-                    }
-                }
-            }
+            self.release_dependents(&mut book.ready, active, run_index, *task, Edges::Waivable);
         }
         let names: Vec<String> = missing
             .iter()

@@ -69,6 +69,16 @@ pub(super) enum Followup {
     FinishRun { run_index: usize },
 }
 
+/// Which edges out of a task [`Core::release_dependents`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Edges {
+    All,
+    /// Only edges an open gate may waive (phase-level edges out of a gated phase).
+    Waivable,
+    /// Only edges no gate waives (within the phase, or a task's own `after`).
+    NotWaivable,
+}
+
 /// What the driver does once a step's writes are committed.
 pub(super) enum Effect {
     /// Stop a running attempt; it reports its end as usual.

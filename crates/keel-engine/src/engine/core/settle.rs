@@ -168,24 +168,14 @@ impl Core {
         active.done += 1;
         if outcome.is_complete() {
             let landed_late = std::mem::take(&mut active.waived[task]);
-            for dependent in self.dag.dependents(task) {
-                // An open gate already let this task's dependents outside its phase go on,
-                // except those that name it in their own `after`: they waited for it.
-                if landed_late && self.waivable(task, *dependent).is_some() {
-                    continue;
-                }
-                let remaining = &mut active.remaining[*dependent];
-                *remaining = remaining.saturating_sub(1);
-                if *remaining == 0
-                    && matches!(
-                        active.slots[*dependent].state,
-                        TaskState::Pending | TaskState::Waiting
-                    )
-                    && !active.cancelling
-                {
-                    book.ready.push_back((run_index, *dependent));
-                }
-            }
+            // An open gate already let this task's dependents outside its phase go on, except
+            // those that name it in their own `after`: they waited for it.
+            let edges = if landed_late {
+                Edges::NotWaivable
+            } else {
+                Edges::All
+            };
+            self.release_dependents(&mut book.ready, active, run_index, task, edges);
             if landed_late {
                 book.followups
                     .push_back(Followup::Reconcile { run_index, task });
