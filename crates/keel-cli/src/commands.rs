@@ -130,7 +130,13 @@ async fn execute_and_report(
     progress.finish();
     let interrupted = summaries.iter().any(|summary| !summary.state.is_finished());
     for summary in &summaries {
-        display::print_run(engine.store(), summary.run).await?;
+        let view = engine
+            .store()
+            .status_view(&engine.spec().name, Some(&summary.partition), 1)
+            .await?;
+        for run in view.runs.iter().filter(|run| run.record.id == summary.run) {
+            display::print_run(run);
+        }
     }
     if interrupted {
         eprintln!("interrupted: run `keel run` again with the same partition to resume");
@@ -212,13 +218,16 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         }
         return Ok(0);
     };
-    let runs = store
-        .list_runs(&spec.name, partition.as_deref(), args.limit)
+    // One read-only transaction: what is shown is one consistent moment of the state.
+    let view = store
+        .status_view(&spec.name, partition.as_deref(), args.limit)
         .await?;
     if args.json {
         let mut json_runs = Vec::new();
-        for run in &runs {
-            let tasks = store.task_runs(run.id).await?;
+        for keel_store::RunView {
+            record: run, tasks, ..
+        } in &view.runs
+        {
             json_runs.push(serde_json::json!({
                 "id": run.id.0,
                 "partition": run.partition,
@@ -236,10 +245,10 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
             }));
         }
         let mut document = serde_json::json!({ "runs": json_runs });
-        let resources = store.resource_states(&spec.name).await?;
-        if !resources.is_empty() {
+        if !view.resources.is_empty() {
             let now = state::now_millis();
-            document["resources"] = resources
+            document["resources"] = view
+                .resources
                 .iter()
                 .map(|resource| {
                     let (breaker, detail) = resource.state_at(now);
@@ -256,18 +265,18 @@ async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(0);
     }
-    if runs.is_empty() {
+    if view.runs.is_empty() {
         println!("no runs yet for pipeline {:?}", spec.name);
         return Ok(0);
     }
     if partition.is_some() {
-        for run in &runs {
-            display::print_run(&store, run.id).await?;
+        for run in &view.runs {
+            display::print_run(run);
         }
     } else {
-        display::print_run_list(&store, &runs).await?;
+        display::print_run_list(&view.runs);
     }
-    display::print_resources(&store, &spec.name).await?;
+    display::print_resources(&view.resources);
     Ok(0)
 }
 

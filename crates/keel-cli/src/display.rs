@@ -5,11 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use keel_engine::Progress;
 use keel_model::{Outcome, RunId, TaskState, format_duration};
-use keel_store::{RunRecord, Store};
 
 use crate::setup::ProcessEngine;
 
@@ -186,10 +184,8 @@ fn table() -> Table {
 }
 
 /// One run: a header line and a row per task.
-pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
-    let record = store.run(run).await?;
-    let tasks = store.task_runs(run).await?;
-    let attempts = store.attempts(run).await?;
+pub fn print_run(run: &keel_store::RunView) {
+    let (record, tasks, attempts) = (&run.record, &run.tasks, &run.attempts);
     let elapsed = record.finished_at.map(|finished| {
         format_duration(Duration::from_millis(
             (finished - record.created_at).max(0) as u64
@@ -211,7 +207,7 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
     );
     let mut table = table();
     table.set_header(["task", "phase", "outcome", "attempts", "time", "message"]);
-    for task in &tasks {
+    for task in tasks {
         let mine: Vec<_> = attempts
             .iter()
             .filter(|attempt| attempt.task == task.task)
@@ -250,11 +246,10 @@ pub async fn print_run(store: &impl Store, run: RunId) -> Result<()> {
         ]);
     }
     println!("{table}");
-    Ok(())
 }
 
 /// Many runs: a row each.
-pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()> {
+pub fn print_run_list(runs: &[keel_store::RunView]) {
     let mut table = table();
     table.set_header([
         "run",
@@ -264,8 +259,10 @@ pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()
         "not complete",
         "message",
     ]);
-    for run in runs {
-        let tasks = store.task_runs(run.id).await?;
+    for keel_store::RunView {
+        record: run, tasks, ..
+    } in runs
+    {
         let done = tasks
             .iter()
             .filter(|task| task.state == TaskState::Done)
@@ -286,14 +283,12 @@ pub async fn print_run_list(store: &impl Store, runs: &[RunRecord]) -> Result<()
         ]);
     }
     println!("{table}");
-    Ok(())
 }
 
 /// The circuit breakers of the pipeline's resources, as a Keel starting now would take them up.
-pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
-    let resources = store.resource_states(pipeline).await?;
+pub fn print_resources(resources: &[keel_store::ResourceStateRecord]) {
     if resources.is_empty() {
-        return Ok(());
+        return;
     }
     let mut table = table();
     table.set_header(["resource", "breaker", "detail"]);
@@ -307,7 +302,6 @@ pub async fn print_resources(store: &impl Store, pipeline: &str) -> Result<()> {
         ]);
     }
     println!("{table}");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ where
     a_start_without_a_pid_is_recorded(make().await).await;
     applied_changes_commit_together(make().await).await;
     a_commit_is_all_or_nothing(make().await).await;
+    the_status_view_reads_runs_tasks_attempts_and_breakers_together(make().await).await;
     leases_are_renewed_fenced_and_expire(make().await).await;
     events_stream_in_order_across_runs(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
@@ -313,6 +314,39 @@ async fn events_stream_in_order_across_runs<S: Store>(store: S) {
         "a follower resumes after the last seq it saw"
     );
     assert!(store.events_after(last.seq, 10).await.unwrap().is_empty());
+}
+
+async fn the_status_view_reads_runs_tasks_attempts_and_breakers_together<S: Store>(store: S) {
+    let first = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    store.claim_attempt(claim(first.id, "a", 10)).await.unwrap();
+    let second = store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
+    let view = store.status_view("conformance", None, 10).await.unwrap();
+    let partitions: Vec<&str> = view
+        .runs
+        .iter()
+        .map(|run| run.record.partition.as_str())
+        .collect();
+    assert_eq!(
+        partitions,
+        ["2026-01-02", "2026-01-01"],
+        "newest partition first"
+    );
+    assert_eq!(view.runs[1].record.id, first.id);
+    assert_eq!(view.runs[1].tasks.len(), 2);
+    assert_eq!(view.runs[1].attempts.len(), 1);
+    assert_eq!(view.runs[0].record.id, second.id);
+    let one = store
+        .status_view("conformance", Some("2026-01-01"), 10)
+        .await
+        .unwrap();
+    assert_eq!(one.runs.len(), 1);
+    assert_eq!(one.runs[0].record.id, first.id);
 }
 
 async fn a_commit_is_all_or_nothing<S: Store>(store: S) {

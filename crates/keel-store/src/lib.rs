@@ -99,6 +99,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         partition: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
+    /// What `keel status` shows, in one transaction; see [`StatusView`].
+    fn status_view(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<StatusView>> + Send;
     fn unfinished_runs(
         &self,
         pipeline: &str,

@@ -284,3 +284,19 @@ impl ResourceStateRecord {
         }
     }
 }
+
+/// One run with its tasks and attempts, as read together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunView {
+    pub record: RunRecord,
+    pub tasks: Vec<TaskRunRecord>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Everything `keel status` shows, read in one transaction so that it is one consistent moment:
+/// the newest run of each partition (or of one), with tasks and attempts, and the breakers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusView {
+    pub runs: Vec<RunView>,
+    pub resources: Vec<ResourceStateRecord>,
+}

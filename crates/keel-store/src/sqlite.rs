@@ -1061,6 +1061,64 @@ fn mark_started_in(
     Ok(changed > 0)
 }
 
+fn list_runs_in(
+    transaction: &Transaction<'_>,
+    pipeline: String,
+    partition: Option<String>,
+    limit: u32,
+) -> StoreResult<Vec<RunRecord>> {
+    select_all(
+        transaction,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
+                 SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
+             ) ORDER BY partition DESC, id DESC LIMIT ?3"
+        ),
+        params![pipeline, partition, limit],
+        run_from_row,
+    )
+}
+
+fn task_runs_in(transaction: &Transaction<'_>, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
+    select_all(
+        transaction,
+        &format!("SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 ORDER BY position"),
+        [run.0],
+        task_from_row,
+    )
+}
+
+fn attempts_in(transaction: &Transaction<'_>, run: RunId) -> StoreResult<Vec<AttemptRecord>> {
+    select_all(
+        transaction,
+        &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ?1 ORDER BY id"),
+        [run.0],
+        attempt_from_row,
+    )
+}
+
+fn resource_states_in(
+    transaction: &Transaction<'_>,
+    pipeline: String,
+) -> StoreResult<Vec<ResourceStateRecord>> {
+    select_all(
+        transaction,
+        "SELECT pipeline, name, state, detail, updated_at, open_since, open_until FROM resources WHERE pipeline = ?1 ORDER BY name",
+        [pipeline],
+        |row| {
+            Ok(ResourceStateRecord {
+                pipeline: row.get(0)?,
+                name: row.get(1)?,
+                state: row.get(2)?,
+                detail: row.get(3)?,
+                updated_at: row.get(4)?,
+                open_since: row.get(5)?,
+                open_until: row.get(6)?,
+            })
+        },
+    )
+}
+
 impl Store for SqliteStore {
     fn store_id(&self) -> &str {
         &self.store_id
@@ -1124,19 +1182,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<RunRecord>> {
         let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
-        self.transact(move |transaction| {
-            select_all(
-                transaction,
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
-                         SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
-                     ) ORDER BY partition DESC, id DESC LIMIT ?3"
-                ),
-                params![pipeline, partition, limit],
-                run_from_row,
-            )
-        })
-        .await
+        self.transact(move |transaction| list_runs_in(transaction, pipeline, partition, limit))
+            .await
     }
 
     async fn unfinished_runs(&self, pipeline: &str) -> StoreResult<Vec<RunRecord>> {
@@ -1149,30 +1196,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn task_runs(&self, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
+    async fn status_view(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<StatusView> {
+        let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
         self.transact(move |transaction| {
-            select_all(
-                transaction,
-                &format!(
-                    "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = ?1 ORDER BY position"
-                ),
-                [run.0],
-                task_from_row,
-            )
+            let runs = list_runs_in(transaction, pipeline.clone(), partition, limit)?
+                .into_iter()
+                .map(|record| {
+                    Ok(RunView {
+                        tasks: task_runs_in(transaction, record.id)?,
+                        attempts: attempts_in(transaction, record.id)?,
+                        record,
+                    })
+                })
+                .collect::<StoreResult<Vec<RunView>>>()?;
+            let resources = resource_states_in(transaction, pipeline)?;
+            Ok(StatusView { runs, resources })
         })
         .await
     }
 
+    async fn task_runs(&self, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
+        self.transact(move |transaction| task_runs_in(transaction, run))
+            .await
+    }
+
     async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRecord>> {
-        self.transact(move |transaction| {
-            select_all(
-                transaction,
-                &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ?1 ORDER BY id"),
-                [run.0],
-                attempt_from_row,
-            )
-        })
-        .await
+        self.transact(move |transaction| attempts_in(transaction, run))
+            .await
     }
 
     async fn live_attempts(&self, pipeline: &str) -> StoreResult<Vec<AttemptRecord>> {
@@ -1499,25 +1554,8 @@ impl Store for SqliteStore {
 
     async fn resource_states(&self, pipeline: &str) -> StoreResult<Vec<ResourceStateRecord>> {
         let pipeline = pipeline.to_string();
-        self.transact(move |transaction| {
-            select_all(
-                transaction,
-                "SELECT pipeline, name, state, detail, updated_at, open_since, open_until FROM resources WHERE pipeline = ?1 ORDER BY name",
-                [pipeline],
-                |row| {
-                    Ok(ResourceStateRecord {
-                        pipeline: row.get(0)?,
-                        name: row.get(1)?,
-                        state: row.get(2)?,
-                        detail: row.get(3)?,
-                        updated_at: row.get(4)?,
-                        open_since: row.get(5)?,
-                        open_until: row.get(6)?,
-                    })
-                },
-            )
-        })
-        .await
+        self.transact(move |transaction| resource_states_in(transaction, pipeline))
+            .await
     }
 
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {

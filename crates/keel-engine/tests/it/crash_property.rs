@@ -186,6 +186,19 @@ impl Store for CrashStore {
             )
             .await
     }
+    async fn status_view(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<keel_store::StatusView> {
+        self.probe
+            .around(
+                "status_view",
+                self.inner.status_view(pipeline, partition, limit),
+            )
+            .await
+    }
     async fn unfinished_runs(&self, pipeline: &str) -> StoreResult<Vec<RunRecord>> {
         self.probe
             .around("unfinished_runs", self.inner.unfinished_runs(pipeline))
