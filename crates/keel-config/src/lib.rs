@@ -30,7 +30,6 @@ mod graph;
 mod quantity;
 mod secrets;
 mod suggest;
-mod template;
 mod validate;
 
 use std::path::Path;

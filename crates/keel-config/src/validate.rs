@@ -26,8 +26,8 @@ use crate::error::{ConfigError, ConfigErrors, Location, NameKind};
 use crate::graph::find_cycles;
 use crate::secrets::find_secret;
 use crate::suggest::{closest, closest_timezone};
-use crate::template::{TemplateProblem, check_templates};
 use crate::{MAX_DURATION, MAX_NAME_LENGTH};
+use keel_model::template::{TemplateProblem, check_templates};
 use resilience::{RawGate, RawResource, RawSensor};
 
 const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];

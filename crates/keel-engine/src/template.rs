@@ -1,11 +1,7 @@
-/// The values a command template may use (docs/pipeline.md).
-pub struct TemplateValues<'a> {
-    pub date: &'a str,
-    pub partition: &'a str,
-    pub run_id: &'a str,
-    pub task: &'a str,
-    pub attempt: &'a str,
-}
+//! Command templates: the one grammar lives in `keel_model::template`; the engine parses each
+//! task's command and sensor once, when it is built, and expands them per attempt.
+
+pub use keel_model::template::{Template, TemplateValues};
 
 /// Expands `{date}`, `{partition}`, `{run_id}`, `{task}` and `{attempt}`; `{{` and `}}` are
 /// literal braces. Unknown names were rejected by validation and are left as written.
@@ -18,36 +14,5 @@ pub struct TemplateValues<'a> {
 /// assert_eq!(expand("out/{task}-{date}.json", &values), "out/scrape-2026-01-18.json");
 /// ```
 pub fn expand(text: &str, values: &TemplateValues<'_>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find(['{', '}']) {
-        out.push_str(&rest[..open]);
-        let tail = &rest[open..];
-        if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
-            rest = &tail[2..];
-            continue;
-        }
-        if tail.starts_with('{')
-            && let Some(close) = tail.find('}')
-        {
-            let value = match &tail[1..close] {
-                "date" => Some(values.date),
-                "partition" => Some(values.partition),
-                "run_id" => Some(values.run_id),
-                "task" => Some(values.task),
-                "attempt" => Some(values.attempt),
-                _ => None,
-            };
-            if let Some(value) = value {
-                out.push_str(value);
-                rest = &tail[close + 1..];
-                continue;
-            }
-        }
-        out.push_str(&tail[..1]);
-        rest = &tail[1..];
-    }
-    out.push_str(rest);
-    out
+    Template::parse(text).expand(values)
 }

@@ -8,6 +8,7 @@ mod dag;
 mod duration;
 mod outcome;
 mod spec;
+pub mod template;
 
 pub use dag::{Dag, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};

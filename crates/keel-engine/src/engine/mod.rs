@@ -21,7 +21,7 @@ use crate::{Clock, EngineError, Random};
 mod core;
 mod driver;
 
-use self::core::{Book, Core, Effect, Followup, Live, Wake, lost_report};
+use self::core::{Book, Commands, Core, Effect, Followup, Live, Wake, lost_report};
 
 /// Settings of one engine that do not come from the pipeline file.
 #[derive(Debug, Clone)]
@@ -289,6 +289,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             })
             .collect();
         let store_id: Arc<str> = store.store_id().into();
+        let commands = spec.tasks.iter().map(Commands::of).collect();
         Engine {
             core: Core {
                 random,
@@ -297,6 +298,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 dag,
                 topology,
                 task_uses,
+                commands,
                 config,
                 store_id,
                 observer: Box::new(|_| {}),

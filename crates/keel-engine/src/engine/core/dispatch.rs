@@ -63,10 +63,11 @@ impl Core {
         &mut self,
         record: &RunRecord,
         task: TaskIndex,
-        template: &[String],
+        sensor: bool,
         attempt: u32,
         dir: &std::path::Path,
     ) -> (Vec<String>, Vec<(String, String)>) {
+        let span_id = self.random.hex(16);
         let task_spec = &self.spec.tasks[task];
         let run_id = record.id.0.to_string();
         let attempt_text = attempt.to_string();
@@ -77,8 +78,12 @@ impl Core {
             task: &task_spec.name,
             attempt: &attempt_text,
         };
-        let command: Vec<String> = template.iter().map(|part| expand(part, &values)).collect();
-        let span_id = self.random.hex(16);
+        let templates = if sensor {
+            self.commands[task].sensor.as_deref().unwrap_or_default()
+        } else {
+            &self.commands[task].task
+        };
+        let command: Vec<String> = templates.iter().map(|part| part.expand(&values)).collect();
         let mut env = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
             ("KEEL_RUN_ID".to_string(), run_id.clone()),
@@ -123,7 +128,6 @@ impl Core {
         let record = book.runs[run_index].record.clone();
         let task_spec = &self.spec.tasks[task];
         let (timeout, heartbeat) = (task_spec.timeout, task_spec.heartbeat);
-        let template = task_spec.command.clone();
         let dir = PathBuf::from(&attempt.dir);
         // A new attempt runs with whatever landed upstream: no rerun is owed any more (the claim
         // cleared the stored mark too).
@@ -132,8 +136,7 @@ impl Core {
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
         slot.first_started_at.get_or_insert(now);
-        let (command, env) =
-            self.task_command_and_env(&record, task, &template, attempt.number, &dir);
+        let (command, env) = self.task_command_and_env(&record, task, false, attempt.number, &dir);
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch);
         book.live.insert(attempt.id, live);
         (self.observer)(Progress::AttemptStarted {

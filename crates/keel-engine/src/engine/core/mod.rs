@@ -21,7 +21,7 @@ use keel_store::{
 use super::{EngineConfig, Progress};
 use crate::gate::{GateStatus, Topology, Verdict, judge};
 use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
-use crate::template::{TemplateValues, expand};
+use crate::template::{Template, TemplateValues};
 use crate::{EngineError, Random};
 
 mod dispatch;
@@ -43,6 +43,8 @@ pub(super) struct Core {
     pub topology: Topology,
     /// Per task: indexes into `spec.resources` of the resources it uses.
     pub task_uses: Vec<Vec<usize>>,
+    /// Per task: its command and its sensor's, parsed once.
+    pub commands: Vec<Commands>,
     pub config: EngineConfig,
     /// The store's identity: attempt directories live under it.
     pub store_id: Arc<str>,
@@ -77,6 +79,22 @@ pub(super) enum Edges {
     Waivable,
     /// Only edges no gate waives (within the phase, or a task's own `after`).
     NotWaivable,
+}
+
+/// A task's command templates, parsed once when the engine is built.
+pub(super) struct Commands {
+    pub task: Vec<Template>,
+    pub sensor: Option<Vec<Template>>,
+}
+
+impl Commands {
+    pub fn of(task: &keel_model::TaskSpec) -> Commands {
+        let parse = |parts: &[String]| parts.iter().map(|part| Template::parse(part)).collect();
+        Commands {
+            task: parse(&task.command),
+            sensor: task.wait_for.as_ref().map(|sensor| parse(&sensor.command)),
+        }
+    }
 }
 
 /// What the driver does once a step's writes are committed.

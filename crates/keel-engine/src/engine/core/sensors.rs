@@ -23,7 +23,7 @@ impl Core {
             .join(&*self.store_id)
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
-        let (command, env) = self.task_command_and_env(&record, task, &sensor.command, 0, &dir);
+        let (command, env) = self.task_command_and_env(&record, task, true, 0, &dir);
         let launch = Launch {
             dir,
             command,

@@ -60,6 +60,7 @@ fn chain_core() -> Core {
         random: Box::new(SplitMix64::new(3)),
         version: spec.version(),
         task_uses: vec![Vec::new(); spec.tasks.len()],
+        commands: spec.tasks.iter().map(Commands::of).collect(),
         spec: Arc::new(spec),
         dag,
         topology,
