@@ -159,36 +159,6 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.flush(book).await
     }
 
-    /// A retried task is expected to land, so the gates of the phases it and its downstream
-    /// tasks sit in are judged again from the start: downstream waits for the retried tasks (or
-    /// for a new grace period) instead of going on without them at once.
-    pub(super) async fn reopen_gates(
-        &self,
-        run: RunId,
-        roots: &[TaskIndex],
-        now: Millis,
-    ) -> Result<(), EngineError> {
-        let mut gates: Vec<usize> = roots
-            .iter()
-            .copied()
-            .chain(self.core.dag.downstream_of(roots))
-            .filter_map(|task| self.core.topology.gate_of_task(task))
-            .collect();
-        gates.sort_unstable();
-        gates.dedup();
-        let changes = gates
-            .into_iter()
-            .map(|gate| {
-                Change::Gate(GateRecord {
-                    phase: self.core.topology.gates[gate].phase.clone(),
-                    status: GateState::Waiting,
-                    waived: Vec::new(),
-                })
-            })
-            .collect();
-        Ok(self.store.apply(run, changes, now).await?)
-    }
-
     /// Loads a run into the book and carries it on from where the store says it stands.
     pub(super) async fn load_run(
         &mut self,

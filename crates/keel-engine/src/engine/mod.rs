@@ -10,8 +10,7 @@ use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
-    AttemptRecord, Change, ClaimAttempt, GateRecord, GateState, NewEvent, NewRun, RunRecord, Store,
-    StoreError, TaskChange, Write,
+    AttemptRecord, Change, ClaimAttempt, NewRun, RunRecord, Store, StoreError, TaskChange, Write,
 };
 use tokio::sync::mpsc;
 
@@ -382,19 +381,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         .await?;
                     // Every gate is stored from the start, so a restarted Keel never has to
                     // guess whether one had opened.
-                    let gates = self
-                        .core
-                        .topology
-                        .gates
-                        .iter()
-                        .map(|gate| {
-                            Change::Gate(GateRecord {
-                                phase: gate.phase.clone(),
-                                status: GateState::Waiting,
-                                waived: Vec::new(),
-                            })
-                        })
-                        .collect::<Vec<_>>();
+                    let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
                     if !gates.is_empty() {
                         self.store.apply(run.id, gates, self.clock.now()).await?;
                     }
@@ -516,28 +503,55 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if !added.is_empty() {
             self.store.add_tasks(run.id, added, now).await?;
         }
-        self.store.update_tasks(run.id, changes, now).await?;
-        self.reopen_gates(run.id, &roots, now).await?;
+        // The resets, the gates judged again, the event and the run's state commit together: a
+        // crash leaves the retry either wholly asked for or not at all.
+        let mut gates: Vec<usize> = roots
+            .iter()
+            .copied()
+            .chain(self.core.dag.downstream_of(&roots))
+            .filter_map(|task| self.core.topology.gate_of_task(task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        let mut writes: Vec<Write> = changes
+            .into_iter()
+            .map(|change| Write::Run {
+                run: run.id,
+                change: Change::Task(change),
+            })
+            .chain(
+                self.core
+                    .waiting_gates(gates)
+                    .into_iter()
+                    .map(|change| Write::Run {
+                        run: run.id,
+                        change,
+                    }),
+            )
+            .collect();
         if self.core.version != run.version {
-            self.store
-                .append_event(NewEvent {
-                    run: run.id,
-                    task: None,
-                    attempt: None,
-                    kind: keel_model::EventKind::PipelineChanged,
-                    detail: format!(
-                        "the retry uses pipeline version {} (was {})",
-                        self.core.version, run.version
-                    ),
-                    at: now,
-                })
-                .await?;
+            let detail = format!(
+                "the retry uses pipeline version {} (was {})",
+                self.core.version, run.version
+            );
+            let change = Change::Event {
+                task: None,
+                kind: keel_model::EventKind::PipelineChanged,
+                detail,
+            };
+            writes.push(Write::Run {
+                run: run.id,
+                change,
+            });
         }
         if run.state != RunState::Running {
-            self.store
-                .set_run_state(run.id, RunState::Running, Some("retry".into()), now)
-                .await?;
+            writes.push(Write::RunState {
+                run: run.id,
+                state: RunState::Running,
+                message: Some("retry".into()),
+            });
         }
+        self.store.commit(writes, now).await?;
         Ok(run.id)
     }
 

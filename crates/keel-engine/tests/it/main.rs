@@ -269,7 +269,11 @@ async fn run_partition(
 }
 
 /// Leaves a live attempt of `task` behind, as a Keel that claimed it and then died would.
-async fn claim_as_a_dead_keel(harness: &Harness, run: keel_model::RunId, task: &str) {
+async fn claim_as_a_dead_keel(
+    harness: &Harness,
+    run: keel_model::RunId,
+    task: &str,
+) -> keel_store::AttemptRecord {
     harness
         .store
         .claim_attempt(keel_store::ClaimAttempt {
@@ -282,7 +286,7 @@ async fn claim_as_a_dead_keel(harness: &Harness, run: keel_model::RunId, task: &
             at: 1,
         })
         .await
-        .unwrap();
+        .unwrap()
 }
 
 /// Creates today's test run and returns its id.

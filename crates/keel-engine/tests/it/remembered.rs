@@ -12,6 +12,16 @@ fn launched(executor: &FakeExecutor, name: &str) -> usize {
         .count()
 }
 
+/// Waits until the gated pipeline's load and its five analytics tasks have started, and the
+/// engine has judged the gate.
+async fn analytics_running(executor: &FakeExecutor) {
+    eventually("the analytics tasks to run", || {
+        executor.launches().len() == 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
 /// Drops a running engine as `kill -9` would drop Keel: nothing after this point of its code runs.
 async fn crash(handle: tokio::task::JoinHandle<Vec<keel_engine::RunSummary>>) {
     handle.abort();
@@ -64,11 +74,7 @@ async fn a_rerun_owed_to_a_task_that_ran_without_a_late_upstream_survives_a_cras
     let spec = gated_pipeline(1_000);
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || {
-        executor.launches().len() == 6
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    analytics_running(&executor).await;
     harness.clock.advance(1_000);
     eventually("features to start without a5", || {
         launched(&executor, "features") == 1
@@ -146,19 +152,7 @@ async fn a_task_waived_and_landed_before_the_reconcile_was_recorded_is_reconcile
         )
         .await
         .unwrap();
-    let attempt = harness
-        .store
-        .claim_attempt(keel_store::ClaimAttempt {
-            run,
-            task: "a5".into(),
-            owner: "dead-keel".into(),
-            dir: "/nonexistent".into(),
-            lease_expires_at: 0,
-            at: 2_000_000,
-            version: "v".into(),
-        })
-        .await
-        .unwrap();
+    let attempt = claim_as_a_dead_keel(&harness, run, "a5").await;
     harness
         .store
         .finish_attempt(keel_store::FinishAttempt {
@@ -234,11 +228,7 @@ async fn a_task_named_in_after_waits_for_a_late_waived_task() {
     let (_run, _trigger, handle) =
         start_in_background(&harness, pipeline_with_a_hard_input()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || {
-        executor.launches().len() == 6
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    analytics_running(&executor).await;
     harness.clock.advance(1_000);
     eventually("other to start without a5", || {
         launched(&executor, "other") == 1
@@ -265,11 +255,7 @@ async fn a_gate_grace_period_keeps_its_end_across_a_restart() {
     let spec = gated_pipeline(60_000);
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || {
-        executor.launches().len() == 6
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    analytics_running(&executor).await;
     harness.clock.advance(50_000);
     tokio::time::sleep(Duration::from_millis(10)).await;
     crash(handle).await;

@@ -82,6 +82,22 @@ impl Core {
         );
     }
 
+    /// `gates` as just created, waiting to be judged: stored when a run is created, and again
+    /// for the gates a retry touches, so that downstream waits for the retried tasks (or for a
+    /// new grace period) instead of going on without them at once.
+    pub(crate) fn waiting_gates(&self, gates: impl IntoIterator<Item = usize>) -> Vec<Change> {
+        gates
+            .into_iter()
+            .map(|gate| {
+                Change::Gate(GateRecord {
+                    phase: self.topology.gates[gate].phase.clone(),
+                    status: GateState::Waiting,
+                    waived: Vec::new(),
+                })
+            })
+            .collect()
+    }
+
     /// Counts `task` as no longer holding back its dependents over `edges`, and queues those it
     /// was the last to hold back.
     pub(crate) fn release_dependents(
