@@ -149,7 +149,7 @@ async fn run_case(
         let mut latencies = Vec::new();
         for task in 0..dag.len() {
             let ready = dag
-                .dependencies(task)
+                .inputs(task)
                 .iter()
                 .filter_map(|dependency| finishes.get(dag.name(*dependency)))
                 .max()

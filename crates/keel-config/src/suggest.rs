@@ -1,36 +1,6 @@
-//! "Did you mean" suggestions for misspelt names.
+//! "Did you mean" for time zones; names in general use `keel_model::closest`.
 
-/// The candidate closest to `wanted`, if one is close enough to be a plausible typo.
-///
-/// A candidate that differs only in case always wins. Otherwise the edit distance (with
-/// transpositions) must be at most a third of the name's length, so that short names are not
-/// "corrected" into unrelated ones. Ties go to the earliest candidate.
-///
-/// ```text
-/// closest("player_summry", ["player_summary", "games"]) == Some("player_summary")
-/// ```
-pub(crate) fn closest<'a>(
-    wanted: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
-    let wanted_lower = wanted.to_lowercase();
-    let allowed = wanted.chars().count() / 3;
-    let mut best: Option<(usize, &str)> = None;
-    for candidate in candidates {
-        let candidate_lower = candidate.to_lowercase();
-        let distance = if candidate_lower == wanted_lower {
-            0
-        } else {
-            strsim::damerau_levenshtein(&wanted_lower, &candidate_lower).max(1)
-        };
-        if (distance == 0 || distance <= allowed)
-            && best.is_none_or(|(best_distance, _)| distance < best_distance)
-        {
-            best = Some((distance, candidate));
-        }
-    }
-    best.map(|(_, candidate)| candidate.to_string())
-}
+pub(crate) use keel_model::closest;
 
 /// The IANA time zone closest to `wanted`: a misspelling, a different case, or a bare city name
 /// such as `Paris` for `Europe/Paris`.
@@ -54,22 +24,6 @@ pub(crate) fn closest_timezone(wanted: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_close_names_only() {
-        let names = ["player_summary", "games", "ml_features"];
-        assert_eq!(
-            closest("player_summry", names).as_deref(),
-            Some("player_summary")
-        );
-        assert_eq!(closest("Games", names).as_deref(), Some("games"));
-        assert_eq!(closest("standings", names), None);
-        assert_eq!(closest("a", ["b"]), None);
-        assert_eq!(
-            closest("timout", ["timeout", "retries"]).as_deref(),
-            Some("timeout")
-        );
-    }
 
     #[test]
     fn suggests_time_zones() {

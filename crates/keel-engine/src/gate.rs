@@ -94,12 +94,6 @@ impl Topology {
     pub fn same_phase(&self, a: TaskIndex, b: TaskIndex) -> bool {
         self.task_phase[a] == self.task_phase[b]
     }
-
-    /// Whether the edge `task → dependent` leaves a gated phase.
-    pub fn crosses_gate(&self, task: TaskIndex, dependent: TaskIndex) -> Option<usize> {
-        self.gate_of_task(task)
-            .filter(|_| !self.same_phase(task, dependent))
-    }
 }
 
 /// Judges a gate from whether each of its tasks has completed and has finished.

@@ -58,13 +58,7 @@ impl EngineError {
     pub fn unknown_task(spec: &keel_model::PipelineSpec, name: &str) -> EngineError {
         EngineError::UnknownTask {
             task: name.to_string(),
-            suggestion: spec
-                .tasks
-                .iter()
-                .map(|task| (engine::strsim_like(name, &task.name), &task.name))
-                .filter(|(distance, _)| *distance <= 3)
-                .min_by_key(|(distance, _)| *distance)
-                .map(|(_, candidate)| candidate.clone()),
+            suggestion: keel_model::closest(name, spec.tasks.iter().map(|task| task.name.as_str())),
         }
     }
 }

@@ -8,9 +8,10 @@ mod dag;
 mod duration;
 mod outcome;
 mod spec;
+mod suggest;
 pub mod template;
 
-pub use dag::{Dag, TaskIndex};
+pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
@@ -18,6 +19,7 @@ pub use spec::{
     PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
     SensorSpec, TaskSpec,
 };
+pub use suggest::closest;
 
 /// Milliseconds since the Unix epoch, as every Keel clock reports time.
 pub type Millis = i64;

@@ -178,7 +178,7 @@ after = ["player_game_summary", "scrape_injuries"]
     let dag = Dag::new(&spec);
     let ml_features = dag.index_of("ml_features").unwrap();
     // Phases are followed transitively: analytics runs after raw, which runs after scrape.
-    assert_eq!(dag.dependencies(ml_features), &[0, 1, 2]);
+    assert_eq!(dag.inputs(ml_features), &[0, 1, 2]);
 }
 
 #[test]

@@ -732,22 +732,3 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(summaries)
     }
 }
-
-/// Edit distance for "did you mean" on task names given on the command line.
-pub(crate) fn strsim_like(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            current.push(
-                (previous[j] + cost)
-                    .min(previous[j + 1] + 1)
-                    .min(current[j] + 1),
-            );
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}

@@ -470,7 +470,7 @@ impl Shape {
         };
         let deps = (0..spec.tasks.len())
             .map(|task| {
-                dag.dependencies(task)
+                dag.inputs(task)
                     .iter()
                     .map(|dep| {
                         let (upstream, me) = (&spec.tasks[*dep], &spec.tasks[task]);
@@ -1724,7 +1724,7 @@ impl Facts<'_> {
             let Some((start, _)) = span(dag.name(task)) else {
                 continue;
             };
-            for dependency in dag.dependencies(task) {
+            for dependency in &dag.inputs(task) {
                 if let Some((_, end)) = span(dag.name(*dependency))
                     && start < end
                 {

@@ -58,7 +58,7 @@ proptest! {
             for (index, record) in records.iter().enumerate() {
                 assert_eq!(record.state, TaskState::Done, "{record:?}");
                 assert!(record.charged <= attempts, "{record:?}");
-                let deps_complete = dag.dependencies(index).iter().all(|dep| records[*dep].outcome.is_some_and(Outcome::is_complete));
+                let deps_complete = dag.inputs(index).iter().all(|dep| records[*dep].outcome.is_some_and(Outcome::is_complete));
                 if record.outcome == Some(Outcome::UpstreamFailed) {
                     assert!(!deps_complete, "{} is upstream_failed with complete dependencies", record.task);
                     assert_eq!(record.attempts, 0);

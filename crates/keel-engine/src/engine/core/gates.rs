@@ -5,24 +5,49 @@
 use super::*;
 
 impl Core {
-    /// The gate that may waive the edge `dependency → task`: the gate of the dependency's phase
-    /// when the edge leaves that phase, unless `task` names the dependency in its own `after`,
-    /// which makes it a hard input that no gate waives.
-    pub(crate) fn waivable(&self, dependency: TaskIndex, task: TaskIndex) -> Option<usize> {
-        self.topology
-            .crosses_gate(dependency, task)
-            .filter(|_| !self.dag.is_explicit(task, dependency))
+    /// The gate that may waive the edge `dependency → node`: the gate of the dependency's phase
+    /// when the edge is the one from a task to its own phase's barrier. Every other edge, a
+    /// task's own `after` above all, is a hard input that no gate waives.
+    pub(crate) fn waivable(&self, dependency: NodeIndex, node: NodeIndex) -> Option<usize> {
+        if !self.dag.is_task(dependency) || self.dag.barrier_of(dependency) != Some(node) {
+            return None;
+        }
+        self.topology.gate_of_task(dependency)
     }
 
     /// Whether downstream work outside a gated phase already started, which means its gate had
     /// opened; for runs whose gates were never recorded.
     pub(crate) fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
-        self.topology.gates[gate].tasks.iter().any(|task| {
-            self.dag.dependents(*task).iter().any(|dependent| {
-                self.waivable(*task, *dependent).is_some()
-                    && active.slots[*dependent].state != TaskState::Pending
-            })
-        })
+        let Some(barrier) = self.topology.gates[gate]
+            .tasks
+            .first()
+            .and_then(|task| self.dag.barrier_of(*task))
+        else {
+            return false;
+        };
+        self.tasks_behind(barrier)
+            .into_iter()
+            .any(|task| active.slots[task].state != TaskState::Pending)
+    }
+
+    /// The tasks that wait for `barrier` through barriers only: those of the phases downstream.
+    fn tasks_behind(&self, barrier: NodeIndex) -> Vec<TaskIndex> {
+        let mut seen = vec![false; self.dag.nodes()];
+        let mut stack = vec![barrier];
+        let mut tasks = Vec::new();
+        while let Some(node) = stack.pop() {
+            for dependent in self.dag.node_dependents(node) {
+                if std::mem::replace(&mut seen[*dependent], true) {
+                    continue;
+                }
+                if self.dag.is_task(*dependent) {
+                    tasks.push(*dependent);
+                } else {
+                    stack.push(*dependent);
+                }
+            }
+        }
+        tasks
     }
 
     /// A task of a phase whose gate already opened failed for good after the gate opened (it had
@@ -99,7 +124,8 @@ impl Core {
     }
 
     /// Counts `task` as no longer holding back its dependents over `edges`, and queues those it
-    /// was the last to hold back.
+    /// was the last to hold back. A barrier it was the last to hold back is passed, and releases
+    /// its own dependents in turn.
     pub(crate) fn release_dependents(
         &self,
         ready: &mut VecDeque<(usize, TaskIndex)>,
@@ -108,8 +134,25 @@ impl Core {
         task: TaskIndex,
         edges: Edges,
     ) {
-        for dependent in self.dag.dependents(task) {
-            let waivable = self.waivable(task, *dependent).is_some();
+        let mut passed: Vec<NodeIndex> = Vec::new();
+        self.release_edges(ready, active, run_index, task, edges, &mut passed);
+        while let Some(barrier) = passed.pop() {
+            self.release_edges(ready, active, run_index, barrier, Edges::All, &mut passed);
+        }
+    }
+
+    /// One node's share of [`Core::release_dependents`]; barriers it passes go on `passed`.
+    fn release_edges(
+        &self,
+        ready: &mut VecDeque<(usize, TaskIndex)>,
+        active: &mut ActiveRun,
+        run_index: usize,
+        node: NodeIndex,
+        edges: Edges,
+        passed: &mut Vec<NodeIndex>,
+    ) {
+        for dependent in self.dag.node_dependents(node) {
+            let waivable = self.waivable(node, *dependent).is_some();
             let counted = match edges {
                 Edges::All => true,
                 Edges::Waivable => waivable,
@@ -119,13 +162,20 @@ impl Core {
                 continue;
             }
             let remaining = &mut active.remaining[*dependent];
+            let was = *remaining;
             *remaining = remaining.saturating_sub(1);
-            if *remaining == 0
-                && matches!(
-                    active.slots[*dependent].state,
-                    TaskState::Pending | TaskState::Waiting
-                )
-                && !active.cancelling
+            if *remaining != 0 {
+                continue;
+            }
+            if !self.dag.is_task(*dependent) {
+                // A barrier is passed once, when its last input lets go.
+                if was == 1 {
+                    passed.push(*dependent);
+                }
+            } else if matches!(
+                active.slots[*dependent].state,
+                TaskState::Pending | TaskState::Waiting
+            ) && !active.cancelling
             {
                 ready.push_back((run_index, *dependent));
             }
@@ -150,13 +200,9 @@ impl Core {
         loop {
             let blocked = |task: TaskIndex| {
                 active.slots[task].outcome == Some(Outcome::UpstreamFailed)
-                    && self.dag.dependencies(task).iter().any(|dependency| {
-                        let slot = &active.slots[*dependency];
-                        let failed = slot.state == TaskState::Done && !is_complete(slot);
-                        let waived = active.waived[*dependency]
-                            && self.waivable(*dependency, task).is_some();
-                        failed && !waived && !reset.contains(dependency)
-                    })
+                    && self
+                        .failed_input_where(active, task, |dependency| !reset.contains(&dependency))
+                        .is_some()
             };
             let newly: Vec<TaskIndex> = reset
                 .iter()
@@ -209,21 +255,31 @@ impl Core {
         }
     }
 
-    /// Counts, for every task of a run, the dependencies it still waits for: those not complete,
-    /// except those an open gate waived.
+    /// Counts, for every node of a run, the dependencies it still waits for: tasks not
+    /// complete, except those an open gate waived, and barriers not passed. Barriers are counted
+    /// first, each after those it waits for, so a task sees which of its barriers are passed.
     pub(crate) fn recompute_remaining(&self, active: &mut ActiveRun) {
-        for task in 0..self.dag.len() {
-            active.remaining[task] = self
-                .dag
-                .dependencies(task)
-                .iter()
-                .filter(|dependency| {
-                    let waived =
-                        active.waived[**dependency] && self.waivable(**dependency, task).is_some();
-                    !is_complete(&active.slots[**dependency]) && !waived
-                })
-                .count() as u32;
+        for barrier in self.dag.barriers_in_order() {
+            active.remaining[*barrier] = self.unreleased(active, *barrier);
         }
+        for task in 0..self.dag.len() {
+            active.remaining[task] = self.unreleased(active, task);
+        }
+    }
+
+    fn unreleased(&self, active: &ActiveRun, node: NodeIndex) -> u32 {
+        self.dag
+            .node_dependencies(node)
+            .iter()
+            .filter(|dependency| {
+                let dependency = **dependency;
+                if !self.dag.is_task(dependency) {
+                    return active.remaining[dependency] > 0;
+                }
+                let waived = active.waived[dependency] && self.waivable(dependency, node).is_some();
+                !is_complete(&active.slots[dependency]) && !waived
+            })
+            .count() as u32
     }
 
     /// Re-judges a gate after one of its tasks finished, or when its grace period ran out.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use keel_exec::{Launch, Report};
 use keel_model::{
-    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+    AttemptId, Dag, Millis, NodeIndex, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
     AttemptRecord, Change, FinishAttempt, GateRecord, GateState, RunRecord, SensorPoll, TaskChange,
@@ -126,7 +126,8 @@ pub(super) struct Slot {
 pub(super) struct ActiveRun {
     pub record: RunRecord,
     pub slots: Vec<Slot>,
-    /// Per task: dependencies not yet complete (and not waived by an open gate).
+    /// Per node (tasks, then phase barriers): dependencies not yet complete (and not waived by
+    /// an open gate), or barriers not yet passed.
     pub remaining: Vec<u32>,
     /// Per gate of the topology.
     pub gates: Vec<GateStatus>,

@@ -28,7 +28,7 @@ impl Core {
             finished: record.state.is_finished(),
             record,
             slots: vec![NOT_IN_THE_RUN; tasks],
-            remaining: vec![0; tasks],
+            remaining: vec![0; self.dag.nodes()],
             gates: vec![GateStatus::Waiting; self.topology.gates.len()],
             waived: vec![false; tasks],
             needs_rerun: vec![false; tasks],

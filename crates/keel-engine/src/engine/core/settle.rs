@@ -256,17 +256,29 @@ impl Core {
     /// An input of `task` that ended for good without completing and that no open gate waived
     /// for it: with such an input the task can never run again.
     fn failed_input(&self, active: &ActiveRun, task: TaskIndex) -> Option<TaskIndex> {
-        self.dag
-            .dependencies(task)
-            .iter()
-            .copied()
-            .find(|dependency| {
-                let slot = &active.slots[*dependency];
-                let failed = slot.state == TaskState::Done && !is_complete(slot);
-                let waived =
-                    active.waived[*dependency] && self.waivable(*dependency, task).is_some();
-                failed && !waived
-            })
+        self.failed_input_where(active, task, |_| true)
+    }
+
+    /// [`Core::failed_input`] among the inputs `counts` keeps. An input named in the task's own
+    /// `after` is hard; one reached through a phase is waived if its gate let it be.
+    pub(crate) fn failed_input_where(
+        &self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        counts: impl Fn(TaskIndex) -> bool,
+    ) -> Option<TaskIndex> {
+        let failed = |dependency: TaskIndex| {
+            let slot = &active.slots[dependency];
+            slot.state == TaskState::Done && !is_complete(slot) && counts(dependency)
+        };
+        let hard = self.dag.explicit(task).iter().copied().find(|d| failed(*d));
+        hard.or_else(|| {
+            let mut through_phases = self.dag.phase_inputs(task);
+            through_phases.sort_unstable();
+            through_phases
+                .into_iter()
+                .find(|dependency| failed(*dependency) && !active.waived[*dependency])
+        })
     }
 
     /// Marks everything downstream of a task that ended without completing as `upstream_failed`.
@@ -336,11 +348,11 @@ impl Core {
     /// walk does not leave a gated phase whose gate is deciding, or has opened without this
     /// task: there the gate decides, not this failure. Only a failed gate passes it on.
     fn blocked_by_failure(&self, active: &ActiveRun, task: TaskIndex) -> Vec<TaskIndex> {
-        let mut seen = vec![false; self.dag.len()];
+        let mut seen = vec![false; self.dag.nodes()];
         let mut stack = vec![task];
         let mut blocked: Vec<TaskIndex> = Vec::new();
         while let Some(current) = stack.pop() {
-            for dependent in self.dag.dependents(current) {
+            for dependent in self.dag.node_dependents(current) {
                 if seen[*dependent] {
                     continue;
                 }
@@ -351,10 +363,12 @@ impl Core {
                 }
                 seen[*dependent] = true;
                 stack.push(*dependent);
-                if matches!(
-                    active.slots[*dependent].state,
-                    TaskState::Pending | TaskState::Waiting
-                ) {
+                if self.dag.is_task(*dependent)
+                    && matches!(
+                        active.slots[*dependent].state,
+                        TaskState::Pending | TaskState::Waiting
+                    )
+                {
                     blocked.push(*dependent);
                 }
             }
