@@ -10,7 +10,7 @@ use keel_model::{
     AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
 };
 use keel_store::{
-    AttemptRecord, Change, ClaimAttempt, NewRun, RunRecord, Store, StoreError, TaskChange, Write,
+    AttemptRecord, Change, ClaimAttempt, NewRun, RunRecord, Store, StoreError, Write,
 };
 use tokio::sync::mpsc;
 
@@ -460,97 +460,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .into_iter()
             .map(|task| task.task)
             .collect();
+        let downstream = self.core.dag.downstream_of(&roots);
         // Without a row of its own a task would be read back as skipped and never run.
         let added: Vec<(String, String)> = roots
             .iter()
-            .copied()
-            .chain(self.core.dag.downstream_of(&roots))
-            .filter(|task| !in_run.contains(self.core.dag.name(*task)))
+            .chain(&downstream)
+            .filter(|task| !in_run.contains(self.core.dag.name(**task)))
             .map(|task| {
-                let task_spec = &self.core.spec.tasks[task];
+                let task_spec = &self.core.spec.tasks[*task];
                 (task_spec.name.clone(), task_spec.phase.clone())
             })
             .collect();
-        let mut changes = Vec::new();
-        for root in &roots {
-            changes.push(TaskChange {
-                task: self.core.dag.name(*root).to_string(),
-                state: TaskState::Pending,
-                outcome: None,
-                not_before: None,
-                message: None,
-                reset_retry_budget: true,
-                reason: "manual retry".into(),
-            });
-        }
-        for downstream in self.core.dag.downstream_of(&roots) {
-            let because = roots
-                .iter()
-                .map(|root| self.core.dag.name(*root))
-                .collect::<Vec<_>>()
-                .join(", ");
-            changes.push(TaskChange {
-                task: self.core.dag.name(downstream).to_string(),
-                state: TaskState::Pending,
-                outcome: None,
-                not_before: None,
-                message: None,
-                reset_retry_budget: true,
-                reason: format!("downstream of retried {because}"),
-            });
-        }
         let now = self.clock.now();
         if !added.is_empty() {
             self.store.add_tasks(run.id, added, now).await?;
         }
-        // The resets, the gates judged again, the event and the run's state commit together: a
-        // crash leaves the retry either wholly asked for or not at all.
-        let mut gates: Vec<usize> = roots
-            .iter()
-            .copied()
-            .chain(self.core.dag.downstream_of(&roots))
-            .filter_map(|task| self.core.topology.gate_of_task(task))
-            .collect();
-        gates.sort_unstable();
-        gates.dedup();
-        let mut writes: Vec<Write> = changes
-            .into_iter()
-            .map(|change| Write::Run {
-                run: run.id,
-                change: Change::Task(change),
-            })
-            .chain(
-                self.core
-                    .waiting_gates(gates)
-                    .into_iter()
-                    .map(|change| Write::Run {
-                        run: run.id,
-                        change,
-                    }),
-            )
-            .collect();
-        if self.core.version != run.version {
-            let detail = format!(
-                "the retry uses pipeline version {} (was {})",
-                self.core.version, run.version
-            );
-            let change = Change::Event {
-                task: None,
-                kind: keel_model::EventKind::PipelineChanged,
-                detail,
-            };
-            writes.push(Write::Run {
-                run: run.id,
-                change,
-            });
-        }
-        if run.state != RunState::Running {
-            writes.push(Write::RunState {
-                run: run.id,
-                state: RunState::Running,
-                message: Some("retry".into()),
-            });
-        }
+        let writes = self.core.retry_writes(&run, &roots, &downstream);
         self.store.commit(writes, now).await?;
         Ok(run.id)
     }

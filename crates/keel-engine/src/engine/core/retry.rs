@@ -1,4 +1,5 @@
-//! The retry decision: where a task goes after an attempt ended.
+//! The retry decision: where a task goes after an attempt ended, and what a manual retry
+//! (`keel retry`) stores.
 
 use super::*;
 
@@ -147,5 +148,77 @@ impl Core {
             },
             None,
         )
+    }
+}
+
+impl Core {
+    /// What `keel retry` of `roots` stores in one transaction: the roots and everything
+    /// downstream reset to pending, the gates they belong to waiting again, an event when the
+    /// pipeline changed since the run started, and the run running again. A crash leaves the
+    /// retry either wholly asked for or not at all.
+    pub(crate) fn retry_writes(
+        &self,
+        run: &RunRecord,
+        roots: &[TaskIndex],
+        downstream: &[TaskIndex],
+    ) -> Vec<Write> {
+        let because = roots
+            .iter()
+            .map(|root| self.dag.name(*root))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reset = |task: TaskIndex, reason: String| {
+            Change::Task(TaskChange {
+                task: self.dag.name(task).to_string(),
+                state: TaskState::Pending,
+                outcome: None,
+                not_before: None,
+                message: None,
+                reset_retry_budget: true,
+                reason,
+            })
+        };
+        let mut changes: Vec<Change> = roots
+            .iter()
+            .map(|root| reset(*root, "manual retry".into()))
+            .chain(
+                downstream
+                    .iter()
+                    .map(|task| reset(*task, format!("downstream of retried {because}"))),
+            )
+            .collect();
+        let mut gates: Vec<usize> = roots
+            .iter()
+            .chain(downstream)
+            .filter_map(|task| self.topology.gate_of_task(*task))
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        changes.extend(self.waiting_gates(gates));
+        if self.version != run.version {
+            changes.push(Change::Event {
+                task: None,
+                kind: keel_model::EventKind::PipelineChanged,
+                detail: format!(
+                    "the retry uses pipeline version {} (was {})",
+                    self.version, run.version
+                ),
+            });
+        }
+        let mut writes: Vec<Write> = changes
+            .into_iter()
+            .map(|change| Write::Run {
+                run: run.id,
+                change,
+            })
+            .collect();
+        if run.state != RunState::Running {
+            writes.push(Write::RunState {
+                run: run.id,
+                state: RunState::Running,
+                message: Some("retry".into()),
+            });
+        }
+        writes
     }
 }
