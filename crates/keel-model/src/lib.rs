@@ -7,6 +7,7 @@
 mod dag;
 mod duration;
 mod outcome;
+pub mod schedule;
 mod spec;
 mod suggest;
 pub mod template;
