@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
+
 /// The fields of `/proc/<pid>/stat` that Keel needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcessStat {
@@ -114,6 +117,15 @@ impl TaskGroup {
         }
     }
 
+    /// The group id as a pid, unless it is not a valid one.
+    fn pid(&self) -> Option<Pid> {
+        if self.id > 0 {
+            Pid::from_raw(self.id)
+        } else {
+            None
+        }
+    }
+
     /// The pids of the group's members that can still run, or `None` when the group id now
     /// belongs to some other group.
     fn living_members(&self) -> Option<Vec<i32>> {
@@ -122,10 +134,11 @@ impl TaskGroup {
         {
             return Some(Vec::new());
         }
-        // SAFETY: signal 0 only checks whether the group has any member; it sends nothing.
-        if unsafe { libc::kill(-self.id, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
+        // A record the task tampered with may name no group at all; 0 would mean Keel's own.
+        let Some(id) = self.pid() else {
+            return Some(Vec::new());
+        };
+        if test_kill_process_group(id) == Err(Errno::SRCH) {
             return Some(Vec::new());
         }
         let members: Vec<ProcessStat> = all_processes()
@@ -168,8 +181,9 @@ impl TaskGroup {
         loop {
             // Sent again on every round: a member may have forked before the first signal
             // landed.
-            // SAFETY: signalling a process group that was just checked to be the task's own.
-            unsafe { libc::killpg(self.id, libc::SIGKILL) };
+            if let Some(id) = self.pid() {
+                let _ = kill_process_group(id, Signal::KILL);
+            }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
             let living = self.living_members().unwrap_or_default();

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_model::Outcome;
+use rustix::process::{Pid, Signal, kill_process};
 
 use crate::host::HostClient;
 use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
@@ -72,9 +73,12 @@ impl ProcessExecutor {
     }
 }
 
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) with a pid we started; ESRCH when it is already gone is fine.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+/// Sends `signal` to a supervisor this Keel started or found recorded; one that is already
+/// gone is fine.
+fn signal(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
 }
 
 fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
@@ -118,7 +122,7 @@ fn supervisor_without_directory(pid: u32) -> Running {
         pid: Some(pid),
         pid_later: None,
         completion,
-        stop: Arc::new(move || signal(pid, libc::SIGTERM)),
+        stop: Arc::new(move || signal(pid, Signal::TERM)),
     }
 }
 
@@ -265,7 +269,7 @@ impl Executor for ProcessExecutor {
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(launch.dir.join(LOCK_FILE))?
         };
         lock_attempt(&lock, false)?;
@@ -297,7 +301,7 @@ impl Executor for ProcessExecutor {
                         if !host.stop(id)
                             && let Some(pid) = read_supervisor_pid(&stop_dir)
                         {
-                            signal(pid, libc::SIGTERM);
+                            signal(pid, Signal::TERM);
                         }
                     });
                     return Ok(Running {
@@ -333,12 +337,13 @@ impl Executor for ProcessExecutor {
         // The supervisor inherits the liveness lock, and no other child may: close-on-exec is
         // cleared only in the forked child, between fork and exec. (This path is the fallback;
         // the attempt host receives the descriptor over its socket instead.)
-        // SAFETY: fcntl is async-signal-safe and touches only the child's descriptor table.
+        // SAFETY: between fork and exec the closure makes one raw system call (fcntl), which is
+        // async-signal-safe, on the lock's descriptor: `lock` stays open in this process until
+        // the spawn has returned, so the child's copy of it is open too.
         unsafe {
             command.pre_exec(move || {
-                if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                let inherited = std::os::fd::BorrowedFd::borrow_raw(lock_fd);
+                rustix::io::fcntl_setfd(inherited, rustix::io::FdFlags::empty())?;
                 Ok(())
             });
         }
@@ -352,7 +357,7 @@ impl Executor for ProcessExecutor {
             report_when_ended(dir, status).await
         });
         let stop: Arc<dyn Fn() + Send + Sync> = match pid {
-            Some(pid) => Arc::new(move || signal(pid, libc::SIGTERM)),
+            Some(pid) => Arc::new(move || signal(pid, Signal::TERM)),
             None => Arc::new(|| {}),
         };
         Ok(Running {
@@ -408,7 +413,7 @@ impl Executor for ProcessExecutor {
                 // still find it when the store never learned the pid.
                 let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
                     if let Some(pid) = pid.or_else(&read_pid) {
-                        signal(pid, libc::SIGTERM);
+                        signal(pid, Signal::TERM);
                     }
                 });
                 Adopted::Running(Running {
