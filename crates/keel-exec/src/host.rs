@@ -14,7 +14,7 @@
 //!
 //! It must not touch the state store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
@@ -23,17 +23,20 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::{Errno, FdFlags, fcntl_setfd};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
 };
 use rustix::process::{
-    Pid, PidfdFlags, Signal, WaitOptions, kill_process, pidfd_open, setpgid, waitpid,
+    Pid, PidfdFlags, Signal, WaitOptions, getpid, kill_process, pidfd_open, set_child_subreaper,
+    setpgid, waitpid,
 };
 
+use crate::group::{ProcessStat, all_processes, children_of};
 use crate::supervisor::{self, SupervisorArgs};
 
 /// Messages from Keel to the host.
@@ -56,12 +59,14 @@ enum ToHost {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FromHost {
     /// The supervisor was forked: Keel records its pid, to find and stop it after a restart.
-    Started {
-        id: u64,
-        pid: u32,
-    },
+    Started { id: u64, pid: u32 },
+    /// The supervisor has exited, and nothing it left behind runs any more: `orphans` is how
+    /// many processes it left (its task's, and daemons that had left the task's group) that the
+    /// host killed.
     Exited {
         id: u64,
+        #[serde(default)]
+        orphans: u32,
     },
 }
 
@@ -132,6 +137,32 @@ fn receive_message(
     Ok(Some((received, passed)))
 }
 
+/// A supervisor the host forked and has not collected yet.
+struct Supervised {
+    pid: Pid,
+    /// Readable once the supervisor has exited. Without one (an old kernel), the host checks on
+    /// the supervisor every [`UNWATCHED_CHECK`] instead.
+    pidfd: Option<OwnedFd>,
+}
+
+/// How often the host checks on supervisors it has no pidfd for.
+const UNWATCHED_CHECK: Duration = Duration::from_millis(50);
+
+/// How long the host holds back the end of a supervisor while the processes it left behind die.
+/// They have been sent SIGKILL and never run code of their own again; past this, what remains
+/// is the kernel finishing a system call, and the end is reported anyway.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The supervisors whose end the host has not reported yet, because processes they left behind
+/// are still dying.
+#[derive(Default)]
+struct HeldEnds {
+    ids: Vec<u64>,
+    since: Option<Instant>,
+    /// The orphans killed while these ends were held.
+    killed: HashSet<i32>,
+}
+
 /// The host's entry point, `keel __host --socket-fd N`. Returns the exit code.
 pub fn host_main(arguments: &[String]) -> i32 {
     let socket_fd: RawFd = match arguments {
@@ -148,43 +179,103 @@ pub fn host_main(arguments: &[String]) -> i32 {
     let socket = unsafe { OwnedFd::from_raw_fd(socket_fd) };
     // No supervisor forked from here may keep Keel's socket open across its task's exec.
     let _ = fcntl_setfd(&socket, FdFlags::CLOEXEC);
+    // A supervisor that dies (SIGKILL, the OOM killer) hands its children to the nearest child
+    // subreaper above it: this host. So everything the attempt started, including daemons that
+    // left the task's process group and session, comes here instead of to the system's first
+    // process, and is killed before the supervisor's end is reported.
+    let _ = set_child_subreaper(Some(getpid()));
     let mut socket_open = true;
-    let mut children: HashMap<u64, (Pid, OwnedFd)> = HashMap::new();
+    let mut children: HashMap<u64, Supervised> = HashMap::new();
+    let mut held = HeldEnds::default();
+    let mut orphans_left = 0;
+    // Since when some orphan has been dying; one stuck in the kernel for good must neither keep
+    // the host polling fast nor keep it from leaving.
+    let mut orphans_since: Option<Instant> = None;
     let mut buffer = vec![0u8; MAX_MESSAGE];
     loop {
-        if !socket_open && children.is_empty() {
+        if !held.ids.is_empty() || orphans_left > 0 {
+            orphans_left = end_orphans(&children, &mut held.killed);
+            orphans_since = match orphans_left {
+                0 => None,
+                _ => orphans_since.or(Some(Instant::now())),
+            };
+            let patience_ran_out = held
+                .since
+                .is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
+            if orphans_left == 0 || patience_ran_out {
+                let orphans = held.killed.len() as u32;
+                for id in held.ids.drain(..) {
+                    if socket_open {
+                        let message = serde_json::to_vec(&FromHost::Exited { id, orphans })
+                            .unwrap_or_default();
+                        let _ = send_message(socket.as_fd(), &message, None);
+                    }
+                }
+                held = HeldEnds::default();
+            }
+        }
+        let orphans_stuck = orphans_since.is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
+        if !socket_open
+            && children.is_empty()
+            && held.ids.is_empty()
+            && (orphans_left == 0 || orphans_stuck)
+        {
             return 0;
         }
         let ids: Vec<u64> = children.keys().copied().collect();
+        let unwatched = children.values().any(|child| child.pidfd.is_none());
+        let timeout = if orphans_left > 0 && !orphans_stuck {
+            Some(Duration::from_millis(10))
+        } else if orphans_left > 0 {
+            Some(Duration::from_millis(500))
+        } else if unwatched {
+            Some(UNWATCHED_CHECK)
+        } else {
+            None
+        };
         // Which of the socket (first, while open) and the supervisors' pidfds are readable.
         let ready: Vec<bool> = {
             let mut poll_fds: Vec<PollFd<'_>> = Vec::with_capacity(ids.len() + 1);
+            // Where each polled descriptor's answer goes: 0 for the socket, 1 + index for the
+            // supervisor `ids[index]`.
+            let mut slots = Vec::with_capacity(ids.len() + 1);
             if socket_open {
                 poll_fds.push(PollFd::new(&socket, PollFlags::IN));
+                slots.push(0);
             }
-            for id in &ids {
-                poll_fds.push(PollFd::new(&children[id].1, PollFlags::IN));
-            }
-            if poll(&mut poll_fds, None).is_err() {
-                continue;
-            }
-            poll_fds
-                .iter()
-                .map(|poll_fd| !poll_fd.revents().is_empty())
-                .collect()
-        };
-        let offset = usize::from(socket_open);
-        for (index, id) in ids.iter().enumerate() {
-            if !ready[offset + index] {
-                continue;
-            }
-            if let Some((pid, _pidfd)) = children.remove(id) {
-                let _ = waitpid(Some(pid), WaitOptions::empty());
-                if socket_open {
-                    let message =
-                        serde_json::to_vec(&FromHost::Exited { id: *id }).unwrap_or_default();
-                    let _ = send_message(socket.as_fd(), &message, None);
+            for (index, id) in ids.iter().enumerate() {
+                if let Some(pidfd) = &children[id].pidfd {
+                    poll_fds.push(PollFd::new(pidfd, PollFlags::IN));
+                    slots.push(1 + index);
                 }
+            }
+            let timeout = timeout.and_then(|timeout| Timespec::try_from(timeout).ok());
+            if poll(&mut poll_fds, timeout.as_ref()).is_err() {
+                continue;
+            }
+            let mut ready = vec![false; ids.len() + 1];
+            for (poll_fd, slot) in poll_fds.iter().zip(slots) {
+                ready[slot] = !poll_fd.revents().is_empty();
+            }
+            ready
+        };
+        for (index, id) in ids.iter().enumerate() {
+            let ended = match children.get(id) {
+                Some(Supervised { pidfd: Some(_), .. }) => ready[1 + index],
+                Some(Supervised { pid, pidfd: None }) => {
+                    matches!(waitpid(Some(*pid), WaitOptions::NOHANG), Ok(Some(_)))
+                }
+                None => false,
+            };
+            if !ended {
+                continue;
+            }
+            if let Some(child) = children.remove(id) {
+                if child.pidfd.is_some() {
+                    let _ = waitpid(Some(child.pid), WaitOptions::empty());
+                }
+                held.ids.push(*id);
+                held.since.get_or_insert_with(Instant::now);
             }
         }
         if socket_open && ready[0] {
@@ -197,21 +288,22 @@ pub fn host_main(arguments: &[String]) -> i32 {
                             {
                                 let message = serde_json::to_vec(&FromHost::Started {
                                     id,
-                                    pid: child.0.as_raw_nonzero().get() as u32,
+                                    pid: child.pid.as_raw_nonzero().get() as u32,
                                 })
                                 .unwrap_or_default();
                                 let _ = send_message(socket.as_fd(), &message, None);
                                 children.insert(id, child);
-                            } else if socket_open {
-                                let message = serde_json::to_vec(&FromHost::Exited { id })
-                                    .unwrap_or_default();
+                            } else {
+                                let message =
+                                    serde_json::to_vec(&FromHost::Exited { id, orphans: 0 })
+                                        .unwrap_or_default();
                                 let _ = send_message(socket.as_fd(), &message, None);
                             }
                         }
                         Ok(ToHost::Stop { id }) => {
                             // Our own child, not collected yet, so its pid is still its own.
-                            if let Some((pid, _)) = children.get(&id) {
-                                let _ = kill_process(*pid, Signal::TERM);
+                            if let Some(child) = children.get(&id) {
+                                let _ = kill_process(child.pid, Signal::TERM);
                             }
                         }
                         Err(error) => eprintln!("keel attempt host: bad message: {error}"),
@@ -224,14 +316,54 @@ pub fn host_main(arguments: &[String]) -> i32 {
     }
 }
 
-/// Forks a supervisor for one attempt. Returns its pid and pidfd, or `None` if it could not.
+/// Kills every child of the host that is not one of its supervisors: what a supervisor that
+/// died left behind, handed to the host as the nearest child subreaper. Collects those that
+/// have ended, notes in `killed` those it signalled, and returns how many still exist. A
+/// child that is not collected keeps its pid, so no other process can be hit.
+fn end_orphans(supervisors: &HashMap<u64, Supervised>, killed: &mut HashSet<i32>) -> usize {
+    let own = getpid().as_raw_nonzero().get();
+    let ours: HashSet<i32> = supervisors
+        .values()
+        .map(|child| child.pid.as_raw_nonzero().get())
+        .collect();
+    let children = children_of(own).unwrap_or_else(|| {
+        all_processes()
+            .into_iter()
+            .filter(|process| process.parent == own)
+            .map(|process| process.pid)
+            .collect()
+    });
+    let mut left = 0;
+    for child in children {
+        if ours.contains(&child) {
+            continue;
+        }
+        let Some(pid) = Pid::from_raw(child) else {
+            continue;
+        };
+        match ProcessStat::read(child) {
+            Some(stat) if stat.is_alive() => {
+                let _ = kill_process(pid, Signal::KILL);
+                killed.insert(child);
+                left += 1;
+            }
+            Some(_) => {
+                let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+            }
+            None => {}
+        }
+    }
+    left
+}
+
+/// Forks a supervisor for one attempt. Returns it, or `None` if it could not be forked.
 fn fork_supervisor(
     socket: &OwnedFd,
-    children: &HashMap<u64, (Pid, OwnedFd)>,
+    children: &HashMap<u64, Supervised>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     lock: Option<OwnedFd>,
-) -> Option<(Pid, OwnedFd)> {
+) -> Option<Supervised> {
     let lock = lock?;
     let mut args = SupervisorArgs::parse(&args).ok()?;
     args.lock_fd = Some(lock.as_raw_fd());
@@ -247,7 +379,7 @@ fn fork_supervisor(
         // destructor), so closing its copies here cannot close anything twice.
         unsafe {
             rustix::io::close(socket.as_raw_fd());
-            for (_, pidfd) in children.values() {
+            for pidfd in children.values().filter_map(|child| child.pidfd.as_ref()) {
                 rustix::io::close(pidfd.as_raw_fd());
             }
         }
@@ -259,14 +391,9 @@ fn fork_supervisor(
     }
     drop(lock);
     let pid = Pid::from_raw(pid.max(0))?;
-    match pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(pidfd) => Some((pid, pidfd)),
-        Err(_) => {
-            // Without a pidfd the host cannot watch it; the supervisor still runs and records
-            // its result, and Keel finds the end through the attempt's lock.
-            None
-        }
-    }
+    // Without a pidfd the supervisor is still tracked, and checked on by polling.
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
+    Some(Supervised { pid, pidfd })
 }
 
 /// Keel's side of the host: a socket, and a thread that hands each `started` message to the
@@ -281,7 +408,7 @@ pub struct HostClient {
 /// What one launch waits to hear from the host: the supervisor's pid, then its end.
 struct Waiter {
     started: Option<std::sync::mpsc::SyncSender<u32>>,
-    exited: tokio::sync::oneshot::Sender<()>,
+    exited: tokio::sync::oneshot::Sender<u32>,
 }
 
 /// An attempt the host forked a supervisor for.
@@ -294,8 +421,9 @@ pub struct HostedAttempt {
     /// The forked supervisor's pid, once the host says: call it when the pid is needed, so that
     /// a caller launching several attempts sends them all before waiting for any fork.
     pub pid: PendingPid,
-    /// Resolves when the supervisor has exited; fails if the host went away first.
-    pub exited: tokio::sync::oneshot::Receiver<()>,
+    /// Resolves when the supervisor has exited and nothing it left behind runs any more, with
+    /// the number of such processes the host killed; fails if the host went away first.
+    pub exited: tokio::sync::oneshot::Receiver<u32>,
 }
 
 impl HostClient {
@@ -348,10 +476,10 @@ impl HostClient {
                                 let _ = started.send(pid);
                             }
                         }
-                        Ok(FromHost::Exited { id }) => {
+                        Ok(FromHost::Exited { id, orphans }) => {
                             // A launch still waiting for the pid learns that there is none.
                             if let Some(waiter) = waiters.remove(&id) {
-                                let _ = waiter.exited.send(());
+                                let _ = waiter.exited.send(orphans);
                             }
                         }
                         Err(_) => {}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use keel_model::Outcome;
 use rustix::process::{Pid, Signal, kill_process};
 
+use crate::group::end_process_trees;
 use crate::host::HostClient;
 use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
 use crate::{Adopted, Executor, ExitRecord, GroupEnd, Launch, Report, Running, interpret};
@@ -140,31 +141,63 @@ const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Ends what is left of the task of an attempt whose supervisor died without an exit record,
 /// and says what was done. Whoever concludes that an attempt ended without a record calls this
-/// before reporting it, so that its next attempt never runs beside it. Blocks for at most
+/// before reporting it, so that its next attempt never runs beside it. Blocks for at most twice
 /// [`ORPHAN_PATIENCE`].
+///
+/// What is left is the task's process group, as the supervisor recorded it before the task ran,
+/// and the descendants it saw outside that group (daemons that called `setsid`), with whatever
+/// these started since: they are all stopped, then killed together.
 fn end_orphaned_task(dir: &Path) -> Option<String> {
-    let group = match read_record(dir)? {
+    let (group, escaped) = match read_record(dir)? {
         Ok(AttemptRecordFile::Running {
-            task: Some(group), ..
-        }) => group,
+            task: Some(group),
+            escaped,
+            ..
+        }) => (group, escaped),
         _ => return None,
     };
-    match group.end(ORPHAN_PATIENCE) {
-        GroupEnd::AlreadyGone => None,
-        GroupEnd::Killed => Some(format!(
+    let mut roots = group.living_processes();
+    let members = roots.len();
+    roots.extend(escaped);
+    let trees = end_process_trees(&roots, group.boot.as_deref(), ORPHAN_PATIENCE);
+    // Whatever joined the group while the trees were gathered goes too.
+    let group_end = group.end(ORPHAN_PATIENCE);
+    let still_exiting = match group_end {
+        GroupEnd::StillExiting { processes } => processes.max(trees.still_exiting),
+        _ => trees.still_exiting,
+    };
+    if trees.killed == 0 && group_end == GroupEnd::AlreadyGone {
+        return None;
+    }
+    let what = if roots.len() > members {
+        format!(
+            "its task (process group {} and the processes that left it) was still running and has been killed",
+            group.id
+        )
+    } else {
+        format!(
             "its task (process group {}) was still running and has been killed",
             group.id
-        )),
-        GroupEnd::StillExiting { processes } => Some(format!(
-            "its task (process group {}) was killed, and {processes} of its processes were still exiting after {}",
-            group.id,
+        )
+    };
+    Some(if still_exiting > 0 {
+        format!(
+            "{what}; {still_exiting} of its processes were still exiting after {}",
             keel_model::format_duration(ORPHAN_PATIENCE)
-        )),
-    }
+        )
+    } else {
+        what
+    })
 }
 
 /// What an ended supervisor left behind, as a report. Blocks while it ends an orphaned task.
-fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatus>) -> Report {
+/// `orphans_killed` is how many processes the attempt host killed as they were handed to it when
+/// the supervisor died.
+fn report_from_dir(
+    dir: &Path,
+    supervisor_status: Option<std::process::ExitStatus>,
+    orphans_killed: u32,
+) -> Report {
     match read_exit_record(dir) {
         Some(Ok(record)) => interpret(&record, dir),
         Some(Err(problem)) => Report::new(Outcome::Failed, problem),
@@ -175,6 +208,16 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
                 }
                 None => "the attempt supervisor ended without an exit record".to_string(),
             };
+            if orphans_killed > 0 {
+                message = format!(
+                    "{message}; what was left of its task ({orphans_killed} {}) has been killed by the attempt host",
+                    if orphans_killed == 1 {
+                        "process"
+                    } else {
+                        "processes"
+                    }
+                );
+            }
             if let Some(ended) = end_orphaned_task(dir) {
                 message = format!("{message}; {ended}");
             }
@@ -188,8 +231,9 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
 async fn report_when_ended(
     dir: PathBuf,
     supervisor_status: Option<std::process::ExitStatus>,
+    orphans_killed: u32,
 ) -> Report {
-    tokio::task::spawn_blocking(move || report_from_dir(&dir, supervisor_status))
+    tokio::task::spawn_blocking(move || report_from_dir(&dir, supervisor_status, orphans_killed))
         .await
         .unwrap_or_else(|_| Report::new(Outcome::Lost, "reading the attempt's end failed"))
 }
@@ -289,12 +333,16 @@ impl Executor for ProcessExecutor {
                     drop(lock);
                     let dir = launch.dir.clone();
                     let completion = Box::pin(async move {
-                        if exited.await.is_err() {
-                            // The host went away; the supervisor lives on, and its lock says
-                            // when it ends.
-                            wait_for_lock(dir.clone()).await;
-                        }
-                        report_when_ended(dir, None).await
+                        let orphans_killed = match exited.await {
+                            Ok(killed) => killed,
+                            Err(_) => {
+                                // The host went away; the supervisor lives on, and its lock
+                                // says when it ends.
+                                wait_for_lock(dir.clone()).await;
+                                0
+                            }
+                        };
+                        report_when_ended(dir, None, orphans_killed).await
                     });
                     let stop_dir = launch.dir.clone();
                     let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -354,7 +402,7 @@ impl Executor for ProcessExecutor {
         let dir = launch.dir.clone();
         let completion = Box::pin(async move {
             let status = child.wait().await.ok();
-            report_when_ended(dir, status).await
+            report_when_ended(dir, status, 0).await
         });
         let stop: Arc<dyn Fn() + Send + Sync> = match pid {
             Some(pid) => Arc::new(move || signal(pid, Signal::TERM)),
@@ -383,7 +431,7 @@ impl Executor for ProcessExecutor {
         };
         match lock_attempt(&lock, false) {
             Ok(true) => match read_exit_record(&dir) {
-                Some(_) => Adopted::Finished(report_from_dir(&dir, None)),
+                Some(_) => Adopted::Finished(report_from_dir(&dir, None, 0)),
                 None => {
                     // No supervisor, and no record of the end: the supervisor died, or never
                     // started. Whatever may be left of its task is ended before the attempt is
@@ -405,7 +453,7 @@ impl Executor for ProcessExecutor {
                     let waited =
                         tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
                     match waited {
-                        Ok(Ok(_)) => report_when_ended(wait_dir, None).await,
+                        Ok(Ok(_)) => report_when_ended(wait_dir, None, 0).await,
                         _ => Report::new(Outcome::Lost, "lost track of an adopted attempt"),
                     }
                 });

@@ -30,7 +30,7 @@ use rustix::process::{
     waitid,
 };
 
-use crate::group::{ProcessStat, TaskGroup, all_processes};
+use crate::group::{EscapedProcess, ProcessStat, TaskGroup, all_processes, descendants_of};
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -174,6 +174,7 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
         &AttemptRecordFile::Running {
             pid: std::process::id(),
             task: None,
+            escaped: Vec::new(),
         },
     );
     let record = supervise(args, env, &record_file);
@@ -191,8 +192,9 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
 
 /// The attempt's lock file doubles as its record, to keep file creations per attempt low: while
 /// the supervisor runs it holds `{"pid": N}`, with the task's process group once the task has
-/// started, and once the task is over, the [`ExitRecord`]. Readers only trust the exit record
-/// after taking the lock, which the supervisor holds until it has finished writing.
+/// started and the task's descendants seen outside that group, and once the task is over, the
+/// [`ExitRecord`]. Readers only trust the exit record after taking the lock, which the
+/// supervisor holds until it has finished writing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum AttemptRecordFile {
@@ -203,6 +205,11 @@ pub enum AttemptRecordFile {
         /// supervisor dies without an exit record, whoever finds it dead ends the group first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task: Option<TaskGroup>,
+        /// The task's descendants that the supervisor saw outside its process group (daemons
+        /// that called `setsid`), still alive when last looked at: if the supervisor dies,
+        /// whoever finds it dead ends them too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escaped: Vec<EscapedProcess>,
     },
 }
 
@@ -224,11 +231,20 @@ fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
     }
 }
 
+/// Replaces the record's content in place: the record file is also the liveness lock, so it is
+/// never swapped for a new file. A shorter record is first written padded with spaces over the
+/// whole old length, so a supervisor killed before the file is cut to size leaves valid JSON
+/// behind, which is what its task's process group and escaped descendants are read from.
 fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let mut bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let length = bytes.len();
+    let old_length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0) as usize;
+    if old_length > length {
+        bytes.resize(old_length, b' ');
+    }
     file.write_all_at(&bytes, 0)?;
-    file.set_len(bytes.len() as u64)
+    file.set_len(length as u64)
 }
 
 /// The most a record file may hold: an exit record is a few hundred bytes.
@@ -562,6 +578,79 @@ fn record_own_group(record: BorrowedFd<'_>, prefix: &[u8], suffix: &[u8]) -> std
     Ok(())
 }
 
+/// How often the supervisor looks for the task's descendants that left its process group.
+/// A daemon that leaves the group and, before the next look, loses its supervisor (SIGKILL)
+/// while the attempt host is gone too, is the one that can outlive its attempt.
+const ESCAPE_LOOK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The most escaped processes kept on record; past it, newer ones are left off (the attempt
+/// host still ends them if the supervisor dies while it runs, and the supervisor at the end).
+const ESCAPED_CAP: usize = 1024;
+
+/// The task's descendants outside its process group, as the record file names them.
+struct EscapeWatch {
+    group: TaskGroup,
+    escaped: Vec<EscapedProcess>,
+    next_look: Instant,
+}
+
+impl EscapeWatch {
+    /// The first look comes one interval after the task started, so a short task costs none.
+    fn new(group: TaskGroup, started: Instant) -> EscapeWatch {
+        EscapeWatch {
+            group,
+            escaped: Vec::new(),
+            next_look: started + ESCAPE_LOOK_INTERVAL,
+        }
+    }
+
+    fn until_next_look(&self, now: Instant) -> Duration {
+        self.next_look.saturating_duration_since(now)
+    }
+
+    /// Looks at this process's descendants if it is time to, and says whether the escaped ones
+    /// changed. Those on record stay there for as long as they live, even if a look misses
+    /// them (one whose parent ends while the tree is read).
+    fn look_if_due(&mut self, now: Instant) -> bool {
+        if now < self.next_look {
+            return false;
+        }
+        self.next_look = now + ESCAPE_LOOK_INTERVAL;
+        let mut escaped: Vec<EscapedProcess> = self
+            .escaped
+            .iter()
+            .filter(|process| process.is_alive())
+            .copied()
+            .collect();
+        for process in descendants_of(std::process::id() as i32) {
+            if escaped.len() >= ESCAPED_CAP {
+                break;
+            }
+            let found = EscapedProcess {
+                pid: process.pid,
+                started: process.started,
+            };
+            if process.is_alive() && process.group != self.group.id && !escaped.contains(&found) {
+                escaped.push(found);
+            }
+        }
+        let changed = escaped != self.escaped;
+        self.escaped = escaped;
+        changed
+    }
+
+    fn write(&self, record_file: &File) {
+        let _ = write_record(
+            record_file,
+            &AttemptRecordFile::Running {
+                pid: std::process::id(),
+                task: Some(self.group.clone()),
+                escaped: self.escaped.clone(),
+            },
+        );
+    }
+}
+
 /// The task's stdout or stderr: read, and polled through its descriptor.
 trait OutputStream: Read + AsFd {}
 
@@ -640,13 +729,11 @@ fn run_task(
     let task_group = Pid::from_child(&child);
     // The group is on record already (see `record_own_group`); this adds what tells it from a
     // later group with the same id.
-    let _ = write_record(
-        record_file,
-        &AttemptRecordFile::Running {
-            pid: std::process::id(),
-            task: Some(TaskGroup::of_leader(task_group.as_raw_nonzero().get())),
-        },
+    let mut escapes = EscapeWatch::new(
+        TaskGroup::of_leader(task_group.as_raw_nonzero().get()),
+        Instant::now(),
     );
+    escapes.write(record_file);
     let clock = Instant::now();
     let mut last_sign_of_life = Duration::ZERO;
     let mut streams: Vec<Box<dyn OutputStream>> = Vec::new();
@@ -710,6 +797,7 @@ fn run_task(
                 Some(sent) => args.kill_grace.saturating_sub(sent.elapsed()).min(tick),
                 None => args.timeout.saturating_sub(clock.elapsed()).min(tick),
             }
+            .min(escapes.until_next_look(Instant::now()))
         };
         // Without pidfds (old kernels) the exit is found by short polling instead.
         let timeout = if pidfd.is_none() && exited.is_none() {
@@ -760,6 +848,9 @@ fn run_task(
         }
         if exited.is_some() {
             continue;
+        }
+        if escapes.look_if_due(Instant::now()) {
+            escapes.write(record_file);
         }
         if let Some(sent) = kill_sent_at {
             if sent.elapsed() >= args.kill_grace {
@@ -877,6 +968,7 @@ mod tests {
             Some(Ok(AttemptRecordFile::Running {
                 pid,
                 task: Some(group),
+                ..
             })) => {
                 assert_eq!(pid, std::process::id());
                 assert_eq!(group.id, std::process::id() as i32);
