@@ -12,6 +12,12 @@
 //! host still reads what was sent, keeps its supervisors company until they finish, and exits.
 //! If the host dies, its supervisors live on and Keel waits on their locks instead.
 //!
+//! The host is a child subreaper. A supervisor that dies (SIGKILL, the OOM killer) hands the
+//! processes it leaves (its task, and daemons that left the task's process group) to the host
+//! as their parents end; the host kills every child of its own that is not a supervisor, and
+//! reports the supervisor's end only once none is left, so the attempt's retry never runs
+//! beside them.
+//!
 //! It must not touch the state store.
 
 use std::collections::{HashMap, HashSet};

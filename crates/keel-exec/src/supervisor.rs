@@ -237,14 +237,20 @@ fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
 /// behind, which is what its task's process group and escaped descendants are read from.
 fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    let length = bytes.len();
-    let old_length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0) as usize;
-    if old_length > length {
-        bytes.resize(old_length, b' ');
-    }
+    let old_length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    let (bytes, length) = padded_record(record, old_length)?;
     file.write_all_at(&bytes, 0)?;
-    file.set_len(length as u64)
+    file.set_len(length)
+}
+
+/// The record's JSON, padded with spaces to `old_length`, and the JSON's own length.
+fn padded_record(record: &AttemptRecordFile, old_length: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let length = bytes.len() as u64;
+    if old_length > length {
+        bytes.resize(old_length as usize, b' ');
+    }
+    Ok((bytes, length))
 }
 
 /// The most a record file may hold: an exit record is a few hundred bytes.
@@ -952,6 +958,45 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// A supervisor killed between writing a shorter record over a longer one and cutting the
+    /// file to size leaves the padded record behind, which still reads as the new one.
+    #[test]
+    fn a_shorter_record_written_over_a_longer_one_reads_back_even_before_the_cut() {
+        let group = TaskGroup {
+            id: 4242,
+            started: Some(7),
+            session: Some(4242),
+            boot: None,
+        };
+        let long = AttemptRecordFile::Running {
+            pid: 4200,
+            task: Some(group.clone()),
+            escaped: (0..3)
+                .map(|index| EscapedProcess {
+                    pid: 5000 + index,
+                    started: 9,
+                })
+                .collect(),
+        };
+        let short = AttemptRecordFile::Running {
+            pid: 4200,
+            task: Some(group),
+            escaped: Vec::new(),
+        };
+        let (long_bytes, long_length) = padded_record(&long, 0).unwrap();
+        assert_eq!(long_bytes.len() as u64, long_length);
+        let (bytes, length) = padded_record(&short, long_length).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            long_length,
+            "padded over the old record"
+        );
+        assert!(length < long_length);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), &bytes).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap().unwrap(), short);
     }
 
     /// The record the task's child process writes between fork and exec, overwriting a longer
