@@ -161,8 +161,7 @@ impl StatePaths {
         if mode & 0o002 == 0 {
             return Ok(());
         }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let ours = metadata.uid() == unsafe { libc::geteuid() };
+        let ours = metadata.uid() == rustix::process::geteuid().as_raw();
         let hint = if ours && mode & 0o1000 == 0 {
             format!(
                 "make it private with `chmod 700 {}`, or keep the state elsewhere with --state",

@@ -11,6 +11,9 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 /// Why a file could not be read.
 #[derive(Debug)]
 pub(crate) enum FileProblem {
@@ -74,12 +77,14 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
 pub(crate) fn open_regular_file(path: &Path) -> Result<Option<File>, FileProblem> {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
         .open(path)
     {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => return Err(FileProblem::Link),
+        Err(error) if error.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+            return Err(FileProblem::Link);
+        }
         Err(error) => return Err(FileProblem::Io(error)),
     };
     // Checked on the open descriptor, so the path cannot be swapped between check and read.

@@ -5,8 +5,17 @@
 //! supervisor dead without an exit record (Keel on the spot, or a Keel started afterwards) can
 //! end what is left of the task before it reports the attempt `lost`. Otherwise the next attempt
 //! would start while the orphaned one still runs, with no timeout over it any more.
+//!
+//! A descendant that leaves the group (a daemon that calls `setsid`) escapes a group kill, so
+//! the supervisor also records every such process it sees, by pid and start time
+//! ([`EscapedProcess`]), and [`end_process_trees`] ends those with everything descending from
+//! them.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, kill_process, kill_process_group, test_kill_process_group};
 
 /// The fields of `/proc/<pid>/stat` that Keel needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +58,73 @@ fn parse_stat(pid: i32, text: &str) -> Option<ProcessStat> {
         session: fields.get(3)?.parse().ok()?,
         started: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// The children of `pid`, from the kernel's list of each of its threads' children (a child
+/// forked by another thread than the main one is listed under that thread). Empty when `pid`
+/// is gone; `None` when the kernel keeps no such lists.
+pub(crate) fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(Vec::new());
+    };
+    let mut children = Vec::new();
+    for thread in threads.flatten() {
+        match std::fs::read_to_string(thread.path().join("children")) {
+            Ok(text) => children.extend(
+                text.split_whitespace()
+                    .filter_map(|pid| pid.parse::<i32>().ok()),
+            ),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound && !thread.path().exists() => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(_) => {}
+        }
+    }
+    Some(children)
+}
+
+/// Every process descending from `root` (not `root` itself), as it is now. Walks the kernel's
+/// children lists, which costs a few reads per descendant; where the kernel keeps none, the
+/// whole process table is read instead.
+pub(crate) fn descendants_of(root: i32) -> Vec<ProcessStat> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::from([root]);
+    let mut pending = vec![root];
+    while let Some(pid) = pending.pop() {
+        let Some(children) = children_of(pid) else {
+            return descendants_in(&all_processes(), &[root]);
+        };
+        for child in children {
+            if seen.insert(child)
+                && let Some(stat) = ProcessStat::read(child)
+            {
+                pending.push(child);
+                found.push(stat);
+            }
+        }
+    }
+    found
+}
+
+/// The processes of `table` that descend from one of `roots` (not the roots themselves), through
+/// the parent each one names.
+fn descendants_in(table: &[ProcessStat], roots: &[i32]) -> Vec<ProcessStat> {
+    let mut children: HashMap<i32, Vec<&ProcessStat>> = HashMap::new();
+    for process in table {
+        children.entry(process.parent).or_default().push(process);
+    }
+    let mut found = Vec::new();
+    let mut seen: HashSet<i32> = roots.iter().copied().collect();
+    let mut pending: Vec<i32> = roots.to_vec();
+    while let Some(pid) = pending.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child.pid) {
+                pending.push(child.pid);
+                found.push(**child);
+            }
+        }
+    }
+    found
 }
 
 /// Every process in the table. Processes that end while it is read are skipped.
@@ -102,6 +178,125 @@ pub enum GroupEnd {
     StillExiting { processes: usize },
 }
 
+/// A descendant of the task that its supervisor saw outside the task's process group, such as a
+/// daemon that called `setsid`. A group kill misses it, so it is on record by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EscapedProcess {
+    pub pid: i32,
+    /// Its start time in clock ticks since boot: once the process has gone, a process that
+    /// takes its pid again has another start time, so it is never mistaken for this one.
+    pub started: u64,
+}
+
+impl EscapedProcess {
+    /// Whether this very process still exists and can run.
+    pub(crate) fn is_alive(&self) -> bool {
+        ProcessStat::read(self.pid)
+            .is_some_and(|stat| stat.started == self.started && stat.is_alive())
+    }
+}
+
+/// How [`end_process_trees`] left the processes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TreesEnd {
+    /// Processes that were running and have been killed.
+    pub killed: usize,
+    /// Processes killed that had not finished exiting when patience ran out.
+    pub still_exiting: usize,
+}
+
+/// Kills `roots` (pid and start time; those gone or taken by another process are skipped) and
+/// every process descending from them, and waits, for at most `patience`, until none of them
+/// runs any more.
+///
+/// They are stopped with SIGSTOP first, round after round, until a round finds no new
+/// descendant: a stopped process cannot fork, so the set is then complete. Killing them at once
+/// instead would hand the children of each to the system's first process as it dies, where
+/// nothing would tie them to the task any more.
+pub(crate) fn end_process_trees(
+    roots: &[EscapedProcess],
+    boot: Option<&str>,
+    patience: Duration,
+) -> TreesEnd {
+    if let (Some(recorded), Some(current)) = (boot, boot_id())
+        && recorded != current
+    {
+        return TreesEnd::default();
+    }
+    // Each target by pid, with its start time: a target is stopped, so alive, so its pid is
+    // its own for as long as it is in the set.
+    let mut targets: HashMap<i32, u64> = HashMap::new();
+    for _round in 0..100 {
+        let table = all_processes();
+        let mut found: Vec<(i32, u64)> = table
+            .iter()
+            .filter(|process| process.is_alive())
+            .filter(|process| {
+                roots
+                    .iter()
+                    .any(|root| root.pid == process.pid && root.started == process.started)
+            })
+            .map(|process| (process.pid, process.started))
+            .collect();
+        let known: Vec<i32> = found
+            .iter()
+            .map(|(pid, _)| *pid)
+            .chain(targets.keys().copied())
+            .collect();
+        found.extend(
+            descendants_in(&table, &known)
+                .into_iter()
+                .filter(|process| process.is_alive())
+                .map(|process| (process.pid, process.started)),
+        );
+        let mut added = false;
+        for (pid, started) in found {
+            if targets.insert(pid, started).is_none() {
+                added = true;
+                if let Some(pid) = Pid::from_raw(pid) {
+                    let _ = kill_process(pid, Signal::STOP);
+                }
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+    let living = |targets: &HashMap<i32, u64>| -> Vec<i32> {
+        targets
+            .iter()
+            .filter(|(pid, started)| {
+                ProcessStat::read(**pid)
+                    .is_some_and(|stat| stat.started == **started && stat.is_alive())
+            })
+            .map(|(pid, _)| *pid)
+            .collect()
+    };
+    let killed = living(&targets).len();
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let left = living(&targets);
+        if left.is_empty() {
+            return TreesEnd {
+                killed,
+                still_exiting: 0,
+            };
+        }
+        if Instant::now() >= deadline {
+            return TreesEnd {
+                killed,
+                still_exiting: left.len(),
+            };
+        }
+        for pid in left.into_iter().filter_map(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 impl TaskGroup {
     /// Describes the group that the just-started process `leader` leads.
     pub fn of_leader(leader: i32) -> TaskGroup {
@@ -114,6 +309,29 @@ impl TaskGroup {
         }
     }
 
+    /// The group id as a pid, unless it is not a valid one.
+    fn pid(&self) -> Option<Pid> {
+        if self.id > 0 {
+            Pid::from_raw(self.id)
+        } else {
+            None
+        }
+    }
+
+    /// The group's members that can still run, as processes to end with [`end_process_trees`]
+    /// (which also reaches what they started outside the group).
+    pub(crate) fn living_processes(&self) -> Vec<EscapedProcess> {
+        self.living_members()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(ProcessStat::read)
+            .map(|stat| EscapedProcess {
+                pid: stat.pid,
+                started: stat.started,
+            })
+            .collect()
+    }
+
     /// The pids of the group's members that can still run, or `None` when the group id now
     /// belongs to some other group.
     fn living_members(&self) -> Option<Vec<i32>> {
@@ -122,10 +340,11 @@ impl TaskGroup {
         {
             return Some(Vec::new());
         }
-        // SAFETY: signal 0 only checks whether the group has any member; it sends nothing.
-        if unsafe { libc::kill(-self.id, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
+        // A record the task tampered with may name no group at all; 0 would mean Keel's own.
+        let Some(id) = self.pid() else {
+            return Some(Vec::new());
+        };
+        if test_kill_process_group(id) == Err(Errno::SRCH) {
             return Some(Vec::new());
         }
         let members: Vec<ProcessStat> = all_processes()
@@ -168,8 +387,9 @@ impl TaskGroup {
         loop {
             // Sent again on every round: a member may have forked before the first signal
             // landed.
-            // SAFETY: signalling a process group that was just checked to be the task's own.
-            unsafe { libc::killpg(self.id, libc::SIGKILL) };
+            if let Some(id) = self.pid() {
+                let _ = kill_process_group(id, Signal::KILL);
+            }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
             let living = self.living_members().unwrap_or_default();

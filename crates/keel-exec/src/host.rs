@@ -12,16 +12,37 @@
 //! host still reads what was sent, keeps its supervisors company until they finish, and exits.
 //! If the host dies, its supervisors live on and Keel waits on their locks instead.
 //!
+//! The host is a child subreaper. A supervisor that dies (SIGKILL, the OOM killer) hands the
+//! processes it leaves (its task, and daemons that left the task's process group) to the host
+//! as their parents end; the host kills every child of its own that is not a supervisor, and
+//! reports the supervisor's end only once none is left, so the attempt's retry never runs
+//! beside them.
+//!
 //! It must not touch the state store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::{Errno, FdFlags, fcntl_setfd};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
+};
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitOptions, getpid, kill_process, pidfd_open, set_child_subreaper,
+    setpgid, waitpid,
+};
+
+use crate::group::{ProcessStat, all_processes, children_of};
 use crate::supervisor::{self, SupervisorArgs};
 
 /// Messages from Keel to the host.
@@ -44,12 +65,14 @@ enum ToHost {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FromHost {
     /// The supervisor was forked: Keel records its pid, to find and stop it after a restart.
-    Started {
-        id: u64,
-        pid: u32,
-    },
+    Started { id: u64, pid: u32 },
+    /// The supervisor has exited, and nothing it left behind runs any more: `orphans` is how
+    /// many processes it left (its task's, and daemons that had left the task's group) that the
+    /// host killed.
     Exited {
         id: u64,
+        #[serde(default)]
+        orphans: u32,
     },
 }
 
@@ -60,98 +83,90 @@ const STARTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const MAX_MESSAGE: usize = 1 << 20;
 
-fn send_message(socket: RawFd, bytes: &[u8], pass: Option<RawFd>) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    if let Some(fd) = pass {
-        header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        header.msg_controllen = space as _;
-        // SAFETY: the control buffer is CMSG_SPACE bytes for one descriptor, as the macros expect.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&header);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
-        }
+/// Sends one message, with `pass` travelling along as `SCM_RIGHTS` when given.
+fn send_message(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    pass: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let passed = pass.map(|fd| [fd]);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if let Some(fds) = &passed {
+        control.push(SendAncillaryMessage::ScmRights(fds));
     }
     loop {
-        // SAFETY: a valid msghdr, as built above.
-        let sent = unsafe { libc::sendmsg(socket, &header, libc::MSG_NOSIGNAL) };
-        if sent >= 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+        match sendmsg(
+            socket,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
         }
     }
 }
 
 /// Receives one message and the descriptor it carries, if any. `Ok(None)` at end of stream.
 fn receive_message(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     buffer: &mut [u8],
 ) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
-    let mut iov = libc::iovec {
-        iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buffer.len(),
-    };
-    // SAFETY: a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: plain data, filled below with pointers that outlive the call.
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    header.msg_controllen = space as _;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = loop {
-        // SAFETY: a valid msghdr over our buffers.
-        let received = unsafe { libc::recvmsg(socket, &mut header, libc::MSG_CMSG_CLOEXEC) };
-        if received >= 0 {
-            break received as usize;
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+        match recvmsg(
+            socket,
+            &mut [IoSliceMut::new(buffer)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(message) => break message.bytes,
+            Err(Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
         }
     };
     if received == 0 {
         return Ok(None);
     }
+    // One descriptor at most is ever sent; any other is closed as it is dropped.
     let mut passed = None;
-    // SAFETY: walking the control messages the kernel wrote into our buffer.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-                passed = Some(OwnedFd::from_raw_fd(fd));
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(descriptors) = message {
+            for descriptor in descriptors {
+                passed = Some(descriptor);
             }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
     }
     Ok(Some((received, passed)))
 }
 
-fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: a plain syscall returning a new descriptor we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is new and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+/// A supervisor the host forked and has not collected yet.
+struct Supervised {
+    pid: Pid,
+    /// Readable once the supervisor has exited. Without one (an old kernel), the host checks on
+    /// the supervisor every [`UNWATCHED_CHECK`] instead.
+    pidfd: Option<OwnedFd>,
+}
+
+/// How often the host checks on supervisors it has no pidfd for.
+const UNWATCHED_CHECK: Duration = Duration::from_millis(50);
+
+/// How long the host holds back the end of a supervisor while the processes it left behind die.
+/// They have been sent SIGKILL and never run code of their own again; past this, what remains
+/// is the kernel finishing a system call, and the end is reported anyway.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The supervisors whose end the host has not reported yet, because processes they left behind
+/// are still dying.
+#[derive(Default)]
+struct HeldEnds {
+    ids: Vec<u64>,
+    since: Option<Instant>,
+    /// The orphans killed while these ends were held.
+    killed: HashSet<i32>,
 }
 
 /// The host's entry point, `keel __host --socket-fd N`. Returns the exit code.
@@ -168,55 +183,109 @@ pub fn host_main(arguments: &[String]) -> i32 {
     };
     // SAFETY: Keel handed us this descriptor and nothing else in this process uses it.
     let socket = unsafe { OwnedFd::from_raw_fd(socket_fd) };
-    // SAFETY: fcntl on our own descriptor.
-    unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    // No supervisor forked from here may keep Keel's socket open across its task's exec.
+    let _ = fcntl_setfd(&socket, FdFlags::CLOEXEC);
+    // A supervisor that dies (SIGKILL, the OOM killer) hands its children to the nearest child
+    // subreaper above it: this host. So everything the attempt started, including daemons that
+    // left the task's process group and session, comes here instead of to the system's first
+    // process, and is killed before the supervisor's end is reported.
+    let _ = set_child_subreaper(Some(getpid()));
     let mut socket_open = true;
-    let mut children: HashMap<u64, (libc::pid_t, OwnedFd)> = HashMap::new();
+    let mut children: HashMap<u64, Supervised> = HashMap::new();
+    let mut held = HeldEnds::default();
+    let mut orphans_left = 0;
+    // Since when some orphan has been dying; one stuck in the kernel for good must neither keep
+    // the host polling fast nor keep it from leaving.
+    let mut orphans_since: Option<Instant> = None;
     let mut buffer = vec![0u8; MAX_MESSAGE];
     loop {
-        if !socket_open && children.is_empty() {
+        if !held.ids.is_empty() || orphans_left > 0 {
+            orphans_left = end_orphans(&children, &mut held.killed);
+            orphans_since = match orphans_left {
+                0 => None,
+                _ => orphans_since.or(Some(Instant::now())),
+            };
+            let patience_ran_out = held
+                .since
+                .is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
+            if orphans_left == 0 || patience_ran_out {
+                let orphans = held.killed.len() as u32;
+                for id in held.ids.drain(..) {
+                    if socket_open {
+                        let message = serde_json::to_vec(&FromHost::Exited { id, orphans })
+                            .unwrap_or_default();
+                        let _ = send_message(socket.as_fd(), &message, None);
+                    }
+                }
+                held = HeldEnds::default();
+            }
+        }
+        let orphans_stuck = orphans_since.is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
+        if !socket_open
+            && children.is_empty()
+            && held.ids.is_empty()
+            && (orphans_left == 0 || orphans_stuck)
+        {
             return 0;
         }
-        let mut poll_fds: Vec<libc::pollfd> = Vec::with_capacity(children.len() + 1);
-        if socket_open {
-            poll_fds.push(libc::pollfd {
-                fd: socket.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
         let ids: Vec<u64> = children.keys().copied().collect();
-        for id in &ids {
-            poll_fds.push(libc::pollfd {
-                fd: children[id].1.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // SAFETY: poll over descriptors we own.
-        let ready =
-            unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, -1) };
-        if ready < 0 {
-            continue;
-        }
-        let offset = usize::from(socket_open);
-        for (index, id) in ids.iter().enumerate() {
-            if poll_fds[offset + index].revents == 0 {
-                continue;
+        let unwatched = children.values().any(|child| child.pidfd.is_none());
+        let timeout = if orphans_left > 0 && !orphans_stuck {
+            Some(Duration::from_millis(10))
+        } else if orphans_left > 0 {
+            Some(Duration::from_millis(500))
+        } else if unwatched {
+            Some(UNWATCHED_CHECK)
+        } else {
+            None
+        };
+        // Which of the socket (first, while open) and the supervisors' pidfds are readable.
+        let ready: Vec<bool> = {
+            let mut poll_fds: Vec<PollFd<'_>> = Vec::with_capacity(ids.len() + 1);
+            // Where each polled descriptor's answer goes: 0 for the socket, 1 + index for the
+            // supervisor `ids[index]`.
+            let mut slots = Vec::with_capacity(ids.len() + 1);
+            if socket_open {
+                poll_fds.push(PollFd::new(&socket, PollFlags::IN));
+                slots.push(0);
             }
-            if let Some((pid, _pidfd)) = children.remove(id) {
-                let mut status = 0;
-                // SAFETY: reaping our own child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                if socket_open {
-                    let message =
-                        serde_json::to_vec(&FromHost::Exited { id: *id }).unwrap_or_default();
-                    let _ = send_message(socket.as_raw_fd(), &message, None);
+            for (index, id) in ids.iter().enumerate() {
+                if let Some(pidfd) = &children[id].pidfd {
+                    poll_fds.push(PollFd::new(pidfd, PollFlags::IN));
+                    slots.push(1 + index);
                 }
             }
+            let timeout = timeout.and_then(|timeout| Timespec::try_from(timeout).ok());
+            if poll(&mut poll_fds, timeout.as_ref()).is_err() {
+                continue;
+            }
+            let mut ready = vec![false; ids.len() + 1];
+            for (poll_fd, slot) in poll_fds.iter().zip(slots) {
+                ready[slot] = !poll_fd.revents().is_empty();
+            }
+            ready
+        };
+        for (index, id) in ids.iter().enumerate() {
+            let ended = match children.get(id) {
+                Some(Supervised { pidfd: Some(_), .. }) => ready[1 + index],
+                Some(Supervised { pid, pidfd: None }) => {
+                    matches!(waitpid(Some(*pid), WaitOptions::NOHANG), Ok(Some(_)))
+                }
+                None => false,
+            };
+            if !ended {
+                continue;
+            }
+            if let Some(child) = children.remove(id) {
+                if child.pidfd.is_some() {
+                    let _ = waitpid(Some(child.pid), WaitOptions::empty());
+                }
+                held.ids.push(*id);
+                held.since.get_or_insert_with(Instant::now);
+            }
         }
-        if socket_open && poll_fds[0].revents != 0 {
-            match receive_message(socket.as_raw_fd(), &mut buffer) {
+        if socket_open && ready[0] {
+            match receive_message(socket.as_fd(), &mut buffer) {
                 Ok(Some((length, passed))) => {
                     match serde_json::from_slice::<ToHost>(&buffer[..length]) {
                         Ok(ToHost::Launch { id, args, env }) => {
@@ -225,21 +294,22 @@ pub fn host_main(arguments: &[String]) -> i32 {
                             {
                                 let message = serde_json::to_vec(&FromHost::Started {
                                     id,
-                                    pid: child.0 as u32,
+                                    pid: child.pid.as_raw_nonzero().get() as u32,
                                 })
                                 .unwrap_or_default();
-                                let _ = send_message(socket.as_raw_fd(), &message, None);
+                                let _ = send_message(socket.as_fd(), &message, None);
                                 children.insert(id, child);
-                            } else if socket_open {
-                                let message = serde_json::to_vec(&FromHost::Exited { id })
-                                    .unwrap_or_default();
-                                let _ = send_message(socket.as_raw_fd(), &message, None);
+                            } else {
+                                let message =
+                                    serde_json::to_vec(&FromHost::Exited { id, orphans: 0 })
+                                        .unwrap_or_default();
+                                let _ = send_message(socket.as_fd(), &message, None);
                             }
                         }
                         Ok(ToHost::Stop { id }) => {
-                            if let Some((pid, _)) = children.get(&id) {
-                                // SAFETY: signalling our own, not yet reaped, child.
-                                unsafe { libc::kill(*pid, libc::SIGTERM) };
+                            // Our own child, not collected yet, so its pid is still its own.
+                            if let Some(child) = children.get(&id) {
+                                let _ = kill_process(child.pid, Signal::TERM);
                             }
                         }
                         Err(error) => eprintln!("keel attempt host: bad message: {error}"),
@@ -252,46 +322,84 @@ pub fn host_main(arguments: &[String]) -> i32 {
     }
 }
 
-/// Forks a supervisor for one attempt. Returns its pid and pidfd, or `None` if it could not.
+/// Kills every child of the host that is not one of its supervisors: what a supervisor that
+/// died left behind, handed to the host as the nearest child subreaper. Collects those that
+/// have ended, notes in `killed` those it signalled, and returns how many still exist. A
+/// child that is not collected keeps its pid, so no other process can be hit.
+fn end_orphans(supervisors: &HashMap<u64, Supervised>, killed: &mut HashSet<i32>) -> usize {
+    let own = getpid().as_raw_nonzero().get();
+    let ours: HashSet<i32> = supervisors
+        .values()
+        .map(|child| child.pid.as_raw_nonzero().get())
+        .collect();
+    let children = children_of(own).unwrap_or_else(|| {
+        all_processes()
+            .into_iter()
+            .filter(|process| process.parent == own)
+            .map(|process| process.pid)
+            .collect()
+    });
+    let mut left = 0;
+    for child in children {
+        if ours.contains(&child) {
+            continue;
+        }
+        let Some(pid) = Pid::from_raw(child) else {
+            continue;
+        };
+        match ProcessStat::read(child) {
+            Some(stat) if stat.is_alive() => {
+                let _ = kill_process(pid, Signal::KILL);
+                killed.insert(child);
+                left += 1;
+            }
+            Some(_) => {
+                let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+            }
+            None => {}
+        }
+    }
+    left
+}
+
+/// Forks a supervisor for one attempt. Returns it, or `None` if it could not be forked.
 fn fork_supervisor(
     socket: &OwnedFd,
-    children: &HashMap<u64, (libc::pid_t, OwnedFd)>,
+    children: &HashMap<u64, Supervised>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     lock: Option<OwnedFd>,
-) -> Option<(libc::pid_t, OwnedFd)> {
+) -> Option<Supervised> {
     let lock = lock?;
     let mut args = SupervisorArgs::parse(&args).ok()?;
     args.lock_fd = Some(lock.as_raw_fd());
-    // SAFETY: this process is single-threaded, so the child may run any code after the fork.
+    // SAFETY: this process is single-threaded (it runs no thread besides its main one), so the
+    // child, a copy of that one thread, holds no lock another thread held at the fork and may
+    // run any code afterwards.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // The child: it must not hold Keel's socket (Keel watches for the host going away) nor
         // its siblings' pidfds.
-        // SAFETY: closing descriptors this child inherited and will not use.
+        // SAFETY: these descriptors are the child's copies of ones the parent owns; the child
+        // never uses the parent's `OwnedFd`s (it leaves through `_exit` below, running no
+        // destructor), so closing its copies here cannot close anything twice.
         unsafe {
-            libc::close(socket.as_raw_fd());
-            for (_, pidfd) in children.values() {
-                libc::close(pidfd.as_raw_fd());
+            rustix::io::close(socket.as_raw_fd());
+            for pidfd in children.values().filter_map(|child| child.pidfd.as_ref()) {
+                rustix::io::close(pidfd.as_raw_fd());
             }
-            libc::setpgid(0, 0);
         }
+        let _ = setpgid(None, None);
         let code = supervisor::run(&args, &env);
-        // SAFETY: leave without running the host's destructors, which belong to the parent.
+        // SAFETY: _exit ends the process at once; it leaves without running the host's
+        // destructors and exit handlers, which belong to the parent.
         unsafe { libc::_exit(code) };
     }
     drop(lock);
-    if pid < 0 {
-        return None;
-    }
-    match pidfd_open(pid) {
-        Ok(pidfd) => Some((pid, pidfd)),
-        Err(_) => {
-            // Without a pidfd the host cannot watch it; the supervisor still runs and records
-            // its result, and Keel finds the end through the attempt's lock.
-            None
-        }
-    }
+    let pid = Pid::from_raw(pid.max(0))?;
+    // Without a pidfd the supervisor is still tracked, and checked on by polling.
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
+    Some(Supervised { pid, pidfd })
 }
 
 /// Keel's side of the host: a socket, and a thread that hands each `started` message to the
@@ -306,7 +414,7 @@ pub struct HostClient {
 /// What one launch waits to hear from the host: the supervisor's pid, then its end.
 struct Waiter {
     started: Option<std::sync::mpsc::SyncSender<u32>>,
-    exited: tokio::sync::oneshot::Sender<()>,
+    exited: tokio::sync::oneshot::Sender<u32>,
 }
 
 /// An attempt the host forked a supervisor for.
@@ -319,29 +427,20 @@ pub struct HostedAttempt {
     /// The forked supervisor's pid, once the host says: call it when the pid is needed, so that
     /// a caller launching several attempts sends them all before waiting for any fork.
     pub pid: PendingPid,
-    /// Resolves when the supervisor has exited; fails if the host went away first.
-    pub exited: tokio::sync::oneshot::Receiver<()>,
+    /// Resolves when the supervisor has exited and nothing it left behind runs any more, with
+    /// the number of such processes the host killed; fails if the host went away first.
+    pub exited: tokio::sync::oneshot::Receiver<u32>,
 }
 
 impl HostClient {
     /// Starts `program prefix… __host` with one end of a socket pair.
     pub fn start(program: &PathBuf, prefix: &[String]) -> io::Result<HostClient> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: socketpair fills the two descriptors on success.
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are new and ours.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         let mut command = std::process::Command::new(program);
         command
             .args(prefix)
@@ -352,12 +451,12 @@ impl HostClient {
         let inherited = theirs.as_raw_fd();
         // The host inherits its end of the socket, and no other child may: close-on-exec is
         // cleared only in the forked child, between fork and exec.
-        // SAFETY: fcntl is async-signal-safe and touches only the child's descriptor table.
+        // SAFETY: between fork and exec the closure makes one raw system call (fcntl), which is
+        // async-signal-safe, on the socket's descriptor: `theirs` stays open in this process
+        // until the spawn has returned, so the child's copy of it is open too.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::fcntl(inherited, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
+                fcntl_setfd(BorrowedFd::borrow_raw(inherited), FdFlags::empty())?;
                 Ok(())
             });
         }
@@ -371,7 +470,7 @@ impl HostClient {
             .spawn(move || {
                 let mut buffer = vec![0u8; 4096];
                 while let Ok(Some((length, _))) =
-                    receive_message(reader_socket.as_raw_fd(), &mut buffer)
+                    receive_message(reader_socket.as_fd(), &mut buffer)
                 {
                     let mut waiters = reader_waiters.lock().unwrap_or_else(|p| p.into_inner());
                     match serde_json::from_slice(&buffer[..length]) {
@@ -383,10 +482,10 @@ impl HostClient {
                                 let _ = started.send(pid);
                             }
                         }
-                        Ok(FromHost::Exited { id }) => {
+                        Ok(FromHost::Exited { id, orphans }) => {
                             // A launch still waiting for the pid learns that there is none.
                             if let Some(waiter) = waiters.remove(&id) {
-                                let _ = waiter.exited.send(());
+                                let _ = waiter.exited.send(orphans);
                             }
                         }
                         Err(_) => {}
@@ -447,8 +546,7 @@ impl HostClient {
                 "the attempt's command and environment are too large for the host",
             ));
         }
-        if let Err(error) = send_message(self.socket.as_raw_fd(), &message, Some(lock.as_raw_fd()))
-        {
+        if let Err(error) = send_message(self.socket.as_fd(), &message, Some(lock.as_fd())) {
             self.waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -464,6 +562,6 @@ impl HostClient {
     /// Asks the host to stop an attempt. Returns false if the host could not be told.
     pub fn stop(&self, id: u64) -> bool {
         let message = serde_json::to_vec(&ToHost::Stop { id }).unwrap_or_default();
-        send_message(self.socket.as_raw_fd(), &message, None).is_ok()
+        send_message(self.socket.as_fd(), &message, None).is_ok()
     }
 }

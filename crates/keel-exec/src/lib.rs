@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use group::{GroupEnd, TaskGroup};
+pub use group::{EscapedProcess, GroupEnd, TaskGroup, TreesEnd};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_model::Outcome;
+use rustix::process::{Pid, Signal, kill_process};
 
+use crate::group::end_process_trees;
 use crate::host::HostClient;
 use crate::supervisor::{AttemptRecordFile, LOCK_FILE, SupervisorArgs, read_record};
 use crate::{Adopted, Executor, ExitRecord, GroupEnd, Launch, Report, Running, interpret};
@@ -72,9 +74,12 @@ impl ProcessExecutor {
     }
 }
 
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) with a pid we started; ESRCH when it is already gone is fine.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+/// Sends `signal` to a supervisor this Keel started or found recorded; one that is already
+/// gone is fine.
+fn signal(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
 }
 
 fn read_exit_record(dir: &Path) -> Option<Result<ExitRecord, String>> {
@@ -118,7 +123,7 @@ fn supervisor_without_directory(pid: u32) -> Running {
         pid: Some(pid),
         pid_later: None,
         completion,
-        stop: Arc::new(move || signal(pid, libc::SIGTERM)),
+        stop: Arc::new(move || signal(pid, Signal::TERM)),
     }
 }
 
@@ -136,31 +141,63 @@ const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Ends what is left of the task of an attempt whose supervisor died without an exit record,
 /// and says what was done. Whoever concludes that an attempt ended without a record calls this
-/// before reporting it, so that its next attempt never runs beside it. Blocks for at most
+/// before reporting it, so that its next attempt never runs beside it. Blocks for at most twice
 /// [`ORPHAN_PATIENCE`].
+///
+/// What is left is the task's process group, as the supervisor recorded it before the task ran,
+/// and the descendants it saw outside that group (daemons that called `setsid`), with whatever
+/// these started since: they are all stopped, then killed together.
 fn end_orphaned_task(dir: &Path) -> Option<String> {
-    let group = match read_record(dir)? {
+    let (group, escaped) = match read_record(dir)? {
         Ok(AttemptRecordFile::Running {
-            task: Some(group), ..
-        }) => group,
+            task: Some(group),
+            escaped,
+            ..
+        }) => (group, escaped),
         _ => return None,
     };
-    match group.end(ORPHAN_PATIENCE) {
-        GroupEnd::AlreadyGone => None,
-        GroupEnd::Killed => Some(format!(
+    let mut roots = group.living_processes();
+    let members = roots.len();
+    roots.extend(escaped);
+    let trees = end_process_trees(&roots, group.boot.as_deref(), ORPHAN_PATIENCE);
+    // Whatever joined the group while the trees were gathered goes too.
+    let group_end = group.end(ORPHAN_PATIENCE);
+    let still_exiting = match group_end {
+        GroupEnd::StillExiting { processes } => processes.max(trees.still_exiting),
+        _ => trees.still_exiting,
+    };
+    if trees.killed == 0 && group_end == GroupEnd::AlreadyGone {
+        return None;
+    }
+    let what = if roots.len() > members {
+        format!(
+            "its task (process group {} and the processes that left it) was still running and has been killed",
+            group.id
+        )
+    } else {
+        format!(
             "its task (process group {}) was still running and has been killed",
             group.id
-        )),
-        GroupEnd::StillExiting { processes } => Some(format!(
-            "its task (process group {}) was killed, and {processes} of its processes were still exiting after {}",
-            group.id,
+        )
+    };
+    Some(if still_exiting > 0 {
+        format!(
+            "{what}; {still_exiting} of its processes were still exiting after {}",
             keel_model::format_duration(ORPHAN_PATIENCE)
-        )),
-    }
+        )
+    } else {
+        what
+    })
 }
 
 /// What an ended supervisor left behind, as a report. Blocks while it ends an orphaned task.
-fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatus>) -> Report {
+/// `orphans_killed` is how many processes the attempt host killed as they were handed to it when
+/// the supervisor died.
+fn report_from_dir(
+    dir: &Path,
+    supervisor_status: Option<std::process::ExitStatus>,
+    orphans_killed: u32,
+) -> Report {
     match read_exit_record(dir) {
         Some(Ok(record)) => interpret(&record, dir),
         Some(Err(problem)) => Report::new(Outcome::Failed, problem),
@@ -171,6 +208,16 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
                 }
                 None => "the attempt supervisor ended without an exit record".to_string(),
             };
+            if orphans_killed > 0 {
+                message = format!(
+                    "{message}; what was left of its task ({orphans_killed} {}) has been killed by the attempt host",
+                    if orphans_killed == 1 {
+                        "process"
+                    } else {
+                        "processes"
+                    }
+                );
+            }
             if let Some(ended) = end_orphaned_task(dir) {
                 message = format!("{message}; {ended}");
             }
@@ -184,8 +231,9 @@ fn report_from_dir(dir: &Path, supervisor_status: Option<std::process::ExitStatu
 async fn report_when_ended(
     dir: PathBuf,
     supervisor_status: Option<std::process::ExitStatus>,
+    orphans_killed: u32,
 ) -> Report {
-    tokio::task::spawn_blocking(move || report_from_dir(&dir, supervisor_status))
+    tokio::task::spawn_blocking(move || report_from_dir(&dir, supervisor_status, orphans_killed))
         .await
         .unwrap_or_else(|_| Report::new(Outcome::Lost, "reading the attempt's end failed"))
 }
@@ -265,7 +313,7 @@ impl Executor for ProcessExecutor {
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(launch.dir.join(LOCK_FILE))?
         };
         lock_attempt(&lock, false)?;
@@ -285,19 +333,23 @@ impl Executor for ProcessExecutor {
                     drop(lock);
                     let dir = launch.dir.clone();
                     let completion = Box::pin(async move {
-                        if exited.await.is_err() {
-                            // The host went away; the supervisor lives on, and its lock says
-                            // when it ends.
-                            wait_for_lock(dir.clone()).await;
-                        }
-                        report_when_ended(dir, None).await
+                        let orphans_killed = match exited.await {
+                            Ok(killed) => killed,
+                            Err(_) => {
+                                // The host went away; the supervisor lives on, and its lock
+                                // says when it ends.
+                                wait_for_lock(dir.clone()).await;
+                                0
+                            }
+                        };
+                        report_when_ended(dir, None, orphans_killed).await
                     });
                     let stop_dir = launch.dir.clone();
                     let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
                         if !host.stop(id)
                             && let Some(pid) = read_supervisor_pid(&stop_dir)
                         {
-                            signal(pid, libc::SIGTERM);
+                            signal(pid, Signal::TERM);
                         }
                     });
                     return Ok(Running {
@@ -333,12 +385,13 @@ impl Executor for ProcessExecutor {
         // The supervisor inherits the liveness lock, and no other child may: close-on-exec is
         // cleared only in the forked child, between fork and exec. (This path is the fallback;
         // the attempt host receives the descriptor over its socket instead.)
-        // SAFETY: fcntl is async-signal-safe and touches only the child's descriptor table.
+        // SAFETY: between fork and exec the closure makes one raw system call (fcntl), which is
+        // async-signal-safe, on the lock's descriptor: `lock` stays open in this process until
+        // the spawn has returned, so the child's copy of it is open too.
         unsafe {
             command.pre_exec(move || {
-                if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                let inherited = std::os::fd::BorrowedFd::borrow_raw(lock_fd);
+                rustix::io::fcntl_setfd(inherited, rustix::io::FdFlags::empty())?;
                 Ok(())
             });
         }
@@ -349,10 +402,10 @@ impl Executor for ProcessExecutor {
         let dir = launch.dir.clone();
         let completion = Box::pin(async move {
             let status = child.wait().await.ok();
-            report_when_ended(dir, status).await
+            report_when_ended(dir, status, 0).await
         });
         let stop: Arc<dyn Fn() + Send + Sync> = match pid {
-            Some(pid) => Arc::new(move || signal(pid, libc::SIGTERM)),
+            Some(pid) => Arc::new(move || signal(pid, Signal::TERM)),
             None => Arc::new(|| {}),
         };
         Ok(Running {
@@ -378,7 +431,7 @@ impl Executor for ProcessExecutor {
         };
         match lock_attempt(&lock, false) {
             Ok(true) => match read_exit_record(&dir) {
-                Some(_) => Adopted::Finished(report_from_dir(&dir, None)),
+                Some(_) => Adopted::Finished(report_from_dir(&dir, None, 0)),
                 None => {
                     // No supervisor, and no record of the end: the supervisor died, or never
                     // started. Whatever may be left of its task is ended before the attempt is
@@ -400,7 +453,7 @@ impl Executor for ProcessExecutor {
                     let waited =
                         tokio::task::spawn_blocking(move || lock_attempt(&lock, true)).await;
                     match waited {
-                        Ok(Ok(_)) => report_when_ended(wait_dir, None).await,
+                        Ok(Ok(_)) => report_when_ended(wait_dir, None, 0).await,
                         _ => Report::new(Outcome::Lost, "lost track of an adopted attempt"),
                     }
                 });
@@ -408,7 +461,7 @@ impl Executor for ProcessExecutor {
                 // still find it when the store never learned the pid.
                 let stop: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
                     if let Some(pid) = pid.or_else(&read_pid) {
-                        signal(pid, libc::SIGTERM);
+                        signal(pid, Signal::TERM);
                     }
                 });
                 Adopted::Running(Running {

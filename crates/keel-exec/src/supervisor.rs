@@ -10,17 +10,27 @@
 //! inherited by it: the lock is held exactly while the supervisor lives, so there is no window
 //! in which a new Keel could wrongly conclude that an attempt is gone.
 //!
-//! It must not talk to the state store, and it uses only std and libc so that it starts fast.
+//! It must not talk to the state store, and it uses only std, rustix and signal-hook so that it
+//! starts fast.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::group::{ProcessStat, TaskGroup, all_processes};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::{OFlags, ftruncate};
+use rustix::io::{Errno, FdFlags, fcntl_setfd, pwrite};
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitOptions, getpid, getppid, kill_process,
+    kill_process_group, pidfd_open, set_child_subreaper, set_parent_process_death_signal, wait,
+    waitid,
+};
+
+use crate::group::{EscapedProcess, ProcessStat, TaskGroup, all_processes, descendants_of};
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -108,11 +118,12 @@ impl SupervisorArgs {
     }
 }
 
+/// Set by SIGTERM or SIGINT: Keel asks the attempt to stop.
 static TERMINATE_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_terminate(_signal: libc::c_int) {
-    TERMINATE_REQUESTED.store(true, Ordering::SeqCst);
-}
+/// Set by SIGXFSZ, which only says that a write went past the file size limit; the write itself
+/// fails with EFBIG, and that is what the supervisor acts on.
+static FILE_SIZE_LIMIT_REACHED: AtomicBool = AtomicBool::new(false);
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -140,29 +151,14 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
     // Descendants of the task that leave its process group (a daemon that calls `setsid`) are
     // handed to this process instead of the system's first process when their parent ends, so
     // the supervisor can still find them and end them with the attempt.
-    // SAFETY: a prctl on this process alone; it touches no memory.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    // Past a file size limit the kernel kills the writer with SIGXFSZ; ignored, the write of
+    let _ = set_child_subreaper(Some(getpid()));
+    // Past a file size limit the kernel kills the writer with SIGXFSZ; caught, the write of
     // output.log fails with EFBIG instead, and the supervisor marks the cut and carries on.
-    // The task gets the default action back before it starts.
-    // SAFETY: setting a signal disposition; no handler runs.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    if let Some(fd) = args.lock_fd {
-        // The task must not inherit the liveness lock, or the lock would outlive the supervisor.
-        // SAFETY: fcntl on an inherited descriptor; it touches no memory.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_terminate as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_terminate as *const () as libc::sighandler_t,
-        );
-    }
+    // The task gets the default actions back as it executes its program, which resets every
+    // caught signal.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, &FILE_SIZE_LIMIT_REACHED);
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, &TERMINATE_REQUESTED);
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, &TERMINATE_REQUESTED);
     let record_file = match open_record_file(args) {
         Ok(file) => file,
         Err(error) => {
@@ -178,6 +174,7 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
         &AttemptRecordFile::Running {
             pid: std::process::id(),
             task: None,
+            escaped: Vec::new(),
         },
     );
     let record = supervise(args, env, &record_file);
@@ -195,8 +192,9 @@ pub fn run(args: &SupervisorArgs, env: &[(String, String)]) -> i32 {
 
 /// The attempt's lock file doubles as its record, to keep file creations per attempt low: while
 /// the supervisor runs it holds `{"pid": N}`, with the task's process group once the task has
-/// started, and once the task is over, the [`ExitRecord`]. Readers only trust the exit record
-/// after taking the lock, which the supervisor holds until it has finished writing.
+/// started and the task's descendants seen outside that group, and once the task is over, the
+/// [`ExitRecord`]. Readers only trust the exit record after taking the lock, which the
+/// supervisor holds until it has finished writing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum AttemptRecordFile {
@@ -207,13 +205,24 @@ pub enum AttemptRecordFile {
         /// supervisor dies without an exit record, whoever finds it dead ends the group first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task: Option<TaskGroup>,
+        /// The task's descendants that the supervisor saw outside its process group (daemons
+        /// that called `setsid`), still alive when last looked at: if the supervisor dies,
+        /// whoever finds it dead ends them too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escaped: Vec<EscapedProcess>,
     },
 }
 
 fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
     match args.lock_fd {
-        // SAFETY: Keel passed us this descriptor, and nothing else in this process uses it.
-        Some(fd) => Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        Some(fd) => {
+            // SAFETY: Keel passed us this descriptor, and nothing else in this process uses it.
+            let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // The task must not inherit the liveness lock, or the lock would outlive the
+            // supervisor.
+            fcntl_setfd(&file, FdFlags::CLOEXEC)?;
+            Ok(file)
+        }
         None => OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -222,11 +231,26 @@ fn open_record_file(args: &SupervisorArgs) -> std::io::Result<File> {
     }
 }
 
+/// Replaces the record's content in place: the record file is also the liveness lock, so it is
+/// never swapped for a new file. A shorter record is first written padded with spaces over the
+/// whole old length, so a supervisor killed before the file is cut to size leaves valid JSON
+/// behind, which is what its task's process group and escaped descendants are read from.
 fn write_record(file: &File, record: &AttemptRecordFile) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let old_length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    let (bytes, length) = padded_record(record, old_length)?;
     file.write_all_at(&bytes, 0)?;
-    file.set_len(bytes.len() as u64)
+    file.set_len(length)
+}
+
+/// The record's JSON, padded with spaces to `old_length`, and the JSON's own length.
+fn padded_record(record: &AttemptRecordFile, old_length: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let length = bytes.len() as u64;
+    if old_length > length {
+        bytes.resize(old_length as usize, b' ');
+    }
+    Ok((bytes, length))
 }
 
 /// The most a record file may hold: an exit record is a few hundred bytes.
@@ -399,7 +423,7 @@ fn open_output(path: &Path) -> std::io::Result<(File, u64)> {
         .read(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
         .open(path)?;
     let metadata = file.metadata()?;
     if !metadata.is_file() {
@@ -429,37 +453,17 @@ fn ends_with_newline(file: &File, length: u64) -> bool {
     file.read_exact_at(&mut last, length - 1).is_ok() && last[0] == b'\n'
 }
 
-/// Opens a pidfd for `pid`: a descriptor that becomes readable when the process exits, so one
-/// `poll` can wait for the exit, the output and the next deadline at once, without threads.
-fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: a plain syscall; on success it returns a new descriptor we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and is owned by nobody else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Whether the child `pid` has ended, without collecting its exit status: the task's leader
 /// stays a zombie until it is reaped, which keeps its pid, and so its group id, from being taken
 /// by another process before the group is killed.
-fn has_exited(pid: libc::pid_t) -> bool {
-    // SAFETY: siginfo_t is plain data, filled in by waitid below.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on our own child with WNOWAIT, which reaps nothing.
-    let result = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // With WNOHANG a child that is still running leaves si_pid at zero.
-    // SAFETY: si_pid reads the field waitid filled in for a WEXITED wait.
-    result == 0 && unsafe { info.si_pid() } != 0
+fn has_exited(pid: Pid) -> bool {
+    matches!(
+        waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        ),
+        Ok(Some(_))
+    )
 }
 
 /// How long the end of an attempt waits for the task's leftover descendants to die once they
@@ -474,7 +478,7 @@ const DESCENDANTS_PATIENCE: Duration = Duration::from_secs(2);
 /// children are signalled: a child that has not been collected keeps its pid, so no unrelated
 /// process can be hit.
 fn end_descendants(patience: Duration) {
-    let own = std::process::id() as libc::pid_t;
+    let own = getpid();
     let deadline = Instant::now() + patience;
     let mut pause = Duration::from_millis(1);
     loop {
@@ -484,8 +488,8 @@ fn end_descendants(patience: Duration) {
             return;
         }
         for child in children {
-            // SAFETY: signalling our own child, which is not collected yet and so keeps its pid.
-            unsafe { libc::kill(child, libc::SIGKILL) };
+            // Our own child, not collected yet, so its pid is still its own.
+            let _ = kill_process(child, Signal::KILL);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -494,21 +498,15 @@ fn end_descendants(patience: Duration) {
 
 /// Collects every child of this process that has ended.
 fn reap_children() {
-    loop {
-        let mut status = 0;
-        // SAFETY: collecting our own ended children; WNOHANG returns at once.
-        let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if reaped <= 0 {
-            return;
-        }
-    }
+    while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
 }
 
 /// This process's children that can still run. The supervisor is single-threaded, so the
 /// kernel's list of its main thread's children is all of them; without that list (a kernel
 /// built without it) the process table is searched instead.
-fn living_children(own: libc::pid_t) -> Vec<libc::pid_t> {
-    let candidates: Vec<libc::pid_t> =
+fn living_children(own: Pid) -> Vec<Pid> {
+    let own = own.as_raw_nonzero().get();
+    let candidates: Vec<i32> =
         match std::fs::read_to_string(format!("/proc/{own}/task/{own}/children")) {
             Ok(text) => text
                 .split_whitespace()
@@ -523,6 +521,7 @@ fn living_children(own: libc::pid_t) -> Vec<libc::pid_t> {
     candidates
         .into_iter()
         .filter(|pid| ProcessStat::read(*pid).is_some_and(|stat| stat.is_alive()))
+        .filter_map(Pid::from_raw)
         .collect()
 }
 
@@ -555,10 +554,9 @@ fn group_record_parts() -> (Vec<u8>, &'static [u8]) {
 /// before it runs the task's program: the group is then on record before the task can do
 /// anything, so a supervisor killed at any moment leaves no unrecorded group behind. Only
 /// async-signal-safe calls, on a buffer on the stack.
-fn record_own_group(record_fd: RawFd, prefix: &[u8], suffix: &[u8]) -> std::io::Result<()> {
+fn record_own_group(record: BorrowedFd<'_>, prefix: &[u8], suffix: &[u8]) -> std::io::Result<()> {
     let mut buffer = [0u8; 128];
-    // SAFETY: getpid is async-signal-safe.
-    let own = unsafe { libc::getpid() } as u64;
+    let own = getpid().as_raw_nonzero().get() as u64;
     let mut digits = [0u8; 20];
     let mut count = 0;
     let mut rest = own;
@@ -572,24 +570,97 @@ fn record_own_group(record_fd: RawFd, prefix: &[u8], suffix: &[u8]) -> std::io::
     }
     let length = prefix.len() + count + suffix.len();
     if length > buffer.len() {
-        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        return Err(Errno::NAMETOOLONG.into());
     }
     buffer[..prefix.len()].copy_from_slice(prefix);
     for index in 0..count {
         buffer[prefix.len() + index] = digits[count - 1 - index];
     }
     buffer[prefix.len() + count..length].copy_from_slice(suffix);
-    // SAFETY: pwrite and ftruncate on the record file's descriptor, from a stack buffer.
-    unsafe {
-        if libc::pwrite(record_fd, buffer.as_ptr().cast(), length, 0) != length as isize {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::ftruncate(record_fd, length as libc::off_t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    if pwrite(record, &buffer[..length], 0)? != length {
+        return Err(std::io::ErrorKind::WriteZero.into());
     }
+    ftruncate(record, length as u64)?;
     Ok(())
 }
+
+/// How often the supervisor looks for the task's descendants that left its process group.
+/// A daemon that leaves the group and, before the next look, loses its supervisor (SIGKILL)
+/// while the attempt host is gone too, is the one that can outlive its attempt.
+const ESCAPE_LOOK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The most escaped processes kept on record; past it, newer ones are left off (the attempt
+/// host still ends them if the supervisor dies while it runs, and the supervisor at the end).
+const ESCAPED_CAP: usize = 1024;
+
+/// The task's descendants outside its process group, as the record file names them.
+struct EscapeWatch {
+    group: TaskGroup,
+    escaped: Vec<EscapedProcess>,
+    next_look: Instant,
+}
+
+impl EscapeWatch {
+    /// The first look comes one interval after the task started, so a short task costs none.
+    fn new(group: TaskGroup, started: Instant) -> EscapeWatch {
+        EscapeWatch {
+            group,
+            escaped: Vec::new(),
+            next_look: started + ESCAPE_LOOK_INTERVAL,
+        }
+    }
+
+    fn until_next_look(&self, now: Instant) -> Duration {
+        self.next_look.saturating_duration_since(now)
+    }
+
+    /// Looks at this process's descendants if it is time to, and says whether the escaped ones
+    /// changed. Those on record stay there for as long as they live, even if a look misses
+    /// them (one whose parent ends while the tree is read).
+    fn look_if_due(&mut self, now: Instant) -> bool {
+        if now < self.next_look {
+            return false;
+        }
+        self.next_look = now + ESCAPE_LOOK_INTERVAL;
+        let mut escaped: Vec<EscapedProcess> = self
+            .escaped
+            .iter()
+            .filter(|process| process.is_alive())
+            .copied()
+            .collect();
+        for process in descendants_of(std::process::id() as i32) {
+            if escaped.len() >= ESCAPED_CAP {
+                break;
+            }
+            let found = EscapedProcess {
+                pid: process.pid,
+                started: process.started,
+            };
+            if process.is_alive() && process.group != self.group.id && !escaped.contains(&found) {
+                escaped.push(found);
+            }
+        }
+        let changed = escaped != self.escaped;
+        self.escaped = escaped;
+        changed
+    }
+
+    fn write(&self, record_file: &File) {
+        let _ = write_record(
+            record_file,
+            &AttemptRecordFile::Running {
+                pid: std::process::id(),
+                task: Some(self.group.clone()),
+                escaped: self.escaped.clone(),
+            },
+        );
+    }
+}
+
+/// The task's stdout or stderr: read, and polled through its descriptor.
+trait OutputStream: Read + AsFd {}
+
+impl<T: Read + AsFd> OutputStream for T {}
 
 fn run_task(
     args: &SupervisorArgs,
@@ -624,26 +695,24 @@ fn run_task(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let supervisor = std::process::id() as libc::pid_t;
+    let supervisor = getpid();
     let record_fd = record_file.as_raw_fd();
     let (prefix, suffix) = group_record_parts();
-    // SAFETY: between fork and exec the child only makes async-signal-safe calls (prctl,
-    // getppid, getpid, pwrite, ftruncate, signal), reads memory made before the fork, and
-    // builds errors from plain numbers, which does not allocate.
+    // SAFETY: between fork and exec the child only makes raw system calls through rustix
+    // (getpid, pwrite, ftruncate, prctl, getppid), which are async-signal-safe, reads memory
+    // made before the fork, and builds errors from plain numbers, which does not allocate. The
+    // record file's descriptor is open in the child: `record_file` outlives the spawn.
     unsafe {
         command.pre_exec(move || {
-            record_own_group(record_fd, &prefix, suffix)?;
+            record_own_group(BorrowedFd::borrow_raw(record_fd), &prefix, suffix)?;
             // If the supervisor dies, by SIGKILL or the OOM killer, the task's leader dies with
             // it instead of running on unwatched. Its descendants are ended by whoever finds the
             // supervisor dead, through the process group recorded just above.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
+            set_parent_process_death_signal(Some(Signal::KILL))?;
             // The supervisor may have died before the line above, when nothing would be sent.
-            if libc::getppid() != supervisor {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            if getppid() != Some(supervisor) {
+                return Err(Errno::SRCH.into());
             }
-            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             Ok(())
         });
     }
@@ -663,30 +732,27 @@ fn run_task(
             );
         }
     };
-    let task_group = child.id() as i32;
+    let task_group = Pid::from_child(&child);
     // The group is on record already (see `record_own_group`); this adds what tells it from a
     // later group with the same id.
-    let _ = write_record(
-        record_file,
-        &AttemptRecordFile::Running {
-            pid: std::process::id(),
-            task: Some(TaskGroup::of_leader(task_group)),
-        },
+    let mut escapes = EscapeWatch::new(
+        TaskGroup::of_leader(task_group.as_raw_nonzero().get()),
+        Instant::now(),
     );
+    escapes.write(record_file);
     let clock = Instant::now();
     let mut last_sign_of_life = Duration::ZERO;
-    let mut streams: Vec<Box<dyn Read>> = Vec::new();
-    let mut stream_fds: Vec<i32> = Vec::new();
+    let mut streams: Vec<Box<dyn OutputStream>> = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        stream_fds.push(stdout.as_raw_fd());
         streams.push(Box::new(stdout));
     }
     if let Some(stderr) = child.stderr.take() {
-        stream_fds.push(stderr.as_raw_fd());
         streams.push(Box::new(stderr));
     }
     let mut open_streams = vec![true; streams.len()];
-    let pidfd = pidfd_open(task_group).ok();
+    // A pidfd becomes readable when the task's leader exits, so one `poll` waits for the exit,
+    // the output and the next deadline at once, without threads.
+    let pidfd = pidfd_open(task_group, PidfdFlags::empty()).ok();
 
     let tick = match args.heartbeat {
         Some(heartbeat) => {
@@ -707,15 +773,15 @@ fn run_task(
             // Anything the task left running in its group would outlive the attempt and could
             // overlap with the next one, so it goes too. The leader is a zombie until reaped,
             // which keeps its pid, and so the group id, from being reused before this kill.
-            // SAFETY: signalling the task's own process group; ESRCH is fine.
+            // A group already gone (ESRCH) is fine.
             if pidfd_ready {
-                unsafe { libc::killpg(task_group, libc::SIGKILL) };
+                let _ = kill_process_group(task_group, Signal::KILL);
             }
             match child.try_wait() {
                 Ok(Some(status)) => {
                     if !pidfd_ready {
-                        // SAFETY: as above, on kernels without pidfds.
-                        unsafe { libc::killpg(task_group, libc::SIGKILL) };
+                        // As above, on kernels without pidfds.
+                        let _ = kill_process_group(task_group, Signal::KILL);
                     }
                     exited = Some(status);
                     drain_deadline = Some(Instant::now() + Duration::from_millis(200));
@@ -737,54 +803,45 @@ fn run_task(
                 Some(sent) => args.kill_grace.saturating_sub(sent.elapsed()).min(tick),
                 None => args.timeout.saturating_sub(clock.elapsed()).min(tick),
             }
+            .min(escapes.until_next_look(Instant::now()))
         };
-        let mut poll_fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        for (index, fd) in stream_fds.iter().enumerate() {
-            if open_streams[index] {
-                poll_fds.push(libc::pollfd {
-                    fd: *fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-        }
         // Without pidfds (old kernels) the exit is found by short polling instead.
-        if exited.is_none()
-            && let Some(pidfd) = &pidfd
-        {
-            poll_fds.push(libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let timeout_ms = if pidfd.is_none() && exited.is_none() {
-            5
+        let timeout = if pidfd.is_none() && exited.is_none() {
+            Duration::from_millis(5)
         } else {
-            wait.as_millis().max(1) as i32
+            wait.max(Duration::from_millis(1))
         };
-        // SAFETY: poll over descriptors we own, with a correctly sized array.
-        unsafe {
-            libc::poll(
-                poll_fds.as_mut_ptr(),
-                poll_fds.len() as libc::nfds_t,
-                timeout_ms,
-            )
-        };
-        pidfd_ready = match &pidfd {
-            Some(pidfd) => poll_fds
-                .iter()
-                .any(|poll_fd| poll_fd.fd == pidfd.as_raw_fd() && poll_fd.revents != 0),
-            None => false,
-        };
-        for (index, stream) in streams.iter_mut().enumerate() {
-            if !open_streams[index] {
-                continue;
+        let watch_exit = exited.is_none();
+        // Which open streams have output (or reached their end), and whether the task exited.
+        let (streams_ready, exit_ready) = {
+            let mut poll_fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+            let mut polled_streams = Vec::with_capacity(streams.len());
+            for (index, stream) in streams.iter().enumerate() {
+                if open_streams[index] {
+                    poll_fds.push(PollFd::from_borrowed_fd(stream.as_fd(), PollFlags::IN));
+                    polled_streams.push(index);
+                }
             }
-            let ready = poll_fds
-                .iter()
-                .any(|poll_fd| poll_fd.fd == stream_fds[index] && poll_fd.revents != 0);
-            if !ready {
+            if watch_exit && let Some(pidfd) = &pidfd {
+                poll_fds.push(PollFd::new(pidfd, PollFlags::IN));
+            }
+            let timeout = Timespec::try_from(timeout).ok();
+            // An interrupted poll (a signal arrived) is simply a shorter wait.
+            let _ = poll(&mut poll_fds, timeout.as_ref());
+            let mut streams_ready = vec![false; streams.len()];
+            for (slot, index) in polled_streams.iter().enumerate() {
+                streams_ready[*index] = !poll_fds[slot].revents().is_empty();
+            }
+            let exit_ready = watch_exit
+                && pidfd.is_some()
+                && poll_fds
+                    .last()
+                    .is_some_and(|poll_fd| !poll_fd.revents().is_empty());
+            (streams_ready, exit_ready)
+        };
+        pidfd_ready = exit_ready;
+        for (index, stream) in streams.iter_mut().enumerate() {
+            if !open_streams[index] || !streams_ready[index] {
                 continue;
             }
             match stream.read(&mut buffer) {
@@ -798,10 +855,12 @@ fn run_task(
         if exited.is_some() {
             continue;
         }
+        if escapes.look_if_due(Instant::now()) {
+            escapes.write(record_file);
+        }
         if let Some(sent) = kill_sent_at {
             if sent.elapsed() >= args.kill_grace {
-                // SAFETY: signalling the task's own process group.
-                unsafe { libc::killpg(task_group, libc::SIGKILL) };
+                let _ = kill_process_group(task_group, Signal::KILL);
             }
             continue;
         }
@@ -845,8 +904,7 @@ fn run_task(
                 pidfd_ready = true;
                 continue;
             }
-            // SAFETY: signalling the task's own process group.
-            unsafe { libc::killpg(task_group, libc::SIGTERM) };
+            let _ = kill_process_group(task_group, Signal::TERM);
             kill_sent_at = Some(Instant::now());
         }
     }
@@ -902,6 +960,45 @@ mod tests {
         );
     }
 
+    /// A supervisor killed between writing a shorter record over a longer one and cutting the
+    /// file to size leaves the padded record behind, which still reads as the new one.
+    #[test]
+    fn a_shorter_record_written_over_a_longer_one_reads_back_even_before_the_cut() {
+        let group = TaskGroup {
+            id: 4242,
+            started: Some(7),
+            session: Some(4242),
+            boot: None,
+        };
+        let long = AttemptRecordFile::Running {
+            pid: 4200,
+            task: Some(group.clone()),
+            escaped: (0..3)
+                .map(|index| EscapedProcess {
+                    pid: 5000 + index,
+                    started: 9,
+                })
+                .collect(),
+        };
+        let short = AttemptRecordFile::Running {
+            pid: 4200,
+            task: Some(group),
+            escaped: Vec::new(),
+        };
+        let (long_bytes, long_length) = padded_record(&long, 0).unwrap();
+        assert_eq!(long_bytes.len() as u64, long_length);
+        let (bytes, length) = padded_record(&short, long_length).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            long_length,
+            "padded over the old record"
+        );
+        assert!(length < long_length);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), &bytes).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap().unwrap(), short);
+    }
+
     /// The record the task's child process writes between fork and exec, overwriting a longer
     /// one, reads back as a running attempt naming the group.
     #[test]
@@ -911,11 +1008,12 @@ mod tests {
         std::fs::write(&path, "x".repeat(300)).unwrap();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         let (prefix, suffix) = group_record_parts();
-        record_own_group(file.as_raw_fd(), &prefix, suffix).unwrap();
+        record_own_group(file.as_fd(), &prefix, suffix).unwrap();
         match read_record(dir.path()) {
             Some(Ok(AttemptRecordFile::Running {
                 pid,
                 task: Some(group),
+                ..
             })) => {
                 assert_eq!(pid, std::process::id());
                 assert_eq!(group.id, std::process::id() as i32);

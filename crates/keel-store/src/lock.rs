@@ -50,11 +50,11 @@ impl StateLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
         {
             Ok(file) => file,
-            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
                 return Err(LockError::SymbolicLink { path });
             }
             Err(error) => return Err(io_error(error)),

@@ -301,12 +301,7 @@ fn file_uri(path: &Path, query: &str) -> String {
 
 /// Whether this process may create files in `dir`.
 fn may_write_in(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: access(2) reads the NUL-terminated path and nothing else.
-    unsafe { libc::access(dir.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// A connection that reads an existing state file and writes nothing in it, nor leaves any file

@@ -1,7 +1,7 @@
 //! Hardening, end to end through the `keel` binary: an attempt whose supervisor is killed never
-//! runs beside its next attempt, a result file that is a pipe, a link to an endless device or
-//! far too large fails its attempt at once instead of wedging Keel, and a daemon that leaves the
-//! task's process group does not outlive its attempt.
+//! runs beside its next attempt, not even through a daemon its task started, a result file that
+//! is a pipe, a link to an endless device or far too large fails its attempt at once instead of
+//! wedging Keel, and a daemon that leaves the task's process group does not outlive its attempt.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -537,4 +537,66 @@ fn a_daemon_that_left_the_task_group_does_not_outlive_its_attempt() {
             "the daemon of {name} (pid {pid}) ended with its attempt"
         );
     }
+}
+
+/// Regression: a task's daemon that called `setsid` (a new session, out of the task's process
+/// group) outlived its attempt when the attempt's supervisor was killed with SIGKILL: it was
+/// handed to the system's first process, no timeout watched it any more, and the attempt's
+/// retry ran beside it. Attempt 1 starts such a daemon and sleeps; its supervisor is killed;
+/// attempt 2 notes in the ledger whether attempt 1's daemon still runs as it starts.
+#[test]
+fn a_killed_supervisor_never_leaves_its_tasks_setsid_daemon_running_beside_the_retry() {
+    let pipeline = Pipeline::new();
+    let script = format!(
+        r#"echo start $KEEL_ATTEMPT $(date +%s%N) >> {ledger}
+for f in {root}/daemon.*; do
+  [ -e "$f" ] && echo previous $(cat "$f") $(cut -d' ' -f3 /proc/$(cat "$f")/stat 2>/dev/null || echo gone) $(date +%s%N) >> {ledger}
+done
+if [ "$KEEL_ATTEMPT" = 1 ]; then
+  setsid sh -c 'echo $$ > {root}/daemon.tmp; mv {root}/daemon.tmp {root}/daemon.1; exec sleep 300' &
+  sleep 60
+fi
+echo end $KEEL_ATTEMPT $(date +%s%N) >> {ledger}"#,
+        ledger = pipeline.file("ledger").display(),
+        root = pipeline.root.display()
+    );
+    pipeline.write(
+        "orphans",
+        "timeout = \"120s\"\nretries = { attempts = 3, initial = \"10ms\", max = \"50ms\" }",
+        &[("work", "", script)],
+    );
+    let mut leftovers = Leftovers(Vec::new());
+    let mut keel = pipeline.spawn_run();
+    let daemon = pipeline.wait_for_pid(&pipeline.file("daemon.1"), &mut keel);
+    leftovers.0.push(daemon);
+    let supervisor = pipeline.supervisor_of(1);
+    // SAFETY: killing the supervisor of the attempt this test started.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    let code = pipeline.wait(&mut keel, Duration::from_secs(120));
+    let log = pipeline.log();
+    let text = std::fs::read_to_string(pipeline.file("ledger")).unwrap_or_default();
+    assert_eq!(code, 0, "the run succeeds in the end\n{log}\n{text}");
+    let ledger = Ledger::read(&pipeline);
+    assert!(ledger.at("start", 2).is_some(), "attempt 2 ran\n{text}");
+    let seen = ledger
+        .previous_seen(daemon)
+        .unwrap_or_else(|| panic!("attempt 2 looked for attempt 1's daemon\n{text}"));
+    assert!(
+        seen == "gone" || seen == "Z",
+        "attempt 2 started while attempt 1's setsid daemon still ran (in state {seen})\n{text}"
+    );
+    assert!(
+        !is_running(daemon),
+        "attempt 1's setsid daemon (pid {daemon}) is dead once keel has handled the loss"
+    );
+    let attempts = pipeline.attempts();
+    assert_eq!(attempts[0].outcome, Some(Outcome::Lost), "{attempts:?}");
+    assert_eq!(
+        attempts
+            .iter()
+            .filter(|attempt| attempt.outcome == Some(Outcome::Succeeded))
+            .count(),
+        1,
+        "{attempts:?}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Hardening of the supervisor and the process executor, with real processes: a supervisor that
-//! dies takes its task with it before the attempt is reported, a task that ends by itself just
-//! as its timeout passes is not recorded as timed out, descendants that leave the task's
-//! process group end with the attempt, and a log that cannot be written is cut with a marker.
+//! dies takes its task with it before the attempt is reported, daemons that left the task's
+//! process group included, a task that ends by itself just as its timeout passes is not recorded
+//! as timed out, descendants that leave the task's process group end with the attempt, and a log
+//! that cannot be written is cut with a marker.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -267,6 +268,180 @@ fn a_daemon_that_left_the_task_group_ends_with_the_attempt() {
             "when the task {case}, its setsid daemon (pid {daemon}) ends with the attempt"
         );
     }
+}
+
+/// A task that starts a daemon with `setsid` (a new session, out of the task's process group),
+/// writes the daemon's pid, and sleeps.
+fn daemon_task(dir: &Path) -> String {
+    format!(
+        "echo $$ > {leader}; setsid sh -c 'echo $$ > {daemon}; exec sleep 300' & while [ ! -s {daemon} ]; do sleep 0.01; done; sleep 60",
+        leader = dir.join("leader.pid").display(),
+        daemon = dir.join("daemon.pid").display()
+    )
+}
+
+/// Waits until the supervisor has put `pid` on record among the processes that left the task's
+/// process group.
+fn wait_until_recorded_as_escaped(attempt: &Path, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(Ok(AttemptRecordFile::Running { escaped, .. })) = read_record(attempt)
+            && escaped.iter().any(|process| process.pid == pid)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor never recorded the daemon {pid}: {:?}",
+            read_record(attempt)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Regression: a task's daemon that called `setsid` left the task's process group and session,
+/// so when the supervisor was killed with SIGKILL, the group kill missed it; it was handed to
+/// the system's first process and ran on for good, beside the attempt's retry. Now the
+/// supervisor records such processes as it sees them, and the attempt is reported only once
+/// they are dead, through the attempt host and through a supervisor of its own alike.
+#[test]
+fn a_daemon_of_a_killed_supervisor_is_killed_before_the_attempt_is_reported() {
+    for (name, executor) in [
+        ("host", executor()),
+        ("own process", executor().without_host()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = dir.path().join("a1");
+        let mut leftovers = Leftovers(Vec::new());
+        let report = runtime().block_on(async {
+            let mut running = executor
+                .launch(launch(&attempt, &daemon_task(dir.path())))
+                .unwrap();
+            running.resolve_pid();
+            let leader = wait_for_pid(&dir.path().join("leader.pid"));
+            let daemon = wait_for_pid(&dir.path().join("daemon.pid"));
+            leftovers.0.extend([leader, daemon]);
+            wait_until_recorded_as_escaped(&attempt, daemon);
+            let supervisor = running.pid.expect("the supervisor's pid is known") as i32;
+            // SAFETY: killing the supervisor this test started.
+            unsafe { libc::kill(supervisor, libc::SIGKILL) };
+            let report = running.completion.await;
+            // Checked the moment the attempt is reported: this is when the engine would start
+            // the next attempt.
+            for (what, pid) in [("leader", leader), ("setsid daemon", daemon)] {
+                assert!(
+                    !is_running(pid),
+                    "{name}: the task's {what} (pid {pid}) still runs after the attempt was reported: {report:?}"
+                );
+            }
+            report
+        });
+        assert_eq!(report.outcome, Outcome::Lost, "{name}: {report:?}");
+        let message = report.message.unwrap_or_default();
+        assert!(
+            message.contains("without an exit record") && message.contains("has been killed"),
+            "{name}: the message says what happened: {message}"
+        );
+    }
+}
+
+/// The attempt host is a child subreaper too: a supervisor killed before it could see its task's
+/// daemon (here it is stopped with SIGSTOP before the task starts the daemon, so it never
+/// looks) hands every process it leaves to the host, which kills them before it reports the
+/// supervisor's end.
+#[test]
+fn the_attempt_host_kills_a_daemon_its_killed_supervisor_never_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("a1");
+    let go = dir.path().join("go");
+    let daemon_file = dir.path().join("daemon.pid");
+    let script = format!(
+        "echo $$ > {leader}; while [ ! -e {go} ]; do sleep 0.01; done; setsid sh -c 'echo $$ > {daemon}; exec sleep 300' & sleep 60",
+        leader = dir.path().join("leader.pid").display(),
+        go = go.display(),
+        daemon = daemon_file.display()
+    );
+    let mut leftovers = Leftovers(Vec::new());
+    let report = runtime().block_on(async {
+        let mut running = executor().launch(launch(&attempt, &script)).unwrap();
+        running.resolve_pid();
+        let leader = wait_for_pid(&dir.path().join("leader.pid"));
+        leftovers.0.push(leader);
+        let supervisor = running.pid.expect("the supervisor's pid is known") as i32;
+        // SAFETY: pausing the supervisor this test started.
+        unsafe { libc::kill(supervisor, libc::SIGSTOP) };
+        std::fs::write(&go, "").unwrap();
+        let daemon = wait_for_pid(&daemon_file);
+        leftovers.0.push(daemon);
+        match read_record(&attempt) {
+            Some(Ok(AttemptRecordFile::Running { escaped, .. })) => assert!(
+                escaped.iter().all(|process| process.pid != daemon),
+                "the paused supervisor cannot have seen the daemon: {escaped:?}"
+            ),
+            other => panic!("the attempt is still running: {other:?}"),
+        }
+        // SAFETY: killing the supervisor this test started.
+        unsafe { libc::kill(supervisor, libc::SIGKILL) };
+        let report = running.completion.await;
+        assert!(
+            !is_running(daemon) && !is_running(leader),
+            "the daemon (pid {daemon}) and the leader (pid {leader}) are dead once the attempt is reported: {report:?}"
+        );
+        report
+    });
+    assert_eq!(report.outcome, Outcome::Lost, "{report:?}");
+    let message = report.message.unwrap_or_default();
+    assert!(
+        message.contains("killed by the attempt host"),
+        "the message says what happened: {message}"
+    );
+}
+
+/// The same when no Keel was watching and there is no host: a supervisor killed while Keel was
+/// down leaves its task's daemon running, and the next Keel ends it, from the record, before it
+/// gives the attempt up as gone.
+#[test]
+fn adopting_an_attempt_whose_supervisor_was_killed_ends_its_daemon_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("a1");
+    let mut leftovers = Leftovers(Vec::new());
+    let supervisor = {
+        let runtime = runtime();
+        let launcher = executor().without_host();
+        let mut running = runtime.block_on(async {
+            launcher
+                .launch(launch(&attempt, &daemon_task(dir.path())))
+                .unwrap()
+        });
+        running.resolve_pid();
+        running.pid.expect("the supervisor's pid is known") as i32
+    };
+    let leader = wait_for_pid(&dir.path().join("leader.pid"));
+    let daemon = wait_for_pid(&dir.path().join("daemon.pid"));
+    leftovers.0.extend([leader, daemon]);
+    wait_until_recorded_as_escaped(&attempt, daemon);
+    // SAFETY: killing the supervisor this test started.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_running(supervisor) {
+        assert!(Instant::now() < deadline, "the supervisor did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        is_running(daemon),
+        "the daemon outlived its supervisor, as nothing else ends it"
+    );
+    let adopted = executor()
+        .without_host()
+        .adopt(attempt.clone(), Some(supervisor as u32));
+    assert!(
+        matches!(adopted, Adopted::Gone(_)),
+        "no supervisor and no exit record: the attempt is gone"
+    );
+    assert!(
+        !is_running(daemon) && !is_running(leader),
+        "the daemon (pid {daemon}) was ended before the attempt was given up"
+    );
 }
 
 /// Regression: a write error on `output.log` (a full disk; here a file size limit, which fails
