@@ -36,6 +36,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors, Location, NameKind};
 use keel_model::PipelineSpec;
+pub use suggest::closest;
 
 /// The longest name a pipeline, phase, task or resource may have, in characters. A task's name
 /// becomes part of the name of each of its attempt directories (`<task>.<attempt>`), and file

@@ -6,13 +6,15 @@
 /// transpositions) must be at most a third of the name's length, so that short names are not
 /// "corrected" into unrelated ones. Ties go to the earliest candidate.
 ///
-/// ```text
-/// closest("player_summry", ["player_summary", "games"]) == Some("player_summary")
+/// It is the one "did you mean" of Keel: the pipeline file's errors and the commands that take
+/// a name (`keel history TASK`, say) use it alike.
+///
 /// ```
-pub(crate) fn closest<'a>(
-    wanted: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+/// let names = ["player_summary", "games"];
+/// assert_eq!(keel_config::closest("player_summry", names).as_deref(), Some("player_summary"));
+/// assert_eq!(keel_config::closest("standings", names), None);
+/// ```
+pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let wanted_lower = wanted.to_lowercase();
     let allowed = wanted.chars().count() / 3;
     let mut best: Option<(usize, &str)> = None;
