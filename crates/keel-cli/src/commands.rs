@@ -253,14 +253,13 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
         for partition in &partitions {
             match store.latest_run(&spec.name, partition).await? {
                 Some(run) if !run.state.is_finished() => {
-                    return Err(Exit::usage(
-                        keel_engine::EngineError::RunActive {
-                            run: run.id,
-                            partition: partition.clone(),
-                            state: run.state,
-                        }
-                        .to_string(),
-                    ));
+                    // As for one partition: the run must end or be cancelled first (exit 1).
+                    return Err(keel_engine::EngineError::RunActive {
+                        run: run.id,
+                        partition: partition.clone(),
+                        state: run.state,
+                    }
+                    .into());
                 }
                 Some(_) => with_runs.push(partition.clone()),
                 None => without.push(partition.clone()),

@@ -613,7 +613,7 @@ command = ["sh", "-c", "test -e fixed"]
 #[test]
 fn a_running_task_shows_its_elapsed_time() {
     let project = Project::new(
-        "[tasks.slow]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"touch started; sleep 2\"]\n",
+        "[tasks.slow]\nphase = \"main\"\ncommand = [\"sh\", \"-c\", \"touch started; sleep 3\"]\n",
     );
     let mut run = project.spawn(&["run", "--partition", DAY]);
     wait_until("the slow task to start", Duration::from_secs(10), || {
