@@ -33,7 +33,11 @@ pub enum Command {
     Run(RunArgs),
     /// Show runs and their tasks.
     Status(StatusArgs),
-    /// Print the captured output of an attempt.
+    /// One task across partitions: outcome, attempts, time, rows and metrics.
+    History(HistoryArgs),
+    /// The event log: every state transition, readable or as JSON lines.
+    Events(EventsArgs),
+    /// Print the captured output of an attempt, or of a sensor's last poll.
     Logs(LogsArgs),
     /// Run tasks again, and then everything downstream of them.
     Retry(RetryArgs),
@@ -94,19 +98,76 @@ pub struct RunArgs {
     pub detach: bool,
 }
 
+/// `--from D --to D`: an inclusive range of date partitions.
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    /// First partition of an inclusive date range.
+    #[arg(long, value_name = "D", requires = "to")]
+    pub from: Option<String>,
+    /// Last partition of an inclusive date range.
+    #[arg(long, value_name = "D", requires = "from")]
+    pub to: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
-    /// Only this partition.
-    #[arg(long, value_name = "D")]
+    /// Only this partition: its newest run's tasks (every run's with --all).
+    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
     pub partition: Option<String>,
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Only this run (any run, not only a partition's newest): its tasks.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["partition", "from", "to", "all"])]
+    pub run: Option<i64>,
+    /// Every run of each partition, not only the newest.
+    #[arg(long)]
+    pub all: bool,
     /// Print JSON: {"runs":[{"id","partition","state","tasks":[{"name","phase","outcome","attempts"}]}]}.
     #[arg(long)]
     pub json: bool,
-    /// At most this many partitions, newest first.
-    #[arg(long, default_value_t = 20)]
-    pub limit: u32,
+    /// At most this many rows (partitions, or runs with --all), newest first. Default: 20, or the
+    /// whole range with --from/--to.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// `[PIPELINE] TASK`: the pipeline file (default keel.toml) and the task to show.
+    #[arg(required = true, num_args = 1..=2, value_name = "[PIPELINE] TASK")]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Every run of each partition, not only the newest.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON: {"task","runs":[{"run","partition","outcome","attempts","rows","metrics",…}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many rows, newest first. Default: 20, or the whole range with --from/--to.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Only the runs of this partition.
+    #[arg(long, value_name = "D")]
+    pub partition: Option<String>,
+    /// Only this run.
+    #[arg(long, value_name = "ID", conflicts_with = "partition")]
+    pub run: Option<i64>,
+    /// Keep printing new events: until the run ends with --run or --partition, otherwise until
+    /// interrupted (Ctrl-C).
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per line: {"seq","at","time","run","partition","task","attempt","kind","detail"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -114,17 +175,29 @@ pub struct LogsArgs {
     /// `[PIPELINE] TASK`: the pipeline file (default keel.toml) and the task whose output to print.
     #[arg(required = true, num_args = 1..=2, value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
+    /// The partition whose newest run to read. Default: the newest run in which the task ran.
     #[arg(long, value_name = "D")]
-    pub partition: String,
+    pub partition: Option<String>,
+    /// The run to read (any run, not only a partition's newest).
+    #[arg(long, value_name = "ID", conflicts_with = "partition")]
+    pub run: Option<i64>,
     /// The attempt number; the latest by default.
     #[arg(long, value_name = "N")]
     pub attempt: Option<u32>,
+    /// Print the output of the task's sensor (`wait_for`) at its last poll instead.
+    #[arg(long, conflicts_with = "attempt")]
+    pub sensor: bool,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("partitions").required(true).args(["partition", "from"])))]
 pub struct RetryArgs {
-    #[arg(long, value_name = "D")]
-    pub partition: String,
+    /// The partition whose newest run to retry.
+    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    pub partition: Option<String>,
+    /// Retry the newest run of every partition of this range that has one.
+    #[command(flatten)]
+    pub range: RangeArgs,
     /// `[PIPELINE] TASK…`: tasks to run again. A leading argument ending in .toml, or naming an
     /// existing file, is taken as the pipeline file (default keel.toml).
     #[arg(required = true, num_args = 1.., value_name = "[PIPELINE] TASK")]

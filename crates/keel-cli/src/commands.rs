@@ -1,7 +1,6 @@
 //! One function per command.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,8 +9,9 @@ use keel_model::RunState;
 use keel_store::Store;
 
 use crate::Exit;
-use crate::args::{CancelArgs, Cli, Command, LogsArgs, RetryArgs, RunArgs, StatusArgs};
+use crate::args::{CancelArgs, Cli, Command, RetryArgs, RunArgs};
 use crate::display::{self, ProgressDisplay};
+use crate::inspect::{self, split_pipeline};
 use crate::setup::{ProcessEngine, build_engine};
 use crate::state::{self, StatePaths};
 
@@ -21,8 +21,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Init { dir, force } => init(&dir, force),
         Command::Validate(args) => validate(&args.pipeline),
         Command::Run(args) => run(state, args).await,
-        Command::Status(args) => status(state, args).await,
-        Command::Logs(args) => logs(state, args).await,
+        Command::Status(args) => inspect::status(state, args).await,
+        Command::History(args) => inspect::history(state, args).await,
+        Command::Events(args) => inspect::events(state, args).await,
+        Command::Logs(args) => inspect::logs(state, args).await,
         Command::Retry(args) => retry(state, args).await,
         Command::Cancel(args) => cancel(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
@@ -105,8 +107,10 @@ pub fn parse_grace(text: &str) -> Result<Duration> {
     }
 }
 
-/// The exit code for a set of runs: the worst of them.
-fn exit_code(states: &[RunState]) -> u8 {
+/// The exit code for a set of runs: the worst of them. Partitions without a run (a range
+/// retried where some have none) do not count.
+fn exit_code(finished: &Finished) -> u8 {
+    let states: Vec<RunState> = finished.iter().filter_map(|(_, state)| *state).collect();
     if states
         .iter()
         .any(|state| !matches!(state, RunState::Succeeded | RunState::Degraded))
@@ -119,31 +123,54 @@ fn exit_code(states: &[RunState]) -> u8 {
     }
 }
 
+/// Partitions of a command, for the summary line of a range: `(partition, state of its run)`,
+/// `None` for one without a run.
+type Finished = Vec<(String, Option<RunState>)>;
+
+/// Executes runs to the end, prints each one's table, and, for a range of partitions, the
+/// summary line. `finished` holds the partitions of the range that needed no run.
 async fn execute_and_report(
     engine: &mut ProcessEngine,
     runs: &[keel_model::RunId],
-    mut finished_states: Vec<RunState>,
+    mut finished: Finished,
     grace: Duration,
+    ranged: bool,
 ) -> Result<u8> {
     let progress = ProgressDisplay::start(engine);
     let summaries: Vec<RunSummary> = engine.execute(runs, shutdown_on_signals(grace)).await?;
     progress.finish();
     let interrupted = summaries.iter().any(|summary| !summary.state.is_finished());
+    let now = state::now_millis();
     for summary in &summaries {
-        let view = engine
-            .store()
-            .status_view(&engine.spec().name, Some(&summary.partition), 1)
-            .await?;
-        for run in view.runs.iter().filter(|run| run.record.id == summary.run) {
-            display::print_run(run);
+        let query = keel_store::StatusQuery::new(engine.spec().name.clone()).run(summary.run);
+        let view = engine.store().status_view(&query).await?;
+        for run in &view.runs {
+            display::print_run(run, now);
         }
+    }
+    finished.extend(
+        summaries
+            .iter()
+            .map(|summary| (summary.partition.clone(), Some(summary.state))),
+    );
+    if ranged {
+        print_range_summary(&finished);
     }
     if interrupted {
         eprintln!("interrupted: run `keel run` again with the same partition to resume");
         return Ok(130);
     }
-    finished_states.extend(summaries.iter().map(|summary| summary.state));
-    Ok(exit_code(&finished_states))
+    Ok(exit_code(&finished))
+}
+
+/// `14 partitions: 10 succeeded, 3 degraded, 1 failed`, one state per partition.
+fn print_range_summary(finished: &Finished) {
+    let mut by_partition = std::collections::BTreeMap::new();
+    for (partition, state) in finished {
+        by_partition.insert(partition.clone(), *state);
+    }
+    let states: Vec<_> = by_partition.into_values().collect();
+    println!("{}", display::range_summary(&states));
 }
 
 async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
@@ -171,8 +198,9 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
             | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
             other => other.into(),
         })?;
+    let ranged = args.partitions.from.is_some();
     let mut runs = Vec::new();
-    let mut finished_states = Vec::new();
+    let mut finished = Vec::new();
     for decision in prepared {
         match decision {
             Prepared::Created(run) => runs.push(run),
@@ -187,214 +215,103 @@ async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
                     record.state,
                     record.id
                 );
-                finished_states.push(record.state);
+                finished.push((record.partition, Some(record.state)));
             }
         }
     }
     if runs.is_empty() {
-        return Ok(exit_code(&finished_states));
+        if ranged {
+            print_range_summary(&finished);
+        }
+        return Ok(exit_code(&finished));
     }
     engine.set_shutdown_grace(grace);
-    execute_and_report(&mut engine, &runs, finished_states, grace).await
-}
-
-async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
-    let partition = args
-        .partition
-        .as_deref()
-        .map(|partition| state::check_partition(&spec, partition))
-        .transpose()?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let Some(store) = paths.open_for_reading()? else {
-        if args.json {
-            println!("{}", serde_json::json!({ "runs": [] }));
-        } else {
-            println!(
-                "no runs yet for pipeline {:?} (state {})",
-                spec.name,
-                paths.database.display()
-            );
-        }
-        return Ok(0);
-    };
-    // One read-only transaction: what is shown is one consistent moment of the state.
-    let view = store
-        .status_view(&spec.name, partition.as_deref(), args.limit)
-        .await?;
-    if args.json {
-        let mut json_runs = Vec::new();
-        for keel_store::RunView {
-            record: run, tasks, ..
-        } in &view.runs
-        {
-            json_runs.push(serde_json::json!({
-                "id": run.id.0,
-                "partition": run.partition,
-                "state": run.state.as_str(),
-                "version": run.version,
-                "message": run.message,
-                "tasks": tasks.iter().map(|task| serde_json::json!({
-                    "name": task.task,
-                    "phase": task.phase,
-                    "outcome": task.outcome.filter(|_| task.state == keel_model::TaskState::Done).map(|outcome| outcome.as_str()),
-                    "state": task.state.as_str(),
-                    "attempts": task.attempts,
-                    "message": task.message,
-                })).collect::<Vec<_>>(),
-            }));
-        }
-        let mut document = serde_json::json!({ "runs": json_runs });
-        if !view.resources.is_empty() {
-            let now = state::now_millis();
-            document["resources"] = view
-                .resources
-                .iter()
-                .map(|resource| {
-                    let (breaker, detail) = resource.state_at(now);
-                    serde_json::json!({
-                        "name": resource.name,
-                        "breaker": breaker,
-                        "detail": detail,
-                        "updated_at": resource.updated_at,
-                        "open_since": resource.open_since,
-                    })
-                })
-                .collect();
-        }
-        println!("{}", serde_json::to_string_pretty(&document)?);
-        return Ok(0);
-    }
-    if view.runs.is_empty() {
-        println!("no runs yet for pipeline {:?}", spec.name);
-        return Ok(0);
-    }
-    if partition.is_some() {
-        for run in &view.runs {
-            display::print_run(run);
-        }
-    } else {
-        display::print_run_list(&view.runs);
-    }
-    display::print_resources(&view.resources);
-    Ok(0)
-}
-
-/// Splits `[PIPELINE] REST…` where a leading `.toml` path or existing file is the pipeline.
-fn split_pipeline(args: &[String]) -> (PathBuf, Vec<String>) {
-    match args.split_first() {
-        Some((first, rest))
-            if !rest.is_empty() && (first.ends_with(".toml") || Path::new(first).is_file()) =>
-        {
-            (PathBuf::from(first), rest.to_vec())
-        }
-        _ => (PathBuf::from("keel.toml"), args.to_vec()),
-    }
-}
-
-async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
-    let (pipeline, rest) = split_pipeline(&args.args);
-    let [task] = rest.as_slice() else {
-        return Err(Exit::usage(
-            "usage: keel logs [PIPELINE] --partition D TASK [--attempt N]",
-        ));
-    };
-    let spec = state::load_pipeline(&pipeline)?;
-    let partition = state::check_partition(&spec, &args.partition)?;
-    if spec.task(task).is_none() {
-        return Err(Exit::usage(
-            keel_engine::EngineError::unknown_task(&spec, task).to_string(),
-        ));
-    }
-    let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
-    let store = paths
-        .open_for_reading()?
-        .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
-    let run = store
-        .latest_run(&spec.name, &partition)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no run of partition {partition} yet; start one with `keel run --partition {partition}`"))?;
-    let attempts: Vec<_> = store
-        .attempts(run.id)
-        .await?
-        .into_iter()
-        .filter(|attempt| attempt.task == *task)
-        .collect();
-    if attempts.is_empty() {
-        bail!(
-            "task {task:?} has no attempts in run {} of partition {partition}",
-            run.id
-        );
-    }
-    let attempt = match args.attempt {
-        Some(number) => attempts
-            .iter()
-            .find(|attempt| attempt.number == number)
-            .ok_or_else(|| {
-                let known: Vec<String> = attempts
-                    .iter()
-                    .map(|attempt| attempt.number.to_string())
-                    .collect();
-                anyhow::anyhow!(
-                    "task {task:?} has no attempt {number} in run {}; it has attempts {}",
-                    run.id,
-                    known.join(", ")
-                )
-            })?,
-        None => attempts.last().expect("not empty"),
-    };
-    let path = Path::new(&attempt.dir).join(keel_exec::supervisor::OUTPUT_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            std::io::stdout().write_all(&bytes)?;
-            Ok(0)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "attempt {} of {task:?} captured no output ({})",
-                attempt.number,
-                display::printable(&path.display().to_string())
-            );
-            Ok(0)
-        }
-        Err(error) => Err(error).with_context(|| {
-            format!(
-                "cannot read {}",
-                display::printable(&path.display().to_string())
-            )
-        }),
-    }
+    execute_and_report(&mut engine, &runs, finished, grace, ranged).await
 }
 
 async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     let (pipeline, tasks) = split_pipeline(&args.args);
     let spec = state::load_pipeline(&pipeline)?;
     let grace = parse_grace(&args.grace)?;
-    let partition = state::check_partition(&spec, &args.partition)?;
+    let ranged = args.range.from.is_some();
+    let partitions = match (&args.partition, &args.range.from, &args.range.to) {
+        (Some(partition), _, _) => vec![state::check_partition(&spec, partition)?],
+        (None, Some(from), Some(to)) => state::date_range(&spec, from, to)?,
+        _ => {
+            return Err(Exit::usage(
+                "keel retry needs --partition D or --from D --to D",
+            ));
+        }
+    };
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
+    // Over a range, only partitions that have a run are retried, and only if none of them is
+    // still running: the retry is asked for in every partition or in none.
+    let mut with_runs = Vec::new();
+    let mut without = Vec::new();
+    if ranged {
+        for partition in &partitions {
+            match store.latest_run(&spec.name, partition).await? {
+                Some(run) if !run.state.is_finished() => {
+                    // As for one partition: the run must end or be cancelled first (exit 1).
+                    return Err(keel_engine::EngineError::RunActive {
+                        run: run.id,
+                        partition: partition.clone(),
+                        state: run.state,
+                    }
+                    .into());
+                }
+                Some(_) => with_runs.push(partition.clone()),
+                None => without.push(partition.clone()),
+            }
+        }
+        if with_runs.is_empty() {
+            return Err(Exit::usage(format!(
+                "no partition from {} to {} has a run to retry; start them with `keel run --from {0} --to {1}`",
+                partitions[0],
+                partitions[partitions.len() - 1]
+            )));
+        }
+        if !without.is_empty() {
+            eprintln!(
+                "{} of the range not retried, having no run yet: {}",
+                display::count(without.len() as u64, "partition", "partitions"),
+                without.join(", ")
+            );
+        }
+    } else {
+        with_runs = partitions;
+    }
     let mut engine = build_engine(spec, &paths, store)?;
-    let run = engine
-        .retry(&partition, &tasks)
-        .await
-        .map_err(|error| match error {
-            keel_engine::EngineError::UnknownTask { .. }
-            | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
-            other => other.into(),
-        })?;
-    eprintln!(
-        "retrying {} in run {run} of partition {partition}, and everything downstream",
-        tasks.join(", ")
-    );
-    let created_with = display::printable(&engine.store().run(run).await?.version);
-    let version = engine.spec().version();
-    if created_with != version {
+    let mut runs = Vec::new();
+    for partition in &with_runs {
+        let run = engine
+            .retry(partition, &tasks)
+            .await
+            .map_err(|error| match error {
+                keel_engine::EngineError::UnknownTask { .. }
+                | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
+                other => other.into(),
+            })?;
         eprintln!(
-            "the pipeline file changed since run {run} was created (version {created_with}); the retried tasks run version {version}"
+            "retrying {} in run {run} of partition {partition}, and everything downstream",
+            tasks.join(", ")
         );
+        let created_with = display::printable(&engine.store().run(run).await?.version);
+        let version = engine.spec().version();
+        if created_with != version {
+            eprintln!(
+                "the pipeline file changed since run {run} was created (version {created_with}); the retried tasks run version {version}"
+            );
+        }
+        runs.push(run);
     }
     engine.set_shutdown_grace(grace);
-    execute_and_report(&mut engine, &[run], Vec::new(), grace).await
+    let not_run = without
+        .into_iter()
+        .map(|partition| (partition, None))
+        .collect();
+    execute_and_report(&mut engine, &runs, not_run, grace, ranged).await
 }
 
 async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {

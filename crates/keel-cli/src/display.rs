@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use keel_engine::Progress;
-use keel_model::{Outcome, RunId, TaskState, format_duration};
+use keel_model::{Outcome, RunId, RunState, TaskState, format_duration};
 
 use crate::setup::ProcessEngine;
 
@@ -183,9 +183,103 @@ fn table() -> Table {
     table
 }
 
+/// "1 partition", "3 partitions".
+pub fn count(number: u64, one: &str, many: &str) -> String {
+    format!("{number} {}", if number == 1 { one } else { many })
+}
+
+/// Real attempts, with not-ready checks, failed breaker probes and sensor polls apart:
+/// `2 (+5 checks)`.
+pub fn attempts_cell(summary: &keel_store::TaskSummary) -> String {
+    let mut apart = Vec::new();
+    if summary.polls > 0 {
+        apart.push(format!("+{}", count(summary.polls.into(), "poll", "polls")));
+    }
+    if summary.checks > 0 {
+        apart.push(format!(
+            "+{}",
+            count(summary.checks.into(), "check", "checks")
+        ));
+    }
+    if summary.probes > 0 {
+        apart.push(format!(
+            "+{}",
+            count(summary.probes.into(), "probe", "probes")
+        ));
+    }
+    if apart.is_empty() {
+        summary.attempts.to_string()
+    } else {
+        format!("{} ({})", summary.attempts, apart.join(", "))
+    }
+}
+
+/// Time spent working, blank for a task that never had an attempt.
+fn time_cell(summary: &keel_store::TaskSummary) -> String {
+    if summary.attempts + summary.checks + summary.probes == 0 {
+        return String::new();
+    }
+    format_duration(Duration::from_millis(summary.worked.max(0) as u64))
+}
+
+/// The longest metrics cell, in characters; `status --json` has them whole.
+const METRICS_WIDTH: usize = 60;
+
+/// A result file's `metrics` as `name=value` pairs, by name, cut with `…` past
+/// [`METRICS_WIDTH`]; text that is not a JSON object is shown as it is.
+pub fn metrics_cell(metrics: Option<&str>) -> String {
+    let Some(text) = metrics else {
+        return String::new();
+    };
+    let shown = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map
+            .iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(text) => format!("{name}={text}"),
+                other => format!("{name}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => text.to_string(),
+    };
+    let shown = printable(&shown);
+    if shown.chars().count() > METRICS_WIDTH {
+        let cut: String = shown.chars().take(METRICS_WIDTH - 1).collect();
+        format!("{cut}…")
+    } else {
+        shown
+    }
+}
+
+/// A result file's `metrics` for JSON: the object itself, or the text if it is not JSON.
+pub fn metrics_json(metrics: Option<&str>) -> serde_json::Value {
+    match metrics {
+        None => serde_json::Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .unwrap_or_else(|_| serde_json::Value::String(text.to_string())),
+    }
+}
+
+/// A task's outcome as a table shows it: the outcome once done, or where it stands.
+pub fn outcome_cell(task: &keel_store::TaskRunRecord) -> String {
+    match (task.state, task.outcome) {
+        (TaskState::Done, Some(outcome)) => outcome.to_string(),
+        (TaskState::Waiting, _) => "waiting to retry".to_string(),
+        (state, _) => state.to_string(),
+    }
+}
+
+/// A task's message, cut to a length a table can hold: long enough for a message that names a
+/// file in an attempt directory (under the store's 32-character identity) and still says what
+/// is wrong with it.
+fn message_cell(message: Option<&str>) -> String {
+    let message: String = message.unwrap_or("").chars().take(200).collect();
+    printable(&message)
+}
+
 /// One run: a header line and a row per task.
-pub fn print_run(run: &keel_store::RunView) {
-    let (record, tasks, attempts) = (&run.record, &run.tasks, &run.attempts);
+pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
+    let record = &run.record;
     let elapsed = record.finished_at.map(|finished| {
         format_duration(Duration::from_millis(
             (finished - record.created_at).max(0) as u64
@@ -206,46 +300,110 @@ pub fn print_run(run: &keel_store::RunView) {
             .unwrap_or_default()
     );
     let mut table = table();
-    table.set_header(["task", "phase", "outcome", "attempts", "time", "message"]);
-    for task in tasks {
-        let mine: Vec<_> = attempts
-            .iter()
-            .filter(|attempt| attempt.task == task.task)
-            .collect();
-        let time = match (
-            mine.first()
-                .and_then(|a| a.started_at.or(Some(a.claimed_at))),
-            mine.last().and_then(|a| a.finished_at),
-        ) {
-            (Some(start), Some(end)) => {
-                format_duration(Duration::from_millis((end - start).max(0) as u64))
-            }
-            _ => String::new(),
-        };
-        let outcome = match (task.state, task.outcome) {
-            (TaskState::Done, Some(outcome)) => outcome.to_string(),
-            (TaskState::Waiting, _) => "waiting to retry".to_string(),
-            (state, _) => state.to_string(),
-        };
-        // Long enough for a message that names a file in an attempt directory (under the
-        // store's 32-character identity) and still says what is wrong with it.
-        let message: String = task
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect();
+    table.set_header([
+        "task", "phase", "outcome", "attempts", "time", "rows", "metrics", "message",
+    ]);
+    for task in &run.tasks {
+        let summary = run.task_summary(&task.task, now);
         table.add_row([
             printable(&task.task),
             printable(&task.phase),
-            outcome,
-            task.attempts.to_string(),
-            time,
-            printable(&message),
+            outcome_cell(task),
+            attempts_cell(&summary),
+            time_cell(&summary),
+            summary
+                .rows
+                .map(|rows| rows.to_string())
+                .unwrap_or_default(),
+            metrics_cell(summary.metrics.as_deref()),
+            message_cell(task.message.as_deref()),
         ]);
     }
     println!("{table}");
+}
+
+/// One task across runs, for `keel history`: a row per run.
+pub fn print_history(runs: &[keel_store::RunView], now: keel_model::Millis) {
+    let mut table = table();
+    table.set_header([
+        "partition",
+        "run",
+        "outcome",
+        "attempts",
+        "time",
+        "rows",
+        "metrics",
+        "message",
+    ]);
+    for run in runs {
+        for task in &run.tasks {
+            let summary = run.task_summary(&task.task, now);
+            table.add_row([
+                printable(&run.record.partition),
+                run.record.id.to_string(),
+                outcome_cell(task),
+                attempts_cell(&summary),
+                time_cell(&summary),
+                summary
+                    .rows
+                    .map(|rows| rows.to_string())
+                    .unwrap_or_default(),
+                metrics_cell(summary.metrics.as_deref()),
+                message_cell(task.message.as_deref()),
+            ]);
+        }
+    }
+    println!("{table}");
+}
+
+/// What `--limit` left out, and how to see it: `… 12 more partitions; use --limit 32 or
+/// --from/--to`.
+pub fn omitted_note(omitted: u64, shown: usize, every_run: bool, ranged: bool) -> Option<String> {
+    if omitted == 0 {
+        return None;
+    }
+    let noun = match (every_run, omitted) {
+        (true, 1) => "run",
+        (true, _) => "runs",
+        (false, 1) => "partition",
+        (false, _) => "partitions",
+    };
+    let all = omitted + shown as u64;
+    let hint = if ranged {
+        format!("use --limit {all}")
+    } else {
+        format!("use --limit {all} or --from/--to")
+    };
+    Some(format!("… {omitted} more {noun}; {hint}"))
+}
+
+/// One line for a range of partitions, by the state of each one's newest run (`None`: no run):
+/// `14 partitions: 10 succeeded, 3 degraded, 1 failed`.
+pub fn range_summary(states: &[Option<RunState>]) -> String {
+    let mut parts = Vec::new();
+    let order = [
+        RunState::Succeeded,
+        RunState::Degraded,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::Running,
+        RunState::Queued,
+    ];
+    for state in order {
+        let number = states.iter().filter(|each| **each == Some(state)).count();
+        if number > 0 {
+            parts.push(format!("{number} {state}"));
+        }
+    }
+    let not_run = states.iter().filter(|each| each.is_none()).count();
+    if not_run > 0 {
+        parts.push(format!("{not_run} not run"));
+    }
+    format!(
+        "{}: {}",
+        count(states.len() as u64, "partition", "partitions"),
+        parts.join(", ")
+    )
 }
 
 /// Many runs: a row each.
@@ -306,7 +464,62 @@ pub fn print_resources(resources: &[keel_store::ResourceStateRecord]) {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::*;
+
+    #[test]
+    fn range_summaries_count_in_english() {
+        use RunState::*;
+        assert_eq!(
+            range_summary(&[Some(Succeeded)]),
+            "1 partition: 1 succeeded"
+        );
+        assert_eq!(
+            range_summary(&[
+                Some(Failed),
+                Some(Succeeded),
+                None,
+                Some(Degraded),
+                Some(Succeeded)
+            ]),
+            "5 partitions: 2 succeeded, 1 degraded, 1 failed, 1 not run"
+        );
+    }
+
+    #[test]
+    fn attempts_show_checks_and_probes_apart() {
+        let summary = |attempts, checks, probes| keel_store::TaskSummary {
+            attempts,
+            checks,
+            probes,
+            ..Default::default()
+        };
+        assert_eq!(attempts_cell(&summary(2, 0, 0)), "2");
+        assert_eq!(attempts_cell(&summary(2, 5, 0)), "2 (+5 checks)");
+        assert_eq!(attempts_cell(&summary(1, 1, 1)), "1 (+1 check, +1 probe)");
+        let polled = keel_store::TaskSummary {
+            attempts: 1,
+            polls: 3,
+            ..Default::default()
+        };
+        assert_eq!(attempts_cell(&polled), "1 (+3 polls)");
+    }
+
+    #[test]
+    fn omitted_rows_say_how_to_see_them() {
+        assert_eq!(omitted_note(0, 20, false, false), None);
+        assert_eq!(
+            omitted_note(12, 20, false, false).as_deref(),
+            Some("… 12 more partitions; use --limit 32 or --from/--to")
+        );
+        assert_eq!(
+            omitted_note(1, 3, true, true).as_deref(),
+            Some("… 1 more run; use --limit 4")
+        );
+        assert_eq!(
+            omitted_note(1, 3, false, false).as_deref(),
+            Some("… 1 more partition; use --limit 4 or --from/--to")
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_and_line_breaks_become_spaces() {

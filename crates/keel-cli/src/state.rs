@@ -273,31 +273,34 @@ pub fn default_partition(spec: &PipelineSpec) -> Result<String> {
 pub fn partitions(spec: &PipelineSpec, args: &crate::args::PartitionArgs) -> Result<Vec<String>> {
     match (&args.partition, &args.from, &args.to) {
         (Some(partition), _, _) => Ok(vec![check_partition(spec, partition)?]),
-        (None, Some(from), Some(to)) => {
-            if spec.partition == PartitionKind::None {
-                return Err(Exit::usage(format!(
-                    "--from/--to need a date-partitioned pipeline; {:?} is not partitioned",
-                    spec.name
-                )));
-            }
-            let (first, last) = (parse_date("--from", from)?, parse_date("--to", to)?);
-            if last < first {
-                return Err(Exit::usage(format!("--to {to} is before --from {from}")));
-            }
-            let days = (last - first).num_days() + 1;
-            if days > 3660 {
-                return Err(Exit::usage(format!(
-                    "--from {from} --to {to} spans {days} partitions; the limit is 3660"
-                )));
-            }
-            Ok(first
-                .iter_days()
-                .take(days as usize)
-                .map(|date| date.format("%Y-%m-%d").to_string())
-                .collect())
-        }
+        (None, Some(from), Some(to)) => date_range(spec, from, to),
         _ => Ok(vec![default_partition(spec)?]),
     }
+}
+
+/// Every date of `--from D --to D`, inclusive, for a date-partitioned pipeline.
+pub fn date_range(spec: &PipelineSpec, from: &str, to: &str) -> Result<Vec<String>> {
+    if spec.partition == PartitionKind::None {
+        return Err(Exit::usage(format!(
+            "--from/--to need a date-partitioned pipeline; {:?} is not partitioned",
+            spec.name
+        )));
+    }
+    let (first, last) = (parse_date("--from", from)?, parse_date("--to", to)?);
+    if last < first {
+        return Err(Exit::usage(format!("--to {to} is before --from {from}")));
+    }
+    let days = (last - first).num_days() + 1;
+    if days > 3660 {
+        return Err(Exit::usage(format!(
+            "--from {from} --to {to} spans {days} partitions; the limit is 3660"
+        )));
+    }
+    Ok(first
+        .iter_days()
+        .take(days as usize)
+        .map(|date| date.format("%Y-%m-%d").to_string())
+        .collect())
 }
 
 /// The wall clock in milliseconds since the Unix epoch, as the engine's system clock reads it.

@@ -81,6 +81,8 @@ where
     applied_changes_commit_together(make().await).await;
     a_commit_is_all_or_nothing(make().await).await;
     the_status_view_reads_runs_tasks_attempts_and_breakers_together(make().await).await;
+    the_status_view_selects_every_run_a_range_one_run_or_one_task(make().await).await;
+    the_status_view_tells_attempts_from_checks_and_probes(make().await).await;
     leases_are_renewed_fenced_and_expire(make().await).await;
     events_stream_in_order_across_runs(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
@@ -326,7 +328,10 @@ async fn the_status_view_reads_runs_tasks_attempts_and_breakers_together<S: Stor
         .create_run(new_run("2026-01-02", &["a"]))
         .await
         .unwrap();
-    let view = store.status_view("conformance", None, 10).await.unwrap();
+    let view = store
+        .status_view(&StatusQuery::new("conformance").limit(10))
+        .await
+        .unwrap();
     let partitions: Vec<&str> = view
         .runs
         .iter()
@@ -341,12 +346,168 @@ async fn the_status_view_reads_runs_tasks_attempts_and_breakers_together<S: Stor
     assert_eq!(view.runs[1].tasks.len(), 2);
     assert_eq!(view.runs[1].attempts.len(), 1);
     assert_eq!(view.runs[0].record.id, second.id);
+    assert_eq!(view.omitted, 0);
     let one = store
-        .status_view("conformance", Some("2026-01-01"), 10)
+        .status_view(&StatusQuery::new("conformance").partition("2026-01-01"))
         .await
         .unwrap();
     assert_eq!(one.runs.len(), 1);
     assert_eq!(one.runs[0].record.id, first.id);
+}
+
+/// `keel status --all`, `--run`, `--from/--to` and `--limit`, and `keel history`, read through
+/// one query: every run or the newest of each partition, a range, one run, one task.
+async fn the_status_view_selects_every_run_a_range_one_run_or_one_task<S: Store>(store: S) {
+    let mut ids = Vec::new();
+    for (partition, tasks) in [
+        ("2026-01-01", &["a", "b"][..]),
+        ("2026-01-01", &["a", "b"][..]),
+        ("2026-01-02", &["a"][..]),
+        ("2026-01-03", &["b"][..]),
+    ] {
+        let run = store.create_run(new_run(partition, tasks)).await.unwrap();
+        ids.push(run.id);
+    }
+    let mut other = new_run("2026-01-01", &["a"]);
+    other.pipeline = "another".into();
+    store.create_run(other).await.unwrap();
+    let selected = |view: &StatusView| -> Vec<keel_model::RunId> {
+        view.runs.iter().map(|run| run.record.id).collect()
+    };
+
+    let newest = store
+        .status_view(&StatusQuery::new("conformance"))
+        .await
+        .unwrap();
+    assert_eq!(selected(&newest), [ids[3], ids[2], ids[1]]);
+    assert_eq!(newest.newest.len(), 3);
+
+    let mut every = StatusQuery::new("conformance");
+    every.every_run = true;
+    let all = store.status_view(&every).await.unwrap();
+    assert_eq!(
+        selected(&all),
+        [ids[3], ids[2], ids[1], ids[0]],
+        "newest partition first, newest run first within one"
+    );
+
+    let limited = store.status_view(&every.clone().limit(3)).await.unwrap();
+    assert_eq!(selected(&limited), [ids[3], ids[2], ids[1]]);
+    assert_eq!(limited.omitted, 1, "the limit says what it left out");
+    assert_eq!(limited.newest.len(), 3, "the summary is not limited");
+
+    let mut range = every.clone();
+    range.partitions = Some(("2026-01-01".into(), "2026-01-02".into()));
+    assert_eq!(
+        selected(&store.status_view(&range).await.unwrap()),
+        [ids[2], ids[1], ids[0]]
+    );
+
+    let one = store
+        .status_view(&StatusQuery::new("conformance").run(ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(selected(&one), [ids[0]], "an older run of a partition");
+    let elsewhere = store
+        .status_view(&StatusQuery::new("another").run(ids[0]))
+        .await
+        .unwrap();
+    assert!(elsewhere.runs.is_empty(), "a run of another pipeline");
+
+    let mut task = every.clone();
+    task.task = Some("b".into());
+    let history = store.status_view(&task).await.unwrap();
+    assert_eq!(selected(&history), [ids[3], ids[1], ids[0]]);
+    assert!(
+        history
+            .runs
+            .iter()
+            .all(|run| run.tasks.len() == 1 && run.tasks[0].task == "b"),
+        "only the task's row"
+    );
+}
+
+/// Not-ready checks and failed breaker probes are told apart from real attempts, and a task's
+/// time is the sum of its attempts' durations, not the time between them.
+async fn the_status_view_tells_attempts_from_checks_and_probes<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let steps = [
+        (
+            Outcome::NotReady,
+            TaskNext::Retry {
+                not_before: 0,
+                charge: false,
+            },
+        ),
+        (
+            Outcome::Failed,
+            TaskNext::Retry {
+                not_before: 0,
+                charge: true,
+            },
+        ),
+        (
+            Outcome::Failed,
+            TaskNext::Retry {
+                not_before: 0,
+                charge: false,
+            },
+        ),
+        (
+            Outcome::Lost,
+            TaskNext::Retry {
+                not_before: 0,
+                charge: false,
+            },
+        ),
+        (Outcome::Succeeded, TaskNext::Done(Outcome::Succeeded)),
+    ];
+    for (index, (outcome, next)) in steps.into_iter().enumerate() {
+        // Each attempt takes 10 ms, and the next one starts 1,000 ms later.
+        let at = 1_000 * (index as i64 + 1);
+        let attempt = store.claim_attempt(claim(run.id, "a", at)).await.unwrap();
+        let mut end = finish(&attempt, outcome, next, at + 10);
+        if outcome != Outcome::Succeeded {
+            end.rows = None;
+            end.metrics = None;
+        }
+        store.finish_attempt(end).await.unwrap();
+    }
+    let view = store
+        .status_view(&StatusQuery::new("conformance"))
+        .await
+        .unwrap();
+    let summary = view.runs[0].task_summary("a", 1_000_000);
+    assert_eq!(
+        (summary.attempts, summary.checks, summary.probes),
+        (3, 1, 1),
+        "{summary:?}"
+    );
+    assert_eq!(summary.worked, 50);
+    assert_eq!(summary.rows, Some(7));
+    assert_eq!(summary.metrics.as_deref(), Some(r#"{"accuracy":0.5}"#));
+
+    let running = store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
+    store
+        .claim_attempt(claim(running.id, "a", 500))
+        .await
+        .unwrap();
+    let view = store
+        .status_view(&StatusQuery::new("conformance").partition("2026-01-02"))
+        .await
+        .unwrap();
+    let summary = view.runs[0].task_summary("a", 800);
+    assert_eq!(
+        (summary.attempts, summary.worked),
+        (1, 300),
+        "a running attempt counts up to now"
+    );
 }
 
 async fn a_commit_is_all_or_nothing<S: Store>(store: S) {

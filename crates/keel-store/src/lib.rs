@@ -99,12 +99,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         partition: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<RunRecord>>> + Send;
-    /// What `keel status` shows, in one transaction; see [`StatusView`].
+    /// What `keel status` and `keel history` show, in one read-only transaction: the runs the
+    /// query selects, newest partition first and newest run first within one; see [`StatusView`].
     fn status_view(
         &self,
-        pipeline: &str,
-        partition: Option<&str>,
-        limit: u32,
+        query: &StatusQuery,
     ) -> impl Future<Output = StoreResult<StatusView>> + Send;
     fn unfinished_runs(
         &self,

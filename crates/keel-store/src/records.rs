@@ -285,18 +285,181 @@ impl ResourceStateRecord {
     }
 }
 
+/// What an attempt was, for counting: a real try at the task, a check that found its data not
+/// ready yet (exit 75), or a circuit breaker's probe that failed.
+///
+/// Only real attempts are what the retry policy's `attempts` is about; checks and failed probes
+/// use up none of them, and `keel status` shows them apart ("2 (+5 checks)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptKind {
+    Attempt,
+    Check,
+    Probe,
+}
+
+impl AttemptKind {
+    /// Classifies an attempt from how it ended and whether it was charged to the retry policy
+    /// (`None` while it runs, or for attempts recorded before Keel kept it).
+    ///
+    /// The engine retries a task's own failure (`failed`, `timed_out`, `stalled`) without charging
+    /// it in one case only: the attempt was a half-open breaker's probe, and its failure says the
+    /// dependency is still down, not that the task is bad. A `lost` attempt is uncharged too, but
+    /// it did run: it counts as an attempt.
+    ///
+    /// ```
+    /// use keel_model::Outcome;
+    /// use keel_store::AttemptKind;
+    /// assert_eq!(AttemptKind::of(Some(Outcome::NotReady), Some(false)), AttemptKind::Check);
+    /// assert_eq!(AttemptKind::of(Some(Outcome::Failed), Some(false)), AttemptKind::Probe);
+    /// assert_eq!(AttemptKind::of(Some(Outcome::Failed), Some(true)), AttemptKind::Attempt);
+    /// assert_eq!(AttemptKind::of(Some(Outcome::Lost), Some(false)), AttemptKind::Attempt);
+    /// assert_eq!(AttemptKind::of(None, None), AttemptKind::Attempt);
+    /// ```
+    pub fn of(outcome: Option<Outcome>, charged: Option<bool>) -> AttemptKind {
+        match (outcome, charged) {
+            (Some(Outcome::NotReady), _) => AttemptKind::Check,
+            (Some(Outcome::Failed | Outcome::TimedOut | Outcome::Stalled), Some(false)) => {
+                AttemptKind::Probe
+            }
+            _ => AttemptKind::Attempt,
+        }
+    }
+}
+
 /// One run with its tasks and attempts, as read together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunView {
     pub record: RunRecord,
     pub tasks: Vec<TaskRunRecord>,
     pub attempts: Vec<AttemptRecord>,
+    /// What each attempt was, by id; see [`AttemptKind`].
+    pub kinds: std::collections::BTreeMap<AttemptId, AttemptKind>,
+}
+
+/// One task of one run, summed up from its attempts for `keel status` and `keel history`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskSummary {
+    /// Real attempts: neither not-ready checks nor failed breaker probes.
+    pub attempts: u32,
+    /// Attempts that found the data not ready yet (exit 75).
+    pub checks: u32,
+    /// Breaker probes that failed.
+    pub probes: u32,
+    /// Polls of the task's sensor (`wait_for`) since it was last reset; they are no attempts.
+    pub polls: u32,
+    /// Time spent working: the sum of the attempts' durations, up to `now` for one still running.
+    /// Time between attempts (a backoff, a wait before a manual retry) is not in it.
+    pub worked: Millis,
+    /// `rows` of the newest finished attempt's result file.
+    pub rows: Option<i64>,
+    /// `metrics` of the newest finished attempt's result file, as JSON text.
+    pub metrics: Option<String>,
+}
+
+impl RunView {
+    /// The attempts of one task, oldest first.
+    pub fn attempts_of<'a>(&'a self, task: &'a str) -> impl Iterator<Item = &'a AttemptRecord> {
+        self.attempts
+            .iter()
+            .filter(move |attempt| attempt.task == task)
+    }
+
+    /// One task's attempts, checks, probes, working time and latest result at `now`.
+    pub fn task_summary(&self, task: &str, now: Millis) -> TaskSummary {
+        let mut summary = TaskSummary {
+            polls: self
+                .tasks
+                .iter()
+                .find(|row| row.task == task)
+                .map_or(0, |row| row.sensor_polls),
+            ..TaskSummary::default()
+        };
+        for attempt in self.attempts_of(task) {
+            match self
+                .kinds
+                .get(&attempt.id)
+                .copied()
+                .unwrap_or(AttemptKind::Attempt)
+            {
+                AttemptKind::Attempt => summary.attempts += 1,
+                AttemptKind::Check => summary.checks += 1,
+                AttemptKind::Probe => summary.probes += 1,
+            }
+            let began = attempt.started_at.unwrap_or(attempt.claimed_at);
+            let ended = attempt.finished_at.unwrap_or(now);
+            summary.worked += (ended - began).max(0);
+        }
+        if let Some(last) = self
+            .attempts_of(task)
+            .filter(|attempt| attempt.finished_at.is_some())
+            .last()
+        {
+            summary.rows = last.rows;
+            summary.metrics = last.metrics.clone();
+        }
+        summary
+    }
+}
+
+/// Which runs a [`StatusView`] holds: by default the newest run of every partition of a
+/// pipeline, newest partition first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusQuery {
+    pub pipeline: String,
+    /// Only this run (and only if it is of the pipeline).
+    pub run: Option<RunId>,
+    /// Only partitions from the first to the second, inclusive (compared as text, which orders
+    /// `YYYY-MM-DD` dates by date).
+    pub partitions: Option<(String, String)>,
+    /// Every run of each partition, not only the newest.
+    pub every_run: bool,
+    /// Only runs that have this task, with only its row and its attempts (`keel history`).
+    pub task: Option<String>,
+    /// At most this many runs; how many more there were is [`StatusView::omitted`].
+    pub limit: Option<u32>,
+}
+
+impl StatusQuery {
+    /// The newest run of every partition of `pipeline`, with no limit.
+    pub fn new(pipeline: impl Into<String>) -> StatusQuery {
+        StatusQuery {
+            pipeline: pipeline.into(),
+            run: None,
+            partitions: None,
+            every_run: false,
+            task: None,
+            limit: None,
+        }
+    }
+
+    /// Only one partition.
+    pub fn partition(mut self, partition: impl Into<String>) -> StatusQuery {
+        let partition = partition.into();
+        self.partitions = Some((partition.clone(), partition));
+        self
+    }
+
+    /// Only one run.
+    pub fn run(mut self, run: RunId) -> StatusQuery {
+        self.run = Some(run);
+        self
+    }
+
+    pub fn limit(mut self, limit: u32) -> StatusQuery {
+        self.limit = Some(limit);
+        self
+    }
 }
 
 /// Everything `keel status` shows, read in one transaction so that it is one consistent moment:
-/// the newest run of each partition (or of one), with tasks and attempts, and the breakers.
-#[derive(Debug, Clone, PartialEq)]
+/// the runs a [`StatusQuery`] selects, with tasks and attempts, and the breakers.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusView {
     pub runs: Vec<RunView>,
     pub resources: Vec<ResourceStateRecord>,
+    /// Runs the query selected but its limit left out.
+    pub omitted: u64,
+    /// The state of the newest run of every partition the query selects, limit or not: what a
+    /// summary of a range of partitions counts.
+    pub newest: std::collections::BTreeMap<String, RunState>,
 }

@@ -128,6 +128,12 @@ CREATE TABLE gates (
 ALTER TABLE resources ADD COLUMN open_since INTEGER;
 ALTER TABLE resources ADD COLUMN open_until INTEGER;
 "#,
+    r#"
+-- Whether each finished attempt used up one of its retry policy's attempts, so that `keel status`
+-- can tell real attempts from not-ready checks and failed breaker probes. NULL while an attempt
+-- runs, and for attempts recorded before Keel kept it.
+ALTER TABLE attempts ADD COLUMN charged INTEGER;
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -768,9 +774,15 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             epoch: finish.epoch,
         });
     }
+    let charged = match &finish.next {
+        TaskNext::Done(_) => finish.outcome.uses_retry_attempt(),
+        TaskNext::Retry { charge, .. } => *charge,
+        TaskNext::Resume => false,
+    };
     cached_execute(
         transaction,
-        "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6 WHERE id = ?7",
+        "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6, charged = ?7
+         WHERE id = ?8",
         params![
             finish.at,
             finish.outcome.as_str(),
@@ -778,6 +790,7 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             finish.rows,
             finish.metrics,
             finish.message,
+            charged,
             finish.attempt.0
         ],
     )?;
@@ -1074,6 +1087,94 @@ fn list_runs_in(
     )
 }
 
+/// The runs a status query selects: `r` is the runs table; the parameters are ?1 pipeline, ?2
+/// and ?3 the first and last partition, ?4 a task the run must have, ?5 one run id.
+const SELECTED_RUNS: &str = "r.pipeline = ?1
+     AND (?2 IS NULL OR r.partition >= ?2) AND (?3 IS NULL OR r.partition <= ?3)
+     AND (?4 IS NULL OR EXISTS (SELECT 1 FROM task_runs t WHERE t.run_id = r.id AND t.task = ?4))
+     AND (?5 IS NULL OR r.id = ?5)";
+
+/// The newest selected run of each partition.
+fn newest_selected_runs() -> String {
+    format!("SELECT max(r.id) FROM runs r WHERE {SELECTED_RUNS} GROUP BY r.partition")
+}
+
+fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreResult<StatusView> {
+    let (from, to) = query.partitions.clone().unzip();
+    let run = query.run.map(|run| run.0);
+    let task = query.task.clone();
+    let filter: [&dyn rusqlite::ToSql; 5] = [&query.pipeline, &from, &to, &task, &run];
+    let selected = if query.every_run {
+        format!("SELECT r.id FROM runs r WHERE {SELECTED_RUNS}")
+    } else {
+        newest_selected_runs()
+    };
+    // SQLite reads a negative limit as none.
+    let limit = query.limit.map_or(-1, i64::from);
+    let records = select_all(
+        transaction,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({selected}) ORDER BY partition DESC, id DESC LIMIT ?6"
+        ),
+        params![query.pipeline, from, to, task, run, limit],
+        run_from_row,
+    )?;
+    let total: i64 = transaction.query_row(
+        &format!("SELECT count(*) FROM ({selected})"),
+        filter,
+        |row| row.get(0),
+    )?;
+    let newest = select_all(
+        transaction,
+        &format!(
+            "SELECT partition, state FROM runs WHERE id IN ({}) ORDER BY partition",
+            newest_selected_runs()
+        ),
+        filter,
+        |row| Ok((row.get::<_, String>(0)?, parse_column::<RunState>(row, 1)?)),
+    )?
+    .into_iter()
+    .collect();
+    let omitted = (total.max(0) as u64).saturating_sub(records.len() as u64);
+    let mut runs = Vec::with_capacity(records.len());
+    for record in records {
+        let mut tasks = task_runs_in(transaction, record.id)?;
+        let mut attempts = attempts_in(transaction, record.id)?;
+        if let Some(task) = &query.task {
+            tasks.retain(|row| row.task == *task);
+            attempts.retain(|attempt| attempt.task == *task);
+        }
+        let shown: std::collections::HashSet<AttemptId> =
+            attempts.iter().map(|attempt| attempt.id).collect();
+        let kinds = select_all(
+            transaction,
+            "SELECT id, outcome, charged FROM attempts WHERE run_id = ?1",
+            [record.id.0],
+            |row| {
+                let outcome = parse_optional::<Outcome>(row, 1)?;
+                let charged = row.get::<_, Option<i64>>(2)?.map(|charged| charged != 0);
+                Ok((AttemptId(row.get(0)?), AttemptKind::of(outcome, charged)))
+            },
+        )?
+        .into_iter()
+        .filter(|(id, _)| shown.contains(id))
+        .collect();
+        runs.push(RunView {
+            record,
+            tasks,
+            attempts,
+            kinds,
+        });
+    }
+    let resources = resource_states_in(transaction, query.pipeline)?;
+    Ok(StatusView {
+        runs,
+        resources,
+        omitted,
+        newest,
+    })
+}
+
 fn task_runs_in(transaction: &Transaction<'_>, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
     select_all(
         transaction,
@@ -1191,28 +1292,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn status_view(
-        &self,
-        pipeline: &str,
-        partition: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<StatusView> {
-        let (pipeline, partition) = (pipeline.to_string(), partition.map(str::to_string));
-        self.transact(move |transaction| {
-            let runs = list_runs_in(transaction, pipeline.clone(), partition, limit)?
-                .into_iter()
-                .map(|record| {
-                    Ok(RunView {
-                        tasks: task_runs_in(transaction, record.id)?,
-                        attempts: attempts_in(transaction, record.id)?,
-                        record,
-                    })
-                })
-                .collect::<StoreResult<Vec<RunView>>>()?;
-            let resources = resource_states_in(transaction, pipeline)?;
-            Ok(StatusView { runs, resources })
-        })
-        .await
+    async fn status_view(&self, query: &StatusQuery) -> StoreResult<StatusView> {
+        let query = query.clone();
+        self.transact(move |transaction| status_view_in(transaction, query))
+            .await
     }
 
     async fn task_runs(&self, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {

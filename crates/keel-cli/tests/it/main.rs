@@ -5,6 +5,7 @@ mod crash;
 mod demo;
 mod faults;
 mod hardening;
+mod history;
 mod reconcile_crash;
 mod shutdown;
 mod support;

@@ -188,15 +188,10 @@ impl Store for CrashStore {
     }
     async fn status_view(
         &self,
-        pipeline: &str,
-        partition: Option<&str>,
-        limit: u32,
+        query: &keel_store::StatusQuery,
     ) -> StoreResult<keel_store::StatusView> {
         self.probe
-            .around(
-                "status_view",
-                self.inner.status_view(pipeline, partition, limit),
-            )
+            .around("status_view", self.inner.status_view(query))
             .await
     }
     async fn unfinished_runs(&self, pipeline: &str) -> StoreResult<Vec<RunRecord>> {

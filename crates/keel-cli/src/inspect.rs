@@ -1,0 +1,601 @@
+//! The commands that only read the state: `status`, `history`, `events` and `logs`.
+//!
+//! They open the store read-only, change nothing in it and leave no file beside it. What
+//! `status` and `history` show is one [`keel_store::StatusView`], read in one transaction.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use keel_model::{PipelineSpec, RunId};
+use keel_store::{RunRecord, RunView, SqliteStore, StatusQuery, StatusView, Store};
+use serde_json::{Value, json};
+
+use crate::Exit;
+use crate::args::{EventsArgs, HistoryArgs, LogsArgs, RangeArgs, StatusArgs};
+use crate::display::{self, printable};
+use crate::state::{self, StatePaths};
+
+/// Rows `status` and `history` show when neither `--limit` nor a range is given.
+const DEFAULT_LIMIT: u32 = 20;
+
+/// A range of partitions from `--from/--to`: the query's bounds and every partition in it.
+struct Range {
+    bounds: (String, String),
+    partitions: Vec<String>,
+}
+
+fn range(spec: &PipelineSpec, args: &RangeArgs) -> Result<Option<Range>> {
+    let (Some(from), Some(to)) = (&args.from, &args.to) else {
+        return Ok(None);
+    };
+    let partitions = state::date_range(spec, from, to)?;
+    let bounds = (
+        partitions.first().cloned().unwrap_or_default(),
+        partitions.last().cloned().unwrap_or_default(),
+    );
+    Ok(Some(Range { bounds, partitions }))
+}
+
+/// The summary line of a range: each partition by the state of its newest run.
+fn print_range_summary(range: &Range, view: &StatusView) {
+    let states: Vec<_> = range
+        .partitions
+        .iter()
+        .map(|partition| view.newest.get(partition).copied())
+        .collect();
+    println!("{}", display::range_summary(&states));
+}
+
+/// A task of a run as `status --json` and `history --json` show it.
+fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::Millis) -> Value {
+    let summary = run.task_summary(&task.task, now);
+    json!({
+        "name": task.task,
+        "phase": task.phase,
+        "outcome": task.outcome.filter(|_| task.state == keel_model::TaskState::Done).map(|outcome| outcome.as_str()),
+        "state": task.state.as_str(),
+        "attempts": task.attempts,
+        "checks": summary.checks,
+        "probes": summary.probes,
+        "sensor_polls": summary.polls,
+        "time_ms": summary.worked,
+        "rows": summary.rows,
+        "metrics": display::metrics_json(summary.metrics.as_deref()),
+        "message": task.message,
+    })
+}
+
+fn resources_json(view: &StatusView) -> Value {
+    let now = state::now_millis();
+    view.resources
+        .iter()
+        .map(|resource| {
+            let (breaker, detail) = resource.state_at(now);
+            json!({
+                "name": resource.name,
+                "breaker": breaker,
+                "detail": detail,
+                "updated_at": resource.updated_at,
+                "open_since": resource.open_since,
+            })
+        })
+        .collect()
+}
+
+pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    let partition = args
+        .partition
+        .as_deref()
+        .map(|partition| state::check_partition(&spec, partition))
+        .transpose()?;
+    let range = range(&spec, &args.range)?;
+    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+    let Some(store) = paths.open_for_reading()? else {
+        if let Some(run) = args.run {
+            return Err(no_such_run(&spec, RunId(run)));
+        }
+        if args.json {
+            println!("{}", json!({ "runs": [] }));
+        } else {
+            println!(
+                "no runs yet for pipeline {:?} (state {})",
+                spec.name,
+                paths.database.display()
+            );
+            if let Some(range) = &range {
+                print_range_summary(range, &StatusView::default());
+            }
+        }
+        return Ok(0);
+    };
+    let one_run = args.run.is_some() || (partition.is_some() && !args.all);
+    let query = StatusQuery {
+        pipeline: spec.name.clone(),
+        run: args.run.map(RunId),
+        partitions: match (&partition, &range) {
+            (Some(partition), _) => Some((partition.clone(), partition.clone())),
+            (None, Some(range)) => Some(range.bounds.clone()),
+            (None, None) => None,
+        },
+        every_run: args.all,
+        task: None,
+        limit: match (args.limit, &range, one_run) {
+            (Some(limit), _, _) => Some(limit),
+            (None, Some(_), _) | (None, None, true) => None,
+            (None, None, false) => Some(DEFAULT_LIMIT),
+        },
+    };
+    // One read-only transaction: what is shown is one consistent moment of the state.
+    let view = store.status_view(&query).await?;
+    let now = state::now_millis();
+    if let Some(run) = args.run
+        && view.runs.is_empty()
+    {
+        return Err(no_such_run(&spec, RunId(run)));
+    }
+    if args.json {
+        let runs: Vec<Value> = view
+            .runs
+            .iter()
+            .map(|run| {
+                let record = &run.record;
+                json!({
+                    "id": record.id.0,
+                    "partition": record.partition,
+                    "state": record.state.as_str(),
+                    "version": record.version,
+                    "message": record.message,
+                    "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut document = json!({ "runs": runs });
+        if view.omitted > 0 {
+            document["omitted"] = view.omitted.into();
+        }
+        if !view.resources.is_empty() {
+            document["resources"] = resources_json(&view);
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(0);
+    }
+    if view.runs.is_empty() {
+        match &partition {
+            Some(partition) => println!("no run of partition {partition} yet"),
+            None => println!("no runs yet for pipeline {:?}", spec.name),
+        }
+    } else if args.run.is_some() || partition.is_some() {
+        for run in &view.runs {
+            display::print_run(run, now);
+        }
+    } else {
+        display::print_run_list(&view.runs);
+    }
+    if let Some(note) =
+        display::omitted_note(view.omitted, view.runs.len(), args.all, range.is_some())
+    {
+        println!("{note}");
+    }
+    display::print_resources(&view.resources);
+    if let Some(range) = &range {
+        print_range_summary(range, &view);
+    }
+    Ok(0)
+}
+
+fn no_such_run(spec: &PipelineSpec, run: RunId) -> anyhow::Error {
+    Exit::usage(format!(
+        "no run {run} of pipeline {:?}; `keel status --all` lists every run",
+        spec.name
+    ))
+}
+
+/// Splits `[PIPELINE] REST…` where a leading `.toml` path or existing file is the pipeline.
+pub fn split_pipeline(args: &[String]) -> (PathBuf, Vec<String>) {
+    match args.split_first() {
+        Some((first, rest))
+            if !rest.is_empty() && (first.ends_with(".toml") || Path::new(first).is_file()) =>
+        {
+            (PathBuf::from(first), rest.to_vec())
+        }
+        _ => (PathBuf::from("keel.toml"), args.to_vec()),
+    }
+}
+
+/// The one task named by `[PIPELINE] TASK`, which must be one of the pipeline's.
+fn pipeline_and_task(args: &[String], usage: &str) -> Result<(PathBuf, PipelineSpec, String)> {
+    let (pipeline, rest) = split_pipeline(args);
+    let [task] = rest.as_slice() else {
+        return Err(Exit::usage(format!("usage: {usage}")));
+    };
+    let spec = state::load_pipeline(&pipeline)?;
+    if spec.task(task).is_none() {
+        return Err(unknown_task(&spec, task));
+    }
+    Ok((pipeline, spec, task.clone()))
+}
+
+/// An unknown task: the closest name, if one is close, and every name the pipeline has.
+fn unknown_task(spec: &PipelineSpec, task: &str) -> anyhow::Error {
+    let names: Vec<&str> = spec.tasks.iter().map(|task| task.name.as_str()).collect();
+    let suggestion = keel_model::closest(task, names.iter().copied())
+        .map(|name| format!("; did you mean {name:?}?"))
+        .unwrap_or_default();
+    Exit::usage(format!(
+        "unknown task {task:?} in pipeline {:?} (its tasks: {}){suggestion}",
+        spec.name,
+        names.join(", ")
+    ))
+}
+
+pub async fn history(state_url: Option<&str>, args: HistoryArgs) -> Result<u8> {
+    let (pipeline, spec, task) = pipeline_and_task(
+        &args.args,
+        "keel history [PIPELINE] TASK [--from D --to D] [--all] [--json]",
+    )?;
+    let range = range(&spec, &args.range)?;
+    let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
+    let view = match paths.open_for_reading()? {
+        None => StatusView::default(),
+        Some(store) => {
+            let query = StatusQuery {
+                pipeline: spec.name.clone(),
+                run: None,
+                partitions: range.as_ref().map(|range| range.bounds.clone()),
+                every_run: args.all,
+                task: Some(task.clone()),
+                limit: args.limit.or(range.is_none().then_some(DEFAULT_LIMIT)),
+            };
+            store.status_view(&query).await?
+        }
+    };
+    let now = state::now_millis();
+    if args.json {
+        let runs: Vec<Value> = view
+            .runs
+            .iter()
+            .flat_map(|run| {
+                run.tasks.iter().map(move |row| {
+                    let mut entry = task_json(run, row, now);
+                    entry["run"] = run.record.id.0.into();
+                    entry["partition"] = run.record.partition.clone().into();
+                    entry["run_state"] = run.record.state.as_str().into();
+                    entry
+                })
+            })
+            .collect();
+        let mut document = json!({ "task": task, "runs": runs });
+        if view.omitted > 0 {
+            document["omitted"] = view.omitted.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(0);
+    }
+    if view.runs.is_empty() {
+        println!("task {task} has not run yet");
+    } else {
+        println!(
+            "task {task} · phase {}",
+            spec.task(&task)
+                .map(|task| task.phase.as_str())
+                .unwrap_or_default()
+        );
+        display::print_history(&view.runs, now);
+    }
+    if let Some(note) =
+        display::omitted_note(view.omitted, view.runs.len(), args.all, range.is_some())
+    {
+        println!("{note}");
+    }
+    Ok(0)
+}
+
+/// Events read per transaction while catching up.
+const EVENT_PAGE: u32 = 500;
+/// How often `--follow` looks for new events.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Which events `keel events` prints, and when `--follow` stops.
+struct EventFilter {
+    pipeline: String,
+    partition: Option<String>,
+    run: Option<RunId>,
+    /// Runs seen so far; `None` for a run of another pipeline.
+    runs: HashMap<RunId, Option<RunRecord>>,
+}
+
+impl EventFilter {
+    /// The run of an event, if the event is one to print.
+    async fn admit(
+        &mut self,
+        store: &SqliteStore,
+        event: &keel_store::EventRecord,
+    ) -> Result<Option<RunRecord>> {
+        if self.run.is_some_and(|run| run != event.run) {
+            return Ok(None);
+        }
+        if !self.runs.contains_key(&event.run) {
+            let record = match store.run(event.run).await {
+                Ok(record) => Some(record).filter(|record| record.pipeline == self.pipeline),
+                Err(keel_store::StoreError::NoSuchRun(_)) => None,
+                Err(error) => return Err(error.into()),
+            };
+            self.runs.insert(event.run, record);
+        }
+        let record = self.runs[&event.run].clone();
+        Ok(record.filter(|record| {
+            self.partition
+                .as_ref()
+                .is_none_or(|partition| *partition == record.partition)
+        }))
+    }
+
+    /// Whether a follower is done: the run it follows (or the partition's newest run) ended.
+    async fn finished(&self, store: &SqliteStore) -> Result<bool> {
+        let record = match (self.run, &self.partition) {
+            (Some(run), _) => Some(store.run(run).await?),
+            (None, Some(partition)) => store.latest_run(&self.pipeline, partition).await?,
+            (None, None) => return Ok(false),
+        };
+        Ok(record.is_some_and(|record| record.state.is_finished()))
+    }
+}
+
+/// An event time in the pipeline's time zone, RFC 3339 with milliseconds.
+fn event_time(zone: chrono_tz::Tz, at: keel_model::Millis) -> String {
+    use chrono::TimeZone;
+    match zone.timestamp_millis_opt(at) {
+        chrono::LocalResult::Single(time) => {
+            time.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+        }
+        _ => at.to_string(),
+    }
+}
+
+fn print_event(
+    json: bool,
+    zone: chrono_tz::Tz,
+    record: &RunRecord,
+    event: &keel_store::EventRecord,
+) -> Result<()> {
+    let time = event_time(zone, event.at);
+    let line = if json {
+        json!({
+            "seq": event.seq,
+            "at": event.at,
+            "time": time,
+            "run": event.run.0,
+            "partition": record.partition,
+            "task": event.task,
+            "attempt_id": event.attempt.map(|attempt| attempt.0),
+            "kind": event.kind.as_str(),
+            "detail": event.detail,
+        })
+        .to_string()
+    } else {
+        let task = event
+            .task
+            .as_deref()
+            .map(|task| format!(" {}", printable(task)))
+            .unwrap_or_default();
+        let detail = if event.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", printable(&event.detail))
+        };
+        format!(
+            "{time}  run {} {}  {}{task}{detail}",
+            event.run,
+            printable(&record.partition),
+            event.kind
+        )
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+pub async fn events(state_url: Option<&str>, args: EventsArgs) -> Result<u8> {
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    let partition = args
+        .partition
+        .as_deref()
+        .map(|partition| state::check_partition(&spec, partition))
+        .transpose()?;
+    let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+    let Some(store) = paths.open_for_reading()? else {
+        if let Some(run) = args.run {
+            return Err(no_such_run(&spec, RunId(run)));
+        }
+        eprintln!("no runs yet for pipeline {:?}", spec.name);
+        return Ok(0);
+    };
+    if let Some(run) = args.run {
+        match store.run(RunId(run)).await {
+            Ok(record) if record.pipeline == spec.name => {}
+            Ok(_) | Err(keel_store::StoreError::NoSuchRun(_)) => {
+                return Err(no_such_run(&spec, RunId(run)));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let mut filter = EventFilter {
+        pipeline: spec.name.clone(),
+        partition,
+        run: args.run.map(RunId),
+        runs: HashMap::new(),
+    };
+    let mut after = 0;
+    // Once the followed run has ended, one more read picks up what it committed meanwhile.
+    let mut ending = false;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let page = store.events_after(after, EVENT_PAGE).await?;
+        for event in &page {
+            after = event.seq;
+            if let Some(record) = filter.admit(&store, event).await? {
+                print_event(args.json, zone, &record, event)?;
+            }
+        }
+        if page.len() == EVENT_PAGE as usize {
+            continue;
+        }
+        if !args.follow || ending {
+            return Ok(0);
+        }
+        if filter.finished(&store).await? {
+            ending = true;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = &mut interrupted => return Ok(130),
+        }
+    }
+}
+
+pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
+    let usage = "keel logs [PIPELINE] TASK [--partition D | --run ID] [--attempt N | --sensor]";
+    let (pipeline, spec, task) = pipeline_and_task(&args.args, usage)?;
+    let partition = args
+        .partition
+        .as_deref()
+        .map(|partition| state::check_partition(&spec, partition))
+        .transpose()?;
+    if args.sensor && spec.task(&task).is_some_and(|task| task.wait_for.is_none()) {
+        return Err(Exit::usage(format!(
+            "task {task:?} has no sensor (`wait_for`); leave out --sensor to see its attempts' output"
+        )));
+    }
+    let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
+    let store = paths
+        .open_for_reading()?
+        .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
+    let mut query = StatusQuery::new(spec.name.clone());
+    query.task = Some(task.clone());
+    match (args.run, &partition) {
+        (Some(run), _) => query.run = Some(RunId(run)),
+        (None, Some(partition)) => query = query.partition(partition.clone()),
+        (None, None) => query.every_run = true,
+    }
+    let view = store.status_view(&query).await?;
+    let explicit = args.run.is_some() || partition.is_some();
+    if view.runs.is_empty() {
+        return Err(match (args.run, &partition) {
+            (Some(run), _) => no_such_run(&spec, RunId(run)),
+            (None, Some(partition)) => anyhow::anyhow!(
+                "no run of partition {partition} yet; start one with `keel run --partition {partition}`"
+            ),
+            (None, None) => {
+                anyhow::anyhow!("task {task:?} has not run yet; start it with `keel run`")
+            }
+        });
+    }
+    // Newest run first: by default, the newest in which the task ran (or its sensor polled).
+    let mut runs: Vec<&RunView> = view.runs.iter().collect();
+    runs.sort_by_key(|run| std::cmp::Reverse(run.record.id));
+    if args.sensor {
+        let run_dir = |run: &RunView| {
+            paths
+                .attempts_dir()
+                .join(store.store_id())
+                .join(run.record.id.0.to_string())
+        };
+        let found = runs
+            .iter()
+            .take(if explicit { 1 } else { runs.len() })
+            .find_map(|run| last_sensor_poll(&run_dir(run), &task).map(|dir| (run, dir)));
+        let Some((_, dir)) = found else {
+            let run = runs[0].record.id;
+            if explicit {
+                bail!("the sensor of task {task:?} has not polled in run {run}");
+            }
+            bail!("the sensor of task {task:?} has not polled yet");
+        };
+        return print_output(&dir, &format!("the last sensor poll of {task:?}"));
+    }
+    let chosen = if explicit {
+        runs[0]
+    } else {
+        runs.iter()
+            .copied()
+            .find(|run| run.attempts_of(&task).next().is_some())
+            .unwrap_or(runs[0])
+    };
+    let attempts: Vec<_> = chosen.attempts_of(&task).collect();
+    let run = chosen.record.id;
+    if attempts.is_empty() {
+        let hint = if spec.task(&task).is_some_and(|task| task.wait_for.is_some()) {
+            "; its sensor's output is shown with --sensor"
+        } else {
+            ""
+        };
+        bail!(
+            "task {task:?} has no attempts in run {run} of partition {}{hint}",
+            printable(&chosen.record.partition)
+        );
+    }
+    let attempt = match args.attempt {
+        Some(number) => attempts
+            .iter()
+            .find(|attempt| attempt.number == number)
+            .ok_or_else(|| {
+                let known: Vec<String> = attempts
+                    .iter()
+                    .map(|attempt| attempt.number.to_string())
+                    .collect();
+                anyhow::anyhow!(
+                    "task {task:?} has no attempt {number} in run {run}; it has attempts {}",
+                    known.join(", ")
+                )
+            })?,
+        None => attempts[attempts.len() - 1],
+    };
+    print_output(
+        Path::new(&attempt.dir),
+        &format!("attempt {} of {task:?}", attempt.number),
+    )
+}
+
+/// The directory of a task's newest sensor poll in a run's directory: the engine gives each
+/// poll its own, `<task>.sensor.<when, in ms>`.
+fn last_sensor_poll(run_dir: &Path, task: &str) -> Option<PathBuf> {
+    let prefix = format!("{task}.sensor.");
+    std::fs::read_dir(run_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let at: i64 = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((at, entry.path()))
+        })
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, path)| path)
+}
+
+/// Prints the captured output in an attempt or sensor poll directory as it was written.
+fn print_output(dir: &Path, what: &str) -> Result<u8> {
+    let path = dir.join(keel_exec::supervisor::OUTPUT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            std::io::stdout().write_all(&bytes)?;
+            Ok(0)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "{what} captured no output ({})",
+                printable(&path.display().to_string())
+            );
+            Ok(0)
+        }
+        Err(error) => Err(error)
+            .with_context(|| format!("cannot read {}", printable(&path.display().to_string()))),
+    }
+}
