@@ -580,22 +580,26 @@ fn last_sensor_poll(run_dir: &Path, task: &str) -> Option<PathBuf> {
         .map(|(_, path)| path)
 }
 
-/// Prints the captured output in an attempt or sensor poll directory as it was written.
+/// Prints the captured output in an attempt or sensor poll directory as it was written. The
+/// directory is one a task can write into, so the log is opened without following a link and
+/// only if it is a regular file, and copied in pieces: a planted link to `/dev/zero` or a pipe
+/// can neither hang nor bloat `keel logs`.
 fn print_output(dir: &Path, what: &str) -> Result<u8> {
     let path = dir.join(keel_exec::supervisor::OUTPUT_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            std::io::stdout().write_all(&bytes)?;
+    let shown = || printable(&path.display().to_string());
+    match keel_exec::open_regular_file(&path) {
+        Ok(Some(mut file)) => {
+            std::io::copy(&mut file, &mut std::io::stdout().lock())
+                .with_context(|| format!("cannot read {}", shown()))?;
             Ok(0)
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "{what} captured no output ({})",
-                printable(&path.display().to_string())
-            );
+        Ok(None) => {
+            eprintln!("{what} captured no output ({})", shown());
             Ok(0)
         }
-        Err(error) => Err(error)
-            .with_context(|| format!("cannot read {}", printable(&path.display().to_string()))),
+        Err(problem) => Err(anyhow::anyhow!(
+            "cannot show {}: {problem}; Keel wrote it as a plain file, so something replaced it",
+            shown()
+        )),
     }
 }

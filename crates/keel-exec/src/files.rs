@@ -16,7 +16,7 @@ use rustix::io::Errno;
 
 /// Why a file could not be read.
 #[derive(Debug)]
-pub(crate) enum FileProblem {
+pub enum FileProblem {
     /// The path is a symbolic link.
     Link,
     /// The path is something other than a regular file; says what.
@@ -74,7 +74,7 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
 
 /// Opens `path` for reading if it is a regular file, without following a symbolic link and
 /// without blocking on a pipe. `Ok(None)` when there is nothing at the path.
-pub(crate) fn open_regular_file(path: &Path) -> Result<Option<File>, FileProblem> {
+pub fn open_regular_file(path: &Path) -> Result<Option<File>, FileProblem> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)

@@ -3,7 +3,7 @@
 //! [`Executor`] is the seam the engine is generic over. [`ProcessExecutor`] runs commands through
 //! the attempt [`supervisor`], which enforces the wall-clock timeout and the stall limit on the
 //! whole process group and leaves a durable exit record. [`interpret`] turns an exit record and
-//! the task's result file into a typed [`Report`] following DESIGN §4.
+//! the task's result file into a typed [`Report`].
 //!
 //! This crate never touches the state store and never decides about retries.
 
@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use files::{FileProblem, open_regular_file};
 pub use group::{EscapedProcess, GroupEnd, TaskGroup, TreesEnd};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};

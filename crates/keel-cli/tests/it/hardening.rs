@@ -485,6 +485,61 @@ fn a_result_file_over_the_cap_fails_the_attempt_naming_the_cap() {
     assert_failed_naming_the_file(&task, "1 MiB");
 }
 
+/// Regression: `keel logs` read the output log with a plain read, so a task that replaced it
+/// (the attempt directory is the task's to write in: its result file lives there) with a link to
+/// `/dev/zero` or with a named pipe made `keel logs` read for ever or hang. It now refuses, at
+/// once, naming what it found.
+#[test]
+fn keel_logs_refuses_an_output_log_a_task_replaced_with_a_link_or_a_pipe() {
+    for (plant, what) in [
+        (
+            "ln -s /dev/zero \"$(dirname \"$KEEL_RESULT\")/output.log\"",
+            "symbolic link",
+        ),
+        (
+            "mkfifo \"$(dirname \"$KEEL_RESULT\")/output.log\"",
+            "named pipe",
+        ),
+    ] {
+        let pipeline = Pipeline::new();
+        pipeline.write(
+            "logs",
+            "timeout = \"60s\"\nretries = { attempts = 1 }",
+            &[("quiet", "", format!("{plant}; exit 0"))],
+        );
+        let mut keel = pipeline.spawn_run();
+        let code = pipeline.wait(&mut keel, Duration::from_secs(60));
+        assert_eq!(code, 0, "{}", pipeline.log());
+        let mut logs = Command::new(keel_path())
+            .arg("logs")
+            .arg(&pipeline.path)
+            .args(["quiet", "--partition", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = logs.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = logs.kill();
+                panic!("keel logs hung on an output log that is a {what}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut logs.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("output.log") && stderr.contains(what),
+            "the error names the file and what it is: {stderr}"
+        );
+    }
+}
+
 /// Regression: a task's daemon that calls `setsid` leaves the task's process group, so the
 /// group kill missed it and it outlived its attempt and its timeout. Two tasks start such a
 /// daemon and write its pid: one then exits 0, the other runs into its timeout. After the run,
