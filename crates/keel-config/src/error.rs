@@ -155,6 +155,16 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid {field} {value:?}{} ({location}); {reason}", in_table(.table))]
+    InvalidSchedule {
+        field: String,
+        table: String,
+        value: String,
+        /// What is wrong and how to write it instead.
+        reason: String,
+        location: Location,
+    },
+
     #[error("{field:?}{} must be {bound}, found {value} ({location})", in_table(.table))]
     OutOfRange {
         field: String,
@@ -429,6 +439,7 @@ impl ConfigError {
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
+            | ConfigError::InvalidSchedule { location, .. }
             | ConfigError::OutOfRange { location, .. }
             | ConfigError::InvalidChoice { location, .. }
             | ConfigError::UnknownTimezone { location, .. }

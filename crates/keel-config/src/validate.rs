@@ -16,8 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keel_model::{
-    DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, DurationError, Jitter, PartitionKind,
-    PhaseSpec, PipelineSpec, RetryPolicy, TaskSpec,
+    Catchup, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, DurationError, Jitter,
+    PartitionKind, PhaseSpec, PipelineSpec, RetryPolicy, ScheduleSpec, TaskSpec,
 };
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
@@ -32,8 +32,17 @@ use resilience::{RawGate, RawResource, RawSensor};
 
 const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];
 const TOP_LEVEL_LATER: &[&str] = &["secrets"];
-const PIPELINE_FIELDS: &[&str] = &["name", "timezone", "partition", "state"];
-const PIPELINE_LATER: &[&str] = &["schedule", "schedule_partition"];
+const PIPELINE_FIELDS: &[&str] = &[
+    "name",
+    "timezone",
+    "partition",
+    "state",
+    "schedule",
+    "schedule_partition",
+    "catchup",
+];
+const PIPELINE_LATER: &[&str] = &[];
+const CATCHUP_KINDS: &[&str] = &["all", "latest", "none"];
 const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "heartbeat", "deadline", "concurrency"];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
 const PHASE_FIELDS: &[&str] = &["after", "gate"];
@@ -216,6 +225,11 @@ struct RawPipeline {
     timezone: Option<String>,
     partition: Option<PartitionKind>,
     state: Option<String>,
+    /// The cron expression and where it is, checked once the time zone is known.
+    schedule: Option<(String, Range<usize>)>,
+    schedule_partition: Option<i64>,
+    catchup: Option<Catchup>,
+    schedule_spec: Option<ScheduleSpec>,
 }
 
 #[derive(Debug, Default)]
@@ -745,10 +759,25 @@ impl Checker<'_> {
                             }
                         });
                 }
+                "schedule" => {
+                    raw.schedule = self
+                        .string(value, field, PATH, EXPECT_STRING)
+                        .map(|text| (text, value.span()));
+                }
+                "schedule_partition" => raw.schedule_partition = self.day_offset(value, field),
+                "catchup" => {
+                    raw.catchup = match self.choice(value, field, PATH, CATCHUP_KINDS) {
+                        Some("all") => Some(Catchup::All),
+                        Some("none") => Some(Catchup::None),
+                        Some(_) => Some(Catchup::Latest),
+                        None => None,
+                    };
+                }
                 _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
                 _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
             }
         }
+        self.check_schedule(&mut raw);
         if raw.name.is_none() && !table.contains_key("name") {
             self.errors.push(ConfigError::MissingField {
                 field: "name".to_string(),
@@ -757,6 +786,49 @@ impl Checker<'_> {
             });
         }
         raw
+    }
+
+    /// `schedule_partition`: a whole number of days such as `"-1d"`, `"0d"` or `"+1d"`.
+    fn day_offset(&mut self, value: &Spanned<DeValue<'_>>, field: &str) -> Option<i64> {
+        let text = self.string(value, field, "pipeline", EXPECT_STRING)?;
+        let parsed = text
+            .strip_suffix('d')
+            .and_then(|days| days.parse::<i64>().ok())
+            .filter(|days| days.abs() <= 366);
+        if parsed.is_none() {
+            self.errors.push(ConfigError::InvalidSchedule {
+                field: field.to_string(),
+                table: "pipeline".to_string(),
+                value: text,
+                reason: "write a whole number of days from the scheduled time's local date, such as \"-1d\" (the day before), \"0d\" or \"+1d\", within a year".to_string(),
+                location: self.location(&value.span()),
+            });
+        }
+        parsed
+    }
+
+    /// Checks `schedule` in the pipeline's time zone and puts the schedule fields together.
+    fn check_schedule(&mut self, raw: &mut RawPipeline) {
+        let Some((cron, span)) = raw.schedule.take() else {
+            return;
+        };
+        let zone = raw.timezone.as_deref().unwrap_or("UTC");
+        match keel_model::schedule::Schedule::parse(&cron, zone) {
+            Ok(_) => {
+                raw.schedule_spec = Some(ScheduleSpec {
+                    cron,
+                    partition_offset_days: raw.schedule_partition.unwrap_or(0),
+                    catchup: raw.catchup.unwrap_or_default(),
+                })
+            }
+            Err(error) => self.errors.push(ConfigError::InvalidSchedule {
+                field: "schedule".to_string(),
+                table: "pipeline".to_string(),
+                value: cron,
+                reason: error.to_string(),
+                location: self.location(&span),
+            }),
+        }
     }
 
     fn defaults(&mut self, table: &DeTable<'_>) -> RawDefaults {
@@ -1215,6 +1287,7 @@ fn build_spec(
         timezone: pipeline.timezone.unwrap_or_else(|| "UTC".to_string()),
         partition: pipeline.partition.unwrap_or(PartitionKind::Date),
         state: pipeline.state,
+        schedule: pipeline.schedule_spec,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

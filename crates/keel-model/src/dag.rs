@@ -305,6 +305,7 @@ mod tests {
                 task("b2", "b", &["b1"]),
             ],
             resources: vec![],
+            schedule: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -349,6 +350,7 @@ mod tests {
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
             resources: vec![],
+            schedule: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -379,6 +381,7 @@ mod tests {
                 .map(|n| task(&format!("t{n}"), &format!("p{}", n / width), &[]))
                 .collect(),
             resources: vec![],
+            schedule: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -302,10 +302,7 @@ fn value(text: &str, def: &FieldDef) -> Result<u32, String> {
         )
     })?;
     if number < def.min || number > def.max {
-        return Err(format!(
-            "is out of range; a {} is from {} to {}",
-            def.name, def.min, def.max
-        ));
+        return Err(format!("is out of range; use {} to {}", def.min, def.max));
     }
     Ok(number)
 }
@@ -478,7 +475,7 @@ mod tests {
         );
         assert_eq!(
             error("60 6 * * *"),
-            "schedule \"60 6 * * *\": minute \"60\" is out of range; a minute is from 0 to 59"
+            "schedule \"60 6 * * *\": minute \"60\" is out of range; use 0 to 59"
         );
         assert_eq!(
             error("0 6 * * funday"),

@@ -26,6 +26,32 @@ pub struct PipelineSpec {
     pub tasks: Vec<TaskSpec>,
     /// Shared external dependencies, in file order.
     pub resources: Vec<ResourceSpec>,
+    /// When `keel serve` creates runs by itself. Not part of the pipeline's version: a new
+    /// schedule changes when runs start, not what they run.
+    #[serde(skip)]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// `schedule`, `schedule_partition` and `catchup` of `[pipeline]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    /// A 5-field cron expression in the pipeline's time zone, already checked to parse.
+    pub cron: String,
+    /// Which partition a scheduled run processes: its local date moved by this many days.
+    pub partition_offset_days: i64,
+    pub catchup: Catchup,
+}
+
+/// What `keel serve` does about schedules it missed while it was not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Catchup {
+    /// Each missed schedule runs once, oldest first.
+    All,
+    /// Only the most recent missed schedule runs.
+    #[default]
+    Latest,
+    /// Missed schedules are skipped; the next one runs on time.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

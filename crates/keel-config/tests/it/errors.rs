@@ -233,8 +233,6 @@ fn not_supported_yet() {
     assert_snapshot!(errors_of(
         r#"[pipeline]
 name = "hoops"
-schedule = "0 6 * * *"
-schedule_partition = "-1d"
 
 [secrets]
 provider = "env"
@@ -783,6 +781,35 @@ command = ["true"]
 timeout = "365d"
 retries = { initial = "365d", max = "365d" }
 wait_for = { command = ["true"], every = "365d" }
+"#
+    ));
+}
+
+#[test]
+fn bad_schedules() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+timezone = "America/New_York"
+schedule = "0 25 * * *"
+schedule_partition = "yesterday"
+catchup = "some"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+schedule = "0 6 * *"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
 "#
     ));
 }

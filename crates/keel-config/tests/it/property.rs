@@ -257,6 +257,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     timezone: "Europe/Paris".into(),
                     partition,
                     state: None,
+                    schedule: None,
                     concurrency,
                     phases,
                     tasks,

@@ -172,6 +172,7 @@ after = ["player_game_summary", "scrape_injuries"]
             },
         ],
         resources: vec![],
+        schedule: None,
     };
     assert_eq!(spec, expected);
 
@@ -334,6 +335,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         timezone: "America/New_York".into(),
         partition: PartitionKind::Date,
         state: None,
+        schedule: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {
@@ -670,4 +672,42 @@ wait_for = {{ command = ["true"], every = "365d" }}
     // The derived backoff cap (8 × every) is held to the same limit as a written one.
     let sensor = spec.tasks[0].wait_for.as_ref().unwrap();
     assert_eq!(sensor.max, keel_config::MAX_DURATION);
+}
+
+#[test]
+fn a_schedule_is_read_in_the_pipelines_time_zone() {
+    let spec = keel_config::parse(
+        r#"[pipeline]
+name = "hoops"
+timezone = "America/New_York"
+schedule = "30 6 * * mon-fri"
+schedule_partition = "-1d"
+catchup = "all"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#,
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.schedule,
+        Some(keel_model::ScheduleSpec {
+            cron: "30 6 * * mon-fri".into(),
+            partition_offset_days: -1,
+            catchup: keel_model::Catchup::All,
+        })
+    );
+    let unscheduled = keel_config::parse(
+        "[pipeline]\nname = \"p\"\n[phases.a]\n[tasks.t]\nphase = \"a\"\ncommand = [\"true\"]\n",
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(unscheduled.schedule, None);
+    // The schedule is not part of the version: it changes when runs start, not what they run.
+    let mut rescheduled = spec.clone();
+    rescheduled.schedule = None;
+    assert_eq!(spec.version(), rescheduled.version());
 }

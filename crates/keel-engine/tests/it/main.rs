@@ -204,6 +204,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
             .collect(),
         tasks,
         resources: vec![],
+        schedule: None,
     }
 }
 

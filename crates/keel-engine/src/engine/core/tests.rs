@@ -53,6 +53,7 @@ fn chain_core() -> Core {
             .collect(),
         tasks: vec![task("a", "p0", 3), task("b", "p1", 1), task("c", "p2", 1)],
         resources: vec![],
+        schedule: None,
     };
     let dag = Dag::new(&spec);
     let topology = Topology::new(&spec, &dag);
