@@ -88,6 +88,98 @@ where
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
     sensor_polls_are_counted_until_a_reset(make().await).await;
     tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
+    a_schedule_fire_is_recorded_once_with_its_run(make().await).await;
+}
+
+/// A schedule's fire and the run it starts commit together; the same fire again is refused
+/// with the run it started, a fire for a partition with an unfinished run joins that run, and
+/// the last fire is remembered per trigger.
+async fn a_schedule_fire_is_recorded_once_with_its_run<S: Store>(store: S) {
+    let fire = |trigger: &str, fire_at| ScheduleFire {
+        trigger: trigger.into(),
+        fire_at,
+    };
+    assert_eq!(
+        store.last_fire("conformance", "pipeline").await.unwrap(),
+        None
+    );
+    let gate = Change::Gate(GateRecord {
+        phase: "main".into(),
+        status: GateState::Waiting,
+        waived: Vec::new(),
+    });
+    let created = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 5_000),
+            vec![gate],
+        )
+        .await
+        .unwrap();
+    let FireOutcome::Created(run) = created else {
+        panic!("the first fire creates a run: {created:?}");
+    };
+    assert_eq!(
+        store.gates(run).await.unwrap().len(),
+        1,
+        "its gates come with it"
+    );
+    let again = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 5_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, FireOutcome::AlreadyFired(run));
+    let joined = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 6_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        joined,
+        FireOutcome::Joined(run),
+        "the partition's run is unfinished"
+    );
+    let other = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("evening", 6_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, FireOutcome::Joined(run), "triggers are kept apart");
+    store
+        .set_run_state(run, RunState::Succeeded, None, 7_000)
+        .await
+        .unwrap();
+    let rerun = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 8_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(rerun, FireOutcome::Created(second) if second != run),
+        "a finished partition gets a new run: {rerun:?}"
+    );
+    assert_eq!(
+        store.last_fire("conformance", "pipeline").await.unwrap(),
+        Some(8_000)
+    );
+    assert_eq!(
+        store.last_fire("conformance", "evening").await.unwrap(),
+        Some(6_000)
+    );
+    assert_eq!(store.last_fire("other", "pipeline").await.unwrap(), None);
 }
 
 /// A retry may name a task the pipeline file gained after the run was created: it joins the

@@ -85,6 +85,21 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn store_id(&self) -> &str;
     /// Inserts a run and one task run per task, all in one transaction.
     fn create_run(&self, new_run: NewRun) -> impl Future<Output = StoreResult<RunRecord>> + Send;
+    /// Records that a schedule fired, with the run it starts, in one transaction: a fire
+    /// recorded before is not run again ([`FireOutcome::AlreadyFired`]); a partition with an
+    /// unfinished run joins it; otherwise `new_run` is created with `gates` applied.
+    fn create_run_for_fire(
+        &self,
+        new_run: NewRun,
+        fire: ScheduleFire,
+        gates: Vec<Change>,
+    ) -> impl Future<Output = StoreResult<FireOutcome>> + Send;
+    /// When a schedule last fired, if ever.
+    fn last_fire(
+        &self,
+        pipeline: &str,
+        trigger: &str,
+    ) -> impl Future<Output = StoreResult<Option<keel_model::Millis>>> + Send;
     fn run(&self, run: RunId) -> impl Future<Output = StoreResult<RunRecord>> + Send;
     /// The newest run of a partition, if any.
     fn latest_run(

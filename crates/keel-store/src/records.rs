@@ -159,6 +159,23 @@ pub struct NewRun {
     pub at: Millis,
 }
 
+/// One firing of a schedule: which (`pipeline` for the pipeline's own `schedule`) and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleFire {
+    pub trigger: String,
+    pub fire_at: Millis,
+}
+
+/// What [`crate::Store::create_run_for_fire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireOutcome {
+    Created(RunId),
+    /// The partition had an unfinished run; the fire joined it.
+    Joined(RunId),
+    /// This fire was recorded before, with this run.
+    AlreadyFired(RunId),
+}
+
 #[derive(Debug, Clone)]
 pub struct ClaimAttempt {
     pub run: RunId,

@@ -134,6 +134,19 @@ ALTER TABLE resources ADD COLUMN open_until INTEGER;
 -- runs, and for attempts recorded before Keel kept it.
 ALTER TABLE attempts ADD COLUMN charged INTEGER;
 "#,
+    r#"
+-- Each time a schedule fired for `keel serve`, and the run it started or joined: written in the
+-- transaction that creates the run, so a Keel killed at any instant neither loses a fire nor
+-- runs one twice, and knows on restart which fires it missed.
+CREATE TABLE schedule_fires (
+    pipeline  TEXT    NOT NULL,
+    trigger   TEXT    NOT NULL,
+    fire_at   INTEGER NOT NULL,
+    partition TEXT    NOT NULL,
+    run_id    INTEGER NOT NULL REFERENCES runs (id),
+    PRIMARY KEY (pipeline, trigger, fire_at)
+);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -671,6 +684,58 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
         kind: parse_column(row, 5)?,
         detail: row.get(6)?,
     })
+}
+
+/// Inserts a run and one task run per task, and its `run_created` event.
+fn insert_run(transaction: &Transaction<'_>, new_run: &NewRun) -> StoreResult<RunRecord> {
+    cached_execute(
+        transaction,
+        "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            new_run.pipeline,
+            new_run.partition,
+            new_run.version,
+            RunState::Running.as_str(),
+            new_run.trace_id,
+            new_run.at
+        ],
+    )?;
+    let run = RunId(transaction.last_insert_rowid());
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO task_runs (run_id, task, phase, position, state, outcome, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (position, (task, phase, settled)) in new_run.tasks.iter().enumerate() {
+            let state = if settled.is_some() {
+                TaskState::Done
+            } else {
+                TaskState::Pending
+            };
+            insert.execute(params![
+                run.0,
+                task,
+                phase,
+                position as i64,
+                state.as_str(),
+                settled.map(Outcome::as_str),
+                new_run.at
+            ])?;
+        }
+    }
+    let detail = format!(
+        "partition {} version {}",
+        new_run.partition, new_run.version
+    );
+    event(
+        transaction,
+        new_run.at,
+        run,
+        None,
+        None,
+        EventKind::RunCreated,
+        &detail,
+    )?;
+    load_run(transaction, run)
 }
 
 fn load_run(transaction: &Transaction<'_>, run: RunId) -> StoreResult<RunRecord> {
@@ -1221,33 +1286,65 @@ impl Store for SqliteStore {
     }
 
     async fn create_run(&self, new_run: NewRun) -> StoreResult<RunRecord> {
+        self.transact(move |transaction| insert_run(transaction, &new_run))
+            .await
+    }
+
+    async fn create_run_for_fire(
+        &self,
+        new_run: NewRun,
+        fire: ScheduleFire,
+        gates: Vec<Change>,
+    ) -> StoreResult<FireOutcome> {
         self.transact(move |transaction| {
-            cached_execute(
-        transaction,
-                "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![new_run.pipeline, new_run.partition, new_run.version, RunState::Running.as_str(), new_run.trace_id, new_run.at],
-            )?;
-            let run = RunId(transaction.last_insert_rowid());
-            {
-                let mut insert = transaction.prepare(
-                    "INSERT INTO task_runs (run_id, task, phase, position, state, outcome, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for (position, (task, phase, settled)) in new_run.tasks.iter().enumerate() {
-                    let state = if settled.is_some() { TaskState::Done } else { TaskState::Pending };
-                    insert.execute(params![
-                        run.0,
-                        task,
-                        phase,
-                        position as i64,
-                        state.as_str(),
-                        settled.map(Outcome::as_str),
-                        new_run.at
-                    ])?;
-                }
+            let recorded: Option<i64> = transaction
+                .query_row(
+                    "SELECT run_id FROM schedule_fires WHERE pipeline = ?1 AND trigger = ?2 AND fire_at = ?3",
+                    params![new_run.pipeline, fire.trigger, fire.fire_at],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(run) = recorded {
+                return Ok(FireOutcome::AlreadyFired(RunId(run)));
             }
-            let detail = format!("partition {} version {}", new_run.partition, new_run.version);
-            event(transaction, new_run.at, run, None, None, EventKind::RunCreated, &detail)?;
-            load_run(transaction, run)
+            let unfinished: Option<i64> = transaction
+                .query_row(
+                    "SELECT id FROM runs WHERE pipeline = ?1 AND partition = ?2 AND finished_at IS NULL ORDER BY id DESC LIMIT 1",
+                    params![new_run.pipeline, new_run.partition],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let outcome = match unfinished {
+                Some(run) => FireOutcome::Joined(RunId(run)),
+                None => {
+                    let run = insert_run(transaction, &new_run)?.id;
+                    for change in gates {
+                        apply_one(transaction, run, change, new_run.at)?;
+                    }
+                    FireOutcome::Created(run)
+                }
+            };
+            let run = match outcome {
+                FireOutcome::Created(run) | FireOutcome::Joined(run) | FireOutcome::AlreadyFired(run) => run,
+            };
+            cached_execute(
+                transaction,
+                "INSERT INTO schedule_fires (pipeline, trigger, fire_at, partition, run_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![new_run.pipeline, fire.trigger, fire.fire_at, new_run.partition, run.0],
+            )?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn last_fire(&self, pipeline: &str, trigger: &str) -> StoreResult<Option<Millis>> {
+        let (pipeline, trigger) = (pipeline.to_string(), trigger.to_string());
+        self.transact(move |transaction| {
+            Ok(transaction.query_row(
+                "SELECT MAX(fire_at) FROM schedule_fires WHERE pipeline = ?1 AND trigger = ?2",
+                params![pipeline, trigger],
+                |row| row.get(0),
+            )?)
         })
         .await
     }

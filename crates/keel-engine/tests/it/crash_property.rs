@@ -165,6 +165,24 @@ impl Store for CrashStore {
             .around("create_run", self.inner.create_run(new_run))
             .await
     }
+    async fn create_run_for_fire(
+        &self,
+        new_run: NewRun,
+        fire: keel_store::ScheduleFire,
+        gates: Vec<Change>,
+    ) -> StoreResult<keel_store::FireOutcome> {
+        self.probe
+            .around(
+                "create_run_for_fire",
+                self.inner.create_run_for_fire(new_run, fire, gates),
+            )
+            .await
+    }
+    async fn last_fire(&self, pipeline: &str, trigger: &str) -> StoreResult<Option<Millis>> {
+        self.probe
+            .around("last_fire", self.inner.last_fire(pipeline, trigger))
+            .await
+    }
     async fn run(&self, run: RunId) -> StoreResult<RunRecord> {
         self.probe.around("run", self.inner.run(run)).await
     }
