@@ -98,6 +98,13 @@ impl ProgressDisplay {
                 Progress::RunFinished { partition, state, .. } => {
                     note = Some(format!("{partition} finished: {state}"));
                 }
+                Progress::RunScheduled { partition, joined, .. } => {
+                    note = Some(if *joined {
+                        format!("{partition}: the schedule fired; the partition's unfinished run carries on")
+                    } else {
+                        format!("{partition}: the schedule fired; run started")
+                    });
+                }
             }
             // Retries that fire are counted again as starts; keep the gauge honest.
             for counts in shared.runs.values_mut() {

@@ -26,6 +26,8 @@ pub use template::expand;
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
+    #[error("the pipeline's schedule cannot be used: {0}")]
+    Schedule(String),
     #[error(
         "no run of partition {partition:?} in the state store; start one with `keel run --partition {partition}`"
     )]

@@ -19,6 +19,7 @@ use crate::{Clock, EngineError, Random};
 
 mod core;
 mod driver;
+mod serve;
 
 use self::core::{Book, Commands, Core, Effect, Followup, Live, Wake, lost_report};
 
@@ -173,6 +174,13 @@ pub enum Progress {
         run: RunId,
         partition: String,
         state: RunState,
+    },
+    /// The schedule fired at `fire_at` for `partition`: a new run, or `joined` an unfinished one.
+    RunScheduled {
+        run: RunId,
+        partition: String,
+        fire_at: Millis,
+        joined: bool,
     },
 }
 
@@ -355,30 +363,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
-                    let tasks = self
-                        .core
-                        .spec
-                        .tasks
-                        .iter()
-                        .enumerate()
-                        .map(|(index, task)| {
-                            let settled = (!only.is_empty() && !only.contains(&index))
-                                .then_some(Outcome::Skipped);
-                            (task.name.clone(), task.phase.clone(), settled)
-                        })
-                        .collect();
-                    let trace_id = self.core.random.hex(32);
-                    let run = self
-                        .store
-                        .create_run(NewRun {
-                            pipeline: self.core.spec.name.clone(),
-                            partition: partition.clone(),
-                            version: self.core.spec.version(),
-                            trace_id,
-                            tasks,
-                            at: self.clock.now(),
-                        })
-                        .await?;
+                    let new_run = self.new_run(partition, &only);
+                    let run = self.store.create_run(new_run).await?;
                     // Every gate is stored from the start, so a restarted Keel never has to
                     // guess whether one had opened.
                     let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
@@ -390,6 +376,31 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
         }
         Ok(prepared)
+    }
+
+    /// A new run of `partition` as the store creates it; with `only`, the other tasks are
+    /// settled `skipped` from the start.
+    fn new_run(&mut self, partition: &str, only: &[TaskIndex]) -> NewRun {
+        let tasks = self
+            .core
+            .spec
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let settled =
+                    (!only.is_empty() && !only.contains(&index)).then_some(Outcome::Skipped);
+                (task.name.clone(), task.phase.clone(), settled)
+            })
+            .collect();
+        NewRun {
+            pipeline: self.core.spec.name.clone(),
+            partition: partition.to_string(),
+            version: self.core.spec.version(),
+            trace_id: self.core.random.hex(32),
+            tasks,
+            at: self.clock.now(),
+        }
     }
 
     /// Before an unfinished run is resumed with a pipeline file that changed since it started:
@@ -593,6 +604,21 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
+    /// One turn of the loop before it waits: commit what was decided, act on it, start what is
+    /// ready. False when tasks given up on were settled and the turn must be taken again.
+    async fn turn(&mut self, book: &mut Book, inbox: &mut Inbox) -> Result<bool, EngineError> {
+        book.now = self.clock.now();
+        self.flush(book).await?;
+        self.run_effects(book, inbox);
+        self.start_ready(book, inbox).await?;
+        self.run_effects(book, inbox);
+        if !book.given_up.is_empty() {
+            self.core.settle_given_up(book)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Executes `runs` until every one has finished, or until a shutdown: on [`Shutdown`]'s
     /// drain no attempt starts any more and running ones may finish for up to
     /// `EngineConfig::shutdown_grace`, after which they are stopped and left to be resumed; on
@@ -616,13 +642,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             self.load_run(&mut book, &mut inbox, run, &live).await?;
         }
         loop {
-            book.now = self.clock.now();
-            self.flush(&mut book).await?;
-            self.run_effects(&mut book, &mut inbox);
-            self.start_ready(&mut book, &mut inbox).await?;
-            self.run_effects(&mut book, &mut inbox);
-            if !book.given_up.is_empty() {
-                self.core.settle_given_up(&mut book)?;
+            if !self.turn(&mut book, &mut inbox).await? {
                 continue;
             }
             if book.live.is_empty()

@@ -1,0 +1,297 @@
+//! `keel serve`: one long-lived engine that runs a pipeline unattended. It starts runs when the
+//! pipeline's schedule fires (catching up on fires it missed, as `catchup` says), takes up runs
+//! other processes queue in the store (`keel run --detach`, a `keel run` while serve holds the
+//! state, a `keel retry`), and carries on everything a previous Keel left unfinished.
+//!
+//! A fire is recorded with the run it starts in one transaction (`Store::create_run_for_fire`),
+//! so a Keel killed at any instant neither loses a fire nor starts one twice: on restart the
+//! last recorded fire says which were missed.
+
+use std::collections::VecDeque;
+
+use keel_model::schedule::Schedule;
+use keel_model::{Catchup, PartitionKind};
+use keel_store::{FireOutcome, ScheduleFire};
+
+use super::*;
+
+/// The trigger name under which the pipeline's own `schedule` records its fires.
+pub(crate) const PIPELINE_TRIGGER: &str = "pipeline";
+
+/// The most missed fires one start catches up on (`catchup = "all"`); older ones are skipped,
+/// with a note in the log.
+const MAX_CATCH_UP: usize = 1_000;
+
+/// Where a schedule stands: fires still owed from before (catch-up), then the next one.
+pub(super) struct Cursor {
+    schedule: Schedule,
+    offset_days: i64,
+    owed: VecDeque<Millis>,
+    next: Option<Millis>,
+}
+
+impl Cursor {
+    /// The fires owed at `now` given the last recorded one, per the catch-up policy.
+    fn new(
+        schedule: Schedule,
+        spec: &keel_model::ScheduleSpec,
+        last: Option<Millis>,
+        now: Millis,
+    ) -> Cursor {
+        let missed = match last {
+            // Never fired: a schedule starts from now; nothing is owed from before it existed.
+            None => Vec::new(),
+            Some(last) => schedule.fires_between(last, now, MAX_CATCH_UP),
+        };
+        let owed: VecDeque<Millis> = match spec.catchup {
+            Catchup::All => missed.into(),
+            Catchup::Latest => missed.last().copied().into_iter().collect(),
+            Catchup::None => VecDeque::new(),
+        };
+        let next = schedule.next_after(now);
+        Cursor {
+            schedule,
+            offset_days: spec.partition_offset_days,
+            owed,
+            next,
+        }
+    }
+
+    /// The next fire due at `now`, oldest first; the cursor moves past it.
+    fn take_due(&mut self, now: Millis) -> Option<Millis> {
+        if let Some(owed) = self.owed.pop_front() {
+            return Some(owed);
+        }
+        let next = self.next.filter(|next| *next <= now)?;
+        self.next = self.schedule.next_after(next);
+        Some(next)
+    }
+
+    /// When the engine must wake for the next fire.
+    pub(super) fn wake_at(&self) -> Option<Millis> {
+        if self.owed.is_empty() {
+            self.next
+        } else {
+            Some(0)
+        }
+    }
+}
+
+impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
+    /// Runs the pipeline until a shutdown: scheduled runs, runs others queue, and every
+    /// unfinished run, recovered first as `execute` does. On [`Shutdown`]'s drain no attempt
+    /// starts any more and running ones may finish within the grace period; a restart carries
+    /// on from the store.
+    pub async fn serve(&mut self, shutdown: Shutdown) -> Result<(), EngineError> {
+        let (mut book, mut inbox) = self.new_book(shutdown).await?;
+        let live = self.store.live_attempts(&self.core.spec.name).await?;
+        let mut to_load: Vec<RunId> = self
+            .store
+            .unfinished_runs(&self.core.spec.name)
+            .await?
+            .into_iter()
+            .map(|run| run.id)
+            .collect();
+        for attempt in &live {
+            if !to_load.contains(&attempt.run) {
+                to_load.push(attempt.run);
+            }
+        }
+        for run in to_load {
+            self.load_run(&mut book, &mut inbox, run, &live).await?;
+        }
+        let mut cursor = self.schedule_cursor().await?;
+        loop {
+            if let Some(cursor) = cursor.as_mut() {
+                self.fire_due(&mut book, &mut inbox, cursor).await?;
+            }
+            if !self.turn(&mut book, &mut inbox).await? {
+                continue;
+            }
+            if book.shutting_down && book.live.is_empty() {
+                break;
+            }
+            if book.live.is_empty()
+                && book.sensing == 0
+                && book.ready.is_empty()
+                && book.timers.is_empty()
+                && book.runs.iter().any(|run| !run.finished)
+            {
+                self.core.settle_stuck_runs(&mut book)?;
+                continue;
+            }
+            let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
+            let wake_at = match (next_timer, cursor.as_ref().and_then(Cursor::wake_at)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wakeup = wait(self.clock.clone(), wake_at, &mut inbox).await;
+            book.now = self.clock.now();
+            let poll = matches!(wakeup, Wakeup::Poll);
+            self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
+            if poll && !book.shutting_down {
+                self.pick_up_runs(&mut book, &mut inbox).await?;
+            }
+        }
+        self.flush(&mut book).await
+    }
+
+    /// The pipeline's schedule as of now, with the fires missed since the last recorded one.
+    async fn schedule_cursor(&mut self) -> Result<Option<Cursor>, EngineError> {
+        let Some(spec) = self.core.spec.schedule.clone() else {
+            return Ok(None);
+        };
+        let schedule = Schedule::parse(&spec.cron, &self.core.spec.timezone)
+            .map_err(|error| EngineError::Schedule(error.to_string()))?;
+        let last = self
+            .store
+            .last_fire(&self.core.spec.name, PIPELINE_TRIGGER)
+            .await?;
+        Ok(Some(Cursor::new(schedule, &spec, last, self.clock.now())))
+    }
+
+    /// Starts a run for every fire due now, each recorded with its run in one transaction.
+    async fn fire_due(
+        &mut self,
+        book: &mut Book,
+        inbox: &mut Inbox,
+        cursor: &mut Cursor,
+    ) -> Result<(), EngineError> {
+        while let Some(fire_at) = cursor.take_due(self.clock.now()) {
+            if book.shutting_down {
+                // Not recorded: the next start finds it missed and catches up as configured.
+                return Ok(());
+            }
+            let partition = match self.core.spec.partition {
+                PartitionKind::None => "none".to_string(),
+                PartitionKind::Date => {
+                    match cursor.schedule.partition_of(fire_at, cursor.offset_days) {
+                        Some(date) => date.to_string(),
+                        None => continue,
+                    }
+                }
+            };
+            let new_run = self.new_run(&partition, &[]);
+            let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
+            let fire = ScheduleFire {
+                trigger: PIPELINE_TRIGGER.to_string(),
+                fire_at,
+            };
+            let outcome = self.store.create_run_for_fire(new_run, fire, gates).await?;
+            let run = match outcome {
+                FireOutcome::Created(run) | FireOutcome::Joined(run) => run,
+                FireOutcome::AlreadyFired(_) => continue,
+            };
+            (self.core.observer)(Progress::RunScheduled {
+                run,
+                partition,
+                fire_at,
+                joined: matches!(outcome, FireOutcome::Joined(_)),
+            });
+            if !is_loaded(book, run) {
+                self.load_run(book, inbox, run, &[]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the unfinished runs the store has that this engine does not follow yet: queued by
+    /// another process, or finished here and reopened by `keel retry`.
+    async fn pick_up_runs(
+        &mut self,
+        book: &mut Book,
+        inbox: &mut Inbox,
+    ) -> Result<(), EngineError> {
+        // What this engine decided is in the store first, so a run it just finished is not
+        // mistaken for one reopened.
+        self.flush(book).await?;
+        let unfinished = self.store.unfinished_runs(&self.core.spec.name).await?;
+        for run in unfinished {
+            if !is_loaded(book, run.id) {
+                self.load_run(book, inbox, run.id, &[]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the book follows `run` and has not seen it finish.
+fn is_loaded(book: &Book, run: RunId) -> bool {
+    book.runs
+        .iter()
+        .any(|active| active.record.id == run && !active.finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> Millis {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    fn cursor(catchup: Catchup, last: Option<&str>, now: &str) -> Cursor {
+        let spec = keel_model::ScheduleSpec {
+            cron: "0 6 * * *".into(),
+            partition_offset_days: -1,
+            catchup,
+        };
+        let schedule = Schedule::parse(&spec.cron, "UTC").unwrap();
+        Cursor::new(schedule, &spec, last.map(utc), utc(now))
+    }
+
+    fn due(cursor: &mut Cursor, now: &str) -> Vec<Millis> {
+        std::iter::from_fn(|| cursor.take_due(utc(now))).collect()
+    }
+
+    #[test]
+    fn catch_up_owes_every_missed_fire_the_latest_or_none() {
+        let last = Some("2026-12-01 06:00");
+        let now = "2026-12-04 07:00";
+        let missed = vec![
+            utc("2026-12-02 06:00"),
+            utc("2026-12-03 06:00"),
+            utc("2026-12-04 06:00"),
+        ];
+        assert_eq!(due(&mut cursor(Catchup::All, last, now), now), missed);
+        assert_eq!(
+            due(&mut cursor(Catchup::Latest, last, now), now),
+            vec![utc("2026-12-04 06:00")]
+        );
+        assert_eq!(
+            due(&mut cursor(Catchup::None, last, now), now),
+            Vec::<Millis>::new()
+        );
+        // A schedule that never fired owes nothing from before it existed.
+        assert_eq!(
+            due(&mut cursor(Catchup::All, None, now), now),
+            Vec::<Millis>::new()
+        );
+    }
+
+    #[test]
+    fn each_fire_is_due_once_when_its_time_comes() {
+        let mut cursor = cursor(Catchup::All, Some("2026-12-01 06:00"), "2026-12-01 07:00");
+        assert_eq!(cursor.wake_at(), Some(utc("2026-12-02 06:00")));
+        assert_eq!(due(&mut cursor, "2026-12-02 05:59"), Vec::<Millis>::new());
+        assert_eq!(
+            due(&mut cursor, "2026-12-02 06:00"),
+            vec![utc("2026-12-02 06:00")]
+        );
+        assert_eq!(due(&mut cursor, "2026-12-02 06:30"), Vec::<Millis>::new());
+        assert_eq!(cursor.wake_at(), Some(utc("2026-12-03 06:00")));
+        // Woken late (the machine slept): the fire is still owed once, at its own time.
+        assert_eq!(
+            due(&mut cursor, "2026-12-03 09:00"),
+            vec![utc("2026-12-03 06:00")]
+        );
+        let partition = cursor
+            .schedule
+            .partition_of(utc("2026-12-03 06:00"), -1)
+            .unwrap();
+        assert_eq!(partition.to_string(), "2026-12-02");
+    }
+}
