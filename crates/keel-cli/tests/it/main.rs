@@ -7,4 +7,5 @@ mod faults;
 mod hardening;
 mod reconcile_crash;
 mod shutdown;
+mod storm;
 mod support;
