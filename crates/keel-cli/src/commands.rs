@@ -146,7 +146,7 @@ async fn execute_and_report(
     Ok(exit_code(&finished_states))
 }
 
-async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
+pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let grace = parse_grace(&args.grace)?;
     if args.detach {
