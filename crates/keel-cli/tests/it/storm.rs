@@ -420,6 +420,10 @@ impl Storm {
 #[test]
 fn a_storm_killing_keel_its_attempt_host_and_supervisors_runs_every_task_once_and_never_beside_itself()
  {
+    // The storm loads the machine; the fault scenarios, which measure time, wait for it.
+    let _serial = crate::faults::SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     std::fs::create_dir(root.join("locks")).unwrap();
