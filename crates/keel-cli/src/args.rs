@@ -220,6 +220,14 @@ pub struct BenchArgs {
     /// Run only the 10×10 DAG, not the 1,000-task pipeline.
     #[arg(long)]
     pub quick: bool,
+    /// Run only the scale benchmark, at full size: wall time and peak memory of a 10,000-task
+    /// DAG, 10,000 tasks in 20 phases, a 5,000-task chain and a 365-partition backfill, each at
+    /// a quarter, a half and all of its size.
+    #[arg(long, conflicts_with = "quick")]
+    pub scale: bool,
+    /// Runs one case of the scale benchmark in this process (internal).
+    #[arg(long, hide = true, value_name = "SHAPE:SIZE")]
+    pub scale_case: Option<String>,
     /// Attempts running at once in the benchmark pipelines.
     #[arg(long, default_value_t = 10)]
     pub concurrency: u32,

@@ -1,5 +1,8 @@
 //! `keel bench`: Keel's throughput and scheduling latency, next to the cost of a bare process
-//! spawn measured in the same run on the same machine.
+//! spawn measured in the same run on the same machine, and how its time and memory grow with
+//! the size of a pipeline (`scale`).
+
+mod scale;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -243,6 +246,10 @@ fn whole_process(dir: &Path, concurrency: u32) -> Result<Duration> {
 }
 
 pub async fn bench(args: BenchArgs) -> Result<u8> {
+    if let Some(case) = &args.scale_case {
+        let dir = args.dir.as_deref().context("--scale-case needs --dir")?;
+        return scale::scale_case(case, dir, args.concurrency.max(1)).await;
+    }
     let temporary;
     let dir = match &args.dir {
         Some(dir) => {
@@ -256,6 +263,23 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         }
     };
     let concurrency = args.concurrency.max(1);
+    if args.scale {
+        println!(
+            "keel bench --scale · {} cores · concurrency {concurrency} · state in {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            dir.display()
+        );
+        let scale_dir = dir.clone();
+        let keep = args.dir.is_some();
+        tokio::task::spawn_blocking(move || scale::scale(&scale_dir, concurrency, false, keep))
+            .await??;
+        if args.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Ok(0);
+    }
     println!(
         "keel bench · {} cores · concurrency {concurrency} · state in {}",
         std::thread::available_parallelism()
@@ -305,6 +329,10 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         elapsed.as_secs_f64(),
         transitions as f64 / elapsed.as_secs_f64()
     );
+    let scale_dir = dir.clone();
+    let keep = args.dir.is_some();
+    tokio::task::spawn_blocking(move || scale::scale(&scale_dir, concurrency, true, keep))
+        .await??;
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -173,7 +173,7 @@ fn print_range_summary(finished: &Finished) {
     println!("{}", display::range_summary(&states));
 }
 
-async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
+pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let grace = parse_grace(&args.grace)?;
     if args.detach {

@@ -2751,3 +2751,50 @@ command = ["sleep", "0.4"]
         ran.stdout
     );
 }
+
+/// `keel bench --scale-case`, the process the scale benchmark starts for each case, runs the
+/// case's pipeline as `keel run` does and writes its wall time, CPU time and its own peak memory.
+#[test]
+fn a_scale_benchmark_case_runs_its_pipeline_and_reports_its_own_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("case");
+    keel()
+        .args([
+            "bench",
+            "--scale-case",
+            "dag:120",
+            "--concurrency",
+            "4",
+            "--dir",
+        ])
+        .arg(&case)
+        .assert()
+        .success();
+    let measured = std::fs::read_to_string(case.join("measured")).unwrap();
+    let figures: Vec<u128> = measured
+        .split_whitespace()
+        .map(|field| field.parse().unwrap())
+        .collect();
+    let [wall_nanos, cpu_nanos, peak_kib] = figures[..] else {
+        panic!("three figures: {measured:?}")
+    };
+    assert!(wall_nanos > 0 && cpu_nanos > 0, "{measured:?}");
+    // The binary and its runtime alone take more than a MiB.
+    assert!(peak_kib > 1024, "{measured:?}");
+    let output = keel()
+        .args(["status", "--json", "--partition", "none"])
+        .arg(case.join("keel.toml"))
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = &json["runs"][0];
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let tasks = run["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 120);
+    assert!(tasks.iter().all(|task| task["outcome"] == "succeeded"));
+    let pipeline = std::fs::read_to_string(case.join("keel.toml")).unwrap();
+    assert!(
+        pipeline.contains("[tasks.t1_0]") && pipeline.contains("after = [\"t0_0\", \"t0_3\"]"),
+        "the second level waits for two tasks of the first:\n{pipeline}"
+    );
+}

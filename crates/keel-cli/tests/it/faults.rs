@@ -32,8 +32,9 @@ use crate::support::{keel_path, write_pipeline};
 
 const PARTITION: &str = "2026-03-01";
 
-/// The scenarios measure time; running two at once on two cores would measure each other.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// The scenarios measure time; running two at once on two cores would measure each other. The
+/// crash storm (`storm.rs`) takes it too, as it loads the machine for half a minute.
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 fn now_ns() -> u128 {
     SystemTime::now()

@@ -8,4 +8,5 @@ mod hardening;
 mod history;
 mod reconcile_crash;
 mod shutdown;
+mod storm;
 mod support;
