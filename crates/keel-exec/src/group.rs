@@ -372,6 +372,20 @@ impl TaskGroup {
         )
     }
 
+    /// Sends SIGKILL to the group if any of its members can still run, and returns those
+    /// members' pids, without waiting for them: empty once nothing of the group runs, or when
+    /// its id now belongs to another group. For a caller that cannot block, such as the attempt
+    /// host, which asks again on every round until this comes back empty.
+    pub(crate) fn kill_living_members(&self) -> Vec<i32> {
+        let members = self.living_members().unwrap_or_default();
+        if !members.is_empty()
+            && let Some(id) = self.pid()
+        {
+            let _ = kill_process_group(id, Signal::KILL);
+        }
+        members
+    }
+
     /// Kills whatever still runs in the group with SIGKILL and waits, for at most `patience`,
     /// until none of it runs any more. A group whose id has been taken by another group is left
     /// alone: the task's own group is then long gone.

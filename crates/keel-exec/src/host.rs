@@ -15,8 +15,8 @@
 //! The host is a child subreaper. A supervisor that dies (SIGKILL, the OOM killer) hands the
 //! processes it leaves (its task, and daemons that left the task's process group) to the host
 //! as their parents end; the host kills every child of its own that is not a supervisor, and
-//! reports the supervisor's end only once none is left, so the attempt's retry never runs
-//! beside them.
+//! the task's process group as the supervisor recorded it, and reports the supervisor's end
+//! only once neither has anything left, so the attempt's retry never runs beside them.
 //!
 //! It must not touch the state store.
 
@@ -26,7 +26,7 @@ use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,8 +42,8 @@ use rustix::process::{
     setpgid, waitpid,
 };
 
-use crate::group::{ProcessStat, all_processes, children_of};
-use crate::supervisor::{self, SupervisorArgs};
+use crate::group::{ProcessStat, TaskGroup, all_processes, children_of};
+use crate::supervisor::{self, AttemptRecordFile, SupervisorArgs};
 
 /// Messages from Keel to the host.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -149,6 +149,9 @@ struct Supervised {
     /// Readable once the supervisor has exited. Without one (an old kernel), the host checks on
     /// the supervisor every [`UNWATCHED_CHECK`] instead.
     pidfd: Option<OwnedFd>,
+    /// The attempt directory: if the supervisor dies, its record there names the task's
+    /// process group.
+    dir: PathBuf,
 }
 
 /// How often the host checks on supervisors it has no pidfd for.
@@ -159,14 +162,39 @@ const UNWATCHED_CHECK: Duration = Duration::from_millis(50);
 /// is the kernel finishing a system call, and the end is reported anyway.
 const ORPHAN_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The supervisors whose end the host has not reported yet, because processes they left behind
-/// are still dying.
-#[derive(Default)]
-struct HeldEnds {
-    ids: Vec<u64>,
-    since: Option<Instant>,
-    /// The orphans killed while these ends were held.
+/// A supervisor that has ended, whose end the host has not reported yet because processes it
+/// left behind may still run.
+struct HeldEnd {
+    id: u64,
+    since: Instant,
+    /// The task's process group, from the record of a supervisor that died before writing its
+    /// exit record; `None` when there is no such record.
+    group: Option<TaskGroup>,
+    /// The processes killed while this end was held.
     killed: HashSet<i32>,
+}
+
+impl HeldEnd {
+    /// Holds the end of the supervisor `pid`, which has just been collected.
+    fn new(id: u64, pid: Pid, dir: &Path) -> HeldEnd {
+        let pid = pid.as_raw_nonzero().get() as u32;
+        // Only a record the supervisor left running names a group still to end; once it wrote
+        // its exit record, it had ended the group itself.
+        let group = match supervisor::read_record(dir) {
+            Some(Ok(AttemptRecordFile::Running {
+                pid: recorded,
+                task: Some(group),
+                ..
+            })) if recorded == pid => Some(group),
+            _ => None,
+        };
+        HeldEnd {
+            id,
+            since: Instant::now(),
+            group,
+            killed: HashSet::new(),
+        }
+    }
 }
 
 /// The host's entry point, `keel __host --socket-fd N`. Returns the exit code.
@@ -192,45 +220,66 @@ pub fn host_main(arguments: &[String]) -> i32 {
     let _ = set_child_subreaper(Some(getpid()));
     let mut socket_open = true;
     let mut children: HashMap<u64, Supervised> = HashMap::new();
-    let mut held = HeldEnds::default();
+    let mut held: Vec<HeldEnd> = Vec::new();
     let mut orphans_left = 0;
     // Since when some orphan has been dying; one stuck in the kernel for good must neither keep
     // the host polling fast nor keep it from leaving.
     let mut orphans_since: Option<Instant> = None;
     let mut buffer = vec![0u8; MAX_MESSAGE];
     loop {
-        if !held.ids.is_empty() || orphans_left > 0 {
-            orphans_left = end_orphans(&children, &mut held.killed);
+        if !held.is_empty() || orphans_left > 0 {
+            let mut killed = HashSet::new();
+            // The groups first: what a group kill ends is handed to the host as it dies, and
+            // found by the scan of its children just after.
+            let mut groups_left = Vec::with_capacity(held.len());
+            for end in &mut held {
+                let members = end
+                    .group
+                    .as_ref()
+                    .map(TaskGroup::kill_living_members)
+                    .unwrap_or_default();
+                groups_left.push(!members.is_empty());
+                end.killed.extend(members);
+            }
+            orphans_left = end_orphans(&children, &mut killed);
             orphans_since = match orphans_left {
                 0 => None,
                 _ => orphans_since.or(Some(Instant::now())),
             };
-            let patience_ran_out = held
-                .since
-                .is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
-            if orphans_left == 0 || patience_ran_out {
-                let orphans = held.killed.len() as u32;
-                for id in held.ids.drain(..) {
-                    if socket_open {
-                        let message = serde_json::to_vec(&FromHost::Exited { id, orphans })
-                            .unwrap_or_default();
-                        let _ = send_message(socket.as_fd(), &message, None);
-                    }
+            // Which orphan came from which supervisor cannot be told once it is the host's, so
+            // every end held counts it.
+            let mut still_held = Vec::with_capacity(held.len());
+            for (mut end, group_left) in held.drain(..).zip(groups_left) {
+                end.killed.extend(&killed);
+                let patience_ran_out = end.since.elapsed() >= ORPHAN_PATIENCE;
+                if (orphans_left > 0 || group_left) && !patience_ran_out {
+                    still_held.push(end);
+                    continue;
                 }
-                held = HeldEnds::default();
+                if socket_open {
+                    let message = serde_json::to_vec(&FromHost::Exited {
+                        id: end.id,
+                        orphans: end.killed.len() as u32,
+                    })
+                    .unwrap_or_default();
+                    let _ = send_message(socket.as_fd(), &message, None);
+                }
             }
+            held = still_held;
         }
         let orphans_stuck = orphans_since.is_some_and(|since| since.elapsed() >= ORPHAN_PATIENCE);
         if !socket_open
             && children.is_empty()
-            && held.ids.is_empty()
+            && held.is_empty()
             && (orphans_left == 0 || orphans_stuck)
         {
             return 0;
         }
         let ids: Vec<u64> = children.keys().copied().collect();
         let unwatched = children.values().any(|child| child.pidfd.is_none());
-        let timeout = if orphans_left > 0 && !orphans_stuck {
+        // A held end is looked at again soon whatever holds it: no descriptor says when its
+        // task's process group has emptied.
+        let timeout = if !held.is_empty() || (orphans_left > 0 && !orphans_stuck) {
             Some(Duration::from_millis(10))
         } else if orphans_left > 0 {
             Some(Duration::from_millis(500))
@@ -268,9 +317,9 @@ pub fn host_main(arguments: &[String]) -> i32 {
         for (index, id) in ids.iter().enumerate() {
             let ended = match children.get(id) {
                 Some(Supervised { pidfd: Some(_), .. }) => ready[1 + index],
-                Some(Supervised { pid, pidfd: None }) => {
-                    matches!(waitpid(Some(*pid), WaitOptions::NOHANG), Ok(Some(_)))
-                }
+                Some(Supervised {
+                    pid, pidfd: None, ..
+                }) => matches!(waitpid(Some(*pid), WaitOptions::NOHANG), Ok(Some(_))),
                 None => false,
             };
             if !ended {
@@ -280,8 +329,7 @@ pub fn host_main(arguments: &[String]) -> i32 {
                 if child.pidfd.is_some() {
                     let _ = waitpid(Some(child.pid), WaitOptions::empty());
                 }
-                held.ids.push(*id);
-                held.since.get_or_insert_with(Instant::now);
+                held.push(HeldEnd::new(*id, child.pid, &child.dir));
             }
         }
         if socket_open && ready[0] {
@@ -324,8 +372,14 @@ pub fn host_main(arguments: &[String]) -> i32 {
 
 /// Kills every child of the host that is not one of its supervisors: what a supervisor that
 /// died left behind, handed to the host as the nearest child subreaper. Collects those that
-/// have ended, notes in `killed` those it signalled, and returns how many still exist. A
-/// child that is not collected keeps its pid, so no other process can be hit.
+/// have ended, notes in `killed` those it signalled, and returns how many it found, ended or
+/// not. A child that is not collected keeps its pid, so no other process can be hit.
+///
+/// Only a scan that finds no such child at all says that nothing is left: a child found ended
+/// may have handed its own children to the host after the list was read (a process's children
+/// move to the subreaper just before it becomes a zombie), so it calls for another scan. As long
+/// as the host has not collected a child, the child's descendants are either still below it or
+/// already the host's, so nothing can slip past a scan that finds no child.
 fn end_orphans(supervisors: &HashMap<u64, Supervised>, killed: &mut HashSet<i32>) -> usize {
     let own = getpid().as_raw_nonzero().get();
     let ours: HashSet<i32> = supervisors
@@ -351,13 +405,14 @@ fn end_orphans(supervisors: &HashMap<u64, Supervised>, killed: &mut HashSet<i32>
             Some(stat) if stat.is_alive() => {
                 let _ = kill_process(pid, Signal::KILL);
                 killed.insert(child);
-                left += 1;
             }
             Some(_) => {
                 let _ = waitpid(Some(pid), WaitOptions::NOHANG);
             }
+            // Listed but not readable: counted all the same, and looked at again.
             None => {}
         }
+        left += 1;
     }
     left
 }
@@ -399,7 +454,11 @@ fn fork_supervisor(
     let pid = Pid::from_raw(pid.max(0))?;
     // Without a pidfd the supervisor is still tracked, and checked on by polling.
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
-    Some(Supervised { pid, pidfd })
+    Some(Supervised {
+        pid,
+        pidfd,
+        dir: args.dir,
+    })
 }
 
 /// Keel's side of the host: a socket, and a thread that hands each `started` message to the

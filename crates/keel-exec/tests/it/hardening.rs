@@ -349,6 +349,11 @@ fn a_daemon_of_a_killed_supervisor_is_killed_before_the_attempt_is_reported() {
 /// daemon (here it is stopped with SIGSTOP before the task starts the daemon, so it never
 /// looks) hands every process it leaves to the host, which kills them before it reports the
 /// supervisor's end.
+///
+/// Regression (flaky, about 1 run in 50): the host read its list of children while the task's
+/// leader was dying, found the leader a zombie, and reported the end, though the leader's
+/// children (the daemon and a sleep) had become the host's meanwhile; now a dead child found
+/// means another look, and the task's process group must be empty too.
 #[test]
 fn the_attempt_host_kills_a_daemon_its_killed_supervisor_never_saw() {
     let dir = tempfile::tempdir().unwrap();
