@@ -43,6 +43,10 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel a partition's run; running attempts are stopped and recorded as cancelled.
     Cancel(CancelArgs),
+    /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
+    /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
+    /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
+    Serve(ServeArgs),
     /// Run the bundled reference pipeline (hoops) over a week of dates with faults switched on,
     /// and show how Keel heals them.
     Demo(DemoArgs),
@@ -93,9 +97,20 @@ pub struct RunArgs {
     /// stopped (to resume on the next run). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub grace: String,
-    /// Only queue the run in the state store (executed by `keel serve`, not available yet).
+    /// Only queue the run in the state store and exit; a `keel serve` holding the state runs
+    /// it.
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// On a first SIGINT or SIGTERM, how long running attempts may finish before they are
+    /// stopped (to resume on the next start). A second signal stops them at once.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub grace: String,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.

@@ -27,6 +27,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Logs(args) => inspect::logs(state, args).await,
         Command::Retry(args) => retry(state, args).await,
         Command::Cancel(args) => cancel(state, args).await,
+        Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),
@@ -64,7 +65,7 @@ fn validate(path: &Path) -> Result<u8> {
 
 /// The first SIGINT or SIGTERM drains (no new attempts; running ones may finish within the
 /// grace period); a second one stops everything at once.
-fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
+pub(crate) fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
     use tokio::signal::unix::{SignalKind, signal};
     let (trigger, shutdown) = keel_engine::Shutdown::channel();
     let (Ok(mut interrupt), Ok(mut terminate)) = (
@@ -109,7 +110,7 @@ pub fn parse_grace(text: &str) -> Result<Duration> {
 
 /// The exit code for a set of runs: the worst of them. Partitions without a run (a range
 /// retried where some have none) do not count.
-fn exit_code(finished: &Finished) -> u8 {
+pub(crate) fn exit_code(finished: &Finished) -> u8 {
     let states: Vec<RunState> = finished.iter().filter_map(|(_, state)| *state).collect();
     if states
         .iter()
@@ -125,7 +126,7 @@ fn exit_code(finished: &Finished) -> u8 {
 
 /// Partitions of a command, for the summary line of a range: `(partition, state of its run)`,
 /// `None` for one without a run.
-type Finished = Vec<(String, Option<RunState>)>;
+pub(crate) type Finished = Vec<(String, Option<RunState>)>;
 
 /// Executes runs to the end, prints each one's table, and, for a range of partitions, the
 /// summary line. `finished` holds the partitions of the range that needed no run.
@@ -164,7 +165,7 @@ async fn execute_and_report(
 }
 
 /// `14 partitions: 10 succeeded, 3 degraded, 1 failed`, one state per partition.
-fn print_range_summary(finished: &Finished) {
+pub(crate) fn print_range_summary(finished: &Finished) {
     let mut by_partition = std::collections::BTreeMap::new();
     for (partition, state) in finished {
         by_partition.insert(partition.clone(), *state);
@@ -174,13 +175,11 @@ fn print_range_summary(finished: &Finished) {
 }
 
 pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let grace = parse_grace(&args.grace)?;
-    if args.detach {
-        return Err(Exit::usage(
-            "--detach needs `keel serve`, which is not available yet; run in the foreground without --detach",
-        ));
+    if let Some(code) = crate::serve::hand_over(state_url, &args).await? {
+        return Ok(code);
     }
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let partitions = state::partitions(&spec, &args.partitions)?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;

@@ -9,6 +9,7 @@ mod commands;
 mod demo;
 mod display;
 mod inspect;
+mod serve;
 mod setup;
 mod state;
 

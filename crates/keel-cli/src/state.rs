@@ -80,6 +80,11 @@ impl StatePaths {
 
     /// Creates the state directory if needed, then takes the one-executor lock.
     pub fn lock(&self) -> Result<StateLock> {
+        self.lock_as(false)
+    }
+
+    /// [`StatePaths::lock`], for a `keel serve` when `serving`.
+    pub fn lock_as(&self, serving: bool) -> Result<StateLock> {
         use std::os::unix::fs::DirBuilderExt;
         self.refuse_shared_dir()?;
         // The state holds every task's output, results and messages: a directory Keel makes is
@@ -95,7 +100,7 @@ impl StatePaths {
                     self.dir
                 )
             })?;
-        Ok(StateLock::acquire(&self.dir)?)
+        Ok(StateLock::acquire_as(&self.dir, serving)?)
     }
 
     /// Takes the one-executor lock and opens the store, for a command that executes.
@@ -105,12 +110,17 @@ impl StatePaths {
     /// directory left exactly as it was: no `keel.lock`, no state directory. Opening it before
     /// taking the lock is safe, since a migration holds SQLite's own write lock.
     pub fn lock_and_open(&self) -> Result<(StateLock, SqliteStore)> {
+        self.lock_and_open_as(false)
+    }
+
+    /// [`StatePaths::lock_and_open`], for a `keel serve` when `serving`.
+    pub fn lock_and_open_as(&self, serving: bool) -> Result<(StateLock, SqliteStore)> {
         let existing = if self.database.exists() {
             Some(self.open()?)
         } else {
             None
         };
-        let lock = self.lock()?;
+        let lock = self.lock_as(serving)?;
         let store = match existing {
             Some(store) => store,
             None => self.open()?,

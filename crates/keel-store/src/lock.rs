@@ -10,9 +10,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "another keel is running this pipeline (pid {pid}); wait for it to finish or stop it first (lock {path:?})"
+        "another keel is running this pipeline (pid {pid}{}); wait for it to finish or stop it first (lock {path:?})",
+        if *serving { ", keel serve" } else { "" }
     )]
-    Held { pid: String, path: PathBuf },
+    Held {
+        pid: String,
+        /// The holder is a `keel serve`, which takes up runs queued in the store.
+        serving: bool,
+        path: PathBuf,
+    },
     #[error(
         "the lock file {path:?} is a symbolic link; keel follows no links in its state directory, so remove it and try again"
     )]
@@ -26,6 +32,9 @@ pub enum LockError {
     },
 }
 
+/// Written after the pid in the lock file by a `keel serve`.
+const SERVE_MARK: &str = "serve";
+
 /// Held for as long as this value lives.
 #[derive(Debug)]
 pub struct StateLock {
@@ -36,6 +45,12 @@ pub struct StateLock {
 impl StateLock {
     /// Takes the lock without waiting.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
+        StateLock::acquire_as(state_dir, false)
+    }
+
+    /// Takes the lock without waiting, for a `keel serve` when `serving`: the lock file says
+    /// so, and a `keel run` that finds it held queues its run instead of giving up.
+    pub fn acquire_as(state_dir: &Path, serving: bool) -> Result<StateLock, LockError> {
         let path = state_dir.join("keel.lock");
         let io_error = |source| LockError::Io {
             path: path.clone(),
@@ -68,21 +83,17 @@ impl StateLock {
             if let std::fs::TryLockError::Error(error) = error {
                 return Err(io_error(error));
             }
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            return Err(LockError::Held {
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.to_string()
-                },
-                path,
-            });
+            let mut holder = String::new();
+            let _ = file.take(256).read_to_string(&mut holder);
+            let mut words = holder.split_whitespace();
+            let pid = words.next().unwrap_or("unknown").to_string();
+            let serving = words.next() == Some(SERVE_MARK);
+            return Err(LockError::Held { pid, serving, path });
         }
         file.set_len(0).map_err(io_error)?;
         file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        write!(file, "{}", std::process::id()).map_err(io_error)?;
+        let mark = if serving { SERVE_MARK } else { "" };
+        write!(file, "{} {mark}", std::process::id()).map_err(io_error)?;
         file.flush().map_err(io_error)?;
         Ok(StateLock { _file: file, path })
     }

@@ -7,6 +7,7 @@ mod faults;
 mod hardening;
 mod history;
 mod reconcile_crash;
+mod serve;
 mod shutdown;
 mod storm;
 mod support;

@@ -1,0 +1,260 @@
+//! `keel serve`, and the two ways other commands hand runs to it: `keel run --detach` queues a
+//! run and exits, and a `keel run` that finds a serving Keel holding the state queues its run
+//! and follows it to the end.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use keel_engine::{Progress, RunRequest};
+use keel_model::RunId;
+use keel_store::{LockError, SqliteStore, StatusQuery, Store};
+
+use crate::Exit;
+use crate::args::{RunArgs, ServeArgs};
+use crate::commands::{Finished, exit_code, parse_grace, print_range_summary, shutdown_on_signals};
+use crate::display::{self, printable};
+use crate::setup::build_engine;
+use crate::state::{self, StatePaths};
+
+/// How often a following `keel run` looks at the store.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    let grace = parse_grace(&args.grace)?;
+    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+    let (_lock, store) = paths.lock_and_open_as(true)?;
+    let schedule = match &spec.schedule {
+        Some(schedule) => format!(
+            "schedule {:?} in {}, partition {:+}d, catch-up {}",
+            schedule.cron,
+            spec.timezone,
+            schedule.partition_offset_days,
+            format!("{:?}", schedule.catchup).to_lowercase()
+        ),
+        None => "no schedule: it runs what is queued (keel run --detach)".to_string(),
+    };
+    let name = spec.name.clone();
+    let mut engine = build_engine(spec, &paths, store)?;
+    engine.set_shutdown_grace(grace);
+    engine.observe(log_progress);
+    log(&format!(
+        "keel serve: pipeline {} (pid {}); {schedule}; state {}",
+        printable(&name),
+        std::process::id(),
+        printable(&paths.database.display().to_string())
+    ));
+    engine.serve(shutdown_on_signals(grace)).await?;
+    log("keel serve: stopped; unfinished runs carry on at the next start");
+    Ok(0)
+}
+
+/// One line per event that matters to someone reading a daemon's log.
+fn log_progress(event: Progress) {
+    let line = match event {
+        Progress::RunScheduled {
+            run,
+            partition,
+            joined: false,
+            ..
+        } => {
+            format!("{partition}: the schedule fired; run {run} started")
+        }
+        Progress::RunScheduled {
+            run,
+            partition,
+            joined: true,
+            ..
+        } => {
+            format!("{partition}: the schedule fired; unfinished run {run} carries on")
+        }
+        Progress::RunLoaded {
+            run,
+            partition,
+            tasks,
+            done,
+        } => {
+            format!("{partition}: run {run} taken up ({done}/{tasks} tasks done)")
+        }
+        Progress::RunFinished {
+            run,
+            partition,
+            state,
+        } => {
+            format!("{partition}: run {run} finished {state}")
+        }
+        Progress::AttemptFinished {
+            partition,
+            task,
+            attempt,
+            outcome,
+            message,
+            retry_at,
+            ..
+        } if !outcome.is_complete() => {
+            let next = if retry_at.is_some() {
+                "will retry"
+            } else {
+                "gave up"
+            };
+            let detail = message
+                .map(|message| format!(": {message}"))
+                .unwrap_or_default();
+            format!("{partition}: {task} attempt {attempt} {outcome}{detail} ({next})")
+        }
+        Progress::GateOpened {
+            partition,
+            phase,
+            missing,
+            ..
+        } => format!(
+            "{partition}: gate of phase {phase} opened without {}",
+            missing.join(", ")
+        ),
+        Progress::BreakerChanged {
+            resource, detail, ..
+        } => {
+            format!("resource {resource}: breaker {detail}")
+        }
+        _ => return,
+    };
+    log(&printable(&line));
+}
+
+/// A line on stderr with the UTC time in front.
+fn log(line: &str) {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+    eprintln!("{now} {line}");
+}
+
+/// Whether the state is held by a serving Keel right now.
+fn held_by_serve(paths: &StatePaths) -> bool {
+    matches!(
+        keel_store::StateLock::acquire(&paths.dir),
+        Err(LockError::Held { serving: true, .. })
+    )
+}
+
+/// `keel run` when the runs go to a serving Keel: with `--detach`, or because one holds the
+/// state. Returns `None` when neither applies and the caller runs them itself.
+pub async fn hand_over(state_url: Option<&str>, args: &RunArgs) -> Result<Option<u8>> {
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+    let serving = held_by_serve(&paths);
+    if !args.detach && !serving {
+        return Ok(None);
+    }
+    let partitions = state::partitions(&spec, &args.partitions)?;
+    // Taking the lock makes the state directory if needed; a plain `keel run` holding it is
+    // fine, the run only waits in the store for whoever takes it up.
+    let _lock = if serving { None } else { paths.lock().ok() };
+    let store = paths.open()?;
+    let name = spec.name.clone();
+    let mut engine = build_engine(spec, &paths, store.clone())?;
+    let request = RunRequest {
+        partitions,
+        only: args.only.clone(),
+        rerun: args.rerun,
+    };
+    let prepared = engine
+        .prepare(&request)
+        .await
+        .map_err(|error| match error {
+            keel_engine::EngineError::UnknownTask { .. }
+            | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
+            other => other.into(),
+        })?;
+    let mut runs: Vec<RunId> = Vec::new();
+    let mut finished: Finished = Vec::new();
+    for decision in prepared {
+        match decision {
+            keel_engine::Prepared::Created(run) | keel_engine::Prepared::Resumed(run) => {
+                runs.push(run)
+            }
+            keel_engine::Prepared::AlreadyFinished(record) => {
+                println!(
+                    "partition {} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
+                    printable(&record.partition),
+                    record.state,
+                    record.id
+                );
+                finished.push((record.partition, Some(record.state)));
+            }
+        }
+    }
+    let ranged = args.partitions.from.is_some();
+    if args.detach {
+        for run in &runs {
+            println!("queued run {run}");
+        }
+        if !serving && !runs.is_empty() {
+            eprintln!(
+                "no keel serve holds this state: the runs wait until one starts, or until `keel run` resumes them"
+            );
+        }
+        return Ok(Some(0));
+    }
+    eprintln!(
+        "keel serve holds this state: {} handed to it; following until {} finished",
+        plural(runs.len(), "run"),
+        if runs.len() == 1 {
+            "it has"
+        } else {
+            "they have"
+        }
+    );
+    let ended = follow(&store, &name, &runs).await?;
+    finished.extend(ended);
+    if ranged {
+        print_range_summary(&finished);
+    }
+    Ok(Some(exit_code(&finished)))
+}
+
+/// Waits for `runs` to finish in the store, then prints each one's table. Interrupted, it
+/// leaves them to the serving Keel.
+async fn follow(store: &SqliteStore, pipeline: &str, runs: &[RunId]) -> Result<Finished> {
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut open: Vec<RunId> = runs.to_vec();
+    while !open.is_empty() {
+        let mut still = Vec::new();
+        for run in open {
+            if !store.run(run).await?.state.is_finished() {
+                still.push(run);
+            }
+        }
+        open = still;
+        if open.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = interrupt.recv() => {
+                return Err(anyhow::Error::new(Exit {
+                    code: 130,
+                    message: "\nkeel: no longer following; keel serve carries the runs on".into(),
+                }));
+            }
+        }
+    }
+    let now = state::now_millis();
+    let mut finished = Vec::new();
+    for run in runs {
+        let query = StatusQuery::new(pipeline.to_string()).run(*run);
+        let view = store.status_view(&query).await?;
+        for shown in &view.runs {
+            display::print_run(shown, now);
+        }
+        let record = store.run(*run).await?;
+        finished.push((record.partition, Some(record.state)));
+    }
+    Ok(finished)
+}
+
+fn plural(count: usize, word: &str) -> String {
+    if count == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{count} {word}s")
+    }
+}
