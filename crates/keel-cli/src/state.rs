@@ -18,11 +18,27 @@ pub fn load_pipeline(path: &Path) -> Result<PipelineSpec> {
     })
 }
 
-/// Where a pipeline's state lives.
+/// Reads the env files the pipeline at `path` names, relative to its directory; errors exit 2
+/// with every problem listed, each naming the file and line.
+pub fn load_env_files(spec: &PipelineSpec, path: &Path) -> Result<keel_config::EnvFiles> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    keel_config::load_env_files(spec, base).map_err(|errors| {
+        let count = errors.0.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        Exit::usage(format!(
+            "{errors}\n{count} {noun} in the env files of {}",
+            path.display()
+        ))
+    })
+}
+
+/// Where a pipeline's file and state live.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
     pub database: PathBuf,
     pub dir: PathBuf,
+    /// The pipeline file, as given.
+    pub pipeline: PathBuf,
 }
 
 impl StatePaths {
@@ -40,7 +56,14 @@ impl StatePaths {
         let (url, relative_to) = match (cli_state, spec.state.as_deref()) {
             (Some(url), _) => (url.to_string(), PathBuf::new()),
             (None, Some(url)) => (url.to_string(), base.clone()),
-            (None, None) => return Ok(StatePaths::in_dir(absolute(&base.join(".keel"))?)),
+            (None, None) => {
+                let dir = absolute(&base.join(".keel"))?;
+                return Ok(StatePaths {
+                    database: dir.join("state.db"),
+                    dir,
+                    pipeline: pipeline_path.to_path_buf(),
+                });
+            }
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Err(Exit::usage(format!(
@@ -64,14 +87,17 @@ impl StatePaths {
             .map(Path::to_path_buf)
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        Ok(StatePaths { database, dir })
+        Ok(StatePaths {
+            database,
+            dir,
+            pipeline: pipeline_path.to_path_buf(),
+        })
     }
 
-    fn in_dir(dir: PathBuf) -> StatePaths {
-        StatePaths {
-            database: dir.join("state.db"),
-            dir,
-        }
+    /// The pipeline file's directory, absolute: where tasks run unless their `cwd` says
+    /// otherwise, so that a run started from another directory (cron's, say) behaves the same.
+    pub fn pipeline_dir(&self) -> Result<PathBuf> {
+        absolute(self.pipeline.parent().unwrap_or(Path::new("")))
     }
 
     pub fn attempts_dir(&self) -> PathBuf {

@@ -23,18 +23,13 @@ impl Core {
             .join(&*self.store_id)
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
-        let (command, env) = self.task_command_and_env(&record, task, true, 0, &dir);
         let launch = Launch {
-            dir,
-            command,
-            env,
             timeout: sensor
                 .every
                 .max(std::time::Duration::from_secs(1))
                 .min(self.spec.tasks[task].timeout),
             heartbeat: None,
-            kill_grace: self.config.kill_grace,
-            log_cap: self.config.log_cap,
+            ..self.task_launch(&record, task, true, 0, dir)
         };
         book.sensing += 1;
         book.effects.push(Effect::PollSensor {

@@ -26,11 +26,18 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(3600),
         uses: vec![],
         wait_for: None,
+        context: Default::default(),
     }
 }
 
 /// A chain `a → b → c`, one task per phase.
 fn chain_core() -> Core {
+    chain_core_with(|_, _| {})
+}
+
+/// [`chain_core`] with its tasks (`a` with 3 attempts, `b` and `c` with 1) and its engine
+/// settings adjusted first.
+fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
     let phases = ["p0", "p1", "p2"];
     let spec = PipelineSpec {
         name: "core".into(),
@@ -54,6 +61,19 @@ fn chain_core() -> Core {
         tasks: vec![task("a", "p0", 3), task("b", "p1", 1), task("c", "p2", 1)],
         resources: vec![],
     };
+    let mut spec = spec;
+    let mut config = EngineConfig {
+        owner: "core-test".into(),
+        attempts_dir: PathBuf::from("/nonexistent"),
+        kill_grace: Duration::from_secs(1),
+        log_cap: 1024,
+        lease_ttl: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(1),
+        extra_env: vec![],
+        launch_context: Default::default(),
+    };
+    adjust(&mut spec.tasks, &mut config);
     let dag = Dag::new(&spec);
     let topology = Topology::new(&spec, &dag);
     Core {
@@ -64,16 +84,7 @@ fn chain_core() -> Core {
         spec: Arc::new(spec),
         dag,
         topology,
-        config: EngineConfig {
-            owner: "core-test".into(),
-            attempts_dir: PathBuf::from("/nonexistent"),
-            kill_grace: Duration::from_secs(1),
-            log_cap: 1024,
-            lease_ttl: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(1),
-            extra_env: vec![],
-        },
+        config,
         store_id: "store".into(),
         observer: Box::new(|_| {}),
     }
@@ -81,6 +92,16 @@ fn chain_core() -> Core {
 
 /// A run of `core`'s pipeline as freshly created in the store, loaded into a new book.
 fn loaded(core: &mut Core, now: Millis) -> Book {
+    loaded_from(core, now, |_| {})
+}
+
+/// A run of `core`'s pipeline loaded into a new book from stored tasks that `adjust` changes
+/// first, as a restarted Keel finds them.
+fn loaded_from(
+    core: &mut Core,
+    now: Millis,
+    adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
+) -> Book {
     let mut book = Book::new(Vec::new(), now);
     let record = RunRecord {
         id: RunId(1),
@@ -94,7 +115,7 @@ fn loaded(core: &mut Core, now: Millis) -> Book {
         cancel_requested: false,
         message: None,
     };
-    let stored: Vec<keel_store::TaskRunRecord> = core
+    let mut stored: Vec<keel_store::TaskRunRecord> = core
         .spec
         .tasks
         .iter()
@@ -114,6 +135,7 @@ fn loaded(core: &mut Core, now: Millis) -> Book {
             sensor_polls: 0,
         })
         .collect();
+    adjust(&mut stored);
     let active = core.active_run(record, &stored);
     book.runs.push(active);
     core.restore_tasks(&mut book, 0, &stored).unwrap();
@@ -278,4 +300,80 @@ fn a_cancel_asks_the_driver_to_stop_what_runs_and_settles_the_rest() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
+    let mut core = chain_core_with(|tasks, config| {
+        tasks[0].context = keel_model::TaskContext {
+            cwd: Some("out/{date}".into()),
+            env: [("LOG".to_string(), "task-{task}".to_string())].into(),
+            env_file: Some(".env".into()),
+            inherit_env: keel_model::InheritEnv::Only(vec!["PATH".into()]),
+        };
+        tasks[0].wait_for = Some(keel_model::SensorSpec {
+            command: vec!["ready".into()],
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        });
+        config.launch_context = crate::LaunchContext {
+            pipeline_dir: Some(PathBuf::from("/srv/p")),
+            keel_env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+            env_files: [(
+                ".env".to_string(),
+                vec![
+                    ("FROM_FILE".to_string(), "1".to_string()),
+                    ("LOG".to_string(), "file".to_string()),
+                ],
+            )]
+            .into(),
+        };
+    });
+    let mut book = loaded(&mut core, 1_000);
+    core.pick_ready(&mut book, 8);
+    let Some(Effect::PollSensor { launch, .. }) = book.effects.pop() else {
+        panic!("the sensor is polled first");
+    };
+    let expected_dir = Some(PathBuf::from("/srv/p/out/2026-01-18"));
+    assert_eq!(
+        launch.cwd, expected_dir,
+        "the sensor runs where the task does"
+    );
+    assert!(launch.clear_env);
+    let record = book.runs[0].record.clone();
+    let launch = core.task_launch(&record, 0, false, 1, PathBuf::from("/attempt"));
+    assert_eq!(launch.cwd, expected_dir);
+    assert!(launch.clear_env, "a list inherits only what it names");
+    let names: Vec<&str> = launch.env.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names[..5],
+        ["PATH", "FROM_FILE", "LOG", "LOG", "PYTHONUNBUFFERED"],
+        "inherited, env file, env, then Python's buffering"
+    );
+    assert!(!names.contains(&"HOME"));
+    let last = |name: &str| {
+        launch
+            .env
+            .iter()
+            .rev()
+            .find(|(own, _)| own == name)
+            .map(|(_, value)| value.as_str())
+    };
+    assert_eq!(last("LOG"), Some("task-a"), "env wins over the env file");
+    assert_eq!(last("PYTHONUNBUFFERED"), Some("1"));
+    assert_eq!(last("KEEL_TASK"), Some("a"));
+    let keel_first = names
+        .iter()
+        .position(|name| name.starts_with("KEEL_"))
+        .unwrap();
+    assert!(
+        names[..keel_first]
+            .iter()
+            .all(|name| !name.starts_with("KEEL_")),
+        "Keel's variables come after everything the task sets"
+    );
 }
