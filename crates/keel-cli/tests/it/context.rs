@@ -1,5 +1,6 @@
 //! What a task starts with, driven through the binary with real processes: its working directory,
-//! whatever directory `keel` starts in, and its environment (`env`, `env_file`, `inherit_env`).
+//! whatever directory `keel` starts in, its environment (`env`, `env_file`, `inherit_env`), how
+//! sensor errors end a task.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -275,4 +276,42 @@ fn a_broken_env_file_stops_validate_and_run_naming_the_file_and_line() {
     );
     assert!(!text.contains("secret-looking"), "{text}");
     assert!(!project.path().join("ran.txt").exists(), "nothing ran");
+}
+
+/// Reported: a sensor that crashed (exit 1, a traceback) was taken for "not ready" and polled
+/// until its deadline, hours later. It is now a sensor error: retried under the task's retry
+/// policy, and the task fails with the sensor's last output once the attempts are spent.
+#[test]
+fn a_failing_sensor_fails_the_task_with_its_output_and_exit_65_is_no_data() {
+    let project = Project::new(&pipeline(
+        "",
+        r#"[tasks.fetch]
+phase = "main"
+command = ["touch", "fetch.ran"]
+retries = { attempts = 2, initial = "10ms", max = "20ms" }
+wait_for = { command = ["sh", "-c", "echo polled >> polls.txt; echo 'feed down for {date}' >&2; exit 3"], every = "50ms", deadline = "1h" }
+
+[tasks.holiday]
+phase = "main"
+command = ["touch", "holiday.ran"]
+wait_for = { command = ["sh", "-c", "exit 65"], every = "50ms" }
+"#,
+    ));
+    let (code, text) = project.keel("run", &["--partition", DAY]);
+    assert_eq!(code, Some(1), "{text}");
+    let fetch = project.task(DAY, "fetch");
+    assert_eq!(fetch["outcome"], "failed", "{fetch:#}");
+    assert_eq!(fetch["attempts"], 0, "the task itself never ran");
+    let message = fetch["message"].as_str().unwrap();
+    assert!(
+        message.contains("failed 2 times")
+            && message.contains("exited with code 3")
+            && message.contains(&format!("feed down for {DAY}")),
+        "{message}"
+    );
+    assert_eq!(project.read("polls.txt").lines().count(), 2);
+    assert!(!project.path().join("fetch.ran").exists());
+    let holiday = project.task(DAY, "holiday");
+    assert_eq!(holiday["outcome"], "no_data", "{holiday:#}");
+    assert!(!project.path().join("holiday.ran").exists());
 }

@@ -148,8 +148,10 @@ pub(super) struct ActiveRun {
     pub needs_rerun: Vec<bool>,
     /// Per task: its sensor reported ready (a task that has had an attempt needs none).
     pub sensor_ready: Vec<bool>,
-    /// Per task: sensor polls so far in this process, for the backoff.
+    /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: Vec<u32>,
+    /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.
+    pub sensor_errors: Vec<u32>,
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,

@@ -133,6 +133,7 @@ fn loaded_from(
             message: None,
             rerun_pending: false,
             sensor_polls: 0,
+            sensor_errors: 0,
         })
         .collect();
     adjust(&mut stored);
@@ -300,6 +301,204 @@ fn a_cancel_asks_the_driver_to_stop_what_runs_and_settles_the_rest() {
             ..
         })
     ));
+}
+
+/// `a` of [`chain_core`] waits for a sensor polled every second for at most a minute.
+fn sensed_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[0].wait_for = Some(keel_model::SensorSpec {
+            command: vec!["ready".into(), "{date}".into(), "{task}".into()],
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            deadline: Duration::from_secs(60),
+        });
+    })
+}
+
+/// Starts what may start; returns the tasks whose sensor is to be polled.
+fn polls(core: &mut Core, book: &mut Book) -> Vec<TaskIndex> {
+    assert!(
+        core.pick_ready(book, 8).is_empty(),
+        "a sensed task polls first"
+    );
+    std::mem::take(&mut book.effects)
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::PollSensor { task, .. } => Some(task),
+            Effect::Stop(_) => None,
+        })
+        .collect()
+}
+
+fn sensor_polls(book: &Book) -> Vec<SensorPoll> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::SensorPoll(poll) => Some(poll.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exited(code: i32, outcome: Outcome, message: &str) -> Report {
+    Report {
+        exit_code: Some(code),
+        ..Report::new(outcome, message)
+    }
+}
+
+fn settled(book: &Book) -> Vec<(String, Option<Outcome>, Option<String>)> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } => Some((change.task.clone(), change.outcome, change.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sensor_error_uses_up_attempts_and_ends_the_task_failed_with_its_last_output() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    let failing = || {
+        exited(
+            3,
+            Outcome::Failed,
+            "exited with code 3; last output: feed unreachable",
+        )
+    };
+    for error in 1..=2u32 {
+        assert_eq!(polls(&mut core, &mut book), [0]);
+        core.on_sensor(&mut book, 0, 0, failing()).unwrap();
+        let poll = sensor_polls(&book).pop().expect("the poll is recorded");
+        assert!(poll.error, "not a plain not-ready poll");
+        assert!(!poll.ready);
+        let message = poll.message.unwrap();
+        assert!(
+            message.starts_with(&format!("sensor error {error} of 3: exited with code 3")),
+            "{message}"
+        );
+        let not_before = poll.not_before.unwrap();
+        let ceiling = book.now + 1_000 * (1 << (error - 1));
+        assert!(
+            (book.now..=ceiling).contains(&not_before),
+            "the task's retry backoff (full jitter up to {ceiling}): {not_before}"
+        );
+        assert_eq!(book.runs[0].sensor_errors[0], error);
+        book.writes.clear();
+        book.now = not_before;
+        core.fire_timers(&mut book);
+    }
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(&mut book, 0, 0, failing()).unwrap();
+    let decided = settled(&book);
+    assert_eq!(decided[0].0, "a");
+    assert_eq!(decided[0].1, Some(Outcome::Failed));
+    let message = decided[0].2.clone().unwrap();
+    assert_eq!(
+        message,
+        "the sensor \"ready 2026-01-18 a\" failed 3 times (retries.attempts = 3), the last time: exited with code 3; last output: feed unreachable"
+    );
+    assert_eq!(
+        decided[1..]
+            .iter()
+            .map(|(task, outcome, _)| (task.as_str(), *outcome))
+            .collect::<Vec<_>>(),
+        [
+            ("b", Some(Outcome::UpstreamFailed)),
+            ("c", Some(Outcome::UpstreamFailed))
+        ]
+    );
+    assert!(
+        book.runs[0].finished,
+        "the run ends failed, not at the deadline"
+    );
+}
+
+#[test]
+fn a_sensor_that_is_not_ready_polls_again_without_using_attempts_and_exit_65_is_no_data() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(75, Outcome::NotReady, "not ready (exit 75)"),
+    )
+    .unwrap();
+    let poll = sensor_polls(&book).pop().unwrap();
+    assert!(!poll.error && !poll.ready);
+    assert_eq!(book.runs[0].sensor_errors[0], 0);
+    book.writes.clear();
+    book.now = poll.not_before.unwrap();
+    core.fire_timers(&mut book);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(65, Outcome::FailedPermanent, "permanent failure (exit 65)"),
+    )
+    .unwrap();
+    assert_eq!(
+        settled(&book)[0],
+        (
+            "a".to_string(),
+            Some(Outcome::NoData),
+            Some("the sensor \"ready 2026-01-18 a\" reported no data (exit 65)".to_string())
+        )
+    );
+    book.writes.clear();
+    let next = start(&mut core, &mut book, &mut 0);
+    assert_eq!(next[0].1, "b", "no data is complete: downstream runs");
+}
+
+#[test]
+fn the_sensor_deadline_message_names_the_command_with_its_templates_expanded() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    book.now = 1_000 + 60_000;
+    core.on_sensor(&mut book, 0, 0, exited(75, Outcome::NotReady, "not ready"))
+        .unwrap();
+    assert_eq!(
+        settled(&book)[0].2.as_deref(),
+        Some("still not ready after 1m00s: the sensor \"ready 2026-01-18 a\" never reported ready")
+    );
+}
+
+/// Sensor errors are stored: a restarted Keel keeps counting them, and the task's own attempts
+/// get only what the sensor left.
+#[test]
+fn stored_sensor_errors_count_against_the_tasks_attempts_after_a_restart() {
+    let mut core = sensed_core();
+    let mut book = loaded_from(&mut core, 1_000, |stored| {
+        stored[0].sensor_errors = 2;
+        stored[0].sensor_polls = 2;
+    });
+    assert_eq!(book.runs[0].sensor_errors[0], 2);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(&mut book, 0, 0, Report::new(Outcome::Succeeded, "ready"))
+        .unwrap();
+    book.writes.clear();
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    assert_eq!(first[0].1, "a");
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, Report::new(Outcome::Failed, "boom"))],
+    )
+    .unwrap();
+    assert_eq!(
+        finishes(&book)[0].2,
+        TaskNext::Done(Outcome::Failed),
+        "two sensor errors and one failure spend the three attempts"
+    );
 }
 
 #[test]
