@@ -61,15 +61,15 @@ pub struct PipelineArg {
 
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// The partition: a date YYYY-MM-DD, or `none` for unpartitioned pipelines. Defaults to
-    /// today in the pipeline's time zone.
-    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    /// The partition: a date YYYY-MM-DD, `today`, `yesterday` or days from today such as -2d,
+    /// in the pipeline's time zone, or `none` for unpartitioned pipelines. Defaults to today.
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
     pub partition: Option<String>,
     /// First partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "to")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "to")]
     pub from: Option<String>,
     /// Last partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "from")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "from")]
     pub to: Option<String>,
 }
 
@@ -99,7 +99,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
     /// Only this partition.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: Option<String>,
     /// Print JSON: {"runs":[{"id","partition","state","tasks":[{"name","phase","outcome","attempts"}]}]}.
     #[arg(long)]
@@ -114,7 +114,7 @@ pub struct LogsArgs {
     /// `[PIPELINE] TASK`: the pipeline file (default keel.toml) and the task whose output to print.
     #[arg(required = true, num_args = 1..=2, value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
     /// The attempt number; the latest by default.
     #[arg(long, value_name = "N")]
@@ -123,7 +123,7 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
     /// `[PIPELINE] TASK…`: tasks to run again. A leading argument ending in .toml, or naming an
     /// existing file, is taken as the pipeline file (default keel.toml).
@@ -138,7 +138,7 @@ pub struct RetryArgs {
 pub struct CancelArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
 }
 

@@ -1,10 +1,11 @@
 //! What a task starts with, driven through the binary with real processes: its working directory,
 //! whatever directory `keel` starts in, its environment (`env`, `env_file`, `inherit_env`), how
-//! sensor errors end a task.
+//! sensor errors end a task, and partitions named relative to today in the pipeline's zone.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::TimeZone;
 use serde_json::Value;
 
 use crate::support::{keel, write_pipeline};
@@ -314,4 +315,75 @@ wait_for = { command = ["sh", "-c", "exit 65"], every = "50ms" }
     let holiday = project.task(DAY, "holiday");
     assert_eq!(holiday["outcome"], "no_data", "{holiday:#}");
     assert!(!project.path().join("holiday.ran").exists());
+}
+
+/// The date in `zone` now.
+fn today_in(zone: chrono_tz::Tz) -> chrono::NaiveDate {
+    zone.from_utc_datetime(&chrono::Utc::now().naive_utc())
+        .date_naive()
+}
+
+/// `today`, `yesterday` and `-2d`/`+1d` are dates in the pipeline's time zone. Kiritimati is 14
+/// hours ahead of UTC, so for most of the day its date is not the machine's.
+#[test]
+fn partition_words_resolve_in_the_pipelines_time_zone() {
+    let zone = chrono_tz::Pacific::Kiritimati;
+    let project = Project::new(
+        r#"[pipeline]
+name = "far"
+timezone = "Pacific/Kiritimati"
+
+[phases.main]
+
+[tasks.a]
+phase = "main"
+command = ["sh", "-c", "echo {date} >> dates.txt"]
+"#,
+    );
+    for (word, offset) in [("today", 0), ("yesterday", -1), ("-2d", -2), ("+1d", 1)] {
+        let before = today_in(zone);
+        let (code, text) = project.keel("run", &["--partition", word]);
+        let after = today_in(zone);
+        assert_eq!(code, Some(0), "{word}: {text}");
+        let ran = project.read("dates.txt");
+        let got = ran.lines().last().unwrap();
+        let expected = |today: chrono::NaiveDate| {
+            (today + chrono::Duration::days(offset))
+                .format("%Y-%m-%d")
+                .to_string()
+        };
+        // Only if Kiritimati's midnight passed during the run may the later date be right.
+        assert!(
+            got == expected(before) || (before != after && got == expected(after)),
+            "{word} ran {got}, expected {} in Kiritimati",
+            expected(before)
+        );
+    }
+    let before = today_in(zone);
+    std::fs::remove_file(project.dir.path().join("dates.txt")).unwrap();
+    let (code, text) = project.keel("run", &["--from", "-2d", "--to", "yesterday", "--rerun"]);
+    let after = today_in(zone);
+    assert_eq!(code, Some(0), "{text}");
+    let mut dates: Vec<String> = project
+        .read("dates.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    dates.sort();
+    let range = |today: chrono::NaiveDate| {
+        [-2, -1].map(|offset| {
+            (today + chrono::Duration::days(offset))
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+    };
+    assert!(
+        dates == range(before) || (before != after && dates == range(after)),
+        "{dates:?}"
+    );
+    for refused in ["-2", "2d", "+-1d", "-1 d", "Today", "-1w"] {
+        let (code, text) = project.keel("run", &["--partition", refused]);
+        assert_eq!(code, Some(2), "{refused}: {text}");
+        assert!(text.contains("today, yesterday"), "{refused}: {text}");
+    }
 }
