@@ -69,15 +69,15 @@ pub struct PipelineArg {
 
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// The partition: a date YYYY-MM-DD, or `none` for unpartitioned pipelines. Defaults to
-    /// today in the pipeline's time zone.
-    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    /// The partition: a date YYYY-MM-DD, `today`, `yesterday` or days from today such as -2d,
+    /// in the pipeline's time zone, or `none` for unpartitioned pipelines. Defaults to today.
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
     pub partition: Option<String>,
     /// First partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "to")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "to")]
     pub from: Option<String>,
     /// Last partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "from")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "from")]
     pub to: Option<String>,
 }
 
@@ -117,10 +117,10 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct RangeArgs {
     /// First partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "to")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "to")]
     pub from: Option<String>,
     /// Last partition of an inclusive date range.
-    #[arg(long, value_name = "D", requires = "from")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, requires = "from")]
     pub to: Option<String>,
 }
 
@@ -129,7 +129,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
     /// Only this partition: its newest run's tasks (every run's with --all).
-    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
     pub partition: Option<String>,
     #[command(flatten)]
     pub range: RangeArgs,
@@ -191,7 +191,7 @@ pub struct LogsArgs {
     #[arg(required = true, num_args = 1..=2, value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
     /// The partition whose newest run to read. Default: the newest run in which the task ran.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: Option<String>,
     /// The run to read (any run, not only a partition's newest).
     #[arg(long, value_name = "ID", conflicts_with = "partition")]
@@ -208,7 +208,7 @@ pub struct LogsArgs {
 #[command(group(clap::ArgGroup::new("partitions").required(true).args(["partition", "from"])))]
 pub struct RetryArgs {
     /// The partition whose newest run to retry.
-    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
     pub partition: Option<String>,
     /// Retry the newest run of every partition of this range that has one.
     #[command(flatten)]
@@ -226,7 +226,7 @@ pub struct RetryArgs {
 pub struct CancelArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
 }
 

@@ -52,6 +52,7 @@ fn init(dir: &Path, force: bool) -> Result<u8> {
 
 fn validate(path: &Path) -> Result<u8> {
     let spec = state::load_pipeline(path)?;
+    state::load_env_files(&spec, path)?;
     println!(
         "{} is valid: pipeline {:?}, {} phases, {} tasks, version {}",
         path.display(),
@@ -315,6 +316,9 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
 
 async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
     let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    // Settling the cancel may start the engine, which needs the env files: a broken one is
+    // refused before the request is stored, not after.
+    state::load_env_files(&spec, &args.pipeline.pipeline)?;
     let partition = state::check_partition(&spec, &args.partition)?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let store = paths

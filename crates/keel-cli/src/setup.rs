@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_engine::{Engine, EngineConfig, SplitMix64, SystemClock};
+use keel_engine::{Engine, EngineConfig, LaunchContext, SplitMix64, SystemClock};
 use keel_exec::ProcessExecutor;
 use keel_model::PipelineSpec;
 use keel_store::SqliteStore;
@@ -37,7 +37,8 @@ pub fn build_engine(
     build_engine_with_env(spec, paths, store, Vec::new())
 }
 
-/// Like [`build_engine`], adding `extra_env` to every task's environment.
+/// Like [`build_engine`], adding `extra_env` to every task's environment. The pipeline's env
+/// files are read here, so every command that runs tasks refuses a broken one (exit 2).
 pub fn build_engine_with_env(
     spec: PipelineSpec,
     paths: &StatePaths,
@@ -47,6 +48,14 @@ pub fn build_engine_with_env(
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    let launch_context = LaunchContext {
+        env_files: crate::state::load_env_files(&spec, &paths.pipeline)?,
+        pipeline_dir: Some(paths.pipeline_dir()?),
+        // Variables whose name or value is not UTF-8 cannot be picked by `inherit_env` lists.
+        keel_env: std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect(),
+    };
     let config = EngineConfig {
         owner: owner(),
         attempts_dir: paths.attempts_dir(),
@@ -55,6 +64,7 @@ pub fn build_engine_with_env(
         lease_ttl: Duration::from_secs(600),
         poll_interval: Duration::from_millis(250),
         extra_env,
+        launch_context,
         shutdown_grace: DEFAULT_GRACE,
     };
     Ok(Engine::new(

@@ -18,11 +18,27 @@ pub fn load_pipeline(path: &Path) -> Result<PipelineSpec> {
     })
 }
 
-/// Where a pipeline's state lives.
+/// Reads the env files the pipeline at `path` names, relative to its directory; errors exit 2
+/// with every problem listed, each naming the file and line.
+pub fn load_env_files(spec: &PipelineSpec, path: &Path) -> Result<keel_config::EnvFiles> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    keel_config::load_env_files(spec, base).map_err(|errors| {
+        let count = errors.0.len();
+        let noun = if count == 1 { "error" } else { "errors" };
+        Exit::usage(format!(
+            "{errors}\n{count} {noun} in the env files of {}",
+            path.display()
+        ))
+    })
+}
+
+/// Where a pipeline's file and state live.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
     pub database: PathBuf,
     pub dir: PathBuf,
+    /// The pipeline file, as given.
+    pub pipeline: PathBuf,
 }
 
 impl StatePaths {
@@ -40,7 +56,14 @@ impl StatePaths {
         let (url, relative_to) = match (cli_state, spec.state.as_deref()) {
             (Some(url), _) => (url.to_string(), PathBuf::new()),
             (None, Some(url)) => (url.to_string(), base.clone()),
-            (None, None) => return Ok(StatePaths::in_dir(absolute(&base.join(".keel"))?)),
+            (None, None) => {
+                let dir = absolute(&base.join(".keel"))?;
+                return Ok(StatePaths {
+                    database: dir.join("state.db"),
+                    dir,
+                    pipeline: pipeline_path.to_path_buf(),
+                });
+            }
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Err(Exit::usage(format!(
@@ -64,14 +87,17 @@ impl StatePaths {
             .map(Path::to_path_buf)
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        Ok(StatePaths { database, dir })
+        Ok(StatePaths {
+            database,
+            dir,
+            pipeline: pipeline_path.to_path_buf(),
+        })
     }
 
-    fn in_dir(dir: PathBuf) -> StatePaths {
-        StatePaths {
-            database: dir.join("state.db"),
-            dir,
-        }
+    /// The pipeline file's directory, absolute: where tasks run unless their `cwd` says
+    /// otherwise, so that a run started from another directory (cron's, say) behaves the same.
+    pub fn pipeline_dir(&self) -> Result<PathBuf> {
+        absolute(self.pipeline.parent().unwrap_or(Path::new("")))
     }
 
     pub fn attempts_dir(&self) -> PathBuf {
@@ -218,10 +244,61 @@ pub fn check_partition(spec: &PipelineSpec, partition: &str) -> Result<String> {
             "partition {partition:?} does not fit pipeline {:?}, which is not partitioned; use --partition none or leave it out",
             spec.name
         ))),
-        PartitionKind::Date => {
-            parse_date("partition", partition).map(|date| date.format("%Y-%m-%d").to_string())
-        }
+        PartitionKind::Date => resolve_date(spec, "partition", partition)
+            .map(|date| date.format("%Y-%m-%d").to_string()),
     }
+}
+
+/// How a date may be written on the command line, for errors.
+const DATE_FORMS: &str = "write it as YYYY-MM-DD, e.g. 2026-01-18, or as today, yesterday or a number of days from today such as -2d or +1d";
+
+/// Reads a date given on the command line: exactly `YYYY-MM-DD` (see [`parse_date`]), or
+/// `today`, `yesterday` or an offset in days from today (`-2d`, `+1d`), today being the date in
+/// the pipeline's time zone now. `what` names the argument in errors.
+pub fn resolve_date(spec: &PipelineSpec, what: &str, text: &str) -> Result<chrono::NaiveDate> {
+    let Some(offset) = days_from_today(text) else {
+        return parse_date_or_say(what, text, DATE_FORMS);
+    };
+    let today = today(spec)?;
+    today
+        .checked_add_signed(chrono::Duration::days(offset))
+        .filter(|date| (1000..=9999).contains(&chrono::Datelike::year(date)))
+        .ok_or_else(|| {
+            Exit::usage(format!(
+                "{what} {text:?} is out of range: it falls outside the years 1000 to 9999"
+            ))
+        })
+}
+
+/// `today` is 0, `yesterday` -1, `-2d` -2 and `+1d` 1; anything else is not an offset.
+fn days_from_today(text: &str) -> Option<i64> {
+    match text {
+        "today" => return Some(0),
+        "yesterday" => return Some(-1),
+        _ => {}
+    }
+    let sign = match text.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = text[1..].strip_suffix('d')?;
+    // Seven digits reach past any year a partition may have; more cannot be a real offset.
+    if digits.is_empty() || digits.len() > 7 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(sign * digits.parse::<i64>().ok()?)
+}
+
+/// Today's date in the pipeline's time zone.
+fn today(spec: &PipelineSpec) -> Result<chrono::NaiveDate> {
+    let zone: chrono_tz::Tz = spec
+        .timezone
+        .parse()
+        .map_err(|_| Exit::usage(format!("unknown time zone {:?}", spec.timezone)))?;
+    Ok(zone
+        .from_utc_datetime(&chrono::Utc::now().naive_utc())
+        .date_naive())
 }
 
 /// Reads a date given on the command line as exactly `YYYY-MM-DD`, a real calendar date in the
@@ -231,7 +308,11 @@ pub fn check_partition(spec: &PipelineSpec, partition: &str) -> Result<String> {
 /// them. A partition names a run and, through it, the attempt directories and the tasks'
 /// `{date}`, so a value is either the canonical form or refused, never silently changed.
 pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
-    const EXPECTED: &str = "write it as YYYY-MM-DD, e.g. 2026-01-18";
+    parse_date_or_say(what, text, "write it as YYYY-MM-DD, e.g. 2026-01-18")
+}
+
+/// [`parse_date`], with `expected` saying how to write the date instead.
+fn parse_date_or_say(what: &str, text: &str, expected: &str) -> Result<chrono::NaiveDate> {
     let bytes = text.as_bytes();
     let shaped = bytes.len() == 10
         && bytes
@@ -243,7 +324,7 @@ pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
             });
     if !shaped {
         return Err(Exit::usage(format!(
-            "{what} {text:?} is not a date; {EXPECTED}"
+            "{what} {text:?} is not a date; {expected}"
         )));
     }
     // Only ASCII digits are left in these places, so the numbers parse.
@@ -256,7 +337,7 @@ pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
     }
     chrono::NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
         Exit::usage(format!(
-            "{what} {text:?} is not a calendar date; {EXPECTED}"
+            "{what} {text:?} is not a calendar date; {expected}"
         ))
     })
 }
@@ -265,17 +346,7 @@ pub fn parse_date(what: &str, text: &str) -> Result<chrono::NaiveDate> {
 pub fn default_partition(spec: &PipelineSpec) -> Result<String> {
     match spec.partition {
         PartitionKind::None => Ok("none".into()),
-        PartitionKind::Date => {
-            let zone: chrono_tz::Tz = spec
-                .timezone
-                .parse()
-                .map_err(|_| Exit::usage(format!("unknown time zone {:?}", spec.timezone)))?;
-            let now = chrono::Utc::now();
-            Ok(zone
-                .from_utc_datetime(&now.naive_utc())
-                .format("%Y-%m-%d")
-                .to_string())
-        }
+        PartitionKind::Date => Ok(today(spec)?.format("%Y-%m-%d").to_string()),
     }
 }
 
@@ -296,7 +367,10 @@ pub fn date_range(spec: &PipelineSpec, from: &str, to: &str) -> Result<Vec<Strin
             spec.name
         )));
     }
-    let (first, last) = (parse_date("--from", from)?, parse_date("--to", to)?);
+    let (first, last) = (
+        resolve_date(spec, "--from", from)?,
+        resolve_date(spec, "--to", to)?,
+    );
     if last < first {
         return Err(Exit::usage(format!("--to {to} is before --from {from}")));
     }

@@ -218,6 +218,80 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error(
+        "unknown template {template:?} in {field:?}{} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace",
+        in_table(.table)
+    )]
+    UnknownValueTemplate {
+        /// `cwd`, or the name of an `env` variable.
+        field: String,
+        table: String,
+        /// The whole placeholder, braces included: `{day}`.
+        template: String,
+        location: Location,
+    },
+
+    #[error(
+        "unclosed \"{{\" in {field:?}{} ({location}); close it as in \"{{date}}\", or write \"{{{{\" for a literal brace",
+        in_table(.table)
+    )]
+    UnclosedValueTemplate {
+        field: String,
+        table: String,
+        location: Location,
+    },
+
+    #[error("{field:?}{} is empty ({location}); {hint}", in_table(.table))]
+    EmptyValue {
+        field: String,
+        table: String,
+        /// What to write instead.
+        hint: &'static str,
+        location: Location,
+    },
+
+    #[error(
+        "invalid environment variable name {name:?}{} ({location}); {reason}",
+        in_table(.table)
+    )]
+    InvalidVariableName {
+        name: String,
+        table: String,
+        /// What is wrong with it: `a name cannot be empty`.
+        reason: &'static str,
+        location: Location,
+    },
+
+    #[error(
+        "{name:?}{} is a name Keel keeps for itself ({location}); Keel sets the KEEL_ variables of every task and they cannot be set or inherited: use another name",
+        in_table(.table)
+    )]
+    ReservedVariable {
+        name: String,
+        table: String,
+        location: Location,
+    },
+
+    #[error(
+        "cannot read env file {path:?}, the env_file of task {task:?}: {reason}; create it, or fix env_file in the pipeline file (a relative path is relative to the pipeline file's directory)"
+    )]
+    EnvFileUnreadable {
+        /// The file as the pipeline file's directory and `env_file` make it.
+        path: String,
+        /// The first task that names it.
+        task: String,
+        reason: String,
+    },
+
+    #[error(
+        "invalid line in env file ({location}): {problem}; write one NAME=value a line, and start comment lines with #"
+    )]
+    EnvFileLine {
+        /// What is wrong, without the line's value, which may be a secret.
+        problem: String,
+        location: Location,
+    },
+
     #[error("unknown phase {phase:?} in task {task:?} ({location}); {}", phase_hint(.suggestion, .phase))]
     UnknownPhase {
         task: String,
@@ -423,7 +497,9 @@ impl ConfigError {
     /// Where in the file the error is, if it comes from the file's content.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            ConfigError::FileNotFound { .. } | ConfigError::FileUnreadable { .. } => None,
+            ConfigError::FileNotFound { .. }
+            | ConfigError::FileUnreadable { .. }
+            | ConfigError::EnvFileUnreadable { .. } => None,
             ConfigError::Syntax { location, .. }
             | ConfigError::DuplicateKey { location, .. }
             | ConfigError::UnknownField { location, .. }
@@ -445,6 +521,12 @@ impl ConfigError {
             | ConfigError::UnknownTimezone { location, .. }
             | ConfigError::UnknownTemplate { location, .. }
             | ConfigError::UnclosedTemplate { location, .. }
+            | ConfigError::UnknownValueTemplate { location, .. }
+            | ConfigError::UnclosedValueTemplate { location, .. }
+            | ConfigError::EmptyValue { location, .. }
+            | ConfigError::InvalidVariableName { location, .. }
+            | ConfigError::ReservedVariable { location, .. }
+            | ConfigError::EnvFileLine { location, .. }
             | ConfigError::UnknownPhase { location, .. }
             | ConfigError::UnknownPhaseDependency { location, .. }
             | ConfigError::UnknownDependency { location, .. }

@@ -1,8 +1,9 @@
 //! Reads `keel.toml` (docs/pipeline.md) and turns it into a validated [`keel_model::PipelineSpec`].
 //!
 //! Every error in a file is reported at once, each with `file:line:column`, the offending value
-//! and a hint. This crate reads the one file it is given and does nothing else: it runs no
-//! commands, opens no state store, resolves no secrets and prints nothing.
+//! and a hint. This crate reads the pipeline file it is given, and the env files the pipeline
+//! names when asked to ([`load_env_files`]), and does nothing else: it runs no commands, opens no
+//! state store, resolves no secrets and prints nothing.
 //!
 //! ```
 //! let spec = keel_config::parse(
@@ -25,6 +26,7 @@
 //! assert!(errors.to_string().contains(r#"unknown field "nmae" in [pipeline] (keel.toml:2:1); did you mean "name"?"#));
 //! ```
 
+mod env_file;
 mod error;
 mod graph;
 mod quantity;
@@ -34,6 +36,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use env_file::{EnvFiles, load_env_files, parse_env_file};
 pub use error::{ConfigError, ConfigErrors, Location, NameKind};
 use keel_model::PipelineSpec;
 

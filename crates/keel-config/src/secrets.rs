@@ -165,11 +165,8 @@ fn assigned_secret(value: &str) -> Option<Finding> {
         let Some(equals) = word.find('=') else {
             continue;
         };
-        let key = word[..equals].to_ascii_lowercase();
         let secret_value = &word[equals + 1..];
-        let names_a_secret = SECRET_KEY_WORDS.iter().any(|part| key.contains(part))
-            && !REFERENCE_KEY_WORDS.iter().any(|part| key.contains(part));
-        if names_a_secret
+        if names_a_secret(&word[..equals])
             && secret_value.chars().count() >= MIN_ASSIGNED_SECRET_LEN
             && !is_reference(secret_value)
         {
@@ -181,6 +178,30 @@ fn assigned_secret(value: &str) -> Option<Finding> {
         }
     }
     None
+}
+
+/// Whether a key such as `DB_PASSWORD` or `--api-token` says that its value is a credential.
+fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEY_WORDS.iter().any(|part| key.contains(part))
+        && !REFERENCE_KEY_WORDS.iter().any(|part| key.contains(part))
+}
+
+/// An environment variable whose name says it holds a credential and whose value looks like
+/// one, not like a reference to one: `env = { DB_PASSWORD = "hunter2hunter2" }`. The value
+/// alone is checked by [`find_secret`]; here the name is the `password=` that the value lacks.
+pub(crate) fn find_secret_in_variable(name: &str, value: &str) -> Option<Finding> {
+    // A long number is a count or a limit (`MAX_TOKENS = "100000000"`), not a password.
+    let a_number = value.bytes().all(|byte| byte.is_ascii_digit());
+    (names_a_secret(name)
+        && value.chars().count() >= MIN_ASSIGNED_SECRET_LEN
+        && !a_number
+        && !is_reference(value))
+    .then(|| Finding {
+        what: "password or token",
+        redacted: format!("{name}=…"),
+        offset: 0,
+    })
 }
 
 /// `Authorization: Bearer eyJhbGciOi…` in a curl command.
@@ -250,6 +271,23 @@ mod tests {
         let finding =
             find_secret("curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz' x").unwrap();
         assert_eq!(finding.redacted, "Bearer …");
+    }
+
+    #[test]
+    fn a_variable_named_like_a_credential_needs_no_equals_sign_in_its_value() {
+        let finding = find_secret_in_variable("DB_PASSWORD", "hunter2hunter2").unwrap();
+        assert_eq!(finding.redacted, "DB_PASSWORD=…");
+        assert!(find_secret_in_variable("STATS_API_KEY", "k3y-0f-the-feed").is_some());
+        for (name, value) in [
+            ("DB_PASSWORD", "${DB_PASSWORD}"),
+            ("DB_PASSWORD_FILE", "/run/secrets/db"),
+            ("API_TOKEN", "short"),
+            ("MAX_TOKENS", "100000000"),
+            ("REGION", "eu-west-1-long-value"),
+            ("SECRET_NAME", "STATS_API_KEY"),
+        ] {
+            assert_eq!(find_secret_in_variable(name, value), None, "{name}={value}");
+        }
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! is wrong with one value never stops the walk, so a single run reports everything.
 //!
 //! The resilience fields (`[resources.NAME]`, `gate`, `uses`, `wait_for`) are read in the
-//! `resilience` submodule.
+//! `resilience` submodule, and where a task runs and with which environment (`cwd`, `env`,
+//! `env_file`, `inherit_env`) in the `context` submodule.
 
+mod context;
 mod resilience;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +29,8 @@ use crate::graph::find_cycles;
 use crate::secrets::find_secret;
 use crate::suggest::{closest, closest_timezone};
 use crate::{MAX_DURATION, MAX_NAME_LENGTH};
+use context::{CONTEXT_FIELDS, RawContext};
+pub(crate) use context::{RESERVED_PREFIX, variable_name_problem};
 use keel_model::template::{TemplateProblem, check_templates};
 use resilience::{RawGate, RawResource, RawSensor};
 
@@ -43,7 +47,17 @@ const PIPELINE_FIELDS: &[&str] = &[
 ];
 const PIPELINE_LATER: &[&str] = &[];
 const CATCHUP_KINDS: &[&str] = &["all", "latest", "none"];
-const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "heartbeat", "deadline", "concurrency"];
+const DEFAULTS_FIELDS: &[&str] = &[
+    "timeout",
+    "retries",
+    "heartbeat",
+    "deadline",
+    "concurrency",
+    "cwd",
+    "env",
+    "env_file",
+    "inherit_env",
+];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
 const PHASE_FIELDS: &[&str] = &["after", "gate"];
 const TASK_FIELDS: &[&str] = &[
@@ -56,6 +70,10 @@ const TASK_FIELDS: &[&str] = &[
     "deadline",
     "uses",
     "wait_for",
+    "cwd",
+    "env",
+    "env_file",
+    "inherit_env",
 ];
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -239,6 +257,7 @@ struct RawDefaults {
     heartbeat: Option<Duration>,
     deadline: Option<Duration>,
     concurrency: Option<u32>,
+    context: RawContext,
 }
 
 #[derive(Debug)]
@@ -260,6 +279,7 @@ struct RawTask {
     deadline: Option<Duration>,
     uses: Vec<NameRef>,
     wait_for: Option<RawSensor>,
+    context: RawContext,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -842,6 +862,9 @@ impl Checker<'_> {
                 "heartbeat" => raw.heartbeat = self.duration(value, field, PATH, false),
                 "deadline" => raw.deadline = self.duration(value, field, PATH, true),
                 "concurrency" => raw.concurrency = self.positive_integer(value, field, PATH),
+                _ if CONTEXT_FIELDS.contains(&field) => {
+                    self.context_field(field, value, PATH, &mut raw.context)
+                }
                 _ => self.unknown_field(key, PATH, DEFAULTS_FIELDS, &[]),
             }
         }
@@ -953,6 +976,7 @@ impl Checker<'_> {
             deadline: None,
             uses: Vec::new(),
             wait_for: None,
+            context: RawContext::default(),
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -992,6 +1016,9 @@ impl Checker<'_> {
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
+                _ if CONTEXT_FIELDS.contains(&field) => {
+                    self.context_field(field, value, &path, &mut task.context)
+                }
                 _ if TASK_LATER.contains(&field) => self.not_supported_yet(key, &path),
                 _ => self.unknown_field(key, &path, TASK_FIELDS, TASK_LATER),
             }
@@ -1315,6 +1342,7 @@ fn build_spec(
                     deadline,
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                    context: task.context.over(&defaults.context),
                 }
             })
             .collect(),

@@ -31,8 +31,13 @@ pub struct Launch {
     /// The attempt directory; the executor creates it.
     pub dir: PathBuf,
     pub command: Vec<String>,
-    /// Extra environment for the task (the `KEEL_*` contract and, later, secrets).
+    /// Environment for the task (the `KEEL_*` contract, the task's `env`); later entries win.
     pub env: Vec<(String, String)>,
+    /// Start the task with `env` alone instead of Keel's environment with `env` over it.
+    pub clear_env: bool,
+    /// Where the task runs; where Keel runs when `None`. A missing directory ends the attempt
+    /// `failed_permanent`.
+    pub cwd: Option<PathBuf>,
     pub timeout: Duration,
     pub heartbeat: Option<Duration>,
     /// Between SIGTERM and SIGKILL when an attempt is stopped.

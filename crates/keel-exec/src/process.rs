@@ -326,6 +326,8 @@ impl Executor for ProcessExecutor {
                 kill_grace: launch.kill_grace,
                 log_cap: launch.log_cap,
                 command: launch.command.clone(),
+                cwd: launch.cwd.clone(),
+                clear_env: launch.clear_env,
             };
             match host.launch(&lock, &arguments, &launch.env) {
                 Ok(crate::host::HostedAttempt { id, pid, exited }) => {
@@ -371,8 +373,14 @@ impl Executor for ProcessExecutor {
             kill_grace: launch.kill_grace,
             log_cap: launch.log_cap,
             command: launch.command.clone(),
+            cwd: launch.cwd.clone(),
+            // The supervisor's own environment is made the task's below.
+            clear_env: false,
         };
         let mut command = tokio::process::Command::new(&self.supervisor_program);
+        if launch.clear_env {
+            command.env_clear();
+        }
         command
             .args(&self.supervisor_prefix)
             .args(arguments.to_args())

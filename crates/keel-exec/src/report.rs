@@ -9,6 +9,8 @@ pub enum ExitKind {
     Exited,
     NotFound,
     NotExecutable,
+    /// The task's working directory is missing or not a directory; the message is its path.
+    NoWorkingDirectory,
     SpawnFailed,
     TimedOut,
     Stalled,
@@ -233,6 +235,13 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             Outcome::FailedPermanent,
             Some(format!("command is not executable: {}", first_word(exit))),
         ),
+        ExitKind::NoWorkingDirectory => (
+            Outcome::FailedPermanent,
+            Some(format!(
+                "working directory {:?} does not exist or is not a directory; create it, or fix cwd in the pipeline file",
+                exit.message.as_deref().unwrap_or("?")
+            )),
+        ),
         ExitKind::SpawnFailed => (Outcome::Failed, exit.message.clone()),
         ExitKind::TimedOut => (Outcome::TimedOut, exit.message.clone()),
         ExitKind::Stalled => (Outcome::Stalled, exit.message.clone()),
@@ -266,7 +275,10 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             _ => result_message,
         });
     } else if !outcome.is_complete()
-        && !matches!(exit.kind, ExitKind::NotFound | ExitKind::NotExecutable)
+        && !matches!(
+            exit.kind,
+            ExitKind::NotFound | ExitKind::NotExecutable | ExitKind::NoWorkingDirectory
+        )
         && let Some(line) = last_output_line(dir)
     {
         message = Some(match message {

@@ -49,6 +49,10 @@ pub struct SupervisorArgs {
     pub kill_grace: Duration,
     pub log_cap: u64,
     pub command: Vec<String>,
+    /// The task's working directory, if not the supervisor's.
+    pub cwd: Option<PathBuf>,
+    /// Start the task with only the environment it is given, not the supervisor's.
+    pub clear_env: bool,
 }
 
 impl SupervisorArgs {
@@ -72,6 +76,12 @@ impl SupervisorArgs {
                 heartbeat.as_millis().to_string(),
             ]);
         }
+        if let Some(cwd) = &self.cwd {
+            args.extend(["--cwd".to_string(), cwd.display().to_string()]);
+        }
+        if self.clear_env {
+            args.extend(["--clear-env".to_string(), "1".to_string()]);
+        }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
@@ -86,6 +96,8 @@ impl SupervisorArgs {
             kill_grace: Duration::from_secs(5),
             log_cap: 10 << 20,
             command: Vec::new(),
+            cwd: None,
+            clear_env: false,
         };
         let mut iterator = arguments.iter();
         while let Some(flag) = iterator.next() {
@@ -108,6 +120,8 @@ impl SupervisorArgs {
                 "--heartbeat-ms" => parsed.heartbeat = Some(Duration::from_millis(number()?)),
                 "--grace-ms" => parsed.kill_grace = Duration::from_millis(number()?),
                 "--log-cap" => parsed.log_cap = number()?,
+                "--cwd" => parsed.cwd = Some(PathBuf::from(value)),
+                "--clear-env" => parsed.clear_env = value == "1",
                 other => return Err(format!("unknown supervisor flag {other:?}")),
             }
         }
@@ -688,6 +702,12 @@ fn run_task(
     }
 
     let mut command = Command::new(&args.command[0]);
+    if args.clear_env {
+        command.env_clear();
+    }
+    if let Some(cwd) = &args.cwd {
+        command.current_dir(cwd);
+    }
     command
         .args(&args.command[1..])
         .envs(env.iter().map(|(key, value)| (key, value)))
@@ -719,6 +739,10 @@ fn run_task(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
+            if let Some(cwd) = args.cwd.as_ref().filter(|cwd| !cwd.is_dir()) {
+                let message = Some(cwd.display().to_string());
+                return record(ExitKind::NoWorkingDirectory, None, None, message);
+            }
             let kind = match error.kind() {
                 std::io::ErrorKind::NotFound => ExitKind::NotFound,
                 std::io::ErrorKind::PermissionDenied => ExitKind::NotExecutable,
@@ -946,6 +970,8 @@ mod tests {
             kill_grace: Duration::from_millis(200),
             log_cap: 1024,
             command: vec!["sh".into(), "-c".into(), "echo --dir".into()],
+            cwd: Some("/srv/a pipeline".into()),
+            clear_env: true,
         };
         assert_eq!(SupervisorArgs::parse(&args.to_args()).unwrap(), args);
         assert!(SupervisorArgs::parse(&["--dir".into()]).is_err());

@@ -275,6 +275,7 @@ mod tests {
             deadline: Duration::from_secs(1),
             uses: vec![],
             wait_for: None,
+            context: Default::default(),
         }
     }
 

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The wall-clock timeout of a task that sets none.
@@ -152,6 +153,46 @@ pub struct TaskSpec {
     pub uses: Vec<String>,
     /// Polled until ready before the task's first attempt.
     pub wait_for: Option<SensorSpec>,
+    /// Where the task runs and the environment it gets. Left out of the pipeline version when
+    /// nothing is set, so pipelines that set none keep their version.
+    #[serde(default, skip_serializing_if = "TaskContext::is_default")]
+    pub context: TaskContext,
+}
+
+/// Where a task (and its sensor) runs, and with which environment: `cwd`, `env`, `env_file` and
+/// `inherit_env` (docs/pipeline.md), `[defaults]` and the task's own already merged.
+///
+/// Paths are kept as written: they are relative to the pipeline file's directory, which only the
+/// caller knows, and `cwd` may hold templates expanded per attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TaskContext {
+    /// The working directory, templates not expanded; `None` is the pipeline file's directory.
+    pub cwd: Option<String>,
+    /// Variables set for the task, by name, with templates in their values not expanded: the
+    /// entries of `[defaults]`, overridden by the task's own.
+    pub env: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines read when a run starts; `env` overrides its entries.
+    pub env_file: Option<String>,
+    pub inherit_env: InheritEnv,
+}
+
+impl TaskContext {
+    pub fn is_default(&self) -> bool {
+        *self == TaskContext::default()
+    }
+}
+
+/// Which of Keel's own environment variables a task inherits (`inherit_env`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InheritEnv {
+    /// All of them (`true`, the default).
+    #[default]
+    All,
+    /// None (`false`): the task gets only Keel's variables and its `env` and `env_file`.
+    Nothing,
+    /// Only these names, when Keel has them.
+    Only(Vec<String>),
 }
 
 /// Exponential backoff between attempts, capped, with jitter (`retries` in docs/pipeline.md).
@@ -234,6 +275,38 @@ impl PipelineSpec {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A pipeline that sets no working directory or environment keeps the version it had before
+    /// tasks had a context, so upgrading Keel does not make every unfinished run look changed.
+    #[test]
+    fn a_task_without_context_serialises_as_before() {
+        let task = TaskSpec {
+            name: "a".into(),
+            phase: "p".into(),
+            command: vec!["true".into()],
+            after: vec![],
+            timeout: DEFAULT_TIMEOUT,
+            retries: RetryPolicy::default(),
+            heartbeat: None,
+            deadline: DEFAULT_DEADLINE,
+            uses: vec![],
+            wait_for: None,
+            context: TaskContext::default(),
+        };
+        let plain = serde_json::to_value(&task).unwrap();
+        assert!(plain.get("context").is_none(), "{plain}");
+        let with_cwd = TaskSpec {
+            context: TaskContext {
+                cwd: Some("work".into()),
+                ..TaskContext::default()
+            },
+            ..task
+        };
+        assert_eq!(
+            serde_json::to_value(&with_cwd).unwrap()["context"]["cwd"],
+            "work"
+        );
+    }
 
     proptest! {
         #[test]

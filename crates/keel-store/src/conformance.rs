@@ -797,20 +797,38 @@ async fn sensor_polls_are_counted_until_a_reset<S: Store>(store: S) {
         .create_run(new_run("2026-01-01", &["a"]))
         .await
         .unwrap();
-    for at in [10, 20, 30] {
+    for (at, error) in [(10, false), (20, true), (30, true)] {
         store
             .record_sensor_poll(SensorPoll {
                 run: run.id,
                 task: "a".into(),
                 ready: false,
                 not_before: Some(at + 100),
+                error,
                 message: None,
                 at,
             })
             .await
             .unwrap();
     }
-    assert_eq!(store.task_runs(run.id).await.unwrap()[0].sensor_polls, 3);
+    let task = &store.task_runs(run.id).await.unwrap()[0];
+    assert_eq!((task.sensor_polls, task.sensor_errors), (3, 2));
+    let reset = Change::Task(TaskChange {
+        task: "a".into(),
+        state: TaskState::Pending,
+        outcome: None,
+        not_before: None,
+        message: None,
+        reset_retry_budget: true,
+        reason: "manual retry".into(),
+    });
+    store.apply(run.id, vec![reset], 40).await.unwrap();
+    let task = &store.task_runs(run.id).await.unwrap()[0];
+    assert_eq!(
+        (task.sensor_polls, task.sensor_errors),
+        (0, 0),
+        "a reset of the retry budget starts the sensor afresh"
+    );
 }
 
 async fn attempt_starts_are_listed_since_a_time<S: Store>(store: S) {
@@ -862,6 +880,7 @@ async fn sensor_polls_are_recorded<S: Store>(store: S) {
         task: "a".into(),
         ready,
         not_before: (!ready).then_some(at + 1_000),
+        error: false,
         message: None,
         at,
     };

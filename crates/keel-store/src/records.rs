@@ -38,6 +38,8 @@ pub struct TaskRunRecord {
     pub rerun_pending: bool,
     /// Sensor polls so far, so that a restarted Keel keeps the sensor's backoff.
     pub sensor_polls: u32,
+    /// Of those, polls that ended in a sensor error: they use up the task's retry attempts.
+    pub sensor_errors: u32,
 }
 
 /// A quorum gate of one run, as last decided.
@@ -247,6 +249,9 @@ pub struct SensorPoll {
     pub ready: bool,
     /// When to poll again, if not ready.
     pub not_before: Option<Millis>,
+    /// The poll ended in a sensor error, not in *not ready*: it counts against the task's
+    /// retry attempts.
+    pub error: bool,
     pub message: Option<String>,
     pub at: Millis,
 }

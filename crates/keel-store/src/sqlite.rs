@@ -147,6 +147,11 @@ CREATE TABLE schedule_fires (
     PRIMARY KEY (pipeline, trigger, fire_at)
 );
 "#,
+    r#"
+-- Sensor polls that ended in a sensor error (an exit other than 0, 65 or 75, a timeout): they
+-- use up the task's retry attempts, so a restarted Keel must keep counting them.
+ALTER TABLE task_runs ADD COLUMN sensor_errors INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -627,7 +632,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-const TASK_COLUMNS: &str = "run_id, task, phase, state, outcome, attempts, charged, lease_epoch, not_before, first_started_at, message, rerun_pending, sensor_polls";
+const TASK_COLUMNS: &str = "run_id, task, phase, state, outcome, attempts, charged, lease_epoch, not_before, first_started_at, message, rerun_pending, sensor_polls, sensor_errors";
 
 fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
     Ok(TaskRunRecord {
@@ -644,6 +649,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
         message: row.get(10)?,
         rerun_pending: row.get::<_, i64>(11)? != 0,
         sensor_polls: row.get(12)?,
+        sensor_errors: row.get(13)?,
     })
 }
 
@@ -937,6 +943,7 @@ fn change_task(
              charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
              first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END,
              sensor_polls = CASE WHEN ?6 = 1 THEN 0 ELSE sensor_polls END,
+             sensor_errors = CASE WHEN ?6 = 1 THEN 0 ELSE sensor_errors END,
              rerun_pending = CASE WHEN ?1 = 'pending' THEN 0 ELSE rerun_pending END
          WHERE run_id = ?7 AND task = ?8 AND state <> 'running'",
         params![change.state.as_str(), change.outcome.map(Outcome::as_str), change.not_before, change.message, at, reset, run.0, change.task],
@@ -1051,7 +1058,8 @@ fn record_sensor_poll_in(transaction: &Transaction<'_>, poll: SensorPoll) -> Sto
     let changed = cached_execute(
         transaction,
         "UPDATE task_runs SET state = ?1, not_before = ?2, message = ?3, updated_at = ?4,
-             first_started_at = coalesce(first_started_at, ?4), sensor_polls = sensor_polls + 1
+             first_started_at = coalesce(first_started_at, ?4), sensor_polls = sensor_polls + 1,
+             sensor_errors = sensor_errors + ?7
          WHERE run_id = ?5 AND task = ?6 AND state <> 'running'",
         params![
             state.as_str(),
@@ -1059,12 +1067,14 @@ fn record_sensor_poll_in(transaction: &Transaction<'_>, poll: SensorPoll) -> Sto
             poll.message,
             poll.at,
             poll.run.0,
-            poll.task
+            poll.task,
+            i64::from(poll.error)
         ],
     )?;
     if changed > 0 {
         let detail = match (poll.ready, poll.not_before) {
             (true, _) => "ready".to_string(),
+            (false, Some(next)) if poll.error => format!("sensor error; next poll at {next}"),
             (false, Some(next)) => format!("not ready; next poll at {next}"),
             (false, None) => "not ready".to_string(),
         };

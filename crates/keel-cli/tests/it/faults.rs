@@ -885,7 +885,7 @@ fn gate_with_keel_killed_during_the_run_and_the_retry_still_runs_everything_exac
 fn late_pipeline(scenario: &Scenario) -> String {
     let ready = scenario.file("READY");
     let sensor = format!(
-        "echo poll >> {}; test -e {}",
+        "echo poll >> {}; test -e {} || exit 75",
         scenario.file("polls").display(),
         ready.display()
     );
@@ -1068,7 +1068,7 @@ fn late_data_with_keel_killed_while_the_sensor_waits_still_runs_each_task_once()
 /// seconds; `downstream` depends on it.
 fn never_pipeline(scenario: &Scenario, deadline: u64) -> String {
     let sensor = format!(
-        "echo poll >> {}; test -e {}",
+        "echo poll >> {}; test -e {} || exit 75",
         scenario.file("polls").display(),
         scenario.file("NEVER").display()
     );

@@ -1,6 +1,7 @@
 //! The keel binary end to end.
 
 mod cli;
+mod context;
 mod crash;
 mod demo;
 mod faults;

@@ -221,6 +221,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         deadline,
                         uses,
                         wait_for,
+                        context: Default::default(),
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

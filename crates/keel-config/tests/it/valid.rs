@@ -122,6 +122,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                context: Default::default(),
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -134,6 +135,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(30 * 60),
                 uses: vec![],
                 wait_for: None,
+                context: Default::default(),
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -157,6 +159,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                context: Default::default(),
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -169,6 +172,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                context: Default::default(),
             },
         ],
         resources: vec![],
@@ -329,6 +333,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         deadline: seconds(3 * 3600),
         uses: vec![],
         wait_for: None,
+        context: Default::default(),
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

@@ -41,6 +41,23 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Added to every task's environment (after the `KEEL_*` contract variables).
     pub extra_env: Vec<(String, String)>,
+    /// Where the pipeline file is, Keel's own environment and the env files: what tasks start
+    /// from beyond the pipeline file.
+    pub launch_context: LaunchContext,
+}
+
+/// What a task's working directory and environment are made from, beyond the pipeline file
+/// (docs/pipeline.md, "Working directory and environment"). The driver's caller reads these;
+/// the core only combines them.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchContext {
+    /// The pipeline file's directory: tasks run there unless their `cwd` says otherwise, and a
+    /// relative `cwd` is relative to it. `None` leaves tasks where Keel runs.
+    pub pipeline_dir: Option<PathBuf>,
+    /// Keel's own environment, which `inherit_env = ["NAME", …]` picks from.
+    pub keel_env: Vec<(String, String)>,
+    /// The variables of each `env_file`, by the path as the pipeline file writes it.
+    pub env_files: HashMap<String, Vec<(String, String)>>,
 }
 
 /// What `keel run` asks for.

@@ -1018,6 +1018,7 @@ impl Trial {
                 lease_ttl: Duration::from_secs(60),
                 poll_interval: Duration::from_millis(5),
                 extra_env: vec![],
+                launch_context: Default::default(),
                 shutdown_grace: Duration::from_secs(30),
             },
         );

@@ -177,6 +177,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(30),
         uses: vec![],
         wait_for: None,
+        context: Default::default(),
     }
 }
 
@@ -241,6 +242,7 @@ impl Harness {
                 lease_ttl: Duration::from_secs(60),
                 poll_interval: Duration::from_millis(20),
                 extra_env: vec![],
+                launch_context: Default::default(),
                 shutdown_grace: Duration::from_secs(30),
             },
         )

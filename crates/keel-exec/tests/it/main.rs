@@ -24,6 +24,8 @@ fn launch(dir: &Path, script: &str) -> Launch {
         heartbeat: None,
         kill_grace: Duration::from_millis(300),
         log_cap: 1 << 20,
+        clear_env: false,
+        cwd: None,
     }
 }
 
@@ -61,6 +63,66 @@ fn a_missing_command_is_a_permanent_failure_naming_it() {
         report.message.as_deref(),
         Some("command not found: keel-no-such-command-here")
     );
+}
+
+/// The task runs in its working directory and, with `clear_env`, with only the environment it
+/// is given, whether its supervisor is forked by the attempt host or started on its own.
+#[test]
+fn the_working_directory_and_a_cleared_environment_reach_the_task_with_and_without_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    // SAFETY: set before any thread of this test reads the environment; tests that read it do
+    // not look for this name.
+    unsafe { std::env::set_var("KEEL_EXEC_TEST_INHERITED", "from keel") };
+    let script = r#"pwd > where; echo "${KEEL_EXEC_TEST_INHERITED:-unset} ${GIVEN:-unset}" > env"#;
+    for (name, executor) in [("host", executor()), ("own", executor().without_host())] {
+        for clear_env in [false, true] {
+            let mut spec = launch(&dir.path().join(format!("{name}-{clear_env}")), script);
+            spec.command[0] = "/bin/sh".into();
+            spec.cwd = Some(work.clone());
+            spec.clear_env = clear_env;
+            spec.env.push(("GIVEN".into(), "given".into()));
+            let report =
+                runtime().block_on(async { executor.launch(spec).unwrap().completion.await });
+            assert_eq!(
+                report.outcome,
+                Outcome::Succeeded,
+                "{name} {clear_env}: {report:?}"
+            );
+            let read = |file: &str| std::fs::read_to_string(work.join(file)).unwrap();
+            assert_eq!(read("where").trim(), work.display().to_string(), "{name}");
+            let expected = if clear_env {
+                "unset given"
+            } else {
+                "from keel given"
+            };
+            assert_eq!(read("env").trim(), expected, "{name} clear_env={clear_env}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_working_directory_is_a_permanent_failure_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    for (index, executor) in [executor(), executor().without_host()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut spec = launch(&dir.path().join(format!("a{index}")), "true");
+        spec.cwd = Some(missing.clone());
+        let report = runtime().block_on(async { executor.launch(spec).unwrap().completion.await });
+        assert_eq!(report.outcome, Outcome::FailedPermanent);
+        let message = report.message.unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "working directory {:?} does not exist",
+                missing.display().to_string()
+            )),
+            "{message}"
+        );
+    }
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn a_state_file_of_an_older_schema_gets_an_identity_once() {
                 "DROP TABLE meta; ALTER TABLE attempts DROP COLUMN version; DROP TABLE gates;
                  ALTER TABLE attempts DROP COLUMN charged; DROP TABLE schedule_fires;
                  ALTER TABLE task_runs DROP COLUMN rerun_pending; ALTER TABLE task_runs DROP COLUMN sensor_polls;
+                 ALTER TABLE task_runs DROP COLUMN sensor_errors;
                  ALTER TABLE resources DROP COLUMN open_since; ALTER TABLE resources DROP COLUMN open_until;
                  PRAGMA user_version = 2;",
             )

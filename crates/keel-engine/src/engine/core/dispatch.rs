@@ -2,6 +2,7 @@
 //! claimed (one transaction per batch) and launched with the task contract's environment.
 
 use super::*;
+use keel_model::InheritEnv;
 
 impl Core {
     /// Takes up to `room` tasks off the ready queue that may start an attempt now. Tasks that
@@ -58,15 +59,17 @@ impl Core {
             .join(format!("{}.{number}", self.dag.name(task)))
     }
 
-    /// A command of a task with its templates expanded, and the task environment of docs/tasks.md.
-    pub(crate) fn task_command_and_env(
+    /// The launch of a task's attempt (`sensor` false) or of a poll of its sensor: the command
+    /// with its templates expanded, the working directory and the environment of docs/tasks.md,
+    /// with the task's timeout and stall limit.
+    pub(crate) fn task_launch(
         &mut self,
         record: &RunRecord,
         task: TaskIndex,
         sensor: bool,
         attempt: u32,
-        dir: &std::path::Path,
-    ) -> (Vec<String>, Vec<(String, String)>) {
+        dir: PathBuf,
+    ) -> Launch {
         let span_id = self.random.hex(16);
         let task_spec = &self.spec.tasks[task];
         let run_id = record.id.0.to_string();
@@ -84,7 +87,7 @@ impl Core {
             &self.commands[task].task
         };
         let command: Vec<String> = templates.iter().map(|part| part.expand(&values)).collect();
-        let mut env = vec![
+        let keel_variables = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
             ("KEEL_RUN_ID".to_string(), run_id.clone()),
             ("KEEL_TASK".to_string(), task_spec.name.clone()),
@@ -111,8 +114,76 @@ impl Core {
                 format!("00-{}-{span_id}-01", record.trace_id),
             ),
         ];
+        let (mut env, clear_env) = self.task_env(task, &values, keel_variables);
+        // A relative `cwd` is relative to the pipeline file's directory (`join` keeps an
+        // absolute one as it is).
+        let base = self.config.launch_context.pipeline_dir.as_ref();
+        let cwd = match (&self.commands[task].cwd, base) {
+            (Some(cwd), Some(base)) => Some(base.join(cwd.expand(&values))),
+            (Some(cwd), None) => Some(PathBuf::from(cwd.expand(&values))),
+            (None, base) => base.cloned(),
+        };
+        // What a shell would say: programs that read $PWD must not see Keel's directory.
+        if let Some(dir) = cwd.as_ref().filter(|dir| dir.is_absolute()) {
+            env.push(("PWD".to_string(), dir.display().to_string()));
+        }
+        Launch {
+            dir,
+            command,
+            env,
+            clear_env,
+            cwd,
+            timeout: task_spec.timeout,
+            heartbeat: task_spec.heartbeat,
+            kill_grace: self.config.kill_grace,
+            log_cap: self.config.log_cap,
+        }
+    }
+
+    /// A task's environment, in order, later entries winning: what it inherits from Keel, its
+    /// env file, its `env`, `PYTHONUNBUFFERED=1` unless those set it (so a printing Python task
+    /// shows signs of life), then Keel's own variables, which nothing overrides. Returns it with
+    /// whether the task starts from it alone rather than from Keel's environment.
+    fn task_env(
+        &self,
+        task: TaskIndex,
+        values: &TemplateValues<'_>,
+        keel_variables: Vec<(String, String)>,
+    ) -> (Vec<(String, String)>, bool) {
+        let context = &self.spec.tasks[task].context;
+        let surroundings = &self.config.launch_context;
+        let mut env: Vec<(String, String)> = Vec::new();
+        let clear_env = match &context.inherit_env {
+            InheritEnv::All => false,
+            InheritEnv::Nothing => true,
+            InheritEnv::Only(names) => {
+                let inherited = surroundings.keel_env.iter();
+                env.extend(inherited.filter(|(name, _)| names.contains(name)).cloned());
+                true
+            }
+        };
+        let own = env.len();
+        if let Some(file) = &context.env_file {
+            env.extend(
+                surroundings
+                    .env_files
+                    .get(file)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        let variables = self.commands[task].env.iter();
+        env.extend(variables.map(|(name, value)| (name.clone(), value.expand(values))));
+        if !env[own..]
+            .iter()
+            .any(|(name, _)| name == "PYTHONUNBUFFERED")
+        {
+            env.push(("PYTHONUNBUFFERED".to_string(), "1".to_string()));
+        }
+        env.extend(keel_variables);
         env.extend(self.config.extra_env.iter().cloned());
-        (command, env)
+        (env, clear_env)
     }
 
     /// Marks a claimed attempt running and describes its launch: the command with its
@@ -126,8 +197,6 @@ impl Core {
     ) -> Launch {
         let now = book.now;
         let record = book.runs[run_index].record.clone();
-        let task_spec = &self.spec.tasks[task];
-        let (timeout, heartbeat) = (task_spec.timeout, task_spec.heartbeat);
         let dir = PathBuf::from(&attempt.dir);
         // A new attempt runs with whatever landed upstream: no rerun is owed any more (the claim
         // cleared the stored mark too).
@@ -136,7 +205,7 @@ impl Core {
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
         slot.first_started_at.get_or_insert(now);
-        let (command, env) = self.task_command_and_env(&record, task, false, attempt.number, &dir);
+        let launch = self.task_launch(&record, task, false, attempt.number, dir);
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch);
         book.live.insert(attempt.id, live);
         (self.observer)(Progress::AttemptStarted {
@@ -145,15 +214,7 @@ impl Core {
             task: self.dag.name(task).to_string(),
             attempt: attempt.number,
         });
-        Launch {
-            dir,
-            command,
-            env,
-            timeout,
-            heartbeat,
-            kill_grace: self.config.kill_grace,
-            log_cap: self.config.log_cap,
-        }
+        launch
     }
 
     pub(crate) fn fire_timers(&mut self, book: &mut Book) -> Vec<(usize, usize)> {

@@ -43,7 +43,8 @@ pub(super) struct Core {
     pub topology: Topology,
     /// Per task: indexes into `spec.resources` of the resources it uses.
     pub task_uses: Vec<Vec<usize>>,
-    /// Per task: its command and its sensor's, parsed once.
+    /// Per task: its command, its sensor's, its working directory and its variables, parsed
+    /// once.
     pub commands: Vec<Commands>,
     pub config: EngineConfig,
     /// The store's identity: attempt directories live under it.
@@ -81,10 +82,13 @@ pub(super) enum Edges {
     NotWaivable,
 }
 
-/// A task's command templates, parsed once when the engine is built.
+/// A task's templates, parsed once when the engine is built: its command, its sensor's, its
+/// working directory and the values of its `env`.
 pub(super) struct Commands {
     pub task: Vec<Template>,
     pub sensor: Option<Vec<Template>>,
+    pub cwd: Option<Template>,
+    pub env: Vec<(String, Template)>,
 }
 
 impl Commands {
@@ -93,6 +97,13 @@ impl Commands {
         Commands {
             task: parse(&task.command),
             sensor: task.wait_for.as_ref().map(|sensor| parse(&sensor.command)),
+            cwd: task.context.cwd.as_deref().map(Template::parse),
+            env: task
+                .context
+                .env
+                .iter()
+                .map(|(name, value)| (name.clone(), Template::parse(value)))
+                .collect(),
         }
     }
 }
@@ -137,8 +148,10 @@ pub(super) struct ActiveRun {
     pub needs_rerun: Vec<bool>,
     /// Per task: its sensor reported ready (a task that has had an attempt needs none).
     pub sensor_ready: Vec<bool>,
-    /// Per task: sensor polls so far in this process, for the backoff.
+    /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: Vec<u32>,
+    /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.
+    pub sensor_errors: Vec<u32>,
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,

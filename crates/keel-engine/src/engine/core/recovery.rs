@@ -34,6 +34,7 @@ impl Core {
             needs_rerun: vec![false; tasks],
             sensor_ready: vec![false; tasks],
             sensor_polls: vec![0; tasks],
+            sensor_errors: vec![0; tasks],
             done: 0,
             cancelling: false,
         };
@@ -51,6 +52,7 @@ impl Core {
                 not_before: task.not_before,
             };
             active.sensor_polls[index] = task.sensor_polls;
+            active.sensor_errors[index] = task.sensor_errors;
             // Running and owed a rerun: it runs again when it ends.
             active.needs_rerun[index] = task.rerun_pending && task.state == TaskState::Running;
         }

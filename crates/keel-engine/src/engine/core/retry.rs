@@ -110,8 +110,9 @@ impl Core {
     }
 
     /// A failure that uses up an attempt: retried after a jittered backoff while the policy has
-    /// attempts left and every resource the task uses has retry budget, and recorded in those
-    /// budgets; otherwise the task ends with this outcome.
+    /// attempts left (sensor errors before the first attempt used some up too) and every
+    /// resource the task uses has retry budget, and recorded in those budgets; otherwise the
+    /// task ends with this outcome.
     fn charged_retry(
         &mut self,
         book: &mut Book,
@@ -120,8 +121,8 @@ impl Core {
     ) -> (TaskNext, Option<String>) {
         let now = book.now;
         let task_spec = &self.spec.tasks[live.task];
-        let slot = &book.runs[live.run].slots[live.task];
-        let charged = slot.charged + 1;
+        let active = &book.runs[live.run];
+        let charged = active.slots[live.task].charged + active.sensor_errors[live.task] + 1;
         if charged >= task_spec.retries.attempts {
             return (TaskNext::Done(outcome), None);
         }

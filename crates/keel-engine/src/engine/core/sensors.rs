@@ -1,11 +1,14 @@
-//! Sensors (`wait_for`): polls run as processes without attempt rows, back off with jitter and
-//! end the task `not_ready` at its deadline.
+//! Sensors (`wait_for`): polls run as processes without attempt rows. A poll that exits 0 lets
+//! the task start, 75 (*not ready*) polls again with jittered backoff until the deadline, and 65
+//! ends the task `no_data`. Anything else is a *sensor error*: it uses up one of the task's
+//! retry attempts and is polled again after the task's retry backoff, and once the attempts are
+//! spent the task ends `failed` with the sensor's last output in its message.
 
 use super::*;
 
 impl Core {
     /// Polls a task's sensor once, as a process like any attempt, but without an attempt row:
-    /// a poll is not an attempt and uses up none.
+    /// a poll is not an attempt.
     pub(crate) fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
         let now = book.now;
         let record = book.runs[run_index].record.clone();
@@ -23,18 +26,13 @@ impl Core {
             .join(&*self.store_id)
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
-        let (command, env) = self.task_command_and_env(&record, task, true, 0, &dir);
         let launch = Launch {
-            dir,
-            command,
-            env,
             timeout: sensor
                 .every
                 .max(std::time::Duration::from_secs(1))
                 .min(self.spec.tasks[task].timeout),
             heartbeat: None,
-            kill_grace: self.config.kill_grace,
-            log_cap: self.config.log_cap,
+            ..self.task_launch(&record, task, true, 0, dir)
         };
         book.sensing += 1;
         book.effects.push(Effect::PollSensor {
@@ -44,7 +42,7 @@ impl Core {
         });
     }
 
-    /// A sensor poll ended: start the task, poll again later, or give up at the deadline.
+    /// A sensor poll ended: start the task, poll again later, or end the task.
     pub(crate) fn on_sensor(
         &mut self,
         book: &mut Book,
@@ -63,9 +61,11 @@ impl Core {
             return Ok(());
         }
         let now = book.now;
-        let (ready, not_before, message) = match self.sensor_verdict(active, task, report, now) {
-            SensorVerdict::Ready => (true, None, None),
-            SensorVerdict::Again { at, message } => (false, Some(at), message),
+        let verdict = self.sensor_verdict(active, task, report, now);
+        let (ready, not_before, message, error) = match verdict {
+            SensorVerdict::Ready => (true, None, None, false),
+            SensorVerdict::Again { at, message } => (false, Some(at), message, false),
+            SensorVerdict::Error { at, message } => (false, Some(at), Some(message), true),
             SensorVerdict::Final { outcome, message } => {
                 return self.settle_task(book, run_index, task, outcome, message);
             }
@@ -75,11 +75,13 @@ impl Core {
             task: self.dag.name(task).to_string(),
             ready,
             not_before,
+            error,
             message,
             at: now,
         };
         book.writes.push(Write::SensorPoll(poll));
         let active = &mut book.runs[run_index];
+        active.sensor_errors[task] += u32::from(error);
         match not_before {
             None => {
                 active.sensor_ready[task] = true;
@@ -95,7 +97,7 @@ impl Core {
         Ok(())
     }
 
-    /// What one poll's report means for the task.
+    /// What one poll's report means for the task, by how the sensor exited.
     fn sensor_verdict(
         &mut self,
         active: &ActiveRun,
@@ -103,14 +105,15 @@ impl Core {
         report: Report,
         now: Millis,
     ) -> SensorVerdict {
-        let sensor = self.spec.tasks[task]
-            .wait_for
-            .as_ref()
-            .expect("a sensor report for a task with a sensor");
-        let started = active.slots[task].first_started_at.unwrap_or(now);
-        let deadline = started + sensor.deadline.as_millis() as Millis;
         match report.outcome {
-            Outcome::Succeeded | Outcome::NoData | Outcome::Skipped => SensorVerdict::Ready,
+            Outcome::Succeeded | Outcome::Skipped => SensorVerdict::Ready,
+            // Exit 65, or exit 0 with a result file saying `no_data`: nothing to wait for.
+            Outcome::NoData => self.sensor_no_data(&active.record, task, report.message),
+            Outcome::FailedPermanent if report.exit_code == Some(65) => {
+                self.sensor_no_data(&active.record, task, None)
+            }
+            // The sensor cannot run at all (command not found, no working directory) or its
+            // result file says so: polling again would fail the same way.
             Outcome::FailedPermanent => SensorVerdict::Final {
                 outcome: Outcome::FailedPermanent,
                 message: format!(
@@ -118,33 +121,143 @@ impl Core {
                     report.message.unwrap_or_default()
                 ),
             },
-            _ if now >= deadline => SensorVerdict::Final {
+            Outcome::Failed | Outcome::TimedOut | Outcome::Stalled => {
+                self.sensor_error(active, task, report.message, now)
+            }
+            // Exit 75; or the poll was lost or stopped, which says nothing about the data.
+            _ => self.sensor_not_ready(active, task, report.message, now),
+        }
+    }
+
+    fn sensor_no_data(
+        &self,
+        record: &RunRecord,
+        task: TaskIndex,
+        detail: Option<String>,
+    ) -> SensorVerdict {
+        let command = self.sensor_command(record, task);
+        SensorVerdict::Final {
+            outcome: Outcome::NoData,
+            message: match detail {
+                Some(detail) => format!("the sensor {command:?} reported no data: {detail}"),
+                None => format!("the sensor {command:?} reported no data (exit 65)"),
+            },
+        }
+    }
+
+    /// Not ready yet: poll again after a jittered backoff from `every` up to `max`, unless the
+    /// deadline has passed.
+    fn sensor_not_ready(
+        &mut self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        message: Option<String>,
+        now: Millis,
+    ) -> SensorVerdict {
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .as_ref()
+            .expect("a sensor report for a task with a sensor");
+        let deadline = sensor_deadline(active, task, sensor, now);
+        if now >= deadline {
+            return SensorVerdict::Final {
                 outcome: Outcome::NotReady,
                 message: format!(
                     "still not ready after {}: the sensor {:?} never reported ready",
                     keel_model::format_duration(sensor.deadline),
-                    sensor.command.join(" ")
+                    self.sensor_command(&active.record, task)
                 ),
-            },
-            _ => {
-                // Jittered backoff from `every` up to `max`: the upper half of the ceiling, so
-                // polls spread out but never come in a burst. The poll count is stored, so a
-                // restart keeps the backoff where it was.
-                let polls = active.sensor_polls[task].max(1);
-                let policy = keel_model::RetryPolicy {
-                    attempts: u32::MAX,
-                    initial: sensor.every,
-                    max: sensor.max,
-                    jitter: keel_model::Jitter::Equal,
-                };
-                let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
-                SensorVerdict::Again {
-                    at: next.min(deadline).max(now),
-                    message: report.message,
-                }
-            }
+            };
+        }
+        // The upper half of the ceiling, so polls spread out but never come in a burst. The
+        // poll count is stored, so a restart keeps the backoff where it was.
+        let polls = active.sensor_polls[task].max(1);
+        let policy = keel_model::RetryPolicy {
+            attempts: u32::MAX,
+            initial: sensor.every,
+            max: sensor.max,
+            jitter: keel_model::Jitter::Equal,
+        };
+        let next = now + policy.delay(polls, self.random.unit()).as_millis() as Millis;
+        SensorVerdict::Again {
+            at: next.min(deadline).max(now),
+            message,
         }
     }
+
+    /// A sensor error uses up one of the task's retry attempts, like a failed attempt: polled
+    /// again after the task's retry backoff while attempts are left (and the deadline has not
+    /// passed), and otherwise the task ends `failed` with what the sensor said.
+    fn sensor_error(
+        &mut self,
+        active: &ActiveRun,
+        task: TaskIndex,
+        detail: Option<String>,
+        now: Millis,
+    ) -> SensorVerdict {
+        let retries = self.spec.tasks[task].retries;
+        let sensor = self.spec.tasks[task]
+            .wait_for
+            .as_ref()
+            .expect("a sensor report for a task with a sensor");
+        let errors = active.sensor_errors[task] + 1;
+        let command = self.sensor_command(&active.record, task);
+        let detail = detail.unwrap_or_else(|| "it failed".to_string());
+        if errors >= retries.attempts {
+            let message = format!(
+                "the sensor {command:?} failed {errors} time{} (retries.attempts = {}), the last time: {detail}",
+                if errors == 1 { "" } else { "s" },
+                retries.attempts
+            );
+            return SensorVerdict::Final {
+                outcome: Outcome::Failed,
+                message,
+            };
+        }
+        let deadline = sensor_deadline(active, task, sensor, now);
+        if now >= deadline {
+            return SensorVerdict::Final {
+                outcome: Outcome::Failed,
+                message: format!(
+                    "the sensor {command:?} failed after its deadline of {}: {detail}",
+                    keel_model::format_duration(sensor.deadline)
+                ),
+            };
+        }
+        let delay = retries.delay(errors, self.random.unit()).as_millis() as Millis;
+        SensorVerdict::Error {
+            at: (now + delay).min(deadline),
+            message: format!(
+                "sensor error {errors} of {}: {detail}; polling again",
+                retries.attempts
+            ),
+        }
+    }
+
+    /// The sensor's command as it runs for this run, templates expanded, for messages.
+    fn sensor_command(&self, record: &RunRecord, task: TaskIndex) -> String {
+        let run_id = record.id.0.to_string();
+        let values = TemplateValues {
+            date: &record.partition,
+            partition: &record.partition,
+            run_id: &run_id,
+            task: self.dag.name(task),
+            attempt: "0",
+        };
+        let parts = self.commands[task].sensor.as_deref().unwrap_or_default();
+        let expanded: Vec<String> = parts.iter().map(|part| part.expand(&values)).collect();
+        expanded.join(" ")
+    }
+}
+
+/// When a task's sensor stops polling: its deadline after the first poll.
+fn sensor_deadline(
+    active: &ActiveRun,
+    task: TaskIndex,
+    sensor: &keel_model::SensorSpec,
+    now: Millis,
+) -> Millis {
+    active.slots[task].first_started_at.unwrap_or(now) + sensor.deadline.as_millis() as Millis
 }
 
 /// What a sensor poll means for its task.
@@ -153,6 +266,8 @@ enum SensorVerdict {
     Ready,
     /// Not ready yet: poll again at `at`.
     Again { at: Millis, message: Option<String> },
+    /// A sensor error that leaves attempts: poll again at `at`, one attempt used up.
+    Error { at: Millis, message: String },
     /// The task ends without an attempt.
     Final { outcome: Outcome, message: String },
 }

@@ -26,11 +26,18 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(3600),
         uses: vec![],
         wait_for: None,
+        context: Default::default(),
     }
 }
 
 /// A chain `a → b → c`, one task per phase.
 fn chain_core() -> Core {
+    chain_core_with(|_, _| {})
+}
+
+/// [`chain_core`] with its tasks (`a` with 3 attempts, `b` and `c` with 1) and its engine
+/// settings adjusted first.
+fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
     let phases = ["p0", "p1", "p2"];
     let spec = PipelineSpec {
         name: "core".into(),
@@ -55,6 +62,19 @@ fn chain_core() -> Core {
         resources: vec![],
         schedule: None,
     };
+    let mut spec = spec;
+    let mut config = EngineConfig {
+        owner: "core-test".into(),
+        attempts_dir: PathBuf::from("/nonexistent"),
+        kill_grace: Duration::from_secs(1),
+        log_cap: 1024,
+        lease_ttl: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(1),
+        extra_env: vec![],
+        launch_context: Default::default(),
+    };
+    adjust(&mut spec.tasks, &mut config);
     let dag = Dag::new(&spec);
     let topology = Topology::new(&spec, &dag);
     Core {
@@ -65,16 +85,7 @@ fn chain_core() -> Core {
         spec: Arc::new(spec),
         dag,
         topology,
-        config: EngineConfig {
-            owner: "core-test".into(),
-            attempts_dir: PathBuf::from("/nonexistent"),
-            kill_grace: Duration::from_secs(1),
-            log_cap: 1024,
-            lease_ttl: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(1),
-            extra_env: vec![],
-        },
+        config,
         store_id: "store".into(),
         observer: Box::new(|_| {}),
     }
@@ -82,6 +93,16 @@ fn chain_core() -> Core {
 
 /// A run of `core`'s pipeline as freshly created in the store, loaded into a new book.
 fn loaded(core: &mut Core, now: Millis) -> Book {
+    loaded_from(core, now, |_| {})
+}
+
+/// A run of `core`'s pipeline loaded into a new book from stored tasks that `adjust` changes
+/// first, as a restarted Keel finds them.
+fn loaded_from(
+    core: &mut Core,
+    now: Millis,
+    adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
+) -> Book {
     let mut book = Book::new(Vec::new(), now);
     let record = RunRecord {
         id: RunId(1),
@@ -95,7 +116,7 @@ fn loaded(core: &mut Core, now: Millis) -> Book {
         cancel_requested: false,
         message: None,
     };
-    let stored: Vec<keel_store::TaskRunRecord> = core
+    let mut stored: Vec<keel_store::TaskRunRecord> = core
         .spec
         .tasks
         .iter()
@@ -113,8 +134,10 @@ fn loaded(core: &mut Core, now: Millis) -> Book {
             message: None,
             rerun_pending: false,
             sensor_polls: 0,
+            sensor_errors: 0,
         })
         .collect();
+    adjust(&mut stored);
     let active = core.active_run(record, &stored);
     book.runs.push(active);
     core.restore_tasks(&mut book, 0, &stored).unwrap();
@@ -279,4 +302,278 @@ fn a_cancel_asks_the_driver_to_stop_what_runs_and_settles_the_rest() {
             ..
         })
     ));
+}
+
+/// `a` of [`chain_core`] waits for a sensor polled every second for at most a minute.
+fn sensed_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[0].wait_for = Some(keel_model::SensorSpec {
+            command: vec!["ready".into(), "{date}".into(), "{task}".into()],
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            deadline: Duration::from_secs(60),
+        });
+    })
+}
+
+/// Starts what may start; returns the tasks whose sensor is to be polled.
+fn polls(core: &mut Core, book: &mut Book) -> Vec<TaskIndex> {
+    assert!(
+        core.pick_ready(book, 8).is_empty(),
+        "a sensed task polls first"
+    );
+    std::mem::take(&mut book.effects)
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::PollSensor { task, .. } => Some(task),
+            Effect::Stop(_) => None,
+        })
+        .collect()
+}
+
+fn sensor_polls(book: &Book) -> Vec<SensorPoll> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::SensorPoll(poll) => Some(poll.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exited(code: i32, outcome: Outcome, message: &str) -> Report {
+    Report {
+        exit_code: Some(code),
+        ..Report::new(outcome, message)
+    }
+}
+
+fn settled(book: &Book) -> Vec<(String, Option<Outcome>, Option<String>)> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } => Some((change.task.clone(), change.outcome, change.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sensor_error_uses_up_attempts_and_ends_the_task_failed_with_its_last_output() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    let failing = || {
+        exited(
+            3,
+            Outcome::Failed,
+            "exited with code 3; last output: feed unreachable",
+        )
+    };
+    for error in 1..=2u32 {
+        assert_eq!(polls(&mut core, &mut book), [0]);
+        core.on_sensor(&mut book, 0, 0, failing()).unwrap();
+        let poll = sensor_polls(&book).pop().expect("the poll is recorded");
+        assert!(poll.error, "not a plain not-ready poll");
+        assert!(!poll.ready);
+        let message = poll.message.unwrap();
+        assert!(
+            message.starts_with(&format!("sensor error {error} of 3: exited with code 3")),
+            "{message}"
+        );
+        let not_before = poll.not_before.unwrap();
+        let ceiling = book.now + 1_000 * (1 << (error - 1));
+        assert!(
+            (book.now..=ceiling).contains(&not_before),
+            "the task's retry backoff (full jitter up to {ceiling}): {not_before}"
+        );
+        assert_eq!(book.runs[0].sensor_errors[0], error);
+        book.writes.clear();
+        book.now = not_before;
+        core.fire_timers(&mut book);
+    }
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(&mut book, 0, 0, failing()).unwrap();
+    let decided = settled(&book);
+    assert_eq!(decided[0].0, "a");
+    assert_eq!(decided[0].1, Some(Outcome::Failed));
+    let message = decided[0].2.clone().unwrap();
+    assert_eq!(
+        message,
+        "the sensor \"ready 2026-01-18 a\" failed 3 times (retries.attempts = 3), the last time: exited with code 3; last output: feed unreachable"
+    );
+    assert_eq!(
+        decided[1..]
+            .iter()
+            .map(|(task, outcome, _)| (task.as_str(), *outcome))
+            .collect::<Vec<_>>(),
+        [
+            ("b", Some(Outcome::UpstreamFailed)),
+            ("c", Some(Outcome::UpstreamFailed))
+        ]
+    );
+    assert!(
+        book.runs[0].finished,
+        "the run ends failed, not at the deadline"
+    );
+}
+
+#[test]
+fn a_sensor_that_is_not_ready_polls_again_without_using_attempts_and_exit_65_is_no_data() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(75, Outcome::NotReady, "not ready (exit 75)"),
+    )
+    .unwrap();
+    let poll = sensor_polls(&book).pop().unwrap();
+    assert!(!poll.error && !poll.ready);
+    assert_eq!(book.runs[0].sensor_errors[0], 0);
+    book.writes.clear();
+    book.now = poll.not_before.unwrap();
+    core.fire_timers(&mut book);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(65, Outcome::FailedPermanent, "permanent failure (exit 65)"),
+    )
+    .unwrap();
+    assert_eq!(
+        settled(&book)[0],
+        (
+            "a".to_string(),
+            Some(Outcome::NoData),
+            Some("the sensor \"ready 2026-01-18 a\" reported no data (exit 65)".to_string())
+        )
+    );
+    book.writes.clear();
+    let next = start(&mut core, &mut book, &mut 0);
+    assert_eq!(next[0].1, "b", "no data is complete: downstream runs");
+}
+
+#[test]
+fn the_sensor_deadline_message_names_the_command_with_its_templates_expanded() {
+    let mut core = sensed_core();
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    book.now = 1_000 + 60_000;
+    core.on_sensor(&mut book, 0, 0, exited(75, Outcome::NotReady, "not ready"))
+        .unwrap();
+    assert_eq!(
+        settled(&book)[0].2.as_deref(),
+        Some("still not ready after 1m00s: the sensor \"ready 2026-01-18 a\" never reported ready")
+    );
+}
+
+/// Sensor errors are stored: a restarted Keel keeps counting them, and the task's own attempts
+/// get only what the sensor left.
+#[test]
+fn stored_sensor_errors_count_against_the_tasks_attempts_after_a_restart() {
+    let mut core = sensed_core();
+    let mut book = loaded_from(&mut core, 1_000, |stored| {
+        stored[0].sensor_errors = 2;
+        stored[0].sensor_polls = 2;
+    });
+    assert_eq!(book.runs[0].sensor_errors[0], 2);
+    assert_eq!(polls(&mut core, &mut book), [0]);
+    core.on_sensor(&mut book, 0, 0, Report::new(Outcome::Succeeded, "ready"))
+        .unwrap();
+    book.writes.clear();
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    assert_eq!(first[0].1, "a");
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, Report::new(Outcome::Failed, "boom"))],
+    )
+    .unwrap();
+    assert_eq!(
+        finishes(&book)[0].2,
+        TaskNext::Done(Outcome::Failed),
+        "two sensor errors and one failure spend the three attempts"
+    );
+}
+
+#[test]
+fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
+    let mut core = chain_core_with(|tasks, config| {
+        tasks[0].context = keel_model::TaskContext {
+            cwd: Some("out/{date}".into()),
+            env: [("LOG".to_string(), "task-{task}".to_string())].into(),
+            env_file: Some(".env".into()),
+            inherit_env: keel_model::InheritEnv::Only(vec!["PATH".into()]),
+        };
+        tasks[0].wait_for = Some(keel_model::SensorSpec {
+            command: vec!["ready".into()],
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        });
+        config.launch_context = crate::LaunchContext {
+            pipeline_dir: Some(PathBuf::from("/srv/p")),
+            keel_env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+            env_files: [(
+                ".env".to_string(),
+                vec![
+                    ("FROM_FILE".to_string(), "1".to_string()),
+                    ("LOG".to_string(), "file".to_string()),
+                ],
+            )]
+            .into(),
+        };
+    });
+    let mut book = loaded(&mut core, 1_000);
+    core.pick_ready(&mut book, 8);
+    let Some(Effect::PollSensor { launch, .. }) = book.effects.pop() else {
+        panic!("the sensor is polled first");
+    };
+    let expected_dir = Some(PathBuf::from("/srv/p/out/2026-01-18"));
+    assert_eq!(
+        launch.cwd, expected_dir,
+        "the sensor runs where the task does"
+    );
+    assert!(launch.clear_env);
+    let record = book.runs[0].record.clone();
+    let launch = core.task_launch(&record, 0, false, 1, PathBuf::from("/attempt"));
+    assert_eq!(launch.cwd, expected_dir);
+    assert!(launch.clear_env, "a list inherits only what it names");
+    let names: Vec<&str> = launch.env.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names[..5],
+        ["PATH", "FROM_FILE", "LOG", "LOG", "PYTHONUNBUFFERED"],
+        "inherited, env file, env, then Python's buffering"
+    );
+    assert!(!names.contains(&"HOME"));
+    let last = |name: &str| {
+        launch
+            .env
+            .iter()
+            .rev()
+            .find(|(own, _)| own == name)
+            .map(|(_, value)| value.as_str())
+    };
+    assert_eq!(last("LOG"), Some("task-a"), "env wins over the env file");
+    assert_eq!(last("PYTHONUNBUFFERED"), Some("1"));
+    assert_eq!(last("KEEL_TASK"), Some("a"));
+    let keel_first = names
+        .iter()
+        .position(|name| name.starts_with("KEEL_"))
+        .unwrap();
+    assert!(
+        names[..keel_first]
+            .iter()
+            .all(|name| !name.starts_with("KEEL_")),
+        "Keel's variables come after everything the task sets"
+    );
 }
