@@ -37,7 +37,8 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let name = spec.name.clone();
     let mut engine = build_engine(spec, &paths, store)?;
     engine.set_shutdown_grace(grace);
-    engine.observe(log_progress);
+    let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
+    engine.observe(move |event| log_progress(event, zone));
     log(&format!(
         "keel serve: pipeline {} (pid {}); {schedule}; state {}",
         printable(&name),
@@ -50,24 +51,37 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
 }
 
 /// One line per event that matters to someone reading a daemon's log.
-fn log_progress(event: Progress) {
+fn log_progress(event: Progress, zone: chrono_tz::Tz) {
+    let local = |at: keel_model::Millis| {
+        chrono::DateTime::from_timestamp_millis(at)
+            .map(|at| {
+                at.with_timezone(&zone)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
     let line = match event {
         Progress::RunScheduled {
             run,
             partition,
+            fire_at,
             joined: false,
-            ..
         } => {
-            format!("{partition}: the schedule fired; run {run} started")
+            format!(
+                "{partition}: the schedule fired for {}; run {run} started",
+                local(fire_at)
+            )
         }
         Progress::RunScheduled {
             run,
             partition,
+            fire_at,
             joined: true,
-            ..
-        } => {
-            format!("{partition}: the schedule fired; unfinished run {run} carries on")
-        }
+        } => format!(
+            "{partition}: the schedule fired for {}; unfinished run {run} carries on",
+            local(fire_at)
+        ),
         Progress::RunLoaded {
             run,
             partition,
