@@ -501,6 +501,7 @@ impl HostClient {
             None,
         )?;
         let mut command = std::process::Command::new(program);
+        crate::process::without_keel_variables(&mut command);
         command
             .args(prefix)
             .args(["__host", "--socket-fd", &theirs.as_raw_fd().to_string()])

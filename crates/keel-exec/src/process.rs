@@ -20,13 +20,30 @@ pub struct ProcessExecutor {
     supervisor_program: PathBuf,
     supervisor_prefix: Vec<String>,
     host: Arc<Mutex<HostState>>,
+    /// Hosts that went away so far.
+    host_losses: Arc<std::sync::atomic::AtomicU32>,
 }
 
 enum HostState {
     NotStarted,
     Running(Arc<HostClient>),
-    /// The host could not be started or went away: supervisors are started directly.
+    /// The host could not be started, or went away too often: supervisors are started
+    /// directly.
     Unavailable,
+}
+
+/// How many times a host that went away is started again before supervisors are started
+/// directly for good: a long-lived `keel serve` outlives a host killed now and then.
+const HOST_RESTARTS: u32 = 5;
+
+/// Keeps Keel's own `KEEL_*` variables (a passphrase, a token) out of what attempts inherit.
+/// Tasks get the `KEEL_*` variables of their contract explicitly, with each launch.
+pub(crate) fn without_keel_variables(command: &mut std::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEEL_") {
+            command.env_remove(name);
+        }
+    }
 }
 
 impl ProcessExecutor {
@@ -37,6 +54,7 @@ impl ProcessExecutor {
             supervisor_program: program,
             supervisor_prefix: prefix,
             host: Arc::new(Mutex::new(HostState::NotStarted)),
+            host_losses: Arc::default(),
         }
     }
 
@@ -69,8 +87,18 @@ impl ProcessExecutor {
         }
     }
 
+    /// The host went away: the next launch starts a new one, until that has happened
+    /// [`HOST_RESTARTS`] times.
     fn host_failed(&self) {
-        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = HostState::Unavailable;
+        let losses = self
+            .host_losses
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = if losses > HOST_RESTARTS {
+            HostState::Unavailable
+        } else {
+            HostState::NotStarted
+        };
     }
 }
 
@@ -380,6 +408,8 @@ impl Executor for ProcessExecutor {
         let mut command = tokio::process::Command::new(&self.supervisor_program);
         if launch.clear_env {
             command.env_clear();
+        } else {
+            without_keel_variables(command.as_std_mut());
         }
         command
             .args(&self.supervisor_prefix)

@@ -247,6 +247,32 @@ command = ["sh", "-c", "echo \"${{HIDDEN_FROM_TASKS:-unset}} ${{SHOWN_TO_TASKS:-
     assert_eq!(project.read("everything.txt").trim(), "hidden shown");
 }
 
+/// Keel's own `KEEL_*` variables (a passphrase, a token) never reach a task that inherits
+/// Keel's environment: only the contract's `KEEL_*` variables do.
+#[test]
+fn keels_own_variables_are_not_inherited_by_tasks() {
+    let project = Project::new(&pipeline(
+        "",
+        r#"[tasks.inherits]
+phase = "main"
+command = ["sh", "-c", "echo \"${{KEEL_SECRETS_PASSPHRASE:-unset}} ${{OTHER:-unset}} $KEEL_TASK\" > inherits.txt"]
+"#,
+    ));
+    let output = project
+        .command("run", &["--partition", DAY])
+        .env("KEEL_SECRETS_PASSPHRASE", "correct horse battery staple")
+        .env("OTHER", "other")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(project.read("inherits.txt").trim(), "unset other inherits");
+}
+
 #[test]
 fn a_broken_env_file_stops_validate_and_run_naming_the_file_and_line() {
     let project = Project::new(&pipeline(

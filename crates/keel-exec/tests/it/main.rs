@@ -414,3 +414,35 @@ fn a_launch_into_a_directory_holding_another_attempts_files_is_refused() {
     });
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
 }
+
+/// A long-lived Keel (`keel serve`) outlives its attempt host: a host that was killed is started
+/// again for the next launch, instead of every later supervisor being started the slow way.
+#[test]
+fn a_killed_attempt_host_is_started_again_for_later_launches() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = executor();
+    runtime().block_on(async {
+        let first = executor
+            .launch(launch(&dir.path().join("a1"), "exit 0"))
+            .unwrap();
+        assert_eq!(first.completion.await.outcome, Outcome::Succeeded);
+        let host = executor.host_pid().expect("the first launch starts a host");
+        // SAFETY: killing the attempt host this test's executor started.
+        unsafe { libc::kill(host as i32, libc::SIGKILL) };
+        // A launch sent as the host died is lost (the engine retries those); once the executor
+        // has noticed, a new host runs the attempts.
+        let mut seen = Vec::new();
+        for number in 2..8 {
+            let running = executor
+                .launch(launch(&dir.path().join(format!("a{number}")), "exit 0"))
+                .unwrap();
+            let outcome = running.completion.await.outcome;
+            seen.push((outcome, executor.host_pid()));
+        }
+        let (outcome, restarted) = *seen.last().unwrap();
+        assert!(
+            outcome == Outcome::Succeeded && restarted.is_some_and(|pid| pid != host),
+            "a new host runs the later attempts: {seen:?} (the killed one was {host})"
+        );
+    });
+}
