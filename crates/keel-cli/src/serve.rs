@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use keel_engine::{Progress, RunRequest};
 use keel_model::RunId;
-use keel_store::{LockError, SqliteStore, StatusQuery, Store};
+use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::args::{RunArgs, ServeArgs};
@@ -143,10 +143,7 @@ fn log(line: &str) {
 
 /// Whether the state is held by a serving Keel right now.
 fn held_by_serve(paths: &StatePaths) -> bool {
-    matches!(
-        keel_store::StateLock::acquire(&paths.dir),
-        Err(LockError::Held { serving: true, .. })
-    )
+    keel_store::StateLock::holder(&paths.dir).is_some_and(|(_, serving)| serving)
 }
 
 /// `keel run` when the runs go to a serving Keel: with `--detach`, or because one holds the

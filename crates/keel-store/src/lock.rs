@@ -98,6 +98,30 @@ impl StateLock {
         Ok(StateLock { _file: file, path })
     }
 
+    /// Who holds the lock right now, as `(pid, serving)`, without making or changing anything:
+    /// `None` when nobody does, or when there is no lock file.
+    pub fn holder(state_dir: &Path) -> Option<(String, bool)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(state_dir.join("keel.lock"))
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        match file.try_lock_shared() {
+            // Nobody holds it exclusively; the shared lock goes with the file.
+            Ok(()) => None,
+            Err(_) => {
+                let mut holder = String::new();
+                let _ = (&file).take(256).read_to_string(&mut holder);
+                let mut words = holder.split_whitespace();
+                let pid = words.next().unwrap_or("unknown").to_string();
+                Some((pid, words.next() == Some(SERVE_MARK)))
+            }
+        }
+    }
+
     /// Whether some process holds the lock right now.
     pub fn is_held(state_dir: &Path) -> bool {
         matches!(StateLock::acquire(state_dir), Err(LockError::Held { .. }))
