@@ -75,7 +75,8 @@ fn the_working_directory_and_a_cleared_environment_reach_the_task_with_and_witho
     // SAFETY: set before any thread of this test reads the environment; tests that read it do
     // not look for this name.
     unsafe { std::env::set_var("EXEC_TEST_INHERITED_BY_TASKS", "from keel") };
-    let script = r#"pwd > where; echo "${EXEC_TEST_INHERITED_BY_TASKS:-unset} ${GIVEN:-unset}" > env"#;
+    let script =
+        r#"pwd > where; echo "${EXEC_TEST_INHERITED_BY_TASKS:-unset} ${GIVEN:-unset}" > env"#;
     for (name, executor) in [("host", executor()), ("own", executor().without_host())] {
         for clear_env in [false, true] {
             let mut spec = launch(&dir.path().join(format!("{name}-{clear_env}")), script);
