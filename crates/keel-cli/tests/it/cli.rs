@@ -1,5 +1,6 @@
-//! The `keel` command line end to end: every bad input of issue 2 gets a clear error and the
-//! right exit code, and the behaviours of DESIGN §4–§5 hold when driven through the binary.
+//! The `keel` command line end to end: every bad input gets a clear error and the right exit
+//! code, and the task contract (docs/tasks.md) and the commands (docs/cli.md) hold when driven
+//! through the binary.
 //!
 //! Each test works in its own temporary project directory, which is also the working directory of
 //! every `keel` it starts, so whatever the tasks write lands there. Store state is checked through
