@@ -142,7 +142,15 @@ fn log(line: &str) {
 }
 
 /// Whether the state is held by a serving Keel right now.
+///
+/// A serving Keel has made its lock file, so without one nothing is asked of the lock: taking it
+/// would make the file, in a directory that may be refused (shared with every user) or not be
+/// Keel's at all (beside a file that is not a Keel state).
 fn held_by_serve(paths: &StatePaths) -> bool {
+    let lock_file = paths.dir.join("keel.lock");
+    if !std::fs::symlink_metadata(lock_file).is_ok_and(|metadata| metadata.is_file()) {
+        return false;
+    }
     matches!(
         keel_store::StateLock::acquire(&paths.dir),
         Err(LockError::Held { serving: true, .. })

@@ -522,7 +522,7 @@ fn logs_sensor_prints_the_output_of_the_last_poll() {
         r#"[tasks.late]
 phase = "main"
 command = ["echo", "the task ran"]
-wait_for = { command = ["sh", "-c", "n=$(cat polls 2>/dev/null || echo 0); n=$((n+1)); echo $n > polls; echo poll $n; test $n -ge 3"], every = "20ms", deadline = "10s" }
+wait_for = { command = ["sh", "-c", "n=$(cat polls 2>/dev/null || echo 0); n=$((n+1)); echo $n > polls; echo poll $n; test $n -ge 3 || exit 75"], every = "20ms", deadline = "10s" }
 
 [tasks.plain]
 phase = "main"
