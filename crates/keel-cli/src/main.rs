@@ -9,6 +9,7 @@ mod commands;
 mod demo;
 mod display;
 mod inspect;
+mod report;
 mod serve;
 mod setup;
 mod state;
@@ -17,7 +18,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// An error that ends the command with a specific exit code.
+/// An error that ends the command with a specific exit code. Its message is written
+/// `what is wrong; what to do`: it is shown as an `error:` line and a `hint:` line (see
+/// [`report`]). An empty message ends the command without printing anything.
 #[derive(Debug)]
 pub struct Exit {
     pub code: u8,
@@ -33,6 +36,22 @@ impl Exit {
         })
     }
 }
+
+/// A pipeline file (or its env files) with errors: each error on its own, then a line that counts
+/// them. Exit 2, like every configuration error.
+#[derive(Debug)]
+pub struct Invalid {
+    pub errors: Vec<String>,
+    pub summary: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.errors.join("\n"), self.summary)
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,12 +95,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            if let Some(exit) = error.downcast_ref::<Exit>() {
-                eprintln!("{}", exit.message);
-                return ExitCode::from(exit.code);
-            }
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
+            let (text, code) = report::render(&error);
+            eprint!("{text}");
+            ExitCode::from(code)
         }
     }
 }

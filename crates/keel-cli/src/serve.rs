@@ -88,7 +88,10 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             tasks,
             done,
         } => {
-            format!("{partition}: run {run} taken up ({done}/{tasks} tasks done)")
+            format!(
+                "{partition}: run {run} taken up ({done}/{} done)",
+                crate::display::count(tasks as u64, "task", "tasks")
+            )
         }
         Progress::RunFinished {
             run,
@@ -252,9 +255,10 @@ async fn follow(store: &SqliteStore, pipeline: &str, runs: &[RunId]) -> Result<F
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
             _ = interrupt.recv() => {
+                eprintln!("\nkeel: no longer following; keel serve carries the runs on");
                 return Err(anyhow::Error::new(Exit {
                     code: 130,
-                    message: "\nkeel: no longer following; keel serve carries the runs on".into(),
+                    message: String::new(),
                 }));
             }
         }
