@@ -46,7 +46,13 @@ fn init(dir: &Path, force: bool) -> Result<u8> {
     std::fs::write(&path, keel_config::STARTER_PIPELINE)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
-    println!("next: keel validate {0} && keel run {0}", path.display());
+    if let Some(done) = state::ignore_state_in_git(dir)? {
+        println!("{done}");
+    }
+    println!(
+        "{}",
+        crate::hints::after_init(&crate::hints::keel_program(), &path)
+    );
     Ok(0)
 }
 

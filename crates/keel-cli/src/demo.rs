@@ -272,12 +272,10 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     );
     println!();
     println!("inspect it with:");
-    println!("  keel status {}", pipeline.display());
-    println!("  keel status {} --partition {first}", pipeline.display());
-    println!(
-        "  keel logs {} --partition {first} scrape_props",
-        pipeline.display()
-    );
+    let keel = crate::hints::keel_program();
+    for command in crate::hints::after_demo(&keel, &pipeline, &first.to_string()) {
+        println!("  {command}");
+    }
     if all_good {
         Ok(0)
     } else {

@@ -8,6 +8,7 @@ mod bench;
 mod commands;
 mod demo;
 mod display;
+mod hints;
 mod inspect;
 mod report;
 mod serve;

@@ -431,6 +431,46 @@ pub fn no_runs_yet(spec: &PipelineSpec) -> anyhow::Error {
     ))
 }
 
+/// Keeps the state directory out of git beside a new pipeline: writes `DIR/.gitignore` with
+/// `.keel/`, or appends that line to one that does not ignore `.keel` yet, leaving everything
+/// else in it as it was. Says what it did, or `None` if there was nothing to do.
+pub fn ignore_state_in_git(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(".gitignore");
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(anyhow::anyhow!("cannot read {}: {error}", path.display()));
+        }
+    };
+    let Some(text) = existing else {
+        std::fs::write(&path, ".keel/\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(Some(format!("wrote {} (ignores .keel/)", path.display())));
+    };
+    let ignored = text.lines().map(str::trim).any(|line| {
+        matches!(
+            line,
+            ".keel" | ".keel/" | "/.keel" | "/.keel/" | ".keel/*" | "/.keel/*"
+        )
+    });
+    if ignored {
+        return Ok(None);
+    }
+    let separator = if text.is_empty() || text.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{separator}.keel/\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(format!("added .keel/ to {}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,8 @@
 //! What Keel says, across commands: one style for every error (`error: …`, then `hint: …` when
 //! there is something to do), the same exit code for the same condition whichever command meets
-//! it, and English plurals.
+//! it, English plurals, and the commands Keel suggests working when pasted as printed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use insta::assert_snapshot;
@@ -52,6 +52,10 @@ impl Dir {
 
     fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
     }
 
     /// `keel ARGS…` here: the exit code and output, with this directory's path as `[DIR]`.
@@ -192,4 +196,60 @@ fn a_well_written_date_that_does_not_exist_says_so() {
         transcripts.push(transcript);
     }
     assert_snapshot!("dates_that_do_not_exist", transcripts.join("\n"));
+}
+
+#[test]
+fn init_ignores_the_state_in_git_and_prints_a_next_step_that_runs() {
+    // A fresh directory: .gitignore written, and the printed next step works pasted in a shell
+    // as it is, though the keel under test is not on PATH.
+    let dir = Dir::new();
+    let output = keel()
+        .current_dir(dir.path())
+        .env("PATH", "/usr/bin:/bin")
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.file(".gitignore")).unwrap(),
+        ".keel/\n"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let next = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("next: "))
+        .unwrap_or_else(|| panic!("no next step in {stdout}"));
+    assert!(
+        !next.starts_with("keel "),
+        "keel is not on PATH here: {next}"
+    );
+    let pasted = std::process::Command::new("sh")
+        .args(["-c", next])
+        .current_dir(dir.path())
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        pasted.status.success(),
+        "{next}\n{}",
+        String::from_utf8_lossy(&pasted.stderr)
+    );
+
+    // An existing .gitignore gains the line, once, with what it held kept.
+    let other = Dir::new();
+    std::fs::write(other.file(".gitignore"), "target").unwrap();
+    assert_eq!(other.keel(&["init"]).0, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(other.file(".gitignore")).unwrap(),
+        "target\n.keel/\n"
+    );
+    assert_eq!(other.keel(&["init", "--force"]).0, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(other.file(".gitignore")).unwrap(),
+        "target\n.keel/\n"
+    );
+    // A refused init leaves .gitignore alone.
+    let refused = Dir::with_pipeline(PIPELINE);
+    assert_eq!(refused.keel(&["init"]).0, Some(2));
+    assert!(!refused.file(".gitignore").exists());
 }
