@@ -83,6 +83,23 @@ fn main() -> ExitCode {
         return ExitCode::from(keel_exec::attempt_main(&raw[2..]) as u8);
     }
     let cli = args::Cli::parse();
+    // The commands that only print stop quietly when whatever reads their output goes away
+    // (`keel events | head`), as other Unix tools do, instead of panicking on the broken pipe.
+    // The commands that run tasks keep ignoring SIGPIPE: a closed pipe must not kill a Keel that
+    // is orchestrating attempts.
+    if matches!(
+        cli.command,
+        args::Command::Validate(_)
+            | args::Command::Status(_)
+            | args::Command::History(_)
+            | args::Command::Events(_)
+            | args::Command::Logs(_)
+    ) {
+        // SAFETY: at start-up, before any other thread exists; it restores the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

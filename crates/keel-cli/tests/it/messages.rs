@@ -253,3 +253,34 @@ fn init_ignores_the_state_in_git_and_prints_a_next_step_that_runs() {
     assert_eq!(refused.keel(&["init"]).0, Some(2));
     assert!(!refused.file(".gitignore").exists());
 }
+
+/// Regression: `keel events | head -1` (and status, history, logs) panicked with a backtrace
+/// once `head` had closed the pipe.
+#[test]
+fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
+    let dir = Dir::with_pipeline(PIPELINE);
+    assert_eq!(dir.keel(&["run", "--partition", DAY]).0, Some(0));
+    for args in [
+        &["events"][..],
+        &["status", "--all"],
+        &["history", "report"],
+        &["validate"],
+    ] {
+        // The reader is gone before keel starts, so its first write meets a broken pipe.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(crate::support::keel_path())
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "keel {args:?}: {stderr}"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "keel {args:?}");
+    }
+}
