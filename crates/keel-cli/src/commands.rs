@@ -38,15 +38,21 @@ fn init(dir: &Path, force: bool) -> Result<u8> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {dir:?}"))?;
     let path = dir.join("keel.toml");
     if path.exists() && !force {
-        bail!(
+        return Err(Exit::usage(format!(
             "{} already exists; pass --force to overwrite it",
             path.display()
-        );
+        )));
     }
     std::fs::write(&path, keel_config::STARTER_PIPELINE)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
-    println!("next: keel validate {0} && keel run {0}", path.display());
+    if let Some(done) = state::ignore_state_in_git(dir)? {
+        println!("{done}");
+    }
+    println!(
+        "{}",
+        crate::hints::after_init(&crate::hints::keel_program(), &path)
+    );
     Ok(0)
 }
 
@@ -54,11 +60,11 @@ fn validate(path: &Path) -> Result<u8> {
     let spec = state::load_pipeline(path)?;
     state::load_env_files(&spec, path)?;
     println!(
-        "{} is valid: pipeline {:?}, {} phases, {} tasks, version {}",
+        "{} is valid: pipeline {:?}, {}, {}, version {}",
         path.display(),
         spec.name,
-        spec.phases.len(),
-        spec.tasks.len(),
+        display::count(spec.phases.len() as u64, "phase", "phases"),
+        display::count(spec.tasks.len() as u64, "task", "tasks"),
         spec.version()
     );
     Ok(0)
@@ -323,11 +329,11 @@ async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let store = paths
         .open_existing()?
-        .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
+        .ok_or_else(|| state::no_run_of_partition(&partition))?;
     let run = store
         .latest_run(&spec.name, &partition)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("no run of partition {partition} to cancel"))?;
+        .ok_or_else(|| state::no_run_of_partition(&partition))?;
     if run.state.is_finished() {
         println!(
             "run {} of partition {partition} already finished as {}; nothing to cancel",

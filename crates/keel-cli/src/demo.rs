@@ -14,7 +14,7 @@ use keel_model::{Outcome, RunState};
 use keel_store::Store;
 
 use crate::args::DemoArgs;
-use crate::display::printable;
+use crate::display::{count, printable};
 use crate::setup::build_engine_with_env;
 use crate::state::StatePaths;
 
@@ -99,8 +99,8 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     let hoops = install_hoops(&dir)?;
     let feed = start_feed(&hoops, args.seed, &args.faults, &dir.join("feed.log"))?;
     println!(
-        "keel demo · the hoops reference pipeline · {} dates from {first}",
-        args.days
+        "keel demo · the hoops reference pipeline · {} from {first}",
+        count(args.days.into(), "date", "dates")
     );
     println!("feed on {} with faults: {}", feed.address, args.faults);
     println!("state in {}", dir.display());
@@ -201,9 +201,10 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             })
             .next_back();
         let mut line = format!(
-            "{date}  {:<9} {tasks} tasks, {} attempts in {:.1}s",
+            "{date}  {:<9} {}, {} in {:.1}s",
             record.state.as_str(),
-            attempts.len(),
+            count(tasks as u64, "task", "tasks"),
+            count(attempts.len() as u64, "attempt", "attempts"),
             date_started.elapsed().as_secs_f64()
         );
         if no_data == tasks {
@@ -211,16 +212,18 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         }
         if let Some((accuracy, graded)) = accuracy {
             line.push_str(&format!(
-                " · grading accuracy {:.1}% of {graded:.0} picks",
-                accuracy * 100.0
+                " · grading accuracy {:.1}% of {}",
+                accuracy * 100.0,
+                count(graded.round() as u64, "pick", "picks")
             ));
             accuracy_trend.push((date.clone(), accuracy));
         }
         println!("{line}");
         for (task, polls) in &waited {
             println!(
-                "            waited for {}: its sensor said not ready {polls} times, then ready",
-                printable(task)
+                "            waited for {}: its sensor said not ready {}, then ready",
+                printable(task),
+                count(*polls as u64, "time", "times")
             );
         }
         for (task, failures) in &healed {
@@ -262,18 +265,17 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         count
     };
     println!(
-        "{} dates in {:.1}s, {events} events in the log",
-        args.days,
-        started.elapsed().as_secs_f64()
+        "{} in {:.1}s, {} in the log",
+        count(args.days.into(), "date", "dates"),
+        started.elapsed().as_secs_f64(),
+        count(events as u64, "event", "events")
     );
     println!();
     println!("inspect it with:");
-    println!("  keel status {}", pipeline.display());
-    println!("  keel status {} --partition {first}", pipeline.display());
-    println!(
-        "  keel logs {} --partition {first} scrape_props",
-        pipeline.display()
-    );
+    let keel = crate::hints::keel_program();
+    for command in crate::hints::after_demo(&keel, &pipeline, &first.to_string()) {
+        println!("  {command}");
+    }
     if all_good {
         Ok(0)
     } else {

@@ -125,7 +125,8 @@ impl ProgressDisplay {
                 let elapsed = format_duration(shared.started.elapsed());
                 let _ = write!(
                     stderr,
-                    "\r\x1b[2K{done}/{tasks} tasks done · {running} running · {failed} failed · {elapsed}"
+                    "\r\x1b[2K{done}/{} done · {running} running · {failed} failed · {elapsed}",
+                    count(tasks as u64, "task", "tasks")
                 );
                 let _ = stderr.flush();
                 shared.line_shown = true;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keel_model::{PipelineSpec, RunId};
 use keel_store::{RunRecord, RunView, SqliteStore, StatusQuery, StatusView, Store};
 use serde_json::{Value, json};
@@ -100,6 +100,8 @@ pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         }
         if args.json {
             println!("{}", json!({ "runs": [] }));
+        } else if let Some(partition) = &partition {
+            println!("{}", no_run_yet_line(partition));
         } else {
             println!(
                 "no runs yet for pipeline {:?} (state {})",
@@ -165,7 +167,7 @@ pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
     }
     if view.runs.is_empty() {
         match &partition {
-            Some(partition) => println!("no run of partition {partition} yet"),
+            Some(partition) => println!("{}", no_run_yet_line(partition)),
             None => println!("no runs yet for pipeline {:?}", spec.name),
         }
     } else if args.run.is_some() || partition.is_some() {
@@ -185,6 +187,13 @@ pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
         print_range_summary(range, &view);
     }
     Ok(0)
+}
+
+/// What `status --partition D` says of a partition without a run, and how to start one.
+fn no_run_yet_line(partition: &str) -> String {
+    format!(
+        "no run of partition {partition} yet; start one with `keel run --partition {partition}`"
+    )
 }
 
 fn no_such_run(spec: &PipelineSpec, run: RunId) -> anyhow::Error {
@@ -477,7 +486,11 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let store = paths
         .open_for_reading()?
-        .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
+        .ok_or_else(|| match (args.run, &partition) {
+            (Some(run), _) => no_such_run(&spec, RunId(run)),
+            (None, Some(partition)) => state::no_run_of_partition(partition),
+            (None, None) => state::no_runs_yet(&spec),
+        })?;
     let mut query = StatusQuery::new(spec.name.clone());
     query.task = Some(task.clone());
     match (args.run, &partition) {
@@ -490,12 +503,10 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
     if view.runs.is_empty() {
         return Err(match (args.run, &partition) {
             (Some(run), _) => no_such_run(&spec, RunId(run)),
-            (None, Some(partition)) => anyhow::anyhow!(
-                "no run of partition {partition} yet; start one with `keel run --partition {partition}`"
-            ),
-            (None, None) => {
-                anyhow::anyhow!("task {task:?} has not run yet; start it with `keel run`")
-            }
+            (None, Some(partition)) => state::no_run_of_partition(partition),
+            (None, None) => Exit::usage(format!(
+                "task {task:?} has not run yet; start it with `keel run`"
+            )),
         });
     }
     // Newest run first: by default, the newest in which the task ran (or its sensor polled).
@@ -515,9 +526,13 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
         let Some((_, dir)) = found else {
             let run = runs[0].record.id;
             if explicit {
-                bail!("the sensor of task {task:?} has not polled in run {run}");
+                return Err(Exit::usage(format!(
+                    "the sensor of task {task:?} has not polled in run {run}"
+                )));
             }
-            bail!("the sensor of task {task:?} has not polled yet");
+            return Err(Exit::usage(format!(
+                "the sensor of task {task:?} has not polled yet"
+            )));
         };
         return print_output(&dir, &format!("the last sensor poll of {task:?}"));
     }
@@ -537,10 +552,10 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
         } else {
             ""
         };
-        bail!(
+        return Err(Exit::usage(format!(
             "task {task:?} has no attempts in run {run} of partition {}{hint}",
             printable(&chosen.record.partition)
-        );
+        )));
     }
     let attempt = match args.attempt {
         Some(number) => attempts
@@ -551,10 +566,15 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
                     .iter()
                     .map(|attempt| attempt.number.to_string())
                     .collect();
-                anyhow::anyhow!(
-                    "task {task:?} has no attempt {number} in run {run}; it has attempts {}",
+                let has = if known.len() == 1 {
+                    "only attempt"
+                } else {
+                    "attempts"
+                };
+                Exit::usage(format!(
+                    "task {task:?} has no attempt {number} in run {run}; it has {has} {}",
                     known.join(", ")
-                )
+                ))
             })?,
         None => attempts[attempts.len() - 1],
     };

@@ -8,7 +8,9 @@ mod bench;
 mod commands;
 mod demo;
 mod display;
+mod hints;
 mod inspect;
+mod report;
 mod serve;
 mod setup;
 mod state;
@@ -17,7 +19,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// An error that ends the command with a specific exit code.
+/// An error that ends the command with a specific exit code. Its message is written
+/// `what is wrong; what to do`: it is shown as an `error:` line and a `hint:` line (see
+/// [`report`]). An empty message ends the command without printing anything.
 #[derive(Debug)]
 pub struct Exit {
     pub code: u8,
@@ -33,6 +37,22 @@ impl Exit {
         })
     }
 }
+
+/// A pipeline file (or its env files) with errors: each error on its own, then a line that counts
+/// them. Exit 2, like every configuration error.
+#[derive(Debug)]
+pub struct Invalid {
+    pub errors: Vec<String>,
+    pub summary: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.errors.join("\n"), self.summary)
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +83,23 @@ fn main() -> ExitCode {
         return ExitCode::from(keel_exec::attempt_main(&raw[2..]) as u8);
     }
     let cli = args::Cli::parse();
+    // The commands that only print stop quietly when whatever reads their output goes away
+    // (`keel events | head`), as other Unix tools do, instead of panicking on the broken pipe.
+    // The commands that run tasks keep ignoring SIGPIPE: a closed pipe must not kill a Keel that
+    // is orchestrating attempts.
+    if matches!(
+        cli.command,
+        args::Command::Validate(_)
+            | args::Command::Status(_)
+            | args::Command::History(_)
+            | args::Command::Events(_)
+            | args::Command::Logs(_)
+    ) {
+        // SAFETY: at start-up, before any other thread exists; it restores the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -76,12 +113,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            if let Some(exit) = error.downcast_ref::<Exit>() {
-                eprintln!("{}", exit.message);
-                return ExitCode::from(exit.code);
-            }
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
+            let (text, code) = report::render(&error);
+            eprint!("{text}");
+            ExitCode::from(code)
         }
     }
 }

@@ -88,7 +88,10 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             tasks,
             done,
         } => {
-            format!("{partition}: run {run} taken up ({done}/{tasks} tasks done)")
+            format!(
+                "{partition}: run {run} taken up ({done}/{} done)",
+                crate::display::count(tasks as u64, "task", "tasks")
+            )
         }
         Progress::RunFinished {
             run,
@@ -142,6 +145,10 @@ fn log(line: &str) {
 }
 
 /// Whether the state is held by a serving Keel right now.
+///
+/// A serving Keel has made its lock file, so without one nothing is asked of the lock: taking it
+/// would make the file, in a directory that may be refused (shared with every user) or not be
+/// Keel's at all (beside a file that is not a Keel state).
 fn held_by_serve(paths: &StatePaths) -> bool {
     keel_store::StateLock::holder(&paths.dir).is_some_and(|(_, serving)| serving)
 }
@@ -241,9 +248,10 @@ async fn follow(store: &SqliteStore, pipeline: &str, runs: &[RunId]) -> Result<F
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
             _ = interrupt.recv() => {
+                eprintln!("\nkeel: no longer following; keel serve carries the runs on");
                 return Err(anyhow::Error::new(Exit {
                     code: 130,
-                    message: "\nkeel: no longer following; keel serve carries the runs on".into(),
+                    message: String::new(),
                 }));
             }
         }

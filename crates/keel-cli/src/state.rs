@@ -14,7 +14,10 @@ pub fn load_pipeline(path: &Path) -> Result<PipelineSpec> {
     keel_config::load(path).map_err(|errors| {
         let count = errors.0.len();
         let noun = if count == 1 { "error" } else { "errors" };
-        Exit::usage(format!("{errors}\n{count} {noun} in {}", path.display()))
+        anyhow::Error::new(crate::Invalid {
+            errors: errors.0.iter().map(ToString::to_string).collect(),
+            summary: format!("{count} {noun} in {}", path.display()),
+        })
     })
 }
 
@@ -25,10 +28,10 @@ pub fn load_env_files(spec: &PipelineSpec, path: &Path) -> Result<keel_config::E
     keel_config::load_env_files(spec, base).map_err(|errors| {
         let count = errors.0.len();
         let noun = if count == 1 { "error" } else { "errors" };
-        Exit::usage(format!(
-            "{errors}\n{count} {noun} in the env files of {}",
-            path.display()
-        ))
+        anyhow::Error::new(crate::Invalid {
+            errors: errors.0.iter().map(ToString::to_string).collect(),
+            summary: format!("{count} {noun} in the env files of {}", path.display()),
+        })
     })
 }
 
@@ -120,9 +123,9 @@ impl StatePaths {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .with_context(|| {
-                format!(
-                    "cannot create the state directory {:?}; check its permissions or pass --state",
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot create the state directory {:?}: {error}; check its permissions or pass --state",
                     self.dir
                 )
             })?;
@@ -336,10 +339,27 @@ fn parse_date_or_say(what: &str, text: &str, expected: &str) -> Result<chrono::N
         )));
     }
     chrono::NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
+        // Well written, but no such day: say why, not how to write it.
         Exit::usage(format!(
-            "{what} {text:?} is not a calendar date; {expected}"
+            "{what} {text:?} is not a date: {}",
+            why_not_a_date(year as i32, month, day)
         ))
     })
+}
+
+/// Why a well-written `YYYY-MM-DD` names no day: `February 2026 has 28 days`.
+fn why_not_a_date(year: i32, month: u32, day: u32) -> String {
+    let Some(first) = chrono::NaiveDate::from_ymd_opt(year, month, 1) else {
+        return format!("there is no month {month}; months go from 01 to 12");
+    };
+    if day == 0 {
+        return "there is no day 00; days start at 01".to_string();
+    }
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(first);
+    let days = (next - first).num_days();
+    format!("{} has {days} days", first.format("%B %Y"))
 }
 
 /// Today's partition in the pipeline's time zone.
@@ -372,7 +392,9 @@ pub fn date_range(spec: &PipelineSpec, from: &str, to: &str) -> Result<Vec<Strin
         resolve_date(spec, "--to", to)?,
     );
     if last < first {
-        return Err(Exit::usage(format!("--to {to} is before --from {from}")));
+        return Err(Exit::usage(format!(
+            "--to {to} is before --from {from}; swap them"
+        )));
     }
     let days = (last - first).num_days() + 1;
     if days > 3660 {
@@ -391,4 +413,105 @@ pub fn date_range(spec: &PipelineSpec, from: &str, to: &str) -> Result<Vec<Strin
 pub fn now_millis() -> keel_model::Millis {
     use keel_engine::Clock;
     keel_engine::SystemClock.now()
+}
+
+/// A partition that has no run yet, asked for by a command that needs one (exit 2, as for any
+/// name that does not exist).
+pub fn no_run_of_partition(partition: &str) -> anyhow::Error {
+    Exit::usage(format!(
+        "no run of partition {partition} yet; start one with `keel run --partition {partition}`"
+    ))
+}
+
+/// A pipeline whose state has no run yet, asked for by a command that needs one (exit 2).
+pub fn no_runs_yet(spec: &PipelineSpec) -> anyhow::Error {
+    Exit::usage(format!(
+        "no runs yet for pipeline {:?}; start one with `keel run`",
+        spec.name
+    ))
+}
+
+/// Keeps the state directory out of git beside a new pipeline: writes `DIR/.gitignore` with
+/// `.keel/`, or appends that line to one that does not ignore `.keel` yet, leaving everything
+/// else in it as it was. Says what it did, or `None` if there was nothing to do.
+pub fn ignore_state_in_git(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(".gitignore");
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(anyhow::anyhow!("cannot read {}: {error}", path.display()));
+        }
+    };
+    let Some(text) = existing else {
+        std::fs::write(&path, ".keel/\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(Some(format!("wrote {} (ignores .keel/)", path.display())));
+    };
+    let ignored = text.lines().map(str::trim).any(|line| {
+        matches!(
+            line,
+            ".keel" | ".keel/" | "/.keel" | "/.keel/" | ".keel/*" | "/.keel/*"
+        )
+    });
+    if ignored {
+        return Ok(None);
+    }
+    let separator = if text.is_empty() || text.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{separator}.keel/\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(format!("added .keel/ to {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str) -> String {
+        parse_date("partition", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_day_that_does_not_exist_says_why() {
+        assert_eq!(
+            message("2026-02-30"),
+            r#"partition "2026-02-30" is not a date: February 2026 has 28 days"#
+        );
+        assert_eq!(
+            message("2024-02-30"),
+            r#"partition "2024-02-30" is not a date: February 2024 has 29 days"#
+        );
+        assert_eq!(
+            message("2026-04-31"),
+            r#"partition "2026-04-31" is not a date: April 2026 has 30 days"#
+        );
+        assert_eq!(
+            message("2026-13-01"),
+            r#"partition "2026-13-01" is not a date: there is no month 13; months go from 01 to 12"#
+        );
+        assert_eq!(
+            message("2026-01-00"),
+            r#"partition "2026-01-00" is not a date: there is no day 00; days start at 01"#
+        );
+        assert_eq!(
+            message("9999-12-32"),
+            r#"partition "9999-12-32" is not a date: December 9999 has 31 days"#
+        );
+    }
+
+    #[test]
+    fn a_badly_written_date_says_how_to_write_it() {
+        assert_eq!(
+            message("2026-2-3"),
+            r#"partition "2026-2-3" is not a date; write it as YYYY-MM-DD, e.g. 2026-01-18"#
+        );
+    }
 }

@@ -29,12 +29,19 @@ pub enum EngineError {
     #[error("the pipeline's schedule cannot be used: {0}")]
     Schedule(String),
     #[error(
-        "no run of partition {partition:?} in the state store; start one with `keel run --partition {partition}`"
+        "no run of partition {partition} yet; start one with `keel run --partition {partition}`"
     )]
     NoRun { partition: String },
-    #[error("unknown task {task:?}{}", suggestion.as_ref().map(|s| format!("; did you mean {s:?}?")).unwrap_or_default())]
+    #[error(
+        "unknown task {task:?} in pipeline {pipeline:?} (its tasks: {}){}",
+        known.join(", "),
+        suggestion.as_ref().map(|s| format!("; did you mean {s:?}?")).unwrap_or_default()
+    )]
     UnknownTask {
         task: String,
+        pipeline: String,
+        /// Every task of the pipeline, so the message lists the names that would do.
+        known: Vec<String>,
         suggestion: Option<String>,
     },
     #[error(
@@ -60,6 +67,8 @@ impl EngineError {
     pub fn unknown_task(spec: &keel_model::PipelineSpec, name: &str) -> EngineError {
         EngineError::UnknownTask {
             task: name.to_string(),
+            pipeline: spec.name.clone(),
+            known: spec.tasks.iter().map(|task| task.name.clone()).collect(),
             suggestion: keel_model::closest(name, spec.tasks.iter().map(|task| task.name.as_str())),
         }
     }

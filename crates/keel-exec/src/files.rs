@@ -52,7 +52,7 @@ pub(crate) fn format_bytes(bytes: u64) -> String {
     } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
         format!("{} KiB", bytes >> 10)
     } else {
-        format!("{bytes} bytes")
+        format!("{bytes} {}", if bytes == 1 { "byte" } else { "bytes" })
     }
 }
 

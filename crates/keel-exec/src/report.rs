@@ -220,7 +220,7 @@ fn last_output_line(dir: &Path) -> Option<String> {
         .map(|line| line.chars().take(300).collect())
 }
 
-/// Turns how a task ended into an outcome (DESIGN §4): exit 0 is success unless the result file
+/// Turns how a task ended into an outcome (the task contract, docs/tasks.md): exit 0 is success unless the result file
 /// says otherwise, 75 is *not ready*, 65 is a permanent failure, any other code is transient.
 /// A malformed result file fails the attempt with a message naming the file; it never panics.
 pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {

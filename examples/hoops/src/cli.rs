@@ -135,8 +135,9 @@ fn task(name: &str, date: &str) -> i32 {
                 "succeeded"
             };
             println!(
-                "hoops {name} {date}: {kind}, {} rows: {}",
-                report.rows, report.message
+                "hoops {name} {date}: {kind}, {}: {}",
+                crate::rows(report.rows),
+                report.message
             );
             (0, report.to_json())
         }

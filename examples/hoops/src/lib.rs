@@ -19,3 +19,9 @@ pub mod season;
 pub mod selftest;
 pub mod tasks;
 pub mod warehouse;
+
+/// `1 row`, `12 rows`: a number of rows as messages say it.
+pub fn rows(count: impl Into<i128>) -> String {
+    let count = count.into();
+    format!("{count} {}", if count == 1 { "row" } else { "rows" })
+}

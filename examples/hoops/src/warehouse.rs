@@ -271,7 +271,7 @@ pub fn replace_partition(
         check_duplicates(&tx, t, date)?;
     }
     let (outcome, message) = if games > 0 {
-        ("succeeded", format!("{rows} rows"))
+        ("succeeded", crate::rows(rows))
     } else {
         ("no_data", format!("no games on {date}"))
     };

@@ -34,10 +34,29 @@ fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
         stdout.contains("waited for scrape_props: its sensor said not ready"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("keel status"),
-        "it says how to inspect the state: {stdout}"
-    );
+    // It says how to inspect the state, with commands that run as printed, pasted in a shell
+    // started elsewhere: the keel under test is not on PATH, so they name it by its path.
+    let hints: Vec<&str> = stdout
+        .split("inspect it with:\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .map_while(|line| line.strip_prefix("  "))
+        .collect();
+    assert_eq!(hints.len(), 4, "{stdout}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    for hint in hints {
+        let pasted = std::process::Command::new("sh")
+            .args(["-c", hint])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        assert!(
+            pasted.status.success(),
+            "{hint}: {}",
+            String::from_utf8_lossy(&pasted.stderr)
+        );
+    }
 
     // The state is left in place, and `keel status` reads it.
     let pipeline = dir.path().join("keel.toml");

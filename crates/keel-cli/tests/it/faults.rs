@@ -1,4 +1,4 @@
-//! Fault injection, end to end (DESIGN §1 and §8, issue 4 item 7): every resilience mechanism
+//! Fault injection, end to end (docs/reliability.md): every resilience mechanism
 //! proven with real processes through the `keel` binary, some of them with `keel run` killed by
 //! SIGKILL at random moments and started again.
 //!
@@ -1187,7 +1187,7 @@ fn a_sensor_deadline_counts_from_the_first_poll_across_a_killed_keel() {
 // ---------------------------------------------------------------------------------------------
 
 const FLAKY_TASKS: usize = 12;
-/// As in issue 4: the dependency fails 100% of the time for 10 s.
+/// An outage: the dependency fails 100% of the time for 10 s.
 const OUTAGE: Duration = Duration::from_secs(10);
 const COOLDOWN: Duration = Duration::from_secs(2);
 const BREAKER_FAILURES: usize = 3;

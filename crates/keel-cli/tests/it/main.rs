@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod messages;
 mod reconcile_crash;
 mod serve;
 mod shutdown;

@@ -716,3 +716,57 @@ command = ["true"]
     rescheduled.schedule = None;
     assert_eq!(spec.version(), rescheduled.version());
 }
+
+/// The starter pipeline with every commented-out setting (`# key = …` and `# [table]` lines)
+/// turned on, as a user following its comments would.
+fn starter_uncommented() -> String {
+    keel_config::STARTER_PIPELINE
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_setting(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `key = …` or `[table]`: a commented-out setting rather than prose.
+fn is_setting(line: &str) -> bool {
+    if line.starts_with('[') {
+        return line.contains(']');
+    }
+    let Some((key, _)) = line.split_once(" = ") else {
+        return false;
+    };
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|character| character.is_ascii_lowercase() || character == '_')
+}
+
+#[test]
+fn the_starter_shows_a_gate_a_sensor_and_a_resource_that_validate_once_uncommented() {
+    let source = starter_uncommented();
+    for shown in [
+        "[resources.orders_api]",
+        "uses = [",
+        "wait_for = {",
+        "gate = {",
+    ] {
+        assert!(
+            source.lines().any(|line| line.starts_with(shown)),
+            "the starter pipeline shows {shown}"
+        );
+    }
+    let spec = keel_config::parse(&source, "keel.toml")
+        .unwrap_or_else(|errors| panic!("the uncommented starter pipeline is invalid:\n{errors}"));
+    assert_eq!(spec.resources.len(), 1);
+    let fetch_orders = spec.task("fetch_orders").unwrap();
+    assert_eq!(fetch_orders.uses, ["orders_api"]);
+    assert!(fetch_orders.wait_for.is_some());
+    assert!(
+        spec.phases
+            .iter()
+            .any(|phase| phase.name == "extract" && phase.gate.is_some())
+    );
+}

@@ -815,7 +815,7 @@ async fn retry_reruns_the_task_and_everything_downstream() {
         .unwrap_err();
     assert_eq!(
         unknown.to_string(),
-        "unknown task \"bb\"; did you mean \"b\"?"
+        "unknown task \"bb\" in pipeline \"test\" (its tasks: a, b, c); did you mean \"b\"?"
     );
 }
 

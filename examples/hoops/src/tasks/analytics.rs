@@ -46,7 +46,7 @@ impl SqlTask<'_> {
         if games == 0 {
             return Ok(Report::no_games(date));
         }
-        Ok(Report::ok(rows, format!("{rows} rows into {name}")).metric("games", games))
+        Ok(Report::ok(rows, format!("{} into {name}", crate::rows(rows))).metric("games", games))
     }
 }
 

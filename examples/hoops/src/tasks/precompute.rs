@@ -55,7 +55,7 @@ fn rust_task(
     if games == 0 {
         return Ok(Report::no_games(date));
     }
-    Ok(Report::ok(rows, format!("{rows} rows into {name}")).metric("games", games))
+    Ok(Report::ok(rows, format!("{} into {name}", crate::rows(rows))).metric("games", games))
 }
 
 pub fn rolling_averages(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {

@@ -90,7 +90,7 @@ fn load(
     if games == 0 {
         return Ok(Report::no_games(date));
     }
-    Ok(Report::ok(rows, format!("{rows} rows into {name}")).metric("games", games))
+    Ok(Report::ok(rows, format!("{} into {name}", crate::rows(rows))).metric("games", games))
 }
 
 pub fn load_schedule(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {

@@ -424,10 +424,11 @@ impl Core {
         } else {
             let shown: Vec<&str> = not_complete.iter().take(5).copied().collect();
             let more = not_complete.len().saturating_sub(shown.len());
+            let total = active.slots.len();
             let mut message = format!(
-                "{} of {} tasks did not complete: {}",
+                "{} of {total} {} did not complete: {}",
                 not_complete.len(),
-                active.slots.len(),
+                if total == 1 { "task" } else { "tasks" },
                 shown.join(", ")
             );
             if more > 0 {
