@@ -11,6 +11,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub state: Option<String>,
 
+    /// Which pipeline of the state `status`, `logs`, `events`, `history` and `cancel` read when
+    /// the pipeline file is missing or does not validate and the state holds several.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub pipeline_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -17,16 +17,17 @@ use crate::state::{self, StatePaths};
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
     let state = cli.state.as_deref();
+    let name = cli.pipeline_name.as_deref();
     match cli.command {
         Command::Init { dir, force } => init(&dir, force),
         Command::Validate(args) => validate(&args.pipeline),
         Command::Run(args) => run(state, args).await,
-        Command::Status(args) => inspect::status(state, args).await,
-        Command::History(args) => inspect::history(state, args).await,
-        Command::Events(args) => inspect::events(state, args).await,
-        Command::Logs(args) => inspect::logs(state, args).await,
+        Command::Status(args) => inspect::status(state, name, args).await,
+        Command::History(args) => inspect::history(state, name, args).await,
+        Command::Events(args) => inspect::events(state, name, args).await,
+        Command::Logs(args) => inspect::logs(state, name, args).await,
         Command::Retry(args) => retry(state, args).await,
-        Command::Cancel(args) => cancel(state, args).await,
+        Command::Cancel(args) => cancel(state, name, args).await,
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
@@ -314,13 +315,20 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     execute_and_report(&mut engine, &runs, not_run, grace, ranged).await
 }
 
-async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
-    // Settling the cancel may start the engine, which needs the env files: a broken one is
-    // refused before the request is stored, not after.
-    state::load_env_files(&spec, &args.pipeline.pipeline)?;
+async fn cancel(state_url: Option<&str>, name: Option<&str>, args: CancelArgs) -> Result<u8> {
+    // A broken or missing pipeline file must not stop a cancel during an incident: the run is
+    // then settled with a stand-in spec without tasks, which a cancel may always do.
+    let state::ForReading {
+        mut spec,
+        paths,
+        without_file,
+    } = state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
+    if !without_file {
+        // Settling the cancel may start the engine, which needs the env files: a broken one is
+        // refused before the request is stored, not after.
+        state::load_env_files(&spec, &args.pipeline.pipeline)?;
+    }
     let partition = state::check_partition(&spec, &args.partition)?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let store = paths
         .open_existing()?
         .ok_or_else(|| anyhow::anyhow!("no runs yet for pipeline {:?}", spec.name))?;
@@ -339,6 +347,9 @@ async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
     match paths.lock() {
         Ok(_lock) => {
             // Nobody is executing the run: settle it here, stopping any attempt left running.
+            if without_file {
+                state::stand_in_tasks(&mut spec, &store.task_runs(run.id).await?);
+            }
             let mut engine = build_engine(spec, &paths, store.clone())?;
             engine
                 .execute(&[run.id], keel_engine::Shutdown::never())

@@ -481,6 +481,20 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The names of the pipelines that have runs in this state, by name: what the commands
+    /// that read fall back on when the pipeline file is missing or does not validate.
+    pub async fn pipelines(&self) -> StoreResult<Vec<String>> {
+        self.transact(|transaction| {
+            let mut statement =
+                transaction.prepare("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")?;
+            let names = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
     /// Runs `work` in one transaction on the blocking pool: an immediate one, which takes the
     /// write lock at once, unless the store is only read.
     async fn transact<T, F>(&self, work: F) -> StoreResult<T>

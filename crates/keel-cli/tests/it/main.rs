@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod operations;
 mod reconcile_crash;
 mod serve;
 mod shutdown;

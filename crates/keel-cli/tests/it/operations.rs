@@ -1,0 +1,283 @@
+//! Recovery and safety of operations, end to end: reading and cancelling with a broken or
+//! missing pipeline file, `--only` on a partition that never ran, and a closed output pipe.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{keel_path, write_pipeline};
+
+const DAY: &str = "2026-01-18";
+
+fn pipeline(tasks: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "ops"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+retries = {{ attempts = 1, initial = "10ms", max = "50ms" }}
+
+[phases.main]
+
+{tasks}"#
+    )
+}
+
+/// What one `keel` invocation did.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn transcript(&self) -> String {
+        format!(
+            "exit {:?}\n--- stderr\n{}--- stdout\n{}",
+            self.code, self.stderr, self.stdout
+        )
+    }
+}
+
+/// `keel ARGS…` run in `dir`, bounded in time.
+fn keel_in(dir: &Path, args: &[&str]) -> Ran {
+    let output = assert_cmd::Command::new(keel_path())
+        .current_dir(dir)
+        .args(args)
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn status_json(dir: &Path, partition: &str) -> Value {
+    let ran = keel_in(dir, &["status", "--partition", partition, "--json"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let document: Value = serde_json::from_str(&ran.stdout).unwrap();
+    document["runs"][0].clone()
+}
+
+fn outcome(run: &Value, task: &str) -> Value {
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == task)
+        .map(|row| row["outcome"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z') | Some('X') | None)
+    })
+}
+
+/// A process this test started; killed on drop so a failing test leaves nothing behind.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills the `sleep` whose pid a task wrote, on drop, in case Keel failed to.
+struct Reap(PathBuf);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if alive(pid as u32) && String::from_utf8_lossy(&command).contains("sleep") {
+                // SAFETY: kill(2) on the pid this test's own task wrote.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// The read commands and what a breakage leaves them showing, with a file that is `broken`.
+fn assert_reads_without_file(dir: &Path, what: &str) {
+    let status = keel_in(dir, &["status"]);
+    assert_eq!(status.code, Some(0), "{what}: {}", status.transcript());
+    assert!(
+        status
+            .stderr
+            .starts_with("warning: keel.toml does not validate ("),
+        "{what}: {}",
+        status.transcript()
+    );
+    assert!(
+        status.stdout.contains(DAY),
+        "{what}: {}",
+        status.transcript()
+    );
+    let run = status_json(dir, DAY);
+    assert_eq!(run["state"], "succeeded", "{what}: {run:#}");
+    assert_eq!(outcome(&run, "hello"), "succeeded", "{what}: {run:#}");
+
+    let logs = keel_in(dir, &["logs", "hello", "--partition", DAY]);
+    assert_eq!(logs.code, Some(0), "{what}: {}", logs.transcript());
+    assert_eq!(logs.stdout, "hello from keel\n", "{what}");
+
+    let events = keel_in(dir, &["events"]);
+    assert_eq!(events.code, Some(0), "{what}: {}", events.transcript());
+    assert!(
+        events.stdout.contains("hello: attempt 1 succeeded"),
+        "{what}: {}",
+        events.transcript()
+    );
+
+    let history = keel_in(dir, &["history", "hello"]);
+    assert_eq!(history.code, Some(0), "{what}: {}", history.transcript());
+    assert!(
+        history.stdout.contains("task hello · phase main"),
+        "{what}: {}",
+        history.transcript()
+    );
+}
+
+#[test]
+fn status_logs_events_and_history_read_the_state_with_a_broken_or_missing_file() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    let valid = pipeline(
+        r#"[tasks.hello]
+phase = "main"
+command = ["sh", "-c", "echo hello from keel"]
+"#,
+    );
+    write_pipeline(dir, &valid);
+    let ran = keel_in(dir, &["run", "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+
+    // A file that is still TOML, and one that is not: the state is read either way.
+    write_pipeline(dir, &valid.replace("timezone", "timezon"));
+    assert_reads_without_file(dir, "an unknown field");
+    write_pipeline(dir, "[pipeline\nname = ");
+    assert_reads_without_file(dir, "a file that is not TOML");
+    std::fs::remove_file(dir.join("keel.toml")).unwrap();
+    assert_reads_without_file(dir, "a missing file");
+
+    // Several pipelines in one state: which one is asked for, and `--pipeline-name` says it.
+    let other = dir.join("other");
+    std::fs::create_dir(&other).unwrap();
+    let state = dir.join(".keel/state.db");
+    let state = state.to_str().unwrap();
+    write_pipeline(
+        &other,
+        &pipeline("[tasks.x]\nphase = \"main\"\ncommand = [\"true\"]\n")
+            .replace("\"ops\"", "\"other\""),
+    );
+    let ran = keel_in(&other, &["run", "--state", state, "--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let ambiguous = keel_in(dir, &["status"]);
+    assert_eq!(ambiguous.code, Some(2), "{}", ambiguous.transcript());
+    assert!(
+        ambiguous
+            .stderr
+            .contains("holds several pipelines (ops, other); say which with --pipeline-name NAME"),
+        "{}",
+        ambiguous.transcript()
+    );
+    let named = keel_in(
+        dir,
+        &["status", "--pipeline-name", "ops", "--partition", DAY],
+    );
+    assert_eq!(named.code, Some(0), "{}", named.transcript());
+    assert!(named.stdout.contains("hello"), "{}", named.transcript());
+}
+
+#[test]
+fn cancel_settles_a_run_whose_keel_died_when_the_file_no_longer_validates() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    let valid = pipeline(
+        r#"[tasks.long]
+phase = "main"
+command = ["sh", "-c", "echo $$ > long.pid; exec sleep 30"]
+
+[tasks.later]
+phase = "main"
+command = ["touch", "later.ran"]
+after = ["long"]
+"#,
+    );
+    write_pipeline(dir, &valid);
+    let _reap = Reap(dir.join("long.pid"));
+    let mut run = Background(
+        Command::new(keel_path())
+            .current_dir(dir)
+            .args(["run", "--partition", DAY])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("long.pid", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("long.pid"))
+            .is_ok_and(|text| text.trim().parse::<u32>().is_ok())
+    });
+    let pid: u32 = std::fs::read_to_string(dir.join("long.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+
+    write_pipeline(
+        dir,
+        &valid.replace("[tasks.later]", "[tasks.later]\nbogus = 1"),
+    );
+    let cancel = keel_in(dir, &["cancel", "--partition", DAY]);
+    assert_eq!(cancel.code, Some(0), "{}", cancel.transcript());
+    assert!(
+        cancel
+            .stderr
+            .contains("warning: keel.toml does not validate"),
+        "{}",
+        cancel.transcript()
+    );
+    assert!(
+        cancel.stdout.contains("is cancelled"),
+        "{}",
+        cancel.transcript()
+    );
+    let state = status_json(dir, DAY);
+    assert_eq!(state["state"], "cancelled", "{state:#}");
+    assert_eq!(outcome(&state, "long"), "cancelled", "{state:#}");
+    assert_eq!(outcome(&state, "later"), "cancelled", "{state:#}");
+    wait_until(
+        "the orphaned attempt to stop",
+        Duration::from_secs(5),
+        || !alive(pid),
+    );
+    assert!(!dir.join("later.ran").exists());
+}
