@@ -3,12 +3,27 @@
 //! It holds no scheduling logic of its own. It must not speak SQL or start task processes
 //! directly; those belong to keel-store and keel-exec.
 
+// Shadows the standard printing macros for the whole crate (see `output`): a closed pipe or
+// terminal drops the text instead of panicking.
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*), true) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), false) };
+}
+
 mod args;
 mod bench;
 mod commands;
 mod demo;
 mod display;
 mod inspect;
+mod output;
 mod serve;
 mod setup;
 mod state;
@@ -76,6 +91,10 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
+            // The reader went away (`keel events | head`): what it wanted, it has.
+            if output::is_closed_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
             if let Some(exit) = error.downcast_ref::<Exit>() {
                 eprintln!("{}", exit.message);
                 return ExitCode::from(exit.code);

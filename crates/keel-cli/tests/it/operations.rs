@@ -281,3 +281,72 @@ after = ["long"]
     );
     assert!(!dir.join("later.ran").exists());
 }
+
+/// `keel ARGS…` in `dir` with stdout and stderr into pipes whose reading ends are closed before
+/// Keel writes: its exit code and whether it panicked can only be seen from the code.
+fn keel_into_closed_pipes(dir: &Path, args: &[&str]) -> Option<i32> {
+    let mut child = Command::new(keel_path())
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "keel {args:?} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Regression: `keel status | head -1` panicked with "failed printing to stdout" (exit 101).
+#[test]
+fn a_reader_that_closes_early_ends_keel_quietly_with_its_own_exit_code() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(
+        dir,
+        &pipeline(
+            r#"[tasks.hello]
+phase = "main"
+command = ["sh", "-c", "echo hello from keel"]
+
+[tasks.broken]
+phase = "main"
+command = ["sh", "-c", "exit 65"]
+"#,
+        ),
+    );
+    // The run still runs to the end and exits with its own code: 1, a task failed for good.
+    assert_eq!(
+        keel_into_closed_pipes(dir, &["run", "--from", "2026-01-16", "--to", DAY]),
+        Some(1)
+    );
+    let run = status_json(dir, DAY);
+    assert_eq!(outcome(&run, "hello"), "succeeded", "{run:#}");
+    assert_eq!(outcome(&run, "broken"), "failed_permanent", "{run:#}");
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "--partition", DAY],
+        &["events"],
+        &["events", "--json"],
+        &["history", "hello"],
+        &["logs", "hello", "--partition", DAY],
+        &["validate"],
+    ] {
+        assert_eq!(keel_into_closed_pipes(dir, args), Some(0), "keel {args:?}");
+    }
+    // An error with nowhere to be written still gets its exit code.
+    assert_eq!(
+        keel_into_closed_pipes(dir, &["status", "--partition", "2026-13-01"]),
+        Some(2)
+    );
+}
