@@ -114,10 +114,12 @@ pub fn parse_grace(text: &str) -> Result<Duration> {
 /// retried where some have none) do not count.
 pub(crate) fn exit_code(finished: &Finished) -> u8 {
     let states: Vec<RunState> = finished.iter().filter_map(|(_, state)| *state).collect();
-    if states
-        .iter()
-        .any(|state| !matches!(state, RunState::Succeeded | RunState::Degraded))
-    {
+    if states.iter().any(|state| {
+        !matches!(
+            state,
+            RunState::Succeeded | RunState::Degraded | RunState::Partial
+        )
+    }) {
         1
     } else if states.contains(&RunState::Degraded) {
         3

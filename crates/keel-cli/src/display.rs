@@ -391,6 +391,7 @@ pub fn range_summary(states: &[Option<RunState>]) -> String {
     let order = [
         RunState::Succeeded,
         RunState::Degraded,
+        RunState::Partial,
         RunState::Failed,
         RunState::Cancelled,
         RunState::Running,

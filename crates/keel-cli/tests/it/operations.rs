@@ -350,3 +350,68 @@ command = ["sh", "-c", "exit 65"]
         Some(2)
     );
 }
+
+/// Regression: `keel run --only X` on a partition that never ran recorded the other tasks
+/// `skipped` and the run `succeeded`, so a later plain `keel run` did nothing for them.
+#[test]
+fn only_on_a_new_partition_ends_partial_and_a_plain_run_runs_what_was_left_out() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(
+        dir,
+        &pipeline(
+            r#"[tasks.extract]
+phase = "main"
+command = ["sh", "-c", "echo extract >> ran.ledger"]
+
+[tasks.load]
+phase = "main"
+command = ["sh", "-c", "echo load >> ran.ledger"]
+after = ["extract"]
+
+[tasks.report]
+phase = "main"
+command = ["sh", "-c", "echo report >> ran.ledger"]
+"#,
+        ),
+    );
+    let ledger = || std::fs::read_to_string(dir.join("ran.ledger")).unwrap_or_default();
+
+    let only = keel_in(dir, &["run", "--partition", DAY, "--only", "load"]);
+    assert_eq!(only.code, Some(0), "{}", only.transcript());
+    assert_eq!(ledger(), "load\n");
+    let run = status_json(dir, DAY);
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(
+        run["message"],
+        "2 left out by --only: extract, report; a plain `keel run` of the partition runs them"
+    );
+    assert_eq!(outcome(&run, "extract"), "skipped");
+
+    // `--only` again takes up only what it names; the rest stays left out.
+    let report = keel_in(dir, &["run", "--partition", DAY, "--only", "report"]);
+    assert_eq!(report.code, Some(0), "{}", report.transcript());
+    assert_eq!(ledger(), "load\nreport\n");
+    assert_eq!(status_json(dir, DAY)["state"], "partial");
+
+    // A plain run runs the rest, and load again, since it ran before its upstream extract.
+    let plain = keel_in(dir, &["run", "--partition", DAY]);
+    assert_eq!(plain.code, Some(0), "{}", plain.transcript());
+    assert_eq!(ledger(), "load\nreport\nextract\nload\n");
+    let run = status_json(dir, DAY);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["id"], 1, "the same run, carried on: {run:#}");
+
+    let again = keel_in(dir, &["run", "--partition", DAY]);
+    assert_eq!(again.code, Some(0), "{}", again.transcript());
+    assert!(
+        again.stdout.contains("already finished as succeeded"),
+        "{}",
+        again.transcript()
+    );
+    assert_eq!(
+        ledger(),
+        "load\nreport\nextract\nload\n",
+        "each task once more at most"
+    );
+}

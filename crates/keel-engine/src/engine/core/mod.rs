@@ -155,6 +155,9 @@ pub(super) struct ActiveRun {
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,
+    /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
+    /// that the run ends `partial` and a plain `keel run` runs them.
+    pub left_out: Vec<TaskIndex>,
 }
 
 /// An attempt that is running (or being launched): where it belongs and its lease epoch.
