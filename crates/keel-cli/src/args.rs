@@ -48,6 +48,8 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel a partition's run; running attempts are stopped and recorded as cancelled.
     Cancel(CancelArgs),
+    /// Record that a partition's degraded run is acceptable as it is, with who and why.
+    Accept(AcceptArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -233,6 +235,18 @@ pub struct CancelArgs {
     pub pipeline: PipelineArg,
     #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// The partition whose newest run, which must be degraded, to accept.
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
+    pub partition: String,
+    /// Why the run is acceptable, for the event log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]

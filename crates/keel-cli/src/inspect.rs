@@ -143,14 +143,18 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
             .iter()
             .map(|run| {
                 let record = &run.record;
-                json!({
+                let mut entry = json!({
                     "id": record.id.0,
                     "partition": record.partition,
                     "state": record.state.as_str(),
                     "version": record.version,
                     "message": record.message,
                     "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
-                })
+                });
+                if let Some(accepted) = &run.accepted {
+                    entry["accepted"] = accepted.clone().into();
+                }
+                entry
             })
             .collect();
         let mut document = json!({ "runs": runs });

@@ -23,6 +23,7 @@ mod commands;
 mod demo;
 mod display;
 mod inspect;
+mod operations;
 mod output;
 mod serve;
 mod setup;

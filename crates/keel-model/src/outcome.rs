@@ -173,6 +173,7 @@ named_enum!(
         GateOpened => "gate_opened",
         GateFailed => "gate_failed",
         PipelineChanged => "pipeline_changed",
+        Accepted => "accepted",
     }
 );
 

@@ -1248,11 +1248,25 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         .into_iter()
         .filter(|(id, _)| shown.contains(id))
         .collect();
+        let accepted = transaction
+            .query_row(
+                "SELECT detail FROM events WHERE run_id = ?1 AND kind = ?2 AND seq > \
+                 coalesce((SELECT max(seq) FROM events WHERE run_id = ?1 AND kind = ?3), 0) \
+                 ORDER BY seq DESC LIMIT 1",
+                params![
+                    record.id.0,
+                    EventKind::Accepted.as_str(),
+                    EventKind::RunState.as_str()
+                ],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?;
         runs.push(RunView {
             record,
             tasks,
             attempts,
             kinds,
+            accepted,
         });
     }
     let resources = resource_states_in(transaction, query.pipeline)?;

@@ -415,3 +415,125 @@ command = ["sh", "-c", "echo report >> ran.ledger"]
         "each task once more at most"
     );
 }
+
+/// A pipeline whose run ends degraded: `flaky` fails for good, and the gate lets `use` go on.
+const DEGRADED: &str = r#"[pipeline]
+name = "ops"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+retries = { attempts = 1, initial = "10ms", max = "50ms" }
+
+[phases.fetch]
+gate = { required = ["steady"], min = "50%", grace = "1m" }
+
+[phases.use]
+after = ["fetch"]
+
+[tasks.steady]
+phase = "fetch"
+command = ["true"]
+
+[tasks.flaky]
+phase = "fetch"
+command = ["sh", "-c", "exit 65"]
+
+[tasks.report]
+phase = "use"
+command = ["true"]
+"#;
+
+fn keel_as(dir: &Path, user: &str, args: &[&str]) -> Ran {
+    let output = assert_cmd::Command::new(keel_path())
+        .current_dir(dir)
+        .env("USER", user)
+        .args(args)
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn accept_records_who_and_why_a_degraded_run_is_acceptable() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(dir, DEGRADED);
+    let ran = keel_in(dir, &["run", "--partition", DAY]);
+    assert_eq!(ran.code, Some(3), "{}", ran.transcript());
+    let ran = keel_in(dir, &["run", "--partition", "2026-01-19"]);
+    assert_eq!(ran.code, Some(3), "{}", ran.transcript());
+
+    let accepted = keel_as(
+        dir,
+        "alice",
+        &[
+            "accept",
+            "--partition",
+            DAY,
+            "--reason",
+            "feed outage, refilled by hand",
+        ],
+    );
+    assert_eq!(accepted.code, Some(0), "{}", accepted.transcript());
+    assert_eq!(
+        accepted.stdout,
+        "accepted run 1 of partition 2026-01-18 as degraded, by alice: feed outage, refilled by hand\n"
+    );
+    let run = status_json(dir, DAY);
+    assert_eq!(run["state"], "degraded", "the state stays: {run:#}");
+    assert_eq!(run["accepted"], "by alice: feed outage, refilled by hand");
+    assert!(status_json(dir, "2026-01-19").get("accepted").is_none());
+    let table = keel_in(dir, &["status", "--partition", DAY]);
+    assert!(
+        table
+            .stdout
+            .contains("degraded (accepted by alice: feed outage, refilled by hand)"),
+        "{}",
+        table.transcript()
+    );
+    let list = keel_in(dir, &["status"]);
+    assert!(
+        list.stdout.contains("degraded (accepted)"),
+        "{}",
+        list.transcript()
+    );
+    let events = keel_in(dir, &["events", "--partition", DAY]);
+    assert!(
+        events
+            .stdout
+            .contains("accepted: by alice: feed outage, refilled by hand"),
+        "{}",
+        events.transcript()
+    );
+
+    // Only a degraded run can be accepted; a partition without a run has nothing to accept.
+    write_pipeline(dir, &DEGRADED.replace("exit 65", "exit 0"));
+    let ran = keel_in(dir, &["run", "--partition", "2026-01-20"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let refused = keel_as(dir, "alice", &["accept", "--partition", "2026-01-20"]);
+    assert_eq!(refused.code, Some(2), "{}", refused.transcript());
+    assert_eq!(
+        refused.stderr,
+        "run 3 of partition 2026-01-20 is succeeded; only a degraded run can be accepted\n"
+    );
+    let none = keel_as(dir, "alice", &["accept", "--partition", "2026-01-21"]);
+    assert_eq!(none.code, Some(2), "{}", none.transcript());
+    assert!(
+        none.stderr.contains("no run of partition 2026-01-21"),
+        "{}",
+        none.transcript()
+    );
+
+    // A retry that leaves the run degraded again needs a new acceptance.
+    write_pipeline(dir, DEGRADED);
+    let retried = keel_in(dir, &["retry", "--partition", DAY, "flaky"]);
+    assert_eq!(retried.code, Some(3), "{}", retried.transcript());
+    assert!(status_json(dir, DAY).get("accepted").is_none());
+}
