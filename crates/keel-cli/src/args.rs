@@ -222,19 +222,32 @@ pub struct RetryArgs {
     pub range: RangeArgs,
     /// `[PIPELINE] TASK…`: tasks to run again. A leading argument ending in .toml, or naming an
     /// existing file, is taken as the pipeline file (default keel.toml).
-    #[arg(required = true, num_args = 1.., value_name = "[PIPELINE] TASK")]
+    #[arg(required_unless_present = "failed", num_args = 1.., value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
+    /// Retry every failed or degraded partition of the range (or the partition): in each, the
+    /// tasks that did not complete, and everything downstream of them. No TASK is given then.
+    #[arg(long)]
+    pub failed: bool,
     /// As for `keel run`.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub grace: String,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("partitions").required(true).args(["partition", "from"])))]
 pub struct CancelArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
-    #[arg(long, value_name = "D", allow_hyphen_values = true)]
-    pub partition: String,
+    /// The partition whose newest run to cancel.
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
+    pub partition: Option<String>,
+    /// Cancel the unfinished newest run of every partition of this range.
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Only runs that already have a task that failed (or are missing one behind an open gate):
+    /// stop the runs that are going wrong, let the others go on.
+    #[arg(long)]
+    pub failed: bool,
 }
 
 #[derive(Debug, Args)]

@@ -493,6 +493,9 @@ async fn name_from_state(paths: &StatePaths, named_in_file: Option<String>) -> R
 /// never launch: a cancelling run starts nothing.
 pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecord]) {
     for task in tasks {
+        if spec.tasks.iter().any(|known| known.name == task.task) {
+            continue;
+        }
         if !spec.phases.iter().any(|phase| phase.name == task.phase) {
             spec.phases.push(keel_model::PhaseSpec {
                 name: task.phase.clone(),

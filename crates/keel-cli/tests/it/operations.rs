@@ -537,3 +537,129 @@ fn accept_records_who_and_why_a_degraded_run_is_acceptable() {
     assert_eq!(retried.code, Some(3), "{}", retried.transcript());
     assert!(status_json(dir, DAY).get("accepted").is_none());
 }
+
+#[test]
+fn retry_failed_retries_each_failed_or_degraded_partition_of_a_range_and_cancel_takes_a_range() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    let text = DEGRADED
+        .replace(
+            r#"command = ["true"]
+"#,
+            r#"command = ["sh", "-c", "echo {task} {date} >> ran.ledger"]
+"#,
+        )
+        .replace(
+            r#"["sh", "-c", "exit 65"]"#,
+            r#"["sh", "-c", "test -f fixed || exit 65; echo {task} {date} >> ran.ledger"]"#,
+        );
+    write_pipeline(dir, &text);
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    let ran = keel_in(dir, &["run", "--partition", "2026-01-16"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    std::fs::remove_file(dir.join("fixed")).unwrap();
+    let ran = keel_in(dir, &["run", "--from", "2026-01-17", "--to", DAY]);
+    assert_eq!(ran.code, Some(3), "{}", ran.transcript());
+    let count = |line: &str| {
+        std::fs::read_to_string(dir.join("ran.ledger"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|each| *each == line)
+            .count()
+    };
+
+    let named = keel_in(dir, &["retry", "--failed", "--partition", DAY, "flaky"]);
+    assert_eq!(named.code, Some(2), "{}", named.transcript());
+    assert!(
+        named.stderr.contains("keel retry --failed names no tasks"),
+        "{}",
+        named.transcript()
+    );
+
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    let retried = keel_in(
+        dir,
+        &[
+            "retry",
+            "--failed",
+            "--from",
+            "2026-01-16",
+            "--to",
+            "2026-01-19",
+        ],
+    );
+    assert_eq!(retried.code, Some(0), "{}", retried.transcript());
+    assert!(
+        retried
+            .stderr
+            .contains("retrying flaky in run 2 of partition 2026-01-17")
+            && retried
+                .stderr
+                .contains("retrying flaky in run 3 of partition 2026-01-18"),
+        "{}",
+        retried.transcript()
+    );
+    assert!(
+        !retried.stderr.contains("2026-01-16"),
+        "{}",
+        retried.transcript()
+    );
+    for day in ["2026-01-16", "2026-01-17", DAY] {
+        assert_eq!(status_json(dir, day)["state"], "succeeded", "{day}");
+        assert_eq!(count(&format!("steady {day}")), 1, "{day}: steady ran once");
+        assert_eq!(
+            count(&format!("flaky {day}")),
+            1,
+            "{day}: flaky succeeded once"
+        );
+    }
+    // report ran when the gate let it go on, and again once flaky landed.
+    assert_eq!(count("report 2026-01-17"), 2);
+    let nothing = keel_in(
+        dir,
+        &["retry", "--failed", "--from", "2026-01-16", "--to", DAY],
+    );
+    assert_eq!(nothing.code, Some(0), "{}", nothing.transcript());
+    assert!(
+        nothing.stdout.contains("nothing to retry"),
+        "{}",
+        nothing.transcript()
+    );
+
+    // Cancel over a range: the unfinished runs of it, here queued ones nobody executes.
+    let queued = keel_in(
+        dir,
+        &[
+            "run",
+            "--detach",
+            "--from",
+            "2026-01-20",
+            "--to",
+            "2026-01-22",
+        ],
+    );
+    assert_eq!(queued.code, Some(0), "{}", queued.transcript());
+    let only_failing = keel_in(
+        dir,
+        &[
+            "cancel",
+            "--failed",
+            "--from",
+            "2026-01-20",
+            "--to",
+            "2026-01-22",
+        ],
+    );
+    assert_eq!(only_failing.code, Some(0), "{}", only_failing.transcript());
+    assert_eq!(only_failing.stdout, "no run to cancel\n");
+    assert_ne!(status_json(dir, "2026-01-21")["state"], "cancelled");
+    let cancel = keel_in(dir, &["cancel", "--from", DAY, "--to", "2026-01-21"]);
+    assert_eq!(cancel.code, Some(0), "{}", cancel.transcript());
+    assert_eq!(
+        cancel.stdout,
+        "run 3 of partition 2026-01-18 already finished as succeeded; nothing to cancel\n\
+         run 4 of partition 2026-01-20 is cancelled\n\
+         run 5 of partition 2026-01-21 is cancelled\n"
+    );
+    assert_ne!(status_json(dir, "2026-01-22")["state"], "cancelled");
+}
