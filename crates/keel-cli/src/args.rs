@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Start a new run even if the partition already finished.
     #[arg(long)]
     pub rerun: bool,
+    /// Run the partitions of a range one after another, in date order, each once the one
+    /// before has finished (as `max_active_partitions = 1`).
+    #[arg(long)]
+    pub sequential: bool,
     /// On a first SIGINT or SIGTERM, how long running attempts may finish before they are
     /// stopped (to resume on the next run). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]

@@ -189,6 +189,9 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
+    if args.sequential {
+        engine.set_max_active_partitions(1);
+    }
     let request = RunRequest {
         partitions,
         only: args.only,

@@ -453,6 +453,7 @@ pub async fn pipeline_for_reading(
         tasks: Vec::new(),
         resources: Vec::new(),
         schedule: None,
+        max_active_partitions: None,
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

@@ -663,3 +663,72 @@ fn retry_failed_retries_each_failed_or_degraded_partition_of_a_range_and_cancel_
     );
     assert_ne!(status_json(dir, "2026-01-22")["state"], "cancelled");
 }
+
+/// The most partitions that had begun and not ended at once, from a ledger of
+/// `begin DATE` / `end DATE` lines.
+fn most_partitions_at_once(ledger: &str) -> usize {
+    let mut open = std::collections::HashSet::new();
+    let mut most = 0;
+    for line in ledger.lines() {
+        match line.split_once(' ') {
+            Some(("begin", date)) => {
+                open.insert(date.to_string());
+            }
+            Some(("end", date)) => {
+                open.remove(date);
+            }
+            _ => panic!("unexpected ledger line {line:?}"),
+        }
+        most = most.max(open.len());
+    }
+    most
+}
+
+#[test]
+fn sequential_and_max_active_partitions_bound_the_partitions_of_a_range_running_at_once() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    // Two tasks per partition, so a partition is open from its first task's start to its last
+    // task's end; plenty of concurrency, so only the partition bound holds them back.
+    let tasks = r#"[tasks.first]
+phase = "main"
+command = ["sh", "-c", "echo begin {date} >> ledger; sleep 0.2"]
+
+[tasks.second]
+phase = "main"
+command = ["sh", "-c", "sleep 0.2; echo end {date} >> ledger"]
+after = ["first"]
+"#;
+    write_pipeline(dir, &pipeline(tasks));
+    let ledger = || std::fs::read_to_string(dir.join("ledger")).unwrap_or_default();
+
+    let ran = keel_in(
+        dir,
+        &["run", "--sequential", "--from", "2026-01-16", "--to", DAY],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        ledger(),
+        "begin 2026-01-16\nend 2026-01-16\nbegin 2026-01-17\nend 2026-01-17\nbegin 2026-01-18\nend 2026-01-18\n",
+        "one partition after another, in date order"
+    );
+
+    std::fs::remove_file(dir.join("ledger")).unwrap();
+    write_pipeline(
+        dir,
+        &pipeline(tasks).replace(
+            "partition = \"date\"",
+            "partition = \"date\"\nmax_active_partitions = 2",
+        ),
+    );
+    let ran = keel_in(dir, &["run", "--from", "2026-02-01", "--to", "2026-02-05"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    let lines = ledger();
+    assert_eq!(lines.lines().count(), 10, "{lines}");
+    assert_eq!(most_partitions_at_once(&lines), 2, "{lines}");
+    assert!(
+        lines.starts_with("begin 2026-02-01\nbegin 2026-02-02\n")
+            || lines.starts_with("begin 2026-02-02\nbegin 2026-02-01\n"),
+        "{lines}"
+    );
+}

@@ -339,6 +339,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.core.observer = Box::new(observer);
     }
 
+    /// At most this many partitions run at once (`--sequential` is 1), whatever the pipeline's
+    /// `max_active_partitions` says.
+    pub fn set_max_active_partitions(&mut self, limit: u32) {
+        Arc::make_mut(&mut self.core.spec).max_active_partitions = Some(limit.max(1));
+    }
+
     /// How long running attempts may finish after a drain is asked for.
     pub fn set_shutdown_grace(&mut self, grace: Duration) {
         self.core.config.shutdown_grace = grace;

@@ -452,6 +452,7 @@ impl Core {
             partition: active.record.partition.clone(),
             state,
         });
+        book.release_partition_waiters();
         Ok(())
     }
 
