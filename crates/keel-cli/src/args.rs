@@ -50,6 +50,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Record that a partition's degraded run is acceptable as it is, with who and why.
     Accept(AcceptArgs),
+    /// Remove the attempt directories and logs of runs that finished long ago.
+    Gc(GcArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -264,6 +266,18 @@ pub struct AcceptArgs {
     /// Why the run is acceptable, for the event log.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Runs that finished more than this long ago, e.g. 30d.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: String,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Retry(args) => retry(state, args).await,
         Command::Cancel(args) => cancel(state, name, args).await,
         Command::Accept(args) => crate::operations::accept(state, name, args).await,
+        Command::Gc(args) => crate::operations::gc(state, name, args).await,
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Demo(args) => crate::demo::demo(args).await,

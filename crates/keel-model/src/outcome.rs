@@ -174,6 +174,7 @@ named_enum!(
         GateFailed => "gate_failed",
         PipelineChanged => "pipeline_changed",
         Accepted => "accepted",
+        Pruned => "pruned",
     }
 );
 

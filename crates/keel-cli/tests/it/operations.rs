@@ -732,3 +732,115 @@ after = ["first"]
         "{lines}"
     );
 }
+
+/// The directory of run `run` under the state's attempts directory.
+fn run_dir(dir: &Path, run: u32) -> PathBuf {
+    let attempts = dir.join(".keel/attempts");
+    let store = std::fs::read_dir(&attempts)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    store.join(run.to_string())
+}
+
+#[test]
+fn gc_removes_old_finished_runs_attempt_directories_and_keeps_their_rows() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(
+        dir,
+        &pipeline(
+            r#"[tasks.hello]
+phase = "main"
+command = ["sh", "-c", "if test {date} = 2026-01-20; then echo $$ > long.pid; exec sleep 30; fi; echo hello from keel"]
+"#,
+        ),
+    );
+    for day in ["2026-01-16", "2026-01-17"] {
+        let ran = keel_in(dir, &["run", "--partition", day]);
+        assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    }
+    assert!(run_dir(dir, 1).join("hello.1/output.log").exists());
+
+    // A Keel executing the state: gc refuses and removes nothing.
+    let _reap = Reap(dir.join("long.pid"));
+    let mut running = Background(
+        Command::new(keel_path())
+            .current_dir(dir)
+            .args(["run", "--partition", "2026-01-20"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("long.pid", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("long.pid")).is_ok_and(|text| !text.trim().is_empty())
+    });
+    let refused = keel_in(dir, &["gc", "--older-than", "0s"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains("another keel is running"),
+        "{}",
+        refused.transcript()
+    );
+    assert!(run_dir(dir, 1).exists());
+    // Killed, it leaves its run unfinished, with its attempt still running: gc leaves it alone.
+    running.0.kill().unwrap();
+    running.0.wait().unwrap();
+
+    let dry = keel_in(dir, &["gc", "--older-than", "0s", "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.transcript());
+    assert!(
+        dry.stdout
+            .starts_with("would remove 2 attempt directories (")
+            && dry
+                .stdout
+                .ends_with(") of 2 runs finished more than 0s ago\n"),
+        "{}",
+        dry.transcript()
+    );
+    assert!(run_dir(dir, 1).exists() && run_dir(dir, 2).exists());
+
+    let gc = keel_in(dir, &["gc", "--older-than", "0s"]);
+    assert_eq!(gc.code, Some(0), "{}", gc.transcript());
+    assert_eq!(gc.stdout.replace("removed", "would remove"), dry.stdout);
+    assert!(!run_dir(dir, 1).exists() && !run_dir(dir, 2).exists());
+    assert!(
+        run_dir(dir, 3).join("hello.1").exists(),
+        "the unfinished run is kept"
+    );
+    assert_eq!(
+        status_json(dir, "2026-01-16")["state"],
+        "succeeded",
+        "the rows stay"
+    );
+    let events = keel_in(dir, &["events", "--partition", "2026-01-16"]);
+    assert!(
+        events
+            .stdout
+            .contains("pruned: removed 1 attempt directories, "),
+        "{}",
+        events.transcript()
+    );
+    let logs = keel_in(dir, &["logs", "hello", "--partition", "2026-01-16"]);
+    assert!(
+        logs.stderr.contains("captured no output"),
+        "{}",
+        logs.transcript()
+    );
+    let again = keel_in(dir, &["gc", "--older-than", "30d"]);
+    assert_eq!(again.code, Some(0), "{}", again.transcript());
+    assert_eq!(
+        again.stdout,
+        "removed 0 attempt directories (0 bytes) of 0 runs finished more than 30d ago\n"
+    );
+    let twice = keel_in(dir, &["gc", "--older-than", "0s"]);
+    assert!(
+        twice.stdout.contains("of 0 runs"),
+        "pruned runs are not pruned again: {}",
+        twice.transcript()
+    );
+}
