@@ -11,6 +11,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub state: Option<String>,
 
+    /// Which pipeline of the state `status`, `logs`, `events`, `history` and `cancel` read when
+    /// the pipeline file is missing or does not validate and the state holds several.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub pipeline_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +48,10 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel a partition's run; running attempts are stopped and recorded as cancelled.
     Cancel(CancelArgs),
+    /// Record that a partition's degraded run is acceptable as it is, with who and why.
+    Accept(AcceptArgs),
+    /// Remove the attempt directories and logs of runs that finished long ago.
+    Gc(GcArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -93,6 +102,10 @@ pub struct RunArgs {
     /// Start a new run even if the partition already finished.
     #[arg(long)]
     pub rerun: bool,
+    /// Run the partitions of a range one after another, in date order, each once the one
+    /// before has finished (as `max_active_partitions = 1`).
+    #[arg(long)]
+    pub sequential: bool,
     /// On a first SIGINT or SIGTERM, how long running attempts may finish before they are
     /// stopped (to resume on the next run). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -215,19 +228,56 @@ pub struct RetryArgs {
     pub range: RangeArgs,
     /// `[PIPELINE] TASK…`: tasks to run again. A leading argument ending in .toml, or naming an
     /// existing file, is taken as the pipeline file (default keel.toml).
-    #[arg(required = true, num_args = 1.., value_name = "[PIPELINE] TASK")]
+    #[arg(required_unless_present = "failed", num_args = 1.., value_name = "[PIPELINE] TASK")]
     pub args: Vec<String>,
+    /// Retry every failed or degraded partition of the range (or the partition): in each, the
+    /// tasks that did not complete, and everything downstream of them. No TASK is given then.
+    #[arg(long)]
+    pub failed: bool,
     /// As for `keel run`.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub grace: String,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("partitions").required(true).args(["partition", "from"])))]
 pub struct CancelArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
+    /// The partition whose newest run to cancel.
+    #[arg(long, value_name = "D", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
+    pub partition: Option<String>,
+    /// Cancel the unfinished newest run of every partition of this range.
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Only runs that already have a task that failed (or are missing one behind an open gate):
+    /// stop the runs that are going wrong, let the others go on.
+    #[arg(long)]
+    pub failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// The partition whose newest run, which must be degraded, to accept.
     #[arg(long, value_name = "D", allow_hyphen_values = true)]
     pub partition: String,
+    /// Why the run is acceptable, for the event log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Runs that finished more than this long ago, e.g. 30d.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: String,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,16 +17,19 @@ use crate::state::{self, StatePaths};
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
     let state = cli.state.as_deref();
+    let name = cli.pipeline_name.as_deref();
     match cli.command {
         Command::Init { dir, force } => init(&dir, force),
         Command::Validate(args) => validate(&args.pipeline),
         Command::Run(args) => run(state, args).await,
-        Command::Status(args) => inspect::status(state, args).await,
-        Command::History(args) => inspect::history(state, args).await,
-        Command::Events(args) => inspect::events(state, args).await,
-        Command::Logs(args) => inspect::logs(state, args).await,
+        Command::Status(args) => inspect::status(state, name, args).await,
+        Command::History(args) => inspect::history(state, name, args).await,
+        Command::Events(args) => inspect::events(state, name, args).await,
+        Command::Logs(args) => inspect::logs(state, name, args).await,
         Command::Retry(args) => retry(state, args).await,
-        Command::Cancel(args) => cancel(state, args).await,
+        Command::Cancel(args) => cancel(state, name, args).await,
+        Command::Accept(args) => crate::operations::accept(state, name, args).await,
+        Command::Gc(args) => crate::operations::gc(state, name, args).await,
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
@@ -119,10 +122,12 @@ pub fn parse_grace(text: &str) -> Result<Duration> {
 /// retried where some have none) do not count.
 pub(crate) fn exit_code(finished: &Finished) -> u8 {
     let states: Vec<RunState> = finished.iter().filter_map(|(_, state)| *state).collect();
-    if states
-        .iter()
-        .any(|state| !matches!(state, RunState::Succeeded | RunState::Degraded))
-    {
+    if states.iter().any(|state| {
+        !matches!(
+            state,
+            RunState::Succeeded | RunState::Degraded | RunState::Partial
+        )
+    }) {
         1
     } else if states.contains(&RunState::Degraded) {
         3
@@ -191,6 +196,9 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine(spec, &paths, store)?;
+    if args.sequential {
+        engine.set_max_active_partitions(1);
+    }
     let request = RunRequest {
         partitions,
         only: args.only,
@@ -235,8 +243,45 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     execute_and_report(&mut engine, &runs, finished, grace, ranged).await
 }
 
+/// `[PIPELINE]` alone, for `keel retry --failed`, which names no tasks.
+fn pipeline_only(args: &[String]) -> Result<std::path::PathBuf> {
+    match args {
+        [] => Ok("keel.toml".into()),
+        [pipeline] if pipeline.ends_with(".toml") || Path::new(pipeline).is_file() => {
+            Ok(pipeline.into())
+        }
+        _ => Err(Exit::usage(format!(
+            "keel retry --failed names no tasks ({}): it retries the tasks of each failed or degraded partition that did not complete",
+            args.join(" ")
+        ))),
+    }
+}
+
+/// The tasks of a finished run that did not complete and are no mere consequence of another's
+/// failure: what `keel retry --failed` runs again (their downstream follows).
+async fn failed_tasks(
+    store: &keel_store::SqliteStore,
+    run: keel_model::RunId,
+) -> Result<Vec<String>> {
+    Ok(store
+        .task_runs(run)
+        .await?
+        .into_iter()
+        .filter(|task| {
+            task.outcome.is_some_and(|outcome| {
+                !outcome.is_complete() && outcome != keel_model::Outcome::UpstreamFailed
+            })
+        })
+        .map(|task| task.task)
+        .collect())
+}
+
 async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
-    let (pipeline, tasks) = split_pipeline(&args.args);
+    let (pipeline, tasks) = if args.failed {
+        (pipeline_only(&args.args)?, Vec::new())
+    } else {
+        split_pipeline(&args.args)
+    };
     let spec = state::load_pipeline(&pipeline)?;
     let grace = parse_grace(&args.grace)?;
     let ranged = args.range.from.is_some();
@@ -252,12 +297,18 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     // Over a range, only partitions that have a run are retried, and only if none of them is
-    // still running: the retry is asked for in every partition or in none.
-    let mut with_runs = Vec::new();
+    // still running: the retry is asked for in every partition or in none. With --failed, only
+    // those whose newest run failed or is degraded, each with its own tasks.
+    let mut with_runs: Vec<(String, Vec<String>)> = Vec::new();
     let mut without = Vec::new();
-    if ranged {
+    if ranged || args.failed {
         for partition in &partitions {
             match store.latest_run(&spec.name, partition).await? {
+                Some(run) if args.failed => {
+                    if matches!(run.state, RunState::Failed | RunState::Degraded) {
+                        with_runs.push((partition.clone(), failed_tasks(&store, run.id).await?));
+                    }
+                }
                 Some(run) if !run.state.is_finished() => {
                     // As for one partition: the run must end or be cancelled first (exit 1).
                     return Err(keel_engine::EngineError::RunActive {
@@ -267,9 +318,19 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
                     }
                     .into());
                 }
-                Some(_) => with_runs.push(partition.clone()),
+                Some(_) => with_runs.push((partition.clone(), tasks.clone())),
+                None if args.failed => {}
                 None => without.push(partition.clone()),
             }
+        }
+        with_runs.retain(|(_, tasks)| !tasks.is_empty());
+        if with_runs.is_empty() && args.failed {
+            println!(
+                "no failed or degraded partition from {} to {}; nothing to retry",
+                partitions[0],
+                partitions[partitions.len() - 1]
+            );
+            return Ok(0);
         }
         if with_runs.is_empty() {
             return Err(Exit::usage(format!(
@@ -286,31 +347,15 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
             );
         }
     } else {
-        with_runs = partitions;
+        with_runs = partitions
+            .into_iter()
+            .map(|partition| (partition, tasks.clone()))
+            .collect();
     }
     let mut engine = build_engine(spec, &paths, store)?;
     let mut runs = Vec::new();
-    for partition in &with_runs {
-        let run = engine
-            .retry(partition, &tasks)
-            .await
-            .map_err(|error| match error {
-                keel_engine::EngineError::UnknownTask { .. }
-                | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
-                other => other.into(),
-            })?;
-        eprintln!(
-            "retrying {} in run {run} of partition {partition}, and everything downstream",
-            tasks.join(", ")
-        );
-        let created_with = display::printable(&engine.store().run(run).await?.version);
-        let version = engine.spec().version();
-        if created_with != version {
-            eprintln!(
-                "the pipeline file changed since run {run} was created (version {created_with}); the retried tasks run version {version}"
-            );
-        }
-        runs.push(run);
+    for (partition, tasks) in &with_runs {
+        runs.push(retry_one(&mut engine, partition, tasks).await?);
     }
     engine.set_shutdown_grace(grace);
     let not_run = without
@@ -320,51 +365,120 @@ async fn retry(state_url: Option<&str>, args: RetryArgs) -> Result<u8> {
     execute_and_report(&mut engine, &runs, not_run, grace, ranged).await
 }
 
-async fn cancel(state_url: Option<&str>, args: CancelArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
-    // Settling the cancel may start the engine, which needs the env files: a broken one is
-    // refused before the request is stored, not after.
-    state::load_env_files(&spec, &args.pipeline.pipeline)?;
-    let partition = state::check_partition(&spec, &args.partition)?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+/// Resets `tasks` of the partition's newest run (and their downstream) to run again.
+async fn retry_one(
+    engine: &mut ProcessEngine,
+    partition: &str,
+    tasks: &[String],
+) -> Result<keel_model::RunId> {
+    let run = engine
+        .retry(partition, tasks)
+        .await
+        .map_err(|error| match error {
+            keel_engine::EngineError::UnknownTask { .. }
+            | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
+            other => other.into(),
+        })?;
+    eprintln!(
+        "retrying {} in run {run} of partition {partition}, and everything downstream",
+        tasks.join(", ")
+    );
+    let created_with = display::printable(&engine.store().run(run).await?.version);
+    let version = engine.spec().version();
+    if created_with != version {
+        eprintln!(
+            "the pipeline file changed since run {run} was created (version {created_with}); the retried tasks run version {version}"
+        );
+    }
+    Ok(run)
+}
+
+async fn cancel(state_url: Option<&str>, name: Option<&str>, args: CancelArgs) -> Result<u8> {
+    // A broken or missing pipeline file must not stop a cancel during an incident: the run is
+    // then settled with a stand-in spec without tasks, which a cancel may always do.
+    let state::ForReading {
+        mut spec,
+        paths,
+        without_file,
+    } = state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
+    if !without_file {
+        // Settling the cancel may start the engine, which needs the env files: a broken one is
+        // refused before the request is stored, not after.
+        state::load_env_files(&spec, &args.pipeline.pipeline)?;
+    }
+    let partitions = match (&args.partition, &args.range.from, &args.range.to) {
+        (Some(partition), _, _) => vec![state::check_partition(&spec, partition)?],
+        (None, Some(from), Some(to)) => state::date_range(&spec, from, to)?,
+        _ => {
+            return Err(Exit::usage(
+                "keel cancel needs --partition D or --from D --to D",
+            ));
+        }
+    };
+    let ranged = args.range.from.is_some();
     let store = paths
         .open_existing()?
-        .ok_or_else(|| state::no_run_of_partition(&partition))?;
-    let run = store
-        .latest_run(&spec.name, &partition)
-        .await?
-        .ok_or_else(|| state::no_run_of_partition(&partition))?;
-    if run.state.is_finished() {
-        println!(
-            "run {} of partition {partition} already finished as {}; nothing to cancel",
-            run.id, run.state
-        );
+        .ok_or_else(|| state::no_runs_yet(&spec))?;
+    let mut runs = Vec::new();
+    for partition in &partitions {
+        let Some(run) = store.latest_run(&spec.name, partition).await? else {
+            if !ranged {
+                return Err(state::no_run_of_partition(partition));
+            }
+            continue;
+        };
+        if run.state.is_finished() {
+            println!(
+                "run {} of partition {partition} already finished as {}; nothing to cancel",
+                run.id, run.state
+            );
+        } else if !args.failed || !failed_tasks(&store, run.id).await?.is_empty() {
+            runs.push(run);
+        }
+    }
+    if runs.is_empty() {
+        if ranged || args.failed {
+            println!("no run to cancel");
+        }
         return Ok(0);
     }
-    store.request_cancel(run.id, state::now_millis()).await?;
+    for run in &runs {
+        store.request_cancel(run.id, state::now_millis()).await?;
+    }
+    let ids: Vec<keel_model::RunId> = runs.iter().map(|run| run.id).collect();
     match paths.lock() {
         Ok(_lock) => {
-            // Nobody is executing the run: settle it here, stopping any attempt left running.
+            // Nobody is executing the runs: settle them here, stopping any attempt left running.
+            if without_file {
+                for run in &ids {
+                    state::stand_in_tasks(&mut spec, &store.task_runs(*run).await?);
+                }
+            }
             let mut engine = build_engine(spec, &paths, store.clone())?;
-            engine
-                .execute(&[run.id], keel_engine::Shutdown::never())
-                .await?;
+            engine.execute(&ids, keel_engine::Shutdown::never()).await?;
         }
         Err(_) => {
-            // The keel that runs it sees the request within a second; wait for it to finish.
+            // The keel that runs them sees the request within a second; wait for it to finish.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !store.run(run.id).await?.state.is_finished() {
-                if std::time::Instant::now() > deadline {
-                    bail!(
-                        "asked the running keel to cancel run {}, but it has not finished after 60s",
-                        run.id
-                    );
+            for run in &ids {
+                while !store.run(*run).await?.state.is_finished() {
+                    if std::time::Instant::now() > deadline {
+                        bail!(
+                            "asked the running keel to cancel run {run}, but it has not finished after 60s"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
-    let state = store.run(run.id).await?.state;
-    println!("run {} of partition {partition} is {state}", run.id);
+    for run in &runs {
+        let state = store.run(run.id).await?.state;
+        println!(
+            "run {} of partition {} is {state}",
+            run.id,
+            display::printable(&run.partition)
+        );
+    }
     Ok(0)
 }

@@ -293,11 +293,15 @@ pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
             (finished - record.created_at).max(0) as u64
         ))
     });
+    let state = match &run.accepted {
+        Some(accepted) => format!("{} (accepted {})", record.state, printable(accepted)),
+        None => record.state.to_string(),
+    };
     println!(
         "run {} · partition {} · {}{}{}",
         record.id,
         printable(&record.partition),
-        record.state,
+        state,
         elapsed
             .map(|elapsed| format!(" · {elapsed}"))
             .unwrap_or_default(),
@@ -392,6 +396,7 @@ pub fn range_summary(states: &[Option<RunState>]) -> String {
     let order = [
         RunState::Succeeded,
         RunState::Degraded,
+        RunState::Partial,
         RunState::Failed,
         RunState::Cancelled,
         RunState::Running,
@@ -426,7 +431,10 @@ pub fn print_run_list(runs: &[keel_store::RunView]) {
         "message",
     ]);
     for keel_store::RunView {
-        record: run, tasks, ..
+        record: run,
+        tasks,
+        accepted,
+        ..
     } in runs
     {
         let done = tasks
@@ -442,7 +450,10 @@ pub fn print_run_list(runs: &[keel_store::RunView]) {
         table.add_row([
             run.id.to_string(),
             printable(&run.partition),
-            run.state.to_string(),
+            match accepted {
+                Some(_) => format!("{} (accepted)", run.state),
+                None => run.state.to_string(),
+            },
             format!("{done}/{}", tasks.len()),
             bad.to_string(),
             printable(run.message.as_deref().unwrap_or_default()),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::Exit;
 use crate::args::{EventsArgs, HistoryArgs, LogsArgs, RangeArgs, StatusArgs};
 use crate::display::{self, printable};
-use crate::state::{self, StatePaths};
+use crate::state;
 
 /// Rows `status` and `history` show when neither `--limit` nor a range is given.
 const DEFAULT_LIMIT: u32 = 20;
@@ -85,15 +85,15 @@ fn resources_json(view: &StatusView) -> Value {
         .collect()
 }
 
-pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArgs) -> Result<u8> {
+    let state::ForReading { spec, paths, .. } =
+        state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
     let partition = args
         .partition
         .as_deref()
         .map(|partition| state::check_partition(&spec, partition))
         .transpose()?;
     let range = range(&spec, &args.range)?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let Some(store) = paths.open_for_reading()? else {
         if let Some(run) = args.run {
             return Err(no_such_run(&spec, RunId(run)));
@@ -145,14 +145,18 @@ pub async fn status(state_url: Option<&str>, args: StatusArgs) -> Result<u8> {
             .iter()
             .map(|run| {
                 let record = &run.record;
-                json!({
+                let mut entry = json!({
                     "id": record.id.0,
                     "partition": record.partition,
                     "state": record.state.as_str(),
                     "version": record.version,
                     "message": record.message,
                     "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
-                })
+                });
+                if let Some(accepted) = &run.accepted {
+                    entry["accepted"] = accepted.clone().into();
+                }
+                entry
             })
             .collect();
         let mut document = json!({ "runs": runs });
@@ -215,17 +219,23 @@ pub fn split_pipeline(args: &[String]) -> (PathBuf, Vec<String>) {
     }
 }
 
-/// The one task named by `[PIPELINE] TASK`, which must be one of the pipeline's.
-fn pipeline_and_task(args: &[String], usage: &str) -> Result<(PathBuf, PipelineSpec, String)> {
+/// The one task named by `[PIPELINE] TASK`, which must be one of the pipeline's (unless the
+/// pipeline file cannot be read, when the state alone says which tasks there are).
+async fn pipeline_and_task(
+    state_url: Option<&str>,
+    name: Option<&str>,
+    args: &[String],
+    usage: &str,
+) -> Result<(state::ForReading, String)> {
     let (pipeline, rest) = split_pipeline(args);
     let [task] = rest.as_slice() else {
         return Err(Exit::usage(format!("usage: {usage}")));
     };
-    let spec = state::load_pipeline(&pipeline)?;
-    if spec.task(task).is_none() {
-        return Err(unknown_task(&spec, task));
+    let reading = state::pipeline_for_reading(state_url, &pipeline, name).await?;
+    if !reading.without_file && reading.spec.task(task).is_none() {
+        return Err(unknown_task(&reading.spec, task));
     }
-    Ok((pipeline, spec, task.clone()))
+    Ok((reading, task.clone()))
 }
 
 /// An unknown task: the closest name, if one is close, and every name the pipeline has.
@@ -241,13 +251,15 @@ fn unknown_task(spec: &PipelineSpec, task: &str) -> anyhow::Error {
     ))
 }
 
-pub async fn history(state_url: Option<&str>, args: HistoryArgs) -> Result<u8> {
-    let (pipeline, spec, task) = pipeline_and_task(
+pub async fn history(state_url: Option<&str>, name: Option<&str>, args: HistoryArgs) -> Result<u8> {
+    let (state::ForReading { spec, paths, .. }, task) = pipeline_and_task(
+        state_url,
+        name,
         &args.args,
         "keel history [PIPELINE] TASK [--from D --to D] [--all] [--json]",
-    )?;
+    )
+    .await?;
     let range = range(&spec, &args.range)?;
-    let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let view = match paths.open_for_reading()? {
         None => StatusView::default(),
         Some(store) => {
@@ -287,12 +299,15 @@ pub async fn history(state_url: Option<&str>, args: HistoryArgs) -> Result<u8> {
     if view.runs.is_empty() {
         println!("task {task} has not run yet");
     } else {
-        println!(
-            "task {task} · phase {}",
-            spec.task(&task)
-                .map(|task| task.phase.as_str())
-                .unwrap_or_default()
-        );
+        // The phase the task had when it last ran: the file may be missing.
+        let phase = view
+            .runs
+            .iter()
+            .flat_map(|run| run.tasks.iter())
+            .map(|row| row.phase.as_str())
+            .next()
+            .unwrap_or_default();
+        println!("task {task} · phase {}", printable(phase));
         display::print_history(&view.runs, now);
     }
     if let Some(note) =
@@ -409,15 +424,15 @@ fn print_event(
     Ok(())
 }
 
-pub async fn events(state_url: Option<&str>, args: EventsArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+pub async fn events(state_url: Option<&str>, name: Option<&str>, args: EventsArgs) -> Result<u8> {
+    let state::ForReading { spec, paths, .. } =
+        state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
     let partition = args
         .partition
         .as_deref()
         .map(|partition| state::check_partition(&spec, partition))
         .transpose()?;
     let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let Some(store) = paths.open_for_reading()? else {
         if let Some(run) = args.run {
             return Err(no_such_run(&spec, RunId(run)));
@@ -470,9 +485,10 @@ pub async fn events(state_url: Option<&str>, args: EventsArgs) -> Result<u8> {
     }
 }
 
-pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
+pub async fn logs(state_url: Option<&str>, name: Option<&str>, args: LogsArgs) -> Result<u8> {
     let usage = "keel logs [PIPELINE] TASK [--partition D | --run ID] [--attempt N | --sensor]";
-    let (pipeline, spec, task) = pipeline_and_task(&args.args, usage)?;
+    let (state::ForReading { spec, paths, .. }, task) =
+        pipeline_and_task(state_url, name, &args.args, usage).await?;
     let partition = args
         .partition
         .as_deref()
@@ -483,7 +499,6 @@ pub async fn logs(state_url: Option<&str>, args: LogsArgs) -> Result<u8> {
             "task {task:?} has no sensor (`wait_for`); leave out --sensor to see its attempts' output"
         )));
     }
-    let paths = StatePaths::resolve(state_url, &spec, &pipeline)?;
     let store = paths
         .open_for_reading()?
         .ok_or_else(|| match (args.run, &partition) {

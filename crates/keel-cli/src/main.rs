@@ -3,6 +3,20 @@
 //! It holds no scheduling logic of its own. It must not speak SQL or start task processes
 //! directly; those belong to keel-store and keel-exec.
 
+// Shadows the standard printing macros for the whole crate (see `output`): a closed pipe or
+// terminal drops the text instead of panicking.
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*), true) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), false) };
+}
+
 mod args;
 mod bench;
 mod commands;
@@ -10,6 +24,8 @@ mod demo;
 mod display;
 mod hints;
 mod inspect;
+mod operations;
+mod output;
 mod report;
 mod serve;
 mod setup;
@@ -83,23 +99,6 @@ fn main() -> ExitCode {
         return ExitCode::from(keel_exec::attempt_main(&raw[2..]) as u8);
     }
     let cli = args::Cli::parse();
-    // The commands that only print stop quietly when whatever reads their output goes away
-    // (`keel events | head`), as other Unix tools do, instead of panicking on the broken pipe.
-    // The commands that run tasks keep ignoring SIGPIPE: a closed pipe must not kill a Keel that
-    // is orchestrating attempts.
-    if matches!(
-        cli.command,
-        args::Command::Validate(_)
-            | args::Command::Status(_)
-            | args::Command::History(_)
-            | args::Command::Events(_)
-            | args::Command::Logs(_)
-    ) {
-        // SAFETY: at start-up, before any other thread exists; it restores the default action.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,6 +112,10 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
+            // The reader went away (`keel events | head`): what it wanted, it has.
+            if output::is_closed_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
             let (text, code) = report::render(&error);
             eprint!("{text}");
             ExitCode::from(code)

@@ -415,6 +415,133 @@ pub fn now_millis() -> keel_model::Millis {
     keel_engine::SystemClock.now()
 }
 
+/// What a command that reads the state (or cancels a run) knows of the pipeline.
+pub struct ForReading {
+    pub spec: PipelineSpec,
+    pub paths: StatePaths,
+    /// The pipeline file is missing or does not validate: `spec` is a stand-in with the name
+    /// from the state and no tasks, so nothing may be checked against its tasks.
+    pub without_file: bool,
+}
+
+/// Loads the pipeline for `status`, `logs`, `events`, `history` and `cancel`. During an incident
+/// a broken or missing `keel.toml` must not lock anyone out of the state: such a file gives a
+/// warning (its first error) and a stand-in spec instead of a refusal. The stand-in takes
+/// `name`, `timezone`, `partition` and `state` from the file where its TOML still reads, and
+/// the pipeline's name from `--pipeline-name`, else from the state if it holds exactly one.
+pub async fn pipeline_for_reading(
+    state_url: Option<&str>,
+    path: &Path,
+    pipeline_name: Option<&str>,
+) -> Result<ForReading> {
+    let error = match load_pipeline(path) {
+        Ok(spec) => {
+            let paths = StatePaths::resolve(state_url, &spec, path)?;
+            return Ok(ForReading {
+                spec,
+                paths,
+                without_file: false,
+            });
+        }
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    let first = message.lines().next().unwrap_or_default();
+    eprintln!(
+        "warning: {} does not validate ({first}); reading the state without it",
+        path.display()
+    );
+    let raw: Option<toml::Table> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse().ok());
+    let field = |name: &str| {
+        raw.as_ref()
+            .and_then(|table| table.get("pipeline")?.get(name)?.as_str())
+            .map(str::to_string)
+    };
+    let timezone = field("timezone")
+        .filter(|zone| zone.parse::<chrono_tz::Tz>().is_ok())
+        .unwrap_or_else(|| "UTC".into());
+    let mut spec = PipelineSpec {
+        name: String::new(),
+        timezone,
+        partition: match field("partition").as_deref() {
+            Some("none") => PartitionKind::None,
+            _ => PartitionKind::Date,
+        },
+        state: field("state"),
+        concurrency: 1,
+        phases: Vec::new(),
+        tasks: Vec::new(),
+        resources: Vec::new(),
+        schedule: None,
+        max_active_partitions: None,
+    };
+    let paths = StatePaths::resolve(state_url, &spec, path)?;
+    spec.name = match pipeline_name {
+        Some(name) => name.to_string(),
+        None => name_from_state(&paths, field("name")).await?,
+    };
+    Ok(ForReading {
+        spec,
+        paths,
+        without_file: true,
+    })
+}
+
+/// The pipeline the state holds, when the file cannot say: the only one, or the one the file's
+/// TOML still names among several.
+async fn name_from_state(paths: &StatePaths, named_in_file: Option<String>) -> Result<String> {
+    let names = match paths.open_for_reading()? {
+        Some(store) => store.pipelines().await?,
+        None => Vec::new(),
+    };
+    match (names.as_slice(), named_in_file) {
+        ([only], _) => Ok(only.clone()),
+        (_, Some(name)) if names.contains(&name) || names.is_empty() => Ok(name),
+        ([], None) => Err(Exit::usage(format!(
+            "the state {} holds no runs, and the pipeline file cannot name its pipeline; fix the file or pass --pipeline-name NAME",
+            paths.database.display()
+        ))),
+        (_, _) => Err(Exit::usage(format!(
+            "the state {} holds several pipelines ({}); say which with --pipeline-name NAME",
+            paths.database.display(),
+            names.join(", ")
+        ))),
+    }
+}
+
+/// Gives a stand-in spec the run's own tasks, as the state recorded them, so that settling a
+/// cancel without the pipeline file stops their live attempts and cancels the rest. The tasks
+/// never launch: a cancelling run starts nothing.
+pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecord]) {
+    for task in tasks {
+        if spec.tasks.iter().any(|known| known.name == task.task) {
+            continue;
+        }
+        if !spec.phases.iter().any(|phase| phase.name == task.phase) {
+            spec.phases.push(keel_model::PhaseSpec {
+                name: task.phase.clone(),
+                after: Vec::new(),
+                gate: None,
+            });
+        }
+        spec.tasks.push(keel_model::TaskSpec {
+            name: task.task.clone(),
+            phase: task.phase.clone(),
+            command: vec!["false".into()],
+            after: Vec::new(),
+            timeout: std::time::Duration::from_secs(60),
+            retries: keel_model::RetryPolicy::default(),
+            heartbeat: None,
+            deadline: std::time::Duration::from_secs(60),
+            uses: Vec::new(),
+            wait_for: None,
+            context: keel_model::TaskContext::default(),
+        });
+    }
+}
+
 /// A partition that has no run yet, asked for by a command that needs one (exit 2, as for any
 /// name that does not exist).
 pub fn no_run_of_partition(partition: &str) -> anyhow::Error {

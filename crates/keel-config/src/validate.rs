@@ -44,6 +44,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "schedule",
     "schedule_partition",
     "catchup",
+    "max_active_partitions",
 ];
 const PIPELINE_LATER: &[&str] = &[];
 const CATCHUP_KINDS: &[&str] = &["all", "latest", "none"];
@@ -248,6 +249,7 @@ struct RawPipeline {
     schedule_partition: Option<i64>,
     catchup: Option<Catchup>,
     schedule_spec: Option<ScheduleSpec>,
+    max_active_partitions: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -793,6 +795,9 @@ impl Checker<'_> {
                         None => None,
                     };
                 }
+                "max_active_partitions" => {
+                    raw.max_active_partitions = self.positive_integer(value, field, PATH);
+                }
                 _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
                 _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
             }
@@ -1315,6 +1320,7 @@ fn build_spec(
         partition: pipeline.partition.unwrap_or(PartitionKind::Date),
         state: pipeline.state,
         schedule: pipeline.schedule_spec,
+        max_active_partitions: pipeline.max_active_partitions,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

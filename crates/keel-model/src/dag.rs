@@ -307,6 +307,7 @@ mod tests {
             ],
             resources: vec![],
             schedule: None,
+            max_active_partitions: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -352,6 +353,7 @@ mod tests {
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
             resources: vec![],
             schedule: None,
+            max_active_partitions: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -383,6 +385,7 @@ mod tests {
                 .collect(),
             resources: vec![],
             schedule: None,
+            max_active_partitions: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -95,22 +95,29 @@ named_enum!(
         Degraded => "degraded",
         Failed => "failed",
         Cancelled => "cancelled",
+        Partial => "partial",
     }
 );
 
 impl RunState {
-    /// Whether the run has ended and will do no more work unless rerun.
+    /// Whether the run has ended and will do no more work unless rerun. A `partial` run (one
+    /// `keel run --only` left tasks out of) has ended too: only a plain `keel run` of its
+    /// partition takes it up again, to run what was left out.
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            RunState::Succeeded | RunState::Degraded | RunState::Failed | RunState::Cancelled
+            RunState::Succeeded
+                | RunState::Degraded
+                | RunState::Failed
+                | RunState::Cancelled
+                | RunState::Partial
         )
     }
 
     /// The `keel run` exit code for a run that ended in this state (docs/cli.md).
     pub fn exit_code(self) -> i32 {
         match self {
-            RunState::Succeeded => 0,
+            RunState::Succeeded | RunState::Partial => 0,
             RunState::Degraded => 3,
             _ => 1,
         }
@@ -166,6 +173,8 @@ named_enum!(
         GateOpened => "gate_opened",
         GateFailed => "gate_failed",
         PipelineChanged => "pipeline_changed",
+        Accepted => "accepted",
+        Pruned => "pruned",
     }
 );
 

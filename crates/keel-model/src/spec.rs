@@ -31,6 +31,10 @@ pub struct PipelineSpec {
     /// schedule changes when runs start, not what they run.
     #[serde(skip)]
     pub schedule: Option<ScheduleSpec>,
+    /// `max_active_partitions`: at most this many partitions of a range run at once; the
+    /// others wait, in order. Not part of the version: it changes when runs go, not what.
+    #[serde(skip)]
+    pub max_active_partitions: Option<u32>,
 }
 
 /// `schedule`, `schedule_partition` and `catchup` of `[pipeline]`.

@@ -356,6 +356,9 @@ pub struct RunView {
     pub attempts: Vec<AttemptRecord>,
     /// What each attempt was, by id; see [`AttemptKind`].
     pub kinds: std::collections::BTreeMap<AttemptId, AttemptKind>,
+    /// Who accepted the run as it ended, and why (`keel accept`): the detail of its newest
+    /// `accepted` event since its state last changed.
+    pub accepted: Option<String>,
 }
 
 /// One task of one run, summed up from its attempts for `keel status` and `keel history`.

@@ -481,6 +481,58 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The finished runs of `pipeline` that finished before `before` and whose attempt
+    /// directories `keel gc` has not removed since they last changed state, oldest first.
+    pub async fn runs_to_prune(
+        &self,
+        pipeline: &str,
+        before: Millis,
+    ) -> StoreResult<Vec<RunRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            let finished: Vec<&str> = RunState::ALL
+                .iter()
+                .filter(|state| state.is_finished())
+                .map(|state| state.as_str())
+                .collect();
+            let runs = select_all(
+                transaction,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs r WHERE pipeline = ?1 AND finished_at < ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.run_id = r.id AND e.kind = ?3 \
+                     AND e.seq > coalesce((SELECT max(seq) FROM events s WHERE s.run_id = r.id \
+                     AND s.kind = ?4), 0)) ORDER BY id"
+                ),
+                params![
+                    pipeline,
+                    before,
+                    EventKind::Pruned.as_str(),
+                    EventKind::RunState.as_str()
+                ],
+                run_from_row,
+            )?;
+            Ok(runs
+                .into_iter()
+                .filter(|run| finished.contains(&run.state.as_str()))
+                .collect())
+        })
+        .await
+    }
+
+    /// The names of the pipelines that have runs in this state, by name: what the commands
+    /// that read fall back on when the pipeline file is missing or does not validate.
+    pub async fn pipelines(&self) -> StoreResult<Vec<String>> {
+        self.transact(|transaction| {
+            let mut statement =
+                transaction.prepare("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")?;
+            let names = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
     /// Runs `work` in one transaction on the blocking pool: an immediate one, which takes the
     /// write lock at once, unless the store is only read.
     async fn transact<T, F>(&self, work: F) -> StoreResult<T>
@@ -1234,11 +1286,25 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         .into_iter()
         .filter(|(id, _)| shown.contains(id))
         .collect();
+        let accepted = transaction
+            .query_row(
+                "SELECT detail FROM events WHERE run_id = ?1 AND kind = ?2 AND seq > \
+                 coalesce((SELECT max(seq) FROM events WHERE run_id = ?1 AND kind = ?3), 0) \
+                 ORDER BY seq DESC LIMIT 1",
+                params![
+                    record.id.0,
+                    EventKind::Accepted.as_str(),
+                    EventKind::RunState.as_str()
+                ],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?;
         runs.push(RunView {
             record,
             tasks,
             attempts,
             kinds,
+            accepted,
         });
     }
     let resources = resource_states_in(transaction, query.pipeline)?;

@@ -8,6 +8,7 @@ mod faults;
 mod hardening;
 mod history;
 mod messages;
+mod operations;
 mod reconcile_crash;
 mod serve;
 mod shutdown;

@@ -813,3 +813,29 @@ command = ["true"]
 "#
     ));
 }
+
+#[test]
+fn bad_max_active_partitions() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+max_active_partitions = 0
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+max_active_partitions = "2"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+}

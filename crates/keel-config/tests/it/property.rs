@@ -259,6 +259,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     partition,
                     state: None,
                     schedule: None,
+                    max_active_partitions: None,
                     concurrency,
                     phases,
                     tasks,

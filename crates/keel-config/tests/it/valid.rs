@@ -177,6 +177,7 @@ after = ["player_game_summary", "scrape_injuries"]
         ],
         resources: vec![],
         schedule: None,
+        max_active_partitions: None,
     };
     assert_eq!(spec, expected);
 
@@ -341,6 +342,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         partition: PartitionKind::Date,
         state: None,
         schedule: None,
+        max_active_partitions: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {
@@ -715,6 +717,19 @@ command = ["true"]
     let mut rescheduled = spec.clone();
     rescheduled.schedule = None;
     assert_eq!(spec.version(), rescheduled.version());
+}
+
+#[test]
+fn max_active_partitions_is_read_and_left_out_of_the_version() {
+    let bounded = parse(
+        "[pipeline]\nname = \"hoops\"\nmax_active_partitions = 2\n\n[phases.scrape]\n[tasks.fetch]\nphase = \"scrape\"\ncommand = [\"true\"]\n",
+    );
+    let unbounded = parse(
+        "[pipeline]\nname = \"hoops\"\n\n[phases.scrape]\n[tasks.fetch]\nphase = \"scrape\"\ncommand = [\"true\"]\n",
+    );
+    assert_eq!(bounded.max_active_partitions, Some(2));
+    assert_eq!(unbounded.max_active_partitions, None);
+    assert_eq!(bounded.version(), unbounded.version());
 }
 
 /// The starter pipeline with every commented-out setting (`# key = …` and `# [table]` lines)

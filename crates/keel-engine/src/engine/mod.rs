@@ -64,7 +64,8 @@ pub struct LaunchContext {
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
     pub partitions: Vec<String>,
-    /// Run only these tasks; the rest of a new run is `skipped`.
+    /// Run only these tasks; the rest of a new run is `skipped` and the run ends `partial`
+    /// unless one of them fails; a plain run of a `partial` run runs what was left out.
     pub only: Vec<String>,
     /// Start a new run even if the partition already finished.
     pub rerun: bool,
@@ -338,6 +339,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.core.observer = Box::new(observer);
     }
 
+    /// At most this many partitions run at once (`--sequential` is 1), whatever the pipeline's
+    /// `max_active_partitions` says.
+    pub fn set_max_active_partitions(&mut self, limit: u32) {
+        Arc::make_mut(&mut self.core.spec).max_active_partitions = Some(limit.max(1));
+    }
+
     /// How long running attempts may finish after a drain is asked for.
     pub fn set_shutdown_grace(&mut self, grace: Duration) {
         self.core.config.shutdown_grace = grace;
@@ -377,6 +384,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 Some(run) if !run.state.is_finished() => {
                     self.take_up_pipeline_changes(&run).await?;
                     prepared.push(Prepared::Resumed(run.id))
+                }
+                Some(run) if run.state == RunState::Partial && !request.rerun => {
+                    if self.reopen_left_out(&run, &only).await? {
+                        prepared.push(Prepared::Resumed(run.id))
+                    } else {
+                        prepared.push(Prepared::AlreadyFinished(run))
+                    }
                 }
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
@@ -418,6 +432,44 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             tasks,
             at: self.clock.now(),
         }
+    }
+
+    /// Takes up the tasks `--only` left out of a `partial` run: those asked for now (every one
+    /// for a plain `keel run`) and what is downstream of them are reset to run, in one
+    /// transaction, as a retry resets them; those still left out stay so. Whether any was.
+    async fn reopen_left_out(
+        &mut self,
+        run: &RunRecord,
+        only: &[TaskIndex],
+    ) -> Result<bool, EngineError> {
+        let stored = self.store.task_runs(run.id).await?;
+        let in_run: Vec<TaskIndex> = stored
+            .iter()
+            .filter_map(|task| self.core.dag.index_of(&task.task))
+            .collect();
+        let left_out: Vec<TaskIndex> = stored
+            .iter()
+            .filter(|task| task.outcome == Some(Outcome::Skipped) && task.attempts == 0)
+            .filter_map(|task| self.core.dag.index_of(&task.task))
+            .collect();
+        let (roots, still_left_out): (Vec<TaskIndex>, Vec<TaskIndex>) = left_out
+            .into_iter()
+            .partition(|task| only.is_empty() || only.contains(task));
+        if roots.is_empty() {
+            return Ok(false);
+        }
+        let downstream: Vec<TaskIndex> = self
+            .core
+            .dag
+            .downstream_of(&roots)
+            .into_iter()
+            .filter(|task| in_run.contains(task) && !still_left_out.contains(task))
+            .collect();
+        let writes = self
+            .core
+            .retry_writes(run, &roots, &downstream, "left out by --only");
+        self.store.commit(writes, self.clock.now()).await?;
+        Ok(true)
     }
 
     /// Before an unfinished run is resumed with a pipeline file that changed since it started:
@@ -503,7 +555,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if !added.is_empty() {
             self.store.add_tasks(run.id, added, now).await?;
         }
-        let writes = self.core.retry_writes(&run, &roots, &downstream);
+        let writes = self
+            .core
+            .retry_writes(&run, &roots, &downstream, "manual retry");
         self.store.commit(writes, now).await?;
         Ok(run.id)
     }

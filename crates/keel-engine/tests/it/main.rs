@@ -206,6 +206,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         tasks,
         resources: vec![],
         schedule: None,
+        max_active_partitions: None,
     }
 }
 

@@ -33,6 +33,10 @@ impl Core {
             if active.remaining[task] > 0 || not_due {
                 continue;
             }
+            if !self.partition_may_start(book, run_index) {
+                book.held_for_partitions.push((run_index, task));
+                continue;
+            }
             if self.spec.tasks[task].wait_for.is_some()
                 && !active.sensor_ready[task]
                 && active.slots[task].attempts == 0
@@ -46,6 +50,20 @@ impl Core {
             picked.push((run_index, task));
         }
         picked
+    }
+
+    /// `max_active_partitions`: a run may start tasks only while fewer than that many runs
+    /// before it (in the order they were handed to the engine, partition order for a range) are
+    /// unfinished; the ones after it wait for them, so partitions start in order.
+    fn partition_may_start(&self, book: &Book, run_index: usize) -> bool {
+        let Some(limit) = self.spec.max_active_partitions else {
+            return true;
+        };
+        let unfinished_before = book.runs[..run_index]
+            .iter()
+            .filter(|earlier| !earlier.finished)
+            .count();
+        unfinished_before < limit as usize
     }
 
     pub(crate) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {

@@ -155,6 +155,9 @@ pub(super) struct ActiveRun {
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,
+    /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
+    /// that the run ends `partial` and a plain `keel run` runs them.
+    pub left_out: Vec<TaskIndex>,
 }
 
 /// An attempt that is running (or being launched): where it belongs and its lease epoch.
@@ -201,6 +204,8 @@ pub(super) struct Book {
     pub breaker_waiters: Vec<VecDeque<(usize, TaskIndex)>>,
     /// Per resource: when its breaker waiters are next woken, if a wake is scheduled.
     pub breaker_wake: Vec<Option<Millis>>,
+    /// Ready tasks of runs beyond `max_active_partitions`: queued again when a run ends.
+    pub held_for_partitions: Vec<(usize, TaskIndex)>,
     /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
     pub given_up: Vec<(usize, TaskIndex, String)>,
     /// Permits taken for tasks picked to start, until their claim is known.
@@ -264,6 +269,7 @@ impl Book {
             resource_waiters: vec![Vec::new(); count],
             breaker_waiters: vec![VecDeque::new(); count],
             breaker_wake: vec![None; count],
+            held_for_partitions: Vec::new(),
             given_up: Vec::new(),
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
@@ -274,6 +280,13 @@ impl Book {
             followups: VecDeque::new(),
             now,
         }
+    }
+
+    /// A run ended, so a place among the partitions that may run at once is free: the tasks
+    /// that waited for one are judged again.
+    pub fn release_partition_waiters(&mut self) {
+        let held = std::mem::take(&mut self.held_for_partitions);
+        self.ready.extend(held);
     }
 
     /// Stops every running attempt; each reports its end as usual.

@@ -37,6 +37,7 @@ impl Core {
             sensor_errors: vec![0; tasks],
             done: 0,
             cancelling: false,
+            left_out: Vec::new(),
         };
         for task in stored {
             let Some(index) = self.dag.index_of(&task.task) else {
@@ -51,6 +52,9 @@ impl Core {
                 losses: 0,
                 not_before: task.not_before,
             };
+            if task.outcome == Some(Outcome::Skipped) && task.attempts == 0 {
+                active.left_out.push(index);
+            }
             active.sensor_polls[index] = task.sensor_polls;
             active.sensor_errors[index] = task.sensor_errors;
             // Running and owed a rerun: it runs again when it ends.

@@ -162,6 +162,7 @@ impl Core {
         run: &RunRecord,
         roots: &[TaskIndex],
         downstream: &[TaskIndex],
+        why: &str,
     ) -> Vec<Write> {
         let because = roots
             .iter()
@@ -181,7 +182,7 @@ impl Core {
         };
         let mut changes: Vec<Change> = roots
             .iter()
-            .map(|root| reset(*root, "manual retry".into()))
+            .map(|root| reset(*root, why.to_string()))
             .chain(
                 downstream
                     .iter()

@@ -410,6 +410,11 @@ impl Core {
                 RunState::Cancelled,
                 Some("cancelled on request".to_string()),
             )
+        } else if not_complete.is_empty() && !active.left_out.is_empty() {
+            (
+                RunState::Partial,
+                Some(self.left_out_message(&active.left_out)),
+            )
         } else if not_complete.is_empty() {
             (RunState::Succeeded, None)
         } else if missing.len() == not_complete.len() {
@@ -448,7 +453,18 @@ impl Core {
             partition: active.record.partition.clone(),
             state,
         });
+        book.release_partition_waiters();
         Ok(())
+    }
+
+    /// Why a run ended `partial`: the tasks `--only` left out, and what runs them.
+    fn left_out_message(&self, left_out: &[TaskIndex]) -> String {
+        let names: Vec<&str> = left_out.iter().map(|task| self.dag.name(*task)).collect();
+        format!(
+            "{} left out by --only: {}; a plain `keel run` of the partition runs them",
+            names.len(),
+            names.join(", ")
+        )
     }
 
     pub(crate) fn begin_cancel(

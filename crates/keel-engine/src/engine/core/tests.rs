@@ -61,6 +61,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         tasks: vec![task("a", "p0", 3), task("b", "p1", 1), task("c", "p2", 1)],
         resources: vec![],
         schedule: None,
+        max_active_partitions: None,
     };
     let mut spec = spec;
     let mut config = EngineConfig {
