@@ -418,7 +418,10 @@ async fn cancel(state_url: Option<&str>, name: Option<&str>, args: CancelArgs) -
     let ranged = args.range.from.is_some();
     let store = paths
         .open_existing()?
-        .ok_or_else(|| state::no_runs_yet(&spec))?;
+        .ok_or_else(|| match &args.partition {
+            Some(_) if !ranged => state::no_run_of_partition(&partitions[0]),
+            _ => state::no_runs_yet(&spec),
+        })?;
     let mut runs = Vec::new();
     for partition in &partitions {
         let Some(run) = store.latest_run(&spec.name, partition).await? else {

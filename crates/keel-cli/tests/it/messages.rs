@@ -280,7 +280,7 @@ fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
             !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
             "keel {args:?}: {stderr}"
         );
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "keel {args:?}");
+        // What the reader wanted, it has: a command that only prints ends with exit 0.
+        assert_eq!(output.status.code(), Some(0), "keel {args:?}");
     }
 }

@@ -199,9 +199,9 @@ command = ["sh", "-c", "echo hello from keel"]
     let ambiguous = keel_in(dir, &["status"]);
     assert_eq!(ambiguous.code, Some(2), "{}", ambiguous.transcript());
     assert!(
-        ambiguous
-            .stderr
-            .contains("holds several pipelines (ops, other); say which with --pipeline-name NAME"),
+        ambiguous.stderr.contains(
+            "holds several pipelines (ops, other)\nhint: say which with --pipeline-name NAME"
+        ),
         "{}",
         ambiguous.transcript()
     );
@@ -521,7 +521,7 @@ fn accept_records_who_and_why_a_degraded_run_is_acceptable() {
     assert_eq!(refused.code, Some(2), "{}", refused.transcript());
     assert_eq!(
         refused.stderr,
-        "run 3 of partition 2026-01-20 is succeeded; only a degraded run can be accepted\n"
+        "error: run 3 of partition 2026-01-20 is succeeded\nhint: only a degraded run can be accepted\n"
     );
     let none = keel_as(dir, "alice", &["accept", "--partition", "2026-01-21"]);
     assert_eq!(none.code, Some(2), "{}", none.transcript());
