@@ -25,8 +25,31 @@ fn faketime_available() -> bool {
     found
 }
 
+/// A `keel serve` this test started (under faketime or not). Dropped, it is killed with
+/// everything faketime started, so a failing test leaves nothing running.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let path = format!("/proc/{}/task/{}/children", self.0.id(), self.0.id());
+            for pid in std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: killing a process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `keel serve` under faketime, starting at `start` (UTC) with the clock 7,200 times as fast.
-fn spawn_serve(dir: &Path, start: &str, log: &str) -> Child {
+fn spawn_serve(dir: &Path, start: &str, log: &str) -> Served {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Command::new("faketime")
         .arg("-f")
@@ -39,6 +62,7 @@ fn spawn_serve(dir: &Path, start: &str, log: &str) -> Child {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(Served)
         .unwrap()
 }
 
@@ -57,11 +81,11 @@ fn keel_under(faketime: &Child) -> i32 {
 }
 
 /// SIGKILL to the `keel serve` under `faketime`, then waits for both to end.
-fn kill_keel(faketime: &mut Child) {
-    let keel = keel_under(faketime);
+fn kill_keel(faketime: &mut Served) {
+    let keel = keel_under(&faketime.0);
     // SAFETY: killing the process this test started.
     unsafe { libc::kill(keel, libc::SIGKILL) };
-    faketime.wait().unwrap();
+    faketime.0.wait().unwrap();
 }
 
 fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
@@ -229,6 +253,7 @@ command = ["sh", "-c", "exit 65"]
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(Served)
         .unwrap();
     wait_for("keel serve to start", Duration::from_secs(30), || {
         std::fs::read_to_string(root.join("serve.log"))
@@ -268,8 +293,8 @@ command = ["sh", "-c", "exit 65"]
     });
     // SIGTERM stops serve cleanly.
     // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let code = serve.wait().unwrap().code();
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let code = serve.0.wait().unwrap().code();
     assert_eq!(
         code,
         Some(0),
