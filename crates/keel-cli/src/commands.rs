@@ -204,22 +204,39 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
         only: args.only,
         rerun: args.rerun,
     };
-    let prepared = engine
-        .prepare(&request)
-        .await
-        .map_err(|error| match error {
-            keel_engine::EngineError::UnknownTask { .. }
-            | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
-            other => other.into(),
-        })?;
     let ranged = args.partitions.from.is_some();
+    let (runs, finished) = prepare_runs(&mut engine, &request, true).await?;
+    if runs.is_empty() {
+        if ranged {
+            print_range_summary(&finished);
+        }
+        return Ok(exit_code(&finished));
+    }
+    engine.set_shutdown_grace(grace);
+    execute_and_report(&mut engine, &runs, finished, grace, ranged).await
+}
+
+/// Asks the engine for the runs `request` needs: those to execute, and the partitions that
+/// already finished (said on stdout). `say_resumed` notes a resumed run on stderr.
+pub(crate) async fn prepare_runs(
+    engine: &mut ProcessEngine,
+    request: &RunRequest,
+    say_resumed: bool,
+) -> Result<(Vec<keel_model::RunId>, Finished)> {
+    let prepared = engine.prepare(request).await.map_err(|error| match error {
+        keel_engine::EngineError::UnknownTask { .. }
+        | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
+        other => other.into(),
+    })?;
     let mut runs = Vec::new();
     let mut finished = Vec::new();
     for decision in prepared {
         match decision {
             Prepared::Created(run) => runs.push(run),
             Prepared::Resumed(run) => {
-                eprintln!("resuming unfinished run {run}");
+                if say_resumed {
+                    eprintln!("resuming unfinished run {run}");
+                }
                 runs.push(run);
             }
             Prepared::AlreadyFinished(record) => {
@@ -233,14 +250,7 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
             }
         }
     }
-    if runs.is_empty() {
-        if ranged {
-            print_range_summary(&finished);
-        }
-        return Ok(exit_code(&finished));
-    }
-    engine.set_shutdown_grace(grace);
-    execute_and_report(&mut engine, &runs, finished, grace, ranged).await
+    Ok((runs, finished))
 }
 
 /// `[PIPELINE]` alone, for `keel retry --failed`, which names no tasks.

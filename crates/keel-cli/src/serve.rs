@@ -11,7 +11,9 @@ use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::args::{RunArgs, ServeArgs};
-use crate::commands::{Finished, exit_code, parse_grace, print_range_summary, shutdown_on_signals};
+use crate::commands::{
+    Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
+};
 use crate::display::{self, printable};
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
@@ -174,32 +176,7 @@ pub async fn hand_over(state_url: Option<&str>, args: &RunArgs) -> Result<Option
         only: args.only.clone(),
         rerun: args.rerun,
     };
-    let prepared = engine
-        .prepare(&request)
-        .await
-        .map_err(|error| match error {
-            keel_engine::EngineError::UnknownTask { .. }
-            | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
-            other => other.into(),
-        })?;
-    let mut runs: Vec<RunId> = Vec::new();
-    let mut finished: Finished = Vec::new();
-    for decision in prepared {
-        match decision {
-            keel_engine::Prepared::Created(run) | keel_engine::Prepared::Resumed(run) => {
-                runs.push(run)
-            }
-            keel_engine::Prepared::AlreadyFinished(record) => {
-                println!(
-                    "partition {} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
-                    printable(&record.partition),
-                    record.state,
-                    record.id
-                );
-                finished.push((record.partition, Some(record.state)));
-            }
-        }
-    }
+    let (runs, mut finished) = prepare_runs(&mut engine, &request, false).await?;
     let ranged = args.partitions.from.is_some();
     if args.detach {
         for run in &runs {
