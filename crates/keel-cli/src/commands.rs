@@ -188,10 +188,10 @@ pub(crate) fn print_range_summary(finished: &Finished) {
 
 pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
-    if let Some(code) = crate::serve::hand_over(state_url, &args).await? {
+    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
+    if let Some(code) = crate::serve::hand_over(state_url, &spec, &args).await? {
         return Ok(code);
     }
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let partitions = state::partitions(&spec, &args.partitions)?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;

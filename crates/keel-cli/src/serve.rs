@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keel_engine::{Progress, RunRequest};
-use keel_model::RunId;
+use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
@@ -157,20 +157,23 @@ fn held_by_serve(paths: &StatePaths) -> bool {
 
 /// `keel run` when the runs go to a serving Keel: with `--detach`, or because one holds the
 /// state. Returns `None` when neither applies and the caller runs them itself.
-pub async fn hand_over(state_url: Option<&str>, args: &RunArgs) -> Result<Option<u8>> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
+pub async fn hand_over(
+    state_url: Option<&str>,
+    spec: &PipelineSpec,
+    args: &RunArgs,
+) -> Result<Option<u8>> {
+    let paths = StatePaths::resolve(state_url, spec, &args.pipeline.pipeline)?;
     let serving = held_by_serve(&paths);
     if !args.detach && !serving {
         return Ok(None);
     }
-    let partitions = state::partitions(&spec, &args.partitions)?;
+    let partitions = state::partitions(spec, &args.partitions)?;
     // Taking the lock makes the state directory if needed; a plain `keel run` holding it is
     // fine, the run only waits in the store for whoever takes it up.
     let _lock = if serving { None } else { paths.lock().ok() };
     let store = paths.open()?;
     let name = spec.name.clone();
-    let mut engine = build_engine(spec, &paths, store.clone())?;
+    let mut engine = build_engine(spec.clone(), &paths, store.clone())?;
     let request = RunRequest {
         partitions,
         only: args.only.clone(),

@@ -231,6 +231,22 @@ pub struct TaskChange {
     pub reason: String,
 }
 
+impl TaskChange {
+    /// Back to pending with a fresh retry budget, to run again: a manual retry, or a rerun owed
+    /// to a task that ran without a late upstream task.
+    pub fn reset(task: impl Into<String>, reason: impl Into<String>) -> TaskChange {
+        TaskChange {
+            task: task.into(),
+            state: TaskState::Pending,
+            outcome: None,
+            not_before: None,
+            message: None,
+            reset_retry_budget: true,
+            reason: reason.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub run: RunId,

@@ -430,15 +430,10 @@ impl Core {
                     slot.state = TaskState::Pending;
                     slot.outcome = None;
                     active.done -= 1;
-                    changes.push(Change::Task(TaskChange {
-                        task: self.dag.name(task).to_string(),
-                        state: TaskState::Pending,
-                        outcome: None,
-                        not_before: None,
-                        message: None,
-                        reset_retry_budget: true,
-                        reason: reason.clone(),
-                    }));
+                    changes.push(Change::Task(TaskChange::reset(
+                        self.dag.name(task),
+                        reason.clone(),
+                    )));
                 }
                 TaskState::Running => {
                     active.needs_rerun[task] = true;

@@ -85,15 +85,7 @@ impl Core {
             let reason = "an upstream task landed late while it ran; running again with it";
             let changes: Vec<TaskChange> = owed
                 .iter()
-                .map(|task| TaskChange {
-                    task: self.dag.name(*task).to_string(),
-                    state: TaskState::Pending,
-                    outcome: None,
-                    not_before: None,
-                    message: None,
-                    reset_retry_budget: true,
-                    reason: reason.into(),
-                })
+                .map(|task| TaskChange::reset(self.dag.name(*task), reason))
                 .collect();
             let run = active.record.id;
             write_tasks(&mut book.writes, run, changes);

@@ -170,15 +170,7 @@ impl Core {
             .collect::<Vec<_>>()
             .join(", ");
         let reset = |task: TaskIndex, reason: String| {
-            Change::Task(TaskChange {
-                task: self.dag.name(task).to_string(),
-                state: TaskState::Pending,
-                outcome: None,
-                not_before: None,
-                message: None,
-                reset_retry_budget: true,
-                reason,
-            })
+            Change::Task(TaskChange::reset(self.dag.name(task), reason))
         };
         let mut changes: Vec<Change> = roots
             .iter()

@@ -231,15 +231,10 @@ impl Core {
         let slot = &mut active.slots[task];
         slot.state = TaskState::Pending;
         slot.outcome = None;
-        let change = TaskChange {
-            task: self.dag.name(task).to_string(),
-            state: TaskState::Pending,
-            outcome: None,
-            not_before: None,
-            message: None,
-            reset_retry_budget: true,
-            reason: "an upstream task landed late while it ran; running again with it".into(),
-        };
+        let change = TaskChange::reset(
+            self.dag.name(task),
+            "an upstream task landed late while it ran; running again with it",
+        );
         write_tasks(&mut book.writes, active.record.id, [change]);
         // A task its gate let downstream go without has landed, if with stale inputs: it is no
         // longer missing, and what ran downstream without it runs again after its rerun.
