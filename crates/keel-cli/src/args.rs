@@ -118,8 +118,10 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub pipeline: PipelineArg,
+    /// The pipeline files to serve, each with its own schedule and state (default ./keel.toml).
+    /// Each file is reloaded when it changes, once the new version validates.
+    #[arg(default_value = "keel.toml", value_name = "PIPELINE")]
+    pub pipelines: Vec<PathBuf>,
     /// On a first SIGINT or SIGTERM, how long running attempts may finish before they are
     /// stopped (to resume on the next start). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]

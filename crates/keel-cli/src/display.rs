@@ -98,6 +98,9 @@ impl ProgressDisplay {
                 Progress::RunFinished { partition, state, .. } => {
                     note = Some(format!("{partition} finished: {state}"));
                 }
+                Progress::RunRefused { partition, reason, .. } => {
+                    note = Some(format!("{partition}: {reason}"));
+                }
                 Progress::RunScheduled { partition, joined, .. } => {
                     note = Some(if *joined {
                         format!("{partition}: the schedule fired; the partition's unfinished run carries on")

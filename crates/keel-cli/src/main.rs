@@ -20,6 +20,7 @@ macro_rules! eprint {
 mod args;
 mod bench;
 mod commands;
+mod daemon;
 mod demo;
 mod display;
 mod hints;

@@ -2,6 +2,7 @@
 //! run and exits, and a `keel run` that finds a serving Keel holding the state queues its run
 //! and follows it to the end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,6 +15,7 @@ use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
 };
+use crate::daemon::{Daemon, Observer, Observers, log};
 use crate::display::{self, printable};
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
@@ -22,11 +24,36 @@ use crate::state::{self, StatePaths};
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
-    let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let grace = parse_grace(&args.grace)?;
-    let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
-    let (_lock, store) = paths.lock_and_open_as(true)?;
-    let schedule = match &spec.schedule {
+    let daemon = Daemon::open(state_url, &args.pipelines)?;
+    for served in daemon.served() {
+        let spec = daemon
+            .specs()
+            .find(|spec| spec.name == served.name)
+            .expect("every served pipeline has its spec");
+        log(&format!(
+            "keel serve: pipeline {} from {} (pid {}); {}; state {}",
+            printable(&served.name),
+            printable(&served.paths.pipeline.display().to_string()),
+            std::process::id(),
+            describe_schedule(spec),
+            printable(&served.paths.database.display().to_string())
+        ));
+    }
+    let observers: Observers = Arc::new(|spec: &PipelineSpec| {
+        let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let name = spec.name.clone();
+        Box::new(move |event| log_progress(&name, event, zone)) as Observer
+    });
+    let clean = daemon
+        .run(grace, shutdown_on_signals(grace), observers)
+        .await;
+    log("keel serve: stopped; unfinished runs carry on at the next start");
+    Ok(if clean { 0 } else { 1 })
+}
+
+fn describe_schedule(spec: &PipelineSpec) -> String {
+    match &spec.schedule {
         Some(schedule) => format!(
             "schedule {:?} in {}, partition {:+}d, catch-up {}",
             schedule.cron,
@@ -35,25 +62,11 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             format!("{:?}", schedule.catchup).to_lowercase()
         ),
         None => "no schedule: it runs what is queued (keel run --detach)".to_string(),
-    };
-    let name = spec.name.clone();
-    let mut engine = build_engine(spec, &paths, store)?;
-    engine.set_shutdown_grace(grace);
-    let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
-    engine.observe(move |event| log_progress(event, zone));
-    log(&format!(
-        "keel serve: pipeline {} (pid {}); {schedule}; state {}",
-        printable(&name),
-        std::process::id(),
-        printable(&paths.database.display().to_string())
-    ));
-    engine.serve(shutdown_on_signals(grace)).await?;
-    log("keel serve: stopped; unfinished runs carry on at the next start");
-    Ok(0)
+    }
 }
 
 /// One line per event that matters to someone reading a daemon's log.
-fn log_progress(event: Progress, zone: chrono_tz::Tz) {
+fn log_progress(pipeline: &str, event: Progress, zone: chrono_tz::Tz) {
     let local = |at: keel_model::Millis| {
         chrono::DateTime::from_timestamp_millis(at)
             .map(|at| {
@@ -102,6 +115,11 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
         } => {
             format!("{partition}: run {run} finished {state}")
         }
+        Progress::RunRefused {
+            run,
+            partition,
+            reason,
+        } => format!("{partition}: run {run} is not carried on: {reason}"),
         Progress::AttemptFinished {
             partition,
             task,
@@ -137,13 +155,7 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
         }
         _ => return,
     };
-    log(&printable(&line));
-}
-
-/// A line on stderr with the UTC time in front.
-fn log(line: &str) {
-    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
-    eprintln!("{now} {line}");
+    log(&printable(&format!("{pipeline} {line}")));
 }
 
 /// Whether the state is held by a serving Keel right now.

@@ -3,6 +3,7 @@
 mod cli;
 mod context;
 mod crash;
+mod daemon;
 mod demo;
 mod faults;
 mod hardening;

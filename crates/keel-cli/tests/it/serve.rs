@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{keel_path, write_pipeline};
+use crate::support::{Served, keel_path, wait_for, write_pipeline};
 
 /// Whether `faketime` is installed; `.ci/run` installs it, so under CI its absence fails.
 fn faketime_available() -> bool {
@@ -23,29 +23,6 @@ fn faketime_available() -> bool {
         panic!("faketime is not installed, and CI must run this test (apt-get install faketime)");
     }
     found
-}
-
-/// A `keel serve` this test started (under faketime or not). Dropped, it is killed with
-/// everything faketime started, so a failing test leaves nothing running.
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let path = format!("/proc/{}/task/{}/children", self.0.id(), self.0.id());
-            for pid in std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: killing a process this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// `keel serve` under faketime, starting at `start` (UTC) with the clock 7,200 times as fast.
@@ -86,14 +63,6 @@ fn kill_keel(faketime: &mut Served) {
     // SAFETY: killing the process this test started.
     unsafe { libc::kill(keel, libc::SIGKILL) };
     faketime.0.wait().unwrap();
-}
-
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn ledger(dir: &Path) -> Vec<String> {

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 /// The keel binary under test.
 pub fn keel() -> assert_cmd::Command {
@@ -18,4 +20,36 @@ pub fn write_pipeline(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("keel.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A `keel serve` a test started (under faketime or not). Dropped, it is killed with
+/// everything faketime started, so a failing test leaves nothing running.
+pub struct Served(pub Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let path = format!("/proc/{}/task/{}/children", self.0.id(), self.0.id());
+            for pid in std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: killing a process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Polls `ready` until it holds; panics after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -97,6 +97,9 @@ pub enum ShutdownLevel {
     Drain,
     /// Stop running attempts now.
     Now,
+    /// Stop the loop now and leave running attempts alone, for another engine of this process
+    /// to adopt (a reloaded pipeline file): nothing is stopped, nothing new starts.
+    Release,
 }
 
 /// The engine's side of a shutdown request; see [`Engine::execute`].
@@ -135,6 +138,31 @@ impl ShutdownTrigger {
     /// Stop running attempts now.
     pub fn now(&self) {
         self.0.send_replace(ShutdownLevel::Now);
+    }
+
+    /// Stop the engine's loop and leave its running attempts to another engine; ignored once a
+    /// shutdown was asked for, which wins.
+    pub fn release(&self) {
+        self.0.send_if_modified(|level| {
+            let changed = *level == ShutdownLevel::Running;
+            if changed {
+                *level = ShutdownLevel::Release;
+            }
+            changed
+        });
+    }
+}
+
+impl Shutdown {
+    /// Where the shutdown stands now.
+    pub fn level(&self) -> ShutdownLevel {
+        *self.0.borrow()
+    }
+
+    /// Waits for the next change; `None` once the trigger is gone and none can come.
+    pub async fn changed(&mut self) -> Option<ShutdownLevel> {
+        self.0.changed().await.ok()?;
+        Some(*self.0.borrow_and_update())
     }
 }
 
@@ -192,6 +220,13 @@ pub enum Progress {
         run: RunId,
         partition: String,
         state: RunState,
+    },
+    /// An unfinished run this engine will not carry on, and why (the pipeline file lost tasks
+    /// it has not finished).
+    RunRefused {
+        run: RunId,
+        partition: String,
+        reason: String,
     },
     /// The schedule fired at `fire_at` for `partition`: a new run, or `joined` an unfinished one.
     RunScheduled {
@@ -665,6 +700,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 inbox.drain_deadline = None;
                 book.stop_all();
             }
+            Wakeup::Shutdown(ShutdownLevel::Release) => {
+                book.shutting_down = true;
+                book.released = true;
+            }
             Wakeup::Shutdown(_) => {}
             Wakeup::DrainOver => {
                 // The grace period is over: stop what still runs; it resumes next time.
@@ -733,6 +772,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let wakeup = wait(self.clock.clone(), next_timer, &mut inbox).await;
             book.now = self.clock.now();
             self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
+            if book.released {
+                break;
+            }
         }
         self.flush(&mut book).await?;
         let mut summaries = Vec::new();

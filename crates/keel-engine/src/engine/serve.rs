@@ -7,7 +7,7 @@
 //! so a Keel killed at any instant neither loses a fire nor starts one twice: on restart the
 //! last recorded fire says which were missed.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use keel_model::schedule::Schedule;
 use keel_model::{Catchup, PartitionKind};
@@ -97,13 +97,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 to_load.push(attempt.run);
             }
         }
+        let mut refused = HashSet::new();
         for run in to_load {
-            self.load_run(&mut book, &mut inbox, run, &live).await?;
+            self.take_up(&mut book, &mut inbox, run, &live, &mut refused)
+                .await?;
         }
         let mut cursor = self.schedule_cursor().await?;
         loop {
             if let Some(cursor) = cursor.as_mut() {
-                self.fire_due(&mut book, &mut inbox, cursor).await?;
+                self.fire_due(&mut book, &mut inbox, cursor, &mut refused)
+                    .await?;
             }
             if !self.turn(&mut book, &mut inbox).await? {
                 continue;
@@ -129,8 +132,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             book.now = self.clock.now();
             let poll = matches!(wakeup, Wakeup::Poll);
             self.on_wakeup(&mut book, &mut inbox, wakeup).await?;
+            if book.released {
+                break;
+            }
             if poll && !book.shutting_down {
-                self.pick_up_runs(&mut book, &mut inbox).await?;
+                self.pick_up_runs(&mut book, &mut inbox, &mut refused)
+                    .await?;
             }
         }
         self.flush(&mut book).await
@@ -156,6 +163,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         book: &mut Book,
         inbox: &mut Inbox,
         cursor: &mut Cursor,
+        refused: &mut HashSet<RunId>,
     ) -> Result<(), EngineError> {
         while let Some(fire_at) = cursor.take_due(self.clock.now()) {
             if book.shutting_down {
@@ -189,7 +197,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 joined: matches!(outcome, FireOutcome::Joined(_)),
             });
             if !is_loaded(book, run) {
-                self.load_run(book, inbox, run, &[]).await?;
+                self.take_up(book, inbox, run, &[], refused).await?;
             }
         }
         Ok(())
@@ -201,17 +209,49 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         &mut self,
         book: &mut Book,
         inbox: &mut Inbox,
+        refused: &mut HashSet<RunId>,
     ) -> Result<(), EngineError> {
         // What this engine decided is in the store first, so a run it just finished is not
         // mistaken for one reopened.
         self.flush(book).await?;
         let unfinished = self.store.unfinished_runs(&self.core.spec.name).await?;
         for run in unfinished {
-            if !is_loaded(book, run.id) {
-                self.load_run(book, inbox, run.id, &[]).await?;
+            if !is_loaded(book, run.id) && !refused.contains(&run.id) {
+                self.take_up(book, inbox, run.id, &[], refused).await?;
             }
         }
         Ok(())
+    }
+
+    /// Loads an unfinished run, first taking up what the pipeline file changed since it
+    /// started, as `keel run` does when it resumes one: tasks the file gained join it. A run
+    /// the file took unfinished tasks from is left alone and reported once, with what to do.
+    async fn take_up(
+        &mut self,
+        book: &mut Book,
+        inbox: &mut Inbox,
+        run: RunId,
+        live: &[AttemptRecord],
+        refused: &mut HashSet<RunId>,
+    ) -> Result<(), EngineError> {
+        let record = self.store.run(run).await?;
+        if record.version != self.core.version {
+            match self.take_up_pipeline_changes(&record).await {
+                Ok(()) => {}
+                Err(error @ EngineError::RemovedTasks { .. }) => {
+                    if refused.insert(run) {
+                        (self.core.observer)(Progress::RunRefused {
+                            run,
+                            partition: record.partition,
+                            reason: error.to_string(),
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.load_run(book, inbox, run, live).await
     }
 }
 

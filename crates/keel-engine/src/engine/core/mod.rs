@@ -213,6 +213,8 @@ pub(super) struct Book {
     /// Permits held by running attempts.
     pub permits: HashMap<AttemptId, Vec<(usize, Permit)>>,
     pub shutting_down: bool,
+    /// Asked to leave its running attempts to another engine (`ShutdownLevel::Release`).
+    pub released: bool,
     /// When the leases of running attempts were last renewed.
     pub leases_renewed_at: Millis,
     /// What this step decided, committed in one transaction (the driver's `flush`) before
@@ -274,6 +276,7 @@ impl Book {
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
             shutting_down: false,
+            released: false,
             leases_renewed_at: now,
             writes: Vec::new(),
             effects: Vec::new(),

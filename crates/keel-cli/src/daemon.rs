@@ -1,0 +1,390 @@
+//! The daemon behind `keel serve`: one engine per pipeline file, all in this process, each
+//! reloaded when its file changes — once the new version validates.
+//!
+//! A reload builds the new engine first (the file, its env files), then asks the running one to
+//! release its attempts (`ShutdownLevel::Release`: nothing is stopped) and starts the new one,
+//! which adopts them as after a restart. Until a changed file validates, the version in use
+//! keeps running and [`FileStatus::problem`] says why the file on disk is not in use.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use keel_engine::{Progress, Shutdown, ShutdownLevel};
+use keel_model::PipelineSpec;
+use keel_store::{SqliteStore, StateLock};
+
+use crate::Exit;
+use crate::display::printable;
+use crate::setup::{ProcessEngine, build_engine};
+use crate::state::{self, StatePaths};
+
+/// How often each pipeline file is looked at. A change is acted on once the file has stayed the
+/// same for one more look, so an editor's half-written save is not taken for the new version.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a pipeline's engine reports its progress to.
+pub type Observer = Box<dyn FnMut(Progress) + Send>;
+
+/// Makes the observer of each engine the daemon builds, for the pipeline version it runs.
+pub type Observers = Arc<dyn Fn(&PipelineSpec) -> Observer + Send + Sync>;
+
+/// Where one served pipeline's file stands, for `/ready` and the log.
+#[derive(Debug, Clone, Default)]
+pub struct FileStatus {
+    /// The version the engine runs.
+    pub version: String,
+    /// Why the file on disk is not the version in use (it does not validate, it renamed the
+    /// pipeline), or why the pipeline stopped being served; `None` when all is well.
+    pub problem: Option<String>,
+}
+
+/// A pipeline the daemon serves.
+#[derive(Clone)]
+pub struct Served {
+    pub name: String,
+    pub paths: StatePaths,
+    /// `--state`, which wins over the file's `state` field.
+    pub state_url: Option<String>,
+    pub status: Arc<Mutex<FileStatus>>,
+}
+
+/// The pipelines `keel serve` was given, loaded, with their state locked and opened: every
+/// problem (a file that does not validate, two files naming one pipeline, a state held by
+/// another Keel) is found before anything runs.
+pub struct Daemon {
+    pipelines: Vec<(Served, PipelineSpec, SqliteStore)>,
+    _locks: Vec<StateLock>,
+}
+
+impl Daemon {
+    pub fn open(state_url: Option<&str>, files: &[PathBuf]) -> Result<Daemon> {
+        let mut pipelines: Vec<(Served, PipelineSpec, SqliteStore)> = Vec::new();
+        let mut locks: HashMap<PathBuf, StateLock> = HashMap::new();
+        for file in files {
+            let spec = state::load_pipeline(file)?;
+            if let Some((other, _, _)) = pipelines
+                .iter()
+                .find(|(other, _, _)| other.name == spec.name)
+            {
+                return Err(Exit::usage(format!(
+                    "{} and {} both define pipeline {}; serve each pipeline once, or rename one",
+                    printable(&other.paths.pipeline.display().to_string()),
+                    printable(&file.display().to_string()),
+                    printable(&spec.name)
+                )));
+            }
+            let paths = StatePaths::resolve(state_url, &spec, file)?;
+            // Pipelines whose state is in one directory share its lock, taken once.
+            let store = if locks.contains_key(&paths.dir) {
+                paths.open()?
+            } else {
+                let (lock, store) = paths.lock_and_open_as(true)?;
+                locks.insert(paths.dir.clone(), lock);
+                store
+            };
+            let status = FileStatus {
+                version: spec.version(),
+                problem: None,
+            };
+            let served = Served {
+                name: spec.name.clone(),
+                paths,
+                state_url: state_url.map(str::to_string),
+                status: Arc::new(Mutex::new(status)),
+            };
+            pipelines.push((served, spec, store));
+        }
+        Ok(Daemon {
+            pipelines,
+            _locks: locks.into_values().collect(),
+        })
+    }
+
+    /// The pipelines served, in the order given.
+    pub fn served(&self) -> Vec<Served> {
+        self.pipelines
+            .iter()
+            .map(|(served, _, _)| served.clone())
+            .collect()
+    }
+
+    pub fn specs(&self) -> impl Iterator<Item = &PipelineSpec> {
+        self.pipelines.iter().map(|(_, spec, _)| spec)
+    }
+
+    /// Serves every pipeline until `shutdown`; each carries on its own if another fails. True
+    /// if every pipeline stopped cleanly.
+    pub async fn run(self, grace: Duration, shutdown: Shutdown, observers: Observers) -> bool {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async move {
+                let mut all = tokio::task::JoinSet::new();
+                for (served, spec, store) in self.pipelines {
+                    let shutdown = shutdown.clone();
+                    let observers = observers.clone();
+                    all.spawn_local(async move {
+                        let name = served.name.clone();
+                        let status = served.status.clone();
+                        let served = keep_serving(served, spec, store, grace, shutdown, observers);
+                        match served.await {
+                            Ok(()) => true,
+                            Err(error) => {
+                                let why = format!("{error:#}").replace('\n', "; ");
+                                log(&format!(
+                                    "pipeline {}: stopped: {}",
+                                    printable(&name),
+                                    printable(&why)
+                                ));
+                                lock(&status).problem = Some(format!("stopped: {why}"));
+                                false
+                            }
+                        }
+                    });
+                }
+                let mut clean = true;
+                while let Some(ended) = all.join_next().await {
+                    clean &= ended.unwrap_or(false);
+                }
+                clean
+            })
+            .await
+    }
+}
+
+/// Serves one pipeline until the shutdown, rebuilding its engine whenever its file changes to a
+/// new valid version.
+async fn keep_serving(
+    served: Served,
+    spec: PipelineSpec,
+    store: SqliteStore,
+    grace: Duration,
+    mut shutdown: Shutdown,
+    observers: Observers,
+) -> Result<()> {
+    let mut watch = FileWatch::new(&served.paths.pipeline);
+    let mut engine = engine_for(spec, &served, &store, grace, &observers)?;
+    let mut shutdown_open = true;
+    loop {
+        let next = {
+            let (trigger, own_shutdown) = Shutdown::channel();
+            forward(shutdown.level(), &trigger);
+            let serving = engine.serve(own_shutdown);
+            tokio::pin!(serving);
+            let next = loop {
+                tokio::select! {
+                    ended = &mut serving => {
+                        ended?;
+                        return Ok(());
+                    }
+                    level = shutdown.changed(), if shutdown_open => match level {
+                        Some(level) => forward(level, &trigger),
+                        None => shutdown_open = false,
+                    },
+                    _ = tokio::time::sleep(WATCH_INTERVAL), if shutdown.level() == ShutdownLevel::Running => {
+                        let current = engine_version(&served);
+                        if let Some(next) = watch.look(&served, &current, &store, grace, &observers) {
+                            break next;
+                        }
+                    }
+                }
+            };
+            trigger.release();
+            serving.await?;
+            next
+        };
+        if shutdown.level() != ShutdownLevel::Running {
+            // A shutdown came while the old engine let go: the new one is not started.
+            return Ok(());
+        }
+        let (next_engine, version) = next;
+        let previous = std::mem::replace(
+            &mut *lock(&served.status),
+            FileStatus {
+                version: version.clone(),
+                problem: None,
+            },
+        );
+        log(&format!(
+            "pipeline {}: reloaded {}: version {version} replaces {}; running attempts carry on",
+            printable(&served.name),
+            printable(&served.paths.pipeline.display().to_string()),
+            previous.version
+        ));
+        engine = next_engine;
+    }
+}
+
+fn engine_version(served: &Served) -> String {
+    lock(&served.status).version.clone()
+}
+
+/// Passes the daemon's shutdown on to one engine.
+fn forward(level: ShutdownLevel, trigger: &keel_engine::ShutdownTrigger) {
+    match level {
+        ShutdownLevel::Drain => trigger.drain(),
+        ShutdownLevel::Now => trigger.now(),
+        ShutdownLevel::Running | ShutdownLevel::Release => {}
+    }
+}
+
+fn engine_for(
+    spec: PipelineSpec,
+    served: &Served,
+    store: &SqliteStore,
+    grace: Duration,
+    observers: &Observers,
+) -> Result<ProcessEngine> {
+    let observer = observers(&spec);
+    let mut engine = build_engine(spec, &served.paths, store.clone())?;
+    engine.set_shutdown_grace(grace);
+    engine.observe(observer);
+    Ok(engine)
+}
+
+/// Watches one pipeline file for a new version.
+struct FileWatch {
+    path: PathBuf,
+    /// The content last acted on: loaded, or found wanting.
+    seen: Option<Vec<u8>>,
+    /// A new content seen once, acted on if the next look finds it unchanged.
+    settling: Option<Vec<u8>>,
+}
+
+impl FileWatch {
+    fn new(path: &Path) -> FileWatch {
+        FileWatch {
+            path: path.to_path_buf(),
+            seen: std::fs::read(path).ok(),
+            settling: None,
+        }
+    }
+
+    /// Looks at the file; a new version that validates and builds comes back as the engine to
+    /// run next, with its version. A file that does not is reported once per content, and the
+    /// version in use keeps running.
+    fn look(
+        &mut self,
+        served: &Served,
+        current: &str,
+        store: &SqliteStore,
+        grace: Duration,
+        observers: &Observers,
+    ) -> Option<(ProcessEngine, String)> {
+        let content = match std::fs::read(&self.path) {
+            Ok(content) => content,
+            Err(error) => {
+                let problem = format!(
+                    "cannot read {}: {error}; still running version {current}",
+                    self.path.display()
+                );
+                self.report(served, Some(problem));
+                return None;
+            }
+        };
+        if self.seen.as_ref() == Some(&content) {
+            self.settling = None;
+            return None;
+        }
+        if self.settling.as_ref() != Some(&content) {
+            self.settling = Some(content);
+            return None;
+        }
+        self.settling = None;
+        self.seen = Some(content);
+        match self.load(served, current, store, grace, observers) {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => {
+                self.report(served, None);
+                None
+            }
+            Err(problem) => {
+                self.report(served, Some(problem));
+                None
+            }
+        }
+    }
+
+    /// The engine for the file's new content; `None` if its version is the one in use (a
+    /// comment changed, say).
+    fn load(
+        &self,
+        served: &Served,
+        current: &str,
+        store: &SqliteStore,
+        grace: Duration,
+        observers: &Observers,
+    ) -> Result<Option<(ProcessEngine, String)>, String> {
+        let keep = format!("still running version {current}");
+        let spec = state::load_pipeline(&self.path).map_err(|error| {
+            format!(
+                "{} does not validate; {keep}: {}",
+                self.path.display(),
+                format!("{error:#}").replace('\n', "; ")
+            )
+        })?;
+        if spec.name != served.name {
+            return Err(format!(
+                "{} now names pipeline {:?}, not {:?}; {keep}; restart keel serve to serve it under its new name",
+                self.path.display(),
+                spec.name,
+                served.name
+            ));
+        }
+        let version = spec.version();
+        if version == current {
+            return Ok(None);
+        }
+        let paths = StatePaths::resolve(served.state_url.as_deref(), &spec, &self.path)
+            .map_err(|error| format!("{error:#}; {keep}"))?;
+        if paths.database != served.paths.database {
+            return Err(format!(
+                "{} now keeps its state elsewhere; {keep}; restart keel serve to move it",
+                self.path.display()
+            ));
+        }
+        let engine = engine_for(spec, served, store, grace, observers).map_err(|error| {
+            format!(
+                "{} cannot run; {keep}: {}",
+                self.path.display(),
+                format!("{error:#}").replace('\n', "; ")
+            )
+        })?;
+        Ok(Some((engine, version)))
+    }
+
+    /// Records and logs why the file on disk is not in use, or that it no longer matters.
+    fn report(&self, served: &Served, problem: Option<String>) {
+        let mut status = lock(&served.status);
+        if status.problem == problem {
+            return;
+        }
+        match &problem {
+            Some(problem) => log(&format!(
+                "pipeline {}: {}",
+                printable(&served.name),
+                printable(problem)
+            )),
+            None => log(&format!(
+                "pipeline {}: {} is back to the version in use",
+                printable(&served.name),
+                printable(&self.path.display().to_string())
+            )),
+        }
+        status.problem = problem;
+    }
+}
+
+fn lock(status: &Mutex<FileStatus>) -> std::sync::MutexGuard<'_, FileStatus> {
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A line on stderr with the UTC time in front.
+pub fn log(line: &str) {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+    eprintln!("{now} {line}");
+}

@@ -1,0 +1,154 @@
+//! `keel serve` as a daemon: several pipelines in one process, and a pipeline file reloaded
+//! while a task of it runs, once the new version validates.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Served, keel_path, wait_for, write_pipeline};
+
+fn serve(pipelines: &[&Path], log: &Path) -> Served {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(keel_path())
+        .arg("serve")
+        .args(pipelines)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .map(Served)
+        .unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn detach(pipeline: &Path, partition: &str) {
+    let output = Command::new(keel_path())
+        .args(["run", "--detach", "--partition", partition])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn stop(mut served: Served, log: &Path) {
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(served.0.id() as i32, libc::SIGTERM) };
+    let code = served.0.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{}", read(log));
+}
+
+const FIRST: &str = r#"[pipeline]
+name = "reloaded"
+partition = "none"
+
+[phases.load]
+[tasks.slow]
+phase = "load"
+command = ["sh", "-c", "echo start >> ledger; while [ ! -e go ]; do sleep 0.05; done; echo end >> ledger"]
+"#;
+
+/// A changed file that does not validate is reported and the running version kept; once it
+/// validates it is loaded, and the task that ran through both changes is neither stopped nor
+/// run again; the task the new version added joins the unfinished run.
+#[test]
+fn a_changed_pipeline_file_is_reloaded_once_it_validates_without_touching_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let pipeline = write_pipeline(root, FIRST);
+    let log = root.join("serve.log");
+    let served = serve(&[&pipeline], &log);
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        read(&log).contains("keel serve: pipeline reloaded")
+    });
+    detach(&pipeline, "none");
+    wait_for("the task to start", Duration::from_secs(30), || {
+        read(&root.join("ledger")).contains("start")
+    });
+
+    std::fs::write(&pipeline, FIRST.replace("[phases.load]", "[phases.load\n")).unwrap();
+    wait_for(
+        "the broken file to be reported",
+        Duration::from_secs(30),
+        || read(&log).contains("does not validate; still running version"),
+    );
+    let added = format!(
+        "{FIRST}\n[phases.report]\nafter = [\"load\"]\n[tasks.after]\nphase = \"report\"\ncommand = [\"sh\", \"-c\", \"echo after >> ledger\"]\n"
+    );
+    std::fs::write(&pipeline, added).unwrap();
+    wait_for(
+        "the new version to be loaded",
+        Duration::from_secs(30),
+        || read(&log).contains("pipeline reloaded: reloaded"),
+    );
+    std::fs::write(root.join("go"), "").unwrap();
+    wait_for("the run to finish", Duration::from_secs(30), || {
+        read(&log).contains("run 1 finished")
+    });
+    assert_eq!(
+        read(&root.join("ledger")).lines().collect::<Vec<_>>(),
+        ["start", "end", "after"],
+        "the slow task ran once, through both changes, and the added one after it:\n{}",
+        read(&log)
+    );
+    assert!(
+        read(&log).contains("run 1 finished succeeded"),
+        "{}",
+        read(&log)
+    );
+    stop(served, &log);
+}
+
+/// One `keel serve` runs two pipelines, each from its own file with its own state, and refuses
+/// two files that define the same pipeline.
+#[test]
+fn one_serve_runs_several_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for name in ["scores", "odds"] {
+        let root = dir.path().join(name);
+        std::fs::create_dir(&root).unwrap();
+        files.push(write_pipeline(
+            &root,
+            &format!(
+                "[pipeline]\nname = \"{name}\"\n\n[phases.a]\n[tasks.t]\nphase = \"a\"\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PIPELINE $KEEL_PARTITION >> {}\"]\n",
+                dir.path().join("ledger").display()
+            ),
+        ));
+    }
+    let log = dir.path().join("serve.log");
+    let paths: Vec<&Path> = files.iter().map(|file| file.as_path()).collect();
+    let served = serve(&paths, &log);
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        let log = read(&log);
+        log.contains("keel serve: pipeline scores") && log.contains("keel serve: pipeline odds")
+    });
+    detach(&files[0], "2026-03-01");
+    detach(&files[1], "2026-03-02");
+    wait_for("both runs to finish", Duration::from_secs(30), || {
+        read(&log).matches("finished succeeded").count() == 2
+    });
+    let mut ledger: Vec<String> = read(&dir.path().join("ledger"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ledger.sort();
+    assert_eq!(ledger, ["odds 2026-03-02", "scores 2026-03-01"]);
+    stop(served, &log);
+
+    let twice = Command::new(keel_path())
+        .arg("serve")
+        .args([&files[0], &files[0]])
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(stderr.contains("both define pipeline scores"), "{stderr}");
+}
