@@ -126,6 +126,15 @@ pub struct ServeArgs {
     /// stopped (to resume on the next start). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub grace: String,
+    /// Run Keel's clock N times as fast as the wall clock: schedules, passes, backoff, gate
+    /// grace periods and deadlines. Tasks and their timeouts keep real time. For demos and for
+    /// trying out schedules, never for production.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clock_speed: u32,
+    /// Where the clock starts, as RFC 3339 (2026-03-07T05:00:00Z); default now. With
+    /// --clock-speed, the time then runs on from there N times as fast.
+    #[arg(long, value_name = "TIME")]
+    pub clock_start: Option<String>,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.

@@ -25,6 +25,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
+    accelerate(&args)?;
     let daemon = Daemon::open(state_url, &args.pipelines)?;
     for served in daemon.served() {
         let spec = daemon
@@ -50,6 +51,31 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         .await;
     log("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(if clean { 0 } else { 1 })
+}
+
+/// `--clock-speed` and `--clock-start`: the engine's clock for this process.
+fn accelerate(args: &ServeArgs) -> Result<()> {
+    if args.clock_speed == 1 && args.clock_start.is_none() {
+        return Ok(());
+    }
+    let start = match &args.clock_start {
+        None => state::now_millis(),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|error| {
+                Exit::usage(format!(
+                    "--clock-start {text:?} is not a time: {error}; write it as RFC 3339, e.g. 2026-03-07T05:00:00Z"
+                ))
+            })?
+            .timestamp_millis(),
+    };
+    keel_engine::SystemClock::accelerate(start, args.clock_speed);
+    let from = chrono::DateTime::from_timestamp_millis(start).unwrap_or_default();
+    log(&format!(
+        "keel serve: the clock starts at {} and runs {}x as fast as the wall clock (tasks keep real time)",
+        from.format("%Y-%m-%dT%H:%M:%SZ"),
+        args.clock_speed
+    ));
+    Ok(())
 }
 
 fn describe_schedule(spec: &PipelineSpec) -> String {

@@ -12,21 +12,65 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep_until(&self, deadline: Millis) -> impl Future<Output = ()> + Send;
 }
 
-/// Wall-clock time.
+/// Wall-clock time; for the whole process, [`SystemClock::accelerate`] may make it run faster
+/// from a chosen start (a demo, a test living through days of schedules).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+/// An accelerated clock: `start` at the real instant `anchor`, then `speed` times as fast.
+#[derive(Debug, Clone, Copy)]
+struct Acceleration {
+    anchor: Millis,
+    start: Millis,
+    speed: u32,
+}
+
+static ACCELERATION: std::sync::OnceLock<Acceleration> = std::sync::OnceLock::new();
+
+fn real_now() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl SystemClock {
+    /// From now on, for this whole process, the time reads `start` and runs `speed` times as
+    /// fast as the wall clock. Only the engine's own clock moves faster: task processes, their
+    /// timeouts and the supervisor keep real time. Only the first call counts.
+    pub fn accelerate(start: Millis, speed: u32) {
+        let _ = ACCELERATION.set(Acceleration {
+            anchor: real_now(),
+            start,
+            speed: speed.max(1),
+        });
+    }
+
+    fn speed() -> Millis {
+        ACCELERATION
+            .get()
+            .map_or(1, |acceleration| acceleration.speed.into())
+    }
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as Millis)
-            .unwrap_or(0)
+        let real = real_now();
+        match ACCELERATION.get() {
+            None => real,
+            Some(acceleration) => {
+                let elapsed = real.saturating_sub(acceleration.anchor);
+                acceleration.start + elapsed * Millis::from(acceleration.speed)
+            }
+        }
     }
 
     async fn sleep_until(&self, deadline: Millis) {
-        let wait = deadline.saturating_sub(self.now()).max(0) as u64;
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        let speed = SystemClock::speed();
+        let wait = deadline.saturating_sub(self.now()).max(0);
+        // Rounded up, so that waking never comes before the deadline.
+        let real = (wait + speed - 1) / speed;
+        tokio::time::sleep(std::time::Duration::from_millis(real as u64)).await;
     }
 }
 
