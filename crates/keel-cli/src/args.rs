@@ -317,6 +317,17 @@ pub struct DemoArgs {
     /// Keep the demo's state, warehouse and exports here (default: a new temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Leave the pipeline running under `keel serve` on an accelerated clock, its schedule
+    /// firing unattended, until interrupted; prints the URLs to open.
+    #[arg(long)]
+    pub serve: bool,
+    /// With --serve: how many times as fast as the wall clock Keel's clock runs (720: a day
+    /// every two minutes).
+    #[arg(long, default_value_t = 720, requires = "serve", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub speed: u32,
+    /// With --serve: where the API listens.
+    #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+    pub addr: String,
     /// How many consecutive dates to run.
     #[arg(long, default_value_t = 7)]
     pub days: u32,

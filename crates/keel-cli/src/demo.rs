@@ -79,15 +79,16 @@ fn install_hoops(dir: &Path) -> Result<PathBuf> {
     Ok(hoops)
 }
 
-pub async fn demo(args: DemoArgs) -> Result<u8> {
-    let started = Instant::now();
-    let first = crate::state::parse_date("--start", &args.start)?;
-    if args.days == 0 || args.days > 60 {
-        return Err(crate::Exit::usage(format!(
-            "--days {} is out of range; use 1 to 60",
-            args.days
-        )));
-    }
+/// What both modes of the demo start from: its directory with the pipeline file, `hoops` on a
+/// private PATH, the feed, and the environment the tasks need.
+struct Setup {
+    dir: PathBuf,
+    pipeline: PathBuf,
+    feed: Feed,
+    env: Vec<(String, String)>,
+}
+
+fn set_up(args: &DemoArgs) -> Result<Setup> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("keel-demo-{}", std::process::id())),
@@ -98,18 +99,6 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     std::fs::write(&pipeline, PIPELINE)?;
     let hoops = install_hoops(&dir)?;
     let feed = start_feed(&hoops, args.seed, &args.faults, &dir.join("feed.log"))?;
-    println!(
-        "keel demo · the hoops reference pipeline · {} from {first}",
-        count(args.days.into(), "date", "dates")
-    );
-    println!("feed on {} with faults: {}", feed.address, args.faults);
-    println!("state in {}", dir.display());
-    println!();
-
-    let spec = crate::state::load_pipeline(&pipeline)?;
-    let tasks = spec.tasks.len();
-    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
-    let (_lock, store) = paths.lock_and_open()?;
     let path_variable = format!(
         "{}:{}",
         hoops.parent().expect("bin dir").display(),
@@ -129,6 +118,44 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         // A 429 becomes "not ready" at once, so Keel's backoff handles it.
         ("HOOPS_RETRY_AFTER_CAP".to_string(), "0".to_string()),
     ];
+    Ok(Setup {
+        dir,
+        pipeline,
+        feed,
+        env,
+    })
+}
+
+pub async fn demo(args: DemoArgs) -> Result<u8> {
+    let started = Instant::now();
+    let first = crate::state::parse_date("--start", &args.start)?;
+    if args.days == 0 || args.days > 60 {
+        return Err(crate::Exit::usage(format!(
+            "--days {} is out of range; use 1 to 60",
+            args.days
+        )));
+    }
+    if args.serve {
+        return serve_demo(&args, first).await;
+    }
+    let Setup {
+        dir,
+        pipeline,
+        feed,
+        env,
+    } = set_up(&args)?;
+    println!(
+        "keel demo · the hoops reference pipeline · {} from {first}",
+        count(args.days.into(), "date", "dates")
+    );
+    println!("feed on {} with faults: {}", feed.address, args.faults);
+    println!("state in {}", dir.display());
+    println!();
+
+    let spec = crate::state::load_pipeline(&pipeline)?;
+    let tasks = spec.tasks.len();
+    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
+    let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine_with_env(spec, &paths, store.clone(), env)?;
 
     let mut all_good = true;
@@ -282,4 +309,89 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         println!("some dates did not succeed; see above");
         Ok(1)
     }
+}
+
+/// `keel demo --serve`: the hoops pipeline under `keel serve`, on a clock running `--speed`
+/// times as fast (a day in two minutes by default) from 05:59 the day after `--start`, so the
+/// first scheduled run processes `--start`. It runs until interrupted and prints where to look.
+async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
+    use tokio::io::AsyncBufReadExt;
+    let setup = set_up(args)?;
+    let spec = crate::state::load_pipeline(&setup.pipeline)?;
+    let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let morning = (first + chrono::Duration::days(1))
+        .and_hms_opt(5, 59, 0)
+        .expect("05:59 is a time");
+    let start = morning
+        .and_local_timezone(zone)
+        .earliest()
+        .context("05:59 does not exist in the pipeline's time zone that day")?;
+    let day = std::time::Duration::from_secs(86_400 / u64::from(args.speed.max(1)));
+    println!("keel demo --serve · the hoops pipeline under keel serve, unattended");
+    println!(
+        "the clock starts at {} and runs {}x as fast: a day every {}",
+        start.format("%Y-%m-%d %H:%M %Z"),
+        args.speed,
+        keel_model::format_duration(day)
+    );
+    println!(
+        "feed on {} with faults: {}",
+        setup.feed.address, args.faults
+    );
+    println!("state in {}", setup.dir.display());
+    let keel = std::env::current_exe().context("cannot find the keel executable")?;
+    let mut serve = tokio::process::Command::new(keel)
+        .arg("serve")
+        .arg(&setup.pipeline)
+        .arg("--addr")
+        .arg(&args.addr)
+        .arg("--clock-speed")
+        .arg(args.speed.to_string())
+        .arg("--clock-start")
+        .arg(start.to_rfc3339())
+        .envs(setup.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start keel serve")?;
+    let stderr = serve.stderr.take().context("keel serve has no stderr")?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    // Ctrl-C reaches keel serve too (one process group): it stops, and so does the demo.
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) => {
+                    eprintln!("{line}");
+                    if let Some(url) = line.split_whitespace().find(|word| word.starts_with("http://")) {
+                        print_urls(url, &setup.dir);
+                    }
+                }
+                None => break,
+            },
+            _ = interrupt.recv() => {}
+        }
+    }
+    let status = serve.wait().await?;
+    drop(setup);
+    Ok(status.code().map_or(1, |code| code as u8))
+}
+
+fn print_urls(base: &str, dir: &Path) {
+    let base = base.trim_end_matches('/');
+    println!();
+    println!("open:");
+    println!("  {base}/api/pipelines/hoops/runs     the runs, newest first");
+    println!("  {base}/api/pipelines/hoops/events   the event stream (server-sent events)");
+    println!("  {base}/metrics                      Prometheus metrics");
+    println!("  {base}/ready                        readiness, with its checks");
+    println!("  {base}/api/openapi.json             the API's OpenAPI document");
+    println!(
+        "actions (POST) need the token in {}",
+        dir.join(".keel").join("api-token").display()
+    );
+    println!("stop with Ctrl-C");
+    println!();
 }
