@@ -358,8 +358,7 @@ async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
     let stderr = serve.stderr.take().context("keel serve has no stderr")?;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     // Ctrl-C reaches keel serve too (one process group): it stops, and so does the demo.
-    let mut interrupt =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             line = lines.next_line() => match line? {

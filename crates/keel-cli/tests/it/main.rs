@@ -15,3 +15,4 @@ mod serve;
 mod shutdown;
 mod storm;
 mod support;
+mod unattended;

@@ -1,0 +1,211 @@
+//! The hoops reference pipeline under `keel serve`, unattended for two days of its schedule on
+//! an accelerated clock (`--clock-speed`: Keel's clock runs fast, the tasks and the feed keep
+//! real time), with serve killed by SIGKILL while a scheduled run's tasks run and started
+//! again: one run per schedule per partition, nothing lost, nothing run twice.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Served, keel_path, wait_for};
+
+/// 7,200 times as fast: an hour of the pipeline's time every half second.
+const SPEED: i64 = 7_200;
+
+/// 2026-11-09 03:00 in New York (EST): three hours (1.5 s) before the first 06:00 run.
+const START: &str = "2026-11-09T08:00:00Z";
+
+/// The feed the hoops tasks read; killed when dropped.
+struct Feed(Child, String);
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_feed(hoops: &Path) -> Feed {
+    let mut child = Command::new(hoops)
+        .args([
+            "feed",
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            "7",
+            "--faults",
+            "none",
+        ])
+        .args(["--exit-on-eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    Feed(child, address)
+}
+
+struct Setup {
+    root: PathBuf,
+    env: Vec<(String, String)>,
+    _feed: Feed,
+}
+
+fn set_up(root: &Path) -> Setup {
+    let bin = root.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let hoops = bin.join("hoops");
+    std::os::unix::fs::symlink(keel_path(), &hoops).unwrap();
+    let feed = start_feed(&hoops);
+    let pipeline = include_str!("../../../../examples/hoops/keel.toml");
+    std::fs::write(root.join("keel.toml"), pipeline).unwrap();
+    let env = vec![
+        (
+            "PATH".to_string(),
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        ),
+        ("HOOPS_FEED".to_string(), format!("http://{}", feed.1)),
+        (
+            "HOOPS_WAREHOUSE".to_string(),
+            root.join("warehouse.db").display().to_string(),
+        ),
+        (
+            "HOOPS_EXPORT_DIR".to_string(),
+            root.join("exports").display().to_string(),
+        ),
+    ];
+    Setup {
+        root: root.to_path_buf(),
+        env,
+        _feed: feed,
+    }
+}
+
+/// `keel serve` with its clock at `start` (unix milliseconds), running `SPEED` times as fast.
+fn serve(setup: &Setup, start: i64, log: &str) -> Served {
+    let log = std::fs::File::create(setup.root.join(log)).unwrap();
+    let start = chrono::DateTime::from_timestamp_millis(start).unwrap();
+    Command::new(keel_path())
+        .arg("serve")
+        .arg(setup.root.join("keel.toml"))
+        .args(["--clock-speed", &SPEED.to_string(), "--clock-start"])
+        .arg(start.to_rfc3339())
+        .envs(setup.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(Served)
+        .unwrap()
+}
+
+fn logs(root: &Path) -> String {
+    ["serve1.log", "serve2.log"]
+        .iter()
+        .map(|name| std::fs::read_to_string(root.join(name)).unwrap_or_default())
+        .collect()
+}
+
+fn status(root: &Path) -> Value {
+    let output = Command::new(keel_path())
+        .args(["status", "--all", "--json"])
+        .arg(root.join("keel.toml"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "status --json: {error}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Pipeline time, given when (real) the clock started at `start`.
+fn pipeline_now(start: i64, since: Instant) -> i64 {
+    start + since.elapsed().as_millis() as i64 * SPEED
+}
+
+#[test]
+fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = set_up(dir.path());
+    let root = setup.root.clone();
+    let start = chrono::DateTime::parse_from_rfc3339(START)
+        .unwrap()
+        .timestamp_millis();
+    let began = Instant::now();
+    let mut first = serve(&setup, start, "serve1.log");
+    // Killed while the second day's scheduled run has tasks running.
+    wait_for("the second scheduled run", Duration::from_secs(60), || {
+        logs(&root).contains("the schedule fired for 2026-11-10 06:00 EST")
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: killing the process this test started.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGKILL) };
+    first.0.wait().unwrap();
+    let killed_at = pipeline_now(start, began);
+    // Down for a pipeline hour; then a new Keel carries on at the time it would be.
+    std::thread::sleep(Duration::from_millis(500));
+    let restart = pipeline_now(start, began);
+    let _second = serve(&setup, restart, "serve2.log");
+    let resumed = Instant::now();
+    // 11-11 07:00: the 06:00 runs of 11-09, 11-10 and 11-11.
+    let end = start + (52 * 3_600_000);
+    wait_for("two days to pass", Duration::from_secs(120), || {
+        pipeline_now(restart, resumed) > end
+            && status(&root)["runs"].as_array().is_some_and(|runs| {
+                runs.len() == 3 && runs.iter().all(|run| run["state"] != "running")
+            })
+    });
+    let log = logs(&root);
+    assert!(killed_at < end, "the kill came before the end");
+    for fired in [
+        "the schedule fired for 2026-11-09 06:00 EST",
+        "the schedule fired for 2026-11-10 06:00 EST",
+        "the schedule fired for 2026-11-11 06:00 EST",
+    ] {
+        assert_eq!(
+            log.lines().filter(|line| line.contains(fired)).count(),
+            1,
+            "{fired}, once:\n{log}"
+        );
+    }
+    let status = status(&root);
+    let runs = status["runs"].as_array().unwrap();
+    let mut partitions: Vec<&str> = runs
+        .iter()
+        .map(|run| run["partition"].as_str().unwrap())
+        .collect();
+    partitions.sort();
+    assert_eq!(
+        partitions,
+        ["2026-11-08", "2026-11-09", "2026-11-10"],
+        "one run per scheduled partition:\n{log}"
+    );
+    for run in runs {
+        assert_eq!(run["state"], "succeeded", "{run}\n{log}");
+        for task in run["tasks"].as_array().unwrap() {
+            // A clean feed: every task's first attempt is its only one, through the kill too
+            // (the task the kill found running was adopted, not started again).
+            assert_eq!(task["attempts"], 1, "{}: {task}\n{log}", run["partition"]);
+        }
+    }
+    let killed = std::fs::read_to_string(root.join("serve1.log")).unwrap();
+    let restarted = std::fs::read_to_string(root.join("serve2.log")).unwrap();
+    assert!(
+        !killed.contains("run 2 finished") && restarted.contains("run 2 taken up"),
+        "the kill found the second run unfinished, and the second Keel carried it on:\n{log}"
+    );
+}
