@@ -123,6 +123,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 self.core.settle_stuck_runs(&mut book)?;
                 continue;
             }
+            book.forget_finished_runs();
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
             let wake_at = match (next_timer, cursor.as_ref().and_then(Cursor::wake_at)) {
                 (Some(a), Some(b)) => Some(a.min(b)),

@@ -292,6 +292,27 @@ impl Book {
         self.ready.extend(held);
     }
 
+    /// Lets go of the runs that finished once nothing refers to them any more (no attempt or
+    /// sensor poll runs, nothing waits or is due): a long-lived `keel serve` keeps in memory only
+    /// what is unfinished. The store keeps the rest. Whether it let go of any.
+    pub fn forget_finished_runs(&mut self) -> bool {
+        let idle = self.live.is_empty()
+            && self.sensing == 0
+            && self.ready.is_empty()
+            && self.timers.is_empty()
+            && self.held_for_partitions.is_empty()
+            && self.given_up.is_empty()
+            && self.picked_permits.is_empty()
+            && self.followups.is_empty()
+            && self.resource_waiters.iter().all(Vec::is_empty)
+            && self.breaker_waiters.iter().all(VecDeque::is_empty);
+        if !idle || self.runs.is_empty() || !self.runs.iter().all(|run| run.finished) {
+            return false;
+        }
+        self.runs.clear();
+        true
+    }
+
     /// Stops every running attempt; each reports its end as usual.
     pub fn stop_all(&mut self) {
         let attempts: Vec<AttemptId> = self.live.keys().copied().collect();

@@ -578,3 +578,30 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
         "Keel's variables come after everything the task sets"
     );
 }
+
+#[test]
+fn a_finished_run_is_forgotten_only_once_nothing_refers_to_it() {
+    let mut core = chain_core();
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    loop {
+        let started = start(&mut core, &mut book, &mut ids);
+        if started.is_empty() {
+            break;
+        }
+        assert!(
+            !book.forget_finished_runs(),
+            "a run with a running attempt is kept"
+        );
+        let reports = started
+            .into_iter()
+            .map(|(attempt, _)| (attempt, Report::new(Outcome::Succeeded, "ok")))
+            .collect();
+        core.on_reports(&mut book, reports).unwrap();
+        core.drain(&mut book).unwrap();
+    }
+    assert!(book.runs[0].finished, "the chain ran to its end");
+    assert!(book.forget_finished_runs());
+    assert!(book.runs.is_empty());
+    assert!(!book.forget_finished_runs(), "nothing is left to forget");
+}
