@@ -5,16 +5,18 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use keel_engine::{Progress, RunRequest};
+use keel_engine::RunRequest;
 use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
-    Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
+    Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
+    shutdown_on_signals_telling,
 };
 use crate::display::{self, printable};
+use crate::serve_log;
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
 
@@ -22,8 +24,16 @@ use crate::state::{self, StatePaths};
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
+    let format = args.log_format;
+    serve_logged(state_url, args)
+        .await
+        .map_err(|error| serve_log::end_with(format, error))
+}
+
+async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let spec = state::load_pipeline(&args.pipeline.pipeline)?;
     let grace = parse_grace(&args.grace)?;
+    let traces = serve_log::trace_endpoint(args.otlp_endpoint.as_deref())?;
     let paths = StatePaths::resolve(state_url, &spec, &args.pipeline.pipeline)?;
     let (_lock, store) = paths.lock_and_open_as(true)?;
     let schedule = match &spec.schedule {
@@ -40,110 +50,27 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let mut engine = build_engine(spec, &paths, store)?;
     engine.set_shutdown_grace(grace);
     let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
-    engine.observe(move |event| log_progress(event, zone));
-    log(&format!(
+    let logger = serve_log::Logger::for_pipeline(args.log_format, &name, zone);
+    let (telemetry, exporter) = serve_log::Telemetry::start(&logger, &name, traces);
+    engine.observe(move |event| telemetry.observe(&event));
+    logger.info(&format!(
         "keel serve: pipeline {} (pid {}); {schedule}; state {}",
         printable(&name),
         std::process::id(),
         printable(&paths.database.display().to_string())
     ));
-    engine.serve(shutdown_on_signals(grace)).await?;
-    log("keel serve: stopped; unfinished runs carry on at the next start");
+    let notices = logger.clone();
+    let served = engine
+        .serve(shutdown_on_signals_telling(grace, move |notice| {
+            notices.warn(notice)
+        }))
+        .await;
+    // The engine holds the exporter's queue: dropping it lets the last spans go out.
+    drop(engine);
+    exporter.finish(&logger);
+    served?;
+    logger.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(0)
-}
-
-/// One line per event that matters to someone reading a daemon's log.
-fn log_progress(event: Progress, zone: chrono_tz::Tz) {
-    let local = |at: keel_model::Millis| {
-        chrono::DateTime::from_timestamp_millis(at)
-            .map(|at| {
-                at.with_timezone(&zone)
-                    .format("%Y-%m-%d %H:%M %Z")
-                    .to_string()
-            })
-            .unwrap_or_default()
-    };
-    let line = match event {
-        Progress::RunScheduled {
-            run,
-            partition,
-            fire_at,
-            joined: false,
-        } => {
-            format!(
-                "{partition}: the schedule fired for {}; run {run} started",
-                local(fire_at)
-            )
-        }
-        Progress::RunScheduled {
-            run,
-            partition,
-            fire_at,
-            joined: true,
-        } => format!(
-            "{partition}: the schedule fired for {}; unfinished run {run} carries on",
-            local(fire_at)
-        ),
-        Progress::RunLoaded {
-            run,
-            partition,
-            tasks,
-            done,
-        } => {
-            format!(
-                "{partition}: run {run} taken up ({done}/{} done)",
-                crate::display::count(tasks as u64, "task", "tasks")
-            )
-        }
-        Progress::RunFinished {
-            run,
-            partition,
-            state,
-        } => {
-            format!("{partition}: run {run} finished {state}")
-        }
-        Progress::AttemptFinished {
-            partition,
-            task,
-            attempt,
-            outcome,
-            message,
-            retry_at,
-            ..
-        } if !outcome.is_complete() => {
-            let next = if retry_at.is_some() {
-                "will retry"
-            } else {
-                "gave up"
-            };
-            let detail = message
-                .map(|message| format!(": {message}"))
-                .unwrap_or_default();
-            format!("{partition}: {task} attempt {attempt} {outcome}{detail} ({next})")
-        }
-        Progress::GateOpened {
-            partition,
-            phase,
-            missing,
-            ..
-        } => format!(
-            "{partition}: gate of phase {phase} opened without {}",
-            missing.join(", ")
-        ),
-        Progress::BreakerChanged {
-            resource, detail, ..
-        } => {
-            format!("resource {resource}: breaker {detail}")
-        }
-        _ => return,
-    };
-    log(&printable(&line));
-}
-
-/// A line on stderr with the UTC time in front.
-fn log(line: &str) {
-    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
-    eprintln!("{now} {line}");
 }
 
 /// Whether the state is held by a serving Keel right now.
