@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod logs;
 mod messages;
 mod operations;
 mod reconcile_crash;
