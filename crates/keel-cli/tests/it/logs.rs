@@ -235,6 +235,98 @@ fn json_logs_are_one_object_a_line_with_the_run_task_attempt_and_span() {
     );
 }
 
+/// A Keel killed with SIGKILL while an attempt runs, and started again, names the same spans:
+/// the run keeps its root span, and the attempt it adopts keeps the span of its TRACEPARENT.
+#[test]
+fn a_restarted_serve_names_the_same_run_and_attempt_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_pipeline(
+        root,
+        r#"[pipeline]
+name = "logged"
+partition = "none"
+
+[phases.a]
+[tasks.slow]
+phase = "a"
+command = ["sh", "-c", "echo $TRACEPARENT >> parents; n=0; while [ ! -f go ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"]
+"#,
+    );
+    let start = |log: &str| {
+        let log = std::fs::File::create(root.join(log)).unwrap();
+        Command::new(keel_path())
+            .args(["serve", "--log-format", "json"])
+            .arg(root.join("keel.toml"))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(Served)
+            .unwrap()
+    };
+    let read = |log: &str| -> Vec<Value> {
+        std::fs::read_to_string(root.join(log))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("{line:?}")))
+            .collect()
+    };
+    let queued = Command::new(keel_path())
+        .args(["run", "--detach", "--partition", "none"])
+        .arg(root.join("keel.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(queued.status.code(), Some(0), "{queued:?}");
+    let mut first = start("serve1.log");
+    wait_for("the attempt to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(root.join("parents")).is_ok()
+    });
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let second = start("serve2.log");
+    wait_for("the attempt to be adopted", Duration::from_secs(30), || {
+        read("serve2.log")
+            .iter()
+            .any(|line| text(line, "msg").contains("adopted"))
+    });
+    std::fs::write(root.join("go"), "").unwrap();
+    wait_for("the run to finish", Duration::from_secs(30), || {
+        read("serve2.log")
+            .iter()
+            .any(|line| text(line, "msg") == "run 1 finished succeeded")
+    });
+    assert_eq!(second.stop(), Some(0));
+    let parents = traceparents(root);
+    assert_eq!(parents.len(), 1, "the attempt ran once: {parents:?}");
+    let (trace_id, attempt_span) = &parents[0];
+    let (before, after) = (read("serve1.log"), read("serve2.log"));
+    let root_span = |lines: &[Value]| {
+        let loaded = lines
+            .iter()
+            .find(|line| text(line, "msg").starts_with("run 1 taken up"))
+            .expect("the run is taken up");
+        assert_eq!(text(loaded, "trace_id"), trace_id);
+        text(loaded, "span_id").to_string()
+    };
+    assert_eq!(root_span(&before), root_span(&after));
+    for lines in [&before, &after] {
+        for line in lines.iter().filter(|line| line["task"] == "slow") {
+            assert_eq!(text(line, "trace_id"), trace_id, "{line}");
+            assert_eq!(text(line, "span_id"), attempt_span, "{line}");
+        }
+    }
+    let finished = after
+        .iter()
+        .find(|line| line["task"] == "slow" && line["outcome"] == "succeeded")
+        .expect("the adopted attempt's end is logged");
+    assert!(
+        finished["duration_ms"].as_i64().unwrap() > 0,
+        "timed from its start before the restart: {finished}"
+    );
+}
+
 /// The error that ends serve is JSON too, with its hint, and serve exits as it would in text
 /// mode.
 #[test]
