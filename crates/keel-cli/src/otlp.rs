@@ -422,6 +422,38 @@ mod tests {
         }
     }
 
+    /// The engine never waits on the exporter: past the queue's capacity spans are dropped and
+    /// counted, and `observe` returns at once.
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (queue, spans) = std::sync::mpsc::sync_channel(1);
+        let exporter = Exporter {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+            pipeline: "hoops".into(),
+        };
+        let trace = TraceId(7);
+        for attempt in 1..=3 {
+            exporter.observe(&Progress::AttemptFinished {
+                run: keel_model::RunId(1),
+                partition: "2026-01-01".into(),
+                task: "load".into(),
+                attempt,
+                outcome: keel_model::Outcome::Succeeded,
+                message: None,
+                retry_at: None,
+                trace,
+                span: trace.attempt_span("load", attempt),
+                started_at: 0,
+                finished_at: 1,
+            });
+        }
+        assert_eq!(exporter.dropped.load(Ordering::Relaxed), 2);
+        let kept = spans.try_recv().unwrap();
+        assert_eq!(kept.span, trace.attempt_span("load", 1));
+        assert_eq!(kept.parent, Some(trace.root_span()));
+    }
+
     #[test]
     fn spans_are_encoded_as_otlp_json() {
         let trace = TraceId(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);

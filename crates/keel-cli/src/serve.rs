@@ -67,7 +67,9 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         .await;
     // The engine holds the exporter's queue: dropping it lets the last spans go out.
     drop(engine);
-    exporter.finish(&logger);
+    let last = logger.clone();
+    // Joining the exporter's thread waits up to one request's timeout: not on the runtime.
+    let _ = tokio::task::spawn_blocking(move || exporter.finish(&last)).await;
     served?;
     logger.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(0)

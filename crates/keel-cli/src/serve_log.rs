@@ -120,12 +120,17 @@ impl Logger {
     }
 
     pub fn write(&self, line: Line) {
+        use std::io::Write;
         let now = chrono::Utc::now();
-        match self.format {
-            LogFormat::Text if line.in_text => eprintln!("{}", self.render_text(&line, now)),
-            LogFormat::Text => {}
-            LogFormat::Json => eprintln!("{}", self.render_json(line, now)),
-        }
+        let mut text = match self.format {
+            LogFormat::Text if line.in_text => self.render_text(&line, now),
+            LogFormat::Text => return,
+            LogFormat::Json => self.render_json(line, now),
+        };
+        text.push('\n');
+        // One write per line, so that lines from the exporter's thread never interleave; a
+        // closed stderr loses the line instead of stopping serve (as `eprintln!` would).
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 
     /// `TIME [PARTITION: ]MESSAGE`, with control characters made visible.

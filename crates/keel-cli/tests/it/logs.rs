@@ -536,6 +536,34 @@ mod otlp {
         );
     }
 
+    /// An endpoint serve cannot use stops it at start, naming where the endpoint came from.
+    #[test]
+    fn otlp_endpoint_that_is_not_http_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pipeline(dir.path(), PIPELINE);
+        let output = Command::new(keel_path())
+            .arg("serve")
+            .arg(dir.path().join("keel.toml"))
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector.example:4318",
+            )
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(
+                "error: OTEL_EXPORTER_OTLP_ENDPOINT \"https://collector.example:4318\""
+            ),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("hint: keel exports over plain http only"),
+            "{stderr}"
+        );
+    }
+
     /// A collector that is down costs spans, never the run: serve says so once and carries on.
     /// The endpoint comes from the standard variable here.
     #[test]
