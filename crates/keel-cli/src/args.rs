@@ -135,6 +135,16 @@ pub struct ServeArgs {
     /// --clock-speed, the time then runs on from there N times as fast.
     #[arg(long, value_name = "TIME")]
     pub clock_start: Option<String>,
+    /// How log lines are written on stderr: `text` for people, `json` for one JSON object a
+    /// line (ts, level, msg, pipeline, run, partition, task, attempt, outcome, trace_id,
+    /// span_id).
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub log_format: crate::serve_log::LogFormat,
+    /// Send each run's trace to this OTLP/HTTP collector (http:// only, e.g.
+    /// http://127.0.0.1:4318); defaults to OTEL_EXPORTER_OTLP_ENDPOINT. Needs a keel built
+    /// with the `otlp` feature.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.

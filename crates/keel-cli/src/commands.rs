@@ -76,6 +76,14 @@ fn validate(path: &Path) -> Result<u8> {
 /// The first SIGINT or SIGTERM drains (no new attempts; running ones may finish within the
 /// grace period); a second one stops everything at once.
 pub(crate) fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
+    shutdown_on_signals_telling(grace, |notice| eprintln!("\n{notice}"))
+}
+
+/// [`shutdown_on_signals`], saying what happens through `say` (serve's logger).
+pub(crate) fn shutdown_on_signals_telling(
+    grace: Duration,
+    say: impl Fn(&str) + Send + 'static,
+) -> keel_engine::Shutdown {
     use tokio::signal::unix::{SignalKind, signal};
     let (trigger, shutdown) = keel_engine::Shutdown::channel();
     let (Ok(mut interrupt), Ok(mut terminate)) = (
@@ -91,15 +99,13 @@ pub(crate) fn shutdown_on_signals(grace: Duration) -> keel_engine::Shutdown {
                 _ = terminate.recv() => {}
             }
             if round == 0 {
-                eprintln!(
-                    "\nkeel: stopping; running attempts may finish for up to {}, then they are stopped and resume on the next `keel run`. Interrupt again to stop them now.",
+                say(&format!(
+                    "keel: stopping; running attempts may finish for up to {}, then they are stopped and resume on the next `keel run`. Interrupt again to stop them now.",
                     keel_model::format_duration(grace)
-                );
+                ));
                 trigger.drain();
             } else {
-                eprintln!(
-                    "\nkeel: stopping running attempts now; they resume on the next `keel run`"
-                );
+                say("keel: stopping running attempts now; they resume on the next `keel run`");
                 trigger.now();
             }
         }

@@ -18,6 +18,7 @@ use keel_store::{SqliteStore, StateLock};
 
 use crate::Exit;
 use crate::display::printable;
+use crate::serve_log::{Level, Line, LogFormat, Logger};
 use crate::setup::{ProcessEngine, build_engine};
 use crate::state::{self, StatePaths};
 
@@ -49,6 +50,8 @@ pub struct Served {
     /// `--state`, which wins over the file's `state` field.
     pub state_url: Option<String>,
     pub status: Arc<Mutex<FileStatus>>,
+    /// Where its lines go: they name the pipeline.
+    pub logger: Logger,
 }
 
 /// The pipelines `keel serve` was given, loaded, with their state locked and opened: every
@@ -60,7 +63,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn open(state_url: Option<&str>, files: &[PathBuf]) -> Result<Daemon> {
+    pub fn open(state_url: Option<&str>, files: &[PathBuf], format: LogFormat) -> Result<Daemon> {
         let mut pipelines: Vec<(Served, PipelineSpec, SqliteStore)> = Vec::new();
         let mut locks: HashMap<PathBuf, StateLock> = HashMap::new();
         for file in files {
@@ -93,6 +96,11 @@ impl Daemon {
                 name: spec.name.clone(),
                 paths,
                 state_url: state_url.map(str::to_string),
+                logger: Logger::for_pipeline(
+                    format,
+                    &spec.name,
+                    spec.timezone.parse().unwrap_or(chrono_tz::UTC),
+                ),
                 status: Arc::new(Mutex::new(status)),
             };
             pipelines.push((served, spec, store));
@@ -126,6 +134,7 @@ impl Daemon {
                     let shutdown = shutdown.clone();
                     let observers = observers.clone();
                     all.spawn_local(async move {
+                        let logger = served.logger.clone();
                         let name = served.name.clone();
                         let status = served.status.clone();
                         let served = keep_serving(served, spec, store, grace, shutdown, observers);
@@ -133,10 +142,9 @@ impl Daemon {
                             Ok(()) => true,
                             Err(error) => {
                                 let why = format!("{error:#}").replace('\n', "; ");
-                                log(&format!(
-                                    "pipeline {}: stopped: {}",
-                                    printable(&name),
-                                    printable(&why)
+                                logger.write(Line::new(
+                                    Level::Error,
+                                    format!("pipeline {name}: stopped: {why}"),
                                 ));
                                 lock(&status).problem = Some(format!("stopped: {why}"));
                                 false
@@ -207,10 +215,10 @@ async fn keep_serving(
                 problem: None,
             },
         );
-        log(&format!(
+        served.logger.info(&format!(
             "pipeline {}: reloaded {}: version {version} replaces {}; running attempts carry on",
-            printable(&served.name),
-            printable(&served.paths.pipeline.display().to_string()),
+            served.name,
+            served.paths.pipeline.display(),
             previous.version
         ));
         engine = next_engine;
@@ -362,15 +370,13 @@ impl FileWatch {
             return;
         }
         match &problem {
-            Some(problem) => log(&format!(
-                "pipeline {}: {}",
-                printable(&served.name),
-                printable(problem)
-            )),
-            None => log(&format!(
+            Some(problem) => served
+                .logger
+                .warn(&format!("pipeline {}: {problem}", served.name)),
+            None => served.logger.info(&format!(
                 "pipeline {}: {} is back to the version in use",
-                printable(&served.name),
-                printable(&self.path.display().to_string())
+                served.name,
+                self.path.display()
             )),
         }
         status.problem = problem;
@@ -381,10 +387,4 @@ fn lock(status: &Mutex<FileStatus>) -> std::sync::MutexGuard<'_, FileStatus> {
     status
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A line on stderr with the UTC time in front.
-pub fn log(line: &str) {
-    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
-    eprintln!("{now} {line}");
 }

@@ -60,7 +60,7 @@ impl ProgressDisplay {
                 Progress::AttemptRecovered { partition, task, attempt, how, .. } => {
                     note = Some(format!("{partition} {task} attempt {attempt}: {how}"));
                 }
-                Progress::AttemptFinished { run, partition, task, attempt, outcome, message, retry_at } => {
+                Progress::AttemptFinished { run, partition, task, attempt, outcome, message, retry_at, .. } => {
                     let counts = shared.runs.entry(*run).or_default();
                     counts.running = counts.running.saturating_sub(1);
                     if retry_at.is_some() {

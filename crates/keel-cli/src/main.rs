@@ -26,9 +26,12 @@ mod display;
 mod hints;
 mod inspect;
 mod operations;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod output;
 mod report;
 mod serve;
+mod serve_log;
 mod setup;
 mod state;
 

@@ -2,21 +2,24 @@
 //! run and exits, and a `keel run` that finds a serving Keel holding the state queues its run
 //! and follows it to the end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use keel_engine::{Progress, RunRequest};
+use keel_engine::RunRequest;
 use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
-    Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
+    Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
+    shutdown_on_signals_telling,
 };
-use crate::daemon::{Daemon, Observer, Observers, log};
+use crate::daemon::{Daemon, Observer, Observers};
 use crate::display::{self, printable};
+use crate::serve_log;
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
 
@@ -24,15 +27,35 @@ use crate::state::{self, StatePaths};
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
+    let format = args.log_format;
+    serve_logged(state_url, args)
+        .await
+        .map_err(|error| serve_log::end_with(format, error))
+}
+
+async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
-    accelerate(&args)?;
-    let daemon = Daemon::open(state_url, &args.pipelines)?;
+    let traces = serve_log::trace_endpoint(args.otlp_endpoint.as_deref())?;
+    let daemon = Daemon::open(state_url, &args.pipelines, args.log_format)?;
+    // Lines about no pipeline in particular (the clock, signals, the stop) name the pipeline
+    // when there is only one.
+    let general = match daemon.served().as_slice() {
+        [only] => only.logger.clone(),
+        _ => serve_log::Logger::new(args.log_format),
+    };
+    accelerate(&args, &general)?;
+    let mut telemetries = HashMap::new();
+    let mut exporters = Vec::new();
     for served in daemon.served() {
         let spec = daemon
             .specs()
             .find(|spec| spec.name == served.name)
             .expect("every served pipeline has its spec");
-        log(&format!(
+        let (telemetry, exporter) =
+            serve_log::Telemetry::start(&served.logger, &served.name, traces.clone());
+        telemetries.insert(served.name.clone(), Arc::new(telemetry));
+        exporters.push((exporter, served.logger.clone()));
+        served.logger.info(&format!(
             "keel serve: pipeline {} from {} (pid {}); {}; state {}",
             printable(&served.name),
             printable(&served.paths.pipeline.display().to_string()),
@@ -41,20 +64,33 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             printable(&served.paths.database.display().to_string())
         ));
     }
-    let observers: Observers = Arc::new(|spec: &PipelineSpec| {
-        let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
-        let name = spec.name.clone();
-        Box::new(move |event| log_progress(&name, event, zone)) as Observer
+    // Each engine the daemon builds for a pipeline (a reload builds another) reports to the
+    // pipeline's one logger and trace exporter.
+    let observers: Observers = Arc::new(move |spec: &PipelineSpec| {
+        let telemetry = telemetries.get(&spec.name).cloned();
+        Box::new(move |event| {
+            if let Some(telemetry) = &telemetry {
+                telemetry.observe(&event);
+            }
+        }) as Observer
     });
-    let clean = daemon
-        .run(grace, shutdown_on_signals(grace), observers)
-        .await;
-    log("keel serve: stopped; unfinished runs carry on at the next start");
+    let notices = general.clone();
+    let shutdown = shutdown_on_signals_telling(grace, move |notice| notices.warn(notice));
+    let clean = daemon.run(grace, shutdown, observers).await;
+    // The engines, and with them the exporters' queues, are gone: let the last spans out.
+    // Joining an exporter's thread waits up to one request's timeout: not on the runtime.
+    let _ = tokio::task::spawn_blocking(move || {
+        for (exporter, logger) in exporters {
+            exporter.finish(&logger);
+        }
+    })
+    .await;
+    general.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(if clean { 0 } else { 1 })
 }
 
 /// `--clock-speed` and `--clock-start`: the engine's clock for this process.
-fn accelerate(args: &ServeArgs) -> Result<()> {
+fn accelerate(args: &ServeArgs, logger: &serve_log::Logger) -> Result<()> {
     if args.clock_speed == 1 && args.clock_start.is_none() {
         return Ok(());
     }
@@ -70,7 +106,7 @@ fn accelerate(args: &ServeArgs) -> Result<()> {
     };
     keel_engine::SystemClock::accelerate(start, args.clock_speed);
     let from = chrono::DateTime::from_timestamp_millis(start).unwrap_or_default();
-    log(&format!(
+    logger.info(&format!(
         "keel serve: the clock starts at {} and runs {}x as fast as the wall clock (tasks keep real time)",
         from.format("%Y-%m-%dT%H:%M:%SZ"),
         args.clock_speed
@@ -89,99 +125,6 @@ fn describe_schedule(spec: &PipelineSpec) -> String {
         ),
         None => "no schedule: it runs what is queued (keel run --detach)".to_string(),
     }
-}
-
-/// One line per event that matters to someone reading a daemon's log.
-fn log_progress(pipeline: &str, event: Progress, zone: chrono_tz::Tz) {
-    let local = |at: keel_model::Millis| {
-        chrono::DateTime::from_timestamp_millis(at)
-            .map(|at| {
-                at.with_timezone(&zone)
-                    .format("%Y-%m-%d %H:%M %Z")
-                    .to_string()
-            })
-            .unwrap_or_default()
-    };
-    let line = match event {
-        Progress::RunScheduled {
-            run,
-            partition,
-            fire_at,
-            joined: false,
-        } => {
-            format!(
-                "{partition}: the schedule fired for {}; run {run} started",
-                local(fire_at)
-            )
-        }
-        Progress::RunScheduled {
-            run,
-            partition,
-            fire_at,
-            joined: true,
-        } => format!(
-            "{partition}: the schedule fired for {}; unfinished run {run} carries on",
-            local(fire_at)
-        ),
-        Progress::RunLoaded {
-            run,
-            partition,
-            tasks,
-            done,
-        } => {
-            format!(
-                "{partition}: run {run} taken up ({done}/{} done)",
-                crate::display::count(tasks as u64, "task", "tasks")
-            )
-        }
-        Progress::RunFinished {
-            run,
-            partition,
-            state,
-        } => {
-            format!("{partition}: run {run} finished {state}")
-        }
-        Progress::RunRefused {
-            run,
-            partition,
-            reason,
-        } => format!("{partition}: run {run} is not carried on: {reason}"),
-        Progress::AttemptFinished {
-            partition,
-            task,
-            attempt,
-            outcome,
-            message,
-            retry_at,
-            ..
-        } if !outcome.is_complete() => {
-            let next = if retry_at.is_some() {
-                "will retry"
-            } else {
-                "gave up"
-            };
-            let detail = message
-                .map(|message| format!(": {message}"))
-                .unwrap_or_default();
-            format!("{partition}: {task} attempt {attempt} {outcome}{detail} ({next})")
-        }
-        Progress::GateOpened {
-            partition,
-            phase,
-            missing,
-            ..
-        } => format!(
-            "{partition}: gate of phase {phase} opened without {}",
-            missing.join(", ")
-        ),
-        Progress::BreakerChanged {
-            resource, detail, ..
-        } => {
-            format!("resource {resource}: breaker {detail}")
-        }
-        _ => return,
-    };
-    log(&printable(&format!("{pipeline} {line}")));
 }
 
 /// Whether the state is held by a serving Keel right now.

@@ -11,6 +11,7 @@ pub mod schedule;
 mod spec;
 mod suggest;
 pub mod template;
+mod trace;
 
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
@@ -21,6 +22,7 @@ pub use spec::{
     RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec, TaskContext, TaskSpec,
 };
 pub use suggest::closest;
+pub use trace::{SpanId, TraceId};
 
 /// Milliseconds since the Unix epoch, as every Keel clock reports time.
 pub type Millis = i64;

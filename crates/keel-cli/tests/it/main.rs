@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod logs;
 mod messages;
 mod operations;
 mod reconcile_crash;

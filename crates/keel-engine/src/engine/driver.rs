@@ -193,6 +193,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         (self.core.observer)(Progress::RunLoaded {
             run,
+            trace: book.runs[run_index].trace,
             partition: record.partition.clone(),
             tasks: self.core.dag.len(),
             done: book.runs[run_index].done,
@@ -255,14 +256,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             Adopted::Finished(_) => "finished while keel was down",
             Adopted::Gone(_) => "lost",
         };
+        let trace = book.runs[run_index].trace;
         (self.core.observer)(Progress::AttemptRecovered {
             run: attempt.run,
             partition: book.runs[run_index].record.partition.clone(),
             task: attempt.task.clone(),
             attempt: attempt.number,
             how,
+            trace,
+            span: trace.attempt_span(&attempt.task, attempt.number),
         });
-        let live = Live::new(run_index, task, attempt.number, epoch);
+        let started_at = attempt.started_at.unwrap_or(attempt.claimed_at);
+        let live = Live::new(run_index, task, attempt.number, epoch, started_at);
         book.live.insert(attempt.id, live);
         match adopted {
             Adopted::Running(running) => {

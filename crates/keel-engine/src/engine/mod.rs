@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::policy::{Permit, ResourcePolicy, Verdict as ResourceVerdict};
 use keel_exec::{Adopted, Executor, Launch, Report};
 use keel_model::{
-    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+    AttemptId, Dag, Millis, Outcome, PipelineSpec, RunId, RunState, SpanId, TaskIndex, TaskState,
+    TraceId,
 };
 use keel_store::{
     AttemptRecord, Change, ClaimAttempt, NewRun, RunRecord, Store, StoreError, Write,
@@ -174,12 +175,17 @@ pub enum Progress {
         partition: String,
         tasks: usize,
         done: usize,
+        trace: TraceId,
     },
+    /// `span` is the attempt's span, the parent id of its `TRACEPARENT`; `at` when it started.
     AttemptStarted {
         run: RunId,
         partition: String,
         task: String,
         attempt: u32,
+        trace: TraceId,
+        span: SpanId,
+        at: Millis,
     },
     AttemptRecovered {
         run: RunId,
@@ -187,6 +193,8 @@ pub enum Progress {
         task: String,
         attempt: u32,
         how: &'static str,
+        trace: TraceId,
+        span: SpanId,
     },
     AttemptFinished {
         run: RunId,
@@ -196,6 +204,10 @@ pub enum Progress {
         outcome: Outcome,
         message: Option<String>,
         retry_at: Option<Millis>,
+        trace: TraceId,
+        span: SpanId,
+        started_at: Millis,
+        finished_at: Millis,
     },
     /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
     BreakerChanged {
@@ -206,6 +218,7 @@ pub enum Progress {
     /// A gate let downstream proceed without these tasks of its phase.
     GateOpened {
         run: RunId,
+        trace: TraceId,
         partition: String,
         phase: String,
         missing: Vec<String>,
@@ -216,10 +229,15 @@ pub enum Progress {
         tasks: Vec<String>,
         outcome: Outcome,
     },
+    /// The run's trace ends: its root span ran from `started_at` (the run's creation) to
+    /// `finished_at`.
     RunFinished {
         run: RunId,
         partition: String,
         state: RunState,
+        trace: TraceId,
+        started_at: Millis,
+        finished_at: Millis,
     },
     /// An unfinished run this engine will not carry on, and why (the pipeline file lost tasks
     /// it has not finished).

@@ -86,9 +86,9 @@ impl Core {
         task: TaskIndex,
         sensor: bool,
         attempt: u32,
+        span: SpanId,
         dir: PathBuf,
     ) -> Launch {
-        let span_id = self.random.hex(16);
         let task_spec = &self.spec.tasks[task];
         let run_id = record.id.0.to_string();
         let attempt_text = attempt.to_string();
@@ -129,7 +129,7 @@ impl Core {
             ),
             (
                 "TRACEPARENT".to_string(),
-                format!("00-{}-{span_id}-01", record.trace_id),
+                TraceId::from_stored(&record.trace_id).traceparent(span),
             ),
         ];
         let (mut env, clear_env) = self.task_env(task, &values, keel_variables);
@@ -223,14 +223,19 @@ impl Core {
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
         slot.first_started_at.get_or_insert(now);
-        let launch = self.task_launch(&record, task, false, attempt.number, dir);
-        let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch);
+        let trace = book.runs[run_index].trace;
+        let span = trace.attempt_span(self.dag.name(task), attempt.number);
+        let launch = self.task_launch(&record, task, false, attempt.number, span, dir);
+        let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
         book.live.insert(attempt.id, live);
         (self.observer)(Progress::AttemptStarted {
             run: record.id,
             partition: record.partition.clone(),
             task: self.dag.name(task).to_string(),
             attempt: attempt.number,
+            trace,
+            span,
+            at: now,
         });
         launch
     }

@@ -391,6 +391,7 @@ impl Core {
         if !names.is_empty() {
             (self.observer)(Progress::GateOpened {
                 run: active.record.id,
+                trace: active.trace,
                 partition: active.record.partition.clone(),
                 phase: definition.phase.clone(),
                 missing: names,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use keel_exec::{Launch, Report};
 use keel_model::{
-    AttemptId, Dag, Millis, NodeIndex, Outcome, PipelineSpec, RunId, RunState, TaskIndex, TaskState,
+    AttemptId, Dag, Millis, NodeIndex, Outcome, PipelineSpec, RunId, RunState, SpanId, TaskIndex,
+    TaskState, TraceId,
 };
 use keel_store::{
     AttemptRecord, Change, FinishAttempt, GateRecord, GateState, RunRecord, SensorPoll, TaskChange,
@@ -136,6 +137,8 @@ pub(super) struct Slot {
 
 pub(super) struct ActiveRun {
     pub record: RunRecord,
+    /// The run's trace id, read once from `record.trace_id`.
+    pub trace: TraceId,
     pub slots: Vec<Slot>,
     /// Per node (tasks, then phase barriers): dependencies not yet complete (and not waived by
     /// an open gate), or barriers not yet passed.
@@ -166,15 +169,18 @@ pub(super) struct Live {
     pub task: TaskIndex,
     pub number: u32,
     pub epoch: i64,
+    /// When it started (claimed, for one this engine launched), for its trace span.
+    pub started_at: Millis,
 }
 
 impl Live {
-    pub fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
+    pub fn new(run: usize, task: TaskIndex, number: u32, epoch: i64, started_at: Millis) -> Live {
         Live {
             run,
             task,
             number,
             epoch,
+            started_at,
         }
     }
 }

@@ -26,6 +26,7 @@ impl Core {
         let tasks = self.dag.len();
         let mut active = ActiveRun {
             finished: record.state.is_finished(),
+            trace: TraceId::from_stored(&record.trace_id),
             record,
             slots: vec![NOT_IN_THE_RUN; tasks],
             remaining: vec![0; self.dag.nodes()],

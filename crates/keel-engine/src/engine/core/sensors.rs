@@ -26,13 +26,16 @@ impl Core {
             .join(&*self.store_id)
             .join(record.id.0.to_string())
             .join(format!("{}.sensor.{now}", self.dag.name(task)));
+        let span = active
+            .trace
+            .sensor_span(self.dag.name(task), active.sensor_polls[task]);
         let launch = Launch {
             timeout: sensor
                 .every
                 .max(std::time::Duration::from_secs(1))
                 .min(self.spec.tasks[task].timeout),
             heartbeat: None,
-            ..self.task_launch(&record, task, true, 0, dir)
+            ..self.task_launch(&record, task, true, 0, span, dir)
         };
         book.sensing += 1;
         book.effects.push(Effect::PollSensor {

@@ -83,14 +83,19 @@ impl Core {
                     None
                 }
             };
+            let task = self.dag.name(live.task);
             (self.observer)(Progress::AttemptFinished {
                 run: active.record.id,
                 partition: active.record.partition.clone(),
-                task: self.dag.name(live.task).to_string(),
+                task: task.to_string(),
                 attempt: live.number,
                 outcome,
                 message,
                 retry_at,
+                trace: active.trace,
+                span: active.trace.attempt_span(task, live.number),
+                started_at: live.started_at,
+                finished_at: book.now,
             });
         }
         book.followups
@@ -447,6 +452,9 @@ impl Core {
             run: active.record.id,
             partition: active.record.partition.clone(),
             state,
+            trace: active.trace,
+            started_at: active.record.created_at,
+            finished_at: book.now,
         });
         book.release_partition_waiters();
         Ok(())

@@ -546,7 +546,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
     );
     assert!(launch.clear_env);
     let record = book.runs[0].record.clone();
-    let launch = core.task_launch(&record, 0, false, 1, PathBuf::from("/attempt"));
+    let launch = core.task_launch(&record, 0, false, 1, SpanId(7), PathBuf::from("/attempt"));
     assert_eq!(launch.cwd, expected_dir);
     assert!(launch.clear_env, "a list inherits only what it names");
     let names: Vec<&str> = launch.env.iter().map(|(name, _)| name.as_str()).collect();
