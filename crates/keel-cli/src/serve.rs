@@ -52,6 +52,14 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `the schedule`, or `pass "NAME"` for a pass's schedule.
+fn schedule_name(pass: &Option<String>) -> String {
+    match pass {
+        None => "the schedule".to_string(),
+        Some(pass) => format!("pass {pass:?}"),
+    }
+}
+
 /// One line per event that matters to someone reading a daemon's log.
 fn log_progress(event: Progress, zone: chrono_tz::Tz) {
     let local = |at: keel_model::Millis| {
@@ -69,9 +77,11 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             partition,
             fire_at,
             joined: false,
+            pass,
         } => {
             format!(
-                "{partition}: the schedule fired for {}; run {run} started",
+                "{partition}: {} fired for {}; run {run} started",
+                schedule_name(&pass),
                 local(fire_at)
             )
         }
@@ -80,8 +90,10 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             partition,
             fire_at,
             joined: true,
+            pass,
         } => format!(
-            "{partition}: the schedule fired for {}; unfinished run {run} carries on",
+            "{partition}: {} fired for {}; unfinished run {run} carries on",
+            schedule_name(&pass),
             local(fire_at)
         ),
         Progress::RunLoaded {
@@ -178,6 +190,7 @@ pub async fn hand_over(
         partitions,
         only: args.only.clone(),
         rerun: args.rerun,
+        pass: args.pass.clone(),
     };
     let (runs, mut finished) = prepare_runs(&mut engine, &request, false).await?;
     let ranged = args.partitions.from.is_some();

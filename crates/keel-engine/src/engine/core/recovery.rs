@@ -52,7 +52,12 @@ impl Core {
                 losses: 0,
                 not_before: task.not_before,
             };
-            if task.outcome == Some(Outcome::Skipped) && task.attempts == 0 {
+            // A pass's run settles the tasks outside the pass `skipped`: they are taken as done,
+            // not left out, and the run ends `succeeded` without them.
+            if task.outcome == Some(Outcome::Skipped)
+                && task.attempts == 0
+                && active.record.pass.is_none()
+            {
                 active.left_out.push(index);
             }
             active.sensor_polls[index] = task.sensor_polls;

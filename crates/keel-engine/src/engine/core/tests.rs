@@ -117,6 +117,7 @@ fn loaded_from(
         finished_at: None,
         cancel_requested: false,
         message: None,
+        pass: None,
     };
     let mut stored: Vec<keel_store::TaskRunRecord> = core
         .spec
