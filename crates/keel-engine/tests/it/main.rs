@@ -14,6 +14,7 @@ use keel_model::{
 use keel_store::{SqliteStore, Store};
 
 mod crash_property;
+mod passes;
 mod properties;
 mod remembered;
 
