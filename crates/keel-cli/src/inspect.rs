@@ -102,7 +102,9 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         && !without_file
         && spec.pass(pass).is_none()
     {
-        return Err(Exit::usage(keel_engine::EngineError::unknown_pass(&spec, pass).to_string()));
+        return Err(Exit::usage(
+            keel_engine::EngineError::unknown_pass(&spec, pass).to_string(),
+        ));
     }
     let Some(store) = paths.open_for_reading()? else {
         if let Some(run) = args.run {

@@ -759,8 +759,10 @@ impl Checker<'_> {
         self.check_passes(&raw_passes, &zone, &phases, &tasks);
         let pipeline = pipeline?;
         let passes = passes::build_passes(raw_passes, &tasks);
-        Some(build_spec(pipeline, &defaults, resources, phases, tasks, passes))
-            .filter(|_| self.errors.is_empty())
+        Some(build_spec(
+            pipeline, &defaults, resources, phases, tasks, passes,
+        ))
+        .filter(|_| self.errors.is_empty())
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {

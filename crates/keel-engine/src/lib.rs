@@ -84,7 +84,10 @@ impl EngineError {
             pass: name.to_string(),
             pipeline: spec.name.clone(),
             known: spec.passes.iter().map(|pass| pass.name.clone()).collect(),
-            suggestion: keel_model::closest(name, spec.passes.iter().map(|pass| pass.name.as_str())),
+            suggestion: keel_model::closest(
+                name,
+                spec.passes.iter().map(|pass| pass.name.as_str()),
+            ),
         }
     }
 

@@ -360,7 +360,10 @@ mod tests {
             tasks: vec![],
             params: BTreeMap::new(),
         });
-        assert_eq!(serde_json::to_value(&spec).unwrap()["passes"][0]["name"], "late");
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap()["passes"][0]["name"],
+            "late"
+        );
     }
 
     proptest! {

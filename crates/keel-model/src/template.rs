@@ -190,7 +190,13 @@ mod tests {
 
     #[test]
     fn accepts_known_placeholders_and_escaped_braces() {
-        assert!(check_templates("echo {date} {partition} {run_id} {task} {attempt} {pass}", &[]).is_empty());
+        assert!(
+            check_templates(
+                "echo {date} {partition} {run_id} {task} {attempt} {pass}",
+                &[]
+            )
+            .is_empty()
+        );
         assert!(check_templates("awk '{{print $1}}' {date}.csv", &[]).is_empty());
         assert!(check_templates("a } b }} c", &[]).is_empty());
     }
@@ -247,7 +253,10 @@ mod tests {
             params: &[("mode".to_string(), "late".to_string())].into(),
         };
         let expand = |text: &str| Template::parse(text).expand(&values);
-        assert_eq!(expand("{pass}:{param.mode}:{param.other}"), "overnight:late:");
+        assert_eq!(
+            expand("{pass}:{param.mode}:{param.other}"),
+            "overnight:late:"
+        );
         assert_eq!(expand("{task}/{date}#{attempt}"), "scrape/2026-01-18#2");
         assert_eq!(expand("{{date}} and }} and }"), "{date} and } and }");
         assert_eq!(expand("{unknown} {run_id}"), "{unknown} 7");

@@ -141,7 +141,11 @@ async fn runs_of_a_pass_are_kept_apart<S: Store>(store: S) {
         )
         .await
         .unwrap();
-    assert_eq!(again, FireOutcome::Joined(late), "the pass's own run is unfinished");
+    assert_eq!(
+        again,
+        FireOutcome::Joined(late),
+        "the pass's own run is unfinished"
+    );
     let early = store
         .create_run(new_pass_run("2026-01-01", &["a"], "early"))
         .await

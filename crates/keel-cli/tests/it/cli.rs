@@ -2894,10 +2894,7 @@ params = { mode = "same_day" }
         .iter()
         .map(|run| &run["pass"])
         .collect();
-    assert_eq!(
-        history_passes,
-        vec![&Value::from("same_day"), &Value::Null]
-    );
+    assert_eq!(history_passes, vec![&Value::from("same_day"), &Value::Null]);
 
     let unknown_run = project.run(&["--partition", DAY, "--pass", "sameday"]);
     let unknown_status = project.keel("status", &["--pass", "nope"]);

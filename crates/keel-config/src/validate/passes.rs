@@ -21,7 +21,12 @@ use crate::error::{ConfigError, NameKind};
 use crate::suggest::closest;
 
 const PASS_FIELDS: &[&str] = &[
-    "schedule", "partition", "catchup", "phases", "tasks", "params",
+    "schedule",
+    "partition",
+    "catchup",
+    "phases",
+    "tasks",
+    "params",
 ];
 const PASS_LATER: &[&str] = &["gate"];
 
@@ -263,9 +268,10 @@ pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassS
             let selected: Vec<String> = tasks
                 .iter()
                 .filter(|task| match (&pass.phases, &pass.tasks) {
-                    (Some((phases, _)), _) => task.phase.as_ref().is_some_and(|phase| {
-                        phases.iter().any(|name| name.name == phase.name)
-                    }),
+                    (Some((phases, _)), _) => task
+                        .phase
+                        .as_ref()
+                        .is_some_and(|phase| phases.iter().any(|name| name.name == phase.name)),
                     (None, Some((names, _))) => {
                         names.iter().any(|name| name.name == task.name.name)
                     }

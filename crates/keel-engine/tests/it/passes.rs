@@ -290,7 +290,9 @@ async fn a_pass_run_by_hand_is_kept_apart_from_the_pipelines_own() {
         .await
         .unwrap_err();
     assert!(
-        with_only.to_string().contains("cannot be combined with --only"),
+        with_only
+            .to_string()
+            .contains("cannot be combined with --only"),
         "{with_only}"
     );
 }
