@@ -115,8 +115,21 @@ async fn passes_fire_once_per_partition_each_with_its_subset_across_daylight_sav
     let end = new_york("2026-03-09 00:00");
     harness.clock.set(start);
     let mut engine = harness.engine(spec.clone());
+    // A run left unfinished: serve takes it up, reads its schedules, then runs it; once it has
+    // finished, the cursors stand at the start time and the clock may move.
+    let marker = RunRequest {
+        partitions: vec!["2000-01-01".into()],
+        ..RunRequest::default()
+    };
+    engine.prepare(&marker).await.unwrap();
     let (trigger, shutdown) = Shutdown::channel();
     let served = tokio::spawn(async move { engine.serve(shutdown).await });
+    let store = harness.store.clone();
+    eventually("the run left unfinished to be taken up", || {
+        let store = store.clone();
+        async move { store.unfinished_runs("test").await.unwrap().is_empty() }
+    })
+    .await;
 
     // Each schedule's trigger and the fires it must have recorded by a given time.
     let mut triggers: Vec<(String, Schedule)> = vec![(
@@ -166,7 +179,11 @@ async fn passes_fire_once_per_partition_each_with_its_subset_across_daylight_sav
         .await
         .unwrap();
     let mut seen: BTreeMap<(Option<String>, String), usize> = BTreeMap::new();
-    for run in &view.runs {
+    for run in view
+        .runs
+        .iter()
+        .filter(|run| run.record.partition != "2000-01-01")
+    {
         *seen
             .entry((run.record.pass.clone(), run.record.partition.clone()))
             .or_default() += 1;
@@ -216,7 +233,8 @@ async fn passes_fire_once_per_partition_each_with_its_subset_across_daylight_sav
 
     // What each task saw: the pass's name, its params, and an empty KEEL_PASS outside passes.
     let launches = harness.executor.launches.lock().unwrap().clone();
-    assert_eq!(launches.len(), 2 * 3 + 2 * 3 + 2 + 2 * 2);
+    // The run left unfinished, then two of the schedule's, overnight's, same_day's, tomorrow's.
+    assert_eq!(launches.len(), 3 + 2 * 3 + 2 * 3 + 2 + 2 * 2);
     for (task, _, env) in &launches {
         let pass = env_of(env, "KEEL_PASS").expect("KEEL_PASS is always set");
         assert_eq!(env_of(env, "PASS_SEEN"), Some(pass));
@@ -294,5 +312,117 @@ async fn a_pass_run_by_hand_is_kept_apart_from_the_pipelines_own() {
             .to_string()
             .contains("cannot be combined with --only"),
         "{with_only}"
+    );
+}
+
+/// After downtime each pass catches up by its own `catchup`: `all` runs every missed fire once,
+/// oldest first, `latest` only the newest, `none` nothing; the pipeline's own schedule keeps its
+/// own policy. A restart neither repeats nor loses a fire.
+#[tokio::test]
+async fn each_pass_catches_up_by_its_own_policy_after_downtime() {
+    let harness = Harness::new();
+    let mut spec = hoops_like();
+    spec.schedule = schedule("0 6 * * *", -1, Catchup::None);
+    let policies = [
+        ("tomorrow", Catchup::Latest),
+        ("overnight", Catchup::All),
+        ("same_day", Catchup::None),
+    ];
+    for (name, catchup) in policies {
+        let pass = spec
+            .passes
+            .iter_mut()
+            .find(|pass| pass.name == name)
+            .unwrap();
+        pass.schedule.as_mut().unwrap().catchup = catchup;
+    }
+    // A run left unfinished before each start: serve takes it up, then reads its schedules,
+    // and only then runs it, so once it has finished the cursors stand at the start time and
+    // the clock may move.
+    let serve_until = |marker: &'static str, until: Millis| {
+        let mut engine = harness.engine(spec.clone());
+        let store = harness.store.clone();
+        let clock = harness.clock.clone();
+        async move {
+            let request = RunRequest {
+                partitions: vec![marker.into()],
+                ..RunRequest::default()
+            };
+            engine.prepare(&request).await.unwrap();
+            let (trigger, shutdown) = Shutdown::channel();
+            let served = tokio::spawn(async move { engine.serve(shutdown).await });
+            eventually("the run left unfinished to be taken up", || {
+                let store = store.clone();
+                async move { store.unfinished_runs("test").await.unwrap().is_empty() }
+            })
+            .await;
+            clock.set(until);
+            eventually("the fires due to be recorded and run", || {
+                clock.advance(1_000);
+                let store = store.clone();
+                async move {
+                    store
+                        .last_fire("test", "pass:overnight")
+                        .await
+                        .unwrap()
+                        .is_some()
+                        && store.unfinished_runs("test").await.unwrap().is_empty()
+                }
+            })
+            .await;
+            trigger.drain();
+            served.await.unwrap().unwrap();
+        }
+    };
+    // Every schedule fires once on the first day, so each has a last fire to catch up from.
+    harness.clock.set(new_york("2026-03-01 00:00"));
+    serve_until("2000-01-01", new_york("2026-03-01 23:00")).await;
+    let count = |pass: Option<&'static str>| {
+        let store = harness.store.clone();
+        async move {
+            let view = store
+                .status_view(&StatusQuery {
+                    every_run: true,
+                    ..StatusQuery::new("test")
+                })
+                .await
+                .unwrap();
+            view.runs
+                .iter()
+                .filter(|run| run.record.pass.as_deref() == pass)
+                .filter(|run| !run.record.partition.starts_with("2000-"))
+                .map(|run| run.record.partition.clone())
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    assert_eq!(
+        count(Some("overnight")).await,
+        ["2026-02-28".to_string()].into()
+    );
+    // Down for three days; started again at 00:00 on the 5th, before any fire of that day.
+    harness.clock.set(new_york("2026-03-05 00:00"));
+    serve_until("2000-01-02", new_york("2026-03-05 00:01")).await;
+    let dates = |dates: &[&str]| -> BTreeSet<String> {
+        dates.iter().map(|date| date.to_string()).collect()
+    };
+    assert_eq!(
+        count(Some("overnight")).await,
+        dates(&["2026-02-28", "2026-03-01", "2026-03-02", "2026-03-03"]),
+        "all: every missed fire once"
+    );
+    assert_eq!(
+        count(Some("tomorrow")).await,
+        dates(&["2026-03-02", "2026-03-05"]),
+        "latest: only the newest missed fire (17:00 on the 4th)"
+    );
+    assert_eq!(
+        count(Some("same_day")).await,
+        dates(&["2026-03-01"]),
+        "none: no missed fire"
+    );
+    assert_eq!(
+        count(None).await,
+        dates(&["2026-02-28"]),
+        "none for the schedule"
     );
 }
