@@ -756,7 +756,7 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|pipeline| pipeline.timezone.clone())
             .unwrap_or_else(|| "UTC".to_string());
-        self.check_passes(&raw_passes, &zone, &phases, &tasks);
+        self.check_passes(&mut raw_passes, &zone, &phases, &tasks);
         let pipeline = pipeline?;
         let passes = passes::build_passes(raw_passes, &tasks);
         Some(build_spec(

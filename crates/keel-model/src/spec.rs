@@ -43,9 +43,9 @@ pub struct PipelineSpec {
 }
 
 /// A pass (`[passes.NAME]`): a schedule that processes a partition again with a subset of the
-/// pipeline's tasks and its own parameters. Tasks outside the subset are taken as done: a run
+/// pipeline's tasks, its own parameters and, for some phases, its own gates. Tasks outside the subset are taken as done: a run
 /// of the pass settles them `skipped` and ends `succeeded` once its own tasks have.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PassSpec {
     pub name: String,
     /// When the pass fires and which partition it processes; not part of the version.
@@ -55,6 +55,8 @@ pub struct PassSpec {
     pub tasks: Vec<String>,
     /// `{param.NAME}` values for the pass's runs.
     pub params: BTreeMap<String, String>,
+    /// Gates that replace the gates of these phases (by name) in the pass's runs.
+    pub gates: BTreeMap<String, GateSpec>,
 }
 
 /// `schedule`, `schedule_partition` and `catchup` of `[pipeline]`.
@@ -359,6 +361,7 @@ mod tests {
             schedule: None,
             tasks: vec![],
             params: BTreeMap::new(),
+            gates: BTreeMap::new(),
         });
         assert_eq!(
             serde_json::to_value(&spec).unwrap()["passes"][0]["name"],

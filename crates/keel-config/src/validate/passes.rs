@@ -13,6 +13,7 @@ use keel_model::{Catchup, PassSpec, ScheduleSpec};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use super::resilience::RawGate;
 use super::{
     CATCHUP_KINDS, Checker, EXPECT_STRING, NameListContext, NameRef, RawPhase, RawTask, entries,
     is_valid_name, join_path,
@@ -27,8 +28,8 @@ const PASS_FIELDS: &[&str] = &[
     "phases",
     "tasks",
     "params",
+    "gate",
 ];
-const PASS_LATER: &[&str] = &["gate"];
 
 /// The parameter names every pass declares, in file order without repeats, read before the
 /// rest of the file so that templates can be checked against them. Whatever is malformed here
@@ -66,6 +67,8 @@ pub(super) struct RawPass {
     phases: Option<(Vec<NameRef>, Range<usize>)>,
     tasks: Option<(Vec<NameRef>, Range<usize>)>,
     params: BTreeMap<String, String>,
+    /// Gates replacing the phases' own in the pass's runs: (phase, gate).
+    gates: Vec<(NameRef, RawGate)>,
 }
 
 impl Checker<'_> {
@@ -89,6 +92,7 @@ impl Checker<'_> {
             phases: None,
             tasks: None,
             params: BTreeMap::new(),
+            gates: Vec::new(),
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -128,8 +132,21 @@ impl Checker<'_> {
                     }
                 }
                 "params" => pass.params = self.params(value, &path),
-                _ if PASS_LATER.contains(&field) => self.not_supported_yet(key, &path),
-                _ => self.unknown_field(key, &path, PASS_FIELDS, PASS_LATER),
+                "gate" => {
+                    if let Some(gates) = self.table(value, field, &path) {
+                        for (phase, gate) in entries(gates) {
+                            let phase_name = phase.get_ref().to_string();
+                            if let Some(gate) = self.gate(phase, gate, &path, &phase_name) {
+                                let phase = NameRef {
+                                    name: phase_name,
+                                    span: phase.span(),
+                                };
+                                pass.gates.push((phase, gate));
+                            }
+                        }
+                    }
+                }
+                _ => self.unknown_field(key, &path, PASS_FIELDS, &[]),
             }
         }
         if let (Some(_), Some((_, span))) = (&pass.phases, &pass.tasks) {
@@ -183,12 +200,58 @@ impl Checker<'_> {
     /// the phases and tasks of the file.
     pub(super) fn check_passes(
         &mut self,
-        passes: &[RawPass],
+        passes: &mut [RawPass],
         zone: &str,
         phases: &[RawPhase],
         tasks: &[RawTask],
     ) {
-        for pass in passes {
+        for pass in passes.iter_mut() {
+            // A pass's gates name phases of the file and require tasks of their phase, as the
+            // phases' own gates do; they are checked the same way.
+            let mut overridden: Vec<RawPhase> = Vec::new();
+            for (phase, gate) in std::mem::take(&mut pass.gates) {
+                if phases.iter().any(|known| known.name.name == phase.name) {
+                    overridden.push(RawPhase {
+                        name: phase,
+                        after: Vec::new(),
+                        gate: Some(gate),
+                    });
+                } else {
+                    self.errors.push(ConfigError::UnknownPassName {
+                        pass: pass.name.name.clone(),
+                        kind: NameKind::Phase,
+                        suggestion: closest(
+                            &phase.name,
+                            phases.iter().map(|known| known.name.name.as_str()),
+                        ),
+                        name: phase.name,
+                        location: self.location(&phase.span),
+                    });
+                }
+            }
+            let mut every_phase: Vec<RawPhase> = phases
+                .iter()
+                .map(|phase| RawPhase {
+                    name: phase.name.clone(),
+                    after: Vec::new(),
+                    gate: None,
+                })
+                .collect();
+            for phase in overridden {
+                if let Some(slot) = every_phase
+                    .iter_mut()
+                    .find(|each| each.name.name == phase.name.name)
+                {
+                    *slot = phase;
+                }
+            }
+            self.check_gates(&every_phase, tasks);
+            pass.gates = every_phase
+                .into_iter()
+                .filter_map(|phase| Some((phase.name, phase.gate?)))
+                .collect();
+        }
+        for pass in passes.iter() {
             if let Some((cron, span)) = &pass.schedule
                 && let Err(error) = keel_model::schedule::Schedule::parse(cron, zone)
             {
@@ -288,6 +351,11 @@ pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassS
                 }),
                 tasks: selected,
                 params: pass.params,
+                gates: pass
+                    .gates
+                    .into_iter()
+                    .map(|(phase, gate)| (phase.name, gate.build()))
+                    .collect(),
             }
         })
         .collect()

@@ -877,7 +877,7 @@ schedule = "30 10 * * *"
 phases = ["scrape"]
 tasks = ["fetch"]
 params = { mode = "same_day", "bad name" = "x", retries = 3 }
-gate = { min = "50%" }
+gate = { analytcs = { min = "50%" }, scrape = { required = ["summary"], grace = "5m" } }
 colour = "blue"
 
 [passes.nothing]

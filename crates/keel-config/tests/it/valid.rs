@@ -828,6 +828,7 @@ catchup = "all"
 schedule = "30 10 * * *"
 tasks = ["predict", "context"]
 params = { mode = "same_day" }
+gate = { analytics = { required = ["summary"], grace = "10m" } }
 "#;
     let spec = parse(source);
     let names: Vec<&str> = spec.passes.iter().map(|pass| pass.name.as_str()).collect();
@@ -850,10 +851,21 @@ params = { mode = "same_day" }
     let same_day = spec.pass("same_day").unwrap();
     assert_eq!(same_day.tasks, strings(&["context", "predict"]));
     assert_eq!(same_day.params["mode"], "same_day");
+    assert_eq!(
+        same_day.gates["analytics"],
+        GateSpec {
+            required: strings(&["summary"]),
+            min_share: 0.0,
+            grace: seconds(600),
+        }
+    );
+    assert!(tomorrow.gates.is_empty());
 
     // When a pass fires is not part of the version; what it runs is.
     let rescheduled = parse(&source.replace("0 17 * * *", "0 18 * * *"));
     assert_eq!(spec.version(), rescheduled.version());
     let other_mode = parse(&source.replace("\"same_day\" }", "\"late\" }"));
     assert_ne!(spec.version(), other_mode.version());
+    let other_gate = parse(&source.replace("grace = \"10m\"", "grace = \"20m\""));
+    assert_ne!(spec.version(), other_gate.version());
 }

@@ -303,7 +303,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         config: EngineConfig,
     ) -> Engine<S, E, C> {
         let dag = Dag::new(&spec);
-        let topology = Topology::new(&spec, &dag);
+        // A pass runs the phases with its own gates where it overrides them.
+        let topologies = std::iter::once(Topology::new(&spec, &dag))
+            .chain(spec.passes.iter().map(|pass| {
+                let mut gated = spec.clone();
+                for phase in &mut gated.phases {
+                    if let Some(gate) = pass.gates.get(&phase.name) {
+                        phase.gate = Some(gate.clone());
+                    }
+                }
+                Topology::new(&gated, &dag)
+            }))
+            .collect();
         let task_uses = spec
             .tasks
             .iter()
@@ -326,7 +337,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 version: spec.version(),
                 spec: Arc::new(spec),
                 dag,
-                topology,
+                topologies,
                 task_uses,
                 commands,
                 config,
@@ -424,7 +435,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     let run = self.store.create_run(new_run).await?;
                     // Every gate is stored from the start, so a restarted Keel never has to
                     // guess whether one had opened.
-                    let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
+                    let topology = self.core.topology_index(pass_name);
+                    let gates = self
+                        .core
+                        .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
                     if !gates.is_empty() {
                         self.store.apply(run.id, gates, self.clock.now()).await?;
                     }

@@ -206,7 +206,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     (self.new_pass_run(&partition, &pass), pass_trigger(name))
                 }
             };
-            let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
+            let topology = self.core.topology_index(cursor.pass.as_deref());
+            let gates = self
+                .core
+                .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
             let fire = ScheduleFire { trigger, fire_at };
             let outcome = self.store.create_run_for_fire(new_run, fire, gates).await?;
             let run = match outcome {

@@ -40,6 +40,7 @@ fn pass(name: &str, cron: &str, offset: i64, tasks: &[&str], mode: Option<&str>)
         params: mode
             .map(|mode| BTreeMap::from([("mode".to_string(), mode.to_string())]))
             .unwrap_or_default(),
+        gates: BTreeMap::new(),
     }
 }
 
@@ -425,4 +426,74 @@ async fn each_pass_catches_up_by_its_own_policy_after_downtime() {
         dates(&["2026-02-28"]),
         "none for the schedule"
     );
+}
+
+/// A pass's `gate` replaces the phase's own in the pass's runs only: with the pipeline's (no
+/// gate) a failed task of the phase stops what is downstream; in the lenient pass's run the
+/// gate lets it go on without the task, and the run ends degraded.
+#[tokio::test]
+async fn a_pass_gate_overrides_the_phase_gate_in_its_runs_only() {
+    let harness = Harness::new();
+    let mut spec = pipeline(
+        vec![
+            task("summary", "analytics", &[], 1),
+            task("context", "analytics", &[], 1),
+            task("predict", "predictions", &[], 1),
+        ],
+        4,
+    );
+    let mut lenient = pass(
+        "lenient",
+        "0 6 * * *",
+        0,
+        &["summary", "context", "predict"],
+        None,
+    );
+    lenient.schedule = None;
+    lenient.gates.insert(
+        "analytics".into(),
+        keel_model::GateSpec {
+            required: vec!["summary".into()],
+            min_share: 0.0,
+            grace: Duration::ZERO,
+        },
+    );
+    spec.passes = vec![lenient];
+    let mut engine = harness.engine(spec);
+    harness
+        .executor
+        .script("context", &[Outcome::Failed, Outcome::Failed]);
+    assert_eq!(
+        crate::run_partition(&mut engine, "2026-03-07").await,
+        RunState::Failed
+    );
+    let prepared = engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-03-07".into()],
+            pass: Some("lenient".into()),
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let [Prepared::Created(run)] = prepared.as_slice() else {
+        panic!("{prepared:?}");
+    };
+    let summaries = engine.execute(&[*run], Shutdown::never()).await.unwrap();
+    assert_eq!(summaries[0].state, RunState::Degraded);
+    let predicted = harness
+        .store
+        .task_runs(*run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|row| row.task == "predict")
+        .unwrap();
+    assert_eq!(predicted.outcome, Some(Outcome::Succeeded));
+    let gates = harness.store.gates(*run).await.unwrap();
+    assert_eq!(
+        gates.len(),
+        1,
+        "the pass's run stores the pass's gate: {gates:?}"
+    );
+    assert_eq!(gates[0].waived, vec!["context".to_string()]);
 }

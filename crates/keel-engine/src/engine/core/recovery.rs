@@ -24,12 +24,14 @@ impl Core {
         stored: &[keel_store::TaskRunRecord],
     ) -> ActiveRun {
         let tasks = self.dag.len();
+        let topology = self.topology_index(record.pass.as_deref());
         let mut active = ActiveRun {
+            topology,
             finished: record.state.is_finished(),
             record,
             slots: vec![NOT_IN_THE_RUN; tasks],
             remaining: vec![0; self.dag.nodes()],
-            gates: vec![GateStatus::Waiting; self.topology.gates.len()],
+            gates: vec![GateStatus::Waiting; self.topologies[topology].gates.len()],
             waived: vec![false; tasks],
             needs_rerun: vec![false; tasks],
             sensor_ready: vec![false; tasks],
@@ -118,7 +120,7 @@ impl Core {
     ) -> Result<Vec<TaskIndex>, EngineError> {
         let active = &mut book.runs[run_index];
         let mut landed_late = Vec::new();
-        for (gate, definition) in self.topology.gates.iter().enumerate() {
+        for (gate, definition) in self.topologies[active.topology].gates.iter().enumerate() {
             let stored = stored_gates
                 .iter()
                 .find(|stored| stored.phase == definition.phase);

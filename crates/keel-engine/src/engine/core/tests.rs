@@ -86,7 +86,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         commands: spec.tasks.iter().map(Commands::of).collect(),
         spec: Arc::new(spec),
         dag,
-        topology,
+        topologies: vec![topology],
         config,
         store_id: "store".into(),
         observer: Box::new(|_| {}),
