@@ -2896,6 +2896,35 @@ params = { mode = "same_day" }
         .collect();
     assert_eq!(history_passes, vec![&Value::from("same_day"), &Value::Null]);
 
+    // Queued with --detach, the pass's run is taken up by the next `keel run --pass`.
+    let queued = project.run(&[
+        "--partition",
+        "2026-01-19",
+        "--pass",
+        "same_day",
+        "--detach",
+    ]);
+    assert_eq!(queued.code, Some(0), "{}", queued.transcript());
+    assert!(
+        queued.stdout.starts_with("queued run "),
+        "{}",
+        queued.stdout
+    );
+    let resumed = project.run(&["--partition", "2026-01-19", "--pass", "same_day"]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.transcript());
+    assert!(
+        resumed.stderr.contains("resuming unfinished run"),
+        "{}",
+        resumed.transcript()
+    );
+    assert!(
+        project
+            .read("ledger")
+            .ends_with("predict [same_day] same_day same_day\n"),
+        "{}",
+        project.read("ledger")
+    );
+
     let unknown_run = project.run(&["--partition", DAY, "--pass", "sameday"]);
     let unknown_status = project.keel("status", &["--pass", "nope"]);
     assert_snapshot!(format!(
