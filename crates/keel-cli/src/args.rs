@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Start a new run even if the partition already finished.
     #[arg(long)]
     pub rerun: bool,
+    /// Run this pass ([passes.NAME]): its tasks and params, in runs kept apart from the
+    /// pipeline's own.
+    #[arg(long, value_name = "NAME", conflicts_with = "only")]
+    pub pass: Option<String>,
     /// Run the partitions of a range one after another, in date order, each once the one
     /// before has finished (as `max_active_partitions = 1`).
     #[arg(long)]
@@ -173,7 +177,10 @@ pub struct StatusArgs {
     /// Every run of each partition, not only the newest.
     #[arg(long)]
     pub all: bool,
-    /// Print JSON: {"runs":[{"id","partition","state","tasks":[{"name","phase","outcome","attempts"}]}]}.
+    /// Only runs of this pass ([passes.NAME]).
+    #[arg(long, value_name = "NAME")]
+    pub pass: Option<String>,
+    /// Print JSON: {"runs":[{"id","partition","pass","state","tasks":[{"name","phase","outcome","attempts"}]}]}.
     #[arg(long)]
     pub json: bool,
     /// At most this many rows (partitions, or runs with --all), newest first. Default: 20, or the

@@ -189,6 +189,7 @@ async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)
             trace_id: "t".into(),
             tasks,
             at: 0,
+            pass: None,
         })
         .await?;
     let begin = Instant::now();

@@ -209,6 +209,7 @@ pub(crate) async fn run(state_url: Option<&str>, args: RunArgs) -> Result<u8> {
         partitions,
         only: args.only,
         rerun: args.rerun,
+        pass: args.pass,
     };
     let ranged = args.partitions.from.is_some();
     let (runs, finished) = prepare_runs(&mut engine, &request, true).await?;
@@ -231,6 +232,8 @@ pub(crate) async fn prepare_runs(
 ) -> Result<(Vec<keel_model::RunId>, Finished)> {
     let prepared = engine.prepare(request).await.map_err(|error| match error {
         keel_engine::EngineError::UnknownTask { .. }
+        | keel_engine::EngineError::UnknownPass { .. }
+        | keel_engine::EngineError::OnlyWithPass { .. }
         | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
         other => other.into(),
     })?;
@@ -247,8 +250,13 @@ pub(crate) async fn prepare_runs(
             }
             Prepared::AlreadyFinished(record) => {
                 println!(
-                    "partition {} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
+                    "partition {}{} already finished as {} (run {}); nothing to do. Use --rerun to run it again.",
                     display::printable(&record.partition),
+                    record
+                        .pass
+                        .as_deref()
+                        .map(|pass| format!(" of pass {}", display::printable(pass)))
+                        .unwrap_or_default(),
                     record.state,
                     record.id
                 );

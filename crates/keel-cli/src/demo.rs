@@ -170,6 +170,7 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
                 partitions: vec![date.clone()],
                 only: vec![],
                 rerun: false,
+                pass: None,
             })
             .await?;
         let run = match &prepared[0] {

@@ -101,11 +101,15 @@ impl ProgressDisplay {
                 Progress::RunRefused { partition, reason, .. } => {
                     note = Some(format!("{partition}: {reason}"));
                 }
-                Progress::RunScheduled { partition, joined, .. } => {
+                Progress::RunScheduled { partition, joined, pass, .. } => {
+                    let what = match pass {
+                        None => "the schedule".to_string(),
+                        Some(pass) => format!("pass {pass:?}"),
+                    };
                     note = Some(if *joined {
-                        format!("{partition}: the schedule fired; the partition's unfinished run carries on")
+                        format!("{partition}: {what} fired; the unfinished run carries on")
                     } else {
-                        format!("{partition}: the schedule fired; run started")
+                        format!("{partition}: {what} fired; run started")
                     });
                 }
             }
@@ -288,6 +292,14 @@ fn message_cell(message: Option<&str>) -> String {
     printable(&message)
 }
 
+/// A run's partition in a table, with its pass when it has one: `2026-01-18 (pass overnight)`.
+fn partition_cell(run: &keel_store::RunRecord) -> String {
+    match &run.pass {
+        None => printable(&run.partition),
+        Some(pass) => format!("{} (pass {})", printable(&run.partition), printable(pass)),
+    }
+}
+
 /// One run: a header line and a row per task.
 pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
     let record = &run.record;
@@ -301,9 +313,14 @@ pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
         None => record.state.to_string(),
     };
     println!(
-        "run {} · partition {} · {}{}{}",
+        "run {} · partition {}{} · {}{}{}",
         record.id,
         printable(&record.partition),
+        record
+            .pass
+            .as_deref()
+            .map(|pass| format!(" · pass {}", printable(pass)))
+            .unwrap_or_default(),
         state,
         elapsed
             .map(|elapsed| format!(" · {elapsed}"))
@@ -354,7 +371,7 @@ pub fn print_history(runs: &[keel_store::RunView], now: keel_model::Millis) {
         for task in &run.tasks {
             let summary = run.task_summary(&task.task, now);
             table.add_row([
-                printable(&run.record.partition),
+                partition_cell(&run.record),
                 run.record.id.to_string(),
                 outcome_cell(task),
                 attempts_cell(&summary),
@@ -452,7 +469,7 @@ pub fn print_run_list(runs: &[keel_store::RunView]) {
             .count();
         table.add_row([
             run.id.to_string(),
-            printable(&run.partition),
+            partition_cell(run),
             match accepted {
                 Some(_) => format!("{} (accepted)", run.state),
                 None => run.state.to_string(),

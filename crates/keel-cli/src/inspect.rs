@@ -86,14 +86,26 @@ fn resources_json(view: &StatusView) -> Value {
 }
 
 pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArgs) -> Result<u8> {
-    let state::ForReading { spec, paths, .. } =
-        state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
+    let state::ForReading {
+        spec,
+        paths,
+        without_file,
+        ..
+    } = state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
     let partition = args
         .partition
         .as_deref()
         .map(|partition| state::check_partition(&spec, partition))
         .transpose()?;
     let range = range(&spec, &args.range)?;
+    if let Some(pass) = &args.pass
+        && !without_file
+        && spec.pass(pass).is_none()
+    {
+        return Err(Exit::usage(
+            keel_engine::EngineError::unknown_pass(&spec, pass).to_string(),
+        ));
+    }
     let Some(store) = paths.open_for_reading()? else {
         if let Some(run) = args.run {
             return Err(no_such_run(&spec, RunId(run)));
@@ -130,6 +142,7 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
             (None, Some(_), _) | (None, None, true) => None,
             (None, None, false) => Some(DEFAULT_LIMIT),
         },
+        pass: args.pass.clone(),
     };
     // One read-only transaction: what is shown is one consistent moment of the state.
     let view = store.status_view(&query).await?;
@@ -148,6 +161,7 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
                 let mut entry = json!({
                     "id": record.id.0,
                     "partition": record.partition,
+                    "pass": record.pass,
                     "state": record.state.as_str(),
                     "version": record.version,
                     "message": record.message,
@@ -270,6 +284,7 @@ pub async fn history(state_url: Option<&str>, name: Option<&str>, args: HistoryA
                 every_run: args.all,
                 task: Some(task.clone()),
                 limit: args.limit.or(range.is_none().then_some(DEFAULT_LIMIT)),
+                pass: None,
             };
             store.status_view(&query).await?
         }
@@ -284,6 +299,7 @@ pub async fn history(state_url: Option<&str>, name: Option<&str>, args: HistoryA
                     let mut entry = task_json(run, row, now);
                     entry["run"] = run.record.id.0.into();
                     entry["partition"] = run.record.partition.clone().into();
+                    entry["pass"] = run.record.pass.clone().into();
                     entry["run_state"] = run.record.state.as_str().into();
                     entry
                 })

@@ -159,6 +159,7 @@ pub async fn hand_over(
         partitions,
         only: args.only.clone(),
         rerun: args.rerun,
+        pass: args.pass.clone(),
     };
     let (runs, mut finished) = prepare_runs(&mut engine, &request, false).await?;
     let ranged = args.partitions.from.is_some();

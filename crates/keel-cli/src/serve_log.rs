@@ -210,17 +210,20 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
             partition,
             fire_at,
             joined,
+            pass,
         } => {
+            // `the schedule`, or `pass "NAME"` for a pass's schedule.
+            let what = match pass {
+                None => "the schedule".to_string(),
+                Some(pass) => format!("pass {pass:?}"),
+            };
             let msg = if *joined {
                 format!(
-                    "the schedule fired for {}; unfinished run {run} carries on",
+                    "{what} fired for {}; unfinished run {run} carries on",
                     local(*fire_at)
                 )
             } else {
-                format!(
-                    "the schedule fired for {}; run {run} started",
-                    local(*fire_at)
-                )
+                format!("{what} fired for {}; run {run} started", local(*fire_at))
             };
             Line {
                 run: Some(*run),

@@ -25,6 +25,8 @@ pub enum NameKind {
     Phase,
     Task,
     Resource,
+    Pass,
+    Param,
 }
 
 impl fmt::Display for NameKind {
@@ -34,6 +36,8 @@ impl fmt::Display for NameKind {
             NameKind::Phase => "phase",
             NameKind::Task => "task",
             NameKind::Resource => "resource",
+            NameKind::Pass => "pass",
+            NameKind::Param => "parameter",
         })
     }
 }
@@ -197,7 +201,7 @@ pub enum ConfigError {
     },
 
     #[error(
-        "unknown template {template:?} in the {field} of task {task:?} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace"
+        "unknown template {template:?} in the {field} of task {task:?} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}}, {{attempt}}, {{pass}} and {{param.NAME}}; write \"{{{{\" or \"}}}}\" for a literal brace"
     )]
     UnknownTemplate {
         task: String,
@@ -219,7 +223,7 @@ pub enum ConfigError {
     },
 
     #[error(
-        "unknown template {template:?} in {field:?}{} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}} and {{attempt}}; write \"{{{{\" or \"}}}}\" for a literal brace",
+        "unknown template {template:?} in {field:?}{} ({location}); valid templates are {{date}}, {{partition}}, {{run_id}}, {{task}}, {{attempt}}, {{pass}} and {{param.NAME}}; write \"{{{{\" or \"}}}}\" for a literal brace",
         in_table(.table)
     )]
     UnknownValueTemplate {
@@ -289,6 +293,45 @@ pub enum ConfigError {
     EnvFileLine {
         /// What is wrong, without the line's value, which may be a secret.
         problem: String,
+        location: Location,
+    },
+
+    #[error(
+        "unknown parameter {name:?} in {{param.{name}}} of {place} ({location}); {}",
+        param_hint(.suggestion, .name)
+    )]
+    UnknownParam {
+        name: String,
+        /// Where the template is: `the command of task "fetch"`.
+        place: String,
+        /// The closest parameter any pass declares.
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "pass {pass:?} sets both phases and tasks ({location}); keep one: phases = [...] runs whole phases, tasks = [...] runs the tasks it names"
+    )]
+    PassPhasesAndTasks { pass: String, location: Location },
+
+    #[error(
+        "pass {pass:?} runs no {kind} ({location}); name at least one {kind} of the pipeline, or leave out phases and tasks to run every task"
+    )]
+    EmptyPassSubset {
+        pass: String,
+        kind: NameKind,
+        location: Location,
+    },
+
+    #[error(
+        "unknown {kind} {name:?} in pass {pass:?} ({location}); {}",
+        pass_name_hint(.suggestion, *.kind, .name)
+    )]
+    UnknownPassName {
+        pass: String,
+        kind: NameKind,
+        name: String,
+        suggestion: Option<String>,
         location: Location,
     },
 
@@ -527,6 +570,10 @@ impl ConfigError {
             | ConfigError::InvalidVariableName { location, .. }
             | ConfigError::ReservedVariable { location, .. }
             | ConfigError::EnvFileLine { location, .. }
+            | ConfigError::UnknownParam { location, .. }
+            | ConfigError::PassPhasesAndTasks { location, .. }
+            | ConfigError::EmptyPassSubset { location, .. }
+            | ConfigError::UnknownPassName { location, .. }
             | ConfigError::UnknownPhase { location, .. }
             | ConfigError::UnknownPhaseDependency { location, .. }
             | ConfigError::UnknownDependency { location, .. }
@@ -702,5 +749,22 @@ fn resource_hint(suggestion: &Option<String>, resource: &str) -> String {
     match suggestion {
         Some(name) => format!("did you mean {name:?}?"),
         None => format!("define it with a [resources.{resource}] table"),
+    }
+}
+
+fn param_hint(suggestion: &Option<String>, name: &str) -> String {
+    match suggestion {
+        Some(known) => format!("did you mean {known:?}?"),
+        None => format!(
+            "declare it in the params of a pass, such as [passes.NAME] params = {{ {name} = \"...\" }}"
+        ),
+    }
+}
+
+fn pass_name_hint(suggestion: &Option<String>, kind: NameKind, name: &str) -> String {
+    match (suggestion, kind) {
+        (Some(known), _) => format!("did you mean {known:?}?"),
+        (None, NameKind::Phase) => format!("define it with a [phases.{name}] table"),
+        (None, _) => format!("define it with a [tasks.{name}] table"),
     }
 }

@@ -7,9 +7,10 @@
 //!
 //! The resilience fields (`[resources.NAME]`, `gate`, `uses`, `wait_for`) are read in the
 //! `resilience` submodule, and where a task runs and with which environment (`cwd`, `env`,
-//! `env_file`, `inherit_env`) in the `context` submodule.
+//! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
 mod context;
+mod passes;
 mod resilience;
 
 use std::collections::{HashMap, HashSet};
@@ -34,7 +35,14 @@ pub(crate) use context::{RESERVED_PREFIX, variable_name_problem};
 use keel_model::template::{TemplateProblem, check_templates};
 use resilience::{RawGate, RawResource, RawSensor};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "pipeline",
+    "defaults",
+    "resources",
+    "phases",
+    "tasks",
+    "passes",
+];
 const TOP_LEVEL_LATER: &[&str] = &["secrets"];
 const PIPELINE_FIELDS: &[&str] = &[
     "name",
@@ -95,6 +103,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
     let mut checker = Checker {
         map: SourceMap::new(source, file),
         errors: Vec::new(),
+        params: Vec::new(),
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -306,6 +315,8 @@ struct NameListContext<'a> {
 struct Checker<'s> {
     map: SourceMap<'s>,
     errors: Vec<ConfigError>,
+    /// The parameter names the passes declare: what `{param.NAME}` may name.
+    params: Vec<String>,
 }
 
 /// A table's entries in file order; `DeTable` itself keeps them sorted by key.
@@ -672,8 +683,10 @@ impl Checker<'_> {
         let mut resources: Vec<RawResource> = Vec::new();
         let mut phases: Vec<RawPhase> = Vec::new();
         let mut tasks: Vec<RawTask> = Vec::new();
+        let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
+        self.params = passes::declared_params(root);
         for (key, value) in entries(root) {
             let field = key.get_ref().as_ref();
             match field {
@@ -712,6 +725,13 @@ impl Checker<'_> {
                         }
                     }
                 }
+                "passes" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, pass) in entries(table) {
+                            raw_passes.extend(self.pass(name, pass));
+                        }
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -732,9 +752,17 @@ impl Checker<'_> {
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
+        let zone = pipeline
+            .as_ref()
+            .and_then(|pipeline| pipeline.timezone.clone())
+            .unwrap_or_else(|| "UTC".to_string());
+        self.check_passes(&mut raw_passes, &zone, &phases, &tasks);
         let pipeline = pipeline?;
-        Some(build_spec(pipeline, &defaults, resources, phases, tasks))
-            .filter(|_| self.errors.is_empty())
+        let passes = passes::build_passes(raw_passes, &tasks);
+        Some(build_spec(
+            pipeline, &defaults, resources, phases, tasks, passes,
+        ))
+        .filter(|_| self.errors.is_empty())
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {
@@ -786,7 +814,9 @@ impl Checker<'_> {
                         .string(value, field, PATH, EXPECT_STRING)
                         .map(|text| (text, value.span()));
                 }
-                "schedule_partition" => raw.schedule_partition = self.day_offset(value, field),
+                "schedule_partition" => {
+                    raw.schedule_partition = self.day_offset(value, field, PATH)
+                }
                 "catchup" => {
                     raw.catchup = match self.choice(value, field, PATH, CATCHUP_KINDS) {
                         Some("all") => Some(Catchup::All),
@@ -813,9 +843,15 @@ impl Checker<'_> {
         raw
     }
 
-    /// `schedule_partition`: a whole number of days such as `"-1d"`, `"0d"` or `"+1d"`.
-    fn day_offset(&mut self, value: &Spanned<DeValue<'_>>, field: &str) -> Option<i64> {
-        let text = self.string(value, field, "pipeline", EXPECT_STRING)?;
+    /// `schedule_partition` (or a pass's `partition`): a whole number of days such as `"-1d"`,
+    /// `"0d"` or `"+1d"`.
+    fn day_offset(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+    ) -> Option<i64> {
+        let text = self.string(value, field, table, EXPECT_STRING)?;
         let parsed = text
             .strip_suffix('d')
             .and_then(|days| days.parse::<i64>().ok())
@@ -823,7 +859,7 @@ impl Checker<'_> {
         if parsed.is_none() {
             self.errors.push(ConfigError::InvalidSchedule {
                 field: field.to_string(),
-                table: "pipeline".to_string(),
+                table: table.to_string(),
                 value: text,
                 reason: "write a whole number of days from the scheduled time's local date, such as \"-1d\" (the day before), \"0d\" or \"+1d\", within a year".to_string(),
                 location: self.location(&value.span()),
@@ -1077,9 +1113,11 @@ impl Checker<'_> {
                 self.nul_byte(item, field, path, argument, "an argument");
                 continue;
             }
-            for problem in check_templates(&argument) {
+            let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
+            for problem in check_templates(&argument, &params) {
                 let (TemplateProblem::Unknown { offset, .. }
-                | TemplateProblem::Unclosed { offset }) = problem;
+                | TemplateProblem::Unclosed { offset }
+                | TemplateProblem::UnknownParam { offset, .. }) = problem;
                 let location =
                     self.map
                         .location(self.map.offset_in_string(&item.span(), &argument, offset));
@@ -1094,6 +1132,12 @@ impl Checker<'_> {
                     TemplateProblem::Unclosed { .. } => ConfigError::UnclosedTemplate {
                         task,
                         field: template_field,
+                        location,
+                    },
+                    TemplateProblem::UnknownParam { name, .. } => ConfigError::UnknownParam {
+                        place: format!("the {template_field} of task {task:?}"),
+                        suggestion: closest(&name, params.iter().copied()),
+                        name,
                         location,
                     },
                 });
@@ -1312,6 +1356,7 @@ fn build_spec(
     resources: Vec<RawResource>,
     phases: Vec<RawPhase>,
     tasks: Vec<RawTask>,
+    passes: Vec<keel_model::PassSpec>,
 ) -> PipelineSpec {
     let default_retries = defaults.retries.over(RetryPolicy::default());
     PipelineSpec {
@@ -1353,5 +1398,6 @@ fn build_spec(
             })
             .collect(),
         resources: resources.into_iter().map(RawResource::build).collect(),
+        passes,
     }
 }

@@ -45,6 +45,21 @@ pub enum EngineError {
         suggestion: Option<String>,
     },
     #[error(
+        "unknown pass {pass:?} in pipeline {pipeline:?} ({}){}",
+        if known.is_empty() { "it has no [passes.NAME] tables".to_string() } else { format!("its passes: {}", known.join(", ")) },
+        suggestion.as_ref().map(|s| format!("; did you mean {s:?}?")).unwrap_or_default()
+    )]
+    UnknownPass {
+        pass: String,
+        pipeline: String,
+        known: Vec<String>,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "pass {pass:?} runs its own tasks and cannot be combined with --only; run the pass alone, or name tasks with --only and no pass"
+    )]
+    OnlyWithPass { pass: String },
+    #[error(
         "run {run} of partition {partition:?} has unfinished tasks that are no longer in the pipeline file: {tasks}; put them back to finish the run, or cancel it with `keel cancel --partition {partition}` and start afresh with `keel run --partition {partition} --rerun`"
     )]
     RemovedTasks {
@@ -63,6 +78,19 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// An unknown pass name, with the closest pass of the pipeline as a suggestion.
+    pub fn unknown_pass(spec: &keel_model::PipelineSpec, name: &str) -> EngineError {
+        EngineError::UnknownPass {
+            pass: name.to_string(),
+            pipeline: spec.name.clone(),
+            known: spec.passes.iter().map(|pass| pass.name.clone()).collect(),
+            suggestion: keel_model::closest(
+                name,
+                spec.passes.iter().map(|pass| pass.name.as_str()),
+            ),
+        }
+    }
+
     /// An unknown task name, with the closest task of the pipeline as a suggestion.
     pub fn unknown_task(spec: &keel_model::PipelineSpec, name: &str) -> EngineError {
         EngineError::UnknownTask {

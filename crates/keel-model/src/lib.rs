@@ -18,7 +18,7 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
     BreakerSpec, Catchup, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, GateSpec,
-    InheritEnv, Jitter, PartitionKind, PhaseSpec, PipelineSpec, Rate, ResourceSpec,
+    InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, Rate, ResourceSpec,
     RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec, TaskContext, TaskSpec,
 };
 pub use suggest::closest;

@@ -35,6 +35,28 @@ pub struct PipelineSpec {
     /// others wait, in order. Not part of the version: it changes when runs go, not what.
     #[serde(skip)]
     pub max_active_partitions: Option<u32>,
+    /// `[passes.NAME]`, in file order: the same partition processed again on other schedules.
+    /// What a pass runs (its tasks and params) is part of the version; when it fires is not.
+    /// Left out of the version when there are none, so pipelines without passes keep theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<PassSpec>,
+}
+
+/// A pass (`[passes.NAME]`): a schedule that processes a partition again with a subset of the
+/// pipeline's tasks, its own parameters and, for some phases, its own gates. Tasks outside the subset are taken as done: a run
+/// of the pass settles them `skipped` and ends `succeeded` once its own tasks have.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PassSpec {
+    pub name: String,
+    /// When the pass fires and which partition it processes; not part of the version.
+    #[serde(skip)]
+    pub schedule: Option<ScheduleSpec>,
+    /// The tasks the pass runs, in file order; every task when the pass names no subset.
+    pub tasks: Vec<String>,
+    /// `{param.NAME}` values for the pass's runs.
+    pub params: BTreeMap<String, String>,
+    /// Gates that replace the gates of these phases (by name) in the pass's runs.
+    pub gates: BTreeMap<String, GateSpec>,
 }
 
 /// `schedule`, `schedule_partition` and `catchup` of `[pipeline]`.
@@ -262,6 +284,10 @@ impl PipelineSpec {
         self.tasks.iter().find(|task| task.name == name)
     }
 
+    pub fn pass(&self, name: &str) -> Option<&PassSpec> {
+        self.passes.iter().find(|pass| pass.name == name)
+    }
+
     /// A stable fingerprint of the normalised spec: the pipeline version recorded on every run.
     /// It is FNV-1a over the canonical JSON form, so formatting and comments do not change it.
     pub fn version(&self) -> String {
@@ -309,6 +335,37 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&with_cwd).unwrap()["context"]["cwd"],
             "work"
+        );
+    }
+
+    /// Passes are left out of the version's input when there are none, so a pipeline without
+    /// passes keeps the version it had before Keel had them.
+    #[test]
+    fn a_pipeline_without_passes_serialises_as_before() {
+        let mut spec = PipelineSpec {
+            name: "p".into(),
+            timezone: "UTC".into(),
+            partition: PartitionKind::Date,
+            state: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            phases: vec![],
+            tasks: vec![],
+            resources: vec![],
+            schedule: None,
+            max_active_partitions: None,
+            passes: vec![],
+        };
+        assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
+        spec.passes.push(PassSpec {
+            name: "late".into(),
+            schedule: None,
+            tasks: vec![],
+            params: BTreeMap::new(),
+            gates: BTreeMap::new(),
+        });
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap()["passes"][0]["name"],
+            "late"
         );
     }
 

@@ -26,6 +26,14 @@ fn new_run(partition: &str, tasks: &[&str]) -> NewRun {
             .map(|task| (task.to_string(), "main".to_string(), None))
             .collect(),
         at: 1_000,
+        pass: None,
+    }
+}
+
+fn new_pass_run(partition: &str, tasks: &[&str], pass: &str) -> NewRun {
+    NewRun {
+        pass: Some(pass.into()),
+        ..new_run(partition, tasks)
     }
 }
 
@@ -89,6 +97,139 @@ where
     sensor_polls_are_counted_until_a_reset(make().await).await;
     tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
     a_schedule_fire_is_recorded_once_with_its_run(make().await).await;
+    runs_of_a_pass_are_kept_apart(make().await).await;
+}
+
+/// A run records its pass. The newest run of a partition is looked up per pass; a fire of a
+/// pass never joins the pipeline's own unfinished run of the partition, nor the reverse; the
+/// status view shows the newest run of each (partition, pass), or of one pass.
+async fn runs_of_a_pass_are_kept_apart<S: Store>(store: S) {
+    let fire = |trigger: &str, fire_at| ScheduleFire {
+        trigger: trigger.into(),
+        fire_at,
+    };
+    let main = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 5_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    let FireOutcome::Created(main) = main else {
+        panic!("the first fire creates a run: {main:?}");
+    };
+    let late = store
+        .create_run_for_fire(
+            new_pass_run("2026-01-01", &["a"], "late"),
+            fire("pass:late", 5_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    let FireOutcome::Created(late) = late else {
+        panic!("a pass's fire does not join the pipeline's own run: {late:?}");
+    };
+    assert_ne!(late, main);
+    assert_eq!(store.run(late).await.unwrap().pass.as_deref(), Some("late"));
+    assert_eq!(store.run(main).await.unwrap().pass, None);
+    let again = store
+        .create_run_for_fire(
+            new_pass_run("2026-01-01", &["a"], "late"),
+            fire("pass:late", 6_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        FireOutcome::Joined(late),
+        "the pass's own run is unfinished"
+    );
+    let early = store
+        .create_run(new_pass_run("2026-01-01", &["a"], "early"))
+        .await
+        .unwrap();
+    let latest = |pass: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            store
+                .latest_run_of("conformance", "2026-01-01", pass)
+                .await
+                .unwrap()
+                .map(|run| run.id)
+        }
+    };
+    assert_eq!(latest(None).await, Some(main));
+    assert_eq!(latest(Some("late")).await, Some(late));
+    assert_eq!(latest(Some("early")).await, Some(early.id));
+    assert_eq!(latest(Some("other")).await, None);
+    assert_eq!(
+        store
+            .latest_run("conformance", "2026-01-01")
+            .await
+            .unwrap()
+            .map(|run| run.id),
+        Some(main),
+        "latest_run is the pipeline's own"
+    );
+    store
+        .set_run_state(late, RunState::Succeeded, None, 7_000)
+        .await
+        .unwrap();
+    let main_fire = store
+        .create_run_for_fire(
+            new_run("2026-01-01", &["a"]),
+            fire("pipeline", 8_000),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        main_fire,
+        FireOutcome::Joined(main),
+        "the pipeline's own run is still unfinished, whatever the pass did"
+    );
+
+    let every = store
+        .status_view(&StatusQuery::new("conformance"))
+        .await
+        .unwrap();
+    let mut shown: Vec<(RunId, Option<String>)> = every
+        .runs
+        .iter()
+        .map(|run| (run.record.id, run.record.pass.clone()))
+        .collect();
+    shown.sort();
+    assert_eq!(
+        shown,
+        vec![
+            (main, None),
+            (late, Some("late".to_string())),
+            (early.id, Some("early".to_string())),
+        ],
+        "the newest run of each (partition, pass)"
+    );
+    assert_eq!(
+        every.newest.get("2026-01-01"),
+        Some(&RunState::Running),
+        "the summary counts the pipeline's own run"
+    );
+    let only_late = store
+        .status_view(&StatusQuery {
+            pass: Some("late".into()),
+            ..StatusQuery::new("conformance")
+        })
+        .await
+        .unwrap();
+    let ids: Vec<RunId> = only_late.runs.iter().map(|run| run.record.id).collect();
+    assert_eq!(ids, vec![late]);
+    assert_eq!(
+        only_late.newest.get("2026-01-01"),
+        Some(&RunState::Succeeded)
+    );
+    let listed = store.list_runs("conformance", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 3, "one per (partition, pass): {listed:?}");
 }
 
 /// A schedule's fire and the run it starts commit together; the same fire again is refused

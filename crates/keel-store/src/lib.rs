@@ -87,7 +87,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn create_run(&self, new_run: NewRun) -> impl Future<Output = StoreResult<RunRecord>> + Send;
     /// Records that a schedule fired, with the run it starts, in one transaction: a fire
     /// recorded before is not run again ([`FireOutcome::AlreadyFired`]); a partition with an
-    /// unfinished run joins it; otherwise `new_run` is created with `gates` applied.
+    /// unfinished run of the same pass (`new_run.pass`, `None` for the pipeline's own runs)
+    /// joins it; otherwise `new_run` is created with `gates` applied.
     fn create_run_for_fire(
         &self,
         new_run: NewRun,
@@ -101,13 +102,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         trigger: &str,
     ) -> impl Future<Output = StoreResult<Option<keel_model::Millis>>> + Send;
     fn run(&self, run: RunId) -> impl Future<Output = StoreResult<RunRecord>> + Send;
-    /// The newest run of a partition, if any.
+    /// The newest run of a partition that belongs to no pass (the pipeline's own runs), if any.
     fn latest_run(
         &self,
         pipeline: &str,
         partition: &str,
+    ) -> impl Future<Output = StoreResult<Option<RunRecord>>> + Send {
+        self.latest_run_of(pipeline, partition, None)
+    }
+    /// The newest run of a partition of one pass (`None`: of no pass), if any. Runs of a pass
+    /// are kept apart from the pipeline's own and from other passes'.
+    fn latest_run_of(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        pass: Option<&str>,
     ) -> impl Future<Output = StoreResult<Option<RunRecord>>> + Send;
-    /// The newest run of each partition (or of one partition), newest first, at most `limit`.
+    /// The newest run of each partition (or of one partition) and pass, newest first, at most
+    /// `limit`.
     fn list_runs(
         &self,
         pipeline: &str,

@@ -14,6 +14,8 @@ pub struct RunRecord {
     pub finished_at: Option<Millis>,
     pub cancel_requested: bool,
     pub message: Option<String>,
+    /// The pass (`[passes.NAME]`) the run belongs to; `None` for the pipeline's own runs.
+    pub pass: Option<String>,
 }
 
 /// One task of one run.
@@ -159,9 +161,12 @@ pub struct NewRun {
     /// (task, phase, outcome if the task is settled at creation, e.g. `skipped` outside `--only`)
     pub tasks: Vec<(String, String, Option<Outcome>)>,
     pub at: Millis,
+    /// The pass the run belongs to; `None` for the pipeline's own runs.
+    pub pass: Option<String>,
 }
 
-/// One firing of a schedule: which (`pipeline` for the pipeline's own `schedule`) and when.
+/// One firing of a schedule: which (`pipeline` for the pipeline's own `schedule`, `pass:NAME`
+/// for a pass's) and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleFire {
     pub trigger: String,
@@ -458,6 +463,9 @@ pub struct StatusQuery {
     pub task: Option<String>,
     /// At most this many runs; how many more there were is [`StatusView::omitted`].
     pub limit: Option<u32>,
+    /// Only runs of this pass; `None` selects runs of every pass and of none, the newest of
+    /// each (partition, pass).
+    pub pass: Option<String>,
 }
 
 impl StatusQuery {
@@ -470,6 +478,7 @@ impl StatusQuery {
             every_run: false,
             task: None,
             limit: None,
+            pass: None,
         }
     }
 
@@ -501,6 +510,7 @@ pub struct StatusView {
     /// Runs the query selected but its limit left out.
     pub omitted: u64,
     /// The state of the newest run of every partition the query selects, limit or not: what a
-    /// summary of a range of partitions counts.
+    /// summary of a range of partitions counts. Only runs of the query's pass count, or with
+    /// none, only the pipeline's own runs.
     pub newest: std::collections::BTreeMap<String, RunState>,
 }

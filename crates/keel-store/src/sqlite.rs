@@ -152,6 +152,12 @@ CREATE TABLE schedule_fires (
 -- use up the task's retry attempts, so a restarted Keel must keep counting them.
 ALTER TABLE task_runs ADD COLUMN sensor_errors INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The pass a run belongs to (`[passes.NAME]`), NULL for the pipeline's own runs. Runs of a pass
+-- are kept apart: the newest run of a partition is looked up per pass.
+ALTER TABLE runs ADD COLUMN pass TEXT;
+CREATE INDEX runs_by_pass ON runs (pipeline, partition, pass, id);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -667,7 +673,7 @@ where
     .transpose()
 }
 
-const RUN_COLUMNS: &str = "id, pipeline, partition, version, state, trace_id, created_at, finished_at, cancel_requested, message";
+const RUN_COLUMNS: &str = "id, pipeline, partition, version, state, trace_id, created_at, finished_at, cancel_requested, message, pass";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -681,6 +687,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         finished_at: row.get(7)?,
         cancel_requested: row.get::<_, i64>(8)? != 0,
         message: row.get(9)?,
+        pass: row.get(10)?,
     })
 }
 
@@ -748,14 +755,15 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
 fn insert_run(transaction: &Transaction<'_>, new_run: &NewRun) -> StoreResult<RunRecord> {
     cached_execute(
         transaction,
-        "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO runs (pipeline, partition, version, state, trace_id, created_at, pass) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             new_run.pipeline,
             new_run.partition,
             new_run.version,
             RunState::Running.as_str(),
             new_run.trace_id,
-            new_run.at
+            new_run.at,
+            new_run.pass
         ],
     )?;
     let run = RunId(transaction.last_insert_rowid());
@@ -780,10 +788,13 @@ fn insert_run(transaction: &Transaction<'_>, new_run: &NewRun) -> StoreResult<Ru
             ])?;
         }
     }
-    let detail = format!(
+    let mut detail = format!(
         "partition {} version {}",
         new_run.partition, new_run.version
     );
+    if let Some(pass) = &new_run.pass {
+        detail.push_str(&format!(" pass {pass}"));
+    }
     event(
         transaction,
         new_run.at,
@@ -1206,7 +1217,7 @@ fn list_runs_in(
         transaction,
         &format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
-                 SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition
+                 SELECT max(id) FROM runs WHERE pipeline = ?1 AND (?2 IS NULL OR partition = ?2) GROUP BY partition, pass
              ) ORDER BY partition DESC, id DESC LIMIT ?3"
         ),
         params![pipeline, partition, limit],
@@ -1215,22 +1226,24 @@ fn list_runs_in(
 }
 
 /// The runs a status query selects: `r` is the runs table; the parameters are ?1 pipeline, ?2
-/// and ?3 the first and last partition, ?4 a task the run must have, ?5 one run id.
+/// and ?3 the first and last partition, ?4 a task the run must have, ?5 one run id, ?6 a pass.
 const SELECTED_RUNS: &str = "r.pipeline = ?1
      AND (?2 IS NULL OR r.partition >= ?2) AND (?3 IS NULL OR r.partition <= ?3)
      AND (?4 IS NULL OR EXISTS (SELECT 1 FROM task_runs t WHERE t.run_id = r.id AND t.task = ?4))
-     AND (?5 IS NULL OR r.id = ?5)";
+     AND (?5 IS NULL OR r.id = ?5)
+     AND (?6 IS NULL OR r.pass = ?6)";
 
-/// The newest selected run of each partition.
+/// The newest selected run of each partition and pass.
 fn newest_selected_runs() -> String {
-    format!("SELECT max(r.id) FROM runs r WHERE {SELECTED_RUNS} GROUP BY r.partition")
+    format!("SELECT max(r.id) FROM runs r WHERE {SELECTED_RUNS} GROUP BY r.partition, r.pass")
 }
 
 fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreResult<StatusView> {
     let (from, to) = query.partitions.clone().unzip();
     let run = query.run.map(|run| run.0);
     let task = query.task.clone();
-    let filter: [&dyn rusqlite::ToSql; 5] = [&query.pipeline, &from, &to, &task, &run];
+    let pass = query.pass.clone();
+    let filter: [&dyn rusqlite::ToSql; 6] = [&query.pipeline, &from, &to, &task, &run, &pass];
     let selected = if query.every_run {
         format!("SELECT r.id FROM runs r WHERE {SELECTED_RUNS}")
     } else {
@@ -1241,9 +1254,9 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
     let records = select_all(
         transaction,
         &format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({selected}) ORDER BY partition DESC, id DESC LIMIT ?6"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({selected}) ORDER BY partition DESC, id DESC LIMIT ?7"
         ),
-        params![query.pipeline, from, to, task, run, limit],
+        params![query.pipeline, from, to, task, run, pass, limit],
         run_from_row,
     )?;
     let total: i64 = transaction.query_row(
@@ -1251,10 +1264,11 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         filter,
         |row| row.get(0),
     )?;
+    // The summary counts one run per partition: the pipeline's own, or the pass's asked for.
     let newest = select_all(
         transaction,
         &format!(
-            "SELECT partition, state FROM runs WHERE id IN ({}) ORDER BY partition",
+            "SELECT partition, state FROM runs WHERE id IN ({}) AND pass IS ?6 ORDER BY partition",
             newest_selected_runs()
         ),
         filter,
@@ -1385,8 +1399,8 @@ impl Store for SqliteStore {
             }
             let unfinished: Option<i64> = transaction
                 .query_row(
-                    "SELECT id FROM runs WHERE pipeline = ?1 AND partition = ?2 AND finished_at IS NULL ORDER BY id DESC LIMIT 1",
-                    params![new_run.pipeline, new_run.partition],
+                    "SELECT id FROM runs WHERE pipeline = ?1 AND partition = ?2 AND pass IS ?3 AND finished_at IS NULL ORDER BY id DESC LIMIT 1",
+                    params![new_run.pipeline, new_run.partition, new_run.pass],
                     |row| row.get(0),
                 )
                 .optional()?;
@@ -1430,13 +1444,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn latest_run(&self, pipeline: &str, partition: &str) -> StoreResult<Option<RunRecord>> {
+    async fn latest_run_of(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        pass: Option<&str>,
+    ) -> StoreResult<Option<RunRecord>> {
         let (pipeline, partition) = (pipeline.to_string(), partition.to_string());
+        let pass = pass.map(str::to_string);
         self.transact(move |transaction| {
             Ok(transaction
                 .query_row(
-                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 AND partition = ?2 ORDER BY id DESC LIMIT 1"),
-                    params![pipeline, partition],
+                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = ?1 AND partition = ?2 AND pass IS ?3 ORDER BY id DESC LIMIT 1"),
+                    params![pipeline, partition, pass],
                     run_from_row,
                 )
                 .optional()?)

@@ -2816,3 +2816,120 @@ fn a_scale_benchmark_case_runs_its_pipeline_and_reports_its_own_figures() {
         "the second level waits for two tasks of the first:\n{pipeline}"
     );
 }
+
+/// `keel run --pass NAME` runs the pass's tasks with its params and `KEEL_PASS`, in a run of
+/// its own beside the partition's finished run; `keel status` and `keel history` show each
+/// run's pass, `keel status --pass` shows only that pass's, and an unknown pass is a usage
+/// error with the closest name.
+#[test]
+fn a_pass_runs_by_hand_and_shows_apart() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.fetch]
+phase = "main"
+command = ["sh", "-c", "echo \"fetch [$KEEL_PASS] {param.mode}\" >> ledger"]
+
+[tasks.predict]
+phase = "main"
+after = ["fetch"]
+command = ["sh", "-c", "echo \"predict [$KEEL_PASS] {param.mode} {pass}\" >> ledger"]
+
+[passes.same_day]
+schedule = "30 10 * * *"
+tasks = ["predict"]
+params = { mode = "same_day" }
+"#,
+    ));
+    let main = project.run(&["--partition", DAY]);
+    assert_eq!(main.code, Some(0), "{}", main.transcript());
+    let pass = project.run(&["--partition", DAY, "--pass", "same_day"]);
+    assert_eq!(pass.code, Some(0), "{}", pass.transcript());
+    assert_eq!(
+        project.read("ledger"),
+        "fetch [] \npredict []  \npredict [same_day] same_day same_day\n",
+        "the pass ran only its task, with its pass and params"
+    );
+    let again = project.run(&["--partition", DAY, "--pass", "same_day"]);
+    assert_eq!(again.code, Some(0));
+    assert!(
+        again.stdout.contains("of pass same_day already finished"),
+        "{}",
+        again.transcript()
+    );
+
+    let status = project.status();
+    let runs: Vec<(Value, Value)> = status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| (run["pass"].clone(), run["state"].clone()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            (Value::from("same_day"), Value::from("succeeded")),
+            (Value::Null, Value::from("succeeded")),
+        ],
+        "{status:#}"
+    );
+    let only_pass = project.keel("status", &["--pass", "same_day", "--json"]);
+    let only_pass: Value = serde_json::from_str(&only_pass.stdout).unwrap();
+    let passes: Vec<&Value> = only_pass["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| &run["pass"])
+        .collect();
+    assert_eq!(passes, vec![&Value::from("same_day")]);
+    let table = project.keel("status", &[]);
+    assert!(
+        table.stdout.contains("2026-01-18 (pass same_day)"),
+        "{}",
+        table.stdout
+    );
+    let history = project.keel("history", &["predict", "--json"]);
+    let history: Value = serde_json::from_str(&history.stdout).unwrap();
+    let history_passes: Vec<&Value> = history["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| &run["pass"])
+        .collect();
+    assert_eq!(history_passes, vec![&Value::from("same_day"), &Value::Null]);
+
+    // Queued with --detach, the pass's run is taken up by the next `keel run --pass`.
+    let queued = project.run(&[
+        "--partition",
+        "2026-01-19",
+        "--pass",
+        "same_day",
+        "--detach",
+    ]);
+    assert_eq!(queued.code, Some(0), "{}", queued.transcript());
+    assert!(
+        queued.stdout.starts_with("queued run "),
+        "{}",
+        queued.stdout
+    );
+    let resumed = project.run(&["--partition", "2026-01-19", "--pass", "same_day"]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.transcript());
+    assert!(
+        resumed.stderr.contains("resuming unfinished run"),
+        "{}",
+        resumed.transcript()
+    );
+    assert!(
+        project
+            .read("ledger")
+            .ends_with("predict [same_day] same_day same_day\n"),
+        "{}",
+        project.read("ledger")
+    );
+
+    let unknown_run = project.run(&["--partition", DAY, "--pass", "sameday"]);
+    let unknown_status = project.keel("status", &["--pass", "nope"]);
+    assert_snapshot!(format!(
+        "{}\n{}",
+        unknown_run.transcript(),
+        unknown_status.transcript()
+    ));
+}

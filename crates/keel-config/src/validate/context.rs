@@ -125,10 +125,12 @@ impl Checker<'_> {
         field: &str,
         table: &str,
     ) -> bool {
-        let problems = check_templates(text);
+        let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
+        let problems = check_templates(text, &params);
         for problem in &problems {
-            let (TemplateProblem::Unknown { offset, .. } | TemplateProblem::Unclosed { offset }) =
-                problem;
+            let (TemplateProblem::Unknown { offset, .. }
+            | TemplateProblem::Unclosed { offset }
+            | TemplateProblem::UnknownParam { offset, .. }) = problem;
             let offset = self.map.offset_in_string(&value.span(), text, *offset);
             let location = self.map.location(offset);
             let (field, table) = (field.to_string(), table.to_string());
@@ -142,6 +144,12 @@ impl Checker<'_> {
                 TemplateProblem::Unclosed { .. } => ConfigError::UnclosedValueTemplate {
                     field,
                     table,
+                    location,
+                },
+                TemplateProblem::UnknownParam { name, .. } => ConfigError::UnknownParam {
+                    place: format!("{field:?} in [{table}]"),
+                    suggestion: crate::suggest::closest(name, params.iter().copied()),
+                    name: name.clone(),
                     location,
                 },
             });

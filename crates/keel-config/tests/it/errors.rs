@@ -839,3 +839,55 @@ command = ["true"]
 "#
     ));
 }
+
+#[test]
+fn bad_passes() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+timezone = "America/New_York"
+
+[phases.scrape]
+[phases.analytics]
+after = ["scrape"]
+[phases.empty]
+
+[tasks.fetch]
+phase = "scrape"
+command = ["fetch", "{pass}", "{param.mode}"]
+
+[tasks.summary]
+phase = "analytics"
+command = ["summary", "{param.mdoe}"]
+env = { WINDOW = "{param.window}" }
+
+[passes.tomorrow]
+schedule = "0 17 * * *"
+partition = "+1d"
+phases = ["analytcs"]
+
+[passes.overnight]
+schedule = "0 25 * * *"
+partition = "yesterday"
+catchup = "every"
+tasks = ["summry", "fetch", "fetch"]
+
+[passes.same_day]
+schedule = "30 10 * * *"
+phases = ["scrape"]
+tasks = ["fetch"]
+params = { mode = "same_day", "bad name" = "x", retries = 3 }
+gate = { analytcs = { min = "50%" }, scrape = { required = ["summary"], grace = "5m" } }
+colour = "blue"
+
+[passes.nothing]
+phases = []
+
+[passes.hollow]
+phases = ["empty"]
+
+[passes.manual]
+catchup = "all"
+"#
+    ));
+}

@@ -178,6 +178,7 @@ after = ["player_game_summary", "scrape_injuries"]
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        passes: Vec::new(),
     };
     assert_eq!(spec, expected);
 
@@ -343,6 +344,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         state: None,
         schedule: None,
         max_active_partitions: None,
+        passes: Vec::new(),
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {
@@ -784,4 +786,86 @@ fn the_starter_shows_a_gate_a_sensor_and_a_resource_that_validate_once_uncomment
             .iter()
             .any(|phase| phase.name == "extract" && phase.gate.is_some())
     );
+}
+
+#[test]
+fn passes_become_subsets_with_their_schedules_and_params() {
+    let source = r#"
+[pipeline]
+name = "hoops"
+timezone = "America/New_York"
+
+[phases.scrape]
+[phases.analytics]
+after = ["scrape"]
+[phases.predictions]
+after = ["analytics"]
+
+[tasks.fetch]
+phase = "scrape"
+command = ["fetch", "{pass}"]
+[tasks.summary]
+phase = "analytics"
+command = ["summary"]
+[tasks.context]
+phase = "analytics"
+command = ["context"]
+[tasks.predict]
+phase = "predictions"
+command = ["predict", "{param.mode}"]
+
+[passes.tomorrow]
+schedule = "0 17 * * *"
+partition = "+1d"
+phases = ["predictions", "analytics"]
+
+[passes.overnight]
+schedule = "0 6 * * *"
+partition = "-1d"
+catchup = "all"
+
+[passes.same_day]
+schedule = "30 10 * * *"
+tasks = ["predict", "context"]
+params = { mode = "same_day" }
+gate = { analytics = { required = ["summary"], grace = "10m" } }
+"#;
+    let spec = parse(source);
+    let names: Vec<&str> = spec.passes.iter().map(|pass| pass.name.as_str()).collect();
+    assert_eq!(names, ["tomorrow", "overnight", "same_day"]);
+    let tomorrow = spec.pass("tomorrow").unwrap();
+    // Subsets are in file order, whatever order the pass lists them in.
+    assert_eq!(tomorrow.tasks, strings(&["summary", "context", "predict"]));
+    let schedule = tomorrow.schedule.as_ref().unwrap();
+    assert_eq!(
+        (schedule.cron.as_str(), schedule.partition_offset_days),
+        ("0 17 * * *", 1)
+    );
+    assert_eq!(schedule.catchup, keel_model::Catchup::Latest);
+    let overnight = spec.pass("overnight").unwrap();
+    assert_eq!(overnight.tasks.len(), 4, "no subset runs every task");
+    assert_eq!(
+        overnight.schedule.as_ref().unwrap().catchup,
+        keel_model::Catchup::All
+    );
+    let same_day = spec.pass("same_day").unwrap();
+    assert_eq!(same_day.tasks, strings(&["context", "predict"]));
+    assert_eq!(same_day.params["mode"], "same_day");
+    assert_eq!(
+        same_day.gates["analytics"],
+        GateSpec {
+            required: strings(&["summary"]),
+            min_share: 0.0,
+            grace: seconds(600),
+        }
+    );
+    assert!(tomorrow.gates.is_empty());
+
+    // When a pass fires is not part of the version; what it runs is.
+    let rescheduled = parse(&source.replace("0 17 * * *", "0 18 * * *"));
+    assert_eq!(spec.version(), rescheduled.version());
+    let other_mode = parse(&source.replace("\"same_day\" }", "\"late\" }"));
+    assert_ne!(spec.version(), other_mode.version());
+    let other_gate = parse(&source.replace("grace = \"10m\"", "grace = \"20m\""));
+    assert_ne!(spec.version(), other_gate.version());
 }

@@ -215,7 +215,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         // Tasks may have finished after a gate was last judged: judge again (a stored grace
         // period keeps its end).
-        for gate in 0..self.core.topology.gates.len() {
+        for gate in 0..self.core.topology_of(&book.runs[run_index]).gates.len() {
             book.followups
                 .push_back(Followup::JudgeGate { run_index, gate });
         }

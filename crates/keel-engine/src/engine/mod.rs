@@ -70,6 +70,9 @@ pub struct RunRequest {
     pub only: Vec<String>,
     /// Start a new run even if the partition already finished.
     pub rerun: bool,
+    /// Run this pass (`[passes.NAME]`): its tasks and params, in runs kept apart from the
+    /// pipeline's own. `only` may not be given with it.
+    pub pass: Option<String>,
 }
 
 /// What [`Engine::prepare`] decided for one partition.
@@ -252,6 +255,8 @@ pub enum Progress {
         partition: String,
         fire_at: Millis,
         joined: bool,
+        /// The pass whose schedule fired; `None` for the pipeline's own `schedule`.
+        pass: Option<String>,
     },
 }
 
@@ -351,7 +356,18 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         config: EngineConfig,
     ) -> Engine<S, E, C> {
         let dag = Dag::new(&spec);
-        let topology = Topology::new(&spec, &dag);
+        // A pass runs the phases with its own gates where it overrides them.
+        let topologies = std::iter::once(Topology::new(&spec, &dag))
+            .chain(spec.passes.iter().map(|pass| {
+                let mut gated = spec.clone();
+                for phase in &mut gated.phases {
+                    if let Some(gate) = pass.gates.get(&phase.name) {
+                        phase.gate = Some(gate.clone());
+                    }
+                }
+                Topology::new(&gated, &dag)
+            }))
+            .collect();
         let task_uses = spec
             .tasks
             .iter()
@@ -374,7 +390,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 version: spec.version(),
                 spec: Arc::new(spec),
                 dag,
-                topology,
+                topologies,
                 task_uses,
                 commands,
                 config,
@@ -427,11 +443,29 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// nothing because the partition already finished.
     pub async fn prepare(&mut self, request: &RunRequest) -> Result<Vec<Prepared>, EngineError> {
         let only = self.check_task_names(&request.only)?;
+        let pass = match &request.pass {
+            Some(name) => Some(
+                self.core
+                    .spec
+                    .pass(name)
+                    .cloned()
+                    .ok_or_else(|| EngineError::unknown_pass(&self.core.spec, name))?,
+            ),
+            None => None,
+        };
+        if let Some(pass) = &pass
+            && !only.is_empty()
+        {
+            return Err(EngineError::OnlyWithPass {
+                pass: pass.name.clone(),
+            });
+        }
+        let pass_name = pass.as_ref().map(|pass| pass.name.as_str());
         let mut prepared = Vec::new();
         for partition in &request.partitions {
             let latest = self
                 .store
-                .latest_run(&self.core.spec.name, partition)
+                .latest_run_of(&self.core.spec.name, partition, pass_name)
                 .await?;
             match latest {
                 Some(run) if !run.state.is_finished() => {
@@ -447,11 +481,17 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
-                    let new_run = self.new_run(partition, &only);
+                    let new_run = match &pass {
+                        Some(pass) => self.new_pass_run(partition, pass),
+                        None => self.new_run(partition, &only),
+                    };
                     let run = self.store.create_run(new_run).await?;
                     // Every gate is stored from the start, so a restarted Keel never has to
                     // guess whether one had opened.
-                    let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
+                    let topology = self.core.topology_index(pass_name);
+                    let gates = self
+                        .core
+                        .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
                     if !gates.is_empty() {
                         self.store.apply(run.id, gates, self.clock.now()).await?;
                     }
@@ -484,6 +524,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             trace_id: self.core.random.hex(32),
             tasks,
             at: self.clock.now(),
+            pass: None,
+        }
+    }
+
+    /// A new run of `partition` for `pass`: the tasks outside the pass are settled `skipped`
+    /// from the start (taken as done, not run), and the run ends `succeeded` once the pass's
+    /// own tasks have.
+    fn new_pass_run(&mut self, partition: &str, pass: &keel_model::PassSpec) -> NewRun {
+        let in_pass: Vec<TaskIndex> = pass
+            .tasks
+            .iter()
+            .filter_map(|task| self.core.dag.index_of(task))
+            .collect();
+        NewRun {
+            pass: Some(pass.name.clone()),
+            ..self.new_run(partition, &in_pass)
         }
     }
 
@@ -545,12 +601,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 tasks: removed.join(", "),
             });
         }
+        // A pass's run takes up only the tasks the pass gained; a task outside it, without a row,
+        // is read back as skipped, as the pass wants it.
+        let pass = run.pass.as_deref().map(|name| self.core.spec.pass(name));
         let added: Vec<(String, String)> = self
             .core
             .spec
             .tasks
             .iter()
             .filter(|task| !stored.iter().any(|stored| stored.task == task.name))
+            .filter(|task| match pass {
+                None => true,
+                Some(None) => false,
+                Some(Some(pass)) => pass.tasks.contains(&task.name),
+            })
             .map(|task| (task.name.clone(), task.phase.clone()))
             .collect();
         if added.is_empty() {

@@ -3,6 +3,10 @@
 //! other processes queue in the store (`keel run --detach`, a `keel run` while serve holds the
 //! state, a `keel retry`), and carries on everything a previous Keel left unfinished.
 //!
+//! Each pass (`[passes.NAME]`) with a schedule has a cursor of its own, recorded under the
+//! trigger `pass:NAME`, with its own catch-up: its fires start runs of the pass, kept apart from
+//! the pipeline's own runs of the same partition.
+//!
 //! A fire is recorded with the run it starts in one transaction (`Store::create_run_for_fire`),
 //! so a Keel killed at any instant neither loses a fire nor starts one twice: on restart the
 //! last recorded fire says which were missed.
@@ -18,12 +22,19 @@ use super::*;
 /// The trigger name under which the pipeline's own `schedule` records its fires.
 pub(crate) const PIPELINE_TRIGGER: &str = "pipeline";
 
+/// The trigger name under which a pass's schedule records its fires: `pass:NAME`.
+pub(crate) fn pass_trigger(pass: &str) -> String {
+    format!("pass:{pass}")
+}
+
 /// The most missed fires one start catches up on (`catchup = "all"`); older ones are skipped,
 /// with a note in the log.
 const MAX_CATCH_UP: usize = 1_000;
 
 /// Where a schedule stands: fires still owed from before (catch-up), then the next one.
 pub(super) struct Cursor {
+    /// What fires: the pipeline's own schedule (`None`) or a pass's.
+    pass: Option<String>,
     schedule: Schedule,
     offset_days: i64,
     owed: VecDeque<Millis>,
@@ -50,6 +61,7 @@ impl Cursor {
         };
         let next = schedule.next_after(now);
         Cursor {
+            pass: None,
             schedule,
             offset_days: spec.partition_offset_days,
             owed,
@@ -102,9 +114,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             self.take_up(&mut book, &mut inbox, run, &live, &mut refused)
                 .await?;
         }
-        let mut cursor = self.schedule_cursor().await?;
+        let mut cursors = self.schedule_cursors().await?;
         loop {
-            if let Some(cursor) = cursor.as_mut() {
+            for cursor in &mut cursors {
                 self.fire_due(&mut book, &mut inbox, cursor, &mut refused)
                     .await?;
             }
@@ -125,10 +137,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             book.forget_finished_runs();
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
-            let wake_at = match (next_timer, cursor.as_ref().and_then(Cursor::wake_at)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_at = next_timer
+                .into_iter()
+                .chain(cursors.iter().filter_map(Cursor::wake_at))
+                .min();
             let wakeup = wait(self.clock.clone(), wake_at, &mut inbox).await;
             book.now = self.clock.now();
             let poll = matches!(wakeup, Wakeup::Poll);
@@ -144,18 +156,32 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.flush(&mut book).await
     }
 
-    /// The pipeline's schedule as of now, with the fires missed since the last recorded one.
-    async fn schedule_cursor(&mut self) -> Result<Option<Cursor>, EngineError> {
-        let Some(spec) = self.core.spec.schedule.clone() else {
-            return Ok(None);
-        };
-        let schedule = Schedule::parse(&spec.cron, &self.core.spec.timezone)
-            .map_err(|error| EngineError::Schedule(error.to_string()))?;
-        let last = self
-            .store
-            .last_fire(&self.core.spec.name, PIPELINE_TRIGGER)
-            .await?;
-        Ok(Some(Cursor::new(schedule, &spec, last, self.clock.now())))
+    /// The pipeline's schedule and each pass's as of now, each with the fires missed since its
+    /// last recorded one.
+    async fn schedule_cursors(&mut self) -> Result<Vec<Cursor>, EngineError> {
+        let mut schedules: Vec<(Option<String>, keel_model::ScheduleSpec)> = Vec::new();
+        if let Some(spec) = &self.core.spec.schedule {
+            schedules.push((None, spec.clone()));
+        }
+        for pass in &self.core.spec.passes {
+            if let Some(spec) = &pass.schedule {
+                schedules.push((Some(pass.name.clone()), spec.clone()));
+            }
+        }
+        let mut cursors = Vec::with_capacity(schedules.len());
+        for (pass, spec) in schedules {
+            let schedule = Schedule::parse(&spec.cron, &self.core.spec.timezone)
+                .map_err(|error| EngineError::Schedule(error.to_string()))?;
+            let trigger = match &pass {
+                None => PIPELINE_TRIGGER.to_string(),
+                Some(pass) => pass_trigger(pass),
+            };
+            let last = self.store.last_fire(&self.core.spec.name, &trigger).await?;
+            let mut cursor = Cursor::new(schedule, &spec, last, self.clock.now());
+            cursor.pass = pass;
+            cursors.push(cursor);
+        }
+        Ok(cursors)
     }
 
     /// Starts a run for every fire due now, each recorded with its run in one transaction.
@@ -180,12 +206,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     }
                 }
             };
-            let new_run = self.new_run(&partition, &[]);
-            let gates = self.core.waiting_gates(0..self.core.topology.gates.len());
-            let fire = ScheduleFire {
-                trigger: PIPELINE_TRIGGER.to_string(),
-                fire_at,
+            let (new_run, trigger) = match &cursor.pass {
+                None => (self.new_run(&partition, &[]), PIPELINE_TRIGGER.to_string()),
+                Some(name) => {
+                    let Some(pass) = self.core.spec.pass(name).cloned() else {
+                        continue;
+                    };
+                    (self.new_pass_run(&partition, &pass), pass_trigger(name))
+                }
             };
+            let topology = self.core.topology_index(cursor.pass.as_deref());
+            let gates = self
+                .core
+                .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
+            let fire = ScheduleFire { trigger, fire_at };
             let outcome = self.store.create_run_for_fire(new_run, fire, gates).await?;
             let run = match outcome {
                 FireOutcome::Created(run) | FireOutcome::Joined(run) => run,
@@ -196,6 +230,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 partition,
                 fire_at,
                 joined: matches!(outcome, FireOutcome::Joined(_)),
+                pass: cursor.pass.clone(),
             });
             if !is_loaded(book, run) {
                 self.take_up(book, inbox, run, &[], refused).await?;

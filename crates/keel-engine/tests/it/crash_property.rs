@@ -186,9 +186,17 @@ impl Store for CrashStore {
     async fn run(&self, run: RunId) -> StoreResult<RunRecord> {
         self.probe.around("run", self.inner.run(run)).await
     }
-    async fn latest_run(&self, pipeline: &str, partition: &str) -> StoreResult<Option<RunRecord>> {
+    async fn latest_run_of(
+        &self,
+        pipeline: &str,
+        partition: &str,
+        pass: Option<&str>,
+    ) -> StoreResult<Option<RunRecord>> {
         self.probe
-            .around("latest_run", self.inner.latest_run(pipeline, partition))
+            .around(
+                "latest_run",
+                self.inner.latest_run_of(pipeline, partition, pass),
+            )
             .await
     }
     async fn list_runs(

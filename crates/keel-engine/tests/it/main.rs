@@ -14,6 +14,7 @@ use keel_model::{
 use keel_store::{SqliteStore, Store};
 
 mod crash_property;
+mod passes;
 mod properties;
 mod remembered;
 
@@ -207,6 +208,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        passes: Vec::new(),
     }
 }
 

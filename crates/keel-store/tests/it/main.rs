@@ -51,6 +51,7 @@ fn a_state_file_of_an_older_schema_gets_an_identity_once() {
                  ALTER TABLE task_runs DROP COLUMN rerun_pending; ALTER TABLE task_runs DROP COLUMN sensor_polls;
                  ALTER TABLE task_runs DROP COLUMN sensor_errors;
                  ALTER TABLE resources DROP COLUMN open_since; ALTER TABLE resources DROP COLUMN open_until;
+                 DROP INDEX runs_by_pass; ALTER TABLE runs DROP COLUMN pass;
                  PRAGMA user_version = 2;",
             )
             .unwrap();
@@ -74,6 +75,7 @@ async fn state_survives_reopening() {
                 trace_id: "t".into(),
                 tasks: vec![("a".into(), "main".into(), None)],
                 at: 1,
+                pass: None,
             })
             .await
             .unwrap()
@@ -276,6 +278,7 @@ fn new_run(partition: &str) -> keel_store::NewRun {
         trace_id: "t".into(),
         tasks: vec![("a".into(), "main".into(), None)],
         at: 1,
+        pass: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use keel_model::InheritEnv;
+use std::collections::BTreeMap;
 
 impl Core {
     /// Takes up to `room` tasks off the ready queue that may start an attempt now. Tasks that
@@ -66,6 +67,17 @@ impl Core {
         unfinished_before < limit as usize
     }
 
+    /// The `{param.NAME}` values of a run: its pass's params, none for a run of no pass (or of
+    /// a pass the pipeline file no longer has).
+    pub(crate) fn params_of(&self, record: &RunRecord) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        record
+            .pass
+            .as_deref()
+            .and_then(|pass| self.spec.pass(pass))
+            .map_or(&NONE, |pass| &pass.params)
+    }
+
     pub(crate) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
         // One directory per attempt, flat under the run: every inode created costs, and an
         // attempt already creates its directory and its record file. Runs are numbered per
@@ -98,6 +110,8 @@ impl Core {
             run_id: &run_id,
             task: &task_spec.name,
             attempt: &attempt_text,
+            pass: record.pass.as_deref().unwrap_or_default(),
+            params: self.params_of(record),
         };
         let templates = if sensor {
             self.commands[task].sensor.as_deref().unwrap_or_default()
@@ -111,9 +125,23 @@ impl Core {
             ("KEEL_TASK".to_string(), task_spec.name.clone()),
             ("KEEL_PARTITION".to_string(), record.partition.clone()),
             ("KEEL_ATTEMPT".to_string(), attempt_text.clone()),
+            // Empty for a run of no pass, never inherited: a task started by a Keel that
+            // itself runs in a pass's task must not take that pass for its own.
+            (
+                "KEEL_PASS".to_string(),
+                record.pass.clone().unwrap_or_default(),
+            ),
+            // A pass processes the partition again, maybe with other params: its own key, so
+            // that a task deduplicating on the key does not skip the pass's work.
             (
                 "KEEL_IDEMPOTENCY_KEY".to_string(),
-                format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
+                match &record.pass {
+                    None => format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
+                    Some(pass) => format!(
+                        "{}:{}:{}:{pass}",
+                        self.spec.name, task_spec.name, record.partition
+                    ),
+                },
             ),
             (
                 "KEEL_RESULT".to_string(),

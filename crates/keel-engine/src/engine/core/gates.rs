@@ -8,17 +8,22 @@ impl Core {
     /// The gate that may waive the edge `dependency → node`: the gate of the dependency's phase
     /// when the edge is the one from a task to its own phase's barrier. Every other edge, a
     /// task's own `after` above all, is a hard input that no gate waives.
-    pub(crate) fn waivable(&self, dependency: NodeIndex, node: NodeIndex) -> Option<usize> {
+    pub(crate) fn waivable(
+        &self,
+        active: &ActiveRun,
+        dependency: NodeIndex,
+        node: NodeIndex,
+    ) -> Option<usize> {
         if !self.dag.is_task(dependency) || self.dag.barrier_of(dependency) != Some(node) {
             return None;
         }
-        self.topology.gate_of_task(dependency)
+        self.topology_of(active).gate_of_task(dependency)
     }
 
     /// Whether downstream work outside a gated phase already started, which means its gate had
     /// opened; for runs whose gates were never recorded.
     pub(crate) fn gate_had_opened(&self, active: &ActiveRun, gate: usize) -> bool {
-        let Some(barrier) = self.topology.gates[gate]
+        let Some(barrier) = self.topology_of(active).gates[gate]
             .tasks
             .first()
             .and_then(|task| self.dag.barrier_of(*task))
@@ -60,14 +65,15 @@ impl Core {
         run_index: usize,
         task: TaskIndex,
     ) {
-        let Some(gate) = self.topology.gate_of_task(task) else {
+        let topology = &self.topologies[book.runs[run_index].topology];
+        let Some(gate) = topology.gate_of_task(task) else {
             return;
         };
         let active = &mut book.runs[run_index];
         if active.gates[gate] != GateStatus::Open || active.waived[task] {
             return;
         }
-        let definition = &self.topology.gates[gate];
+        let definition = &topology.gates[gate];
         let verdict = judge(
             definition,
             |task| is_complete(&active.slots[task]),
@@ -110,12 +116,16 @@ impl Core {
     /// `gates` as just created, waiting to be judged: stored when a run is created, and again
     /// for the gates a retry touches, so that downstream waits for the retried tasks (or for a
     /// new grace period) instead of going on without them at once.
-    pub(crate) fn waiting_gates(&self, gates: impl IntoIterator<Item = usize>) -> Vec<Change> {
+    pub(crate) fn waiting_gates(
+        &self,
+        topology: usize,
+        gates: impl IntoIterator<Item = usize>,
+    ) -> Vec<Change> {
         gates
             .into_iter()
             .map(|gate| {
                 Change::Gate(GateRecord {
-                    phase: self.topology.gates[gate].phase.clone(),
+                    phase: self.topologies[topology].gates[gate].phase.clone(),
                     status: GateState::Waiting,
                     waived: Vec::new(),
                 })
@@ -152,7 +162,7 @@ impl Core {
         passed: &mut Vec<NodeIndex>,
     ) {
         for dependent in self.dag.node_dependents(node) {
-            let waivable = self.waivable(node, *dependent).is_some();
+            let waivable = self.waivable(active, node, *dependent).is_some();
             let counted = match edges {
                 Edges::All => true,
                 Edges::Waivable => waivable,
@@ -237,7 +247,7 @@ impl Core {
 
     /// The gate's state as the store keeps it, waived tasks by name.
     pub(crate) fn gate_record(&self, active: &ActiveRun, gate: usize) -> GateRecord {
-        let definition = &self.topology.gates[gate];
+        let definition = &self.topology_of(active).gates[gate];
         GateRecord {
             phase: definition.phase.clone(),
             status: match active.gates[gate] {
@@ -276,7 +286,8 @@ impl Core {
                 if !self.dag.is_task(dependency) {
                     return active.remaining[dependency] > 0;
                 }
-                let waived = active.waived[dependency] && self.waivable(dependency, node).is_some();
+                let waived =
+                    active.waived[dependency] && self.waivable(active, dependency, node).is_some();
                 !is_complete(&active.slots[dependency]) && !waived
             })
             .count() as u32
@@ -295,7 +306,7 @@ impl Core {
         if matches!(status, GateStatus::Open | GateStatus::Failed) || active.cancelling {
             return Ok(());
         }
-        let definition = &self.topology.gates[gate];
+        let definition = &self.topologies[active.topology].gates[gate];
         let verdict = judge(
             definition,
             |task| is_complete(&active.slots[task]),
@@ -355,7 +366,7 @@ impl Core {
         run_index: usize,
         gate: usize,
     ) -> Result<(), EngineError> {
-        let definition = self.topology.gates[gate].clone();
+        let definition = self.topologies[book.runs[run_index].topology].gates[gate].clone();
         let active = &mut book.runs[run_index];
         active.gates[gate] = GateStatus::Open;
         let missing: Vec<TaskIndex> = definition
@@ -419,7 +430,7 @@ impl Core {
             .dag
             .downstream_of(&[landed])
             .into_iter()
-            .filter(|task| !self.topology.same_phase(landed, *task))
+            .filter(|task| !self.topologies[active.topology].same_phase(landed, *task))
             .collect();
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
@@ -446,7 +457,7 @@ impl Core {
                 TaskState::Pending | TaskState::Waiting => {}
             }
         }
-        if let Some(gate) = self.topology.gate_of_task(landed) {
+        if let Some(gate) = self.topology_of(active).gate_of_task(landed) {
             changes.push(Change::Gate(self.gate_record(active, gate)));
         }
         write_changes(&mut book.writes, active.record.id, changes);

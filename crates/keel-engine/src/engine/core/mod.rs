@@ -41,7 +41,9 @@ pub(super) struct Core {
     /// `spec.version()`, computed once: every claim records it.
     pub version: String,
     pub dag: Dag,
-    pub topology: Topology,
+    /// The gates as the pipeline's own runs see them, then as each pass's runs do (in
+    /// `spec.passes` order), since a pass may override the gates of phases.
+    pub topologies: Vec<Topology>,
     /// Per task: indexes into `spec.resources` of the resources it uses.
     pub task_uses: Vec<Vec<usize>>,
     /// Per task: its command, its sensor's, its working directory and its variables, parsed
@@ -51,6 +53,20 @@ pub(super) struct Core {
     /// The store's identity: attempt directories live under it.
     pub store_id: Arc<str>,
     pub observer: Box<dyn FnMut(Progress) + Send>,
+}
+
+impl Core {
+    /// The index in `topologies` of a run of `pass` (`None`: the pipeline's own run, or a run of
+    /// a pass the file no longer has).
+    pub(crate) fn topology_index(&self, pass: Option<&str>) -> usize {
+        pass.and_then(|pass| self.spec.passes.iter().position(|each| each.name == pass))
+            .map_or(0, |position| position + 1)
+    }
+
+    /// The gates of a run.
+    pub(crate) fn topology_of(&self, active: &ActiveRun) -> &Topology {
+        &self.topologies[active.topology]
+    }
 }
 
 /// A step's follow-up work. Handlers push follow-ups instead of calling each other; the step's
@@ -143,7 +159,9 @@ pub(super) struct ActiveRun {
     /// Per node (tasks, then phase barriers): dependencies not yet complete (and not waived by
     /// an open gate), or barriers not yet passed.
     pub remaining: Vec<u32>,
-    /// Per gate of the topology.
+    /// Which of `Core::topologies` the run's gates are: 0 for the pipeline's own runs.
+    pub topology: usize,
+    /// Per gate of the run's topology.
     pub gates: Vec<GateStatus>,
     /// Per task: missing when its phase's gate opened; downstream went on without it.
     pub waived: Vec<bool>,

@@ -24,13 +24,15 @@ impl Core {
         stored: &[keel_store::TaskRunRecord],
     ) -> ActiveRun {
         let tasks = self.dag.len();
+        let topology = self.topology_index(record.pass.as_deref());
         let mut active = ActiveRun {
+            topology,
             finished: record.state.is_finished(),
             trace: TraceId::from_stored(&record.trace_id),
             record,
             slots: vec![NOT_IN_THE_RUN; tasks],
             remaining: vec![0; self.dag.nodes()],
-            gates: vec![GateStatus::Waiting; self.topology.gates.len()],
+            gates: vec![GateStatus::Waiting; self.topologies[topology].gates.len()],
             waived: vec![false; tasks],
             needs_rerun: vec![false; tasks],
             sensor_ready: vec![false; tasks],
@@ -53,7 +55,12 @@ impl Core {
                 losses: 0,
                 not_before: task.not_before,
             };
-            if task.outcome == Some(Outcome::Skipped) && task.attempts == 0 {
+            // A pass's run settles the tasks outside the pass `skipped`: they are taken as done,
+            // not left out, and the run ends `succeeded` without them.
+            if task.outcome == Some(Outcome::Skipped)
+                && task.attempts == 0
+                && active.record.pass.is_none()
+            {
                 active.left_out.push(index);
             }
             active.sensor_polls[index] = task.sensor_polls;
@@ -114,7 +121,7 @@ impl Core {
     ) -> Result<Vec<TaskIndex>, EngineError> {
         let active = &mut book.runs[run_index];
         let mut landed_late = Vec::new();
-        for (gate, definition) in self.topology.gates.iter().enumerate() {
+        for (gate, definition) in self.topologies[active.topology].gates.iter().enumerate() {
             let stored = stored_gates
                 .iter()
                 .find(|stored| stored.phase == definition.phase);

@@ -169,6 +169,7 @@ impl Core {
             .map(|root| self.dag.name(*root))
             .collect::<Vec<_>>()
             .join(", ");
+        let topology = self.topology_index(run.pass.as_deref());
         let reset = |task: TaskIndex, reason: String| {
             Change::Task(TaskChange::reset(self.dag.name(task), reason))
         };
@@ -184,11 +185,11 @@ impl Core {
         let mut gates: Vec<usize> = roots
             .iter()
             .chain(downstream)
-            .filter_map(|task| self.topology.gate_of_task(*task))
+            .filter_map(|task| self.topologies[topology].gate_of_task(*task))
             .collect();
         gates.sort_unstable();
         gates.dedup();
-        changes.extend(self.waiting_gates(gates));
+        changes.extend(self.waiting_gates(topology, gates));
         if self.version != run.version {
             changes.push(Change::Event {
                 task: None,

@@ -246,6 +246,8 @@ impl Core {
             run_id: &run_id,
             task: self.dag.name(task),
             attempt: "0",
+            pass: record.pass.as_deref().unwrap_or_default(),
+            params: self.params_of(record),
         };
         let parts = self.commands[task].sensor.as_deref().unwrap_or_default();
         let expanded: Vec<String> = parts.iter().map(|part| part.expand(&values)).collect();

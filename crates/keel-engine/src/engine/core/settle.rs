@@ -190,7 +190,7 @@ impl Core {
             book.followups
                 .push_back(Followup::Propagate { run_index, task });
         }
-        if let Some(gate) = self.topology.gate_of_task(task) {
+        if let Some(gate) = self.topology_of(&book.runs[run_index]).gate_of_task(task) {
             book.followups
                 .push_back(Followup::JudgeGate { run_index, gate });
         }
@@ -333,7 +333,7 @@ impl Core {
         // longer be met passes the failure on downstream.
         let mut gates: Vec<usize> = blocked
             .iter()
-            .filter_map(|task| self.topology.gate_of_task(*task))
+            .filter_map(|task| self.topology_of(&book.runs[run_index]).gate_of_task(*task))
             .collect();
         gates.sort_unstable();
         gates.dedup();
@@ -356,7 +356,7 @@ impl Core {
                 if seen[*dependent] {
                     continue;
                 }
-                if let Some(gate) = self.waivable(current, *dependent)
+                if let Some(gate) = self.waivable(active, current, *dependent)
                     && active.gates[gate] != GateStatus::Failed
                 {
                     continue;
@@ -399,7 +399,7 @@ impl Core {
             .filter(|task| {
                 !is_complete(&active.slots[*task])
                     && self
-                        .topology
+                        .topology_of(active)
                         .gate_of_task(*task)
                         .is_some_and(|gate| active.gates[gate] == GateStatus::Open)
             })

@@ -62,6 +62,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        passes: Vec::new(),
     };
     let mut spec = spec;
     let mut config = EngineConfig {
@@ -85,7 +86,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         commands: spec.tasks.iter().map(Commands::of).collect(),
         spec: Arc::new(spec),
         dag,
-        topology,
+        topologies: vec![topology],
         config,
         store_id: "store".into(),
         observer: Box::new(|_| {}),
@@ -116,6 +117,7 @@ fn loaded_from(
         finished_at: None,
         cancel_requested: false,
         message: None,
+        pass: None,
     };
     let mut stored: Vec<keel_store::TaskRunRecord> = core
         .spec
