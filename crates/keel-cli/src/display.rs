@@ -60,7 +60,7 @@ impl ProgressDisplay {
                 Progress::AttemptRecovered { partition, task, attempt, how, .. } => {
                     note = Some(format!("{partition} {task} attempt {attempt}: {how}"));
                 }
-                Progress::AttemptFinished { run, partition, task, attempt, outcome, message, retry_at } => {
+                Progress::AttemptFinished { run, partition, task, attempt, outcome, message, retry_at, .. } => {
                     let counts = shared.runs.entry(*run).or_default();
                     counts.running = counts.running.saturating_sub(1);
                     if retry_at.is_some() {
@@ -105,6 +105,13 @@ impl ProgressDisplay {
                         format!("{partition}: the schedule fired; run started")
                     });
                 }
+                Progress::ScheduleSkipped { reason, .. } => {
+                    note = Some(format!("the schedule fired but could not run: {reason}"));
+                }
+                // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
+                Progress::RateLimited { .. }
+                | Progress::SensorPolled { .. }
+                | Progress::QueueDepth { .. } => {}
             }
             // Retries that fire are counted again as starts; keep the gauge honest.
             for counts in shared.runs.values_mut() {

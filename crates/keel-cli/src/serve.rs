@@ -69,6 +69,7 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             partition,
             fire_at,
             joined: false,
+            ..
         } => {
             format!(
                 "{partition}: the schedule fired for {}; run {run} started",
@@ -80,6 +81,7 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             partition,
             fire_at,
             joined: true,
+            ..
         } => format!(
             "{partition}: the schedule fired for {}; unfinished run {run} carries on",
             local(fire_at)
@@ -134,6 +136,12 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
             resource, detail, ..
         } => {
             format!("resource {resource}: breaker {detail}")
+        }
+        Progress::ScheduleSkipped { fire_at, reason } => {
+            format!(
+                "the schedule fired for {} but could not run: {reason}",
+                local(fire_at)
+            )
         }
         _ => return,
     };

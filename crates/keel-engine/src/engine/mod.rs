@@ -152,6 +152,9 @@ pub enum Progress {
         partition: String,
         task: String,
         attempt: u32,
+        /// How long the task waited between the engine finding it ready (its inputs complete,
+        /// its retry due) and this start: concurrency, resources and partition limits.
+        ready_wait: Option<Millis>,
     },
     AttemptRecovered {
         run: RunId,
@@ -168,6 +171,8 @@ pub enum Progress {
         outcome: Outcome,
         message: Option<String>,
         retry_at: Option<Millis>,
+        /// From the attempt's start to its end, when this engine started it.
+        duration: Option<Millis>,
     },
     /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
     BreakerChanged {
@@ -199,7 +204,23 @@ pub enum Progress {
         partition: String,
         fire_at: Millis,
         joined: bool,
+        /// When the run was recorded: `started_at - fire_at` is the schedule's lag.
+        started_at: Millis,
     },
+    /// A fire of the schedule that could not start a run.
+    ScheduleSkipped { fire_at: Millis, reason: String },
+    /// A task waited for a resource's rate limit instead of starting.
+    RateLimited { resource: String, task: String },
+    /// A sensor poll ended: `verdict` is `ready`, `not_ready`, `error`, or the outcome that
+    /// ended the task (`no_data`, `failed_permanent`, ...).
+    SensorPolled {
+        run: RunId,
+        partition: String,
+        task: String,
+        verdict: &'static str,
+    },
+    /// Tasks in the ready queue, waiting for room to start; sent when the number changes.
+    QueueDepth { ready: usize },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to

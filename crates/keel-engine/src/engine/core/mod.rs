@@ -132,6 +132,8 @@ pub(super) struct Slot {
     pub losses: u32,
     /// For a waiting task: not before this time (its retry's or its next sensor poll's).
     pub not_before: Option<Millis>,
+    /// When the engine found the task ready to start (for the ready-wait it reports).
+    pub ready_since: Option<Millis>,
 }
 
 pub(super) struct ActiveRun {
@@ -166,15 +168,24 @@ pub(super) struct Live {
     pub task: TaskIndex,
     pub number: u32,
     pub epoch: i64,
+    /// When this engine started the attempt; `None` for one adopted after a restart.
+    pub started_at: Option<Millis>,
 }
 
 impl Live {
-    pub fn new(run: usize, task: TaskIndex, number: u32, epoch: i64) -> Live {
+    pub fn new(
+        run: usize,
+        task: TaskIndex,
+        number: u32,
+        epoch: i64,
+        started_at: Option<Millis>,
+    ) -> Live {
         Live {
             run,
             task,
             number,
             epoch,
+            started_at,
         }
     }
 }
@@ -224,6 +235,10 @@ pub(super) struct Book {
     pub followups: VecDeque<Followup>,
     /// The time of the current step, set by the driver; the core reads no clock.
     pub now: Millis,
+    /// How many entries at the front of `ready` had their ready time noted.
+    pub ready_stamped: usize,
+    /// The queue depth last told to the observer.
+    pub queue_depth_reported: Option<usize>,
 }
 
 /// Adds task changes of one run to a step's writes.
@@ -279,6 +294,8 @@ impl Book {
             effects: Vec::new(),
             followups: VecDeque::new(),
             now,
+            ready_stamped: 0,
+            queue_depth_reported: None,
         }
     }
 

@@ -14,6 +14,7 @@ const NOT_IN_THE_RUN: Slot = Slot {
     first_started_at: None,
     losses: 0,
     not_before: None,
+    ready_since: None,
 };
 
 impl Core {
@@ -51,6 +52,7 @@ impl Core {
                 first_started_at: task.first_started_at,
                 losses: 0,
                 not_before: task.not_before,
+                ready_since: None,
             };
             if task.outcome == Some(Outcome::Skipped) && task.attempts == 0 {
                 active.left_out.push(index);

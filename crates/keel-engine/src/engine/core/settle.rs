@@ -54,6 +54,7 @@ impl Core {
             .collect();
         let mut done = Vec::new();
         for (live, outcome, next, message) in pending {
+            let duration = live.started_at.map(|at| (book.now - at).max(0));
             let active = &mut book.runs[live.run];
             let slot = &mut active.slots[live.task];
             slot.outcome = Some(outcome);
@@ -91,6 +92,7 @@ impl Core {
                 outcome,
                 message,
                 retry_at,
+                duration,
             });
         }
         book.followups
