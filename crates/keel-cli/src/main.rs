@@ -24,6 +24,7 @@ mod demo;
 mod display;
 mod hints;
 mod inspect;
+mod metrics;
 mod operations;
 mod output;
 mod report;

@@ -15,6 +15,7 @@ use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
 };
 use crate::display::{self, printable};
+use crate::metrics::Metrics;
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
 
@@ -40,7 +41,13 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let mut engine = build_engine(spec, &paths, store)?;
     engine.set_shutdown_grace(grace);
     let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
-    engine.observe(move |event| log_progress(event, zone));
+    // The handle `/metrics` renders (`Metrics::renderer`); the engine's observer feeds it.
+    let metrics = Metrics::new(&name);
+    let recorder = metrics.clone();
+    engine.observe(move |event| {
+        recorder.record(&event);
+        log_progress(event, zone);
+    });
     log(&format!(
         "keel serve: pipeline {} (pid {}); {schedule}; state {}",
         printable(&name),
