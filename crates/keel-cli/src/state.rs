@@ -476,6 +476,7 @@ pub async fn pipeline_for_reading(
         resources: Vec::new(),
         schedule: None,
         max_active_partitions: None,
+        alerts: None,
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

@@ -9,6 +9,7 @@
 //! `resilience` submodule, and where a task runs and with which environment (`cwd`, `env`,
 //! `env_file`, `inherit_env`) in the `context` submodule.
 
+mod alerts;
 mod context;
 mod resilience;
 
@@ -34,7 +35,14 @@ pub(crate) use context::{RESERVED_PREFIX, variable_name_problem};
 use keel_model::template::{TemplateProblem, check_templates};
 use resilience::{RawGate, RawResource, RawSensor};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["pipeline", "defaults", "resources", "phases", "tasks"];
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "pipeline",
+    "defaults",
+    "resources",
+    "phases",
+    "tasks",
+    "alerts",
+];
 const TOP_LEVEL_LATER: &[&str] = &["secrets"];
 const PIPELINE_FIELDS: &[&str] = &[
     "name",
@@ -672,6 +680,7 @@ impl Checker<'_> {
         let mut resources: Vec<RawResource> = Vec::new();
         let mut phases: Vec<RawPhase> = Vec::new();
         let mut tasks: Vec<RawTask> = Vec::new();
+        let mut alerts = None;
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         for (key, value) in entries(root) {
@@ -712,6 +721,11 @@ impl Checker<'_> {
                         }
                     }
                 }
+                "alerts" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        alerts = self.alerts(table, &key.span());
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -733,8 +747,9 @@ impl Checker<'_> {
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
         let pipeline = pipeline?;
-        Some(build_spec(pipeline, &defaults, resources, phases, tasks))
-            .filter(|_| self.errors.is_empty())
+        let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks);
+        spec.alerts = alerts;
+        Some(spec).filter(|_| self.errors.is_empty())
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {
@@ -1321,6 +1336,7 @@ fn build_spec(
         state: pipeline.state,
         schedule: pipeline.schedule_spec,
         max_active_partitions: pipeline.max_active_partitions,
+        alerts: None,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

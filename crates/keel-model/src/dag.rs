@@ -308,6 +308,7 @@ mod tests {
             resources: vec![],
             schedule: None,
             max_active_partitions: None,
+            alerts: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -354,6 +355,7 @@ mod tests {
             resources: vec![],
             schedule: None,
             max_active_partitions: None,
+            alerts: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -386,6 +388,7 @@ mod tests {
             resources: vec![],
             schedule: None,
             max_active_partitions: None,
+            alerts: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -260,6 +260,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     state: None,
                     schedule: None,
                     max_active_partitions: None,
+                    alerts: None,
                     concurrency,
                     phases,
                     tasks,

@@ -178,6 +178,7 @@ after = ["player_game_summary", "scrape_injuries"]
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        alerts: None,
     };
     assert_eq!(spec, expected);
 
@@ -343,6 +344,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         state: None,
         schedule: None,
         max_active_partitions: None,
+        alerts: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

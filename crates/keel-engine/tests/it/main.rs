@@ -207,6 +207,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        alerts: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         resources: vec![],
         schedule: None,
         max_active_partitions: None,
+        alerts: None,
     };
     let mut spec = spec;
     let mut config = EngineConfig {
