@@ -10,6 +10,7 @@ use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
+use crate::alerts::Alerts;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
@@ -44,8 +45,19 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     // The handle `/metrics` renders (`Metrics::renderer`); the engine's observer feeds it.
     let metrics = Metrics::new(&name);
     let recorder = metrics.clone();
+    let (alerts, delivery) = match &engine.spec().alerts {
+        Some(spec) => {
+            let (alerts, delivery) =
+                Alerts::start(spec, &name, paths.pipeline_dir()?, metrics.clone())?;
+            (Some(alerts), Some(delivery))
+        }
+        None => (None, None),
+    };
     engine.observe(move |event| {
         recorder.record(&event);
+        if let Some(alerts) = &alerts {
+            alerts.observe(&event);
+        }
         log_progress(event, zone);
     });
     log(&format!(
@@ -54,7 +66,13 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         std::process::id(),
         printable(&paths.database.display().to_string())
     ));
-    engine.serve(shutdown_on_signals(grace)).await?;
+    let served = engine.serve(shutdown_on_signals(grace)).await;
+    // The observer holds the alerts' sender: once the engine is gone, what was decided goes out.
+    drop(engine);
+    if let Some(delivery) = delivery {
+        delivery.finish().await;
+    }
+    served?;
     log("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(0)
 }
@@ -156,7 +174,7 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
 }
 
 /// A line on stderr with the UTC time in front.
-fn log(line: &str) {
+pub(crate) fn log(line: &str) {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
     eprintln!("{now} {line}");
 }

@@ -2,3 +2,6 @@
 //! injected clock), [`deliver`] tells it (a webhook, a command) off the engine's loop.
 
 pub mod book;
+pub mod deliver;
+
+pub use deliver::Alerts;
