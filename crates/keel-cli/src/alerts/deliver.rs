@@ -289,6 +289,8 @@ async fn run_command(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
+        // Its own process group, so a timeout kills what it started too (a `sleep` under `sh`).
+        .process_group(0)
         .spawn()
         .map_err(|error| format!("cannot start {:?}: {}", command[0], error.kind()))?;
     let mut stdin = child.stdin.take();
@@ -310,6 +312,12 @@ async fn run_command(
             error.kind()
         )),
         Err(_) => {
+            if let Some(group) = child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+            {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
             let _ = child.kill().await;
             Err(format!(
                 "{:?} did not finish within {}; it was killed",
@@ -363,5 +371,88 @@ mod tests {
             let error = Webhook::parse(bad).err().expect(bad).to_string();
             assert!(!error.contains("SECRET"), "{error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+    use crate::alerts::book::{AlertKind, Signature};
+
+    fn message() -> AlertMessage {
+        AlertMessage {
+            signature: Signature {
+                pipeline: "hoops".into(),
+                kind: AlertKind::FailedPermanent,
+                subject: "load".into(),
+            },
+            status: Status::Firing,
+            at: 0,
+            partition: Some("2026-12-01".into()),
+            run: None,
+            detail: "load ended failed_permanent".into(),
+            suppressed: 0,
+        }
+    }
+
+    /// A webhook nobody listens on and a command that hangs: both deliveries fail within the
+    /// timeout (the command is killed), are counted, and the deliverer goes on to the next one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn failed_deliveries_are_bounded_and_counted() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = Sinks {
+            webhook: Some(Webhook::parse(&format!("http://127.0.0.1:{port}/SECRET")).unwrap()),
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 30 & echo $! > pid; wait".into(),
+            ]),
+            command_dir: dir.path().to_path_buf(),
+            timeout: Duration::from_millis(300),
+        };
+        let metrics = Metrics::new("hoops");
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        outbox.send(message()).unwrap();
+        outbox.send(message()).unwrap();
+        drop(outbox);
+        let started = std::time::Instant::now();
+        deliver_all(inbox, sinks, metrics.clone()).await;
+        // Two messages, each bounded by the timeout on the command (the refused connection
+        // fails at once): far below the 30 s the command would hang.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "keel_alert_delivery_failures_total{pipeline=\"hoops\",sink=\"webhook\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "keel_alert_delivery_failures_total{pipeline=\"hoops\",sink=\"command\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("keel_alerts_sent_total{"), "{text}");
+        // The hung command was killed with what it started, not left behind.
+        let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z"))
+        };
+        for _ in 0..100 {
+            if !alive() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(), "the hung command's child {pid} is still running");
     }
 }
