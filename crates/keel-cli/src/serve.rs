@@ -47,8 +47,9 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let recorder = metrics.clone();
     let (alerts, delivery) = match &engine.spec().alerts {
         Some(spec) => {
+            let store = engine.store().clone();
             let (alerts, delivery) =
-                Alerts::start(spec, &name, paths.pipeline_dir()?, metrics.clone())?;
+                Alerts::start(spec, &name, paths.pipeline_dir()?, metrics.clone(), store)?;
             (Some(alerts), Some(delivery))
         }
         None => (None, None),

@@ -323,8 +323,16 @@ impl AlertBook {
         messages
     }
 
+    /// The runs that ended `degraded` and were not fixed or accepted since, with when they
+    /// ended: an acceptance recorded after that heals them.
+    pub fn degraded_runs(&self) -> Vec<(RunId, Millis)> {
+        self.degraded
+            .iter()
+            .map(|(run, degraded)| (*run, degraded.since))
+            .collect()
+    }
+
     /// A degraded run was accepted (`keel accept`): it no longer needs anyone.
-    #[allow(dead_code)] // for whoever learns of acceptances (the HTTP API's accept action)
     pub fn run_accepted(&mut self, run: RunId, now: Millis) -> Vec<AlertMessage> {
         let mut messages = Vec::new();
         if let Some(DegradedRun { partition, .. }) = self.degraded.remove(&run)
@@ -721,6 +729,25 @@ mod tests {
             kinds(&out),
             [(AlertKind::RunDegraded, Status::Resolved, String::new())]
         );
+        // Accepted after it was told: one resolution.
+        let degraded_told = Progress::RunFinished {
+            run: RunId(2),
+            partition: "2026-12-02".into(),
+            state: RunState::Degraded,
+        };
+        assert!(book.observe(&degraded_told, 0).is_empty());
+        assert_eq!(book.degraded_runs(), vec![(RunId(2), 0)]);
+        let out = book.tick(31 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Firing, String::new())]
+        );
+        let out = book.run_accepted(RunId(2), 32 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Resolved, String::new())]
+        );
+        assert!(book.degraded_runs().is_empty());
         // Accepted before its grace ran out: nothing was told, so nothing resolves.
         let degraded_again = Progress::RunFinished {
             run: RunId(3),

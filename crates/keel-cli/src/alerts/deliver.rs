@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use keel_engine::Progress;
-use keel_model::{AlertsSpec, Millis, WebhookUrl};
+use keel_model::{AlertsSpec, EventKind, Millis, WebhookUrl};
+use keel_store::{SqliteStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -147,11 +148,14 @@ pub struct Delivery {
 
 impl Alerts {
     /// Resolves the sinks (the webhook URL from its environment variable) and starts delivering.
+    /// `store` is read (each tick, only while a run is degraded) for `keel accept`s, which
+    /// other processes record there.
     pub fn start(
         spec: &AlertsSpec,
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
+        store: SqliteStore,
     ) -> Result<(Alerts, Delivery)> {
         let webhook = match &spec.webhook {
             None => None,
@@ -185,6 +189,20 @@ impl Alerts {
                 interval.tick().await;
                 let messages = ticking.lock().tick(now_millis());
                 ticking.send(messages);
+                let degraded = ticking.lock().degraded_runs();
+                for (run, since) in degraded {
+                    // A store that cannot be read now is read again on the next tick.
+                    let Ok(events) = store.events(run).await else {
+                        continue;
+                    };
+                    let accepted = events
+                        .iter()
+                        .any(|event| event.kind == EventKind::Accepted && event.at >= since);
+                    if accepted {
+                        let messages = ticking.lock().run_accepted(run, now_millis());
+                        ticking.send(messages);
+                    }
+                }
             }
         });
         let delivery = Delivery {

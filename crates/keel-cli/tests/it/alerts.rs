@@ -266,3 +266,104 @@ fn serve_refuses_a_webhook_whose_variable_is_not_set() {
         "{stderr}"
     );
 }
+
+/// A run that ends `degraded` alerts once its grace is over, and `keel accept`, run by another
+/// process while serve holds the state, resolves it.
+#[test]
+fn a_degraded_run_alerts_after_its_grace_and_resolves_when_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    write_pipeline(
+        &root,
+        r#"[pipeline]
+name = "gated"
+partition = "none"
+
+[defaults]
+retries = { attempts = 1 }
+
+[phases.scrape]
+gate = { min = "50%" }
+
+[phases.report]
+after = ["scrape"]
+
+[tasks.boxscores]
+phase = "scrape"
+command = ["sh", "-c", "exit 0"]
+
+[tasks.injuries]
+phase = "scrape"
+command = ["sh", "-c", "exit 1"]
+
+[tasks.summary]
+phase = "report"
+command = ["sh", "-c", "exit 0"]
+
+[alerts]
+command = ["sh", "-c", "cat >> alerts.jsonl"]
+degraded_grace = "0s"
+"#,
+    );
+    let log = std::fs::File::create(root.join("serve.log")).unwrap();
+    let _serve = Command::new(keel_path())
+        .arg("serve")
+        .arg(root.join("keel.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(Served)
+        .unwrap();
+    let serve_log = || std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        serve_log().contains("keel serve: pipeline")
+    });
+    queue_run(&root, false);
+    let kinds = |root: &Path| -> Vec<(String, String)> {
+        command_sink_lines(root)
+            .iter()
+            .map(|line| {
+                let status = line["keel"]["status"].as_str().unwrap().to_string();
+                (line["keel"]["kind"].as_str().unwrap().to_string(), status)
+            })
+            .collect()
+    };
+    wait_for("the degraded run's alert", Duration::from_secs(30), || {
+        kinds(&root).contains(&("run_degraded".into(), "firing".into()))
+    });
+    assert!(
+        kinds(&root).contains(&("retries_exhausted".into(), "firing".into())),
+        "{:?}",
+        kinds(&root)
+    );
+    let accept = Command::new(keel_path())
+        .args([
+            "accept",
+            "--partition",
+            "none",
+            "--reason",
+            "injuries feed down today",
+        ])
+        .arg(root.join("keel.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        accept.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&accept.stderr)
+    );
+    wait_for(
+        "the degraded run's resolution",
+        Duration::from_secs(30),
+        || kinds(&root).contains(&("run_degraded".into(), "resolved".into())),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let told = kinds(&root);
+    let degraded: Vec<_> = told
+        .iter()
+        .filter(|(kind, _)| kind == "run_degraded")
+        .collect();
+    assert_eq!(degraded.len(), 2, "one alert and one resolution: {told:?}");
+}
