@@ -433,7 +433,11 @@ concurrency = 1
 
 [tasks.extract]
 phase = "main"
-command = ["sh", "-c", "exit 0"]
+command = ["sh", "-c", "sleep 0.1"]
+
+[tasks.extract_odds]
+phase = "main"
+command = ["sh", "-c", "sleep 0.1"]
 
 [tasks.load]
 phase = "main"
@@ -550,21 +554,28 @@ command = ["sh", "-c", "exit 0"]
         assert_eq!(value(&scrape, "keel_attempts_total", &ok), 1.0);
         let poll = [("task", "holiday"), ("verdict", "no_data")];
         assert_eq!(value(&scrape, "keel_sensor_polls_total", &poll), 1.0);
-        // Three attempts ran (extract, and load twice); each reported its duration and wait.
-        let durations: f64 = ["extract", "load"]
+        // Four attempts ran (the two extracts, and load twice); each reported its duration and
+        // its wait.
+        let durations: f64 = ["extract", "extract_odds", "load"]
             .iter()
             .map(|task| {
                 let labels = [("pipeline", "metered"), ("task", *task)];
                 value(&scrape, "keel_attempt_duration_seconds_count", &labels)
             })
             .sum();
-        assert_eq!(durations, 3.0);
-        let waits = value(
+        assert_eq!(durations, 4.0);
+        let pipeline = [("pipeline", "metered")];
+        let waits = value(&scrape, "keel_ready_wait_seconds_count", &pipeline);
+        assert_eq!(waits, 4.0);
+        // One at a time: whichever extract went second waited for the other's 100 ms sleep.
+        let waited = value(&scrape, "keel_ready_wait_seconds_sum", &pipeline);
+        assert!(waited >= 0.1, "ready waits add up to {waited}s");
+        let slept = value(
             &scrape,
-            "keel_ready_wait_seconds_count",
-            &[("pipeline", "metered")],
+            "keel_attempt_duration_seconds_sum",
+            &[("task", "extract")],
         );
-        assert_eq!(waits, 3.0);
+        assert!(slept >= 0.1, "extract ran {slept}s");
         let depth = value(
             &scrape,
             "keel_ready_queue_tasks",
