@@ -112,6 +112,13 @@ impl ProgressDisplay {
                         format!("{partition}: {what} fired; run started")
                     });
                 }
+                Progress::ScheduleSkipped { reason, .. } => {
+                    note = Some(format!("the schedule fired but could not run: {reason}"));
+                }
+                // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
+                Progress::RateLimited { .. }
+                | Progress::SensorPolled { .. }
+                | Progress::QueueDepth { .. } => {}
             }
             // Retries that fire are counted again as starts; keep the gauge honest.
             for counts in shared.runs.values_mut() {

@@ -17,6 +17,7 @@ macro_rules! eprint {
     ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), false) };
 }
 
+mod alerts;
 mod args;
 mod bench;
 mod commands;
@@ -25,6 +26,7 @@ mod demo;
 mod display;
 mod hints;
 mod inspect;
+mod metrics;
 mod operations;
 #[cfg(feature = "otlp")]
 mod otlp;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use keel_engine::RunRequest;
+use keel_engine::{Progress, RunRequest};
 use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
+use crate::alerts::Alerts;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
@@ -19,6 +20,7 @@ use crate::commands::{
 };
 use crate::daemon::{Daemon, Observer, Observers};
 use crate::display::{self, printable};
+use crate::metrics::Metrics;
 use crate::serve_log;
 use crate::setup::build_engine;
 use crate::state::{self, StatePaths};
@@ -44,8 +46,11 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         _ => serve_log::Logger::new(args.log_format),
     };
     accelerate(&args, &general)?;
-    let mut telemetries = HashMap::new();
+    // One registry for every pipeline served: `/metrics` renders it (`Metrics::renderer`).
+    let metrics = Metrics::new(&general_name(&daemon));
+    let mut reporters = HashMap::new();
     let mut exporters = Vec::new();
+    let mut deliveries = Vec::new();
     for served in daemon.served() {
         let spec = daemon
             .specs()
@@ -53,8 +58,30 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             .expect("every served pipeline has its spec");
         let (telemetry, exporter) =
             serve_log::Telemetry::start(&served.logger, &served.name, traces.clone());
-        telemetries.insert(served.name.clone(), Arc::new(telemetry));
         exporters.push((exporter, served.logger.clone()));
+        let recorder = metrics.for_pipeline(&served.name);
+        // `[alerts]` as the pipeline file had it when serve started; a reload keeps them.
+        let alerts = match &spec.alerts {
+            Some(alerts) => {
+                let (alerts, delivery) = Alerts::start(
+                    alerts,
+                    &served.name,
+                    served.paths.pipeline_dir()?,
+                    recorder.clone(),
+                    served.paths.open()?,
+                    served.logger.clone(),
+                )?;
+                deliveries.push(delivery);
+                Some(alerts)
+            }
+            None => None,
+        };
+        let reporter = Reporter {
+            telemetry,
+            metrics: recorder,
+            alerts,
+        };
+        reporters.insert(served.name.clone(), Arc::new(reporter));
         served.logger.info(&format!(
             "keel serve: pipeline {} from {} (pid {}); {}; state {}",
             printable(&served.name),
@@ -67,10 +94,10 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     // Each engine the daemon builds for a pipeline (a reload builds another) reports to the
     // pipeline's one logger and trace exporter.
     let observers: Observers = Arc::new(move |spec: &PipelineSpec| {
-        let telemetry = telemetries.get(&spec.name).cloned();
+        let reporter = reporters.get(&spec.name).cloned();
         Box::new(move |event| {
-            if let Some(telemetry) = &telemetry {
-                telemetry.observe(&event);
+            if let Some(reporter) = &reporter {
+                reporter.observe(&event);
             }
         }) as Observer
     });
@@ -85,8 +112,39 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         }
     })
     .await;
+    // Likewise the alerts already decided.
+    for delivery in deliveries {
+        delivery.finish().await;
+    }
     general.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(if clean { 0 } else { 1 })
+}
+
+/// What each engine event of one pipeline feeds: its log lines and spans, the metrics, and
+/// the alerts.
+struct Reporter {
+    telemetry: serve_log::Telemetry,
+    metrics: Metrics,
+    alerts: Option<Alerts>,
+}
+
+impl Reporter {
+    fn observe(&self, event: &Progress) {
+        self.metrics.record(event);
+        if let Some(alerts) = &self.alerts {
+            alerts.observe(event);
+        }
+        self.telemetry.observe(event);
+    }
+}
+
+/// The pipeline a registry is first made for: the first served.
+fn general_name(daemon: &Daemon) -> String {
+    daemon
+        .served()
+        .first()
+        .map(|served| served.name.clone())
+        .unwrap_or_default()
 }
 
 /// `--clock-speed` and `--clock-start`: the engine's clock for this process.

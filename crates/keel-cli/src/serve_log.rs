@@ -211,6 +211,7 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
             fire_at,
             joined,
             pass,
+            ..
         } => {
             // `the schedule`, or `pass "NAME"` for a pass's schedule.
             let what = match pass {
@@ -396,7 +397,20 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 format!("run {run} is not carried on: {reason}"),
             )
         },
-        Progress::TasksSettled { .. } => return None,
+        Progress::ScheduleSkipped { fire_at, reason } => Line {
+            extra: vec![("fire_at", rfc3339(*fire_at))],
+            ..Line::new(
+                Level::Error,
+                format!(
+                    "the schedule fired for {} but could not run: {reason}",
+                    local(*fire_at)
+                ),
+            )
+        },
+        Progress::TasksSettled { .. }
+        | Progress::RateLimited { .. }
+        | Progress::SensorPolled { .. }
+        | Progress::QueueDepth { .. } => return None,
     };
     Some(line)
 }

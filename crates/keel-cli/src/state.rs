@@ -477,6 +477,7 @@ pub async fn pipeline_for_reading(
         schedule: None,
         max_active_partitions: None,
         passes: Vec::new(),
+        alerts: None,
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

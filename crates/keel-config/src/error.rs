@@ -427,6 +427,13 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid {field:?} in [alerts] ({location}): {reason}")]
+    InvalidAlerts {
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error(
         "{field:?}{} has no effect without {needs:?} ({location}); add {example}, or remove {field:?}",
         in_table(.table)
@@ -583,6 +590,7 @@ impl ConfigError {
             | ConfigError::InvalidPercentage { location, .. }
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
+            | ConfigError::InvalidAlerts { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
             | ConfigError::UnknownGateTask { location, .. }
             | ConfigError::GateTaskInOtherPhase { location, .. }

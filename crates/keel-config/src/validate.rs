@@ -9,6 +9,7 @@
 //! `resilience` submodule, and where a task runs and with which environment (`cwd`, `env`,
 //! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
+mod alerts;
 mod context;
 mod passes;
 mod resilience;
@@ -42,6 +43,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "phases",
     "tasks",
     "passes",
+    "alerts",
 ];
 const TOP_LEVEL_LATER: &[&str] = &["secrets"];
 const PIPELINE_FIELDS: &[&str] = &[
@@ -684,6 +686,7 @@ impl Checker<'_> {
         let mut phases: Vec<RawPhase> = Vec::new();
         let mut tasks: Vec<RawTask> = Vec::new();
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
+        let mut alerts = None;
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -732,6 +735,11 @@ impl Checker<'_> {
                         }
                     }
                 }
+                "alerts" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        alerts = self.alerts(table, &key.span());
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -759,10 +767,9 @@ impl Checker<'_> {
         self.check_passes(&mut raw_passes, &zone, &phases, &tasks);
         let pipeline = pipeline?;
         let passes = passes::build_passes(raw_passes, &tasks);
-        Some(build_spec(
-            pipeline, &defaults, resources, phases, tasks, passes,
-        ))
-        .filter(|_| self.errors.is_empty())
+        let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
+        spec.alerts = alerts;
+        Some(spec).filter(|_| self.errors.is_empty())
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, table_span: &Range<usize>) -> RawPipeline {
@@ -1366,6 +1373,7 @@ fn build_spec(
         state: pipeline.state,
         schedule: pipeline.schedule_spec,
         max_active_partitions: pipeline.max_active_partitions,
+        alerts: None,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

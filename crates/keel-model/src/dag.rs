@@ -309,6 +309,7 @@ mod tests {
             schedule: None,
             max_active_partitions: None,
             passes: Vec::new(),
+            alerts: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -356,6 +357,7 @@ mod tests {
             schedule: None,
             max_active_partitions: None,
             passes: Vec::new(),
+            alerts: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -389,6 +391,7 @@ mod tests {
             schedule: None,
             max_active_partitions: None,
             passes: Vec::new(),
+            alerts: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

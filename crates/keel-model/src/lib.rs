@@ -17,9 +17,11 @@ pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
-    BreakerSpec, Catchup, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_TIMEOUT, GateSpec,
-    InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, Rate, ResourceSpec,
-    RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec, TaskContext, TaskSpec,
+    AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
+    DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
+    DEFAULT_TIMEOUT, GateSpec, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
+    PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
+    TaskContext, TaskSpec, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

@@ -40,6 +40,9 @@ pub struct PipelineSpec {
     /// Left out of the version when there are none, so pipelines without passes keep theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passes: Vec<PassSpec>,
+    /// `[alerts]`: where `keel serve` tells people what needs them. Not part of the version.
+    #[serde(skip)]
+    pub alerts: Option<AlertsSpec>,
 }
 
 /// A pass (`[passes.NAME]`): a schedule that processes a partition again with a subset of the
@@ -57,6 +60,42 @@ pub struct PassSpec {
     pub params: BTreeMap<String, String>,
     /// Gates that replace the gates of these phases (by name) in the pass's runs.
     pub gates: BTreeMap<String, GateSpec>,
+}
+
+/// At most this many alerts an hour per signature when `max_per_hour` is not set.
+pub const DEFAULT_ALERTS_PER_HOUR: u32 = 5;
+/// How long a run may stay `degraded` before it alerts, when `degraded_grace` is not set.
+pub const DEFAULT_DEGRADED_GRACE: Duration = Duration::from_secs(3600);
+/// How long a breaker may stay open before it alerts, when `breaker_open_for` is not set.
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long one delivery may take, when the alerts' `timeout` is not set.
+pub const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[alerts]` of a pipeline file: the sinks, and how often a problem may be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsSpec {
+    /// A Slack-compatible JSON webhook.
+    pub webhook: Option<WebhookUrl>,
+    /// A command that gets each alert as JSON on its standard input.
+    pub command: Option<Vec<String>>,
+    /// Alerts per signature (pipeline, kind, task or resource) in any sliding hour.
+    pub max_per_hour: u32,
+    /// How long a run may stay `degraded` (not accepted, not fixed) before it alerts.
+    pub degraded_grace: Duration,
+    /// How long a resource's breaker may stay open before it alerts.
+    pub breaker_open_for: Duration,
+    /// How long one delivery may take; a command still running then is killed.
+    pub timeout: Duration,
+}
+
+/// Where a webhook's URL comes from. A Slack webhook URL is a credential, so the usual place is
+/// an environment variable; a literal URL is for receivers that need no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookUrl {
+    /// `url = "http://127.0.0.1:9093/keel"`.
+    Literal(String),
+    /// `url_env = "KEEL_ALERT_WEBHOOK"`: read when `keel serve` starts.
+    Env(String),
 }
 
 /// `schedule`, `schedule_partition` and `catchup` of `[pipeline]`.
@@ -354,6 +393,7 @@ mod tests {
             schedule: None,
             max_active_partitions: None,
             passes: vec![],
+            alerts: None,
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

@@ -1,5 +1,6 @@
 //! The integration tests of keel-config: error messages as snapshots, valid files as specs.
 
+mod alerts;
 mod context;
 mod errors;
 mod property;

@@ -261,6 +261,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     schedule: None,
                     max_active_partitions: None,
                     passes: Vec::new(),
+                    alerts: None,
                     concurrency,
                     phases,
                     tasks,

@@ -179,6 +179,7 @@ after = ["player_game_summary", "scrape_injuries"]
         schedule: None,
         max_active_partitions: None,
         passes: Vec::new(),
+        alerts: None,
     };
     assert_eq!(spec, expected);
 
@@ -345,6 +346,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         schedule: None,
         max_active_partitions: None,
         passes: Vec::new(),
+        alerts: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

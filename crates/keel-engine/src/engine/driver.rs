@@ -13,17 +13,20 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         inbox: &mut Inbox,
     ) -> Result<(), EngineError> {
         let cap = self.core.spec.concurrency.max(1) as usize;
+        self.core.stamp_ready(book);
         loop {
             let room = cap.saturating_sub(book.live.len() + book.sensing);
             if room == 0 || book.shutting_down {
-                return Ok(());
+                break;
             }
             let picked = self.core.pick_ready(book, room);
             if picked.is_empty() {
-                return Ok(());
+                break;
             }
             self.claim_and_launch(book, inbox, picked).await?;
         }
+        self.core.report_queue_depth(book);
+        Ok(())
     }
 
     /// Claims the picked tasks' attempts in one transaction, launches those claimed, and

@@ -189,6 +189,9 @@ pub enum Progress {
         trace: TraceId,
         span: SpanId,
         at: Millis,
+        /// How long the task waited between the engine finding it ready (its inputs complete,
+        /// its retry due) and this start: concurrency, resources and partition limits.
+        ready_wait: Option<Millis>,
     },
     AttemptRecovered {
         run: RunId,
@@ -257,7 +260,23 @@ pub enum Progress {
         joined: bool,
         /// The pass whose schedule fired; `None` for the pipeline's own `schedule`.
         pass: Option<String>,
+        /// When the run was recorded: `started_at - fire_at` is the schedule's lag.
+        started_at: Millis,
     },
+    /// A fire of the schedule that could not start a run.
+    ScheduleSkipped { fire_at: Millis, reason: String },
+    /// A task waited for a resource's rate limit instead of starting.
+    RateLimited { resource: String, task: String },
+    /// A sensor poll ended: `verdict` is `ready`, `not_ready`, `error`, or the outcome that
+    /// ended the task (`no_data`, `failed_permanent`, ...).
+    SensorPolled {
+        run: RunId,
+        partition: String,
+        task: String,
+        verdict: &'static str,
+    },
+    /// Tasks in the ready queue, waiting for room to start; sent when the number changes.
+    QueueDepth { ready: usize },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to

@@ -202,7 +202,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 PartitionKind::Date => {
                     match cursor.schedule.partition_of(fire_at, cursor.offset_days) {
                         Some(date) => date.to_string(),
-                        None => continue,
+                        None => {
+                            (self.core.observer)(Progress::ScheduleSkipped {
+                                fire_at,
+                                reason: format!(
+                                    "no partition date {:+} days from the fire",
+                                    cursor.offset_days
+                                ),
+                            });
+                            continue;
+                        }
                     }
                 }
             };
@@ -231,6 +240,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 fire_at,
                 joined: matches!(outcome, FireOutcome::Joined(_)),
                 pass: cursor.pass.clone(),
+                started_at: self.clock.now(),
             });
             if !is_loaded(book, run) {
                 self.take_up(book, inbox, run, &[], refused).await?;

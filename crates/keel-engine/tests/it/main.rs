@@ -209,6 +209,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         schedule: None,
         max_active_partitions: None,
         passes: Vec::new(),
+        alerts: None,
     }
 }
 
@@ -1346,4 +1347,83 @@ async fn a_failure_upstream_of_a_gated_phase_fails_the_gate_and_everything_after
     }
     let events = harness.store.events(run.id).await.unwrap();
     assert!(events.iter().any(|event| event.kind == "gate_failed"));
+}
+
+/// What `keel serve`'s metrics read from progress: with one slot, the second task's start
+/// reports how long it waited since it was ready, each end how long its attempt ran, and the
+/// ready queue's depth as it changes; all on the manual clock.
+#[tokio::test]
+async fn progress_reports_ready_waits_durations_and_queue_depth() {
+    let harness = Harness::new();
+    *harness.executor.hold.lock().unwrap() = vec!["first".into(), "second".into()];
+    let spec = pipeline(
+        vec![task("first", "a", &[], 1), task("second", "a", &[], 1)],
+        1,
+    );
+    let mut engine = harness.engine(spec);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    engine.observe(move |event| seen.lock().unwrap().push(event));
+    let run = created_run(&mut engine).await;
+    let handle = tokio::spawn(async move {
+        engine
+            .execute(&[run], keel_engine::Shutdown::never())
+            .await
+            .unwrap()
+    });
+    let executor = harness.executor.clone();
+    eventually("the first start", || executor.launches().len() == 1).await;
+    harness.clock.advance(5_000);
+    while executor.launches().len() < 2 {
+        executor.release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    harness.clock.advance(2_000);
+    while !handle.is_finished() {
+        executor.release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    let events = events.lock().unwrap();
+    let waits: Vec<(String, Option<i64>)> = events
+        .iter()
+        .filter_map(|event| match event {
+            keel_engine::Progress::AttemptStarted {
+                task, ready_wait, ..
+            } => Some((task.clone(), *ready_wait)),
+            _ => None,
+        })
+        .collect();
+    let durations: Vec<(String, Option<i64>)> = events
+        .iter()
+        .filter_map(|event| match event {
+            keel_engine::Progress::AttemptFinished {
+                task,
+                started_at,
+                finished_at,
+                ..
+            } => Some((task.clone(), Some(finished_at - started_at))),
+            _ => None,
+        })
+        .collect();
+    let depths: Vec<usize> = events
+        .iter()
+        .filter_map(|event| match event {
+            keel_engine::Progress::QueueDepth { ready } => Some(*ready),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        waits,
+        [("first".into(), Some(0)), ("second".into(), Some(5_000))]
+    );
+    assert_eq!(
+        durations,
+        [
+            ("first".into(), Some(5_000)),
+            ("second".into(), Some(2_000))
+        ]
+    );
+    assert_eq!(depths.first(), Some(&1), "{depths:?}");
+    assert_eq!(depths.last(), Some(&0), "{depths:?}");
 }

@@ -15,6 +15,7 @@ impl Core {
             let Some((run_index, task)) = book.ready.pop_front() else {
                 break;
             };
+            book.ready_stamped = book.ready_stamped.saturating_sub(1);
             let active = &book.runs[run_index];
             if active.cancelling
                 || active.finished
@@ -32,6 +33,8 @@ impl Core {
             let not_due =
                 slot.state == TaskState::Waiting && slot.not_before.is_some_and(|at| at > book.now);
             if active.remaining[task] > 0 || not_due {
+                // Not ready after all: the wait is measured again from when it is.
+                book.runs[run_index].slots[task].ready_since = None;
                 continue;
             }
             if !self.partition_may_start(book, run_index) {
@@ -51,6 +54,34 @@ impl Core {
             picked.push((run_index, task));
         }
         picked
+    }
+
+    /// Notes when the tasks queued since the last look became ready, for the ready-wait their
+    /// start reports. Only the entries added since are looked at, so a step costs what it queued.
+    pub(crate) fn stamp_ready(&self, book: &mut Book) {
+        let now = book.now;
+        for index in book.ready_stamped..book.ready.len() {
+            let (run_index, task) = book.ready[index];
+            let active = &mut book.runs[run_index];
+            let slot = &mut active.slots[task];
+            let due = slot.not_before.is_none_or(|at| at <= now);
+            if active.remaining[task] == 0
+                && due
+                && matches!(slot.state, TaskState::Pending | TaskState::Waiting)
+            {
+                slot.ready_since.get_or_insert(now);
+            }
+        }
+        book.ready_stamped = book.ready.len();
+    }
+
+    /// Tells the observer how many tasks wait in the ready queue, when that changed.
+    pub(crate) fn report_queue_depth(&mut self, book: &mut Book) {
+        let ready = book.ready.len();
+        if book.queue_depth_reported != Some(ready) {
+            book.queue_depth_reported = Some(ready);
+            (self.observer)(Progress::QueueDepth { ready });
+        }
     }
 
     /// `max_active_partitions`: a run may start tasks only while fewer than that many runs
@@ -251,6 +282,7 @@ impl Core {
         slot.state = TaskState::Running;
         slot.attempts = attempt.number;
         slot.first_started_at.get_or_insert(now);
+        let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.dag.name(task), attempt.number);
         let launch = self.task_launch(&record, task, false, attempt.number, span, dir);
@@ -264,6 +296,7 @@ impl Core {
             trace,
             span,
             at: now,
+            ready_wait,
         });
         launch
     }

@@ -149,6 +149,8 @@ pub(super) struct Slot {
     pub losses: u32,
     /// For a waiting task: not before this time (its retry's or its next sensor poll's).
     pub not_before: Option<Millis>,
+    /// When the engine found the task ready to start (for the ready-wait it reports).
+    pub ready_since: Option<Millis>,
 }
 
 pub(super) struct ActiveRun {
@@ -250,6 +252,10 @@ pub(super) struct Book {
     pub followups: VecDeque<Followup>,
     /// The time of the current step, set by the driver; the core reads no clock.
     pub now: Millis,
+    /// How many entries at the front of `ready` had their ready time noted.
+    pub ready_stamped: usize,
+    /// The queue depth last told to the observer.
+    pub queue_depth_reported: Option<usize>,
 }
 
 /// Adds task changes of one run to a step's writes.
@@ -306,6 +312,8 @@ impl Book {
             effects: Vec::new(),
             followups: VecDeque::new(),
             now,
+            ready_stamped: 0,
+            queue_depth_reported: None,
         }
     }
 

@@ -14,6 +14,7 @@ const NOT_IN_THE_RUN: Slot = Slot {
     first_started_at: None,
     losses: 0,
     not_before: None,
+    ready_since: None,
 };
 
 impl Core {
@@ -54,6 +55,7 @@ impl Core {
                 first_started_at: task.first_started_at,
                 losses: 0,
                 not_before: task.not_before,
+                ready_since: None,
             };
             // A pass's run settles the tasks outside the pass `skipped`: they are taken as done,
             // not left out, and the run ends `succeeded` without them.

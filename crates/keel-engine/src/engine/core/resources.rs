@@ -15,7 +15,13 @@ impl Core {
         for resource in &self.task_uses[task] {
             match book.resources[*resource].check(now) {
                 Ok(_) => {}
-                Err(Wait::Until(at)) => until = Some(until.map_or(at, |current| current.max(at))),
+                Err(Wait::Until(at)) => {
+                    until = Some(until.map_or(at, |current| current.max(at)));
+                    (self.observer)(Progress::RateLimited {
+                        resource: book.resources[*resource].name().to_string(),
+                        task: self.dag.name(task).to_string(),
+                    });
+                }
                 Err(Wait::ForRelease) => {
                     release_of.get_or_insert(*resource);
                 }

@@ -65,6 +65,17 @@ impl Core {
         }
         let now = book.now;
         let verdict = self.sensor_verdict(active, task, report, now);
+        (self.observer)(Progress::SensorPolled {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            task: self.dag.name(task).to_string(),
+            verdict: match &verdict {
+                SensorVerdict::Ready => "ready",
+                SensorVerdict::Again { .. } => "not_ready",
+                SensorVerdict::Error { .. } => "error",
+                SensorVerdict::Final { outcome, .. } => outcome.as_str(),
+            },
+        });
         let (ready, not_before, message, error) = match verdict {
             SensorVerdict::Ready => (true, None, None, false),
             SensorVerdict::Again { at, message } => (false, Some(at), message, false),

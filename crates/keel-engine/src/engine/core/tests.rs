@@ -63,6 +63,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         schedule: None,
         max_active_partitions: None,
         passes: Vec::new(),
+        alerts: None,
     };
     let mut spec = spec;
     let mut config = EngineConfig {

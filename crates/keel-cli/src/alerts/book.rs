@@ -1,0 +1,825 @@
+//! The alert book: a pure state machine that reads the engine's [`Progress`] events with the
+//! time they happened and says which messages to send. It reads no clock and sends nothing;
+//! `alerts::deliver` does the sending.
+//!
+//! A problem is known by its [`Signature`]: the pipeline, the kind, and the task or resource
+//! (never the partition or the attempt, so a task failing every night is one problem). Per
+//! signature:
+//!
+//! - **open**: the first occurrence sends an alert. Each later occurrence in another run sends
+//!   one too, as long as fewer than `max_per_hour` alerts of that signature went out in the last
+//!   hour (a sliding window); past that it is counted, and the next alert says how many were
+//!   held back. The same run reporting the same problem twice sends nothing more.
+//! - **resolved**: when the problem heals (the task completes, the breaker closes, the run
+//!   succeeds, a fire of the schedule starts a run again), exactly one `resolved` message goes
+//!   out and the signature is closed. Its send times are kept, so a flapping task is still held
+//!   to `max_per_hour`.
+//!
+//! Only actionable events alert: `failed_permanent`, retries used up, a missed deadline, a run
+//! still `degraded` after its grace, a breaker open too long, a schedule fire that could not
+//! run. `no_data` is a normal answer and never alerts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+
+use keel_engine::Progress;
+use keel_model::{Millis, Outcome, RunId, RunState};
+
+const HOUR: Millis = 3_600_000;
+
+/// What kind of problem an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// A task ended `failed_permanent`: retrying cannot help.
+    FailedPermanent,
+    /// A task's attempt failed and no retry is left.
+    RetriesExhausted,
+    /// A task missed its deadline: its sensor gave up, or it timed out with no retry left.
+    DeadlineMissed,
+    /// A run ended `degraded` and stayed so past `degraded_grace`.
+    RunDegraded,
+    /// A resource's breaker stayed open past `breaker_open_for`.
+    BreakerOpen,
+    /// A fire of the schedule could not start a run.
+    ScheduleMissed,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::FailedPermanent => "failed_permanent",
+            AlertKind::RetriesExhausted => "retries_exhausted",
+            AlertKind::DeadlineMissed => "deadline_missed",
+            AlertKind::RunDegraded => "run_degraded",
+            AlertKind::BreakerOpen => "breaker_open",
+            AlertKind::ScheduleMissed => "schedule_missed",
+        }
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which problem: the same signature is the same problem, whatever the partition or attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Signature {
+    pub pipeline: String,
+    pub kind: AlertKind,
+    /// The task or resource, or empty for the run and the schedule.
+    pub subject: String,
+}
+
+/// Whether a message raises a problem or says it healed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Firing,
+    Resolved,
+}
+
+/// One message to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertMessage {
+    pub signature: Signature,
+    pub status: Status,
+    /// When the event happened (milliseconds since the epoch).
+    pub at: Millis,
+    pub partition: Option<String>,
+    pub run: Option<RunId>,
+    /// What happened, in a sentence.
+    pub detail: String,
+    /// Occurrences held back by the rate limit since the last alert of this signature.
+    pub suppressed: u32,
+}
+
+impl AlertMessage {
+    /// The one-line text a chat channel shows.
+    pub fn text(&self) -> String {
+        let subject = if self.signature.subject.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.signature.subject)
+        };
+        let head = match self.status {
+            Status::Firing => format!(
+                "[keel] {}{subject}: {}",
+                self.signature.pipeline, self.signature.kind
+            ),
+            Status::Resolved => format!(
+                "[keel] resolved: {}{subject}: {}",
+                self.signature.pipeline, self.signature.kind
+            ),
+        };
+        let partition = self
+            .partition
+            .as_deref()
+            .map(|partition| format!(" ({partition})"))
+            .unwrap_or_default();
+        let held = if self.suppressed > 0 {
+            format!("; {} more held back by the rate limit", self.suppressed)
+        } else {
+            String::new()
+        };
+        format!("{head}{partition}: {}{held}", self.detail)
+    }
+}
+
+/// How often problems are told; from `[alerts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertPolicy {
+    pub max_per_hour: u32,
+    pub degraded_grace: Millis,
+    pub breaker_open_for: Millis,
+}
+
+/// An open problem.
+#[derive(Debug, Default)]
+struct Open {
+    /// The run that last reported it, so one run's problem is told once.
+    last_run: Option<RunId>,
+    suppressed: u32,
+}
+
+/// A run that ended `degraded`.
+#[derive(Debug)]
+struct DegradedRun {
+    partition: String,
+    since: Millis,
+    told: bool,
+}
+
+/// A breaker that is open now.
+#[derive(Debug)]
+struct OpenBreaker {
+    since: Millis,
+    told: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct AlertBook {
+    pipeline: String,
+    policy: AlertPolicy,
+    open: BTreeMap<Signature, Open>,
+    /// Per signature, when its alerts went out in the last hour (kept across resolutions).
+    sent: HashMap<Signature, VecDeque<Millis>>,
+    /// Runs that ended `degraded`, until they are fixed or accepted.
+    degraded: BTreeMap<RunId, DegradedRun>,
+    breakers: BTreeMap<String, OpenBreaker>,
+}
+
+impl AlertBook {
+    pub fn new(pipeline: &str, policy: AlertPolicy) -> AlertBook {
+        AlertBook {
+            pipeline: pipeline.to_string(),
+            policy,
+            open: BTreeMap::new(),
+            sent: HashMap::new(),
+            degraded: BTreeMap::new(),
+            breakers: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in one event that happened at `now`; returns the messages it calls for.
+    pub fn observe(&mut self, event: &Progress, now: Millis) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        match event {
+            Progress::AttemptFinished {
+                run,
+                partition,
+                task,
+                outcome,
+                message,
+                retry_at,
+                ..
+            } => {
+                if outcome.is_complete() {
+                    self.task_healed(task, Some(partition), now, &mut messages);
+                } else if retry_at.is_none()
+                    && let Some(kind) = given_up_kind(*outcome)
+                {
+                    let detail = match message {
+                        Some(message) => format!("{task} ended {outcome}: {message}"),
+                        None => format!("{task} ended {outcome}"),
+                    };
+                    self.occurred(kind, task, *run, partition, detail, now, &mut messages);
+                }
+            }
+            Progress::TasksSettled {
+                run,
+                partition,
+                tasks,
+                outcome,
+            } => {
+                // Tasks that ended without an attempt: a sensor that gave up, a resource that
+                // stayed down. Upstream failures and cancellations are not problems of their own.
+                let kind = match outcome {
+                    Outcome::NotReady | Outcome::TimedOut => Some(AlertKind::DeadlineMissed),
+                    Outcome::FailedPermanent => Some(AlertKind::FailedPermanent),
+                    Outcome::Failed | Outcome::Stalled | Outcome::Lost => {
+                        Some(AlertKind::RetriesExhausted)
+                    }
+                    _ => None,
+                };
+                for task in tasks {
+                    if outcome.is_complete() {
+                        self.task_healed(task, Some(partition), now, &mut messages);
+                    } else if let Some(kind) = kind {
+                        let detail = format!("{task} ended {outcome} without an attempt");
+                        self.occurred(kind, task, *run, partition, detail, now, &mut messages);
+                    }
+                }
+            }
+            Progress::SensorPolled {
+                task,
+                partition,
+                verdict: "ready",
+                ..
+            } => self.task_healed(task, Some(partition), now, &mut messages),
+            Progress::RunFinished {
+                run,
+                partition,
+                state,
+                ..
+            } => match state {
+                RunState::Degraded => {
+                    self.degraded.insert(
+                        *run,
+                        DegradedRun {
+                            partition: partition.clone(),
+                            since: now,
+                            told: false,
+                        },
+                    );
+                }
+                RunState::Succeeded => {
+                    // A degraded run that was retried to success, or any later good run.
+                    self.degraded.remove(run);
+                    self.degraded
+                        .retain(|_, degraded| degraded.partition != *partition);
+                    if self.degraded.is_empty() {
+                        let detail = format!("run {run} of {partition} succeeded");
+                        self.resolve(
+                            AlertKind::RunDegraded,
+                            "",
+                            Some(partition),
+                            detail,
+                            now,
+                            &mut messages,
+                        );
+                    }
+                }
+                _ => {}
+            },
+            Progress::BreakerChanged {
+                resource, state, ..
+            } => match *state {
+                "closed" => {
+                    self.breakers.remove(resource);
+                    let detail = format!("the breaker of {resource} closed");
+                    self.resolve(
+                        AlertKind::BreakerOpen,
+                        resource,
+                        None,
+                        detail,
+                        now,
+                        &mut messages,
+                    );
+                }
+                _ => {
+                    // Half open is not healed yet: the episode goes on from when it opened.
+                    self.breakers
+                        .entry(resource.clone())
+                        .or_insert(OpenBreaker {
+                            since: now,
+                            told: false,
+                        });
+                }
+            },
+            Progress::ScheduleSkipped { reason, .. } => {
+                let signature = self.signature(AlertKind::ScheduleMissed, "");
+                let detail = format!("a fire of the schedule could not run: {reason}");
+                self.fire(signature, None, None, None, detail, now, &mut messages);
+            }
+            Progress::RunScheduled {
+                partition,
+                joined: false,
+                ..
+            } => {
+                let detail = format!("the schedule started a run of {partition}");
+                self.resolve(
+                    AlertKind::ScheduleMissed,
+                    "",
+                    Some(partition),
+                    detail,
+                    now,
+                    &mut messages,
+                );
+            }
+            _ => {}
+        }
+        messages.extend(self.tick(now));
+        messages
+    }
+
+    /// The runs that ended `degraded` and were not fixed or accepted since, with when they
+    /// ended: an acceptance recorded after that heals them.
+    pub fn degraded_runs(&self) -> Vec<(RunId, Millis)> {
+        self.degraded
+            .iter()
+            .map(|(run, degraded)| (*run, degraded.since))
+            .collect()
+    }
+
+    /// A degraded run was accepted (`keel accept`): it no longer needs anyone.
+    pub fn run_accepted(&mut self, run: RunId, now: Millis) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        if let Some(DegradedRun { partition, .. }) = self.degraded.remove(&run)
+            && self.degraded.is_empty()
+        {
+            let detail = format!("run {run} of {partition} was accepted");
+            self.resolve(
+                AlertKind::RunDegraded,
+                "",
+                Some(&partition),
+                detail,
+                now,
+                &mut messages,
+            );
+        }
+        messages
+    }
+
+    /// The alerts that are due because time passed: degraded runs past their grace, breakers
+    /// open too long.
+    pub fn tick(&mut self, now: Millis) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let grace = self.policy.degraded_grace;
+        let mut overdue = Vec::new();
+        for (run, degraded) in &mut self.degraded {
+            // Told once per run; it stays known as degraded until something heals it.
+            if !degraded.told && now - degraded.since >= grace {
+                degraded.told = true;
+                overdue.push((*run, degraded.partition.clone(), degraded.since));
+            }
+        }
+        for (run, partition, since) in overdue {
+            let detail = format!(
+                "run {run} of {partition} is still degraded {} after it ended; fix and retry it, or `keel accept` it",
+                keel_model::format_duration(std::time::Duration::from_millis(
+                    (now - since).max(0) as u64
+                ))
+            );
+            let signature = self.signature(AlertKind::RunDegraded, "");
+            self.fire(
+                signature,
+                Some(run),
+                Some(run),
+                Some(&partition),
+                detail,
+                now,
+                &mut messages,
+            );
+        }
+        let due: Vec<(String, Millis)> = self
+            .breakers
+            .iter()
+            .filter(|(_, open)| !open.told && now - open.since >= self.policy.breaker_open_for)
+            .map(|(resource, open)| (resource.clone(), open.since))
+            .collect();
+        for (resource, since) in due {
+            if let Some(open) = self.breakers.get_mut(&resource) {
+                open.told = true;
+            }
+            let detail = format!(
+                "the breaker of {resource} has been open for {}; check the dependency",
+                keel_model::format_duration(std::time::Duration::from_millis(
+                    (now - since).max(0) as u64
+                ))
+            );
+            let signature = self.signature(AlertKind::BreakerOpen, &resource);
+            self.fire(signature, None, None, None, detail, now, &mut messages);
+        }
+        messages
+    }
+
+    /// When [`AlertBook::tick`] next has something to do, if anything is pending.
+    #[allow(dead_code)] // the serve loop ticks on an interval; kept for a timer-driven caller
+    pub fn next_due(&self) -> Option<Millis> {
+        let degraded = self
+            .degraded
+            .values()
+            .filter(|degraded| !degraded.told)
+            .map(|degraded| degraded.since + self.policy.degraded_grace);
+        let breakers = self
+            .breakers
+            .values()
+            .filter(|open| !open.told)
+            .map(|open| open.since + self.policy.breaker_open_for);
+        degraded.chain(breakers).min()
+    }
+
+    fn signature(&self, kind: AlertKind, subject: &str) -> Signature {
+        Signature {
+            pipeline: self.pipeline.clone(),
+            kind,
+            subject: subject.to_string(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn occurred(
+        &mut self,
+        kind: AlertKind,
+        task: &str,
+        run: RunId,
+        partition: &str,
+        detail: String,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        let signature = self.signature(kind, task);
+        self.fire(
+            signature,
+            Some(run),
+            Some(run),
+            Some(partition),
+            detail,
+            now,
+            messages,
+        );
+    }
+
+    /// One occurrence of a problem: an alert if the rate limit allows, else counted.
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &mut self,
+        signature: Signature,
+        dedup_run: Option<RunId>,
+        run: Option<RunId>,
+        partition: Option<&str>,
+        detail: String,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        let open = self.open.entry(signature.clone()).or_default();
+        if dedup_run.is_some() && open.last_run == dedup_run {
+            return;
+        }
+        open.last_run = dedup_run;
+        let sent = self.sent.entry(signature.clone()).or_default();
+        while sent.front().is_some_and(|at| *at <= now - HOUR) {
+            sent.pop_front();
+        }
+        if sent.len() >= self.policy.max_per_hour as usize {
+            open.suppressed += 1;
+            return;
+        }
+        sent.push_back(now);
+        let suppressed = std::mem::take(&mut open.suppressed);
+        messages.push(AlertMessage {
+            signature,
+            status: Status::Firing,
+            at: now,
+            partition: partition.map(str::to_string),
+            run,
+            detail,
+            suppressed,
+        });
+    }
+
+    /// The problem healed: one `resolved` message if it was open.
+    fn resolve(
+        &mut self,
+        kind: AlertKind,
+        subject: &str,
+        partition: Option<&str>,
+        detail: String,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        let signature = self.signature(kind, subject);
+        if let Some(open) = self.open.remove(&signature) {
+            messages.push(AlertMessage {
+                signature,
+                status: Status::Resolved,
+                at: now,
+                partition: partition.map(str::to_string),
+                run: None,
+                detail,
+                suppressed: open.suppressed,
+            });
+        }
+    }
+
+    /// A task completed: whatever was open about it healed.
+    fn task_healed(
+        &mut self,
+        task: &str,
+        partition: Option<&str>,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        for kind in [
+            AlertKind::FailedPermanent,
+            AlertKind::RetriesExhausted,
+            AlertKind::DeadlineMissed,
+        ] {
+            let detail = format!("{task} completed");
+            self.resolve(kind, task, partition, detail, now, messages);
+        }
+    }
+}
+
+/// What an attempt that will not be retried means, if anything needs someone.
+fn given_up_kind(outcome: Outcome) -> Option<AlertKind> {
+    match outcome {
+        Outcome::FailedPermanent => Some(AlertKind::FailedPermanent),
+        Outcome::TimedOut | Outcome::NotReady => Some(AlertKind::DeadlineMissed),
+        Outcome::Failed | Outcome::Stalled | Outcome::Lost => Some(AlertKind::RetriesExhausted),
+        // Cancelled on request, or never a failure of its own.
+        Outcome::Cancelled
+        | Outcome::UpstreamFailed
+        | Outcome::Succeeded
+        | Outcome::NoData
+        | Outcome::Skipped => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Millis = 60_000;
+
+    fn policy() -> AlertPolicy {
+        AlertPolicy {
+            max_per_hour: 5,
+            degraded_grace: 30 * MINUTE,
+            breaker_open_for: 10 * MINUTE,
+        }
+    }
+
+    fn finished(run: u64, task: &str, outcome: Outcome, retry_at: Option<Millis>) -> Progress {
+        Progress::AttemptFinished {
+            run: RunId(run as _),
+            partition: "2026-12-01".into(),
+            task: task.into(),
+            attempt: 1,
+            outcome,
+            message: Some("boom".into()),
+            retry_at,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            span: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c").root_span(),
+            started_at: 0,
+            finished_at: 1_000,
+        }
+    }
+
+    /// A run every 10 minutes for a day on a manual clock, `load` failing permanently in each:
+    /// never more than 5 alerts in any hour, the held-back ones counted, then one resolved.
+    #[test]
+    fn a_day_of_permanent_failures_alerts_at_most_five_an_hour_then_resolves_once() {
+        let mut book = AlertBook::new("hoops", policy());
+        let start: Millis = 1_780_000_000_000;
+        let mut firing: Vec<AlertMessage> = Vec::new();
+        let runs = 24 * 6;
+        for run in 0..runs {
+            let now = start + run * 10 * MINUTE;
+            let event = finished(run as u64 + 1, "load", Outcome::FailedPermanent, None);
+            let messages = book.observe(&event, now);
+            // The same run reporting the same failure again is not a new occurrence.
+            assert!(book.observe(&event, now + 1).is_empty());
+            for message in messages {
+                assert_eq!(message.status, Status::Firing);
+                assert_eq!(message.signature.kind, AlertKind::FailedPermanent);
+                assert_eq!(message.signature.subject, "load");
+                firing.push(message);
+            }
+        }
+        for message in &firing {
+            let in_hour = firing
+                .iter()
+                .filter(|other| other.at > message.at - HOUR && other.at <= message.at)
+                .count();
+            assert!(
+                in_hour <= 5,
+                "{in_hour} alerts in the hour up to {}",
+                message.at
+            );
+        }
+        // Five an hour, and nothing lost: every occurrence was sent or counted as held back.
+        assert_eq!(firing.len(), 5 * 24);
+        let held: u32 = firing.iter().map(|message| message.suppressed).sum();
+        let last_held = runs as u32 - firing.len() as u32 - held;
+        assert!(firing[5].suppressed == 1 && firing[5].text().contains("1 more held back"));
+        let healed_at = start + runs * 10 * MINUTE;
+        let resolved = book.observe(&finished(999, "load", Outcome::Succeeded, None), healed_at);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert_eq!(resolved[0].suppressed, last_held);
+        assert!(
+            resolved[0]
+                .text()
+                .starts_with("[keel] resolved: hoops load: failed_permanent")
+        );
+        // Healed once: later successes say nothing more.
+        let again = book.observe(&finished(1000, "load", Outcome::Succeeded, None), healed_at);
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn no_data_retries_and_upstream_failures_never_alert() {
+        let mut book = AlertBook::new("hoops", policy());
+        let events = [
+            finished(1, "holiday", Outcome::NoData, None),
+            // A failure that will be retried is not actionable yet.
+            finished(1, "scrape", Outcome::Failed, Some(5_000)),
+            finished(1, "scrape", Outcome::Cancelled, None),
+            Progress::TasksSettled {
+                run: RunId(1),
+                partition: "2026-12-01".into(),
+                tasks: vec!["report".into()],
+                outcome: Outcome::UpstreamFailed,
+            },
+            Progress::TasksSettled {
+                run: RunId(1),
+                partition: "2026-12-01".into(),
+                tasks: vec!["holiday".into()],
+                outcome: Outcome::NoData,
+            },
+            Progress::SensorPolled {
+                run: RunId(1),
+                partition: "2026-12-01".into(),
+                task: "holiday".into(),
+                verdict: "no_data",
+            },
+        ];
+        for (step, event) in events.iter().enumerate() {
+            let messages = book.observe(event, step as Millis * MINUTE);
+            assert!(messages.is_empty(), "{event:?} alerted: {messages:?}");
+        }
+        assert!(book.tick(1_000 * HOUR).is_empty());
+    }
+
+    #[test]
+    fn each_actionable_kind_fires_once_and_resolves_once() {
+        let mut book = AlertBook::new("hoops", policy());
+        let kinds = |messages: &[AlertMessage]| -> Vec<(AlertKind, Status, String)> {
+            messages
+                .iter()
+                .map(|m| (m.signature.kind, m.status, m.signature.subject.clone()))
+                .collect()
+        };
+        // Retries used up, and a deadline missed (a timeout with no retry, a sensor that gave up).
+        let out = book.observe(&finished(1, "scrape", Outcome::Failed, None), 0);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RetriesExhausted, Status::Firing, "scrape".into())]
+        );
+        let out = book.observe(&finished(1, "feed", Outcome::TimedOut, None), 0);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::DeadlineMissed, Status::Firing, "feed".into())]
+        );
+        let settled = Progress::TasksSettled {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            tasks: vec!["props".into()],
+            outcome: Outcome::NotReady,
+        };
+        let out = book.observe(&settled, 0);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::DeadlineMissed, Status::Firing, "props".into())]
+        );
+        let ready = Progress::SensorPolled {
+            run: RunId(2),
+            partition: "2026-12-02".into(),
+            task: "props".into(),
+            verdict: "ready",
+        };
+        let out = book.observe(&ready, MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::DeadlineMissed, Status::Resolved, "props".into())]
+        );
+
+        // A degraded run alerts only once its grace is over, and heals when a run succeeds.
+        let degraded = Progress::RunFinished {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            state: RunState::Degraded,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 0,
+        };
+        assert!(book.observe(&degraded, 0).is_empty());
+        assert_eq!(book.next_due(), Some(30 * MINUTE));
+        assert!(book.tick(30 * MINUTE - 1).is_empty());
+        let out = book.tick(30 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Firing, String::new())]
+        );
+        assert!(out[0].text().contains("keel accept"));
+        assert!(book.tick(40 * MINUTE).is_empty());
+        let succeeded = Progress::RunFinished {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            state: RunState::Succeeded,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 0,
+        };
+        let out = book.observe(&succeeded, 41 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Resolved, String::new())]
+        );
+        // Accepted after it was told: one resolution.
+        let degraded_told = Progress::RunFinished {
+            run: RunId(2),
+            partition: "2026-12-02".into(),
+            state: RunState::Degraded,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 0,
+        };
+        assert!(book.observe(&degraded_told, 0).is_empty());
+        assert_eq!(book.degraded_runs(), vec![(RunId(2), 0)]);
+        let out = book.tick(31 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Firing, String::new())]
+        );
+        let out = book.run_accepted(RunId(2), 32 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::RunDegraded, Status::Resolved, String::new())]
+        );
+        assert!(book.degraded_runs().is_empty());
+        // Accepted before its grace ran out: nothing was told, so nothing resolves.
+        let degraded_again = Progress::RunFinished {
+            run: RunId(3),
+            partition: "2026-12-03".into(),
+            state: RunState::Degraded,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 0,
+        };
+        assert!(book.observe(&degraded_again, HOUR).is_empty());
+        assert!(book.run_accepted(RunId(3), HOUR + MINUTE).is_empty());
+        assert!(book.tick(3 * HOUR).is_empty());
+
+        // A breaker open past breaker_open_for alerts once; half open is still open.
+        let breaker = |state: &'static str| Progress::BreakerChanged {
+            resource: "feed_api".into(),
+            state,
+            detail: state.into(),
+        };
+        assert!(book.observe(&breaker("open"), 0).is_empty());
+        assert!(book.observe(&breaker("half_open"), 5 * MINUTE).is_empty());
+        let out = book.tick(10 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::BreakerOpen, Status::Firing, "feed_api".into())]
+        );
+        assert!(book.tick(20 * MINUTE).is_empty());
+        let out = book.observe(&breaker("closed"), 21 * MINUTE);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::BreakerOpen, Status::Resolved, "feed_api".into())]
+        );
+        // A breaker that closed in time never alerts.
+        assert!(book.observe(&breaker("open"), HOUR).is_empty());
+        assert!(book.observe(&breaker("closed"), HOUR + MINUTE).is_empty());
+        assert!(book.tick(3 * HOUR).is_empty());
+
+        // A schedule fire that could not run, healed by the next run the schedule starts.
+        let skipped = Progress::ScheduleSkipped {
+            fire_at: 0,
+            reason: "no partition".into(),
+        };
+        let out = book.observe(&skipped, 0);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::ScheduleMissed, Status::Firing, String::new())]
+        );
+        let scheduled = Progress::RunScheduled {
+            pass: None,
+            run: RunId(9),
+            partition: "2026-12-09".into(),
+            fire_at: HOUR,
+            joined: false,
+            started_at: HOUR,
+        };
+        let out = book.observe(&scheduled, HOUR);
+        assert_eq!(
+            kinds(&out),
+            [(AlertKind::ScheduleMissed, Status::Resolved, String::new())]
+        );
+    }
+}
