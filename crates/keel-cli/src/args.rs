@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// stopped (to resume on the next start). A second signal stops them at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub grace: String,
+    /// Where the HTTP API listens: IP:PORT (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
+    pub addr: String,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.

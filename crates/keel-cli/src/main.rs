@@ -17,6 +17,7 @@ macro_rules! eprint {
     ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), false) };
 }
 
+mod api;
 mod args;
 mod bench;
 mod commands;

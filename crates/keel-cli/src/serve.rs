@@ -2,6 +2,8 @@
 //! run and exits, and a `keel run` that finds a serving Keel holding the state queues its run
 //! and follows it to the end.
 
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,6 +12,7 @@ use keel_model::{PipelineSpec, RunId};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
+use crate::api;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary, shutdown_on_signals,
@@ -37,20 +40,56 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         None => "no schedule: it runs what is queued (keel run --detach)".to_string(),
     };
     let name = spec.name.clone();
+    let spec_for_api = Arc::new(spec.clone());
     let mut engine = build_engine(spec, &paths, store)?;
     engine.set_shutdown_grace(grace);
+    let heartbeat = Arc::new(AtomicI64::new(0));
+    engine.set_heartbeat(heartbeat.clone());
     let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
     engine.observe(move |event| log_progress(event, zone));
+    let (token, source) = api::load_or_create_token(&paths.dir)?;
+    let served = api::ServedPipeline {
+        spec: spec_for_api,
+        reader: paths.open()?,
+        writer: paths.open()?,
+        paths: paths.clone(),
+        heartbeat,
+        health: Arc::new(RwLock::new(api::PipelineHealth::valid())),
+        actions: tokio::sync::Mutex::new(()),
+    };
+    let context = api::ApiContext {
+        pipelines: vec![served],
+        token,
+        heartbeat_max_age: HEARTBEAT_MAX_AGE,
+        // The metrics renderer is wired in by whoever builds the registry; until then the
+        // endpoint answers an empty, valid exposition.
+        metrics: Arc::new(|| "# EOF\n".to_string()),
+    };
+    let (bound, server) = api::start(&args.addr, Arc::new(context)).await?;
     log(&format!(
         "keel serve: pipeline {} (pid {}); {schedule}; state {}",
         printable(&name),
         std::process::id(),
         printable(&paths.database.display().to_string())
     ));
-    engine.serve(shutdown_on_signals(grace)).await?;
+    let token_from = match source {
+        api::TokenSource::Environment => "KEEL_API_TOKEN".to_string(),
+        api::TokenSource::File(path) => printable(&path.display().to_string()),
+    };
+    log(&format!(
+        "keel serve: API on http://{bound}; POST requests need the bearer token from {token_from}"
+    ));
+    let served = engine.serve(shutdown_on_signals(grace)).await;
+    server.abort();
+    served?;
     log("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(0)
 }
+
+/// How long the engine's loop may go without a turn before `/ready` says it is stuck. The loop
+/// turns at least every poll interval (250 ms); a step that launches many attempts may take a
+/// few seconds.
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// One line per event that matters to someone reading a daemon's log.
 fn log_progress(event: Progress, zone: chrono_tz::Tz) {
@@ -141,7 +180,7 @@ fn log_progress(event: Progress, zone: chrono_tz::Tz) {
 }
 
 /// A line on stderr with the UTC time in front.
-fn log(line: &str) {
+pub(crate) fn log(line: &str) {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
     eprintln!("{now} {line}");
 }

@@ -102,6 +102,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let mut cursor = self.schedule_cursor().await?;
         loop {
+            if let Some(heartbeat) = &self.heartbeat {
+                heartbeat.store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(cursor) = cursor.as_mut() {
                 self.fire_due(&mut book, &mut inbox, cursor).await?;
             }
