@@ -1,5 +1,6 @@
 //! The keel binary end to end.
 
+mod api;
 mod cli;
 mod context;
 mod crash;
