@@ -70,6 +70,13 @@ pub fn document() -> Value {
         "The attempt's number within the task's run, from 1",
         json!({ "type": "integer", "minimum": 0, "maximum": 4294967295u64 }),
     );
+    // What `state::check_partition` may accept; it also checks the date exists.
+    let partition_schema = json!({
+        "type": ["string", "null"],
+        "pattern": "^([0-9]{4}-[0-9]{2}-[0-9]{2}|today|yesterday|[+-][0-9]{1,7}d|none)$"
+    });
+    let mut query_partition = partition_schema.clone();
+    query_partition["type"] = "string".into();
     let date = "A partition: YYYY-MM-DD, today, yesterday, or days from today such as -2d, in the pipeline's time zone; none for an unpartitioned pipeline";
     let nullable_string = json!({ "type": ["string", "null"] });
     let nullable_integer = json!({ "type": ["integer", "null"] });
@@ -271,9 +278,9 @@ pub fn document() -> Value {
                     "additionalProperties": false,
                     "description": "One partition, or a range with from and to; neither means today's partition, as `keel run` does",
                     "properties": {
-                        "partition": { "type": "string", "description": date },
-                        "from": { "type": "string", "description": "First partition of an inclusive date range" },
-                        "to": { "type": "string", "description": "Last partition of an inclusive date range" },
+                        "partition": partition_schema.clone(),
+                        "from": partition_schema.clone(),
+                        "to": partition_schema.clone(),
                         "only": { "type": "array", "items": { "type": "string" }, "description": "Run only these tasks (and what they need)" },
                         "rerun": { "type": "boolean", "description": "Run a partition again even if it already finished" }
                     }
@@ -329,7 +336,7 @@ pub fn document() -> Value {
                     "required": ["by"],
                     "properties": {
                         "by": { "type": "string", "minLength": 1, "maxLength": 200, "description": "Who accepts the run" },
-                        "reason": { "type": "string", "maxLength": 2000, "description": "Why it is acceptable as it is" }
+                        "reason": { "type": ["string", "null"], "maxLength": 2000, "description": "Why it is acceptable as it is" }
                     }
                 },
                 "Accepted": {
@@ -396,9 +403,9 @@ pub fn document() -> Value {
                     "operationId": "listRuns",
                     "parameters": [
                         pipeline.clone(),
-                        query_parameter("partition", date, json!({ "type": "string" })),
-                        query_parameter("from", "First partition of an inclusive range (with to)", json!({ "type": "string" })),
-                        query_parameter("to", "Last partition of an inclusive range (with from)", json!({ "type": "string" })),
+                        query_parameter("partition", date, query_partition.clone()),
+                        query_parameter("from", "First partition of an inclusive range (with to)", query_partition.clone()),
+                        query_parameter("to", "Last partition of an inclusive range (with from)", query_partition.clone()),
                         query_parameter("state", "Only runs in this state", json!({ "type": "string", "enum": names(RunState::ALL, RunState::as_str) })),
                         query_parameter("limit", "At most this many runs (default 20)", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                         query_parameter("all", "Every run of each partition, not only the newest", json!({ "type": "boolean" }))
@@ -487,8 +494,8 @@ pub fn document() -> Value {
                     "operationId": "taskHistory",
                     "parameters": [
                         pipeline.clone(), task,
-                        query_parameter("from", "First partition of an inclusive range (with to)", json!({ "type": "string" })),
-                        query_parameter("to", "Last partition of an inclusive range (with from)", json!({ "type": "string" })),
+                        query_parameter("from", "First partition of an inclusive range (with to)", query_partition.clone()),
+                        query_parameter("to", "Last partition of an inclusive range (with from)", query_partition.clone()),
                         query_parameter("limit", "At most this many runs (default 20 without a range)", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                         query_parameter("all", "Every run of each partition, not only the newest", json!({ "type": "boolean" }))
                     ],
