@@ -47,7 +47,8 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     engine.set_heartbeat(heartbeat.clone());
     let zone: chrono_tz::Tz = engine.spec().timezone.parse().unwrap_or(chrono_tz::UTC);
     engine.observe(move |event| log_progress(event, zone));
-    let (token, source) = api::load_or_create_token(&paths.dir)?;
+    let (token, source) =
+        api::load_or_create_token(&paths.dir, std::env::var("KEEL_API_TOKEN").ok())?;
     let served = api::ServedPipeline {
         spec: spec_for_api,
         reader: paths.open()?,

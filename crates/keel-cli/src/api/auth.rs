@@ -14,15 +14,19 @@ use crate::display::printable;
 pub const TOKEN_FILE: &str = "api-token";
 
 /// Where the token came from, for the log (which never shows the token itself).
+#[derive(Debug)]
 pub enum TokenSource {
     Environment,
     File(PathBuf),
 }
 
-/// The token from `KEEL_API_TOKEN`, else the one in `<state dir>/api-token`, made (0600) if
-/// missing.
-pub fn load_or_create(state_dir: &Path) -> Result<(String, TokenSource)> {
-    if let Ok(token) = std::env::var("KEEL_API_TOKEN") {
+/// The token `from_environment` (`KEEL_API_TOKEN`) when given, else the one in
+/// `<state dir>/api-token`, made (0600) if missing.
+pub fn load_or_create(
+    state_dir: &Path,
+    from_environment: Option<String>,
+) -> Result<(String, TokenSource)> {
+    if let Some(token) = from_environment {
         let token = token.trim().to_string();
         if token.is_empty() {
             return Err(crate::Exit::usage(
@@ -147,20 +151,34 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_wins_and_an_empty_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, source) = load_or_create(dir.path(), Some(" secret \n".into())).unwrap();
+        assert_eq!(token, "secret");
+        assert!(matches!(source, TokenSource::Environment));
+        assert!(!dir.path().join(TOKEN_FILE).exists());
+        let error = load_or_create(dir.path(), Some("  ".into())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("KEEL_API_TOKEN is set but empty")
+        );
+    }
+
+    #[test]
     fn makes_a_private_token_once_and_reads_it_back() {
         let dir = tempfile::tempdir().unwrap();
-        // The unit tests run without KEEL_API_TOKEN, so the token comes from the file.
-        let (token, source) = load_or_create(dir.path()).unwrap();
+        let (token, source) = load_or_create(dir.path(), None).unwrap();
         assert_eq!(token.len(), 64);
         let TokenSource::File(path) = source else {
             panic!("expected a token file")
         };
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (again, _) = load_or_create(dir.path()).unwrap();
+        let (again, _) = load_or_create(dir.path(), None).unwrap();
         assert_eq!(again, token);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = load_or_create(dir.path()).unwrap_err().to_string();
+        let error = load_or_create(dir.path(), None).unwrap_err().to_string();
         assert!(error.contains("chmod 600"), "{error}");
     }
 }
