@@ -66,7 +66,7 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         // endpoint answers an empty, valid exposition.
         metrics: Arc::new(|| "# EOF\n".to_string()),
     };
-    let (bound, server) = api::start(&args.addr, Arc::new(context)).await?;
+    let (bound, server) = api::start(&args.addr, Arc::new(context))?;
     log(&format!(
         "keel serve: pipeline {} (pid {}); {schedule}; state {}",
         printable(&name),
@@ -81,7 +81,7 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         "keel serve: API on http://{bound}; POST requests need the bearer token from {token_from}"
     ));
     let served = engine.serve(shutdown_on_signals(grace)).await;
-    server.abort();
+    server.stop();
     served?;
     log("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(0)

@@ -1,7 +1,7 @@
 //! The HTTP API of `keel serve`: JSON over HTTP/1.1, beside the engine in the same process.
 //!
-//! It reads the state through its own store connections, never through the engine, so a slow
-//! client cannot hold up the scheduler; every store call runs off the runtime thread. Actions
+//! It runs on a thread and a runtime of its own and reads the state through its own store
+//! connections, never through the engine, so no client can hold up the scheduler's loop. Actions
 //! (trigger, retry, cancel, accept) go through the same functions as the CLI's commands and land
 //! in the store, where the serving engine takes them up on its next poll. Every error is a JSON
 //! body `{"error": "...", "hint": "..."}`; bad input never gets a 500.
@@ -465,31 +465,97 @@ async fn ready(State(context): State<Context>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Binds `addr` and serves the API until the returned task is aborted. Returns the bound
-/// address (a port of 0 picks a free one).
-pub async fn start(
+/// The API, answering on a thread of its own with its own runtime: however many clients it has
+/// and whatever they ask, the engine's loop on the main runtime never waits for it.
+pub struct ApiServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Closes the listener and every connection (event streams included), and waits for the
+    /// API's thread to end.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// Binds `addr` and serves the API on its own thread until [`ApiServer::stop`]. Returns the
+/// bound address (a port of 0 picks a free one).
+pub fn start(
     addr: &str,
     context: Arc<ApiContext>,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(std::net::SocketAddr, ApiServer)> {
     let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
         Exit::usage(format!(
             "--addr {:?} is not an address; write it as IP:PORT, such as 127.0.0.1:8080 (port 0 picks a free port)",
             crate::display::printable(addr)
         ))
     })?;
-    let listener = tokio::net::TcpListener::bind(parsed).await.map_err(|error| {
+    let listener = std::net::TcpListener::bind(parsed).map_err(|error| {
         Exit::usage(format!(
             "cannot listen on {parsed}: {error}; pick another port with --addr, or stop what uses it"
         ))
     })?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let app = router(context);
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            crate::serve::log(&format!("keel serve: the API stopped: {error}"));
-        }
-    });
-    Ok((bound, task))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("keel-api".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    crate::serve::log(&format!("keel serve: the API cannot start: {error}"));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        crate::serve::log(&format!("keel serve: the API cannot start: {error}"));
+                        return;
+                    }
+                };
+                let app = router(context);
+                tokio::select! {
+                    served = async { axum::serve(listener, app).await } => {
+                        if let Err(error) = served {
+                            crate::serve::log(&format!("keel serve: the API stopped: {error}"));
+                        }
+                    }
+                    _ = stopped => {}
+                }
+            });
+            // Store reads still running are abandoned with the connections that asked for them.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })?;
+    Ok((
+        bound,
+        ApiServer {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -683,3 +683,29 @@ fn api_answers_bad_requests_with_json_errors() {
     );
     assert_eq!(served.get("/health").status, 200);
 }
+
+#[test]
+fn serve_refuses_an_address_it_cannot_listen_on_before_running_anything() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(dir, PIPELINE);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (given, wanted) in [
+        (addr.as_str(), "cannot listen on"),
+        ("localhost", "is not an address"),
+    ] {
+        let output = Command::new(keel_path())
+            .arg("serve")
+            .arg(dir.join("keel.toml"))
+            .args(["--addr", given])
+            .env("KEEL_API_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(wanted), "{stderr}");
+        assert!(stderr.contains("hint: "), "{stderr}");
+    }
+}
