@@ -695,16 +695,31 @@ fn serve_refuses_an_address_it_cannot_listen_on_before_running_anything() {
         (addr.as_str(), "cannot listen on"),
         ("localhost", "is not an address"),
     ] {
-        let output = Command::new(keel_path())
+        let log = dir.join("refused.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(keel_path())
             .arg("serve")
             .arg(dir.join("keel.toml"))
             .args(["--addr", given])
             .env("KEEL_API_TOKEN", TOKEN)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        // Held by a guard, so a serve that wrongly started is killed when the test fails.
+        let mut served = Served {
+            child,
+            addr: String::new(),
+            log: log.clone(),
+        };
+        let mut status = None;
+        wait_for("keel serve to refuse the address", || {
+            status = served.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let stderr = served.log_text();
+        assert_eq!(status.unwrap().code(), Some(2), "{stderr}");
         assert!(stderr.contains(wanted), "{stderr}");
         assert!(stderr.contains("hint: "), "{stderr}");
     }
