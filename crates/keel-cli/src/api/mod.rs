@@ -302,12 +302,25 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|error| {
-        ApiError::bad_request(
-            format!("bad JSON body: {error}"),
-            "send a JSON object with the fields this endpoint lists in /api/openapi.json",
-        )
-    })
+    let hint = "send a JSON object with the fields this endpoint lists in /api/openapi.json";
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("bad JSON body: {error}"), hint))?;
+    // A struct would also take an array of its fields in order: only an object is a body here.
+    if !value.is_object() {
+        let kind = match value {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(ApiError::bad_request(
+            format!("bad JSON body: {kind}, not an object"),
+            hint,
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|error| ApiError::bad_request(format!("bad JSON body: {error}"), hint))
 }
 
 /// The API's routes over `context`.

@@ -601,9 +601,14 @@ fn api_answers_bad_requests_with_json_errors() {
         ("/api/pipelines/ops/events?after=x", 400, "bad query"),
         ("/nothing/here", 404, "no endpoint"),
     ];
+    let mut bodies = Vec::new();
     for (path, status, wanted) in get_errors {
-        let error = served.get(path).client_error(status);
+        let reply = served.get(path);
+        let error = reply.client_error(status);
         assert!(error.contains(wanted), "{path}: {error}");
+        bodies.push(
+            json!({ "request": format!("GET {path}"), "status": status, "body": reply.json() }),
+        );
     }
     let stale = request(
         &served.addr,
@@ -617,14 +622,19 @@ fn api_answers_bad_requests_with_json_errors() {
     wrong_method.client_error(405);
     assert_eq!(wrong_method.header("allow"), Some("GET,HEAD,POST"));
 
-    let post_errors: [(&str, &[u8], u16, &str); 7] = [
+    let post_errors: [(&str, &[u8], u16, &str); 8] = [
         (
             "/api/pipelines/ops/runs",
             b"{not json",
             400,
             "bad JSON body",
         ),
-        ("/api/pipelines/ops/runs", b"[1, 2]", 400, "bad JSON body"),
+        (
+            "/api/pipelines/ops/runs",
+            b"[\"2026-01-18\"]",
+            400,
+            "an array, not an object",
+        ),
         (
             "/api/pipelines/ops/runs",
             b"{\"partition\": 7}",
@@ -650,6 +660,12 @@ fn api_answers_bad_requests_with_json_errors() {
             "partition cannot be given with from/to",
         ),
         ("/api/pipelines/ops/runs/5/cancel", b"", 404, "no run 5"),
+        (
+            "/api/pipelines/ops/runs/5/accept",
+            b"null",
+            400,
+            "null, not an object",
+        ),
     ];
     let auth = format!("Bearer {TOKEN}");
     for (path, body, status, wanted) in post_errors {
@@ -661,12 +677,12 @@ fn api_answers_bad_requests_with_json_errors() {
             Some(body),
         );
         let error = reply.client_error(status);
-        assert!(
-            error.contains(wanted),
-            "{path} {}: {error}",
-            String::from_utf8_lossy(body)
-        );
+        let body = String::from_utf8_lossy(body);
+        assert!(error.contains(wanted), "{path} {body}: {error}");
+        bodies.push(json!({ "request": format!("POST {path} {body}"), "status": status, "body": reply.json() }));
     }
+    // The wording is part of the API.
+    insta::assert_json_snapshot!("api_errors", bodies);
     let huge = vec![b' '; 100_000];
     let reply = request(
         &served.addr,
