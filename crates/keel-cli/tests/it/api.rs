@@ -41,7 +41,7 @@ command = ["sh", "-c", "test -f fixed || exit 65"]
 
 [tasks.report]
 phase = "use"
-command = ["sh", "-c", "echo report; if [ -f slow ]; then sleep 60; fi"]
+command = ["sh", "-c", "echo report; while [ -f slow ]; do sleep 0.05; done; echo done"]
 "#;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -255,6 +255,34 @@ fn unchunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A streaming GET whose response head has been read: the server is sending its body.
+fn open_stream(addr: &str, path: &str, headers: &[(&str, &str)]) -> (BufReader<TcpStream>, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut content_type = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no response head");
+        let text = line.trim_end();
+        if text.is_empty() {
+            return (reader, content_type);
+        }
+        if let Some(value) = text.to_lowercase().strip_prefix("content-type:") {
+            content_type = value.trim().to_string();
+        }
+    }
+}
+
 /// The `id:` lines of an event stream, read until `count` arrived (or a deadline passes).
 fn stream_event_ids(
     addr: &str,
@@ -262,20 +290,15 @@ fn stream_event_ids(
     headers: &[(&str, &str)],
     count: usize,
 ) -> Vec<(i64, String)> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut reader, content_type) = open_stream(addr, path, headers);
+    assert_eq!(content_type, "text/event-stream");
+    read_events(&mut reader, count)
+}
+
+/// Events of an open stream, as (id, kind), until `count` arrived (or a deadline passes).
+fn read_events(reader: &mut BufReader<TcpStream>, count: usize) -> Vec<(i64, String)> {
     let mut events = Vec::new();
     let mut id = None;
-    let mut content_type = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut line = String::new();
     while events.len() < count && Instant::now() < deadline {
@@ -284,9 +307,6 @@ fn stream_event_ids(
             break;
         }
         let text = line.trim_end();
-        if let Some(value) = text.to_lowercase().strip_prefix("content-type:") {
-            content_type = value.trim().to_string();
-        }
         if let Some(value) = text.strip_prefix("id: ") {
             id = value.parse::<i64>().ok();
         }
@@ -296,7 +316,6 @@ fn stream_event_ids(
             events.push((id.unwrap(), data["kind"].as_str().unwrap().to_string()));
         }
     }
-    assert_eq!(content_type, "text/event-stream");
     events
 }
 
@@ -739,4 +758,54 @@ fn serve_refuses_an_address_it_cannot_listen_on_before_running_anything() {
         assert!(stderr.contains(wanted), "{stderr}");
         assert!(stderr.contains("hint: "), "{stderr}");
     }
+}
+
+#[test]
+fn api_streams_live_events_and_a_log_as_it_grows() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(dir, PIPELINE);
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    std::fs::write(dir.join("slow"), "").unwrap();
+    let served = Served::start(dir, Some(TOKEN));
+    // The stream is open (its head read) before anything happens: what it delivers is live.
+    let (mut events, content_type) = open_stream(&served.addr, "/api/pipelines/ops/events", &[]);
+    assert_eq!(content_type, "text/event-stream");
+    let id = run_id_of(&served.post(
+        "/api/pipelines/ops/runs",
+        json!({ "partition": "2026-01-18" }),
+    ));
+    let live = read_events(&mut events, 2);
+    assert_eq!(live[0].1, "run_created", "{live:?}");
+
+    wait_for("report to run", || {
+        served.get(&format!("/api/pipelines/ops/runs/{id}")).json()["tasks"][2]["state"]
+            == "running"
+    });
+    let path = format!("/api/pipelines/ops/runs/{id}/tasks/report/attempts/1/log?follow=true");
+    let (mut log, content_type) = open_stream(&served.addr, &path, &[]);
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    // What the task wrote so far arrives while it still runs...
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while line.trim_end() != "report" {
+        assert!(Instant::now() < deadline, "the log's first line never came");
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the log ended early");
+    }
+    assert_eq!(
+        served.get(&format!("/api/pipelines/ops/runs/{id}")).json()["state"],
+        "running"
+    );
+    // ...and the rest once it writes it; the response ends when the attempt has.
+    std::fs::remove_file(dir.join("slow")).unwrap();
+    let mut rest = Vec::new();
+    log.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("done\n"), "{rest:?}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "the chunked body ends: {rest:?}"
+    );
+    served.wait_for_state(id, "succeeded");
 }
