@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// with the `otlp` feature.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Where the HTTP API listens: IP:PORT (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
+    pub addr: String,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.

@@ -230,13 +230,7 @@ pub(crate) async fn prepare_runs(
     request: &RunRequest,
     say_resumed: bool,
 ) -> Result<(Vec<keel_model::RunId>, Finished)> {
-    let prepared = engine.prepare(request).await.map_err(|error| match error {
-        keel_engine::EngineError::UnknownTask { .. }
-        | keel_engine::EngineError::UnknownPass { .. }
-        | keel_engine::EngineError::OnlyWithPass { .. }
-        | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
-        other => other.into(),
-    })?;
+    let prepared = prepare(engine, request).await?;
     let mut runs = Vec::new();
     let mut finished = Vec::new();
     for decision in prepared {
@@ -267,6 +261,22 @@ pub(crate) async fn prepare_runs(
     Ok((runs, finished))
 }
 
+/// What the engine decides for each partition of `request`: a new run, an unfinished one to
+/// resume, or one that already finished. Created and reopened runs are stored, so a serving
+/// Keel takes them up; `keel run` and the HTTP API both queue runs through here.
+pub(crate) async fn prepare(
+    engine: &mut ProcessEngine,
+    request: &RunRequest,
+) -> Result<Vec<Prepared>> {
+    engine.prepare(request).await.map_err(|error| match error {
+        keel_engine::EngineError::UnknownTask { .. }
+        | keel_engine::EngineError::UnknownPass { .. }
+        | keel_engine::EngineError::OnlyWithPass { .. }
+        | keel_engine::EngineError::RemovedTasks { .. } => Exit::usage(error.to_string()),
+        other => other.into(),
+    })
+}
+
 /// `[PIPELINE]` alone, for `keel retry --failed`, which names no tasks.
 fn pipeline_only(args: &[String]) -> Result<std::path::PathBuf> {
     match args {
@@ -283,7 +293,7 @@ fn pipeline_only(args: &[String]) -> Result<std::path::PathBuf> {
 
 /// The tasks of a finished run that did not complete and are no mere consequence of another's
 /// failure: what `keel retry --failed` runs again (their downstream follows).
-async fn failed_tasks(
+pub(crate) async fn failed_tasks(
     store: &keel_store::SqliteStore,
     run: keel_model::RunId,
 ) -> Result<Vec<String>> {
@@ -395,14 +405,7 @@ async fn retry_one(
     partition: &str,
     tasks: &[String],
 ) -> Result<keel_model::RunId> {
-    let run = engine
-        .retry(partition, tasks)
-        .await
-        .map_err(|error| match error {
-            keel_engine::EngineError::UnknownTask { .. }
-            | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
-            other => other.into(),
-        })?;
+    let run = reset_for_retry(engine, partition, tasks).await?;
     eprintln!(
         "retrying {} in run {run} of partition {partition}, and everything downstream",
         tasks.join(", ")
@@ -415,6 +418,24 @@ async fn retry_one(
         );
     }
     Ok(run)
+}
+
+/// Resets `tasks` of the partition's newest run (and their downstream) to run again, in the
+/// store only: whoever executes the state runs them. `keel retry` and the HTTP API both retry
+/// through here.
+pub(crate) async fn reset_for_retry(
+    engine: &mut ProcessEngine,
+    partition: &str,
+    tasks: &[String],
+) -> Result<keel_model::RunId> {
+    engine
+        .retry(partition, tasks)
+        .await
+        .map_err(|error| match error {
+            keel_engine::EngineError::UnknownTask { .. }
+            | keel_engine::EngineError::NoRun { .. } => Exit::usage(error.to_string()),
+            other => other.into(),
+        })
 }
 
 async fn cancel(state_url: Option<&str>, name: Option<&str>, args: CancelArgs) -> Result<u8> {

@@ -4,11 +4,12 @@
 //! A reload builds the new engine first (the file, its env files), then asks the running one to
 //! release its attempts (`ShutdownLevel::Release`: nothing is stopped) and starts the new one,
 //! which adopts them as after a restart. Until a changed file validates, the version in use
-//! keeps running and [`FileStatus::problem`] says why the file on disk is not in use.
+//! keeps running and [`Served::health`] says why the file on disk is not in use (`/ready`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -17,6 +18,7 @@ use keel_model::PipelineSpec;
 use keel_store::{SqliteStore, StateLock};
 
 use crate::Exit;
+use crate::api::PipelineHealth;
 use crate::display::printable;
 use crate::serve_log::{Level, Line, LogFormat, Logger};
 use crate::setup::{ProcessEngine, build_engine};
@@ -32,16 +34,6 @@ pub type Observer = Box<dyn FnMut(Progress) + Send>;
 /// Makes the observer of each engine the daemon builds, for the pipeline version it runs.
 pub type Observers = Arc<dyn Fn(&PipelineSpec) -> Observer + Send + Sync>;
 
-/// Where one served pipeline's file stands, for `/ready` and the log.
-#[derive(Debug, Clone, Default)]
-pub struct FileStatus {
-    /// The version the engine runs.
-    pub version: String,
-    /// Why the file on disk is not the version in use (it does not validate, it renamed the
-    /// pipeline), or why the pipeline stopped being served; `None` when all is well.
-    pub problem: Option<String>,
-}
-
 /// A pipeline the daemon serves.
 #[derive(Clone)]
 pub struct Served {
@@ -49,7 +41,13 @@ pub struct Served {
     pub paths: StatePaths,
     /// `--state`, which wins over the file's `state` field.
     pub state_url: Option<String>,
-    pub status: Arc<Mutex<FileStatus>>,
+    /// The version in use; a reload swaps it (the API reads it).
+    pub spec: Arc<RwLock<Arc<PipelineSpec>>>,
+    /// Why the file on disk is not the version in use (it does not validate, it renamed the
+    /// pipeline), or why the pipeline stopped being served: `/ready` says so.
+    pub health: Arc<RwLock<PipelineHealth>>,
+    /// Stamped by the engine's loop on every turn, for `/ready`.
+    pub heartbeat: Arc<AtomicI64>,
     /// Where its lines go: they name the pipeline.
     pub logger: Logger,
 }
@@ -88,10 +86,6 @@ impl Daemon {
                 locks.insert(paths.dir.clone(), lock);
                 store
             };
-            let status = FileStatus {
-                version: spec.version(),
-                problem: None,
-            };
             let served = Served {
                 name: spec.name.clone(),
                 paths,
@@ -101,7 +95,9 @@ impl Daemon {
                     &spec.name,
                     spec.timezone.parse().unwrap_or(chrono_tz::UTC),
                 ),
-                status: Arc::new(Mutex::new(status)),
+                spec: Arc::new(RwLock::new(Arc::new(spec.clone()))),
+                health: Arc::new(RwLock::new(PipelineHealth::valid())),
+                heartbeat: Arc::new(AtomicI64::new(0)),
             };
             pipelines.push((served, spec, store));
         }
@@ -136,7 +132,7 @@ impl Daemon {
                     all.spawn_local(async move {
                         let logger = served.logger.clone();
                         let name = served.name.clone();
-                        let status = served.status.clone();
+                        let health = served.health.clone();
                         let served = keep_serving(served, spec, store, grace, shutdown, observers);
                         match served.await {
                             Ok(()) => true,
@@ -146,7 +142,10 @@ impl Daemon {
                                     Level::Error,
                                     format!("pipeline {name}: stopped: {why}"),
                                 ));
-                                lock(&status).problem = Some(format!("stopped: {why}"));
+                                *write(&health) = PipelineHealth {
+                                    valid: false,
+                                    reason: Some(format!("stopped: {why}")),
+                                };
                                 false
                             }
                         }
@@ -207,26 +206,26 @@ async fn keep_serving(
             // A shutdown came while the old engine let go: the new one is not started.
             return Ok(());
         }
-        let (next_engine, version) = next;
-        let previous = std::mem::replace(
-            &mut *lock(&served.status),
-            FileStatus {
-                version: version.clone(),
-                problem: None,
-            },
-        );
+        let (next_engine, next_spec) = next;
+        let version = next_spec.version();
+        let previous = std::mem::replace(&mut *write(&served.spec), next_spec);
+        *write(&served.health) = PipelineHealth::valid();
         served.logger.info(&format!(
             "pipeline {}: reloaded {}: version {version} replaces {}; running attempts carry on",
             served.name,
             served.paths.pipeline.display(),
-            previous.version
+            previous.version()
         ));
         engine = next_engine;
     }
 }
 
 fn engine_version(served: &Served) -> String {
-    lock(&served.status).version.clone()
+    let spec = served
+        .spec
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    spec.version()
 }
 
 /// Passes the daemon's shutdown on to one engine.
@@ -248,6 +247,7 @@ fn engine_for(
     let observer = observers(&spec);
     let mut engine = build_engine(spec, &served.paths, store.clone())?;
     engine.set_shutdown_grace(grace);
+    engine.set_heartbeat(served.heartbeat.clone());
     engine.observe(observer);
     Ok(engine)
 }
@@ -280,7 +280,7 @@ impl FileWatch {
         store: &SqliteStore,
         grace: Duration,
         observers: &Observers,
-    ) -> Option<(ProcessEngine, String)> {
+    ) -> Option<(ProcessEngine, Arc<PipelineSpec>)> {
         let content = match std::fs::read(&self.path) {
             Ok(content) => content,
             Err(error) => {
@@ -324,7 +324,7 @@ impl FileWatch {
         store: &SqliteStore,
         grace: Duration,
         observers: &Observers,
-    ) -> Result<Option<(ProcessEngine, String)>, String> {
+    ) -> Result<Option<(ProcessEngine, Arc<PipelineSpec>)>, String> {
         let keep = format!("still running version {current}");
         let spec = state::load_pipeline(&self.path).map_err(|error| {
             format!(
@@ -353,6 +353,7 @@ impl FileWatch {
                 self.path.display()
             ));
         }
+        let shared = Arc::new(spec.clone());
         let engine = engine_for(spec, served, store, grace, observers).map_err(|error| {
             format!(
                 "{} cannot run; {keep}: {}",
@@ -360,13 +361,13 @@ impl FileWatch {
                 format!("{error:#}").replace('\n', "; ")
             )
         })?;
-        Ok(Some((engine, version)))
+        Ok(Some((engine, shared)))
     }
 
     /// Records and logs why the file on disk is not in use, or that it no longer matters.
     fn report(&self, served: &Served, problem: Option<String>) {
-        let mut status = lock(&served.status);
-        if status.problem == problem {
+        let mut health = write(&served.health);
+        if health.reason == problem {
             return;
         }
         match &problem {
@@ -379,12 +380,15 @@ impl FileWatch {
                 self.path.display()
             )),
         }
-        status.problem = problem;
+        *health = PipelineHealth {
+            valid: problem.is_none(),
+            reason: problem,
+        };
     }
 }
 
-fn lock(status: &Mutex<FileStatus>) -> std::sync::MutexGuard<'_, FileStatus> {
-    status
-        .lock()
+fn write<T>(shared: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    shared
+        .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

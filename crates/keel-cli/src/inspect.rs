@@ -68,7 +68,48 @@ fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::M
     })
 }
 
-fn resources_json(view: &StatusView) -> Value {
+/// A run as `status --json` and the HTTP API show it.
+pub(crate) fn run_json(run: &RunView, now: keel_model::Millis) -> Value {
+    let record = &run.record;
+    let mut entry = json!({
+        "id": record.id.0,
+        "partition": record.partition,
+        "pass": record.pass,
+        "state": record.state.as_str(),
+        "version": record.version,
+        "message": record.message,
+        "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
+    });
+    if let Some(accepted) = &run.accepted {
+        entry["accepted"] = accepted.clone().into();
+    }
+    entry
+}
+
+/// A task across runs as `history --json` and the HTTP API show it.
+pub(crate) fn history_json(task: &str, view: &StatusView, now: keel_model::Millis) -> Value {
+    let runs: Vec<Value> = view
+        .runs
+        .iter()
+        .flat_map(|run| {
+            run.tasks.iter().map(move |row| {
+                let mut entry = task_json(run, row, now);
+                entry["run"] = run.record.id.0.into();
+                entry["partition"] = run.record.partition.clone().into();
+                entry["pass"] = run.record.pass.clone().into();
+                entry["run_state"] = run.record.state.as_str().into();
+                entry
+            })
+        })
+        .collect();
+    let mut document = json!({ "task": task, "runs": runs });
+    if view.omitted > 0 {
+        document["omitted"] = view.omitted.into();
+    }
+    document
+}
+
+pub(crate) fn resources_json(view: &StatusView) -> Value {
     let now = state::now_millis();
     view.resources
         .iter()
@@ -153,26 +194,7 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         return Err(no_such_run(&spec, RunId(run)));
     }
     if args.json {
-        let runs: Vec<Value> = view
-            .runs
-            .iter()
-            .map(|run| {
-                let record = &run.record;
-                let mut entry = json!({
-                    "id": record.id.0,
-                    "partition": record.partition,
-                    "pass": record.pass,
-                    "state": record.state.as_str(),
-                    "version": record.version,
-                    "message": record.message,
-                    "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
-                });
-                if let Some(accepted) = &run.accepted {
-                    entry["accepted"] = accepted.clone().into();
-                }
-                entry
-            })
-            .collect();
+        let runs: Vec<Value> = view.runs.iter().map(|run| run_json(run, now)).collect();
         let mut document = json!({ "runs": runs });
         if view.omitted > 0 {
             document["omitted"] = view.omitted.into();
@@ -291,24 +313,7 @@ pub async fn history(state_url: Option<&str>, name: Option<&str>, args: HistoryA
     };
     let now = state::now_millis();
     if args.json {
-        let runs: Vec<Value> = view
-            .runs
-            .iter()
-            .flat_map(|run| {
-                run.tasks.iter().map(move |row| {
-                    let mut entry = task_json(run, row, now);
-                    entry["run"] = run.record.id.0.into();
-                    entry["partition"] = run.record.partition.clone().into();
-                    entry["pass"] = run.record.pass.clone().into();
-                    entry["run_state"] = run.record.state.as_str().into();
-                    entry
-                })
-            })
-            .collect();
-        let mut document = json!({ "task": task, "runs": runs });
-        if view.omitted > 0 {
-            document["omitted"] = view.omitted.into();
-        }
+        let document = history_json(&task, &view, now);
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(0);
     }
@@ -339,8 +344,8 @@ const EVENT_PAGE: u32 = 500;
 /// How often `--follow` looks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
-/// Which events `keel events` prints, and when `--follow` stops.
-struct EventFilter {
+/// Which events `keel events` prints (and the HTTP API streams), and when `--follow` stops.
+pub(crate) struct EventFilter {
     pipeline: String,
     partition: Option<String>,
     run: Option<RunId>,
@@ -349,8 +354,25 @@ struct EventFilter {
 }
 
 impl EventFilter {
+    /// Every event of `pipeline`'s runs, or only of `run`'s.
+    pub(crate) fn new(pipeline: String, run: Option<RunId>) -> EventFilter {
+        EventFilter {
+            pipeline,
+            partition: None,
+            run,
+            runs: HashMap::new(),
+        }
+    }
+
+    /// Forgets the runs seen so far, so that a long-lived follower holds bounded memory.
+    pub(crate) fn forget_runs_beyond(&mut self, most: usize) {
+        if self.runs.len() > most {
+            self.runs.clear();
+        }
+    }
+
     /// The run of an event, if the event is one to print.
-    async fn admit(
+    pub(crate) async fn admit(
         &mut self,
         store: &SqliteStore,
         event: &keel_store::EventRecord,
@@ -396,6 +418,25 @@ fn event_time(zone: chrono_tz::Tz, at: keel_model::Millis) -> String {
     }
 }
 
+/// An event as `events --json` and the HTTP API's event stream show it.
+pub(crate) fn event_json(
+    zone: chrono_tz::Tz,
+    record: &RunRecord,
+    event: &keel_store::EventRecord,
+) -> Value {
+    json!({
+        "seq": event.seq,
+        "at": event.at,
+        "time": event_time(zone, event.at),
+        "run": event.run.0,
+        "partition": record.partition,
+        "task": event.task,
+        "attempt_id": event.attempt.map(|attempt| attempt.0),
+        "kind": event.kind.as_str(),
+        "detail": event.detail,
+    })
+}
+
 fn print_event(
     json: bool,
     zone: chrono_tz::Tz,
@@ -404,18 +445,7 @@ fn print_event(
 ) -> Result<()> {
     let time = event_time(zone, event.at);
     let line = if json {
-        json!({
-            "seq": event.seq,
-            "at": event.at,
-            "time": time,
-            "run": event.run.0,
-            "partition": record.partition,
-            "task": event.task,
-            "attempt_id": event.attempt.map(|attempt| attempt.0),
-            "kind": event.kind.as_str(),
-            "detail": event.detail,
-        })
-        .to_string()
+        event_json(zone, record, event).to_string()
     } else {
         let task = event
             .task

@@ -18,6 +18,7 @@ macro_rules! eprint {
 }
 
 mod alerts;
+mod api;
 mod args;
 mod bench;
 mod commands;

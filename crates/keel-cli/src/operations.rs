@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use keel_model::{EventKind, RunState};
-use keel_store::{NewEvent, Store};
+use keel_store::{NewEvent, RunRecord, SqliteStore, Store};
 
 use crate::Exit;
 use crate::args::{AcceptArgs, GcArgs};
@@ -34,20 +34,36 @@ pub async fn accept(state_url: Option<&str>, name: Option<&str>, args: AcceptArg
         .latest_run(&spec.name, &partition)
         .await?
         .ok_or_else(no_run)?;
+    let detail = accept_run(&store, &run, &who(), args.reason.as_deref()).await?;
+    println!(
+        "accepted run {} of partition {partition} as degraded, {}",
+        run.id,
+        printable(&detail)
+    );
+    Ok(0)
+}
+
+/// Records that the degraded `run` is acceptable as it is, accepted by `by` for `reason`, and
+/// returns the detail stored in the event log. A run in any other state is refused (exit 2).
+/// `keel accept` and the HTTP API both accept runs through here.
+pub async fn accept_run(
+    store: &SqliteStore,
+    run: &RunRecord,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<String> {
     if run.state != RunState::Degraded {
         return Err(Exit::usage(format!(
-            "run {} of partition {partition} is {}; only a degraded run can be accepted",
-            run.id, run.state
+            "run {} of partition {} is {}; only a degraded run can be accepted",
+            run.id,
+            printable(&run.partition),
+            run.state
         )));
     }
-    let reason = args
-        .reason
-        .as_deref()
-        .map(str::trim)
-        .filter(|reason| !reason.is_empty());
+    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
     let detail = match reason {
-        Some(reason) => format!("by {}: {reason}", who()),
-        None => format!("by {}", who()),
+        Some(reason) => format!("by {by}: {reason}"),
+        None => format!("by {by}"),
     };
     store
         .append_event(NewEvent {
@@ -59,12 +75,7 @@ pub async fn accept(state_url: Option<&str>, name: Option<&str>, args: AcceptArg
             at: state::now_millis(),
         })
         .await?;
-    println!(
-        "accepted run {} of partition {partition} as degraded, {}",
-        run.id,
-        printable(&detail)
-    );
-    Ok(0)
+    Ok(detail)
 }
 
 /// What `keel gc` found under one run's directory: attempt (and sensor poll) directories, and

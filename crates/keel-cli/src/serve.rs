@@ -13,6 +13,7 @@ use keel_store::{SqliteStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::alerts::Alerts;
+use crate::api;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
@@ -101,9 +102,12 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             }
         }) as Observer
     });
+    let (bound, server) = start_api(&daemon, &args.addr, &metrics, &general)?;
     let notices = general.clone();
     let shutdown = shutdown_on_signals_telling(grace, move |notice| notices.warn(notice));
     let clean = daemon.run(grace, shutdown, observers).await;
+    server.stop();
+    let _ = bound;
     // The engines, and with them the exporters' queues, are gone: let the last spans out.
     // Joining an exporter's thread waits up to one request's timeout: not on the runtime.
     let _ = tokio::task::spawn_blocking(move || {
@@ -118,6 +122,53 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     }
     general.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(if clean { 0 } else { 1 })
+}
+
+/// How long the engine's loop may go without a turn before `/ready` says it is stuck. The loop
+/// turns at least every poll interval (250 ms); a step that launches many attempts may take a
+/// few seconds.
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The HTTP API beside the engines, on a thread of its own; its address and token source go to
+/// the log (never the token). The token file is beside the first pipeline's state.
+fn start_api(
+    daemon: &Daemon,
+    addr: &str,
+    metrics: &Metrics,
+    logger: &serve_log::Logger,
+) -> Result<(std::net::SocketAddr, api::ApiServer)> {
+    let served = daemon.served();
+    let first = served.first().expect("serve has at least one pipeline");
+    let (token, source) =
+        api::load_or_create_token(&first.paths.dir, std::env::var("KEEL_API_TOKEN").ok())?;
+    let mut pipelines = Vec::new();
+    for served in &served {
+        pipelines.push(api::ServedPipeline {
+            spec: served.spec.clone(),
+            reader: served.paths.open()?,
+            writer: served.paths.open()?,
+            paths: served.paths.clone(),
+            heartbeat: served.heartbeat.clone(),
+            health: served.health.clone(),
+            actions: tokio::sync::Mutex::new(()),
+        });
+    }
+    let context = api::ApiContext {
+        pipelines,
+        token,
+        heartbeat_max_age: HEARTBEAT_MAX_AGE,
+        metrics: metrics.renderer(),
+        logger: logger.clone(),
+    };
+    let (bound, server) = api::start(addr, Arc::new(context))?;
+    let token_from = match source {
+        api::TokenSource::Environment => "KEEL_API_TOKEN".to_string(),
+        api::TokenSource::File(path) => printable(&path.display().to_string()),
+    };
+    logger.info(&format!(
+        "keel serve: API on http://{bound}; POST requests need the bearer token from {token_from}"
+    ));
+    Ok((bound, server))
 }
 
 /// What each engine event of one pipeline feeds: its log lines and spans, the metrics, and

@@ -1,6 +1,7 @@
 //! The keel binary end to end.
 
 mod alerts;
+mod api;
 mod cli;
 mod context;
 mod crash;

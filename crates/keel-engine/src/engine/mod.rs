@@ -286,6 +286,8 @@ pub struct Engine<S: Store, E: Executor, C: Clock> {
     store: S,
     executor: Arc<E>,
     clock: Arc<C>,
+    /// Stamped with the clock's time on every turn of `serve`'s loop; see [`Engine::set_heartbeat`].
+    heartbeat: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// Where the engine's loop hears from attempts, sensors, the shutdown trigger and its timers,
@@ -419,6 +421,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             store,
             executor: Arc::new(executor),
             clock: Arc::new(clock),
+            heartbeat: None,
         }
     }
 
@@ -431,6 +434,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// `max_active_partitions` says.
     pub fn set_max_active_partitions(&mut self, limit: u32) {
         Arc::make_mut(&mut self.core.spec).max_active_partitions = Some(limit.max(1));
+    }
+
+    /// Has [`Engine::serve`] stamp `heartbeat` with the clock's time (ms since the epoch) on
+    /// every turn of its loop, which wakes at least once per poll interval: a reader that sees
+    /// the stamp grow old knows the loop is stuck (`/ready` of `keel serve`).
+    pub fn set_heartbeat(&mut self, heartbeat: Arc<std::sync::atomic::AtomicI64>) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// How long running attempts may finish after a drain is asked for.

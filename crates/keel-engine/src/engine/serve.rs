@@ -116,6 +116,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let mut cursors = self.schedule_cursors().await?;
         loop {
+            if let Some(heartbeat) = &self.heartbeat {
+                heartbeat.store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
+            }
             for cursor in &mut cursors {
                 self.fire_due(&mut book, &mut inbox, cursor, &mut refused)
                     .await?;

@@ -1427,3 +1427,22 @@ async fn progress_reports_ready_waits_durations_and_queue_depth() {
     assert_eq!(depths.first(), Some(&1), "{depths:?}");
     assert_eq!(depths.last(), Some(&0), "{depths:?}");
 }
+
+#[tokio::test]
+async fn serve_stamps_its_heartbeat_with_the_clock_on_every_turn() {
+    let harness = Harness::new();
+    let mut engine = harness.engine(pipeline(vec![task("scrape", "a", &[], 1)], 8));
+    let heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    engine.set_heartbeat(heartbeat.clone());
+    let (trigger, shutdown) = keel_engine::Shutdown::channel();
+    let handle = tokio::spawn(async move { engine.serve(shutdown).await });
+    let beat = || heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the first turn", || beat() == 1_000_000).await;
+    // With nothing to do, the loop still turns every poll interval and sees the clock move.
+    harness.clock.advance(45_000);
+    eventually("a turn at the new time", || beat() == 1_045_000).await;
+    harness.clock.advance(1);
+    eventually("another turn", || beat() == 1_045_001).await;
+    trigger.drain();
+    handle.await.unwrap().unwrap();
+}
