@@ -148,7 +148,7 @@ fn a_failing_task_alerts_both_sinks_once_and_resolves_once_when_fixed() {
     let hook = format!("http://127.0.0.1:{port}/hooks/T0001/secret-path");
     let log = std::fs::File::create(root.join("serve.log")).unwrap();
     let _serve = Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(root.join("keel.toml"))
         .env("KEEL_TEST_ALERT_WEBHOOK", &hook)
         .stdin(Stdio::null())
@@ -245,7 +245,7 @@ fn serve_refuses_a_webhook_whose_variable_is_not_set() {
     let dir = tempfile::tempdir().unwrap();
     write_pipeline(dir.path(), PIPELINE);
     let mut serve = Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(dir.path().join("keel.toml"))
         .env_remove("KEEL_TEST_ALERT_WEBHOOK")
         .stdin(Stdio::null())
@@ -307,7 +307,7 @@ degraded_grace = "0s"
     );
     let log = std::fs::File::create(root.join("serve.log")).unwrap();
     let _serve = Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(root.join("keel.toml"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

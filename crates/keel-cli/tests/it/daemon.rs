@@ -10,7 +10,7 @@ use crate::support::{Served, keel_path, wait_for, write_pipeline};
 fn serve(pipelines: &[&Path], log: &Path) -> Served {
     let file = std::fs::File::create(log).unwrap();
     Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .args(pipelines)
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
@@ -144,7 +144,7 @@ fn one_serve_runs_several_pipelines() {
     stop(served, &log);
 
     let twice = Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .args([&files[0], &files[0]])
         .output()
         .unwrap();

@@ -78,7 +78,7 @@ fn serve_queued_run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Served 
     let log = std::fs::File::create(root.join("serve.log")).unwrap();
     let mut command = Command::new(keel_path());
     command
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
         .arg(root.join("keel.toml"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -256,7 +256,7 @@ command = ["sh", "-c", "echo $TRACEPARENT >> parents; n=0; while [ ! -f go ] && 
     let start = |log: &str| {
         let log = std::fs::File::create(root.join(log)).unwrap();
         Command::new(keel_path())
-            .args(["serve", "--log-format", "json"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
             .arg(root.join("keel.toml"))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -337,7 +337,7 @@ fn json_logs_report_the_error_that_ends_serve_as_json() {
         "[pipeline]\nname = \"broken\"\n\n[tasks.a]\ncommand = [\"true\"]\nretries = { tries = 2 }\n",
     );
     let output = Command::new(keel_path())
-        .args(["serve", "--log-format", "json"])
+        .args(["serve", "--addr", "127.0.0.1:0", "--log-format", "json"])
         .arg(dir.path().join("keel.toml"))
         .output()
         .unwrap();
@@ -542,7 +542,7 @@ mod otlp {
         let dir = tempfile::tempdir().unwrap();
         write_pipeline(dir.path(), PIPELINE);
         let output = Command::new(keel_path())
-            .arg("serve")
+            .args(["serve", "--addr", "127.0.0.1:0"])
             .arg(dir.path().join("keel.toml"))
             .env(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",

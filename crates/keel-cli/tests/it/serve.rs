@@ -32,7 +32,7 @@ fn spawn_serve(dir: &Path, start: &str, log: &str) -> Served {
         .arg("-f")
         .arg(format!("@{start} x7200"))
         .arg(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(dir.join("keel.toml"))
         .env("TZ", "UTC")
         .stdin(Stdio::null())
@@ -216,7 +216,7 @@ command = ["sh", "-c", "exit 65"]
     );
     let log = std::fs::File::create(root.join("serve.log")).unwrap();
     let mut serve = Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(root.join("keel.toml"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

@@ -1,4 +1,5 @@
-//! The hoops reference pipeline under `keel serve`, unattended for two days of its schedule on
+//! The hoops reference pipeline under `keel serve`, unattended for two days of its schedule and
+//! passes on
 //! an accelerated clock (`--clock-speed`: Keel's clock runs fast, the tasks and the feed keep
 //! real time), with serve killed by SIGKILL while a scheduled run's tasks run and started
 //! again: one run per schedule per partition, nothing lost, nothing run twice.
@@ -74,7 +75,7 @@ fn set_up(root: &Path) -> Setup {
     let pipeline = include_str!("../../../../examples/hoops/keel.toml").replace(
         "\ncommand = [\"hoops\",",
         &format!(
-            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_TASK >> {}; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
+            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {}; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
             root.join("ledger").display()
         ),
     );
@@ -106,7 +107,7 @@ fn serve(setup: &Setup, start: i64, log: &str) -> Served {
     let log = std::fs::File::create(setup.root.join(log)).unwrap();
     let start = chrono::DateTime::from_timestamp_millis(start).unwrap();
     Command::new(keel_path())
-        .arg("serve")
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .arg(setup.root.join("keel.toml"))
         .args(["--clock-speed", &SPEED.to_string(), "--clock-start"])
         .arg(start.to_rfc3339())
@@ -169,12 +170,13 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
     let restart = pipeline_now(start, began);
     let _second = serve(&setup, restart, "serve2.log");
     let resumed = Instant::now();
-    // 11-11 07:00: the 06:00 runs of 11-09, 11-10 and 11-11.
+    // 11-11 07:00: the 06:00 runs of 11-08, 11-09 and 11-10, and the passes of 11-08 and 11-09
+    // (12:00 and 17:00 the day after).
     let end = start + (52 * 3_600_000);
     wait_for("two days to pass", Duration::from_secs(120), || {
         pipeline_now(restart, resumed) > end
             && status(&root)["runs"].as_array().is_some_and(|runs| {
-                runs.len() == 3 && runs.iter().all(|run| run["state"] != "running")
+                runs.len() == 7 && runs.iter().all(|run| run["state"] != "running")
             })
     });
     let log = logs(&root);
@@ -183,6 +185,10 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
         "the schedule fired for 2026-11-09 06:00 EST",
         "the schedule fired for 2026-11-10 06:00 EST",
         "the schedule fired for 2026-11-11 06:00 EST",
+        "pass \"regrade\" fired for 2026-11-09 12:00 EST",
+        "pass \"regrade\" fired for 2026-11-10 12:00 EST",
+        "pass \"evening\" fired for 2026-11-09 17:00 EST",
+        "pass \"evening\" fired for 2026-11-10 17:00 EST",
     ] {
         assert_eq!(
             log.lines().filter(|line| line.contains(fired)).count(),
@@ -192,40 +198,77 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
     }
     let status = status(&root);
     let runs = status["runs"].as_array().unwrap();
-    let mut partitions: Vec<&str> = runs
+    let mut partitions: Vec<(String, String)> = runs
         .iter()
-        .map(|run| run["partition"].as_str().unwrap())
+        .map(|run| {
+            let pass = run["pass"].as_str().unwrap_or("-");
+            (
+                run["partition"].as_str().unwrap().to_string(),
+                pass.to_string(),
+            )
+        })
         .collect();
     partitions.sort();
+    let expected: Vec<(String, String)> = [
+        ("2026-11-08", "-"),
+        ("2026-11-08", "evening"),
+        ("2026-11-08", "regrade"),
+        ("2026-11-09", "-"),
+        ("2026-11-09", "evening"),
+        ("2026-11-09", "regrade"),
+        ("2026-11-10", "-"),
+    ]
+    .iter()
+    .map(|(partition, pass)| (partition.to_string(), pass.to_string()))
+    .collect();
     assert_eq!(
-        partitions,
-        ["2026-11-08", "2026-11-09", "2026-11-10"],
-        "one run per scheduled partition:\n{log}"
+        partitions, expected,
+        "one run per schedule per partition:\n{log}"
     );
     let ledger = std::fs::read_to_string(root.join("ledger")).unwrap();
     for run in runs {
         assert_eq!(run["state"], "succeeded", "{run}\n{log}");
+        let pass = run["pass"].as_str().unwrap_or("");
         for task in run["tasks"].as_array().unwrap() {
-            assert_eq!(task["outcome"], "succeeded", "{task}");
-            // A clean feed: every task's process started once, through the kill too: one the
-            // kill found running was adopted, not started again. (An attempt the kill caught
-            // between its claim and its start never ran; its retry is its only start.)
-            let line = format!(
-                "{} {}",
-                run["partition"].as_str().unwrap(),
-                task["name"].as_str().unwrap()
+            // A pass runs its own tasks; the rest of its run is skipped, never started.
+            let left_out = task["outcome"] == "skipped" && task["attempts"] == 0;
+            assert!(
+                task["outcome"] == "succeeded" || (!pass.is_empty() && left_out),
+                "{task}"
             );
+            // A clean feed: every task's process started once per run, through the kill too:
+            // one the kill found running was adopted, not started again. (An attempt the kill
+            // caught between its claim and its start never ran; its retry is its only start.)
+            // (`echo` runs the words together: no pass, no word.)
+            let line = [
+                run["partition"].as_str().unwrap(),
+                pass,
+                task["name"].as_str().unwrap(),
+            ]
+            .iter()
+            .filter(|word| !word.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
             assert_eq!(
                 ledger.lines().filter(|started| *started == line).count(),
-                1,
-                "{line} started once:\n{ledger}\n{log}"
+                usize::from(!left_out),
+                "{line}:\n{ledger}\n{log}"
             );
         }
     }
+    // The run the kill interrupted: the one the second day's 06:00 fire started.
     let killed = std::fs::read_to_string(root.join("serve1.log")).unwrap();
     let restarted = std::fs::read_to_string(root.join("serve2.log")).unwrap();
+    let run = killed
+        .lines()
+        .find(|line| line.contains("the schedule fired for 2026-11-10 06:00 EST"))
+        .and_then(|line| line.split("; run ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the fire the kill came after");
     assert!(
-        !killed.contains("run 2 finished") && restarted.contains("run 2 taken up"),
-        "the kill found the second run unfinished, and the second Keel carried it on:\n{log}"
+        !killed.contains(&format!("run {run} finished"))
+            && restarted.contains(&format!("run {run} taken up")),
+        "the kill found run {run} unfinished, and the second Keel carried it on:\n{log}"
     );
 }
