@@ -353,25 +353,34 @@ async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
         .envs(setup.env.iter().cloned())
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at the terminal reaches the demo alone, which passes
+        // each one on, so serve sees one signal per Ctrl-C (the first drains, a second stops).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("cannot start keel serve")?;
+    let serve_pid = serve.id();
     let stderr = serve.stderr.take().context("keel serve has no stderr")?;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
-    // Ctrl-C reaches keel serve too (one process group): it stops, and so does the demo.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::select! {
+        let signal = tokio::select! {
             line = lines.next_line() => match line? {
                 Some(line) => {
                     eprintln!("{line}");
                     if let Some(url) = line.split_whitespace().find(|word| word.starts_with("http://")) {
                         print_urls(url, &setup.dir);
                     }
+                    continue;
                 }
                 None => break,
             },
-            _ = interrupt.recv() => {}
+            _ = interrupt.recv() => rustix::process::Signal::INT,
+            _ = terminate.recv() => rustix::process::Signal::TERM,
+        };
+        if let Some(pid) = serve_pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, signal);
         }
     }
     let status = serve.wait().await?;
@@ -380,7 +389,7 @@ async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
 }
 
 fn print_urls(base: &str, dir: &Path) {
-    let base = base.trim_end_matches('/');
+    let base = base.trim_end_matches([';', ',', '.', '/']);
     println!();
     println!("open:");
     println!("  {base}/api/pipelines/hoops/runs     the runs, newest first");

@@ -156,7 +156,9 @@ fn start_api(
     let context = api::ApiContext {
         pipelines,
         token,
-        heartbeat_max_age: HEARTBEAT_MAX_AGE,
+        // The heartbeat is stamped with Keel's clock: as long in wall-clock time when it runs
+        // faster (`--clock-speed`).
+        heartbeat_max_age: HEARTBEAT_MAX_AGE * keel_engine::SystemClock::speed() as u32,
         metrics: metrics.renderer(),
         logger: logger.clone(),
     };

@@ -46,7 +46,9 @@ impl SystemClock {
         });
     }
 
-    fn speed() -> Millis {
+    /// How many times as fast as the wall clock this process's clock runs (1 unless
+    /// [`SystemClock::accelerate`] said otherwise).
+    pub fn speed() -> Millis {
         ACCELERATION
             .get()
             .map_or(1, |acceleration| acceleration.speed.into())

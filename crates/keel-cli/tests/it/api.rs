@@ -141,8 +141,8 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub struct Reply {
+    pub status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -155,7 +155,7 @@ impl Reply {
             .map(|(_, value)| value.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|error| {
             panic!(
                 "not JSON ({error}), status {}: {}",
@@ -165,7 +165,7 @@ impl Reply {
         })
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
@@ -181,7 +181,7 @@ impl Reply {
 }
 
 /// One HTTP/1.1 request on its own connection, read to the end.
-fn request(
+pub fn request(
     addr: &str,
     method: &str,
     path: &str,

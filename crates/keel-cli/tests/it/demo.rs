@@ -1,6 +1,11 @@
 //! `keel demo` end to end: the reference pipeline against a faulty feed, through the binary.
 
-use crate::support::keel;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::api::request;
+use crate::support::{Served, keel, keel_path, wait_for};
 
 #[test]
 fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
@@ -89,4 +94,96 @@ fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
             "the feed on {address} is still listening"
         );
     }
+}
+
+/// `keel demo --serve` leaves the hoops pipeline running under `keel serve` on an accelerated
+/// clock, prints where to look, and answers there: `/ready` (its scheduler check allowing for
+/// the faster clock), the runs its schedule started, and `/metrics` that Prometheus can parse.
+/// An interrupt stops it cleanly, feed and all.
+#[test]
+fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut demo = Command::new(keel_path())
+        .args([
+            "demo",
+            "--serve",
+            "--speed",
+            "3600",
+            "--addr",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(dir.path().join("demo"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(demo.stdout.take().unwrap());
+    let demo = Served(demo);
+    let mut printed = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("stop with Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let printed = printed.join("\n");
+    let ready_line = printed
+        .lines()
+        .find(|line| line.trim_end().ends_with("readiness, with its checks"))
+        .unwrap_or_else(|| panic!("no /ready URL in:\n{printed}"));
+    let url = ready_line.split_whitespace().next().unwrap();
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/ready"))
+        .unwrap_or_else(|| panic!("{url:?} is not http://ADDR/ready"))
+        .to_string();
+    assert!(
+        printed.contains(&format!("http://{addr}/metrics")),
+        "{printed}"
+    );
+    wait_for("/ready to answer 200", Duration::from_secs(60), || {
+        request(&addr, "GET", "/ready", &[], None).status == 200
+    });
+    // A day is 24 s: the first 06:00 run (of --start, 2026-11-08) comes within a minute.
+    wait_for("a scheduled run to finish", Duration::from_secs(90), || {
+        let runs = request(&addr, "GET", "/api/pipelines/hoops/runs", &[], None).json();
+        runs["runs"].as_array().is_some_and(|runs| {
+            runs.iter()
+                .any(|run| run["partition"] == "2026-11-08" && run["state"] == "succeeded")
+        })
+    });
+    let metrics = request(&addr, "GET", "/metrics", &[], None);
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let lines = text.lines().map(|line| Ok(line.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses");
+    let finished: f64 = scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == "keel_runs_finished_total")
+        .filter(|sample| sample.labels.get("pipeline") == Some("hoops"))
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(count) | prometheus_parse::Value::Untyped(count) => {
+                count
+            }
+            _ => 0.0,
+        })
+        .sum();
+    assert!(finished >= 1.0, "{text}");
+    // An interrupt stops serve through the demo, which then exits with serve's code.
+    let mut demo = demo;
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(demo.0.id() as i32, libc::SIGINT) };
+    let status = demo.0.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+    );
 }
