@@ -70,6 +70,21 @@ pub fn document() -> Value {
         "The attempt's number within the task's run, from 1",
         json!({ "type": "integer", "minimum": 0, "maximum": 4294967295u64 }),
     );
+    // A schedule as `/api/pipelines` shows it: the pipeline's own, or a pass's.
+    let schedule_schema = json!({
+        "oneOf": [
+            { "type": "null" },
+            {
+                "type": "object",
+                "required": ["cron", "partition_offset_days", "catchup"],
+                "properties": {
+                    "cron": { "type": "string" },
+                    "partition_offset_days": { "type": "integer" },
+                    "catchup": { "type": "string", "enum": ["all", "latest", "none"] }
+                }
+            }
+        ]
+    });
     // What `state::check_partition` may accept; it also checks the date exists.
     let partition_schema = json!({
         "type": ["string", "null"],
@@ -139,19 +154,19 @@ pub fn document() -> Value {
                                     "version": { "type": "string" },
                                     "timezone": { "type": "string" },
                                     "tasks": { "type": "integer", "minimum": 0 },
-                                    "schedule": {
-                                        "oneOf": [
-                                            { "type": "null" },
-                                            {
-                                                "type": "object",
-                                                "required": ["cron", "partition_offset_days", "catchup"],
-                                                "properties": {
-                                                    "cron": { "type": "string" },
-                                                    "partition_offset_days": { "type": "integer" },
-                                                    "catchup": { "type": "string", "enum": ["all", "latest", "none"] }
-                                                }
+                                    "schedule": schedule_schema.clone(),
+                                    "passes": {
+                                        "type": "array",
+                                        "description": "The pipeline's passes ([passes.NAME]): the tasks each runs, and when",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "schedule", "tasks"],
+                                            "properties": {
+                                                "name": { "type": "string" },
+                                                "schedule": schedule_schema,
+                                                "tasks": { "type": "array", "items": { "type": "string" } }
                                             }
-                                        ]
+                                        }
                                     }
                                 }
                             }

@@ -34,6 +34,15 @@ pub async fn pipelines(State(context): State<Arc<ApiContext>>) -> Json<Value> {
                     "catchup": format!("{:?}", schedule.catchup).to_lowercase(),
                 })),
                 "tasks": spec.tasks.len(),
+                "passes": spec.passes.iter().map(|pass| json!({
+                    "name": pass.name,
+                    "schedule": pass.schedule.as_ref().map(|schedule| json!({
+                        "cron": schedule.cron,
+                        "partition_offset_days": schedule.partition_offset_days,
+                        "catchup": format!("{:?}", schedule.catchup).to_lowercase(),
+                    })),
+                    "tasks": pass.tasks,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
