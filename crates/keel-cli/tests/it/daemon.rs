@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::api::request;
 use crate::support::{Served, keel_path, wait_for, write_pipeline};
 
 fn serve(pipelines: &[&Path], log: &Path) -> Served {
@@ -18,6 +19,16 @@ fn serve(pipelines: &[&Path], log: &Path) -> Served {
         .spawn()
         .map(Served)
         .unwrap()
+}
+
+/// The API's address, from serve's log line `API on http://ADDR; …`.
+fn api_address(log: &str) -> String {
+    let start = log
+        .find("API on http://")
+        .expect("serve logs its API address")
+        + 14;
+    let rest = &log[start..];
+    rest[..rest.find(';').unwrap()].to_string()
 }
 
 fn read(path: &Path) -> String {
@@ -79,6 +90,25 @@ fn a_changed_pipeline_file_is_reloaded_once_it_validates_without_touching_runnin
         Duration::from_secs(30),
         || read(&log).contains("does not validate; still running version"),
     );
+    // `/ready` says so too, until the file validates again.
+    let addr = api_address(&read(&log));
+    let ready = request(&addr, "GET", "/ready", &[], None);
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let checks = ready.json()["checks"].clone();
+    let pipeline_check = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "pipeline")
+        .cloned()
+        .unwrap();
+    assert_eq!(pipeline_check["ok"], false, "{checks}");
+    assert!(
+        pipeline_check["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("does not validate")),
+        "{checks}"
+    );
     let added = format!(
         "{FIRST}\n[phases.report]\nafter = [\"load\"]\n[tasks.after]\nphase = \"report\"\ncommand = [\"sh\", \"-c\", \"echo after >> ledger\"]\n"
     );
@@ -88,6 +118,9 @@ fn a_changed_pipeline_file_is_reloaded_once_it_validates_without_touching_runnin
         Duration::from_secs(30),
         || read(&log).contains("pipeline reloaded: reloaded"),
     );
+    wait_for("/ready to be 200 again", Duration::from_secs(30), || {
+        request(&addr, "GET", "/ready", &[], None).status == 200
+    });
     std::fs::write(root.join("go"), "").unwrap();
     wait_for("the run to finish", Duration::from_secs(30), || {
         read(&log).contains("run 1 finished")
