@@ -71,12 +71,15 @@ fn set_up(root: &Path) -> Setup {
     std::os::unix::fs::symlink(keel_path(), &hoops).unwrap();
     let feed = start_feed(&hoops);
     // Each task's process writes a line to the ledger as it starts, so a task run twice (or
-    // started again beside itself) shows.
+    // started again beside itself) shows. While the file `hold` exists, `predictions` waits
+    // after its line (and says so with `held`): the test kills serve with it running.
     let pipeline = include_str!("../../../../examples/hoops/keel.toml").replace(
         "\ncommand = [\"hoops\",",
         &format!(
-            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {}; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
-            root.join("ledger").display()
+            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {ledger}; if [ $KEEL_TASK = predictions ] && [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
+            ledger = root.join("ledger").display(),
+            hold = root.join("hold").display(),
+            held = root.join("held").display(),
         ),
     );
     std::fs::write(root.join("keel.toml"), pipeline).unwrap();
@@ -156,20 +159,38 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
         .timestamp_millis();
     let began = Instant::now();
     let mut first = serve(&setup, start, "serve1.log");
-    // Killed while the second day's scheduled run has tasks running.
-    wait_for("the second scheduled run", Duration::from_secs(60), || {
-        logs(&root).contains("the schedule fired for 2026-11-10 06:00 EST")
+    // Killed while the second day's scheduled run has a task running: once the first day's
+    // runs are done (the evening pass, run 3, is its last), `predictions` is held, and the kill
+    // comes while the second day's 06:00 run waits on it.
+    wait_for("the first day's runs", Duration::from_secs(60), || {
+        logs(&root).contains("run 3 finished")
     });
-    std::thread::sleep(Duration::from_millis(150));
+    std::fs::write(root.join("hold"), "").unwrap();
+    wait_for(
+        "the second day's predictions to run",
+        Duration::from_secs(60),
+        || root.join("held").exists(),
+    );
     // SAFETY: killing the process this test started.
     unsafe { libc::kill(first.0.id() as i32, libc::SIGKILL) };
     first.0.wait().unwrap();
     let killed_at = pipeline_now(start, began);
-    // Down for a pipeline hour; then a new Keel carries on at the time it would be.
+    // Down for a pipeline hour; then a new Keel carries on at the time it would be, and adopts
+    // the task still running, which then ends.
     std::thread::sleep(Duration::from_millis(500));
     let restart = pipeline_now(start, began);
     let _second = serve(&setup, restart, "serve2.log");
     let resumed = Instant::now();
+    wait_for(
+        "the second Keel to take the run up",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(root.join("serve2.log"))
+                .unwrap_or_default()
+                .contains("taken up")
+        },
+    );
+    std::fs::remove_file(root.join("hold")).unwrap();
     // 11-11 07:00: the 06:00 runs of 11-08, 11-09 and 11-10, and the passes of 11-08 and 11-09
     // (12:00 and 17:00 the day after).
     let end = start + (52 * 3_600_000);
