@@ -100,12 +100,14 @@ pub(crate) fn shutdown_on_signals_telling(
             }
             if round == 0 {
                 say(&format!(
-                    "keel: stopping; running attempts may finish for up to {}, then they are stopped and resume on the next `keel run`. Interrupt again to stop them now.",
+                    "keel: stopping; running attempts may finish for up to {}, then they are stopped and resume on the next `keel run` or `keel serve`. Interrupt again to stop them now.",
                     keel_model::format_duration(grace)
                 ));
                 trigger.drain();
             } else {
-                say("keel: stopping running attempts now; they resume on the next `keel run`");
+                say(
+                    "keel: stopping running attempts now; they resume on the next `keel run` or `keel serve`",
+                );
                 trigger.now();
             }
         }

@@ -102,9 +102,13 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             }
         }) as Observer
     });
-    let (bound, server) = start_api(&daemon, &args.addr, &metrics, &general)?;
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (bound, server) = start_api(&daemon, &args.addr, &metrics, &general, stopping.clone())?;
     let notices = general.clone();
-    let shutdown = shutdown_on_signals_telling(grace, move |notice| notices.warn(notice));
+    let shutdown = shutdown_on_signals_telling(grace, move |notice| {
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        notices.warn(notice)
+    });
     let clean = daemon.run(grace, shutdown, observers).await;
     server.stop();
     let _ = bound;
@@ -136,6 +140,7 @@ fn start_api(
     addr: &str,
     metrics: &Metrics,
     logger: &serve_log::Logger,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(std::net::SocketAddr, api::ApiServer)> {
     let served = daemon.served();
     let first = served.first().expect("serve has at least one pipeline");
@@ -161,6 +166,7 @@ fn start_api(
         heartbeat_max_age: HEARTBEAT_MAX_AGE * keel_engine::SystemClock::speed() as u32,
         metrics: metrics.renderer(),
         logger: logger.clone(),
+        stopping,
     };
     let (bound, server) = api::start(addr, Arc::new(context))?;
     let token_from = match source {

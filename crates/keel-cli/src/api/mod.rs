@@ -91,6 +91,9 @@ pub struct ApiContext {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Serve's logger, for the API's own lines (a request Keel failed, the API stopping).
     pub logger: crate::serve_log::Logger,
+    /// Set once serve was asked to stop (it drains): `/ready` turns 503, so a load balancer or
+    /// an orchestrator stops sending work before the API goes away.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Context = Arc<ApiContext>;
@@ -469,11 +472,16 @@ async fn ready(State(context): State<Context>) -> Response {
                 ),
             ),
         });
-        let (ok, detail) = scheduler_check(
-            now,
-            served.heartbeat.load(Ordering::Relaxed),
-            context.heartbeat_max_age,
-        );
+        let (ok, detail) = if context.stopping.load(Ordering::Relaxed) {
+            let detail = "keel serve is stopping: it starts nothing new".to_string();
+            (false, detail)
+        } else {
+            scheduler_check(
+                now,
+                served.heartbeat.load(Ordering::Relaxed),
+                context.heartbeat_max_age,
+            )
+        };
         checks.push(check("scheduler", name, ok, detail));
         let health = served
             .health

@@ -185,3 +185,44 @@ fn one_serve_runs_several_pipelines() {
     let stderr = String::from_utf8_lossy(&twice.stderr);
     assert!(stderr.contains("both define pipeline scores"), "{stderr}");
 }
+
+/// Once asked to stop, serve drains, and `/ready` says so (503) while its running task may
+/// still finish: whatever routes work to it stops before the API goes away.
+#[test]
+fn a_draining_serve_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let pipeline = write_pipeline(root, FIRST);
+    let log = root.join("serve.log");
+    let served = serve(&[&pipeline], &log);
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        read(&log).contains("API on http://")
+    });
+    let addr = api_address(&read(&log));
+    wait_for("/ready", Duration::from_secs(30), || {
+        request(&addr, "GET", "/ready", &[], None).status == 200
+    });
+    detach(&pipeline, "none");
+    wait_for("the task to start", Duration::from_secs(30), || {
+        read(&root.join("ledger")).contains("start")
+    });
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(served.0.id() as i32, libc::SIGTERM) };
+    wait_for(
+        "/ready to say serve is stopping",
+        Duration::from_secs(30),
+        || {
+            let ready = request(&addr, "GET", "/ready", &[], None);
+            ready.status == 503 && ready.text().contains("keel serve is stopping")
+        },
+    );
+    std::fs::write(root.join("go"), "").unwrap();
+    let mut served = served;
+    let code = served.0.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{}", read(&log));
+    assert_eq!(
+        read(&root.join("ledger")).lines().collect::<Vec<_>>(),
+        ["start", "end"],
+        "the running task finished within the grace period"
+    );
+}
