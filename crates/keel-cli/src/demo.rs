@@ -313,7 +313,7 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
 }
 
 /// `keel demo --serve`: the hoops pipeline under `keel serve`, on a clock running `--speed`
-/// times as fast (a day in two minutes by default) from 05:59 the day after `--start`, so the
+/// times as fast (a day in two minutes by default) from 05:00 the day after `--start`, so the
 /// first scheduled run processes `--start`. It runs until interrupted and prints where to look.
 async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
     use tokio::io::AsyncBufReadExt;
@@ -321,12 +321,12 @@ async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
     let spec = crate::state::load_pipeline(&setup.pipeline)?;
     let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
     let morning = (first + chrono::Duration::days(1))
-        .and_hms_opt(5, 59, 0)
-        .expect("05:59 is a time");
+        .and_hms_opt(5, 0, 0)
+        .expect("05:00 is a time");
     let start = morning
         .and_local_timezone(zone)
         .earliest()
-        .context("05:59 does not exist in the pipeline's time zone that day")?;
+        .context("05:00 does not exist in the pipeline's time zone that day")?;
     let day = std::time::Duration::from_secs(86_400 / u64::from(args.speed.max(1)));
     println!("keel demo --serve · the hoops pipeline under keel serve, unattended");
     println!(

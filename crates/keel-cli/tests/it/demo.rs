@@ -109,7 +109,7 @@ fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
             "demo",
             "--serve",
             "--speed",
-            "3600",
+            "720",
             "--addr",
             "127.0.0.1:0",
             "--dir",
@@ -149,7 +149,7 @@ fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
     wait_for("/ready to answer 200", Duration::from_secs(60), || {
         request(&addr, "GET", "/ready", &[], None).status == 200
     });
-    // A day is 24 s: the first 06:00 run (of --start, 2026-11-08) comes within a minute.
+    // A day is 120 s: the first 06:00 run (of --start, 2026-11-08) comes 5 s after the start.
     wait_for("a scheduled run to finish", Duration::from_secs(90), || {
         let runs = request(&addr, "GET", "/api/pipelines/hoops/runs", &[], None).json();
         runs["runs"].as_array().is_some_and(|runs| {

@@ -16,8 +16,9 @@ use crate::support::{Served, keel_path, wait_for};
 /// 7,200 times as fast: an hour of the pipeline's time every half second.
 const SPEED: i64 = 7_200;
 
-/// 2026-11-09 03:00 in New York (EST): three hours (1.5 s) before the first 06:00 run.
-const START: &str = "2026-11-09T08:00:00Z";
+/// 2026-11-09 00:00 in New York (EST): six hours (3 s) before the first 06:00 run, time enough
+/// for serve to start on a loaded machine.
+const START: &str = "2026-11-09T05:00:00Z";
 
 /// The feed the hoops tasks read; killed when dropped.
 struct Feed(Child, String);
@@ -193,7 +194,7 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
     std::fs::remove_file(root.join("hold")).unwrap();
     // 11-11 07:00: the 06:00 runs of 11-08, 11-09 and 11-10, and the passes of 11-08 and 11-09
     // (12:00 and 17:00 the day after).
-    let end = start + (52 * 3_600_000);
+    let end = start + (55 * 3_600_000);
     wait_for("two days to pass", Duration::from_secs(120), || {
         pipeline_now(restart, resumed) > end
             && status(&root)["runs"].as_array().is_some_and(|runs| {
