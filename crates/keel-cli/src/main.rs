@@ -26,6 +26,7 @@ mod daemon;
 mod demo;
 mod display;
 mod hints;
+mod http_post;
 mod inspect;
 mod metrics;
 mod operations;

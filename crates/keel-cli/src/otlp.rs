@@ -10,13 +10,13 @@
 //! its log, once when it starts dropping and once when export works again. Nothing here can
 //! stop or crash serve.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::http_post::{self, AuthorityProblem, split_authority};
 
 use keel_engine::Progress;
 use keel_model::{Millis, SpanId, TraceId};
@@ -62,39 +62,22 @@ impl Endpoint {
                 "{origin} {text:?}: {why}; write it as http://HOST:PORT, e.g. http://127.0.0.1:4318"
             )
         };
-        if authority.contains('@') {
-            return Err(bad("credentials in the URL are not supported"));
-        }
-        let port_of = |port: &str| {
-            port.parse::<u16>()
-                .map_err(|_| bad(&format!("the port {port:?} is not a number up to 65535")))
-        };
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            // An IPv6 address: `[::1]` or `[::1]:4318`.
-            match bracketed.split_once(']') {
-                Some((host, "")) => (host, 80),
-                Some((host, rest)) => match rest.strip_prefix(':') {
-                    Some(port) => (host, port_of(port)?),
-                    None => return Err(bad("junk after the IPv6 address")),
-                },
-                None => return Err(bad("an IPv6 address must end with `]`")),
+        let (host, port) = split_authority(authority).map_err(|problem| match problem {
+            AuthorityProblem::Credentials => bad("credentials in the URL are not supported"),
+            AuthorityProblem::NoHost => bad("it names no host"),
+            AuthorityProblem::BadPort(port) => {
+                bad(&format!("the port {port:?} is not a number up to 65535"))
             }
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, port_of(port)?),
-                None => (authority, 80),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("it names no host"));
-        }
+            AuthorityProblem::UnclosedIpv6 => bad("an IPv6 address must end with `]`"),
+            AuthorityProblem::JunkAfterIpv6 => bad("junk after the IPv6 address"),
+        })?;
         if base.contains(['?', '#', ' ']) {
             return Err(bad(
                 "a query, fragment or space in the path is not supported",
             ));
         }
         Ok(Endpoint {
-            host: host.to_string(),
+            host,
             port,
             path: format!("{base}/v1/traces"),
         })
@@ -340,55 +323,17 @@ fn attribute(key: &str, value: &Value) -> Value {
 /// One HTTP/1.1 POST, bounded by [`TIMEOUT`] for connecting and for each read and write;
 /// success is a 2xx answer.
 fn post(endpoint: &Endpoint, body: &str) -> Result<(), String> {
-    let addresses = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()
-        .map_err(|error| format!("cannot resolve {}: {error}", endpoint.host))?;
-    let mut last = format!("{} resolves to no address", endpoint.host);
-    let mut stream = None;
-    for address in addresses {
-        match TcpStream::connect_timeout(&address, TIMEOUT) {
-            Ok(connected) => {
-                stream = Some(connected);
-                break;
-            }
-            Err(error) => last = format!("cannot connect to {address}: {error}"),
-        }
-    }
-    let mut stream = stream.ok_or(last)?;
-    let io = |error: std::io::Error| format!("{error}");
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    let host = if endpoint.host.contains(':') {
-        format!("[{}]:{}", endpoint.host, endpoint.port)
-    } else {
-        format!("{}:{}", endpoint.host, endpoint.port)
-    };
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        endpoint.path,
-        body.len()
+    let posted = http_post::post_json(
+        &endpoint.host,
+        endpoint.port,
+        &endpoint.path,
+        body.as_bytes(),
+        TIMEOUT,
     );
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body.as_bytes()).map_err(io)?;
-    // The status line is all that matters; it fits in the first bytes of the answer.
-    let mut answer = Vec::new();
-    let mut chunk = [0; 512];
-    while !answer.contains(&b'\n') && answer.len() < 4096 {
-        match stream.read(&mut chunk).map_err(io)? {
-            0 => break,
-            read => answer.extend_from_slice(&chunk[..read]),
-        }
-    }
-    let status_line = String::from_utf8_lossy(&answer);
-    let status_line = status_line.lines().next().unwrap_or_default();
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok());
-    match code {
-        Some(200..=299) => Ok(()),
-        Some(code) => Err(format!("the collector answered HTTP {code}")),
-        None => Err("the collector gave no HTTP answer".to_string()),
+    match posted {
+        Ok(200..=299) => Ok(()),
+        Ok(code) => Err(format!("the collector answered HTTP {code}")),
+        Err(error) => Err(error),
     }
 }
 

@@ -11,11 +11,12 @@ use anyhow::{Result, bail};
 use keel_engine::Progress;
 use keel_model::{AlertsSpec, EventKind, Millis, WebhookUrl};
 use keel_store::{SqliteStore, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::book::{AlertBook, AlertMessage, AlertPolicy, Status};
+use crate::http_post::{self, AuthorityProblem, split_authority};
 use crate::metrics::Metrics;
 use crate::serve_log::Logger;
 
@@ -43,83 +44,36 @@ impl Webhook {
             Some(at) => (&rest[..at], format!("/{}", &rest[at..])),
             None => (rest, "/".to_string()),
         };
-        if authority.contains('@') {
-            bail!("the alerts webhook URL must not carry a user or password");
-        }
-        let bad_port = || anyhow::anyhow!("the alerts webhook URL has a port that is not a number");
-        let (host, port) = match authority.strip_prefix('[') {
-            // An IPv6 address: [::1]:8080.
-            Some(bracketed) => {
-                let (host, after) = bracketed.split_once(']').ok_or_else(bad_port)?;
-                let port = match after.strip_prefix(':') {
-                    Some(port) => port.parse::<u16>().map_err(|_| bad_port())?,
-                    None if after.is_empty() => 80,
-                    None => return Err(bad_port()),
-                };
-                (host.to_string(), port)
+        let (host, port) = split_authority(authority).map_err(|problem| match problem {
+            AuthorityProblem::Credentials => {
+                anyhow::anyhow!("the alerts webhook URL must not carry a user or password")
             }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (
-                    host.to_string(),
-                    port.parse::<u16>().map_err(|_| bad_port())?,
-                ),
-                None => (authority.to_string(), 80),
-            },
-        };
-        if host.is_empty() {
-            bail!("the alerts webhook URL has no host");
-        }
+            AuthorityProblem::NoHost => anyhow::anyhow!("the alerts webhook URL has no host"),
+            // Never the port as written: whatever follows the host may be part of the secret.
+            AuthorityProblem::BadPort(_)
+            | AuthorityProblem::UnclosedIpv6
+            | AuthorityProblem::JunkAfterIpv6 => {
+                anyhow::anyhow!("the alerts webhook URL has a port that is not a number")
+            }
+        })?;
         if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
             bail!("the alerts webhook URL has spaces or control characters in its path");
         }
         Ok(Webhook { host, port, target })
     }
 
-    /// One HTTP/1.1 POST of `body`; a 2xx answer is success.
-    async fn post(&self, body: &[u8]) -> Result<(), String> {
-        let mut stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|error| format!("cannot connect: {}", error.kind()))?;
-        let host = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: keel\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.target,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|error| format!("cannot send: {}", error.kind()))?;
-        stream
-            .write_all(body)
-            .await
-            .map_err(|error| format!("cannot send: {}", error.kind()))?;
-        // Only the status line matters; the body is not read past it.
-        let mut answer = Vec::with_capacity(256);
-        let mut buffer = [0u8; 256];
-        while !answer.windows(2).any(|pair| pair == b"\r\n") && answer.len() < 4096 {
-            let read = stream
-                .read(&mut buffer)
-                .await
-                .map_err(|error| format!("no answer: {}", error.kind()))?;
-            if read == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buffer[..read]);
-        }
-        let line = String::from_utf8_lossy(&answer);
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse::<u16>().ok());
-        match status {
-            Some(code) if (200..300).contains(&code) => Ok(()),
-            Some(code) => Err(format!("it answered HTTP {code}")),
-            None => Err("it gave no HTTP answer".to_string()),
+    /// One HTTP/1.1 POST of `body`, off the runtime; a 2xx answer is success.
+    async fn post(&self, body: &[u8], timeout: Duration) -> Result<(), String> {
+        let (host, port, target) = (self.host.clone(), self.port, self.target.clone());
+        let body = body.to_vec();
+        let posted = tokio::task::spawn_blocking(move || {
+            http_post::post_json(&host, port, &target, &body, timeout)
+        })
+        .await
+        .map_err(|_| "the delivery thread failed".to_string())?;
+        match posted? {
+            200..=299 => Ok(()),
+            code => Err(format!("it answered HTTP {code}")),
         }
     }
 }
@@ -262,7 +216,9 @@ async fn deliver_all(
         let body = payload(&message).to_string();
         let mut delivered = false;
         if let Some(webhook) = &sinks.webhook {
-            let result = tokio::time::timeout(sinks.timeout, webhook.post(body.as_bytes())).await;
+            let result =
+                tokio::time::timeout(sinks.timeout, webhook.post(body.as_bytes(), sinks.timeout))
+                    .await;
             match result {
                 Ok(Ok(())) => delivered = true,
                 Ok(Err(reason)) => failed(&metrics, &logger, "webhook", &message, &reason),
