@@ -226,3 +226,32 @@ fn a_draining_serve_is_not_ready() {
         "the running task finished within the grace period"
     );
 }
+
+/// Bad serve arguments end it before anything runs, with exit 2 and what to write instead.
+#[test]
+fn bad_clock_arguments_are_refused_with_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(dir.path(), FIRST);
+    for (args, expected) in [
+        (
+            vec!["--clock-start", "yesterday noon"],
+            "--clock-start \"yesterday noon\" is not a time",
+        ),
+        (vec!["--clock-speed", "0"], "--clock-speed"),
+        (vec!["--clock-speed", "many"], "--clock-speed"),
+    ] {
+        let output = Command::new(keel_path())
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(&args)
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join(".keel").join("api-token").exists(),
+        "nothing was started"
+    );
+}
