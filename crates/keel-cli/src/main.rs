@@ -23,6 +23,7 @@ mod args;
 mod bench;
 mod commands;
 mod daemon;
+mod dashboard;
 mod demo;
 mod display;
 mod hints;

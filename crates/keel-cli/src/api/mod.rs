@@ -100,7 +100,7 @@ type Context = Arc<ApiContext>;
 
 impl ApiContext {
     /// The served pipeline named `name`, or a 404 that names those there are.
-    fn pipeline(&self, name: &str) -> Result<&ServedPipeline, ApiError> {
+    pub(crate) fn pipeline(&self, name: &str) -> Result<&ServedPipeline, ApiError> {
         if let Some(found) = self
             .pipelines
             .iter()
@@ -137,7 +137,7 @@ impl ServedPipeline {
     }
 
     /// The run `id` of this pipeline, or a 404.
-    async fn run(&self, id: i64) -> Result<RunRecord, ApiError> {
+    pub(crate) async fn run(&self, id: i64) -> Result<RunRecord, ApiError> {
         match self.reader.run(RunId(id)).await {
             Ok(record) if record.pipeline == self.spec().name => Ok(record),
             Ok(_) | Err(keel_store::StoreError::NoSuchRun(_)) => Err(self.no_run(id)),
@@ -157,7 +157,7 @@ impl ServedPipeline {
     }
 
     /// `task` if the pipeline has it, else a 404 with the closest name.
-    fn check_task(&self, task: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_task(&self, task: &str) -> Result<(), ApiError> {
         let spec = self.spec();
         if spec.task(task).is_some() {
             return Ok(());
@@ -183,7 +183,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             error: error.into(),
@@ -191,12 +195,12 @@ impl ApiError {
         }
     }
 
-    fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error, hint)
     }
 
     /// A failure of Keel itself (the store cannot be read, say): a 500, logged.
-    fn internal(error: anyhow::Error) -> ApiError {
+    pub(crate) fn internal(error: anyhow::Error) -> ApiError {
         let message = format!("{error:#}");
         log(&format!("keel serve: API request failed: {message}"));
         ApiError::new(
@@ -238,6 +242,11 @@ impl ApiError {
             what,
             hint.unwrap_or("see /api/openapi.json for what this endpoint accepts"),
         )
+    }
+
+    /// The status, the message and the hint, for a page that shows the error.
+    pub(crate) fn parts(&self) -> (StatusCode, &str, &str) {
+        (self.status, &self.error, &self.hint)
     }
 
     fn unauthorized() -> ApiError {
@@ -368,6 +377,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/pipelines", get(reads::pipelines))
         .nest("/api/pipelines/{pipeline}", pipeline)
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
