@@ -2,6 +2,7 @@
 //! spawn measured in the same run on the same machine, and how its time and memory grow with
 //! the size of a pipeline (`scale`).
 
+mod dashboard;
 mod scale;
 
 use std::collections::HashMap;
@@ -330,6 +331,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         elapsed.as_secs_f64(),
         transitions as f64 / elapsed.as_secs_f64()
     );
+    dashboard::grid(&dir, 90).await?;
     let scale_dir = dir.clone();
     let keep = args.dir.is_some();
     tokio::task::spawn_blocking(move || scale::scale(&scale_dir, concurrency, true, keep))

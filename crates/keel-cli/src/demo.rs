@@ -138,25 +138,81 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     if args.serve {
         return serve_demo(&args, first).await;
     }
-    let Setup {
-        dir,
-        pipeline,
-        feed,
-        env,
-    } = set_up(&args)?;
+    let setup = set_up(&args)?;
     println!(
         "keel demo · the hoops reference pipeline · {} from {first}",
         count(args.days.into(), "date", "dates")
     );
-    println!("feed on {} with faults: {}", feed.address, args.faults);
-    println!("state in {}", dir.display());
+    println!(
+        "feed on {} with faults: {}",
+        setup.feed.address, args.faults
+    );
+    println!("state in {}", setup.dir.display());
     println!();
 
-    let spec = crate::state::load_pipeline(&pipeline)?;
+    let Days {
+        all_good,
+        accuracy_trend,
+        store,
+    } = run_days(&args, first, &setup).await?;
+    let Setup {
+        dir: _,
+        pipeline,
+        feed,
+        env: _,
+    } = setup;
+    drop(feed);
+    println!();
+    if !accuracy_trend.is_empty() {
+        let trend: Vec<String> = accuracy_trend
+            .iter()
+            .map(|(date, accuracy)| format!("{} {:.0}%", &date[5..], accuracy * 100.0))
+            .collect();
+        println!("grading accuracy trend: {}", trend.join(" · "));
+    }
+    let events: usize = {
+        let mut count = 0;
+        for run in store.list_runs("hoops", None, 1000).await? {
+            count += store.events(run.id).await?.len();
+        }
+        count
+    };
+    println!(
+        "{} in {:.1}s, {} in the log",
+        count(args.days.into(), "date", "dates"),
+        started.elapsed().as_secs_f64(),
+        count(events as u64, "event", "events")
+    );
+    println!();
+    println!("inspect it with:");
+    let keel = crate::hints::keel_program();
+    for command in crate::hints::after_demo(&keel, &pipeline, &first.to_string()) {
+        println!("  {command}");
+    }
+    if all_good {
+        Ok(0)
+    } else {
+        println!("some dates did not succeed; see above");
+        Ok(1)
+    }
+}
+
+/// What running the dates left: whether every one succeeded, grading's accuracy per date, and
+/// the store (its lock released).
+struct Days {
+    all_good: bool,
+    accuracy_trend: Vec<(String, f64)>,
+    store: keel_store::SqliteStore,
+}
+
+/// Runs `--days` dates from `first` one after the other with the real engine, printing a line
+/// per date with what healed, what was waited for and what did not succeed.
+async fn run_days(args: &DemoArgs, first: chrono::NaiveDate, setup: &Setup) -> Result<Days> {
+    let spec = crate::state::load_pipeline(&setup.pipeline)?;
     let tasks = spec.tasks.len();
-    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
+    let paths = StatePaths::resolve(None, &spec, &setup.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
-    let mut engine = build_engine_with_env(spec, &paths, store.clone(), env)?;
+    let mut engine = build_engine_with_env(spec, &paths, store.clone(), setup.env.clone())?;
 
     let mut all_good = true;
     let mut accuracy_trend = Vec::new();
@@ -276,51 +332,33 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
             }
         }
     }
-    drop(feed);
-    println!();
-    if !accuracy_trend.is_empty() {
-        let trend: Vec<String> = accuracy_trend
-            .iter()
-            .map(|(date, accuracy)| format!("{} {:.0}%", &date[5..], accuracy * 100.0))
-            .collect();
-        println!("grading accuracy trend: {}", trend.join(" · "));
-    }
-    let events: usize = {
-        let mut count = 0;
-        for run in store.list_runs("hoops", None, 1000).await? {
-            count += store.events(run.id).await?.len();
-        }
-        count
-    };
-    println!(
-        "{} in {:.1}s, {} in the log",
-        count(args.days.into(), "date", "dates"),
-        started.elapsed().as_secs_f64(),
-        count(events as u64, "event", "events")
-    );
-    println!();
-    println!("inspect it with:");
-    let keel = crate::hints::keel_program();
-    for command in crate::hints::after_demo(&keel, &pipeline, &first.to_string()) {
-        println!("  {command}");
-    }
-    if all_good {
-        Ok(0)
-    } else {
-        println!("some dates did not succeed; see above");
-        Ok(1)
-    }
+    Ok(Days {
+        all_good,
+        accuracy_trend,
+        store,
+    })
 }
 
-/// `keel demo --serve`: the hoops pipeline under `keel serve`, on a clock running `--speed`
-/// times as fast (a day in two minutes by default) from 05:00 the day after `--start`, so the
-/// first scheduled run processes `--start`. It runs until interrupted and prints where to look.
+/// `keel demo --serve`: the `--days` dates from `--start` run first (so the dashboard opens on
+/// them), then the hoops pipeline under `keel serve`, on a clock running `--speed` times as fast
+/// (a day in two minutes by default) from 05:00 on the morning whose 06:00 fire processes the
+/// date after them. It runs until interrupted and prints where to look.
 async fn serve_demo(args: &DemoArgs, first: chrono::NaiveDate) -> Result<u8> {
     use tokio::io::AsyncBufReadExt;
     let setup = set_up(args)?;
+    println!(
+        "keel demo --serve · first {} of the hoops pipeline, then keel serve",
+        count(args.days.into(), "date", "dates")
+    );
+    println!();
+    run_days(args, first, &setup).await?;
+    println!();
     let spec = crate::state::load_pipeline(&setup.pipeline)?;
     let zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::UTC);
-    let morning = (first + chrono::Duration::days(1))
+    // The schedule fires at 06:00 for the day before: the first fire after the dates ran is
+    // the morning after the day that follows them.
+    let next = first + chrono::Duration::days(i64::from(args.days));
+    let morning = (next + chrono::Duration::days(1))
         .and_hms_opt(5, 0, 0)
         .expect("05:00 is a time");
     let start = morning
@@ -392,6 +430,7 @@ fn print_urls(base: &str, dir: &Path) {
     let base = base.trim_end_matches([';', ',', '.', '/']);
     println!();
     println!("open:");
+    println!("  {base}/                                 the dashboard: the grid of dates × tasks");
     println!("  {base}/api/pipelines/hoops/runs     the runs, newest first");
     println!("  {base}/api/pipelines/hoops/events   the event stream (server-sent events)");
     println!("  {base}/metrics                      Prometheus metrics");

@@ -384,12 +384,21 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .with_state(context)
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+async fn not_found(uri: Uri) -> Response {
+    if uri.path() == "/ui" || uri.path().starts_with("/ui/") {
+        return crate::dashboard::PageError(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no page at {:?}", crate::display::printable(uri.path())),
+            "the dashboard's pages start at /ui/PIPELINE; / opens the first pipeline's grid",
+        ))
+        .into_response();
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no endpoint at {:?}", crate::display::printable(uri.path())),
         "GET /api/openapi.json describes every endpoint",
     )
+    .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -30,9 +30,9 @@ pub struct GridPath {
 #[serde(deny_unknown_fields)]
 pub struct GridQuery {
     /// The newest partition shown; the newest that has a run when not given.
-    to: Option<String>,
+    pub to: Option<String>,
     /// How many partitions, back from `to`.
-    days: Option<u32>,
+    pub days: Option<u32>,
 }
 
 #[derive(Template)]

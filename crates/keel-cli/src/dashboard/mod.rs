@@ -23,6 +23,7 @@ use axum::routing::get;
 
 use crate::api::{ApiContext, ApiError};
 
+pub use grid::{GridQuery, render as render_grid};
 pub use view::Chrome;
 
 /// The dashboard's routes, merged into the API's router.

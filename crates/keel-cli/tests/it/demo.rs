@@ -112,6 +112,8 @@ fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
             "720",
             "--addr",
             "127.0.0.1:0",
+            "--days",
+            "2",
             "--dir",
         ])
         .arg(dir.path().join("demo"))
@@ -149,12 +151,25 @@ fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
     wait_for("/ready to answer 200", Duration::from_secs(60), || {
         request(&addr, "GET", "/ready", &[], None).status == 200
     });
-    // A day is 120 s: the first 06:00 run (of --start, 2026-11-08) comes 5 s after the start.
+    // The two dates ran before serve started, and the dashboard opens on them.
+    let root = request(&addr, "GET", "/", &[], None);
+    assert_eq!(root.status, 303, "{}", root.text());
+    let grid = request(&addr, "GET", "/ui/hoops", &[], None);
+    assert_eq!(grid.status, 200);
+    let page = grid.text();
+    for date in ["2026-11-08", "2026-11-09"] {
+        assert!(
+            page.contains(&format!(r#"<tr data-partition="{date}">"#)),
+            "no row of {date} in the grid:\n{page}"
+        );
+    }
+    // A day is 120 s: the first 06:00 run (of the date after them, 2026-11-10) comes 5 s after
+    // the start.
     wait_for("a scheduled run to finish", Duration::from_secs(90), || {
         let runs = request(&addr, "GET", "/api/pipelines/hoops/runs", &[], None).json();
         runs["runs"].as_array().is_some_and(|runs| {
             runs.iter()
-                .any(|run| run["partition"] == "2026-11-08" && run["state"] == "succeeded")
+                .any(|run| run["partition"] == "2026-11-10" && run["state"] == "succeeded")
         })
     });
     let metrics = request(&addr, "GET", "/metrics", &[], None);
