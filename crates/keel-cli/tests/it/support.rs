@@ -53,3 +53,41 @@ pub fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Starts `keel serve` on the `pipelines` on a free loopback port, with its log in `log` and
+/// `env` added to its environment, and waits for it to log its API's address, which it returns
+/// beside the guard.
+pub fn serve_on_free_port(
+    pipelines: &[&Path],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> (Served, String) {
+    let file = std::fs::File::create(log).unwrap();
+    let child = std::process::Command::new(keel_path())
+        .arg("serve")
+        .args(pipelines)
+        .args(["--addr", "127.0.0.1:0", "--grace", "1s"])
+        .env_remove("KEEL_API_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    let mut addr = None;
+    wait_for(
+        "keel serve to log its address",
+        Duration::from_secs(40),
+        || {
+            addr = std::fs::read_to_string(log).ok().and_then(|text| {
+                let start = text.find("API on http://")? + "API on http://".len();
+                let rest = &text[start..];
+                let end = rest.find(|c: char| c == ';' || c.is_whitespace())?;
+                Some(rest[..end].to_string())
+            });
+            addr.is_some()
+        },
+    );
+    (served, addr.unwrap())
+}
