@@ -404,24 +404,49 @@ def check_history(page: Page, task: str, metrics: list[str]) -> None:
     charts = ["#chart-duration", "#chart-rows"] + [f"#chart-metric-{metric}" for metric in metrics]
     for chart in charts:
         visible(page, name, f"svg.chart{chart}", f"the chart {chart}")
-        points = page.locator(f"svg.chart{chart}").locator("circle, rect, path, polyline, line:not(.axis)")
-        check(points.count() > 0, name, f"the chart {chart} has no points")
-    history = visible(page, name, "#history", "the history table").first.inner_text()
-    for date in (NEWEST, DATES[0]):
-        check(date in history, name, f"#history does not list {date}")
+        points = page.locator(f"svg.chart{chart} circle.point")
+        check(points.count() > 0, name, f"the chart {chart} has no points (circle.point)")
+        boxes = points.evaluate_all("points => points.map(point => point.getBoundingClientRect())"
+                                    ".map(box => [box.width, box.height])")
+        check(all(width > 0 and height > 0 for width, height in boxes), name,
+              f"a point of {chart} is not drawn")
+    # Every partition's run of the task is a point on the duration chart.
+    durations = page.locator("svg.chart#chart-duration circle.point").count()
+    check(durations == len(DATES), name,
+          f"the duration chart has {durations} points, expected one per partition ({len(DATES)})")
+    visible(page, name, "#history", "the history table")
+    for date in DATES:
+        one(page, name, f'#history tr[data-partition="{date}"]', f"the history row of {date}")
 
 
-def check_resources(page: Page) -> None:
+def check_resources(page: Page, spec: dict) -> None:
     name = "resources"
-    sections = visible(page, name, "section.resource", "a resource")
-    check("feed" in " ".join(sections.all_inner_texts()), name, "the feed resource is not shown")
+    for resource in spec.get("resources", {}):
+        users = sorted(task for task, table in spec["tasks"].items()
+                       if resource in table.get("uses", []))
+        section = f"section.resource#resource-{resource}"
+        visible(page, name, section, f"the section of resource {resource}")
+        shown = sorted(text.strip() for text in page.locator(f"{section} tr.users a").all_inner_texts())
+        check(shown == users, name, f"resource {resource} lists users {shown}, expected {users}")
+        state = page.locator(f"{section} .breaker-state")
+        check(state.count() == 1 and state.inner_text().strip(), name,
+              f"resource {resource} shows no breaker state")
 
 
 def check_health(page: Page) -> None:
     name = "health"
-    readiness = visible(page, name, "#readiness", "the readiness").first.inner_text().strip()
-    check(readiness, name, "#readiness is empty")
+    visible(page, name, "#readiness", "the readiness")
+    checks = page.locator("#readiness tr.check")
+    check(checks.count() > 0, name, "#readiness lists no checks (tr.check)")
+    verdict = page.locator("#readiness h2 .pill").inner_text().strip()
+    check(verdict == "ready", name, f"#readiness says {verdict!r}, expected 'ready'")
     visible(page, name, "#recent-failures", "the recent failures")
+    # Every run of the demo's week succeeded in the end: none failed, degraded or was cancelled
+    # (one may be listed for running long, on a loaded machine).
+    problems = page.locator("#recent-failures tr.problem").evaluate_all(
+        "rows => rows.map(row => [row.dataset.partition, row.querySelector('.pill').textContent])")
+    bad = [problem for problem in problems if problem[1].strip() != "succeeded"]
+    check(not bad, name, f"#recent-failures lists runs that did not succeed: {bad}")
 
 
 def check_retry(page: Page, server: Server, token: str, run_id: int) -> None:
@@ -543,7 +568,6 @@ def main() -> int:
             state = work / "demo"
             run_demo(keel, state)
             spec = tomllib.loads((state / "keel.toml").read_text())
-            tasks = list(spec["tasks"])
             token = "browser-" + secrets.token_hex(16)
             server = Server(keel, state, token)
             log(f"== keel serve at {server.url}")
@@ -551,7 +575,7 @@ def main() -> int:
             log(f"   {len(runs.get('runs', runs))} runs served")
             with sync_playwright() as playwright:
                 browser = Browser(playwright, args.chromium, server.url, shots)
-                run_pages(browser, server, token, tasks)
+                run_pages(browser, server, token, spec)
                 browser.browser.close()
             log(f"== {browser.shot_number} screenshots in {shots}")
             log(f"== the dashboard passed in {budget.elapsed():.0f} s")
@@ -577,7 +601,8 @@ def ready(page_name: str) -> bool:
     return True
 
 
-def run_pages(browser: Browser, server: Server, token: str, tasks: list[str]) -> None:
+def run_pages(browser: Browser, server: Server, token: str, spec: dict) -> None:
+    tasks = list(spec["tasks"])
     context = browser.context(viewport={"width": 1400, "height": 900}, color_scheme="light")
     page = browser.watch(context.new_page(), "grid")
 
@@ -640,7 +665,7 @@ def run_pages(browser: Browser, server: Server, token: str, tasks: list[str]) ->
     if ready("resources"):
         page.locator('header nav.tabs a[href$="/resources"]').click()
         page.wait_for_load_state("load")
-        check_resources(page)
+        check_resources(page, spec)
         browser.screenshot(page, "resources")
         browser.assert_clean("resources")
 
