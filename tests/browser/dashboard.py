@@ -410,6 +410,11 @@ def check_history(page: Page, task: str, metrics: list[str]) -> None:
                                     ".map(box => [box.width, box.height])")
         check(all(width > 0 and height > 0 for width, height in boxes), name,
               f"a point of {chart} is not drawn")
+        # The chart is scaled to its box: its tick labels must stay readable.
+        labels = page.locator(f"svg.chart{chart} text").evaluate_all(
+            "labels => labels.map(label => label.getBoundingClientRect().height)")
+        check(labels and min(labels) >= 9, name,
+              f"the tick labels of {chart} are drawn {min(labels or [0]):.1f} px high, too small to read")
     # Every partition's run of the task is a point on the duration chart.
     durations = page.locator("svg.chart#chart-duration circle.point").count()
     check(durations == len(DATES), name,
