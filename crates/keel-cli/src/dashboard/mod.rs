@@ -9,7 +9,9 @@
 //! Every page has a stable URL under `/ui/PIPELINE`, which the grid's links use and a person can
 //! bookmark.
 
+mod chart;
 mod grid;
+mod task;
 mod view;
 
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/static/keel.css", get(stylesheet))
         .route("/ui/static/keel.js", get(script))
         .route("/ui/{pipeline}", get(grid::page))
+        .route("/ui/{pipeline}/tasks/{task}", get(task::page))
+
 }
 
 /// `/`: the grid of the first pipeline served.
