@@ -11,6 +11,7 @@
 
 mod chart;
 mod grid;
+mod resources;
 mod task;
 mod view;
 
@@ -37,7 +38,7 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/static/keel.js", get(script))
         .route("/ui/{pipeline}", get(grid::page))
         .route("/ui/{pipeline}/tasks/{task}", get(task::page))
-
+        .route("/ui/{pipeline}/resources", get(resources::page))
 }
 
 /// `/`: the grid of the first pipeline served.

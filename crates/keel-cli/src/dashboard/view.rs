@@ -221,6 +221,24 @@ pub fn number(value: f64) -> String {
     }
 }
 
+/// The class that colours a circuit breaker's state (`closed`, `open`, `half_open`).
+pub fn breaker_class(state: &str) -> &'static str {
+    match state {
+        "closed" => "succeeded",
+        "half_open" => "retrying",
+        _ => "failed",
+    }
+}
+
+/// A circuit breaker's state in words.
+pub fn breaker_word(state: &str) -> &'static str {
+    match state {
+        "closed" => "closed",
+        "half_open" => "half open",
+        _ => "open",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
