@@ -11,6 +11,7 @@
 
 mod chart;
 mod grid;
+mod health;
 mod resources;
 mod task;
 mod view;
@@ -39,6 +40,7 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/{pipeline}", get(grid::page))
         .route("/ui/{pipeline}/tasks/{task}", get(task::page))
         .route("/ui/{pipeline}/resources", get(resources::page))
+        .route("/ui/{pipeline}/health", get(health::page))
 }
 
 /// `/`: the grid of the first pipeline served.
