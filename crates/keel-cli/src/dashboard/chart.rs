@@ -28,6 +28,8 @@ pub struct Geometry {
     pub ticks: Vec<Tick>,
     /// One per value: where its point is, or `None` for a gap.
     pub points: Vec<Option<(f64, f64)>>,
+    /// One per value, gap or not: where it is along the x axis.
+    pub xs: Vec<f64>,
     /// The line through the points, broken at every gap (`M x y L x y ... M x y`).
     pub path: String,
 }
@@ -89,13 +91,14 @@ pub fn geometry(values: &[Option<f64>], from_zero: bool) -> Geometry {
             LEFT + index as f64 * plot_width / (values.len() - 1) as f64
         }
     };
+    let xs: Vec<f64> = (0..values.len()).map(|index| round(x_of(index))).collect();
     let points: Vec<Option<(f64, f64)>> = values
         .iter()
-        .enumerate()
-        .map(|(index, value)| {
+        .zip(&xs)
+        .map(|(value, &x)| {
             value
                 .filter(|value| value.is_finite())
-                .map(|value| (round(x_of(index)), round(y_of(value))))
+                .map(|value| (x, round(y_of(value))))
         })
         .collect();
     let mut path = String::new();
@@ -122,6 +125,7 @@ pub fn geometry(values: &[Option<f64>], from_zero: bool) -> Geometry {
     Geometry {
         ticks,
         points,
+        xs,
         path,
     }
 }
@@ -179,6 +183,8 @@ fn round(value: f64) -> f64 {
 
 /// One point of a chart as the page shows it.
 pub struct Point {
+    /// Where it is on the x axis (its partition); the oldest and the newest are written below.
+    pub label: String,
     pub value: Option<f64>,
     /// What a pointer over the point says (partition, value, outcome); escaped when written.
     pub title: String,
@@ -210,6 +216,24 @@ pub fn svg(id: &str, label: &str, points: &[Point], from_zero: bool) -> String {
             escape(&tick.label),
             y = tick.y,
         );
+    }
+    // The oldest partition under the left end of the axis, the newest under the right.
+    let baseline = HEIGHT - 6.0;
+    let ends = [
+        (points.first(), geometry.xs.first(), "start"),
+        (points.last(), geometry.xs.last(), "end"),
+    ];
+    for (index, (point, x, anchor)) in ends.into_iter().enumerate() {
+        if let (Some(point), Some(x)) = (point, x)
+            && (index == 0 || points.len() > 1)
+        {
+            let anchor = if points.len() == 1 { "middle" } else { anchor };
+            let _ = write!(
+                out,
+                r#"<text class="partition" x="{x}" y="{baseline}" text-anchor="{anchor}">{}</text>"#,
+                escape(&point.label)
+            );
+        }
     }
     if !geometry.path.is_empty() {
         let _ = write!(out, r#"<path class="line" d="{}"/>"#, geometry.path);
@@ -352,6 +376,7 @@ mod tests {
     #[test]
     fn the_svg_escapes_its_text() {
         let points = [Point {
+            label: "<b>".into(),
             value: Some(1.0),
             title: "<script>\"x\"&".into(),
             class: "failed",
@@ -361,6 +386,7 @@ mod tests {
         assert!(svg.contains("&lt;script&gt;&quot;x&quot;&amp;"), "{svg}");
         assert!(svg.contains(r#"href="/ui/p?a=1&amp;b=2""#), "{svg}");
         assert!(svg.contains(r#"id="chart-metric-a&quot;b""#), "{svg}");
+        assert!(svg.contains(">&lt;b&gt;</text>"), "{svg}");
         assert!(!svg.contains("<script"));
     }
 }

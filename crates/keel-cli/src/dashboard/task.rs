@@ -194,6 +194,7 @@ fn charts(pipeline: &str, task: &str, entries: &[Entry]) -> Vec<(String, String)
                     None => "no value".to_string(),
                 };
                 Point {
+                    label: entry.partition.clone(),
                     value,
                     title: format!("{}: {shown} ({})", entry.partition, entry.outcome),
                     class: entry.class,
@@ -203,13 +204,18 @@ fn charts(pipeline: &str, task: &str, entries: &[Entry]) -> Vec<(String, String)
             .collect()
     };
     let about = format!("{task} of {pipeline}");
+    let longest = entries.iter().filter_map(|entry| entry.worked).max();
+    let (unit, unit_name, unit_symbol) = duration_unit(longest.unwrap_or(0));
     let mut charts = vec![
         (
-            "duration (seconds)".to_string(),
+            format!("duration ({unit_name})"),
             chart::svg(
                 "chart-duration",
                 &format!("duration of {about} by partition"),
-                &points(&|entry| entry.worked.map(|ms| ms as f64 / 1000.0), " s"),
+                &points(
+                    &|entry| entry.worked.map(|ms| ms as f64 / unit),
+                    &format!(" {unit_symbol}"),
+                ),
                 true,
             ),
         ),
@@ -239,4 +245,30 @@ fn charts(pipeline: &str, task: &str, entries: &[Entry]) -> Vec<(String, String)
         ));
     }
     charts
+}
+
+/// The unit the duration chart counts in, for its longest duration: (milliseconds per unit,
+/// name, symbol), so ticks read 0, 20, 40 s rather than 0, 20000, 40000 ms.
+fn duration_unit(longest: Millis) -> (f64, &'static str, &'static str) {
+    match longest {
+        ..2_000 => (1.0, "milliseconds", "ms"),
+        2_000..180_000 => (1_000.0, "seconds", "s"),
+        180_000..10_800_000 => (60_000.0, "minutes", "min"),
+        _ => (3_600_000.0, "hours", "h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_charted_in_a_unit_that_fits_the_longest() {
+        assert_eq!(duration_unit(0).2, "ms");
+        assert_eq!(duration_unit(1_999).2, "ms");
+        assert_eq!(duration_unit(2_000).2, "s");
+        assert_eq!(duration_unit(179_999).2, "s");
+        assert_eq!(duration_unit(180_000).2, "min");
+        assert_eq!(duration_unit(86_400_000).2, "h");
+    }
 }

@@ -94,8 +94,13 @@ fn a_task_history_charts_rows_metrics_and_durations_with_gaps_and_lists_every_pa
         "{rows}"
     );
     assert!(
-        !rows.contains("2026-03-03"),
+        !rows.contains("<title>2026-03-03"),
         "the failed partition has no rows: a gap, not a zero: {rows}"
+    );
+    assert!(
+        rows.contains(r#"text-anchor="start">2026-03-01</text>"#)
+            && rows.contains(r#"text-anchor="end">2026-03-03</text>"#),
+        "the axis runs from the oldest partition to the newest: {rows}"
     );
     assert_eq!(rows.matches("<circle").count(), 2, "{rows}");
     for tick in [">0</text>", ">100</text>", ">200</text>", ">300</text>"] {
@@ -128,10 +133,14 @@ fn a_task_history_charts_rows_metrics_and_durations_with_gaps_and_lists_every_pa
     let duration = element(&html, r#"<svg class="chart" id="chart-duration""#, "</svg>");
     assert_eq!(duration.matches("<circle").count(), 3, "{duration}");
     assert!(duration.contains(r#"class="point failed""#), "{duration}");
-    assert!(duration.contains("2026-03-03: "), "{duration}");
+    assert!(duration.contains("<title>2026-03-03: "), "{duration}");
+    assert!(
+        duration.contains(" ms (failed)</title>") || duration.contains(" s (failed)</title>"),
+        "{duration}"
+    );
     // Oldest left: the first point drawn is the oldest partition.
-    let first = duration.find("2026-03-01").unwrap();
-    let last = duration.find("2026-03-03").unwrap();
+    let first = duration.find("<title>2026-03-01").unwrap();
+    let last = duration.find("<title>2026-03-03").unwrap();
     assert!(first < last, "{duration}");
 
     let history = element(&html, r#"<div class="table-wrap" id="history""#, "</table>");
