@@ -268,3 +268,69 @@ fn transitions(spec: &PipelineSpec, resource: &str, events: &[EventRecord]) -> V
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(seq: i64, at: Millis, run: i64, detail: &str) -> EventRecord {
+        EventRecord {
+            seq,
+            at,
+            run: keel_model::RunId(run),
+            task: None,
+            attempt: None,
+            kind: EventKind::Breaker,
+            detail: detail.to_string(),
+        }
+    }
+
+    #[test]
+    fn transitions_are_the_resources_own_each_shown_once_newest_first() {
+        let spec = keel_config::parse(
+            "[pipeline]\nname = \"p\"\ntimezone = \"UTC\"\n[resources.api]\nbreaker = {}\n[resources.api2]\nbreaker = {}\n[phases.main]\n[tasks.a]\nphase = \"main\"\ncommand = [\"true\"]\nuses = [\"api\", \"api2\"]\n",
+            "keel.toml",
+        )
+        .unwrap();
+        // Newest first, as the store returns them; one transition recorded in two runs.
+        let events = [
+            breaker(
+                9,
+                3_000,
+                2,
+                "resource api: closed: the dependency answers again",
+            ),
+            breaker(
+                8,
+                3_000,
+                1,
+                "resource api: closed: the dependency answers again",
+            ),
+            breaker(7, 2_500, 1, "resource api2: open: tasks using it wait"),
+            breaker(
+                6,
+                2_000,
+                1,
+                "resource api: half open: the next attempt is a probe",
+            ),
+            breaker(5, 1_000, 2, "resource api: open: tasks using it wait"),
+            breaker(4, 1_000, 1, "resource api: open: tasks using it wait"),
+        ];
+        let shown = transitions(&spec, "api", &events);
+        let details: Vec<(&str, &str)> = shown
+            .iter()
+            .map(|transition| (transition.class, transition.detail.as_str()))
+            .collect();
+        assert_eq!(
+            details,
+            [
+                ("succeeded", "closed: the dependency answers again"),
+                ("retrying", "half open: the next attempt is a probe"),
+                ("failed", "open: tasks using it wait"),
+            ]
+        );
+        assert_eq!(shown[0].at, "1970-01-01 00:00:03");
+        assert_eq!(transitions(&spec, "api2", &events).len(), 1);
+        assert!(transitions(&spec, "ap", &events).is_empty());
+    }
+}
