@@ -98,6 +98,7 @@ where
     tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
     a_schedule_fire_is_recorded_once_with_its_run(make().await).await;
     runs_of_a_pass_are_kept_apart(make().await).await;
+    recent_events_are_the_newest_of_some_kinds_in_one_pipeline(make().await).await;
 }
 
 /// A run records its pass. The newest run of a partition is looked up per pass; a fire of a
@@ -549,6 +550,102 @@ async fn events_stream_in_order_across_runs<S: Store>(store: S) {
         "a follower resumes after the last seq it saw"
     );
     assert!(store.events_after(last.seq, 10).await.unwrap().is_empty());
+}
+
+/// The newest events of the kinds asked for, newest first, of the pipeline's runs only, at
+/// most `limit`; no kind asked for is no event.
+async fn recent_events_are_the_newest_of_some_kinds_in_one_pipeline<S: Store>(store: S) {
+    let first = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let second = store
+        .create_run(new_run("2026-01-02", &["a"]))
+        .await
+        .unwrap();
+    let other = store
+        .create_run(NewRun {
+            pipeline: "elsewhere".into(),
+            ..new_run("2026-01-01", &["a"])
+        })
+        .await
+        .unwrap();
+    let breaker = |run: keel_model::RunId, detail: &str, at: i64| NewEvent {
+        run,
+        task: None,
+        attempt: None,
+        kind: keel_model::EventKind::Breaker,
+        detail: detail.into(),
+        at,
+    };
+    store
+        .append_event(breaker(first.id, "resource api: open", 2_000))
+        .await
+        .unwrap();
+    store
+        .append_event(breaker(other.id, "resource api: open elsewhere", 2_500))
+        .await
+        .unwrap();
+    store.request_cancel(first.id, 2_700).await.unwrap();
+    store
+        .append_event(breaker(second.id, "resource api: half open", 3_000))
+        .await
+        .unwrap();
+    store
+        .append_event(breaker(second.id, "resource api: closed", 4_000))
+        .await
+        .unwrap();
+    let kinds = vec![keel_model::EventKind::Breaker];
+    let recent = store
+        .recent_events("conformance", kinds.clone(), 10)
+        .await
+        .unwrap();
+    let details: Vec<&str> = recent.iter().map(|event| event.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "resource api: closed",
+            "resource api: half open",
+            "resource api: open"
+        ],
+        "newest first, only the pipeline's, only breaker events"
+    );
+    assert!(recent.iter().all(|event| event.kind == "breaker"));
+    assert_eq!(recent[0].run, second.id);
+    assert_eq!(recent[0].at, 4_000);
+    let newest = store
+        .recent_events("conformance", kinds.clone(), 1)
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].detail, "resource api: closed");
+    let both = store
+        .recent_events(
+            "conformance",
+            vec![
+                keel_model::EventKind::CancelRequested,
+                keel_model::EventKind::Breaker,
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 4);
+    assert_eq!(both[2].kind, "cancel_requested");
+    assert!(
+        store
+            .recent_events("conformance", Vec::new(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .recent_events("nobody", kinds, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn the_status_view_reads_runs_tasks_attempts_and_breakers_together<S: Store>(store: S) {

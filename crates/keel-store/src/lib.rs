@@ -153,6 +153,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
+    /// The newest entries of the event log of `pipeline`'s runs whose kind is one of `kinds`,
+    /// newest first, at most `limit`: what a page of recent transitions (a breaker's, say)
+    /// shows without reading the whole log.
+    fn recent_events(
+        &self,
+        pipeline: &str,
+        kinds: Vec<keel_model::EventKind>,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
     /// Extends the leases of live attempts to at least `expires_at`, each fenced by its epoch:
     /// a holder whose lease was taken over gets [`StoreError::StaleLease`] for that attempt.
     fn renew_leases(

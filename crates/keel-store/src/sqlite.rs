@@ -158,6 +158,11 @@ ALTER TABLE task_runs ADD COLUMN sensor_errors INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN pass TEXT;
 CREATE INDEX runs_by_pass ON runs (pipeline, partition, pass, id);
 "#,
+    r#"
+-- The newest events of some kinds (a resource's breaker transitions, say) without scanning the
+-- whole log: `recent_events` walks this index backwards from the newest entry of each kind.
+CREATE INDEX events_by_kind ON events (kind, seq);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -1529,6 +1534,49 @@ impl Store for SqliteStore {
                 transaction,
                 "SELECT seq, at, run_id, task, attempt_id, kind, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 params![after, limit],
+                event_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn recent_events(
+        &self,
+        pipeline: &str,
+        kinds: Vec<EventKind>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            let mut kinds: Vec<&'static str> = kinds.iter().map(|kind| kind.as_str()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            if kinds.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            // One bound parameter per kind: the statement differs only by how many there are,
+            // so the cache holds a handful of them at most.
+            let placeholders: Vec<String> =
+                (0..kinds.len()).map(|index| format!("?{}", index + 3)).collect();
+            let sql = format!(
+                "SELECT e.seq, e.at, e.run_id, e.task, e.attempt_id, e.kind, e.detail FROM events e \
+                 JOIN runs r ON r.id = e.run_id \
+                 WHERE e.kind IN ({}) AND r.pipeline = ?1 ORDER BY e.seq DESC LIMIT ?2",
+                placeholders.join(", ")
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                rusqlite::types::Value::Text(pipeline),
+                rusqlite::types::Value::Integer(i64::from(limit)),
+            ];
+            values.extend(
+                kinds
+                    .iter()
+                    .map(|kind| rusqlite::types::Value::Text(kind.to_string())),
+            );
+            select_all(
+                transaction,
+                &sql,
+                rusqlite::params_from_iter(values),
                 event_from_row,
             )
         })

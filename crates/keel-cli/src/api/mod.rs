@@ -30,6 +30,7 @@ use crate::Exit;
 use crate::state::StatePaths;
 
 pub use auth::{TokenSource, load_or_create as load_or_create_token};
+pub(crate) use reads::degraded_because;
 
 /// Where the API's own lines go: serve's logger, set when the API starts.
 static LOGGER: std::sync::OnceLock<crate::serve_log::Logger> = std::sync::OnceLock::new();
@@ -445,6 +446,41 @@ fn check(name: &str, pipeline: &str, ok: bool, detail: String) -> Value {
     json!({ "name": name, "pipeline": pipeline, "ok": ok, "detail": detail })
 }
 
+impl ApiContext {
+    /// Whether `served`'s scheduler starts work at `now`, as `/ready` judges it: not while
+    /// serve stops, nor when its loop's heartbeat is too old; and why.
+    pub(crate) fn scheduler_status(&self, served: &ServedPipeline, now: Millis) -> (bool, String) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return (
+                false,
+                "keel serve is stopping: it starts nothing new".to_string(),
+            );
+        }
+        scheduler_check(
+            now,
+            served.heartbeat.load(Ordering::Relaxed),
+            self.heartbeat_max_age,
+        )
+    }
+}
+
+impl ServedPipeline {
+    /// Whether the pipeline file in use is valid, as `/ready` reports it, and why not.
+    pub(crate) fn pipeline_status(&self) -> (bool, String) {
+        let health = self
+            .health
+            .read()
+            .map(|health| health.clone())
+            .unwrap_or_default();
+        let detail = match (&health.valid, &health.reason) {
+            (true, _) => "the pipeline file is valid".to_string(),
+            (false, Some(reason)) => reason.clone(),
+            (false, None) => "the pipeline file is not valid".to_string(),
+        };
+        (health.valid, detail)
+    }
+}
+
 /// Whether the engine's loop turned recently enough at `now`: its last stamp (0 before its first
 /// turn) against the age allowed.
 fn scheduler_check(now: Millis, heartbeat: Millis, max_age: Duration) -> (bool, String) {
@@ -491,28 +527,10 @@ async fn ready(State(context): State<Context>) -> Response {
                 ),
             ),
         });
-        let (ok, detail) = if context.stopping.load(Ordering::Relaxed) {
-            let detail = "keel serve is stopping: it starts nothing new".to_string();
-            (false, detail)
-        } else {
-            scheduler_check(
-                now,
-                served.heartbeat.load(Ordering::Relaxed),
-                context.heartbeat_max_age,
-            )
-        };
+        let (ok, detail) = context.scheduler_status(served, now);
         checks.push(check("scheduler", name, ok, detail));
-        let health = served
-            .health
-            .read()
-            .map(|health| health.clone())
-            .unwrap_or_default();
-        let detail = match (&health.valid, &health.reason) {
-            (true, _) => "the pipeline file is valid".to_string(),
-            (false, Some(reason)) => reason.clone(),
-            (false, None) => "the pipeline file is not valid".to_string(),
-        };
-        checks.push(check("pipeline", name, health.valid, detail));
+        let (ok, detail) = served.pipeline_status();
+        checks.push(check("pipeline", name, ok, detail));
     }
     let ready = checks.iter().all(|check| check["ok"] == true);
     let status = if ready {

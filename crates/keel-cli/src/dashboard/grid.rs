@@ -17,9 +17,8 @@ use super::view::{self, Chrome, path_segment};
 use super::{PageError, html};
 use crate::api::{ApiContext, ApiError, ServedPipeline};
 
-/// Partitions shown when `days` is not given, and the most a request may ask for.
+/// Partitions shown when `days` is not given.
 const DEFAULT_DAYS: u32 = 30;
-const MAX_DAYS: u32 = 366;
 
 #[derive(Deserialize)]
 pub struct GridPath {
@@ -100,16 +99,7 @@ pub async fn render(
     now: Millis,
 ) -> Result<GridPage, ApiError> {
     let spec = served.spec();
-    let days = match query.days {
-        None => DEFAULT_DAYS,
-        Some(days @ 1..=MAX_DAYS) => days,
-        Some(days) => {
-            return Err(ApiError::bad_request(
-                format!("days {days} is out of range"),
-                format!("ask for 1 to {MAX_DAYS} partitions"),
-            ));
-        }
-    };
+    let days = view::days(query.days, DEFAULT_DAYS)?;
     let partitions = partitions(served, &spec, query.to.as_deref(), days).await?;
     let view = match (partitions.last(), partitions.first()) {
         (Some(oldest), Some(newest)) => {
@@ -305,7 +295,7 @@ fn row(
         .copied()
         .collect();
     let main = own.or_else(|| passes.first().copied());
-    let run_url = |run: &RunView| format!("{base}/runs/{}", run.record.id.0);
+    let run_url = |run: &RunView| view::run_url(base, run.record.id);
     let link = |run: &RunView| RunLink {
         label: match &run.record.pass {
             Some(pass) => format!("{pass} #{}", run.record.id.0),
@@ -402,12 +392,7 @@ fn cell(
         title.push_str(&format!(" · {}", crate::display::printable(message)));
     }
     let url = match run.attempts_of(task).last() {
-        Some(attempt) => format!(
-            "{base}/runs/{}/tasks/{}/attempts/{}",
-            run.record.id.0,
-            path_segment(task),
-            attempt.number
-        ),
+        Some(attempt) => view::attempt_url(base, run.record.id, task, attempt.number),
         None => format!(
             "{base}/runs/{}#task-{}",
             run.record.id.0,

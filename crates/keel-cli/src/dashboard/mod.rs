@@ -9,7 +9,11 @@
 //! Every page has a stable URL under `/ui/PIPELINE`, which the grid's links use and a person can
 //! bookmark.
 
+mod chart;
 mod grid;
+mod health;
+mod resources;
+mod task;
 mod view;
 
 use std::sync::Arc;
@@ -35,6 +39,9 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/static/keel.css", get(stylesheet))
         .route("/ui/static/keel.js", get(script))
         .route("/ui/{pipeline}", get(grid::page))
+        .route("/ui/{pipeline}/tasks/{task}", get(task::page))
+        .route("/ui/{pipeline}/resources", get(resources::page))
+        .route("/ui/{pipeline}/health", get(health::page))
 }
 
 /// `/`: the grid of the first pipeline served.

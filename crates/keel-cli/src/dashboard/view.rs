@@ -164,6 +164,81 @@ pub fn glyph(class: &str) -> &'static str {
     }
 }
 
+/// `BASE/runs/RUN`: a run's page.
+pub fn run_url(base: &str, run: keel_model::RunId) -> String {
+    format!("{base}/runs/{}", run.0)
+}
+
+/// `BASE/runs/RUN/tasks/TASK/attempts/N`: an attempt's page.
+pub fn attempt_url(base: &str, run: keel_model::RunId, task: &str, number: u32) -> String {
+    format!(
+        "{base}/runs/{}/tasks/{}/attempts/{number}",
+        run.0,
+        path_segment(task)
+    )
+}
+
+/// The most partitions a page may ask for with `days`.
+pub const MAX_DAYS: u32 = 366;
+
+/// `days` of a page's query: `default` when not given, else 1 to [`MAX_DAYS`], or a 400 that
+/// says so.
+pub fn days(days: Option<u32>, default: u32) -> Result<u32, crate::api::ApiError> {
+    match days {
+        None => Ok(default),
+        Some(days @ 1..=MAX_DAYS) => Ok(days),
+        Some(days) => Err(crate::api::ApiError::bad_request(
+            format!("days {days} is out of range"),
+            format!("ask for 1 to {MAX_DAYS} partitions"),
+        )),
+    }
+}
+
+/// A store read that failed: a 500 that says so, logged.
+pub fn store_error(error: keel_store::StoreError) -> crate::api::ApiError {
+    crate::api::ApiError::internal(error.into())
+}
+
+/// The numeric metrics of a result file's `metrics` JSON, by name; anything else is left out.
+pub fn numeric_metrics(metrics: Option<&str>) -> std::collections::BTreeMap<String, f64> {
+    match crate::display::metrics_json(metrics) {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value.as_f64().filter(|v| v.is_finite())?)))
+            .collect(),
+        _ => std::collections::BTreeMap::new(),
+    }
+}
+
+/// A metric's value as a table shows it: integers without decimals, others to 4 significant
+/// places at most.
+pub fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        let text = format!("{value:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// The class that colours a circuit breaker's state (`closed`, `open`, `half_open`).
+pub fn breaker_class(state: &str) -> &'static str {
+    match state {
+        "closed" => "succeeded",
+        "half_open" => "retrying",
+        _ => "failed",
+    }
+}
+
+/// A circuit breaker's state in words.
+pub fn breaker_word(state: &str) -> &'static str {
+    match state {
+        "closed" => "closed",
+        "half_open" => "half open",
+        _ => "open",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

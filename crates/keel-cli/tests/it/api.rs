@@ -48,7 +48,7 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A `keel serve` this test started; killed when dropped, so a failing test leaves nothing
 /// running.
-struct Served {
+pub struct Served {
     child: Child,
     addr: String,
     log: PathBuf,
@@ -64,7 +64,8 @@ impl Drop for Served {
 }
 
 impl Served {
-    fn start(dir: &Path, token: Option<&str>) -> Served {
+    /// `keel serve DIR/keel.toml` on a free loopback port, once it logged its address.
+    pub fn start(dir: &Path, token: Option<&str>) -> Served {
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(keel_path());
@@ -99,11 +100,11 @@ impl Served {
         served
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn get(&self, path: &str) -> Reply {
+    pub fn get(&self, path: &str) -> Reply {
         request(&self.addr, "GET", path, &[], None)
     }
 

@@ -7,6 +7,7 @@ mod context;
 mod crash;
 mod daemon;
 mod dashboard_grid;
+mod dashboard_pages;
 mod demo;
 mod faults;
 mod hardening;

@@ -371,6 +371,19 @@ impl Store for CrashStore {
             .around("events_after", self.inner.events_after(after, limit))
             .await
     }
+    async fn recent_events(
+        &self,
+        pipeline: &str,
+        kinds: Vec<keel_model::EventKind>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        self.probe
+            .around(
+                "recent_events",
+                self.inner.recent_events(pipeline, kinds, limit),
+            )
+            .await
+    }
     async fn renew_leases(
         &self,
         renewals: Vec<(AttemptId, i64)>,
