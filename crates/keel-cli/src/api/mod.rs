@@ -30,6 +30,7 @@ use crate::Exit;
 use crate::state::StatePaths;
 
 pub use auth::{TokenSource, load_or_create as load_or_create_token};
+pub(crate) use reads::degraded_because;
 
 /// Where the API's own lines go: serve's logger, set when the API starts.
 static LOGGER: std::sync::OnceLock<crate::serve_log::Logger> = std::sync::OnceLock::new();
@@ -145,7 +146,7 @@ impl ServedPipeline {
         }
     }
 
-    fn no_run(&self, id: i64) -> ApiError {
+    pub(crate) fn no_run(&self, id: i64) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no run {id} of pipeline {:?}", self.spec().name),

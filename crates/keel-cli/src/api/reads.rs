@@ -276,7 +276,7 @@ fn attempt_json(
 
 /// Why a run is (or would end) degraded: gates that opened without some of their tasks, and
 /// tasks that ended without completing.
-fn degraded_because(run: &RunView, gates: &[keel_store::GateRecord]) -> Vec<String> {
+pub(crate) fn degraded_because(run: &RunView, gates: &[keel_store::GateRecord]) -> Vec<String> {
     let mut reasons = Vec::new();
     for gate in gates.iter().filter(|gate| !gate.waived.is_empty()) {
         reasons.push(format!(

@@ -10,6 +10,7 @@
 //! bookmark.
 
 mod grid;
+mod run;
 mod view;
 
 use std::sync::Arc;
@@ -34,6 +35,11 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/static/keel.css", get(stylesheet))
         .route("/ui/static/keel.js", get(script))
         .route("/ui/{pipeline}", get(grid::page))
+        .route("/ui/{pipeline}/runs/{run}", get(run::run_page))
+        .route(
+            "/ui/{pipeline}/runs/{run}/tasks/{task}/attempts/{attempt}",
+            get(run::attempt_page),
+        )
 }
 
 /// `/`: the grid of the first pipeline served.

@@ -6,6 +6,7 @@ mod cli;
 mod context;
 mod crash;
 mod daemon;
+mod dashboard_run;
 mod demo;
 mod faults;
 mod hardening;
