@@ -234,14 +234,14 @@ impl TimeScale {
 
     /// Where `at` lies; times outside the span are held to its edges.
     pub fn x(&self, at: Millis) -> f64 {
-        let offset = (at.clamp(self.start, self.end) - self.start) as f64;
-        self.left + offset / (self.end - self.start) as f64 * self.width
+        let offset = at.clamp(self.start, self.end).saturating_sub(self.start) as f64;
+        self.left + offset / self.end.saturating_sub(self.start) as f64 * self.width
     }
 
     /// Ticks at a round step with at most `most` steps across the span: (time from the start,
     /// x), the first at the start.
     pub fn ticks(&self, most: u32) -> Vec<(Millis, f64)> {
-        let span = self.end - self.start;
+        let span = self.end.saturating_sub(self.start);
         let most = Millis::from(most.max(1));
         let step = TICK_STEPS
             .iter()
@@ -250,13 +250,13 @@ impl TimeScale {
             .unwrap_or_else(|| {
                 // Longer than the steps go: whole days.
                 const DAY: Millis = 86_400_000;
-                let days = ((span / most + DAY - 1) / DAY).max(1);
-                days * DAY
+                let days = ((span / most).saturating_add(DAY - 1) / DAY).max(1);
+                days.saturating_mul(DAY)
             });
         (0..=span / step)
             .map(|index| {
-                let offset = index * step;
-                (offset, self.x(self.start + offset))
+                let offset = index.saturating_mul(step);
+                (offset, self.x(self.start.saturating_add(offset)))
             })
             .collect()
     }
@@ -328,6 +328,10 @@ mod timeline_tests {
         let ticks = weeks.ticks(8);
         assert!(ticks.len() <= 9, "{ticks:?}");
         assert_eq!(ticks[1].0 % 86_400_000, 0);
+        // Times no run has are held to the axis, never an overflow.
+        let extreme = TimeScale::new(Millis::MIN, Millis::MAX, 0.0, 100.0);
+        assert!(extreme.ticks(8).len() <= 9);
+        assert_eq!(extreme.x(Millis::MAX), 100.0);
     }
 
     #[test]
