@@ -146,7 +146,7 @@ impl ServedPipeline {
         }
     }
 
-    fn no_run(&self, id: i64) -> ApiError {
+    pub(crate) fn no_run(&self, id: i64) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no run {id} of pipeline {:?}", self.spec().name),

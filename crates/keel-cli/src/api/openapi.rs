@@ -487,12 +487,13 @@ pub fn document() -> Value {
             },
             "/api/pipelines/{pipeline}/runs/{run}/tasks/{task}/attempts/{attempt}/log": {
                 "get": {
-                    "summary": "An attempt's captured output: its last max_bytes bytes, or followed as it grows until the attempt ends",
+                    "summary": "An attempt's captured output: its last max_bytes bytes (or max_bytes from byte from), or followed as it grows until the attempt ends",
                     "operationId": "getAttemptLog",
                     "parameters": [
                         pipeline.clone(), run.clone(), task.clone(), attempt,
                         query_parameter("max_bytes", "At most this many bytes, the end of the log (default 1 MiB)", json!({ "type": "integer", "minimum": 1, "maximum": 16777216 })),
-                        query_parameter("follow", "Stream the log as it grows until the attempt ends", json!({ "type": "boolean" }))
+                        query_parameter("follow", "Stream the log as it grows until the attempt ends", json!({ "type": "boolean" })),
+                        query_parameter("from", "Start at this byte of the log instead of max_bytes before its end (then at most max_bytes from there); past the end there is nothing yet, and with follow the log is followed from there", json!({ "type": "integer", "minimum": 0 }))
                     ],
                     "responses": read_errors(json!({
                         "200": {

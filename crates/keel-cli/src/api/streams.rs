@@ -46,6 +46,9 @@ pub struct LogQuery {
     max_bytes: Option<u64>,
     #[serde(default)]
     follow: bool,
+    /// Start at this byte of the log instead of `max_bytes` before its end: a page that shows
+    /// the log up to a byte follows it from there. Past the end, nothing has come yet.
+    from: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,13 +110,14 @@ pub async fn log(
     let file_path = std::path::Path::new(&attempt.dir).join(keel_exec::supervisor::OUTPUT_FILE);
     // Opened without following a link and only if it is a plain file, as `keel logs` does: the
     // directory is one a task can write into.
+    let from = query.from;
     let opened = tokio::task::spawn_blocking(move || {
         let file = keel_exec::open_regular_file(&file_path)?;
         let Some(mut file) = file else {
-            return Ok((None, 0, 0));
+            return Ok((None, 0, from.unwrap_or(0)));
         };
         let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-        let start = size.saturating_sub(max_bytes);
+        let start = from.unwrap_or_else(|| size.saturating_sub(max_bytes));
         file.seek(SeekFrom::Start(start))
             .map_err(keel_exec::FileProblem::Io)?;
         Ok::<_, keel_exec::FileProblem>((Some(file), size, start))
@@ -163,6 +167,7 @@ pub async fn log(
     let follower = LogFollower {
         file,
         file_path: std::path::Path::new(&attempt.dir).join(keel_exec::supervisor::OUTPUT_FILE),
+        start,
         store: served.reader.clone(),
         run: record.id,
         attempt: attempt.id,
@@ -180,6 +185,8 @@ pub async fn log(
 struct LogFollower {
     file: Option<std::fs::File>,
     file_path: std::path::PathBuf,
+    /// Where to start in a file opened late (it did not exist when the request came).
+    start: u64,
     store: SqliteStore,
     run: RunId,
     attempt: keel_model::AttemptId,
@@ -198,8 +205,11 @@ impl LogFollower {
             if self.file.is_none() {
                 // The attempt had written nothing yet when the request came.
                 let path = self.file_path.clone();
+                let start = self.start;
                 self.file = tokio::task::spawn_blocking(move || {
-                    keel_exec::open_regular_file(&path).ok().flatten()
+                    let mut file = keel_exec::open_regular_file(&path).ok().flatten()?;
+                    file.seek(SeekFrom::Start(start)).ok()?;
+                    Some(file)
                 })
                 .await
                 .ok()

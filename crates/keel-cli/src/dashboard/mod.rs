@@ -13,6 +13,7 @@ mod chart;
 mod grid;
 mod health;
 mod resources;
+mod run;
 mod task;
 mod view;
 
@@ -42,6 +43,11 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/{pipeline}/tasks/{task}", get(task::page))
         .route("/ui/{pipeline}/resources", get(resources::page))
         .route("/ui/{pipeline}/health", get(health::page))
+        .route("/ui/{pipeline}/runs/{run}", get(run::run_page))
+        .route(
+            "/ui/{pipeline}/runs/{run}/tasks/{task}/attempts/{attempt}",
+            get(run::attempt_page),
+        )
 }
 
 /// `/`: the grid of the first pipeline served.

@@ -239,6 +239,169 @@ pub fn breaker_word(state: &str) -> &'static str {
     }
 }
 
+/// `text` escaped for XML (an SVG built by hand): markup characters and quotes.
+pub fn escape_xml(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            _ => escaped.push(character),
+        }
+    }
+    escaped
+}
+
+/// Round steps between the ticks of a time axis, in milliseconds.
+const TICK_STEPS: &[Millis] = &[
+    1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000,
+    1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000,
+];
+
+/// Maps the times of a timeline onto an x axis `width` units wide that starts at `left`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeScale {
+    pub start: Millis,
+    /// After `start`, at least by a second, so an instant still has an axis.
+    pub end: Millis,
+    pub left: f64,
+    pub width: f64,
+}
+
+impl TimeScale {
+    pub fn new(start: Millis, end: Millis, left: f64, width: f64) -> TimeScale {
+        TimeScale {
+            start,
+            end: end.max(start.saturating_add(1_000)),
+            left,
+            width: width.max(1.0),
+        }
+    }
+
+    /// Where `at` lies; times outside the span are held to its edges.
+    pub fn x(&self, at: Millis) -> f64 {
+        let offset = at.clamp(self.start, self.end).saturating_sub(self.start) as f64;
+        self.left + offset / self.end.saturating_sub(self.start) as f64 * self.width
+    }
+
+    /// Ticks at a round step with at most `most` steps across the span: (time from the start,
+    /// x), the first at the start.
+    pub fn ticks(&self, most: u32) -> Vec<(Millis, f64)> {
+        let span = self.end.saturating_sub(self.start);
+        let most = Millis::from(most.max(1));
+        let step = TICK_STEPS
+            .iter()
+            .copied()
+            .find(|step| span / step <= most)
+            .unwrap_or_else(|| {
+                // Longer than the steps go: whole days.
+                const DAY: Millis = 86_400_000;
+                let days = ((span / most).saturating_add(DAY - 1) / DAY).max(1);
+                days.saturating_mul(DAY)
+            });
+        (0..=span / step)
+            .map(|index| {
+                let offset = index.saturating_mul(step);
+                (offset, self.x(self.start.saturating_add(offset)))
+            })
+            .collect()
+    }
+}
+
+/// The part of `bytes`, a piece cut out of UTF-8 text, that splits no character: with
+/// `cut_front` the continuation bytes it starts with (a character begun before it) are left
+/// out, and with `cut_back` a character it ends in the middle of is left for the next piece.
+pub fn utf8_piece(bytes: &[u8], cut_front: bool, cut_back: bool) -> std::ops::Range<usize> {
+    let is_continuation = |byte: u8| byte & 0xC0 == 0x80;
+    let start = if cut_front {
+        bytes
+            .iter()
+            .take(3)
+            .take_while(|byte| is_continuation(**byte))
+            .count()
+    } else {
+        0
+    };
+    let mut end = bytes.len();
+    if cut_back
+        && let Some(lead) = (start..bytes.len())
+            .rev()
+            .take(4)
+            .find(|index| !is_continuation(bytes[*index]))
+    {
+        let length = match bytes[lead] {
+            byte if byte < 0x80 => 1,
+            byte if byte >= 0xF0 => 4,
+            byte if byte >= 0xE0 => 3,
+            _ => 2,
+        };
+        if lead + length > bytes.len() {
+            end = lead;
+        }
+    }
+    start..end.max(start)
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn a_time_scale_maps_its_span_onto_its_width_and_holds_times_outside_to_its_edges() {
+        let scale = TimeScale::new(10_000, 20_000, 100.0, 800.0);
+        assert_eq!(scale.x(10_000), 100.0);
+        assert_eq!(scale.x(15_000), 500.0);
+        assert_eq!(scale.x(20_000), 900.0);
+        assert_eq!(scale.x(0), 100.0);
+        assert_eq!(scale.x(99_000), 900.0);
+        // An instant run still has a second of axis, not a division by zero.
+        let instant = TimeScale::new(5_000, 5_000, 0.0, 100.0);
+        assert_eq!(instant.end, 6_000);
+        assert_eq!(instant.x(5_500), 50.0);
+    }
+
+    #[test]
+    fn ticks_fall_on_round_steps_and_never_crowd() {
+        let scale = TimeScale::new(0, 95_000, 0.0, 950.0);
+        let offsets: Vec<Millis> = scale.ticks(8).iter().map(|tick| tick.0).collect();
+        assert_eq!(offsets, [0, 15_000, 30_000, 45_000, 60_000, 75_000, 90_000]);
+        assert_eq!(scale.ticks(8)[1].1, 150.0);
+        let second = TimeScale::new(0, 0, 0.0, 100.0);
+        assert_eq!(second.ticks(8), vec![(0, 0.0), (1_000, 100.0)]);
+        let hours = TimeScale::new(0, 5 * 3_600_000, 0.0, 100.0);
+        assert_eq!(hours.ticks(8)[1].0, 3_600_000);
+        let weeks = TimeScale::new(0, 30 * 86_400_000, 0.0, 100.0);
+        let ticks = weeks.ticks(8);
+        assert!(ticks.len() <= 9, "{ticks:?}");
+        assert_eq!(ticks[1].0 % 86_400_000, 0);
+        // Times no run has are held to the axis, never an overflow.
+        let extreme = TimeScale::new(Millis::MIN, Millis::MAX, 0.0, 100.0);
+        assert!(extreme.ticks(8).len() <= 9);
+        assert_eq!(extreme.x(Millis::MAX), 100.0);
+    }
+
+    #[test]
+    fn a_utf8_piece_splits_no_character() {
+        let text = "aé€😀b".as_bytes();
+        // Whole: nothing cut.
+        assert_eq!(utf8_piece(text, true, true), 0..text.len());
+        // Starting inside é (a 2-byte character) leaves its tail out.
+        assert_eq!(utf8_piece(&text[2..], true, false), 1..text.len() - 2);
+        // Ending inside € or 😀 leaves the character for the next piece.
+        assert_eq!(utf8_piece(&text[..5], false, true), 0..3);
+        assert_eq!(utf8_piece(&text[..8], false, true), 0..6);
+        assert_eq!(utf8_piece(&text[..9], false, true), 0..6);
+        // Not asked to cut, it keeps every byte.
+        assert_eq!(utf8_piece(&text[2..5], false, false), 0..3);
+        // Nothing but continuation bytes: an empty piece, never a panic.
+        assert_eq!(utf8_piece(&[0x80, 0x80, 0x80, 0x80], true, true), 3..4);
+        assert_eq!(utf8_piece(&[], true, true), 0..0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

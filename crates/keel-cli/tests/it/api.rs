@@ -44,13 +44,13 @@ phase = "use"
 command = ["sh", "-c", "echo report; while [ -f slow ]; do sleep 0.05; done; echo done"]
 "#;
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A `keel serve` this test started; killed when dropped, so a failing test leaves nothing
 /// running.
 pub struct Served {
     child: Child,
-    addr: String,
+    pub addr: String,
     log: PathBuf,
 }
 
@@ -108,7 +108,7 @@ impl Served {
         request(&self.addr, "GET", path, &[], None)
     }
 
-    fn post(&self, path: &str, body: Value) -> Reply {
+    pub fn post(&self, path: &str, body: Value) -> Reply {
         let auth = format!("Bearer {TOKEN}");
         request(
             &self.addr,
@@ -123,7 +123,7 @@ impl Served {
     }
 
     /// Waits until run `id` is in `state`, through the API.
-    fn wait_for_state(&self, id: i64, state: &str) -> Value {
+    pub fn wait_for_state(&self, id: i64, state: &str) -> Value {
         let mut last = Value::Null;
         wait_for(&format!("run {id} to be {state}"), || {
             last = self.get(&format!("/api/pipelines/ops/runs/{id}")).json();
@@ -133,7 +133,7 @@ impl Served {
     }
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(40);
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -257,7 +257,11 @@ fn unchunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// A streaming GET whose response head has been read: the server is sending its body.
-fn open_stream(addr: &str, path: &str, headers: &[(&str, &str)]) -> (BufReader<TcpStream>, String) {
+pub fn open_stream(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (BufReader<TcpStream>, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -320,7 +324,7 @@ fn read_events(reader: &mut BufReader<TcpStream>, count: usize) -> Vec<(i64, Str
     events
 }
 
-fn run_id_of(reply: &Reply) -> i64 {
+pub fn run_id_of(reply: &Reply) -> i64 {
     assert_eq!(reply.status, 202, "{}", reply.text());
     reply.json()["runs"][0]["run"].as_i64().unwrap()
 }
@@ -808,5 +812,66 @@ fn api_streams_live_events_and_a_log_as_it_grows() {
         rest.ends_with("0\r\n\r\n"),
         "the chunked body ends: {rest:?}"
     );
+    served.wait_for_state(id, "succeeded");
+}
+
+#[test]
+fn api_log_starts_at_the_byte_from_names_and_follows_from_there() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write_pipeline(dir, PIPELINE);
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    std::fs::write(dir.join("slow"), "").unwrap();
+    let served = Served::start(dir, Some(TOKEN));
+    let id = run_id_of(&served.post(
+        "/api/pipelines/ops/runs",
+        json!({ "partition": "2026-01-18" }),
+    ));
+    let log_path = format!("/api/pipelines/ops/runs/{id}/tasks/steady/attempts/1/log");
+    wait_for("steady to end", || {
+        served.get(&format!("/api/pipelines/ops/runs/{id}")).json()["tasks"][0]["state"] == "done"
+    });
+    let expected: String = (1..=2000).map(|n| format!("{n}\n")).collect();
+    // From a byte to the end, or max_bytes of it.
+    let from = served.get(&format!("{log_path}?from=10"));
+    assert_eq!(from.status, 200);
+    assert_eq!(from.text(), expected[10..]);
+    assert_eq!(from.header("x-keel-log-truncated"), Some("true"));
+    let piece = served.get(&format!("{log_path}?from=10&max_bytes=5"));
+    assert_eq!(piece.text(), expected[10..15]);
+    // Past the end: nothing yet, not an error; the size says where the end is.
+    let past = served.get(&format!("{log_path}?from={}", expected.len() + 100));
+    assert_eq!(past.status, 200);
+    assert_eq!(past.text(), "");
+    assert_eq!(
+        past.header("x-keel-log-size"),
+        Some(expected.len().to_string().as_str())
+    );
+    // Followed from a byte of an attempt that ended: the rest, then the end.
+    assert_eq!(
+        served
+            .get(&format!("{log_path}?follow=true&from=10"))
+            .text(),
+        expected[10..]
+    );
+    let bad = served.get(&format!("{log_path}?from=-1"));
+    assert!(bad.client_error(400).contains("from"));
+
+    // A running attempt followed from where a page showing it ended gets only what came after.
+    wait_for("report to run", || {
+        served.get(&format!("/api/pipelines/ops/runs/{id}")).json()["tasks"][2]["state"]
+            == "running"
+    });
+    let report = format!("/api/pipelines/ops/runs/{id}/tasks/report/attempts/1/log");
+    wait_for("report's first line", || {
+        served.get(&report).text() == "report\n"
+    });
+    let (mut followed, _) = open_stream(&served.addr, &format!("{report}?follow=true&from=7"), &[]);
+    std::fs::remove_file(dir.join("slow")).unwrap();
+    let mut rest = Vec::new();
+    followed.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("done\n"), "{rest:?}");
+    assert!(!rest.contains("report"), "{rest:?}");
     served.wait_for_state(id, "succeeded");
 }

@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod dashboard_grid;
 mod dashboard_pages;
+mod dashboard_run;
 mod demo;
 mod faults;
 mod hardening;
