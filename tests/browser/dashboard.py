@@ -59,9 +59,6 @@ WAIT_MS = 10_000  # the longest any one element is waited for
 DEMO_SECONDS = 90
 SERVE_START_SECONDS = 20
 RETRY_SECONDS = 30  # for a retried task to run and show on the page (refreshed every 3 s)
-# Pages still being built on their own branches: their checks are written and run once the page
-# is on main (remove it from here then). Empty in the finished test: every page is checked.
-NOT_YET_ON_MAIN = {"run", "attempt"}
 
 
 class Failure(Exception):
@@ -237,6 +234,20 @@ def goto(page: Page, name: str, url: str) -> None:
         fail(name, f"could not open {url}: {error}")
     check(answer is not None and answer.ok, name,
           f"{url} answered {answer.status if answer else 'nothing'}")
+
+
+def click_through(page: Page, name: str, selector: str) -> None:
+    """Clicks the first `selector` and waits for the page it leads to."""
+    link = page.locator(selector).first
+    try:
+        link.wait_for(state="visible", timeout=WAIT_MS)
+    except PlaywrightError:
+        fail(name, f"nothing to click: {selector} at {page.url}")
+    try:
+        with page.expect_navigation(wait_until="load", timeout=WAIT_MS):
+            link.click()
+    except PlaywrightError as error:
+        fail(name, f"clicking {selector} at {page.url} led nowhere: {error}")
 
 
 def one(page: Page, name: str, selector: str, what: str):
@@ -599,13 +610,6 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ready(page_name: str) -> bool:
-    if page_name in NOT_YET_ON_MAIN:
-        log(f"   NOT CHECKED: the {page_name} page is not on main yet")
-        return False
-    return True
-
-
 def run_pages(browser: Browser, server: Server, token: str, spec: dict) -> None:
     tasks = list(spec["tasks"])
     context = browser.context(viewport={"width": 1400, "height": 900}, color_scheme="light")
@@ -621,74 +625,60 @@ def run_pages(browser: Browser, server: Server, token: str, spec: dict) -> None:
     run = api_get(server, token, f"/api/pipelines/{PIPELINE}/runs/{run_id}")
 
     log("== grid → run (the partition link)")
-    if ready("run"):
-        page.locator(f'tr[data-partition="{NEWEST}"] th.partition a.run-link').click()
-        page.wait_for_load_state("load")
-        check(page.url.endswith(f"/ui/{PIPELINE}/runs/{run_id}"), "run",
-              f"the partition link of {NEWEST} led to {page.url}")
-        check_run(page, run, tasks)
-        browser.screenshot(page, "run")
-        browser.assert_clean("run")
+    click_through(page, "grid", f'tr[data-partition="{NEWEST}"] th.partition a.run-link')
+    check(page.url.endswith(f"/ui/{PIPELINE}/runs/{run_id}"), "run",
+          f"the partition link of {NEWEST} led to {page.url}")
+    check_run(page, run, tasks)
+    browser.screenshot(page, "run")
+    browser.assert_clean("run")
 
     log("== run → attempt (an attempt link) → its log")
-    if ready("run") and ready("attempt"):
-        page.locator(f"#tasks tr#task-{RETRIED_TASK} a.attempt-link").first.click()
-        page.wait_for_load_state("load")
-        check_attempt(page)
-        browser.screenshot(page, "attempt")
-        browser.assert_clean("attempt")
+    click_through(page, "run", f"#tasks tr#task-{RETRIED_TASK} a.attempt-link")
+    check_attempt(page)
+    browser.screenshot(page, "attempt")
+    browser.assert_clean("attempt")
 
-        log("== run → attempt (a gantt bar)")
-        goto(page, "run", f"/ui/{PIPELINE}/runs/{run_id}")
-        page.locator(f'#gantt svg rect.bar[data-task="{RETRIED_TASK}"]').first.click()
-        page.wait_for_load_state("load")
-        check_attempt(page)
-        browser.assert_clean("attempt (from the gantt)")
+    log("== run → attempt (a gantt bar)")
+    goto(page, "run", f"/ui/{PIPELINE}/runs/{run_id}")
+    click_through(page, "run", f'#gantt svg rect.bar[data-task="{RETRIED_TASK}"]')
+    check_attempt(page)
+    browser.assert_clean("attempt (from the gantt)")
 
     log("== grid → attempt (a cell)")
-    if ready("attempt"):
-        goto(page, "grid", "/")
-        page.locator(f'tr[data-partition="{NEWEST}"] td.cell a[href*="/tasks/{RETRIED_TASK}/"]').click()
-        page.wait_for_load_state("load")
-        check_attempt(page)
-        browser.assert_clean("attempt (from a grid cell)")
+    goto(page, "grid", "/")
+    click_through(page, "grid", f'tr[data-partition="{NEWEST}"] td.cell a[href*="/tasks/{RETRIED_TASK}/"]')
+    check_attempt(page)
+    browser.assert_clean("attempt (from a grid cell)")
 
     log("== grid → task history (a task header)")
-    if ready("task history"):
-        goto(page, "grid", "/")
-        page.locator(f'table.grid th.task a[href$="/tasks/{RETRIED_TASK}"]').click()
-        page.wait_for_load_state("load")
-        metrics = sorted({metric for attempt in run["attempts"]
-                          if attempt["task"] == RETRIED_TASK and isinstance(attempt["metrics"], dict)
-                          for metric in attempt["metrics"]})
-        check(metrics, "task history", f"the API shows no metrics of {RETRIED_TASK}")
-        check_history(page, RETRIED_TASK, metrics)
-        browser.screenshot(page, f"task-{RETRIED_TASK}")
-        browser.assert_clean("task history")
+    goto(page, "grid", "/")
+    click_through(page, "grid", f'table.grid th.task a[href$="/tasks/{RETRIED_TASK}"]')
+    metrics = sorted({metric for attempt in run["attempts"]
+                      if attempt["task"] == RETRIED_TASK and isinstance(attempt["metrics"], dict)
+                      for metric in attempt["metrics"]})
+    check(metrics, "task history", f"the API shows no metrics of {RETRIED_TASK}")
+    check_history(page, RETRIED_TASK, metrics)
+    browser.screenshot(page, f"task-{RETRIED_TASK}")
+    browser.assert_clean("task history")
 
     log("== resources (the tab)")
-    if ready("resources"):
-        page.locator('header nav.tabs a[href$="/resources"]').click()
-        page.wait_for_load_state("load")
-        check_resources(page, spec)
-        browser.screenshot(page, "resources")
-        browser.assert_clean("resources")
+    click_through(page, "task history", 'header nav.tabs a[href$="/resources"]')
+    check_resources(page, spec)
+    browser.screenshot(page, "resources")
+    browser.assert_clean("resources")
 
     log("== health (the tab)")
-    if ready("health"):
-        page.locator('header nav.tabs a[href$="/health"]').click()
-        page.wait_for_load_state("load")
-        check_health(page)
-        browser.screenshot(page, "health")
-        browser.assert_clean("health")
+    click_through(page, "resources", 'header nav.tabs a[href$="/health"]')
+    check_health(page)
+    browser.screenshot(page, "health")
+    browser.assert_clean("health")
 
     log(f"== retry {RETRIED_TASK} from the run page")
-    if ready("run"):
-        page = browser.watch(context.new_page(), "run: retry")
-        goto(page, "run: retry", f"/ui/{PIPELINE}/runs/{run_id}")
-        check_retry(page, server, token, run_id)
-        browser.screenshot(page, "run-after-retry")
-        browser.assert_clean("run: retry")
+    page = browser.watch(context.new_page(), "run: retry")
+    goto(page, "run: retry", f"/ui/{PIPELINE}/runs/{run_id}")
+    check_retry(page, server, token, run_id)
+    browser.screenshot(page, "run-after-retry")
+    browser.assert_clean("run: retry")
     context.close()
 
     log("== a narrow screen (390×844)")
@@ -715,11 +705,10 @@ def run_pages(browser: Browser, server: Server, token: str, spec: dict) -> None:
     visible(page, "grid (dark)", "table.grid", "the grid table")
     check_dark(page, "grid (dark)")
     browser.screenshot(page, "grid-dark")
-    if ready("run"):
-        goto(page, "run (dark)", f"/ui/{PIPELINE}/runs/{run_id}")
-        visible(page, "run (dark)", "#gantt svg", "the gantt chart")
-        check_dark(page, "run (dark)")
-        browser.screenshot(page, "run-dark")
+    goto(page, "run (dark)", f"/ui/{PIPELINE}/runs/{run_id}")
+    visible(page, "run (dark)", "#gantt svg", "the gantt chart")
+    check_dark(page, "run (dark)")
+    browser.screenshot(page, "run-dark")
     browser.assert_clean("dark mode")
     dark.close()
 
