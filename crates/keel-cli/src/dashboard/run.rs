@@ -481,15 +481,21 @@ fn gantt(
             _ => ("gate-opened", "opened"),
         };
         let phase = gate_event_phase(event).unwrap_or("gate");
+        // A line in the right half is labelled on its left, so the label stays in the picture.
+        let (label_x, anchor) = if x > GANTT_WIDTH / 2.0 {
+            (x - 3.0, "end")
+        } else {
+            (x + 3.0, "start")
+        };
         let _ = write!(
             svg,
-            r#"<line class="gate-line {class}" x1="{x:.1}" y1="{GANTT_AXIS}" x2="{x:.1}" y2="{height}"><title>{}</title></line><text class="gate-label {class}" x="{:.1}" y="{:.1}">{} {word}</text>"#,
+            r#"<line class="gate-line {class}" x1="{x:.1}" y1="{GANTT_AXIS}" x2="{x:.1}" y2="{height}"><title>{}</title></line><text class="gate-label {class}" x="{:.1}" y="{:.1}" text-anchor="{anchor}">{} {word}</text>"#,
             escape_xml(&format!(
                 "{} · {}",
                 view::local_time(spec, event.at),
                 printable(&event.detail)
             )),
-            x + 3.0,
+            label_x,
             GANTT_AXIS + 11.0,
             escape_xml(phase)
         );
