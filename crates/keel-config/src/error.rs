@@ -427,6 +427,14 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid http {field} of task {task:?} ({location}): {reason}")]
+    InvalidHttp {
+        task: String,
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error("invalid {field:?} in [alerts] ({location}): {reason}")]
     InvalidAlerts {
         field: String,
@@ -591,6 +599,7 @@ impl ConfigError {
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
+            | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
             | ConfigError::UnknownGateTask { location, .. }
             | ConfigError::GateTaskInOtherPhase { location, .. }

@@ -10,6 +10,7 @@
 mod files;
 mod group;
 pub mod host;
+pub mod http;
 pub mod process;
 mod report;
 pub mod supervisor;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use files::{FileProblem, open_regular_file};
 pub use group::{EscapedProcess, GroupEnd, TaskGroup, TreesEnd};
+pub use http::{Credential, HttpCall, HttpClients, Secret};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};
 
@@ -44,6 +46,8 @@ pub struct Launch {
     pub kill_grace: Duration,
     /// Bytes of output kept per attempt.
     pub log_cap: u64,
+    /// The request of an HTTP task, sent by Keel itself instead of running `command`.
+    pub http: Option<HttpCall>,
 }
 
 pub type Completion = Pin<Box<dyn Future<Output = Report> + Send>>;

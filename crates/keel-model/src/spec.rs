@@ -204,8 +204,13 @@ pub struct RetryBudgetSpec {
 pub struct TaskSpec {
     pub name: String,
     pub phase: String,
-    /// Program and arguments, with `{date}`-style templates not yet expanded.
+    /// Program and arguments, with `{date}`-style templates not yet expanded; empty for an HTTP
+    /// task.
     pub command: Vec<String>,
+    /// The request of an HTTP task (`http = { … }`), which has no command. Left out of the
+    /// version of a command task, so pipelines without HTTP tasks keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::HttpSpec>,
     /// Extra dependencies on tasks in this phase or earlier ones.
     pub after: Vec<String>,
     pub timeout: Duration,
@@ -353,6 +358,7 @@ mod tests {
             name: "a".into(),
             phase: "p".into(),
             command: vec!["true".into()],
+            http: None,
             after: vec![],
             timeout: DEFAULT_TIMEOUT,
             retries: RetryPolicy::default(),

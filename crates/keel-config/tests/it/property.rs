@@ -214,6 +214,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         name: task_name,
                         phase: phase_names[phase].clone(),
                         command: vec!["run".into(), argument, "{date}".into()],
+                        http: None,
                         after,
                         timeout,
                         retries,

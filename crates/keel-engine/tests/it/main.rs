@@ -141,6 +141,7 @@ impl Executor for FakeExecutor {
                 rows: Some(1),
                 metrics: None,
                 message: None,
+                retry_after: None,
             }
         });
         Ok(Running {
@@ -166,6 +167,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         name: name.into(),
         phase: phase.into(),
         command: vec!["run".into(), "{task}".into(), "{date}".into()],
+        http: None,
         after: after.iter().map(|name| name.to_string()).collect(),
         timeout: Duration::from_secs(60),
         retries: RetryPolicy {

@@ -204,6 +204,10 @@ impl Core {
         if let Some(dir) = cwd.as_ref().filter(|dir| dir.is_absolute()) {
             env.push(("PWD".to_string(), dir.display().to_string()));
         }
+        let http = match (&task_spec.http, sensor) {
+            (Some(spec), false) => Some(self.http_call(task, spec, &values, &env, clear_env)),
+            _ => None,
+        };
         Launch {
             dir,
             command,
@@ -214,6 +218,119 @@ impl Core {
             heartbeat: task_spec.heartbeat,
             kill_grace: self.config.kill_grace,
             log_cap: self.config.log_cap,
+            http,
+        }
+    }
+
+    /// The request of an HTTP task's attempt: its templates expanded, the query added to the
+    /// URL, `Idempotency-Key` and `traceparent` set, and its credential read from the
+    /// environment the task would have had as a process (`env`, and Keel's own unless
+    /// `clear_env`). A variable that is not set fails the attempt with a message naming it.
+    fn http_call(
+        &self,
+        task: TaskIndex,
+        spec: &keel_model::HttpSpec,
+        values: &TemplateValues<'_>,
+        env: &[(String, String)],
+        clear_env: bool,
+    ) -> keel_exec::HttpCall {
+        let expand = |text: &str| Template::parse(text).expand(values);
+        let lookup = |name: &str| -> Option<String> {
+            env.iter()
+                .rev()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+                .or_else(|| {
+                    (!clear_env)
+                        .then(|| {
+                            self.config
+                                .launch_context
+                                .keel_env
+                                .iter()
+                                .rev()
+                                .find(|(key, _)| key == name)
+                                .map(|(_, value)| value.clone())
+                        })
+                        .flatten()
+                })
+                .filter(|value| !value.is_empty())
+        };
+        let missing = |name: &str, field: &str| {
+            keel_exec::Credential::Missing(format!(
+                "environment variable {name} named by auth.{field} of task {:?} is not set (or empty); set it in keel's environment or the task's env_file",
+                self.spec.tasks[task].name
+            ))
+        };
+        let mut url = expand(&spec.url);
+        for (name, value) in &spec.query {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&query_encode(name));
+            url.push('=');
+            url.push_str(&query_encode(&expand(value)));
+        }
+        let mut headers: Vec<(String, String)> = spec
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), expand(value)))
+            .collect();
+        for (variable, header) in [
+            ("KEEL_IDEMPOTENCY_KEY", "Idempotency-Key"),
+            ("TRACEPARENT", "traceparent"),
+        ] {
+            if let Some((_, value)) = env.iter().rev().find(|(key, _)| key == variable) {
+                headers.push((header.to_string(), value.clone()));
+            }
+        }
+        let body = match &spec.body {
+            keel_model::HttpBody::None => None,
+            keel_model::HttpBody::Json(document) => Some((
+                serde_json::to_vec(&expand_json(document, &expand)).unwrap_or_default(),
+                "application/json".to_string(),
+            )),
+            keel_model::HttpBody::Text { text, content_type } => {
+                Some((expand(text).into_bytes(), content_type.clone()))
+            }
+        };
+        let credential = spec.auth.as_ref().map(|auth| match auth {
+            keel_model::HttpAuth::BearerEnv(name) => match lookup(name) {
+                Some(token) => keel_exec::Credential::Bearer(keel_exec::Secret(token)),
+                None => missing(name, "bearer_env"),
+            },
+            keel_model::HttpAuth::Basic { user, password_env } => match lookup(password_env) {
+                Some(password) => keel_exec::Credential::Basic {
+                    user: user.clone(),
+                    password: keel_exec::Secret(password),
+                },
+                None => missing(password_env, "basic_password_env"),
+            },
+            keel_model::HttpAuth::TokenCommand { command, ttl } => {
+                keel_exec::Credential::TokenCommand {
+                    command: command.clone(),
+                    ttl: *ttl,
+                    env: env.to_vec(),
+                }
+            }
+        });
+        let pool = self.spec.tasks[task].uses.first().and_then(|name| {
+            self.spec
+                .resources
+                .iter()
+                .find(|resource| &resource.name == name)
+        });
+        keel_exec::HttpCall {
+            pool: pool
+                .map(|resource| resource.name.clone())
+                .unwrap_or_default(),
+            pool_size: pool
+                .and_then(|resource| resource.concurrency)
+                .map(|cap| cap as usize),
+            method: spec.method.clone(),
+            url,
+            headers,
+            body,
+            credential,
+            on_status: spec.on_status.clone(),
+            connect_timeout: spec.connect_timeout,
         }
     }
 
@@ -329,4 +446,35 @@ impl Core {
         }
         gates_due
     }
+}
+
+/// A JSON document with every string expanded as a template.
+fn expand_json(value: &serde_json::Value, expand: &dyn Fn(&str) -> String) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(expand(text)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| expand_json(item, expand)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| (key.clone(), expand_json(item, expand)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A query name or value, percent-encoded (`application/x-www-form-urlencoded` leaves more
+/// alone, but this is always safe).
+fn query_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }

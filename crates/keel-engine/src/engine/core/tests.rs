@@ -14,6 +14,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         name: name.into(),
         phase: phase.into(),
         command: vec!["run".into(), "{task}".into()],
+        http: None,
         after: vec![],
         timeout: Duration::from_secs(60),
         retries: RetryPolicy {
@@ -607,4 +608,147 @@ fn a_finished_run_is_forgotten_only_once_nothing_refers_to_it() {
     assert!(book.forget_finished_runs());
     assert!(book.runs.is_empty());
     assert!(!book.forget_finished_runs(), "nothing is left to forget");
+}
+
+#[test]
+fn a_service_that_asks_to_be_called_later_is_not_asked_sooner_and_uses_no_attempt() {
+    let mut core = chain_core();
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        retry_after: Some(Duration::from_secs(90)),
+        ..Report::new(Outcome::NotReady, "POST http://svc/x answered 429")
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    let decided = finishes(&book);
+    let TaskNext::Retry { not_before, charge } = decided[0].2.clone() else {
+        panic!("not ready is checked again: {decided:?}");
+    };
+    assert!(!charge, "not ready uses no attempt");
+    assert_eq!(
+        not_before,
+        1_000 + 90_000,
+        "Retry-After wins over a 1 s backoff"
+    );
+    book.writes.clear();
+    book.now = not_before - 1;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    assert_eq!(start(&mut core, &mut book, &mut ids)[0].1, "a");
+    // Without Retry-After the backoff alone decides.
+    let mut core = chain_core();
+    let mut book = loaded(&mut core, 1_000);
+    let first = start(&mut core, &mut book, &mut 0);
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, Report::new(Outcome::NotReady, "not ready"))],
+    )
+    .unwrap();
+    let TaskNext::Retry { not_before, .. } = finishes(&book)[0].2.clone() else {
+        panic!("retried");
+    };
+    assert!(not_before <= 2_000, "{not_before}");
+}
+
+#[test]
+fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_environment() {
+    let mut core = chain_core_with(|tasks, config| {
+        tasks[0].command.clear();
+        tasks[0].http = Some(keel_model::HttpSpec {
+            url: "http://svc.local/process/{task}".into(),
+            method: "POST".into(),
+            headers: [("X-Date".to_string(), "{date}".to_string())].into(),
+            query: [
+                ("day".to_string(), "{date}".to_string()),
+                ("q".to_string(), "a b&c".to_string()),
+            ]
+            .into(),
+            body: keel_model::HttpBody::Json(serde_json::json!({
+                "date": "{date}",
+                "n": 3,
+                "nested": ["{task}"]
+            })),
+            auth: Some(keel_model::HttpAuth::BearerEnv("SVC_TOKEN".into())),
+            on_status: vec![],
+            connect_timeout: Duration::from_secs(5),
+        });
+        tasks[1].command.clear();
+        tasks[1].http = Some(keel_model::HttpSpec {
+            url: "http://svc.local/".into(),
+            method: "GET".into(),
+            headers: Default::default(),
+            query: Default::default(),
+            body: keel_model::HttpBody::None,
+            auth: Some(keel_model::HttpAuth::BearerEnv("NOT_SET".into())),
+            on_status: vec![],
+            connect_timeout: Duration::from_secs(5),
+        });
+        config.launch_context.keel_env = vec![("SVC_TOKEN".into(), "tok-123456".into())];
+    });
+    let mut book = loaded(&mut core, 1_000);
+    let record = book.runs[0].record.clone();
+    let launch = core.task_launch(
+        &record,
+        0,
+        false,
+        1,
+        keel_model::SpanId(7),
+        std::path::PathBuf::from("/attempts/a.1"),
+    );
+    let call = launch
+        .http
+        .expect("an HTTP task's launch carries its request");
+    assert_eq!(call.method, "POST");
+    assert_eq!(
+        call.url,
+        format!(
+            "http://svc.local/process/a?day={}&q=a%20b%26c",
+            record.partition
+        )
+    );
+    let body: serde_json::Value = serde_json::from_slice(&call.body.clone().unwrap().0).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"date": record.partition, "n": 3, "nested": ["a"]})
+    );
+    let header = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(header("X-Date").as_deref(), Some(record.partition.as_str()));
+    assert_eq!(
+        header("Idempotency-Key").as_deref(),
+        Some(format!("core:a:{}", record.partition).as_str())
+    );
+    assert!(header("traceparent").is_some_and(|value| value.starts_with("00-")));
+    assert_eq!(
+        call.credential,
+        Some(keel_exec::Credential::Bearer(keel_exec::Secret(
+            "tok-123456".into()
+        )))
+    );
+    assert!(
+        !format!("{call:?}").contains("tok-123456"),
+        "a token never shows in Debug"
+    );
+    // A credential whose variable is not set fails the attempt, naming the variable.
+    let other = core.task_launch(
+        &record,
+        1,
+        false,
+        1,
+        keel_model::SpanId(7),
+        std::path::PathBuf::from("/attempts/b.1"),
+    );
+    let Some(keel_exec::Credential::Missing(message)) = other.http.unwrap().credential else {
+        panic!("an unset variable is reported");
+    };
+    assert!(message.contains("NOT_SET"), "{message}");
+    let _ = &mut book;
 }
