@@ -78,11 +78,14 @@ pub struct HttpCall {
     pub connect_timeout: Duration,
 }
 
+/// Tokens printed by token commands, by command, with when each was printed.
+type TokenCache = HashMap<Vec<String>, (Secret, Instant)>;
+
 /// The clients and the cached tokens, shared by every attempt of an executor.
 #[derive(Clone, Default)]
 pub struct HttpClients {
     clients: Arc<Mutex<HashMap<String, reqwest::Client>>>,
-    tokens: Arc<tokio::sync::Mutex<HashMap<Vec<String>, (Secret, Instant)>>>,
+    tokens: Arc<tokio::sync::Mutex<TokenCache>>,
 }
 
 impl HttpClients {

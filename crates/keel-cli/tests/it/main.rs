@@ -11,6 +11,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod http_tasks;
 mod logs;
 mod messages;
 mod operations;

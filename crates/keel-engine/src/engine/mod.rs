@@ -740,7 +740,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     let executor = self.executor.clone();
                     tokio::spawn(async move {
                         let launched =
-                            tokio::task::spawn_blocking(move || executor.launch(launch)).await;
+                            tokio::task::spawn_blocking(move || executor.launch(*launch)).await;
                         let report = match launched {
                             Ok(Ok(running)) => running.completion.await,
                             Ok(Err(error)) => Report::new(

@@ -133,7 +133,7 @@ pub(super) enum Effect {
     PollSensor {
         run_index: usize,
         task: TaskIndex,
-        launch: Launch,
+        launch: Box<Launch>,
     },
 }
 
