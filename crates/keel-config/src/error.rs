@@ -427,7 +427,7 @@ pub enum ConfigError {
         location: Location,
     },
 
-    #[error("invalid http {field} of task {task:?} ({location}): {reason}")]
+    #[error("invalid {field} of task {task:?} ({location}): {reason}")]
     InvalidHttp {
         task: String,
         field: String,

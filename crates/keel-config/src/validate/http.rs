@@ -189,7 +189,7 @@ impl Checker<'_> {
     ) {
         self.errors.push(ConfigError::InvalidHttp {
             task: task.to_string(),
-            field: field.to_string(),
+            field: format!("http.{field}"),
             reason,
             location: self.location(&value.span()),
         });
