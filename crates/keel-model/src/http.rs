@@ -14,7 +14,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The request an HTTP task sends. Every string may hold templates (`{date}`, `{param.NAME}`, …),
 /// expanded per attempt; header, query and JSON names are taken as written.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HttpSpec {
     /// `http://` or `https://`, with templates.
     pub url: String,
@@ -32,7 +32,7 @@ pub struct HttpSpec {
 }
 
 /// What the request carries.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpBody {
     None,
@@ -47,7 +47,7 @@ pub enum HttpBody {
 
 /// Where the request's credentials come from. Only names are kept here: the values are read
 /// when an attempt starts and never stored, logged or shown.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpAuth {
     /// `Authorization: Bearer VALUE` with the value of this environment variable.

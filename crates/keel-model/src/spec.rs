@@ -153,7 +153,12 @@ pub struct GateSpec {
 /// backoff from `every` up to `max`, for at most `deadline`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SensorSpec {
+    /// Empty for a sensor that is an HTTP request.
     pub command: Vec<String>,
+    /// `wait_for = { http = { … } }`: the sensor is a request; 2xx is ready, 204, 404, 425,
+    /// 429 and 503 are not ready, unless its `on_status` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::HttpSpec>,
     pub every: Duration,
     pub max: Duration,
     pub deadline: Duration,

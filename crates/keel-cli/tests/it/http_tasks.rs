@@ -544,3 +544,74 @@ fn a_request_in_flight_is_cancelled_and_one_whose_keel_was_killed_is_lost_and_se
     assert_eq!(task(&status, "call")["outcome"], "cancelled", "{status}");
     assert_eq!(status["runs"][0]["state"], "cancelled");
 }
+
+#[test]
+fn an_http_sensor_waits_through_not_ready_statuses_and_its_on_status_can_say_no_data() {
+    let server = Server::start(
+        |request, before| match request.path.split('?').next().unwrap() {
+            "/data-ready" if before < 2 => (404, vec![], "not yet".into()),
+            "/data-ready" => (200, vec![], "{}".into()),
+            "/gone" => (410, vec![], "season over".into()),
+            _ => (200, vec![], r#"{"rows": 3}"#.into()),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"[pipeline]
+name = "sensed"
+timezone = "UTC"
+partition = "date"
+
+[phases.all]
+
+[tasks.load]
+phase = "all"
+http = {{ url = "{load}" }}
+wait_for = {{ http = {{ url = "{ready}", query = {{ date = "{{date}}" }} }}, every = "10ms", max = "20ms", deadline = "1m" }}
+
+[tasks.archive]
+phase = "all"
+http = {{ url = "{load}" }}
+wait_for = {{ http = {{ url = "{gone}", on_status = {{ "410" = "no_data" }} }}, every = "10ms" }}
+"#,
+            load = server.url("/load"),
+            ready = server.url("/data-ready"),
+            gone = server.url("/gone"),
+        ),
+    );
+    let output = run(&pipeline, &["--partition", "2026-03-01"], &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = status_json(&pipeline);
+    assert_eq!(task(&status, "load")["outcome"], "succeeded", "{status}");
+    assert_eq!(task(&status, "load")["rows"], 3);
+    assert_eq!(
+        task(&status, "load")["attempts"],
+        1,
+        "the 404s used no attempt"
+    );
+    assert_eq!(task(&status, "archive")["outcome"], "no_data", "{status}");
+    assert_eq!(
+        task(&status, "archive")["attempts"],
+        0,
+        "no data: it never ran"
+    );
+    let seen = server.seen();
+    let polls: Vec<&Seen> = seen
+        .iter()
+        .filter(|seen| seen.path.starts_with("/data-ready"))
+        .collect();
+    assert_eq!(polls.len(), 3, "{polls:?}");
+    assert_eq!(polls[0].path, "/data-ready?date=2026-03-01");
+    assert_eq!(
+        seen.iter().filter(|seen| seen.path == "/load").count(),
+        1,
+        "only the task whose data was ready was called"
+    );
+}

@@ -206,6 +206,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     }
                     let wait_for = sensor.map(|(every, max_factor, sensor_deadline)| SensorSpec {
                         command: vec!["ready".into(), "{partition}".into()],
+                        http: None,
                         every,
                         max: max_factor.map_or(every * 8, |factor| every * factor),
                         deadline: sensor_deadline.unwrap_or(deadline),

@@ -379,6 +379,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 uses: strings(&["stats_feed"]),
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "boxscores", "{date}"]),
+                    http: None,
                     every: seconds(5 * 60),
                     max: seconds(30 * 60),
                     deadline: seconds(6 * 3600),
@@ -396,6 +397,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 // Defaults: every 1m, max 8 × every, the deadline of the task itself.
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "props", "{partition}"]),
+                    http: None,
                     every: seconds(60),
                     max: seconds(8 * 60),
                     deadline: seconds(45 * 60),
@@ -419,6 +421,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 // The deadline comes from [defaults] through the task.
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "context"]),
+                    http: None,
                     every: seconds(30),
                     max: seconds(4 * 60),
                     deadline: seconds(3 * 3600),
@@ -602,6 +605,7 @@ wait_for = { command = ["true"], every = "1h" }
         spec.tasks[0].wait_for,
         Some(SensorSpec {
             command: strings(&["true"]),
+            http: None,
             every: seconds(3600),
             max: seconds(8 * 3600),
             deadline: DEFAULT_DEADLINE,

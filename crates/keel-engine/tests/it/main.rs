@@ -1004,6 +1004,7 @@ async fn a_gate_whose_required_task_fails_fails_downstream() {
 fn sensed(mut spec: TaskSpec, every_ms: u64, max_ms: u64, deadline_ms: u64) -> TaskSpec {
     spec.wait_for = Some(keel_model::SensorSpec {
         command: vec!["ready".into(), "{date}".into()],
+        http: None,
         every: Duration::from_millis(every_ms),
         max: Duration::from_millis(max_ms),
         deadline: Duration::from_millis(deadline_ms),

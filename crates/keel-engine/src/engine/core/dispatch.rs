@@ -2,7 +2,7 @@
 //! claimed (one transaction per batch) and launched with the task contract's environment.
 
 use super::*;
-use keel_model::InheritEnv;
+use keel_model::{InheritEnv, StatusMatch};
 use std::collections::BTreeMap;
 
 impl Core {
@@ -206,6 +206,15 @@ impl Core {
         }
         let http = match (&task_spec.http, sensor) {
             (Some(spec), false) => Some(self.http_call(task, spec, &values, &env, clear_env)),
+            (_, true) => task_spec
+                .wait_for
+                .as_ref()
+                .and_then(|sensor| sensor.http.as_ref())
+                .map(|spec| {
+                    let mut call = self.http_call(task, spec, &values, &env, clear_env);
+                    call.on_status.extend(sensor_statuses(&call.on_status));
+                    call
+                }),
             _ => None,
         };
         Launch {
@@ -477,4 +486,15 @@ fn query_encode(text: &str) -> String {
         }
     }
     encoded
+}
+
+/// What an HTTP sensor's statuses mean besides the task mapping: 204 (nothing yet), 404 (not
+/// there yet) and 425 (too early) are *not ready*, unless the sensor's own `on_status` names
+/// that code or a class holding it.
+fn sensor_statuses(own: &[(StatusMatch, Outcome)]) -> Vec<(StatusMatch, Outcome)> {
+    [204, 404, 425]
+        .into_iter()
+        .filter(|code| !own.iter().any(|(pattern, _)| pattern.matches(*code)))
+        .map(|code| (StatusMatch::Code(code), Outcome::NotReady))
+        .collect()
 }

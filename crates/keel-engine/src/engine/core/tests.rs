@@ -314,6 +314,7 @@ fn sensed_core() -> Core {
     chain_core_with(|tasks, _| {
         tasks[0].wait_for = Some(keel_model::SensorSpec {
             command: vec!["ready".into(), "{date}".into(), "{task}".into()],
+            http: None,
             every: Duration::from_secs(1),
             max: Duration::from_secs(8),
             deadline: Duration::from_secs(60),
@@ -518,6 +519,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
         };
         tasks[0].wait_for = Some(keel_model::SensorSpec {
             command: vec!["ready".into()],
+            http: None,
             every: Duration::from_secs(1),
             max: Duration::from_secs(1),
             deadline: Duration::from_secs(60),
