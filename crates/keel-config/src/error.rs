@@ -427,9 +427,10 @@ pub enum ConfigError {
         location: Location,
     },
 
-    #[error("invalid {field} of task {task:?} ({location}): {reason}")]
+    #[error("invalid {field} of {owner} ({location}): {reason}")]
     InvalidHttp {
-        task: String,
+        /// `task "NAME"` or `resource "NAME"`.
+        owner: String,
         field: String,
         reason: String,
         location: Location,

@@ -1090,7 +1090,7 @@ impl Checker<'_> {
                 location: self.location(&task.name.span),
             }),
             (true, true) => self.errors.push(ConfigError::InvalidHttp {
-                task: task.name.name.clone(),
+                owner: format!("task {:?}", task.name.name),
                 field: "http".to_string(),
                 reason: "the task has both a command and http; an HTTP task sends its request instead of running a command, so keep one".to_string(),
                 location: self.location(&task.name.span),

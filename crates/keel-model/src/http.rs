@@ -59,6 +59,25 @@ pub enum HttpAuth {
     TokenCommand { command: Vec<String>, ttl: Duration },
 }
 
+/// A resource's health probe (`ready = { url = "…/ready" }`): checked before a task that uses
+/// the resource starts, at most once per `every`; while it fails, those tasks wait as behind an
+/// open breaker, using up no attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReadyProbe {
+    /// A GET of this URL; no templates (a probe belongs to no partition).
+    pub url: String,
+    pub auth: Option<HttpAuth>,
+    /// How long a probe's answer holds, failed or not.
+    pub every: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+}
+
+/// How long a probe's answer holds when `every` is not given.
+pub const DEFAULT_PROBE_EVERY: Duration = Duration::from_secs(10);
+/// How long a probe may take when `timeout` is not given.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which statuses an `on_status` entry covers: one code (`"404"`) or a class (`"4xx"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

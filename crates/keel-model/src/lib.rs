@@ -17,8 +17,8 @@ mod trace;
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use http::{
-    DEFAULT_CONNECT_TIMEOUT, HTTP_METHODS, HttpAuth, HttpBody, HttpSpec, STATUS_OUTCOMES,
-    StatusMatch, status_outcome,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
+    HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
 };
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{

@@ -174,6 +174,10 @@ pub struct ResourceSpec {
     pub concurrency: Option<u32>,
     pub breaker: Option<BreakerSpec>,
     pub retry_budget: Option<RetryBudgetSpec>,
+    /// A health probe checked before tasks using the resource start. Left out of the version
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<crate::ReadyProbe>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use keel_model::{
-    DEFAULT_CONNECT_TIMEOUT, HTTP_METHODS, HttpAuth, HttpBody, HttpSpec, Outcome, STATUS_OUTCOMES,
-    StatusMatch,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
+    HttpBody, HttpSpec, Outcome, ReadyProbe, STATUS_OUTCOMES, StatusMatch,
 };
 use toml::Spanned;
 use toml::de::DeValue;
@@ -44,7 +44,73 @@ const RESERVED_HEADERS: &[&str] = &[
     "connection",
 ];
 
+const READY_FIELDS: &[&str] = &["url", "auth", "every", "timeout"];
+
 impl Checker<'_> {
+    /// A resource's `ready = { url = "…", every = "10s", timeout = "5s", auth = { … } }`.
+    pub(super) fn ready_probe(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        path: &str,
+        resource: &str,
+    ) -> Option<ReadyProbe> {
+        let table = self.table(value, "ready", path)?;
+        let path = format!("{path}.ready");
+        let errors_before = self.errors.len();
+        let mut probe = ReadyProbe {
+            url: String::new(),
+            auth: None,
+            every: DEFAULT_PROBE_EVERY,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+        };
+        let owner = format!("resource {resource:?}");
+        for (key, item) in entries(table) {
+            let field = key.get_ref().as_ref();
+            match field {
+                "url" => {
+                    let Some(url) = self.string(item, field, &path, EXPECT_STRING) else {
+                        continue;
+                    };
+                    let problem = url_problem(&url).or_else(|| {
+                        url.contains(['{', '}']).then(|| {
+                            "a probe belongs to no partition or task, so its URL has no templates"
+                                .to_string()
+                        })
+                    });
+                    match problem {
+                        Some(reason) => self.errors.push(ConfigError::InvalidHttp {
+                            owner: owner.clone(),
+                            field: "ready.url".to_string(),
+                            reason,
+                            location: self.location(&item.span()),
+                        }),
+                        None => probe.url = url,
+                    }
+                }
+                "auth" => probe.auth = self.http_auth(item, &path, resource),
+                "every" => {
+                    if let Some(every) = self.duration(item, field, &path, false) {
+                        probe.every = every;
+                    }
+                }
+                "timeout" => {
+                    if let Some(timeout) = self.duration(item, field, &path, false) {
+                        probe.timeout = timeout;
+                    }
+                }
+                _ => self.unknown_field(key, &path, READY_FIELDS, &[]),
+            }
+        }
+        if !table.contains_key("url") {
+            self.errors.push(ConfigError::MissingField {
+                field: "url".to_string(),
+                table: path.clone(),
+                location: self.location(&value.span()),
+            });
+        }
+        (self.errors.len() == errors_before).then_some(probe)
+    }
+
     /// Reads `http = { … }` of `task`; `None` when it is broken (the errors say why).
     pub(super) fn http(
         &mut self,
@@ -188,33 +254,16 @@ impl Checker<'_> {
         reason: String,
     ) {
         self.errors.push(ConfigError::InvalidHttp {
-            task: task.to_string(),
+            owner: format!("task {task:?}"),
             field: format!("http.{field}"),
             reason,
             location: self.location(&value.span()),
         });
     }
 
-    /// The URL: `http://` or `https://` and a host, with templates checked. Credentials in the
-    /// URL are refused, since the file is no place for them.
+    /// The URL, with templates checked.
     fn http_url(&mut self, value: &Spanned<DeValue<'_>>, url: &str, task: &str) {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        let reason = match rest {
-            None => Some(
-                "write an http:// or https:// URL such as \"http://127.0.0.1:8080/process\""
-                    .to_string(),
-            ),
-            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                Some("it has no host; write one as in \"http://127.0.0.1:8080/process\"".into())
-            }
-            Some(rest) if rest.split(['/', '?']).next().is_some_and(|host| host.contains('@')) => {
-                Some("credentials do not belong in the URL; use auth = { bearer_env = \"NAME\" } or basic_user / basic_password_env".into())
-            }
-            Some(_) => None,
-        };
-        match reason {
+        match url_problem(url) {
             Some(reason) => self.invalid_http(value, task, "url", reason),
             None => self.check_task_templates(value, url, task, "http url"),
         }
@@ -486,5 +535,25 @@ impl Checker<'_> {
             }
         }
         rules
+    }
+}
+
+/// What is wrong with a URL Keel is to call: it must be `http://` or `https://` with a host, and
+/// hold no credentials, since the file is no place for them.
+fn url_problem(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => Some(
+            "write an http:// or https:// URL such as \"http://127.0.0.1:8080/process\"".to_string(),
+        ),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            Some("it has no host; write one as in \"http://127.0.0.1:8080/process\"".into())
+        }
+        Some(rest) if rest.split(['/', '?']).next().is_some_and(|host| host.contains('@')) => {
+            Some("credentials do not belong in the URL; use auth = { bearer_env = \"NAME\" } or basic_user / basic_password_env".into())
+        }
+        Some(_) => None,
     }
 }

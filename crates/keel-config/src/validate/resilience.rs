@@ -19,7 +19,7 @@ use crate::error::{ConfigError, NameKind};
 use crate::quantity::{RateProblem, parse_percentage, parse_rate};
 use crate::suggest::closest;
 
-const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget"];
+const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget", "ready"];
 const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown", "max_open"];
 const RETRY_BUDGET_FIELDS: &[&str] = &["ratio", "window", "min"];
 const GATE_FIELDS: &[&str] = &["required", "min", "grace"];
@@ -59,6 +59,7 @@ pub(super) struct RawResource {
     concurrency: Option<u32>,
     breaker: Option<BreakerSpec>,
     retry_budget: Option<RetryBudgetSpec>,
+    ready: Option<keel_model::ReadyProbe>,
 }
 
 impl RawResource {
@@ -69,6 +70,7 @@ impl RawResource {
             concurrency: self.concurrency,
             breaker: self.breaker,
             retry_budget: self.retry_budget,
+            ready: self.ready,
         }
     }
 }
@@ -149,6 +151,7 @@ impl Checker<'_> {
             concurrency: None,
             breaker: None,
             retry_budget: None,
+            ready: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -157,6 +160,7 @@ impl Checker<'_> {
                 "concurrency" => resource.concurrency = self.positive_integer(value, field, &path),
                 "breaker" => resource.breaker = self.breaker(value, &path),
                 "retry_budget" => resource.retry_budget = self.retry_budget(key, value, &path),
+                "ready" => resource.ready = self.ready_probe(value, &path, &resource.name.name),
                 _ => self.unknown_field(key, &path, RESOURCE_FIELDS, &[]),
             }
         }
@@ -438,7 +442,7 @@ impl Checker<'_> {
                 location: self.location(&key.span()),
             }),
             (true, true) => self.errors.push(ConfigError::InvalidHttp {
-                task: task.to_string(),
+                owner: format!("task {task:?}"),
                 field: "wait_for.http".to_string(),
                 reason: "the sensor has both a command and http; keep one".to_string(),
                 location: self.location(&key.span()),

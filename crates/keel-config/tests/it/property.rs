@@ -69,6 +69,7 @@ fn resource(name: String) -> impl Strategy<Value = ResourceSpec> {
                 concurrency,
                 breaker,
                 retry_budget,
+                ready: None,
             },
         )
 }

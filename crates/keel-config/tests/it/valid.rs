@@ -458,6 +458,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     window: seconds(60),
                     min: 3,
                 }),
+                ready: None,
             },
             ResourceSpec {
                 name: "odds_api".into(),
@@ -478,6 +479,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     window: seconds(600),
                     min: 0,
                 }),
+                ready: None,
             },
             ResourceSpec {
                 name: "warehouse".into(),
@@ -485,6 +487,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 concurrency: None,
                 breaker: None,
                 retry_budget: None,
+                ready: None,
             },
         ],
     };

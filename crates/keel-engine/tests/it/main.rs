@@ -1115,6 +1115,7 @@ fn resource(name: &str) -> keel_model::ResourceSpec {
         concurrency: None,
         breaker: None,
         retry_budget: None,
+        ready: None,
     }
 }
 
