@@ -149,6 +149,20 @@ impl HttpClients {
         })
     }
 
+    /// Sends a resource's health probe on the current runtime: no directory, no log.
+    pub fn probe(&self, call: HttpCall, timeout: Duration) -> crate::Completion {
+        let clients = self.clone();
+        Box::pin(async move {
+            let mut log = AttemptLog {
+                file: None,
+                written: 0,
+                cap: 0,
+            };
+            let never = tokio::sync::Notify::new();
+            send(&clients, call, timeout, &mut log, &never).await
+        })
+    }
+
     /// A bearer token from `command`, from the cache while it is younger than `ttl`.
     async fn token(
         &self,

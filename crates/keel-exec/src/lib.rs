@@ -103,4 +103,15 @@ pub trait Executor: Send + Sync + 'static {
     /// Reconnects to an attempt that a previous process started in `dir`; `known_pid` is the
     /// supervisor's pid if the store recorded it.
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted;
+    /// Sends a resource's health probe: a request with no attempt, directory or log. An
+    /// executor that sends no requests reports every probe failed.
+    fn probe(&self, call: HttpCall, timeout: Duration) -> Completion {
+        let _ = (call, timeout);
+        Box::pin(async {
+            Report::new(
+                keel_model::Outcome::Failed,
+                "this executor sends no HTTP requests",
+            )
+        })
+    }
 }

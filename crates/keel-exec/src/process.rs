@@ -462,6 +462,10 @@ impl Executor for ProcessExecutor {
         })
     }
 
+    fn probe(&self, call: crate::HttpCall, timeout: Duration) -> crate::Completion {
+        self.http.probe(call, timeout)
+    }
+
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
         let lock = match OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) {
             Ok(lock) => lock,

@@ -615,3 +615,69 @@ wait_for = {{ http = {{ url = "{gone}", on_status = {{ "410" = "no_data" }} }}, 
         "only the task whose data was ready was called"
     );
 }
+
+#[test]
+fn tasks_using_a_resource_wait_for_its_ready_probe_without_using_attempts() {
+    let server = Server::start(|request, before| match request.path.as_str() {
+        "/ready" if before < 2 => (503, vec![], "warming up".into()),
+        _ => (200, vec![], "{}".into()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"[pipeline]
+name = "probed"
+timezone = "UTC"
+partition = "date"
+
+[resources.svc]
+ready = {{ url = "{ready}", every = "50ms", timeout = "2s" }}
+
+[phases.all]
+
+[tasks.first]
+phase = "all"
+uses = ["svc"]
+command = ["true"]
+
+[tasks.second]
+phase = "all"
+uses = ["svc"]
+http = {{ url = "{work}" }}
+"#,
+            ready = server.url("/ready"),
+            work = server.url("/work"),
+        ),
+    );
+    let output = run(&pipeline, &["--partition", "2026-03-01"], &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = status_json(&pipeline);
+    for name in ["first", "second"] {
+        assert_eq!(task(&status, name)["outcome"], "succeeded", "{status}");
+        assert_eq!(task(&status, name)["attempts"], 1, "{status}");
+    }
+    let seen = server.seen();
+    let probes = seen.iter().filter(|seen| seen.path == "/ready").count();
+    assert!(
+        probes >= 3,
+        "two failed probes, then one that passed: {seen:?}"
+    );
+    let first_work = seen.iter().position(|seen| seen.path == "/work").unwrap();
+    let passing_probe = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, seen)| seen.path == "/ready")
+        .nth(2)
+        .map(|(index, _)| index)
+        .unwrap();
+    assert!(
+        passing_probe < first_work,
+        "no request before the probe passed: {seen:?}"
+    );
+}

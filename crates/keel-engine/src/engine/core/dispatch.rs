@@ -231,6 +231,33 @@ impl Core {
         }
     }
 
+    /// A resource's health probe (`ready`) as a GET, with its timeout; its credential from
+    /// Keel's own environment.
+    pub(crate) fn probe_call(&self, resource: usize) -> (keel_exec::HttpCall, std::time::Duration) {
+        let resource_spec = &self.spec.resources[resource];
+        let probe = resource_spec
+            .ready
+            .as_ref()
+            .expect("a probe is asked for only for a resource that has one");
+        let spec = keel_model::HttpSpec {
+            url: probe.url.clone(),
+            method: "GET".to_string(),
+            headers: Default::default(),
+            query: Default::default(),
+            body: keel_model::HttpBody::None,
+            auth: probe.auth.clone(),
+            on_status: Vec::new(),
+            connect_timeout: probe.timeout,
+        };
+        let keel_env = &self.config.launch_context.keel_env;
+        let mut call = self.request(&spec, &|text| text.to_string(), keel_env, false, || {
+            format!("resource {:?}", resource_spec.name)
+        });
+        call.pool = resource_spec.name.clone();
+        call.pool_size = resource_spec.concurrency.map(|cap| cap as usize);
+        (call, probe.timeout)
+    }
+
     /// The request of an HTTP task's attempt: its templates expanded, the query added to the
     /// URL, `Idempotency-Key` and `traceparent` set, and its credential read from the
     /// environment the task would have had as a process (`env`, and Keel's own unless
@@ -244,6 +271,41 @@ impl Core {
         clear_env: bool,
     ) -> keel_exec::HttpCall {
         let expand = |text: &str| Template::parse(text).expand(values);
+        let task_spec = &self.spec.tasks[task];
+        let mut call = self.request(spec, &expand, env, clear_env, || {
+            format!("task {:?}", task_spec.name)
+        });
+        for (variable, header) in [
+            ("KEEL_IDEMPOTENCY_KEY", "Idempotency-Key"),
+            ("TRACEPARENT", "traceparent"),
+        ] {
+            if let Some((_, value)) = env.iter().rev().find(|(key, _)| key == variable) {
+                call.headers.push((header.to_string(), value.clone()));
+            }
+        }
+        if let Some(resource) = task_spec.uses.first().and_then(|name| {
+            self.spec
+                .resources
+                .iter()
+                .find(|resource| &resource.name == name)
+        }) {
+            call.pool = resource.name.clone();
+            call.pool_size = resource.concurrency.map(|cap| cap as usize);
+        }
+        call
+    }
+
+    /// A request from `spec`, its strings through `expand`, its credential read from `env` and
+    /// (unless `clear_env`) Keel's own environment; `owner` names whose request it is in the
+    /// message of a variable that is not set.
+    fn request(
+        &self,
+        spec: &keel_model::HttpSpec,
+        expand: &dyn Fn(&str) -> String,
+        env: &[(String, String)],
+        clear_env: bool,
+        owner: impl Fn() -> String,
+    ) -> keel_exec::HttpCall {
         let lookup = |name: &str| -> Option<String> {
             env.iter()
                 .rev()
@@ -266,8 +328,8 @@ impl Core {
         };
         let missing = |name: &str, field: &str| {
             keel_exec::Credential::Missing(format!(
-                "environment variable {name} named by auth.{field} of task {:?} is not set (or empty); set it in keel's environment or the task's env_file",
-                self.spec.tasks[task].name
+                "environment variable {name} named by auth.{field} of {} is not set (or empty); set it in keel's environment or the task's env_file",
+                owner()
             ))
         };
         let mut url = expand(&spec.url);
@@ -277,23 +339,15 @@ impl Core {
             url.push('=');
             url.push_str(&query_encode(&expand(value)));
         }
-        let mut headers: Vec<(String, String)> = spec
+        let headers: Vec<(String, String)> = spec
             .headers
             .iter()
             .map(|(name, value)| (name.clone(), expand(value)))
             .collect();
-        for (variable, header) in [
-            ("KEEL_IDEMPOTENCY_KEY", "Idempotency-Key"),
-            ("TRACEPARENT", "traceparent"),
-        ] {
-            if let Some((_, value)) = env.iter().rev().find(|(key, _)| key == variable) {
-                headers.push((header.to_string(), value.clone()));
-            }
-        }
         let body = match &spec.body {
             keel_model::HttpBody::None => None,
             keel_model::HttpBody::Json(document) => Some((
-                serde_json::to_vec(&expand_json(document, &expand)).unwrap_or_default(),
+                serde_json::to_vec(&expand_json(document, expand)).unwrap_or_default(),
                 "application/json".to_string(),
             )),
             keel_model::HttpBody::Text { text, content_type } => {
@@ -320,19 +374,9 @@ impl Core {
                 }
             }
         });
-        let pool = self.spec.tasks[task].uses.first().and_then(|name| {
-            self.spec
-                .resources
-                .iter()
-                .find(|resource| &resource.name == name)
-        });
         keel_exec::HttpCall {
-            pool: pool
-                .map(|resource| resource.name.clone())
-                .unwrap_or_default(),
-            pool_size: pool
-                .and_then(|resource| resource.concurrency)
-                .map(|cap| cap as usize),
+            pool: String::new(),
+            pool_size: None,
             method: spec.method.clone(),
             url,
             headers,
@@ -445,6 +489,13 @@ impl Core {
                     }
                 }
                 Wake::Gate(gate) => gates_due.push((run_index, gate)),
+                Wake::Probe(resource) => {
+                    let probe = &mut book.probes[resource];
+                    if probe.wake_at.is_some_and(|wake| wake <= now) {
+                        probe.wake_at = None;
+                    }
+                    book.ready.extend(probe.waiters.drain(..));
+                }
                 Wake::Resource(resource) => {
                     if book.breaker_wake[resource].is_some_and(|wake| wake <= now) {
                         book.breaker_wake[resource] = None;

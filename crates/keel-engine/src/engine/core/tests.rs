@@ -107,7 +107,13 @@ fn loaded_from(
     now: Millis,
     adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
 ) -> Book {
-    let mut book = Book::new(Vec::new(), now);
+    let policies = core
+        .spec
+        .resources
+        .iter()
+        .map(|resource| crate::policy::ResourcePolicy::new(resource, now))
+        .collect();
+    let mut book = Book::new(policies, now);
     let record = RunRecord {
         id: RunId(1),
         pipeline: "core".into(),
@@ -332,7 +338,7 @@ fn polls(core: &mut Core, book: &mut Book) -> Vec<TaskIndex> {
         .into_iter()
         .filter_map(|effect| match effect {
             Effect::PollSensor { task, .. } => Some(task),
-            Effect::Stop(_) => None,
+            Effect::Stop(_) | Effect::Probe { .. } => None,
         })
         .collect()
 }
@@ -753,4 +759,74 @@ fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_env
     };
     assert!(message.contains("NOT_SET"), "{message}");
     let _ = &mut book;
+}
+
+#[test]
+fn a_failing_ready_probe_holds_tasks_without_attempts_until_one_passes() {
+    let mut core = chain_core();
+    let mut spec = (*core.spec).clone();
+    spec.resources = vec![keel_model::ResourceSpec {
+        name: "svc".into(),
+        rate: None,
+        concurrency: None,
+        breaker: None,
+        retry_budget: None,
+        ready: Some(keel_model::ReadyProbe {
+            url: "http://svc.local/ready".into(),
+            auth: None,
+            every: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        }),
+    }];
+    spec.tasks[0].uses = vec!["svc".into()];
+    core.spec = Arc::new(spec);
+    core.task_uses[0] = vec![0];
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    // The first look asks for a probe; nothing is claimed meanwhile.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    let probes = |book: &mut Book| {
+        std::mem::take(&mut book.effects)
+            .into_iter()
+            .filter(|effect| matches!(effect, Effect::Probe { resource: 0 }))
+            .count()
+    };
+    assert_eq!(probes(&mut book), 1);
+    assert_eq!(book.probing, 1);
+    // One probe at a time, however often the task is looked at.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0);
+    let (call, timeout) = core.probe_call(0);
+    assert_eq!(
+        (call.method.as_str(), call.url.as_str()),
+        ("GET", "http://svc.local/ready")
+    );
+    assert_eq!(timeout, Duration::from_secs(2));
+
+    // It fails: the task waits `every` for the next probe, with no attempt used.
+    book.now = 1_500;
+    core.on_probe(
+        &mut book,
+        0,
+        Report::new(Outcome::NotReady, "GET http://svc.local/ready answered 503"),
+    );
+    assert_eq!(book.probing, 0);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0, "a failed answer holds for `every`");
+    assert_eq!(book.runs[0].slots[0].attempts, 0);
+    book.now = 11_499;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0);
+    book.now = 11_500;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 1, "asked again once the answer is old");
+
+    // It passes: the task starts, and the answer holds for the next ten seconds.
+    core.on_probe(&mut book, 0, Report::new(Outcome::Succeeded, "ok"));
+    let started = start(&mut core, &mut book, &mut ids);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1, "a");
+    assert_eq!(probes(&mut book), 0);
 }
