@@ -117,6 +117,7 @@ impl ProgressDisplay {
                 }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }
+                | Progress::ResourceProbe { .. }
                 | Progress::SensorPolled { .. }
                 | Progress::QueueDepth { .. } => {}
             }

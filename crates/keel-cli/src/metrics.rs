@@ -287,6 +287,8 @@ impl Metrics {
                     })
                     .inc();
             }
+            // Logged by serve; the breaker gauges say more about a dependency's health.
+            Progress::ResourceProbe { .. } => {}
             Progress::SensorPolled { task, verdict, .. } => {
                 families
                     .sensor_polls

@@ -407,6 +407,21 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 ),
             )
         },
+        Progress::ResourceProbe {
+            resource,
+            healthy,
+            message,
+        } => {
+            let text = if *healthy {
+                format!("resource {resource}: its ready probe passes again; tasks using it start")
+            } else {
+                format!(
+                    "resource {resource}: its ready probe failed ({}); tasks using it wait, using up no attempts",
+                    message.as_deref().unwrap_or("no answer")
+                )
+            };
+            Line::new(if *healthy { Level::Info } else { Level::Warn }, text)
+        }
         Progress::TasksSettled { .. }
         | Progress::RateLimited { .. }
         | Progress::SensorPolled { .. }

@@ -532,6 +532,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             name: task.task.clone(),
             phase: task.phase.clone(),
             command: vec!["false".into()],
+            http: None,
             after: Vec::new(),
             timeout: std::time::Duration::from_secs(60),
             retries: keel_model::RetryPolicy::default(),

@@ -427,6 +427,15 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid {field} of {owner} ({location}): {reason}")]
+    InvalidHttp {
+        /// `task "NAME"` or `resource "NAME"`.
+        owner: String,
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error("invalid {field:?} in [alerts] ({location}): {reason}")]
     InvalidAlerts {
         field: String,
@@ -591,6 +600,7 @@ impl ConfigError {
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
+            | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
             | ConfigError::UnknownGateTask { location, .. }
             | ConfigError::GateTaskInOtherPhase { location, .. }

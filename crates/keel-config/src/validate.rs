@@ -11,6 +11,7 @@
 
 mod alerts;
 mod context;
+mod http;
 mod passes;
 mod resilience;
 
@@ -74,6 +75,7 @@ const PHASE_FIELDS: &[&str] = &["after", "gate"];
 const TASK_FIELDS: &[&str] = &[
     "phase",
     "command",
+    "http",
     "after",
     "timeout",
     "retries",
@@ -285,6 +287,7 @@ struct RawTask {
     name: NameRef,
     phase: Option<NameRef>,
     command: Option<Vec<String>>,
+    http: Option<keel_model::HttpSpec>,
     after: Vec<NameRef>,
     timeout: Option<Duration>,
     retries: RetriesOverride,
@@ -1017,6 +1020,7 @@ impl Checker<'_> {
             name: task_name,
             phase: None,
             command: None,
+            http: None,
             after: Vec::new(),
             timeout: None,
             retries: RetriesOverride::default(),
@@ -1040,6 +1044,7 @@ impl Checker<'_> {
                 "command" => {
                     task.command = self.command(value, &path, &task.name.name, CommandKind::Task);
                 }
+                "http" => task.http = self.http(key, value, &path, &task.name.name),
                 "after" | "uses" => {
                     let context = NameListContext {
                         field,
@@ -1071,14 +1076,26 @@ impl Checker<'_> {
                 _ => self.unknown_field(key, &path, TASK_FIELDS, TASK_LATER),
             }
         }
-        for required in ["phase", "command"] {
-            if !table.contains_key(required) {
-                self.errors.push(ConfigError::MissingField {
-                    field: required.to_string(),
-                    table: path.clone(),
-                    location: self.location(&task.name.span),
-                });
-            }
+        if !table.contains_key("phase") {
+            self.errors.push(ConfigError::MissingField {
+                field: "phase".to_string(),
+                table: path.clone(),
+                location: self.location(&task.name.span),
+            });
+        }
+        match (table.contains_key("command"), table.contains_key("http")) {
+            (false, false) => self.errors.push(ConfigError::MissingField {
+                field: "command".to_string(),
+                table: path.clone(),
+                location: self.location(&task.name.span),
+            }),
+            (true, true) => self.errors.push(ConfigError::InvalidHttp {
+                owner: format!("task {:?}", task.name.name),
+                field: "http".to_string(),
+                reason: "the task has both a command and http; an HTTP task sends its request instead of running a command, so keep one".to_string(),
+                location: self.location(&task.name.span),
+            }),
+            _ => {}
         }
         Some(task)
     }
@@ -1120,38 +1137,50 @@ impl Checker<'_> {
                 self.nul_byte(item, field, path, argument, "an argument");
                 continue;
             }
-            let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
-            for problem in check_templates(&argument, &params) {
-                let (TemplateProblem::Unknown { offset, .. }
-                | TemplateProblem::Unclosed { offset }
-                | TemplateProblem::UnknownParam { offset, .. }) = problem;
-                let location =
-                    self.map
-                        .location(self.map.offset_in_string(&item.span(), &argument, offset));
-                let task = task.to_string();
-                self.errors.push(match problem {
-                    TemplateProblem::Unknown { template, .. } => ConfigError::UnknownTemplate {
-                        task,
-                        field: template_field,
-                        template,
-                        location,
-                    },
-                    TemplateProblem::Unclosed { .. } => ConfigError::UnclosedTemplate {
-                        task,
-                        field: template_field,
-                        location,
-                    },
-                    TemplateProblem::UnknownParam { name, .. } => ConfigError::UnknownParam {
-                        place: format!("the {template_field} of task {task:?}"),
-                        suggestion: closest(&name, params.iter().copied()),
-                        name,
-                        location,
-                    },
-                });
-            }
+            self.check_task_templates(item, &argument, task, template_field);
             command.push(argument);
         }
         (command.len() == items.len()).then_some(command)
+    }
+
+    /// Reports every template problem of `text`, a string value at `item` that belongs to
+    /// `task`'s `field` (its command, its sensor's command, a part of its HTTP request).
+    pub(super) fn check_task_templates(
+        &mut self,
+        item: &Spanned<DeValue<'_>>,
+        text: &str,
+        task: &str,
+        template_field: &'static str,
+    ) {
+        let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
+        for problem in check_templates(text, &params) {
+            let (TemplateProblem::Unknown { offset, .. }
+            | TemplateProblem::Unclosed { offset }
+            | TemplateProblem::UnknownParam { offset, .. }) = problem;
+            let location = self
+                .map
+                .location(self.map.offset_in_string(&item.span(), text, offset));
+            let task = task.to_string();
+            self.errors.push(match problem {
+                TemplateProblem::Unknown { template, .. } => ConfigError::UnknownTemplate {
+                    task,
+                    field: template_field,
+                    template,
+                    location,
+                },
+                TemplateProblem::Unclosed { .. } => ConfigError::UnclosedTemplate {
+                    task,
+                    field: template_field,
+                    location,
+                },
+                TemplateProblem::UnknownParam { name, .. } => ConfigError::UnknownParam {
+                    place: format!("the {template_field} of task {task:?}"),
+                    suggestion: closest(&name, params.iter().copied()),
+                    name,
+                    location,
+                },
+            });
+        }
     }
 
     /// Retry delays start at `initial` and double up to `max`. With `initial` above `max` every
@@ -1394,6 +1423,7 @@ fn build_spec(
                     name: task.name.name,
                     phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
                     command: task.command.unwrap_or_default(),
+                    http: task.http,
                     after: task.after.into_iter().map(|after| after.name).collect(),
                     timeout: task.timeout.or(defaults.timeout).unwrap_or(DEFAULT_TIMEOUT),
                     retries: task.retries.over(default_retries),

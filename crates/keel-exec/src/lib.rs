@@ -10,6 +10,7 @@
 mod files;
 mod group;
 pub mod host;
+pub mod http;
 pub mod process;
 mod report;
 pub mod supervisor;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use files::{FileProblem, open_regular_file};
 pub use group::{EscapedProcess, GroupEnd, TaskGroup, TreesEnd};
+pub use http::{Credential, HttpCall, HttpClients, Secret};
 pub use process::ProcessExecutor;
 pub use report::{ExitKind, ExitRecord, Report, interpret};
 
@@ -44,6 +46,8 @@ pub struct Launch {
     pub kill_grace: Duration,
     /// Bytes of output kept per attempt.
     pub log_cap: u64,
+    /// The request of an HTTP task, sent by Keel itself instead of running `command`.
+    pub http: Option<HttpCall>,
 }
 
 pub type Completion = Pin<Box<dyn Future<Output = Report> + Send>>;
@@ -99,4 +103,15 @@ pub trait Executor: Send + Sync + 'static {
     /// Reconnects to an attempt that a previous process started in `dir`; `known_pid` is the
     /// supervisor's pid if the store recorded it.
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted;
+    /// Sends a resource's health probe: a request with no attempt, directory or log. An
+    /// executor that sends no requests reports every probe failed.
+    fn probe(&self, call: HttpCall, timeout: Duration) -> Completion {
+        let _ = (call, timeout);
+        Box::pin(async {
+            Report::new(
+                keel_model::Outcome::Failed,
+                "this executor sends no HTTP requests",
+            )
+        })
+    }
 }

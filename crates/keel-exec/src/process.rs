@@ -22,6 +22,8 @@ pub struct ProcessExecutor {
     host: Arc<Mutex<HostState>>,
     /// Hosts that went away so far.
     host_losses: Arc<std::sync::atomic::AtomicU32>,
+    /// HTTP tasks' clients: their requests are sent by Keel itself, not by a supervisor.
+    http: crate::http::HttpClients,
 }
 
 enum HostState {
@@ -55,6 +57,7 @@ impl ProcessExecutor {
             supervisor_prefix: prefix,
             host: Arc::new(Mutex::new(HostState::NotStarted)),
             host_losses: Arc::default(),
+            http: crate::http::HttpClients::default(),
         }
     }
 
@@ -305,7 +308,7 @@ fn lock_attempt(file: &std::fs::File, block: bool) -> std::io::Result<bool> {
 ///
 /// Directories are made 0700 and the record file 0600: an attempt's output, environment-derived
 /// files and result belong to the user that runs Keel alone.
-fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new()
@@ -332,7 +335,12 @@ fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Executor for ProcessExecutor {
-    fn launch(&self, launch: Launch) -> std::io::Result<Running> {
+    fn launch(&self, mut launch: Launch) -> std::io::Result<Running> {
+        if let Some(call) = launch.http.take() {
+            return self
+                .http
+                .launch(&launch.dir, call, launch.timeout, launch.log_cap);
+        }
         create_fresh_attempt_dir(&launch.dir)?;
         let lock = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -454,6 +462,10 @@ impl Executor for ProcessExecutor {
         })
     }
 
+    fn probe(&self, call: crate::HttpCall, timeout: Duration) -> crate::Completion {
+        self.http.probe(call, timeout)
+    }
+
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
         let lock = match OpenOptions::new().write(true).open(dir.join(LOCK_FILE)) {
             Ok(lock) => lock,
@@ -461,6 +473,12 @@ impl Executor for ProcessExecutor {
             // (a cleanup job) while the store says it started. Then its supervisor may still
             // run, and the next attempt must not start beside it: wait for it to end.
             Err(_) => {
+                if dir.join(crate::http::REQUEST_FILE).exists() {
+                    return Adopted::Gone(
+                        "its HTTP request was in flight when keel stopped, so its answer is unknown; it is sent again with the same Idempotency-Key"
+                            .into(),
+                    );
+                }
                 if let Some(pid) = known_pid.filter(|pid| is_a_supervisor(*pid)) {
                     return Adopted::Running(supervisor_without_directory(pid));
                 }

@@ -40,6 +40,9 @@ pub struct Report {
     /// The result file's `metrics` object, as compact JSON.
     pub metrics: Option<String>,
     pub message: Option<String>,
+    /// How long the service asked to be left alone (an HTTP `Retry-After`): a *not ready*
+    /// attempt is checked again no sooner.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Report {
@@ -50,17 +53,18 @@ impl Report {
             rows: None,
             metrics: None,
             message: Some(message.into()),
+            retry_after: None,
         }
     }
 }
 
 /// The parts of `KEEL_RESULT` that Keel reads.
 #[derive(Debug, Default, PartialEq)]
-struct ResultFile {
-    outcome: Option<Outcome>,
-    message: Option<String>,
-    rows: Option<i64>,
-    metrics: Option<String>,
+pub(crate) struct ResultFile {
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) message: Option<String>,
+    pub(crate) rows: Option<i64>,
+    pub(crate) metrics: Option<String>,
 }
 
 /// The most a result file may hold. Keel reads it whole, in its own process, so a task that
@@ -89,13 +93,17 @@ fn read_result_file(path: &Path) -> Result<Option<ResultFile>, String> {
             ));
         }
     };
-    let invalid = |detail: String| {
-        format!(
-            "invalid result file {:?}: {detail}",
-            path.display().to_string()
-        )
-    };
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
+    parse_result(
+        &bytes,
+        &format!("result file {:?}", path.display().to_string()),
+    )
+}
+
+/// The parts of a result Keel reads from `bytes` (a result file, or the JSON body of an HTTP
+/// task's response): `source` names where they came from in the errors.
+pub(crate) fn parse_result(bytes: &[u8], source: &str) -> Result<Option<ResultFile>, String> {
+    let invalid = |detail: String| format!("invalid {source}: {detail}");
+    let text = std::str::from_utf8(bytes).map_err(|_| {
         invalid(
             "it is not UTF-8 text; write a JSON object such as {\"outcome\": \"no_data\"}".into(),
         )
@@ -298,6 +306,7 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
         rows,
         metrics,
         message,
+        retry_after: None,
     }
 }
 

@@ -268,6 +268,7 @@ mod tests {
             name: name.into(),
             phase: phase.into(),
             command: vec!["true".into()],
+            http: None,
             after: after.iter().map(|name| name.to_string()).collect(),
             timeout: Duration::from_secs(1),
             retries: RetryPolicy::default(),

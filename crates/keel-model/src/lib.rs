@@ -6,6 +6,7 @@
 
 mod dag;
 mod duration;
+mod http;
 mod outcome;
 pub mod schedule;
 mod spec;
@@ -15,6 +16,10 @@ mod trace;
 
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use http::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
+    HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
+};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,

@@ -153,7 +153,12 @@ pub struct GateSpec {
 /// backoff from `every` up to `max`, for at most `deadline`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SensorSpec {
+    /// Empty for a sensor that is an HTTP request.
     pub command: Vec<String>,
+    /// `wait_for = { http = { … } }`: the sensor is a request; 2xx is ready, 204, 404, 425,
+    /// 429 and 503 are not ready, unless its `on_status` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::HttpSpec>,
     pub every: Duration,
     pub max: Duration,
     pub deadline: Duration,
@@ -169,6 +174,10 @@ pub struct ResourceSpec {
     pub concurrency: Option<u32>,
     pub breaker: Option<BreakerSpec>,
     pub retry_budget: Option<RetryBudgetSpec>,
+    /// A health probe checked before tasks using the resource start. Left out of the version
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<crate::ReadyProbe>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -204,8 +213,13 @@ pub struct RetryBudgetSpec {
 pub struct TaskSpec {
     pub name: String,
     pub phase: String,
-    /// Program and arguments, with `{date}`-style templates not yet expanded.
+    /// Program and arguments, with `{date}`-style templates not yet expanded; empty for an HTTP
+    /// task.
     pub command: Vec<String>,
+    /// The request of an HTTP task (`http = { … }`), which has no command. Left out of the
+    /// version of a command task, so pipelines without HTTP tasks keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::HttpSpec>,
     /// Extra dependencies on tasks in this phase or earlier ones.
     pub after: Vec<String>,
     pub timeout: Duration,
@@ -353,6 +367,7 @@ mod tests {
             name: "a".into(),
             phase: "p".into(),
             command: vec!["true".into()],
+            http: None,
             after: vec![],
             timeout: DEFAULT_TIMEOUT,
             retries: RetryPolicy::default(),

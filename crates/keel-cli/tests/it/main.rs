@@ -13,6 +13,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod history;
+mod http_tasks;
 mod logs;
 mod messages;
 mod operations;

@@ -19,11 +19,11 @@ use crate::error::{ConfigError, NameKind};
 use crate::quantity::{RateProblem, parse_percentage, parse_rate};
 use crate::suggest::closest;
 
-const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget"];
+const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget", "ready"];
 const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown", "max_open"];
 const RETRY_BUDGET_FIELDS: &[&str] = &["ratio", "window", "min"];
 const GATE_FIELDS: &[&str] = &["required", "min", "grace"];
-const SENSOR_FIELDS: &[&str] = &["command", "every", "max", "deadline"];
+const SENSOR_FIELDS: &[&str] = &["command", "http", "every", "max", "deadline"];
 
 const EXPECT_RATE: &str = "a rate string such as \"20/s\"";
 const EXPECT_SHARE: &str = "a percentage such as \"60%\" or a share such as 0.6";
@@ -59,6 +59,7 @@ pub(super) struct RawResource {
     concurrency: Option<u32>,
     breaker: Option<BreakerSpec>,
     retry_budget: Option<RetryBudgetSpec>,
+    ready: Option<keel_model::ReadyProbe>,
 }
 
 impl RawResource {
@@ -69,6 +70,7 @@ impl RawResource {
             concurrency: self.concurrency,
             breaker: self.breaker,
             retry_budget: self.retry_budget,
+            ready: self.ready,
         }
     }
 }
@@ -95,6 +97,7 @@ impl RawGate {
 #[derive(Debug, Default)]
 pub(super) struct RawSensor {
     command: Option<Vec<String>>,
+    http: Option<keel_model::HttpSpec>,
     every: Option<Duration>,
     max: Option<Duration>,
     deadline: Option<Duration>,
@@ -107,6 +110,7 @@ impl RawSensor {
         let every = self.every.unwrap_or(DEFAULT_SENSOR_EVERY);
         SensorSpec {
             command: self.command.unwrap_or_default(),
+            http: self.http,
             every,
             // Capped like every written duration, so a long `every` does not derive a longer
             // backoff than any field could set.
@@ -147,6 +151,7 @@ impl Checker<'_> {
             concurrency: None,
             breaker: None,
             retry_budget: None,
+            ready: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -155,6 +160,7 @@ impl Checker<'_> {
                 "concurrency" => resource.concurrency = self.positive_integer(value, field, &path),
                 "breaker" => resource.breaker = self.breaker(value, &path),
                 "retry_budget" => resource.retry_budget = self.retry_budget(key, value, &path),
+                "ready" => resource.ready = self.ready_probe(value, &path, &resource.name.name),
                 _ => self.unknown_field(key, &path, RESOURCE_FIELDS, &[]),
             }
         }
@@ -422,18 +428,26 @@ impl Checker<'_> {
                 "command" => {
                     sensor.command = self.command(value, &path, task, CommandKind::Sensor);
                 }
+                "http" => sensor.http = self.http(key, value, &path, task),
                 "every" => sensor.every = self.duration(value, field, &path, false),
                 "max" => sensor.max = self.duration(value, field, &path, false),
                 "deadline" => sensor.deadline = self.duration(value, field, &path, false),
                 _ => self.unknown_field(key, &path, SENSOR_FIELDS, &[]),
             }
         }
-        if !table.contains_key("command") {
-            self.errors.push(ConfigError::MissingField {
+        match (table.contains_key("command"), table.contains_key("http")) {
+            (false, false) => self.errors.push(ConfigError::MissingField {
                 field: "command".to_string(),
                 table: path.clone(),
                 location: self.location(&key.span()),
-            });
+            }),
+            (true, true) => self.errors.push(ConfigError::InvalidHttp {
+                owner: format!("task {task:?}"),
+                field: "wait_for.http".to_string(),
+                reason: "the sensor has both a command and http; keep one".to_string(),
+                location: self.location(&key.span()),
+            }),
+            _ => {}
         }
         let every_written = table.get("every");
         // Compare only valid values: a bad `every` already has its own error.

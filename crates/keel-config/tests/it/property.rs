@@ -69,6 +69,7 @@ fn resource(name: String) -> impl Strategy<Value = ResourceSpec> {
                 concurrency,
                 breaker,
                 retry_budget,
+                ready: None,
             },
         )
 }
@@ -206,6 +207,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     }
                     let wait_for = sensor.map(|(every, max_factor, sensor_deadline)| SensorSpec {
                         command: vec!["ready".into(), "{partition}".into()],
+                        http: None,
                         every,
                         max: max_factor.map_or(every * 8, |factor| every * factor),
                         deadline: sensor_deadline.unwrap_or(deadline),
@@ -214,6 +216,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         name: task_name,
                         phase: phase_names[phase].clone(),
                         command: vec!["run".into(), argument, "{date}".into()],
+                        http: None,
                         after,
                         timeout,
                         retries,

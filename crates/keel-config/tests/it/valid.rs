@@ -111,6 +111,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "scrape_boxscores".into(),
                 phase: "scrape".into(),
                 command: strings(&["hoops", "scrape", "boxscores", "{date}"]),
+                http: None,
                 after: vec![],
                 timeout: seconds(300),
                 retries: RetryPolicy {
@@ -128,6 +129,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "scrape_injuries".into(),
                 phase: "scrape".into(),
                 command: strings(&["hoops", "scrape", "injuries", "{date}"]),
+                http: None,
                 after: strings(&["scrape_boxscores"]),
                 timeout: seconds(20 * 60),
                 retries: default_retries,
@@ -149,6 +151,7 @@ after = ["player_game_summary", "scrape_injuries"]
                     "--attempt",
                     "{attempt}",
                 ]),
+                http: None,
                 after: vec![],
                 timeout: seconds(20 * 60),
                 retries: RetryPolicy {
@@ -165,6 +168,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "ml_features".into(),
                 phase: "analytics".into(),
                 command: strings(&["sh", "-c", "awk '{{print $1}}' {date}.csv > {task}.out"]),
+                http: None,
                 after: strings(&["player_game_summary", "scrape_injuries"]),
                 timeout: seconds(20 * 60),
                 retries: default_retries,
@@ -329,6 +333,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         name: name.into(),
         phase: phase.into(),
         command: strings(command),
+        http: None,
         after: vec![],
         timeout: DEFAULT_TIMEOUT,
         retries,
@@ -374,6 +379,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 uses: strings(&["stats_feed"]),
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "boxscores", "{date}"]),
+                    http: None,
                     every: seconds(5 * 60),
                     max: seconds(30 * 60),
                     deadline: seconds(6 * 3600),
@@ -391,6 +397,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 // Defaults: every 1m, max 8 × every, the deadline of the task itself.
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "props", "{partition}"]),
+                    http: None,
                     every: seconds(60),
                     max: seconds(8 * 60),
                     deadline: seconds(45 * 60),
@@ -414,6 +421,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 // The deadline comes from [defaults] through the task.
                 wait_for: Some(SensorSpec {
                     command: strings(&["hoops", "ready", "context"]),
+                    http: None,
                     every: seconds(30),
                     max: seconds(4 * 60),
                     deadline: seconds(3 * 3600),
@@ -450,6 +458,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     window: seconds(60),
                     min: 3,
                 }),
+                ready: None,
             },
             ResourceSpec {
                 name: "odds_api".into(),
@@ -470,6 +479,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     window: seconds(600),
                     min: 0,
                 }),
+                ready: None,
             },
             ResourceSpec {
                 name: "warehouse".into(),
@@ -477,6 +487,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 concurrency: None,
                 breaker: None,
                 retry_budget: None,
+                ready: None,
             },
         ],
     };
@@ -597,6 +608,7 @@ wait_for = { command = ["true"], every = "1h" }
         spec.tasks[0].wait_for,
         Some(SensorSpec {
             command: strings(&["true"]),
+            http: None,
             every: seconds(3600),
             max: seconds(8 * 3600),
             deadline: DEFAULT_DEADLINE,

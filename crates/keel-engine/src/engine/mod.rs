@@ -267,6 +267,13 @@ pub enum Progress {
     ScheduleSkipped { fire_at: Millis, reason: String },
     /// A task waited for a resource's rate limit instead of starting.
     RateLimited { resource: String, task: String },
+    /// A resource's health probe (`ready`) failed, or passed after failing: tasks using it
+    /// wait, using up no attempt, while it fails.
+    ResourceProbe {
+        resource: String,
+        healthy: bool,
+        message: Option<String>,
+    },
     /// A sensor poll ended: `verdict` is `ready`, `not_ready`, `error`, or the outcome that
     /// ended the task (`no_data`, `failed_permanent`, ...).
     SensorPolled {
@@ -297,6 +304,8 @@ struct Inbox {
     reporter: mpsc::UnboundedSender<(AttemptId, Report)>,
     /// Sensor polls report here: (run, task, report).
     sensor_reporter: mpsc::UnboundedSender<(usize, TaskIndex, Report)>,
+    probe_reporter: mpsc::UnboundedSender<(usize, Report)>,
+    probes: mpsc::UnboundedReceiver<(usize, Report)>,
     /// How to stop each attempt this engine follows.
     stops: HashMap<AttemptId, Arc<dyn Fn() + Send + Sync>>,
     reports: mpsc::UnboundedReceiver<(AttemptId, Report)>,
@@ -313,6 +322,7 @@ struct Inbox {
 /// What woke the engine's loop.
 enum Wakeup {
     Sensor(usize, TaskIndex, Report),
+    Probe(usize, Report),
     Reports(Vec<(AttemptId, Report)>),
     Timer,
     Poll,
@@ -337,6 +347,7 @@ async fn wait<C: Clock>(clock: Arc<C>, next_timer: Option<Millis>, inbox: &mut I
         Some((run_index, task, report)) = inbox.sensors.recv() => {
             Wakeup::Sensor(run_index, task, report)
         }
+        Some((resource, report)) = inbox.probes.recv() => Wakeup::Probe(resource, report),
         Some(first) = inbox.reports.recv() => {
             let mut batch = vec![first];
             while let Ok(next) = inbox.reports.try_recv() {
@@ -730,6 +741,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                         stop();
                     }
                 }
+                Effect::Probe { resource } => {
+                    let sender = inbox.probe_reporter.clone();
+                    let (call, timeout) = self.core.probe_call(resource);
+                    let probe = self.executor.probe(call, timeout);
+                    tokio::spawn(async move {
+                        let _ = sender.send((resource, probe.await));
+                    });
+                }
                 Effect::PollSensor {
                     run_index,
                     task,
@@ -740,7 +759,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     let executor = self.executor.clone();
                     tokio::spawn(async move {
                         let launched =
-                            tokio::task::spawn_blocking(move || executor.launch(launch)).await;
+                            tokio::task::spawn_blocking(move || executor.launch(*launch)).await;
                         let report = match launched {
                             Ok(Ok(running)) => running.completion.await,
                             Ok(Err(error)) => Report::new(
@@ -763,12 +782,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     async fn new_book(&mut self, shutdown: Shutdown) -> Result<(Book, Inbox), EngineError> {
         let (reporter, reports) = mpsc::unbounded_channel();
         let (sensor_reporter, sensors) = mpsc::unbounded_channel();
+        let (probe_reporter, probes) = mpsc::unbounded_channel();
         let book = Book::new(self.resource_policies().await?, self.clock.now());
         let mut poll = tokio::time::interval(self.core.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inbox = Inbox {
             reporter,
             sensor_reporter,
+            probe_reporter,
+            probes,
             stops: HashMap::new(),
             reports,
             sensors,
@@ -791,6 +813,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 book.sensing = book.sensing.saturating_sub(1);
                 self.core.on_sensor(book, run_index, task, report)?;
             }
+            Wakeup::Probe(resource, report) => self.core.on_probe(book, resource, report),
             Wakeup::Reports(batch) => self.core.on_reports(book, batch)?,
             Wakeup::Timer => {
                 for (run_index, gate) in self.core.fire_timers(book) {
@@ -873,6 +896,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             if book.live.is_empty()
                 && book.sensing == 0
+                && book.probing == 0
                 && book.ready.is_empty()
                 && book.timers.is_empty()
             {

@@ -131,6 +131,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             }
             if book.live.is_empty()
                 && book.sensing == 0
+                && book.probing == 0
                 && book.ready.is_empty()
                 && book.timers.is_empty()
                 && book.runs.iter().any(|run| !run.finished)

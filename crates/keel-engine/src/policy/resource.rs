@@ -58,6 +58,7 @@ pub struct Permit {
 ///     concurrency: Some(1),
 ///     breaker: None,
 ///     retry_budget: None,
+///     ready: None,
 /// };
 /// let mut feed = ResourcePolicy::new(&spec, 0);
 /// assert_eq!(feed.check(0), Ok(false));
@@ -238,6 +239,7 @@ mod replay_tests {
             concurrency: None,
             breaker: None,
             retry_budget: None,
+            ready: None,
         };
         let mut policy = ResourcePolicy::new(&spec, 0);
         policy.replay_starts(&[900, 950]);
@@ -268,6 +270,7 @@ mod tests {
             concurrency: None,
             breaker: None,
             retry_budget: None,
+            ready: None,
         }
     }
 

@@ -558,6 +558,7 @@ impl WorldExecutor {
                 rows: Some(1),
                 metrics: None,
                 message: None,
+                retry_after: None,
             }
         });
         let shared = self.world.clone();

@@ -141,6 +141,7 @@ impl Executor for FakeExecutor {
                 rows: Some(1),
                 metrics: None,
                 message: None,
+                retry_after: None,
             }
         });
         Ok(Running {
@@ -166,6 +167,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         name: name.into(),
         phase: phase.into(),
         command: vec!["run".into(), "{task}".into(), "{date}".into()],
+        http: None,
         after: after.iter().map(|name| name.to_string()).collect(),
         timeout: Duration::from_secs(60),
         retries: RetryPolicy {
@@ -1002,6 +1004,7 @@ async fn a_gate_whose_required_task_fails_fails_downstream() {
 fn sensed(mut spec: TaskSpec, every_ms: u64, max_ms: u64, deadline_ms: u64) -> TaskSpec {
     spec.wait_for = Some(keel_model::SensorSpec {
         command: vec!["ready".into(), "{date}".into()],
+        http: None,
         every: Duration::from_millis(every_ms),
         max: Duration::from_millis(max_ms),
         deadline: Duration::from_millis(deadline_ms),
@@ -1112,6 +1115,7 @@ fn resource(name: &str) -> keel_model::ResourceSpec {
         concurrency: None,
         breaker: None,
         retry_budget: None,
+        ready: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn launch(dir: &Path, script: &str) -> Launch {
         heartbeat: None,
         kill_grace: Duration::from_millis(300),
         log_cap: 1 << 20,
+        http: None,
         clear_env: false,
         cwd: None,
     }

@@ -2,7 +2,7 @@
 //! claimed (one transaction per batch) and launched with the task contract's environment.
 
 use super::*;
-use keel_model::InheritEnv;
+use keel_model::{InheritEnv, StatusMatch};
 use std::collections::BTreeMap;
 
 impl Core {
@@ -204,6 +204,19 @@ impl Core {
         if let Some(dir) = cwd.as_ref().filter(|dir| dir.is_absolute()) {
             env.push(("PWD".to_string(), dir.display().to_string()));
         }
+        let http = match (&task_spec.http, sensor) {
+            (Some(spec), false) => Some(self.http_call(task, spec, &values, &env, clear_env)),
+            (_, true) => task_spec
+                .wait_for
+                .as_ref()
+                .and_then(|sensor| sensor.http.as_ref())
+                .map(|spec| {
+                    let mut call = self.http_call(task, spec, &values, &env, clear_env);
+                    call.on_status.extend(sensor_statuses(&call.on_status));
+                    call
+                }),
+            _ => None,
+        };
         Launch {
             dir,
             command,
@@ -214,6 +227,163 @@ impl Core {
             heartbeat: task_spec.heartbeat,
             kill_grace: self.config.kill_grace,
             log_cap: self.config.log_cap,
+            http,
+        }
+    }
+
+    /// A resource's health probe (`ready`) as a GET, with its timeout; its credential from
+    /// Keel's own environment.
+    pub(crate) fn probe_call(&self, resource: usize) -> (keel_exec::HttpCall, std::time::Duration) {
+        let resource_spec = &self.spec.resources[resource];
+        let probe = resource_spec
+            .ready
+            .as_ref()
+            .expect("a probe is asked for only for a resource that has one");
+        let spec = keel_model::HttpSpec {
+            url: probe.url.clone(),
+            method: "GET".to_string(),
+            headers: Default::default(),
+            query: Default::default(),
+            body: keel_model::HttpBody::None,
+            auth: probe.auth.clone(),
+            on_status: Vec::new(),
+            connect_timeout: probe.timeout,
+        };
+        let keel_env = &self.config.launch_context.keel_env;
+        let mut call = self.request(&spec, &|text| text.to_string(), keel_env, false, || {
+            format!("resource {:?}", resource_spec.name)
+        });
+        call.pool = resource_spec.name.clone();
+        call.pool_size = resource_spec.concurrency.map(|cap| cap as usize);
+        (call, probe.timeout)
+    }
+
+    /// The request of an HTTP task's attempt: its templates expanded, the query added to the
+    /// URL, `Idempotency-Key` and `traceparent` set, and its credential read from the
+    /// environment the task would have had as a process (`env`, and Keel's own unless
+    /// `clear_env`). A variable that is not set fails the attempt with a message naming it.
+    fn http_call(
+        &self,
+        task: TaskIndex,
+        spec: &keel_model::HttpSpec,
+        values: &TemplateValues<'_>,
+        env: &[(String, String)],
+        clear_env: bool,
+    ) -> keel_exec::HttpCall {
+        let expand = |text: &str| Template::parse(text).expand(values);
+        let task_spec = &self.spec.tasks[task];
+        let mut call = self.request(spec, &expand, env, clear_env, || {
+            format!("task {:?}", task_spec.name)
+        });
+        for (variable, header) in [
+            ("KEEL_IDEMPOTENCY_KEY", "Idempotency-Key"),
+            ("TRACEPARENT", "traceparent"),
+        ] {
+            if let Some((_, value)) = env.iter().rev().find(|(key, _)| key == variable) {
+                call.headers.push((header.to_string(), value.clone()));
+            }
+        }
+        if let Some(resource) = task_spec.uses.first().and_then(|name| {
+            self.spec
+                .resources
+                .iter()
+                .find(|resource| &resource.name == name)
+        }) {
+            call.pool = resource.name.clone();
+            call.pool_size = resource.concurrency.map(|cap| cap as usize);
+        }
+        call
+    }
+
+    /// A request from `spec`, its strings through `expand`, its credential read from `env` and
+    /// (unless `clear_env`) Keel's own environment; `owner` names whose request it is in the
+    /// message of a variable that is not set.
+    fn request(
+        &self,
+        spec: &keel_model::HttpSpec,
+        expand: &dyn Fn(&str) -> String,
+        env: &[(String, String)],
+        clear_env: bool,
+        owner: impl Fn() -> String,
+    ) -> keel_exec::HttpCall {
+        let lookup = |name: &str| -> Option<String> {
+            env.iter()
+                .rev()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+                .or_else(|| {
+                    (!clear_env)
+                        .then(|| {
+                            self.config
+                                .launch_context
+                                .keel_env
+                                .iter()
+                                .rev()
+                                .find(|(key, _)| key == name)
+                                .map(|(_, value)| value.clone())
+                        })
+                        .flatten()
+                })
+                .filter(|value| !value.is_empty())
+        };
+        let missing = |name: &str, field: &str| {
+            keel_exec::Credential::Missing(format!(
+                "environment variable {name} named by auth.{field} of {} is not set (or empty); set it in keel's environment or the task's env_file",
+                owner()
+            ))
+        };
+        let mut url = expand(&spec.url);
+        for (name, value) in &spec.query {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&query_encode(name));
+            url.push('=');
+            url.push_str(&query_encode(&expand(value)));
+        }
+        let headers: Vec<(String, String)> = spec
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), expand(value)))
+            .collect();
+        let body = match &spec.body {
+            keel_model::HttpBody::None => None,
+            keel_model::HttpBody::Json(document) => Some((
+                serde_json::to_vec(&expand_json(document, expand)).unwrap_or_default(),
+                "application/json".to_string(),
+            )),
+            keel_model::HttpBody::Text { text, content_type } => {
+                Some((expand(text).into_bytes(), content_type.clone()))
+            }
+        };
+        let credential = spec.auth.as_ref().map(|auth| match auth {
+            keel_model::HttpAuth::BearerEnv(name) => match lookup(name) {
+                Some(token) => keel_exec::Credential::Bearer(keel_exec::Secret(token)),
+                None => missing(name, "bearer_env"),
+            },
+            keel_model::HttpAuth::Basic { user, password_env } => match lookup(password_env) {
+                Some(password) => keel_exec::Credential::Basic {
+                    user: user.clone(),
+                    password: keel_exec::Secret(password),
+                },
+                None => missing(password_env, "basic_password_env"),
+            },
+            keel_model::HttpAuth::TokenCommand { command, ttl } => {
+                keel_exec::Credential::TokenCommand {
+                    command: command.clone(),
+                    ttl: *ttl,
+                    env: env.to_vec(),
+                }
+            }
+        });
+        keel_exec::HttpCall {
+            pool: String::new(),
+            pool_size: None,
+            method: spec.method.clone(),
+            url,
+            headers,
+            body,
+            credential,
+            on_status: spec.on_status.clone(),
+            connect_timeout: spec.connect_timeout,
         }
     }
 
@@ -319,6 +489,13 @@ impl Core {
                     }
                 }
                 Wake::Gate(gate) => gates_due.push((run_index, gate)),
+                Wake::Probe(resource) => {
+                    let probe = &mut book.probes[resource];
+                    if probe.wake_at.is_some_and(|wake| wake <= now) {
+                        probe.wake_at = None;
+                    }
+                    book.ready.extend(probe.waiters.drain(..));
+                }
                 Wake::Resource(resource) => {
                     if book.breaker_wake[resource].is_some_and(|wake| wake <= now) {
                         book.breaker_wake[resource] = None;
@@ -329,4 +506,46 @@ impl Core {
         }
         gates_due
     }
+}
+
+/// A JSON document with every string expanded as a template.
+fn expand_json(value: &serde_json::Value, expand: &dyn Fn(&str) -> String) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(expand(text)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| expand_json(item, expand)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| (key.clone(), expand_json(item, expand)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A query name or value, percent-encoded (`application/x-www-form-urlencoded` leaves more
+/// alone, but this is always safe).
+fn query_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// What an HTTP sensor's statuses mean besides the task mapping: 204 (nothing yet), 404 (not
+/// there yet) and 425 (too early) are *not ready*, unless the sensor's own `on_status` names
+/// that code or a class holding it.
+fn sensor_statuses(own: &[(StatusMatch, Outcome)]) -> Vec<(StatusMatch, Outcome)> {
+    [204, 404, 425]
+        .into_iter()
+        .filter(|code| !own.iter().any(|(pattern, _)| pattern.matches(*code)))
+        .map(|code| (StatusMatch::Code(code), Outcome::NotReady))
+        .collect()
 }

@@ -129,11 +129,13 @@ impl Commands {
 pub(super) enum Effect {
     /// Stop a running attempt; it reports its end as usual.
     Stop(AttemptId),
+    /// Probe a resource's health (`ready`): a request, no attempt.
+    Probe { resource: usize },
     /// Poll a task's sensor, as a process without an attempt row.
     PollSensor {
         run_index: usize,
         task: TaskIndex,
-        launch: Launch,
+        launch: Box<Launch>,
     },
 }
 
@@ -212,6 +214,23 @@ pub(super) enum Wake {
     Gate(usize),
     /// A resource's open breaker lets a probe through: its waiters take their turn.
     Resource(usize),
+    /// A resource's failed health probe is old enough to be asked again.
+    Probe(usize),
+}
+
+/// Where a resource's health probe (`ready`) stands.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ProbeState {
+    /// The last answer, while it holds (`checked_at` + `every`).
+    pub healthy: bool,
+    pub checked_at: Option<Millis>,
+    pub in_flight: bool,
+    /// Why the last probe failed.
+    pub message: Option<String>,
+    /// Tasks waiting for the probe to answer, or to pass again.
+    pub waiters: Vec<(usize, TaskIndex)>,
+    /// When the waiters are next woken, if a wake is scheduled.
+    pub wake_at: Option<Millis>,
 }
 
 pub(super) struct Book {
@@ -221,6 +240,10 @@ pub(super) struct Book {
     pub live: HashMap<AttemptId, Live>,
     /// Sensor polls running now; they count against the concurrency cap.
     pub sensing: usize,
+    /// Health probes of resources running now.
+    pub probing: usize,
+    /// Per resource: its health probe, for those that have one.
+    pub probes: Vec<ProbeState>,
     /// Per resource of the spec: its rate limit, bulkhead, breaker and retry budget.
     pub resources: Vec<ResourcePolicy>,
     /// Per resource: tasks waiting for an attempt on it to end (bulkhead full, probe running).
@@ -297,6 +320,8 @@ impl Book {
             timers: BinaryHeap::new(),
             live: HashMap::new(),
             sensing: 0,
+            probing: 0,
+            probes: vec![ProbeState::default(); count],
             resources,
             resource_waiters: vec![Vec::new(); count],
             breaker_waiters: vec![VecDeque::new(); count],
@@ -330,6 +355,8 @@ impl Book {
     pub fn forget_finished_runs(&mut self) -> bool {
         let idle = self.live.is_empty()
             && self.sensing == 0
+            && self.probing == 0
+            && self.probes.iter().all(|probe| probe.waiters.is_empty())
             && self.ready.is_empty()
             && self.timers.is_empty()
             && self.held_for_partitions.is_empty()

@@ -9,6 +9,11 @@ impl Core {
     /// permits (kept until the claim is known); if not, parks the task until a time or until
     /// an attempt on the resource ends. Waiting uses up no attempt.
     pub(crate) fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
+        for resource in &self.task_uses[task] {
+            if !self.probe_allows(book, *resource, run_index, task) {
+                return false;
+            }
+        }
         let now = book.now;
         let mut until: Option<Millis> = None;
         let mut release_of: Option<usize> = None;
@@ -176,6 +181,81 @@ impl Core {
                     detail,
                 });
             }
+        }
+    }
+
+    /// Whether a resource's health probe lets a task start: yes without a probe or while the
+    /// last one passed and holds. Otherwise the task waits, using up no attempt, while a probe
+    /// is asked for (one at a time) or until a failed one is old enough to be asked again.
+    fn probe_allows(
+        &self,
+        book: &mut Book,
+        resource: usize,
+        run_index: usize,
+        task: TaskIndex,
+    ) -> bool {
+        let Some(spec) = &self.spec.resources[resource].ready else {
+            return true;
+        };
+        let now = book.now;
+        let every = spec.every.as_millis() as Millis;
+        let state = &mut book.probes[resource];
+        let fresh = state.checked_at.is_some_and(|at| now - at < every);
+        if fresh && state.healthy {
+            return true;
+        }
+        if !state.waiters.contains(&(run_index, task)) {
+            state.waiters.push((run_index, task));
+        }
+        if state.in_flight {
+            return false;
+        }
+        if let (true, Some(checked_at)) = (fresh, state.checked_at) {
+            let at = checked_at + every;
+            if state.wake_at != Some(at) {
+                state.wake_at = Some(at);
+                book.timers
+                    .push(Reverse((at, run_index, Wake::Probe(resource))));
+            }
+            return false;
+        }
+        state.in_flight = true;
+        book.probing += 1;
+        book.effects.push(Effect::Probe { resource });
+        false
+    }
+
+    /// A resource's health probe answered: its waiters start when it passed, and wait for the
+    /// next probe, `every` later, when it failed.
+    pub(crate) fn on_probe(&mut self, book: &mut Book, resource: usize, report: Report) {
+        let now = book.now;
+        let every = self.spec.resources[resource]
+            .ready
+            .as_ref()
+            .map_or(0, |spec| spec.every.as_millis() as Millis);
+        book.probing = book.probing.saturating_sub(1);
+        let state = &mut book.probes[resource];
+        let was_healthy = state.healthy || state.checked_at.is_none();
+        state.in_flight = false;
+        state.checked_at = Some(now);
+        state.healthy = report.outcome == Outcome::Succeeded;
+        state.message = report.message;
+        if state.healthy != was_healthy || !state.healthy {
+            (self.observer)(Progress::ResourceProbe {
+                resource: self.spec.resources[resource].name.clone(),
+                healthy: state.healthy,
+                message: state.message.clone(),
+            });
+        }
+        if state.healthy {
+            book.ready.extend(state.waiters.drain(..));
+            return;
+        }
+        if let Some(&(run_index, _)) = state.waiters.first() {
+            let at = now + every.max(1);
+            state.wake_at = Some(at);
+            book.timers
+                .push(Reverse((at, run_index, Wake::Probe(resource))));
         }
     }
 }

@@ -48,6 +48,7 @@ impl Core {
         live: &Live,
         outcome: Outcome,
         probe: bool,
+        retry_after: Option<std::time::Duration>,
     ) -> (TaskNext, Option<String>) {
         let now = book.now;
         let active = &book.runs[live.run];
@@ -79,9 +80,18 @@ impl Core {
             }
             let checks = slot.attempts.saturating_sub(slot.charged).max(1);
             let delay = task_spec.retries.delay(checks, self.random.unit());
+            // A service that said when to come back (an HTTP `Retry-After`) is not asked
+            // sooner; the backoff still applies when it asked for less.
+            let delay = delay.max(retry_after.unwrap_or_default());
             let not_before = now + delay.as_millis() as Millis;
             let charge = false;
-            return (TaskNext::Retry { not_before, charge }, None);
+            let note = retry_after.map(|wait| {
+                format!(
+                    "the service asked to be called again in {}",
+                    keel_model::format_duration(wait)
+                )
+            });
+            return (TaskNext::Retry { not_before, charge }, note);
         }
         if !outcome.is_retryable() {
             return (TaskNext::Done(outcome), None);

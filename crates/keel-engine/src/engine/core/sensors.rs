@@ -41,7 +41,7 @@ impl Core {
         book.effects.push(Effect::PollSensor {
             run_index,
             task,
-            launch,
+            launch: Box::new(launch),
         });
     }
 

@@ -125,7 +125,7 @@ impl Core {
             probe = permits.iter().any(|(_, permit)| permit.probe);
             self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
         }
-        let (next, note) = self.next_step(book, &live, report.outcome, probe);
+        let (next, note) = self.next_step(book, &live, report.outcome, probe, report.retry_after);
         let message = match (report.message.clone(), note) {
             (Some(message), Some(note)) => Some(format!("{message}; {note}")),
             (message, note) => message.or(note),

@@ -14,6 +14,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         name: name.into(),
         phase: phase.into(),
         command: vec!["run".into(), "{task}".into()],
+        http: None,
         after: vec![],
         timeout: Duration::from_secs(60),
         retries: RetryPolicy {
@@ -106,7 +107,13 @@ fn loaded_from(
     now: Millis,
     adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
 ) -> Book {
-    let mut book = Book::new(Vec::new(), now);
+    let policies = core
+        .spec
+        .resources
+        .iter()
+        .map(|resource| crate::policy::ResourcePolicy::new(resource, now))
+        .collect();
+    let mut book = Book::new(policies, now);
     let record = RunRecord {
         id: RunId(1),
         pipeline: "core".into(),
@@ -313,6 +320,7 @@ fn sensed_core() -> Core {
     chain_core_with(|tasks, _| {
         tasks[0].wait_for = Some(keel_model::SensorSpec {
             command: vec!["ready".into(), "{date}".into(), "{task}".into()],
+            http: None,
             every: Duration::from_secs(1),
             max: Duration::from_secs(8),
             deadline: Duration::from_secs(60),
@@ -330,7 +338,7 @@ fn polls(core: &mut Core, book: &mut Book) -> Vec<TaskIndex> {
         .into_iter()
         .filter_map(|effect| match effect {
             Effect::PollSensor { task, .. } => Some(task),
-            Effect::Stop(_) => None,
+            Effect::Stop(_) | Effect::Probe { .. } => None,
         })
         .collect()
 }
@@ -517,6 +525,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
         };
         tasks[0].wait_for = Some(keel_model::SensorSpec {
             command: vec!["ready".into()],
+            http: None,
             every: Duration::from_secs(1),
             max: Duration::from_secs(1),
             deadline: Duration::from_secs(60),
@@ -607,4 +616,217 @@ fn a_finished_run_is_forgotten_only_once_nothing_refers_to_it() {
     assert!(book.forget_finished_runs());
     assert!(book.runs.is_empty());
     assert!(!book.forget_finished_runs(), "nothing is left to forget");
+}
+
+#[test]
+fn a_service_that_asks_to_be_called_later_is_not_asked_sooner_and_uses_no_attempt() {
+    let mut core = chain_core();
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        retry_after: Some(Duration::from_secs(90)),
+        ..Report::new(Outcome::NotReady, "POST http://svc/x answered 429")
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    let decided = finishes(&book);
+    let TaskNext::Retry { not_before, charge } = decided[0].2.clone() else {
+        panic!("not ready is checked again: {decided:?}");
+    };
+    assert!(!charge, "not ready uses no attempt");
+    assert_eq!(
+        not_before,
+        1_000 + 90_000,
+        "Retry-After wins over a 1 s backoff"
+    );
+    book.writes.clear();
+    book.now = not_before - 1;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    assert_eq!(start(&mut core, &mut book, &mut ids)[0].1, "a");
+    // Without Retry-After the backoff alone decides.
+    let mut core = chain_core();
+    let mut book = loaded(&mut core, 1_000);
+    let first = start(&mut core, &mut book, &mut 0);
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, Report::new(Outcome::NotReady, "not ready"))],
+    )
+    .unwrap();
+    let TaskNext::Retry { not_before, .. } = finishes(&book)[0].2.clone() else {
+        panic!("retried");
+    };
+    assert!(not_before <= 2_000, "{not_before}");
+}
+
+#[test]
+fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_environment() {
+    let mut core = chain_core_with(|tasks, config| {
+        tasks[0].command.clear();
+        tasks[0].http = Some(keel_model::HttpSpec {
+            url: "http://svc.local/process/{task}".into(),
+            method: "POST".into(),
+            headers: [("X-Date".to_string(), "{date}".to_string())].into(),
+            query: [
+                ("day".to_string(), "{date}".to_string()),
+                ("q".to_string(), "a b&c".to_string()),
+            ]
+            .into(),
+            body: keel_model::HttpBody::Json(serde_json::json!({
+                "date": "{date}",
+                "n": 3,
+                "nested": ["{task}"]
+            })),
+            auth: Some(keel_model::HttpAuth::BearerEnv("SVC_TOKEN".into())),
+            on_status: vec![],
+            connect_timeout: Duration::from_secs(5),
+        });
+        tasks[1].command.clear();
+        tasks[1].http = Some(keel_model::HttpSpec {
+            url: "http://svc.local/".into(),
+            method: "GET".into(),
+            headers: Default::default(),
+            query: Default::default(),
+            body: keel_model::HttpBody::None,
+            auth: Some(keel_model::HttpAuth::BearerEnv("NOT_SET".into())),
+            on_status: vec![],
+            connect_timeout: Duration::from_secs(5),
+        });
+        config.launch_context.keel_env = vec![("SVC_TOKEN".into(), "tok-123456".into())];
+    });
+    let mut book = loaded(&mut core, 1_000);
+    let record = book.runs[0].record.clone();
+    let launch = core.task_launch(
+        &record,
+        0,
+        false,
+        1,
+        keel_model::SpanId(7),
+        std::path::PathBuf::from("/attempts/a.1"),
+    );
+    let call = launch
+        .http
+        .expect("an HTTP task's launch carries its request");
+    assert_eq!(call.method, "POST");
+    assert_eq!(
+        call.url,
+        format!(
+            "http://svc.local/process/a?day={}&q=a%20b%26c",
+            record.partition
+        )
+    );
+    let body: serde_json::Value = serde_json::from_slice(&call.body.clone().unwrap().0).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"date": record.partition, "n": 3, "nested": ["a"]})
+    );
+    let header = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(header("X-Date").as_deref(), Some(record.partition.as_str()));
+    assert_eq!(
+        header("Idempotency-Key").as_deref(),
+        Some(format!("core:a:{}", record.partition).as_str())
+    );
+    assert!(header("traceparent").is_some_and(|value| value.starts_with("00-")));
+    assert_eq!(
+        call.credential,
+        Some(keel_exec::Credential::Bearer(keel_exec::Secret(
+            "tok-123456".into()
+        )))
+    );
+    assert!(
+        !format!("{call:?}").contains("tok-123456"),
+        "a token never shows in Debug"
+    );
+    // A credential whose variable is not set fails the attempt, naming the variable.
+    let other = core.task_launch(
+        &record,
+        1,
+        false,
+        1,
+        keel_model::SpanId(7),
+        std::path::PathBuf::from("/attempts/b.1"),
+    );
+    let Some(keel_exec::Credential::Missing(message)) = other.http.unwrap().credential else {
+        panic!("an unset variable is reported");
+    };
+    assert!(message.contains("NOT_SET"), "{message}");
+    let _ = &mut book;
+}
+
+#[test]
+fn a_failing_ready_probe_holds_tasks_without_attempts_until_one_passes() {
+    let mut core = chain_core();
+    let mut spec = (*core.spec).clone();
+    spec.resources = vec![keel_model::ResourceSpec {
+        name: "svc".into(),
+        rate: None,
+        concurrency: None,
+        breaker: None,
+        retry_budget: None,
+        ready: Some(keel_model::ReadyProbe {
+            url: "http://svc.local/ready".into(),
+            auth: None,
+            every: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        }),
+    }];
+    spec.tasks[0].uses = vec!["svc".into()];
+    core.spec = Arc::new(spec);
+    core.task_uses[0] = vec![0];
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    // The first look asks for a probe; nothing is claimed meanwhile.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    let probes = |book: &mut Book| {
+        std::mem::take(&mut book.effects)
+            .into_iter()
+            .filter(|effect| matches!(effect, Effect::Probe { resource: 0 }))
+            .count()
+    };
+    assert_eq!(probes(&mut book), 1);
+    assert_eq!(book.probing, 1);
+    // One probe at a time, however often the task is looked at.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0);
+    let (call, timeout) = core.probe_call(0);
+    assert_eq!(
+        (call.method.as_str(), call.url.as_str()),
+        ("GET", "http://svc.local/ready")
+    );
+    assert_eq!(timeout, Duration::from_secs(2));
+
+    // It fails: the task waits `every` for the next probe, with no attempt used.
+    book.now = 1_500;
+    core.on_probe(
+        &mut book,
+        0,
+        Report::new(Outcome::NotReady, "GET http://svc.local/ready answered 503"),
+    );
+    assert_eq!(book.probing, 0);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0, "a failed answer holds for `every`");
+    assert_eq!(book.runs[0].slots[0].attempts, 0);
+    book.now = 11_499;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 0);
+    book.now = 11_500;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    assert_eq!(probes(&mut book), 1, "asked again once the answer is old");
+
+    // It passes: the task starts, and the answer holds for the next ten seconds.
+    core.on_probe(&mut book, 0, Report::new(Outcome::Succeeded, "ok"));
+    let started = start(&mut core, &mut book, &mut ids);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].1, "a");
+    assert_eq!(probes(&mut book), 0);
 }
