@@ -286,7 +286,7 @@ fn serve(args: &[&str]) -> i32 {
     let (addr, config, exit_on_eof) = match parsed {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("hoops serve: {e}");
+            eprintln!("hoops serve: {e}; see `hoops help`");
             return 2;
         }
     };
