@@ -341,6 +341,11 @@ pub struct DemoArgs {
     /// firing unattended, until interrupted; prints the URLs to open.
     #[arg(long)]
     pub serve: bool,
+    /// Run examples/hoops/keel-http.toml instead: every task an HTTP task calling the
+    /// processors in a `hoops serve` the demo starts on 127.0.0.1:8089 (a free port if that
+    /// one is taken), with a bearer token generated for the run.
+    #[arg(long, conflicts_with = "serve")]
+    pub http: bool,
     /// With --serve: how many times as fast as the wall clock Keel's clock runs (720: a day
     /// every two minutes).
     #[arg(long, default_value_t = 720, requires = "serve", value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -3,6 +3,7 @@
 //! the size of a pipeline (`scale`).
 
 mod dashboard;
+mod http;
 mod scale;
 
 use std::collections::HashMap;
@@ -104,13 +105,21 @@ async fn run_case(
     width: usize,
     concurrency: u32,
 ) -> Result<CaseResult> {
+    run_pipeline(
+        dir,
+        name,
+        &layered_pipeline(name, levels, width, concurrency),
+    )
+    .await
+}
+
+/// Runs the pipeline `text` (one partition, `none`) with the real engine on a fresh state in
+/// `dir/name`, and measures it.
+async fn run_pipeline(dir: &Path, name: &str, text: &str) -> Result<CaseResult> {
     let case_dir = dir.join(name);
     std::fs::create_dir_all(&case_dir)?;
     let pipeline = case_dir.join("keel.toml");
-    std::fs::write(
-        &pipeline,
-        layered_pipeline(name, levels, width, concurrency),
-    )?;
+    std::fs::write(&pipeline, text)?;
     let spec = crate::state::load_pipeline(&pipeline)?;
     let dag = Dag::new(&spec);
     let paths = StatePaths::resolve(None, &spec, &pipeline)?;
@@ -301,8 +310,15 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     if !args.quick {
         cases.push(("levels_10x100", 10, 100));
     }
+    // The last command case, for the HTTP case to be compared with.
+    let mut command_case = None;
     for (name, levels, width) in cases {
         let result = run_case(&dir, name, levels, width, concurrency).await?;
+        command_case = Some(http::Baseline {
+            name,
+            tasks: result.tasks,
+            tasks_per_second: result.tasks as f64 / result.wall.as_secs_f64(),
+        });
         let per_task = result.wall / result.tasks as u32;
         println!(
             "{name}: {} tasks in {:.3} s · {:.0} tasks/s · {} per task ({:.2}× a bare spawn at the same concurrency; Keel's own overhead {} per task, {:.2}× a bare spawn) · ready→started median {} p99 {} · {} events",
@@ -318,6 +334,8 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
             result.events,
         );
     }
+    let (levels, width) = if args.quick { (10, 50) } else { (10, 100) };
+    http::http_tasks(&dir, levels, width, concurrency, command_case.as_ref()).await?;
     let process_dir = dir.clone();
     let process_wall =
         tokio::task::spawn_blocking(move || whole_process(&process_dir, concurrency)).await??;

@@ -1,6 +1,7 @@
 //! `keel demo`: the reference pipeline (`examples/hoops`) over a week of dates, against a feed
 //! with faults switched on, run by the real engine. It needs nothing but the `keel` binary: the
-//! processors are this binary under the name `hoops`.
+//! processors are this binary under the name `hoops`. With `--http` the tasks are HTTP tasks
+//! (`examples/hoops/keel-http.toml`) calling the processors in a `hoops serve` the demo starts.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -19,52 +20,118 @@ use crate::setup::build_engine_with_env;
 use crate::state::StatePaths;
 
 const PIPELINE: &str = include_str!("../../../examples/hoops/keel.toml");
+const HTTP_PIPELINE: &str = include_str!("../../../examples/hoops/keel-http.toml");
 
-/// The feed process; killed when dropped, so the demo never leaves it behind.
-struct Feed {
+/// A `hoops feed` or `hoops serve` process; killed when dropped, so the demo never leaves it
+/// behind.
+struct Helper {
     child: Child,
     address: String,
 }
 
-impl Drop for Feed {
+impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_feed(hoops: &Path, seed: u64, faults: &str, log: &Path) -> Result<Feed> {
+/// Starts `command` (a `hoops` that prints `listening on ADDR` first), its stderr into `log`.
+/// `Ok(Err(first line))` when it did not start listening.
+fn start_helper(
+    mut command: Command,
+    what: &str,
+    log: &Path,
+) -> Result<std::result::Result<Helper, String>> {
     let log =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut child = Command::new(hoops)
-        .args([
-            "feed",
-            "--addr",
-            "127.0.0.1:0",
-            "--seed",
-            &seed.to_string(),
-            "--faults",
-            faults,
-            "--exit-on-eof",
-        ])
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .context("cannot start the demo feed")?;
-    let stdout = child.stdout.take().context("the feed has no stdout")?;
+        .with_context(|| format!("cannot start the demo {what}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("the {what} has no stdout"))?;
     let mut first_line = String::new();
     BufReader::new(stdout)
         .read_line(&mut first_line)
-        .context("cannot read the feed's address")?;
+        .with_context(|| format!("cannot read the {what}'s address"))?;
     let Some(address) = first_line.trim().strip_prefix("listening on ") else {
         let _ = child.kill();
-        bail!("the demo feed did not start: {first_line:?}");
+        let _ = child.wait();
+        return Ok(Err(first_line));
     };
-    Ok(Feed {
+    Ok(Ok(Helper {
         address: address.to_string(),
         child,
-    })
+    }))
+}
+
+fn start_feed(hoops: &Path, seed: u64, faults: &str, log: &Path) -> Result<Helper> {
+    let mut command = Command::new(hoops);
+    command.args([
+        "feed",
+        "--addr",
+        "127.0.0.1:0",
+        "--seed",
+        &seed.to_string(),
+        "--faults",
+        faults,
+        "--exit-on-eof",
+    ]);
+    match start_helper(command, "feed", log)? {
+        Ok(feed) => Ok(feed),
+        Err(first_line) => bail!(
+            "the demo feed did not start: {first_line:?}; see {}",
+            log.display()
+        ),
+    }
+}
+
+/// Where keel-http.toml calls the service, and `hoops serve`'s default address.
+const SERVICE_ADDR: &str = hoops::cli::SERVICE_ADDR;
+
+/// Starts `hoops serve` on [`SERVICE_ADDR`], where keel-http.toml calls it, with `env` (the
+/// feed, the warehouse, the token). When that port is taken it listens on a free one instead,
+/// and the second value is the pipeline text pointing there.
+fn start_service(
+    hoops: &Path,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<(Helper, Option<String>)> {
+    let command = |addr: &str| {
+        let mut command = Command::new(hoops);
+        command
+            .args(["serve", "--addr", addr, "--exit-on-eof"])
+            .envs(env.iter().cloned());
+        command
+    };
+    if let Ok(service) = start_helper(command(SERVICE_ADDR), "service", log)? {
+        return Ok((service, None));
+    }
+    match start_helper(command("127.0.0.1:0"), "service", log)? {
+        Ok(service) => {
+            let pipeline = HTTP_PIPELINE.replace(SERVICE_ADDR, &service.address);
+            Ok((service, Some(pipeline)))
+        }
+        Err(first_line) => bail!(
+            "the demo's hoops serve did not start: {first_line:?}; see {}",
+            log.display()
+        ),
+    }
+}
+
+/// A fresh bearer token for the demo's service: 128 bits from the operating system.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the demo service's token")?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// Puts a `hoops` that is this binary on a private PATH directory.
@@ -84,7 +151,10 @@ fn install_hoops(dir: &Path) -> Result<PathBuf> {
 struct Setup {
     dir: PathBuf,
     pipeline: PathBuf,
-    feed: Feed,
+    feed: Helper,
+    /// With `--http`: the `hoops serve` the tasks call, and whether it had to move off
+    /// [`SERVICE_ADDR`].
+    service: Option<(Helper, bool)>,
     env: Vec<(String, String)>,
 }
 
@@ -95,8 +165,6 @@ fn set_up(args: &DemoArgs) -> Result<Setup> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::path::absolute(&dir)?;
-    let pipeline = dir.join("keel.toml");
-    std::fs::write(&pipeline, PIPELINE)?;
     let hoops = install_hoops(&dir)?;
     let feed = start_feed(&hoops, args.seed, &args.faults, &dir.join("feed.log"))?;
     let path_variable = format!(
@@ -104,7 +172,7 @@ fn set_up(args: &DemoArgs) -> Result<Setup> {
         hoops.parent().expect("bin dir").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let env = vec![
+    let mut env = vec![
         ("PATH".to_string(), path_variable),
         ("HOOPS_FEED".to_string(), format!("http://{}", feed.address)),
         (
@@ -118,10 +186,25 @@ fn set_up(args: &DemoArgs) -> Result<Setup> {
         // A 429 becomes "not ready" at once, so Keel's backoff handles it.
         ("HOOPS_RETRY_AFTER_CAP".to_string(), "0".to_string()),
     ];
+    let (pipeline, text, service) = if args.http {
+        // One token for both sides: the service requires it, Keel sends it (auth.bearer_env).
+        env.push(("HOOPS_SERVICE_TOKEN".to_string(), random_token()?));
+        let (service, moved) = start_service(&hoops, &env, &dir.join("service.log"))?;
+        let text = moved.clone().unwrap_or_else(|| HTTP_PIPELINE.to_string());
+        (
+            dir.join("keel-http.toml"),
+            text,
+            Some((service, moved.is_some())),
+        )
+    } else {
+        (dir.join("keel.toml"), PIPELINE.to_string(), None)
+    };
+    std::fs::write(&pipeline, text)?;
     Ok(Setup {
         dir,
         pipeline,
         feed,
+        service,
         env,
     })
 }
@@ -140,13 +223,25 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     }
     let setup = set_up(&args)?;
     println!(
-        "keel demo · the hoops reference pipeline · {} from {first}",
+        "keel demo · the hoops reference pipeline{} · {} from {first}",
+        if args.http { " as HTTP tasks" } else { "" },
         count(args.days.into(), "date", "dates")
     );
     println!(
         "feed on {} with faults: {}",
         setup.feed.address, args.faults
     );
+    if let Some((service, moved)) = &setup.service {
+        println!(
+            "hoops serve on {}, called with a bearer token generated for this demo{}",
+            service.address,
+            if *moved {
+                format!(" ({SERVICE_ADDR} was taken; the demo's keel-http.toml calls this one)")
+            } else {
+                String::new()
+            }
+        );
+    }
     println!("state in {}", setup.dir.display());
     println!();
 
@@ -159,8 +254,18 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         dir: _,
         pipeline,
         feed,
+        service,
         env: _,
     } = setup;
+    if let Some((service, _)) = service {
+        let address = service.address.clone();
+        let stats = tokio::task::spawn_blocking(move || service_stats(&address)).await?;
+        match stats {
+            Ok(line) => println!("{line}"),
+            Err(error) => println!("hoops serve did not say what it served: {error}"),
+        }
+        drop(service);
+    }
     drop(feed);
     println!();
     if !accuracy_trend.is_empty() {
@@ -172,7 +277,7 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
     }
     let events: usize = {
         let mut count = 0;
-        for run in store.list_runs("hoops", None, 1000).await? {
+        for run in store.list_runs(pipeline_name(&args), None, 1000).await? {
             count += store.events(run.id).await?.len();
         }
         count
@@ -195,6 +300,45 @@ pub async fn demo(args: DemoArgs) -> Result<u8> {
         println!("some dates did not succeed; see above");
         Ok(1)
     }
+}
+
+/// The name of the pipeline the demo runs.
+fn pipeline_name(args: &DemoArgs) -> &'static str {
+    if args.http { "hoops_http" } else { "hoops" }
+}
+
+/// What the service answered over how many connections, from its `GET /stats`.
+fn service_stats(address: &str) -> Result<String> {
+    let mut client = hoops::http::Client::new(address, std::time::Duration::from_secs(5))
+        .map_err(anyhow::Error::msg)?;
+    let stats = client
+        .get("/stats")
+        .context("GET /stats")?
+        .json_body()
+        .map_err(anyhow::Error::msg)?;
+    let by_status = stats["requests"]
+        .as_object()
+        .map(|requests| {
+            requests
+                .iter()
+                .map(|(status, count)| format!("{status} ×{}", count.as_u64().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let requests: u64 = stats["requests"]
+        .as_object()
+        .map(|requests| requests.values().filter_map(|count| count.as_u64()).sum())
+        .unwrap_or(0);
+    Ok(format!(
+        "hoops serve answered {} ({by_status}) over {}",
+        count(requests, "request", "requests"),
+        count(
+            stats["connections"].as_u64().unwrap_or(0),
+            "connection",
+            "connections"
+        )
+    ))
 }
 
 /// What running the dates left: whether every one succeeded, grading's accuracy per date, and

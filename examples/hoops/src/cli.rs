@@ -10,6 +10,7 @@ use crate::faults::Faults;
 use crate::feed::Feed;
 use crate::outcome::{self, EXIT_PERMANENT, TaskError};
 use crate::season::{Season, Source};
+use crate::service::{Service, ServiceConfig};
 use crate::tasks::{self, Ctx, PIPELINE};
 
 const USAGE: &str = "\
@@ -23,6 +24,11 @@ USAGE
                                       serve the season on loopback (port 0 picks one);
                                       the first line of stdout is `listening on ADDR`;
                                       --exit-on-eof: stop when stdin closes
+  hoops serve [--addr 127.0.0.1:PORT] [--feed URL] [--warehouse FILE] [--export-dir DIR] [--log]
+              [--exit-on-eof]
+                                      the processors as an HTTP service on loopback (default
+                                      port 8089; 0 picks one): POST /process/TASK {\"date\": D},
+                                      GET /ready; the first line of stdout is `listening on ADDR`
   hoops season [--seed S] [--date D [--source SOURCE]]
                                       print the season's summary, or one date as JSON
   hoops tasks                         list the tasks in pipeline order with their phase
@@ -46,6 +52,7 @@ ENVIRONMENT
   HOOPS_EXPORT_DIR       where export writes picks-DATE.json (default exports/ beside the warehouse)
   HOOPS_RETRY_AFTER_CAP  seconds of Retry-After a scrape waits out once before exiting 75 (default 2)
   HOOPS_HTTP_TIMEOUT     seconds before a feed request gives up (default 10)
+  HOOPS_SERVICE_TOKEN    hoops serve: the bearer token /process requires (none: no auth)
   KEEL_RESULT            where a task writes its result JSON (rows, metrics, no_data)
   KEEL_HEARTBEAT         a file the task touches while it works
 
@@ -76,6 +83,7 @@ fn run(args: &[&str]) -> i32 {
             0
         }
         ["feed", rest @ ..] => feed(rest),
+        ["serve", rest @ ..] => serve(rest),
         ["season", rest @ ..] => season(rest),
         ["self-test"] => self_test(),
         ["tasks"] => {
@@ -245,6 +253,73 @@ fn feed(args: &[&str]) -> i32 {
         }
         Err(e) => {
             eprintln!("hoops feed: cannot listen on {addr}: {e}");
+            1
+        }
+    }
+}
+
+/// The address `hoops serve` listens on by default, and the one `keel-http.toml` calls.
+pub const SERVICE_ADDR: &str = "127.0.0.1:8089";
+
+fn serve(args: &[&str]) -> i32 {
+    let parsed = (|| -> Result<(String, ServiceConfig, bool), String> {
+        let mut ctx = Ctx::from_env().map_err(|e| e.message().to_string())?;
+        // The service is not an attempt: a heartbeat file in its environment is not its own.
+        ctx.heartbeat = None;
+        let (mut addr, mut log, mut exit_on_eof) = (SERVICE_ADDR.to_string(), false, false);
+        let known = ["--addr", "--feed", "--warehouse", "--export-dir"];
+        for (name, value) in flags(args, &known, &["--log", "--exit-on-eof"])? {
+            match name.as_str() {
+                "--addr" => addr = value.to_string(),
+                "--feed" => ctx.feed = Some(value.to_string()),
+                "--warehouse" => ctx.warehouse = PathBuf::from(value),
+                "--export-dir" => ctx.export_dir = Some(PathBuf::from(value)),
+                "--log" => log = true,
+                _ => exit_on_eof = true,
+            }
+        }
+        let token = std::env::var("HOOPS_SERVICE_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty());
+        Ok((addr, ServiceConfig { ctx, token, log }, exit_on_eof))
+    })();
+    let (addr, config, exit_on_eof) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hoops serve: {e}; see `hoops help`");
+            return 2;
+        }
+    };
+    let summary = format!(
+        "warehouse {}, feed {}, exports in {}, {}",
+        config.ctx.warehouse.display(),
+        config.ctx.feed.as_deref().unwrap_or("not set (HOOPS_FEED)"),
+        config.ctx.export_dir().display(),
+        if config.token.is_some() {
+            "bearer token required"
+        } else {
+            "no token required (HOOPS_SERVICE_TOKEN is not set)"
+        }
+    );
+    match Service::start(&addr, config) {
+        Ok(service) => {
+            println!("listening on {}", service.addr());
+            let _ = std::io::stdout().flush();
+            eprintln!("hoops serve: {summary}");
+            if exit_on_eof {
+                // The parent holds our stdin: when it goes away, so do we.
+                std::thread::spawn(|| {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                    std::process::exit(0);
+                });
+            }
+            service.wait();
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "hoops serve: cannot listen on {addr}: {e}; pick another with --addr 127.0.0.1:PORT"
+            );
             1
         }
     }

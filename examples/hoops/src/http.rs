@@ -71,9 +71,11 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -233,20 +235,38 @@ impl Client {
     }
 
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
+        self.send(method, path, &[], body)
+    }
+
+    /// A request with headers of its own besides `Host`, `User-Agent`, `Accept` and
+    /// `Content-Length`.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
         self.requests += 1;
         if self.conn.is_some() {
             // A reused connection may have been closed by the server while idle: try once more
             // on a fresh one. Requests here are idempotent reads or whole-value writes.
-            match self.exchange(method, path, body) {
+            match self.exchange(method, path, headers, body) {
                 Ok(resp) => return Ok(resp),
                 Err(e) if stale_connection(&e) => self.conn = None,
                 Err(e) => return Err(e),
             }
         }
-        self.exchange(method, path, body)
+        self.exchange(method, path, headers, body)
     }
 
-    fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
         if self.conn.is_none() {
             let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
             stream.set_read_timeout(Some(self.timeout))?;
@@ -256,12 +276,16 @@ impl Client {
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hoops\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hoops\r\nAccept: application/json\r\nContent-Length: {}\r\n",
             self.addr,
             body.len()
-        )
-        .into_bytes();
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut req = head.into_bytes();
         req.extend_from_slice(body);
         let result = (|| {
             conn.get_mut().write_all(&req)?;

@@ -4,9 +4,10 @@
 //! - [`feed`]: that season served as JSON over HTTP on loopback, with switchable [`faults`].
 //! - [`tasks`]: `hoops <task> <date>`, the pipeline's processors on one SQLite [`warehouse`],
 //!   ending with the task contract's exit codes (docs/tasks.md) and `KEEL_RESULT` file ([`outcome`]).
+//! - [`service`]: `hoops serve`, the same processors behind HTTP for Keel's HTTP tasks.
 //!
 //! It must not talk to anything but loopback, and it never needs Keel to run: every task is a
-//! plain command.
+//! plain command, and `hoops serve` is a plain HTTP service.
 
 pub mod cli;
 pub mod date;
@@ -17,6 +18,7 @@ pub mod outcome;
 pub mod rng;
 pub mod season;
 pub mod selftest;
+pub mod service;
 pub mod tasks;
 pub mod warehouse;
 

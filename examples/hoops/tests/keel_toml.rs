@@ -83,3 +83,77 @@ fn the_features_keel_lacks_are_written_down_as_comments() {
     );
     assert!(text.contains("Enabled once Keel supports it"));
 }
+
+#[test]
+fn keel_http_toml_is_the_same_pipeline_as_http_tasks_calling_hoops_serve() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commands = keel_config::load(&dir.join("keel.toml")).unwrap();
+    let spec =
+        keel_config::load(&dir.join("keel-http.toml")).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(spec.name, "hoops_http");
+    let phases = |spec: &keel_model::PipelineSpec| -> Vec<(String, Vec<String>)> {
+        spec.phases
+            .iter()
+            .map(|p| (p.name.clone(), p.after.clone()))
+            .collect()
+    };
+    assert_eq!(phases(&spec), phases(&commands));
+    let tasks: Vec<(&str, &str)> = spec
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.phase.as_str()))
+        .collect();
+    assert_eq!(tasks, PIPELINE.to_vec());
+    let url = format!("http://{}/process/{{task}}", hoops::cli::SERVICE_ADDR);
+    for task in &spec.tasks {
+        let http = task
+            .http
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not an HTTP task", task.name));
+        assert_eq!(http.url, url, "{}", task.name);
+        assert_eq!(http.method, "POST", "{}", task.name);
+        assert_eq!(
+            http.body,
+            keel_model::HttpBody::Json(serde_json::json!({"date": "{date}"})),
+            "{}",
+            task.name
+        );
+        assert_eq!(
+            http.auth,
+            Some(keel_model::HttpAuth::BearerEnv(
+                "HOOPS_SERVICE_TOKEN".into()
+            )),
+            "{}",
+            task.name
+        );
+        // The first resource is the connection pool: every task shares the service's.
+        assert_eq!(
+            task.uses.first().map(String::as_str),
+            Some("service"),
+            "{}",
+            task.name
+        );
+        let same = commands.task(&task.name).unwrap();
+        assert_eq!(task.after, same.after, "{}", task.name);
+        assert_eq!(task.timeout, same.timeout, "{}", task.name);
+        assert_eq!(task.retries, same.retries, "{}", task.name);
+        let feed = same.uses.contains(&"feed".to_string());
+        assert_eq!(
+            task.uses.contains(&"feed".to_string()),
+            feed,
+            "{}",
+            task.name
+        );
+    }
+    let sensor = spec
+        .task("scrape_props")
+        .unwrap()
+        .wait_for
+        .as_ref()
+        .expect("the props sensor");
+    assert_eq!(sensor.command, ["hoops", "ready", "props", "{date}"]);
+    let passes = |spec: &keel_model::PipelineSpec| -> Vec<String> {
+        spec.passes.iter().map(|p| p.name.clone()).collect()
+    };
+    assert_eq!(passes(&spec), passes(&commands));
+}

@@ -202,3 +202,94 @@ fn demo_serve_runs_the_schedule_unattended_and_says_where_to_look() {
         std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
     );
 }
+
+/// `keel demo --http`: the same pipeline as HTTP tasks calling a `hoops serve` the demo starts,
+/// with a token generated for the run. Every date succeeds, the service answered every task
+/// over pooled connections, and it is gone once the demo has exited. The port keel-http.toml
+/// names is held here (or by someone else), so the demo must move the service and its copy of
+/// the pipeline to a free one.
+#[test]
+fn the_demo_over_http_runs_the_dates_against_hoops_serve_on_pooled_connections() {
+    let _taken = std::net::TcpListener::bind(hoops::cli::SERVICE_ADDR);
+    let dir = tempfile::tempdir().unwrap();
+    let output = keel()
+        .args([
+            "demo",
+            "--http",
+            "--days",
+            "2",
+            "--start",
+            "2026-11-09",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo --http failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("as HTTP tasks"), "{stdout}");
+    for date in ["2026-11-09", "2026-11-10"] {
+        assert!(
+            stdout.contains(&format!("{date}  succeeded 21 tasks")),
+            "{date} did not succeed:\n{stdout}"
+        );
+    }
+    // "hoops serve answered 44 requests (200 ×43, 503 ×1) over 4 connections"
+    let served = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("hoops serve answered "))
+        .unwrap_or_else(|| panic!("no service summary in:\n{stdout}"));
+    let number = |text: &str| -> u64 { text.split_whitespace().next().unwrap().parse().unwrap() };
+    let requests = number(served);
+    let connections = number(served.rsplit(" over ").next().unwrap());
+    assert!(requests >= 2 * 21, "{served}");
+    assert!(
+        (1..=10).contains(&connections),
+        "the pool did not reuse its connections: {served}"
+    );
+    let address = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("hoops serve on "))
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .unwrap_or_else(|| panic!("no service address in:\n{stdout}"))
+        .to_string();
+
+    // The runs are in the state of keel-http.toml, each task an HTTP task that succeeded.
+    let pipeline = dir.path().join("keel-http.toml");
+    let status = keel()
+        .args(["status", "--json"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{json}");
+    for run in runs {
+        assert_eq!(run["state"], "succeeded", "{run}");
+        assert_eq!(run["tasks"].as_array().unwrap().len(), 21);
+    }
+    assert!(dir.path().join("exports").read_dir().unwrap().count() >= 1);
+    assert!(
+        stdout.contains(&format!("({} was taken;", hoops::cli::SERVICE_ADDR)),
+        "{stdout}"
+    );
+    assert_ne!(address, hoops::cli::SERVICE_ADDR);
+    let copy = std::fs::read_to_string(&pipeline).unwrap();
+    assert!(
+        copy.contains(&format!("http://{address}/process/{{task}}")),
+        "{copy}"
+    );
+    // The service required the token the demo generated, and none is left listening.
+    let log = std::fs::read_to_string(dir.path().join("service.log")).unwrap();
+    assert!(log.contains("bearer token required"), "{log}");
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "hoops serve on {address} is still listening"
+    );
+}
