@@ -22,7 +22,7 @@ use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -55,19 +55,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A running feed. Dropping it stops accepting connections.
 pub struct Feed {
-    addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    server: http::Listening,
 }
 
 impl Feed {
     /// Binds `addr` (loopback only; port 0 picks a free port) and serves the season of `seed`.
     pub fn start(addr: &str, seed: u64, faults: Faults, log: bool) -> io::Result<Feed> {
-        let addr = http::loopback_addr(addr)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State {
             seed,
             season: Season::generate(seed),
@@ -78,28 +72,22 @@ impl Feed {
             connections: AtomicUsize::new(0),
             log,
         });
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let (state, shutdown) = (state.clone(), shutdown.clone());
-            thread::Builder::new()
-                .name("hoops-feed-accept".into())
-                .spawn(move || accept_loop(listener, state, shutdown))?
+        let server = {
+            let state = state.clone();
+            http::Listening::start(addr, "hoops-feed-accept", move |listener, shutdown| {
+                accept_loop(listener, state, shutdown)
+            })?
         };
-        Ok(Feed {
-            addr,
-            state,
-            shutdown,
-            accept: Some(accept),
-        })
+        Ok(Feed { state, server })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT`, the value for `HOOPS_FEED`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     pub fn faults(&self) -> Faults {
@@ -110,28 +98,13 @@ impl Feed {
         set_faults(&self.state, faults);
     }
 
-    /// Blocks until the feed is stopped (for `hoops feed`, which runs until killed).
-    pub fn wait(mut self) {
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+    /// Blocks until the server is stopped (for a command that runs until killed).
+    pub fn wait(self) {
+        self.server.wait();
     }
 
     pub fn stop(&mut self) {
-        if self.shutdown.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 

@@ -345,6 +345,70 @@ fn stale_connection(e: &io::Error) -> bool {
     )
 }
 
+/// A loopback server's accept thread and its shutdown flag, shared by the feed and the
+/// service: stopped when asked or dropped.
+pub struct Listening {
+    addr: std::net::SocketAddr,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listening {
+    /// Binds `addr` (loopback only; port 0 picks a free port) and runs `accept_loop` on a
+    /// thread named `name` with the listener and the shutdown flag.
+    pub fn start(
+        addr: &str,
+        name: &str,
+        accept_loop: impl FnOnce(std::net::TcpListener, std::sync::Arc<std::sync::atomic::AtomicBool>)
+        + Send
+        + 'static,
+    ) -> std::io::Result<Listening> {
+        let addr = loopback_addr(addr)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = shutdown.clone();
+        let accept = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || accept_loop(listener, flag))?;
+        Ok(Listening {
+            addr,
+            shutdown,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the server is stopped (for a command that runs until killed).
+    pub fn wait(mut self) {
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, std::time::Duration::from_secs(1));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -64,42 +64,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A running service. Dropping it stops accepting connections.
 pub struct Service {
-    addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    server: http::Listening,
 }
 
 impl Service {
     /// Binds `addr` (loopback only; port 0 picks a free port) and serves the processors.
     pub fn start(addr: &str, config: ServiceConfig) -> io::Result<Service> {
-        let addr = http::loopback_addr(addr)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State {
             config,
             stats: Mutex::new(BTreeMap::new()),
             connections_accepted: AtomicU64::new(0),
             connections_open: AtomicUsize::new(0),
         });
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let (state, shutdown) = (state.clone(), shutdown.clone());
-            thread::Builder::new()
-                .name("hoops-serve-accept".into())
-                .spawn(move || accept_loop(listener, state, shutdown))?
+        let server = {
+            let state = state.clone();
+            http::Listening::start(addr, "hoops-serve-accept", move |listener, shutdown| {
+                accept_loop(listener, state, shutdown)
+            })?
         };
-        Ok(Service {
-            addr,
-            state,
-            shutdown,
-            accept: Some(accept),
-        })
+        Ok(Service { state, server })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `{"requests": {"200": n, …}, "connections": n}`, as `GET /stats` answers.
@@ -107,28 +95,13 @@ impl Service {
         stats(&self.state)
     }
 
-    /// Blocks until the service is stopped (for `hoops serve`, which runs until killed).
-    pub fn wait(mut self) {
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+    /// Blocks until the server is stopped (for a command that runs until killed).
+    pub fn wait(self) {
+        self.server.wait();
     }
 
     pub fn stop(&mut self) {
-        if self.shutdown.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
