@@ -23,8 +23,28 @@ use crate::state::StatePaths;
 /// A pipeline of `levels` phases of `width` `true` tasks; each phase runs after the previous
 /// one, so every task depends on every task of the level before.
 fn layered_pipeline(name: &str, levels: usize, width: usize, concurrency: u32) -> String {
+    layered_pipeline_of(
+        name,
+        levels,
+        width,
+        concurrency,
+        "",
+        "command = [\"true\"]\n",
+    )
+}
+
+/// [`layered_pipeline`]'s shape with `tables` (resources, say) after the defaults and `body`
+/// as each task's fields besides its phase.
+fn layered_pipeline_of(
+    name: &str,
+    levels: usize,
+    width: usize,
+    concurrency: u32,
+    tables: &str,
+    body: &str,
+) -> String {
     let mut text = format!(
-        "[pipeline]\nname = \"{name}\"\npartition = \"none\"\n\n[defaults]\nconcurrency = {concurrency}\nretries = {{ attempts = 1 }}\n\n"
+        "[pipeline]\nname = \"{name}\"\npartition = \"none\"\n\n[defaults]\nconcurrency = {concurrency}\nretries = {{ attempts = 1 }}\n\n{tables}"
     );
     for level in 0..levels {
         text.push_str(&format!("[phases.level{level}]\n"));
@@ -36,7 +56,7 @@ fn layered_pipeline(name: &str, levels: usize, width: usize, concurrency: u32) -
     for level in 0..levels {
         for index in 0..width {
             text.push_str(&format!(
-                "[tasks.t{level}_{index}]\nphase = \"level{level}\"\ncommand = [\"true\"]\n\n"
+                "[tasks.t{level}_{index}]\nphase = \"level{level}\"\n{body}\n"
             ));
         }
     }

@@ -109,24 +109,14 @@ fn http_pipeline(
     width: usize,
     concurrency: u32,
 ) -> String {
-    let mut text = format!(
-        "[pipeline]\nname = \"{name}\"\npartition = \"none\"\n\n[defaults]\nconcurrency = {concurrency}\nretries = {{ attempts = 1 }}\n\n[resources.service]\nconcurrency = {concurrency}\n\n"
-    );
-    for level in 0..levels {
-        text.push_str(&format!("[phases.level{level}]\n"));
-        if level > 0 {
-            text.push_str(&format!("after = [\"level{}\"]\n", level - 1));
-        }
-        text.push('\n');
-    }
-    for level in 0..levels {
-        for index in 0..width {
-            text.push_str(&format!(
-                "[tasks.t{level}_{index}]\nphase = \"level{level}\"\nhttp = {{ url = \"http://{addr}/task/{{task}}\" }}\nuses = [\"service\"]\n\n"
-            ));
-        }
-    }
-    text
+    super::layered_pipeline_of(
+        name,
+        levels,
+        width,
+        concurrency,
+        &format!("[resources.service]\nconcurrency = {concurrency}\n\n"),
+        &format!("http = {{ url = \"http://{addr}/task/{{task}}\" }}\nuses = [\"service\"]\n"),
+    )
 }
 
 /// What the HTTP case measured: the run, and the server's connections.
