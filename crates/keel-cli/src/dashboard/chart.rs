@@ -5,6 +5,8 @@
 
 use std::fmt::Write;
 
+use super::view::escape_xml;
+
 /// The drawing's size in SVG units; it scales to the page's width.
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 160.0;
@@ -203,8 +205,8 @@ pub fn svg(id: &str, label: &str, points: &[Point], from_zero: bool) -> String {
     let _ = write!(
         out,
         r#"<svg class="chart" id="{}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{}">"#,
-        escape(id),
-        escape(label)
+        escape_xml(id),
+        escape_xml(label)
     );
     for tick in &geometry.ticks {
         let _ = write!(
@@ -213,7 +215,7 @@ pub fn svg(id: &str, label: &str, points: &[Point], from_zero: bool) -> String {
             WIDTH - RIGHT,
             LEFT - 6.0,
             tick.y + 4.0,
-            escape(&tick.label),
+            escape_xml(&tick.label),
             y = tick.y,
         );
     }
@@ -231,7 +233,7 @@ pub fn svg(id: &str, label: &str, points: &[Point], from_zero: bool) -> String {
             let _ = write!(
                 out,
                 r#"<text class="partition" x="{x}" y="{baseline}" text-anchor="{anchor}">{}</text>"#,
-                escape(&point.label)
+                escape_xml(&point.label)
             );
         }
     }
@@ -242,34 +244,18 @@ pub fn svg(id: &str, label: &str, points: &[Point], from_zero: bool) -> String {
         let Some((x, y)) = position else { continue };
         let circle = format!(
             r#"<circle class="point {}" cx="{x}" cy="{y}" r="3.5"><title>{}</title></circle>"#,
-            escape(point.class),
-            escape(&point.title)
+            escape_xml(point.class),
+            escape_xml(&point.title)
         );
         match &point.url {
             Some(url) => {
-                let _ = write!(out, r#"<a href="{}">{circle}</a>"#, escape(url));
+                let _ = write!(out, r#"<a href="{}">{circle}</a>"#, escape_xml(url));
             }
             None => out.push_str(&circle),
         }
     }
     out.push_str("</svg>");
     out
-}
-
-/// `text` safe inside an element or a quoted attribute.
-pub fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            other => escaped.push(other),
-        }
-    }
-    escaped
 }
 
 #[cfg(test)]
