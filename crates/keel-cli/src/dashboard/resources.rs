@@ -45,6 +45,8 @@ pub struct Resource {
     /// `None`: no breaker. (config, state class, state word, sentence)
     pub breaker: Option<Breaker>,
     pub retry_budget: Option<String>,
+    /// Its health probe (`ready`), as configured: serve logs how it answers.
+    pub ready: Option<String>,
     /// (task, URL of its history)
     pub tasks: Vec<(String, String)>,
     pub transitions: Vec<Transition>,
@@ -221,8 +223,17 @@ fn section(
             budget.min
         )
     });
+    let ready = resource.ready.as_ref().map(|probe| {
+        format!(
+            "GET {} before tasks start; an answer holds for {}, a probe may take {}",
+            probe.url.split(['?', '#']).next().unwrap_or_default(),
+            keel_model::format_duration(probe.every),
+            keel_model::format_duration(probe.timeout)
+        )
+    });
     Resource {
         name: resource.name.clone(),
+        ready,
         rate,
         concurrency,
         capped: resource.concurrency.is_some(),

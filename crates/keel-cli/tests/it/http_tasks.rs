@@ -680,4 +680,15 @@ http = {{ url = "{work}" }}
         passing_probe < first_work,
         "no request before the probe passed: {seen:?}"
     );
+    // The dashboard's resources page shows the probe.
+    let (_served, addr) =
+        crate::support::serve_on_free_port(&[&pipeline], &dir.path().join("serve.log"), &[]);
+    let page = crate::api::request(&addr, "GET", "/ui/probed/resources", &[], None).text();
+    assert!(
+        page.contains(&format!(
+            "GET {} before tasks start; an answer holds for 50ms",
+            server.url("/ready")
+        )),
+        "{page}"
+    );
 }
