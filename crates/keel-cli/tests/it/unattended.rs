@@ -74,7 +74,13 @@ fn set_up(root: &Path) -> Setup {
     // Each task's process writes a line to the ledger as it starts, so a task run twice (or
     // started again beside itself) shows. While the file `hold` exists, `predictions` waits
     // after its line (and says so with `held`): the test kills serve with it running.
-    let pipeline = include_str!("../../../../examples/hoops/keel.toml").replace(
+    // The analytics gate's grace is Keel time, which runs 7,200 times as fast here while tasks
+    // keep real time: its 2 minutes are 17 ms, and a task slowed by a loaded machine would be
+    // waived and reconciled (a second start, rightly). This test is about schedules and a kill,
+    // so the grace is made longer than any task takes: 12 hours are 6 s.
+    let pipeline = include_str!("../../../../examples/hoops/keel.toml")
+        .replace("grace = \"2m\"", "grace = \"12h\"")
+        .replace(
         "\ncommand = [\"hoops\",",
         &format!(
             "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {ledger}; if [ $KEEL_TASK = predictions ] && [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
@@ -82,6 +88,10 @@ fn set_up(root: &Path) -> Setup {
             hold = root.join("hold").display(),
             held = root.join("held").display(),
         ),
+    );
+    assert!(
+        pipeline.contains("grace = \"12h\""),
+        "the gate's grace was not found"
     );
     std::fs::write(root.join("keel.toml"), pipeline).unwrap();
     let env = vec![
