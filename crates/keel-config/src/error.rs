@@ -1,6 +1,7 @@
 use std::fmt;
 
 use crate::MAX_NAME_LENGTH;
+use keel_model::template::DateTemplateProblem;
 
 /// Where in a pipeline file something was found: `keel.toml:48:9`.
 ///
@@ -297,6 +298,19 @@ pub enum ConfigError {
     },
 
     #[error(
+        "invalid date template {template:?} in {place} ({location}): {problem}; {}",
+        date_template_hint(.problem)
+    )]
+    DateTemplate {
+        /// The whole placeholder, braces included: `{date-1w}`.
+        template: String,
+        /// Where the template is: `the command of task "fetch"`.
+        place: String,
+        problem: DateTemplateProblem,
+        location: Location,
+    },
+
+    #[error(
         "unknown parameter {name:?} in {{param.{name}}} of {place} ({location}); {}",
         param_hint(.suggestion, .name)
     )]
@@ -587,6 +601,7 @@ impl ConfigError {
             | ConfigError::ReservedVariable { location, .. }
             | ConfigError::EnvFileLine { location, .. }
             | ConfigError::UnknownParam { location, .. }
+            | ConfigError::DateTemplate { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
             | ConfigError::UnknownPassName { location, .. }
@@ -784,5 +799,17 @@ fn pass_name_hint(suggestion: &Option<String>, kind: NameKind, name: &str) -> St
         (Some(known), _) => format!("did you mean {known:?}?"),
         (None, NameKind::Phase) => format!("define it with a [phases.{name}] table"),
         (None, _) => format!("define it with a [tasks.{name}] table"),
+    }
+}
+
+/// How to write a date template; a pipeline without dates is told what it can use instead.
+fn date_template_hint(problem: &DateTemplateProblem) -> &'static str {
+    match problem {
+        DateTemplateProblem::NoDatePartitions => {
+            "write {date} for the partition as it is, or set partition = \"date\" in [pipeline] for date arithmetic"
+        }
+        _ => {
+            "valid forms are {date-1d}, {date+7d}, {date:%Y%m%d} and {date-1d:%Y%m%d} (and the same with {partition…})"
+        }
     }
 }

@@ -108,6 +108,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
         map: SourceMap::new(source, file),
         errors: Vec::new(),
         params: Vec::new(),
+        partition: PartitionKind::Date,
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -322,6 +323,20 @@ struct Checker<'s> {
     errors: Vec<ConfigError>,
     /// The parameter names the passes declare: what `{param.NAME}` may name.
     params: Vec<String>,
+    /// The pipeline's `partition`, read before anything else like `params`: whether templates
+    /// may do date arithmetic. A misspelt value is reported where it is written.
+    partition: PartitionKind,
+}
+
+/// The `partition` of `[pipeline]`, `date` unless it says `none`.
+fn declared_partition(root: &DeTable<'_>) -> PartitionKind {
+    let Some(DeValue::Table(pipeline)) = root.get("pipeline").map(Spanned::get_ref) else {
+        return PartitionKind::Date;
+    };
+    match pipeline.get("partition").map(Spanned::get_ref) {
+        Some(DeValue::String(kind)) if kind.as_ref() == "none" => PartitionKind::None,
+        _ => PartitionKind::Date,
+    }
 }
 
 /// A table's entries in file order; `DeTable` itself keeps them sorted by key.
@@ -693,6 +708,7 @@ impl Checker<'_> {
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
+        self.partition = declared_partition(root);
         for (key, value) in entries(root) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1153,10 +1169,11 @@ impl Checker<'_> {
         template_field: &'static str,
     ) {
         let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
-        for problem in check_templates(text, &params) {
+        for problem in check_templates(text, &params, self.partition) {
             let (TemplateProblem::Unknown { offset, .. }
             | TemplateProblem::Unclosed { offset }
-            | TemplateProblem::UnknownParam { offset, .. }) = problem;
+            | TemplateProblem::UnknownParam { offset, .. }
+            | TemplateProblem::BadDate { offset, .. }) = problem;
             let location = self
                 .map
                 .location(self.map.offset_in_string(&item.span(), text, offset));
@@ -1177,6 +1194,14 @@ impl Checker<'_> {
                     place: format!("the {template_field} of task {task:?}"),
                     suggestion: closest(&name, params.iter().copied()),
                     name,
+                    location,
+                },
+                TemplateProblem::BadDate {
+                    template, problem, ..
+                } => ConfigError::DateTemplate {
+                    place: format!("the {template_field} of task {task:?}"),
+                    template,
+                    problem,
                     location,
                 },
             });
