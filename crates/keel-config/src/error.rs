@@ -298,6 +298,36 @@ pub enum ConfigError {
     },
 
     #[error(
+        "unknown weekday {weekday:?} in the when of task {task:?} ({location}); {}",
+        weekday_hint(.suggestion)
+    )]
+    UnknownWeekday {
+        task: String,
+        weekday: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "weekday {weekday:?} is listed twice in the when of task {task:?} ({location}); list each weekday once"
+    )]
+    RepeatedWeekday {
+        task: String,
+        weekday: String,
+        location: Location,
+    },
+
+    #[error(
+        "the when of task {task:?} lists no weekdays ({location}); name the days it runs on, such as weekdays = [\"sun\", \"wed\"], or remove when to run it every day"
+    )]
+    NoWeekdays { task: String, location: Location },
+
+    #[error(
+        "task {task:?} has weekdays in its when, but the pipeline has partition = \"none\", which has no weekday ({location}); remove when, or set partition = \"date\" in [pipeline]"
+    )]
+    WeekdaysWithoutDates { task: String, location: Location },
+
+    #[error(
         "invalid date template {template:?} in {place} ({location}): {problem}; {}",
         date_template_hint(.problem)
     )]
@@ -602,6 +632,10 @@ impl ConfigError {
             | ConfigError::EnvFileLine { location, .. }
             | ConfigError::UnknownParam { location, .. }
             | ConfigError::DateTemplate { location, .. }
+            | ConfigError::UnknownWeekday { location, .. }
+            | ConfigError::RepeatedWeekday { location, .. }
+            | ConfigError::NoWeekdays { location, .. }
+            | ConfigError::WeekdaysWithoutDates { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
             | ConfigError::UnknownPassName { location, .. }
@@ -811,5 +845,12 @@ fn date_template_hint(problem: &DateTemplateProblem) -> &'static str {
         _ => {
             "valid forms are {date-1d}, {date+7d}, {date:%Y%m%d} and {date-1d:%Y%m%d} (and the same with {partition…})"
         }
+    }
+}
+
+fn weekday_hint(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(known) => format!("did you mean {known:?}?"),
+        None => "weekdays are mon, tue, wed, thu, fri, sat and sun".to_string(),
     }
 }

@@ -10,6 +10,7 @@
 //! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
 mod alerts;
+mod calendar;
 mod context;
 mod http;
 mod passes;
@@ -83,6 +84,7 @@ const TASK_FIELDS: &[&str] = &[
     "deadline",
     "uses",
     "wait_for",
+    "when",
     "cwd",
     "env",
     "env_file",
@@ -296,6 +298,7 @@ struct RawTask {
     deadline: Option<Duration>,
     uses: Vec<NameRef>,
     wait_for: Option<RawSensor>,
+    when: Option<keel_model::CalendarSpec>,
     context: RawContext,
 }
 
@@ -1044,6 +1047,7 @@ impl Checker<'_> {
             deadline: None,
             uses: Vec::new(),
             wait_for: None,
+            when: None,
             context: RawContext::default(),
         };
         for (key, value) in entries(table) {
@@ -1081,6 +1085,7 @@ impl Checker<'_> {
                     }
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
+                "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
@@ -1456,6 +1461,7 @@ fn build_spec(
                     deadline,
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                    when: task.when,
                     context: task.context.over(&defaults.context),
                 }
             })

@@ -317,6 +317,54 @@ command = ["load", "{date}", "{date-1d}", "{partition:%Y}"]
 }
 
 #[test]
+fn bad_calendars() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.typo]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = ["sun", "wdn", "Monday", "someday", "sun", 3, "thr", "tu"] }}
+
+[tasks.empty]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = [] }}
+
+[tasks.missing]
+phase = "scrape"
+command = ["true"]
+when = {{ weekday = ["sun"] }}
+
+[tasks.decided]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = ["sun"], command = ["is-game-day", "{{date}}"] }}
+
+[tasks.wrong]
+phase = "scrape"
+command = ["true"]
+when = "sundays"
+"#
+    )));
+}
+
+#[test]
+fn weekdays_need_date_partitions() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+partition = "none"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+when = { weekdays = ["sun"] }
+"#
+    ));
+}
+
+#[test]
 fn plaintext_secrets_are_refused_without_being_printed() {
     let message = errors_of(
         r#"[pipeline]

@@ -180,6 +180,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(30),
         uses: vec![],
         wait_for: None,
+        when: None,
         context: Default::default(),
     }
 }
