@@ -123,7 +123,12 @@ fn weekday_suggestion(name: &str) -> Option<String> {
     if lower.chars().count() > 4 {
         return None;
     }
-    let shared = |known: &str| known.chars().filter(|letter| lower.contains(*letter)).count();
+    let shared = |known: &str| {
+        known
+            .chars()
+            .filter(|letter| lower.contains(*letter))
+            .count()
+    };
     let mut candidates: Vec<(usize, &str)> = WEEKDAY_NAMES
         .iter()
         .filter(|known| known.chars().next() == lower.chars().next())

@@ -13,6 +13,7 @@ use keel_model::{
 };
 use keel_store::{SqliteStore, Store};
 
+mod calendars;
 mod crash_property;
 mod passes;
 mod properties;

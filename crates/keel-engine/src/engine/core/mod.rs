@@ -25,6 +25,7 @@ use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVer
 use crate::template::{Template, TemplateValues};
 use crate::{EngineError, Random};
 
+mod calendar;
 mod dispatch;
 mod gates;
 mod recovery;

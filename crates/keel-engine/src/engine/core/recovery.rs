@@ -59,9 +59,13 @@ impl Core {
             };
             // A pass's run settles the tasks outside the pass `skipped`: they are taken as done,
             // not left out, and the run ends `succeeded` without them.
+            // So are the tasks a calendar skips.
             if task.outcome == Some(Outcome::Skipped)
                 && task.attempts == 0
                 && active.record.pass.is_none()
+                && self
+                    .calendar_skip(&active.record.partition, index)
+                    .is_none()
             {
                 active.left_out.push(index);
             }

@@ -1,0 +1,127 @@
+//! Calendars (`when`): a task whose weekdays leave out the partition's date is settled
+//! `skipped` when the run is created, with why, and counts as done for what follows it.
+
+use keel_engine::{Prepared, RunRequest, Shutdown};
+use keel_model::{CalendarSpec, Outcome, RunState, Weekday};
+use keel_store::Store;
+
+use crate::{Harness, pipeline, run_partition, task};
+
+/// 2026-01-21 is a Wednesday, 2026-01-22 a Thursday.
+const WEDNESDAY: &str = "2026-01-21";
+const THURSDAY: &str = "2026-01-22";
+
+/// fetch (Sundays and Wednesdays only) → load, in the next phase.
+fn weekly() -> keel_model::PipelineSpec {
+    let mut fetch = task("fetch", "a", &[], 1);
+    fetch.when = Some(CalendarSpec {
+        weekdays: vec![Weekday::Sun, Weekday::Wed],
+    });
+    pipeline(vec![fetch, task("load", "b", &[], 1)], 4)
+}
+
+async fn task_row(harness: &Harness, partition: &str, name: &str) -> keel_store::TaskRunRecord {
+    let run = harness
+        .store
+        .latest_run("test", partition)
+        .await
+        .unwrap()
+        .expect("a run");
+    harness
+        .store
+        .task_runs(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|task| task.task == name)
+        .expect("the task's row")
+}
+
+#[tokio::test]
+async fn a_task_runs_only_on_its_weekdays_and_its_dependents_go_on_without_it() {
+    let harness = Harness::new();
+    let mut engine = harness.engine(weekly());
+    assert_eq!(
+        run_partition(&mut engine, WEDNESDAY).await,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        harness.executor.launches(),
+        vec![("fetch".into(), 1), ("load".into(), 1)]
+    );
+    assert_eq!(
+        run_partition(&mut engine, THURSDAY).await,
+        RunState::Succeeded
+    );
+    // Only load ran on Thursday; fetch was settled skipped, with why, and never launched.
+    assert_eq!(
+        harness.executor.launches(),
+        vec![("fetch".into(), 1), ("load".into(), 1), ("load".into(), 1)]
+    );
+    let fetch = task_row(&harness, THURSDAY, "fetch").await;
+    assert_eq!(fetch.outcome, Some(Outcome::Skipped));
+    assert_eq!(fetch.attempts, 0);
+    assert_eq!(
+        fetch.message.as_deref(),
+        Some("not a scheduled weekday: runs on sun, wed")
+    );
+    // A plain `keel run` again finds the run done: a skipped day is not a task left out.
+    assert_eq!(
+        run_partition(&mut engine, THURSDAY).await,
+        RunState::Succeeded
+    );
+    assert_eq!(harness.executor.launches().len(), 3);
+}
+
+/// A run created on a skipped day and resumed by another Keel: the calendar's skip is read
+/// back as done, not as a task `--only` left out (which would end the run `partial`).
+#[tokio::test]
+async fn a_resumed_run_keeps_its_calendar_skip_and_succeeds() {
+    let harness = Harness::new();
+    let mut first = harness.engine(weekly());
+    let prepared = first
+        .prepare(&RunRequest {
+            partitions: vec![THURSDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let Prepared::Created(run) = prepared[0] else {
+        panic!("{prepared:?}");
+    };
+    drop(first);
+    let mut second = harness.engine(weekly());
+    let prepared = second
+        .prepare(&RunRequest {
+            partitions: vec![THURSDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(prepared[0], Prepared::Resumed(resumed) if resumed == run));
+    let summaries = second.execute(&[run], Shutdown::never()).await.unwrap();
+    assert_eq!(summaries[0].state, RunState::Succeeded);
+    assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
+}
+
+/// `--only` on a skipped day: the task the calendar skips is not left out, so the run is
+/// not `partial` for it.
+#[tokio::test]
+async fn only_and_a_calendar_skip_together_leave_nothing_out() {
+    let harness = Harness::new();
+    let mut engine = harness.engine(weekly());
+    let prepared = engine
+        .prepare(&RunRequest {
+            partitions: vec![THURSDAY.into()],
+            only: vec!["load".into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let Prepared::Created(run) = prepared[0] else {
+        panic!("{prepared:?}");
+    };
+    let summaries = engine.execute(&[run], Shutdown::never()).await.unwrap();
+    assert_eq!(summaries[0].state, RunState::Succeeded);
+    assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
+}
