@@ -58,3 +58,74 @@ env = { YESTERDAY = "{date-1d:%Y_%m_%d}" }
     );
     assert_eq!(read(dir.path(), "env.txt").trim(), "2024_02_29");
 }
+
+fn status_task(dir: &Path, partition: &str, name: &str) -> Value {
+    let (code, text) = run_keel(dir, "status", &["--json", "--partition", partition]);
+    assert_eq!(code, Some(0), "{text}");
+    let status: Value = serde_json::from_str(&text).unwrap();
+    status["runs"][0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|task| task["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no task {name} in {status:#}"))
+}
+
+#[test]
+fn a_task_runs_only_on_its_weekdays() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "weekly"
+
+[phases.main]
+[phases.after]
+after = ["main"]
+
+[tasks.games]
+phase = "main"
+command = ["sh", "-c", "echo \"$1\" >> games.txt", "sh", "{date}"]
+when = { weekdays = ["sun", "wed"] }
+
+[tasks.report]
+phase = "after"
+command = ["sh", "-c", "echo \"$1\" >> report.txt", "sh", "{date}"]
+"#,
+    );
+    // 2026-01-21 is a Wednesday, 2026-01-22 a Thursday.
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-21"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-22"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(read(dir.path(), "games.txt"), "2026-01-21\n");
+    assert_eq!(read(dir.path(), "report.txt"), "2026-01-21\n2026-01-22\n");
+    let games = status_task(dir.path(), "2026-01-22", "games");
+    assert_eq!(games["outcome"], "skipped", "{games:#}");
+    assert_eq!(
+        games["message"], "not a scheduled weekday: runs on sun, wed",
+        "{games:#}"
+    );
+}
+
+#[test]
+fn a_weekday_typo_is_a_config_error_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "weekly"
+
+[phases.main]
+
+[tasks.games]
+phase = "main"
+command = ["true"]
+when = { weekdays = ["wdn"] }
+"#,
+    );
+    let (code, text) = run_keel(dir.path(), "validate", &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("did you mean \"wed\"?"), "{text}");
+}
