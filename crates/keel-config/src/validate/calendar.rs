@@ -134,7 +134,7 @@ fn weekday_suggestion(name: &str) -> Option<String> {
         .filter(|known| known.chars().next() == lower.chars().next())
         .map(|known| (shared(known), *known))
         .collect();
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|(shared, _)| std::cmp::Reverse(*shared));
     match candidates.as_slice() {
         [(best, known), rest @ ..]
             if *best >= 2 && rest.first().is_none_or(|(next, _)| next < best) =>
