@@ -682,6 +682,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let now = self.clock.now();
         let names: Vec<String> = added.iter().map(|(name, _)| name.clone()).collect();
+        // A task the file gained that its calendar skips on this date joins the run skipped.
+        let added_indices: Vec<TaskIndex> = names
+            .iter()
+            .filter_map(|name| self.core.dag.index_of(name))
+            .collect();
+        let mut changes = self.core.calendar_changes(&run.partition, &added_indices);
         self.store.add_tasks(run.id, added, now).await?;
         let event = Change::Event {
             task: None,
@@ -693,7 +699,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 names.join(", ")
             ),
         };
-        self.store.apply(run.id, vec![event], now).await?;
+        changes.push(event);
+        self.store.apply(run.id, changes, now).await?;
         Ok(())
     }
 

@@ -125,3 +125,39 @@ async fn only_and_a_calendar_skip_together_leave_nothing_out() {
     assert_eq!(summaries[0].state, RunState::Succeeded);
     assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
 }
+
+/// A task the pipeline file gained while a run was unfinished joins it skipped on a day its
+/// calendar leaves out, rather than running.
+#[tokio::test]
+async fn a_task_added_to_an_unfinished_run_keeps_to_its_calendar() {
+    let harness = Harness::new();
+    let mut before = harness.engine(pipeline(vec![task("load", "b", &[], 1)], 4));
+    let prepared = before
+        .prepare(&RunRequest {
+            partitions: vec![THURSDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let Prepared::Created(run) = prepared[0] else {
+        panic!("{prepared:?}");
+    };
+    drop(before);
+    let mut after = harness.engine(weekly());
+    after
+        .prepare(&RunRequest {
+            partitions: vec![THURSDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let summaries = after.execute(&[run], Shutdown::never()).await.unwrap();
+    assert_eq!(summaries[0].state, RunState::Succeeded);
+    assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
+    let fetch = task_row(&harness, THURSDAY, "fetch").await;
+    assert_eq!(fetch.outcome, Some(Outcome::Skipped));
+    assert_eq!(
+        fetch.message.as_deref(),
+        Some("not a scheduled weekday: runs on sun, wed")
+    );
+}
