@@ -148,6 +148,11 @@ pub enum ConfigError {
     EmptySensorCommand { task: String, location: Location },
 
     #[error(
+        "empty when command in task {task:?} ({location}); give a program that exits 0 to run the task and 1 to skip it, such as when = {{ command = [\"is-game-day\", \"{{date}}\"] }}"
+    )]
+    EmptyCalendarCommand { task: String, location: Location },
+
+    #[error(
         "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
         in_table(.table)
     )]
@@ -616,6 +621,7 @@ impl ConfigError {
             | ConfigError::NulByte { location, .. }
             | ConfigError::RetryInitialAboveMax { location, .. }
             | ConfigError::EmptyCommand { location, .. }
+            | ConfigError::EmptyCalendarCommand { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
             | ConfigError::InvalidSchedule { location, .. }

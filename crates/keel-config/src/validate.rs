@@ -307,6 +307,8 @@ struct RawTask {
 enum CommandKind {
     Task,
     Sensor,
+    /// `when.command`.
+    Calendar,
 }
 
 /// Where a list of names sits, for its errors.
@@ -1139,12 +1141,14 @@ impl Checker<'_> {
             self.errors.push(match kind {
                 CommandKind::Task => ConfigError::EmptyCommand { task, location },
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
+                CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
             });
             return None;
         }
         let template_field = match kind {
             CommandKind::Task => "command",
             CommandKind::Sensor => "wait_for command",
+            CommandKind::Calendar => "when command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {

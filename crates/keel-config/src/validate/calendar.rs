@@ -1,17 +1,16 @@
-//! A task's calendar, `when = { weekdays = ["sun", "wed"] }`: known weekday names, each once,
-//! at least one, and only in a pipeline whose partitions are dates.
+//! A task's calendar, `when = { weekdays = ["sun", "wed"], command = [...] }`: known weekday
+//! names, each once, at least one, and only in a pipeline whose partitions are dates; a command
+//! as a task's, with its templates.
 
 use keel_model::{CalendarSpec, PartitionKind, WEEKDAY_NAMES, parse_weekday};
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
 
-use super::{Checker, EXPECT_STRING, entries};
+use super::{Checker, CommandKind, EXPECT_STRING, entries};
 use crate::error::ConfigError;
 use crate::suggest::closest;
 
-const WHEN_FIELDS: &[&str] = &["weekdays"];
-/// `when.command` (a command deciding per partition) is not supported yet.
-const WHEN_LATER: &[&str] = &["command"];
+const WHEN_FIELDS: &[&str] = &["weekdays", "command"];
 const EXPECT_WEEKDAYS: &str = "a list of weekdays such as [\"sun\", \"wed\"]";
 
 impl Checker<'_> {
@@ -25,22 +24,23 @@ impl Checker<'_> {
     ) -> Option<CalendarSpec> {
         let path = format!("{task_path}.when");
         let table = self.table(value, "when", task_path)?;
-        let mut weekdays = None;
+        let mut weekdays = Some(Vec::new());
+        let mut command = None;
         let mut valid = true;
         for (field_key, field_value) in entries(table) {
             match field_key.get_ref().as_ref() {
                 "weekdays" => weekdays = self.weekdays(field_value, &path, task),
-                name if WHEN_LATER.contains(&name) => {
-                    valid = false;
-                    self.not_supported_yet(field_key, &path);
+                "command" => {
+                    command = self.command(field_value, &path, task, CommandKind::Calendar);
+                    valid &= command.is_some();
                 }
                 _ => {
                     valid = false;
-                    self.unknown_field(field_key, &path, WHEN_FIELDS, WHEN_LATER);
+                    self.unknown_field(field_key, &path, WHEN_FIELDS, &[]);
                 }
             }
         }
-        if !table.contains_key("weekdays") {
+        if !table.contains_key("weekdays") && !table.contains_key("command") {
             self.errors.push(ConfigError::MissingField {
                 field: "weekdays".to_string(),
                 table: path,
@@ -49,14 +49,14 @@ impl Checker<'_> {
             return None;
         }
         let weekdays = weekdays?;
-        if self.partition == PartitionKind::None {
+        if !weekdays.is_empty() && self.partition == PartitionKind::None {
             self.errors.push(ConfigError::WeekdaysWithoutDates {
                 task: task.to_string(),
                 location: self.location(&key.span()),
             });
             return None;
         }
-        valid.then_some(CalendarSpec { weekdays })
+        valid.then_some(CalendarSpec { weekdays, command })
     }
 
     fn weekdays(

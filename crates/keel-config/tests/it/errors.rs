@@ -338,7 +338,12 @@ when = {{ weekday = ["sun"] }}
 [tasks.decided]
 phase = "scrape"
 command = ["true"]
-when = {{ weekdays = ["sun"], command = ["is-game-day", "{{date}}"] }}
+when = {{ weekdays = ["sun"], command = ["is-game-day", "{{date-x}}"] }}
+
+[tasks.undecided]
+phase = "scrape"
+command = ["true"]
+when = {{ command = [] }}
 
 [tasks.wrong]
 phase = "scrape"

@@ -903,7 +903,8 @@ fn a_calendar_is_read_and_part_of_the_version_only_when_written() {
     assert_eq!(
         weekly.tasks[0].when,
         Some(keel_model::CalendarSpec {
-            weekdays: vec![keel_model::Weekday::Sun, keel_model::Weekday::Wed]
+            weekdays: vec![keel_model::Weekday::Sun, keel_model::Weekday::Wed],
+            command: None,
         })
     );
     // A pipeline without calendars serialises as before, so it keeps its version.

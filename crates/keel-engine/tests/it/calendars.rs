@@ -5,7 +5,7 @@ use keel_engine::{Prepared, RunRequest, Shutdown};
 use keel_model::{CalendarSpec, Outcome, RunState, Weekday};
 use keel_store::Store;
 
-use crate::{Harness, pipeline, run_partition, task};
+use crate::{Harness, pipeline, run_partition, sensed, task};
 
 /// 2026-01-21 is a Wednesday, 2026-01-22 a Thursday.
 const WEDNESDAY: &str = "2026-01-21";
@@ -16,6 +16,7 @@ fn weekly() -> keel_model::PipelineSpec {
     let mut fetch = task("fetch", "a", &[], 1);
     fetch.when = Some(CalendarSpec {
         weekdays: vec![Weekday::Sun, Weekday::Wed],
+        command: None,
     });
     pipeline(vec![fetch, task("load", "b", &[], 1)], 4)
 }
@@ -160,4 +161,146 @@ async fn a_task_added_to_an_unfinished_run_keeps_to_its_calendar() {
         fetch.message.as_deref(),
         Some("not a scheduled weekday: runs on sun, wed")
     );
+}
+
+/// fetch asks `is-game-day {date}` before its first attempt (on Wednesdays only, when both are
+/// given) → load, in the next phase.
+fn game_days(weekdays: Vec<Weekday>) -> keel_model::PipelineSpec {
+    let mut fetch = task("fetch", "a", &[], 3);
+    fetch.when = Some(CalendarSpec {
+        weekdays,
+        command: Some(vec!["is-game-day".into(), "{date-1d}".into()]),
+    });
+    pipeline(vec![fetch, task("load", "b", &[], 1)], 4)
+}
+
+#[tokio::test]
+async fn the_when_command_exit_0_runs_the_task_once_and_is_not_asked_again_on_retries() {
+    let harness = Harness::new();
+    harness.executor.script("fetch", &[Outcome::Failed]);
+    let mut engine = harness.engine(game_days(Vec::new()));
+    let prepared = engine
+        .prepare(&RunRequest {
+            partitions: vec![WEDNESDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let Prepared::Created(run) = prepared[0] else {
+        panic!("{prepared:?}");
+    };
+    let (_trigger, shutdown) = Shutdown::channel();
+    let handle = tokio::spawn(async move { engine.execute(&[run], shutdown).await.unwrap() });
+    while !handle.is_finished() {
+        harness.clock.advance(500);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    // Asked once, before the first attempt; the retry of the failed attempt did not ask again.
+    assert_eq!(
+        *harness.executor.calendar_polls.lock().unwrap(),
+        vec!["fetch".to_string()]
+    );
+    assert_eq!(
+        harness.executor.launches(),
+        vec![("fetch".into(), 1), ("fetch".into(), 2), ("load".into(), 1)]
+    );
+    // Its templates were expanded, date arithmetic included.
+    let command = harness.executor.calendar_commands.lock().unwrap()[0].clone();
+    assert_eq!(
+        command,
+        vec!["is-game-day".to_string(), "2026-01-20".into()]
+    );
+}
+
+#[tokio::test]
+async fn the_when_command_exit_1_skips_the_task_with_its_output_and_dependents_go_on() {
+    let harness = Harness::new();
+    harness
+        .executor
+        .calendar_scripts
+        .lock()
+        .unwrap()
+        .insert("fetch".into(), [1].into_iter().collect());
+    let mut engine = harness.engine(game_days(Vec::new()));
+    assert_eq!(
+        run_partition(&mut engine, WEDNESDAY).await,
+        RunState::Succeeded
+    );
+    assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
+    let fetch = task_row(&harness, WEDNESDAY, "fetch").await;
+    assert_eq!(fetch.outcome, Some(Outcome::Skipped));
+    assert_eq!(fetch.attempts, 0);
+    let message = fetch.message.unwrap_or_default();
+    assert!(message.contains("no game"), "{message}");
+    assert!(message.contains("is-game-day 2026-01-20"), "{message}");
+}
+
+#[tokio::test]
+async fn weekdays_decide_before_the_when_command_is_asked() {
+    let harness = Harness::new();
+    let mut engine = harness.engine(game_days(vec![Weekday::Wed]));
+    assert_eq!(
+        run_partition(&mut engine, THURSDAY).await,
+        RunState::Succeeded
+    );
+    assert!(harness.executor.calendar_polls.lock().unwrap().is_empty());
+    assert_eq!(harness.executor.launches(), vec![("load".into(), 1)]);
+}
+
+/// Any exit but 0 and 1 is a sensor error: it uses up one of the task's retry attempts, is
+/// asked again after the retry backoff, and fails the task once the attempts are spent.
+#[tokio::test]
+async fn when_command_errors_use_up_retry_attempts_then_fail_the_task() {
+    let harness = Harness::new();
+    harness
+        .executor
+        .calendar_scripts
+        .lock()
+        .unwrap()
+        .insert("fetch".into(), [2, 3, 4].into_iter().collect());
+    let mut engine = harness.engine(game_days(Vec::new()));
+    let prepared = engine
+        .prepare(&RunRequest {
+            partitions: vec![WEDNESDAY.into()],
+            ..RunRequest::default()
+        })
+        .await
+        .unwrap();
+    let Prepared::Created(run) = prepared[0] else {
+        panic!("{prepared:?}");
+    };
+    let (_trigger, shutdown) = Shutdown::channel();
+    let handle = tokio::spawn(async move { engine.execute(&[run], shutdown).await.unwrap() });
+    while !handle.is_finished() {
+        harness.clock.advance(500);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Failed);
+    assert_eq!(harness.executor.calendar_polls.lock().unwrap().len(), 3);
+    assert!(harness.executor.launches().is_empty());
+    let fetch = task_row(&harness, WEDNESDAY, "fetch").await;
+    assert_eq!(fetch.outcome, Some(Outcome::Failed));
+    assert_eq!(
+        fetch.sensor_errors, 2,
+        "two errors stored before the third ended it"
+    );
+    let message = fetch.message.unwrap_or_default();
+    assert!(message.contains("failed 3 times"), "{message}");
+    assert!(message.contains("exited with code 4"), "{message}");
+}
+
+/// With a sensor too: the calendar decides first, then the sensor waits for the data.
+#[tokio::test]
+async fn a_task_with_both_asks_its_when_command_once_and_its_sensor_once() {
+    let harness = Harness::new();
+    let mut spec = game_days(Vec::new());
+    spec.tasks[0] = sensed(spec.tasks[0].clone(), 1_000, 4_000, 3_600_000);
+    let mut engine = harness.engine(spec);
+    assert_eq!(
+        run_partition(&mut engine, WEDNESDAY).await,
+        RunState::Succeeded
+    );
+    assert_eq!(harness.executor.calendar_polls.lock().unwrap().len(), 1);
+    assert_eq!(harness.executor.sensor_polls.lock().unwrap().len(), 1);
 }

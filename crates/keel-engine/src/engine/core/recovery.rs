@@ -37,6 +37,7 @@ impl Core {
             waived: vec![false; tasks],
             needs_rerun: vec![false; tasks],
             sensor_ready: vec![false; tasks],
+            calendar_passed: vec![false; tasks],
             sensor_polls: vec![0; tasks],
             sensor_errors: vec![0; tasks],
             done: 0,
