@@ -129,3 +129,50 @@ when = { weekdays = ["wdn"] }
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("did you mean \"wed\"?"), "{text}");
 }
+
+#[test]
+fn the_when_command_runs_or_skips_the_task_by_its_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    // A game on the 21st only; the check runs beside the pipeline file with the task's env.
+    std::fs::write(
+        dir.path().join("is-game-day.sh"),
+        "#!/bin/sh\necho \"asked $1 $SEASON\" >> asked.txt\nif [ \"$1\" = 20260121 ]; then exit 0; fi\necho \"no game on $1\"\nexit 1\n",
+    )
+    .unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path().join("is-game-day.sh"), executable).unwrap();
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "games"
+
+[phases.main]
+[phases.after]
+after = ["main"]
+
+[tasks.recap]
+phase = "main"
+command = ["sh", "-c", "echo \"$1\" >> recaps.txt", "sh", "{date}"]
+env = { SEASON = "2026" }
+when = { command = ["./is-game-day.sh", "{date:%Y%m%d}"] }
+
+[tasks.report]
+phase = "after"
+command = ["sh", "-c", "echo \"$1\" >> report.txt", "sh", "{date}"]
+"#,
+    );
+    for day in ["2026-01-21", "2026-01-22"] {
+        let (code, text) = run_keel(dir.path(), "run", &["--partition", day]);
+        assert_eq!(code, Some(0), "{text}");
+    }
+    assert_eq!(read(dir.path(), "recaps.txt"), "2026-01-21\n");
+    assert_eq!(read(dir.path(), "report.txt"), "2026-01-21\n2026-01-22\n");
+    assert_eq!(
+        read(dir.path(), "asked.txt"),
+        "asked 20260121 2026\nasked 20260122 2026\n"
+    );
+    let recap = status_task(dir.path(), "2026-01-22", "recap");
+    assert_eq!(recap["outcome"], "skipped", "{recap:#}");
+    let message = recap["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no game on 20260122"), "{recap:#}");
+}
