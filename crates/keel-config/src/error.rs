@@ -1,6 +1,7 @@
 use std::fmt;
 
 use crate::MAX_NAME_LENGTH;
+use keel_model::template::DateTemplateProblem;
 
 /// Where in a pipeline file something was found: `keel.toml:48:9`.
 ///
@@ -145,6 +146,11 @@ pub enum ConfigError {
 
     #[error("empty wait_for command in task {task:?} ({location}); {EXAMPLE_SENSOR_COMMAND}")]
     EmptySensorCommand { task: String, location: Location },
+
+    #[error(
+        "empty when command in task {task:?} ({location}); give a program that exits 0 to run the task and 1 to skip it, such as when = {{ command = [\"is-game-day\", \"{{date}}\"] }}"
+    )]
+    EmptyCalendarCommand { task: String, location: Location },
 
     #[error(
         "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
@@ -293,6 +299,49 @@ pub enum ConfigError {
     EnvFileLine {
         /// What is wrong, without the line's value, which may be a secret.
         problem: String,
+        location: Location,
+    },
+
+    #[error(
+        "unknown weekday {weekday:?} in the when of task {task:?} ({location}); {}",
+        weekday_hint(.suggestion)
+    )]
+    UnknownWeekday {
+        task: String,
+        weekday: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "weekday {weekday:?} is listed twice in the when of task {task:?} ({location}); list each weekday once"
+    )]
+    RepeatedWeekday {
+        task: String,
+        weekday: String,
+        location: Location,
+    },
+
+    #[error(
+        "the when of task {task:?} lists no weekdays ({location}); name the days it runs on, such as weekdays = [\"sun\", \"wed\"], or remove when to run it every day"
+    )]
+    NoWeekdays { task: String, location: Location },
+
+    #[error(
+        "task {task:?} has weekdays in its when, but the pipeline has partition = \"none\", which has no weekday ({location}); remove when, or set partition = \"date\" in [pipeline]"
+    )]
+    WeekdaysWithoutDates { task: String, location: Location },
+
+    #[error(
+        "invalid date template {template:?} in {place} ({location}): {problem}; {}",
+        date_template_hint(.problem)
+    )]
+    DateTemplate {
+        /// The whole placeholder, braces included: `{date-1w}`.
+        template: String,
+        /// Where the template is: `the command of task "fetch"`.
+        place: String,
+        problem: DateTemplateProblem,
         location: Location,
     },
 
@@ -572,6 +621,7 @@ impl ConfigError {
             | ConfigError::NulByte { location, .. }
             | ConfigError::RetryInitialAboveMax { location, .. }
             | ConfigError::EmptyCommand { location, .. }
+            | ConfigError::EmptyCalendarCommand { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
             | ConfigError::InvalidSchedule { location, .. }
@@ -587,6 +637,11 @@ impl ConfigError {
             | ConfigError::ReservedVariable { location, .. }
             | ConfigError::EnvFileLine { location, .. }
             | ConfigError::UnknownParam { location, .. }
+            | ConfigError::DateTemplate { location, .. }
+            | ConfigError::UnknownWeekday { location, .. }
+            | ConfigError::RepeatedWeekday { location, .. }
+            | ConfigError::NoWeekdays { location, .. }
+            | ConfigError::WeekdaysWithoutDates { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
             | ConfigError::UnknownPassName { location, .. }
@@ -784,5 +839,24 @@ fn pass_name_hint(suggestion: &Option<String>, kind: NameKind, name: &str) -> St
         (Some(known), _) => format!("did you mean {known:?}?"),
         (None, NameKind::Phase) => format!("define it with a [phases.{name}] table"),
         (None, _) => format!("define it with a [tasks.{name}] table"),
+    }
+}
+
+/// How to write a date template; a pipeline without dates is told what it can use instead.
+fn date_template_hint(problem: &DateTemplateProblem) -> &'static str {
+    match problem {
+        DateTemplateProblem::NoDatePartitions => {
+            "write {date} for the partition as it is, or set partition = \"date\" in [pipeline] for date arithmetic"
+        }
+        _ => {
+            "valid forms are {date-1d}, {date+7d}, {date:%Y%m%d} and {date-1d:%Y%m%d} (and the same with {partition…})"
+        }
+    }
+}
+
+fn weekday_hint(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(known) => format!("did you mean {known:?}?"),
+        None => "weekdays are mon, tue, wed, thu, fri, sat and sun".to_string(),
     }
 }

@@ -10,6 +10,7 @@
 //! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
 mod alerts;
+mod calendar;
 mod context;
 mod http;
 mod passes;
@@ -83,6 +84,7 @@ const TASK_FIELDS: &[&str] = &[
     "deadline",
     "uses",
     "wait_for",
+    "when",
     "cwd",
     "env",
     "env_file",
@@ -108,6 +110,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
         map: SourceMap::new(source, file),
         errors: Vec::new(),
         params: Vec::new(),
+        partition: PartitionKind::Date,
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -295,6 +298,7 @@ struct RawTask {
     deadline: Option<Duration>,
     uses: Vec<NameRef>,
     wait_for: Option<RawSensor>,
+    when: Option<keel_model::CalendarSpec>,
     context: RawContext,
 }
 
@@ -303,6 +307,8 @@ struct RawTask {
 enum CommandKind {
     Task,
     Sensor,
+    /// `when.command`.
+    Calendar,
 }
 
 /// Where a list of names sits, for its errors.
@@ -322,6 +328,20 @@ struct Checker<'s> {
     errors: Vec<ConfigError>,
     /// The parameter names the passes declare: what `{param.NAME}` may name.
     params: Vec<String>,
+    /// The pipeline's `partition`, read before anything else like `params`: whether templates
+    /// may do date arithmetic. A misspelt value is reported where it is written.
+    partition: PartitionKind,
+}
+
+/// The `partition` of `[pipeline]`, `date` unless it says `none`.
+fn declared_partition(root: &DeTable<'_>) -> PartitionKind {
+    let Some(DeValue::Table(pipeline)) = root.get("pipeline").map(Spanned::get_ref) else {
+        return PartitionKind::Date;
+    };
+    match pipeline.get("partition").map(Spanned::get_ref) {
+        Some(DeValue::String(kind)) if kind.as_ref() == "none" => PartitionKind::None,
+        _ => PartitionKind::Date,
+    }
 }
 
 /// A table's entries in file order; `DeTable` itself keeps them sorted by key.
@@ -693,6 +713,7 @@ impl Checker<'_> {
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
+        self.partition = declared_partition(root);
         for (key, value) in entries(root) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1028,6 +1049,7 @@ impl Checker<'_> {
             deadline: None,
             uses: Vec::new(),
             wait_for: None,
+            when: None,
             context: RawContext::default(),
         };
         for (key, value) in entries(table) {
@@ -1065,6 +1087,7 @@ impl Checker<'_> {
                     }
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
+                "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
@@ -1118,12 +1141,14 @@ impl Checker<'_> {
             self.errors.push(match kind {
                 CommandKind::Task => ConfigError::EmptyCommand { task, location },
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
+                CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
             });
             return None;
         }
         let template_field = match kind {
             CommandKind::Task => "command",
             CommandKind::Sensor => "wait_for command",
+            CommandKind::Calendar => "when command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -1153,10 +1178,11 @@ impl Checker<'_> {
         template_field: &'static str,
     ) {
         let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
-        for problem in check_templates(text, &params) {
+        for problem in check_templates(text, &params, self.partition) {
             let (TemplateProblem::Unknown { offset, .. }
             | TemplateProblem::Unclosed { offset }
-            | TemplateProblem::UnknownParam { offset, .. }) = problem;
+            | TemplateProblem::UnknownParam { offset, .. }
+            | TemplateProblem::BadDate { offset, .. }) = problem;
             let location = self
                 .map
                 .location(self.map.offset_in_string(&item.span(), text, offset));
@@ -1177,6 +1203,14 @@ impl Checker<'_> {
                     place: format!("the {template_field} of task {task:?}"),
                     suggestion: closest(&name, params.iter().copied()),
                     name,
+                    location,
+                },
+                TemplateProblem::BadDate {
+                    template, problem, ..
+                } => ConfigError::DateTemplate {
+                    place: format!("the {template_field} of task {task:?}"),
+                    template,
+                    problem,
                     location,
                 },
             });
@@ -1431,6 +1465,7 @@ fn build_spec(
                     deadline,
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                    when: task.when,
                     context: task.context.over(&defaults.context),
                 }
             })

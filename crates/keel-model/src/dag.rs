@@ -276,6 +276,7 @@ mod tests {
             deadline: Duration::from_secs(1),
             uses: vec![],
             wait_for: None,
+            when: None,
             context: Default::default(),
         }
     }

@@ -4,6 +4,7 @@
 //! This crate does no I/O and has no async code. Everything here is a value that can be built in a
 //! test by hand; parsing `keel.toml` lives in `keel-config`, persistence in `keel-store`.
 
+mod calendar;
 mod dag;
 mod duration;
 mod http;
@@ -14,6 +15,9 @@ mod suggest;
 pub mod template;
 mod trace;
 
+pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
+/// A day of the week, as `when.weekdays` names it.
+pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use http::{

@@ -232,6 +232,10 @@ pub struct TaskSpec {
     pub uses: Vec<String>,
     /// Polled until ready before the task's first attempt.
     pub wait_for: Option<SensorSpec>,
+    /// The task's calendar (`when`): the weekdays it runs on. Part of the version, and left out
+    /// of it when there is none, so pipelines without calendars keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<crate::CalendarSpec>,
     /// Where the task runs and the environment it gets. Left out of the pipeline version when
     /// nothing is set, so pipelines that set none keep their version.
     #[serde(default, skip_serializing_if = "TaskContext::is_default")]
@@ -375,6 +379,7 @@ mod tests {
             deadline: DEFAULT_DEADLINE,
             uses: vec![],
             wait_for: None,
+            when: None,
             context: TaskContext::default(),
         };
         let plain = serde_json::to_value(&task).unwrap();

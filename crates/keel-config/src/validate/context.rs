@@ -126,11 +126,12 @@ impl Checker<'_> {
         table: &str,
     ) -> bool {
         let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
-        let problems = check_templates(text, &params);
+        let problems = check_templates(text, &params, self.partition);
         for problem in &problems {
             let (TemplateProblem::Unknown { offset, .. }
             | TemplateProblem::Unclosed { offset }
-            | TemplateProblem::UnknownParam { offset, .. }) = problem;
+            | TemplateProblem::UnknownParam { offset, .. }
+            | TemplateProblem::BadDate { offset, .. }) = problem;
             let offset = self.map.offset_in_string(&value.span(), text, *offset);
             let location = self.map.location(offset);
             let (field, table) = (field.to_string(), table.to_string());
@@ -150,6 +151,14 @@ impl Checker<'_> {
                     place: format!("{field:?} in [{table}]"),
                     suggestion: crate::suggest::closest(name, params.iter().copied()),
                     name: name.clone(),
+                    location,
+                },
+                TemplateProblem::BadDate {
+                    template, problem, ..
+                } => ConfigError::DateTemplate {
+                    place: format!("{field:?} in [{table}]"),
+                    template: template.clone(),
+                    problem: problem.clone(),
                     location,
                 },
             });

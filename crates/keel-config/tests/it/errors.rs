@@ -263,6 +263,113 @@ command = ["sh", "-c", "echo {day} for {date} in {{braces}} ${HOME}", "{partitio
 }
 
 #[test]
+fn bad_date_templates_everywhere_templates_are() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["load", "{date-1w}", "{date+}", "{date:%H:%M}", "{date:}", "{date+99999d}"]
+cwd = "out/{partition:%Q}"
+env = { DAY = "{date-1day}" }
+wait_for = { command = ["ready", "{date:%s}"] }
+
+[tasks.post]
+phase = "scrape"
+http = { url = "https://svc.internal/{date-x}", query = { day = "{date:%Z}" } }
+"#
+    ));
+}
+
+#[test]
+fn valid_date_templates_are_accepted() {
+    let spec = keel_config::parse(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["load", "{date-1d}", "{date+7d}", "{partition-1d}", "{date:%Y%m%d}", "{date-1d:%Y/%m/%d}"]
+env = { DAY = "{date-1d:%d}" }
+"#,
+        "keel.toml",
+    )
+    .expect("date templates are valid");
+    assert_eq!(spec.tasks[0].command[1], "{date-1d}");
+}
+
+#[test]
+fn date_arithmetic_needs_date_partitions() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+partition = "none"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["load", "{date}", "{date-1d}", "{partition:%Y}"]
+"#
+    ));
+}
+
+#[test]
+fn bad_calendars() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.typo]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = ["sun", "wdn", "Monday", "someday", "sun", 3, "thr", "tu"] }}
+
+[tasks.empty]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = [] }}
+
+[tasks.missing]
+phase = "scrape"
+command = ["true"]
+when = {{ weekday = ["sun"] }}
+
+[tasks.decided]
+phase = "scrape"
+command = ["true"]
+when = {{ weekdays = ["sun"], command = ["is-game-day", "{{date-x}}"] }}
+
+[tasks.undecided]
+phase = "scrape"
+command = ["true"]
+when = {{ command = [] }}
+
+[tasks.wrong]
+phase = "scrape"
+command = ["true"]
+when = "sundays"
+"#
+    )));
+}
+
+#[test]
+fn weekdays_need_date_partitions() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+partition = "none"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["true"]
+when = { weekdays = ["sun"] }
+"#
+    ));
+}
+
+#[test]
 fn plaintext_secrets_are_refused_without_being_printed() {
     let message = errors_of(
         r#"[pipeline]

@@ -224,6 +224,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         deadline,
                         uses,
                         wait_for,
+                        when: None,
                         context: Default::default(),
                     });
                 }

@@ -123,6 +123,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                when: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -137,6 +138,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(30 * 60),
                 uses: vec![],
                 wait_for: None,
+                when: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -162,6 +164,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                when: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -176,6 +179,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 deadline: seconds(3 * 3600),
                 uses: vec![],
                 wait_for: None,
+                when: None,
                 context: Default::default(),
             },
         ],
@@ -341,6 +345,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         deadline: seconds(3 * 3600),
         uses: vec![],
         wait_for: None,
+        when: None,
         context: Default::default(),
     };
     let expected = PipelineSpec {
@@ -882,4 +887,34 @@ gate = { analytics = { required = ["summary"], grace = "10m" } }
     assert_ne!(spec.version(), other_mode.version());
     let other_gate = parse(&source.replace("grace = \"10m\"", "grace = \"20m\""));
     assert_ne!(spec.version(), other_gate.version());
+}
+
+#[test]
+fn a_calendar_is_read_and_part_of_the_version_only_when_written() {
+    let task = |when: &str| {
+        format!(
+            "[pipeline]\nname = \"hoops\"\n\n[phases.scrape]\n[tasks.fetch]\nphase = \"scrape\"\ncommand = [\"true\"]\n{when}"
+        )
+    };
+    let plain = parse(&task(""));
+    let weekly = parse(&task("when = { weekdays = [\"sun\", \"wed\"] }\n"));
+    let other = parse(&task("when = { weekdays = [\"sun\"] }\n"));
+    assert_eq!(plain.tasks[0].when, None);
+    assert_eq!(
+        weekly.tasks[0].when,
+        Some(keel_model::CalendarSpec {
+            weekdays: vec![keel_model::Weekday::Sun, keel_model::Weekday::Wed],
+            command: None,
+        })
+    );
+    // A pipeline without calendars serialises as before, so it keeps its version.
+    let canonical = serde_json::to_string(&plain).unwrap();
+    assert!(!canonical.contains("when"), "{canonical}");
+    assert!(
+        serde_json::to_string(&weekly)
+            .unwrap()
+            .contains(r#""when":{"weekdays":["sun","wed"]}"#)
+    );
+    assert_ne!(plain.version(), weekly.version());
+    assert_ne!(weekly.version(), other.version());
 }

@@ -521,19 +521,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
                 Some(run) if !request.rerun => prepared.push(Prepared::AlreadyFinished(run)),
                 _ => {
-                    let new_run = match &pass {
+                    let (new_run, calendar) = match &pass {
                         Some(pass) => self.new_pass_run(partition, pass),
                         None => self.new_run(partition, &only),
                     };
                     let run = self.store.create_run(new_run).await?;
                     // Every gate is stored from the start, so a restarted Keel never has to
-                    // guess whether one had opened.
+                    // guess whether one had opened. The tasks a calendar skips were created
+                    // settled; their reason follows (a run read back without it still skips
+                    // them, as `Core::calendar_skip` decides from the spec alone).
                     let topology = self.core.topology_index(pass_name);
-                    let gates = self
+                    let mut changes = self
                         .core
                         .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
-                    if !gates.is_empty() {
-                        self.store.apply(run.id, gates, self.clock.now()).await?;
+                    changes.extend(calendar);
+                    if !changes.is_empty() {
+                        self.store.apply(run.id, changes, self.clock.now()).await?;
                     }
                     prepared.push(Prepared::Created(run.id));
                 }
@@ -542,9 +545,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(prepared)
     }
 
-    /// A new run of `partition` as the store creates it; with `only`, the other tasks are
-    /// settled `skipped` from the start.
-    fn new_run(&mut self, partition: &str, only: &[TaskIndex]) -> NewRun {
+    /// A new run of `partition` as the store creates it, and what to store with it: with
+    /// `only`, the other tasks are settled `skipped` from the start, and so are the tasks whose
+    /// calendar (`when`) leaves out the partition's date, with the reason as their message.
+    fn new_run(&mut self, partition: &str, only: &[TaskIndex]) -> (NewRun, Vec<Change>) {
+        let in_run: Vec<TaskIndex> = (0..self.core.spec.tasks.len())
+            .filter(|index| only.is_empty() || only.contains(index))
+            .collect();
         let tasks = self
             .core
             .spec
@@ -552,12 +559,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .iter()
             .enumerate()
             .map(|(index, task)| {
-                let settled =
-                    (!only.is_empty() && !only.contains(&index)).then_some(Outcome::Skipped);
-                (task.name.clone(), task.phase.clone(), settled)
+                let skipped =
+                    !in_run.contains(&index) || self.core.calendar_skip(partition, index).is_some();
+                (
+                    task.name.clone(),
+                    task.phase.clone(),
+                    skipped.then_some(Outcome::Skipped),
+                )
             })
             .collect();
-        NewRun {
+        let new_run = NewRun {
             pipeline: self.core.spec.name.clone(),
             partition: partition.to_string(),
             version: self.core.spec.version(),
@@ -565,22 +576,29 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             tasks,
             at: self.clock.now(),
             pass: None,
-        }
+        };
+        (new_run, self.core.calendar_changes(partition, &in_run))
     }
 
     /// A new run of `partition` for `pass`: the tasks outside the pass are settled `skipped`
     /// from the start (taken as done, not run), and the run ends `succeeded` once the pass's
     /// own tasks have.
-    fn new_pass_run(&mut self, partition: &str, pass: &keel_model::PassSpec) -> NewRun {
+    fn new_pass_run(
+        &mut self,
+        partition: &str,
+        pass: &keel_model::PassSpec,
+    ) -> (NewRun, Vec<Change>) {
         let in_pass: Vec<TaskIndex> = pass
             .tasks
             .iter()
             .filter_map(|task| self.core.dag.index_of(task))
             .collect();
-        NewRun {
+        let (new_run, changes) = self.new_run(partition, &in_pass);
+        let new_run = NewRun {
             pass: Some(pass.name.clone()),
-            ..self.new_run(partition, &in_pass)
-        }
+            ..new_run
+        };
+        (new_run, changes)
     }
 
     /// Takes up the tasks `--only` left out of a `partial` run: those asked for now (every one
@@ -596,10 +614,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .iter()
             .filter_map(|task| self.core.dag.index_of(&task.task))
             .collect();
+        // A task its calendar skips was not left out: it stays skipped.
         let left_out: Vec<TaskIndex> = stored
             .iter()
             .filter(|task| task.outcome == Some(Outcome::Skipped) && task.attempts == 0)
             .filter_map(|task| self.core.dag.index_of(&task.task))
+            .filter(|task| self.core.calendar_skip(&run.partition, *task).is_none())
             .collect();
         let (roots, still_left_out): (Vec<TaskIndex>, Vec<TaskIndex>) = left_out
             .into_iter()
@@ -662,6 +682,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let now = self.clock.now();
         let names: Vec<String> = added.iter().map(|(name, _)| name.clone()).collect();
+        // A task the file gained that its calendar skips on this date joins the run skipped.
+        let added_indices: Vec<TaskIndex> = names
+            .iter()
+            .filter_map(|name| self.core.dag.index_of(name))
+            .collect();
+        let mut changes = self.core.calendar_changes(&run.partition, &added_indices);
         self.store.add_tasks(run.id, added, now).await?;
         let event = Change::Event {
             task: None,
@@ -673,7 +699,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 names.join(", ")
             ),
         };
-        self.store.apply(run.id, vec![event], now).await?;
+        changes.push(event);
+        self.store.apply(run.id, changes, now).await?;
         Ok(())
     }
 

@@ -219,7 +219,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     }
                 }
             };
-            let (new_run, trigger) = match &cursor.pass {
+            let ((new_run, calendar), trigger) = match &cursor.pass {
                 None => (self.new_run(&partition, &[]), PIPELINE_TRIGGER.to_string()),
                 Some(name) => {
                     let Some(pass) = self.core.spec.pass(name).cloned() else {
@@ -229,11 +229,16 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 }
             };
             let topology = self.core.topology_index(cursor.pass.as_deref());
-            let gates = self
+            // The gates, and why calendars skip tasks, stored with the run.
+            let mut changes = self
                 .core
                 .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
+            changes.extend(calendar);
             let fire = ScheduleFire { trigger, fire_at };
-            let outcome = self.store.create_run_for_fire(new_run, fire, gates).await?;
+            let outcome = self
+                .store
+                .create_run_for_fire(new_run, fire, changes)
+                .await?;
             let run = match outcome {
                 FireOutcome::Created(run) | FireOutcome::Joined(run) => run,
                 FireOutcome::AlreadyFired(_) => continue,

@@ -13,6 +13,7 @@ use keel_model::{
 };
 use keel_store::{SqliteStore, Store};
 
+mod calendars;
 mod crash_property;
 mod passes;
 mod properties;
@@ -37,6 +38,11 @@ struct FakeExecutor {
     /// Scripted sensor answers per task (a launch with KEEL_ATTEMPT=0 is a sensor poll).
     sensor_scripts: Arc<Mutex<HashMap<String, VecDeque<Outcome>>>>,
     sensor_polls: Arc<Mutex<Vec<String>>>,
+    /// Scripted exit codes of `when` commands (a poll whose program is `is-game-day`), per
+    /// task; unscripted ones exit 0.
+    calendar_scripts: Arc<Mutex<HashMap<String, VecDeque<i32>>>>,
+    calendar_polls: Arc<Mutex<Vec<String>>>,
+    calendar_commands: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl FakeExecutor {
@@ -73,6 +79,40 @@ impl Executor for FakeExecutor {
             .1
             .parse()
             .unwrap();
+        if attempt_number == 0
+            && launch
+                .command
+                .first()
+                .is_some_and(|program| program == "is-game-day")
+        {
+            self.calendar_polls.lock().unwrap().push(task.clone());
+            self.calendar_commands
+                .lock()
+                .unwrap()
+                .push(launch.command.clone());
+            let code = self
+                .calendar_scripts
+                .lock()
+                .unwrap()
+                .get_mut(&task)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(0);
+            let report = Report {
+                exit_code: Some(code),
+                ..match code {
+                    0 => Report::new(Outcome::Succeeded, ""),
+                    1 => Report::new(Outcome::Failed, "exited with code 1; last output: no game"),
+                    code => Report::new(Outcome::Failed, format!("exited with code {code}")),
+                }
+            };
+            let completion = Box::pin(async move { report });
+            return Ok(Running {
+                pid_later: None,
+                pid: None,
+                completion,
+                stop: Arc::new(|| {}),
+            });
+        }
         if attempt_number == 0 {
             // A sensor poll.
             self.sensor_polls.lock().unwrap().push(task.clone());
@@ -180,6 +220,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(30),
         uses: vec![],
         wait_for: None,
+        when: None,
         context: Default::default(),
     }
 }

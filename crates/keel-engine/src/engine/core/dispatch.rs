@@ -41,6 +41,14 @@ impl Core {
                 book.held_for_partitions.push((run_index, task));
                 continue;
             }
+            // The calendar's command decides first, then the sensor waits for the data.
+            if self.commands[task].calendar.is_some()
+                && !active.calendar_passed[task]
+                && active.slots[task].attempts == 0
+            {
+                self.start_calendar(book, run_index, task);
+                continue;
+            }
             if self.spec.tasks[task].wait_for.is_some()
                 && !active.sensor_ready[task]
                 && active.slots[task].attempts == 0

@@ -25,6 +25,7 @@ use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVer
 use crate::template::{Template, TemplateValues};
 use crate::{EngineError, Random};
 
+mod calendar;
 mod dispatch;
 mod gates;
 mod recovery;
@@ -104,6 +105,8 @@ pub(super) enum Edges {
 pub(super) struct Commands {
     pub task: Vec<Template>,
     pub sensor: Option<Vec<Template>>,
+    /// The `when` command's.
+    pub calendar: Option<Vec<Template>>,
     pub cwd: Option<Template>,
     pub env: Vec<(String, Template)>,
 }
@@ -114,6 +117,11 @@ impl Commands {
         Commands {
             task: parse(&task.command),
             sensor: task.wait_for.as_ref().map(|sensor| parse(&sensor.command)),
+            calendar: task
+                .when
+                .as_ref()
+                .and_then(|calendar| calendar.command.as_deref())
+                .map(parse),
             cwd: task.context.cwd.as_deref().map(Template::parse),
             env: task
                 .context
@@ -173,6 +181,9 @@ pub(super) struct ActiveRun {
     pub needs_rerun: Vec<bool>,
     /// Per task: its sensor reported ready (a task that has had an attempt needs none).
     pub sensor_ready: Vec<bool>,
+    /// Per task: its `when` command said to run (a task that has had an attempt needs none).
+    /// Not stored: a restarted Keel asks the command again, as it polls a sensor again.
+    pub calendar_passed: Vec<bool>,
     /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: Vec<u32>,
     /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.

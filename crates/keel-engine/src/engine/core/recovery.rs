@@ -37,6 +37,7 @@ impl Core {
             waived: vec![false; tasks],
             needs_rerun: vec![false; tasks],
             sensor_ready: vec![false; tasks],
+            calendar_passed: vec![false; tasks],
             sensor_polls: vec![0; tasks],
             sensor_errors: vec![0; tasks],
             done: 0,
@@ -59,9 +60,13 @@ impl Core {
             };
             // A pass's run settles the tasks outside the pass `skipped`: they are taken as done,
             // not left out, and the run ends `succeeded` without them.
+            // So are the tasks a calendar skips.
             if task.outcome == Some(Outcome::Skipped)
                 && task.attempts == 0
                 && active.record.pass.is_none()
+                && self
+                    .calendar_skip(&active.record.partition, index)
+                    .is_none()
             {
                 active.left_out.push(index);
             }

@@ -53,6 +53,10 @@ impl Core {
         task: TaskIndex,
         report: Report,
     ) -> Result<(), EngineError> {
+        // A task polls its `when` command before its sensor, one at a time.
+        if self.commands[task].calendar.is_some() && !book.runs[run_index].calendar_passed[task] {
+            return self.on_calendar(book, run_index, task, report);
+        }
         let active = &book.runs[run_index];
         if active.cancelling
             || active.finished

@@ -27,6 +27,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(3600),
         uses: vec![],
         wait_for: None,
+        when: None,
         context: Default::default(),
     }
 }
