@@ -493,7 +493,7 @@ pub fn document() -> Value {
                         pipeline.clone(), run.clone(), task.clone(), attempt,
                         query_parameter("max_bytes", "At most this many bytes, the end of the log (default 1 MiB)", json!({ "type": "integer", "minimum": 1, "maximum": 16777216 })),
                         query_parameter("follow", "Stream the log as it grows until the attempt ends", json!({ "type": "boolean" })),
-                        query_parameter("from", "Start at this byte of the log instead of max_bytes before its end (then at most max_bytes from there); past the end there is nothing yet, and with follow the log is followed from there", json!({ "type": "integer", "minimum": 0 }))
+                        query_parameter("from", "Start at this byte of the log instead of max_bytes before its end (then at most max_bytes from there); past the end there is nothing yet, and with follow the log is followed from there", json!({ "type": "integer", "minimum": 0, "maximum": 1_099_511_627_776_u64 }))
                     ],
                     "responses": read_errors(json!({
                         "200": {

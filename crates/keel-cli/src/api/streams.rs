@@ -22,6 +22,9 @@ use crate::inspect::{EventFilter, event_json};
 /// Bytes of log returned when `max_bytes` is not given, and the most a request may ask for.
 const DEFAULT_LOG_BYTES: u64 = 1 << 20;
 const MAX_LOG_BYTES: u64 = 16 << 20;
+/// The largest `from`: no log Keel keeps comes near a tebibyte, and a file system refuses to
+/// seek much further.
+const MAX_LOG_FROM: u64 = 1 << 40;
 /// The most bytes read from a log (or events from the store) at once.
 const CHUNK: usize = 64 * 1024;
 const EVENT_PAGE: u32 = 100;
@@ -76,6 +79,14 @@ pub async fn log(
             ));
         }
     };
+    if let Some(from) = query.from.filter(|from| *from > MAX_LOG_FROM) {
+        return Err(ApiError::bad_request(
+            format!("from {from} is out of range"),
+            format!(
+                "ask for a byte from 0 to {MAX_LOG_FROM}; x-keel-log-size says how long the log is"
+            ),
+        ));
+    }
     served.check_task(&path.task)?;
     let record = served.run(path.run).await?;
     let mut status_query = StatusQuery::new(served.spec().name.clone()).run(record.id);
