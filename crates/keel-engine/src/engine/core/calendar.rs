@@ -43,12 +43,7 @@ impl Core {
         let active = &mut book.runs[run_index];
         active.slots[task].first_started_at.get_or_insert(now);
         active.slots[task].state = TaskState::Waiting;
-        let dir = self
-            .config
-            .attempts_dir
-            .join(&*self.store_id)
-            .join(record.id.0.to_string())
-            .join(format!("{}.when.{now}", self.dag.name(task)));
+        let dir = self.poll_dir(record.id, task, "when", now);
         // Sensor polls are numbered from 1: poll 0 names the calendar's span.
         let span = active.trace.sensor_span(self.dag.name(task), 0);
         let launch = Launch {
@@ -57,12 +52,7 @@ impl Core {
             heartbeat: None,
             ..self.task_launch(&record, task, true, 0, span, dir)
         };
-        book.sensing += 1;
-        book.effects.push(Effect::PollSensor {
-            run_index,
-            task,
-            launch: Box::new(launch),
-        });
+        self.push_poll(book, run_index, task, launch);
     }
 
     /// The `when` command ended: run the task, skip it, or count a sensor error.

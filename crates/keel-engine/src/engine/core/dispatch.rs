@@ -119,13 +119,42 @@ impl Core {
 
     pub(crate) fn attempt_dir(&self, run: RunId, task: TaskIndex, number: u32) -> PathBuf {
         // One directory per attempt, flat under the run: every inode created costs, and an
-        // attempt already creates its directory and its record file. Runs are numbered per
-        // store, from 1, so the store's identity keeps two stores' attempts apart.
+        // attempt already creates its directory and its record file.
+        self.run_dir(run)
+            .join(format!("{}.{number}", self.dag.name(task)))
+    }
+
+    /// The directory of a poll before a task's first attempt (`kind`: `sensor`, `when`),
+    /// named by the step's time.
+    pub(crate) fn poll_dir(&self, run: RunId, task: TaskIndex, kind: &str, now: Millis) -> PathBuf {
+        self.run_dir(run)
+            .join(format!("{}.{kind}.{now}", self.dag.name(task)))
+    }
+
+    /// Where a run's attempts and polls keep their files. Runs are numbered per store, from 1,
+    /// so the store's identity keeps two stores' runs apart.
+    fn run_dir(&self, run: RunId) -> PathBuf {
         self.config
             .attempts_dir
             .join(&*self.store_id)
             .join(run.0.to_string())
-            .join(format!("{}.{number}", self.dag.name(task)))
+    }
+
+    /// Hands a poll's launch to the driver; it counts against the concurrency cap while it
+    /// runs.
+    pub(crate) fn push_poll(
+        &self,
+        book: &mut Book,
+        run_index: usize,
+        task: TaskIndex,
+        launch: Launch,
+    ) {
+        book.sensing += 1;
+        book.effects.push(Effect::PollSensor {
+            run_index,
+            task,
+            launch: Box::new(launch),
+        });
     }
 
     /// The launch of a task's attempt (`sensor` false) or of a poll of its sensor: the command

@@ -20,12 +20,7 @@ impl Core {
         active.slots[task].first_started_at.get_or_insert(now);
         active.slots[task].state = TaskState::Waiting;
         active.sensor_polls[task] += 1;
-        let dir = self
-            .config
-            .attempts_dir
-            .join(&*self.store_id)
-            .join(record.id.0.to_string())
-            .join(format!("{}.sensor.{now}", self.dag.name(task)));
+        let dir = self.poll_dir(record.id, task, "sensor", now);
         let span = active
             .trace
             .sensor_span(self.dag.name(task), active.sensor_polls[task]);
@@ -37,12 +32,7 @@ impl Core {
             heartbeat: None,
             ..self.task_launch(&record, task, true, 0, span, dir)
         };
-        book.sensing += 1;
-        book.effects.push(Effect::PollSensor {
-            run_index,
-            task,
-            launch: Box::new(launch),
-        });
+        self.push_poll(book, run_index, task, launch);
     }
 
     /// A sensor poll ended: start the task, poll again later, or end the task.
