@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -74,8 +74,8 @@ impl Feed {
         });
         let server = {
             let state = state.clone();
-            http::Listening::start(addr, "hoops-feed-accept", move |listener, shutdown| {
-                accept_loop(listener, state, shutdown)
+            http::Listening::start(addr, "hoops-feed", move |stream, shutdown| {
+                serve_connection(stream, &state, shutdown)
             })?
         };
         Ok(Feed { state, server })
@@ -111,23 +111,6 @@ impl Feed {
 fn set_faults(state: &State, faults: Faults) {
     *lock(&state.faults) = (faults, Instant::now());
     lock(&state.late_counts).clear();
-}
-
-fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: Arc<AtomicBool>) {
-    for stream in listener.incoming() {
-        if shutdown.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        let spawned = thread::Builder::new()
-            .name("hoops-feed-conn".into())
-            .spawn(move || serve_connection(stream, &state, &shutdown));
-        if let Err(e) = spawned {
-            eprintln!("hoops feed: cannot start a connection thread: {e}");
-        }
-    }
 }
 
 fn serve_connection(stream: TcpStream, state: &State, shutdown: &AtomicBool) {

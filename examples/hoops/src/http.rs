@@ -354,24 +354,41 @@ pub struct Listening {
 }
 
 impl Listening {
-    /// Binds `addr` (loopback only; port 0 picks a free port) and runs `accept_loop` on a
-    /// thread named `name` with the listener and the shutdown flag.
+    /// Binds `addr` (loopback only; port 0 picks a free port) and serves each connection on a
+    /// thread of its own with `serve` (given the shutdown flag, so it stops keeping connections
+    /// alive), until stopped. `name` names the threads.
     pub fn start(
         addr: &str,
         name: &str,
-        accept_loop: impl FnOnce(std::net::TcpListener, std::sync::Arc<std::sync::atomic::AtomicBool>)
-        + Send
-        + 'static,
+        serve: impl Fn(std::net::TcpStream, &std::sync::atomic::AtomicBool) + Send + Sync + 'static,
     ) -> std::io::Result<Listening> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         let addr = loopback_addr(addr)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = std::net::TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shutdown = Arc::new(AtomicBool::new(false));
         let flag = shutdown.clone();
+        let serve = Arc::new(serve);
+        let (accept_name, connection_name) = (format!("{name}-accept"), format!("{name}-conn"));
         let accept = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || accept_loop(listener, flag))?;
+            .name(accept_name)
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (serve, flag) = (serve.clone(), flag.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name(connection_name.clone())
+                        .spawn(move || serve(stream, &flag));
+                    if let Err(e) = spawned {
+                        eprintln!("{connection_name}: cannot start a connection thread: {e}");
+                    }
+                }
+            })?;
         Ok(Listening {
             addr,
             shutdown,

@@ -20,11 +20,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -79,8 +78,8 @@ impl Service {
         });
         let server = {
             let state = state.clone();
-            http::Listening::start(addr, "hoops-serve-accept", move |listener, shutdown| {
-                accept_loop(listener, state, shutdown)
+            http::Listening::start(addr, "hoops-serve", move |stream, shutdown| {
+                serve_connection(stream, &state, shutdown)
             })?
         };
         Ok(Service { state, server })
@@ -116,24 +115,6 @@ fn stats(state: &State) -> Value {
     })
 }
 
-fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: Arc<AtomicBool>) {
-    for stream in listener.incoming() {
-        if shutdown.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        state.connections_accepted.fetch_add(1, Ordering::SeqCst);
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        let spawned = thread::Builder::new()
-            .name("hoops-serve-conn".into())
-            .spawn(move || serve_connection(stream, &state, &shutdown));
-        if let Err(e) = spawned {
-            eprintln!("hoops serve: cannot start a connection thread: {e}");
-        }
-    }
-}
-
 struct Decrement<'a>(&'a AtomicUsize);
 
 impl Drop for Decrement<'_> {
@@ -143,6 +124,7 @@ impl Drop for Decrement<'_> {
 }
 
 fn serve_connection(stream: TcpStream, state: &State, shutdown: &AtomicBool) {
+    state.connections_accepted.fetch_add(1, Ordering::SeqCst);
     let active = state.connections_open.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = Decrement(&state.connections_open);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
