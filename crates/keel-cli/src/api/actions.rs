@@ -248,8 +248,10 @@ pub async fn accept(
     let Path(path) = path?;
     let served = context.pipeline(&path.pipeline)?;
     let body: AcceptBody = parse_body(body)?;
+    // The length is the one sent, as the schema counts it; trimming comes after.
+    let too_long = body.by.chars().count() > MAX_BY;
     let by = body.by.trim();
-    if by.is_empty() || by.chars().count() > MAX_BY || by.chars().any(char::is_control) {
+    if by.is_empty() || too_long || by.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "\"by\" must name who accepts the run",
             format!(
