@@ -588,7 +588,7 @@ pub enum ConfigError {
     },
 
     #[error(
-        "{field:?} looks like a plaintext {what} ({redacted:?}) ({location}); keep secrets out of keel.toml: read it from an environment variable, or from secrets = [...] once that is supported"
+        "{field:?} looks like a plaintext {what} ({redacted:?}) ({location}); keep secrets out of keel.toml: commands run without a shell, so $VAR in a command is not expanded; give the secret to Keel's environment (or an env_file kept out of the repository), which tasks inherit, and have the task read it from its environment"
     )]
     PlaintextSecret {
         /// The dotted path of the value, for example `tasks.fetch.command[2]`.

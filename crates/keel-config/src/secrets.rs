@@ -36,7 +36,12 @@ const REFERENCE_KEY_WORDS: &[&str] = &["file", "path", "env", "name", "type", "u
 
 /// The shortest value after `password=` and the like that is treated as a real secret. Shorter
 /// values are usually placeholders or flags such as `--token=none`.
-const MIN_ASSIGNED_SECRET_LEN: usize = 8;
+const MIN_ASSIGNED_SECRET_LEN: usize = 6;
+
+/// Values after `password=` and the like that say "no secret here".
+const PLACEHOLDERS: &[&str] = &[
+    "none", "null", "nil", "false", "true", "empty", "unset", "default", "prompt", "stdin", "-",
+];
 
 /// Returns the first part of `value` that looks like a plaintext secret.
 pub(crate) fn find_secret(value: &str) -> Option<Finding> {
@@ -166,10 +171,7 @@ fn assigned_secret(value: &str) -> Option<Finding> {
             continue;
         };
         let secret_value = &word[equals + 1..];
-        if names_a_secret(&word[..equals])
-            && secret_value.chars().count() >= MIN_ASSIGNED_SECRET_LEN
-            && !is_reference(secret_value)
-        {
+        if names_a_secret(&word[..equals]) && looks_like_a_secret_value(secret_value) {
             return Some(Finding {
                 what: "password or token",
                 redacted: format!("{}=…", &word[..equals]),
@@ -178,6 +180,39 @@ fn assigned_secret(value: &str) -> Option<Finding> {
         }
     }
     None
+}
+
+/// Whether a value given to a secret-named key is a secret rather than a placeholder, a
+/// reference (`$VAR`, `{template}`, a path) or a number.
+fn looks_like_a_secret_value(value: &str) -> bool {
+    value.chars().count() >= MIN_ASSIGNED_SECRET_LEN
+        && !is_reference(value)
+        && !value.bytes().all(|byte| byte.is_ascii_digit())
+        && !PLACEHOLDERS.contains(&value.to_ascii_lowercase().as_str())
+}
+
+/// A flag that names a credential followed by its value as the next argument:
+/// `["--secret-access-key", "wJalrXUtnFEMI…"]`. Returns the index of the value and what was
+/// found there.
+pub(crate) fn find_secret_in_arguments(arguments: &[&str]) -> Option<(usize, Finding)> {
+    arguments.windows(2).enumerate().find_map(|(index, pair)| {
+        let [flag, value] = pair else { return None };
+        let is_flag = flag.starts_with('-') && !flag.contains('=') && flag.len() > 1;
+        (is_flag
+            && names_a_secret(flag)
+            && !value.starts_with('-')
+            && looks_like_a_secret_value(value))
+        .then(|| {
+            (
+                index + 1,
+                Finding {
+                    what: "password or token",
+                    redacted: format!("{flag} …"),
+                    offset: 0,
+                },
+            )
+        })
+    })
 }
 
 /// Whether a key such as `DB_PASSWORD` or `--api-token` says that its value is a credential.
@@ -192,12 +227,7 @@ fn names_a_secret(key: &str) -> bool {
 /// alone is checked by [`find_secret`]; here the name is the `password=` that the value lacks.
 pub(crate) fn find_secret_in_variable(name: &str, value: &str) -> Option<Finding> {
     // A long number is a count or a limit (`MAX_TOKENS = "100000000"`), not a password.
-    let a_number = value.bytes().all(|byte| byte.is_ascii_digit());
-    (names_a_secret(name)
-        && value.chars().count() >= MIN_ASSIGNED_SECRET_LEN
-        && !a_number
-        && !is_reference(value))
-    .then(|| Finding {
+    (names_a_secret(name) && looks_like_a_secret_value(value)).then(|| Finding {
         what: "password or token",
         redacted: format!("{name}=…"),
         offset: 0,
@@ -271,6 +301,35 @@ mod tests {
         let finding =
             find_secret("curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz' x").unwrap();
         assert_eq!(finding.redacted, "Bearer …");
+    }
+
+    #[test]
+    fn recognises_short_passwords_and_secrets_passed_as_the_next_argument() {
+        let finding = find_secret("--password=hunter2").unwrap();
+        assert_eq!(finding.redacted, "--password=…");
+        let (index, finding) = find_secret_in_arguments(&[
+            "aws",
+            "--secret-access-key",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ])
+        .unwrap();
+        assert_eq!(index, 2);
+        assert_eq!(finding.redacted, "--secret-access-key …");
+        assert_eq!(
+            find_secret_in_arguments(&["load", "--password", "hunter2"]).map(|found| found.0),
+            Some(2)
+        );
+        for arguments in [
+            &["load", "--password", "$DB_PASSWORD"][..],
+            &["load", "--password-file", "/run/secrets/db"],
+            &["load", "--token", "{param.token}"],
+            &["load", "--token", "--verbose"],
+            &["load", "--max-tokens", "100000"],
+            &["load", "--password", "none"],
+            &["load", "password", "hunter2hunter2"],
+        ] {
+            assert_eq!(find_secret_in_arguments(arguments), None, "{arguments:?}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use toml::de::{DeString, DeTable, DeValue};
 
 use crate::error::{ConfigError, ConfigErrors, Location, NameKind};
 use crate::graph::find_cycles;
-use crate::secrets::find_secret;
+use crate::secrets::{find_secret, find_secret_in_arguments};
 use crate::suggest::{closest, closest_timezone};
 use crate::{MAX_DURATION, MAX_NAME_LENGTH};
 use context::{CONTEXT_FIELDS, RawContext};
@@ -466,12 +466,41 @@ impl Checker<'_> {
                 for (position, item) in items.iter().enumerate() {
                     self.scan_value(item, &format!("{path}[{position}]"));
                 }
+                self.scan_arguments(items, path);
             }
             DeValue::Table(table) => self.scan_for_secrets(table, path),
             DeValue::Integer(_)
             | DeValue::Float(_)
             | DeValue::Boolean(_)
             | DeValue::Datetime(_) => {}
+        }
+    }
+
+    /// A list of strings read as a command's arguments: a flag that names a credential followed
+    /// by a literal value (`"--password", "hunter2"`) is refused, pointing at the value.
+    fn scan_arguments(&mut self, items: &[Spanned<DeValue<'_>>], path: &str) {
+        let Some(arguments) = items
+            .iter()
+            .map(|item| match item.get_ref() {
+                DeValue::String(text) => Some(text.as_ref()),
+                _ => None,
+            })
+            .collect::<Option<Vec<&str>>>()
+        else {
+            return;
+        };
+        // A value that is itself a secret was refused already, by `scan_value`.
+        if let Some((index, finding)) = find_secret_in_arguments(&arguments)
+            && find_secret(arguments[index]).is_none()
+        {
+            let item = &items[index];
+            let offset = self.map.offset_in_string(&item.span(), arguments[index], 0);
+            self.errors.push(ConfigError::PlaintextSecret {
+                field: format!("{path}[{index}]"),
+                what: finding.what,
+                redacted: finding.redacted,
+                location: self.map.location(offset),
+            });
         }
     }
 

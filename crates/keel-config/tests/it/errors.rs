@@ -745,6 +745,34 @@ wait_for = {{ command = ["true"], every = "often", max = "1s" }}
 }
 
 #[test]
+fn secrets_passed_as_command_arguments_are_refused_with_how_to_pass_them() {
+    let message = errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.raw]
+[tasks.load]
+phase = "raw"
+command = ["load", "--password=hunter2", "--user", "keel"]
+
+[tasks.upload]
+phase = "raw"
+command = ["aws", "s3", "cp", "out.csv", "s3://bucket/", "--secret-access-key", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+
+[tasks.fine]
+phase = "raw"
+command = ["load", "--password", "$DB_PASSWORD", "--token=none", "--password-file", "/run/secrets/db"]
+"#,
+    );
+    for secret in ["hunter2", "wJalrXUtnFEMI", "EXAMPLEKEY"] {
+        assert!(!message.contains(secret), "{secret} leaked: {message}");
+    }
+    assert!(!message.contains("tasks.fine"), "{message}");
+    assert!(message.contains("not expanded"), "{message}");
+    assert_snapshot!(message);
+}
+
+#[test]
 fn plaintext_secrets_in_wait_for_are_refused() {
     let message = errors_of(&format!(
         r#"{HEADER}

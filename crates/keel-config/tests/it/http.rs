@@ -85,7 +85,7 @@ fn http_credentials_are_named_never_written() {
         r#"http = { url = "https://user:hunter2@svc/x", auth = { bearer_env = "A=B" } }"#
     )), @r#"
     invalid http.url of task "call" (keel.toml:8:16): credentials do not belong in the URL; use auth = { bearer_env = "NAME" } or basic_user / basic_password_env
-    "tasks.call.http.url" looks like a plaintext password in a URL ("https://user:…@") (keel.toml:8:17); keep secrets out of keel.toml: read it from an environment variable, or from secrets = [...] once that is supported
+    "tasks.call.http.url" looks like a plaintext password in a URL ("https://user:…@") (keel.toml:8:17); keep secrets out of keel.toml: commands run without a shell, so $VAR in a command is not expanded; give the secret to Keel's environment (or an env_file kept out of the repository), which tasks inherit, and have the task read it from its environment
     invalid http.auth.bearer_env of task "call" (keel.toml:8:68): a name cannot contain "=", which separates a name from its value; name the environment variable that holds the secret, such as "ANALYTICS_TOKEN"
     "#);
     assert_snapshot!(errors_of(&with_task(
