@@ -61,6 +61,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure Keel's throughput and scheduling latency against a bare process spawn.
     Bench(BenchArgs),
+    /// Scan files (or, with --history, every commit) for committed secrets; exit 1 on findings.
+    Audit(AuditArgs),
     /// The attempt supervisor (internal).
     #[command(name = "__attempt", hide = true)]
     Attempt {
@@ -369,3 +371,37 @@ pub struct DemoArgs {
     )]
     pub faults: String,
 }
+
+#[derive(Debug, Args)]
+#[command(after_help = AUDIT_RULES)]
+pub struct AuditArgs {
+    /// The directory (or file) to scan. `.gitignore` is respected, but tracked `.env` files are
+    /// always read.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Scan the lines every commit of the repository added (`git log -p --all`) instead of the
+    /// files as they are.
+    #[arg(long)]
+    pub history: bool,
+    /// Entries that silence findings (path:GLOB, rule:ID, fingerprint:FINGERPRINT, one per
+    /// line). Default: PATH/.keel-audit-allow when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// How the report is written.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: AuditFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AuditFormat {
+    Text,
+    Json,
+    Sarif,
+}
+
+const AUDIT_RULES: &str = "Rules: private-key, aws-access-key-id, aws-secret-access-key, github-token, \
+gitlab-token, slack-token, slack-webhook, stripe-key, google-api-key, openai-key, sendgrid-key, npm-token, \
+jwt, cli-password, url-password, generic-secret.\nExit status: 0 nothing found, 1 findings, 2 bad arguments or allowlist.";

@@ -20,6 +20,7 @@ macro_rules! eprint {
 mod alerts;
 mod api;
 mod args;
+mod audit;
 mod bench;
 mod commands;
 mod daemon;
