@@ -2,6 +2,7 @@
 //! spawn measured in the same run on the same machine, and how its time and memory grow with
 //! the size of a pipeline (`scale`).
 
+mod audit;
 mod dashboard;
 mod http;
 mod scale;
@@ -370,6 +371,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         transitions as f64 / elapsed.as_secs_f64()
     );
     dashboard::grid(&dir, 90).await?;
+    let audit_dir = dir.clone();
+    let megabytes = if args.quick { 32 } else { 256 };
+    tokio::task::spawn_blocking(move || audit::audit(&audit_dir, megabytes)).await??;
     let scale_dir = dir.clone();
     let keep = args.dir.is_some();
     tokio::task::spawn_blocking(move || scale::scale(&scale_dir, concurrency, true, keep))

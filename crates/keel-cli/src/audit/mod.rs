@@ -122,6 +122,11 @@ pub fn audit(args: AuditArgs) -> Result<u8> {
     }
 }
 
+/// Scans a tree with no allowlist (for `keel bench`).
+pub fn scan(root: &Path) -> Result<(Vec<Finding>, Scanned)> {
+    scan_tree(root, &Rules::new(), &Allowlist::default())
+}
+
 /// The files of the tree (or the one file), scanned on every core.
 fn scan_tree(root: &Path, rules: &Rules, allowlist: &Allowlist) -> Result<(Vec<Finding>, Scanned)> {
     let files = if root.is_file() {
