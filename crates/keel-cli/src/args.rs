@@ -33,6 +33,9 @@ pub enum Command {
     },
     /// Check a pipeline file; exit 0 if valid, 2 with every error listed if not.
     Validate(PipelineArg),
+    /// Validate, then check on this machine that every command resolves, every variable a
+    /// credential is read from is set and every resource used is declared; exit 1 on a failure.
+    Check(CheckArgs),
     /// Run the pipeline to completion in the foreground (exit 0 succeeded, 3 degraded, 1 failed,
     /// 2 usage or config error).
     Run(RunArgs),
@@ -405,3 +408,13 @@ pub enum AuditFormat {
 const AUDIT_RULES: &str = "Rules: private-key, aws-access-key-id, aws-secret-access-key, github-token, \
 gitlab-token, slack-token, slack-webhook, stripe-key, google-api-key, openai-key, sendgrid-key, npm-token, \
 jwt, cli-password, url-password, generic-secret.\nExit status: 0 nothing found, 1 findings, 2 bad arguments or allowlist.";
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The pipeline file.
+    #[arg(default_value = "keel.toml")]
+    pub pipeline: PathBuf,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

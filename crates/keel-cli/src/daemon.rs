@@ -353,6 +353,18 @@ impl FileWatch {
                 self.path.display()
             ));
         }
+        // The version goes live only if it passes `keel check` here: a command that no longer
+        // resolves or a credential's variable that is not set would fail every attempt.
+        let surroundings = crate::setup::surroundings(&spec, &self.path)
+            .map_err(|error| format!("{error:#}; {keep}").replace('\n', "; "))?;
+        if let Some(failed) =
+            crate::check::failures(&crate::check::static_checks(&spec, &surroundings))
+        {
+            return Err(format!(
+                "version {version} of {} fails keel check; {keep}: {failed}",
+                self.path.display()
+            ));
+        }
         let shared = Arc::new(spec.clone());
         let engine = engine_for(spec, served, store, grace, observers).map_err(|error| {
             format!(

@@ -22,6 +22,7 @@ mod api;
 mod args;
 mod audit;
 mod bench;
+mod check;
 mod commands;
 mod daemon;
 mod dashboard;

@@ -2,6 +2,7 @@
 //! the state's attempt directories. Every command that executes runs goes through here, so
 //! `keel run`, `keel retry`, `keel bench` and `keel demo` run attempts the same way.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -48,13 +49,11 @@ pub fn build_engine_with_env(
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    let surroundings = surroundings(&spec, &paths.pipeline)?;
     let launch_context = LaunchContext {
-        env_files: crate::state::load_env_files(&spec, &paths.pipeline)?,
-        pipeline_dir: Some(paths.pipeline_dir()?),
-        // Variables whose name or value is not UTF-8 cannot be picked by `inherit_env` lists.
-        keel_env: std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-            .collect(),
+        env_files: surroundings.env_files,
+        pipeline_dir: Some(surroundings.pipeline_dir),
+        keel_env: surroundings.keel_env,
     };
     let config = EngineConfig {
         owner: owner(),
@@ -75,4 +74,17 @@ pub fn build_engine_with_env(
         spec,
         config,
     ))
+}
+
+/// Where the pipeline's tasks run: its directory, Keel's environment and the env files it names
+/// (read now, so a broken one is refused, exit 2).
+pub fn surroundings(spec: &PipelineSpec, pipeline: &Path) -> Result<crate::check::Surroundings> {
+    Ok(crate::check::Surroundings {
+        env_files: crate::state::load_env_files(spec, pipeline)?,
+        pipeline_dir: crate::state::absolute(pipeline.parent().unwrap_or(Path::new("")))?,
+        // Variables whose name or value is not UTF-8 cannot be picked by `inherit_env` lists.
+        keel_env: std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect(),
+    })
 }

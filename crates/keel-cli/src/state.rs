@@ -219,7 +219,7 @@ impl StatePaths {
 
 /// Tasks get paths under the state directory (`KEEL_RESULT`, `KEEL_HEARTBEAT`), and a task may
 /// change directory, so every state path is made absolute.
-fn absolute(path: &Path) -> Result<PathBuf> {
+pub fn absolute(path: &Path) -> Result<PathBuf> {
     let path = if path.as_os_str().is_empty() {
         Path::new(".")
     } else {

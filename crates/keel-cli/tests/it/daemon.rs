@@ -109,6 +109,29 @@ fn a_changed_pipeline_file_is_reloaded_once_it_validates_without_touching_runnin
             .is_some_and(|detail| detail.contains("does not validate")),
         "{checks}"
     );
+    // A version that validates but names a program this machine does not have fails
+    // `keel check`: it is refused the same way, naming the task and the program.
+    let missing = format!(
+        "{FIRST}\n[tasks.broken]\nphase = \"load\"\ncommand = [\"keel-test-no-such-program\", \"{{date}}\"]\n"
+    );
+    std::fs::write(&pipeline, missing).unwrap();
+    wait_for(
+        "the version failing keel check to be reported",
+        Duration::from_secs(30),
+        || read(&log).contains("fails keel check; still running version"),
+    );
+    assert!(
+        read(&log).contains("task broken: keel-test-no-such-program: not found on the PATH"),
+        "{}",
+        read(&log)
+    );
+    let ready = request(&addr, "GET", "/ready", &[], None);
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready.text().contains("fails keel check"),
+        "{}",
+        ready.text()
+    );
     let added = format!(
         "{FIRST}\n[phases.report]\nafter = [\"load\"]\n[tasks.after]\nphase = \"report\"\ncommand = [\"sh\", \"-c\", \"echo after >> ledger\"]\n"
     );

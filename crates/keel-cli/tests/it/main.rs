@@ -4,6 +4,7 @@ mod alerts;
 mod api;
 mod audit;
 mod calendars;
+mod check;
 mod cli;
 mod context;
 mod crash;

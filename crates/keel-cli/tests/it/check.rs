@@ -1,0 +1,134 @@
+//! `keel check` with real files and a real environment: programs found on PATH or by path, a
+//! script that is not executable, a credential's variable set or not (its value never printed),
+//! a program named by a template, and the exit codes.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+
+use crate::support::{keel, write_pipeline};
+
+const PIPELINE: &str = r#"[pipeline]
+name = "checked"
+
+[resources.feed]
+concurrency = 2
+
+[phases.scrape]
+[tasks.found]
+phase = "scrape"
+command = ["sh", "-c", "true"]
+uses = ["feed"]
+
+[tasks.missing]
+phase = "scrape"
+command = ["keel-test-no-such-program", "{date}"]
+
+[tasks.script]
+phase = "scrape"
+command = ["./bin/load.sh"]
+
+[tasks.unexecutable]
+phase = "scrape"
+command = ["./bin/notes.txt"]
+
+[tasks.templated]
+phase = "scrape"
+command = ["{param.tool}", "run"]
+
+[tasks.call]
+phase = "scrape"
+http = { url = "http://127.0.0.1:9/x", auth = { bearer_env = "KEEL_TEST_FEED_TOKEN" } }
+
+[passes.nightly]
+params = { tool = "sh" }
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("load.sh"), "#!/bin/sh\necho load\n").unwrap();
+    std::fs::set_permissions(bin.join("load.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(bin.join("notes.txt"), "not a program\n").unwrap();
+    write_pipeline(dir.path(), PIPELINE);
+    dir
+}
+
+#[test]
+fn check_names_every_failure_and_exits_1() {
+    let dir = setup();
+    let output = keel()
+        .current_dir(dir.path())
+        .args(["check", "--json"])
+        .env_remove("KEEL_TEST_FEED_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let status_of = |target: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["target"].as_str().unwrap().starts_with(target))
+            .map(|row| row["status"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no row for {target}: {report}"))
+    };
+    assert_eq!(status_of("task found: sh"), "pass");
+    assert_eq!(status_of("task found uses feed"), "pass");
+    assert_eq!(status_of("task missing: keel-test-no-such-program"), "fail");
+    assert_eq!(status_of("task script: ./bin/load.sh"), "pass");
+    assert_eq!(status_of("task unexecutable: ./bin/notes.txt"), "fail");
+    assert_eq!(status_of("task templated: {param.tool}"), "skip");
+    assert_eq!(status_of("task call: KEEL_TEST_FEED_TOKEN"), "fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 failed"), "{stderr}");
+
+    // The table says the same; a set variable passes without its value being printed.
+    let secret = "k8Tq2vLm9xR4wZ-check";
+    let output = keel()
+        .current_dir(dir.path())
+        .arg("check")
+        .env("KEEL_TEST_FEED_TOKEN", secret)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("set (value not shown)"), "{text}");
+    assert!(text.contains("is not executable"), "{text}");
+    assert!(text.contains("2 failed"), "{text}");
+}
+
+#[test]
+fn a_pipeline_that_passes_exits_0_and_a_broken_one_exits_2() {
+    let dir = setup();
+    let fixed = PIPELINE
+        .replace("keel-test-no-such-program", "sh")
+        .replace("./bin/notes.txt", "./bin/load.sh");
+    write_pipeline(dir.path(), &fixed);
+    let output = keel()
+        .current_dir(dir.path())
+        .arg("check")
+        .env("KEEL_TEST_FEED_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    write_pipeline(
+        dir.path(),
+        "[pipeline]\nname = \"x\"\n[phases.a]\n[tasks.t]\nphase = \"b\"\ncommand = [\"true\"]\n",
+    );
+    let output = keel()
+        .current_dir(dir.path())
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
