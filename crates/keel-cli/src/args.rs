@@ -55,6 +55,9 @@ pub enum Command {
     Accept(AcceptArgs),
     /// Remove the attempt directories and logs of runs that finished long ago.
     Gc(GcArgs),
+    /// Switch a task off, or on for a share of partitions, without a restart: `keel flags set
+    /// TASK off|on|N%`, `keel flags list`.
+    Flags(FlagsArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -417,4 +420,35 @@ pub struct CheckArgs {
     /// Print the checks as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlagsArgs {
+    #[command(subcommand)]
+    pub command: FlagsCommand,
+    /// The pipeline file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "keel.toml",
+        value_name = "PIPELINE"
+    )]
+    pub pipeline: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Set a task's flag: `off` (skipped everywhere), `N%` (runs in that share of partitions)
+    /// or `on` (removes the flag).
+    Set {
+        task: String,
+        // Not `state`: that is the global --state's id.
+        #[arg(value_name = "on|off|N%")]
+        value: String,
+    },
+    /// The flags set, by task.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }

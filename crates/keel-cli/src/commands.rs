@@ -34,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Audit(args) => crate::audit::audit(args),
         Command::Check(args) => crate::check::check(args).await,
+        Command::Flags(args) => crate::flags::flags(state, args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),
     }

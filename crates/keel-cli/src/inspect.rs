@@ -275,7 +275,7 @@ async fn pipeline_and_task(
 }
 
 /// An unknown task: the closest name, if one is close, and every name the pipeline has.
-fn unknown_task(spec: &PipelineSpec, task: &str) -> anyhow::Error {
+pub(crate) fn unknown_task(spec: &PipelineSpec, task: &str) -> anyhow::Error {
     let names: Vec<&str> = spec.tasks.iter().map(|task| task.name.as_str()).collect();
     let suggestion = keel_model::closest(task, names.iter().copied())
         .map(|name| format!("; did you mean {name:?}?"))

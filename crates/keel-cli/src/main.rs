@@ -28,6 +28,7 @@ mod daemon;
 mod dashboard;
 mod demo;
 mod display;
+mod flags;
 mod hints;
 mod http_post;
 mod inspect;

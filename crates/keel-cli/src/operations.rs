@@ -10,7 +10,7 @@ use crate::display::printable;
 use crate::state;
 
 /// Who runs this command: `$USER`, else the numeric user id.
-fn who() -> String {
+pub(crate) fn who() -> String {
     std::env::var("USER")
         .ok()
         .filter(|user| !user.trim().is_empty())

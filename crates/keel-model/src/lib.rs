@@ -7,6 +7,7 @@
 mod calendar;
 mod dag;
 mod duration;
+mod flag;
 mod http;
 mod outcome;
 pub mod schedule;
@@ -20,6 +21,7 @@ pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use flag::FlagState;
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,

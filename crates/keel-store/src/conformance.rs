@@ -99,6 +99,48 @@ where
     a_schedule_fire_is_recorded_once_with_its_run(make().await).await;
     runs_of_a_pass_are_kept_apart(make().await).await;
     recent_events_are_the_newest_of_some_kinds_in_one_pipeline(make().await).await;
+    flags_are_set_replaced_listed_and_cleared_per_pipeline(make().await).await;
+}
+
+async fn flags_are_set_replaced_listed_and_cleared_per_pipeline<S: Store>(store: S) {
+    let flag = |pipeline: &str, task: &str, state: &str, at: i64| FlagRecord {
+        pipeline: pipeline.into(),
+        task: task.into(),
+        state: state.into(),
+        set_at: at,
+        set_by: "alice".into(),
+    };
+    store
+        .set_flag(flag("hoops", "predictions", "off", 1))
+        .await
+        .unwrap();
+    store
+        .set_flag(flag("hoops", "export", "10%", 2))
+        .await
+        .unwrap();
+    store
+        .set_flag(flag("other", "export", "off", 3))
+        .await
+        .unwrap();
+    store
+        .set_flag(flag("hoops", "predictions", "25%", 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.flags("hoops").await.unwrap(),
+        vec![
+            flag("hoops", "export", "10%", 2),
+            flag("hoops", "predictions", "25%", 4)
+        ],
+        "one flag per task, the newest, listed by task; other pipelines' apart"
+    );
+    assert!(store.clear_flag("hoops", "export").await.unwrap());
+    assert!(!store.clear_flag("hoops", "export").await.unwrap());
+    assert_eq!(
+        store.flags("hoops").await.unwrap(),
+        vec![flag("hoops", "predictions", "25%", 4)]
+    );
+    assert_eq!(store.flags("other").await.unwrap().len(), 1);
 }
 
 /// A run records its pass. The newest run of a partition is looked up per pass; a fire of a

@@ -292,6 +292,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         resource: ResourceStateRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Sets a task's feature flag, replacing the one it had.
+    fn set_flag(&self, flag: FlagRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Removes a task's feature flag; whether it had one.
+    fn clear_flag(
+        &self,
+        pipeline: &str,
+        task: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// The feature flags of a pipeline, by task name.
+    fn flags(&self, pipeline: &str) -> impl Future<Output = StoreResult<Vec<FlagRecord>>> + Send;
     /// The last recorded state of each resource of a pipeline.
     fn resource_states(
         &self,

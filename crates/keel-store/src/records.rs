@@ -514,3 +514,14 @@ pub struct StatusView {
     /// none, only the pipeline's own runs.
     pub newest: std::collections::BTreeMap<String, RunState>,
 }
+
+/// A feature flag on a task (`keel flags set`): what it says, when and by whom it was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagRecord {
+    pub pipeline: String,
+    pub task: String,
+    /// `off` or `N%`; a flag set `on` is removed instead.
+    pub state: String,
+    pub set_at: Millis,
+    pub set_by: String,
+}

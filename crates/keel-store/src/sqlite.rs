@@ -163,6 +163,18 @@ CREATE INDEX runs_by_pass ON runs (pipeline, partition, pass, id);
 -- whole log: `recent_events` walks this index backwards from the newest entry of each kind.
 CREATE INDEX events_by_kind ON events (kind, seq);
 "#,
+    r#"
+-- Feature flags (`keel flags set TASK off|N%`): read when a run is created and whenever a task
+-- becomes ready, so a flag applies without a restart.
+CREATE TABLE flags (
+    pipeline TEXT    NOT NULL,
+    task     TEXT    NOT NULL,
+    state    TEXT    NOT NULL,
+    set_at   INTEGER NOT NULL,
+    set_by   TEXT    NOT NULL,
+    PRIMARY KEY (pipeline, task)
+);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -1875,6 +1887,53 @@ impl Store for SqliteStore {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| resource_states_in(transaction, pipeline))
             .await
+    }
+
+    async fn set_flag(&self, flag: FlagRecord) -> StoreResult<()> {
+        self.transact(move |transaction| {
+            cached_execute(
+                transaction,
+                "INSERT INTO flags (pipeline, task, state, set_at, set_by) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pipeline, task) DO UPDATE SET state = excluded.state, set_at = excluded.set_at, set_by = excluded.set_by",
+                params![flag.pipeline, flag.task, flag.state, flag.set_at, flag.set_by],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear_flag(&self, pipeline: &str, task: &str) -> StoreResult<bool> {
+        let (pipeline, task) = (pipeline.to_string(), task.to_string());
+        self.transact(move |transaction| {
+            let removed = cached_execute(
+                transaction,
+                "DELETE FROM flags WHERE pipeline = ?1 AND task = ?2",
+                params![pipeline, task],
+            )?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn flags(&self, pipeline: &str) -> StoreResult<Vec<FlagRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                "SELECT pipeline, task, state, set_at, set_by FROM flags WHERE pipeline = ?1 ORDER BY task",
+                [pipeline],
+                |row| {
+                    Ok(FlagRecord {
+                        pipeline: row.get(0)?,
+                        task: row.get(1)?,
+                        state: row.get(2)?,
+                        set_at: row.get(3)?,
+                        set_by: row.get(4)?,
+                    })
+                },
+            )
+        })
+        .await
     }
 
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {
