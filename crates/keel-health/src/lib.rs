@@ -1,0 +1,7 @@
+//! Keel's health intelligence as pure functions over numbers and dates: no I/O, no clock, no
+//! randomness, so every rule is tested on synthetic series.
+//!
+//! - [`anomaly`]: is a task's metric (or its rows, or its duration) for this partition far
+//!   outside what it usually is?
+
+pub mod anomaly;
