@@ -102,7 +102,11 @@ pub(crate) fn history_json(task: &str, view: &StatusView, now: keel_model::Milli
             })
         })
         .collect();
-    let mut document = json!({ "task": task, "runs": runs });
+    let anomalies: Vec<Value> = crate::anomalies::in_history(&view.runs, task, now)
+        .iter()
+        .map(crate::anomalies::Anomaly::to_json)
+        .collect();
+    let mut document = json!({ "task": task, "runs": runs, "anomalies": anomalies });
     if view.omitted > 0 {
         document["omitted"] = view.omitted.into();
     }
@@ -330,6 +334,13 @@ pub async fn history(state_url: Option<&str>, name: Option<&str>, args: HistoryA
             .unwrap_or_default();
         println!("task {task} · phase {}", printable(phase));
         display::print_history(&view.runs, now);
+        let anomalies = crate::anomalies::in_history(&view.runs, &task, now);
+        if !anomalies.is_empty() {
+            println!("anomalies (against the earlier partitions shown):");
+            for anomaly in &anomalies {
+                println!("  {}", anomaly.describe());
+            }
+        }
     }
     if let Some(note) =
         display::omitted_note(view.omitted, view.runs.len(), args.all, range.is_some())

@@ -18,6 +18,7 @@ macro_rules! eprint {
 }
 
 mod alerts;
+mod anomalies;
 mod api;
 mod args;
 mod audit;

@@ -270,6 +270,11 @@ pub fn document() -> Value {
                     "properties": {
                         "task": { "type": "string" },
                         "omitted": { "type": "integer", "minimum": 0 },
+                        "anomalies": {
+                            "type": "array",
+                            "description": "Values far outside their robust baseline of the earlier partitions shown (docs/health.md)",
+                            "items": { "type": "object", "required": ["run", "partition", "metric", "value", "describe"] }
+                        },
                         "runs": {
                             "type": "array",
                             "items": {

@@ -1,6 +1,7 @@
 //! The keel binary end to end.
 
 mod alerts;
+mod anomalies;
 mod api;
 mod audit;
 mod calendars;
