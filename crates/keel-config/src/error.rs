@@ -428,6 +428,28 @@ pub enum ConfigError {
     },
 
     #[error(
+        "unknown task {input:?} in the inputs of task {task:?} ({location}){}",
+        did_you_mean(.suggestion)
+    )]
+    UnknownInput {
+        task: String,
+        input: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} in phase {phase:?} lists {input:?} of phase {input_phase:?} in its inputs ({location}); inputs name tasks of the phases {phase:?} runs after (for a task of its own phase, use after)"
+    )]
+    InputNotUpstream {
+        task: String,
+        phase: String,
+        input: String,
+        input_phase: String,
+        location: Location,
+    },
+
+    #[error(
         "{name:?} is listed twice in the {list} of {kind} {owner:?} ({location}); remove the repeat"
     )]
     RepeatedName {
@@ -649,6 +671,8 @@ impl ConfigError {
             | ConfigError::UnknownPhaseDependency { location, .. }
             | ConfigError::UnknownDependency { location, .. }
             | ConfigError::DependencyNotUpstream { location, .. }
+            | ConfigError::UnknownInput { location, .. }
+            | ConfigError::InputNotUpstream { location, .. }
             | ConfigError::RepeatedName { location, .. }
             | ConfigError::InvalidRate { location, .. }
             | ConfigError::InvalidPercentage { location, .. }

@@ -30,7 +30,7 @@ pub use spec::{
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
     DEFAULT_TIMEOUT, GateSpec, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
     PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskSpec, WebhookUrl,
+    TaskContext, TaskEdges, TaskSpec, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

@@ -225,6 +225,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         uses,
                         wait_for,
                         when: None,
+                        edges: Default::default(),
                         context: Default::default(),
                     });
                 }

@@ -15,6 +15,7 @@ use keel_store::{SqliteStore, Store};
 
 mod calendars;
 mod crash_property;
+mod edges;
 mod passes;
 mod properties;
 mod remembered;
@@ -221,6 +222,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         uses: vec![],
         wait_for: None,
         when: None,
+        edges: Default::default(),
         context: Default::default(),
     }
 }

@@ -277,7 +277,7 @@ impl Core {
         }
     }
 
-    fn unreleased(&self, active: &ActiveRun, node: NodeIndex) -> u32 {
+    pub(crate) fn unreleased(&self, active: &ActiveRun, node: NodeIndex) -> u32 {
         self.dag
             .node_dependencies(node)
             .iter()
@@ -288,7 +288,10 @@ impl Core {
                 }
                 let waived =
                     active.waived[dependency] && self.waivable(active, dependency, node).is_some();
-                !is_complete(&active.slots[dependency]) && !waived
+                // A soft input holds its dependent back only until it has ended, however.
+                let soft_and_ended = active.slots[dependency].state == TaskState::Done
+                    && self.is_soft_edge(dependency, node);
+                !is_complete(&active.slots[dependency]) && !waived && !soft_and_ended
             })
             .count() as u32
     }
@@ -426,12 +429,7 @@ impl Core {
         active.waived[landed] = false;
         let name = self.dag.name(landed).to_string();
         let reason = format!("upstream task {name:?} landed late; running again with it");
-        let downstream: Vec<TaskIndex> = self
-            .dag
-            .downstream_of(&[landed])
-            .into_iter()
-            .filter(|task| !self.topologies[active.topology].same_phase(landed, *task))
-            .collect();
+        let downstream = self.reconcile_targets(active, landed);
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
         for task in downstream {

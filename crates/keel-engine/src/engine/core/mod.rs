@@ -27,6 +27,7 @@ use crate::{EngineError, Random};
 
 mod calendar;
 mod dispatch;
+mod edges;
 mod gates;
 mod recovery;
 mod resources;
