@@ -800,6 +800,9 @@ fn missing_hint(table: &str, field: &str) -> String {
         "command" if table.ends_with(".wait_for") => EXAMPLE_SENSOR_COMMAND.to_string(),
         "command" => EXAMPLE_COMMAND.to_string(),
         "ratio" => "add ratio = \"20%\"".to_string(),
+        "task" if table.contains(".after[") => {
+            "add task = \"NAME\", naming the task to wait for".to_string()
+        }
         other => format!("add {other} = ..."),
     }
 }
