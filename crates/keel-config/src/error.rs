@@ -528,6 +528,15 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("the tiers of the gate of phase {phase:?} {problem} ({location}); {hint}")]
+    InvalidTiers {
+        phase: String,
+        /// What is wrong, as a verb phrase: `are empty`.
+        problem: String,
+        hint: &'static str,
+        location: Location,
+    },
+
     #[error(
         "the gate of phase {phase:?} has neither required tasks nor a min share ({location}); set one or both, for example gate = {{ required = [\"TASK\"], min = \"60%\", grace = \"30m\" }}, or remove the gate"
     )]
@@ -681,6 +690,7 @@ impl ConfigError {
             | ConfigError::InvalidAlerts { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
+            | ConfigError::InvalidTiers { location, .. }
             | ConfigError::UnknownGateTask { location, .. }
             | ConfigError::GateTaskInOtherPhase { location, .. }
             | ConfigError::UnknownResource { location, .. }

@@ -16,6 +16,7 @@ mod edges;
 mod http;
 mod passes;
 mod resilience;
+mod tiers;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

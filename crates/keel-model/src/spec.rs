@@ -147,6 +147,22 @@ pub struct GateSpec {
     /// In `[0, 1]`: `min = "60%"` is 0.6.
     pub min_share: f64,
     pub grace: Duration,
+    /// `tiers = [...]`: a requirement that relaxes with time since the run was created, in
+    /// order of `after`. A gate with tiers opens as soon as the tier in force is met, with no
+    /// grace; `required` and `min_share` above are then those of its last tier. Left out of the
+    /// version when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<GateTier>,
+}
+
+/// One tier of a tiered gate: from `after` since the run was created, the phase may let
+/// downstream go once every `required` task and at least `min_share` of its tasks completed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GateTier {
+    pub after: Duration,
+    pub required: Vec<String>,
+    /// In `[0, 1]`.
+    pub min_share: f64,
 }
 
 /// A data-availability sensor (`wait_for`): a command polled until it exits 0, with jittered

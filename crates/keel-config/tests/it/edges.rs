@@ -110,3 +110,59 @@ inputs = "box_scores"
 "#
     )));
 }
+
+#[test]
+fn tiers_reach_the_spec_and_the_last_tier_is_the_gates_own() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{PHASES}
+[phases.analytics.gate]
+tiers = [
+    {{ after = "0s", min = "100%" }},
+    {{ after = "1h", min = "80%", required = ["summary"] }},
+    {{ after = "4h", min = "0%" }},
+]
+
+[tasks.summary]
+phase = "analytics"
+command = ["true"]
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    let gate = spec.phases[1].gate.as_ref().unwrap();
+    assert_eq!(gate.tiers.len(), 3);
+    assert_eq!(gate.tiers[1].after, std::time::Duration::from_secs(3600));
+    assert_eq!(gate.tiers[1].required, ["summary"]);
+    assert_eq!(gate.tiers[1].min_share, 0.8);
+    assert_eq!(gate.min_share, 0.0);
+    assert!(gate.required.is_empty());
+}
+
+#[test]
+fn bad_tiers() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{PHASES}
+[phases.analytics.gate]
+grace = "5m"
+tiers = [
+    {{ after = "1h", min = "80%", required = ["sumary"] }},
+    {{ after = "30m", min = "60%" }},
+    {{ min = "10%" }},
+    {{ after = "5h" }},
+    {{ after = "6h", min = "150%", when = "later" }},
+]
+
+[phases.predictions.gate]
+tiers = []
+
+[phases.raw.gate]
+tiers = "soon"
+
+[tasks.summary]
+phase = "analytics"
+command = ["true"]
+"#
+    )));
+}

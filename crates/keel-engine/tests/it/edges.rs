@@ -197,3 +197,100 @@ async fn a_late_task_reruns_only_the_tasks_that_read_it() {
         .collect();
     assert!(!reset.contains(&"features"), "{reset:?}");
 }
+
+/// raw: load; analytics a1..a5 gated by tiers (100% at once, 80% with a1 after 1 h, 40% after
+/// 2 h); precompute: features.
+fn tiered_pipeline() -> keel_model::PipelineSpec {
+    let mut spec = gated_pipeline(0);
+    let tier = |after_ms: u64, min_share: f64, required: &[&str]| keel_model::GateTier {
+        after: Duration::from_millis(after_ms),
+        required: required.iter().map(|name| name.to_string()).collect(),
+        min_share,
+    };
+    spec.phases[1].gate = Some(keel_model::GateSpec {
+        required: vec![],
+        min_share: 0.4,
+        grace: Duration::ZERO,
+        tiers: vec![
+            tier(0, 1.0, &[]),
+            tier(3_600_000, 0.8, &["a1"]),
+            tier(7_200_000, 0.4, &[]),
+        ],
+    });
+    spec
+}
+
+#[tokio::test]
+async fn a_tiered_gate_relaxes_on_the_clock_and_says_which_tier_opened_it() {
+    let harness = Harness::new();
+    // a4 and a5 hang: 3 of 5 (60%) complete, which only the third tier accepts.
+    *harness.executor.hold.lock().unwrap() = vec!["a4".into(), "a5".into()];
+    *harness.executor.pinned.lock().unwrap() = vec!["a4".into(), "a5".into()];
+    let (run, trigger, handle) = start_in_background(&harness, tiered_pipeline()).await;
+    let executor = harness.executor.clone();
+    eventually("the analytics tasks to run", || executor.launches().len() == 6).await;
+    let started = |name: &str| executor.launches().iter().any(|(task, _)| task == name);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!started("features"), "tier 1 asks for every task");
+    // Into tier 2 (80%): 60% is not enough.
+    harness.clock.advance(3_600_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!started("features"), "tier 2 asks for 80%");
+    // Into tier 3 (40%): the timer of the injected clock judges the gate again.
+    harness.clock.advance(3_600_000);
+    eventually("features to start in tier 3", || started("features")).await;
+    let events = harness.store.events(run).await.unwrap();
+    let opened = events
+        .iter()
+        .find(|event| event.kind == "gate_opened")
+        .expect("a gate_opened event");
+    assert!(
+        opened.detail.contains("without a4, a5") && opened.detail.contains("tier 3 of 3"),
+        "{}",
+        opened.detail
+    );
+    trigger.now();
+    let _ = handle.await;
+}
+
+#[tokio::test]
+async fn a_tiered_gate_opens_in_the_tier_in_force_and_fails_when_no_tier_can_be_met() {
+    // a5 fails at once: 80% with a1 is met as soon as tier 2 starts.
+    let harness = Harness::new();
+    harness.executor.script("a5", &[Outcome::FailedPermanent]);
+    let (run, _trigger, handle) = start_in_background(&harness, tiered_pipeline()).await;
+    let executor = harness.executor.clone();
+    eventually("the analytics tasks to run", || executor.launches().len() == 6).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!executor.launches().iter().any(|(task, _)| task == "features"));
+    harness.clock.advance(3_600_000);
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Degraded);
+    let events = harness.store.events(run).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.kind == "gate_opened" && event.detail.contains("tier 2 of 3")),
+        "{events:?}"
+    );
+
+    // Four of five fail: 20% meets no tier, now or later, so the gate fails at once.
+    let harness = Harness::new();
+    for name in ["a2", "a3", "a4", "a5"] {
+        harness.executor.script(name, &[Outcome::FailedPermanent]);
+    }
+    let mut engine = harness.engine(tiered_pipeline());
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Failed
+    );
+    let run = harness
+        .store
+        .latest_run("test", "2026-01-18")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcomes(&harness, run.id).await["features"],
+        Some(Outcome::UpstreamFailed)
+    );
+}

@@ -310,6 +310,9 @@ impl Core {
             return Ok(());
         }
         let definition = &self.topologies[active.topology].gates[gate];
+        if !definition.tiers.is_empty() {
+            return self.evaluate_tiered_gate(book, run_index, gate);
+        }
         let verdict = judge(
             definition,
             |task| is_complete(&active.slots[task]),
@@ -369,6 +372,17 @@ impl Core {
         run_index: usize,
         gate: usize,
     ) -> Result<(), EngineError> {
+        self.open_gate_saying(book, run_index, gate, None)
+    }
+
+    /// [`Core::open_gate`], with why it opened (a tiered gate's tier) in its event.
+    pub(crate) fn open_gate_saying(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+        why: Option<String>,
+    ) -> Result<(), EngineError> {
         let definition = self.topologies[book.runs[run_index].topology].gates[gate].clone();
         let active = &mut book.runs[run_index];
         active.gates[gate] = GateStatus::Open;
@@ -386,7 +400,7 @@ impl Core {
             .iter()
             .map(|task| self.dag.name(*task).to_string())
             .collect();
-        let detail = if names.is_empty() {
+        let mut detail = if names.is_empty() {
             format!("phase {}: complete", definition.phase)
         } else {
             format!(
@@ -395,6 +409,9 @@ impl Core {
                 names.join(", ")
             )
         };
+        if let Some(why) = why {
+            detail = format!("{detail} ({why})");
+        }
         self.record_gate(
             &mut book.writes,
             active,

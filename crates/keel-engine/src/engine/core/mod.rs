@@ -33,6 +33,7 @@ mod recovery;
 mod resources;
 mod retry;
 mod sensors;
+mod tiers;
 mod settle;
 
 /// Everything the engine knows that is not in the book: the pipeline, its graph and gates, the
