@@ -54,7 +54,11 @@ fn keel_toml_validates_and_matches_the_tasks() {
         inputs("rolling_averages").unwrap(),
         ["upcoming_player_context", "player_game_summary"]
     );
-    assert_eq!(inputs("feature_store"), None, "it reads every upstream table");
+    assert_eq!(
+        inputs("feature_store"),
+        None,
+        "it reads every upstream table"
+    );
 }
 
 #[test]

@@ -97,7 +97,10 @@ after = [{ task = "box_scores", soft = true }]
     assert_eq!(code, Some(1), "odds_lines failed, so the run did: {text}");
     assert_eq!(read(dir.path(), "props.txt"), "missing=[odds_lines]\n");
     assert_eq!(read(dir.path(), "team.txt"), "missing=[]\n");
-    assert!(!dir.path().join("odds_report.txt").exists(), "a hard input blocks");
+    assert!(
+        !dir.path().join("odds_report.txt").exists(),
+        "a hard input blocks"
+    );
     let outcomes = outcomes(dir.path(), "2026-01-21");
     assert_eq!(outcome_of(&outcomes, "player_props"), "succeeded");
     assert_eq!(outcome_of(&outcomes, "odds_report"), "upstream_failed");
@@ -154,9 +157,17 @@ command = ["sh", "-c", "echo ran >> board.txt"]
     let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-21"]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(read(dir.path(), "features.txt"), "ran\n", "reads a1 only");
-    assert_eq!(read(dir.path(), "predict.txt"), "ran\n", "reads features only");
+    assert_eq!(
+        read(dir.path(), "predict.txt"),
+        "ran\n",
+        "reads features only"
+    );
     assert_eq!(read(dir.path(), "shots.txt"), "ran\nran\n", "reads a5");
-    assert_eq!(read(dir.path(), "board.txt"), "ran\nran\n", "reads everything");
+    assert_eq!(
+        read(dir.path(), "board.txt"),
+        "ran\nran\n",
+        "reads everything"
+    );
     let outcomes = outcomes(dir.path(), "2026-01-21");
     assert!(
         outcomes.iter().all(|(_, outcome)| outcome == "succeeded"),

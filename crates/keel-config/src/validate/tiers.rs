@@ -14,8 +14,7 @@ use super::{Checker, NameListContext, NameRef, entries};
 use crate::error::{ConfigError, NameKind};
 
 const TIER_FIELDS: &[&str] = &["after", "required", "min"];
-const EXPECT_TIERS: &str =
-    "a list of tables such as [{ after = \"0s\", min = \"100%\" }, { after = \"1h\", min = \"80%\" }]";
+const EXPECT_TIERS: &str = "a list of tables such as [{ after = \"0s\", min = \"100%\" }, { after = \"1h\", min = \"80%\" }]";
 const TIER_EXAMPLE: &str =
     "for example tiers = [{ after = \"0s\", min = \"100%\" }, { after = \"1h\", min = \"80%\" }]";
 
@@ -37,7 +36,10 @@ pub(super) fn build(tiers: Vec<RawTier>) -> GateSpec {
             min_share: tier.min.unwrap_or(0.0),
         })
         .collect();
-    let last = tiers.last().cloned().expect("validation keeps only gates with tiers here");
+    let last = tiers
+        .last()
+        .cloned()
+        .expect("validation keeps only gates with tiers here");
     GateSpec {
         required: last.required,
         min_share: last.min_share,

@@ -51,7 +51,10 @@ inputs = []
     let summary = spec.task("summary").unwrap();
     assert_eq!(summary.after, ["box_scores", "odds_lines"]);
     assert_eq!(summary.edges.soft, ["odds_lines"]);
-    assert_eq!(summary.edges.inputs.as_deref(), Some(&["box_scores".to_string()][..]));
+    assert_eq!(
+        summary.edges.inputs.as_deref(),
+        Some(&["box_scores".to_string()][..])
+    );
     let plain = spec.task("plain").unwrap();
     assert_eq!(plain.after, ["box_scores", "odds_lines"]);
     assert!(plain.edges.is_default(), "{:?}", plain.edges);

@@ -255,7 +255,8 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     phase.gate = Some(GateSpec {
                         required,
                         min_share,
-                        grace: Duration::from_millis(*grace_ms), tiers: Vec::new(),
+                        grace: Duration::from_millis(*grace_ms),
+                        tiers: Vec::new(),
                     });
                 }
                 PipelineSpec {

@@ -380,7 +380,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 gate: Some(GateSpec {
                     required: strings(&["player_game_summary", "upcoming_player_context"]),
                     min_share: 0.6,
-                    grace: seconds(30 * 60), tiers: Vec::new(),
+                    grace: seconds(30 * 60),
+                    tiers: Vec::new(),
                 }),
             },
         ],
@@ -600,17 +601,20 @@ wait_for = { command = ["true"], every = "1h" }
             GateSpec {
                 required: strings(&["one"]),
                 min_share: 0.0,
-                grace: Duration::ZERO, tiers: Vec::new(),
+                grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
             GateSpec {
                 required: vec![],
                 min_share: 0.0,
-                grace: Duration::ZERO, tiers: Vec::new(),
+                grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
             GateSpec {
                 required: vec![],
                 min_share: 1.0,
-                grace: Duration::ZERO, tiers: Vec::new(),
+                grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
         ]
     );
@@ -880,7 +884,8 @@ gate = { analytics = { required = ["summary"], grace = "10m" } }
         GateSpec {
             required: strings(&["summary"]),
             min_share: 0.0,
-            grace: seconds(600), tiers: Vec::new(),
+            grace: seconds(600),
+            tiers: Vec::new(),
         }
     );
     assert!(tomorrow.gates.is_empty());

@@ -881,7 +881,8 @@ impl Case {
                         vec![]
                     },
                     min_share: gate.min_share,
-                    grace: Duration::from_millis(gate.grace_ms), tiers: Vec::new(),
+                    grace: Duration::from_millis(gate.grace_ms),
+                    tiers: Vec::new(),
                 });
             }
         }
@@ -1866,7 +1867,8 @@ async fn a_task_queued_when_its_upstream_is_reset_for_a_rerun_waits_for_that_rer
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();
@@ -1918,7 +1920,8 @@ async fn a_task_waiting_for_its_retry_does_not_start_while_its_upstream_reruns()
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -1988,7 +1991,8 @@ async fn a_late_task_does_not_reopen_a_task_whose_own_after_failed_for_good() {
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.3,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -2039,7 +2043,8 @@ async fn a_restarted_keel_does_not_open_a_gate_that_never_opened() {
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec!["x".into()],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let store = harness.store.clone();
@@ -2122,12 +2127,14 @@ async fn a_rerun_that_fails_behind_an_open_gate_fails_its_downstream() {
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     spec.phases[1].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 1.0,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -2180,7 +2187,8 @@ async fn a_late_task_ending_in_the_same_batch_as_its_downstream_tasks_is_reconci
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();
@@ -2232,7 +2240,8 @@ async fn a_reconcile_left_unrecorded_by_a_crash_happens_before_the_run_can_end()
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.5,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let executor = harness.executor.clone();
@@ -2308,7 +2317,8 @@ async fn a_run_whose_late_tasks_land_with_a_downstream_rerun_owed_ends() {
     spec.phases[0].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 0.3,
-        grace: Duration::ZERO, tiers: Vec::new(),
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();

@@ -7,7 +7,10 @@ use std::time::Duration;
 use keel_model::{Outcome, RunState, TaskEdges};
 use keel_store::Store;
 
-use crate::{Harness, eventually, gated_pipeline, outcomes, pipeline, run_partition, start_in_background, task};
+use crate::{
+    Harness, eventually, gated_pipeline, outcomes, pipeline, run_partition, start_in_background,
+    task,
+};
 
 fn soft(mut spec: keel_model::TaskSpec, names: &[&str]) -> keel_model::TaskSpec {
     spec.edges = TaskEdges {
@@ -87,7 +90,9 @@ async fn a_soft_input_is_still_waited_for_and_a_hard_one_still_blocks() {
     assert_eq!(env_of(&harness, "model")["KEEL_MISSING"], "");
 
     let harness = Harness::new();
-    harness.executor.script("stats", &[Outcome::FailedPermanent]);
+    harness
+        .executor
+        .script("stats", &[Outcome::FailedPermanent]);
     let mut engine = harness.engine(soft_pipeline());
     assert_eq!(
         run_partition(&mut engine, "2026-01-18").await,
@@ -111,7 +116,9 @@ async fn a_soft_input_is_still_waited_for_and_a_hard_one_still_blocks() {
 #[tokio::test]
 async fn a_soft_input_that_never_ran_is_missing_too() {
     let harness = Harness::new();
-    harness.executor.script("lines", &[Outcome::FailedPermanent]);
+    harness
+        .executor
+        .script("lines", &[Outcome::FailedPermanent]);
     let spec = pipeline(
         vec![
             task("lines", "fetch", &[], 1),
@@ -146,7 +153,8 @@ fn targeted_pipeline() -> keel_model::PipelineSpec {
         spec.edges.inputs = Some(inputs.iter().map(|name| name.to_string()).collect());
         spec
     };
-    spec.tasks.retain(|task| task.phase != "precompute" && task.phase != "predictions");
+    spec.tasks
+        .retain(|task| task.phase != "precompute" && task.phase != "predictions");
     spec.tasks.extend([
         reads(task("features", "precompute", &[], 1), &["a1"]),
         reads(task("shots", "precompute", &[], 1), &["a5"]),
@@ -163,7 +171,10 @@ async fn a_late_task_reruns_only_the_tasks_that_read_it() {
     *harness.executor.hold.lock().unwrap() = vec!["a5".into()];
     let (run, _trigger, handle) = start_in_background(&harness, targeted_pipeline()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || executor.launches().len() == 6).await;
+    eventually("the analytics tasks to run", || {
+        executor.launches().len() == 6
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(30)).await;
     // The grace runs out on the manual clock: downstream proceeds without a5.
     harness.clock.advance(60_000);
@@ -188,7 +199,11 @@ async fn a_late_task_reruns_only_the_tasks_that_read_it() {
     assert_eq!(count("props"), 2, "props reads shots: {launched:?}");
     assert_eq!(count("board"), 2, "board reads everything: {launched:?}");
     assert_eq!(count("features"), 1, "features reads only a1: {launched:?}");
-    assert_eq!(count("predict"), 1, "predict reads only features: {launched:?}");
+    assert_eq!(
+        count("predict"),
+        1,
+        "predict reads only features: {launched:?}"
+    );
     let events = harness.store.events(run).await.unwrap();
     let reset: Vec<&str> = events
         .iter()
@@ -228,7 +243,10 @@ async fn a_tiered_gate_relaxes_on_the_clock_and_says_which_tier_opened_it() {
     *harness.executor.pinned.lock().unwrap() = vec!["a4".into(), "a5".into()];
     let (run, trigger, handle) = start_in_background(&harness, tiered_pipeline()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || executor.launches().len() == 6).await;
+    eventually("the analytics tasks to run", || {
+        executor.launches().len() == 6
+    })
+    .await;
     let started = |name: &str| executor.launches().iter().any(|(task, _)| task == name);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!started("features"), "tier 1 asks for every task");
@@ -260,9 +278,17 @@ async fn a_tiered_gate_opens_in_the_tier_in_force_and_fails_when_no_tier_can_be_
     harness.executor.script("a5", &[Outcome::FailedPermanent]);
     let (run, _trigger, handle) = start_in_background(&harness, tiered_pipeline()).await;
     let executor = harness.executor.clone();
-    eventually("the analytics tasks to run", || executor.launches().len() == 6).await;
+    eventually("the analytics tasks to run", || {
+        executor.launches().len() == 6
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!executor.launches().iter().any(|(task, _)| task == "features"));
+    assert!(
+        !executor
+            .launches()
+            .iter()
+            .any(|(task, _)| task == "features")
+    );
     harness.clock.advance(3_600_000);
     assert_eq!(handle.await.unwrap()[0].state, RunState::Degraded);
     let events = harness.store.events(run).await.unwrap();

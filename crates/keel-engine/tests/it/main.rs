@@ -885,7 +885,8 @@ fn gated_pipeline(grace_ms: u64) -> PipelineSpec {
     spec.phases[1].gate = Some(keel_model::GateSpec {
         required: vec!["a1".into(), "a2".into()],
         min_share: 0.6,
-        grace: Duration::from_millis(grace_ms), tiers: Vec::new(),
+        grace: Duration::from_millis(grace_ms),
+        tiers: Vec::new(),
     });
     spec
 }

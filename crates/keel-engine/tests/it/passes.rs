@@ -455,7 +455,8 @@ async fn a_pass_gate_overrides_the_phase_gate_in_its_runs_only() {
         keel_model::GateSpec {
             required: vec!["summary".into()],
             min_share: 0.0,
-            grace: Duration::ZERO, tiers: Vec::new(),
+            grace: Duration::ZERO,
+            tiers: Vec::new(),
         },
     );
     spec.passes = vec![lenient];

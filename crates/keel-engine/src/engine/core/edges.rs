@@ -17,7 +17,11 @@ impl Core {
     /// `KEEL_MISSING` for a task with soft inputs: those that ended without completing, by name,
     /// comma-separated in `after` order (empty when every one completed). `None` for a task
     /// without soft inputs, which does not get the variable.
-    pub(crate) fn missing_soft_inputs(&self, active: &ActiveRun, task: TaskIndex) -> Option<String> {
+    pub(crate) fn missing_soft_inputs(
+        &self,
+        active: &ActiveRun,
+        task: TaskIndex,
+    ) -> Option<String> {
         let soft = &self.spec.tasks[task].edges.soft;
         if soft.is_empty() {
             return None;
@@ -68,7 +72,11 @@ impl Core {
     /// what it names in `after`, and through its phase edges every task of the upstream phases,
     /// or only those its `inputs` names. Without any `inputs` in the pipeline this is every task
     /// downstream of `landed` outside its phase. In index order.
-    pub(crate) fn reconcile_targets(&self, active: &ActiveRun, landed: TaskIndex) -> Vec<TaskIndex> {
+    pub(crate) fn reconcile_targets(
+        &self,
+        active: &ActiveRun,
+        landed: TaskIndex,
+    ) -> Vec<TaskIndex> {
         let topology = self.topology_of(active);
         let candidates: Vec<TaskIndex> = self
             .dag
@@ -76,7 +84,12 @@ impl Core {
             .into_iter()
             .filter(|task| !topology.same_phase(landed, *task))
             .collect();
-        if self.spec.tasks.iter().all(|task| task.edges.inputs.is_none()) {
+        if self
+            .spec
+            .tasks
+            .iter()
+            .all(|task| task.edges.inputs.is_none())
+        {
             return candidates;
         }
         let mut affected = vec![false; self.dag.len()];
@@ -96,7 +109,11 @@ impl Core {
                     None => true,
                     Some(names) => names.iter().any(|name| name == self.dag.name(input)),
                 };
-                let through_after = self.dag.explicit(*task).iter().any(|input| affected[*input]);
+                let through_after = self
+                    .dag
+                    .explicit(*task)
+                    .iter()
+                    .any(|input| affected[*input]);
                 let through_phases = phase_inputs[position]
                     .iter()
                     .any(|input| affected[*input] && reads(*input));

@@ -33,8 +33,8 @@ mod recovery;
 mod resources;
 mod retry;
 mod sensors;
-mod tiers;
 mod settle;
+mod tiers;
 
 /// Everything the engine knows that is not in the book: the pipeline, its graph and gates, the
 /// engine's settings, the random source and the progress observer.

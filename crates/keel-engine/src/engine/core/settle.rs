@@ -294,7 +294,9 @@ impl Core {
         task: TaskIndex,
     ) -> Result<(), EngineError> {
         let blocked = self.blocked_by_failure(&book.runs[run_index], task);
-        let settled: Vec<TaskIndex> = std::iter::once(task).chain(blocked.iter().copied()).collect();
+        let settled: Vec<TaskIndex> = std::iter::once(task)
+            .chain(blocked.iter().copied())
+            .collect();
         let active = &mut book.runs[run_index];
         if blocked.is_empty() {
             self.release_soft_dependents(book, run_index, &settled);

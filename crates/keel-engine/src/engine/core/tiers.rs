@@ -50,8 +50,11 @@ impl Core {
                 if tier.required.is_empty() {
                     String::new()
                 } else {
-                    let names: Vec<&str> =
-                        tier.required.iter().map(|task| self.dag.name(*task)).collect();
+                    let names: Vec<&str> = tier
+                        .required
+                        .iter()
+                        .map(|task| self.dag.name(*task))
+                        .collect();
                     format!(", required {}", names.join(", "))
                 }
             );
@@ -72,8 +75,7 @@ impl Core {
             // Undecided: judged again when a task of the phase ends or the next tier starts.
             if let Some(next) = definition.tiers.iter().find(|tier| tier.after > elapsed) {
                 let at = active.record.created_at + next.after;
-                book.timers
-                    .push(Reverse((at, run_index, Wake::Gate(gate))));
+                book.timers.push(Reverse((at, run_index, Wake::Gate(gate))));
             }
             return Ok(());
         }
@@ -93,7 +95,11 @@ impl Core {
             kind: keel_model::EventKind::GateFailed,
             detail: format!("phase {phase}: no tier of the gate can be met"),
         };
-        write_changes(&mut book.writes, active.record.id, [Change::Gate(record), event]);
+        write_changes(
+            &mut book.writes,
+            active.record.id,
+            [Change::Gate(record), event],
+        );
         for task in failed {
             book.followups
                 .push_back(Followup::Propagate { run_index, task });
