@@ -174,3 +174,51 @@ command = ["sh", "-c", "echo ran >> board.txt"]
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn a_tiered_gate_opens_at_its_later_tier_and_the_event_log_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    // slow lands only once report has run without it, so the gate can only have opened at its
+    // second tier (50%, from 1s into the run); the first asks for every task.
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "tiered"
+
+[defaults]
+retries = { attempts = 1 }
+
+[phases.analytics]
+gate = { tiers = [{ after = "0s", min = "100%" }, { after = "1s", min = "50%", required = ["fast"] }] }
+[phases.publish]
+after = ["analytics"]
+
+[tasks.fast]
+phase = "analytics"
+command = ["true"]
+
+[tasks.slow]
+phase = "analytics"
+command = ["sh", "-c", "for i in $(seq 300); do [ -s report.txt ] && exit 0; sleep 0.1; done; exit 1"]
+
+[tasks.report]
+phase = "publish"
+command = ["sh", "-c", "echo ran >> report.txt"]
+"#,
+    );
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-21"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        read(dir.path(), "report.txt"),
+        "ran\nran\n",
+        "without slow, then again once it landed"
+    );
+    let (code, events) = run_keel(dir.path(), "events", &["--partition", "2026-01-21"]);
+    assert_eq!(code, Some(0), "{events}");
+    assert!(
+        events.contains(
+            "downstream proceeds without slow (tier 2 of 2: after 1.0s, min 50%, required fast)"
+        ),
+        "{events}"
+    );
+}
