@@ -428,6 +428,28 @@ pub enum ConfigError {
     },
 
     #[error(
+        "unknown task {input:?} in the inputs of task {task:?} ({location}){}",
+        did_you_mean(.suggestion)
+    )]
+    UnknownInput {
+        task: String,
+        input: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} in phase {phase:?} lists {input:?} of phase {input_phase:?} in its inputs ({location}); inputs name tasks of the phases {phase:?} runs after (for a task of its own phase, use after)"
+    )]
+    InputNotUpstream {
+        task: String,
+        phase: String,
+        input: String,
+        input_phase: String,
+        location: Location,
+    },
+
+    #[error(
         "{name:?} is listed twice in the {list} of {kind} {owner:?} ({location}); remove the repeat"
     )]
     RepeatedName {
@@ -503,6 +525,15 @@ pub enum ConfigError {
         needs: &'static str,
         /// How to set `needs`: `ratio = "50%"`.
         example: &'static str,
+        location: Location,
+    },
+
+    #[error("the tiers of the gate of phase {phase:?} {problem} ({location}); {hint}")]
+    InvalidTiers {
+        phase: String,
+        /// What is wrong, as a verb phrase: `are empty`.
+        problem: String,
+        hint: &'static str,
         location: Location,
     },
 
@@ -649,6 +680,8 @@ impl ConfigError {
             | ConfigError::UnknownPhaseDependency { location, .. }
             | ConfigError::UnknownDependency { location, .. }
             | ConfigError::DependencyNotUpstream { location, .. }
+            | ConfigError::UnknownInput { location, .. }
+            | ConfigError::InputNotUpstream { location, .. }
             | ConfigError::RepeatedName { location, .. }
             | ConfigError::InvalidRate { location, .. }
             | ConfigError::InvalidPercentage { location, .. }
@@ -657,6 +690,7 @@ impl ConfigError {
             | ConfigError::InvalidAlerts { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
+            | ConfigError::InvalidTiers { location, .. }
             | ConfigError::UnknownGateTask { location, .. }
             | ConfigError::GateTaskInOtherPhase { location, .. }
             | ConfigError::UnknownResource { location, .. }
@@ -776,6 +810,9 @@ fn missing_hint(table: &str, field: &str) -> String {
         "command" if table.ends_with(".wait_for") => EXAMPLE_SENSOR_COMMAND.to_string(),
         "command" => EXAMPLE_COMMAND.to_string(),
         "ratio" => "add ratio = \"20%\"".to_string(),
+        "task" if table.contains(".after[") => {
+            "add task = \"NAME\", naming the task to wait for".to_string()
+        }
         other => format!("add {other} = ..."),
     }
 }

@@ -12,9 +12,11 @@
 mod alerts;
 mod calendar;
 mod context;
+mod edges;
 mod http;
 mod passes;
 mod resilience;
+mod tiers;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -85,6 +87,7 @@ const TASK_FIELDS: &[&str] = &[
     "uses",
     "wait_for",
     "when",
+    "inputs",
     "cwd",
     "env",
     "env_file",
@@ -300,6 +303,10 @@ struct RawTask {
     wait_for: Option<RawSensor>,
     when: Option<keel_model::CalendarSpec>,
     context: RawContext,
+    /// `after` entries written `{ task = "NAME", soft = true }`.
+    soft: Vec<String>,
+    /// `inputs = [...]`, when written.
+    inputs: Option<Vec<NameRef>>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1080,6 +1087,8 @@ impl Checker<'_> {
             wait_for: None,
             when: None,
             context: RawContext::default(),
+            soft: Vec::new(),
+            inputs: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -1108,12 +1117,15 @@ impl Checker<'_> {
                         owner_kind: NameKind::Task,
                         owner: &task.name.name,
                     };
-                    let names = self.name_list(value, &context);
                     if field == "after" {
-                        task.after = names;
+                        (task.after, task.soft) = self.after_list(value, &context);
                     } else {
-                        task.uses = names;
+                        task.uses = self.name_list(value, &context);
                     }
+                }
+                "inputs" => {
+                    let context = edges::inputs_context(&path, &task.name.name);
+                    task.inputs = Some(self.name_list(value, &context));
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
@@ -1414,6 +1426,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.check_inputs(tasks, &phase_index, &upstream, phases);
         for cycle in find_cycles(&edges) {
             self.errors.push(ConfigError::Cycle {
                 kind: NameKind::Task,
@@ -1496,6 +1509,12 @@ fn build_spec(
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
                     when: task.when,
                     context: task.context.over(&defaults.context),
+                    edges: keel_model::TaskEdges {
+                        soft: task.soft,
+                        inputs: task
+                            .inputs
+                            .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),
+                    },
                 }
             })
             .collect(),

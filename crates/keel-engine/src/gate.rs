@@ -16,6 +16,29 @@ pub(crate) struct GateDef {
     pub required: Vec<TaskIndex>,
     pub min_share: f64,
     pub grace: Millis,
+    /// A tiered gate's tiers, in order of `after`; empty for a gate with one requirement.
+    pub tiers: Vec<TierDef>,
+}
+
+/// One tier of a tiered gate: from `after` ms since the run was created, `required` and
+/// `min_share` are what the gate asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct TierDef {
+    pub after: Millis,
+    pub required: Vec<TaskIndex>,
+    pub min_share: f64,
+}
+
+impl GateDef {
+    /// The gate as one tier asks for it, for [`judge`].
+    pub fn at_tier(&self, tier: &TierDef) -> GateDef {
+        GateDef {
+            required: tier.required.clone(),
+            min_share: tier.min_share,
+            tiers: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +100,19 @@ impl Topology {
                 required,
                 min_share: gate.min_share,
                 grace: gate.grace.as_millis() as Millis,
+                tiers: gate
+                    .tiers
+                    .iter()
+                    .map(|tier| TierDef {
+                        after: tier.after.as_millis() as Millis,
+                        required: tier
+                            .required
+                            .iter()
+                            .filter_map(|name| dag.index_of(name))
+                            .collect(),
+                        min_share: tier.min_share,
+                    })
+                    .collect(),
             });
         }
         Topology {
@@ -126,6 +162,7 @@ mod tests {
             required: required.to_vec(),
             min_share,
             grace: 0,
+            tiers: Vec::new(),
         }
     }
 

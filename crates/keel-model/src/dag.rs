@@ -277,6 +277,7 @@ mod tests {
             uses: vec![],
             wait_for: None,
             when: None,
+            edges: Default::default(),
             context: Default::default(),
         }
     }

@@ -147,6 +147,22 @@ pub struct GateSpec {
     /// In `[0, 1]`: `min = "60%"` is 0.6.
     pub min_share: f64,
     pub grace: Duration,
+    /// `tiers = [...]`: a requirement that relaxes with time since the run was created, in
+    /// order of `after`. A gate with tiers opens as soon as the tier in force is met, with no
+    /// grace; `required` and `min_share` above are then those of its last tier. Left out of the
+    /// version when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<GateTier>,
+}
+
+/// One tier of a tiered gate: from `after` since the run was created, the phase may let
+/// downstream go once every `required` task and at least `min_share` of its tasks completed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GateTier {
+    pub after: Duration,
+    pub required: Vec<String>,
+    /// In `[0, 1]`.
+    pub min_share: f64,
 }
 
 /// A data-availability sensor (`wait_for`): a command polled until it exits 0, with jittered
@@ -240,6 +256,37 @@ pub struct TaskSpec {
     /// nothing is set, so pipelines that set none keep their version.
     #[serde(default, skip_serializing_if = "TaskContext::is_default")]
     pub context: TaskContext,
+    /// How the task reads its inputs: which `after` entries are soft, and which tasks of
+    /// upstream phases it reads (`inputs`). Left out of the version when nothing is set.
+    #[serde(default, skip_serializing_if = "TaskEdges::is_default")]
+    pub edges: TaskEdges,
+}
+
+/// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
+/// "Targeted reconciliation").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TaskEdges {
+    /// `after` entries written `{ task = "NAME", soft = true }`: the task waits for them (they
+    /// are in `after` too) but runs even when they fail for good, and gets the names of those
+    /// that did not succeed in `KEEL_MISSING`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub soft: Vec<String>,
+    /// `inputs = [...]`: the tasks of upstream phases the task actually reads. `None` means
+    /// every task of every upstream phase, which is what a phase edge says. Only reconciliation
+    /// reads it: a waived task that lands late reruns the tasks that read it, not all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+}
+
+impl TaskEdges {
+    pub fn is_default(&self) -> bool {
+        *self == TaskEdges::default()
+    }
+
+    /// Whether the `after` entry `dependency` is soft.
+    pub fn is_soft(&self, dependency: &str) -> bool {
+        self.soft.iter().any(|name| name == dependency)
+    }
 }
 
 /// Where a task (and its sensor) runs, and with which environment: `cwd`, `env`, `env_file` and
@@ -380,6 +427,7 @@ mod tests {
             uses: vec![],
             wait_for: None,
             when: None,
+            edges: Default::default(),
             context: TaskContext::default(),
         };
         let plain = serde_json::to_value(&task).unwrap();

@@ -49,6 +49,16 @@ fn keel_toml_validates_and_matches_the_tasks() {
     assert_eq!(after("player_game_summary"), ["team_offense"]);
     assert_eq!(after("player_form"), ["rolling_averages", "rest_days"]);
     assert_eq!(after("feature_store"), ["player_form", "opponent_defense"]);
+    let inputs = |name: &str| spec.task(name).unwrap().edges.inputs.clone();
+    assert_eq!(
+        inputs("rolling_averages").unwrap(),
+        ["upcoming_player_context", "player_game_summary"]
+    );
+    assert_eq!(
+        inputs("feature_store"),
+        None,
+        "it reads every upstream table"
+    );
 }
 
 #[test]
@@ -135,6 +145,7 @@ fn keel_http_toml_is_the_same_pipeline_as_http_tasks_calling_hoops_serve() {
         );
         let same = commands.task(&task.name).unwrap();
         assert_eq!(task.after, same.after, "{}", task.name);
+        assert_eq!(task.edges, same.edges, "{}", task.name);
         assert_eq!(task.timeout, same.timeout, "{}", task.name);
         assert_eq!(task.retries, same.retries, "{}", task.name);
         let feed = same.uses.contains(&"feed".to_string());

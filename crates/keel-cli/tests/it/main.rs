@@ -14,6 +14,7 @@ mod dashboard_grid;
 mod dashboard_pages;
 mod dashboard_run;
 mod demo;
+mod edges;
 mod faults;
 mod hardening;
 mod history;

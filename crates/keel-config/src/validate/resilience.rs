@@ -22,7 +22,7 @@ use crate::suggest::closest;
 const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget", "ready"];
 const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown", "max_open"];
 const RETRY_BUDGET_FIELDS: &[&str] = &["ratio", "window", "min"];
-const GATE_FIELDS: &[&str] = &["required", "min", "grace"];
+const GATE_FIELDS: &[&str] = &["required", "min", "grace", "tiers"];
 const SENSOR_FIELDS: &[&str] = &["command", "http", "every", "max", "deadline"];
 
 const EXPECT_RATE: &str = "a rate string such as \"20/s\"";
@@ -45,7 +45,7 @@ const SENSOR_MAX_PER_EVERY: u32 = 8;
 
 /// Which shares a field accepts.
 #[derive(Debug, Clone, Copy)]
-enum ShareRange {
+pub(super) enum ShareRange {
     /// `[0, 1]`: a gate's `min` may be 0%.
     ZeroToOne,
     /// `(0, 1]`: a ratio of 0% would trip or exhaust on the first attempt.
@@ -80,16 +80,21 @@ pub(super) struct RawGate {
     required: Vec<NameRef>,
     min: Option<f64>,
     grace: Option<Duration>,
+    tiers: Vec<super::tiers::RawTier>,
 }
 
 impl RawGate {
     pub(super) fn build(self) -> GateSpec {
+        if !self.tiers.is_empty() {
+            return super::tiers::build(self.tiers);
+        }
         GateSpec {
             required: self.required.into_iter().map(|name| name.name).collect(),
             // A gate without `min` has required tasks (validation makes sure of it), and they
             // alone make the phase sufficient.
             min_share: self.min.unwrap_or(0.0),
             grace: self.grace.unwrap_or(Duration::ZERO),
+            tiers: Vec::new(),
         }
     }
 }
@@ -205,7 +210,7 @@ impl Checker<'_> {
     }
 
     /// A percentage string (`"60%"`) or a number (`0.6`), as a share in the given range.
-    fn share(
+    pub(super) fn share(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         field: &str,
@@ -374,6 +379,7 @@ impl Checker<'_> {
             required: Vec::new(),
             min: None,
             grace: None,
+            tiers: Vec::new(),
         };
         let mut misspelt = false;
         for (key, value) in entries(table) {
@@ -391,6 +397,7 @@ impl Checker<'_> {
                 }
                 "min" => gate.min = self.share(value, field, &path, ShareRange::ZeroToOne),
                 "grace" => gate.grace = self.duration(value, field, &path, true),
+                "tiers" => gate.tiers = self.tiers(key, value, &path, phase),
                 _ => {
                     misspelt = true;
                     self.unknown_field(key, &path, GATE_FIELDS, &[]);
@@ -403,7 +410,9 @@ impl Checker<'_> {
         let requires_tasks = table.get("required").is_some_and(
             |required| !matches!(required.get_ref(), DeValue::Array(items) if items.is_empty()),
         );
-        if !requires_tasks && !table.contains_key("min") && !misspelt {
+        if table.contains_key("tiers") {
+            self.tiers_alone(key, table, phase);
+        } else if !requires_tasks && !table.contains_key("min") && !misspelt {
             self.errors.push(ConfigError::GateWithoutCondition {
                 phase: phase.to_string(),
                 location: self.location(&key.span()),
@@ -483,7 +492,8 @@ impl Checker<'_> {
                     .as_ref()
                     .is_some_and(|own| own.name == phase_name)
             };
-            for required in &gate.required {
+            let in_tiers = gate.tiers.iter().flat_map(|tier| &tier.required);
+            for required in gate.required.iter().chain(in_tiers) {
                 match tasks.iter().find(|task| task.name.name == required.name) {
                     None => self.errors.push(ConfigError::UnknownGateTask {
                         phase: phase_name.to_string(),

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod context;
+mod edges;
 mod errors;
 mod http;
 mod property;

@@ -225,6 +225,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         uses,
                         wait_for,
                         when: None,
+                        edges: Default::default(),
                         context: Default::default(),
                     });
                 }
@@ -255,6 +256,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         required,
                         min_share,
                         grace: Duration::from_millis(*grace_ms),
+                        tiers: Vec::new(),
                     });
                 }
                 PipelineSpec {

@@ -124,6 +124,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                edges: Default::default(),
                 context: Default::default(),
             },
             TaskSpec {
@@ -139,6 +140,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                edges: Default::default(),
                 context: Default::default(),
             },
             TaskSpec {
@@ -165,6 +167,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                edges: Default::default(),
                 context: Default::default(),
             },
             TaskSpec {
@@ -180,6 +183,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                edges: Default::default(),
                 context: Default::default(),
             },
         ],
@@ -346,6 +350,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         uses: vec![],
         wait_for: None,
         when: None,
+        edges: Default::default(),
         context: Default::default(),
     };
     let expected = PipelineSpec {
@@ -376,6 +381,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     required: strings(&["player_game_summary", "upcoming_player_context"]),
                     min_share: 0.6,
                     grace: seconds(30 * 60),
+                    tiers: Vec::new(),
                 }),
             },
         ],
@@ -596,16 +602,19 @@ wait_for = { command = ["true"], every = "1h" }
                 required: strings(&["one"]),
                 min_share: 0.0,
                 grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
             GateSpec {
                 required: vec![],
                 min_share: 0.0,
                 grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
             GateSpec {
                 required: vec![],
                 min_share: 1.0,
                 grace: Duration::ZERO,
+                tiers: Vec::new(),
             },
         ]
     );
@@ -876,6 +885,7 @@ gate = { analytics = { required = ["summary"], grace = "10m" } }
             required: strings(&["summary"]),
             min_share: 0.0,
             grace: seconds(600),
+            tiers: Vec::new(),
         }
     );
     assert!(tomorrow.gates.is_empty());

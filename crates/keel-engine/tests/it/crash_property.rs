@@ -882,6 +882,7 @@ impl Case {
                     },
                     min_share: gate.min_share,
                     grace: Duration::from_millis(gate.grace_ms),
+                    tiers: Vec::new(),
                 });
             }
         }
@@ -1867,6 +1868,7 @@ async fn a_task_queued_when_its_upstream_is_reset_for_a_rerun_waits_for_that_rer
         required: vec![],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();
@@ -1919,6 +1921,7 @@ async fn a_task_waiting_for_its_retry_does_not_start_while_its_upstream_reruns()
         required: vec![],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -1989,6 +1992,7 @@ async fn a_late_task_does_not_reopen_a_task_whose_own_after_failed_for_good() {
         required: vec![],
         min_share: 0.3,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -2040,6 +2044,7 @@ async fn a_restarted_keel_does_not_open_a_gate_that_never_opened() {
         required: vec!["x".into()],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let store = harness.store.clone();
@@ -2123,11 +2128,13 @@ async fn a_rerun_that_fails_behind_an_open_gate_fails_its_downstream() {
         required: vec![],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     spec.phases[1].gate = Some(keel_model::GateSpec {
         required: vec![],
         min_share: 1.0,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let store = harness.store.clone();
@@ -2181,6 +2188,7 @@ async fn a_late_task_ending_in_the_same_batch_as_its_downstream_tasks_is_reconci
         required: vec![],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();
@@ -2233,6 +2241,7 @@ async fn a_reconcile_left_unrecorded_by_a_crash_happens_before_the_run_can_end()
         required: vec![],
         min_share: 0.5,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec.clone()).await;
     let executor = harness.executor.clone();
@@ -2309,6 +2318,7 @@ async fn a_run_whose_late_tasks_land_with_a_downstream_rerun_owed_ends() {
         required: vec![],
         min_share: 0.3,
         grace: Duration::ZERO,
+        tiers: Vec::new(),
     });
     let (run, _trigger, handle) = start_in_background(&harness, spec).await;
     let executor = harness.executor.clone();

@@ -15,6 +15,7 @@ use keel_store::{SqliteStore, Store};
 
 mod calendars;
 mod crash_property;
+mod edges;
 mod passes;
 mod properties;
 mod remembered;
@@ -221,6 +222,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         uses: vec![],
         wait_for: None,
         when: None,
+        edges: Default::default(),
         context: Default::default(),
     }
 }
@@ -884,6 +886,7 @@ fn gated_pipeline(grace_ms: u64) -> PipelineSpec {
         required: vec!["a1".into(), "a2".into()],
         min_share: 0.6,
         grace: Duration::from_millis(grace_ms),
+        tiers: Vec::new(),
     });
     spec
 }

@@ -456,6 +456,7 @@ async fn a_pass_gate_overrides_the_phase_gate_in_its_runs_only() {
             required: vec!["summary".into()],
             min_share: 0.0,
             grace: Duration::ZERO,
+            tiers: Vec::new(),
         },
     );
     spec.passes = vec![lenient];

@@ -492,7 +492,10 @@ impl Core {
         let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.dag.name(task), attempt.number);
-        let launch = self.task_launch(&record, task, false, attempt.number, span, dir);
+        let mut launch = self.task_launch(&record, task, false, attempt.number, span, dir);
+        if let Some(missing) = self.missing_soft_inputs(&book.runs[run_index], task) {
+            launch.env.push(("KEEL_MISSING".to_string(), missing));
+        }
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
         book.live.insert(attempt.id, live);
         (self.observer)(Progress::AttemptStarted {

@@ -277,7 +277,7 @@ impl Core {
         }
     }
 
-    fn unreleased(&self, active: &ActiveRun, node: NodeIndex) -> u32 {
+    pub(crate) fn unreleased(&self, active: &ActiveRun, node: NodeIndex) -> u32 {
         self.dag
             .node_dependencies(node)
             .iter()
@@ -288,7 +288,10 @@ impl Core {
                 }
                 let waived =
                     active.waived[dependency] && self.waivable(active, dependency, node).is_some();
-                !is_complete(&active.slots[dependency]) && !waived
+                // A soft input holds its dependent back only until it has ended, however.
+                let soft_and_ended = active.slots[dependency].state == TaskState::Done
+                    && self.is_soft_edge(dependency, node);
+                !is_complete(&active.slots[dependency]) && !waived && !soft_and_ended
             })
             .count() as u32
     }
@@ -307,6 +310,9 @@ impl Core {
             return Ok(());
         }
         let definition = &self.topologies[active.topology].gates[gate];
+        if !definition.tiers.is_empty() {
+            return self.evaluate_tiered_gate(book, run_index, gate);
+        }
         let verdict = judge(
             definition,
             |task| is_complete(&active.slots[task]),
@@ -366,6 +372,17 @@ impl Core {
         run_index: usize,
         gate: usize,
     ) -> Result<(), EngineError> {
+        self.open_gate_saying(book, run_index, gate, None)
+    }
+
+    /// [`Core::open_gate`], with why it opened (a tiered gate's tier) in its event.
+    pub(crate) fn open_gate_saying(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+        gate: usize,
+        why: Option<String>,
+    ) -> Result<(), EngineError> {
         let definition = self.topologies[book.runs[run_index].topology].gates[gate].clone();
         let active = &mut book.runs[run_index];
         active.gates[gate] = GateStatus::Open;
@@ -383,7 +400,7 @@ impl Core {
             .iter()
             .map(|task| self.dag.name(*task).to_string())
             .collect();
-        let detail = if names.is_empty() {
+        let mut detail = if names.is_empty() {
             format!("phase {}: complete", definition.phase)
         } else {
             format!(
@@ -392,6 +409,9 @@ impl Core {
                 names.join(", ")
             )
         };
+        if let Some(why) = why {
+            detail = format!("{detail} ({why})");
+        }
         self.record_gate(
             &mut book.writes,
             active,
@@ -426,12 +446,7 @@ impl Core {
         active.waived[landed] = false;
         let name = self.dag.name(landed).to_string();
         let reason = format!("upstream task {name:?} landed late; running again with it");
-        let downstream: Vec<TaskIndex> = self
-            .dag
-            .downstream_of(&[landed])
-            .into_iter()
-            .filter(|task| !self.topologies[active.topology].same_phase(landed, *task))
-            .collect();
+        let downstream = self.reconcile_targets(active, landed);
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
         for task in downstream {

@@ -27,12 +27,14 @@ use crate::{EngineError, Random};
 
 mod calendar;
 mod dispatch;
+mod edges;
 mod gates;
 mod recovery;
 mod resources;
 mod retry;
 mod sensors;
 mod settle;
+mod tiers;
 
 /// Everything the engine knows that is not in the book: the pipeline, its graph and gates, the
 /// engine's settings, the random source and the progress observer.

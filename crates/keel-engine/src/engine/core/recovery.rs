@@ -146,6 +146,14 @@ impl Core {
                 book.timers
                     .push(Reverse((open_at, run_index, Wake::Gate(gate))));
             }
+            // A tiered gate is judged again as each tier comes into force, whether or not a
+            // task of its phase ends then.
+            if matches!(active.gates[gate], GateStatus::Waiting) {
+                for tier in &definition.tiers {
+                    let at = active.record.created_at + tier.after;
+                    book.timers.push(Reverse((at, run_index, Wake::Gate(gate))));
+                }
+            }
             if active.gates[gate] != GateStatus::Open {
                 continue;
             }

@@ -271,7 +271,12 @@ impl Core {
             let slot = &active.slots[dependency];
             slot.state == TaskState::Done && !is_complete(slot) && counts(dependency)
         };
-        let hard = self.dag.explicit(task).iter().copied().find(|d| failed(*d));
+        let hard = self
+            .dag
+            .explicit(task)
+            .iter()
+            .copied()
+            .find(|d| failed(*d) && !self.is_soft_edge(*d, task));
         hard.or_else(|| {
             let mut through_phases = self.dag.phase_inputs(task);
             through_phases.sort_unstable();
@@ -289,8 +294,12 @@ impl Core {
         task: TaskIndex,
     ) -> Result<(), EngineError> {
         let blocked = self.blocked_by_failure(&book.runs[run_index], task);
+        let settled: Vec<TaskIndex> = std::iter::once(task)
+            .chain(blocked.iter().copied())
+            .collect();
         let active = &mut book.runs[run_index];
         if blocked.is_empty() {
+            self.release_soft_dependents(book, run_index, &settled);
             return Ok(());
         }
         let upstream = self.dag.name(task);
@@ -329,6 +338,7 @@ impl Core {
                 .collect(),
             outcome: Outcome::UpstreamFailed,
         });
+        self.release_soft_dependents(book, run_index, &settled);
         // A gated phase whose tasks were just settled may now be decided: a gate that can no
         // longer be met passes the failure on downstream.
         let mut gates: Vec<usize> = blocked
@@ -353,7 +363,8 @@ impl Core {
         let mut blocked: Vec<TaskIndex> = Vec::new();
         while let Some(current) = stack.pop() {
             for dependent in self.dag.node_dependents(current) {
-                if seen[*dependent] {
+                // A soft input's failure does not flow through it: its dependent runs without it.
+                if seen[*dependent] || self.is_soft_edge(current, *dependent) {
                     continue;
                 }
                 if let Some(gate) = self.waivable(active, current, *dependent)
