@@ -353,6 +353,17 @@ impl Store for CrashStore {
             .around("resource_states", self.inner.resource_states(pipeline))
             .await
     }
+    async fn set_flag(&self, flag: keel_store::FlagRecord) -> StoreResult<()> {
+        self.probe.around("set_flag", self.inner.set_flag(flag)).await
+    }
+    async fn clear_flag(&self, pipeline: &str, task: &str) -> StoreResult<bool> {
+        self.probe
+            .around("clear_flag", self.inner.clear_flag(pipeline, task))
+            .await
+    }
+    async fn flags(&self, pipeline: &str) -> StoreResult<Vec<keel_store::FlagRecord>> {
+        self.probe.around("flags", self.inner.flags(pipeline)).await
+    }
     async fn apply(&self, run: RunId, changes: Vec<Change>, at: Millis) -> StoreResult<()> {
         self.probe
             .around("apply", self.inner.apply(run, changes, at))
