@@ -7,6 +7,7 @@
 mod calendar;
 mod dag;
 mod duration;
+pub mod expand;
 mod http;
 mod outcome;
 pub mod schedule;
@@ -19,6 +20,7 @@ pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
+pub use expand::{ExpandSpec, Item, ItemCounts};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
