@@ -541,6 +541,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             uses: Vec::new(),
             wait_for: None,
             when: None,
+            expand: None,
             context: keel_model::TaskContext::default(),
         });
     }

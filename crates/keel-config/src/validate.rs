@@ -12,6 +12,7 @@
 mod alerts;
 mod calendar;
 mod context;
+mod expand;
 mod http;
 mod passes;
 mod resilience;
@@ -85,6 +86,7 @@ const TASK_FIELDS: &[&str] = &[
     "uses",
     "wait_for",
     "when",
+    "expand",
     "cwd",
     "env",
     "env_file",
@@ -111,6 +113,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
         errors: Vec::new(),
         params: Vec::new(),
         partition: PartitionKind::Date,
+        expanding: false,
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -300,6 +303,7 @@ struct RawTask {
     wait_for: Option<RawSensor>,
     when: Option<keel_model::CalendarSpec>,
     context: RawContext,
+    expand: Option<expand::RawExpand>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -331,6 +335,8 @@ struct Checker<'s> {
     /// The pipeline's `partition`, read before anything else like `params`: whether templates
     /// may do date arithmetic. A misspelt value is reported where it is written.
     partition: PartitionKind,
+    /// Whether the task being read has `expand`: whether `{item}` may appear in its templates.
+    expanding: bool,
 }
 
 /// The `partition` of `[pipeline]`, `date` unless it says `none`.
@@ -781,6 +787,7 @@ impl Checker<'_> {
         }
         self.check_phase_graph(&phases);
         self.check_task_graph(&phases, &tasks);
+        self.check_expansions(&phases, &tasks);
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
@@ -1051,7 +1058,9 @@ impl Checker<'_> {
             wait_for: None,
             when: None,
             context: RawContext::default(),
+            expand: None,
         };
+        self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1088,6 +1097,7 @@ impl Checker<'_> {
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
+                "expand" => task.expand = self.expand(key, value, &path),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
@@ -1179,6 +1189,20 @@ impl Checker<'_> {
     ) {
         let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
         for problem in check_templates(text, &params, self.partition) {
+            if let TemplateProblem::Unknown { template, offset } = &problem
+                && keel_model::expand::is_item_placeholder(&template[1..template.len() - 1])
+            {
+                if !self.expanding {
+                    let at = self.map.offset_in_string(&item.span(), text, *offset);
+                    self.errors.push(ConfigError::ItemWithoutExpand {
+                        task: task.to_string(),
+                        field: template_field,
+                        template: template.clone(),
+                        location: self.map.location(at),
+                    });
+                }
+                continue;
+            }
             let (TemplateProblem::Unknown { offset, .. }
             | TemplateProblem::Unclosed { offset }
             | TemplateProblem::UnknownParam { offset, .. }
@@ -1466,6 +1490,7 @@ fn build_spec(
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
                     when: task.when,
+                    expand: task.expand.map(expand::RawExpand::build),
                     context: task.context.over(&defaults.context),
                 }
             })

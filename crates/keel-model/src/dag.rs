@@ -277,6 +277,7 @@ mod tests {
             uses: vec![],
             wait_for: None,
             when: None,
+            expand: None,
             context: Default::default(),
         }
     }

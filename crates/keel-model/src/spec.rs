@@ -240,6 +240,10 @@ pub struct TaskSpec {
     /// nothing is set, so pipelines that set none keep their version.
     #[serde(default, skip_serializing_if = "TaskContext::is_default")]
     pub context: TaskContext,
+    /// Dynamic fan-out (`expand`): one attempt chain per item an upstream task listed. Left out
+    /// of the version when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<crate::ExpandSpec>,
 }
 
 /// Where a task (and its sensor) runs, and with which environment: `cwd`, `env`, `env_file` and
@@ -380,6 +384,7 @@ mod tests {
             uses: vec![],
             wait_for: None,
             when: None,
+            expand: None,
             context: TaskContext::default(),
         };
         let plain = serde_json::to_value(&task).unwrap();

@@ -45,7 +45,7 @@ const SENSOR_MAX_PER_EVERY: u32 = 8;
 
 /// Which shares a field accepts.
 #[derive(Debug, Clone, Copy)]
-enum ShareRange {
+pub(super) enum ShareRange {
     /// `[0, 1]`: a gate's `min` may be 0%.
     ZeroToOne,
     /// `(0, 1]`: a ratio of 0% would trip or exhaust on the first attempt.
@@ -205,7 +205,7 @@ impl Checker<'_> {
     }
 
     /// A percentage string (`"60%"`) or a number (`0.6`), as a share in the given range.
-    fn share(
+    pub(super) fn share(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         field: &str,

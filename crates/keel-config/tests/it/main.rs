@@ -3,6 +3,7 @@
 mod alerts;
 mod context;
 mod errors;
+mod expand;
 mod http;
 mod property;
 mod valid;

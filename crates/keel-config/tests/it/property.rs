@@ -225,6 +225,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         uses,
                         wait_for,
                         when: None,
+                        expand: None,
                         context: Default::default(),
                     });
                 }

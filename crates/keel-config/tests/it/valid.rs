@@ -124,6 +124,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -139,6 +140,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -165,6 +167,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -180,6 +183,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 uses: vec![],
                 wait_for: None,
                 when: None,
+                expand: None,
                 context: Default::default(),
             },
         ],
@@ -346,6 +350,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         uses: vec![],
         wait_for: None,
         when: None,
+        expand: None,
         context: Default::default(),
     };
     let expected = PipelineSpec {

@@ -221,6 +221,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         uses: vec![],
         wait_for: None,
         when: None,
+        expand: None,
         context: Default::default(),
     }
 }
