@@ -163,6 +163,18 @@ CREATE INDEX runs_by_pass ON runs (pipeline, partition, pass, id);
 -- whole log: `recent_events` walks this index backwards from the newest entry of each kind.
 CREATE INDEX events_by_kind ON events (kind, seq);
 "#,
+    r#"
+-- The items of an expanded task (`expand`), recorded once per task and run in the step that read
+-- them: `items` is their JSON list ([{"key": ..., "value": ...}, ...]).
+CREATE TABLE expansions (
+    run_id     INTEGER NOT NULL REFERENCES runs (id),
+    task       TEXT    NOT NULL,
+    items      TEXT    NOT NULL,
+    item_count INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, task)
+);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -1080,6 +1092,28 @@ fn apply_one(
         Change::Event { task, kind, detail } => {
             event(transaction, at, run, task.as_deref(), None, kind, &detail)?;
         }
+        Change::Expand { task, items } => {
+            let listed = serde_json::to_string(&items)
+                .map_err(|error| StoreError::Database(format!("items of task {task:?}: {error}")))?;
+            let count = cached_execute(
+                transaction,
+                "INSERT INTO expansions (run_id, task, items, item_count, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (run_id, task) DO NOTHING",
+                params![run.0, task, listed, items.len() as i64, at],
+            )?;
+            if count > 0 {
+                let detail = format!("{} items", items.len());
+                event(
+                    transaction,
+                    at,
+                    run,
+                    Some(&task),
+                    None,
+                    EventKind::Expanded,
+                    &detail,
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -1776,6 +1810,38 @@ impl Store for SqliteStore {
                 apply_one(transaction, run, change, at)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn expansions(&self, run: RunId) -> StoreResult<Vec<ExpansionRecord>> {
+        self.transact(move |transaction| {
+            let rows = select_all(
+                transaction,
+                "SELECT task, items, created_at FROM expansions WHERE run_id = ?1 ORDER BY task",
+                [run.0],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Millis>(2)?,
+                    ))
+                },
+            )?;
+            rows.into_iter()
+                .map(|(task, listed, created_at)| {
+                    let items = serde_json::from_str(&listed).map_err(|error| {
+                        StoreError::Database(format!(
+                            "the stored items of task {task:?} of run {run} do not read back: {error}"
+                        ))
+                    })?;
+                    Ok(ExpansionRecord {
+                        task,
+                        items,
+                        created_at,
+                    })
+                })
+                .collect()
         })
         .await
     }
