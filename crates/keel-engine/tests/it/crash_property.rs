@@ -564,6 +564,7 @@ impl WorldExecutor {
                 metrics: None,
                 message: None,
                 retry_after: None,
+                items: None,
             }
         });
         let shared = self.world.clone();

@@ -182,6 +182,7 @@ impl Executor for FakeExecutor {
                 metrics: None,
                 message: None,
                 retry_after: None,
+                items: None,
             }
         });
         Ok(Running {
