@@ -11,6 +11,7 @@ mod dashboard_grid;
 mod dashboard_pages;
 mod dashboard_run;
 mod demo;
+mod expand;
 mod faults;
 mod hardening;
 mod history;
