@@ -195,7 +195,8 @@ pub(crate) fn parse_result(bytes: &[u8], source: &str) -> Result<Option<ResultFi
         }
         result.metrics = Some(metrics.to_string());
     }
-    result.items = keel_model::expand::parse_items(&value).map_err(|error| invalid(error.to_string()))?;
+    result.items =
+        keel_model::expand::parse_items(&value).map_err(|error| invalid(error.to_string()))?;
     Ok(Some(result))
 }
 
@@ -412,7 +413,10 @@ mod tests {
                 r#"{"metrics": {"accuracy": "high"}}"#,
                 "metric \"accuracy\" must be a number",
             ),
-            (r#"{"items": "a,b"}"#, "the result's \"items\" is a string, not a list"),
+            (
+                r#"{"items": "a,b"}"#,
+                "the result's \"items\" is a string, not a list",
+            ),
             (r#"{"items": ["a", "a"]}"#, "have the same key \"a\""),
         ] {
             let report = with_result(Some(text), exited(0));

@@ -45,10 +45,11 @@ pub enum ItemsError {
         "the result's \"items\" is {found}, not a list; write \"items\": [\"a\", \"b\"] or a list of objects"
     )]
     NotAList { found: &'static str },
-    #[error(
-        "item {position} of \"items\" is {found}; an item is a string, a number or an object"
-    )]
-    BadItem { position: usize, found: &'static str },
+    #[error("item {position} of \"items\" is {found}; an item is a string, a number or an object")]
+    BadItem {
+        position: usize,
+        found: &'static str,
+    },
     #[error(
         "item {position} of \"items\" has the key {key:?}, which {reason}; keys are 1 to {MAX_KEY_LEN} letters, digits, '.', '_' or '-'"
     )]
@@ -363,10 +364,14 @@ mod tests {
         assert_eq!(&keys[..3], &["0021", "7", "LAL"]);
         assert_eq!(keys[3].len(), 16);
         // The same object always gets the same key, whatever order its fields were written in.
-        let again = parse_items(&json!({"items": [{"id": 3}]})).unwrap().unwrap();
+        let again = parse_items(&json!({"items": [{"id": 3}]}))
+            .unwrap()
+            .unwrap();
         assert_eq!(again[0].key, keys[3]);
-        let one: serde_json::Value = serde_json::from_str(r#"{"items": [{"a": 1, "b": 2}]}"#).unwrap();
-        let two: serde_json::Value = serde_json::from_str(r#"{"items": [{"b": 2, "a": 1}]}"#).unwrap();
+        let one: serde_json::Value =
+            serde_json::from_str(r#"{"items": [{"a": 1, "b": 2}]}"#).unwrap();
+        let two: serde_json::Value =
+            serde_json::from_str(r#"{"items": [{"b": 2, "a": 1}]}"#).unwrap();
         assert_eq!(
             parse_items(&one).unwrap().unwrap()[0].key,
             parse_items(&two).unwrap().unwrap()[0].key
@@ -387,7 +392,10 @@ mod tests {
     #[test]
     fn bad_lists_say_what_and_where() {
         let error = parse_items(&json!({"items": "a,b"})).unwrap_err();
-        assert!(error.to_string().contains("is a string, not a list"), "{error}");
+        assert!(
+            error.to_string().contains("is a string, not a list"),
+            "{error}"
+        );
         let error = parse_items(&json!({"items": ["a", null]})).unwrap_err();
         assert!(error.to_string().starts_with("item 1 of"), "{error}");
         let error = parse_items(&json!({"items": ["a/b"]})).unwrap_err();
@@ -402,7 +410,10 @@ mod tests {
             }
         );
         let error = parse_items(&json!({"items": [{"key": true}]})).unwrap_err();
-        assert!(error.to_string().contains("not a string or a number"), "{error}");
+        assert!(
+            error.to_string().contains("not a string or a number"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -404,10 +404,7 @@ mod tests {
             template.expand_item(&values, Some(&item)),
             r#"box {"key":"0021","team":"LAL"} LAL {item}"#
         );
-        assert_eq!(
-            template.expand(&values),
-            "box {item} {item.team} {item}"
-        );
+        assert_eq!(template.expand(&values), "box {item} {item.team} {item}");
         assert!(!Template::parse("{items}").uses_item());
     }
 

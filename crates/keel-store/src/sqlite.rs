@@ -1093,8 +1093,9 @@ fn apply_one(
             event(transaction, at, run, task.as_deref(), None, kind, &detail)?;
         }
         Change::Expand { task, items } => {
-            let listed = serde_json::to_string(&items)
-                .map_err(|error| StoreError::Database(format!("items of task {task:?}: {error}")))?;
+            let listed = serde_json::to_string(&items).map_err(|error| {
+                StoreError::Database(format!("items of task {task:?}: {error}"))
+            })?;
             let count = cached_execute(
                 transaction,
                 "INSERT INTO expansions (run_id, task, items, item_count, created_at)

@@ -63,8 +63,7 @@ impl Checker<'_> {
                     valid &= from.is_some();
                 }
                 "min" => {
-                    min_share =
-                        self.share(field_value, field, &path, ShareRange::AboveZeroToOne);
+                    min_share = self.share(field_value, field, &path, ShareRange::AboveZeroToOne);
                 }
                 "stall" => stall = self.duration(field_value, field, &path, false),
                 _ => {
@@ -143,5 +142,4 @@ impl Checker<'_> {
             }
         }
     }
-
 }

@@ -106,11 +106,11 @@ pub fn scrape(ctx: &Ctx, source: Source, task: &str, date: Date) -> Result<Repor
         None => report,
     };
     Ok(report
-    .metric("games", games)
-    .metric("requests", feed.client.requests)
-    .metric("connections", feed.client.connects)
-    .metric("bytes", bytes)
-    .metric("waited_s", feed.waited.as_secs_f64()))
+        .metric("games", games)
+        .metric("requests", feed.client.requests)
+        .metric("connections", feed.client.connects)
+        .metric("bytes", bytes)
+        .metric("waited_s", feed.waited.as_secs_f64()))
 }
 
 fn array<'v>(v: &'v Value, field: &str) -> Result<&'v Vec<Value>, TaskError> {
