@@ -542,6 +542,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             wait_for: None,
             when: None,
             edges: Default::default(),
+            expand: None,
             context: keel_model::TaskContext::default(),
         });
     }

@@ -450,6 +450,41 @@ pub enum ConfigError {
     },
 
     #[error(
+        "task {task:?} expands over the items of {from:?}, which is no task ({location}); expand.from names the task whose result lists the items{}",
+        did_you_mean(.suggestion)
+    )]
+    ExpandFromUnknown {
+        task: String,
+        from: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} expands over its own items ({location}); expand.from names an upstream task whose result lists the items"
+    )]
+    ExpandFromItself { task: String, location: Location },
+
+    #[error(
+        "task {task:?} expands over the items of task {from:?}, which it does not wait for ({location}); add {from:?} to its after list, or move {from:?} to a phase that this task's phase runs after"
+    )]
+    ExpandFromNotUpstream {
+        task: String,
+        from: String,
+        location: Location,
+    },
+
+    #[error(
+        "{template} in the {field} of task {task:?} ({location}) has no item to stand for: only a task with expand = {{ from = \"TASK\" }} runs once per item; add expand to the task, or write \"{{{{\" for a literal brace"
+    )]
+    ItemWithoutExpand {
+        task: String,
+        field: &'static str,
+        template: String,
+        location: Location,
+    },
+
+    #[error(
         "{name:?} is listed twice in the {list} of {kind} {owner:?} ({location}); remove the repeat"
     )]
     RepeatedName {
@@ -682,6 +717,10 @@ impl ConfigError {
             | ConfigError::DependencyNotUpstream { location, .. }
             | ConfigError::UnknownInput { location, .. }
             | ConfigError::InputNotUpstream { location, .. }
+            | ConfigError::ExpandFromUnknown { location, .. }
+            | ConfigError::ExpandFromItself { location, .. }
+            | ConfigError::ExpandFromNotUpstream { location, .. }
+            | ConfigError::ItemWithoutExpand { location, .. }
             | ConfigError::RepeatedName { location, .. }
             | ConfigError::InvalidRate { location, .. }
             | ConfigError::InvalidPercentage { location, .. }

@@ -13,6 +13,7 @@ mod alerts;
 mod calendar;
 mod context;
 mod edges;
+mod expand;
 mod http;
 mod passes;
 mod resilience;
@@ -88,6 +89,7 @@ const TASK_FIELDS: &[&str] = &[
     "wait_for",
     "when",
     "inputs",
+    "expand",
     "cwd",
     "env",
     "env_file",
@@ -114,6 +116,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
         errors: Vec::new(),
         params: Vec::new(),
         partition: PartitionKind::Date,
+        expanding: false,
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -307,6 +310,7 @@ struct RawTask {
     soft: Vec<String>,
     /// `inputs = [...]`, when written.
     inputs: Option<Vec<NameRef>>,
+    expand: Option<expand::RawExpand>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -338,6 +342,8 @@ struct Checker<'s> {
     /// The pipeline's `partition`, read before anything else like `params`: whether templates
     /// may do date arithmetic. A misspelt value is reported where it is written.
     partition: PartitionKind,
+    /// Whether the task being read has `expand`: whether `{item}` may appear in its templates.
+    expanding: bool,
 }
 
 /// The `partition` of `[pipeline]`, `date` unless it says `none`.
@@ -817,6 +823,7 @@ impl Checker<'_> {
         }
         self.check_phase_graph(&phases);
         self.check_task_graph(&phases, &tasks);
+        self.check_expansions(&phases, &tasks);
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
@@ -1089,7 +1096,9 @@ impl Checker<'_> {
             context: RawContext::default(),
             soft: Vec::new(),
             inputs: None,
+            expand: None,
         };
+        self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1129,6 +1138,7 @@ impl Checker<'_> {
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
+                "expand" => task.expand = self.expand(key, value, &path),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
@@ -1220,6 +1230,20 @@ impl Checker<'_> {
     ) {
         let params: Vec<&str> = self.params.iter().map(String::as_str).collect();
         for problem in check_templates(text, &params, self.partition) {
+            if let TemplateProblem::Unknown { template, offset } = &problem
+                && keel_model::expand::is_item_placeholder(&template[1..template.len() - 1])
+            {
+                if !self.expanding {
+                    let at = self.map.offset_in_string(&item.span(), text, *offset);
+                    self.errors.push(ConfigError::ItemWithoutExpand {
+                        task: task.to_string(),
+                        field: template_field,
+                        template: template.clone(),
+                        location: self.map.location(at),
+                    });
+                }
+                continue;
+            }
             let (TemplateProblem::Unknown { offset, .. }
             | TemplateProblem::Unclosed { offset }
             | TemplateProblem::UnknownParam { offset, .. }
@@ -1508,6 +1532,7 @@ fn build_spec(
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
                     when: task.when,
+                    expand: task.expand.map(expand::RawExpand::build),
                     context: task.context.over(&defaults.context),
                     edges: keel_model::TaskEdges {
                         soft: task.soft,

@@ -342,6 +342,7 @@ async fn send(
         metrics: None,
         message: None,
         retry_after: None,
+        items: None,
     };
     if status.is_success() && json && outcome == Outcome::Succeeded {
         match parse_result(&body, &format!("response body of {what}")) {
@@ -350,6 +351,7 @@ async fn send(
                 report.outcome = outcome;
                 report.rows = result.rows;
                 report.metrics = result.metrics;
+                report.items = result.items;
                 report.message = result.message.map(|message| redact(&message, &secrets));
             }
             Ok(None) => {}

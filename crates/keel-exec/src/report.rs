@@ -43,6 +43,9 @@ pub struct Report {
     /// How long the service asked to be left alone (an HTTP `Retry-After`): a *not ready*
     /// attempt is checked again no sooner.
     pub retry_after: Option<std::time::Duration>,
+    /// The result's `"items"`, for a task others expand over (`expand`): `None` when the
+    /// result lists none.
+    pub items: Option<Vec<keel_model::Item>>,
 }
 
 impl Report {
@@ -54,6 +57,7 @@ impl Report {
             metrics: None,
             message: Some(message.into()),
             retry_after: None,
+            items: None,
         }
     }
 }
@@ -65,6 +69,7 @@ pub(crate) struct ResultFile {
     pub(crate) message: Option<String>,
     pub(crate) rows: Option<i64>,
     pub(crate) metrics: Option<String>,
+    pub(crate) items: Option<Vec<keel_model::Item>>,
 }
 
 /// The most a result file may hold. Keel reads it whole, in its own process, so a task that
@@ -190,6 +195,8 @@ pub(crate) fn parse_result(bytes: &[u8], source: &str) -> Result<Option<ResultFi
         }
         result.metrics = Some(metrics.to_string());
     }
+    result.items =
+        keel_model::expand::parse_items(&value).map_err(|error| invalid(error.to_string()))?;
     Ok(Some(result))
 }
 
@@ -273,9 +280,9 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             ),
         },
     };
-    let (rows, metrics, result_message) = match result {
-        Ok(Some(file)) => (file.rows, file.metrics, file.message),
-        _ => (None, None, None),
+    let (rows, metrics, result_message, items) = match result {
+        Ok(Some(file)) => (file.rows, file.metrics, file.message, file.items),
+        _ => (None, None, None, None),
     };
     if let Some(result_message) = result_message {
         message = Some(match message {
@@ -307,6 +314,7 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
         metrics,
         message,
         retry_after: None,
+        items,
     }
 }
 
@@ -376,6 +384,24 @@ mod tests {
     }
 
     #[test]
+    fn the_result_file_carries_the_items_others_expand_over() {
+        let report = with_result(
+            Some(r#"{"items": ["0021", {"key": "0022", "home": "LAL"}], "rows": 2}"#),
+            exited(0),
+        );
+        assert_eq!(report.outcome, Outcome::Succeeded);
+        let items = report.items.unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].key, "0022");
+        assert_eq!(items[1].field("home"), "LAL");
+        assert_eq!(with_result(Some("{}"), exited(0)).items, None);
+        assert_eq!(
+            with_result(Some(r#"{"items": []}"#), exited(0)).items,
+            Some(vec![])
+        );
+    }
+
+    #[test]
     fn a_malformed_result_file_fails_the_attempt_with_the_file_and_the_error() {
         for (text, expected) in [
             ("{not json", "invalid result file"),
@@ -387,6 +413,11 @@ mod tests {
                 r#"{"metrics": {"accuracy": "high"}}"#,
                 "metric \"accuracy\" must be a number",
             ),
+            (
+                r#"{"items": "a,b"}"#,
+                "the result's \"items\" is a string, not a list",
+            ),
+            (r#"{"items": ["a", "a"]}"#, "have the same key \"a\""),
         ] {
             let report = with_result(Some(text), exited(0));
             assert_eq!(report.outcome, Outcome::Failed, "{text}");

@@ -278,6 +278,7 @@ mod tests {
             wait_for: None,
             when: None,
             edges: Default::default(),
+            expand: None,
             context: Default::default(),
         }
     }

@@ -8,6 +8,7 @@ mod calendar;
 mod dag;
 mod duration;
 mod flag;
+pub mod expand;
 mod http;
 mod outcome;
 pub mod schedule;
@@ -22,6 +23,7 @@ pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use flag::FlagState;
+pub use expand::{ExpandSpec, Item, ItemCounts};
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,

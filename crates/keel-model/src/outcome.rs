@@ -175,6 +175,7 @@ named_enum!(
         PipelineChanged => "pipeline_changed",
         Accepted => "accepted",
         Pruned => "pruned",
+        Expanded => "expanded",
     }
 );
 

@@ -260,6 +260,10 @@ pub struct TaskSpec {
     /// upstream phases it reads (`inputs`). Left out of the version when nothing is set.
     #[serde(default, skip_serializing_if = "TaskEdges::is_default")]
     pub edges: TaskEdges,
+    /// Dynamic fan-out (`expand`): one attempt chain per item an upstream task listed. Left out
+    /// of the version when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<crate::ExpandSpec>,
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -428,6 +432,7 @@ mod tests {
             wait_for: None,
             when: None,
             edges: Default::default(),
+            expand: None,
             context: TaskContext::default(),
         };
         let plain = serde_json::to_value(&task).unwrap();

@@ -232,6 +232,12 @@ enum Segment {
     Value(Placeholder),
     /// `{param.NAME}`, by name.
     Param(String),
+    /// `{item}` (`None`) or `{item.FIELD}` of an expanded task's item (`crate::expand`);
+    /// `written` stands for itself when there is no item.
+    Item {
+        field: Option<String>,
+        written: String,
+    },
     /// `{date-1d:%Y%m%d}` and the like; `written` is the placeholder as written, braces
     /// included, which stands for itself when the partition is no date.
     Date {
@@ -289,6 +295,14 @@ impl Template {
                 let segment = match (placeholder, name.strip_prefix(PARAM_PREFIX)) {
                     (Some(placeholder), _) => Some(Segment::Value(placeholder)),
                     (None, Some(param)) => Some(Segment::Param(param.to_string())),
+                    (None, None) if crate::expand::is_item_placeholder(name) => {
+                        Some(Segment::Item {
+                            field: name
+                                .strip_prefix(crate::expand::ITEM_FIELD_PREFIX)
+                                .map(str::to_string),
+                            written: tail[..=close].to_string(),
+                        })
+                    }
                     (None, None) => match date_form(name) {
                         Some(Ok(form)) => Some(Segment::Date {
                             form,
@@ -318,6 +332,24 @@ impl Template {
 
     /// The text with every placeholder replaced by its value.
     pub fn expand(&self, values: &TemplateValues<'_>) -> String {
+        self.expand_item(values, None)
+    }
+
+    /// Whether the template holds `{item}` or `{item.FIELD}`.
+    pub fn uses_item(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|segment| matches!(segment, Segment::Item { .. }))
+    }
+
+    /// [`Template::expand`] for one item of an expanded task: `{item}` is the item's text and
+    /// `{item.FIELD}` its field ([`crate::Item::text`], [`crate::Item::field`]). Without an item
+    /// they stand for themselves.
+    pub fn expand_item(
+        &self,
+        values: &TemplateValues<'_>,
+        item: Option<&crate::expand::Item>,
+    ) -> String {
         let mut out = String::new();
         for segment in &self.segments {
             match segment {
@@ -331,6 +363,11 @@ impl Template {
                 Segment::Param(name) => {
                     out.push_str(values.params.get(name).map_or("", String::as_str))
                 }
+                Segment::Item { field, written } => match (item, field) {
+                    (None, _) => out.push_str(written),
+                    (Some(item), None) => out.push_str(&item.text()),
+                    (Some(item), Some(field)) => out.push_str(&item.field(field)),
+                },
                 Segment::Date { form, written } => match format_date(values.date, form) {
                     Some(date) => out.push_str(&date),
                     None => out.push_str(written),
@@ -344,6 +381,32 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_placeholders_expand_per_item() {
+        let params = BTreeMap::new();
+        let values = TemplateValues {
+            date: "2026-01-18",
+            partition: "2026-01-18",
+            run_id: "7",
+            task: "box_scores[0021]",
+            attempt: "1",
+            pass: "",
+            params: &params,
+        };
+        let template = Template::parse("box {item} {item.team} {{item}}");
+        assert!(template.uses_item());
+        let item = crate::expand::Item {
+            key: "0021".into(),
+            value: serde_json::json!({"key": "0021", "team": "LAL"}),
+        };
+        assert_eq!(
+            template.expand_item(&values, Some(&item)),
+            r#"box {"key":"0021","team":"LAL"} LAL {item}"#
+        );
+        assert_eq!(template.expand(&values), "box {item} {item.team} {item}");
+        assert!(!Template::parse("{items}").uses_item());
+    }
 
     #[test]
     fn accepts_known_placeholders_and_escaped_braces() {

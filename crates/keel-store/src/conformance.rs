@@ -11,7 +11,7 @@
 
 use std::future::Future;
 
-use keel_model::{Outcome, RunState, TaskState};
+use keel_model::{EventKind, Outcome, RunId, RunState, TaskState};
 
 use crate::*;
 
@@ -100,6 +100,7 @@ where
     runs_of_a_pass_are_kept_apart(make().await).await;
     recent_events_are_the_newest_of_some_kinds_in_one_pipeline(make().await).await;
     flags_are_set_replaced_listed_and_cleared_per_pipeline(make().await).await;
+    an_expansion_is_recorded_once(make().await).await;
 }
 
 async fn flags_are_set_replaced_listed_and_cleared_per_pipeline<S: Store>(store: S) {
@@ -141,6 +142,84 @@ async fn flags_are_set_replaced_listed_and_cleared_per_pipeline<S: Store>(store:
         vec![flag("hoops", "predictions", "25%", 4)]
     );
     assert_eq!(store.flags("other").await.unwrap().len(), 1);
+}
+
+/// The items of an expanded task are recorded with the step that read them, once: a second
+/// record of the same task in the same run (a step replayed after a crash, an upstream task that
+/// ran again) changes nothing, so a run never expands twice or differently. An empty list is
+/// recorded too, and each run keeps its own.
+async fn an_expansion_is_recorded_once<S: Store>(store: S) {
+    let item = |key: &str, value: serde_json::Value| keel_model::Item {
+        key: key.into(),
+        value,
+    };
+    let run = store
+        .create_run(new_run("2026-01-01", &["list", "box", "empty"]))
+        .await
+        .unwrap();
+    let other = store
+        .create_run(new_run("2026-01-02", &["list", "box", "empty"]))
+        .await
+        .unwrap();
+    let first = vec![
+        item("0021", serde_json::json!("0021")),
+        item("LAL", serde_json::json!({"key": "LAL", "city": "LA"})),
+    ];
+    let expand = |run: RunId, task: &str, items: Vec<keel_model::Item>| Write::Run {
+        run,
+        change: Change::Expand {
+            task: task.into(),
+            items,
+        },
+    };
+    store
+        .commit(
+            vec![
+                expand(run.id, "box", first.clone()),
+                expand(run.id, "empty", vec![]),
+            ],
+            2_000,
+        )
+        .await
+        .unwrap();
+    store
+        .commit(
+            vec![
+                expand(run.id, "box", vec![item("x", serde_json::json!("x"))]),
+                expand(other.id, "box", vec![item("y", serde_json::json!("y"))]),
+            ],
+            3_000,
+        )
+        .await
+        .unwrap();
+    let recorded = store.expansions(run.id).await.unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            ExpansionRecord {
+                task: "box".into(),
+                items: first,
+                created_at: 2_000,
+            },
+            ExpansionRecord {
+                task: "empty".into(),
+                items: vec![],
+                created_at: 2_000,
+            },
+        ]
+    );
+    let elsewhere = store.expansions(other.id).await.unwrap();
+    assert_eq!(elsewhere.len(), 1);
+    assert_eq!(elsewhere[0].items[0].key, "y");
+    let expanded: Vec<String> = store
+        .events(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == EventKind::Expanded)
+        .map(|event| event.detail)
+        .collect();
+    assert_eq!(expanded, vec!["2 items", "0 items"]);
 }
 
 /// A run records its pass. The newest run of a partition is looked up per pass; a fire of a

@@ -322,6 +322,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         changes: Vec<Change>,
         at: keel_model::Millis,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The items of a run's expanded tasks, as recorded with [`Change::Expand`], by task name.
+    fn expansions(
+        &self,
+        run: RunId,
+    ) -> impl Future<Output = StoreResult<Vec<ExpansionRecord>>> + Send;
     /// The gates of a run, as last recorded with [`Change::Gate`].
     fn gates(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<GateRecord>>> + Send;
     /// Appends a free-form event (for example why a task ran again).

@@ -81,6 +81,22 @@ pub enum Change {
         kind: EventKind,
         detail: String,
     },
+    /// Records the items an expanded task (`expand`) runs over, in the step that read them from
+    /// its upstream task's result. The first record of a task in a run is kept and any later
+    /// one ignored, so a run never expands twice or differently.
+    Expand {
+        task: String,
+        items: Vec<keel_model::Item>,
+    },
+}
+
+/// The items an expanded task of a run runs over, as recorded with [`Change::Expand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpansionRecord {
+    pub task: String,
+    /// In the order the upstream task listed them.
+    pub items: Vec<keel_model::Item>,
+    pub created_at: Millis,
 }
 
 /// One write of [`crate::Store::commit`]: everything one step of the engine decided, committed

@@ -173,6 +173,15 @@ CREATE TABLE flags (
     set_at   INTEGER NOT NULL,
     set_by   TEXT    NOT NULL,
     PRIMARY KEY (pipeline, task)
+-- The items of an expanded task (`expand`), recorded once per task and run in the step that read
+-- them: `items` is their JSON list ([{"key": ..., "value": ...}, ...]).
+CREATE TABLE expansions (
+    run_id     INTEGER NOT NULL REFERENCES runs (id),
+    task       TEXT    NOT NULL,
+    items      TEXT    NOT NULL,
+    item_count INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, task)
 );
 "#,
 ];
@@ -1092,6 +1101,29 @@ fn apply_one(
         Change::Event { task, kind, detail } => {
             event(transaction, at, run, task.as_deref(), None, kind, &detail)?;
         }
+        Change::Expand { task, items } => {
+            let listed = serde_json::to_string(&items).map_err(|error| {
+                StoreError::Database(format!("items of task {task:?}: {error}"))
+            })?;
+            let count = cached_execute(
+                transaction,
+                "INSERT INTO expansions (run_id, task, items, item_count, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (run_id, task) DO NOTHING",
+                params![run.0, task, listed, items.len() as i64, at],
+            )?;
+            if count > 0 {
+                let detail = format!("{} items", items.len());
+                event(
+                    transaction,
+                    at,
+                    run,
+                    Some(&task),
+                    None,
+                    EventKind::Expanded,
+                    &detail,
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -1788,6 +1820,38 @@ impl Store for SqliteStore {
                 apply_one(transaction, run, change, at)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn expansions(&self, run: RunId) -> StoreResult<Vec<ExpansionRecord>> {
+        self.transact(move |transaction| {
+            let rows = select_all(
+                transaction,
+                "SELECT task, items, created_at FROM expansions WHERE run_id = ?1 ORDER BY task",
+                [run.0],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Millis>(2)?,
+                    ))
+                },
+            )?;
+            rows.into_iter()
+                .map(|(task, listed, created_at)| {
+                    let items = serde_json::from_str(&listed).map_err(|error| {
+                        StoreError::Database(format!(
+                            "the stored items of task {task:?} of run {run} do not read back: {error}"
+                        ))
+                    })?;
+                    Ok(ExpansionRecord {
+                        task,
+                        items,
+                        created_at,
+                    })
+                })
+                .collect()
         })
         .await
     }

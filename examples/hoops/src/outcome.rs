@@ -71,6 +71,9 @@ pub struct Report {
     pub message: String,
     pub rows: u64,
     pub metrics: Map<String, Value>,
+    /// `"items"`: what a task that expands over this one (`expand` in keel.toml) runs once per
+    /// item; `None` writes no list.
+    pub items: Option<Vec<Value>>,
 }
 
 impl Report {
@@ -80,6 +83,7 @@ impl Report {
             message: message.into(),
             rows,
             metrics: Map::new(),
+            items: None,
         }
     }
 
@@ -89,11 +93,17 @@ impl Report {
             message: format!("no games on {date}"),
             rows: 0,
             metrics: Map::new(),
+            items: None,
         }
     }
 
     pub fn metric(mut self, name: &str, value: impl Into<Value>) -> Report {
         self.metrics.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn items(mut self, items: Vec<Value>) -> Report {
+        self.items = Some(items);
         self
     }
 
@@ -108,6 +118,9 @@ impl Report {
         doc.insert("rows".into(), json!(self.rows));
         if !self.metrics.is_empty() {
             doc.insert("metrics".into(), Value::Object(self.metrics.clone()));
+        }
+        if let Some(items) = &self.items {
+            doc.insert("items".into(), Value::Array(items.clone()));
         }
         Value::Object(doc)
     }

@@ -15,6 +15,7 @@ mod dashboard_pages;
 mod dashboard_run;
 mod demo;
 mod edges;
+mod expand;
 mod faults;
 mod hardening;
 mod history;

@@ -4,6 +4,7 @@ mod alerts;
 mod context;
 mod edges;
 mod errors;
+mod expand;
 mod http;
 mod property;
 mod valid;

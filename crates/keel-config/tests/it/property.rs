@@ -226,6 +226,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         wait_for,
                         when: None,
                         edges: Default::default(),
+                        expand: None,
                         context: Default::default(),
                     });
                 }

@@ -125,6 +125,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 edges: Default::default(),
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -141,6 +142,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 edges: Default::default(),
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -168,6 +170,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 edges: Default::default(),
+                expand: None,
                 context: Default::default(),
             },
             TaskSpec {
@@ -184,6 +187,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 edges: Default::default(),
+                expand: None,
                 context: Default::default(),
             },
         ],
@@ -351,6 +355,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         wait_for: None,
         when: None,
         edges: Default::default(),
+        expand: None,
         context: Default::default(),
     };
     let expected = PipelineSpec {

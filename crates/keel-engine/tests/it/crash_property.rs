@@ -369,6 +369,11 @@ impl Store for CrashStore {
             .around("apply", self.inner.apply(run, changes, at))
             .await
     }
+    async fn expansions(&self, run: RunId) -> StoreResult<Vec<keel_store::ExpansionRecord>> {
+        self.probe
+            .around("expansions", self.inner.expansions(run))
+            .await
+    }
     async fn gates(&self, run: RunId) -> StoreResult<Vec<GateRecord>> {
         self.probe.around("gates", self.inner.gates(run)).await
     }
@@ -570,6 +575,7 @@ impl WorldExecutor {
                 metrics: None,
                 message: None,
                 retry_after: None,
+                items: None,
             }
         });
         let shared = self.world.clone();

@@ -183,6 +183,7 @@ impl Executor for FakeExecutor {
                 metrics: None,
                 message: None,
                 retry_after: None,
+                items: None,
             }
         });
         Ok(Running {
@@ -223,6 +224,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         wait_for: None,
         when: None,
         edges: Default::default(),
+        expand: None,
         context: Default::default(),
     }
 }

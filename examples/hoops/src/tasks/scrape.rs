@@ -12,10 +12,25 @@ use crate::warehouse::{self, Table};
 
 pub fn scrape(ctx: &Ctx, source: Source, task: &str, date: Date) -> Result<Report, TaskError> {
     let mut feed = ctx.feed_client()?;
+    // The scoreboard lists the day's games as items, for the tasks that run once per game.
+    let mut items = None;
     let (body, games, records) = match source {
         Source::Scoreboard => {
             let v = feed.get_json(&format!("/scoreboard/{date}"))?;
-            let n = array(&v, "games")?.len();
+            let listed = array(&v, "games")?;
+            let n = listed.len();
+            items = Some(
+                listed
+                    .iter()
+                    .map(|g| {
+                        json!({
+                            "key": g["game_id"],
+                            "home": g["home"],
+                            "away": g["away"],
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
             (v, n, n)
         }
         Source::Boxscores => {
@@ -82,15 +97,20 @@ pub fn scrape(ctx: &Ctx, source: Source, task: &str, date: Date) -> Result<Repor
     if games == 0 {
         return Ok(Report::no_games(date));
     }
-    Ok(Report::ok(
+    let report = Report::ok(
         records as u64,
         format!("{records} {} records from {games} games", source.as_str()),
-    )
-    .metric("games", games)
-    .metric("requests", feed.client.requests)
-    .metric("connections", feed.client.connects)
-    .metric("bytes", bytes)
-    .metric("waited_s", feed.waited.as_secs_f64()))
+    );
+    let report = match items {
+        Some(items) => report.items(items),
+        None => report,
+    };
+    Ok(report
+        .metric("games", games)
+        .metric("requests", feed.client.requests)
+        .metric("connections", feed.client.connects)
+        .metric("bytes", bytes)
+        .metric("waited_s", feed.waited.as_secs_f64()))
 }
 
 fn array<'v>(v: &'v Value, field: &str) -> Result<&'v Vec<Value>, TaskError> {

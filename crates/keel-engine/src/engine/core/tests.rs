@@ -29,6 +29,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         wait_for: None,
         when: None,
         edges: Default::default(),
+        expand: None,
         context: Default::default(),
     }
 }

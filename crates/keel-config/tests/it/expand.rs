@@ -1,0 +1,118 @@
+//! `expand`: a task's dynamic fan-out, its errors as snapshots and a valid one as a spec.
+
+use std::time::Duration;
+
+use insta::assert_snapshot;
+use keel_model::ExpandSpec;
+
+use crate::errors_of;
+
+const PHASES: &str = r#"[pipeline]
+name = "hoops"
+
+[phases.discover]
+[phases.scrape]
+after = ["discover"]
+
+[tasks.list_games]
+phase = "discover"
+command = ["hoops", "games", "{date}"]
+"#;
+
+#[test]
+fn a_valid_expansion_becomes_the_spec() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{PHASES}
+[tasks.box_scores]
+phase = "scrape"
+command = ["hoops", "box-score", "{{item}}", "{{item.home}}"]
+expand = {{ from = "list_games", min = "95%", stall = "15m" }}
+
+[tasks.roster]
+phase = "discover"
+after = ["list_games"]
+command = ["hoops", "roster", "{{item}}"]
+expand = {{ from = "list_games" }}
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    let box_scores = spec.task("box_scores").unwrap();
+    assert_eq!(
+        box_scores.expand,
+        Some(ExpandSpec {
+            from: "list_games".into(),
+            min_share: 0.95,
+            stall: Duration::from_secs(15 * 60),
+        })
+    );
+    assert_eq!(box_scores.command[2], "{item}");
+    // Defaults: every item, a 10-minute stall; a task of the same phase in `after` is upstream.
+    let roster = spec.task("roster").unwrap();
+    assert_eq!(roster.expand.as_ref().unwrap().min_share, 1.0);
+    assert_eq!(
+        roster.expand.as_ref().unwrap().stall,
+        Duration::from_secs(600)
+    );
+    assert!(spec.task("list_games").unwrap().expand.is_none());
+}
+
+#[test]
+fn bad_expansions() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{PHASES}
+[tasks.typo]
+phase = "scrape"
+command = ["true"]
+expand = {{ from = "list_gams" }}
+
+[tasks.itself]
+phase = "scrape"
+command = ["true"]
+expand = {{ from = "itself" }}
+
+[tasks.sibling]
+phase = "scrape"
+command = ["true"]
+expand = {{ from = "typo" }}
+
+[tasks.later]
+phase = "discover"
+command = ["true"]
+expand = {{ from = "sibling" }}
+
+[tasks.no_from]
+phase = "scrape"
+command = ["true"]
+expand = {{ min = "90%" }}
+
+[tasks.bad_fields]
+phase = "scrape"
+command = ["true"]
+expand = {{ from = "list_games", min = "0%", stall = "soon", each = "game" }}
+
+[tasks.not_a_table]
+phase = "scrape"
+command = ["true"]
+expand = "list_games"
+"#
+    )));
+}
+
+#[test]
+fn item_placeholders_need_an_expansion() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{PHASES}
+[tasks.box_scores]
+phase = "scrape"
+command = ["hoops", "box-score", "--game={{item}}", "{{item.home}}", "{{{{item}}}}"]
+
+[tasks.fine]
+phase = "scrape"
+command = ["hoops", "box-score", "{{item.home}}", "{{items}}"]
+expand = {{ from = "list_games" }}
+"#
+    )));
+}
