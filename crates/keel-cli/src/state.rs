@@ -542,6 +542,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             wait_for: None,
             when: None,
             context: keel_model::TaskContext::default(),
+            not_ready: None,
         });
     }
 }

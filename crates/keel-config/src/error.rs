@@ -776,6 +776,14 @@ fn missing_hint(table: &str, field: &str) -> String {
         "command" if table.ends_with(".wait_for") => EXAMPLE_SENSOR_COMMAND.to_string(),
         "command" => EXAMPLE_COMMAND.to_string(),
         "ratio" => "add ratio = \"20%\"".to_string(),
+        "every" if table.ends_with(".not_ready") => {
+            "add every = \"2h\": how long to wait after a not-ready answer before asking again"
+                .to_string()
+        }
+        "max" if table.ends_with(".not_ready") => {
+            "add max = 12: how many not-ready answers the task may give before it ends not_ready"
+                .to_string()
+        }
         other => format!("add {other} = ..."),
     }
 }

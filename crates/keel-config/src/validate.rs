@@ -15,6 +15,7 @@ mod context;
 mod http;
 mod passes;
 mod resilience;
+mod timing;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -89,6 +90,7 @@ const TASK_FIELDS: &[&str] = &[
     "env",
     "env_file",
     "inherit_env",
+    "not_ready",
 ];
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -300,6 +302,7 @@ struct RawTask {
     wait_for: Option<RawSensor>,
     when: Option<keel_model::CalendarSpec>,
     context: RawContext,
+    not_ready: Option<keel_model::NotReadyPolicy>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1051,6 +1054,7 @@ impl Checker<'_> {
             wait_for: None,
             when: None,
             context: RawContext::default(),
+            not_ready: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -1092,6 +1096,7 @@ impl Checker<'_> {
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
+                "not_ready" => task.not_ready = self.not_ready(key, value, &path),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1467,6 +1472,7 @@ fn build_spec(
                     wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
                     when: task.when,
                     context: task.context.over(&defaults.context),
+                    not_ready: task.not_ready,
                 }
             })
             .collect(),

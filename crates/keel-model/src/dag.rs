@@ -278,6 +278,7 @@ mod tests {
             wait_for: None,
             when: None,
             context: Default::default(),
+            not_ready: None,
         }
     }
 

@@ -240,6 +240,10 @@ pub struct TaskSpec {
     /// nothing is set, so pipelines that set none keep their version.
     #[serde(default, skip_serializing_if = "TaskContext::is_default")]
     pub context: TaskContext,
+    /// How an attempt that ends *not ready* is retried (`not_ready`); without it, with backoff
+    /// until `deadline`. Left out of the version when unset, so pipelines keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<crate::NotReadyPolicy>,
 }
 
 /// Where a task (and its sensor) runs, and with which environment: `cwd`, `env`, `env_file` and
@@ -381,9 +385,11 @@ mod tests {
             wait_for: None,
             when: None,
             context: TaskContext::default(),
+            not_ready: None,
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");
+        assert!(plain.get("not_ready").is_none(), "{plain}");
         let with_cwd = TaskSpec {
             context: TaskContext {
                 cwd: Some("work".into()),

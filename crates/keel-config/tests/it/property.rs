@@ -226,6 +226,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         wait_for,
                         when: None,
                         context: Default::default(),
+                        not_ready: None,
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

@@ -125,6 +125,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -140,6 +141,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -166,6 +168,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -181,6 +184,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 wait_for: None,
                 when: None,
                 context: Default::default(),
+                not_ready: None,
             },
         ],
         resources: vec![],
@@ -347,6 +351,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         wait_for: None,
         when: None,
         context: Default::default(),
+        not_ready: None,
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

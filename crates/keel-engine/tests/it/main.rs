@@ -222,6 +222,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         wait_for: None,
         when: None,
         context: Default::default(),
+        not_ready: None,
     }
 }
 
