@@ -544,6 +544,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             edges: Default::default(),
             expand: None,
             context: keel_model::TaskContext::default(),
+            not_ready: None,
         });
     }
 }

@@ -852,6 +852,14 @@ fn missing_hint(table: &str, field: &str) -> String {
         "task" if table.contains(".after[") => {
             "add task = \"NAME\", naming the task to wait for".to_string()
         }
+        "every" if table.ends_with(".not_ready") => {
+            "add every = \"2h\": how long to wait after a not-ready answer before asking again"
+                .to_string()
+        }
+        "max" if table.ends_with(".not_ready") => {
+            "add max = 12: how many not-ready answers the task may give before it ends not_ready"
+                .to_string()
+        }
         other => format!("add {other} = ..."),
     }
 }

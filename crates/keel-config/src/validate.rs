@@ -18,6 +18,7 @@ mod http;
 mod passes;
 mod resilience;
 mod tiers;
+mod timing;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -94,6 +95,7 @@ const TASK_FIELDS: &[&str] = &[
     "env",
     "env_file",
     "inherit_env",
+    "not_ready",
 ];
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -311,6 +313,7 @@ struct RawTask {
     /// `inputs = [...]`, when written.
     inputs: Option<Vec<NameRef>>,
     expand: Option<expand::RawExpand>,
+    not_ready: Option<keel_model::NotReadyPolicy>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1097,6 +1100,7 @@ impl Checker<'_> {
             soft: Vec::new(),
             inputs: None,
             expand: None,
+            not_ready: None,
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1143,6 +1147,7 @@ impl Checker<'_> {
                 "retries" => task.retries = self.retries(value, &format!("{path}.retries"), &path),
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
+                "not_ready" => task.not_ready = self.not_ready(key, value, &path),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1540,6 +1545,7 @@ fn build_spec(
                             .inputs
                             .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),
                     },
+                    not_ready: task.not_ready,
                 }
             })
             .collect(),

@@ -280,6 +280,7 @@ mod tests {
             edges: Default::default(),
             expand: None,
             context: Default::default(),
+            not_ready: None,
         }
     }
 

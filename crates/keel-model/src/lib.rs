@@ -10,6 +10,7 @@ mod duration;
 mod flag;
 pub mod expand;
 mod http;
+mod not_ready;
 mod outcome;
 pub mod schedule;
 mod spec;
@@ -28,6 +29,7 @@ pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
 };
+pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,

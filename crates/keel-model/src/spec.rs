@@ -264,6 +264,10 @@ pub struct TaskSpec {
     /// of the version when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<crate::ExpandSpec>,
+    /// How an attempt that ends *not ready* is retried (`not_ready`); without it, with backoff
+    /// until `deadline`. Left out of the version when unset, so pipelines keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<crate::NotReadyPolicy>,
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -434,9 +438,11 @@ mod tests {
             edges: Default::default(),
             expand: None,
             context: TaskContext::default(),
+            not_ready: None,
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");
+        assert!(plain.get("not_ready").is_none(), "{plain}");
         let with_cwd = TaskSpec {
             context: TaskContext {
                 cwd: Some("work".into()),

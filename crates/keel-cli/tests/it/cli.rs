@@ -1721,6 +1721,51 @@ retries = { attempts = 1, initial = "20ms", max = "100ms" }
 }
 
 #[test]
+fn a_not_ready_policy_asks_every_interval_max_times_past_the_deadline() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.never_ready]
+phase = "main"
+command = ["sh", "-c", "date +%s%N >> never_ready.ledger; exit 75"]
+deadline = "10ms"
+retries = { attempts = 2, initial = "10ms", max = "10ms" }
+not_ready = { every = "700ms", max = 3 }
+
+[tasks.ready_on_second_check]
+phase = "main"
+command = ["sh", "-c", "test {attempt} -ge 2 || exit 75"]
+not_ready = { every = "300ms", max = 5 }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(1), "{}", ran.transcript());
+
+    let never = project.task(DAY, "never_ready");
+    assert_eq!(never["outcome"], "not_ready", "{never}");
+    assert_eq!(
+        never["attempts"], 3,
+        "max checks, past the 10ms deadline: {never}"
+    );
+    let stamps: Vec<u128> = project
+        .read("never_ready.ledger")
+        .lines()
+        .map(|line| line.trim().parse().unwrap())
+        .collect();
+    assert_eq!(stamps.len(), 3);
+    for pair in stamps.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 700_000_000,
+            "asked again sooner than every: {stamps:?}"
+        );
+    }
+    let table = project.table(DAY);
+    assert!(table.contains("3 times at most"), "{table}");
+
+    let ready = project.task(DAY, "ready_on_second_check");
+    assert_eq!(ready["outcome"], "succeeded", "{ready}");
+    assert_eq!(ready["attempts"], 2, "{ready}");
+}
+
+#[test]
 fn downstream_of_a_failure_is_upstream_failed() {
     let project = Project::new(
         r#"[pipeline]

@@ -7,6 +7,7 @@ mod errors;
 mod expand;
 mod http;
 mod property;
+mod timing;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

@@ -228,6 +228,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         edges: Default::default(),
                         expand: None,
                         context: Default::default(),
+                        not_ready: None,
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

@@ -127,6 +127,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 edges: Default::default(),
                 expand: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -144,6 +145,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 edges: Default::default(),
                 expand: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -172,6 +174,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 edges: Default::default(),
                 expand: None,
                 context: Default::default(),
+                not_ready: None,
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -189,6 +192,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 edges: Default::default(),
                 expand: None,
                 context: Default::default(),
+                not_ready: None,
             },
         ],
         resources: vec![],
@@ -357,6 +361,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         edges: Default::default(),
         expand: None,
         context: Default::default(),
+        not_ready: None,
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

@@ -226,6 +226,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         edges: Default::default(),
         expand: None,
         context: Default::default(),
+        not_ready: None,
     }
 }
 

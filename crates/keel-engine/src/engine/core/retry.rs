@@ -70,6 +70,11 @@ impl Core {
         }
         let deadline = task_spec.deadline.as_millis() as Millis;
         let within_deadline = now - slot.first_started_at.unwrap_or(now) < deadline;
+        if outcome == Outcome::NotReady
+            && let Some(policy) = task_spec.not_ready
+        {
+            return not_ready_policy_step(policy, slot, now, retry_after);
+        }
         if outcome == Outcome::NotReady {
             if !within_deadline {
                 let note = format!(
@@ -160,6 +165,45 @@ impl Core {
             None,
         )
     }
+}
+
+/// Where a task with a `not_ready` policy goes after an attempt answered *not ready*: asked
+/// again after `every` (or later, when the service said when to come back) while that next
+/// check still falls within `max` × `every` of the task's first attempt or sensor poll, and
+/// otherwise ended `not_ready`. Measured from the stored first start, which `keel retry` clears,
+/// the policy survives a restart and starts afresh on a retry; with attempts shorter than
+/// `every`, that is exactly `max` checks.
+fn not_ready_policy_step(
+    policy: keel_model::NotReadyPolicy,
+    slot: &Slot,
+    now: Millis,
+    retry_after: Option<std::time::Duration>,
+) -> (TaskNext, Option<String>) {
+    let every = policy.every.as_millis() as Millis;
+    let first = slot.first_started_at.unwrap_or(now);
+    let window = every.saturating_mul(Millis::from(policy.max));
+    let delay = policy.every.max(retry_after.unwrap_or_default());
+    let next_check = now + delay.as_millis() as Millis;
+    let every_text = keel_model::format_duration(policy.every);
+    if next_check - first >= window {
+        let note = format!(
+            "still not ready; the not_ready policy asks every {every_text}, {} times at most, and that is used up",
+            policy.max
+        );
+        return (TaskNext::Done(Outcome::NotReady), Some(note));
+    }
+    // The check this answer was, counted on the interval: 1 for the first attempt.
+    let check = (now - first) / every.max(1) + 1;
+    let note = format!(
+        "not ready (check {check} of {}, every {every_text}); asked again in {}",
+        policy.max,
+        keel_model::format_duration(delay)
+    );
+    let next = TaskNext::Retry {
+        not_before: next_check,
+        charge: false,
+    };
+    (next, Some(note))
 }
 
 impl Core {

@@ -31,6 +31,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         edges: Default::default(),
         expand: None,
         context: Default::default(),
+        not_ready: None,
     }
 }
 
@@ -832,4 +833,106 @@ fn a_failing_ready_probe_holds_tasks_without_attempts_until_one_passes() {
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].1, "a");
     assert_eq!(probes(&mut book), 0);
+}
+
+/// `a` with `not_ready = { every = "2h", max = 3 }`, 2 attempts for failures and a 1-minute
+/// deadline, which the policy replaces.
+fn not_ready_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[0].retries.attempts = 2;
+        tasks[0].deadline = Duration::from_secs(60);
+        tasks[0].not_ready = Some(keel_model::NotReadyPolicy {
+            every: Duration::from_secs(2 * 3600),
+            max: 3,
+        });
+    })
+}
+
+const TWO_HOURS: Millis = 2 * 3600 * 1000;
+
+/// Answers `a`'s one started attempt with `outcome` and returns the decision.
+fn answer(core: &mut Core, book: &mut Book, ids: &mut i64, outcome: Outcome) -> (TaskNext, String) {
+    let started = start(core, book, ids);
+    assert_eq!(started.len(), 1, "one attempt of a starts");
+    book.writes.clear();
+    core.on_reports(book, vec![(started[0].0, Report::new(outcome, "answer"))])
+        .unwrap();
+    let message = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::Finish(finish) => finish.message.clone(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    (finishes(book)[0].2.clone(), message)
+}
+
+#[test]
+fn a_not_ready_policy_asks_again_every_interval_up_to_its_max_and_uses_no_retry() {
+    let mut core = not_ready_core();
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    for check in 1..=2 {
+        let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
+        let TaskNext::Retry { not_before, charge } = next else {
+            panic!("check {check} is asked again: {next:?}");
+        };
+        assert!(!charge, "not ready uses no retry");
+        assert_eq!(not_before, book.now + TWO_HOURS, "exactly every, no jitter");
+        assert!(
+            message.contains(&format!("check {check} of 3")),
+            "{message}"
+        );
+        // Past the 1-minute deadline and just short of the interval, nothing starts.
+        book.now = not_before - 1;
+        core.fire_timers(&mut book);
+        assert!(start(&mut core, &mut book, &mut ids).is_empty());
+        book.now = not_before;
+        core.fire_timers(&mut book);
+    }
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
+    assert_eq!(next, TaskNext::Done(Outcome::NotReady));
+    assert!(message.contains("3 times at most"), "{message}");
+}
+
+#[test]
+fn with_a_not_ready_policy_a_failure_still_follows_retries() {
+    let mut core = not_ready_core();
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
+    let TaskNext::Retry { not_before, .. } = next else {
+        panic!("asked again: {next:?}");
+    };
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { not_before, charge } = next else {
+        panic!("a failure with an attempt left is retried: {next:?}");
+    };
+    assert!(charge, "a failure uses up a retry");
+    assert!(
+        not_before - book.now <= 1_000,
+        "the retry backoff (1 s at first), not the 2-hour interval: {}",
+        not_before - book.now
+    );
+}
+
+#[test]
+fn a_restarted_keel_counts_the_not_ready_checks_already_made() {
+    let mut core = not_ready_core();
+    let mut book = loaded_from(&mut core, 1_000, |stored| {
+        stored[0].attempts = 2;
+        stored[0].first_started_at = Some(1_000 - 2 * TWO_HOURS);
+    });
+    let mut ids = 10;
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
+    assert_eq!(next, TaskNext::Done(Outcome::NotReady), "{message}");
+    assert!(message.contains("used up"), "{message}");
+    // After `keel retry` (first start cleared, attempt rows kept) the checks start afresh.
+    let mut book = loaded_from(&mut core, 1_000, |stored| stored[0].attempts = 7);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
+    assert!(matches!(next, TaskNext::Retry { .. }), "{next:?}");
+    assert!(message.contains("check 1 of 3"), "{message}");
 }
