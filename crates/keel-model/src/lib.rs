@@ -29,8 +29,8 @@ pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
     DEFAULT_TIMEOUT, GateSpec, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
-    PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskSpec, WebhookUrl,
+    PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
+    TaskContext, TaskSpec, TokenUse, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

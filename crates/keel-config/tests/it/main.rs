@@ -5,6 +5,7 @@ mod context;
 mod errors;
 mod http;
 mod property;
+mod tokens;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

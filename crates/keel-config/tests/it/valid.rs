@@ -464,6 +464,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     min: 3,
                 }),
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
             ResourceSpec {
                 name: "odds_api".into(),
@@ -485,6 +487,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     min: 0,
                 }),
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
             ResourceSpec {
                 name: "warehouse".into(),
@@ -493,6 +497,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 breaker: None,
                 retry_budget: None,
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
         ],
     };

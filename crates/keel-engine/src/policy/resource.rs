@@ -59,6 +59,8 @@ pub struct Permit {
 ///     breaker: None,
 ///     retry_budget: None,
 ///     ready: None,
+///     tokens: keel_model::TokenUse::Attempt,
+///     quota: None,
 /// };
 /// let mut feed = ResourcePolicy::new(&spec, 0);
 /// assert_eq!(feed.check(0), Ok(false));
@@ -80,7 +82,12 @@ impl ResourcePolicy {
     pub fn new(spec: &ResourceSpec, now: Millis) -> Self {
         ResourcePolicy {
             name: spec.name.clone(),
-            rate: spec.rate.map(|rate| TokenBucket::new(rate, now)),
+            // A resource whose tasks take request tokens (`tokens = "request"`) leaves its rate
+            // to the token server, so an attempt is not charged on top of its requests.
+            rate: spec
+                .rate
+                .filter(|_| spec.tokens.is_attempt())
+                .map(|rate| TokenBucket::new(rate, now)),
             bulkhead: spec.concurrency.map(Bulkhead::new),
             breaker: spec.breaker.clone().map(Breaker::new),
             retry_budget: spec.retry_budget.clone().map(RetryBudget::new),
@@ -240,6 +247,8 @@ mod replay_tests {
             breaker: None,
             retry_budget: None,
             ready: None,
+            tokens: keel_model::TokenUse::Attempt,
+            quota: None,
         };
         let mut policy = ResourcePolicy::new(&spec, 0);
         policy.replay_starts(&[900, 950]);
@@ -271,6 +280,8 @@ mod tests {
             breaker: None,
             retry_budget: None,
             ready: None,
+            tokens: keel_model::TokenUse::Attempt,
+            quota: None,
         }
     }
 
