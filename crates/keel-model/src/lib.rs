@@ -9,6 +9,7 @@ mod dag;
 mod duration;
 mod http;
 mod outcome;
+mod quota;
 pub mod schedule;
 mod spec;
 mod suggest;
@@ -19,6 +20,7 @@ pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
+pub use quota::QuotaWindow;
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
