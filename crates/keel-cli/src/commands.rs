@@ -33,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
+        Command::Token(args) => crate::tokens::token(&args.resource, args.count, &args.timeout),
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),
     }
 }

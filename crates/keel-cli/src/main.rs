@@ -39,6 +39,7 @@ mod serve;
 mod serve_log;
 mod setup;
 mod state;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -118,7 +119,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let result = runtime.block_on(commands::dispatch(cli));
+    tokens::remove_sockets();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             // The reader went away (`keel events | head`): what it wanted, it has.

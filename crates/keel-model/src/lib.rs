@@ -20,19 +20,19 @@ pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
-pub use quota::QuotaWindow;
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
 };
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
+pub use quota::QuotaWindow;
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
     DEFAULT_TIMEOUT, GateSpec, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
-    PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskSpec, TokenUse, WebhookUrl,
+    PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
+    ScheduleSpec, SensorSpec, TaskContext, TaskSpec, TokenUse, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

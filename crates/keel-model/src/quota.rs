@@ -79,32 +79,53 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> Millis {
-        chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
     }
 
     #[test]
     fn a_month_runs_from_local_midnight_to_local_midnight() {
-        let window = QuotaWindow::at(utc("2026-12-31T23:30:00-05:00"), "America/New_York", QuotaPeriod::Month);
+        let window = QuotaWindow::at(
+            utc("2026-12-31T23:30:00-05:00"),
+            "America/New_York",
+            QuotaPeriod::Month,
+        );
         assert_eq!(window.key, "2026-12");
         assert_eq!(window.start, utc("2026-12-01T00:00:00-05:00"));
         assert_eq!(window.end, utc("2027-01-01T00:00:00-05:00"));
         // The same instant is already January in UTC.
-        assert_eq!(QuotaWindow::at(window.end - 1, "UTC", QuotaPeriod::Month).key, "2027-01");
+        assert_eq!(
+            QuotaWindow::at(window.end - 1, "UTC", QuotaPeriod::Month).key,
+            "2027-01"
+        );
     }
 
     #[test]
     fn a_day_across_a_dst_change_is_23_or_25_hours() {
-        let spring = QuotaWindow::at(utc("2026-03-08T12:00:00-04:00"), "America/New_York", QuotaPeriod::Day);
+        let spring = QuotaWindow::at(
+            utc("2026-03-08T12:00:00-04:00"),
+            "America/New_York",
+            QuotaPeriod::Day,
+        );
         assert_eq!(spring.key, "2026-03-08");
         assert_eq!(spring.end - spring.start, 23 * 3_600_000);
-        let autumn = QuotaWindow::at(utc("2026-11-01T12:00:00-05:00"), "America/New_York", QuotaPeriod::Day);
+        let autumn = QuotaWindow::at(
+            utc("2026-11-01T12:00:00-05:00"),
+            "America/New_York",
+            QuotaPeriod::Day,
+        );
         assert_eq!(autumn.end - autumn.start, 25 * 3_600_000);
     }
 
     #[test]
     fn a_zone_whose_midnight_is_skipped_starts_the_day_at_the_first_minute_that_exists() {
         // Santiago springs forward at 00:00 on 2026-09-06: the day starts at 01:00 local.
-        let window = QuotaWindow::at(utc("2026-09-06T12:00:00-03:00"), "America/Santiago", QuotaPeriod::Day);
+        let window = QuotaWindow::at(
+            utc("2026-09-06T12:00:00-03:00"),
+            "America/Santiago",
+            QuotaPeriod::Day,
+        );
         assert_eq!(window.start, utc("2026-09-06T01:00:00-03:00"));
     }
 }

@@ -552,8 +552,11 @@ impl SqliteStore {
         count: u32,
         at: Millis,
     ) -> StoreResult<u32> {
-        let (pipeline, resource, period) =
-            (pipeline.to_string(), resource.to_string(), period.to_string());
+        let (pipeline, resource, period) = (
+            pipeline.to_string(),
+            resource.to_string(),
+            period.to_string(),
+        );
         self.transact(move |transaction| {
             let used: i64 = transaction.query_row(
                 "INSERT INTO quota_use (pipeline, resource, period, used, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)

@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use keel_model::{
-    BreakerSpec, GateSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec,
-    SensorSpec, TokenUse,
+    BreakerSpec, GateSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, SensorSpec,
+    TokenUse,
 };
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
@@ -204,8 +204,12 @@ impl Checker<'_> {
                 _ => self.unknown_field(key, &path, RESOURCE_FIELDS, &[]),
             }
         }
-        let has_quota = entries(table).iter().any(|(key, _)| key.get_ref().as_ref() == "quota");
-        let has_rate = entries(table).iter().any(|(key, _)| key.get_ref().as_ref() == "rate");
+        let has_quota = entries(table)
+            .iter()
+            .any(|(key, _)| key.get_ref().as_ref() == "quota");
+        let has_rate = entries(table)
+            .iter()
+            .any(|(key, _)| key.get_ref().as_ref() == "rate");
         if let Some(span) = warn_span.filter(|_| !has_quota) {
             self.errors.push(ConfigError::Ineffective {
                 field: "warn".to_string(),
@@ -280,7 +284,9 @@ impl Checker<'_> {
                 match (count.parse::<u32>(), period) {
                     (Ok(0), Some(_)) => "the count must be at least 1".to_string(),
                     (Ok(limit), Some(period)) => return Some((limit, period)),
-                    (Err(_), Some(_)) if count.bytes().all(|byte| byte.is_ascii_digit()) && !count.is_empty() => {
+                    (Err(_), Some(_))
+                        if count.bytes().all(|byte| byte.is_ascii_digit()) && !count.is_empty() =>
+                    {
                         format!("the count must be at most {}", u32::MAX)
                     }
                     (Err(_), Some(_)) => {

@@ -25,9 +25,17 @@ pub enum Take {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QuotaAlert {
     /// `used` of `limit` reached the `warn` share.
-    Warning { used: u32, limit: u32, period: String },
+    Warning {
+        used: u32,
+        limit: u32,
+        period: String,
+    },
     /// The last token of the period was taken.
-    Exhausted { used: u32, limit: u32, period: String },
+    Exhausted {
+        used: u32,
+        limit: u32,
+        period: String,
+    },
 }
 
 /// The request tokens of one resource: its rate limit (when `tokens = "request"`) and its
@@ -114,9 +122,13 @@ impl RequestTokens {
     /// The quota's use in `window` (0 when it is a period not yet counted), or `None` without
     /// a quota.
     pub fn used(&self, window: &QuotaWindow) -> Option<u32> {
-        self.quota
-            .as_ref()
-            .map(|quota| if quota.period == window.key { quota.used } else { 0 })
+        self.quota.as_ref().map(|quota| {
+            if quota.period == window.key {
+                quota.used
+            } else {
+                0
+            }
+        })
     }
 
     /// Takes `count` tokens at `now`, in the quota period `window` (which holds `now`), or says
@@ -155,12 +167,18 @@ impl RequestTokens {
         quota.used += count;
         let (used, limit, period) = (quota.used, quota.spec.limit, quota.period.clone());
         let alert = if used == limit {
-            Some(QuotaAlert::Exhausted { used, limit, period })
+            Some(QuotaAlert::Exhausted {
+                used,
+                limit,
+                period,
+            })
         } else {
             match quota.warn_at() {
-                Some(at) if before < at && used >= at => {
-                    Some(QuotaAlert::Warning { used, limit, period })
-                }
+                Some(at) if before < at && used >= at => Some(QuotaAlert::Warning {
+                    used,
+                    limit,
+                    period,
+                }),
                 _ => None,
             }
         };
@@ -200,30 +218,55 @@ mod tests {
 
     #[test]
     fn the_rate_is_shared_by_every_taker_and_answers_the_instant_to_ask_again() {
-        let rate = Rate { tokens: 20, per: Duration::from_secs(60) };
+        let rate = Rate {
+            tokens: 20,
+            per: Duration::from_secs(60),
+        };
         let mut tokens = RequestTokens::new(&spec(Some(rate), TokenUse::Request, None), 0);
         for at in 0..20 {
-            assert_eq!(tokens.try_take(1, at, &day(at)), Take::Granted { used: None, alert: None });
+            assert_eq!(
+                tokens.try_take(1, at, &day(at)),
+                Take::Granted {
+                    used: None,
+                    alert: None
+                }
+            );
         }
         assert_eq!(tokens.try_take(1, 30_000, &day(30_000)), Take::Wait(60_000));
-        assert!(matches!(tokens.try_take(1, 60_000, &day(60_000)), Take::Granted { .. }));
+        assert!(matches!(
+            tokens.try_take(1, 60_000, &day(60_000)),
+            Take::Granted { .. }
+        ));
         // A take of several tokens is all or nothing.
         assert_eq!(tokens.try_take(2, 60_001, &day(60_001)), Take::Wait(60_002));
-        assert!(matches!(tokens.try_take(1, 60_001, &day(60_001)), Take::Granted { .. }));
+        assert!(matches!(
+            tokens.try_take(1, 60_001, &day(60_001)),
+            Take::Granted { .. }
+        ));
     }
 
     #[test]
     fn an_attempt_charged_resource_leaves_its_rate_to_the_engine() {
-        let rate = Rate { tokens: 1, per: Duration::from_secs(60) };
+        let rate = Rate {
+            tokens: 1,
+            per: Duration::from_secs(60),
+        };
         let mut tokens = RequestTokens::new(&spec(Some(rate), TokenUse::Attempt, None), 0);
         for at in 0..5 {
-            assert!(matches!(tokens.try_take(1, at, &day(at)), Take::Granted { .. }));
+            assert!(matches!(
+                tokens.try_take(1, at, &day(at)),
+                Take::Granted { .. }
+            ));
         }
     }
 
     #[test]
     fn a_quota_warns_once_refuses_when_used_up_and_resets_with_the_period() {
-        let quota = QuotaSpec { limit: 5, period: QuotaPeriod::Day, warn: Some(0.8) };
+        let quota = QuotaSpec {
+            limit: 5,
+            period: QuotaPeriod::Day,
+            warn: Some(0.8),
+        };
         let mut tokens = RequestTokens::new(&spec(None, TokenUse::Request, Some(quota)), 0);
         let mut alerts = Vec::new();
         for at in 0..5 {
@@ -236,37 +279,75 @@ mod tests {
         assert_eq!(
             alerts,
             vec![
-                QuotaAlert::Warning { used: 4, limit: 5, period: period.clone() },
-                QuotaAlert::Exhausted { used: 5, limit: 5, period },
+                QuotaAlert::Warning {
+                    used: 4,
+                    limit: 5,
+                    period: period.clone()
+                },
+                QuotaAlert::Exhausted {
+                    used: 5,
+                    limit: 5,
+                    period
+                },
             ]
         );
         assert_eq!(
             tokens.try_take(1, 10, &day(10)),
-            Take::Exhausted { used: 5, limit: 5, resets_at: DAY }
+            Take::Exhausted {
+                used: 5,
+                limit: 5,
+                resets_at: DAY
+            }
         );
         assert_eq!(tokens.used(&day(DAY)), Some(0));
         assert_eq!(
             tokens.try_take(1, DAY, &day(DAY)),
-            Take::Granted { used: Some(1), alert: None }
+            Take::Granted {
+                used: Some(1),
+                alert: None
+            }
         );
     }
 
     #[test]
     fn a_resumed_count_past_the_warning_does_not_warn_again() {
-        let quota = QuotaSpec { limit: 10, period: QuotaPeriod::Day, warn: Some(0.5) };
+        let quota = QuotaSpec {
+            limit: 10,
+            period: QuotaPeriod::Day,
+            warn: Some(0.5),
+        };
         let mut tokens = RequestTokens::new(&spec(None, TokenUse::Request, Some(quota)), 0);
         tokens.resume("1970-01-01", 6);
-        assert_eq!(tokens.try_take(1, 5, &day(5)), Take::Granted { used: Some(7), alert: None });
+        assert_eq!(
+            tokens.try_take(1, 5, &day(5)),
+            Take::Granted {
+                used: Some(7),
+                alert: None
+            }
+        );
         // A request larger than what is left is refused whole.
-        assert!(matches!(tokens.try_take(4, 6, &day(6)), Take::Exhausted { used: 7, .. }));
+        assert!(matches!(
+            tokens.try_take(4, 6, &day(6)),
+            Take::Exhausted { used: 7, .. }
+        ));
     }
 
     #[test]
     fn a_refused_rate_takes_nothing_from_the_quota() {
-        let rate = Rate { tokens: 1, per: Duration::from_secs(1) };
-        let quota = QuotaSpec { limit: 10, period: QuotaPeriod::Day, warn: None };
+        let rate = Rate {
+            tokens: 1,
+            per: Duration::from_secs(1),
+        };
+        let quota = QuotaSpec {
+            limit: 10,
+            period: QuotaPeriod::Day,
+            warn: None,
+        };
         let mut tokens = RequestTokens::new(&spec(Some(rate), TokenUse::Request, Some(quota)), 0);
-        assert!(matches!(tokens.try_take(1, 0, &day(0)), Take::Granted { used: Some(1), .. }));
+        assert!(matches!(
+            tokens.try_take(1, 0, &day(0)),
+            Take::Granted { used: Some(1), .. }
+        ));
         assert_eq!(tokens.try_take(1, 1, &day(1)), Take::Wait(1_000));
         assert_eq!(tokens.used(&day(1)), Some(1));
     }
