@@ -347,12 +347,12 @@ async fn take(served: &Served, request: TokenRequest) -> TokenAnswer {
         };
         match decision {
             (Take::Granted { used, alert }, period) => {
-                if let Some(used_now) = used {
+                // Only a resource with a quota counts its use.
+                if used.is_some() {
                     record_use(served, &request.resource, &period, count).await;
-                    if let Some(alert) = alert {
-                        report_alert(served, &request.resource, &alert);
-                    }
-                    let _ = used_now;
+                }
+                if let Some(alert) = alert {
+                    report_alert(served, &request.resource, &alert);
                 }
                 return TokenAnswer {
                     granted: true,
