@@ -65,6 +65,9 @@ struct Served {
     /// A pipeline spec not yet taken up: the first one, or a reloaded one. The server reads its
     /// stored quota use before it answers the next request.
     pending: Mutex<Option<PipelineSpec>>,
+    /// Held while a pending spec is taken up, so that a request arriving meanwhile waits for
+    /// the resources instead of finding none.
+    loading: tokio::sync::Mutex<()>,
     resources: Mutex<HashMap<String, (ResourceSpec, RequestTokens)>>,
     store: SqliteStore,
 }
@@ -135,6 +138,7 @@ pub fn serve_for(
         pipeline: spec.name.clone(),
         zone: spec.timezone.clone(),
         pending: Mutex::new(Some(spec.clone())),
+        loading: tokio::sync::Mutex::new(()),
         resources: Mutex::new(HashMap::new()),
         store: store.clone(),
     });
@@ -271,6 +275,7 @@ fn read_half_unsplit(
 
 /// Takes up a pending spec, with its stored quota use.
 async fn take_up_pending(served: &Served) -> Result<(), String> {
+    let _loading = served.loading.lock().await;
     let pending = served
         .pending
         .lock()
