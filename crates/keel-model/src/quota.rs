@@ -23,7 +23,7 @@ impl QuotaWindow {
     /// ```
     /// use keel_model::{QuotaPeriod, QuotaWindow};
     /// // 2026-12-01T03:00Z is still November 30th in New York.
-    /// let window = QuotaWindow::at(1_764_558_000_000, "America/New_York", QuotaPeriod::Month);
+    /// let window = QuotaWindow::at(1_796_094_000_000, "America/New_York", QuotaPeriod::Month);
     /// assert_eq!(window.key, "2026-11");
     /// ```
     pub fn at(now: Millis, zone: &str, period: QuotaPeriod) -> QuotaWindow {
