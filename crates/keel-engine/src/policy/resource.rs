@@ -327,6 +327,21 @@ mod tests {
     }
 
     #[test]
+    fn attempts_are_not_charged_the_rate_of_a_resource_taken_per_request() {
+        let spec = ResourceSpec {
+            rate: rate(1, 1_000),
+            tokens: keel_model::TokenUse::Request,
+            ..bare()
+        };
+        let mut policy = ResourcePolicy::new(&spec, 0);
+        for now in [0, 1, 2] {
+            assert_eq!(policy.check(now), Ok(false));
+            let permit = policy.acquire(now);
+            policy.release(permit, Verdict::Success, now);
+        }
+    }
+
+    #[test]
     fn check_reports_the_rate_limit_as_a_time() {
         let spec = ResourceSpec {
             rate: rate(2, 1_000),
