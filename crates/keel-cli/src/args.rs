@@ -69,12 +69,29 @@ pub enum Command {
     Bench(BenchArgs),
     /// Scan files (or, with --history, every commit) for committed secrets; exit 1 on findings.
     Audit(AuditArgs),
+    /// Inside a task: wait for a request token of RESOURCE from the Keel running the task (its
+    /// rate limit and quota, shared by every task using it). Exit 0 when granted, 75 when the
+    /// timeout passed or the quota is used up, 2 for an unknown resource, 1 when Keel cannot be
+    /// reached.
+    Token(TokenArgs),
     /// The attempt supervisor (internal).
     #[command(name = "__attempt", hide = true)]
     Attempt {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The resource, as named in `[resources.NAME]`.
+    pub resource: String,
+    /// How many tokens to take at once (one per request).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+    /// How long to wait for them, such as 30s or 5m.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]

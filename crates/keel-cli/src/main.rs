@@ -43,6 +43,7 @@ mod serve;
 mod serve_log;
 mod setup;
 mod state;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -122,7 +123,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let result = runtime.block_on(commands::dispatch(cli));
+    tokens::remove_sockets();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             // The reader went away (`keel events | head`): what it wanted, it has.

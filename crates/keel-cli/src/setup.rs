@@ -57,9 +57,13 @@ pub fn build_engine_with_env(
     spec: PipelineSpec,
     paths: &StatePaths,
     store: SqliteStore,
-    extra_env: Vec<(String, String)>,
+    mut extra_env: Vec<(String, String)>,
 ) -> Result<ProcessEngine> {
     refuse_expansions(&spec)?;
+    // Tasks that take request tokens reach this Keel through its token server.
+    if let Some(variable) = crate::tokens::serve_for(&spec, &paths.dir, &store)? {
+        extra_env.push(variable);
+    }
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);

@@ -505,6 +505,15 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid quota {value:?} for \"quota\" in [{table}] ({location}); {reason}")]
+    InvalidQuota {
+        table: String,
+        value: String,
+        /// What is wrong and how to write it instead.
+        reason: String,
+        location: Location,
+    },
+
     #[error(
         "invalid percentage {value:?} for {field:?}{} ({location}); write a percentage such as \"60%\" or a share such as 0.6",
         in_table(.table)
@@ -723,6 +732,7 @@ impl ConfigError {
             | ConfigError::ItemWithoutExpand { location, .. }
             | ConfigError::RepeatedName { location, .. }
             | ConfigError::InvalidRate { location, .. }
+            | ConfigError::InvalidQuota { location, .. }
             | ConfigError::InvalidPercentage { location, .. }
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }

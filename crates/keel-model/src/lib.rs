@@ -12,6 +12,7 @@ pub mod expand;
 mod http;
 mod not_ready;
 mod outcome;
+mod quota;
 pub mod schedule;
 mod spec;
 mod suggest;
@@ -31,12 +32,11 @@ pub use http::{
 };
 pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
+pub use quota::QuotaWindow;
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
-    DEFAULT_TIMEOUT, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
-    PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskEdges, TaskSpec, WebhookUrl,
+    DEFAULT_TIMEOUT, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec, TaskContext, TaskEdges, TaskSpec, TokenUse, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

@@ -194,6 +194,50 @@ pub struct ResourceSpec {
     /// when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<crate::ReadyProbe>,
+    /// What the rate limit and the quota count: attempt starts (the default) or the requests
+    /// tasks take with `keel token`. Left out of the version when it is the default.
+    #[serde(default, skip_serializing_if = "TokenUse::is_attempt")]
+    pub tokens: TokenUse,
+    /// `quota = "500/month"`: at most this many requests per calendar period. Left out of the
+    /// version when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+}
+
+/// What a resource's `rate` and `quota` are charged with (`tokens = "attempt" | "request"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenUse {
+    /// Each attempt of a task using the resource takes a token when it starts.
+    #[default]
+    Attempt,
+    /// Tasks take tokens themselves, one per request, with `keel token RESOURCE`; their
+    /// attempts are not charged.
+    Request,
+}
+
+impl TokenUse {
+    pub fn is_attempt(&self) -> bool {
+        *self == TokenUse::Attempt
+    }
+}
+
+/// The calendar period a quota counts over, in the pipeline's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+/// A quota: at most `limit` requests per calendar `period`, with a warning once `warn` (a share
+/// in `(0, 1]`) of it is used.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct QuotaSpec {
+    pub limit: u32,
+    pub period: QuotaPeriod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

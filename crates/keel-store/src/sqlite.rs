@@ -182,6 +182,15 @@ CREATE TABLE expansions (
     item_count INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, task)
+-- Requests counted against a resource's quota (`quota = "500/month"`), per calendar period
+-- (`2026-12` or `2026-12-02` in the pipeline's time zone), so a restart keeps counting.
+CREATE TABLE quota_use (
+    pipeline   TEXT    NOT NULL,
+    resource   TEXT    NOT NULL,
+    period     TEXT    NOT NULL,
+    used       INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, resource, period)
 );
 "#,
 ];
@@ -547,6 +556,54 @@ impl SqliteStore {
                 .into_iter()
                 .filter(|run| finished.contains(&run.state.as_str()))
                 .collect())
+        })
+        .await
+    }
+
+    /// Adds `count` requests to a resource's quota use in `period` and returns the period's
+    /// new total.
+    pub async fn add_quota_use(
+        &self,
+        pipeline: &str,
+        resource: &str,
+        period: &str,
+        count: u32,
+        at: Millis,
+    ) -> StoreResult<u32> {
+        let (pipeline, resource, period) = (
+            pipeline.to_string(),
+            resource.to_string(),
+            period.to_string(),
+        );
+        self.transact(move |transaction| {
+            let used: i64 = transaction.query_row(
+                "INSERT INTO quota_use (pipeline, resource, period, used, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pipeline, resource, period) DO UPDATE SET used = used + excluded.used, updated_at = excluded.updated_at
+                 RETURNING used",
+                params![pipeline, resource, period, count, at],
+                |row| row.get(0),
+            )?;
+            Ok(u32::try_from(used).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    /// The quota use of every resource of `pipeline` in its newest counted period:
+    /// `(resource, period, used)`, by resource.
+    pub async fn quota_uses(&self, pipeline: &str) -> StoreResult<Vec<(String, String, u32)>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            select_all(
+                transaction,
+                "SELECT resource, period, used FROM quota_use AS outer_use WHERE pipeline = ?1
+                   AND period = (SELECT MAX(period) FROM quota_use WHERE pipeline = ?1 AND resource = outer_use.resource)
+                 ORDER BY resource",
+                params![pipeline],
+                |row| {
+                    let used: i64 = row.get(2)?;
+                    Ok((row.get(0)?, row.get(1)?, u32::try_from(used).unwrap_or(u32::MAX)))
+                },
+            )
         })
         .await
     }

@@ -28,4 +28,5 @@ mod serve;
 mod shutdown;
 mod storm;
 mod support;
+mod tokens;
 mod unattended;

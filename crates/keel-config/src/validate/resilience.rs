@@ -7,7 +7,10 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use keel_model::{BreakerSpec, GateSpec, Rate, ResourceSpec, RetryBudgetSpec, SensorSpec};
+use keel_model::{
+    BreakerSpec, GateSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, SensorSpec,
+    TokenUse,
+};
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
 
@@ -19,7 +22,19 @@ use crate::error::{ConfigError, NameKind};
 use crate::quantity::{RateProblem, parse_percentage, parse_rate};
 use crate::suggest::closest;
 
-const RESOURCE_FIELDS: &[&str] = &["rate", "concurrency", "breaker", "retry_budget", "ready"];
+const RESOURCE_FIELDS: &[&str] = &[
+    "rate",
+    "concurrency",
+    "breaker",
+    "retry_budget",
+    "ready",
+    "tokens",
+    "quota",
+    "warn",
+];
+const TOKEN_USES: &[&str] = &["attempt", "request"];
+const EXPECT_QUOTA: &str = "a quota string such as \"500/month\"";
+const QUOTA_SHAPE: &str = "write <count>/day or <count>/month, for example \"500/month\"";
 const BREAKER_FIELDS: &[&str] = &["failures", "ratio", "window", "cooldown", "max_open"];
 const RETRY_BUDGET_FIELDS: &[&str] = &["ratio", "window", "min"];
 const GATE_FIELDS: &[&str] = &["required", "min", "grace", "tiers"];
@@ -60,6 +75,9 @@ pub(super) struct RawResource {
     breaker: Option<BreakerSpec>,
     retry_budget: Option<RetryBudgetSpec>,
     ready: Option<keel_model::ReadyProbe>,
+    tokens: TokenUse,
+    quota: Option<(u32, QuotaPeriod)>,
+    warn: Option<f64>,
 }
 
 impl RawResource {
@@ -71,6 +89,12 @@ impl RawResource {
             breaker: self.breaker,
             retry_budget: self.retry_budget,
             ready: self.ready,
+            tokens: self.tokens,
+            quota: self.quota.map(|(limit, period)| QuotaSpec {
+                limit,
+                period,
+                warn: self.warn,
+            }),
         }
     }
 }
@@ -157,7 +181,12 @@ impl Checker<'_> {
             breaker: None,
             retry_budget: None,
             ready: None,
+            tokens: TokenUse::Attempt,
+            quota: None,
+            warn: None,
         };
+        let mut tokens_span = None;
+        let mut warn_span = None;
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -166,8 +195,43 @@ impl Checker<'_> {
                 "breaker" => resource.breaker = self.breaker(value, &path),
                 "retry_budget" => resource.retry_budget = self.retry_budget(key, value, &path),
                 "ready" => resource.ready = self.ready_probe(value, &path, &resource.name.name),
+                "tokens" => {
+                    if self.choice(value, field, &path, TOKEN_USES) == Some("request") {
+                        resource.tokens = TokenUse::Request;
+                        tokens_span = Some(key.span());
+                    }
+                }
+                "quota" => resource.quota = self.quota(value, &path),
+                "warn" => {
+                    resource.warn = self.share(value, field, &path, ShareRange::AboveZeroToOne);
+                    warn_span = Some(key.span());
+                }
                 _ => self.unknown_field(key, &path, RESOURCE_FIELDS, &[]),
             }
+        }
+        let has_quota = entries(table)
+            .iter()
+            .any(|(key, _)| key.get_ref().as_ref() == "quota");
+        let has_rate = entries(table)
+            .iter()
+            .any(|(key, _)| key.get_ref().as_ref() == "rate");
+        if let Some(span) = warn_span.filter(|_| !has_quota) {
+            self.errors.push(ConfigError::Ineffective {
+                field: "warn".to_string(),
+                table: path.clone(),
+                needs: "quota",
+                example: "quota = \"500/month\"",
+                location: self.location(&span),
+            });
+        }
+        if let Some(span) = tokens_span.filter(|_| !has_quota && !has_rate) {
+            self.errors.push(ConfigError::Ineffective {
+                field: "tokens".to_string(),
+                table: path.clone(),
+                needs: "rate",
+                example: "rate = \"20/m\" or quota = \"500/month\"",
+                location: self.location(&span),
+            });
         }
         Some(resource)
     }
@@ -201,6 +265,45 @@ impl Checker<'_> {
             Err(RateProblem::ZeroPeriod) => "the period must be longer than zero".to_string(),
         };
         self.errors.push(ConfigError::InvalidRate {
+            table: table.to_string(),
+            value: text,
+            reason,
+            location: self.location(&value.span()),
+        });
+        None
+    }
+
+    /// `quota = "<count>/day"` or `"<count>/month"`: calendar periods, not durations, because a
+    /// provider's quota resets at the start of a day or a month, not a rolling window.
+    fn quota(&mut self, value: &Spanned<DeValue<'_>>, table: &str) -> Option<(u32, QuotaPeriod)> {
+        let text = self.string(value, "quota", table, EXPECT_QUOTA)?;
+        let reason = match text.split_once('/') {
+            None => QUOTA_SHAPE.to_string(),
+            Some((count, period)) => {
+                let (count, period) = (count.trim(), period.trim());
+                let period = match period {
+                    "day" | "d" => Some(QuotaPeriod::Day),
+                    "month" => Some(QuotaPeriod::Month),
+                    _ => None,
+                };
+                match (count.parse::<u32>(), period) {
+                    (Ok(0), Some(_)) => "the count must be at least 1".to_string(),
+                    (Ok(limit), Some(period)) => return Some((limit, period)),
+                    (Err(_), Some(_))
+                        if count.bytes().all(|byte| byte.is_ascii_digit()) && !count.is_empty() =>
+                    {
+                        format!("the count must be at most {}", u32::MAX)
+                    }
+                    (Err(_), Some(_)) => {
+                        format!("the count before \"/\" must be a whole number; {QUOTA_SHAPE}")
+                    }
+                    (_, None) => format!(
+                        "a quota counts per calendar day or month, in the pipeline's time zone; {QUOTA_SHAPE} (for a rolling window use \"rate\")"
+                    ),
+                }
+            }
+        };
+        self.errors.push(ConfigError::InvalidQuota {
             table: table.to_string(),
             value: text,
             reason,

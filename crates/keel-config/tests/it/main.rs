@@ -8,6 +8,7 @@ mod expand;
 mod http;
 mod property;
 mod timing;
+mod tokens;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

@@ -70,6 +70,8 @@ fn resource(name: String) -> impl Strategy<Value = ResourceSpec> {
                 breaker,
                 retry_budget,
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
         )
 }

@@ -480,6 +480,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     min: 3,
                 }),
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
             ResourceSpec {
                 name: "odds_api".into(),
@@ -501,6 +503,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     min: 0,
                 }),
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
             ResourceSpec {
                 name: "warehouse".into(),
@@ -509,6 +513,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 breaker: None,
                 retry_budget: None,
                 ready: None,
+                tokens: keel_model::TokenUse::Attempt,
+                quota: None,
             },
         ],
     };

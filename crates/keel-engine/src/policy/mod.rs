@@ -1,7 +1,8 @@
 //! Resilience policies for shared resources (`[resources.*]` in docs/pipeline.md): a rate
 //! limit ([`TokenBucket`]), a concurrency cap ([`Bulkhead`]), a circuit [`Breaker`] and a
 //! [`RetryBudget`], and [`ResourcePolicy`], which composes whichever of them a resource
-//! configures.
+//! configures; [`RequestTokens`] is a resource's rate and quota as `keel token` takes them, one
+//! request at a time.
 //!
 //! Every type here is a pure, synchronous state machine. None of them does I/O, starts a thread,
 //! reads a clock or draws a random number: each method that depends on time takes `now` (a
@@ -24,6 +25,7 @@ mod budget;
 mod bulkhead;
 mod rate;
 mod resource;
+mod tokens;
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ pub use budget::RetryBudget;
 pub use bulkhead::Bulkhead;
 pub use rate::TokenBucket;
 pub use resource::{Permit, ResourcePolicy, Wait};
+pub use tokens::{QuotaAlert, RequestTokens, Take};
 
 /// A duration in whole milliseconds, rounded up so that a limit is never shortened, and
 /// saturated at [`Millis::MAX`].

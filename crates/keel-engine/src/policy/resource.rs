@@ -59,6 +59,8 @@ pub struct Permit {
 ///     breaker: None,
 ///     retry_budget: None,
 ///     ready: None,
+///     tokens: keel_model::TokenUse::Attempt,
+///     quota: None,
 /// };
 /// let mut feed = ResourcePolicy::new(&spec, 0);
 /// assert_eq!(feed.check(0), Ok(false));
@@ -80,7 +82,12 @@ impl ResourcePolicy {
     pub fn new(spec: &ResourceSpec, now: Millis) -> Self {
         ResourcePolicy {
             name: spec.name.clone(),
-            rate: spec.rate.map(|rate| TokenBucket::new(rate, now)),
+            // A resource whose tasks take request tokens (`tokens = "request"`) leaves its rate
+            // to the token server, so an attempt is not charged on top of its requests.
+            rate: spec
+                .rate
+                .filter(|_| spec.tokens.is_attempt())
+                .map(|rate| TokenBucket::new(rate, now)),
             bulkhead: spec.concurrency.map(Bulkhead::new),
             breaker: spec.breaker.clone().map(Breaker::new),
             retry_budget: spec.retry_budget.clone().map(RetryBudget::new),
@@ -240,6 +247,8 @@ mod replay_tests {
             breaker: None,
             retry_budget: None,
             ready: None,
+            tokens: keel_model::TokenUse::Attempt,
+            quota: None,
         };
         let mut policy = ResourcePolicy::new(&spec, 0);
         policy.replay_starts(&[900, 950]);
@@ -271,6 +280,8 @@ mod tests {
             breaker: None,
             retry_budget: None,
             ready: None,
+            tokens: keel_model::TokenUse::Attempt,
+            quota: None,
         }
     }
 
@@ -313,6 +324,21 @@ mod tests {
         assert!(policy.can_retry(0));
         policy.record_attempt(true, 0);
         assert!(policy.can_retry(0));
+    }
+
+    #[test]
+    fn attempts_are_not_charged_the_rate_of_a_resource_taken_per_request() {
+        let spec = ResourceSpec {
+            rate: rate(1, 1_000),
+            tokens: keel_model::TokenUse::Request,
+            ..bare()
+        };
+        let mut policy = ResourcePolicy::new(&spec, 0);
+        for now in [0, 1, 2] {
+            assert_eq!(policy.check(now), Ok(false));
+            let permit = policy.acquire(now);
+            policy.release(permit, Verdict::Success, now);
+        }
     }
 
     #[test]

@@ -1163,6 +1163,8 @@ fn resource(name: &str) -> keel_model::ResourceSpec {
         breaker: None,
         retry_budget: None,
         ready: None,
+        tokens: keel_model::TokenUse::Attempt,
+        quota: None,
     }
 }
 

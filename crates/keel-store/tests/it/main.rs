@@ -347,3 +347,54 @@ fn a_state_that_needs_a_migration_is_not_opened_read_only() {
     let names = listing(dir.path());
     assert_eq!(names, ["empty.db", "garbage.db", "older.db"]);
 }
+
+#[tokio::test]
+async fn quota_use_adds_up_per_period_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store
+            .add_quota_use("hoops", "odds", "2026-11", 3, 1)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .add_quota_use("hoops", "odds", "2026-12", 2, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .add_quota_use("hoops", "odds", "2026-12", 1, 3)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .add_quota_use("hoops", "feed", "2026-12-02", 7, 4)
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        store
+            .add_quota_use("other", "odds", "2026-12", 9, 5)
+            .await
+            .unwrap(),
+        9
+    );
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.quota_uses("hoops").await.unwrap(),
+        vec![
+            ("feed".to_string(), "2026-12-02".to_string(), 7),
+            ("odds".to_string(), "2026-12".to_string(), 3),
+        ]
+    );
+}

@@ -781,6 +781,8 @@ fn a_failing_ready_probe_holds_tasks_without_attempts_until_one_passes() {
             every: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
         }),
+        tokens: keel_model::TokenUse::Attempt,
+        quota: None,
     }];
     spec.tasks[0].uses = vec!["svc".into()];
     core.spec = Arc::new(spec);
