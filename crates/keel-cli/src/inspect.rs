@@ -206,6 +206,13 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         if !view.resources.is_empty() {
             document["resources"] = resources_json(&view);
         }
+        if !view.flags.is_empty() {
+            document["flags"] = view
+                .flags
+                .iter()
+                .map(|flag| json!({ "task": flag.task, "state": flag.state, "set_at": flag.set_at, "set_by": flag.set_by }))
+                .collect();
+        }
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(0);
     }
@@ -227,6 +234,14 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         println!("{note}");
     }
     display::print_resources(&view.resources);
+    if !view.flags.is_empty() {
+        let flags: Vec<String> = view
+            .flags
+            .iter()
+            .map(|flag| format!("{} {}", flag.task, flag.state))
+            .collect();
+        println!("flags: {} (keel flags list)", flags.join(", "));
+    }
     if let Some(range) = &range {
         print_range_summary(range, &view);
     }

@@ -529,6 +529,8 @@ pub struct StatusView {
     /// summary of a range of partitions counts. Only runs of the query's pass count, or with
     /// none, only the pipeline's own runs.
     pub newest: std::collections::BTreeMap<String, RunState>,
+    /// The pipeline's feature flags (`keel flags`), by task.
+    pub flags: Vec<FlagRecord>,
 }
 
 /// A feature flag on a task (`keel flags set`): what it says, when and by whom it was set.

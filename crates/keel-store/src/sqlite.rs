@@ -173,6 +173,9 @@ CREATE TABLE flags (
     set_at   INTEGER NOT NULL,
     set_by   TEXT    NOT NULL,
     PRIMARY KEY (pipeline, task)
+);
+"#,
+    r#"
 -- The items of an expanded task (`expand`), recorded once per task and run in the step that read
 -- them: `items` is their JSON list ([{"key": ..., "value": ...}, ...]).
 CREATE TABLE expansions (
@@ -182,6 +185,9 @@ CREATE TABLE expansions (
     item_count INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, task)
+);
+"#,
+    r#"
 -- Requests counted against a resource's quota (`quota = "500/month"`), per calendar period
 -- (`2026-12` or `2026-12-02` in the pipeline's time zone), so a restart keeps counting.
 CREATE TABLE quota_use (
@@ -1427,13 +1433,32 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
             accepted,
         });
     }
+    let flags = flags_in(transaction, &query.pipeline)?;
     let resources = resource_states_in(transaction, query.pipeline)?;
     Ok(StatusView {
         runs,
         resources,
         omitted,
         newest,
+        flags,
     })
+}
+
+fn flags_in(transaction: &Transaction<'_>, pipeline: &str) -> StoreResult<Vec<FlagRecord>> {
+    select_all(
+        transaction,
+        "SELECT pipeline, task, state, set_at, set_by FROM flags WHERE pipeline = ?1 ORDER BY task",
+        [pipeline],
+        |row| {
+            Ok(FlagRecord {
+                pipeline: row.get(0)?,
+                task: row.get(1)?,
+                state: row.get(2)?,
+                set_at: row.get(3)?,
+                set_by: row.get(4)?,
+            })
+        },
+    )
 }
 
 fn task_runs_in(transaction: &Transaction<'_>, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
@@ -2038,23 +2063,8 @@ impl Store for SqliteStore {
 
     async fn flags(&self, pipeline: &str) -> StoreResult<Vec<FlagRecord>> {
         let pipeline = pipeline.to_string();
-        self.transact(move |transaction| {
-            select_all(
-                transaction,
-                "SELECT pipeline, task, state, set_at, set_by FROM flags WHERE pipeline = ?1 ORDER BY task",
-                [pipeline],
-                |row| {
-                    Ok(FlagRecord {
-                        pipeline: row.get(0)?,
-                        task: row.get(1)?,
-                        state: row.get(2)?,
-                        set_at: row.get(3)?,
-                        set_by: row.get(4)?,
-                    })
-                },
-            )
-        })
-        .await
+        self.transact(move |transaction| flags_in(transaction, &pipeline))
+            .await
     }
 
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {

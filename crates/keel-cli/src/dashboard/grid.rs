@@ -48,6 +48,8 @@ pub struct GridPage {
     pub newer: Option<String>,
     /// Counts of the shown runs by state, for the summary line.
     pub summary: Vec<(&'static str, String, usize)>,
+    /// The feature flags set (`keel flags`): task and what it says.
+    pub flags: Vec<(String, String)>,
 }
 
 /// One partition.
@@ -111,12 +113,7 @@ pub async fn render(
                 .await
                 .map_err(|error| ApiError::internal(error.into()))?
         }
-        _ => StatusView {
-            runs: Vec::new(),
-            resources: Vec::new(),
-            omitted: 0,
-            newest: BTreeMap::new(),
-        },
+        _ => StatusView::default(),
     };
     let mut waived: HashMap<keel_model::RunId, Vec<String>> = HashMap::new();
     for run in view
@@ -194,6 +191,11 @@ pub async fn render(
         summary: summary
             .into_iter()
             .map(|(state, count)| (state_class(state), state.to_string(), count))
+            .collect(),
+        flags: view
+            .flags
+            .iter()
+            .map(|flag| (flag.task.clone(), flag.state.clone()))
             .collect(),
     })
 }

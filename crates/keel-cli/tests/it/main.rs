@@ -17,6 +17,7 @@ mod demo;
 mod edges;
 mod expand;
 mod faults;
+mod flags;
 mod hardening;
 mod history;
 mod http_tasks;

@@ -350,7 +350,21 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .collect())
     }
 
+    /// Reads the feature flags (`keel flags`) from the store; a flag that does not parse (a
+    /// newer Keel's, say) is left out, so the task runs.
+    pub(super) async fn refresh_flags(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        book.flags = self
+            .store
+            .flags(&self.core.spec.name)
+            .await?
+            .into_iter()
+            .filter_map(|flag| Some((flag.task, (flag.state.parse().ok()?, flag.set_by))))
+            .collect();
+        Ok(())
+    }
+
     pub(super) async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {
+        self.refresh_flags(book).await?;
         for run_index in 0..book.runs.len() {
             let active = &book.runs[run_index];
             if active.finished || active.cancelling {

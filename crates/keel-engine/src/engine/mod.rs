@@ -810,7 +810,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let (reporter, reports) = mpsc::unbounded_channel();
         let (sensor_reporter, sensors) = mpsc::unbounded_channel();
         let (probe_reporter, probes) = mpsc::unbounded_channel();
-        let book = Book::new(self.resource_policies().await?, self.clock.now());
+        let mut book = Book::new(self.resource_policies().await?, self.clock.now());
+        self.refresh_flags(&mut book).await?;
         let mut poll = tokio::time::interval(self.core.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inbox = Inbox {
@@ -883,8 +884,9 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.run_effects(book, inbox);
         self.start_ready(book, inbox).await?;
         self.run_effects(book, inbox);
-        if !book.given_up.is_empty() {
+        if !book.given_up.is_empty() || !book.flag_skips.is_empty() {
             self.core.settle_given_up(book)?;
+            self.core.settle_flag_skips(book)?;
             return Ok(false);
         }
         Ok(true)

@@ -37,6 +37,10 @@ impl Core {
                 book.runs[run_index].slots[task].ready_since = None;
                 continue;
             }
+            if let Some(reason) = self.flag_skip(book, run_index, task) {
+                book.flag_skips.push((run_index, task, reason));
+                continue;
+            }
             if !self.partition_may_start(book, run_index) {
                 book.held_for_partitions.push((run_index, task));
                 continue;

@@ -28,6 +28,7 @@ use crate::{EngineError, Random};
 mod calendar;
 mod dispatch;
 mod edges;
+mod flags;
 mod gates;
 mod recovery;
 mod resources;
@@ -270,6 +271,10 @@ pub(super) struct Book {
     pub held_for_partitions: Vec<(usize, TaskIndex)>,
     /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
     pub given_up: Vec<(usize, TaskIndex, String)>,
+    /// Tasks a feature flag leaves out of their partition, found ready: settled `skipped`.
+    pub flag_skips: Vec<(usize, TaskIndex, String)>,
+    /// The feature flags read from the store (`keel flags`): by task, what it says and who set it.
+    pub flags: HashMap<String, (keel_model::FlagState, String)>,
     /// Permits taken for tasks picked to start, until their claim is known.
     pub picked_permits: HashMap<(usize, TaskIndex), Vec<(usize, Permit)>>,
     /// Permits held by running attempts.
@@ -341,6 +346,8 @@ impl Book {
             breaker_wake: vec![None; count],
             held_for_partitions: Vec::new(),
             given_up: Vec::new(),
+            flag_skips: Vec::new(),
+            flags: HashMap::new(),
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
             shutting_down: false,
@@ -374,6 +381,7 @@ impl Book {
             && self.timers.is_empty()
             && self.held_for_partitions.is_empty()
             && self.given_up.is_empty()
+            && self.flag_skips.is_empty()
             && self.picked_permits.is_empty()
             && self.followups.is_empty()
             && self.resource_waiters.iter().all(Vec::is_empty)
