@@ -109,7 +109,7 @@ const RULES: &[Rule] = &[
     Rule {
         id: "cli-password",
         description: "a password on a database client's command line (-pPASSWORD)",
-        pattern: r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]*?[ \t]-p(?P<secret>[^\s'\x22]{6,128})",
+        pattern: r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]*?[ \t]-p(?P<secret>[^\s'\x22`]{6,128})",
         confirm: Confirm::Assigned,
     },
     Rule {
@@ -261,6 +261,8 @@ pub fn looks_random(value: &str, quoted: bool) -> bool {
         || format_string
         || value.contains("${")
         || value.contains("{{")
+        || value.contains("{:")
+        || value.contains("{}")
         || value.contains("()")
         || scheme
         || PLACEHOLDER_WORDS.iter().any(|word| lower.contains(word))
@@ -390,6 +392,8 @@ mod tests {
             "token_file = /run/secrets/token",
             "postgres://app:${PGPASSWORD}@db/app",
             "postgres://app:%s@db/app",
+            "AWS_ACCESS_KEY_ID=\"AKIA{:016}\"",
+            "| `cli-password` | `mysql -pPASSWORD` and its kin |",
             "password_hash = sha256",
             "sha = 3f786850e387550fdab836ed7e6dc881de23001b",
             "let source = TokenSource::Generated2;",
