@@ -1,0 +1,4 @@
+//! keel-secrets against the world: the real `age` binary, real files and real processes.
+
+mod age_interop;
+mod support;
