@@ -1466,6 +1466,7 @@ fn build_spec(
         schedule: pipeline.schedule_spec,
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
+        secrets: None,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

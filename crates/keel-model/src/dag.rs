@@ -312,6 +312,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -360,6 +361,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -394,6 +396,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -188,6 +188,7 @@ after = ["player_game_summary", "scrape_injuries"]
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
     };
     assert_eq!(spec, expected);
 
@@ -357,6 +358,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

@@ -2,3 +2,5 @@
 
 mod age_interop;
 mod support;
+mod providers;
+mod store;
