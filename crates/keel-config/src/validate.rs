@@ -15,6 +15,7 @@ mod context;
 mod http;
 mod passes;
 mod resilience;
+mod secrets_provider;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -46,8 +47,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "tasks",
     "passes",
     "alerts",
+    "secrets",
 ];
-const TOP_LEVEL_LATER: &[&str] = &["secrets"];
+const TOP_LEVEL_LATER: &[&str] = &[];
 const PIPELINE_FIELDS: &[&str] = &[
     "name",
     "timezone",
@@ -739,6 +741,7 @@ impl Checker<'_> {
         let mut tasks: Vec<RawTask> = Vec::new();
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         let mut alerts = None;
+        let mut secrets = None;
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -793,6 +796,11 @@ impl Checker<'_> {
                         alerts = self.alerts(table, &key.span());
                     }
                 }
+                "secrets" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        secrets = self.secrets(table, &key.span());
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -822,6 +830,7 @@ impl Checker<'_> {
         let passes = passes::build_passes(raw_passes, &tasks);
         let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
         spec.alerts = alerts;
+        spec.secrets = secrets;
         Some(spec).filter(|_| self.errors.is_empty())
     }
 
