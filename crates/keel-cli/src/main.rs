@@ -37,6 +37,7 @@ mod operations;
 mod otlp;
 mod output;
 mod report;
+mod secrets;
 mod serve;
 mod serve_log;
 mod setup;

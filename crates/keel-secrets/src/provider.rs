@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use keel_model::SecretProvider;
 
-use crate::store::{Key, STORE_FILE, SecretStore};
+use crate::store::{Key, SecretStore, store_path};
 use crate::{Secret, SecretError, check_name, trim_line_ending};
 
 /// The clock the command provider's cache reads; tests pass a manual one.
@@ -62,16 +62,16 @@ struct FileStamp {
 }
 
 impl Resolver {
-    /// A resolver for `provider`. `state_folder` holds the store (`.keel` beside the
-    /// pipeline) and `pipeline_folder` is the pipeline file's folder: relative `dir:` paths start
-    /// there, and a key file inside it is refused. The store's key is read on first use, so a
-    /// pipeline that uses no secret needs none.
-    pub fn new(provider: &SecretProvider, state_folder: &Path, pipeline_folder: &Path, clock: Clock) -> Self {
+    /// A resolver for `provider` of the pipeline whose file is in `pipeline_folder`: the store
+    /// is `.keel/secrets.age` there, relative `dir:` paths start there, and a key file inside it
+    /// is refused. The store's key is read on first use, so a pipeline that uses no secret
+    /// needs none.
+    pub fn new(provider: &SecretProvider, pipeline_folder: &Path, clock: Clock) -> Self {
         let source = match provider {
             SecretProvider::Store => {
                 let pipeline_folder = pipeline_folder.to_path_buf();
                 let key: KeyLoader = Box::new(move || Key::from_environment(&pipeline_folder));
-                return Self::for_store(state_folder.join(STORE_FILE), key, clock);
+                return Self::for_store(store_path(pipeline_folder), key, clock);
             }
             SecretProvider::Env => Source::Env,
             SecretProvider::Dir(path) => Source::Dir(pipeline_folder.join(path)),
@@ -91,8 +91,8 @@ impl Resolver {
     }
 
     /// A resolver on the system clock.
-    pub fn with_system_clock(provider: &SecretProvider, state_folder: &Path, pipeline_folder: &Path) -> Self {
-        Self::new(provider, state_folder, pipeline_folder, Arc::new(Instant::now))
+    pub fn with_system_clock(provider: &SecretProvider, pipeline_folder: &Path) -> Self {
+        Self::new(provider, pipeline_folder, Arc::new(Instant::now))
     }
 
     /// The value of secret `name`.

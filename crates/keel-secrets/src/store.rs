@@ -18,6 +18,11 @@ use crate::{Secret, SecretError, check_name};
 
 /// The store's file name inside the state folder.
 pub const STORE_FILE: &str = "secrets.age";
+/// The store of the pipeline whose file is in `pipeline_folder`: `.keel/secrets.age` beside it.
+pub fn store_path(pipeline_folder: &Path) -> PathBuf {
+    pipeline_folder.join(".keel").join(STORE_FILE)
+}
+
 /// The variable holding the store's passphrase.
 pub const PASSPHRASE_VARIABLE: &str = "KEEL_SECRETS_PASSPHRASE";
 

@@ -20,7 +20,7 @@ fn manual_clock() -> (Clock, Arc<AtomicU64>) {
 }
 
 fn resolver(provider: SecretProvider, pipeline: &Path) -> Resolver {
-    Resolver::new(&provider, &pipeline.join(".keel"), pipeline, manual_clock().0)
+    Resolver::new(&provider, pipeline, manual_clock().0)
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn a_command_runs_without_a_shell_and_its_answer_is_kept_for_the_ttl() {
         timeout: Duration::from_secs(30),
     };
     let (clock, elapsed) = manual_clock();
-    let command = Resolver::new(&provider, dir.path(), dir.path(), clock);
+    let command = Resolver::new(&provider, dir.path(), clock);
     assert_eq!(command.resolve("STATS_API_KEY").unwrap().expose(), "value-of-STATS_API_KEY");
     assert_eq!(runs(dir.path()), 1);
     elapsed.store(299_999, Ordering::SeqCst);
