@@ -11,7 +11,7 @@ pub enum SecretError {
     )]
     InvalidName { name: String },
     #[error(
-        "no key for the secret store: set KEEL_SECRETS_PASSPHRASE, or create a key file with `age-keygen -o {key_file}` and `chmod 600 {key_file}`",
+        "no key for the secret store; set KEEL_SECRETS_PASSPHRASE, or create a key file with `age-keygen -o {key_file}` and `chmod 600 {key_file}`",
         key_file = key_file.display()
     )]
     NoKey { key_file: PathBuf },

@@ -69,9 +69,10 @@ impl Resolver {
     pub fn new(provider: &SecretProvider, pipeline_folder: &Path, clock: Clock) -> Self {
         let source = match provider {
             SecretProvider::Store => {
+                let path = store_path(pipeline_folder);
                 let pipeline_folder = pipeline_folder.to_path_buf();
                 let key: KeyLoader = Box::new(move || Key::from_environment(&pipeline_folder));
-                return Self::for_store(store_path(pipeline_folder), key, clock);
+                return Self::for_store(path, key, clock);
             }
             SecretProvider::Env => Source::Env,
             SecretProvider::Dir(path) => Source::Dir(pipeline_folder.join(path)),
