@@ -83,6 +83,9 @@ fn exit(error: SecretError) -> anyhow::Error {
         | SecretError::BadKeyFile { .. }
         | SecretError::Empty { .. }
         | SecretError::NotUtf8 { .. } => Exit::usage(error.to_string()),
-        _ => anyhow::Error::new(Exit { code: 1, message: error.to_string() }),
+        _ => anyhow::Error::new(Exit {
+            code: 1,
+            message: error.to_string(),
+        }),
     }
 }

@@ -26,12 +26,12 @@ pub use http::{
 };
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
-    DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, SecretProvider, SecretsSpec,
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
-    DEFAULT_TIMEOUT, GateSpec, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
-    PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskSpec, WebhookUrl,
+    DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, DEFAULT_TIMEOUT, GateSpec, InheritEnv,
+    Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec,
+    RetryPolicy, ScheduleSpec, SecretProvider, SecretsSpec, SensorSpec, TaskContext, TaskSpec,
+    WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

@@ -73,7 +73,11 @@ pub enum SecretProvider {
     /// `{ command = ["vault", "read", "{name}"], ttl = "5m", timeout = "30s" }`: a program run
     /// without a shell, `{name}` replaced by the secret's name, whose standard output is the
     /// value, kept for `ttl`.
-    Command { argv: Vec<String>, ttl: Duration, timeout: Duration },
+    Command {
+        argv: Vec<String>,
+        ttl: Duration,
+        timeout: Duration,
+    },
 }
 
 /// A pass (`[passes.NAME]`): a schedule that processes a partition again with a subset of the

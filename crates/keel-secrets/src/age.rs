@@ -49,7 +49,9 @@ pub enum AgeError {
     WrongKey,
     #[error("the file is encrypted for {found}, not for {wanted}")]
     OtherRecipient { found: String, wanted: &'static str },
-    #[error("the file's scrypt work factor {work_factor} is above the highest accepted, {MAX_WORK_FACTOR}")]
+    #[error(
+        "the file's scrypt work factor {work_factor} is above the highest accepted, {MAX_WORK_FACTOR}"
+    )]
     WorkFactorTooHigh { work_factor: u8 },
     #[error("the age header was changed after it was written (its MAC does not match)")]
     HeaderMac,
@@ -64,7 +66,10 @@ pub enum AgeError {
 /// Whom a file is encrypted for.
 pub enum Recipient {
     /// A passphrase, stretched with scrypt at `work_factor` (log2 of N).
-    Passphrase { passphrase: Zeroizing<String>, work_factor: u8 },
+    Passphrase {
+        passphrase: Zeroizing<String>,
+        work_factor: u8,
+    },
     /// The public half of an X25519 identity.
     X25519(x25519_dalek::PublicKey),
 }
@@ -92,13 +97,16 @@ impl X25519Identity {
     pub fn generate() -> Result<Self, AgeError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         random(bytes.as_mut())?;
-        Ok(Self { secret: x25519_dalek::StaticSecret::from(*bytes) })
+        Ok(Self {
+            secret: x25519_dalek::StaticSecret::from(*bytes),
+        })
     }
 
     /// Parses `AGE-SECRET-KEY-1…` (either case).
     pub fn parse(text: &str) -> Result<Self, AgeError> {
-        let (hrp, data) = bech32::decode(text.trim())
-            .map_err(|_| AgeError::BadIdentity("not a valid AGE-SECRET-KEY-1… string (bad bech32)".to_string()))?;
+        let (hrp, data) = bech32::decode(text.trim()).map_err(|_| {
+            AgeError::BadIdentity("not a valid AGE-SECRET-KEY-1… string (bad bech32)".to_string())
+        })?;
         if hrp.to_lowercase() != SECRET_KEY_HRP {
             return Err(AgeError::BadIdentity(format!(
                 "it starts with \"{}1\", not \"AGE-SECRET-KEY-1\"",
@@ -106,22 +114,30 @@ impl X25519Identity {
             )));
         }
         let data = Zeroizing::new(data);
-        let bytes: [u8; 32] = data
-            .as_slice()
-            .try_into()
-            .map_err(|_| AgeError::BadIdentity(format!("the key is {} bytes, not 32", data.len())))?;
-        Ok(Self { secret: x25519_dalek::StaticSecret::from(bytes) })
+        let bytes: [u8; 32] = data.as_slice().try_into().map_err(|_| {
+            AgeError::BadIdentity(format!("the key is {} bytes, not 32", data.len()))
+        })?;
+        Ok(Self {
+            secret: x25519_dalek::StaticSecret::from(bytes),
+        })
     }
 
     /// Finds the identity in the text of a key file as `age-keygen` writes it: comment lines
     /// starting with `#`, blank lines, and one `AGE-SECRET-KEY-1…` line.
     pub fn from_key_file(text: &str) -> Result<Self, AgeError> {
-        let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'));
         let Some(line) = lines.next() else {
-            return Err(AgeError::BadIdentity("the key file holds no AGE-SECRET-KEY-1… line".to_string()));
+            return Err(AgeError::BadIdentity(
+                "the key file holds no AGE-SECRET-KEY-1… line".to_string(),
+            ));
         };
         if lines.next().is_some() {
-            return Err(AgeError::BadIdentity("the key file holds more than one key".to_string()));
+            return Err(AgeError::BadIdentity(
+                "the key file holds more than one key".to_string(),
+            ));
         }
         Self::parse(line)
     }
@@ -131,7 +147,8 @@ impl X25519Identity {
         let hrp = bech32::Hrp::parse(SECRET_KEY_HRP).expect("a valid human-readable part");
         let bytes = Zeroizing::new(self.secret.to_bytes());
         Zeroizing::new(
-            bech32::encode_upper::<bech32::Bech32>(hrp, bytes.as_ref()).expect("32 bytes fit in bech32"),
+            bech32::encode_upper::<bech32::Bech32>(hrp, bytes.as_ref())
+                .expect("32 bytes fit in bech32"),
         )
     }
 
@@ -144,21 +161,24 @@ impl X25519Identity {
     pub fn recipient_string(&self) -> String {
         let public = x25519_dalek::PublicKey::from(&self.secret);
         let hrp = bech32::Hrp::parse(PUBLIC_KEY_HRP).expect("a valid human-readable part");
-        bech32::encode_lower::<bech32::Bech32>(hrp, public.as_bytes()).expect("32 bytes fit in bech32")
+        bech32::encode_lower::<bech32::Bech32>(hrp, public.as_bytes())
+            .expect("32 bytes fit in bech32")
     }
 }
 
 /// Parses an `age1…` recipient.
 pub fn parse_recipient(text: &str) -> Result<Recipient, AgeError> {
-    let (hrp, data) = bech32::decode(text.trim())
-        .map_err(|_| AgeError::BadIdentity("not a valid age1… recipient (bad bech32)".to_string()))?;
+    let (hrp, data) = bech32::decode(text.trim()).map_err(|_| {
+        AgeError::BadIdentity("not a valid age1… recipient (bad bech32)".to_string())
+    })?;
     if hrp.to_lowercase() != PUBLIC_KEY_HRP {
-        return Err(AgeError::BadIdentity("a recipient starts with \"age1\"".to_string()));
+        return Err(AgeError::BadIdentity(
+            "a recipient starts with \"age1\"".to_string(),
+        ));
     }
-    let bytes: [u8; 32] = data
-        .as_slice()
-        .try_into()
-        .map_err(|_| AgeError::BadIdentity(format!("the recipient is {} bytes, not 32", data.len())))?;
+    let bytes: [u8; 32] = data.as_slice().try_into().map_err(|_| {
+        AgeError::BadIdentity(format!("the recipient is {} bytes, not 32", data.len()))
+    })?;
     Ok(Recipient::X25519(x25519_dalek::PublicKey::from(bytes)))
 }
 
@@ -167,7 +187,10 @@ pub fn encrypt(recipient: &Recipient, plaintext: &[u8]) -> Result<Vec<u8>, AgeEr
     let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
     random(file_key.as_mut())?;
     let stanza = match recipient {
-        Recipient::Passphrase { passphrase, work_factor } => {
+        Recipient::Passphrase {
+            passphrase,
+            work_factor,
+        } => {
             let mut salt = [0u8; 16];
             random(&mut salt)?;
             let wrap_key = scrypt_key(passphrase.as_bytes(), &salt, *work_factor)?;
@@ -184,7 +207,9 @@ pub fn encrypt(recipient: &Recipient, plaintext: &[u8]) -> Result<Vec<u8>, AgeEr
             let share = x25519_dalek::PublicKey::from(&ephemeral);
             let shared = ephemeral.diffie_hellman(public);
             if !shared.was_contributory() {
-                return Err(AgeError::BadIdentity("the recipient is a low-order point".to_string()));
+                return Err(AgeError::BadIdentity(
+                    "the recipient is a low-order point".to_string(),
+                ));
             }
             let wrap_key = x25519_wrap_key(shared.as_bytes(), share.as_bytes(), public.as_bytes());
             Stanza {
@@ -234,16 +259,29 @@ pub fn decrypt(identity: &Identity, file: &[u8]) -> Result<Zeroizing<Vec<u8>>, A
 
 /// The types of the file's stanzas (`X25519`, `scrypt`, …), to say whom a file is for.
 pub fn recipient_types(file: &[u8]) -> Result<Vec<String>, AgeError> {
-    Ok(Header::parse(file)?.stanzas.into_iter().map(|stanza| stanza.kind).collect())
+    Ok(Header::parse(file)?
+        .stanzas
+        .into_iter()
+        .map(|stanza| stanza.kind)
+        .collect())
 }
 
-fn unwrap_scrypt(header: &Header, passphrase: &str) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, AgeError> {
-    let scrypt_stanzas: Vec<&Stanza> = header.stanzas.iter().filter(|stanza| stanza.kind == "scrypt").collect();
+fn unwrap_scrypt(
+    header: &Header,
+    passphrase: &str,
+) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, AgeError> {
+    let scrypt_stanzas: Vec<&Stanza> = header
+        .stanzas
+        .iter()
+        .filter(|stanza| stanza.kind == "scrypt")
+        .collect();
     let Some(stanza) = scrypt_stanzas.first() else {
         return Err(other_recipient(header, "a passphrase"));
     };
     if header.stanzas.len() != 1 {
-        return Err(malformed("a scrypt stanza must be the only stanza in the header"));
+        return Err(malformed(
+            "a scrypt stanza must be the only stanza in the header",
+        ));
     }
     let [salt, work_factor] = stanza.args.as_slice() else {
         return Err(malformed("a scrypt stanza takes a salt and a work factor"));
@@ -251,7 +289,11 @@ fn unwrap_scrypt(header: &Header, passphrase: &str) -> Result<Zeroizing<[u8; FIL
     let salt = decode_exact::<16>(salt, "the scrypt salt")?;
     let work_factor: u8 = match work_factor.parse() {
         Ok(value) if value > 0 && !work_factor.starts_with('0') => value,
-        _ => return Err(malformed(&format!("the scrypt work factor {work_factor:?} is not a positive decimal number"))),
+        _ => {
+            return Err(malformed(&format!(
+                "the scrypt work factor {work_factor:?} is not a positive decimal number"
+            )));
+        }
     };
     if work_factor > MAX_WORK_FACTOR {
         return Err(AgeError::WorkFactorTooHigh { work_factor });
@@ -260,10 +302,17 @@ fn unwrap_scrypt(header: &Header, passphrase: &str) -> Result<Zeroizing<[u8; FIL
     open_file_key(&wrap_key, &stanza.body).ok_or(AgeError::WrongPassphrase)
 }
 
-fn unwrap_x25519(header: &Header, identity: &X25519Identity) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, AgeError> {
+fn unwrap_x25519(
+    header: &Header,
+    identity: &X25519Identity,
+) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, AgeError> {
     let public = x25519_dalek::PublicKey::from(&identity.secret);
     let mut saw_x25519 = false;
-    for stanza in header.stanzas.iter().filter(|stanza| stanza.kind == "X25519") {
+    for stanza in header
+        .stanzas
+        .iter()
+        .filter(|stanza| stanza.kind == "X25519")
+    {
         saw_x25519 = true;
         let [share] = stanza.args.as_slice() else {
             return Err(malformed("an X25519 stanza takes one argument"));
@@ -279,11 +328,19 @@ fn unwrap_x25519(header: &Header, identity: &X25519Identity) -> Result<Zeroizing
             return Ok(file_key);
         }
     }
-    if saw_x25519 { Err(AgeError::WrongKey) } else { Err(other_recipient(header, "an X25519 key")) }
+    if saw_x25519 {
+        Err(AgeError::WrongKey)
+    } else {
+        Err(other_recipient(header, "an X25519 key"))
+    }
 }
 
 fn other_recipient(header: &Header, wanted: &'static str) -> AgeError {
-    let kinds: Vec<&str> = header.stanzas.iter().map(|stanza| stanza.kind.as_str()).collect();
+    let kinds: Vec<&str> = header
+        .stanzas
+        .iter()
+        .map(|stanza| stanza.kind.as_str())
+        .collect();
     let found = match kinds.as_slice() {
         ["scrypt"] => "a passphrase".to_string(),
         ["X25519", ..] => "an X25519 key".to_string(),
@@ -302,20 +359,30 @@ fn decrypt_payload(file_key: &[u8], payload: &[u8]) -> Result<Zeroizing<Vec<u8>>
     let mut index: u64 = 0;
     loop {
         if rest.len() < TAG_LEN {
-            return Err(AgeError::Payload("truncated (a chunk is shorter than its tag)"));
+            return Err(AgeError::Payload(
+                "truncated (a chunk is shorter than its tag)",
+            ));
         }
         let last = rest.len() <= CHUNK_LEN + TAG_LEN;
-        let (chunk, after) = rest.split_at(if last { rest.len() } else { CHUNK_LEN + TAG_LEN });
-        let opened = cipher.decrypt(&chunk_nonce(index, last), chunk).map_err(|_| {
-            if last {
-                AgeError::Payload("truncated or changed (the last chunk does not authenticate)")
-            } else {
-                AgeError::Payload("changed (a chunk does not authenticate)")
-            }
-        })?;
+        let (chunk, after) = rest.split_at(if last {
+            rest.len()
+        } else {
+            CHUNK_LEN + TAG_LEN
+        });
+        let opened = cipher
+            .decrypt(&chunk_nonce(index, last), chunk)
+            .map_err(|_| {
+                if last {
+                    AgeError::Payload("truncated or changed (the last chunk does not authenticate)")
+                } else {
+                    AgeError::Payload("changed (a chunk does not authenticate)")
+                }
+            })?;
         let opened = Zeroizing::new(opened);
         if last && opened.is_empty() && index > 0 {
-            return Err(AgeError::Payload("malformed (an empty last chunk after others)"));
+            return Err(AgeError::Payload(
+                "malformed (an empty last chunk after others)",
+            ));
         }
         plaintext.extend_from_slice(&opened);
         if last {
@@ -385,7 +452,9 @@ impl Header {
     fn parse(file: &[u8]) -> Result<Self, AgeError> {
         let mut lines = Lines { file, position: 0 };
         let version_end = VERSION_LINE.len() + 1;
-        if file.len() < version_end || &file[..version_end] != format!("{VERSION_LINE}\n").as_bytes() {
+        if file.len() < version_end
+            || &file[..version_end] != format!("{VERSION_LINE}\n").as_bytes()
+        {
             return Err(AgeError::NotAgeFile);
         }
         lines.next("the version line")?;
@@ -396,7 +465,8 @@ impl Header {
                 if stanzas.is_empty() {
                     return Err(malformed("the header has no stanza"));
                 }
-                let mac = std::str::from_utf8(mac).map_err(|_| malformed("the MAC is not ASCII"))?;
+                let mac =
+                    std::str::from_utf8(mac).map_err(|_| malformed("the MAC is not ASCII"))?;
                 let mac = decode_exact::<32>(mac, "the header MAC")?;
                 return Ok(Self {
                     stanzas,
@@ -406,13 +476,18 @@ impl Header {
                 });
             }
             let Some(arguments) = line.strip_prefix(b"-> ") else {
-                return Err(malformed("a line that should start a stanza (\"-> \") or end the header (\"--- \") does neither"));
+                return Err(malformed(
+                    "a line that should start a stanza (\"-> \") or end the header (\"--- \") does neither",
+                ));
             };
-            let arguments = std::str::from_utf8(arguments).map_err(|_| malformed("a stanza line is not ASCII"))?;
+            let arguments = std::str::from_utf8(arguments)
+                .map_err(|_| malformed("a stanza line is not ASCII"))?;
             let mut words = Vec::new();
             for word in arguments.split(' ') {
                 if word.is_empty() || !word.bytes().all(|byte| (0x21..=0x7e).contains(&byte)) {
-                    return Err(malformed("a stanza argument is empty or has characters other than printable ASCII"));
+                    return Err(malformed(
+                        "a stanza argument is empty or has characters other than printable ASCII",
+                    ));
                 }
                 words.push(word.to_string());
             }
@@ -423,7 +498,10 @@ impl Header {
                 if body_line.len() > COLUMNS {
                     return Err(malformed("a stanza body line is longer than 64 columns"));
                 }
-                body_text.push_str(std::str::from_utf8(body_line).map_err(|_| malformed("a stanza body is not ASCII"))?);
+                body_text.push_str(
+                    std::str::from_utf8(body_line)
+                        .map_err(|_| malformed("a stanza body is not ASCII"))?,
+                );
                 if body_line.len() < COLUMNS {
                     break;
                 }
@@ -431,21 +509,29 @@ impl Header {
             let body = STANDARD_NO_PAD
                 .decode(&body_text)
                 .map_err(|_| malformed("a stanza body is not canonical base64"))?;
-            stanzas.push(Stanza { kind, args: words, body });
+            stanzas.push(Stanza {
+                kind,
+                args: words,
+                body,
+            });
             (line_start, line) = lines.next("the MAC line")?;
         }
     }
 }
 
 fn malformed(reason: &str) -> AgeError {
-    AgeError::MalformedHeader { reason: reason.to_string() }
+    AgeError::MalformedHeader {
+        reason: reason.to_string(),
+    }
 }
 
 fn decode_exact<const N: usize>(text: &str, what: &str) -> Result<[u8; N], AgeError> {
     let bytes = STANDARD_NO_PAD
         .decode(text)
         .map_err(|_| malformed(&format!("{what} is not canonical base64")))?;
-    bytes.try_into().map_err(|_| malformed(&format!("{what} is not {N} bytes")))
+    bytes
+        .try_into()
+        .map_err(|_| malformed(&format!("{what} is not {N} bytes")))
 }
 
 fn random(buffer: &mut [u8]) -> Result<(), AgeError> {
@@ -460,17 +546,29 @@ fn hkdf(ikm: &[u8], salt: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
     key
 }
 
-fn scrypt_key(passphrase: &[u8], salt: &[u8; 16], work_factor: u8) -> Result<Zeroizing<[u8; 32]>, AgeError> {
-    let params = scrypt::Params::new(work_factor, 8, 1, 32)
-        .map_err(|_| malformed(&format!("the scrypt work factor {work_factor} is out of range")))?;
+fn scrypt_key(
+    passphrase: &[u8],
+    salt: &[u8; 16],
+    work_factor: u8,
+) -> Result<Zeroizing<[u8; 32]>, AgeError> {
+    let params = scrypt::Params::new(work_factor, 8, 1, 32).map_err(|_| {
+        malformed(&format!(
+            "the scrypt work factor {work_factor} is out of range"
+        ))
+    })?;
     let mut full_salt = SCRYPT_LABEL.to_vec();
     full_salt.extend_from_slice(salt);
     let mut key = Zeroizing::new([0u8; 32]);
-    scrypt::scrypt(passphrase, &full_salt, &params, key.as_mut()).expect("32 bytes is a valid scrypt length");
+    scrypt::scrypt(passphrase, &full_salt, &params, key.as_mut())
+        .expect("32 bytes is a valid scrypt length");
     Ok(key)
 }
 
-fn x25519_wrap_key(shared: &[u8; 32], share: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+fn x25519_wrap_key(
+    shared: &[u8; 32],
+    share: &[u8; 32],
+    recipient: &[u8; 32],
+) -> Zeroizing<[u8; 32]> {
     let mut salt = share.to_vec();
     salt.extend_from_slice(recipient);
     hkdf(shared, &salt, X25519_LABEL)
@@ -486,7 +584,11 @@ fn open_file_key(key: &[u8; 32], body: &[u8]) -> Option<Zeroizing<[u8; FILE_KEY_
     if body.len() != FILE_KEY_LEN + TAG_LEN {
         return None;
     }
-    let opened = Zeroizing::new(ChaCha20Poly1305::new(Key::from_slice(key)).decrypt(&Nonce::default(), body).ok()?);
+    let opened = Zeroizing::new(
+        ChaCha20Poly1305::new(Key::from_slice(key))
+            .decrypt(&Nonce::default(), body)
+            .ok()?,
+    );
     let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
     file_key.copy_from_slice(&opened);
     Some(file_key)
@@ -494,7 +596,8 @@ fn open_file_key(key: &[u8; 32], body: &[u8]) -> Option<Zeroizing<[u8; FILE_KEY_
 
 fn header_mac(file_key: &[u8], header: &[u8]) -> [u8; 32] {
     let key = hkdf(file_key, &[], b"header");
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
     mac.update(header);
     mac.finalize().into_bytes().into()
 }
@@ -511,7 +614,12 @@ fn chunk_nonce(index: u64, last: bool) -> Nonce {
 }
 
 fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len() && left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]
@@ -544,29 +652,47 @@ mod tests {
 
     #[test]
     fn a_wrong_passphrase_and_a_wrong_key_are_told_apart_from_damage() {
-        let recipient = Recipient::Passphrase { passphrase: passphrase("right"), work_factor: 10 };
+        let recipient = Recipient::Passphrase {
+            passphrase: passphrase("right"),
+            work_factor: 10,
+        };
         let file = encrypt(&recipient, b"value").unwrap();
-        assert!(matches!(decrypt(&Identity::Passphrase(passphrase("wrong")), &file), Err(AgeError::WrongPassphrase)));
+        assert!(matches!(
+            decrypt(&Identity::Passphrase(passphrase("wrong")), &file),
+            Err(AgeError::WrongPassphrase)
+        ));
         let other = X25519Identity::generate().unwrap();
         assert!(matches!(
             decrypt(&Identity::X25519(other.clone()), &file),
             Err(AgeError::OtherRecipient { .. })
         ));
         let for_key = encrypt(&X25519Identity::generate().unwrap().recipient(), b"value").unwrap();
-        assert!(matches!(decrypt(&Identity::X25519(other), &for_key), Err(AgeError::WrongKey)));
+        assert!(matches!(
+            decrypt(&Identity::X25519(other), &for_key),
+            Err(AgeError::WrongKey)
+        ));
     }
 
     #[test]
     fn every_single_byte_change_is_an_error_never_a_panic_or_a_value() {
-        let recipient = Recipient::Passphrase { passphrase: passphrase("p"), work_factor: 2 };
+        let recipient = Recipient::Passphrase {
+            passphrase: passphrase("p"),
+            work_factor: 2,
+        };
         let file = encrypt(&recipient, b"{\"A\":\"b\"}").unwrap();
         for index in 0..file.len() {
             let mut changed = file.clone();
             changed[index] ^= 0x01;
-            assert!(decrypt(&Identity::Passphrase(passphrase("p")), &changed).is_err(), "byte {index}");
+            assert!(
+                decrypt(&Identity::Passphrase(passphrase("p")), &changed).is_err(),
+                "byte {index}"
+            );
         }
         for length in 0..file.len() {
-            assert!(decrypt(&Identity::Passphrase(passphrase("p")), &file[..length]).is_err(), "length {length}");
+            assert!(
+                decrypt(&Identity::Passphrase(passphrase("p")), &file[..length]).is_err(),
+                "length {length}"
+            );
         }
     }
 
@@ -575,7 +701,9 @@ mod tests {
         let identity = X25519Identity::generate().unwrap();
         let text = identity.to_secret_string();
         assert!(text.starts_with("AGE-SECRET-KEY-1"));
-        let again = X25519Identity::from_key_file(&format!("# created: now\n# public key: x\n{}\n", *text)).unwrap();
+        let again =
+            X25519Identity::from_key_file(&format!("# created: now\n# public key: x\n{}\n", *text))
+                .unwrap();
         assert_eq!(again.recipient_string(), identity.recipient_string());
         assert!(identity.recipient_string().starts_with("age1"));
         assert!(!format!("{identity:?}").contains(&text[20..]));

@@ -29,17 +29,37 @@ pub enum SecretError {
     #[error("the key file {path}: {source}", path = path.display())]
     BadKeyFile { path: PathBuf, source: AgeError },
     #[error("cannot decrypt the secret store {path}: {source}; {hint}", path = path.display())]
-    Decrypt { path: PathBuf, source: AgeError, hint: String },
+    Decrypt {
+        path: PathBuf,
+        source: AgeError,
+        hint: String,
+    },
     #[error("the secret store {path} decrypts, but does not hold names and values; restore it from a backup or remove it and set the secrets again", path = path.display())]
     CorruptStore { path: PathBuf },
     #[error("cannot {action} {path}: {source}", path = path.display())]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no secret {name:?} in {source_name}{}", suggestion.as_ref().map(|name| format!("; did you mean {name:?}?")).unwrap_or_default())]
-    Unknown { name: String, source_name: String, suggestion: Option<String> },
+    Unknown {
+        name: String,
+        source_name: String,
+        suggestion: Option<String>,
+    },
     #[error("the secret {name:?} from {source_name} is empty; {hint}")]
-    Empty { name: String, source_name: String, hint: &'static str },
+    Empty {
+        name: String,
+        source_name: String,
+        hint: &'static str,
+    },
     #[error("the secret {name:?} from {source_name} is not valid UTF-8")]
     NotUtf8 { name: String, source_name: String },
     #[error("the secrets command for {name:?} ({program}) {reason}")]
-    Command { name: String, program: String, reason: String },
+    Command {
+        name: String,
+        program: String,
+        reason: String,
+    },
 }

@@ -47,11 +47,17 @@ impl std::fmt::Display for Secret {
 /// name and a safe file name for the `dir:` provider.
 pub fn check_name(name: &str) -> Result<(), SecretError> {
     let mut bytes = name.bytes();
-    let first_ok = bytes.next().is_some_and(|byte| byte.is_ascii_uppercase() || byte == b'_');
-    if first_ok && bytes.all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_') {
+    let first_ok = bytes
+        .next()
+        .is_some_and(|byte| byte.is_ascii_uppercase() || byte == b'_');
+    if first_ok
+        && bytes.all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit() || byte == b'_')
+    {
         Ok(())
     } else {
-        Err(SecretError::InvalidName { name: name.to_string() })
+        Err(SecretError::InvalidName {
+            name: name.to_string(),
+        })
     }
 }
 

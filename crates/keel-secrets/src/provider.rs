@@ -42,10 +42,19 @@ pub struct Resolver {
 }
 
 enum Source {
-    Store { path: PathBuf, key: KeyLoader, cache: Mutex<Option<StoreCache>> },
+    Store {
+        path: PathBuf,
+        key: KeyLoader,
+        cache: Mutex<Option<StoreCache>>,
+    },
     Env,
     Dir(PathBuf),
-    Command { argv: Vec<String>, ttl: Duration, timeout: Duration, cache: Mutex<HashMap<String, (Instant, Secret)>> },
+    Command {
+        argv: Vec<String>,
+        ttl: Duration,
+        timeout: Duration,
+        cache: Mutex<HashMap<String, (Instant, Secret)>>,
+    },
 }
 
 struct StoreCache {
@@ -88,7 +97,14 @@ impl Resolver {
 
     /// A resolver for the store at `path`, whose key `key` finds when it is first needed.
     pub fn for_store(path: PathBuf, key: KeyLoader, clock: Clock) -> Self {
-        Self { source: Source::Store { path, key, cache: Mutex::new(None) }, clock }
+        Self {
+            source: Source::Store {
+                path,
+                key,
+                cache: Mutex::new(None),
+            },
+            clock,
+        }
     }
 
     /// A resolver on the system clock.
@@ -103,7 +119,12 @@ impl Resolver {
             Source::Store { path, key, cache } => resolve_from_store(name, path, key, cache),
             Source::Env => resolve_from_env(name),
             Source::Dir(folder) => resolve_from_dir(name, folder),
-            Source::Command { argv, ttl, timeout, cache } => {
+            Source::Command {
+                argv,
+                ttl,
+                timeout,
+                cache,
+            } => {
                 let now = (self.clock)();
                 if let Some((fetched, secret)) = lock(cache).get(name)
                     && now.saturating_duration_since(*fetched) < *ttl
@@ -121,7 +142,9 @@ impl Resolver {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the cache leaves it consistent (entries are replaced
     // whole), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn resolve_from_store(
@@ -133,38 +156,68 @@ fn resolve_from_store(
     let stamp = match std::fs::metadata(path) {
         Ok(metadata) => {
             use std::os::unix::fs::MetadataExt as _;
-            FileStamp { modified: metadata.modified().ok(), len: metadata.len(), inode: metadata.ino() }
+            FileStamp {
+                modified: metadata.modified().ok(),
+                len: metadata.len(),
+                inode: metadata.ino(),
+            }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(SecretError::Unknown {
                 name: name.to_string(),
-                source_name: format!("the secret store {} (it does not exist yet; add it with `keel secrets set {name}`)", path.display()),
+                source_name: format!(
+                    "the secret store {} (it does not exist yet; add it with `keel secrets set {name}`)",
+                    path.display()
+                ),
                 suggestion: None,
             });
         }
-        Err(source) => return Err(SecretError::Io { action: "read", path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(SecretError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     let mut cache = lock(cache);
     if cache.as_ref().is_none_or(|cached| cached.stamp != stamp) {
         let store = SecretStore::new(path.to_path_buf(), key()?);
-        *cache = Some(StoreCache { stamp, values: store.load()? });
+        *cache = Some(StoreCache {
+            stamp,
+            values: store.load()?,
+        });
     }
     let values = &cache.as_ref().expect("filled above").values;
-    values.get(name).cloned().ok_or_else(|| SecretError::Unknown {
-        name: name.to_string(),
-        source_name: format!("the secret store {}", path.display()),
-        suggestion: keel_model::closest(name, values.keys().map(String::as_str)),
-    })
+    values
+        .get(name)
+        .cloned()
+        .ok_or_else(|| SecretError::Unknown {
+            name: name.to_string(),
+            source_name: format!("the secret store {}", path.display()),
+            suggestion: keel_model::closest(name, values.keys().map(String::as_str)),
+        })
 }
 
 fn resolve_from_env(name: &str) -> Result<Secret, SecretError> {
     let source_name = "Keel's environment".to_string();
     let Some(value) = std::env::var_os(name) else {
-        return Err(SecretError::Unknown { name: name.to_string(), source_name, suggestion: None });
+        return Err(SecretError::Unknown {
+            name: name.to_string(),
+            source_name,
+            suggestion: None,
+        });
     };
-    let value = value.into_string().map_err(|_| SecretError::NotUtf8 { name: name.to_string(), source_name: source_name.clone() })?;
+    let value = value.into_string().map_err(|_| SecretError::NotUtf8 {
+        name: name.to_string(),
+        source_name: source_name.clone(),
+    })?;
     if value.is_empty() {
-        return Err(SecretError::Empty { name: name.to_string(), source_name, hint: "set the variable to the value before starting Keel" });
+        return Err(SecretError::Empty {
+            name: name.to_string(),
+            source_name,
+            hint: "set the variable to the value before starting Keel",
+        });
     }
     Ok(Secret::new(value))
 }
@@ -176,7 +229,11 @@ fn resolve_from_dir(name: &str, folder: &Path) -> Result<Secret, SecretError> {
         Ok(bytes) => zeroize::Zeroizing::new(bytes),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let names: Vec<String> = std::fs::read_dir(folder)
-                .map(|entries| entries.filter_map(|entry| entry.ok()?.file_name().into_string().ok()).collect())
+                .map(|entries| {
+                    entries
+                        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             return Err(SecretError::Unknown {
                 name: name.to_string(),
@@ -184,20 +241,40 @@ fn resolve_from_dir(name: &str, folder: &Path) -> Result<Secret, SecretError> {
                 suggestion: keel_model::closest(name, names.iter().map(String::as_str)),
             });
         }
-        Err(source) => return Err(SecretError::Io { action: "read", path, source }),
+        Err(source) => {
+            return Err(SecretError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
     };
-    let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8 { name: name.to_string(), source_name: source_name.clone() })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8 {
+        name: name.to_string(),
+        source_name: source_name.clone(),
+    })?;
     let value = trim_line_ending(text);
     if value.is_empty() {
-        return Err(SecretError::Empty { name: name.to_string(), source_name, hint: "write the value into the file" });
+        return Err(SecretError::Empty {
+            name: name.to_string(),
+            source_name,
+            hint: "write the value into the file",
+        });
     }
     Ok(Secret::new(value.to_string()))
 }
 
 fn run_command(name: &str, argv: &[String], timeout: Duration) -> Result<Secret, SecretError> {
-    let argv: Vec<String> = argv.iter().map(|argument| argument.replace("{name}", name)).collect();
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|argument| argument.replace("{name}", name))
+        .collect();
     let program = argv.first().cloned().unwrap_or_default();
-    let failed = |reason: String| SecretError::Command { name: name.to_string(), program: program.clone(), reason };
+    let failed = |reason: String| SecretError::Command {
+        name: name.to_string(),
+        program: program.clone(),
+        reason,
+    };
     let mut child = Command::new(&program)
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -237,14 +314,28 @@ fn run_command(name: &str, argv: &[String], timeout: Duration) -> Result<Secret,
     let stderr = stderr.join().unwrap_or_default();
     if !status.success() {
         let said = String::from_utf8_lossy(&stderr);
-        let said: String = said.trim().lines().next().unwrap_or("").chars().take(STDERR_QUOTE_CHARS).collect();
-        let said = if said.is_empty() { String::new() } else { format!(": {said}") };
+        let said: String = said
+            .trim()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(STDERR_QUOTE_CHARS)
+            .collect();
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!(": {said}")
+        };
         return Err(failed(format!("failed with {status}{said}")));
     }
-    let text = std::str::from_utf8(&stdout).map_err(|_| failed("printed a value that is not UTF-8".to_string()))?;
+    let text = std::str::from_utf8(&stdout)
+        .map_err(|_| failed("printed a value that is not UTF-8".to_string()))?;
     let value = trim_line_ending(text);
     if value.is_empty() {
-        return Err(failed("printed nothing; it should print the secret's value on standard output".to_string()));
+        return Err(failed(
+            "printed nothing; it should print the secret's value on standard output".to_string(),
+        ));
     }
     Ok(Secret::new(value.to_string()))
 }

@@ -29,7 +29,10 @@ pub const PASSPHRASE_VARIABLE: &str = "KEEL_SECRETS_PASSPHRASE";
 /// The key that opens the store.
 pub enum Key {
     Passphrase(Zeroizing<String>),
-    KeyFile { path: PathBuf, identity: X25519Identity },
+    KeyFile {
+        path: PathBuf,
+        identity: X25519Identity,
+    },
 }
 
 impl Key {
@@ -37,7 +40,9 @@ impl Key {
     /// else the key file [`default_key_file`]. `pipeline_folder` is where the pipeline lives; a
     /// key file inside it is refused, since it could be committed with the pipeline.
     pub fn from_environment(pipeline_folder: &Path) -> Result<Key, SecretError> {
-        if let Some(passphrase) = std::env::var_os(PASSPHRASE_VARIABLE).filter(|value| !value.is_empty()) {
+        if let Some(passphrase) =
+            std::env::var_os(PASSPHRASE_VARIABLE).filter(|value| !value.is_empty())
+        {
             let passphrase = passphrase.into_string().map_err(|_| SecretError::NotUtf8 {
                 name: PASSPHRASE_VARIABLE.to_string(),
                 source_name: "the environment".to_string(),
@@ -53,27 +58,50 @@ impl Key {
         let metadata = match std::fs::metadata(path) {
             Ok(metadata) => metadata,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SecretError::NoKey { key_file: path.to_path_buf() });
+                return Err(SecretError::NoKey {
+                    key_file: path.to_path_buf(),
+                });
             }
-            Err(source) => return Err(SecretError::Io { action: "read the key file", path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(SecretError::Io {
+                    action: "read the key file",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         let mode = metadata.mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(SecretError::KeyFileOpen { path: path.to_path_buf(), mode });
+            return Err(SecretError::KeyFileOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
         if let (Ok(key), Ok(folder)) = (path.canonicalize(), pipeline_folder.canonicalize())
             && key.starts_with(&folder)
         {
-            return Err(SecretError::KeyFileInRepository { path: path.to_path_buf(), folder });
+            return Err(SecretError::KeyFileInRepository {
+                path: path.to_path_buf(),
+                folder,
+            });
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| SecretError::Io {
-            action: "read the key file",
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+                    action: "read the key file",
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
+        let identity =
+            X25519Identity::from_key_file(&text).map_err(|source| SecretError::BadKeyFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Key::KeyFile {
             path: path.to_path_buf(),
-            source,
-        })?);
-        let identity = X25519Identity::from_key_file(&text)
-            .map_err(|source| SecretError::BadKeyFile { path: path.to_path_buf(), source })?;
-        Ok(Key::KeyFile { path: path.to_path_buf(), identity })
+            identity,
+        })
     }
 
     fn identity(&self) -> Identity {
@@ -85,9 +113,10 @@ impl Key {
 
     fn recipient(&self) -> Recipient {
         match self {
-            Key::Passphrase(passphrase) => {
-                Recipient::Passphrase { passphrase: passphrase.clone(), work_factor: age::DEFAULT_WORK_FACTOR }
-            }
+            Key::Passphrase(passphrase) => Recipient::Passphrase {
+                passphrase: passphrase.clone(),
+                work_factor: age::DEFAULT_WORK_FACTOR,
+            },
             Key::KeyFile { identity, .. } => identity.recipient(),
         }
     }
@@ -143,18 +172,26 @@ impl SecretStore {
     pub fn load(&self) -> Result<BTreeMap<String, Secret>, SecretError> {
         let file = match std::fs::read(&self.path) {
             Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(BTreeMap::new());
+            }
             Err(source) => return Err(self.io("read", source)),
         };
-        let plaintext = age::decrypt(&self.key.identity(), &file).map_err(|source| SecretError::Decrypt {
-            path: self.path.clone(),
-            hint: self.key.hint(&source),
-            source,
-        })?;
+        let plaintext =
+            age::decrypt(&self.key.identity(), &file).map_err(|source| SecretError::Decrypt {
+                path: self.path.clone(),
+                hint: self.key.hint(&source),
+                source,
+            })?;
         // The parse error is dropped, not quoted: it could show a piece of a value.
         let values: BTreeMap<String, String> =
-            serde_json::from_slice(&plaintext).map_err(|_| SecretError::CorruptStore { path: self.path.clone() })?;
-        Ok(values.into_iter().map(|(name, value)| (name, Secret::new(value))).collect())
+            serde_json::from_slice(&plaintext).map_err(|_| SecretError::CorruptStore {
+                path: self.path.clone(),
+            })?;
+        Ok(values
+            .into_iter()
+            .map(|(name, value)| (name, Secret::new(value)))
+            .collect())
     }
 
     /// One secret; an unknown name gets the closest known one as a suggestion.
@@ -204,10 +241,19 @@ impl SecretStore {
     }
 
     fn save(&self, values: &BTreeMap<String, Secret>) -> Result<(), SecretError> {
-        let plain: BTreeMap<&str, &str> = values.iter().map(|(name, value)| (name.as_str(), value.expose())).collect();
-        let plaintext = Zeroizing::new(serde_json::to_vec(&plain).expect("a map of strings serialises"));
-        let encrypted = age::encrypt(&self.key.recipient(), &plaintext)
-            .map_err(|source| SecretError::Decrypt { path: self.path.clone(), source, hint: "try again".to_string() })?;
+        let plain: BTreeMap<&str, &str> = values
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.expose()))
+            .collect();
+        let plaintext =
+            Zeroizing::new(serde_json::to_vec(&plain).expect("a map of strings serialises"));
+        let encrypted = age::encrypt(&self.key.recipient(), &plaintext).map_err(|source| {
+            SecretError::Decrypt {
+                path: self.path.clone(),
+                source,
+                hint: "try again".to_string(),
+            }
+        })?;
         let folder = self.path.parent().unwrap_or(Path::new("."));
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -235,6 +281,10 @@ impl SecretStore {
     }
 
     fn io(&self, action: &'static str, source: std::io::Error) -> SecretError {
-        SecretError::Io { action, path: self.path.clone(), source }
+        SecretError::Io {
+            action,
+            path: self.path.clone(),
+            source,
+        }
     }
 }

@@ -94,7 +94,11 @@ impl Checker<'_> {
             });
         }
         let argv = argv?;
-        (self.errors.len() == errors_before).then_some(SecretProvider::Command { argv, ttl, timeout })
+        (self.errors.len() == errors_before).then_some(SecretProvider::Command {
+            argv,
+            ttl,
+            timeout,
+        })
     }
 
     fn secrets_argv(&mut self, value: &Spanned<DeValue<'_>>) -> Option<Vec<String>> {
@@ -114,9 +118,13 @@ impl Checker<'_> {
             argv.push(argument);
         }
         let reason = if argv.is_empty() {
-            Some("it is empty; name the program that prints a secret, such as [\"vault-read\", \"{name}\"]")
+            Some(
+                "it is empty; name the program that prints a secret, such as [\"vault-read\", \"{name}\"]",
+            )
         } else if !argv.iter().any(|argument| argument.contains("{name}")) {
-            Some("no argument holds \"{name}\", so every secret would get the same value; pass the name, as in [\"vault-read\", \"{name}\"]")
+            Some(
+                "no argument holds \"{name}\", so every secret would get the same value; pass the name, as in [\"vault-read\", \"{name}\"]",
+            )
         } else {
             None
         };

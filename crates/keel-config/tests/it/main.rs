@@ -1,11 +1,11 @@
 //! The integration tests of keel-config: error messages as snapshots, valid files as specs.
 
 mod alerts;
-mod secrets;
 mod context;
 mod errors;
 mod http;
 mod property;
+mod secrets;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

@@ -11,7 +11,9 @@ use crate::support::{age, age_on_a_terminal, run_bounded, succeeded};
 
 /// Three chunks of payload, the last one short, so chunk boundaries are crossed.
 fn plaintext() -> Vec<u8> {
-    (0..150_000u32).map(|index| (index * 7 % 256) as u8).collect()
+    (0..150_000u32)
+        .map(|index| (index * 7 % 256) as u8)
+        .collect()
 }
 
 fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, X25519Identity) {
@@ -21,7 +23,8 @@ fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, X25519Identity) {
         b"",
         Duration::from_secs(30),
     ));
-    let identity = X25519Identity::from_key_file(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let identity =
+        X25519Identity::from_key_file(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
     (key_file, identity)
 }
 
@@ -30,15 +33,32 @@ fn age_decrypts_what_keel_encrypts_for_an_x25519_key() {
     let dir = tempfile::tempdir().unwrap();
     let (key_file, identity) = keygen(dir.path());
     let public = succeeded(&age_keygen_public(&key_file)).stdout.clone();
-    assert_eq!(String::from_utf8(public).unwrap().trim(), identity.recipient_string());
+    assert_eq!(
+        String::from_utf8(public).unwrap().trim(),
+        identity.recipient_string()
+    );
     let encrypted = dir.path().join("by-keel.age");
-    std::fs::write(&encrypted, age::encrypt(&identity.recipient(), &plaintext()).unwrap()).unwrap();
-    let output = succeeded(&age(&["-d", "-i", key_file.to_str().unwrap(), encrypted.to_str().unwrap()])).clone();
+    std::fs::write(
+        &encrypted,
+        age::encrypt(&identity.recipient(), &plaintext()).unwrap(),
+    )
+    .unwrap();
+    let output = succeeded(&age(&[
+        "-d",
+        "-i",
+        key_file.to_str().unwrap(),
+        encrypted.to_str().unwrap(),
+    ]))
+    .clone();
     assert_eq!(output.stdout, plaintext());
 }
 
 fn age_keygen_public(key_file: &std::path::Path) -> std::process::Output {
-    run_bounded(Command::new("age-keygen").arg("-y").arg(key_file), b"", Duration::from_secs(30))
+    run_bounded(
+        Command::new("age-keygen").arg("-y").arg(key_file),
+        b"",
+        Duration::from_secs(30),
+    )
 }
 
 #[test]
@@ -82,7 +102,11 @@ fn age_decrypts_what_keel_encrypts_for_a_passphrase() {
     assert_eq!(std::fs::read(&decrypted).unwrap(), plaintext());
 
     let wrong = age_on_a_terminal(
-        &format!("-d -o '{}' '{}'", dir.path().join("never").display(), encrypted.display()),
+        &format!(
+            "-d -o '{}' '{}'",
+            dir.path().join("never").display(),
+            encrypted.display()
+        ),
         "wrong horse\n",
     );
     assert!(!wrong.status.success());
@@ -104,7 +128,10 @@ fn keel_decrypts_what_age_encrypts_for_a_passphrase_and_refuses_damage() {
     assert_eq!(*age::decrypt(&right, &file).unwrap(), plaintext());
 
     let wrong = Identity::Passphrase(Zeroizing::new("s3cret phrasE".to_string()));
-    assert!(matches!(age::decrypt(&wrong, &file), Err(AgeError::WrongPassphrase)));
+    assert!(matches!(
+        age::decrypt(&wrong, &file),
+        Err(AgeError::WrongPassphrase)
+    ));
 
     let truncated = &file[..file.len() - 100];
     let error = age::decrypt(&right, truncated).unwrap_err();
@@ -114,11 +141,21 @@ fn keel_decrypts_what_age_encrypts_for_a_passphrase_and_refuses_damage() {
     let mut tampered = file.clone();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x80;
-    assert!(matches!(age::decrypt(&right, &tampered), Err(AgeError::Payload(_))));
+    assert!(matches!(
+        age::decrypt(&right, &tampered),
+        Err(AgeError::Payload(_))
+    ));
 
     let mut header_changed = file.clone();
-    let stanza = String::from_utf8_lossy(&file[..120]).find("scrypt ").unwrap() + "scrypt ".len();
-    header_changed[stanza] = if header_changed[stanza] == b'A' { b'B' } else { b'A' };
+    let stanza = String::from_utf8_lossy(&file[..120])
+        .find("scrypt ")
+        .unwrap()
+        + "scrypt ".len();
+    header_changed[stanza] = if header_changed[stanza] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
     assert!(age::decrypt(&right, &header_changed).is_err());
 
     let error = age::decrypt(&right, b"hello, not age").unwrap_err();

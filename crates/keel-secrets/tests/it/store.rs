@@ -13,7 +13,15 @@ use crate::support::{age, succeeded};
 fn key_file(dir: &Path) -> std::path::PathBuf {
     let identity = X25519Identity::generate().unwrap();
     let path = dir.join("secrets.key");
-    std::fs::write(&path, format!("# created: today\n# public key: {}\n{}\n", identity.recipient_string(), *identity.to_secret_string())).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "# created: today\n# public key: {}\n{}\n",
+            identity.recipient_string(),
+            *identity.to_secret_string()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
@@ -28,11 +36,21 @@ fn set_get_list_rm_on_a_key_file_store_that_age_can_read() {
     let pipeline = tempfile::tempdir().unwrap();
     let key_path = key_file(home.path());
     let state = pipeline.path().join(".keel");
-    let store = SecretStore::new(state.join("secrets.age"), Key::from_key_file(&key_path, pipeline.path()).unwrap());
+    let store = SecretStore::new(
+        state.join("secrets.age"),
+        Key::from_key_file(&key_path, pipeline.path()).unwrap(),
+    );
 
-    assert!(store.names().unwrap().is_empty(), "a store that does not exist is empty");
-    store.set("STATS_API_KEY", &Secret::new("sk-live-123\n".to_string())).unwrap();
-    store.set("DB_PASSWORD", &Secret::new("pa ss\r\n".to_string())).unwrap();
+    assert!(
+        store.names().unwrap().is_empty(),
+        "a store that does not exist is empty"
+    );
+    store
+        .set("STATS_API_KEY", &Secret::new("sk-live-123\n".to_string()))
+        .unwrap();
+    store
+        .set("DB_PASSWORD", &Secret::new("pa ss\r\n".to_string()))
+        .unwrap();
     assert_eq!(store.get("STATS_API_KEY").unwrap().expose(), "sk-live-123");
     assert_eq!(store.get("DB_PASSWORD").unwrap().expose(), "pa ss");
     assert_eq!(store.names().unwrap(), ["DB_PASSWORD", "STATS_API_KEY"]);
@@ -41,19 +59,40 @@ fn set_get_list_rm_on_a_key_file_store_that_age_can_read() {
     assert_eq!(mode(&state.join("secrets.age")), 0o600);
     let bytes = std::fs::read(state.join("secrets.age")).unwrap();
     assert!(!String::from_utf8_lossy(&bytes).contains("sk-live-123"));
-    let leftovers: Vec<_> = std::fs::read_dir(&state).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-    assert_eq!(leftovers, ["secrets.age"], "no temporary file is left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["secrets.age"],
+        "no temporary file is left behind"
+    );
 
-    let output = age(&["-d", "-i", key_path.to_str().unwrap(), state.join("secrets.age").to_str().unwrap()]);
+    let output = age(&[
+        "-d",
+        "-i",
+        key_path.to_str().unwrap(),
+        state.join("secrets.age").to_str().unwrap(),
+    ]);
     let json: serde_json::Value = serde_json::from_slice(&succeeded(&output).stdout).unwrap();
-    assert_eq!(json, serde_json::json!({"DB_PASSWORD": "pa ss", "STATS_API_KEY": "sk-live-123"}));
+    assert_eq!(
+        json,
+        serde_json::json!({"DB_PASSWORD": "pa ss", "STATS_API_KEY": "sk-live-123"})
+    );
 
     store.remove("DB_PASSWORD").unwrap();
     assert_eq!(store.names().unwrap(), ["STATS_API_KEY"]);
     let error = store.remove("DB_PASSWORD").unwrap_err().to_string();
-    assert!(error.starts_with("no secret \"DB_PASSWORD\" in the secret store"), "{error}");
+    assert!(
+        error.starts_with("no secret \"DB_PASSWORD\" in the secret store"),
+        "{error}"
+    );
     let error = store.get("STATS_APIKEY").unwrap_err().to_string();
-    assert!(error.ends_with("did you mean \"STATS_API_KEY\"?"), "{error}");
+    assert!(
+        error.ends_with("did you mean \"STATS_API_KEY\"?"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -64,9 +103,14 @@ fn bad_names_and_empty_values_are_refused_before_anything_is_written() {
         pipeline.path().join(".keel/secrets.age"),
         Key::from_key_file(&key_file(home.path()), pipeline.path()).unwrap(),
     );
-    let error = store.set("stats-key", &Secret::new("v".to_string())).unwrap_err();
+    let error = store
+        .set("stats-key", &Secret::new("v".to_string()))
+        .unwrap_err();
     assert!(matches!(error, SecretError::InvalidName { .. }), "{error}");
-    let error = store.set("EMPTY", &Secret::new("\n".to_string())).unwrap_err().to_string();
+    let error = store
+        .set("EMPTY", &Secret::new("\n".to_string()))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("is empty"), "{error}");
     assert!(!pipeline.path().join(".keel/secrets.age").exists());
 }
@@ -77,19 +121,44 @@ fn a_passphrase_store_refuses_the_wrong_passphrase_and_the_key_file_with_a_hint(
     let pipeline = tempfile::tempdir().unwrap();
     let path = pipeline.path().join(".keel/secrets.age");
     let passphrase = |text: &str| Key::Passphrase(Zeroizing::new(text.to_string()));
-    SecretStore::new(path.clone(), passphrase("right one")).set("TOKEN", &Secret::new("t0k3n-value".to_string())).unwrap();
-    assert_eq!(SecretStore::new(path.clone(), passphrase("right one")).get("TOKEN").unwrap().expose(), "t0k3n-value");
+    SecretStore::new(path.clone(), passphrase("right one"))
+        .set("TOKEN", &Secret::new("t0k3n-value".to_string()))
+        .unwrap();
+    assert_eq!(
+        SecretStore::new(path.clone(), passphrase("right one"))
+            .get("TOKEN")
+            .unwrap()
+            .expose(),
+        "t0k3n-value"
+    );
 
-    let error = SecretStore::new(path.clone(), passphrase("wrong")).get("TOKEN").unwrap_err().to_string();
-    assert!(error.contains("the passphrase does not decrypt this file; check KEEL_SECRETS_PASSPHRASE"), "{error}");
+    let error = SecretStore::new(path.clone(), passphrase("wrong"))
+        .get("TOKEN")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the passphrase does not decrypt this file; check KEEL_SECRETS_PASSPHRASE"),
+        "{error}"
+    );
     assert!(!error.contains("t0k3n"));
 
     let key = Key::from_key_file(&key_file(home.path()), pipeline.path()).unwrap();
-    let error = SecretStore::new(path.clone(), key).get("TOKEN").unwrap_err().to_string();
-    assert!(error.contains("encrypted for a passphrase, not for an X25519 key; set KEEL_SECRETS_PASSPHRASE"), "{error}");
+    let error = SecretStore::new(path.clone(), key)
+        .get("TOKEN")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(
+            "encrypted for a passphrase, not for an X25519 key; set KEEL_SECRETS_PASSPHRASE"
+        ),
+        "{error}"
+    );
 
     std::fs::write(&path, b"age-encryption.org/v1\n-> scrypt short 18\n").unwrap();
-    let error = SecretStore::new(path.clone(), passphrase("right one")).get("TOKEN").unwrap_err().to_string();
+    let error = SecretStore::new(path.clone(), passphrase("right one"))
+        .get("TOKEN")
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("malformed age header"), "{error}");
     assert!(error.contains("restore it from a backup"), "{error}");
 }
@@ -100,20 +169,38 @@ fn key_files_that_others_can_read_or_that_live_in_the_pipeline_folder_are_refuse
     let pipeline = tempfile::tempdir().unwrap();
     let path = key_file(home.path());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let error = Key::from_key_file(&path, pipeline.path()).err().unwrap().to_string();
-    assert!(error.contains("can be read by others (mode 640); run `chmod 600"), "{error}");
+    let error = Key::from_key_file(&path, pipeline.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("can be read by others (mode 640); run `chmod 600"),
+        "{error}"
+    );
 
     let inside = key_file(pipeline.path());
-    let error = Key::from_key_file(&inside, pipeline.path()).err().unwrap().to_string();
+    let error = Key::from_key_file(&inside, pipeline.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("is inside the pipeline's folder"), "{error}");
 
     let missing = home.path().join("nope.key");
-    let error = Key::from_key_file(&missing, pipeline.path()).err().unwrap().to_string();
-    assert!(error.contains("set KEEL_SECRETS_PASSPHRASE, or create a key file with `age-keygen -o"), "{error}");
+    let error = Key::from_key_file(&missing, pipeline.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("set KEEL_SECRETS_PASSPHRASE, or create a key file with `age-keygen -o"),
+        "{error}"
+    );
 
     let garbage = home.path().join("garbage.key");
     std::fs::write(&garbage, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
     std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let error = Key::from_key_file(&garbage, pipeline.path()).err().unwrap().to_string();
+    let error = Key::from_key_file(&garbage, pipeline.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("malformed age identity"), "{error}");
 }

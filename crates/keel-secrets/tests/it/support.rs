@@ -30,7 +30,11 @@ pub fn run_bounded(command: &mut Command, input: &[u8], limit: Duration) -> Outp
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn drain(pipe: &mut impl std::io::Read) -> Vec<u8> {
@@ -50,7 +54,11 @@ pub fn age_on_a_terminal(arguments: &str, typed: &str) -> Output {
 }
 
 pub fn age(arguments: &[&str]) -> Output {
-    run_bounded(Command::new("age").args(arguments), b"", Duration::from_secs(60))
+    run_bounded(
+        Command::new("age").args(arguments),
+        b"",
+        Duration::from_secs(60),
+    )
 }
 
 pub fn succeeded(output: &Output) -> &Output {
