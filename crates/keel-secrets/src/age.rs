@@ -415,7 +415,7 @@ impl Stanza {
         }
         // The body ends with a line shorter than 64 columns, so a full last line is followed by
         // an empty one.
-        if encoded.len() % COLUMNS == 0 {
+        if encoded.len().is_multiple_of(COLUMNS) {
             out.push('\n');
         }
     }
