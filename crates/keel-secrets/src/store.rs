@@ -221,6 +221,7 @@ impl SecretStore {
                 hint: "pipe the value in, as in `printf %s \"$VALUE\" | keel secrets set NAME`",
             });
         }
+        let _lock = self.lock()?;
         let mut values = self.load()?;
         values.insert(name.to_string(), Secret::new(value.to_string()));
         self.save(&values)
@@ -229,6 +230,7 @@ impl SecretStore {
     /// Removes `name`; an unknown name is an error, with a suggestion.
     pub fn remove(&self, name: &str) -> Result<(), SecretError> {
         check_name(name)?;
+        let _lock = self.lock()?;
         let mut values = self.load()?;
         if values.remove(name).is_none() {
             return Err(SecretError::Unknown {
@@ -238,6 +240,33 @@ impl SecretStore {
             });
         }
         self.save(&values)
+    }
+
+    /// Holds `secrets.age.lock` beside the store until dropped, so that two `keel secrets set`
+    /// at once each read the other's write instead of losing it.
+    fn lock(&self) -> Result<std::fs::File, SecretError> {
+        let folder = self.folder();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(folder)
+            .map_err(|source| self.io("create the folder of", source))?;
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(folder.join(format!("{STORE_FILE}.lock")))
+            .map_err(|source| self.io("lock", source))?;
+        lock.lock().map_err(|source| self.io("lock", source))?;
+        Ok(lock)
+    }
+
+    fn folder(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 
     fn save(&self, values: &BTreeMap<String, Secret>) -> Result<(), SecretError> {
@@ -254,12 +283,7 @@ impl SecretStore {
                 hint: "try again".to_string(),
             }
         })?;
-        let folder = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(folder)
-            .map_err(|source| self.io("create the folder of", source))?;
+        let folder = self.folder();
         let temporary = folder.join(format!(".{STORE_FILE}.{}.tmp", std::process::id()));
         let written = (|| {
             let mut file = std::fs::OpenOptions::new()

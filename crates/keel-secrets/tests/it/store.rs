@@ -59,13 +59,14 @@ fn set_get_list_rm_on_a_key_file_store_that_age_can_read() {
     assert_eq!(mode(&state.join("secrets.age")), 0o600);
     let bytes = std::fs::read(state.join("secrets.age")).unwrap();
     assert!(!String::from_utf8_lossy(&bytes).contains("sk-live-123"));
-    let leftovers: Vec<_> = std::fs::read_dir(&state)
+    let mut leftovers: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
         .collect();
+    leftovers.sort();
     assert_eq!(
         leftovers,
-        ["secrets.age"],
+        ["secrets.age", "secrets.age.lock"],
         "no temporary file is left behind"
     );
 
@@ -203,4 +204,34 @@ fn key_files_that_others_can_read_or_that_live_in_the_pipeline_folder_are_refuse
         .unwrap()
         .to_string();
     assert!(error.contains("malformed age identity"), "{error}");
+}
+
+#[test]
+fn writers_at_the_same_time_lose_no_secret() {
+    let home = tempfile::tempdir().unwrap();
+    let pipeline = tempfile::tempdir().unwrap();
+    let key_path = key_file(home.path());
+    let path = pipeline.path().join(".keel/secrets.age");
+    std::thread::scope(|scope| {
+        for writer in 0..4 {
+            let (key_path, path, folder) = (&key_path, &path, pipeline.path());
+            scope.spawn(move || {
+                let store =
+                    SecretStore::new(path.clone(), Key::from_key_file(key_path, folder).unwrap());
+                for round in 0..5 {
+                    store
+                        .set(
+                            &format!("W{writer}_{round}"),
+                            &Secret::new(format!("value {writer} {round}")),
+                        )
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let store = SecretStore::new(
+        path,
+        Key::from_key_file(&key_path, pipeline.path()).unwrap(),
+    );
+    assert_eq!(store.names().unwrap().len(), 20);
 }
