@@ -74,6 +74,9 @@ pub enum Command {
     /// timeout passed or the quota is used up, 2 for an unknown resource, 1 when Keel cannot be
     /// reached.
     Token(TokenArgs),
+    /// The encrypted secret store beside the pipeline, .keel/secrets.age: set (the value from
+    /// standard input), get (the only command that prints a value), list, rm.
+    Secrets(SecretsArgs),
     /// The attempt supervisor (internal).
     #[command(name = "__attempt", hide = true)]
     Attempt {
@@ -467,5 +470,45 @@ pub enum FlagsCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Store a secret; its value is read from standard input (a trailing newline is dropped).
+    Set {
+        /// The secret's name: upper-case letters, digits and underscores, such as STATS_API_KEY.
+        name: String,
+        /// The pipeline file; the store is .keel/secrets.age beside it.
+        #[arg(long, default_value = "keel.toml")]
+        pipeline: PathBuf,
+    },
+    /// Print a secret's value.
+    Get {
+        /// The secret's name.
+        name: String,
+        /// The pipeline file; the store is .keel/secrets.age beside it.
+        #[arg(long, default_value = "keel.toml")]
+        pipeline: PathBuf,
+    },
+    /// Print the names in the store, one a line (never the values).
+    List {
+        /// The pipeline file; the store is .keel/secrets.age beside it.
+        #[arg(long, default_value = "keel.toml")]
+        pipeline: PathBuf,
+    },
+    /// Remove a secret.
+    Rm {
+        /// The secret's name.
+        name: String,
+        /// The pipeline file; the store is .keel/secrets.age beside it.
+        #[arg(long, default_value = "keel.toml")]
+        pipeline: PathBuf,
     },
 }

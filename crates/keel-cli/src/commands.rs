@@ -33,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Audit(args) => crate::audit::audit(args),
+        Command::Secrets(args) => crate::secrets::secrets(args),
         Command::Check(args) => crate::check::check(args).await,
         Command::Flags(args) => crate::flags::flags(state, args).await,
         Command::Demo(args) => crate::demo::demo(args).await,

@@ -478,6 +478,7 @@ pub async fn pipeline_for_reading(
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

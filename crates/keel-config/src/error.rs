@@ -558,6 +558,13 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid {field:?} in [secrets] ({location}): {reason}")]
+    InvalidSecrets {
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error(
         "{field:?}{} has no effect without {needs:?} ({location}); add {example}, or remove {field:?}",
         in_table(.table)
@@ -737,6 +744,7 @@ impl ConfigError {
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
+            | ConfigError::InvalidSecrets { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
             | ConfigError::InvalidTiers { location, .. }

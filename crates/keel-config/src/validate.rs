@@ -19,6 +19,7 @@ mod passes;
 mod resilience;
 mod tiers;
 mod timing;
+mod secrets_provider;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -50,8 +51,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "tasks",
     "passes",
     "alerts",
+    "secrets",
 ];
-const TOP_LEVEL_LATER: &[&str] = &["secrets"];
+const TOP_LEVEL_LATER: &[&str] = &[];
 const PIPELINE_FIELDS: &[&str] = &[
     "name",
     "timezone",
@@ -755,6 +757,7 @@ impl Checker<'_> {
         let mut tasks: Vec<RawTask> = Vec::new();
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         let mut alerts = None;
+        let mut secrets = None;
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -809,6 +812,11 @@ impl Checker<'_> {
                         alerts = self.alerts(table, &key.span());
                     }
                 }
+                "secrets" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        secrets = self.secrets(table, &key.span());
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -839,6 +847,7 @@ impl Checker<'_> {
         let passes = passes::build_passes(raw_passes, &tasks);
         let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
         spec.alerts = alerts;
+        spec.secrets = secrets;
         Some(spec).filter(|_| self.errors.is_empty())
     }
 
@@ -1508,6 +1517,7 @@ fn build_spec(
         schedule: pipeline.schedule_spec,
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
+        secrets: None,
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

@@ -315,6 +315,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -363,6 +364,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -397,6 +399,7 @@ mod tests {
             max_active_partitions: None,
             passes: Vec::new(),
             alerts: None,
+            secrets: None,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

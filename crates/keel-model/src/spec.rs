@@ -43,6 +43,41 @@ pub struct PipelineSpec {
     /// `[alerts]`: where `keel serve` tells people what needs them. Not part of the version.
     #[serde(skip)]
     pub alerts: Option<AlertsSpec>,
+    /// `[secrets]`: where a task's secrets come from. Not part of the version: the provider
+    /// decides where a value is read, not what runs.
+    #[serde(skip)]
+    pub secrets: Option<SecretsSpec>,
+}
+
+/// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
+pub const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a secrets command may run before it is killed, when `timeout` is not set.
+pub const DEFAULT_SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[secrets]` of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsSpec {
+    pub provider: SecretProvider,
+}
+
+/// Where secrets are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretProvider {
+    /// `"store"`: the encrypted store beside the pipeline, filled with `keel secrets set`.
+    Store,
+    /// `"env"`: Keel's own environment.
+    Env,
+    /// `"dir:/run/secrets"`: one file per secret, named like it; relative paths are relative to
+    /// the pipeline file's folder.
+    Dir(String),
+    /// `{ command = ["vault", "read", "{name}"], ttl = "5m", timeout = "30s" }`: a program run
+    /// without a shell, `{name}` replaced by the secret's name, whose standard output is the
+    /// value, kept for `ttl`.
+    Command {
+        argv: Vec<String>,
+        ttl: Duration,
+        timeout: Duration,
+    },
 }
 
 /// A pass (`[passes.NAME]`): a schedule that processes a partition again with a subset of the
@@ -517,6 +552,7 @@ mod tests {
             max_active_partitions: None,
             passes: vec![],
             alerts: None,
+            secrets: None,
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

@@ -25,6 +25,7 @@ mod logs;
 mod messages;
 mod operations;
 mod reconcile_crash;
+mod secrets;
 mod serve;
 mod shutdown;
 mod storm;

@@ -9,6 +9,7 @@ mod http;
 mod property;
 mod timing;
 mod tokens;
+mod secrets;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

@@ -272,6 +272,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     max_active_partitions: None,
                     passes: Vec::new(),
                     alerts: None,
+                    secrets: None,
                     concurrency,
                     phases,
                     tasks,

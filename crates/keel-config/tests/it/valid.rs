@@ -200,6 +200,7 @@ after = ["player_game_summary", "scrape_injuries"]
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
     };
     assert_eq!(spec, expected);
 
@@ -372,6 +373,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

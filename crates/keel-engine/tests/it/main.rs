@@ -258,6 +258,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
     }
 }
 

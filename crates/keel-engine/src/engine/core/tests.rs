@@ -69,6 +69,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         max_active_partitions: None,
         passes: Vec::new(),
         alerts: None,
+        secrets: None,
     };
     let mut spec = spec;
     let mut config = EngineConfig {
