@@ -437,6 +437,9 @@ pub struct CheckArgs {
     /// The pipeline file.
     #[arg(default_value = "keel.toml")]
     pub pipeline: PathBuf,
+    /// How long each smoke test may run before it is killed and fails (e.g. 30s, 2m).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub timeout: String,
     /// Print the checks as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,6 @@
 //! `keel check`: what `keel validate` cannot see from the file alone, checked on this machine
 //! before a version goes live — every command resolves, every variable a credential is read
-//! from is set, every resource a task uses is declared.
+//! from is set, every resource a task uses is declared, and every task's smoke test passes.
 //!
 //! `keel serve` runs the same checks on a changed pipeline file before it switches to it, and
 //! keeps the version in use when they fail (see `daemon.rs`).
@@ -278,6 +278,210 @@ fn variable_row(
     }
 }
 
+/// Output of a smoke test kept for the report, per stream.
+const SMOKE_OUTPUT_CAP: usize = 64 << 10;
+
+/// Runs every task's smoke test (`smoke = [...]`), at most `jobs` at once, each in the task's
+/// working directory with the task's environment, without a shell, its templates expanded for
+/// today's partition. One that exits 0 within `timeout` passes; one that fails shows the end of
+/// its output. A test still running at its timeout is killed with its process group.
+pub async fn smoke_tests(
+    spec: &PipelineSpec,
+    surroundings: &Surroundings,
+    timeout: std::time::Duration,
+    jobs: usize,
+) -> Vec<Row> {
+    let today = crate::state::today(spec)
+        .map(|date| date.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut running = Vec::new();
+    for smoke in &spec.smoke {
+        let task = spec.task(&smoke.task);
+        let params = std::collections::BTreeMap::new();
+        let values = keel_model::template::TemplateValues {
+            date: &today,
+            partition: &today,
+            run_id: "0",
+            task: &smoke.task,
+            attempt: "0",
+            pass: "",
+            params: &params,
+        };
+        let command: Vec<String> = smoke
+            .command
+            .iter()
+            .map(|part| keel_model::template::Template::parse(part).expand(&values))
+            .collect();
+        let (env, clear) = task_environment(task, surroundings, &values);
+        let cwd = surroundings.working_dir(task);
+        let target = format!("task {}: {}", smoke.task, command.join(" "));
+        let permits = permits.clone();
+        running.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let (status, detail) = run_smoke(&command, &env, clear, cwd.as_deref(), timeout).await;
+            Row {
+                check: "smoke",
+                target,
+                status,
+                detail,
+            }
+        }));
+    }
+    let mut rows = Vec::new();
+    for handle in running {
+        if let Ok(row) = handle.await {
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// The environment a task's process gets (without Keel's `KEEL_*` variables): what it inherits,
+/// its env file, its `env` with templates expanded; and whether it starts from that alone.
+fn task_environment(
+    task: Option<&TaskSpec>,
+    surroundings: &Surroundings,
+    values: &keel_model::template::TemplateValues<'_>,
+) -> (Vec<(String, String)>, bool) {
+    let Some(task) = task else {
+        return (Vec::new(), false);
+    };
+    let mut env = Vec::new();
+    let clear = match &task.context.inherit_env {
+        InheritEnv::All => false,
+        InheritEnv::Nothing => true,
+        InheritEnv::Only(names) => {
+            env.extend(
+                surroundings
+                    .keel_env
+                    .iter()
+                    .filter(|(name, _)| names.contains(name))
+                    .cloned(),
+            );
+            true
+        }
+    };
+    if let Some(file) = &task.context.env_file {
+        env.extend(
+            surroundings
+                .env_files
+                .get(file)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    env.extend(task.context.env.iter().map(|(name, value)| {
+        (
+            name.clone(),
+            keel_model::template::Template::parse(value).expand(values),
+        )
+    }));
+    (env, clear)
+}
+
+async fn run_smoke(
+    command: &[String],
+    env: &[(String, String)],
+    clear: bool,
+    cwd: Option<&Path>,
+    timeout: std::time::Duration,
+) -> (Status, String) {
+    use tokio::io::AsyncReadExt;
+    let mut process = tokio::process::Command::new(&command[0]);
+    process
+        .args(&command[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if clear {
+        process.env_clear();
+    }
+    process.envs(env.iter().map(|(name, value)| (name, value)));
+    if let Some(cwd) = cwd {
+        process.current_dir(cwd);
+    }
+    let started = std::time::Instant::now();
+    let mut child = match process.spawn() {
+        Ok(child) => child,
+        Err(error) => return (Status::Fail, format!("cannot start it: {error}")),
+    };
+    let group = child.id();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let read = async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        if let Some(stream) = stdout.as_mut() {
+            let _ = stream
+                .take(SMOKE_OUTPUT_CAP as u64)
+                .read_to_end(&mut out)
+                .await;
+        }
+        if let Some(stream) = stderr.as_mut() {
+            let _ = stream
+                .take(SMOKE_OUTPUT_CAP as u64)
+                .read_to_end(&mut err)
+                .await;
+        }
+        let status = child.wait().await;
+        (status, out, err)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => {
+            if let Some(pid) = group.and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            (
+                Status::Fail,
+                format!(
+                    "still running after {}; killed",
+                    keel_model::format_duration(timeout)
+                ),
+            )
+        }
+        Ok((status, out, err)) => {
+            let took = started.elapsed();
+            match status {
+                Ok(status) if status.success() => (
+                    Status::Pass,
+                    format!("exit 0 in {:.1} s", took.as_secs_f64()),
+                ),
+                Ok(status) => {
+                    let tail = output_tail(&err, &out);
+                    (Status::Fail, format!("{status}{tail}"))
+                }
+                Err(error) => (Status::Fail, format!("cannot wait for it: {error}")),
+            }
+        }
+    }
+}
+
+/// The last lines of what a failed smoke test printed, stderr first.
+fn output_tail(err: &[u8], out: &[u8]) -> String {
+    let text = if err.iter().any(|byte| !byte.is_ascii_whitespace()) {
+        err
+    } else {
+        out
+    };
+    let text = String::from_utf8_lossy(text);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let last: Vec<String> = lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|line| crate::display::printable(line.trim()))
+        .collect();
+    format!(": {}", last.join(" / "))
+}
+
 /// What the rows say when something failed: one line per failure, for `/ready` and the log.
 pub fn failures(rows: &[Row]) -> Option<String> {
     let failed: Vec<String> = rows
@@ -291,7 +495,24 @@ pub fn failures(rows: &[Row]) -> Option<String> {
 pub async fn check(args: CheckArgs) -> Result<u8> {
     let spec = crate::state::load_pipeline(&args.pipeline)?;
     let surroundings = crate::setup::surroundings(&spec, &args.pipeline)?;
-    let rows = static_checks(&spec, &surroundings);
+    let timeout = match keel_model::parse_duration(&args.timeout) {
+        Ok(timeout) if !timeout.is_zero() && timeout <= keel_config::MAX_DURATION => timeout,
+        Ok(_) => {
+            return Err(crate::Exit::usage(format!(
+                "--timeout {:?} must be more than 0 and at most 365d",
+                args.timeout
+            )));
+        }
+        Err(error) => {
+            return Err(crate::Exit::usage(format!(
+                "--timeout {:?}: {error}",
+                args.timeout
+            )));
+        }
+    };
+    let mut rows = static_checks(&spec, &surroundings);
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    rows.extend(smoke_tests(&spec, &surroundings, timeout, jobs).await);
     if args.json {
         let failed = rows.iter().any(|row| row.status == Status::Fail);
         println!(

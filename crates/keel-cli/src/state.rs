@@ -294,7 +294,7 @@ fn days_from_today(text: &str) -> Option<i64> {
 }
 
 /// Today's date in the pipeline's time zone.
-fn today(spec: &PipelineSpec) -> Result<chrono::NaiveDate> {
+pub fn today(spec: &PipelineSpec) -> Result<chrono::NaiveDate> {
     let zone: chrono_tz::Tz = spec
         .timezone
         .parse()
@@ -479,6 +479,7 @@ pub async fn pipeline_for_reading(
         passes: Vec::new(),
         alerts: None,
         secrets: None,
+        smoke: Vec::new(),
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

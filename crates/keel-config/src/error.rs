@@ -153,6 +153,11 @@ pub enum ConfigError {
     EmptyCalendarCommand { task: String, location: Location },
 
     #[error(
+        "empty smoke command in task {task:?} ({location}); give a quick command that proves the task can start here, such as smoke = [\"hoops\", \"self-test\"]"
+    )]
+    EmptySmokeCommand { task: String, location: Location },
+
+    #[error(
         "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
         in_table(.table)
     )]
@@ -704,6 +709,7 @@ impl ConfigError {
             | ConfigError::RetryInitialAboveMax { location, .. }
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptyCalendarCommand { location, .. }
+            | ConfigError::EmptySmokeCommand { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
             | ConfigError::InvalidSchedule { location, .. }

@@ -17,9 +17,9 @@ mod expand;
 mod http;
 mod passes;
 mod resilience;
+mod secrets_provider;
 mod tiers;
 mod timing;
-mod secrets_provider;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -98,8 +98,9 @@ const TASK_FIELDS: &[&str] = &[
     "env_file",
     "inherit_env",
     "not_ready",
+    "smoke",
 ];
-const TASK_LATER: &[&str] = &["secrets", "smoke"];
+const TASK_LATER: &[&str] = &["secrets"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
 const JITTER_KINDS: &[&str] = &["full", "equal", "none"];
 
@@ -316,6 +317,7 @@ struct RawTask {
     inputs: Option<Vec<NameRef>>,
     expand: Option<expand::RawExpand>,
     not_ready: Option<keel_model::NotReadyPolicy>,
+    smoke: Option<Vec<String>>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -325,6 +327,8 @@ enum CommandKind {
     Sensor,
     /// `when.command`.
     Calendar,
+    /// `smoke`, run by `keel check`.
+    Smoke,
 }
 
 /// Where a list of names sits, for its errors.
@@ -1110,6 +1114,7 @@ impl Checker<'_> {
             inputs: None,
             expand: None,
             not_ready: None,
+            smoke: None,
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1150,6 +1155,9 @@ impl Checker<'_> {
                     task.inputs = Some(self.name_list(value, &context));
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
+                "smoke" => {
+                    task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
+                }
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
@@ -1207,6 +1215,7 @@ impl Checker<'_> {
                 CommandKind::Task => ConfigError::EmptyCommand { task, location },
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
                 CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
+                CommandKind::Smoke => ConfigError::EmptySmokeCommand { task, location },
             });
             return None;
         }
@@ -1214,6 +1223,7 @@ impl Checker<'_> {
             CommandKind::Task => "command",
             CommandKind::Sensor => "wait_for command",
             CommandKind::Calendar => "when command",
+            CommandKind::Smoke => "smoke command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -1518,6 +1528,15 @@ fn build_spec(
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
         secrets: None,
+        smoke: tasks
+            .iter()
+            .filter_map(|task| {
+                Some(keel_model::SmokeTest {
+                    task: task.name.name.clone(),
+                    command: task.smoke.clone()?,
+                })
+            })
+            .collect(),
         concurrency: defaults.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         phases: phases
             .into_iter()

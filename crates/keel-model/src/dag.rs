@@ -316,6 +316,7 @@ mod tests {
             passes: Vec::new(),
             alerts: None,
             secrets: None,
+            smoke: Vec::new(),
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -365,6 +366,7 @@ mod tests {
             passes: Vec::new(),
             alerts: None,
             secrets: None,
+            smoke: Vec::new(),
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -400,6 +402,7 @@ mod tests {
             passes: Vec::new(),
             alerts: None,
             secrets: None,
+            smoke: Vec::new(),
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

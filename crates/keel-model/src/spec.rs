@@ -47,6 +47,10 @@ pub struct PipelineSpec {
     /// decides where a value is read, not what runs.
     #[serde(skip)]
     pub secrets: Option<SecretsSpec>,
+    /// The tasks' smoke tests (`smoke = [...]` on a task), run by `keel check` before a version
+    /// goes live. Not part of the version: they never run in a run.
+    #[serde(skip)]
+    pub smoke: Vec<SmokeTest>,
 }
 
 /// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
@@ -376,6 +380,14 @@ impl TaskEdges {
     }
 }
 
+/// A task's smoke test: a quick command that proves the task can start here (its program and
+/// imports are installed, its configuration reads), templates not expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmokeTest {
+    pub task: String,
+    pub command: Vec<String>,
+}
+
 /// Where a task (and its sensor) runs, and with which environment: `cwd`, `env`, `env_file` and
 /// `inherit_env` (docs/pipeline.md), `[defaults]` and the task's own already merged.
 ///
@@ -553,6 +565,7 @@ mod tests {
             passes: vec![],
             alerts: None,
             secrets: None,
+            smoke: Vec::new(),
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

@@ -132,3 +132,85 @@ fn a_pipeline_that_passes_exits_0_and_a_broken_one_exits_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Smoke tests run in parallel in the task's directory with its environment, without a shell:
+/// one that exits 0 passes, one that fails shows the end of its output (a missing import, say),
+/// and one that hangs is killed at `--timeout`. A version with a broken smoke test fails.
+#[test]
+fn smoke_tests_run_in_the_tasks_environment_and_a_broken_one_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("work")).unwrap();
+    write_pipeline(
+        root,
+        r#"[pipeline]
+name = "smoked"
+
+[phases.model]
+[tasks.predict]
+phase = "model"
+command = ["sh", "-c", "true"]
+cwd = "work"
+env = { MODEL_PATH = "model-{date}.bin" }
+smoke = ["sh", "-c", "pwd > smoke-pwd; echo $MODEL_PATH > smoke-env; echo loaded"]
+
+[tasks.grade]
+phase = "model"
+command = ["sh", "-c", "true"]
+smoke = ["sh", "-c", "echo 'Traceback (most recent call last):' >&2; echo 'ModuleNotFoundError: No module named scipy' >&2; exit 1"]
+
+[tasks.hang]
+phase = "model"
+command = ["sh", "-c", "true"]
+smoke = ["sleep", "30"]
+"#,
+    );
+    let started = std::time::Instant::now();
+    let output = keel()
+        .current_dir(root)
+        .args(["check", "--json", "--timeout", "2s"])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the hanging test was killed"
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let smoke: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["check"] == "smoke")
+        .collect();
+    assert_eq!(smoke.len(), 3, "{report}");
+    let row = |task: &str| {
+        smoke
+            .iter()
+            .find(|row| {
+                row["target"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("task {task}:"))
+            })
+            .unwrap()
+    };
+    assert_eq!(row("predict")["status"], "pass", "{report}");
+    assert_eq!(row("grade")["status"], "fail");
+    assert!(
+        row("grade")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("No module named scipy"),
+        "{report}"
+    );
+    assert_eq!(row("hang")["status"], "fail");
+    assert!(row("hang")["detail"].as_str().unwrap().contains("killed"));
+    let pwd = std::fs::read_to_string(root.join("work/smoke-pwd")).unwrap();
+    assert!(pwd.trim().ends_with("work"), "{pwd}");
+    let env = std::fs::read_to_string(root.join("work/smoke-env")).unwrap();
+    assert!(
+        env.starts_with("model-2") && env.trim().ends_with(".bin"),
+        "{env}"
+    );
+}

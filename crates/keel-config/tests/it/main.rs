@@ -7,9 +7,9 @@ mod errors;
 mod expand;
 mod http;
 mod property;
+mod secrets;
 mod timing;
 mod tokens;
-mod secrets;
 mod valid;
 
 /// The full `Display` of the errors for `source`, read as `keel.toml`.

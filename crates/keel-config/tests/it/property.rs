@@ -273,6 +273,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     passes: Vec::new(),
                     alerts: None,
                     secrets: None,
+                    smoke: Vec::new(),
                     concurrency,
                     phases,
                     tasks,

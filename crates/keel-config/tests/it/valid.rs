@@ -201,6 +201,7 @@ after = ["player_game_summary", "scrape_injuries"]
         passes: Vec::new(),
         alerts: None,
         secrets: None,
+        smoke: Vec::new(),
     };
     assert_eq!(spec, expected);
 
@@ -374,6 +375,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         passes: Vec::new(),
         alerts: None,
         secrets: None,
+        smoke: Vec::new(),
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

@@ -259,6 +259,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         passes: Vec::new(),
         alerts: None,
         secrets: None,
+        smoke: Vec::new(),
     }
 }
 

@@ -70,6 +70,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         passes: Vec::new(),
         alerts: None,
         secrets: None,
+        smoke: Vec::new(),
     };
     let mut spec = spec;
     let mut config = EngineConfig {
