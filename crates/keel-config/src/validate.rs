@@ -307,6 +307,8 @@ struct RawTask {
     soft: Vec<String>,
     /// `inputs = [...]`, when written.
     inputs: Option<Vec<NameRef>>,
+    /// `after` entries on an earlier partition (`"NAME@-1d"`), apart from the graph's.
+    earlier: Vec<edges::RawEarlier>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1089,6 +1091,7 @@ impl Checker<'_> {
             context: RawContext::default(),
             soft: Vec::new(),
             inputs: None,
+            earlier: Vec::new(),
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -1118,7 +1121,9 @@ impl Checker<'_> {
                         owner: &task.name.name,
                     };
                     if field == "after" {
-                        (task.after, task.soft) = self.after_list(value, &context);
+                        let after = self.after_list(value, &context);
+                        (task.after, task.soft, task.earlier) =
+                            (after.names, after.soft, after.earlier);
                     } else {
                         task.uses = self.name_list(value, &context);
                     }
@@ -1427,6 +1432,7 @@ impl Checker<'_> {
             }
         }
         self.check_inputs(tasks, &phase_index, &upstream, phases);
+        self.check_earlier(tasks);
         for cycle in find_cycles(&edges) {
             self.errors.push(ConfigError::Cycle {
                 kind: NameKind::Task,
@@ -1511,6 +1517,15 @@ fn build_spec(
                     context: task.context.over(&defaults.context),
                     edges: keel_model::TaskEdges {
                         soft: task.soft,
+                        earlier: task
+                            .earlier
+                            .into_iter()
+                            .map(|earlier| keel_model::EarlierInput {
+                                task: earlier.name.name,
+                                days: earlier.days,
+                                soft: earlier.soft,
+                            })
+                            .collect(),
                         inputs: task
                             .inputs
                             .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),

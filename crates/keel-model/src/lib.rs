@@ -30,9 +30,9 @@ pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
-    DEFAULT_TIMEOUT, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
-    PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec,
-    TaskContext, TaskEdges, TaskSpec, WebhookUrl,
+    DEFAULT_TIMEOUT, EarlierInput, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec,
+    PhaseSpec, PipelineSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec,
+    SensorSpec, TaskContext, TaskEdges, TaskSpec, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};
