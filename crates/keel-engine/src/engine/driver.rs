@@ -369,6 +369,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if !book.earlier_waiters.is_empty() {
             let mut waiting_runs: Vec<usize> =
                 book.earlier_waiters.iter().map(|(run, _)| *run).collect();
+            waiting_runs.sort_unstable();
             waiting_runs.dedup();
             for run_index in waiting_runs {
                 self.read_earlier(book, run_index).await?;

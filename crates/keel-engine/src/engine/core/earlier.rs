@@ -95,7 +95,8 @@ impl Core {
     /// that wait on earlier partitions: those no loaded run answers.
     pub(crate) fn earlier_to_read(&self, book: &Book, run_index: usize) -> Vec<(String, String)> {
         let active = &book.runs[run_index];
-        if active.finished || active.record.pass.is_some() {
+        // A pass's run waits on the pipeline's own runs of earlier dates, like any run.
+        if active.finished {
             return Vec::new();
         }
         let mut wanted = Vec::new();
