@@ -333,6 +333,23 @@ pub enum ConfigError {
     NoWeekdays { task: String, location: Location },
 
     #[error(
+        "task {task:?} waits for {entry:?} on an earlier partition, but the pipeline has partition = \"none\", which has no dates ({location}); remove the @ part, or set partition = \"date\" in [pipeline]"
+    )]
+    EarlierWithoutDates {
+        task: String,
+        entry: String,
+        location: Location,
+    },
+
+    #[error("invalid after entry {entry:?} in task {task:?} ({location}): {reason}")]
+    InvalidEarlier {
+        task: String,
+        entry: String,
+        reason: String,
+        location: Location,
+    },
+
+    #[error(
         "task {task:?} has weekdays in its when, but the pipeline has partition = \"none\", which has no weekday ({location}); remove when, or set partition = \"date\" in [pipeline]"
     )]
     WeekdaysWithoutDates { task: String, location: Location },
@@ -730,6 +747,8 @@ impl ConfigError {
             | ConfigError::RepeatedWeekday { location, .. }
             | ConfigError::NoWeekdays { location, .. }
             | ConfigError::WeekdaysWithoutDates { location, .. }
+            | ConfigError::EarlierWithoutDates { location, .. }
+            | ConfigError::InvalidEarlier { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
             | ConfigError::UnknownPassName { location, .. }

@@ -318,6 +318,8 @@ struct RawTask {
     expand: Option<expand::RawExpand>,
     not_ready: Option<keel_model::NotReadyPolicy>,
     smoke: Option<Vec<String>>,
+    /// `after` entries on an earlier partition (`"NAME@-1d"`), apart from the graph's.
+    earlier: Vec<edges::RawEarlier>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1115,6 +1117,7 @@ impl Checker<'_> {
             expand: None,
             not_ready: None,
             smoke: None,
+            earlier: Vec::new(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1145,7 +1148,9 @@ impl Checker<'_> {
                         owner: &task.name.name,
                     };
                     if field == "after" {
-                        (task.after, task.soft) = self.after_list(value, &context);
+                        let after = self.after_list(value, &context);
+                        (task.after, task.soft, task.earlier) =
+                            (after.names, after.soft, after.earlier);
                     } else {
                         task.uses = self.name_list(value, &context);
                     }
@@ -1475,6 +1480,7 @@ impl Checker<'_> {
             }
         }
         self.check_inputs(tasks, &phase_index, &upstream, phases);
+        self.check_earlier(tasks);
         for cycle in find_cycles(&edges) {
             self.errors.push(ConfigError::Cycle {
                 kind: NameKind::Task,
@@ -1570,6 +1576,15 @@ fn build_spec(
                     context: task.context.over(&defaults.context),
                     edges: keel_model::TaskEdges {
                         soft: task.soft,
+                        earlier: task
+                            .earlier
+                            .into_iter()
+                            .map(|earlier| keel_model::EarlierInput {
+                                task: earlier.name.name,
+                                days: earlier.days,
+                                soft: earlier.soft,
+                            })
+                            .collect(),
                         inputs: task
                             .inputs
                             .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),

@@ -367,6 +367,45 @@ pub struct TaskEdges {
     /// reads it: a waived task that lands late reruns the tasks that read it, not all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
+    /// `after` entries on an earlier partition, written `"NAME@-1d"` (or
+    /// `{ task = "NAME@-1d", soft = true }`): the task waits for that task's latest run of the
+    /// date so many days before its own. They are not in `after` and not in the graph: each
+    /// run looks them up in the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierInput>,
+}
+
+/// An `after` entry on an earlier partition: `task` in the partition `days` days before the
+/// run's own (docs/pipeline.md, "Dependencies across dates").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EarlierInput {
+    pub task: String,
+    /// How many days before the run's own partition; at least 1.
+    pub days: u32,
+    /// The task runs even when this input failed or never came, and finds it in
+    /// `KEEL_MISSING`.
+    pub soft: bool,
+}
+
+impl EarlierInput {
+    /// The entry as written in `after`, without its table: `player_game_summary@-1d`.
+    pub fn label(&self) -> String {
+        format!("{}@-{}d", self.task, self.days)
+    }
+
+    /// The partition this entry waits on for a run of `partition` (a `YYYY-MM-DD` date);
+    /// `None` when `partition` is not one.
+    ///
+    /// ```
+    /// let input = keel_model::EarlierInput { task: "summary".into(), days: 1, soft: false };
+    /// assert_eq!(input.partition_before("2024-03-01").as_deref(), Some("2024-02-29"));
+    /// assert_eq!(input.partition_before("tuesday"), None);
+    /// ```
+    pub fn partition_before(&self, partition: &str) -> Option<String> {
+        let date = chrono::NaiveDate::parse_from_str(partition, "%Y-%m-%d").ok()?;
+        let earlier = date.checked_sub_days(chrono::Days::new(u64::from(self.days)))?;
+        Some(earlier.format("%Y-%m-%d").to_string())
+    }
 }
 
 impl TaskEdges {

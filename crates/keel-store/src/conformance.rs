@@ -95,6 +95,7 @@ where
     events_stream_in_order_across_runs(make().await).await;
     a_rerun_owed_survives_until_the_task_is_reset(make().await).await;
     sensor_polls_are_counted_until_a_reset(make().await).await;
+    a_wait_keeps_its_first_start_until_a_reset(make().await).await;
     tasks_added_to_a_finished_run_are_pending_and_run_the_new_version(make().await).await;
     a_schedule_fire_is_recorded_once_with_its_run(make().await).await;
     runs_of_a_pass_are_kept_apart(make().await).await;
@@ -1187,6 +1188,43 @@ async fn sensor_polls_are_counted_until_a_reset<S: Store>(store: S) {
         (task.sensor_polls, task.sensor_errors),
         (0, 0),
         "a reset of the retry budget starts the sensor afresh"
+    );
+}
+
+/// A task set waiting without an attempt (for an input on an earlier date) stores when it began
+/// to wait, once: its deadline counts from there across restarts.
+async fn a_wait_keeps_its_first_start_until_a_reset<S: Store>(store: S) {
+    let run = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let waiting = |message: &str| {
+        Change::Task(TaskChange {
+            task: "a".into(),
+            state: TaskState::Waiting,
+            outcome: None,
+            not_before: None,
+            message: Some(message.into()),
+            reset_retry_budget: false,
+            reason: message.into(),
+        })
+    };
+    store
+        .apply(run.id, vec![waiting("waiting for b on 2025-12-31")], 10)
+        .await
+        .unwrap();
+    store
+        .apply(run.id, vec![waiting("waiting for c on 2025-12-31")], 20)
+        .await
+        .unwrap();
+    let task = &store.task_runs(run.id).await.unwrap()[0];
+    assert_eq!(task.first_started_at, Some(10));
+    assert_eq!(task.message.as_deref(), Some("waiting for c on 2025-12-31"));
+    let reset = Change::Task(TaskChange::reset("a", "manual retry"));
+    store.apply(run.id, vec![reset], 30).await.unwrap();
+    assert_eq!(
+        store.task_runs(run.id).await.unwrap()[0].first_started_at,
+        None
     );
 }
 

@@ -1093,7 +1093,7 @@ fn change_task(
         transaction,
         "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, message = ?4, updated_at = ?5,
              charged = CASE WHEN ?6 = 1 THEN 0 ELSE charged END,
-             first_started_at = CASE WHEN ?6 = 1 THEN NULL ELSE first_started_at END,
+             first_started_at = CASE WHEN ?6 = 1 THEN NULL WHEN ?1 = 'waiting' THEN coalesce(first_started_at, ?5) ELSE first_started_at END,
              sensor_polls = CASE WHEN ?6 = 1 THEN 0 ELSE sensor_polls END,
              sensor_errors = CASE WHEN ?6 = 1 THEN 0 ELSE sensor_errors END,
              rerun_pending = CASE WHEN ?1 = 'pending' THEN 0 ELSE rerun_pending END

@@ -59,6 +59,15 @@ fn keel_toml_validates_and_matches_the_tasks() {
         None,
         "it reads every upstream table"
     );
+    assert_eq!(
+        spec.task("rolling_averages").unwrap().edges.earlier,
+        [keel_model::EarlierInput {
+            task: "player_game_summary".into(),
+            days: 1,
+            soft: true,
+        }],
+        "rolling averages read yesterday's summary"
+    );
 }
 
 #[test]

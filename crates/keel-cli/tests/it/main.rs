@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod context;
 mod crash;
+mod crossdate;
 mod daemon;
 mod dashboard_grid;
 mod dashboard_pages;

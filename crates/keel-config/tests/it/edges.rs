@@ -169,3 +169,90 @@ command = ["true"]
 "#
     )));
 }
+
+#[test]
+fn entries_on_an_earlier_partition_reach_the_spec_outside_the_graph() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{PHASES}
+[tasks.summary]
+phase = "analytics"
+command = ["true"]
+after = ["box_scores", "summary@-1d"]
+
+[tasks.rolling]
+phase = "analytics"
+command = ["true"]
+after = ["summary", {{ task = "summary@-7d", soft = true }}, "box_scores@-1d"]
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    let summary = spec.task("summary").unwrap();
+    assert_eq!(summary.after, ["box_scores"]);
+    assert_eq!(
+        summary.edges.earlier,
+        [keel_model::EarlierInput {
+            task: "summary".into(),
+            days: 1,
+            soft: false
+        }]
+    );
+    let rolling = spec.task("rolling").unwrap();
+    assert_eq!(rolling.after, ["summary"]);
+    let labels: Vec<(String, bool)> = rolling
+        .edges
+        .earlier
+        .iter()
+        .map(|input| (input.label(), input.soft))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("summary@-7d".to_string(), true),
+            ("box_scores@-1d".to_string(), false)
+        ]
+    );
+    assert!(rolling.edges.soft.is_empty(), "{:?}", rolling.edges);
+}
+
+#[test]
+fn bad_entries_on_an_earlier_partition() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{PHASES}
+[tasks.summary]
+phase = "analytics"
+command = ["true"]
+after = [
+    "box_scores@+1d",
+    "box_scores@-0d",
+    "box_scores@0d",
+    "box_scores@yesterday",
+    "box_scores@-1w",
+    "box_scores@-400d",
+    "box_score@-1d",
+    {{ task = "odds_lines@-1d", soft = true }},
+    "odds_lines@-1d",
+    "summary@-1d",
+]
+"#
+    )));
+}
+
+#[test]
+fn entries_on_an_earlier_partition_need_dates() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+partition = "none"
+
+[phases.raw]
+
+[tasks.box_scores]
+phase = "raw"
+command = ["true"]
+after = ["box_scores@-1d"]
+"#
+    ));
+}

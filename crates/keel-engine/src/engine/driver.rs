@@ -3,6 +3,7 @@
 //! core (`core/`) decides everything else without I/O.
 
 use super::*;
+use crate::engine::core::EarlierFact;
 
 impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// Claims as many ready tasks as the concurrency cap allows, in one transaction, and starts
@@ -216,6 +217,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 task: root,
             });
         }
+        // Where the tasks of earlier partitions its tasks wait on stand, before any is looked at.
+        self.read_earlier(book, run_index).await?;
         // Tasks may have finished after a gate was last judged: judge again (a stored grace
         // period keeps its end).
         for gate in 0..self.core.topology_of(&book.runs[run_index]).gates.len() {
@@ -375,7 +378,92 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 self.core.begin_cancel(book, run_index)?;
             }
         }
+        // Tasks waiting on earlier partitions look again at what the store now says: another
+        // process may have run or retried those dates.
+        if !book.earlier_waiters.is_empty() {
+            let mut waiting_runs: Vec<usize> =
+                book.earlier_waiters.iter().map(|(run, _)| *run).collect();
+            waiting_runs.sort_unstable();
+            waiting_runs.dedup();
+            for run_index in waiting_runs {
+                self.read_earlier(book, run_index).await?;
+            }
+            self.core.wake_earlier_waiters(book, None);
+        }
         self.renew_leases_if_due(book).await
+    }
+
+    /// Reads from the store where the tasks of earlier partitions stand that the tasks of the
+    /// run at `run_index` wait on, for the dates no run loaded here answers (see
+    /// `core/earlier.rs`).
+    pub(super) async fn read_earlier(
+        &mut self,
+        book: &mut Book,
+        run_index: usize,
+    ) -> Result<(), EngineError> {
+        let wanted = self.core.earlier_to_read(book, run_index);
+        let mut first_partition: Option<Option<String>> = None;
+        for (partition, task) in wanted {
+            let latest = self
+                .store
+                .latest_run_of(&self.core.spec.name, &partition, None)
+                .await?;
+            let fact = match latest {
+                Some(run) => {
+                    let stored = self.store.task_runs(run.id).await?;
+                    let left_out = |index| {
+                        run.state == RunState::Partial
+                            && self.core.calendar_skip(&partition, index).is_none()
+                    };
+                    match stored.iter().find(|stored| stored.task == task) {
+                        None => EarlierFact::Ended("is not part of its run".to_string()),
+                        Some(stored) => match (stored.state, stored.outcome) {
+                            (TaskState::Done, Some(Outcome::Skipped))
+                                if stored.attempts == 0
+                                    && self.core.dag.index_of(&task).is_some_and(left_out) =>
+                            {
+                                EarlierFact::Ended(
+                                    "was left out of its run (keel run --only)".to_string(),
+                                )
+                            }
+                            (TaskState::Done, Some(outcome)) if outcome.is_complete() => {
+                                EarlierFact::Complete
+                            }
+                            (TaskState::Done, Some(outcome)) => {
+                                EarlierFact::Ended(format!("ended {outcome}"))
+                            }
+                            _ => EarlierFact::Unfinished,
+                        },
+                    }
+                }
+                None => {
+                    if first_partition.is_none() {
+                        first_partition = Some(self.first_partition().await?);
+                    }
+                    let first = first_partition.clone().flatten();
+                    if first.is_none_or(|first| partition < first) {
+                        EarlierFact::BeforeHistory
+                    } else {
+                        EarlierFact::NoRun
+                    }
+                }
+            };
+            book.earlier.insert((partition, task), fact);
+        }
+        Ok(())
+    }
+
+    /// The earliest partition the pipeline has a run of (its own, not a pass's).
+    async fn first_partition(&mut self) -> Result<Option<String>, EngineError> {
+        let runs = self
+            .store
+            .list_runs(&self.core.spec.name, None, u32::MAX)
+            .await?;
+        Ok(runs
+            .into_iter()
+            .filter(|run| run.pass.is_none())
+            .map(|run| run.partition)
+            .min())
     }
 
     /// Renews the leases of every running attempt once a third of their time has passed, so a

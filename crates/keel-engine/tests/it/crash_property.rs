@@ -186,6 +186,19 @@ impl Store for CrashStore {
     async fn run(&self, run: RunId) -> StoreResult<RunRecord> {
         self.probe.around("run", self.inner.run(run)).await
     }
+    async fn set_flag(&self, flag: keel_store::FlagRecord) -> StoreResult<()> {
+        self.probe
+            .around("set_flag", self.inner.set_flag(flag))
+            .await
+    }
+    async fn clear_flag(&self, pipeline: &str, task: &str) -> StoreResult<bool> {
+        self.probe
+            .around("clear_flag", self.inner.clear_flag(pipeline, task))
+            .await
+    }
+    async fn flags(&self, pipeline: &str) -> StoreResult<Vec<keel_store::FlagRecord>> {
+        self.probe.around("flags", self.inner.flags(pipeline)).await
+    }
     async fn latest_run_of(
         &self,
         pipeline: &str,
@@ -352,19 +365,6 @@ impl Store for CrashStore {
         self.probe
             .around("resource_states", self.inner.resource_states(pipeline))
             .await
-    }
-    async fn set_flag(&self, flag: keel_store::FlagRecord) -> StoreResult<()> {
-        self.probe
-            .around("set_flag", self.inner.set_flag(flag))
-            .await
-    }
-    async fn clear_flag(&self, pipeline: &str, task: &str) -> StoreResult<bool> {
-        self.probe
-            .around("clear_flag", self.inner.clear_flag(pipeline, task))
-            .await
-    }
-    async fn flags(&self, pipeline: &str) -> StoreResult<Vec<keel_store::FlagRecord>> {
-        self.probe.around("flags", self.inner.flags(pipeline)).await
     }
     async fn apply(&self, run: RunId, changes: Vec<Change>, at: Millis) -> StoreResult<()> {
         self.probe

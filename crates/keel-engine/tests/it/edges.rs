@@ -16,6 +16,7 @@ fn soft(mut spec: keel_model::TaskSpec, names: &[&str]) -> keel_model::TaskSpec 
     spec.edges = TaskEdges {
         soft: names.iter().map(|name| name.to_string()).collect(),
         inputs: None,
+        earlier: Vec::new(),
     };
     spec
 }

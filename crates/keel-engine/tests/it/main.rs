@@ -15,6 +15,7 @@ use keel_store::{SqliteStore, Store};
 
 mod calendars;
 mod crash_property;
+mod earlier;
 mod edges;
 mod passes;
 mod properties;

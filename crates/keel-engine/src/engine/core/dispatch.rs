@@ -45,6 +45,10 @@ impl Core {
                 book.held_for_partitions.push((run_index, task));
                 continue;
             }
+            if !self.earlier_inputs_allow(book, run_index, task) {
+                continue;
+            }
+            let active = &book.runs[run_index];
             // The calendar's command decides first, then the sensor waits for the data.
             if self.commands[task].calendar.is_some()
                 && !active.calendar_passed[task]
@@ -497,8 +501,22 @@ impl Core {
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.dag.name(task), attempt.number);
         let mut launch = self.task_launch(&record, task, false, attempt.number, span, dir);
-        if let Some(missing) = self.missing_soft_inputs(&book.runs[run_index], task) {
-            launch.env.push(("KEEL_MISSING".to_string(), missing));
+        // KEEL_MISSING: soft inputs of this partition, then those of earlier partitions.
+        let soft_missing = self.missing_soft_inputs(&book.runs[run_index], task);
+        let soft_earlier = self.spec.tasks[task]
+            .edges
+            .earlier
+            .iter()
+            .any(|input| input.soft);
+        if soft_missing.is_some() || soft_earlier {
+            let mut missing: Vec<String> = soft_missing
+                .filter(|names| !names.is_empty())
+                .into_iter()
+                .collect();
+            missing.extend(self.missing_earlier_inputs(book, run_index, task));
+            launch
+                .env
+                .push(("KEEL_MISSING".to_string(), missing.join(",")));
         }
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
         book.live.insert(attempt.id, live);

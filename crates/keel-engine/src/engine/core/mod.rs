@@ -24,9 +24,11 @@ use crate::gate::{GateStatus, Topology, Verdict, judge};
 use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVerdict, Wait};
 use crate::template::{Template, TemplateValues};
 use crate::{EngineError, Random};
+pub(super) use earlier::EarlierFact;
 
 mod calendar;
 mod dispatch;
+mod earlier;
 mod edges;
 mod flags;
 mod gates;
@@ -194,6 +196,9 @@ pub(super) struct ActiveRun {
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,
+    /// Per task: the "waiting for TASK on DATE" message last stored for its inputs on earlier
+    /// partitions, so that it is stored again only when it changes.
+    pub earlier_message: Vec<Option<String>>,
     /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
     /// that the run ends `partial` and a plain `keel run` runs them.
     pub left_out: Vec<TaskIndex>,
@@ -269,8 +274,16 @@ pub(super) struct Book {
     pub breaker_wake: Vec<Option<Millis>>,
     /// Ready tasks of runs beyond `max_active_partitions`: queued again when a run ends.
     pub held_for_partitions: Vec<(usize, TaskIndex)>,
-    /// Tasks whose resource stayed down past its breaker's `max_open`: they end `failed`.
-    pub given_up: Vec<(usize, TaskIndex, String)>,
+    /// Tasks that can no longer start, with how they end and why: a resource that stayed down
+    /// past its breaker's `max_open` (`failed`), an input on an earlier partition that failed
+    /// (`upstream_failed`).
+    pub given_up: Vec<(usize, TaskIndex, Outcome, String)>,
+    /// Where tasks of earlier partitions stand, by (partition, task), as the driver last read
+    /// them from the store, for the runs no loaded run answers (see `earlier.rs`).
+    pub earlier: HashMap<(String, String), EarlierFact>,
+    /// Tasks waiting for a task of an earlier partition: queued again when a task of a loaded
+    /// run of that partition ends, or when the driver has read the store again.
+    pub earlier_waiters: Vec<(usize, TaskIndex)>,
     /// Tasks a feature flag leaves out of their partition, found ready: settled `skipped`.
     pub flag_skips: Vec<(usize, TaskIndex, String)>,
     /// The feature flags read from the store (`keel flags`): by task, what it says and who set it.
@@ -348,6 +361,8 @@ impl Book {
             given_up: Vec::new(),
             flag_skips: Vec::new(),
             flags: HashMap::new(),
+            earlier: HashMap::new(),
+            earlier_waiters: Vec::new(),
             picked_permits: HashMap::new(),
             permits: HashMap::new(),
             shutting_down: false,
@@ -390,6 +405,9 @@ impl Book {
             return false;
         }
         self.runs.clear();
+        // What finished runs waited for, and what was read for them, goes with them.
+        self.earlier_waiters.clear();
+        self.earlier.clear();
         true
     }
 
@@ -421,9 +439,13 @@ impl Core {
                     run_index,
                     task,
                     outcome,
-                } => self.on_task_done(book, run_index, task, outcome)?,
+                } => {
+                    self.on_task_done(book, run_index, task, outcome)?;
+                    self.wake_waiters_of(book, run_index);
+                }
                 Followup::Propagate { run_index, task } => {
-                    self.propagate_failure(book, run_index, task)?
+                    self.propagate_failure(book, run_index, task)?;
+                    self.wake_waiters_of(book, run_index);
                 }
                 Followup::JudgeGate { run_index, gate } => {
                     self.evaluate_gate(book, run_index, gate)?
@@ -440,6 +462,18 @@ impl Core {
             self.finish_run_if_done(book, run_index)?;
         }
         Ok(())
+    }
+}
+
+impl Core {
+    /// A task of the run at `run_index` ended: the tasks of later partitions waiting on its
+    /// partition look again.
+    fn wake_waiters_of(&self, book: &mut Book, run_index: usize) {
+        if book.earlier_waiters.is_empty() || book.runs[run_index].record.pass.is_some() {
+            return;
+        }
+        let partition = book.runs[run_index].record.partition.clone();
+        self.wake_earlier_waiters(book, Some(&partition));
     }
 }
 

@@ -40,6 +40,7 @@ impl Core {
             calendar_passed: vec![false; tasks],
             sensor_polls: vec![0; tasks],
             sensor_errors: vec![0; tasks],
+            earlier_message: vec![None; tasks],
             done: 0,
             cancelling: false,
             left_out: Vec::new(),

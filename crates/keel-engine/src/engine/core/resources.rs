@@ -78,6 +78,7 @@ impl Core {
             book.given_up.push((
                 run_index,
                 task,
+                Outcome::Failed,
                 format!(
                     "gave up waiting for resource {:?}: its circuit breaker has stayed open for {} and every probe failed; check the dependency, then `keel retry` this task",
                     policy.name(),
@@ -104,7 +105,7 @@ impl Core {
 
     /// Ends the tasks that gave up on a resource whose breaker stayed open too long.
     pub(crate) fn settle_given_up(&mut self, book: &mut Book) -> Result<(), EngineError> {
-        for (run_index, task, message) in std::mem::take(&mut book.given_up) {
+        for (run_index, task, outcome, message) in std::mem::take(&mut book.given_up) {
             let active = &mut book.runs[run_index];
             if active.finished
                 || !matches!(
@@ -114,7 +115,7 @@ impl Core {
             {
                 continue;
             }
-            self.settle_task(book, run_index, task, Outcome::Failed, message)?;
+            self.settle_task(book, run_index, task, outcome, message)?;
         }
         Ok(())
     }
