@@ -68,10 +68,28 @@ pub fn build_engine_with_env(
         .context("cannot find the keel executable to start attempt supervisors")?;
     let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
     let surroundings = surroundings(&spec, &paths.pipeline)?;
+    // Tasks' secrets come from `[secrets]`'s provider, or Keel's environment without one.
+    let provider = spec
+        .secrets
+        .as_ref()
+        .map_or(keel_model::SecretProvider::Env, |secrets| {
+            secrets.provider.clone()
+        });
+    let resolver = std::sync::Arc::new(keel_secrets::Resolver::with_system_clock(
+        &provider,
+        &surroundings.pipeline_dir,
+    ));
+    let secrets: keel_engine::SecretSource = std::sync::Arc::new(move |name: &str| {
+        resolver
+            .resolve(name)
+            .map(|secret| secret.expose().to_string())
+            .map_err(|error| error.to_string())
+    });
     let launch_context = LaunchContext {
         env_files: surroundings.env_files,
         pipeline_dir: Some(surroundings.pipeline_dir),
         keel_env: surroundings.keel_env,
+        secrets: Some(secrets),
     };
     let config = EngineConfig {
         owner: owner(),

@@ -157,6 +157,14 @@ pub enum ConfigError {
     )]
     EmptySmokeCommand { task: String, location: Location },
 
+    #[error("invalid secret name {name:?} in the secrets of task {task:?} ({location}); {reason}")]
+    InvalidSecretName {
+        task: String,
+        name: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error(
         "invalid duration {value:?} for {field:?}{} ({location}); {reason}",
         in_table(.table)
@@ -727,6 +735,7 @@ impl ConfigError {
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptyCalendarCommand { location, .. }
             | ConfigError::EmptySmokeCommand { location, .. }
+            | ConfigError::InvalidSecretName { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
             | ConfigError::InvalidSchedule { location, .. }

@@ -99,8 +99,9 @@ const TASK_FIELDS: &[&str] = &[
     "inherit_env",
     "not_ready",
     "smoke",
+    "secrets",
 ];
-const TASK_LATER: &[&str] = &["secrets"];
+const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
 const JITTER_KINDS: &[&str] = &["full", "equal", "none"];
 
@@ -318,6 +319,7 @@ struct RawTask {
     expand: Option<expand::RawExpand>,
     not_ready: Option<keel_model::NotReadyPolicy>,
     smoke: Option<Vec<String>>,
+    secrets: Vec<String>,
     /// `after` entries on an earlier partition (`"NAME@-1d"`), apart from the graph's.
     earlier: Vec<edges::RawEarlier>,
 }
@@ -1117,6 +1119,7 @@ impl Checker<'_> {
             expand: None,
             not_ready: None,
             smoke: None,
+            secrets: Vec::new(),
             earlier: Vec::new(),
         };
         self.expanding = table.contains_key("expand");
@@ -1160,6 +1163,7 @@ impl Checker<'_> {
                     task.inputs = Some(self.name_list(value, &context));
                 }
                 "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
+                "secrets" => task.secrets = self.secret_names(value, &path),
                 "smoke" => {
                     task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
                 }
@@ -1199,6 +1203,58 @@ impl Checker<'_> {
             _ => {}
         }
         Some(task)
+    }
+
+    /// A task's `secrets = ["NAME", …]`: names of environment variables (upper-case letters,
+    /// digits and underscores), each once; none of Keel's own `KEEL_` names.
+    fn secret_names(&mut self, value: &Spanned<DeValue<'_>>, path: &str) -> Vec<String> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "secrets",
+                path,
+                "a list of secret names such as [\"STATS_API_KEY\"]",
+            );
+            return Vec::new();
+        };
+        let mut names: Vec<String> = Vec::new();
+        for (position, item) in items.iter().enumerate() {
+            let field = format!("secrets[{position}]");
+            let Some(name) = self.string(
+                item,
+                &field,
+                path,
+                "a secret name such as \"STATS_API_KEY\"",
+            ) else {
+                continue;
+            };
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|first| first.is_ascii_uppercase() || first == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                && !name.starts_with("KEEL_");
+            if !valid || names.contains(&name) {
+                let reason = if names.contains(&name) {
+                    "it is listed twice; remove the repeat".to_string()
+                } else if name.starts_with("KEEL_") {
+                    "names starting with KEEL_ are Keel's own; pick another".to_string()
+                } else {
+                    "a secret is given to the task as an environment variable of that name: use upper-case letters, digits and underscores, such as STATS_API_KEY".to_string()
+                };
+                self.errors.push(ConfigError::InvalidSecretName {
+                    task: path.trim_start_matches("tasks.").to_string(),
+                    name,
+                    reason,
+                    location: self.location(&item.span()),
+                });
+                continue;
+            }
+            names.push(name);
+        }
+        names
     }
 
     /// A task's `command`, or the `command` of its `wait_for`; `path` is the table holding it.
@@ -1590,6 +1646,7 @@ fn build_spec(
                             .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),
                     },
                     not_ready: task.not_ready,
+                    secrets: task.secrets,
                 }
             })
             .collect(),

@@ -16,8 +16,8 @@ pub mod template;
 
 pub use clock::{Clock, ManualClock, Random, SplitMix64, SystemClock};
 pub use engine::{
-    Engine, EngineConfig, LaunchContext, Prepared, Progress, RunRequest, RunSummary, Shutdown,
-    ShutdownLevel, ShutdownTrigger,
+    Engine, EngineConfig, LaunchContext, Prepared, Progress, RunRequest, RunSummary, SecretSource,
+    Shutdown, ShutdownLevel, ShutdownTrigger,
 };
 pub use template::expand;
 

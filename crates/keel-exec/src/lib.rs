@@ -12,6 +12,7 @@ mod group;
 pub mod host;
 pub mod http;
 pub mod process;
+pub mod redact;
 mod report;
 pub mod supervisor;
 

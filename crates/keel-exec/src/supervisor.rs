@@ -315,10 +315,12 @@ struct Output {
     /// What went wrong with the log, for the exit record; `None` when all is well or the log
     /// only reached its cap.
     problem: Option<String>,
+    /// Hides the task's secrets (the variables `KEEL_REDACT` names) before anything is written.
+    redactor: crate::redact::Redactor,
 }
 
 impl Output {
-    fn new(path: PathBuf, cap: u64) -> Output {
+    fn new(path: PathBuf, cap: u64, redactor: crate::redact::Redactor) -> Output {
         Output {
             path,
             file: None,
@@ -328,10 +330,26 @@ impl Output {
             at_line_start: true,
             cut: false,
             problem: None,
+            redactor,
         }
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        if self.redactor.is_empty() {
+            self.write_plain(bytes);
+        } else {
+            let redacted = self.redactor.feed(bytes);
+            self.write_plain(&redacted);
+        }
+    }
+
+    /// Writes what the redactor held back at the end of the stream.
+    fn finish(&mut self) {
+        let rest = self.redactor.finish();
+        self.write_plain(&rest);
+    }
+
+    fn write_plain(&mut self, bytes: &[u8]) {
         if self.cut || bytes.is_empty() {
             return;
         }
@@ -539,12 +557,55 @@ fn living_children(own: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// The redactor for the values of the variables `KEEL_REDACT` names (comma-separated): the
+/// secrets Keel gave this task.
+pub fn redactor_for(env: &[(String, String)]) -> crate::redact::Redactor {
+    let Some((_, names)) = env.iter().rev().find(|(name, _)| name == REDACT_VARIABLE) else {
+        return crate::redact::Redactor::default();
+    };
+    let names: Vec<&str> = names.split(',').filter(|name| !name.is_empty()).collect();
+    crate::redact::Redactor::new(
+        env.iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(_, value)| value.as_str()),
+    )
+}
+
+/// Hides the task's secrets in the result file it wrote, before Keel reads it: its message is
+/// stored and shown. A result that is not a regular file, or too large, is left for the
+/// reader to refuse.
+fn redact_result_file(dir: &Path, redactor: &crate::redact::Redactor) {
+    if redactor.is_empty() {
+        return;
+    }
+    let path = dir.join(RESULT_FILE);
+    let Ok(Some(bytes)) = crate::files::read_regular_file(&path, crate::report::RESULT_CAP) else {
+        return;
+    };
+    let redacted = redactor.redact_bytes(&bytes);
+    if redacted == bytes {
+        return;
+    }
+    let temporary = dir.join(format!("{RESULT_FILE}.redacted"));
+    if std::fs::write(&temporary, &redacted).is_ok() && std::fs::rename(&temporary, &path).is_err()
+    {
+        let _ = std::fs::remove_file(&temporary);
+    }
+}
+
+/// The variable that names, comma-separated, the variables of a task's environment that hold
+/// its secrets: their values never reach its captured output.
+pub const REDACT_VARIABLE: &str = "KEEL_REDACT";
+
 /// Runs the task to its end and says how it ended. The task's process group goes into
 /// `record_file` before the task runs.
 fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
     let started_at = now_millis();
-    let mut output = Output::new(args.dir.join(OUTPUT_FILE), args.log_cap);
+    let redactor = redactor_for(env);
+    let mut output = Output::new(args.dir.join(OUTPUT_FILE), args.log_cap, redactor.clone());
     let mut ended = run_task(args, env, record_file, &mut output);
+    output.finish();
+    redact_result_file(&args.dir, &redactor);
     // Whatever escaped the task's process group goes with the attempt, so nothing of it runs on
     // past its end or its timeout.
     end_descendants(DESCENDANTS_PATIENCE);

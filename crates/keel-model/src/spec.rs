@@ -351,6 +351,11 @@ pub struct TaskSpec {
     /// until `deadline`. Left out of the version when unset, so pipelines keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<crate::NotReadyPolicy>,
+    /// `secrets = ["STATS_API_KEY"]`: the secrets given to this task alone, as environment
+    /// variables of those names, read through the pipeline's `[secrets]` provider when an
+    /// attempt starts. Left out of the version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -569,6 +574,7 @@ mod tests {
             expand: None,
             context: TaskContext::default(),
             not_ready: None,
+            secrets: Vec::new(),
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

@@ -25,6 +25,7 @@ mod http_tasks;
 mod logs;
 mod messages;
 mod operations;
+mod planted_secret;
 mod reconcile_crash;
 mod secrets;
 mod serve;

@@ -1026,3 +1026,23 @@ catchup = "all"
 "#
     ));
 }
+
+#[test]
+fn bad_secret_names() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+[tasks.fetch]
+phase = "scrape"
+command = ["fetch"]
+secrets = ["STATS_API_KEY", "stats-key", "KEEL_TOKEN", "STATS_API_KEY", 7]
+
+[tasks.other]
+phase = "scrape"
+command = ["fetch"]
+secrets = "STATS_API_KEY"
+"#
+    ));
+}

@@ -105,11 +105,29 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         }
         let ids: Vec<AttemptId> = launches.iter().map(|(id, _, _)| *id).collect();
         let executor = self.executor.clone();
+        let secrets = self.core.config.launch_context.secrets.clone();
         let launched = tokio::task::spawn_blocking(move || {
             // Every launch is sent before any pid is waited for, so the forks overlap.
             let mut results: Vec<_> = launches
                 .into_iter()
-                .map(|(id, epoch, launch)| (id, epoch, executor.launch(launch)))
+                .map(|(id, epoch, mut launch)| {
+                    let started = match with_secrets(&mut launch, secrets.as_ref()) {
+                        Ok(redactor) => executor.launch(launch).map(|mut running| {
+                            if !redactor.is_empty() {
+                                let completion = running.completion;
+                                running.completion = Box::pin(async move {
+                                    let mut report = completion.await;
+                                    report.message =
+                                        report.message.map(|text| redactor.redact_text(&text));
+                                    report
+                                });
+                            }
+                            running
+                        }),
+                        Err(error) => Err(error),
+                    };
+                    (id, epoch, started)
+                })
                 .collect();
             for (_, _, result) in &mut results {
                 if let Ok(running) = result {
@@ -484,4 +502,38 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.store.renew_leases(renewals, now + ttl).await?;
         Ok(())
     }
+}
+
+/// Adds the secrets a launch's task declares (named by `KEEL_REDACT` in its environment) to its
+/// environment, read from `source`; returns the redactor for its report. An error names the
+/// secret and why it could not be read, never a value.
+fn with_secrets(
+    launch: &mut keel_exec::Launch,
+    source: Option<&crate::SecretSource>,
+) -> std::io::Result<keel_exec::redact::Redactor> {
+    let names: Vec<String> = launch
+        .env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == keel_exec::supervisor::REDACT_VARIABLE)
+        .map(|(_, names)| names.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return Ok(keel_exec::redact::Redactor::default());
+    }
+    let Some(source) = source else {
+        return Err(std::io::Error::other(
+            "the task declares secrets but no secret provider is configured",
+        ));
+    };
+    let mut values = Vec::new();
+    for name in &names {
+        let value = source(name)
+            .map_err(|why| std::io::Error::other(format!("cannot read secret {name}: {why}")))?;
+        values.push(value.clone());
+        launch.env.push((name.clone(), value));
+    }
+    Ok(keel_exec::redact::Redactor::new(
+        values.iter().map(String::as_str),
+    ))
 }

@@ -47,11 +47,18 @@ pub struct EngineConfig {
     pub launch_context: LaunchContext,
 }
 
+/// Where the driver reads a task's secrets (`secrets = [...]`) when it launches an attempt: a
+/// blocking call (a store to decrypt, a command to run), made off the runtime thread. Its error
+/// says why without the value.
+pub type SecretSource = std::sync::Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// What a task's working directory and environment are made from, beyond the pipeline file
 /// (docs/pipeline.md, "Working directory and environment"). The driver's caller reads these;
 /// the core only combines them.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LaunchContext {
+    /// Where the driver reads secrets; `None` refuses to launch a task that declares one.
+    pub secrets: Option<SecretSource>,
     /// The pipeline file's directory: tasks run there unless their `cwd` says otherwise, and a
     /// relative `cwd` is relative to it. `None` leaves tasks where Keel runs.
     pub pipeline_dir: Option<PathBuf>,
@@ -59,6 +66,17 @@ pub struct LaunchContext {
     pub keel_env: Vec<(String, String)>,
     /// The variables of each `env_file`, by the path as the pipeline file writes it.
     pub env_files: HashMap<String, Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for LaunchContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchContext")
+            .field("pipeline_dir", &self.pipeline_dir)
+            .field("keel_env", &self.keel_env.len())
+            .field("env_files", &self.env_files.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets.is_some())
+            .finish()
+    }
 }
 
 /// What `keel run` asks for.

@@ -445,12 +445,31 @@ impl Core {
         let context = &self.spec.tasks[task].context;
         let surroundings = &self.config.launch_context;
         let mut env: Vec<(String, String)> = Vec::new();
+        // A secret goes only to the tasks that declare it: when any task declares one, every
+        // task starts from Keel's environment without those names (the driver adds a task's
+        // own secrets when it launches it).
+        let secret = |name: &String| {
+            self.spec
+                .tasks
+                .iter()
+                .any(|task| task.secrets.contains(name))
+        };
+        let any_secrets = self.spec.tasks.iter().any(|task| !task.secrets.is_empty());
         let clear_env = match &context.inherit_env {
+            InheritEnv::All if any_secrets => {
+                let inherited = surroundings.keel_env.iter();
+                env.extend(inherited.filter(|(name, _)| !secret(name)).cloned());
+                true
+            }
             InheritEnv::All => false,
             InheritEnv::Nothing => true,
             InheritEnv::Only(names) => {
                 let inherited = surroundings.keel_env.iter();
-                env.extend(inherited.filter(|(name, _)| names.contains(name)).cloned());
+                env.extend(
+                    inherited
+                        .filter(|(name, _)| names.contains(name) && !secret(name))
+                        .cloned(),
+                );
                 true
             }
         };
@@ -475,6 +494,14 @@ impl Core {
         }
         env.extend(keel_variables);
         env.extend(self.config.extra_env.iter().cloned());
+        let secrets = &self.spec.tasks[task].secrets;
+        if !secrets.is_empty() {
+            // Names only: the driver resolves them as it launches the attempt.
+            env.push((
+                keel_exec::supervisor::REDACT_VARIABLE.to_string(),
+                secrets.join(","),
+            ));
+        }
         (env, clear_env)
     }
 

@@ -32,6 +32,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         expand: None,
         context: Default::default(),
         not_ready: None,
+        secrets: Vec::new(),
     }
 }
 
@@ -538,6 +539,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
         });
         config.launch_context = crate::LaunchContext {
             pipeline_dir: Some(PathBuf::from("/srv/p")),
+            secrets: None,
             keel_env: vec![
                 ("PATH".into(), "/usr/bin".into()),
                 ("HOME".into(), "/root".into()),
