@@ -173,6 +173,9 @@ CREATE TABLE flags (
     set_at   INTEGER NOT NULL,
     set_by   TEXT    NOT NULL,
     PRIMARY KEY (pipeline, task)
+);
+"#,
+    r#"
 -- The items of an expanded task (`expand`), recorded once per task and run in the step that read
 -- them: `items` is their JSON list ([{"key": ..., "value": ...}, ...]).
 CREATE TABLE expansions (
@@ -182,6 +185,9 @@ CREATE TABLE expansions (
     item_count INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, task)
+);
+"#,
+    r#"
 -- Requests counted against a resource's quota (`quota = "500/month"`), per calendar period
 -- (`2026-12` or `2026-12-02` in the pipeline's time zone), so a restart keeps counting.
 CREATE TABLE quota_use (
@@ -1169,6 +1175,24 @@ fn apply_one(
                 params![run.0, task, listed, items.len() as i64, at],
             )?;
             if count > 0 {
+                // Each item is a task run of its own (`box_scores[0021]`), in the parent's
+                // phase, added in this same transaction: attempts, logs and the one-live-attempt
+                // index work for items as for any task.
+                for item in &items {
+                    cached_execute(
+                        transaction,
+                        "INSERT OR IGNORE INTO task_runs (run_id, task, phase, position, state, updated_at)
+                         SELECT ?1, ?2, parent.phase, (SELECT coalesce(max(position) + 1, 0) FROM task_runs WHERE run_id = ?1), ?3, ?4
+                         FROM task_runs AS parent WHERE parent.run_id = ?1 AND parent.task = ?5",
+                        params![
+                            run.0,
+                            keel_model::expand::item_task_name(&task, &item.key),
+                            TaskState::Pending.as_str(),
+                            at,
+                            task
+                        ],
+                    )?;
+                }
                 let detail = format!("{} items", items.len());
                 event(
                     transaction,
