@@ -1,5 +1,5 @@
 //! Fan-out (`expand`) through the binary with real processes: results that list items, and a
-//! pipeline with an expanded task, which this Keel validates but does not run yet.
+//! pipeline whose expanded task runs one attempt chain per item.
 
 use std::path::Path;
 use std::time::Duration;
@@ -57,10 +57,12 @@ command = ["sh", "-c", "echo '{{\"items\": [\"0021\", \"0021\"]}}' > \"$KEEL_RES
     );
 }
 
-/// `keel validate` accepts an expanded task; `keel run` refuses the pipeline with exit 2,
-/// naming the task, before anything runs.
+/// The engine runs one attempt chain per item: `{item}`, `{item.FIELD}` and `KEEL_ITEM` reach
+/// each item's process, an item retries on its own, one failing for good leaves the quorum
+/// (`min = "50%"`) met, so the expanded task completes, naming the missing item, the task
+/// downstream runs and the run ends degraded.
 #[test]
-fn a_pipeline_with_an_expanded_task_validates_but_is_not_run() {
+fn items_run_as_their_own_attempt_chains_and_a_quorum_completes_the_task() {
     let dir = tempfile::tempdir().unwrap();
     write_pipeline(
         dir.path(),
@@ -70,21 +72,90 @@ name = "fanout"
 [phases.discover]
 [phases.scrape]
 after = ["discover"]
+[phases.report]
+after = ["scrape"]
+
+[defaults]
+retries = { attempts = 3, initial = "0s" }
 
 [tasks.list_games]
 phase = "discover"
-command = ["sh", "-c", "touch ran; echo '{{\"items\": [\"0021\"]}}' > \"$KEEL_RESULT\""]
+command = ["sh", "-c", "echo list >> ledger; echo '{{\"items\": [\"0021\", \"0022\", {{\"key\": \"0023\", \"home\": \"LAL\"}}, \"0024\"]}}' > \"$KEEL_RESULT\""]
 
 [tasks.box_scores]
 phase = "scrape"
-command = ["sh", "-c", "echo {item}"]
-expand = { from = "list_games", min = "95%" }
+command = ["sh", "-c", "echo \"$KEEL_TASK $KEEL_ITEM {item.home}\" >> ledger; if [ {item} = 0024 ] && [ ! -e retried ]; then touch retried; exit 1; fi; if [ \"$KEEL_ITEM\" = 0022 ]; then exit 65; fi"]
+expand = { from = "list_games", min = "50%" }
+
+[tasks.summary]
+phase = "report"
+command = ["sh", "-c", "echo summary >> ledger"]
 "#,
     );
-    let (code, text) = run_keel(dir.path(), "validate", &[]);
-    assert_eq!(code, Some(0), "{text}");
     let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-18"]);
-    assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("task \"box_scores\" has expand"), "{text}");
-    assert!(!dir.path().join("ran").exists(), "nothing ran");
+    // Complete under the quorum, with an item missing: the run is degraded (exit 3).
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("degraded") && text.contains("1 of 4 items of box_scores missing"),
+        "{text}"
+    );
+    let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
+    let mut lines: Vec<&str> = ledger.lines().collect();
+    assert_eq!(lines.first(), Some(&"list"), "{ledger}");
+    assert_eq!(lines.last(), Some(&"summary"), "{ledger}");
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            r#"box_scores[0021] 0021 "#,
+            r#"box_scores[0022] 0022 "#,
+            r#"box_scores[0023] {"home":"LAL","key":"0023"} LAL"#,
+            r#"box_scores[0024] 0024 "#,
+            r#"box_scores[0024] 0024 "#,
+            "list",
+            "summary",
+        ],
+        "each item ran once, the one that failed once twice: {ledger}"
+    );
+    let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
+    assert!(
+        status.contains("3/4 · 1 failed; missing: 0022"),
+        "the expanded task says how many items succeeded and which is missing: {status}"
+    );
+}
+
+/// An upstream task that lists no items completes its expanded task at once, and downstream
+/// runs.
+#[test]
+fn an_empty_list_completes_the_expanded_task_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "fanout"
+
+[phases.main]
+
+[tasks.list_games]
+phase = "main"
+command = ["sh", "-c", "echo '{{\"items\": []}}' > \"$KEEL_RESULT\""]
+
+[tasks.box_scores]
+phase = "main"
+after = ["list_games"]
+command = ["sh", "-c", "echo {item} >> ledger"]
+expand = { from = "list_games" }
+
+[tasks.summary]
+phase = "main"
+after = ["box_scores"]
+command = ["sh", "-c", "echo summary >> ledger"]
+"#,
+    );
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-18"]);
+    assert_eq!(code, Some(0), "{text}");
+    let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
+    assert_eq!(ledger, "summary\n");
+    let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
+    assert!(status.contains("no items to run"), "{status}");
 }

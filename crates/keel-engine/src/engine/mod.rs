@@ -428,6 +428,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 config,
                 store_id,
                 observer: Box::new(|_| {}),
+                items: Vec::new(),
+                item_index: HashMap::new(),
             },
             store,
             executor: Arc::new(executor),
@@ -650,7 +652,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let removed: Vec<&str> = stored
             .iter()
             .filter(|task| {
-                task.state != TaskState::Done && self.core.dag.index_of(&task.task).is_none()
+                // An item's task run (`box_scores[0021]`) belongs to its expanded task.
+                let named = keel_model::expand::split_item_name(&task.task)
+                    .map_or(task.task.as_str(), |(parent, _)| parent);
+                task.state != TaskState::Done && self.core.dag.index_of(named).is_none()
             })
             .map(|task| task.task.as_str())
             .collect();
@@ -729,7 +734,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let added: Vec<(String, String)> = roots
             .iter()
             .chain(&downstream)
-            .filter(|task| !in_run.contains(self.core.dag.name(**task)))
+            .filter(|task| !in_run.contains(self.core.name(**task)))
             .map(|task| {
                 let task_spec = &self.core.spec.tasks[*task];
                 (task_spec.name.clone(), task_spec.phase.clone())
