@@ -123,6 +123,7 @@ impl Core {
                 counts: ItemCounts::default(),
                 last_progress: book.now,
                 opened: false,
+                wake_at: None,
             },
         );
     }
@@ -144,6 +145,7 @@ impl Core {
                     counts: ItemCounts::default(),
                     last_progress: now,
                     opened: true,
+                    wake_at: None,
                 },
             );
             book.followups.push_back(Followup::JudgeExpansion {
@@ -254,6 +256,9 @@ impl Core {
         let message = self.expansion_message(active, expansion, verdict);
         self.end_open_items(book, run_index, parent);
         let active = &mut book.runs[run_index];
+        // Decided: a second judgement queued in this step (an item stopped, a timer) must not
+        // settle it twice.
+        active.slots[parent].state = TaskState::Done;
         let change = TaskChange {
             task: self.name(parent).to_string(),
             state: TaskState::Done,

@@ -270,6 +270,8 @@ pub(super) struct Expansion {
     pub last_progress: Millis,
     /// The task runs its items (its inputs completed); until then nothing is counted.
     pub opened: bool,
+    /// When a timer is set to judge the quorum again, so that each stall sets one.
+    pub wake_at: Option<Millis>,
 }
 
 /// Something kept per task of a run, indexed by [`TaskIndex`]: the Dag's tasks (or nodes) in a
