@@ -1,10 +1,12 @@
 //! Fan-out (`expand`) through the binary with real processes: results that list items, and a
 //! pipeline whose expanded task runs one attempt chain per item.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::{keel, write_pipeline};
+use crate::support::{keel, keel_path, write_pipeline};
 
 fn run_keel(dir: &Path, subcommand: &str, args: &[&str]) -> (Option<i32>, String) {
     let output = keel()
@@ -158,4 +160,94 @@ command = ["sh", "-c", "echo summary >> ledger"]
     assert_eq!(ledger, "summary\n");
     let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
     assert!(status.contains("no items to run"), "{status}");
+}
+
+/// `keel run` killed with SIGKILL again and again while an expanded task runs its items, then
+/// run to the end: the items are listed once, and the ledger every process appends to shows each
+/// item started and ended exactly once (an attempt outlives a killed Keel and is adopted or
+/// recorded by the next), and the task downstream once.
+#[test]
+fn kill_dash_nine_during_an_expansion_runs_no_item_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"[pipeline]
+name = "fanout"
+
+[defaults]
+concurrency = 4
+retries = {{ attempts = 2, initial = "10ms", max = "50ms" }}
+
+[phases.discover]
+[phases.scrape]
+after = ["discover"]
+[phases.report]
+after = ["scrape"]
+
+[tasks.list_games]
+phase = "discover"
+command = ["sh", "-c", "echo list >> {ledger}; sleep 0.1; printf '{{{{\"items\": [' > \"$KEEL_RESULT\"; for n in $(seq 1 23); do printf '\"g%s\",' $n >> \"$KEEL_RESULT\"; done; printf '\"g24\"]}}}}' >> \"$KEEL_RESULT\""]
+
+[tasks.box_scores]
+phase = "scrape"
+command = ["sh", "-c", "echo start $KEEL_TASK >> {ledger}; sleep 0.1; echo end $KEEL_TASK >> {ledger}"]
+expand = {{ from = "list_games" }}
+
+[tasks.summary]
+phase = "report"
+command = ["sh", "-c", "echo summary >> {ledger}"]
+"#,
+            ledger = ledger.display()
+        ),
+    );
+    let mut kills = 0;
+    let started = Instant::now();
+    // Kill points spread over the listing and the items (a fixed sequence, not random).
+    let delays = [60, 150, 220, 90, 300, 130, 250, 180, 70, 330];
+    for delay in delays {
+        let mut child = Command::new(keel_path())
+            .args(["run", "--partition", "2026-01-18"])
+            .arg(&pipeline)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the crash test is taking too long"
+        );
+    }
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-18"]);
+    assert!(matches!(code, Some(0)), "{text}");
+    assert!(kills >= 3, "only {kills} kills happened");
+    eprintln!("{kills} kills");
+    let ledger = std::fs::read_to_string(&ledger).unwrap();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for line in ledger.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    assert_eq!(counts.get("summary"), Some(&1), "{ledger}");
+    for n in 1..=24 {
+        for edge in ["start", "end"] {
+            let line = format!("{edge} box_scores[g{n}]");
+            assert_eq!(
+                counts.get(line.as_str()),
+                Some(&1),
+                "{line:?} once, after {kills} kills: {ledger}"
+            );
+        }
+    }
+    // The listing may have been killed before it was recorded and run again; the items come
+    // from the one recorded list.
+    let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
+    assert!(status.contains("24/24"), "{status}");
 }
