@@ -86,7 +86,7 @@ command = ["sh", "-c", "echo list >> ledger; echo '{{\"items\": [\"0021\", \"002
 
 [tasks.box_scores]
 phase = "scrape"
-command = ["sh", "-c", "echo \"$KEEL_TASK $KEEL_ITEM {item.home}\" >> ledger; if [ {item} = 0024 ] && [ ! -e retried ]; then touch retried; exit 1; fi; if [ \"$KEEL_ITEM\" = 0022 ]; then exit 65; fi"]
+command = ["sh", "-c", "echo \"$KEEL_TASK $KEEL_ITEM {item.home}\" >> ledger; echo scraping game {item}; if [ {item} = 0024 ] && [ ! -e retried ]; then touch retried; exit 1; fi; if [ \"$KEEL_ITEM\" = 0022 ]; then exit 65; fi"]
 expand = { from = "list_games", min = "50%" }
 
 [tasks.summary]
@@ -123,6 +123,32 @@ command = ["sh", "-c", "echo summary >> ledger"]
     assert!(
         status.contains("3/4 · 1 failed; missing: 0022"),
         "the expanded task says how many items succeeded and which is missing: {status}"
+    );
+    assert!(
+        !status.contains("box_scores[0021]"),
+        "one row stands for the items: {status}"
+    );
+    let (code, log) = run_keel(dir.path(), "logs", &["box_scores[0021]"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("scraping game 0021"),
+        "an item has its own log: {log}"
+    );
+    let (_, json) = run_keel(
+        dir.path(),
+        "status",
+        &["--partition", "2026-01-18", "--json"],
+    );
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tasks = document["runs"][0]["tasks"].as_array().unwrap();
+    let names: Vec<&str> = tasks
+        .iter()
+        .map(|task| task["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["list_games", "box_scores", "summary"], "{json}");
+    assert_eq!(
+        tasks[1]["items"],
+        serde_json::json!({"total": 4, "succeeded": 3, "failed": 1, "open": 0, "summary": "3/4 · 1 failed"})
     );
 }
 

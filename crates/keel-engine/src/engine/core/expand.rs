@@ -246,9 +246,15 @@ impl Core {
             ExpandVerdict::Complete | ExpandVerdict::Quorum => Outcome::Succeeded,
             ExpandVerdict::Failed => Outcome::Failed,
             ExpandVerdict::Wait { until } => {
-                if let Some(at) = until {
+                // One timer per stall: every item's end moves it, and judges again.
+                if let Some(at) = until
+                    && expansion.wake_at != Some(at)
+                {
                     book.timers
                         .push(Reverse((at, run_index, Wake::Task(parent))));
+                    if let Some(expansion) = book.runs[run_index].expansions.get_mut(&parent) {
+                        expansion.wake_at = Some(at);
+                    }
                 }
                 return;
             }
