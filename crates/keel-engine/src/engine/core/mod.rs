@@ -104,6 +104,13 @@ impl Core {
         }
     }
 
+    /// Forgets every item, once the book holds no run (`Book::forget_finished_runs`), so a
+    /// long-lived `keel serve` keeps in memory only the items of unfinished runs.
+    pub(crate) fn forget_items(&mut self) {
+        self.items.clear();
+        self.item_index.clear();
+    }
+
     /// The item an item index stands for; `None` for a task of the Dag.
     pub(crate) fn item_of(&self, task: TaskIndex) -> Option<&keel_model::Item> {
         self.is_item(task)
