@@ -24,7 +24,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             // An expanded task picked runs its items: they are queued, and its quorum judged.
             self.core.drain(book)?;
             if picked.is_empty() {
-                if book.ready.len() > 0 && book.ready.len() != queued {
+                if !book.ready.is_empty() && book.ready.len() != queued {
                     self.core.stamp_ready(book);
                     continue;
                 }

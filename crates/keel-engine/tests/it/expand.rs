@@ -148,3 +148,49 @@ async fn items_retry_on_their_own_and_too_few_fail_the_task() {
     );
     assert_eq!(find("report").outcome, Some(Outcome::UpstreamFailed));
 }
+
+/// A cancel while items run: the running items are stopped, those not started are cancelled,
+/// and the expanded task and what is downstream end `cancelled`.
+#[tokio::test]
+async fn a_cancel_stops_running_items_and_cancels_the_rest() {
+    let harness = Harness::new();
+    harness
+        .executor
+        .items
+        .lock()
+        .unwrap()
+        .insert("list".into(), items(&["a", "b", "c"]));
+    *harness.executor.hold.lock().unwrap() = vec!["box[a]".into(), "box[b]".into()];
+    let mut spec = fanout(1.0);
+    spec.concurrency = 2;
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    eventually("two items to run", || {
+        executor
+            .launches()
+            .iter()
+            .filter(|(task, _)| task.starts_with("box["))
+            .count()
+            == 2
+    })
+    .await;
+    harness.store.request_cancel(run, 5).await.unwrap();
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Cancelled);
+    let outcomes: Vec<(String, Option<Outcome>)> = harness
+        .store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| (task.task, task.outcome))
+        .collect();
+    for (task, outcome) in &outcomes {
+        if task != "list" {
+            assert_eq!(*outcome, Some(Outcome::Cancelled), "{task}: {outcomes:?}");
+        }
+    }
+    assert!(
+        !launched(&harness).contains(&"box[c]".to_string()),
+        "an item not started stays so"
+    );
+}
