@@ -91,7 +91,7 @@ expand = { from = "list_games", min = "50%" }
 
 [tasks.summary]
 phase = "report"
-command = ["sh", "-c", "echo summary >> ledger"]
+command = ["sh", "-c", "echo summary \"$KEEL_MISSING\" >> ledger"]
 "#,
     );
     let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-18"]);
@@ -104,7 +104,8 @@ command = ["sh", "-c", "echo summary >> ledger"]
     let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
     let mut lines: Vec<&str> = ledger.lines().collect();
     assert_eq!(lines.first(), Some(&"list"), "{ledger}");
-    assert_eq!(lines.last(), Some(&"summary"), "{ledger}");
+    // Downstream is told which items are missing.
+    assert_eq!(lines.last(), Some(&"summary box_scores[0022]"), "{ledger}");
     lines.sort_unstable();
     assert_eq!(
         lines,
@@ -115,7 +116,7 @@ command = ["sh", "-c", "echo summary >> ledger"]
             r#"box_scores[0024] 0024 "#,
             r#"box_scores[0024] 0024 "#,
             "list",
-            "summary",
+            "summary box_scores[0022]",
         ],
         "each item ran once, the one that failed once twice: {ledger}"
     );

@@ -519,7 +519,7 @@ impl Core {
             self.item_progressed(&mut book.runs[run_index], task, now);
         }
         let inputs_of = self.base_task(task);
-        if let Some(missing) = self.missing_soft_inputs(&book.runs[run_index], inputs_of) {
+        if let Some(missing) = self.missing_inputs(&book.runs[run_index], inputs_of) {
             launch.env.push(("KEEL_MISSING".to_string(), missing));
         }
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);

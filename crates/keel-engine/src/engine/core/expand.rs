@@ -15,6 +15,9 @@ use keel_model::{Item, ItemCounts};
 
 /// How many missing items a message names before it says how many more there are.
 const NAMED_IN_A_MESSAGE: usize = 20;
+/// How many missing items `KEEL_MISSING` names: one variable of a process's environment must
+/// stay under the kernel's limit for one string (128 KiB).
+const NAMED_IN_KEEL_MISSING: usize = 1_000;
 
 impl Core {
     /// The expanded tasks whose `from` is `task`, in pipeline order.
@@ -181,6 +184,50 @@ impl Core {
             run_index,
             task: parent,
         });
+    }
+
+    /// `KEEL_MISSING` of a task: its soft inputs that did not complete, then the items its
+    /// expanded inputs (through its `after` or its phase) completed without, by task-run name
+    /// (`box_scores[0022]`), at most [`NAMED_IN_KEEL_MISSING`] of them and then `…`. `None` for a
+    /// task with neither soft nor expanded inputs, which does not get the variable.
+    pub(crate) fn missing_inputs(&self, active: &ActiveRun, task: TaskIndex) -> Option<String> {
+        let soft = self.missing_soft_inputs(active, task);
+        let mut expanded: Vec<TaskIndex> = self
+            .dag
+            .explicit(task)
+            .iter()
+            .copied()
+            .chain(self.dag.phase_inputs(task))
+            .filter(|input| self.spec.tasks[*input].expand.is_some())
+            .collect();
+        if soft.is_none() && expanded.is_empty() {
+            return None;
+        }
+        expanded.sort_unstable();
+        expanded.dedup();
+        let mut names: Vec<&str> = soft
+            .as_deref()
+            .filter(|soft| !soft.is_empty())
+            .into_iter()
+            .collect();
+        let mut items = 0;
+        for parent in expanded {
+            let Some(expansion) = active.expansions.get(&parent) else {
+                continue;
+            };
+            for item in &expansion.items {
+                if is_complete(&active.slots[*item]) {
+                    continue;
+                }
+                if items == NAMED_IN_KEEL_MISSING {
+                    names.push("…");
+                    return Some(names.join(","));
+                }
+                items += 1;
+                names.push(self.name(*item));
+            }
+        }
+        Some(names.join(","))
     }
 
     /// An item started an attempt: the quorum's stall starts again.
