@@ -86,7 +86,7 @@ command = ["sh", "-c", "echo list >> ledger; echo '{{\"items\": [\"0021\", \"002
 
 [tasks.box_scores]
 phase = "scrape"
-command = ["sh", "-c", "echo \"$KEEL_TASK $KEEL_ITEM {item.home}\" >> ledger; echo scraping game {item}; if [ {item} = 0024 ] && [ ! -e retried ]; then touch retried; exit 1; fi; if [ \"$KEEL_ITEM\" = 0022 ]; then exit 65; fi"]
+command = ["sh", "-c", "echo \"$KEEL_TASK $KEEL_ITEM {item.home}\" >> ledger; echo scraping game {item}; if [ {item} = 0024 ] && [ ! -e retried ]; then touch retried; exit 1; fi; if [ \"$KEEL_ITEM\" = 0022 ] && [ ! -e fixed ]; then exit 65; fi"]
 expand = { from = "list_games", min = "50%" }
 
 [tasks.summary]
@@ -151,6 +151,21 @@ command = ["sh", "-c", "echo summary \"$KEEL_MISSING\" >> ledger"]
         tasks[1]["items"],
         serde_json::json!({"total": 4, "succeeded": 3, "failed": 1, "open": 0, "summary": "3/4 · 1 failed"})
     );
+    // Once what failed it is fixed, `keel retry` names the item: it runs again (and no other
+    // item does), the expanded task completes with all four, and downstream runs again.
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let (code, text) = run_keel(
+        dir.path(),
+        "retry",
+        &["box_scores[0022]", "--partition", "2026-01-18"],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
+    let again: Vec<&str> = ledger.lines().skip(lines.len()).collect();
+    assert_eq!(again, ["box_scores[0022] 0022 ", "summary "], "{ledger}");
+    let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
+    assert!(status.contains("4/4"), "{status}");
+    assert!(status.contains("succeeded"), "{status}");
 }
 
 /// An upstream task that lists no items completes its expanded task at once, and downstream
