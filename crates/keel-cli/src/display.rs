@@ -284,6 +284,36 @@ pub fn metrics_json(metrics: Option<&str>) -> serde_json::Value {
 }
 
 /// A task's outcome as a table shows it: the outcome once done, or where it stands.
+/// The items of a run's expanded tasks (`expand`), counted per expanded task from their task
+/// runs (`box_scores[0021]`), so that status shows one compact row per expanded task.
+pub fn item_counts(run: &keel_store::RunView) -> HashMap<String, keel_model::ItemCounts> {
+    let mut counts: HashMap<String, keel_model::ItemCounts> = HashMap::new();
+    for task in &run.tasks {
+        let Some((parent, _)) = keel_model::expand::split_item_name(&task.task) else {
+            continue;
+        };
+        let entry = counts.entry(parent.to_string()).or_default();
+        entry.total += 1;
+        match (task.state, task.outcome) {
+            (TaskState::Done, Some(outcome)) if outcome.is_complete() => entry.succeeded += 1,
+            (TaskState::Done, _) => entry.failed += 1,
+            _ => {}
+        }
+    }
+    // A name that only looks like an item's (no such task in the run) is shown as it is.
+    counts.retain(|parent, _| run.tasks.iter().any(|task| &task.task == parent));
+    counts
+}
+
+/// Whether `task` is an item of one of the expanded tasks `counts` holds.
+pub fn is_item_row(
+    task: &keel_store::TaskRunRecord,
+    counts: &HashMap<String, keel_model::ItemCounts>,
+) -> bool {
+    keel_model::expand::split_item_name(&task.task)
+        .is_some_and(|(parent, _)| counts.contains_key(parent))
+}
+
 pub fn outcome_cell(task: &keel_store::TaskRunRecord) -> String {
     match (task.state, task.outcome) {
         (TaskState::Done, Some(outcome)) => outcome.to_string(),
@@ -343,12 +373,23 @@ pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
     table.set_header([
         "task", "phase", "outcome", "attempts", "time", "rows", "metrics", "message",
     ]);
+    let items = item_counts(run);
     for task in &run.tasks {
+        if is_item_row(task, &items) {
+            continue;
+        }
         let summary = run.task_summary(&task.task, now);
+        // An expanded task's row stands for its items: while they run, their counts.
+        let (outcome, message) = match items.get(&task.task) {
+            Some(counts) if task.state != TaskState::Done => {
+                ("running".to_string(), Some(counts.summary()))
+            }
+            _ => (outcome_cell(task), task.message.clone()),
+        };
         table.add_row([
             printable(&task.task),
             printable(&task.phase),
-            outcome_cell(task),
+            outcome,
             attempts_cell(&summary),
             time_cell(&summary),
             summary
@@ -356,7 +397,7 @@ pub fn print_run(run: &keel_store::RunView, now: keel_model::Millis) {
                 .map(|rows| rows.to_string())
                 .unwrap_or_default(),
             metrics_cell(summary.metrics.as_deref()),
-            message_cell(task.message.as_deref()),
+            message_cell(message.as_deref()),
         ]);
     }
     println!("{table}");

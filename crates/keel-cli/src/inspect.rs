@@ -52,7 +52,7 @@ fn print_range_summary(range: &Range, view: &StatusView) {
 /// A task of a run as `status --json` and `history --json` show it.
 fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::Millis) -> Value {
     let summary = run.task_summary(&task.task, now);
-    json!({
+    let mut entry = json!({
         "name": task.task,
         "phase": task.phase,
         "outcome": task.outcome.filter(|_| task.state == keel_model::TaskState::Done).map(|outcome| outcome.as_str()),
@@ -65,12 +65,30 @@ fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::M
         "rows": summary.rows,
         "metrics": display::metrics_json(summary.metrics.as_deref()),
         "message": task.message,
-    })
+    });
+    if let Some(counts) = display::item_counts(run).get(&task.task) {
+        entry["items"] = json!({
+            "total": counts.total,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "open": counts.open(),
+            "summary": counts.summary(),
+        });
+    }
+    entry
 }
 
 /// A run as `status --json` and the HTTP API show it.
 pub(crate) fn run_json(run: &RunView, now: keel_model::Millis) -> Value {
     let record = &run.record;
+    // An expanded task's items are counted in its own entry (`items`), not listed.
+    let items = display::item_counts(run);
+    let tasks: Vec<Value> = run
+        .tasks
+        .iter()
+        .filter(|task| !display::is_item_row(task, &items))
+        .map(|task| task_json(run, task, now))
+        .collect();
     let mut entry = json!({
         "id": record.id.0,
         "partition": record.partition,
@@ -78,7 +96,7 @@ pub(crate) fn run_json(run: &RunView, now: keel_model::Millis) -> Value {
         "state": record.state.as_str(),
         "version": record.version,
         "message": record.message,
-        "tasks": run.tasks.iter().map(|task| task_json(run, task, now)).collect::<Vec<_>>(),
+        "tasks": tasks,
     });
     if let Some(accepted) = &run.accepted {
         entry["accepted"] = accepted.clone().into();
@@ -287,7 +305,14 @@ async fn pipeline_and_task(
         return Err(Exit::usage(format!("usage: {usage}")));
     };
     let reading = state::pipeline_for_reading(state_url, &pipeline, name).await?;
-    if !reading.without_file && reading.spec.task(task).is_none() {
+    // An item of an expanded task has a task run of its own (`box_scores[0021]`).
+    let an_item = keel_model::expand::split_item_name(task).is_some_and(|(parent, _)| {
+        reading
+            .spec
+            .task(parent)
+            .is_some_and(|parent| parent.expand.is_some())
+    });
+    if !reading.without_file && reading.spec.task(task).is_none() && !an_item {
         return Err(unknown_task(&reading.spec, task));
     }
     Ok((reading, task.clone()))

@@ -38,19 +38,6 @@ pub fn build_engine(
     build_engine_with_env(spec, paths, store, Vec::new())
 }
 
-/// `expand` is validated but the engine does not run items yet: running such a task as one
-/// plain task would hand it `{item}` unexpanded, so a pipeline that has one is refused (exit 2)
-/// before anything starts.
-fn refuse_expansions(spec: &PipelineSpec) -> Result<()> {
-    match spec.tasks.iter().find(|task| task.expand.is_some()) {
-        Some(task) => Err(crate::Exit::usage(format!(
-            "task {:?} has expand, which this Keel validates but cannot run yet; remove expand from it to run the pipeline",
-            task.name
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// Like [`build_engine`], adding `extra_env` to every task's environment. The pipeline's env
 /// files are read here, so every command that runs tasks refuses a broken one (exit 2).
 pub fn build_engine_with_env(
@@ -59,7 +46,6 @@ pub fn build_engine_with_env(
     store: SqliteStore,
     mut extra_env: Vec<(String, String)>,
 ) -> Result<ProcessEngine> {
-    refuse_expansions(&spec)?;
     // Tasks that take request tokens reach this Keel through its token server.
     if let Some(variable) = crate::tokens::serve_for(&spec, &paths.dir, &store)? {
         extra_env.push(variable);

@@ -209,6 +209,18 @@ async fn an_expansion_is_recorded_once<S: Store>(store: S) {
             },
         ]
     );
+    // Each item of the first record is a task run of its own, in the parent's phase; the
+    // ignored record added none.
+    let tasks: Vec<(String, String)> = store
+        .task_runs(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| (task.task, task.phase))
+        .collect();
+    let names: Vec<&str> = tasks.iter().map(|(task, _)| task.as_str()).collect();
+    assert_eq!(names, ["list", "box", "empty", "box[0021]", "box[LAL]"]);
+    assert_eq!(tasks[3].1, tasks[1].1);
     let elsewhere = store.expansions(other.id).await.unwrap();
     assert_eq!(elsewhere.len(), 1);
     assert_eq!(elsewhere[0].items[0].key, "y");

@@ -1175,6 +1175,32 @@ fn apply_one(
                 params![run.0, task, listed, items.len() as i64, at],
             )?;
             if count > 0 {
+                // Each item is a task run of its own (`box_scores[0021]`), in the parent's
+                // phase, added in this same transaction: attempts, logs and the one-live-attempt
+                // index work for items as for any task.
+                // After the tasks the run already has, in the upstream task's order; the next
+                // position is read once, so 10,000 items cost 10,000 inserts and no more.
+                let first: i64 = transaction.query_row(
+                    "SELECT coalesce(max(position) + 1, 0) FROM task_runs WHERE run_id = ?1",
+                    params![run.0],
+                    |row| row.get(0),
+                )?;
+                for (offset, item) in items.iter().enumerate() {
+                    cached_execute(
+                        transaction,
+                        "INSERT OR IGNORE INTO task_runs (run_id, task, phase, position, state, updated_at)
+                         SELECT ?1, ?2, parent.phase, ?3, ?4, ?5
+                         FROM task_runs AS parent WHERE parent.run_id = ?1 AND parent.task = ?6",
+                        params![
+                            run.0,
+                            keel_model::expand::item_task_name(&task, &item.key),
+                            first + offset as i64,
+                            TaskState::Pending.as_str(),
+                            at,
+                            task
+                        ],
+                    )?;
+                }
                 let detail = format!("{} items", items.len());
                 event(
                     transaction,

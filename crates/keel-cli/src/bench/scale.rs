@@ -27,6 +27,9 @@ enum Shape {
     Chain,
     /// A pipeline of [`BACKFILL_TASKS`] tasks in three phases, run for a range of dates.
     Backfill,
+    /// One task that lists items and one expanded over them (`expand`): each item an attempt
+    /// chain of its own.
+    Fanout,
 }
 
 const DAG_WIDTH: usize = 50;
@@ -35,7 +38,13 @@ const BACKFILL_TASKS: usize = 10;
 const FIRST_DATE: &str = "2025-01-01";
 
 impl Shape {
-    const ALL: [Shape; 4] = [Shape::Dag, Shape::Phases, Shape::Chain, Shape::Backfill];
+    const ALL: [Shape; 5] = [
+        Shape::Dag,
+        Shape::Phases,
+        Shape::Chain,
+        Shape::Backfill,
+        Shape::Fanout,
+    ];
 
     /// The shape's name on the `--scale-case` command line.
     fn key(self) -> &'static str {
@@ -44,6 +53,7 @@ impl Shape {
             Shape::Phases => "phases",
             Shape::Chain => "chain",
             Shape::Backfill => "backfill",
+            Shape::Fanout => "fanout",
         }
     }
 
@@ -61,16 +71,17 @@ impl Shape {
             Shape::Backfill => format!(
                 "backfill: a {BACKFILL_TASKS}-task pipeline in 3 phases over a range of partitions"
             ),
+            Shape::Fanout => "fan-out: one task listing items, one expanded over them".into(),
         }
     }
 
     /// The full size: tasks, or partitions for a backfill.
     fn full_size(self, quick: bool) -> usize {
         match (self, quick) {
-            (Shape::Dag | Shape::Phases, false) => 10_000,
+            (Shape::Dag | Shape::Phases | Shape::Fanout, false) => 10_000,
             (Shape::Chain, false) => 5_000,
             (Shape::Backfill, false) => 365,
-            (Shape::Dag | Shape::Phases, true) => 200,
+            (Shape::Dag | Shape::Phases | Shape::Fanout, true) => 200,
             (Shape::Chain, true) => 100,
             (Shape::Backfill, true) => 12,
         }
@@ -79,6 +90,7 @@ impl Shape {
     fn unit(self) -> &'static str {
         match self {
             Shape::Backfill => "partitions",
+            Shape::Fanout => "items",
             _ => "tasks",
         }
     }
@@ -101,6 +113,19 @@ impl Shape {
             text.push('\n');
         };
         match self {
+            Shape::Fanout => {
+                text.push_str("[phases.all]\n\n");
+                // One process writes the whole list: `{{` is a literal brace in a command.
+                let list = r#"printf '{{"items": [' > "$KEEL_RESULT"; seq -f '"i%g"' 1 SIZE | paste -sd, - >> "$KEEL_RESULT"; printf ']}}' >> "$KEEL_RESULT""#
+                    .replace("SIZE", &size.to_string());
+                let quoted = serde_json::to_string(&list).expect("a string serializes");
+                text.push_str(&format!(
+                    "[tasks.list]\nphase = \"all\"\ncommand = [\"sh\", \"-c\", {quoted}]\n\n"
+                ));
+                text.push_str(
+                    "[tasks.item]\nphase = \"all\"\nafter = [\"list\"]\ncommand = [\"true\"]\nexpand = { from = \"list\" }\n\n",
+                );
+            }
             Shape::Dag => {
                 text.push_str("[phases.all]\n\n");
                 for index in 0..size {

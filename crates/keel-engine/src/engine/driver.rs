@@ -20,8 +20,15 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             if room == 0 || book.shutting_down {
                 break;
             }
+            let queued = book.ready.len();
             let picked = self.core.pick_ready(book, room);
+            // An expanded task picked runs its items: they are queued, and its quorum judged.
+            self.core.drain(book)?;
             if picked.is_empty() {
+                if !book.ready.is_empty() && book.ready.len() != queued {
+                    self.core.stamp_ready(book);
+                    continue;
+                }
                 break;
             }
             self.claim_and_launch(book, inbox, picked).await?;
@@ -49,7 +56,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 let dir = self.core.attempt_dir(record.id, *task, number);
                 ClaimAttempt {
                     run: record.id,
-                    task: self.core.dag.name(*task).to_string(),
+                    task: self.core.name(*task).to_string(),
                     owner: self.core.config.owner.clone(),
                     dir: dir.display().to_string(),
                     // A retry may run a newer pipeline file than its run was created with.
@@ -197,6 +204,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if record.state.is_finished() {
             return Ok(());
         }
+        // The items of its expanded tasks, as recorded, with their task runs as stored.
+        for expansion in self.store.expansions(run).await? {
+            if let Some(parent) = self.core.dag.index_of(&expansion.task) {
+                self.core
+                    .add_items(book, run_index, parent, expansion.items, &stored);
+            }
+        }
         self.core.restore_tasks(book, run_index, &stored)?;
         let stored_gates = self.store.gates(run).await?;
         let landed_late = self.core.restore_gates(book, run_index, &stored_gates)?;
@@ -255,7 +269,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         run_index: usize,
         attempt: &AttemptRecord,
     ) -> Result<(), EngineError> {
-        let Some(task) = self.core.dag.index_of(&attempt.task) else {
+        let Some(task) = self.core.index_of(attempt.run, &attempt.task) else {
             return Ok(());
         };
         let now = self.clock.now();
@@ -296,7 +310,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         match adopted {
             Adopted::Running(running) => {
                 // It still holds its place in the bulkheads of the resources it uses.
-                let permits: Vec<(usize, Permit)> = self.core.task_uses[task]
+                let permits: Vec<(usize, Permit)> = self.core.task_uses[self.core.base_task(task)]
                     .iter()
                     .map(|resource| (*resource, book.resources[*resource].adopt()))
                     .collect();
@@ -344,9 +358,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 let mine: Vec<Millis> = starts
                     .iter()
                     .filter(|(task, _)| {
+                        // An item's attempt (`box_scores[0021]`) uses its expanded task's.
+                        let named = keel_model::expand::split_item_name(task)
+                            .map_or(task.as_str(), |(parent, _)| parent);
                         self.core
                             .dag
-                            .index_of(task)
+                            .index_of(named)
                             .is_some_and(|task| self.core.task_uses[task].contains(&index))
                     })
                     .map(|(_, at)| *at)

@@ -446,6 +446,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 config,
                 store_id,
                 observer: Box::new(|_| {}),
+                items: Vec::new(),
+                item_index: HashMap::new(),
             },
             store,
             executor: Arc::new(executor),
@@ -668,7 +670,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let removed: Vec<&str> = stored
             .iter()
             .filter(|task| {
-                task.state != TaskState::Done && self.core.dag.index_of(&task.task).is_none()
+                // An item's task run (`box_scores[0021]`) belongs to its expanded task.
+                let named = keel_model::expand::split_item_name(&task.task)
+                    .map_or(task.task.as_str(), |(parent, _)| parent);
+                task.state != TaskState::Done && self.core.dag.index_of(named).is_none()
             })
             .map(|task| task.task.as_str())
             .collect();
@@ -726,8 +731,30 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
     /// the next [`Engine::execute`] runs them again with fresh retry budgets. Those the pipeline
     /// file gained after the run was created are added to the run; if the file changed at all
     /// since, the run's event log says which version the retry runs.
+    ///
+    /// An item of an expanded task (`box_scores[0021]`) may be named: it runs again, and its
+    /// expanded task is judged again with it. Retrying an expanded task runs again its items that
+    /// did not complete; those that did are kept.
     pub async fn retry(&mut self, partition: &str, tasks: &[String]) -> Result<RunId, EngineError> {
-        let roots = self.check_task_names(tasks)?;
+        // An item names its expanded task as the root: it and what is downstream run again.
+        let (items, plain): (Vec<String>, Vec<String>) = tasks.iter().cloned().partition(|name| {
+            self.core.dag.index_of(name).is_none()
+                && keel_model::expand::split_item_name(name).is_some_and(|(parent, _)| {
+                    self.core
+                        .spec
+                        .task(parent)
+                        .is_some_and(|task| task.expand.is_some())
+                })
+        });
+        let mut names = plain;
+        for item in &items {
+            if let Some((parent, _)) = keel_model::expand::split_item_name(item)
+                && !names.iter().any(|name| name == parent)
+            {
+                names.push(parent.to_string());
+            }
+        }
+        let roots = self.check_task_names(&names)?;
         let run = self
             .store
             .latest_run(&self.core.spec.name, partition)
@@ -735,19 +762,33 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .ok_or_else(|| EngineError::NoRun {
                 partition: partition.to_string(),
             })?;
-        let in_run: std::collections::HashSet<String> = self
-            .store
-            .task_runs(run.id)
-            .await?
-            .into_iter()
-            .map(|task| task.task)
+        let stored = self.store.task_runs(run.id).await?;
+        let in_run: std::collections::HashSet<String> =
+            stored.iter().map(|task| task.task.clone()).collect();
+        if let Some(unknown) = items.iter().find(|item| !in_run.contains(*item)) {
+            return Err(EngineError::unknown_task(&self.core.spec, unknown));
+        }
+        // The items that run again: those named, and those of a retried expanded task that did
+        // not complete.
+        let retried_items: Vec<String> = stored
+            .iter()
+            .filter(|task| {
+                let Some((parent, _)) = keel_model::expand::split_item_name(&task.task) else {
+                    return false;
+                };
+                let incomplete = task.state == TaskState::Done
+                    && !task.outcome.is_some_and(Outcome::is_complete);
+                items.contains(&task.task)
+                    || (incomplete && tasks.iter().any(|name| name == parent))
+            })
+            .map(|task| task.task.clone())
             .collect();
         let downstream = self.core.dag.downstream_of(&roots);
         // Without a row of its own a task would be read back as skipped and never run.
         let added: Vec<(String, String)> = roots
             .iter()
             .chain(&downstream)
-            .filter(|task| !in_run.contains(self.core.dag.name(**task)))
+            .filter(|task| !in_run.contains(self.core.name(**task)))
             .map(|task| {
                 let task_spec = &self.core.spec.tasks[*task];
                 (task_spec.name.clone(), task_spec.phase.clone())
@@ -757,9 +798,13 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         if !added.is_empty() {
             self.store.add_tasks(run.id, added, now).await?;
         }
-        let writes = self
+        let mut writes = self
             .core
             .retry_writes(&run, &roots, &downstream, "manual retry");
+        writes.extend(retried_items.into_iter().map(|item| Write::Run {
+            run: run.id,
+            change: Change::Task(keel_store::TaskChange::reset(&item, "manual retry")),
+        }));
         self.store.commit(writes, now).await?;
         Ok(run.id)
     }

@@ -139,7 +139,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 self.core.settle_stuck_runs(&mut book)?;
                 continue;
             }
-            book.forget_finished_runs();
+            if book.forget_finished_runs() {
+                // No run refers to an item any more: their names and indexes go too.
+                self.core.forget_items();
+            }
             let next_timer = book.timers.peek().map(|Reverse((at, _, _))| *at);
             let wake_at = next_timer
                 .into_iter()

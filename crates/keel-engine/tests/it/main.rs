@@ -17,6 +17,7 @@ mod calendars;
 mod crash_property;
 mod earlier;
 mod edges;
+mod expand;
 mod passes;
 mod properties;
 mod remembered;
@@ -45,6 +46,8 @@ struct FakeExecutor {
     calendar_scripts: Arc<Mutex<HashMap<String, VecDeque<i32>>>>,
     calendar_polls: Arc<Mutex<Vec<String>>>,
     calendar_commands: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The `"items"` each task's result lists, per task.
+    items: Arc<Mutex<HashMap<String, Vec<keel_model::Item>>>>,
 }
 
 impl FakeExecutor {
@@ -145,6 +148,7 @@ impl Executor for FakeExecutor {
             .get_mut(&task)
             .and_then(VecDeque::pop_front)
             .unwrap_or(Outcome::Succeeded);
+        let items = self.items.lock().unwrap().get(&task).cloned();
         let hold = self.hold.lock().unwrap().contains(&task);
         let pinned = self.pinned.clone();
         let held_task = task.clone();
@@ -184,7 +188,7 @@ impl Executor for FakeExecutor {
                 metrics: None,
                 message: None,
                 retry_after: None,
-                items: None,
+                items,
             }
         });
         Ok(Running {

@@ -23,7 +23,7 @@ impl Core {
             .filter_map(|task| {
                 let reason = self.calendar_skip(partition, *task)?;
                 Some(Change::Task(TaskChange {
-                    task: self.dag.name(*task).to_string(),
+                    task: self.name(*task).to_string(),
                     state: TaskState::Done,
                     outcome: Some(Outcome::Skipped),
                     not_before: None,
@@ -45,7 +45,7 @@ impl Core {
         active.slots[task].state = TaskState::Waiting;
         let dir = self.poll_dir(record.id, task, "when", now);
         // Sensor polls are numbered from 1: poll 0 names the calendar's span.
-        let span = active.trace.sensor_span(self.dag.name(task), 0);
+        let span = active.trace.sensor_span(self.name(task), 0);
         let launch = Launch {
             command: self.calendar_command(&record, task),
             http: None,
@@ -113,7 +113,7 @@ impl Core {
                 let at = now + retries.delay(errors, self.random.unit()).as_millis() as Millis;
                 book.writes.push(Write::SensorPoll(SensorPoll {
                     run: active.record.id,
-                    task: self.dag.name(task).to_string(),
+                    task: self.name(task).to_string(),
                     ready: false,
                     not_before: Some(at),
                     error: true,
@@ -141,7 +141,7 @@ impl Core {
             date: &record.partition,
             partition: &record.partition,
             run_id: &run_id,
-            task: self.dag.name(task),
+            task: self.name(task),
             attempt: "0",
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),

@@ -50,21 +50,28 @@ impl Core {
             }
             let active = &book.runs[run_index];
             // The calendar's command decides first, then the sensor waits for the data.
-            if self.commands[task].calendar.is_some()
+            if self.commands[self.base_task(task)].calendar.is_some()
                 && !active.calendar_passed[task]
                 && active.slots[task].attempts == 0
             {
                 self.start_calendar(book, run_index, task);
                 continue;
             }
-            if self.spec.tasks[task].wait_for.is_some()
+            if self.spec.tasks[self.base_task(task)].wait_for.is_some()
                 && !active.sensor_ready[task]
                 && active.slots[task].attempts == 0
             {
                 self.start_sensor(book, run_index, task);
                 continue;
             }
-            if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
+            // An expanded task starts no attempt of its own: it runs its items.
+            if !self.is_item(task) && self.spec.tasks[task].expand.is_some() {
+                self.open_expansion(book, run_index, task);
+                continue;
+            }
+            if !self.task_uses[self.base_task(task)].is_empty()
+                && !self.admit(book, run_index, task)
+            {
                 continue;
             }
             picked.push((run_index, task));
@@ -129,14 +136,14 @@ impl Core {
         // One directory per attempt, flat under the run: every inode created costs, and an
         // attempt already creates its directory and its record file.
         self.run_dir(run)
-            .join(format!("{}.{number}", self.dag.name(task)))
+            .join(format!("{}.{number}", self.name(task)))
     }
 
     /// The directory of a poll before a task's first attempt (`kind`: `sensor`, `when`),
     /// named by the step's time.
     pub(crate) fn poll_dir(&self, run: RunId, task: TaskIndex, kind: &str, now: Millis) -> PathBuf {
         self.run_dir(run)
-            .join(format!("{}.{kind}.{now}", self.dag.name(task)))
+            .join(format!("{}.{kind}.{now}", self.name(task)))
     }
 
     /// Where a run's attempts and polls keep their files. Runs are numbered per store, from 1,
@@ -177,28 +184,38 @@ impl Core {
         span: SpanId,
         dir: PathBuf,
     ) -> Launch {
-        let task_spec = &self.spec.tasks[task];
+        let task_spec = &self.spec.tasks[self.base_task(task)];
+        // An item's attempts are named by the item (`box_scores[0021]`): its `{task}`,
+        // `KEEL_TASK` and idempotency key are its own.
+        let task_name = self.name(task).to_string();
+        let item = self.item_of(task).cloned();
         let run_id = record.id.0.to_string();
         let attempt_text = attempt.to_string();
         let values = TemplateValues {
             date: &record.partition,
             partition: &record.partition,
             run_id: &run_id,
-            task: &task_spec.name,
+            task: &task_name,
             attempt: &attempt_text,
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),
         };
         let templates = if sensor {
-            self.commands[task].sensor.as_deref().unwrap_or_default()
+            self.commands[self.base_task(task)]
+                .sensor
+                .as_deref()
+                .unwrap_or_default()
         } else {
-            &self.commands[task].task
+            &self.commands[self.base_task(task)].task
         };
-        let command: Vec<String> = templates.iter().map(|part| part.expand(&values)).collect();
-        let keel_variables = vec![
+        let command: Vec<String> = templates
+            .iter()
+            .map(|part| part.expand_item(&values, item.as_ref()))
+            .collect();
+        let mut keel_variables = vec![
             ("KEEL_PIPELINE".to_string(), self.spec.name.clone()),
             ("KEEL_RUN_ID".to_string(), run_id.clone()),
-            ("KEEL_TASK".to_string(), task_spec.name.clone()),
+            ("KEEL_TASK".to_string(), task_name.clone()),
             ("KEEL_PARTITION".to_string(), record.partition.clone()),
             ("KEEL_ATTEMPT".to_string(), attempt_text.clone()),
             // Empty for a run of no pass, never inherited: a task started by a Keel that
@@ -212,10 +229,10 @@ impl Core {
             (
                 "KEEL_IDEMPOTENCY_KEY".to_string(),
                 match &record.pass {
-                    None => format!("{}:{}:{}", self.spec.name, task_spec.name, record.partition),
+                    None => format!("{}:{}:{}", self.spec.name, task_name, record.partition),
                     Some(pass) => format!(
                         "{}:{}:{}:{pass}",
-                        self.spec.name, task_spec.name, record.partition
+                        self.spec.name, task_name, record.partition
                     ),
                 },
             ),
@@ -236,13 +253,16 @@ impl Core {
                 TraceId::from_stored(&record.trace_id).traceparent(span),
             ),
         ];
+        if let Some(item) = &item {
+            keel_variables.push(("KEEL_ITEM".to_string(), item.text()));
+        }
         let (mut env, clear_env) = self.task_env(task, &values, keel_variables);
         // A relative `cwd` is relative to the pipeline file's directory (`join` keeps an
         // absolute one as it is).
         let base = self.config.launch_context.pipeline_dir.as_ref();
-        let cwd = match (&self.commands[task].cwd, base) {
-            (Some(cwd), Some(base)) => Some(base.join(cwd.expand(&values))),
-            (Some(cwd), None) => Some(PathBuf::from(cwd.expand(&values))),
+        let cwd = match (&self.commands[self.base_task(task)].cwd, base) {
+            (Some(cwd), Some(base)) => Some(base.join(cwd.expand_item(&values, item.as_ref()))),
+            (Some(cwd), None) => Some(PathBuf::from(cwd.expand_item(&values, item.as_ref()))),
             (None, base) => base.cloned(),
         };
         // What a shell would say: programs that read $PWD must not see Keel's directory.
@@ -315,8 +335,9 @@ impl Core {
         env: &[(String, String)],
         clear_env: bool,
     ) -> keel_exec::HttpCall {
-        let expand = |text: &str| Template::parse(text).expand(values);
-        let task_spec = &self.spec.tasks[task];
+        let item = self.item_of(task);
+        let expand = |text: &str| Template::parse(text).expand_item(values, item);
+        let task_spec = &self.spec.tasks[self.base_task(task)];
         let mut call = self.request(spec, &expand, env, clear_env, || {
             format!("task {:?}", task_spec.name)
         });
@@ -442,7 +463,7 @@ impl Core {
         values: &TemplateValues<'_>,
         keel_variables: Vec<(String, String)>,
     ) -> (Vec<(String, String)>, bool) {
-        let context = &self.spec.tasks[task].context;
+        let context = &self.spec.tasks[self.base_task(task)].context;
         let surroundings = &self.config.launch_context;
         let mut env: Vec<(String, String)> = Vec::new();
         // A secret goes only to the tasks that declare it: when any task declares one, every
@@ -484,8 +505,9 @@ impl Core {
                     .cloned(),
             );
         }
-        let variables = self.commands[task].env.iter();
-        env.extend(variables.map(|(name, value)| (name.clone(), value.expand(values))));
+        let variables = self.commands[self.base_task(task)].env.iter();
+        let item = self.item_of(task);
+        env.extend(variables.map(|(name, value)| (name.clone(), value.expand_item(values, item))));
         if !env[own..]
             .iter()
             .any(|(name, _)| name == "PYTHONUNBUFFERED")
@@ -494,7 +516,7 @@ impl Core {
         }
         env.extend(keel_variables);
         env.extend(self.config.extra_env.iter().cloned());
-        let secrets = &self.spec.tasks[task].secrets;
+        let secrets = &self.spec.tasks[self.base_task(task)].secrets;
         if !secrets.is_empty() {
             // Names only: the driver resolves them as it launches the attempt.
             env.push((
@@ -526,31 +548,37 @@ impl Core {
         slot.first_started_at.get_or_insert(now);
         let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
-        let span = trace.attempt_span(self.dag.name(task), attempt.number);
+        let span = trace.attempt_span(self.name(task), attempt.number);
         let mut launch = self.task_launch(&record, task, false, attempt.number, span, dir);
-        // KEEL_MISSING: soft inputs of this partition, then those of earlier partitions.
-        let soft_missing = self.missing_soft_inputs(&book.runs[run_index], task);
-        let soft_earlier = self.spec.tasks[task]
+        if self.is_item(task) {
+            self.item_progressed(&mut book.runs[run_index], task, now);
+        }
+        // KEEL_MISSING: soft inputs and the items of expanded inputs of this partition, then
+        // soft inputs on earlier partitions.
+        let inputs_of = self.base_task(task);
+        let missing_here = self.missing_inputs(&book.runs[run_index], inputs_of);
+        let soft_earlier = self.spec.tasks[inputs_of]
             .edges
             .earlier
             .iter()
             .any(|input| input.soft);
-        if soft_missing.is_some() || soft_earlier {
-            let mut missing: Vec<String> = soft_missing
+        if missing_here.is_some() || soft_earlier {
+            let mut missing: Vec<String> = missing_here
                 .filter(|names| !names.is_empty())
                 .into_iter()
                 .collect();
-            missing.extend(self.missing_earlier_inputs(book, run_index, task));
+            missing.extend(self.missing_earlier_inputs(book, run_index, inputs_of));
             launch
                 .env
                 .push(("KEEL_MISSING".to_string(), missing.join(",")));
         }
         let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
         book.live.insert(attempt.id, live);
+        let task_name = self.name(task).to_string();
         (self.observer)(Progress::AttemptStarted {
             run: record.id,
             partition: record.partition.clone(),
-            task: self.dag.name(task).to_string(),
+            task: task_name,
             attempt: attempt.number,
             trace,
             span,
@@ -569,6 +597,15 @@ impl Core {
             }
             book.timers.pop();
             match wake {
+                Wake::Task(task)
+                    if !self.is_item(task)
+                        && book.runs[run_index].expansions.contains_key(&task)
+                        && book.runs[run_index].slots[task].state == TaskState::Running =>
+                {
+                    // An expanded task's stall is due: its quorum is judged again.
+                    book.followups
+                        .push_back(Followup::JudgeExpansion { run_index, task });
+                }
                 Wake::Task(task) => {
                     if matches!(
                         book.runs[run_index].slots[task].state,

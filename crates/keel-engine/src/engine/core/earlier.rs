@@ -130,6 +130,10 @@ impl Core {
         run_index: usize,
         task: TaskIndex,
     ) -> bool {
+        // An item of an expanded task waits on nothing of earlier partitions: its parent did.
+        if self.is_item(task) {
+            return true;
+        }
         let inputs = &self.spec.tasks[task].edges.earlier;
         if inputs.is_empty() || book.runs[run_index].slots[task].attempts > 0 {
             return true;

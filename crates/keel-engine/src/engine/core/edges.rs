@@ -11,7 +11,7 @@ impl Core {
             return false;
         }
         let edges = &self.spec.tasks[dependent].edges;
-        !edges.soft.is_empty() && edges.is_soft(self.dag.name(dependency))
+        !edges.soft.is_empty() && edges.is_soft(self.name(dependency))
     }
 
     /// `KEEL_MISSING` for a task with soft inputs: those that ended without completing, by name,
@@ -107,7 +107,7 @@ impl Core {
                 }
                 let reads = |input: TaskIndex| match &self.spec.tasks[*task].edges.inputs {
                     None => true,
-                    Some(names) => names.iter().any(|name| name == self.dag.name(input)),
+                    Some(names) => names.iter().any(|name| name == self.name(input)),
                 };
                 let through_after = self
                     .dag

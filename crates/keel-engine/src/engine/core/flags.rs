@@ -15,7 +15,8 @@ impl Core {
         run_index: usize,
         task: TaskIndex,
     ) -> Option<String> {
-        let name = self.dag.name(task);
+        // An item follows its expanded task's flag.
+        let name = self.dag.name(self.base_task(task));
         let (state, by) = book.flags.get(name)?;
         let active = &book.runs[run_index];
         if active.slots[task].attempts > 0

@@ -79,7 +79,7 @@ impl Core {
             |task| is_complete(&active.slots[task]),
             |task| active.slots[task].state == TaskState::Done,
         );
-        let name = self.dag.name(task).to_string();
+        let name = self.name(task).to_string();
         if matches!(verdict, Verdict::Sufficient { .. }) {
             active.waived[task] = true;
             self.release_dependents(&mut book.ready, active, run_index, task, Edges::Waivable);
@@ -260,7 +260,7 @@ impl Core {
                 .tasks
                 .iter()
                 .filter(|task| active.waived[**task])
-                .map(|task| self.dag.name(*task).to_string())
+                .map(|task| self.name(*task).to_string())
                 .collect(),
         }
     }
@@ -398,7 +398,7 @@ impl Core {
         }
         let names: Vec<String> = missing
             .iter()
-            .map(|task| self.dag.name(*task).to_string())
+            .map(|task| self.name(*task).to_string())
             .collect();
         let mut detail = if names.is_empty() {
             format!("phase {}: complete", definition.phase)
@@ -444,7 +444,7 @@ impl Core {
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
         active.waived[landed] = false;
-        let name = self.dag.name(landed).to_string();
+        let name = self.name(landed).to_string();
         let reason = format!("upstream task {name:?} landed late; running again with it");
         let downstream = self.reconcile_targets(active, landed);
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
@@ -458,14 +458,14 @@ impl Core {
                     slot.outcome = None;
                     active.done -= 1;
                     changes.push(Change::Task(TaskChange::reset(
-                        self.dag.name(task),
+                        self.name(task),
                         reason.clone(),
                     )));
                 }
                 TaskState::Running => {
                     active.needs_rerun[task] = true;
                     changes.push(Change::MarkRerun {
-                        task: self.dag.name(task).to_string(),
+                        task: self.name(task).to_string(),
                         reason: reason.clone(),
                     });
                 }

@@ -30,6 +30,7 @@ mod calendar;
 mod dispatch;
 mod earlier;
 mod edges;
+mod expand;
 mod flags;
 mod gates;
 mod recovery;
@@ -59,9 +60,73 @@ pub(super) struct Core {
     /// The store's identity: attempt directories live under it.
     pub store_id: Arc<str>,
     pub observer: Box<dyn FnMut(Progress) + Send>,
+    /// The items of expanded tasks (`expand`) of every run this engine has loaded: item `k` is
+    /// the task index `dag.nodes() + k`, past the Dag's tasks and phase barriers, so an item
+    /// runs through the same slots, claims, launches and settling as a task.
+    pub items: Vec<ItemTask>,
+    /// An item's index by its run and task-run name (`box_scores[0021]`).
+    pub item_index: HashMap<(RunId, String), TaskIndex>,
+}
+
+/// One item of an expanded task in one run.
+pub(super) struct ItemTask {
+    /// The expanded task: its spec, commands and resources are the item's.
+    pub parent: TaskIndex,
+    /// `parent[key]`, the item's task-run name.
+    pub name: String,
+    pub item: keel_model::Item,
 }
 
 impl Core {
+    /// Where item indexes start: past the Dag's tasks and phase barriers.
+    pub(crate) fn item_base(&self) -> TaskIndex {
+        self.dag.nodes()
+    }
+
+    /// Whether `task` is an item of an expanded task rather than a task of the Dag.
+    pub(crate) fn is_item(&self, task: TaskIndex) -> bool {
+        task >= self.item_base()
+    }
+
+    /// The task-run name of a task or an item.
+    pub(crate) fn name(&self, task: TaskIndex) -> &str {
+        if self.is_item(task) {
+            &self.items[task - self.item_base()].name
+        } else {
+            self.dag.name(task)
+        }
+    }
+
+    /// The task whose spec, commands and resources `task` runs with: itself, or an item's
+    /// expanded task.
+    pub(crate) fn base_task(&self, task: TaskIndex) -> TaskIndex {
+        if self.is_item(task) {
+            self.items[task - self.item_base()].parent
+        } else {
+            task
+        }
+    }
+
+    /// Forgets every item, once the book holds no run (`Book::forget_finished_runs`), so a
+    /// long-lived `keel serve` keeps in memory only the items of unfinished runs.
+    pub(crate) fn forget_items(&mut self) {
+        self.items.clear();
+        self.item_index.clear();
+    }
+
+    /// The item an item index stands for; `None` for a task of the Dag.
+    pub(crate) fn item_of(&self, task: TaskIndex) -> Option<&keel_model::Item> {
+        self.is_item(task)
+            .then(|| &self.items[task - self.item_base()].item)
+    }
+
+    /// A task or an item of `run` by its task-run name.
+    pub(crate) fn index_of(&self, run: RunId, name: &str) -> Option<TaskIndex> {
+        self.dag
+            .index_of(name)
+            .or_else(|| self.item_index.get(&(run, name.to_string())).copied())
+    }
+
     /// The index in `topologies` of a run of `pass` (`None`: the pipeline's own run, or a run of
     /// a pass the file no longer has).
     pub(crate) fn topology_index(&self, pass: Option<&str>) -> usize {
@@ -91,6 +156,8 @@ pub(super) enum Followup {
     JudgeGate { run_index: usize, gate: usize },
     /// A waived task landed late: run again what ran without it.
     Reconcile { run_index: usize, task: TaskIndex },
+    /// An item of an expanded task ended, or its stall is due: judge the task's quorum.
+    JudgeExpansion { run_index: usize, task: TaskIndex },
     /// The run may have ended; judged once the rest of the queue is drained.
     FinishRun { run_index: usize },
 }
@@ -172,36 +239,111 @@ pub(super) struct ActiveRun {
     pub record: RunRecord,
     /// The run's trace id, read once from `record.trace_id`.
     pub trace: TraceId,
-    pub slots: Vec<Slot>,
+    pub slots: PerTask<Slot>,
     /// Per node (tasks, then phase barriers): dependencies not yet complete (and not waived by
     /// an open gate), or barriers not yet passed.
-    pub remaining: Vec<u32>,
+    pub remaining: PerTask<u32>,
     /// Which of `Core::topologies` the run's gates are: 0 for the pipeline's own runs.
     pub topology: usize,
     /// Per gate of the run's topology.
     pub gates: Vec<GateStatus>,
     /// Per task: missing when its phase's gate opened; downstream went on without it.
-    pub waived: Vec<bool>,
+    pub waived: PerTask<bool>,
     /// Per task: an upstream task landed late while this one ran; run it again when it ends.
-    pub needs_rerun: Vec<bool>,
+    pub needs_rerun: PerTask<bool>,
     /// Per task: its sensor reported ready (a task that has had an attempt needs none).
-    pub sensor_ready: Vec<bool>,
+    pub sensor_ready: PerTask<bool>,
     /// Per task: its `when` command said to run (a task that has had an attempt needs none).
     /// Not stored: a restarted Keel asks the command again, as it polls a sensor again.
-    pub calendar_passed: Vec<bool>,
+    pub calendar_passed: PerTask<bool>,
     /// Per task: sensor polls so far, for the backoff.
-    pub sensor_polls: Vec<u32>,
+    pub sensor_polls: PerTask<u32>,
     /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.
-    pub sensor_errors: Vec<u32>,
+    pub sensor_errors: PerTask<u32>,
     pub done: usize,
     pub cancelling: bool,
     pub finished: bool,
     /// Per task: the "waiting for TASK on DATE" message last stored for its inputs on earlier
     /// partitions, so that it is stored again only when it changes.
-    pub earlier_message: Vec<Option<String>>,
+    pub earlier_message: PerTask<Option<String>>,
+    /// Per expanded task (by its index) whose items are known: its items and their counts.
+    pub expansions: HashMap<TaskIndex, Expansion>,
     /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
     /// that the run ends `partial` and a plain `keel run` runs them.
     pub left_out: Vec<TaskIndex>,
+}
+
+/// The items of one expanded task in one run, and where they stand.
+pub(super) struct Expansion {
+    /// Their indexes, in the order the upstream task listed them.
+    pub items: Vec<TaskIndex>,
+    /// Counted when the task starts running its items, then kept up as each ends.
+    pub counts: keel_model::ItemCounts,
+    /// When an item last started or ended an attempt (the quorum's stall runs from it).
+    pub last_progress: Millis,
+    /// The task runs its items (its inputs completed); until then nothing is counted.
+    pub opened: bool,
+    /// When a timer is set to judge the quorum again, so that each stall sets one.
+    pub wake_at: Option<Millis>,
+}
+
+/// Something kept per task of a run, indexed by [`TaskIndex`]: the Dag's tasks (or nodes) in a
+/// vector, and the run's items, whose indexes start at `Core::item_base`, beside it. `len`,
+/// `iter` and the rest of `Vec`'s methods see the Dag's part only, so a walk over the Dag's
+/// tasks never meets an item.
+#[derive(Debug, Clone)]
+pub(super) struct PerTask<T> {
+    tasks: Vec<T>,
+    items: HashMap<TaskIndex, T>,
+}
+
+impl<T: Clone> PerTask<T> {
+    pub fn new(value: T, count: usize) -> PerTask<T> {
+        PerTask {
+            tasks: vec![value; count],
+            items: HashMap::new(),
+        }
+    }
+
+    /// Adds an item's entry.
+    pub fn insert_item(&mut self, index: TaskIndex, value: T) {
+        self.items.insert(index, value);
+    }
+}
+
+impl<T> std::ops::Deref for PerTask<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.tasks
+    }
+}
+
+impl<T> std::ops::DerefMut for PerTask<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.tasks
+    }
+}
+
+impl<T> std::ops::Index<TaskIndex> for PerTask<T> {
+    type Output = T;
+    fn index(&self, index: TaskIndex) -> &T {
+        match self.tasks.get(index) {
+            Some(value) => value,
+            None => &self.items[&index],
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<TaskIndex> for PerTask<T> {
+    fn index_mut(&mut self, index: TaskIndex) -> &mut T {
+        match self.tasks.get_mut(index) {
+            Some(value) => value,
+            None => self
+                .items
+                .get_mut(&index)
+                .expect("an item index belongs to its run"),
+        }
+    }
 }
 
 /// An attempt that is running (or being launched): where it belongs and its lease epoch.
@@ -451,6 +593,9 @@ impl Core {
                     self.evaluate_gate(book, run_index, gate)?
                 }
                 Followup::Reconcile { run_index, task } => self.reconcile(book, run_index, task)?,
+                Followup::JudgeExpansion { run_index, task } => {
+                    self.judge_expansion(book, run_index, task)
+                }
                 Followup::FinishRun { run_index } => {
                     if !may_have_ended.contains(&run_index) {
                         may_have_ended.push(run_index);

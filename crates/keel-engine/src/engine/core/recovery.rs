@@ -31,16 +31,17 @@ impl Core {
             finished: record.state.is_finished(),
             trace: TraceId::from_stored(&record.trace_id),
             record,
-            slots: vec![NOT_IN_THE_RUN; tasks],
-            remaining: vec![0; self.dag.nodes()],
+            slots: PerTask::new(NOT_IN_THE_RUN, tasks),
+            remaining: PerTask::new(0, self.dag.nodes()),
             gates: vec![GateStatus::Waiting; self.topologies[topology].gates.len()],
-            waived: vec![false; tasks],
-            needs_rerun: vec![false; tasks],
-            sensor_ready: vec![false; tasks],
-            calendar_passed: vec![false; tasks],
-            sensor_polls: vec![0; tasks],
-            sensor_errors: vec![0; tasks],
-            earlier_message: vec![None; tasks],
+            waived: PerTask::new(false, tasks),
+            needs_rerun: PerTask::new(false, tasks),
+            sensor_ready: PerTask::new(false, tasks),
+            calendar_passed: PerTask::new(false, tasks),
+            sensor_polls: PerTask::new(0, tasks),
+            sensor_errors: PerTask::new(0, tasks),
+            expansions: HashMap::new(),
+            earlier_message: PerTask::new(None, tasks),
             done: 0,
             cancelling: false,
             left_out: Vec::new(),
@@ -101,7 +102,7 @@ impl Core {
             let reason = "an upstream task landed late while it ran; running again with it";
             let changes: Vec<TaskChange> = owed
                 .iter()
-                .map(|task| TaskChange::reset(self.dag.name(*task), reason))
+                .map(|task| TaskChange::reset(self.name(*task), reason))
                 .collect();
             let run = active.record.id;
             write_tasks(&mut book.writes, run, changes);
@@ -159,7 +160,7 @@ impl Core {
                 continue;
             }
             for task in &definition.tasks {
-                let name = self.dag.name(*task);
+                let name = self.name(*task);
                 let listed = stored.is_none_or(|stored| stored.waived.iter().any(|n| n == name));
                 let complete = is_complete(&active.slots[*task]);
                 active.waived[*task] = listed && !complete;
@@ -189,7 +190,7 @@ impl Core {
                 TaskState::Waiting => {
                     let not_before = stored
                         .iter()
-                        .find(|stored| stored.task == self.dag.name(task))
+                        .find(|stored| stored.task == self.name(task))
                         .and_then(|stored| stored.not_before)
                         .unwrap_or(now);
                     book.timers

@@ -9,7 +9,7 @@ impl Core {
     /// permits (kept until the claim is known); if not, parks the task until a time or until
     /// an attempt on the resource ends. Waiting uses up no attempt.
     pub(crate) fn admit(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) -> bool {
-        for resource in &self.task_uses[task] {
+        for resource in &self.task_uses[self.base_task(task)] {
             if !self.probe_allows(book, *resource, run_index, task) {
                 return false;
             }
@@ -17,14 +17,15 @@ impl Core {
         let now = book.now;
         let mut until: Option<Millis> = None;
         let mut release_of: Option<usize> = None;
-        for resource in &self.task_uses[task] {
+        let task_name = self.name(task).to_string();
+        for resource in &self.task_uses[self.base_task(task)] {
             match book.resources[*resource].check(now) {
                 Ok(_) => {}
                 Err(Wait::Until(at)) => {
                     until = Some(until.map_or(at, |current| current.max(at)));
                     (self.observer)(Progress::RateLimited {
                         resource: book.resources[*resource].name().to_string(),
-                        task: self.dag.name(task).to_string(),
+                        task: task_name.clone(),
                     });
                 }
                 Err(Wait::ForRelease) => {
@@ -46,7 +47,7 @@ impl Core {
             return false;
         }
         let is_retry = book.runs[run_index].slots[task].attempts > 0;
-        let permits = self.task_uses[task]
+        let permits = self.task_uses[self.base_task(task)]
             .iter()
             .map(|resource| {
                 let policy = &mut book.resources[*resource];

@@ -20,7 +20,7 @@ impl Core {
             );
             return (TaskNext::Done(Outcome::Lost), Some(note));
         }
-        let retries = &self.spec.tasks[live.task].retries;
+        let retries = &self.spec.tasks[self.base_task(live.task)].retries;
         let backoff = keel_model::RetryPolicy {
             attempts: u32::MAX,
             initial: retries.initial,
@@ -52,7 +52,7 @@ impl Core {
     ) -> (TaskNext, Option<String>) {
         let now = book.now;
         let active = &book.runs[live.run];
-        let task_spec = &self.spec.tasks[live.task];
+        let task_spec = &self.spec.tasks[self.base_task(live.task)];
         let slot = &active.slots[live.task];
         if outcome.is_complete() {
             return (TaskNext::Done(outcome), None);
@@ -135,13 +135,13 @@ impl Core {
         outcome: Outcome,
     ) -> (TaskNext, Option<String>) {
         let now = book.now;
-        let task_spec = &self.spec.tasks[live.task];
+        let task_spec = &self.spec.tasks[self.base_task(live.task)];
         let active = &book.runs[live.run];
         let charged = active.slots[live.task].charged + active.sensor_errors[live.task] + 1;
         if charged >= task_spec.retries.attempts {
             return (TaskNext::Done(outcome), None);
         }
-        let uses = &self.task_uses[live.task];
+        let uses = &self.task_uses[self.base_task(live.task)];
         if let Some(spent) = uses
             .iter()
             .find(|resource| !book.resources[**resource].can_retry(now))
@@ -220,12 +220,12 @@ impl Core {
     ) -> Vec<Write> {
         let because = roots
             .iter()
-            .map(|root| self.dag.name(*root))
+            .map(|root| self.name(*root))
             .collect::<Vec<_>>()
             .join(", ");
         let topology = self.topology_index(run.pass.as_deref());
         let reset = |task: TaskIndex, reason: String| {
-            Change::Task(TaskChange::reset(self.dag.name(task), reason))
+            Change::Task(TaskChange::reset(self.name(task), reason))
         };
         let mut changes: Vec<Change> = roots
             .iter()

@@ -23,7 +23,7 @@ impl Core {
         let dir = self.poll_dir(record.id, task, "sensor", now);
         let span = active
             .trace
-            .sensor_span(self.dag.name(task), active.sensor_polls[task]);
+            .sensor_span(self.name(task), active.sensor_polls[task]);
         let launch = Launch {
             timeout: sensor
                 .every
@@ -80,7 +80,7 @@ impl Core {
         };
         let poll = SensorPoll {
             run: active.record.id,
-            task: self.dag.name(task).to_string(),
+            task: self.name(task).to_string(),
             ready,
             not_before,
             error,
@@ -249,7 +249,7 @@ impl Core {
             date: &record.partition,
             partition: &record.partition,
             run_id: &run_id,
-            task: self.dag.name(task),
+            task: self.name(task),
             attempt: "0",
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),

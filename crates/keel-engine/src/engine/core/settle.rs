@@ -15,7 +15,7 @@ impl Core {
         message: String,
     ) -> Result<(), EngineError> {
         let active = &mut book.runs[run_index];
-        let name = self.dag.name(task).to_string();
+        let name = self.name(task).to_string();
         let change = TaskChange {
             task: name.clone(),
             state: TaskState::Done,
@@ -83,17 +83,17 @@ impl Core {
                     None
                 }
             };
-            let task = self.dag.name(live.task);
+            let task = self.name(live.task).to_string();
             (self.observer)(Progress::AttemptFinished {
                 run: active.record.id,
                 partition: active.record.partition.clone(),
-                task: task.to_string(),
                 attempt: live.number,
                 outcome,
                 message,
                 retry_at,
                 trace: active.trace,
-                span: active.trace.attempt_span(task, live.number),
+                span: active.trace.attempt_span(&task, live.number),
+                task,
                 started_at: live.started_at,
                 finished_at: book.now,
             });
@@ -126,6 +126,15 @@ impl Core {
             self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
         }
         let (next, note) = self.next_step(book, &live, report.outcome, probe, report.retry_after);
+        // Items an expanded task runs over are recorded with the end of the attempt that listed
+        // them, in the same transaction.
+        self.record_items(
+            book,
+            live.run,
+            live.task,
+            report.outcome,
+            report.items.clone(),
+        );
         let message = match (report.message.clone(), note) {
             (Some(message), Some(note)) => Some(format!("{message}; {note}")),
             (message, note) => message.or(note),
@@ -153,6 +162,10 @@ impl Core {
         task: TaskIndex,
         outcome: Outcome,
     ) -> Result<(), EngineError> {
+        if self.is_item(task) {
+            self.on_item_done(book, run_index, task, outcome);
+            return Ok(());
+        }
         let active = &mut book.runs[run_index];
         active.slots[task].state = TaskState::Done;
         active.slots[task].outcome = Some(outcome);
@@ -210,14 +223,14 @@ impl Core {
         let active = &mut book.runs[run_index];
         let reason = format!(
             "upstream task {:?} ended {}",
-            self.dag.name(failed),
+            self.name(failed),
             active.slots[failed]
                 .outcome
                 .map(Outcome::as_str)
                 .unwrap_or("unfinished")
         );
         let change = TaskChange {
-            task: self.dag.name(task).to_string(),
+            task: self.name(task).to_string(),
             state: TaskState::Done,
             outcome: Some(Outcome::UpstreamFailed),
             not_before: None,
@@ -237,7 +250,7 @@ impl Core {
         slot.state = TaskState::Pending;
         slot.outcome = None;
         let change = TaskChange::reset(
-            self.dag.name(task),
+            self.name(task),
             "an upstream task landed late while it ran; running again with it",
         );
         write_tasks(&mut book.writes, active.record.id, [change]);
@@ -302,7 +315,7 @@ impl Core {
             self.release_soft_dependents(book, run_index, &settled);
             return Ok(());
         }
-        let upstream = self.dag.name(task);
+        let upstream = self.name(task);
         let reason = format!(
             "upstream task {upstream:?} ended {}",
             active.slots[task]
@@ -313,7 +326,7 @@ impl Core {
         let changes: Vec<TaskChange> = blocked
             .iter()
             .map(|downstream| TaskChange {
-                task: self.dag.name(*downstream).to_string(),
+                task: self.name(*downstream).to_string(),
                 state: TaskState::Done,
                 outcome: Some(Outcome::UpstreamFailed),
                 not_before: None,
@@ -403,7 +416,7 @@ impl Core {
                     .outcome
                     .is_some_and(Outcome::is_complete)
             })
-            .map(|task| self.dag.name(task))
+            .map(|task| self.name(task))
             .collect();
         // Tasks an open gate let the run go on without: missing, not failed.
         let missing: Vec<&str> = (0..active.slots.len())
@@ -414,8 +427,30 @@ impl Core {
                         .gate_of_task(*task)
                         .is_some_and(|gate| active.gates[gate] == GateStatus::Open)
             })
-            .map(|task| self.dag.name(task))
+            .map(|task| self.name(task))
             .collect();
+        // Expanded tasks that completed under their quorum, with items missing.
+        let mut short_of_items: Vec<String> = active
+            .expansions
+            .iter()
+            .filter(|(parent, _)| is_complete(&active.slots[**parent]))
+            .filter_map(|(parent, expansion)| {
+                let missing = expansion
+                    .items
+                    .iter()
+                    .filter(|item| !is_complete(&active.slots[**item]))
+                    .count();
+                (missing > 0).then(|| {
+                    format!(
+                        "{} of {} items of {} missing",
+                        missing,
+                        expansion.items.len(),
+                        self.dag.name(*parent)
+                    )
+                })
+            })
+            .collect();
+        short_of_items.sort_unstable();
         let (state, message) = if active.cancelling {
             (
                 RunState::Cancelled,
@@ -426,6 +461,9 @@ impl Core {
                 RunState::Partial,
                 Some(self.left_out_message(&active.left_out)),
             )
+        } else if not_complete.is_empty() && !short_of_items.is_empty() {
+            // An expanded task completed under its quorum: the run is degraded, as with a gate.
+            (RunState::Degraded, Some(short_of_items.join("; ")))
         } else if not_complete.is_empty() {
             (RunState::Succeeded, None)
         } else if missing.len() == not_complete.len() {
@@ -473,7 +511,7 @@ impl Core {
 
     /// Why a run ended `partial`: the tasks `--only` left out, and what runs them.
     fn left_out_message(&self, left_out: &[TaskIndex]) -> String {
-        let names: Vec<&str> = left_out.iter().map(|task| self.dag.name(*task)).collect();
+        let names: Vec<&str> = left_out.iter().map(|task| self.name(*task)).collect();
         format!(
             "{} left out by --only: {}; a plain `keel run` of the partition runs them",
             names.len(),
@@ -497,6 +535,8 @@ impl Core {
                 .filter(|(_, live)| live.run == run_index)
                 .map(|(attempt, _)| Effect::Stop(*attempt)),
         );
+        self.cancel_expansions(book, run_index);
+        let active = &mut book.runs[run_index];
         let waiting: Vec<TaskIndex> = (0..active.slots.len())
             .filter(|task| {
                 matches!(
@@ -509,7 +549,7 @@ impl Core {
             let changes: Vec<TaskChange> = waiting
                 .iter()
                 .map(|task| TaskChange {
-                    task: self.dag.name(*task).to_string(),
+                    task: self.name(*task).to_string(),
                     state: TaskState::Done,
                     outcome: Some(Outcome::Cancelled),
                     not_before: None,
@@ -551,7 +591,7 @@ impl Core {
             let changes: Vec<TaskChange> = stuck
                 .iter()
                 .map(|task| TaskChange {
-                    task: self.dag.name(*task).to_string(),
+                    task: self.name(*task).to_string(),
                     state: TaskState::Done,
                     outcome: Some(Outcome::UpstreamFailed),
                     not_before: None,

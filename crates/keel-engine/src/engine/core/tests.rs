@@ -99,6 +99,8 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         config,
         store_id: "store".into(),
         observer: Box::new(|_| {}),
+        items: Vec::new(),
+        item_index: HashMap::new(),
     }
 }
 

@@ -50,11 +50,8 @@ impl Core {
                 if tier.required.is_empty() {
                     String::new()
                 } else {
-                    let names: Vec<&str> = tier
-                        .required
-                        .iter()
-                        .map(|task| self.dag.name(*task))
-                        .collect();
+                    let names: Vec<&str> =
+                        tier.required.iter().map(|task| self.name(*task)).collect();
                     format!(", required {}", names.join(", "))
                 }
             );
