@@ -545,6 +545,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             expand: None,
             context: keel_model::TaskContext::default(),
             not_ready: None,
+            repeat: None,
         });
     }
 }

@@ -96,6 +96,7 @@ const TASK_FIELDS: &[&str] = &[
     "env_file",
     "inherit_env",
     "not_ready",
+    "repeat",
 ];
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -314,6 +315,7 @@ struct RawTask {
     inputs: Option<Vec<NameRef>>,
     expand: Option<expand::RawExpand>,
     not_ready: Option<keel_model::NotReadyPolicy>,
+    repeat: Option<keel_model::RepeatSpec>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1101,6 +1103,7 @@ impl Checker<'_> {
             inputs: None,
             expand: None,
             not_ready: None,
+            repeat: None,
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1148,6 +1151,7 @@ impl Checker<'_> {
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
                 "not_ready" => task.not_ready = self.not_ready(key, value, &path),
+                "repeat" => task.repeat = self.repeat(key, value, &path, &task.name.name),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1546,6 +1550,7 @@ fn build_spec(
                             .map(|inputs| inputs.into_iter().map(|input| input.name).collect()),
                     },
                     not_ready: task.not_ready,
+                    repeat: task.repeat,
                 }
             })
             .collect(),

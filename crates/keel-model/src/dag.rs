@@ -281,6 +281,7 @@ mod tests {
             expand: None,
             context: Default::default(),
             not_ready: None,
+            repeat: None,
         }
     }
 

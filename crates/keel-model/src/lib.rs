@@ -13,6 +13,7 @@ mod http;
 mod not_ready;
 mod outcome;
 mod quota;
+mod repeat;
 pub mod schedule;
 mod spec;
 mod suggest;
@@ -31,6 +32,7 @@ pub use http::{
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
 };
 pub use not_ready::NotReadyPolicy;
+pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
 pub use spec::{

@@ -312,6 +312,10 @@ pub struct TaskSpec {
     /// until `deadline`. Left out of the version when unset, so pipelines keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<crate::NotReadyPolicy>,
+    /// `repeat = { every, from, until }`: the task runs again and again inside a window of the
+    /// partition's date. Left out of the version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<crate::RepeatSpec>,
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -483,6 +487,7 @@ mod tests {
             expand: None,
             context: TaskContext::default(),
             not_ready: None,
+            repeat: None,
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

@@ -231,6 +231,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         expand: None,
                         context: Default::default(),
                         not_ready: None,
+                        repeat: None,
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

@@ -128,6 +128,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 expand: None,
                 context: Default::default(),
                 not_ready: None,
+                repeat: None,
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -146,6 +147,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 expand: None,
                 context: Default::default(),
                 not_ready: None,
+                repeat: None,
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -175,6 +177,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 expand: None,
                 context: Default::default(),
                 not_ready: None,
+                repeat: None,
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -193,6 +196,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 expand: None,
                 context: Default::default(),
                 not_ready: None,
+                repeat: None,
             },
         ],
         resources: vec![],
@@ -362,6 +366,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         expand: None,
         context: Default::default(),
         not_ready: None,
+        repeat: None,
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

@@ -227,6 +227,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         expand: None,
         context: Default::default(),
         not_ready: None,
+        repeat: None,
     }
 }
 

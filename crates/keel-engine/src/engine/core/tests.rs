@@ -32,6 +32,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         expand: None,
         context: Default::default(),
         not_ready: None,
+        repeat: None,
     }
 }
 
