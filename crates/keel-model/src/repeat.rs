@@ -79,9 +79,11 @@ impl RepeatSpec {
         self.until <= self.from
     }
 
-    /// The window of the partition `partition` (`YYYY-MM-DD`) in `zone`; `None` for a
-    /// partition that is not a date (the task then runs once, like any task).
-    pub fn window(&self, partition: &str, zone: Tz) -> Option<RepeatWindow> {
+    /// The window of the partition `partition` (`YYYY-MM-DD`) in the IANA time zone `zone`;
+    /// `None` for a partition that is not a date or a zone that is unknown (both are refused
+    /// when the pipeline is read; the task then runs once, like any task).
+    pub fn window(&self, partition: &str, zone: &str) -> Option<RepeatWindow> {
+        let zone: Tz = zone.parse().ok()?;
         let date = NaiveDate::parse_from_str(partition, "%Y-%m-%d").ok()?;
         let until_date = if self.crosses_midnight() {
             date.succ_opt()?
@@ -151,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_window_crossing_midnight_ends_on_the_next_day() {
-        let zone: Tz = "America/New_York".parse().unwrap();
+        let zone = "America/New_York";
         let window = spec(3, "19:00", "02:00")
             .window("2026-01-15", zone)
             .unwrap();
@@ -166,7 +168,7 @@ mod tests {
 
     #[test]
     fn windows_are_dst_correct() {
-        let zone: Tz = "America/New_York".parse().unwrap();
+        let zone = "America/New_York";
         // 2026-03-08: the clocks spring forward at 02:00, so the night is an hour shorter and
         // 02:30 does not exist: the window closes at the end of the gap, 03:00 EDT.
         let spring = spec(3, "19:00", "02:30").window("2026-03-07", zone).unwrap();

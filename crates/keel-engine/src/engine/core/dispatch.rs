@@ -56,6 +56,11 @@ impl Core {
                 self.start_sensor(book, run_index, task);
                 continue;
             }
+            if self.spec.tasks[task].repeat.is_some()
+                && self.hold_until_window(book, run_index, task)
+            {
+                continue;
+            }
             if !self.task_uses[task].is_empty() && !self.admit(book, run_index, task) {
                 continue;
             }

@@ -30,6 +30,7 @@ mod dispatch;
 mod edges;
 mod gates;
 mod recovery;
+mod repeat;
 mod resources;
 mod retry;
 mod sensors;
@@ -186,6 +187,9 @@ pub(super) struct ActiveRun {
     /// Per task: its `when` command said to run (a task that has had an attempt needs none).
     /// Not stored: a restarted Keel asks the command again, as it polls a sensor again.
     pub calendar_passed: Vec<bool>,
+    /// Per task: a repetition of its `repeat` window succeeded (read back from the stored
+    /// attempts by `restore_repeats`).
+    pub repeat_succeeded: Vec<bool>,
     /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: Vec<u32>,
     /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.

@@ -50,6 +50,11 @@ impl Core {
         probe: bool,
         retry_after: Option<std::time::Duration>,
     ) -> (TaskNext, Option<String>) {
+        if self.spec.tasks[live.task].repeat.is_some()
+            && let Some(step) = self.repeat_step(book, live, outcome)
+        {
+            return step;
+        }
         let now = book.now;
         let active = &book.runs[live.run];
         let task_spec = &self.spec.tasks[live.task];

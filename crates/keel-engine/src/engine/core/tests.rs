@@ -939,3 +939,218 @@ fn a_restarted_keel_counts_the_not_ready_checks_already_made() {
     assert!(matches!(next, TaskNext::Retry { .. }), "{next:?}");
     assert!(message.contains("check 1 of 3"), "{message}");
 }
+
+/// `a` repeating every 3 minutes from 23:50 until 00:00 (UTC) of the partition 2026-01-18: four
+/// repetitions, at 23:50, 23:53, 23:56 and 23:59.
+fn repeat_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[0].repeat = Some(keel_model::RepeatSpec {
+            every: Duration::from_secs(180),
+            from: keel_model::TimeOfDay {
+                hour: 23,
+                minute: 50,
+            },
+            until: keel_model::TimeOfDay { hour: 0, minute: 0 },
+        });
+    })
+}
+
+const THREE_MINUTES: Millis = 3 * 60 * 1000;
+
+/// 2026-01-18T23:50:00Z, when `repeat_core`'s window opens; it closes 10 minutes later.
+fn window_opens() -> Millis {
+    chrono::DateTime::parse_from_rfc3339("2026-01-18T23:50:00Z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Answers `a`'s repetitions with `outcomes`, each when it is due, and returns the last
+/// decision and its message.
+fn repeat_through(
+    core: &mut Core,
+    book: &mut Book,
+    ids: &mut i64,
+    outcomes: &[Outcome],
+) -> (TaskNext, String) {
+    let mut last = None;
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let (next, message) = answer(core, book, ids, *outcome);
+        if index + 1 < outcomes.len() {
+            let TaskNext::Retry { not_before, charge } = next else {
+                panic!("repetition {} is followed by another: {next:?}", index + 1);
+            };
+            assert!(!charge, "a repetition uses up no retry");
+            assert_eq!(
+                (not_before - window_opens()) % THREE_MINUTES,
+                0,
+                "on the window's grid: {message}"
+            );
+            book.now = not_before - 1;
+            core.fire_timers(book);
+            assert!(start(core, book, ids).is_empty(), "not before it is due");
+            book.now = not_before;
+            core.fire_timers(book);
+        }
+        last = Some((next, message));
+    }
+    last.unwrap()
+}
+
+#[test]
+fn a_repeating_task_waits_for_its_window_and_repeats_on_its_grid_until_it_closes() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens() - 3_600_000);
+    let mut ids = 0;
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    let held = book.writes.iter().find_map(|write| match write {
+        Write::Run {
+            change: Change::Task(change),
+            ..
+        } => Some(change.clone()),
+        _ => None,
+    });
+    let held = held.expect("the hold is stored for status");
+    assert_eq!(held.not_before, Some(window_opens()));
+    assert!(held.reason.contains("from 23:50 until 00:00"), "{held:?}");
+    book.now = window_opens() - 1;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = window_opens();
+    core.fire_timers(&mut book);
+
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
+    assert_eq!(
+        next,
+        TaskNext::Retry {
+            not_before: window_opens() + THREE_MINUTES,
+            charge: false
+        }
+    );
+    assert!(message.contains("repetition 1"), "{message}");
+    book.now = window_opens() + THREE_MINUTES;
+    core.fire_timers(&mut book);
+    let started = start(&mut core, &mut book, &mut ids);
+    assert_eq!(started.len(), 1, "b waits for the window to close");
+    // This repetition fails and runs long: it ends at 23:57, so the next is 23:59, not 23:56.
+    book.now = window_opens() + 7 * 60 * 1000;
+    book.writes.clear();
+    core.on_reports(&mut book, vec![(started[0].0, Report::new(Outcome::Failed, "boom"))])
+        .unwrap();
+    let TaskNext::Retry { not_before, charge } = finishes(&book)[0].2.clone() else {
+        panic!("a failed repetition is followed by the next");
+    };
+    assert!(!charge, "a failed repetition is not charged as a retry");
+    assert_eq!(not_before, window_opens() + 3 * THREE_MINUTES);
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(
+        next,
+        TaskNext::Done(Outcome::Succeeded),
+        "an earlier repetition succeeded: {message}"
+    );
+    assert!(message.contains("repetition 4 was the last"), "{message}");
+    assert!(message.contains("an earlier repetition succeeded"), "{message}");
+    book.writes.clear();
+    let downstream = start(&mut core, &mut book, &mut ids);
+    assert_eq!(downstream[0].1, "b");
+}
+
+#[test]
+fn a_window_without_a_success_ends_with_the_last_outcome() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens());
+    let mut ids = 0;
+    let (next, message) = repeat_through(
+        &mut core,
+        &mut book,
+        &mut ids,
+        &[
+            Outcome::Failed,
+            Outcome::NotReady,
+            Outcome::Failed,
+            Outcome::NoData,
+        ],
+    );
+    assert_eq!(next, TaskNext::Done(Outcome::NoData));
+    assert!(message.contains("no repetition succeeded"), "{message}");
+}
+
+#[test]
+fn a_restarted_keel_neither_repeats_a_repetition_nor_forgets_a_success() {
+    let mut core = repeat_core();
+    let opens = window_opens();
+    // Two repetitions were made (the first succeeded); the third is due at 23:56.
+    let mut book = loaded_from(&mut core, opens + 4 * 60 * 1000, |stored| {
+        stored[0].state = TaskState::Waiting;
+        stored[0].outcome = Some(Outcome::Failed);
+        stored[0].attempts = 2;
+        stored[0].first_started_at = Some(opens);
+        stored[0].not_before = Some(opens + 2 * THREE_MINUTES);
+    });
+    let attempt = |number: u32, started_at: Millis, outcome: Outcome| AttemptRecord {
+        id: AttemptId(i64::from(number)),
+        run: RunId(1),
+        pipeline: "core".into(),
+        partition: "2026-01-18".into(),
+        task: "a".into(),
+        number,
+        lease_owner: "core-test".into(),
+        lease_epoch: 1,
+        not_before: None,
+        claimed_at: started_at,
+        started_at: Some(started_at),
+        finished_at: Some(started_at + 1_000),
+        outcome: Some(outcome),
+        exit_code: Some(0),
+        rows: None,
+        metrics: None,
+        message: None,
+        pid: None,
+        dir: "/nonexistent".into(),
+        version: None,
+    };
+    // A success from before a `keel retry` (earlier than the first start) does not count.
+    let mut before_retry = book.runs.pop().unwrap();
+    core.restore_repeats(&mut before_retry, &[attempt(1, opens - 1, Outcome::Succeeded)]);
+    assert!(!before_retry.repeat_succeeded[0]);
+    core.restore_repeats(
+        &mut before_retry,
+        &[
+            attempt(1, opens, Outcome::Succeeded),
+            attempt(2, opens + THREE_MINUTES, Outcome::Failed),
+        ],
+    );
+    book.runs.push(before_retry);
+    let mut ids = 10;
+    assert!(
+        start(&mut core, &mut book, &mut ids).is_empty(),
+        "the third repetition is not due yet"
+    );
+    book.now = opens + 2 * THREE_MINUTES;
+    core.fire_timers(&mut book);
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { not_before, .. } = next else {
+        panic!("the fourth repetition follows: {next:?}");
+    };
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(next, TaskNext::Done(Outcome::Succeeded), "{message}");
+}
+
+#[test]
+fn a_past_partition_runs_a_repeating_task_once_with_its_retries() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens() + 86_400_000);
+    let mut ids = 0;
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { charge, .. } = next else {
+        panic!("a failure is retried as for any task: {next:?}");
+    };
+    assert!(charge, "with the task's retries");
+    book.now += 60_000;
+    core.fire_timers(&mut book);
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
+    assert_eq!(next, TaskNext::Done(Outcome::Succeeded));
+}
