@@ -173,6 +173,9 @@ CREATE TABLE flags (
     set_at   INTEGER NOT NULL,
     set_by   TEXT    NOT NULL,
     PRIMARY KEY (pipeline, task)
+);
+"#,
+    r#"
 -- The items of an expanded task (`expand`), recorded once per task and run in the step that read
 -- them: `items` is their JSON list ([{"key": ..., "value": ...}, ...]).
 CREATE TABLE expansions (
@@ -182,6 +185,9 @@ CREATE TABLE expansions (
     item_count INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, task)
+);
+"#,
+    r#"
 -- Requests counted against a resource's quota (`quota = "500/month"`), per calendar period
 -- (`2026-12` or `2026-12-02` in the pipeline's time zone), so a restart keeps counting.
 CREATE TABLE quota_use (
