@@ -2,7 +2,8 @@
 //! until its window opens on the partition's date, then run once every `every` until the
 //! window closes. Each repetition is one attempt: a repetition that fails is not retried, the
 //! next one is. The task completes when the window closes, `succeeded` if any repetition of the
-//! window succeeded and otherwise with the last repetition's outcome.
+//! window succeeded and otherwise with the last repetition's outcome. A failed repetition is
+//! charged like a failed attempt (so status counts it as one), but `retries` is not consulted.
 //!
 //! Nothing here is kept only in memory: the next repetition is a retry whose `not_before` is
 //! stored with the attempt's end (derived from the window, so the grid never drifts), the hold
@@ -116,9 +117,11 @@ impl Core {
                         (next - now).max(0) as u64
                     ))
                 );
+                // Charged as a failure would be, so that status counts a failed repetition as
+                // an attempt, not as a breaker probe; the retry policy is not consulted.
                 let next = TaskNext::Retry {
                     not_before: next,
-                    charge: false,
+                    charge: outcome != Outcome::Succeeded && outcome.uses_retry_attempt(),
                 };
                 Some((next, Some(note)))
             }
