@@ -546,6 +546,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             context: keel_model::TaskContext::default(),
             not_ready: None,
             repeat: None,
+            freeze_after: None,
         });
     }
 }

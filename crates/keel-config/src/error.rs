@@ -333,9 +333,13 @@ pub enum ConfigError {
     WeekdaysWithoutDates { task: String, location: Location },
 
     #[error(
-        "task {task:?} has repeat, but the pipeline has partition = \"none\", which has no date for its window ({location}); remove repeat, or set partition = \"date\" in [pipeline]"
+        "task {task:?} has {field}, but the pipeline has partition = \"none\", which has no date for it ({location}); remove {field}, or set partition = \"date\" in [pipeline]"
     )]
-    RepeatWithoutDates { task: String, location: Location },
+    TimeOfDayWithoutDates {
+        task: String,
+        field: &'static str,
+        location: Location,
+    },
 
     #[error(
         "invalid date template {template:?} in {place} ({location}): {problem}; {}",
@@ -741,7 +745,7 @@ impl ConfigError {
             | ConfigError::InvalidPercentage { location, .. }
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
-            | ConfigError::RepeatWithoutDates { location, .. }
+            | ConfigError::TimeOfDayWithoutDates { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }

@@ -97,6 +97,7 @@ const TASK_FIELDS: &[&str] = &[
     "inherit_env",
     "not_ready",
     "repeat",
+    "freeze_after",
 ];
 const TASK_LATER: &[&str] = &["secrets", "smoke"];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -316,6 +317,7 @@ struct RawTask {
     expand: Option<expand::RawExpand>,
     not_ready: Option<keel_model::NotReadyPolicy>,
     repeat: Option<keel_model::RepeatSpec>,
+    freeze_after: Option<keel_model::TimeOfDay>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1104,6 +1106,7 @@ impl Checker<'_> {
             expand: None,
             not_ready: None,
             repeat: None,
+            freeze_after: None,
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1152,6 +1155,9 @@ impl Checker<'_> {
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
                 "not_ready" => task.not_ready = self.not_ready(key, value, &path),
                 "repeat" => task.repeat = self.repeat(key, value, &path, &task.name.name),
+                "freeze_after" => {
+                    task.freeze_after = self.freeze_after(key, value, &path, &task.name.name)
+                }
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1551,6 +1557,7 @@ fn build_spec(
                     },
                     not_ready: task.not_ready,
                     repeat: task.repeat,
+                    freeze_after: task.freeze_after,
                 }
             })
             .collect(),

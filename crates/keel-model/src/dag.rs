@@ -282,6 +282,7 @@ mod tests {
             context: Default::default(),
             not_ready: None,
             repeat: None,
+            freeze_after: None,
         }
     }
 

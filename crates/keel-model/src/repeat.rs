@@ -41,6 +41,13 @@ impl TimeOfDay {
     pub fn on(self, date: NaiveDate, zone: Tz) -> Option<Millis> {
         resolve_local(zone, date.and_time(self.naive()))
     }
+
+    /// When this time happens on the date of `partition` (`YYYY-MM-DD`) in the IANA zone
+    /// `zone`; `None` for a partition that is not a date or an unknown zone.
+    pub fn on_partition(self, partition: &str, zone: &str) -> Option<Millis> {
+        let date = NaiveDate::parse_from_str(partition, "%Y-%m-%d").ok()?;
+        self.on(date, zone.parse().ok()?)
+    }
 }
 
 impl fmt::Display for TimeOfDay {

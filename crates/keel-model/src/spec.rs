@@ -316,6 +316,10 @@ pub struct TaskSpec {
     /// partition's date. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<crate::RepeatSpec>,
+    /// `freeze_after = "19:00"`: from that local time on the partition's date, retries and late
+    /// reruns no longer rerun the task. Left out of the version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_after: Option<crate::TimeOfDay>,
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -488,6 +492,7 @@ mod tests {
             context: TaskContext::default(),
             not_ready: None,
             repeat: None,
+            freeze_after: None,
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

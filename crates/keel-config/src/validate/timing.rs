@@ -126,8 +126,9 @@ impl Checker<'_> {
         }
         if self.partition == PartitionKind::None {
             valid = false;
-            self.errors.push(ConfigError::RepeatWithoutDates {
+            self.errors.push(ConfigError::TimeOfDayWithoutDates {
                 task: task.to_string(),
+                field: "repeat",
                 location: self.location(&key.span()),
             });
         }
@@ -137,6 +138,27 @@ impl Checker<'_> {
             }
             _ => None,
         }
+    }
+
+    /// `freeze_after = "19:00"` of the task `task`: a local time on the partition's date, so the
+    /// pipeline's partitions must be dates.
+    pub(super) fn freeze_after(
+        &mut self,
+        key: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        task_path: &str,
+        task: &str,
+    ) -> Option<TimeOfDay> {
+        let time = self.time_of_day(value, "freeze_after", task_path)?;
+        if self.partition == PartitionKind::None {
+            self.errors.push(ConfigError::TimeOfDayWithoutDates {
+                task: task.to_string(),
+                field: "freeze_after",
+                location: self.location(&key.span()),
+            });
+            return None;
+        }
+        Some(time)
     }
 
     /// A wall-clock time `"HH:MM"`.

@@ -232,6 +232,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         context: Default::default(),
                         not_ready: None,
                         repeat: None,
+                        freeze_after: None,
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

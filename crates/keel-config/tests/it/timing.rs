@@ -139,3 +139,56 @@ repeat = { every = "3m", from = "19:00", until = "02:00" }
 "#
     ));
 }
+
+#[test]
+fn a_freeze_time_is_read() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{HEADER}
+[tasks.publish]
+phase = "scrape"
+command = ["true"]
+freeze_after = "19:00"
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.tasks[0].freeze_after,
+        Some(TimeOfDay {
+            hour: 19,
+            minute: 0
+        })
+    );
+}
+
+#[test]
+fn bad_freeze_times() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.not_a_time]
+phase = "scrape"
+command = ["true"]
+freeze_after = "7pm"
+
+[tasks.wrong_type]
+phase = "scrape"
+command = ["true"]
+freeze_after = 1900
+"#
+    )));
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "live"
+partition = "none"
+
+[phases.scrape]
+
+[tasks.publish]
+phase = "scrape"
+command = ["true"]
+freeze_after = "19:00"
+"#
+    ));
+}

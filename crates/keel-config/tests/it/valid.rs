@@ -129,6 +129,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 context: Default::default(),
                 not_ready: None,
                 repeat: None,
+                freeze_after: None,
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -148,6 +149,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 context: Default::default(),
                 not_ready: None,
                 repeat: None,
+                freeze_after: None,
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -178,6 +180,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 context: Default::default(),
                 not_ready: None,
                 repeat: None,
+                freeze_after: None,
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -197,6 +200,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 context: Default::default(),
                 not_ready: None,
                 repeat: None,
+                freeze_after: None,
             },
         ],
         resources: vec![],
@@ -367,6 +371,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         context: Default::default(),
         not_ready: None,
         repeat: None,
+        freeze_after: None,
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

@@ -228,6 +228,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         context: Default::default(),
         not_ready: None,
         repeat: None,
+        freeze_after: None,
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{EngineError, Random};
 mod calendar;
 mod dispatch;
 mod edges;
+mod freeze;
 mod gates;
 mod recovery;
 mod repeat;

@@ -55,6 +55,11 @@ impl Core {
         {
             return step;
         }
+        if self.spec.tasks[live.task].freeze_after.is_some()
+            && let Some(step) = self.freeze_step(book, live, outcome)
+        {
+            return step;
+        }
         let now = book.now;
         let active = &book.runs[live.run];
         let task_spec = &self.spec.tasks[live.task];

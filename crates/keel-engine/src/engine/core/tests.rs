@@ -33,6 +33,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         context: Default::default(),
         not_ready: None,
         repeat: None,
+        freeze_after: None,
     }
 }
 
@@ -1153,4 +1154,103 @@ fn a_past_partition_runs_a_repeating_task_once_with_its_retries() {
     core.fire_timers(&mut book);
     let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
     assert_eq!(next, TaskNext::Done(Outcome::Succeeded));
+}
+
+/// The chain with `freeze_after = "12:00"` on `a` (3 attempts) and `b`; 12:00 UTC on the
+/// partition 2026-01-18 is [`freeze_time`].
+fn freeze_core() -> Core {
+    chain_core_with(|tasks, _| {
+        for task in &mut tasks[..2] {
+            task.freeze_after = Some(keel_model::TimeOfDay {
+                hour: 12,
+                minute: 0,
+            });
+        }
+    })
+}
+
+fn freeze_time() -> Millis {
+    chrono::DateTime::parse_from_rfc3339("2026-01-18T12:00:00Z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn a_frozen_task_is_not_retried_after_its_freeze_time() {
+    let mut core = freeze_core();
+    let mut book = loaded(&mut core, freeze_time() - 1_000);
+    let mut ids = 0;
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { not_before, .. } = next else {
+        panic!("retried before the freeze: {next:?}");
+    };
+    book.now = not_before.max(freeze_time());
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(next, TaskNext::Done(Outcome::Failed));
+    assert!(
+        message.contains("frozen at 12:00: not retried after it ended failed"),
+        "{message}"
+    );
+}
+
+/// Reconciles the late landing of `a` in a run where every task succeeded, at `now`, and
+/// returns the task changes written.
+fn reconcile_at(core: &mut Core, now: Millis) -> (Book, Vec<TaskChange>) {
+    let mut book = loaded_from(core, now, |stored| {
+        for task in stored.iter_mut() {
+            task.state = TaskState::Done;
+            task.outcome = Some(Outcome::Succeeded);
+            task.attempts = 1;
+        }
+    });
+    book.writes.clear();
+    core.follow_up(
+        &mut book,
+        Followup::Reconcile {
+            run_index: 0,
+            task: 0,
+        },
+    )
+    .unwrap();
+    let changes = book
+        .writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } => Some(change.clone()),
+            _ => None,
+        })
+        .collect();
+    (book, changes)
+}
+
+#[test]
+fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_why() {
+    let mut core = freeze_core();
+    let (book, changes) = reconcile_at(&mut core, freeze_time() - 1);
+    assert_eq!(
+        changes.iter().map(|change| change.state).collect::<Vec<_>>(),
+        [TaskState::Pending, TaskState::Pending],
+        "before the freeze, b and c run again: {changes:?}"
+    );
+    assert_eq!(book.runs[0].slots[1].state, TaskState::Pending);
+
+    let (book, changes) = reconcile_at(&mut core, freeze_time());
+    let frozen = changes
+        .iter()
+        .find(|change| change.task == "b")
+        .expect("the decision about b is stored");
+    assert_eq!(frozen.state, TaskState::Done);
+    assert_eq!(frozen.outcome, Some(Outcome::Succeeded), "b keeps its outcome");
+    assert_eq!(
+        frozen.message.as_deref(),
+        Some("frozen at 12:00: not rerun after upstream task \"a\" landed late")
+    );
+    assert_eq!(book.runs[0].slots[1].state, TaskState::Done);
+    // c has no freeze: it runs again.
+    let c = changes.iter().find(|change| change.task == "c").unwrap();
+    assert_eq!(c.state, TaskState::Pending);
 }
