@@ -3062,3 +3062,65 @@ repeat = { every = "1s", from = "19:00", until = "02:00" }
     assert_eq!(ran.code, Some(0), "{}", ran.transcript());
     assert_eq!(project.read("live.ledger"), "1\n");
 }
+
+#[test]
+fn a_frozen_task_is_not_rerun_when_a_waived_task_lands_late() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+retries = { attempts = 3, initial = "10ms", max = "50ms" }
+
+[phases.scrape]
+gate = { required = ["fast"], grace = "0s" }
+
+[phases.publish]
+after = ["scrape"]
+
+[tasks.fast]
+phase = "scrape"
+command = ["true"]
+
+[tasks.slow]
+phase = "scrape"
+command = ["sh", "-c", "sleep 1"]
+
+[tasks.published]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> published.ledger"]
+freeze_after = "18:00"
+
+[tasks.report]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> report.ledger"]
+
+[tasks.frozen_failure]
+phase = "scrape"
+command = ["sh", "-c", "echo {attempt} >> frozen_failure.ledger; exit 1"]
+freeze_after = "18:00"
+"#,
+    );
+    // 18:00 on 2026-01-18 is long past: the freezes are in force from the start.
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(3), "degraded: {}", ran.transcript());
+    assert_eq!(project.read("report.ledger"), "1\n2\n", "not frozen: run again");
+    assert_eq!(project.read("published.ledger"), "1\n", "frozen: not run again");
+    let published = project.task(DAY, "published");
+    assert_eq!(published["outcome"], "succeeded", "{published}");
+    assert_eq!(
+        published["message"],
+        "frozen at 18:00: not rerun after upstream task \"slow\" landed late"
+    );
+    assert_eq!(project.read("frozen_failure.ledger"), "1\n", "not retried");
+    let failure = project.task(DAY, "frozen_failure");
+    assert_eq!(failure["outcome"], "failed", "{failure}");
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("frozen at 18:00: not retried after it ended failed"),
+        "{failure}"
+    );
+}
