@@ -540,6 +540,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             deadline: std::time::Duration::from_secs(60),
             uses: Vec::new(),
             wait_for: None,
+            also_wait_for: Vec::new(),
             when: None,
             edges: Default::default(),
             expand: None,

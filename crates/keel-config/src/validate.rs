@@ -307,7 +307,8 @@ struct RawTask {
     heartbeat: Option<Duration>,
     deadline: Option<Duration>,
     uses: Vec<NameRef>,
-    wait_for: Option<RawSensor>,
+    /// Every sensor `wait_for` names, in order: one for a single table.
+    wait_for: Vec<RawSensor>,
     when: Option<keel_model::CalendarSpec>,
     context: RawContext,
     /// `after` entries written `{ task = "NAME", soft = true }`.
@@ -1098,7 +1099,7 @@ impl Checker<'_> {
             heartbeat: None,
             deadline: None,
             uses: Vec::new(),
-            wait_for: None,
+            wait_for: Vec::new(),
             when: None,
             context: RawContext::default(),
             soft: Vec::new(),
@@ -1146,7 +1147,7 @@ impl Checker<'_> {
                     let context = edges::inputs_context(&path, &task.name.name);
                     task.inputs = Some(self.name_list(value, &context));
                 }
-                "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
+                "wait_for" => task.wait_for = self.sensors(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
@@ -1534,6 +1535,10 @@ fn build_spec(
                     .deadline
                     .or(defaults.deadline)
                     .unwrap_or(DEFAULT_DEADLINE);
+                let mut sensors = task
+                    .wait_for
+                    .into_iter()
+                    .map(|sensor| sensor.build(deadline));
                 TaskSpec {
                     name: task.name.name,
                     phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
@@ -1545,7 +1550,8 @@ fn build_spec(
                     heartbeat: task.heartbeat.or(defaults.heartbeat),
                     deadline,
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
-                    wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                    wait_for: sensors.next(),
+                    also_wait_for: sensors.collect(),
                     when: task.when,
                     expand: task.expand.map(expand::RawExpand::build),
                     context: task.context.over(&defaults.context),

@@ -276,6 +276,7 @@ mod tests {
             deadline: Duration::from_secs(1),
             uses: vec![],
             wait_for: None,
+            also_wait_for: Vec::new(),
             when: None,
             edges: Default::default(),
             expand: None,

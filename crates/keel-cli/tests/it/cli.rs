@@ -3124,3 +3124,27 @@ freeze_after = "18:00"
         "{failure}"
     );
 }
+
+#[test]
+fn every_sensor_of_a_list_passes_in_order_before_the_first_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.sensed]
+phase = "main"
+command = ["sh", "-c", "echo task >> sensors.ledger"]
+wait_for = [
+    { command = ["sh", "-c", "echo odds >> sensors.ledger"] },
+    { command = ["sh", "-c", "echo lineups >> sensors.ledger; test -e lineups.flag && exit 0; touch lineups.flag; exit 75"], every = "10ms", max = "20ms" },
+]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        project.read("sensors.ledger"),
+        "odds\nlineups\nlineups\ntask\n",
+        "the second sensor is polled again until it passes, then the task runs"
+    );
+    let sensed = project.task(DAY, "sensed");
+    assert_eq!(sensed["attempts"], 1, "{sensed}");
+    assert_eq!(sensed["sensor_polls"], 3, "{sensed}");
+}

@@ -226,6 +226,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         deadline,
                         uses,
                         wait_for,
+                        also_wait_for: Vec::new(),
                         when: None,
                         edges: Default::default(),
                         expand: None,

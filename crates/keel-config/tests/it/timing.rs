@@ -192,3 +192,55 @@ freeze_after = "19:00"
 "#
     ));
 }
+
+#[test]
+fn several_sensors_are_read_in_order_and_one_table_keeps_its_version() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{HEADER}
+[tasks.several]
+phase = "scrape"
+command = ["true"]
+wait_for = [{{ command = ["odds-posted"] }}, {{ command = ["lineups-posted"], every = "5m" }}]
+
+[tasks.one]
+phase = "scrape"
+command = ["true"]
+wait_for = {{ command = ["odds-posted"] }}
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    let commands: Vec<&str> = spec.tasks[0]
+        .sensors()
+        .map(|sensor| sensor.command[0].as_str())
+        .collect();
+    assert_eq!(commands, ["odds-posted", "lineups-posted"]);
+    assert_eq!(
+        spec.tasks[0].sensor(1).unwrap().every,
+        Duration::from_secs(300)
+    );
+    let one = &spec.tasks[1];
+    assert!(one.also_wait_for.is_empty());
+    let version = serde_json::to_value(one).unwrap();
+    assert!(version.get("also_wait_for").is_none(), "{version}");
+    assert!(version["wait_for"].is_object(), "{version}");
+}
+
+#[test]
+fn bad_sensor_lists() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.empty]
+phase = "scrape"
+command = ["true"]
+wait_for = []
+
+[tasks.bad_items]
+phase = "scrape"
+command = ["true"]
+wait_for = ["odds-posted", {{ every = "1m" }}, {{ command = ["ok"], evry = "1m" }}]
+"#
+    )));
+}

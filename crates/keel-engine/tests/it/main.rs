@@ -222,6 +222,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(30),
         uses: vec![],
         wait_for: None,
+        also_wait_for: Vec::new(),
         when: None,
         edges: Default::default(),
         expand: None,

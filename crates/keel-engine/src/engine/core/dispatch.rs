@@ -169,7 +169,7 @@ impl Core {
         &mut self,
         record: &RunRecord,
         task: TaskIndex,
-        sensor: bool,
+        sensor: Option<usize>,
         attempt: u32,
         span: SpanId,
         dir: PathBuf,
@@ -186,10 +186,13 @@ impl Core {
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),
         };
-        let templates = if sensor {
-            self.commands[task].sensor.as_deref().unwrap_or_default()
-        } else {
-            &self.commands[task].task
+        let templates = match sensor {
+            Some(stage) => self.commands[task]
+                .sensors
+                .get(stage)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            None => &self.commands[task].task,
         };
         let command: Vec<String> = templates.iter().map(|part| part.expand(&values)).collect();
         let keel_variables = vec![
@@ -247,10 +250,9 @@ impl Core {
             env.push(("PWD".to_string(), dir.display().to_string()));
         }
         let http = match (&task_spec.http, sensor) {
-            (Some(spec), false) => Some(self.http_call(task, spec, &values, &env, clear_env)),
-            (_, true) => task_spec
-                .wait_for
-                .as_ref()
+            (Some(spec), None) => Some(self.http_call(task, spec, &values, &env, clear_env)),
+            (_, Some(stage)) => task_spec
+                .sensor(stage)
                 .and_then(|sensor| sensor.http.as_ref())
                 .map(|spec| {
                     let mut call = self.http_call(task, spec, &values, &env, clear_env);
@@ -497,7 +499,7 @@ impl Core {
         let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.dag.name(task), attempt.number);
-        let mut launch = self.task_launch(&record, task, false, attempt.number, span, dir);
+        let mut launch = self.task_launch(&record, task, None, attempt.number, span, dir);
         if let Some(missing) = self.missing_soft_inputs(&book.runs[run_index], task) {
             launch.env.push(("KEEL_MISSING".to_string(), missing));
         }

@@ -108,7 +108,8 @@ pub(super) enum Edges {
 /// working directory and the values of its `env`.
 pub(super) struct Commands {
     pub task: Vec<Template>,
-    pub sensor: Option<Vec<Template>>,
+    /// Each sensor's, in the order they are polled.
+    pub sensors: Vec<Vec<Template>>,
     /// The `when` command's.
     pub calendar: Option<Vec<Template>>,
     pub cwd: Option<Template>,
@@ -120,7 +121,7 @@ impl Commands {
         let parse = |parts: &[String]| parts.iter().map(|part| Template::parse(part)).collect();
         Commands {
             task: parse(&task.command),
-            sensor: task.wait_for.as_ref().map(|sensor| parse(&sensor.command)),
+            sensors: task.sensors().map(|sensor| parse(&sensor.command)).collect(),
             calendar: task
                 .when
                 .as_ref()
@@ -191,6 +192,9 @@ pub(super) struct ActiveRun {
     /// Per task: a repetition of its `repeat` window succeeded (read back from the stored
     /// attempts by `restore_repeats`).
     pub repeat_succeeded: Vec<bool>,
+    /// Per task: which of its sensors is polled (the ones before it passed). Not stored: a
+    /// restarted Keel polls them again from the first, as it polls a sensor again.
+    pub sensor_stage: Vec<usize>,
     /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: Vec<u32>,
     /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.

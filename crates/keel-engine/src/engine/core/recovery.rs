@@ -39,6 +39,7 @@ impl Core {
             sensor_ready: vec![false; tasks],
             calendar_passed: vec![false; tasks],
             repeat_succeeded: vec![false; tasks],
+            sensor_stage: vec![0; tasks],
             sensor_polls: vec![0; tasks],
             sensor_errors: vec![0; tasks],
             done: 0,

@@ -27,6 +27,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(3600),
         uses: vec![],
         wait_for: None,
+        also_wait_for: Vec::new(),
         when: None,
         edges: Default::default(),
         expand: None,
@@ -564,7 +565,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
     );
     assert!(launch.clear_env);
     let record = book.runs[0].record.clone();
-    let launch = core.task_launch(&record, 0, false, 1, SpanId(7), PathBuf::from("/attempt"));
+    let launch = core.task_launch(&record, 0, None, 1, SpanId(7), PathBuf::from("/attempt"));
     assert_eq!(launch.cwd, expected_dir);
     assert!(launch.clear_env, "a list inherits only what it names");
     let names: Vec<&str> = launch.env.iter().map(|(name, _)| name.as_str()).collect();
@@ -708,7 +709,7 @@ fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_env
     let launch = core.task_launch(
         &record,
         0,
-        false,
+        None,
         1,
         keel_model::SpanId(7),
         std::path::PathBuf::from("/attempts/a.1"),
@@ -755,7 +756,7 @@ fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_env
     let other = core.task_launch(
         &record,
         1,
-        false,
+        None,
         1,
         keel_model::SpanId(7),
         std::path::PathBuf::from("/attempts/b.1"),
@@ -1253,4 +1254,63 @@ fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_w
     // c has no freeze: it runs again.
     let c = changes.iter().find(|change| change.task == "c").unwrap();
     assert_eq!(c.state, TaskState::Pending);
+}
+
+/// The command of the sensor whose poll `book.effects` holds.
+fn polled_commands(core: &mut Core, book: &mut Book) -> Vec<String> {
+    assert!(core.pick_ready(book, 8).is_empty(), "a sensed task polls first");
+    std::mem::take(&mut book.effects)
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::PollSensor { launch, .. } => Some(launch.command.join(" ")),
+            Effect::Stop(_) | Effect::Probe { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_sensor_of_a_task_must_pass_in_order_before_its_first_attempt() {
+    let mut core = chain_core_with(|tasks, _| {
+        let sensor = |name: &str| keel_model::SensorSpec {
+            command: vec![name.into(), "{date}".into()],
+            http: None,
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            deadline: Duration::from_secs(60),
+        };
+        tasks[0].wait_for = Some(sensor("odds_posted"));
+        tasks[0].also_wait_for = vec![sensor("lineups_posted")];
+    });
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["odds_posted 2026-01-18"]
+    );
+    core.on_sensor(&mut book, 0, 0, exited(0, Outcome::Succeeded, "ok"))
+        .unwrap();
+    // The first passed: the second is polled at once, and the task does not start yet.
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["lineups_posted 2026-01-18"]
+    );
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(75, Outcome::NotReady, "not ready (exit 75)"),
+    )
+    .unwrap();
+    let poll = sensor_polls(&book).pop().unwrap();
+    book.now = poll.not_before.unwrap();
+    core.fire_timers(&mut book);
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["lineups_posted 2026-01-18"],
+        "the second is polled again, not the first"
+    );
+    core.on_sensor(&mut book, 0, 0, exited(0, Outcome::Succeeded, "ok"))
+        .unwrap();
+    let started = start(&mut core, &mut book, &mut 0);
+    assert_eq!(started.len(), 1, "both passed: the first attempt starts");
+    assert_eq!(started[0].1, "a");
 }
