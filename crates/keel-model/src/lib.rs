@@ -7,8 +7,8 @@
 mod calendar;
 mod dag;
 mod duration;
-mod flag;
 pub mod expand;
+mod flag;
 mod http;
 mod not_ready;
 mod outcome;
@@ -25,20 +25,22 @@ pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
 pub use duration::{DurationError, format_duration, parse_duration};
-pub use flag::FlagState;
 pub use expand::{ExpandSpec, Item, ItemCounts};
+pub use flag::FlagState;
 pub use http::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_PROBE_EVERY, DEFAULT_PROBE_TIMEOUT, HTTP_METHODS, HttpAuth,
     HttpBody, HttpSpec, ReadyProbe, STATUS_OUTCOMES, StatusMatch, status_outcome,
 };
 pub use not_ready::NotReadyPolicy;
-pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
+pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
-    DEFAULT_TIMEOUT, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SensorSpec, TaskContext, TaskEdges, TaskSpec, TokenUse, WebhookUrl,
+    DEFAULT_TIMEOUT, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
+    PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
+    ScheduleSpec, SensorSpec, TaskContext, TaskEdges, TaskSpec, TokenUse, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

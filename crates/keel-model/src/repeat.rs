@@ -178,12 +178,16 @@ mod tests {
         let zone = "America/New_York";
         // 2026-03-08: the clocks spring forward at 02:00, so the night is an hour shorter and
         // 02:30 does not exist: the window closes at the end of the gap, 03:00 EDT.
-        let spring = spec(3, "19:00", "02:30").window("2026-03-07", zone).unwrap();
+        let spring = spec(3, "19:00", "02:30")
+            .window("2026-03-07", zone)
+            .unwrap();
         assert_eq!(spring.opens, utc("2026-03-08T00:00:00Z"));
         assert_eq!(spring.closes, utc("2026-03-08T07:00:00Z"));
         // 2026-11-01: the clocks fall back at 02:00, so 01:30 happens twice; the window closes
         // at the first, and the night is an hour longer than the wall clock says.
-        let fall = spec(3, "19:00", "01:30").window("2026-10-31", zone).unwrap();
+        let fall = spec(3, "19:00", "01:30")
+            .window("2026-10-31", zone)
+            .unwrap();
         assert_eq!(fall.opens, utc("2026-10-31T23:00:00Z"));
         assert_eq!(fall.closes, utc("2026-11-01T05:30:00Z"));
     }

@@ -3005,7 +3005,12 @@ command = ["true"]
     let output = assert_cmd::Command::new("faketime")
         .args(["-f", "@2026-01-18 23:58:57 x10"])
         .arg(keel_path())
-        .args(["run", project.pipeline.to_str().unwrap(), "--partition", DAY])
+        .args([
+            "run",
+            project.pipeline.to_str().unwrap(),
+            "--partition",
+            DAY,
+        ])
         .current_dir(project.path())
         .timeout(Duration::from_secs(40))
         .output()
@@ -3107,8 +3112,16 @@ freeze_after = "18:00"
     // 18:00 on 2026-01-18 is long past: the freezes are in force from the start.
     let ran = project.run(&["--partition", DAY]);
     assert_eq!(ran.code, Some(3), "degraded: {}", ran.transcript());
-    assert_eq!(project.read("report.ledger"), "1\n2\n", "not frozen: run again");
-    assert_eq!(project.read("published.ledger"), "1\n", "frozen: not run again");
+    assert_eq!(
+        project.read("report.ledger"),
+        "1\n2\n",
+        "not frozen: run again"
+    );
+    assert_eq!(
+        project.read("published.ledger"),
+        "1\n",
+        "frozen: not run again"
+    );
     let published = project.task(DAY, "published");
     assert_eq!(published["outcome"], "succeeded", "{published}");
     assert_eq!(

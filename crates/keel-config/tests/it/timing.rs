@@ -82,7 +82,13 @@ command = ["true"]
     .unwrap();
     let repeat = spec.tasks[0].repeat.unwrap();
     assert_eq!(repeat.every, Duration::from_secs(180));
-    assert_eq!(repeat.from, TimeOfDay { hour: 19, minute: 0 });
+    assert_eq!(
+        repeat.from,
+        TimeOfDay {
+            hour: 19,
+            minute: 0
+        }
+    );
     assert_eq!(repeat.until, TimeOfDay { hour: 2, minute: 0 });
     assert!(repeat.crosses_midnight());
     assert_eq!(spec.tasks[1].repeat, None);

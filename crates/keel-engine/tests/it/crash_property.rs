@@ -354,7 +354,9 @@ impl Store for CrashStore {
             .await
     }
     async fn set_flag(&self, flag: keel_store::FlagRecord) -> StoreResult<()> {
-        self.probe.around("set_flag", self.inner.set_flag(flag)).await
+        self.probe
+            .around("set_flag", self.inner.set_flag(flag))
+            .await
     }
     async fn clear_flag(&self, pipeline: &str, task: &str) -> StoreResult<bool> {
         self.probe

@@ -121,7 +121,10 @@ impl Commands {
         let parse = |parts: &[String]| parts.iter().map(|part| Template::parse(part)).collect();
         Commands {
             task: parse(&task.command),
-            sensors: task.sensors().map(|sensor| parse(&sensor.command)).collect(),
+            sensors: task
+                .sensors()
+                .map(|sensor| parse(&sensor.command))
+                .collect(),
             calendar: task
                 .when
                 .as_ref()

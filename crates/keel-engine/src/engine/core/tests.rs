@@ -981,7 +981,11 @@ fn repeat_through(
             let TaskNext::Retry { not_before, charge } = next else {
                 panic!("repetition {} is followed by another: {next:?}", index + 1);
             };
-            assert_eq!(charge, *outcome == Outcome::Failed, "a failure is charged as an attempt");
+            assert_eq!(
+                charge,
+                *outcome == Outcome::Failed,
+                "a failure is charged as an attempt"
+            );
             assert_eq!(
                 (not_before - window_opens()) % THREE_MINUTES,
                 0,
@@ -1036,8 +1040,11 @@ fn a_repeating_task_waits_for_its_window_and_repeats_on_its_grid_until_it_closes
     // This repetition fails and runs long: it ends at 23:57, so the next is 23:59, not 23:56.
     book.now = window_opens() + 7 * 60 * 1000;
     book.writes.clear();
-    core.on_reports(&mut book, vec![(started[0].0, Report::new(Outcome::Failed, "boom"))])
-        .unwrap();
+    core.on_reports(
+        &mut book,
+        vec![(started[0].0, Report::new(Outcome::Failed, "boom"))],
+    )
+    .unwrap();
     let TaskNext::Retry { not_before, charge } = finishes(&book)[0].2.clone() else {
         panic!("a failed repetition is followed by the next");
     };
@@ -1052,7 +1059,10 @@ fn a_repeating_task_waits_for_its_window_and_repeats_on_its_grid_until_it_closes
         "an earlier repetition succeeded: {message}"
     );
     assert!(message.contains("repetition 4 was the last"), "{message}");
-    assert!(message.contains("an earlier repetition succeeded"), "{message}");
+    assert!(
+        message.contains("an earlier repetition succeeded"),
+        "{message}"
+    );
     book.writes.clear();
     let downstream = start(&mut core, &mut book, &mut ids);
     assert_eq!(downstream[0].1, "b");
@@ -1114,7 +1124,10 @@ fn a_restarted_keel_neither_repeats_a_repetition_nor_forgets_a_success() {
     };
     // A success from before a `keel retry` (earlier than the first start) does not count.
     let mut before_retry = book.runs.pop().unwrap();
-    core.restore_repeats(&mut before_retry, &[attempt(1, opens - 1, Outcome::Succeeded)]);
+    core.restore_repeats(
+        &mut before_retry,
+        &[attempt(1, opens - 1, Outcome::Succeeded)],
+    );
     assert!(!before_retry.repeat_succeeded[0]);
     core.restore_repeats(
         &mut before_retry,
@@ -1233,7 +1246,10 @@ fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_w
     let mut core = freeze_core();
     let (book, changes) = reconcile_at(&mut core, freeze_time() - 1);
     assert_eq!(
-        changes.iter().map(|change| change.state).collect::<Vec<_>>(),
+        changes
+            .iter()
+            .map(|change| change.state)
+            .collect::<Vec<_>>(),
         [TaskState::Pending, TaskState::Pending],
         "before the freeze, b and c run again: {changes:?}"
     );
@@ -1245,7 +1261,11 @@ fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_w
         .find(|change| change.task == "b")
         .expect("the decision about b is stored");
     assert_eq!(frozen.state, TaskState::Done);
-    assert_eq!(frozen.outcome, Some(Outcome::Succeeded), "b keeps its outcome");
+    assert_eq!(
+        frozen.outcome,
+        Some(Outcome::Succeeded),
+        "b keeps its outcome"
+    );
     assert_eq!(
         frozen.message.as_deref(),
         Some("frozen at 12:00: not rerun after upstream task \"a\" landed late")
@@ -1258,7 +1278,10 @@ fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_w
 
 /// The command of the sensor whose poll `book.effects` holds.
 fn polled_commands(core: &mut Core, book: &mut Book) -> Vec<String> {
-    assert!(core.pick_ready(book, 8).is_empty(), "a sensed task polls first");
+    assert!(
+        core.pick_ready(book, 8).is_empty(),
+        "a sensed task polls first"
+    );
     std::mem::take(&mut book.effects)
         .into_iter()
         .filter_map(|effect| match effect {
