@@ -92,15 +92,17 @@ pub fn static_checks(spec: &PipelineSpec, surroundings: &Surroundings) -> Vec<Ro
         if !task.command.is_empty() {
             rows.push(resolve(&owner, &task.command, Some(task), surroundings));
         }
-        if let Some(sensor) = &task.wait_for
-            && !sensor.command.is_empty()
-        {
-            rows.push(resolve(
-                &format!("{owner} wait_for"),
-                &sensor.command,
-                Some(task),
-                surroundings,
-            ));
+        let several = !task.also_wait_for.is_empty();
+        for (index, sensor) in task.sensors().enumerate() {
+            if sensor.command.is_empty() {
+                continue;
+            }
+            let place = if several {
+                format!("{owner} wait_for[{index}]")
+            } else {
+                format!("{owner} wait_for")
+            };
+            rows.push(resolve(&place, &sensor.command, Some(task), surroundings));
         }
         if let Some(command) = task.when.as_ref().and_then(|when| when.command.as_ref()) {
             rows.push(resolve(
@@ -110,14 +112,11 @@ pub fn static_checks(spec: &PipelineSpec, surroundings: &Surroundings) -> Vec<Ro
                 surroundings,
             ));
         }
-        let auths = [
-            task.http.as_ref().and_then(|http| http.auth.as_ref()),
-            task.wait_for
-                .as_ref()
-                .and_then(|sensor| sensor.http.as_ref())
-                .and_then(|http| http.auth.as_ref()),
-        ];
-        for auth in auths.into_iter().flatten() {
+        let auths = std::iter::once(task.http.as_ref().and_then(|http| http.auth.as_ref())).chain(
+            task.sensors()
+                .map(|sensor| sensor.http.as_ref().and_then(|http| http.auth.as_ref())),
+        );
+        for auth in auths.flatten() {
             rows.extend(credential(&owner, auth, Some(task), surroundings));
         }
         for used in &task.uses {

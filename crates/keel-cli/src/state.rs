@@ -542,12 +542,15 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             deadline: std::time::Duration::from_secs(60),
             uses: Vec::new(),
             wait_for: None,
+            also_wait_for: Vec::new(),
             when: None,
             edges: Default::default(),
             expand: None,
             context: keel_model::TaskContext::default(),
             not_ready: None,
             secrets: Vec::new(),
+            repeat: None,
+            freeze_after: None,
         });
     }
 }

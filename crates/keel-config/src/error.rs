@@ -363,6 +363,15 @@ pub enum ConfigError {
     WeekdaysWithoutDates { task: String, location: Location },
 
     #[error(
+        "task {task:?} has {field}, but the pipeline has partition = \"none\", which has no date for it ({location}); remove {field}, or set partition = \"date\" in [pipeline]"
+    )]
+    TimeOfDayWithoutDates {
+        task: String,
+        field: &'static str,
+        location: Location,
+    },
+
+    #[error(
         "invalid date template {template:?} in {place} ({location}): {problem}; {}",
         date_template_hint(.problem)
     )]
@@ -777,6 +786,7 @@ impl ConfigError {
             | ConfigError::InvalidPercentage { location, .. }
             | ConfigError::ShareOutOfRange { location, .. }
             | ConfigError::Ineffective { location, .. }
+            | ConfigError::TimeOfDayWithoutDates { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
             | ConfigError::InvalidSecrets { location, .. }
             | ConfigError::InvalidHttp { location, .. }
@@ -910,6 +920,16 @@ fn missing_hint(table: &str, field: &str) -> String {
         }
         "max" if table.ends_with(".not_ready") => {
             "add max = 12: how many not-ready answers the task may give before it ends not_ready"
+                .to_string()
+        }
+        "every" if table.ends_with(".repeat") => {
+            "add every = \"3m\": how long from the start of one repetition to the next".to_string()
+        }
+        "from" if table.ends_with(".repeat") => {
+            "add from = \"19:00\": when the window opens, on the partition's date".to_string()
+        }
+        "until" if table.ends_with(".repeat") => {
+            "add until = \"02:00\": when the window closes (on the next day when not after from)"
                 .to_string()
         }
         other => format!("add {other} = ..."),

@@ -100,6 +100,8 @@ const TASK_FIELDS: &[&str] = &[
     "not_ready",
     "smoke",
     "secrets",
+    "repeat",
+    "freeze_after",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -309,7 +311,8 @@ struct RawTask {
     heartbeat: Option<Duration>,
     deadline: Option<Duration>,
     uses: Vec<NameRef>,
-    wait_for: Option<RawSensor>,
+    /// Every sensor `wait_for` names, in order: one for a single table.
+    wait_for: Vec<RawSensor>,
     when: Option<keel_model::CalendarSpec>,
     context: RawContext,
     /// `after` entries written `{ task = "NAME", soft = true }`.
@@ -322,6 +325,8 @@ struct RawTask {
     secrets: Vec<String>,
     /// `after` entries on an earlier partition (`"NAME@-1d"`), apart from the graph's.
     earlier: Vec<edges::RawEarlier>,
+    repeat: Option<keel_model::RepeatSpec>,
+    freeze_after: Option<keel_model::TimeOfDay>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1111,7 +1116,7 @@ impl Checker<'_> {
             heartbeat: None,
             deadline: None,
             uses: Vec::new(),
-            wait_for: None,
+            wait_for: Vec::new(),
             when: None,
             context: RawContext::default(),
             soft: Vec::new(),
@@ -1121,6 +1126,8 @@ impl Checker<'_> {
             smoke: None,
             secrets: Vec::new(),
             earlier: Vec::new(),
+            repeat: None,
+            freeze_after: None,
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1162,11 +1169,11 @@ impl Checker<'_> {
                     let context = edges::inputs_context(&path, &task.name.name);
                     task.inputs = Some(self.name_list(value, &context));
                 }
-                "wait_for" => task.wait_for = self.sensor(key, value, &path, &task.name.name),
                 "secrets" => task.secrets = self.secret_names(value, &path),
                 "smoke" => {
                     task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
                 }
+                "wait_for" => task.wait_for = self.sensors(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
                 "timeout" => task.timeout = self.duration(value, field, &path, false),
@@ -1174,6 +1181,10 @@ impl Checker<'_> {
                 "heartbeat" => task.heartbeat = self.duration(value, field, &path, false),
                 "deadline" => task.deadline = self.duration(value, field, &path, true),
                 "not_ready" => task.not_ready = self.not_ready(key, value, &path),
+                "repeat" => task.repeat = self.repeat(key, value, &path, &task.name.name),
+                "freeze_after" => {
+                    task.freeze_after = self.freeze_after(key, value, &path, &task.name.name)
+                }
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1615,6 +1626,10 @@ fn build_spec(
                     .deadline
                     .or(defaults.deadline)
                     .unwrap_or(DEFAULT_DEADLINE);
+                let mut sensors = task
+                    .wait_for
+                    .into_iter()
+                    .map(|sensor| sensor.build(deadline));
                 TaskSpec {
                     name: task.name.name,
                     phase: task.phase.map(|phase| phase.name).unwrap_or_default(),
@@ -1626,7 +1641,8 @@ fn build_spec(
                     heartbeat: task.heartbeat.or(defaults.heartbeat),
                     deadline,
                     uses: task.uses.into_iter().map(|name| name.name).collect(),
-                    wait_for: task.wait_for.map(|sensor| sensor.build(deadline)),
+                    wait_for: sensors.next(),
+                    also_wait_for: sensors.collect(),
                     when: task.when,
                     expand: task.expand.map(expand::RawExpand::build),
                     context: task.context.over(&defaults.context),
@@ -1647,6 +1663,8 @@ fn build_spec(
                     },
                     not_ready: task.not_ready,
                     secrets: task.secrets,
+                    repeat: task.repeat,
+                    freeze_after: task.freeze_after,
                 }
             })
             .collect(),

@@ -276,12 +276,15 @@ mod tests {
             deadline: Duration::from_secs(1),
             uses: vec![],
             wait_for: None,
+            also_wait_for: Vec::new(),
             when: None,
             edges: Default::default(),
             expand: None,
             context: Default::default(),
             not_ready: None,
             secrets: Vec::new(),
+            repeat: None,
+            freeze_after: None,
         }
     }
 

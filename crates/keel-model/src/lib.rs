@@ -13,6 +13,7 @@ mod http;
 mod not_ready;
 mod outcome;
 mod quota;
+mod repeat;
 pub mod schedule;
 mod spec;
 mod suggest;
@@ -33,6 +34,7 @@ pub use http::{
 pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
+pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,

@@ -232,16 +232,23 @@ impl Schedule {
     /// When the local minute `minute` happens: its first occurrence, or, if the clocks skip it,
     /// the first instant after the skip.
     fn instant_of(&self, minute: NaiveDateTime) -> Option<Millis> {
-        let mut probe = minute;
-        // A gap is at most a few hours long; look a day ahead at most.
-        for _ in 0..(24 * 60) {
-            if let Some(resolved) = self.zone.from_local_datetime(&probe).earliest() {
-                return Some(resolved.timestamp_millis());
-            }
-            probe += Duration::minutes(1);
-        }
-        None
+        resolve_local(self.zone, minute)
     }
+}
+
+/// When the local time `local` happens in `zone`: its first occurrence when the clocks fall
+/// back, or, when they spring forward over it, the first instant after the gap (the local
+/// minute after it that exists). `None` only for a date out of chrono's range.
+pub fn resolve_local(zone: Tz, local: NaiveDateTime) -> Option<Millis> {
+    let mut probe = local;
+    // A gap is at most a few hours long; look a day ahead at most.
+    for _ in 0..(24 * 60) {
+        if let Some(resolved) = zone.from_local_datetime(&probe).earliest() {
+            return Some(resolved.timestamp_millis());
+        }
+        probe += Duration::minutes(1);
+    }
+    None
 }
 
 /// Parses one field into a bit set of the values it names.

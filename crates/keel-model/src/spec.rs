@@ -329,8 +329,12 @@ pub struct TaskSpec {
     pub deadline: Duration,
     /// Resources this task uses (names of `[resources.NAME]`).
     pub uses: Vec<String>,
-    /// Polled until ready before the task's first attempt.
+    /// Polled until ready before the task's first attempt: the first sensor `wait_for` names.
     pub wait_for: Option<SensorSpec>,
+    /// The further sensors of `wait_for = [{ … }, { … }]`, polled in order once the one before
+    /// passed. Left out of the version when empty, so a single sensor keeps its version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_wait_for: Vec<SensorSpec>,
     /// The task's calendar (`when`): the weekdays it runs on. Part of the version, and left out
     /// of it when there is none, so pipelines without calendars keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,6 +360,26 @@ pub struct TaskSpec {
     /// attempt starts. Left out of the version when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// `repeat = { every, from, until }`: the task runs again and again inside a window of the
+    /// partition's date. Left out of the version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<crate::RepeatSpec>,
+    /// `freeze_after = "19:00"`: from that local time on the partition's date, retries and late
+    /// reruns no longer rerun the task. Left out of the version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_after: Option<crate::TimeOfDay>,
+}
+
+impl TaskSpec {
+    /// Every sensor of the task, in the order they are polled.
+    pub fn sensors(&self) -> impl Iterator<Item = &SensorSpec> {
+        self.wait_for.iter().chain(&self.also_wait_for)
+    }
+
+    /// The sensor polled at `stage` (0 for the first).
+    pub fn sensor(&self, stage: usize) -> Option<&SensorSpec> {
+        self.sensors().nth(stage)
+    }
 }
 
 /// What a task says about its inputs beyond the graph (docs/pipeline.md, "Soft inputs" and
@@ -569,12 +593,15 @@ mod tests {
             deadline: DEFAULT_DEADLINE,
             uses: vec![],
             wait_for: None,
+            also_wait_for: Vec::new(),
             when: None,
             edges: Default::default(),
             expand: None,
             context: TaskContext::default(),
             not_ready: None,
             secrets: Vec::new(),
+            repeat: None,
+            freeze_after: None,
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

@@ -2978,3 +2978,186 @@ params = { mode = "same_day" }
         unknown_status.transcript()
     ));
 }
+
+/// The instant of a UTC timestamp, in milliseconds.
+fn utc_millis(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn a_repeating_task_waits_for_its_window_repeats_on_its_grid_and_completes_when_it_closes() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.live_scores]
+phase = "main"
+command = ["sh", "-c", "echo {attempt} >> live.ledger; test {attempt} -eq 2"]
+repeat = { every = "20s", from = "23:59", until = "00:00" }
+
+[tasks.after_the_window]
+phase = "main"
+after = ["live_scores"]
+command = ["true"]
+"#,
+    ));
+    // Keel's clock starts 3 s before the window opens and runs ten times as fast, so the
+    // one-minute window (repetitions at 23:59:00, :20 and :40) takes about 6 s.
+    let output = assert_cmd::Command::new("faketime")
+        .args(["-f", "@2026-01-18 23:58:57 x10"])
+        .arg(keel_path())
+        .args([
+            "run",
+            project.pipeline.to_str().unwrap(),
+            "--partition",
+            DAY,
+        ])
+        .current_dir(project.path())
+        .timeout(Duration::from_secs(40))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(project.read("live.ledger"), "1\n2\n3\n");
+
+    let live = project.task(DAY, "live_scores");
+    assert_eq!(live["outcome"], "succeeded", "the second succeeded: {live}");
+    let opens = utc_millis("2026-01-18T23:59:00Z");
+    let closes = utc_millis("2026-01-19T00:00:00Z");
+    let attempts = project.attempts(DAY);
+    let starts: Vec<i64> = attempts
+        .iter()
+        .filter(|attempt| attempt.task == "live_scores")
+        .map(|attempt| attempt.claimed_at)
+        .collect();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    for (index, start) in starts.iter().enumerate() {
+        let due = opens + index as i64 * 20_000;
+        assert!(
+            (due..due + 20_000).contains(start),
+            "repetition {} not at its time on the grid: {start} (due {due})",
+            index + 1
+        );
+    }
+    let downstream = attempts
+        .iter()
+        .find(|attempt| attempt.task == "after_the_window")
+        .expect("downstream ran");
+    assert!(
+        downstream.claimed_at >= closes - 20_000,
+        "downstream waited for the last repetition: {}",
+        downstream.claimed_at
+    );
+    let message = live["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("an earlier repetition succeeded"),
+        "{live}"
+    );
+}
+
+#[test]
+fn a_past_partition_runs_a_repeating_task_once() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.live_scores]
+phase = "main"
+command = ["sh", "-c", "echo {attempt} >> live.ledger"]
+repeat = { every = "1s", from = "19:00", until = "02:00" }
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(project.read("live.ledger"), "1\n");
+}
+
+#[test]
+fn a_frozen_task_is_not_rerun_when_a_waived_task_lands_late() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+retries = { attempts = 3, initial = "10ms", max = "50ms" }
+
+[phases.scrape]
+gate = { required = ["fast"], grace = "0s" }
+
+[phases.publish]
+after = ["scrape"]
+
+[tasks.fast]
+phase = "scrape"
+command = ["true"]
+
+[tasks.slow]
+phase = "scrape"
+command = ["sh", "-c", "sleep 1"]
+
+[tasks.published]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> published.ledger"]
+freeze_after = "18:00"
+
+[tasks.report]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> report.ledger"]
+
+[tasks.frozen_failure]
+phase = "scrape"
+command = ["sh", "-c", "echo {attempt} >> frozen_failure.ledger; exit 1"]
+freeze_after = "18:00"
+"#,
+    );
+    // 18:00 on 2026-01-18 is long past: the freezes are in force from the start.
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(3), "degraded: {}", ran.transcript());
+    assert_eq!(
+        project.read("report.ledger"),
+        "1\n2\n",
+        "not frozen: run again"
+    );
+    assert_eq!(
+        project.read("published.ledger"),
+        "1\n",
+        "frozen: not run again"
+    );
+    let published = project.task(DAY, "published");
+    assert_eq!(published["outcome"], "succeeded", "{published}");
+    assert_eq!(
+        published["message"],
+        "frozen at 18:00: not rerun after upstream task \"slow\" landed late"
+    );
+    assert_eq!(project.read("frozen_failure.ledger"), "1\n", "not retried");
+    let failure = project.task(DAY, "frozen_failure");
+    assert_eq!(failure["outcome"], "failed", "{failure}");
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("frozen at 18:00: not retried after it ended failed"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn every_sensor_of_a_list_passes_in_order_before_the_first_attempt() {
+    let project = Project::new(&pipeline(
+        r#"[tasks.sensed]
+phase = "main"
+command = ["sh", "-c", "echo task >> sensors.ledger"]
+wait_for = [
+    { command = ["sh", "-c", "echo odds >> sensors.ledger"] },
+    { command = ["sh", "-c", "echo lineups >> sensors.ledger; test -e lineups.flag && exit 0; touch lineups.flag; exit 75"], every = "10ms", max = "20ms" },
+]
+"#,
+    ));
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        project.read("sensors.ledger"),
+        "odds\nlineups\nlineups\ntask\n",
+        "the second sensor is polled again until it passes, then the task runs"
+    );
+    let sensed = project.task(DAY, "sensed");
+    assert_eq!(sensed["attempts"], 1, "{sensed}");
+    assert_eq!(sensed["sensor_polls"], 3, "{sensed}");
+}

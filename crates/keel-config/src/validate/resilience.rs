@@ -524,14 +524,49 @@ impl Checker<'_> {
         Some(gate)
     }
 
-    pub(super) fn sensor(
+    /// `wait_for`: one sensor table, or a list of them that must all pass, in order.
+    pub(super) fn sensors(
         &mut self,
         key: &Spanned<DeString<'_>>,
         value: &Spanned<DeValue<'_>>,
         task_path: &str,
         task: &str,
+    ) -> Vec<RawSensor> {
+        let DeValue::Array(items) = value.get_ref() else {
+            let path = format!("{task_path}.wait_for");
+            return self
+                .sensor(key, value, task_path, &path, task)
+                .into_iter()
+                .collect();
+        };
+        if items.is_empty() {
+            self.errors.push(ConfigError::EmptyValue {
+                field: "wait_for".to_string(),
+                table: task_path.to_string(),
+                hint: "name at least one sensor, such as wait_for = [{ command = [\"test\", \"-e\", \"data/{date}.csv\"] }], or remove wait_for",
+                location: self.location(&value.span()),
+            });
+            return Vec::new();
+        }
+        let mut sensors = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let path = format!("{task_path}.wait_for[{index}]");
+            if let Some(sensor) = self.sensor(key, item, task_path, &path, task) {
+                sensors.push(sensor);
+            }
+        }
+        sensors
+    }
+
+    fn sensor(
+        &mut self,
+        key: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        task_path: &str,
+        path: &str,
+        task: &str,
     ) -> Option<RawSensor> {
-        let path = format!("{task_path}.wait_for");
+        let path = path.to_string();
         let table = self.table(value, "wait_for", task_path)?;
         let mut sensor = RawSensor::default();
         for (key, value) in entries(table) {

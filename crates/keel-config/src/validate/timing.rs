@@ -1,14 +1,16 @@
 //! The timing fields of a task: `not_ready = { every = "2h", max = 12 }`, the policy for
-//! attempts that end *not ready*, apart from `retries`.
+//! attempts that end *not ready*, apart from `retries`; `repeat = { every, from, until }`, a
+//! task run again and again inside a window of the partition's date.
 
-use keel_model::NotReadyPolicy;
+use keel_model::{NotReadyPolicy, PartitionKind, RepeatSpec, TimeOfDay};
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
 
-use super::{Checker, entries};
+use super::{Checker, EXPECT_STRING, entries};
 use crate::error::ConfigError;
 
 const NOT_READY_FIELDS: &[&str] = &["every", "max"];
+const REPEAT_FIELDS: &[&str] = &["every", "from", "until"];
 
 impl Checker<'_> {
     /// `not_ready = { … }` of the task whose table is `task_path`. Both fields are required:
@@ -55,5 +57,128 @@ impl Checker<'_> {
             (Some(every), Some(max)) if valid => Some(NotReadyPolicy { every, max }),
             _ => None,
         }
+    }
+}
+
+impl Checker<'_> {
+    /// `repeat = { every, from, until }` of the task `task`, whose table is `task_path`. All
+    /// three are required, the window must not be empty, and the pipeline's partitions must be
+    /// dates: the window is on the partition's date.
+    pub(super) fn repeat(
+        &mut self,
+        key: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        task_path: &str,
+        task: &str,
+    ) -> Option<RepeatSpec> {
+        let path = format!("{task_path}.repeat");
+        let table = self.table(value, "repeat", task_path)?;
+        let mut every = None;
+        let mut from = None;
+        let mut until = None;
+        let mut valid = true;
+        for (field_key, field_value) in entries(table) {
+            let field = field_key.get_ref().as_ref();
+            match field {
+                "every" => {
+                    every = self.duration(field_value, field, &path, false);
+                    valid &= every.is_some();
+                }
+                "from" | "until" => {
+                    let time = self.time_of_day(field_value, field, &path);
+                    valid &= time.is_some();
+                    if field == "from" {
+                        from = time;
+                    } else {
+                        until = time;
+                    }
+                }
+                _ => {
+                    valid = false;
+                    self.unknown_field(field_key, &path, REPEAT_FIELDS, &[]);
+                }
+            }
+        }
+        for field in REPEAT_FIELDS {
+            if !table.contains_key(*field) {
+                valid = false;
+                self.errors.push(ConfigError::MissingField {
+                    field: field.to_string(),
+                    table: path.clone(),
+                    location: self.location(&key.span()),
+                });
+            }
+        }
+        if let (Some(from), Some(until)) = (from, until)
+            && from == until
+        {
+            valid = false;
+            let until_value = table.get("until").expect("read above");
+            self.errors.push(ConfigError::InvalidSchedule {
+                field: "until".to_string(),
+                table: path.clone(),
+                value: until.to_string(),
+                reason: format!(
+                    "the window would be empty, since until is from ({from}); write when it closes, on the next day when it is before from, such as \"02:00\""
+                ),
+                location: self.location(&until_value.span()),
+            });
+        }
+        if self.partition == PartitionKind::None {
+            valid = false;
+            self.errors.push(ConfigError::TimeOfDayWithoutDates {
+                task: task.to_string(),
+                field: "repeat",
+                location: self.location(&key.span()),
+            });
+        }
+        match (every, from, until) {
+            (Some(every), Some(from), Some(until)) if valid => {
+                Some(RepeatSpec { every, from, until })
+            }
+            _ => None,
+        }
+    }
+
+    /// `freeze_after = "19:00"` of the task `task`: a local time on the partition's date, so the
+    /// pipeline's partitions must be dates.
+    pub(super) fn freeze_after(
+        &mut self,
+        key: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        task_path: &str,
+        task: &str,
+    ) -> Option<TimeOfDay> {
+        let time = self.time_of_day(value, "freeze_after", task_path)?;
+        if self.partition == PartitionKind::None {
+            self.errors.push(ConfigError::TimeOfDayWithoutDates {
+                task: task.to_string(),
+                field: "freeze_after",
+                location: self.location(&key.span()),
+            });
+            return None;
+        }
+        Some(time)
+    }
+
+    /// A wall-clock time `"HH:MM"`.
+    fn time_of_day(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        table: &str,
+    ) -> Option<TimeOfDay> {
+        let text = self.string(value, field, table, EXPECT_STRING)?;
+        if let Some(time) = TimeOfDay::parse(&text) {
+            return Some(time);
+        }
+        self.errors.push(ConfigError::InvalidSchedule {
+            field: field.to_string(),
+            table: table.to_string(),
+            value: text,
+            reason: "write a 24-hour local time such as \"19:00\" or \"02:30\"".to_string(),
+            location: self.location(&value.span()),
+        });
+        None
     }
 }

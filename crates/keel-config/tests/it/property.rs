@@ -226,12 +226,15 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         deadline,
                         uses,
                         wait_for,
+                        also_wait_for: Vec::new(),
                         when: None,
                         edges: Default::default(),
                         expand: None,
                         context: Default::default(),
                         not_ready: None,
                         secrets: Vec::new(),
+                        repeat: None,
+                        freeze_after: None,
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

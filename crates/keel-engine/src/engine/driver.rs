@@ -199,8 +199,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let record = self.store.run(run).await?;
         let stored = self.store.task_runs(run).await?;
         let run_index = book.runs.len();
-        book.runs
-            .push(self.core.active_run(record.clone(), &stored));
+        let mut active = self.core.active_run(record.clone(), &stored);
+        if self.core.has_repeats() && !record.state.is_finished() {
+            let attempts = self.store.attempts(run).await?;
+            self.core.restore_repeats(&mut active, &attempts);
+        }
+        book.runs.push(active);
         if record.state.is_finished() {
             return Ok(());
         }

@@ -227,12 +227,15 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(30),
         uses: vec![],
         wait_for: None,
+        also_wait_for: Vec::new(),
         when: None,
         edges: Default::default(),
         expand: None,
         context: Default::default(),
         not_ready: None,
         secrets: Vec::new(),
+        repeat: None,
+        freeze_after: None,
     }
 }
 

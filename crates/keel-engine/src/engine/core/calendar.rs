@@ -50,7 +50,7 @@ impl Core {
             command: self.calendar_command(&record, task),
             http: None,
             heartbeat: None,
-            ..self.task_launch(&record, task, true, 0, span, dir)
+            ..self.task_launch(&record, task, Some(0), 0, span, dir)
         };
         self.push_poll(book, run_index, task, launch);
     }

@@ -69,6 +69,12 @@ impl Core {
                 self.open_expansion(book, run_index, task);
                 continue;
             }
+            if !self.is_item(task)
+                && self.spec.tasks[task].repeat.is_some()
+                && self.hold_until_window(book, run_index, task)
+            {
+                continue;
+            }
             if !self.task_uses[self.base_task(task)].is_empty()
                 && !self.admit(book, run_index, task)
             {
@@ -179,7 +185,7 @@ impl Core {
         &mut self,
         record: &RunRecord,
         task: TaskIndex,
-        sensor: bool,
+        sensor: Option<usize>,
         attempt: u32,
         span: SpanId,
         dir: PathBuf,
@@ -200,13 +206,13 @@ impl Core {
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),
         };
-        let templates = if sensor {
-            self.commands[self.base_task(task)]
-                .sensor
-                .as_deref()
-                .unwrap_or_default()
-        } else {
-            &self.commands[self.base_task(task)].task
+        let templates = match sensor {
+            Some(stage) => self.commands[self.base_task(task)]
+                .sensors
+                .get(stage)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            None => &self.commands[self.base_task(task)].task,
         };
         let command: Vec<String> = templates
             .iter()
@@ -270,10 +276,9 @@ impl Core {
             env.push(("PWD".to_string(), dir.display().to_string()));
         }
         let http = match (&task_spec.http, sensor) {
-            (Some(spec), false) => Some(self.http_call(task, spec, &values, &env, clear_env)),
-            (_, true) => task_spec
-                .wait_for
-                .as_ref()
+            (Some(spec), None) => Some(self.http_call(task, spec, &values, &env, clear_env)),
+            (_, Some(stage)) => task_spec
+                .sensor(stage)
                 .and_then(|sensor| sensor.http.as_ref())
                 .map(|spec| {
                     let mut call = self.http_call(task, spec, &values, &env, clear_env);
@@ -549,7 +554,7 @@ impl Core {
         let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.name(task), attempt.number);
-        let mut launch = self.task_launch(&record, task, false, attempt.number, span, dir);
+        let mut launch = self.task_launch(&record, task, None, attempt.number, span, dir);
         if self.is_item(task) {
             self.item_progressed(&mut book.runs[run_index], task, now);
         }

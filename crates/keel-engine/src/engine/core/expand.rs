@@ -116,6 +116,8 @@ impl Core {
             active.sensor_polls.insert_item(index, 0);
             active.sensor_errors.insert_item(index, 0);
             active.earlier_message.insert_item(index, None);
+            active.repeat_succeeded.insert_item(index, false);
+            active.sensor_stage.insert_item(index, 0);
             self.item_index.insert((run, name.clone()), index);
             self.items.push(ItemTask { parent, name, item });
             indexes.push(index);

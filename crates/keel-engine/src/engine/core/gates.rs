@@ -450,6 +450,14 @@ impl Core {
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
         for task in downstream {
+            if let Some(frozen) = self.frozen_at(active, task, book.now) {
+                if active.slots[task].state == TaskState::Done {
+                    let why = format!("upstream task {name:?} landed late");
+                    let change = self.frozen_rerun_change(active, task, &why, frozen);
+                    changes.push(Change::Task(change));
+                }
+                continue;
+            }
             match active.slots[task].state {
                 TaskState::Done if hopeless.contains(&task) => {}
                 TaskState::Done => {

@@ -32,8 +32,10 @@ mod earlier;
 mod edges;
 mod expand;
 mod flags;
+mod freeze;
 mod gates;
 mod recovery;
+mod repeat;
 mod resources;
 mod retry;
 mod sensors;
@@ -176,7 +178,8 @@ pub(super) enum Edges {
 /// working directory and the values of its `env`.
 pub(super) struct Commands {
     pub task: Vec<Template>,
-    pub sensor: Option<Vec<Template>>,
+    /// Each sensor's, in the order they are polled.
+    pub sensors: Vec<Vec<Template>>,
     /// The `when` command's.
     pub calendar: Option<Vec<Template>>,
     pub cwd: Option<Template>,
@@ -188,7 +191,10 @@ impl Commands {
         let parse = |parts: &[String]| parts.iter().map(|part| Template::parse(part)).collect();
         Commands {
             task: parse(&task.command),
-            sensor: task.wait_for.as_ref().map(|sensor| parse(&sensor.command)),
+            sensors: task
+                .sensors()
+                .map(|sensor| parse(&sensor.command))
+                .collect(),
             calendar: task
                 .when
                 .as_ref()
@@ -256,6 +262,12 @@ pub(super) struct ActiveRun {
     /// Per task: its `when` command said to run (a task that has had an attempt needs none).
     /// Not stored: a restarted Keel asks the command again, as it polls a sensor again.
     pub calendar_passed: PerTask<bool>,
+    /// Per task: a repetition of its `repeat` window succeeded (read back from the stored
+    /// attempts by `restore_repeats`).
+    pub repeat_succeeded: PerTask<bool>,
+    /// Per task: which of its sensors is polled (the ones before it passed). Not stored: a
+    /// restarted Keel polls them again from the first, as it polls a sensor again.
+    pub sensor_stage: PerTask<usize>,
     /// Per task: sensor polls so far, for the backoff.
     pub sensor_polls: PerTask<u32>,
     /// Per task: sensor polls that ended in a sensor error; they use up retry attempts.

@@ -42,6 +42,8 @@ impl Core {
             sensor_errors: PerTask::new(0, tasks),
             expansions: HashMap::new(),
             earlier_message: PerTask::new(None, tasks),
+            repeat_succeeded: PerTask::new(false, tasks),
+            sensor_stage: PerTask::new(0, tasks),
             done: 0,
             cancelling: false,
             left_out: Vec::new(),

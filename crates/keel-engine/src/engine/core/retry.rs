@@ -50,6 +50,16 @@ impl Core {
         probe: bool,
         retry_after: Option<std::time::Duration>,
     ) -> (TaskNext, Option<String>) {
+        if self.spec.tasks[live.task].repeat.is_some()
+            && let Some(step) = self.repeat_step(book, live, outcome)
+        {
+            return step;
+        }
+        if self.spec.tasks[live.task].freeze_after.is_some()
+            && let Some(step) = self.freeze_step(book, live, outcome)
+        {
+            return step;
+        }
         let now = book.now;
         let active = &book.runs[live.run];
         let task_spec = &self.spec.tasks[self.base_task(live.task)];

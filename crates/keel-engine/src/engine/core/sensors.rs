@@ -12,9 +12,10 @@ impl Core {
     pub(crate) fn start_sensor(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
         let now = book.now;
         let record = book.runs[run_index].record.clone();
+        let stage = book.runs[run_index].sensor_stage[task];
         let sensor = self.spec.tasks[task]
-            .wait_for
-            .clone()
+            .sensor(stage)
+            .cloned()
             .expect("called for tasks with a sensor");
         let active = &mut book.runs[run_index];
         active.slots[task].first_started_at.get_or_insert(now);
@@ -30,7 +31,7 @@ impl Core {
                 .max(std::time::Duration::from_secs(1))
                 .min(self.spec.tasks[task].timeout),
             heartbeat: None,
-            ..self.task_launch(&record, task, true, 0, span, dir)
+            ..self.task_launch(&record, task, Some(stage), 0, span, dir)
         };
         self.push_poll(book, run_index, task, launch);
     }
@@ -91,6 +92,16 @@ impl Core {
         let active = &mut book.runs[run_index];
         active.sensor_errors[task] += u32::from(error);
         match not_before {
+            // Passed, and another sensor is next: it is polled at once.
+            None if self.spec.tasks[task]
+                .sensor(active.sensor_stage[task] + 1)
+                .is_some() =>
+            {
+                active.sensor_stage[task] += 1;
+                active.slots[task].state = TaskState::Pending;
+                active.slots[task].not_before = None;
+                book.ready.push_back((run_index, task));
+            }
             None => {
                 active.sensor_ready[task] = true;
                 active.slots[task].state = TaskState::Pending;
@@ -116,9 +127,9 @@ impl Core {
         match report.outcome {
             Outcome::Succeeded | Outcome::Skipped => SensorVerdict::Ready,
             // Exit 65, or exit 0 with a result file saying `no_data`: nothing to wait for.
-            Outcome::NoData => self.sensor_no_data(&active.record, task, report.message),
+            Outcome::NoData => self.sensor_no_data(active, task, report.message),
             Outcome::FailedPermanent if report.exit_code == Some(65) => {
-                self.sensor_no_data(&active.record, task, None)
+                self.sensor_no_data(active, task, None)
             }
             // The sensor cannot run at all (command not found, no working directory) or its
             // result file says so: polling again would fail the same way.
@@ -139,11 +150,11 @@ impl Core {
 
     fn sensor_no_data(
         &self,
-        record: &RunRecord,
+        active: &ActiveRun,
         task: TaskIndex,
         detail: Option<String>,
     ) -> SensorVerdict {
-        let command = self.sensor_command(record, task);
+        let command = self.sensor_command(active, task);
         SensorVerdict::Final {
             outcome: Outcome::NoData,
             message: match detail {
@@ -163,8 +174,7 @@ impl Core {
         now: Millis,
     ) -> SensorVerdict {
         let sensor = self.spec.tasks[task]
-            .wait_for
-            .as_ref()
+            .sensor(active.sensor_stage[task])
             .expect("a sensor report for a task with a sensor");
         let deadline = sensor_deadline(active, task, sensor, now);
         if now >= deadline {
@@ -173,7 +183,7 @@ impl Core {
                 message: format!(
                     "still not ready after {}: the sensor {:?} never reported ready",
                     keel_model::format_duration(sensor.deadline),
-                    self.sensor_command(&active.record, task)
+                    self.sensor_command(active, task)
                 ),
             };
         }
@@ -205,11 +215,10 @@ impl Core {
     ) -> SensorVerdict {
         let retries = self.spec.tasks[task].retries;
         let sensor = self.spec.tasks[task]
-            .wait_for
-            .as_ref()
+            .sensor(active.sensor_stage[task])
             .expect("a sensor report for a task with a sensor");
         let errors = active.sensor_errors[task] + 1;
-        let command = self.sensor_command(&active.record, task);
+        let command = self.sensor_command(active, task);
         let detail = detail.unwrap_or_else(|| "it failed".to_string());
         if errors >= retries.attempts {
             let message = format!(
@@ -243,7 +252,8 @@ impl Core {
     }
 
     /// The sensor's command as it runs for this run, templates expanded, for messages.
-    fn sensor_command(&self, record: &RunRecord, task: TaskIndex) -> String {
+    fn sensor_command(&self, active: &ActiveRun, task: TaskIndex) -> String {
+        let record = &active.record;
         let run_id = record.id.0.to_string();
         let values = TemplateValues {
             date: &record.partition,
@@ -254,7 +264,11 @@ impl Core {
             pass: record.pass.as_deref().unwrap_or_default(),
             params: self.params_of(record),
         };
-        let parts = self.commands[task].sensor.as_deref().unwrap_or_default();
+        let parts = self.commands[task]
+            .sensors
+            .get(active.sensor_stage[task])
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let expanded: Vec<String> = parts.iter().map(|part| part.expand(&values)).collect();
         expanded.join(" ")
     }

@@ -170,7 +170,18 @@ impl Core {
         active.slots[task].state = TaskState::Done;
         active.slots[task].outcome = Some(outcome);
         let rerun_owed = std::mem::take(&mut active.needs_rerun[task]);
-        let owed_and_possible = rerun_owed && outcome.is_complete() && !active.cancelling;
+        let frozen = self.frozen_at(active, task, book.now);
+        if rerun_owed
+            && outcome.is_complete()
+            && let Some(frozen) = frozen
+        {
+            let why = "an upstream task landed late while it ran";
+            let change = self.frozen_rerun_change(active, task, why, frozen);
+            write_tasks(&mut book.writes, active.record.id, [change]);
+        }
+        let active = &mut book.runs[run_index];
+        let owed_and_possible =
+            rerun_owed && outcome.is_complete() && !active.cancelling && frozen.is_none();
         let outcome = if owed_and_possible {
             match self.failed_input(active, task) {
                 Some(failed) => self.settle_upstream_failed(book, run_index, task, failed),

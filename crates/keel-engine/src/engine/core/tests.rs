@@ -27,12 +27,15 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         deadline: Duration::from_secs(3600),
         uses: vec![],
         wait_for: None,
+        also_wait_for: Vec::new(),
         when: None,
         edges: Default::default(),
         expand: None,
         context: Default::default(),
         not_ready: None,
         secrets: Vec::new(),
+        repeat: None,
+        freeze_after: None,
     }
 }
 
@@ -568,7 +571,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
     );
     assert!(launch.clear_env);
     let record = book.runs[0].record.clone();
-    let launch = core.task_launch(&record, 0, false, 1, SpanId(7), PathBuf::from("/attempt"));
+    let launch = core.task_launch(&record, 0, None, 1, SpanId(7), PathBuf::from("/attempt"));
     assert_eq!(launch.cwd, expected_dir);
     assert!(launch.clear_env, "a list inherits only what it names");
     let names: Vec<&str> = launch.env.iter().map(|(name, _)| name.as_str()).collect();
@@ -712,7 +715,7 @@ fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_env
     let launch = core.task_launch(
         &record,
         0,
-        false,
+        None,
         1,
         keel_model::SpanId(7),
         std::path::PathBuf::from("/attempts/a.1"),
@@ -759,7 +762,7 @@ fn an_http_task_launch_expands_its_request_and_reads_its_credential_from_the_env
     let other = core.task_launch(
         &record,
         1,
-        false,
+        None,
         1,
         keel_model::SpanId(7),
         std::path::PathBuf::from("/attempts/b.1"),
@@ -943,4 +946,400 @@ fn a_restarted_keel_counts_the_not_ready_checks_already_made() {
     let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::NotReady);
     assert!(matches!(next, TaskNext::Retry { .. }), "{next:?}");
     assert!(message.contains("check 1 of 3"), "{message}");
+}
+
+/// `a` repeating every 3 minutes from 23:50 until 00:00 (UTC) of the partition 2026-01-18: four
+/// repetitions, at 23:50, 23:53, 23:56 and 23:59.
+fn repeat_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[0].repeat = Some(keel_model::RepeatSpec {
+            every: Duration::from_secs(180),
+            from: keel_model::TimeOfDay {
+                hour: 23,
+                minute: 50,
+            },
+            until: keel_model::TimeOfDay { hour: 0, minute: 0 },
+        });
+    })
+}
+
+const THREE_MINUTES: Millis = 3 * 60 * 1000;
+
+/// 2026-01-18T23:50:00Z, when `repeat_core`'s window opens; it closes 10 minutes later.
+fn window_opens() -> Millis {
+    chrono::DateTime::parse_from_rfc3339("2026-01-18T23:50:00Z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Answers `a`'s repetitions with `outcomes`, each when it is due, and returns the last
+/// decision and its message.
+fn repeat_through(
+    core: &mut Core,
+    book: &mut Book,
+    ids: &mut i64,
+    outcomes: &[Outcome],
+) -> (TaskNext, String) {
+    let mut last = None;
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let (next, message) = answer(core, book, ids, *outcome);
+        if index + 1 < outcomes.len() {
+            let TaskNext::Retry { not_before, charge } = next else {
+                panic!("repetition {} is followed by another: {next:?}", index + 1);
+            };
+            assert_eq!(
+                charge,
+                *outcome == Outcome::Failed,
+                "a failure is charged as an attempt"
+            );
+            assert_eq!(
+                (not_before - window_opens()) % THREE_MINUTES,
+                0,
+                "on the window's grid: {message}"
+            );
+            book.now = not_before - 1;
+            core.fire_timers(book);
+            assert!(start(core, book, ids).is_empty(), "not before it is due");
+            book.now = not_before;
+            core.fire_timers(book);
+        }
+        last = Some((next, message));
+    }
+    last.unwrap()
+}
+
+#[test]
+fn a_repeating_task_waits_for_its_window_and_repeats_on_its_grid_until_it_closes() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens() - 3_600_000);
+    let mut ids = 0;
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    let held = book.writes.iter().find_map(|write| match write {
+        Write::Run {
+            change: Change::Task(change),
+            ..
+        } => Some(change.clone()),
+        _ => None,
+    });
+    let held = held.expect("the hold is stored for status");
+    assert_eq!(held.not_before, Some(window_opens()));
+    assert!(held.reason.contains("from 23:50 until 00:00"), "{held:?}");
+    book.now = window_opens() - 1;
+    core.fire_timers(&mut book);
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = window_opens();
+    core.fire_timers(&mut book);
+
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
+    assert_eq!(
+        next,
+        TaskNext::Retry {
+            not_before: window_opens() + THREE_MINUTES,
+            charge: false
+        }
+    );
+    assert!(message.contains("repetition 1"), "{message}");
+    book.now = window_opens() + THREE_MINUTES;
+    core.fire_timers(&mut book);
+    let started = start(&mut core, &mut book, &mut ids);
+    assert_eq!(started.len(), 1, "b waits for the window to close");
+    // This repetition fails and runs long: it ends at 23:57, so the next is 23:59, not 23:56.
+    book.now = window_opens() + 7 * 60 * 1000;
+    book.writes.clear();
+    core.on_reports(
+        &mut book,
+        vec![(started[0].0, Report::new(Outcome::Failed, "boom"))],
+    )
+    .unwrap();
+    let TaskNext::Retry { not_before, charge } = finishes(&book)[0].2.clone() else {
+        panic!("a failed repetition is followed by the next");
+    };
+    assert!(charge, "a failed repetition counts as an attempt");
+    assert_eq!(not_before, window_opens() + 3 * THREE_MINUTES);
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(
+        next,
+        TaskNext::Done(Outcome::Succeeded),
+        "an earlier repetition succeeded: {message}"
+    );
+    assert!(message.contains("repetition 4 was the last"), "{message}");
+    assert!(
+        message.contains("an earlier repetition succeeded"),
+        "{message}"
+    );
+    book.writes.clear();
+    let downstream = start(&mut core, &mut book, &mut ids);
+    assert_eq!(downstream[0].1, "b");
+}
+
+#[test]
+fn a_window_without_a_success_ends_with_the_last_outcome() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens());
+    let mut ids = 0;
+    let (next, message) = repeat_through(
+        &mut core,
+        &mut book,
+        &mut ids,
+        &[
+            Outcome::Failed,
+            Outcome::NotReady,
+            Outcome::Failed,
+            Outcome::NoData,
+        ],
+    );
+    assert_eq!(next, TaskNext::Done(Outcome::NoData));
+    assert!(message.contains("no repetition succeeded"), "{message}");
+}
+
+#[test]
+fn a_restarted_keel_neither_repeats_a_repetition_nor_forgets_a_success() {
+    let mut core = repeat_core();
+    let opens = window_opens();
+    // Two repetitions were made (the first succeeded); the third is due at 23:56.
+    let mut book = loaded_from(&mut core, opens + 4 * 60 * 1000, |stored| {
+        stored[0].state = TaskState::Waiting;
+        stored[0].outcome = Some(Outcome::Failed);
+        stored[0].attempts = 2;
+        stored[0].first_started_at = Some(opens);
+        stored[0].not_before = Some(opens + 2 * THREE_MINUTES);
+    });
+    let attempt = |number: u32, started_at: Millis, outcome: Outcome| AttemptRecord {
+        id: AttemptId(i64::from(number)),
+        run: RunId(1),
+        pipeline: "core".into(),
+        partition: "2026-01-18".into(),
+        task: "a".into(),
+        number,
+        lease_owner: "core-test".into(),
+        lease_epoch: 1,
+        not_before: None,
+        claimed_at: started_at,
+        started_at: Some(started_at),
+        finished_at: Some(started_at + 1_000),
+        outcome: Some(outcome),
+        exit_code: Some(0),
+        rows: None,
+        metrics: None,
+        message: None,
+        pid: None,
+        dir: "/nonexistent".into(),
+        version: None,
+    };
+    // A success from before a `keel retry` (earlier than the first start) does not count.
+    let mut before_retry = book.runs.pop().unwrap();
+    core.restore_repeats(
+        &mut before_retry,
+        &[attempt(1, opens - 1, Outcome::Succeeded)],
+    );
+    assert!(!before_retry.repeat_succeeded[0]);
+    core.restore_repeats(
+        &mut before_retry,
+        &[
+            attempt(1, opens, Outcome::Succeeded),
+            attempt(2, opens + THREE_MINUTES, Outcome::Failed),
+        ],
+    );
+    book.runs.push(before_retry);
+    let mut ids = 10;
+    assert!(
+        start(&mut core, &mut book, &mut ids).is_empty(),
+        "the third repetition is not due yet"
+    );
+    book.now = opens + 2 * THREE_MINUTES;
+    core.fire_timers(&mut book);
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { not_before, .. } = next else {
+        panic!("the fourth repetition follows: {next:?}");
+    };
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(next, TaskNext::Done(Outcome::Succeeded), "{message}");
+}
+
+#[test]
+fn a_past_partition_runs_a_repeating_task_once_with_its_retries() {
+    let mut core = repeat_core();
+    let mut book = loaded(&mut core, window_opens() + 86_400_000);
+    let mut ids = 0;
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { charge, .. } = next else {
+        panic!("a failure is retried as for any task: {next:?}");
+    };
+    assert!(charge, "with the task's retries");
+    book.now += 60_000;
+    core.fire_timers(&mut book);
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
+    assert_eq!(next, TaskNext::Done(Outcome::Succeeded));
+}
+
+/// The chain with `freeze_after = "12:00"` on `a` (3 attempts) and `b`; 12:00 UTC on the
+/// partition 2026-01-18 is [`freeze_time`].
+fn freeze_core() -> Core {
+    chain_core_with(|tasks, _| {
+        for task in &mut tasks[..2] {
+            task.freeze_after = Some(keel_model::TimeOfDay {
+                hour: 12,
+                minute: 0,
+            });
+        }
+    })
+}
+
+fn freeze_time() -> Millis {
+    chrono::DateTime::parse_from_rfc3339("2026-01-18T12:00:00Z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn a_frozen_task_is_not_retried_after_its_freeze_time() {
+    let mut core = freeze_core();
+    let mut book = loaded(&mut core, freeze_time() - 1_000);
+    let mut ids = 0;
+    let (next, _) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    let TaskNext::Retry { not_before, .. } = next else {
+        panic!("retried before the freeze: {next:?}");
+    };
+    book.now = not_before.max(freeze_time());
+    core.fire_timers(&mut book);
+    let (next, message) = answer(&mut core, &mut book, &mut ids, Outcome::Failed);
+    assert_eq!(next, TaskNext::Done(Outcome::Failed));
+    assert!(
+        message.contains("frozen at 12:00: not retried after it ended failed"),
+        "{message}"
+    );
+}
+
+/// Reconciles the late landing of `a` in a run where every task succeeded, at `now`, and
+/// returns the task changes written.
+fn reconcile_at(core: &mut Core, now: Millis) -> (Book, Vec<TaskChange>) {
+    let mut book = loaded_from(core, now, |stored| {
+        for task in stored.iter_mut() {
+            task.state = TaskState::Done;
+            task.outcome = Some(Outcome::Succeeded);
+            task.attempts = 1;
+        }
+    });
+    book.writes.clear();
+    core.follow_up(
+        &mut book,
+        Followup::Reconcile {
+            run_index: 0,
+            task: 0,
+        },
+    )
+    .unwrap();
+    let changes = book
+        .writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } => Some(change.clone()),
+            _ => None,
+        })
+        .collect();
+    (book, changes)
+}
+
+#[test]
+fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_why() {
+    let mut core = freeze_core();
+    let (book, changes) = reconcile_at(&mut core, freeze_time() - 1);
+    assert_eq!(
+        changes
+            .iter()
+            .map(|change| change.state)
+            .collect::<Vec<_>>(),
+        [TaskState::Pending, TaskState::Pending],
+        "before the freeze, b and c run again: {changes:?}"
+    );
+    assert_eq!(book.runs[0].slots[1].state, TaskState::Pending);
+
+    let (book, changes) = reconcile_at(&mut core, freeze_time());
+    let frozen = changes
+        .iter()
+        .find(|change| change.task == "b")
+        .expect("the decision about b is stored");
+    assert_eq!(frozen.state, TaskState::Done);
+    assert_eq!(
+        frozen.outcome,
+        Some(Outcome::Succeeded),
+        "b keeps its outcome"
+    );
+    assert_eq!(
+        frozen.message.as_deref(),
+        Some("frozen at 12:00: not rerun after upstream task \"a\" landed late")
+    );
+    assert_eq!(book.runs[0].slots[1].state, TaskState::Done);
+    // c has no freeze: it runs again.
+    let c = changes.iter().find(|change| change.task == "c").unwrap();
+    assert_eq!(c.state, TaskState::Pending);
+}
+
+/// The command of the sensor whose poll `book.effects` holds.
+fn polled_commands(core: &mut Core, book: &mut Book) -> Vec<String> {
+    assert!(
+        core.pick_ready(book, 8).is_empty(),
+        "a sensed task polls first"
+    );
+    std::mem::take(&mut book.effects)
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::PollSensor { launch, .. } => Some(launch.command.join(" ")),
+            Effect::Stop(_) | Effect::Probe { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_sensor_of_a_task_must_pass_in_order_before_its_first_attempt() {
+    let mut core = chain_core_with(|tasks, _| {
+        let sensor = |name: &str| keel_model::SensorSpec {
+            command: vec![name.into(), "{date}".into()],
+            http: None,
+            every: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            deadline: Duration::from_secs(60),
+        };
+        tasks[0].wait_for = Some(sensor("odds_posted"));
+        tasks[0].also_wait_for = vec![sensor("lineups_posted")];
+    });
+    let mut book = loaded(&mut core, 1_000);
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["odds_posted 2026-01-18"]
+    );
+    core.on_sensor(&mut book, 0, 0, exited(0, Outcome::Succeeded, "ok"))
+        .unwrap();
+    // The first passed: the second is polled at once, and the task does not start yet.
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["lineups_posted 2026-01-18"]
+    );
+    core.on_sensor(
+        &mut book,
+        0,
+        0,
+        exited(75, Outcome::NotReady, "not ready (exit 75)"),
+    )
+    .unwrap();
+    let poll = sensor_polls(&book).pop().unwrap();
+    book.now = poll.not_before.unwrap();
+    core.fire_timers(&mut book);
+    assert_eq!(
+        polled_commands(&mut core, &mut book),
+        ["lineups_posted 2026-01-18"],
+        "the second is polled again, not the first"
+    );
+    core.on_sensor(&mut book, 0, 0, exited(0, Outcome::Succeeded, "ok"))
+        .unwrap();
+    let started = start(&mut core, &mut book, &mut 0);
+    assert_eq!(started.len(), 1, "both passed: the first attempt starts");
+    assert_eq!(started[0].1, "a");
 }
