@@ -135,6 +135,7 @@ pub fn static_checks(spec: &PipelineSpec, surroundings: &Surroundings) -> Vec<Ro
             });
         }
     }
+    rows.extend(declared_secrets(spec, surroundings));
     for resource in &spec.resources {
         if let Some(auth) = resource
             .ready
@@ -158,6 +159,45 @@ pub fn static_checks(spec: &PipelineSpec, surroundings: &Surroundings) -> Vec<Ro
         }
     }
     rows
+}
+
+/// Every secret a task declares (`secrets = [...]`), read through the pipeline's provider as
+/// an attempt would read it; the value is dropped at once and never shown.
+fn declared_secrets(spec: &PipelineSpec, surroundings: &Surroundings) -> Vec<Row> {
+    let names: Vec<(&str, &str)> = spec
+        .tasks
+        .iter()
+        .flat_map(|task| {
+            task.secrets
+                .iter()
+                .map(move |name| (task.name.as_str(), name.as_str()))
+        })
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let provider = spec
+        .secrets
+        .as_ref()
+        .map_or(keel_model::SecretProvider::Env, |secrets| {
+            secrets.provider.clone()
+        });
+    let resolver = keel_secrets::Resolver::with_system_clock(&provider, &surroundings.pipeline_dir);
+    names
+        .into_iter()
+        .map(|(task, name)| {
+            let (status, detail) = match resolver.resolve(name) {
+                Ok(_) => (Status::Pass, "resolves (value not shown)".to_string()),
+                Err(error) => (Status::Fail, error.to_string()),
+            };
+            Row {
+                check: "secret",
+                target: format!("task {task}: {name}"),
+                status,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// Whether a command's program can be started: found on PATH, or at its path.

@@ -214,3 +214,57 @@ smoke = ["sleep", "30"]
         "{env}"
     );
 }
+
+/// A declared secret is read through the provider without its value being printed; one that
+/// cannot be read fails the check, naming it.
+#[test]
+fn declared_secrets_are_resolved_without_being_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("secrets")).unwrap();
+    std::fs::write(root.join("secrets/FEED_TOKEN"), "k8Tq2vLm9x-check-secret\n").unwrap();
+    write_pipeline(
+        root,
+        r#"[pipeline]
+name = "withsecrets"
+
+[secrets]
+provider = "dir:secrets"
+
+[phases.main]
+[tasks.fetch]
+phase = "main"
+command = ["sh", "-c", "true"]
+secrets = ["FEED_TOKEN", "MISSING_TOKEN"]
+"#,
+    );
+    let output = keel()
+        .current_dir(root)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(!text.contains("k8Tq2vLm9x-check-secret"), "{text}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = |target: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["target"] == target)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {target}: {report}"))
+    };
+    assert_eq!(row("task fetch: FEED_TOKEN")["status"], "pass");
+    let missing = row("task fetch: MISSING_TOKEN");
+    assert_eq!(missing["status"], "fail");
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MISSING_TOKEN"),
+        "{missing}"
+    );
+}

@@ -50,12 +50,17 @@ impl Core {
         probe: bool,
         retry_after: Option<std::time::Duration>,
     ) -> (TaskNext, Option<String>) {
-        if self.spec.tasks[live.task].repeat.is_some()
+        // An item of an expanded task neither repeats nor freezes.
+        let own = (!self.is_item(live.task)).then(|| {
+            let task = &self.spec.tasks[live.task];
+            (task.repeat.is_some(), task.freeze_after.is_some())
+        });
+        if own.is_some_and(|(repeats, _)| repeats)
             && let Some(step) = self.repeat_step(book, live, outcome)
         {
             return step;
         }
-        if self.spec.tasks[live.task].freeze_after.is_some()
+        if own.is_some_and(|(_, freezes)| freezes)
             && let Some(step) = self.freeze_step(book, live, outcome)
         {
             return step;
