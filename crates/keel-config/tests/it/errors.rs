@@ -228,9 +228,11 @@ command = ["true"]
     ));
 }
 
+/// `[secrets]`, a task's `secrets` and `smoke` were once refused as not supported yet; they are
+/// read now.
 #[test]
-fn not_supported_yet() {
-    assert_snapshot!(errors_of(
+fn secrets_and_smoke_once_refused_are_read() {
+    let spec = keel_config::parse(
         r#"[pipeline]
 name = "hoops"
 
@@ -244,8 +246,13 @@ phase = "scrape"
 command = ["hoops", "scrape", "{date}"]
 secrets = ["STATS_API_KEY"]
 smoke = ["hoops", "self-test"]
-"#
-    ));
+"#,
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(spec.tasks[0].secrets, ["STATS_API_KEY"]);
+    assert_eq!(spec.smoke[0].command, ["hoops", "self-test"]);
+    assert!(spec.secrets.is_some());
 }
 
 #[test]
