@@ -468,54 +468,15 @@ fn without_query(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
-/// `text` with every secret, and its base64 and URL-encoded forms, replaced by `***`.
+/// `text` with every secret, and its base64 and URL-encoded forms, replaced by `***`: the
+/// one redaction of keel-exec ([`crate::redact::Redactor`]).
 pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut redacted = text.to_string();
-    for secret in secrets.iter().filter(|secret| secret.len() >= 4) {
-        for form in [
-            secret.to_string(),
-            base64(secret.as_bytes()),
-            percent_encode(secret),
-        ] {
-            if !form.is_empty() && redacted.contains(&form) {
-                redacted = redacted.replace(&form, "***");
-            }
-        }
-    }
-    redacted
+    crate::redact::Redactor::new(secrets.iter().copied()).redact_text(text)
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if index <= chunk.len() {
-                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The attempt's `output.log`: the request and the response, capped at `cap` bytes.
@@ -594,7 +555,7 @@ mod tests {
         let text = format!(
             "echo {secret} then {} then {}",
             base64(secret.as_bytes()),
-            percent_encode(secret)
+            crate::redact::url_encoded(secret)
         );
         let redacted = redact(&text, &[secret]);
         assert_eq!(redacted, "echo *** then *** then ***");

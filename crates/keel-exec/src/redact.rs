@@ -27,6 +27,7 @@ impl Redactor {
             let standard = base64::engine::general_purpose::STANDARD.encode(value);
             let forms = [
                 value.to_string(),
+                standard.clone(),
                 standard.trim_end_matches('=').to_string(),
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
                 url_encoded(value),
@@ -110,7 +111,8 @@ fn split_keeping_tail(bytes: &[u8], hold: usize) -> (&[u8], &[u8]) {
     bytes.split_at(at)
 }
 
-fn url_encoded(value: &str) -> String {
+/// `value` as a URL would carry it: unreserved bytes as they are, every other byte `%XX`.
+pub(crate) fn url_encoded(value: &str) -> String {
     value
         .bytes()
         .map(|byte| match byte {
