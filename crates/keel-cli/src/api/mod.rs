@@ -333,7 +333,8 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body?;
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // JSON's own whitespace only: a form feed is ASCII whitespace but not JSON, and is refused.
+    if body.iter().all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r')) {
         return Ok(T::default());
     }
     let hint = "send a JSON object with the fields this endpoint lists in /api/openapi.json";
@@ -655,5 +656,29 @@ mod tests {
         assert!(detail.contains("15001 ms"), "{detail}");
         // A heartbeat from a clock a little ahead is fresh, not negative.
         assert!(scheduler_check(start, start + 500, max_age).0);
+    }
+
+    #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+    struct Probe {
+        #[serde(default)]
+        tasks: Vec<String>,
+    }
+
+    fn parse(bytes: &'static [u8]) -> Result<Probe, ApiError> {
+        parse_body(Ok(axum::body::Bytes::from_static(bytes)))
+    }
+
+    #[test]
+    fn a_body_of_json_whitespace_is_empty_and_any_other_byte_is_judged_as_json() {
+        assert_eq!(parse(b"").unwrap(), Probe::default());
+        assert_eq!(parse(b" \t\r\n").unwrap(), Probe::default());
+        // A form feed or vertical tab is ASCII whitespace, but not JSON's.
+        assert!(parse(b"\x0c").is_err());
+        assert!(parse(b"\x0b").is_err());
+        assert_eq!(
+            parse(b"{\"tasks\":[\"a\"]}").unwrap().tasks,
+            vec!["a".to_string()]
+        );
+        assert!(parse(b"[]").is_err());
     }
 }
