@@ -3,15 +3,21 @@
 //! [`Store`] is the only way the engine and the CLI read or change state, and every method is one
 //! transaction, so a crash leaves either the old state or the new one. Backends implement the
 //! trait; [`conformance::run_all`] is the one behaviour suite every backend must pass.
-//! [`SqliteStore`] is the embedded default. Only this crate speaks SQL, and it makes no scheduling
+//! [`SqliteStore`] is the embedded default, [`PostgresStore`] the backend for a state in
+//! PostgreSQL, and [`AnyStore`] the one the CLI opens: either of them, chosen by the state's
+//! location ([`StateLocation`]). Only this crate speaks SQL, and it makes no scheduling
 //! decisions: which task runs next, and when, is the engine's business.
 
+mod any;
 pub mod conformance;
 mod lock;
+mod postgres;
 mod records;
 mod sqlite;
 
+pub use any::{AnyStore, StateLocation};
 pub use lock::{LockError, StateLock};
+pub use postgres::{PostgresConfig, PostgresStore, PostgresUrl, testing};
 pub use records::*;
 pub use sqlite::SqliteStore;
 
@@ -42,6 +48,18 @@ pub enum StoreError {
         "cannot open state store {path:?}: {detail}; check that the directory exists and is writable"
     )]
     Open { path: String, detail: String },
+    #[error(
+        "cannot reach the PostgreSQL state {location}: {detail}; check that the server is up and the URL names it, and set PGPASSWORD if it asks for a password"
+    )]
+    Unreachable { location: String, detail: String },
+    #[error(
+        "the state {location} is in PostgreSQL, which {what} does not apply to; {hint}"
+    )]
+    NotApplicable {
+        location: String,
+        what: String,
+        hint: String,
+    },
     #[error(
         "task {task:?} of run {run} already has a live attempt (id {attempt}); at most one may run per task and partition"
     )]

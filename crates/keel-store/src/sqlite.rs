@@ -207,7 +207,7 @@ const STORE_ID_KEY: &str = "store_id";
 /// A new store identity: 16 bytes from the kernel's random source, hex-encoded. Run ids start
 /// again at 1 in every new database, so the identity must not be derivable from anything a
 /// second database could share (its path, the time, the pid).
-fn new_store_id() -> std::io::Result<String> {
+pub(crate) fn new_store_id() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

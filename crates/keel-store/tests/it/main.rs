@@ -1,3 +1,5 @@
+mod postgres;
+
 use keel_store::{LockError, SqliteStore, StateLock, Store, StoreError};
 
 #[tokio::test]
