@@ -301,7 +301,7 @@ fn pipeline_only(args: &[String]) -> Result<std::path::PathBuf> {
 /// The tasks of a finished run that did not complete and are no mere consequence of another's
 /// failure: what `keel retry --failed` runs again (their downstream follows).
 pub(crate) async fn failed_tasks(
-    store: &keel_store::SqliteStore,
+    store: &keel_store::AnyStore,
     run: keel_model::RunId,
 ) -> Result<Vec<String>> {
     Ok(store

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 use keel_engine::{Progress, Shutdown, ShutdownLevel};
 use keel_model::PipelineSpec;
-use keel_store::{SqliteStore, StateLock};
+use keel_store::{AnyStore, StateLock};
 
 use crate::Exit;
 use crate::api::PipelineHealth;
@@ -56,13 +56,13 @@ pub struct Served {
 /// problem (a file that does not validate, two files naming one pipeline, a state held by
 /// another Keel) is found before anything runs.
 pub struct Daemon {
-    pipelines: Vec<(Served, PipelineSpec, SqliteStore)>,
+    pipelines: Vec<(Served, PipelineSpec, AnyStore)>,
     _locks: Vec<StateLock>,
 }
 
 impl Daemon {
     pub fn open(state_url: Option<&str>, files: &[PathBuf], format: LogFormat) -> Result<Daemon> {
-        let mut pipelines: Vec<(Served, PipelineSpec, SqliteStore)> = Vec::new();
+        let mut pipelines: Vec<(Served, PipelineSpec, AnyStore)> = Vec::new();
         let mut locks: HashMap<PathBuf, StateLock> = HashMap::new();
         for file in files {
             let spec = state::load_pipeline(file)?;
@@ -166,7 +166,7 @@ impl Daemon {
 async fn keep_serving(
     served: Served,
     spec: PipelineSpec,
-    store: SqliteStore,
+    store: AnyStore,
     grace: Duration,
     mut shutdown: Shutdown,
     observers: Observers,
@@ -240,7 +240,7 @@ fn forward(level: ShutdownLevel, trigger: &keel_engine::ShutdownTrigger) {
 fn engine_for(
     spec: PipelineSpec,
     served: &Served,
-    store: &SqliteStore,
+    store: &AnyStore,
     grace: Duration,
     observers: &Observers,
 ) -> Result<ProcessEngine> {
@@ -277,7 +277,7 @@ impl FileWatch {
         &mut self,
         served: &Served,
         current: &str,
-        store: &SqliteStore,
+        store: &AnyStore,
         grace: Duration,
         observers: &Observers,
     ) -> Option<(ProcessEngine, Arc<PipelineSpec>)> {
@@ -321,7 +321,7 @@ impl FileWatch {
         &self,
         served: &Served,
         current: &str,
-        store: &SqliteStore,
+        store: &AnyStore,
         grace: Duration,
         observers: &Observers,
     ) -> Result<Option<(ProcessEngine, Arc<PipelineSpec>)>, String> {
@@ -347,7 +347,7 @@ impl FileWatch {
         }
         let paths = StatePaths::resolve(served.state_url.as_deref(), &spec, &self.path)
             .map_err(|error| format!("{error:#}; {keep}"))?;
-        if paths.database != served.paths.database {
+        if paths.location != served.paths.location {
             return Err(format!(
                 "{} now keeps its state elsewhere; {keep}; restart keel serve to move it",
                 self.path.display()

@@ -346,7 +346,7 @@ fn service_stats(address: &str) -> Result<String> {
 struct Days {
     all_good: bool,
     accuracy_trend: Vec<(String, f64)>,
-    store: keel_store::SqliteStore,
+    store: keel_store::AnyStore,
 }
 
 /// Runs `--days` dates from `first` one after the other with the real engine, printing a line

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use keel_model::{PipelineSpec, RunId};
-use keel_store::{RunRecord, RunView, SqliteStore, StatusQuery, StatusView, Store};
+use keel_store::{RunRecord, RunView, AnyStore, StatusQuery, StatusView, Store};
 use serde_json::{Value, json};
 
 use crate::Exit;
@@ -181,7 +181,7 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
             println!(
                 "no runs yet for pipeline {:?} (state {})",
                 spec.name,
-                paths.database.display()
+                paths.location
             );
             if let Some(range) = &range {
                 print_range_summary(range, &StatusView::default());
@@ -425,7 +425,7 @@ impl EventFilter {
     /// The run of an event, if the event is one to print.
     pub(crate) async fn admit(
         &mut self,
-        store: &SqliteStore,
+        store: &AnyStore,
         event: &keel_store::EventRecord,
     ) -> Result<Option<RunRecord>> {
         if self.run.is_some_and(|run| run != event.run) {
@@ -448,7 +448,7 @@ impl EventFilter {
     }
 
     /// Whether a follower is done: the run it follows (or the partition's newest run) ended.
-    async fn finished(&self, store: &SqliteStore) -> Result<bool> {
+    async fn finished(&self, store: &AnyStore) -> Result<bool> {
         let record = match (self.run, &self.partition) {
             (Some(run), _) => Some(store.run(run).await?),
             (None, Some(partition)) => store.latest_run(&self.pipeline, partition).await?,

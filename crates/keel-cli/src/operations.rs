@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use keel_model::{EventKind, RunState};
-use keel_store::{NewEvent, RunRecord, SqliteStore, Store};
+use keel_store::{NewEvent, RunRecord, AnyStore, Store};
 
 use crate::Exit;
 use crate::args::{AcceptArgs, GcArgs};
@@ -47,7 +47,7 @@ pub async fn accept(state_url: Option<&str>, name: Option<&str>, args: AcceptArg
 /// returns the detail stored in the event log. A run in any other state is refused (exit 2).
 /// `keel accept` and the HTTP API both accept runs through here.
 pub async fn accept_run(
-    store: &SqliteStore,
+    store: &AnyStore,
     run: &RunRecord,
     by: &str,
     reason: Option<&str>,
@@ -135,10 +135,10 @@ pub async fn gc(state_url: Option<&str>, name: Option<&str>, args: GcArgs) -> Re
     };
     let state::ForReading { spec, paths, .. } =
         state::pipeline_for_reading(state_url, &args.pipeline.pipeline, name).await?;
-    if !paths.database.exists() {
+    if !paths.exists() {
         println!(
             "no state at {}; nothing to remove",
-            printable(&paths.database.display().to_string())
+            printable(&paths.location.to_string())
         );
         return Ok(0);
     }

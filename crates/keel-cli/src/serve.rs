@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use keel_engine::{Progress, RunRequest};
 use keel_model::{PipelineSpec, RunId};
-use keel_store::{SqliteStore, StatusQuery, Store};
+use keel_store::{AnyStore, StatusQuery, Store};
 
 use crate::Exit;
 use crate::alerts::Alerts;
@@ -89,7 +89,7 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             printable(&served.paths.pipeline.display().to_string()),
             std::process::id(),
             describe_schedule(spec),
-            printable(&served.paths.database.display().to_string())
+            printable(&served.paths.location.to_string())
         ));
     }
     // Each engine the daemon builds for a pipeline (a reload builds another) reports to the
@@ -310,7 +310,7 @@ pub async fn hand_over(
 
 /// Waits for `runs` to finish in the store, then prints each one's table. Interrupted, it
 /// leaves them to the serving Keel.
-async fn follow(store: &SqliteStore, pipeline: &str, runs: &[RunId]) -> Result<Finished> {
+async fn follow(store: &AnyStore, pipeline: &str, runs: &[RunId]) -> Result<Finished> {
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut open: Vec<RunId> = runs.to_vec();
     while !open.is_empty() {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use keel_engine::{Engine, EngineConfig, LaunchContext, SplitMix64, SystemClock};
 use keel_exec::ProcessExecutor;
 use keel_model::PipelineSpec;
-use keel_store::SqliteStore;
+use keel_store::AnyStore;
 
 use crate::state::StatePaths;
 
@@ -28,12 +28,12 @@ fn owner() -> String {
     format!("{host}:{}:{nonce:08x}", std::process::id())
 }
 
-pub type ProcessEngine = Engine<SqliteStore, ProcessExecutor, SystemClock>;
+pub type ProcessEngine = Engine<AnyStore, ProcessExecutor, SystemClock>;
 
 pub fn build_engine(
     spec: PipelineSpec,
     paths: &StatePaths,
-    store: SqliteStore,
+    store: AnyStore,
 ) -> Result<ProcessEngine> {
     build_engine_with_env(spec, paths, store, Vec::new())
 }
@@ -43,7 +43,7 @@ pub fn build_engine(
 pub fn build_engine_with_env(
     spec: PipelineSpec,
     paths: &StatePaths,
-    store: SqliteStore,
+    store: AnyStore,
     mut extra_env: Vec<(String, String)>,
 ) -> Result<ProcessEngine> {
     // Tasks that take request tokens reach this Keel through its token server.

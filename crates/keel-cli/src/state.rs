@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use chrono::TimeZone;
 use keel_model::{PartitionKind, PipelineSpec};
-use keel_store::{SqliteStore, StateLock};
+use keel_store::{AnyStore, StateLocation, StateLock};
 
 use crate::Exit;
 
@@ -38,7 +38,10 @@ pub fn load_env_files(spec: &PipelineSpec, path: &Path) -> Result<keel_config::E
 /// Where a pipeline's file and state live.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
-    pub database: PathBuf,
+    /// The SQLite file, or the PostgreSQL database.
+    pub location: StateLocation,
+    /// The local state directory: the lock, attempt directories, the API token. The SQLite
+    /// file's directory; for a state in PostgreSQL, `.keel` beside the pipeline file.
     pub dir: PathBuf,
     /// The pipeline file, as given.
     pub pipeline: PathBuf,
@@ -62,17 +65,24 @@ impl StatePaths {
             (None, None) => {
                 let dir = absolute(&base.join(".keel"))?;
                 return Ok(StatePaths {
-                    database: dir.join("state.db"),
+                    location: StateLocation::Sqlite(dir.join("state.db")),
                     dir,
                     pipeline: pipeline_path.to_path_buf(),
                 });
             }
         };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(Exit::usage(format!(
-                "state {:?}: PostgreSQL state is not supported yet; use an SQLite path such as sqlite:.keel/state.db",
-                redact_url(&url)
-            )));
+        if let StateLocation::Postgres(postgres) = StateLocation::of(&url) {
+            if cli_state.is_some() && postgres.has_password() {
+                eprintln!(
+                    "warning: --state {postgres} holds a password, which other users of this machine can read in the process list; leave it out of the URL and set PGPASSWORD instead"
+                );
+            }
+            // Attempt directories, the lock and the API token stay on this machine.
+            return Ok(StatePaths {
+                location: StateLocation::Postgres(postgres),
+                dir: absolute(&base.join(".keel"))?,
+                pipeline: pipeline_path.to_path_buf(),
+            });
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -91,7 +101,7 @@ impl StatePaths {
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         Ok(StatePaths {
-            database,
+            location: StateLocation::Sqlite(database),
             dir,
             pipeline: pipeline_path.to_path_buf(),
         })
@@ -137,14 +147,15 @@ impl StatePaths {
     /// A state file that exists is opened first, before anything is made beside it, so that a
     /// file that is not a Keel state (`state = "/etc/passwd"`, say) is refused with its
     /// directory left exactly as it was: no `keel.lock`, no state directory. Opening it before
-    /// taking the lock is safe, since a migration holds SQLite's own write lock.
-    pub fn lock_and_open(&self) -> Result<(StateLock, SqliteStore)> {
+    /// taking the lock is safe, since a migration holds SQLite's own write lock. A state in
+    /// PostgreSQL is opened first too, so an unreachable server leaves nothing behind.
+    pub fn lock_and_open(&self) -> Result<(StateLock, AnyStore)> {
         self.lock_and_open_as(false)
     }
 
     /// [`StatePaths::lock_and_open`], for a `keel serve` when `serving`.
-    pub fn lock_and_open_as(&self, serving: bool) -> Result<(StateLock, SqliteStore)> {
-        let existing = if self.database.exists() {
+    pub fn lock_and_open_as(&self, serving: bool) -> Result<(StateLock, AnyStore)> {
+        let existing = if self.exists() {
             Some(self.open()?)
         } else {
             None
@@ -157,29 +168,46 @@ impl StatePaths {
         Ok((lock, store))
     }
 
-    pub fn open(&self) -> Result<SqliteStore> {
-        self.refuse_shared_dir()?;
-        Ok(SqliteStore::open(&self.database)?)
+    /// Whether the state may exist already: the SQLite file is there, or the state is in
+    /// PostgreSQL (whose database only opening can tell about).
+    pub fn exists(&self) -> bool {
+        match &self.location {
+            StateLocation::Sqlite(path) => path.exists(),
+            StateLocation::Postgres(_) => true,
+        }
+    }
+
+    pub fn open(&self) -> Result<AnyStore> {
+        if !self.location.is_postgres() {
+            self.refuse_shared_dir()?;
+        }
+        Ok(AnyStore::open(&self.location)?)
     }
 
     /// Opens the store for a command that only reads it (`status`, `logs`), changing nothing and
     /// leaving no file behind, in a directory this user may not write to as well; `None` if no
     /// state exists yet.
-    pub fn open_for_reading(&self) -> Result<Option<SqliteStore>> {
-        if !self.database.exists() {
+    pub fn open_for_reading(&self) -> Result<Option<AnyStore>> {
+        if let StateLocation::Postgres(_) = &self.location {
+            return Ok(AnyStore::open_read_only(&self.location)?);
+        }
+        if !self.exists() {
             return Ok(None);
         }
-        match SqliteStore::open_read_only(&self.database)? {
+        match AnyStore::open_read_only(&self.location)? {
             Some(store) => Ok(Some(store)),
             // Being created by a Keel right now, or made by an older one: it becomes readable
             // only by migrating it, which writes.
-            None => Ok(Some(SqliteStore::open(&self.database)?)),
+            None => Ok(Some(self.open()?)),
         }
     }
 
     /// Opens the store to change it, if it exists; `None` if no state exists yet.
-    pub fn open_existing(&self) -> Result<Option<SqliteStore>> {
-        if !self.database.exists() {
+    pub fn open_existing(&self) -> Result<Option<AnyStore>> {
+        if let StateLocation::Postgres(_) = &self.location {
+            return Ok(AnyStore::open_read_only(&self.location)?);
+        }
+        if !self.exists() {
             return Ok(None);
         }
         Ok(Some(self.open()?))
@@ -505,11 +533,11 @@ async fn name_from_state(paths: &StatePaths, named_in_file: Option<String>) -> R
         (_, Some(name)) if names.contains(&name) || names.is_empty() => Ok(name),
         ([], None) => Err(Exit::usage(format!(
             "the state {} holds no runs, and the pipeline file cannot name its pipeline; fix the file or pass --pipeline-name NAME",
-            paths.database.display()
+            paths.location
         ))),
         (_, _) => Err(Exit::usage(format!(
             "the state {} holds several pipelines ({}); say which with --pipeline-name NAME",
-            paths.database.display(),
+            paths.location,
             names.join(", ")
         ))),
     }

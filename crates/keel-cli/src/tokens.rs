@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use keel_engine::policy::{QuotaAlert, RequestTokens, Take};
 use keel_model::{Millis, PipelineSpec, QuotaWindow, ResourceSpec};
-use keel_store::SqliteStore;
+use keel_store::AnyStore;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -69,7 +69,7 @@ struct Served {
     /// the resources instead of finding none.
     loading: tokio::sync::Mutex<()>,
     resources: Mutex<HashMap<String, (ResourceSpec, RequestTokens)>>,
-    store: SqliteStore,
+    store: AnyStore,
 }
 
 /// The servers this process opened, by socket path, so an engine built again for the same
@@ -92,7 +92,7 @@ fn wants_tokens(spec: &PipelineSpec) -> bool {
 pub fn serve_for(
     spec: &PipelineSpec,
     state_dir: &Path,
-    store: &SqliteStore,
+    store: &AnyStore,
 ) -> Result<Option<(String, String)>> {
     if !wants_tokens(spec) {
         return Ok(None);
@@ -174,7 +174,7 @@ pub fn remove_sockets() {
 
 async fn load_resources(
     spec: &PipelineSpec,
-    store: &SqliteStore,
+    store: &AnyStore,
 ) -> Result<HashMap<String, (ResourceSpec, RequestTokens)>> {
     let now = millis_now();
     let stored = store

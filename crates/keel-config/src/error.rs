@@ -720,6 +720,15 @@ pub enum ConfigError {
         redacted: String,
         location: Location,
     },
+
+    #[error(
+        "\"pipeline.state\" holds a password in its URL ({redacted:?}) ({location}); leave the password out of keel.toml and give it to Keel in the PGPASSWORD environment variable (or ~/.pgpass)"
+    )]
+    StatePassword {
+        /// The URL up to its password: `postgres://keel:…@`.
+        redacted: String,
+        location: Location,
+    },
 }
 
 impl ConfigError {
@@ -797,7 +806,8 @@ impl ConfigError {
             | ConfigError::UnknownResource { location, .. }
             | ConfigError::SensorMaxBelowEvery { location, .. }
             | ConfigError::Cycle { location, .. }
-            | ConfigError::PlaintextSecret { location, .. } => Some(location),
+            | ConfigError::PlaintextSecret { location, .. }
+            | ConfigError::StatePassword { location, .. } => Some(location),
         }
     }
 }

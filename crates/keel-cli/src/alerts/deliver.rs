@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use keel_engine::Progress;
 use keel_model::{AlertsSpec, EventKind, Millis, WebhookUrl};
-use keel_store::{SqliteStore, Store};
+use keel_store::{AnyStore, Store};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -110,7 +110,7 @@ impl Alerts {
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
-        store: SqliteStore,
+        store: AnyStore,
         logger: Logger,
     ) -> Result<(Alerts, Delivery)> {
         let webhook = match &spec.webhook {

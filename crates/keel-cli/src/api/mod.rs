@@ -23,7 +23,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keel_model::{Millis, PipelineSpec, RunId};
-use keel_store::{RunRecord, SqliteStore, Store};
+use keel_store::{RunRecord, AnyStore, Store};
 use serde_json::{Value, json};
 
 use crate::Exit;
@@ -52,9 +52,9 @@ pub struct ServedPipeline {
     pub spec: Arc<RwLock<Arc<PipelineSpec>>>,
     pub paths: StatePaths,
     /// Reads: a connection of the API's own.
-    pub reader: SqliteStore,
+    pub reader: AnyStore,
     /// Actions: another connection of the API's own.
-    pub writer: SqliteStore,
+    pub writer: AnyStore,
     /// Stamped by the engine's loop on every turn ([`keel_engine::Engine::set_heartbeat`]).
     pub heartbeat: Arc<AtomicI64>,
     /// Whether the pipeline file in use is valid, and why not.

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_model::RunId;
-use keel_store::{SqliteStore, StatusQuery, Store};
+use keel_store::{AnyStore, StatusQuery, Store};
 use serde::Deserialize;
 
 use super::{ApiContext, ApiError};
@@ -198,7 +198,7 @@ struct LogFollower {
     file_path: std::path::PathBuf,
     /// Where to start in a file opened late (it did not exist when the request came).
     start: u64,
-    store: SqliteStore,
+    store: AnyStore,
     run: RunId,
     attempt: keel_model::AttemptId,
     /// The attempt had ended at the last look: what is left in the file is all there is.
@@ -314,7 +314,7 @@ pub async fn events(
 
 /// Reads the event log page by page and frames each event of the pipeline as an SSE message.
 struct EventReader {
-    store: SqliteStore,
+    store: AnyStore,
     filter: EventFilter,
     after: i64,
     zone: chrono_tz::Tz,

@@ -92,7 +92,7 @@ pub async fn grid(dir: &Path, partitions: u32) -> Result<()> {
 
 /// One succeeded run of `partition`: every task claimed and finished with rows and a metric.
 async fn fill_partition(
-    store: &keel_store::SqliteStore,
+    store: &keel_store::AnyStore,
     spec: &keel_model::PipelineSpec,
     partition: &str,
 ) -> Result<()> {
