@@ -26,6 +26,7 @@ mod logs;
 mod messages;
 mod operations;
 mod planted_secret;
+mod postgres;
 mod reconcile_crash;
 mod secrets;
 mod serve;
