@@ -206,9 +206,41 @@ async fn run_pipeline(dir: &Path, name: &str, text: &str) -> Result<CaseResult> 
     })
 }
 
+/// The same two figures with the state in PostgreSQL, on a throw-away database of the server
+/// `KEEL_TEST_POSTGRES` names; nothing without it.
+async fn postgres_figures(dir: &Path, concurrency: u32) -> Result<()> {
+    if std::env::var("KEEL_TEST_POSTGRES").is_ok_and(|url| !url.trim().is_empty()) {
+        let database = match keel_store::testing::TestDatabase::try_create() {
+            Ok(Some(database)) => database,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                println!("PostgreSQL figures skipped: {error}");
+                return Ok(());
+            }
+        };
+        let store = keel_store::PostgresStore::open(&database.postgres_url())?;
+        let (transitions, elapsed) = store_transitions(store.clone(), 2000).await?;
+        store.close().await;
+        println!(
+            "durable state transitions on PostgreSQL: {transitions} in {:.3} s · {:.0}/s",
+            elapsed.as_secs_f64(),
+            transitions as f64 / elapsed.as_secs_f64()
+        );
+        let (process_dir, url) = (dir.to_path_buf(), database.url().to_string());
+        let wall = tokio::task::spawn_blocking(move || {
+            whole_process(&process_dir, concurrency, "process-postgres", Some(&url))
+        })
+        .await??;
+        println!(
+            "dag_10x10 as a whole `keel run` process with its state in PostgreSQL: {:.3} s",
+            wall.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// Durable transitions without processes: claim and finish, each its own transaction.
-async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)> {
-    let store = SqliteStore::open(&dir.join("transitions.db"))?;
+async fn store_transitions<S: Store>(store: S, count: usize) -> Result<(usize, Duration)> {
     let tasks: Vec<(String, String, Option<keel_model::Outcome>)> = (0..count)
         .map(|index| (format!("t{index}"), "main".into(), None))
         .collect();
@@ -253,9 +285,15 @@ async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)
     Ok((count * 2, begin.elapsed()))
 }
 
-/// Wall time of a whole `keel run` process, start-up included.
-fn whole_process(dir: &Path, concurrency: u32) -> Result<Duration> {
-    let case_dir = dir.join("process");
+/// Wall time of a whole `keel run` process, start-up included, with its state at `state` (the
+/// default SQLite file when `None`), in the case directory `case`.
+fn whole_process(
+    dir: &Path,
+    concurrency: u32,
+    case: &str,
+    state: Option<&str>,
+) -> Result<Duration> {
+    let case_dir = dir.join(case);
     std::fs::create_dir_all(&case_dir)?;
     let pipeline = case_dir.join("keel.toml");
     std::fs::write(
@@ -264,10 +302,12 @@ fn whole_process(dir: &Path, concurrency: u32) -> Result<Duration> {
     )?;
     let program = std::env::current_exe()?;
     let begin = Instant::now();
-    let output = std::process::Command::new(program)
-        .arg("run")
-        .arg(&pipeline)
-        .output()?;
+    let mut command = std::process::Command::new(program);
+    command.arg("run").arg(&pipeline);
+    if let Some(state) = state {
+        command.arg("--state").arg(state);
+    }
+    let output = command.output()?;
     let wall = begin.elapsed();
     anyhow::ensure!(
         output.status.success(),
@@ -359,17 +399,20 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     http::http_tasks(&dir, levels, width, concurrency, command_case.as_ref()).await?;
     let process_dir = dir.clone();
     let process_wall =
-        tokio::task::spawn_blocking(move || whole_process(&process_dir, concurrency)).await??;
+        tokio::task::spawn_blocking(move || whole_process(&process_dir, concurrency, "process", None))
+            .await??;
     println!(
         "dag_10x10 as a whole `keel run` process, start-up included: {:.3} s (target < 0.25 s)",
         process_wall.as_secs_f64()
     );
-    let (transitions, elapsed) = store_transitions(&dir, 2000).await?;
+    let sqlite = SqliteStore::open(&dir.join("transitions.db"))?;
+    let (transitions, elapsed) = store_transitions(sqlite, 2000).await?;
     println!(
         "durable state transitions on SQLite: {transitions} in {:.3} s · {:.0}/s (target ≥ 5,000/s)",
         elapsed.as_secs_f64(),
         transitions as f64 / elapsed.as_secs_f64()
     );
+    postgres_figures(&dir, concurrency).await?;
     dashboard::grid(&dir, 90).await?;
     let audit_dir = dir.clone();
     let megabytes = if args.quick { 32 } else { 256 };

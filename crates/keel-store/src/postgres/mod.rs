@@ -2001,35 +2001,44 @@ pub mod testing {
         /// server is configured but cannot be used, or when none is configured under CI.
         pub fn create(test: &str) -> Option<TestDatabase> {
             let in_ci = std::env::var("CI").is_ok_and(|value| value == "true");
-            let admin = match std::env::var("KEEL_TEST_POSTGRES") {
-                Ok(url) if !url.trim().is_empty() => url,
-                _ if in_ci => panic!(
+            match TestDatabase::try_create() {
+                Ok(Some(database)) => Some(database),
+                Ok(None) if in_ci => panic!(
                     "{test}: CI=true but KEEL_TEST_POSTGRES is not set; the PostgreSQL tests must run in CI: start a server (.ci/start-postgres) and export KEEL_TEST_POSTGRES=postgres://USER@HOST:PORT/postgres"
                 ),
-                _ => {
+                Ok(None) => {
                     eprintln!(
                         "{test}: skipped: KEEL_TEST_POSTGRES is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
                     );
-                    return None;
+                    None
                 }
+                Err(error) => panic!("{test}: {error}"),
+            }
+        }
+
+        /// Makes a fresh database on the server of `KEEL_TEST_POSTGRES`; `None` when it is not
+        /// set, and the reason, naming the server without its password, when it cannot be made.
+        pub fn try_create() -> Result<Option<TestDatabase>, String> {
+            let admin = match std::env::var("KEEL_TEST_POSTGRES") {
+                Ok(url) if !url.trim().is_empty() => url,
+                _ => return Ok(None),
             };
-            let shown = PostgresUrl::parse(&admin)
-                .map(|url| url.to_string())
-                .unwrap_or_else(|| panic!("{test}: KEEL_TEST_POSTGRES is not a postgres:// URL"));
-            let name = format!(
-                "keel_test_{}",
-                &crate::sqlite::new_store_id().expect("a random name")[..16]
-            );
+            let Some(parsed) = PostgresUrl::parse(&admin) else {
+                return Err("KEEL_TEST_POSTGRES is not a postgres:// URL".into());
+            };
+            let random = crate::sqlite::new_store_id()
+                .map_err(|error| format!("cannot read /dev/urandom: {error}"))?;
+            let name = format!("keel_test_{}", &random[..16]);
             let url = with_database(&admin, &name);
             let (statement, server) = (format!("CREATE DATABASE {name}"), admin.clone());
-            if let Err(error) =
-                on_own_thread("keel-test-createdb", move || admin_execute(server, statement))
-            {
-                panic!(
-                    "{test}: cannot create a test database on KEEL_TEST_POSTGRES ({shown}): {error}"
-                );
-            }
-            Some(TestDatabase { admin, name, url })
+            on_own_thread("keel-test-createdb", move || admin_execute(server, statement))
+                .map_err(|error| {
+                    format!(
+                        "cannot create a test database on KEEL_TEST_POSTGRES ({parsed}): {}",
+                        parsed.scrub(&error.to_string())
+                    )
+                })?;
+            Ok(Some(TestDatabase { admin, name, url }))
         }
 
         /// The URL of the test database.
