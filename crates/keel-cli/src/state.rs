@@ -139,7 +139,11 @@ impl StatePaths {
                     self.dir
                 )
             })?;
-        Ok(StateLock::acquire_as(&self.dir, serving)?)
+        let lock = StateLock::acquire_as(&self.dir, serving)?;
+        Ok(match &self.location {
+            StateLocation::Postgres(url) => lock.and_in_postgres(url, serving)?,
+            StateLocation::Sqlite(_) => lock,
+        })
     }
 
     /// Takes the one-executor lock and opens the store, for a command that executes.

@@ -17,7 +17,9 @@ mod sqlite;
 
 pub use any::{AnyStore, StateLocation};
 pub use lock::{LockError, StateLock};
-pub use postgres::{PostgresConfig, PostgresStore, PostgresUrl, testing};
+pub use postgres::{
+    PostgresConfig, PostgresLock, PostgresLockError, PostgresStore, PostgresUrl, testing,
+};
 pub use records::*;
 pub use sqlite::SqliteStore;
 

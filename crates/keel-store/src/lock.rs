@@ -25,6 +25,12 @@ pub enum LockError {
     SymbolicLink { path: PathBuf },
     #[error("the lock file {path:?} is not a regular file; remove it and try again")]
     NotAFile { path: PathBuf },
+    #[error(
+        "another keel is running this pipeline's state in PostgreSQL ({holder}, state {location}); wait for it to finish or stop it first, or queue a run for a keel serve with keel run --detach"
+    )]
+    HeldInPostgres { holder: String, location: String },
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
     #[error("cannot create the lock file {path:?}; check that the state directory is writable")]
     Io {
         path: PathBuf,
@@ -40,6 +46,9 @@ const SERVE_MARK: &str = "serve";
 pub struct StateLock {
     _file: File,
     path: PathBuf,
+    /// For a state in PostgreSQL, the lock in the database too: the state directory is this
+    /// machine's, the database everyone's.
+    _postgres: Option<crate::PostgresLock>,
 }
 
 impl StateLock {
@@ -95,7 +104,41 @@ impl StateLock {
         let mark = if serving { SERVE_MARK } else { "" };
         write!(file, "{} {mark}", std::process::id()).map_err(io_error)?;
         file.flush().map_err(io_error)?;
-        Ok(StateLock { _file: file, path })
+        Ok(StateLock {
+            _file: file,
+            path,
+            _postgres: None,
+        })
+    }
+
+    /// Takes the executor's lock in the PostgreSQL database of the state as well, without
+    /// waiting, after this one: another Keel on another machine, with a state directory of
+    /// its own, executes the same state only once this Keel is gone.
+    pub fn and_in_postgres(
+        mut self,
+        url: &crate::PostgresUrl,
+        serving: bool,
+    ) -> Result<StateLock, LockError> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_default();
+        let holder = format!(
+            "keel{} pid {} on {}",
+            if serving { " serve" } else { "" },
+            std::process::id(),
+            if host.is_empty() { "an unnamed host" } else { &host }
+        );
+        match crate::PostgresLock::acquire(url, &holder) {
+            Ok(lock) => {
+                self._postgres = Some(lock);
+                Ok(self)
+            }
+            Err(crate::PostgresLockError::Held { holder }) => Err(LockError::HeldInPostgres {
+                holder,
+                location: url.to_string(),
+            }),
+            Err(crate::PostgresLockError::Store(error)) => Err(LockError::Store(error)),
+        }
     }
 
     /// Who holds the lock right now, as `(pid, serving)`, without making or changing anything:

@@ -151,3 +151,41 @@ fn an_unreachable_postgres_state_is_a_clear_error_without_its_password() {
     );
     assert!(stderr.contains("PGPASSWORD"), "{stderr}");
 }
+
+/// Two Keels with state directories of their own (two machines, as far as `keel.lock` can
+/// tell) on one PostgreSQL state: while a `keel serve` executes it, a `keel run` elsewhere is
+/// refused, naming the holder; once the serve is gone, the run goes ahead.
+#[test]
+fn one_keel_executes_a_postgres_state_across_state_directories() {
+    let Some(database) = TestDatabase::create("one_keel_executes_a_postgres_state") else {
+        return;
+    };
+    let serving = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let text = PIPELINE.replace(
+        "partition = \"date\"",
+        &format!("partition = \"date\"\nstate = {:?}", database.url()),
+    );
+    let served_pipeline = write_pipeline(serving.path(), &text);
+    write_pipeline(elsewhere.path(), &text);
+    let log = serving.path().join("serve.log");
+    let (served, _addr) = crate::support::serve_on_free_port(&[&served_pipeline], &log, &[]);
+    let output = keel()
+        .current_dir(elsewhere.path())
+        .args(["run", "--partition", "2026-01-18"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another keel is running this pipeline's state in PostgreSQL (keel serve pid"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.path().join("ledger").exists(), "nothing ran");
+    drop(served);
+    keel()
+        .current_dir(elsewhere.path())
+        .args(["run", "--partition", "2026-01-18"])
+        .assert()
+        .success();
+}

@@ -11,6 +11,7 @@
 //! The connection URL's password never reaches an error or a log: see [`PostgresUrl`].
 
 mod location;
+mod lock;
 mod schema;
 
 use std::str::FromStr;
@@ -23,6 +24,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
 
 use crate::*;
 pub use location::PostgresUrl;
+pub use lock::{PostgresLock, PostgresLockError};
 
 /// The advisory lock every writing transaction takes ("KEEL" and 1).
 const WRITE_LOCK: i64 = 0x4B45_454C_0000_0001;

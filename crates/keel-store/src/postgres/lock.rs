@@ -1,0 +1,156 @@
+//! The one-executor lock of a state in PostgreSQL: a session-level advisory lock, held on a
+//! connection of its own for as long as the executing Keel lives. The server releases it when
+//! that connection ends, however the Keel ends, so a crashed Keel leaves no stale lock; and it
+//! holds across machines, where the state directory's `keel.lock` cannot see.
+
+use std::sync::mpsc;
+
+use super::*;
+
+/// The advisory lock of the one executor ("KEEL" and 3).
+const EXECUTOR_LOCK: i64 = 0x4B45_454C_0000_0003;
+
+/// Held for as long as this value lives.
+pub struct PostgresLock {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PostgresLock {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PostgresLock")
+    }
+}
+
+/// Why the lock was not taken.
+#[derive(Debug)]
+pub enum PostgresLockError {
+    /// Another Keel holds it: who, as it named itself (`keel serve pid 42 on host-a`).
+    Held { holder: String },
+    Store(StoreError),
+}
+
+impl PostgresLock {
+    /// Takes the lock without waiting, naming this Keel `holder` to whoever finds it held.
+    pub fn acquire(url: &PostgresUrl, holder: &str) -> Result<PostgresLock, PostgresLockError> {
+        let options = PgConnectOptions::from_str(url.secret_url())
+            .map_err(|error| {
+                PostgresLockError::Store(StoreError::Unreachable {
+                    location: url.to_string(),
+                    detail: url.scrub(&error.to_string()),
+                })
+            })?
+            .application_name(holder);
+        let (ready_sender, ready) = mpsc::channel::<Result<(), PostgresLockError>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let url = url.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-postgres-lock".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_sender.send(Err(PostgresLockError::Store(
+                            StoreError::Database(error.to_string()),
+                        )));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut connection = match take(&url, &options).await {
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            let _ = ready_sender.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = ready_sender.send(Ok(()));
+                    // The session holds the lock; it ends when the lock is dropped.
+                    let _ = stopped.await;
+                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(EXECUTOR_LOCK)
+                        .execute(&mut connection)
+                        .await;
+                    let _ = connection.close().await;
+                });
+            })
+            .map_err(|error| PostgresLockError::Store(StoreError::Database(error.to_string())))?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(PostgresLock {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(PostgresLockError::Store(StoreError::Database(
+                    "the PostgreSQL lock's thread ended early".into(),
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for PostgresLock {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn take(
+    url: &PostgresUrl,
+    options: &PgConnectOptions,
+) -> Result<PgConnection, PostgresLockError> {
+    let store_error = |error: sqlx::Error| {
+        PostgresLockError::Store(StoreError::Unreachable {
+            location: url.to_string(),
+            detail: url.scrub(&error.to_string()),
+        })
+    };
+    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| {
+            PostgresLockError::Store(StoreError::Unreachable {
+                location: url.to_string(),
+                detail: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            })
+        })?
+        .map_err(store_error)?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(EXECUTOR_LOCK)
+        .fetch_one(&mut connection)
+        .await
+        .map_err(store_error)?;
+    if taken {
+        return Ok(connection);
+    }
+    // A 64-bit advisory key shows in pg_locks as its high and low halves.
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1
+         LIMIT 1",
+    )
+    .bind(EXECUTOR_LOCK >> 32)
+    .bind(EXECUTOR_LOCK & 0xFFFF_FFFF)
+    .fetch_optional(&mut connection)
+    .await
+    .map_err(store_error)?;
+    let _ = connection.close().await;
+    Err(PostgresLockError::Held {
+        holder: holder
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "a Keel whose name the server does not show".into()),
+    })
+}
