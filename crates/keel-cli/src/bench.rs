@@ -398,9 +398,10 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
     let (levels, width) = if args.quick { (10, 50) } else { (10, 100) };
     http::http_tasks(&dir, levels, width, concurrency, command_case.as_ref()).await?;
     let process_dir = dir.clone();
-    let process_wall =
-        tokio::task::spawn_blocking(move || whole_process(&process_dir, concurrency, "process", None))
-            .await??;
+    let process_wall = tokio::task::spawn_blocking(move || {
+        whole_process(&process_dir, concurrency, "process", None)
+    })
+    .await??;
     println!(
         "dag_10x10 as a whole `keel run` process, start-up included: {:.3} s (target < 0.25 s)",
         process_wall.as_secs_f64()

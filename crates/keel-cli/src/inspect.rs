@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use keel_model::{PipelineSpec, RunId};
-use keel_store::{RunRecord, RunView, AnyStore, StatusQuery, StatusView, Store};
+use keel_store::{AnyStore, RunRecord, RunView, StatusQuery, StatusView, Store};
 use serde_json::{Value, json};
 
 use crate::Exit;
@@ -180,8 +180,7 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         } else {
             println!(
                 "no runs yet for pipeline {:?} (state {})",
-                spec.name,
-                paths.location
+                spec.name, paths.location
             );
             if let Some(range) = &range {
                 print_range_summary(range, &StatusView::default());

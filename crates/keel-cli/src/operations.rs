@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use keel_model::{EventKind, RunState};
-use keel_store::{NewEvent, RunRecord, AnyStore, Store};
+use keel_store::{AnyStore, NewEvent, RunRecord, Store};
 
 use crate::Exit;
 use crate::args::{AcceptArgs, GcArgs};

@@ -54,9 +54,7 @@ pub enum StoreError {
         "cannot reach the PostgreSQL state {location}: {detail}; check that the server is up and the URL names it, and set PGPASSWORD if it asks for a password"
     )]
     Unreachable { location: String, detail: String },
-    #[error(
-        "the state {location} is in PostgreSQL, which {what} does not apply to; {hint}"
-    )]
+    #[error("the state {location} is in PostgreSQL, which {what} does not apply to; {hint}")]
     NotApplicable {
         location: String,
         what: String,

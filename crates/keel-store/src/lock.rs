@@ -126,7 +126,11 @@ impl StateLock {
             "keel{} pid {} on {}",
             if serving { " serve" } else { "" },
             std::process::id(),
-            if host.is_empty() { "an unnamed host" } else { &host }
+            if host.is_empty() {
+                "an unnamed host"
+            } else {
+                &host
+            }
         );
         match crate::PostgresLock::acquire(url, &holder) {
             Ok(lock) => {

@@ -54,7 +54,13 @@ fn keel_run_keeps_its_state_in_postgres_given_with_state() {
     write_pipeline(dir.path(), PIPELINE);
     keel()
         .current_dir(dir.path())
-        .args(["run", "--partition", "2026-01-18", "--state", database.url()])
+        .args([
+            "run",
+            "--partition",
+            "2026-01-18",
+            "--state",
+            database.url(),
+        ])
         .assert()
         .success();
     let status = status_json(dir.path(), Some(database.url()));
@@ -77,7 +83,13 @@ fn keel_run_keeps_its_state_in_postgres_given_with_state() {
     // A finished partition is not run again.
     keel()
         .current_dir(dir.path())
-        .args(["run", "--partition", "2026-01-18", "--state", database.url()])
+        .args([
+            "run",
+            "--partition",
+            "2026-01-18",
+            "--state",
+            database.url(),
+        ])
         .assert()
         .success();
     let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
@@ -85,7 +97,11 @@ fn keel_run_keeps_its_state_in_postgres_given_with_state() {
     lines.sort_unstable();
     assert_eq!(
         lines,
-        ["fetched 2026-01-18", "flaky 2026-01-18", "loaded 2026-01-18"],
+        [
+            "fetched 2026-01-18",
+            "flaky 2026-01-18",
+            "loaded 2026-01-18"
+        ],
         "each task succeeded exactly once"
     );
 }
@@ -178,7 +194,9 @@ fn one_keel_executes_a_postgres_state_across_state_directories() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("another keel is running this pipeline's state in PostgreSQL (keel serve pid"),
+        stderr.contains(
+            "another keel is running this pipeline's state in PostgreSQL (keel serve pid"
+        ),
         "{stderr}"
     );
     assert!(!elsewhere.path().join("ledger").exists(), "nothing ran");

@@ -26,7 +26,9 @@ impl std::fmt::Debug for PostgresLock {
 #[derive(Debug)]
 pub enum PostgresLockError {
     /// Another Keel holds it: who, as it named itself (`keel serve pid 42 on host-a`).
-    Held { holder: String },
+    Held {
+        holder: String,
+    },
     Store(StoreError),
 }
 

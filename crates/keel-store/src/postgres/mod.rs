@@ -291,15 +291,11 @@ async fn prepare(
         location: url.to_string(),
         detail: url.scrub(&detail),
     };
-    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| {
-            unreachable(format!(
-                "no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|error| unreachable(error.to_string()))?;
+    let mut connection =
+        tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|error| unreachable(error.to_string()))?;
     let store_id = migrate(&mut connection, url, migrate_mode).await;
     let _ = connection.close().await;
     store_id
@@ -1285,7 +1281,10 @@ async fn flags_in(connection: &mut PgConnection, pipeline: &str) -> StoreResult<
     })
 }
 
-async fn task_runs_in(connection: &mut PgConnection, run: RunId) -> StoreResult<Vec<TaskRunRecord>> {
+async fn task_runs_in(
+    connection: &mut PgConnection,
+    run: RunId,
+) -> StoreResult<Vec<TaskRunRecord>> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = $1 ORDER BY position"
     )))
@@ -2033,13 +2032,15 @@ pub mod testing {
             let name = format!("keel_test_{}", &random[..16]);
             let url = with_database(&admin, &name);
             let (statement, server) = (format!("CREATE DATABASE {name}"), admin.clone());
-            on_own_thread("keel-test-createdb", move || admin_execute(server, statement))
-                .map_err(|error| {
-                    format!(
-                        "cannot create a test database on KEEL_TEST_POSTGRES ({parsed}): {}",
-                        parsed.scrub(&error.to_string())
-                    )
-                })?;
+            on_own_thread("keel-test-createdb", move || {
+                admin_execute(server, statement)
+            })
+            .map_err(|error| {
+                format!(
+                    "cannot create a test database on KEEL_TEST_POSTGRES ({parsed}): {}",
+                    parsed.scrub(&error.to_string())
+                )
+            })?;
             Ok(Some(TestDatabase { admin, name, url }))
         }
 
