@@ -6,8 +6,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Where the state is kept: a path to an SQLite file, or sqlite:PATH. Overrides the
-    /// pipeline's `state` field; the default is .keel/state.db beside the pipeline file.
+    /// Where the state is kept: a path to an SQLite file, sqlite:PATH, or a PostgreSQL
+    /// database, postgres://USER@HOST:PORT/DATABASE (its password from PGPASSWORD). Overrides
+    /// the pipeline's `state` field; the default is .keel/state.db beside the pipeline file.
     #[arg(long, global = true, value_name = "URL")]
     pub state: Option<String>,
 
