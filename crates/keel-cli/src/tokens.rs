@@ -140,7 +140,7 @@ pub fn serve_for(
         pending: Mutex::new(Some(spec.clone())),
         loading: tokio::sync::Mutex::new(()),
         resources: Mutex::new(HashMap::new()),
-        store: store.clone(),
+        store: store.for_another_runtime(),
     });
     servers.push((path.clone(), served.clone()));
     std::thread::Builder::new()

@@ -107,6 +107,16 @@ impl AnyStore {
         })
     }
 
+    /// The same store, for use on a thread with a runtime of its own: a PostgreSQL store gets
+    /// a pool of its own there (see [`PostgresStore::with_own_pool`]); an SQLite store, whose
+    /// calls run on the blocking pool of whichever runtime makes them, is shared as it is.
+    pub fn for_another_runtime(&self) -> AnyStore {
+        match self {
+            AnyStore::Sqlite(store) => AnyStore::Sqlite(store.clone()),
+            AnyStore::Postgres(store) => AnyStore::Postgres(store.with_own_pool()),
+        }
+    }
+
     /// Where the state is.
     pub fn location(&self) -> StateLocation {
         match self {

@@ -57,6 +57,8 @@ pub struct PostgresStore {
     pool: PgPool,
     url: Arc<PostgresUrl>,
     store_id: Arc<str>,
+    options: PgConnectOptions,
+    config: PostgresConfig,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -123,20 +125,22 @@ impl PostgresStore {
         let Some(store_id) = store_id else {
             return Ok(None);
         };
-        // No idle timeout, no lifetime and no minimum: the pool then starts no task of its own,
-        // so it can be made here, outside any runtime.
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections.max(1))
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
         Ok(Some(PostgresStore {
-            pool,
+            pool: new_pool(&options, config),
             url: Arc::new(url.clone()),
             store_id: store_id.into(),
+            options,
+            config,
         }))
+    }
+
+    /// The same store on a pool of its own, for a thread with a runtime of its own: a pool's
+    /// connections are driven by the runtime that made them, so each runtime gets its pool.
+    pub fn with_own_pool(&self) -> PostgresStore {
+        PostgresStore {
+            pool: new_pool(&self.options, self.config),
+            ..self.clone()
+        }
     }
 
     /// The state's URL, its password hidden when shown.
@@ -271,6 +275,18 @@ impl PostgresStore {
         transaction.commit().await?;
         Ok(names)
     }
+}
+
+/// A pool that makes its connections as they are needed. No idle timeout, no lifetime and no
+/// minimum: the pool then starts no task of its own, so it can be made outside any runtime.
+fn new_pool(options: &PgConnectOptions, config: PostgresConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections.max(1))
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options.clone())
 }
 
 /// Whether opening a state may create and migrate its tables.
