@@ -166,6 +166,12 @@ fn an_unreachable_postgres_state_is_a_clear_error_without_its_password() {
         "{stderr}"
     );
     assert!(stderr.contains("PGPASSWORD"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: --state postgres://keel:***@127.0.0.1:{port}/keel holds a password"
+        )),
+        "{stderr}"
+    );
 }
 
 /// Two Keels with state directories of their own (two machines, as far as `keel.lock` can
