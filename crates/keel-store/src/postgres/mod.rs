@@ -57,7 +57,7 @@ pub struct PostgresStore {
     pool: PgPool,
     url: Arc<PostgresUrl>,
     store_id: Arc<str>,
-    options: PgConnectOptions,
+    options: Arc<PgConnectOptions>,
     config: PostgresConfig,
 }
 
@@ -129,7 +129,7 @@ impl PostgresStore {
             pool: new_pool(&options, config),
             url: Arc::new(url.clone()),
             store_id: store_id.into(),
-            options,
+            options: Arc::new(options),
             config,
         }))
     }
