@@ -10,6 +10,7 @@
 //! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
 mod alerts;
+mod backfill;
 mod calendar;
 mod context;
 mod edges;
@@ -63,6 +64,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "schedule_partition",
     "catchup",
     "max_active_partitions",
+    "backfill",
 ];
 const PIPELINE_LATER: &[&str] = &[];
 const CATCHUP_KINDS: &[&str] = &["all", "latest", "none"];
@@ -278,6 +280,8 @@ struct RawPipeline {
     schedule: Option<(String, Range<usize>)>,
     schedule_partition: Option<i64>,
     catchup: Option<Catchup>,
+    /// `backfill = { … }` and where it is, put with the schedule once that is known.
+    backfill: Option<(keel_model::BackfillSpec, Range<usize>)>,
     schedule_spec: Option<ScheduleSpec>,
     max_active_partitions: Option<u32>,
 }
@@ -927,6 +931,9 @@ impl Checker<'_> {
                 "max_active_partitions" => {
                     raw.max_active_partitions = self.positive_integer(value, field, PATH);
                 }
+                "backfill" => {
+                    raw.backfill = self.backfill(key, value).map(|spec| (spec, key.span()));
+                }
                 _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
                 _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
             }
@@ -969,6 +976,29 @@ impl Checker<'_> {
 
     /// Checks `schedule` in the pipeline's time zone and puts the schedule fields together.
     fn check_schedule(&mut self, raw: &mut RawPipeline) {
+        let backfill = raw.backfill.take();
+        if let Some((_, span)) = &backfill {
+            // Gaps are partitions the schedule should have made: that takes a schedule, and
+            // dates to count them in.
+            let missing = if raw.schedule.is_none() {
+                Some("a schedule (`schedule = \"0 6 * * *\"`)")
+            } else if self.partition != PartitionKind::Date {
+                Some("date partitions (`partition = \"date\"`)")
+            } else {
+                None
+            };
+            if let Some(missing) = missing {
+                self.errors.push(ConfigError::InvalidSchedule {
+                    field: "backfill".to_string(),
+                    table: "pipeline".to_string(),
+                    value: "{ … }".to_string(),
+                    reason: format!(
+                        "gap detection finds the partitions the schedule should have made, so the pipeline needs {missing}; add it or remove backfill"
+                    ),
+                    location: self.location(span),
+                });
+            }
+        }
         let Some((cron, span)) = raw.schedule.take() else {
             return;
         };
@@ -979,6 +1009,7 @@ impl Checker<'_> {
                     cron,
                     partition_offset_days: raw.schedule_partition.unwrap_or(0),
                     catchup: raw.catchup.unwrap_or_default(),
+                    backfill: backfill.map(|(spec, _)| spec),
                 })
             }
             Err(error) => self.errors.push(ConfigError::InvalidSchedule {

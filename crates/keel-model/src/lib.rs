@@ -36,7 +36,7 @@ pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
 pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
 pub use spec::{
-    AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
+    AlertsSpec, BackfillSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
     DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, DEFAULT_TIMEOUT, EarlierInput, GateSpec,
     GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, QuotaPeriod,

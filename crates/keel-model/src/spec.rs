@@ -145,6 +145,37 @@ pub struct ScheduleSpec {
     /// Which partition a scheduled run processes: its local date moved by this many days.
     pub partition_offset_days: i64,
     pub catchup: Catchup,
+    /// `backfill = { ... }`: which partitions the schedule should have made, and whether
+    /// `keel serve` repairs the ones missing or failed. Only the pipeline's own schedule has one.
+    pub backfill: Option<BackfillSpec>,
+}
+
+/// `backfill = { auto, max_per_day, lookback, from, tries }` of `[pipeline]`: gap detection
+/// over the partitions the pipeline's schedule should have made, and their repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillSpec {
+    /// Whether `keel serve` starts runs for the gaps by itself; `keel gaps` lists them either way.
+    pub auto: bool,
+    /// The most repair runs started in one local day of the pipeline's time zone.
+    pub max_per_day: u32,
+    /// How far back the schedule's fires are looked at, in days.
+    pub lookback_days: u32,
+    /// The first partition that should exist (`YYYY-MM-DD`): the pipeline's first date.
+    pub from: Option<String>,
+    /// How many repair runs one partition gets before it is reported as not repairable.
+    pub tries: u32,
+}
+
+impl Default for BackfillSpec {
+    fn default() -> BackfillSpec {
+        BackfillSpec {
+            auto: false,
+            max_per_day: 7,
+            lookback_days: 30,
+            from: None,
+            tries: 2,
+        }
+    }
 }
 
 /// What `keel serve` does about schedules it missed while it was not running.

@@ -348,6 +348,7 @@ pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassS
                     cron,
                     partition_offset_days: pass.partition.unwrap_or(0),
                     catchup: pass.catchup.unwrap_or_default(),
+                    backfill: None,
                 }),
                 tasks: selected,
                 params: pass.params,

@@ -775,6 +775,7 @@ command = ["true"]
             cron: "30 6 * * mon-fri".into(),
             partition_offset_days: -1,
             catchup: keel_model::Catchup::All,
+            backfill: None,
         })
     );
     let unscheduled = keel_config::parse(

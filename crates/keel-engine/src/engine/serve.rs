@@ -336,6 +336,7 @@ mod tests {
             cron: "0 6 * * *".into(),
             partition_offset_days: -1,
             catchup,
+            backfill: None,
         };
         let schedule = Schedule::parse(&spec.cron, "UTC").unwrap();
         Cursor::new(schedule, &spec, last.map(utc), utc(now))
