@@ -55,6 +55,9 @@ pub enum Command {
     Accept(AcceptArgs),
     /// Remove the attempt directories and logs of runs that finished long ago.
     Gc(GcArgs),
+    /// The partitions the schedule should have made in the last `lookback` days that are
+    /// missing, failed or stale, with their repairs; exit 1 when there is any.
+    Gaps(GapsArgs),
     /// Switch a task off, or on for a share of partitions, without a restart: `keel flags set
     /// TASK off|on|N%`, `keel flags list`.
     Flags(FlagsArgs),
@@ -218,6 +221,15 @@ pub struct StatusArgs {
     /// whole range with --from/--to.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct GapsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","checked_at","expected","gaps":[{"partition","kind","run",…}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

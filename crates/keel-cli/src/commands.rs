@@ -30,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Cancel(args) => cancel(state, name, args).await,
         Command::Accept(args) => crate::operations::accept(state, name, args).await,
         Command::Gc(args) => crate::operations::gc(state, name, args).await,
+        Command::Gaps(args) => crate::gaps::gaps(state, args).await,
         Command::Serve(args) => crate::serve::serve(state, args).await,
         Command::Bench(args) => crate::bench::bench(args).await,
         Command::Audit(args) => crate::audit::audit(args),

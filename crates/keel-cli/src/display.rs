@@ -115,6 +115,19 @@ impl ProgressDisplay {
                 Progress::ScheduleSkipped { reason, .. } => {
                     note = Some(format!("the schedule fired but could not run: {reason}"));
                 }
+                Progress::BackfillStarted {
+                    partition,
+                    kind,
+                    repair,
+                    ..
+                } => {
+                    note = Some(format!(
+                        "{partition}: {kind}; backfill started repair {repair}"
+                    ));
+                }
+                Progress::GapUnrepaired { detail, .. } => {
+                    note = Some(detail.clone());
+                }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }
                 | Progress::ResourceProbe { .. }

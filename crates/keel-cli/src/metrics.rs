@@ -322,7 +322,9 @@ impl Metrics {
             | Progress::GateOpened { .. }
             | Progress::TasksSettled { .. }
             | Progress::RunRefused { .. }
-            | Progress::RunScheduled { .. } => {}
+            | Progress::RunScheduled { .. }
+            | Progress::BackfillStarted { .. }
+            | Progress::GapUnrepaired { .. } => {}
         }
     }
 

@@ -407,6 +407,32 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 ),
             )
         },
+        Progress::BackfillStarted {
+            run,
+            partition,
+            kind,
+            repair,
+            ..
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            ..Line::new(
+                Level::Warn,
+                format!(
+                    "backfill: partition {partition} was {kind}; repair {repair} started as run {run}"
+                ),
+            )
+        },
+        Progress::GapUnrepaired {
+            run,
+            partition,
+            detail,
+            ..
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            ..Line::new(Level::Error, detail.clone())
+        },
         Progress::ResourceProbe {
             resource,
             healthy,

@@ -176,6 +176,7 @@ named_enum!(
         Accepted => "accepted",
         Pruned => "pruned",
         Expanded => "expanded",
+        GapUnrepaired => "gap_unrepaired",
     }
 );
 

@@ -17,7 +17,7 @@
 //!
 //! Only actionable events alert: `failed_permanent`, retries used up, a missed deadline, a run
 //! still `degraded` after its grace, a breaker open too long, a schedule fire that could not
-//! run. `no_data` is a normal answer and never alerts.
+//! run, a gap automatic backfill cannot repair. `no_data` is a normal answer and never alerts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -42,6 +42,9 @@ pub enum AlertKind {
     BreakerOpen,
     /// A fire of the schedule could not start a run.
     ScheduleMissed,
+    /// A partition the schedule should have made is missing, failed or stale, and automatic
+    /// backfill will not repair it.
+    GapUnrepaired,
 }
 
 impl AlertKind {
@@ -53,6 +56,7 @@ impl AlertKind {
             AlertKind::RunDegraded => "run_degraded",
             AlertKind::BreakerOpen => "breaker_open",
             AlertKind::ScheduleMissed => "schedule_missed",
+            AlertKind::GapUnrepaired => "gap_unrepaired",
         }
     }
 }
@@ -302,6 +306,24 @@ impl AlertBook {
                 let signature = self.signature(AlertKind::ScheduleMissed, "");
                 let detail = format!("a fire of the schedule could not run: {reason}");
                 self.fire(signature, None, None, None, detail, now, &mut messages);
+            }
+            Progress::GapUnrepaired {
+                run,
+                partition,
+                detail,
+                ..
+            } => {
+                // The subject is the partition: each gap is its own problem, told once.
+                let signature = self.signature(AlertKind::GapUnrepaired, partition);
+                self.fire(
+                    signature,
+                    Some(*run),
+                    Some(*run),
+                    Some(partition),
+                    detail.clone(),
+                    now,
+                    &mut messages,
+                );
             }
             Progress::RunScheduled {
                 partition,

@@ -283,6 +283,23 @@ pub enum Progress {
     },
     /// A fire of the schedule that could not start a run.
     ScheduleSkipped { fire_at: Millis, reason: String },
+    /// `backfill = { auto = true }` started (or joined) a run to repair a gap: the `repair`th
+    /// repair of `partition`, which was `kind` (`missing`, `failed`).
+    BackfillStarted {
+        run: RunId,
+        partition: String,
+        kind: &'static str,
+        repair: u32,
+        started_at: Millis,
+    },
+    /// A gap that automatic backfill will not repair (its tries are spent, or its run is stale):
+    /// a person is needed. Sent once per gap, recorded on its latest run.
+    GapUnrepaired {
+        run: RunId,
+        partition: String,
+        kind: &'static str,
+        detail: String,
+    },
     /// A task waited for a resource's rate limit instead of starting.
     RateLimited { resource: String, task: String },
     /// A resource's health probe (`ready`) failed, or passed after failing: tasks using it

@@ -13,6 +13,7 @@ use keel_model::{
 };
 use keel_store::{SqliteStore, Store};
 
+mod backfill;
 mod calendars;
 mod crash_property;
 mod earlier;
