@@ -844,4 +844,28 @@ mod tests {
             [(AlertKind::ScheduleMissed, Status::Resolved, String::new())]
         );
     }
+
+    #[test]
+    fn a_gap_backfill_cannot_repair_alerts_once_per_partition() {
+        let mut book = AlertBook::new("hoops", policy());
+        let gap = |run: i64, partition: &str| Progress::GapUnrepaired {
+            run: RunId(run),
+            partition: partition.into(),
+            kind: "failed",
+            detail: format!("partition {partition} is still failed after 2 automatic repairs"),
+        };
+        let out = book.observe(&gap(4, "2026-11-11"), 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].signature.kind, AlertKind::GapUnrepaired);
+        assert_eq!(out[0].signature.subject, "2026-11-11");
+        assert_eq!(out[0].status, Status::Firing);
+        assert!(
+            out[0].text().contains("after 2 automatic repairs"),
+            "{}",
+            out[0].text()
+        );
+        // The same gap again is not told twice; another partition's is its own problem.
+        assert!(book.observe(&gap(4, "2026-11-11"), MINUTE).is_empty());
+        assert_eq!(book.observe(&gap(5, "2026-11-12"), 2 * MINUTE).len(), 1);
+    }
 }

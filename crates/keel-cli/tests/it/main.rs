@@ -19,6 +19,7 @@ mod edges;
 mod expand;
 mod faults;
 mod flags;
+mod gaps;
 mod hardening;
 mod history;
 mod http_tasks;
