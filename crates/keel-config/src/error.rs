@@ -412,6 +412,16 @@ pub enum ConfigError {
     },
 
     #[error(
+        "pass {pass:?} runs {task:?}, which runs one item per entry of {from:?}'s list, but not {from:?} ({location}); the pass would have no items to run: add {from:?} to the pass"
+    )]
+    PassWithoutExpandSource {
+        pass: String,
+        task: String,
+        from: String,
+        location: Location,
+    },
+
+    #[error(
         "unknown {kind} {name:?} in pass {pass:?} ({location}); {}",
         pass_name_hint(.suggestion, *.kind, .name)
     )]
@@ -769,6 +779,7 @@ impl ConfigError {
             | ConfigError::InvalidEarlier { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
+            | ConfigError::PassWithoutExpandSource { location, .. }
             | ConfigError::UnknownPassName { location, .. }
             | ConfigError::UnknownPhase { location, .. }
             | ConfigError::UnknownPhaseDependency { location, .. }

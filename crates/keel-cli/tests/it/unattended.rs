@@ -72,18 +72,21 @@ fn set_up(root: &Path) -> Setup {
     std::os::unix::fs::symlink(keel_path(), &hoops).unwrap();
     let feed = start_feed(&hoops);
     // Each task's process writes a line to the ledger as it starts, so a task run twice (or
-    // started again beside itself) shows. While the file `hold` exists, `predictions` waits
-    // after its line (and says so with `held`): the test kills serve with it running.
+    // started again beside itself) shows. While the file `hold` exists, `predictions` (each of
+    // its per-player items) waits after its line (and says so with `held`): the test kills
+    // serve with them running.
     // The analytics gate's grace is Keel time, which runs 7,200 times as fast here while tasks
     // keep real time: its 2 minutes are 17 ms, and a task slowed by a loaded machine would be
     // waived and reconciled (a second start, rightly). This test is about schedules and a kill,
     // so the grace is made longer than any task takes: 12 hours are 6 s.
     let pipeline = include_str!("../../../../examples/hoops/keel.toml")
         .replace("grace = \"2m\"", "grace = \"12h\"")
+        // The same for the fan-outs' stall: a quorum met early would leave items out, rightly.
+        .replace("stall = \"10m\"", "stall = \"12h\"")
         .replace(
         "\ncommand = [\"hoops\",",
         &format!(
-            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {ledger}; if [ $KEEL_TASK = predictions ] && [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
+            "\ncommand = [\"sh\", \"-c\", \"echo $KEEL_PARTITION $KEEL_PASS $KEEL_TASK >> {ledger}; case $KEEL_TASK in predictions*) if [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi;; esac; exec \\\"$@\\\"\", \"sh\", \"hoops\",",
             ledger = root.join("ledger").display(),
             hold = root.join("hold").display(),
             held = root.join("held").display(),
@@ -92,6 +95,11 @@ fn set_up(root: &Path) -> Setup {
     assert!(
         pipeline.contains("grace = \"12h\""),
         "the gate's grace was not found"
+    );
+    assert_eq!(
+        pipeline.matches("stall = \"12h\"").count(),
+        2,
+        "the fan-outs' stall was not found"
     );
     std::fs::write(root.join("keel.toml"), pipeline).unwrap();
     let env = vec![
@@ -282,6 +290,21 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
+            // A fanned-out task starts no process of its own: each of its items starts once.
+            if let Some(items) = task.get("items") {
+                let prefix = format!("{line}[");
+                let started: Vec<&str> = ledger
+                    .lines()
+                    .filter(|started| started.starts_with(&prefix))
+                    .collect();
+                let distinct: std::collections::BTreeSet<&&str> = started.iter().collect();
+                assert_eq!(
+                    (started.len(), distinct.len()),
+                    (items["total"].as_u64().unwrap() as usize, started.len()),
+                    "{line}: each item once:\n{ledger}\n{log}"
+                );
+                continue;
+            }
             assert_eq!(
                 ledger.lines().filter(|started| *started == line).count(),
                 usize::from(!left_out),
