@@ -370,7 +370,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             .index_of(named)
                             .is_some_and(|task| self.core.task_uses[task].contains(&index))
                     })
-                    .map(|(_, at)| *at)
+                    // A start after this clock's now (a clock set back, or a state written
+                    // by a clock ahead of this one, as `keel serve --clock-start` makes) counts
+                    // as now: replayed as it is, the limit would hold every start until then.
+                    .map(|(_, at)| (*at).min(now))
                     .collect();
                 let mut policy =
                     ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));

@@ -1511,3 +1511,65 @@ async fn serve_stamps_its_heartbeat_with_the_clock_on_every_turn() {
     trigger.drain();
     handle.await.unwrap().unwrap();
 }
+
+/// Regression: attempt starts the store holds from a clock ahead of this one (a state written
+/// under `keel serve --clock-start`, or a clock set back) held every start on a rate-limited
+/// resource until that future instant. They count as starts made now: the limit holds for one
+/// window, no longer.
+#[tokio::test]
+async fn starts_recorded_by_a_clock_ahead_hold_a_rate_limit_for_one_window_only() {
+    let harness = Harness::new();
+    let mut feed = resource("feed");
+    feed.rate = Some(keel_model::Rate {
+        tokens: 2,
+        per: Duration::from_secs(1),
+    });
+    let spec = with_resource(pipeline(independent(3, 1), 8), feed);
+    // A day ahead of the engine's clock, an earlier Keel started two attempts on the feed.
+    let ahead = harness.clock.now_for_test() + 86_400_000;
+    let mut engine = harness.engine(spec.clone());
+    let earlier = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-17".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
+        Prepared::Created(run) => run,
+        ref other => panic!("{other:?}"),
+    };
+    for task in ["t00", "t01"] {
+        let attempt = harness
+            .store
+            .claim_attempt(keel_store::ClaimAttempt {
+                run: earlier,
+                task: task.into(),
+                owner: "ahead".into(),
+                dir: "/nonexistent".into(),
+                version: "v".into(),
+                lease_expires_at: ahead + 60_000,
+                at: ahead,
+            })
+            .await
+            .unwrap();
+        harness
+            .store
+            .mark_attempt_started(attempt.id, attempt.lease_epoch, None, ahead)
+            .await
+            .unwrap();
+    }
+    drop(engine);
+    let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let mut waited = 0;
+    while !handle.is_finished() {
+        waited += 100;
+        assert!(
+            waited <= 30_000,
+            "the rate limit held the starts for the day the other clock was ahead"
+        );
+        harness.clock.advance(100);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+}
