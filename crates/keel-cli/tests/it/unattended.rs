@@ -81,8 +81,19 @@ fn set_up(root: &Path) -> Setup {
     // so the grace is made longer than any task takes: 12 hours are 6 s.
     let pipeline = include_str!("../../../../examples/hoops/keel.toml")
         .replace("grace = \"2m\"", "grace = \"12h\"")
-        // The same for the fan-outs' stall: a quorum met early would leave items out, rightly.
-        .replace("stall = \"10m\"", "stall = \"12h\"")
+        // The fan-outs run whole-date here: a hundred processes per run for the predictions
+        // would make a run take longer than the hours this clock gives it on a loaded machine.
+        // Fan-out under serve has tests of its own; this one is about schedules and a kill.
+        .replace(", \"{item.key}\"]", "]")
+        .replace(", \"{item}\"]", "]")
+        .replace(
+            "expand = { from = \"scrape_schedule\", min = \"90%\", stall = \"10m\" }\n",
+            "",
+        )
+        .replace(
+            "expand = { from = \"feature_store\", min = \"95%\", stall = \"10m\" }\n",
+            "",
+        )
         .replace(
         "\ncommand = [\"hoops\",",
         &format!(
@@ -96,10 +107,9 @@ fn set_up(root: &Path) -> Setup {
         pipeline.contains("grace = \"12h\""),
         "the gate's grace was not found"
     );
-    assert_eq!(
-        pipeline.matches("stall = \"12h\"").count(),
-        2,
-        "the fan-outs' stall was not found"
+    assert!(
+        !pipeline.contains("expand") && !pipeline.contains("{item"),
+        "the fan-outs were not taken out"
     );
     std::fs::write(root.join("keel.toml"), pipeline).unwrap();
     let env = vec![
@@ -213,12 +223,20 @@ fn two_days_of_the_hoops_schedule_run_unattended_through_a_kill() {
     // 11-11 07:00: the 06:00 runs of 11-08, 11-09 and 11-10, and the passes of 11-08 and 11-09
     // (12:00 and 17:00 the day after).
     let end = start + (55 * 3_600_000);
-    wait_for("two days to pass", Duration::from_secs(120), || {
-        pipeline_now(restart, resumed) > end
-            && status(&root)["runs"].as_array().is_some_and(|runs| {
-                runs.len() == 7 && runs.iter().all(|run| run["state"] != "running")
-            })
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(pipeline_now(restart, resumed) > end
+        && status(&root)["runs"].as_array().is_some_and(|runs| {
+            runs.len() == 7 && runs.iter().all(|run| run["state"] != "running")
+        }))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "two days did not pass: {:#}\n{}",
+            status(&root),
+            logs(&root)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = logs(&root);
     assert!(killed_at < end, "the kill came before the end");
     for fired in [
