@@ -17,6 +17,7 @@ mod expand;
 mod http;
 mod passes;
 mod resilience;
+mod rollout;
 mod secrets_provider;
 mod tiers;
 mod timing;
@@ -102,6 +103,9 @@ const TASK_FIELDS: &[&str] = &[
     "secrets",
     "repeat",
     "freeze_after",
+    "version",
+    "code",
+    "rollout",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -327,6 +331,8 @@ struct RawTask {
     earlier: Vec<edges::RawEarlier>,
     repeat: Option<keel_model::RepeatSpec>,
     freeze_after: Option<keel_model::TimeOfDay>,
+    /// `version`, `code` and `rollout`.
+    versioning: keel_model::TaskVersioning,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -338,6 +344,8 @@ enum CommandKind {
     Calendar,
     /// `smoke`, run by `keel check`.
     Smoke,
+    /// `version`, whose output is part of the task's version.
+    Version,
 }
 
 /// Where a list of names sits, for its errors.
@@ -1128,6 +1136,7 @@ impl Checker<'_> {
             earlier: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1173,6 +1182,12 @@ impl Checker<'_> {
                 "smoke" => {
                     task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
                 }
+                "version" => {
+                    task.versioning.command =
+                        self.command(value, &path, &task.name.name, CommandKind::Version);
+                }
+                "code" => task.versioning.code = self.code_files(value, &path),
+                "rollout" => task.versioning.rollout = self.rollout(value, &path),
                 "wait_for" => task.wait_for = self.sensors(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
@@ -1288,6 +1303,7 @@ impl Checker<'_> {
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
                 CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
                 CommandKind::Smoke => ConfigError::EmptySmokeCommand { task, location },
+                CommandKind::Version => ConfigError::EmptyVersionCommand { task, location },
             });
             return None;
         }
@@ -1296,6 +1312,7 @@ impl Checker<'_> {
             CommandKind::Sensor => "wait_for command",
             CommandKind::Calendar => "when command",
             CommandKind::Smoke => "smoke command",
+            CommandKind::Version => "version command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -1665,6 +1682,7 @@ fn build_spec(
                     secrets: task.secrets,
                     repeat: task.repeat,
                     freeze_after: task.freeze_after,
+                    versioning: task.versioning.clone(),
                 }
             })
             .collect(),

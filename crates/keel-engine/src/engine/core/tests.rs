@@ -36,6 +36,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
     }
 }
 
