@@ -176,6 +176,9 @@ named_enum!(
         Accepted => "accepted",
         Pruned => "pruned",
         Expanded => "expanded",
+        RolloutCanary => "rollout_canary",
+        RolloutPromoted => "rollout_promoted",
+        RolloutRolledBack => "rollout_rolled_back",
     }
 );
 
