@@ -349,6 +349,7 @@ async fn claim_as_a_dead_keel(
             owner: "dead-keel".into(),
             dir: "/nonexistent".into(),
             version: "v".into(),
+            task_version: None,
             lease_expires_at: 0,
             at: 1,
         })
