@@ -45,6 +45,7 @@ mod serve_log;
 mod setup;
 mod state;
 mod tokens;
+mod versions;
 
 use std::process::ExitCode;
 

@@ -42,6 +42,8 @@ pub enum AlertKind {
     BreakerOpen,
     /// A fire of the schedule could not start a run.
     ScheduleMissed,
+    /// A canary version of a task was rolled back (`rollout`).
+    RolledBack,
 }
 
 impl AlertKind {
@@ -53,6 +55,7 @@ impl AlertKind {
             AlertKind::RunDegraded => "run_degraded",
             AlertKind::BreakerOpen => "breaker_open",
             AlertKind::ScheduleMissed => "schedule_missed",
+            AlertKind::RolledBack => "rolled_back",
         }
     }
 }
@@ -297,6 +300,39 @@ impl AlertBook {
                             told: false,
                         });
                 }
+            },
+            Progress::RolloutDecided {
+                run,
+                partition,
+                task,
+                status,
+                detail,
+                ..
+            } => match status {
+                keel_model::VersionStatus::RolledBack => {
+                    let signature = self.signature(AlertKind::RolledBack, task);
+                    self.fire(
+                        signature,
+                        None,
+                        Some(*run),
+                        Some(partition),
+                        format!("{task}: {detail}"),
+                        now,
+                        &mut messages,
+                    );
+                }
+                keel_model::VersionStatus::Promoted => {
+                    let detail = format!("{task}: {detail}");
+                    self.resolve(
+                        AlertKind::RolledBack,
+                        task,
+                        Some(partition),
+                        detail,
+                        now,
+                        &mut messages,
+                    );
+                }
+                _ => {}
             },
             Progress::ScheduleSkipped { reason, .. } => {
                 let signature = self.signature(AlertKind::ScheduleMissed, "");

@@ -238,6 +238,8 @@ pub enum Progress {
     },
     /// A canary version of a task was promoted or rolled back (`rollout`); a rollback alerts.
     RolloutDecided {
+        run: RunId,
+        partition: String,
         task: String,
         version: String,
         status: keel_model::VersionStatus,

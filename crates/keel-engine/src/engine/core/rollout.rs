@@ -278,7 +278,7 @@ impl Core {
             rollout.failed += 1;
         }
         let decision = rollout_spec.decide(rollout.clean, rollout.failed);
-        let record = &book.runs[live.run].record;
+        let record = book.runs[live.run].record.clone();
         let version = self.task_versions[base].clone();
         let previous = rollout
             .previous
@@ -350,6 +350,8 @@ impl Core {
             RolloutDecision::KeepGoing => None,
             RolloutDecision::Promote => {
                 (self.observer)(Progress::RolloutDecided {
+                    run: record.id,
+                    partition: record.partition.clone(),
                     task: spec.name.clone(),
                     version,
                     status,
@@ -359,6 +361,8 @@ impl Core {
             }
             RolloutDecision::RollBack => {
                 (self.observer)(Progress::RolloutDecided {
+                    run: record.id,
+                    partition: record.partition.clone(),
                     task: spec.name.clone(),
                     version: version.clone(),
                     status,
