@@ -39,6 +39,7 @@ mod operations;
 mod otlp;
 mod output;
 mod report;
+mod rollout;
 mod secrets;
 mod serve;
 mod serve_log;

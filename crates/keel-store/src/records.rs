@@ -587,6 +587,9 @@ pub struct StatusView {
     pub newest: std::collections::BTreeMap<String, RunState>,
     /// The pipeline's feature flags (`keel flags`), by task.
     pub flags: Vec<FlagRecord>,
+    /// The canaries and rolled-back versions of the pipeline's tasks (`keel rollout`): the
+    /// versions whose rollout is not settled or went wrong.
+    pub rollouts: Vec<TaskVersionRecord>,
 }
 
 /// A feature flag on a task (`keel flags set`): what it says, when and by whom it was set.

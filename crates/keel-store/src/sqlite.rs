@@ -1697,6 +1697,15 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         });
     }
     let flags = flags_in(transaction, &query.pipeline)?;
+    let rollouts = task_versions_in(transaction, &query.pipeline)?
+        .into_iter()
+        .filter(|record| {
+            matches!(
+                record.status,
+                keel_model::VersionStatus::Canary | keel_model::VersionStatus::RolledBack
+            )
+        })
+        .collect();
     let resources = resource_states_in(transaction, query.pipeline)?;
     Ok(StatusView {
         runs,
@@ -1704,6 +1713,7 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         omitted,
         newest,
         flags,
+        rollouts,
     })
 }
 
