@@ -344,7 +344,7 @@ pub fn version_checks(
             status,
             detail,
         };
-        match crate::versions::code_identity(spec, task, surroundings, timeout) {
+        match crate::versions::code_identity(spec, task, surroundings, &[], timeout) {
             Ok(identity) => {
                 let identity = identity.unwrap_or_default();
                 let json = serde_json::to_string(task).unwrap_or_default();

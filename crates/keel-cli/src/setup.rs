@@ -89,6 +89,7 @@ pub fn build_engine_versioned(
         None => crate::versions::code_identities(
             &spec,
             &surroundings,
+            &extra_env,
             crate::versions::VERSION_TIMEOUT,
         )
         .map_err(|problems| {

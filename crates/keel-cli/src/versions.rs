@@ -31,12 +31,13 @@ pub struct VersionProblem {
 pub fn code_identities(
     spec: &PipelineSpec,
     surroundings: &Surroundings,
+    extra_env: &[(String, String)],
     timeout: Duration,
 ) -> Result<HashMap<String, String>, Vec<VersionProblem>> {
     let mut identities = HashMap::new();
     let mut problems = Vec::new();
     for task in &spec.tasks {
-        match code_identity(spec, task, surroundings, timeout) {
+        match code_identity(spec, task, surroundings, extra_env, timeout) {
             Ok(Some(identity)) => {
                 identities.insert(task.name.clone(), identity);
             }
@@ -55,14 +56,16 @@ pub fn code_identities(
 }
 
 /// One task's code identity; `None` when it declares neither `version` nor `code`.
+/// `extra_env` is what the engine adds to every task's environment.
 pub fn code_identity(
     spec: &PipelineSpec,
     task: &TaskSpec,
     surroundings: &Surroundings,
+    extra_env: &[(String, String)],
     timeout: Duration,
 ) -> Result<Option<String>, String> {
     if let Some(command) = &task.versioning.command {
-        let output = run_version_command(spec, task, command, surroundings, timeout)?;
+        let output = run_version_command(spec, task, command, surroundings, extra_env, timeout)?;
         return Ok(Some(format!("version:{output}")));
     }
     if task.versioning.code.is_empty() {
@@ -111,6 +114,7 @@ fn run_version_command(
     task: &TaskSpec,
     command: &[String],
     surroundings: &Surroundings,
+    extra_env: &[(String, String)],
     timeout: Duration,
 ) -> Result<String, String> {
     let today = crate::state::today(spec)
@@ -130,8 +134,26 @@ fn run_version_command(
         .iter()
         .map(|part| keel_model::template::Template::parse(part).expand(&values))
         .collect();
-    let (env, clear) = crate::check::task_environment(Some(task), surroundings, &values);
-    let mut process = std::process::Command::new(&argv[0]);
+    let (mut env, clear) = crate::check::task_environment(Some(task), surroundings, &values);
+    env.extend(extra_env.iter().cloned());
+    // The program is looked up on the PATH the task gets, as the task's own would be.
+    let program = env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .and_then(|(_, path)| {
+            std::env::split_paths(path)
+                .map(|dir| dir.join(&argv[0]))
+                .find(|candidate| !argv[0].contains('/') && candidate.is_file())
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from(&argv[0]));
+    let cwd = surroundings.working_dir_of(Some(task));
+    // A relative path names a program from the task's working directory.
+    let program = match &cwd {
+        Some(dir) if argv[0].contains('/') && program.is_relative() => dir.join(program),
+        _ => program,
+    };
+    let mut process = std::process::Command::new(program);
     process
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -142,7 +164,7 @@ fn run_version_command(
         process.env_clear();
     }
     process.envs(env.iter().map(|(name, value)| (name, value)));
-    if let Some(cwd) = surroundings.working_dir_of(Some(task)) {
+    if let Some(cwd) = cwd {
         process.current_dir(cwd);
     }
     let shown = argv.join(" ");

@@ -252,9 +252,27 @@ impl Core {
         report: &Report,
     ) -> Option<(TaskNext, String)> {
         let base = self.base_task(live.task);
-        if self.rollouts[base].status != VersionStatus::Canary
-            || live.task_version.as_deref() != Some(self.task_versions[base].as_str())
-        {
+        if live.task_version.as_deref() != Some(self.task_versions[base].as_str()) {
+            return None;
+        }
+        if self.rollouts[base].status == VersionStatus::RolledBack {
+            // A canary attempt that was running when another one rolled the version back:
+            // its partition runs again on the promoted version too, if it failed.
+            let previous = self.rollouts[base].previous.clone()?;
+            if counts_as_clean(report.outcome) != Some(false) {
+                return None;
+            }
+            let note = format!(
+                "version {} was rolled back; running again on version {}",
+                self.task_versions[base], previous.version
+            );
+            let next = TaskNext::Retry {
+                not_before: book.now,
+                charge: false,
+            };
+            return Some((next, note));
+        }
+        if self.rollouts[base].status != VersionStatus::Canary {
             return None;
         }
         let spec = &self.spec.tasks[base];
