@@ -504,15 +504,15 @@ pub enum RolloutCommand {
     Promote {
         task: String,
         /// The version (default: the task's newest canary or rolled-back version).
-        #[arg(long)]
-        version: Option<String>,
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
     },
     /// Roll a version of a task back by hand: the version promoted before it runs instead.
     Rollback {
         task: String,
         /// The version (default: the task's canary, or else its promoted version).
-        #[arg(long)]
-        version: Option<String>,
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
     },
 }
 

@@ -33,11 +33,11 @@ pub async fn rollout(state_url: Option<&str>, args: RolloutArgs) -> Result<u8> {
             }
             Ok(0)
         }
-        RolloutCommand::Promote { task, version } => {
-            decide(&spec, &paths, &task, version, VersionStatus::Promoted).await
+        RolloutCommand::Promote { task, task_version } => {
+            decide(&spec, &paths, &task, task_version, VersionStatus::Promoted).await
         }
-        RolloutCommand::Rollback { task, version } => {
-            decide(&spec, &paths, &task, version, VersionStatus::RolledBack).await
+        RolloutCommand::Rollback { task, task_version } => {
+            decide(&spec, &paths, &task, task_version, VersionStatus::RolledBack).await
         }
     }
 }
