@@ -279,10 +279,10 @@ async fn preflight(spec: PipelineSpec, path: PathBuf, current: String) -> Result
             (rows, identities)
         })
         .await
-        .map_err(|error| format!("the checks of version {version} failed to run: {error}; {keep}"))?;
-        rows.extend(
-            crate::check::smoke_tests(&spec, &surroundings, RELOAD_SMOKE_TIMEOUT, 2).await,
-        );
+        .map_err(|error| {
+            format!("the checks of version {version} failed to run: {error}; {keep}")
+        })?;
+        rows.extend(crate::check::smoke_tests(&spec, &surroundings, RELOAD_SMOKE_TIMEOUT, 2).await);
         Ok::<_, String>((rows, identities))
     };
     let (rows, identities) = tokio::time::timeout(RELOAD_CHECK_TIMEOUT, checks)

@@ -37,7 +37,14 @@ pub async fn rollout(state_url: Option<&str>, args: RolloutArgs) -> Result<u8> {
             decide(&spec, &paths, &task, task_version, VersionStatus::Promoted).await
         }
         RolloutCommand::Rollback { task, task_version } => {
-            decide(&spec, &paths, &task, task_version, VersionStatus::RolledBack).await
+            decide(
+                &spec,
+                &paths,
+                &task,
+                task_version,
+                VersionStatus::RolledBack,
+            )
+            .await
         }
     }
 }
@@ -83,10 +90,10 @@ async fn decide(
         return Err(crate::inspect::unknown_task(spec, task));
     }
     let Some(store) = paths.open_existing()? else {
-        return Err(anyhow::anyhow!("{}", format!(
+        return Err(anyhow::anyhow!(
             "no state for pipeline {:?} yet; task versions are recorded when a run starts",
             spec.name
-        )));
+        ));
     };
     let versions: Vec<TaskVersionRecord> = store
         .task_versions(&spec.name)
@@ -118,19 +125,33 @@ async fn decide(
             .iter()
             .map(|record| format!("{} ({})", record.version, record.status))
             .collect();
-        return Err(anyhow::anyhow!("{}", match version {
-            Some(wanted) => format!(
-                "task {task} has no version {wanted:?}; its versions: {}",
-                if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
-            ),
-            None => format!(
-                "task {task} has no version to {}; keel rollout list shows its versions",
-                if status == VersionStatus::Promoted { "promote" } else { "roll back" }
-            ),
-        }));
+        return Err(anyhow::anyhow!(
+            "{}",
+            match version {
+                Some(wanted) => format!(
+                    "task {task} has no version {wanted:?}; its versions: {}",
+                    if known.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+                None => format!(
+                    "task {task} has no version to {}; keel rollout list shows its versions",
+                    if status == VersionStatus::Promoted {
+                        "promote"
+                    } else {
+                        "roll back"
+                    }
+                ),
+            }
+        ));
     };
     if chosen.status == status {
-        println!("task {task}: version {} is already {status}", chosen.version);
+        println!(
+            "task {task}: version {} is already {status}",
+            chosen.version
+        );
         return Ok(0);
     }
     if status == VersionStatus::RolledBack
@@ -139,10 +160,10 @@ async fn decide(
             .iter()
             .any(|record| record.status == VersionStatus::Retired)
     {
-        return Err(anyhow::anyhow!("{}", format!(
+        return Err(anyhow::anyhow!(
             "task {task}: version {} is the only version ever promoted; there is nothing to roll back to",
             chosen.version
-        )));
+        ));
     }
     let reason = format!("by {}", crate::operations::who());
     store

@@ -25,7 +25,6 @@ pub struct VersionProblem {
     pub problem: String,
 }
 
-
 /// The code identity of every task with `version` or `code`, by task name; or every task whose
 /// identity cannot be read, and why. Blocking: it runs commands and reads files.
 pub fn code_identities(

@@ -154,11 +154,7 @@ impl std::str::FromStr for VersionStatus {
 /// ```
 pub fn task_version_of(task_json: &str, code_identity: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in task_json
-        .bytes()
-        .chain([0])
-        .chain(code_identity.bytes())
-    {
+    for byte in task_json.bytes().chain([0]).chain(code_identity.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -136,7 +136,10 @@ async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {
         assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
     }
     // The engine rolls it back on a run, with the event, in one commit.
-    let run = store.create_run(new_run("2026-01-01", &["load"])).await.unwrap();
+    let run = store
+        .create_run(new_run("2026-01-01", &["load"]))
+        .await
+        .unwrap();
     store
         .commit(
             vec![Write::TaskVersion(TaskVersionChange {
@@ -157,7 +160,10 @@ async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {
         .await
         .unwrap();
     let versions = store.task_versions("conformance").await.unwrap();
-    let v2 = versions.iter().find(|record| record.version == "v2").unwrap();
+    let v2 = versions
+        .iter()
+        .find(|record| record.version == "v2")
+        .unwrap();
     assert_eq!(
         (v2.status, v2.clean, v2.failed, v2.reason.as_deref()),
         (VersionStatus::RolledBack, 0, 1, Some("attempt failed"))
@@ -177,7 +183,14 @@ async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {
     assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Retired));
     // By hand: rolling back the promoted version promotes again the one it replaced.
     store
-        .set_task_version_status("conformance", "load", "v3", VersionStatus::RolledBack, "bad", 6_000)
+        .set_task_version_status(
+            "conformance",
+            "load",
+            "v3",
+            VersionStatus::RolledBack,
+            "bad",
+            6_000,
+        )
         .await
         .unwrap();
     let versions = store.task_versions("conformance").await.unwrap();
@@ -185,11 +198,39 @@ async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {
     assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
     assert!(
         store
-            .set_task_version_status("conformance", "load", "v9", VersionStatus::Promoted, "x", 7_000)
+            .set_task_version_status(
+                "conformance",
+                "load",
+                "v9",
+                VersionStatus::Promoted,
+                "x",
+                7_000
+            )
             .await
             .is_err(),
         "an unknown version is refused"
     );
+    // The file naming a retired version again promotes it again.
+    let versions = store
+        .register_task_versions("conformance", vec![new("v3", false)], 8_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&versions, "v3"),
+        Some(VersionStatus::RolledBack),
+        "a rolled-back version stays so"
+    );
+    let versions = store
+        .register_task_versions("conformance", vec![new("v4", false)], 9_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Retired));
+    let versions = store
+        .register_task_versions("conformance", vec![new("v1", true)], 10_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
+    assert_eq!(status_of(&versions, "v4"), Some(VersionStatus::Retired));
     assert!(store.task_versions("other").await.unwrap().is_empty());
 }
 

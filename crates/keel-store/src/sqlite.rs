@@ -1411,7 +1411,13 @@ fn task_version_change_in(
         ],
     )?;
     if change.status == keel_model::VersionStatus::Promoted {
-        retire_other_promoted(transaction, &change.pipeline, &change.task, &change.version, at)?;
+        retire_other_promoted(
+            transaction,
+            &change.pipeline,
+            &change.task,
+            &change.version,
+            at,
+        )?;
     }
     event(
         transaction,
@@ -1454,8 +1460,21 @@ fn register_task_versions_in(
                 |row| row.get(0),
             )
             .optional()?;
-        if known.is_some() {
-            continue;
+        match known.as_deref() {
+            // A version promoted once and replaced since is what the file names again: going
+            // back to it is a deployment of a version known to work, promoted at once.
+            Some("retired") => {
+                cached_execute(
+                    transaction,
+                    "UPDATE task_versions SET status = 'promoted', reason = 'the pipeline names it again', updated_at = ?4
+                     WHERE pipeline = ?1 AND task = ?2 AND version = ?3",
+                    params![pipeline, new.task, new.version, at],
+                )?;
+                retire_other_promoted(transaction, pipeline, &new.task, &new.version, at)?;
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
         }
         let promoted: Option<String> = transaction
             .query_row(

@@ -126,13 +126,20 @@ fn a_broken_version_is_rolled_back_automatically_and_no_partition_fails() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "every run succeeded: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "every run succeeded: {stderr}"
+    );
 
     // Every partition ran version 1 exactly once and ended succeeded, the canary's too.
     let ledger = std::fs::read_to_string(root.join("ledger")).unwrap();
     for date in &partitions {
         assert_eq!(
-            ledger.lines().filter(|line| *line == format!("v1 {date}")).count(),
+            ledger
+                .lines()
+                .filter(|line| *line == format!("v1 {date}"))
+                .count(),
             1,
             "{date}:\n{ledger}"
         );
@@ -169,7 +176,11 @@ fn a_broken_version_is_rolled_back_automatically_and_no_partition_fails() {
             .is_some_and(|reason| reason.contains("ModuleNotFoundError")),
         "{broken}"
     );
-    let events = keel().args(["events", "--json"]).arg(&pipeline).output().unwrap();
+    let events = keel()
+        .args(["events", "--json"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
     let events = String::from_utf8_lossy(&events.stdout);
     let decisions: Vec<Value> = events
         .lines()
@@ -198,10 +209,8 @@ fn a_broken_version_is_rolled_back_automatically_and_no_partition_fails() {
     // `keel status` names the rollout that went wrong.
     let status = keel().args(["status"]).arg(&pipeline).output().unwrap();
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains(&format!(
-            "rollouts: load {} rolled_back",
-            rolled_back[0]
-        )),
+        String::from_utf8_lossy(&status.stdout)
+            .contains(&format!("rollouts: load {} rolled_back", rolled_back[0])),
         "{}",
         String::from_utf8_lossy(&status.stdout)
     );
@@ -211,7 +220,14 @@ fn a_broken_version_is_rolled_back_automatically_and_no_partition_fails() {
     let pipeline = pipeline_at(root, "v3");
     let later = dates(10, 25);
     let output = keel()
-        .args(["run", "--sequential", "--from", "2026-01-10", "--to", "2026-01-25"])
+        .args([
+            "run",
+            "--sequential",
+            "--from",
+            "2026-01-10",
+            "--to",
+            "2026-01-25",
+        ])
         .arg(&pipeline)
         .output()
         .unwrap();
@@ -268,7 +284,8 @@ fn versions_are_rolled_back_and_promoted_by_hand() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("is the only version ever promoted") && stderr.contains("nothing to roll back to"),
+        stderr.contains("is the only version ever promoted")
+            && stderr.contains("nothing to roll back to"),
         "{stderr}"
     );
     // Version 3 is a canary; promoted by hand, every partition runs it.
@@ -294,7 +311,10 @@ fn versions_are_rolled_back_and_promoted_by_hand() {
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains(&format!("task load: version {} promoted (was canary)", canary[0])),
+        stdout.contains(&format!(
+            "task load: version {} promoted (was canary)",
+            canary[0]
+        )),
         "{stdout}"
     );
     keel()
@@ -339,7 +359,12 @@ fn keel_check_runs_the_version_commands_of_the_hoops_example() {
         .env("PATH", &path)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let report = json_of(&output);
     let version = report["checks"]
         .as_array()
@@ -374,7 +399,10 @@ fn keel_check_runs_the_version_commands_of_the_hoops_example() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let failed: Vec<&str> = stdout.lines().filter(|line| line.contains("FAIL")).collect();
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains("FAIL"))
+        .collect();
     assert_eq!(failed.len(), 1, "{stdout}");
     assert!(failed[0].contains("task predictions"), "{stdout}");
     assert!(failed[0].contains("ModuleNotFoundError"), "{stdout}");
@@ -447,9 +475,11 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
         "command = [\"./bin/v2.sh\", \"{date}\"]\nsmoke = [\"./bin/v2.sh\", \"smoke\"]",
     );
     std::fs::write(&pipeline, smoked).unwrap();
-    wait_for("the failing smoke test to be reported", Duration::from_secs(60), || {
-        read(&log).contains("fails keel check; still running version")
-    });
+    wait_for(
+        "the failing smoke test to be reported",
+        Duration::from_secs(60),
+        || read(&log).contains("fails keel check; still running version"),
+    );
     let text = read(&log);
     assert!(text.contains("smoke task load"), "{text}");
     assert!(text.contains("ModuleNotFoundError"), "{text}");
@@ -459,7 +489,11 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
     };
     let ready = crate::api::request(&addr, "GET", "/ready", &[], None);
     assert_eq!(ready.status, 503, "{}", ready.text());
-    assert!(ready.text().contains("ModuleNotFoundError"), "{}", ready.text());
+    assert!(
+        ready.text().contains("ModuleNotFoundError"),
+        "{}",
+        ready.text()
+    );
     // The version in use still runs partitions.
     detach(&pipeline, "2026-01-02");
     wait_for("version 1 to run on", Duration::from_secs(30), || {
@@ -469,15 +503,22 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
 
     // Without the smoke test the broken version goes live as a canary and is rolled back at
     // its first canary partition, which runs again on version 1; the rollback alerts.
-    let canary = dates(3, 28).into_iter().find(|date| is_canary(date)).unwrap();
+    let canary = dates(3, 28)
+        .into_iter()
+        .find(|date| is_canary(date))
+        .unwrap();
     std::fs::write(&pipeline, v1.replace("v1.sh", "v2.sh")).unwrap();
-    wait_for("the new version to go live", Duration::from_secs(60), || {
-        read(&log).contains("pipeline canaried: reloaded")
-    });
+    wait_for(
+        "the new version to go live",
+        Duration::from_secs(60),
+        || read(&log).contains("pipeline canaried: reloaded"),
+    );
     detach(&pipeline, &canary);
-    wait_for("the canary partition to finish", Duration::from_secs(60), || {
-        read(&root.join("ledger")).contains(&format!("report {canary}"))
-    });
+    wait_for(
+        "the canary partition to finish",
+        Duration::from_secs(60),
+        || read(&root.join("ledger")).contains(&format!("report {canary}")),
+    );
     assert!(read(&root.join("ledger")).contains(&format!("v1 {canary}")));
     wait_for("the rollback alert", Duration::from_secs(30), || {
         read(&root.join("alerts.jsonl")).contains("rolled_back")
@@ -489,7 +530,10 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
         .unwrap_or_else(|| panic!("{}", read(&root.join("alerts.jsonl"))));
     assert_eq!(alert["keel"]["subject"], "load", "{alert}");
     assert!(
-        alert["text"].as_str().unwrap().contains("ModuleNotFoundError"),
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .contains("ModuleNotFoundError"),
         "{alert}"
     );
     // SAFETY: signalling the child this test started.

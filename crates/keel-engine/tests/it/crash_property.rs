@@ -437,7 +437,10 @@ impl Store for CrashStore {
             )
             .await
     }
-    async fn task_versions(&self, pipeline: &str) -> StoreResult<Vec<keel_store::TaskVersionRecord>> {
+    async fn task_versions(
+        &self,
+        pipeline: &str,
+    ) -> StoreResult<Vec<keel_store::TaskVersionRecord>> {
         self.probe
             .around("task_versions", self.inner.task_versions(pipeline))
             .await

@@ -66,7 +66,9 @@ impl std::fmt::Debug for Commands {
 #[derive(Debug, Clone)]
 pub(crate) enum VersionChoice {
     /// The file's version (promoted, or a canary on one of its partitions).
-    Current { canary: bool },
+    Current {
+        canary: bool,
+    },
     Previous(Arc<PreviousVersion>),
 }
 
@@ -303,12 +305,7 @@ impl Core {
             .as_ref()
             .map(|previous| previous.version.clone());
         let (status, event, detail, reason) = match decision {
-            RolloutDecision::KeepGoing => (
-                VersionStatus::Canary,
-                None,
-                String::new(),
-                None,
-            ),
+            RolloutDecision::KeepGoing => (VersionStatus::Canary, None, String::new(), None),
             RolloutDecision::Promote => (
                 VersionStatus::Promoted,
                 Some(keel_model::EventKind::RolloutPromoted),

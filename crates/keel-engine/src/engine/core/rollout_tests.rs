@@ -68,7 +68,11 @@ fn canary_core(rollout: RolloutSpec) -> (Core, std::sync::Arc<Mutex<Vec<Progress
 
 /// Starts what is ready as the store would claim it (with the version the claim records), and
 /// returns each attempt's id, task, version and command.
-fn launch(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId, String, String, Vec<String>)> {
+fn launch(
+    core: &mut Core,
+    book: &mut Book,
+    next_id: &mut i64,
+) -> Vec<(AttemptId, String, String, Vec<String>)> {
     let picked = core.pick_ready(book, 8);
     picked
         .into_iter()
@@ -124,7 +128,10 @@ fn a_broken_canary_is_rolled_back_and_its_partition_reruns_on_the_promoted_versi
     let mut book = loaded(&mut core, 1_000);
     let mut ids = 0;
     let first = launch(&mut core, &mut book, &mut ids);
-    assert_eq!(first[0].2, current, "the canary's partition runs the new version");
+    assert_eq!(
+        first[0].2, current,
+        "the canary's partition runs the new version"
+    );
     assert_eq!(first[0].3, ["new-a", PARTITION]);
     assert_eq!(
         version_changes(&book)[0].1,
@@ -133,14 +140,22 @@ fn a_broken_canary_is_rolled_back_and_its_partition_reruns_on_the_promoted_versi
     );
     book.writes.clear();
 
-    let mut broken = Report::new(Outcome::Failed, "ModuleNotFoundError: No module named 'hoops'");
+    let mut broken = Report::new(
+        Outcome::Failed,
+        "ModuleNotFoundError: No module named 'hoops'",
+    );
     broken.exit_code = Some(1);
-    core.on_reports(&mut book, vec![(first[0].0, broken)]).unwrap();
+    core.on_reports(&mut book, vec![(first[0].0, broken)])
+        .unwrap();
     let changes = version_changes(&book);
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].0, VersionStatus::RolledBack);
     assert_eq!(changes[0].1, keel_model::EventKind::RolloutRolledBack);
-    assert!(changes[0].2.contains("ModuleNotFoundError"), "{}", changes[0].2);
+    assert!(
+        changes[0].2.contains("ModuleNotFoundError"),
+        "{}",
+        changes[0].2
+    );
     assert!(changes[0].2.contains("to version old"), "{}", changes[0].2);
     // Its one attempt is not used up: the task runs again at once.
     assert_eq!(
@@ -152,7 +167,10 @@ fn a_broken_canary_is_rolled_back_and_its_partition_reruns_on_the_promoted_versi
     );
     assert!(seen.lock().unwrap().iter().any(|progress| matches!(
         progress,
-        Progress::RolloutDecided { status: VersionStatus::RolledBack, .. }
+        Progress::RolloutDecided {
+            status: VersionStatus::RolledBack,
+            ..
+        }
     )));
     book.writes.clear();
 
@@ -160,8 +178,11 @@ fn a_broken_canary_is_rolled_back_and_its_partition_reruns_on_the_promoted_versi
     let rerun = launch(&mut core, &mut book, &mut ids);
     assert_eq!(rerun[0].2, "old");
     assert_eq!(rerun[0].3, ["old-a", PARTITION]);
-    core.on_reports(&mut book, vec![(rerun[0].0, Report::new(Outcome::Succeeded, "ok"))])
-        .unwrap();
+    core.on_reports(
+        &mut book,
+        vec![(rerun[0].0, Report::new(Outcome::Succeeded, "ok"))],
+    )
+    .unwrap();
     assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::Succeeded));
     assert!(
         version_changes(&book).is_empty(),
@@ -188,8 +209,11 @@ fn clean_canary_attempts_promote_the_version() {
     let mut ids = 0;
     let first = launch(&mut core, &mut book, &mut ids);
     book.writes.clear();
-    core.on_reports(&mut book, vec![(first[0].0, Report::new(Outcome::Succeeded, "ok"))])
-        .unwrap();
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, Report::new(Outcome::Succeeded, "ok"))],
+    )
+    .unwrap();
     let changes = version_changes(&book);
     assert_eq!(changes[0].0, VersionStatus::Promoted);
     assert_eq!(changes[0].1, keel_model::EventKind::RolloutPromoted);
@@ -211,11 +235,14 @@ fn a_metric_below_its_floor_is_a_regression_that_rolls_back() {
     book.writes.clear();
     let mut report = Report::new(Outcome::Succeeded, "done");
     report.metrics = Some(r#"{"accuracy":0.19}"#.into());
-    core.on_reports(&mut book, vec![(first[0].0, report)]).unwrap();
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
     let changes = version_changes(&book);
     assert_eq!(changes[0].0, VersionStatus::RolledBack);
     assert!(
-        changes[0].2.contains("metric accuracy 0.19 is below its floor 0.4"),
+        changes[0]
+            .2
+            .contains("metric accuracy 0.19 is below its floor 0.4"),
         "{}",
         changes[0].2
     );
@@ -247,5 +274,8 @@ fn a_stored_version_that_does_not_read_back_is_not_run() {
     let mut book = loaded(&mut core, 1_000);
     let mut ids = 0;
     let first = launch(&mut core, &mut book, &mut ids);
-    assert_eq!(first[0].2, current, "the file's version runs when there is no other");
+    assert_eq!(
+        first[0].2, current,
+        "the file's version runs when there is no other"
+    );
 }
