@@ -21,6 +21,7 @@ mod expand;
 mod passes;
 mod properties;
 mod remembered;
+mod rollout;
 
 /// (task, attempt, environment) of one launch.
 type LaunchRecord = (String, u32, Vec<(String, String)>);
