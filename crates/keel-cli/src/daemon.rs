@@ -204,6 +204,12 @@ async fn keep_serving(
                                 check.abort();
                             }
                             let path = watch.path.clone();
+                            served.logger.info(&format!(
+                                "pipeline {}: checking version {} of {} before it goes live; version {current} runs meanwhile",
+                                served.name,
+                                candidate.version(),
+                                path.display()
+                            ));
                             pending = Some(tokio::spawn(preflight(candidate, path, current)));
                         }
                     }

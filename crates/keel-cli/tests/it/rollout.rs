@@ -546,3 +546,52 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
         .unwrap();
     assert_eq!(json_of(&status)["runs"][0]["state"], "succeeded");
 }
+
+/// The checks of a new version run beside the work of the version in use: a smoke test that
+/// has not finished holds up no run, and the version goes live once it passes.
+#[test]
+fn a_slow_smoke_test_never_holds_up_running_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    scripts(root);
+    let v1 = PIPELINE.replace("VERSION", "v1");
+    let pipeline = write_pipeline(root, &v1);
+    let log = root.join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut served = Command::new(keel_path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .arg(&pipeline)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .map(Served)
+        .unwrap();
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        read(&log).contains("API on http://")
+    });
+    // Version 3's smoke test runs until the test lets it finish.
+    let slow = v1.replace(
+        "command = [\"./bin/v1.sh\", \"{date}\"]",
+        "command = [\"./bin/v3.sh\", \"{date}\"]\nsmoke = [\"sh\", \"-c\", \"touch smoking; while [ ! -e release-smoke ]; do sleep 0.05; done\"]",
+    );
+    std::fs::write(&pipeline, slow).unwrap();
+    wait_for("the smoke test to start", Duration::from_secs(30), || {
+        root.join("smoking").exists()
+    });
+    assert!(read(&log).contains("before it goes live; version"), "{}", read(&log));
+    // Meanwhile a run goes through on version 1.
+    detach(&pipeline, "2026-01-02");
+    wait_for("a run while the smoke test runs", Duration::from_secs(30), || {
+        read(&root.join("ledger")).contains("report 2026-01-02")
+    });
+    assert!(read(&root.join("ledger")).contains("v1 2026-01-02"));
+    assert!(!read(&log).contains("pipeline canaried: reloaded"), "{}", read(&log));
+    std::fs::write(root.join("release-smoke"), "").unwrap();
+    wait_for("version 3 to go live", Duration::from_secs(30), || {
+        read(&log).contains("pipeline canaried: reloaded")
+    });
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(served.0.id() as i32, libc::SIGTERM) };
+    assert_eq!(served.0.wait().unwrap().code(), Some(0), "{}", read(&log));
+}
