@@ -579,14 +579,24 @@ fn a_slow_smoke_test_never_holds_up_running_work() {
     wait_for("the smoke test to start", Duration::from_secs(30), || {
         root.join("smoking").exists()
     });
-    assert!(read(&log).contains("before it goes live; version"), "{}", read(&log));
+    assert!(
+        read(&log).contains("before it goes live; version"),
+        "{}",
+        read(&log)
+    );
     // Meanwhile a run goes through on version 1.
     detach(&pipeline, "2026-01-02");
-    wait_for("a run while the smoke test runs", Duration::from_secs(30), || {
-        read(&root.join("ledger")).contains("report 2026-01-02")
-    });
+    wait_for(
+        "a run while the smoke test runs",
+        Duration::from_secs(30),
+        || read(&root.join("ledger")).contains("report 2026-01-02"),
+    );
     assert!(read(&root.join("ledger")).contains("v1 2026-01-02"));
-    assert!(!read(&log).contains("pipeline canaried: reloaded"), "{}", read(&log));
+    assert!(
+        !read(&log).contains("pipeline canaried: reloaded"),
+        "{}",
+        read(&log)
+    );
     std::fs::write(root.join("release-smoke"), "").unwrap();
     wait_for("version 3 to go live", Duration::from_secs(30), || {
         read(&log).contains("pipeline canaried: reloaded")
