@@ -536,6 +536,15 @@ fn serve_keeps_the_old_version_when_the_new_one_fails_and_alerts_on_a_rollback()
             .contains("ModuleNotFoundError"),
         "{alert}"
     );
+    // The dashboard's health page lists the rolled-back version.
+    let health = crate::api::request(&addr, "GET", "/ui/canaried/health", &[], None);
+    assert_eq!(health.status, 200);
+    let page = health.text();
+    let rollouts = &page[page.find("id=\"rollouts\"").expect("a rollouts panel")..];
+    assert!(
+        rollouts.contains("data-task=\"load\"") && rollouts.contains("rolled_back"),
+        "{rollouts}"
+    );
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(served.0.id() as i32, libc::SIGTERM) };
     assert_eq!(served.0.wait().unwrap().code(), Some(0), "{}", read(&log));
