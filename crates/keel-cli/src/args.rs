@@ -61,6 +61,9 @@ pub enum Command {
     /// Switch a task off, or on for a share of partitions, without a restart: `keel flags set
     /// TASK off|on|N%`, `keel flags list`.
     Flags(FlagsArgs),
+    /// Task versions and their canary rollout: `keel rollout list`, `keel rollout promote TASK`,
+    /// `keel rollout rollback TASK`.
+    Rollout(RolloutArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -485,6 +488,43 @@ pub enum FlagsCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+    /// The pipeline file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "keel.toml",
+        value_name = "PIPELINE"
+    )]
+    pub pipeline: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Every recorded version of each task: canary, promoted, rolled back or retired.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote a version of a task by hand: every partition runs it from now on.
+    Promote {
+        task: String,
+        /// The version (default: the task's newest canary or rolled-back version).
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
+    },
+    /// Roll a version of a task back by hand: the version promoted before it runs instead.
+    Rollback {
+        task: String,
+        /// The version (default: the task's canary, or else its promoted version).
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
     },
 }
 

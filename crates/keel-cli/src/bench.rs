@@ -232,6 +232,7 @@ async fn store_transitions(dir: &Path, count: usize) -> Result<(usize, Duration)
                 owner: "bench".into(),
                 dir: String::new(),
                 version: "v".into(),
+                task_version: None,
                 lease_expires_at: 0,
                 at: 0,
             })

@@ -37,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Secrets(args) => crate::secrets::secrets(args),
         Command::Check(args) => crate::check::check(args).await,
         Command::Flags(args) => crate::flags::flags(state, args).await,
+        Command::Rollout(args) => crate::rollout::rollout(state, args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Token(args) => crate::tokens::token(&args.resource, args.count, &args.timeout),
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),

@@ -89,6 +89,9 @@ impl ProgressDisplay {
                 Progress::BreakerChanged { resource, detail, .. } => {
                     note = Some(format!("resource {resource}: breaker {detail}"));
                 }
+                Progress::RolloutDecided { task, detail, .. } => {
+                    note = Some(format!("task {task}: {detail}"));
+                }
                 Progress::GateOpened { partition, phase, missing, .. } => {
                     note = Some(format!(
                         "{partition} gate of phase {phase} opened without {}; the run will be degraded unless they land",

@@ -66,6 +66,16 @@ fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::M
         "metrics": display::metrics_json(summary.metrics.as_deref()),
         "message": task.message,
     });
+    // The version of the task its latest attempt ran (`keel rollout`).
+    if let Some(version) = run
+        .attempts
+        .iter()
+        .rev()
+        .find(|attempt| attempt.task == task.task)
+        .and_then(|attempt| attempt.task_version.clone())
+    {
+        entry["task_version"] = version.into();
+    }
     if let Some(counts) = display::item_counts(run).get(&task.task) {
         entry["items"] = json!({
             "total": counts.total,
@@ -224,6 +234,13 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         if !view.resources.is_empty() {
             document["resources"] = resources_json(&view);
         }
+        if !view.rollouts.is_empty() {
+            document["rollouts"] = view
+                .rollouts
+                .iter()
+                .map(crate::rollout::version_json)
+                .collect();
+        }
         if !view.flags.is_empty() {
             document["flags"] = view
                 .flags
@@ -259,6 +276,19 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
             .map(|flag| format!("{} {}", flag.task, flag.state))
             .collect();
         println!("flags: {} (keel flags list)", flags.join(", "));
+    }
+    if !view.rollouts.is_empty() {
+        let rollouts: Vec<String> = view
+            .rollouts
+            .iter()
+            .map(|record| {
+                format!(
+                    "{} {} {} ({} clean, {} failed)",
+                    record.task, record.version, record.status, record.clean, record.failed
+                )
+            })
+            .collect();
+        println!("rollouts: {} (keel rollout list)", rollouts.join(", "));
     }
     if let Some(range) = &range {
         print_range_summary(range, &view);

@@ -40,12 +40,14 @@ mod operations;
 mod otlp;
 mod output;
 mod report;
+mod rollout;
 mod secrets;
 mod serve;
 mod serve_log;
 mod setup;
 mod state;
 mod tokens;
+mod versions;
 
 use std::process::ExitCode;
 

@@ -289,6 +289,8 @@ impl Metrics {
             }
             // Logged by serve; the breaker gauges say more about a dependency's health.
             Progress::ResourceProbe { .. } => {}
+            // Logged by serve and alerted; `keel rollout list` says where each version stands.
+            Progress::RolloutDecided { .. } => {}
             Progress::SensorPolled { task, verdict, .. } => {
                 families
                     .sensor_polls

@@ -365,6 +365,30 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 format!("resource {resource}: breaker {detail}"),
             )
         },
+        Progress::RolloutDecided {
+            run,
+            partition,
+            task,
+            version,
+            status,
+            detail,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            extra: vec![
+                ("task_version", version.as_str().into()),
+                ("rollout", status.as_str().into()),
+            ],
+            ..Line::new(
+                if *status == keel_model::VersionStatus::RolledBack {
+                    Level::Error
+                } else {
+                    Level::Info
+                },
+                format!("task {task}: {detail}"),
+            )
+        },
         Progress::RunFinished {
             run,
             partition,

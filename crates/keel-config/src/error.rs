@@ -157,6 +157,19 @@ pub enum ConfigError {
     )]
     EmptySmokeCommand { task: String, location: Location },
 
+    #[error(
+        "empty version command in task {task:?} ({location}); give a command whose output names the task's code, such as version = [\"hoops\", \"--version\"]"
+    )]
+    EmptyVersionCommand { task: String, location: Location },
+
+    #[error("invalid {field} in task {task:?} ({location}): {reason}")]
+    InvalidVersioning {
+        task: String,
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error("invalid secret name {name:?} in the secrets of task {task:?} ({location}); {reason}")]
     InvalidSecretName {
         task: String,
@@ -754,6 +767,8 @@ impl ConfigError {
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptyCalendarCommand { location, .. }
             | ConfigError::EmptySmokeCommand { location, .. }
+            | ConfigError::EmptyVersionCommand { location, .. }
+            | ConfigError::InvalidVersioning { location, .. }
             | ConfigError::InvalidSecretName { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }

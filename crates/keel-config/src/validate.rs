@@ -18,6 +18,7 @@ mod expand;
 mod http;
 mod passes;
 mod resilience;
+mod rollout;
 mod secrets_provider;
 mod tiers;
 mod timing;
@@ -104,6 +105,9 @@ const TASK_FIELDS: &[&str] = &[
     "secrets",
     "repeat",
     "freeze_after",
+    "version",
+    "code",
+    "rollout",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -331,6 +335,8 @@ struct RawTask {
     earlier: Vec<edges::RawEarlier>,
     repeat: Option<keel_model::RepeatSpec>,
     freeze_after: Option<keel_model::TimeOfDay>,
+    /// `version`, `code` and `rollout`.
+    versioning: keel_model::TaskVersioning,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -342,6 +348,8 @@ enum CommandKind {
     Calendar,
     /// `smoke`, run by `keel check`.
     Smoke,
+    /// `version`, whose output is part of the task's version.
+    Version,
 }
 
 /// Where a list of names sits, for its errors.
@@ -1159,6 +1167,7 @@ impl Checker<'_> {
             earlier: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1204,6 +1213,12 @@ impl Checker<'_> {
                 "smoke" => {
                     task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
                 }
+                "version" => {
+                    task.versioning.command =
+                        self.command(value, &path, &task.name.name, CommandKind::Version);
+                }
+                "code" => task.versioning.code = self.code_files(value, &path),
+                "rollout" => task.versioning.rollout = self.rollout(value, &path),
                 "wait_for" => task.wait_for = self.sensors(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
@@ -1319,6 +1334,7 @@ impl Checker<'_> {
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
                 CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
                 CommandKind::Smoke => ConfigError::EmptySmokeCommand { task, location },
+                CommandKind::Version => ConfigError::EmptyVersionCommand { task, location },
             });
             return None;
         }
@@ -1327,6 +1343,7 @@ impl Checker<'_> {
             CommandKind::Sensor => "wait_for command",
             CommandKind::Calendar => "when command",
             CommandKind::Smoke => "smoke command",
+            CommandKind::Version => "version command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -1696,6 +1713,7 @@ fn build_spec(
                     secrets: task.secrets,
                     repeat: task.repeat,
                     freeze_after: task.freeze_after,
+                    versioning: task.versioning.clone(),
                 }
             })
             .collect(),

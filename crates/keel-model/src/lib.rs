@@ -14,6 +14,7 @@ mod not_ready;
 mod outcome;
 mod quota;
 mod repeat;
+mod rollout;
 pub mod schedule;
 mod spec;
 mod suggest;
@@ -35,6 +36,7 @@ pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
 pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
+pub use rollout::{RolloutDecision, RolloutSpec, TaskVersioning, VersionStatus, task_version_of};
 pub use spec::{
     AlertsSpec, BackfillSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,

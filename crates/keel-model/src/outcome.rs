@@ -177,6 +177,9 @@ named_enum!(
         Pruned => "pruned",
         Expanded => "expanded",
         GapUnrepaired => "gap_unrepaired",
+        RolloutCanary => "rollout_canary",
+        RolloutPromoted => "rollout_promoted",
+        RolloutRolledBack => "rollout_rolled_back",
     }
 );
 

@@ -399,6 +399,10 @@ pub struct TaskSpec {
     /// reruns no longer rerun the task. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_after: Option<crate::TimeOfDay>,
+    /// `version`, `code` and `rollout`: what tells this task's versions apart, and how a new
+    /// one goes live. Left out of the pipeline version when neither `version` nor `code` is set.
+    #[serde(default, skip_serializing_if = "crate::TaskVersioning::is_unversioned")]
+    pub versioning: crate::TaskVersioning,
 }
 
 impl TaskSpec {
@@ -492,7 +496,7 @@ pub struct SmokeTest {
 ///
 /// Paths are kept as written: they are relative to the pipeline file's directory, which only the
 /// caller knows, and `cwd` may hold templates expanded per attempt.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskContext {
     /// The working directory, templates not expanded; `None` is the pipeline file's directory.
     pub cwd: Option<String>,
@@ -511,7 +515,7 @@ impl TaskContext {
 }
 
 /// Which of Keel's own environment variables a task inherits (`inherit_env`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InheritEnv {
     /// All of them (`true`, the default).
@@ -633,6 +637,7 @@ mod tests {
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

@@ -45,6 +45,8 @@ pub enum AlertKind {
     /// A partition the schedule should have made is missing, failed or stale, and automatic
     /// backfill will not repair it.
     GapUnrepaired,
+    /// A canary version of a task was rolled back (`rollout`).
+    RolledBack,
 }
 
 impl AlertKind {
@@ -57,6 +59,7 @@ impl AlertKind {
             AlertKind::BreakerOpen => "breaker_open",
             AlertKind::ScheduleMissed => "schedule_missed",
             AlertKind::GapUnrepaired => "gap_unrepaired",
+            AlertKind::RolledBack => "rolled_back",
         }
     }
 }
@@ -301,6 +304,39 @@ impl AlertBook {
                             told: false,
                         });
                 }
+            },
+            Progress::RolloutDecided {
+                run,
+                partition,
+                task,
+                status,
+                detail,
+                ..
+            } => match status {
+                keel_model::VersionStatus::RolledBack => {
+                    let signature = self.signature(AlertKind::RolledBack, task);
+                    self.fire(
+                        signature,
+                        None,
+                        Some(*run),
+                        Some(partition),
+                        format!("{task}: {detail}"),
+                        now,
+                        &mut messages,
+                    );
+                }
+                keel_model::VersionStatus::Promoted => {
+                    let detail = format!("{task}: {detail}");
+                    self.resolve(
+                        AlertKind::RolledBack,
+                        task,
+                        Some(partition),
+                        detail,
+                        now,
+                        &mut messages,
+                    );
+                }
+                _ => {}
             },
             Progress::ScheduleSkipped { reason, .. } => {
                 let signature = self.signature(AlertKind::ScheduleMissed, "");

@@ -188,7 +188,8 @@ pub fn document() -> Value {
                         "time_ms": { "type": "integer", "minimum": 0 },
                         "rows": nullable_integer,
                         "metrics": { "description": "The `metrics` object of the newest finished attempt's result file, or null" },
-                        "message": nullable_string
+                        "message": nullable_string,
+                        "task_version": { "type": "string", "description": "The version of the task its latest attempt ran (`keel rollout`); absent before any attempt" }
                     }
                 },
                 "Run": {

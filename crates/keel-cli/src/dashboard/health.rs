@@ -36,6 +36,18 @@ pub struct HealthPage {
     /// What "running long" means on this page, when anything can be.
     pub long_after: Option<String>,
     pub open_breakers: Vec<OpenBreaker>,
+    /// Task versions that are canaries or were rolled back (`keel rollout`).
+    pub rollouts: Vec<Rollout>,
+}
+
+/// A task version whose rollout is under way or went wrong.
+pub struct Rollout {
+    pub task: String,
+    pub version: String,
+    pub status: &'static str,
+    pub class: &'static str,
+    pub counts: String,
+    pub reason: String,
 }
 
 /// A recent run that went wrong.
@@ -152,6 +164,21 @@ pub async fn render(
             })
         })
         .collect();
+    let rollouts = view
+        .rollouts
+        .iter()
+        .map(|record| Rollout {
+            task: record.task.clone(),
+            version: record.version.clone(),
+            status: record.status.as_str(),
+            class: match record.status {
+                keel_model::VersionStatus::RolledBack => "failed",
+                _ => "running",
+            },
+            counts: format!("{} clean, {} failed", record.clean, record.failed),
+            reason: crate::display::printable(record.reason.as_deref().unwrap_or_default()),
+        })
+        .collect();
     let mut chrome = Chrome::new(
         context,
         &spec,
@@ -167,6 +194,7 @@ pub async fn render(
         problems,
         long_after: long_after.map(view::duration),
         open_breakers,
+        rollouts,
     })
 }
 

@@ -28,6 +28,7 @@ mod messages;
 mod operations;
 mod planted_secret;
 mod reconcile_crash;
+mod rollout;
 mod secrets;
 mod serve;
 mod shutdown;

@@ -8,6 +8,7 @@ mod errors;
 mod expand;
 mod http;
 mod property;
+mod rollout;
 mod secrets;
 mod timing;
 mod tokens;

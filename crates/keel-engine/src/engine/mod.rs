@@ -66,6 +66,9 @@ pub struct LaunchContext {
     pub keel_env: Vec<(String, String)>,
     /// The variables of each `env_file`, by the path as the pipeline file writes it.
     pub env_files: HashMap<String, Vec<(String, String)>>,
+    /// Per task name: what tells its code apart (its `version` command's output, or its `code`
+    /// files' digests), read by the CLI before the engine starts; part of the task's version.
+    pub code_identities: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for LaunchContext {
@@ -232,6 +235,15 @@ pub enum Progress {
         span: SpanId,
         started_at: Millis,
         finished_at: Millis,
+    },
+    /// A canary version of a task was promoted or rolled back (`rollout`); a rollback alerts.
+    RolloutDecided {
+        run: RunId,
+        partition: String,
+        task: String,
+        version: String,
+        status: keel_model::VersionStatus,
+        detail: String,
     },
     /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
     BreakerChanged {
@@ -451,8 +463,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .collect();
         let store_id: Arc<str> = store.store_id().into();
         let commands = spec.tasks.iter().map(Commands::of).collect();
+        let task_versions = Core::compute_task_versions(&spec, &config);
+        let rollouts = vec![Default::default(); spec.tasks.len()];
         Engine {
             core: Core {
+                task_versions,
+                rollouts,
                 random,
                 version: spec.version(),
                 spec: Arc::new(spec),
@@ -892,6 +908,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let (probe_reporter, probes) = mpsc::unbounded_channel();
         let mut book = Book::new(self.resource_policies().await?, self.clock.now());
         self.refresh_flags(&mut book).await?;
+        self.register_task_versions().await?;
         let mut poll = tokio::time::interval(self.core.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inbox = Inbox {

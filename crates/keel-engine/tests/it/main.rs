@@ -22,6 +22,7 @@ mod expand;
 mod passes;
 mod properties;
 mod remembered;
+mod rollout;
 
 /// (task, attempt, environment) of one launch.
 type LaunchRecord = (String, u32, Vec<(String, String)>);
@@ -237,6 +238,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
     }
 }
 
@@ -349,6 +351,7 @@ async fn claim_as_a_dead_keel(
             owner: "dead-keel".into(),
             dir: "/nonexistent".into(),
             version: "v".into(),
+            task_version: None,
             lease_expires_at: 0,
             at: 1,
         })

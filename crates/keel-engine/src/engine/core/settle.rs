@@ -125,7 +125,12 @@ impl Core {
             probe = permits.iter().any(|(_, permit)| permit.probe);
             self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
         }
-        let (next, note) = self.next_step(book, &live, report.outcome, probe, report.retry_after);
+        // A canary's end may roll its version back, and then its task runs again at once on the
+        // promoted version instead of following its retry policy.
+        let (next, note) = match self.judge_canary(book, &live, attempt, &report) {
+            Some((next, note)) => (next, Some(note)),
+            None => self.next_step(book, &live, report.outcome, probe, report.retry_after),
+        };
         // Items an expanded task runs over are recorded with the end of the attempt that listed
         // them, in the same transaction.
         self.record_items(

@@ -9,7 +9,7 @@ use keel_model::{Jitter, PartitionKind, PhaseSpec, RetryPolicy, TaskSpec};
 use super::*;
 use crate::SplitMix64;
 
-fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
+pub(super) fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
     TaskSpec {
         name: name.into(),
         phase: phase.into(),
@@ -36,6 +36,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
     }
 }
 
@@ -46,7 +47,7 @@ fn chain_core() -> Core {
 
 /// [`chain_core`] with its tasks (`a` with 3 attempts, `b` and `c` with 1) and its engine
 /// settings adjusted first.
-fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
+pub(super) fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
     let phases = ["p0", "p1", "p2"];
     let spec = PipelineSpec {
         name: "core".into(),
@@ -92,6 +93,8 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
     let dag = Dag::new(&spec);
     let topology = Topology::new(&spec, &dag);
     Core {
+        task_versions: Core::compute_task_versions(&spec, &config),
+        rollouts: vec![Default::default(); spec.tasks.len()],
         random: Box::new(SplitMix64::new(3)),
         version: spec.version(),
         task_uses: vec![Vec::new(); spec.tasks.len()],
@@ -108,13 +111,13 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
 }
 
 /// A run of `core`'s pipeline as freshly created in the store, loaded into a new book.
-fn loaded(core: &mut Core, now: Millis) -> Book {
+pub(super) fn loaded(core: &mut Core, now: Millis) -> Book {
     loaded_from(core, now, |_| {})
 }
 
 /// A run of `core`'s pipeline loaded into a new book from stored tasks that `adjust` changes
 /// first, as a restarted Keel finds them.
-fn loaded_from(
+pub(super) fn loaded_from(
     core: &mut Core,
     now: Millis,
     adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
@@ -197,6 +200,7 @@ fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId,
                 pid: None,
                 dir: "/nonexistent".into(),
                 version: None,
+                task_version: Some(core.chosen_version(&book.runs[run_index].record, task)),
             };
             core.prepare_attempt(book, run_index, task, &attempt);
             (attempt.id, attempt.task)
@@ -204,7 +208,7 @@ fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId,
         .collect()
 }
 
-fn finishes(book: &Book) -> Vec<(AttemptId, Outcome, TaskNext)> {
+pub(super) fn finishes(book: &Book) -> Vec<(AttemptId, Outcome, TaskNext)> {
     book.writes
         .iter()
         .filter_map(|write| match write {
@@ -543,6 +547,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
             deadline: Duration::from_secs(60),
         });
         config.launch_context = crate::LaunchContext {
+            code_identities: HashMap::new(),
             pipeline_dir: Some(PathBuf::from("/srv/p")),
             secrets: None,
             keel_env: vec![
@@ -1127,6 +1132,7 @@ fn a_restarted_keel_neither_repeats_a_repetition_nor_forgets_a_success() {
         pid: None,
         dir: "/nonexistent".into(),
         version: None,
+        task_version: None,
     };
     // A success from before a `keel retry` (earlier than the first start) does not count.
     let mut before_retry = book.runs.pop().unwrap();
