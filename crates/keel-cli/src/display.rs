@@ -115,6 +115,9 @@ impl ProgressDisplay {
                 Progress::ScheduleSkipped { reason, .. } => {
                     note = Some(format!("the schedule fired but could not run: {reason}"));
                 }
+                Progress::CheckFailed { partition, task, attempt, severity, detail, .. } => {
+                    note = Some(format!("{partition} {task} attempt {attempt}: {} check failed: {detail}", severity.as_str()));
+                }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }
                 | Progress::ResourceProbe { .. }

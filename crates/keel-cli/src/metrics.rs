@@ -322,7 +322,8 @@ impl Metrics {
             | Progress::GateOpened { .. }
             | Progress::TasksSettled { .. }
             | Progress::RunRefused { .. }
-            | Progress::RunScheduled { .. } => {}
+            | Progress::RunScheduled { .. }
+            | Progress::CheckFailed { .. } => {}
         }
     }
 

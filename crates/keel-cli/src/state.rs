@@ -551,6 +551,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            checks: Vec::new(),
         });
     }
 }

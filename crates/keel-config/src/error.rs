@@ -590,6 +590,15 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid check {field} of task {task:?} ({location}): {reason}")]
+    InvalidCheck {
+        task: String,
+        /// `checks[1]`, or `checks[1].rows.min`.
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error("invalid {field:?} in [alerts] ({location}): {reason}")]
     InvalidAlerts {
         field: String,
@@ -788,6 +797,7 @@ impl ConfigError {
             | ConfigError::Ineffective { location, .. }
             | ConfigError::TimeOfDayWithoutDates { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
+            | ConfigError::InvalidCheck { location, .. }
             | ConfigError::InvalidSecrets { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }

@@ -11,6 +11,7 @@
 
 mod alerts;
 mod calendar;
+mod checks;
 mod context;
 mod edges;
 mod expand;
@@ -102,6 +103,7 @@ const TASK_FIELDS: &[&str] = &[
     "secrets",
     "repeat",
     "freeze_after",
+    "checks",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -327,6 +329,7 @@ struct RawTask {
     earlier: Vec<edges::RawEarlier>,
     repeat: Option<keel_model::RepeatSpec>,
     freeze_after: Option<keel_model::TimeOfDay>,
+    checks: Vec<keel_model::CheckSpec>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -1128,6 +1131,7 @@ impl Checker<'_> {
             earlier: Vec::new(),
             repeat: None,
             freeze_after: None,
+            checks: Vec::new(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1185,6 +1189,7 @@ impl Checker<'_> {
                 "freeze_after" => {
                     task.freeze_after = self.freeze_after(key, value, &path, &task.name.name)
                 }
+                "checks" => task.checks = self.checks(key, value, &path, &task.name.name),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1665,6 +1670,7 @@ fn build_spec(
                     secrets: task.secrets,
                     repeat: task.repeat,
                     freeze_after: task.freeze_after,
+                    checks: task.checks,
                 }
             })
             .collect(),

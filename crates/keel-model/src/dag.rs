@@ -285,6 +285,7 @@ mod tests {
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            checks: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! test by hand; parsing `keel.toml` lives in `keel-config`, persistence in `keel-store`.
 
 mod calendar;
+mod checks;
 mod dag;
 mod duration;
 pub mod expand;
@@ -21,6 +22,7 @@ pub mod template;
 mod trace;
 
 pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
+pub use checks::{CheckFailure, CheckSpec, CheckTarget, Severity, failed_checks};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};

@@ -368,6 +368,10 @@ pub struct TaskSpec {
     /// reruns no longer rerun the task. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_after: Option<crate::TimeOfDay>,
+    /// `checks = [{ metric = "accuracy", min = 0.30 }, { rows = { min = 200 } }]`: bounds on
+    /// what a succeeded attempt reports. Left out of the version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::CheckSpec>,
 }
 
 impl TaskSpec {
@@ -602,6 +606,7 @@ mod tests {
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            checks: Vec::new(),
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");

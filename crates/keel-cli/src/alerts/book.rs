@@ -42,6 +42,11 @@ pub enum AlertKind {
     BreakerOpen,
     /// A fire of the schedule could not start a run.
     ScheduleMissed,
+    /// A `block` check of a task's result failed and no retry is left: the task ended
+    /// `failed_check`.
+    CheckFailed,
+    /// A `warn` check of a task's result failed; the task went on.
+    CheckWarned,
 }
 
 impl AlertKind {
@@ -53,6 +58,8 @@ impl AlertKind {
             AlertKind::RunDegraded => "run_degraded",
             AlertKind::BreakerOpen => "breaker_open",
             AlertKind::ScheduleMissed => "schedule_missed",
+            AlertKind::CheckFailed => "check_failed",
+            AlertKind::CheckWarned => "check_warned",
         }
     }
 }
@@ -168,6 +175,9 @@ pub struct AlertBook {
     /// Runs that ended `degraded`, until they are fixed or accepted.
     degraded: BTreeMap<RunId, DegradedRun>,
     breakers: BTreeMap<String, OpenBreaker>,
+    /// Tasks whose attempt, ending now, failed a `warn` check: its success does not heal the
+    /// warning. A check's event comes just before its attempt's end.
+    warned: std::collections::HashSet<String>,
 }
 
 impl AlertBook {
@@ -179,6 +189,7 @@ impl AlertBook {
             sent: HashMap::new(),
             degraded: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            warned: std::collections::HashSet::new(),
         }
     }
 
@@ -195,8 +206,20 @@ impl AlertBook {
                 retry_at,
                 ..
             } => {
+                let warned = self.warned.remove(task);
                 if outcome.is_complete() {
                     self.task_healed(task, Some(partition), now, &mut messages);
+                    if !warned {
+                        let detail = format!("{task} passed its checks");
+                        self.resolve(
+                            AlertKind::CheckWarned,
+                            task,
+                            Some(partition),
+                            detail,
+                            now,
+                            &mut messages,
+                        );
+                    }
                 } else if retry_at.is_none()
                     && let Some(kind) = given_up_kind(*outcome)
                 {
@@ -298,6 +321,26 @@ impl AlertBook {
                         });
                 }
             },
+            Progress::CheckFailed {
+                run,
+                partition,
+                task,
+                severity: keel_model::Severity::Warn,
+                detail,
+                ..
+            } => {
+                self.warned.insert(task.clone());
+                let detail = format!("{task}: {detail}");
+                self.occurred(
+                    AlertKind::CheckWarned,
+                    task,
+                    *run,
+                    partition,
+                    detail,
+                    now,
+                    &mut messages,
+                );
+            }
             Progress::ScheduleSkipped { reason, .. } => {
                 let signature = self.signature(AlertKind::ScheduleMissed, "");
                 let detail = format!("a fire of the schedule could not run: {reason}");
@@ -526,6 +569,7 @@ impl AlertBook {
             AlertKind::FailedPermanent,
             AlertKind::RetriesExhausted,
             AlertKind::DeadlineMissed,
+            AlertKind::CheckFailed,
         ] {
             let detail = format!("{task} completed");
             self.resolve(kind, task, partition, detail, now, messages);
@@ -539,6 +583,7 @@ fn given_up_kind(outcome: Outcome) -> Option<AlertKind> {
         Outcome::FailedPermanent => Some(AlertKind::FailedPermanent),
         Outcome::TimedOut | Outcome::NotReady => Some(AlertKind::DeadlineMissed),
         Outcome::Failed | Outcome::Stalled | Outcome::Lost => Some(AlertKind::RetriesExhausted),
+        Outcome::FailedCheck => Some(AlertKind::CheckFailed),
         // Cancelled on request, or never a failure of its own.
         Outcome::Cancelled
         | Outcome::UpstreamFailed

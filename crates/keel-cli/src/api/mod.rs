@@ -334,7 +334,10 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
 ) -> Result<T, ApiError> {
     let body = body?;
     // JSON's own whitespace only: a form feed is ASCII whitespace but not JSON, and is refused.
-    if body.iter().all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r')) {
+    if body
+        .iter()
+        .all(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Ok(T::default());
     }
     let hint = "send a JSON object with the fields this endpoint lists in /api/openapi.json";

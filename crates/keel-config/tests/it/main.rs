@@ -1,6 +1,7 @@
 //! The integration tests of keel-config: error messages as snapshots, valid files as specs.
 
 mod alerts;
+mod checks;
 mod context;
 mod edges;
 mod errors;

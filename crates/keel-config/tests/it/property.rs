@@ -235,6 +235,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         secrets: Vec::new(),
                         repeat: None,
                         freeze_after: None,
+                        checks: Vec::new(),
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {

@@ -132,6 +132,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -154,6 +155,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -187,6 +189,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -209,6 +212,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                checks: Vec::new(),
             },
         ],
         resources: vec![],
@@ -384,6 +388,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        checks: Vec::new(),
     };
     let expected = PipelineSpec {
         name: "hoops".into(),

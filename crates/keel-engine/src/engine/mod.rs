@@ -302,6 +302,16 @@ pub enum Progress {
     },
     /// Tasks in the ready queue, waiting for room to start; sent when the number changes.
     QueueDepth { ready: usize },
+    /// A check of a task's result failed (`checks`): a `block` check made the attempt
+    /// `failed_check`, a `warn` check is only told. `detail` says which bound and what value.
+    CheckFailed {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        severity: keel_model::Severity,
+        detail: String,
+    },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to

@@ -45,7 +45,10 @@ impl Verdict {
     /// The verdict for an attempt that ended with `outcome`.
     pub fn of(outcome: Outcome) -> Verdict {
         match outcome {
-            Outcome::Succeeded | Outcome::NoData | Outcome::NotReady => Verdict::Success,
+            // A result that failed a check came from a dependency that answered.
+            Outcome::Succeeded | Outcome::NoData | Outcome::NotReady | Outcome::FailedCheck => {
+                Verdict::Success
+            }
             Outcome::Failed | Outcome::TimedOut | Outcome::Stalled | Outcome::Lost => {
                 Verdict::Failure
             }

@@ -27,6 +27,7 @@ use crate::{EngineError, Random};
 pub(super) use earlier::EarlierFact;
 
 mod calendar;
+mod checks;
 mod dispatch;
 mod earlier;
 mod edges;

@@ -125,6 +125,9 @@ impl Core {
             probe = permits.iter().any(|(_, permit)| permit.probe);
             self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
         }
+        // Checks are judged after the resources are told how the call went: a result that
+        // fails a check came from a service that answered.
+        let report = self.judge_checks(book, &live, report);
         let (next, note) = self.next_step(book, &live, report.outcome, probe, report.retry_after);
         // Items an expanded task runs over are recorded with the end of the attempt that listed
         // them, in the same transaction.

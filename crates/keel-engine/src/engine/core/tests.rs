@@ -36,6 +36,7 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        checks: Vec::new(),
     }
 }
 
@@ -1342,4 +1343,218 @@ fn every_sensor_of_a_task_must_pass_in_order_before_its_first_attempt() {
     let started = start(&mut core, &mut book, &mut 0);
     assert_eq!(started.len(), 1, "both passed: the first attempt starts");
     assert_eq!(started[0].1, "a");
+}
+
+/// A succeeded report carrying `rows` and `metrics` (JSON text), as a result file gives them.
+fn reported(rows: Option<i64>, metrics: &str) -> Report {
+    Report {
+        rows,
+        metrics: Some(metrics.to_string()),
+        ..Report::new(Outcome::Succeeded, "")
+    }
+}
+
+fn check_events(book: &Book) -> Vec<serde_json::Value> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change:
+                    Change::Event {
+                        kind: keel_model::EventKind::CheckFailed,
+                        detail,
+                        ..
+                    },
+                ..
+            } => Some(serde_json::from_str(detail).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_checks(core: &mut Core, task: usize, checks: Vec<keel_model::CheckSpec>) {
+    let mut spec = (*core.spec).clone();
+    spec.tasks[task].checks = checks;
+    core.spec = Arc::new(spec);
+}
+
+fn accuracy_at_least(min: f64, severity: keel_model::Severity) -> keel_model::CheckSpec {
+    keel_model::CheckSpec {
+        target: keel_model::CheckTarget::Metric("accuracy".into()),
+        min: Some(min),
+        max: None,
+        severity,
+    }
+}
+
+#[test]
+fn a_failed_block_check_is_retried_like_a_failure_and_downstream_waits() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = told.clone();
+    core.observer = Box::new(move |progress| sink.lock().unwrap().push(progress));
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, reported(Some(12), r#"{"accuracy":0.19}"#))],
+    )
+    .unwrap();
+    let decided = finishes(&book);
+    assert_eq!(decided[0].1, Outcome::FailedCheck);
+    let TaskNext::Retry { not_before, charge } = decided[0].2.clone() else {
+        panic!("a failed check is retried while attempts are left: {decided:?}");
+    };
+    assert!(charge, "a failed check uses up an attempt");
+    let events = check_events(&book);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["severity"], "block");
+    assert_eq!(events[0]["value"], 0.19);
+    assert_eq!(
+        events[0]["describe"],
+        "accuracy 0.19 is below the minimum 0.3"
+    );
+    let message = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::Finish(finish) => finish.message.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        message,
+        "check failed: accuracy 0.19 is below the minimum 0.3"
+    );
+    assert!(told.lock().unwrap().iter().any(|progress| matches!(
+        progress,
+        Progress::CheckFailed { severity: keel_model::Severity::Block, task, .. } if task == "a"
+    )));
+    book.writes.clear();
+    // Downstream waits for the retry, which passes.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let second = start(&mut core, &mut book, &mut ids);
+    assert_eq!(second[0].1, "a");
+    core.on_reports(
+        &mut book,
+        vec![(second[0].0, reported(Some(12), r#"{"accuracy":0.45}"#))],
+    )
+    .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::Succeeded));
+    assert!(check_events(&book).is_empty());
+    book.writes.clear();
+    let third = start(&mut core, &mut book, &mut ids);
+    assert_eq!(third[0].1, "b");
+}
+
+#[test]
+fn a_failed_block_check_with_no_retry_left_fails_downstream_and_the_run() {
+    let mut core = chain_core_with(|tasks, _| tasks[0].retries.attempts = 1);
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    // A metric the result does not report at all fails its check too.
+    core.on_reports(&mut book, vec![(first[0].0, reported(Some(12), "{}"))])
+        .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::FailedCheck));
+    assert_eq!(check_events(&book)[0]["value"], serde_json::Value::Null);
+    let upstream_failed: Vec<&str> = book
+        .writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } if change.outcome == Some(Outcome::UpstreamFailed) => Some(change.task.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(upstream_failed, ["b", "c"]);
+    assert!(matches!(
+        book.writes.last(),
+        Some(Write::RunState {
+            state: RunState::Failed,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_failed_warn_check_is_recorded_and_the_task_goes_on() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![
+            keel_model::CheckSpec {
+                target: keel_model::CheckTarget::Rows,
+                min: Some(200.0),
+                max: None,
+                severity: keel_model::Severity::Warn,
+            },
+            accuracy_at_least(0.3, keel_model::Severity::Block),
+        ],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        message: Some("loaded".into()),
+        ..reported(Some(150), r#"{"accuracy":0.4}"#)
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    let finish = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::Finish(finish) => Some(finish.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(finish.next, TaskNext::Done(Outcome::Succeeded));
+    assert_eq!(
+        finish.message.as_deref(),
+        Some("check warning: rows 150 is below the minimum 200 (loaded)")
+    );
+    let events = check_events(&book);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["severity"], "warn");
+    assert_eq!(events[0]["check"], "rows");
+    book.writes.clear();
+    assert_eq!(start(&mut core, &mut book, &mut ids)[0].1, "b");
+}
+
+#[test]
+fn only_a_succeeded_attempt_is_checked() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        outcome: Outcome::NoData,
+        ..reported(Some(0), r#"{"accuracy":0.0}"#)
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::NoData));
+    assert!(check_events(&book).is_empty());
 }
