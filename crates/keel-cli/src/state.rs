@@ -528,6 +528,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
                 name: task.phase.clone(),
                 after: Vec::new(),
                 gate: None,
+                checks: Vec::new(),
             });
         }
         spec.tasks.push(keel_model::TaskSpec {

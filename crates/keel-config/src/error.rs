@@ -942,6 +942,10 @@ fn missing_hint(table: &str, field: &str) -> String {
             "add until = \"02:00\": when the window closes (on the next day when not after from)"
                 .to_string()
         }
+        "complete" => {
+            "add complete = \"90%\": the share of the phase's tasks that must have completed"
+                .to_string()
+        }
         other => format!("add {other} = ..."),
     }
 }

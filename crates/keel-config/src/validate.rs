@@ -79,7 +79,7 @@ const DEFAULTS_FIELDS: &[&str] = &[
     "inherit_env",
 ];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
-const PHASE_FIELDS: &[&str] = &["after", "gate"];
+const PHASE_FIELDS: &[&str] = &["after", "gate", "checks"];
 const TASK_FIELDS: &[&str] = &[
     "phase",
     "command",
@@ -299,6 +299,7 @@ struct RawPhase {
     name: NameRef,
     after: Vec<NameRef>,
     gate: Option<RawGate>,
+    checks: Vec<keel_model::PhaseCheck>,
 }
 
 #[derive(Debug)]
@@ -1072,6 +1073,7 @@ impl Checker<'_> {
         let table = self.table(value, &phase_name.name, "phases")?;
         let mut after = Vec::new();
         let mut gate = None;
+        let mut checks = Vec::new();
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1086,6 +1088,7 @@ impl Checker<'_> {
                     after = self.name_list(value, &context);
                 }
                 "gate" => gate = self.gate(key, value, &path, &phase_name.name),
+                "checks" => checks = self.phase_checks(value, &path),
                 _ => self.unknown_field(key, &path, PHASE_FIELDS, &[]),
             }
         }
@@ -1093,6 +1096,7 @@ impl Checker<'_> {
             name: phase_name,
             after,
             gate,
+            checks,
         })
     }
 
@@ -1622,6 +1626,7 @@ fn build_spec(
                 name: phase.name.name,
                 after: phase.after.into_iter().map(|after| after.name).collect(),
                 gate: phase.gate.map(RawGate::build),
+                checks: phase.checks,
             })
             .collect(),
         tasks: tasks

@@ -55,6 +55,40 @@ pub struct CheckSpec {
     pub severity: Severity,
 }
 
+/// A completeness check of a phase: when a run ends, at least `min_share` of the phase's tasks
+/// (each item of an expanded task counted on its own) completed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PhaseCheck {
+    /// In `[0, 1]`.
+    pub min_share: f64,
+    pub severity: Severity,
+}
+
+impl PhaseCheck {
+    /// Why `complete` of `total` units of `phase` fail the check, or `None` when they pass.
+    ///
+    /// ```
+    /// use keel_model::{PhaseCheck, Severity};
+    /// let check = PhaseCheck { min_share: 0.8, severity: Severity::Warn };
+    /// assert_eq!(
+    ///     check.judge("analytics", 3, 5).as_deref(),
+    ///     Some("phase analytics: 3 of 5 complete (60%), below the check's 80%")
+    /// );
+    /// assert_eq!(check.judge("analytics", 4, 5), None);
+    /// ```
+    pub fn judge(&self, phase: &str, complete: usize, total: usize) -> Option<String> {
+        if total == 0 || complete as f64 >= self.min_share * total as f64 - 1e-9 {
+            return None;
+        }
+        let percent = |share: f64| format!("{}%", (share * 1000.0).round() / 10.0);
+        Some(format!(
+            "phase {phase}: {complete} of {total} complete ({}), below the check's {}",
+            percent(complete as f64 / total as f64),
+            percent(self.min_share)
+        ))
+    }
+}
+
 /// A check that did not pass, with what was found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckFailure {

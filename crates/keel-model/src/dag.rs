@@ -302,11 +302,13 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![
@@ -352,16 +354,19 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "c".into(),
                     after: vec!["b".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
@@ -396,6 +401,7 @@ mod tests {
                         .into_iter()
                         .collect(),
                     gate: None,
+                    checks: Vec::new(),
                 })
                 .collect(),
             tasks: (0..phases * width)

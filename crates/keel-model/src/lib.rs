@@ -22,7 +22,7 @@ pub mod template;
 mod trace;
 
 pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
-pub use checks::{CheckFailure, CheckSpec, CheckTarget, Severity, failed_checks};
+pub use checks::{CheckFailure, CheckSpec, CheckTarget, PhaseCheck, Severity, failed_checks};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};

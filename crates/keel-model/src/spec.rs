@@ -175,6 +175,11 @@ pub struct PhaseSpec {
     pub after: Vec<String>,
     /// Lets downstream phases start before this one is complete (docs/pipeline.md).
     pub gate: Option<GateSpec>,
+    /// `checks = [{ complete = "90%", severity = "warn" }]`: the share of the phase's tasks (an
+    /// expanded task counts its items) that must have completed when a run ends. Left out of the
+    /// version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::PhaseCheck>,
 }
 
 /// A quorum gate: the phase is *sufficient* once every `required` task has succeeded and at

@@ -675,6 +675,50 @@ mod tests {
         assert!(again.is_empty());
     }
 
+    fn check_failed(run: u64, task: &str, severity: keel_model::Severity) -> Progress {
+        Progress::CheckFailed {
+            run: RunId(run as _),
+            partition: "2026-12-01".into(),
+            task: task.into(),
+            attempt: 1,
+            severity,
+            detail: "rows 150 is below the minimum 200".into(),
+        }
+    }
+
+    #[test]
+    fn a_warn_check_alerts_once_per_run_and_a_passing_run_resolves_it() {
+        use keel_model::Severity::{Block, Warn};
+        let mut book = AlertBook::new("hoops", policy());
+        let warned = book.observe(&check_failed(1, "load", Warn), 0);
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].signature.kind, AlertKind::CheckWarned);
+        assert_eq!(
+            warned[0].text(),
+            "[keel] hoops load: check_warned (2026-12-01): load: rows 150 is below the minimum 200"
+        );
+        // A second check of the same attempt failing is the same run's problem.
+        assert!(book.observe(&check_failed(1, "load", Warn), 1).is_empty());
+        // The attempt that warned succeeded: that does not heal the warning.
+        assert!(
+            book.observe(&finished(1, "load", Outcome::Succeeded, None), 2)
+                .is_empty()
+        );
+        // A block check alerts only once no retry is left, as failed_check.
+        assert!(book.observe(&check_failed(2, "grade", Block), 3).is_empty());
+        let retried = book.observe(&finished(2, "grade", Outcome::FailedCheck, Some(10)), 3);
+        assert!(retried.is_empty());
+        let given_up = book.observe(&finished(3, "grade", Outcome::FailedCheck, None), 4);
+        assert_eq!(given_up[0].signature.kind, AlertKind::CheckFailed);
+        // The next run of load passes its checks: resolved once.
+        let resolved = book.observe(&finished(4, "load", Outcome::Succeeded, None), 5);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert_eq!(resolved[0].signature.kind, AlertKind::CheckWarned);
+        let healed = book.observe(&finished(5, "grade", Outcome::Succeeded, None), 6);
+        assert_eq!(healed[0].signature.kind, AlertKind::CheckFailed);
+    }
+
     #[test]
     fn no_data_retries_and_upstream_failures_never_alert() {
         let mut book = AlertBook::new("hoops", policy());

@@ -1,6 +1,9 @@
 //! `checks = [...]` of a task: bounds on the `rows` or a metric of what a succeeded attempt
 //! reports, each `block` (the attempt ends `failed_check`) or `warn` (recorded and alerted).
 //!
+//! A phase's `checks = [{ complete = "90%", severity = "warn" }]` bound the share of its tasks
+//! that completed when a run ends.
+//!
 //! ```toml
 //! checks = [
 //!   { metric = "accuracy", min = 0.30, severity = "block" },
@@ -8,16 +11,18 @@
 //! ]
 //! ```
 
-use keel_model::{CheckSpec, CheckTarget, Severity};
+use keel_model::{CheckSpec, CheckTarget, PhaseCheck, Severity};
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
 
+use super::resilience::ShareRange;
 use super::{Checker, EXPECT_STRING, entries};
 use crate::error::ConfigError;
 
 const CHECK_FIELDS: &[&str] = &["metric", "rows", "min", "max", "severity"];
 const ROWS_FIELDS: &[&str] = &["min", "max"];
 const SEVERITIES: &[&str] = &["block", "warn"];
+const PHASE_CHECK_FIELDS: &[&str] = &["complete", "severity"];
 const EXPECT_NUMBER: &str = "a number such as 0.3 or 200";
 
 impl Checker<'_> {
@@ -218,5 +223,65 @@ impl Checker<'_> {
             DeValue::Integer(integer) => integer.to_string(),
             other => other.type_str().to_string(),
         }
+    }
+}
+
+impl Checker<'_> {
+    /// A phase's `checks = [{ complete = "90%", severity = "warn" }]`.
+    pub(super) fn phase_checks(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        phase_path: &str,
+    ) -> Vec<PhaseCheck> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                value,
+                "checks",
+                phase_path,
+                "a list of checks such as [{ complete = \"90%\", severity = \"warn\" }]",
+            );
+            return Vec::new();
+        };
+        let mut checks = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let field = format!("checks[{index}]");
+            let path = format!("{phase_path}.{field}");
+            let Some(table) = self.table(item, &field, phase_path) else {
+                continue;
+            };
+            let errors_before = self.errors.len();
+            let mut min_share = None;
+            let mut severity = Severity::Block;
+            for (key, entry) in entries(table) {
+                let name = key.get_ref().as_ref();
+                match name {
+                    "complete" => {
+                        min_share = self.share(entry, name, &path, ShareRange::AboveZeroToOne);
+                    }
+                    "severity" => {
+                        if self.choice(entry, name, &path, SEVERITIES) == Some("warn") {
+                            severity = Severity::Warn;
+                        }
+                    }
+                    _ => self.unknown_field(key, &path, PHASE_CHECK_FIELDS, &[]),
+                }
+            }
+            if !table.contains_key("complete") {
+                self.errors.push(ConfigError::MissingField {
+                    field: "complete".to_string(),
+                    table: path.clone(),
+                    location: self.location(&item.span()),
+                });
+            }
+            if let Some(min_share) = min_share
+                && self.errors.len() == errors_before
+            {
+                checks.push(PhaseCheck {
+                    min_share,
+                    severity,
+                });
+            }
+        }
+        checks
     }
 }

@@ -96,3 +96,55 @@ checks = {{ metric = "accuracy", min = 0.3 }}
 "#
     )));
 }
+
+#[test]
+fn a_phase_reads_its_completeness_checks() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+checks = [{{ complete = "90%", severity = "warn" }}, {{ complete = 0.5 }}]
+
+[tasks.scores]
+phase = "scrape"
+command = ["true"]
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.phases[0].checks,
+        [
+            keel_model::PhaseCheck {
+                min_share: 0.9,
+                severity: Severity::Warn,
+            },
+            keel_model::PhaseCheck {
+                min_share: 0.5,
+                severity: Severity::Block,
+            },
+        ]
+    );
+}
+
+#[test]
+fn bad_phase_checks() {
+    assert_snapshot!(errors_of(
+        r#"[pipeline]
+name = "hoops"
+
+[phases.scrape]
+checks = [{ complete = "140%" }, { severity = "warn" }, { complete = "0%", level = 1 }, "90%"]
+
+[phases.raw]
+checks = { complete = "90%" }
+
+[tasks.scores]
+phase = "scrape"
+command = ["true"]
+"#
+    ));
+}

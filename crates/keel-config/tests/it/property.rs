@@ -166,6 +166,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         name: phase.clone(),
                         after,
                         gate: None,
+                        checks: Vec::new(),
                     });
                 }
                 let mut tasks: Vec<TaskSpec> = Vec::new();

@@ -94,16 +94,19 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
                 after: strings(&["raw"]),
                 gate: None,
+                checks: Vec::new(),
             },
         ],
         tasks: vec![
@@ -407,11 +410,13 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
@@ -422,6 +427,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     grace: seconds(30 * 60),
                     tiers: Vec::new(),
                 }),
+                checks: Vec::new(),
             },
         ],
         tasks: vec![

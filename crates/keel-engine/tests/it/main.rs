@@ -260,6 +260,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
                     vec![phases[index - 1].clone()]
                 },
                 gate: None,
+                checks: Vec::new(),
             })
             .collect(),
         tasks,

@@ -420,6 +420,7 @@ impl Core {
         book: &mut Book,
         run_index: usize,
     ) -> Result<(), EngineError> {
+        let phase_check_failed = self.judge_phase_checks(book, run_index);
         let active = &mut book.runs[run_index];
         if active.finished || active.done < active.slots.len() {
             return Ok(());
@@ -503,6 +504,13 @@ impl Core {
                 message.push_str(&format!(" and {more} more"));
             }
             (RunState::Failed, Some(message))
+        };
+        // A phase short of its completeness check fails a run that would have succeeded.
+        let (state, message) = match phase_check_failed {
+            Some(failed) if matches!(state, RunState::Succeeded | RunState::Degraded) => {
+                (RunState::Failed, Some(failed))
+            }
+            _ => (state, message),
         };
         book.writes.push(Write::RunState {
             run: active.record.id,

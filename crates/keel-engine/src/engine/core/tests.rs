@@ -66,6 +66,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
                     vec![phases[index - 1].into()]
                 },
                 gate: None,
+                checks: Vec::new(),
             })
             .collect(),
         tasks: vec![task("a", "p0", 3), task("b", "p1", 1), task("c", "p2", 1)],
@@ -1557,4 +1558,102 @@ fn only_a_succeeded_attempt_is_checked() {
         .unwrap();
     assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::NoData));
     assert!(check_events(&book).is_empty());
+}
+
+/// The chain with a second task `a2` in phase `p0`, whose gate needs only `a` (grace 0), and
+/// `checks` on `p0`.
+fn gated_core_with_phase_checks(checks: Vec<keel_model::PhaseCheck>) -> Core {
+    let mut core = chain_core_with(|tasks, _| tasks.push(task("a2", "p0", 1)));
+    let mut spec = (*core.spec).clone();
+    spec.phases[0].gate = Some(keel_model::GateSpec {
+        required: vec!["a".into()],
+        min_share: 0.0,
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
+    });
+    spec.phases[0].checks = checks;
+    core.dag = Dag::new(&spec);
+    core.topologies = vec![Topology::new(&spec, &core.dag)];
+    core.version = spec.version();
+    core.spec = Arc::new(spec);
+    core
+}
+
+/// Runs the gated chain with `a2` failing for good and everything else succeeding; the run's
+/// end state and the `check_failed` events.
+fn run_with_a2_failing(core: &mut Core) -> (RunState, Vec<serde_json::Value>) {
+    let mut book = loaded(core, 1_000);
+    let mut ids = 0;
+    let mut events = Vec::new();
+    loop {
+        let started = start(core, &mut book, &mut ids);
+        if started.is_empty() {
+            break;
+        }
+        let reports = started
+            .into_iter()
+            .map(|(attempt, task)| {
+                let outcome = if task == "a2" {
+                    Outcome::FailedPermanent
+                } else {
+                    Outcome::Succeeded
+                };
+                (attempt, Report::new(outcome, "done"))
+            })
+            .collect();
+        core.on_reports(&mut book, reports).unwrap();
+        events.extend(check_events(&book));
+        if book.runs[0].finished {
+            break;
+        }
+        book.writes.clear();
+    }
+    let state = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::RunState { state, .. } => Some(*state),
+            _ => None,
+        })
+        .expect("the run ended");
+    (state, events)
+}
+
+#[test]
+fn a_phase_short_of_its_completeness_check_fails_the_run_or_warns() {
+    let block = keel_model::PhaseCheck {
+        min_share: 1.0,
+        severity: keel_model::Severity::Block,
+    };
+    let warn = keel_model::PhaseCheck {
+        min_share: 0.9,
+        severity: keel_model::Severity::Warn,
+    };
+    // Without checks the gate lets the run end degraded.
+    let mut core = gated_core_with_phase_checks(Vec::new());
+    assert_eq!(run_with_a2_failing(&mut core).0, RunState::Degraded);
+    let mut core = gated_core_with_phase_checks(vec![warn.clone()]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!(
+        state,
+        RunState::Degraded,
+        "a warn check does not change the run"
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["describe"],
+        "phase p0: 1 of 2 complete (50%), below the check's 90%"
+    );
+    assert_eq!(events[0]["severity"], "warn");
+    let mut core = gated_core_with_phase_checks(vec![block]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!(state, RunState::Failed);
+    assert_eq!(events[0]["severity"], "block");
+    // Met, a check says nothing.
+    let mut core = gated_core_with_phase_checks(vec![keel_model::PhaseCheck {
+        min_share: 0.5,
+        severity: keel_model::Severity::Block,
+    }]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!((state, events.len()), (RunState::Degraded, 0));
 }
