@@ -178,6 +178,8 @@ pub struct AlertBook {
     /// Tasks whose attempt, ending now, failed a `warn` check: its success does not heal the
     /// warning. A check's event comes just before its attempt's end.
     warned: std::collections::HashSet<String>,
+    /// Runs a phase's completeness check failed in: their end heals no phase check.
+    phase_flagged: std::collections::HashSet<RunId>,
 }
 
 impl AlertBook {
@@ -190,6 +192,7 @@ impl AlertBook {
             degraded: BTreeMap::new(),
             breakers: BTreeMap::new(),
             warned: std::collections::HashSet::new(),
+            phase_flagged: std::collections::HashSet::new(),
         }
     }
 
@@ -266,36 +269,13 @@ impl AlertBook {
                 partition,
                 state,
                 ..
-            } => match state {
-                RunState::Degraded => {
-                    self.degraded.insert(
-                        *run,
-                        DegradedRun {
-                            partition: partition.clone(),
-                            since: now,
-                            told: false,
-                        },
-                    );
+            } => {
+                let flagged = self.phase_flagged.remove(run);
+                if !flagged && *state == RunState::Succeeded {
+                    self.phase_checks_healed(partition, now, &mut messages);
                 }
-                RunState::Succeeded => {
-                    // A degraded run that was retried to success, or any later good run.
-                    self.degraded.remove(run);
-                    self.degraded
-                        .retain(|_, degraded| degraded.partition != *partition);
-                    if self.degraded.is_empty() {
-                        let detail = format!("run {run} of {partition} succeeded");
-                        self.resolve(
-                            AlertKind::RunDegraded,
-                            "",
-                            Some(partition),
-                            detail,
-                            now,
-                            &mut messages,
-                        );
-                    }
-                }
-                _ => {}
-            },
+                self.run_finished(*run, partition, *state, now, &mut messages);
+            }
             Progress::BreakerChanged {
                 resource, state, ..
             } => match *state {
@@ -327,9 +307,13 @@ impl AlertBook {
                 task,
                 severity: keel_model::Severity::Warn,
                 detail,
-                ..
+                attempt,
             } => {
-                self.warned.insert(task.clone());
+                if *attempt == 0 {
+                    self.phase_flagged.insert(*run);
+                } else {
+                    self.warned.insert(task.clone());
+                }
                 let detail = format!("{task}: {detail}");
                 self.occurred(
                     AlertKind::CheckWarned,
@@ -337,6 +321,26 @@ impl AlertBook {
                     *run,
                     partition,
                     detail,
+                    now,
+                    &mut messages,
+                );
+            }
+            // A phase's block check failed the run as it ended: no retry will come of itself.
+            Progress::CheckFailed {
+                run,
+                partition,
+                task,
+                attempt: 0,
+                severity: keel_model::Severity::Block,
+                detail,
+            } => {
+                self.phase_flagged.insert(*run);
+                self.occurred(
+                    AlertKind::CheckFailed,
+                    task,
+                    *run,
+                    partition,
+                    detail.clone(),
                     now,
                     &mut messages,
                 );
@@ -365,6 +369,78 @@ impl AlertBook {
         }
         messages.extend(self.tick(now));
         messages
+    }
+
+    /// A run ended: a degraded one is watched, a succeeded one heals its partition's.
+    fn run_finished(
+        &mut self,
+        run: RunId,
+        partition: &str,
+        state: RunState,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        match state {
+            RunState::Degraded => {
+                self.degraded.insert(
+                    run,
+                    DegradedRun {
+                        partition: partition.to_string(),
+                        since: now,
+                        told: false,
+                    },
+                );
+            }
+            RunState::Succeeded => {
+                // A degraded run that was retried to success, or any later good run.
+                self.degraded.remove(&run);
+                self.degraded
+                    .retain(|_, degraded| degraded.partition != partition);
+                if self.degraded.is_empty() {
+                    let detail = format!("run {run} of {partition} succeeded");
+                    self.resolve(
+                        AlertKind::RunDegraded,
+                        "",
+                        Some(partition),
+                        detail,
+                        now,
+                        messages,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A run succeeded with no phase short of its checks: the phases' check alerts healed.
+    fn phase_checks_healed(
+        &mut self,
+        partition: &str,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        let open: Vec<Signature> = self
+            .open
+            .keys()
+            .filter(|signature| {
+                matches!(
+                    signature.kind,
+                    AlertKind::CheckFailed | AlertKind::CheckWarned
+                ) && signature.subject.starts_with("phase ")
+            })
+            .cloned()
+            .collect();
+        for signature in open {
+            let detail = format!("{} passed its checks", signature.subject);
+            self.resolve(
+                signature.kind,
+                &signature.subject,
+                Some(partition),
+                detail,
+                now,
+                messages,
+            );
+        }
     }
 
     /// The runs that ended `degraded` and were not fixed or accepted since, with when they
@@ -717,6 +793,42 @@ mod tests {
         assert_eq!(resolved[0].signature.kind, AlertKind::CheckWarned);
         let healed = book.observe(&finished(5, "grade", Outcome::Succeeded, None), 6);
         assert_eq!(healed[0].signature.kind, AlertKind::CheckFailed);
+    }
+
+    fn run_finished(run: i64, state: RunState) -> Progress {
+        Progress::RunFinished {
+            run: RunId(run),
+            partition: "2026-12-01".into(),
+            state,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_phase_check_alerts_and_a_later_run_that_passes_it_resolves_it() {
+        let mut book = AlertBook::new("hoops", policy());
+        let phase_check = Progress::CheckFailed {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            task: "phase analytics".into(),
+            attempt: 0,
+            severity: keel_model::Severity::Block,
+            detail: "phase analytics: 3 of 5 complete (60%), below the check's 80%".into(),
+        };
+        let fired = book.observe(&phase_check, 0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].signature.kind, AlertKind::CheckFailed);
+        assert_eq!(fired[0].signature.subject, "phase analytics");
+        assert!(
+            book.observe(&run_finished(1, RunState::Failed), 1)
+                .is_empty()
+        );
+        let resolved = book.observe(&run_finished(2, RunState::Succeeded), 2);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert_eq!(resolved[0].signature.subject, "phase analytics");
     }
 
     #[test]

@@ -304,6 +304,8 @@ pub enum Progress {
     QueueDepth { ready: usize },
     /// A check of a task's result failed (`checks`): a `block` check made the attempt
     /// `failed_check`, a `warn` check is only told. `detail` says which bound and what value.
+    /// A phase's completeness check, judged as the run ends, is told with `task` set to
+    /// `phase NAME` and `attempt` 0; a `block` one failed the run.
     CheckFailed {
         run: RunId,
         partition: String,
