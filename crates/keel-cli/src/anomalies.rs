@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 /// One value found anomalous.
 pub struct Anomaly {
+    pub task: String,
     pub run: RunId,
     pub partition: String,
     /// `rows`, `duration_s` or a metric's name.
@@ -33,6 +34,7 @@ impl Anomaly {
     pub fn to_json(&self) -> Value {
         let baseline = &self.judgement.baseline;
         json!({
+            "task": self.task,
             "run": self.run.0,
             "partition": self.partition,
             "metric": self.metric,
@@ -112,6 +114,7 @@ pub fn in_history(runs: &[RunView], task: &str, now: Millis) -> Vec<Anomaly> {
                 && judgement.anomalous
             {
                 found.push(Anomaly {
+                    task: task.to_string(),
                     run: *run,
                     partition: partition.clone(),
                     metric: metric.clone(),
@@ -121,5 +124,25 @@ pub fn in_history(runs: &[RunView], task: &str, now: Millis) -> Vec<Anomaly> {
         }
     }
     found.sort_by(|a, b| b.partition.cmp(&a.partition).then(a.metric.cmp(&b.metric)));
+    found
+}
+
+/// The anomalies of every task in `runs` (the newest run of each partition, any order), each
+/// judged against the earlier partitions among them; newest first, then by task.
+pub fn in_view(runs: &[RunView], now: Millis) -> Vec<Anomaly> {
+    let tasks: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|run| run.tasks.iter().map(|row| row.task.as_str()))
+        .collect();
+    let mut found: Vec<Anomaly> = tasks
+        .into_iter()
+        .flat_map(|task| in_history(runs, task, now))
+        .collect();
+    found.sort_by(|a, b| {
+        b.partition
+            .cmp(&a.partition)
+            .then(a.task.cmp(&b.task))
+            .then(a.metric.cmp(&b.metric))
+    });
     found
 }

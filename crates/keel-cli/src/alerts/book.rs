@@ -47,6 +47,10 @@ pub enum AlertKind {
     CheckFailed,
     /// A `warn` check of a task's result failed; the task went on.
     CheckWarned,
+    /// A task's rows, a metric or its time far outside its baseline (told once per partition).
+    Anomaly,
+    /// An SLO's error budget burns fast or slowly (`[slo.NAME]`).
+    SloBurn,
 }
 
 impl AlertKind {
@@ -60,6 +64,8 @@ impl AlertKind {
             AlertKind::ScheduleMissed => "schedule_missed",
             AlertKind::CheckFailed => "check_failed",
             AlertKind::CheckWarned => "check_warned",
+            AlertKind::Anomaly => "anomaly",
+            AlertKind::SloBurn => "slo_burn",
         }
     }
 }
@@ -180,6 +186,8 @@ pub struct AlertBook {
     warned: std::collections::HashSet<String>,
     /// Runs a phase's completeness check failed in: their end heals no phase check.
     phase_flagged: std::collections::HashSet<RunId>,
+    /// (task, metric, partition) of the anomalies told, so each is told once.
+    anomalies_told: std::collections::HashSet<(String, String, String)>,
 }
 
 impl AlertBook {
@@ -193,6 +201,7 @@ impl AlertBook {
             breakers: BTreeMap::new(),
             warned: std::collections::HashSet::new(),
             phase_flagged: std::collections::HashSet::new(),
+            anomalies_told: std::collections::HashSet::new(),
         }
     }
 
@@ -410,6 +419,59 @@ impl AlertBook {
             }
             _ => {}
         }
+    }
+
+    /// An anomaly found in `partition` (of `run`) for `task`'s `metric`; `detail` shows it with
+    /// its baseline. Told once per task, metric and partition, whatever reruns follow.
+    pub fn anomaly(
+        &mut self,
+        task: &str,
+        metric: &str,
+        run: RunId,
+        partition: &str,
+        detail: String,
+        now: Millis,
+    ) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let key = (task.to_string(), metric.to_string(), partition.to_string());
+        if self.anomalies_told.insert(key) {
+            let signature = self.signature(AlertKind::Anomaly, &format!("{task} {metric}"));
+            let detail = format!("{task}: {detail}");
+            self.fire(
+                signature,
+                None,
+                Some(run),
+                Some(partition),
+                detail,
+                now,
+                &mut messages,
+            );
+        }
+        messages
+    }
+
+    /// An SLO's budget burns (`burning` names the rules that fire, empty when none does): the
+    /// first tick that finds it burning alerts, and the first that finds it no longer burning
+    /// resolves it.
+    pub fn slo_burn(
+        &mut self,
+        slo: &str,
+        burning: Option<String>,
+        now: Millis,
+    ) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let signature = self.signature(AlertKind::SloBurn, slo);
+        match burning {
+            Some(detail) if !self.open.contains_key(&signature) => {
+                self.fire(signature, None, None, None, detail, now, &mut messages);
+            }
+            Some(_) => {}
+            None => {
+                let detail = format!("the error budget of {slo} no longer burns fast");
+                self.resolve(AlertKind::SloBurn, slo, None, detail, now, &mut messages);
+            }
+        }
+        messages
     }
 
     /// A run succeeded with no phase short of its checks: the phases' check alerts healed.
@@ -829,6 +891,56 @@ mod tests {
         assert_eq!(resolved.len(), 1, "{resolved:?}");
         assert_eq!(resolved[0].status, Status::Resolved);
         assert_eq!(resolved[0].signature.subject, "phase analytics");
+    }
+
+    #[test]
+    fn an_anomaly_is_told_once_per_partition_with_its_baseline() {
+        let mut book = AlertBook::new("hoops", policy());
+        let detail = "accuracy 0.19, usual 0.39–0.5 over 28 days".to_string();
+        let told = book.anomaly(
+            "grade",
+            "accuracy",
+            RunId(7),
+            "2026-12-01",
+            detail.clone(),
+            0,
+        );
+        assert_eq!(told.len(), 1);
+        assert_eq!(
+            told[0].text(),
+            "[keel] hoops grade accuracy: anomaly (2026-12-01): grade: accuracy 0.19, usual 0.39–0.5 over 28 days"
+        );
+        // A rerun of the same partition finds it again: not told again.
+        assert!(
+            book.anomaly(
+                "grade",
+                "accuracy",
+                RunId(8),
+                "2026-12-01",
+                detail.clone(),
+                1
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            book.anomaly("grade", "accuracy", RunId(9), "2026-12-02", detail, 2)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_slo_burn_alerts_when_it_starts_and_resolves_when_it_stops() {
+        let mut book = AlertBook::new("hoops", policy());
+        let burning = Some("fast burn: 1 h at 20.0, 5 min at 30.0".to_string());
+        let fired = book.slo_burn("fresh_by_ten", burning.clone(), 0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].signature.kind, AlertKind::SloBurn);
+        assert!(book.slo_burn("fresh_by_ten", burning, 1_000).is_empty());
+        let resolved = book.slo_burn("fresh_by_ten", None, 2_000);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert!(book.slo_burn("fresh_by_ten", None, 3_000).is_empty());
     }
 
     #[test]
