@@ -480,6 +480,7 @@ pub async fn pipeline_for_reading(
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

@@ -19,6 +19,7 @@ mod http;
 mod passes;
 mod resilience;
 mod secrets_provider;
+mod slo;
 mod tiers;
 mod timing;
 
@@ -53,6 +54,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "passes",
     "alerts",
     "secrets",
+    "slo",
 ];
 const TOP_LEVEL_LATER: &[&str] = &[];
 const PIPELINE_FIELDS: &[&str] = &[
@@ -775,6 +777,7 @@ impl Checker<'_> {
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         let mut alerts = None;
         let mut secrets = None;
+        let mut slos = Vec::new();
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -834,6 +837,13 @@ impl Checker<'_> {
                         secrets = self.secrets(table, &key.span());
                     }
                 }
+                "slo" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, slo) in entries(table) {
+                            slos.extend(self.slo(name, slo));
+                        }
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -865,6 +875,12 @@ impl Checker<'_> {
         let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
         spec.alerts = alerts;
         spec.secrets = secrets;
+        // A scheduled run usually processes an earlier date (schedule_partition = "-1d"): a
+        // freshness SLO's partition is then due that many days after its date.
+        let days_after = spec.schedule.as_ref().map_or(0, |schedule| {
+            u32::try_from(-schedule.partition_offset_days.min(0)).unwrap_or(0)
+        });
+        spec.slos = slos.into_iter().map(|slo| slo.build(days_after)).collect();
         Some(spec).filter(|_| self.errors.is_empty())
     }
 
@@ -1610,6 +1626,7 @@ fn build_spec(
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
         secrets: None,
+        slos: Vec::new(),
         smoke: tasks
             .iter()
             .filter_map(|task| {

@@ -324,6 +324,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -377,6 +378,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -414,6 +416,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -16,6 +16,7 @@ mod outcome;
 mod quota;
 mod repeat;
 pub mod schedule;
+mod slo;
 mod spec;
 mod suggest;
 pub mod template;
@@ -37,6 +38,7 @@ pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
 pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
+pub use slo::{DEFAULT_SLO_PERIOD, SloKind, SloSpec};
 pub use spec::{
     AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,

@@ -51,6 +51,10 @@ pub struct PipelineSpec {
     /// goes live. Not part of the version: they never run in a run.
     #[serde(skip)]
     pub smoke: Vec<SmokeTest>,
+    /// `[slo.NAME]`: the pipeline's service level objectives. Not part of the version: they
+    /// judge runs, they do not change them.
+    #[serde(skip)]
+    pub slos: Vec<crate::SloSpec>,
 }
 
 /// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
@@ -648,6 +652,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

@@ -9,6 +9,7 @@ mod expand;
 mod http;
 mod property;
 mod secrets;
+mod slo;
 mod timing;
 mod tokens;
 mod valid;

@@ -280,6 +280,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     alerts: None,
                     secrets: None,
                     smoke: Vec::new(),
+                    slos: Vec::new(),
                     concurrency,
                     phases,
                     tasks,

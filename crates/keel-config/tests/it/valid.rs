@@ -225,6 +225,7 @@ after = ["player_game_summary", "scrape_injuries"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     assert_eq!(spec, expected);
 
@@ -404,6 +405,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

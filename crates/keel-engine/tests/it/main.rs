@@ -271,6 +271,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     }
 }
 
