@@ -30,6 +30,7 @@ mod dashboard;
 mod demo;
 mod display;
 mod flags;
+mod health;
 mod hints;
 mod http_post;
 mod inspect;

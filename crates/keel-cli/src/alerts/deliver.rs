@@ -109,6 +109,7 @@ impl Alerts {
     /// other processes record there.
     pub fn start(
         spec: &AlertsSpec,
+        slos: super::watch::SloWatch,
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
@@ -148,8 +149,14 @@ impl Alerts {
         let ticking = alerts.clone();
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
+            let mut slos = slos;
             loop {
                 interval.tick().await;
+                // SLO burn rates, read from the store about once a minute.
+                for (slo, burning) in slos.due(&store, &pipeline, now_millis()).await {
+                    let messages = ticking.lock().slo_burn(&slo, burning, now_millis());
+                    ticking.send(messages);
+                }
                 let messages = ticking.lock().tick(now_millis());
                 ticking.send(messages);
                 let succeeded = std::mem::take(

@@ -4,7 +4,7 @@
 //! engine's loop; what it finds goes to the [`AlertBook`](super::book::AlertBook), which
 //! decides what to tell.
 
-use keel_model::{Millis, RunId};
+use keel_model::{Millis, PipelineSpec, RunId, SloSpec};
 use keel_store::{SqliteStore, StatusQuery, Store};
 
 /// Partitions of a task's history read to judge its newest one: 8 weeks of a weekly baseline,
@@ -63,4 +63,67 @@ pub async fn anomalies(
         );
     }
     found
+}
+
+/// How often the SLOs' burn rates are judged: well inside the fast rule's 5-minute window.
+const SLO_EVERY: Millis = 60_000;
+
+/// The SLOs the ticker judges, and when it last did.
+pub struct SloWatch {
+    slos: Vec<SloSpec>,
+    zone: chrono_tz::Tz,
+    scheduled: bool,
+    last: Option<Millis>,
+}
+
+impl SloWatch {
+    pub fn of(spec: &PipelineSpec) -> SloWatch {
+        SloWatch {
+            slos: spec.slos.clone(),
+            zone: crate::health::zone(spec),
+            scheduled: spec.schedule.is_some(),
+            last: None,
+        }
+    }
+
+    /// When a minute has passed since the last judgement, each SLO with what burns its budget
+    /// (`None` when nothing does); nothing otherwise, nor without SLOs.
+    pub async fn due(
+        &mut self,
+        store: &SqliteStore,
+        pipeline: &str,
+        now: Millis,
+    ) -> Vec<(String, Option<String>)> {
+        if self.slos.is_empty() || self.last.is_some_and(|last| now - last < SLO_EVERY) {
+            return Vec::new();
+        }
+        self.last = Some(now);
+        let longest = self
+            .slos
+            .iter()
+            .map(|slo| slo.period.as_millis() as Millis)
+            .max()
+            .unwrap_or(0);
+        // A store that cannot be read now is read again on the next judgement.
+        let Ok(facts) =
+            crate::health::facts::gather(store, pipeline, now - longest - 24 * 3_600_000).await
+        else {
+            return Vec::new();
+        };
+        burning(&self.slos, &facts, self.zone, self.scheduled, now)
+    }
+}
+
+/// Each SLO with what burns its budget at `now`, `None` when nothing does.
+pub fn burning(
+    slos: &[SloSpec],
+    facts: &crate::health::facts::Facts,
+    zone: chrono_tz::Tz,
+    scheduled: bool,
+    now: Millis,
+) -> Vec<(String, Option<String>)> {
+    crate::health::slo::statuses(slos, facts, zone, scheduled, now)
+        .into_iter()
+        .map(|status| (status.spec.name.clone(), status.burning()))
+        .collect()
 }
