@@ -20,6 +20,7 @@ mod expand;
 mod faults;
 mod flags;
 mod hardening;
+mod health;
 mod history;
 mod http_tasks;
 mod logs;
