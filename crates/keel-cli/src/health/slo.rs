@@ -285,3 +285,256 @@ pub fn percent(share: f64) -> String {
 fn format_number(value: f64) -> String {
     format!("{}", (value * 100.0).round() / 100.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use keel_model::{RunId, TimeOfDay};
+    use keel_store::{RunRecord, RunView};
+
+    use super::*;
+    use crate::health::facts::{Human, RunFacts};
+
+    const MINUTE: Millis = 60_000;
+    const HOUR: Millis = 60 * MINUTE;
+    const DAY: Millis = 24 * HOUR;
+    /// 2026-11-01 00:00 UTC.
+    const START: Millis = 1_793_491_200_000;
+
+    /// A run of the date `day` days after 2026-11-01, created at 06:00 the next day and ended
+    /// `took` later in `state`.
+    fn run(day: i64, state: RunState, took: Millis) -> RunFacts {
+        let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap() + chrono::Duration::days(day);
+        let created_at = START + (day + 1) * DAY + 6 * HOUR;
+        RunFacts {
+            view: RunView {
+                record: RunRecord {
+                    id: RunId(day + 1),
+                    pipeline: "hoops".into(),
+                    partition: date.to_string(),
+                    version: "v".into(),
+                    state,
+                    trace_id: String::new(),
+                    created_at,
+                    finished_at: Some(created_at + took),
+                    cancel_requested: false,
+                    message: None,
+                    pass: None,
+                },
+                tasks: Vec::new(),
+                attempts: Vec::new(),
+                kinds: Default::default(),
+                accepted: None,
+            },
+            human: Vec::new(),
+            check_failures: Vec::new(),
+        }
+    }
+
+    fn slo(kind: SloKind, objective: f64) -> SloSpec {
+        SloSpec {
+            name: "objective".into(),
+            kind,
+            objective,
+            period: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+
+    fn burning_at(slo: &SloSpec, facts: &Facts, now: Millis) -> Vec<&'static str> {
+        statuses(std::slice::from_ref(slo), facts, chrono_tz::UTC, true, now)[0]
+            .budget
+            .burning
+            .iter()
+            .map(|(rule, ..)| rule.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_that_needed_a_human_burns_fast_then_slowly_then_not_at_all() {
+        // 29 good days, then day 29's run fails at 07:00 the next morning.
+        let mut facts = Facts {
+            runs: (0..29)
+                .map(|day| run(day, RunState::Succeeded, HOUR))
+                .collect(),
+        };
+        facts.runs.push(run(29, RunState::Failed, HOUR));
+        let success = slo(SloKind::Success, 0.99);
+        let failed_at = START + 30 * DAY + 7 * HOUR;
+        assert!(burning_at(&success, &facts, failed_at - MINUTE).is_empty());
+        assert_eq!(
+            burning_at(&success, &facts, failed_at + 2 * MINUTE),
+            ["fast burn", "slow burn"]
+        );
+        // Past the fast rule's 5 minutes, the slow rule still fires for its 30.
+        assert_eq!(
+            burning_at(&success, &facts, failed_at + 20 * MINUTE),
+            ["slow burn"]
+        );
+        assert!(burning_at(&success, &facts, failed_at + 40 * MINUTE).is_empty());
+        let status = &statuses(&[success], &facts, chrono_tz::UTC, true, failed_at + HOUR)[0];
+        assert_eq!((status.budget.total, status.budget.bad), (30, 1));
+        assert_eq!(status.bad[0].why, "run 30 ended failed");
+        // 1 bad of 30 at 99% spends 1 / 0.3 of the budget: overspent.
+        assert!(status.budget.remaining < 0.0);
+    }
+
+    #[test]
+    fn a_human_makes_a_success_bad_and_says_who() {
+        let mut retried = run(0, RunState::Succeeded, HOUR);
+        retried.human.push(Human {
+            at: START + DAY + 8 * HOUR,
+            what: "keel retry load".into(),
+        });
+        let facts = Facts {
+            runs: vec![retried, run(1, RunState::Succeeded, HOUR)],
+        };
+        let judged = events(
+            &slo(SloKind::Success, 0.99),
+            &facts,
+            chrono_tz::UTC,
+            true,
+            START + 10 * DAY,
+        );
+        assert_eq!(
+            judged
+                .iter()
+                .map(|judged| judged.event.good)
+                .collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert_eq!(judged[0].why, "needed keel retry load");
+    }
+
+    #[test]
+    fn freshness_counts_late_and_missing_partitions_at_their_deadline() {
+        // Due at 10:00 the day after the date; runs end at 07:00 except day 1's at 11:00, and
+        // day 2 never ran (the pipeline is scheduled, so its absence counts).
+        let fresh = slo(
+            SloKind::Freshness {
+                by: TimeOfDay {
+                    hour: 10,
+                    minute: 0,
+                },
+                days_after: 1,
+            },
+            0.9,
+        );
+        let facts = Facts {
+            runs: vec![
+                run(0, RunState::Succeeded, HOUR),
+                run(1, RunState::Succeeded, 5 * HOUR),
+                run(3, RunState::Succeeded, HOUR),
+            ],
+        };
+        let due_day_2 = START + 3 * DAY + 10 * HOUR;
+        let judged = events(&fresh, &facts, chrono_tz::UTC, true, due_day_2 + DAY);
+        let verdicts: Vec<(String, bool)> = judged
+            .iter()
+            .map(|judged| (judged.partition.clone(), judged.event.good))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("2026-11-01".to_string(), true),
+                ("2026-11-02".to_string(), false),
+                ("2026-11-03".to_string(), false),
+                ("2026-11-04".to_string(), true),
+            ]
+        );
+        assert_eq!(
+            judged[1].why,
+            "succeeded 2026-11-03 11:00, due 2026-11-03 10:00"
+        );
+        assert_eq!(judged[2].why, "not succeeded by 2026-11-04 10:00");
+        assert_eq!(judged[2].event.at, due_day_2);
+        // Before its deadline a partition that has not run yet is not judged.
+        let early = events(&fresh, &facts, chrono_tz::UTC, true, due_day_2 - MINUTE);
+        assert_eq!(early.len(), 2);
+        // Unscheduled, only the partitions that ran are judged.
+        assert_eq!(
+            events(&fresh, &facts, chrono_tz::UTC, false, due_day_2 + DAY).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn latency_counts_slow_failed_and_overdue_runs() {
+        let overnight = slo(
+            SloKind::Latency {
+                max: Duration::from_secs(6 * 3600),
+            },
+            0.95,
+        );
+        let mut running = run(3, RunState::Running, 0);
+        running.view.record.finished_at = None;
+        let started = running.view.record.created_at;
+        let facts = Facts {
+            runs: vec![
+                run(0, RunState::Succeeded, 5 * HOUR),
+                run(1, RunState::Degraded, 7 * HOUR),
+                run(2, RunState::Failed, HOUR),
+                running,
+            ],
+        };
+        let judged = events(&overnight, &facts, chrono_tz::UTC, true, started + 7 * HOUR);
+        let verdicts: Vec<(bool, &str)> = judged
+            .iter()
+            .map(|judged| (judged.event.good, judged.why.as_str()))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                (true, ""),
+                (false, "run 2 took 7h00m"),
+                (false, "run 3 ended failed"),
+                (false, "run 4 still running"),
+            ]
+        );
+        assert!(events(&overnight, &facts, chrono_tz::UTC, true, started + 5 * HOUR).len() == 3);
+    }
+
+    /// The serve tick's path: what burns goes to the alert book, which alerts once when the
+    /// burn starts and resolves once when it stops.
+    #[test]
+    fn the_tick_alerts_a_burn_once_and_resolves_it_once() {
+        let mut facts = Facts {
+            runs: (0..29)
+                .map(|day| run(day, RunState::Succeeded, HOUR))
+                .collect(),
+        };
+        facts.runs.push(run(29, RunState::Failed, HOUR));
+        let slos = [slo(SloKind::Success, 0.99)];
+        let failed_at = START + 30 * DAY + 7 * HOUR;
+        let mut book = crate::alerts::book::AlertBook::new(
+            "hoops",
+            crate::alerts::book::AlertPolicy {
+                max_per_hour: 5,
+                degraded_grace: HOUR,
+                breaker_open_for: HOUR,
+            },
+        );
+        let mut told = Vec::new();
+        // A tick a minute for an hour and a half on a manual clock.
+        for minute in -5..90 {
+            let now = failed_at + minute * MINUTE;
+            for (name, burning) in
+                crate::alerts::watch::burning(&slos, &facts, chrono_tz::UTC, true, now)
+            {
+                told.extend(book.slo_burn(&name, burning, now));
+            }
+        }
+        assert_eq!(told.len(), 2, "{told:#?}");
+        assert_eq!(told[0].status, crate::alerts::book::Status::Firing);
+        assert_eq!(told[0].at, failed_at);
+        assert!(
+            told[0]
+                .detail
+                .starts_with("objective: fast burn (1h00m at 100.0, 5m00s at 100.0), slow burn"),
+            "{}",
+            told[0].detail
+        );
+        assert_eq!(told[1].status, crate::alerts::book::Status::Resolved);
+        assert_eq!(told[1].at, failed_at + 30 * MINUTE);
+    }
+}
