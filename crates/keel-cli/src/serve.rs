@@ -67,6 +67,7 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
                 let (alerts, delivery) = Alerts::start(
                     alerts,
                     crate::alerts::watch::SloWatch::of(spec),
+                    crate::alerts::watch::ReportWatch::of(spec, crate::state::now_millis()),
                     &served.name,
                     served.paths.pipeline_dir()?,
                     recorder.clone(),

@@ -129,6 +129,8 @@ pub struct AlertsSpec {
     pub breaker_open_for: Duration,
     /// How long one delivery may take; a command still running then is killed.
     pub timeout: Duration,
+    /// `report = "07:30"`: the local time `keel serve` sends yesterday's report to the sinks.
+    pub report: Option<crate::TimeOfDay>,
 }
 
 /// Where a webhook's URL comes from. A Slack webhook URL is a credential, so the usual place is

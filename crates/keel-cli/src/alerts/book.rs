@@ -51,6 +51,8 @@ pub enum AlertKind {
     Anomaly,
     /// An SLO's error budget burns fast or slowly (`[slo.NAME]`).
     SloBurn,
+    /// The daily report (`[alerts] report`), not a problem: sent once a day.
+    DailyReport,
 }
 
 impl AlertKind {
@@ -66,6 +68,7 @@ impl AlertKind {
             AlertKind::CheckWarned => "check_warned",
             AlertKind::Anomaly => "anomaly",
             AlertKind::SloBurn => "slo_burn",
+            AlertKind::DailyReport => "daily_report",
         }
     }
 }
@@ -472,6 +475,20 @@ impl AlertBook {
             }
         }
         messages
+    }
+
+    /// The daily report of `date`, as a message to every sink. It is not rate limited: one a
+    /// day.
+    pub fn daily_report(&self, date: &str, text: String, now: Millis) -> AlertMessage {
+        AlertMessage {
+            signature: self.signature(AlertKind::DailyReport, ""),
+            status: Status::Firing,
+            at: now,
+            partition: Some(date.to_string()),
+            run: None,
+            detail: text,
+            suppressed: 0,
+        }
     }
 
     /// A run succeeded with no phase short of its checks: the phases' check alerts healed.

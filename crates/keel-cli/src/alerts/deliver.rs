@@ -110,6 +110,7 @@ impl Alerts {
     pub fn start(
         spec: &AlertsSpec,
         slos: super::watch::SloWatch,
+        report: super::watch::ReportWatch,
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
@@ -150,8 +151,13 @@ impl Alerts {
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             let mut slos = slos;
+            let mut report = report;
             loop {
                 interval.tick().await;
+                if let Some((date, text)) = report.due(&store, now_millis()).await {
+                    let message = ticking.lock().daily_report(&date, text, now_millis());
+                    ticking.send(vec![message]);
+                }
                 // SLO burn rates, read from the store about once a minute.
                 for (slo, burning) in slos.due(&store, &pipeline, now_millis()).await {
                     let messages = ticking.lock().slo_burn(&slo, burning, now_millis());

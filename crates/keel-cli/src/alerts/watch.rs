@@ -127,3 +127,116 @@ pub fn burning(
         .map(|status| (status.spec.name.clone(), status.burning()))
         .collect()
 }
+
+/// The daily report (`[alerts] report = "07:30"`): sent once a day at that local time, for the
+/// day before. A serve started after the day's time sends the next day's, so a restart never
+/// sends one twice.
+pub struct ReportWatch {
+    at: Option<keel_model::TimeOfDay>,
+    spec: std::sync::Arc<PipelineSpec>,
+    zone: chrono_tz::Tz,
+    /// The local date of the last report sent (or skipped at start).
+    last: Option<chrono::NaiveDate>,
+}
+
+impl ReportWatch {
+    pub fn of(spec: &PipelineSpec, now: Millis) -> ReportWatch {
+        let mut watch = ReportWatch {
+            at: spec.alerts.as_ref().and_then(|alerts| alerts.report),
+            spec: std::sync::Arc::new(spec.clone()),
+            zone: crate::health::zone(spec),
+            last: None,
+        };
+        if let Some((today, passed)) = watch.today(now)
+            && passed
+        {
+            watch.last = Some(today);
+        }
+        watch
+    }
+
+    /// The local date at `now`, and whether the report's time of day has passed on it.
+    fn today(&self, now: Millis) -> Option<(chrono::NaiveDate, bool)> {
+        let at = self.at?;
+        let local = chrono::DateTime::from_timestamp_millis(now)?.with_timezone(&self.zone);
+        let time = local.time();
+        let due = chrono::NaiveTime::from_hms_opt(u32::from(at.hour), u32::from(at.minute), 0)?;
+        Some((local.date_naive(), time >= due))
+    }
+
+    /// Yesterday's report as text when it is due at `now`; `None` otherwise.
+    pub async fn due(&mut self, store: &SqliteStore, now: Millis) -> Option<(String, String)> {
+        let (today, passed) = self.today(now)?;
+        if !passed || self.last == Some(today) {
+            return None;
+        }
+        self.last = Some(today);
+        let yesterday = today.pred_opt()?;
+        let since = now - 40 * 24 * 3_600_000;
+        let facts = crate::health::facts::gather(store, &self.spec.name, since)
+            .await
+            .ok()?;
+        let report = crate::health::report::build(&self.spec, &facts, self.zone, yesterday, now);
+        Some((yesterday.to_string(), report.to_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Millis = 60_000;
+    /// 2026-11-02 00:00 UTC.
+    const MIDNIGHT: Millis = 1_793_577_600_000;
+
+    fn spec(report: Option<&str>) -> PipelineSpec {
+        let text = format!(
+            "[pipeline]\nname = \"hoops\"\n\n[alerts]\ncommand = [\"true\"]\n{}\n[phases.p]\n[tasks.t]\nphase = \"p\"\ncommand = [\"true\"]\n",
+            report
+                .map(|at| format!("report = \"{at}\"\n"))
+                .unwrap_or_default()
+        );
+        keel_config::parse(&text, "keel.toml").unwrap()
+    }
+
+    /// The report goes out once a day, at its local time, for the day before; a serve started
+    /// after the time waits for the next day.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_daily_report_is_sent_once_a_day_at_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let spec = spec(Some("07:30"));
+        let mut watch = ReportWatch::of(&spec, MIDNIGHT + 6 * 60 * MINUTE);
+        assert!(
+            watch
+                .due(&store, MIDNIGHT + 7 * 60 * MINUTE)
+                .await
+                .is_none()
+        );
+        let (date, text) = watch
+            .due(&store, MIDNIGHT + (7 * 60 + 30) * MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(date, "2026-11-01");
+        assert!(
+            text.starts_with("keel report: hoops on 2026-11-01\n"),
+            "{text}"
+        );
+        assert!(
+            watch
+                .due(&store, MIDNIGHT + 9 * 60 * MINUTE)
+                .await
+                .is_none()
+        );
+        let next_day = MIDNIGHT + (24 * 60 + 7 * 60 + 31) * MINUTE;
+        assert_eq!(watch.due(&store, next_day).await.unwrap().0, "2026-11-02");
+
+        // Started at 08:00, after the day's time: nothing until the next day's.
+        let mut late = ReportWatch::of(&spec, MIDNIGHT + 8 * 60 * MINUTE);
+        assert!(late.due(&store, MIDNIGHT + 9 * 60 * MINUTE).await.is_none());
+        assert!(late.due(&store, next_day).await.is_some());
+        // Without `report`, never.
+        let mut none = ReportWatch::of(&self::spec(None), MIDNIGHT);
+        assert!(none.due(&store, next_day).await.is_none());
+    }
+}
