@@ -109,8 +109,7 @@ impl Alerts {
     /// other processes record there.
     pub fn start(
         spec: &AlertsSpec,
-        slos: super::watch::SloWatch,
-        report: super::watch::ReportWatch,
+        watch: super::watch::Watch,
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
@@ -150,8 +149,10 @@ impl Alerts {
         let ticking = alerts.clone();
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
-            let mut slos = slos;
-            let mut report = report;
+            let super::watch::Watch {
+                mut slos,
+                mut report,
+            } = watch;
             loop {
                 interval.tick().await;
                 if let Some((date, text)) = report.due(&store, now_millis()).await {

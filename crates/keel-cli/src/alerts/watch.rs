@@ -65,6 +65,21 @@ pub async fn anomalies(
     found
 }
 
+/// Everything the ticker judges for one pipeline.
+pub struct Watch {
+    pub slos: SloWatch,
+    pub report: ReportWatch,
+}
+
+impl Watch {
+    pub fn of(spec: &PipelineSpec, now: Millis) -> Watch {
+        Watch {
+            slos: SloWatch::of(spec),
+            report: ReportWatch::of(spec, now),
+        }
+    }
+}
+
 /// How often the SLOs' burn rates are judged: well inside the fast rule's 5-minute window.
 const SLO_EVERY: Millis = 60_000;
 

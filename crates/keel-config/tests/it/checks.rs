@@ -100,18 +100,16 @@ checks = {{ metric = "accuracy", min = 0.3 }}
 #[test]
 fn a_phase_reads_its_completeness_checks() {
     let spec = keel_config::parse(
-        &format!(
-            r#"[pipeline]
+        r#"[pipeline]
 name = "hoops"
 
 [phases.scrape]
-checks = [{{ complete = "90%", severity = "warn" }}, {{ complete = 0.5 }}]
+checks = [{ complete = "90%", severity = "warn" }, { complete = 0.5 }]
 
 [tasks.scores]
 phase = "scrape"
 command = ["true"]
-"#
-        ),
+"#,
         "keel.toml",
     )
     .unwrap();
