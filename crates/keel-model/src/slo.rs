@@ -59,7 +59,7 @@ impl SloSpec {
     /// };
     /// let date = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
     /// // 2026-12-02 10:00 in New York is 15:00 UTC.
-    /// assert_eq!(slo.due(date, chrono_tz::America::New_York), Some(1_764_687_600_000));
+    /// assert_eq!(slo.due(date, chrono_tz::America::New_York), Some(1_796_223_600_000));
     /// ```
     pub fn due(&self, date: NaiveDate, zone: Tz) -> Option<Millis> {
         let SloKind::Freshness { by, days_after } = &self.kind else {
