@@ -11,6 +11,9 @@ use keel_model::{Millis, Outcome, RunId};
 use keel_store::RunView;
 use serde_json::{Value, json};
 
+/// Time worked under this is never an anomaly.
+const MIN_SLOW_SECONDS: f64 = 10.0;
+
 /// One value found anomalous.
 pub struct Anomaly {
     pub task: String,
@@ -110,6 +113,11 @@ pub fn in_history(runs: &[RunView], task: &str, now: Millis) -> Vec<Anomaly> {
             } else {
                 tuning
             };
+            // A task that took 20 ms instead of 10 is not worth anyone's look, however far
+            // outside its baseline that is.
+            if metric == "duration_s" && *value < MIN_SLOW_SECONDS {
+                continue;
+            }
             if let Some(judgement) = judge(*date, *value, &history, &tuning)
                 && judgement.anomalous
             {

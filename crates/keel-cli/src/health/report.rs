@@ -89,26 +89,38 @@ pub fn build(spec: &PipelineSpec, facts: &Facts, zone: Tz, date: NaiveDate, now:
         let record = &run.view.record;
         let why = match record.state {
             RunState::Failed => {
-                let tasks: Vec<String> = run
+                let failed: Vec<(String, Option<keel_model::Outcome>)> = run
                     .not_complete()
                     .into_iter()
                     .filter(|(_, outcome)| {
                         !matches!(outcome, Some(keel_model::Outcome::UpstreamFailed))
                     })
+                    .collect();
+                let shown: Vec<String> = failed
+                    .iter()
                     .map(|(task, outcome)| match outcome {
                         Some(outcome) => format!("{task} {outcome}"),
-                        None => task,
+                        None => task.clone(),
                     })
                     .collect();
-                Some(format!(
-                    "failed: {}; fix and `keel retry --partition {} TASK`",
-                    if tasks.is_empty() {
-                        record.message.clone().unwrap_or_default()
-                    } else {
-                        tasks.join(", ")
-                    },
-                    record.partition
-                ))
+                let names: Vec<String> = failed
+                    .iter()
+                    .map(|(task, _)| crate::hints::shell_quote(task))
+                    .collect();
+                Some(if failed.is_empty() {
+                    format!(
+                        "failed: {}; fix and `keel retry --partition {} --failed`",
+                        record.message.clone().unwrap_or_default(),
+                        record.partition
+                    )
+                } else {
+                    format!(
+                        "failed: {}; fix and `keel retry --partition {} {}`",
+                        shown.join(", "),
+                        record.partition,
+                        names.join(" ")
+                    )
+                })
             }
             RunState::Degraded if run.view.accepted.is_none() => Some(format!(
                 "degraded: {}; retry the missing tasks or `keel accept --partition {}`",

@@ -188,12 +188,9 @@ fn checks_slos_score_and_report_over_real_runs() {
     let needs = report["needs_human"].as_array().unwrap();
     assert_eq!(needs.len(), 1, "{needs:#?}");
     assert_eq!(needs[0]["partition"], SHORT);
-    assert!(
-        needs[0]["why"]
-            .as_str()
-            .unwrap()
-            .starts_with("failed: loader failed_check"),
-        "{needs:#?}"
+    assert_eq!(
+        needs[0]["why"],
+        format!("failed: loader failed_check; fix and `keel retry --partition {SHORT} loader`")
     );
     let checks = report["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 2, "{checks:#?}");

@@ -494,10 +494,9 @@ mod tests {
     fn outcomes_map_to_verdicts() {
         for outcome in Outcome::ALL {
             let expected = match outcome {
-                Outcome::Succeeded
-                | Outcome::NoData
-                | Outcome::NotReady
-                | Outcome::FailedCheck => Verdict::Success,
+                Outcome::Succeeded | Outcome::NoData | Outcome::NotReady | Outcome::FailedCheck => {
+                    Verdict::Success
+                }
                 Outcome::Failed | Outcome::TimedOut | Outcome::Stalled | Outcome::Lost => {
                     Verdict::Failure
                 }
