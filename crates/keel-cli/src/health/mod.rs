@@ -95,13 +95,25 @@ pub async fn health_command(
     let now = state::now_millis();
     let (spec, facts) = read(state_url, name, &args.pipeline.pipeline, now).await?;
     let score = score::health_score(&spec, &facts, zone(&spec), now);
+    // The trend: the score as the runs stood a week ago.
+    let week_ago = now - 7 * 24 * 3_600_000;
+    let before = score::health_score(&spec, &facts.as_of(week_ago), zone(&spec), week_ago);
+    let trend = score
+        .score
+        .zip(before.score)
+        .map(|(now, before)| ((now - before) * 10.0).round() / 10.0);
     if args.json {
         let mut document = score::to_json(&score);
         document["pipeline"] = spec.name.clone().into();
+        document["score_week_before"] = before.score.into();
+        document["trend"] = trend.into();
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        for line in score::render(&score).lines() {
-            println!("{line}");
+        for (index, line) in score::render(&score).lines().enumerate() {
+            match trend {
+                Some(trend) if index == 0 => println!("{line} ({trend:+.1} over 7 days)"),
+                _ => println!("{line}"),
+            }
         }
     }
     Ok(0)

@@ -214,3 +214,173 @@ pub fn render(score: &Score) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use keel_model::{AttemptId, RunId, RunState, TaskState};
+    use keel_store::{AttemptRecord, RunRecord, RunView, TaskRunRecord};
+
+    use super::*;
+    use crate::health::facts::{Human, RunFacts};
+
+    const MINUTE: Millis = 60_000;
+    /// 2026-11-01 00:00 UTC.
+    const START: Millis = 1_793_491_200_000;
+
+    fn attempt(run: i64, number: u32, outcome: Outcome, finished_at: Millis) -> AttemptRecord {
+        AttemptRecord {
+            id: AttemptId(run * 10 + i64::from(number)),
+            run: RunId(run),
+            pipeline: "hoops".into(),
+            partition: String::new(),
+            task: "load".into(),
+            number,
+            lease_owner: String::new(),
+            lease_epoch: 1,
+            not_before: None,
+            claimed_at: finished_at - MINUTE,
+            started_at: Some(finished_at - MINUTE),
+            finished_at: Some(finished_at),
+            outcome: Some(outcome),
+            exit_code: None,
+            rows: None,
+            metrics: None,
+            message: None,
+            pid: None,
+            dir: String::new(),
+            version: None,
+        }
+    }
+
+    /// A run of day `day` whose task `load` ran `attempts` (outcome, minutes after creation).
+    fn run(day: i64, state: RunState, attempts: &[(Outcome, i64)]) -> RunFacts {
+        let created_at = START + day * DAY;
+        let last = attempts
+            .last()
+            .map_or(Outcome::Succeeded, |(outcome, _)| *outcome);
+        RunFacts {
+            view: RunView {
+                record: RunRecord {
+                    id: RunId(day + 1),
+                    pipeline: "hoops".into(),
+                    partition: format!("2026-11-{:02}", day + 1),
+                    version: "v".into(),
+                    state,
+                    trace_id: String::new(),
+                    created_at,
+                    finished_at: Some(created_at + 60 * MINUTE),
+                    cancel_requested: false,
+                    message: None,
+                    pass: None,
+                },
+                tasks: vec![TaskRunRecord {
+                    run: RunId(day + 1),
+                    task: "load".into(),
+                    phase: "p".into(),
+                    state: TaskState::Done,
+                    outcome: Some(last),
+                    attempts: attempts.len() as u32,
+                    charged: attempts.len() as u32,
+                    lease_epoch: 1,
+                    not_before: None,
+                    first_started_at: None,
+                    message: None,
+                    rerun_pending: false,
+                    sensor_polls: 0,
+                    sensor_errors: 0,
+                }],
+                attempts: attempts
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (outcome, minutes))| {
+                        attempt(
+                            day + 1,
+                            index as u32 + 1,
+                            *outcome,
+                            created_at + minutes * MINUTE,
+                        )
+                    })
+                    .collect(),
+                kinds: Default::default(),
+                accepted: None,
+            },
+            human: Vec::new(),
+            check_failures: Vec::new(),
+        }
+    }
+
+    fn spec() -> PipelineSpec {
+        keel_config::parse(
+            "[pipeline]\nname = \"hoops\"\n\n[phases.p]\n[tasks.load]\nphase = \"p\"\ncommand = [\"true\"]\n",
+            "keel.toml",
+        )
+        .unwrap()
+    }
+
+    fn dimension<'a>(score: &'a Score, name: &str) -> &'a Dimension {
+        score
+            .dimensions
+            .iter()
+            .find(|dimension| dimension.name == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn each_dimension_says_what_it_counted() {
+        let mut retried = run(
+            2,
+            RunState::Succeeded,
+            &[(Outcome::Failed, 1), (Outcome::Succeeded, 3)],
+        );
+        retried.human.push(Human {
+            at: START + 2 * DAY + 30 * MINUTE,
+            what: "keel retry load".into(),
+        });
+        let facts = Facts {
+            runs: vec![
+                run(0, RunState::Succeeded, &[(Outcome::Succeeded, 1)]),
+                // Healed by Keel in 20 minutes: a retry after a failure and a timeout.
+                run(
+                    1,
+                    RunState::Succeeded,
+                    &[
+                        (Outcome::Failed, 1),
+                        (Outcome::TimedOut, 11),
+                        (Outcome::Succeeded, 21),
+                    ],
+                ),
+                retried,
+                run(3, RunState::Failed, &[(Outcome::FailedPermanent, 1)]),
+            ],
+        };
+        let now = START + 7 * DAY;
+        let score = health_score(&spec(), &facts, chrono_tz::UTC, now);
+        let success = dimension(&score, "success without a human");
+        assert_eq!(success.value, Some(0.5));
+        assert_eq!(
+            success.evidence,
+            "2 of 4 finished partitions succeeded without a human"
+        );
+        let recovery = dimension(&score, "recovery time");
+        // (20 + 2) / 2 = 11 minutes: 6 past the 5-minute target on the way to 60.
+        assert_eq!(
+            recovery.evidence,
+            "2 healed failures, mean recovery 11.0 min (target 5)"
+        );
+        assert!((recovery.value.unwrap() - (1.0 - 6.0 / 55.0)).abs() < 1e-9);
+        let load = dimension(&score, "alert load");
+        assert_eq!(
+            load.evidence,
+            "1 manual interventions, 1.0 a week (target under 1)"
+        );
+        assert_eq!(load.value, Some(1.0));
+        assert_eq!(dimension(&score, "freshness").value, None);
+        assert_eq!(dimension(&score, "check results").value, None);
+        // (0.5 × 3 + 0.89 × 1.5 + 1 × 1 + 1 × 1) / 6.5 on a scale of 10.
+        let expected = (0.5 * 3.0 + recovery.value.unwrap() * 1.5 + 1.0 + 1.0) / 6.5 * 10.0;
+        assert_eq!(score.score, Some((expected * 10.0).round() / 10.0));
+        // Runs older than 30 days do not count.
+        let later = health_score(&spec(), &facts, chrono_tz::UTC, START + 40 * DAY);
+        assert_eq!(later.score, None);
+    }
+}
