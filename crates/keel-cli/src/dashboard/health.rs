@@ -36,6 +36,10 @@ pub struct HealthPage {
     /// What "running long" means on this page, when anything can be.
     pub long_after: Option<String>,
     pub open_breakers: Vec<OpenBreaker>,
+    /// The health score out of 10 (`keel health`), `None` while nothing can be judged.
+    pub score: Option<String>,
+    /// (dimension, weight, value, evidence).
+    pub dimensions: Vec<(&'static str, String, String, String)>,
 }
 
 /// A recent run that went wrong.
@@ -152,6 +156,28 @@ pub async fn render(
             })
         })
         .collect();
+    let facts = crate::health::facts::gather(
+        &served.reader,
+        &spec.name,
+        now - crate::health::score::WINDOW - 24 * 3_600_000,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let score = crate::health::score::health_score(&spec, &facts, crate::health::zone(&spec), now);
+    let dimensions = score
+        .dimensions
+        .iter()
+        .map(|dimension| {
+            (
+                dimension.name,
+                dimension.weight.to_string(),
+                dimension
+                    .value
+                    .map_or("-".to_string(), |value| format!("{value:.2}")),
+                crate::display::printable(&dimension.evidence),
+            )
+        })
+        .collect();
     let mut chrome = Chrome::new(
         context,
         &spec,
@@ -167,6 +193,8 @@ pub async fn render(
         problems,
         long_after: long_after.map(view::duration),
         open_breakers,
+        score: score.score.map(|score| format!("{score:.1}")),
+        dimensions,
     })
 }
 
