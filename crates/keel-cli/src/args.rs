@@ -45,6 +45,13 @@ pub enum Command {
     History(HistoryArgs),
     /// The event log: every state transition, readable or as JSON lines.
     Events(EventsArgs),
+    /// Each SLO ([slo.NAME]) with its error budget and the burn rates that fire.
+    Slo(SloArgs),
+    /// The health score from 0 to 10, with each dimension's weight and evidence.
+    Health(HealthArgs),
+    /// A day's report: runs, what healed itself and how, what needs a human, anomalies, SLO
+    /// budgets and the score with its trend.
+    Report(ReportArgs),
     /// Print the captured output of an attempt, or of a sensor's last poll.
     Logs(LogsArgs),
     /// Run tasks again, and then everything downstream of them.
@@ -251,6 +258,39 @@ pub struct HistoryArgs {
     /// At most this many rows, newest first. Default: 20, or the whole range with --from/--to.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SloArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","slos":[{"name","kind","target","objective","events","bad","remaining","burning",…}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","score","dimensions":[{"name","weight","value","evidence"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// The day to report on, YYYY-MM-DD in the pipeline's time zone (default: yesterday).
+    #[arg(long, value_name = "D")]
+    pub date: Option<String>,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Print a self-contained HTML page.
+    #[arg(long)]
+    pub html: bool,
 }
 
 #[derive(Debug, Args)]

@@ -131,6 +131,9 @@ impl ProgressDisplay {
                 Progress::GapUnrepaired { detail, .. } => {
                     note = Some(detail.clone());
                 }
+                Progress::CheckFailed { partition, task, attempt, severity, detail, .. } => {
+                    note = Some(format!("{partition} {task} attempt {attempt}: {} check failed: {detail}", severity.as_str()));
+                }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }
                 | Progress::ResourceProbe { .. }

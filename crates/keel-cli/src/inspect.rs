@@ -225,11 +225,24 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
     {
         return Err(no_such_run(&spec, RunId(run)));
     }
+    // Each task's rows, metrics and time judged against the earlier partitions shown (with
+    // --all a partition's reruns would be counted twice, so nothing is judged).
+    let anomalies = if args.all {
+        Vec::new()
+    } else {
+        crate::anomalies::in_view(&view.runs, now)
+    };
     if args.json {
         let runs: Vec<Value> = view.runs.iter().map(|run| run_json(run, now)).collect();
         let mut document = json!({ "runs": runs });
         if view.omitted > 0 {
             document["omitted"] = view.omitted.into();
+        }
+        if !anomalies.is_empty() {
+            document["anomalies"] = anomalies
+                .iter()
+                .map(crate::anomalies::Anomaly::to_json)
+                .collect();
         }
         if !view.resources.is_empty() {
             document["resources"] = resources_json(&view);
@@ -262,6 +275,18 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         }
     } else {
         display::print_run_list(&view.runs);
+    }
+    if !anomalies.is_empty() {
+        println!("anomalies (against the earlier partitions shown):");
+        for anomaly in &anomalies {
+            let line = format!(
+                "{} {}: {}",
+                anomaly.partition,
+                anomaly.task,
+                anomaly.judgement.describe(&anomaly.metric)
+            );
+            println!("  {}", printable(&line));
+        }
     }
     if let Some(note) =
         display::omitted_note(view.omitted, view.runs.len(), args.all, range.is_some())

@@ -31,6 +31,7 @@ mod demo;
 mod display;
 mod flags;
 mod gaps;
+mod health;
 mod hints;
 mod http_post;
 mod inspect;

@@ -421,6 +421,27 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 format!("run {run} is not carried on: {reason}"),
             )
         },
+        Progress::CheckFailed {
+            run,
+            partition,
+            task,
+            attempt,
+            severity,
+            detail,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            attempt: Some(*attempt),
+            extra: vec![("severity", severity.as_str().into())],
+            ..Line::new(
+                Level::Warn,
+                format!(
+                    "{task} attempt {attempt}: {} check failed: {detail}",
+                    severity.as_str()
+                ),
+            )
+        },
         Progress::ScheduleSkipped { fire_at, reason } => Line {
             extra: vec![("fire_at", rfc3339(*fire_at))],
             ..Line::new(

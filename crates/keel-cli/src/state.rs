@@ -480,6 +480,7 @@ pub async fn pipeline_for_reading(
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {
@@ -528,6 +529,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
                 name: task.phase.clone(),
                 after: Vec::new(),
                 gate: None,
+                checks: Vec::new(),
             });
         }
         spec.tasks.push(keel_model::TaskSpec {
@@ -552,6 +554,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             repeat: None,
             freeze_after: None,
             versioning: Default::default(),
+            checks: Vec::new(),
         });
     }
 }

@@ -12,6 +12,7 @@
 mod alerts;
 mod backfill;
 mod calendar;
+mod checks;
 mod context;
 mod edges;
 mod expand;
@@ -20,6 +21,7 @@ mod passes;
 mod resilience;
 mod rollout;
 mod secrets_provider;
+mod slo;
 mod tiers;
 mod timing;
 
@@ -54,6 +56,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "passes",
     "alerts",
     "secrets",
+    "slo",
 ];
 const TOP_LEVEL_LATER: &[&str] = &[];
 const PIPELINE_FIELDS: &[&str] = &[
@@ -81,7 +84,7 @@ const DEFAULTS_FIELDS: &[&str] = &[
     "inherit_env",
 ];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
-const PHASE_FIELDS: &[&str] = &["after", "gate"];
+const PHASE_FIELDS: &[&str] = &["after", "gate", "checks"];
 const TASK_FIELDS: &[&str] = &[
     "phase",
     "command",
@@ -108,6 +111,7 @@ const TASK_FIELDS: &[&str] = &[
     "version",
     "code",
     "rollout",
+    "checks",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -305,6 +309,7 @@ struct RawPhase {
     name: NameRef,
     after: Vec<NameRef>,
     gate: Option<RawGate>,
+    checks: Vec<keel_model::PhaseCheck>,
 }
 
 #[derive(Debug)]
@@ -337,6 +342,7 @@ struct RawTask {
     freeze_after: Option<keel_model::TimeOfDay>,
     /// `version`, `code` and `rollout`.
     versioning: keel_model::TaskVersioning,
+    checks: Vec<keel_model::CheckSpec>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -783,6 +789,7 @@ impl Checker<'_> {
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         let mut alerts = None;
         let mut secrets = None;
+        let mut slos = Vec::new();
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -842,6 +849,13 @@ impl Checker<'_> {
                         secrets = self.secrets(table, &key.span());
                     }
                 }
+                "slo" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, slo) in entries(table) {
+                            slos.extend(self.slo(name, slo));
+                        }
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -873,6 +887,12 @@ impl Checker<'_> {
         let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
         spec.alerts = alerts;
         spec.secrets = secrets;
+        // A scheduled run usually processes an earlier date (schedule_partition = "-1d"): a
+        // freshness SLO's partition is then due that many days after its date.
+        let days_after = spec.schedule.as_ref().map_or(0, |schedule| {
+            u32::try_from(-schedule.partition_offset_days.min(0)).unwrap_or(0)
+        });
+        spec.slos = slos.into_iter().map(|slo| slo.build(days_after)).collect();
         Some(spec).filter(|_| self.errors.is_empty())
     }
 
@@ -1108,6 +1128,7 @@ impl Checker<'_> {
         let table = self.table(value, &phase_name.name, "phases")?;
         let mut after = Vec::new();
         let mut gate = None;
+        let mut checks = Vec::new();
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1122,6 +1143,7 @@ impl Checker<'_> {
                     after = self.name_list(value, &context);
                 }
                 "gate" => gate = self.gate(key, value, &path, &phase_name.name),
+                "checks" => checks = self.phase_checks(value, &path),
                 _ => self.unknown_field(key, &path, PHASE_FIELDS, &[]),
             }
         }
@@ -1129,6 +1151,7 @@ impl Checker<'_> {
             name: phase_name,
             after,
             gate,
+            checks,
         })
     }
 
@@ -1168,6 +1191,7 @@ impl Checker<'_> {
             repeat: None,
             freeze_after: None,
             versioning: Default::default(),
+            checks: Vec::new(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1231,6 +1255,7 @@ impl Checker<'_> {
                 "freeze_after" => {
                     task.freeze_after = self.freeze_after(key, value, &path, &task.name.name)
                 }
+                "checks" => task.checks = self.checks(key, value, &path, &task.name.name),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1649,6 +1674,7 @@ fn build_spec(
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
         secrets: None,
+        slos: Vec::new(),
         smoke: tasks
             .iter()
             .filter_map(|task| {
@@ -1665,6 +1691,7 @@ fn build_spec(
                 name: phase.name.name,
                 after: phase.after.into_iter().map(|after| after.name).collect(),
                 gate: phase.gate.map(RawGate::build),
+                checks: phase.checks,
             })
             .collect(),
         tasks: tasks
@@ -1714,6 +1741,7 @@ fn build_spec(
                     repeat: task.repeat,
                     freeze_after: task.freeze_after,
                     versioning: task.versioning.clone(),
+                    checks: task.checks,
                 }
             })
             .collect(),

@@ -286,6 +286,7 @@ mod tests {
             repeat: None,
             freeze_after: None,
             versioning: Default::default(),
+            checks: Vec::new(),
         }
     }
 
@@ -302,11 +303,13 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![
@@ -322,6 +325,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -352,16 +356,19 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "c".into(),
                     after: vec!["b".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
@@ -372,6 +379,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -396,6 +404,7 @@ mod tests {
                         .into_iter()
                         .collect(),
                     gate: None,
+                    checks: Vec::new(),
                 })
                 .collect(),
             tasks: (0..phases * width)
@@ -408,6 +417,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -51,6 +51,10 @@ pub struct PipelineSpec {
     /// goes live. Not part of the version: they never run in a run.
     #[serde(skip)]
     pub smoke: Vec<SmokeTest>,
+    /// `[slo.NAME]`: the pipeline's service level objectives. Not part of the version: they
+    /// judge runs, they do not change them.
+    #[serde(skip)]
+    pub slos: Vec<crate::SloSpec>,
 }
 
 /// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
@@ -125,6 +129,8 @@ pub struct AlertsSpec {
     pub breaker_open_for: Duration,
     /// How long one delivery may take; a command still running then is killed.
     pub timeout: Duration,
+    /// `report = "07:30"`: the local time `keel serve` sends yesterday's report to the sinks.
+    pub report: Option<crate::TimeOfDay>,
 }
 
 /// Where a webhook's URL comes from. A Slack webhook URL is a credential, so the usual place is
@@ -206,6 +212,11 @@ pub struct PhaseSpec {
     pub after: Vec<String>,
     /// Lets downstream phases start before this one is complete (docs/pipeline.md).
     pub gate: Option<GateSpec>,
+    /// `checks = [{ complete = "90%", severity = "warn" }]`: the share of the phase's tasks (an
+    /// expanded task counts its items) that must have completed when a run ends. Left out of the
+    /// version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::PhaseCheck>,
 }
 
 /// A quorum gate: the phase is *sufficient* once every `required` task has succeeded and at
@@ -403,6 +414,10 @@ pub struct TaskSpec {
     /// one goes live. Left out of the pipeline version when neither `version` nor `code` is set.
     #[serde(default, skip_serializing_if = "crate::TaskVersioning::is_unversioned")]
     pub versioning: crate::TaskVersioning,
+    /// `checks = [{ metric = "accuracy", min = 0.30 }, { rows = { min = 200 } }]`: bounds on
+    /// what a succeeded attempt reports. Left out of the version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::CheckSpec>,
 }
 
 impl TaskSpec {
@@ -638,6 +653,7 @@ mod tests {
             repeat: None,
             freeze_after: None,
             versioning: Default::default(),
+            checks: Vec::new(),
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");
@@ -674,6 +690,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

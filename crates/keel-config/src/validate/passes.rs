@@ -215,6 +215,7 @@ impl Checker<'_> {
                         name: phase,
                         after: Vec::new(),
                         gate: Some(gate),
+                        checks: Vec::new(),
                     });
                 } else {
                     self.errors.push(ConfigError::UnknownPassName {
@@ -235,6 +236,7 @@ impl Checker<'_> {
                     name: phase.name.clone(),
                     after: Vec::new(),
                     gate: None,
+                    checks: Vec::new(),
                 })
                 .collect();
             for phase in overridden {

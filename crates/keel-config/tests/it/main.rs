@@ -2,6 +2,7 @@
 
 mod alerts;
 mod backfill;
+mod checks;
 mod context;
 mod edges;
 mod errors;
@@ -10,6 +11,7 @@ mod http;
 mod property;
 mod rollout;
 mod secrets;
+mod slo;
 mod timing;
 mod tokens;
 mod valid;

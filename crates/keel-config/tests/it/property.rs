@@ -166,6 +166,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         name: phase.clone(),
                         after,
                         gate: None,
+                        checks: Vec::new(),
                     });
                 }
                 let mut tasks: Vec<TaskSpec> = Vec::new();
@@ -236,6 +237,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         repeat: None,
                         freeze_after: None,
                         versioning: Default::default(),
+                        checks: Vec::new(),
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {
@@ -279,6 +281,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     alerts: None,
                     secrets: None,
                     smoke: Vec::new(),
+                    slos: Vec::new(),
                     concurrency,
                     phases,
                     tasks,

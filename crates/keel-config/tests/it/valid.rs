@@ -94,16 +94,19 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
                 after: strings(&["raw"]),
                 gate: None,
+                checks: Vec::new(),
             },
         ],
         tasks: vec![
@@ -133,6 +136,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 repeat: None,
                 freeze_after: None,
                 versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -156,6 +160,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 repeat: None,
                 freeze_after: None,
                 versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -190,6 +195,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 repeat: None,
                 freeze_after: None,
                 versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -213,6 +219,7 @@ after = ["player_game_summary", "scrape_injuries"]
                 repeat: None,
                 freeze_after: None,
                 versioning: Default::default(),
+                checks: Vec::new(),
             },
         ],
         resources: vec![],
@@ -222,6 +229,7 @@ after = ["player_game_summary", "scrape_injuries"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     assert_eq!(spec, expected);
 
@@ -389,6 +397,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         repeat: None,
         freeze_after: None,
         versioning: Default::default(),
+        checks: Vec::new(),
     };
     let expected = PipelineSpec {
         name: "hoops".into(),
@@ -401,17 +410,20 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
@@ -422,6 +434,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     grace: seconds(30 * 60),
                     tiers: Vec::new(),
                 }),
+                checks: Vec::new(),
             },
         ],
         tasks: vec![

@@ -331,6 +331,18 @@ pub enum Progress {
     },
     /// Tasks in the ready queue, waiting for room to start; sent when the number changes.
     QueueDepth { ready: usize },
+    /// A check of a task's result failed (`checks`): a `block` check made the attempt
+    /// `failed_check`, a `warn` check is only told. `detail` says which bound and what value.
+    /// A phase's completeness check, judged as the run ends, is told with `task` set to
+    /// `phase NAME` and `attempt` 0; a `block` one failed the run.
+    CheckFailed {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        severity: keel_model::Severity,
+        detail: String,
+    },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to

@@ -239,6 +239,7 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         repeat: None,
         freeze_after: None,
         versioning: Default::default(),
+        checks: Vec::new(),
     }
 }
 
@@ -262,6 +263,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
                     vec![phases[index - 1].clone()]
                 },
                 gate: None,
+                checks: Vec::new(),
             })
             .collect(),
         tasks,
@@ -272,6 +274,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     }
 }
 

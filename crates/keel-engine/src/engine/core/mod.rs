@@ -28,6 +28,7 @@ pub(super) use earlier::EarlierFact;
 pub(super) use rollout::VersionChoice;
 
 mod calendar;
+mod checks;
 mod dispatch;
 mod earlier;
 mod edges;
