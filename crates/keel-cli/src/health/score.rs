@@ -249,6 +249,7 @@ mod tests {
             pid: None,
             dir: String::new(),
             version: None,
+            task_version: None,
         }
     }
 

@@ -1554,6 +1554,7 @@ async fn starts_recorded_by_a_clock_ahead_hold_a_rate_limit_for_one_window_only(
                 owner: "ahead".into(),
                 dir: "/nonexistent".into(),
                 version: "v".into(),
+                task_version: None,
                 lease_expires_at: ahead + 60_000,
                 at: ahead,
             })
