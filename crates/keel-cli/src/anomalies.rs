@@ -11,8 +11,12 @@ use keel_model::{Millis, Outcome, RunId};
 use keel_store::RunView;
 use serde_json::{Value, json};
 
+/// Time worked under this is never an anomaly.
+const MIN_SLOW_SECONDS: f64 = 10.0;
+
 /// One value found anomalous.
 pub struct Anomaly {
+    pub task: String,
     pub run: RunId,
     pub partition: String,
     /// `rows`, `duration_s` or a metric's name.
@@ -33,6 +37,7 @@ impl Anomaly {
     pub fn to_json(&self) -> Value {
         let baseline = &self.judgement.baseline;
         json!({
+            "task": self.task,
             "run": self.run.0,
             "partition": self.partition,
             "metric": self.metric,
@@ -108,10 +113,16 @@ pub fn in_history(runs: &[RunView], task: &str, now: Millis) -> Vec<Anomaly> {
             } else {
                 tuning
             };
+            // A task that took 20 ms instead of 10 is not worth anyone's look, however far
+            // outside its baseline that is.
+            if metric == "duration_s" && *value < MIN_SLOW_SECONDS {
+                continue;
+            }
             if let Some(judgement) = judge(*date, *value, &history, &tuning)
                 && judgement.anomalous
             {
                 found.push(Anomaly {
+                    task: task.to_string(),
                     run: *run,
                     partition: partition.clone(),
                     metric: metric.clone(),
@@ -121,5 +132,25 @@ pub fn in_history(runs: &[RunView], task: &str, now: Millis) -> Vec<Anomaly> {
         }
     }
     found.sort_by(|a, b| b.partition.cmp(&a.partition).then(a.metric.cmp(&b.metric)));
+    found
+}
+
+/// The anomalies of every task in `runs` (the newest run of each partition, any order), each
+/// judged against the earlier partitions among them; newest first, then by task.
+pub fn in_view(runs: &[RunView], now: Millis) -> Vec<Anomaly> {
+    let tasks: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|run| run.tasks.iter().map(|row| row.task.as_str()))
+        .collect();
+    let mut found: Vec<Anomaly> = tasks
+        .into_iter()
+        .flat_map(|task| in_history(runs, task, now))
+        .collect();
+    found.sort_by(|a, b| {
+        b.partition
+            .cmp(&a.partition)
+            .then(a.task.cmp(&b.task))
+            .then(a.metric.cmp(&b.metric))
+    });
     found
 }

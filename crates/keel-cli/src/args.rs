@@ -46,6 +46,13 @@ pub enum Command {
     History(HistoryArgs),
     /// The event log: every state transition, readable or as JSON lines.
     Events(EventsArgs),
+    /// Each SLO ([slo.NAME]) with its error budget and the burn rates that fire.
+    Slo(SloArgs),
+    /// The health score from 0 to 10, with each dimension's weight and evidence.
+    Health(HealthArgs),
+    /// A day's report: runs, what healed itself and how, what needs a human, anomalies, SLO
+    /// budgets and the score with its trend.
+    Report(ReportArgs),
     /// Print the captured output of an attempt, or of a sensor's last poll.
     Logs(LogsArgs),
     /// Run tasks again, and then everything downstream of them.
@@ -56,9 +63,15 @@ pub enum Command {
     Accept(AcceptArgs),
     /// Remove the attempt directories and logs of runs that finished long ago.
     Gc(GcArgs),
+    /// The partitions the schedule should have made in the last `lookback` days that are
+    /// missing, failed or stale, with their repairs; exit 1 when there is any.
+    Gaps(GapsArgs),
     /// Switch a task off, or on for a share of partitions, without a restart: `keel flags set
     /// TASK off|on|N%`, `keel flags list`.
     Flags(FlagsArgs),
+    /// Task versions and their canary rollout: `keel rollout list`, `keel rollout promote TASK`,
+    /// `keel rollout rollback TASK`.
+    Rollout(RolloutArgs),
     /// Run the pipeline unattended: start runs when its schedule fires, take up runs queued with
     /// `keel run --detach` (or by a `keel run` while serve holds the state) and `keel retry`,
     /// and carry on unfinished runs. Stops on SIGINT or SIGTERM like `keel run`.
@@ -222,6 +235,15 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct GapsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","checked_at","expected","gaps":[{"partition","kind","run",…}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// `[PIPELINE] TASK`: the pipeline file (default keel.toml) and the task to show.
     #[arg(required = true, num_args = 1..=2, value_name = "[PIPELINE] TASK")]
@@ -237,6 +259,39 @@ pub struct HistoryArgs {
     /// At most this many rows, newest first. Default: 20, or the whole range with --from/--to.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SloArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","slos":[{"name","kind","target","objective","events","bad","remaining","burning",…}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// Print JSON: {"pipeline","score","dimensions":[{"name","weight","value","evidence"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    /// The day to report on, YYYY-MM-DD in the pipeline's time zone (default: yesterday).
+    #[arg(long, value_name = "D")]
+    pub date: Option<String>,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Print a self-contained HTML page.
+    #[arg(long)]
+    pub html: bool,
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +529,43 @@ pub enum FlagsCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+    /// The pipeline file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "keel.toml",
+        value_name = "PIPELINE"
+    )]
+    pub pipeline: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Every recorded version of each task: canary, promoted, rolled back or retired.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote a version of a task by hand: every partition runs it from now on.
+    Promote {
+        task: String,
+        /// The version (default: the task's newest canary or rolled-back version).
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
+    },
+    /// Roll a version of a task back by hand: the version promoted before it runs instead.
+    Rollback {
+        task: String,
+        /// The version (default: the task's canary, or else its promoted version).
+        #[arg(value_name = "VERSION")]
+        task_version: Option<String>,
     },
 }
 

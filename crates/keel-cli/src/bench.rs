@@ -264,6 +264,7 @@ async fn store_transitions<S: Store>(store: S, count: usize) -> Result<(usize, D
                 owner: "bench".into(),
                 dir: String::new(),
                 version: "v".into(),
+                task_version: None,
                 lease_expires_at: 0,
                 at: 0,
             })

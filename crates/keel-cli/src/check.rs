@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use comfy_table::{Cell, Table};
 use keel_model::{HttpAuth, InheritEnv, PipelineSpec, TaskSpec};
 
@@ -37,6 +37,7 @@ pub struct Row {
 }
 
 /// Where the pipeline's tasks would run: its directory, Keel's environment and its env files.
+#[derive(Clone)]
 pub struct Surroundings {
     pub pipeline_dir: PathBuf,
     pub keel_env: Vec<(String, String)>,
@@ -71,6 +72,11 @@ impl Surroundings {
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
+    }
+
+    /// The directory a task's commands run in, if it can be known before a run.
+    pub(crate) fn working_dir_of(&self, task: Option<&TaskSpec>) -> Option<PathBuf> {
+        self.working_dir(task)
     }
 
     /// The directory a task's relative program path is found from, if it can be known before a
@@ -317,6 +323,51 @@ fn variable_row(
     }
 }
 
+/// Every task's version (`version`, `code`): a row per task that declares either, failing when
+/// its version command fails or a code file cannot be read; and the code identities read, for
+/// the engine. Blocking: it runs the version commands.
+pub fn version_checks(
+    spec: &PipelineSpec,
+    surroundings: &Surroundings,
+    timeout: std::time::Duration,
+) -> (Vec<Row>, HashMap<String, String>) {
+    let mut rows = Vec::new();
+    let mut identities = HashMap::new();
+    for task in &spec.tasks {
+        let declared = task.versioning.command.is_some() || !task.versioning.code.is_empty();
+        if !declared {
+            continue;
+        }
+        let row = |status, detail| Row {
+            check: "version",
+            target: format!("task {}", task.name),
+            status,
+            detail,
+        };
+        match crate::versions::code_identity(spec, task, surroundings, &[], timeout) {
+            Ok(identity) => {
+                let identity = identity.unwrap_or_default();
+                let json = serde_json::to_string(task).unwrap_or_default();
+                let version = keel_model::task_version_of(&json, &identity);
+                let from = if task.versioning.command.is_some() {
+                    let output = identity.trim_start_matches("version:");
+                    let first = output.lines().next().unwrap_or_default();
+                    format!("version command says {}", crate::display::printable(first))
+                } else {
+                    format!(
+                        "{} digested",
+                        count(task.versioning.code.len() as u64, "code file", "code files")
+                    )
+                };
+                rows.push(row(Status::Pass, format!("version {version} ({from})")));
+                identities.insert(task.name.clone(), identity);
+            }
+            Err(problem) => rows.push(row(Status::Fail, problem)),
+        }
+    }
+    (rows, identities)
+}
+
 /// Output of a smoke test kept for the report, per stream.
 const SMOKE_OUTPUT_CAP: usize = 64 << 10;
 
@@ -378,7 +429,7 @@ pub async fn smoke_tests(
 
 /// The environment a task's process gets (without Keel's `KEEL_*` variables): what it inherits,
 /// its env file, its `env` with templates expanded; and whether it starts from that alone.
-fn task_environment(
+pub(crate) fn task_environment(
     task: Option<&TaskSpec>,
     surroundings: &Surroundings,
     values: &keel_model::template::TemplateValues<'_>,
@@ -500,7 +551,7 @@ async fn run_smoke(
 }
 
 /// The last lines of what a failed smoke test printed, stderr first.
-fn output_tail(err: &[u8], out: &[u8]) -> String {
+pub(crate) fn output_tail(err: &[u8], out: &[u8]) -> String {
     let text = if err.iter().any(|byte| !byte.is_ascii_whitespace()) {
         err
     } else {
@@ -550,6 +601,13 @@ pub async fn check(args: CheckArgs) -> Result<u8> {
         }
     };
     let mut rows = static_checks(&spec, &surroundings);
+    let (version_rows, _) = {
+        let (spec, surroundings) = (spec.clone(), surroundings.clone());
+        tokio::task::spawn_blocking(move || version_checks(&spec, &surroundings, timeout))
+            .await
+            .context("the version checks failed to run")?
+    };
+    rows.extend(version_rows);
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     rows.extend(smoke_tests(&spec, &surroundings, timeout, jobs).await);
     if args.json {

@@ -21,7 +21,7 @@ use crate::Exit;
 use crate::api::PipelineHealth;
 use crate::display::printable;
 use crate::serve_log::{Level, Line, LogFormat, Logger};
-use crate::setup::{ProcessEngine, build_engine};
+use crate::setup::ProcessEngine;
 use crate::state::{self, StatePaths};
 
 /// How often each pipeline file is looked at. A change is acted on once the file has stayed the
@@ -162,7 +162,9 @@ impl Daemon {
 }
 
 /// Serves one pipeline until the shutdown, rebuilding its engine whenever its file changes to a
-/// new valid version.
+/// new version that passes `keel check`. The check of a new version (its smoke tests and version
+/// commands included) runs on a task of its own, bounded by [`RELOAD_CHECK_TIMEOUT`], while the
+/// engine in use carries on.
 async fn keep_serving(
     served: Served,
     spec: PipelineSpec,
@@ -172,8 +174,9 @@ async fn keep_serving(
     observers: Observers,
 ) -> Result<()> {
     let mut watch = FileWatch::new(&served.paths.pipeline);
-    let mut engine = engine_for(spec, &served, &store, grace, &observers)?;
+    let mut engine = engine_for(spec, &served, &store, grace, &observers, None)?;
     let mut shutdown_open = true;
+    let mut pending: Option<tokio::task::JoinHandle<Result<Checked, String>>> = None;
     loop {
         let next = {
             let (trigger, own_shutdown) = Shutdown::channel();
@@ -183,6 +186,9 @@ async fn keep_serving(
             let next = loop {
                 tokio::select! {
                     ended = &mut serving => {
+                        if let Some(check) = pending.take() {
+                            check.abort();
+                        }
                         ended?;
                         return Ok(());
                     }
@@ -192,8 +198,34 @@ async fn keep_serving(
                     },
                     _ = tokio::time::sleep(WATCH_INTERVAL), if shutdown.level() == ShutdownLevel::Running => {
                         let current = engine_version(&served);
-                        if let Some(next) = watch.look(&served, &current, &store, grace, &observers) {
-                            break next;
+                        if let Some(candidate) = watch.look(&served, &current) {
+                            // A newer file replaces the version being checked.
+                            if let Some(check) = pending.take() {
+                                check.abort();
+                            }
+                            let path = watch.path.clone();
+                            served.logger.info(&format!(
+                                "pipeline {}: checking version {} of {} before it goes live; version {current} runs meanwhile",
+                                served.name,
+                                candidate.version(),
+                                path.display()
+                            ));
+                            pending = Some(tokio::spawn(preflight(candidate, path, current)));
+                        }
+                    }
+                    checked = async { pending.as_mut().expect("guarded by is_some").await }, if pending.is_some() => {
+                        pending = None;
+                        let current = engine_version(&served);
+                        let ready = match checked {
+                            Ok(ready) => ready,
+                            Err(error) => Err(format!(
+                                "the checks of {} did not finish ({error}); still running version {current}",
+                                watch.path.display()
+                            )),
+                        };
+                        match ready.and_then(|checked| watch.build(&served, &current, checked, &store, grace, &observers)) {
+                            Ok(next) => break next,
+                            Err(problem) => watch.report(&served, Some(problem)),
                         }
                     }
                 }
@@ -220,6 +252,66 @@ async fn keep_serving(
     }
 }
 
+/// How long the checks of a changed pipeline file (static checks, version commands, smoke
+/// tests) may take before the new version is refused; the version in use runs meanwhile.
+const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long each smoke test of a changed pipeline file may run, as `keel check`'s default.
+const RELOAD_SMOKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A new version that passed the checks, with its tasks' code identities.
+struct Checked {
+    spec: PipelineSpec,
+    identities: HashMap<String, String>,
+}
+
+/// What `keel check` runs on a new version before it goes live: the static checks, the tasks'
+/// version commands and code files, and the smoke tests, bounded by [`RELOAD_CHECK_TIMEOUT`].
+/// Blocking parts run on the blocking pool; the engine in use is never waited on.
+async fn preflight(spec: PipelineSpec, path: PathBuf, current: String) -> Result<Checked, String> {
+    let keep = format!("still running version {current}");
+    let version = spec.version();
+    let checks = async {
+        let surroundings = crate::setup::surroundings(&spec, &path)
+            .map_err(|error| format!("{error:#}; {keep}").replace('\n', "; "))?;
+        let (blocking_spec, blocking_surroundings) = (spec.clone(), surroundings.clone());
+        let (mut rows, identities) = tokio::task::spawn_blocking(move || {
+            let mut rows = crate::check::static_checks(&blocking_spec, &blocking_surroundings);
+            let (versions, identities) = crate::check::version_checks(
+                &blocking_spec,
+                &blocking_surroundings,
+                crate::versions::VERSION_TIMEOUT,
+            );
+            rows.extend(versions);
+            (rows, identities)
+        })
+        .await
+        .map_err(|error| {
+            format!("the checks of version {version} failed to run: {error}; {keep}")
+        })?;
+        rows.extend(crate::check::smoke_tests(&spec, &surroundings, RELOAD_SMOKE_TIMEOUT, 2).await);
+        Ok::<_, String>((rows, identities))
+    };
+    let (rows, identities) = tokio::time::timeout(RELOAD_CHECK_TIMEOUT, checks)
+        .await
+        .map_err(|_| {
+            format!(
+                "the checks of version {version} of {} took longer than {}; {keep}",
+                path.display(),
+                keel_model::format_duration(RELOAD_CHECK_TIMEOUT)
+            )
+        })??;
+    // The version goes live only if it passes `keel check` here: a command that no longer
+    // resolves, a version command or smoke test that fails (a missing import), would fail
+    // every attempt.
+    if let Some(failed) = crate::check::failures(&rows) {
+        return Err(format!(
+            "version {version} of {} fails keel check; {keep}: {failed}",
+            path.display()
+        ));
+    }
+    Ok(Checked { spec, identities })
+}
+
 fn engine_version(served: &Served) -> String {
     let spec = served
         .spec
@@ -243,9 +335,16 @@ fn engine_for(
     store: &AnyStore,
     grace: Duration,
     observers: &Observers,
+    identities: Option<HashMap<String, String>>,
 ) -> Result<ProcessEngine> {
     let observer = observers(&spec);
-    let mut engine = build_engine(spec, &served.paths, store.clone())?;
+    let mut engine = crate::setup::build_engine_versioned(
+        spec,
+        &served.paths,
+        store.clone(),
+        Vec::new(),
+        identities,
+    )?;
     engine.set_shutdown_grace(grace);
     engine.set_heartbeat(served.heartbeat.clone());
     engine.observe(observer);
@@ -270,17 +369,10 @@ impl FileWatch {
         }
     }
 
-    /// Looks at the file; a new version that validates and builds comes back as the engine to
-    /// run next, with its version. A file that does not is reported once per content, and the
-    /// version in use keeps running.
-    fn look(
-        &mut self,
-        served: &Served,
-        current: &str,
-        store: &AnyStore,
-        grace: Duration,
-        observers: &Observers,
-    ) -> Option<(ProcessEngine, Arc<PipelineSpec>)> {
+    /// Looks at the file; a new version that validates comes back, to be checked before it
+    /// goes live. A file that does not validate is reported once per content, and the version
+    /// in use keeps running.
+    fn look(&mut self, served: &Served, current: &str) -> Option<PipelineSpec> {
         let content = match std::fs::read(&self.path) {
             Ok(content) => content,
             Err(error) => {
@@ -302,7 +394,7 @@ impl FileWatch {
         }
         self.settling = None;
         self.seen = Some(content);
-        match self.load(served, current, store, grace, observers) {
+        match self.load(served, current) {
             Ok(Some(next)) => Some(next),
             Ok(None) => {
                 self.report(served, None);
@@ -315,16 +407,9 @@ impl FileWatch {
         }
     }
 
-    /// The engine for the file's new content; `None` if its version is the one in use (a
-    /// comment changed, say).
-    fn load(
-        &self,
-        served: &Served,
-        current: &str,
-        store: &AnyStore,
-        grace: Duration,
-        observers: &Observers,
-    ) -> Result<Option<(ProcessEngine, Arc<PipelineSpec>)>, String> {
+    /// The file's new content, validated; `None` if its version is the one in use (a comment
+    /// changed, say).
+    fn load(&self, served: &Served, current: &str) -> Result<Option<PipelineSpec>, String> {
         let keep = format!("still running version {current}");
         let spec = state::load_pipeline(&self.path).map_err(|error| {
             format!(
@@ -341,8 +426,7 @@ impl FileWatch {
                 served.name
             ));
         }
-        let version = spec.version();
-        if version == current {
+        if spec.version() == current {
             return Ok(None);
         }
         let paths = StatePaths::resolve(served.state_url.as_deref(), &spec, &self.path)
@@ -353,27 +437,37 @@ impl FileWatch {
                 self.path.display()
             ));
         }
-        // The version goes live only if it passes `keel check` here: a command that no longer
-        // resolves or a credential's variable that is not set would fail every attempt.
-        let surroundings = crate::setup::surroundings(&spec, &self.path)
-            .map_err(|error| format!("{error:#}; {keep}").replace('\n', "; "))?;
-        if let Some(failed) =
-            crate::check::failures(&crate::check::static_checks(&spec, &surroundings))
-        {
-            return Err(format!(
-                "version {version} of {} fails keel check; {keep}: {failed}",
-                self.path.display()
-            ));
-        }
-        let shared = Arc::new(spec.clone());
-        let engine = engine_for(spec, served, store, grace, observers).map_err(|error| {
+        Ok(Some(spec))
+    }
+
+    /// The engine for a version that passed its checks.
+    fn build(
+        &self,
+        served: &Served,
+        current: &str,
+        checked: Checked,
+        store: &AnyStore,
+        grace: Duration,
+        observers: &Observers,
+    ) -> Result<(ProcessEngine, Arc<PipelineSpec>), String> {
+        let keep = format!("still running version {current}");
+        let shared = Arc::new(checked.spec.clone());
+        let engine = engine_for(
+            checked.spec,
+            served,
+            store,
+            grace,
+            observers,
+            Some(checked.identities),
+        )
+        .map_err(|error| {
             format!(
                 "{} cannot run; {keep}: {}",
                 self.path.display(),
                 format!("{error:#}").replace('\n', "; ")
             )
         })?;
-        Ok(Some((engine, shared)))
+        Ok((engine, shared))
     }
 
     /// Records and logs why the file on disk is not in use, or that it no longer matters.

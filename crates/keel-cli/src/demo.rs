@@ -354,6 +354,12 @@ struct Days {
 async fn run_days(args: &DemoArgs, first: chrono::NaiveDate, setup: &Setup) -> Result<Days> {
     let spec = crate::state::load_pipeline(&setup.pipeline)?;
     let tasks = spec.tasks.len();
+    let expanded: Vec<String> = spec
+        .tasks
+        .iter()
+        .filter(|task| task.expand.is_some())
+        .map(|task| task.name.clone())
+        .collect();
     let paths = StatePaths::resolve(None, &spec, &setup.pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     let mut engine = build_engine_with_env(spec, &paths, store.clone(), setup.env.clone())?;
@@ -385,9 +391,14 @@ async fn run_days(args: &DemoArgs, first: chrono::NaiveDate, setup: &Setup) -> R
         let record = store.run(run).await?;
         let attempts = store.attempts(run).await?;
         let task_runs = store.task_runs(run).await?;
+        // An expanded task over an empty list has nothing to run: on a day without games it
+        // counts with the tasks that reported no_data.
         let no_data = task_runs
             .iter()
-            .filter(|task| task.outcome == Some(Outcome::NoData))
+            .filter(|task| {
+                task.outcome == Some(Outcome::NoData)
+                    || (task.attempts == 0 && expanded.contains(&task.task))
+            })
             .count();
         // Failures that healed: tasks whose earlier attempts failed but which completed.
         let mut healed: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -460,6 +471,34 @@ async fn run_days(args: &DemoArgs, first: chrono::NaiveDate, setup: &Setup) -> R
                 printable(task),
                 failures.join(" → ")
             );
+        }
+        // Fan-out: the items of each expanded task (`name[key]`), and how many succeeded.
+        let mut fanned: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for task in &task_runs {
+            if let Some((base, _)) = task.task.split_once('[') {
+                let (succeeded, all) = fanned.entry(base).or_default();
+                *all += 1;
+                if task.outcome == Some(Outcome::Succeeded) {
+                    *succeeded += 1;
+                }
+            }
+        }
+        if !fanned.is_empty() {
+            let parts: Vec<String> = fanned
+                .iter()
+                .map(|(base, (succeeded, all))| format!("{} {succeeded}/{all}", printable(base)))
+                .collect();
+            println!("            fanned out: {}", parts.join(" · "));
+        }
+        // Freezes: what Keel did not rerun or retry, and why.
+        for task in &task_runs {
+            if let Some(message) = task.message.as_deref().filter(|m| m.contains("frozen at")) {
+                println!(
+                    "            frozen {}: {}",
+                    printable(&task.task),
+                    printable(message)
+                );
+            }
         }
         if !matches!(record.state, RunState::Succeeded) {
             all_good = false;

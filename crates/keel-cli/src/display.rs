@@ -89,6 +89,9 @@ impl ProgressDisplay {
                 Progress::BreakerChanged { resource, detail, .. } => {
                     note = Some(format!("resource {resource}: breaker {detail}"));
                 }
+                Progress::RolloutDecided { task, detail, .. } => {
+                    note = Some(format!("task {task}: {detail}"));
+                }
                 Progress::GateOpened { partition, phase, missing, .. } => {
                     note = Some(format!(
                         "{partition} gate of phase {phase} opened without {}; the run will be degraded unless they land",
@@ -114,6 +117,22 @@ impl ProgressDisplay {
                 }
                 Progress::ScheduleSkipped { reason, .. } => {
                     note = Some(format!("the schedule fired but could not run: {reason}"));
+                }
+                Progress::BackfillStarted {
+                    partition,
+                    kind,
+                    repair,
+                    ..
+                } => {
+                    note = Some(format!(
+                        "{partition}: {kind}; backfill started repair {repair}"
+                    ));
+                }
+                Progress::GapUnrepaired { detail, .. } => {
+                    note = Some(detail.clone());
+                }
+                Progress::CheckFailed { partition, task, attempt, severity, detail, .. } => {
+                    note = Some(format!("{partition} {task} attempt {attempt}: {} check failed: {detail}", severity.as_str()));
                 }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }

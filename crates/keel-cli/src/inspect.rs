@@ -66,6 +66,16 @@ fn task_json(run: &RunView, task: &keel_store::TaskRunRecord, now: keel_model::M
         "metrics": display::metrics_json(summary.metrics.as_deref()),
         "message": task.message,
     });
+    // The version of the task its latest attempt ran (`keel rollout`).
+    if let Some(version) = run
+        .attempts
+        .iter()
+        .rev()
+        .find(|attempt| attempt.task == task.task)
+        .and_then(|attempt| attempt.task_version.clone())
+    {
+        entry["task_version"] = version.into();
+    }
     if let Some(counts) = display::item_counts(run).get(&task.task) {
         entry["items"] = json!({
             "total": counts.total,
@@ -214,14 +224,34 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
     {
         return Err(no_such_run(&spec, RunId(run)));
     }
+    // Each task's rows, metrics and time judged against the earlier partitions shown (with
+    // --all a partition's reruns would be counted twice, so nothing is judged).
+    let anomalies = if args.all {
+        Vec::new()
+    } else {
+        crate::anomalies::in_view(&view.runs, now)
+    };
     if args.json {
         let runs: Vec<Value> = view.runs.iter().map(|run| run_json(run, now)).collect();
         let mut document = json!({ "runs": runs });
         if view.omitted > 0 {
             document["omitted"] = view.omitted.into();
         }
+        if !anomalies.is_empty() {
+            document["anomalies"] = anomalies
+                .iter()
+                .map(crate::anomalies::Anomaly::to_json)
+                .collect();
+        }
         if !view.resources.is_empty() {
             document["resources"] = resources_json(&view);
+        }
+        if !view.rollouts.is_empty() {
+            document["rollouts"] = view
+                .rollouts
+                .iter()
+                .map(crate::rollout::version_json)
+                .collect();
         }
         if !view.flags.is_empty() {
             document["flags"] = view
@@ -245,6 +275,18 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
     } else {
         display::print_run_list(&view.runs);
     }
+    if !anomalies.is_empty() {
+        println!("anomalies (against the earlier partitions shown):");
+        for anomaly in &anomalies {
+            let line = format!(
+                "{} {}: {}",
+                anomaly.partition,
+                anomaly.task,
+                anomaly.judgement.describe(&anomaly.metric)
+            );
+            println!("  {}", printable(&line));
+        }
+    }
     if let Some(note) =
         display::omitted_note(view.omitted, view.runs.len(), args.all, range.is_some())
     {
@@ -258,6 +300,19 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
             .map(|flag| format!("{} {}", flag.task, flag.state))
             .collect();
         println!("flags: {} (keel flags list)", flags.join(", "));
+    }
+    if !view.rollouts.is_empty() {
+        let rollouts: Vec<String> = view
+            .rollouts
+            .iter()
+            .map(|record| {
+                format!(
+                    "{} {} {} ({} clean, {} failed)",
+                    record.task, record.version, record.status, record.clean, record.failed
+                )
+            })
+            .collect();
+        println!("rollouts: {} (keel rollout list)", rollouts.join(", "));
     }
     if let Some(range) = &range {
         print_range_summary(range, &view);

@@ -30,6 +30,8 @@ mod dashboard;
 mod demo;
 mod display;
 mod flags;
+mod gaps;
+mod health;
 mod hints;
 mod http_post;
 mod inspect;
@@ -39,12 +41,14 @@ mod operations;
 mod otlp;
 mod output;
 mod report;
+mod rollout;
 mod secrets;
 mod serve;
 mod serve_log;
 mod setup;
 mod state;
 mod tokens;
+mod versions;
 
 use std::process::ExitCode;
 

@@ -61,6 +61,14 @@ struct AlertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    pipeline: String,
+    /// The task, or `phase NAME` for a phase's completeness check.
+    task: String,
+    severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     pipeline: String,
     sink: String,
@@ -92,6 +100,7 @@ struct Families {
     alert_failures: Family<SinkLabels, Counter>,
     schedule_lag: Histograms<PipelineLabel>,
     schedule_skipped: Family<PipelineLabel, Counter>,
+    check_failures: Family<CheckLabels, Counter>,
 }
 
 /// The metrics of a serving Keel, for one pipeline. Cloning is cheap and clones share the
@@ -178,6 +187,12 @@ impl Metrics {
             "Schedule fires that could not start a run",
             schedule_skipped.clone(),
         );
+        let check_failures = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "check_failures",
+            "Checks of results that failed (checks = [...]), by task and severity",
+            check_failures.clone(),
+        );
         Metrics {
             families: Arc::new(Families {
                 registry,
@@ -193,6 +208,7 @@ impl Metrics {
                 alert_failures,
                 schedule_lag,
                 schedule_skipped,
+                check_failures,
             }),
             pipeline: pipeline.into(),
         }
@@ -287,8 +303,20 @@ impl Metrics {
                     })
                     .inc();
             }
+            Progress::CheckFailed { task, severity, .. } => {
+                families
+                    .check_failures
+                    .get_or_create(&CheckLabels {
+                        pipeline,
+                        task: task.clone(),
+                        severity: severity.as_str().to_string(),
+                    })
+                    .inc();
+            }
             // Logged by serve; the breaker gauges say more about a dependency's health.
             Progress::ResourceProbe { .. } => {}
+            // Logged by serve and alerted; `keel rollout list` says where each version stands.
+            Progress::RolloutDecided { .. } => {}
             Progress::SensorPolled { task, verdict, .. } => {
                 families
                     .sensor_polls
@@ -322,7 +350,9 @@ impl Metrics {
             | Progress::GateOpened { .. }
             | Progress::TasksSettled { .. }
             | Progress::RunRefused { .. }
-            | Progress::RunScheduled { .. } => {}
+            | Progress::RunScheduled { .. }
+            | Progress::BackfillStarted { .. }
+            | Progress::GapUnrepaired { .. } => {}
         }
     }
 
@@ -617,6 +647,14 @@ command = ["sh", "-c", "exit 0"]
             fire_at: 1_000,
             reason: "test".into(),
         });
+        metrics.record(&Progress::CheckFailed {
+            run,
+            partition: "2026-12-01".into(),
+            task: "grade".into(),
+            attempt: 1,
+            severity: keel_model::Severity::Warn,
+            detail: "accuracy 0.19 is below the minimum 0.3".into(),
+        });
         metrics.alert_sent("failed_permanent");
         metrics.alert_failed("webhook");
         let text = metrics.render();
@@ -628,6 +666,8 @@ command = ["sh", "-c", "exit 0"]
         let lag = [("pipeline", "one")];
         assert_eq!(value(&scrape, "keel_schedule_lag_seconds_sum", &lag), 2.5);
         assert_eq!(value(&scrape, "keel_schedule_skipped_total", &lag), 1.0);
+        let check = [("pipeline", "one"), ("task", "grade"), ("severity", "warn")];
+        assert_eq!(value(&scrape, "keel_check_failures_total", &check), 1.0);
         let alert = [("kind", "failed_permanent")];
         assert_eq!(value(&scrape, "keel_alerts_sent_total", &alert), 1.0);
         let failure = [("sink", "webhook")];

@@ -66,6 +66,7 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
             Some(alerts) => {
                 let (alerts, delivery) = Alerts::start(
                     alerts,
+                    crate::alerts::watch::Watch::of(spec, crate::state::now_millis()),
                     &served.name,
                     served.paths.pipeline_dir()?,
                     recorder.clone(),

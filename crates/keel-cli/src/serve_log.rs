@@ -365,6 +365,30 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 format!("resource {resource}: breaker {detail}"),
             )
         },
+        Progress::RolloutDecided {
+            run,
+            partition,
+            task,
+            version,
+            status,
+            detail,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            extra: vec![
+                ("task_version", version.as_str().into()),
+                ("rollout", status.as_str().into()),
+            ],
+            ..Line::new(
+                if *status == keel_model::VersionStatus::RolledBack {
+                    Level::Error
+                } else {
+                    Level::Info
+                },
+                format!("task {task}: {detail}"),
+            )
+        },
         Progress::RunFinished {
             run,
             partition,
@@ -397,6 +421,27 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 format!("run {run} is not carried on: {reason}"),
             )
         },
+        Progress::CheckFailed {
+            run,
+            partition,
+            task,
+            attempt,
+            severity,
+            detail,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            attempt: Some(*attempt),
+            extra: vec![("severity", severity.as_str().into())],
+            ..Line::new(
+                Level::Warn,
+                format!(
+                    "{task} attempt {attempt}: {} check failed: {detail}",
+                    severity.as_str()
+                ),
+            )
+        },
         Progress::ScheduleSkipped { fire_at, reason } => Line {
             extra: vec![("fire_at", rfc3339(*fire_at))],
             ..Line::new(
@@ -406,6 +451,32 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                     local(*fire_at)
                 ),
             )
+        },
+        Progress::BackfillStarted {
+            run,
+            partition,
+            kind,
+            repair,
+            ..
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            ..Line::new(
+                Level::Warn,
+                format!(
+                    "backfill: partition {partition} was {kind}; repair {repair} started as run {run}"
+                ),
+            )
+        },
+        Progress::GapUnrepaired {
+            run,
+            partition,
+            detail,
+            ..
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            ..Line::new(Level::Error, detail.clone())
         },
         Progress::ResourceProbe {
             resource,

@@ -44,7 +44,20 @@ pub fn build_engine_with_env(
     spec: PipelineSpec,
     paths: &StatePaths,
     store: AnyStore,
+    extra_env: Vec<(String, String)>,
+) -> Result<ProcessEngine> {
+    build_engine_versioned(spec, paths, store, extra_env, None)
+}
+
+/// Like [`build_engine_with_env`], with the tasks' code identities (`versions.rs`) already
+/// read, as `keel serve` does off its engine's loop before a reload; `None` reads them here.
+/// A task whose identity cannot be read refuses the engine (exit 1), naming the task.
+pub fn build_engine_versioned(
+    spec: PipelineSpec,
+    paths: &StatePaths,
+    store: AnyStore,
     mut extra_env: Vec<(String, String)>,
+    identities: Option<std::collections::HashMap<String, String>>,
 ) -> Result<ProcessEngine> {
     // Tasks that take request tokens reach this Keel through its token server.
     if let Some(variable) = crate::tokens::serve_for(&spec, &paths.dir, &store)? {
@@ -71,7 +84,32 @@ pub fn build_engine_with_env(
             .map(|secret| secret.expose().to_string())
             .map_err(|error| error.to_string())
     });
+    let code_identities = match identities {
+        Some(identities) => identities,
+        None => crate::versions::code_identities(
+            &spec,
+            &surroundings,
+            &extra_env,
+            crate::versions::VERSION_TIMEOUT,
+        )
+        .map_err(|problems| {
+            let listed: Vec<String> = problems
+                .iter()
+                .map(|problem| {
+                    format!(
+                        "the version of task {} cannot be read: {}",
+                        problem.task, problem.problem
+                    )
+                })
+                .collect();
+            anyhow::anyhow!(
+                "{}; fix the task's version command or code files (keel check shows every problem)",
+                listed.join(" / ")
+            )
+        })?,
+    };
     let launch_context = LaunchContext {
+        code_identities,
         env_files: surroundings.env_files,
         pipeline_dir: Some(surroundings.pipeline_dir),
         keel_env: surroundings.keel_env,

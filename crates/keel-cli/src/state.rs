@@ -512,6 +512,7 @@ pub async fn pipeline_for_reading(
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {
@@ -560,6 +561,7 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
                 name: task.phase.clone(),
                 after: Vec::new(),
                 gate: None,
+                checks: Vec::new(),
             });
         }
         spec.tasks.push(keel_model::TaskSpec {
@@ -583,6 +585,8 @@ pub fn stand_in_tasks(spec: &mut PipelineSpec, tasks: &[keel_store::TaskRunRecor
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
+            checks: Vec::new(),
         });
     }
 }

@@ -28,6 +28,7 @@ pub enum NameKind {
     Resource,
     Pass,
     Param,
+    Slo,
 }
 
 impl fmt::Display for NameKind {
@@ -39,6 +40,7 @@ impl fmt::Display for NameKind {
             NameKind::Resource => "resource",
             NameKind::Pass => "pass",
             NameKind::Param => "parameter",
+            NameKind::Slo => "slo",
         })
     }
 }
@@ -156,6 +158,19 @@ pub enum ConfigError {
         "empty smoke command in task {task:?} ({location}); give a quick command that proves the task can start here, such as smoke = [\"hoops\", \"self-test\"]"
     )]
     EmptySmokeCommand { task: String, location: Location },
+
+    #[error(
+        "empty version command in task {task:?} ({location}); give a command whose output names the task's code, such as version = [\"hoops\", \"--version\"]"
+    )]
+    EmptyVersionCommand { task: String, location: Location },
+
+    #[error("invalid {field} in task {task:?} ({location}): {reason}")]
+    InvalidVersioning {
+        task: String,
+        field: String,
+        reason: String,
+        location: Location,
+    },
 
     #[error("invalid secret name {name:?} in the secrets of task {task:?} ({location}); {reason}")]
     InvalidSecretName {
@@ -412,6 +427,16 @@ pub enum ConfigError {
     },
 
     #[error(
+        "pass {pass:?} runs {task:?}, which runs one item per entry of {from:?}'s list, but not {from:?} ({location}); the pass would have no items to run: add {from:?} to the pass"
+    )]
+    PassWithoutExpandSource {
+        pass: String,
+        task: String,
+        from: String,
+        location: Location,
+    },
+
+    #[error(
         "unknown {kind} {name:?} in pass {pass:?} ({location}); {}",
         pass_name_hint(.suggestion, *.kind, .name)
     )]
@@ -590,6 +615,23 @@ pub enum ConfigError {
         location: Location,
     },
 
+    #[error("invalid check {field} of task {task:?} ({location}): {reason}")]
+    InvalidCheck {
+        task: String,
+        /// `checks[1]`, or `checks[1].rows.min`.
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
+    #[error("invalid {field:?} in [slo.{slo}] ({location}): {reason}")]
+    InvalidSlo {
+        slo: String,
+        field: String,
+        reason: String,
+        location: Location,
+    },
+
     #[error("invalid {field:?} in [alerts] ({location}): {reason}")]
     InvalidAlerts {
         field: String,
@@ -753,6 +795,8 @@ impl ConfigError {
             | ConfigError::EmptyCommand { location, .. }
             | ConfigError::EmptyCalendarCommand { location, .. }
             | ConfigError::EmptySmokeCommand { location, .. }
+            | ConfigError::EmptyVersionCommand { location, .. }
+            | ConfigError::InvalidVersioning { location, .. }
             | ConfigError::InvalidSecretName { location, .. }
             | ConfigError::EmptySensorCommand { location, .. }
             | ConfigError::InvalidDuration { location, .. }
@@ -778,6 +822,7 @@ impl ConfigError {
             | ConfigError::InvalidEarlier { location, .. }
             | ConfigError::PassPhasesAndTasks { location, .. }
             | ConfigError::EmptyPassSubset { location, .. }
+            | ConfigError::PassWithoutExpandSource { location, .. }
             | ConfigError::UnknownPassName { location, .. }
             | ConfigError::UnknownPhase { location, .. }
             | ConfigError::UnknownPhaseDependency { location, .. }
@@ -797,6 +842,8 @@ impl ConfigError {
             | ConfigError::Ineffective { location, .. }
             | ConfigError::TimeOfDayWithoutDates { location, .. }
             | ConfigError::InvalidAlerts { location, .. }
+            | ConfigError::InvalidCheck { location, .. }
+            | ConfigError::InvalidSlo { location, .. }
             | ConfigError::InvalidSecrets { location, .. }
             | ConfigError::InvalidHttp { location, .. }
             | ConfigError::GateWithoutCondition { location, .. }
@@ -940,6 +987,23 @@ fn missing_hint(table: &str, field: &str) -> String {
         }
         "until" if table.ends_with(".repeat") => {
             "add until = \"02:00\": when the window closes (on the next day when not after from)"
+                .to_string()
+        }
+        "kind" if table.starts_with("slo.") => {
+            "add kind = \"freshness\", \"latency\" or \"success\"".to_string()
+        }
+        "objective" if table.starts_with("slo.") => {
+            "add objective = \"99.9%\": the share of partitions or runs that must meet the target"
+                .to_string()
+        }
+        "by" if table.starts_with("slo.") => {
+            "add by = \"10:00\": the local time the partition must have succeeded by".to_string()
+        }
+        "max" if table.starts_with("slo.") => {
+            "add max = \"6h\": the longest a run may take from its creation to its end".to_string()
+        }
+        "complete" => {
+            "add complete = \"90%\": the share of the phase's tasks that must have completed"
                 .to_string()
         }
         other => format!("add {other} = ..."),

@@ -10,14 +10,18 @@
 //! `env_file`, `inherit_env`) in the `context` submodule, and `[passes.NAME]` in `passes`.
 
 mod alerts;
+mod backfill;
 mod calendar;
+mod checks;
 mod context;
 mod edges;
 mod expand;
 mod http;
 mod passes;
 mod resilience;
+mod rollout;
 mod secrets_provider;
+mod slo;
 mod tiers;
 mod timing;
 
@@ -52,6 +56,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "passes",
     "alerts",
     "secrets",
+    "slo",
 ];
 const TOP_LEVEL_LATER: &[&str] = &[];
 const PIPELINE_FIELDS: &[&str] = &[
@@ -63,6 +68,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "schedule_partition",
     "catchup",
     "max_active_partitions",
+    "backfill",
 ];
 const PIPELINE_LATER: &[&str] = &[];
 const CATCHUP_KINDS: &[&str] = &["all", "latest", "none"];
@@ -78,7 +84,7 @@ const DEFAULTS_FIELDS: &[&str] = &[
     "inherit_env",
 ];
 const RETRIES_FIELDS: &[&str] = &["attempts", "initial", "max", "jitter"];
-const PHASE_FIELDS: &[&str] = &["after", "gate"];
+const PHASE_FIELDS: &[&str] = &["after", "gate", "checks"];
 const TASK_FIELDS: &[&str] = &[
     "phase",
     "command",
@@ -102,6 +108,10 @@ const TASK_FIELDS: &[&str] = &[
     "secrets",
     "repeat",
     "freeze_after",
+    "version",
+    "code",
+    "rollout",
+    "checks",
 ];
 const TASK_LATER: &[&str] = &[];
 const PARTITION_KINDS: &[&str] = &["date", "none"];
@@ -278,6 +288,8 @@ struct RawPipeline {
     schedule: Option<(String, Range<usize>)>,
     schedule_partition: Option<i64>,
     catchup: Option<Catchup>,
+    /// `backfill = { … }` and where it is, put with the schedule once that is known.
+    backfill: Option<(keel_model::BackfillSpec, Range<usize>)>,
     schedule_spec: Option<ScheduleSpec>,
     max_active_partitions: Option<u32>,
 }
@@ -297,6 +309,7 @@ struct RawPhase {
     name: NameRef,
     after: Vec<NameRef>,
     gate: Option<RawGate>,
+    checks: Vec<keel_model::PhaseCheck>,
 }
 
 #[derive(Debug)]
@@ -327,6 +340,9 @@ struct RawTask {
     earlier: Vec<edges::RawEarlier>,
     repeat: Option<keel_model::RepeatSpec>,
     freeze_after: Option<keel_model::TimeOfDay>,
+    /// `version`, `code` and `rollout`.
+    versioning: keel_model::TaskVersioning,
+    checks: Vec<keel_model::CheckSpec>,
 }
 
 /// Which command of a task is being read; errors name it.
@@ -338,6 +354,8 @@ enum CommandKind {
     Calendar,
     /// `smoke`, run by `keel check`.
     Smoke,
+    /// `version`, whose output is part of the task's version.
+    Version,
 }
 
 /// Where a list of names sits, for its errors.
@@ -780,6 +798,7 @@ impl Checker<'_> {
         let mut raw_passes: Vec<passes::RawPass> = Vec::new();
         let mut alerts = None;
         let mut secrets = None;
+        let mut slos = Vec::new();
         // Whether any task was written at all, well-formed or not.
         let mut tasks_written = false;
         self.params = passes::declared_params(root);
@@ -839,6 +858,13 @@ impl Checker<'_> {
                         secrets = self.secrets(table, &key.span());
                     }
                 }
+                "slo" => {
+                    if let Some(table) = self.table(value, field, "") {
+                        for (name, slo) in entries(table) {
+                            slos.extend(self.slo(name, slo));
+                        }
+                    }
+                }
                 _ if TOP_LEVEL_LATER.contains(&field) => self.not_supported_yet(key, ""),
                 _ => self.unknown_field(key, "", TOP_LEVEL_FIELDS, TOP_LEVEL_LATER),
             }
@@ -870,6 +896,12 @@ impl Checker<'_> {
         let mut spec = build_spec(pipeline, &defaults, resources, phases, tasks, passes);
         spec.alerts = alerts;
         spec.secrets = secrets;
+        // A scheduled run usually processes an earlier date (schedule_partition = "-1d"): a
+        // freshness SLO's partition is then due that many days after its date.
+        let days_after = spec.schedule.as_ref().map_or(0, |schedule| {
+            u32::try_from(-schedule.partition_offset_days.min(0)).unwrap_or(0)
+        });
+        spec.slos = slos.into_iter().map(|slo| slo.build(days_after)).collect();
         Some(spec).filter(|_| self.errors.is_empty())
     }
 
@@ -936,6 +968,9 @@ impl Checker<'_> {
                 "max_active_partitions" => {
                     raw.max_active_partitions = self.positive_integer(value, field, PATH);
                 }
+                "backfill" => {
+                    raw.backfill = self.backfill(key, value).map(|spec| (spec, key.span()));
+                }
                 _ if PIPELINE_LATER.contains(&field) => self.not_supported_yet(key, PATH),
                 _ => self.unknown_field(key, PATH, PIPELINE_FIELDS, PIPELINE_LATER),
             }
@@ -978,6 +1013,29 @@ impl Checker<'_> {
 
     /// Checks `schedule` in the pipeline's time zone and puts the schedule fields together.
     fn check_schedule(&mut self, raw: &mut RawPipeline) {
+        let backfill = raw.backfill.take();
+        if let Some((_, span)) = &backfill {
+            // Gaps are partitions the schedule should have made: that takes a schedule, and
+            // dates to count them in.
+            let missing = if raw.schedule.is_none() {
+                Some("a schedule (`schedule = \"0 6 * * *\"`)")
+            } else if self.partition != PartitionKind::Date {
+                Some("date partitions (`partition = \"date\"`)")
+            } else {
+                None
+            };
+            if let Some(missing) = missing {
+                self.errors.push(ConfigError::InvalidSchedule {
+                    field: "backfill".to_string(),
+                    table: "pipeline".to_string(),
+                    value: "{ … }".to_string(),
+                    reason: format!(
+                        "gap detection finds the partitions the schedule should have made, so the pipeline needs {missing}; add it or remove backfill"
+                    ),
+                    location: self.location(span),
+                });
+            }
+        }
         let Some((cron, span)) = raw.schedule.take() else {
             return;
         };
@@ -988,6 +1046,7 @@ impl Checker<'_> {
                     cron,
                     partition_offset_days: raw.schedule_partition.unwrap_or(0),
                     catchup: raw.catchup.unwrap_or_default(),
+                    backfill: backfill.map(|(spec, _)| spec),
                 })
             }
             Err(error) => self.errors.push(ConfigError::InvalidSchedule {
@@ -1078,6 +1137,7 @@ impl Checker<'_> {
         let table = self.table(value, &phase_name.name, "phases")?;
         let mut after = Vec::new();
         let mut gate = None;
+        let mut checks = Vec::new();
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
             match field {
@@ -1092,6 +1152,7 @@ impl Checker<'_> {
                     after = self.name_list(value, &context);
                 }
                 "gate" => gate = self.gate(key, value, &path, &phase_name.name),
+                "checks" => checks = self.phase_checks(value, &path),
                 _ => self.unknown_field(key, &path, PHASE_FIELDS, &[]),
             }
         }
@@ -1099,6 +1160,7 @@ impl Checker<'_> {
             name: phase_name,
             after,
             gate,
+            checks,
         })
     }
 
@@ -1137,6 +1199,8 @@ impl Checker<'_> {
             earlier: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
+            checks: Vec::new(),
         };
         self.expanding = table.contains_key("expand");
         for (key, value) in entries(table) {
@@ -1182,6 +1246,12 @@ impl Checker<'_> {
                 "smoke" => {
                     task.smoke = self.command(value, &path, &task.name.name, CommandKind::Smoke);
                 }
+                "version" => {
+                    task.versioning.command =
+                        self.command(value, &path, &task.name.name, CommandKind::Version);
+                }
+                "code" => task.versioning.code = self.code_files(value, &path),
+                "rollout" => task.versioning.rollout = self.rollout(value, &path),
                 "wait_for" => task.wait_for = self.sensors(key, value, &path, &task.name.name),
                 "when" => task.when = self.calendar(key, value, &path, &task.name.name),
                 "expand" => task.expand = self.expand(key, value, &path),
@@ -1194,6 +1264,7 @@ impl Checker<'_> {
                 "freeze_after" => {
                     task.freeze_after = self.freeze_after(key, value, &path, &task.name.name)
                 }
+                "checks" => task.checks = self.checks(key, value, &path, &task.name.name),
                 _ if CONTEXT_FIELDS.contains(&field) => {
                     self.context_field(field, value, &path, &mut task.context)
                 }
@@ -1297,6 +1368,7 @@ impl Checker<'_> {
                 CommandKind::Sensor => ConfigError::EmptySensorCommand { task, location },
                 CommandKind::Calendar => ConfigError::EmptyCalendarCommand { task, location },
                 CommandKind::Smoke => ConfigError::EmptySmokeCommand { task, location },
+                CommandKind::Version => ConfigError::EmptyVersionCommand { task, location },
             });
             return None;
         }
@@ -1305,6 +1377,7 @@ impl Checker<'_> {
             CommandKind::Sensor => "wait_for command",
             CommandKind::Calendar => "when command",
             CommandKind::Smoke => "smoke command",
+            CommandKind::Version => "version command",
         };
         let mut command = Vec::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
@@ -1610,6 +1683,7 @@ fn build_spec(
         max_active_partitions: pipeline.max_active_partitions,
         alerts: None,
         secrets: None,
+        slos: Vec::new(),
         smoke: tasks
             .iter()
             .filter_map(|task| {
@@ -1626,6 +1700,7 @@ fn build_spec(
                 name: phase.name.name,
                 after: phase.after.into_iter().map(|after| after.name).collect(),
                 gate: phase.gate.map(RawGate::build),
+                checks: phase.checks,
             })
             .collect(),
         tasks: tasks
@@ -1674,6 +1749,8 @@ fn build_spec(
                     secrets: task.secrets,
                     repeat: task.repeat,
                     freeze_after: task.freeze_after,
+                    versioning: task.versioning.clone(),
+                    checks: task.checks,
                 }
             })
             .collect(),

@@ -10,6 +10,7 @@
 
 mod clock;
 mod engine;
+pub mod gaps;
 mod gate;
 pub mod policy;
 pub mod template;

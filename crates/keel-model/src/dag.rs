@@ -285,6 +285,8 @@ mod tests {
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
+            checks: Vec::new(),
         }
     }
 
@@ -301,11 +303,13 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![
@@ -321,6 +325,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -351,16 +356,19 @@ mod tests {
                     name: "a".into(),
                     after: vec![],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "b".into(),
                     after: vec!["a".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
                 PhaseSpec {
                     name: "c".into(),
                     after: vec!["b".into()],
                     gate: None,
+                    checks: Vec::new(),
                 },
             ],
             tasks: vec![task("a1", "a", &[]), task("c1", "c", &[])],
@@ -371,6 +379,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -395,6 +404,7 @@ mod tests {
                         .into_iter()
                         .collect(),
                     gate: None,
+                    checks: Vec::new(),
                 })
                 .collect(),
             tasks: (0..phases * width)
@@ -407,6 +417,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

@@ -5,6 +5,7 @@
 //! test by hand; parsing `keel.toml` lives in `keel-config`, persistence in `keel-store`.
 
 mod calendar;
+mod checks;
 mod dag;
 mod duration;
 pub mod expand;
@@ -14,13 +15,16 @@ mod not_ready;
 mod outcome;
 mod quota;
 mod repeat;
+mod rollout;
 pub mod schedule;
+mod slo;
 mod spec;
 mod suggest;
 pub mod template;
 mod trace;
 
 pub use calendar::{CalendarSpec, WEEKDAY_NAMES, parse_weekday, weekday_name};
+pub use checks::{CheckFailure, CheckSpec, CheckTarget, PhaseCheck, Severity, failed_checks};
 /// A day of the week, as `when.weekdays` names it.
 pub use chrono::Weekday;
 pub use dag::{Dag, NodeIndex, TaskIndex};
@@ -35,8 +39,10 @@ pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
 pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
+pub use rollout::{RolloutDecision, RolloutSpec, TaskVersioning, VersionStatus, task_version_of};
+pub use slo::{DEFAULT_SLO_PERIOD, SloKind, SloSpec};
 pub use spec::{
-    AlertsSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
+    AlertsSpec, BackfillSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
     DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, DEFAULT_TIMEOUT, EarlierInput, GateSpec,
     GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, QuotaPeriod,

@@ -58,6 +58,7 @@ named_enum!(
         Cancelled => "cancelled",
         Skipped => "skipped",
         UpstreamFailed => "upstream_failed",
+        FailedCheck => "failed_check",
     }
 );
 
@@ -71,11 +72,16 @@ impl Outcome {
     }
 
     /// Whether another attempt may be scheduled under the retry policy. Permanent failures,
-    /// cancellations and the outcomes that are not attempts at all are never retried.
+    /// cancellations and the outcomes that are not attempts at all are never retried. An
+    /// attempt whose `block` check failed (`failed_check`) is retried like a failure.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Outcome::Failed | Outcome::TimedOut | Outcome::Stalled | Outcome::Lost
+            Outcome::Failed
+                | Outcome::TimedOut
+                | Outcome::Stalled
+                | Outcome::Lost
+                | Outcome::FailedCheck
         )
     }
 
@@ -176,6 +182,11 @@ named_enum!(
         Accepted => "accepted",
         Pruned => "pruned",
         Expanded => "expanded",
+        GapUnrepaired => "gap_unrepaired",
+        RolloutCanary => "rollout_canary",
+        RolloutPromoted => "rollout_promoted",
+        RolloutRolledBack => "rollout_rolled_back",
+        CheckFailed => "check_failed",
     }
 );
 

@@ -51,6 +51,10 @@ pub struct PipelineSpec {
     /// goes live. Not part of the version: they never run in a run.
     #[serde(skip)]
     pub smoke: Vec<SmokeTest>,
+    /// `[slo.NAME]`: the pipeline's service level objectives. Not part of the version: they
+    /// judge runs, they do not change them.
+    #[serde(skip)]
+    pub slos: Vec<crate::SloSpec>,
 }
 
 /// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
@@ -125,6 +129,8 @@ pub struct AlertsSpec {
     pub breaker_open_for: Duration,
     /// How long one delivery may take; a command still running then is killed.
     pub timeout: Duration,
+    /// `report = "07:30"`: the local time `keel serve` sends yesterday's report to the sinks.
+    pub report: Option<crate::TimeOfDay>,
 }
 
 /// Where a webhook's URL comes from. A Slack webhook URL is a credential, so the usual place is
@@ -145,6 +151,37 @@ pub struct ScheduleSpec {
     /// Which partition a scheduled run processes: its local date moved by this many days.
     pub partition_offset_days: i64,
     pub catchup: Catchup,
+    /// `backfill = { ... }`: which partitions the schedule should have made, and whether
+    /// `keel serve` repairs the ones missing or failed. Only the pipeline's own schedule has one.
+    pub backfill: Option<BackfillSpec>,
+}
+
+/// `backfill = { auto, max_per_day, lookback, from, tries }` of `[pipeline]`: gap detection
+/// over the partitions the pipeline's schedule should have made, and their repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillSpec {
+    /// Whether `keel serve` starts runs for the gaps by itself; `keel gaps` lists them either way.
+    pub auto: bool,
+    /// The most repair runs started in one local day of the pipeline's time zone.
+    pub max_per_day: u32,
+    /// How far back the schedule's fires are looked at, in days.
+    pub lookback_days: u32,
+    /// The first partition that should exist (`YYYY-MM-DD`): the pipeline's first date.
+    pub from: Option<String>,
+    /// How many repair runs one partition gets before it is reported as not repairable.
+    pub tries: u32,
+}
+
+impl Default for BackfillSpec {
+    fn default() -> BackfillSpec {
+        BackfillSpec {
+            auto: false,
+            max_per_day: 7,
+            lookback_days: 30,
+            from: None,
+            tries: 2,
+        }
+    }
 }
 
 /// What `keel serve` does about schedules it missed while it was not running.
@@ -175,6 +212,11 @@ pub struct PhaseSpec {
     pub after: Vec<String>,
     /// Lets downstream phases start before this one is complete (docs/pipeline.md).
     pub gate: Option<GateSpec>,
+    /// `checks = [{ complete = "90%", severity = "warn" }]`: the share of the phase's tasks (an
+    /// expanded task counts its items) that must have completed when a run ends. Left out of the
+    /// version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::PhaseCheck>,
 }
 
 /// A quorum gate: the phase is *sufficient* once every `required` task has succeeded and at
@@ -368,6 +410,14 @@ pub struct TaskSpec {
     /// reruns no longer rerun the task. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_after: Option<crate::TimeOfDay>,
+    /// `version`, `code` and `rollout`: what tells this task's versions apart, and how a new
+    /// one goes live. Left out of the pipeline version when neither `version` nor `code` is set.
+    #[serde(default, skip_serializing_if = "crate::TaskVersioning::is_unversioned")]
+    pub versioning: crate::TaskVersioning,
+    /// `checks = [{ metric = "accuracy", min = 0.30 }, { rows = { min = 200 } }]`: bounds on
+    /// what a succeeded attempt reports. Left out of the version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::CheckSpec>,
 }
 
 impl TaskSpec {
@@ -461,7 +511,7 @@ pub struct SmokeTest {
 ///
 /// Paths are kept as written: they are relative to the pipeline file's directory, which only the
 /// caller knows, and `cwd` may hold templates expanded per attempt.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskContext {
     /// The working directory, templates not expanded; `None` is the pipeline file's directory.
     pub cwd: Option<String>,
@@ -480,7 +530,7 @@ impl TaskContext {
 }
 
 /// Which of Keel's own environment variables a task inherits (`inherit_env`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InheritEnv {
     /// All of them (`true`, the default).
@@ -602,6 +652,8 @@ mod tests {
             secrets: Vec::new(),
             repeat: None,
             freeze_after: None,
+            versioning: Default::default(),
+            checks: Vec::new(),
         };
         let plain = serde_json::to_value(&task).unwrap();
         assert!(plain.get("context").is_none(), "{plain}");
@@ -638,6 +690,7 @@ mod tests {
             alerts: None,
             secrets: None,
             smoke: Vec::new(),
+            slos: Vec::new(),
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

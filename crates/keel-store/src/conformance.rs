@@ -44,6 +44,7 @@ fn claim(run: keel_model::RunId, task: &str, at: i64) -> ClaimAttempt {
         owner: "owner-a".into(),
         dir: format!("/tmp/{task}"),
         version: "v1".into(),
+        task_version: Some(format!("{task}-v1")),
         lease_expires_at: at + 60_000,
         at,
     }
@@ -102,6 +103,135 @@ where
     recent_events_are_the_newest_of_some_kinds_in_one_pipeline(make().await).await;
     flags_are_set_replaced_listed_and_cleared_per_pipeline(make().await).await;
     an_expansion_is_recorded_once(make().await).await;
+    task_versions_roll_out_promote_and_roll_back(make().await).await;
+}
+
+async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {
+    use keel_model::VersionStatus;
+    let new = |version: &str, canary: bool| NewTaskVersion {
+        task: "load".into(),
+        version: version.into(),
+        spec: format!("{{\"command\":[\"{version}\"]}}"),
+        canary,
+    };
+    let status_of = |versions: &[TaskVersionRecord], version: &str| {
+        versions
+            .iter()
+            .find(|record| record.version == version)
+            .map(|record| record.status)
+    };
+    // The first version is promoted: there is nothing to run beside it.
+    let versions = store
+        .register_task_versions("conformance", vec![new("v1", true)], 1_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
+    // A new version with a rollout is a canary; registering it again changes nothing.
+    for at in [2_000, 3_000] {
+        let versions = store
+            .register_task_versions("conformance", vec![new("v2", true)], at)
+            .await
+            .unwrap();
+        assert_eq!(status_of(&versions, "v2"), Some(VersionStatus::Canary));
+        assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
+    }
+    // The engine rolls it back on a run, with the event, in one commit.
+    let run = store
+        .create_run(new_run("2026-01-01", &["load"]))
+        .await
+        .unwrap();
+    store
+        .commit(
+            vec![Write::TaskVersion(TaskVersionChange {
+                pipeline: "conformance".into(),
+                task: "load".into(),
+                version: "v2".into(),
+                status: VersionStatus::RolledBack,
+                clean: 0,
+                failed: 1,
+                reason: Some("attempt failed".into()),
+                run: run.id,
+                attempt: None,
+                event: EventKind::RolloutRolledBack,
+                detail: "version v2 rolled back".into(),
+            })],
+            4_000,
+        )
+        .await
+        .unwrap();
+    let versions = store.task_versions("conformance").await.unwrap();
+    let v2 = versions
+        .iter()
+        .find(|record| record.version == "v2")
+        .unwrap();
+    assert_eq!(
+        (v2.status, v2.clean, v2.failed, v2.reason.as_deref()),
+        (VersionStatus::RolledBack, 0, 1, Some("attempt failed"))
+    );
+    let events = store.events(run.id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.kind == EventKind::RolloutRolledBack)
+    );
+    // A version without rollout is promoted at once and retires the one before.
+    let versions = store
+        .register_task_versions("conformance", vec![new("v3", false)], 5_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v3"), Some(VersionStatus::Promoted));
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Retired));
+    // By hand: rolling back the promoted version promotes again the one it replaced.
+    store
+        .set_task_version_status(
+            "conformance",
+            "load",
+            "v3",
+            VersionStatus::RolledBack,
+            "bad",
+            6_000,
+        )
+        .await
+        .unwrap();
+    let versions = store.task_versions("conformance").await.unwrap();
+    assert_eq!(status_of(&versions, "v3"), Some(VersionStatus::RolledBack));
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
+    assert!(
+        store
+            .set_task_version_status(
+                "conformance",
+                "load",
+                "v9",
+                VersionStatus::Promoted,
+                "x",
+                7_000
+            )
+            .await
+            .is_err(),
+        "an unknown version is refused"
+    );
+    // The file naming a retired version again promotes it again.
+    let versions = store
+        .register_task_versions("conformance", vec![new("v3", false)], 8_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&versions, "v3"),
+        Some(VersionStatus::RolledBack),
+        "a rolled-back version stays so"
+    );
+    let versions = store
+        .register_task_versions("conformance", vec![new("v4", false)], 9_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Retired));
+    let versions = store
+        .register_task_versions("conformance", vec![new("v1", true)], 10_000)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&versions, "v1"), Some(VersionStatus::Promoted));
+    assert_eq!(status_of(&versions, "v4"), Some(VersionStatus::Retired));
+    assert!(store.task_versions("other").await.unwrap().is_empty());
 }
 
 async fn flags_are_set_replaced_listed_and_cleared_per_pipeline<S: Store>(store: S) {

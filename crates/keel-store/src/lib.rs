@@ -349,4 +349,32 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn gates(&self, run: RunId) -> impl Future<Output = StoreResult<Vec<GateRecord>>> + Send;
     /// Appends a free-form event (for example why a task ran again).
     fn append_event(&self, event: NewEvent) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Registers the versions of a pipeline's tasks an engine runs, in one transaction, and
+    /// returns every stored version of the pipeline's tasks. A version already stored keeps
+    /// its status; a new one is a `canary` when its task has a rollout and a promoted version
+    /// to run beside, and is otherwise `promoted` (the version promoted before is `retired`).
+    /// A canary that a newer version replaces before it was promoted is `retired` too.
+    fn register_task_versions(
+        &self,
+        pipeline: &str,
+        versions: Vec<NewTaskVersion>,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<Vec<TaskVersionRecord>>> + Send;
+    /// Every stored version of a pipeline's tasks, by task, newest first.
+    fn task_versions(
+        &self,
+        pipeline: &str,
+    ) -> impl Future<Output = StoreResult<Vec<TaskVersionRecord>>> + Send;
+    /// A decision taken by hand (`keel rollout promote|rollback`): `version` of `task` gets
+    /// `status`. Promoting retires the version promoted before; rolling back a promoted version
+    /// promotes again the one it replaced. The event goes on the pipeline's newest run, if any.
+    fn set_task_version_status(
+        &self,
+        pipeline: &str,
+        task: &str,
+        version: &str,
+        status: keel_model::VersionStatus,
+        reason: &str,
+        at: keel_model::Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }

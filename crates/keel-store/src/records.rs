@@ -124,6 +124,57 @@ pub enum Write {
         epoch: i64,
         pid: Option<u32>,
     },
+    /// A rollout decision about a version of a task (its counts, its status), with its event.
+    TaskVersion(TaskVersionChange),
+}
+
+/// A version of a task as the store keeps it (`task_versions`): the spec it runs, where its
+/// rollout stands and its canary's counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskVersionRecord {
+    pub pipeline: String,
+    pub task: String,
+    pub version: String,
+    /// The task's spec as JSON (`keel_model::TaskSpec`), so that the version can keep running
+    /// after the pipeline file moved on.
+    pub spec: String,
+    pub status: keel_model::VersionStatus,
+    /// Clean and failed canary attempts.
+    pub clean: u32,
+    pub failed: u32,
+    /// Why the status is what it is (rolled back for a failure, promoted by hand, …).
+    pub reason: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A version of a task the engine runs, registered when it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTaskVersion {
+    pub task: String,
+    pub version: String,
+    pub spec: String,
+    /// The task has `rollout`: a new version starts as a canary beside the promoted one.
+    /// Without it a new version is promoted at once.
+    pub canary: bool,
+}
+
+/// A change to a version of a task, decided by the engine (or by hand), with the event that
+/// records it on a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskVersionChange {
+    pub pipeline: String,
+    pub task: String,
+    pub version: String,
+    pub status: keel_model::VersionStatus,
+    pub clean: u32,
+    pub failed: u32,
+    pub reason: Option<String>,
+    /// The run (and attempt) the decision is about; its event goes on that run.
+    pub run: RunId,
+    pub attempt: Option<AttemptId>,
+    pub event: keel_model::EventKind,
+    pub detail: String,
 }
 
 /// One execution of a task.
@@ -154,6 +205,9 @@ pub struct AttemptRecord {
     /// The version of the pipeline file whose command the attempt ran (a retry may run a newer
     /// one than its run was created with); `None` for attempts recorded before Keel kept it.
     pub version: Option<String>,
+    /// The version of the task the attempt ran (its spec, and its code's identity): under a
+    /// canary rollout, the new version or the promoted one. `None` before Keel kept it.
+    pub task_version: Option<String>,
 }
 
 /// One entry of the append-only event log.
@@ -208,6 +262,8 @@ pub struct ClaimAttempt {
     pub dir: String,
     /// The version of the pipeline file whose command the attempt runs.
     pub version: String,
+    /// The version of the task the attempt runs.
+    pub task_version: Option<String>,
     pub lease_expires_at: Millis,
     pub at: Millis,
 }
@@ -531,6 +587,9 @@ pub struct StatusView {
     pub newest: std::collections::BTreeMap<String, RunState>,
     /// The pipeline's feature flags (`keel flags`), by task.
     pub flags: Vec<FlagRecord>,
+    /// The canaries and rolled-back versions of the pipeline's tasks (`keel rollout`): the
+    /// versions whose rollout is not settled or went wrong.
+    pub rollouts: Vec<TaskVersionRecord>,
 }
 
 /// A feature flag on a task (`keel flags set`): what it says, when and by whom it was set.

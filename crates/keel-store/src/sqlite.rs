@@ -199,6 +199,25 @@ CREATE TABLE quota_use (
     PRIMARY KEY (pipeline, resource, period)
 );
 "#,
+    r#"
+-- Task versions (`version`, `code`, `rollout`): the version of its task each attempt ran, and
+-- every version of a task with the spec it runs (JSON), its rollout status (canary, promoted,
+-- rolled_back, retired), its canary's clean and failed attempts, and why it stands there.
+ALTER TABLE attempts ADD COLUMN task_version TEXT;
+CREATE TABLE task_versions (
+    pipeline     TEXT    NOT NULL,
+    task         TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    spec         TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    clean        INTEGER NOT NULL DEFAULT 0,
+    failed       INTEGER NOT NULL DEFAULT 0,
+    reason       TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, task, version)
+);
+"#,
 ];
 
 /// The `meta` key of the store's identity.
@@ -801,7 +820,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version";
+const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version, task_version";
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
     Ok(AttemptRecord {
@@ -825,6 +844,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
         pid: row.get(17)?,
         dir: row.get(18)?,
         version: row.get(19)?,
+        task_version: row.get(20)?,
     })
 }
 
@@ -955,9 +975,9 @@ fn claim_one(transaction: &Transaction<'_>, claim: ClaimAttempt) -> StoreResult<
     let number = task.attempts + 1;
     cached_execute(
         transaction,
-        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir, claim.version],
+        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version, task_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![claim.run.0, run.pipeline, run.partition, claim.task, number, claim.owner, epoch, claim.lease_expires_at, task.not_before, claim.at, claim.dir, claim.version, claim.task_version],
     )?;
     let attempt = AttemptId(transaction.last_insert_rowid());
     cached_execute(
@@ -1325,7 +1345,243 @@ fn commit_one(transaction: &Transaction<'_>, write: Write, at: Millis) -> StoreR
             mark_started_in(transaction, attempt, epoch, pid, at)?;
             Ok(())
         }
+        Write::TaskVersion(change) => task_version_change_in(transaction, change, at),
     }
+}
+
+const TASK_VERSION_COLUMNS: &str =
+    "pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at";
+
+fn task_version_from_row(row: &Row<'_>) -> rusqlite::Result<TaskVersionRecord> {
+    Ok(TaskVersionRecord {
+        pipeline: row.get(0)?,
+        task: row.get(1)?,
+        version: row.get(2)?,
+        spec: row.get(3)?,
+        status: {
+            let text: String = row.get(4)?;
+            text.parse().map_err(|problem: String| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    problem.into(),
+                )
+            })?
+        },
+        clean: row.get(5)?,
+        failed: row.get(6)?,
+        reason: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
+}
+
+fn task_versions_in(
+    transaction: &Transaction<'_>,
+    pipeline: &str,
+) -> StoreResult<Vec<TaskVersionRecord>> {
+    select_all(
+        transaction,
+        &format!(
+            "SELECT {TASK_VERSION_COLUMNS} FROM task_versions WHERE pipeline = ?1 ORDER BY task, created_at DESC, rowid DESC"
+        ),
+        [pipeline],
+        task_version_from_row,
+    )
+}
+
+fn task_version_change_in(
+    transaction: &Transaction<'_>,
+    change: TaskVersionChange,
+    at: Millis,
+) -> StoreResult<()> {
+    cached_execute(
+        transaction,
+        "UPDATE task_versions SET status = ?1, clean = ?2, failed = ?3, reason = coalesce(?4, reason), updated_at = ?5
+         WHERE pipeline = ?6 AND task = ?7 AND version = ?8",
+        params![
+            change.status.as_str(),
+            change.clean,
+            change.failed,
+            change.reason,
+            at,
+            change.pipeline,
+            change.task,
+            change.version
+        ],
+    )?;
+    if change.status == keel_model::VersionStatus::Promoted {
+        retire_other_promoted(
+            transaction,
+            &change.pipeline,
+            &change.task,
+            &change.version,
+            at,
+        )?;
+    }
+    event(
+        transaction,
+        at,
+        change.run,
+        Some(&change.task),
+        change.attempt,
+        change.event,
+        &change.detail,
+    )
+}
+
+/// Every other promoted version of the task is retired: one version is promoted at a time.
+fn retire_other_promoted(
+    transaction: &Transaction<'_>,
+    pipeline: &str,
+    task: &str,
+    version: &str,
+    at: Millis,
+) -> rusqlite::Result<usize> {
+    cached_execute(
+        transaction,
+        "UPDATE task_versions SET status = 'retired', reason = 'replaced by version ' || ?3, updated_at = ?4
+         WHERE pipeline = ?1 AND task = ?2 AND version <> ?3 AND status = 'promoted'",
+        params![pipeline, task, version, at],
+    )
+}
+
+fn register_task_versions_in(
+    transaction: &Transaction<'_>,
+    pipeline: &str,
+    versions: Vec<NewTaskVersion>,
+    at: Millis,
+) -> StoreResult<Vec<TaskVersionRecord>> {
+    for new in versions {
+        let known: Option<String> = transaction
+            .query_row(
+                "SELECT status FROM task_versions WHERE pipeline = ?1 AND task = ?2 AND version = ?3",
+                params![pipeline, new.task, new.version],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match known.as_deref() {
+            // A version promoted once and replaced since is what the file names again: going
+            // back to it is a deployment of a version known to work, promoted at once.
+            Some("retired") => {
+                cached_execute(
+                    transaction,
+                    "UPDATE task_versions SET status = 'promoted', reason = 'the pipeline names it again', updated_at = ?4
+                     WHERE pipeline = ?1 AND task = ?2 AND version = ?3",
+                    params![pipeline, new.task, new.version, at],
+                )?;
+                retire_other_promoted(transaction, pipeline, &new.task, &new.version, at)?;
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let promoted: Option<String> = transaction
+            .query_row(
+                "SELECT version FROM task_versions WHERE pipeline = ?1 AND task = ?2 AND status = 'promoted'",
+                params![pipeline, new.task],
+                |row| row.get(0),
+            )
+            .optional()?;
+        // A canary a newer version replaces never finished its rollout.
+        cached_execute(
+            transaction,
+            "UPDATE task_versions SET status = 'retired', reason = 'replaced by version ' || ?3 || ' before it was promoted', updated_at = ?4
+             WHERE pipeline = ?1 AND task = ?2 AND status = 'canary'",
+            params![pipeline, new.task, new.version, at],
+        )?;
+        let (status, reason) = match promoted {
+            Some(previous) if new.canary => (
+                "canary",
+                format!("new version; version {previous} keeps running outside the canary"),
+            ),
+            Some(previous) => (
+                "promoted",
+                format!("new version without rollout; replaces version {previous}"),
+            ),
+            None => ("promoted", "first version recorded".to_string()),
+        };
+        cached_execute(
+            transaction,
+            "INSERT INTO task_versions (pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7, ?7)",
+            params![pipeline, new.task, new.version, new.spec, status, reason, at],
+        )?;
+        if status == "promoted" {
+            retire_other_promoted(transaction, pipeline, &new.task, &new.version, at)?;
+        }
+    }
+    task_versions_in(transaction, pipeline)
+}
+
+fn set_task_version_status_in(
+    transaction: &Transaction<'_>,
+    pipeline: &str,
+    task: &str,
+    version: &str,
+    status: keel_model::VersionStatus,
+    reason: &str,
+    at: Millis,
+) -> StoreResult<()> {
+    let before: Option<String> = transaction
+        .query_row(
+            "SELECT status FROM task_versions WHERE pipeline = ?1 AND task = ?2 AND version = ?3",
+            params![pipeline, task, version],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(before) = before else {
+        return Err(StoreError::Database(format!(
+            "no version {version} of task {task:?} is recorded for pipeline {pipeline:?}"
+        )));
+    };
+    cached_execute(
+        transaction,
+        "UPDATE task_versions SET status = ?1, reason = ?2, updated_at = ?3 WHERE pipeline = ?4 AND task = ?5 AND version = ?6",
+        params![status.as_str(), reason, at, pipeline, task, version],
+    )?;
+    match status {
+        keel_model::VersionStatus::Promoted => {
+            retire_other_promoted(transaction, pipeline, task, version, at)?;
+        }
+        keel_model::VersionStatus::RolledBack if before == "promoted" => {
+            // The version it replaced runs again.
+            cached_execute(
+                transaction,
+                "UPDATE task_versions SET status = 'promoted', reason = 'promoted again: version ' || ?3 || ' was rolled back', updated_at = ?4
+                 WHERE rowid = (SELECT rowid FROM task_versions WHERE pipeline = ?1 AND task = ?2 AND version <> ?3 AND status = 'retired'
+                                ORDER BY updated_at DESC, rowid DESC LIMIT 1)",
+                params![pipeline, task, version, at],
+            )?;
+        }
+        _ => {}
+    }
+    let newest: Option<i64> = transaction
+        .query_row(
+            "SELECT max(id) FROM runs WHERE pipeline = ?1",
+            [pipeline],
+            |row| row.get(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(run) = newest {
+        let kind = match status {
+            keel_model::VersionStatus::Promoted => EventKind::RolloutPromoted,
+            keel_model::VersionStatus::RolledBack => EventKind::RolloutRolledBack,
+            keel_model::VersionStatus::Canary => EventKind::RolloutCanary,
+            keel_model::VersionStatus::Retired => EventKind::RolloutPromoted,
+        };
+        event(
+            transaction,
+            at,
+            RunId(run),
+            Some(task),
+            None,
+            kind,
+            &format!("version {version} {status} by hand: {reason}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// Records an attempt's start under its epoch; returns whether it changed (not when the attempt
@@ -1460,6 +1716,15 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         });
     }
     let flags = flags_in(transaction, &query.pipeline)?;
+    let rollouts = task_versions_in(transaction, &query.pipeline)?
+        .into_iter()
+        .filter(|record| {
+            matches!(
+                record.status,
+                keel_model::VersionStatus::Canary | keel_model::VersionStatus::RolledBack
+            )
+        })
+        .collect();
     let resources = resource_states_in(transaction, query.pipeline)?;
     Ok(StatusView {
         runs,
@@ -1467,6 +1732,7 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         omitted,
         newest,
         flags,
+        rollouts,
     })
 }
 
@@ -2091,6 +2357,46 @@ impl Store for SqliteStore {
         let pipeline = pipeline.to_string();
         self.transact(move |transaction| flags_in(transaction, &pipeline))
             .await
+    }
+
+    async fn register_task_versions(
+        &self,
+        pipeline: &str,
+        versions: Vec<NewTaskVersion>,
+        at: Millis,
+    ) -> StoreResult<Vec<TaskVersionRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| {
+            register_task_versions_in(transaction, &pipeline, versions, at)
+        })
+        .await
+    }
+
+    async fn task_versions(&self, pipeline: &str) -> StoreResult<Vec<TaskVersionRecord>> {
+        let pipeline = pipeline.to_string();
+        self.transact(move |transaction| task_versions_in(transaction, &pipeline))
+            .await
+    }
+
+    async fn set_task_version_status(
+        &self,
+        pipeline: &str,
+        task: &str,
+        version: &str,
+        status: keel_model::VersionStatus,
+        reason: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        let (pipeline, task, version, reason) = (
+            pipeline.to_string(),
+            task.to_string(),
+            version.to_string(),
+            reason.to_string(),
+        );
+        self.transact(move |transaction| {
+            set_task_version_status_in(transaction, &pipeline, &task, &version, status, &reason, at)
+        })
+        .await
     }
 
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {

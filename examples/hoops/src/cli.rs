@@ -119,6 +119,13 @@ fn run(args: &[&str]) -> i32 {
             task(&format!("{verb}_{source}"), date)
         }
         [name, date] if tasks::is_task(name) => task(name, date),
+        [name, date, item] if tasks::PER_ITEM.contains(name) => {
+            let label = format!("{name} {date} {item}");
+            finish(
+                &label,
+                Ctx::from_env().and_then(|ctx| tasks::run_item(name, date, item, &ctx)),
+            )
+        }
         [name] if tasks::is_task(name) => {
             eprintln!("hoops {name}: missing the date argument (YYYY-MM-DD)");
             EXIT_PERMANENT
@@ -131,10 +138,17 @@ fn run(args: &[&str]) -> i32 {
 }
 
 fn task(name: &str, date: &str) -> i32 {
+    finish(
+        &format!("{name} {date}"),
+        Ctx::from_env().and_then(|ctx| tasks::run(name, date, &ctx)),
+    )
+}
+
+/// Prints how a task ended and writes its `KEEL_RESULT`; the exit code.
+fn finish(label: &str, outcome: Result<outcome::Report, outcome::TaskError>) -> i32 {
     let result_path = std::env::var_os("KEEL_RESULT")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let outcome = Ctx::from_env().and_then(|ctx| tasks::run(name, date, &ctx));
     let (code, doc) = match &outcome {
         Ok(report) => {
             let kind = if report.no_data {
@@ -143,14 +157,14 @@ fn task(name: &str, date: &str) -> i32 {
                 "succeeded"
             };
             println!(
-                "hoops {name} {date}: {kind}, {}: {}",
+                "hoops {label}: {kind}, {}: {}",
                 crate::rows(report.rows),
                 report.message
             );
             (0, report.to_json())
         }
         Err(e) => {
-            eprintln!("hoops {name} {date}: {e}");
+            eprintln!("hoops {label}: {e}");
             (e.exit_code(), serde_json::json!({"message": e.message()}))
         }
     };
@@ -158,7 +172,7 @@ fn task(name: &str, date: &str) -> i32 {
         && let Err(e) = outcome::write_result(&path, &doc)
     {
         eprintln!(
-            "hoops {name} {date}: cannot write KEEL_RESULT {}: {e}",
+            "hoops {label}: cannot write KEEL_RESULT {}: {e}",
             path.display()
         );
     }

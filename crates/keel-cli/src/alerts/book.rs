@@ -17,7 +17,7 @@
 //!
 //! Only actionable events alert: `failed_permanent`, retries used up, a missed deadline, a run
 //! still `degraded` after its grace, a breaker open too long, a schedule fire that could not
-//! run. `no_data` is a normal answer and never alerts.
+//! run, a gap automatic backfill cannot repair. `no_data` is a normal answer and never alerts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -42,6 +42,22 @@ pub enum AlertKind {
     BreakerOpen,
     /// A fire of the schedule could not start a run.
     ScheduleMissed,
+    /// A partition the schedule should have made is missing, failed or stale, and automatic
+    /// backfill will not repair it.
+    GapUnrepaired,
+    /// A canary version of a task was rolled back (`rollout`).
+    RolledBack,
+    /// A `block` check of a task's result failed and no retry is left: the task ended
+    /// `failed_check`.
+    CheckFailed,
+    /// A `warn` check of a task's result failed; the task went on.
+    CheckWarned,
+    /// A task's rows, a metric or its time far outside its baseline (told once per partition).
+    Anomaly,
+    /// An SLO's error budget burns fast or slowly (`[slo.NAME]`).
+    SloBurn,
+    /// The daily report (`[alerts] report`), not a problem: sent once a day.
+    DailyReport,
 }
 
 impl AlertKind {
@@ -53,6 +69,13 @@ impl AlertKind {
             AlertKind::RunDegraded => "run_degraded",
             AlertKind::BreakerOpen => "breaker_open",
             AlertKind::ScheduleMissed => "schedule_missed",
+            AlertKind::GapUnrepaired => "gap_unrepaired",
+            AlertKind::RolledBack => "rolled_back",
+            AlertKind::CheckFailed => "check_failed",
+            AlertKind::CheckWarned => "check_warned",
+            AlertKind::Anomaly => "anomaly",
+            AlertKind::SloBurn => "slo_burn",
+            AlertKind::DailyReport => "daily_report",
         }
     }
 }
@@ -168,6 +191,13 @@ pub struct AlertBook {
     /// Runs that ended `degraded`, until they are fixed or accepted.
     degraded: BTreeMap<RunId, DegradedRun>,
     breakers: BTreeMap<String, OpenBreaker>,
+    /// Tasks whose attempt, ending now, failed a `warn` check: its success does not heal the
+    /// warning. A check's event comes just before its attempt's end.
+    warned: std::collections::HashSet<String>,
+    /// Runs a phase's completeness check failed in: their end heals no phase check.
+    phase_flagged: std::collections::HashSet<RunId>,
+    /// (task, metric, partition) of the anomalies told, so each is told once.
+    anomalies_told: std::collections::HashSet<(String, String, String)>,
 }
 
 impl AlertBook {
@@ -179,6 +209,9 @@ impl AlertBook {
             sent: HashMap::new(),
             degraded: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            warned: std::collections::HashSet::new(),
+            phase_flagged: std::collections::HashSet::new(),
+            anomalies_told: std::collections::HashSet::new(),
         }
     }
 
@@ -195,8 +228,20 @@ impl AlertBook {
                 retry_at,
                 ..
             } => {
+                let warned = self.warned.remove(task);
                 if outcome.is_complete() {
                     self.task_healed(task, Some(partition), now, &mut messages);
+                    if !warned {
+                        let detail = format!("{task} passed its checks");
+                        self.resolve(
+                            AlertKind::CheckWarned,
+                            task,
+                            Some(partition),
+                            detail,
+                            now,
+                            &mut messages,
+                        );
+                    }
                 } else if retry_at.is_none()
                     && let Some(kind) = given_up_kind(*outcome)
                 {
@@ -243,36 +288,13 @@ impl AlertBook {
                 partition,
                 state,
                 ..
-            } => match state {
-                RunState::Degraded => {
-                    self.degraded.insert(
-                        *run,
-                        DegradedRun {
-                            partition: partition.clone(),
-                            since: now,
-                            told: false,
-                        },
-                    );
+            } => {
+                let flagged = self.phase_flagged.remove(run);
+                if !flagged && *state == RunState::Succeeded {
+                    self.phase_checks_healed(partition, now, &mut messages);
                 }
-                RunState::Succeeded => {
-                    // A degraded run that was retried to success, or any later good run.
-                    self.degraded.remove(run);
-                    self.degraded
-                        .retain(|_, degraded| degraded.partition != *partition);
-                    if self.degraded.is_empty() {
-                        let detail = format!("run {run} of {partition} succeeded");
-                        self.resolve(
-                            AlertKind::RunDegraded,
-                            "",
-                            Some(partition),
-                            detail,
-                            now,
-                            &mut messages,
-                        );
-                    }
-                }
-                _ => {}
-            },
+                self.run_finished(*run, partition, *state, now, &mut messages);
+            }
             Progress::BreakerChanged {
                 resource, state, ..
             } => match *state {
@@ -298,10 +320,105 @@ impl AlertBook {
                         });
                 }
             },
+            Progress::RolloutDecided {
+                run,
+                partition,
+                task,
+                status,
+                detail,
+                ..
+            } => match status {
+                keel_model::VersionStatus::RolledBack => {
+                    let signature = self.signature(AlertKind::RolledBack, task);
+                    self.fire(
+                        signature,
+                        None,
+                        Some(*run),
+                        Some(partition),
+                        format!("{task}: {detail}"),
+                        now,
+                        &mut messages,
+                    );
+                }
+                keel_model::VersionStatus::Promoted => {
+                    let detail = format!("{task}: {detail}");
+                    self.resolve(
+                        AlertKind::RolledBack,
+                        task,
+                        Some(partition),
+                        detail,
+                        now,
+                        &mut messages,
+                    );
+                }
+                _ => {}
+            },
+            Progress::CheckFailed {
+                run,
+                partition,
+                task,
+                severity: keel_model::Severity::Warn,
+                detail,
+                attempt,
+            } => {
+                if *attempt == 0 {
+                    self.phase_flagged.insert(*run);
+                } else {
+                    self.warned.insert(task.clone());
+                }
+                let detail = format!("{task}: {detail}");
+                self.occurred(
+                    AlertKind::CheckWarned,
+                    task,
+                    *run,
+                    partition,
+                    detail,
+                    now,
+                    &mut messages,
+                );
+            }
+            // A phase's block check failed the run as it ended: no retry will come of itself.
+            Progress::CheckFailed {
+                run,
+                partition,
+                task,
+                attempt: 0,
+                severity: keel_model::Severity::Block,
+                detail,
+            } => {
+                self.phase_flagged.insert(*run);
+                self.occurred(
+                    AlertKind::CheckFailed,
+                    task,
+                    *run,
+                    partition,
+                    detail.clone(),
+                    now,
+                    &mut messages,
+                );
+            }
             Progress::ScheduleSkipped { reason, .. } => {
                 let signature = self.signature(AlertKind::ScheduleMissed, "");
                 let detail = format!("a fire of the schedule could not run: {reason}");
                 self.fire(signature, None, None, None, detail, now, &mut messages);
+            }
+            Progress::GapUnrepaired {
+                run,
+                partition,
+                detail,
+                ..
+            } => {
+                // The subject is the partition: each gap is its own problem, told once.
+                let signature = self.signature(AlertKind::GapUnrepaired, partition);
+                self.fire(
+                    signature,
+                    Some(*run),
+                    Some(*run),
+                    Some(partition),
+                    detail.clone(),
+                    now,
+                    &mut messages,
+                );
             }
             Progress::RunScheduled {
                 partition,
@@ -322,6 +439,145 @@ impl AlertBook {
         }
         messages.extend(self.tick(now));
         messages
+    }
+
+    /// A run ended: a degraded one is watched, a succeeded one heals its partition's.
+    fn run_finished(
+        &mut self,
+        run: RunId,
+        partition: &str,
+        state: RunState,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        match state {
+            RunState::Degraded => {
+                self.degraded.insert(
+                    run,
+                    DegradedRun {
+                        partition: partition.to_string(),
+                        since: now,
+                        told: false,
+                    },
+                );
+            }
+            RunState::Succeeded => {
+                // A degraded run that was retried to success, or any later good run.
+                self.degraded.remove(&run);
+                self.degraded
+                    .retain(|_, degraded| degraded.partition != partition);
+                if self.degraded.is_empty() {
+                    let detail = format!("run {run} of {partition} succeeded");
+                    self.resolve(
+                        AlertKind::RunDegraded,
+                        "",
+                        Some(partition),
+                        detail,
+                        now,
+                        messages,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An anomaly found in `partition` (of `run`) for `task`'s `metric`; `detail` shows it with
+    /// its baseline. Told once per task, metric and partition, whatever reruns follow.
+    pub fn anomaly(
+        &mut self,
+        task: &str,
+        metric: &str,
+        run: RunId,
+        partition: &str,
+        detail: String,
+        now: Millis,
+    ) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let key = (task.to_string(), metric.to_string(), partition.to_string());
+        if self.anomalies_told.insert(key) {
+            let signature = self.signature(AlertKind::Anomaly, &format!("{task} {metric}"));
+            let detail = format!("{task}: {detail}");
+            self.fire(
+                signature,
+                None,
+                Some(run),
+                Some(partition),
+                detail,
+                now,
+                &mut messages,
+            );
+        }
+        messages
+    }
+
+    /// An SLO's budget burns (`burning` names the rules that fire, empty when none does): the
+    /// first tick that finds it burning alerts, and the first that finds it no longer burning
+    /// resolves it.
+    pub fn slo_burn(
+        &mut self,
+        slo: &str,
+        burning: Option<String>,
+        now: Millis,
+    ) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let signature = self.signature(AlertKind::SloBurn, slo);
+        match burning {
+            Some(detail) if !self.open.contains_key(&signature) => {
+                self.fire(signature, None, None, None, detail, now, &mut messages);
+            }
+            Some(_) => {}
+            None => {
+                let detail = format!("the error budget of {slo} no longer burns fast");
+                self.resolve(AlertKind::SloBurn, slo, None, detail, now, &mut messages);
+            }
+        }
+        messages
+    }
+
+    /// The daily report of `date`, as a message to every sink. It is not rate limited: one a
+    /// day.
+    pub fn daily_report(&self, date: &str, text: String, now: Millis) -> AlertMessage {
+        AlertMessage {
+            signature: self.signature(AlertKind::DailyReport, ""),
+            status: Status::Firing,
+            at: now,
+            partition: Some(date.to_string()),
+            run: None,
+            detail: text,
+            suppressed: 0,
+        }
+    }
+
+    /// A run succeeded with no phase short of its checks: the phases' check alerts healed.
+    fn phase_checks_healed(
+        &mut self,
+        partition: &str,
+        now: Millis,
+        messages: &mut Vec<AlertMessage>,
+    ) {
+        let open: Vec<Signature> = self
+            .open
+            .keys()
+            .filter(|signature| {
+                matches!(
+                    signature.kind,
+                    AlertKind::CheckFailed | AlertKind::CheckWarned
+                ) && signature.subject.starts_with("phase ")
+            })
+            .cloned()
+            .collect();
+        for signature in open {
+            let detail = format!("{} passed its checks", signature.subject);
+            self.resolve(
+                signature.kind,
+                &signature.subject,
+                Some(partition),
+                detail,
+                now,
+                messages,
+            );
+        }
     }
 
     /// The runs that ended `degraded` and were not fixed or accepted since, with when they
@@ -526,6 +782,7 @@ impl AlertBook {
             AlertKind::FailedPermanent,
             AlertKind::RetriesExhausted,
             AlertKind::DeadlineMissed,
+            AlertKind::CheckFailed,
         ] {
             let detail = format!("{task} completed");
             self.resolve(kind, task, partition, detail, now, messages);
@@ -539,6 +796,7 @@ fn given_up_kind(outcome: Outcome) -> Option<AlertKind> {
         Outcome::FailedPermanent => Some(AlertKind::FailedPermanent),
         Outcome::TimedOut | Outcome::NotReady => Some(AlertKind::DeadlineMissed),
         Outcome::Failed | Outcome::Stalled | Outcome::Lost => Some(AlertKind::RetriesExhausted),
+        Outcome::FailedCheck => Some(AlertKind::CheckFailed),
         // Cancelled on request, or never a failure of its own.
         Outcome::Cancelled
         | Outcome::UpstreamFailed
@@ -628,6 +886,136 @@ mod tests {
         // Healed once: later successes say nothing more.
         let again = book.observe(&finished(1000, "load", Outcome::Succeeded, None), healed_at);
         assert!(again.is_empty());
+    }
+
+    fn check_failed(run: u64, task: &str, severity: keel_model::Severity) -> Progress {
+        Progress::CheckFailed {
+            run: RunId(run as _),
+            partition: "2026-12-01".into(),
+            task: task.into(),
+            attempt: 1,
+            severity,
+            detail: "rows 150 is below the minimum 200".into(),
+        }
+    }
+
+    #[test]
+    fn a_warn_check_alerts_once_per_run_and_a_passing_run_resolves_it() {
+        use keel_model::Severity::{Block, Warn};
+        let mut book = AlertBook::new("hoops", policy());
+        let warned = book.observe(&check_failed(1, "load", Warn), 0);
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].signature.kind, AlertKind::CheckWarned);
+        assert_eq!(
+            warned[0].text(),
+            "[keel] hoops load: check_warned (2026-12-01): load: rows 150 is below the minimum 200"
+        );
+        // A second check of the same attempt failing is the same run's problem.
+        assert!(book.observe(&check_failed(1, "load", Warn), 1).is_empty());
+        // The attempt that warned succeeded: that does not heal the warning.
+        assert!(
+            book.observe(&finished(1, "load", Outcome::Succeeded, None), 2)
+                .is_empty()
+        );
+        // A block check alerts only once no retry is left, as failed_check.
+        assert!(book.observe(&check_failed(2, "grade", Block), 3).is_empty());
+        let retried = book.observe(&finished(2, "grade", Outcome::FailedCheck, Some(10)), 3);
+        assert!(retried.is_empty());
+        let given_up = book.observe(&finished(3, "grade", Outcome::FailedCheck, None), 4);
+        assert_eq!(given_up[0].signature.kind, AlertKind::CheckFailed);
+        // The next run of load passes its checks: resolved once.
+        let resolved = book.observe(&finished(4, "load", Outcome::Succeeded, None), 5);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert_eq!(resolved[0].signature.kind, AlertKind::CheckWarned);
+        let healed = book.observe(&finished(5, "grade", Outcome::Succeeded, None), 6);
+        assert_eq!(healed[0].signature.kind, AlertKind::CheckFailed);
+    }
+
+    fn run_finished(run: i64, state: RunState) -> Progress {
+        Progress::RunFinished {
+            run: RunId(run),
+            partition: "2026-12-01".into(),
+            state,
+            trace: keel_model::TraceId::from_stored("0af7651916cd43dd8448eb211c80319c"),
+            started_at: 0,
+            finished_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_phase_check_alerts_and_a_later_run_that_passes_it_resolves_it() {
+        let mut book = AlertBook::new("hoops", policy());
+        let phase_check = Progress::CheckFailed {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            task: "phase analytics".into(),
+            attempt: 0,
+            severity: keel_model::Severity::Block,
+            detail: "phase analytics: 3 of 5 complete (60%), below the check's 80%".into(),
+        };
+        let fired = book.observe(&phase_check, 0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].signature.kind, AlertKind::CheckFailed);
+        assert_eq!(fired[0].signature.subject, "phase analytics");
+        assert!(
+            book.observe(&run_finished(1, RunState::Failed), 1)
+                .is_empty()
+        );
+        let resolved = book.observe(&run_finished(2, RunState::Succeeded), 2);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert_eq!(resolved[0].signature.subject, "phase analytics");
+    }
+
+    #[test]
+    fn an_anomaly_is_told_once_per_partition_with_its_baseline() {
+        let mut book = AlertBook::new("hoops", policy());
+        let detail = "accuracy 0.19, usual 0.39–0.5 over 28 days".to_string();
+        let told = book.anomaly(
+            "grade",
+            "accuracy",
+            RunId(7),
+            "2026-12-01",
+            detail.clone(),
+            0,
+        );
+        assert_eq!(told.len(), 1);
+        assert_eq!(
+            told[0].text(),
+            "[keel] hoops grade accuracy: anomaly (2026-12-01): grade: accuracy 0.19, usual 0.39–0.5 over 28 days"
+        );
+        // A rerun of the same partition finds it again: not told again.
+        assert!(
+            book.anomaly(
+                "grade",
+                "accuracy",
+                RunId(8),
+                "2026-12-01",
+                detail.clone(),
+                1
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            book.anomaly("grade", "accuracy", RunId(9), "2026-12-02", detail, 2)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_slo_burn_alerts_when_it_starts_and_resolves_when_it_stops() {
+        let mut book = AlertBook::new("hoops", policy());
+        let burning = Some("fast burn: 1 h at 20.0, 5 min at 30.0".to_string());
+        let fired = book.slo_burn("fresh_by_ten", burning.clone(), 0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].signature.kind, AlertKind::SloBurn);
+        assert!(book.slo_burn("fresh_by_ten", burning, 1_000).is_empty());
+        let resolved = book.slo_burn("fresh_by_ten", None, 2_000);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert!(book.slo_burn("fresh_by_ten", None, 3_000).is_empty());
     }
 
     #[test]
@@ -821,5 +1209,29 @@ mod tests {
             kinds(&out),
             [(AlertKind::ScheduleMissed, Status::Resolved, String::new())]
         );
+    }
+
+    #[test]
+    fn a_gap_backfill_cannot_repair_alerts_once_per_partition() {
+        let mut book = AlertBook::new("hoops", policy());
+        let gap = |run: i64, partition: &str| Progress::GapUnrepaired {
+            run: RunId(run),
+            partition: partition.into(),
+            kind: "failed",
+            detail: format!("partition {partition} is still failed after 2 automatic repairs"),
+        };
+        let out = book.observe(&gap(4, "2026-11-11"), 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].signature.kind, AlertKind::GapUnrepaired);
+        assert_eq!(out[0].signature.subject, "2026-11-11");
+        assert_eq!(out[0].status, Status::Firing);
+        assert!(
+            out[0].text().contains("after 2 automatic repairs"),
+            "{}",
+            out[0].text()
+        );
+        // The same gap again is not told twice; another partition's is its own problem.
+        assert!(book.observe(&gap(4, "2026-11-11"), MINUTE).is_empty());
+        assert_eq!(book.observe(&gap(5, "2026-11-12"), 2 * MINUTE).len(), 1);
     }
 }

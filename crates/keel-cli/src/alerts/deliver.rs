@@ -92,6 +92,8 @@ struct Sinks {
 pub struct Alerts {
     book: Arc<Mutex<AlertBook>>,
     outbox: mpsc::UnboundedSender<AlertMessage>,
+    /// Tasks that just succeeded, for the ticker to judge for anomalies.
+    succeeded: Arc<Mutex<Vec<super::watch::Succeeded>>>,
 }
 
 /// The delivery task and the ticker, to wind down when serving stops.
@@ -107,6 +109,7 @@ impl Alerts {
     /// other processes record there.
     pub fn start(
         spec: &AlertsSpec,
+        watch: super::watch::Watch,
         pipeline: &str,
         pipeline_dir: PathBuf,
         metrics: Metrics,
@@ -136,15 +139,54 @@ impl Alerts {
         };
         let book = Arc::new(Mutex::new(AlertBook::new(pipeline, policy)));
         let (outbox, inbox) = mpsc::unbounded_channel();
-        let alerts = Alerts { book, outbox };
+        let alerts = Alerts {
+            book,
+            outbox,
+            succeeded: Arc::default(),
+        };
+        let pipeline = pipeline.to_string();
         let deliverer = tokio::spawn(deliver_all(inbox, sinks, metrics, logger));
         let ticking = alerts.clone();
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
+            let super::watch::Watch {
+                mut slos,
+                mut report,
+            } = watch;
             loop {
                 interval.tick().await;
+                if let Some((date, text)) = report.due(&store, now_millis()).await {
+                    let message = ticking.lock().daily_report(&date, text, now_millis());
+                    ticking.send(vec![message]);
+                }
+                // SLO burn rates, read from the store about once a minute.
+                for (slo, burning) in slos.due(&store, &pipeline, now_millis()).await {
+                    let messages = ticking.lock().slo_burn(&slo, burning, now_millis());
+                    ticking.send(messages);
+                }
                 let messages = ticking.lock().tick(now_millis());
                 ticking.send(messages);
+                let succeeded = std::mem::take(
+                    &mut *ticking
+                        .succeeded
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                );
+                if !succeeded.is_empty() {
+                    let found =
+                        super::watch::anomalies(&store, &pipeline, succeeded, now_millis()).await;
+                    for anomaly in found {
+                        let messages = ticking.lock().anomaly(
+                            &anomaly.task,
+                            &anomaly.metric,
+                            anomaly.run,
+                            &anomaly.partition,
+                            anomaly.detail,
+                            now_millis(),
+                        );
+                        ticking.send(messages);
+                    }
+                }
                 let degraded = ticking.lock().degraded_runs();
                 for (run, since) in degraded {
                     // A store that cannot be read now is read again on the next tick.
@@ -171,6 +213,24 @@ impl Alerts {
 
     /// Takes in one engine event; what it calls for is delivered in the background.
     pub fn observe(&self, event: &Progress) {
+        if let Progress::AttemptFinished {
+            run,
+            partition,
+            task,
+            outcome: keel_model::Outcome::Succeeded,
+            retry_at: None,
+            ..
+        } = event
+        {
+            self.succeeded
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(super::watch::Succeeded {
+                    task: task.clone(),
+                    run: *run,
+                    partition: partition.clone(),
+                });
+        }
         let messages = self.lock().observe(event, now_millis());
         self.send(messages);
     }

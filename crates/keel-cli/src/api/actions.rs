@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::reads::{PipelinePath, RunPath};
 use super::{ApiContext, ApiError, ServedPipeline, authorize, parse_body};
-use crate::setup::{ProcessEngine, build_engine};
+use crate::setup::ProcessEngine;
 use crate::state;
 
 /// The most partitions one trigger may queue.
@@ -53,10 +53,14 @@ pub struct AcceptBody {
 /// An engine over the API's own connection, as `keel run --detach` builds one: it only
 /// prepares runs and resets tasks in the store, and never executes anything.
 fn engine(served: &ServedPipeline) -> Result<ProcessEngine, ApiError> {
-    build_engine(
+    // It runs no attempt, so it needs no task versions: their version commands are not run on
+    // the API's runtime.
+    crate::setup::build_engine_versioned(
         (*served.spec()).clone(),
         &served.paths,
         served.writer.clone(),
+        Vec::new(),
+        Some(std::collections::HashMap::new()),
     )
     .map_err(|error| ApiError::from_command(error, StatusCode::CONFLICT))
 }

@@ -374,6 +374,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
             get(streams::log),
         )
         .route("/tasks/{task}/history", get(reads::history))
+        .route("/health-score", get(reads::health_score))
         .route("/events", get(streams::events));
     Router::new()
         .route("/health", get(health))
@@ -381,6 +382,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/pipelines", get(reads::pipelines))
+        .route("/api/health-score", get(reads::health_scores))
         .nest("/api/pipelines/{pipeline}", pipeline)
         .merge(crate::dashboard::router())
         .fallback(not_found)

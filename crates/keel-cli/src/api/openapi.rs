@@ -188,7 +188,8 @@ pub fn document() -> Value {
                         "time_ms": { "type": "integer", "minimum": 0 },
                         "rows": nullable_integer,
                         "metrics": { "description": "The `metrics` object of the newest finished attempt's result file, or null" },
-                        "message": nullable_string
+                        "message": nullable_string,
+                        "task_version": { "type": "string", "description": "The version of the task its latest attempt ran (`keel rollout`); absent before any attempt" }
                     }
                 },
                 "Run": {
@@ -293,6 +294,34 @@ pub fn document() -> Value {
                                 ]
                             }
                         }
+                    }
+                },
+                "HealthScore": {
+                    "type": "object",
+                    "required": ["pipeline", "score", "dimensions"],
+                    "properties": {
+                        "pipeline": { "type": "string" },
+                        "score": { "type": ["number", "null"], "minimum": 0, "maximum": 10, "description": "Null while no dimension can be judged" },
+                        "dimensions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "weight", "value", "evidence"],
+                                "properties": {
+                                    "name": { "type": "string" },
+                                    "weight": { "type": "number", "minimum": 0 },
+                                    "value": { "type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "Null when there is nothing to judge it on; it then does not count" },
+                                    "evidence": { "type": "string" }
+                                }
+                            }
+                        }
+                    }
+                },
+                "HealthScores": {
+                    "type": "object",
+                    "required": ["pipelines"],
+                    "properties": {
+                        "pipelines": { "type": "array", "items": { "$ref": "#/components/schemas/HealthScore" } }
                     }
                 },
                 "TriggerRequest": {
@@ -524,6 +553,21 @@ pub fn document() -> Value {
                         query_parameter("all", "Every run of each partition, not only the newest", json!({ "type": "boolean" }))
                     ],
                     "responses": read_errors(json!({ "200": json_response("The task's history", "History") }))
+                }
+            },
+            "/api/pipelines/{pipeline}/health-score": {
+                "get": {
+                    "summary": "The pipeline's health score from 0 to 10 with its dimensions, weights and evidence, as `keel health` shows it",
+                    "operationId": "healthScore",
+                    "parameters": [pipeline.clone()],
+                    "responses": read_errors(json!({ "200": json_response("The health score", "HealthScore") }))
+                }
+            },
+            "/api/health-score": {
+                "get": {
+                    "summary": "The health score of every served pipeline",
+                    "operationId": "healthScores",
+                    "responses": read_errors(json!({ "200": json_response("Each pipeline's health score", "HealthScores") }))
                 }
             },
             "/api/pipelines/{pipeline}/events": {

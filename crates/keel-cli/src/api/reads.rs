@@ -333,3 +333,38 @@ pub async fn history(
     document["omitted"] = view.omitted.into();
     Ok(Json(document))
 }
+
+/// One served pipeline's health score (`keel health`), computed from its runs now.
+async fn score_of(served: &super::ServedPipeline) -> Result<Value, ApiError> {
+    let spec = served.spec();
+    let now = state::now_millis();
+    let since = now - crate::health::score::WINDOW - 24 * 3_600_000;
+    let facts = crate::health::facts::gather(&served.reader, &spec.name, since)
+        .await
+        .map_err(ApiError::internal)?;
+    let score = crate::health::score::health_score(&spec, &facts, crate::health::zone(&spec), now);
+    let mut document = crate::health::score::to_json(&score);
+    document["pipeline"] = spec.name.clone().into();
+    Ok(document)
+}
+
+/// `GET /api/pipelines/{pipeline}/health-score`.
+pub async fn health_score(
+    State(context): State<Arc<ApiContext>>,
+    path: Result<Path<PipelinePath>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(path) = path?;
+    let served = context.pipeline(&path.pipeline)?;
+    Ok(Json(score_of(served).await?))
+}
+
+/// `GET /api/health-score`: every served pipeline's.
+pub async fn health_scores(
+    State(context): State<Arc<ApiContext>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut pipelines = Vec::new();
+    for served in &context.pipelines {
+        pipelines.push(score_of(served).await?);
+    }
+    Ok(Json(json!({ "pipelines": pipelines })))
+}

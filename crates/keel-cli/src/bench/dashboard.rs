@@ -119,6 +119,7 @@ async fn fill_partition(
                 owner: "bench".into(),
                 dir: String::new(),
                 version: spec.version(),
+                task_version: None,
                 lease_expires_at: 0,
                 at: index as i64 * 1_000,
             })

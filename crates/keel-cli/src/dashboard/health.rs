@@ -36,6 +36,22 @@ pub struct HealthPage {
     /// What "running long" means on this page, when anything can be.
     pub long_after: Option<String>,
     pub open_breakers: Vec<OpenBreaker>,
+    /// The health score out of 10 (`keel health`), `None` while nothing can be judged.
+    pub score: Option<String>,
+    /// (dimension, weight, value, evidence).
+    pub dimensions: Vec<(&'static str, String, String, String)>,
+    /// Task versions that are canaries or were rolled back (`keel rollout`).
+    pub rollouts: Vec<Rollout>,
+}
+
+/// A task version whose rollout is under way or went wrong.
+pub struct Rollout {
+    pub task: String,
+    pub version: String,
+    pub status: &'static str,
+    pub class: &'static str,
+    pub counts: String,
+    pub reason: String,
 }
 
 /// A recent run that went wrong.
@@ -152,6 +168,43 @@ pub async fn render(
             })
         })
         .collect();
+    let rollouts = view
+        .rollouts
+        .iter()
+        .map(|record| Rollout {
+            task: record.task.clone(),
+            version: record.version.clone(),
+            status: record.status.as_str(),
+            class: match record.status {
+                keel_model::VersionStatus::RolledBack => "failed",
+                _ => "running",
+            },
+            counts: format!("{} clean, {} failed", record.clean, record.failed),
+            reason: crate::display::printable(record.reason.as_deref().unwrap_or_default()),
+        })
+        .collect();
+    let facts = crate::health::facts::gather(
+        &served.reader,
+        &spec.name,
+        now - crate::health::score::WINDOW - 24 * 3_600_000,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let score = crate::health::score::health_score(&spec, &facts, crate::health::zone(&spec), now);
+    let dimensions = score
+        .dimensions
+        .iter()
+        .map(|dimension| {
+            (
+                dimension.name,
+                dimension.weight.to_string(),
+                dimension
+                    .value
+                    .map_or("-".to_string(), |value| format!("{value:.2}")),
+                crate::display::printable(&dimension.evidence),
+            )
+        })
+        .collect();
     let mut chrome = Chrome::new(
         context,
         &spec,
@@ -167,6 +220,9 @@ pub async fn render(
         problems,
         long_after: long_after.map(view::duration),
         open_breakers,
+        rollouts,
+        score: score.score.map(|score| format!("{score:.1}")),
+        dimensions,
     })
 }
 

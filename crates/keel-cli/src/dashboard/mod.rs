@@ -15,7 +15,7 @@ mod health;
 mod resources;
 mod run;
 mod task;
-mod view;
+pub(crate) mod view;
 
 use std::sync::Arc;
 

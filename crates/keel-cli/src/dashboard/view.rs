@@ -130,7 +130,8 @@ pub fn outcome_class(outcome: Outcome) -> &'static str {
         | Outcome::FailedPermanent
         | Outcome::TimedOut
         | Outcome::Stalled
-        | Outcome::UpstreamFailed => "failed",
+        | Outcome::UpstreamFailed
+        | Outcome::FailedCheck => "failed",
     }
 }
 

@@ -367,3 +367,88 @@ degraded_grace = "0s"
         .collect();
     assert_eq!(degraded.len(), 2, "one alert and one resolution: {told:?}");
 }
+
+/// What `keel serve` tells about results: a grading task's accuracy collapses on one date after
+/// 14 usual ones (run before serve started), and the run serve takes up for that date alerts
+/// the anomaly once, with its baseline, and the failed `warn` check.
+#[test]
+fn an_anomaly_and_a_failed_check_alert_with_their_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    write_pipeline(
+        &root,
+        r#"[pipeline]
+name = "graded"
+timezone = "UTC"
+
+[phases.grade]
+
+[tasks.grading]
+phase = "grade"
+command = ["sh", "grade.sh", "{date}"]
+checks = [{ metric = "accuracy", min = 0.3, severity = "warn" }]
+
+[alerts]
+command = ["sh", "-c", "cat >> alerts.jsonl"]
+"#,
+    );
+    std::fs::write(
+        root.join("grade.sh"),
+        "case $1 in 2026-03-15) a=0.19;; *) a=0.4$(( $(echo $1 | cut -c10) % 8 ));; esac\nprintf '{\"rows\": 48, \"metrics\": {\"accuracy\": %s}}' $a > \"$KEEL_RESULT\"\n",
+    )
+    .unwrap();
+    let history = Command::new(keel_path())
+        .args(["run", "--from", "2026-03-01", "--to", "2026-03-14"])
+        .arg(root.join("keel.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(history.status.code(), Some(0), "{history:?}");
+    let log = std::fs::File::create(root.join("serve.log")).unwrap();
+    let _serve = Command::new(keel_path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .arg(root.join("keel.toml"))
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .map(Served)
+        .unwrap();
+    let serve_log = || std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
+    wait_for("keel serve to start", Duration::from_secs(30), || {
+        serve_log().contains("keel serve: pipeline")
+    });
+    let queued = Command::new(keel_path())
+        .args(["run", "--partition", "2026-03-15", "--detach"])
+        .arg(root.join("keel.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(queued.status.code(), Some(0), "{queued:?}");
+    let of_kind = |kind: &str| -> Vec<Value> {
+        command_sink_lines(&root)
+            .into_iter()
+            .filter(|line| line["keel"]["kind"] == kind)
+            .collect()
+    };
+    wait_for("the anomaly's alert", Duration::from_secs(30), || {
+        !of_kind("anomaly").is_empty()
+    });
+    let anomaly = &of_kind("anomaly")[0]["keel"];
+    assert_eq!(anomaly["subject"], "grading accuracy");
+    assert_eq!(anomaly["partition"], "2026-03-15");
+    let detail = anomaly["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("grading: accuracy 0.19, usual 0.4") && detail.ends_with("over 14 days"),
+        "{detail}"
+    );
+    let warned = of_kind("check_warned");
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert_eq!(
+        warned[0]["keel"]["detail"],
+        "grading: accuracy 0.19 is below the minimum 0.3"
+    );
+    // Told once: the next ticks find nothing new.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(of_kind("anomaly").len(), 1);
+    assert!(serve_log().contains("warn check failed: accuracy 0.19 is below the minimum 0.3"));
+}

@@ -440,6 +440,16 @@ fn api_triggers_a_run_and_shows_it_its_log_and_its_events() {
     assert_eq!(history["task"], "steady");
     assert_eq!(history["runs"][0]["run"], id);
 
+    // The health score, as `keel health --json` has it: the one run succeeded untouched.
+    let score = served.get("/api/pipelines/ops/health-score").json();
+    assert_eq!(score["pipeline"], "ops");
+    assert_eq!(score["dimensions"][0]["name"], "success without a human");
+    assert_eq!(score["dimensions"][0]["value"], 1.0);
+    assert!(score["score"].as_f64().is_some(), "{score:#}");
+    let every = served.get("/api/health-score").json();
+    assert_eq!(every["pipelines"][0], score);
+    assert_eq!(served.get("/api/pipelines/nope/health-score").status, 404);
+
     // The log: all of it, then capped to its end.
     let log_path = format!("/api/pipelines/ops/runs/{id}/tasks/steady/attempts/1/log");
     let full = served.get(&log_path);

@@ -2293,6 +2293,10 @@ command = ["true"]
             {
                 task["time_ms"] = "[TIME]".into();
             }
+            // The task's version (its spec's hash) is shown, not pinned.
+            if task.get("task_version").is_some() {
+                task["task_version"] = "[TASK VERSION]".into();
+            }
         }
     }
     assert_snapshot!(

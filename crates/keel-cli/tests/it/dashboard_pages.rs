@@ -278,6 +278,18 @@ fn the_health_page_lists_the_failed_partition_its_task_and_the_open_breaker() {
         "{failures}"
     );
 
+    // The score and its dimensions, as `keel health` has them: one of three partitions failed.
+    let score = element(
+        &html,
+        r#"<section class="panel" id="health-score" data-live>"#,
+        "</section>",
+    );
+    assert!(
+        score.contains("2 of 3 finished partitions succeeded without a human"),
+        "{score}"
+    );
+    assert!(score.contains("/10"), "{score}");
+
     let breakers = element(
         &html,
         r#"<section class="panel" id="open-breakers" data-live>"#,

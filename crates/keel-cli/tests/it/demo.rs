@@ -30,7 +30,7 @@ fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
     }
     // 2026-11-11 is switched to a day without games by the default faults.
     assert!(
-        stdout.contains("2026-11-11  succeeded 21 tasks") && stdout.contains("no games"),
+        stdout.contains("2026-11-11  succeeded 22 tasks") && stdout.contains("no games"),
         "{stdout}"
     );
     // Late props are not ready on the first checks: the sensor waited for them, and
@@ -76,7 +76,7 @@ fn the_demo_runs_three_dates_heals_the_faults_and_leaves_its_state() {
     assert_eq!(runs.len(), 3);
     for run in runs {
         assert_eq!(run["state"], "succeeded", "{run}");
-        assert_eq!(run["tasks"].as_array().unwrap().len(), 21);
+        assert_eq!(run["tasks"].as_array().unwrap().len(), 22);
     }
     // The picks were exported for the game days.
     assert!(dir.path().join("exports").read_dir().unwrap().count() >= 2);
@@ -235,7 +235,7 @@ fn the_demo_over_http_runs_the_dates_against_hoops_serve_on_pooled_connections()
     assert!(stdout.contains("as HTTP tasks"), "{stdout}");
     for date in ["2026-11-09", "2026-11-10"] {
         assert!(
-            stdout.contains(&format!("{date}  succeeded 21 tasks")),
+            stdout.contains(&format!("{date}  succeeded 22 tasks")),
             "{date} did not succeed:\n{stdout}"
         );
     }
@@ -272,7 +272,7 @@ fn the_demo_over_http_runs_the_dates_against_hoops_serve_on_pooled_connections()
     assert_eq!(runs.len(), 2, "{json}");
     for run in runs {
         assert_eq!(run["state"], "succeeded", "{run}");
-        assert_eq!(run["tasks"].as_array().unwrap().len(), 21);
+        assert_eq!(run["tasks"].as_array().unwrap().len(), 22);
     }
     assert!(dir.path().join("exports").read_dir().unwrap().count() >= 1);
     assert!(

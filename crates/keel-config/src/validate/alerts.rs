@@ -20,6 +20,7 @@ pub(super) const ALERTS_FIELDS: &[&str] = &[
     "degraded_grace",
     "breaker_open_for",
     "timeout",
+    "report",
 ];
 const WEBHOOK_FIELDS: &[&str] = &["url", "url_env"];
 const EXPECT_ARGV: &str = "a list of strings such as [\"notify\", \"--channel\", \"data\"]";
@@ -40,6 +41,7 @@ impl Checker<'_> {
             degraded_grace: DEFAULT_DEGRADED_GRACE,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             timeout: DEFAULT_ALERT_TIMEOUT,
+            report: None,
         };
         for (key, value) in entries(table) {
             let field = key.get_ref().as_ref();
@@ -64,6 +66,11 @@ impl Checker<'_> {
                 "timeout" => {
                     if let Some(timeout) = self.duration(value, field, PATH, false) {
                         spec.timeout = timeout;
+                    }
+                }
+                "report" => {
+                    if let Some(at) = self.time_of_day(value, field, PATH) {
+                        spec.report = Some(at);
                     }
                 }
                 _ => self.unknown_field(key, PATH, ALERTS_FIELDS, &[]),

@@ -27,6 +27,11 @@ pub(super) struct RawExpand {
 }
 
 impl RawExpand {
+    /// The task whose items this task runs.
+    pub(super) fn from(&self) -> &str {
+        &self.from.name
+    }
+
     pub(super) fn build(self) -> ExpandSpec {
         ExpandSpec {
             from: self.from.name,

@@ -215,6 +215,7 @@ impl Checker<'_> {
                         name: phase,
                         after: Vec::new(),
                         gate: Some(gate),
+                        checks: Vec::new(),
                     });
                 } else {
                     self.errors.push(ConfigError::UnknownPassName {
@@ -235,6 +236,7 @@ impl Checker<'_> {
                     name: phase.name.clone(),
                     after: Vec::new(),
                     gate: None,
+                    checks: Vec::new(),
                 })
                 .collect();
             for phase in overridden {
@@ -300,6 +302,26 @@ impl Checker<'_> {
                     }
                 }
             }
+            // A fanned-out task runs the items its `from` task listed in the same run: a pass
+            // that runs it without that task would have no items to run.
+            for task in tasks.iter().filter(|task| pass.selects(task)) {
+                let Some(from) = task.expand.as_ref().map(|expand| expand.from()) else {
+                    continue;
+                };
+                let source = tasks.iter().find(|other| other.name.name == from);
+                if source.is_some_and(|source| !pass.selects(source)) {
+                    let span = match (&pass.phases, &pass.tasks) {
+                        (Some((_, span)), _) | (None, Some((_, span))) => span.clone(),
+                        (None, None) => pass.name.span.clone(),
+                    };
+                    self.errors.push(ConfigError::PassWithoutExpandSource {
+                        pass: pass.name.name.clone(),
+                        task: task.name.name.clone(),
+                        from: from.to_string(),
+                        location: self.location(&span),
+                    });
+                }
+            }
             if let Some((names, span)) = &pass.phases
                 && !names.is_empty()
                 && !tasks.iter().any(|task| {
@@ -323,6 +345,20 @@ impl Checker<'_> {
 
 const EXPECT_PARAM: &str = "a string (write numbers in quotes)";
 
+impl RawPass {
+    /// Whether the pass runs `task`: by its phase, by its name, or every task.
+    fn selects(&self, task: &RawTask) -> bool {
+        match (&self.phases, &self.tasks) {
+            (Some((phases, _)), _) => task
+                .phase
+                .as_ref()
+                .is_some_and(|phase| phases.iter().any(|name| name.name == phase.name)),
+            (None, Some((names, _))) => names.iter().any(|name| name.name == task.name.name),
+            (None, None) => true,
+        }
+    }
+}
+
 /// The specs of valid passes: the subset resolved to task names in file order.
 pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassSpec> {
     passes
@@ -330,16 +366,7 @@ pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassS
         .map(|pass| {
             let selected: Vec<String> = tasks
                 .iter()
-                .filter(|task| match (&pass.phases, &pass.tasks) {
-                    (Some((phases, _)), _) => task
-                        .phase
-                        .as_ref()
-                        .is_some_and(|phase| phases.iter().any(|name| name.name == phase.name)),
-                    (None, Some((names, _))) => {
-                        names.iter().any(|name| name.name == task.name.name)
-                    }
-                    (None, None) => true,
-                })
+                .filter(|task| pass.selects(task))
                 .map(|task| task.name.name.clone())
                 .collect();
             PassSpec {
@@ -348,6 +375,7 @@ pub(super) fn build_passes(passes: Vec<RawPass>, tasks: &[RawTask]) -> Vec<PassS
                     cron,
                     partition_offset_days: pass.partition.unwrap_or(0),
                     catchup: pass.catchup.unwrap_or_default(),
+                    backfill: None,
                 }),
                 tasks: selected,
                 params: pass.params,

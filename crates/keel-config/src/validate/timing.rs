@@ -162,7 +162,7 @@ impl Checker<'_> {
     }
 
     /// A wall-clock time `"HH:MM"`.
-    fn time_of_day(
+    pub(super) fn time_of_day(
         &mut self,
         value: &Spanned<DeValue<'_>>,
         field: &str,

@@ -116,3 +116,48 @@ expand = {{ from = "list_games" }}
 "#
     )));
 }
+
+#[test]
+fn a_pass_running_a_fanned_out_task_runs_the_task_listing_its_items() {
+    let source = |subset: &str| {
+        format!(
+            r#"[pipeline]
+name = "hoops"
+partition = "date"
+
+[phases.scrape]
+[phases.model]
+after = ["scrape"]
+
+[tasks.list_players]
+phase = "scrape"
+command = ["true"]
+
+[tasks.predict]
+phase = "model"
+command = ["predict", "{{item}}"]
+expand = {{ from = "list_players" }}
+
+[passes.evening]
+{subset}
+"#
+        )
+    };
+    let errors = crate::errors_of(&source("phases = [\"model\"]"));
+    assert!(
+        errors.contains(r#"pass "evening" runs "predict""#)
+            && errors.contains(r#"add "list_players" to the pass"#)
+            && errors.contains("keel.toml:19:"),
+        "{errors}"
+    );
+    let errors = crate::errors_of(&source("tasks = [\"predict\"]"));
+    assert!(errors.contains("would have no items to run"), "{errors}");
+    for fine in [
+        "tasks = [\"list_players\", \"predict\"]",
+        "phases = [\"scrape\", \"model\"]",
+        "",
+    ] {
+        keel_config::parse(&source(fine), "keel.toml")
+            .unwrap_or_else(|errors| panic!("{fine}: {errors}"));
+    }
+}

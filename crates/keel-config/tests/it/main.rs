@@ -1,13 +1,17 @@
 //! The integration tests of keel-config: error messages as snapshots, valid files as specs.
 
 mod alerts;
+mod backfill;
+mod checks;
 mod context;
 mod edges;
 mod errors;
 mod expand;
 mod http;
 mod property;
+mod rollout;
 mod secrets;
+mod slo;
 mod timing;
 mod tokens;
 mod valid;

@@ -166,6 +166,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         name: phase.clone(),
                         after,
                         gate: None,
+                        checks: Vec::new(),
                     });
                 }
                 let mut tasks: Vec<TaskSpec> = Vec::new();
@@ -235,6 +236,8 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                         secrets: Vec::new(),
                         repeat: None,
                         freeze_after: None,
+                        versioning: Default::default(),
+                        checks: Vec::new(),
                     });
                 }
                 for (phase, choice) in phases.iter_mut().zip(&gate_choices) {
@@ -278,6 +281,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     alerts: None,
                     secrets: None,
                     smoke: Vec::new(),
+                    slos: Vec::new(),
                     concurrency,
                     phases,
                     tasks,

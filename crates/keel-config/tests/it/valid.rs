@@ -94,16 +94,19 @@ after = ["player_game_summary", "scrape_injuries"]
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
                 after: strings(&["raw"]),
                 gate: None,
+                checks: Vec::new(),
             },
         ],
         tasks: vec![
@@ -132,6 +135,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "scrape_injuries".into(),
@@ -154,6 +159,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "player_game_summary".into(),
@@ -187,6 +194,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                versioning: Default::default(),
+                checks: Vec::new(),
             },
             TaskSpec {
                 name: "ml_features".into(),
@@ -209,6 +218,8 @@ after = ["player_game_summary", "scrape_injuries"]
                 secrets: Vec::new(),
                 repeat: None,
                 freeze_after: None,
+                versioning: Default::default(),
+                checks: Vec::new(),
             },
         ],
         resources: vec![],
@@ -218,6 +229,7 @@ after = ["player_game_summary", "scrape_injuries"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     assert_eq!(spec, expected);
 
@@ -384,6 +396,8 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
+        checks: Vec::new(),
     };
     let expected = PipelineSpec {
         name: "hoops".into(),
@@ -396,17 +410,20 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {
                 name: "scrape".into(),
                 after: vec![],
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "raw".into(),
                 after: strings(&["scrape"]),
                 gate: None,
+                checks: Vec::new(),
             },
             PhaseSpec {
                 name: "analytics".into(),
@@ -417,6 +434,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
                     grace: seconds(30 * 60),
                     tiers: Vec::new(),
                 }),
+                checks: Vec::new(),
             },
         ],
         tasks: vec![
@@ -775,6 +793,7 @@ command = ["true"]
             cron: "30 6 * * mon-fri".into(),
             partition_offset_days: -1,
             catchup: keel_model::Catchup::All,
+            backfill: None,
         })
     );
     let unscheduled = keel_config::parse(

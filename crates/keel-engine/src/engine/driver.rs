@@ -61,6 +61,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                     dir: dir.display().to_string(),
                     // A retry may run a newer pipeline file than its run was created with.
                     version: self.core.version.clone(),
+                    task_version: Some(self.core.chosen_version(record, *task)),
                     lease_expires_at: now + self.core.config.lease_ttl.as_millis() as Millis,
                     at: now,
                 }
@@ -309,7 +310,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             span: trace.attempt_span(&attempt.task, attempt.number),
         });
         let started_at = attempt.started_at.unwrap_or(attempt.claimed_at);
-        let live = Live::new(run_index, task, attempt.number, epoch, started_at);
+        let mut live = Live::new(run_index, task, attempt.number, epoch, started_at);
+        live.task_version = attempt.task_version.clone();
         book.live.insert(attempt.id, live);
         match adopted {
             Adopted::Running(running) => {
@@ -370,7 +372,10 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                             .index_of(named)
                             .is_some_and(|task| self.core.task_uses[task].contains(&index))
                     })
-                    .map(|(_, at)| *at)
+                    // A start after this clock's now (a clock set back, or a state written
+                    // by a clock ahead of this one, as `keel serve --clock-start` makes) counts
+                    // as now: replayed as it is, the limit would hold every start until then.
+                    .map(|(_, at)| (*at).min(now))
                     .collect();
                 let mut policy =
                     ResourcePolicy::new(resource, mine.first().copied().unwrap_or(now).min(now));
@@ -405,8 +410,30 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
+    /// Registers the versions of the tasks this engine runs, and takes up where each rollout
+    /// stands.
+    pub(super) async fn register_task_versions(&mut self) -> Result<(), EngineError> {
+        let versions = self.core.new_task_versions();
+        let records = self
+            .store
+            .register_task_versions(&self.core.spec.name, versions, self.clock.now())
+            .await?;
+        self.core.load_rollouts(&records);
+        Ok(())
+    }
+
+    /// Reads the rollouts again: a version promoted or rolled back by hand applies at once.
+    pub(super) async fn refresh_rollouts(&mut self) -> Result<(), EngineError> {
+        let records = self.store.task_versions(&self.core.spec.name).await?;
+        self.core.load_rollouts(&records);
+        Ok(())
+    }
+
     pub(super) async fn poll_requests(&mut self, book: &mut Book) -> Result<(), EngineError> {
         self.refresh_flags(book).await?;
+        // What this engine decided is stored before the store is read back over it.
+        self.flush(book).await?;
+        self.refresh_rollouts().await?;
         for run_index in 0..book.runs.len() {
             let active = &book.runs[run_index];
             if active.finished || active.cancelling {

@@ -66,6 +66,9 @@ pub struct LaunchContext {
     pub keel_env: Vec<(String, String)>,
     /// The variables of each `env_file`, by the path as the pipeline file writes it.
     pub env_files: HashMap<String, Vec<(String, String)>>,
+    /// Per task name: what tells its code apart (its `version` command's output, or its `code`
+    /// files' digests), read by the CLI before the engine starts; part of the task's version.
+    pub code_identities: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for LaunchContext {
@@ -233,6 +236,15 @@ pub enum Progress {
         started_at: Millis,
         finished_at: Millis,
     },
+    /// A canary version of a task was promoted or rolled back (`rollout`); a rollback alerts.
+    RolloutDecided {
+        run: RunId,
+        partition: String,
+        task: String,
+        version: String,
+        status: keel_model::VersionStatus,
+        detail: String,
+    },
     /// A resource's circuit breaker changed state (`closed`, `open`, `half_open`).
     BreakerChanged {
         resource: String,
@@ -283,6 +295,23 @@ pub enum Progress {
     },
     /// A fire of the schedule that could not start a run.
     ScheduleSkipped { fire_at: Millis, reason: String },
+    /// `backfill = { auto = true }` started (or joined) a run to repair a gap: the `repair`th
+    /// repair of `partition`, which was `kind` (`missing`, `failed`).
+    BackfillStarted {
+        run: RunId,
+        partition: String,
+        kind: &'static str,
+        repair: u32,
+        started_at: Millis,
+    },
+    /// A gap that automatic backfill will not repair (its tries are spent, or its run is stale):
+    /// a person is needed. Sent once per gap, recorded on its latest run.
+    GapUnrepaired {
+        run: RunId,
+        partition: String,
+        kind: &'static str,
+        detail: String,
+    },
     /// A task waited for a resource's rate limit instead of starting.
     RateLimited { resource: String, task: String },
     /// A resource's health probe (`ready`) failed, or passed after failing: tasks using it
@@ -302,6 +331,18 @@ pub enum Progress {
     },
     /// Tasks in the ready queue, waiting for room to start; sent when the number changes.
     QueueDepth { ready: usize },
+    /// A check of a task's result failed (`checks`): a `block` check made the attempt
+    /// `failed_check`, a `warn` check is only told. `detail` says which bound and what value.
+    /// A phase's completeness check, judged as the run ends, is told with `task` set to
+    /// `phase NAME` and `attempt` 0; a `block` one failed the run.
+    CheckFailed {
+        run: RunId,
+        partition: String,
+        task: String,
+        attempt: u32,
+        severity: keel_model::Severity,
+        detail: String,
+    },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to
@@ -434,8 +475,12 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             .collect();
         let store_id: Arc<str> = store.store_id().into();
         let commands = spec.tasks.iter().map(Commands::of).collect();
+        let task_versions = Core::compute_task_versions(&spec, &config);
+        let rollouts = vec![Default::default(); spec.tasks.len()];
         Engine {
             core: Core {
+                task_versions,
+                rollouts,
                 random,
                 version: spec.version(),
                 spec: Arc::new(spec),
@@ -875,6 +920,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let (probe_reporter, probes) = mpsc::unbounded_channel();
         let mut book = Book::new(self.resource_policies().await?, self.clock.now());
         self.refresh_flags(&mut book).await?;
+        self.register_task_versions().await?;
         let mut poll = tokio::time::interval(self.core.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let inbox = Inbox {

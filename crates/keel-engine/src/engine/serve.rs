@@ -13,9 +13,12 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use keel_model::EventKind;
 use keel_model::schedule::Schedule;
 use keel_model::{Catchup, PartitionKind};
-use keel_store::{FireOutcome, ScheduleFire};
+use keel_store::{FireOutcome, NewEvent, ScheduleFire};
+
+use crate::gaps;
 
 use super::*;
 
@@ -30,6 +33,9 @@ pub(crate) fn pass_trigger(pass: &str) -> String {
 /// The most missed fires one start catches up on (`catchup = "all"`); older ones are skipped,
 /// with a note in the log.
 const MAX_CATCH_UP: usize = 1_000;
+
+/// How often `keel serve` looks for gaps to repair (`backfill = { auto = true }`).
+pub(crate) const GAP_CHECK_EVERY: Millis = 3_600_000;
 
 /// Where a schedule stands: fires still owed from before (catch-up), then the next one.
 pub(super) struct Cursor {
@@ -115,6 +121,8 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
                 .await?;
         }
         let mut cursors = self.schedule_cursors().await?;
+        // Gaps are looked for at start, then hourly, when `backfill = { auto = true }`.
+        let mut gap_check_at = self.auto_backfill().map(|_| self.clock.now());
         loop {
             if let Some(heartbeat) = &self.heartbeat {
                 heartbeat.store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
@@ -122,6 +130,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             for cursor in &mut cursors {
                 self.fire_due(&mut book, &mut inbox, cursor, &mut refused)
                     .await?;
+            }
+            if let Some(at) = gap_check_at
+                && at <= self.clock.now()
+                && !book.shutting_down
+            {
+                self.repair_gaps(&mut book, &mut inbox, &mut refused)
+                    .await?;
+                gap_check_at = Some(self.clock.now() + GAP_CHECK_EVERY);
             }
             if !self.turn(&mut book, &mut inbox).await? {
                 continue;
@@ -147,6 +163,7 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             let wake_at = next_timer
                 .into_iter()
                 .chain(cursors.iter().filter_map(Cursor::wake_at))
+                .chain(gap_check_at.filter(|_| !book.shutting_down))
                 .min();
             let wakeup = wait(self.clock.clone(), wake_at, &mut inbox).await;
             book.now = self.clock.now();
@@ -261,6 +278,120 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         Ok(())
     }
 
+    /// The pipeline's schedule and its backfill, when gaps are to be repaired automatically.
+    fn auto_backfill(&self) -> Option<(keel_model::ScheduleSpec, keel_model::BackfillSpec)> {
+        let schedule = self.core.spec.schedule.clone()?;
+        let backfill = schedule.backfill.clone().filter(|backfill| backfill.auto)?;
+        (self.core.spec.partition == PartitionKind::Date).then_some((schedule, backfill))
+    }
+
+    /// Repairs the gaps of the last `lookback` days, oldest first: a run per missing or failed
+    /// partition with tries left, at most `max_per_day` a local day, each recorded with its run
+    /// in one transaction. A gap left without tries, or stale, is reported once.
+    async fn repair_gaps(
+        &mut self,
+        book: &mut Book,
+        inbox: &mut Inbox,
+        refused: &mut HashSet<RunId>,
+    ) -> Result<(), EngineError> {
+        let Some((spec, backfill)) = self.auto_backfill() else {
+            return Ok(());
+        };
+        let schedule = Schedule::parse(&spec.cron, &self.core.spec.timezone)
+            .map_err(|error| EngineError::Schedule(error.to_string()))?;
+        let now = self.clock.now();
+        let pipeline = self.core.spec.name.clone();
+        let expected = gaps::expected_partitions(&schedule, &spec, &backfill, now);
+        let found = gaps::find_gaps(&self.store, &pipeline, &expected, &backfill, now).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let today = gaps::local_day_start(&schedule, now);
+        let made_today =
+            gaps::repairs_since(&self.store, &pipeline, &expected, backfill.tries, today).await?;
+        let mut budget = backfill.max_per_day.saturating_sub(made_today);
+        for gap in found {
+            if gap.repairable {
+                if budget == 0 {
+                    // Tomorrow's budget takes the rest, oldest first.
+                    continue;
+                }
+                let repair = gap.repairs + 1;
+                let (new_run, calendar) = self.new_run(&gap.partition, &[]);
+                let topology = self.core.topology_index(None);
+                let mut changes = self
+                    .core
+                    .waiting_gates(topology, 0..self.core.topologies[topology].gates.len());
+                changes.extend(calendar);
+                let fire = ScheduleFire {
+                    trigger: gaps::repair_trigger(&gap.partition, repair),
+                    fire_at: now,
+                };
+                let run = match self
+                    .store
+                    .create_run_for_fire(new_run, fire, changes)
+                    .await?
+                {
+                    FireOutcome::Created(run) | FireOutcome::Joined(run) => run,
+                    FireOutcome::AlreadyFired(_) => continue,
+                };
+                budget -= 1;
+                (self.core.observer)(Progress::BackfillStarted {
+                    run,
+                    partition: gap.partition.clone(),
+                    kind: gap.kind.as_str(),
+                    repair,
+                    started_at: now,
+                });
+                if !is_loaded(book, run) {
+                    self.take_up(book, inbox, run, &[], refused).await?;
+                }
+            } else if let Some(run) = gap.run {
+                // Told once: the report is recorded on the gap's latest run.
+                let told = self
+                    .store
+                    .events(run)
+                    .await?
+                    .iter()
+                    .any(|event| event.kind == EventKind::GapUnrepaired);
+                if told {
+                    continue;
+                }
+                let detail = match gap.kind {
+                    gaps::GapKind::Stale => format!(
+                        "partition {} is stale ({}); automatic backfill leaves it to a person: cancel it with `keel cancel --partition {}` or let it finish",
+                        gap.partition, gap.detail, gap.partition
+                    ),
+                    _ => format!(
+                        "partition {} is still {} after {} automatic repairs ({}); fix the cause, then `keel retry --partition {} --failed`",
+                        gap.partition,
+                        gap.kind.as_str(),
+                        gap.repairs,
+                        gap.detail,
+                        gap.partition
+                    ),
+                };
+                self.store
+                    .append_event(NewEvent {
+                        run,
+                        task: None,
+                        attempt: None,
+                        kind: EventKind::GapUnrepaired,
+                        detail: detail.clone(),
+                        at: now,
+                    })
+                    .await?;
+                (self.core.observer)(Progress::GapUnrepaired {
+                    run,
+                    partition: gap.partition,
+                    kind: gap.kind.as_str(),
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the unfinished runs the store has that this engine does not follow yet: queued by
     /// another process, or finished here and reopened by `keel retry`.
     async fn pick_up_runs(
@@ -336,6 +467,7 @@ mod tests {
             cron: "0 6 * * *".into(),
             partition_offset_days: -1,
             catchup,
+            backfill: None,
         };
         let schedule = Schedule::parse(&spec.cron, "UTC").unwrap();
         Cursor::new(schedule, &spec, last.map(utc), utc(now))

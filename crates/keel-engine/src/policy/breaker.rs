@@ -45,7 +45,10 @@ impl Verdict {
     /// The verdict for an attempt that ended with `outcome`.
     pub fn of(outcome: Outcome) -> Verdict {
         match outcome {
-            Outcome::Succeeded | Outcome::NoData | Outcome::NotReady => Verdict::Success,
+            // A result that failed a check came from a dependency that answered.
+            Outcome::Succeeded | Outcome::NoData | Outcome::NotReady | Outcome::FailedCheck => {
+                Verdict::Success
+            }
             Outcome::Failed | Outcome::TimedOut | Outcome::Stalled | Outcome::Lost => {
                 Verdict::Failure
             }
@@ -491,7 +494,9 @@ mod tests {
     fn outcomes_map_to_verdicts() {
         for outcome in Outcome::ALL {
             let expected = match outcome {
-                Outcome::Succeeded | Outcome::NoData | Outcome::NotReady => Verdict::Success,
+                Outcome::Succeeded | Outcome::NoData | Outcome::NotReady | Outcome::FailedCheck => {
+                    Verdict::Success
+                }
                 Outcome::Failed | Outcome::TimedOut | Outcome::Stalled | Outcome::Lost => {
                     Verdict::Failure
                 }

@@ -424,6 +424,44 @@ impl Store for CrashStore {
             .around("append_event", self.inner.append_event(event))
             .await
     }
+    async fn register_task_versions(
+        &self,
+        pipeline: &str,
+        versions: Vec<keel_store::NewTaskVersion>,
+        at: Millis,
+    ) -> StoreResult<Vec<keel_store::TaskVersionRecord>> {
+        self.probe
+            .around(
+                "register_task_versions",
+                self.inner.register_task_versions(pipeline, versions, at),
+            )
+            .await
+    }
+    async fn task_versions(
+        &self,
+        pipeline: &str,
+    ) -> StoreResult<Vec<keel_store::TaskVersionRecord>> {
+        self.probe
+            .around("task_versions", self.inner.task_versions(pipeline))
+            .await
+    }
+    async fn set_task_version_status(
+        &self,
+        pipeline: &str,
+        task: &str,
+        version: &str,
+        status: keel_model::VersionStatus,
+        reason: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        self.probe
+            .around(
+                "set_task_version_status",
+                self.inner
+                    .set_task_version_status(pipeline, task, version, status, reason, at),
+            )
+            .await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -194,3 +194,59 @@ async fn a_cancel_stops_running_items_and_cancels_the_rest() {
         "an item not started stays so"
     );
 }
+
+/// Items share their task's resources: a bulkhead of 3 and a rate of 2 a second over twelve
+/// items and the task that lists them; every item runs, never more than 3 at once.
+#[tokio::test]
+async fn items_wait_for_their_resources_and_all_of_them_run() {
+    let harness = Harness::new();
+    let keys: Vec<String> = (0..12).map(|index| format!("g{index:02}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    harness
+        .executor
+        .items
+        .lock()
+        .unwrap()
+        .insert("list".into(), items(&keys));
+    let mut spec = fanout(1.0);
+    // A task beside the items on the same resource, whose sensor passes while they run.
+    spec.tasks.push(sensed(
+        task("props", "scrape", &[], 2),
+        1_000,
+        2_000,
+        3_600_000,
+    ));
+    harness
+        .executor
+        .sensor_scripts
+        .lock()
+        .unwrap()
+        .insert("props".into(), [Outcome::NotReady; 3].into_iter().collect());
+    *harness.executor.hold.lock().unwrap() = keys.iter().map(|key| format!("box[{key}]")).collect();
+    let mut feed = resource("feed");
+    feed.concurrency = Some(3);
+    feed.rate = Some(keel_model::Rate {
+        tokens: 2,
+        per: Duration::from_secs(1),
+    });
+    let spec = with_resource(spec, feed);
+    let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    let mut steps = 0;
+    while !handle.is_finished() {
+        steps += 1;
+        // The items are let go one at a time, a step apart.
+        if steps % 5 == 0 {
+            executor.release.notify_one();
+        }
+        assert!(
+            steps < 2_000,
+            "the run stalled: {:?}",
+            harness.executor.launches()
+        );
+        harness.clock.advance(100);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
+    assert!(*harness.executor.running_max.lock().unwrap() <= 3);
+}

@@ -13,6 +13,7 @@ use keel_model::{
 };
 use keel_store::{SqliteStore, Store};
 
+mod backfill;
 mod calendars;
 mod crash_property;
 mod earlier;
@@ -21,6 +22,7 @@ mod expand;
 mod passes;
 mod properties;
 mod remembered;
+mod rollout;
 
 /// (task, attempt, environment) of one launch.
 type LaunchRecord = (String, u32, Vec<(String, String)>);
@@ -236,6 +238,8 @@ fn task(name: &str, phase: &str, after: &[&str], attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
+        checks: Vec::new(),
     }
 }
 
@@ -259,6 +263,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
                     vec![phases[index - 1].clone()]
                 },
                 gate: None,
+                checks: Vec::new(),
             })
             .collect(),
         tasks,
@@ -269,6 +274,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     }
 }
 
@@ -348,6 +354,7 @@ async fn claim_as_a_dead_keel(
             owner: "dead-keel".into(),
             dir: "/nonexistent".into(),
             version: "v".into(),
+            task_version: None,
             lease_expires_at: 0,
             at: 1,
         })
@@ -1509,4 +1516,67 @@ async fn serve_stamps_its_heartbeat_with_the_clock_on_every_turn() {
     eventually("another turn", || beat() == 1_045_001).await;
     trigger.drain();
     handle.await.unwrap().unwrap();
+}
+
+/// Regression: attempt starts the store holds from a clock ahead of this one (a state written
+/// under `keel serve --clock-start`, or a clock set back) held every start on a rate-limited
+/// resource until that future instant. They count as starts made now: the limit holds for one
+/// window, no longer.
+#[tokio::test]
+async fn starts_recorded_by_a_clock_ahead_hold_a_rate_limit_for_one_window_only() {
+    let harness = Harness::new();
+    let mut feed = resource("feed");
+    feed.rate = Some(keel_model::Rate {
+        tokens: 2,
+        per: Duration::from_secs(1),
+    });
+    let spec = with_resource(pipeline(independent(3, 1), 8), feed);
+    // A day ahead of the engine's clock, an earlier Keel started two attempts on the feed.
+    let ahead = harness.clock.now_for_test() + 86_400_000;
+    let mut engine = harness.engine(spec.clone());
+    let earlier = match engine
+        .prepare(&RunRequest {
+            partitions: vec!["2026-01-17".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+    {
+        Prepared::Created(run) => run,
+        ref other => panic!("{other:?}"),
+    };
+    for task in ["t00", "t01"] {
+        let attempt = harness
+            .store
+            .claim_attempt(keel_store::ClaimAttempt {
+                run: earlier,
+                task: task.into(),
+                owner: "ahead".into(),
+                dir: "/nonexistent".into(),
+                version: "v".into(),
+                task_version: None,
+                lease_expires_at: ahead + 60_000,
+                at: ahead,
+            })
+            .await
+            .unwrap();
+        harness
+            .store
+            .mark_attempt_started(attempt.id, attempt.lease_epoch, None, ahead)
+            .await
+            .unwrap();
+    }
+    drop(engine);
+    let (_run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let mut waited = 0;
+    while !handle.is_finished() {
+        waited += 100;
+        assert!(
+            waited <= 30_000,
+            "the rate limit held the starts for the day the other clock was ahead"
+        );
+        harness.clock.advance(100);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.await.unwrap()[0].state, RunState::Succeeded);
 }

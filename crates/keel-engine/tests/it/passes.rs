@@ -29,6 +29,7 @@ fn schedule(cron: &str, offset: i64, catchup: Catchup) -> Option<ScheduleSpec> {
         cron: cron.into(),
         partition_offset_days: offset,
         catchup,
+        backfill: None,
     })
 }
 

@@ -414,7 +414,8 @@ fn chain(length: usize) -> PipelineSpec {
 async fn each_step_is_one_transaction() {
     // Creating the run is one; then each task takes three: its claim (before the launch), its
     // start (the pid, after the launch), and the step that records its end with everything
-    // that follows from it (the next task becoming ready, the run's end).
+    // that follows from it (the next task becoming ready, the run's end). One more registers
+    // the versions of the tasks, the first time an engine runs them.
     let harness = Harness::new();
     let before = harness.store.write_transactions();
     let mut engine = harness.engine(chain(5));
@@ -422,7 +423,18 @@ async fn each_step_is_one_transaction() {
         run_partition(&mut engine, "2026-01-18").await,
         RunState::Succeeded
     );
-    assert_eq!(harness.store.write_transactions() - before, 1 + 3 * 5);
+    assert_eq!(harness.store.write_transactions() - before, 1 + 1 + 3 * 5);
+    let before = harness.store.write_transactions();
+    let mut engine = harness.engine(chain(5));
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-19").await,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        harness.store.write_transactions() - before,
+        1 + 3 * 5,
+        "versions already registered are not written again"
+    );
 
     // A permanent failure at the head: its finish, the upstream failures it causes downstream
     // and the failed run are one step.
@@ -434,7 +446,7 @@ async fn each_step_is_one_transaction() {
         run_partition(&mut engine, "2026-01-18").await,
         RunState::Failed
     );
-    assert_eq!(harness.store.write_transactions() - before, 1 + 3);
+    assert_eq!(harness.store.write_transactions() - before, 1 + 1 + 3);
     let run = harness
         .store
         .latest_run("test", "2026-01-18")

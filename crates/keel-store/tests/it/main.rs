@@ -56,6 +56,7 @@ fn a_state_file_of_an_older_schema_gets_an_identity_once() {
                  DROP INDEX runs_by_pass; ALTER TABLE runs DROP COLUMN pass; DROP INDEX events_by_kind;
                  DROP TABLE flags;
                  DROP TABLE expansions; DROP TABLE quota_use;
+                 ALTER TABLE attempts DROP COLUMN task_version; DROP TABLE task_versions;
                  PRAGMA user_version = 2;",
             )
             .unwrap();

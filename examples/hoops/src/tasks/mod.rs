@@ -21,6 +21,7 @@ pub const PIPELINE: &[(&str, &str)] = &[
     ("scrape_boxscores", "scrape"),
     ("scrape_injuries", "scrape"),
     ("scrape_props", "scrape"),
+    ("live_scores", "scrape"),
     ("load_schedule", "raw"),
     ("load_boxscores", "raw"),
     ("load_injuries", "raw"),
@@ -236,6 +237,7 @@ pub fn run(task: &str, date: &str, ctx: &Ctx) -> Result<Report, TaskError> {
         "scrape_boxscores" => scrape::scrape(ctx, Source::Boxscores, task, date),
         "scrape_injuries" => scrape::scrape(ctx, Source::Injuries, task, date),
         "scrape_props" => scrape::scrape(ctx, Source::Props, task, date),
+        "live_scores" => scrape::live_scores(ctx, date),
         "load_schedule" => raw::load_schedule(ctx, date),
         "load_boxscores" => raw::load_boxscores(ctx, date),
         "load_injuries" => raw::load_injuries(ctx, date),
@@ -254,6 +256,24 @@ pub fn run(task: &str, date: &str, ctx: &Ctx) -> Result<Report, TaskError> {
         "export" => model::export(ctx, date),
         "grading" => model::grading(ctx, date),
         _ => unreachable!("checked by is_task"),
+    }
+}
+
+/// The tasks that also run once per item, `hoops TASK DATE ITEM`: the per-game box scores and
+/// the per-player predictions keel.toml fans out.
+pub const PER_ITEM: &[&str] = &["scrape_boxscores", "predictions"];
+
+/// Runs one item of a per-item task for one date.
+pub fn run_item(task: &str, date: &str, item: &str, ctx: &Ctx) -> Result<Report, TaskError> {
+    let date = parse_date(date)?;
+    ctx.beat();
+    match task {
+        "scrape_boxscores" => scrape::scrape_boxscore_game(ctx, date, item),
+        "predictions" => model::predict_player(ctx, date, item),
+        _ => Err(TaskError::Permanent(format!(
+            "task {task:?} does not run per item (only {})",
+            PER_ITEM.join(", ")
+        ))),
     }
 }
 

@@ -48,95 +48,143 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 pub fn predictions(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
+    predict_into(ctx, date, None)
+}
+
+/// One player's prediction: `hoops predictions DATE PLAYER`, the per-player form keel.toml runs
+/// once per player the feature store lists. It replaces only that player's row, and marks
+/// `predictions[PLAYER]` done; export and grading take either form.
+pub fn predict_player(ctx: &Ctx, date: Date, player: &str) -> Result<Report, TaskError> {
+    if player.is_empty() || player.len() > 64 {
+        return Err(TaskError::Permanent(format!(
+            "{player:?} is not a player id"
+        )));
+    }
+    predict_into(ctx, date, Some(player))
+}
+
+/// The predictions of `date`: every player's, or only `player`'s.
+fn predict_into(ctx: &Ctx, date: Date, player: Option<&str>) -> Result<Report, TaskError> {
     let mut conn = warehouse::open(&ctx.warehouse)?;
     let games = warehouse::require(&conn, "feature_store", date)?.games;
     let d = date.to_string();
     let mut skipped = 0u64;
-    let rows = warehouse::replace_partition(
-        &mut conn,
-        "predictions",
-        date,
-        games,
-        &[Table::new("predictions", "player_id")],
-        |tx| {
-            type Row = (
-                String,
-                String,
-                String,
-                String,
-                String,
-                bool,
-                Option<f64>,
-                String,
-            );
-            type Num = (i64, Option<f64>, Option<f64>, f64);
-            let mut stmt = tx.prepare(
-                "SELECT player_id, game_id, name, team, opponent, home, line, injury_status,
-                        games, base_projection, sd10, def_factor
-                 FROM feature_store WHERE date = ?1 ORDER BY player_id",
-            )?;
-            let candidates: Vec<(Row, Num)> = stmt
-                .query_map(params![d], |r| {
-                    Ok((
-                        (
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                        ),
-                        (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut insert = tx.prepare(
-                "INSERT INTO predictions (date, player_id, game_id, name, team, opponent, line,
-                 projection, edge, pick, confidence)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut rows = 0;
-            for ((player, game, name, team, opponent, home, line, status), (g, base, sd10, def)) in
-                candidates
-            {
-                let (Some(line), Some(base)) = (line, base) else {
-                    skipped += 1;
-                    continue;
-                };
-                if status == "out" || g < 1 {
-                    skipped += 1;
-                    continue;
-                }
-                let features = Features {
-                    line,
-                    games: g,
-                    base_projection: base,
-                    sd10,
-                    def_factor: def,
-                    home,
-                };
-                let (projection, pick, confidence) = predict(&features);
-                rows += insert.execute(params![
-                    d,
-                    player,
-                    game,
-                    name,
-                    team,
-                    opponent,
-                    line,
-                    projection,
-                    round(projection - line, 2),
-                    pick,
-                    confidence
-                ])? as u64;
+    let (task, table) = match player {
+        None => (
+            "predictions".to_string(),
+            Table::new("predictions", "player_id"),
+        ),
+        Some(player) => (
+            format!("predictions[{player}]"),
+            Table {
+                name: "predictions",
+                key: "player_id",
+                scope: format!("AND player_id = '{}'", player.replace('\'', "''")),
+            },
+        ),
+    };
+    if player.is_some() && games > 0 {
+        let known: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM feature_store WHERE date = ?1 AND player_id = ?2",
+            params![d, player],
+            |r| r.get(0),
+        )?;
+        if known == 0 {
+            return Err(TaskError::Permanent(format!(
+                "player {:?} is not in the feature store of {date}",
+                player.unwrap_or_default()
+            )));
+        }
+    }
+    let rows = warehouse::replace_partition(&mut conn, &task, date, games, &[table], |tx| {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            bool,
+            Option<f64>,
+            String,
+        );
+        type Num = (i64, Option<f64>, Option<f64>, f64);
+        let mut stmt = tx.prepare(
+            "SELECT player_id, game_id, name, team, opponent, home, line, injury_status,
+                    games, base_projection, sd10, def_factor
+             FROM feature_store WHERE date = ?1 AND (?2 IS NULL OR player_id = ?2)
+             ORDER BY player_id",
+        )?;
+        let candidates: Vec<(Row, Num)> = stmt
+            .query_map(params![d, player], |r| {
+                Ok((
+                    (
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ),
+                    (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut insert = tx.prepare(
+            "INSERT INTO predictions (date, player_id, game_id, name, team, opponent, line,
+             projection, edge, pick, confidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        let mut rows = 0;
+        for ((player, game, name, team, opponent, home, line, status), (g, base, sd10, def)) in
+            candidates
+        {
+            let (Some(line), Some(base)) = (line, base) else {
+                skipped += 1;
+                continue;
+            };
+            if status == "out" || g < 1 {
+                skipped += 1;
+                continue;
             }
-            Ok(rows)
-        },
-    )?;
+            let features = Features {
+                line,
+                games: g,
+                base_projection: base,
+                sd10,
+                def_factor: def,
+                home,
+            };
+            let (projection, pick, confidence) = predict(&features);
+            rows += insert.execute(params![
+                d,
+                player,
+                game,
+                name,
+                team,
+                opponent,
+                line,
+                projection,
+                round(projection - line, 2),
+                pick,
+                confidence
+            ])? as u64;
+        }
+        Ok(rows)
+    })?;
     if games == 0 {
         return Ok(Report::no_games(date));
+    }
+    if let Some(player) = player {
+        let message = if rows == 0 {
+            format!("no pick for {player}: not enough history, no line, or ruled out")
+        } else {
+            format!("pick for {player}")
+        };
+        return Ok(Report::ok(rows, message)
+            .metric("picks", rows)
+            .metric("skipped", skipped));
     }
     let (overs, mean_conf): (i64, Option<f64>) = conn.query_row(
         "SELECT COALESCE(SUM(pick = 'over'), 0), AVG(confidence) FROM predictions WHERE date = ?1",
@@ -155,9 +203,33 @@ pub fn predictions(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     .metric("mean_confidence", mean_conf.map_or(0.0, |c| round(c, 4))))
 }
 
+/// The games of `date` once its predictions are made, by the whole-date task or per player:
+/// not ready until one of them has run.
+fn predicted_games(conn: &rusqlite::Connection, date: Date) -> Result<i64, TaskError> {
+    if let Some(marker) = warehouse::marker(conn, "predictions", date)? {
+        return Ok(marker.games);
+    }
+    let per_player: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM partitions WHERE date = ?1 AND task LIKE 'predictions[%'",
+        params![date.to_string()],
+        |r| r.get(0),
+    )?;
+    let features = warehouse::marker(conn, "feature_store", date)?;
+    match features {
+        // Per player: the feature store's players, each predicted on its own.
+        Some(features) if per_player > 0 => return Ok(features.games),
+        // A day without games lists no players: there is nothing to predict.
+        Some(features) if features.games == 0 => return Ok(0),
+        _ => {}
+    }
+    Err(TaskError::NotReady(format!(
+        "predictions has not run for {date} yet"
+    )))
+}
+
 pub fn export(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     let mut conn = warehouse::open(&ctx.warehouse)?;
-    let games = warehouse::require(&conn, "predictions", date)?.games;
+    let games = predicted_games(&conn, date)?;
     let d = date.to_string();
     let dir = ctx.export_dir();
     let path = dir.join(format!("picks-{d}.json"));
@@ -243,7 +315,7 @@ pub struct Grade {
 
 pub fn grading(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     let mut conn = warehouse::open(&ctx.warehouse)?;
-    let predicted_games = warehouse::require(&conn, "predictions", date)?.games;
+    let predicted_games = predicted_games(&conn, date)?;
     // The actual results: the same date's box scores, which exist from the next day on.
     let results = warehouse::require(&conn, "load_boxscores", date)?;
     let games = if predicted_games == 0 {

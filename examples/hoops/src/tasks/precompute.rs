@@ -264,7 +264,24 @@ pub fn player_form(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     )
 }
 
+/// The feature store of `date`, listing its players as items: the per-player `predictions`
+/// of keel.toml (`expand = { from = "feature_store" }`) runs once for each.
 pub fn feature_store(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
+    let report = feature_store_table(ctx, date)?;
+    if report.no_data {
+        return Ok(report);
+    }
+    let conn = warehouse::open(&ctx.warehouse)?;
+    let mut stmt =
+        conn.prepare("SELECT player_id FROM feature_store WHERE date = ?1 ORDER BY player_id")?;
+    let players: Vec<serde_json::Value> = stmt
+        .query_map(params![date.to_string()], |r| r.get::<_, String>(0))?
+        .map(|player| player.map(serde_json::Value::String))
+        .collect::<Result<_, _>>()?;
+    Ok(report.items(players))
+}
+
+fn feature_store_table(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     SqlTask {
         task: "feature_store",
         games_from: "player_form",

@@ -126,49 +126,119 @@ pub fn load_schedule(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     )
 }
 
+/// The scraped box scores of `date`, `{"games": [...]}`, and the day's games: from the whole-date
+/// scrape, from the per-game one (`boxscores/GAME` rows), or both (a game scraped on its own
+/// wins). With the per-game form, a game that was not scraped is missing from the list: the
+/// task quorum in keel.toml decides whether that is enough.
+fn scraped_boxscores(conn: &rusqlite::Connection, date: Date) -> Result<(i64, Value), TaskError> {
+    let d = date.to_string();
+    let mut games: Vec<Value> = Vec::new();
+    let whole = warehouse::marker(conn, "scrape_boxscores", date)?;
+    let mut day_games = None;
+    if whole.is_some() {
+        let (count, json) = scraped(conn, "scrape_boxscores", "boxscores", date)?;
+        day_games = Some(count);
+        if count > 0 {
+            games.extend(list(&json, "games")?.iter().cloned());
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT source, body FROM raw_json WHERE date = ?1 AND source LIKE 'boxscores/%'
+         ORDER BY source",
+    )?;
+    let per_game: Vec<(String, String)> = stmt
+        .query_map(params![d], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (source, body) in per_game {
+        let game: Value = serde_json::from_str(&body).map_err(|e| {
+            TaskError::Permanent(format!(
+                "the scraped {source} for {date} is not valid JSON: {e}"
+            ))
+        })?;
+        let id = game["game_id"].clone();
+        games.retain(|g| g["game_id"] != id);
+        games.push(game);
+    }
+    let day_games = match day_games {
+        Some(count) => count,
+        None if games.is_empty() => {
+            // Nothing scraped either way: on a day without games the scoreboard says so.
+            let schedule = warehouse::require(conn, "scrape_schedule", date)?;
+            if schedule.games > 0 {
+                return Err(TaskError::NotReady(format!(
+                    "no scraped boxscores for {date} yet"
+                )));
+            }
+            0
+        }
+        None => warehouse::require(conn, "scrape_schedule", date)?.games,
+    };
+    games.sort_by(|a, b| a["game_id"].as_str().cmp(&b["game_id"].as_str()));
+    Ok((day_games, serde_json::json!({ "games": games })))
+}
+
 pub fn load_boxscores(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
     let d = date.to_string();
-    load(
-        ctx,
+    let mut conn = warehouse::open(&ctx.warehouse)?;
+    let (games, json) = scraped_boxscores(&conn, date)?;
+    let loaded_games = json["games"].as_array().map_or(0, Vec::len) as i64;
+    let rows = warehouse::replace_partition(
+        &mut conn,
         "load_boxscores",
-        "scrape_boxscores",
-        "boxscores",
         date,
-        Table::new("raw_boxscores", "game_id, player_id"),
-        |tx, json| {
-            let mut stmt = tx.prepare(
+        games,
+        &[Table::new("raw_boxscores", "game_id, player_id")],
+        |tx| insert_boxscores(tx, &d, &json),
+    )?;
+    if games == 0 {
+        return Ok(Report::no_games(date));
+    }
+    let missing = (games - loaded_games).max(0);
+    let message = if missing > 0 {
+        format!(
+            "{} into raw_boxscores; {missing} of {games} games not scraped",
+            crate::rows(rows)
+        )
+    } else {
+        format!("{} into raw_boxscores", crate::rows(rows))
+    };
+    Ok(Report::ok(rows, message)
+        .metric("games", games)
+        .metric("missing_games", missing))
+}
+
+fn insert_boxscores(tx: &Transaction<'_>, d: &str, json: &Value) -> Result<u64, TaskError> {
+    let mut stmt = tx.prepare(
                 "INSERT INTO raw_boxscores (date, game_id, player_id, name, team, opponent, home,
                  minutes, points, rebounds, assists, fgm, fga, tpm, tpa, ftm, fta)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
-            let mut rows = 0;
-            for g in list(json, "games")? {
-                let game_id = text(g, "game_id")?;
-                for p in list(g, "players")? {
-                    rows += stmt.execute(params![
-                        d,
-                        game_id,
-                        text(p, "player_id")?,
-                        text(p, "name")?,
-                        text(p, "team")?,
-                        text(p, "opponent")?,
-                        flag(p, "home")?,
-                        int(p, "minutes")?,
-                        int(p, "points")?,
-                        int(p, "rebounds")?,
-                        int(p, "assists")?,
-                        int(p, "fgm")?,
-                        int(p, "fga")?,
-                        int(p, "tpm")?,
-                        int(p, "tpa")?,
-                        int(p, "ftm")?,
-                        int(p, "fta")?,
-                    ])? as u64;
-                }
-            }
-            Ok(rows)
-        },
-    )
+    let mut rows = 0;
+    for g in list(json, "games")? {
+        let game_id = text(g, "game_id")?;
+        for p in list(g, "players")? {
+            rows += stmt.execute(params![
+                d,
+                game_id,
+                text(p, "player_id")?,
+                text(p, "name")?,
+                text(p, "team")?,
+                text(p, "opponent")?,
+                flag(p, "home")?,
+                int(p, "minutes")?,
+                int(p, "points")?,
+                int(p, "rebounds")?,
+                int(p, "assists")?,
+                int(p, "fgm")?,
+                int(p, "fga")?,
+                int(p, "tpm")?,
+                int(p, "tpa")?,
+                int(p, "ftm")?,
+                int(p, "fta")?,
+            ])? as u64;
+        }
+    }
+    Ok(rows)
 }
 
 pub fn load_injuries(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {

@@ -118,3 +118,91 @@ fn array<'v>(v: &'v Value, field: &str) -> Result<&'v Vec<Value>, TaskError> {
         .as_array()
         .ok_or_else(|| TaskError::Permanent(format!("the feed's answer has no {field:?} list")))
 }
+
+/// One game's box score: `hoops scrape_boxscores DATE GAME`, the per-game form keel.toml runs
+/// once per game the scoreboard lists. It keeps the JSON as `boxscores/GAME` in `raw_json` and
+/// marks `scrape_boxscores[GAME]` done; `load_boxscores` takes every game scraped so.
+pub fn scrape_boxscore_game(ctx: &Ctx, date: Date, game: &str) -> Result<Report, TaskError> {
+    let valid = !game.is_empty()
+        && game.len() <= 32
+        && game
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(TaskError::Permanent(format!("{game:?} is not a game id")));
+    }
+    let mut feed = ctx.feed_client()?;
+    let box_score = feed.get_json(&format!("/boxscores/{date}/{game}"))?;
+    if box_score["game_id"].as_str() != Some(game) {
+        return Err(TaskError::Permanent(format!(
+            "the feed answered for game {:?} when asked for {game}",
+            box_score["game_id"]
+        )));
+    }
+    let players = array(&box_score, "players")?.len();
+    let source = format!("boxscores/{game}");
+    let mut conn = warehouse::open(&ctx.warehouse)?;
+    let table = Table {
+        name: "raw_json",
+        key: "source",
+        scope: format!("AND source = '{source}'"),
+    };
+    let text = box_score.to_string();
+    let bytes = text.len();
+    let task = format!("scrape_boxscores[{game}]");
+    warehouse::replace_partition(&mut conn, &task, date, 1, &[table], |tx| {
+        Ok(tx.execute(
+            "INSERT INTO raw_json (source, date, body, fetched_at) VALUES (?1, ?2, ?3, ?4)",
+            params![source, date.to_string(), text, warehouse::now_secs()],
+        )? as u64)
+    })?;
+    Ok(Report::ok(
+        players as u64,
+        format!("{players} player lines of game {game}"),
+    )
+    .metric("requests", feed.client.requests)
+    .metric("bytes", bytes)
+    .metric("waited_s", feed.waited.as_secs_f64()))
+}
+
+/// The live scoreboard of `date`: keel.toml runs it every 3 minutes while games are on
+/// (`repeat`). Each poll keeps the latest answer as `live` in `raw_json`, replacing the last.
+pub fn live_scores(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
+    let mut feed = ctx.feed_client()?;
+    let board = feed.get_json(&format!("/scoreboard/{date}"))?;
+    let listed = array(&board, "games")?;
+    let games = listed.len();
+    let final_games = listed
+        .iter()
+        .filter(|g| g["status"].as_str() == Some("final"))
+        .count();
+    let mut conn = warehouse::open(&ctx.warehouse)?;
+    let table = Table {
+        name: "raw_json",
+        key: "source",
+        scope: "AND source = 'live'".to_string(),
+    };
+    let text = board.to_string();
+    warehouse::replace_partition(
+        &mut conn,
+        "live_scores",
+        date,
+        games as i64,
+        &[table],
+        |tx| {
+            Ok(tx.execute(
+                "INSERT INTO raw_json (source, date, body, fetched_at) VALUES ('live', ?1, ?2, ?3)",
+                params![date.to_string(), text, warehouse::now_secs()],
+            )? as u64)
+        },
+    )?;
+    if games == 0 {
+        return Ok(Report::no_games(date));
+    }
+    Ok(Report::ok(
+        games as u64,
+        format!("{final_games} of {games} games final"),
+    )
+    .metric("games", games)
+    .metric("final", final_games))
+}

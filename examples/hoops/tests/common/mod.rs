@@ -25,6 +25,7 @@ pub const LEVELS: &[&[&str]] = &[
         "scrape_boxscores",
         "scrape_injuries",
         "scrape_props",
+        "live_scores",
     ],
     &[
         "load_schedule",

@@ -190,7 +190,31 @@ impl Core {
         span: SpanId,
         dir: PathBuf,
     ) -> Launch {
-        let task_spec = &self.spec.tasks[self.base_task(task)];
+        self.task_launch_of(record, task, sensor, attempt, span, dir, None)
+    }
+
+    /// [`Core::task_launch`] of a version of the task: the file's, or `previous`, a stored
+    /// version a rollout keeps running (its command, working directory and environment).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn task_launch_of(
+        &mut self,
+        record: &RunRecord,
+        task: TaskIndex,
+        sensor: Option<usize>,
+        attempt: u32,
+        span: SpanId,
+        dir: PathBuf,
+        previous: Option<std::sync::Arc<super::rollout::PreviousVersion>>,
+    ) -> Launch {
+        let own_commands = &self.commands[self.base_task(task)];
+        let commands = previous
+            .as_ref()
+            .map_or(own_commands, |previous| &previous.commands);
+        let task_spec = previous
+            .as_ref()
+            .map_or(&self.spec.tasks[self.base_task(task)], |previous| {
+                &previous.spec
+            });
         // An item's attempts are named by the item (`box_scores[0021]`): its `{task}`,
         // `KEEL_TASK` and idempotency key are its own.
         let task_name = self.name(task).to_string();
@@ -207,12 +231,12 @@ impl Core {
             params: self.params_of(record),
         };
         let templates = match sensor {
-            Some(stage) => self.commands[self.base_task(task)]
+            Some(stage) => commands
                 .sensors
                 .get(stage)
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
-            None => &self.commands[self.base_task(task)].task,
+            None => &commands.task,
         };
         let command: Vec<String> = templates
             .iter()
@@ -262,11 +286,12 @@ impl Core {
         if let Some(item) = &item {
             keel_variables.push(("KEEL_ITEM".to_string(), item.text()));
         }
-        let (mut env, clear_env) = self.task_env(task, &values, keel_variables);
+        let (mut env, clear_env) =
+            self.task_env(task, &values, keel_variables, &task_spec.context, commands);
         // A relative `cwd` is relative to the pipeline file's directory (`join` keeps an
         // absolute one as it is).
         let base = self.config.launch_context.pipeline_dir.as_ref();
-        let cwd = match (&self.commands[self.base_task(task)].cwd, base) {
+        let cwd = match (&commands.cwd, base) {
             (Some(cwd), Some(base)) => Some(base.join(cwd.expand_item(&values, item.as_ref()))),
             (Some(cwd), None) => Some(PathBuf::from(cwd.expand_item(&values, item.as_ref()))),
             (None, base) => base.cloned(),
@@ -467,8 +492,9 @@ impl Core {
         task: TaskIndex,
         values: &TemplateValues<'_>,
         keel_variables: Vec<(String, String)>,
+        context: &keel_model::TaskContext,
+        commands: &Commands,
     ) -> (Vec<(String, String)>, bool) {
-        let context = &self.spec.tasks[self.base_task(task)].context;
         let surroundings = &self.config.launch_context;
         let mut env: Vec<(String, String)> = Vec::new();
         // A secret goes only to the tasks that declare it: when any task declares one, every
@@ -510,7 +536,7 @@ impl Core {
                     .cloned(),
             );
         }
-        let variables = self.commands[self.base_task(task)].env.iter();
+        let variables = commands.env.iter();
         let item = self.item_of(task);
         env.extend(variables.map(|(name, value)| (name.clone(), value.expand_item(values, item))));
         if !env[own..]
@@ -554,7 +580,20 @@ impl Core {
         let ready_wait = slot.ready_since.take().map(|since| (now - since).max(0));
         let trace = book.runs[run_index].trace;
         let span = trace.attempt_span(self.name(task), attempt.number);
-        let mut launch = self.task_launch(&record, task, None, attempt.number, span, dir);
+        // The version the claim recorded: under a canary rollout, the new one on the canary's
+        // partitions and the promoted one elsewhere.
+        let choice = self.version_choice(&record, task);
+        let previous = match &choice {
+            VersionChoice::Previous(previous) => Some(previous.clone()),
+            VersionChoice::Current { canary } => {
+                if *canary {
+                    self.announce_canary(book, run_index, task);
+                }
+                None
+            }
+        };
+        let mut launch =
+            self.task_launch_of(&record, task, None, attempt.number, span, dir, previous);
         if self.is_item(task) {
             self.item_progressed(&mut book.runs[run_index], task, now);
         }
@@ -577,7 +616,8 @@ impl Core {
                 .env
                 .push(("KEEL_MISSING".to_string(), missing.join(",")));
         }
-        let live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
+        let mut live = Live::new(run_index, task, attempt.number, attempt.lease_epoch, now);
+        live.task_version = attempt.task_version.clone();
         book.live.insert(attempt.id, live);
         let task_name = self.name(task).to_string();
         (self.observer)(Progress::AttemptStarted {

@@ -25,8 +25,10 @@ use crate::policy::{BreakerState, Permit, ResourcePolicy, Verdict as ResourceVer
 use crate::template::{Template, TemplateValues};
 use crate::{EngineError, Random};
 pub(super) use earlier::EarlierFact;
+pub(super) use rollout::VersionChoice;
 
 mod calendar;
+mod checks;
 mod dispatch;
 mod earlier;
 mod edges;
@@ -38,6 +40,7 @@ mod recovery;
 mod repeat;
 mod resources;
 mod retry;
+mod rollout;
 mod sensors;
 mod settle;
 mod tiers;
@@ -68,6 +71,10 @@ pub(super) struct Core {
     pub items: Vec<ItemTask>,
     /// An item's index by its run and task-run name (`box_scores[0021]`).
     pub item_index: HashMap<(RunId, String), TaskIndex>,
+    /// Per task: its version (`rollout.rs`), computed once.
+    pub task_versions: Vec<String>,
+    /// Per task: where its version's rollout stands, as last read from the store.
+    pub rollouts: Vec<rollout::TaskRollout>,
 }
 
 /// One item of an expanded task in one run.
@@ -366,6 +373,8 @@ pub(super) struct Live {
     pub epoch: i64,
     /// When it started (claimed, for one this engine launched), for its trace span.
     pub started_at: Millis,
+    /// The version of its task it runs, when known: a canary's end counts for its rollout.
+    pub task_version: Option<String>,
 }
 
 impl Live {
@@ -376,6 +385,7 @@ impl Live {
             number,
             epoch,
             started_at,
+            task_version: None,
         }
     }
 }

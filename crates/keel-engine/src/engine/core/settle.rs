@@ -125,7 +125,15 @@ impl Core {
             probe = permits.iter().any(|(_, permit)| permit.probe);
             self.release_permits(book, permits, ResourceVerdict::of(report.outcome));
         }
-        let (next, note) = self.next_step(book, &live, report.outcome, probe, report.retry_after);
+        // Checks are judged after the resources are told how the call went: a result that
+        // fails a check came from a service that answered. A canary's end (a failed check
+        // counts as a failure) may then roll its version back, and its task runs again at once
+        // on the promoted version instead of following its retry policy.
+        let report = self.judge_checks(book, &live, report);
+        let (next, note) = match self.judge_canary(book, &live, attempt, &report) {
+            Some((next, note)) => (next, Some(note)),
+            None => self.next_step(book, &live, report.outcome, probe, report.retry_after),
+        };
         // Items an expanded task runs over are recorded with the end of the attempt that listed
         // them, in the same transaction.
         self.record_items(
@@ -417,6 +425,7 @@ impl Core {
         book: &mut Book,
         run_index: usize,
     ) -> Result<(), EngineError> {
+        let phase_check_failed = self.judge_phase_checks(book, run_index);
         let active = &mut book.runs[run_index];
         if active.finished || active.done < active.slots.len() {
             return Ok(());
@@ -500,6 +509,13 @@ impl Core {
                 message.push_str(&format!(" and {more} more"));
             }
             (RunState::Failed, Some(message))
+        };
+        // A phase short of its completeness check fails a run that would have succeeded.
+        let (state, message) = match phase_check_failed {
+            Some(failed) if matches!(state, RunState::Succeeded | RunState::Degraded) => {
+                (RunState::Failed, Some(failed))
+            }
+            _ => (state, message),
         };
         book.writes.push(Write::RunState {
             run: active.record.id,

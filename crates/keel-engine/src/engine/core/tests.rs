@@ -9,7 +9,7 @@ use keel_model::{Jitter, PartitionKind, PhaseSpec, RetryPolicy, TaskSpec};
 use super::*;
 use crate::SplitMix64;
 
-fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
+pub(super) fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
     TaskSpec {
         name: name.into(),
         phase: phase.into(),
@@ -36,6 +36,8 @@ fn task(name: &str, phase: &str, attempts: u32) -> TaskSpec {
         secrets: Vec::new(),
         repeat: None,
         freeze_after: None,
+        versioning: Default::default(),
+        checks: Vec::new(),
     }
 }
 
@@ -46,7 +48,7 @@ fn chain_core() -> Core {
 
 /// [`chain_core`] with its tasks (`a` with 3 attempts, `b` and `c` with 1) and its engine
 /// settings adjusted first.
-fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
+pub(super) fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -> Core {
     let phases = ["p0", "p1", "p2"];
     let spec = PipelineSpec {
         name: "core".into(),
@@ -65,6 +67,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
                     vec![phases[index - 1].into()]
                 },
                 gate: None,
+                checks: Vec::new(),
             })
             .collect(),
         tasks: vec![task("a", "p0", 3), task("b", "p1", 1), task("c", "p2", 1)],
@@ -75,6 +78,7 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
         alerts: None,
         secrets: None,
         smoke: Vec::new(),
+        slos: Vec::new(),
     };
     let mut spec = spec;
     let mut config = EngineConfig {
@@ -92,6 +96,8 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
     let dag = Dag::new(&spec);
     let topology = Topology::new(&spec, &dag);
     Core {
+        task_versions: Core::compute_task_versions(&spec, &config),
+        rollouts: vec![Default::default(); spec.tasks.len()],
         random: Box::new(SplitMix64::new(3)),
         version: spec.version(),
         task_uses: vec![Vec::new(); spec.tasks.len()],
@@ -108,13 +114,13 @@ fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut EngineConfig)) -
 }
 
 /// A run of `core`'s pipeline as freshly created in the store, loaded into a new book.
-fn loaded(core: &mut Core, now: Millis) -> Book {
+pub(super) fn loaded(core: &mut Core, now: Millis) -> Book {
     loaded_from(core, now, |_| {})
 }
 
 /// A run of `core`'s pipeline loaded into a new book from stored tasks that `adjust` changes
 /// first, as a restarted Keel finds them.
-fn loaded_from(
+pub(super) fn loaded_from(
     core: &mut Core,
     now: Millis,
     adjust: impl FnOnce(&mut Vec<keel_store::TaskRunRecord>),
@@ -197,6 +203,7 @@ fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId,
                 pid: None,
                 dir: "/nonexistent".into(),
                 version: None,
+                task_version: Some(core.chosen_version(&book.runs[run_index].record, task)),
             };
             core.prepare_attempt(book, run_index, task, &attempt);
             (attempt.id, attempt.task)
@@ -204,7 +211,7 @@ fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId,
         .collect()
 }
 
-fn finishes(book: &Book) -> Vec<(AttemptId, Outcome, TaskNext)> {
+pub(super) fn finishes(book: &Book) -> Vec<(AttemptId, Outcome, TaskNext)> {
     book.writes
         .iter()
         .filter_map(|write| match write {
@@ -543,6 +550,7 @@ fn a_task_launch_has_its_working_directory_and_its_environment_in_order() {
             deadline: Duration::from_secs(60),
         });
         config.launch_context = crate::LaunchContext {
+            code_identities: HashMap::new(),
             pipeline_dir: Some(PathBuf::from("/srv/p")),
             secrets: None,
             keel_env: vec![
@@ -1127,6 +1135,7 @@ fn a_restarted_keel_neither_repeats_a_repetition_nor_forgets_a_success() {
         pid: None,
         dir: "/nonexistent".into(),
         version: None,
+        task_version: None,
     };
     // A success from before a `keel retry` (earlier than the first start) does not count.
     let mut before_retry = book.runs.pop().unwrap();
@@ -1342,4 +1351,316 @@ fn every_sensor_of_a_task_must_pass_in_order_before_its_first_attempt() {
     let started = start(&mut core, &mut book, &mut 0);
     assert_eq!(started.len(), 1, "both passed: the first attempt starts");
     assert_eq!(started[0].1, "a");
+}
+
+/// A succeeded report carrying `rows` and `metrics` (JSON text), as a result file gives them.
+fn reported(rows: Option<i64>, metrics: &str) -> Report {
+    Report {
+        rows,
+        metrics: Some(metrics.to_string()),
+        ..Report::new(Outcome::Succeeded, "")
+    }
+}
+
+fn check_events(book: &Book) -> Vec<serde_json::Value> {
+    book.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change:
+                    Change::Event {
+                        kind: keel_model::EventKind::CheckFailed,
+                        detail,
+                        ..
+                    },
+                ..
+            } => Some(serde_json::from_str(detail).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_checks(core: &mut Core, task: usize, checks: Vec<keel_model::CheckSpec>) {
+    let mut spec = (*core.spec).clone();
+    spec.tasks[task].checks = checks;
+    core.spec = Arc::new(spec);
+}
+
+fn accuracy_at_least(min: f64, severity: keel_model::Severity) -> keel_model::CheckSpec {
+    keel_model::CheckSpec {
+        target: keel_model::CheckTarget::Metric("accuracy".into()),
+        min: Some(min),
+        max: None,
+        severity,
+    }
+}
+
+#[test]
+fn a_failed_block_check_is_retried_like_a_failure_and_downstream_waits() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = told.clone();
+    core.observer = Box::new(move |progress| sink.lock().unwrap().push(progress));
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    core.on_reports(
+        &mut book,
+        vec![(first[0].0, reported(Some(12), r#"{"accuracy":0.19}"#))],
+    )
+    .unwrap();
+    let decided = finishes(&book);
+    assert_eq!(decided[0].1, Outcome::FailedCheck);
+    let TaskNext::Retry { not_before, charge } = decided[0].2.clone() else {
+        panic!("a failed check is retried while attempts are left: {decided:?}");
+    };
+    assert!(charge, "a failed check uses up an attempt");
+    let events = check_events(&book);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["severity"], "block");
+    assert_eq!(events[0]["value"], 0.19);
+    assert_eq!(
+        events[0]["describe"],
+        "accuracy 0.19 is below the minimum 0.3"
+    );
+    let message = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::Finish(finish) => finish.message.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        message,
+        "check failed: accuracy 0.19 is below the minimum 0.3"
+    );
+    assert!(told.lock().unwrap().iter().any(|progress| matches!(
+        progress,
+        Progress::CheckFailed { severity: keel_model::Severity::Block, task, .. } if task == "a"
+    )));
+    book.writes.clear();
+    // Downstream waits for the retry, which passes.
+    assert!(start(&mut core, &mut book, &mut ids).is_empty());
+    book.now = not_before;
+    core.fire_timers(&mut book);
+    let second = start(&mut core, &mut book, &mut ids);
+    assert_eq!(second[0].1, "a");
+    core.on_reports(
+        &mut book,
+        vec![(second[0].0, reported(Some(12), r#"{"accuracy":0.45}"#))],
+    )
+    .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::Succeeded));
+    assert!(check_events(&book).is_empty());
+    book.writes.clear();
+    let third = start(&mut core, &mut book, &mut ids);
+    assert_eq!(third[0].1, "b");
+}
+
+#[test]
+fn a_failed_block_check_with_no_retry_left_fails_downstream_and_the_run() {
+    let mut core = chain_core_with(|tasks, _| tasks[0].retries.attempts = 1);
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    // A metric the result does not report at all fails its check too.
+    core.on_reports(&mut book, vec![(first[0].0, reported(Some(12), "{}"))])
+        .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::FailedCheck));
+    assert_eq!(check_events(&book)[0]["value"], serde_json::Value::Null);
+    let upstream_failed: Vec<&str> = book
+        .writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Run {
+                change: Change::Task(change),
+                ..
+            } if change.outcome == Some(Outcome::UpstreamFailed) => Some(change.task.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(upstream_failed, ["b", "c"]);
+    assert!(matches!(
+        book.writes.last(),
+        Some(Write::RunState {
+            state: RunState::Failed,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_failed_warn_check_is_recorded_and_the_task_goes_on() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![
+            keel_model::CheckSpec {
+                target: keel_model::CheckTarget::Rows,
+                min: Some(200.0),
+                max: None,
+                severity: keel_model::Severity::Warn,
+            },
+            accuracy_at_least(0.3, keel_model::Severity::Block),
+        ],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        message: Some("loaded".into()),
+        ..reported(Some(150), r#"{"accuracy":0.4}"#)
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    let finish = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::Finish(finish) => Some(finish.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(finish.next, TaskNext::Done(Outcome::Succeeded));
+    assert_eq!(
+        finish.message.as_deref(),
+        Some("check warning: rows 150 is below the minimum 200 (loaded)")
+    );
+    let events = check_events(&book);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["severity"], "warn");
+    assert_eq!(events[0]["check"], "rows");
+    book.writes.clear();
+    assert_eq!(start(&mut core, &mut book, &mut ids)[0].1, "b");
+}
+
+#[test]
+fn only_a_succeeded_attempt_is_checked() {
+    let mut core = chain_core();
+    with_checks(
+        &mut core,
+        0,
+        vec![accuracy_at_least(0.3, keel_model::Severity::Block)],
+    );
+    let mut book = loaded(&mut core, 1_000);
+    let mut ids = 0;
+    let first = start(&mut core, &mut book, &mut ids);
+    let report = Report {
+        outcome: Outcome::NoData,
+        ..reported(Some(0), r#"{"accuracy":0.0}"#)
+    };
+    core.on_reports(&mut book, vec![(first[0].0, report)])
+        .unwrap();
+    assert_eq!(finishes(&book)[0].2, TaskNext::Done(Outcome::NoData));
+    assert!(check_events(&book).is_empty());
+}
+
+/// The chain with a second task `a2` in phase `p0`, whose gate needs only `a` (grace 0), and
+/// `checks` on `p0`.
+fn gated_core_with_phase_checks(checks: Vec<keel_model::PhaseCheck>) -> Core {
+    let mut core = chain_core_with(|tasks, _| tasks.push(task("a2", "p0", 1)));
+    let mut spec = (*core.spec).clone();
+    spec.phases[0].gate = Some(keel_model::GateSpec {
+        required: vec!["a".into()],
+        min_share: 0.0,
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
+    });
+    spec.phases[0].checks = checks;
+    core.dag = Dag::new(&spec);
+    core.topologies = vec![Topology::new(&spec, &core.dag)];
+    core.version = spec.version();
+    core.spec = Arc::new(spec);
+    core
+}
+
+/// Runs the gated chain with `a2` failing for good and everything else succeeding; the run's
+/// end state and the `check_failed` events.
+fn run_with_a2_failing(core: &mut Core) -> (RunState, Vec<serde_json::Value>) {
+    let mut book = loaded(core, 1_000);
+    let mut ids = 0;
+    let mut events = Vec::new();
+    loop {
+        let started = start(core, &mut book, &mut ids);
+        if started.is_empty() {
+            break;
+        }
+        let reports = started
+            .into_iter()
+            .map(|(attempt, task)| {
+                let outcome = if task == "a2" {
+                    Outcome::FailedPermanent
+                } else {
+                    Outcome::Succeeded
+                };
+                (attempt, Report::new(outcome, "done"))
+            })
+            .collect();
+        core.on_reports(&mut book, reports).unwrap();
+        events.extend(check_events(&book));
+        if book.runs[0].finished {
+            break;
+        }
+        book.writes.clear();
+    }
+    let state = book
+        .writes
+        .iter()
+        .find_map(|write| match write {
+            Write::RunState { state, .. } => Some(*state),
+            _ => None,
+        })
+        .expect("the run ended");
+    (state, events)
+}
+
+#[test]
+fn a_phase_short_of_its_completeness_check_fails_the_run_or_warns() {
+    let block = keel_model::PhaseCheck {
+        min_share: 1.0,
+        severity: keel_model::Severity::Block,
+    };
+    let warn = keel_model::PhaseCheck {
+        min_share: 0.9,
+        severity: keel_model::Severity::Warn,
+    };
+    // Without checks the gate lets the run end degraded.
+    let mut core = gated_core_with_phase_checks(Vec::new());
+    assert_eq!(run_with_a2_failing(&mut core).0, RunState::Degraded);
+    let mut core = gated_core_with_phase_checks(vec![warn.clone()]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!(
+        state,
+        RunState::Degraded,
+        "a warn check does not change the run"
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["describe"],
+        "phase p0: 1 of 2 complete (50%), below the check's 90%"
+    );
+    assert_eq!(events[0]["severity"], "warn");
+    let mut core = gated_core_with_phase_checks(vec![block]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!(state, RunState::Failed);
+    assert_eq!(events[0]["severity"], "block");
+    // Met, a check says nothing.
+    let mut core = gated_core_with_phase_checks(vec![keel_model::PhaseCheck {
+        min_share: 0.5,
+        severity: keel_model::Severity::Block,
+    }]);
+    let (state, events) = run_with_a2_failing(&mut core);
+    assert_eq!((state, events.len()), (RunState::Degraded, 0));
 }
