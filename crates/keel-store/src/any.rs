@@ -349,6 +349,35 @@ impl Store for AnyStore {
         delegate!(self, store => store.flags(pipeline).await)
     }
 
+    async fn register_task_versions(
+        &self,
+        pipeline: &str,
+        versions: Vec<NewTaskVersion>,
+        at: Millis,
+    ) -> StoreResult<Vec<TaskVersionRecord>> {
+        delegate!(self, store => store.register_task_versions(pipeline, versions, at).await)
+    }
+
+    async fn task_versions(&self, pipeline: &str) -> StoreResult<Vec<TaskVersionRecord>> {
+        delegate!(self, store => store.task_versions(pipeline).await)
+    }
+
+    async fn set_task_version_status(
+        &self,
+        pipeline: &str,
+        task: &str,
+        version: &str,
+        status: keel_model::VersionStatus,
+        reason: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        delegate!(self, store => {
+            store
+                .set_task_version_status(pipeline, task, version, status, reason, at)
+                .await
+        })
+    }
+
     async fn resource_states(&self, pipeline: &str) -> StoreResult<Vec<ResourceStateRecord>> {
         delegate!(self, store => store.resource_states(pipeline).await)
     }

@@ -491,7 +491,7 @@ fn task_from_row(row: &PgRow) -> StoreResult<TaskRunRecord> {
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version";
+const ATTEMPT_COLUMNS: &str = "id, run_id, pipeline, partition, task, number, lease_owner, lease_epoch, not_before, claimed_at, started_at, finished_at, outcome, exit_code, rows, metrics, message, pid, dir, version, task_version";
 
 fn attempt_from_row(row: &PgRow) -> StoreResult<AttemptRecord> {
     let pid: Option<i64> = get(row, 17)?;
@@ -516,6 +516,7 @@ fn attempt_from_row(row: &PgRow) -> StoreResult<AttemptRecord> {
         pid: pid.and_then(|pid| u32::try_from(pid).ok()),
         dir: get(row, 18)?,
         version: get(row, 19)?,
+        task_version: get(row, 20)?,
     })
 }
 
@@ -700,8 +701,8 @@ async fn claim_one(
     let epoch = task.lease_epoch + 1;
     let number = task.attempts + 1;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version, task_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     )
     .bind(claim.run.0)
     .bind(&run.pipeline)
@@ -715,6 +716,7 @@ async fn claim_one(
     .bind(claim.at)
     .bind(&claim.dir)
     .bind(&claim.version)
+    .bind(&claim.task_version)
     .fetch_one(&mut *connection)
     .await?;
     let attempt = AttemptId(id);
@@ -1135,7 +1137,280 @@ async fn commit_one(connection: &mut PgConnection, write: Write, at: Millis) -> 
             mark_started_in(connection, attempt, epoch, pid, at).await?;
             Ok(())
         }
+        Write::TaskVersion(change) => task_version_change_in(connection, change, at).await,
     }
+}
+
+const TASK_VERSION_COLUMNS: &str =
+    "pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at";
+
+fn task_version_from_row(row: &PgRow) -> StoreResult<TaskVersionRecord> {
+    Ok(TaskVersionRecord {
+        pipeline: get(row, 0)?,
+        task: get(row, 1)?,
+        version: get(row, 2)?,
+        spec: get(row, 3)?,
+        status: get_parsed(row, 4)?,
+        clean: get_count(row, 5)?,
+        failed: get_count(row, 6)?,
+        reason: get(row, 7)?,
+        created_at: get(row, 8)?,
+        updated_at: get(row, 9)?,
+    })
+}
+
+async fn task_versions_in(
+    connection: &mut PgConnection,
+    pipeline: &str,
+) -> StoreResult<Vec<TaskVersionRecord>> {
+    // `id` orders versions created in the same millisecond as SQLite's rowid does.
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {TASK_VERSION_COLUMNS} FROM task_versions WHERE pipeline = $1 ORDER BY task, created_at DESC, id DESC"
+    )))
+    .bind(pipeline)
+    .fetch_all(&mut *connection)
+    .await?;
+    all(rows, task_version_from_row)
+}
+
+async fn task_version_change_in(
+    connection: &mut PgConnection,
+    change: TaskVersionChange,
+    at: Millis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE task_versions SET status = $1, clean = $2, failed = $3, reason = coalesce($4, reason), updated_at = $5
+         WHERE pipeline = $6 AND task = $7 AND version = $8",
+    )
+    .bind(change.status.as_str())
+    .bind(i64::from(change.clean))
+    .bind(i64::from(change.failed))
+    .bind(&change.reason)
+    .bind(at)
+    .bind(&change.pipeline)
+    .bind(&change.task)
+    .bind(&change.version)
+    .execute(&mut *connection)
+    .await?;
+    if change.status == keel_model::VersionStatus::Promoted {
+        retire_other_promoted(
+            connection,
+            &change.pipeline,
+            &change.task,
+            &change.version,
+            at,
+        )
+        .await?;
+    }
+    event(
+        connection,
+        at,
+        change.run,
+        Some(&change.task),
+        change.attempt,
+        change.event,
+        &change.detail,
+    )
+    .await
+}
+
+/// Every other promoted version of the task is retired: one version is promoted at a time.
+async fn retire_other_promoted(
+    connection: &mut PgConnection,
+    pipeline: &str,
+    task: &str,
+    version: &str,
+    at: Millis,
+) -> StoreResult<u64> {
+    let retired = sqlx::query(
+        "UPDATE task_versions SET status = 'retired', reason = 'replaced by version ' || $3, updated_at = $4
+         WHERE pipeline = $1 AND task = $2 AND version <> $3 AND status = 'promoted'",
+    )
+    .bind(pipeline)
+    .bind(task)
+    .bind(version)
+    .bind(at)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    Ok(retired)
+}
+
+async fn task_version_status(
+    connection: &mut PgConnection,
+    pipeline: &str,
+    task: &str,
+    version: &str,
+) -> StoreResult<Option<String>> {
+    let status = sqlx::query_scalar(
+        "SELECT status FROM task_versions WHERE pipeline = $1 AND task = $2 AND version = $3",
+    )
+    .bind(pipeline)
+    .bind(task)
+    .bind(version)
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(status)
+}
+
+async fn register_task_versions_in(
+    connection: &mut PgConnection,
+    pipeline: &str,
+    versions: Vec<NewTaskVersion>,
+    at: Millis,
+) -> StoreResult<Vec<TaskVersionRecord>> {
+    for new in versions {
+        let known = task_version_status(connection, pipeline, &new.task, &new.version).await?;
+        match known.as_deref() {
+            // A version promoted once and replaced since is what the file names again: going
+            // back to it is a deployment of a version known to work, promoted at once.
+            Some("retired") => {
+                sqlx::query(
+                    "UPDATE task_versions SET status = 'promoted', reason = 'the pipeline names it again', updated_at = $4
+                     WHERE pipeline = $1 AND task = $2 AND version = $3",
+                )
+                .bind(pipeline)
+                .bind(&new.task)
+                .bind(&new.version)
+                .bind(at)
+                .execute(&mut *connection)
+                .await?;
+                retire_other_promoted(connection, pipeline, &new.task, &new.version, at).await?;
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let promoted: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM task_versions WHERE pipeline = $1 AND task = $2 AND status = 'promoted'",
+        )
+        .bind(pipeline)
+        .bind(&new.task)
+        .fetch_optional(&mut *connection)
+        .await?;
+        // A canary a newer version replaces never finished its rollout.
+        sqlx::query(
+            "UPDATE task_versions SET status = 'retired', reason = 'replaced by version ' || $3 || ' before it was promoted', updated_at = $4
+             WHERE pipeline = $1 AND task = $2 AND status = 'canary'",
+        )
+        .bind(pipeline)
+        .bind(&new.task)
+        .bind(&new.version)
+        .bind(at)
+        .execute(&mut *connection)
+        .await?;
+        let (status, reason) = match promoted {
+            Some(previous) if new.canary => (
+                "canary",
+                format!("new version; version {previous} keeps running outside the canary"),
+            ),
+            Some(previous) => (
+                "promoted",
+                format!("new version without rollout; replaces version {previous}"),
+            ),
+            None => ("promoted", "first version recorded".to_string()),
+        };
+        sqlx::query(
+            "INSERT INTO task_versions (pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7, $7)",
+        )
+        .bind(pipeline)
+        .bind(&new.task)
+        .bind(&new.version)
+        .bind(&new.spec)
+        .bind(status)
+        .bind(&reason)
+        .bind(at)
+        .execute(&mut *connection)
+        .await?;
+        if status == "promoted" {
+            retire_other_promoted(connection, pipeline, &new.task, &new.version, at).await?;
+        }
+    }
+    task_versions_in(connection, pipeline).await
+}
+
+/// The parameters of [`set_task_version_status_in`]: the version, its new status and why.
+struct VersionStatusChange<'a> {
+    pipeline: &'a str,
+    task: &'a str,
+    version: &'a str,
+    status: keel_model::VersionStatus,
+    reason: &'a str,
+}
+
+async fn set_task_version_status_in(
+    connection: &mut PgConnection,
+    change: VersionStatusChange<'_>,
+    at: Millis,
+) -> StoreResult<()> {
+    let VersionStatusChange {
+        pipeline,
+        task,
+        version,
+        status,
+        reason,
+    } = change;
+    let Some(before) = task_version_status(connection, pipeline, task, version).await? else {
+        return Err(StoreError::Database(format!(
+            "no version {version} of task {task:?} is recorded for pipeline {pipeline:?}"
+        )));
+    };
+    sqlx::query(
+        "UPDATE task_versions SET status = $1, reason = $2, updated_at = $3 WHERE pipeline = $4 AND task = $5 AND version = $6",
+    )
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(at)
+    .bind(pipeline)
+    .bind(task)
+    .bind(version)
+    .execute(&mut *connection)
+    .await?;
+    match status {
+        keel_model::VersionStatus::Promoted => {
+            retire_other_promoted(connection, pipeline, task, version, at).await?;
+        }
+        keel_model::VersionStatus::RolledBack if before == "promoted" => {
+            // The version it replaced runs again: the one retired last, and of those retired in
+            // the same millisecond the one inserted last (`id`, as SQLite's rowid).
+            sqlx::query(
+                "UPDATE task_versions SET status = 'promoted', reason = 'promoted again: version ' || $3 || ' was rolled back', updated_at = $4
+                 WHERE id = (SELECT id FROM task_versions WHERE pipeline = $1 AND task = $2 AND version <> $3 AND status = 'retired'
+                             ORDER BY updated_at DESC, id DESC LIMIT 1)",
+            )
+            .bind(pipeline)
+            .bind(task)
+            .bind(version)
+            .bind(at)
+            .execute(&mut *connection)
+            .await?;
+        }
+        _ => {}
+    }
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM runs WHERE pipeline = $1")
+        .bind(pipeline)
+        .fetch_one(&mut *connection)
+        .await?;
+    if let Some(run) = newest {
+        let kind = match status {
+            keel_model::VersionStatus::Promoted => EventKind::RolloutPromoted,
+            keel_model::VersionStatus::RolledBack => EventKind::RolloutRolledBack,
+            keel_model::VersionStatus::Canary => EventKind::RolloutCanary,
+            keel_model::VersionStatus::Retired => EventKind::RolloutPromoted,
+        };
+        event(
+            connection,
+            at,
+            RunId(run),
+            Some(task),
+            None,
+            kind,
+            &format!("version {version} {status} by hand: {reason}"),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Records an attempt's start under its epoch; returns whether it changed (not when the attempt
@@ -1269,6 +1544,16 @@ async fn status_view_in(
         });
     }
     let flags = flags_in(connection, &query.pipeline).await?;
+    let rollouts = task_versions_in(connection, &query.pipeline)
+        .await?
+        .into_iter()
+        .filter(|record| {
+            matches!(
+                record.status,
+                keel_model::VersionStatus::Canary | keel_model::VersionStatus::RolledBack
+            )
+        })
+        .collect();
     let resources = resource_states_in(connection, &query.pipeline).await?;
     Ok(StatusView {
         runs,
@@ -1276,6 +1561,7 @@ async fn status_view_in(
         omitted,
         newest,
         flags,
+        rollouts,
     })
 }
 
@@ -1955,6 +2241,51 @@ impl Store for PostgresStore {
         let flags = flags_in(&mut transaction, pipeline).await?;
         transaction.commit().await?;
         Ok(flags)
+    }
+
+    async fn register_task_versions(
+        &self,
+        pipeline: &str,
+        versions: Vec<NewTaskVersion>,
+        at: Millis,
+    ) -> StoreResult<Vec<TaskVersionRecord>> {
+        let mut transaction = self.write().await?;
+        let records = register_task_versions_in(&mut transaction, pipeline, versions, at).await?;
+        transaction.commit().await?;
+        Ok(records)
+    }
+
+    async fn task_versions(&self, pipeline: &str) -> StoreResult<Vec<TaskVersionRecord>> {
+        let mut transaction = self.read().await?;
+        let records = task_versions_in(&mut transaction, pipeline).await?;
+        transaction.commit().await?;
+        Ok(records)
+    }
+
+    async fn set_task_version_status(
+        &self,
+        pipeline: &str,
+        task: &str,
+        version: &str,
+        status: keel_model::VersionStatus,
+        reason: &str,
+        at: Millis,
+    ) -> StoreResult<()> {
+        let mut transaction = self.write().await?;
+        set_task_version_status_in(
+            &mut transaction,
+            VersionStatusChange {
+                pipeline,
+                task,
+                version,
+                status,
+                reason,
+            },
+            at,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(())
     }
 
     async fn append_event(&self, new_event: NewEvent) -> StoreResult<()> {
