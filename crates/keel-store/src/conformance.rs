@@ -104,6 +104,74 @@ where
     flags_are_set_replaced_listed_and_cleared_per_pipeline(make().await).await;
     an_expansion_is_recorded_once(make().await).await;
     task_versions_roll_out_promote_and_roll_back(make().await).await;
+    every_outcome_and_event_kind_is_stored_and_read_back(make().await).await;
+}
+
+/// A backend whose schema limits the names it stores (a CHECK constraint, an enum type) would
+/// refuse an outcome or an event kind added later, such as `failed_check` or `rollout_canary`:
+/// every one of them is written and read back here.
+async fn every_outcome_and_event_kind_is_stored_and_read_back<S: Store>(store: S) {
+    let tasks: Vec<&str> = Outcome::ALL
+        .iter()
+        .map(|outcome| outcome.as_str())
+        .collect();
+    let run = store
+        .create_run(new_run("2026-01-01", &tasks))
+        .await
+        .unwrap();
+    for (number, outcome) in Outcome::ALL.iter().enumerate() {
+        let at = 2_000 + number as i64;
+        let attempt = store
+            .claim_attempt(claim(run.id, outcome.as_str(), at))
+            .await
+            .unwrap();
+        store
+            .finish_attempt(finish(&attempt, *outcome, TaskNext::Done(*outcome), at))
+            .await
+            .unwrap();
+    }
+    let stored: Vec<(String, Option<Outcome>)> = store
+        .attempts(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|attempt| (attempt.task, attempt.outcome))
+        .collect();
+    let expected: Vec<(String, Option<Outcome>)> = Outcome::ALL
+        .iter()
+        .map(|outcome| (outcome.as_str().to_string(), Some(*outcome)))
+        .collect();
+    assert_eq!(stored, expected, "the outcome of each attempt");
+    for task in store.task_runs(run.id).await.unwrap() {
+        assert_eq!(
+            task.outcome.map(|outcome| outcome.as_str()),
+            Some(task.task.as_str()),
+            "the outcome of task run {}",
+            task.task
+        );
+    }
+    for kind in EventKind::ALL {
+        store
+            .append_event(NewEvent {
+                run: run.id,
+                task: None,
+                attempt: None,
+                kind: *kind,
+                detail: format!("an event of kind {kind}"),
+                at: 3_000,
+            })
+            .await
+            .unwrap();
+    }
+    let appended: Vec<EventKind> = store
+        .events(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.at == 3_000)
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(appended, EventKind::ALL, "the kind of each event");
 }
 
 async fn task_versions_roll_out_promote_and_roll_back<S: Store>(store: S) {

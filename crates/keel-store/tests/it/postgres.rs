@@ -170,6 +170,7 @@ async fn concurrent_claims_from_two_stores_give_one_live_attempt() {
             owner: owner.into(),
             dir: "/tmp/scrape".into(),
             version: "v1".into(),
+            task_version: None,
             lease_expires_at: 60_000,
             at: 2_000,
         };
