@@ -199,6 +199,7 @@ impl ReportWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_store::SqliteStore;
 
     const MINUTE: Millis = 60_000;
     /// 2026-11-02 00:00 UTC.
