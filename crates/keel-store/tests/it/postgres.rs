@@ -191,3 +191,28 @@ async fn concurrent_claims_from_two_stores_give_one_live_attempt() {
         assert_eq!(first.attempts(run.id).await.unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_postgres_state_of_a_newer_schema_is_refused() {
+    let Some(database) = TestDatabase::create("a_postgres_state_of_a_newer_schema") else {
+        return;
+    };
+    drop(PostgresStore::open(&database.postgres_url()).unwrap());
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(database.url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE keel_schema SET version = 99")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let error = PostgresStore::open(&database.postgres_url()).unwrap_err();
+    assert!(
+        matches!(error, StoreError::TooNew { found: 99, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("upgrade keel"), "{error}");
+    let error = AnyStore::open_read_only(&StateLocation::of(database.url()))
+        .err()
+        .unwrap();
+    assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
+}
