@@ -525,6 +525,22 @@ pub enum ConfigError {
     },
 
     #[error(
+        "task {task:?} freezes after the end of {other:?}, which is no task ({location}); freeze_after.task names another task of the pipeline{}",
+        did_you_mean(.suggestion)
+    )]
+    FreezeAfterUnknown {
+        task: String,
+        other: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
+        "task {task:?} freezes after its own end ({location}); freeze_after.task names another task, such as the one that consumes this task's output"
+    )]
+    FreezeAfterItself { task: String, location: Location },
+
+    #[error(
         "task {task:?} expands over its own items ({location}); expand.from names an upstream task whose result lists the items"
     )]
     ExpandFromItself { task: String, location: Location },
@@ -831,6 +847,8 @@ impl ConfigError {
             | ConfigError::UnknownInput { location, .. }
             | ConfigError::InputNotUpstream { location, .. }
             | ConfigError::ExpandFromUnknown { location, .. }
+            | ConfigError::FreezeAfterUnknown { location, .. }
+            | ConfigError::FreezeAfterItself { location, .. }
             | ConfigError::ExpandFromItself { location, .. }
             | ConfigError::ExpandFromNotUpstream { location, .. }
             | ConfigError::ItemWithoutExpand { location, .. }

@@ -339,7 +339,7 @@ struct RawTask {
     /// `after` entries on an earlier partition (`"NAME@-1d"`), apart from the graph's.
     earlier: Vec<edges::RawEarlier>,
     repeat: Option<keel_model::RepeatSpec>,
-    freeze_after: Option<keel_model::TimeOfDay>,
+    freeze_after: Option<timing::RawFreeze>,
     /// `version`, `code` and `rollout`.
     versioning: keel_model::TaskVersioning,
     checks: Vec<keel_model::CheckSpec>,
@@ -883,6 +883,7 @@ impl Checker<'_> {
         self.check_phase_graph(&phases);
         self.check_task_graph(&phases, &tasks);
         self.check_expansions(&phases, &tasks);
+        self.check_freezes(&tasks);
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
@@ -1748,7 +1749,7 @@ fn build_spec(
                     not_ready: task.not_ready,
                     secrets: task.secrets,
                     repeat: task.repeat,
-                    freeze_after: task.freeze_after,
+                    freeze_after: task.freeze_after.map(timing::RawFreeze::into_spec),
                     versioning: task.versioning.clone(),
                     checks: task.checks,
                 }

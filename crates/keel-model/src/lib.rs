@@ -38,7 +38,7 @@ pub use http::{
 pub use not_ready::NotReadyPolicy;
 pub use outcome::{EventKind, Outcome, RunState, TaskState, UnknownName};
 pub use quota::QuotaWindow;
-pub use repeat::{RepeatSpec, RepeatWindow, TimeOfDay};
+pub use repeat::{FreezeSpec, RepeatSpec, RepeatWindow, TimeOfDay};
 pub use rollout::{RolloutDecision, RolloutSpec, TaskVersioning, VersionStatus, task_version_of};
 pub use slo::{DEFAULT_SLO_PERIOD, SloKind, SloSpec};
 pub use spec::{

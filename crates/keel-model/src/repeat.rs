@@ -62,6 +62,44 @@ impl serde::Serialize for TimeOfDay {
     }
 }
 
+/// `freeze_after`: when a task stops being run again by Keel on its own (retries, late reruns).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum FreezeSpec {
+    /// `freeze_after = "19:00"`: that local time on the partition's date.
+    At(TimeOfDay),
+    /// `freeze_after = { task = "grading", delay = "30m" }`: `delay` after another task of the
+    /// same run ended complete (succeeded, no data or skipped).
+    AfterTask { task: String, delay: Duration },
+}
+
+impl FreezeSpec {
+    /// The local time of an `At` freeze.
+    pub fn time(&self) -> Option<TimeOfDay> {
+        match self {
+            FreezeSpec::At(time) => Some(*time),
+            FreezeSpec::AfterTask { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for FreezeSpec {
+    /// How a note names the freeze: `19:00`, or `30m after "grading" ended`.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreezeSpec::At(time) => write!(formatter, "{time}"),
+            FreezeSpec::AfterTask { task, delay } if delay.is_zero() => {
+                write!(formatter, "the end of {task:?}")
+            }
+            FreezeSpec::AfterTask { task, delay } => write!(
+                formatter,
+                "{} after the end of {task:?}",
+                crate::format_duration(*delay)
+            ),
+        }
+    }
+}
+
 /// `repeat = { every, from, until }`: the task runs at `from` on the partition's date, then
 /// every `every`, while that is before `until` (on the next day when `until` is not after
 /// `from`: a window may cross midnight). Each repetition is one attempt; the task completes

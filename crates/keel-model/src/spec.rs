@@ -406,10 +406,11 @@ pub struct TaskSpec {
     /// partition's date. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<crate::RepeatSpec>,
-    /// `freeze_after = "19:00"`: from that local time on the partition's date, retries and late
-    /// reruns no longer rerun the task. Left out of the version when unset.
+    /// `freeze_after = "19:00"` or `{ task, delay }`: from that local time on the partition's date
+    /// (or that long after another task ended), retries and late reruns no longer rerun the
+    /// task. Left out of the version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub freeze_after: Option<crate::TimeOfDay>,
+    pub freeze_after: Option<crate::FreezeSpec>,
     /// `version`, `code` and `rollout`: what tells this task's versions apart, and how a new
     /// one goes live. Left out of the pipeline version when neither `version` nor `code` is set.
     #[serde(default, skip_serializing_if = "crate::TaskVersioning::is_unversioned")]

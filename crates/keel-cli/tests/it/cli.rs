@@ -3143,6 +3143,71 @@ freeze_after = "18:00"
 }
 
 #[test]
+fn a_task_frozen_after_another_ends_is_not_rerun_once_that_one_ended() {
+    let project = Project::new(
+        r#"[pipeline]
+name = "t"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "20s"
+
+[phases.scrape]
+gate = { required = ["fast"], grace = "0s" }
+
+[phases.publish]
+after = ["scrape"]
+
+[tasks.fast]
+phase = "scrape"
+command = ["true"]
+
+[tasks.slow]
+phase = "scrape"
+command = ["sh", "-c", "sleep 1"]
+
+[tasks.export]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> export.ledger"]
+
+[tasks.picks]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> picks.ledger"]
+freeze_after = { task = "export" }
+
+[tasks.notes]
+phase = "publish"
+command = ["sh", "-c", "echo {attempt} >> notes.ledger"]
+freeze_after = { task = "export", delay = "1h" }
+"#,
+    );
+    let ran = project.run(&["--partition", DAY]);
+    assert_eq!(ran.code, Some(0), "{}", ran.transcript());
+    assert_eq!(
+        project.read("export.ledger"),
+        "1\n2\n",
+        "not frozen: run again"
+    );
+    assert_eq!(
+        project.read("picks.ledger"),
+        "1\n",
+        "frozen once export ended: not run again"
+    );
+    let picks = project.task(DAY, "picks");
+    assert_eq!(picks["outcome"], "succeeded", "{picks}");
+    assert_eq!(
+        picks["message"],
+        "frozen when \"export\" ended: not rerun after upstream task \"slow\" landed late"
+    );
+    assert_eq!(
+        project.read("notes.ledger"),
+        "1\n2\n",
+        "an hour after export ended has not come: run again"
+    );
+}
+
+#[test]
 fn every_sensor_of_a_list_passes_in_order_before_the_first_attempt() {
     let project = Project::new(&pipeline(
         r#"[tasks.sensed]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use insta::assert_snapshot;
-use keel_model::{NotReadyPolicy, TimeOfDay};
+use keel_model::{FreezeSpec, NotReadyPolicy, TimeOfDay};
 
 use crate::{HEADER, errors_of};
 
@@ -162,11 +162,81 @@ freeze_after = "19:00"
     .unwrap();
     assert_eq!(
         spec.tasks[0].freeze_after,
-        Some(TimeOfDay {
+        Some(FreezeSpec::At(TimeOfDay {
             hour: 19,
             minute: 0
+        }))
+    );
+}
+
+#[test]
+fn a_freeze_after_another_task_is_read() {
+    let spec = keel_config::parse(
+        &format!(
+            r#"{HEADER}
+[tasks.export]
+phase = "scrape"
+command = ["true"]
+
+[tasks.picks]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ task = "export", delay = "30m" }}
+
+[tasks.notes]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ task = "export" }}
+"#
+        ),
+        "keel.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.tasks[1].freeze_after,
+        Some(FreezeSpec::AfterTask {
+            task: "export".into(),
+            delay: Duration::from_secs(1800)
         })
     );
+    assert_eq!(
+        spec.tasks[2].freeze_after,
+        Some(FreezeSpec::AfterTask {
+            task: "export".into(),
+            delay: Duration::ZERO
+        })
+    );
+}
+
+#[test]
+fn bad_freezes_after_another_task() {
+    assert_snapshot!(errors_of(&format!(
+        r#"{HEADER}
+[tasks.export]
+phase = "scrape"
+command = ["true"]
+
+[tasks.unknown]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ task = "exprot" }}
+
+[tasks.itself]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ task = "itself" }}
+
+[tasks.no_task]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ delay = "1h" }}
+
+[tasks.bad_delay]
+phase = "scrape"
+command = ["true"]
+freeze_after = {{ task = "export", delay = "soon", until = "19:00" }}
+"#
+    )));
 }
 
 #[test]

@@ -201,9 +201,11 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let stored = self.store.task_runs(run).await?;
         let run_index = book.runs.len();
         let mut active = self.core.active_run(record.clone(), &stored);
-        if self.core.has_repeats() && !record.state.is_finished() {
+        if (self.core.has_repeats() || self.core.has_task_freezes()) && !record.state.is_finished()
+        {
             let attempts = self.store.attempts(run).await?;
             self.core.restore_repeats(&mut active, &attempts);
+            self.core.restore_task_ends(&mut active, &attempts);
         }
         book.runs.push(active);
         if record.state.is_finished() {

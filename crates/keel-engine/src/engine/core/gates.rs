@@ -449,11 +449,17 @@ impl Core {
         let downstream = self.reconcile_targets(active, landed);
         let hopeless = self.hopeless_after_reconcile(active, &downstream);
         let mut changes = Vec::new();
-        for task in downstream {
-            if let Some(frozen) = self.frozen_at(active, task, book.now) {
+        // Judged before any target is reset: a task frozen after another's end stays frozen
+        // when that other task runs again in this same reconcile.
+        let frozen: Vec<Option<String>> = downstream
+            .iter()
+            .map(|task| self.frozen_at(active, *task, book.now))
+            .collect();
+        for (task, frozen) in downstream.into_iter().zip(frozen) {
+            if let Some(frozen) = frozen {
                 if active.slots[task].state == TaskState::Done {
                     let why = format!("upstream task {name:?} landed late");
-                    let change = self.frozen_rerun_change(active, task, &why, frozen);
+                    let change = self.frozen_rerun_change(active, task, &why, &frozen);
                     changes.push(Change::Task(change));
                 }
                 continue;

@@ -290,6 +290,9 @@ pub(super) struct ActiveRun {
     /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
     /// that the run ends `partial` and a plain `keel run` runs them.
     pub left_out: Vec<TaskIndex>,
+    /// Per task: when it last ended, for the tasks that freeze after its end (read back from
+    /// the stored attempts by `restore_task_ends`).
+    pub ended_at: PerTask<Option<Millis>>,
 }
 
 /// The items of one expanded task in one run, and where they stand.

@@ -177,11 +177,12 @@ impl Core {
         let active = &mut book.runs[run_index];
         active.slots[task].state = TaskState::Done;
         active.slots[task].outcome = Some(outcome);
+        active.ended_at[task] = Some(book.now);
         let rerun_owed = std::mem::take(&mut active.needs_rerun[task]);
         let frozen = self.frozen_at(active, task, book.now);
         if rerun_owed
             && outcome.is_complete()
-            && let Some(frozen) = frozen
+            && let Some(frozen) = &frozen
         {
             let why = "an upstream task landed late while it ran";
             let change = self.frozen_rerun_change(active, task, why, frozen);

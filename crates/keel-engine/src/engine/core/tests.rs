@@ -1190,10 +1190,10 @@ fn a_past_partition_runs_a_repeating_task_once_with_its_retries() {
 fn freeze_core() -> Core {
     chain_core_with(|tasks, _| {
         for task in &mut tasks[..2] {
-            task.freeze_after = Some(keel_model::TimeOfDay {
+            task.freeze_after = Some(keel_model::FreezeSpec::At(keel_model::TimeOfDay {
                 hour: 12,
                 minute: 0,
-            });
+            }));
         }
     })
 }
@@ -1289,6 +1289,125 @@ fn a_frozen_task_is_not_rerun_when_an_upstream_task_lands_late_and_status_says_w
     // c has no freeze: it runs again.
     let c = changes.iter().find(|change| change.task == "c").unwrap();
     assert_eq!(c.state, TaskState::Pending);
+}
+
+/// `b` freezes 30 minutes after `c` (which consumes its output) ended.
+fn freeze_after_task_core() -> Core {
+    chain_core_with(|tasks, _| {
+        tasks[1].freeze_after = Some(keel_model::FreezeSpec::AfterTask {
+            task: "c".into(),
+            delay: std::time::Duration::from_secs(30 * 60),
+        });
+    })
+}
+
+/// `c`'s stored attempt, ended at `finished_at`.
+fn c_ended_at(finished_at: Millis) -> AttemptRecord {
+    AttemptRecord {
+        id: AttemptId(3),
+        run: RunId(1),
+        pipeline: "core".into(),
+        partition: "2026-01-18".into(),
+        task: "c".into(),
+        number: 1,
+        lease_owner: "core-test".into(),
+        lease_epoch: 1,
+        not_before: None,
+        claimed_at: finished_at - 1_000,
+        started_at: Some(finished_at - 1_000),
+        finished_at: Some(finished_at),
+        outcome: Some(Outcome::Succeeded),
+        exit_code: Some(0),
+        rows: None,
+        metrics: None,
+        message: None,
+        pid: None,
+        dir: "/nonexistent".into(),
+        version: None,
+        task_version: None,
+    }
+}
+
+#[test]
+fn a_task_frozen_after_another_ends_is_rerun_until_then_and_not_after() {
+    let mut core = freeze_after_task_core();
+    let ended = freeze_time();
+    // Loaded from the store, c's end is read back from its attempt (as after a restart).
+    let reconcile = |core: &mut Core, now: Millis| {
+        let mut book = loaded_from(core, now, |stored| {
+            for task in stored.iter_mut() {
+                task.state = TaskState::Done;
+                task.outcome = Some(Outcome::Succeeded);
+                task.attempts = 1;
+            }
+        });
+        core.restore_task_ends(&mut book.runs[0], &[c_ended_at(ended)]);
+        book.writes.clear();
+        core.follow_up(
+            &mut book,
+            Followup::Reconcile {
+                run_index: 0,
+                task: 0,
+            },
+        )
+        .unwrap();
+        book.writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Run {
+                    change: Change::Task(change),
+                    ..
+                } if change.task == "b" => Some(change.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = reconcile(&mut core, ended + 30 * 60_000 - 1);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(
+        before[0].state,
+        TaskState::Pending,
+        "before the freeze, b runs again"
+    );
+
+    let after = reconcile(&mut core, ended + 30 * 60_000);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].state, TaskState::Done, "b keeps its outcome");
+    assert_eq!(
+        after[0].message.as_deref(),
+        Some("frozen 30m after \"c\" ended: not rerun after upstream task \"a\" landed late")
+    );
+}
+
+#[test]
+fn a_freeze_after_a_task_that_has_not_ended_complete_does_not_hold() {
+    let mut core = freeze_after_task_core();
+    let now = freeze_time() + 24 * 3_600_000;
+    // c failed: nothing consumed b's output, so b is not frozen and runs again.
+    let mut book = loaded_from(&mut core, now, |stored| {
+        for task in stored.iter_mut() {
+            task.state = TaskState::Done;
+            task.outcome = Some(Outcome::Succeeded);
+            task.attempts = 1;
+        }
+        stored[2].outcome = Some(Outcome::Failed);
+    });
+    core.restore_task_ends(&mut book.runs[0], &[c_ended_at(freeze_time())]);
+    assert_eq!(core.frozen_at(&book.runs[0], 1, now), None);
+    // Once c succeeded, b is frozen 30 minutes after its end.
+    book.runs[0].slots[2].outcome = Some(Outcome::Succeeded);
+    assert_eq!(
+        core.frozen_at(&book.runs[0], 1, now).as_deref(),
+        Some("30m after \"c\" ended")
+    );
+    // A task's own end is recorded when it settles.
+    let mut core = freeze_after_task_core();
+    let mut book = loaded(&mut core, freeze_time());
+    let mut ids = 0;
+    for _ in 0..3 {
+        answer(&mut core, &mut book, &mut ids, Outcome::Succeeded);
+    }
+    assert_eq!(book.runs[0].ended_at[2], Some(freeze_time()));
 }
 
 /// The command of the sensor whose poll `book.effects` holds.
