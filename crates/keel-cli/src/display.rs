@@ -436,12 +436,18 @@ pub fn print_history(runs: &[keel_store::RunView], now: keel_model::Millis) {
         "message",
     ]);
     for run in runs {
-        for task in &run.tasks {
+        // An expanded task's row counts its items (`438/450 · 12 failed`) in its outcome.
+        let items = item_counts(run);
+        for task in run.tasks.iter().filter(|task| !is_item_row(task, &items)) {
             let summary = run.task_summary(&task.task, now);
+            let outcome = match items.get(&task.task) {
+                Some(counts) => format!("{} · items {}", outcome_cell(task), counts.summary()),
+                None => outcome_cell(task),
+            };
             table.add_row([
                 partition_cell(&run.record),
                 run.record.id.to_string(),
-                outcome_cell(task),
+                outcome,
                 attempts_cell(&summary),
                 time_cell(&summary),
                 summary

@@ -120,14 +120,18 @@ pub(crate) fn history_json(task: &str, view: &StatusView, now: keel_model::Milli
         .runs
         .iter()
         .flat_map(|run| {
-            run.tasks.iter().map(move |row| {
-                let mut entry = task_json(run, row, now);
-                entry["run"] = run.record.id.0.into();
-                entry["partition"] = run.record.partition.clone().into();
-                entry["pass"] = run.record.pass.clone().into();
-                entry["run_state"] = run.record.state.as_str().into();
-                entry
-            })
+            // Only the task's own row: its items are counted in its `items`.
+            run.tasks
+                .iter()
+                .filter(|row| row.task == task)
+                .map(move |row| {
+                    let mut entry = task_json(run, row, now);
+                    entry["run"] = run.record.id.0.into();
+                    entry["partition"] = run.record.partition.clone().into();
+                    entry["pass"] = run.record.pass.clone().into();
+                    entry["run_state"] = run.record.state.as_str().into();
+                    entry
+                })
         })
         .collect();
     let anomalies: Vec<Value> = crate::anomalies::in_history(&view.runs, task, now)

@@ -531,7 +531,8 @@ pub struct StatusQuery {
     pub partitions: Option<(String, String)>,
     /// Every run of each partition, not only the newest.
     pub every_run: bool,
-    /// Only runs that have this task, with only its row and its attempts (`keel history`).
+    /// Only runs that have this task, with only its row and its attempts (`keel history`), and
+    /// the rows of its items when it is expanded, so that they can be counted.
     pub task: Option<String>,
     /// At most this many runs; how many more there were is [`StatusView::omitted`].
     pub limit: Option<u32>,
@@ -601,4 +602,11 @@ pub struct FlagRecord {
     pub state: String,
     pub set_at: Millis,
     pub set_by: String,
+}
+
+/// Whether the task row `row` belongs to `task` for a query about `task`: its own row, or the
+/// row of one of its items (`box_scores[0021]`).
+pub(crate) fn is_row_of(row: &str, task: &str) -> bool {
+    row == task
+        || keel_model::expand::split_item_name(row).is_some_and(|(parent, _)| parent == task)
 }

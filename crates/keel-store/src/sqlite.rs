@@ -1676,7 +1676,7 @@ fn status_view_in(transaction: &Transaction<'_>, query: StatusQuery) -> StoreRes
         let mut tasks = task_runs_in(transaction, record.id)?;
         let mut attempts = attempts_in(transaction, record.id)?;
         if let Some(task) = &query.task {
-            tasks.retain(|row| row.task == *task);
+            tasks.retain(|row| crate::records::is_row_of(&row.task, task));
             attempts.retain(|attempt| attempt.task == *task);
         }
         let shown: std::collections::HashSet<AttemptId> =

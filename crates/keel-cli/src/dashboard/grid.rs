@@ -79,6 +79,10 @@ pub struct Cell {
     pub url: Option<String>,
     /// Marks of the passes that ran this task on the partition, one per pass run.
     pub marks: Vec<(&'static str, String)>,
+    /// For an expanded task (`expand`): its items that succeeded, of all (`438/450`).
+    pub items: Option<String>,
+    /// The task keeps its outcome past its `freeze_after`: Keel did not run it again.
+    pub frozen: bool,
 }
 
 pub async fn page(
@@ -308,16 +312,19 @@ fn row(
         state: run.record.state.as_str(),
     };
     let mut cells = Vec::with_capacity(spec.tasks.len());
+    let items = main.map(crate::display::item_counts).unwrap_or_default();
     for phase in &spec.phases {
         for task in spec.tasks.iter().filter(|task| task.phase == phase.name) {
             let mut cell = match main {
-                Some(run) => cell(run, &task.name, partition, base, waived, now),
+                Some(run) => cell(run, &items, &task.name, partition, base, waived, now),
                 None => Cell {
                     class: "none",
                     glyph: " ",
                     title: format!("{} · {partition}: no run", task.name),
                     url: None,
                     marks: Vec::new(),
+                    items: None,
+                    frozen: false,
                 },
             };
             for pass_run in passes.iter().filter(|run| Some(**run) != main) {
@@ -359,6 +366,7 @@ fn row(
 
 fn cell(
     run: &RunView,
+    items: &HashMap<String, keel_model::ItemCounts>,
     task: &str,
     partition: &str,
     base: &str,
@@ -372,6 +380,8 @@ fn cell(
             title: format!("{task} · {partition}: not in run {}", run.record.id.0),
             url: Some(format!("{base}/runs/{}", run.record.id.0)),
             marks: Vec::new(),
+            items: None,
+            frozen: false,
         };
     };
     let is_waived = waived
@@ -380,6 +390,10 @@ fn cell(
     let (class, word) = view::task_class(row, is_waived);
     let summary = run.task_summary(task, now);
     let mut title = format!("{task} · {partition}: {word}");
+    let counts = items.get(task);
+    if let Some(counts) = counts {
+        title.push_str(&format!(" · items {}", counts.summary()));
+    }
     if summary.attempts > 0 {
         title.push_str(&format!(
             " · {} in {}",
@@ -407,6 +421,8 @@ fn cell(
         title,
         url: Some(url),
         marks: Vec::new(),
+        items: counts.map(|counts| format!("{}/{}", counts.succeeded, counts.total)),
+        frozen: view::is_frozen(row),
     }
 }
 

@@ -112,6 +112,11 @@ pub struct TaskRow {
     pub message: String,
     /// (attempt number, its page)
     pub links: Vec<(u32, String)>,
+    /// For an expanded task (`expand`): its items as one line (`438/450 · 12 failed`), and each
+    /// item's row, shown folded under it.
+    pub items: Option<String>,
+    pub item_rows: Vec<TaskRow>,
+    pub frozen: bool,
 }
 
 /// One entry of the event log.
@@ -198,10 +203,28 @@ pub fn render_run(
         .iter()
         .map(|attempt| (attempt.id, attempt.number))
         .collect();
+    // Items are listed folded under their expanded task, not as tasks of their own.
+    let counts = crate::display::item_counts(run);
     let tasks = lanes
         .iter()
         .flat_map(|(_, tasks)| tasks.iter())
-        .map(|task| task_row(spec, run, task, waived.contains(task.task.as_str()), now))
+        .filter(|task| !crate::display::is_item_row(task, &counts))
+        .map(|task| {
+            let mut row = task_row(spec, run, task, waived.contains(task.task.as_str()), now);
+            if let Some(counts) = counts.get(&task.task) {
+                row.items = Some(counts.summary());
+                row.item_rows = run
+                    .tasks
+                    .iter()
+                    .filter(|item| {
+                        keel_model::expand::split_item_name(&item.task)
+                            .is_some_and(|(parent, _)| parent == task.task)
+                    })
+                    .map(|item| task_row(spec, run, item, false, now))
+                    .collect();
+            }
+            row
+        })
         .collect();
     let events_left_out = events.len().saturating_sub(EVENTS_SHOWN);
     let event_rows = events[events_left_out..]
@@ -329,6 +352,9 @@ fn task_row(
                 )
             })
             .collect(),
+        items: None,
+        item_rows: Vec::new(),
+        frozen: view::is_frozen(task),
     }
 }
 

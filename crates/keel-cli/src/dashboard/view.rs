@@ -117,6 +117,17 @@ pub fn task_class(task: &TaskRunRecord, waived: bool) -> (&'static str, &'static
     }
 }
 
+/// Whether a task kept its outcome past its `freeze_after`: its message says so, alone
+/// (`frozen at 19:00: not rerun after …`) or after the attempt's own (`…; frozen at 19:00: not
+/// retried after it ended failed`).
+pub fn is_frozen(task: &TaskRunRecord) -> bool {
+    task.state == TaskState::Done
+        && task
+            .message
+            .as_deref()
+            .is_some_and(|message| message.starts_with("frozen ") || message.contains("; frozen "))
+}
+
 /// The class that colours an outcome.
 pub fn outcome_class(outcome: Outcome) -> &'static str {
     match outcome {

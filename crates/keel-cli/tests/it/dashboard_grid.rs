@@ -172,3 +172,90 @@ fn the_grid_shows_every_partition_and_task_gaps_passes_and_paging() {
     assert_eq!(script.status, 200);
     assert!(script.text().contains("data-live"));
 }
+
+/// `games` lists three items and `scores` fans out over them, `0023` failing for good;
+/// `published` fails once past its freeze, so Keel does not retry it.
+const FANNED_OUT: &str = r#"[pipeline]
+name = "fan"
+timezone = "UTC"
+partition = "date"
+
+[defaults]
+timeout = "1m"
+retries = { attempts = 2, initial = "0s" }
+
+[phases.scrape]
+
+[tasks.games]
+phase = "scrape"
+command = ["sh", "-c", "echo '{{\"items\": [\"0021\", \"0022\", \"0023\"]}}' > \"$KEEL_RESULT\""]
+
+[tasks.scores]
+phase = "scrape"
+after = ["games"]
+command = ["sh", "-c", "if [ \"$KEEL_ITEM\" = 0023 ]; then exit 65; fi"]
+expand = { from = "games", min = "50%" }
+
+[tasks.published]
+phase = "scrape"
+command = ["sh", "-c", "exit 1"]
+freeze_after = "00:00"
+"#;
+
+#[test]
+fn a_fanned_out_task_shows_its_item_counts_and_a_frozen_task_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(dir.path(), FANNED_OUT);
+    keel_run(&pipeline, &["--partition", "2026-03-01"]);
+    let (_served, addr) = serve_on_free_port(&[&pipeline], &dir.path().join("serve.log"), &[]);
+
+    let page = request(&addr, "GET", "/ui/fan", &[], None).text();
+    let cells = row(&page, "2026-03-01");
+    assert!(
+        cells.contains(r#"<small class="items">2/3</small>"#),
+        "the expanded task's cell counts its items: {cells}"
+    );
+    assert!(cells.contains("scores · 2026-03-01: "), "{cells}");
+    assert!(cells.contains("items 2/3 · 1 failed"), "{cells}");
+    assert_eq!(
+        cells.matches(r#"class="frozen-mark""#).count(),
+        1,
+        "only the frozen task is marked: {cells}"
+    );
+    assert!(
+        !cells.contains("scores[0021]"),
+        "items are no columns: {cells}"
+    );
+
+    let run = page
+        .split('"')
+        .find(|part| part.starts_with("/ui/fan/runs/"))
+        .expect("a link to the run")
+        .split('#')
+        .next()
+        .unwrap()
+        .to_string();
+    let run_page = request(&addr, "GET", &run, &[], None).text();
+    assert!(
+        run_page.contains(r#"<span class="items-summary">items 2/3 · 1 failed</span>"#),
+        "{run_page}"
+    );
+    // The items are folded under their task, each with its row and attempt links.
+    let folded = &run_page[run_page
+        .find(r#"<tr class="items" id="items-scores">"#)
+        .expect("the items' fold")..];
+    assert!(
+        folded.contains("<summary>3 items of scores</summary>"),
+        "{folded}"
+    );
+    for item in ["scores[0021]", "scores[0022]", "scores[0023]"] {
+        assert!(
+            folded.contains(&format!(r#"<tr id="task-{item}">"#)),
+            "{folded}"
+        );
+    }
+    assert!(
+        run_page.contains(r#"<span class="pill frozen""#),
+        "the frozen task says so: {run_page}"
+    );
+}

@@ -151,6 +151,16 @@ command = ["sh", "-c", "echo summary \"$KEEL_MISSING\" >> ledger"]
         tasks[1]["items"],
         serde_json::json!({"total": 4, "succeeded": 3, "failed": 1, "open": 0, "summary": "3/4 · 1 failed"})
     );
+    // History counts the items of each run in the task's row, and lists no item as a task.
+    let (code, history) = run_keel(dir.path(), "history", &["box_scores"]);
+    assert_eq!(code, Some(0), "{history}");
+    assert!(history.contains("items 3/4 · 1 failed"), "{history}");
+    assert!(!history.contains("box_scores[00"), "{history}");
+    let (_, json) = run_keel(dir.path(), "history", &["box_scores", "--json"]);
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let runs = document["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "one row per run, not per item: {json}");
+    assert_eq!(runs[0]["items"]["summary"], "3/4 · 1 failed", "{json}");
     // Once what failed it is fixed, `keel retry` names the item: it runs again (and no other
     // item does), the expanded task completes with all four, and downstream runs again.
     std::fs::write(dir.path().join("fixed"), "").unwrap();

@@ -1508,7 +1508,7 @@ async fn status_view_in(
         let mut tasks = task_runs_in(connection, record.id).await?;
         let mut attempts = attempts_in(connection, record.id).await?;
         if let Some(task) = &query.task {
-            tasks.retain(|row| row.task == *task);
+            tasks.retain(|row| crate::records::is_row_of(&row.task, task));
             attempts.retain(|attempt| attempt.task == *task);
         }
         let shown: std::collections::HashSet<AttemptId> =
