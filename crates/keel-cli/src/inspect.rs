@@ -223,6 +223,17 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
     // One read-only transaction: what is shown is one consistent moment of the state.
     let view = store.status_view(&query).await?;
     let now = state::now_millis();
+    // Where each quota stands in its current period (`keel token` counts the use).
+    let quotas = if spec
+        .resources
+        .iter()
+        .any(|resource| resource.quota.is_some())
+    {
+        let uses = store.quota_uses(&spec.name).await?;
+        crate::tokens::quota_standings(&spec, &uses, now)
+    } else {
+        Vec::new()
+    };
     if let Some(run) = args.run
         && view.runs.is_empty()
     {
@@ -255,6 +266,12 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
                 .rollouts
                 .iter()
                 .map(crate::rollout::version_json)
+                .collect();
+        }
+        if !quotas.is_empty() {
+            document["quotas"] = quotas
+                .iter()
+                .map(crate::tokens::QuotaStanding::to_json)
                 .collect();
         }
         if !view.flags.is_empty() {
@@ -297,6 +314,10 @@ pub async fn status(state_url: Option<&str>, name: Option<&str>, args: StatusArg
         println!("{note}");
     }
     display::print_resources(&view.resources);
+    if !quotas.is_empty() {
+        let described: Vec<String> = quotas.iter().map(|quota| quota.describe()).collect();
+        println!("quotas: {}", printable(&described.join(", ")));
+    }
     if !view.flags.is_empty() {
         let flags: Vec<String> = view
             .flags

@@ -445,6 +445,95 @@ fn report_alert(served: &Served, resource: &str, alert: &QuotaAlert) {
     eprintln!("keel: quota: {text}");
 }
 
+/// Where one resource's quota stands in its current period (`keel status`, quota alerts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaStanding {
+    pub resource: String,
+    /// The period counted now: `2026-12` or `2026-12-02`.
+    pub period: String,
+    pub used: u32,
+    pub limit: u32,
+    /// The share at which it is reported, when `warn` is set.
+    pub warn: Option<f64>,
+    /// When the period ends and the count starts again.
+    pub resets_at: Millis,
+}
+
+impl QuotaStanding {
+    /// Used up: `keel token` refuses the resource until `resets_at`.
+    pub fn exhausted(&self) -> bool {
+        self.used >= self.limit
+    }
+
+    /// Past its `warn` share.
+    pub fn warned(&self) -> bool {
+        self.warn
+            .is_some_and(|warn| f64::from(self.used) >= warn * f64::from(self.limit))
+    }
+
+    /// `odds_api 412/500 for 2026-12 (82%; warns at 80%)`.
+    pub fn describe(&self) -> String {
+        let share = if self.limit == 0 {
+            100.0
+        } else {
+            f64::from(self.used) * 100.0 / f64::from(self.limit)
+        };
+        let mut text = format!(
+            "{} {}/{} for {} ({share:.0}%",
+            self.resource, self.used, self.limit, self.period
+        );
+        if let Some(warn) = self.warn {
+            text.push_str(&format!("; warns at {:.0}%", warn * 100.0));
+        }
+        if self.exhausted() {
+            text.push_str("; used up");
+        }
+        text.push(')');
+        text
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "resource": self.resource,
+            "period": self.period,
+            "used": self.used,
+            "limit": self.limit,
+            "warn": self.warn,
+            "resets_at": self.resets_at,
+            "warned": self.warned(),
+            "exhausted": self.exhausted(),
+        })
+    }
+}
+
+/// Every quota of `spec` as it stands at `now`, from the stored use (`quota_uses`: resource,
+/// period, used); a period with no stored use has used none.
+pub fn quota_standings(
+    spec: &PipelineSpec,
+    uses: &[(String, String, u32)],
+    now: Millis,
+) -> Vec<QuotaStanding> {
+    spec.resources
+        .iter()
+        .filter_map(|resource| {
+            let quota = resource.quota?;
+            let window = QuotaWindow::at(now, &spec.timezone, quota.period);
+            let used = uses
+                .iter()
+                .find(|(name, period, _)| *name == resource.name && *period == window.key)
+                .map_or(0, |(_, _, used)| *used);
+            Some(QuotaStanding {
+                resource: resource.name.clone(),
+                period: window.key,
+                used,
+                limit: quota.limit,
+                warn: quota.warn,
+                resets_at: window.end,
+            })
+        })
+        .collect()
+}
+
 /// `keel token RESOURCE`: asks the running Keel for `count` tokens, waiting up to `timeout`.
 pub fn token(resource: &str, count: u32, timeout: &str) -> Result<u8> {
     let timeout = keel_model::parse_duration(timeout).map_err(|error| {

@@ -58,6 +58,8 @@ pub enum AlertKind {
     SloBurn,
     /// The daily report (`[alerts] report`), not a problem: sent once a day.
     DailyReport,
+    /// A resource's quota passed its `warn` share, or is used up, for the current period.
+    Quota,
 }
 
 impl AlertKind {
@@ -76,6 +78,7 @@ impl AlertKind {
             AlertKind::Anomaly => "anomaly",
             AlertKind::SloBurn => "slo_burn",
             AlertKind::DailyReport => "daily_report",
+            AlertKind::Quota => "quota",
         }
     }
 }
@@ -198,6 +201,8 @@ pub struct AlertBook {
     phase_flagged: std::collections::HashSet<RunId>,
     /// (task, metric, partition) of the anomalies told, so each is told once.
     anomalies_told: std::collections::HashSet<(String, String, String)>,
+    /// Per resource, the period and level (1 past `warn`, 2 used up) of its last quota alert.
+    quotas_told: HashMap<String, (String, u8)>,
 }
 
 impl AlertBook {
@@ -212,6 +217,7 @@ impl AlertBook {
             warned: std::collections::HashSet::new(),
             phase_flagged: std::collections::HashSet::new(),
             anomalies_told: std::collections::HashSet::new(),
+            quotas_told: HashMap::new(),
         }
     }
 
@@ -503,6 +509,58 @@ impl AlertBook {
                 None,
                 Some(run),
                 Some(partition),
+                detail,
+                now,
+                &mut messages,
+            );
+        }
+        messages
+    }
+
+    /// Where a quota stands: told once when it passes its `warn` share in a period and once
+    /// when it is used up; resolved once a new period starts below the warning.
+    pub fn quota(
+        &mut self,
+        quota: &crate::tokens::QuotaStanding,
+        now: Millis,
+    ) -> Vec<AlertMessage> {
+        let mut messages = Vec::new();
+        let level = if quota.exhausted() {
+            2
+        } else if quota.warned() {
+            1
+        } else {
+            0
+        };
+        let told = self.quotas_told.get(&quota.resource);
+        let same_period = told.is_some_and(|(period, _)| *period == quota.period);
+        let told_level = if same_period {
+            told.map_or(0, |(_, level)| *level)
+        } else {
+            0
+        };
+        if level > told_level {
+            self.quotas_told
+                .insert(quota.resource.clone(), (quota.period.clone(), level));
+            let signature = self.signature(AlertKind::Quota, &quota.resource);
+            let detail = if level == 2 {
+                format!(
+                    "used up until the period ends (keel token refuses it): {}",
+                    quota.describe()
+                )
+            } else {
+                format!("past its warning: {}", quota.describe())
+            };
+            // A second level in one period is a new message, not one held back as a repeat.
+            self.open.remove(&signature);
+            self.fire(signature, None, None, None, detail, now, &mut messages);
+        } else if level == 0 && told.is_some() && !same_period {
+            self.quotas_told.remove(&quota.resource);
+            let detail = format!("a new quota period started: {}", quota.describe());
+            self.resolve(
+                AlertKind::Quota,
+                &quota.resource,
+                None,
                 detail,
                 now,
                 &mut messages,
@@ -834,6 +892,55 @@ mod tests {
             started_at: 0,
             finished_at: 1_000,
         }
+    }
+
+    fn standing(period: &str, used: u32) -> crate::tokens::QuotaStanding {
+        crate::tokens::QuotaStanding {
+            resource: "odds_api".into(),
+            period: period.into(),
+            used,
+            limit: 500,
+            warn: Some(0.8),
+            resets_at: 0,
+        }
+    }
+
+    /// A month of quota use looked at again and again: one alert at the warning, one when used
+    /// up, none in between or after; the next month resolves it, and warns again in its turn.
+    #[test]
+    fn a_quota_alerts_once_per_level_and_period_and_resolves_in_the_next_period() {
+        let mut book = AlertBook::new("hoops", policy());
+        let mut now: Millis = 1_780_000_000_000;
+        let mut told = Vec::new();
+        for used in [10, 399, 400, 401, 450, 499, 500, 500, 500] {
+            now += MINUTE;
+            told.extend(book.quota(&standing("2026-12", used), now));
+        }
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told.iter().all(|message| message.status == Status::Firing));
+        assert!(
+            told[0]
+                .detail
+                .starts_with("past its warning: odds_api 400/500"),
+            "{told:?}"
+        );
+        assert!(
+            told[1].detail.starts_with("used up until the period ends"),
+            "{told:?}"
+        );
+        assert_eq!(told[1].signature.kind, AlertKind::Quota);
+        assert_eq!(told[1].signature.subject, "odds_api");
+
+        let resolved = book.quota(&standing("2027-01", 3), now + MINUTE);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].status, Status::Resolved);
+        assert!(
+            book.quota(&standing("2027-01", 4), now + 2 * MINUTE)
+                .is_empty()
+        );
+        let again = book.quota(&standing("2027-01", 420), now + 3 * MINUTE);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].status, Status::Firing);
     }
 
     /// A run every 10 minutes for a day on a manual clock, `load` failing permanently in each:

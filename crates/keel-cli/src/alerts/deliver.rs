@@ -152,6 +152,7 @@ impl Alerts {
             let super::watch::Watch {
                 mut slos,
                 mut report,
+                mut quotas,
             } = watch;
             loop {
                 interval.tick().await;
@@ -162,6 +163,10 @@ impl Alerts {
                 // SLO burn rates, read from the store about once a minute.
                 for (slo, burning) in slos.due(&store, &pipeline, now_millis()).await {
                     let messages = ticking.lock().slo_burn(&slo, burning, now_millis());
+                    ticking.send(messages);
+                }
+                for quota in quotas.due(&store, now_millis()).await {
+                    let messages = ticking.lock().quota(&quota, now_millis());
                     ticking.send(messages);
                 }
                 let messages = ticking.lock().tick(now_millis());

@@ -69,6 +69,7 @@ pub async fn anomalies(
 pub struct Watch {
     pub slos: SloWatch,
     pub report: ReportWatch,
+    pub quotas: QuotaWatch,
 }
 
 impl Watch {
@@ -76,7 +77,51 @@ impl Watch {
         Watch {
             slos: SloWatch::of(spec),
             report: ReportWatch::of(spec, now),
+            quotas: QuotaWatch::of(spec),
         }
+    }
+}
+
+/// How often the quotas' stored use is read (Keel time).
+const QUOTA_EVERY: Millis = 5_000;
+
+/// The pipeline's quotas (`quota` on a resource), judged from the use `keel token` stores.
+pub struct QuotaWatch {
+    /// The pipeline as served, when any resource has a quota.
+    spec: Option<PipelineSpec>,
+    last: Option<Millis>,
+}
+
+impl QuotaWatch {
+    pub fn of(spec: &PipelineSpec) -> QuotaWatch {
+        let quotas = spec
+            .resources
+            .iter()
+            .any(|resource| resource.quota.is_some());
+        QuotaWatch {
+            spec: quotas.then(|| spec.clone()),
+            last: None,
+        }
+    }
+
+    /// Every few seconds, where each quota stands; nothing otherwise, nor without quotas.
+    pub async fn due(
+        &mut self,
+        store: &keel_store::AnyStore,
+        now: Millis,
+    ) -> Vec<crate::tokens::QuotaStanding> {
+        let Some(spec) = &self.spec else {
+            return Vec::new();
+        };
+        if self.last.is_some_and(|last| now - last < QUOTA_EVERY) {
+            return Vec::new();
+        }
+        self.last = Some(now);
+        // A store that cannot be read now is read again on the next look.
+        let Ok(uses) = store.quota_uses(&spec.name).await else {
+            return Vec::new();
+        };
+        crate::tokens::quota_standings(spec, &uses, now)
     }
 }
 

@@ -110,6 +110,49 @@ tokens = "request"
         errors.contains("the quota of resource \"api\" is used up for"),
         "{errors}"
     );
+    // `keel status` says where the quota stands in its period.
+    let status = keel()
+        .current_dir(dir.path())
+        .args(["status", "keel.toml"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("quotas: api 4/4 for "), "{text}");
+    assert!(text.contains("(100%; warns at 50%; used up)"), "{text}");
+    let json = keel()
+        .current_dir(dir.path())
+        .args(["status", "keel.toml", "--json"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let document: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let quota = &document["quotas"][0];
+    assert_eq!(quota["resource"], "api", "{document}");
+    assert_eq!(quota["used"], 4, "{document}");
+    assert_eq!(quota["limit"], 4, "{document}");
+    assert_eq!(quota["exhausted"], true, "{document}");
+
+    // Under `keel serve`, a quota past its warning or used up goes through `[alerts]`, once.
+    let mut with_alerts = std::fs::read_to_string(dir.path().join("keel.toml")).unwrap();
+    with_alerts += "\n[alerts]\ncommand = [\"sh\", \"-c\", \"cat >> alerts.jsonl\"]\n";
+    std::fs::write(dir.path().join("keel.toml"), with_alerts).unwrap();
+    let (_served, _addr) = crate::support::serve_on_free_port(
+        &[&dir.path().join("keel.toml")],
+        &dir.path().join("serve.log"),
+        &[],
+    );
+    let alerts = || std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
+    crate::support::wait_for("the quota alert", Duration::from_secs(30), || {
+        alerts().contains("used up until the period ends")
+    });
+    // Looked at again every few seconds, it is not told twice.
+    std::thread::sleep(Duration::from_secs(7));
+    let told = alerts();
+    assert_eq!(told.lines().count(), 1, "{told}");
+    let alert: serde_json::Value = serde_json::from_str(told.lines().next().unwrap()).unwrap();
+    assert_eq!(alert["keel"]["kind"], "quota", "{alert}");
+    assert_eq!(alert["keel"]["subject"], "api", "{alert}");
 }
 
 #[test]
