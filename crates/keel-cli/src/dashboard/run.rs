@@ -226,6 +226,17 @@ pub fn render_run(
             row
         })
         .collect();
+    let gantt_lanes: Vec<(String, Vec<&TaskRunRecord>)> = lanes
+        .iter()
+        .map(|(phase, tasks)| {
+            let own = tasks
+                .iter()
+                .filter(|task| !crate::display::is_item_row(task, &counts))
+                .copied()
+                .collect();
+            (phase.clone(), own)
+        })
+        .collect();
     let events_left_out = events.len().saturating_sub(EVENTS_SHOWN);
     let event_rows = events[events_left_out..]
         .iter()
@@ -261,7 +272,7 @@ pub fn render_run(
         message: record.message.as_deref().map(printable),
         accepted: run.accepted.as_deref().map(printable),
         cancel_requested: record.cancel_requested,
-        gantt: gantt(spec, run, events, &lanes, now),
+        gantt: gantt(spec, run, events, &gantt_lanes, now),
         gates: gates
             .iter()
             .map(|gate| gate_row(spec, gate, events))
@@ -596,7 +607,14 @@ fn task_bars(
             );
         }
     }
-    for attempt in run.attempts_of(name) {
+    // An expanded task's lane holds its items' attempts: one lane for them all, not one each.
+    let attempts = run.attempts.iter().filter(|attempt| {
+        attempt.task == name
+            || keel_model::expand::split_item_name(&attempt.task)
+                .is_some_and(|(parent, _)| parent == name)
+    });
+    for attempt in attempts {
+        let name = attempt.task.as_str();
         let began = attempt.started_at.unwrap_or(attempt.claimed_at);
         let ended = attempt.finished_at.unwrap_or(now);
         let left = scale.x(began);
