@@ -212,6 +212,62 @@ command = ["sh", "-c", "echo summary >> ledger"]
     assert_eq!(ledger, "summary\n");
     let (_, status) = run_keel(dir.path(), "status", &["--partition", "2026-01-18"]);
     assert!(status.contains("no items to run"), "{status}");
+    let (_, json) = run_keel(
+        dir.path(),
+        "status",
+        &["--partition", "2026-01-18", "--json"],
+    );
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        document["runs"][0]["tasks"][1]["outcome"], "succeeded",
+        "{json}"
+    );
+}
+
+/// A task that lists its items with no data (a day without games) leaves its expanded
+/// task nothing to do: `no_data`, like the task it expands over, and downstream runs.
+#[test]
+fn a_list_with_no_data_leaves_the_expanded_task_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        r#"[pipeline]
+name = "fanout"
+
+[phases.main]
+
+[tasks.list_games]
+phase = "main"
+command = ["sh", "-c", "echo '{{\"outcome\": \"no_data\", \"message\": \"no games\"}}' > \"$KEEL_RESULT\""]
+
+[tasks.box_scores]
+phase = "main"
+after = ["list_games"]
+command = ["sh", "-c", "echo {item} >> ledger"]
+expand = { from = "list_games" }
+
+[tasks.summary]
+phase = "main"
+after = ["box_scores"]
+command = ["sh", "-c", "echo summary >> ledger"]
+"#,
+    );
+    let (code, text) = run_keel(dir.path(), "run", &["--partition", "2026-01-18"]);
+    assert_eq!(code, Some(0), "{text}");
+    let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
+    assert_eq!(ledger, "summary\n");
+    let (_, json) = run_keel(
+        dir.path(),
+        "status",
+        &["--partition", "2026-01-18", "--json"],
+    );
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let box_scores = &document["runs"][0]["tasks"][1];
+    assert_eq!(box_scores["outcome"], "no_data", "{json}");
+    assert_eq!(
+        box_scores["message"], "no items to run: \"list_games\" had no data",
+        "{json}"
+    );
 }
 
 /// `keel run` killed with SIGKILL again and again while an expanded task runs its items, then

@@ -292,7 +292,14 @@ impl Core {
             return;
         };
         let verdict = judge(spec, expansion.counts, expansion.last_progress, now);
+        // No items because the task that lists them had no data: nothing to do, not done.
+        let source_had_no_data = expansion.items.is_empty()
+            && self
+                .dag
+                .index_of(&spec.from)
+                .is_some_and(|source| active.slots[source].outcome == Some(Outcome::NoData));
         let outcome = match verdict {
+            ExpandVerdict::Complete if source_had_no_data => Outcome::NoData,
             ExpandVerdict::Complete | ExpandVerdict::Quorum => Outcome::Succeeded,
             ExpandVerdict::Failed => Outcome::Failed,
             ExpandVerdict::Wait { until } => {
@@ -309,7 +316,11 @@ impl Core {
                 return;
             }
         };
-        let message = self.expansion_message(active, expansion, verdict);
+        let message = if source_had_no_data {
+            format!("no items to run: {:?} had no data", spec.from)
+        } else {
+            self.expansion_message(active, expansion, verdict)
+        };
         self.end_open_items(book, run_index, parent);
         let active = &mut book.runs[run_index];
         // Decided: a second judgement queued in this step (an item stopped, a timer) must not
