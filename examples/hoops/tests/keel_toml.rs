@@ -93,6 +93,7 @@ fn keel_toml_validates_and_matches_the_tasks() {
         spec.task("export")
             .unwrap()
             .freeze_after
+            .as_ref()
             .map(|time| time.to_string()),
         Some("18:00".to_string()),
         "the published picks are frozen from 18:00"
