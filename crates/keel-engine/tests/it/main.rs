@@ -275,6 +275,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     }
 }
 

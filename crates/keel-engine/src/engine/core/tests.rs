@@ -79,6 +79,7 @@ pub(super) fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut Engin
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     };
     let mut spec = spec;
     let mut config = EngineConfig {
@@ -1512,6 +1513,7 @@ fn a_failed_warn_check_is_recorded_and_the_task_goes_on() {
                 min: Some(200.0),
                 max: None,
                 severity: keel_model::Severity::Warn,
+                heal: Vec::new(),
             },
             accuracy_at_least(0.3, keel_model::Severity::Block),
         ],
