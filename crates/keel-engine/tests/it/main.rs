@@ -191,6 +191,7 @@ impl Executor for FakeExecutor {
                 message: None,
                 retry_after: None,
                 items,
+                heal: Vec::new(),
             }
         });
         Ok(Running {
