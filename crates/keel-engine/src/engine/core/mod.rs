@@ -36,6 +36,7 @@ mod expand;
 mod flags;
 mod freeze;
 mod gates;
+mod heal;
 mod recovery;
 mod repeat;
 mod resources;
@@ -290,6 +291,9 @@ pub(super) struct ActiveRun {
     /// Tasks `keel run --only` left out of the run: stored `skipped` without an attempt, so
     /// that the run ends `partial` and a plain `keel run` runs them.
     pub left_out: Vec<TaskIndex>,
+    /// Heals this run made (`heal_requested` events), against `[pipeline] heal`'s budget;
+    /// counted from the event log when the run is loaded.
+    pub heals_used: u32,
 }
 
 /// The items of one expanded task in one run, and where they stand.

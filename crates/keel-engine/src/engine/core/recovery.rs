@@ -47,6 +47,7 @@ impl Core {
             done: 0,
             cancelling: false,
             left_out: Vec::new(),
+            heals_used: 0,
         };
         for task in stored {
             let Some(index) = self.dag.index_of(&task.task) else {
