@@ -433,10 +433,9 @@ mod tests {
         let bad = with_result(Some(r#"{"heal": "scrape"}"#), exited(0));
         assert_eq!(bad.outcome, Outcome::Failed);
         assert!(
-            bad.message
-                .as_deref()
-                .unwrap()
-                .ends_with(r#""heal" must be a list of task names such as ["scrape"], got "scrape""#),
+            bad.message.as_deref().unwrap().ends_with(
+                r#""heal" must be a list of task names such as ["scrape"], got "scrape""#
+            ),
             "{bad:?}"
         );
     }

@@ -21,6 +21,7 @@ mod faults;
 mod flags;
 mod gaps;
 mod hardening;
+mod heal;
 mod health;
 mod history;
 mod http_tasks;

@@ -35,7 +35,12 @@ impl Checker<'_> {
         task: &str,
     ) -> Vec<String> {
         let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(value, "heal", path, "a list of task names such as [\"scrape\"]");
+            self.wrong_type(
+                value,
+                "heal",
+                path,
+                "a list of task names such as [\"scrape\"]",
+            );
             return Vec::new();
         };
         let mut names: Vec<String> = Vec::new();
@@ -123,7 +128,8 @@ impl Checker<'_> {
                             .iter()
                             .enumerate()
                             .filter(|(_, other)| {
-                                phase_of(other).is_some_and(|theirs| upstream[own].contains(&theirs))
+                                phase_of(other)
+                                    .is_some_and(|theirs| upstream[own].contains(&theirs))
                             })
                             .map(|(position, _)| position),
                     );

@@ -27,7 +27,10 @@ pub(super) enum HealDecision {
         note: String,
     },
     /// The run's heal budget is spent.
-    Exhausted { targets: Vec<TaskIndex>, note: String },
+    Exhausted {
+        targets: Vec<TaskIndex>,
+        note: String,
+    },
 }
 
 impl Core {
@@ -67,9 +70,11 @@ impl Core {
                 },
             }
         }
-        let refused_note = (!refused.is_empty())
-            .then(|| format!("heal refused: {}", refused.join(", ")));
-        if targets.is_empty() || active.cancelling || self.frozen_at(active, live.task, book.now).is_some()
+        let refused_note =
+            (!refused.is_empty()).then(|| format!("heal refused: {}", refused.join(", ")));
+        if targets.is_empty()
+            || active.cancelling
+            || self.frozen_at(active, live.task, book.now).is_some()
         {
             return HealDecision::None(refused_note);
         }
@@ -159,7 +164,12 @@ impl Core {
             .filter(|task| inputs.contains(task))
             .collect();
         let mut rerun: Vec<TaskIndex> = targets.to_vec();
-        rerun.extend(between.iter().copied().filter(|task| !targets.contains(task)));
+        rerun.extend(
+            between
+                .iter()
+                .copied()
+                .filter(|task| !targets.contains(task)),
+        );
         rerun.sort_unstable();
         let active = &mut book.runs[live.run];
         active.heals_used += 1;
@@ -178,7 +188,10 @@ impl Core {
                     slot.state = TaskState::Pending;
                     slot.outcome = None;
                     active.done -= 1;
-                    changes.push(Change::Task(TaskChange::reset(self.name(*task), reason.clone())));
+                    changes.push(Change::Task(TaskChange::reset(
+                        self.name(*task),
+                        reason.clone(),
+                    )));
                     reset.push(self.name(*task).to_string());
                 }
                 TaskState::Running => {

@@ -147,7 +147,9 @@ impl Core {
                     self.grant_heal(book, &live, targets, source);
                     (TaskNext::Resume, Some(note.clone()))
                 }
-                HealDecision::Exhausted { note: heal_note, .. }
+                HealDecision::Exhausted {
+                    note: heal_note, ..
+                }
                 | HealDecision::None(Some(heal_note)) => {
                     let (next, note) =
                         self.next_step(book, &live, report.outcome, probe, report.retry_after);

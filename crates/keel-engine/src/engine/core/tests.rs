@@ -176,7 +176,11 @@ pub(super) fn loaded_from(
 }
 
 /// Picks what may start and marks it claimed as the store would, returning the attempt ids.
-pub(super) fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId, String)> {
+pub(super) fn start(
+    core: &mut Core,
+    book: &mut Book,
+    next_id: &mut i64,
+) -> Vec<(AttemptId, String)> {
     let picked = core.pick_ready(book, 8);
     picked
         .into_iter()
