@@ -14,6 +14,7 @@ mod daemon;
 mod dashboard_grid;
 mod dashboard_pages;
 mod dashboard_run;
+mod degraded_day;
 mod demo;
 mod edges;
 mod expand;
