@@ -178,8 +178,12 @@ impl Core {
         let mut changes = Vec::new();
         let mut reset = Vec::new();
         for task in &rerun {
-            // A frozen task between is not rerun: it keeps what it wrote.
-            if !targets.contains(task) && self.frozen_at(active, *task, book.now).is_some() {
+            // A frozen task between is not rerun: it keeps what it wrote. Nor is an expanded
+            // one: its items were recorded once for the run, and their results stand.
+            if !targets.contains(task)
+                && (self.frozen_at(active, *task, book.now).is_some()
+                    || self.spec.tasks[*task].expand.is_some())
+            {
                 continue;
             }
             match active.slots[*task].state {
