@@ -109,6 +109,29 @@ fn bad_data_written_once_is_healed_upstream_and_the_run_succeeds() {
     assert_eq!(of_kind(&events, "check_failed").len(), 1);
     assert!(of_kind(&events, "heal_exhausted").is_empty());
 
+    // The daily report tells how it healed.
+    let today = chrono::Utc::now().date_naive().to_string();
+    let report = keel()
+        .current_dir(root)
+        .args(["report", "--json", "--date", &today])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let healed = report["healed"].as_array().unwrap();
+    assert_eq!(healed.len(), 1, "{report:#}");
+    assert_eq!(healed[0]["task"], "predictions");
+    assert_eq!(
+        healed[0]["upstream"],
+        serde_json::json!(["scrape_boxscores"])
+    );
+    assert!(
+        healed[0]["describe"]
+            .as_str()
+            .unwrap()
+            .ends_with(", scrape_boxscores run again upstream"),
+        "{report:#}"
+    );
+
     // Status shows the run succeeded, each task on its second attempt, none charged.
     let status = keel()
         .current_dir(root)
