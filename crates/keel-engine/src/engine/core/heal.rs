@@ -72,11 +72,16 @@ impl Core {
         }
         let refused_note =
             (!refused.is_empty()).then(|| format!("heal refused: {}", refused.join(", ")));
-        if targets.is_empty()
-            || active.cancelling
-            || self.frozen_at(active, live.task, book.now).is_some()
-        {
+        if targets.is_empty() || active.cancelling {
             return HealDecision::None(refused_note);
+        }
+        // A frozen task is not run again, so it heals nothing either.
+        if let Some(frozen) = self.frozen_at(active, live.task, book.now) {
+            let note = format!("heal not made: the task is frozen since {frozen}");
+            return HealDecision::None(Some(match refused_note {
+                Some(refused) => format!("{note}; {refused}"),
+                None => note,
+            }));
         }
         let budget = self.spec.heal_budget;
         let names: Vec<&str> = targets.iter().map(|task| self.name(*task)).collect();

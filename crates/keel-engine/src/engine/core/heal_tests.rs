@@ -233,3 +233,34 @@ fn a_frozen_upstream_task_is_not_healed() {
         "{last}"
     );
 }
+
+#[test]
+fn a_frozen_task_asks_no_heal_and_says_so() {
+    let (mut core, _) = healing_core(1);
+    let mut spec = (*core.spec).clone();
+    spec.tasks[2].freeze_after = keel_model::TimeOfDay::parse("00:00");
+    core.spec = Arc::new(spec);
+    let mut book = loaded(&mut core, 1_768_800_000_000);
+    let mut ids = 0;
+    let ran = run_through(&mut core, &mut book, &mut ids, |task| match task {
+        "c" => reported(Some(48), r#"{"accuracy":0.1}"#),
+        _ => reported(Some(1), "{}"),
+    });
+    assert_eq!(ran, ["a", "b", "c"]);
+    assert!(events_of(&book, EventKind::HealRequested).is_empty());
+    let last = finishes(&book).pop().unwrap();
+    assert_eq!(last.2, TaskNext::Done(Outcome::FailedCheck));
+    let message = book
+        .writes
+        .iter()
+        .rev()
+        .find_map(|write| match write {
+            Write::Finish(finish) => finish.message.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        message.contains("heal not made: the task is frozen since 00:00"),
+        "{message}"
+    );
+}
