@@ -134,6 +134,12 @@ impl ProgressDisplay {
                 Progress::CheckFailed { partition, task, attempt, severity, detail, .. } => {
                     note = Some(format!("{partition} {task} attempt {attempt}: {} check failed: {detail}", severity.as_str()));
                 }
+                Progress::HealRequested { partition, task, heal, used, budget, .. } => {
+                    note = Some(format!("{partition} {task}: healing {} ({used} of {budget} heals)", heal.join(", ")));
+                }
+                Progress::HealExhausted { partition, detail, .. } => {
+                    note = Some(format!("{partition} {detail}"));
+                }
                 // Counted by `keel serve`'s metrics; nothing a terminal needs to show.
                 Progress::RateLimited { .. }
                 | Progress::ResourceProbe { .. }

@@ -313,6 +313,8 @@ impl Metrics {
                     })
                     .inc();
             }
+            // Logged by serve and in the event log; a spent budget is alerted.
+            Progress::HealRequested { .. } | Progress::HealExhausted { .. } => {}
             // Logged by serve; the breaker gauges say more about a dependency's health.
             Progress::ResourceProbe { .. } => {}
             // Logged by serve and alerted; `keel rollout list` says where each version stands.

@@ -442,6 +442,36 @@ fn describe(event: &Progress, zone: chrono_tz::Tz) -> Option<Line> {
                 ),
             )
         },
+        Progress::HealRequested {
+            run,
+            partition,
+            task,
+            heal,
+            used,
+            budget,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            ..Line::new(
+                Level::Warn,
+                format!(
+                    "{task}: healing {} ({used} of {budget} heals of the run)",
+                    heal.join(", ")
+                ),
+            )
+        },
+        Progress::HealExhausted {
+            run,
+            partition,
+            task,
+            detail,
+        } => Line {
+            run: Some(*run),
+            partition: Some(partition.clone()),
+            task: Some(task.clone()),
+            ..Line::new(Level::Error, detail.clone())
+        },
         Progress::ScheduleSkipped { fire_at, reason } => Line {
             extra: vec![("fire_at", rfc3339(*fire_at))],
             ..Line::new(

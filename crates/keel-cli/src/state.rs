@@ -513,6 +513,7 @@ pub async fn pipeline_for_reading(
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     };
     let paths = StatePaths::resolve(state_url, &spec, path)?;
     spec.name = match pipeline_name {

@@ -536,9 +536,50 @@ pub enum ConfigError {
     },
 
     #[error(
+        "{field} of task {task:?} heals {target:?}, which is no task ({location}); heal names upstream tasks to run again when the check fails{}",
+        did_you_mean(.suggestion)
+    )]
+    HealUnknownTask {
+        task: String,
+        field: String,
+        target: String,
+        suggestion: Option<String>,
+        location: Location,
+    },
+
+    #[error(
         "task {task:?} freezes after its own end ({location}); freeze_after.task names another task, such as the one that consumes this task's output"
     )]
     FreezeAfterItself { task: String, location: Location },
+
+    #[error(
+        "{field} of task {task:?} heals the task itself ({location}); heal names upstream tasks whose output it reads, and the task runs again after them anyway"
+    )]
+    HealItself {
+        task: String,
+        field: String,
+        location: Location,
+    },
+
+    #[error(
+        "{field} of task {task:?} heals {target:?}, which it does not wait for ({location}); name a task upstream of {task:?}, or add {target:?} to its after list"
+    )]
+    HealNotUpstream {
+        task: String,
+        field: String,
+        target: String,
+        location: Location,
+    },
+
+    #[error(
+        "{field} of task {task:?} heals {target:?}, which expands over items ({location}); heal a task that is not expanded, such as the one its expand.from names"
+    )]
+    HealExpanded {
+        task: String,
+        field: String,
+        target: String,
+        location: Location,
+    },
 
     #[error(
         "task {task:?} expands over its own items ({location}); expand.from names an upstream task whose result lists the items"
@@ -849,6 +890,10 @@ impl ConfigError {
             | ConfigError::ExpandFromUnknown { location, .. }
             | ConfigError::FreezeAfterUnknown { location, .. }
             | ConfigError::FreezeAfterItself { location, .. }
+            | ConfigError::HealUnknownTask { location, .. }
+            | ConfigError::HealItself { location, .. }
+            | ConfigError::HealNotUpstream { location, .. }
+            | ConfigError::HealExpanded { location, .. }
             | ConfigError::ExpandFromItself { location, .. }
             | ConfigError::ExpandFromNotUpstream { location, .. }
             | ConfigError::ItemWithoutExpand { location, .. }

@@ -16,6 +16,7 @@ mod checks;
 mod context;
 mod edges;
 mod expand;
+mod heal;
 mod http;
 mod passes;
 mod resilience;
@@ -68,6 +69,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "schedule_partition",
     "catchup",
     "max_active_partitions",
+    "heal",
     "backfill",
 ];
 const PIPELINE_LATER: &[&str] = &[];
@@ -135,6 +137,7 @@ pub(crate) fn parse_spec(source: &str, file: &str) -> Result<PipelineSpec, Confi
         params: Vec::new(),
         partition: PartitionKind::Date,
         expanding: false,
+        heals: Vec::new(),
     };
     let (document, parse_errors) = DeTable::parse_recoverable(source);
     let only_duplicates = checker.record_parse_errors(&parse_errors);
@@ -292,6 +295,8 @@ struct RawPipeline {
     backfill: Option<(keel_model::BackfillSpec, Range<usize>)>,
     schedule_spec: Option<ScheduleSpec>,
     max_active_partitions: Option<u32>,
+    /// `heal = { budget = N }`.
+    heal_budget: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -380,6 +385,8 @@ struct Checker<'s> {
     partition: PartitionKind,
     /// Whether the task being read has `expand`: whether `{item}` may appear in its templates.
     expanding: bool,
+    /// The checks' `heal` targets, judged once every task is known (`check_heals`).
+    heals: Vec<heal::RawHeal>,
 }
 
 /// The `partition` of `[pipeline]`, `date` unless it says `none`.
@@ -884,6 +891,7 @@ impl Checker<'_> {
         self.check_task_graph(&phases, &tasks);
         self.check_expansions(&phases, &tasks);
         self.check_freezes(&tasks);
+        self.check_heals(&phases, &tasks);
         self.check_gates(&phases, &tasks);
         self.check_uses(&resources, &tasks);
         self.check_retry_delays(&defaults, &tasks);
@@ -969,6 +977,7 @@ impl Checker<'_> {
                 "max_active_partitions" => {
                     raw.max_active_partitions = self.positive_integer(value, field, PATH);
                 }
+                "heal" => raw.heal_budget = self.heal_budget(key, value),
                 "backfill" => {
                     raw.backfill = self.backfill(key, value).map(|spec| (spec, key.span()));
                 }
@@ -1682,6 +1691,9 @@ fn build_spec(
         state: pipeline.state,
         schedule: pipeline.schedule_spec,
         max_active_partitions: pipeline.max_active_partitions,
+        heal_budget: pipeline
+            .heal_budget
+            .unwrap_or(keel_model::DEFAULT_HEAL_BUDGET),
         alerts: None,
         secrets: None,
         slos: Vec::new(),

@@ -343,6 +343,7 @@ async fn send(
         message: None,
         retry_after: None,
         items: None,
+        heal: Vec::new(),
     };
     if status.is_success() && json && outcome == Outcome::Succeeded {
         match parse_result(&body, &format!("response body of {what}")) {
@@ -352,6 +353,7 @@ async fn send(
                 report.rows = result.rows;
                 report.metrics = result.metrics;
                 report.items = result.items;
+                report.heal = result.heal;
                 report.message = result.message.map(|message| redact(&message, &secrets));
             }
             Ok(None) => {}

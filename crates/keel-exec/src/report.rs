@@ -46,6 +46,9 @@ pub struct Report {
     /// The result's `"items"`, for a task others expand over (`expand`): `None` when the
     /// result lists none.
     pub items: Option<Vec<keel_model::Item>>,
+    /// The result's `"heal"`: upstream tasks the task asks to run again before it runs again
+    /// (docs/health.md, "Remediation"). The engine judges whether they are upstream.
+    pub heal: Vec<String>,
 }
 
 impl Report {
@@ -58,6 +61,7 @@ impl Report {
             message: Some(message.into()),
             retry_after: None,
             items: None,
+            heal: Vec::new(),
         }
     }
 }
@@ -70,6 +74,7 @@ pub(crate) struct ResultFile {
     pub(crate) rows: Option<i64>,
     pub(crate) metrics: Option<String>,
     pub(crate) items: Option<Vec<keel_model::Item>>,
+    pub(crate) heal: Vec<String>,
 }
 
 /// The most a result file may hold. Keel reads it whole, in its own process, so a task that
@@ -197,7 +202,39 @@ pub(crate) fn parse_result(bytes: &[u8], source: &str) -> Result<Option<ResultFi
     }
     result.items =
         keel_model::expand::parse_items(&value).map_err(|error| invalid(error.to_string()))?;
+    if let Some(heal) = object.get("heal") {
+        result.heal = parse_heal(heal).map_err(invalid)?;
+    }
     Ok(Some(result))
+}
+
+/// The most tasks a result may ask to heal; a pipeline's tasks are named, not listed in bulk.
+const MAX_HEAL: usize = 64;
+
+/// A result's `"heal"`: a list of task names, without repeats.
+fn parse_heal(value: &serde_json::Value) -> Result<Vec<String>, String> {
+    let expected = || {
+        format!(
+            "\"heal\" must be a list of task names such as [\"scrape\"], got {}",
+            shown(value)
+        )
+    };
+    let list = value.as_array().ok_or_else(expected)?;
+    if list.len() > MAX_HEAL {
+        return Err(format!(
+            "\"heal\" names {} tasks, more than the {MAX_HEAL} Keel takes; name the upstream tasks to run again",
+            list.len()
+        ));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for entry in list {
+        let name = entry.as_str().ok_or_else(expected)?;
+        let name = clipped(name);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// At most the first 100 characters of `text`, to quote a task's value in a message without
@@ -280,9 +317,9 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
             ),
         },
     };
-    let (rows, metrics, result_message, items) = match result {
-        Ok(Some(file)) => (file.rows, file.metrics, file.message, file.items),
-        _ => (None, None, None, None),
+    let (rows, metrics, result_message, items, heal) = match result {
+        Ok(Some(file)) => (file.rows, file.metrics, file.message, file.items, file.heal),
+        _ => (None, None, None, None, Vec::new()),
     };
     if let Some(result_message) = result_message {
         message = Some(match message {
@@ -315,6 +352,7 @@ pub fn interpret(exit: &ExitRecord, dir: &Path) -> Report {
         message,
         retry_after: None,
         items,
+        heal,
     }
 }
 
@@ -381,6 +419,25 @@ mod tests {
         assert_eq!(report.rows, Some(0));
         assert_eq!(report.metrics.as_deref(), Some(r#"{"accuracy":0.54}"#));
         assert_eq!(report.message.as_deref(), Some("no games on 2026-01-18"));
+    }
+
+    #[test]
+    fn the_result_file_asks_upstream_tasks_to_heal() {
+        let failed = with_result(
+            Some(r#"{"outcome": "failed", "heal": ["scrape", "scrape", "load"]}"#),
+            exited(0),
+        );
+        assert_eq!(failed.outcome, Outcome::Failed);
+        assert_eq!(failed.heal, ["scrape", "load"]);
+        assert!(with_result(Some("{}"), exited(0)).heal.is_empty());
+        let bad = with_result(Some(r#"{"heal": "scrape"}"#), exited(0));
+        assert_eq!(bad.outcome, Outcome::Failed);
+        assert!(
+            bad.message.as_deref().unwrap().ends_with(
+                r#""heal" must be a list of task names such as ["scrape"], got "scrape""#
+            ),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct CheckSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
     pub severity: Severity,
+    /// `heal = ["scrape_boxscores"]`: upstream tasks a failed `block` check asks to run again
+    /// before the task runs again (docs/health.md, "Remediation"), within the pipeline's heal
+    /// budget. Left out of the task's version when empty, so older checks keep theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heal: Vec<String>,
 }
 
 /// A completeness check of a phase: when a run ends, at least `min_share` of the phase's tasks
@@ -143,6 +148,7 @@ fn number(value: f64) -> String {
 ///     min: Some(0.3),
 ///     max: None,
 ///     severity: Severity::Block,
+///     heal: Vec::new(),
 /// };
 /// let checks = [accuracy];
 /// let failed = failed_checks(&checks, Some(12), Some(r#"{"accuracy":0.19}"#));
@@ -186,6 +192,7 @@ mod tests {
             min,
             max,
             severity: Severity::Warn,
+            heal: Vec::new(),
         }
     }
 

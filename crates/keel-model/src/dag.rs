@@ -326,6 +326,7 @@ mod tests {
             secrets: None,
             smoke: Vec::new(),
             slos: Vec::new(),
+            heal_budget: crate::DEFAULT_HEAL_BUDGET,
         };
         let dag = Dag::new(&spec);
         assert_eq!(dag.inputs(1), &[0]);
@@ -380,6 +381,7 @@ mod tests {
             secrets: None,
             smoke: Vec::new(),
             slos: Vec::new(),
+            heal_budget: crate::DEFAULT_HEAL_BUDGET,
         };
         assert_eq!(Dag::new(&spec).inputs(1), &[0]);
     }
@@ -418,6 +420,7 @@ mod tests {
             secrets: None,
             smoke: Vec::new(),
             slos: Vec::new(),
+            heal_budget: crate::DEFAULT_HEAL_BUDGET,
         };
         let dag = Dag::new(&spec);
         let edges: usize = (0..dag.nodes())

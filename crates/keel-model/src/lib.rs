@@ -44,10 +44,11 @@ pub use slo::{DEFAULT_SLO_PERIOD, SloKind, SloSpec};
 pub use spec::{
     AlertsSpec, BackfillSpec, BreakerSpec, Catchup, DEFAULT_ALERT_TIMEOUT, DEFAULT_ALERTS_PER_HOUR,
     DEFAULT_BREAKER_OPEN_FOR, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE, DEFAULT_DEGRADED_GRACE,
-    DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, DEFAULT_TIMEOUT, EarlierInput, GateSpec,
-    GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec, PipelineSpec, QuotaPeriod,
-    QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy, ScheduleSpec, SecretProvider,
-    SecretsSpec, SensorSpec, SmokeTest, TaskContext, TaskEdges, TaskSpec, TokenUse, WebhookUrl,
+    DEFAULT_HEAL_BUDGET, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SECRET_TTL, DEFAULT_TIMEOUT,
+    EarlierInput, GateSpec, GateTier, InheritEnv, Jitter, PartitionKind, PassSpec, PhaseSpec,
+    PipelineSpec, QuotaPeriod, QuotaSpec, Rate, ResourceSpec, RetryBudgetSpec, RetryPolicy,
+    ScheduleSpec, SecretProvider, SecretsSpec, SensorSpec, SmokeTest, TaskContext, TaskEdges,
+    TaskSpec, TokenUse, WebhookUrl,
 };
 pub use suggest::closest;
 pub use trace::{SpanId, TraceId};

@@ -187,6 +187,8 @@ named_enum!(
         RolloutPromoted => "rollout_promoted",
         RolloutRolledBack => "rollout_rolled_back",
         CheckFailed => "check_failed",
+        HealRequested => "heal_requested",
+        HealExhausted => "heal_exhausted",
     }
 );
 

@@ -55,7 +55,15 @@ pub struct PipelineSpec {
     /// judge runs, they do not change them.
     #[serde(skip)]
     pub slos: Vec<crate::SloSpec>,
+    /// `[pipeline] heal = { budget = N }`: how many heals (`heal` on a failed check, or a
+    /// result's `"heal"`) each run of a partition may make. Not part of the version: it bounds
+    /// remediation, it does not change what runs.
+    #[serde(skip)]
+    pub heal_budget: u32,
 }
+
+/// The heal budget of a run when `[pipeline] heal` does not set one.
+pub const DEFAULT_HEAL_BUDGET: u32 = 1;
 
 /// How long a `{ command = [...] }` secrets provider's answer is kept, when `ttl` is not set.
 pub const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(5 * 60);
@@ -692,6 +700,7 @@ mod tests {
             secrets: None,
             smoke: Vec::new(),
             slos: Vec::new(),
+            heal_budget: crate::DEFAULT_HEAL_BUDGET,
         };
         assert!(serde_json::to_value(&spec).unwrap().get("passes").is_none());
         spec.passes.push(PassSpec {

@@ -52,6 +52,9 @@ pub enum AlertKind {
     CheckFailed,
     /// A `warn` check of a task's result failed; the task went on.
     CheckWarned,
+    /// A task asked its upstream tasks to heal (`heal`), the run's heal budget is spent, and it
+    /// ended without completing: told in place of its own failure.
+    HealExhausted,
     /// A task's rows, a metric or its time far outside its baseline (told once per partition).
     Anomaly,
     /// An SLO's error budget burns fast or slowly (`[slo.NAME]`).
@@ -75,6 +78,7 @@ impl AlertKind {
             AlertKind::RolledBack => "rolled_back",
             AlertKind::CheckFailed => "check_failed",
             AlertKind::CheckWarned => "check_warned",
+            AlertKind::HealExhausted => "heal_exhausted",
             AlertKind::Anomaly => "anomaly",
             AlertKind::SloBurn => "slo_burn",
             AlertKind::DailyReport => "daily_report",
@@ -203,6 +207,10 @@ pub struct AlertBook {
     anomalies_told: std::collections::HashSet<(String, String, String)>,
     /// Per resource, the period and level (1 past `warn`, 2 used up) of its last quota alert.
     quotas_told: HashMap<String, (String, u8)>,
+    /// (run, task) of tasks whose attempt just asked to heal: its end, which comes next, is not
+    /// a failure to tell when the heal was made (the task runs again after its upstream), and
+    /// was told already when the heal budget was spent.
+    heal_told: std::collections::HashSet<(RunId, String)>,
 }
 
 impl AlertBook {
@@ -218,6 +226,7 @@ impl AlertBook {
             phase_flagged: std::collections::HashSet::new(),
             anomalies_told: std::collections::HashSet::new(),
             quotas_told: HashMap::new(),
+            heal_told: std::collections::HashSet::new(),
         }
     }
 
@@ -235,6 +244,7 @@ impl AlertBook {
                 ..
             } => {
                 let warned = self.warned.remove(task);
+                let heal_told = self.heal_told.remove(&(*run, task.clone()));
                 if outcome.is_complete() {
                     self.task_healed(task, Some(partition), now, &mut messages);
                     if !warned {
@@ -249,6 +259,7 @@ impl AlertBook {
                         );
                     }
                 } else if retry_at.is_none()
+                    && !heal_told
                     && let Some(kind) = given_up_kind(*outcome)
                 {
                     let detail = match message {
@@ -395,6 +406,26 @@ impl AlertBook {
                 self.phase_flagged.insert(*run);
                 self.occurred(
                     AlertKind::CheckFailed,
+                    task,
+                    *run,
+                    partition,
+                    detail.clone(),
+                    now,
+                    &mut messages,
+                );
+            }
+            Progress::HealRequested { run, task, .. } => {
+                self.heal_told.insert((*run, task.clone()));
+            }
+            Progress::HealExhausted {
+                run,
+                partition,
+                task,
+                detail,
+            } => {
+                self.heal_told.insert((*run, task.clone()));
+                self.occurred(
+                    AlertKind::HealExhausted,
                     task,
                     *run,
                     partition,
@@ -841,6 +872,7 @@ impl AlertBook {
             AlertKind::RetriesExhausted,
             AlertKind::DeadlineMissed,
             AlertKind::CheckFailed,
+            AlertKind::HealExhausted,
         ] {
             let detail = format!("{task} completed");
             self.resolve(kind, task, partition, detail, now, messages);
@@ -1004,6 +1036,43 @@ mod tests {
             severity,
             detail: "rows 150 is below the minimum 200".into(),
         }
+    }
+
+    #[test]
+    fn a_heal_is_not_a_failure_and_a_spent_budget_alerts_once_in_place_of_it() {
+        let mut book = AlertBook::new("hoops", policy());
+        let healing = Progress::HealRequested {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            task: "grade".into(),
+            heal: vec!["scrape".into()],
+            used: 1,
+            budget: 1,
+        };
+        assert!(book.observe(&healing, 0).is_empty());
+        // The healing attempt ends failed_check and waits for its upstream: nothing to tell.
+        let waiting = finished(1, "grade", Outcome::FailedCheck, None);
+        assert!(book.observe(&waiting, 1).is_empty());
+        let spent = Progress::HealExhausted {
+            run: RunId(1),
+            partition: "2026-12-01".into(),
+            task: "grade".into(),
+            detail: "grade ended failed_check with its heal budget spent (1 of 1)".into(),
+        };
+        let told = book.observe(&spent, 2);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].signature.kind, AlertKind::HealExhausted);
+        assert_eq!(
+            told[0].text(),
+            "[keel] hoops grade: heal_exhausted (2026-12-01): grade ended failed_check with its heal budget spent (1 of 1)"
+        );
+        // The attempt's end that follows is the same problem, not a second alert.
+        assert!(book.observe(&waiting, 3).is_empty());
+        // A later run whose task completes resolves it.
+        let resolved = book.observe(&finished(2, "grade", Outcome::Succeeded, None), 4);
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].signature.kind, AlertKind::HealExhausted);
+        assert_eq!(resolved[0].status, Status::Resolved);
     }
 
     #[test]

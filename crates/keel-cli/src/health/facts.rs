@@ -14,6 +14,8 @@ pub struct RunFacts {
     pub human: Vec<Human>,
     /// `check_failed` events: (task, or `phase NAME`; severity; what failed).
     pub check_failures: Vec<(String, String, String)>,
+    /// `heal_requested` events: (the task that asked, the upstream tasks it had run again).
+    pub heals: Vec<(String, Vec<String>)>,
 }
 
 /// A human's hand on a run.
@@ -56,6 +58,7 @@ pub async fn gather(store: &impl Store, pipeline: &str, since: Millis) -> anyhow
 pub fn facts_of(view: RunView, events: &[keel_store::EventRecord]) -> RunFacts {
     let mut human = Vec::new();
     let mut check_failures = Vec::new();
+    let mut heals = Vec::new();
     for event in events {
         match event.kind {
             EventKind::Accepted => human.push(Human {
@@ -86,6 +89,20 @@ pub fn facts_of(view: RunView, events: &[keel_store::EventRecord]) -> RunFacts {
                     detail["describe"].as_str().unwrap_or_default().to_string(),
                 ));
             }
+            EventKind::HealRequested => {
+                let detail: serde_json::Value =
+                    serde_json::from_str(&event.detail).unwrap_or_default();
+                let healed = detail["heal"]
+                    .as_array()
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|name| name.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                heals.push((event.task.clone().unwrap_or_default(), healed));
+            }
             _ => {}
         }
     }
@@ -93,6 +110,7 @@ pub fn facts_of(view: RunView, events: &[keel_store::EventRecord]) -> RunFacts {
         view,
         human,
         check_failures,
+        heals,
     }
 }
 
@@ -104,6 +122,8 @@ pub struct Healed {
     pub failures: Vec<Outcome>,
     /// From the end of the first failed attempt to the end of the one that succeeded.
     pub recovery: Millis,
+    /// The upstream tasks it had run again on the way (`heal`), in order, without repeats.
+    pub upstream: Vec<String>,
 }
 
 impl RunFacts {
@@ -154,10 +174,19 @@ impl RunFacts {
                 .find(|attempt| attempt.outcome.is_some_and(Outcome::is_complete))
                 .and_then(|attempt| attempt.finished_at);
             if let (Some(from), Some(to)) = (first_failed, succeeded) {
+                let mut upstream: Vec<String> = Vec::new();
+                for (_, names) in self.heals.iter().filter(|(task, _)| *task == row.task) {
+                    for name in names {
+                        if !upstream.contains(name) {
+                            upstream.push(name.clone());
+                        }
+                    }
+                }
                 healed.push(Healed {
                     task: row.task.clone(),
                     failures,
                     recovery: (to - from).max(0),
+                    upstream,
                 });
             }
         }

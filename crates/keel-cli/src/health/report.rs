@@ -221,8 +221,13 @@ impl Report {
             .iter()
             .map(|outcome| outcome.as_str())
             .collect();
+        let upstream = if healed.upstream.is_empty() {
+            String::new()
+        } else {
+            format!(", {} run again upstream", healed.upstream.join(", "))
+        };
         format!(
-            "{partition} run {run}: {} healed after {} ({}) in {}",
+            "{partition} run {run}: {} healed after {} ({}) in {}{upstream}",
             healed.task,
             if failures.len() == 1 {
                 "1 retry".to_string()
@@ -327,6 +332,7 @@ impl Report {
                 "task": healed.task,
                 "failures": healed.failures.iter().map(|outcome| outcome.as_str()).collect::<Vec<_>>(),
                 "recovery_ms": healed.recovery,
+                "upstream": healed.upstream,
                 "describe": self.healed_line(*run, partition, healed),
             })).collect::<Vec<_>>(),
             "needs_human": self.needs_human.iter().map(|need| json!({

@@ -329,6 +329,7 @@ mod tests {
             },
             human: Vec::new(),
             check_failures: Vec::new(),
+            heals: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use super::resilience::ShareRange;
 use super::{Checker, EXPECT_STRING, entries};
 use crate::error::ConfigError;
 
-const CHECK_FIELDS: &[&str] = &["metric", "rows", "min", "max", "severity"];
+const CHECK_FIELDS: &[&str] = &["metric", "rows", "min", "max", "severity", "heal"];
 const ROWS_FIELDS: &[&str] = &["min", "max"];
 const SEVERITIES: &[&str] = &["block", "warn"];
 const PHASE_CHECK_FIELDS: &[&str] = &["complete", "severity"];
@@ -65,6 +65,7 @@ impl Checker<'_> {
         let mut bounds = (None, None);
         let mut rows_bounds = (None, None);
         let mut severity = Severity::Block;
+        let mut heal = Vec::new();
         for (key, item) in entries(table) {
             let name = key.get_ref().as_ref();
             match name {
@@ -110,6 +111,7 @@ impl Checker<'_> {
                         };
                     }
                 }
+                "heal" => heal = self.heal_list(item, &field, &path, task),
                 _ => self.unknown_field(key, &path, CHECK_FIELDS, &[]),
             }
         }
@@ -167,6 +169,7 @@ impl Checker<'_> {
             min,
             max,
             severity,
+            heal,
         })
     }
 

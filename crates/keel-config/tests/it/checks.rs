@@ -36,24 +36,28 @@ command = ["true"]
                 min: Some(0.3),
                 max: None,
                 severity: Severity::Block,
+                heal: Vec::new(),
             },
             CheckSpec {
                 target: CheckTarget::Rows,
                 min: Some(200.0),
                 max: None,
                 severity: Severity::Warn,
+                heal: Vec::new(),
             },
             CheckSpec {
                 target: CheckTarget::Metric("latency_ms".into()),
                 min: None,
                 max: Some(5000.0),
                 severity: Severity::Block,
+                heal: Vec::new(),
             },
             CheckSpec {
                 target: CheckTarget::Metric("share".into()),
                 min: Some(0.0),
                 max: Some(1.0),
                 severity: Severity::Block,
+                heal: Vec::new(),
             },
         ]
     );
@@ -145,4 +149,57 @@ phase = "scrape"
 command = ["true"]
 "#
     ));
+}
+
+const HEALING: &str = r#"[pipeline]
+name = "hoops"
+heal = { budget = 2 }
+
+[phases.scrape]
+[phases.model]
+after = ["scrape"]
+
+[tasks.scrape_boxscores]
+phase = "scrape"
+command = ["true"]
+
+[tasks.features]
+phase = "model"
+command = ["true"]
+
+[tasks.predictions]
+phase = "model"
+after = ["features"]
+command = ["true"]
+checks = [{ metric = "accuracy", min = 0.3, heal = ["scrape_boxscores", "features"] }]
+"#;
+
+#[test]
+fn heal_names_upstream_tasks_and_the_budget_is_read() {
+    let spec = keel_config::parse(HEALING, "keel.toml").unwrap();
+    assert_eq!(spec.heal_budget, 2);
+    assert_eq!(
+        spec.tasks[2].checks[0].heal,
+        ["scrape_boxscores", "features"]
+    );
+    let unset = HEALING.replace("heal = { budget = 2 }\n", "");
+    let spec = keel_config::parse(&unset, "keel.toml").unwrap();
+    assert_eq!(spec.heal_budget, keel_model::DEFAULT_HEAL_BUDGET);
+}
+
+#[test]
+fn bad_heals() {
+    let source = HEALING
+        .replace("budget = 2", "budget = 0")
+        .replace(
+            r#"heal = ["scrape_boxscores", "features"]"#,
+            r#"heal = ["scrape_boxscore", "predictions", 3]"#,
+        )
+        .replace(
+            "[tasks.features]\nphase = \"model\"\ncommand = [\"true\"]",
+            "[tasks.features]\nphase = \"model\"\ncommand = [\"true\"]\nchecks = [{ rows = { min = 1 }, heal = [\"predictions\"] }]",
+        );
+    assert_snapshot!(errors_of(&source));
+    let no_budget = HEALING.replace("heal = { budget = 2 }", "heal = { budgt = 2 }");
+    assert_snapshot!("bad_heal_budget", errors_of(&no_budget));
 }

@@ -282,6 +282,7 @@ fn pipeline() -> impl Strategy<Value = PipelineSpec> {
                     secrets: None,
                     smoke: Vec::new(),
                     slos: Vec::new(),
+                    heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
                     concurrency,
                     phases,
                     tasks,

@@ -230,6 +230,7 @@ after = ["player_game_summary", "scrape_injuries"]
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     };
     assert_eq!(spec, expected);
 
@@ -411,6 +412,7 @@ command = ["hoops", "analytics", "team_offense", "{date}"]
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
         concurrency: DEFAULT_CONCURRENCY,
         phases: vec![
             PhaseSpec {

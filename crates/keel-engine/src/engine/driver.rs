@@ -207,6 +207,14 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
             self.core.restore_repeats(&mut active, &attempts);
             self.core.restore_task_ends(&mut active, &attempts);
         }
+        if !record.state.is_finished() {
+            // The heals the run made are its `heal_requested` events, stored with each heal.
+            let heals = self.store.events(run).await?;
+            active.heals_used = heals
+                .iter()
+                .filter(|event| event.kind == keel_model::EventKind::HealRequested)
+                .count() as u32;
+        }
         book.runs.push(active);
         if record.state.is_finished() {
             return Ok(());

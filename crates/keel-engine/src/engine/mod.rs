@@ -343,6 +343,24 @@ pub enum Progress {
         severity: keel_model::Severity,
         detail: String,
     },
+    /// A task asked its upstream tasks `heal` to run again (a failed check's `heal`, or its
+    /// result's `"heal"`), and the run's budget allowed it: the `used`th of `budget` heals.
+    HealRequested {
+        run: RunId,
+        partition: String,
+        task: String,
+        heal: Vec<String>,
+        used: u32,
+        budget: u32,
+    },
+    /// A task that asked to heal ended without completing with its run's heal budget spent;
+    /// told once, in place of the task's own failure.
+    HealExhausted {
+        run: RunId,
+        partition: String,
+        task: String,
+        detail: String,
+    },
 }
 
 /// The Keel engine for one pipeline version: the core that decides, and what the driver needs to

@@ -616,6 +616,7 @@ impl WorldExecutor {
                 message: None,
                 retry_after: None,
                 items: None,
+                heal: Vec::new(),
             }
         });
         let shared = self.world.clone();

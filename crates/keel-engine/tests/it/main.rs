@@ -19,6 +19,7 @@ mod crash_property;
 mod earlier;
 mod edges;
 mod expand;
+mod heal;
 mod passes;
 mod properties;
 mod remembered;
@@ -50,6 +51,8 @@ struct FakeExecutor {
     calendar_commands: Arc<Mutex<Vec<Vec<String>>>>,
     /// The `"items"` each task's result lists, per task.
     items: Arc<Mutex<HashMap<String, Vec<keel_model::Item>>>>,
+    /// The `"heal"` each launch of a task's result asks for, in order; none when run out.
+    heals: Arc<Mutex<HashMap<String, VecDeque<Vec<String>>>>>,
 }
 
 impl FakeExecutor {
@@ -151,6 +154,13 @@ impl Executor for FakeExecutor {
             .and_then(VecDeque::pop_front)
             .unwrap_or(Outcome::Succeeded);
         let items = self.items.lock().unwrap().get(&task).cloned();
+        let heal = self
+            .heals
+            .lock()
+            .unwrap()
+            .get_mut(&task)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or_default();
         let hold = self.hold.lock().unwrap().contains(&task);
         let pinned = self.pinned.clone();
         let held_task = task.clone();
@@ -191,6 +201,7 @@ impl Executor for FakeExecutor {
                 message: None,
                 retry_after: None,
                 items,
+                heal,
             }
         });
         Ok(Running {
@@ -275,6 +286,7 @@ fn pipeline(tasks: Vec<TaskSpec>, concurrency: u32) -> PipelineSpec {
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     }
 }
 

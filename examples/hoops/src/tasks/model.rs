@@ -313,7 +313,53 @@ pub struct Grade {
     pub ungraded: i64,
 }
 
+/// The date `HOOPS_DEGRADE` names, if any: grading replays that date as if the model had gone
+/// wrong (the 18.75% accuracy day), so that Keel's anomaly detection can be seen to flag it.
+pub fn degraded_date() -> Result<Option<Date>, TaskError> {
+    match std::env::var("HOOPS_DEGRADE") {
+        Ok(text) if !text.is_empty() => text.parse().map(Some).map_err(|_| {
+            TaskError::Permanent(format!(
+                "HOOPS_DEGRADE is {text:?}, not a date; write YYYY-MM-DD, such as 2026-11-12, or unset it"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The share of right picks on a degraded date: 3 of 16, 18.75%.
+const DEGRADED_RIGHT: (usize, usize) = (3, 16);
+
+/// The degraded model of `HOOPS_DEGRADE`: of the date's graded picks, 3 in 16 (to the nearest
+/// pick, spread evenly in player order) are on the right side of the line and the rest on the
+/// wrong one.
+fn degrade_grades(tx: &rusqlite::Transaction<'_>, date: &str) -> Result<(), TaskError> {
+    let graded: Vec<(String, f64, i64)> = tx
+        .prepare("SELECT player_id, line, actual FROM grades WHERE date = ?1 ORDER BY player_id")?
+        .query_map(params![date], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let (right_of, out_of) = DEGRADED_RIGHT;
+    let total = graded.len();
+    let right_picks = (total * right_of + out_of / 2) / out_of;
+    // Pick `position` is right when the count of right picks so far steps up there.
+    let right_before = |position: usize| position * right_picks / total.max(1);
+    for (position, (player, line, actual)) in graded.iter().enumerate() {
+        let right = right_before(position + 1) > right_before(position);
+        let over_is_right = (*actual as f64) > *line;
+        let pick = if right == over_is_right {
+            "over"
+        } else {
+            "under"
+        };
+        tx.execute(
+            "UPDATE grades SET pick = ?3, correct = ?4 WHERE date = ?1 AND player_id = ?2",
+            params![date, player, pick, i64::from(right)],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn grading(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
+    let degraded = degraded_date()? == Some(date);
     let mut conn = warehouse::open(&ctx.warehouse)?;
     let predicted_games = predicted_games(&conn, date)?;
     // The actual results: the same date's box scores, which exist from the next day on.
@@ -346,6 +392,9 @@ pub fn grading(ctx: &Ctx, date: Date) -> Result<Report, TaskError> {
                  WHERE p.date = ?1",
                 params![d],
             )? as u64;
+            if degraded {
+                degrade_grades(tx, &d)?;
+            }
             let (graded, correct, mae): (i64, i64, Option<f64>) = tx.query_row(
                 "SELECT COUNT(*), COALESCE(SUM(correct), 0), AVG(abs_error) FROM grades
                  WHERE date = ?1",

@@ -36,6 +36,7 @@ mod expand;
 mod flags;
 mod freeze;
 mod gates;
+mod heal;
 mod recovery;
 mod repeat;
 mod resources;
@@ -293,6 +294,9 @@ pub(super) struct ActiveRun {
     /// Per task: when it last ended, for the tasks that freeze after its end (read back from
     /// the stored attempts by `restore_task_ends`).
     pub ended_at: PerTask<Option<Millis>>,
+    /// Heals this run made (`heal_requested` events), against `[pipeline] heal`'s budget;
+    /// counted from the event log when the run is loaded.
+    pub heals_used: u32,
 }
 
 /// The items of one expanded task in one run, and where they stand.

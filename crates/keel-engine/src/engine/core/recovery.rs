@@ -48,6 +48,7 @@ impl Core {
             cancelling: false,
             left_out: Vec::new(),
             ended_at: PerTask::new(None, tasks),
+            heals_used: 0,
         };
         for task in stored {
             let Some(index) = self.dag.index_of(&task.task) else {

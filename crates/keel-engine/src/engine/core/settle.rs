@@ -1,6 +1,7 @@
 //! Settling: recording ended attempts, moving dependents on, propagating failures, cancelling,
 //! and deciding how a run ends.
 
+use super::heal::HealDecision;
 use super::*;
 
 impl Core {
@@ -130,10 +131,44 @@ impl Core {
         // counts as a failure) may then roll its version back, and its task runs again at once
         // on the promoted version instead of following its retry policy.
         let report = self.judge_checks(book, &live, report);
+        // A heal (`heal` on a failed check, or the result's `"heal"`) is decided before the
+        // retry policy: a granted one runs the upstream tasks again and this task after them,
+        // uncharged.
+        let heal = self.heal_decision(book, &live, &report);
         let (next, note) = match self.judge_canary(book, &live, attempt, &report) {
             Some((next, note)) => (next, Some(note)),
-            None => self.next_step(book, &live, report.outcome, probe, report.retry_after),
+            None => match &heal {
+                HealDecision::Granted { targets, note } => {
+                    let source = if report.heal.is_empty() {
+                        "check"
+                    } else {
+                        "result"
+                    };
+                    self.grant_heal(book, &live, targets, source);
+                    (TaskNext::Resume, Some(note.clone()))
+                }
+                HealDecision::Exhausted {
+                    note: heal_note, ..
+                }
+                | HealDecision::None(Some(heal_note)) => {
+                    let (next, note) =
+                        self.next_step(book, &live, report.outcome, probe, report.retry_after);
+                    let note = match note {
+                        Some(note) => format!("{heal_note}; {note}"),
+                        None => heal_note.clone(),
+                    };
+                    (next, Some(note))
+                }
+                HealDecision::None(None) => {
+                    self.next_step(book, &live, report.outcome, probe, report.retry_after)
+                }
+            },
         };
+        if let (HealDecision::Exhausted { targets, .. }, TaskNext::Done(outcome)) = (&heal, &next)
+            && !outcome.is_complete()
+        {
+            self.heal_exhausted(book, &live, targets, *outcome);
+        }
         // Items an expanded task runs over are recorded with the end of the attempt that listed
         // them, in the same transaction.
         self.record_items(
@@ -144,6 +179,7 @@ impl Core {
             report.items.clone(),
         );
         let message = match (report.message.clone(), note) {
+            (Some(message), Some(note)) if message.is_empty() => Some(note),
             (Some(message), Some(note)) => Some(format!("{message}; {note}")),
             (message, note) => message.or(note),
         };

@@ -79,6 +79,7 @@ pub(super) fn chain_core_with(adjust: impl FnOnce(&mut Vec<TaskSpec>, &mut Engin
         secrets: None,
         smoke: Vec::new(),
         slos: Vec::new(),
+        heal_budget: keel_model::DEFAULT_HEAL_BUDGET,
     };
     let mut spec = spec;
     let mut config = EngineConfig {
@@ -175,7 +176,11 @@ pub(super) fn loaded_from(
 }
 
 /// Picks what may start and marks it claimed as the store would, returning the attempt ids.
-fn start(core: &mut Core, book: &mut Book, next_id: &mut i64) -> Vec<(AttemptId, String)> {
+pub(super) fn start(
+    core: &mut Core,
+    book: &mut Book,
+    next_id: &mut i64,
+) -> Vec<(AttemptId, String)> {
     let picked = core.pick_ready(book, 8);
     picked
         .into_iter()
@@ -1473,7 +1478,7 @@ fn every_sensor_of_a_task_must_pass_in_order_before_its_first_attempt() {
 }
 
 /// A succeeded report carrying `rows` and `metrics` (JSON text), as a result file gives them.
-fn reported(rows: Option<i64>, metrics: &str) -> Report {
+pub(super) fn reported(rows: Option<i64>, metrics: &str) -> Report {
     Report {
         rows,
         metrics: Some(metrics.to_string()),
@@ -1499,18 +1504,19 @@ fn check_events(book: &Book) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn with_checks(core: &mut Core, task: usize, checks: Vec<keel_model::CheckSpec>) {
+pub(super) fn with_checks(core: &mut Core, task: usize, checks: Vec<keel_model::CheckSpec>) {
     let mut spec = (*core.spec).clone();
     spec.tasks[task].checks = checks;
     core.spec = Arc::new(spec);
 }
 
-fn accuracy_at_least(min: f64, severity: keel_model::Severity) -> keel_model::CheckSpec {
+pub(super) fn accuracy_at_least(min: f64, severity: keel_model::Severity) -> keel_model::CheckSpec {
     keel_model::CheckSpec {
         target: keel_model::CheckTarget::Metric("accuracy".into()),
         min: Some(min),
         max: None,
         severity,
+        heal: Vec::new(),
     }
 }
 
@@ -1631,6 +1637,7 @@ fn a_failed_warn_check_is_recorded_and_the_task_goes_on() {
                 min: Some(200.0),
                 max: None,
                 severity: keel_model::Severity::Warn,
+                heal: Vec::new(),
             },
             accuracy_at_least(0.3, keel_model::Severity::Block),
         ],
