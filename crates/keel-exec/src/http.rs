@@ -251,13 +251,15 @@ async fn send(
         Some(Credential::Bearer(token)) => {
             (Some(format!("Bearer {}", token.0)), vec![token.0.clone()])
         }
-        Some(Credential::Basic { user, password }) => (
-            Some(format!(
-                "Basic {}",
-                base64(format!("{user}:{}", password.0).as_bytes())
-            )),
-            vec![password.0.clone()],
-        ),
+        Some(Credential::Basic { user, password }) => {
+            // The header's base64 is of `user:password`, which the password's own base64 does
+            // not match (a different offset): a service that echoes the header must not show it.
+            let encoded = base64(format!("{user}:{}", password.0).as_bytes());
+            (
+                Some(format!("Basic {encoded}")),
+                vec![password.0.clone(), encoded],
+            )
+        }
         Some(Credential::TokenCommand { command, ttl, env }) => {
             match clients.token(command, *ttl, env).await {
                 Ok(token) => (Some(format!("Bearer {}", token.0)), vec![token.0]),

@@ -261,8 +261,19 @@ http = {{ url = "{slow}" }}
 
 [tasks.listing]
 phase = "all"
-http = {{ url = "{listing}", auth = {{ token_command = ["sh", "-c", "echo tok-from-a-command"], token_ttl = "1m" }} }}
+http = {{ url = "{listing}", auth = {{ token_command = ["sh", "-c", "echo run >> {token_runs}; echo tok-from-a-command"], token_ttl = "1m" }} }}
+
+[tasks.listing_again]
+phase = "all"
+after = ["listing"]
+http = {{ url = "{listing}", auth = {{ token_command = ["sh", "-c", "echo run >> {token_runs}; echo tok-from-a-command"], token_ttl = "1m" }} }}
+
+[tasks.basic]
+phase = "all"
+http = {{ url = "{basic}", auth = {{ basic_user = "keel", basic_password_env = "SVC_TOKEN" }} }}
 "#,
+            token_runs = dir.path().join("token-runs").display(),
+            basic = server.url("/ok?basic=1"),
             ok = server.url("/ok"),
             missing = server.url("/missing"),
             bad = server.url("/bad"),
@@ -336,6 +347,33 @@ http = {{ url = "{listing}", auth = {{ token_command = ["sh", "-c", "echo tok-fr
     assert_eq!(
         listing.headers["authorization"],
         "Bearer tok-from-a-command"
+    );
+    // The token command ran once: the second task took the token from the cache (ttl 1m).
+    assert_eq!(
+        seen.iter().filter(|seen| seen.path == "/listing").count(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("token-runs")).unwrap(),
+        "run\n",
+        "the token was fetched once for both tasks"
+    );
+    // Basic authentication: user and password from the environment, the password never shown.
+    let basic = seen
+        .iter()
+        .find(|seen| seen.path == "/ok?basic=1")
+        .expect("the basic-auth task's request");
+    assert_eq!(
+        basic.headers["authorization"],
+        format!("Basic {}", base64_of(&format!("keel:{TOKEN}")))
+    );
+    assert_eq!(outcome("basic"), "succeeded", "{status}");
+    assert!(
+        task(&status, "basic")["message"]
+            .as_str()
+            .unwrap()
+            .contains("echo Basic ***"),
+        "the base64 form of the credential is hidden too: {status}"
     );
     // 429 with Retry-After: 1 is not ready (no attempt used), asked again no sooner than 1 s.
     let busy: Vec<&Seen> = seen.iter().filter(|seen| seen.path == "/busy").collect();
@@ -691,4 +729,27 @@ http = {{ url = "{work}" }}
         )),
         "{page}"
     );
+}
+
+/// Standard base64 with padding, for the expected basic-auth header.
+fn base64_of(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * index) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
