@@ -50,6 +50,8 @@ pub struct Served {
     pub heartbeat: Arc<AtomicI64>,
     /// Where its lines go: they name the pipeline.
     pub logger: Logger,
+    /// With `--role scheduler`: the work queue its attempts go to, for workers.
+    pub queue: Option<keel_store::WorkQueue>,
 }
 
 /// The pipelines `keel serve` was given, loaded, with their state locked and opened: every
@@ -61,7 +63,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn open(state_url: Option<&str>, files: &[PathBuf], format: LogFormat) -> Result<Daemon> {
+    pub fn open(
+        state_url: Option<&str>,
+        files: &[PathBuf],
+        format: LogFormat,
+        role: crate::cluster::Role,
+    ) -> Result<Daemon> {
         let mut pipelines: Vec<(Served, PipelineSpec, AnyStore)> = Vec::new();
         let mut locks: HashMap<PathBuf, StateLock> = HashMap::new();
         for file in files {
@@ -98,6 +105,15 @@ impl Daemon {
                 spec: Arc::new(RwLock::new(Arc::new(spec.clone()))),
                 health: Arc::new(RwLock::new(PipelineHealth::valid())),
                 heartbeat: Arc::new(AtomicI64::new(0)),
+                queue: match (&store, role) {
+                    (AnyStore::Postgres(postgres), crate::cluster::Role::Scheduler) => {
+                        Some(postgres.work_queue(4))
+                    }
+                    (AnyStore::Sqlite(_), crate::cluster::Role::Scheduler) => {
+                        return Err(crate::cluster::needs_postgres(role));
+                    }
+                    _ => None,
+                },
             };
             pipelines.push((served, spec, store));
         }
@@ -344,6 +360,7 @@ fn engine_for(
         store.clone(),
         Vec::new(),
         identities,
+        served.queue.clone(),
     )?;
     engine.set_shutdown_grace(grace);
     engine.set_heartbeat(served.heartbeat.clone());

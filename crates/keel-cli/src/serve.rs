@@ -14,6 +14,7 @@ use keel_store::{AnyStore, StatusQuery, Store};
 use crate::Exit;
 use crate::alerts::Alerts;
 use crate::api;
+use crate::cluster::Role;
 use crate::args::{RunArgs, ServeArgs};
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
@@ -38,8 +39,11 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
 
 async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
+    if args.role == Role::Worker {
+        return serve_as_worker(state_url, &args, grace).await;
+    }
     let traces = serve_log::trace_endpoint(args.otlp_endpoint.as_deref())?;
-    let daemon = Daemon::open(state_url, &args.pipelines, args.log_format)?;
+    let daemon = open_daemon(state_url, &args).await?;
     // Lines about no pipeline in particular (the clock, signals, the stop) name the pipeline
     // when there is only one.
     let general = match daemon.served().as_slice() {
@@ -127,6 +131,88 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     }
     general.info("keel serve: stopped; unfinished runs carry on at the next start");
     Ok(if clean { 0 } else { 1 })
+}
+
+/// How often a standby scheduler tries to take the state's executor lock.
+const STANDBY_RETRY: Duration = Duration::from_millis(200);
+
+/// Opens the pipelines; a standby scheduler (`--role scheduler`) whose state another Keel holds
+/// waits for the lock, and takes over as soon as its holder is gone.
+async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon> {
+    let logger = serve_log::Logger::new(args.log_format);
+    let mut waiting_since: Option<std::time::Instant> = None;
+    loop {
+        match Daemon::open(state_url, &args.pipelines, args.log_format, args.role) {
+            Ok(daemon) => {
+                if let Some(since) = waiting_since {
+                    logger.info(&format!(
+                        "keel serve: active scheduler now (pid {}), {} ms after the previous one let go",
+                        std::process::id(),
+                        since.elapsed().as_millis()
+                    ));
+                }
+                return Ok(daemon);
+            }
+            Err(error) if args.role == Role::Scheduler && held_elsewhere(&error) => {
+                if waiting_since.is_none() {
+                    logger.info(&format!(
+                        "keel serve: standby scheduler (pid {}): {}; taking over when it stops",
+                        std::process::id(),
+                        format!("{error:#}").replace('\n', "; ")
+                    ));
+                }
+                // Measured from the last try that found the lock held.
+                waiting_since = Some(std::time::Instant::now());
+                tokio::time::sleep(STANDBY_RETRY).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn held_elsewhere(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<keel_store::LockError>(),
+            Some(keel_store::LockError::Held { .. } | keel_store::LockError::HeldInPostgres { .. })
+        )
+    })
+}
+
+/// `keel serve --role worker`: the state's URL from `--state`, or from the pipeline file's
+/// `state` when there is one.
+async fn serve_as_worker(state_url: Option<&str>, args: &ServeArgs, grace: Duration) -> Result<u8> {
+    let text = match state_url {
+        Some(url) => url.to_string(),
+        None => {
+            let file = args.pipelines.first().cloned().unwrap_or_default();
+            if !file.exists() {
+                return Err(crate::cluster::needs_postgres(Role::Worker));
+            }
+            let spec = state::load_pipeline(&file)?;
+            spec.state.clone().unwrap_or_default()
+        }
+    };
+    let Some(url) = keel_store::PostgresUrl::parse(&text) else {
+        return Err(crate::cluster::needs_postgres(Role::Worker));
+    };
+    let lease = keel_model::parse_duration(&args.lease)
+        .ok()
+        .filter(|lease| *lease >= Duration::from_millis(300) && *lease <= Duration::from_secs(3600))
+        .ok_or_else(|| {
+            Exit::usage(format!(
+                "--lease {:?} is not a duration between 300ms and 1h; write it like 15s",
+                args.lease
+            ))
+        })?;
+    let config = crate::cluster::worker::WorkerConfig {
+        url,
+        slots: args.slots,
+        lease,
+        work_dir: args.work_dir.clone(),
+        grace,
+    };
+    crate::cluster::worker::run(config, serve_log::Logger::new(args.log_format)).await
 }
 
 /// How long the engine's loop may go without a turn before `/ready` says it is stuck. The loop
