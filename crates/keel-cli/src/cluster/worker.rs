@@ -88,7 +88,12 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
     ));
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
-    let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    // Bound: a worker that dies takes its attempts with it (their leaders die with their
+    // supervisors), since the scheduler retries them elsewhere once their leases lapse.
+    let executor = ProcessExecutor::new(
+        program,
+        vec!["__attempt".into(), keel_exec::BOUND_ARGUMENT.into()],
+    );
     let (ended_sender, mut ended) = tokio::sync::mpsc::unbounded_channel::<(i64, Report)>();
     let mut held: HashMap<i64, Held> = HashMap::new();
     let mut unsent: Vec<Unsent> = Vec::new();

@@ -38,3 +38,4 @@ mod storm;
 mod support;
 mod tokens;
 mod unattended;
+mod workers;

@@ -100,6 +100,8 @@ pub struct ClusterView {
     pub queued: i64,
     pub claimed: i64,
     pub done: i64,
+    /// Rows whose lease lapsed and was reaped (their attempts ended `lost`).
+    pub reaped: i64,
 }
 
 /// The queue, on a pool of its own. Cloning shares the pool.
@@ -449,7 +451,8 @@ impl WorkQueue {
         .await?;
         let counts = sqlx::query(
             "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'claimed'),
-                    count(*) FILTER (WHERE state = 'done') FROM keel_work",
+                    count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE claim_epoch > 0)
+             FROM keel_work",
         )
         .fetch_one(&mut *transaction)
         .await?;
@@ -486,6 +489,7 @@ impl WorkQueue {
             queued: get(&counts, 0)?,
             claimed: get(&counts, 1)?,
             done: get(&counts, 2)?,
+            reaped: get(&counts, 3)?,
         })
     }
 
