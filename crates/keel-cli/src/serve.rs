@@ -14,8 +14,8 @@ use keel_store::{AnyStore, StatusQuery, Store};
 use crate::Exit;
 use crate::alerts::Alerts;
 use crate::api;
-use crate::cluster::Role;
 use crate::args::{RunArgs, ServeArgs};
+use crate::cluster::Role;
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
     shutdown_on_signals_telling,
@@ -245,6 +245,10 @@ fn start_api(
             actions: tokio::sync::Mutex::new(()),
         });
     }
+    let cluster = match &pipelines[0].reader {
+        keel_store::AnyStore::Postgres(store) => Some(store.work_queue(2)),
+        keel_store::AnyStore::Sqlite(_) => None,
+    };
     let context = api::ApiContext {
         pipelines,
         token,
@@ -254,6 +258,7 @@ fn start_api(
         metrics: metrics.renderer(),
         logger: logger.clone(),
         stopping,
+        cluster,
     };
     let (bound, server) = api::start(addr, Arc::new(context))?;
     let token_from = match source {

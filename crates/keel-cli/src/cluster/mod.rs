@@ -240,8 +240,8 @@ mod tests {
             log_cap: 1024,
             http: None,
         };
-        let job: Job = serde_json::from_str(&serde_json::to_string(&Job::of(&launch)).unwrap())
-            .unwrap();
+        let job: Job =
+            serde_json::from_str(&serde_json::to_string(&Job::of(&launch)).unwrap()).unwrap();
         let local = job.launch_in(Path::new("/w/abc/7/load.2"));
         assert_eq!(local.env[0].1, "/w/abc/7/load.2/result.json");
         // A sibling whose name only starts like the directory is not under it.

@@ -109,10 +109,10 @@ impl Executor for QueueExecutor {
         let payload = serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other)?;
         let running = self.wait_for(&key, &launch.dir);
         // `launch` runs on a blocking thread, never on the runtime itself.
-        let queued = self
-            .inner
-            .runtime
-            .block_on(self.inner.queue.enqueue(&key, &payload, wall_millis()));
+        let queued =
+            self.inner
+                .runtime
+                .block_on(self.inner.queue.enqueue(&key, &payload, wall_millis()));
         if let Err(error) = queued {
             lock(&self.inner.pending).remove(&key);
             return Err(std::io::Error::other(format!(
@@ -183,9 +183,7 @@ async fn watch(inner: Weak<Inner>) {
             let dir = pending.dir.clone();
             let log = row.log.clone();
             let _ = tokio::task::spawn_blocking(move || write_log(&dir, log.as_deref())).await;
-            let _ = pending
-                .done
-                .send(WireReport::decode(row.report.as_deref()));
+            let _ = pending.done.send(WireReport::decode(row.report.as_deref()));
         }
     }
 }
@@ -204,5 +202,7 @@ fn write_log(dir: &Path, log: Option<&str>) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

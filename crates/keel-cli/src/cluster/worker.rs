@@ -264,7 +264,9 @@ async fn start(
         Err(error) => {
             let report = Report::new(
                 Outcome::FailedPermanent,
-                format!("the worker cannot read the attempt's job ({error}); is it a different keel version?"),
+                format!(
+                    "the worker cannot read the attempt's job ({error}); is it a different keel version?"
+                ),
             );
             return Err((attempt, report));
         }
@@ -306,7 +308,10 @@ async fn start(
         )),
         Err(error) => Err((
             attempt,
-            Report::new(Outcome::Lost, format!("the worker's launcher failed: {error}")),
+            Report::new(
+                Outcome::Lost,
+                format!("the worker's launcher failed: {error}"),
+            ),
         )),
     }
 }

@@ -55,7 +55,9 @@ impl Cluster {
         let mut command = Command::new(keel_path());
         command
             .current_dir(&self.root)
-            .args(["serve", "--role", role, "--state", &self.url, "--grace", "1s"])
+            .args([
+                "serve", "--role", role, "--state", &self.url, "--grace", "1s",
+            ])
             .env_remove("KEEL_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -63,9 +65,7 @@ impl Cluster {
         if role == "worker" {
             command.args(["--lease", "1500ms", "--slots", "4"]);
         } else {
-            command
-                .arg(&self.pipeline)
-                .args(["--addr", "127.0.0.1:0"]);
+            command.arg(&self.pipeline).args(["--addr", "127.0.0.1:0"]);
         }
         (Served(command.spawn().unwrap()), log)
     }
@@ -151,7 +151,12 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     let queued = Command::new(keel_path())
         .current_dir(&root)
         .args(["run", "--detach", "--state", database.url()])
-        .args(["--from", PARTITIONS[0], "--to", PARTITIONS[PARTITIONS.len() - 1]])
+        .args([
+            "--from",
+            PARTITIONS[0],
+            "--to",
+            PARTITIONS[PARTITIONS.len() - 1],
+        ])
         .arg(&pipeline)
         .output()
         .unwrap();
@@ -210,7 +215,9 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
         let status = status(&root, database.url(), &pipeline);
         status["runs"].as_array().is_some_and(|runs| {
             runs.len() == PARTITIONS.len()
-                && runs.iter().all(|run| run["state"] != "running" && run["state"] != "queued")
+                && runs
+                    .iter()
+                    .all(|run| run["state"] != "running" && run["state"] != "queued")
         })
     });
     let status = status(&root, database.url(), &pipeline);
@@ -232,11 +239,44 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     }
     assert_eq!(committed.len(), TASKS * PARTITIONS.len(), "{ledger}");
     for (key, attempts) in &committed {
-        assert_eq!(attempts.len(), 1, "{key} committed by attempts {attempts:?}");
+        assert_eq!(
+            attempts.len(),
+            1,
+            "{key} committed by attempts {attempts:?}"
+        );
     }
     // The attempts the killed workers held lapsed and were retried.
     let view = block_on(queue.cluster()).unwrap();
     assert!(view.reaped >= 3, "reaped {} leases", view.reaped);
+    // The API and the dashboard of the scheduler now active show the whole cluster: the three
+    // live workers (and the three killed ones, their heartbeats stopped).
+    let log = std::fs::read_to_string(&standby_log).unwrap();
+    let addr = log
+        .split("API on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("the new active scheduler logs its API")
+        .to_string();
+    let cluster = crate::api::request(&addr, "GET", "/api/cluster", &[], None);
+    assert_eq!(cluster.status, 200);
+    let cluster = cluster.json();
+    let listed = cluster["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 6, "{cluster}");
+    let pids: Vec<i64> = listed
+        .iter()
+        .map(|worker| worker["pid"].as_i64().unwrap())
+        .collect();
+    for served in &workers {
+        let pid = i64::from(served.0.id());
+        assert!(pids.contains(&pid), "worker {pid} is missing: {cluster}");
+    }
+    assert!(
+        cluster["queue"]["reaped"].as_i64().unwrap() >= 3,
+        "{cluster}"
+    );
+    let page = crate::api::request(&addr, "GET", "/ui/fleet/cluster", &[], None);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Workers"), "{}", page.text());
     drop(standby);
     drop(active);
     drop(workers);

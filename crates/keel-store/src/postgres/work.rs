@@ -385,12 +385,14 @@ impl WorkQueue {
 
     /// Removes done rows finished before `before`: their attempts are recorded by then.
     pub async fn forget_done(&self, before: Millis) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM keel_work WHERE state = 'done' AND finished_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(|error| self.unreachable(error))?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM keel_work WHERE state = 'done' AND finished_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(|error| self.unreachable(error))?
+                .rows_affected(),
+        )
     }
 
     /// Registers a worker (or registers it again after a restart under the same id).
