@@ -429,6 +429,11 @@ pub struct BenchArgs {
     /// Keep the benchmark's state directory here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run only the distributed workers benchmark: the 1,000-task pipeline with 1, 2 and 4
+    /// worker processes on this PostgreSQL database (its pipelines are named bench_workers_N),
+    /// against the same pipeline all in one process on SQLite.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["quick", "scale"])]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -495,6 +495,16 @@ impl WorkQueue {
         })
     }
 
+    /// The connections to this state's database right now, every client's (for `keel bench`).
+    pub async fn connections(&self) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|error| self.unreachable(error))
+    }
+
     /// Listens for new work and cancels (`for_workers`) or for finished rows (the scheduler).
     pub async fn notices(&self, for_workers: bool) -> StoreResult<WorkNotices> {
         let pool = new_pool(&self.options, PostgresConfig { max_connections: 1 });
