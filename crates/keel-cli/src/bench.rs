@@ -137,16 +137,17 @@ async fn run_case(
 /// Runs the pipeline `text` (one partition, `none`) with the real engine on a fresh state in
 /// `dir/name`, and measures it.
 async fn run_pipeline(dir: &Path, name: &str, text: &str) -> Result<CaseResult> {
-    run_pipeline_on(dir, name, text, None).await
+    run_pipeline_on(dir, name, text, None, false).await
 }
 
-/// [`run_pipeline`] with the state at `postgres` and its attempts handed to workers through
-/// the state's work queue, when given.
+/// [`run_pipeline`] with the state at `postgres` when given, and its attempts handed to
+/// workers through the state's work queue when `to_workers`.
 async fn run_pipeline_on(
     dir: &Path,
     name: &str,
     text: &str,
     postgres: Option<&str>,
+    to_workers: bool,
 ) -> Result<CaseResult> {
     let case_dir = dir.join(name);
     std::fs::create_dir_all(&case_dir)?;
@@ -157,7 +158,7 @@ async fn run_pipeline_on(
     let paths = StatePaths::resolve(postgres, &spec, &pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     let queue = match (&store, postgres) {
-        (keel_store::AnyStore::Postgres(store), Some(_)) => Some(store.work_queue(4)),
+        (keel_store::AnyStore::Postgres(store), Some(_)) if to_workers => Some(store.work_queue(4)),
         _ => None,
     };
     let mut engine = crate::setup::build_engine_versioned(

@@ -58,6 +58,21 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         sqlite.tasks,
         sqlite.wall.as_secs_f64()
     );
+    let name = format!("bench_workers_0_{}", std::process::id());
+    let postgres = run_pipeline_on(
+        dir,
+        &name,
+        &layered_pipeline(&name, LEVELS, WIDTH, concurrency),
+        Some(url),
+        false,
+    )
+    .await?;
+    println!(
+        "PostgreSQL, all in one process (no workers): {} tasks in {:.3} s · {:.0} tasks/s",
+        postgres.tasks,
+        postgres.wall.as_secs_f64(),
+        postgres.tasks as f64 / postgres.wall.as_secs_f64()
+    );
     let program = std::env::current_exe().context("cannot find the keel executable")?;
     for count in [1usize, 2, 4] {
         let name = format!("bench_workers_{count}_{}", std::process::id());
@@ -111,7 +126,8 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let connections_before = queue.connections().await?;
-        let result = run_pipeline_on(dir, &format!("{name}-scheduler"), &text, Some(url)).await?;
+        let result =
+            run_pipeline_on(dir, &format!("{name}-scheduler"), &text, Some(url), true).await?;
         let connections = queue.connections().await?;
         let rate = result.tasks as f64 / result.wall.as_secs_f64();
         println!(
