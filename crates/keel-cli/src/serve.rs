@@ -51,6 +51,7 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         _ => serve_log::Logger::new(args.log_format),
     };
     accelerate(&args, &general)?;
+    watch_postgres_locks(daemon.postgres_locks(), general.clone());
     // One registry for every pipeline served: `/metrics` renders it (`Metrics::renderer`).
     let metrics = Metrics::new(&general_name(&daemon));
     let mut reporters = HashMap::new();
@@ -153,6 +154,15 @@ async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon
                 }
                 return Ok(daemon);
             }
+            Err(error) if args.role == Role::Scheduler && unreachable(&error) => {
+                // A standby outlives the database's restarts: it tries again, more slowly.
+                logger.warn(&format!(
+                    "keel serve: standby scheduler: {}; trying again in {} s",
+                    format!("{error:#}").replace('\n', "; "),
+                    STANDBY_UNREACHABLE_RETRY.as_secs()
+                ));
+                tokio::time::sleep(STANDBY_UNREACHABLE_RETRY).await;
+            }
             Err(error) if args.role == Role::Scheduler && held_elsewhere(&error) => {
                 if waiting_since.is_none() {
                     logger.info(&format!(
@@ -168,6 +178,63 @@ async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon
             Err(error) => return Err(error),
         }
     }
+}
+
+/// How long this Keel may go without its executor lock in PostgreSQL (a restart of the server,
+/// a network failure) before it stops: by then a standby may be active.
+const LOCK_LOSS_LIMIT: Duration = Duration::from_secs(5);
+
+/// Ends this process when it lost a state's executor lock in PostgreSQL for longer than
+/// [`LOCK_LOSS_LIMIT`], or for good (another Keel took it): two active schedulers must never
+/// run one state. It exits as a kill would, which the engine is built to survive: the next
+/// active scheduler adopts every attempt.
+fn watch_postgres_locks(locks: Vec<Arc<std::sync::atomic::AtomicBool>>, logger: serve_log::Logger) {
+    if locks.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut lost_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let all_held = locks
+                .iter()
+                .all(|held| held.load(std::sync::atomic::Ordering::SeqCst));
+            match (all_held, lost_since) {
+                (true, Some(_)) => {
+                    logger.info("keel serve: the executor lock in PostgreSQL is held again");
+                    lost_since = None;
+                }
+                (true, None) => {}
+                (false, None) => {
+                    logger.warn("keel serve: lost the connection holding the executor lock in PostgreSQL; reconnecting");
+                    lost_since = Some(std::time::Instant::now());
+                }
+                (false, Some(since)) if since.elapsed() >= LOCK_LOSS_LIMIT => {
+                    logger.write(serve_log::Line::new(serve_log::Level::Error, format!(
+                        "keel serve: the executor lock in PostgreSQL was not taken back within {} s (another scheduler may be active); stopping at once, as a restart adopts every attempt",
+                        LOCK_LOSS_LIMIT.as_secs()
+                    )));
+                    std::process::exit(1);
+                }
+                (false, Some(_)) => {}
+            }
+        }
+    });
+}
+
+/// How long a standby waits before it tries a database it could not reach again.
+const STANDBY_UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
+
+fn unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<keel_store::StoreError>(),
+            Some(keel_store::StoreError::Unreachable { .. })
+        ) || matches!(
+            cause.downcast_ref::<keel_store::LockError>(),
+            Some(keel_store::LockError::Store(keel_store::StoreError::Unreachable { .. }))
+        )
+    })
 }
 
 fn held_elsewhere(error: &anyhow::Error) -> bool {

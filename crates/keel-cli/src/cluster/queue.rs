@@ -23,6 +23,13 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// read it while adopting.
 const KEEP_DONE_MS: i64 = 24 * 3600 * 1000;
 
+/// How long the watcher holds off reaping after it could not reach the database: the workers
+/// were cut off too, and need a turn of their heartbeats to renew the leases that lapsed
+/// meanwhile (a worker's default lease is 15 s).
+const REAP_GRACE_MS: i64 = 15_000;
+/// A turn of the watcher that took longer than this means the database was away.
+const OUTAGE_MS: i64 = 2_000;
+
 /// What a reaped row reports.
 const LOST_REPORT: &str = r#"{"outcome":"lost","message":"its worker stopped renewing its lease (the worker died, hung or lost the database)"}"#;
 
@@ -152,6 +159,7 @@ async fn watch(inner: Weak<Inner>) {
     };
     let mut notices = None;
     let mut last_forget = 0;
+    let mut reap_not_before = 0;
     loop {
         match &mut notices {
             Some(listening) => {
@@ -166,8 +174,18 @@ async fn watch(inner: Weak<Inner>) {
             return;
         };
         let now = wall_millis();
-        // A database that is away is tried again at the next turn.
-        let _ = queue.reap(now, LOST_REPORT).await;
+        // A database that is away is tried again at the next turn. After an outage, leases
+        // the workers could not renew are not taken for lapsed until they had a turn.
+        let reaped = if now >= reap_not_before {
+            queue.reap(now, LOST_REPORT).await.map(|_| ())
+        } else {
+            queue.connections().await.map(|_| ())
+        };
+        // A call that failed, or waited long for a connection, means the database was away.
+        let answered = wall_millis();
+        if reaped.is_err() || answered - now > OUTAGE_MS {
+            reap_not_before = answered + REAP_GRACE_MS;
+        }
         if now - last_forget > 60_000 {
             last_forget = now;
             let _ = queue.forget_done(now - KEEP_DONE_MS).await;
