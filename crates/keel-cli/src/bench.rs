@@ -161,14 +161,8 @@ async fn run_pipeline_on(
         (keel_store::AnyStore::Postgres(store), Some(_)) if to_workers => Some(store.work_queue(4)),
         _ => None,
     };
-    let mut engine = crate::setup::build_engine_versioned(
-        spec,
-        &paths,
-        store.clone(),
-        Vec::new(),
-        None,
-        queue,
-    )?;
+    let mut engine =
+        crate::setup::build_engine_versioned(spec, &paths, store.clone(), Vec::new(), None, queue)?;
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let finished_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (starts, finishes) = (started_at.clone(), finished_at.clone());

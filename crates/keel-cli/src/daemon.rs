@@ -262,7 +262,11 @@ async fn serve_through_outages(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
-        spec = (**served.spec.read().unwrap_or_else(|poisoned| poisoned.into_inner())).clone();
+        spec = (**served
+            .spec
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        .clone();
     }
 }
 

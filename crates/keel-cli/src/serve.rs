@@ -232,7 +232,9 @@ fn unreachable(error: &anyhow::Error) -> bool {
             Some(keel_store::StoreError::Unreachable { .. })
         ) || matches!(
             cause.downcast_ref::<keel_store::LockError>(),
-            Some(keel_store::LockError::Store(keel_store::StoreError::Unreachable { .. }))
+            Some(keel_store::LockError::Store(
+                keel_store::StoreError::Unreachable { .. }
+            ))
         )
     })
 }

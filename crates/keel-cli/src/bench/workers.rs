@@ -96,8 +96,7 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         let text = layered_pipeline(&name, LEVELS, WIDTH, concurrency);
         let store = {
             let parsed = parsed.clone();
-            tokio::task::spawn_blocking(move || keel_store::PostgresStore::open(&parsed))
-                .await??
+            tokio::task::spawn_blocking(move || keel_store::PostgresStore::open(&parsed)).await??
         };
         let queue = store.work_queue(1);
         // The workers have registered before the clock starts.

@@ -88,7 +88,9 @@ impl PostgresLock {
                             _ = tokio::time::sleep(CHECK_EVERY) => {}
                         }
                         let alive = match current.as_mut() {
-                            Some(connection) => sqlx::query("SELECT 1").execute(connection).await.is_ok(),
+                            Some(connection) => {
+                                sqlx::query("SELECT 1").execute(connection).await.is_ok()
+                            }
                             None => false,
                         };
                         if alive {
