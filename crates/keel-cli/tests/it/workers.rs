@@ -285,3 +285,30 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
 fn pipeline_text(root: &Path) -> String {
     pipeline(root)
 }
+
+/// Roles coordinate through PostgreSQL: on an SQLite state they are refused with what to do,
+/// before anything runs or is locked.
+#[test]
+fn a_role_on_an_sqlite_state_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_pipeline(
+        dir.path(),
+        "[pipeline]\nname = \"solo\"\npartition = \"date\"\n\n[phases.a]\n\n[tasks.t]\nphase = \"a\"\ncommand = [\"true\"]\n",
+    );
+    for role in ["worker", "scheduler"] {
+        let output = Command::new(keel_path())
+            .current_dir(dir.path())
+            .args(["serve", "--role", role, "--addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{role}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--role {role} needs a PostgreSQL state"))
+                && stderr.contains("--state postgres://"),
+            "{role}: {stderr}"
+        );
+    }
+    // The worker's refusal comes before anything is made; the scheduler's before it serves.
+    assert!(!dir.path().join(".keel-worker").exists());
+}
