@@ -15,23 +15,32 @@ use serde_json::Value;
 
 use crate::support::{Served, keel_path, wait_for};
 
-const TASKS: usize = 12;
-const PARTITIONS: [&str; 3] = ["2026-02-01", "2026-02-02", "2026-02-03"];
+/// Tasks × partitions; `KEEL_WORKERS_SCALE=200x5` runs the full-size version by hand.
+fn scale() -> (usize, usize) {
+    std::env::var("KEEL_WORKERS_SCALE")
+        .ok()
+        .and_then(|text| {
+            let (tasks, partitions) = text.split_once('x')?;
+            Some((tasks.parse().ok()?, partitions.parse().ok()?))
+        })
+        .filter(|(tasks, partitions)| *tasks >= 2 && (1..=28).contains(partitions))
+        .unwrap_or((12, 3))
+}
 
 /// Each task sleeps a little (so kills land mid-attempt), then commits its result once per
 /// partition, keyed by Keel's idempotency key: a commit file made with `O_EXCL` (`set -C`), and
 /// a ledger line only for the attempt that made it. An attempt that finds its commit made (its
 /// earlier attempt committed, then its worker died before reporting) succeeds without writing.
-fn pipeline(root: &Path) -> String {
+fn pipeline_toml(root: &Path, tasks: usize) -> String {
     let mut text = String::from(
         "[pipeline]\nname = \"fleet\"\npartition = \"date\"\n\n[defaults]\nconcurrency = 16\nretries = { attempts = 2, initial = \"10ms\", max = \"50ms\" }\n\n[phases.work]\n[phases.sum]\nafter = [\"work\"]\n\n",
     );
     let ledger = root.join("ledger");
     let commits = root.join("commits");
-    for index in 0..TASKS {
-        let phase = if index == TASKS - 1 { "sum" } else { "work" };
+    for index in 0..tasks {
+        let phase = if index == tasks - 1 { "sum" } else { "work" };
         text.push_str(&format!(
-            "[tasks.t{index:02}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; if (set -C; : > '{commits}'/\\\"$KEEL_IDEMPOTENCY_KEY\\\") 2>/dev/null; then echo \\\"$KEEL_IDEMPOTENCY_KEY $KEEL_ATTEMPT\\\" >> '{ledger}'; fi\"]\n\n",
+            "[tasks.t{index:03}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; if (set -C; : > '{commits}'/\\\"$KEEL_IDEMPOTENCY_KEY\\\") 2>/dev/null; then echo \\\"$KEEL_IDEMPOTENCY_KEY $KEEL_ATTEMPT\\\" >> '{ledger}'; fi\"]\n\n",
             delay = 2 + index % 5,
             commits = commits.display(),
             ledger = ledger.display(),
@@ -128,11 +137,13 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
         });
     eprintln!("workers test: seed {seed} (KEEL_WORKERS_SEED to replay)");
     let mut random = Xorshift(seed);
+    let (tasks, partitions) = scale();
+    let last = format!("2026-02-{partitions:02}");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     std::fs::create_dir(root.join("commits")).unwrap();
     let pipeline = root.join("keel.toml");
-    std::fs::write(&pipeline, pipeline_text(&root)).unwrap();
+    std::fs::write(&pipeline, pipeline_toml(&root, tasks)).unwrap();
     let mut cluster = Cluster {
         root: root.clone(),
         url: database.url().to_string(),
@@ -151,12 +162,7 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     let queued = Command::new(keel_path())
         .current_dir(&root)
         .args(["run", "--detach", "--state", database.url()])
-        .args([
-            "--from",
-            PARTITIONS[0],
-            "--to",
-            PARTITIONS[PARTITIONS.len() - 1],
-        ])
+        .args(["--from", "2026-02-01", "--to", &last])
         .arg(&pipeline)
         .output()
         .unwrap();
@@ -171,7 +177,8 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     // Kill a worker that holds attempts, three times, each at a random moment; a new worker
     // takes its place.
     let mut worker_kills = 0;
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let patience = Duration::from_secs(40 + (tasks * partitions / 10) as u64);
+    let deadline = Instant::now() + patience;
     let mut failover = None;
     while worker_kills < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100 + random.below(400)));
@@ -203,6 +210,8 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
             });
             failover = Some(killed_at.elapsed());
             std::mem::swap(&mut active, &mut standby);
+            // The killed scheduler comes back, as a standby now.
+            standby = cluster.spawn("scheduler").0;
         }
     }
     assert_eq!(worker_kills, 3, "the workers never held attempts to kill");
@@ -211,10 +220,10 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
         "workers test: the standby took over {} ms after the active scheduler was killed",
         failover.as_millis()
     );
-    wait_for("every run to finish", Duration::from_secs(40), || {
+    wait_for("every run to finish", patience, || {
         let status = status(&root, database.url(), &pipeline);
         status["runs"].as_array().is_some_and(|runs| {
-            runs.len() == PARTITIONS.len()
+            runs.len() == partitions
                 && runs
                     .iter()
                     .all(|run| run["state"] != "running" && run["state"] != "queued")
@@ -237,7 +246,7 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
             .or_default()
             .push(attempt.to_string());
     }
-    assert_eq!(committed.len(), TASKS * PARTITIONS.len(), "{ledger}");
+    assert_eq!(committed.len(), tasks * partitions, "{ledger}");
     for (key, attempts) in &committed {
         assert_eq!(
             attempts.len(),
@@ -282,10 +291,6 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     drop(workers);
 }
 
-fn pipeline_text(root: &Path) -> String {
-    pipeline(root)
-}
-
 /// Roles coordinate through PostgreSQL: on an SQLite state they are refused with what to do,
 /// before anything runs or is locked.
 #[test]
@@ -309,6 +314,6 @@ fn a_role_on_an_sqlite_state_is_refused_with_a_hint() {
             "{role}: {stderr}"
         );
     }
-    // The worker's refusal comes before anything is made; the scheduler's before it serves.
+    // The worker's refusal comes before anything is made.
     assert!(!dir.path().join(".keel-worker").exists());
 }
