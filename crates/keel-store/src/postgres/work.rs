@@ -383,16 +383,21 @@ impl WorkQueue {
             .collect()
     }
 
-    /// Removes done rows finished before `before`: their attempts are recorded by then.
+    /// Removes done rows finished before `before` (their attempts are recorded by then), and
+    /// workers whose last heartbeat is older than that (they died long ago).
     pub async fn forget_done(&self, before: Millis) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM keel_work WHERE state = 'done' AND finished_at < $1")
-                .bind(before)
-                .execute(&self.pool)
-                .await
-                .map_err(|error| self.unreachable(error))?
-                .rows_affected(),
-        )
+        let rows = sqlx::query("DELETE FROM keel_work WHERE state = 'done' AND finished_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|error| self.unreachable(error))?
+            .rows_affected();
+        sqlx::query("DELETE FROM keel_workers WHERE heartbeat_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        Ok(rows)
     }
 
     /// Registers a worker (or registers it again after a restart under the same id).
