@@ -160,6 +160,7 @@ async fn watch(inner: Weak<Inner>) {
     let mut notices = None;
     let mut last_forget = 0;
     let mut reap_not_before = 0;
+    let mut last_reap = 0;
     loop {
         match &mut notices {
             Some(listening) => {
@@ -176,22 +177,24 @@ async fn watch(inner: Weak<Inner>) {
         let now = wall_millis();
         // A database that is away is tried again at the next turn. After an outage, leases
         // the workers could not renew are not taken for lapsed until they had a turn.
-        let reaped = if now >= reap_not_before {
-            queue.reap(now, LOST_REPORT).await.map(|_| ())
-        } else {
-            queue.connections().await.map(|_| ())
-        };
-        // A call that failed, or waited long for a connection, means the database was away.
-        let answered = wall_millis();
-        if reaped.is_err() || answered - now > OUTAGE_MS {
-            reap_not_before = answered + REAP_GRACE_MS;
+        // Reaping looks at every claimed row: once per interval, not on every notice.
+        let mut failed = false;
+        if now >= reap_not_before && now - last_reap >= WATCH_INTERVAL.as_millis() as i64 {
+            last_reap = now;
+            failed |= queue.reap(now, LOST_REPORT).await.is_err();
         }
         if now - last_forget > 60_000 {
             last_forget = now;
             let _ = queue.forget_done(now - KEEP_DONE_MS).await;
         }
         let keys: Vec<String> = lock(&inner.pending).keys().cloned().collect();
-        let Ok(rows) = queue.done_among(&keys).await else {
+        let rows = queue.done_among(&keys).await;
+        // A call that failed, or waited long for a connection, means the database was away.
+        let answered = wall_millis();
+        if failed || rows.is_err() || answered - now > OUTAGE_MS {
+            reap_not_before = answered + REAP_GRACE_MS;
+        }
+        let Ok(rows) = rows else {
             continue;
         };
         for row in rows {

@@ -149,17 +149,21 @@ impl WorkQueue {
     /// Queues `payload` under `key` (an attempt's, unique) and tells listening workers. A key
     /// already queued is left as it is.
     pub async fn enqueue(&self, key: &str, payload: &str, now: Millis) -> StoreResult<()> {
+        // One round trip: a data-modifying WITH runs once whether or not it is read.
         sqlx::query(
-            "INSERT INTO keel_work (key, payload, state, queued_at) VALUES ($1, $2, 'queued', $3)
-             ON CONFLICT (key) DO NOTHING",
+            "WITH queued AS (
+                 INSERT INTO keel_work (key, payload, state, queued_at) VALUES ($1, $2, 'queued', $3)
+                 ON CONFLICT (key) DO NOTHING)
+             SELECT pg_notify($4, '')",
         )
         .bind(key)
         .bind(payload)
         .bind(now)
+        .bind(WORK_CHANNEL)
         .execute(&self.pool)
         .await
         .map_err(|error| self.unreachable(error))?;
-        self.notify(WORK_CHANNEL).await
+        Ok(())
     }
 
     async fn notify(&self, channel: &str) -> StoreResult<()> {
@@ -273,22 +277,23 @@ impl WorkQueue {
         log: &str,
         now: Millis,
     ) -> StoreResult<bool> {
+        // One round trip: the notice goes out only for a row that changed.
         let changed = sqlx::query(
-            "UPDATE keel_work SET state = 'done', report = $3, log = $4, finished_at = $5, lease_until = NULL
-             WHERE id = $1 AND claim_epoch = $2 AND state = 'claimed'",
+            "WITH finished AS (
+                 UPDATE keel_work SET state = 'done', report = $3, log = $4, finished_at = $5, lease_until = NULL
+                 WHERE id = $1 AND claim_epoch = $2 AND state = 'claimed' RETURNING id)
+             SELECT pg_notify($6, '') FROM finished",
         )
         .bind(id)
         .bind(claim_epoch)
         .bind(report)
         .bind(log)
         .bind(now)
-        .execute(&self.pool)
+        .bind(DONE_CHANNEL)
+        .fetch_all(&self.pool)
         .await
         .map_err(|error| self.unreachable(error))?
-        .rows_affected();
-        if changed == 1 {
-            self.notify(DONE_CHANNEL).await?;
-        }
+        .len();
         Ok(changed == 1)
     }
 
