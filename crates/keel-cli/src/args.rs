@@ -194,6 +194,21 @@ pub struct ServeArgs {
     /// Where the HTTP API listens: IP:PORT (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
     pub addr: String,
+    /// What this serve does: `all` schedules and runs attempts here; with a PostgreSQL state,
+    /// `scheduler` hands attempts to workers (one scheduler is active, others wait as
+    /// standbys and take over when it dies) and `worker` runs them (no pipeline file needed).
+    #[arg(long, value_enum, default_value = "all", value_name = "ROLE")]
+    pub role: crate::cluster::Role,
+    /// With --role worker: how many attempts it runs at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub slots: u32,
+    /// With --role worker: how long its claim of an attempt holds without a heartbeat (it
+    /// renews every third of it); an attempt whose lease lapses is retried elsewhere.
+    #[arg(long, default_value = "15s", value_name = "DURATION")]
+    pub lease: String,
+    /// With --role worker: where its attempt directories go.
+    #[arg(long, default_value = ".keel-worker", value_name = "DIR")]
+    pub work_dir: PathBuf,
 }
 
 /// `--from D --to D`: an inclusive range of date partitions.
@@ -414,6 +429,11 @@ pub struct BenchArgs {
     /// Keep the benchmark's state directory here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run only the distributed workers benchmark: the 1,000-task pipeline with 1, 2 and 4
+    /// worker processes on this PostgreSQL database (its pipelines are named bench_workers_N),
+    /// against the same pipeline all in one process on SQLite.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["quick", "scale"])]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod audit;
 mod dashboard;
 mod http;
 mod scale;
+mod workers;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +19,6 @@ use keel_model::Dag;
 use keel_store::{ClaimAttempt, FinishAttempt, NewRun, SqliteStore, Store, TaskNext};
 
 use crate::args::BenchArgs;
-use crate::setup::build_engine;
 use crate::state::StatePaths;
 
 /// A pipeline of `levels` phases of `width` `true` tasks; each phase runs after the previous
@@ -137,15 +137,32 @@ async fn run_case(
 /// Runs the pipeline `text` (one partition, `none`) with the real engine on a fresh state in
 /// `dir/name`, and measures it.
 async fn run_pipeline(dir: &Path, name: &str, text: &str) -> Result<CaseResult> {
+    run_pipeline_on(dir, name, text, None, false).await
+}
+
+/// [`run_pipeline`] with the state at `postgres` when given, and its attempts handed to
+/// workers through the state's work queue when `to_workers`.
+async fn run_pipeline_on(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    postgres: Option<&str>,
+    to_workers: bool,
+) -> Result<CaseResult> {
     let case_dir = dir.join(name);
     std::fs::create_dir_all(&case_dir)?;
     let pipeline = case_dir.join("keel.toml");
     std::fs::write(&pipeline, text)?;
     let spec = crate::state::load_pipeline(&pipeline)?;
     let dag = Dag::new(&spec);
-    let paths = StatePaths::resolve(None, &spec, &pipeline)?;
+    let paths = StatePaths::resolve(postgres, &spec, &pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
-    let mut engine = build_engine(spec, &paths, store.clone())?;
+    let queue = match (&store, postgres) {
+        (keel_store::AnyStore::Postgres(store), Some(_)) if to_workers => Some(store.work_queue(4)),
+        _ => None,
+    };
+    let mut engine =
+        crate::setup::build_engine_versioned(spec, &paths, store.clone(), Vec::new(), None, queue)?;
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let finished_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (starts, finishes) = (started_at.clone(), finished_at.clone());
@@ -336,6 +353,13 @@ pub async fn bench(args: BenchArgs) -> Result<u8> {
         }
     };
     let concurrency = args.concurrency.max(1);
+    if let Some(url) = &args.postgres {
+        workers::workers(&dir, url, concurrency).await?;
+        if args.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Ok(0);
+    }
     if args.scale {
         println!(
             "keel bench --scale · {} cores · concurrency {concurrency} · state in {}",

@@ -50,6 +50,8 @@ pub struct Served {
     pub heartbeat: Arc<AtomicI64>,
     /// Where its lines go: they name the pipeline.
     pub logger: Logger,
+    /// With `--role scheduler`: the work queue its attempts go to, for workers.
+    pub queue: Option<keel_store::WorkQueue>,
 }
 
 /// The pipelines `keel serve` was given, loaded, with their state locked and opened: every
@@ -61,7 +63,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn open(state_url: Option<&str>, files: &[PathBuf], format: LogFormat) -> Result<Daemon> {
+    pub fn open(
+        state_url: Option<&str>,
+        files: &[PathBuf],
+        format: LogFormat,
+        role: crate::cluster::Role,
+    ) -> Result<Daemon> {
         let mut pipelines: Vec<(Served, PipelineSpec, AnyStore)> = Vec::new();
         let mut locks: HashMap<PathBuf, StateLock> = HashMap::new();
         for file in files {
@@ -98,6 +105,15 @@ impl Daemon {
                 spec: Arc::new(RwLock::new(Arc::new(spec.clone()))),
                 health: Arc::new(RwLock::new(PipelineHealth::valid())),
                 heartbeat: Arc::new(AtomicI64::new(0)),
+                queue: match (&store, role) {
+                    (AnyStore::Postgres(postgres), crate::cluster::Role::Scheduler) => {
+                        Some(postgres.work_queue(4))
+                    }
+                    (AnyStore::Sqlite(_), crate::cluster::Role::Scheduler) => {
+                        return Err(crate::cluster::needs_postgres(role));
+                    }
+                    _ => None,
+                },
             };
             pipelines.push((served, spec, store));
         }
@@ -105,6 +121,14 @@ impl Daemon {
             pipelines,
             _locks: locks.into_values().collect(),
         })
+    }
+
+    /// For each state in PostgreSQL, whether this Keel still holds its executor lock there.
+    pub fn postgres_locks(&self) -> Vec<Arc<std::sync::atomic::AtomicBool>> {
+        self._locks
+            .iter()
+            .filter_map(StateLock::postgres_held)
+            .collect()
     }
 
     /// The pipelines served, in the order given.
@@ -133,7 +157,8 @@ impl Daemon {
                         let logger = served.logger.clone();
                         let name = served.name.clone();
                         let health = served.health.clone();
-                        let served = keep_serving(served, spec, store, grace, shutdown, observers);
+                        let served =
+                            serve_through_outages(served, spec, store, grace, shutdown, observers);
                         match served.await {
                             Ok(()) => true,
                             Err(error) => {
@@ -158,6 +183,90 @@ impl Daemon {
                 clean
             })
             .await
+    }
+}
+
+/// How many times in a row an engine on a PostgreSQL state is started again after it stopped on
+/// a database error; the count starts over once an engine has run for [`STEADY`].
+const MAX_RESTARTS: u32 = 10;
+/// How long an engine must run before its earlier restarts are forgotten.
+const STEADY: Duration = Duration::from_secs(60);
+/// The longest wait before starting an engine again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// [`keep_serving`], and for a state in PostgreSQL, again after the engine stopped on a store
+/// error (the server restarted, the network failed): after a backoff that doubles from one
+/// second, at most [`MAX_RESTARTS`] times in a row. The new engine adopts every attempt, as
+/// after a restart of the process; the last error ends the pipeline when the database stays
+/// away.
+async fn serve_through_outages(
+    served: Served,
+    spec: PipelineSpec,
+    store: AnyStore,
+    grace: Duration,
+    shutdown: Shutdown,
+    observers: Observers,
+) -> Result<()> {
+    let mut spec = spec;
+    let mut restarts = 0;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        let ended = keep_serving(
+            served.clone(),
+            spec,
+            store.clone(),
+            grace,
+            shutdown.clone(),
+            observers.clone(),
+        )
+        .await;
+        let error = match ended {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let from_the_store = error.chain().any(|cause| {
+            cause.downcast_ref::<keel_store::StoreError>().is_some()
+                || matches!(
+                    cause.downcast_ref::<keel_engine::EngineError>(),
+                    Some(keel_engine::EngineError::Store(_))
+                )
+        });
+        if !matches!(store, AnyStore::Postgres(_))
+            || !from_the_store
+            || shutdown.level() != ShutdownLevel::Running
+        {
+            return Err(error);
+        }
+        if started.elapsed() >= STEADY {
+            restarts = 0;
+            backoff = Duration::from_secs(1);
+        }
+        restarts += 1;
+        if restarts > MAX_RESTARTS {
+            return Err(error.context(format!(
+                "the engine stopped on a database error {MAX_RESTARTS} times in a row"
+            )));
+        }
+        served.logger.warn(&format!(
+            "pipeline {}: the engine stopped on a database error ({}); starting it again in {} s (try {restarts} of {MAX_RESTARTS}); it adopts every attempt",
+            served.name,
+            format!("{error:#}").replace('\n', "; "),
+            backoff.as_secs()
+        ));
+        let until = tokio::time::Instant::now() + backoff;
+        while tokio::time::Instant::now() < until {
+            if shutdown.level() != ShutdownLevel::Running {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+        spec = (**served
+            .spec
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        .clone();
     }
 }
 
@@ -344,6 +453,7 @@ fn engine_for(
         store.clone(),
         Vec::new(),
         identities,
+        served.queue.clone(),
     )?;
     engine.set_shutdown_grace(grace);
     engine.set_heartbeat(served.heartbeat.clone());

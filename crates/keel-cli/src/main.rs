@@ -24,6 +24,7 @@ mod args;
 mod audit;
 mod bench;
 mod check;
+mod cluster;
 mod commands;
 mod daemon;
 mod dashboard;

@@ -15,6 +15,7 @@ use crate::Exit;
 use crate::alerts::Alerts;
 use crate::api;
 use crate::args::{RunArgs, ServeArgs};
+use crate::cluster::Role;
 use crate::commands::{
     Finished, exit_code, parse_grace, prepare_runs, print_range_summary,
     shutdown_on_signals_telling,
@@ -38,8 +39,11 @@ pub async fn serve(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
 
 async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     let grace = parse_grace(&args.grace)?;
+    if args.role == Role::Worker {
+        return serve_as_worker(state_url, &args, grace).await;
+    }
     let traces = serve_log::trace_endpoint(args.otlp_endpoint.as_deref())?;
-    let daemon = Daemon::open(state_url, &args.pipelines, args.log_format)?;
+    let daemon = open_daemon(state_url, &args).await?;
     // Lines about no pipeline in particular (the clock, signals, the stop) name the pipeline
     // when there is only one.
     let general = match daemon.served().as_slice() {
@@ -47,6 +51,7 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         _ => serve_log::Logger::new(args.log_format),
     };
     accelerate(&args, &general)?;
+    watch_postgres_locks(daemon.postgres_locks(), general.clone());
     // One registry for every pipeline served: `/metrics` renders it (`Metrics::renderer`).
     let metrics = Metrics::new(&general_name(&daemon));
     let mut reporters = HashMap::new();
@@ -129,6 +134,156 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     Ok(if clean { 0 } else { 1 })
 }
 
+/// How often a standby scheduler tries to take the state's executor lock.
+const STANDBY_RETRY: Duration = Duration::from_millis(200);
+
+/// Opens the pipelines; a standby scheduler (`--role scheduler`) whose state another Keel holds
+/// waits for the lock, and takes over as soon as its holder is gone.
+async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon> {
+    let logger = serve_log::Logger::new(args.log_format);
+    let mut waiting_since: Option<std::time::Instant> = None;
+    loop {
+        match Daemon::open(state_url, &args.pipelines, args.log_format, args.role) {
+            Ok(daemon) => {
+                if let Some(since) = waiting_since {
+                    logger.info(&format!(
+                        "keel serve: active scheduler now (pid {}), {} ms after the previous one let go",
+                        std::process::id(),
+                        since.elapsed().as_millis()
+                    ));
+                }
+                return Ok(daemon);
+            }
+            Err(error) if args.role == Role::Scheduler && unreachable(&error) => {
+                // A standby outlives the database's restarts: it tries again, more slowly.
+                logger.warn(&format!(
+                    "keel serve: standby scheduler: {}; trying again in {} s",
+                    format!("{error:#}").replace('\n', "; "),
+                    STANDBY_UNREACHABLE_RETRY.as_secs()
+                ));
+                tokio::time::sleep(STANDBY_UNREACHABLE_RETRY).await;
+            }
+            Err(error) if args.role == Role::Scheduler && held_elsewhere(&error) => {
+                if waiting_since.is_none() {
+                    logger.info(&format!(
+                        "keel serve: standby scheduler (pid {}): {}; taking over when it stops",
+                        std::process::id(),
+                        format!("{error:#}").replace('\n', "; ")
+                    ));
+                }
+                // Measured from the last try that found the lock held.
+                waiting_since = Some(std::time::Instant::now());
+                tokio::time::sleep(STANDBY_RETRY).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How long this Keel may go without its executor lock in PostgreSQL (a restart of the server,
+/// a network failure) before it stops: by then a standby may be active.
+const LOCK_LOSS_LIMIT: Duration = Duration::from_secs(5);
+
+/// Ends this process when it lost a state's executor lock in PostgreSQL for longer than
+/// [`LOCK_LOSS_LIMIT`], or for good (another Keel took it): two active schedulers must never
+/// run one state. It exits as a kill would, which the engine is built to survive: the next
+/// active scheduler adopts every attempt.
+fn watch_postgres_locks(locks: Vec<Arc<std::sync::atomic::AtomicBool>>, logger: serve_log::Logger) {
+    if locks.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut lost_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let all_held = locks
+                .iter()
+                .all(|held| held.load(std::sync::atomic::Ordering::SeqCst));
+            match (all_held, lost_since) {
+                (true, Some(_)) => {
+                    logger.info("keel serve: the executor lock in PostgreSQL is held again");
+                    lost_since = None;
+                }
+                (true, None) => {}
+                (false, None) => {
+                    logger.warn("keel serve: lost the connection holding the executor lock in PostgreSQL; reconnecting");
+                    lost_since = Some(std::time::Instant::now());
+                }
+                (false, Some(since)) if since.elapsed() >= LOCK_LOSS_LIMIT => {
+                    logger.write(serve_log::Line::new(serve_log::Level::Error, format!(
+                        "keel serve: the executor lock in PostgreSQL was not taken back within {} s (another scheduler may be active); stopping at once, as a restart adopts every attempt",
+                        LOCK_LOSS_LIMIT.as_secs()
+                    )));
+                    std::process::exit(1);
+                }
+                (false, Some(_)) => {}
+            }
+        }
+    });
+}
+
+/// How long a standby waits before it tries a database it could not reach again.
+const STANDBY_UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
+
+fn unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<keel_store::StoreError>(),
+            Some(keel_store::StoreError::Unreachable { .. })
+        ) || matches!(
+            cause.downcast_ref::<keel_store::LockError>(),
+            Some(keel_store::LockError::Store(
+                keel_store::StoreError::Unreachable { .. }
+            ))
+        )
+    })
+}
+
+fn held_elsewhere(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<keel_store::LockError>(),
+            Some(keel_store::LockError::Held { .. } | keel_store::LockError::HeldInPostgres { .. })
+        )
+    })
+}
+
+/// `keel serve --role worker`: the state's URL from `--state`, or from the pipeline file's
+/// `state` when there is one.
+async fn serve_as_worker(state_url: Option<&str>, args: &ServeArgs, grace: Duration) -> Result<u8> {
+    let text = match state_url {
+        Some(url) => url.to_string(),
+        None => {
+            let file = args.pipelines.first().cloned().unwrap_or_default();
+            if !file.exists() {
+                return Err(crate::cluster::needs_postgres(Role::Worker));
+            }
+            let spec = state::load_pipeline(&file)?;
+            spec.state.clone().unwrap_or_default()
+        }
+    };
+    let Some(url) = keel_store::PostgresUrl::parse(&text) else {
+        return Err(crate::cluster::needs_postgres(Role::Worker));
+    };
+    let lease = keel_model::parse_duration(&args.lease)
+        .ok()
+        .filter(|lease| *lease >= Duration::from_millis(300) && *lease <= Duration::from_secs(3600))
+        .ok_or_else(|| {
+            Exit::usage(format!(
+                "--lease {:?} is not a duration between 300ms and 1h; write it like 15s",
+                args.lease
+            ))
+        })?;
+    let config = crate::cluster::worker::WorkerConfig {
+        url,
+        slots: args.slots,
+        lease,
+        work_dir: args.work_dir.clone(),
+        grace,
+    };
+    crate::cluster::worker::run(config, serve_log::Logger::new(args.log_format)).await
+}
+
 /// How long the engine's loop may go without a turn before `/ready` says it is stuck. The loop
 /// turns at least every poll interval (250 ms); a step that launches many attempts may take a
 /// few seconds.
@@ -159,6 +314,10 @@ fn start_api(
             actions: tokio::sync::Mutex::new(()),
         });
     }
+    let cluster = match &pipelines[0].reader {
+        keel_store::AnyStore::Postgres(store) => Some(store.work_queue(2)),
+        keel_store::AnyStore::Sqlite(_) => None,
+    };
     let context = api::ApiContext {
         pipelines,
         token,
@@ -168,6 +327,7 @@ fn start_api(
         metrics: metrics.renderer(),
         logger: logger.clone(),
         stopping,
+        cluster,
     };
     let (bound, server) = api::start(addr, Arc::new(context))?;
     let token_from = match source {

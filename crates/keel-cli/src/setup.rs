@@ -11,6 +11,7 @@ use keel_exec::ProcessExecutor;
 use keel_model::PipelineSpec;
 use keel_store::AnyStore;
 
+use crate::cluster::{AttemptExecutor, QueueExecutor};
 use crate::state::StatePaths;
 
 /// How long running attempts may finish after a first SIGINT or SIGTERM, unless `--grace` says.
@@ -28,7 +29,7 @@ fn owner() -> String {
     format!("{host}:{}:{nonce:08x}", std::process::id())
 }
 
-pub type ProcessEngine = Engine<AnyStore, ProcessExecutor, SystemClock>;
+pub type ProcessEngine = Engine<AnyStore, AttemptExecutor, SystemClock>;
 
 pub fn build_engine(
     spec: PipelineSpec,
@@ -46,18 +47,20 @@ pub fn build_engine_with_env(
     store: AnyStore,
     extra_env: Vec<(String, String)>,
 ) -> Result<ProcessEngine> {
-    build_engine_versioned(spec, paths, store, extra_env, None)
+    build_engine_versioned(spec, paths, store, extra_env, None, None)
 }
 
 /// Like [`build_engine_with_env`], with the tasks' code identities (`versions.rs`) already
 /// read, as `keel serve` does off its engine's loop before a reload; `None` reads them here.
 /// A task whose identity cannot be read refuses the engine (exit 1), naming the task.
+/// With a work `queue` (`keel serve --role scheduler`), attempts go to workers through it.
 pub fn build_engine_versioned(
     spec: PipelineSpec,
     paths: &StatePaths,
     store: AnyStore,
     mut extra_env: Vec<(String, String)>,
     identities: Option<std::collections::HashMap<String, String>>,
+    queue: Option<keel_store::WorkQueue>,
 ) -> Result<ProcessEngine> {
     // Tasks that take request tokens reach this Keel through its token server.
     if let Some(variable) = crate::tokens::serve_for(&spec, &paths.dir, &store)? {
@@ -65,7 +68,11 @@ pub fn build_engine_versioned(
     }
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
-    let executor = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    let local = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    let executor = match queue {
+        Some(queue) => AttemptExecutor::Queue(QueueExecutor::new(queue, local)),
+        None => AttemptExecutor::Local(local),
+    };
     let surroundings = surroundings(&spec, &paths.pipeline)?;
     // Tasks' secrets come from `[secrets]`'s provider, or Keel's environment without one.
     let provider = spec

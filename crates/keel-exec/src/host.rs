@@ -445,6 +445,12 @@ fn fork_supervisor(
             }
         }
         let _ = setpgid(None, None);
+        // A bound host's supervisors die with it (prctl is async-signal-safe).
+        if crate::BOUND.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+        }
         let code = supervisor::run(&args, &env);
         // SAFETY: _exit ends the process at once; it leaves without running the host's
         // destructors and exit handlers, which belong to the parent.

@@ -68,7 +68,22 @@ pub struct Running {
 /// The entry point of `keel __attempt …`: the attempt host when the first argument is
 /// `__host`, an attempt supervisor otherwise. Returns the process exit code. Kept here, above
 /// both, so that the host (which forks supervisors) and the supervisor do not import each other.
+///
+/// A first argument `__bound` (a distributed worker's prefix) ties the process to its parent:
+/// it is killed when its parent dies, and so is every supervisor a bound host forks. A worker
+/// that is killed then takes its attempts with it, so the attempt the scheduler retries
+/// elsewhere never runs beside them; a single Keel leaves them running, to adopt them.
 pub fn attempt_main(arguments: &[String]) -> i32 {
+    let arguments = match arguments.split_first() {
+        Some((first, rest)) if first == BOUND_ARGUMENT => {
+            BOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+            rest
+        }
+        _ => arguments,
+    };
     if arguments.first().map(String::as_str) == Some("__host") {
         return host::host_main(&arguments[1..]);
     }
@@ -86,6 +101,12 @@ impl Running {
         }
     }
 }
+
+/// The argument that binds attempt hosts and supervisors to the process that started them.
+pub const BOUND_ARGUMENT: &str = "__bound";
+
+/// Whether this attempt host or supervisor was started `__bound`.
+pub(crate) static BOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What a new Keel finds for an attempt that a previous Keel left live.
 pub enum Adopted {

@@ -18,7 +18,8 @@ mod sqlite;
 pub use any::{AnyStore, StateLocation};
 pub use lock::{LockError, StateLock};
 pub use postgres::{
-    PostgresConfig, PostgresLock, PostgresLockError, PostgresStore, PostgresUrl, testing,
+    ClusterView, LeaseRenewal, PostgresConfig, PostgresLock, PostgresLockError, PostgresStore,
+    PostgresUrl, WorkItem, WorkNotices, WorkQueue, WorkRow, WorkState, WorkerRecord, testing,
 };
 pub use records::*;
 pub use sqlite::SqliteStore;

@@ -111,6 +111,12 @@ impl StateLock {
         })
     }
 
+    /// For a state in PostgreSQL, whether the lock in the database is still held (see
+    /// [`crate::PostgresLock::held`]); `None` for an SQLite state.
+    pub fn postgres_held(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        self._postgres.as_ref().map(crate::PostgresLock::held)
+    }
+
     /// Takes the executor's lock in the PostgreSQL database of the state as well, without
     /// waiting, after this one: another Keel on another machine, with a state directory of
     /// its own, executes the same state only once this Keel is gone.

@@ -61,6 +61,7 @@ fn engine(served: &ServedPipeline) -> Result<ProcessEngine, ApiError> {
         served.writer.clone(),
         Vec::new(),
         Some(std::collections::HashMap::new()),
+        None,
     )
     .map_err(|error| ApiError::from_command(error, StatusCode::CONFLICT))
 }

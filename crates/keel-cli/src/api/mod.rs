@@ -95,6 +95,9 @@ pub struct ApiContext {
     /// Set once serve was asked to stop (it drains): `/ready` turns 503, so a load balancer or
     /// an orchestrator stops sending work before the API goes away.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The state's work queue, when it is in PostgreSQL: `/api/cluster` reads the workers and
+    /// their leases from it.
+    pub cluster: Option<keel_store::WorkQueue>,
 }
 
 type Context = Arc<ApiContext>;
@@ -383,6 +386,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/pipelines", get(reads::pipelines))
         .route("/api/health-score", get(reads::health_scores))
+        .route("/api/cluster", get(reads::cluster))
         .nest("/api/pipelines/{pipeline}", pipeline)
         .merge(crate::dashboard::router())
         .fallback(not_found)

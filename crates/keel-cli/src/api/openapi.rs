@@ -107,6 +107,46 @@ pub fn document() -> Value {
                 "bearer": { "type": "http", "scheme": "bearer" }
             },
             "schemas": {
+                "Cluster": {
+                    "type": "object",
+                    "required": ["workers", "queue"],
+                    "properties": {
+                        "workers": { "type": "array", "items": {
+                            "type": "object",
+                            "required": ["id", "host", "pid", "slots", "running", "started_at", "heartbeat_at", "heartbeat_age_ms", "leases"],
+                            "properties": {
+                                "id": { "type": "string", "description": "host:pid:nonce" },
+                                "host": { "type": "string" },
+                                "pid": { "type": "integer", "format": "int64" },
+                                "slots": { "type": "integer", "description": "Attempts it runs at once, at most" },
+                                "running": { "type": "integer", "description": "Attempts it held at its last heartbeat" },
+                                "started_at": { "type": "integer", "format": "int64", "description": "Milliseconds since the Unix epoch" },
+                                "heartbeat_at": { "type": "integer", "format": "int64" },
+                                "heartbeat_age_ms": { "type": "integer", "format": "int64" },
+                                "stopped_at": { "type": ["integer", "null"], "format": "int64", "description": "Set when it stopped cleanly" },
+                                "leases": { "type": "array", "items": {
+                                    "type": "object",
+                                    "required": ["attempt", "lease_until", "expires_in_ms"],
+                                    "properties": {
+                                        "attempt": { "type": "string", "description": "store id/run/task.attempt" },
+                                        "lease_until": { "type": "integer", "format": "int64" },
+                                        "expires_in_ms": { "type": "integer", "format": "int64" }
+                                    }
+                                } }
+                            }
+                        } },
+                        "queue": {
+                            "type": "object",
+                            "required": ["queued", "claimed", "done", "reaped"],
+                            "properties": {
+                                "queued": { "type": "integer" },
+                                "claimed": { "type": "integer" },
+                                "done": { "type": "integer" },
+                                "reaped": { "type": "integer", "description": "Leases that lapsed; their attempts ended lost and were retried" }
+                            }
+                        }
+                    }
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error", "hint"],
@@ -561,6 +601,13 @@ pub fn document() -> Value {
                     "operationId": "healthScore",
                     "parameters": [pipeline.clone()],
                     "responses": read_errors(json!({ "200": json_response("The health score", "HealthScore") }))
+                }
+            },
+            "/api/cluster": {
+                "get": {
+                    "summary": "The workers of a PostgreSQL state (newest heartbeat first), their leases and load, and the work queue's counts; 404 for an SQLite state",
+                    "operationId": "cluster",
+                    "responses": read_errors(json!({ "200": json_response("The cluster", "Cluster") }))
                 }
             },
             "/api/health-score": {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use keel_model::RunState;
 use keel_store::{AttemptKind, RunView, StatusQuery, StatusView, Store};
 use serde::Deserialize;
@@ -47,6 +48,58 @@ pub async fn pipelines(State(context): State<Arc<ApiContext>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "pipelines": pipelines }))
+}
+
+/// The cluster of a PostgreSQL state: every worker that registered (newest heartbeat first),
+/// its leases and load, and the work queue's counts.
+pub async fn cluster(State(context): State<Arc<ApiContext>>) -> Result<Json<Value>, ApiError> {
+    let Some(queue) = &context.cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this Keel's state is not in PostgreSQL, so it has no cluster of workers",
+            "keep the state in PostgreSQL (state = \"postgres://…\") and start workers with keel serve --role worker",
+        ));
+    };
+    let view = queue
+        .cluster()
+        .await
+        .map_err(|error| ApiError::internal(error.into()))?;
+    Ok(Json(cluster_json(&view, crate::cluster::wall_millis())))
+}
+
+/// The JSON of `/api/cluster`, as of `now`.
+pub fn cluster_json(view: &keel_store::ClusterView, now: i64) -> Value {
+    let workers: Vec<Value> = view
+        .workers
+        .iter()
+        .map(|worker| {
+            json!({
+                "id": worker.id,
+                "host": worker.host,
+                "pid": worker.pid,
+                "slots": worker.slots,
+                "running": worker.running,
+                "started_at": worker.started_at,
+                "heartbeat_at": worker.heartbeat_at,
+                "heartbeat_age_ms": (now - worker.heartbeat_at).max(0),
+                "stopped_at": worker.stopped_at,
+                "leases": worker.leases.iter().map(|(key, until)| json!({
+                    "attempt": key,
+                    "lease_until": until,
+                    "expires_in_ms": until - now,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "workers": workers,
+        "queue": {
+            "queued": view.queued,
+            "claimed": view.claimed,
+            "done": view.done,
+            "reaped": view.reaped,
+        },
+    })
 }
 
 #[derive(Deserialize)]

@@ -53,6 +53,7 @@ pub async fn grid(dir: &Path, partitions: u32) -> Result<()> {
         metrics: Arc::new(String::new),
         logger: crate::serve_log::Logger::new(crate::serve_log::LogFormat::Text),
         stopping: Arc::new(AtomicBool::new(false)),
+        cluster: None,
     };
     let query = crate::dashboard::GridQuery {
         to: None,

@@ -10,6 +10,7 @@
 //! bookmark.
 
 mod chart;
+mod cluster;
 mod grid;
 mod health;
 mod resources;
@@ -43,6 +44,7 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/ui/{pipeline}/tasks/{task}", get(task::page))
         .route("/ui/{pipeline}/resources", get(resources::page))
         .route("/ui/{pipeline}/health", get(health::page))
+        .route("/ui/{pipeline}/cluster", get(cluster::page))
         .route("/ui/{pipeline}/runs/{run}", get(run::run_page))
         .route(
             "/ui/{pipeline}/runs/{run}/tasks/{task}/attempts/{attempt}",

@@ -325,7 +325,7 @@ http = {{ url = "{basic}", auth = {{ basic_user = "keel", basic_password_env = "
     let seen = server.seen();
     let ok = seen
         .iter()
-        .find(|seen| seen.path.starts_with("/ok"))
+        .find(|seen| seen.path.starts_with("/ok?day="))
         .unwrap();
     assert_eq!(ok.method, "POST");
     assert_eq!(ok.path, "/ok?day=2026-03-01");

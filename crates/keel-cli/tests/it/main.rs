@@ -40,3 +40,4 @@ mod storm;
 mod support;
 mod tokens;
 mod unattended;
+mod workers;

@@ -10,10 +10,17 @@ use super::*;
 /// The advisory lock of the one executor ("KEEL" and 3).
 const EXECUTOR_LOCK: i64 = 0x4B45_454C_0000_0003;
 
-/// Held for as long as this value lives.
+/// How often the lock's session is checked, and the lock taken again after a lost connection.
+const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Held for as long as this value lives — unless the session holding it ends under it (the
+/// server restarted, the network failed): [`PostgresLock::held`] then turns false while the
+/// lock's thread connects again and tries to take the lock back, which another Keel may have
+/// taken meanwhile.
 pub struct PostgresLock {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PostgresLock {
@@ -44,8 +51,10 @@ impl PostgresLock {
             })?
             .application_name(holder);
         let (ready_sender, ready) = mpsc::channel::<Result<(), PostgresLockError>>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let url = url.clone();
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = held.clone();
         let thread = std::thread::Builder::new()
             .name("keel-postgres-lock".into())
             .spawn(move || {
@@ -62,7 +71,7 @@ impl PostgresLock {
                     }
                 };
                 runtime.block_on(async move {
-                    let mut connection = match take(&url, &options).await {
+                    let connection = match take(&url, &options).await {
                         Ok(connection) => connection,
                         Err(error) => {
                             let _ = ready_sender.send(Err(error));
@@ -70,13 +79,37 @@ impl PostgresLock {
                         }
                     };
                     let _ = ready_sender.send(Ok(()));
-                    // The session holds the lock; it ends when the lock is dropped.
-                    let _ = stopped.await;
-                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(EXECUTOR_LOCK)
-                        .execute(&mut connection)
-                        .await;
-                    let _ = connection.close().await;
+                    // The session holds the lock; it ends when the lock is dropped. A session
+                    // that ended under it is replaced, and the lock taken again if it is free.
+                    let mut current = Some(connection);
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => break,
+                            _ = tokio::time::sleep(CHECK_EVERY) => {}
+                        }
+                        let alive = match current.as_mut() {
+                            Some(connection) => {
+                                sqlx::query("SELECT 1").execute(connection).await.is_ok()
+                            }
+                            None => false,
+                        };
+                        if alive {
+                            continue;
+                        }
+                        flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                        current = None;
+                        if let Ok(connection) = take(&url, &options).await {
+                            current = Some(connection);
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    if let Some(mut connection) = current {
+                        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                            .bind(EXECUTOR_LOCK)
+                            .execute(&mut connection)
+                            .await;
+                        let _ = connection.close().await;
+                    }
                 });
             })
             .map_err(|error| PostgresLockError::Store(StoreError::Database(error.to_string())))?;
@@ -84,6 +117,7 @@ impl PostgresLock {
             Ok(Ok(())) => Ok(PostgresLock {
                 stop: Some(stop),
                 thread: Some(thread),
+                held,
             }),
             Ok(Err(error)) => {
                 let _ = thread.join();
@@ -96,6 +130,14 @@ impl PostgresLock {
                 )))
             }
         }
+    }
+}
+
+impl PostgresLock {
+    /// Whether the lock is held right now; false while its session is being replaced after it
+    /// ended, and for good once another Keel took the lock meanwhile.
+    pub fn held(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.held.clone()
     }
 }
 

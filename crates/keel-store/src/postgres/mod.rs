@@ -13,6 +13,7 @@
 mod location;
 mod lock;
 mod schema;
+mod work;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
 use crate::*;
 pub use location::PostgresUrl;
 pub use lock::{PostgresLock, PostgresLockError};
+pub use work::{
+    ClusterView, LeaseRenewal, WorkItem, WorkNotices, WorkQueue, WorkRow, WorkState, WorkerRecord,
+};
 
 /// The advisory lock every writing transaction takes ("KEEL" and 1).
 const WRITE_LOCK: i64 = 0x4B45_454C_0000_0001;

@@ -216,3 +216,177 @@ async fn a_postgres_state_of_a_newer_schema_is_refused() {
         .unwrap();
     assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
 }
+
+/// The work queue's rules on explicit times (no clock is read): two workers never claim the
+/// same row; a renewed lease is not reaped; a lapsed one is reaped as the caller's report with
+/// its epoch bumped, and the late worker's result and renewal are refused; a cancel ends a
+/// queued row at once and flags a claimed one for its worker.
+#[tokio::test]
+async fn the_work_queue_fences_a_lapsed_lease_and_never_hands_a_row_out_twice() {
+    let Some(database) = TestDatabase::create("the_work_queue_fences_a_lapsed_lease") else {
+        return;
+    };
+    let url = database.postgres_url();
+    let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url).unwrap())
+        .await
+        .unwrap();
+    let queue = store.work_queue(4);
+    for number in 0..5 {
+        queue
+            .enqueue(&format!("s/1/t{number}.1"), &format!("job {number}"), 1_000)
+            .await
+            .unwrap();
+    }
+    // The same key queued again (a launch sent twice) stays one row.
+    queue.enqueue("s/1/t0.1", "again", 1_001).await.unwrap();
+    queue
+        .register_worker("a", "host-a", 10, 2, 1_000)
+        .await
+        .unwrap();
+    queue
+        .register_worker("b", "host-b", 11, 8, 1_000)
+        .await
+        .unwrap();
+    // a claims two; then two claims of b race for the other three.
+    let first = queue.claim("a", 2, 2_000, 1_500).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let (one, other) = tokio::join!(
+        queue.claim("b", 2, 2_000, 1_500),
+        queue.claim("b", 2, 2_000, 1_500)
+    );
+    let mut second = one.unwrap();
+    second.extend(other.unwrap());
+    second.sort_by_key(|item| item.id);
+    assert_eq!(first.len() + second.len(), 5, "{first:?} {second:?}");
+    let mut keys: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .map(|item| item.key.as_str())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        5,
+        "a row was handed out twice: {first:?} {second:?}"
+    );
+    let payload = first
+        .iter()
+        .chain(&second)
+        .find(|item| item.key == "s/1/t0.1")
+        .unwrap();
+    assert_eq!(payload.payload, "job 0");
+    assert!(queue.claim("b", 8, 2_000, 1_500).await.unwrap().is_empty());
+
+    // b renews at 3 000 (until 4 500); a does not. At 3 600 only a's leases have lapsed.
+    let held_b: Vec<(i64, i64)> = second
+        .iter()
+        .map(|item| (item.id, item.claim_epoch))
+        .collect();
+    let renewal = queue.renew("b", &held_b, 3_000, 1_500).await.unwrap();
+    assert!(
+        renewal.lost.is_empty() && renewal.cancelled.is_empty(),
+        "{renewal:?}"
+    );
+    assert!(
+        queue.reap(3_499, "lost").await.unwrap().is_empty(),
+        "a's lease runs to 3 500"
+    );
+    let mut reaped = queue.reap(3_600, "lost").await.unwrap();
+    reaped.sort();
+    let mut expected: Vec<String> = first.iter().map(|item| item.key.clone()).collect();
+    expected.sort();
+    assert_eq!(reaped, expected);
+    let row = queue.row(&first[0].key).await.unwrap().unwrap();
+    assert_eq!(row.state, keel_store::WorkState::Done);
+    assert_eq!(row.report.as_deref(), Some("lost"));
+    assert_eq!(row.claim_epoch, first[0].claim_epoch + 1);
+
+    // a comes back late: its result is refused and its renewal says the rows are gone.
+    assert!(
+        !queue
+            .finish(first[0].id, first[0].claim_epoch, "succeeded", "log", 3_700)
+            .await
+            .unwrap()
+    );
+    let held_a: Vec<(i64, i64)> = first
+        .iter()
+        .map(|item| (item.id, item.claim_epoch))
+        .collect();
+    let renewal = queue.renew("a", &held_a, 3_700, 1_500).await.unwrap();
+    let mut lost = renewal.lost.clone();
+    lost.sort();
+    let mut ids: Vec<i64> = first.iter().map(|item| item.id).collect();
+    ids.sort();
+    assert_eq!(lost, ids);
+    assert_eq!(
+        queue
+            .row(&first[0].key)
+            .await
+            .unwrap()
+            .unwrap()
+            .report
+            .as_deref(),
+        Some("lost")
+    );
+
+    // b's results are recorded under their epoch, once.
+    assert!(
+        queue
+            .finish(
+                second[0].id,
+                second[0].claim_epoch,
+                "succeeded",
+                "the log",
+                3_800
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !queue
+            .finish(second[0].id, second[0].claim_epoch, "failed", "", 3_900)
+            .await
+            .unwrap()
+    );
+    let done = queue.done_among(&[second[0].key.clone()]).await.unwrap();
+    assert_eq!(done[0].report.as_deref(), Some("succeeded"));
+    assert_eq!(done[0].log.as_deref(), Some("the log"));
+
+    // A cancel: a queued row ends at once; a claimed one is flagged for its worker.
+    queue.enqueue("s/2/q.1", "job", 4_000).await.unwrap();
+    queue.cancel("s/2/q.1", "cancelled", 4_001).await.unwrap();
+    let row = queue.row("s/2/q.1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.report.as_deref()),
+        (keel_store::WorkState::Done, Some("cancelled"))
+    );
+    queue
+        .cancel(&second[1].key, "cancelled", 4_002)
+        .await
+        .unwrap();
+    let renewal = queue
+        .renew("b", &[(second[1].id, second[1].claim_epoch)], 4_003, 1_500)
+        .await
+        .unwrap();
+    assert_eq!(renewal.cancelled, vec![second[1].id]);
+
+    let view = queue.cluster().await.unwrap();
+    assert_eq!(view.workers.len(), 2);
+    let b = view.workers.iter().find(|worker| worker.id == "b").unwrap();
+    assert_eq!(b.heartbeat_at, 4_003);
+    assert_eq!(b.leases.len(), second.len() - 1);
+    assert_eq!(view.reaped, first.len() as i64);
+    assert_eq!(view.claimed, second.len() as i64 - 1);
+
+    // A day later: done rows and silent workers are forgotten; claimed rows are kept.
+    queue.forget_done(4_000).await.unwrap();
+    let view = queue.cluster().await.unwrap();
+    assert_eq!(view.done, 1, "the row cancelled at 4 001 stays");
+    assert_eq!(view.claimed, second.len() as i64 - 1);
+    assert_eq!(
+        view.workers.len(),
+        1,
+        "a's last heartbeat was at 1 000: {view:?}"
+    );
+}

@@ -1,0 +1,229 @@
+//! The active scheduler's executor: each attempt becomes a row of the work queue, and ends
+//! when a worker records its report there (or the scheduler reaps its lapsed lease as lost).
+//!
+//! One watcher task per executor wakes on the queue's `NOTIFY` (polling every
+//! [`WATCH_INTERVAL`] as the fallback), reaps lapsed leases, and resolves the completions of
+//! the rows that are done, writing the log a worker uploaded into the attempt's `output.log`
+//! here, so `keel logs` and the API read it as for any attempt.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use keel_exec::{Adopted, Executor, Launch, ProcessExecutor, Report, Running};
+use keel_model::Outcome;
+use keel_store::{WorkQueue, WorkState};
+
+use super::{Job, WireReport, attempt_key, wall_millis};
+
+/// How often the watcher looks at the queue without a notice.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a finished row stays in the queue: long enough for any scheduler that takes over to
+/// read it while adopting.
+const KEEP_DONE_MS: i64 = 24 * 3600 * 1000;
+
+/// How long the watcher holds off reaping after it could not reach the database: the workers
+/// were cut off too, and need a turn of their heartbeats to renew the leases that lapsed
+/// meanwhile (a worker's default lease is 15 s).
+const REAP_GRACE_MS: i64 = 15_000;
+/// A turn of the watcher that took longer than this means the database was away.
+const OUTAGE_MS: i64 = 2_000;
+
+/// What a reaped row reports.
+const LOST_REPORT: &str = r#"{"outcome":"lost","message":"its worker stopped renewing its lease (the worker died, hung or lost the database)"}"#;
+
+/// Queues attempts for workers. Cloning shares it.
+#[derive(Clone)]
+pub struct QueueExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: WorkQueue,
+    runtime: tokio::runtime::Handle,
+    /// HTTP tasks and probes are sent by the scheduler itself.
+    local: ProcessExecutor,
+    /// Attempts waiting for their row to be done, by key.
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+struct Pending {
+    dir: PathBuf,
+    done: tokio::sync::oneshot::Sender<Report>,
+}
+
+impl QueueExecutor {
+    /// Must be called inside a runtime: the watcher runs on it until the executor is dropped.
+    pub fn new(queue: WorkQueue, local: ProcessExecutor) -> QueueExecutor {
+        let inner = Arc::new(Inner {
+            queue,
+            runtime: tokio::runtime::Handle::current(),
+            local,
+            pending: Mutex::new(HashMap::new()),
+        });
+        inner.runtime.spawn(watch(Arc::downgrade(&inner)));
+        QueueExecutor { inner }
+    }
+
+    /// Waits for the row of `key`; the attempt's log lands in `dir`.
+    fn wait_for(&self, key: &str, dir: &Path) -> Running {
+        let (done, ended) = tokio::sync::oneshot::channel();
+        lock(&self.inner.pending).insert(
+            key.to_string(),
+            Pending {
+                dir: dir.to_path_buf(),
+                done,
+            },
+        );
+        let stopper = Arc::downgrade(&self.inner);
+        let key_for_stop = key.to_string();
+        Running {
+            pid: None,
+            pid_later: None,
+            completion: Box::pin(async move {
+                ended.await.unwrap_or_else(|_| {
+                    Report::new(Outcome::Lost, "the scheduler stopped watching the attempt")
+                })
+            }),
+            stop: Arc::new(move || {
+                let Some(inner) = stopper.upgrade() else {
+                    return;
+                };
+                let key = key_for_stop.clone();
+                let queue = inner.queue.clone();
+                inner.runtime.spawn(async move {
+                    let report = WireReport::encode(&Report::new(
+                        Outcome::Cancelled,
+                        "stopped before a worker took it",
+                    ));
+                    // A failed cancel is sent again by the engine's next stop, if any; the
+                    // attempt otherwise finishes as the worker reports it.
+                    let _ = queue.cancel(&key, &report, wall_millis()).await;
+                });
+            }),
+        }
+    }
+}
+
+impl Executor for QueueExecutor {
+    fn launch(&self, launch: Launch) -> std::io::Result<Running> {
+        if launch.http.is_some() {
+            return self.inner.local.launch(launch);
+        }
+        std::fs::create_dir_all(&launch.dir)?;
+        let key = attempt_key(&launch.dir);
+        let payload = serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other)?;
+        let running = self.wait_for(&key, &launch.dir);
+        // `launch` runs on a blocking thread, never on the runtime itself.
+        let queued =
+            self.inner
+                .runtime
+                .block_on(self.inner.queue.enqueue(&key, &payload, wall_millis()));
+        if let Err(error) = queued {
+            lock(&self.inner.pending).remove(&key);
+            return Err(std::io::Error::other(format!(
+                "cannot queue the attempt for a worker: {error}"
+            )));
+        }
+        Ok(running)
+    }
+
+    fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
+        let key = attempt_key(&dir);
+        let row = self.inner.runtime.block_on(self.inner.queue.row(&key));
+        match row {
+            Ok(Some(row)) if row.state == WorkState::Done => {
+                write_log(&dir, row.log.as_deref());
+                Adopted::Finished(WireReport::decode(row.report.as_deref()))
+            }
+            // Queued or claimed: a worker has it or will; the watcher reaps a lapsed lease.
+            Ok(Some(_)) => Adopted::Running(self.wait_for(&key, &dir)),
+            // An HTTP task the scheduler sent itself.
+            Ok(None) if dir.join("request.http").exists() => self.inner.local.adopt(dir, known_pid),
+            Ok(None) => Adopted::Gone("it was never queued for a worker".into()),
+            Err(error) => Adopted::Gone(format!("the work queue cannot be read: {error}")),
+        }
+    }
+
+    fn probe(&self, call: keel_exec::HttpCall, timeout: Duration) -> keel_exec::Completion {
+        self.inner.local.probe(call, timeout)
+    }
+}
+
+/// The watcher: reaps lapsed leases and resolves finished rows, until the executor is gone.
+async fn watch(inner: Weak<Inner>) {
+    let queue = match inner.upgrade() {
+        Some(inner) => inner.queue.clone(),
+        None => return,
+    };
+    let mut notices = None;
+    let mut last_forget = 0;
+    let mut reap_not_before = 0;
+    let mut last_reap = 0;
+    loop {
+        match &mut notices {
+            Some(listening) => {
+                let _ = keel_store::WorkNotices::wait(listening, WATCH_INTERVAL).await;
+            }
+            None => {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                notices = queue.notices(false).await.ok();
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = wall_millis();
+        // A database that is away is tried again at the next turn. After an outage, leases
+        // the workers could not renew are not taken for lapsed until they had a turn.
+        // Reaping looks at every claimed row: once per interval, not on every notice.
+        let mut failed = false;
+        if now >= reap_not_before && now - last_reap >= WATCH_INTERVAL.as_millis() as i64 {
+            last_reap = now;
+            failed |= queue.reap(now, LOST_REPORT).await.is_err();
+        }
+        if now - last_forget > 60_000 {
+            last_forget = now;
+            let _ = queue.forget_done(now - KEEP_DONE_MS).await;
+        }
+        let keys: Vec<String> = lock(&inner.pending).keys().cloned().collect();
+        let rows = queue.done_among(&keys).await;
+        // A call that failed, or waited long for a connection, means the database was away.
+        let answered = wall_millis();
+        if failed || rows.is_err() || answered - now > OUTAGE_MS {
+            reap_not_before = answered + REAP_GRACE_MS;
+        }
+        let Ok(rows) = rows else {
+            continue;
+        };
+        for row in rows {
+            let Some(pending) = lock(&inner.pending).remove(&row.key) else {
+                continue;
+            };
+            let dir = pending.dir.clone();
+            let log = row.log.clone();
+            let _ = tokio::task::spawn_blocking(move || write_log(&dir, log.as_deref())).await;
+            let _ = pending.done.send(WireReport::decode(row.report.as_deref()));
+        }
+    }
+}
+
+/// Writes the log a worker uploaded as the attempt's `output.log`, unless one is there.
+fn write_log(dir: &Path, log: Option<&str>) {
+    let Some(log) = log else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join("output.log"))
+        .and_then(|mut file| std::io::Write::write_all(&mut file, log.as_bytes()));
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

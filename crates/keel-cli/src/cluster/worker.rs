@@ -1,0 +1,332 @@
+//! `keel serve --role worker`: claims queued attempts, runs them here with the process
+//! executor, renews their leases by heartbeat and records each result under its claim's epoch.
+//!
+//! A worker needs no pipeline file: everything an attempt needs is in its row. The task's
+//! working directory must exist on this machine at the same path as on the scheduler's (the
+//! pipeline's files checked out at the same place).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use keel_exec::{Executor, ProcessExecutor, Report};
+use keel_model::Outcome;
+use keel_store::{PostgresUrl, WorkItem};
+
+use super::{Job, WireReport, wall_millis};
+use crate::serve_log::Logger;
+
+/// How often a worker looks for work without a notice.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+/// The most of an attempt's output a worker uploads (its end, where the error usually is).
+const LOG_UPLOAD_CAP: u64 = 256 << 10;
+/// The longest wait between two tries to reach the database.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub url: PostgresUrl,
+    /// Attempts run at once, at most.
+    pub slots: u32,
+    /// How long a claim holds without a heartbeat; heartbeats go every third of it.
+    pub lease: Duration,
+    /// Where this worker's attempt directories go.
+    pub work_dir: PathBuf,
+    /// How long running attempts may finish after a first SIGINT or SIGTERM.
+    pub grace: Duration,
+}
+
+/// An attempt this worker runs.
+struct Held {
+    key: String,
+    claim_epoch: i64,
+    dir: PathBuf,
+    stop: std::sync::Arc<dyn Fn() + Send + Sync>,
+    /// Reaped: it is stopped and its result is not recorded.
+    lost: bool,
+}
+
+/// A result not yet recorded (the database was away): sent again at the next turn.
+struct Unsent {
+    id: i64,
+    claim_epoch: i64,
+    report: String,
+    log: String,
+}
+
+pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
+    let store = {
+        let url = config.url.clone();
+        tokio::task::spawn_blocking(move || keel_store::PostgresStore::open(&url))
+            .await
+            .context("opening the state")??
+    };
+    let queue = store.work_queue(4);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let id = format!(
+        "{host}:{}:{:06x}",
+        std::process::id(),
+        wall_millis() as u64 & 0xFF_FFFF
+    );
+    let lease_ms = config.lease.as_millis() as i64;
+    queue
+        .register_worker(&id, &host, std::process::id(), config.slots, wall_millis())
+        .await?;
+    let own_dir = crate::state::absolute(&config.work_dir)?.join(id.replace(':', "-"));
+    std::fs::create_dir_all(&own_dir)
+        .with_context(|| format!("cannot create the worker's directory {own_dir:?}"))?;
+    logger.info(&format!(
+        "keel worker {id}: {} slots, lease {} ms, attempts under {}; state {}",
+        config.slots,
+        lease_ms,
+        own_dir.display(),
+        config.url
+    ));
+    let program = std::env::current_exe()
+        .context("cannot find the keel executable to start attempt supervisors")?;
+    // Bound: a worker that dies takes its attempts with it (their leaders die with their
+    // supervisors), since the scheduler retries them elsewhere once their leases lapse.
+    let executor = ProcessExecutor::new(
+        program,
+        vec!["__attempt".into(), keel_exec::BOUND_ARGUMENT.into()],
+    );
+    let (ended_sender, mut ended) = tokio::sync::mpsc::unbounded_channel::<(i64, Report)>();
+    let mut held: HashMap<i64, Held> = HashMap::new();
+    let mut unsent: Vec<Unsent> = Vec::new();
+    let mut notices = queue.notices(true).await.ok();
+    let heartbeat_every = (config.lease / 3).max(Duration::from_millis(100));
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut draining_until: Option<tokio::time::Instant> = None;
+    let mut backoff = CLAIM_POLL;
+    loop {
+        if let Some(until) = draining_until
+            && (held.is_empty() || tokio::time::Instant::now() >= until)
+        {
+            break;
+        }
+        tokio::select! {
+            _ = interrupt.recv() => draining_until = Some(drain(&logger, &held, draining_until, &config)),
+            _ = terminate.recv() => draining_until = Some(drain(&logger, &held, draining_until, &config)),
+            _ = heartbeat.tick() => {
+                let holding: Vec<(i64, i64)> = held
+                    .iter()
+                    .filter(|(_, attempt)| !attempt.lost)
+                    .map(|(id, attempt)| (*id, attempt.claim_epoch))
+                    .collect();
+                match queue.renew(&id, &holding, wall_millis(), lease_ms).await {
+                    Ok(renewal) => {
+                        for row in renewal.cancelled {
+                            if let Some(attempt) = held.get(&row) {
+                                (attempt.stop)();
+                            }
+                        }
+                        for row in renewal.lost {
+                            if let Some(attempt) = held.get_mut(&row) {
+                                logger.warn(&format!(
+                                    "keel worker {id}: lost the lease of {}; stopping it, its result will not be recorded",
+                                    attempt.key
+                                ));
+                                attempt.lost = true;
+                                (attempt.stop)();
+                            }
+                        }
+                    }
+                    Err(error) => logger.warn(&format!("keel worker {id}: heartbeat failed: {error}")),
+                }
+            }
+            Some((row, report)) = ended.recv() => {
+                if let Some(attempt) = held.remove(&row)
+                    && !attempt.lost
+                {
+                    let log = read_log(&attempt.dir);
+                    unsent.push(Unsent { id: row, claim_epoch: attempt.claim_epoch, report: WireReport::encode(&report), log });
+                }
+            }
+            _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => {}
+        }
+        // Results first: they free the scheduler's work; a refused one was reaped meanwhile.
+        let mut still = Vec::new();
+        for result in unsent.drain(..) {
+            match queue
+                .finish(result.id, result.claim_epoch, &result.report, &result.log, wall_millis())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => logger.warn(&format!(
+                    "keel worker {id}: the result of row {} was refused: its lease had lapsed and the attempt was retried",
+                    result.id
+                )),
+                Err(_) => still.push(result),
+            }
+        }
+        unsent = still;
+        if draining_until.is_some() {
+            continue;
+        }
+        let free = config.slots.saturating_sub(held.len() as u32);
+        if free == 0 {
+            continue;
+        }
+        match queue.claim(&id, free, wall_millis(), lease_ms).await {
+            Ok(items) => {
+                backoff = CLAIM_POLL;
+                for item in items {
+                    let row = item.id;
+                    match start(&executor, &own_dir, item, ended_sender.clone()).await {
+                        Ok(attempt) => {
+                            held.insert(row, attempt);
+                        }
+                        Err((attempt, report)) => {
+                            let log = read_log(&attempt.dir);
+                            unsent.push(Unsent {
+                                id: row,
+                                claim_epoch: attempt.claim_epoch,
+                                report: WireReport::encode(&report),
+                                log,
+                            });
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                logger.warn(&format!(
+                    "keel worker {id}: cannot claim work: {error}; trying again in {} ms",
+                    backoff.as_millis()
+                ));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if notices.is_none() {
+                    notices = queue.notices(true).await.ok();
+                }
+            }
+        }
+    }
+    let _ = queue.stop_worker(&id, wall_millis()).await;
+    logger.info(&format!(
+        "keel worker {id}: stopped; {} attempts left to lapse and be retried",
+        held.len()
+    ));
+    Ok(0)
+}
+
+fn drain(
+    logger: &Logger,
+    held: &HashMap<i64, Held>,
+    already: Option<tokio::time::Instant>,
+    config: &WorkerConfig,
+) -> tokio::time::Instant {
+    match already {
+        // A second signal stops at once; what runs lapses and is retried elsewhere.
+        Some(_) => tokio::time::Instant::now(),
+        None => {
+            logger.warn(&format!(
+                "keel worker: stopping; {} running attempts may finish within {} s",
+                held.len(),
+                config.grace.as_secs()
+            ));
+            tokio::time::Instant::now() + config.grace
+        }
+    }
+}
+
+async fn wait_for_work(notices: &mut Option<keel_store::WorkNotices>, poll: Duration) {
+    match notices {
+        Some(listening) => {
+            listening.wait(poll).await;
+        }
+        None => tokio::time::sleep(poll).await,
+    }
+}
+
+/// Starts a claimed row's attempt; a row that cannot start is reported at once.
+async fn start(
+    executor: &ProcessExecutor,
+    own_dir: &Path,
+    item: WorkItem,
+    ended: tokio::sync::mpsc::UnboundedSender<(i64, Report)>,
+) -> std::result::Result<Held, (Held, Report)> {
+    let dir = own_dir.join(&item.key);
+    let mut attempt = Held {
+        key: item.key.clone(),
+        claim_epoch: item.claim_epoch,
+        dir: dir.clone(),
+        stop: std::sync::Arc::new(|| {}),
+        lost: false,
+    };
+    let job: Job = match serde_json::from_str(&item.payload) {
+        Ok(job) => job,
+        Err(error) => {
+            let report = Report::new(
+                Outcome::FailedPermanent,
+                format!(
+                    "the worker cannot read the attempt's job ({error}); is it a different keel version?"
+                ),
+            );
+            return Err((attempt, report));
+        }
+    };
+    let launch = job.launch_in(&dir);
+    if let Some(parent) = dir.parent()
+        && let Err(error) = std::fs::create_dir_all(parent)
+    {
+        let report = Report::new(
+            Outcome::Lost,
+            format!("the worker cannot create {}: {error}", parent.display()),
+        );
+        return Err((attempt, report));
+    }
+    let executor = executor.clone();
+    let launched = tokio::task::spawn_blocking(move || {
+        executor.launch(launch).map(|mut running| {
+            running.resolve_pid();
+            running
+        })
+    })
+    .await;
+    match launched {
+        Ok(Ok(running)) => {
+            attempt.stop = running.stop.clone();
+            let row = item.id;
+            tokio::spawn(async move {
+                let report = running.completion.await;
+                let _ = ended.send((row, report));
+            });
+            Ok(attempt)
+        }
+        Ok(Err(error)) => Err((
+            attempt,
+            Report::new(
+                Outcome::Failed,
+                format!("cannot start the attempt on the worker: {error}"),
+            ),
+        )),
+        Err(error) => Err((
+            attempt,
+            Report::new(
+                Outcome::Lost,
+                format!("the worker's launcher failed: {error}"),
+            ),
+        )),
+    }
+}
+
+/// The end of the attempt's `output.log`, at most [`LOG_UPLOAD_CAP`] bytes, as text.
+fn read_log(dir: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(Some(mut file)) = keel_exec::open_regular_file(&dir.join("output.log")) else {
+        return String::new();
+    };
+    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    if length > LOG_UPLOAD_CAP {
+        let _ = file.seek(SeekFrom::Start(length - LOG_UPLOAD_CAP));
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(LOG_UPLOAD_CAP).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}

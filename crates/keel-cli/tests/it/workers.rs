@@ -1,0 +1,319 @@
+//! Distributed workers on PostgreSQL with real processes on loopback: two schedulers (one
+//! active, one standby) and three workers run a pipeline while workers and the active scheduler
+//! are killed with SIGKILL at random points and restarted. Checked against a ledger the tasks
+//! append to: every task of every partition committed its result exactly once, no run was lost,
+//! and every attempt a dead worker held was retried. Skipped without a PostgreSQL server outside
+//! CI, a failure under `CI=true` (see `keel_store::testing`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_store::testing::TestDatabase;
+use serde_json::Value;
+
+use crate::support::{Served, keel_path, wait_for};
+
+/// Tasks × partitions; `KEEL_WORKERS_SCALE=200x5` runs the full-size version by hand.
+fn scale() -> (usize, usize) {
+    std::env::var("KEEL_WORKERS_SCALE")
+        .ok()
+        .and_then(|text| {
+            let (tasks, partitions) = text.split_once('x')?;
+            Some((tasks.parse().ok()?, partitions.parse().ok()?))
+        })
+        .filter(|(tasks, partitions)| *tasks >= 2 && (1..=28).contains(partitions))
+        .unwrap_or((12, 3))
+}
+
+/// Each task sleeps a little (so kills land mid-attempt), then commits its result once per
+/// partition, keyed by Keel's idempotency key: a commit file made with `O_EXCL` (`set -C`), and
+/// a ledger line only for the attempt that made it. An attempt that finds its commit made (its
+/// earlier attempt committed, then its worker died before reporting) succeeds without writing.
+fn pipeline_toml(root: &Path, tasks: usize) -> String {
+    let mut text = String::from(
+        "[pipeline]\nname = \"fleet\"\npartition = \"date\"\n\n[defaults]\nconcurrency = 16\nretries = { attempts = 2, initial = \"10ms\", max = \"50ms\" }\n\n[phases.work]\n[phases.sum]\nafter = [\"work\"]\n\n",
+    );
+    let ledger = root.join("ledger");
+    let commits = root.join("commits");
+    for index in 0..tasks {
+        let phase = if index == tasks - 1 { "sum" } else { "work" };
+        text.push_str(&format!(
+            "[tasks.t{index:03}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; if (set -C; : > '{commits}'/\\\"$KEEL_IDEMPOTENCY_KEY\\\") 2>/dev/null; then echo \\\"$KEEL_IDEMPOTENCY_KEY $KEEL_ATTEMPT\\\" >> '{ledger}'; fi\"]\n\n",
+            delay = 2 + index % 5,
+            commits = commits.display(),
+            ledger = ledger.display(),
+        ));
+    }
+    text
+}
+
+struct Cluster {
+    root: PathBuf,
+    url: String,
+    pipeline: PathBuf,
+    logs: usize,
+}
+
+impl Cluster {
+    fn spawn(&mut self, role: &str) -> (Served, PathBuf) {
+        self.logs += 1;
+        let log = self.root.join(format!("{role}-{}.log", self.logs));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(keel_path());
+        command
+            .current_dir(&self.root)
+            .args([
+                "serve", "--role", role, "--state", &self.url, "--grace", "1s",
+            ])
+            .env_remove("KEEL_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        if role == "worker" {
+            command.args(["--lease", "1500ms", "--slots", "4"]);
+        } else {
+            command.arg(&self.pipeline).args(["--addr", "127.0.0.1:0"]);
+        }
+        (Served(command.spawn().unwrap()), log)
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn status(root: &Path, url: &str, pipeline: &Path) -> Value {
+    let output = Command::new(keel_path())
+        .current_dir(root)
+        .args(["status", "--json", "--state", url])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A tiny deterministic generator: the seed is printed, so a failure can be replayed.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+#[test]
+fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_result_once() {
+    let Some(database) = TestDatabase::create("workers_and_the_scheduler_killed_at_random") else {
+        return;
+    };
+    let seed = std::env::var("KEEL_WORKERS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("workers test: seed {seed} (KEEL_WORKERS_SEED to replay)");
+    let mut random = Xorshift(seed);
+    let (tasks, partitions) = scale();
+    let last = format!("2026-02-{partitions:02}");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir(root.join("commits")).unwrap();
+    let pipeline = root.join("keel.toml");
+    std::fs::write(&pipeline, pipeline_toml(&root, tasks)).unwrap();
+    let mut cluster = Cluster {
+        root: root.clone(),
+        url: database.url().to_string(),
+        pipeline: pipeline.clone(),
+        logs: 0,
+    };
+    let (mut active, active_log) = cluster.spawn("scheduler");
+    wait_for("the first scheduler", Duration::from_secs(20), || {
+        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
+    });
+    let (mut standby, standby_log) = cluster.spawn("scheduler");
+    wait_for("the standby", Duration::from_secs(20), || {
+        std::fs::read_to_string(&standby_log).is_ok_and(|log| log.contains("standby scheduler"))
+    });
+    let mut workers: Vec<Served> = (0..3).map(|_| cluster.spawn("worker").0).collect();
+    let queued = Command::new(keel_path())
+        .current_dir(&root)
+        .args(["run", "--detach", "--state", database.url()])
+        .args(["--from", "2026-02-01", "--to", &last])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        queued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    let queue = keel_store::PostgresStore::open(&database.postgres_url())
+        .unwrap()
+        .work_queue(1);
+    // Kill a worker that holds attempts, three times, each at a random moment; a new worker
+    // takes its place.
+    let mut worker_kills = 0;
+    let patience = Duration::from_secs(40 + (tasks * partitions / 10) as u64);
+    let deadline = Instant::now() + patience;
+    let mut failover = None;
+    while worker_kills < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100 + random.below(400)));
+        let view = block_on(queue.cluster()).unwrap();
+        let Some(busy) = view
+            .workers
+            .iter()
+            .find(|worker| !worker.leases.is_empty() && worker.stopped_at.is_none())
+        else {
+            continue;
+        };
+        let Some(index) = workers
+            .iter()
+            .position(|served| i64::from(served.0.id()) == busy.pid)
+        else {
+            continue;
+        };
+        sigkill(&mut workers[index].0);
+        worker_kills += 1;
+        workers[index] = cluster.spawn("worker").0;
+        // Once, between two worker kills, the active scheduler goes too.
+        if worker_kills == 1 {
+            std::thread::sleep(Duration::from_millis(random.below(300)));
+            let killed_at = Instant::now();
+            sigkill(&mut active.0);
+            wait_for("the standby to take over", Duration::from_secs(20), || {
+                std::fs::read_to_string(&standby_log)
+                    .is_ok_and(|log| log.contains("active scheduler now"))
+            });
+            failover = Some(killed_at.elapsed());
+            std::mem::swap(&mut active, &mut standby);
+            // The killed scheduler comes back, as a standby now.
+            standby = cluster.spawn("scheduler").0;
+        }
+    }
+    assert_eq!(worker_kills, 3, "the workers never held attempts to kill");
+    let failover = failover.expect("the active scheduler was killed");
+    eprintln!(
+        "workers test: the standby took over {} ms after the active scheduler was killed",
+        failover.as_millis()
+    );
+    wait_for("every run to finish", patience, || {
+        let status = status(&root, database.url(), &pipeline);
+        status["runs"].as_array().is_some_and(|runs| {
+            runs.len() == partitions
+                && runs
+                    .iter()
+                    .all(|run| run["state"] != "running" && run["state"] != "queued")
+        })
+    });
+    let status = status(&root, database.url(), &pipeline);
+    for run in status["runs"].as_array().unwrap() {
+        assert_eq!(run["state"], "succeeded", "{run}");
+        for task in run["tasks"].as_array().unwrap() {
+            assert_eq!(task["outcome"], "succeeded", "{task}");
+        }
+    }
+    // Exactly once: one ledger line per task and partition.
+    let ledger = std::fs::read_to_string(root.join("ledger")).unwrap();
+    let mut committed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in ledger.lines() {
+        let (key, attempt) = line.rsplit_once(' ').unwrap();
+        committed
+            .entry(key.to_string())
+            .or_default()
+            .push(attempt.to_string());
+    }
+    assert_eq!(committed.len(), tasks * partitions, "{ledger}");
+    for (key, attempts) in &committed {
+        assert_eq!(
+            attempts.len(),
+            1,
+            "{key} committed by attempts {attempts:?}"
+        );
+    }
+    // The attempts the killed workers held lapsed and were retried.
+    let view = block_on(queue.cluster()).unwrap();
+    assert!(view.reaped >= 3, "reaped {} leases", view.reaped);
+    // The API and the dashboard of the scheduler now active show the whole cluster: the three
+    // live workers (and the three killed ones, their heartbeats stopped).
+    let log = std::fs::read_to_string(&standby_log).unwrap();
+    let addr = log
+        .split("API on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("the new active scheduler logs its API")
+        .to_string();
+    let cluster = crate::api::request(&addr, "GET", "/api/cluster", &[], None);
+    assert_eq!(cluster.status, 200);
+    let cluster = cluster.json();
+    let listed = cluster["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 6, "{cluster}");
+    let pids: Vec<i64> = listed
+        .iter()
+        .map(|worker| worker["pid"].as_i64().unwrap())
+        .collect();
+    for served in &workers {
+        let pid = i64::from(served.0.id());
+        assert!(pids.contains(&pid), "worker {pid} is missing: {cluster}");
+    }
+    assert!(
+        cluster["queue"]["reaped"].as_i64().unwrap() >= 3,
+        "{cluster}"
+    );
+    let page = crate::api::request(&addr, "GET", "/ui/fleet/cluster", &[], None);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Workers"), "{}", page.text());
+    drop(standby);
+    drop(active);
+    drop(workers);
+}
+
+/// Roles coordinate through PostgreSQL: on an SQLite state they are refused with what to do,
+/// before anything runs or is locked.
+#[test]
+fn a_role_on_an_sqlite_state_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_pipeline(
+        dir.path(),
+        "[pipeline]\nname = \"solo\"\npartition = \"date\"\n\n[phases.a]\n\n[tasks.t]\nphase = \"a\"\ncommand = [\"true\"]\n",
+    );
+    for role in ["worker", "scheduler"] {
+        let output = Command::new(keel_path())
+            .current_dir(dir.path())
+            .args(["serve", "--role", role, "--addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{role}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--role {role} needs a PostgreSQL state"))
+                && stderr.contains("--state postgres://"),
+            "{role}: {stderr}"
+        );
+    }
+    // The worker's refusal comes before anything is made.
+    assert!(!dir.path().join(".keel-worker").exists());
+}
