@@ -69,6 +69,7 @@ pub fn build_engine_versioned(
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     let local = ProcessExecutor::new(program, vec!["__attempt".into()]);
+    let queue_attempts = queue.is_some();
     let executor = match queue {
         Some(queue) => AttemptExecutor::Queue(QueueExecutor::new(queue, local)),
         None => AttemptExecutor::Local(local),
@@ -85,12 +86,18 @@ pub fn build_engine_versioned(
         &provider,
         &surroundings.pipeline_dir,
     ));
-    let secrets: keel_engine::SecretSource = std::sync::Arc::new(move |name: &str| {
-        resolver
-            .resolve(name)
-            .map(|secret| secret.expose().to_string())
-            .map_err(|error| error.to_string())
-    });
+    let secrets: keel_engine::SecretSource = if queue_attempts {
+        // A scheduler queues attempts for workers, which read their tasks' secrets themselves
+        // (cluster::Job): it resolves none, so none can reach the queue.
+        std::sync::Arc::new(|_: &str| Ok(String::new()))
+    } else {
+        std::sync::Arc::new(move |name: &str| {
+            resolver
+                .resolve(name)
+                .map(|secret| secret.expose().to_string())
+                .map_err(|error| error.to_string())
+        })
+    };
     let code_identities = match identities {
         Some(identities) => identities,
         None => crate::versions::code_identities(

@@ -103,11 +103,20 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job of `launch`, without the values of the task's secrets: they would be stored in
+    /// the queue. Only their names travel (in `KEEL_REDACT`); the worker reads them from its
+    /// own environment ([`Job::launch_in`]).
     pub fn of(launch: &Launch) -> Job {
+        let secrets = secret_names(&launch.env);
         Job {
             dir: launch.dir.display().to_string(),
             command: launch.command.clone(),
-            env: launch.env.clone(),
+            env: launch
+                .env
+                .iter()
+                .filter(|(name, _)| !secrets.contains(name))
+                .cloned()
+                .collect(),
             clear_env: launch.clear_env,
             cwd: launch.cwd.as_ref().map(|cwd| cwd.display().to_string()),
             timeout_ms: launch.timeout.as_millis() as u64,
@@ -118,10 +127,16 @@ impl Job {
     }
 
     /// The launch on a worker, in `dir`: every environment value that names a path under the
-    /// scheduler's attempt directory names the same path under `dir`.
-    pub fn launch_in(&self, dir: &Path) -> Launch {
+    /// scheduler's attempt directory names the same path under `dir`, and the task's secrets
+    /// are read by name from `secret` (the worker's environment). An error names the secret
+    /// that is not there, never a value.
+    pub fn launch_in(
+        &self,
+        dir: &Path,
+        secret: impl Fn(&str) -> Option<String>,
+    ) -> Result<Launch, String> {
         let local = dir.display().to_string();
-        let env = self
+        let mut env: Vec<(String, String)> = self
             .env
             .iter()
             .map(|(name, value)| {
@@ -134,7 +149,15 @@ impl Job {
                 (name.clone(), value)
             })
             .collect();
-        Launch {
+        for name in secret_names(&self.env) {
+            let Some(value) = secret(&name) else {
+                return Err(format!(
+                    "the task's secret {name} is not set in this worker's environment; a worker reads the secrets its tasks declare from its own environment, under the same names"
+                ));
+            };
+            env.push((name, value));
+        }
+        Ok(Launch {
             dir: dir.to_path_buf(),
             command: self.command.clone(),
             env,
@@ -145,8 +168,23 @@ impl Job {
             kill_grace: Duration::from_millis(self.kill_grace_ms),
             log_cap: self.log_cap,
             http: None,
-        }
+        })
     }
+}
+
+/// The names of the secrets a launch's task declares: `KEEL_REDACT`'s list.
+fn secret_names(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .rev()
+        .find(|(name, _)| name == keel_exec::supervisor::REDACT_VARIABLE)
+        .map(|(_, names)| {
+            names
+                .split(',')
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A [`Report`] as stored in the queue.
@@ -247,7 +285,9 @@ mod tests {
         };
         let job: Job =
             serde_json::from_str(&serde_json::to_string(&Job::of(&launch)).unwrap()).unwrap();
-        let local = job.launch_in(Path::new("/w/abc/7/load.2"));
+        let local = job
+            .launch_in(Path::new("/w/abc/7/load.2"), |_| None)
+            .unwrap();
         assert_eq!(local.env[0].1, "/w/abc/7/load.2/result.json");
         // A sibling whose name only starts like the directory is not under it.
         assert_eq!(local.env[1].1, "/srv/state/attempts/abc/7/load.20");
@@ -255,6 +295,53 @@ mod tests {
         assert_eq!(local.cwd, launch.cwd);
         assert_eq!(local.timeout, launch.timeout);
         assert_eq!(attempt_key(&launch.dir), "abc/7/load.2");
+    }
+
+    /// A task's secrets travel by name only: the queue never holds a value, and the worker
+    /// reads each from its own environment, or fails the attempt naming the one it lacks.
+    #[test]
+    fn a_jobs_secrets_travel_by_name_and_the_worker_reads_them_itself() {
+        let value = format!("sk-{}", std::process::id() * 7919);
+        let launch = Launch {
+            dir: PathBuf::from("/srv/state/attempts/abc/7/load.2"),
+            command: vec!["true".into()],
+            env: vec![
+                ("PLAIN".into(), "x".into()),
+                (
+                    keel_exec::supervisor::REDACT_VARIABLE.into(),
+                    "ODDS_KEY".into(),
+                ),
+                ("ODDS_KEY".into(), value.clone()),
+            ],
+            clear_env: true,
+            cwd: None,
+            timeout: Duration::from_secs(60),
+            heartbeat: None,
+            kill_grace: Duration::from_secs(5),
+            log_cap: 1024,
+            http: None,
+        };
+        let stored = serde_json::to_string(&Job::of(&launch)).unwrap();
+        assert!(
+            !stored.contains(&value),
+            "a secret's value in the queue: {stored}"
+        );
+        assert!(stored.contains("ODDS_KEY"), "{stored}");
+        let job: Job = serde_json::from_str(&stored).unwrap();
+        let on_worker = job
+            .launch_in(Path::new("/w/abc/7/load.2"), |name| {
+                (name == "ODDS_KEY").then(|| "from-the-worker".to_string())
+            })
+            .unwrap();
+        assert!(
+            on_worker
+                .env
+                .contains(&("ODDS_KEY".to_string(), "from-the-worker".to_string()))
+        );
+        let missing = job
+            .launch_in(Path::new("/w/abc/7/load.2"), |_| None)
+            .unwrap_err();
+        assert!(missing.contains("secret ODDS_KEY is not set in this worker's environment"));
     }
 
     #[test]

@@ -271,7 +271,10 @@ async fn start(
             return Err((attempt, report));
         }
     };
-    let launch = job.launch_in(&dir);
+    let launch = match job.launch_in(&dir, |name| std::env::var(name).ok()) {
+        Ok(launch) => launch,
+        Err(problem) => return Err((attempt, Report::new(Outcome::FailedPermanent, problem))),
+    };
     if let Some(parent) = dir.parent()
         && let Err(error) = std::fs::create_dir_all(parent)
     {
