@@ -49,10 +49,24 @@ pub async fn anomalies(
         let Ok(view) = store.status_view(&query).await else {
             continue;
         };
+        let attempts = view
+            .runs
+            .iter()
+            .filter(|run| run.record.id == one.run)
+            .flat_map(|run| run.tasks.iter())
+            .find(|row| row.task == one.task)
+            .map_or(1, |row| row.attempts);
         found.extend(
             crate::anomalies::in_history(&view.runs, &one.task, now)
                 .into_iter()
                 .filter(|anomaly| anomaly.run == one.run)
+                .filter(|anomaly| {
+                    worth_alerting(
+                        &anomaly.metric,
+                        anomaly.judgement.baseline.points,
+                        attempts,
+                    )
+                })
                 .map(|anomaly| Found {
                     detail: anomaly.judgement.describe(&anomaly.metric),
                     task: anomaly.task,
@@ -63,6 +77,18 @@ pub async fn anomalies(
         );
     }
     found
+}
+
+/// The fewest partitions of baseline an anomaly needs before it alerts: under three weeks of
+/// history, a baseline has not yet seen a task's ordinary ups and downs, and `keel history` and
+/// `keel status` show what it finds without waking anyone.
+pub const MIN_POINTS_TO_ALERT: usize = 21;
+
+/// Whether an anomaly is worth an alert: its baseline holds [`MIN_POINTS_TO_ALERT`]
+/// partitions, and it is not the time worked of a task that needed more than one attempt (that
+/// time went to attempts Keel retried and healed, which the run already shows).
+pub fn worth_alerting(metric: &str, baseline_points: usize, attempts: u32) -> bool {
+    baseline_points >= MIN_POINTS_TO_ALERT && !(metric == "duration_s" && attempts > 1)
 }
 
 /// Everything the ticker judges for one pipeline.
@@ -254,5 +280,19 @@ mod tests {
         // Without `report`, never.
         let mut none = ReportWatch::of(&self::spec(None), MIDNIGHT);
         assert!(none.due(&store, next_day).await.is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anomaly_alerts_from_three_weeks_of_baseline_and_not_for_time_spent_healing() {
+        assert!(worth_alerting("accuracy", 28, 1));
+        assert!(worth_alerting("accuracy", 28, 3), "a retried task's metrics still count");
+        assert!(!worth_alerting("accuracy", 20, 1));
+        assert!(worth_alerting("duration_s", 21, 1));
+        assert!(!worth_alerting("duration_s", 28, 2));
     }
 }

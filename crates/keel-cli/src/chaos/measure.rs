@@ -51,6 +51,12 @@ impl DayResult {
         }
     }
 
+    /// Whether the fault showed: a failure, a wait or the kill, or a regressed metric reported.
+    pub fn shown(&self) -> bool {
+        self.fault_at.is_some()
+            || (self.class == FaultClass::MetricRegression && self.accuracy.is_some())
+    }
+
     /// Ended succeeded: green, and no human was asked for anything (the campaign never runs a
     /// manual command).
     pub fn green(&self) -> bool {
@@ -112,6 +118,18 @@ pub struct Alert {
     pub kind: String,
     pub subject: String,
     pub partition: String,
+}
+
+impl Alert {
+    /// Whether the alert is about `task`: its subject is the task, or the task and a metric
+    /// (`grading accuracy`, as anomalies name theirs).
+    pub fn about_task(&self, task: &str) -> bool {
+        self.subject == task
+            || self
+                .subject
+                .strip_prefix(task)
+                .is_some_and(|rest| rest.starts_with(' '))
+    }
 }
 
 /// The alerts in the sink's file, one JSON document a line (none when it was never written).
@@ -252,7 +270,7 @@ impl Report {
                 name: name.to_string(),
                 healable,
                 days: members.len(),
-                faults_seen: members.iter().filter(|day| day.fault_at.is_some()).count(),
+                faults_seen: members.iter().filter(|day| day.shown()).count(),
                 green: members.iter().filter(|day| day.green()).count(),
                 manual: members.iter().filter(|day| !day.green()).count(),
                 recovery_mean: mean(&recoveries),
@@ -290,7 +308,7 @@ impl Report {
             .filter(|day| {
                 firing
                     .iter()
-                    .any(|alert| alert.partition == day.date && alert.subject == REGRESSION_TARGET)
+                    .any(|alert| alert.partition == day.date && alert.about_task(REGRESSION_TARGET))
             })
             .count();
         Report {
@@ -503,7 +521,7 @@ mod tests {
             day("2026-11-03", FaultClass::MetricRegression, RunState::Succeeded, None),
         ];
         let alerts = vec![
-            alert("2026-11-03", "grading"),
+            alert("2026-11-03", "grading accuracy"),
             alert("2026-11-01", "team_defense"),
             Alert {
                 status: "resolved".to_string(),

@@ -125,7 +125,7 @@ impl DayPlan {
                 format!("{} writes a corrupt result file once", self.target_name())
             }
             FaultClass::MetricRegression => {
-                format!("{} reports accuracy at 40%", self.target_name())
+                format!("{} reports accuracy at 30%", self.target_name())
             }
         }
     }
