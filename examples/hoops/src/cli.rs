@@ -56,6 +56,7 @@ ENVIRONMENT
   HOOPS_SERVICE_TOKEN    hoops serve: the bearer token /process requires (none: no auth)
   HOOPS_CHAOS            chaos knobs a task plays on itself: crash|hang|corrupt|regress=TASK@DATE,...
   HOOPS_CHAOS_STATE      the directory where one-shot chaos knobs mark that they fired
+  HOOPS_CHAOS_LEDGER     a file each task appends `DATE TASK EXIT` to as it ends (corrupt: `corrupt`)
   KEEL_RESULT            where a task writes its result JSON (rows, metrics, no_data)
   KEEL_HEARTBEAT         a file the task touches while it works
 
@@ -179,12 +180,27 @@ fn task(name: &str, date: &str) -> i32 {
         other => other,
     };
     let code = finish(&label, outcome);
+    let mut ended = code.to_string();
     if code == 0
         && fires(chaos::Kind::Corrupt)
         && let Some(path) = std::env::var_os("KEEL_RESULT").filter(|v| !v.is_empty())
     {
         eprintln!("hoops {label}: corrupting KEEL_RESULT (HOOPS_CHAOS corrupt knob)");
         let _ = std::fs::write(path, b"{\"rows\": 12, \"metrics\": {\x00garbage");
+        ended = "corrupt".to_string();
+    }
+    // The ledger: one line per task process that ran to its end, for a test to check that
+    // every task completed exactly once per date, whatever happened to Keel meanwhile.
+    if let Some(ledger) = std::env::var_os("HOOPS_CHAOS_LEDGER").filter(|v| !v.is_empty()) {
+        let line = format!("{date} {name} {ended}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ledger)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("hoops {label}: cannot append to HOOPS_CHAOS_LEDGER: {e}");
+        }
     }
     code
 }

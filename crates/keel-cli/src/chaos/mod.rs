@@ -214,6 +214,10 @@ impl Campaign {
                 "HOOPS_CHAOS_STATE".to_string(),
                 dir.join("chaos-marks").display().to_string(),
             ),
+            (
+                "HOOPS_CHAOS_LEDGER".to_string(),
+                dir.join("ledger").display().to_string(),
+            ),
         ];
         // Keel's clock starts on the morning after the last day's evening, so every day's
         // live window is over (one poll) and each run is a run of a day that has happened.
