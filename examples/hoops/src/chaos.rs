@@ -205,8 +205,7 @@ mod tests {
     #[test]
     fn a_one_shot_knob_fires_once_and_regress_every_time() {
         let dir = tempfile::tempdir().unwrap();
-        let chaos =
-            Chaos::parse("crash=load_props@2026-11-03,regress=grading@2026-11-03").unwrap();
+        let chaos = Chaos::parse("crash=load_props@2026-11-03,regress=grading@2026-11-03").unwrap();
         let fire = |kind, task| chaos.fires(kind, task, "2026-11-03", Some(dir.path()));
         assert_eq!(fire(Kind::Crash, "load_props"), Ok(true));
         assert_eq!(fire(Kind::Crash, "load_props"), Ok(false));

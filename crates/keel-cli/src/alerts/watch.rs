@@ -61,11 +61,7 @@ pub async fn anomalies(
                 .into_iter()
                 .filter(|anomaly| anomaly.run == one.run)
                 .filter(|anomaly| {
-                    worth_alerting(
-                        &anomaly.metric,
-                        anomaly.judgement.baseline.points,
-                        attempts,
-                    )
+                    worth_alerting(&anomaly.metric, anomaly.judgement.baseline.points, attempts)
                 })
                 .map(|anomaly| Found {
                     detail: anomaly.judgement.describe(&anomaly.metric),
@@ -281,16 +277,14 @@ mod tests {
         let mut none = ReportWatch::of(&self::spec(None), MIDNIGHT);
         assert!(none.due(&store, next_day).await.is_none());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn an_anomaly_alerts_from_three_weeks_of_baseline_and_not_for_time_spent_healing() {
         assert!(worth_alerting("accuracy", 28, 1));
-        assert!(worth_alerting("accuracy", 28, 3), "a retried task's metrics still count");
+        assert!(
+            worth_alerting("accuracy", 28, 3),
+            "a retried task's metrics still count"
+        );
         assert!(!worth_alerting("accuracy", 20, 1));
         assert!(worth_alerting("duration_s", 21, 1));
         assert!(!worth_alerting("duration_s", 28, 2));

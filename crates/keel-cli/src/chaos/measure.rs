@@ -74,7 +74,11 @@ pub async fn measure_day(
     let events = store.events(run.id).await?;
     let first_failure = attempts
         .iter()
-        .filter(|attempt| attempt.outcome.is_some_and(|outcome| !outcome.is_complete()))
+        .filter(|attempt| {
+            attempt
+                .outcome
+                .is_some_and(|outcome| !outcome.is_complete())
+        })
         // From when the failing attempt started: a hang's fault began then, not at its timeout.
         .filter_map(|attempt| attempt.started_at.or(attempt.finished_at));
     let first_wait = events
@@ -142,7 +146,11 @@ pub fn read_alerts(path: &Path) -> Result<Vec<Alert>> {
         }
     };
     let mut alerts = Vec::new();
-    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let document: Value = serde_json::from_str(line).with_context(|| {
             format!(
                 "{}:{}: an alert that is not JSON",
@@ -217,7 +225,8 @@ pub struct Report {
     pub unattributed_alerts: usize,
     pub alerts_sent: usize,
     pub alerts_actionable: usize,
-    /// Regression days, and how many of them an alert named.
+    /// Regression days that reported the regressed metric, and how many of them an alert
+    /// named.
     pub regressions: (usize, usize),
     pub health_score: Option<f64>,
     pub clock_speed: u32,
@@ -264,7 +273,11 @@ impl Report {
                 .collect();
             let actionable_count = sent
                 .iter()
-                .filter(|alert| by_date.get(alert.partition.as_str()).is_some_and(|day| actionable(day)))
+                .filter(|alert| {
+                    by_date
+                        .get(alert.partition.as_str())
+                        .is_some_and(|day| actionable(day))
+                })
                 .count();
             Row {
                 name: name.to_string(),
@@ -299,9 +312,11 @@ impl Report {
                     .is_some_and(|day| actionable(day))
             })
             .count();
+        // A regression on a day without games has no accuracy to lower: only the days whose
+        // regressed metric was reported count.
         let regression_days: Vec<&DayResult> = days
             .iter()
-            .filter(|day| day.class == FaultClass::MetricRegression)
+            .filter(|day| day.class == FaultClass::MetricRegression && day.shown())
             .collect();
         let regressions_alerted = regression_days
             .iter()
@@ -393,7 +408,8 @@ impl Report {
             "alerts: {} sent, {} actionable, precision {}{}\n",
             self.alerts_sent,
             self.alerts_actionable,
-            self.precision().map_or("n/a (none sent)".to_string(), percent),
+            self.precision()
+                .map_or("n/a (none sent)".to_string(), percent),
             if self.unattributed_alerts > 0 {
                 format!(
                     " ({} named no partition of the campaign)",
@@ -481,7 +497,7 @@ mod tests {
             fault_at: recovery.map(|_| 0),
             recovery,
             keel_restarted: false,
-            accuracy: None,
+            accuracy: (class == FaultClass::MetricRegression).then_some(0.18),
         }
     }
 
@@ -516,9 +532,24 @@ mod tests {
     #[test]
     fn alerts_about_healed_faults_are_noise_and_about_regressions_actionable() {
         let days = vec![
-            day("2026-11-01", FaultClass::Crash, RunState::Succeeded, Some(30_000)),
-            day("2026-11-02", FaultClass::Hang, RunState::Succeeded, Some(90_000)),
-            day("2026-11-03", FaultClass::MetricRegression, RunState::Succeeded, None),
+            day(
+                "2026-11-01",
+                FaultClass::Crash,
+                RunState::Succeeded,
+                Some(30_000),
+            ),
+            day(
+                "2026-11-02",
+                FaultClass::Hang,
+                RunState::Succeeded,
+                Some(90_000),
+            ),
+            day(
+                "2026-11-03",
+                FaultClass::MetricRegression,
+                RunState::Succeeded,
+                None,
+            ),
         ];
         let alerts = vec![
             alert("2026-11-03", "grading accuracy"),
@@ -546,7 +577,12 @@ mod tests {
     fn a_healable_partition_that_failed_misses_the_targets_and_its_alert_is_actionable() {
         let days = vec![
             day("2026-11-01", FaultClass::Crash, RunState::Failed, None),
-            day("2026-11-02", FaultClass::Crash, RunState::Succeeded, Some(400_000)),
+            day(
+                "2026-11-02",
+                FaultClass::Crash,
+                RunState::Succeeded,
+                Some(400_000),
+            ),
         ];
         let report = Report::build(
             &plan_of(&days),

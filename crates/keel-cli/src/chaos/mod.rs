@@ -8,8 +8,8 @@
 pub mod measure;
 pub mod plan;
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<u8> {
         let mut document = report.to_json();
         document["seed"] = args.seed.into();
         document["days"] = args.days.into();
-        document["elapsed_seconds"] = (elapsed.as_secs_f64() * 10.0).round().div_euclid(10.0).into();
+        document["elapsed_seconds"] = ((elapsed.as_secs_f64() * 10.0).round() / 10.0).into();
         document["plan"] = plan.iter().map(DayPlan::to_json).collect::<Vec<_>>().into();
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
@@ -328,6 +328,7 @@ impl Campaign {
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut serve = serve;
+            // Past the deadline, dropping it kills it.
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = serve.child.try_wait() {
                     return;
@@ -517,7 +518,7 @@ fn campaign_pipeline(source: &str, alerts: &Path) -> Result<String> {
         kept.push(line.to_string());
     }
     text = kept.join("\n");
-    text = regex_free_replace_grace(&text);
+    text = lengthen_gate_grace(&text);
     for task in plan::HANG_TARGETS {
         let header = format!("[tasks.{task}]\n");
         if !text.contains(&header) {
@@ -543,7 +544,7 @@ fn campaign_pipeline(source: &str, alerts: &Path) -> Result<String> {
 
 /// Every gate's grace made 12 hours: under the accelerated clock a grace of minutes is
 /// milliseconds of real time, and a task slowed by a loaded machine would be waived.
-fn regex_free_replace_grace(text: &str) -> String {
+fn lengthen_gate_grace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("grace = \"") {

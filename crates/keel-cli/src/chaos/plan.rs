@@ -119,7 +119,10 @@ impl DayPlan {
             FaultClass::Crash => format!("{} exits 1 once", self.target_name()),
             FaultClass::Hang => format!("{} hangs past its timeout once", self.target_name()),
             FaultClass::KillKeel => {
-                format!("kill -9 of keel serve after {} attempts started", self.amount)
+                format!(
+                    "kill -9 of keel serve after {} attempts started",
+                    self.amount
+                )
             }
             FaultClass::CorruptResult => {
                 format!("{} writes a corrupt result file once", self.target_name())
@@ -189,10 +192,9 @@ pub fn plan(seed: u64, first: NaiveDate, days: u32) -> Vec<DayPlan> {
             class = FaultClass::Clean;
         }
         let (target, amount) = match class {
-            FaultClass::Crash | FaultClass::CorruptResult => (
-                Some(TASK_TARGETS[pick(TASK_TARGETS.len())].to_string()),
-                1,
-            ),
+            FaultClass::Crash | FaultClass::CorruptResult => {
+                (Some(TASK_TARGETS[pick(TASK_TARGETS.len())].to_string()), 1)
+            }
             FaultClass::Hang => (Some(HANG_TARGETS[pick(HANG_TARGETS.len())].to_string()), 1),
             FaultClass::MetricRegression => (Some(REGRESSION_TARGET.to_string()), 1),
             FaultClass::FeedOutage => (None, 3 + pick(4) as u64),

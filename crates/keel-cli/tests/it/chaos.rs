@@ -47,7 +47,14 @@ fn a_short_campaign_heals_a_kill_of_keel_and_its_report_agrees_with_the_store() 
     let dir = tempfile::tempdir().unwrap();
     let kept = dir.path().join("campaign");
     let output = keel()
-        .args(["chaos", "--days", "3", "--json", "--seed", &seed.to_string()])
+        .args([
+            "chaos",
+            "--days",
+            "3",
+            "--json",
+            "--seed",
+            &seed.to_string(),
+        ])
         .arg("--keep")
         .arg(&kept)
         .timeout(Duration::from_secs(300))
@@ -64,7 +71,10 @@ fn a_short_campaign_heals_a_kill_of_keel_and_its_report_agrees_with_the_store() 
             "no progress line for {day}:\n{stderr}"
         );
     }
-    assert!(stderr.contains("keel serve killed and restarted"), "{stderr}");
+    assert!(
+        stderr.contains("keel serve killed and restarted"),
+        "{stderr}"
+    );
     assert_eq!(report["targets_met"], true, "{report:#}");
 
     // The store: one run per planned date, each succeeded, no task left incomplete.
@@ -113,8 +123,14 @@ fn a_short_campaign_heals_a_kill_of_keel_and_its_report_agrees_with_the_store() 
         .iter()
         .find(|row| row["class"] == "kill_keel")
         .unwrap();
-    assert_eq!((kill["days"].as_u64(), kill["green_without_human"].as_u64()), (Some(1), Some(1)));
-    assert!(kill["recovery_p95_ms"].as_i64().unwrap() < 5 * 60_000, "{kill}");
+    assert_eq!(
+        (kill["days"].as_u64(), kill["green_without_human"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        kill["recovery_p95_ms"].as_i64().unwrap() < 5 * 60_000,
+        "{kill}"
+    );
 
     // The killed Keel: a second serve took the killed day's run up and finished it.
     let killed_date = planned["plan"]
