@@ -17,7 +17,14 @@ pub struct Succeeded {
     pub task: String,
     pub run: RunId,
     pub partition: String,
+    /// Ticks it was put off because the store did not show the success yet.
+    pub waited: u32,
 }
+
+/// How many ticks a success the store does not show yet is judged again before it is dropped.
+/// The engine tells of an attempt's end as it decides it, a moment before its step commits, so
+/// a tick can come in between; the next one finds it committed.
+const MAX_WAITS: u32 = 30;
 
 /// One anomaly of a task that succeeded, as the book tells it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,14 +38,17 @@ pub struct Found {
 }
 
 /// The anomalies of the partitions in `succeeded`, each judged against the task's earlier
-/// partitions. A history that cannot be read now yields nothing: the next success reads again.
+/// partitions, and the successes to judge on a later tick: those the store does not show as
+/// settled yet (see [`MAX_WAITS`]). A history that cannot be read now yields nothing: the next
+/// success reads again.
 pub async fn anomalies(
     store: &impl Store,
     pipeline: &str,
     succeeded: Vec<Succeeded>,
     now: Millis,
-) -> Vec<Found> {
+) -> (Vec<Found>, Vec<Succeeded>) {
     let mut found = Vec::new();
+    let mut later = Vec::new();
     for one in succeeded {
         let query = StatusQuery {
             task: Some(one.task.clone()),
@@ -49,13 +59,22 @@ pub async fn anomalies(
         let Ok(view) = store.status_view(&query).await else {
             continue;
         };
-        let attempts = view
+        let row = view
             .runs
             .iter()
             .filter(|run| run.record.id == one.run)
             .flat_map(|run| run.tasks.iter())
-            .find(|row| row.task == one.task)
-            .map_or(1, |row| row.attempts);
+            .find(|row| row.task == one.task);
+        if row.is_none_or(|row| row.outcome.is_none()) {
+            if one.waited < MAX_WAITS {
+                later.push(Succeeded {
+                    waited: one.waited + 1,
+                    ..one
+                });
+            }
+            continue;
+        }
+        let attempts = row.map_or(1, |row| row.attempts);
         found.extend(
             crate::anomalies::in_history(&view.runs, &one.task, now)
                 .into_iter()
@@ -72,7 +91,7 @@ pub async fn anomalies(
                 }),
         );
     }
-    found
+    (found, later)
 }
 
 /// The fewest partitions of baseline an anomaly needs before it alerts: under three weeks of
@@ -276,6 +295,40 @@ mod tests {
         // Without `report`, never.
         let mut none = ReportWatch::of(&self::spec(None), MIDNIGHT);
         assert!(none.due(&store, next_day).await.is_none());
+    }
+
+    /// A success the store does not show yet (the engine told of it a moment before its step
+    /// committed) is judged again on the next tick, up to `MAX_WAITS` ticks, never lost at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_success_the_store_does_not_show_yet_is_judged_on_a_later_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let one = Succeeded {
+            task: "t".to_string(),
+            run: RunId(7),
+            partition: "2026-11-01".to_string(),
+            waited: 0,
+        };
+        let (found, later) = anomalies(&store, "hoops", vec![one.clone()], MIDNIGHT).await;
+        assert!(found.is_empty());
+        assert_eq!(
+            later,
+            vec![Succeeded {
+                waited: 1,
+                ..one.clone()
+            }]
+        );
+        let (_, given_up) = anomalies(
+            &store,
+            "hoops",
+            vec![Succeeded {
+                waited: MAX_WAITS,
+                ..one
+            }],
+            MIDNIGHT,
+        )
+        .await;
+        assert!(given_up.is_empty());
     }
 
     #[test]
