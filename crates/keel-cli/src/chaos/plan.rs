@@ -91,9 +91,10 @@ pub const HANG_TIMEOUT: &str = "3s";
 /// The task whose metric a regression lowers.
 pub const REGRESSION_TARGET: &str = "grading";
 
-/// Days of history before a regression can be judged against a baseline (keel-health's
-/// anomaly baseline needs 7 points; a day without games has none).
-pub const REGRESSION_FROM_DAY: usize = 12;
+/// Days of history before a regression can be told: an anomaly alerts from a baseline of 21
+/// partitions (`alerts::watch::MIN_POINTS_TO_ALERT`), and a day without games adds none, so
+/// four weeks leave room for a week of them.
+pub const REGRESSION_FROM_DAY: usize = 28;
 
 /// One simulated day of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
