@@ -79,6 +79,11 @@ pub enum Command {
     /// Run the bundled reference pipeline (hoops) over a week of dates with faults switched on,
     /// and show how Keel heals them.
     Demo(DemoArgs),
+    /// Run a seeded fault campaign over the hoops pipeline under `keel serve` on an accelerated
+    /// clock (feed outages, 429 storms, late data, crashing and hanging tasks, kill -9 of Keel,
+    /// a corrupt result file, a regressed metric) and report what Keel healed without a human.
+    /// Exit 0 when the targets are met, 1 otherwise.
+    Chaos(ChaosArgs),
     /// Measure Keel's throughput and scheduling latency against a bare process spawn.
     Bench(BenchArgs),
     /// Scan files (or, with --history, every commit) for committed secrets; exit 1 on findings.
@@ -472,6 +477,36 @@ pub struct DemoArgs {
         default_value = "latency=2ms..15ms,429=0.05,500=0.02,late_props=2,no_games=2026-11-11"
     )]
     pub faults: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// A hoops-style pipeline file to run instead of the bundled examples/hoops/keel.toml (its
+    /// tasks must be `hoops` commands).
+    #[arg(value_name = "PIPELINE")]
+    pub pipeline: Option<PathBuf>,
+    /// How many simulated days (partitions, one after another) the campaign runs.
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub days: u32,
+    /// The seed of the fault plan and of the season; the same seed gives the same plan.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The first date of the campaign.
+    #[arg(long, default_value = "2026-11-01")]
+    pub start: String,
+    /// How many times as fast as the wall clock Keel's clock runs (backoff, sensors, gates).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub clock_speed: u32,
+    /// Print the fault plan and stop, without running anything.
+    #[arg(long)]
+    pub plan_only: bool,
+    /// Print the report as JSON (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the campaign's pipeline, state, warehouse, logs and alerts here (default: a
+    /// temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

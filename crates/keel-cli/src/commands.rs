@@ -42,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Flags(args) => crate::flags::flags(state, args).await,
         Command::Rollout(args) => crate::rollout::rollout(state, args).await,
         Command::Demo(args) => crate::demo::demo(args).await,
+        Command::Chaos(args) => crate::chaos::chaos(args).await,
         Command::Token(args) => crate::tokens::token(&args.resource, args.count, &args.timeout),
         Command::Attempt { rest } => Ok(keel_exec::supervisor::main(&rest) as u8),
     }

@@ -24,9 +24,9 @@ const HTTP_PIPELINE: &str = include_str!("../../../examples/hoops/keel-http.toml
 
 /// A `hoops feed` or `hoops serve` process; killed when dropped, so the demo never leaves it
 /// behind.
-struct Helper {
+pub(crate) struct Helper {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Drop for Helper {
@@ -70,7 +70,7 @@ fn start_helper(
     }))
 }
 
-fn start_feed(hoops: &Path, seed: u64, faults: &str, log: &Path) -> Result<Helper> {
+pub(crate) fn start_feed(hoops: &Path, seed: u64, faults: &str, log: &Path) -> Result<Helper> {
     let mut command = Command::new(hoops);
     command.args([
         "feed",
@@ -135,7 +135,7 @@ fn random_token() -> Result<String> {
 }
 
 /// Puts a `hoops` that is this binary on a private PATH directory.
-fn install_hoops(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn install_hoops(dir: &Path) -> Result<PathBuf> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
     let hoops = bin.join("hoops");

@@ -23,6 +23,7 @@ mod api;
 mod args;
 mod audit;
 mod bench;
+mod chaos;
 mod check;
 mod cluster;
 mod commands;

@@ -171,6 +171,13 @@ pub fn judge(
         let median = percentile(&sorted, 0.5);
         (median, robust_scale(&sorted, median), sorted, None)
     };
+    // A count moves in whole units: its spread is never under one, or a count that was 0 every
+    // day would be an anomaly at its first 1.
+    let scale = if value.fract() == 0.0 && all.iter().all(|earlier| earlier.fract() == 0.0) {
+        scale.max(COUNT_SCALE_FLOOR)
+    } else {
+        scale
+    };
     let score = (value - median) / scale;
     let anomalous = match tuning.direction {
         Direction::Both => score.abs() > tuning.threshold,
@@ -201,6 +208,9 @@ fn robust_scale(sorted: &[f64], median: f64) -> f64 {
     deviations.sort_by(f64::total_cmp);
     (1.4826 * percentile(&deviations, 0.5)).max(scale_floor(median))
 }
+
+/// The smallest spread of a count (a value and a baseline of whole numbers): one unit.
+pub const COUNT_SCALE_FLOOR: f64 = 1.0;
 
 /// The smallest spread a baseline is given: a metric that was exactly the same every day
 /// (MAD 0) would otherwise flag its first change of any size. 2% of the median's size, or a
@@ -409,5 +419,16 @@ mod tests {
                 .unwrap()
                 .anomalous
         );
+    }
+
+    #[test]
+    fn a_count_that_was_always_zero_is_not_an_anomaly_at_its_first_few() {
+        // Ungraded picks: 0 every day, then 1 or 3 (the spread of a count is at least one),
+        // but 8 is far out; a fraction keeps the tiny floor of a measurement.
+        let history: Vec<(NaiveDate, f64)> = (0..20).map(|offset| (day(offset), 0.0)).collect();
+        for (value, anomalous) in [(1.0, false), (3.0, false), (8.0, true), (0.5, true)] {
+            let judgement = judge(day(20), value, &history, &Tuning::default()).unwrap();
+            assert_eq!(judgement.anomalous, anomalous, "{value}: {judgement:?}");
+        }
     }
 }

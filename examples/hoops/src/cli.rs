@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::chaos::{self, Chaos};
 use crate::date::Date;
 use crate::faults::Faults;
 use crate::feed::Feed;
@@ -53,6 +54,9 @@ ENVIRONMENT
   HOOPS_RETRY_AFTER_CAP  seconds of Retry-After a scrape waits out once before exiting 75 (default 2)
   HOOPS_HTTP_TIMEOUT     seconds before a feed request gives up (default 10)
   HOOPS_SERVICE_TOKEN    hoops serve: the bearer token /process requires (none: no auth)
+  HOOPS_CHAOS            chaos knobs a task plays on itself: crash|hang|corrupt|regress=TASK@DATE,...
+  HOOPS_CHAOS_STATE      the directory where one-shot chaos knobs mark that they fired
+  HOOPS_CHAOS_LEDGER     a file each task appends `DATE TASK EXIT` to as it ends (corrupt: `corrupt`)
   KEEL_RESULT            where a task writes its result JSON (rows, metrics, no_data)
   KEEL_HEARTBEAT         a file the task touches while it works
 
@@ -138,10 +142,67 @@ fn run(args: &[&str]) -> i32 {
 }
 
 fn task(name: &str, date: &str) -> i32 {
-    finish(
-        &format!("{name} {date}"),
-        Ctx::from_env().and_then(|ctx| tasks::run(name, date, &ctx)),
-    )
+    let label = format!("{name} {date}");
+    // The chaos knobs (`HOOPS_CHAOS`, for `keel chaos`): a crash or a hang before the work, a
+    // regressed metric or a corrupt result file after it.
+    let chaos = match Chaos::from_env() {
+        Ok(chaos) => chaos,
+        Err(e) => {
+            eprintln!("hoops {label}: {e}");
+            return EXIT_PERMANENT;
+        }
+    };
+    let state = chaos::state_dir();
+    let fires = |kind| match chaos.fires(kind, name, date, state.as_deref()) {
+        Ok(fires) => fires,
+        Err(e) => {
+            eprintln!("hoops {label}: {e}");
+            false
+        }
+    };
+    if fires(chaos::Kind::Crash) {
+        eprintln!("hoops {label}: crashed (HOOPS_CHAOS crash knob)");
+        return 1;
+    }
+    if fires(chaos::Kind::Hang) {
+        eprintln!("hoops {label}: hanging (HOOPS_CHAOS hang knob)");
+        std::thread::sleep(std::time::Duration::from_secs(3_600));
+    }
+    let outcome = Ctx::from_env().and_then(|ctx| tasks::run(name, date, &ctx));
+    let outcome = match outcome {
+        Ok(mut report) if fires(chaos::Kind::Regress) => {
+            if let Some(accuracy) = report.metrics.get("accuracy").and_then(|v| v.as_f64()) {
+                let regressed = (accuracy * chaos::REGRESSED_SHARE * 10_000.0).round() / 10_000.0;
+                report.metrics.insert("accuracy".into(), regressed.into());
+            }
+            Ok(report)
+        }
+        other => other,
+    };
+    let code = finish(&label, outcome);
+    let mut ended = code.to_string();
+    if code == 0
+        && fires(chaos::Kind::Corrupt)
+        && let Some(path) = std::env::var_os("KEEL_RESULT").filter(|v| !v.is_empty())
+    {
+        eprintln!("hoops {label}: corrupting KEEL_RESULT (HOOPS_CHAOS corrupt knob)");
+        let _ = std::fs::write(path, b"{\"rows\": 12, \"metrics\": {\x00garbage");
+        ended = "corrupt".to_string();
+    }
+    // The ledger: one line per task process that ran to its end, for a test to check that
+    // every task completed exactly once per date, whatever happened to Keel meanwhile.
+    if let Some(ledger) = std::env::var_os("HOOPS_CHAOS_LEDGER").filter(|v| !v.is_empty()) {
+        let line = format!("{date} {name} {ended}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ledger)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("hoops {label}: cannot append to HOOPS_CHAOS_LEDGER: {e}");
+        }
+    }
+    code
 }
 
 /// Prints how a task ended and writes its `KEEL_RESULT`; the exit code.

@@ -6,6 +6,8 @@
 //! | `latency=DUR` or `latency=DUR..DUR` | delay every data response (`20ms`, `1s`; a bare number is ms) |
 //! | `429=RATE` | answer that share of data requests with 429 and `Retry-After` (`0.1` or `10%`) |
 //! | `500=RATE` | answer that share of data requests with 500 |
+//! | `outage=N` | answer the first N data requests after the faults were set with 500 (an outage that ends) |
+//! | `storm=N` | answer the N data requests after the outage with 429 and `Retry-After` (a 429 storm that ends) |
 //! | `retry_after=SECONDS` | the `Retry-After` sent with a 429 (default 1) |
 //! | `late_props=N` | the first N requests for each date's props get 404 "not yet available" |
 //! | `late_props=DUR` | props become available only DUR after the faults were set (`2s`) |
@@ -26,6 +28,10 @@ pub struct Faults {
     pub latency: Option<(Duration, Duration)>,
     pub rate_429: f64,
     pub rate_500: f64,
+    /// The first this many data requests after the faults were set get 500.
+    pub outage: u64,
+    /// The this many data requests after the outage get 429.
+    pub storm: u64,
     pub retry_after: u64,
     pub late_props: Option<Late>,
     pub missing: Vec<(Source, Date)>,
@@ -81,6 +87,8 @@ impl Faults {
                 "500" => {
                     faults.rate_500 = rate(value).ok_or_else(|| err("bad rate, e.g. 0.05 or 5%"))?
                 }
+                "outage" => faults.outage = value.parse().map_err(|_| err("bad count, e.g. 4"))?,
+                "storm" => faults.storm = value.parse().map_err(|_| err("bad count, e.g. 6"))?,
                 "retry_after" => {
                     faults.retry_after = duration(value, "s")
                         .map(|d| d.as_secs())
@@ -112,7 +120,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (latency, 429, 500, retry_after, late_props, missing, no_games)"
+                        "unknown fault {other:?} (latency, 429, 500, outage, storm, retry_after, late_props, missing, no_games)"
                     ));
                 }
             }
@@ -187,6 +195,12 @@ impl fmt::Display for Faults {
         if self.rate_500 > 0.0 {
             items.push(format!("500={}", self.rate_500));
         }
+        if self.outage > 0 {
+            items.push(format!("outage={}", self.outage));
+        }
+        if self.storm > 0 {
+            items.push(format!("storm={}", self.storm));
+        }
         if self.retry_after != 1 {
             items.push(format!("retry_after={}", self.retry_after));
         }
@@ -236,10 +250,11 @@ mod tests {
         assert_eq!(Faults::parse("").unwrap(), Faults::none());
         assert_eq!(Faults::parse("none").unwrap().to_string(), "none");
         let f = Faults::parse(
-            "latency=5ms..40ms,late_props=2s,retry_after=0,missing=schedule@2026-11-01",
+            "latency=5ms..40ms,outage=3,storm=5,late_props=2s,retry_after=0,missing=schedule@2026-11-01",
         )
         .unwrap();
         assert_eq!(f.late_props, Some(Late::For(Duration::from_secs(2))));
+        assert_eq!((f.outage, f.storm), (3, 5));
         assert_eq!(
             f.missing,
             vec![(Source::Scoreboard, "2026-11-01".parse().unwrap())]
@@ -259,6 +274,8 @@ mod tests {
             "no_games=2026-13-01",
             "explode=1",
             "latency=50ms..10ms",
+            "outage=-1",
+            "storm=many",
         ] {
             assert!(Faults::parse(bad).is_err(), "{bad}");
         }

@@ -41,7 +41,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 struct State {
     seed: u64,
     season: Season,
-    faults: Mutex<(Faults, Instant)>,
+    /// The faults, when they were set, and the data-request counter then (where `outage` and
+    /// `storm` count from).
+    faults: Mutex<(Faults, Instant, u64)>,
     late_counts: Mutex<HashMap<Date, u64>>,
     counter: AtomicU64,
     stats: Mutex<BTreeMap<u16, u64>>,
@@ -65,7 +67,7 @@ impl Feed {
         let state = Arc::new(State {
             seed,
             season: Season::generate(seed),
-            faults: Mutex::new((faults, Instant::now())),
+            faults: Mutex::new((faults, Instant::now(), 0)),
             late_counts: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             stats: Mutex::new(BTreeMap::new()),
@@ -109,7 +111,8 @@ impl Feed {
 }
 
 fn set_faults(state: &State, faults: Faults) {
-    *lock(&state.faults) = (faults, Instant::now());
+    let counter = state.counter.load(Ordering::SeqCst);
+    *lock(&state.faults) = (faults, Instant::now(), counter);
     lock(&state.late_counts).clear();
 }
 
@@ -236,13 +239,21 @@ fn handle(state: &State, req: &Request) -> Response {
 
 fn data(state: &State, source: Source, date: &str, game: Option<&str>) -> Response {
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
-    let (faults, since) = {
+    let (faults, since, base) = {
         let guard = lock(&state.faults);
-        (guard.0.clone(), guard.1)
+        (guard.0.clone(), guard.1, guard.2)
     };
+    let since_set = n.saturating_sub(base);
     if let Some((lo, hi)) = faults.latency {
         let extra = (hi - lo).mul_f64(rng::unit(state.seed, 3, n));
         thread::sleep(lo + extra);
+    }
+    if since_set < faults.outage {
+        return error(500, "internal", "the feed is down (injected outage)");
+    }
+    if since_set < faults.outage + faults.storm {
+        return error(429, "rate_limited", "slow down (injected storm)")
+            .with_header("Retry-After", faults.retry_after.to_string());
     }
     if rng::unit(state.seed, 1, n) < faults.rate_500 {
         return error(500, "internal", "the feed failed (injected fault)");

@@ -4,11 +4,14 @@
 //! - [`feed`]: that season served as JSON over HTTP on loopback, with switchable [`faults`].
 //! - [`tasks`]: `hoops <task> <date>`, the pipeline's processors on one SQLite [`warehouse`],
 //!   ending with the task contract's exit codes (docs/tasks.md) and `KEEL_RESULT` file ([`outcome`]).
+//! - [`chaos`]: knobs a task plays on itself (`HOOPS_CHAOS`: crash, hang, corrupt result, regressed
+//!   metric), for `keel chaos`.
 //! - [`service`]: `hoops serve`, the same processors behind HTTP for Keel's HTTP tasks.
 //!
 //! It must not talk to anything but loopback, and it never needs Keel to run: every task is a
 //! plain command, and `hoops serve` is a plain HTTP service.
 
+pub mod chaos;
 pub mod cli;
 pub mod date;
 pub mod faults;

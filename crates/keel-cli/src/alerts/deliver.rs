@@ -178,8 +178,13 @@ impl Alerts {
                         .unwrap_or_else(|poisoned| poisoned.into_inner()),
                 );
                 if !succeeded.is_empty() {
-                    let found =
+                    let (found, later) =
                         super::watch::anomalies(&store, &pipeline, succeeded, now_millis()).await;
+                    ticking
+                        .succeeded
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .extend(later);
                     for anomaly in found {
                         let messages = ticking.lock().anomaly(
                             &anomaly.task,
@@ -234,6 +239,7 @@ impl Alerts {
                     task: task.clone(),
                     run: *run,
                     partition: partition.clone(),
+                    waited: 0,
                 });
         }
         let messages = self.lock().observe(event, now_millis());

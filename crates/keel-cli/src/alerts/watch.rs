@@ -17,7 +17,14 @@ pub struct Succeeded {
     pub task: String,
     pub run: RunId,
     pub partition: String,
+    /// Ticks it was put off because the store did not show the success yet.
+    pub waited: u32,
 }
+
+/// How many ticks a success the store does not show yet is judged again before it is dropped.
+/// The engine tells of an attempt's end as it decides it, a moment before its step commits, so
+/// a tick can come in between; the next one finds it committed.
+const MAX_WAITS: u32 = 30;
 
 /// One anomaly of a task that succeeded, as the book tells it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,14 +38,17 @@ pub struct Found {
 }
 
 /// The anomalies of the partitions in `succeeded`, each judged against the task's earlier
-/// partitions. A history that cannot be read now yields nothing: the next success reads again.
+/// partitions, and the successes to judge on a later tick: those the store does not show as
+/// settled yet (see [`MAX_WAITS`]). A history that cannot be read now yields nothing: the next
+/// success reads again.
 pub async fn anomalies(
     store: &impl Store,
     pipeline: &str,
     succeeded: Vec<Succeeded>,
     now: Millis,
-) -> Vec<Found> {
+) -> (Vec<Found>, Vec<Succeeded>) {
     let mut found = Vec::new();
+    let mut later = Vec::new();
     for one in succeeded {
         let query = StatusQuery {
             task: Some(one.task.clone()),
@@ -49,10 +59,29 @@ pub async fn anomalies(
         let Ok(view) = store.status_view(&query).await else {
             continue;
         };
+        let row = view
+            .runs
+            .iter()
+            .filter(|run| run.record.id == one.run)
+            .flat_map(|run| run.tasks.iter())
+            .find(|row| row.task == one.task);
+        if row.is_none_or(|row| row.outcome.is_none()) {
+            if one.waited < MAX_WAITS {
+                later.push(Succeeded {
+                    waited: one.waited + 1,
+                    ..one
+                });
+            }
+            continue;
+        }
+        let attempts = row.map_or(1, |row| row.attempts);
         found.extend(
             crate::anomalies::in_history(&view.runs, &one.task, now)
                 .into_iter()
                 .filter(|anomaly| anomaly.run == one.run)
+                .filter(|anomaly| {
+                    worth_alerting(&anomaly.metric, anomaly.judgement.baseline.points, attempts)
+                })
                 .map(|anomaly| Found {
                     detail: anomaly.judgement.describe(&anomaly.metric),
                     task: anomaly.task,
@@ -62,7 +91,19 @@ pub async fn anomalies(
                 }),
         );
     }
-    found
+    (found, later)
+}
+
+/// The fewest partitions of baseline an anomaly needs before it alerts: under three weeks of
+/// history, a baseline has not yet seen a task's ordinary ups and downs, and `keel history` and
+/// `keel status` show what it finds without waking anyone.
+pub const MIN_POINTS_TO_ALERT: usize = 21;
+
+/// Whether an anomaly is worth an alert: its baseline holds [`MIN_POINTS_TO_ALERT`]
+/// partitions, and it is not the time worked of a task that needed more than one attempt (that
+/// time went to attempts Keel retried and healed, which the run already shows).
+pub fn worth_alerting(metric: &str, baseline_points: usize, attempts: u32) -> bool {
+    baseline_points >= MIN_POINTS_TO_ALERT && !(metric == "duration_s" && attempts > 1)
 }
 
 /// Everything the ticker judges for one pipeline.
@@ -299,5 +340,51 @@ mod tests {
         // Without `report`, never.
         let mut none = ReportWatch::of(&self::spec(None), MIDNIGHT);
         assert!(none.due(&store, next_day).await.is_none());
+    }
+
+    /// A success the store does not show yet (the engine told of it a moment before its step
+    /// committed) is judged again on the next tick, up to `MAX_WAITS` ticks, never lost at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_success_the_store_does_not_show_yet_is_judged_on_a_later_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let one = Succeeded {
+            task: "t".to_string(),
+            run: RunId(7),
+            partition: "2026-11-01".to_string(),
+            waited: 0,
+        };
+        let (found, later) = anomalies(&store, "hoops", vec![one.clone()], MIDNIGHT).await;
+        assert!(found.is_empty());
+        assert_eq!(
+            later,
+            vec![Succeeded {
+                waited: 1,
+                ..one.clone()
+            }]
+        );
+        let (_, given_up) = anomalies(
+            &store,
+            "hoops",
+            vec![Succeeded {
+                waited: MAX_WAITS,
+                ..one
+            }],
+            MIDNIGHT,
+        )
+        .await;
+        assert!(given_up.is_empty());
+    }
+
+    #[test]
+    fn an_anomaly_alerts_from_three_weeks_of_baseline_and_not_for_time_spent_healing() {
+        assert!(worth_alerting("accuracy", 28, 1));
+        assert!(
+            worth_alerting("accuracy", 28, 3),
+            "a retried task's metrics still count"
+        );
+        assert!(!worth_alerting("accuracy", 20, 1));
+        assert!(worth_alerting("duration_s", 21, 1));
+        assert!(!worth_alerting("duration_s", 28, 2));
     }
 }

@@ -369,7 +369,7 @@ degraded_grace = "0s"
 }
 
 /// What `keel serve` tells about results: a grading task's accuracy collapses on one date after
-/// 14 usual ones (run before serve started), and the run serve takes up for that date alerts
+/// 21 usual ones (run before serve started; an anomaly alerts from three weeks of baseline), and the run serve takes up for that date alerts
 /// the anomaly once, with its baseline, and the failed `warn` check.
 #[test]
 fn an_anomaly_and_a_failed_check_alert_with_their_baseline() {
@@ -398,7 +398,7 @@ command = ["sh", "-c", "cat >> alerts.jsonl"]
     )
     .unwrap();
     let history = Command::new(keel_path())
-        .args(["run", "--from", "2026-03-01", "--to", "2026-03-14"])
+        .args(["run", "--from", "2026-02-22", "--to", "2026-03-14"])
         .arg(root.join("keel.toml"))
         .output()
         .unwrap();
@@ -438,7 +438,7 @@ command = ["sh", "-c", "cat >> alerts.jsonl"]
     assert_eq!(anomaly["partition"], "2026-03-15");
     let detail = anomaly["detail"].as_str().unwrap();
     assert!(
-        detail.starts_with("grading: accuracy 0.19, usual 0.4") && detail.ends_with("over 14 days"),
+        detail.starts_with("grading: accuracy 0.19, usual 0.4") && detail.ends_with("over 21 days"),
         "{detail}"
     );
     let warned = of_kind("check_warned");

@@ -5,6 +5,7 @@ mod anomalies;
 mod api;
 mod audit;
 mod calendars;
+mod chaos;
 mod check;
 mod cli;
 mod context;
