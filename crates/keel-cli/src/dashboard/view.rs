@@ -171,7 +171,6 @@ pub fn glyph(class: &str) -> &'static str {
         "retrying" => "↻",
         "skipped" => "–",
         "cancelled" => "⊘",
-        "frozen" => "❄",
         _ => "·",
     }
 }
