@@ -83,6 +83,7 @@ where
     runs_are_listed_newest_first(make().await).await;
     cancel_is_recorded(make().await).await;
     batches_settle_each_item_on_its_own(make().await).await;
+    a_batch_that_names_a_task_twice_settles_as_one_at_a_time(make().await).await;
     sensor_polls_are_recorded(make().await).await;
     resource_states_are_upserted(make().await).await;
     attempt_starts_are_listed_since_a_time(make().await).await;
@@ -1580,6 +1581,107 @@ async fn batches_settle_each_item_on_its_own<S: Store>(store: S) {
     assert!(
         matches!(started[1], Err(StoreError::StaleLease { .. })),
         "a finished attempt cannot be marked started"
+    );
+}
+
+/// A backend that writes a batch in one go must still give each item the result it would get
+/// one at a time: a task claimed twice in one batch, the same task of one partition claimed by
+/// two runs, an attempt finished twice, and a commit whose second finish is stale.
+async fn a_batch_that_names_a_task_twice_settles_as_one_at_a_time<S: Store>(store: S) {
+    let first = store
+        .create_run(new_run("2026-01-01", &["a", "b"]))
+        .await
+        .unwrap();
+    let second = store
+        .create_run(new_run("2026-01-01", &["a"]))
+        .await
+        .unwrap();
+    let results = store
+        .claim_attempts(vec![
+            claim(first.id, "a", 1),
+            claim(first.id, "a", 1),
+            claim(second.id, "a", 1),
+            claim(first.id, "b", 1),
+            claim(first.id, "nope", 1),
+            claim(RunId(first.id.0 + 1_000), "a", 1),
+        ])
+        .await
+        .unwrap();
+    let a = results[0].as_ref().unwrap().clone();
+    assert_eq!((a.number, a.task.as_str()), (1, "a"));
+    assert!(
+        matches!(&results[1], Err(StoreError::NotClaimable { state, .. }) if state == "running"),
+        "the same task twice in one batch: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2], Err(StoreError::AlreadyLive { attempt, .. }) if *attempt == a.id),
+        "another run's claim of the live task: {:?}",
+        results[2]
+    );
+    let b = results[3].as_ref().unwrap().clone();
+    assert_ne!(a.id, b.id);
+    assert!(matches!(
+        &results[4],
+        Err(StoreError::NotClaimable { state, .. }) if state == "not part of the run"
+    ));
+    assert!(matches!(results[5], Err(StoreError::NoSuchRun(_))));
+    let claimed: Vec<String> = store
+        .events(first.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == EventKind::AttemptClaimed)
+        .filter_map(|event| event.task)
+        .collect();
+    assert_eq!(claimed, ["a", "b"], "one claim event per attempt, in order");
+    // The same attempt finished twice in one batch: the second is stale.
+    let done = || {
+        finish(
+            &a,
+            Outcome::Succeeded,
+            TaskNext::Done(Outcome::Succeeded),
+            2,
+        )
+    };
+    let results = store.finish_attempts(vec![done(), done()]).await.unwrap();
+    assert!(results[0].is_ok());
+    assert!(
+        matches!(results[1], Err(StoreError::StaleLease { .. })),
+        "{:?}",
+        results[1]
+    );
+    // A commit of two finishes, the second stale: nothing of it is written.
+    let mut stale = finish(
+        &b,
+        Outcome::Succeeded,
+        TaskNext::Done(Outcome::Succeeded),
+        3,
+    );
+    stale.epoch += 1;
+    let committed = store
+        .commit(
+            vec![
+                Write::Finish(finish(
+                    &b,
+                    Outcome::Failed,
+                    TaskNext::Done(Outcome::Failed),
+                    3,
+                )),
+                Write::Finish(stale),
+            ],
+            3,
+        )
+        .await;
+    assert!(
+        matches!(committed, Err(StoreError::StaleLease { .. })),
+        "{committed:?}"
+    );
+    let tasks = store.task_runs(first.id).await.unwrap();
+    assert_eq!(
+        tasks.iter().map(|task| task.state).collect::<Vec<_>>(),
+        [TaskState::Done, TaskState::Running],
+        "a commit that fails writes nothing"
     );
 }
 

@@ -10,6 +10,7 @@
 //!
 //! The connection URL's password never reaches an error or a log: see [`PostgresUrl`].
 
+mod batch;
 mod location;
 mod lock;
 mod schema;
@@ -166,16 +167,13 @@ impl PostgresStore {
 
     /// A transaction that writes: it holds the write lock until it commits or rolls back.
     async fn write(&self) -> StoreResult<Transaction<'static, Postgres>> {
-        let mut transaction = self
-            .pool
-            .begin()
+        // One round trip: the lock is taken by the statement that begins the transaction.
+        self.pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            )))
             .await
-            .map_err(|error| self.connection_error(error))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *transaction)
-            .await?;
-        Ok(transaction)
+            .map_err(|error| self.connection_error(error))
     }
 
     /// A transaction that only reads, from one snapshot.
@@ -658,208 +656,6 @@ async fn load_attempt(
     attempt_from_row(&row)
 }
 
-async fn claim_one(
-    connection: &mut PgConnection,
-    claim: ClaimAttempt,
-) -> StoreResult<AttemptRecord> {
-    let run = load_run(connection, claim.run).await?;
-    let task = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {TASK_COLUMNS} FROM task_runs WHERE run_id = $1 AND task = $2"
-    )))
-    .bind(claim.run.0)
-    .bind(&claim.task)
-    .fetch_optional(&mut *connection)
-    .await?;
-    let task = match task {
-        Some(row) => task_from_row(&row)?,
-        None => {
-            return Err(StoreError::NotClaimable {
-                run: claim.run,
-                task: claim.task.clone(),
-                state: "not part of the run".into(),
-            });
-        }
-    };
-    if !matches!(task.state, TaskState::Pending | TaskState::Waiting) {
-        return Err(StoreError::NotClaimable {
-            run: claim.run,
-            task: claim.task,
-            state: task.state.as_str().into(),
-        });
-    }
-    let live: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM attempts WHERE pipeline = $1 AND partition = $2 AND task = $3 AND finished_at IS NULL",
-    )
-    .bind(&run.pipeline)
-    .bind(&run.partition)
-    .bind(&claim.task)
-    .fetch_optional(&mut *connection)
-    .await?;
-    if let Some(live) = live {
-        return Err(StoreError::AlreadyLive {
-            run: claim.run,
-            task: claim.task,
-            attempt: AttemptId(live),
-        });
-    }
-    let epoch = task.lease_epoch + 1;
-    let number = task.attempts + 1;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO attempts (run_id, pipeline, partition, task, number, lease_owner, lease_epoch, lease_expires_at, not_before, claimed_at, dir, version, task_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-    )
-    .bind(claim.run.0)
-    .bind(&run.pipeline)
-    .bind(&run.partition)
-    .bind(&claim.task)
-    .bind(i64::from(number))
-    .bind(&claim.owner)
-    .bind(epoch)
-    .bind(claim.lease_expires_at)
-    .bind(task.not_before)
-    .bind(claim.at)
-    .bind(&claim.dir)
-    .bind(&claim.version)
-    .bind(&claim.task_version)
-    .fetch_one(&mut *connection)
-    .await?;
-    let attempt = AttemptId(id);
-    sqlx::query(
-        "UPDATE task_runs SET state = $1, attempts = $2, lease_epoch = $3, first_started_at = coalesce(first_started_at, $4), updated_at = $4,
-             rerun_pending = FALSE
-         WHERE run_id = $5 AND task = $6",
-    )
-    .bind(TaskState::Running.as_str())
-    .bind(i64::from(number))
-    .bind(epoch)
-    .bind(claim.at)
-    .bind(claim.run.0)
-    .bind(&claim.task)
-    .execute(&mut *connection)
-    .await?;
-    let detail = format!("attempt {number} epoch {epoch} owner {}", claim.owner);
-    event(
-        connection,
-        claim.at,
-        claim.run,
-        Some(&claim.task),
-        Some(attempt),
-        EventKind::AttemptClaimed,
-        &detail,
-    )
-    .await?;
-    load_attempt(connection, attempt).await
-}
-
-async fn finish_one(connection: &mut PgConnection, finish: FinishAttempt) -> StoreResult<()> {
-    let record = load_attempt(connection, finish.attempt).await?;
-    let current_epoch: i64 =
-        sqlx::query_scalar("SELECT lease_epoch FROM task_runs WHERE run_id = $1 AND task = $2")
-            .bind(record.run.0)
-            .bind(&record.task)
-            .fetch_one(&mut *connection)
-            .await?;
-    if record.finished_at.is_some()
-        || record.lease_epoch != finish.epoch
-        || current_epoch != finish.epoch
-    {
-        return Err(StoreError::StaleLease {
-            attempt: finish.attempt,
-            epoch: finish.epoch,
-        });
-    }
-    let charged = match &finish.next {
-        TaskNext::Done(_) => finish.outcome.uses_retry_attempt(),
-        TaskNext::Retry { charge, .. } => *charge,
-        TaskNext::Resume => false,
-    };
-    sqlx::query(
-        "UPDATE attempts SET finished_at = $1, outcome = $2, exit_code = $3, rows = $4, metrics = $5, message = $6, charged = $7
-         WHERE id = $8",
-    )
-    .bind(finish.at)
-    .bind(finish.outcome.as_str())
-    .bind(finish.exit_code)
-    .bind(finish.rows)
-    .bind(&finish.metrics)
-    .bind(&finish.message)
-    .bind(charged)
-    .bind(finish.attempt.0)
-    .execute(&mut *connection)
-    .await?;
-    let (state, outcome, not_before, charge, kind) = match &finish.next {
-        TaskNext::Done(outcome) => (
-            TaskState::Done,
-            Some(*outcome),
-            None,
-            i64::from(finish.outcome.uses_retry_attempt()),
-            EventKind::TaskDone,
-        ),
-        TaskNext::Retry { not_before, charge } => (
-            TaskState::Waiting,
-            Some(finish.outcome),
-            Some(*not_before),
-            i64::from(*charge),
-            EventKind::RetryScheduled,
-        ),
-        TaskNext::Resume => (
-            TaskState::Pending,
-            Some(finish.outcome),
-            None,
-            0,
-            EventKind::TaskInterrupted,
-        ),
-    };
-    sqlx::query(
-        "UPDATE task_runs SET state = $1, outcome = $2, not_before = $3, charged = charged + $4, message = $5, updated_at = $6
-         WHERE run_id = $7 AND task = $8",
-    )
-    .bind(state.as_str())
-    .bind(outcome.map(Outcome::as_str))
-    .bind(not_before)
-    .bind(charge)
-    .bind(&finish.message)
-    .bind(finish.at)
-    .bind(record.run.0)
-    .bind(&record.task)
-    .execute(&mut *connection)
-    .await?;
-    let mut detail = format!("attempt {} {}", record.number, finish.outcome);
-    if let Some(code) = finish.exit_code {
-        detail.push_str(&format!(" exit {code}"));
-    }
-    event(
-        connection,
-        finish.at,
-        record.run,
-        Some(&record.task),
-        Some(finish.attempt),
-        EventKind::AttemptFinished,
-        &detail,
-    )
-    .await?;
-    let next_detail = match &finish.next {
-        TaskNext::Done(outcome) => outcome.to_string(),
-        TaskNext::Retry { not_before, charge } => {
-            format!(
-                "not before {not_before}{}",
-                if *charge { "" } else { ", uncharged" }
-            )
-        }
-        TaskNext::Resume => "waits to be resumed".to_string(),
-    };
-    event(
-        connection,
-        finish.at,
-        record.run,
-        Some(&record.task),
-        Some(finish.attempt),
-        kind,
-        &next_detail,
-    )
-    .await
-}
-
 /// Changes one task run that is not running; returns how many rows changed (0 or 1).
 async fn change_task(
     connection: &mut PgConnection,
@@ -1122,6 +918,32 @@ async fn set_resource_state_in(
     Ok(())
 }
 
+/// Writes the finishes gathered so far; the first refused (a stale lease) fails the commit.
+async fn flush_finishes(
+    connection: &mut PgConnection,
+    finishes: &mut Vec<FinishAttempt>,
+) -> StoreResult<()> {
+    if finishes.is_empty() {
+        return Ok(());
+    }
+    let results = batch::finish_attempts(connection, std::mem::take(finishes)).await?;
+    results.into_iter().collect()
+}
+
+/// Writes the starts gathered so far; a start that no longer applies (the attempt ended, or
+/// its lease was taken over) is ignored, as the write says.
+async fn flush_starts(
+    connection: &mut PgConnection,
+    starts: &mut Vec<(AttemptId, i64, Option<u32>)>,
+    at: Millis,
+) -> StoreResult<()> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    batch::mark_attempts_started(connection, std::mem::take(starts), at).await?;
+    Ok(())
+}
+
 async fn commit_one(connection: &mut PgConnection, write: Write, at: Millis) -> StoreResult<()> {
     match write {
         Write::Run { run, change } => apply_one(connection, run, change, at).await,
@@ -1132,14 +954,17 @@ async fn commit_one(connection: &mut PgConnection, write: Write, at: Millis) -> 
         } => set_run_state_in(connection, run, state, message, at).await,
         Write::SensorPoll(poll) => record_sensor_poll_in(connection, poll).await,
         Write::Resource(resource) => set_resource_state_in(connection, resource).await,
-        Write::Finish(finish) => finish_one(connection, finish).await,
+        Write::Finish(finish) => {
+            let mut finishes = vec![finish];
+            flush_finishes(connection, &mut finishes).await
+        }
         Write::Started {
             attempt,
             epoch,
             pid,
         } => {
-            mark_started_in(connection, attempt, epoch, pid, at).await?;
-            Ok(())
+            let mut starts = vec![(attempt, epoch, pid)];
+            flush_starts(connection, &mut starts, at).await
         }
         Write::TaskVersion(change) => task_version_change_in(connection, change, at).await,
     }
@@ -1263,6 +1088,11 @@ async fn register_task_versions_in(
     versions: Vec<NewTaskVersion>,
     at: Millis,
 ) -> StoreResult<Vec<TaskVersionRecord>> {
+    let Some(versions) = batch::register_task_versions(connection, pipeline, versions, at).await?
+    else {
+        return task_versions_in(connection, pipeline).await;
+    };
+    // One at a time: a version named again after it was retired, or a task named twice.
     for new in versions {
         let known = task_version_status(connection, pipeline, &new.task, &new.version).await?;
         match known.as_deref() {
@@ -1415,28 +1245,6 @@ async fn set_task_version_status_in(
         .await?;
     }
     Ok(())
-}
-
-/// Records an attempt's start under its epoch; returns whether it changed (not when the attempt
-/// already ended or its lease was taken over). An unknown pid keeps a known one.
-async fn mark_started_in(
-    connection: &mut PgConnection,
-    attempt: AttemptId,
-    epoch: i64,
-    pid: Option<u32>,
-    at: Millis,
-) -> StoreResult<bool> {
-    let changed = sqlx::query(
-        "UPDATE attempts SET pid = coalesce($1, pid), started_at = $2 WHERE id = $3 AND lease_epoch = $4 AND finished_at IS NULL",
-    )
-    .bind(pid.map(i64::from))
-    .bind(at)
-    .bind(attempt.0)
-    .bind(epoch)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    Ok(changed > 0)
 }
 
 /// The runs a status query selects: `r` is the runs table; the parameters are $1 pipeline, $2
@@ -1906,13 +1714,7 @@ impl Store for PostgresStore {
         claims: Vec<ClaimAttempt>,
     ) -> StoreResult<Vec<StoreResult<AttemptRecord>>> {
         let mut transaction = self.write().await?;
-        let mut results = Vec::with_capacity(claims.len());
-        for claim in claims {
-            match claim_one(&mut transaction, claim).await {
-                Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
-                result => results.push(result),
-            }
-        }
+        let results = batch::claim_attempts(&mut transaction, claims).await?;
         transaction.commit().await?;
         Ok(results)
     }
@@ -1923,15 +1725,7 @@ impl Store for PostgresStore {
         at: Millis,
     ) -> StoreResult<Vec<StoreResult<()>>> {
         let mut transaction = self.write().await?;
-        let mut results = Vec::with_capacity(started.len());
-        for (attempt, epoch, pid) in started {
-            let changed = mark_started_in(&mut transaction, attempt, epoch, pid, at).await?;
-            results.push(if changed {
-                Ok(())
-            } else {
-                Err(StoreError::StaleLease { attempt, epoch })
-            });
-        }
+        let results = batch::mark_attempts_started(&mut transaction, started, at).await?;
         transaction.commit().await?;
         Ok(results)
     }
@@ -1988,13 +1782,7 @@ impl Store for PostgresStore {
         finishes: Vec<FinishAttempt>,
     ) -> StoreResult<Vec<StoreResult<()>>> {
         let mut transaction = self.write().await?;
-        let mut results = Vec::with_capacity(finishes.len());
-        for finish in finishes {
-            match finish_one(&mut transaction, finish).await {
-                Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
-                result => results.push(result),
-            }
-        }
+        let results = batch::finish_attempts(&mut transaction, finishes).await?;
         transaction.commit().await?;
         Ok(results)
     }
@@ -2062,9 +1850,33 @@ impl Store for PostgresStore {
 
     async fn commit(&self, writes: Vec<Write>, at: Millis) -> StoreResult<()> {
         let mut transaction = self.write().await?;
+        // Consecutive finishes, and consecutive starts, go as one batch each (a few statements
+        // for the lot); the order of the writes is kept.
+        let mut finishes = Vec::new();
+        let mut starts = Vec::new();
         for write in writes {
-            commit_one(&mut transaction, write, at).await?;
+            match write {
+                Write::Finish(finish) => {
+                    flush_starts(&mut transaction, &mut starts, at).await?;
+                    finishes.push(finish);
+                }
+                Write::Started {
+                    attempt,
+                    epoch,
+                    pid,
+                } => {
+                    flush_finishes(&mut transaction, &mut finishes).await?;
+                    starts.push((attempt, epoch, pid));
+                }
+                other => {
+                    flush_finishes(&mut transaction, &mut finishes).await?;
+                    flush_starts(&mut transaction, &mut starts, at).await?;
+                    commit_one(&mut transaction, other, at).await?;
+                }
+            }
         }
+        flush_finishes(&mut transaction, &mut finishes).await?;
+        flush_starts(&mut transaction, &mut starts, at).await?;
         transaction.commit().await?;
         Ok(())
     }
