@@ -196,9 +196,12 @@ pub struct ServeArgs {
     /// with the `otlp` feature.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// Where the HTTP API listens: IP:PORT (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
-    pub addr: String,
+    /// Where the HTTP API listens: IP:PORT (port 0 picks a free port); 127.0.0.1:8080 when not
+    /// given. A worker, and a standby scheduler until it takes over, serve the cluster view
+    /// here (`/api/cluster`, `/ui/cluster`, `/health`, `/ready`); a worker only when given one,
+    /// so that several can share a machine.
+    #[arg(long, value_name = "IP:PORT")]
+    pub addr: Option<String>,
     /// What this serve does: `all` schedules and runs attempts here; with a PostgreSQL state,
     /// `scheduler` hands attempts to workers (one scheduler is active, others wait as
     /// standbys and take over when it dies) and `worker` runs them (no pipeline file needed).

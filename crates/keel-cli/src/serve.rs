@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use keel_engine::{Progress, RunRequest};
 use keel_model::{PipelineSpec, RunId};
 use keel_store::{AnyStore, StatusQuery, Store};
@@ -109,7 +109,13 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
         }) as Observer
     });
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (bound, server) = start_api(&daemon, &args.addr, &metrics, &general, stopping.clone())?;
+    let (bound, server) = start_api(
+        &daemon,
+        api_addr(&args),
+        &metrics,
+        &general,
+        stopping.clone(),
+    )?;
     let notices = general.clone();
     let shutdown = shutdown_on_signals_telling(grace, move |notice| {
         stopping.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -134,6 +140,13 @@ async fn serve_logged(state_url: Option<&str>, args: ServeArgs) -> Result<u8> {
     Ok(if clean { 0 } else { 1 })
 }
 
+/// Where the API listens when `--addr` is not given.
+const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+fn api_addr(args: &ServeArgs) -> &str {
+    args.addr.as_deref().unwrap_or(DEFAULT_ADDR)
+}
+
 /// How often a standby scheduler tries to take the state's executor lock.
 const STANDBY_RETRY: Duration = Duration::from_millis(200);
 
@@ -142,9 +155,13 @@ const STANDBY_RETRY: Duration = Duration::from_millis(200);
 async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon> {
     let logger = serve_log::Logger::new(args.log_format);
     let mut waiting_since: Option<std::time::Instant> = None;
+    // A standby shows the cluster on its address until it takes over; the view is stopped
+    // (dropped) before the active scheduler's API binds the same address.
+    let mut view: Option<api::ApiServer> = None;
     loop {
         match Daemon::open(state_url, &args.pipelines, args.log_format, args.role) {
             Ok(daemon) => {
+                drop(view.take());
                 if let Some(since) = waiting_since {
                     logger.info(&format!(
                         "keel serve: active scheduler now (pid {}), {} ms after the previous one let go",
@@ -170,12 +187,49 @@ async fn open_daemon(state_url: Option<&str>, args: &ServeArgs) -> Result<Daemon
                         std::process::id(),
                         format!("{error:#}").replace('\n', "; ")
                     ));
+                    view = standby_view(state_url, args, &logger);
                 }
                 // Measured from the last try that found the lock held.
                 waiting_since = Some(std::time::Instant::now());
                 tokio::time::sleep(STANDBY_RETRY).await;
             }
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The cluster view of a standby scheduler, on the address its API will have; a standby that
+/// cannot show it (the address is taken, say by the active scheduler on the same machine) waits
+/// without it.
+fn standby_view(
+    state_url: Option<&str>,
+    args: &ServeArgs,
+    logger: &serve_log::Logger,
+) -> Option<api::ApiServer> {
+    let opened = (|| -> Result<Option<keel_store::WorkQueue>> {
+        let file = args.pipelines.first().context("no pipeline file")?;
+        let spec = state::load_pipeline(file)?;
+        let paths = StatePaths::resolve(state_url, &spec, file)?;
+        Ok(match paths.open()? {
+            keel_store::AnyStore::Postgres(store) => Some(store.work_queue(2)),
+            keel_store::AnyStore::Sqlite(_) => None,
+        })
+    })();
+    let started = match opened {
+        Ok(Some(queue)) => {
+            crate::cluster::view::start(api_addr(args), queue, "standby scheduler", logger)
+        }
+        Ok(None) => return None,
+        Err(error) => Err(error),
+    };
+    match started {
+        Ok(server) => Some(server),
+        Err(error) => {
+            logger.warn(&format!(
+                "keel serve: standby scheduler: no cluster view: {}",
+                format!("{error:#}").replace('\n', "; ")
+            ));
+            None
         }
     }
 }
@@ -280,6 +334,7 @@ async fn serve_as_worker(state_url: Option<&str>, args: &ServeArgs, grace: Durat
         lease,
         work_dir: args.work_dir.clone(),
         grace,
+        view_addr: args.addr.clone(),
     };
     crate::cluster::worker::run(config, serve_log::Logger::new(args.log_format)).await
 }

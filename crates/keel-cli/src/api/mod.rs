@@ -9,7 +9,7 @@
 mod actions;
 mod auth;
 mod openapi;
-mod reads;
+pub(crate) mod reads;
 mod streams;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -587,11 +587,22 @@ impl Drop for ApiServer {
 
 /// Binds `addr` and serves the API on its own thread until [`ApiServer::stop`]. Returns the
 /// bound address (a port of 0 picks a free one).
+/// Where the API's own lines (a request Keel failed, the API stopping) go.
+pub fn log_to(logger: &crate::serve_log::Logger) {
+    let _ = LOGGER.set(logger.clone());
+}
+
 pub fn start(
     addr: &str,
     context: Arc<ApiContext>,
 ) -> anyhow::Result<(std::net::SocketAddr, ApiServer)> {
-    let _ = LOGGER.set(context.logger.clone());
+    log_to(&context.logger);
+    serve(addr, router(context))
+}
+
+/// Binds `addr` and serves `app` on its own thread until [`ApiServer::stop`]: the API, or the
+/// cluster view of a worker or a standby scheduler.
+pub fn serve(addr: &str, app: Router) -> anyhow::Result<(std::net::SocketAddr, ApiServer)> {
     let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
         Exit::usage(format!(
             "--addr {:?} is not an address; write it as IP:PORT, such as 127.0.0.1:8080 (port 0 picks a free port)",
@@ -627,7 +638,6 @@ pub fn start(
                         return;
                     }
                 };
-                let app = router(context);
                 tokio::select! {
                     served = async { axum::serve(listener, app).await } => {
                         if let Err(error) = served {

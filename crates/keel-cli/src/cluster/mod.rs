@@ -11,6 +11,7 @@
 //! breakers hold across all workers.
 
 mod queue;
+pub mod view;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

@@ -36,6 +36,8 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
     /// How long running attempts may finish after a first SIGINT or SIGTERM.
     pub grace: Duration,
+    /// Where it serves the cluster view (`--addr`), if anywhere.
+    pub view_addr: Option<String>,
 }
 
 /// An attempt this worker runs.
@@ -64,6 +66,15 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
             .context("opening the state")??
     };
     let queue = store.work_queue(4);
+    let _view = match &config.view_addr {
+        Some(addr) => Some(super::view::start(
+            addr,
+            store.work_queue(2),
+            "worker",
+            &logger,
+        )?),
+        None => None,
+    };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());

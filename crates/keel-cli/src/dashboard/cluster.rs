@@ -66,6 +66,16 @@ pub async fn page(
             workers: Vec::new(),
         }));
     };
+    render(chrome, queue, |at| view::local_time(&spec, at)).await
+}
+
+/// The page of the cluster whose queue is `queue`, times of day shown by `time`; a worker or a
+/// standby scheduler serves it without a pipeline (`chrome` then is [`Chrome::bare`]).
+pub async fn render(
+    chrome: Chrome,
+    queue: &keel_store::WorkQueue,
+    time: impl Fn(Millis) -> String,
+) -> Result<Response, PageError> {
     let cluster = queue.cluster().await.map_err(view::store_error)?;
     let now = crate::cluster::wall_millis();
     let seconds = |millis: Millis| format!("{:.1} s", millis as f64 / 1000.0);
@@ -75,10 +85,7 @@ pub async fn page(
         .map(|worker| {
             let age = (now - worker.heartbeat_at).max(0);
             let (heartbeat, class) = match worker.stopped_at {
-                Some(at) => (
-                    format!("stopped at {}", view::local_time(&spec, at)),
-                    "none",
-                ),
+                Some(at) => (format!("stopped at {}", time(at)), "none"),
                 None if age > LATE_MS => (format!("{} ago (late)", seconds(age)), "retrying"),
                 None => (format!("{} ago", seconds(age)), "succeeded"),
             };

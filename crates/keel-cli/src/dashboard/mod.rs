@@ -10,7 +10,7 @@
 //! bookmark.
 
 mod chart;
-mod cluster;
+pub(crate) mod cluster;
 mod grid;
 mod health;
 mod resources;
@@ -38,8 +38,7 @@ pub fn router() -> Router<Arc<ApiContext>> {
         .route("/", get(index))
         .route("/ui", get(index))
         .route("/ui/", get(index))
-        .route("/ui/static/keel.css", get(stylesheet))
-        .route("/ui/static/keel.js", get(script))
+        .merge(assets())
         .route("/ui/{pipeline}", get(grid::page))
         .route("/ui/{pipeline}/tasks/{task}", get(task::page))
         .route("/ui/{pipeline}/resources", get(resources::page))
@@ -50,6 +49,13 @@ pub fn router() -> Router<Arc<ApiContext>> {
             "/ui/{pipeline}/runs/{run}/tasks/{task}/attempts/{attempt}",
             get(run::attempt_page),
         )
+}
+
+/// The dashboard's stylesheet and script, for a router of any state.
+pub fn assets<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/ui/static/keel.css", get(stylesheet))
+        .route("/ui/static/keel.js", get(script))
 }
 
 /// `/`: the grid of the first pipeline served.

@@ -28,9 +28,12 @@ fn scale() -> (usize, usize) {
 }
 
 /// Each task sleeps a little (so kills land mid-attempt), then commits its result once per
-/// partition, keyed by Keel's idempotency key: a commit file made with `O_EXCL` (`set -C`), and
-/// a ledger line only for the attempt that made it. An attempt that finds its commit made (its
-/// earlier attempt committed, then its worker died before reporting) succeeds without writing.
+/// partition, keyed by Keel's idempotency key: its line is written to a file of the attempt's
+/// own, then hard-linked as the commit (`ln` makes it whole or not at all, and fails when the
+/// commit exists), and only the attempt that made the link appends to the ledger. An attempt
+/// that finds its commit made (its earlier attempt committed, then its worker died before
+/// reporting) succeeds without writing. A kill between the link and the ledger line leaves the
+/// commit without its line, never a line twice.
 fn pipeline_toml(root: &Path, tasks: usize) -> String {
     let mut text = String::from(
         "[pipeline]\nname = \"fleet\"\npartition = \"date\"\n\n[defaults]\nconcurrency = 16\nretries = { attempts = 2, initial = \"10ms\", max = \"50ms\" }\n\n[phases.work]\n[phases.sum]\nafter = [\"work\"]\n\n",
@@ -40,7 +43,7 @@ fn pipeline_toml(root: &Path, tasks: usize) -> String {
     for index in 0..tasks {
         let phase = if index == tasks - 1 { "sum" } else { "work" };
         text.push_str(&format!(
-            "[tasks.t{index:03}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; if (set -C; : > '{commits}'/\\\"$KEEL_IDEMPOTENCY_KEY\\\") 2>/dev/null; then echo \\\"$KEEL_IDEMPOTENCY_KEY $KEEL_ATTEMPT\\\" >> '{ledger}'; fi\"]\n\n",
+            "[tasks.t{index:03}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; k=\\\"$KEEL_IDEMPOTENCY_KEY\\\"; own='{commits}'/.\\\"$k.$KEEL_ATTEMPT.$$\\\"; echo \\\"$k $KEEL_ATTEMPT\\\" > \\\"$own\\\"; if ln \\\"$own\\\" '{commits}'/\\\"$k\\\" 2>/dev/null; then echo \\\"$k $KEEL_ATTEMPT\\\" >> '{ledger}'; fi; rm -f \\\"$own\\\"\"]\n\n",
             delay = 2 + index % 5,
             commits = commits.display(),
             ledger = ledger.display(),
@@ -236,7 +239,21 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
             assert_eq!(task["outcome"], "succeeded", "{task}");
         }
     }
-    // Exactly once: one ledger line per task and partition.
+    // Exactly once: one whole commit per task and partition, and never a ledger line twice.
+    let mut commits = Vec::new();
+    for entry in std::fs::read_dir(root.join("commits")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let line = std::fs::read_to_string(root.join("commits").join(&name)).unwrap();
+        assert!(
+            line.starts_with(&format!("{name} ")),
+            "commit {name}: {line:?}"
+        );
+        commits.push(name);
+    }
+    assert_eq!(commits.len(), tasks * partitions, "{commits:?}");
     let ledger = std::fs::read_to_string(root.join("ledger")).unwrap();
     let mut committed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in ledger.lines() {
@@ -246,7 +263,6 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
             .or_default()
             .push(attempt.to_string());
     }
-    assert_eq!(committed.len(), tasks * partitions, "{ledger}");
     for (key, attempts) in &committed {
         assert_eq!(
             attempts.len(),
@@ -289,6 +305,144 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     drop(standby);
     drop(active);
     drop(workers);
+}
+
+/// The address a serve logged for its cluster view or its API, once it has.
+fn logged_addr(log: &Path, marker: &str) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let rest = text.split(marker).nth(1)?;
+    Some(
+        rest.split(|c: char| c.is_whitespace() || c == ';' || c == ')')
+            .next()?
+            .to_string(),
+    )
+}
+
+/// Any serve of the cluster shows the whole of it: a worker and a standby scheduler, which run
+/// no pipeline's API, answer `/api/cluster` and the cluster page with every worker, its leases
+/// and load, read from the work queue, as the active scheduler does.
+#[test]
+fn a_worker_and_a_standby_scheduler_show_the_whole_cluster() {
+    let Some(database) = TestDatabase::create("a_worker_and_a_standby_show_the_cluster") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let pipeline = root.join("keel.toml");
+    let mut text =
+        String::from("[pipeline]\nname = \"view\"\npartition = \"date\"\n\n[phases.work]\n\n");
+    for index in 0..4 {
+        text.push_str(&format!(
+            "[tasks.t{index}]\nphase = \"work\"\ncommand = [\"sleep\", \"3\"]\n\n"
+        ));
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let mut cluster = Cluster {
+        root: root.clone(),
+        url: database.url().to_string(),
+        pipeline: pipeline.clone(),
+        logs: 0,
+    };
+    let (active, active_log) = cluster.spawn("scheduler");
+    wait_for("the active scheduler", Duration::from_secs(20), || {
+        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
+    });
+    let (standby, standby_log) = cluster.spawn("scheduler");
+    let view_marker = "cluster view on http://";
+    wait_for(
+        "the standby's cluster view",
+        Duration::from_secs(20),
+        || logged_addr(&standby_log, view_marker).is_some(),
+    );
+    let standby_addr = logged_addr(&standby_log, view_marker).unwrap();
+    let worker_log = root.join("worker-view.log");
+    let file = std::fs::File::create(&worker_log).unwrap();
+    let worker = Served(
+        Command::new(keel_path())
+            .current_dir(&root)
+            .args(["serve", "--role", "worker", "--state", database.url()])
+            .args(["--slots", "2", "--addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the worker's cluster view", Duration::from_secs(20), || {
+        logged_addr(&worker_log, view_marker).is_some()
+    });
+    let worker_addr = logged_addr(&worker_log, view_marker).unwrap();
+    let queued = Command::new(keel_path())
+        .current_dir(&root)
+        .args([
+            "run",
+            "--detach",
+            "--state",
+            database.url(),
+            "--partition",
+            "2026-02-01",
+        ])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        queued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    let pid = i64::from(worker.0.id());
+    let holds = |addr: &str| {
+        let reply = crate::api::request(addr, "GET", "/api/cluster", &[], None);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let view = reply.json();
+        view["workers"].as_array().unwrap().iter().any(|listed| {
+            listed["pid"].as_i64() == Some(pid)
+                && listed["leases"]
+                    .as_array()
+                    .is_some_and(|leases| leases.len() == 2)
+        })
+    };
+    // The worker runs two attempts (its two slots) for three seconds: both views show it so.
+    wait_for(
+        "the worker's view to show its two leases",
+        Duration::from_secs(30),
+        || holds(&worker_addr),
+    );
+    assert!(holds(&standby_addr), "the standby shows the same cluster");
+    for (addr, role) in [
+        (&worker_addr, "worker"),
+        (&standby_addr, "standby scheduler"),
+    ] {
+        let page = crate::api::request(addr, "GET", "/ui/cluster", &[], None);
+        assert_eq!(page.status, 200, "{role}: {}", page.text());
+        let html = page.text();
+        assert!(
+            html.contains("Workers") && html.contains(&format!("<td>{pid}</td>")),
+            "{role}: {html}"
+        );
+        assert!(
+            html.contains(&format!("seen from a {role}")),
+            "{role}: {html}"
+        );
+        let health = crate::api::request(addr, "GET", "/health", &[], None).json();
+        assert_eq!(health["role"], role);
+        let ready = crate::api::request(addr, "GET", "/ready", &[], None);
+        assert_eq!(ready.status, 200, "{role}: {}", ready.text());
+        let missing = crate::api::request(addr, "GET", "/api/pipelines", &[], None);
+        assert_eq!(missing.status, 404);
+        assert!(
+            missing
+                .text()
+                .contains("the active scheduler serves the whole API"),
+            "{role}: {}",
+            missing.text()
+        );
+        let css = crate::api::request(addr, "GET", "/ui/static/keel.css", &[], None);
+        assert_eq!(css.status, 200);
+    }
+    drop(worker);
+    drop(standby);
+    drop(active);
 }
 
 /// Roles coordinate through PostgreSQL: on an SQLite state they are refused with what to do,
