@@ -73,6 +73,28 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         postgres.wall.as_secs_f64(),
         postgres.tasks as f64 / postgres.wall.as_secs_f64()
     );
+    let queue_only = {
+        let parsed = parsed.clone();
+        tokio::task::spawn_blocking(move || keel_store::PostgresStore::open(&parsed)).await??
+    };
+    // Claimers take any queued row: the case runs only on a queue nobody else is using.
+    let busy = queue_only.work_queue(1).cluster().await?;
+    for claimers in [1usize, 4] {
+        if busy.queued + busy.claimed > 0 {
+            println!(
+                "work queue alone: skipped, the queue holds {} rows queued or claimed by others",
+                busy.queued + busy.claimed
+            );
+            break;
+        }
+        let measured = queue_alone(&queue_only.work_queue(claimers as u32 + 1), claimers).await?;
+        println!(
+            "work queue alone, {claimers} claimer{} (claim up to {QUEUE_BATCH}, record each report, no process): {QUEUE_ROWS} rows in {:.3} s · {:.0} rows/s",
+            if claimers == 1 { "" } else { "s" },
+            measured.as_secs_f64(),
+            QUEUE_ROWS as f64 / measured.as_secs_f64()
+        );
+    }
     let program = std::env::current_exe().context("cannot find the keel executable")?;
     for count in [1usize, 2, 4] {
         let name = format!("bench_workers_{count}_{}", std::process::id());
@@ -143,4 +165,59 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         drop(workers);
     }
     Ok(())
+}
+
+/// Rows the queue-alone case moves, and how many a claimer takes at once (a worker's slots).
+const QUEUE_ROWS: usize = 4_000;
+const QUEUE_BATCH: u32 = 10;
+
+/// The work queue's own capacity: `QUEUE_ROWS` rows queued, then `claimers` tasks claim them
+/// (`FOR UPDATE SKIP LOCKED`, up to `QUEUE_BATCH` at a time) and record a report for each under
+/// its epoch, as workers do, with no process run: the wall time from the first claim to the
+/// last report. The rows are stamped as finished at the epoch's first millisecond, so removing
+/// them afterwards touches no other row of the queue.
+async fn queue_alone(queue: &keel_store::WorkQueue, claimers: usize) -> Result<Duration> {
+    let tag = format!("bench-queue/{}/{claimers}", std::process::id());
+    for index in 0..QUEUE_ROWS {
+        queue
+            .enqueue(
+                &format!("{tag}/{index}"),
+                "{}",
+                crate::cluster::wall_millis(),
+            )
+            .await?;
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for claimer in 0..claimers {
+        let queue = queue.clone();
+        let worker = format!("{tag}/claimer-{claimer}");
+        tasks.spawn(async move {
+            loop {
+                let items = queue
+                    .claim(&worker, QUEUE_BATCH, crate::cluster::wall_millis(), 60_000)
+                    .await?;
+                if items.is_empty() {
+                    return anyhow::Ok(());
+                }
+                for item in items {
+                    queue
+                        .finish(
+                            item.id,
+                            item.claim_epoch,
+                            r#"{"outcome":"succeeded"}"#,
+                            "",
+                            1,
+                        )
+                        .await?;
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let elapsed = started.elapsed();
+    queue.forget_done(2).await?;
+    Ok(elapsed)
 }
