@@ -133,7 +133,7 @@ impl PrivatePostgres {
             .arg(&self.data)
             .arg("-l")
             .arg(self.socket_dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .args(["-w", "-t", "20", "-o", &options, "start"])
             .output()
             .unwrap();
         let log = std::fs::read_to_string(self.socket_dir.join("server.log")).unwrap_or_default();
@@ -151,7 +151,7 @@ impl PrivatePostgres {
             .as_owner("pg_ctl")
             .arg("-D")
             .arg(&self.data)
-            .args(["-w", "-t", "30", "-m", "immediate", "stop"])
+            .args(["-w", "-t", "20", "-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -241,7 +241,7 @@ struct Fleet {
 impl Fleet {
     /// Starts `keel serve` with `role` (`None`: everything in one process) and waits until it
     /// is ready: an active scheduler or a plain serve logs its API, a worker its slots.
-    fn spawn(&mut self, role: Option<&str>) {
+    fn spawn(&mut self, role: Option<&str>, limit: Duration) {
         let name = format!("{}-{}", role.unwrap_or("serve"), self.processes.len() + 1);
         let log = self.root.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -267,7 +267,7 @@ impl Fleet {
         } else {
             "API on"
         };
-        wait_for(&name, Duration::from_secs(20), || {
+        wait_for(&name, limit, || {
             std::fs::read_to_string(&log).is_ok_and(|text| text.contains(ready))
         });
         self.processes.push((name, served, log));
@@ -301,6 +301,9 @@ impl Fleet {
 /// mid-run and checks that everything carried on, then that the fleet's logs pass `logs`.
 fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
     let started = Instant::now();
+    // Every wait below ends by then, so a Keel that does not carry on fails the test in time.
+    let deadline = started + Duration::from_secs(80);
+    let left = || deadline.saturating_duration_since(Instant::now());
     let Some(mut server) = PrivatePostgres::start(test) else {
         return;
     };
@@ -321,7 +324,7 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
         processes: Vec::new(),
     };
     for role in roles {
-        fleet.spawn(*role);
+        fleet.spawn(*role, left());
     }
     let last = format!("2026-02-{PARTITIONS:02}");
     let queued = Command::new(keel_path())
@@ -343,13 +346,11 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
             .map(|text| text.lines().count())
             .unwrap_or(0)
     };
-    wait_for("the first results", Duration::from_secs(30), || {
-        committed() >= 6
-    });
+    wait_for("the first results", left(), || committed() >= 6);
     if roles.contains(&Some("worker")) {
         let url = keel_store::PostgresUrl::parse(&fleet.url).unwrap();
         let queue = keel_store::PostgresStore::open(&url).unwrap().work_queue(1);
-        wait_for("workers holding leases", Duration::from_secs(10), || {
+        wait_for("workers holding leases", left(), || {
             block_on(queue.cluster())
                 .is_ok_and(|view| view.workers.iter().any(|worker| !worker.leases.is_empty()))
         });
@@ -365,22 +366,20 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
         TASKS * PARTITIONS,
         stopped_at.elapsed().as_millis()
     );
-    // Long enough for a Keel that gives up on the database (a scheduler gives up its lock
-    // after 5 s without it) to have exited.
-    wait_for(
-        "every run to finish after the restart",
-        Duration::from_secs(60),
-        || {
-            fleet.assert_all_alive("after the restart");
-            let status = status(&root, &fleet.url, &pipeline);
-            status["runs"].as_array().is_some_and(|runs| {
-                runs.len() == PARTITIONS
-                    && runs
-                        .iter()
-                        .all(|run| run["state"] != "running" && run["state"] != "queued")
-            })
-        },
-    );
+    // Every process is checked on each look: one that gave up on the database (a scheduler
+    // stops when it cannot take its lock back within 5 s) fails the test at once.
+    wait_for("every run to finish after the restart", left(), || {
+        fleet.assert_all_alive("after the restart");
+        // A look starts a `keel status`: a few a second are enough.
+        std::thread::sleep(Duration::from_millis(200));
+        let status = status(&root, &fleet.url, &pipeline);
+        status["runs"].as_array().is_some_and(|runs| {
+            runs.len() == PARTITIONS
+                && runs
+                    .iter()
+                    .all(|run| run["state"] != "running" && run["state"] != "queued")
+        })
+    });
     let finished_in = Instant::now().duration_since(stopped_at);
     fleet.assert_all_alive("once every run finished");
     let status = status(&root, &fleet.url, &pipeline);
@@ -431,9 +430,6 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
         finished_in.as_millis(),
         attempts.len()
     );
-    // The outage cost no attempt: leases that lapsed while the server was away were renewed
-    // once it was back, before anything reaped them.
-    assert_eq!(lost, 0, "attempts lost to the restart");
     for (name, _, log) in &fleet.processes {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines().filter(|line| {
@@ -445,6 +441,9 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
             eprintln!("{test}: {name}: {line}");
         }
     }
+    // The outage cost no attempt: leases that lapsed while the server was away were renewed
+    // once it was back, before anything reaped them.
+    assert_eq!(lost, 0, "attempts lost to the restart");
     eprintln!(
         "{test}: done in {} ms in all",
         started.elapsed().as_millis()
