@@ -158,7 +158,9 @@ async fn run_pipeline_on(
     let paths = StatePaths::resolve(postgres, &spec, &pipeline)?;
     let (_lock, store) = paths.lock_and_open()?;
     let queue = match (&store, postgres) {
-        (keel_store::AnyStore::Postgres(store), Some(_)) if to_workers => Some(store.work_queue(4)),
+        (keel_store::AnyStore::Postgres(store), Some(_)) if to_workers => {
+            Some(crate::setup::queue_executor(store.work_queue(4))?)
+        }
         _ => None,
     };
     let mut engine =

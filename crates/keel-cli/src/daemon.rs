@@ -50,8 +50,10 @@ pub struct Served {
     pub heartbeat: Arc<AtomicI64>,
     /// Where its lines go: they name the pipeline.
     pub logger: Logger,
-    /// With `--role scheduler`: the work queue its attempts go to, for workers.
-    pub queue: Option<keel_store::WorkQueue>,
+    /// With `--role scheduler`: the executor that queues its attempts for workers. One for
+    /// the process, shared by every engine built for the pipeline: a fresh one after a
+    /// database error would reap at once the leases the workers had no turn to renew yet.
+    pub queue: Option<crate::cluster::QueueExecutor>,
 }
 
 /// The pipelines `keel serve` was given, loaded, with their state locked and opened: every
@@ -107,7 +109,7 @@ impl Daemon {
                 heartbeat: Arc::new(AtomicI64::new(0)),
                 queue: match (&store, role) {
                     (AnyStore::Postgres(postgres), crate::cluster::Role::Scheduler) => {
-                        Some(postgres.work_queue(4))
+                        Some(crate::setup::queue_executor(postgres.work_queue(4))?)
                     }
                     (AnyStore::Sqlite(_), crate::cluster::Role::Scheduler) => {
                         return Err(crate::cluster::needs_postgres(role));

@@ -50,29 +50,43 @@ pub fn build_engine_with_env(
     build_engine_versioned(spec, paths, store, extra_env, None, None)
 }
 
+/// The process executor attempts run with on this machine.
+fn local_executor() -> Result<ProcessExecutor> {
+    let program = std::env::current_exe()
+        .context("cannot find the keel executable to start attempt supervisors")?;
+    Ok(ProcessExecutor::new(program, vec!["__attempt".into()]))
+}
+
+/// The executor that queues attempts for workers through `queue`; its HTTP tasks and probes
+/// run here. Must be called inside a runtime: its watcher runs there for as long as the
+/// executor lives. `keel serve` makes one per pipeline and hands it to every engine it builds,
+/// so the watcher outlives an engine rebuilt after a database error or a reload, and with it
+/// what it knows of an outage (it holds off reaping leases the workers could not renew).
+pub fn queue_executor(queue: keel_store::WorkQueue) -> Result<QueueExecutor> {
+    Ok(QueueExecutor::new(queue, local_executor()?))
+}
+
 /// Like [`build_engine_with_env`], with the tasks' code identities (`versions.rs`) already
 /// read, as `keel serve` does off its engine's loop before a reload; `None` reads them here.
 /// A task whose identity cannot be read refuses the engine (exit 1), naming the task.
-/// With a work `queue` (`keel serve --role scheduler`), attempts go to workers through it.
+/// With a `queue` executor (`keel serve --role scheduler`, see [`queue_executor`]), attempts go
+/// to workers through the work queue.
 pub fn build_engine_versioned(
     spec: PipelineSpec,
     paths: &StatePaths,
     store: AnyStore,
     mut extra_env: Vec<(String, String)>,
     identities: Option<std::collections::HashMap<String, String>>,
-    queue: Option<keel_store::WorkQueue>,
+    queue: Option<QueueExecutor>,
 ) -> Result<ProcessEngine> {
     // Tasks that take request tokens reach this Keel through its token server.
     if let Some(variable) = crate::tokens::serve_for(&spec, &paths.dir, &store)? {
         extra_env.push(variable);
     }
-    let program = std::env::current_exe()
-        .context("cannot find the keel executable to start attempt supervisors")?;
-    let local = ProcessExecutor::new(program, vec!["__attempt".into()]);
     let queue_attempts = queue.is_some();
     let executor = match queue {
-        Some(queue) => AttemptExecutor::Queue(QueueExecutor::new(queue, local)),
-        None => AttemptExecutor::Local(local),
+        Some(queue) => AttemptExecutor::Queue(queue),
+        None => AttemptExecutor::Local(local_executor()?),
     };
     let surroundings = surroundings(&spec, &paths.pipeline)?;
     // Tasks' secrets come from `[secrets]`'s provider, or Keel's environment without one.

@@ -30,6 +30,7 @@ mod http_tasks;
 mod logs;
 mod messages;
 mod operations;
+mod pg_restart;
 mod planted_secret;
 mod postgres;
 mod reconcile_crash;

@@ -88,7 +88,7 @@ fn sigkill(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,7 +96,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-fn status(root: &Path, url: &str, pipeline: &Path) -> Value {
+pub(crate) fn status(root: &Path, url: &str, pipeline: &Path) -> Value {
     let output = Command::new(keel_path())
         .current_dir(root)
         .args(["status", "--json", "--state", url])
