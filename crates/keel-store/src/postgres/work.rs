@@ -601,8 +601,13 @@ impl WorkNotices {
             Ok(Ok(_))
         );
         if came {
-            // A zero timeout polls once: it takes what is already there and never waits.
-            while let Ok(Ok(_)) = tokio::time::timeout(Duration::ZERO, self.listener.recv()).await {
+            // A zero timeout polls once: it takes what is already there and never waits. The
+            // bound keeps a flood of notices from holding the listener here.
+            for _ in 0..1024 {
+                let next = tokio::time::timeout(Duration::ZERO, self.listener.recv()).await;
+                if !matches!(next, Ok(Ok(_))) {
+                    break;
+                }
             }
         }
         came
