@@ -122,6 +122,16 @@ pub enum Adopted {
 pub trait Executor: Send + Sync + 'static {
     /// Starts an attempt. An error here means nothing was started.
     fn launch(&self, launch: Launch) -> std::io::Result<Running>;
+    /// Starts several attempts, one result each in the order of `launches`. The engine hands
+    /// over all the attempts it admitted in one turn here, so an executor whose every launch
+    /// costs a round trip (a work queue in a database) can send them together; by default
+    /// each is launched in turn.
+    fn launch_many(&self, launches: Vec<Launch>) -> Vec<std::io::Result<Running>> {
+        launches
+            .into_iter()
+            .map(|launch| self.launch(launch))
+            .collect()
+    }
     /// Reconnects to an attempt that a previous process started in `dir`; `known_pid` is the
     /// supervisor's pid if the store recorded it.
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted;

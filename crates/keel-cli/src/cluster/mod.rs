@@ -50,6 +50,13 @@ impl Executor for AttemptExecutor {
         }
     }
 
+    fn launch_many(&self, launches: Vec<Launch>) -> Vec<std::io::Result<Running>> {
+        match self {
+            AttemptExecutor::Local(executor) => executor.launch_many(launches),
+            AttemptExecutor::Queue(executor) => executor.launch_many(launches),
+        }
+    }
+
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
         match self {
             AttemptExecutor::Local(executor) => executor.adopt(dir, known_pid),

@@ -5,6 +5,10 @@
 //! [`WATCH_INTERVAL`] as the fallback), reaps lapsed leases, and resolves the completions of
 //! the rows that are done, writing the log a worker uploaded into the attempt's `output.log`
 //! here, so `keel logs` and the API read it as for any attempt.
+//!
+//! Queuing is group-committed: the attempts of one [`Executor::launch_many`] go in one
+//! statement, and launches that arrive while a statement is out (a sensor's, another turn's)
+//! share the next one. Each launch still returns only once its row is committed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,14 @@ struct Inner {
     local: ProcessExecutor,
     /// Attempts waiting for their row to be done, by key.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Rows for the queue's writer ([`write_rows`]).
+    enqueues: tokio::sync::mpsc::UnboundedSender<Enqueue>,
+}
+
+/// The rows of one launch call, `(key, payload)` each, and where to say whether they are queued.
+struct Enqueue {
+    rows: Vec<(String, String)>,
+    queued: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 struct Pending {
@@ -56,14 +68,33 @@ struct Pending {
 impl QueueExecutor {
     /// Must be called inside a runtime: the watcher runs on it until the executor is dropped.
     pub fn new(queue: WorkQueue, local: ProcessExecutor) -> QueueExecutor {
+        let (enqueues, requests) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            queue,
+            queue: queue.clone(),
             runtime: tokio::runtime::Handle::current(),
             local,
             pending: Mutex::new(HashMap::new()),
+            enqueues,
         });
         inner.runtime.spawn(watch(Arc::downgrade(&inner)));
+        // It stops when the executor is dropped (its sender with it).
+        inner.runtime.spawn(write_rows(queue, requests));
         QueueExecutor { inner }
+    }
+
+    /// Queues `rows` with the next statement of the queue's writer and waits until it is
+    /// committed. Runs on a blocking thread, never on the runtime itself.
+    fn queue_rows(&self, rows: Vec<(String, String)>) -> Result<(), String> {
+        const STOPPED: &str = "the scheduler's queue writer has stopped";
+        let (queued, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .enqueues
+            .send(Enqueue { rows, queued })
+            .map_err(|_| STOPPED.to_string())?;
+        self.inner
+            .runtime
+            .block_on(answer)
+            .unwrap_or_else(|_| Err(STOPPED.to_string()))
     }
 
     /// Waits for the row of `key`; the attempt's log lands in `dir`.
@@ -108,25 +139,49 @@ impl QueueExecutor {
 
 impl Executor for QueueExecutor {
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
-        if launch.http.is_some() {
-            return self.inner.local.launch(launch);
+        self.launch_many(vec![launch])
+            .pop()
+            .unwrap_or_else(|| Err(std::io::Error::other("the launch was not answered")))
+    }
+
+    /// Queues every attempt of `launches` in one statement (HTTP tasks are sent here) and
+    /// returns once they are committed: if the statement fails, none of them started.
+    fn launch_many(&self, launches: Vec<Launch>) -> Vec<std::io::Result<Running>> {
+        let mut results = Vec::with_capacity(launches.len());
+        let mut rows = Vec::new();
+        // (index in `results`, key) of each queued attempt.
+        let mut queued = Vec::new();
+        for launch in launches {
+            if launch.http.is_some() {
+                results.push(self.inner.local.launch(launch));
+                continue;
+            }
+            let prepared = std::fs::create_dir_all(&launch.dir).and_then(|()| {
+                serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other)
+            });
+            match prepared {
+                Ok(payload) => {
+                    let key = attempt_key(&launch.dir);
+                    results.push(Ok(self.wait_for(&key, &launch.dir)));
+                    queued.push((results.len() - 1, key.clone()));
+                    rows.push((key, payload));
+                }
+                Err(error) => results.push(Err(error)),
+            }
         }
-        std::fs::create_dir_all(&launch.dir)?;
-        let key = attempt_key(&launch.dir);
-        let payload = serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other)?;
-        let running = self.wait_for(&key, &launch.dir);
-        // `launch` runs on a blocking thread, never on the runtime itself.
-        let queued =
-            self.inner
-                .runtime
-                .block_on(self.inner.queue.enqueue(&key, &payload, wall_millis()));
-        if let Err(error) = queued {
-            lock(&self.inner.pending).remove(&key);
-            return Err(std::io::Error::other(format!(
-                "cannot queue the attempt for a worker: {error}"
-            )));
+        if rows.is_empty() {
+            return results;
         }
-        Ok(running)
+        if let Err(problem) = self.queue_rows(rows) {
+            let mut pending = lock(&self.inner.pending);
+            for (index, key) in queued {
+                pending.remove(&key);
+                results[index] = Err(std::io::Error::other(format!(
+                    "cannot queue the attempt for a worker: {problem}"
+                )));
+            }
+        }
+        results
     }
 
     fn adopt(&self, dir: PathBuf, known_pid: Option<u32>) -> Adopted {
@@ -148,6 +203,31 @@ impl Executor for QueueExecutor {
 
     fn probe(&self, call: keel_exec::HttpCall, timeout: Duration) -> keel_exec::Completion {
         self.inner.local.probe(call, timeout)
+    }
+}
+
+/// The queue's writer: one statement for the rows of every launch waiting. A launch that
+/// arrives while a statement is out joins the next one, which takes every launch that arrived
+/// meanwhile; each learns whether its rows were committed.
+async fn write_rows(queue: WorkQueue, mut requests: tokio::sync::mpsc::UnboundedReceiver<Enqueue>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = requests.try_recv() {
+            batch.push(next);
+        }
+        let rows: Vec<(&str, &str)> = batch
+            .iter()
+            .flat_map(|request| &request.rows)
+            .map(|(key, payload)| (key.as_str(), payload.as_str()))
+            .collect();
+        let written = queue
+            .enqueue_many(&rows, wall_millis())
+            .await
+            .map_err(|error| error.to_string());
+        drop(rows);
+        for request in batch {
+            let _ = request.queued.send(written.clone());
+        }
     }
 }
 
@@ -197,13 +277,28 @@ async fn watch(inner: Weak<Inner>) {
         let Ok(rows) = rows else {
             continue;
         };
-        for row in rows {
-            let Some(pending) = lock(&inner.pending).remove(&row.key) else {
-                continue;
-            };
-            let dir = pending.dir.clone();
-            let log = row.log.clone();
-            let _ = tokio::task::spawn_blocking(move || write_log(&dir, log.as_deref())).await;
+        let finished: Vec<(Pending, keel_store::WorkRow)> = {
+            let mut pending = lock(&inner.pending);
+            rows.into_iter()
+                .filter_map(|row| Some((pending.remove(&row.key)?, row)))
+                .collect()
+        };
+        if finished.is_empty() {
+            continue;
+        }
+        // Every log first, then every report: the engine takes the reports that arrive
+        // together in one turn (and launches what they free in one statement).
+        let finished = tokio::task::spawn_blocking(move || {
+            for (pending, row) in &finished {
+                write_log(&pending.dir, row.log.as_deref());
+            }
+            finished
+        })
+        .await;
+        let Ok(finished) = finished else {
+            continue;
+        };
+        for (pending, row) in finished {
             let _ = pending.done.send(WireReport::decode(row.report.as_deref()));
         }
     }

@@ -116,6 +116,11 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut draining_until: Option<tokio::time::Instant> = None;
     let mut backoff = CLAIM_POLL;
+    // Whether queued rows may be waiting: set by a notice or a poll, and while claims fill
+    // every free slot; cleared by a claim that found fewer rows than it asked for. A slot that
+    // frees up is filled at once only while it is set, so a worker does not ask an empty
+    // queue again after every attempt it finishes.
+    let mut look = true;
     loop {
         if let Some(until) = draining_until
             && (held.is_empty() || tokio::time::Instant::now() >= until)
@@ -152,42 +157,26 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
                     Err(error) => logger.warn(&format!("keel worker {id}: heartbeat failed: {error}")),
                 }
             }
-            Some((row, report)) = ended.recv() => {
-                if let Some(attempt) = held.remove(&row)
-                    && !attempt.lost
-                {
-                    let log = read_log(&attempt.dir);
-                    unsent.push(Unsent { id: row, claim_epoch: attempt.claim_epoch, report: WireReport::encode(&report), log });
-                }
-            }
-            _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => {}
+            Some((row, report)) = ended.recv() => ended_here(&mut held, &mut unsent, row, report),
+            _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => look = true,
+        }
+        // Every result that ended meanwhile is taken in this turn: one statement for them all.
+        while let Ok((row, report)) = ended.try_recv() {
+            ended_here(&mut held, &mut unsent, row, report);
         }
         // Results first: they free the scheduler's work; a refused one was reaped meanwhile.
-        let mut still = Vec::new();
-        for result in unsent.drain(..) {
-            match queue
-                .finish(result.id, result.claim_epoch, &result.report, &result.log, wall_millis())
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => logger.warn(&format!(
-                    "keel worker {id}: the result of row {} was refused: its lease had lapsed and the attempt was retried",
-                    result.id
-                )),
-                Err(_) => still.push(result),
-            }
-        }
-        unsent = still;
+        send_results(&queue, &id, &logger, &mut unsent).await;
         if draining_until.is_some() {
             continue;
         }
         let free = config.slots.saturating_sub(held.len() as u32);
-        if free == 0 {
+        if free == 0 || !look {
             continue;
         }
         match queue.claim(&id, free, wall_millis(), lease_ms).await {
             Ok(items) => {
                 backoff = CLAIM_POLL;
+                look = items.len() as u32 == free;
                 for item in items {
                     let row = item.id;
                     match start(&executor, &own_dir, item, ended_sender.clone()).await {
@@ -224,6 +213,56 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
         held.len()
     ));
     Ok(0)
+}
+
+/// An attempt of this worker ended: its result waits to be sent, unless its lease was lost.
+fn ended_here(held: &mut HashMap<i64, Held>, unsent: &mut Vec<Unsent>, row: i64, report: Report) {
+    if let Some(attempt) = held.remove(&row)
+        && !attempt.lost
+    {
+        let log = read_log(&attempt.dir);
+        unsent.push(Unsent {
+            id: row,
+            claim_epoch: attempt.claim_epoch,
+            report: WireReport::encode(&report),
+            log,
+        });
+    }
+}
+
+/// Records every unsent result in one statement. A refused one was reaped meanwhile (its
+/// attempt was retried) and is only logged; if the call fails, all are kept for the next turn.
+async fn send_results(
+    queue: &keel_store::WorkQueue,
+    worker: &str,
+    logger: &Logger,
+    unsent: &mut Vec<Unsent>,
+) {
+    if unsent.is_empty() {
+        return;
+    }
+    let results: Vec<(i64, i64, &str, &str)> = unsent
+        .iter()
+        .map(|result| {
+            (
+                result.id,
+                result.claim_epoch,
+                result.report.as_str(),
+                result.log.as_str(),
+            )
+        })
+        .collect();
+    let Ok(recorded) = queue.finish_many(&results, wall_millis()).await else {
+        return;
+    };
+    for result in unsent.drain(..) {
+        if !recorded.contains(&result.id) {
+            logger.warn(&format!(
+                "keel worker {worker}: the result of row {} was refused: its lease had lapsed and the attempt was retried",
+                result.id
+            ));
+        }
+    }
 }
 
 fn drain(

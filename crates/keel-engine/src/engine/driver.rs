@@ -115,25 +115,30 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         let executor = self.executor.clone();
         let secrets = self.core.config.launch_context.secrets.clone();
         let launched = tokio::task::spawn_blocking(move || {
-            // Every launch is sent before any pid is waited for, so the forks overlap.
-            let mut results: Vec<_> = launches
+            // Every launch goes to the executor at once (a work queue queues them in one
+            // statement), and every one is sent before any pid is waited for, so the forks
+            // overlap.
+            let mut prepared = Vec::new();
+            let mut sending = Vec::new();
+            for (id, epoch, mut launch) in launches {
+                let redactor = with_secrets(&mut launch, secrets.as_ref());
+                if redactor.is_ok() {
+                    sending.push(launch);
+                }
+                prepared.push((id, epoch, redactor));
+            }
+            let mut sent = executor.launch_many(sending).into_iter();
+            let mut results: Vec<_> = prepared
                 .into_iter()
-                .map(|(id, epoch, mut launch)| {
-                    let started = match with_secrets(&mut launch, secrets.as_ref()) {
-                        Ok(redactor) => executor.launch(launch).map(|mut running| {
-                            if !redactor.is_empty() {
-                                let completion = running.completion;
-                                running.completion = Box::pin(async move {
-                                    let mut report = completion.await;
-                                    report.message =
-                                        report.message.map(|text| redactor.redact_text(&text));
-                                    report
-                                });
-                            }
-                            running
-                        }),
-                        Err(error) => Err(error),
-                    };
+                .map(|(id, epoch, redactor)| {
+                    let started = redactor.and_then(|redactor| {
+                        let running = sent.next().unwrap_or_else(|| {
+                            Err(std::io::Error::other(
+                                "the executor answered fewer launches than it was given",
+                            ))
+                        })?;
+                        Ok(redacted(running, redactor))
+                    });
                     (id, epoch, started)
                 })
                 .collect();
@@ -560,6 +565,22 @@ impl<S: Store, E: Executor, C: Clock> Engine<S, E, C> {
         self.store.renew_leases(renewals, now + ttl).await?;
         Ok(())
     }
+}
+
+/// `running`, whose report's message has the task's secrets redacted.
+fn redacted(
+    mut running: keel_exec::Running,
+    redactor: keel_exec::redact::Redactor,
+) -> keel_exec::Running {
+    if !redactor.is_empty() {
+        let completion = running.completion;
+        running.completion = Box::pin(async move {
+            let mut report = completion.await;
+            report.message = report.message.map(|text| redactor.redact_text(&text));
+            report
+        });
+    }
+    running
 }
 
 /// Adds the secrets a launch's task declares (named by `KEEL_REDACT` in its environment) to its

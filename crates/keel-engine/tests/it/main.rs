@@ -53,6 +53,8 @@ struct FakeExecutor {
     items: Arc<Mutex<HashMap<String, Vec<keel_model::Item>>>>,
     /// The `"heal"` each launch of a task's result asks for, in order; none when run out.
     heals: Arc<Mutex<HashMap<String, VecDeque<Vec<String>>>>>,
+    /// The tasks of each `launch_many` call, in order.
+    batches: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl FakeExecutor {
@@ -73,6 +75,21 @@ impl FakeExecutor {
 }
 
 impl Executor for FakeExecutor {
+    fn launch_many(&self, launches: Vec<Launch>) -> Vec<std::io::Result<Running>> {
+        let tasks = launches
+            .iter()
+            .filter_map(|launch| {
+                let (_, task) = launch.env.iter().find(|(key, _)| key == "KEEL_TASK")?;
+                Some(task.clone())
+            })
+            .collect();
+        self.batches.lock().unwrap().push(tasks);
+        launches
+            .into_iter()
+            .map(|launch| self.launch(launch))
+            .collect()
+    }
+
     fn launch(&self, launch: Launch) -> std::io::Result<Running> {
         let task = launch
             .env
@@ -446,6 +463,34 @@ async fn tasks_run_in_dependency_order_with_the_contract_environment() {
         RunState::Succeeded
     );
     assert_eq!(harness.executor.launches().len(), 3);
+}
+
+/// The attempts admitted in one turn reach the executor together, in one `launch_many` (a work
+/// queue queues them in one statement), and each is started.
+#[tokio::test]
+async fn the_attempts_admitted_in_one_turn_are_launched_together() {
+    let harness = Harness::new();
+    let spec = pipeline(
+        vec![
+            task("north", "a", &[], 1),
+            task("south", "a", &[], 1),
+            task("east", "a", &[], 1),
+            task("report", "b", &[], 1),
+        ],
+        8,
+    );
+    let mut engine = harness.engine(spec);
+    assert_eq!(
+        run_partition(&mut engine, "2026-01-18").await,
+        RunState::Succeeded
+    );
+    let batches = harness.executor.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches,
+        vec![vec!["north", "south", "east"], vec!["report"]],
+        "one call per turn of admissions"
+    );
+    assert_eq!(harness.executor.launches().len(), 4);
 }
 
 /// Regression: the engine recorded `started_at` only for attempts whose executor reported a

@@ -149,15 +149,33 @@ impl WorkQueue {
     /// Queues `payload` under `key` (an attempt's, unique) and tells listening workers. A key
     /// already queued is left as it is.
     pub async fn enqueue(&self, key: &str, payload: &str, now: Millis) -> StoreResult<()> {
-        // One round trip: a data-modifying WITH runs once whether or not it is read.
+        self.enqueue_many(&[(key, payload)], now).await
+    }
+
+    /// Queues every `(key, payload)` in one statement, in their order (the order workers claim
+    /// them in), with one notice for the lot. A key already queued, or named twice here, keeps
+    /// its first payload. Returns once the rows are committed, or the statement failed (then
+    /// none of them is queued).
+    pub async fn enqueue_many(&self, rows: &[(&str, &str)], now: Millis) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = rows.iter().map(|(key, _)| *key).collect();
+        let payloads: Vec<&str> = rows.iter().map(|(_, payload)| *payload).collect();
+        // One round trip: a data-modifying WITH runs once whether or not it is read; the notice
+        // goes out only when a row was queued (a key queued again was announced the first time).
         sqlx::query(
             "WITH queued AS (
-                 INSERT INTO keel_work (key, payload, state, queued_at) VALUES ($1, $2, 'queued', $3)
-                 ON CONFLICT (key) DO NOTHING)
-             SELECT pg_notify($4, '')",
+                 INSERT INTO keel_work (key, payload, state, queued_at)
+                 SELECT j.key, j.payload, 'queued', $3
+                 FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS j(key, payload, position)
+                 ORDER BY j.position
+                 ON CONFLICT (key) DO NOTHING
+                 RETURNING 1)
+             SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM queued)",
         )
-        .bind(key)
-        .bind(payload)
+        .bind(&keys)
+        .bind(&payloads)
         .bind(now)
         .bind(WORK_CHANNEL)
         .execute(&self.pool)
@@ -277,24 +295,52 @@ impl WorkQueue {
         log: &str,
         now: Millis,
     ) -> StoreResult<bool> {
-        // One round trip: the notice goes out only for a row that changed.
-        let changed = sqlx::query(
+        let recorded = self
+            .finish_many(&[(id, claim_epoch, report, log)], now)
+            .await?;
+        Ok(recorded == [id])
+    }
+
+    /// Records the ends of claimed rows, `(id, claim_epoch, report, log)` each, in one
+    /// statement, each only under the epoch it was claimed with, with one notice if any was
+    /// recorded. Returns the ids recorded; the others were reaped meanwhile (or already done)
+    /// and are not recorded. A failed call records none of them.
+    pub async fn finish_many(
+        &self,
+        results: &[(i64, i64, &str, &str)],
+        now: Millis,
+    ) -> StoreResult<Vec<i64>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = results.iter().map(|result| result.0).collect();
+        let epochs: Vec<i64> = results.iter().map(|result| result.1).collect();
+        let reports: Vec<&str> = results.iter().map(|result| result.2).collect();
+        let logs: Vec<&str> = results.iter().map(|result| result.3).collect();
+        // One round trip. `pg_notify` runs once per recorded row, but PostgreSQL delivers a
+        // transaction's identical notices once: one notice for the batch, none if nothing
+        // changed. DISTINCT ON keeps one result per row should the caller name a row twice.
+        let rows = sqlx::query(
             "WITH finished AS (
-                 UPDATE keel_work SET state = 'done', report = $3, log = $4, finished_at = $5, lease_until = NULL
-                 WHERE id = $1 AND claim_epoch = $2 AND state = 'claimed' RETURNING id)
-             SELECT pg_notify($6, '') FROM finished",
+                 UPDATE keel_work w SET state = 'done', report = r.report, log = r.log,
+                     finished_at = $5, lease_until = NULL
+                 FROM (SELECT DISTINCT ON (id) id, epoch, report, log
+                       FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])
+                           AS u(id, epoch, report, log)) AS r
+                 WHERE w.id = r.id AND w.claim_epoch = r.epoch AND w.state = 'claimed'
+                 RETURNING w.id)
+             SELECT id, pg_notify($6, '') FROM finished ORDER BY id",
         )
-        .bind(id)
-        .bind(claim_epoch)
-        .bind(report)
-        .bind(log)
+        .bind(&ids)
+        .bind(&epochs)
+        .bind(&reports)
+        .bind(&logs)
         .bind(now)
         .bind(DONE_CHANNEL)
         .fetch_all(&self.pool)
         .await
-        .map_err(|error| self.unreachable(error))?
-        .len();
-        Ok(changed == 1)
+        .map_err(|error| self.unreachable(error))?;
+        rows.iter().map(|row| get(row, 0)).collect()
     }
 
     /// Ends every claimed row whose lease ran out before `now` with `report` (the caller's
@@ -545,12 +591,25 @@ pub struct WorkNotices {
 }
 
 impl WorkNotices {
-    /// Waits up to `timeout` for a notice; true if one came. A broken connection counts as no
-    /// notice (the listener reconnects on the next call).
+    /// Waits up to `timeout` for a notice; true if one came. Notices that arrived together
+    /// count as one: those already received are taken too, so a burst of them (a batch of
+    /// rows, or rows queued while the listener was busy) wakes it once, not once each. A
+    /// broken connection counts as no notice (the listener reconnects on the next call).
     pub async fn wait(&mut self, timeout: Duration) -> bool {
-        matches!(
+        let came = matches!(
             tokio::time::timeout(timeout, self.listener.recv()).await,
             Ok(Ok(_))
-        )
+        );
+        if came {
+            // A zero timeout polls once: it takes what is already there and never waits. The
+            // bound keeps a flood of notices from holding the listener here.
+            for _ in 0..1024 {
+                let next = tokio::time::timeout(Duration::ZERO, self.listener.recv()).await;
+                if !matches!(next, Ok(Ok(_))) {
+                    break;
+                }
+            }
+        }
+        came
     }
 }

@@ -390,3 +390,121 @@ async fn the_work_queue_fences_a_lapsed_lease_and_never_hands_a_row_out_twice() 
         "a's last heartbeat was at 1 000: {view:?}"
     );
 }
+
+/// The queue's batch calls keep its guarantees. A batch enqueue queues its rows in order and
+/// keeps the first payload of a key named twice (queued before, or twice in the batch). A
+/// batch finish records each result only under the epoch its row was claimed with: in one
+/// batch, a reaped row's result and a result under the wrong epoch are refused while the
+/// others are recorded, and a result sent again is refused (exactly once).
+#[tokio::test]
+async fn the_work_queue_batches_keep_the_first_payload_and_fence_each_result_by_its_epoch() {
+    let Some(database) = TestDatabase::create("the_work_queue_batches") else {
+        return;
+    };
+    let url = database.postgres_url();
+    let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url).unwrap())
+        .await
+        .unwrap();
+    let queue = store.work_queue(4);
+    let mut notices = queue.notices(true).await.unwrap();
+    queue.enqueue("s/1/a.1", "first a", 1_000).await.unwrap();
+    queue
+        .enqueue_many(
+            &[
+                ("s/1/b.1", "first b"),
+                ("s/1/a.1", "second a"),
+                ("s/1/c.1", "c"),
+                ("s/1/b.1", "second b"),
+                ("s/1/d.1", "d"),
+            ],
+            1_001,
+        )
+        .await
+        .unwrap();
+    assert!(
+        notices.wait(std::time::Duration::from_secs(10)).await,
+        "a batch that queued rows is announced"
+    );
+    queue.enqueue_many(&[], 1_002).await.unwrap();
+
+    let items = queue.claim("w", 10, 2_000, 1_500).await.unwrap();
+    let claimed: Vec<(&str, &str)> = items
+        .iter()
+        .map(|item| (item.key.as_str(), item.payload.as_str()))
+        .collect();
+    assert_eq!(
+        claimed,
+        [
+            ("s/1/a.1", "first a"),
+            ("s/1/b.1", "first b"),
+            ("s/1/c.1", "c"),
+            ("s/1/d.1", "d")
+        ],
+        "one row per key, first payload kept, in the order queued"
+    );
+    let [a, b, c, d] = &items[..] else {
+        panic!("{items:?}")
+    };
+
+    // a, b and d renew; c's lease lapses and is reaped (its epoch bumped).
+    let renewed = [a, b, d].map(|item| (item.id, item.claim_epoch));
+    queue.renew("w", &renewed, 3_000, 1_500).await.unwrap();
+    assert_eq!(
+        queue.reap(3_600, "lost").await.unwrap(),
+        vec![c.key.clone()]
+    );
+
+    // One batch: a and b under their epochs, c under the epoch the reap fenced off, d under an
+    // epoch it was never claimed with.
+    let batch = [
+        (a.id, a.claim_epoch, "a succeeded", "a's log"),
+        (b.id, b.claim_epoch, "b failed", "b's log"),
+        (c.id, c.claim_epoch, "c late", "c's log"),
+        (d.id, d.claim_epoch + 7, "d forged", ""),
+    ];
+    let mut recorded = queue.finish_many(&batch, 3_700).await.unwrap();
+    recorded.sort();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    assert_eq!(recorded, expected);
+    // Sent again (a retry after a lost answer): nothing is recorded twice.
+    assert!(queue.finish_many(&batch, 3_800).await.unwrap().is_empty());
+    assert!(queue.finish_many(&[], 3_800).await.unwrap().is_empty());
+
+    let mut rows = Vec::new();
+    for key in [&a.key, &b.key, &c.key, &d.key] {
+        let row = queue.row(key).await.unwrap().unwrap();
+        rows.push((row.key, row.state, row.report, row.log));
+    }
+    assert_eq!(
+        rows,
+        vec![
+            (
+                a.key.clone(),
+                keel_store::WorkState::Done,
+                Some("a succeeded".into()),
+                Some("a's log".into())
+            ),
+            (
+                b.key.clone(),
+                keel_store::WorkState::Done,
+                Some("b failed".into()),
+                Some("b's log".into())
+            ),
+            (
+                c.key.clone(),
+                keel_store::WorkState::Done,
+                Some("lost".into()),
+                None
+            ),
+            (d.key.clone(), keel_store::WorkState::Claimed, None, None),
+        ]
+    );
+    // d's worker, under its own epoch, still records its result.
+    assert!(
+        queue
+            .finish(d.id, d.claim_epoch, "d succeeded", "", 3_900)
+            .await
+            .unwrap()
+    );
+}
