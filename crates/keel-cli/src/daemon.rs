@@ -126,7 +126,7 @@ impl Daemon {
     }
 
     /// For each state in PostgreSQL, whether this Keel still holds its executor lock there.
-    pub fn postgres_locks(&self) -> Vec<Arc<std::sync::atomic::AtomicBool>> {
+    pub fn postgres_locks(&self) -> Vec<keel_store::LockHold> {
         self._locks
             .iter()
             .filter_map(StateLock::postgres_held)

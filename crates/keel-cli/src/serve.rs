@@ -234,15 +234,51 @@ fn standby_view(
     }
 }
 
-/// How long this Keel may go without its executor lock in PostgreSQL (a restart of the server,
-/// a network failure) before it stops: by then a standby may be active.
-const LOCK_LOSS_LIMIT: Duration = Duration::from_secs(5);
+/// How long this Keel may go without its executor lock in PostgreSQL while the server cannot be
+/// reached (a restart of the server, a network failure) before it stops. While the server is
+/// away nothing this Keel writes reaches it, so waiting is safe; once it answers, the lock is
+/// either taken back or found taken, and then this Keel stops at once.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
 
-/// Ends this process when it lost a state's executor lock in PostgreSQL for longer than
-/// [`LOCK_LOSS_LIMIT`], or for good (another Keel took it): two active schedulers must never
-/// run one state. It exits as a kill would, which the engine is built to survive: the next
-/// active scheduler adopts every attempt.
-fn watch_postgres_locks(locks: Vec<Arc<std::sync::atomic::AtomicBool>>, logger: serve_log::Logger) {
+/// What the lock watcher does at one look.
+#[derive(Debug, PartialEq, Eq)]
+enum LockVerdict {
+    /// Every lock is held, as it was.
+    Holding,
+    /// A lock was lost: say so once, and keep trying.
+    Lost,
+    /// Every lock is held again.
+    Regained,
+    /// Stop at once, for this reason.
+    Stop(String),
+}
+
+/// Judges the locks as they stand (`states`), `lost_for` how long one has been lost, if it was.
+fn judge_locks(states: &[keel_store::LockNow], lost_for: Option<Duration>) -> LockVerdict {
+    use keel_store::LockNow;
+    if states.contains(&LockNow::TakenElsewhere) {
+        return LockVerdict::Stop(
+            "another Keel holds the executor lock in PostgreSQL now (a standby took over)".into(),
+        );
+    }
+    let all_held = states.iter().all(|state| *state == LockNow::Held);
+    match (all_held, lost_for) {
+        (true, None) => LockVerdict::Holding,
+        (true, Some(_)) => LockVerdict::Regained,
+        (false, None) => LockVerdict::Lost,
+        (false, Some(lost)) if lost >= UNREACHABLE_LIMIT => LockVerdict::Stop(format!(
+            "the executor lock in PostgreSQL could not be taken back within {} s (the server did not answer)",
+            UNREACHABLE_LIMIT.as_secs()
+        )),
+        (false, Some(_)) => LockVerdict::Holding,
+    }
+}
+
+/// Ends this process when another Keel took a state's executor lock in PostgreSQL, or when the
+/// server could not be reached to take it back for [`UNREACHABLE_LIMIT`]: two active
+/// schedulers must never run one state. It exits as a kill would, which the engine is built to
+/// survive: the next active scheduler adopts every attempt.
+fn watch_postgres_locks(locks: Vec<keel_store::LockHold>, logger: serve_log::Logger) {
     if locks.is_empty() {
         return;
     }
@@ -250,27 +286,29 @@ fn watch_postgres_locks(locks: Vec<Arc<std::sync::atomic::AtomicBool>>, logger: 
         let mut lost_since: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let all_held = locks
-                .iter()
-                .all(|held| held.load(std::sync::atomic::Ordering::SeqCst));
-            match (all_held, lost_since) {
-                (true, Some(_)) => {
+            let states: Vec<keel_store::LockNow> = locks.iter().map(|lock| lock.now()).collect();
+            match judge_locks(&states, lost_since.map(|since| since.elapsed())) {
+                LockVerdict::Holding => {}
+                LockVerdict::Regained => {
                     logger.info("keel serve: the executor lock in PostgreSQL is held again");
                     lost_since = None;
                 }
-                (true, None) => {}
-                (false, None) => {
-                    logger.warn("keel serve: lost the connection holding the executor lock in PostgreSQL; reconnecting");
+                LockVerdict::Lost => {
+                    logger.warn(&format!(
+                        "keel serve: lost the connection holding the executor lock in PostgreSQL; reconnecting (stopping if another Keel took it, or if the server does not answer within {} s)",
+                        UNREACHABLE_LIMIT.as_secs()
+                    ));
                     lost_since = Some(std::time::Instant::now());
                 }
-                (false, Some(since)) if since.elapsed() >= LOCK_LOSS_LIMIT => {
-                    logger.write(serve_log::Line::new(serve_log::Level::Error, format!(
-                        "keel serve: the executor lock in PostgreSQL was not taken back within {} s (another scheduler may be active); stopping at once, as a restart adopts every attempt",
-                        LOCK_LOSS_LIMIT.as_secs()
-                    )));
+                LockVerdict::Stop(reason) => {
+                    logger.write(serve_log::Line::new(
+                        serve_log::Level::Error,
+                        format!(
+                            "keel serve: {reason}; stopping at once, as a restart adopts every attempt"
+                        ),
+                    ));
                     std::process::exit(1);
                 }
-                (false, Some(_)) => {}
             }
         }
     });
@@ -570,5 +608,42 @@ fn plural(count: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{count} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_store::LockNow::{Held, Reconnecting, TakenElsewhere};
+
+    /// The server away: keep trying for up to a minute; another Keel holding the lock: stop at
+    /// once, however short the loss.
+    #[test]
+    fn a_lost_lock_is_waited_for_while_the_server_is_away_and_given_up_when_taken() {
+        assert_eq!(judge_locks(&[Held], None), LockVerdict::Holding);
+        assert_eq!(judge_locks(&[Held, Reconnecting], None), LockVerdict::Lost);
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            judge_locks(&[Reconnecting], Some(second)),
+            LockVerdict::Holding
+        );
+        assert_eq!(
+            judge_locks(&[Reconnecting], Some(UNREACHABLE_LIMIT - second)),
+            LockVerdict::Holding
+        );
+        assert!(matches!(
+            judge_locks(&[Reconnecting], Some(UNREACHABLE_LIMIT)),
+            LockVerdict::Stop(reason) if reason.contains("did not answer")
+        ));
+        assert_eq!(
+            judge_locks(&[Held], Some(second * 30)),
+            LockVerdict::Regained
+        );
+        for lost in [None, Some(Duration::ZERO)] {
+            assert!(matches!(
+                judge_locks(&[Held, TakenElsewhere], lost),
+                LockVerdict::Stop(reason) if reason.contains("another Keel holds")
+            ));
+        }
     }
 }

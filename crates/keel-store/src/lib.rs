@@ -18,8 +18,9 @@ mod sqlite;
 pub use any::{AnyStore, StateLocation};
 pub use lock::{LockError, StateLock};
 pub use postgres::{
-    ClusterView, LeaseRenewal, PostgresConfig, PostgresLock, PostgresLockError, PostgresStore,
-    PostgresUrl, WorkItem, WorkNotices, WorkQueue, WorkRow, WorkState, WorkerRecord, testing,
+    ClusterView, LeaseRenewal, LockHold, LockNow, PostgresConfig, PostgresLock, PostgresLockError,
+    PostgresStore, PostgresUrl, WorkItem, WorkNotices, WorkQueue, WorkRow, WorkState, WorkerRecord,
+    testing,
 };
 pub use records::*;
 pub use sqlite::SqliteStore;

@@ -113,7 +113,7 @@ impl StateLock {
 
     /// For a state in PostgreSQL, whether the lock in the database is still held (see
     /// [`crate::PostgresLock::held`]); `None` for an SQLite state.
-    pub fn postgres_held(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    pub fn postgres_held(&self) -> Option<crate::LockHold> {
         self._postgres.as_ref().map(crate::PostgresLock::held)
     }
 

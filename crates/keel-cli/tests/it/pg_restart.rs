@@ -16,9 +16,12 @@ use keel_store::Store;
 use crate::support::{Served, keel_path, wait_for};
 use crate::workers::{block_on, status};
 
-/// How long the server stays away: longer than a worker's lease in these tests (2 s), so leases
-/// lapse while it is down.
+/// How long the server stays away with workers: longer than a worker's lease in these tests
+/// (2 s), so leases lapse while it is down.
 const DOWNTIME: Duration = Duration::from_millis(2500);
+/// How long it stays away under a plain `keel serve`: longer than a scheduler once waited for
+/// its executor lock (5 s) before it stopped.
+const LONG_DOWNTIME: Duration = Duration::from_secs(8);
 
 /// A PostgreSQL server of one test, in a temporary directory, on a free loopback port, with
 /// `trust` authentication: it holds nothing but this test's state. Dropped, it is stopped at
@@ -294,7 +297,7 @@ impl Fleet {
 
 /// Runs the pipeline over three partitions on the fleet `roles` make, restarts the server
 /// mid-run and checks that everything carried on, then that the fleet's logs pass `logs`.
-fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
+fn restart_mid_run(test: &str, roles: &[Option<&str>], downtime: Duration, logs: impl Fn(&Fleet)) {
     let started = Instant::now();
     // Every wait below ends by then, so a Keel that does not carry on fails the test in time.
     let deadline = started + Duration::from_secs(80);
@@ -353,7 +356,7 @@ fn restart_mid_run(test: &str, roles: &[Option<&str>], logs: impl Fn(&Fleet)) {
     let before = committed();
     server.stop_immediately();
     let stopped_at = Instant::now();
-    std::thread::sleep(DOWNTIME);
+    std::thread::sleep(downtime);
     server.start_again();
     let back_at = wall_millis();
     eprintln!(
@@ -462,6 +465,7 @@ fn a_scheduler_and_two_workers_outlive_a_postgres_restart_and_commit_every_resul
     restart_mid_run(
         "pg_restart_cluster",
         &[Some("scheduler"), Some("worker"), Some("worker")],
+        DOWNTIME,
         check_cluster_logs,
     );
 }
@@ -480,7 +484,7 @@ fn check_cluster_logs(fleet: &Fleet) {
 
 #[test]
 fn a_plain_serve_outlives_a_postgres_restart_and_commits_every_result_once() {
-    restart_mid_run("pg_restart_serve", &[None], check_serve_logs);
+    restart_mid_run("pg_restart_serve", &[None], LONG_DOWNTIME, check_serve_logs);
 }
 
 fn check_serve_logs(fleet: &Fleet) {

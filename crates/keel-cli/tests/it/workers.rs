@@ -445,6 +445,97 @@ fn a_worker_and_a_standby_scheduler_show_the_whole_cluster() {
     drop(active);
 }
 
+/// Two active schedulers must never run one state: when the session holding the active
+/// scheduler's executor lock ends under it while the database stays up (here its backend is
+/// terminated), the standby takes the lock, and the scheduler that lost it stops at once when
+/// it finds the lock taken, rather than waiting as it does while the server is away.
+#[test]
+fn a_scheduler_whose_lock_a_standby_took_stops_at_once() {
+    let Some(database) = TestDatabase::create("a_scheduler_whose_lock_a_standby_took") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let pipeline = root.join("keel.toml");
+    std::fs::write(
+        &pipeline,
+        "[pipeline]\nname = \"fence\"\npartition = \"date\"\n\n[phases.work]\n\n[tasks.t]\nphase = \"work\"\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let mut cluster = Cluster {
+        root: root.clone(),
+        url: database.url().to_string(),
+        pipeline: pipeline.clone(),
+        logs: 0,
+    };
+    let (mut active, active_log) = cluster.spawn("scheduler");
+    wait_for("the active scheduler", Duration::from_secs(20), || {
+        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
+    });
+    // The standby as on another machine: a state directory of its own, so that only the lock
+    // in PostgreSQL stands between them (on one machine the state directory's lock file does).
+    let other = root.join("other-machine");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(&pipeline, other.join("keel.toml")).unwrap();
+    let mut elsewhere = Cluster {
+        root: other.clone(),
+        url: database.url().to_string(),
+        pipeline: other.join("keel.toml"),
+        logs: 0,
+    };
+    let (standby, standby_log) = elsewhere.spawn("scheduler");
+    wait_for("the standby", Duration::from_secs(20), || {
+        std::fs::read_to_string(&standby_log).is_ok_and(|log| log.contains("standby scheduler"))
+    });
+    // The executor lock ("KEEL" and 3) shows in pg_locks as its two halves. Its session is
+    // ended; the standby tries the lock five times a second and the scheduler that lost it once
+    // a second, so the standby wins the race nearly always; when it does not, it is run again.
+    let mut lost_at = None;
+    for _ in 0..5 {
+        let terminated = Command::new("psql")
+            .arg(database.url())
+            .args(["-tAc", "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 1262830924 AND objid = 3 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"])
+            .output()
+            .expect("psql runs");
+        assert!(
+            terminated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&terminated.stderr)
+        );
+        let ended = Instant::now();
+        let deadline = ended + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&standby_log)
+                .is_ok_and(|log| log.contains("active scheduler now"))
+            {
+                lost_at = Some(ended);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if lost_at.is_some() {
+            break;
+        }
+    }
+    let lost_at = lost_at.expect("the standby took the lock over");
+    wait_for("the old scheduler to stop", Duration::from_secs(20), || {
+        matches!(active.0.try_wait(), Ok(Some(_)))
+    });
+    let stopped_after = lost_at.elapsed();
+    let code = active.0.wait().unwrap().code();
+    let log = std::fs::read_to_string(&active_log).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("another Keel holds the executor lock in PostgreSQL now"),
+        "{log}"
+    );
+    eprintln!(
+        "fence test: the scheduler whose lock was taken stopped {} ms after its session ended",
+        stopped_after.as_millis()
+    );
+    drop(standby);
+}
+
 /// Roles coordinate through PostgreSQL: on an SQLite state they are refused with what to do,
 /// before anything runs or is locked.
 #[test]

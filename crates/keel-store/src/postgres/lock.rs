@@ -14,13 +14,13 @@ const EXECUTOR_LOCK: i64 = 0x4B45_454C_0000_0003;
 const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Held for as long as this value lives — unless the session holding it ends under it (the
-/// server restarted, the network failed): [`PostgresLock::held`] then turns false while the
-/// lock's thread connects again and tries to take the lock back, which another Keel may have
-/// taken meanwhile.
+/// server restarted, the network failed): [`PostgresLock::held`] then says `Reconnecting` while
+/// the lock's thread connects again and tries to take the lock back, and `TakenElsewhere` once
+/// the server answers and another Keel has taken it meanwhile.
 pub struct PostgresLock {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    held: Arc<std::sync::atomic::AtomicBool>,
+    held: LockHold,
 }
 
 impl std::fmt::Debug for PostgresLock {
@@ -53,7 +53,7 @@ impl PostgresLock {
         let (ready_sender, ready) = mpsc::channel::<Result<(), PostgresLockError>>();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let url = url.clone();
-        let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let held = LockHold::default();
         let flag = held.clone();
         let thread = std::thread::Builder::new()
             .name("keel-postgres-lock".into())
@@ -96,11 +96,19 @@ impl PostgresLock {
                         if alive {
                             continue;
                         }
-                        flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                        if flag.now() == LockNow::Held {
+                            flag.set(LockNow::Reconnecting);
+                        }
                         current = None;
-                        if let Ok(connection) = take(&url, &options).await {
-                            current = Some(connection);
-                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        match take(&url, &options).await {
+                            Ok(connection) => {
+                                current = Some(connection);
+                                flag.set(LockNow::Held);
+                            }
+                            Err(PostgresLockError::Held { .. }) => {
+                                flag.set(LockNow::TakenElsewhere)
+                            }
+                            Err(PostgresLockError::Store(_)) => flag.set(LockNow::Reconnecting),
                         }
                     }
                     if let Some(mut connection) = current {
@@ -136,8 +144,43 @@ impl PostgresLock {
 impl PostgresLock {
     /// Whether the lock is held right now; false while its session is being replaced after it
     /// ended, and for good once another Keel took the lock meanwhile.
-    pub fn held(&self) -> Arc<std::sync::atomic::AtomicBool> {
+    pub fn held(&self) -> LockHold {
         self.held.clone()
+    }
+}
+
+/// Where a [`PostgresLock`] stands, shared with whoever watches it.
+#[derive(Debug, Clone, Default)]
+pub struct LockHold(Arc<std::sync::atomic::AtomicU8>);
+
+/// What a [`LockHold`] says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockNow {
+    /// This Keel holds the lock.
+    Held,
+    /// Its session ended and the server cannot be reached to take it back: nothing this Keel
+    /// could write reaches the database either.
+    Reconnecting,
+    /// The server answers and another Keel holds the lock.
+    TakenElsewhere,
+}
+
+impl LockHold {
+    pub fn now(&self) -> LockNow {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => LockNow::Held,
+            1 => LockNow::Reconnecting,
+            _ => LockNow::TakenElsewhere,
+        }
+    }
+
+    fn set(&self, now: LockNow) {
+        let value = match now {
+            LockNow::Held => 0,
+            LockNow::Reconnecting => 1,
+            LockNow::TakenElsewhere => 2,
+        };
+        self.0.store(value, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

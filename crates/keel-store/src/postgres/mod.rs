@@ -26,7 +26,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
 
 use crate::*;
 pub use location::PostgresUrl;
-pub use lock::{PostgresLock, PostgresLockError};
+pub use lock::{LockHold, LockNow, PostgresLock, PostgresLockError};
 pub use work::{
     ClusterView, LeaseRenewal, WorkItem, WorkNotices, WorkQueue, WorkRow, WorkState, WorkerRecord,
 };
