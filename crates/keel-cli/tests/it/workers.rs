@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::support::{Served, keel_path, wait_for};
 
-/// Tasks × partitions; `KEEL_WORKERS_SCALE=200x5` runs the full-size version by hand.
+/// Tasks × partitions: the full size, 200 × 5 (1,000 attempts), unless `KEEL_WORKERS_SCALE`
+/// asks for another (`12x3` for a quick run by hand).
 fn scale() -> (usize, usize) {
     std::env::var("KEEL_WORKERS_SCALE")
         .ok()
@@ -24,7 +25,7 @@ fn scale() -> (usize, usize) {
             Some((tasks.parse().ok()?, partitions.parse().ok()?))
         })
         .filter(|(tasks, partitions)| *tasks >= 2 && (1..=28).contains(partitions))
-        .unwrap_or((12, 3))
+        .unwrap_or((200, 5))
 }
 
 /// Each task sleeps a little (so kills land mid-attempt), then commits its result once per
