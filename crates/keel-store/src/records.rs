@@ -293,6 +293,93 @@ pub struct FinishAttempt {
     pub at: Millis,
 }
 
+/// What a finish does to its task run, as every backend writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEffect {
+    pub state: TaskState,
+    pub outcome: Option<Outcome>,
+    pub not_before: Option<Millis>,
+    /// Added to the task run's charged attempts.
+    pub charge: i64,
+    /// The event logged after `attempt_finished`.
+    pub kind: EventKind,
+}
+
+impl FinishAttempt {
+    /// Whether the attempt used up one of the task's retry attempts.
+    pub fn charged(&self) -> bool {
+        match &self.next {
+            TaskNext::Done(_) => self.outcome.uses_retry_attempt(),
+            TaskNext::Retry { charge, .. } => *charge,
+            TaskNext::Resume => false,
+        }
+    }
+
+    /// Where the task run goes.
+    pub fn task_effect(&self) -> TaskEffect {
+        match &self.next {
+            TaskNext::Done(outcome) => TaskEffect {
+                state: TaskState::Done,
+                outcome: Some(*outcome),
+                not_before: None,
+                charge: i64::from(self.outcome.uses_retry_attempt()),
+                kind: EventKind::TaskDone,
+            },
+            TaskNext::Retry { not_before, charge } => TaskEffect {
+                state: TaskState::Waiting,
+                outcome: Some(self.outcome),
+                not_before: Some(*not_before),
+                charge: i64::from(*charge),
+                kind: EventKind::RetryScheduled,
+            },
+            TaskNext::Resume => TaskEffect {
+                state: TaskState::Pending,
+                outcome: Some(self.outcome),
+                not_before: None,
+                charge: 0,
+                kind: EventKind::TaskInterrupted,
+            },
+        }
+    }
+
+    /// The detail of its `attempt_finished` event, for attempt number `number`.
+    pub fn finished_detail(&self, number: u32) -> String {
+        let mut detail = format!("attempt {number} {}", self.outcome);
+        if let Some(code) = self.exit_code {
+            detail.push_str(&format!(" exit {code}"));
+        }
+        detail
+    }
+
+    /// The detail of the event that says where the task run goes.
+    pub fn next_detail(&self) -> String {
+        match &self.next {
+            TaskNext::Done(outcome) => outcome.to_string(),
+            TaskNext::Retry { not_before, charge } => format!(
+                "not before {not_before}{}",
+                if *charge { "" } else { ", uncharged" }
+            ),
+            TaskNext::Resume => "waits to be resumed".to_string(),
+        }
+    }
+}
+
+/// The status a version new to a task starts in, and why: a canary beside the promoted version
+/// when the task has a rollout, promoted at once otherwise.
+pub fn new_version_status(promoted: Option<&str>, canary: bool) -> (&'static str, String) {
+    match promoted {
+        Some(previous) if canary => (
+            "canary",
+            format!("new version; version {previous} keeps running outside the canary"),
+        ),
+        Some(previous) => (
+            "promoted",
+            format!("new version without rollout; replaces version {previous}"),
+        ),
+        None => ("promoted", "first version recorded".to_string()),
+    }
+}
+
 /// A change to a task run that is not running.
 #[derive(Debug, Clone)]
 pub struct TaskChange {

@@ -1017,11 +1017,7 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             epoch: finish.epoch,
         });
     }
-    let charged = match &finish.next {
-        TaskNext::Done(_) => finish.outcome.uses_retry_attempt(),
-        TaskNext::Retry { charge, .. } => *charge,
-        TaskNext::Resume => false,
-    };
+    let charged = finish.charged();
     cached_execute(
         transaction,
         "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, rows = ?4, metrics = ?5, message = ?6, charged = ?7
@@ -1037,39 +1033,20 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
             finish.attempt.0
         ],
     )?;
-    let (state, outcome, not_before, charge, kind) = match &finish.next {
-        TaskNext::Done(outcome) => (
-            TaskState::Done,
-            Some(*outcome),
-            None,
-            i64::from(finish.outcome.uses_retry_attempt()),
-            EventKind::TaskDone,
-        ),
-        TaskNext::Retry { not_before, charge } => (
-            TaskState::Waiting,
-            Some(finish.outcome),
-            Some(*not_before),
-            i64::from(*charge),
-            EventKind::RetryScheduled,
-        ),
-        TaskNext::Resume => (
-            TaskState::Pending,
-            Some(finish.outcome),
-            None,
-            0,
-            EventKind::TaskInterrupted,
-        ),
-    };
+    let TaskEffect {
+        state,
+        outcome,
+        not_before,
+        charge,
+        kind,
+    } = finish.task_effect();
     cached_execute(
         transaction,
         "UPDATE task_runs SET state = ?1, outcome = ?2, not_before = ?3, charged = charged + ?4, message = ?5, updated_at = ?6
          WHERE run_id = ?7 AND task = ?8",
         params![state.as_str(), outcome.map(Outcome::as_str), not_before, charge, finish.message, finish.at, record.run.0, record.task],
     )?;
-    let mut detail = format!("attempt {} {}", record.number, finish.outcome);
-    if let Some(code) = finish.exit_code {
-        detail.push_str(&format!(" exit {code}"));
-    }
+    let detail = finish.finished_detail(record.number);
     event(
         transaction,
         finish.at,
@@ -1079,16 +1056,7 @@ fn finish_one(transaction: &Transaction<'_>, finish: FinishAttempt) -> StoreResu
         EventKind::AttemptFinished,
         &detail,
     )?;
-    let next_detail = match &finish.next {
-        TaskNext::Done(outcome) => outcome.to_string(),
-        TaskNext::Retry { not_before, charge } => {
-            format!(
-                "not before {not_before}{}",
-                if *charge { "" } else { ", uncharged" }
-            )
-        }
-        TaskNext::Resume => "waits to be resumed".to_string(),
-    };
+    let next_detail = finish.next_detail();
     event(
         transaction,
         finish.at,
@@ -1490,17 +1458,7 @@ fn register_task_versions_in(
              WHERE pipeline = ?1 AND task = ?2 AND status = 'canary'",
             params![pipeline, new.task, new.version, at],
         )?;
-        let (status, reason) = match promoted {
-            Some(previous) if new.canary => (
-                "canary",
-                format!("new version; version {previous} keeps running outside the canary"),
-            ),
-            Some(previous) => (
-                "promoted",
-                format!("new version without rollout; replaces version {previous}"),
-            ),
-            None => ("promoted", "first version recorded".to_string()),
-        };
+        let (status, reason) = new_version_status(promoted.as_deref(), new.canary);
         cached_execute(
             transaction,
             "INSERT INTO task_versions (pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at)

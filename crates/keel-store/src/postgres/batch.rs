@@ -402,46 +402,10 @@ struct Finished {
 
 impl Finished {
     fn push(&mut self, finish: FinishAttempt, run: i64, task: String, number: u32) {
-        let charged = match &finish.next {
-            TaskNext::Done(_) => finish.outcome.uses_retry_attempt(),
-            TaskNext::Retry { charge, .. } => *charge,
-            TaskNext::Resume => false,
-        };
-        let (state, outcome, not_before, charge, kind) = match &finish.next {
-            TaskNext::Done(outcome) => (
-                TaskState::Done,
-                Some(*outcome),
-                None,
-                i64::from(finish.outcome.uses_retry_attempt()),
-                EventKind::TaskDone,
-            ),
-            TaskNext::Retry { not_before, charge } => (
-                TaskState::Waiting,
-                Some(finish.outcome),
-                Some(*not_before),
-                i64::from(*charge),
-                EventKind::RetryScheduled,
-            ),
-            TaskNext::Resume => (
-                TaskState::Pending,
-                Some(finish.outcome),
-                None,
-                0,
-                EventKind::TaskInterrupted,
-            ),
-        };
-        let mut detail = format!("attempt {number} {}", finish.outcome);
-        if let Some(code) = finish.exit_code {
-            detail.push_str(&format!(" exit {code}"));
-        }
-        let next_detail = match &finish.next {
-            TaskNext::Done(outcome) => outcome.to_string(),
-            TaskNext::Retry { not_before, charge } => format!(
-                "not before {not_before}{}",
-                if *charge { "" } else { ", uncharged" }
-            ),
-            TaskNext::Resume => "waits to be resumed".to_string(),
-        };
+        let effect = finish.task_effect();
+        let charged = finish.charged();
+        let detail = finish.finished_detail(number);
+        let next_detail = finish.next_detail();
         self.id.push(finish.attempt.0);
         self.run.push(run);
         self.task.push(task);
@@ -452,12 +416,12 @@ impl Finished {
         self.metrics.push(finish.metrics);
         self.message.push(finish.message);
         self.charged.push(charged);
-        self.state.push(state.as_str());
-        self.task_outcome.push(outcome.map(Outcome::as_str));
-        self.not_before.push(not_before);
-        self.charge.push(charge);
+        self.state.push(effect.state.as_str());
+        self.task_outcome.push(effect.outcome.map(Outcome::as_str));
+        self.not_before.push(effect.not_before);
+        self.charge.push(effect.charge);
         self.detail.push(detail);
-        self.kind.push(kind.as_str());
+        self.kind.push(effect.kind.as_str());
         self.next_detail.push(next_detail);
     }
 
@@ -564,17 +528,8 @@ pub(super) async fn register_task_versions(
     let mut state = Vec::new();
     let mut reason = Vec::new();
     for new in fresh {
-        let (decided, why) = match promoted.get(&new.task) {
-            Some(previous) if new.canary => (
-                "canary",
-                format!("new version; version {previous} keeps running outside the canary"),
-            ),
-            Some(previous) => (
-                "promoted",
-                format!("new version without rollout; replaces version {previous}"),
-            ),
-            None => ("promoted", "first version recorded".to_string()),
-        };
+        let (decided, why) =
+            new_version_status(promoted.get(&new.task).map(String::as_str), new.canary);
         task.push(new.task.as_str());
         version.push(new.version.as_str());
         spec.push(new.spec.as_str());

@@ -1133,17 +1133,7 @@ async fn register_task_versions_in(
         .bind(at)
         .execute(&mut *connection)
         .await?;
-        let (status, reason) = match promoted {
-            Some(previous) if new.canary => (
-                "canary",
-                format!("new version; version {previous} keeps running outside the canary"),
-            ),
-            Some(previous) => (
-                "promoted",
-                format!("new version without rollout; replaces version {previous}"),
-            ),
-            None => ("promoted", "first version recorded".to_string()),
-        };
+        let (status, reason) = new_version_status(promoted.as_deref(), new.canary);
         sqlx::query(
             "INSERT INTO task_versions (pipeline, task, version, spec, status, clean, failed, reason, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7, $7)",
