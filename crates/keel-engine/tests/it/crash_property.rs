@@ -2427,3 +2427,102 @@ async fn a_run_whose_late_tasks_land_with_a_downstream_rerun_owed_ends() {
         executor.launches()
     );
 }
+
+/// Found by the property above (CI, seed 15993565758576921007), and needs no crash: a task that
+/// runs while a late upstream task resets its input owes a rerun; if that input then fails for
+/// good while the task still runs, the failure does not reach it (only waiting tasks are
+/// settled `upstream_failed`). When the task then ends with a retry (`not_ready`), it waits for
+/// an input that can never complete, and the run is settled by the stuck-run fallback ("no
+/// path to start this task") instead of saying which upstream task failed.
+///
+/// `x2` misses the gate of `p0`; `u` runs and succeeds without it, and `d` starts. `x2` lands:
+/// `u` is reset to run again and `d` owes a rerun. `u`'s rerun fails for good while `d` runs;
+/// then `d` ends `not_ready`.
+#[tokio::test]
+async fn a_task_whose_input_failed_for_good_while_it_ran_does_not_wait_for_its_retry() {
+    let harness = Harness::new();
+    harness
+        .executor
+        .script("u", &[Outcome::Succeeded, Outcome::FailedPermanent]);
+    harness.executor.script("d", &[Outcome::NotReady]);
+    *harness.executor.hold.lock().unwrap() = vec!["x2".into(), "d".into()];
+    *harness.executor.pinned.lock().unwrap() = vec!["d".into()];
+    let mut spec = pipeline(
+        vec![
+            task("x1", "p0", &[], 1),
+            task("x2", "p0", &[], 1),
+            task("u", "p1", &[], 1),
+            task("d", "p2", &[], 3),
+        ],
+        8,
+    );
+    spec.phases[0].gate = Some(keel_model::GateSpec {
+        required: vec![],
+        min_share: 0.3,
+        grace: Duration::ZERO,
+        tiers: Vec::new(),
+    });
+    let (run, _trigger, handle) = start_in_background(&harness, spec).await;
+    let executor = harness.executor.clone();
+    eventually("d to run after u, without x2", || {
+        executor.launches().iter().any(|(task, _)| task == "d")
+    })
+    .await;
+    // x2 lands while d runs: u runs again and fails for good.
+    harness.executor.release.notify_waiters();
+    eventually("u to run again", || {
+        executor
+            .launches()
+            .iter()
+            .filter(|(task, _)| task == "u")
+            .count()
+            == 2
+    })
+    .await;
+    let store = harness.store.clone();
+    let mut failed = false;
+    for _ in 0..500 {
+        let tasks = store.task_runs(run).await.unwrap();
+        if tasks[2].outcome == Some(Outcome::FailedPermanent) {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(failed, "u's rerun failed for good");
+    // d ends not ready, and the clock moves past any retry it could have.
+    harness.executor.hold.lock().unwrap().clear();
+    harness.executor.pinned.lock().unwrap().clear();
+    harness.executor.release.notify_waiters();
+    let clock = harness.clock.clone();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if handle.is_finished() {
+                break handle.await;
+            }
+            clock.advance(1_000);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the run ends");
+    assert_eq!(ended.unwrap()[0].state, RunState::Failed);
+    let tasks = store.task_runs(run).await.unwrap();
+    let d = tasks.iter().find(|task| task.task == "d").unwrap();
+    assert_eq!(d.outcome, Some(Outcome::UpstreamFailed));
+    let message = d.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("\"u\""),
+        "d should say that u failed, not {message:?}"
+    );
+    assert_eq!(
+        executor
+            .launches()
+            .iter()
+            .filter(|(task, _)| task == "d")
+            .count(),
+        1,
+        "d never ran again: {:?}",
+        executor.launches()
+    );
+}

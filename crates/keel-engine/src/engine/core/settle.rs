@@ -54,6 +54,7 @@ impl Core {
             .filter_map(|(attempt, report)| self.record_end(book, attempt, report))
             .collect();
         let mut done = Vec::new();
+        let mut again = Vec::new();
         for (live, outcome, next, message) in pending {
             let active = &mut book.runs[live.run];
             let slot = &mut active.slots[live.task];
@@ -77,10 +78,12 @@ impl Core {
                     slot.charged += u32::from(*charge);
                     book.timers
                         .push(Reverse((*not_before, live.run, Wake::Task(live.task))));
+                    again.push((live.run, live.task));
                     Some(*not_before)
                 }
                 TaskNext::Resume => {
                     slot.state = TaskState::Pending;
+                    again.push((live.run, live.task));
                     None
                 }
             };
@@ -108,7 +111,46 @@ impl Core {
                         outcome,
                     }),
             );
+        for (run_index, task) in again {
+            if self.is_item(task) {
+                continue;
+            }
+            self.settle_if_an_input_failed(book, run_index, task);
+        }
         self.drain(book)
+    }
+
+    /// A task that is to run again (a retry, a heal) whose input failed for good while it ran:
+    /// the failure was passed downstream while the task was running, so it did not reach it,
+    /// and the task could never start. It ends `upstream_failed` now, naming that input.
+    fn settle_if_an_input_failed(&mut self, book: &mut Book, run_index: usize, task: TaskIndex) {
+        let active = &book.runs[run_index];
+        let mut inputs: Vec<TaskIndex> = self.dag.explicit(task).to_vec();
+        inputs.extend(self.dag.phase_inputs(task));
+        inputs.sort_unstable();
+        inputs.dedup();
+        let Some(failed) = inputs.into_iter().find(|input| {
+            let slot = &active.slots[*input];
+            slot.state == TaskState::Done
+                && !is_complete(slot)
+                && self.blocked_by_failure(active, *input).contains(&task)
+        }) else {
+            return;
+        };
+        let outcome = self.settle_upstream_failed(book, run_index, task, failed);
+        let active = &book.runs[run_index];
+        let name = self.name(task).to_string();
+        (self.observer)(Progress::TasksSettled {
+            run: active.record.id,
+            partition: active.record.partition.clone(),
+            tasks: vec![name],
+            outcome,
+        });
+        book.followups.push_back(Followup::TaskDone {
+            run_index,
+            task,
+            outcome,
+        });
     }
 
     /// Records how one attempt ended and decides where its task goes next: its permits go back,
