@@ -6,9 +6,10 @@
 //! Keel, so an attempt whose Keel died is found without an exit record and recorded `lost`, then
 //! sent again with the same `Idempotency-Key`.
 //!
-//! The attempt directory holds `request.http` (the method and URL, written before the request
-//! is sent, so a new Keel knows what kind of attempt it finds) and `output.log`: the request
-//! and the response, capped, with every credential replaced by `***`.
+//! The attempt directory holds `output.log`, made before the request is sent (so a new Keel
+//! knows what kind of attempt it finds: one with a log and no lock file, see [`was_in_flight`]):
+//! the request and the response, capped, with every credential replaced by `***`. Keels before
+//! this one wrote `request.http` for that; it is still recognised.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,8 +22,18 @@ use keel_model::{Outcome, StatusMatch, status_outcome};
 use crate::report::{RESULT_CAP, parse_result};
 use crate::{Report, Running};
 
-/// Written into the attempt directory before the request goes out.
-pub const REQUEST_FILE: &str = "request.http";
+/// What earlier Keels wrote into the attempt directory before the request went out.
+const REQUEST_FILE: &str = "request.http";
+
+/// Whether the attempt directory `dir` is that of an HTTP request this process's kind of
+/// executor sent: its log made before the request went out, and no supervisor's lock file
+/// (a command's attempt gets its lock file before anything else). A Keel that finds one after
+/// a crash cannot know whether the service answered.
+pub fn was_in_flight(dir: &Path) -> bool {
+    dir.join(REQUEST_FILE).exists()
+        || (dir.join(crate::supervisor::OUTPUT_FILE).exists()
+            && !dir.join(crate::supervisor::LOCK_FILE).exists())
+}
 /// Bytes of a request body and of a response body written to the attempt's log.
 const LOGGED_BODY: usize = 16 * 1024;
 /// The longest a token command may take.
@@ -118,21 +129,17 @@ impl HttpClients {
         log_cap: u64,
     ) -> std::io::Result<Running> {
         crate::process::create_fresh_attempt_dir(dir)?;
-        std::fs::write(
-            dir.join(REQUEST_FILE),
-            format!("{} {}\n", call.method, without_query(&call.url)),
-        )?;
+        // Two inodes per attempt, the directory and its log: made before the request goes out,
+        // the log says what kind of attempt a new Keel finds here after a crash.
+        let mut log = AttemptLog::create(dir, log_cap)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             std::io::Error::other("an HTTP task needs Keel's runtime, and none is running")
         })?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let clients = self.clone();
-        let dir = dir.to_path_buf();
         let stopped = stop.clone();
-        let task = runtime.spawn(async move {
-            let mut log = AttemptLog::open(&dir, log_cap);
-            send(&clients, call, timeout, &mut log, &stopped).await
-        });
+        let task =
+            runtime.spawn(async move { send(&clients, call, timeout, &mut log, &stopped).await });
         let completion = Box::pin(async move {
             task.await.unwrap_or_else(|error| {
                 Report::new(
@@ -485,23 +492,25 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The attempt's `output.log`: the request and the response, capped at `cap` bytes.
 struct AttemptLog {
+    /// None for a probe, which keeps no log.
     file: Option<std::fs::File>,
     written: u64,
     cap: u64,
 }
 
 impl AttemptLog {
-    fn open(dir: &Path, cap: u64) -> AttemptLog {
+    fn create(dir: &Path, cap: u64) -> std::io::Result<AttemptLog> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
-            .open(dir.join(crate::supervisor::OUTPUT_FILE))
-            .ok();
-        AttemptLog {
-            file,
+            .mode(0o600)
+            .open(dir.join(crate::supervisor::OUTPUT_FILE))?;
+        Ok(AttemptLog {
+            file: Some(file),
             written: 0,
             cap,
-        }
+        })
     }
 
     fn line(&mut self, text: &str) {

@@ -473,14 +473,14 @@ impl Executor for ProcessExecutor {
             // (a cleanup job) while the store says it started. Then its supervisor may still
             // run, and the next attempt must not start beside it: wait for it to end.
             Err(_) => {
-                if dir.join(crate::http::REQUEST_FILE).exists() {
+                if let Some(pid) = known_pid.filter(|pid| is_a_supervisor(*pid)) {
+                    return Adopted::Running(supervisor_without_directory(pid));
+                }
+                if crate::http::was_in_flight(&dir) {
                     return Adopted::Gone(
                         "its HTTP request was in flight when keel stopped, so its answer is unknown; it is sent again with the same Idempotency-Key"
                             .into(),
                     );
-                }
-                if let Some(pid) = known_pid.filter(|pid| is_a_supervisor(*pid)) {
-                    return Adopted::Running(supervisor_without_directory(pid));
                 }
                 return Adopted::Gone("keel stopped before the attempt could start".into());
             }

@@ -156,10 +156,10 @@ impl Executor for QueueExecutor {
                 results.push(self.inner.local.launch(launch));
                 continue;
             }
-            let prepared = std::fs::create_dir_all(&launch.dir).and_then(|()| {
-                serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other)
-            });
-            match prepared {
+            // The attempt's directory here is made only when its worker sends back some
+            // output (`write_log`): most attempts of a busy cluster print nothing, and every
+            // file made per attempt costs the scheduler's file system an inode.
+            match serde_json::to_string(&Job::of(&launch)).map_err(std::io::Error::other) {
                 Ok(payload) => {
                     let key = attempt_key(&launch.dir);
                     results.push(Ok(self.wait_for(&key, &launch.dir)));
@@ -195,7 +195,9 @@ impl Executor for QueueExecutor {
             // Queued or claimed: a worker has it or will; the watcher reaps a lapsed lease.
             Ok(Some(_)) => Adopted::Running(self.wait_for(&key, &dir)),
             // An HTTP task the scheduler sent itself.
-            Ok(None) if dir.join("request.http").exists() => self.inner.local.adopt(dir, known_pid),
+            Ok(None) if keel_exec::http::was_in_flight(&dir) => {
+                self.inner.local.adopt(dir, known_pid)
+            }
             Ok(None) => Adopted::Gone("it was never queued for a worker".into()),
             Err(error) => Adopted::Gone(format!("the work queue cannot be read: {error}")),
         }
@@ -304,16 +306,23 @@ async fn watch(inner: Weak<Inner>) {
     }
 }
 
-/// Writes the log a worker uploaded as the attempt's `output.log`, unless one is there.
+/// Writes the log a worker uploaded as the attempt's `output.log`, unless one is there. An
+/// attempt that printed nothing leaves no file, and no directory, as a local attempt does: a
+/// missing log reads as "no output".
 fn write_log(dir: &Path, log: Option<&str>) {
-    let Some(log) = log else {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let Some(log) = log.filter(|log| !log.is_empty()) else {
         return;
     };
-    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
     let _ = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(dir.join("output.log"))
+        .mode(0o600)
+        .open(dir.join(keel_exec::supervisor::OUTPUT_FILE))
         .and_then(|mut file| std::io::Write::write_all(&mut file, log.as_bytes()));
 }
 
