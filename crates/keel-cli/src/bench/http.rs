@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hoops::http::{self, Response};
 
-use super::{micros, percentile, run_pipeline};
+use super::{micros, percentile, run_pipeline_on};
 
 /// The command-task case of the same run that the HTTP case is compared with.
 pub struct Baseline {
@@ -126,13 +126,22 @@ struct Measured {
     connections: usize,
 }
 
-/// Runs `levels` × `width` HTTP tasks against a fresh server; every task must have sent exactly
-/// one request.
-async fn measure(dir: &Path, levels: usize, width: usize, concurrency: u32) -> Result<Measured> {
+/// Runs `levels` × `width` HTTP tasks against a fresh server, with the state on `postgres` when
+/// given; every task must have sent exactly one request.
+async fn measure(
+    dir: &Path,
+    levels: usize,
+    width: usize,
+    concurrency: u32,
+    postgres: Option<&str>,
+) -> Result<Measured> {
     let server = Server::start()?;
-    let name = format!("http_{levels}x{width}");
+    let name = match postgres {
+        None => format!("http_{levels}x{width}"),
+        Some(_) => format!("bench_http_{levels}x{width}_{}", std::process::id()),
+    };
     let text = http_pipeline(&name, server.addr, levels, width, concurrency);
-    let result = run_pipeline(dir, &name, &text).await?;
+    let result = run_pipeline_on(dir, &name, &text, postgres, false).await?;
     let connections = server.connections.load(Ordering::SeqCst);
     let requests = server.requests.load(Ordering::SeqCst);
     drop(server);
@@ -160,7 +169,7 @@ pub async fn http_tasks(
         name,
         result,
         connections,
-    } = measure(dir, levels, width, concurrency).await?;
+    } = measure(dir, levels, width, concurrency, None).await?;
     let tasks_per_second = result.tasks as f64 / result.wall.as_secs_f64();
     let compared = baseline
         .map(|baseline| {
@@ -189,6 +198,33 @@ pub async fn http_tasks(
         } else {
             "connections"
         },
+    );
+    Ok(())
+}
+
+/// The HTTP case on PostgreSQL, for `keel bench --postgres`: HTTP tasks are sent by the
+/// scheduler itself, never queued for workers, so this is what a cluster does with them.
+pub async fn http_tasks_on(
+    dir: &Path,
+    url: &str,
+    levels: usize,
+    width: usize,
+    concurrency: u32,
+    baseline: f64,
+) -> Result<()> {
+    let Measured {
+        result,
+        connections,
+        ..
+    } = measure(dir, levels, width, concurrency, Some(url)).await?;
+    let rate = result.tasks as f64 / result.wall.as_secs_f64();
+    println!(
+        "PostgreSQL, HTTP tasks (sent by the scheduler, no worker): {} tasks in {:.3} s · {rate:.0} tasks/s ({:.2}× SQLite all-in-one with `true`) · ready→started median {} p99 {} · {connections} connections to the service",
+        result.tasks,
+        result.wall.as_secs_f64(),
+        rate / baseline,
+        micros(percentile(&result.latencies, 0.5)),
+        micros(percentile(&result.latencies, 0.99)),
     );
     Ok(())
 }
