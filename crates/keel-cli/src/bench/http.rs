@@ -255,7 +255,28 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn http_tasks_reuse_the_pools_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let measured = measure(dir.path(), 3, 12, 4).await.unwrap();
+        let measured = measure(dir.path(), 3, 12, 4, None).await.unwrap();
+        assert_eq!(measured.result.tasks, 36);
+        assert!(
+            (1..=4).contains(&measured.connections),
+            "{} connections for 36 tasks at concurrency 4",
+            measured.connections
+        );
+    }
+
+    /// The same on PostgreSQL, as `keel bench --postgres` runs it: the scheduler sends the
+    /// requests itself, each once, on the pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_tasks_run_with_the_state_on_postgres() {
+        let Some(database) =
+            keel_store::testing::TestDatabase::create("http_tasks_run_with_the_state_on_postgres")
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let measured = measure(dir.path(), 3, 12, 4, Some(database.url()))
+            .await
+            .unwrap();
         assert_eq!(measured.result.tasks, 36);
         assert!(
             (1..=4).contains(&measured.connections),

@@ -73,6 +73,7 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         postgres.wall.as_secs_f64(),
         postgres.tasks as f64 / postgres.wall.as_secs_f64()
     );
+    super::http::http_tasks_on(dir, url, LEVELS, WIDTH, concurrency, baseline).await?;
     let queue_only = {
         let parsed = parsed.clone();
         tokio::task::spawn_blocking(move || keel_store::PostgresStore::open(&parsed)).await??
