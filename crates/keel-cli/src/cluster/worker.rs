@@ -58,6 +58,18 @@ struct Unsent {
     log: String,
 }
 
+impl Unsent {
+    /// The result of the attempt of `row`, with the end of its log.
+    fn of(row: i64, attempt: &Held, report: &Report) -> Unsent {
+        Unsent {
+            id: row,
+            claim_epoch: attempt.claim_epoch,
+            report: WireReport::encode(report),
+            log: read_log(&attempt.dir),
+        }
+    }
+}
+
 pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
     let store = {
         let url = config.url.clone();
@@ -184,13 +196,7 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
                             held.insert(row, attempt);
                         }
                         Err((attempt, report)) => {
-                            let log = read_log(&attempt.dir);
-                            unsent.push(Unsent {
-                                id: row,
-                                claim_epoch: attempt.claim_epoch,
-                                report: WireReport::encode(&report),
-                                log,
-                            });
+                            unsent.push(Unsent::of(row, &attempt, &report));
                         }
                     }
                 }
@@ -220,13 +226,7 @@ fn ended_here(held: &mut HashMap<i64, Held>, unsent: &mut Vec<Unsent>, row: i64,
     if let Some(attempt) = held.remove(&row)
         && !attempt.lost
     {
-        let log = read_log(&attempt.dir);
-        unsent.push(Unsent {
-            id: row,
-            claim_epoch: attempt.claim_epoch,
-            report: WireReport::encode(&report),
-            log,
-        });
+        unsent.push(Unsent::of(row, &attempt, &report));
     }
 }
 
