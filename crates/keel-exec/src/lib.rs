@@ -14,6 +14,7 @@ pub mod http;
 pub mod process;
 pub mod redact;
 mod report;
+mod spawn;
 pub mod supervisor;
 
 use std::future::Future;

@@ -24,6 +24,9 @@ pub struct ProcessExecutor {
     host_losses: Arc<std::sync::atomic::AtomicU32>,
     /// HTTP tasks' clients: their requests are sent by Keel itself, not by a supervisor.
     http: crate::http::HttpClients,
+    /// Watch each command attempt from a thread of this process instead of a supervisor
+    /// process: see [`ProcessExecutor::in_threads`].
+    in_threads: bool,
 }
 
 enum HostState {
@@ -58,7 +61,18 @@ impl ProcessExecutor {
             host: Arc::new(Mutex::new(HostState::NotStarted)),
             host_losses: Arc::default(),
             http: crate::http::HttpClients::default(),
+            in_threads: false,
         }
+    }
+
+    /// Runs each command attempt from a thread of this process
+    /// ([`crate::supervisor::supervise_in_thread`]) instead of forking a supervisor for it: for
+    /// a bound worker, whose attempts end with it (their leaders die with their threads) and are
+    /// never adopted, so they need neither a supervisor that outlives Keel nor a record on disk.
+    /// It saves a process, a lock file and an exit record per attempt.
+    pub fn in_threads(mut self) -> ProcessExecutor {
+        self.in_threads = true;
+        self
     }
 
     /// Starts every supervisor as its own process instead of forking it from the attempt host.
@@ -334,12 +348,62 @@ pub(crate) fn create_fresh_attempt_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Starts `launch` on a thread of its own that watches it to its end (see
+/// [`ProcessExecutor::in_threads`]).
+fn launch_in_thread(launch: Launch) -> std::io::Result<Running> {
+    create_fresh_attempt_dir(&launch.dir)?;
+    let arguments = SupervisorArgs {
+        dir: launch.dir,
+        lock_fd: None,
+        timeout: launch.timeout,
+        heartbeat: launch.heartbeat,
+        kill_grace: launch.kill_grace,
+        log_cap: launch.log_cap,
+        command: launch.command,
+        cwd: launch.cwd,
+        clear_env: launch.clear_env,
+    };
+    let env = launch.env;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let thread_stop = stop.clone();
+    std::thread::Builder::new()
+        .name("keel-attempt".into())
+        .stack_size(ATTEMPT_THREAD_STACK)
+        .spawn(move || {
+            let record = crate::supervisor::supervise_in_thread(&arguments, &env, &thread_stop);
+            let _ = sender.send(interpret(&record, &arguments.dir));
+        })?;
+    let completion = Box::pin(async move {
+        receiver.await.unwrap_or_else(|_| {
+            Report::new(
+                Outcome::Lost,
+                "the thread watching the attempt ended without saying how the attempt ended",
+            )
+        })
+    });
+    let stop: Arc<dyn Fn() + Send + Sync> =
+        Arc::new(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+    Ok(Running {
+        pid: None,
+        pid_later: None,
+        completion,
+        stop,
+    })
+}
+
+/// The stack of a thread watching an attempt: its buffers are on the heap.
+const ATTEMPT_THREAD_STACK: usize = 512 << 10;
+
 impl Executor for ProcessExecutor {
     fn launch(&self, mut launch: Launch) -> std::io::Result<Running> {
         if let Some(call) = launch.http.take() {
             return self
                 .http
                 .launch(&launch.dir, call, launch.timeout, launch.log_cap);
+        }
+        if self.in_threads {
+            return launch_in_thread(launch);
         }
         create_fresh_attempt_dir(&launch.dir)?;
         let lock = {

@@ -528,6 +528,27 @@ fn end_descendants(patience: Duration) {
     }
 }
 
+/// Kills what is left of a task watched from a thread (its group's members, the processes seen
+/// leaving the group) that still lives, each one checked by its start time so a reused pid is
+/// left alone, and waits, up to `patience`, until none does.
+fn end_escaped(escaped: &[EscapedProcess], patience: Duration) {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let living: Vec<&EscapedProcess> = escaped.iter().filter(|p| p.is_alive()).collect();
+        if living.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for process in living {
+            if let Some(pid) = Pid::from_raw(process.pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Collects every child of this process that has ended.
 fn reap_children() {
     while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
@@ -600,15 +621,45 @@ pub const REDACT_VARIABLE: &str = "KEEL_REDACT";
 /// Runs the task to its end and says how it ended. The task's process group goes into
 /// `record_file` before the task runs.
 fn supervise(args: &SupervisorArgs, env: &[(String, String)], record_file: &File) -> ExitRecord {
+    watch_to_the_end(args, env, &Watch::Supervisor { record_file })
+}
+
+/// Runs the task to its end from a thread of this process, and says how it ended: what a bound
+/// worker does instead of forking a supervisor for each attempt. Nothing is kept on record
+/// (a worker that dies takes its attempts with it, and they are retried elsewhere): the task's
+/// leader dies with this thread, and the task's group and the descendants seen leaving it are
+/// killed when it ends. `stop` asks the task to stop (SIGTERM, then SIGKILL after the grace).
+pub fn supervise_in_thread(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+    stop: &AtomicBool,
+) -> ExitRecord {
+    // A write past the file size limit must fail with EFBIG, not kill the worker.
+    static SIGXFSZ_CAUGHT: std::sync::Once = std::sync::Once::new();
+    SIGXFSZ_CAUGHT.call_once(|| {
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, &FILE_SIZE_LIMIT_REACHED);
+    });
+    watch_to_the_end(args, env, &Watch::Thread { stop })
+}
+
+fn watch_to_the_end(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+    watch: &Watch<'_>,
+) -> ExitRecord {
     let started_at = now_millis();
     let redactor = redactor_for(env);
     let mut output = Output::new(args.dir.join(OUTPUT_FILE), args.log_cap, redactor.clone());
-    let mut ended = run_task(args, env, record_file, &mut output);
+    let mut escaped = Vec::new();
+    let mut ended = run_task(args, env, watch, &mut output, &mut escaped);
     output.finish();
     redact_result_file(&args.dir, &redactor);
     // Whatever escaped the task's process group goes with the attempt, so nothing of it runs on
     // past its end or its timeout.
-    end_descendants(DESCENDANTS_PATIENCE);
+    match watch {
+        Watch::Supervisor { .. } => end_descendants(DESCENDANTS_PATIENCE),
+        Watch::Thread { .. } => end_escaped(&escaped, DESCENDANTS_PATIENCE),
+    }
     ended.started_at = started_at;
     ended.finished_at = now_millis();
     ended.output_problem = output.problem.take();
@@ -671,15 +722,18 @@ const ESCAPED_CAP: usize = 1024;
 /// The task's descendants outside its process group, as the record file names them.
 struct EscapeWatch {
     group: TaskGroup,
+    /// Whose descendants are looked at.
+    root: i32,
     escaped: Vec<EscapedProcess>,
     next_look: Instant,
 }
 
 impl EscapeWatch {
     /// The first look comes one interval after the task started, so a short task costs none.
-    fn new(group: TaskGroup, started: Instant) -> EscapeWatch {
+    fn new(group: TaskGroup, root: i32, started: Instant) -> EscapeWatch {
         EscapeWatch {
             group,
+            root,
             escaped: Vec::new(),
             next_look: started + ESCAPE_LOOK_INTERVAL,
         }
@@ -703,7 +757,7 @@ impl EscapeWatch {
             .filter(|process| process.is_alive())
             .copied()
             .collect();
-        for process in descendants_of(std::process::id() as i32) {
+        for process in descendants_of(self.root) {
             if escaped.len() >= ESCAPED_CAP {
                 break;
             }
@@ -737,30 +791,58 @@ trait OutputStream: Read + AsFd {}
 
 impl<T: Read + AsFd> OutputStream for T {}
 
-fn run_task(
+/// Where an attempt is watched from.
+enum Watch<'a> {
+    /// Its own supervisor process (`keel __attempt`): the subreaper of the task's descendants,
+    /// which keeps the attempt's record file and is stopped by SIGTERM.
+    Supervisor { record_file: &'a File },
+    /// A thread of a bound worker's process ([`supervise_in_thread`]): the attempt ends with the
+    /// worker, so nothing is kept on record; `stop` asks it to stop.
+    Thread { stop: &'a AtomicBool },
+}
+
+impl Watch<'_> {
+    fn stop_requested(&self) -> bool {
+        match self {
+            Watch::Supervisor { .. } => TERMINATE_REQUESTED.load(Ordering::SeqCst),
+            Watch::Thread { stop } => stop.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The task's leader, waited for by its pid (whichever way it was started).
+struct Leader(Pid);
+
+impl Leader {
+    fn status(raw: rustix::process::WaitStatus) -> std::process::ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        std::process::ExitStatus::from_raw(raw.as_raw())
+    }
+
+    fn try_wait(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        Ok(rustix::process::waitpid(Some(self.0), WaitOptions::NOHANG)?
+            .map(|(_, status)| Leader::status(status)))
+    }
+
+    fn wait(&self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            match rustix::process::waitpid(Some(self.0), WaitOptions::empty()) {
+                Ok(Some((_, status))) => return Ok(Leader::status(status)),
+                Ok(None) | Err(Errno::INTR) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Starts the task from its supervisor process: `fork` of this small single-threaded process,
+/// the task's group put on record before it runs, and the task killed if the supervisor dies.
+fn spawn_from_supervisor(
     args: &SupervisorArgs,
     env: &[(String, String)],
     record_file: &File,
-    output: &mut Output,
-) -> ExitRecord {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-
-    let record = |kind: ExitKind,
-                  code: Option<i32>,
-                  signal: Option<i32>,
-                  message: Option<String>| ExitRecord {
-        kind,
-        code,
-        signal,
-        message,
-        started_at: 0,
-        finished_at: 0,
-        output_problem: None,
-    };
-    let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
-    if args.heartbeat.is_some() {
-        let _ = File::create(&heartbeat_path);
-    }
+) -> std::io::Result<(Pid, Vec<Box<dyn OutputStream>>)> {
+    use std::os::unix::process::CommandExt;
 
     let mut command = Command::new(&args.command[0]);
     if args.clear_env {
@@ -797,8 +879,66 @@ fn run_task(
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let mut child = command.spawn()?;
+    let mut streams: Vec<Box<dyn OutputStream>> = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        streams.push(Box::new(stdout));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        streams.push(Box::new(stderr));
+    }
+    // From here the leader is waited for by its pid; dropping `Child` neither waits nor kills.
+    Ok((Pid::from_child(&child), streams))
+}
+
+/// Starts the task from a thread of a bound worker: no fork of the worker (see `spawn.rs`), the
+/// task killed when this thread ends, which is only once the task has ended.
+fn spawn_from_thread(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+) -> std::io::Result<(Pid, Vec<Box<dyn OutputStream>>)> {
+    let spawned = crate::spawn::spawn_bound(&crate::spawn::TaskSpawn {
+        command: &args.command,
+        env: crate::spawn::task_environment(env, args.clear_env),
+        cwd: args.cwd.as_deref(),
+    })?;
+    let streams: Vec<Box<dyn OutputStream>> =
+        vec![Box::new(spawned.stdout), Box::new(spawned.stderr)];
+    Ok((spawned.pid, streams))
+}
+
+fn run_task(
+    args: &SupervisorArgs,
+    env: &[(String, String)],
+    watch: &Watch<'_>,
+    output: &mut Output,
+    escaped: &mut Vec<EscapedProcess>,
+) -> ExitRecord {
+    use std::os::unix::process::ExitStatusExt;
+
+    let record = |kind: ExitKind,
+                  code: Option<i32>,
+                  signal: Option<i32>,
+                  message: Option<String>| ExitRecord {
+        kind,
+        code,
+        signal,
+        message,
+        started_at: 0,
+        finished_at: 0,
+        output_problem: None,
+    };
+    let heartbeat_path = args.dir.join(HEARTBEAT_FILE);
+    if args.heartbeat.is_some() {
+        let _ = File::create(&heartbeat_path);
+    }
+
+    let spawned = match watch {
+        Watch::Supervisor { record_file } => spawn_from_supervisor(args, env, record_file),
+        Watch::Thread { .. } => spawn_from_thread(args, env),
+    };
+    let (task_group, mut streams) = match spawned {
+        Ok(spawned) => spawned,
         Err(error) => {
             if let Some(cwd) = args.cwd.as_ref().filter(|cwd| !cwd.is_dir()) {
                 let message = Some(cwd.display().to_string());
@@ -817,23 +957,25 @@ fn run_task(
             );
         }
     };
-    let task_group = Pid::from_child(&child);
-    // The group is on record already (see `record_own_group`); this adds what tells it from a
-    // later group with the same id.
+    let child = Leader(task_group);
+    // A supervisor is the subreaper of everything the task leaves, so it looks among its own
+    // descendants; a worker's thread looks among the leader's while it lives.
+    let root = match watch {
+        Watch::Supervisor { .. } => std::process::id() as i32,
+        Watch::Thread { .. } => task_group.as_raw_nonzero().get(),
+    };
     let mut escapes = EscapeWatch::new(
         TaskGroup::of_leader(task_group.as_raw_nonzero().get()),
+        root,
         Instant::now(),
     );
-    escapes.write(record_file);
+    // The group is on record already (see `record_own_group`); this adds what tells it from a
+    // later group with the same id.
+    if let Watch::Supervisor { record_file } = watch {
+        escapes.write(record_file);
+    }
     let clock = Instant::now();
     let mut last_sign_of_life = Duration::ZERO;
-    let mut streams: Vec<Box<dyn OutputStream>> = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        streams.push(Box::new(stdout));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        streams.push(Box::new(stderr));
-    }
     let mut open_streams = vec![true; streams.len()];
     // A pidfd becomes readable when the task's leader exits, so one `poll` waits for the exit,
     // the output and the next deadline at once, without threads.
@@ -940,7 +1082,9 @@ fn run_task(
         if exited.is_some() {
             continue;
         }
-        if escapes.look_if_due(Instant::now()) {
+        if escapes.look_if_due(Instant::now())
+            && let Watch::Supervisor { record_file } = watch
+        {
             escapes.write(record_file);
         }
         if let Some(sent) = kill_sent_at {
@@ -949,7 +1093,7 @@ fn run_task(
             }
             continue;
         }
-        if TERMINATE_REQUESTED.load(Ordering::SeqCst) {
+        if watch.stop_requested() {
             stop_reason = Some((ExitKind::Terminated, "stopped by keel".into()));
         } else if clock.elapsed() >= args.timeout {
             stop_reason = Some((
@@ -997,6 +1141,12 @@ fn run_task(
         Some(status) => Ok(status),
         None => child.wait(),
     };
+    *escaped = escapes.escaped;
+    // A supervisor ends what is left of the group among its descendants (it is their
+    // subreaper); a thread ends the members it can still find.
+    if let Watch::Thread { .. } = watch {
+        escaped.extend(escapes.group.living_processes());
+    }
     match (stop_reason, status) {
         (Some((kind, message)), status) => {
             let status = status.ok();

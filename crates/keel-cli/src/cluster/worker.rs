@@ -111,12 +111,20 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
     ));
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
-    // Bound: a worker that dies takes its attempts with it (their leaders die with their
-    // supervisors), since the scheduler retries them elsewhere once their leases lapse.
+    // Bound: a worker that dies takes its attempts with it (each task's leader dies with the
+    // worker's thread watching it), since the scheduler retries them elsewhere once their
+    // leases lapse; so no attempt needs a supervisor process of its own. Except when the
+    // worker is the first process of its container: the processes its tasks leave behind are
+    // then handed to it, and only supervisors (and their host) collect what they are handed.
     let executor = ProcessExecutor::new(
         program,
         vec!["__attempt".into(), keel_exec::BOUND_ARGUMENT.into()],
     );
+    let executor = if std::process::id() == 1 {
+        executor
+    } else {
+        executor.in_threads()
+    };
     let (ended_sender, mut ended) = tokio::sync::mpsc::unbounded_channel::<(i64, Report)>();
     let mut held: HashMap<i64, Held> = HashMap::new();
     let mut unsent: Vec<Unsent> = Vec::new();

@@ -563,3 +563,112 @@ fn a_role_on_an_sqlite_state_is_refused_with_a_hint() {
     // The worker's refusal comes before anything is made.
     assert!(!dir.path().join(".keel-worker").exists());
 }
+
+/// A worker watches its attempts from threads of its own, with no supervisor process per
+/// attempt: what a task prints and its result still reach the scheduler, a cancel stops a task
+/// that runs on a worker, and a worker killed with SIGKILL takes its running tasks with it
+/// (their leaders die with the threads watching them) instead of leaving them to run unwatched.
+#[test]
+fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
+    let Some(database) = TestDatabase::create("a_task_on_a_worker_ends_with_its_worker") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let pipeline = root.join("keel.toml");
+    let pids = root.join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut text = String::from(
+        "[pipeline]\nname = \"bound\"\npartition = \"date\"\n\n[phases.work]\n\n[tasks.talk]\nphase = \"work\"\ncommand = [\"sh\", \"-c\", \"echo hello from the worker; printf '{{\\\"rows\\\": 7}}' > \\\"$KEEL_RESULT\\\"\"]\n\n",
+    );
+    for name in ["a", "b"] {
+        text.push_str(&format!(
+            "[tasks.{name}]\nphase = \"work\"\ncommand = [\"sh\", \"-c\", \"echo $$ > '{pids}'/{name}-$KEEL_PARTITION; exec sleep 60\"]\n\n",
+            pids = pids.display()
+        ));
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let mut cluster = Cluster {
+        root: root.clone(),
+        url: database.url().to_string(),
+        pipeline: pipeline.clone(),
+        logs: 0,
+    };
+    let (scheduler, scheduler_log) = cluster.spawn("scheduler");
+    wait_for("the active scheduler", Duration::from_secs(20), || {
+        std::fs::read_to_string(&scheduler_log).is_ok_and(|log| log.contains("API on"))
+    });
+    let (mut worker, _) = cluster.spawn("worker");
+    // `keel COMMAND PIPELINE ARGS… --state URL`
+    let keel = |command: &str, args: &[&str]| {
+        let output = Command::new(keel_path())
+            .current_dir(&root)
+            .arg(command)
+            .arg(&pipeline)
+            .args(args)
+            .args(["--state", database.url()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "keel {command} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().map(str::to_string))
+            .is_some_and(|rest| !rest.trim_start().starts_with(['Z', 'X']))
+    };
+    let started = |partition: &str| -> Vec<i32> {
+        let mut found = Vec::new();
+        wait_for(
+            "both sleeping tasks to start",
+            Duration::from_secs(30),
+            || {
+                found = ["a", "b"]
+                    .iter()
+                    .filter_map(|name| {
+                        std::fs::read_to_string(pids.join(format!("{name}-{partition}")))
+                            .ok()?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .collect();
+                found.len() == 2
+            },
+        );
+        found
+    };
+    let gone = |pids: &[i32], why: &str| {
+        wait_for(why, Duration::from_secs(10), || {
+            !pids.iter().any(|pid| running(*pid))
+        });
+    };
+
+    keel("run", &["--detach", "--partition", "2026-02-01"]);
+    let first = started("2026-02-01");
+    wait_for("talk to succeed", Duration::from_secs(30), || {
+        let view = status(&root, database.url(), &pipeline);
+        view.to_string().contains("\"succeeded\"")
+    });
+    let logged = keel("logs", &["talk", "--partition", "2026-02-01"]);
+    assert!(logged.contains("hello from the worker"), "{logged}");
+    keel("cancel", &["--partition", "2026-02-01"]);
+    gone(&first, "the cancelled tasks on the worker to end");
+    let view = status(&root, database.url(), &pipeline).to_string();
+    assert!(view.contains("\"cancelled\""), "{view}");
+    assert!(
+        view.contains("\"rows\":7"),
+        "talk's rows reached the state: {view}"
+    );
+
+    keel("run", &["--detach", "--partition", "2026-02-02"]);
+    let second = started("2026-02-02");
+    sigkill(&mut worker.0);
+    gone(&second, "the tasks of the killed worker to end with it");
+    drop(scheduler);
+}

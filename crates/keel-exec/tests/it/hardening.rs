@@ -23,12 +23,12 @@ fn state_of(pid: i32) -> Option<char> {
 
 /// Whether `pid` can still run. A zombie has ended; it only waits to be collected, which the
 /// first process of some containers never does.
-fn is_running(pid: i32) -> bool {
+pub(crate) fn is_running(pid: i32) -> bool {
     state_of(pid).is_some_and(|state| !matches!(state, 'Z' | 'X'))
 }
 
 /// Waits until a task has written a pid into `path`, and returns it.
-fn wait_for_pid(path: &Path) -> i32 {
+pub(crate) fn wait_for_pid(path: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(pid) = std::fs::read_to_string(path)

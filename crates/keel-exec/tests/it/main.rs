@@ -1,6 +1,7 @@
 //! The process executor end to end, through the real supervisor binary.
 
 mod hardening;
+mod threads;
 
 use std::path::Path;
 use std::time::Duration;
