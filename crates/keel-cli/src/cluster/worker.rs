@@ -59,15 +59,87 @@ struct Unsent {
 }
 
 impl Unsent {
-    /// The result of the attempt of `row`, with the end of its log.
-    fn of(row: i64, attempt: &Held, report: &Report) -> Unsent {
-        Unsent {
+    /// The result of the attempt of `row`, with the end of its log, and whether that is the
+    /// whole log.
+    fn of(row: i64, attempt: &Held, report: &Report) -> (Unsent, bool) {
+        let (log, whole) = read_log(&attempt.dir);
+        let unsent = Unsent {
             id: row,
             claim_epoch: attempt.claim_epoch,
             report: WireReport::encode(report),
-            log: read_log(&attempt.dir),
+            log,
+        };
+        (unsent, whole)
+    }
+}
+
+/// Empty attempt directories kept for the next attempts. A worker's copy of an attempt is not
+/// needed once its result and its whole log are on their way to the scheduler, so its
+/// directory is emptied and renamed into the next attempt's place: a rename allocates no inode,
+/// and where the file system makes new inodes dear (ext4 skips and checks recently freed ones)
+/// that is most of what starting a quiet task costs. An attempt whose log is longer than the
+/// upload keeps its directory, which holds the only whole copy.
+struct Spares {
+    root: PathBuf,
+    free: Vec<PathBuf>,
+    /// How many are kept at most (the worker's slots): more are removed.
+    keep: usize,
+    next: u64,
+}
+
+impl Spares {
+    fn new(root: PathBuf, keep: usize) -> Spares {
+        // Spares of an earlier worker with this id would be stray: the id is unique.
+        Spares {
+            root,
+            free: Vec::new(),
+            keep,
+            next: 0,
         }
     }
+
+    /// Puts an empty directory at `dir`, if one is spare; otherwise the executor makes it.
+    fn place(&mut self, dir: &Path) {
+        while let Some(spare) = self.free.pop() {
+            if std::fs::rename(&spare, dir).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Empties the directory of an attempt that has ended and keeps it for a later one. Anything
+    /// that cannot be removed (the task's own files are the task's to make unremovable) leaves
+    /// the directory where it is.
+    fn recycle(&mut self, dir: &Path) {
+        if empty_directory(dir).is_err() {
+            return;
+        }
+        if self.free.len() >= self.keep {
+            let _ = std::fs::remove_dir(dir);
+            return;
+        }
+        if std::fs::create_dir_all(&self.root).is_err() {
+            return;
+        }
+        self.next += 1;
+        let spare = self.root.join(self.next.to_string());
+        if std::fs::rename(dir, &spare).is_ok() {
+            self.free.push(spare);
+        }
+    }
+}
+
+/// Removes everything in `dir` (not following links), leaving it empty.
+fn empty_directory(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
@@ -125,6 +197,7 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
     } else {
         executor.in_threads()
     };
+    let mut spares = Spares::new(own_dir.join(".spare"), config.slots as usize);
     let (ended_sender, mut ended) = tokio::sync::mpsc::unbounded_channel::<(i64, Report)>();
     let mut held: HashMap<i64, Held> = HashMap::new();
     let mut unsent: Vec<Unsent> = Vec::new();
@@ -177,12 +250,12 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
                     Err(error) => logger.warn(&format!("keel worker {id}: heartbeat failed: {error}")),
                 }
             }
-            Some((row, report)) = ended.recv() => ended_here(&mut held, &mut unsent, row, report),
+            Some((row, report)) = ended.recv() => ended_here(&mut held, &mut unsent, &mut spares, row, report),
             _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => look = true,
         }
         // Every result that ended meanwhile is taken in this turn: one statement for them all.
         while let Ok((row, report)) = ended.try_recv() {
-            ended_here(&mut held, &mut unsent, row, report);
+            ended_here(&mut held, &mut unsent, &mut spares, row, report);
         }
         // Results first: they free the scheduler's work; a refused one was reaped meanwhile.
         send_results(&queue, &id, &logger, &mut unsent).await;
@@ -199,12 +272,13 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
                 look = items.len() as u32 == free;
                 for item in items {
                     let row = item.id;
-                    match start(&executor, &own_dir, item, ended_sender.clone()).await {
+                    match start(&executor, &own_dir, &mut spares, item, ended_sender.clone()).await
+                    {
                         Ok(attempt) => {
                             held.insert(row, attempt);
                         }
                         Err((attempt, report)) => {
-                            unsent.push(Unsent::of(row, &attempt, &report));
+                            unsent.push(Unsent::of(row, &attempt, &report).0);
                         }
                     }
                 }
@@ -230,11 +304,21 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
 }
 
 /// An attempt of this worker ended: its result waits to be sent, unless its lease was lost.
-fn ended_here(held: &mut HashMap<i64, Held>, unsent: &mut Vec<Unsent>, row: i64, report: Report) {
+fn ended_here(
+    held: &mut HashMap<i64, Held>,
+    unsent: &mut Vec<Unsent>,
+    spares: &mut Spares,
+    row: i64,
+    report: Report,
+) {
     if let Some(attempt) = held.remove(&row)
         && !attempt.lost
     {
-        unsent.push(Unsent::of(row, &attempt, &report));
+        let (result, whole) = Unsent::of(row, &attempt, &report);
+        unsent.push(result);
+        if whole {
+            spares.recycle(&attempt.dir);
+        }
     }
 }
 
@@ -306,6 +390,7 @@ async fn wait_for_work(notices: &mut Option<keel_store::WorkNotices>, poll: Dura
 async fn start(
     executor: &ProcessExecutor,
     own_dir: &Path,
+    spares: &mut Spares,
     item: WorkItem,
     ended: tokio::sync::mpsc::UnboundedSender<(i64, Report)>,
 ) -> std::result::Result<Held, (Held, Report)> {
@@ -342,6 +427,7 @@ async fn start(
         );
         return Err((attempt, report));
     }
+    spares.place(&dir);
     let executor = executor.clone();
     let launched = tokio::task::spawn_blocking(move || {
         executor.launch(launch).map(|mut running| {
@@ -377,11 +463,14 @@ async fn start(
     }
 }
 
-/// The end of the attempt's `output.log`, at most [`LOG_UPLOAD_CAP`] bytes, as text.
-fn read_log(dir: &Path) -> String {
+/// The end of the attempt's `output.log`, at most [`LOG_UPLOAD_CAP`] bytes, as text, and
+/// whether that is all of it (a missing log is an empty one; an unreadable one is not whole).
+fn read_log(dir: &Path) -> (String, bool) {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(Some(mut file)) = keel_exec::open_regular_file(&dir.join("output.log")) else {
-        return String::new();
+    let mut file = match keel_exec::open_regular_file(&dir.join("output.log")) {
+        Ok(Some(file)) => file,
+        Ok(None) => return (String::new(), true),
+        Err(_) => return (String::new(), false),
     };
     let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
     if length > LOG_UPLOAD_CAP {
@@ -389,5 +478,6 @@ fn read_log(dir: &Path) -> String {
     }
     let mut bytes = Vec::new();
     let _ = file.take(LOG_UPLOAD_CAP).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
+    let whole = length <= LOG_UPLOAD_CAP && bytes.len() as u64 == length;
+    (String::from_utf8_lossy(&bytes).into_owned(), whole)
 }

@@ -581,6 +581,8 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
     let mut text = String::from(
         "[pipeline]\nname = \"bound\"\npartition = \"date\"\n\n[phases.work]\n\n[tasks.talk]\nphase = \"work\"\ncommand = [\"sh\", \"-c\", \"echo hello from the worker; printf '{{\\\"rows\\\": 7}}' > \\\"$KEEL_RESULT\\\"\"]\n\n",
     );
+    // A log longer than what a worker uploads (256 KiB).
+    text.push_str("[tasks.loud]\nphase = \"work\"\ncommand = [\"sh\", \"-c\", \"head -c 300000 /dev/zero | tr '\\\\0' x\"]\n\n");
     for name in ["a", "b"] {
         text.push_str(&format!(
             "[tasks.{name}]\nphase = \"work\"\ncommand = [\"sh\", \"-c\", \"echo $$ > '{pids}'/{name}-$KEEL_PARTITION; exec sleep 60\"]\n\n",
@@ -651,9 +653,11 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
 
     keel("run", &["--detach", "--partition", "2026-02-01"]);
     let first = started("2026-02-01");
-    wait_for("talk to succeed", Duration::from_secs(30), || {
+    wait_for("talk and loud to succeed", Duration::from_secs(30), || {
         let view = status(&root, database.url(), &pipeline);
-        view.to_string().contains("\"succeeded\"")
+        ["talk", "loud"]
+            .iter()
+            .all(|task| has_task_ended(&view, task, "succeeded"))
     });
     let logged = keel("logs", &["talk", "--partition", "2026-02-01"]);
     assert!(logged.contains("hello from the worker"), "{logged}");
@@ -665,10 +669,38 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
         view.contains("\"rows\":7"),
         "talk's rows reached the state: {view}"
     );
+    // The worker keeps only what the scheduler does not have: the directory of the attempt
+    // whose log was longer than the upload. The others were emptied for later attempts.
+    let mut logs = Vec::new();
+    let mut pending = vec![root.join(".keel-worker")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                logs.push((entry.path(), entry.metadata().unwrap().len()));
+            }
+        }
+    }
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(
+        logs[0].0.ends_with("output.log") && logs[0].1 == 300_000,
+        "{logs:?}"
+    );
 
     keel("run", &["--detach", "--partition", "2026-02-02"]);
     let second = started("2026-02-02");
     sigkill(&mut worker.0);
     gone(&second, "the tasks of the killed worker to end with it");
     drop(scheduler);
+}
+
+/// Whether some run in `view` (`keel status --json`) has `task` ended with `outcome`.
+fn has_task_ended(view: &Value, task: &str, outcome: &str) -> bool {
+    view["runs"].as_array().into_iter().flatten().any(|run| {
+        run["tasks"].as_array().into_iter().flatten().any(|entry| {
+            entry["name"].as_str() == Some(task) && entry["outcome"].as_str() == Some(outcome)
+        })
+    })
 }
