@@ -138,12 +138,18 @@ pub(crate) fn all_processes() -> Vec<ProcessStat> {
         .collect()
 }
 
-/// The kernel's random identity of the current boot.
+/// The kernel's random identity of the current boot, read once: it cannot change while this
+/// process lives.
 fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|text| text.trim().to_string())
-        .filter(|text| !text.is_empty())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|text| text.trim().to_string())
+                .filter(|text| !text.is_empty())
+        })
+        .clone()
 }
 
 /// A task's process group as the supervisor recorded it.

@@ -58,8 +58,56 @@ pub(crate) fn task_environment(env: &[(String, String)], clear: bool) -> Vec<(Os
     merged
 }
 
+/// Where programs were found, by `PATH` and name, for a `PATH` of absolute directories only: a
+/// worker starts the same few programs again and again, and looking through `PATH` costs a
+/// `stat` per directory. An entry is dropped when its program is not found there any more.
+type FoundPrograms = std::collections::HashMap<(OsString, String), PathBuf>;
+
+fn found_programs() -> std::sync::MutexGuard<'static, FoundPrograms> {
+    static FOUND: std::sync::OnceLock<std::sync::Mutex<FoundPrograms>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The most programs remembered; past it nothing more is (a worker runs a pipeline's few).
+const FOUND_PROGRAMS_CAP: usize = 1024;
+
 /// Finds the program the way `execvp` would, in the task's own `PATH` (`/bin:/usr/bin` without
-/// one); a name with a slash is used as it is. Relative directories count from `cwd`.
+/// one); a name with a slash is used as it is. Relative directories count from `cwd`. Returns
+/// whether the answer came from [`found_programs`].
+fn find_program(
+    program: &str,
+    path: Option<&OsStr>,
+    cwd: Option<&Path>,
+) -> io::Result<(PathBuf, bool)> {
+    let path = path.unwrap_or(OsStr::new("/bin:/usr/bin"));
+    let cacheable = !program.contains('/')
+        && path
+            .as_bytes()
+            .split(|byte| *byte == b':')
+            .all(|directory| directory.first() == Some(&b'/'));
+    if !cacheable {
+        return resolve_program(program, Some(path), cwd).map(|found| (found, false));
+    }
+    let key = (path.to_os_string(), program.to_string());
+    if let Some(found) = found_programs().get(&key) {
+        return Ok((found.clone(), true));
+    }
+    let found = resolve_program(program, Some(path), cwd)?;
+    let mut remembered = found_programs();
+    if remembered.len() < FOUND_PROGRAMS_CAP {
+        remembered.insert(key, found.clone());
+    }
+    Ok((found, false))
+}
+
+fn forget_program(program: &str, path: Option<&OsStr>) {
+    let path = path.unwrap_or(OsStr::new("/bin:/usr/bin"));
+    found_programs().remove(&(path.to_os_string(), program.to_string()));
+}
+
 fn resolve_program(program: &str, path: Option<&OsStr>, cwd: Option<&Path>) -> io::Result<PathBuf> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));
@@ -112,6 +160,16 @@ struct ChildContext {
 /// The child's stack: the child makes a few system calls and nothing else.
 const CHILD_STACK: usize = 64 << 10;
 
+/// `/dev/null`, opened once: every task's stdin.
+fn dev_null() -> io::Result<&'static File> {
+    static DEV_NULL: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    if let Some(file) = DEV_NULL.get() {
+        return Ok(file);
+    }
+    let file = File::open("/dev/null")?;
+    Ok(DEV_NULL.get_or_init(|| file))
+}
+
 /// Starts `spawn` as the leader of a new process group, its stdin `/dev/null`, its stdout and
 /// stderr pipes, killed by the kernel (SIGKILL) when the calling thread ends.
 pub(crate) fn spawn_bound(spawn: &TaskSpawn<'_>) -> io::Result<SpawnedTask> {
@@ -124,7 +182,19 @@ pub(crate) fn spawn_bound(spawn: &TaskSpawn<'_>) -> io::Result<SpawnedTask> {
         .rev()
         .find(|(name, _)| name == "PATH")
         .map(|(_, value)| value.as_os_str());
-    let resolved = resolve_program(program, path_variable, spawn.cwd)?;
+    let (resolved, remembered) = find_program(program, path_variable, spawn.cwd)?;
+    match start(spawn, &resolved) {
+        // The program moved since it was found: look for it again, once.
+        Err(error) if remembered && error.kind() == io::ErrorKind::NotFound => {
+            forget_program(program, path_variable);
+            let (resolved, _) = find_program(program, path_variable, spawn.cwd)?;
+            start(spawn, &resolved)
+        }
+        started => started,
+    }
+}
+
+fn start(spawn: &TaskSpawn<'_>, resolved: &Path) -> io::Result<SpawnedTask> {
     let path = c_string(resolved.as_os_str().as_bytes())?;
     let arguments: Vec<CString> = spawn
         .command
@@ -150,7 +220,7 @@ pub(crate) fn spawn_bound(spawn: &TaskSpawn<'_>) -> io::Result<SpawnedTask> {
     let mut envp: Vec<*const c_char> = environment.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
 
-    let stdin = File::open("/dev/null")?;
+    let stdin = dev_null()?;
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let context = ChildContext {
@@ -196,7 +266,7 @@ pub(crate) fn spawn_bound(spawn: &TaskSpawn<'_>) -> io::Result<SpawnedTask> {
         pid
     };
     drop(stack);
-    drop((stdout_write, stderr_write, stdin));
+    drop((stdout_write, stderr_write));
     let error = context.error.load(Ordering::SeqCst);
     let pid = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| io::Error::other("the clone returned no pid"))?;
@@ -370,6 +440,29 @@ mod tests {
         assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
         let no_cwd = run(&["true"], &[], Some(&dir.path().join("gone"))).unwrap_err();
         assert_eq!(no_cwd.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_program_found_once_is_looked_for_again_when_it_moved() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        for (place, word) in [(&first, "first"), (&second, "second")] {
+            std::fs::create_dir(place).unwrap();
+            let program = place.join("keel-spawn-test-program");
+            std::fs::write(&program, format!("#!/bin/sh\necho {word}\n")).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}:/bin:/usr/bin", first.display(), second.display());
+        let env = [("PATH", path.as_str())];
+        let (_, out) = run(&["keel-spawn-test-program"], &env, None).unwrap();
+        assert_eq!(out.trim(), "first");
+        std::fs::remove_file(first.join("keel-spawn-test-program")).unwrap();
+        let (_, out) = run(&["keel-spawn-test-program"], &env, None).unwrap();
+        assert_eq!(out.trim(), "second");
+        std::fs::remove_file(second.join("keel-spawn-test-program")).unwrap();
+        let gone = run(&["keel-spawn-test-program"], &env, None).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
