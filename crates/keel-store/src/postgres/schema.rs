@@ -205,6 +205,11 @@ CREATE TABLE keel_workers (
     stopped_at   BIGINT
 );
 "#,
+    // Done rows are kept a day and the scheduler removes the older ones every minute; without
+    // this index each removal read the whole queue.
+    r#"
+CREATE INDEX keel_work_done ON keel_work (finished_at) WHERE state = 'done';
+"#,
 ];
 
 /// The tables Keel makes; a database that has any of them but no `keel_schema` is not Keel's.
