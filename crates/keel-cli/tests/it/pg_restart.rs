@@ -3,18 +3,19 @@
 //! crash or a failover would) while workers hold leases, stays away a few seconds and comes back
 //! on the same port. Every Keel process must outlive it, reconnect by itself and carry on: every
 //! run ends succeeded and every task committed its result exactly once, checked against a ledger
-//! the tasks append to (as in `workers.rs`). Skipped without the server's programs outside CI, a
+//! the tasks append to (the pipeline of `workers.rs`: each task sleeps 0.2 to 0.6 s, so the restart
+//! lands mid-attempt). Skipped without the server's programs outside CI, a
 //! failure under `CI=true` (the rule of `keel_store::testing`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_store::Store;
 
 use crate::support::{Served, keel_path, wait_for};
-use crate::workers::{block_on, status};
+use crate::workers::{block_on, pipeline_toml, status};
 
 /// How long the server stays away with workers: longer than a worker's lease in these tests
 /// (2 s), so leases lapse while it is down.
@@ -202,27 +203,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Each task sleeps 0.2 to 0.5 s (so the restart lands mid-attempt), then commits its result
-/// once per partition, keyed by Keel's idempotency key: a commit file made with `O_EXCL`, and a
-/// ledger line only for the attempt that made it.
-fn pipeline_toml(root: &Path, tasks: usize) -> String {
-    let mut text = String::from(
-        "[pipeline]\nname = \"restarted\"\npartition = \"date\"\n\n[defaults]\nconcurrency = 16\nretries = { attempts = 2, initial = \"10ms\", max = \"50ms\" }\n\n[phases.work]\n[phases.sum]\nafter = [\"work\"]\n\n",
-    );
-    let ledger = root.join("ledger");
-    let commits = root.join("commits");
-    for index in 0..tasks {
-        let phase = if index == tasks - 1 { "sum" } else { "work" };
-        text.push_str(&format!(
-            "[tasks.t{index:03}]\nphase = \"{phase}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.{delay}; if (set -C; : > '{commits}'/\\\"$KEEL_IDEMPOTENCY_KEY\\\") 2>/dev/null; then echo \\\"$KEEL_IDEMPOTENCY_KEY $KEEL_ATTEMPT\\\" >> '{ledger}'; fi\"]\n\n",
-            delay = 2 + index % 4,
-            commits = commits.display(),
-            ledger = ledger.display(),
-        ));
-    }
-    text
 }
 
 const TASKS: usize = 30;

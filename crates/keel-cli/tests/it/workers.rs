@@ -35,7 +35,7 @@ fn scale() -> (usize, usize) {
 /// that finds its commit made (its earlier attempt committed, then its worker died before
 /// reporting) succeeds without writing. A kill between the link and the ledger line leaves the
 /// commit without its line, never a line twice.
-fn pipeline_toml(root: &Path, tasks: usize) -> String {
+pub(crate) fn pipeline_toml(root: &Path, tasks: usize) -> String {
     let mut text = String::from(
         "[pipeline]\nname = \"fleet\"\npartition = \"date\"\n\n[defaults]\nconcurrency = 16\nretries = { attempts = 2, initial = \"10ms\", max = \"50ms\" }\n\n[phases.work]\n[phases.sum]\nafter = [\"work\"]\n\n",
     );
