@@ -45,10 +45,15 @@ const HOST_RESTARTS: u32 = 5;
 /// Tasks get the `KEEL_*` variables of their contract explicitly, with each launch.
 pub(crate) fn without_keel_variables(command: &mut std::process::Command) {
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEEL_") {
+        if is_keel_variable(&name) {
             command.env_remove(name);
         }
     }
+}
+
+/// Whether `name` is one of Keel's own variables, which attempts do not inherit.
+pub(crate) fn is_keel_variable(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with("KEEL_")
 }
 
 impl ProcessExecutor {

@@ -45,7 +45,7 @@ pub(crate) fn task_environment(env: &[(String, String)], clear: bool) -> Vec<(Os
         Vec::new()
     } else {
         std::env::vars_os()
-            .filter(|(name, _)| !name.as_bytes().starts_with(b"KEEL_"))
+            .filter(|(name, _)| !crate::process::is_keel_variable(name))
             .collect()
     };
     for (name, value) in env {

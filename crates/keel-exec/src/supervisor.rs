@@ -30,7 +30,9 @@ use rustix::process::{
     waitid,
 };
 
-use crate::group::{EscapedProcess, ProcessStat, TaskGroup, all_processes, descendants_of};
+use crate::group::{
+    EscapedProcess, ProcessStat, TaskGroup, all_processes, descendants_of, end_process_trees,
+};
 use crate::{ExitKind, ExitRecord};
 
 /// The file names inside an attempt directory.
@@ -528,27 +530,6 @@ fn end_descendants(patience: Duration) {
     }
 }
 
-/// Kills what is left of a task watched from a thread (its group's members, the processes seen
-/// leaving the group) that still lives, each one checked by its start time so a reused pid is
-/// left alone, and waits, up to `patience`, until none does.
-fn end_escaped(escaped: &[EscapedProcess], patience: Duration) {
-    let deadline = Instant::now() + patience;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let living: Vec<&EscapedProcess> = escaped.iter().filter(|p| p.is_alive()).collect();
-        if living.is_empty() || Instant::now() >= deadline {
-            return;
-        }
-        for process in living {
-            if let Some(pid) = Pid::from_raw(process.pid) {
-                let _ = kill_process(pid, Signal::KILL);
-            }
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
 /// Collects every child of this process that has ended.
 fn reap_children() {
     while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
@@ -658,7 +639,13 @@ fn watch_to_the_end(
     // past its end or its timeout.
     match watch {
         Watch::Supervisor { .. } => end_descendants(DESCENDANTS_PATIENCE),
-        Watch::Thread { .. } => end_escaped(&escaped, DESCENDANTS_PATIENCE),
+        // The group's members and the processes seen leaving it, with what they started; the
+        // process table is read only when there is any.
+        Watch::Thread { .. } => {
+            if !escaped.is_empty() {
+                end_process_trees(&escaped, None, DESCENDANTS_PATIENCE);
+            }
+        }
     }
     ended.started_at = started_at;
     ended.finished_at = now_millis();

@@ -61,6 +61,24 @@ struct Cluster {
 }
 
 impl Cluster {
+    fn new(root: &Path, url: &str, pipeline: &Path) -> Cluster {
+        Cluster {
+            root: root.to_path_buf(),
+            url: url.to_string(),
+            pipeline: pipeline.to_path_buf(),
+            logs: 0,
+        }
+    }
+
+    /// Starts a scheduler and waits until it is the active one (it serves its API).
+    fn active_scheduler(&mut self) -> (Served, PathBuf) {
+        let (scheduler, log) = self.spawn("scheduler");
+        wait_for("the active scheduler", Duration::from_secs(20), || {
+            std::fs::read_to_string(&log).is_ok_and(|text| text.contains("API on"))
+        });
+        (scheduler, log)
+    }
+
     fn spawn(&mut self, role: &str) -> (Served, PathBuf) {
         self.logs += 1;
         let log = self.root.join(format!("{role}-{}.log", self.logs));
@@ -148,16 +166,8 @@ fn workers_and_the_scheduler_killed_at_random_lose_no_run_and_commit_every_resul
     std::fs::create_dir(root.join("commits")).unwrap();
     let pipeline = root.join("keel.toml");
     std::fs::write(&pipeline, pipeline_toml(&root, tasks)).unwrap();
-    let mut cluster = Cluster {
-        root: root.clone(),
-        url: database.url().to_string(),
-        pipeline: pipeline.clone(),
-        logs: 0,
-    };
-    let (mut active, active_log) = cluster.spawn("scheduler");
-    wait_for("the first scheduler", Duration::from_secs(20), || {
-        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
-    });
+    let mut cluster = Cluster::new(&root, database.url(), &pipeline);
+    let (mut active, _) = cluster.active_scheduler();
     let (mut standby, standby_log) = cluster.spawn("scheduler");
     wait_for("the standby", Duration::from_secs(20), || {
         std::fs::read_to_string(&standby_log).is_ok_and(|log| log.contains("standby scheduler"))
@@ -338,16 +348,8 @@ fn a_worker_and_a_standby_scheduler_show_the_whole_cluster() {
         ));
     }
     std::fs::write(&pipeline, text).unwrap();
-    let mut cluster = Cluster {
-        root: root.clone(),
-        url: database.url().to_string(),
-        pipeline: pipeline.clone(),
-        logs: 0,
-    };
-    let (active, active_log) = cluster.spawn("scheduler");
-    wait_for("the active scheduler", Duration::from_secs(20), || {
-        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
-    });
+    let mut cluster = Cluster::new(&root, database.url(), &pipeline);
+    let (active, _) = cluster.active_scheduler();
     let (standby, standby_log) = cluster.spawn("scheduler");
     let view_marker = "cluster view on http://";
     wait_for(
@@ -463,27 +465,14 @@ fn a_scheduler_whose_lock_a_standby_took_stops_at_once() {
         "[pipeline]\nname = \"fence\"\npartition = \"date\"\n\n[phases.work]\n\n[tasks.t]\nphase = \"work\"\ncommand = [\"true\"]\n",
     )
     .unwrap();
-    let mut cluster = Cluster {
-        root: root.clone(),
-        url: database.url().to_string(),
-        pipeline: pipeline.clone(),
-        logs: 0,
-    };
-    let (mut active, active_log) = cluster.spawn("scheduler");
-    wait_for("the active scheduler", Duration::from_secs(20), || {
-        std::fs::read_to_string(&active_log).is_ok_and(|log| log.contains("API on"))
-    });
+    let mut cluster = Cluster::new(&root, database.url(), &pipeline);
+    let (mut active, active_log) = cluster.active_scheduler();
     // The standby as on another machine: a state directory of its own, so that only the lock
     // in PostgreSQL stands between them (on one machine the state directory's lock file does).
     let other = root.join("other-machine");
     std::fs::create_dir(&other).unwrap();
     std::fs::copy(&pipeline, other.join("keel.toml")).unwrap();
-    let mut elsewhere = Cluster {
-        root: other.clone(),
-        url: database.url().to_string(),
-        pipeline: other.join("keel.toml"),
-        logs: 0,
-    };
+    let mut elsewhere = Cluster::new(&other, database.url(), &other.join("keel.toml"));
     let (standby, standby_log) = elsewhere.spawn("scheduler");
     wait_for("the standby", Duration::from_secs(20), || {
         std::fs::read_to_string(&standby_log).is_ok_and(|log| log.contains("standby scheduler"))
@@ -590,16 +579,8 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
         ));
     }
     std::fs::write(&pipeline, text).unwrap();
-    let mut cluster = Cluster {
-        root: root.clone(),
-        url: database.url().to_string(),
-        pipeline: pipeline.clone(),
-        logs: 0,
-    };
-    let (scheduler, scheduler_log) = cluster.spawn("scheduler");
-    wait_for("the active scheduler", Duration::from_secs(20), || {
-        std::fs::read_to_string(&scheduler_log).is_ok_and(|log| log.contains("API on"))
-    });
+    let mut cluster = Cluster::new(&root, database.url(), &pipeline);
+    let (scheduler, _) = cluster.active_scheduler();
     let (mut worker, _) = cluster.spawn("worker");
     // `keel COMMAND PIPELINE ARGS… --state URL`
     let keel = |command: &str, args: &[&str]| {
