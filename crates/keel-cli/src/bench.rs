@@ -114,6 +114,8 @@ fn bare_spawn(count: usize, concurrency: usize) -> Result<(Duration, Duration)> 
 
 struct CaseResult {
     wall: Duration,
+    /// How busy the machine's processors were meanwhile, 0 to 1 (whoever kept them busy).
+    busy: Option<f64>,
     tasks: usize,
     latencies: Vec<Duration>,
     events: usize,
@@ -138,6 +140,28 @@ async fn run_case(
 /// `dir/name`, and measures it.
 async fn run_pipeline(dir: &Path, name: &str, text: &str) -> Result<CaseResult> {
     run_pipeline_on(dir, name, text, None, false).await
+}
+
+/// The machine's processor time so far, in clock ticks: `(busy, all)`, where busy is all but
+/// idle and waiting for I/O (the first line of `/proc/stat`); `None` where there is no such file.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let all: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((all - idle, all))
+}
+
+/// Formats [`CaseResult::busy`] for a figure's line.
+fn busy_figure(busy: Option<f64>) -> String {
+    match busy {
+        Some(busy) => format!("machine {:.0}% busy", busy * 100.0),
+        None => "machine load unknown".into(),
+    }
 }
 
 /// [`run_pipeline`] with the state at `postgres` when given, and its attempts handed to
@@ -178,6 +202,7 @@ async fn run_pipeline_on(
         _ => {}
     });
     let begin = Instant::now();
+    let ticks_before = cpu_ticks();
     let prepared = engine
         .prepare(&RunRequest {
             partitions: vec!["none".into()],
@@ -191,6 +216,14 @@ async fn run_pipeline_on(
         .execute(&[run], keel_engine::Shutdown::never())
         .await?;
     let wall = begin.elapsed();
+    let busy = match (ticks_before, cpu_ticks()) {
+        (Some((busy_before, all_before)), Some((busy_after, all_after)))
+            if all_after > all_before =>
+        {
+            Some((busy_after - busy_before) as f64 / (all_after - all_before) as f64)
+        }
+        _ => None,
+    };
     anyhow::ensure!(
         summaries[0].state == keel_model::RunState::Succeeded,
         "benchmark run ended {}; see `keel status {}`",
@@ -219,6 +252,7 @@ async fn run_pipeline_on(
     let events = store.events(run).await?.len();
     Ok(CaseResult {
         wall,
+        busy,
         tasks: dag.len(),
         latencies,
         events,

@@ -54,9 +54,10 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
     .await?;
     let baseline = sqlite.tasks as f64 / sqlite.wall.as_secs_f64();
     println!(
-        "SQLite, all in one process: {} tasks in {:.3} s · {baseline:.0} tasks/s",
+        "SQLite, all in one process: {} tasks in {:.3} s · {baseline:.0} tasks/s · {}",
         sqlite.tasks,
-        sqlite.wall.as_secs_f64()
+        sqlite.wall.as_secs_f64(),
+        super::busy_figure(sqlite.busy)
     );
     let name = format!("bench_workers_0_{}", std::process::id());
     let postgres = run_pipeline_on(
@@ -68,10 +69,11 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
     )
     .await?;
     println!(
-        "PostgreSQL, all in one process (no workers): {} tasks in {:.3} s · {:.0} tasks/s",
+        "PostgreSQL, all in one process (no workers): {} tasks in {:.3} s · {:.0} tasks/s · {}",
         postgres.tasks,
         postgres.wall.as_secs_f64(),
-        postgres.tasks as f64 / postgres.wall.as_secs_f64()
+        postgres.tasks as f64 / postgres.wall.as_secs_f64(),
+        super::busy_figure(postgres.busy)
     );
     super::http::http_tasks_on(dir, url, LEVELS, WIDTH, concurrency, baseline).await?;
     let queue_only = {
@@ -153,11 +155,12 @@ pub async fn workers(dir: &Path, url: &str, concurrency: u32) -> Result<()> {
         let connections = queue.connections().await?;
         let rate = result.tasks as f64 / result.wall.as_secs_f64();
         println!(
-            "PostgreSQL, {count} worker{}: {} tasks in {:.3} s · {rate:.0} tasks/s ({:.2}× SQLite all-in-one) · ready→started median {} p99 {} · {} connections to the database with the workers idle, {} after",
+            "PostgreSQL, {count} worker{}: {} tasks in {:.3} s · {rate:.0} tasks/s ({:.2}× SQLite all-in-one) · {} · ready→started median {} p99 {} · {} connections to the database with the workers idle, {} after",
             if count == 1 { "" } else { "s" },
             result.tasks,
             result.wall.as_secs_f64(),
             rate / baseline,
+            super::busy_figure(result.busy),
             super::micros(super::percentile(&result.latencies, 0.5)),
             super::micros(super::percentile(&result.latencies, 0.99)),
             connections_before,

@@ -239,7 +239,8 @@ async fn watch(inner: Weak<Inner>) {
         Some(inner) => inner.queue.clone(),
         None => return,
     };
-    let mut notices = None;
+    // Listening from the start: the first attempts' ends are noticed, not polled for.
+    let mut notices = queue.notices(false).await.ok();
     let mut last_forget = 0;
     let mut reap_not_before = 0;
     let mut last_reap = 0;
