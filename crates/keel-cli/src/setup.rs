@@ -51,7 +51,7 @@ pub fn build_engine_with_env(
 }
 
 /// The process executor attempts run with on this machine.
-fn local_executor() -> Result<ProcessExecutor> {
+pub(crate) fn local_executor() -> Result<ProcessExecutor> {
     let program = std::env::current_exe()
         .context("cannot find the keel executable to start attempt supervisors")?;
     Ok(ProcessExecutor::new(program, vec!["__attempt".into()]))

@@ -68,6 +68,11 @@ struct Pending {
 impl QueueExecutor {
     /// Must be called inside a runtime: the watcher runs on it until the executor is dropped.
     pub fn new(queue: WorkQueue, local: ProcessExecutor) -> QueueExecutor {
+        QueueExecutor::polling_every(queue, local, WATCH_INTERVAL)
+    }
+
+    /// [`QueueExecutor::new`] with the watcher's fallback poll every `poll` instead.
+    fn polling_every(queue: WorkQueue, local: ProcessExecutor, poll: Duration) -> QueueExecutor {
         let (enqueues, requests) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             queue: queue.clone(),
@@ -76,7 +81,7 @@ impl QueueExecutor {
             pending: Mutex::new(HashMap::new()),
             enqueues,
         });
-        inner.runtime.spawn(watch(Arc::downgrade(&inner)));
+        inner.runtime.spawn(watch(Arc::downgrade(&inner), poll));
         // It stops when the executor is dropped (its sender with it).
         inner.runtime.spawn(write_rows(queue, requests));
         QueueExecutor { inner }
@@ -234,7 +239,7 @@ async fn write_rows(queue: WorkQueue, mut requests: tokio::sync::mpsc::Unbounded
 }
 
 /// The watcher: reaps lapsed leases and resolves finished rows, until the executor is gone.
-async fn watch(inner: Weak<Inner>) {
+async fn watch(inner: Weak<Inner>, poll: Duration) {
     let queue = match inner.upgrade() {
         Some(inner) => inner.queue.clone(),
         None => return,
@@ -247,10 +252,10 @@ async fn watch(inner: Weak<Inner>) {
     loop {
         match &mut notices {
             Some(listening) => {
-                let _ = keel_store::WorkNotices::wait(listening, WATCH_INTERVAL).await;
+                let _ = keel_store::WorkNotices::wait(listening, poll).await;
             }
             None => {
-                tokio::time::sleep(WATCH_INTERVAL).await;
+                tokio::time::sleep(poll).await;
                 notices = queue.notices(false).await.ok();
             }
         }
@@ -262,7 +267,7 @@ async fn watch(inner: Weak<Inner>) {
         // the workers could not renew are not taken for lapsed until they had a turn.
         // Reaping looks at every claimed row: once per interval, not on every notice.
         let mut failed = false;
-        if now >= reap_not_before && now - last_reap >= WATCH_INTERVAL.as_millis() as i64 {
+        if now >= reap_not_before && now - last_reap >= poll.as_millis() as i64 {
             last_reap = now;
             failed |= queue.reap(now, LOST_REPORT).await.is_err();
         }
@@ -331,4 +336,89 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_store::testing::TestDatabase;
+
+    /// The watcher listens from its start: the end of the very first attempt reaches the
+    /// engine on the worker's notice, with the fallback poll an hour away.
+    #[test]
+    fn the_first_attempts_end_is_noticed_without_a_poll() {
+        let Some(database) =
+            TestDatabase::create("the_first_attempts_end_is_noticed_without_a_poll")
+        else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = keel_store::PostgresStore::open(&database.postgres_url()).unwrap();
+        let queue = store.work_queue(2);
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("attempts/abc/1/load.1");
+        let executor = {
+            let _inside = runtime.enter();
+            QueueExecutor::polling_every(
+                queue.clone(),
+                crate::setup::local_executor().unwrap(),
+                Duration::from_secs(3600),
+            )
+        };
+        let launch = Launch {
+            dir: dir.clone(),
+            command: vec!["true".into()],
+            env: Vec::new(),
+            clear_env: false,
+            cwd: None,
+            timeout: Duration::from_secs(60),
+            heartbeat: None,
+            kill_grace: Duration::from_secs(5),
+            log_cap: 1024,
+            http: None,
+        };
+        let report = runtime.block_on(async {
+            // Queued from a blocking thread, as the engine does.
+            let launching = executor.clone();
+            let running = tokio::task::spawn_blocking(move || launching.launch(launch))
+                .await
+                .unwrap()
+                .unwrap();
+            let claimed = queue
+                .claim("test-worker", 10, wall_millis(), 60_000)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "the attempt was queued once");
+            assert_eq!(claimed[0].key, attempt_key(&dir));
+            let mut done = Report::new(Outcome::Succeeded, "done on the worker");
+            done.rows = Some(3);
+            let encoded = WireReport::encode(&done);
+            let recorded = queue
+                .finish_many(
+                    &[(
+                        claimed[0].id,
+                        claimed[0].claim_epoch,
+                        encoded.as_str(),
+                        "a line\n",
+                    )],
+                    wall_millis(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(recorded, vec![claimed[0].id]);
+            // Far longer than a notice takes, far shorter than the poll.
+            tokio::time::timeout(Duration::from_secs(60), running.completion)
+                .await
+                .expect("the end of the attempt was not noticed: the watcher was not listening")
+        });
+        assert_eq!(report.outcome, Outcome::Succeeded);
+        assert_eq!(report.rows, Some(3));
+        assert_eq!(
+            std::fs::read_to_string(dir.join(keel_exec::supervisor::OUTPUT_FILE)).unwrap(),
+            "a line\n"
+        );
+    }
 }
