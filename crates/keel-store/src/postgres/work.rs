@@ -595,17 +595,21 @@ impl WorkNotices {
     /// count as one: those already received are taken too, so a burst of them (a batch of
     /// rows, or rows queued while the listener was busy) wakes it once, not once each. A
     /// broken connection counts as no notice (the listener reconnects on the next call).
+    ///
+    /// Cancel-safe: once it has taken a notice it returns without waiting again, so a caller
+    /// that drops it for another event (a worker's `select!`) never loses a notice it took.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
         let came = matches!(
             tokio::time::timeout(timeout, self.listener.recv()).await,
             Ok(Ok(_))
         );
         if came {
-            // A zero timeout polls once: it takes what is already there and never waits. The
-            // bound keeps a flood of notices from holding the listener here.
+            // Each look polls once and never waits (a zero timeout could: its timer fires
+            // only at the next tick). The bound keeps a flood of notices from holding the
+            // listener here.
             for _ in 0..1024 {
-                let next = tokio::time::timeout(Duration::ZERO, self.listener.recv()).await;
-                if !matches!(next, Ok(Ok(_))) {
+                let next = futures_util::FutureExt::now_or_never(self.listener.recv());
+                if !matches!(next, Some(Ok(_))) {
                     break;
                 }
             }

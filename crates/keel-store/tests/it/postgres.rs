@@ -391,6 +391,50 @@ async fn the_work_queue_fences_a_lapsed_lease_and_never_hands_a_row_out_twice() 
     );
 }
 
+/// A notice `wait` took is never lost to a caller that drops it for another event, as a
+/// worker's `select!` does when one of its attempts ends: once it holds a notice, `wait`
+/// returns on the same poll. Polled once at a time, it either took nothing yet or says a
+/// notice came; a `wait` that took the notices and then waited again would be dropped holding
+/// them, and the rows would wait for the next poll.
+#[tokio::test]
+async fn a_wait_that_took_a_notice_returns_on_the_same_poll() {
+    let Some(database) = TestDatabase::create("a_wait_that_took_a_notice_returns") else {
+        return;
+    };
+    let url = database.postgres_url();
+    let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url).unwrap())
+        .await
+        .unwrap();
+    let queue = store.work_queue(2);
+    let mut notices = queue.notices(true).await.unwrap();
+    // Two notices, from two statements.
+    queue
+        .enqueue_many(&[("s/1/a.1", "a")], 1_000)
+        .await
+        .unwrap();
+    queue
+        .enqueue_many(&[("s/1/b.1", "b")], 1_001)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waited = notices.wait(std::time::Duration::from_secs(3600));
+        match futures_util::FutureExt::now_or_never(waited) {
+            Some(came) => {
+                assert!(came, "a notice came");
+                break;
+            }
+            None => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no poll of wait said the notices came: one took them and was dropped waiting"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
 /// The queue's batch calls keep its guarantees. A batch enqueue queues its rows in order and
 /// keeps the first payload of a key named twice (queued before, or twice in the batch). A
 /// batch finish records each result only under the epoch its row was claimed with: in one
