@@ -251,7 +251,13 @@ pub async fn run(config: WorkerConfig, logger: Logger) -> Result<u8> {
                 }
             }
             Some((row, report)) = ended.recv() => ended_here(&mut held, &mut unsent, &mut spares, row, report),
-            _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => look = true,
+            _ = wait_for_work(&mut notices, backoff), if draining_until.is_none() => {
+                look = true;
+                // A row was asked to stop: the heartbeat, which learns which, goes now.
+                if notices.as_mut().is_some_and(keel_store::WorkNotices::take_cancels) {
+                    heartbeat.reset_immediately();
+                }
+            }
         }
         // Every result that ended meanwhile is taken in this turn: one statement for them all.
         while let Ok((row, report)) = ended.try_recv() {

@@ -58,6 +58,8 @@ struct Cluster {
     url: String,
     pipeline: PathBuf,
     logs: usize,
+    /// The `--lease` of the workers it starts: they renew it every third of it.
+    worker_lease: &'static str,
 }
 
 impl Cluster {
@@ -67,6 +69,7 @@ impl Cluster {
             url: url.to_string(),
             pipeline: pipeline.to_path_buf(),
             logs: 0,
+            worker_lease: "1500ms",
         }
     }
 
@@ -94,7 +97,7 @@ impl Cluster {
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         if role == "worker" {
-            command.args(["--lease", "1500ms", "--slots", "4"]);
+            command.args(["--lease", self.worker_lease, "--slots", "4"]);
         } else {
             command.arg(&self.pipeline).args(["--addr", "127.0.0.1:0"]);
         }
@@ -557,6 +560,8 @@ fn a_role_on_an_sqlite_state_is_refused_with_a_hint() {
 /// attempt: what a task prints and its result still reach the scheduler, a cancel stops a task
 /// that runs on a worker, and a worker killed with SIGKILL takes its running tasks with it
 /// (their leaders die with the threads watching them) instead of leaving them to run unwatched.
+/// The worker's lease is ten minutes, so its heartbeats are 200 s apart: the cancel reaches it
+/// by the queue's notice, well before the tasks' own 60 s are up.
 #[test]
 fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
     let Some(database) = TestDatabase::create("a_task_on_a_worker_ends_with_its_worker") else {
@@ -580,6 +585,7 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
     }
     std::fs::write(&pipeline, text).unwrap();
     let mut cluster = Cluster::new(&root, database.url(), &pipeline);
+    cluster.worker_lease = "10m";
     let (scheduler, _) = cluster.active_scheduler();
     let (mut worker, _) = cluster.spawn("worker");
     // `keel COMMAND PIPELINE ARGS… --state URL`
@@ -642,8 +648,15 @@ fn a_task_on_a_worker_is_logged_cancelled_and_ends_with_its_killed_worker() {
     });
     let logged = keel("logs", &["talk", "--partition", "2026-02-01"]);
     assert!(logged.contains("hello from the worker"), "{logged}");
+    let cancelled_at = std::time::Instant::now();
     keel("cancel", &["--partition", "2026-02-01"]);
     gone(&first, "the cancelled tasks on the worker to end");
+    // The tasks sleep 60 s and the worker's next heartbeat is 200 s away.
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(30),
+        "the cancel took {:?} to stop the tasks: it did not reach the worker by notice",
+        cancelled_at.elapsed()
+    );
     let view = status(&root, database.url(), &pipeline).to_string();
     assert!(view.contains("\"cancelled\""), "{view}");
     assert!(

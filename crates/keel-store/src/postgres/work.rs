@@ -15,6 +15,9 @@ use super::*;
 
 /// The channel a new row or a cancel is announced on.
 const WORK_CHANNEL: &str = "keel_work";
+/// The payload of a notice on [`WORK_CHANNEL`] that says a claimed row was asked to stop;
+/// a notice of queued rows has none.
+const CANCEL_NOTICE: &str = "cancel";
 /// The channel a finished row is announced on.
 const DONE_CHANNEL: &str = "keel_work_done";
 
@@ -184,9 +187,10 @@ impl WorkQueue {
         Ok(())
     }
 
-    async fn notify(&self, channel: &str) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, '')")
+    async fn notify(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)
+            .bind(payload)
             .execute(&self.pool)
             .await
             .map_err(|error| self.unreachable(error))?;
@@ -359,7 +363,7 @@ impl WorkQueue {
         .await
         .map_err(|error| self.unreachable(error))?;
         if !keys.is_empty() {
-            self.notify(DONE_CHANNEL).await?;
+            self.notify(DONE_CHANNEL, "").await?;
         }
         Ok(keys)
     }
@@ -389,8 +393,8 @@ impl WorkQueue {
             .commit()
             .await
             .map_err(|error| self.unreachable(error))?;
-        self.notify(WORK_CHANNEL).await?;
-        self.notify(DONE_CHANNEL).await
+        self.notify(WORK_CHANNEL, CANCEL_NOTICE).await?;
+        self.notify(DONE_CHANNEL, "").await
     }
 
     /// The row of `key`, if it was ever queued.
@@ -579,6 +583,7 @@ impl WorkQueue {
         Ok(WorkNotices {
             listener,
             _pool: pool,
+            cancels: false,
         })
     }
 }
@@ -588,6 +593,8 @@ impl WorkQueue {
 pub struct WorkNotices {
     listener: PgListener,
     _pool: PgPool,
+    /// A notice taken said a claimed row was asked to stop.
+    cancels: bool,
 }
 
 impl WorkNotices {
@@ -599,21 +606,24 @@ impl WorkNotices {
     /// Cancel-safe: once it has taken a notice it returns without waiting again, so a caller
     /// that drops it for another event (a worker's `select!`) never loses a notice it took.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
-        let came = matches!(
-            tokio::time::timeout(timeout, self.listener.recv()).await,
-            Ok(Ok(_))
-        );
-        if came {
-            // Each look polls once and never waits (a zero timeout could: its timer fires
-            // only at the next tick). The bound keeps a flood of notices from holding the
-            // listener here.
-            for _ in 0..1024 {
-                let next = futures_util::FutureExt::now_or_never(self.listener.recv());
-                if !matches!(next, Some(Ok(_))) {
-                    break;
-                }
+        let Ok(Ok(first)) = tokio::time::timeout(timeout, self.listener.recv()).await else {
+            return false;
+        };
+        self.cancels |= first.payload() == CANCEL_NOTICE;
+        // Each look polls once and never waits (a zero timeout could: its timer fires only at
+        // the next tick). The bound keeps a flood of notices from holding the listener here.
+        for _ in 0..1024 {
+            match futures_util::FutureExt::now_or_never(self.listener.recv()) {
+                Some(Ok(next)) => self.cancels |= next.payload() == CANCEL_NOTICE,
+                _ => break,
             }
         }
-        came
+        true
+    }
+
+    /// Whether a notice taken since the last call said a claimed row was asked to stop (its
+    /// worker should look at its rows now rather than at its next heartbeat).
+    pub fn take_cancels(&mut self) -> bool {
+        std::mem::take(&mut self.cancels)
     }
 }
